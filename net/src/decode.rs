@@ -1,0 +1,329 @@
+//! Two-phase decoding: [`check`] the length prefix, then [`decode`] one frame.
+
+use bytes::Bytes;
+
+use crate::frame::*;
+use crate::name::TopicKey;
+use crate::{FrameError, HELLO_MAGIC, LENGTH_PREFIX};
+
+/// What [`check`] found at the start of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// The buffer does not yet hold a whole frame; at least `need` bytes in
+    /// total are required before checking again.
+    Incomplete {
+        /// Total bytes (from the buffer's start) needed for the next step.
+        need: usize,
+    },
+    /// A whole frame of `len` bytes (length prefix included) is there.
+    Complete {
+        /// Bytes to split off and hand to [`decode`].
+        len: usize,
+    },
+}
+
+/// Looks at the length prefix at the start of `buf` without allocating.
+///
+/// `max_frame` bounds the length field (opcode plus body); a larger value is an
+/// error before any buffer is grown to hold it.
+pub fn check(buf: &[u8], max_frame: u32) -> Result<Check, FrameError> {
+    let Some(prefix) = buf.first_chunk::<LENGTH_PREFIX>() else {
+        return Ok(Check::Incomplete {
+            need: LENGTH_PREFIX,
+        });
+    };
+    let len = u32::from_be_bytes(*prefix);
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
+    if len > max_frame {
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_frame,
+        });
+    }
+    let total = LENGTH_PREFIX + len as usize;
+    if buf.len() < total {
+        Ok(Check::Incomplete { need: total })
+    } else {
+        Ok(Check::Complete { len: total })
+    }
+}
+
+/// Decodes one whole frame (length prefix included), as delimited by [`check`].
+///
+/// Payloads and names are slices of `frame`: nothing is copied.
+pub fn decode(frame: Bytes) -> Result<Frame, FrameError> {
+    let mut reader = Reader {
+        frame: "frame",
+        buf: frame,
+        offset: 0,
+    };
+    let len = reader.u32("length")? as usize;
+    if reader.remaining() != len {
+        // `check` guarantees this for frames it delimited; anything else is a
+        // caller handing in a mis-cut buffer, reported as a malformed frame.
+        return Err(FrameError::Truncated {
+            frame: "frame",
+            field: "body",
+            offset: LENGTH_PREFIX,
+            need: len,
+            have: reader.remaining(),
+        });
+    }
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
+    let opcode_byte = reader.u8("opcode")?;
+    let opcode =
+        Opcode::from_u8(opcode_byte).ok_or(FrameError::UnknownOpcode {
+            opcode: opcode_byte,
+        })?;
+    reader.frame = frame_name(opcode);
+    let frame = match opcode {
+        Opcode::Hello => {
+            let magic = reader.array::<4>("magic")?;
+            if magic != HELLO_MAGIC {
+                return Err(FrameError::BadMagic { got: magic });
+            }
+            let version = reader.u16("version")?;
+            let client_name = reader.text8("client_name")?;
+            reader.finish()?;
+            Frame::Hello(Hello {
+                version,
+                client_name,
+            })
+        }
+        Opcode::Welcome => {
+            let welcome = Welcome {
+                version: reader.u16("version")?,
+                max_frame: reader.u32("max_frame")?,
+                shard: reader.u16("shard")?,
+                shard_count: reader.u16("shard_count")?,
+            };
+            reader.finish()?;
+            Frame::Welcome(welcome)
+        }
+        Opcode::Publish => {
+            let request_id = reader.u32("request_id")?;
+            let flags = reader.u8("flags")?;
+            if flags & !PUBLISH_FLAG_ACK != 0 {
+                return Err(FrameError::UnknownFlags {
+                    frame: "PUBLISH",
+                    flags,
+                });
+            }
+            let topic = reader.topic_key(request_id)?;
+            let payload = reader.rest();
+            Frame::Publish(Publish {
+                request_id,
+                ack: flags & PUBLISH_FLAG_ACK != 0,
+                topic,
+                payload,
+            })
+        }
+        Opcode::PubAck => {
+            let ack = PubAck {
+                request_id: reader.u32("request_id")?,
+                seq: reader.u64("seq")?,
+            };
+            reader.finish()?;
+            Frame::PubAck(ack)
+        }
+        Opcode::Subscribe => {
+            let request_id = reader.u32("request_id")?;
+            let sub_id = reader.u32("sub_id")?;
+            let topic = reader.topic_key(request_id)?;
+            reader.finish()?;
+            Frame::Subscribe(Subscribe {
+                request_id,
+                sub_id,
+                topic,
+            })
+        }
+        Opcode::SubOk => {
+            let ok = SubOk {
+                request_id: reader.u32("request_id")?,
+                sub_id: reader.u32("sub_id")?,
+                start_after: reader.u64("start_after")?,
+            };
+            reader.finish()?;
+            Frame::SubOk(ok)
+        }
+        Opcode::Unsubscribe => {
+            let unsub = Unsubscribe {
+                request_id: reader.u32("request_id")?,
+                sub_id: reader.u32("sub_id")?,
+            };
+            reader.finish()?;
+            Frame::Unsubscribe(unsub)
+        }
+        Opcode::UnsubOk => {
+            let ok = UnsubOk {
+                request_id: reader.u32("request_id")?,
+                sub_id: reader.u32("sub_id")?,
+            };
+            reader.finish()?;
+            Frame::UnsubOk(ok)
+        }
+        Opcode::Message => {
+            let sub_id = reader.u32("sub_id")?;
+            let seq = reader.u64("seq")?;
+            Frame::Message(Message {
+                sub_id,
+                seq,
+                payload: reader.rest(),
+            })
+        }
+        Opcode::Ping => {
+            let nonce = reader.u64("nonce")?;
+            reader.finish()?;
+            Frame::Ping(nonce)
+        }
+        Opcode::Pong => {
+            let nonce = reader.u64("nonce")?;
+            reader.finish()?;
+            Frame::Pong(nonce)
+        }
+        Opcode::Error => {
+            let request_id = reader.u32("request_id")?;
+            let code = reader.u16("code")?;
+            let flags = reader.u8("flags")?;
+            if flags & !1 != 0 {
+                return Err(FrameError::UnknownFlags {
+                    frame: "ERROR",
+                    flags,
+                });
+            }
+            let message = reader.text16("message")?;
+            reader.finish()?;
+            Frame::Error(ErrorFrame {
+                request_id,
+                code,
+                fatal: flags & 1 != 0,
+                message,
+            })
+        }
+    };
+    Ok(frame)
+}
+
+fn frame_name(opcode: Opcode) -> &'static str {
+    match opcode {
+        Opcode::Hello => "HELLO",
+        Opcode::Publish => "PUBLISH",
+        Opcode::Subscribe => "SUBSCRIBE",
+        Opcode::Unsubscribe => "UNSUBSCRIBE",
+        Opcode::Ping => "PING",
+        Opcode::Pong => "PONG",
+        Opcode::Welcome => "WELCOME",
+        Opcode::PubAck => "PUB_ACK",
+        Opcode::SubOk => "SUB_OK",
+        Opcode::UnsubOk => "UNSUB_OK",
+        Opcode::Message => "MESSAGE",
+        Opcode::Error => "ERROR",
+    }
+}
+
+/// A bounds-checked cursor over one frame.
+struct Reader {
+    frame: &'static str,
+    buf: Bytes,
+    offset: usize,
+}
+
+impl Reader {
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.offset
+    }
+
+    fn take(&mut self, field: &'static str, need: usize) -> Result<&[u8], FrameError> {
+        let have = self.remaining();
+        if have < need {
+            return Err(FrameError::Truncated {
+                frame: self.frame,
+                field,
+                offset: self.offset,
+                need,
+                have,
+            });
+        }
+        let start = self.offset;
+        self.offset += need;
+        Ok(&self.buf[start..self.offset])
+    }
+
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], FrameError> {
+        let bytes = self.take(field, N)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(bytes);
+        Ok(out)
+    }
+
+    fn u8(&mut self, field: &'static str) -> Result<u8, FrameError> {
+        Ok(self.array::<1>(field)?[0])
+    }
+
+    fn u16(&mut self, field: &'static str) -> Result<u16, FrameError> {
+        Ok(u16::from_be_bytes(self.array(field)?))
+    }
+
+    fn u32(&mut self, field: &'static str) -> Result<u32, FrameError> {
+        Ok(u32::from_be_bytes(self.array(field)?))
+    }
+
+    fn u64(&mut self, field: &'static str) -> Result<u64, FrameError> {
+        Ok(u64::from_be_bytes(self.array(field)?))
+    }
+
+    /// A refcounted slice of the next `len` bytes.
+    fn slice(&mut self, field: &'static str, len: usize) -> Result<Bytes, FrameError> {
+        let start = self.offset;
+        self.take(field, len)?;
+        Ok(self.buf.slice(start..self.offset))
+    }
+
+    fn text(&mut self, field: &'static str, len: usize) -> Result<String, FrameError> {
+        let frame = self.frame;
+        let bytes = self.take(field, len)?;
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| FrameError::NotUtf8 { frame, field })
+    }
+
+    fn text8(&mut self, field: &'static str) -> Result<String, FrameError> {
+        let len = self.u8(field)? as usize;
+        self.text(field, len)
+    }
+
+    fn text16(&mut self, field: &'static str) -> Result<String, FrameError> {
+        let len = self.u16(field)? as usize;
+        self.text(field, len)
+    }
+
+    /// `namespace` (u8 length) then `topic` (u16 length), validated.
+    fn topic_key(&mut self, request_id: u32) -> Result<TopicKey, FrameError> {
+        let ns_len = self.u8("namespace")? as usize;
+        let namespace = self.slice("namespace", ns_len)?;
+        let topic_len = self.u16("topic")? as usize;
+        let topic = self.slice("topic", topic_len)?;
+        TopicKey::new(namespace, topic)
+            .map_err(|source| FrameError::InvalidName { request_id, source })
+    }
+
+    fn rest(&mut self) -> Bytes {
+        let rest = self.buf.slice(self.offset..);
+        self.offset = self.buf.len();
+        rest
+    }
+
+    fn finish(&self) -> Result<(), FrameError> {
+        match self.remaining() {
+            0 => Ok(()),
+            extra => Err(FrameError::TrailingBytes {
+                frame: self.frame,
+                extra,
+            }),
+        }
+    }
+}

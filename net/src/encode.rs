@@ -1,0 +1,179 @@
+//! Encoding frames into a caller's buffer.
+//!
+//! [`Frame::encode`] handles every frame. The hot paths have allocation-free
+//! helpers: [`encode_publish`] and [`encode_subscribe`] take borrowed names, and
+//! [`encode_message_header`] writes only a `MESSAGE` header so the payload can
+//! follow as its own (shared) buffer in a vectored write.
+
+use bytes::{BufMut, BytesMut};
+
+use crate::frame::*;
+use crate::{Seq, HELLO_MAGIC, LENGTH_PREFIX};
+
+/// Bytes in a `MESSAGE` frame before its payload: length prefix, opcode,
+/// subscription id and sequence number.
+pub const MESSAGE_HEADER_LEN: usize = LENGTH_PREFIX + 1 + 4 + 8;
+
+/// Writes the length prefix for a frame of `body_len` bytes after the opcode,
+/// then the opcode.
+fn header(dst: &mut BytesMut, opcode: Opcode, body_len: usize) {
+    // Callers keep frames under the u32 range: names are bounded and payloads
+    // are bounded by the frame-size limit, far below 4 GiB.
+    dst.reserve(LENGTH_PREFIX + 1 + body_len);
+    dst.put_u32((1 + body_len) as u32);
+    dst.put_u8(opcode as u8);
+}
+
+/// Writes the header of a `MESSAGE` frame whose payload (`payload_len` bytes)
+/// the caller sends right after it.
+pub fn encode_message_header(dst: &mut BytesMut, sub_id: u32, seq: Seq, payload_len: usize) {
+    header(dst, Opcode::Message, 4 + 8 + payload_len);
+    dst.put_u32(sub_id);
+    dst.put_u64(seq);
+}
+
+/// Writes a whole `PUBLISH` frame from borrowed parts.
+///
+/// The names are not validated here: the server validates them and answers an
+/// invalid one with an `ERROR` frame. Their lengths must fit their prefixes
+/// (255 and 65535 bytes); callers check that first with
+/// [`crate::validate_namespace`] and [`crate::validate_topic`].
+pub fn encode_publish(
+    dst: &mut BytesMut,
+    request_id: u32,
+    ack: bool,
+    namespace: &[u8],
+    topic: &[u8],
+    payload: &[u8],
+) {
+    header(
+        dst,
+        Opcode::Publish,
+        4 + 1 + 1 + namespace.len() + 2 + topic.len() + payload.len(),
+    );
+    dst.put_u32(request_id);
+    dst.put_u8(if ack { PUBLISH_FLAG_ACK } else { 0 });
+    put_names(dst, namespace, topic);
+    dst.put_slice(payload);
+}
+
+/// Writes a whole `SUBSCRIBE` frame from borrowed parts (see [`encode_publish`]
+/// about name lengths).
+pub fn encode_subscribe(
+    dst: &mut BytesMut,
+    request_id: u32,
+    sub_id: u32,
+    namespace: &[u8],
+    topic: &[u8],
+) {
+    header(
+        dst,
+        Opcode::Subscribe,
+        4 + 4 + 1 + namespace.len() + 2 + topic.len(),
+    );
+    dst.put_u32(request_id);
+    dst.put_u32(sub_id);
+    put_names(dst, namespace, topic);
+}
+
+fn put_names(dst: &mut BytesMut, namespace: &[u8], topic: &[u8]) {
+    dst.put_u8(namespace.len() as u8);
+    dst.put_slice(namespace);
+    dst.put_u16(topic.len() as u16);
+    dst.put_slice(topic);
+}
+
+/// Truncates `text` to at most `max` bytes on a character boundary.
+fn clip(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+impl Frame {
+    /// Appends the frame's bytes to `dst`.
+    ///
+    /// Text fields longer than their length prefix allows (a client name over
+    /// 255 bytes, an error message over 65535) are cut on a character boundary.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        match self {
+            Frame::Hello(hello) => {
+                let name = clip(&hello.client_name, u8::MAX as usize);
+                header(dst, Opcode::Hello, 4 + 2 + 1 + name.len());
+                dst.put_slice(&HELLO_MAGIC);
+                dst.put_u16(hello.version);
+                dst.put_u8(name.len() as u8);
+                dst.put_slice(name.as_bytes());
+            }
+            Frame::Welcome(welcome) => {
+                header(dst, Opcode::Welcome, 2 + 4 + 2 + 2);
+                dst.put_u16(welcome.version);
+                dst.put_u32(welcome.max_frame);
+                dst.put_u16(welcome.shard);
+                dst.put_u16(welcome.shard_count);
+            }
+            Frame::Publish(publish) => encode_publish(
+                dst,
+                publish.request_id,
+                publish.ack,
+                publish.topic.namespace_bytes(),
+                publish.topic.topic_bytes(),
+                &publish.payload,
+            ),
+            Frame::PubAck(ack) => {
+                header(dst, Opcode::PubAck, 4 + 8);
+                dst.put_u32(ack.request_id);
+                dst.put_u64(ack.seq);
+            }
+            Frame::Subscribe(sub) => encode_subscribe(
+                dst,
+                sub.request_id,
+                sub.sub_id,
+                sub.topic.namespace_bytes(),
+                sub.topic.topic_bytes(),
+            ),
+            Frame::SubOk(ok) => {
+                header(dst, Opcode::SubOk, 4 + 4 + 8);
+                dst.put_u32(ok.request_id);
+                dst.put_u32(ok.sub_id);
+                dst.put_u64(ok.start_after);
+            }
+            Frame::Unsubscribe(unsub) => {
+                header(dst, Opcode::Unsubscribe, 4 + 4);
+                dst.put_u32(unsub.request_id);
+                dst.put_u32(unsub.sub_id);
+            }
+            Frame::UnsubOk(ok) => {
+                header(dst, Opcode::UnsubOk, 4 + 4);
+                dst.put_u32(ok.request_id);
+                dst.put_u32(ok.sub_id);
+            }
+            Frame::Message(message) => {
+                encode_message_header(dst, message.sub_id, message.seq, message.payload.len());
+                dst.put_slice(&message.payload);
+            }
+            Frame::Ping(nonce) => {
+                header(dst, Opcode::Ping, 8);
+                dst.put_u64(*nonce);
+            }
+            Frame::Pong(nonce) => {
+                header(dst, Opcode::Pong, 8);
+                dst.put_u64(*nonce);
+            }
+            Frame::Error(error) => {
+                let text = clip(&error.message, u16::MAX as usize);
+                header(dst, Opcode::Error, 4 + 2 + 1 + 2 + text.len());
+                dst.put_u32(error.request_id);
+                dst.put_u16(error.code);
+                dst.put_u8(u8::from(error.fatal));
+                dst.put_u16(text.len() as u16);
+                dst.put_slice(text.as_bytes());
+            }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The frames of protocol version 1. `docs/protocol.md` is their byte-exact
+//! specification; the field order here follows it.
+
+use bytes::Bytes;
+
+use crate::{ErrorCode, Seq, TopicKey};
+
+/// Bit 0 of `PUBLISH`'s flags: the client wants a `PUB_ACK`.
+pub const PUBLISH_FLAG_ACK: u8 = 0x01;
+
+/// The opcode byte that follows every length prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Opcode {
+    /// Client → server: opens the connection.
+    Hello = 0x01,
+    /// Client → server: publish one message.
+    Publish = 0x02,
+    /// Client → server: start a subscription.
+    Subscribe = 0x03,
+    /// Client → server: end a subscription.
+    Unsubscribe = 0x04,
+    /// Either direction: liveness probe.
+    Ping = 0x05,
+    /// Either direction: answer to `PING`.
+    Pong = 0x06,
+    /// Server → client: the handshake succeeded.
+    Welcome = 0x81,
+    /// Server → client: a publish was sequenced.
+    PubAck = 0x82,
+    /// Server → client: a subscription is active.
+    SubOk = 0x83,
+    /// Server → client: a subscription ended.
+    UnsubOk = 0x84,
+    /// Server → client: a message for a subscription.
+    Message = 0x85,
+    /// Server → client: a request (or the connection) failed.
+    Error = 0x8f,
+}
+
+impl Opcode {
+    /// Maps an opcode byte to a known opcode.
+    pub fn from_u8(byte: u8) -> Option<Opcode> {
+        Some(match byte {
+            0x01 => Opcode::Hello,
+            0x02 => Opcode::Publish,
+            0x03 => Opcode::Subscribe,
+            0x04 => Opcode::Unsubscribe,
+            0x05 => Opcode::Ping,
+            0x06 => Opcode::Pong,
+            0x81 => Opcode::Welcome,
+            0x82 => Opcode::PubAck,
+            0x83 => Opcode::SubOk,
+            0x84 => Opcode::UnsubOk,
+            0x85 => Opcode::Message,
+            0x8f => Opcode::Error,
+            _ => return None,
+        })
+    }
+
+    /// True for frames that only a server sends.
+    pub fn is_server_frame(self) -> bool {
+        (self as u8) & 0x80 != 0
+    }
+}
+
+/// `HELLO`: the client's first frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Protocol version the client speaks.
+    pub version: u16,
+    /// Free-form client name for logs (may be empty).
+    pub client_name: String,
+}
+
+/// `WELCOME`: the server accepted the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// Protocol version the server will speak on this connection.
+    pub version: u16,
+    /// Largest length field the server accepts.
+    pub max_frame: u32,
+    /// The shard that owns this connection.
+    pub shard: u16,
+    /// How many shards the broker runs.
+    pub shard_count: u16,
+}
+
+/// `PUBLISH`: one message for a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// Client-chosen id echoed in `PUB_ACK` or `ERROR`.
+    pub request_id: u32,
+    /// Whether a `PUB_ACK` is wanted.
+    pub ack: bool,
+    /// Target topic.
+    pub topic: TopicKey,
+    /// The message body, opaque to the broker.
+    pub payload: Bytes,
+}
+
+/// `PUB_ACK`: the sequence number assigned to a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PubAck {
+    /// The publish's request id.
+    pub request_id: u32,
+    /// The topic sequence number it was given.
+    pub seq: Seq,
+}
+
+/// `SUBSCRIBE`: start receiving a topic under a client-chosen id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribe {
+    /// Client-chosen id echoed in `SUB_OK` or `ERROR`.
+    pub request_id: u32,
+    /// Client-chosen subscription id, unique among the connection's live ones.
+    pub sub_id: u32,
+    /// Topic to receive.
+    pub topic: TopicKey,
+}
+
+/// `SUB_OK`: the subscription is live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubOk {
+    /// The subscribe's request id.
+    pub request_id: u32,
+    /// The subscription id.
+    pub sub_id: u32,
+    /// The subscription receives every message with a sequence number greater
+    /// than this one, and none at or below it.
+    pub start_after: Seq,
+}
+
+/// `UNSUBSCRIBE`: stop a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsubscribe {
+    /// Client-chosen id echoed in `UNSUB_OK` or `ERROR`.
+    pub request_id: u32,
+    /// The subscription to end.
+    pub sub_id: u32,
+}
+
+/// `UNSUB_OK`: the subscription has ended; no message for it follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnsubOk {
+    /// The unsubscribe's request id.
+    pub request_id: u32,
+    /// The subscription id, now free for reuse.
+    pub sub_id: u32,
+}
+
+/// `MESSAGE`: one message delivered to a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The subscription it is for.
+    pub sub_id: u32,
+    /// Its topic sequence number.
+    pub seq: Seq,
+    /// The body, as published.
+    pub payload: Bytes,
+}
+
+/// `ERROR`: a request failed, or the connection is being closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorFrame {
+    /// The failed request's id, or 0 when the error concerns the connection.
+    pub request_id: u32,
+    /// The raw wire code; see [`ErrorFrame::code`].
+    pub code: u16,
+    /// True when the server closes the connection after this frame.
+    pub fatal: bool,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl ErrorFrame {
+    /// Builds an error frame.
+    pub fn new(request_id: u32, code: ErrorCode, fatal: bool, message: impl Into<String>) -> Self {
+        ErrorFrame {
+            request_id,
+            code: code as u16,
+            fatal,
+            message: message.into(),
+        }
+    }
+
+    /// The typed code, or `None` for a code this version does not know.
+    pub fn code(&self) -> Option<ErrorCode> {
+        ErrorCode::from_u16(self.code)
+    }
+}
+
+/// One decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// See [`Hello`].
+    Hello(Hello),
+    /// See [`Welcome`].
+    Welcome(Welcome),
+    /// See [`Publish`].
+    Publish(Publish),
+    /// See [`PubAck`].
+    PubAck(PubAck),
+    /// See [`Subscribe`].
+    Subscribe(Subscribe),
+    /// See [`SubOk`].
+    SubOk(SubOk),
+    /// See [`Unsubscribe`].
+    Unsubscribe(Unsubscribe),
+    /// See [`UnsubOk`].
+    UnsubOk(UnsubOk),
+    /// See [`Message`].
+    Message(Message),
+    /// `PING` with its nonce.
+    Ping(u64),
+    /// `PONG` echoing a `PING`'s nonce.
+    Pong(u64),
+    /// See [`ErrorFrame`].
+    Error(ErrorFrame),
+}
+
+impl Frame {
+    /// The frame's opcode.
+    pub fn opcode(&self) -> Opcode {
+        match self {
+            Frame::Hello(_) => Opcode::Hello,
+            Frame::Welcome(_) => Opcode::Welcome,
+            Frame::Publish(_) => Opcode::Publish,
+            Frame::PubAck(_) => Opcode::PubAck,
+            Frame::Subscribe(_) => Opcode::Subscribe,
+            Frame::SubOk(_) => Opcode::SubOk,
+            Frame::Unsubscribe(_) => Opcode::Unsubscribe,
+            Frame::UnsubOk(_) => Opcode::UnsubOk,
+            Frame::Message(_) => Opcode::Message,
+            Frame::Ping(_) => Opcode::Ping,
+            Frame::Pong(_) => Opcode::Pong,
+            Frame::Error(_) => Opcode::Error,
+        }
+    }
+}

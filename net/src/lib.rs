@@ -1,0 +1,47 @@
+//! The corebus wire protocol as a sans-I/O codec.
+//!
+//! Role: turn bytes into [`Frame`]s and frames into bytes, exactly as
+//! `docs/protocol.md` specifies, for both the broker and the client. Decoding is
+//! two-phase, in the style of mini-redis: [`check`] looks at the length prefix
+//! only (it allocates nothing and enforces the frame-size limit before any
+//! buffer is grown), then [`decode`] parses one complete frame out of a
+//! refcounted [`bytes::Bytes`], so payloads are sliced, never copied.
+//!
+//! Must not depend on: any async runtime, any socket or file I/O, or any other
+//! corebus crate. It is a pure function of its input.
+
+mod decode;
+mod encode;
+mod error;
+mod frame;
+mod name;
+
+pub use decode::{check, decode, Check};
+pub use encode::{encode_message_header, encode_publish, encode_subscribe, MESSAGE_HEADER_LEN};
+pub use error::{ErrorCode, FrameError};
+pub use frame::{
+    ErrorFrame, Frame, Hello, Message, Opcode, PubAck, Publish, SubOk, Subscribe, UnsubOk,
+    Unsubscribe, Welcome, PUBLISH_FLAG_ACK,
+};
+pub use name::{validate_namespace, validate_topic, NameError, TopicKey};
+
+/// The protocol version this crate speaks (sent in [`Hello`] and [`Welcome`]).
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The four magic bytes that open every `HELLO` frame: ASCII `CBUS`.
+pub const HELLO_MAGIC: [u8; 4] = *b"CBUS";
+
+/// Size of the length prefix that starts every frame.
+pub const LENGTH_PREFIX: usize = 4;
+
+/// Default limit on a frame's length field (opcode and body): 1 MiB.
+pub const DEFAULT_MAX_FRAME: u32 = 1 << 20;
+
+/// Longest namespace, in bytes of UTF-8.
+pub const MAX_NAMESPACE_LEN: usize = 128;
+
+/// Longest topic name, in bytes of UTF-8.
+pub const MAX_TOPIC_LEN: usize = 1024;
+
+/// A topic's sequence number: the first message published to a topic is 1.
+pub type Seq = u64;

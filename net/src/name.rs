@@ -1,0 +1,176 @@
+//! Namespace and topic names, and the key that identifies a topic.
+
+use bytes::Bytes;
+
+use crate::{MAX_NAMESPACE_LEN, MAX_TOPIC_LEN};
+
+/// Why a namespace or topic name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// The name is empty.
+    #[error("{kind} name is empty")]
+    Empty {
+        /// `namespace` or `topic`.
+        kind: &'static str,
+    },
+    /// The name is longer than its limit.
+    #[error("{kind} name is {len} bytes long; the limit is {max}")]
+    TooLong {
+        /// `namespace` or `topic`.
+        kind: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The name is not valid UTF-8.
+    #[error("{kind} name is not valid UTF-8 (at byte {offset})")]
+    NotUtf8 {
+        /// `namespace` or `topic`.
+        kind: &'static str,
+        /// Offset of the first invalid byte.
+        offset: usize,
+    },
+    /// The name contains an ASCII control character.
+    #[error("{kind} name contains control character 0x{byte:02x} at byte {offset}")]
+    ControlCharacter {
+        /// `namespace` or `topic`.
+        kind: &'static str,
+        /// The character.
+        byte: u8,
+        /// Its offset.
+        offset: usize,
+    },
+}
+
+fn validate(kind: &'static str, name: &[u8], max: usize) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty { kind });
+    }
+    if name.len() > max {
+        return Err(NameError::TooLong {
+            kind,
+            len: name.len(),
+            max,
+        });
+    }
+    // Control characters are refused so that names are always safe to print in
+    // logs, metrics labels and the CLI's line-oriented output.
+    if let Some(offset) = name.iter().position(|b| *b < 0x20 || *b == 0x7f) {
+        return Err(NameError::ControlCharacter {
+            kind,
+            byte: name[offset],
+            offset,
+        });
+    }
+    std::str::from_utf8(name).map_err(|err| NameError::NotUtf8 {
+        kind,
+        offset: err.valid_up_to(),
+    })?;
+    Ok(())
+}
+
+/// Checks a namespace: 1 to [`MAX_NAMESPACE_LEN`] bytes of UTF-8, no ASCII
+/// control characters (0x00-0x1f, 0x7f).
+pub fn validate_namespace(name: &[u8]) -> Result<(), NameError> {
+    validate("namespace", name, MAX_NAMESPACE_LEN)
+}
+
+/// Checks a topic: 1 to [`MAX_TOPIC_LEN`] bytes of UTF-8, no ASCII control
+/// characters (0x00-0x1f, 0x7f).
+pub fn validate_topic(name: &[u8]) -> Result<(), NameError> {
+    validate("topic", name, MAX_TOPIC_LEN)
+}
+
+/// A topic's identity: (namespace, topic), both validated.
+///
+/// Both names are refcounted slices (usually of the frame that carried them), so
+/// cloning a key is two refcount increments and never copies the names.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicKey {
+    namespace: Bytes,
+    topic: Bytes,
+}
+
+impl TopicKey {
+    /// Builds a key from names that pass [`validate_namespace`] and
+    /// [`validate_topic`].
+    pub fn new(namespace: Bytes, topic: Bytes) -> Result<TopicKey, NameError> {
+        validate_namespace(&namespace)?;
+        validate_topic(&topic)?;
+        Ok(TopicKey { namespace, topic })
+    }
+
+    /// Builds a key from string slices, copying them.
+    pub fn from_strs(namespace: &str, topic: &str) -> Result<TopicKey, NameError> {
+        TopicKey::new(
+            Bytes::copy_from_slice(namespace.as_bytes()),
+            Bytes::copy_from_slice(topic.as_bytes()),
+        )
+    }
+
+    /// The namespace as bytes (valid UTF-8).
+    pub fn namespace_bytes(&self) -> &[u8] {
+        &self.namespace
+    }
+
+    /// The topic as bytes (valid UTF-8).
+    pub fn topic_bytes(&self) -> &[u8] {
+        &self.topic
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        // Validated in `new`, the only constructor; a failure here is a bug.
+        std::str::from_utf8(&self.namespace).unwrap_or("<invalid>")
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        std::str::from_utf8(&self.topic).unwrap_or("<invalid>")
+    }
+}
+
+impl std::fmt::Debug for TopicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace(), self.topic())
+    }
+}
+
+impl std::fmt::Display for TopicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace(), self.topic())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_names() {
+        assert!(TopicKey::from_strs("orders", "eu/created.v1").is_ok());
+        assert!(TopicKey::from_strs("ünïcode", "トピック").is_ok());
+    }
+
+    #[test]
+    fn refuses_bad_names() {
+        assert_eq!(
+            validate_namespace(b""),
+            Err(NameError::Empty { kind: "namespace" })
+        );
+        assert!(matches!(
+            validate_topic(&vec![b'a'; MAX_TOPIC_LEN + 1]),
+            Err(NameError::TooLong { len, .. }) if len == MAX_TOPIC_LEN + 1
+        ));
+        assert!(validate_topic(&vec![b'a'; MAX_TOPIC_LEN]).is_ok());
+        assert!(matches!(
+            validate_topic(b"a\nb"),
+            Err(NameError::ControlCharacter { byte: b'\n', offset: 1, .. })
+        ));
+        assert!(matches!(
+            validate_namespace(b"ab\xff"),
+            Err(NameError::NotUtf8 { offset: 2, .. })
+        ));
+    }
+}

@@ -1,0 +1,410 @@
+//! Codec tests: round trips, every byte split of every frame, hostile bytes.
+
+use bytes::{Bytes, BytesMut};
+use corebus_net::*;
+use proptest::prelude::*;
+
+fn topic(ns: &str, name: &str) -> TopicKey {
+    TopicKey::from_strs(ns, name).expect("valid test names")
+}
+
+/// One of every frame, with awkward values (zero, max, empty, non-ASCII).
+fn sample_frames() -> Vec<Frame> {
+    vec![
+        Frame::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            client_name: "cli-é".into(),
+        }),
+        Frame::Hello(Hello {
+            version: u16::MAX,
+            client_name: String::new(),
+        }),
+        Frame::Welcome(Welcome {
+            version: 1,
+            max_frame: DEFAULT_MAX_FRAME,
+            shard: 3,
+            shard_count: 4,
+        }),
+        Frame::Publish(Publish {
+            request_id: 7,
+            ack: true,
+            topic: topic("orders", "eu/created"),
+            payload: Bytes::from_static(b"hello"),
+        }),
+        Frame::Publish(Publish {
+            request_id: u32::MAX,
+            ack: false,
+            topic: topic("n", "t"),
+            payload: Bytes::new(),
+        }),
+        Frame::PubAck(PubAck {
+            request_id: 7,
+            seq: u64::MAX,
+        }),
+        Frame::Subscribe(Subscribe {
+            request_id: 1,
+            sub_id: 42,
+            topic: topic("ns", "トピック"),
+        }),
+        Frame::SubOk(SubOk {
+            request_id: 1,
+            sub_id: 42,
+            start_after: 0,
+        }),
+        Frame::Unsubscribe(Unsubscribe {
+            request_id: 2,
+            sub_id: 42,
+        }),
+        Frame::UnsubOk(UnsubOk {
+            request_id: 2,
+            sub_id: 42,
+        }),
+        Frame::Message(Message {
+            sub_id: 42,
+            seq: 1,
+            payload: Bytes::from(vec![0u8, 255, 10, 13]),
+        }),
+        Frame::Ping(0),
+        Frame::Pong(u64::MAX),
+        Frame::Error(ErrorFrame::new(
+            9,
+            ErrorCode::InvalidName,
+            false,
+            "topic name is empty",
+        )),
+        Frame::Error(ErrorFrame::new(0, ErrorCode::FrameTooLarge, true, "")),
+    ]
+}
+
+fn encoded(frame: &Frame) -> Bytes {
+    let mut buf = BytesMut::new();
+    frame.encode(&mut buf);
+    buf.freeze()
+}
+
+/// Feeds `bytes` to check/decode as a server would, in chunks cut at `splits`.
+fn decode_stream(bytes: &[u8], splits: &[usize]) -> Vec<Frame> {
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    let mut cut = 0;
+    for &end in splits.iter().chain(std::iter::once(&bytes.len())) {
+        buf.extend_from_slice(&bytes[cut..end]);
+        cut = end;
+        loop {
+            match check(&buf, DEFAULT_MAX_FRAME).expect("valid stream") {
+                Check::Incomplete { need } => {
+                    assert!(need > buf.len(), "Incomplete must ask for more bytes");
+                    break;
+                }
+                Check::Complete { len } => {
+                    frames.push(decode(buf.split_to(len).freeze()).expect("decodes"));
+                }
+            }
+        }
+    }
+    assert!(buf.is_empty(), "no bytes left over");
+    frames
+}
+
+#[test]
+fn every_frame_round_trips() {
+    for frame in sample_frames() {
+        let bytes = encoded(&frame);
+        assert_eq!(
+            check(&bytes, DEFAULT_MAX_FRAME),
+            Ok(Check::Complete { len: bytes.len() })
+        );
+        assert_eq!(decode(bytes).expect("decodes"), frame);
+    }
+}
+
+#[test]
+fn every_byte_split_of_every_frame_decodes() {
+    for frame in sample_frames() {
+        let bytes = encoded(&frame);
+        for split in 0..=bytes.len() {
+            assert_eq!(
+                decode_stream(&bytes, &[split]),
+                vec![frame.clone()],
+                "split at {split}"
+            );
+        }
+        // One byte at a time, as nats-server's parser tests do.
+        let every: Vec<usize> = (1..bytes.len()).collect();
+        assert_eq!(decode_stream(&bytes, &every), vec![frame.clone()]);
+    }
+}
+
+#[test]
+fn back_to_back_frames_decode_in_order() {
+    let frames = sample_frames();
+    let mut all = BytesMut::new();
+    for frame in &frames {
+        frame.encode(&mut all);
+    }
+    for split in (0..all.len()).step_by(7) {
+        assert_eq!(decode_stream(&all, &[split]), frames);
+    }
+}
+
+#[test]
+fn message_header_matches_full_encoding() {
+    let payload = b"shared payload";
+    let mut split = BytesMut::new();
+    encode_message_header(&mut split, 5, 99, payload.len());
+    assert_eq!(split.len(), MESSAGE_HEADER_LEN);
+    split.extend_from_slice(payload);
+    let whole = encoded(&Frame::Message(Message {
+        sub_id: 5,
+        seq: 99,
+        payload: Bytes::from_static(payload),
+    }));
+    assert_eq!(split.freeze(), whole);
+}
+
+#[test]
+fn worked_examples_from_protocol_doc() {
+    // These bytes are the hex examples printed in docs/protocol.md; a change
+    // here is a wire-format change and needs a protocol version bump.
+    let cases: Vec<(Frame, &str)> = vec![
+        (
+            Frame::Hello(Hello {
+                version: 1,
+                client_name: "cli".into(),
+            }),
+            "0000000b 01 43425553 0001 03 636c69",
+        ),
+        (
+            Frame::Welcome(Welcome {
+                version: 1,
+                max_frame: 1 << 20,
+                shard: 1,
+                shard_count: 2,
+            }),
+            "0000000b 81 0001 00100000 0001 0002",
+        ),
+        (
+            Frame::Publish(Publish {
+                request_id: 1,
+                ack: true,
+                topic: topic("app", "news"),
+                payload: Bytes::from_static(b"hi"),
+            }),
+            "00000012 02 00000001 01 03 617070 0004 6e657773 6869",
+        ),
+        (
+            Frame::PubAck(PubAck {
+                request_id: 1,
+                seq: 5,
+            }),
+            "0000000d 82 00000001 0000000000000005",
+        ),
+        (
+            Frame::Subscribe(Subscribe {
+                request_id: 2,
+                sub_id: 7,
+                topic: topic("app", "news"),
+            }),
+            "00000013 03 00000002 00000007 03 617070 0004 6e657773",
+        ),
+        (
+            Frame::SubOk(SubOk {
+                request_id: 2,
+                sub_id: 7,
+                start_after: 5,
+            }),
+            "00000011 83 00000002 00000007 0000000000000005",
+        ),
+        (
+            Frame::Unsubscribe(Unsubscribe {
+                request_id: 3,
+                sub_id: 7,
+            }),
+            "00000009 04 00000003 00000007",
+        ),
+        (
+            Frame::UnsubOk(UnsubOk {
+                request_id: 3,
+                sub_id: 7,
+            }),
+            "00000009 84 00000003 00000007",
+        ),
+        (
+            Frame::Message(Message {
+                sub_id: 7,
+                seq: 6,
+                payload: Bytes::from_static(b"hi"),
+            }),
+            "0000000f 85 00000007 0000000000000006 6869",
+        ),
+        (Frame::Ping(42), "00000009 05 000000000000002a"),
+        (Frame::Pong(42), "00000009 06 000000000000002a"),
+        (
+            Frame::Error(ErrorFrame::new(4, ErrorCode::InvalidName, false, "bad")),
+            "0000000d 8f 00000004 0006 00 0003 626164",
+        ),
+    ];
+    for (frame, hex) in cases {
+        let hex: String = hex.split_whitespace().collect();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect();
+        assert_eq!(&encoded(&frame)[..], &bytes[..], "{frame:?}");
+        assert_eq!(decode(Bytes::from(bytes)).expect("decodes"), frame);
+    }
+}
+
+#[test]
+fn length_limit_is_enforced_from_the_prefix_alone() {
+    // Only the four prefix bytes are present: the limit is known before any
+    // body arrives, so no buffer is grown for it.
+    let prefix = (DEFAULT_MAX_FRAME + 1).to_be_bytes();
+    assert_eq!(
+        check(&prefix, DEFAULT_MAX_FRAME),
+        Err(FrameError::TooLarge {
+            len: DEFAULT_MAX_FRAME + 1,
+            max: DEFAULT_MAX_FRAME
+        })
+    );
+    assert!(check(&prefix, DEFAULT_MAX_FRAME).unwrap_err().breaks_framing());
+    assert_eq!(check(&[0, 0, 0, 0], 16), Err(FrameError::Empty));
+    assert_eq!(check(&[0, 0], 16), Ok(Check::Incomplete { need: 4 }));
+    assert_eq!(check(&[0, 0, 0, 3, 1], 16), Ok(Check::Incomplete { need: 7 }));
+}
+
+#[test]
+fn malformed_bodies_are_typed_errors() {
+    let decode_hex = |hex: &str| {
+        let hex: String = hex.split_whitespace().collect();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect();
+        decode(Bytes::from(bytes))
+    };
+    assert_eq!(
+        decode_hex("00000001 7e"),
+        Err(FrameError::UnknownOpcode { opcode: 0x7e })
+    );
+    assert!(matches!(
+        decode_hex("00000005 05 00000000"),
+        Err(FrameError::Truncated { frame: "PING", field: "nonce", offset: 5, need: 8, have: 4 })
+    ));
+    assert_eq!(
+        decode_hex("0000000a 05 000000000000002a 00"),
+        Err(FrameError::TrailingBytes { frame: "PING", extra: 1 })
+    );
+    assert_eq!(
+        decode_hex("0000000b 01 47455420 0001 03 636c69"),
+        Err(FrameError::BadMagic { got: *b"GET " })
+    );
+    let empty_topic = decode_hex("0000000d 03 00000009 00000007 01 61 0000");
+    assert!(matches!(
+        empty_topic,
+        Err(FrameError::InvalidName { request_id: 9, source: NameError::Empty { kind: "topic" } })
+    ));
+    let error = empty_topic.unwrap_err();
+    assert_eq!(error.code(), ErrorCode::InvalidName);
+    assert_eq!(error.request_id(), Some(9));
+    assert!(!error.breaks_framing());
+    assert!(matches!(
+        decode_hex("0000000b 02 00000001 80 01 61 0001 62"),
+        Err(FrameError::UnknownFlags { flags: 0x80, .. })
+    ));
+}
+
+#[test]
+fn error_codes_round_trip_their_numbers() {
+    for code in ErrorCode::ALL {
+        assert_eq!(ErrorCode::from_u16(code as u16), Some(code));
+    }
+    assert_eq!(ErrorCode::from_u16(0), None);
+    assert_eq!(ErrorCode::from_u16(9999), None);
+}
+
+fn arb_name(max: usize) -> impl Strategy<Value = String> {
+    proptest::string::string_regex(&format!("[a-zA-Z0-9._/é-]{{1,{max}}}")).expect("regex")
+}
+
+fn arb_frame() -> impl Strategy<Value = Frame> {
+    let payload = proptest::collection::vec(any::<u8>(), 0..300).prop_map(Bytes::from);
+    prop_oneof![
+        (any::<u32>(), any::<bool>(), arb_name(20), arb_name(40), payload.clone()).prop_map(
+            |(request_id, ack, ns, name, payload)| Frame::Publish(Publish {
+                request_id,
+                ack,
+                topic: TopicKey::from_strs(&ns, &name).expect("strategy makes valid names"),
+                payload,
+            })
+        ),
+        (any::<u32>(), any::<u64>(), payload).prop_map(|(sub_id, seq, payload)| {
+            Frame::Message(Message {
+                sub_id,
+                seq,
+                payload,
+            })
+        }),
+        (any::<u32>(), any::<u32>(), arb_name(20), arb_name(40)).prop_map(
+            |(request_id, sub_id, ns, name)| Frame::Subscribe(Subscribe {
+                request_id,
+                sub_id,
+                topic: TopicKey::from_strs(&ns, &name).expect("strategy makes valid names"),
+            })
+        ),
+        (any::<u32>(), any::<u16>(), any::<bool>(), ".{0,40}").prop_map(
+            |(request_id, code, fatal, message)| Frame::Error(ErrorFrame {
+                request_id,
+                code,
+                fatal,
+                message,
+            })
+        ),
+        any::<u64>().prop_map(Frame::Ping),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_frames_round_trip_at_any_split(
+        frames in proptest::collection::vec(arb_frame(), 1..8),
+        split_seed in any::<u64>(),
+    ) {
+        let mut all = BytesMut::new();
+        for frame in &frames {
+            frame.encode(&mut all);
+        }
+        let split = (split_seed % (all.len() as u64 + 1)) as usize;
+        prop_assert_eq!(decode_stream(&all, &[split]), frames);
+    }
+
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let mut buf = BytesMut::from(&bytes[..]);
+        // Walk the stream as a server would until it ends or breaks framing.
+        loop {
+            match check(&buf, 4096) {
+                Ok(Check::Complete { len }) => {
+                    let _ = decode(buf.split_to(len).freeze());
+                }
+                Ok(Check::Incomplete { .. }) | Err(_) => break,
+            }
+        }
+    }
+
+    #[test]
+    fn random_bodies_behind_a_valid_prefix_never_panic(
+        opcode in any::<u8>(),
+        body in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let mut frame = BytesMut::new();
+        frame.extend_from_slice(&((body.len() + 1) as u32).to_be_bytes());
+        frame.extend_from_slice(&[opcode]);
+        frame.extend_from_slice(&body);
+        if let Err(error) = decode(frame.freeze()) {
+            prop_assert!(!error.breaks_framing());
+        }
+    }
+}
