@@ -75,10 +75,9 @@ pub fn decode(frame: Bytes) -> Result<Frame, FrameError> {
         return Err(FrameError::Empty);
     }
     let opcode_byte = reader.u8("opcode")?;
-    let opcode =
-        Opcode::from_u8(opcode_byte).ok_or(FrameError::UnknownOpcode {
-            opcode: opcode_byte,
-        })?;
+    let opcode = Opcode::from_u8(opcode_byte).ok_or(FrameError::UnknownOpcode {
+        opcode: opcode_byte,
+    })?;
     reader.frame = frame_name(opcode);
     let frame = match opcode {
         Opcode::Hello => {

@@ -26,7 +26,9 @@ pub enum FrameError {
         opcode: u8,
     },
     /// A field runs past the end of the frame.
-    #[error("{frame} frame truncated at byte {offset}: field `{field}` needs {need} bytes, {have} left")]
+    #[error(
+        "{frame} frame truncated at byte {offset}: field `{field}` needs {need} bytes, {have} left"
+    )]
     Truncated {
         /// Frame kind being decoded.
         frame: &'static str,
@@ -168,7 +170,9 @@ impl ErrorCode {
 
     /// Maps a wire value to a known code.
     pub fn from_u16(value: u16) -> Option<ErrorCode> {
-        ErrorCode::ALL.into_iter().find(|code| *code as u16 == value)
+        ErrorCode::ALL
+            .into_iter()
+            .find(|code| *code as u16 == value)
     }
 
     /// A short stable name, as used in logs and by the CLI.

@@ -166,7 +166,11 @@ mod tests {
         assert!(validate_topic(&vec![b'a'; MAX_TOPIC_LEN]).is_ok());
         assert!(matches!(
             validate_topic(b"a\nb"),
-            Err(NameError::ControlCharacter { byte: b'\n', offset: 1, .. })
+            Err(NameError::ControlCharacter {
+                byte: b'\n',
+                offset: 1,
+                ..
+            })
         ));
         assert!(matches!(
             validate_namespace(b"ab\xff"),

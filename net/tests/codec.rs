@@ -267,10 +267,15 @@ fn length_limit_is_enforced_from_the_prefix_alone() {
             max: DEFAULT_MAX_FRAME
         })
     );
-    assert!(check(&prefix, DEFAULT_MAX_FRAME).unwrap_err().breaks_framing());
+    assert!(check(&prefix, DEFAULT_MAX_FRAME)
+        .unwrap_err()
+        .breaks_framing());
     assert_eq!(check(&[0, 0, 0, 0], 16), Err(FrameError::Empty));
     assert_eq!(check(&[0, 0], 16), Ok(Check::Incomplete { need: 4 }));
-    assert_eq!(check(&[0, 0, 0, 3, 1], 16), Ok(Check::Incomplete { need: 7 }));
+    assert_eq!(
+        check(&[0, 0, 0, 3, 1], 16),
+        Ok(Check::Incomplete { need: 7 })
+    );
 }
 
 #[test]
@@ -289,11 +294,20 @@ fn malformed_bodies_are_typed_errors() {
     );
     assert!(matches!(
         decode_hex("00000005 05 00000000"),
-        Err(FrameError::Truncated { frame: "PING", field: "nonce", offset: 5, need: 8, have: 4 })
+        Err(FrameError::Truncated {
+            frame: "PING",
+            field: "nonce",
+            offset: 5,
+            need: 8,
+            have: 4
+        })
     ));
     assert_eq!(
         decode_hex("0000000a 05 000000000000002a 00"),
-        Err(FrameError::TrailingBytes { frame: "PING", extra: 1 })
+        Err(FrameError::TrailingBytes {
+            frame: "PING",
+            extra: 1
+        })
     );
     assert_eq!(
         decode_hex("0000000b 01 47455420 0001 03 636c69"),
@@ -302,7 +316,10 @@ fn malformed_bodies_are_typed_errors() {
     let empty_topic = decode_hex("0000000d 03 00000009 00000007 01 61 0000");
     assert!(matches!(
         empty_topic,
-        Err(FrameError::InvalidName { request_id: 9, source: NameError::Empty { kind: "topic" } })
+        Err(FrameError::InvalidName {
+            request_id: 9,
+            source: NameError::Empty { kind: "topic" }
+        })
     ));
     let error = empty_topic.unwrap_err();
     assert_eq!(error.code(), ErrorCode::InvalidName);
@@ -330,14 +347,21 @@ fn arb_name(max: usize) -> impl Strategy<Value = String> {
 fn arb_frame() -> impl Strategy<Value = Frame> {
     let payload = proptest::collection::vec(any::<u8>(), 0..300).prop_map(Bytes::from);
     prop_oneof![
-        (any::<u32>(), any::<bool>(), arb_name(20), arb_name(40), payload.clone()).prop_map(
-            |(request_id, ack, ns, name, payload)| Frame::Publish(Publish {
-                request_id,
-                ack,
-                topic: TopicKey::from_strs(&ns, &name).expect("strategy makes valid names"),
-                payload,
-            })
-        ),
+        (
+            any::<u32>(),
+            any::<bool>(),
+            arb_name(20),
+            arb_name(40),
+            payload.clone()
+        )
+            .prop_map(
+                |(request_id, ack, ns, name, payload)| Frame::Publish(Publish {
+                    request_id,
+                    ack,
+                    topic: TopicKey::from_strs(&ns, &name).expect("strategy makes valid names"),
+                    payload,
+                })
+            ),
         (any::<u32>(), any::<u64>(), payload).prop_map(|(sub_id, seq, payload)| {
             Frame::Message(Message {
                 sub_id,

@@ -1,0 +1,299 @@
+//! One client connection on its shard: a reader that decodes frames into the
+//! engine, and a writer that drains the connection's outbox with vectored
+//! writes.
+//!
+//! glommio's `TcpStream` needs `&mut` for both directions and has no vectored
+//! write, so the writer owns a second descriptor of the same socket (`dup`) and
+//! writes with `sendmsg(MSG_DONTWAIT)`; only when the kernel buffer is full does
+//! it fall back to glommio's awaiting `write`, which parks on io_uring until the
+//! socket drains.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use corebus_net::{
+    check, decode, encode_message_header, Check, Frame, PubAck, SubOk, UnsubOk, Welcome,
+    PROTOCOL_VERSION,
+};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use tracing::debug;
+
+use crate::engine::{ConnId, Flow, Shard};
+use crate::outbox::OutFrame;
+
+/// Bytes asked of the kernel per read.
+const READ_CHUNK: usize = 64 * 1024;
+/// Payloads at least this long go out as their own iovec, shared with every
+/// other subscriber; shorter ones are copied next to their header, because an
+/// iovec entry costs more than copying a few hundred bytes.
+const VECTOR_THRESHOLD: usize = 512;
+/// Most iovecs per `sendmsg` (Linux's IOV_MAX).
+const MAX_IOVECS: usize = 1024;
+/// A reader pauses while any peer's mesh backlog is above this many messages.
+const MESH_HIGH_WATER: usize = 64 * 1024;
+/// How long a closing connection may take to flush before it is cut.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream, max_frame: u32) {
+    if let Err(err) = stream.set_nodelay(true) {
+        debug!(%err, "cannot set TCP_NODELAY");
+    }
+    let writer_stream = match dup_stream(&stream) {
+        Ok(writer) => writer,
+        Err(err) => {
+            debug!(%err, "cannot duplicate the socket for writing; dropping connection");
+            return;
+        }
+    };
+    let conn = shard.borrow_mut().open_conn();
+    let writer = glommio::spawn_local(write_loop(shard.clone(), conn, writer_stream));
+    match read_loop(&shard, conn, stream, max_frame).await {
+        Ok(()) => debug!(?conn, "connection closed"),
+        Err(err) => debug!(?conn, %err, "connection read failed"),
+    }
+    {
+        // Withdraw interest now; the writer still flushes what is queued.
+        let mut shard = shard.borrow_mut();
+        if let Some(outbox) = shard.outbox_mut(conn) {
+            outbox.finish();
+        }
+    }
+    writer.await;
+    shard.borrow_mut().close_conn(conn);
+}
+
+fn dup_stream(stream: &TcpStream) -> io::Result<TcpStream> {
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor we own returns a new
+    // descriptor or -1; it does not touch memory.
+    let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor of a connected TCP socket that nothing
+    // else owns; the new TcpStream takes ownership and closes it.
+    Ok(unsafe { TcpStream::from_raw_fd(fd) })
+}
+
+async fn read_loop(
+    shard: &Rc<RefCell<Shard>>,
+    conn: ConnId,
+    mut stream: TcpStream,
+    max_frame: u32,
+) -> io::Result<()> {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        let need;
+        {
+            let mut shard = shard.borrow_mut();
+            loop {
+                match check(&buf, max_frame) {
+                    Ok(Check::Complete { len }) => {
+                        let flow = match decode(buf.split_to(len).freeze()) {
+                            Ok(frame) => shard.handle_frame(conn, frame),
+                            Err(err) => shard.handle_decode_error(conn, &err),
+                        };
+                        if flow == Flow::Close {
+                            return Ok(());
+                        }
+                    }
+                    Ok(Check::Incomplete { need: total }) => {
+                        need = total;
+                        break;
+                    }
+                    Err(err) => {
+                        shard.handle_decode_error(conn, &err);
+                        return Ok(());
+                    }
+                }
+            }
+            if shard
+                .outbox_mut(conn)
+                .is_none_or(|outbox| outbox.is_closing())
+            {
+                return Ok(());
+            }
+        }
+        // Backpressure: a publisher faster than the mesh waits here rather than
+        // growing the mesh backlog without bound.
+        while shard.borrow().max_mesh_backlog() > MESH_HIGH_WATER {
+            glommio::timer::sleep(Duration::from_micros(100)).await;
+        }
+        let start = buf.len();
+        let want = need.saturating_sub(start).max(READ_CHUNK);
+        buf.resize(start + want, 0);
+        let read = stream.read(&mut buf[start..]).await;
+        match read {
+            Ok(0) => {
+                buf.truncate(start);
+                return Ok(());
+            }
+            Ok(n) => buf.truncate(start + n),
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+async fn write_loop(shard: Rc<RefCell<Shard>>, conn: ConnId, mut stream: TcpStream) {
+    let mut batch = Vec::new();
+    let mut head = BytesMut::with_capacity(64 * 1024);
+    let mut segments: Vec<Bytes> = Vec::new();
+    loop {
+        let next = poll_fn(|cx| {
+            let mut shard = shard.borrow_mut();
+            let Some(outbox) = shard.outbox_mut(conn) else {
+                return Poll::Ready(None);
+            };
+            if !outbox.is_empty() {
+                outbox.drain_into(&mut batch);
+                Poll::Ready(Some(outbox.is_closing()))
+            } else if outbox.is_closing() {
+                Poll::Ready(None)
+            } else {
+                outbox.set_writer(cx.waker());
+                Poll::Pending
+            }
+        })
+        .await;
+        let Some(closing) = next else { break };
+        if closing {
+            // The peer may not be reading at all; bound the final flush.
+            let _ = stream.set_write_timeout(Some(CLOSE_FLUSH_TIMEOUT));
+        }
+        for frame in batch.drain(..) {
+            encode_out_frame(frame, &mut head, &mut segments);
+        }
+        if !head.is_empty() {
+            segments.push(head.split().freeze());
+        }
+        if let Err(err) = write_all_vectored(&mut stream, &mut segments).await {
+            debug!(?conn, %err, "connection write failed");
+            break;
+        }
+    }
+    // Unblocks the reader if it is still waiting for input.
+    // SAFETY: shutdown(2) on a descriptor we own; it does not touch memory.
+    unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_RDWR) };
+    let mut shard = shard.borrow_mut();
+    if let Some(outbox) = shard.outbox_mut(conn) {
+        // The writer is gone: refuse further frames instead of queueing them.
+        outbox.close_with(None);
+    }
+}
+
+fn encode_out_frame(frame: OutFrame, head: &mut BytesMut, segments: &mut Vec<Bytes>) {
+    match frame {
+        OutFrame::Message {
+            sub_id,
+            seq,
+            payload,
+        } => {
+            encode_message_header(head, sub_id, seq, payload.len());
+            if payload.len() >= VECTOR_THRESHOLD {
+                segments.push(head.split().freeze());
+                segments.push(payload);
+            } else {
+                head.extend_from_slice(&payload);
+            }
+        }
+        OutFrame::PubAck { request_id, seq } => {
+            Frame::PubAck(PubAck { request_id, seq }).encode(head)
+        }
+        OutFrame::SubOk {
+            request_id,
+            sub_id,
+            start_after,
+        } => Frame::SubOk(SubOk {
+            request_id,
+            sub_id,
+            start_after,
+        })
+        .encode(head),
+        OutFrame::UnsubOk { request_id, sub_id } => {
+            Frame::UnsubOk(UnsubOk { request_id, sub_id }).encode(head)
+        }
+        OutFrame::Welcome {
+            max_frame,
+            shard,
+            shard_count,
+        } => Frame::Welcome(Welcome {
+            version: PROTOCOL_VERSION,
+            max_frame,
+            shard,
+            shard_count,
+        })
+        .encode(head),
+        OutFrame::Pong(nonce) => Frame::Pong(nonce).encode(head),
+        OutFrame::Error(error) => Frame::Error(error).encode(head),
+    }
+}
+
+/// Writes every segment, in order, then clears `segments`.
+async fn write_all_vectored(stream: &mut TcpStream, segments: &mut Vec<Bytes>) -> io::Result<()> {
+    let fd = stream.as_raw_fd();
+    let mut first = 0;
+    while first < segments.len() {
+        match send_vectored(fd, &segments[first..]) {
+            Ok(mut written) => {
+                while written > 0 {
+                    let segment = &mut segments[first];
+                    if written >= segment.len() {
+                        written -= segment.len();
+                        first += 1;
+                    } else {
+                        let _ = segment.split_to(written);
+                        written = 0;
+                    }
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                // Kernel buffer full: let glommio park us until it drains.
+                let written = stream.write(&segments[first]).await?;
+                if written == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                let segment = &mut segments[first];
+                if written >= segment.len() {
+                    first += 1;
+                } else {
+                    let _ = segment.split_to(written);
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    segments.clear();
+    Ok(())
+}
+
+/// One non-blocking `sendmsg` of up to [`MAX_IOVECS`] segments.
+fn send_vectored(fd: RawFd, segments: &[Bytes]) -> io::Result<usize> {
+    let count = segments.len().min(MAX_IOVECS);
+    let iovecs: Vec<libc::iovec> = segments[..count]
+        .iter()
+        .map(|segment| libc::iovec {
+            iov_base: segment.as_ptr() as *mut libc::c_void,
+            iov_len: segment.len(),
+        })
+        .collect();
+    // SAFETY: a zeroed msghdr is valid; we then point it at `iovecs`, which
+    // outlives the call and describes live, immutable buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iovecs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = count as _;
+    // SAFETY: `msg` is fully initialised and the buffers are valid for reads.
+    let sent = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
+    }
+}

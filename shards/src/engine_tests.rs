@@ -1,0 +1,443 @@
+//! Engine tests: several shards driven by hand, with the mesh simulated as FIFO
+//! queues, so ordering arguments are checked without sockets or executors.
+
+use std::collections::VecDeque;
+use std::task::Waker;
+
+use bytes::Bytes;
+use corebus_net::{ErrorCode, Frame, Hello, Publish, Subscribe, TopicKey, Unsubscribe};
+
+use super::*;
+
+struct Cluster {
+    shards: Vec<Shard>,
+    /// (from, to) → batches in flight, FIFO like the real mesh queues.
+    queues: Vec<Vec<VecDeque<MeshBatch>>>,
+}
+
+impl Cluster {
+    fn new(count: usize, config: EngineConfig) -> Cluster {
+        Cluster {
+            shards: (0..count)
+                .map(|id| Shard::new(id as ShardId, count, config.clone()))
+                .collect(),
+            queues: (0..count)
+                .map(|_| (0..count).map(|_| VecDeque::new()).collect())
+                .collect(),
+        }
+    }
+
+    /// Moves collected batches into the simulated queues (what sender tasks do).
+    fn collect(&mut self) {
+        let count = self.shards.len();
+        for from in 0..count {
+            for to in 0..count {
+                if from == to {
+                    continue;
+                }
+                if let Some(batch) = self.shards[from].take_mesh_batch(to as ShardId, Waker::noop())
+                {
+                    self.queues[from][to].push_back(batch);
+                }
+            }
+        }
+    }
+
+    /// Delivers everything until no queue holds anything.
+    fn pump(&mut self) {
+        loop {
+            self.collect();
+            let mut moved = false;
+            for from in 0..self.shards.len() {
+                for to in 0..self.shards.len() {
+                    while let Some(batch) = self.queues[from][to].pop_front() {
+                        moved = true;
+                        for msg in batch {
+                            self.shards[to].handle_mesh(from as ShardId, msg);
+                        }
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn connect(&mut self, shard: usize) -> (usize, ConnId) {
+        let conn = self.shards[shard].open_conn();
+        let flow = self.shards[shard].handle_frame(
+            conn,
+            Frame::Hello(Hello {
+                version: corebus_net::PROTOCOL_VERSION,
+                client_name: "test".into(),
+            }),
+        );
+        assert_eq!(flow, Flow::Continue);
+        let frames = self.take(shard, conn);
+        assert!(matches!(frames[..], [OutFrame::Welcome { .. }]));
+        (shard, conn)
+    }
+
+    fn send(&mut self, (shard, conn): (usize, ConnId), frame: Frame) -> Flow {
+        self.shards[shard].handle_frame(conn, frame)
+    }
+
+    fn take(&mut self, shard: usize, conn: ConnId) -> Vec<OutFrame> {
+        let mut frames = Vec::new();
+        if let Some(outbox) = self.shards[shard].outbox_mut(conn) {
+            outbox.drain_into(&mut frames);
+        }
+        frames
+    }
+
+    fn take_conn(&mut self, (shard, conn): (usize, ConnId)) -> Vec<OutFrame> {
+        self.take(shard, conn)
+    }
+}
+
+fn topic(name: &str) -> TopicKey {
+    TopicKey::from_strs("test", name).expect("valid")
+}
+
+/// A topic owned by `owner` in a cluster of `count`.
+fn topic_owned_by(owner: ShardId, count: usize) -> TopicKey {
+    (0..)
+        .map(|i| topic(&format!("t{i}")))
+        .find(|t| routing::owner(t, count) == owner)
+        .expect("some topic hashes to every shard")
+}
+
+fn publish(topic: &TopicKey, request_id: u32, payload: &str) -> Frame {
+    Frame::Publish(Publish {
+        request_id,
+        ack: true,
+        topic: topic.clone(),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+    })
+}
+
+fn subscribe(topic: &TopicKey, request_id: u32, sub_id: u32) -> Frame {
+    Frame::Subscribe(Subscribe {
+        request_id,
+        sub_id,
+        topic: topic.clone(),
+    })
+}
+
+fn messages(frames: &[OutFrame]) -> Vec<(u32, u64)> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            OutFrame::Message { sub_id, seq, .. } => Some((*sub_id, *seq)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sub_ok_start(frames: &[OutFrame], want_sub: u32) -> Option<u64> {
+    frames.iter().find_map(|f| match f {
+        OutFrame::SubOk {
+            sub_id,
+            start_after,
+            ..
+        } if *sub_id == want_sub => Some(*start_after),
+        _ => None,
+    })
+}
+
+#[test]
+fn publisher_and_subscriber_on_different_shards_through_a_third_owner() {
+    let mut cluster = Cluster::new(3, EngineConfig::default());
+    let t = topic_owned_by(2, 3);
+    let subscriber = cluster.connect(1);
+    let publisher = cluster.connect(0);
+    cluster.send(subscriber, subscribe(&t, 1, 10));
+    cluster.pump();
+    assert_eq!(sub_ok_start(&cluster.take_conn(subscriber), 10), Some(0));
+    for i in 1..=100 {
+        cluster.send(publisher, publish(&t, i, "x"));
+    }
+    cluster.pump();
+    let acks: Vec<u64> = cluster
+        .take_conn(publisher)
+        .iter()
+        .filter_map(|f| match f {
+            OutFrame::PubAck { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, (1..=100).collect::<Vec<_>>());
+    let got = messages(&cluster.take_conn(subscriber));
+    assert_eq!(got, (1..=100).map(|seq| (10, seq)).collect::<Vec<_>>());
+}
+
+#[test]
+fn start_point_is_exact_while_publishes_are_in_flight() {
+    let count = 2;
+    let t = topic_owned_by(0, count);
+    let mut cluster = Cluster::new(count, EngineConfig::default());
+    let publisher = cluster.connect(1);
+    let subscriber = cluster.connect(1);
+    for i in 1..=5 {
+        cluster.send(publisher, publish(&t, i, "early"));
+    }
+    // Subscribe while the five publishes are still queued towards the owner,
+    // then publish more: the start point splits the stream exactly.
+    cluster.send(subscriber, subscribe(&t, 1, 7));
+    for i in 6..=10 {
+        cluster.send(publisher, publish(&t, i, "late"));
+    }
+    cluster.pump();
+    let frames = cluster.take_conn(subscriber);
+    let start = sub_ok_start(&frames, 7).expect("SUB_OK");
+    let got: Vec<u64> = messages(&frames).into_iter().map(|(_, seq)| seq).collect();
+    assert_eq!(got, ((start + 1)..=10).collect::<Vec<_>>());
+    // The same shard's mesh queue to the owner is FIFO: the five early
+    // publishes reached the owner before the interest did.
+    assert_eq!(start, 5);
+}
+
+#[test]
+fn second_local_subscriber_starts_where_the_shard_is() {
+    let count = 2;
+    let t = topic_owned_by(1, count);
+    let mut cluster = Cluster::new(count, EngineConfig::default());
+    let publisher = cluster.connect(1);
+    let first = cluster.connect(0);
+    let second = cluster.connect(0);
+    cluster.send(first, subscribe(&t, 1, 1));
+    cluster.pump();
+    for i in 1..=3 {
+        cluster.send(publisher, publish(&t, i, "a"));
+    }
+    cluster.pump();
+    cluster.send(second, subscribe(&t, 1, 2));
+    for i in 4..=6 {
+        cluster.send(publisher, publish(&t, i, "b"));
+    }
+    cluster.pump();
+    let frames = cluster.take_conn(second);
+    assert_eq!(sub_ok_start(&frames, 2), Some(3));
+    assert_eq!(messages(&frames), vec![(2, 4), (2, 5), (2, 6)]);
+    assert_eq!(messages(&cluster.take_conn(first)).len(), 6);
+}
+
+#[test]
+fn unsubscribe_stops_delivery_and_withdraws_interest_from_the_owner() {
+    let count = 2;
+    let t = topic_owned_by(0, count);
+    let mut cluster = Cluster::new(count, EngineConfig::default());
+    let publisher = cluster.connect(0);
+    let subscriber = cluster.connect(1);
+    cluster.send(subscriber, subscribe(&t, 1, 3));
+    cluster.pump();
+    cluster.send(publisher, publish(&t, 1, "one"));
+    cluster.pump();
+    cluster.send(
+        subscriber,
+        Frame::Unsubscribe(Unsubscribe {
+            request_id: 2,
+            sub_id: 3,
+        }),
+    );
+    let frames = cluster.take_conn(subscriber);
+    assert!(matches!(
+        frames.last(),
+        Some(OutFrame::UnsubOk { sub_id: 3, .. })
+    ));
+    cluster.pump();
+    cluster.send(publisher, publish(&t, 2, "two"));
+    // The owner no longer sends anything to shard 1 for this topic.
+    cluster.collect();
+    assert!(cluster.queues[0][1].is_empty());
+    cluster.pump();
+    assert!(messages(&cluster.take_conn(subscriber)).is_empty());
+}
+
+#[test]
+fn closing_the_last_subscriber_connection_withdraws_interest() {
+    let count = 2;
+    let t = topic_owned_by(0, count);
+    let mut cluster = Cluster::new(count, EngineConfig::default());
+    let publisher = cluster.connect(0);
+    let subscriber = cluster.connect(1);
+    cluster.send(subscriber, subscribe(&t, 1, 3));
+    cluster.pump();
+    cluster.shards[1].close_conn(subscriber.1);
+    cluster.pump();
+    cluster.send(publisher, publish(&t, 1, "nobody"));
+    cluster.collect();
+    assert!(cluster.queues[0][1].is_empty());
+}
+
+#[test]
+fn resubscribing_while_a_drop_is_in_flight_neither_loses_nor_repeats() {
+    let count = 2;
+    let t = topic_owned_by(0, count);
+    let mut cluster = Cluster::new(count, EngineConfig::default());
+    let publisher = cluster.connect(0);
+    let subscriber = cluster.connect(1);
+    cluster.send(subscriber, subscribe(&t, 1, 1));
+    cluster.pump();
+    cluster.send(publisher, publish(&t, 1, "a"));
+    cluster.collect(); // DeliverMsg seq 1 in flight to shard 1
+    cluster.send(
+        subscriber,
+        Frame::Unsubscribe(Unsubscribe {
+            request_id: 2,
+            sub_id: 1,
+        }),
+    );
+    cluster.send(subscriber, subscribe(&t, 3, 2));
+    cluster.send(publisher, publish(&t, 2, "b"));
+    cluster.pump();
+    let frames = cluster.take_conn(subscriber);
+    let start = sub_ok_start(&frames, 2).expect("SUB_OK");
+    let second: Vec<u64> = messages(&frames)
+        .into_iter()
+        .filter(|(sub, _)| *sub == 2)
+        .map(|(_, seq)| seq)
+        .collect();
+    assert_eq!(second, ((start + 1)..=2).collect::<Vec<_>>());
+    assert!(messages(&frames)
+        .iter()
+        .all(|(sub, seq)| *sub == 2 || *seq == 1));
+}
+
+#[test]
+fn owner_local_subscriber_gets_messages_synchronously() {
+    let mut cluster = Cluster::new(1, EngineConfig::default());
+    let t = topic("solo");
+    let publisher = cluster.connect(0);
+    let subscriber = cluster.connect(0);
+    cluster.send(subscriber, subscribe(&t, 1, 1));
+    assert_eq!(sub_ok_start(&cluster.take_conn(subscriber), 1), Some(0));
+    cluster.send(publisher, publish(&t, 1, "now"));
+    assert_eq!(messages(&cluster.take_conn(subscriber)), vec![(1, 1)]);
+}
+
+#[test]
+fn request_errors_are_typed_and_keep_the_connection() {
+    let mut cluster = Cluster::new(1, EngineConfig::default());
+    let t = topic("errs");
+    let client = cluster.connect(0);
+    cluster.send(client, subscribe(&t, 1, 5));
+    assert_eq!(cluster.send(client, subscribe(&t, 2, 5)), Flow::Continue);
+    let unsubscribe = Frame::Unsubscribe(Unsubscribe {
+        request_id: 3,
+        sub_id: 99,
+    });
+    assert_eq!(cluster.send(client, unsubscribe), Flow::Continue);
+    let codes: Vec<(u32, Option<ErrorCode>)> = cluster
+        .take_conn(client)
+        .iter()
+        .filter_map(|f| match f {
+            OutFrame::Error(e) => Some((e.request_id, e.code())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            (2, Some(ErrorCode::DuplicateSubscription)),
+            (3, Some(ErrorCode::UnknownSubscription))
+        ]
+    );
+}
+
+#[test]
+fn subscription_limit_is_enforced() {
+    let config = EngineConfig {
+        max_subscriptions_per_conn: 2,
+        ..EngineConfig::default()
+    };
+    let mut cluster = Cluster::new(1, config);
+    let client = cluster.connect(0);
+    for sub in 1..=3 {
+        cluster.send(client, subscribe(&topic(&format!("s{sub}")), sub, sub));
+    }
+    let frames = cluster.take_conn(client);
+    assert!(matches!(
+        frames.last(),
+        Some(OutFrame::Error(e)) if e.code() == Some(ErrorCode::TooManySubscriptions) && e.request_id == 3
+    ));
+}
+
+#[test]
+fn handshake_is_required_and_versioned() {
+    let mut cluster = Cluster::new(1, EngineConfig::default());
+    let conn = cluster.shards[0].open_conn();
+    assert_eq!(
+        cluster.shards[0].handle_frame(conn, Frame::Ping(1)),
+        Flow::Close
+    );
+    let frames = cluster.take(0, conn);
+    assert!(
+        matches!(&frames[..], [OutFrame::Error(e)] if e.fatal && e.code() == Some(ErrorCode::HandshakeRequired))
+    );
+
+    let conn = cluster.shards[0].open_conn();
+    let hello = Frame::Hello(Hello {
+        version: 99,
+        client_name: String::new(),
+    });
+    assert_eq!(cluster.shards[0].handle_frame(conn, hello), Flow::Close);
+    let frames = cluster.take(0, conn);
+    assert!(
+        matches!(&frames[..], [OutFrame::Error(e)] if e.fatal && e.code() == Some(ErrorCode::UnsupportedVersion))
+    );
+}
+
+#[test]
+fn slow_consumer_is_closed_and_others_keep_receiving() {
+    let config = EngineConfig {
+        outbox_limit_bytes: 4096,
+        ..EngineConfig::default()
+    };
+    let mut cluster = Cluster::new(1, config);
+    let t = topic("busy");
+    let publisher = cluster.connect(0);
+    let slow = cluster.connect(0);
+    let fast = cluster.connect(0);
+    cluster.send(slow, subscribe(&t, 1, 1));
+    cluster.send(fast, subscribe(&t, 1, 1));
+    cluster.take_conn(slow);
+    let payload = "p".repeat(100);
+    let mut fast_seen = Vec::new();
+    for i in 1..=200 {
+        cluster.send(publisher, publish(&t, i, &payload));
+        cluster.take_conn(publisher);
+        fast_seen.extend(messages(&cluster.take_conn(fast)));
+    }
+    assert_eq!(fast_seen.len(), 200);
+    let frames = cluster.take_conn(slow);
+    assert!(matches!(
+        &frames[..],
+        [OutFrame::Error(e)] if e.fatal && e.code() == Some(ErrorCode::SlowConsumer)
+    ));
+    assert_eq!(cluster.shards[0].stats().slow_consumer_closes, 1);
+}
+
+#[test]
+fn decode_errors_after_handshake_keep_the_connection_unless_framing_broke() {
+    let mut cluster = Cluster::new(1, EngineConfig::default());
+    let (shard, conn) = cluster.connect(0);
+    let unknown = corebus_net::FrameError::UnknownOpcode { opcode: 0x7e };
+    assert_eq!(
+        cluster.shards[shard].handle_decode_error(conn, &unknown),
+        Flow::Continue
+    );
+    let too_large = corebus_net::FrameError::TooLarge {
+        len: 1 << 30,
+        max: 1 << 20,
+    };
+    assert_eq!(
+        cluster.shards[shard].handle_decode_error(conn, &too_large),
+        Flow::Close
+    );
+    let frames = cluster.take(shard, conn);
+    assert!(
+        matches!(&frames[..], [OutFrame::Error(e)] if e.fatal && e.code() == Some(ErrorCode::FrameTooLarge))
+    );
+}

@@ -1,0 +1,23 @@
+//! The corebus per-core engine.
+//!
+//! Role: everything one shard does. [`routing`] picks a topic's owner shard by
+//! rendezvous hash; [`engine::Shard`] is the shard's state machine (owner-side
+//! sequence numbers and interested shards, subscriber-side tables, connection
+//! outboxes); [`mesh`] defines the messages shards exchange; [`runtime`] starts
+//! one glommio executor per shard, joins the channel mesh and accepts
+//! connections with SO_REUSEPORT; [`conn`] drives one connection's socket.
+//!
+//! Must not depend on: the broker binary (configuration files, CLI, auth), the
+//! client crate, or tokio. The wire format comes from `corebus-net` only.
+
+pub mod conn;
+pub mod engine;
+pub mod mesh;
+pub mod outbox;
+pub mod routing;
+pub mod runtime;
+pub mod stats;
+
+pub use engine::{ConnId, EngineConfig, Flow, Shard};
+pub use routing::ShardId;
+pub use runtime::{start, Server, ServerConfig, StartError};

@@ -1,0 +1,77 @@
+//! Messages between shards.
+//!
+//! Shards share nothing; everything one shard asks of another travels as a
+//! [`ShardMsg`] over a bounded single-producer queue of glommio's channel mesh.
+//! Messages go in [`MeshBatch`]es: a shard collects everything for one peer
+//! during a turn of its loop and sends it as one queue item, so a busy shard
+//! pays one queue operation (and at most one wake-up) per batch, not per message.
+//!
+//! Ordering contract: each (from, to) queue is FIFO, and the engine relies on
+//! it. An owner sends a shard `InterestAckMsg` before any `DeliverMsg` that
+//! follows it, which is what makes a subscription's start point exact.
+
+use bytes::Bytes;
+use corebus_net::{Seq, TopicKey};
+
+use crate::ConnId;
+
+/// A batch of messages from one shard to another, in send order.
+pub type MeshBatch = Vec<ShardMsg>;
+
+/// Where a publish acknowledgement must go: a connection on the sending shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckTo {
+    /// The publishing connection.
+    pub conn: ConnId,
+    /// Its request id.
+    pub request_id: u32,
+}
+
+/// One request or notification between shards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardMsg {
+    /// To a topic's owner: sequence and fan out this payload.
+    PublishMsg {
+        /// The topic.
+        topic: TopicKey,
+        /// The payload, shared with the frame it arrived in.
+        payload: Bytes,
+        /// Where to send the sequence number, if the client asked for it.
+        ack_to: Option<AckTo>,
+    },
+    /// From the owner back to the publishing shard.
+    PubAckMsg {
+        /// Who asked.
+        ack_to: AckTo,
+        /// The sequence number assigned.
+        seq: Seq,
+    },
+    /// To a topic's owner: the sending shard now has subscribers of the topic.
+    InterestMsg {
+        /// The topic.
+        topic: TopicKey,
+    },
+    /// From the owner: the sender of `InterestMsg` receives every message
+    /// after `start_after`, starting with the next `DeliverMsg` for the topic.
+    InterestAckMsg {
+        /// The topic.
+        topic: TopicKey,
+        /// Last sequence number assigned before the interest was registered.
+        start_after: Seq,
+    },
+    /// To a topic's owner: the sending shard has no subscribers left.
+    DropInterestMsg {
+        /// The topic.
+        topic: TopicKey,
+    },
+    /// From the owner to an interested shard: one sequenced message, sent once
+    /// per shard however many local subscribers it has.
+    DeliverMsg {
+        /// The topic.
+        topic: TopicKey,
+        /// Its sequence number.
+        seq: Seq,
+        /// The shared payload.
+        payload: Bytes,
+    },
+}

@@ -1,0 +1,230 @@
+//! A connection's outbound queue.
+//!
+//! The engine pushes typed items; the connection's writer task drains them in
+//! batches and encodes them into one vectored write. The queue is bounded in
+//! bytes: an item that would pass the bound is refused, and the engine then
+//! closes the connection as a slow consumer, so one connection that does not
+//! read can never make the broker's memory grow without limit.
+
+use std::collections::VecDeque;
+use std::task::Waker;
+
+use bytes::Bytes;
+use corebus_net::{ErrorFrame, Seq, MESSAGE_HEADER_LEN};
+
+/// One frame waiting to be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutFrame {
+    /// `MESSAGE`: the payload is shared with every other subscriber.
+    Message {
+        /// Subscription id.
+        sub_id: u32,
+        /// Topic sequence number.
+        seq: Seq,
+        /// Shared payload.
+        payload: Bytes,
+    },
+    /// `PUB_ACK`.
+    PubAck {
+        /// The publish's request id.
+        request_id: u32,
+        /// Assigned sequence number.
+        seq: Seq,
+    },
+    /// `SUB_OK`.
+    SubOk {
+        /// The subscribe's request id.
+        request_id: u32,
+        /// Subscription id.
+        sub_id: u32,
+        /// Start point.
+        start_after: Seq,
+    },
+    /// `UNSUB_OK`.
+    UnsubOk {
+        /// The unsubscribe's request id.
+        request_id: u32,
+        /// Subscription id.
+        sub_id: u32,
+    },
+    /// `WELCOME`.
+    Welcome {
+        /// Frame-size limit.
+        max_frame: u32,
+        /// This shard.
+        shard: u16,
+        /// Shard count.
+        shard_count: u16,
+    },
+    /// `PONG`.
+    Pong(u64),
+    /// `ERROR`.
+    Error(ErrorFrame),
+}
+
+impl OutFrame {
+    /// Bytes this frame occupies on the wire (what the queue bound counts).
+    pub fn wire_len(&self) -> usize {
+        match self {
+            OutFrame::Message { payload, .. } => MESSAGE_HEADER_LEN + payload.len(),
+            OutFrame::PubAck { .. } => 17,
+            OutFrame::SubOk { .. } => 21,
+            OutFrame::UnsubOk { .. } => 13,
+            OutFrame::Welcome { .. } => 15,
+            OutFrame::Pong(_) => 13,
+            OutFrame::Error(error) => 14 + error.message.len(),
+        }
+    }
+}
+
+/// Why a push was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The frame does not fit under the byte bound.
+    Full,
+    /// The connection is closing; nothing more is queued.
+    Closing,
+}
+
+/// The outbound queue of one connection. Owned by the shard's engine; only the
+/// shard's own tasks touch it.
+#[derive(Debug)]
+pub struct Outbox {
+    frames: VecDeque<OutFrame>,
+    queued_bytes: usize,
+    limit_bytes: usize,
+    /// Set once the connection must close after what is queued is written.
+    closing: bool,
+    writer: Option<Waker>,
+}
+
+impl Outbox {
+    /// An empty queue holding at most `limit_bytes` of frames.
+    pub fn new(limit_bytes: usize) -> Outbox {
+        Outbox {
+            frames: VecDeque::new(),
+            queued_bytes: 0,
+            limit_bytes,
+            closing: false,
+            writer: None,
+        }
+    }
+
+    /// Queues a frame and wakes the writer.
+    pub fn push(&mut self, frame: OutFrame) -> Result<(), PushError> {
+        if self.closing {
+            return Err(PushError::Closing);
+        }
+        let len = frame.wire_len();
+        // An empty queue takes any one frame, so a single frame larger than the
+        // bound (at most one maximum-size message) can still be delivered.
+        if !self.frames.is_empty() && self.queued_bytes + len > self.limit_bytes {
+            return Err(PushError::Full);
+        }
+        self.queued_bytes += len;
+        self.frames.push_back(frame);
+        self.wake();
+        Ok(())
+    }
+
+    /// Drops everything queued, queues `last` (typically a fatal `ERROR`) and
+    /// marks the queue closing: the writer sends `last`, then closes.
+    pub fn close_with(&mut self, last: Option<OutFrame>) {
+        if self.closing {
+            return;
+        }
+        self.frames.clear();
+        self.queued_bytes = 0;
+        if let Some(frame) = last {
+            self.queued_bytes = frame.wire_len();
+            self.frames.push_back(frame);
+        }
+        self.closing = true;
+        self.wake();
+    }
+
+    /// Marks the queue closing after what is already queued (orderly close).
+    pub fn finish(&mut self) {
+        self.closing = true;
+        self.wake();
+    }
+
+    /// True once no more frames will be accepted.
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    /// Bytes currently queued.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Number of frames queued.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Moves every queued frame into `into` (the writer's batch).
+    pub fn drain_into(&mut self, into: &mut Vec<OutFrame>) {
+        into.extend(self.frames.drain(..));
+        self.queued_bytes = 0;
+    }
+
+    /// Registers the writer to be woken by the next push.
+    pub fn set_writer(&mut self, waker: &Waker) {
+        match &self.writer {
+            Some(current) if current.will_wake(waker) => {}
+            _ => self.writer = Some(waker.clone()),
+        }
+    }
+
+    fn wake(&mut self) {
+        if let Some(waker) = self.writer.take() {
+            waker.wake();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(len: usize) -> OutFrame {
+        OutFrame::Message {
+            sub_id: 1,
+            seq: 1,
+            payload: Bytes::from(vec![0; len]),
+        }
+    }
+
+    #[test]
+    fn bound_counts_wire_bytes_and_refuses_overflow() {
+        let mut outbox = Outbox::new(100);
+        assert_eq!(outbox.push(message(50)), Ok(()));
+        assert_eq!(outbox.queued_bytes(), 50 + MESSAGE_HEADER_LEN);
+        assert_eq!(outbox.push(message(50)), Err(PushError::Full));
+        let mut batch = Vec::new();
+        outbox.drain_into(&mut batch);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(outbox.queued_bytes(), 0);
+        // An empty queue takes one oversized frame.
+        assert_eq!(outbox.push(message(500)), Ok(()));
+    }
+
+    #[test]
+    fn close_with_replaces_the_queue() {
+        let mut outbox = Outbox::new(1000);
+        outbox.push(message(10)).expect("room");
+        outbox.close_with(Some(OutFrame::Pong(1)));
+        assert!(outbox.is_closing());
+        assert_eq!(outbox.push(message(1)), Err(PushError::Closing));
+        let mut batch = Vec::new();
+        outbox.drain_into(&mut batch);
+        assert_eq!(batch, vec![OutFrame::Pong(1)]);
+    }
+}

@@ -1,0 +1,387 @@
+//! Start-up and shutdown of the shard executors.
+//!
+//! One glommio executor per shard, each on its own thread, pinned to one CPU of
+//! the process's affinity mask when there are enough CPUs for all shards
+//! (more shards than CPUs is allowed, for tests, and then nothing is pinned).
+//! Every shard binds its own listener on the same address with SO_REUSEPORT,
+//! so the kernel spreads connections over shards and a connection lives on the
+//! shard that accepted it.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::{MeshBuilder, Senders};
+use glommio::net::TcpListener;
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use tracing::{debug, info, warn};
+
+use crate::engine::{EngineConfig, Shard};
+use crate::mesh::MeshBatch;
+use crate::routing::ShardId;
+
+/// Batches each (from, to) mesh queue holds before senders wait.
+const MESH_QUEUE_BATCHES: usize = 1024;
+/// glommio's registered I/O buffer per executor. corebus does no file I/O,
+/// so the minimum keeps locked memory (RLIMIT_MEMLOCK) needs small.
+const IO_MEMORY: usize = 64 * 1024;
+/// How often shards look at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(20);
+
+/// What a broker process runs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address every shard listens on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Number of shards; `None` means one per CPU in the affinity mask.
+    pub shards: Option<usize>,
+    /// Engine limits.
+    pub engine: EngineConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            shards: None,
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// `--shards 0`, or more shards than shard ids.
+    #[error("invalid shard count {count}: it must be between 1 and {max}")]
+    InvalidShardCount {
+        /// The count asked for.
+        count: usize,
+        /// The largest allowed.
+        max: usize,
+    },
+    /// The listen address is taken or not ours to bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The locked-memory limit is below what io_uring needs.
+    #[error(
+        "the locked-memory limit (ulimit -l) is {current_kib} KiB; corebus needs at least \
+         {needed_kib} KiB for io_uring. Raise it with `ulimit -l unlimited` in the shell that \
+         starts corebus (root), `LimitMEMLOCK=infinity` in its systemd unit, or a line \
+         `<user> - memlock unlimited` in /etc/security/limits.conf"
+    )]
+    MemlockTooLow {
+        /// Current soft limit in KiB.
+        current_kib: u64,
+        /// What is needed in KiB.
+        needed_kib: u64,
+    },
+    /// io_uring is switched off by sysctl.
+    #[error(
+        "io_uring is disabled on this kernel (kernel.io_uring_disabled = {value}); enable it \
+         with `sysctl -w kernel.io_uring_disabled=0` (and persist it in /etc/sysctl.d/)"
+    )]
+    IoUringDisabled {
+        /// The sysctl's value.
+        value: u32,
+    },
+    /// A shard executor failed to start.
+    #[error("shard {shard} failed to start: {reason}")]
+    Shard {
+        /// Which shard.
+        shard: ShardId,
+        /// glommio's explanation.
+        reason: String,
+    },
+}
+
+/// A running broker: its shards' threads and the address they listen on.
+#[derive(Debug)]
+pub struct Server {
+    local_addr: SocketAddr,
+    shard_count: usize,
+    stop: Arc<AtomicBool>,
+    handles: Vec<ExecutorJoinHandle<()>>,
+}
+
+impl Server {
+    /// The address clients connect to (with the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Number of shards running.
+    pub fn shard_count(&self) -> usize {
+        self.shard_count
+    }
+
+    /// A flag that, once set, stops every shard (for signal handlers).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Stops every shard and waits for their threads. Open connections are
+    /// dropped.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        self.wait();
+    }
+
+    /// Waits until the shards stop (after the stop flag is set).
+    pub fn wait(mut self) {
+        for handle in std::mem::take(&mut self.handles) {
+            if let Err(err) = handle.join() {
+                warn!(%err, "shard thread ended with an error");
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A dropped handle must not leave shard threads running forever.
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// The CPUs this process may run on, in ascending order.
+pub fn affinity_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is an empty set, and sched_getaffinity writes
+    // at most size_of::<cpu_set_t>() bytes into it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: as above; pid 0 is the calling thread.
+    let rc = unsafe { libc::sched_getaffinity(0, size, &mut set) };
+    if rc != 0 {
+        return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+    }
+    // SAFETY: CPU_ISSET reads the set initialised above.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|cpu| unsafe { libc::CPU_ISSET(*cpu, &set) })
+        .collect()
+}
+
+/// Checks what io_uring needs from the host, raising the soft locked-memory
+/// limit to the hard one when that is enough.
+pub fn preflight(shards: usize) -> Result<(), StartError> {
+    if let Ok(text) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        let value: u32 = text.trim().parse().unwrap_or(0);
+        if value == 2 {
+            return Err(StartError::IoUringDisabled { value });
+        }
+    }
+    // glommio refuses to start under 512 KiB, whatever else is needed.
+    let needed = (512 * 1024).max((shards * IO_MEMORY * 2) as u64);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
+        return Ok(()); // Cannot tell; glommio will report it if it matters.
+    }
+    if limit.rlim_cur >= needed {
+        return Ok(());
+    }
+    if limit.rlim_max >= needed {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } == 0 {
+            return Ok(());
+        }
+    }
+    Err(StartError::MemlockTooLow {
+        current_kib: limit.rlim_cur / 1024,
+        needed_kib: needed / 1024,
+    })
+}
+
+/// Starts the broker's shards and returns once all of them listen.
+pub fn start(config: ServerConfig) -> Result<Server, StartError> {
+    let cpus = affinity_cpus();
+    let shard_count = config.shards.unwrap_or(cpus.len().max(1));
+    if shard_count == 0 || shard_count > ShardId::MAX as usize {
+        return Err(StartError::InvalidShardCount {
+            count: shard_count,
+            max: ShardId::MAX as usize,
+        });
+    }
+    preflight(shard_count)?;
+    // SO_REUSEPORT would let us silently share a port with another process
+    // of the same user; a plain bind first turns that into a clear error.
+    if config.listen.port() != 0 {
+        std::net::TcpListener::bind(config.listen).map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    }
+    let pin = shard_count <= cpus.len();
+    let mesh = MeshBuilder::<MeshBatch, _>::full(shard_count, MESH_QUEUE_BATCHES);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut handles = Vec::with_capacity(shard_count);
+    let mut listen = config.listen;
+    for index in 0..shard_count {
+        let placement = if pin {
+            Placement::Fixed(cpus[index])
+        } else {
+            Placement::Unbound
+        };
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let shard_id = index as ShardId;
+        let engine = config.engine.clone();
+        let mesh = mesh.clone();
+        let stop_flag = stop.clone();
+        let spawned = LocalExecutorBuilder::new(placement)
+            .name(&format!("corebus-shard-{index}"))
+            .io_memory(IO_MEMORY)
+            .spawn(move || async move {
+                run_shard(
+                    shard_id,
+                    shard_count,
+                    listen,
+                    engine,
+                    mesh,
+                    stop_flag,
+                    ready_tx,
+                )
+                .await
+            });
+        let handle = match spawned {
+            Ok(handle) => handle,
+            Err(err) => {
+                stop.store(true, Ordering::Release);
+                return Err(StartError::Shard {
+                    shard: shard_id,
+                    reason: err.to_string(),
+                });
+            }
+        };
+        handles.push(handle);
+        // Shards start one after another: shard 0 resolves port 0, and the
+        // others bind the port it got.
+        let ready = ready_rx.recv().unwrap_or_else(|_| {
+            Err(StartError::Shard {
+                shard: shard_id,
+                reason: "the shard thread exited during start-up (see its log)".into(),
+            })
+        });
+        match ready {
+            Ok(addr) => listen = addr,
+            Err(err) => {
+                stop.store(true, Ordering::Release);
+                for handle in handles {
+                    let _ = handle.join();
+                }
+                return Err(err);
+            }
+        }
+    }
+    info!(addr = %listen, shards = shard_count, pinned = pin, "corebus listening");
+    Ok(Server {
+        local_addr: listen,
+        shard_count,
+        stop,
+        handles,
+    })
+}
+
+async fn run_shard(
+    id: ShardId,
+    shard_count: usize,
+    listen: SocketAddr,
+    engine: EngineConfig,
+    mesh: MeshBuilder<MeshBatch, glommio::channels::channel_mesh::Full>,
+    stop: Arc<AtomicBool>,
+    ready: mpsc::Sender<Result<SocketAddr, StartError>>,
+) {
+    let listener = match TcpListener::bind(listen).and_then(|l| Ok((l.local_addr()?, l))) {
+        Ok((addr, listener)) => {
+            let _ = ready.send(Ok(addr));
+            listener
+        }
+        Err(err) => {
+            let _ = ready.send(Err(StartError::Bind {
+                addr: listen,
+                source: std::io::Error::other(err.to_string()),
+            }));
+            return;
+        }
+    };
+    let max_frame = engine.max_frame;
+    let shard = Rc::new(RefCell::new(Shard::new(id, shard_count, engine)));
+    let Ok((senders, mut receivers)) = mesh.join().await else {
+        warn!(shard = id, "could not join the shard mesh");
+        return;
+    };
+    let senders = Rc::new(senders);
+    for peer in 0..shard_count as ShardId {
+        if peer != id {
+            glommio::spawn_local(send_to_peer(shard.clone(), senders.clone(), peer)).detach();
+        }
+    }
+    for (peer, receiver) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(batch) = receiver.recv().await {
+                let mut shard = shard.borrow_mut();
+                for msg in batch {
+                    shard.handle_mesh(peer as ShardId, msg);
+                }
+            }
+        })
+        .detach();
+    }
+    let accept = async {
+        loop {
+            match listener.accept().await {
+                Ok(stream) => {
+                    debug!(shard = id, "connection accepted");
+                    glommio::spawn_local(crate::conn::serve(shard.clone(), stream, max_frame))
+                        .detach();
+                }
+                Err(err) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    warn!(shard = id, %err, "accept failed");
+                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    };
+    let stopped = async {
+        while !stop.load(Ordering::Acquire) {
+            glommio::timer::sleep(STOP_POLL).await;
+        }
+    };
+    futures_lite::future::or(accept, stopped).await;
+    senders.close();
+    debug!(shard = id, "shard stopped");
+}
+
+/// Sends whatever the engine collected for `peer`, one batch per queue item.
+async fn send_to_peer(shard: Rc<RefCell<Shard>>, senders: Rc<Senders<MeshBatch>>, peer: ShardId) {
+    loop {
+        let batch =
+            std::future::poll_fn(
+                |cx| match shard.borrow_mut().take_mesh_batch(peer, cx.waker()) {
+                    Some(batch) => std::task::Poll::Ready(batch),
+                    None => std::task::Poll::Pending,
+                },
+            )
+            .await;
+        if senders.send_to(peer as usize, batch).await.is_err() {
+            return; // The peer is gone: the broker is stopping.
+        }
+    }
+}

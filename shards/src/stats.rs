@@ -1,0 +1,20 @@
+//! Shard-local counters: plain integers, bumped by the owning shard only.
+
+/// Counters of one shard since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Connections accepted.
+    pub connections_opened: u64,
+    /// `PUBLISH` frames received on this shard's connections.
+    pub publishes_received: u64,
+    /// Messages given a sequence number by this shard as owner.
+    pub messages_sequenced: u64,
+    /// `MESSAGE` frames queued for this shard's subscribers.
+    pub messages_delivered: u64,
+    /// `SUBSCRIBE` requests accepted.
+    pub subscribes: u64,
+    /// Frames that failed to decode.
+    pub protocol_errors: u64,
+    /// Connections closed because their outbound queue overflowed.
+    pub slow_consumer_closes: u64,
+}
