@@ -59,13 +59,7 @@ pub async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream, max_frame: u32)
         Ok(()) => debug!(?conn, "connection closed"),
         Err(err) => debug!(?conn, %err, "connection read failed"),
     }
-    {
-        // Withdraw interest now; the writer still flushes what is queued.
-        let mut shard = shard.borrow_mut();
-        if let Some(outbox) = shard.outbox_mut(conn) {
-            outbox.finish();
-        }
-    }
+    shard.borrow_mut().finish_conn(conn);
     writer.await;
     shard.borrow_mut().close_conn(conn);
 }

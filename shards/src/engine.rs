@@ -175,6 +175,15 @@ impl Shard {
         self.conns.remove(&conn);
     }
 
+    /// The peer stopped sending: withdraw its subscriptions at once and let
+    /// the writer flush what is already queued, then close.
+    pub fn finish_conn(&mut self, conn: ConnId) {
+        self.withdraw_subscriptions(conn);
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.outbox.finish();
+        }
+    }
+
     fn withdraw_subscriptions(&mut self, conn: ConnId) {
         let Some(state) = self.conns.get_mut(&conn) else {
             return;

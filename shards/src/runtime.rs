@@ -233,10 +233,9 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
     let mut handles = Vec::with_capacity(shard_count);
     let mut listen = config.listen;
     for index in 0..shard_count {
-        let placement = if pin {
-            Placement::Fixed(cpus[index])
-        } else {
-            Placement::Unbound
+        let placement = match cpus.get(index) {
+            Some(cpu) if pin => Placement::Fixed(*cpu),
+            _ => Placement::Unbound,
         };
         let (ready_tx, ready_rx) = mpsc::channel();
         let shard_id = index as ShardId;

@@ -1,0 +1,102 @@
+//! Output formats of `corebus sub`: raw lines and JSON objects.
+
+/// Appends `text` to `out` as a JSON string literal (quotes included).
+pub fn push_json_string(out: &mut String, text: &str) {
+    out.push('"');
+    for ch in text.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            ch if (ch as u32) < 0x20 || ch == '\u{2028}' || ch == '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", ch as u32));
+            }
+            ch => out.push(ch),
+        }
+    }
+    out.push('"');
+}
+
+/// Standard base64 (RFC 4648, with padding).
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> shift) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// One `sub --json` line (without the newline).
+pub fn json_message(namespace: &str, topic: &str, seq: u64, payload: &[u8]) -> String {
+    let mut out = String::with_capacity(64 + payload.len());
+    out.push_str("{\"ns\":");
+    push_json_string(&mut out, namespace);
+    out.push_str(",\"topic\":");
+    push_json_string(&mut out, topic);
+    out.push_str(&format!(",\"seq\":{seq},"));
+    match std::str::from_utf8(payload) {
+        Ok(text) => {
+            out.push_str("\"payload\":");
+            push_json_string(&mut out, text);
+        }
+        Err(_) => {
+            out.push_str("\"payload_base64\":\"");
+            out.push_str(&base64(payload));
+            out.push('"');
+        }
+    }
+    out.push('}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        let vectors = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (plain, encoded) in vectors {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+    }
+
+    #[test]
+    fn json_lines_escape_and_choose_the_payload_field() {
+        assert_eq!(
+            json_message("ns", "t\"1", 7, b"a\nb"),
+            r#"{"ns":"ns","topic":"t\"1","seq":7,"payload":"a\nb"}"#
+        );
+        assert_eq!(
+            json_message("ns", "t", 1, &[0xff, 0x00]),
+            r#"{"ns":"ns","topic":"t","seq":1,"payload_base64":"/wA="}"#
+        );
+        assert_eq!(
+            json_message("n", "t", 2, b"\x01"),
+            r#"{"ns":"n","topic":"t","seq":2,"payload":"\u0001"}"#
+        );
+    }
+}

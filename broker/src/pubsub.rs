@@ -1,0 +1,106 @@
+//! `corebus pub` and `corebus sub`, on the client crate.
+
+use std::collections::VecDeque;
+use std::io::Write;
+
+use anyhow::{bail, Context};
+use corebus_client::{Client, ClientConfig};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::cli::{PubArgs, SubArgs};
+use crate::output::json_message;
+
+async fn connect(server: &str, name: &str) -> anyhow::Result<Client> {
+    let config = ClientConfig {
+        client_name: name.into(),
+        ..ClientConfig::default()
+    };
+    Client::connect_with(server, config)
+        .await
+        .map_err(anyhow::Error::new)
+        .with_context(|| format!("is a broker running at {server}?"))
+}
+
+/// Publishes one message or every stdin line; prints sequence numbers.
+pub async fn publish(args: PubArgs) -> anyhow::Result<()> {
+    let client = connect(&args.server.server, "corebus-cli-pub").await?;
+    if let Some(message) = args.message {
+        let seq = client
+            .publish(&args.namespace, &args.topic, message.into_bytes())
+            .await?;
+        println!("{seq}");
+        client.close().await?;
+        return Ok(());
+    }
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut pending = VecDeque::new();
+    let mut published = 0u64;
+    let mut last_seq = None;
+    while let Some(line) = lines.next_line().await.context("reading stdin")? {
+        // Frames go out in call order; acks are awaited later, in order.
+        pending.push_back(
+            client
+                .start_publish(&args.namespace, &args.topic, line.into_bytes())
+                .await?,
+        );
+        // Keep the queue of unawaited acks short; the client bounds what is
+        // in flight on the wire.
+        while pending.len() > 1024 {
+            if let Some(ack) = pending.pop_front() {
+                last_seq = Some(ack.await?);
+                published += 1;
+            }
+        }
+    }
+    for ack in pending {
+        last_seq = Some(ack.await?);
+        published += 1;
+    }
+    client.close().await?;
+    match last_seq {
+        Some(seq) => println!("published {published} messages, last seq {seq}"),
+        None => println!("published 0 messages"),
+    }
+    Ok(())
+}
+
+/// Prints messages of one topic until `--count` is reached or the connection ends.
+pub async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
+    if args.count == Some(0) {
+        return Ok(());
+    }
+    let client = connect(&args.server.server, "corebus-cli-sub").await?;
+    let mut subscription = client.subscribe(&args.namespace, &args.topic).await?;
+    // On stderr, so stdout stays one line per message; scripts can wait for it.
+    eprintln!(
+        "subscribed to {}/{} after seq {}",
+        args.namespace,
+        args.topic,
+        subscription.start_after()
+    );
+    let stdout = std::io::stdout();
+    let mut received = 0u64;
+    while let Some(item) = subscription.next_message().await {
+        let message = item?;
+        let mut out = stdout.lock();
+        if args.json {
+            let line = json_message(&args.namespace, &args.topic, message.seq, &message.payload);
+            writeln!(out, "{line}")
+        } else {
+            out.write_all(&message.payload)
+                .and_then(|()| out.write_all(b"\n"))
+        }
+        .and_then(|()| out.flush())
+        .context("writing to stdout")?;
+        received += 1;
+        if args.count == Some(received) {
+            subscription.unsubscribe().await?;
+            client.close().await?;
+            return Ok(());
+        }
+    }
+    bail!(
+        "the subscription ended before {} messages",
+        args.count.unwrap_or(received + 1)
+    )
+}

@@ -1,0 +1,136 @@
+//! The client's error type.
+
+use corebus_net::{ErrorCode, ErrorFrame, FrameError, NameError};
+
+/// Everything that can go wrong in a client call.
+///
+/// Errors that describe the connection as a whole ([`Error::ConnectionLost`],
+/// [`Error::Closed`]) are returned by every later call on any clone of the
+/// [`Client`](crate::Client); the others concern one call only and leave the
+/// connection usable.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The TCP connection could not be opened (or the address did not resolve).
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The address (or addresses) tried.
+        addr: String,
+        /// Why the connection failed.
+        source: std::io::Error,
+    },
+    /// An I/O error outside of connecting (setting socket options, the final
+    /// flush in [`Client::close`](crate::Client::close)).
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server answered this request with a (non-fatal) `ERROR` frame.
+    #[error("server refused request: {}: {message}", code_text(*.code, *.raw_code))]
+    Server {
+        /// The typed error code, or `None` for a code this client does not know.
+        code: Option<ErrorCode>,
+        /// The code as sent on the wire.
+        raw_code: u16,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The handshake failed: no `WELCOME`, an unsupported protocol version, or
+    /// an `ERROR` from the server instead of `WELCOME`.
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    /// A namespace or topic name breaks the naming rules; checked locally, so
+    /// nothing was sent.
+    #[error("invalid name: {0}")]
+    InvalidName(NameError),
+    /// The payload does not fit in one frame of the server's `max_frame`;
+    /// checked locally, so nothing was sent.
+    #[error(
+        "payload of {len} bytes is too large: at most {max} bytes fit in one frame for this topic"
+    )]
+    PayloadTooLarge {
+        /// The payload's length.
+        len: usize,
+        /// The largest payload that fits for this namespace and topic.
+        max: usize,
+    },
+    /// The server sent bytes that do not decode as a frame; the connection was
+    /// closed.
+    #[error("protocol error: {0}")]
+    Protocol(FrameError),
+    /// The connection closed or failed while the request was pending (or
+    /// before the call); the text says why.
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+    /// The server did not answer within
+    /// [`ClientConfig::request_timeout`](crate::ClientConfig::request_timeout).
+    #[error("timed out waiting for the server")]
+    Timeout,
+    /// The client was closed with [`Client::close`](crate::Client::close) (or
+    /// every handle to it was dropped).
+    #[error("the client is closed")]
+    Closed,
+}
+
+impl Error {
+    /// Maps a server `ERROR` frame to [`Error::Server`].
+    pub(crate) fn from_frame(frame: &ErrorFrame) -> Error {
+        Error::Server {
+            code: frame.code(),
+            raw_code: frame.code,
+            message: frame.message.clone(),
+        }
+    }
+
+    /// The server's error code, when this is an [`Error::Server`] with a known code.
+    pub fn server_code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Server { code, .. } => *code,
+            _ => None,
+        }
+    }
+}
+
+/// `invalid_name (6)`, or `unknown code 99` for codes this version lacks.
+pub(crate) fn code_text(code: Option<ErrorCode>, raw: u16) -> String {
+    match code {
+        Some(code) => code.to_string(),
+        None => format!("unknown code {raw}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_error_display() {
+        let frame = ErrorFrame::new(3, ErrorCode::InvalidName, false, "topic name is empty");
+        assert_eq!(
+            Error::from_frame(&frame).to_string(),
+            "server refused request: invalid_name (6): topic name is empty"
+        );
+        let unknown = ErrorFrame {
+            request_id: 3,
+            code: 999,
+            fatal: false,
+            message: "new".into(),
+        };
+        assert_eq!(
+            Error::from_frame(&unknown).to_string(),
+            "server refused request: unknown code 999: new"
+        );
+    }
+
+    #[test]
+    fn connect_display() {
+        let err = Error::Connect {
+            addr: "127.0.0.1:7400".into(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "Connection refused",
+            ),
+        };
+        assert_eq!(
+            err.to_string(),
+            "cannot connect to 127.0.0.1:7400: Connection refused"
+        );
+    }
+}

@@ -1,0 +1,306 @@
+//! The native Rust client for the corebus publish/subscribe broker, on tokio.
+//!
+//! Role: speak the corebus wire protocol (`docs/protocol.md`) over one TCP
+//! connection per [`Client`], for applications, the broker's CLI and the
+//! integration tests. All encoding and decoding goes through the sans-I/O codec
+//! in `corebus-net`; this crate adds the connection: the handshake, request ids
+//! and their answers, pipelined publishes, subscription streams, and `PING`/
+//! `PONG`.
+//!
+//! Must not depend on: any broker crate (`corebus`, `corebus-shards`) or
+//! glommio. It runs on any tokio runtime (current-thread or multi-thread) and
+//! needs only `corebus-net`, `bytes`, `futures-core`, `thiserror` and tokio.
+//!
+//! Design: a background reader task decodes frames (payloads are slices of
+//! its read buffer, never copied) and resolves requests or routes messages; a
+//! background writer task writes whatever callers encoded into a shared
+//! buffer, so concurrent and pipelined frames coalesce into few writes.
+//! Reconnecting is not done: when the connection ends, pending calls fail with
+//! [`Error::ConnectionLost`] and later calls too.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use corebus_client::{Client, Error};
+//!
+//! # async fn run() -> Result<(), Error> {
+//! let client = Client::connect("127.0.0.1:7400").await?;
+//! let mut subscription = client.subscribe("app", "news").await?;
+//!
+//! // One publish, waiting for its sequence number.
+//! let seq = client.publish("app", "news", "hello").await?;
+//! println!("published as seq {seq}");
+//!
+//! // Many publishes in flight at once; acks are awaited afterwards.
+//! let mut pending = Vec::new();
+//! for i in 0..100u32 {
+//!     pending.push(client.start_publish("app", "news", i.to_be_bytes().to_vec()).await?);
+//! }
+//! for ack in pending {
+//!     ack.await?;
+//! }
+//!
+//! while let Some(message) = subscription.next_message().await {
+//!     let message = message?;
+//!     println!("{}: {} bytes", message.seq, message.payload.len());
+//!     if message.seq > seq + 100 {
+//!         break;
+//!     }
+//! }
+//! subscription.unsubscribe().await?;
+//! client.close().await
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
+mod config;
+mod connection;
+mod error;
+mod subscription;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::ToSocketAddrs;
+use tokio::sync::oneshot;
+use tokio::time::{timeout, Instant};
+
+pub use config::ClientConfig;
+pub use corebus_net::{ErrorCode, FrameError, NameError};
+pub use error::Error;
+pub use subscription::{Message, Subscription};
+
+use connection::{check_names, Shared};
+
+/// Keeps the connection open while any [`Client`], [`Subscription`] or
+/// [`PendingPublish`] refers to it; the last one to go closes it.
+pub(crate) struct Handle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.release();
+    }
+}
+
+/// A connection to a corebus broker.
+///
+/// Cheap to clone (the clones share the connection) and usable from many tasks
+/// at once. The connection stays open while any clone, [`Subscription`] or
+/// [`PendingPublish`] exists; dropping the last one flushes what was queued
+/// and closes it, but only [`Client::close`] waits for in-flight publishes.
+#[derive(Clone)]
+pub struct Client {
+    handle: Arc<Handle>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("shard", &self.shard())
+            .field("shard_count", &self.shard_count())
+            .field("max_frame", &self.max_frame())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to a broker with the default [`ClientConfig`].
+    pub async fn connect(addr: impl ToSocketAddrs) -> Result<Client, Error> {
+        Client::connect_with(addr, ClientConfig::default()).await
+    }
+
+    /// Connects to a broker: opens the TCP connection (with `TCP_NODELAY`),
+    /// sends `HELLO` and waits for `WELCOME`, all within
+    /// [`ClientConfig::connect_timeout`].
+    ///
+    /// Must be called inside a tokio runtime: it spawns the connection's
+    /// reader and writer tasks.
+    pub async fn connect_with(
+        addr: impl ToSocketAddrs,
+        config: ClientConfig,
+    ) -> Result<Client, Error> {
+        let shared = connection::connect(addr, config).await?;
+        Ok(Client {
+            handle: Arc::new(Handle { shared }),
+        })
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.handle.shared
+    }
+
+    /// The broker shard serving this connection (from `WELCOME`).
+    pub fn shard(&self) -> u16 {
+        self.shared().welcome.shard
+    }
+
+    /// How many shards the broker runs (from `WELCOME`).
+    pub fn shard_count(&self) -> u16 {
+        self.shared().welcome.shard_count
+    }
+
+    /// The largest frame length the broker accepts (from `WELCOME`).
+    pub fn max_frame(&self) -> u32 {
+        self.shared().welcome.max_frame
+    }
+
+    /// Publishes one message and waits for its acknowledgement; returns the
+    /// sequence number the broker gave it.
+    ///
+    /// For many messages, [`Client::start_publish`] keeps several in flight.
+    pub async fn publish(
+        &self,
+        namespace: &str,
+        topic: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<u64, Error> {
+        self.start_publish(namespace, topic, payload).await?.await
+    }
+
+    /// Queues one publish and returns a future for its acknowledgement.
+    ///
+    /// This is the pipelining API: frames go on the wire in call order, and
+    /// any number of publishes can await their acks at once, up to
+    /// [`ClientConfig::max_in_flight`]; beyond that, this waits for room.
+    /// Publishes to one topic from one connection are sequenced in call order.
+    ///
+    /// Names and payload size are checked here, before anything is sent. The
+    /// returned [`PendingPublish`] may be dropped: the publish still happens.
+    pub async fn start_publish(
+        &self,
+        namespace: &str,
+        topic: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<PendingPublish, Error> {
+        let payload = payload.into();
+        let shared = self.shared();
+        shared.check_publish(namespace, topic, payload.len())?;
+        shared.usable()?;
+        let permit = shared
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Closed)?;
+        let answer = shared.enqueue_publish(permit, namespace, topic, &payload)?;
+        Ok(PendingPublish {
+            answer,
+            handle: self.handle.clone(),
+        })
+    }
+
+    /// Subscribes to a topic and waits for `SUB_OK` (within
+    /// [`ClientConfig::request_timeout`]).
+    ///
+    /// The subscription receives every message published after
+    /// [`Subscription::start_after`].
+    pub async fn subscribe(&self, namespace: &str, topic: &str) -> Result<Subscription, Error> {
+        check_names(namespace, topic)?;
+        let shared = self.shared();
+        let (sub_id, messages, answer) = shared.enqueue_subscribe(namespace, topic)?;
+        // If this future is dropped or times out, the SUB_OK that comes later
+        // finds no one waiting, and the reader unsubscribes.
+        let start_after = shared.await_answer(answer).await?;
+        Ok(Subscription::new(
+            sub_id,
+            start_after,
+            namespace,
+            topic,
+            messages,
+            self.handle.clone(),
+        ))
+    }
+
+    /// Sends `PING` and waits for the `PONG` (within
+    /// [`ClientConfig::request_timeout`]); returns the round-trip time.
+    pub async fn ping(&self) -> Result<Duration, Error> {
+        let shared = self.shared();
+        let started = Instant::now();
+        let (nonce, answer) = shared.enqueue_ping()?;
+        match timeout(shared.request_timeout, answer).await {
+            Ok(Ok(())) => Ok(started.elapsed()),
+            Ok(Err(_)) => Err(shared.current_error()),
+            Err(_) => {
+                shared.forget_ping(nonce);
+                Err(Error::Timeout)
+            }
+        }
+    }
+
+    /// Closes the connection gracefully: refuses new requests, waits until
+    /// every in-flight publish is acknowledged (or failed), flushes what is
+    /// queued and shuts the socket down. Other clones then get
+    /// [`Error::Closed`], and subscriptions end with it.
+    ///
+    /// There is no time limit on waiting for acknowledgements; wrap the call in
+    /// `tokio::time::timeout` for one. Returns `Ok(())` at once if the
+    /// connection already ended (the pending calls have seen why), and
+    /// [`Error::Io`] if the final flush failed.
+    pub async fn close(self) -> Result<(), Error> {
+        let shared = &self.handle.shared;
+        if !shared.begin_close() {
+            return Ok(());
+        }
+        // All permits free = no publish awaiting its ack. The semaphore is never
+        // closed, so this only fails if that invariant is broken.
+        let all = shared
+            .permits
+            .acquire_many(shared.max_in_flight)
+            .await
+            .map_err(|_| Error::Closed)?;
+        drop(all);
+        shared.finish_close().await
+    }
+}
+
+/// The acknowledgement of a publish queued by [`Client::start_publish`].
+///
+/// Resolves to the message's sequence number, or to the error that answered
+/// the publish. `'static`, `Send` and `Unpin`: it can be stored, moved to
+/// another task, or dropped (the publish is not cancelled).
+#[must_use = "the publish is sent either way; await this to learn its sequence number or error"]
+pub struct PendingPublish {
+    answer: oneshot::Receiver<Result<u64, Error>>,
+    handle: Arc<Handle>,
+}
+
+impl Future for PendingPublish {
+    type Output = Result<u64, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match Pin::new(&mut self.answer).poll(cx) {
+            Poll::Ready(Ok(result)) => Poll::Ready(result),
+            Poll::Ready(Err(_)) => Poll::Ready(Err(self.handle.shared.current_error())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl std::fmt::Debug for PendingPublish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingPublish").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_send_unpin<T: Send + Unpin + 'static>() {}
+
+    #[test]
+    fn handles_are_thread_safe() {
+        assert_send_sync::<Client>();
+        assert_send_unpin::<PendingPublish>();
+        assert_send_unpin::<Subscription>();
+        assert_send_sync::<Error>();
+    }
+}

@@ -1,0 +1,802 @@
+//! The client against a scripted fake server built from `corebus-net`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use corebus_client::{Client, ClientConfig, Error, Subscription};
+use corebus_net::{
+    check, decode, Check, ErrorCode, ErrorFrame, Frame, Hello, Message, PubAck, Publish, SubOk,
+    Subscribe, UnsubOk, Welcome, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+};
+use futures_core::Stream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const LIMIT: Duration = Duration::from_secs(5);
+
+/// Fails the test instead of hanging.
+async fn within<F: Future>(fut: F) -> F::Output {
+    tokio::time::timeout(LIMIT, fut)
+        .await
+        .expect("finished within the test deadline")
+}
+
+/// The server side of one connection.
+struct Peer {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Peer {
+    /// The next frame, or `None` at end of stream.
+    async fn recv(&mut self) -> Option<Frame> {
+        within(async {
+            loop {
+                match check(&self.buf, DEFAULT_MAX_FRAME).expect("sane frame") {
+                    Check::Complete { len } => {
+                        return Some(decode(self.buf.split_to(len).freeze()).expect("decodes"))
+                    }
+                    Check::Incomplete { .. } => match self.stream.read_buf(&mut self.buf).await {
+                        Ok(0) | Err(_) => return None,
+                        Ok(_) => {}
+                    },
+                }
+            }
+        })
+        .await
+    }
+
+    async fn expect(&mut self) -> Frame {
+        self.recv().await.expect("a frame from the client")
+    }
+
+    async fn send(&mut self, frame: Frame) {
+        let mut out = BytesMut::new();
+        frame.encode(&mut out);
+        within(self.stream.write_all(&out)).await.expect("writes");
+    }
+
+    async fn expect_publish(&mut self) -> Publish {
+        match self.expect().await {
+            Frame::Publish(publish) => publish,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    async fn expect_subscribe(&mut self) -> Subscribe {
+        match self.expect().await {
+            Frame::Subscribe(subscribe) => subscribe,
+            other => panic!("expected SUBSCRIBE, got {other:?}"),
+        }
+    }
+
+    async fn ack(&mut self, request_id: u32, seq: u64) {
+        self.send(Frame::PubAck(PubAck { request_id, seq })).await;
+    }
+
+    async fn message(&mut self, sub_id: u32, seq: u64, payload: &'static [u8]) {
+        self.send(Frame::Message(Message {
+            sub_id,
+            seq,
+            payload: Bytes::from_static(payload),
+        }))
+        .await;
+    }
+
+    /// Answers the next SUBSCRIBE with `start_after`; returns its sub id.
+    async fn accept_subscribe(&mut self, start_after: u64) -> u32 {
+        let subscribe = self.expect_subscribe().await;
+        self.send(Frame::SubOk(SubOk {
+            request_id: subscribe.request_id,
+            sub_id: subscribe.sub_id,
+            start_after,
+        }))
+        .await;
+        subscribe.sub_id
+    }
+}
+
+fn welcome(max_frame: u32) -> Frame {
+    Frame::Welcome(Welcome {
+        version: PROTOCOL_VERSION,
+        max_frame,
+        shard: 3,
+        shard_count: 4,
+    })
+}
+
+async fn listen() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let addr = listener.local_addr().expect("has an address");
+    (listener, addr)
+}
+
+/// Accepts one connection and reads its HELLO.
+async fn accept(listener: &TcpListener) -> (Peer, Hello) {
+    let (stream, _) = within(listener.accept()).await.expect("accepts");
+    let mut peer = Peer {
+        stream,
+        buf: BytesMut::new(),
+    };
+    match peer.expect().await {
+        Frame::Hello(hello) => (peer, hello),
+        other => panic!("expected HELLO, got {other:?}"),
+    }
+}
+
+/// A client connected to a fake server that sent `WELCOME`.
+async fn connected(config: ClientConfig, max_frame: u32) -> (Client, Peer) {
+    let (listener, addr) = listen().await;
+    let server = async {
+        let (mut peer, _) = accept(&listener).await;
+        peer.send(welcome(max_frame)).await;
+        peer
+    };
+    let (client, peer) =
+        within(async { tokio::join!(Client::connect_with(addr, config), server) }).await;
+    (client.expect("connects"), peer)
+}
+
+async fn pair() -> (Client, Peer) {
+    connected(ClientConfig::default(), DEFAULT_MAX_FRAME).await
+}
+
+/// The next item through the `Stream` trait itself.
+async fn stream_next(sub: &mut Subscription) -> Option<Result<corebus_client::Message, Error>> {
+    within(std::future::poll_fn(|cx| Pin::new(&mut *sub).poll_next(cx))).await
+}
+
+#[tokio::test]
+async fn handshake_reports_welcome() {
+    let (listener, addr) = listen().await;
+    let config = ClientConfig {
+        client_name: "tester".into(),
+        ..ClientConfig::default()
+    };
+    let server = async {
+        let (mut peer, hello) = accept(&listener).await;
+        peer.send(welcome(4096)).await;
+        (peer, hello)
+    };
+    let (client, (_peer, hello)) =
+        within(async { tokio::join!(Client::connect_with(addr, config), server) }).await;
+    let client = client.expect("connects");
+    assert_eq!(hello.version, PROTOCOL_VERSION);
+    assert_eq!(hello.client_name, "tester");
+    assert_eq!(client.shard(), 3);
+    assert_eq!(client.shard_count(), 4);
+    assert_eq!(client.max_frame(), 4096);
+}
+
+#[tokio::test]
+async fn handshake_refused_by_server() {
+    let (listener, addr) = listen().await;
+    let server = async {
+        let (mut peer, _) = accept(&listener).await;
+        peer.send(Frame::Error(ErrorFrame::new(
+            0,
+            ErrorCode::UnsupportedVersion,
+            true,
+            "version 1 unsupported",
+        )))
+        .await;
+        peer
+    };
+    let (result, _peer) = within(async { tokio::join!(Client::connect(addr), server) }).await;
+    let err = result.expect_err("handshake fails");
+    assert!(matches!(err, Error::Handshake(_)), "{err:?}");
+    assert!(err.to_string().contains("unsupported_version"), "{err}");
+}
+
+#[tokio::test]
+async fn handshake_rejects_other_version_and_early_close() {
+    let (listener, addr) = listen().await;
+    let server = async {
+        let (mut peer, _) = accept(&listener).await;
+        peer.send(Frame::Welcome(Welcome {
+            version: 2,
+            max_frame: DEFAULT_MAX_FRAME,
+            shard: 0,
+            shard_count: 1,
+        }))
+        .await;
+        peer
+    };
+    let (result, _peer) = within(async { tokio::join!(Client::connect(addr), server) }).await;
+    assert!(matches!(result, Err(Error::Handshake(_))), "{result:?}");
+
+    let server = async {
+        let (peer, _) = accept(&listener).await;
+        drop(peer);
+    };
+    let (result, ()) = within(async { tokio::join!(Client::connect(addr), server) }).await;
+    assert!(matches!(result, Err(Error::Handshake(_))), "{result:?}");
+}
+
+#[tokio::test]
+async fn connect_refused() {
+    let (listener, addr) = listen().await;
+    drop(listener);
+    let err = within(Client::connect(addr))
+        .await
+        .expect_err("nothing listens");
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("cannot connect to {addr}: ")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn publish_returns_acked_seq() {
+    let (client, mut peer) = pair().await;
+    let server = async {
+        let publish = peer.expect_publish().await;
+        assert!(publish.ack);
+        assert_ne!(publish.request_id, 0);
+        assert_eq!(publish.topic.namespace(), "app");
+        assert_eq!(publish.topic.topic(), "news");
+        assert_eq!(&publish.payload[..], b"hi");
+        peer.ack(publish.request_id, 42).await;
+    };
+    let (seq, ()) =
+        within(async { tokio::join!(client.publish("app", "news", "hi"), server) }).await;
+    assert_eq!(seq.expect("acked"), 42);
+}
+
+#[tokio::test]
+async fn pipelined_publishes_in_order() {
+    let (client, mut peer) = pair().await;
+    const N: u32 = 200;
+    let mut pending = Vec::new();
+    for i in 0..N {
+        pending.push(
+            client
+                .start_publish("app", "news", i.to_be_bytes().to_vec())
+                .await
+                .expect("queued"),
+        );
+    }
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let publish = peer.expect_publish().await;
+        assert_eq!(
+            &publish.payload[..],
+            &i.to_be_bytes(),
+            "wire order is call order"
+        );
+        ids.push(publish.request_id);
+    }
+    // Answer in reverse: each ack still reaches its own publish.
+    for (i, id) in ids.iter().enumerate().rev() {
+        peer.ack(*id, 1000 + i as u64).await;
+    }
+    for (i, ack) in pending.into_iter().enumerate() {
+        assert_eq!(within(ack).await.expect("acked"), 1000 + i as u64);
+    }
+}
+
+#[tokio::test]
+async fn in_flight_publishes_are_bounded() {
+    let config = ClientConfig {
+        max_in_flight: 2,
+        ..ClientConfig::default()
+    };
+    let (client, mut peer) = connected(config, DEFAULT_MAX_FRAME).await;
+    let first = client.start_publish("a", "t", "1").await.expect("room");
+    let second = client.start_publish("a", "t", "2").await.expect("room");
+    let blocked = tokio::time::timeout(
+        Duration::from_millis(100),
+        client.start_publish("a", "t", "3"),
+    )
+    .await;
+    assert!(blocked.is_err(), "a third publish waits for room");
+
+    let third = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .start_publish("a", "t", "3")
+                .await
+                .expect("room")
+                .await
+        }
+    });
+    let p1 = peer.expect_publish().await;
+    let p2 = peer.expect_publish().await;
+    peer.ack(p1.request_id, 1).await;
+    assert_eq!(within(first).await.expect("acked"), 1);
+    let p3 = peer.expect_publish().await;
+    assert_eq!(&p3.payload[..], b"3");
+    peer.ack(p2.request_id, 2).await;
+    peer.ack(p3.request_id, 3).await;
+    assert_eq!(within(second).await.expect("acked"), 2);
+    assert_eq!(within(third).await.expect("joins").expect("acked"), 3);
+}
+
+#[tokio::test]
+async fn server_error_maps_to_error_server() {
+    let (client, mut peer) = pair().await;
+    let server = async {
+        let publish = peer.expect_publish().await;
+        peer.send(Frame::Error(ErrorFrame::new(
+            publish.request_id,
+            ErrorCode::InvalidName,
+            false,
+            "topic name is empty",
+        )))
+        .await;
+        let publish = peer.expect_publish().await;
+        peer.send(Frame::Error(ErrorFrame {
+            request_id: publish.request_id,
+            code: 999,
+            fatal: false,
+            message: "from the future".into(),
+        }))
+        .await;
+        let publish = peer.expect_publish().await;
+        peer.ack(publish.request_id, 7).await;
+    };
+    let client_side = async {
+        let err = client.publish("a", "t", "x").await.expect_err("refused");
+        match &err {
+            Error::Server {
+                code,
+                raw_code,
+                message,
+            } => {
+                assert_eq!(*code, Some(ErrorCode::InvalidName));
+                assert_eq!(*raw_code, 6);
+                assert_eq!(message, "topic name is empty");
+            }
+            other => panic!("expected Error::Server, got {other:?}"),
+        }
+        assert_eq!(
+            err.to_string(),
+            "server refused request: invalid_name (6): topic name is empty"
+        );
+        let err = client.publish("a", "t", "x").await.expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                Error::Server {
+                    code: None,
+                    raw_code: 999,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // A non-fatal error leaves the connection usable.
+        assert_eq!(client.publish("a", "t", "x").await.expect("acked"), 7);
+    };
+    within(async { tokio::join!(client_side, server) }).await;
+}
+
+#[tokio::test]
+async fn subscription_streams_messages_in_order() {
+    let (client, mut peer) = pair().await;
+    let server = async {
+        let subscribe = peer.expect_subscribe().await;
+        assert_eq!(subscribe.topic.namespace(), "app");
+        assert_eq!(subscribe.topic.topic(), "news");
+        assert_ne!(subscribe.sub_id, 0);
+        peer.send(Frame::SubOk(SubOk {
+            request_id: subscribe.request_id,
+            sub_id: subscribe.sub_id,
+            start_after: 10,
+        }))
+        .await;
+        subscribe.sub_id
+    };
+    let (sub, sub_id) =
+        within(async { tokio::join!(client.subscribe("app", "news"), server) }).await;
+    let mut sub = sub.expect("subscribed");
+    assert_eq!(sub.id(), sub_id);
+    assert_eq!(sub.start_after(), 10);
+    assert_eq!(sub.namespace(), "app");
+    assert_eq!(sub.topic(), "news");
+
+    for seq in 11..=20 {
+        // Frames for an unknown subscription are ignored.
+        peer.message(sub_id + 1000, 1, b"stray").await;
+        peer.message(sub_id, seq, b"payload").await;
+    }
+    for seq in 11..=20 {
+        let message = if seq % 2 == 0 {
+            stream_next(&mut sub).await
+        } else {
+            within(sub.next_message()).await
+        };
+        let message = message.expect("open").expect("no error");
+        assert_eq!(message.seq, seq);
+        assert_eq!(&message.payload[..], b"payload");
+    }
+}
+
+#[tokio::test]
+async fn small_subscription_buffer_applies_backpressure_without_loss() {
+    let config = ClientConfig {
+        subscription_buffer: 1,
+        ..ClientConfig::default()
+    };
+    let (client, mut peer) = connected(config, DEFAULT_MAX_FRAME).await;
+    let (sub, sub_id) =
+        within(async { tokio::join!(client.subscribe("a", "t"), peer.accept_subscribe(0)) }).await;
+    let mut sub = sub.expect("subscribed");
+    for seq in 1..=50 {
+        peer.message(sub_id, seq, b"m").await;
+    }
+    for seq in 1..=50 {
+        let message = within(sub.next_message()).await.expect("open").expect("ok");
+        assert_eq!(message.seq, seq);
+    }
+}
+
+#[tokio::test]
+async fn dropping_a_subscription_unsubscribes() {
+    let (client, mut peer) = pair().await;
+    let (sub, sub_id) =
+        within(async { tokio::join!(client.subscribe("a", "t"), peer.accept_subscribe(0)) }).await;
+    drop(sub.expect("subscribed"));
+    let unsubscribe = match peer.expect().await {
+        Frame::Unsubscribe(unsubscribe) => unsubscribe,
+        other => panic!("expected UNSUBSCRIBE, got {other:?}"),
+    };
+    assert_eq!(unsubscribe.sub_id, sub_id);
+    // A message racing the UNSUBSCRIBE is dropped silently.
+    peer.message(sub_id, 1, b"late").await;
+    peer.send(Frame::UnsubOk(UnsubOk {
+        request_id: unsubscribe.request_id,
+        sub_id,
+    }))
+    .await;
+    // The connection is still fine.
+    let server = async {
+        let publish = peer.expect_publish().await;
+        peer.ack(publish.request_id, 5).await;
+    };
+    let (seq, ()) = within(async { tokio::join!(client.publish("a", "t", "x"), server) }).await;
+    assert_eq!(seq.expect("acked"), 5);
+}
+
+#[tokio::test]
+async fn unsubscribe_waits_for_unsub_ok() {
+    let (client, mut peer) = pair().await;
+    let (sub, sub_id) =
+        within(async { tokio::join!(client.subscribe("a", "t"), peer.accept_subscribe(3)) }).await;
+    let sub = sub.expect("subscribed");
+    let server = async {
+        let unsubscribe = match peer.expect().await {
+            Frame::Unsubscribe(unsubscribe) => unsubscribe,
+            other => panic!("expected UNSUBSCRIBE, got {other:?}"),
+        };
+        assert_eq!(unsubscribe.sub_id, sub_id);
+        peer.message(sub_id, 4, b"in between").await;
+        peer.send(Frame::UnsubOk(UnsubOk {
+            request_id: unsubscribe.request_id,
+            sub_id,
+        }))
+        .await;
+    };
+    let (result, ()) = within(async { tokio::join!(sub.unsubscribe(), server) }).await;
+    result.expect("unsubscribed");
+
+    // Unsubscribing an unknown id is answered with an ERROR.
+    let (sub, sub_id) =
+        within(async { tokio::join!(client.subscribe("a", "t"), peer.accept_subscribe(3)) }).await;
+    let sub = sub.expect("subscribed");
+    let server = async {
+        let unsubscribe = match peer.expect().await {
+            Frame::Unsubscribe(unsubscribe) => unsubscribe,
+            other => panic!("expected UNSUBSCRIBE, got {other:?}"),
+        };
+        assert_eq!(unsubscribe.sub_id, sub_id);
+        peer.send(Frame::Error(ErrorFrame::new(
+            unsubscribe.request_id,
+            ErrorCode::UnknownSubscription,
+            false,
+            "no such subscription",
+        )))
+        .await;
+    };
+    let (result, ()) = within(async { tokio::join!(sub.unsubscribe(), server) }).await;
+    assert_eq!(
+        result.expect_err("refused").server_code(),
+        Some(ErrorCode::UnknownSubscription)
+    );
+}
+
+#[tokio::test]
+async fn subscribe_error_maps_to_error_server() {
+    let (client, mut peer) = pair().await;
+    let server = async {
+        let subscribe = peer.expect_subscribe().await;
+        peer.send(Frame::Error(ErrorFrame::new(
+            subscribe.request_id,
+            ErrorCode::TooManySubscriptions,
+            false,
+            "limit reached",
+        )))
+        .await;
+    };
+    let (result, ()) = within(async { tokio::join!(client.subscribe("a", "t"), server) }).await;
+    let err = result.expect_err("refused");
+    assert_eq!(err.server_code(), Some(ErrorCode::TooManySubscriptions));
+}
+
+#[tokio::test]
+async fn connection_drop_fails_pending_and_ends_subscriptions() {
+    let (client, mut peer) = pair().await;
+    let (sub, sub_id) =
+        within(async { tokio::join!(client.subscribe("a", "t"), peer.accept_subscribe(0)) }).await;
+    let mut sub = sub.expect("subscribed");
+    let pending = client.start_publish("a", "t", "x").await.expect("queued");
+    peer.expect_publish().await;
+    peer.message(sub_id, 1, b"before").await;
+    drop(peer);
+
+    let err = within(pending).await.expect_err("the connection dropped");
+    assert!(matches!(err, Error::ConnectionLost(_)), "{err:?}");
+
+    let first = stream_next(&mut sub)
+        .await
+        .expect("item")
+        .expect("buffered message");
+    assert_eq!(first.seq, 1);
+    let end = stream_next(&mut sub).await.expect("an error item");
+    assert!(matches!(end, Err(Error::ConnectionLost(_))), "{end:?}");
+    assert!(stream_next(&mut sub).await.is_none());
+
+    let later = within(client.publish("a", "t", "y")).await;
+    assert!(matches!(later, Err(Error::ConnectionLost(_))), "{later:?}");
+    let later = within(client.subscribe("a", "t")).await;
+    assert!(matches!(later, Err(Error::ConnectionLost(_))), "{later:?}");
+}
+
+#[tokio::test]
+async fn fatal_error_reports_its_reason() {
+    let (client, mut peer) = pair().await;
+    let pending = client.start_publish("a", "t", "x").await.expect("queued");
+    peer.expect_publish().await;
+    peer.send(Frame::Error(ErrorFrame::new(
+        0,
+        ErrorCode::ShuttingDown,
+        true,
+        "broker stopping",
+    )))
+    .await;
+    let err = within(pending).await.expect_err("fatal");
+    match &err {
+        Error::ConnectionLost(reason) => {
+            assert!(reason.contains("shutting_down"), "{reason}");
+            assert!(reason.contains("broker stopping"), "{reason}");
+        }
+        other => panic!("expected ConnectionLost, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn sequence_gap_ends_the_connection() {
+    let (client, mut peer) = pair().await;
+    let (sub, sub_id) =
+        within(async { tokio::join!(client.subscribe("a", "t"), peer.accept_subscribe(5)) }).await;
+    let mut sub = sub.expect("subscribed");
+    peer.message(sub_id, 6, b"ok").await;
+    peer.message(sub_id, 8, b"gap").await;
+    assert_eq!(
+        within(sub.next_message())
+            .await
+            .expect("item")
+            .expect("ok")
+            .seq,
+        6
+    );
+    match within(sub.next_message()).await {
+        Some(Err(Error::ConnectionLost(reason))) => assert!(reason.contains("gap"), "{reason}"),
+        other => panic!("expected a gap error, got {other:?}"),
+    }
+    assert!(within(sub.next_message()).await.is_none());
+    // The client closed the connection.
+    assert!(peer.recv().await.is_none());
+}
+
+#[tokio::test]
+async fn undecodable_frame_is_a_protocol_error() {
+    let (client, mut peer) = pair().await;
+    let pending = client.start_publish("a", "t", "x").await.expect("queued");
+    peer.expect_publish().await;
+    // Length 1, opcode 0x77: unknown.
+    within(peer.stream.write_all(&[0, 0, 0, 1, 0x77]))
+        .await
+        .expect("writes");
+    let err = within(pending).await.expect_err("protocol error");
+    assert!(matches!(err, Error::Protocol(_)), "{err:?}");
+    let later = within(client.publish("a", "t", "y")).await;
+    assert!(matches!(later, Err(Error::ConnectionLost(_))), "{later:?}");
+}
+
+#[tokio::test]
+async fn invalid_names_and_sizes_are_refused_locally() {
+    let (client, mut peer) = connected(ClientConfig::default(), 100).await;
+    let err = client
+        .publish("", "t", "x")
+        .await
+        .expect_err("empty namespace");
+    assert!(matches!(err, Error::InvalidName(_)), "{err:?}");
+    let err = client
+        .publish("a", "a\nb", "x")
+        .await
+        .expect_err("control character");
+    assert!(matches!(err, Error::InvalidName(_)), "{err:?}");
+    let err = client.subscribe("a", "").await.expect_err("empty topic");
+    assert!(matches!(err, Error::InvalidName(_)), "{err:?}");
+    let too_long = "n".repeat(129);
+    let err = client
+        .subscribe(&too_long, "t")
+        .await
+        .expect_err("long namespace");
+    assert!(matches!(err, Error::InvalidName(_)), "{err:?}");
+
+    // 100 - (1 + 4 + 1 + 1 + 3 + 2 + 4) = 84 bytes fit.
+    let err = client
+        .start_publish("app", "news", vec![0u8; 85])
+        .await
+        .expect_err("too large");
+    assert!(
+        matches!(err, Error::PayloadTooLarge { len: 85, max: 84 }),
+        "{err:?}"
+    );
+    let fits = client
+        .start_publish("app", "news", vec![0u8; 84])
+        .await
+        .expect("fits");
+
+    // Nothing of the refused calls reached the server.
+    let publish = peer.expect_publish().await;
+    assert_eq!(publish.payload.len(), 84);
+    peer.ack(publish.request_id, 1).await;
+    assert_eq!(within(fits).await.expect("acked"), 1);
+}
+
+#[tokio::test]
+async fn server_ping_gets_pong() {
+    let (_client, mut peer) = pair().await;
+    peer.send(Frame::Ping(77)).await;
+    assert_eq!(peer.expect().await, Frame::Pong(77));
+}
+
+#[tokio::test]
+async fn client_ping_measures_round_trip_and_times_out() {
+    let config = ClientConfig {
+        request_timeout: Duration::from_millis(200),
+        ..ClientConfig::default()
+    };
+    let (client, mut peer) = connected(config, DEFAULT_MAX_FRAME).await;
+    let server = async {
+        match peer.expect().await {
+            Frame::Ping(nonce) => peer.send(Frame::Pong(nonce)).await,
+            other => panic!("expected PING, got {other:?}"),
+        }
+    };
+    let (rtt, ()) = within(async { tokio::join!(client.ping(), server) }).await;
+    assert!(rtt.expect("pong") < LIMIT);
+
+    // No answer: Timeout; a late PONG afterwards is ignored.
+    let err = within(client.ping()).await.expect_err("no pong");
+    assert!(matches!(err, Error::Timeout), "{err:?}");
+    let nonce = match peer.expect().await {
+        Frame::Ping(nonce) => nonce,
+        other => panic!("expected PING, got {other:?}"),
+    };
+    peer.send(Frame::Pong(nonce)).await;
+    let server = async {
+        match peer.expect().await {
+            Frame::Ping(nonce) => peer.send(Frame::Pong(nonce)).await,
+            other => panic!("expected PING, got {other:?}"),
+        }
+    };
+    let (rtt, ()) = within(async { tokio::join!(client.ping(), server) }).await;
+    rtt.expect("still usable");
+}
+
+#[tokio::test]
+async fn close_waits_for_in_flight_publishes() {
+    let (client, mut peer) = pair().await;
+    let other = client.clone();
+    let (sub, _sub_id) =
+        within(async { tokio::join!(client.subscribe("a", "t"), peer.accept_subscribe(0)) }).await;
+    let mut sub = sub.expect("subscribed");
+    let pending = client.start_publish("a", "t", "x").await.expect("queued");
+    let closing = tokio::spawn(client.close());
+
+    let publish = peer.expect_publish().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!closing.is_finished(), "close waits for the ack");
+    let refused = within(other.publish("a", "t", "late")).await;
+    assert!(matches!(refused, Err(Error::Closed)), "{refused:?}");
+    peer.ack(publish.request_id, 9).await;
+
+    within(closing).await.expect("joins").expect("closed");
+    assert_eq!(within(pending).await.expect("acked"), 9);
+    // The socket was shut down after the flush.
+    assert!(peer.recv().await.is_none());
+    let later = within(other.publish("a", "t", "y")).await;
+    assert!(matches!(later, Err(Error::Closed)), "{later:?}");
+    assert!(matches!(
+        stream_next(&mut sub).await,
+        Some(Err(Error::Closed))
+    ));
+    assert!(stream_next(&mut sub).await.is_none());
+}
+
+#[tokio::test]
+async fn dropping_the_last_handle_closes_the_connection() {
+    let (client, mut peer) = pair().await;
+    let clone = client.clone();
+    drop(client);
+    peer.send(Frame::Ping(1)).await;
+    assert_eq!(peer.expect().await, Frame::Pong(1), "a clone keeps it open");
+    drop(clone);
+    assert!(peer.recv().await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_share_one_connection() {
+    let (client, mut peer) = pair().await;
+    const TASKS: u32 = 4;
+    const EACH: u32 = 100;
+    let server = tokio::spawn(async move {
+        for seq in 1..=u64::from(TASKS * EACH) {
+            let publish = peer.expect_publish().await;
+            peer.ack(publish.request_id, seq).await;
+        }
+        peer
+    });
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut last = 0;
+            for i in 0..EACH {
+                let seq = client
+                    .publish("a", &format!("t{t}"), i.to_be_bytes().to_vec())
+                    .await
+                    .expect("acked");
+                assert!(seq > last);
+                last = seq;
+            }
+        }));
+    }
+    for task in tasks {
+        within(task).await.expect("publisher ok");
+    }
+    within(server).await.expect("server ok");
+}
+
+#[tokio::test]
+async fn late_sub_ok_after_timeout_unsubscribes() {
+    let config = ClientConfig {
+        request_timeout: Duration::from_millis(100),
+        ..ClientConfig::default()
+    };
+    let (client, mut peer) = connected(config, DEFAULT_MAX_FRAME).await;
+    let (result, subscribe) =
+        within(async { tokio::join!(client.subscribe("a", "t"), peer.expect_subscribe()) }).await;
+    assert!(matches!(result, Err(Error::Timeout)), "{result:?}");
+    peer.send(Frame::SubOk(SubOk {
+        request_id: subscribe.request_id,
+        sub_id: subscribe.sub_id,
+        start_after: 0,
+    }))
+    .await;
+    peer.message(subscribe.sub_id, 1, b"nobody listens").await;
+    match peer.expect().await {
+        Frame::Unsubscribe(unsubscribe) => assert_eq!(unsubscribe.sub_id, subscribe.sub_id),
+        other => panic!("expected UNSUBSCRIBE, got {other:?}"),
+    }
+}

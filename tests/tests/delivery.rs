@@ -1,0 +1,192 @@
+//! Delivery through a real broker: cross-shard routing, order, fan-out,
+//! unsubscribe. Every wait is bounded.
+
+use std::time::Duration;
+
+use corebus_client::Subscription;
+use corebus_tests::{topic_owned_by, Broker};
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Receives `count` messages and checks they continue `after` with no gap.
+async fn expect_consecutive(sub: &mut Subscription, after: u64, count: u64) -> Vec<bytes::Bytes> {
+    let mut payloads = Vec::with_capacity(count as usize);
+    let mut expected = after + 1;
+    while expected <= after + count {
+        let message = timeout(WAIT, sub.next_message())
+            .await
+            .expect("message within the deadline")
+            .expect("stream still open")
+            .expect("no error");
+        assert_eq!(message.seq, expected, "gap or duplicate");
+        payloads.push(message.payload);
+        expected += 1;
+    }
+    payloads
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_subscriber_and_owner_on_three_different_shards() {
+    let broker = Broker::start(4);
+    let topic = topic_owned_by(3, broker.shards(), "cross");
+    let subscriber = broker.client_on(1).await;
+    let publisher = broker.client_on(2).await;
+    let mut sub = subscriber
+        .subscribe("test", &topic)
+        .await
+        .expect("subscribes");
+    assert_eq!(sub.start_after(), 0);
+    for i in 1..=500u64 {
+        let seq = publisher
+            .publish("test", &topic, format!("m{i}"))
+            .await
+            .expect("publishes");
+        assert_eq!(
+            seq, i,
+            "per-topic sequence numbers start at 1 and are consecutive"
+        );
+    }
+    let payloads = expect_consecutive(&mut sub, 0, 500).await;
+    for (i, payload) in payloads.iter().enumerate() {
+        assert_eq!(&payload[..], format!("m{}", i + 1).as_bytes());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_thousand_messages_in_order_without_loss() {
+    let broker = Broker::start(2);
+    let topic = topic_owned_by(0, broker.shards(), "bulk");
+    let subscriber = broker.client_on(1).await;
+    let publisher = broker.client_on(0).await;
+    let mut sub = subscriber
+        .subscribe("test", &topic)
+        .await
+        .expect("subscribes");
+    let start = sub.start_after();
+    const COUNT: u64 = 100_000;
+    let producer = tokio::spawn(async move {
+        let mut acks = std::collections::VecDeque::new();
+        for i in 0..COUNT {
+            let ack = publisher
+                .start_publish("test", &topic, i.to_be_bytes().to_vec())
+                .await
+                .expect("queued");
+            acks.push_back(ack);
+            if acks.len() >= 2048 {
+                acks.pop_front().expect("non-empty").await.expect("acked");
+            }
+        }
+        let mut last = 0;
+        for ack in acks {
+            last = ack.await.expect("acked");
+        }
+        last
+    });
+    let payloads = expect_consecutive(&mut sub, start, COUNT).await;
+    for (i, payload) in payloads.iter().enumerate() {
+        assert_eq!(
+            &payload[..],
+            &(i as u64).to_be_bytes(),
+            "payload {i} intact"
+        );
+    }
+    let last = timeout(WAIT, producer)
+        .await
+        .expect("producer finishes")
+        .expect("no panic");
+    assert_eq!(last, start + COUNT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_reaches_subscribers_on_every_shard() {
+    let broker = Broker::start(4);
+    let topic = topic_owned_by(2, broker.shards(), "fan");
+    let mut subs = Vec::new();
+    let mut clients = Vec::new();
+    for shard in 0..4u16 {
+        for _ in 0..4 {
+            let client = broker.client_on(shard).await;
+            subs.push(client.subscribe("test", &topic).await.expect("subscribes"));
+            clients.push(client);
+        }
+    }
+    let publisher = broker.client_on(0).await;
+    for i in 0..1000u32 {
+        // The ack is not needed: the final publish below is acked after these.
+        let _unawaited = publisher
+            .start_publish("test", &topic, i.to_be_bytes().to_vec())
+            .await
+            .expect("queued");
+    }
+    let last = publisher
+        .publish("test", &topic, "end")
+        .await
+        .expect("acked");
+    assert_eq!(last, 1001);
+    for sub in &mut subs {
+        let after = sub.start_after();
+        assert_eq!(after, 0, "all subscribed before the first publish");
+        let payloads = expect_consecutive(sub, after, 1001).await;
+        assert_eq!(&payloads[1000][..], b"end");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_topics_keep_independent_sequences() {
+    let broker = Broker::start(2);
+    let publisher = broker.client_on(0).await;
+    let subscriber = broker.client_on(1).await;
+    let mut subs = Vec::new();
+    for t in 0..20 {
+        subs.push(
+            subscriber
+                .subscribe("test", &format!("topic-{t}"))
+                .await
+                .expect("subscribes"),
+        );
+    }
+    for round in 0..50 {
+        for t in 0..20 {
+            let _unawaited = publisher
+                .start_publish("test", &format!("topic-{t}"), format!("{t}:{round}"))
+                .await
+                .expect("queued");
+        }
+    }
+    for (t, sub) in subs.iter_mut().enumerate() {
+        let payloads = expect_consecutive(sub, 0, 50).await;
+        for (round, payload) in payloads.iter().enumerate() {
+            assert_eq!(&payload[..], format!("{t}:{round}").as_bytes());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_subscriber_starts_exactly_after_its_start_point() {
+    let broker = Broker::start(2);
+    let topic = topic_owned_by(1, broker.shards(), "late");
+    let publisher = broker.client_on(0).await;
+    for _ in 0..10 {
+        publisher
+            .publish("test", &topic, "before")
+            .await
+            .expect("acked");
+    }
+    let subscriber = broker.client_on(0).await;
+    let mut sub = subscriber
+        .subscribe("test", &topic)
+        .await
+        .expect("subscribes");
+    assert_eq!(
+        sub.start_after(),
+        10,
+        "nothing before the start point is delivered"
+    );
+    publisher
+        .publish("test", &topic, "after")
+        .await
+        .expect("acked");
+    let payloads = expect_consecutive(&mut sub, 10, 1).await;
+    assert_eq!(&payloads[0][..], b"after");
+}

@@ -1,0 +1,203 @@
+//! Bad input on the wire: typed errors, closed connections, and no effect on
+//! other clients of the same shard.
+
+use bytes::Bytes;
+use corebus_net::{ErrorCode, Frame, Publish, Subscribe, TopicKey, Unsubscribe};
+use corebus_tests::{topic_owned_by, Broker, RawConn};
+
+fn error_of(frame: Option<Frame>) -> (u32, ErrorCode, bool) {
+    match frame {
+        Some(Frame::Error(error)) => (
+            error.request_id,
+            error.code().expect("known code"),
+            error.fatal,
+        ),
+        other => panic!("expected ERROR, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_closes_only_the_offender() {
+    let broker = Broker::start(2);
+    let topic = topic_owned_by(0, 2, "calm");
+    let good = broker.client_on(1).await;
+    let mut sub = good.subscribe("test", &topic).await.expect("subscribes");
+    good.publish("test", &topic, "before").await.expect("acked");
+
+    let mut bad = broker.raw_on(1).await;
+    // A length prefix of 0xffffffff: far over the limit, framing is lost.
+    bad.send_bytes(&[0xff; 64]).await;
+    assert_eq!(
+        error_of(bad.recv().await),
+        (0, ErrorCode::FrameTooLarge, true)
+    );
+    assert!(
+        bad.recv().await.is_none(),
+        "the broker closes the connection"
+    );
+
+    good.publish("test", &topic, "after").await.expect("acked");
+    let first = sub.next_message().await.expect("open").expect("ok");
+    let second = sub.next_message().await.expect("open").expect("ok");
+    assert_eq!(
+        (&first.payload[..], &second.payload[..]),
+        (&b"before"[..], &b"after"[..])
+    );
+    assert_eq!(second.seq, first.seq + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_protocol_client_is_refused_at_handshake() {
+    let broker = Broker::start(2);
+    let mut http = RawConn::connect(broker.addr()).await;
+    http.send_bytes(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await;
+    // "GET " as a length prefix is about 1.2 GB: refused before any allocation.
+    let (_, code, fatal) = error_of(http.recv().await);
+    assert!(fatal);
+    assert_eq!(code, ErrorCode::HandshakeRequired);
+    assert!(http.recv().await.is_none());
+
+    let mut early = RawConn::connect(broker.addr()).await;
+    early.send(&Frame::Ping(1)).await;
+    assert_eq!(
+        error_of(early.recv().await),
+        (0, ErrorCode::HandshakeRequired, true)
+    );
+    assert!(early.recv().await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_level_errors_leave_the_connection_usable() {
+    let broker = Broker::start(2);
+    let mut raw = broker.raw_on(0).await;
+
+    // Invalid name: a topic with a newline (bytes built by hand, since the
+    // codec's own constructors refuse it).
+    let mut frame = vec![
+        0, 0, 0, 0, 0x02, 0, 0, 0, 9, 0x01, 1, b'n', 0, 3, b'a', b'\n', b'b',
+    ];
+    let len = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&len.to_be_bytes());
+    raw.send_bytes(&frame).await;
+    assert_eq!(
+        error_of(raw.recv().await),
+        (9, ErrorCode::InvalidName, false)
+    );
+
+    // Unknown opcode inside a sound length prefix.
+    raw.send_bytes(&[0, 0, 0, 2, 0x7e, 0]).await;
+    assert_eq!(
+        error_of(raw.recv().await),
+        (0, ErrorCode::UnknownOpcode, false)
+    );
+
+    // Truncated body.
+    raw.send_bytes(&[0, 0, 0, 3, 0x05, 0, 0]).await;
+    assert_eq!(
+        error_of(raw.recv().await),
+        (0, ErrorCode::MalformedFrame, false)
+    );
+
+    // A server-only frame sent by a client.
+    raw.send(&Frame::Pong(3)).await;
+    raw.send(&Frame::Ping(4)).await;
+    assert_eq!(
+        raw.recv().await,
+        Some(Frame::Pong(4)),
+        "PONG from a client is accepted silently"
+    );
+
+    // Unknown subscription id.
+    raw.send(&Frame::Unsubscribe(Unsubscribe {
+        request_id: 5,
+        sub_id: 77,
+    }))
+    .await;
+    assert_eq!(
+        error_of(raw.recv().await),
+        (5, ErrorCode::UnknownSubscription, false)
+    );
+
+    // Still fully usable: publish with ack.
+    raw.send(&Frame::Publish(Publish {
+        request_id: 6,
+        ack: true,
+        topic: TopicKey::from_strs("test", "still-ok").expect("valid"),
+        payload: Bytes::from_static(b"x"),
+    }))
+    .await;
+    assert!(
+        matches!(raw.recv().await, Some(Frame::PubAck(ack)) if ack.request_id == 6 && ack.seq == 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_stops_delivery_on_the_wire() {
+    let broker = Broker::start(2);
+    let topic = topic_owned_by(0, 2, "unsub");
+    let key = TopicKey::from_strs("test", &topic).expect("valid");
+    // A control subscriber on the same shard as the raw connection proves the
+    // later messages reached that shard.
+    let control = broker.client_on(1).await;
+    let mut control_sub = control.subscribe("test", &topic).await.expect("subscribes");
+    let mut raw = broker.raw_on(1).await;
+    raw.send(&Frame::Subscribe(Subscribe {
+        request_id: 1,
+        sub_id: 4,
+        topic: key.clone(),
+    }))
+    .await;
+    assert!(matches!(raw.recv().await, Some(Frame::SubOk(ok)) if ok.sub_id == 4));
+
+    let publisher = broker.client_on(0).await;
+    publisher
+        .publish("test", &topic, "seen")
+        .await
+        .expect("acked");
+    assert!(matches!(raw.recv().await, Some(Frame::Message(m)) if m.sub_id == 4 && m.seq == 1));
+
+    raw.send(&Frame::Unsubscribe(Unsubscribe {
+        request_id: 2,
+        sub_id: 4,
+    }))
+    .await;
+    assert!(matches!(raw.recv().await, Some(Frame::UnsubOk(ok)) if ok.sub_id == 4));
+
+    for _ in 0..5 {
+        publisher
+            .publish("test", &topic, "unseen")
+            .await
+            .expect("acked");
+    }
+    for seq in 1..=6 {
+        let message = control_sub.next_message().await.expect("open").expect("ok");
+        assert_eq!(message.seq, seq);
+    }
+    // Everything the shard delivered is queued before this PONG.
+    raw.send(&Frame::Ping(9)).await;
+    assert_eq!(
+        raw.recv().await,
+        Some(Frame::Pong(9)),
+        "no MESSAGE after UNSUB_OK"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_publish_is_refused_from_its_prefix() {
+    let broker = Broker::start_with(
+        1,
+        corebus_shards::EngineConfig {
+            max_frame: 1024,
+            ..Default::default()
+        },
+    );
+    let mut raw = broker.raw_on(0).await;
+    // Announce 2 KiB but send only the prefix: the broker must not wait for it.
+    raw.send_bytes(&2048u32.to_be_bytes()).await;
+    assert_eq!(
+        error_of(raw.recv().await),
+        (0, ErrorCode::FrameTooLarge, true)
+    );
+    assert!(raw.recv().await.is_none());
+}
