@@ -132,11 +132,16 @@ pub fn decode(frame: Bytes) -> Result<Frame, FrameError> {
         Opcode::Subscribe => {
             let request_id = reader.u32("request_id")?;
             let sub_id = reader.u32("sub_id")?;
+            let epoch = reader.u64("resume_epoch")?;
+            let next_seq = reader.u64("resume_seq")?;
             let topic = reader.topic_key(request_id)?;
             reader.finish()?;
+            // Sequence numbers start at 1, so 0 means "no resume point".
+            let resume = (next_seq != 0).then_some(ResumePoint { epoch, next_seq });
             Frame::Subscribe(Subscribe {
                 request_id,
                 sub_id,
+                resume,
                 topic,
             })
         }
@@ -144,6 +149,7 @@ pub fn decode(frame: Bytes) -> Result<Frame, FrameError> {
             let ok = SubOk {
                 request_id: reader.u32("request_id")?,
                 sub_id: reader.u32("sub_id")?,
+                epoch: reader.u64("epoch")?,
                 start_after: reader.u64("start_after")?,
             };
             reader.finish()?;
@@ -167,12 +173,24 @@ pub fn decode(frame: Bytes) -> Result<Frame, FrameError> {
         }
         Opcode::Message => {
             let sub_id = reader.u32("sub_id")?;
+            let epoch = reader.u64("epoch")?;
             let seq = reader.u64("seq")?;
             Frame::Message(Message {
                 sub_id,
+                epoch,
                 seq,
                 payload: reader.rest(),
             })
+        }
+        Opcode::Discontinuity => {
+            let gap = Discontinuity {
+                sub_id: reader.u32("sub_id")?,
+                epoch: reader.u64("epoch")?,
+                last_seq: reader.u64("last_seq")?,
+                next_seq: reader.u64("next_seq")?,
+            };
+            reader.finish()?;
+            Frame::Discontinuity(gap)
         }
         Opcode::Ping => {
             let nonce = reader.u64("nonce")?;
@@ -220,6 +238,7 @@ fn frame_name(opcode: Opcode) -> &'static str {
         Opcode::SubOk => "SUB_OK",
         Opcode::UnsubOk => "UNSUB_OK",
         Opcode::Message => "MESSAGE",
+        Opcode::Discontinuity => "DISCONTINUITY",
         Opcode::Error => "ERROR",
     }
 }

@@ -8,11 +8,11 @@
 use bytes::{BufMut, BytesMut};
 
 use crate::frame::*;
-use crate::{Seq, HELLO_MAGIC, LENGTH_PREFIX};
+use crate::{Epoch, Seq, HELLO_MAGIC, LENGTH_PREFIX};
 
 /// Bytes in a `MESSAGE` frame before its payload: length prefix, opcode,
-/// subscription id and sequence number.
-pub const MESSAGE_HEADER_LEN: usize = LENGTH_PREFIX + 1 + 4 + 8;
+/// subscription id, epoch and sequence number.
+pub const MESSAGE_HEADER_LEN: usize = LENGTH_PREFIX + 1 + 4 + 8 + 8;
 
 /// Writes the length prefix for a frame of `body_len` bytes after the opcode,
 /// then the opcode.
@@ -26,9 +26,16 @@ fn header(dst: &mut BytesMut, opcode: Opcode, body_len: usize) {
 
 /// Writes the header of a `MESSAGE` frame whose payload (`payload_len` bytes)
 /// the caller sends right after it.
-pub fn encode_message_header(dst: &mut BytesMut, sub_id: u32, seq: Seq, payload_len: usize) {
-    header(dst, Opcode::Message, 4 + 8 + payload_len);
+pub fn encode_message_header(
+    dst: &mut BytesMut,
+    sub_id: u32,
+    epoch: Epoch,
+    seq: Seq,
+    payload_len: usize,
+) {
+    header(dst, Opcode::Message, 4 + 8 + 8 + payload_len);
     dst.put_u32(sub_id);
+    dst.put_u64(epoch);
     dst.put_u64(seq);
 }
 
@@ -63,16 +70,23 @@ pub fn encode_subscribe(
     dst: &mut BytesMut,
     request_id: u32,
     sub_id: u32,
+    resume: Option<ResumePoint>,
     namespace: &[u8],
     topic: &[u8],
 ) {
     header(
         dst,
         Opcode::Subscribe,
-        4 + 4 + 1 + namespace.len() + 2 + topic.len(),
+        4 + 4 + 8 + 8 + 1 + namespace.len() + 2 + topic.len(),
     );
     dst.put_u32(request_id);
     dst.put_u32(sub_id);
+    let resume = resume.unwrap_or(ResumePoint {
+        epoch: 0,
+        next_seq: 0,
+    });
+    dst.put_u64(resume.epoch);
+    dst.put_u64(resume.next_seq);
     put_names(dst, namespace, topic);
 }
 
@@ -134,13 +148,15 @@ impl Frame {
                 dst,
                 sub.request_id,
                 sub.sub_id,
+                sub.resume,
                 sub.topic.namespace_bytes(),
                 sub.topic.topic_bytes(),
             ),
             Frame::SubOk(ok) => {
-                header(dst, Opcode::SubOk, 4 + 4 + 8);
+                header(dst, Opcode::SubOk, 4 + 4 + 8 + 8);
                 dst.put_u32(ok.request_id);
                 dst.put_u32(ok.sub_id);
+                dst.put_u64(ok.epoch);
                 dst.put_u64(ok.start_after);
             }
             Frame::Unsubscribe(unsub) => {
@@ -154,8 +170,21 @@ impl Frame {
                 dst.put_u32(ok.sub_id);
             }
             Frame::Message(message) => {
-                encode_message_header(dst, message.sub_id, message.seq, message.payload.len());
+                encode_message_header(
+                    dst,
+                    message.sub_id,
+                    message.epoch,
+                    message.seq,
+                    message.payload.len(),
+                );
                 dst.put_slice(&message.payload);
+            }
+            Frame::Discontinuity(gap) => {
+                header(dst, Opcode::Discontinuity, 4 + 8 + 8 + 8);
+                dst.put_u32(gap.sub_id);
+                dst.put_u64(gap.epoch);
+                dst.put_u64(gap.last_seq);
+                dst.put_u64(gap.next_seq);
             }
             Frame::Ping(nonce) => {
                 header(dst, Opcode::Ping, 8);

@@ -148,11 +148,13 @@ pub enum ErrorCode {
     Internal = 12,
     /// A frame only a server may send (or only a client) came the wrong way.
     WrongDirection = 13,
+    /// Nothing was heard from the peer within the heartbeat timeout. Fatal.
+    IdleTimeout = 14,
 }
 
 impl ErrorCode {
     /// Every defined code, in numeric order.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::MalformedFrame,
         ErrorCode::UnknownOpcode,
         ErrorCode::FrameTooLarge,
@@ -166,6 +168,7 @@ impl ErrorCode {
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,
         ErrorCode::WrongDirection,
+        ErrorCode::IdleTimeout,
     ];
 
     /// Maps a wire value to a known code.
@@ -191,6 +194,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
             ErrorCode::WrongDirection => "wrong_direction",
+            ErrorCode::IdleTimeout => "idle_timeout",
         }
     }
 }

@@ -34,6 +34,8 @@ pub enum Opcode {
     UnsubOk = 0x84,
     /// Server → client: a message for a subscription.
     Message = 0x85,
+    /// Server → client: messages of a subscription were lost.
+    Discontinuity = 0x86,
     /// Server → client: a request (or the connection) failed.
     Error = 0x8f,
 }
@@ -53,6 +55,7 @@ impl Opcode {
             0x83 => Opcode::SubOk,
             0x84 => Opcode::UnsubOk,
             0x85 => Opcode::Message,
+            0x86 => Opcode::Discontinuity,
             0x8f => Opcode::Error,
             _ => return None,
         })
@@ -108,6 +111,21 @@ pub struct PubAck {
     pub seq: Seq,
 }
 
+/// Epoch of a topic: a random, non-zero id of one incarnation of the topic's
+/// state on its owner. Sequence numbers restart at 1 in a new epoch.
+pub type Epoch = u64;
+
+/// Where a resumed subscription wants to continue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumePoint {
+    /// The epoch the client's history belongs to; 0 means "whatever the
+    /// current epoch is" (as `corebus sub --from` uses).
+    pub epoch: Epoch,
+    /// The first sequence number the client wants (its last one plus 1).
+    /// Never 0.
+    pub next_seq: Seq,
+}
+
 /// `SUBSCRIBE`: start receiving a topic under a client-chosen id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscribe {
@@ -115,6 +133,8 @@ pub struct Subscribe {
     pub request_id: u32,
     /// Client-chosen subscription id, unique among the connection's live ones.
     pub sub_id: u32,
+    /// Replay from this point first; `None` for live messages only.
+    pub resume: Option<ResumePoint>,
     /// Topic to receive.
     pub topic: TopicKey,
 }
@@ -126,8 +146,12 @@ pub struct SubOk {
     pub request_id: u32,
     /// The subscription id.
     pub sub_id: u32,
-    /// The subscription receives every message with a sequence number greater
-    /// than this one, and none at or below it.
+    /// The topic's current epoch.
+    pub epoch: Epoch,
+    /// The subscription receives every message of `epoch` with a sequence
+    /// number greater than this one (replayed first, when resuming), and none
+    /// at or below it. A `DISCONTINUITY` may follow when a resume point could
+    /// not be honoured.
     pub start_after: Seq,
 }
 
@@ -154,10 +178,29 @@ pub struct UnsubOk {
 pub struct Message {
     /// The subscription it is for.
     pub sub_id: u32,
+    /// The topic's epoch.
+    pub epoch: Epoch,
     /// Its topic sequence number.
     pub seq: Seq,
     /// The body, as published.
     pub payload: Bytes,
+}
+
+/// `DISCONTINUITY`: messages of a subscription were lost (a resume point the
+/// replay buffer no longer covers, another epoch, or messages dropped because
+/// the connection's outbound queue was full). The next `MESSAGE` of the
+/// subscription carries `next_seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Discontinuity {
+    /// The subscription it is for.
+    pub sub_id: u32,
+    /// The epoch `next_seq` belongs to.
+    pub epoch: Epoch,
+    /// The last sequence number the subscription received (or, on a resume,
+    /// the one before its resume point), possibly of an older epoch.
+    pub last_seq: Seq,
+    /// The first sequence number it will receive next, in `epoch`.
+    pub next_seq: Seq,
 }
 
 /// `ERROR`: a request failed, or the connection is being closed.
@@ -211,6 +254,8 @@ pub enum Frame {
     UnsubOk(UnsubOk),
     /// See [`Message`].
     Message(Message),
+    /// See [`Discontinuity`].
+    Discontinuity(Discontinuity),
     /// `PING` with its nonce.
     Ping(u64),
     /// `PONG` echoing a `PING`'s nonce.
@@ -232,6 +277,7 @@ impl Frame {
             Frame::Unsubscribe(_) => Opcode::Unsubscribe,
             Frame::UnsubOk(_) => Opcode::UnsubOk,
             Frame::Message(_) => Opcode::Message,
+            Frame::Discontinuity(_) => Opcode::Discontinuity,
             Frame::Ping(_) => Opcode::Ping,
             Frame::Pong(_) => Opcode::Pong,
             Frame::Error(_) => Opcode::Error,

@@ -44,11 +44,22 @@ fn sample_frames() -> Vec<Frame> {
         Frame::Subscribe(Subscribe {
             request_id: 1,
             sub_id: 42,
+            resume: None,
             topic: topic("ns", "トピック"),
+        }),
+        Frame::Subscribe(Subscribe {
+            request_id: 1,
+            sub_id: 43,
+            resume: Some(ResumePoint {
+                epoch: u64::MAX,
+                next_seq: 1,
+            }),
+            topic: topic("ns", "t"),
         }),
         Frame::SubOk(SubOk {
             request_id: 1,
             sub_id: 42,
+            epoch: 9,
             start_after: 0,
         }),
         Frame::Unsubscribe(Unsubscribe {
@@ -61,8 +72,15 @@ fn sample_frames() -> Vec<Frame> {
         }),
         Frame::Message(Message {
             sub_id: 42,
+            epoch: 9,
             seq: 1,
             payload: Bytes::from(vec![0u8, 255, 10, 13]),
+        }),
+        Frame::Discontinuity(Discontinuity {
+            sub_id: 42,
+            epoch: 9,
+            last_seq: 3,
+            next_seq: 10,
         }),
         Frame::Ping(0),
         Frame::Pong(u64::MAX),
@@ -151,11 +169,12 @@ fn back_to_back_frames_decode_in_order() {
 fn message_header_matches_full_encoding() {
     let payload = b"shared payload";
     let mut split = BytesMut::new();
-    encode_message_header(&mut split, 5, 99, payload.len());
+    encode_message_header(&mut split, 5, 77, 99, payload.len());
     assert_eq!(split.len(), MESSAGE_HEADER_LEN);
     split.extend_from_slice(payload);
     let whole = encoded(&Frame::Message(Message {
         sub_id: 5,
+        epoch: 77,
         seq: 99,
         payload: Bytes::from_static(payload),
     }));
@@ -203,17 +222,31 @@ fn worked_examples_from_protocol_doc() {
             Frame::Subscribe(Subscribe {
                 request_id: 2,
                 sub_id: 7,
+                resume: None,
                 topic: topic("app", "news"),
             }),
-            "00000013 03 00000002 00000007 03 617070 0004 6e657773",
+            "00000023 03 00000002 00000007 0000000000000000 0000000000000000 03 617070 0004 6e657773",
+        ),
+        (
+            Frame::Subscribe(Subscribe {
+                request_id: 4,
+                sub_id: 8,
+                resume: Some(ResumePoint {
+                    epoch: 0x0123_4567_89ab_cdef,
+                    next_seq: 3,
+                }),
+                topic: topic("app", "news"),
+            }),
+            "00000023 03 00000004 00000008 0123456789abcdef 0000000000000003 03 617070 0004 6e657773",
         ),
         (
             Frame::SubOk(SubOk {
                 request_id: 2,
                 sub_id: 7,
+                epoch: 0x0123_4567_89ab_cdef,
                 start_after: 5,
             }),
-            "00000011 83 00000002 00000007 0000000000000005",
+            "00000019 83 00000002 00000007 0123456789abcdef 0000000000000005",
         ),
         (
             Frame::Unsubscribe(Unsubscribe {
@@ -232,10 +265,20 @@ fn worked_examples_from_protocol_doc() {
         (
             Frame::Message(Message {
                 sub_id: 7,
+                epoch: 0x0123_4567_89ab_cdef,
                 seq: 6,
                 payload: Bytes::from_static(b"hi"),
             }),
-            "0000000f 85 00000007 0000000000000006 6869",
+            "00000017 85 00000007 0123456789abcdef 0000000000000006 6869",
+        ),
+        (
+            Frame::Discontinuity(Discontinuity {
+                sub_id: 7,
+                epoch: 0x0123_4567_89ab_cdef,
+                last_seq: 2,
+                next_seq: 6,
+            }),
+            "0000001d 86 00000007 0123456789abcdef 0000000000000002 0000000000000006",
         ),
         (Frame::Ping(42), "00000009 05 000000000000002a"),
         (Frame::Pong(42), "00000009 06 000000000000002a"),
@@ -313,7 +356,8 @@ fn malformed_bodies_are_typed_errors() {
         decode_hex("0000000b 01 47455420 0001 03 636c69"),
         Err(FrameError::BadMagic { got: *b"GET " })
     );
-    let empty_topic = decode_hex("0000000d 03 00000009 00000007 01 61 0000");
+    let empty_topic =
+        decode_hex("0000001d 03 00000009 00000007 0000000000000000 0000000000000000 01 61 0000");
     assert!(matches!(
         empty_topic,
         Err(FrameError::InvalidName {
@@ -362,18 +406,37 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                     payload,
                 })
             ),
-        (any::<u32>(), any::<u64>(), payload).prop_map(|(sub_id, seq, payload)| {
-            Frame::Message(Message {
+        (any::<u32>(), any::<u64>(), any::<u64>(), payload).prop_map(
+            |(sub_id, epoch, seq, payload)| Frame::Message(Message {
                 sub_id,
+                epoch,
                 seq,
                 payload,
             })
-        }),
-        (any::<u32>(), any::<u32>(), arb_name(20), arb_name(40)).prop_map(
-            |(request_id, sub_id, ns, name)| Frame::Subscribe(Subscribe {
-                request_id,
+        ),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            any::<u64>(),
+            1..u64::MAX,
+            any::<bool>(),
+            arb_name(20),
+            arb_name(40)
+        )
+            .prop_map(|(request_id, sub_id, epoch, next_seq, resume, ns, name)| {
+                Frame::Subscribe(Subscribe {
+                    request_id,
+                    sub_id,
+                    resume: resume.then_some(ResumePoint { epoch, next_seq }),
+                    topic: TopicKey::from_strs(&ns, &name).expect("strategy makes valid names"),
+                })
+            }),
+        (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(sub_id, epoch, last_seq, next_seq)| Frame::Discontinuity(Discontinuity {
                 sub_id,
-                topic: TopicKey::from_strs(&ns, &name).expect("strategy makes valid names"),
+                epoch,
+                last_seq,
+                next_seq,
             })
         ),
         (any::<u32>(), any::<u16>(), any::<bool>(), ".{0,40}").prop_map(

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use corebus_net::{
-    check, decode, encode_message_header, Check, Frame, PubAck, SubOk, UnsubOk, Welcome,
-    PROTOCOL_VERSION,
+    check, decode, encode_message_header, Check, Discontinuity, Frame, PubAck, SubOk, UnsubOk,
+    Welcome, PROTOCOL_VERSION,
 };
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -129,7 +129,10 @@ async fn read_loop(
                 buf.truncate(start);
                 return Ok(());
             }
-            Ok(n) => buf.truncate(start + n),
+            Ok(n) => {
+                buf.truncate(start + n);
+                shard.borrow_mut().note_input(conn);
+            }
             Err(err) => return Err(err),
         }
     }
@@ -171,6 +174,7 @@ async fn write_loop(shard: Rc<RefCell<Shard>>, conn: ConnId, mut stream: TcpStre
             debug!(?conn, %err, "connection write failed");
             break;
         }
+        shard.borrow_mut().conn_drained(conn);
     }
     // Unblocks the reader if it is still waiting for input.
     // SAFETY: shutdown(2) on a descriptor we own; it does not touch memory.
@@ -186,10 +190,11 @@ fn encode_out_frame(frame: OutFrame, head: &mut BytesMut, segments: &mut Vec<Byt
     match frame {
         OutFrame::Message {
             sub_id,
+            epoch,
             seq,
             payload,
         } => {
-            encode_message_header(head, sub_id, seq, payload.len());
+            encode_message_header(head, sub_id, epoch, seq, payload.len());
             if payload.len() >= VECTOR_THRESHOLD {
                 segments.push(head.split().freeze());
                 segments.push(payload);
@@ -203,11 +208,25 @@ fn encode_out_frame(frame: OutFrame, head: &mut BytesMut, segments: &mut Vec<Byt
         OutFrame::SubOk {
             request_id,
             sub_id,
+            epoch,
             start_after,
         } => Frame::SubOk(SubOk {
             request_id,
             sub_id,
+            epoch,
             start_after,
+        })
+        .encode(head),
+        OutFrame::Discontinuity {
+            sub_id,
+            epoch,
+            last_seq,
+            next_seq,
+        } => Frame::Discontinuity(Discontinuity {
+            sub_id,
+            epoch,
+            last_seq,
+            next_seq,
         })
         .encode(head),
         OutFrame::UnsubOk { request_id, sub_id } => {
@@ -224,6 +243,7 @@ fn encode_out_frame(frame: OutFrame, head: &mut BytesMut, segments: &mut Vec<Byt
             shard_count,
         })
         .encode(head),
+        OutFrame::Ping(nonce) => Frame::Ping(nonce).encode(head),
         OutFrame::Pong(nonce) => Frame::Pong(nonce).encode(head),
         OutFrame::Error(error) => Frame::Error(error).encode(head),
     }

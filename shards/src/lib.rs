@@ -17,7 +17,9 @@ pub mod outbox;
 pub mod routing;
 pub mod runtime;
 pub mod stats;
+pub mod topic;
 
-pub use engine::{ConnId, EngineConfig, Flow, Shard};
+pub use engine::{ConnId, EngineConfig, Flow, Shard, SlowConsumerPolicy};
 pub use routing::ShardId;
 pub use runtime::{start, Server, ServerConfig, StartError};
+pub use topic::RingLimits;

@@ -11,8 +11,9 @@
 //! follows it, which is what makes a subscription's start point exact.
 
 use bytes::Bytes;
-use corebus_net::{Seq, TopicKey};
+use corebus_net::{Epoch, ResumePoint, Seq, TopicKey};
 
+use crate::topic::ResumePlan;
 use crate::ConnId;
 
 /// A batch of messages from one shard to another, in send order.
@@ -25,6 +26,28 @@ pub struct AckTo {
     pub conn: ConnId,
     /// Its request id.
     pub request_id: u32,
+}
+
+/// A subscription that wants to resume: answered by the owner with a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumeReq {
+    /// The subscribing connection (on the requesting shard).
+    pub conn: ConnId,
+    /// Its subscription id.
+    pub sub_id: u32,
+    /// Its request id.
+    pub request_id: u32,
+    /// Where it wants to continue.
+    pub point: ResumePoint,
+}
+
+/// The owner's answer to a [`ResumeReq`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeReply {
+    /// The request answered.
+    pub req: ResumeReq,
+    /// Start point, gap report and replay.
+    pub plan: ResumePlan,
 }
 
 /// One request or notification between shards.
@@ -46,18 +69,25 @@ pub enum ShardMsg {
         /// The sequence number assigned.
         seq: Seq,
     },
-    /// To a topic's owner: the sending shard now has subscribers of the topic.
+    /// To a topic's owner: the sending shard now has subscribers of the topic
+    /// (idempotent), and possibly one that wants to resume.
     InterestMsg {
         /// The topic.
         topic: TopicKey,
+        /// A resuming subscription's request.
+        resume: Option<ResumeReq>,
     },
     /// From the owner: the sender of `InterestMsg` receives every message
     /// after `start_after`, starting with the next `DeliverMsg` for the topic.
     InterestAckMsg {
         /// The topic.
         topic: TopicKey,
+        /// The topic's current epoch.
+        epoch: Epoch,
         /// Last sequence number assigned before the interest was registered.
         start_after: Seq,
+        /// The answer to the resume request, if there was one.
+        resume: Option<ResumeReply>,
     },
     /// To a topic's owner: the sending shard has no subscribers left.
     DropInterestMsg {

@@ -2,15 +2,18 @@
 //!
 //! The engine pushes typed items; the connection's writer task drains them in
 //! batches and encodes them into one vectored write. The queue is bounded in
-//! bytes: an item that would pass the bound is refused, and the engine then
-//! closes the connection as a slow consumer, so one connection that does not
-//! read can never make the broker's memory grow without limit.
+//! bytes: a `MESSAGE` that would pass the bound is refused (the engine then
+//! drops it and reports a discontinuity, or closes the connection, by
+//! policy). Control frames (acks, errors, discontinuities) are small and must
+//! not be lost, so they may use up to twice the bound; past that the
+//! connection is closed. Either way one connection that does not read can
+//! never make the broker's memory grow without limit.
 
 use std::collections::VecDeque;
 use std::task::Waker;
 
 use bytes::Bytes;
-use corebus_net::{ErrorFrame, Seq, MESSAGE_HEADER_LEN};
+use corebus_net::{Epoch, ErrorFrame, Seq, MESSAGE_HEADER_LEN};
 
 /// One frame waiting to be written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +22,8 @@ pub enum OutFrame {
     Message {
         /// Subscription id.
         sub_id: u32,
+        /// Topic epoch.
+        epoch: Epoch,
         /// Topic sequence number.
         seq: Seq,
         /// Shared payload.
@@ -37,8 +42,21 @@ pub enum OutFrame {
         request_id: u32,
         /// Subscription id.
         sub_id: u32,
+        /// Topic epoch.
+        epoch: Epoch,
         /// Start point.
         start_after: Seq,
+    },
+    /// `DISCONTINUITY`.
+    Discontinuity {
+        /// Subscription id.
+        sub_id: u32,
+        /// Epoch of `next_seq`.
+        epoch: Epoch,
+        /// Last sequence number the subscription had.
+        last_seq: Seq,
+        /// Next sequence number it gets.
+        next_seq: Seq,
     },
     /// `UNSUB_OK`.
     UnsubOk {
@@ -56,6 +74,8 @@ pub enum OutFrame {
         /// Shard count.
         shard_count: u16,
     },
+    /// `PING` (heartbeat on an idle connection).
+    Ping(u64),
     /// `PONG`.
     Pong(u64),
     /// `ERROR`.
@@ -68,10 +88,11 @@ impl OutFrame {
         match self {
             OutFrame::Message { payload, .. } => MESSAGE_HEADER_LEN + payload.len(),
             OutFrame::PubAck { .. } => 17,
-            OutFrame::SubOk { .. } => 21,
+            OutFrame::SubOk { .. } => 29,
+            OutFrame::Discontinuity { .. } => 33,
             OutFrame::UnsubOk { .. } => 13,
             OutFrame::Welcome { .. } => 15,
-            OutFrame::Pong(_) => 13,
+            OutFrame::Ping(_) | OutFrame::Pong(_) => 13,
             OutFrame::Error(error) => 14 + error.message.len(),
         }
     }
@@ -110,15 +131,20 @@ impl Outbox {
         }
     }
 
-    /// Queues a frame and wakes the writer.
+    /// Queues a frame and wakes the writer. `MESSAGE`s must fit the bound;
+    /// control frames may use up to twice the bound.
     pub fn push(&mut self, frame: OutFrame) -> Result<(), PushError> {
         if self.closing {
             return Err(PushError::Closing);
         }
         let len = frame.wire_len();
+        let limit = match frame {
+            OutFrame::Message { .. } => self.limit_bytes,
+            _ => self.limit_bytes.saturating_mul(2),
+        };
         // An empty queue takes any one frame, so a single frame larger than the
         // bound (at most one maximum-size message) can still be delivered.
-        if !self.frames.is_empty() && self.queued_bytes + len > self.limit_bytes {
+        if !self.frames.is_empty() && self.queued_bytes + len > limit {
             return Err(PushError::Full);
         }
         self.queued_bytes += len;
@@ -159,6 +185,11 @@ impl Outbox {
         self.queued_bytes
     }
 
+    /// The bound on queued `MESSAGE` bytes.
+    pub fn limit_bytes(&self) -> usize {
+        self.limit_bytes
+    }
+
     /// Number of frames queued.
     pub fn len(&self) -> usize {
         self.frames.len()
@@ -197,6 +228,7 @@ mod tests {
     fn message(len: usize) -> OutFrame {
         OutFrame::Message {
             sub_id: 1,
+            epoch: 1,
             seq: 1,
             payload: Bytes::from(vec![0; len]),
         }
@@ -214,6 +246,20 @@ mod tests {
         assert_eq!(outbox.queued_bytes(), 0);
         // An empty queue takes one oversized frame.
         assert_eq!(outbox.push(message(500)), Ok(()));
+    }
+
+    #[test]
+    fn control_frames_may_use_twice_the_bound() {
+        let mut outbox = Outbox::new(100);
+        outbox.push(message(70)).expect("room");
+        assert_eq!(outbox.push(message(10)), Err(PushError::Full));
+        // 95 bytes queued; 8 more 13-byte frames reach 199 of 200.
+        for _ in 0..8 {
+            outbox
+                .push(OutFrame::Pong(1))
+                .expect("control frames fit under 2x");
+        }
+        assert_eq!(outbox.push(OutFrame::Pong(1)), Err(PushError::Full));
     }
 
     #[test]

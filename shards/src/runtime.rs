@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::{MeshBuilder, Senders};
 use glommio::net::TcpListener;
@@ -319,7 +319,13 @@ async fn run_shard(
         }
     };
     let max_frame = engine.max_frame;
-    let shard = Rc::new(RefCell::new(Shard::new(id, shard_count, engine)));
+    let tick_every = maintenance_period(&engine);
+    let shard = Rc::new(RefCell::new(Shard::new(
+        id,
+        shard_count,
+        engine,
+        random_seed(),
+    )));
     let Ok((senders, mut receivers)) = mesh.join().await else {
         warn!(shard = id, "could not join the shard mesh");
         return;
@@ -342,6 +348,17 @@ async fn run_shard(
         })
         .detach();
     }
+    let clock = Instant::now();
+    glommio::spawn_local({
+        let shard = shard.clone();
+        async move {
+            loop {
+                glommio::timer::sleep(tick_every).await;
+                shard.borrow_mut().tick(clock.elapsed().as_millis() as u64);
+            }
+        }
+    })
+    .detach();
     let accept = async {
         loop {
             match listener.accept().await {
@@ -366,6 +383,32 @@ async fn run_shard(
     futures_lite::future::or(accept, stopped).await;
     senders.close();
     debug!(shard = id, "shard stopped");
+}
+
+/// How often a shard advances its clock, sends heartbeats and evicts idle
+/// topics: often enough for the shortest configured timer, at most once a
+/// second, and never more than every 10 ms.
+fn maintenance_period(engine: &EngineConfig) -> Duration {
+    let shortest = engine
+        .heartbeat_interval_ms
+        .min(engine.topic_idle_evict_ms)
+        .min(engine.heartbeat_timeout_ms);
+    Duration::from_millis((shortest / 4).clamp(10, 1000))
+}
+
+/// A seed for topic epochs that differs between processes and restarts.
+fn random_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    // SAFETY: getrandom writes at most `seed.len()` bytes into `seed`.
+    let filled = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    if filled == seed.len() as isize {
+        return u64::from_ne_bytes(seed);
+    }
+    // No getrandom: time and pid still differ between restarts.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 32)
 }
 
 /// Sends whatever the engine collected for `peer`, one batch per queue item.

@@ -15,6 +15,13 @@ pub struct ShardStats {
     pub subscribes: u64,
     /// Frames that failed to decode.
     pub protocol_errors: u64,
+    /// `MESSAGE` frames replayed from a topic's ring on resume.
+    pub messages_replayed: u64,
+    /// Messages not queued because a connection's outbound queue was full
+    /// (`drop` policy); each loss is reported with a `DISCONTINUITY`.
+    pub messages_dropped: u64,
     /// Connections closed because their outbound queue overflowed.
     pub slow_consumer_closes: u64,
+    /// Idle topic states evicted.
+    pub topics_evicted: u64,
 }

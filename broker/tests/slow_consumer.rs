@@ -1,0 +1,155 @@
+//! A subscriber that stops reading while a publisher sends hundreds of MiB:
+//! the broker's memory stays bounded, the publisher keeps going, a healthy
+//! subscriber receives everything, and the stalled one is told exactly what
+//! it lost. The broker runs as its own process so its memory can be read from
+//! /proc.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use corebus_client::Client;
+use corebus_net::{check, decode, Check, Frame, Hello, Subscribe, TopicKey, PROTOCOL_VERSION};
+
+const BIN: &str = env!("CARGO_BIN_EXE_corebus");
+const OUTBOX_LIMIT: usize = 4 << 20;
+const PAYLOAD: usize = 16 * 1024;
+const MESSAGES: u64 = 16 * 1024; // 256 MiB in total
+
+struct Broker(Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("broker status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
+/// Subscribes over a raw socket and then reads nothing until told to.
+fn stalled_subscriber(addr: &str, topic: &TopicKey) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).expect("connects");
+    let mut out = BytesMut::new();
+    Frame::Hello(Hello { version: PROTOCOL_VERSION, client_name: "stalled".into() }).encode(&mut out);
+    Frame::Subscribe(Subscribe { request_id: 1, sub_id: 1, resume: None, topic: topic.clone() })
+        .encode(&mut out);
+    stream.write_all(&out).expect("writes");
+    stream
+}
+
+#[test]
+fn stalled_subscriber_costs_bounded_memory_and_nothing_else() {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--shards", "2", "--log-level", "warn"])
+        .args(["--outbox-limit", &OUTBOX_LIMIT.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("corebus serve starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).expect("reads");
+    let addr = line.split_whitespace().nth(3).expect("address").to_string();
+    let pid = child.id();
+    let _broker = Broker(child);
+
+    let topic = TopicKey::from_strs("test", "firehose").expect("valid");
+    let mut stalled = stalled_subscriber(&addr, &topic);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (published_in, baseline_kib) = runtime.block_on(async {
+        let healthy = Client::connect(&addr).await.expect("connects");
+        let mut sub = healthy.subscribe("test", "firehose").await.expect("subscribes");
+        let publisher = Client::connect(&addr).await.expect("connects");
+        // Let the stalled subscription register before measuring.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let baseline_kib = status_kib(pid, "VmRSS:");
+        let reader = tokio::spawn(async move {
+            for seq in 1..=MESSAGES {
+                let message = tokio::time::timeout(Duration::from_secs(60), sub.next_message())
+                    .await
+                    .expect("healthy subscriber keeps receiving")
+                    .expect("open")
+                    .expect("no error, no gap");
+                assert_eq!(message.seq, seq);
+                assert_eq!(message.payload.len(), PAYLOAD);
+            }
+        });
+        let started = Instant::now();
+        let payload = Bytes::from(vec![7u8; PAYLOAD]);
+        let mut acks = std::collections::VecDeque::new();
+        for _ in 0..MESSAGES {
+            acks.push_back(publisher.start_publish("test", "firehose", payload.clone()).await.expect("queued"));
+            if acks.len() > 256 {
+                acks.pop_front().expect("non-empty").await.expect("acked");
+            }
+        }
+        for ack in acks {
+            ack.await.expect("acked");
+        }
+        let published_in = started.elapsed();
+        tokio::time::timeout(Duration::from_secs(60), reader).await.expect("in time").expect("no panic");
+        (published_in, baseline_kib)
+    });
+    let peak_kib = status_kib(pid, "VmHWM:");
+    let growth_mib = peak_kib.saturating_sub(baseline_kib) as f64 / 1024.0;
+    eprintln!(
+        "published {} MiB in {:.2}s while one subscriber stalled; broker RSS {} KiB at start, peak {} KiB (+{growth_mib:.1} MiB) with a {} MiB outbox bound",
+        (MESSAGES as usize * PAYLOAD) >> 20,
+        published_in.as_secs_f64(),
+        baseline_kib,
+        peak_kib,
+        OUTBOX_LIMIT >> 20
+    );
+    // The stalled connection holds at most its 4 MiB bound; the rest is the
+    // healthy path's buffers and the topic's 1 MiB replay ring (whose 16 KiB
+    // payloads are slices of 64 KiB read buffers).
+    assert!(growth_mib < 48.0, "broker grew by {growth_mib:.1} MiB");
+
+    // Now the stalled subscriber reads: what it got plus what it was told it
+    // lost covers 1..=MESSAGES exactly once.
+    stalled.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut buf = BytesMut::new();
+    let mut next = 1u64;
+    let mut gaps = 0;
+    let mut chunk = vec![0u8; 256 * 1024];
+    while next <= MESSAGES {
+        match check(&buf, 2 << 20).expect("framing") {
+            Check::Complete { len } => match decode(buf.split_to(len).freeze()).expect("frame") {
+                Frame::Welcome(_) | Frame::SubOk(_) | Frame::Ping(_) => {}
+                Frame::Message(message) => {
+                    assert_eq!(message.seq, next, "no silent gap, no duplicate");
+                    next += 1;
+                }
+                Frame::Discontinuity(gap) => {
+                    assert_eq!(gap.last_seq, next - 1, "the gap starts right after what arrived");
+                    assert!(gap.next_seq > next);
+                    next = gap.next_seq;
+                    gaps += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            },
+            Check::Incomplete { .. } => {
+                let n = stalled.read(&mut chunk).expect("the stalled subscriber is still connected");
+                assert!(n > 0, "connection closed at seq {next}");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+        if next > MESSAGES {
+            break;
+        }
+    }
+    assert!(gaps >= 1, "messages were dropped and reported");
+}

@@ -1,0 +1,319 @@
+//! The per-shard engine: owner-side topic state, subscriber-side tables and the
+//! connections a shard serves, as one synchronous state machine.
+//!
+//! Nothing here does I/O or awaits. Connection tasks feed it decoded frames,
+//! mesh tasks feed it [`ShardMsg`]s, and it answers by pushing frames into
+//! connection [`Outbox`]es and messages into per-peer mesh batches. That keeps
+//! every ordering argument in one file, and lets tests drive several shards by
+//! hand without sockets or executors (see `tests` below).
+//!
+//! A `Shard` is `!Send` on purpose: it lives on one executor, and only that
+//! executor's tasks mutate it, through `Rc<RefCell<Shard>>`, never across an
+//! `.await`.
+
+use std::task::Waker;
+
+use corebus_net::{Epoch, Seq, TopicKey};
+use rustc_hash::FxHashMap;
+
+use crate::mesh::{MeshBatch, ShardMsg};
+use crate::outbox::{OutFrame, Outbox};
+use crate::routing::{mix64, ShardId};
+use crate::stats::ShardStats;
+use crate::topic::{OwnedTopic, RingLimits};
+
+/// A connection's id, unique within its shard for the life of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// What happens to a connection whose outbound queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowConsumerPolicy {
+    /// Messages that do not fit are dropped; once the queue drains, each
+    /// affected subscription gets a `DISCONTINUITY` with the exact range lost.
+    Drop,
+    /// The connection is closed with a fatal `slow_consumer` error.
+    Disconnect,
+}
+
+/// Limits and policies the engine enforces.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Largest frame length field accepted (announced in `WELCOME`).
+    pub max_frame: u32,
+    /// Most subscriptions one connection may hold at once.
+    pub max_subscriptions_per_conn: usize,
+    /// Bound on a connection's queued outbound `MESSAGE` bytes.
+    pub outbox_limit_bytes: usize,
+    /// What to do when that bound is reached.
+    pub slow_consumer: SlowConsumerPolicy,
+    /// Bounds of each topic's replay ring.
+    pub ring: RingLimits,
+    /// Topic state with no subscribers and no publishes for this long is
+    /// evicted (its next use starts a new epoch).
+    pub topic_idle_evict_ms: u64,
+    /// A connection silent for this long is sent a `PING`.
+    pub heartbeat_interval_ms: u64,
+    /// A connection silent for this long is closed (`idle_timeout`).
+    pub heartbeat_timeout_ms: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_frame: corebus_net::DEFAULT_MAX_FRAME,
+            max_subscriptions_per_conn: 10_000,
+            outbox_limit_bytes: 8 << 20,
+            slow_consumer: SlowConsumerPolicy::Drop,
+            ring: RingLimits::default(),
+            topic_idle_evict_ms: 300_000,
+            heartbeat_interval_ms: 15_000,
+            heartbeat_timeout_ms: 45_000,
+        }
+    }
+}
+
+/// What the connection task should do after the engine handled its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep reading.
+    Continue,
+    /// Stop reading: the connection is closing (its outbox says how).
+    Close,
+}
+
+/// Subscriber-side state of a topic with local subscribers (or requests for
+/// them in flight).
+///
+/// An entry exists from the first local subscribe until the last local
+/// subscriber is gone *and* no interest request is in flight. It is never
+/// removed while `active` is `None`: the owner's answer to that request is
+/// still coming, and a new entry must not mistake it for the answer to a
+/// newer request.
+#[derive(Debug, Default)]
+struct LocalTopic {
+    /// `None` until the owner answered the first interest request.
+    active: Option<ActiveTopic>,
+    /// Live subscriptions waiting for activation: (conn, sub id, request id).
+    waiting: Vec<(ConnId, u32, u32)>,
+    /// Subscriptions receiving this shard's deliveries: (conn, sub id).
+    subscribers: Vec<(ConnId, u32)>,
+    /// Resume requests sent to the owner and not yet answered.
+    resumes_in_flight: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ActiveTopic {
+    epoch: Epoch,
+    /// Sequence number of the last message received (or the start point).
+    last_seq: Seq,
+}
+
+/// Messages a subscription lost to a full outbound queue, not yet reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Lost {
+    epoch: Epoch,
+    first: Seq,
+    last: Seq,
+}
+
+#[derive(Debug)]
+struct SubState {
+    topic: TopicKey,
+    /// The resume request this subscription waits for, if any.
+    resume_request: Option<u32>,
+    lost: Option<Lost>,
+}
+
+/// Per-connection state.
+#[derive(Debug)]
+struct ConnState {
+    outbox: Outbox,
+    handshaken: bool,
+    subscriptions: FxHashMap<u32, SubState>,
+    /// Subscription ids with a `lost` range to report.
+    lossy: Vec<u32>,
+    /// Engine time of the last bytes received.
+    last_input_ms: u64,
+    ping_outstanding: bool,
+}
+
+/// One shard's state. See the module docs for who may mutate it.
+#[derive(Debug)]
+pub struct Shard {
+    id: ShardId,
+    shard_count: usize,
+    config: EngineConfig,
+    owned: FxHashMap<TopicKey, OwnedTopic>,
+    local: FxHashMap<TopicKey, LocalTopic>,
+    conns: FxHashMap<ConnId, ConnState>,
+    next_conn: u64,
+    /// Per peer: messages collected during this turn, sent as one batch.
+    mesh_out: Vec<MeshBatch>,
+    /// Per peer: the mesh sender task to wake when its batch becomes non-empty.
+    mesh_senders: Vec<Option<Waker>>,
+    /// Coarse clock in milliseconds, advanced by the runtime's maintenance tick.
+    now_ms: u64,
+    /// State of the epoch generator.
+    rng: u64,
+    stats: ShardStats,
+}
+
+impl Shard {
+    /// A shard `id` of `shard_count`; `seed` makes its topic epochs random.
+    pub fn new(id: ShardId, shard_count: usize, config: EngineConfig, seed: u64) -> Shard {
+        Shard {
+            id,
+            shard_count,
+            config,
+            owned: FxHashMap::default(),
+            local: FxHashMap::default(),
+            conns: FxHashMap::default(),
+            next_conn: 0,
+            mesh_out: (0..shard_count).map(|_| Vec::new()).collect(),
+            mesh_senders: (0..shard_count).map(|_| None).collect(),
+            now_ms: 0,
+            rng: mix64(seed ^ u64::from(id)),
+            stats: ShardStats::default(),
+        }
+    }
+
+    /// This shard's id.
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> &ShardStats {
+        &self.stats
+    }
+
+    /// Number of connections open on this shard.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Number of topics whose owner-side state this shard holds.
+    pub fn owned_topic_count(&self) -> usize {
+        self.owned.len()
+    }
+
+    fn new_epoch(&mut self) -> Epoch {
+        loop {
+            self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let epoch = mix64(self.rng);
+            if epoch != 0 {
+                return epoch;
+            }
+        }
+    }
+
+    fn owned_topic(&mut self, topic: &TopicKey) -> &mut OwnedTopic {
+        if !self.owned.contains_key(topic) {
+            let epoch = self.new_epoch();
+            self.owned
+                .insert(topic.clone(), OwnedTopic::new(epoch, self.now_ms));
+        }
+        self.owned
+            .get_mut(topic)
+            .expect("inserted just above when missing")
+    }
+
+    // ----- mesh --------------------------------------------------------
+
+    /// Handles one message from shard `from`.
+    pub fn handle_mesh(&mut self, from: ShardId, msg: ShardMsg) {
+        match msg {
+            ShardMsg::PublishMsg {
+                topic,
+                payload,
+                ack_to,
+            } => {
+                let seq = self.sequence_and_fan_out(topic, payload);
+                if let Some(ack_to) = ack_to {
+                    self.push_mesh(from, ShardMsg::PubAckMsg { ack_to, seq });
+                }
+            }
+            ShardMsg::PubAckMsg { ack_to, seq } => self.send(
+                ack_to.conn,
+                OutFrame::PubAck {
+                    request_id: ack_to.request_id,
+                    seq,
+                },
+            ),
+            ShardMsg::InterestMsg { topic, resume } => {
+                let (epoch, start_after, reply) = self.register_interest(&topic, from, resume);
+                self.push_mesh(
+                    from,
+                    ShardMsg::InterestAckMsg {
+                        topic,
+                        epoch,
+                        start_after,
+                        resume: reply,
+                    },
+                );
+            }
+            ShardMsg::InterestAckMsg {
+                topic,
+                epoch,
+                start_after,
+                resume,
+            } => self.handle_interest_ack(topic, epoch, start_after, resume),
+            ShardMsg::DropInterestMsg { topic } => self.unregister_interest(&topic, from),
+            ShardMsg::DeliverMsg {
+                topic,
+                seq,
+                payload,
+            } => self.deliver_local(&topic, seq, &payload),
+        }
+    }
+
+    fn push_mesh(&mut self, to: ShardId, msg: ShardMsg) {
+        push_mesh(&mut self.mesh_out, &mut self.mesh_senders, to, msg);
+    }
+
+    /// Takes the batch collected for `peer`, or registers `waker` to be woken
+    /// when one exists. Used by the peer's mesh sender task.
+    pub fn take_mesh_batch(&mut self, peer: ShardId, waker: &Waker) -> Option<MeshBatch> {
+        let batch = &mut self.mesh_out[peer as usize];
+        if batch.is_empty() {
+            self.mesh_senders[peer as usize] = Some(waker.clone());
+            None
+        } else {
+            Some(std::mem::take(batch))
+        }
+    }
+
+    /// Messages collected for `peer` and not yet taken by its sender.
+    pub fn mesh_backlog(&self, peer: ShardId) -> usize {
+        self.mesh_out[peer as usize].len()
+    }
+
+    /// Largest backlog over all peers (connection readers pause above a mark).
+    pub fn max_mesh_backlog(&self) -> usize {
+        self.mesh_out.iter().map(Vec::len).max().unwrap_or(0)
+    }
+}
+
+fn push_mesh(
+    mesh_out: &mut [MeshBatch],
+    senders: &mut [Option<Waker>],
+    to: ShardId,
+    msg: ShardMsg,
+) {
+    let batch = &mut mesh_out[to as usize];
+    batch.push(msg);
+    if batch.len() == 1 {
+        // First message of a batch: the sender task may be parked.
+        if let Some(waker) = senders[to as usize].take() {
+            waker.wake();
+        }
+    }
+}
+
+mod conns;
+mod delivery;
+mod topics;
+
+#[cfg(test)]
+mod tests;

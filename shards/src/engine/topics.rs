@@ -1,0 +1,418 @@
+//! Topic handlers: publish and fan-out on the owner, subscribe, resume,
+//! unsubscribe and the interest protocol between shards.
+
+use bytes::Bytes;
+use corebus_net::{Epoch, ErrorCode, Publish, Seq, Subscribe, TopicKey, Unsubscribe};
+
+use super::delivery::{push_message, Delivery};
+use super::{push_mesh, ActiveTopic, ConnId, Shard, SubState};
+use crate::mesh::{AckTo, ResumeReply, ResumeReq, ShardMsg};
+use crate::outbox::OutFrame;
+use crate::routing::{self, ShardId};
+use crate::topic::{OwnedTopic, ResumePlan};
+
+impl Shard {
+    // ----- publish -----------------------------------------------------
+
+    pub(super) fn handle_publish(&mut self, conn: ConnId, publish: Publish) {
+        self.stats.publishes_received += 1;
+        let owner = routing::owner(&publish.topic, self.shard_count);
+        let ack_to = publish.ack.then_some(AckTo {
+            conn,
+            request_id: publish.request_id,
+        });
+        if owner == self.id {
+            let seq = self.sequence_and_fan_out(publish.topic, publish.payload);
+            if let Some(ack_to) = ack_to {
+                self.send(
+                    ack_to.conn,
+                    OutFrame::PubAck {
+                        request_id: ack_to.request_id,
+                        seq,
+                    },
+                );
+            }
+        } else {
+            self.push_mesh(
+                owner,
+                ShardMsg::PublishMsg {
+                    topic: publish.topic,
+                    payload: publish.payload,
+                    ack_to,
+                },
+            );
+        }
+    }
+
+    /// Owner side: assigns the next sequence number, keeps the payload for
+    /// replay, and sends the message once to each interested shard.
+    pub(super) fn sequence_and_fan_out(&mut self, topic: TopicKey, payload: Bytes) -> Seq {
+        self.stats.messages_sequenced += 1;
+        let (ring, now_ms, id) = (self.config.ring, self.now_ms, self.id);
+        if !self.owned.contains_key(&topic) {
+            let epoch = self.new_epoch();
+            self.owned
+                .insert(topic.clone(), OwnedTopic::new(epoch, now_ms));
+        }
+        let Some(owned) = self.owned.get_mut(&topic) else {
+            return 0; // Unreachable: inserted just above.
+        };
+        let seq = owned.append(&payload, ring, now_ms);
+        let mut deliver_here = false;
+        for shard in &owned.interested {
+            if *shard == id {
+                deliver_here = true;
+            } else {
+                // Field-level borrows: `owned` borrows `self.owned` only.
+                push_mesh(
+                    &mut self.mesh_out,
+                    &mut self.mesh_senders,
+                    *shard,
+                    ShardMsg::DeliverMsg {
+                        topic: topic.clone(),
+                        seq,
+                        payload: payload.clone(),
+                    },
+                );
+            }
+        }
+        if deliver_here {
+            self.deliver_local(&topic, seq, &payload);
+        }
+        seq
+    }
+
+    /// Subscriber side: hands one sequenced message to every local subscriber.
+    pub(super) fn deliver_local(&mut self, topic: &TopicKey, seq: Seq, payload: &Bytes) {
+        let Some(local) = self.local.get_mut(topic) else {
+            return; // No local subscribers any more.
+        };
+        let Some(active) = local.active.as_mut() else {
+            // Interest not yet acknowledged: this message is before any local
+            // subscription's start point.
+            return;
+        };
+        debug_assert_eq!(seq, active.last_seq + 1, "owner->shard queue must be FIFO");
+        active.last_seq = seq;
+        let epoch = active.epoch;
+        let mut slow = Vec::new();
+        for (conn, sub_id) in &local.subscribers {
+            let Some(state) = self.conns.get_mut(conn) else {
+                continue;
+            };
+            match push_message(
+                state,
+                *sub_id,
+                epoch,
+                seq,
+                payload,
+                self.config.slow_consumer,
+            ) {
+                Delivery::Queued => self.stats.messages_delivered += 1,
+                Delivery::Dropped => self.stats.messages_dropped += 1,
+                Delivery::Slow => slow.push(*conn),
+                Delivery::Closing => {}
+            }
+        }
+        for conn in slow {
+            self.close_slow_consumer(conn);
+        }
+    }
+
+    // ----- subscribe ---------------------------------------------------
+
+    pub(super) fn handle_subscribe(&mut self, conn: ConnId, subscribe: Subscribe) {
+        let Subscribe {
+            request_id,
+            sub_id,
+            resume,
+            topic,
+        } = subscribe;
+        let Some(state) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if state.subscriptions.contains_key(&sub_id) {
+            return self.send_error(
+                conn,
+                request_id,
+                ErrorCode::DuplicateSubscription,
+                format!("subscription id {sub_id} is already in use on this connection"),
+            );
+        }
+        if state.subscriptions.len() >= self.config.max_subscriptions_per_conn {
+            let max = self.config.max_subscriptions_per_conn;
+            return self.send_error(
+                conn,
+                request_id,
+                ErrorCode::TooManySubscriptions,
+                format!("a connection may hold at most {max} subscriptions"),
+            );
+        }
+        state.subscriptions.insert(
+            sub_id,
+            SubState {
+                topic: topic.clone(),
+                resume_request: resume.map(|_| request_id),
+                lost: None,
+            },
+        );
+        self.stats.subscribes += 1;
+        let owner = routing::owner(&topic, self.shard_count);
+        let is_new = !self.local.contains_key(&topic);
+        let local = self.local.entry(topic.clone()).or_default();
+        if let Some(point) = resume {
+            // The owner holds the ring: every resume asks it, whether or not
+            // this shard is already registered.
+            local.resumes_in_flight += 1;
+            let req = ResumeReq {
+                conn,
+                sub_id,
+                request_id,
+                point,
+            };
+            self.request_interest(owner, topic, Some(req));
+            return;
+        }
+        match local.active {
+            Some(active) => {
+                // Already registered with the owner: every message after
+                // `last_seq` is still to arrive here, in order.
+                local.subscribers.push((conn, sub_id));
+                self.send(
+                    conn,
+                    OutFrame::SubOk {
+                        request_id,
+                        sub_id,
+                        epoch: active.epoch,
+                        start_after: active.last_seq,
+                    },
+                );
+            }
+            None => {
+                local.waiting.push((conn, sub_id, request_id));
+                if is_new {
+                    self.request_interest(owner, topic, None);
+                }
+            }
+        }
+    }
+
+    pub(super) fn request_interest(
+        &mut self,
+        owner: ShardId,
+        topic: TopicKey,
+        resume: Option<ResumeReq>,
+    ) {
+        if owner == self.id {
+            let (epoch, start_after, reply) = self.register_interest(&topic, self.id, resume);
+            self.handle_interest_ack(topic, epoch, start_after, reply);
+        } else {
+            self.push_mesh(owner, ShardMsg::InterestMsg { topic, resume });
+        }
+    }
+
+    /// Owner side: records `shard`'s interest and answers with the epoch, the
+    /// start point for live subscribers, and a resume plan when asked.
+    pub(super) fn register_interest(
+        &mut self,
+        topic: &TopicKey,
+        shard: ShardId,
+        resume: Option<ResumeReq>,
+    ) -> (Epoch, Seq, Option<ResumeReply>) {
+        let now_ms = self.now_ms;
+        let owned = self.owned_topic(topic);
+        owned.last_active_ms = now_ms;
+        if !owned.interested.contains(&shard) {
+            owned.interested.push(shard);
+        }
+        let reply = resume.map(|req| ResumeReply {
+            plan: owned.resume(req.point),
+            req,
+        });
+        (owned.epoch(), owned.last_seq(), reply)
+    }
+
+    /// Subscriber side: the owner answered an interest request.
+    pub(super) fn handle_interest_ack(
+        &mut self,
+        topic: TopicKey,
+        epoch: Epoch,
+        start_after: Seq,
+        reply: Option<ResumeReply>,
+    ) {
+        let Some(local) = self.local.get_mut(&topic) else {
+            return; // Cannot happen: entries outlive their requests.
+        };
+        let waiting = if local.active.is_none() {
+            local.active = Some(ActiveTopic {
+                epoch,
+                last_seq: start_after,
+            });
+            std::mem::take(&mut local.waiting)
+        } else {
+            Vec::new()
+        };
+        for (conn, sub_id, request_id) in waiting {
+            if self.still_subscribed(conn, sub_id, None) {
+                self.send(
+                    conn,
+                    OutFrame::SubOk {
+                        request_id,
+                        sub_id,
+                        epoch,
+                        start_after,
+                    },
+                );
+                if let Some(local) = self.local.get_mut(&topic) {
+                    local.subscribers.push((conn, sub_id));
+                }
+            }
+        }
+        if let Some(reply) = reply {
+            if let Some(local) = self.local.get_mut(&topic) {
+                local.resumes_in_flight -= 1;
+            }
+            self.attach_resumed(&topic, epoch, reply);
+        }
+        self.release_if_unused(&topic);
+    }
+
+    /// True when `sub_id` is still a subscription of `conn` (waiting for
+    /// `resume_request` when given).
+    pub(super) fn still_subscribed(
+        &self,
+        conn: ConnId,
+        sub_id: u32,
+        resume_request: Option<u32>,
+    ) -> bool {
+        self.conns
+            .get(&conn)
+            .and_then(|state| state.subscriptions.get(&sub_id))
+            .is_some_and(|sub| sub.resume_request == resume_request)
+    }
+
+    /// Hands a resumed subscription its start point, gap report and replay,
+    /// then adds it to the live subscribers.
+    pub(super) fn attach_resumed(&mut self, topic: &TopicKey, epoch: Epoch, reply: ResumeReply) {
+        let ResumeReply { req, plan } = reply;
+        if !self.still_subscribed(req.conn, req.sub_id, Some(req.request_id)) {
+            return; // Unsubscribed, or the connection closed, meanwhile.
+        }
+        let Some(state) = self.conns.get_mut(&req.conn) else {
+            return;
+        };
+        if let Some(sub) = state.subscriptions.get_mut(&req.sub_id) {
+            sub.resume_request = None;
+        }
+        let ResumePlan {
+            start_after,
+            gap,
+            replay,
+        } = plan;
+        let mut slow = state
+            .outbox
+            .push(OutFrame::SubOk {
+                request_id: req.request_id,
+                sub_id: req.sub_id,
+                epoch,
+                start_after,
+            })
+            .is_err();
+        if let Some((last_seq, next_seq)) = gap {
+            slow |= state
+                .outbox
+                .push(OutFrame::Discontinuity {
+                    sub_id: req.sub_id,
+                    epoch,
+                    last_seq,
+                    next_seq,
+                })
+                .is_err();
+        }
+        for (seq, payload) in replay {
+            match push_message(
+                state,
+                req.sub_id,
+                epoch,
+                seq,
+                &payload,
+                self.config.slow_consumer,
+            ) {
+                Delivery::Queued => self.stats.messages_replayed += 1,
+                Delivery::Dropped => self.stats.messages_dropped += 1,
+                Delivery::Slow => slow = true,
+                Delivery::Closing => {}
+            }
+        }
+        if slow {
+            self.close_slow_consumer(req.conn);
+            return;
+        }
+        if let Some(local) = self.local.get_mut(topic) {
+            local.subscribers.push((req.conn, req.sub_id));
+        }
+    }
+
+    pub(super) fn handle_unsubscribe(&mut self, conn: ConnId, unsubscribe: Unsubscribe) {
+        let Unsubscribe { request_id, sub_id } = unsubscribe;
+        let removed = self.conns.get_mut(&conn).and_then(|state| {
+            state.lossy.retain(|id| *id != sub_id);
+            state.subscriptions.remove(&sub_id)
+        });
+        let Some(sub) = removed else {
+            return self.send_error(
+                conn,
+                request_id,
+                ErrorCode::UnknownSubscription,
+                format!("no active subscription with id {sub_id}"),
+            );
+        };
+        self.remove_subscriber(&sub.topic, conn, sub_id);
+        // Queued after every MESSAGE already queued for this subscription, and
+        // the table no longer lists it: nothing for it follows UNSUB_OK.
+        self.send(conn, OutFrame::UnsubOk { request_id, sub_id });
+    }
+
+    pub(super) fn remove_subscriber(&mut self, topic: &TopicKey, conn: ConnId, sub_id: u32) {
+        if let Some(local) = self.local.get_mut(topic) {
+            local.subscribers.retain(|entry| *entry != (conn, sub_id));
+            local.waiting.retain(|(c, s, _)| (*c, *s) != (conn, sub_id));
+        }
+        self.release_if_unused(topic);
+    }
+
+    /// Drops a topic's local entry, and this shard's interest on the owner,
+    /// once nothing here uses it and no answer from the owner is outstanding.
+    pub(super) fn release_if_unused(&mut self, topic: &TopicKey) {
+        let unused = self.local.get(topic).is_some_and(|local| {
+            local.active.is_some()
+                && local.subscribers.is_empty()
+                && local.waiting.is_empty()
+                && local.resumes_in_flight == 0
+        });
+        if !unused {
+            return;
+        }
+        self.local.remove(topic);
+        let owner = routing::owner(topic, self.shard_count);
+        if owner == self.id {
+            self.unregister_interest(topic, self.id);
+        } else {
+            self.push_mesh(
+                owner,
+                ShardMsg::DropInterestMsg {
+                    topic: topic.clone(),
+                },
+            );
+        }
+    }
+
+    pub(super) fn unregister_interest(&mut self, topic: &TopicKey, shard: ShardId) {
+        let now_ms = self.now_ms;
+        if let Some(owned) = self.owned.get_mut(topic) {
+            owned.interested.retain(|s| *s != shard);
+            // Idle time counts from the moment the last subscriber left.
+            owned.last_active_ms = now_ms;
+        }
+    }
+}

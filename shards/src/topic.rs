@@ -1,0 +1,277 @@
+//! Owner-side state of one topic: its epoch, sequence counter, replay ring and
+//! interested shards. Pure data and arithmetic, no I/O.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use corebus_net::{Epoch, ResumePoint, Seq};
+
+use crate::routing::ShardId;
+
+/// Payloads up to this size are copied into their own allocation when they
+/// enter the ring. A payload is otherwise a slice of the 64 KiB read buffer it
+/// arrived in, and a ring of small slices from different reads would keep many
+/// such buffers alive, far beyond the ring's byte bound.
+const RING_COPY_THRESHOLD: usize = 4096;
+
+/// Bounds of each topic's replay ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingLimits {
+    /// Most messages kept.
+    pub max_messages: usize,
+    /// Most payload bytes kept.
+    pub max_bytes: usize,
+}
+
+impl Default for RingLimits {
+    fn default() -> Self {
+        RingLimits {
+            max_messages: 1024,
+            max_bytes: 1 << 20,
+        }
+    }
+}
+
+/// What a resuming subscriber gets, computed by the owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumePlan {
+    /// The subscription's start point: the replay and then the live stream
+    /// continue from `start_after + 1`.
+    pub start_after: Seq,
+    /// `(last_seq, next_seq)` for a `DISCONTINUITY` sent before the replay,
+    /// when the resume point could not be honoured.
+    pub gap: Option<(Seq, Seq)>,
+    /// Messages to replay, in order.
+    pub replay: Vec<(Seq, Bytes)>,
+}
+
+/// Owner-side state of a topic. Mutated only by the owning shard's engine.
+#[derive(Debug)]
+pub struct OwnedTopic {
+    epoch: Epoch,
+    last_seq: Seq,
+    ring: VecDeque<(Seq, Bytes)>,
+    ring_bytes: usize,
+    /// Shards with at least one subscriber or resume in flight, this one
+    /// included. A handful at most, so a small vector beats a set.
+    pub interested: Vec<ShardId>,
+    /// Coarse time (engine milliseconds) of the last publish or subscribe.
+    pub last_active_ms: u64,
+}
+
+impl OwnedTopic {
+    /// A fresh incarnation: no messages yet, sequence numbers start at 1.
+    pub fn new(epoch: Epoch, now_ms: u64) -> OwnedTopic {
+        OwnedTopic {
+            epoch,
+            last_seq: 0,
+            ring: VecDeque::new(),
+            ring_bytes: 0,
+            interested: Vec::new(),
+            last_active_ms: now_ms,
+        }
+    }
+
+    /// This incarnation's epoch.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// Last sequence number assigned (0 before the first message).
+    pub fn last_seq(&self) -> Seq {
+        self.last_seq
+    }
+
+    /// The oldest sequence number still in the ring (`last_seq + 1` when empty).
+    pub fn first_retained(&self) -> Seq {
+        self.ring.front().map_or(self.last_seq + 1, |(seq, _)| *seq)
+    }
+
+    /// Payload bytes held by the ring.
+    pub fn ring_bytes(&self) -> usize {
+        self.ring_bytes
+    }
+
+    /// Messages held by the ring.
+    pub fn ring_len(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// Assigns the next sequence number and keeps the payload for replay.
+    pub fn append(&mut self, payload: &Bytes, limits: RingLimits, now_ms: u64) -> Seq {
+        self.last_seq += 1;
+        self.last_active_ms = now_ms;
+        if limits.max_messages > 0 && payload.len() <= limits.max_bytes {
+            let kept = if payload.len() <= RING_COPY_THRESHOLD {
+                Bytes::copy_from_slice(payload)
+            } else {
+                payload.clone()
+            };
+            self.ring_bytes += kept.len();
+            self.ring.push_back((self.last_seq, kept));
+            while self.ring.len() > limits.max_messages || self.ring_bytes > limits.max_bytes {
+                if let Some((_, old)) = self.ring.pop_front() {
+                    self.ring_bytes -= old.len();
+                }
+            }
+        } else {
+            // Too large to keep: the ring must not hold anything older either,
+            // or a replay would skip this message silently.
+            self.ring.clear();
+            self.ring_bytes = 0;
+        }
+        self.last_seq
+    }
+
+    /// What a subscriber resuming at `point` gets.
+    ///
+    /// - Same epoch (or epoch 0, "current"), point within the ring: exactly the
+    ///   messages from the point on.
+    /// - Same epoch, point past the last message: nothing was missed.
+    /// - Point older than the ring, or another epoch: a gap report, then all
+    ///   the ring holds.
+    pub fn resume(&self, point: ResumePoint) -> ResumePlan {
+        let first = self.first_retained();
+        let same_epoch = point.epoch == 0 || point.epoch == self.epoch;
+        let want = point.next_seq.max(1);
+        if same_epoch && want > self.last_seq {
+            return ResumePlan {
+                start_after: self.last_seq,
+                gap: None,
+                replay: Vec::new(),
+            };
+        }
+        let (from, gap) = if same_epoch && want >= first {
+            (want, None)
+        } else {
+            (first, Some((want - 1, first)))
+        };
+        let replay = self
+            .ring
+            .iter()
+            .filter(|(seq, _)| *seq >= from)
+            .cloned()
+            .collect();
+        ResumePlan {
+            start_after: from - 1,
+            gap,
+            replay,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic_with(count: u64, limits: RingLimits) -> OwnedTopic {
+        let mut topic = OwnedTopic::new(42, 0);
+        for i in 1..=count {
+            topic.append(&Bytes::from(i.to_string()), limits, 0);
+        }
+        topic
+    }
+
+    fn seqs(plan: &ResumePlan) -> Vec<Seq> {
+        plan.replay.iter().map(|(seq, _)| *seq).collect()
+    }
+
+    const SMALL: RingLimits = RingLimits {
+        max_messages: 4,
+        max_bytes: 1 << 20,
+    };
+
+    #[test]
+    fn ring_is_bounded_by_count_and_bytes() {
+        let topic = topic_with(10, SMALL);
+        assert_eq!(topic.last_seq(), 10);
+        assert_eq!(topic.first_retained(), 7);
+        assert_eq!(topic.ring_len(), 4);
+        let by_bytes = topic_with(
+            10,
+            RingLimits {
+                max_messages: 100,
+                max_bytes: 5,
+            },
+        );
+        // "6".."9" are one byte each, "10" two: the newest 5 bytes are 7,8,9,10.
+        assert_eq!(by_bytes.first_retained(), 7);
+        assert!(by_bytes.ring_bytes() <= 5);
+    }
+
+    #[test]
+    fn resume_inside_the_ring_replays_exactly_from_the_point() {
+        let topic = topic_with(10, SMALL);
+        let plan = topic.resume(ResumePoint {
+            epoch: 42,
+            next_seq: 8,
+        });
+        assert_eq!(plan.start_after, 7);
+        assert_eq!(plan.gap, None);
+        assert_eq!(seqs(&plan), vec![8, 9, 10]);
+        // Epoch 0 means the current epoch.
+        let any = topic.resume(ResumePoint {
+            epoch: 0,
+            next_seq: 10,
+        });
+        assert_eq!((any.start_after, seqs(&any)), (9, vec![10]));
+    }
+
+    #[test]
+    fn resume_past_the_end_misses_nothing() {
+        let topic = topic_with(10, SMALL);
+        let plan = topic.resume(ResumePoint {
+            epoch: 42,
+            next_seq: 11,
+        });
+        assert_eq!(
+            plan,
+            ResumePlan {
+                start_after: 10,
+                gap: None,
+                replay: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn resume_before_the_ring_reports_the_exact_gap() {
+        let topic = topic_with(10, SMALL);
+        let plan = topic.resume(ResumePoint {
+            epoch: 42,
+            next_seq: 3,
+        });
+        assert_eq!(plan.gap, Some((2, 7)));
+        assert_eq!(plan.start_after, 6);
+        assert_eq!(seqs(&plan), vec![7, 8, 9, 10]);
+    }
+
+    #[test]
+    fn resume_in_another_epoch_reports_a_gap_into_this_one() {
+        let topic = topic_with(3, SMALL);
+        let plan = topic.resume(ResumePoint {
+            epoch: 7,
+            next_seq: 500,
+        });
+        assert_eq!(plan.gap, Some((499, 1)));
+        assert_eq!(plan.start_after, 0);
+        assert_eq!(seqs(&plan), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn an_unkept_oversized_message_empties_the_ring() {
+        let limits = RingLimits {
+            max_messages: 10,
+            max_bytes: 8,
+        };
+        let mut topic = topic_with(3, limits);
+        topic.append(&Bytes::from(vec![0; 9]), limits, 0);
+        assert_eq!(topic.first_retained(), 5);
+        let plan = topic.resume(ResumePoint {
+            epoch: 42,
+            next_seq: 2,
+        });
+        assert_eq!(plan.gap, Some((1, 5)));
+        assert!(plan.replay.is_empty());
+    }
+}
