@@ -202,6 +202,12 @@ pub fn decode(frame: Bytes) -> Result<Frame, FrameError> {
             reader.finish()?;
             Frame::Pong(nonce)
         }
+        Opcode::GoAway => {
+            let drain_ms = reader.u32("drain_ms")?;
+            let message = reader.text16("message")?;
+            reader.finish()?;
+            Frame::GoAway(GoAway { drain_ms, message })
+        }
         Opcode::Error => {
             let request_id = reader.u32("request_id")?;
             let code = reader.u16("code")?;
@@ -239,6 +245,7 @@ fn frame_name(opcode: Opcode) -> &'static str {
         Opcode::UnsubOk => "UNSUB_OK",
         Opcode::Message => "MESSAGE",
         Opcode::Discontinuity => "DISCONTINUITY",
+        Opcode::GoAway => "GOAWAY",
         Opcode::Error => "ERROR",
     }
 }

@@ -194,6 +194,13 @@ impl Frame {
                 header(dst, Opcode::Pong, 8);
                 dst.put_u64(*nonce);
             }
+            Frame::GoAway(go_away) => {
+                let text = clip(&go_away.message, u16::MAX as usize);
+                header(dst, Opcode::GoAway, 4 + 2 + text.len());
+                dst.put_u32(go_away.drain_ms);
+                dst.put_u16(text.len() as u16);
+                dst.put_slice(text.as_bytes());
+            }
             Frame::Error(error) => {
                 let text = clip(&error.message, u16::MAX as usize);
                 header(dst, Opcode::Error, 4 + 2 + 1 + 2 + text.len());

@@ -36,6 +36,8 @@ pub enum Opcode {
     Message = 0x85,
     /// Server → client: messages of a subscription were lost.
     Discontinuity = 0x86,
+    /// Server → client: the server is shutting down; reconnect elsewhere.
+    GoAway = 0x87,
     /// Server → client: a request (or the connection) failed.
     Error = 0x8f,
 }
@@ -56,6 +58,7 @@ impl Opcode {
             0x84 => Opcode::UnsubOk,
             0x85 => Opcode::Message,
             0x86 => Opcode::Discontinuity,
+            0x87 => Opcode::GoAway,
             0x8f => Opcode::Error,
             _ => return None,
         })
@@ -203,6 +206,17 @@ pub struct Discontinuity {
     pub next_seq: Seq,
 }
 
+/// `GOAWAY`: the server is shutting down. It accepts no new requests on this
+/// connection, flushes what is queued, and closes within `drain_ms`; a client
+/// should reconnect (and resume) at once instead of waiting for a timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoAway {
+    /// Milliseconds until the server closes the connection at the latest.
+    pub drain_ms: u32,
+    /// Human-readable reason.
+    pub message: String,
+}
+
 /// `ERROR`: a request failed, or the connection is being closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorFrame {
@@ -256,6 +270,8 @@ pub enum Frame {
     Message(Message),
     /// See [`Discontinuity`].
     Discontinuity(Discontinuity),
+    /// See [`GoAway`].
+    GoAway(GoAway),
     /// `PING` with its nonce.
     Ping(u64),
     /// `PONG` echoing a `PING`'s nonce.
@@ -278,6 +294,7 @@ impl Frame {
             Frame::UnsubOk(_) => Opcode::UnsubOk,
             Frame::Message(_) => Opcode::Message,
             Frame::Discontinuity(_) => Opcode::Discontinuity,
+            Frame::GoAway(_) => Opcode::GoAway,
             Frame::Ping(_) => Opcode::Ping,
             Frame::Pong(_) => Opcode::Pong,
             Frame::Error(_) => Opcode::Error,

@@ -20,8 +20,8 @@ pub use decode::{check, decode, Check};
 pub use encode::{encode_message_header, encode_publish, encode_subscribe, MESSAGE_HEADER_LEN};
 pub use error::{ErrorCode, FrameError};
 pub use frame::{
-    Discontinuity, Epoch, ErrorFrame, Frame, Hello, Message, Opcode, PubAck, Publish, ResumePoint,
-    SubOk, Subscribe, UnsubOk, Unsubscribe, Welcome, PUBLISH_FLAG_ACK,
+    Discontinuity, Epoch, ErrorFrame, Frame, GoAway, Hello, Message, Opcode, PubAck, Publish,
+    ResumePoint, SubOk, Subscribe, UnsubOk, Unsubscribe, Welcome, PUBLISH_FLAG_ACK,
 };
 pub use name::{validate_namespace, validate_topic, NameError, TopicKey};
 

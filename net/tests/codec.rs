@@ -84,6 +84,10 @@ fn sample_frames() -> Vec<Frame> {
         }),
         Frame::Ping(0),
         Frame::Pong(u64::MAX),
+        Frame::GoAway(GoAway {
+            drain_ms: 10_000,
+            message: "shutting down".into(),
+        }),
         Frame::Error(ErrorFrame::new(
             9,
             ErrorCode::InvalidName,
@@ -281,6 +285,13 @@ fn worked_examples_from_protocol_doc() {
             "0000001d 86 00000007 0123456789abcdef 0000000000000002 0000000000000006",
         ),
         (Frame::Ping(42), "00000009 05 000000000000002a"),
+        (
+            Frame::GoAway(GoAway {
+                drain_ms: 10_000,
+                message: "bye".into(),
+            }),
+            "0000000a 87 00002710 0003 627965",
+        ),
         (Frame::Pong(42), "00000009 06 000000000000002a"),
         (
             Frame::Error(ErrorFrame::new(4, ErrorCode::InvalidName, false, "bad")),

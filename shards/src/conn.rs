@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use corebus_net::{
-    check, decode, encode_message_header, Check, Discontinuity, Frame, PubAck, SubOk, UnsubOk,
-    Welcome, PROTOCOL_VERSION,
+    check, decode, encode_message_header, Check, Discontinuity, Frame, GoAway, PubAck, SubOk,
+    UnsubOk, Welcome, PROTOCOL_VERSION,
 };
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -131,7 +131,7 @@ async fn read_loop(
             }
             Ok(n) => {
                 buf.truncate(start + n);
-                shard.borrow_mut().note_input(conn);
+                shard.borrow_mut().note_input(conn, n);
             }
             Err(err) => return Err(err),
         }
@@ -170,11 +170,14 @@ async fn write_loop(shard: Rc<RefCell<Shard>>, conn: ConnId, mut stream: TcpStre
         if !head.is_empty() {
             segments.push(head.split().freeze());
         }
-        if let Err(err) = write_all_vectored(&mut stream, &mut segments).await {
-            debug!(?conn, %err, "connection write failed");
-            break;
-        }
-        shard.borrow_mut().conn_drained(conn);
+        let written = match write_all_vectored(&mut stream, &mut segments).await {
+            Ok(written) => written,
+            Err(err) => {
+                debug!(?conn, %err, "connection write failed");
+                break;
+            }
+        };
+        shard.borrow_mut().conn_drained(conn, written);
     }
     // Unblocks the reader if it is still waiting for input.
     // SAFETY: shutdown(2) on a descriptor we own; it does not touch memory.
@@ -246,12 +249,20 @@ fn encode_out_frame(frame: OutFrame, head: &mut BytesMut, segments: &mut Vec<Byt
         OutFrame::Ping(nonce) => Frame::Ping(nonce).encode(head),
         OutFrame::Pong(nonce) => Frame::Pong(nonce).encode(head),
         OutFrame::Error(error) => Frame::Error(error).encode(head),
+        OutFrame::GoAway { drain_ms, message } => {
+            Frame::GoAway(GoAway { drain_ms, message }).encode(head)
+        }
     }
 }
 
-/// Writes every segment, in order, then clears `segments`.
-async fn write_all_vectored(stream: &mut TcpStream, segments: &mut Vec<Bytes>) -> io::Result<()> {
+/// Writes every segment, in order, then clears `segments`; returns the bytes
+/// written.
+async fn write_all_vectored(
+    stream: &mut TcpStream,
+    segments: &mut Vec<Bytes>,
+) -> io::Result<usize> {
     let fd = stream.as_raw_fd();
+    let total = segments.iter().map(Bytes::len).sum();
     let mut first = 0;
     while first < segments.len() {
         match send_vectored(fd, &segments[first..]) {
@@ -285,7 +296,7 @@ async fn write_all_vectored(stream: &mut TcpStream, segments: &mut Vec<Bytes>) -
         }
     }
     segments.clear();
-    Ok(())
+    Ok(total)
 }
 
 /// One non-blocking `sendmsg` of up to [`MAX_IOVECS`] segments.

@@ -13,6 +13,7 @@
 pub mod conn;
 pub mod engine;
 pub mod mesh;
+pub mod metrics;
 pub mod outbox;
 pub mod routing;
 pub mod runtime;
@@ -20,6 +21,7 @@ pub mod stats;
 pub mod topic;
 
 pub use engine::{ConnId, EngineConfig, Flow, Shard, SlowConsumerPolicy};
+pub use metrics::{MetricsHandle, ShardMetrics};
 pub use routing::ShardId;
-pub use runtime::{start, Server, ServerConfig, StartError};
+pub use runtime::{start, Server, ServerConfig, ShutdownHandle, StartError};
 pub use topic::RingLimits;

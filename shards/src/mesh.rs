@@ -10,6 +10,8 @@
 //! it. An owner sends a shard `InterestAckMsg` before any `DeliverMsg` that
 //! follows it, which is what makes a subscription's start point exact.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use corebus_net::{Epoch, ResumePoint, Seq, TopicKey};
 
@@ -103,5 +105,7 @@ pub enum ShardMsg {
         seq: Seq,
         /// The shared payload.
         payload: Bytes,
+        /// When the owner sequenced it (for the delivery latency metric).
+        sequenced_at: Instant,
     },
 }

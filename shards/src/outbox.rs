@@ -80,6 +80,13 @@ pub enum OutFrame {
     Pong(u64),
     /// `ERROR`.
     Error(ErrorFrame),
+    /// `GOAWAY`.
+    GoAway {
+        /// Time until the server closes.
+        drain_ms: u32,
+        /// Why.
+        message: String,
+    },
 }
 
 impl OutFrame {
@@ -94,6 +101,7 @@ impl OutFrame {
             OutFrame::Welcome { .. } => 15,
             OutFrame::Ping(_) | OutFrame::Pong(_) => 13,
             OutFrame::Error(error) => 14 + error.message.len(),
+            OutFrame::GoAway { message, .. } => 11 + message.len(),
         }
     }
 }

@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::engine::{EngineConfig, Shard};
 use crate::mesh::MeshBatch;
+use crate::metrics::MetricsHandle;
 use crate::routing::ShardId;
 
 /// Batches each (from, to) mesh queue holds before senders wait.
@@ -104,12 +105,52 @@ pub enum StartError {
     },
 }
 
+const RUNNING: u8 = 0;
+const DRAINING: u8 = 1;
+const STOPPING: u8 = 2;
+
+/// How the outside world tells the shards to stop.
+#[derive(Debug, Default)]
+struct Control {
+    state: AtomicU8,
+    drain_ms: AtomicU32,
+}
+
+/// A handle that can ask a running broker to shut down, from any thread
+/// (a signal-watching thread, for example).
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    control: Arc<Control>,
+}
+
+impl ShutdownHandle {
+    /// Graceful shutdown: stop accepting, send `GOAWAY` to every client, flush
+    /// what is queued, and stop each shard once its connections are closed or
+    /// `deadline` has passed.
+    pub fn drain(&self, deadline: Duration) {
+        let millis = u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX);
+        self.control.drain_ms.store(millis, Ordering::Release);
+        let _ = self.control.state.compare_exchange(
+            RUNNING,
+            DRAINING,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    /// Immediate stop: connections are dropped.
+    pub fn stop_now(&self) {
+        self.control.state.store(STOPPING, Ordering::Release);
+    }
+}
+
 /// A running broker: its shards' threads and the address they listen on.
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
     shard_count: usize,
-    stop: Arc<AtomicBool>,
+    control: Arc<Control>,
+    metrics: MetricsHandle,
     handles: Vec<ExecutorJoinHandle<()>>,
 }
 
@@ -124,19 +165,33 @@ impl Server {
         self.shard_count
     }
 
-    /// A flag that, once set, stops every shard (for signal handlers).
-    pub fn stop_flag(&self) -> Arc<AtomicBool> {
-        self.stop.clone()
+    /// A handle to shut the broker down from another thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            control: self.control.clone(),
+        }
+    }
+
+    /// Every shard's latest counters and gauges.
+    pub fn metrics(&self) -> MetricsHandle {
+        self.metrics.clone()
     }
 
     /// Stops every shard and waits for their threads. Open connections are
     /// dropped.
     pub fn stop(self) {
-        self.stop.store(true, Ordering::Release);
+        self.shutdown_handle().stop_now();
         self.wait();
     }
 
-    /// Waits until the shards stop (after the stop flag is set).
+    /// Graceful shutdown (see [`ShutdownHandle::drain`]); returns once every
+    /// shard has stopped.
+    pub fn shutdown(self, deadline: Duration) {
+        self.shutdown_handle().drain(deadline);
+        self.wait();
+    }
+
+    /// Waits until the shards stop (after a shutdown was asked for).
     pub fn wait(mut self) {
         for handle in std::mem::take(&mut self.handles) {
             if let Err(err) = handle.join() {
@@ -149,7 +204,9 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         // A dropped handle must not leave shard threads running forever.
-        self.stop.store(true, Ordering::Release);
+        if !self.handles.is_empty() {
+            self.control.state.store(STOPPING, Ordering::Release);
+        }
     }
 }
 
@@ -229,7 +286,8 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
     }
     let pin = shard_count <= cpus.len();
     let mesh = MeshBuilder::<MeshBatch, _>::full(shard_count, MESH_QUEUE_BATCHES);
-    let stop = Arc::new(AtomicBool::new(false));
+    let control = Arc::new(Control::default());
+    let metrics = MetricsHandle::new(shard_count);
     let mut handles = Vec::with_capacity(shard_count);
     let mut listen = config.listen;
     for index in 0..shard_count {
@@ -241,26 +299,26 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
         let shard_id = index as ShardId;
         let engine = config.engine.clone();
         let mesh = mesh.clone();
-        let stop_flag = stop.clone();
+        let shard_control = control.clone();
+        let shard_metrics = metrics.clone();
         let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("corebus-shard-{index}"))
             .io_memory(IO_MEMORY)
             .spawn(move || async move {
-                run_shard(
-                    shard_id,
+                let ctx = ShardContext {
+                    id: shard_id,
                     shard_count,
                     listen,
-                    engine,
-                    mesh,
-                    stop_flag,
-                    ready_tx,
-                )
-                .await
+                    control: shard_control,
+                    metrics: shard_metrics,
+                    ready: ready_tx,
+                };
+                run_shard(ctx, engine, mesh).await
             });
         let handle = match spawned {
             Ok(handle) => handle,
             Err(err) => {
-                stop.store(true, Ordering::Release);
+                control.state.store(STOPPING, Ordering::Release);
                 return Err(StartError::Shard {
                     shard: shard_id,
                     reason: err.to_string(),
@@ -279,7 +337,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
         match ready {
             Ok(addr) => listen = addr,
             Err(err) => {
-                stop.store(true, Ordering::Release);
+                control.state.store(STOPPING, Ordering::Release);
                 for handle in handles {
                     let _ = handle.join();
                 }
@@ -291,20 +349,35 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
     Ok(Server {
         local_addr: listen,
         shard_count,
-        stop,
+        control,
+        metrics,
         handles,
     })
 }
 
-async fn run_shard(
+/// What a shard thread is handed at start.
+struct ShardContext {
     id: ShardId,
     shard_count: usize,
     listen: SocketAddr,
+    control: Arc<Control>,
+    metrics: MetricsHandle,
+    ready: mpsc::Sender<Result<SocketAddr, StartError>>,
+}
+
+async fn run_shard(
+    ctx: ShardContext,
     engine: EngineConfig,
     mesh: MeshBuilder<MeshBatch, glommio::channels::channel_mesh::Full>,
-    stop: Arc<AtomicBool>,
-    ready: mpsc::Sender<Result<SocketAddr, StartError>>,
 ) {
+    let ShardContext {
+        id,
+        shard_count,
+        listen,
+        control,
+        metrics,
+        ready,
+    } = ctx;
     let listener = match TcpListener::bind(listen).and_then(|l| Ok((l.local_addr()?, l))) {
         Ok((addr, listener)) => {
             let _ = ready.send(Ok(addr));
@@ -354,7 +427,9 @@ async fn run_shard(
         async move {
             loop {
                 glommio::timer::sleep(tick_every).await;
-                shard.borrow_mut().tick(clock.elapsed().as_millis() as u64);
+                let mut shard = shard.borrow_mut();
+                shard.tick(clock.elapsed().as_millis() as u64);
+                metrics.publish(shard.metrics());
             }
         }
     })
@@ -376,11 +451,35 @@ async fn run_shard(
         }
     };
     let stopped = async {
-        while !stop.load(Ordering::Acquire) {
-            glommio::timer::sleep(STOP_POLL).await;
+        loop {
+            match control.state.load(Ordering::Acquire) {
+                RUNNING => glommio::timer::sleep(STOP_POLL).await,
+                state => return state,
+            }
         }
     };
-    futures_lite::future::or(accept, stopped).await;
+    // The accept loop never ends by itself; the listener closes with it.
+    let state = futures_lite::future::or(accept, stopped).await;
+    drop(listener);
+    if state == DRAINING {
+        let drain_ms = control.drain_ms.load(Ordering::Acquire);
+        let deadline = Instant::now() + Duration::from_millis(u64::from(drain_ms));
+        shard.borrow_mut().begin_drain(drain_ms);
+        while shard.borrow().connection_count() > 0
+            && Instant::now() < deadline
+            && control.state.load(Ordering::Acquire) == DRAINING
+        {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        let left = shard.borrow().connection_count();
+        if left > 0 {
+            warn!(
+                shard = id,
+                connections = left,
+                "drain deadline passed; dropping connections"
+            );
+        }
+    }
     senders.close();
     debug!(shard = id, "shard stopped");
 }

@@ -15,6 +15,12 @@ pub struct ShardStats {
     pub subscribes: u64,
     /// Frames that failed to decode.
     pub protocol_errors: u64,
+    /// Connections refused at the handshake (no or bad `HELLO`).
+    pub handshake_failures: u64,
+    /// Bytes read from client sockets.
+    pub bytes_in: u64,
+    /// Bytes written to client sockets.
+    pub bytes_out: u64,
     /// `MESSAGE` frames replayed from a topic's ring on resume.
     pub messages_replayed: u64,
     /// Messages not queued because a connection's outbound queue was full

@@ -43,8 +43,9 @@ impl Shard {
         self.stats.topics_evicted += (before - self.owned.len()) as u64;
     }
 
-    /// Bytes arrived from `conn`: it is alive.
-    pub fn note_input(&mut self, conn: ConnId) {
+    /// `bytes` arrived from `conn`: it is alive.
+    pub fn note_input(&mut self, conn: ConnId, bytes: usize) {
+        self.stats.bytes_in += bytes as u64;
         if let Some(state) = self.conns.get_mut(&conn) {
             state.last_input_ms = self.now_ms;
             state.ping_outstanding = false;
@@ -77,8 +78,10 @@ impl Shard {
         self.conns.get_mut(&conn).map(|state| &mut state.outbox)
     }
 
-    /// The writer emptied the connection's queue: report what was dropped.
-    pub fn conn_drained(&mut self, conn: ConnId) {
+    /// The writer wrote `bytes` and took everything that was queued: report
+    /// what was dropped.
+    pub fn conn_drained(&mut self, conn: ConnId, bytes: usize) {
+        self.stats.bytes_out += bytes as u64;
         if let Some(state) = self.conns.get_mut(&conn) {
             if !state.lossy.is_empty() {
                 report_losses(state);
@@ -92,6 +95,24 @@ impl Shard {
         self.withdraw_subscriptions(conn);
         if let Some(state) = self.conns.get_mut(&conn) {
             state.outbox.finish();
+        }
+    }
+
+    /// Shutdown: tells every client to go away, queues nothing new, and lets
+    /// each writer flush and close.
+    pub fn begin_drain(&mut self, drain_ms: u32) {
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in conns {
+            self.withdraw_subscriptions(conn);
+            if let Some(state) = self.conns.get_mut(&conn) {
+                if state.handshaken {
+                    let _ = state.outbox.push(OutFrame::GoAway {
+                        drain_ms,
+                        message: "the broker is shutting down".into(),
+                    });
+                }
+                state.outbox.finish();
+            }
         }
     }
 
@@ -163,6 +184,9 @@ impl Shard {
     pub fn handle_decode_error(&mut self, conn: ConnId, error: &FrameError) -> Flow {
         self.stats.protocol_errors += 1;
         let handshaken = self.conns.get(&conn).is_some_and(|state| state.handshaken);
+        if !handshaken {
+            self.stats.handshake_failures += 1;
+        }
         if error.breaks_framing() || !handshaken {
             let code = if handshaken {
                 error.code()
@@ -214,6 +238,7 @@ impl Shard {
 
     pub(super) fn handle_handshake(&mut self, conn: ConnId, frame: Frame) -> Flow {
         let Frame::Hello(hello) = frame else {
+            self.stats.handshake_failures += 1;
             return self.close_with_error(
                 conn,
                 ErrorCode::HandshakeRequired,
@@ -221,6 +246,7 @@ impl Shard {
             );
         };
         if hello.version != PROTOCOL_VERSION {
+            self.stats.handshake_failures += 1;
             return self.close_with_error(
                 conn,
                 ErrorCode::UnsupportedVersion,

@@ -17,6 +17,7 @@ use corebus_net::{Epoch, Seq, TopicKey};
 use rustc_hash::FxHashMap;
 
 use crate::mesh::{MeshBatch, ShardMsg};
+use crate::metrics::{LatencyHistogram, ShardMetrics};
 use crate::outbox::{OutFrame, Outbox};
 use crate::routing::{mix64, ShardId};
 use crate::stats::ShardStats;
@@ -157,6 +158,7 @@ pub struct Shard {
     /// State of the epoch generator.
     rng: u64,
     stats: ShardStats,
+    delivery_latency: LatencyHistogram,
 }
 
 impl Shard {
@@ -175,6 +177,7 @@ impl Shard {
             now_ms: 0,
             rng: mix64(seed ^ u64::from(id)),
             stats: ShardStats::default(),
+            delivery_latency: LatencyHistogram::default(),
         }
     }
 
@@ -191,6 +194,24 @@ impl Shard {
     /// Number of connections open on this shard.
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Counters and gauges for the metrics endpoint.
+    pub fn metrics(&self) -> ShardMetrics {
+        ShardMetrics {
+            shard: self.id,
+            stats: self.stats.clone(),
+            connections: self.conns.len() as u64,
+            subscriptions: self
+                .conns
+                .values()
+                .map(|conn| conn.subscriptions.len() as u64)
+                .sum(),
+            owned_topics: self.owned.len() as u64,
+            local_topics: self.local.len() as u64,
+            mesh_backlog: self.mesh_out.iter().map(|batch| batch.len() as u64).sum(),
+            delivery_latency: self.delivery_latency.clone(),
+        }
     }
 
     /// Number of topics whose owner-side state this shard holds.
@@ -264,7 +285,8 @@ impl Shard {
                 topic,
                 seq,
                 payload,
-            } => self.deliver_local(&topic, seq, &payload),
+                sequenced_at,
+            } => self.deliver_local(&topic, seq, &payload, sequenced_at),
         }
     }
 

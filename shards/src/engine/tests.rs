@@ -591,7 +591,7 @@ fn drop_policy_reports_the_exact_lost_range_once_drained() {
     let frames = cluster.take_conn(slow);
     assert_eq!(messages(&frames).len(), 10);
     assert_eq!(cluster.shards[0].stats().messages_dropped, 20);
-    cluster.shards[0].conn_drained(slow.1);
+    cluster.shards[0].conn_drained(slow.1, 0);
     cluster.send(publisher, publish(&t, 31, &payload));
     let frames = cluster.take_conn(slow);
     assert_eq!(gaps(&frames), vec![(5, 10, 31)]);
@@ -687,7 +687,7 @@ fn silent_connections_get_a_ping_then_are_closed() {
     cluster.shards[0].tick(200);
     assert!(cluster.take_conn(client).is_empty(), "one ping per silence");
     // Input at (coarse) time 200 resets the silence.
-    cluster.shards[0].note_input(client.1);
+    cluster.shards[0].note_input(client.1, 1);
     cluster.shards[0].tick(250);
     assert!(
         cluster.take_conn(client).is_empty(),
@@ -700,4 +700,42 @@ fn silent_connections_get_a_ping_then_are_closed() {
     assert!(
         matches!(&frames[..], [OutFrame::Error(e)] if e.fatal && e.code() == Some(ErrorCode::IdleTimeout))
     );
+}
+
+#[test]
+fn drain_says_goaway_and_stops_queueing() {
+    let mut cluster = Cluster::new(1, EngineConfig::default());
+    let t = topic("bye");
+    let publisher = cluster.connect(0);
+    let subscriber = cluster.connect(0);
+    cluster.send(subscriber, subscribe(&t, 1, 1));
+    cluster.send(publisher, publish(&t, 1, "before"));
+    cluster.shards[0].begin_drain(10_000);
+    let frames = cluster.take_conn(subscriber);
+    assert!(matches!(
+        frames.last(),
+        Some(OutFrame::GoAway {
+            drain_ms: 10_000,
+            ..
+        })
+    ));
+    assert_eq!(
+        messages(&frames),
+        vec![(1, 1)],
+        "what was queued is still flushed"
+    );
+    assert!(cluster.shards[0]
+        .outbox_mut(subscriber.1)
+        .expect("open")
+        .is_closing());
+    assert_eq!(
+        cluster.send(publisher, publish(&t, 2, "after")),
+        Flow::Close
+    );
+    let metrics = cluster.shards[0].metrics();
+    assert_eq!(
+        metrics.subscriptions, 0,
+        "drained connections hold no subscriptions"
+    );
+    assert_eq!(metrics.connections, 2, "until their writers close them");
 }

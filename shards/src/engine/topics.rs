@@ -1,6 +1,8 @@
 //! Topic handlers: publish and fan-out on the owner, subscribe, resume,
 //! unsubscribe and the interest protocol between shards.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use corebus_net::{Epoch, ErrorCode, Publish, Seq, Subscribe, TopicKey, Unsubscribe};
 
@@ -58,6 +60,7 @@ impl Shard {
             return 0; // Unreachable: inserted just above.
         };
         let seq = owned.append(&payload, ring, now_ms);
+        let sequenced_at = Instant::now();
         let mut deliver_here = false;
         for shard in &owned.interested {
             if *shard == id {
@@ -72,18 +75,25 @@ impl Shard {
                         topic: topic.clone(),
                         seq,
                         payload: payload.clone(),
+                        sequenced_at,
                     },
                 );
             }
         }
         if deliver_here {
-            self.deliver_local(&topic, seq, &payload);
+            self.deliver_local(&topic, seq, &payload, sequenced_at);
         }
         seq
     }
 
     /// Subscriber side: hands one sequenced message to every local subscriber.
-    pub(super) fn deliver_local(&mut self, topic: &TopicKey, seq: Seq, payload: &Bytes) {
+    pub(super) fn deliver_local(
+        &mut self,
+        topic: &TopicKey,
+        seq: Seq,
+        payload: &Bytes,
+        sequenced_at: Instant,
+    ) {
         let Some(local) = self.local.get_mut(topic) else {
             return; // No local subscribers any more.
         };
@@ -117,6 +127,8 @@ impl Shard {
         for conn in slow {
             self.close_slow_consumer(conn);
         }
+        self.delivery_latency
+            .record(sequenced_at.elapsed().as_micros() as u64);
     }
 
     // ----- subscribe ---------------------------------------------------

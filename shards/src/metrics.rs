@@ -1,0 +1,137 @@
+//! Shard metrics as seen from outside the shard threads.
+//!
+//! Counters live in each shard's [`ShardStats`](crate::stats::ShardStats) as
+//! plain integers (no atomics on the hot path). On every maintenance tick a
+//! shard copies them, with its gauges, into its own slot of a
+//! [`MetricsHandle`]; a reader (the `/metrics` endpoint) takes the slots'
+//! locks only to copy them. Figures are therefore up to one tick old (at most
+//! one second).
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::routing::ShardId;
+use crate::stats::ShardStats;
+
+/// Upper bounds (microseconds) of the latency histogram's buckets; a last,
+/// implicit bucket counts everything above.
+pub const LATENCY_BUCKETS_US: [u64; 16] = [
+    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    1_000_000,
+];
+
+/// A fixed-bucket latency histogram (cumulative form is produced on export).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LatencyHistogram {
+    /// Per-bucket counts (not cumulative); the last entry is the overflow.
+    pub counts: [u64; LATENCY_BUCKETS_US.len() + 1],
+    /// Sum of all observations in microseconds.
+    pub sum_us: u64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl LatencyHistogram {
+    /// Records one observation.
+    pub fn record(&mut self, micros: u64) {
+        let bucket = LATENCY_BUCKETS_US
+            .iter()
+            .position(|bound| micros <= *bound)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        self.counts[bucket] += 1;
+        self.sum_us = self.sum_us.saturating_add(micros);
+        self.count += 1;
+    }
+
+    /// Adds another histogram's observations (for totals over shards).
+    pub fn merge(&mut self, other: &LatencyHistogram) {
+        for (mine, theirs) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *mine += theirs;
+        }
+        self.sum_us = self.sum_us.saturating_add(other.sum_us);
+        self.count += other.count;
+    }
+}
+
+/// One shard's counters and gauges at its last tick.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardMetrics {
+    /// Which shard.
+    pub shard: ShardId,
+    /// Counters since start.
+    pub stats: ShardStats,
+    /// Open connections.
+    pub connections: u64,
+    /// Subscriptions held by this shard's connections.
+    pub subscriptions: u64,
+    /// Topics whose owner-side state this shard holds.
+    pub owned_topics: u64,
+    /// Topics with local subscribers here.
+    pub local_topics: u64,
+    /// Messages waiting to be handed to the cross-shard queues.
+    pub mesh_backlog: u64,
+    /// Time from a message being sequenced by its owner to its being queued
+    /// for this shard's subscribers.
+    pub delivery_latency: LatencyHistogram,
+}
+
+/// Shared, cloneable access to every shard's latest metrics.
+#[derive(Debug, Clone)]
+pub struct MetricsHandle {
+    slots: Arc<Vec<Mutex<ShardMetrics>>>,
+}
+
+impl MetricsHandle {
+    /// Empty slots for `shards` shards.
+    pub fn new(shards: usize) -> MetricsHandle {
+        MetricsHandle {
+            slots: Arc::new(
+                (0..shards)
+                    .map(|shard| {
+                        Mutex::new(ShardMetrics {
+                            shard: shard as ShardId,
+                            ..ShardMetrics::default()
+                        })
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Stores a shard's latest figures.
+    pub fn publish(&self, metrics: ShardMetrics) {
+        if let Some(slot) = self.slots.get(metrics.shard as usize) {
+            // A panicked reader cannot leave a copy half-written: take the data.
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = metrics;
+        }
+    }
+
+    /// Every shard's latest figures, in shard order.
+    pub fn snapshot(&self) -> Vec<ShardMetrics> {
+        self.slots
+            .iter()
+            .map(|slot| slot.lock().unwrap_or_else(PoisonError::into_inner).clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_by_upper_bound() {
+        let mut histogram = LatencyHistogram::default();
+        for micros in [0, 5, 6, 999, 1_000, 5_000_000] {
+            histogram.record(micros);
+        }
+        assert_eq!(histogram.counts[0], 2); // 0 and 5
+        assert_eq!(histogram.counts[1], 1); // 6
+        assert_eq!(histogram.counts[7], 2); // 999 and 1000
+        assert_eq!(histogram.counts[LATENCY_BUCKETS_US.len()], 1);
+        assert_eq!(histogram.count, 6);
+        let mut total = LatencyHistogram::default();
+        total.merge(&histogram);
+        total.merge(&histogram);
+        assert_eq!(total.count, 12);
+    }
+}
