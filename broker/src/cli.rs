@@ -1,6 +1,7 @@
 //! Command-line arguments.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -21,56 +22,190 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the broker.
-    Serve(ServeArgs),
+    Serve(ServeCommand),
     /// Publish one message (or each line of stdin) and print its sequence number.
     Pub(PubArgs),
     /// Subscribe to a topic and print one line per message.
     Sub(SubArgs),
+    /// Validate a configuration file, or print the commented default one.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Check what the broker needs from this host (kernel, io_uring, limits,
+    /// CPUs) and print the fix for each problem.
+    Doctor(DoctorCommand),
+}
+
+/// Where `serve` and `doctor` read a configuration file from.
+#[derive(Debug, Args)]
+pub struct ConfigFileArg {
+    /// TOML configuration file; its keys are the flags below in snake_case
+    /// (a flag wins over its environment variable, which wins over the file).
+    #[arg(long, env = "COREBUS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// `corebus serve`.
 #[derive(Debug, Args)]
+pub struct ServeCommand {
+    /// The configuration file, if any.
+    #[command(flatten)]
+    pub file: ConfigFileArg,
+    /// Print the effective configuration, each value with where it came
+    /// from, and exit without starting.
+    #[arg(long)]
+    pub print_config: bool,
+    /// The settings.
+    #[command(flatten)]
+    pub settings: ServeArgs,
+}
+
+/// `corebus doctor`: the same settings as `serve`, since what the host must
+/// provide depends on them (the shard count sets the locked memory needed).
+#[derive(Debug, Args)]
+pub struct DoctorCommand {
+    /// The configuration file, if any.
+    #[command(flatten)]
+    pub file: ConfigFileArg,
+    /// The settings.
+    #[command(flatten)]
+    pub settings: ServeArgs,
+}
+
+/// `corebus config`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate FILE over the built-in defaults (flags and environment are
+    /// not read): prints "FILE: ok", or one error line and exits 1.
+    Check {
+        /// The configuration file.
+        file: PathBuf,
+    },
+    /// Print the default configuration file, every key commented.
+    Default,
+}
+
+/// Every `serve` setting. Each field is a flag (`--max-frame`), an
+/// environment variable (`COREBUS_MAX_FRAME`) and a configuration file key
+/// (`max_frame`); `crate::config` layers them, so a new setting needs only a
+/// field here with its `env`.
+#[derive(Debug, Clone, PartialEq, Args)]
 pub struct ServeArgs {
     /// Address every shard listens on.
-    #[arg(long, default_value = DEFAULT_ADDR)]
+    #[arg(long, env = "COREBUS_LISTEN", default_value = DEFAULT_ADDR)]
     pub listen: SocketAddr,
-    /// Number of shards (default: one per CPU the process may run on).
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
-    pub shards: Option<u16>,
+    /// Number of shards, or `auto` for one per CPU the process may run on.
+    #[arg(long, env = "COREBUS_SHARDS", default_value = "auto", value_parser = parse_shards)]
+    pub shards: Shards,
     /// Largest frame length accepted, in bytes.
-    #[arg(long, default_value_t = corebus_net::DEFAULT_MAX_FRAME,
+    #[arg(long, env = "COREBUS_MAX_FRAME", default_value_t = corebus_net::DEFAULT_MAX_FRAME,
           value_parser = clap::value_parser!(u32).range(64..=(64 << 20)))]
     pub max_frame: u32,
     /// Most subscriptions one connection may hold.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, env = "COREBUS_MAX_SUBSCRIPTIONS", default_value_t = 10_000)]
     pub max_subscriptions: usize,
     /// Bound on one connection's queued outbound message bytes.
-    #[arg(long, default_value_t = 8 << 20)]
+    #[arg(long, env = "COREBUS_OUTBOX_LIMIT", default_value_t = 8 << 20)]
     pub outbox_limit: usize,
     /// What happens to a connection whose outbound queue is full: `drop`
     /// messages and report each loss with a discontinuity, or `disconnect`.
-    #[arg(long, value_enum, default_value_t = SlowConsumer::Drop)]
+    #[arg(long, env = "COREBUS_SLOW_CONSUMER", value_enum, default_value_t = SlowConsumer::Drop)]
     pub slow_consumer: SlowConsumer,
     /// Messages kept per topic for replay on resume.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, env = "COREBUS_RING_MESSAGES", default_value_t = 1024)]
     pub ring_messages: usize,
     /// Payload bytes kept per topic for replay on resume.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, env = "COREBUS_RING_BYTES", default_value_t = 1 << 20)]
     pub ring_bytes: usize,
     /// Topic state with no subscribers and no publishes for this long is
     /// evicted; its next use starts a new epoch (e.g. 300s, 10m).
-    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    #[arg(long, env = "COREBUS_TOPIC_IDLE_EVICT", default_value = "300s", value_parser = parse_duration)]
     pub topic_idle_evict: Duration,
     /// A connection silent for this long is sent a PING.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "COREBUS_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
-    /// A connection silent for this long is closed (idle_timeout).
-    #[arg(long, default_value = "45s", value_parser = parse_duration)]
+    /// A connection silent for this long is closed (idle_timeout); must be
+    /// longer than the heartbeat interval.
+    #[arg(long, env = "COREBUS_HEARTBEAT_TIMEOUT", default_value = "45s", value_parser = parse_duration)]
     pub heartbeat_timeout: Duration,
-    /// Log filter (error, warn, info, debug, trace, or a tracing directive);
-    /// RUST_LOG wins when set.
-    #[arg(long, default_value = "info")]
+    /// Log filter (error, warn, info, debug, trace, or a tracing directive
+    /// such as `info,corebus_shards=debug`); RUST_LOG wins when set.
+    #[arg(long, env = "COREBUS_LOG_LEVEL", default_value = "info", value_parser = parse_log_filter)]
     pub log_level: String,
+    /// Log line format on stderr: `text` for people, `json` (one object per
+    /// line) for log collectors.
+    #[arg(long, env = "COREBUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Address of the Prometheus endpoint (`/metrics`, `/healthz`), or `off`.
+    #[arg(long, env = "COREBUS_METRICS", default_value = "off", value_parser = parse_metrics)]
+    pub metrics: MetricsAddr,
+    /// On SIGTERM or SIGINT: how long clients get to drain after GOAWAY
+    /// before the broker exits anyway.
+    #[arg(long, env = "COREBUS_SHUTDOWN_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_deadline: Duration,
+}
+
+/// `--metrics` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<SocketAddr>);
+
+/// Parses `off` or a socket address such as `127.0.0.1:9400`.
+pub fn parse_metrics(text: &str) -> Result<MetricsAddr, String> {
+    if text == "off" {
+        return Ok(MetricsAddr(None));
+    }
+    text.parse()
+        .map(|addr| MetricsAddr(Some(addr)))
+        .map_err(|_| format!("{text:?} is not `off` or an address like 127.0.0.1:9400"))
+}
+
+/// `--shards` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shards {
+    /// One shard per CPU in the process's affinity mask.
+    Auto,
+    /// Exactly this many (at least 1).
+    Count(u16),
+}
+
+impl Shards {
+    /// The count to ask `corebus_shards::start` for (`None`: one per CPU).
+    pub fn count(self) -> Option<usize> {
+        match self {
+            Shards::Auto => None,
+            Shards::Count(count) => Some(usize::from(count)),
+        }
+    }
+}
+
+/// Parses `auto` or a shard count from 1 to 65535.
+pub fn parse_shards(text: &str) -> Result<Shards, String> {
+    if text == "auto" {
+        return Ok(Shards::Auto);
+    }
+    match text.parse::<u16>() {
+        Ok(count) if count >= 1 => Ok(Shards::Count(count)),
+        _ => Err(format!(
+            "{text:?} is not `auto` or a shard count from 1 to {}",
+            u16::MAX
+        )),
+    }
+}
+
+/// `--log-format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Accepts what `tracing_subscriber::EnvFilter` accepts, so that a bad
+/// `log_level` is refused where it was given (flag, environment or file).
+fn parse_log_filter(text: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(text)
+        .map(|_| text.to_string())
+        .map_err(|err| format!("{text:?} is not a log filter: {err}"))
 }
 
 /// `--slow-consumer` values.
@@ -97,7 +232,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => value.checked_mul(1000),
         "m" => value.checked_mul(60_000),
         "h" => value.checked_mul(3_600_000),
-        _ => return Err(format!("unknown unit {unit:?} in {text:?}; use ms, s, m or h")),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}; use ms, s, m or h"
+            ))
+        }
     };
     millis
         .map(Duration::from_millis)

@@ -1,12 +1,17 @@
-//! The `corebus` binary's library: command-line parsing, the `serve` command
-//! that starts the shard executors, and the `pub`/`sub` commands built on the
-//! client crate.
+//! The `corebus` binary's library: command-line parsing, configuration
+//! layering (flags, environment, file), the host checks of `doctor`, the
+//! `serve` command that starts the shard executors, and the `pub`/`sub`
+//! commands built on the client crate.
 //!
-//! Must not depend on: shard internals beyond `corebus_shards::start` and its
-//! configuration (the engine is reached only through the runtime), nor on any
-//! protocol detail the client crate already hides.
+//! Must not depend on: shard internals beyond `corebus_shards::start`, its
+//! configuration and the runtime's host requirements (the engine is reached
+//! only through the runtime), nor on any protocol detail the client crate
+//! already hides.
 
 pub mod cli;
+pub mod config;
+pub mod doctor;
+pub mod metrics;
 pub mod output;
 pub mod pubsub;
 pub mod serve;

@@ -2,37 +2,29 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use corebus::cli::{Cli, Command};
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
+use corebus::cli::{Cli, Command, ConfigCommand};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(err) => {
-            use clap::error::ErrorKind;
-            match err.kind() {
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-                    let _ = err.print();
-                    return ExitCode::SUCCESS;
-                }
-                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-                    let _ = err.print();
-                    return ExitCode::from(2);
-                }
-                _ => {}
-            }
-            // One line, not clap's usage block.
-            let text = err.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("corebus: error: {first} (see corebus --help)");
-            return ExitCode::from(2);
-        }
+    // Parsed in two steps because `serve` and `doctor` need the matches too:
+    // they tell a flag or environment value from a default.
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (cli, matches)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
+        Err(err) => return clap_exit(err),
     };
     let result = match cli.command {
-        Command::Serve(args) => corebus::serve::run(args),
+        Command::Serve(command) => corebus::serve::main(command, subcommand(&matches)),
         Command::Pub(args) => run_client(corebus::pubsub::publish(args)),
         Command::Sub(args) => run_client(corebus::pubsub::subscribe(args)),
+        Command::Config(ConfigCommand::Check { file }) => corebus::config::check_file(&file),
+        Command::Config(ConfigCommand::Default) => {
+            print!("{}", corebus::config::default_file());
+            Ok(())
+        }
+        Command::Doctor(command) => corebus::doctor::main(command, subcommand(&matches)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -42,6 +34,62 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn subcommand(matches: &ArgMatches) -> &ArgMatches {
+    matches
+        .subcommand()
+        .map(|(_, sub)| sub)
+        .expect("clap requires a subcommand before Cli parses")
+}
+
+fn clap_exit(err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = err.print();
+            return ExitCode::from(2);
+        }
+        _ => {}
+    }
+    // One line, not clap's usage block.
+    let text = err.to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    match env_origin(&err) {
+        Some(var) => eprintln!("corebus: error: {first} (from the environment variable {var})"),
+        None => eprintln!("corebus: error: {first} (see corebus --help)"),
+    }
+    ExitCode::from(2)
+}
+
+/// The environment variable a bad value came from, if it did: clap's message
+/// names only the flag, which the operator may never have typed.
+fn env_origin(err: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let ContextValue::String(arg) = err.get(ContextKind::InvalidArg)? else {
+        return None;
+    };
+    // "--shards <SHARDS>" → "shards"
+    let long = arg.strip_prefix("--")?.split_whitespace().next()?;
+    let on_command_line = std::env::args_os().any(|word| {
+        let word = word.to_string_lossy();
+        word.strip_prefix("--")
+            .is_some_and(|rest| rest == long || rest.starts_with(&format!("{long}=")))
+    });
+    if on_command_line {
+        return None;
+    }
+    let command = corebus::config::settings_command();
+    let var = command
+        .get_arguments()
+        .find(|candidate| candidate.get_long() == Some(long))?
+        .get_env()?;
+    std::env::var_os(var).map(|_| var.to_string_lossy().into_owned())
 }
 
 fn run_client(task: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {

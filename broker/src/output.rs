@@ -64,6 +64,25 @@ pub fn json_message(namespace: &str, topic: &str, seq: u64, payload: &[u8]) -> S
     out
 }
 
+/// One `sub --json` line reporting lost messages (without the newline).
+pub fn json_discontinuity(
+    namespace: &str,
+    topic: &str,
+    epoch: u64,
+    last_seq: u64,
+    next_seq: u64,
+) -> String {
+    let mut out = String::with_capacity(128);
+    out.push_str("{\"discontinuity\":true,\"ns\":");
+    push_json_string(&mut out, namespace);
+    out.push_str(",\"topic\":");
+    push_json_string(&mut out, topic);
+    out.push_str(&format!(
+        ",\"epoch\":{epoch},\"last_seq\":{last_seq},\"next_seq\":{next_seq}}}"
+    ));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +101,14 @@ mod tests {
         for (plain, encoded) in vectors {
             assert_eq!(base64(plain.as_bytes()), encoded);
         }
+    }
+
+    #[test]
+    fn discontinuity_lines_carry_the_sequence_fields() {
+        assert_eq!(
+            json_discontinuity("ns", "t", 9, 3, 8),
+            r#"{"discontinuity":true,"ns":"ns","topic":"t","epoch":9,"last_seq":3,"next_seq":8}"#
+        );
     }
 
     #[test]

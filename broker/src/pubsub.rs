@@ -4,11 +4,11 @@ use std::collections::VecDeque;
 use std::io::Write;
 
 use anyhow::{bail, Context};
-use corebus_client::{Client, ClientConfig};
+use corebus_client::{Client, ClientConfig, Event, ResumeFrom};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::cli::{PubArgs, SubArgs};
-use crate::output::json_message;
+use crate::output::{json_discontinuity, json_message};
 
 async fn connect(server: &str, name: &str) -> anyhow::Result<Client> {
     let config = ClientConfig {
@@ -64,13 +64,21 @@ pub async fn publish(args: PubArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints messages of one topic until `--count` is reached or the connection ends.
+/// Prints messages of one topic until `--count` is reached or the
+/// connection ends for good; discontinuities are reported, never skipped.
 pub async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
     if args.count == Some(0) {
         return Ok(());
     }
     let client = connect(&args.server.server, "corebus-cli-sub").await?;
-    let mut subscription = client.subscribe(&args.namespace, &args.topic).await?;
+    let mut subscription = match args.from {
+        Some(seq) => {
+            client
+                .subscribe_from(&args.namespace, &args.topic, ResumeFrom::Seq(seq))
+                .await?
+        }
+        None => client.subscribe(&args.namespace, &args.topic).await?,
+    };
     // On stderr, so stdout stays one line per message; scripts can wait for it.
     eprintln!(
         "subscribed to {}/{} after seq {}",
@@ -80,20 +88,46 @@ pub async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
     );
     let stdout = std::io::stdout();
     let mut received = 0u64;
-    while let Some(item) = subscription.next_message().await {
-        let message = item?;
+    while let Some(item) = subscription.next_event().await {
         let mut out = stdout.lock();
-        if args.json {
-            let line = json_message(&args.namespace, &args.topic, message.seq, &message.payload);
-            writeln!(out, "{line}")
-        } else {
-            out.write_all(&message.payload)
-                .and_then(|()| out.write_all(b"\n"))
+        match item? {
+            Event::Message(message) => {
+                if args.json {
+                    let line =
+                        json_message(&args.namespace, &args.topic, message.seq, &message.payload);
+                    writeln!(out, "{line}")
+                } else {
+                    out.write_all(&message.payload)
+                        .and_then(|()| out.write_all(b"\n"))
+                }
+                .and_then(|()| out.flush())
+                .context("writing to stdout")?;
+                received += 1;
+            }
+            Event::Discontinuity(gap) => {
+                if args.json {
+                    let line = json_discontinuity(
+                        &args.namespace,
+                        &args.topic,
+                        gap.epoch,
+                        gap.last_seq,
+                        gap.next_seq,
+                    );
+                    writeln!(out, "{line}")
+                        .and_then(|()| out.flush())
+                        .context("writing to stdout")?;
+                } else {
+                    eprintln!(
+                        "corebus: discontinuity: messages after seq {} up to {} were lost (now epoch {:#x})",
+                        gap.last_seq,
+                        gap.next_seq.saturating_sub(1),
+                        gap.epoch
+                    );
+                }
+            }
         }
-        .and_then(|()| out.flush())
-        .context("writing to stdout")?;
-        received += 1;
         if args.count == Some(received) {
+            drop(out);
             subscription.unsubscribe().await?;
             client.close().await?;
             return Ok(());

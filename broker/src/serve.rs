@@ -1,14 +1,18 @@
-//! `corebus serve`: start the shards and run until SIGINT or SIGTERM.
+//! `corebus serve`: resolve the configuration, check the host, start the
+//! shards and run until SIGINT or SIGTERM.
 
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use clap::ArgMatches;
 use corebus_shards::{EngineConfig, RingLimits, ServerConfig, SlowConsumerPolicy};
-use tracing::info;
+use tracing::{debug, info};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{ServeArgs, SlowConsumer};
+use crate::cli::{LogFormat, ServeArgs, ServeCommand, SlowConsumer};
+use crate::config::{self, Origin, Resolved};
 
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
 
@@ -17,27 +21,15 @@ extern "C" fn on_signal(_: libc::c_int) {
     SIGNALLED.store(true, Ordering::Release);
 }
 
-/// The shard configuration these arguments ask for, or why they are
+/// The shard configuration these settings ask for, or why they are
 /// inconsistent.
 pub fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
-    if args.heartbeat_timeout <= args.heartbeat_interval {
-        bail!(
-            "--heartbeat-timeout ({:?}) must be longer than --heartbeat-interval ({:?})",
-            args.heartbeat_timeout,
-            args.heartbeat_interval
-        );
-    }
-    if args.outbox_limit < args.max_frame as usize {
-        bail!(
-            "--outbox-limit ({}) must be at least --max-frame ({}), or no maximum-size \
-             message could ever be queued behind another",
-            args.outbox_limit,
-            args.max_frame
-        );
+    if let Err(conflict) = config::check_consistency(args) {
+        bail!("{conflict}");
     }
     Ok(ServerConfig {
         listen: args.listen,
-        shards: args.shards.map(usize::from),
+        shards: args.shards.count(),
         engine: EngineConfig {
             max_frame: args.max_frame,
             max_subscriptions_per_conn: args.max_subscriptions,
@@ -57,19 +49,57 @@ pub fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     })
 }
 
-/// Runs the broker until a signal asks it to stop.
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+/// `corebus serve`: `matches` are the `serve` subcommand's, which say
+/// whether each setting came from a flag, the environment or a default.
+pub fn main(command: ServeCommand, matches: &ArgMatches) -> anyhow::Result<()> {
+    let resolved = config::resolve(command.file.config.as_deref(), command.settings, matches)?;
+    if command.print_config {
+        print!("{}", resolved.to_file());
+        return Ok(());
+    }
+    run(resolved)
+}
+
+/// Installs the global log subscriber on stderr: `level` unless RUST_LOG is
+/// set, in `format`.
+pub fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&args.log_level))
-        .with_context(|| format!("invalid --log-level {:?}", args.log_level))?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+        .or_else(|_| EnvFilter::try_new(level))
+        .with_context(|| format!("invalid log_level {level:?}"))?;
+    // Colours only for a person at a terminal, not for journald or files.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+/// Runs the broker until a signal asks it to stop.
+pub fn run(resolved: Resolved) -> anyhow::Result<()> {
+    let args = &resolved.args;
+    init_logging(&args.log_level, args.log_format)?;
+    for setting in &resolved.settings {
+        if setting.origin != Origin::Default {
+            debug!(key = %setting.key, value = %setting.value, origin = %setting.origin, "setting");
+        }
+    }
+    let config = server_config(args)?;
+    crate::doctor::preflight(args.shards)?;
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    let config = server_config(&args)?;
     let server = corebus_shards::start(config)?;
+    if let Some(addr) = args.metrics.0 {
+        let bound = crate::metrics::spawn(addr, server.metrics())
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        info!(addr = %bound, "metrics on /metrics, health on /healthz");
+    }
     println!(
         "corebus listening on {} with {} shards",
         server.local_addr(),
@@ -78,7 +108,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     while !SIGNALLED.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    info!("signal received, stopping");
-    server.stop();
+    let deadline = args.shutdown_deadline;
+    info!(?deadline, "signal received: sending GOAWAY and draining");
+    server.shutdown(deadline);
+    info!("stopped");
     Ok(())
 }

@@ -7,6 +7,8 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -17,6 +19,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_corebus");
 const OUTBOX_LIMIT: usize = 4 << 20;
 const PAYLOAD: usize = 16 * 1024;
 const MESSAGES: u64 = 16 * 1024; // 256 MiB in total
+const HEALTHY_WINDOW: u64 = 128;
 
 struct Broker(Child);
 
@@ -41,9 +44,18 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 fn stalled_subscriber(addr: &str, topic: &TopicKey) -> TcpStream {
     let mut stream = TcpStream::connect(addr).expect("connects");
     let mut out = BytesMut::new();
-    Frame::Hello(Hello { version: PROTOCOL_VERSION, client_name: "stalled".into() }).encode(&mut out);
-    Frame::Subscribe(Subscribe { request_id: 1, sub_id: 1, resume: None, topic: topic.clone() })
-        .encode(&mut out);
+    Frame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        client_name: "stalled".into(),
+    })
+    .encode(&mut out);
+    Frame::Subscribe(Subscribe {
+        request_id: 1,
+        sub_id: 1,
+        resume: None,
+        topic: topic.clone(),
+    })
+    .encode(&mut out);
     stream.write_all(&out).expect("writes");
     stream
 }
@@ -51,13 +63,23 @@ fn stalled_subscriber(addr: &str, topic: &TopicKey) -> TcpStream {
 #[test]
 fn stalled_subscriber_costs_bounded_memory_and_nothing_else() {
     let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--shards", "2", "--log-level", "warn"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--log-level",
+            "warn",
+        ])
         .args(["--outbox-limit", &OUTBOX_LIMIT.to_string()])
         .stdout(Stdio::piped())
         .spawn()
         .expect("corebus serve starts");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).expect("reads");
+    BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("reads");
     let addr = line.split_whitespace().nth(3).expect("address").to_string();
     let pid = child.id();
     let _broker = Broker(child);
@@ -71,11 +93,19 @@ fn stalled_subscriber_costs_bounded_memory_and_nothing_else() {
         .expect("runtime");
     let (published_in, baseline_kib) = runtime.block_on(async {
         let healthy = Client::connect(&addr).await.expect("connects");
-        let mut sub = healthy.subscribe("test", "firehose").await.expect("subscribes");
+        let mut sub = healthy
+            .subscribe("test", "firehose")
+            .await
+            .expect("subscribes");
         let publisher = Client::connect(&addr).await.expect("connects");
         // Let the stalled subscription register before measuring.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let baseline_kib = status_kib(pid, "VmRSS:");
+        // The healthy subscriber keeps up by definition: the publisher never
+        // runs more than HEALTHY_WINDOW messages (2 MiB, half its bound) ahead
+        // of it. The stalled one gets no such courtesy.
+        let received = Arc::new(AtomicU64::new(0));
+        let reader_progress = received.clone();
         let reader = tokio::spawn(async move {
             for seq in 1..=MESSAGES {
                 let message = tokio::time::timeout(Duration::from_secs(60), sub.next_message())
@@ -85,13 +115,27 @@ fn stalled_subscriber_costs_bounded_memory_and_nothing_else() {
                     .expect("no error, no gap");
                 assert_eq!(message.seq, seq);
                 assert_eq!(message.payload.len(), PAYLOAD);
+                reader_progress.store(seq, Ordering::Release);
             }
         });
         let started = Instant::now();
         let payload = Bytes::from(vec![7u8; PAYLOAD]);
         let mut acks = std::collections::VecDeque::new();
-        for _ in 0..MESSAGES {
-            acks.push_back(publisher.start_publish("test", "firehose", payload.clone()).await.expect("queued"));
+        for seq in 1..=MESSAGES {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while seq > received.load(Ordering::Acquire) + HEALTHY_WINDOW {
+                assert!(
+                    Instant::now() < deadline,
+                    "healthy subscriber stopped at {seq}"
+                );
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            acks.push_back(
+                publisher
+                    .start_publish("test", "firehose", payload.clone())
+                    .await
+                    .expect("queued"),
+            );
             if acks.len() > 256 {
                 acks.pop_front().expect("non-empty").await.expect("acked");
             }
@@ -100,7 +144,10 @@ fn stalled_subscriber_costs_bounded_memory_and_nothing_else() {
             ack.await.expect("acked");
         }
         let published_in = started.elapsed();
-        tokio::time::timeout(Duration::from_secs(60), reader).await.expect("in time").expect("no panic");
+        tokio::time::timeout(Duration::from_secs(60), reader)
+            .await
+            .expect("in time")
+            .expect("no panic");
         (published_in, baseline_kib)
     });
     let peak_kib = status_kib(pid, "VmHWM:");
@@ -120,7 +167,9 @@ fn stalled_subscriber_costs_bounded_memory_and_nothing_else() {
 
     // Now the stalled subscriber reads: what it got plus what it was told it
     // lost covers 1..=MESSAGES exactly once.
-    stalled.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let mut buf = BytesMut::new();
     let mut next = 1u64;
     let mut gaps = 0;
@@ -134,7 +183,11 @@ fn stalled_subscriber_costs_bounded_memory_and_nothing_else() {
                     next += 1;
                 }
                 Frame::Discontinuity(gap) => {
-                    assert_eq!(gap.last_seq, next - 1, "the gap starts right after what arrived");
+                    assert_eq!(
+                        gap.last_seq,
+                        next - 1,
+                        "the gap starts right after what arrived"
+                    );
                     assert!(gap.next_seq > next);
                     next = gap.next_seq;
                     gaps += 1;
@@ -142,7 +195,9 @@ fn stalled_subscriber_costs_bounded_memory_and_nothing_else() {
                 other => panic!("unexpected {other:?}"),
             },
             Check::Incomplete { .. } => {
-                let n = stalled.read(&mut chunk).expect("the stalled subscriber is still connected");
+                let n = stalled
+                    .read(&mut chunk)
+                    .expect("the stalled subscriber is still connected");
                 assert!(n > 0, "connection closed at seq {next}");
                 buf.extend_from_slice(&chunk[..n]);
             }

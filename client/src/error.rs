@@ -2,12 +2,17 @@
 
 use corebus_net::{ErrorCode, ErrorFrame, FrameError, NameError};
 
+use crate::Discontinuity;
+
 /// Everything that can go wrong in a client call.
 ///
-/// Errors that describe the connection as a whole ([`Error::ConnectionLost`],
-/// [`Error::Closed`]) are returned by every later call on any clone of the
-/// [`Client`](crate::Client); the others concern one call only and leave the
-/// connection usable.
+/// [`Error::Closed`] and, once the client has stopped reconnecting,
+/// [`Error::ConnectionLost`] describe the client as a whole and are returned by
+/// every later call on any clone of the [`Client`](crate::Client). While the
+/// client reconnects, `ConnectionLost` concerns only the calls that were in
+/// flight (or that waited longer than the request timeout for the new
+/// connection). The others concern one call only and leave the connection
+/// usable.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The TCP connection could not be opened (or the address did not resolve).
@@ -57,8 +62,18 @@ pub enum Error {
     Protocol(FrameError),
     /// The connection closed or failed while the request was pending (or
     /// before the call); the text says why.
+    ///
+    /// For a publish, the broker may or may not have sequenced the message:
+    /// it was on its way when the connection dropped. Publishing it again may
+    /// publish it twice; the caller decides.
     #[error("connection lost: {0}")]
     ConnectionLost(String),
+    /// Not a failure of the call: messages of the subscription were lost (see
+    /// [`Discontinuity`]). Only
+    /// [`Subscription::next_message`](crate::Subscription::next_message)
+    /// returns it, and the subscription goes on afterwards.
+    #[error("{0}")]
+    Discontinuity(Discontinuity),
     /// The server did not answer within
     /// [`ClientConfig::request_timeout`](crate::ClientConfig::request_timeout).
     #[error("timed out waiting for the server")]

@@ -13,10 +13,58 @@
 //!
 //! Design: a background reader task decodes frames (payloads are slices of
 //! its read buffer, never copied) and resolves requests or routes messages; a
-//! background writer task writes whatever callers encoded into a shared
-//! buffer, so concurrent and pipelined frames coalesce into few writes.
-//! Reconnecting is not done: when the connection ends, pending calls fail with
-//! [`Error::ConnectionLost`] and later calls too.
+//! session task writes whatever callers encoded into a shared buffer, so
+//! concurrent and pipelined frames coalesce into few writes, sends heartbeats,
+//! and replaces the connection when it is lost.
+//!
+//! # Delivery: exactly once and in order, or an exact report of the loss
+//!
+//! Every topic's history on the broker is an *epoch* (a random id of one
+//! incarnation of its state) with sequence numbers 1, 2, 3… A
+//! [`Subscription`] yields [`Event`]s: every [`Message`] after its start point
+//! exactly once and in order, and, where messages were lost, one
+//! [`Discontinuity`] saying exactly which (`last_seq + 1 ..= next_seq - 1`, or
+//! that the epoch changed). The client checks each message against the one
+//! before; a gap the broker did not report is a protocol violation and ends
+//! the client. [`Subscription::next_message`] turns a discontinuity into a
+//! non-terminal `Err(`[`Error::Discontinuity`]`)`.
+//!
+//! # Reconnection and resume
+//!
+//! With [`ClientConfig::reconnect`] on (the default), a lost connection (end
+//! of stream, I/O error, heartbeat timeout, a fatal `ERROR` from the server)
+//! is replaced: the client reconnects to the address it first resolved, with
+//! exponential backoff and jitter ([`ClientConfig::reconnect_initial_delay`],
+//! [`ClientConfig::reconnect_max_delay`],
+//! [`ClientConfig::reconnect_max_attempts`]), redoes the handshake and
+//! resubscribes every live subscription under its id, from the message after
+//! the last one it received. The broker replays the messages of the outage
+//! from its replay buffer, so the stream goes on with no duplicate and no
+//! gap; if the outage outlasted the buffer (or the topic's epoch changed), the
+//! stream carries one [`Discontinuity`] and then goes on. [`Client::shard`]
+//! may differ afterwards.
+//!
+//! What the application sees of an outage:
+//!
+//! - Publishes awaiting their acknowledgement fail with
+//!   [`Error::ConnectionLost`]; the broker may or may not have sequenced them,
+//!   and the caller decides whether to publish again.
+//! - Subscribes and unsubscribes waiting for their answer fail with
+//!   [`Error::ConnectionLost`] (an unsubscribe succeeds: the subscription is
+//!   gone with the connection); pings fail the same way.
+//! - Calls made while the client reconnects wait for the new connection, up
+//!   to [`ClientConfig::request_timeout`], then fail with
+//!   [`Error::ConnectionLost`].
+//! - The client ends for good (every call and stream then fails with
+//!   [`Error::ConnectionLost`]) when reconnecting is off, the attempts run out,
+//!   or the server refuses the new handshake; and with [`Error::Closed`] after
+//!   [`Client::close`], which also stops reconnecting.
+//!
+//! Heartbeats: the client sends `PING` when it has heard nothing for
+//! [`ClientConfig::heartbeat_interval`] and drops the connection (then
+//! reconnects) after [`ClientConfig::heartbeat_timeout`] of silence. It
+//! answers the broker's `PING`s, which keeps the broker from closing an idle
+//! connection.
 //!
 //! # Example
 //!
@@ -73,9 +121,10 @@ use tokio::time::{timeout, Instant};
 pub use config::ClientConfig;
 pub use corebus_net::{ErrorCode, FrameError, NameError};
 pub use error::Error;
-pub use subscription::{Message, Subscription};
+pub use subscription::{Discontinuity, Event, Message, ResumeFrom, Subscription};
 
 use connection::{check_names, Shared};
+use corebus_net::ResumePoint;
 
 /// Keeps the connection open while any [`Client`], [`Subscription`] or
 /// [`PendingPublish`] refers to it; the last one to go closes it.
@@ -136,19 +185,21 @@ impl Client {
         &self.handle.shared
     }
 
-    /// The broker shard serving this connection (from `WELCOME`).
+    /// The broker shard serving the connection (from `WELCOME`). It may
+    /// change when the client reconnects; while it reconnects, the last one.
     pub fn shard(&self) -> u16 {
-        self.shared().welcome.shard
+        self.shared().welcome().shard
     }
 
-    /// How many shards the broker runs (from `WELCOME`).
+    /// How many shards the broker runs (from the latest `WELCOME`).
     pub fn shard_count(&self) -> u16 {
-        self.shared().welcome.shard_count
+        self.shared().welcome().shard_count
     }
 
-    /// The largest frame length the broker accepts (from `WELCOME`).
+    /// The largest frame length the broker accepts (from the latest
+    /// `WELCOME`).
     pub fn max_frame(&self) -> u32 {
-        self.shared().welcome.max_frame
+        self.shared().welcome().max_frame
     }
 
     /// Publishes one message and waits for its acknowledgement; returns the
@@ -173,6 +224,11 @@ impl Client {
     ///
     /// Names and payload size are checked here, before anything is sent. The
     /// returned [`PendingPublish`] may be dropped: the publish still happens.
+    ///
+    /// While the client reconnects, this waits for the new connection (up to
+    /// [`ClientConfig::request_timeout`]). A publish whose connection is lost
+    /// before its acknowledgement fails with [`Error::ConnectionLost`] and is
+    /// not sent again: it may or may not have been sequenced.
     pub async fn start_publish(
         &self,
         namespace: &str,
@@ -189,7 +245,9 @@ impl Client {
             .acquire_owned()
             .await
             .map_err(|_| Error::Closed)?;
-        let answer = shared.enqueue_publish(permit, namespace, topic, &payload)?;
+        let answer = shared
+            .enqueue_publish(permit, namespace, topic, &payload)
+            .await?;
         Ok(PendingPublish {
             answer,
             handle: self.handle.clone(),
@@ -200,31 +258,66 @@ impl Client {
     /// [`ClientConfig::request_timeout`]).
     ///
     /// The subscription receives every message published after
-    /// [`Subscription::start_after`].
+    /// [`Subscription::start_after`]. While the client reconnects, this waits
+    /// for the new connection first (up to the same timeout).
     pub async fn subscribe(&self, namespace: &str, topic: &str) -> Result<Subscription, Error> {
+        self.start_subscription(namespace, topic, None).await
+    }
+
+    /// Subscribes from a given point of the topic's history: the broker
+    /// replays the messages from there that its replay buffer still holds,
+    /// then live ones (see [`ResumeFrom`]). If the point is no longer
+    /// covered, or belongs to another epoch, the stream starts with a
+    /// [`Discontinuity`] that says what is missing.
+    ///
+    /// ```no_run
+    /// # use corebus_client::{Client, Error, ResumeFrom};
+    /// # async fn run(client: Client) -> Result<(), Error> {
+    /// // Everything from seq 100 of the current epoch on (`corebus sub --from 100`).
+    /// let mut sub = client.subscribe_from("app", "news", ResumeFrom::Seq(100)).await?;
+    /// # let _ = sub.next_event().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn subscribe_from(
+        &self,
+        namespace: &str,
+        topic: &str,
+        resume: ResumeFrom,
+    ) -> Result<Subscription, Error> {
+        self.start_subscription(namespace, topic, Some(resume.point()))
+            .await
+    }
+
+    async fn start_subscription(
+        &self,
+        namespace: &str,
+        topic: &str,
+        resume: Option<ResumePoint>,
+    ) -> Result<Subscription, Error> {
         check_names(namespace, topic)?;
         let shared = self.shared();
-        let (sub_id, messages, answer) = shared.enqueue_subscribe(namespace, topic)?;
+        let (events, answer) = shared.enqueue_subscribe(namespace, topic, resume).await?;
         // If this future is dropped or times out, the SUB_OK that comes later
         // finds no one waiting, and the reader unsubscribes.
-        let start_after = shared.await_answer(answer).await?;
+        let started = shared.await_answer(answer).await?;
         Ok(Subscription::new(
-            sub_id,
-            start_after,
+            started,
             namespace,
             topic,
-            messages,
+            events,
             self.handle.clone(),
         ))
     }
 
     /// Sends `PING` and waits for the `PONG` (within
     /// [`ClientConfig::request_timeout`]); returns the round-trip time.
+    /// While the client reconnects, this waits for the new connection first.
     pub async fn ping(&self) -> Result<Duration, Error> {
         let shared = self.shared();
+        let (nonce, answer) = shared.enqueue_ping().await?;
         let started = Instant::now();
-        let (nonce, answer) = shared.enqueue_ping()?;
-        match timeout(shared.request_timeout, answer).await {
+        match timeout(shared.request_timeout(), answer).await {
             Ok(Ok(())) => Ok(started.elapsed()),
             Ok(Err(_)) => Err(shared.current_error()),
             Err(_) => {
@@ -237,7 +330,8 @@ impl Client {
     /// Closes the connection gracefully: refuses new requests, waits until
     /// every in-flight publish is acknowledged (or failed), flushes what is
     /// queued and shuts the socket down. Other clones then get
-    /// [`Error::Closed`], and subscriptions end with it.
+    /// [`Error::Closed`], and subscriptions end with it. Called while the
+    /// client reconnects, it stops reconnecting.
     ///
     /// There is no time limit on waiting for acknowledgements; wrap the call in
     /// `tokio::time::timeout` for one. Returns `Ok(())` at once if the

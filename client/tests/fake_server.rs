@@ -1,153 +1,15 @@
 //! The client against a scripted fake server built from `corebus-net`.
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::pin::Pin;
+mod common;
+
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use corebus_client::{Client, ClientConfig, Error, Subscription};
+use common::*;
+use corebus_client::{Client, ClientConfig, Error};
 use corebus_net::{
-    check, decode, Check, ErrorCode, ErrorFrame, Frame, Hello, Message, PubAck, Publish, SubOk,
-    Subscribe, UnsubOk, Welcome, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    ErrorCode, ErrorFrame, Frame, SubOk, UnsubOk, Welcome, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
-use futures_core::Stream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-const LIMIT: Duration = Duration::from_secs(5);
-
-/// Fails the test instead of hanging.
-async fn within<F: Future>(fut: F) -> F::Output {
-    tokio::time::timeout(LIMIT, fut)
-        .await
-        .expect("finished within the test deadline")
-}
-
-/// The server side of one connection.
-struct Peer {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-impl Peer {
-    /// The next frame, or `None` at end of stream.
-    async fn recv(&mut self) -> Option<Frame> {
-        within(async {
-            loop {
-                match check(&self.buf, DEFAULT_MAX_FRAME).expect("sane frame") {
-                    Check::Complete { len } => {
-                        return Some(decode(self.buf.split_to(len).freeze()).expect("decodes"))
-                    }
-                    Check::Incomplete { .. } => match self.stream.read_buf(&mut self.buf).await {
-                        Ok(0) | Err(_) => return None,
-                        Ok(_) => {}
-                    },
-                }
-            }
-        })
-        .await
-    }
-
-    async fn expect(&mut self) -> Frame {
-        self.recv().await.expect("a frame from the client")
-    }
-
-    async fn send(&mut self, frame: Frame) {
-        let mut out = BytesMut::new();
-        frame.encode(&mut out);
-        within(self.stream.write_all(&out)).await.expect("writes");
-    }
-
-    async fn expect_publish(&mut self) -> Publish {
-        match self.expect().await {
-            Frame::Publish(publish) => publish,
-            other => panic!("expected PUBLISH, got {other:?}"),
-        }
-    }
-
-    async fn expect_subscribe(&mut self) -> Subscribe {
-        match self.expect().await {
-            Frame::Subscribe(subscribe) => subscribe,
-            other => panic!("expected SUBSCRIBE, got {other:?}"),
-        }
-    }
-
-    async fn ack(&mut self, request_id: u32, seq: u64) {
-        self.send(Frame::PubAck(PubAck { request_id, seq })).await;
-    }
-
-    async fn message(&mut self, sub_id: u32, seq: u64, payload: &'static [u8]) {
-        self.send(Frame::Message(Message {
-            sub_id,
-            seq,
-            payload: Bytes::from_static(payload),
-        }))
-        .await;
-    }
-
-    /// Answers the next SUBSCRIBE with `start_after`; returns its sub id.
-    async fn accept_subscribe(&mut self, start_after: u64) -> u32 {
-        let subscribe = self.expect_subscribe().await;
-        self.send(Frame::SubOk(SubOk {
-            request_id: subscribe.request_id,
-            sub_id: subscribe.sub_id,
-            start_after,
-        }))
-        .await;
-        subscribe.sub_id
-    }
-}
-
-fn welcome(max_frame: u32) -> Frame {
-    Frame::Welcome(Welcome {
-        version: PROTOCOL_VERSION,
-        max_frame,
-        shard: 3,
-        shard_count: 4,
-    })
-}
-
-async fn listen() -> (TcpListener, SocketAddr) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
-    let addr = listener.local_addr().expect("has an address");
-    (listener, addr)
-}
-
-/// Accepts one connection and reads its HELLO.
-async fn accept(listener: &TcpListener) -> (Peer, Hello) {
-    let (stream, _) = within(listener.accept()).await.expect("accepts");
-    let mut peer = Peer {
-        stream,
-        buf: BytesMut::new(),
-    };
-    match peer.expect().await {
-        Frame::Hello(hello) => (peer, hello),
-        other => panic!("expected HELLO, got {other:?}"),
-    }
-}
-
-/// A client connected to a fake server that sent `WELCOME`.
-async fn connected(config: ClientConfig, max_frame: u32) -> (Client, Peer) {
-    let (listener, addr) = listen().await;
-    let server = async {
-        let (mut peer, _) = accept(&listener).await;
-        peer.send(welcome(max_frame)).await;
-        peer
-    };
-    let (client, peer) =
-        within(async { tokio::join!(Client::connect_with(addr, config), server) }).await;
-    (client.expect("connects"), peer)
-}
-
-async fn pair() -> (Client, Peer) {
-    connected(ClientConfig::default(), DEFAULT_MAX_FRAME).await
-}
-
-/// The next item through the `Stream` trait itself.
-async fn stream_next(sub: &mut Subscription) -> Option<Result<corebus_client::Message, Error>> {
-    within(std::future::poll_fn(|cx| Pin::new(&mut *sub).poll_next(cx))).await
-}
+use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
 async fn handshake_reports_welcome() {
@@ -388,6 +250,7 @@ async fn subscription_streams_messages_in_order() {
         peer.send(Frame::SubOk(SubOk {
             request_id: subscribe.request_id,
             sub_id: subscribe.sub_id,
+            epoch: EPOCH,
             start_after: 10,
         }))
         .await;
@@ -398,6 +261,7 @@ async fn subscription_streams_messages_in_order() {
     let mut sub = sub.expect("subscribed");
     assert_eq!(sub.id(), sub_id);
     assert_eq!(sub.start_after(), 10);
+    assert_eq!((sub.epoch(), sub.last_seq()), (EPOCH, 10));
     assert_eq!(sub.namespace(), "app");
     assert_eq!(sub.topic(), "news");
 
@@ -413,8 +277,9 @@ async fn subscription_streams_messages_in_order() {
             within(sub.next_message()).await
         };
         let message = message.expect("open").expect("no error");
-        assert_eq!(message.seq, seq);
+        assert_eq!((message.epoch, message.seq), (EPOCH, seq));
         assert_eq!(&message.payload[..], b"payload");
+        assert_eq!(sub.last_seq(), seq);
     }
 }
 
@@ -531,7 +396,11 @@ async fn subscribe_error_maps_to_error_server() {
 
 #[tokio::test]
 async fn connection_drop_fails_pending_and_ends_subscriptions() {
-    let (client, mut peer) = pair().await;
+    let config = ClientConfig {
+        reconnect: false,
+        ..ClientConfig::default()
+    };
+    let (client, mut peer) = connected(config, DEFAULT_MAX_FRAME).await;
     let (sub, sub_id) =
         within(async { tokio::join!(client.subscribe("a", "t"), peer.accept_subscribe(0)) }).await;
     let mut sub = sub.expect("subscribed");
@@ -791,6 +660,7 @@ async fn late_sub_ok_after_timeout_unsubscribes() {
     peer.send(Frame::SubOk(SubOk {
         request_id: subscribe.request_id,
         sub_id: subscribe.sub_id,
+        epoch: EPOCH,
         start_after: 0,
     }))
     .await;

@@ -227,6 +227,13 @@ pub fn affinity_cpus() -> Vec<usize> {
         .collect()
 }
 
+/// The locked memory (`RLIMIT_MEMLOCK`, bytes) that `shards` executors need
+/// for their io_uring buffers.
+pub fn memlock_needed(shards: usize) -> u64 {
+    // glommio refuses to start under 512 KiB, whatever else is needed.
+    (512 * 1024).max((shards * IO_MEMORY * 2) as u64)
+}
+
 /// Checks what io_uring needs from the host, raising the soft locked-memory
 /// limit to the hard one when that is enough.
 pub fn preflight(shards: usize) -> Result<(), StartError> {
@@ -236,8 +243,7 @@ pub fn preflight(shards: usize) -> Result<(), StartError> {
             return Err(StartError::IoUringDisabled { value });
         }
     }
-    // glommio refuses to start under 512 KiB, whatever else is needed.
-    let needed = (512 * 1024).max((shards * IO_MEMORY * 2) as u64);
+    let needed = memlock_needed(shards);
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

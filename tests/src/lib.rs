@@ -1,11 +1,14 @@
 //! Helpers for the black-box tests in `tests/tests/`: start a real broker
-//! in-process on a loopback port, connect clients to a chosen shard, and speak
-//! raw protocol for the hostile-input tests.
+//! in-process on a loopback port, connect clients to a chosen shard, speak
+//! raw protocol for the hostile-input tests, and put a [`Proxy`] that cuts
+//! connections between a client and the broker.
 //!
 //! Must not depend on: shard internals beyond the public start-up API and the
 //! routing function (used to pick topics owned by a given shard).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -13,7 +16,8 @@ use corebus_client::Client;
 use corebus_net::{check, decode, Check, Frame, Hello, TopicKey, PROTOCOL_VERSION};
 use corebus_shards::{EngineConfig, Server, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 
 /// A broker running in this process; stopped when dropped.
 pub struct Broker {
@@ -148,5 +152,107 @@ impl RawConn {
                 Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
             }
         }
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 in front of the broker, for reconnection tests:
+/// it can cut every connection through it at once, and refuse new ones (it
+/// accepts and closes them at once, before any byte).
+///
+/// Must be created and used inside a tokio runtime; dropping it stops it and
+/// cuts its connections.
+pub struct Proxy {
+    addr: SocketAddr,
+    shared: Arc<ProxyShared>,
+    acceptor: JoinHandle<()>,
+}
+
+struct ProxyShared {
+    upstream: SocketAddr,
+    refusing: AtomicBool,
+    accepted: AtomicUsize,
+    /// One task per proxied connection; aborting it closes both sockets.
+    links: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl ProxyShared {
+    fn links(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.links.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Proxy {
+    /// Starts a proxy to `upstream` on an OS-chosen loopback port.
+    pub async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy binds");
+        let addr = listener.local_addr().expect("proxy address");
+        let shared = Arc::new(ProxyShared {
+            upstream,
+            refusing: AtomicBool::new(false),
+            accepted: AtomicUsize::new(0),
+            links: Mutex::new(Vec::new()),
+        });
+        let acceptor = tokio::spawn(accept_loop(listener, shared.clone()));
+        Proxy {
+            addr,
+            shared,
+            acceptor,
+        }
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Closes every connection through the proxy, both sides, at once;
+    /// returns how many were open.
+    pub fn cut(&self) -> usize {
+        let links = std::mem::take(&mut *self.shared.links());
+        let open = links.iter().filter(|link| !link.is_finished()).count();
+        for link in links {
+            link.abort();
+        }
+        open
+    }
+
+    /// While `true`, new connections are closed as soon as they are accepted.
+    pub fn refuse(&self, refusing: bool) {
+        self.shared.refusing.store(refusing, Ordering::SeqCst);
+    }
+
+    /// Connections proxied to the broker so far (refused ones not counted).
+    pub fn accepted(&self) -> usize {
+        self.shared.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+        self.cut();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<ProxyShared>) {
+    while let Ok((client, _)) = listener.accept().await {
+        if shared.refusing.load(Ordering::SeqCst) {
+            drop(client);
+            continue;
+        }
+        shared.accepted.fetch_add(1, Ordering::SeqCst);
+        let upstream = shared.upstream;
+        let link = tokio::spawn(async move {
+            let mut client = client;
+            let Ok(mut broker) = TcpStream::connect(upstream).await else {
+                return;
+            };
+            let _ = client.set_nodelay(true);
+            let _ = broker.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+        });
+        let mut links = shared.links();
+        links.retain(|link| !link.is_finished());
+        links.push(link);
     }
 }

@@ -26,9 +26,19 @@ async fn publish(raw: &mut RawConn, topic: &TopicKey, request_id: u32, payload: 
     }
 }
 
-async fn subscribe(raw: &mut RawConn, topic: &TopicKey, sub_id: u32, resume: Option<ResumePoint>) -> (u64, u64) {
-    raw.send(&Frame::Subscribe(Subscribe { request_id: sub_id, sub_id, resume, topic: topic.clone() }))
-        .await;
+async fn subscribe(
+    raw: &mut RawConn,
+    topic: &TopicKey,
+    sub_id: u32,
+    resume: Option<ResumePoint>,
+) -> (u64, u64) {
+    raw.send(&Frame::Subscribe(Subscribe {
+        request_id: sub_id,
+        sub_id,
+        resume,
+        topic: topic.clone(),
+    }))
+    .await;
     match raw.recv().await {
         Some(Frame::SubOk(ok)) if ok.sub_id == sub_id => (ok.epoch, ok.start_after),
         other => panic!("expected SUB_OK, got {other:?}"),
@@ -49,12 +59,22 @@ async fn resume_across_shards_replays_exactly_then_goes_live() {
     }
     // Read up to seq 12, then "lose the connection".
     for seq in 1..=12 {
-        assert!(matches!(first.recv().await, Some(Frame::Message(m)) if m.seq == seq && m.epoch == epoch));
+        assert!(
+            matches!(first.recv().await, Some(Frame::Message(m)) if m.seq == seq && m.epoch == epoch)
+        );
     }
     drop(first);
     let mut second = broker.raw_on(1).await;
-    let (again, start) =
-        subscribe(&mut second, &topic, 1, Some(ResumePoint { epoch, next_seq: 13 })).await;
+    let (again, start) = subscribe(
+        &mut second,
+        &topic,
+        1,
+        Some(ResumePoint {
+            epoch,
+            next_seq: 13,
+        }),
+    )
+    .await;
     assert_eq!((again, start), (epoch, 12));
     publish(&mut publisher, &topic, 21, 21u32.to_be_bytes().to_vec()).await;
     for seq in 13..=21u64 {
@@ -77,7 +97,16 @@ async fn from_one_replays_history_of_a_topic_nobody_watched() {
         publish(&mut publisher, &topic, i, vec![i as u8]).await;
     }
     let mut reader = broker.raw_on(1).await;
-    let (_, start) = subscribe(&mut reader, &topic, 1, Some(ResumePoint { epoch: 0, next_seq: 1 })).await;
+    let (_, start) = subscribe(
+        &mut reader,
+        &topic,
+        1,
+        Some(ResumePoint {
+            epoch: 0,
+            next_seq: 1,
+        }),
+    )
+    .await;
     assert_eq!(start, 0);
     for seq in 1..=10 {
         assert!(matches!(reader.recv().await, Some(Frame::Message(m)) if m.seq == seq));
@@ -87,7 +116,10 @@ async fn from_one_replays_history_of_a_topic_nobody_watched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_older_than_the_ring_gets_one_exact_discontinuity() {
     let engine = EngineConfig {
-        ring: RingLimits { max_messages: 5, max_bytes: 1 << 20 },
+        ring: RingLimits {
+            max_messages: 5,
+            max_bytes: 1 << 20,
+        },
         ..EngineConfig::default()
     };
     let broker = Broker::start_with(2, engine);
@@ -97,12 +129,23 @@ async fn resume_older_than_the_ring_gets_one_exact_discontinuity() {
         publish(&mut publisher, &topic, i, vec![1]).await;
     }
     let mut reader = broker.raw_on(0).await;
-    let (epoch, start) =
-        subscribe(&mut reader, &topic, 3, Some(ResumePoint { epoch: 0, next_seq: 4 })).await;
+    let (epoch, start) = subscribe(
+        &mut reader,
+        &topic,
+        3,
+        Some(ResumePoint {
+            epoch: 0,
+            next_seq: 4,
+        }),
+    )
+    .await;
     assert_eq!(start, 25);
     match reader.recv().await {
         Some(Frame::Discontinuity(gap)) => {
-            assert_eq!((gap.sub_id, gap.epoch, gap.last_seq, gap.next_seq), (3, epoch, 3, 26));
+            assert_eq!(
+                (gap.sub_id, gap.epoch, gap.last_seq, gap.next_seq),
+                (3, epoch, 3, 26)
+            );
         }
         other => panic!("expected DISCONTINUITY, got {other:?}"),
     }
@@ -113,7 +156,10 @@ async fn resume_older_than_the_ring_gets_one_exact_discontinuity() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evicted_topic_resumes_into_a_new_epoch_with_a_discontinuity() {
-    let engine = EngineConfig { topic_idle_evict_ms: 100, ..EngineConfig::default() };
+    let engine = EngineConfig {
+        topic_idle_evict_ms: 100,
+        ..EngineConfig::default()
+    };
     let broker = Broker::start_with(2, engine);
     let topic = key(&topic_owned_by(0, 2, "evict"));
     let mut client = broker.raw_on(1).await;
@@ -121,12 +167,25 @@ async fn evicted_topic_resumes_into_a_new_epoch_with_a_discontinuity() {
     let (old_epoch, _) = subscribe(&mut client, &topic, 1, None).await;
     publish(&mut publisher, &topic, 2, b"a".to_vec()).await;
     assert!(matches!(client.recv().await, Some(Frame::Message(m)) if m.seq == 1));
-    client.send(&Frame::Unsubscribe(corebus_net::Unsubscribe { request_id: 3, sub_id: 1 })).await;
+    client
+        .send(&Frame::Unsubscribe(corebus_net::Unsubscribe {
+            request_id: 3,
+            sub_id: 1,
+        }))
+        .await;
     assert!(matches!(client.recv().await, Some(Frame::UnsubOk(_))));
     // Idle for several eviction periods: the owner forgets the topic.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let (new_epoch, start) =
-        subscribe(&mut client, &topic, 4, Some(ResumePoint { epoch: old_epoch, next_seq: 2 })).await;
+    let (new_epoch, start) = subscribe(
+        &mut client,
+        &topic,
+        4,
+        Some(ResumePoint {
+            epoch: old_epoch,
+            next_seq: 2,
+        }),
+    )
+    .await;
     assert_ne!(new_epoch, old_epoch, "a recreated topic has a new epoch");
     assert_eq!(start, 0);
     match client.recv().await {
@@ -135,8 +194,14 @@ async fn evicted_topic_resumes_into_a_new_epoch_with_a_discontinuity() {
         }
         other => panic!("expected DISCONTINUITY, got {other:?}"),
     }
-    assert_eq!(publish(&mut publisher, &topic, 5, b"b".to_vec()).await, 1, "numbering restarted");
-    assert!(matches!(client.recv().await, Some(Frame::Message(m)) if m.seq == 1 && m.epoch == new_epoch));
+    assert_eq!(
+        publish(&mut publisher, &topic, 5, b"b".to_vec()).await,
+        1,
+        "numbering restarted"
+    );
+    assert!(
+        matches!(client.recv().await, Some(Frame::Message(m)) if m.seq == 1 && m.epoch == new_epoch)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

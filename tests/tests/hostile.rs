@@ -145,6 +145,7 @@ async fn unsubscribe_stops_delivery_on_the_wire() {
     raw.send(&Frame::Subscribe(Subscribe {
         request_id: 1,
         sub_id: 4,
+        resume: None,
         topic: key.clone(),
     }))
     .await;

@@ -1,32 +1,38 @@
-//! The connection: handshake, shared state, and the reader and writer tasks.
+//! The connection: shared state, requests, and the tasks that keep a
+//! connection (and, after a loss, the next one) going.
 //!
 //! Callers encode frames straight into [`State::out`] under the state mutex
-//! (never held across an await) and wake the writer task, which swaps the
-//! buffer out and writes it in one go, so concurrent frames coalesce into few
+//! (never held across an await) and wake the writer, which swaps the buffer
+//! out and writes it in one go, so concurrent frames coalesce into few
 //! writes. The reader task decodes frames and resolves pending requests or
-//! routes messages to subscriptions.
+//! routes messages to subscriptions. The session task (`session.rs`) runs the
+//! writer and the heartbeat, watches the reader, and reconnects when the
+//! connection is lost.
 
-use std::collections::HashMap;
 use std::io;
 use std::mem;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use corebus_net::{
-    encode_publish, encode_subscribe, validate_namespace, validate_topic, Frame, FrameError,
-    Unsubscribe, Welcome,
+    encode_publish, validate_namespace, validate_topic, Frame, ResumePoint, Welcome,
 };
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at, Instant};
 
-use crate::{Error, Message};
+use crate::subscription::Started;
+use crate::{ClientConfig, Error, Event};
 
+mod backoff;
 mod reader;
+mod session;
 mod setup;
+mod state;
 
 pub(crate) use setup::connect;
+use state::{Cursor, Ended, Pending, Route, State, Terminal};
 
 /// Smallest amount of free buffer space the reader asks the socket to fill.
 const READ_CHUNK: usize = 64 * 1024;
@@ -34,170 +40,34 @@ const READ_CHUNK: usize = 64 * 1024;
 /// A write buffer larger than this is not kept for reuse after a flush.
 const KEEP_WRITE_BUFFER: usize = 4 * 1024 * 1024;
 
-/// Why the connection is over.
-#[derive(Debug, Clone)]
-pub(crate) enum Terminal {
-    /// [`Client::close`](crate::Client::close) ran, or every handle was dropped.
-    Closed,
-    /// The connection failed; the text says why.
-    Lost(String),
-    /// The server sent something that does not decode.
-    Protocol(FrameError),
-}
+/// The answer a caller's subscribe waits for.
+pub(crate) type SubscribeAnswer = oneshot::Receiver<Result<Started, Error>>;
 
-impl Terminal {
-    /// The error for a request that was pending (or a subscription that was
-    /// active) when the connection ended.
-    pub(crate) fn pending_error(&self) -> Error {
-        match self {
-            Terminal::Closed => Error::Closed,
-            Terminal::Lost(reason) => Error::ConnectionLost(reason.clone()),
-            Terminal::Protocol(err) => Error::Protocol(err.clone()),
-        }
-    }
-
-    /// The error for a call made after the connection ended.
-    pub(crate) fn later_error(&self) -> Error {
-        match self {
-            Terminal::Closed => Error::Closed,
-            Terminal::Lost(reason) => Error::ConnectionLost(reason.clone()),
-            Terminal::Protocol(err) => Error::ConnectionLost(format!("protocol error: {err}")),
-        }
-    }
-}
-
-fn protocol_violation(what: String) -> Terminal {
-    Terminal::Lost(format!("protocol error: {what}"))
-}
-
-/// An outstanding request, keyed by request id.
-enum Pending {
-    Publish {
-        answer: oneshot::Sender<Result<u64, Error>>,
-        /// Released when the answer (or the connection's end) arrives.
-        _permit: OwnedSemaphorePermit,
-    },
-    Subscribe {
-        answer: oneshot::Sender<Result<u64, Error>>,
-        sub_id: u32,
-    },
-    Unsubscribe {
-        /// `None` for the fire-and-forget unsubscribe of a dropped subscription.
-        answer: Option<oneshot::Sender<Result<(), Error>>>,
-        sub_id: u32,
-    },
-}
-
-impl Pending {
-    fn name(&self) -> &'static str {
-        match self {
-            Pending::Publish { .. } => "PUBLISH",
-            Pending::Subscribe { .. } => "SUBSCRIBE",
-            Pending::Unsubscribe { .. } => "UNSUBSCRIBE",
-        }
-    }
-
-    fn fail(self, error: Error) {
-        // A send fails only when the caller stopped waiting: nothing to do.
-        match self {
-            Pending::Publish { answer, .. } | Pending::Subscribe { answer, .. } => {
-                let _ = answer.send(Err(error));
-            }
-            Pending::Unsubscribe { answer, .. } => {
-                if let Some(answer) = answer {
-                    let _ = answer.send(Err(error));
-                }
-            }
-        }
-    }
-}
-
-/// Where a subscription's messages go.
-struct Route {
-    /// `None` once `UNSUBSCRIBE` was sent: messages until `UNSUB_OK` are dropped.
-    tx: Option<mpsc::Sender<Message>>,
-    /// The sequence number the next `MESSAGE` must carry; `None` before `SUB_OK`.
-    next_seq: Option<u64>,
-}
-
-/// Everything behind the state mutex.
-struct State {
-    terminal: Option<Terminal>,
-    /// `close()` is under way: no new requests.
-    closing: bool,
-    /// The writer shuts the socket down after its next flush.
-    shutdown: bool,
-    /// Encoded frames waiting for the writer.
-    out: BytesMut,
-    next_request: u32,
-    next_sub: u32,
-    next_nonce: u64,
-    pending: HashMap<u32, Pending>,
-    pings: HashMap<u64, oneshot::Sender<()>>,
-    routes: HashMap<u32, Route>,
-}
-
-impl State {
-    fn usable(&self) -> Result<(), Error> {
-        if let Some(terminal) = &self.terminal {
-            return Err(terminal.later_error());
-        }
-        if self.closing {
-            return Err(Error::Closed);
-        }
-        Ok(())
-    }
-
-    /// A request id that is not 0 and not outstanding.
-    fn alloc_request(&mut self) -> u32 {
-        loop {
-            let id = self.next_request;
-            self.next_request = self.next_request.wrapping_add(1);
-            if id != 0 && !self.pending.contains_key(&id) {
-                return id;
-            }
-        }
-    }
-
-    /// A subscription id that is not 0 and not in use (or being unsubscribed).
-    fn alloc_sub(&mut self) -> u32 {
-        loop {
-            let id = self.next_sub;
-            self.next_sub = self.next_sub.wrapping_add(1);
-            if id != 0 && !self.routes.contains_key(&id) {
-                return id;
-            }
-        }
-    }
-
-    /// Stops routing `sub_id` and queues an `UNSUBSCRIBE` for it.
-    fn unsubscribe(&mut self, sub_id: u32, answer: Option<oneshot::Sender<Result<(), Error>>>) {
-        if let Some(route) = self.routes.get_mut(&sub_id) {
-            route.tx = None;
-        }
-        let request_id = self.alloc_request();
-        Frame::Unsubscribe(Unsubscribe { request_id, sub_id }).encode(&mut self.out);
-        self.pending
-            .insert(request_id, Pending::Unsubscribe { answer, sub_id });
-    }
-}
-
-/// State shared by every handle and the two tasks.
+/// State shared by every handle and the tasks.
 pub(crate) struct Shared {
-    pub(crate) welcome: Welcome,
-    pub(crate) request_timeout: Duration,
-    subscription_buffer: usize,
+    config: ClientConfig,
     /// Publish permits; `max_in_flight` in total.
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) max_in_flight: u32,
     state: Mutex<State>,
+    /// Wakes the writer.
     write_notify: Notify,
-    writer_stop: Notify,
-    reader_stop: Notify,
-    writer_task: Mutex<Option<JoinHandle<io::Result<()>>>>,
+    /// Wakes the session while it waits to reconnect (close or drop).
+    session_wake: Notify,
+    /// Wakes calls waiting for a reconnection (it happened, or the client
+    /// ended).
+    link_change: Notify,
+    session_task: Mutex<Option<JoinHandle<io::Result<()>>>>,
+    /// For the heartbeat: when the reader last got bytes, in milliseconds
+    /// since `clock_base`.
+    last_heard_ms: AtomicU64,
+    /// The reader waits for a subscriber to make room; silence from the
+    /// socket is then the client's doing.
+    stalled: AtomicBool,
+    clock_base: Instant,
 }
 
-/// Checks the names and that the frame fits the server's limit.
+/// Checks the names against the naming rules.
 pub(crate) fn check_names(namespace: &str, topic: &str) -> Result<(), Error> {
     validate_namespace(namespace.as_bytes()).map_err(Error::InvalidName)?;
     validate_topic(topic.as_bytes()).map_err(Error::InvalidName)
@@ -214,22 +84,75 @@ impl Shared {
         self.write_notify.notify_one();
     }
 
-    /// Fails fast when the connection is over or closing.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.config.request_timeout
+    }
+
+    /// The current (or, while reconnecting, the last) `WELCOME`.
+    pub(crate) fn welcome(&self) -> Welcome {
+        self.lock().welcome.clone()
+    }
+
+    fn heard_now(&self) {
+        let ms = self.clock_base.elapsed().as_millis() as u64;
+        self.last_heard_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last_heard(&self) -> Instant {
+        self.clock_base + Duration::from_millis(self.last_heard_ms.load(Ordering::Relaxed))
+    }
+
+    /// Runs `queue` under the lock once the client is connected, waiting up to
+    /// the request timeout for a reconnection; then wakes the writer.
+    async fn when_up<T>(&self, queue: impl FnOnce(&mut State) -> T) -> Result<T, Error> {
+        let deadline = Instant::now() + self.config.request_timeout;
+        loop {
+            let changed = self.link_change.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let reason = {
+                let mut st = self.lock();
+                match st.availability()? {
+                    None => {
+                        let value = queue(&mut st);
+                        drop(st);
+                        self.wake_writer();
+                        return Ok(value);
+                    }
+                    Some(reason) => reason.to_owned(),
+                }
+            };
+            if timeout_at(deadline, changed).await.is_err() {
+                return Err(Error::ConnectionLost(format!(
+                    "not reconnected within {:?}; the connection was lost: {reason}",
+                    self.config.request_timeout
+                )));
+            }
+        }
+    }
+
+    /// Fails fast when the client is over or closing.
     pub(crate) fn usable(&self) -> Result<(), Error> {
-        self.lock().usable()
+        self.lock().availability().map(|_| ())
     }
 
     /// The error to report when an answer channel closed without an answer.
     pub(crate) fn current_error(&self) -> Error {
-        match &self.lock().terminal {
-            Some(terminal) => terminal.pending_error(),
-            None => Error::ConnectionLost("the connection task ended".into()),
+        let st = self.lock();
+        match (&st.terminal, &st.link) {
+            (Some(terminal), _) => terminal.pending_error(),
+            (None, state::Link::Down { reason }) => Error::ConnectionLost(reason.clone()),
+            (None, state::Link::Up) => Error::ConnectionLost("the connection task ended".into()),
         }
     }
 
-    /// The terminal error, if the connection is over.
-    pub(crate) fn terminal_error(&self) -> Option<Error> {
-        self.lock().terminal.as_ref().map(Terminal::pending_error)
+    /// Why a subscription's stream ended: its own end error, or the client's.
+    pub(crate) fn subscription_end(&self, sub_id: u32) -> Option<Error> {
+        let mut st = self.lock();
+        if let Some(error) = st.ended.remove(&sub_id) {
+            return Some(error);
+        }
+        st.terminal.as_ref().map(Terminal::pending_error)
     }
 
     /// Validates a publish locally: names, and payload size against `max_frame`.
@@ -243,15 +166,16 @@ impl Shared {
         // Length field: opcode, request id, flags, u8-prefixed namespace,
         // u16-prefixed topic, payload.
         let overhead = 1 + 4 + 1 + 1 + namespace.len() + 2 + topic.len();
-        let max = (self.welcome.max_frame as usize).saturating_sub(overhead);
+        let max = (self.lock().welcome.max_frame as usize).saturating_sub(overhead);
         if len > max {
             return Err(Error::PayloadTooLarge { len, max });
         }
         Ok(())
     }
 
-    /// Queues a `PUBLISH` with the ack flag; the receiver gets its answer.
-    pub(crate) fn enqueue_publish(
+    /// Queues a `PUBLISH` with the ack flag (once connected); the receiver
+    /// gets its answer.
+    pub(crate) async fn enqueue_publish(
         &self,
         permit: OwnedSemaphorePermit,
         namespace: &str,
@@ -259,68 +183,50 @@ impl Shared {
         payload: &[u8],
     ) -> Result<oneshot::Receiver<Result<u64, Error>>, Error> {
         let (answer, rx) = oneshot::channel();
-        let mut st = self.lock();
-        st.usable()?;
-        let request_id = st.alloc_request();
-        encode_publish(
-            &mut st.out,
-            request_id,
-            true,
-            namespace.as_bytes(),
-            topic.as_bytes(),
-            payload,
-        );
-        st.pending.insert(
-            request_id,
-            Pending::Publish {
-                answer,
-                _permit: permit,
-            },
-        );
-        drop(st);
-        self.wake_writer();
+        self.when_up(|st| {
+            let request_id = st.alloc_request();
+            encode_publish(
+                &mut st.out,
+                request_id,
+                true,
+                namespace.as_bytes(),
+                topic.as_bytes(),
+                payload,
+            );
+            st.pending.insert(
+                request_id,
+                Pending::Publish {
+                    answer,
+                    _permit: permit,
+                },
+            );
+        })
+        .await?;
         Ok(rx)
     }
 
-    /// Registers a subscription route and queues its `SUBSCRIBE`.
-    #[allow(clippy::type_complexity)]
-    pub(crate) fn enqueue_subscribe(
+    /// Registers a subscription route and queues its `SUBSCRIBE` (once
+    /// connected).
+    pub(crate) async fn enqueue_subscribe(
         &self,
         namespace: &str,
         topic: &str,
-    ) -> Result<
-        (
-            u32,
-            mpsc::Receiver<Message>,
-            oneshot::Receiver<Result<u64, Error>>,
-        ),
-        Error,
-    > {
+        resume: Option<ResumePoint>,
+    ) -> Result<(mpsc::Receiver<Event>, SubscribeAnswer), Error> {
         let (answer, answer_rx) = oneshot::channel();
-        let (tx, messages) = mpsc::channel(self.subscription_buffer);
-        let mut st = self.lock();
-        st.usable()?;
-        let sub_id = st.alloc_sub();
-        let request_id = st.alloc_request();
-        st.routes.insert(
-            sub_id,
-            Route {
+        let (tx, events) = mpsc::channel(self.config.subscription_buffer.max(1));
+        self.when_up(|st| {
+            let sub_id = st.alloc_sub();
+            let route = Route {
                 tx: Some(tx),
-                next_seq: None,
-            },
-        );
-        st.pending
-            .insert(request_id, Pending::Subscribe { answer, sub_id });
-        encode_subscribe(
-            &mut st.out,
-            request_id,
-            sub_id,
-            namespace.as_bytes(),
-            topic.as_bytes(),
-        );
-        drop(st);
-        self.wake_writer();
-        Ok((sub_id, messages, answer_rx))
+                namespace: namespace.into(),
+                topic: topic.into(),
+                cursor: Cursor::Subscribing { resume },
+            };
+            st.subscribe(sub_id, route, resume, Pending::Subscribe { answer, sub_id });
+        })
+        .await?;
+        Ok((events, answer_rx))
     }
 
     /// Queues an `UNSUBSCRIBE`; with `wait`, returns a receiver for its answer.
@@ -330,8 +236,13 @@ impl Shared {
         wait: bool,
     ) -> Result<Option<oneshot::Receiver<Result<(), Error>>>, Error> {
         let mut st = self.lock();
+        st.ended.remove(&sub_id);
         if let Some(terminal) = &st.terminal {
             return Err(terminal.later_error());
+        }
+        if !st.routes.contains_key(&sub_id) {
+            // Already ended on its own (its resubscription was refused).
+            return Ok(None);
         }
         let (answer, rx) = if wait {
             let (answer, rx) = oneshot::channel();
@@ -345,18 +256,19 @@ impl Shared {
         Ok(rx)
     }
 
-    /// Queues a `PING`; returns its nonce and a receiver for the `PONG`.
-    pub(crate) fn enqueue_ping(&self) -> Result<(u64, oneshot::Receiver<()>), Error> {
+    /// Queues a `PING` (once connected); returns its nonce and a receiver for
+    /// the `PONG`.
+    pub(crate) async fn enqueue_ping(&self) -> Result<(u64, oneshot::Receiver<()>), Error> {
         let (answer, rx) = oneshot::channel();
-        let mut st = self.lock();
-        st.usable()?;
-        let nonce = st.next_nonce;
-        st.next_nonce = st.next_nonce.wrapping_add(1);
-        st.pings.insert(nonce, answer);
-        Frame::Ping(nonce).encode(&mut st.out);
-        drop(st);
-        self.wake_writer();
-        Ok((nonce, rx))
+        self.when_up(|st| {
+            let nonce = st.next_nonce;
+            st.next_nonce = st.next_nonce.wrapping_add(1);
+            st.pings.insert(nonce, answer);
+            Frame::Ping(nonce).encode(&mut st.out);
+            nonce
+        })
+        .await
+        .map(|nonce| (nonce, rx))
     }
 
     /// Forgets a ping that timed out.
@@ -369,16 +281,16 @@ impl Shared {
         &self,
         rx: oneshot::Receiver<Result<T, Error>>,
     ) -> Result<T, Error> {
-        match timeout(self.request_timeout, rx).await {
+        match timeout(self.config.request_timeout, rx).await {
             Err(_) => Err(Error::Timeout),
             Ok(Err(_)) => Err(self.current_error()),
             Ok(Ok(result)) => result,
         }
     }
 
-    /// Ends the connection: fails every pending request and ends every
+    /// Ends the client: fails every pending request and ends every
     /// subscription with `terminal`. Only the first call has an effect.
-    pub(crate) fn fail(&self, terminal: Terminal, stop_writer: bool) {
+    pub(crate) fn fail(&self, terminal: Terminal) {
         let (pending, pings, routes) = {
             let mut st = self.lock();
             if st.terminal.is_some() {
@@ -398,10 +310,8 @@ impl Shared {
         // the terminal error once.
         drop(pings);
         drop(routes);
-        self.reader_stop.notify_one();
-        if stop_writer {
-            self.writer_stop.notify_one();
-        }
+        self.link_change.notify_waiters();
+        self.session_wake.notify_one();
     }
 
     /// Starts `close()`: refuses new requests.
@@ -411,26 +321,29 @@ impl Shared {
             return false;
         }
         st.closing = true;
+        drop(st);
+        self.link_change.notify_waiters();
         true
     }
 
-    /// Flushes everything, shuts the socket down and ends the connection.
+    /// Flushes everything, shuts the socket down and ends the client.
     pub(crate) async fn finish_close(&self) -> Result<(), Error> {
         self.lock().shutdown = true;
         self.wake_writer();
-        let writer = self
-            .writer_task
+        self.session_wake.notify_one();
+        let session = self
+            .session_task
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        let flushed = match writer {
+        let flushed = match session {
             Some(task) => match task.await {
                 Ok(result) => result.map_err(Error::Io),
                 Err(join) => Err(Error::Io(io::Error::other(join))),
             },
             None => Ok(()),
         };
-        self.fail(Terminal::Closed, true);
+        self.fail(Terminal::Closed);
         flushed
     }
 
@@ -438,6 +351,6 @@ impl Shared {
     pub(crate) fn release(&self) {
         self.lock().shutdown = true;
         self.wake_writer();
-        self.fail(Terminal::Closed, false);
+        self.fail(Terminal::Closed);
     }
 }

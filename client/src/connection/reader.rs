@@ -1,5 +1,7 @@
-//! The reader task: decodes frames, answers requests, routes messages.
+//! The reader task: decodes frames, answers requests, routes messages and
+//! discontinuities, and checks that every subscription's stream stays exact.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -10,17 +12,115 @@ use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 
-use super::{protocol_violation, Pending, Shared, Terminal, READ_CHUNK};
+use super::state::protocol_violation;
+use super::{Cursor, Ended, Pending, Shared, Terminal, READ_CHUNK};
 use crate::error::code_text;
-use crate::{Error, Message};
+use crate::subscription::Started;
+use crate::{Discontinuity, Error, Event, Message};
 
 /// Headroom over the server's `max_frame` for inbound frames: a `MESSAGE`
 /// spends more bytes of its length on headers than the `PUBLISH` that carried
 /// its payload when names are short (see the protocol's client checklist).
 const INBOUND_SLACK: u32 = 64;
 
+/// One frame that advances a subscription, checked against its cursor.
+enum Step {
+    Message(corebus_net::Message),
+    Gap(corebus_net::Discontinuity),
+}
+
+impl Step {
+    fn sub_id(&self) -> u32 {
+        match self {
+            Step::Message(message) => message.sub_id,
+            Step::Gap(gap) => gap.sub_id,
+        }
+    }
+
+    /// The cursor after this step, or why the step breaks the stream.
+    fn advance(&self, cursor: Cursor) -> Result<Cursor, String> {
+        let sub_id = self.sub_id();
+        match (self, cursor) {
+            (_, Cursor::Subscribing { .. }) => Err(format!(
+                "{} for subscription {sub_id} before its SUB_OK",
+                self.name()
+            )),
+            (Step::Message(message), Cursor::Flowing { epoch, next_seq })
+                if message.epoch == epoch && message.seq == next_seq =>
+            {
+                Ok(Cursor::Flowing {
+                    epoch,
+                    next_seq: next_seq.wrapping_add(1),
+                })
+            }
+            (Step::Message(message), Cursor::Flowing { epoch, next_seq }) => Err(format!(
+                "sequence gap on subscription {sub_id}: expected seq {next_seq} of epoch \
+                 {epoch:#x}, got seq {} of epoch {:#x}",
+                message.seq, message.epoch
+            )),
+            (Step::Message(message), Cursor::AwaitingGap { next_seq, .. }) => Err(format!(
+                "sequence gap on subscription {sub_id}: got seq {} before the DISCONTINUITY \
+                 that its SUB_OK (next seq {next_seq}) announced",
+                message.seq
+            )),
+            (
+                Step::Gap(gap),
+                Cursor::AwaitingGap {
+                    point,
+                    epoch,
+                    next_seq,
+                },
+            ) if gap.epoch == epoch
+                && gap.next_seq == next_seq
+                && gap.last_seq == point.next_seq.wrapping_sub(1) =>
+            {
+                Ok(Cursor::Flowing { epoch, next_seq })
+            }
+            // Messages dropped for a slow consumer (or, in principle, a new
+            // epoch): the report starts where the subscription is and must
+            // not go back.
+            (Step::Gap(gap), Cursor::Flowing { epoch, next_seq })
+                if gap.last_seq == next_seq.wrapping_sub(1)
+                    && (gap.epoch != epoch || gap.next_seq >= next_seq) =>
+            {
+                Ok(Cursor::Flowing {
+                    epoch: gap.epoch,
+                    next_seq: gap.next_seq,
+                })
+            }
+            (Step::Gap(gap), cursor) => Err(format!(
+                "DISCONTINUITY on subscription {sub_id} (epoch {:#x}, last seq {}, next seq {}) \
+                 does not fit the subscription's position {cursor:?}",
+                gap.epoch, gap.last_seq, gap.next_seq
+            )),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Step::Message(_) => "MESSAGE",
+            Step::Gap(_) => "DISCONTINUITY",
+        }
+    }
+
+    fn into_event(self) -> Event {
+        match self {
+            Step::Message(message) => Event::Message(Message {
+                epoch: message.epoch,
+                seq: message.seq,
+                payload: message.payload,
+            }),
+            Step::Gap(gap) => Event::Discontinuity(Discontinuity {
+                epoch: gap.epoch,
+                last_seq: gap.last_seq,
+                next_seq: gap.next_seq,
+            }),
+        }
+    }
+}
+
 impl Shared {
-    fn answer_publish(&self, ack: PubAck) -> Result<(), Terminal> {
+    fn answer_publish(&self, ack: PubAck) -> Result<(), Ended> {
         let mut st = self.lock();
         match st.pending.remove(&ack.request_id) {
             None => Ok(()),
@@ -39,35 +139,68 @@ impl Shared {
         }
     }
 
-    fn answer_subscribe(&self, ok: SubOk) -> Result<(), Terminal> {
+    fn answer_subscribe(&self, ok: SubOk) -> Result<(), Ended> {
         let mut st = self.lock();
-        match st.pending.remove(&ok.request_id) {
-            None => Ok(()),
-            Some(Pending::Subscribe { answer, sub_id }) if sub_id == ok.sub_id => {
-                if let Some(route) = st.routes.get_mut(&sub_id) {
-                    route.next_seq = Some(ok.start_after.wrapping_add(1));
-                }
-                if answer.send(Ok(ok.start_after)).is_err() {
-                    // The caller gave up (timeout or cancellation): end the
-                    // subscription on the server too.
-                    st.unsubscribe(sub_id, None);
-                    drop(st);
-                    self.wake_writer();
-                }
-                Ok(())
-            }
-            Some(other) => {
-                let name = other.name();
-                st.pending.insert(ok.request_id, other);
-                Err(protocol_violation(format!(
-                    "SUB_OK (sub {}) answers request {}, a {name} with another subscription",
-                    ok.sub_id, ok.request_id
-                )))
+        let request = st.pending.remove(&ok.request_id);
+        if request.is_none() {
+            return Ok(());
+        }
+        let request = request.filter(|request| {
+            matches!(request, Pending::Subscribe { sub_id, .. } | Pending::Resubscribe { sub_id }
+                if *sub_id == ok.sub_id)
+        });
+        let Some(request) = request else {
+            return Err(protocol_violation(format!(
+                "SUB_OK (sub {}) answers request {}, not a SUBSCRIBE for that subscription",
+                ok.sub_id, ok.request_id
+            )));
+        };
+        let Some(route) = st.routes.get_mut(&ok.sub_id) else {
+            return Ok(());
+        };
+        let Cursor::Subscribing { resume } = route.cursor else {
+            return Err(protocol_violation(format!(
+                "second SUB_OK for subscription {}",
+                ok.sub_id
+            )));
+        };
+        let cursor = Cursor::after_sub_ok(resume, &ok);
+        if let (Pending::Resubscribe { .. }, Some(point), Cursor::Flowing { next_seq, .. }) =
+            (&request, resume, cursor)
+        {
+            // Resuming right after messages this client received, the broker
+            // cannot be behind them in the same epoch; if it were, they would
+            // come again as duplicates.
+            if next_seq < point.next_seq {
+                return Err(protocol_violation(format!(
+                    "SUB_OK resumes subscription {} after seq {}, but it already received \
+                     seq {} of epoch {:#x}",
+                    ok.sub_id,
+                    ok.start_after,
+                    point.next_seq - 1,
+                    ok.epoch
+                )));
             }
         }
+        route.cursor = cursor;
+        if let Pending::Subscribe { answer, sub_id } = request {
+            let started = Started {
+                sub_id,
+                epoch: ok.epoch,
+                start_after: ok.start_after,
+            };
+            if answer.send(Ok(started)).is_err() {
+                // The caller gave up (timeout or cancellation): end the
+                // subscription on the server too.
+                st.unsubscribe(sub_id, None);
+                drop(st);
+                self.wake_writer();
+            }
+        }
+        Ok(())
     }
 
-    fn answer_unsubscribe(&self, ok: UnsubOk) -> Result<(), Terminal> {
+    fn answer_unsubscribe(&self, ok: UnsubOk) -> Result<(), Ended> {
         let mut st = self.lock();
         match st.pending.remove(&ok.request_id) {
             None => Ok(()),
@@ -89,16 +222,21 @@ impl Shared {
         }
     }
 
-    fn answer_error(&self, frame: ErrorFrame) -> Result<(), Terminal> {
+    fn answer_error(&self, frame: ErrorFrame) -> Result<(), Ended> {
         let request = if frame.request_id == 0 {
             None
         } else {
             let mut st = self.lock();
             let request = st.pending.remove(&frame.request_id);
-            if let Some(Pending::Subscribe { sub_id, .. } | Pending::Unsubscribe { sub_id, .. }) =
-                &request
-            {
-                st.routes.remove(sub_id);
+            if let Some(sub_id) = request.as_ref().and_then(Pending::sub_id) {
+                // The subscription is gone; a refused resubscription ends its
+                // stream with the server's error.
+                let route = st.routes.remove(&sub_id);
+                if matches!(request, Some(Pending::Resubscribe { .. }))
+                    && route.is_some_and(|route| route.tx.is_some())
+                {
+                    st.ended.insert(sub_id, Error::from_frame(&frame));
+                }
             }
             request
         };
@@ -106,7 +244,7 @@ impl Shared {
             request.fail(Error::from_frame(&frame));
         }
         if frame.fatal {
-            return Err(Terminal::Lost(format!(
+            return Err(Ended::Lost(format!(
                 "the server closed the connection: {}: {}",
                 code_text(frame.code(), frame.code),
                 frame.message
@@ -132,13 +270,13 @@ impl Shared {
         }
     }
 
-    async fn deliver(&self, message: corebus_net::Message) -> Result<(), Terminal> {
-        let sub_id = message.sub_id;
-        let item = Message {
-            seq: message.seq,
-            payload: message.payload,
-        };
-        let (tx, item) = {
+    /// Checks a message or discontinuity against its subscription's cursor
+    /// and hands it over. The cursor moves only once the item is in the
+    /// subscription's channel: if this task is stopped while waiting for room,
+    /// the resume point still names the item.
+    async fn deliver(&self, step: Step) -> Result<(), Ended> {
+        let sub_id = step.sub_id();
+        let (tx, event, cursor) = {
             let mut st = self.lock();
             // Unknown subscriptions (already unsubscribed) are ignored.
             let Some(route) = st.routes.get_mut(&sub_id) else {
@@ -148,60 +286,61 @@ impl Shared {
                 // Unsubscribing: messages until UNSUB_OK are dropped.
                 return Ok(());
             };
-            let Some(expected) = route.next_seq else {
-                return Err(protocol_violation(format!(
-                    "MESSAGE for subscription {sub_id} before its SUB_OK"
-                )));
-            };
-            if item.seq != expected {
-                return Err(protocol_violation(format!(
-                    "sequence gap on subscription {sub_id}: expected seq {expected}, got {}",
-                    item.seq
-                )));
-            }
-            route.next_seq = Some(expected.wrapping_add(1));
-            match tx.try_send(item) {
-                Ok(()) => return Ok(()),
+            let cursor = step.advance(route.cursor).map_err(protocol_violation)?;
+            match tx.try_send(step.into_event()) {
+                Ok(()) => {
+                    route.cursor = cursor;
+                    return Ok(());
+                }
                 // The subscription was dropped; its Drop unsubscribes.
                 Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
-                Err(mpsc::error::TrySendError::Full(item)) => (tx.clone(), item),
+                Err(mpsc::error::TrySendError::Full(event)) => (tx.clone(), event, cursor),
             }
         };
         // The subscriber is behind: wait for room, which stops reading the
         // socket (and so stalls every other subscription on this connection).
-        let _ = tx.send(item).await;
+        self.stalled.store(true, Ordering::Relaxed);
+        let permit = tx.reserve().await;
+        self.stalled.store(false, Ordering::Relaxed);
+        self.heard_now();
+        let Ok(permit) = permit else {
+            return Ok(());
+        };
+        let mut st = self.lock();
+        // Only this task moves cursors while the connection is up, so the
+        // route is as it was unless it was removed or is being unsubscribed.
+        if let Some(route) = st.routes.get_mut(&sub_id) {
+            if route.tx.is_some() {
+                permit.send(event);
+                route.cursor = cursor;
+            }
+        }
         Ok(())
     }
 }
 
-pub(super) async fn run_reader(shared: Arc<Shared>, rd: OwnedReadHalf, buf: BytesMut) {
-    let ended = tokio::select! {
-        terminal = read_loop(&shared, rd, buf) => Some(terminal),
-        _ = shared.reader_stop.notified() => None,
-    };
-    if let Some(terminal) = ended {
-        shared.fail(terminal, true);
-    }
-}
-
 /// Reads and dispatches frames until the connection ends; returns why.
-async fn read_loop(shared: &Shared, mut rd: OwnedReadHalf, mut buf: BytesMut) -> Terminal {
+pub(super) async fn run_reader(
+    shared: Arc<Shared>,
+    mut rd: OwnedReadHalf,
+    mut buf: BytesMut,
+) -> Ended {
     let limit = shared
-        .welcome
+        .welcome()
         .max_frame
         .max(DEFAULT_MAX_FRAME)
         .saturating_add(INBOUND_SLACK);
     loop {
         match check(&buf, limit) {
-            Err(err) => return Terminal::Protocol(err),
+            Err(err) => return Ended::Fatal(Terminal::Protocol(err)),
             Ok(Check::Complete { len }) => {
                 // Payloads are slices of this buffer: no copy.
                 let frame = match decode(buf.split_to(len).freeze()) {
                     Ok(frame) => frame,
-                    Err(err) => return Terminal::Protocol(err),
+                    Err(err) => return Ended::Fatal(Terminal::Protocol(err)),
                 };
-                if let Err(terminal) = dispatch(shared, frame).await {
-                    return terminal;
+                if let Err(ended) = dispatch(&shared, frame).await {
+                    return ended;
                 }
             }
             Ok(Check::Incomplete { need }) => {
@@ -211,24 +350,25 @@ async fn read_loop(shared: &Shared, mut rd: OwnedReadHalf, mut buf: BytesMut) ->
                 }
                 match rd.read_buf(&mut buf).await {
                     Ok(0) if buf.is_empty() => {
-                        return Terminal::Lost("the server closed the connection".into())
+                        return Ended::Lost("the server closed the connection".into())
                     }
                     Ok(0) => {
-                        return Terminal::Lost(
+                        return Ended::Lost(
                             "the server closed the connection in the middle of a frame".into(),
                         )
                     }
-                    Ok(_) => {}
-                    Err(err) => return Terminal::Lost(format!("read failed: {err}")),
+                    Ok(_) => shared.heard_now(),
+                    Err(err) => return Ended::Lost(format!("read failed: {err}")),
                 }
             }
         }
     }
 }
 
-async fn dispatch(shared: &Shared, frame: Frame) -> Result<(), Terminal> {
+async fn dispatch(shared: &Shared, frame: Frame) -> Result<(), Ended> {
     match frame {
-        Frame::Message(message) => shared.deliver(message).await,
+        Frame::Message(message) => shared.deliver(Step::Message(message)).await,
+        Frame::Discontinuity(gap) => shared.deliver(Step::Gap(gap)).await,
         Frame::PubAck(ack) => shared.answer_publish(ack),
         Frame::SubOk(ok) => shared.answer_subscribe(ok),
         Frame::UnsubOk(ok) => shared.answer_unsubscribe(ok),
@@ -241,6 +381,12 @@ async fn dispatch(shared: &Shared, frame: Frame) -> Result<(), Terminal> {
             shared.answer_pong(nonce);
             Ok(())
         }
+        // The server flushed everything before this frame and closes next:
+        // reconnect now (and resume) instead of waiting for the close.
+        Frame::GoAway(go_away) => Err(Ended::Lost(format!(
+            "the server is going away: {}",
+            go_away.message
+        ))),
         other => Err(protocol_violation(format!(
             "the server sent a {:?} frame",
             other.opcode()

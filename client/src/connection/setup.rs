@@ -1,8 +1,9 @@
-//! Connecting, the handshake, and the writer task.
+//! Connecting, the handshake, and the writer.
 
-use std::collections::HashMap;
 use std::io;
 use std::mem;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -16,89 +17,125 @@ use tokio::net::{lookup_host, TcpStream, ToSocketAddrs};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
 
-use super::reader::run_reader;
-use super::{Shared, State, Terminal, KEEP_WRITE_BUFFER, READ_CHUNK};
+use super::session::run_session;
+use super::{Shared, State, KEEP_WRITE_BUFFER, READ_CHUNK};
 use crate::error::code_text;
 use crate::{ClientConfig, Error};
 
-/// Opens a connection and performs the handshake.
+/// A handshaken connection: the stream, the server's `WELCOME`, and any bytes
+/// read past it.
+pub(super) struct Opened {
+    pub(super) stream: TcpStream,
+    pub(super) welcome: Welcome,
+    pub(super) leftover: BytesMut,
+}
+
+/// Why a connection attempt failed.
+pub(super) enum AttemptError {
+    /// The server answered, but not with a usable `WELCOME`: an `ERROR`,
+    /// another protocol version, another frame, undecodable bytes. Trying
+    /// again would get the same answer.
+    Refused(Error),
+    /// Connecting, reading or writing failed, or timed out: worth retrying.
+    Failed(Error),
+}
+
+impl AttemptError {
+    fn into_error(self) -> Error {
+        match self {
+            AttemptError::Refused(err) | AttemptError::Failed(err) => err,
+        }
+    }
+}
+
+/// Opens a connection, performs the handshake and starts the session task.
 pub(crate) async fn connect(
     addr: impl ToSocketAddrs,
     config: ClientConfig,
 ) -> Result<Arc<Shared>, Error> {
     let deadline = Instant::now() + config.connect_timeout;
-    let (stream, peer) = open(addr, deadline, config.connect_timeout).await?;
-    stream.set_nodelay(true)?;
-    let (welcome, leftover, stream) =
-        match timeout_at(deadline, handshake(stream, &config.client_name)).await {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(Error::Handshake(format!(
-                    "no WELCOME from {peer} within {:?}",
-                    config.connect_timeout
-                )))
-            }
-        };
+    let addrs = resolve(addr, deadline, config.connect_timeout).await?;
+    let opened = attempt(&addrs, &config)
+        .await
+        .map_err(AttemptError::into_error)?;
     let max_in_flight = config
         .max_in_flight
         .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize)) as u32;
     let shared = Arc::new(Shared {
-        welcome,
-        request_timeout: config.request_timeout,
-        subscription_buffer: config.subscription_buffer.max(1),
         permits: Arc::new(Semaphore::new(max_in_flight as usize)),
         max_in_flight,
-        state: Mutex::new(State {
-            terminal: None,
-            closing: false,
-            shutdown: false,
-            out: BytesMut::with_capacity(READ_CHUNK),
-            next_request: 1,
-            next_sub: 1,
-            next_nonce: 1,
-            pending: HashMap::new(),
-            pings: HashMap::new(),
-            routes: HashMap::new(),
-        }),
+        state: Mutex::new(State::new(
+            opened.welcome.clone(),
+            BytesMut::with_capacity(READ_CHUNK),
+        )),
+        config,
         write_notify: Notify::new(),
-        writer_stop: Notify::new(),
-        reader_stop: Notify::new(),
-        writer_task: Mutex::new(None),
+        session_wake: Notify::new(),
+        link_change: Notify::new(),
+        session_task: Mutex::new(None),
+        last_heard_ms: AtomicU64::new(0),
+        stalled: AtomicBool::new(false),
+        clock_base: Instant::now(),
     });
-    let (rd, wr) = stream.into_split();
-    tokio::spawn(run_reader(shared.clone(), rd, leftover));
-    let writer = tokio::spawn(run_writer(shared.clone(), wr));
+    let session = tokio::spawn(run_session(shared.clone(), addrs, opened));
     *shared
-        .writer_task
+        .session_task
         .lock()
-        .unwrap_or_else(PoisonError::into_inner) = Some(writer);
+        .unwrap_or_else(PoisonError::into_inner) = Some(session);
     Ok(shared)
 }
 
-/// Resolves `addr` and connects to the first address that accepts.
-async fn open(
+/// Resolves `addr` once; reconnections reuse the addresses.
+async fn resolve(
     addr: impl ToSocketAddrs,
     deadline: Instant,
     limit: Duration,
-) -> Result<(TcpStream, String), Error> {
-    let timed_out = |addr: String| Error::Connect {
-        addr,
-        source: io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("no connection within {limit:?}"),
-        ),
-    };
+) -> Result<Vec<SocketAddr>, Error> {
     let unresolved = "the given address (it did not resolve)".to_string();
-    let addrs: Vec<_> = match timeout_at(deadline, lookup_host(addr)).await {
-        Err(_) => return Err(timed_out(unresolved)),
-        Ok(Err(source)) => {
-            return Err(Error::Connect {
-                addr: unresolved,
-                source,
-            })
-        }
-        Ok(Ok(addrs)) => addrs.collect(),
-    };
+    match timeout_at(deadline, lookup_host(addr)).await {
+        Err(_) => Err(Error::Connect {
+            addr: unresolved,
+            source: io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no connection within {limit:?}"),
+            ),
+        }),
+        Ok(Err(source)) => Err(Error::Connect {
+            addr: unresolved,
+            source,
+        }),
+        Ok(Ok(addrs)) => Ok(addrs.collect()),
+    }
+}
+
+/// Connects to the first address that accepts and performs the handshake,
+/// all within `connect_timeout`.
+pub(super) async fn attempt(
+    addrs: &[SocketAddr],
+    config: &ClientConfig,
+) -> Result<Opened, AttemptError> {
+    let limit = config.connect_timeout;
+    let deadline = Instant::now() + limit;
+    let (stream, peer) = open(addrs, deadline, limit)
+        .await
+        .map_err(AttemptError::Failed)?;
+    stream
+        .set_nodelay(true)
+        .map_err(|err| AttemptError::Failed(Error::Io(err)))?;
+    match timeout_at(deadline, handshake(stream, &config.client_name)).await {
+        Ok(result) => result,
+        Err(_) => Err(AttemptError::Failed(Error::Handshake(format!(
+            "no WELCOME from {peer} within {limit:?}"
+        )))),
+    }
+}
+
+/// Connects to the first address that accepts.
+async fn open(
+    addrs: &[SocketAddr],
+    deadline: Instant,
+    limit: Duration,
+) -> Result<(TcpStream, String), Error> {
     let tried = addrs
         .iter()
         .map(ToString::to_string)
@@ -107,7 +144,15 @@ async fn open(
     let mut last_error = io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to");
     for peer in addrs {
         match timeout_at(deadline, TcpStream::connect(peer)).await {
-            Err(_) => return Err(timed_out(tried)),
+            Err(_) => {
+                return Err(Error::Connect {
+                    addr: tried,
+                    source: io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no connection within {limit:?}"),
+                    ),
+                })
+            }
             Ok(Ok(stream)) => return Ok((stream, peer.to_string())),
             Ok(Err(err)) => last_error = err,
         }
@@ -119,65 +164,59 @@ async fn open(
 }
 
 /// Sends `HELLO` and waits for `WELCOME`; returns it with any bytes read past it.
-async fn handshake(
-    mut stream: TcpStream,
-    client_name: &str,
-) -> Result<(Welcome, BytesMut, TcpStream), Error> {
+async fn handshake(mut stream: TcpStream, client_name: &str) -> Result<Opened, AttemptError> {
+    let failed = |err: io::Error| AttemptError::Failed(Error::Io(err));
+    let refused = |text: String| AttemptError::Refused(Error::Handshake(text));
     let mut out = BytesMut::new();
     Frame::Hello(Hello {
         version: PROTOCOL_VERSION,
         client_name: client_name.to_owned(),
     })
     .encode(&mut out);
-    stream.write_all(&out).await?;
+    stream.write_all(&out).await.map_err(failed)?;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     loop {
-        match check(&buf, DEFAULT_MAX_FRAME).map_err(Error::Protocol)? {
+        match check(&buf, DEFAULT_MAX_FRAME)
+            .map_err(|err| AttemptError::Refused(Error::Protocol(err)))?
+        {
             Check::Complete { len } => {
-                let frame = decode(buf.split_to(len).freeze()).map_err(Error::Protocol)?;
+                let frame = decode(buf.split_to(len).freeze())
+                    .map_err(|err| AttemptError::Refused(Error::Protocol(err)))?;
                 return match frame {
-                    Frame::Welcome(welcome) if welcome.version == PROTOCOL_VERSION => {
-                        Ok((welcome, buf, stream))
-                    }
-                    Frame::Welcome(welcome) => Err(Error::Handshake(format!(
+                    Frame::Welcome(welcome) if welcome.version == PROTOCOL_VERSION => Ok(Opened {
+                        stream,
+                        welcome,
+                        leftover: buf,
+                    }),
+                    Frame::Welcome(welcome) => Err(refused(format!(
                         "the server speaks protocol version {}, this client speaks {PROTOCOL_VERSION}",
                         welcome.version
                     ))),
-                    Frame::Error(err) => Err(Error::Handshake(format!(
+                    Frame::Error(err) => Err(refused(format!(
                         "the server refused the connection: {}: {}",
                         code_text(err.code(), err.code),
                         err.message
                     ))),
-                    other => Err(Error::Handshake(format!(
+                    other => Err(refused(format!(
                         "expected WELCOME, got {:?}",
                         other.opcode()
                     ))),
                 };
             }
             Check::Incomplete { .. } => {
-                if stream.read_buf(&mut buf).await? == 0 {
-                    return Err(Error::Handshake(
+                if stream.read_buf(&mut buf).await.map_err(failed)? == 0 {
+                    return Err(AttemptError::Failed(Error::Handshake(
                         "the server closed the connection before WELCOME".into(),
-                    ));
+                    )));
                 }
             }
         }
     }
 }
 
-async fn run_writer(shared: Arc<Shared>, mut wr: OwnedWriteHalf) -> io::Result<()> {
-    let result = tokio::select! {
-        result = write_loop(&shared, &mut wr) => result,
-        _ = shared.writer_stop.notified() => return Ok(()),
-    };
-    if let Err(err) = &result {
-        shared.fail(Terminal::Lost(format!("write failed: {err}")), false);
-    }
-    result
-}
-
 /// Writes whatever callers queued, one swap of the buffer per wake-up.
-async fn write_loop(shared: &Shared, wr: &mut OwnedWriteHalf) -> io::Result<()> {
+/// Returns `Ok` only after the final flush and shutdown of `close()`.
+pub(super) async fn write_loop(shared: &Shared, wr: &mut OwnedWriteHalf) -> io::Result<()> {
     let mut spare = BytesMut::with_capacity(READ_CHUNK);
     loop {
         shared.write_notify.notified().await;
@@ -193,7 +232,7 @@ async fn write_loop(shared: &Shared, wr: &mut OwnedWriteHalf) -> io::Result<()> 
                 wr.write_all(&spare).await?;
                 wr.shutdown().await
             };
-            return match timeout(shared.request_timeout, flush).await {
+            return match timeout(shared.config.request_timeout, flush).await {
                 Ok(result) => result,
                 Err(_) => Err(io::Error::new(
                     io::ErrorKind::TimedOut,

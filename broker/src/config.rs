@@ -1,0 +1,547 @@
+//! The effective `serve` configuration: built-in defaults, then a TOML file,
+//! then environment variables, then flags, each layer winning over the ones
+//! before it.
+//!
+//! clap is the one source of setting names, defaults and value rules: a file
+//! key is the flag's id (`max_frame` for `--max-frame`), its environment
+//! variable is `COREBUS_` and the key in upper case, and a file value is
+//! checked by the flag's own parser. So the file cannot accept what the flag
+//! refuses, and `config default` (generated from the same definitions) cannot
+//! drift from the code. A new setting is one field in `cli::ServeArgs`.
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail};
+use clap::error::{ContextKind, ContextValue};
+use clap::parser::ValueSource;
+use clap::{Arg, ArgMatches, Args, FromArgMatches};
+
+use crate::cli::ServeArgs;
+
+/// Where a setting's effective value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The command line (the flag's name).
+    Flag(String),
+    /// An environment variable (its name).
+    Env(String),
+    /// The configuration file.
+    File(PathBuf),
+    /// The built-in default.
+    Default,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Flag(flag) => write!(f, "--{flag}"),
+            Origin::Env(var) => f.write_str(var),
+            Origin::File(path) => write!(f, "{}", path.display()),
+            Origin::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// One setting's effective value, as the text it was given in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// The file key (also clap's id for the flag).
+    pub key: String,
+    /// The value's text.
+    pub value: String,
+    /// Where it came from.
+    pub origin: Origin,
+}
+
+/// The settings `serve` runs with, and where each came from.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The typed settings.
+    pub args: ServeArgs,
+    /// Every setting in declaration order.
+    pub settings: Vec<Setting>,
+}
+
+/// Two settings whose values contradict each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conflict {
+    /// The setting that breaks the rule.
+    pub key: &'static str,
+    /// The setting it is compared with.
+    pub other: &'static str,
+    /// The rule, e.g. "must be longer than".
+    pub rule: &'static str,
+    /// Why the rule exists (empty when obvious), starting with ", ".
+    pub why: &'static str,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} {}{}", self.key, self.rule, self.other, self.why)
+    }
+}
+
+/// Rules between settings that no single flag's parser can check.
+pub fn check_consistency(args: &ServeArgs) -> Result<(), Conflict> {
+    if args.heartbeat_timeout <= args.heartbeat_interval {
+        return Err(Conflict {
+            key: "heartbeat_timeout",
+            other: "heartbeat_interval",
+            rule: "must be longer than",
+            why: "",
+        });
+    }
+    if args.outbox_limit < args.max_frame as usize {
+        return Err(Conflict {
+            key: "outbox_limit",
+            other: "max_frame",
+            rule: "must be at least",
+            why: ", or no maximum-size message could ever be queued behind another",
+        });
+    }
+    Ok(())
+}
+
+/// The settings' clap definitions, as `serve` has them.
+pub fn settings_command() -> clap::Command {
+    ServeArgs::augment_args(clap::Command::new("corebus"))
+}
+
+/// The settings with their built-in defaults only (no environment, no
+/// flags): the base `config check` validates a file over.
+pub fn defaults() -> anyhow::Result<(ServeArgs, ArgMatches)> {
+    let matches = settings_command()
+        .mut_args(|arg| arg.env(None))
+        .try_get_matches_from(["corebus"])?;
+    let args = ServeArgs::from_arg_matches(&matches)?;
+    Ok((args, matches))
+}
+
+/// `corebus config check FILE`: the file over the built-in defaults.
+pub fn check_file(path: &Path) -> anyhow::Result<()> {
+    let (args, matches) = defaults()?;
+    resolve(Some(path), args, &matches)?;
+    println!("{}: ok", path.display());
+    Ok(())
+}
+
+/// Layers the file (if any) under what `matches` got from flags and the
+/// environment. `args` must have been parsed from `matches`, which must come
+/// from a command that flattens [`ServeArgs`].
+pub fn resolve(
+    file: Option<&Path>,
+    mut args: ServeArgs,
+    matches: &ArgMatches,
+) -> anyhow::Result<Resolved> {
+    let table = match file {
+        Some(path) => Some((path, read_table(path)?)),
+        None => None,
+    };
+    let command = settings_command();
+    if let Some((path, table)) = &table {
+        if let Some(unknown) = table
+            .keys()
+            .find(|key| !setting_args(&command).any(|arg| arg.get_id() == key.as_str()))
+        {
+            let known: Vec<&str> = setting_args(&command)
+                .map(|arg| arg.get_id().as_str())
+                .collect();
+            bail!(
+                "{}: unknown key `{unknown}` (known keys: {})",
+                path.display(),
+                known.join(", ")
+            );
+        }
+    }
+    // Parses one file value as if it were the only flag given: no defaults,
+    // no environment, nothing required.
+    let file_command = command
+        .clone()
+        .mut_args(|arg| arg.default_value(None).env(None).required(false));
+    let mut settings = Vec::new();
+    for arg in setting_args(&command) {
+        let key = arg.get_id().as_str();
+        let flag = arg.get_long().unwrap_or(key);
+        let from_file = match &table {
+            Some((path, table)) => match table.get(key) {
+                Some(value) => {
+                    let (text, parsed) = parse_file_value(&file_command, path, arg, value)?;
+                    Some((path.to_path_buf(), text, parsed))
+                }
+                None => None,
+            },
+            None => None,
+        };
+        let raw = || {
+            matches
+                .get_raw(key)
+                .and_then(|mut values| values.next())
+                .map(|value| value.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        // A file value is checked even where a flag or the environment
+        // overrides it: a broken file should not wait for the day the
+        // override is removed.
+        let (value, origin) = match (matches.value_source(key), from_file) {
+            (Some(ValueSource::CommandLine), _) => (raw(), Origin::Flag(flag.to_string())),
+            (Some(ValueSource::EnvVariable), _) => {
+                let var = arg.get_env().map(|var| var.to_string_lossy().into_owned());
+                (raw(), Origin::Env(var.unwrap_or_default()))
+            }
+            (_, Some((path, text, parsed))) => {
+                args.update_from_arg_matches(&parsed)?;
+                (text, Origin::File(path))
+            }
+            (_, None) => (raw(), Origin::Default),
+        };
+        settings.push(Setting {
+            key: key.to_string(),
+            value,
+            origin,
+        });
+    }
+    let resolved = Resolved { args, settings };
+    if let Err(conflict) = check_consistency(&resolved.args) {
+        bail!(
+            "{} {} {}{}",
+            resolved.describe(conflict.key),
+            conflict.rule,
+            resolved.describe(conflict.other),
+            conflict.why
+        );
+    }
+    Ok(resolved)
+}
+
+impl Resolved {
+    /// `key = value (origin)`, for error messages.
+    fn describe(&self, key: &str) -> String {
+        match self.settings.iter().find(|setting| setting.key == key) {
+            Some(setting) => format!("{key} = {} ({})", setting.value, setting.origin),
+            None => key.to_string(),
+        }
+    }
+
+    /// The effective configuration as a configuration file, each value
+    /// followed by where it came from (`serve --print-config`).
+    pub fn to_file(&self) -> String {
+        let mut out = String::from("# effective corebus configuration (value, then its origin)\n");
+        for setting in &self.settings {
+            let _ = writeln!(
+                out,
+                "{} = {}  # {}",
+                setting.key,
+                toml_value(&setting.value),
+                setting.origin
+            );
+        }
+        out
+    }
+}
+
+/// The default configuration file: every key with its default and what it
+/// does, generated from the flags' definitions.
+pub fn default_file() -> String {
+    let mut out = String::from(
+        "# corebus configuration file (TOML).\n\
+         #\n\
+         # Every key is also a flag of `corebus serve` (max_frame is --max-frame)\n\
+         # and an environment variable (COREBUS_MAX_FRAME). A flag wins over the\n\
+         # environment, the environment over this file, and this file over the\n\
+         # built-in defaults, which are the values below. Durations are strings\n\
+         # with a unit: \"250ms\", \"15s\", \"10m\", \"2h\". Check a file with\n\
+         # `corebus config check FILE`; unknown keys and bad values are refused.\n",
+    );
+    let command = settings_command();
+    for arg in setting_args(&command) {
+        out.push('\n');
+        let help = arg
+            .get_long_help()
+            .or_else(|| arg.get_help())
+            .map(|help| help.to_string())
+            .unwrap_or_default();
+        // clap drops the final period of one-paragraph help; prose wants it.
+        let help = if help.ends_with('.') {
+            help
+        } else {
+            format!("{help}.")
+        };
+        for line in wrap(&help, 76) {
+            let _ = writeln!(out, "# {line}");
+        }
+        for value in arg.get_possible_values() {
+            if let Some(help) = value.get_help() {
+                let _ = writeln!(out, "#   {}: {help}", value.get_name());
+            }
+        }
+        let env = arg
+            .get_env()
+            .map(|var| var.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let flag = arg.get_long().unwrap_or_default();
+        let _ = writeln!(out, "# (--{flag}, {env})");
+        let default = arg
+            .get_default_values()
+            .first()
+            .map(|value| value.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let _ = writeln!(out, "{} = {}", arg.get_id(), toml_value(&default));
+    }
+    out
+}
+
+/// One file value, as its flag's text and parsed by its flag's parser alone.
+fn parse_file_value(
+    file_command: &clap::Command,
+    path: &Path,
+    arg: &Arg,
+    value: &toml::Value,
+) -> anyhow::Result<(String, ArgMatches)> {
+    let key = arg.get_id().as_str();
+    let flag = arg.get_long().unwrap_or(key);
+    let text =
+        file_text(value).map_err(|reason| anyhow!("{}: key `{key}`: {reason}", path.display()))?;
+    let parsed = file_command
+        .clone()
+        .try_get_matches_from([
+            OsString::from("corebus"),
+            OsString::from(format!("--{flag}={text}")),
+        ])
+        .map_err(|err| {
+            anyhow!(
+                "{}: key `{key}`: invalid value {text:?}: {}",
+                path.display(),
+                clap_reason(&err)
+            )
+        })?;
+    Ok((text, parsed))
+}
+
+/// The settings' arguments (clap's own `--help` is not one).
+fn setting_args(command: &clap::Command) -> impl Iterator<Item = &Arg> {
+    command
+        .get_arguments()
+        .filter(|arg| arg.get_long().is_some())
+}
+
+/// Reads and parses a configuration file; errors name the file and line.
+fn read_table(path: &Path) -> anyhow::Result<toml::Table> {
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        anyhow!(
+            "{}: cannot read the configuration file: {err}",
+            path.display()
+        )
+    })?;
+    text.parse::<toml::Table>().map_err(|err| {
+        let line = err
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        let message = err.message().trim().replace('\n', " ");
+        match line {
+            Some(line) => anyhow!("{}: line {line}: {message}", path.display()),
+            None => anyhow!("{}: {message}", path.display()),
+        }
+    })
+}
+
+/// A file value as the text its flag would be given. Strings and integers
+/// only: no setting is a boolean, a float, a list or a table.
+fn file_text(value: &toml::Value) -> Result<String, String> {
+    match value {
+        toml::Value::String(text) => Ok(text.clone()),
+        toml::Value::Integer(number) => Ok(number.to_string()),
+        other => Err(format!(
+            "expected a string or an integer, found {}",
+            other.type_str()
+        )),
+    }
+}
+
+/// The reason inside a clap value error, without clap's framing (which
+/// names the flag, not the file key).
+fn clap_reason(err: &clap::Error) -> String {
+    if let Some(source) = std::error::Error::source(err) {
+        return source.to_string();
+    }
+    if let Some(ContextValue::Strings(valid)) = err.get(ContextKind::ValidValue) {
+        return format!("expected one of: {}", valid.join(", "));
+    }
+    let text = err.to_string();
+    let first = text.lines().next().unwrap_or("invalid value");
+    first.strip_prefix("error: ").unwrap_or(first).to_string()
+}
+
+/// `text` as a TOML value: integers bare, everything else a basic string.
+fn toml_value(text: &str) -> String {
+    if text.parse::<i64>().is_ok() {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for ch in text.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            ch if ch.is_control() => {
+                let _ = write!(out, "\\u{:04X}", ch as u32);
+            }
+            ch => out.push(ch),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Greedy word wrap.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_file(name: &str, text: &str) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("corebus-config-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).expect("writes the temporary file");
+        path
+    }
+
+    /// Parses `argv` as flags (the environment is not read: tests share one
+    /// process, so environment precedence is tested black-box in
+    /// `tests/ops.rs`), then layers `file` under them.
+    fn resolve_with(argv: &[&str], file: Option<&Path>) -> anyhow::Result<Resolved> {
+        let matches = settings_command()
+            .mut_args(|arg| arg.env(None))
+            .try_get_matches_from(std::iter::once("corebus").chain(argv.iter().copied()))?;
+        let args = ServeArgs::from_arg_matches(&matches)?;
+        resolve(file, args, &matches)
+    }
+
+    #[test]
+    fn every_setting_has_a_matching_environment_variable() {
+        let command = settings_command();
+        for arg in setting_args(&command) {
+            let id = arg.get_id().as_str();
+            let env = arg.get_env().map(|var| var.to_string_lossy().into_owned());
+            assert_eq!(env, Some(format!("COREBUS_{}", id.to_uppercase())), "{id}");
+            assert_eq!(
+                arg.get_long().map(|long| long.replace('-', "_")).as_deref(),
+                Some(id)
+            );
+            assert!(!arg.get_default_values().is_empty(), "{id} has a default");
+        }
+    }
+
+    #[test]
+    fn the_default_file_parses_to_exactly_the_defaults() {
+        let path = temp_file("default.toml", &default_file());
+        let (defaults, matches) = defaults().expect("defaults parse");
+        let resolved =
+            resolve(Some(&path), defaults.clone(), &matches).expect("default file is valid");
+        assert_eq!(resolved.args, defaults);
+        let command = settings_command();
+        assert_eq!(resolved.settings.len(), setting_args(&command).count());
+        for setting in &resolved.settings {
+            assert_eq!(
+                setting.origin,
+                Origin::File(path.clone()),
+                "{} is in the file",
+                setting.key
+            );
+        }
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let path = temp_file(
+            "layers.toml",
+            "shards = 3\nmax_frame = 4096\nheartbeat_interval = \"2s\"\n",
+        );
+        let resolved = resolve_with(&["--shards", "2"], Some(&path)).expect("valid");
+        assert_eq!(resolved.args.shards, crate::cli::Shards::Count(2));
+        assert_eq!(resolved.args.max_frame, 4096);
+        assert_eq!(
+            resolved.args.heartbeat_interval,
+            std::time::Duration::from_secs(2)
+        );
+        assert_eq!(resolved.args.ring_messages, 1024);
+        let origin = |key: &str| {
+            resolved
+                .settings
+                .iter()
+                .find(|setting| setting.key == key)
+                .map(|setting| setting.origin.clone())
+        };
+        assert_eq!(origin("shards"), Some(Origin::Flag("shards".into())));
+        assert_eq!(origin("max_frame"), Some(Origin::File(path.clone())));
+        assert_eq!(origin("ring_messages"), Some(Origin::Default));
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn file_errors_name_the_file_and_the_key() {
+        let cases = [
+            ("bogus = 1\n", "unknown key `bogus`"),
+            (
+                "shards = true\n",
+                "key `shards`: expected a string or an integer, found boolean",
+            ),
+            (
+                "max_frame = \"big\"\n",
+                "key `max_frame`: invalid value \"big\"",
+            ),
+            (
+                "max_frame = 10\n",
+                "key `max_frame`: invalid value \"10\": 10 is not in 64..=67108864",
+            ),
+            (
+                "heartbeat_interval = \"5 parsecs\"\n",
+                "key `heartbeat_interval`",
+            ),
+            (
+                "slow_consumer = \"sometimes\"\n",
+                "expected one of: drop, disconnect",
+            ),
+            ("listen = 7400\n", "key `listen`"),
+            ("heartbeat_timeout = \"10s\"\n", "heartbeat_timeout = 10s"),
+            ("listen = \n", "line 1"),
+        ];
+        for (text, expected) in cases {
+            let path = temp_file("bad.toml", text);
+            let err = resolve_with(&[], Some(&path)).expect_err(text);
+            let message = format!("{err:#}");
+            assert!(
+                message.contains(&path.display().to_string()),
+                "{text}: {message}"
+            );
+            assert!(message.contains(expected), "{text}: {message}");
+            assert!(!message.contains('\n'), "one line: {message}");
+        }
+    }
+
+    #[test]
+    fn toml_values_quote_what_is_not_an_integer() {
+        assert_eq!(toml_value("1024"), "1024");
+        assert_eq!(toml_value("15s"), "\"15s\"");
+        assert_eq!(toml_value("a\"b\\c"), "\"a\\\"b\\\\c\"");
+    }
+}

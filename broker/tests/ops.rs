@@ -1,0 +1,380 @@
+//! Operating the `corebus` binary: configuration layering and refusals,
+//! `config check` / `config default`, `doctor`, and the log formats.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_corebus");
+
+/// `corebus ARGS` with no COREBUS_* or RUST_LOG from the test's own
+/// environment, plus `env`.
+fn corebus(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(BIN);
+    command.args(args).env_remove("RUST_LOG");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("COREBUS_") {
+            command.env_remove(name);
+        }
+    }
+    command.envs(env.iter().copied());
+    command
+}
+
+fn output(mut command: Command) -> Output {
+    command.stdin(Stdio::null()).output().expect("corebus runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A file under the target directory, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, contents: &str) -> TempFile {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let path = dir.join(format!("ops-{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).expect("writes");
+        TempFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("UTF-8 temporary path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `serve --print-config` as key → (value, origin).
+fn effective(args: &[&str], env: &[(&str, &str)]) -> Vec<(String, String, String)> {
+    let mut full = vec!["serve", "--print-config"];
+    full.extend_from_slice(args);
+    let out = output(corebus(&full, env));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(|line| {
+            let (key, rest) = line.split_once(" = ").expect("key = value");
+            let (value, origin) = rest.split_once("  # ").expect("value  # origin");
+            (key.to_string(), value.to_string(), origin.to_string())
+        })
+        .collect()
+}
+
+fn lookup<'a>(settings: &'a [(String, String, String)], key: &str) -> (&'a str, &'a str) {
+    settings
+        .iter()
+        .find(|(name, _, _)| name == key)
+        .map(|(_, value, origin)| (value.as_str(), origin.as_str()))
+        .unwrap_or_else(|| panic!("{key} is printed"))
+}
+
+#[test]
+fn a_flag_beats_the_environment_which_beats_the_file_which_beats_the_default() {
+    let file = TempFile::new(
+        "layers.toml",
+        "shards = 3\nmax_frame = 4096\nring_messages = 10\nheartbeat_interval = \"2s\"\n",
+    );
+    let env = [("COREBUS_SHARDS", "2"), ("COREBUS_MAX_FRAME", "8192")];
+    let settings = effective(&["--config", file.path(), "--shards", "1"], &env);
+    assert_eq!(lookup(&settings, "shards"), ("1", "--shards"));
+    assert_eq!(
+        lookup(&settings, "max_frame"),
+        ("8192", "COREBUS_MAX_FRAME")
+    );
+    assert_eq!(lookup(&settings, "ring_messages"), ("10", file.path()));
+    assert_eq!(
+        lookup(&settings, "heartbeat_interval"),
+        ("\"2s\"", file.path())
+    );
+    assert_eq!(lookup(&settings, "ring_bytes"), ("1048576", "default"));
+
+    // The file can come from COREBUS_CONFIG too.
+    let settings = effective(&[], &[("COREBUS_CONFIG", file.path())]);
+    assert_eq!(lookup(&settings, "shards"), ("3", file.path()));
+}
+
+#[test]
+fn the_default_file_is_every_key_at_its_default_and_matches_deploy() {
+    let out = output(corebus(&["config", "default"], &[]));
+    assert!(out.status.success());
+    let default_file = text(&out.stdout);
+    let file = TempFile::new("default.toml", &default_file);
+    let from_file = effective(&["--config", file.path()], &[]);
+    let built_in = effective(&[], &[]);
+    assert_eq!(from_file.len(), built_in.len());
+    for ((key, value, origin), (built_in_key, built_in_value, built_in_origin)) in
+        from_file.iter().zip(&built_in)
+    {
+        assert_eq!(key, built_in_key);
+        assert_eq!(value, built_in_value, "{key}");
+        assert_eq!(origin, file.path(), "{key} is set in the default file");
+        assert_eq!(built_in_origin, "default");
+    }
+    let check = output(corebus(&["config", "check", file.path()], &[]));
+    assert!(check.status.success());
+    assert_eq!(text(&check.stdout), format!("{}: ok\n", file.path()));
+
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/corebus.toml");
+    let shipped = std::fs::read_to_string(shipped).expect("deploy/corebus.toml exists");
+    assert_eq!(
+        shipped, default_file,
+        "deploy/corebus.toml must be `corebus config default` output"
+    );
+}
+
+#[test]
+fn bad_files_are_refused_with_one_line_naming_the_file_and_the_key() {
+    let cases = [
+        (
+            "unknown.toml",
+            "listen = \"127.0.0.1:0\"\nbogus = 1\n",
+            "unknown key `bogus`",
+        ),
+        (
+            "type.toml",
+            "shards = true\n",
+            "key `shards`: expected a string or an integer",
+        ),
+        (
+            "number.toml",
+            "max_frame = \"big\"\n",
+            "key `max_frame`: invalid value \"big\"",
+        ),
+        (
+            "range.toml",
+            "max_frame = 10\n",
+            "key `max_frame`: invalid value \"10\"",
+        ),
+        (
+            "address.toml",
+            "listen = 7400\n",
+            "key `listen`: invalid value \"7400\"",
+        ),
+        (
+            "duration.toml",
+            "heartbeat_interval = \"5 parsecs\"\n",
+            "key `heartbeat_interval`",
+        ),
+        (
+            "enum.toml",
+            "slow_consumer = \"maybe\"\n",
+            "expected one of: drop, disconnect",
+        ),
+        (
+            "heartbeat.toml",
+            "heartbeat_interval = \"30s\"\nheartbeat_timeout = \"30s\"\n",
+            "heartbeat_timeout = 30s",
+        ),
+        ("syntax.toml", "shards = \n", "line 1"),
+    ];
+    for (name, contents, expected) in cases {
+        let file = TempFile::new(name, contents);
+        for args in [
+            vec!["config", "check", file.path()],
+            vec!["serve", "--listen", "127.0.0.1:0", "--config", file.path()],
+        ] {
+            let out = output(corebus(&args, &[]));
+            let err = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?} {contents}: {err}");
+            assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
+            assert_eq!(err.lines().count(), 1, "one line: {err}");
+            assert!(err.starts_with("corebus: error: "), "{err}");
+            assert!(err.contains(file.path()), "names the file: {err}");
+            assert!(err.contains(expected), "{contents}: {err}");
+        }
+    }
+    let missing = format!("{}/no-such-corebus.toml", env!("CARGO_TARGET_TMPDIR"));
+    let out = output(corebus(&["config", "check", &missing], &[]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&missing) && err.contains("cannot read"),
+        "{err}"
+    );
+    let out = output(corebus(
+        &["config", "check", env!("CARGO_TARGET_TMPDIR")],
+        &[],
+    ));
+    assert_eq!(out.status.code(), Some(1), "a directory is not a file");
+}
+
+#[test]
+fn a_bad_environment_value_names_its_variable() {
+    let out = output(corebus(&["serve"], &[("COREBUS_SHARDS", "many")]));
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("COREBUS_SHARDS") && err.contains("many"),
+        "{err}"
+    );
+}
+
+#[test]
+fn doctor_passes_here_and_prints_every_check() {
+    let out = output(corebus(&["doctor"], &[]));
+    let report = text(&out.stdout);
+    assert!(out.status.success(), "{report}{}", text(&out.stderr));
+    for name in ["kernel", "io_uring", "memlock", "nofile", "cpus"] {
+        let line = report
+            .lines()
+            .find(|line| line.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("a {name} line in {report}"));
+        assert!(
+            line.starts_with("ok ") || line.starts_with("warn "),
+            "{line}"
+        );
+    }
+    assert!(report.contains("5 checks: "), "{report}");
+    // Every warning comes with its fix.
+    let warnings = report
+        .lines()
+        .filter(|line| line.starts_with("warn "))
+        .count();
+    let fixes = report
+        .lines()
+        .filter(|line| line.trim_start().starts_with("fix: "))
+        .count();
+    assert_eq!(warnings, fixes, "{report}");
+}
+
+#[test]
+fn doctor_and_serve_refuse_a_low_memlock_limit_with_the_same_fix() {
+    let low = |mut command: Command| {
+        // SAFETY: setrlimit is async-signal-safe; lowering is always allowed.
+        unsafe {
+            command.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: 64 * 1024,
+                    rlim_max: 64 * 1024,
+                };
+                if libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        output(command)
+    };
+    let doctor = low(corebus(&["doctor", "--shards", "2"], &[]));
+    let report = text(&doctor.stdout);
+    assert_eq!(doctor.status.code(), Some(1), "{report}");
+    assert!(report.contains("FAIL  memlock"), "{report}");
+    assert!(report.contains("LimitMEMLOCK=infinity"), "{report}");
+
+    let serve = low(corebus(
+        &["serve", "--listen", "127.0.0.1:0", "--shards", "2"],
+        &[],
+    ));
+    let err = text(&serve.stderr);
+    assert_eq!(serve.status.code(), Some(1), "{err}");
+    assert!(serve.stdout.is_empty(), "never listened");
+    let fail = err
+        .lines()
+        .find(|line| line.starts_with("corebus: error: "))
+        .expect("an error line");
+    assert!(
+        fail.contains("memlock") && fail.contains("LimitMEMLOCK=infinity"),
+        "{fail}"
+    );
+    assert!(fail.contains("ulimit -l unlimited"), "{fail}");
+}
+
+/// Starts `serve` with `args` on port 0, stderr piped; returns the child and
+/// its address.
+fn serve(args: &[&str]) -> (Child, String) {
+    let mut full = vec!["serve", "--listen", "127.0.0.1:0", "--shards", "2"];
+    full.extend_from_slice(args);
+    let mut child = corebus(&full, &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("reads");
+    let addr = line
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, addr)
+}
+
+/// SIGTERM, wait, and return everything the broker logged.
+fn stop(mut child: Child) -> String {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("waits").is_none() {
+        assert!(Instant::now() < deadline, "serve did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut log)
+        .expect("reads the log");
+    log
+}
+
+fn publish(addr: &str, count: usize) {
+    let mut child = corebus(&["pub", "ops", "logs", "--stdin", "--server", addr], &[])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("pub runs");
+    let mut stdin = child.stdin.take().expect("piped");
+    for i in 0..count {
+        writeln!(stdin, "message {i}").expect("writes");
+    }
+    drop(stdin);
+    assert!(child.wait().expect("waits").success());
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_and_messages_are_not_logged_at_info() {
+    let (child, addr) = serve(&["--log-format", "json", "--log-level", "info"]);
+    publish(&addr, 200);
+    let log = stop(child);
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(!lines.is_empty(), "the broker logs its start");
+    for line in &lines {
+        let object: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
+        assert!(
+            object.get("level").is_some() && object.get("fields").is_some(),
+            "{line}"
+        );
+    }
+    assert!(log.contains("corebus listening"), "{log}");
+    // 200 messages, and only start-up, warnings and shutdown in the log.
+    assert!(lines.len() < 20, "per-message logging at info? {log}");
+}
+
+#[test]
+fn text_logs_have_no_colour_codes_when_not_on_a_terminal() {
+    let (child, addr) = serve(&["--log-level", "debug"]);
+    publish(&addr, 5);
+    let log = stop(child);
+    assert!(log.contains("corebus listening"), "{log}");
+    assert!(
+        log.contains("connection accepted"),
+        "connections at debug: {log}"
+    );
+    assert!(!log.contains('\u{1b}'), "no ANSI escapes in {log}");
+}

@@ -1,0 +1,230 @@
+//! SIGTERM with connected clients: GOAWAY, exit 0 within the deadline, and a
+//! client that reconnects to the restarted broker and resumes. Also the
+//! `/metrics` endpoint moving with traffic.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use corebus_client::{Client, Event};
+
+const BIN: &str = env!("CARGO_BIN_EXE_corebus");
+
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+fn serve(port: u16, extra: &[&str]) -> Serve {
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            &listen,
+            "--shards",
+            "2",
+            "--log-level",
+            "warn",
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("corebus serve starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("reads");
+    assert!(line.starts_with("corebus listening on"), "{line:?}");
+    Serve(child)
+}
+
+fn sigterm_and_wait(serve: &mut Serve, within: Duration) -> (std::process::ExitStatus, Duration) {
+    let started = Instant::now();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(serve.0.id() as i32, libc::SIGTERM) };
+    loop {
+        if let Some(status) = serve.0.try_wait().expect("waits") {
+            return (status, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < within,
+            "serve did not exit within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sigterm_drains_exits_zero_and_clients_resume_on_the_restarted_broker() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut first = serve(port, &["--shutdown-deadline", "3s"]);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (mut sub, epoch) = runtime.block_on(async {
+        let subscriber = Client::connect(&addr).await.expect("connects");
+        let mut sub = subscriber
+            .subscribe("ops", "restart")
+            .await
+            .expect("subscribes");
+        let publisher = Client::connect(&addr).await.expect("connects");
+        for i in 1..=3u64 {
+            assert_eq!(
+                publisher
+                    .publish("ops", "restart", "before")
+                    .await
+                    .expect("acked"),
+                i
+            );
+        }
+        for seq in 1..=3 {
+            let message = sub.next_message().await.expect("open").expect("message");
+            assert_eq!(message.seq, seq);
+        }
+        let epoch = sub.epoch();
+        drop(subscriber); // the subscription alone keeps the connection
+        (sub, epoch)
+    });
+
+    let (status, took) = sigterm_and_wait(&mut first, Duration::from_secs(10));
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "drained in {took:?}, within the 3 s deadline"
+    );
+
+    let _second = serve(port, &[]);
+    runtime.block_on(async {
+        let publisher = Client::connect(&addr).await.expect("connects");
+        // The restarted broker has fresh state: the topic starts a new epoch.
+        // Publish until the resubscribed client is back (it retries with backoff).
+        let gap = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                publisher
+                    .publish("ops", "restart", "after")
+                    .await
+                    .expect("acked");
+                match tokio::time::timeout(Duration::from_millis(200), sub.next_event()).await {
+                    Ok(Some(Ok(Event::Discontinuity(gap)))) => return gap,
+                    Ok(Some(Ok(Event::Message(m)))) => {
+                        panic!("message {m:?} before the discontinuity")
+                    }
+                    Ok(other) => panic!("subscription ended: {other:?}"),
+                    Err(_) => continue,
+                }
+            }
+        })
+        .await
+        .expect("the client reconnects to the restarted broker");
+        assert_ne!(gap.epoch, epoch, "a restart starts a new epoch");
+        assert_eq!(
+            gap.last_seq, 3,
+            "the client says exactly where its old history ended"
+        );
+        let next = tokio::time::timeout(Duration::from_secs(5), sub.next_message())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("message");
+        assert_eq!((next.epoch, next.seq), (gap.epoch, gap.next_seq));
+    });
+}
+
+fn scrape(addr: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).expect("metrics endpoint");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("writes");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("reads");
+    response
+}
+
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in metrics"))
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
+    let port = free_port();
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let _serve = serve(port, &["--metrics", &metrics]);
+    let health = scrape(&metrics, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let before = scrape(&metrics, "/metrics");
+    assert!(before.starts_with("HTTP/1.1 200"));
+    assert!(before.contains("Content-Type: text/plain; version=0.0.4"));
+    let body = before.split("\r\n\r\n").nth(1).expect("body");
+    for line in body.lines() {
+        if let Some(comment) = line.strip_prefix("# ") {
+            assert!(
+                comment.starts_with("HELP ") || comment.starts_with("TYPE "),
+                "{line}"
+            );
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("series and value");
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+        let name = series.split('{').next().expect("name");
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{line}"
+        );
+    }
+    let published_before = sample(body, "corebus_messages_published_total");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let client = Client::connect(format!("127.0.0.1:{port}"))
+            .await
+            .expect("connects");
+        let mut sub = client
+            .subscribe("ops", "metrics")
+            .await
+            .expect("subscribes");
+        for _ in 0..25 {
+            client.publish("ops", "metrics", "x").await.expect("acked");
+        }
+        for _ in 0..25 {
+            sub.next_message().await.expect("open").expect("message");
+        }
+        // Shards publish their figures once per tick (at most a second).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = scrape(&metrics, "/metrics");
+            let published = sample(&text, "corebus_messages_published_total");
+            let delivered = sample(&text, "corebus_messages_delivered_total");
+            let connections = sample(&text, "corebus_connections");
+            if published >= published_before + 25.0 && delivered >= 25.0 {
+                assert!(connections >= 1.0);
+                assert!(sample(&text, "corebus_bytes_received_total") > 0.0);
+                assert!(sample(&text, "corebus_delivery_latency_seconds_count") >= 25.0);
+                break;
+            }
+            assert!(Instant::now() < deadline, "counters did not move:\n{text}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let missing = scrape(&metrics, "/nope");
+    assert!(missing.starts_with("HTTP/1.1 404"));
+}

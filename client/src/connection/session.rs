@@ -1,0 +1,216 @@
+//! The session task: runs one connection at a time (its reader task, its
+//! writer and its heartbeat) and, when a connection is lost, reconnects with
+//! backoff and resumes every subscription.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corebus_net::Frame;
+use tokio::time::{sleep, sleep_until};
+
+use super::backoff::Backoff;
+use super::reader::run_reader;
+use super::setup::{attempt, write_loop, AttemptError, Opened};
+use super::{Ended, Shared, Terminal};
+
+/// Runs connections until the client ends; returns the result of the final
+/// flush when it ends by `close()`.
+pub(super) async fn run_session(
+    shared: Arc<Shared>,
+    addrs: Vec<SocketAddr>,
+    mut opened: Opened,
+) -> io::Result<()> {
+    let config = &shared.config;
+    let mut backoff = Backoff::new(
+        config.reconnect_initial_delay,
+        config.reconnect_max_delay,
+        Backoff::seed(),
+    );
+    loop {
+        let reason = match run_connection(&shared, opened).await {
+            Ended::Closed(result) => {
+                shared.fail(Terminal::Closed);
+                return result;
+            }
+            Ended::Fatal(terminal) => {
+                shared.fail(terminal);
+                return Ok(());
+            }
+            Ended::Lost(reason) => reason,
+        };
+        // Everything queued for or waiting on the lost connection fails now;
+        // in-flight publishes may or may not have been sequenced.
+        let dropped = shared.lock().link_down(reason.clone());
+        dropped.fail(&reason);
+        if !config.reconnect {
+            shared.fail(Terminal::Lost(reason));
+            return Ok(());
+        }
+        match reconnect(&shared, &addrs, &mut backoff, &reason).await {
+            Some(next) => opened = next,
+            None => return Ok(()),
+        }
+        {
+            let mut st = shared.lock();
+            if st.terminal.is_some() || st.closing || st.shutdown {
+                drop(st);
+                shared.fail(Terminal::Closed);
+                return Ok(());
+            }
+            st.link_up(opened.welcome.clone());
+        }
+        shared.link_change.notify_waiters();
+        shared.wake_writer();
+    }
+}
+
+/// Whether the client stopped wanting a connection; ends it if so.
+fn stopping(shared: &Shared) -> bool {
+    let st = shared.lock();
+    if st.terminal.is_some() {
+        return true;
+    }
+    if st.closing || st.shutdown {
+        drop(st);
+        shared.fail(Terminal::Closed);
+        return true;
+    }
+    false
+}
+
+/// Tries to connect again until it works, the client is closed, the server
+/// refuses the handshake or the attempts run out (the client then ends).
+async fn reconnect(
+    shared: &Shared,
+    addrs: &[SocketAddr],
+    backoff: &mut Backoff,
+    lost: &str,
+) -> Option<Opened> {
+    let mut failures = 0u32;
+    loop {
+        if stopping(shared) {
+            return None;
+        }
+        tokio::select! {
+            () = sleep(backoff.next_delay()) => {}
+            () = shared.session_wake.notified() => continue,
+        }
+        if stopping(shared) {
+            return None;
+        }
+        let result = tokio::select! {
+            result = attempt(addrs, &shared.config) => result,
+            () = shared.session_wake.notified() => continue,
+        };
+        match result {
+            Ok(opened) => {
+                backoff.reset();
+                return Some(opened);
+            }
+            Err(AttemptError::Refused(err)) => {
+                shared.fail(Terminal::Lost(format!(
+                    "{lost}; reconnecting failed: {err}"
+                )));
+                return None;
+            }
+            Err(AttemptError::Failed(err)) => {
+                failures += 1;
+                if shared
+                    .config
+                    .reconnect_max_attempts
+                    .is_some_and(|max| failures >= max)
+                {
+                    shared.fail(Terminal::Lost(format!(
+                        "{lost}; gave up reconnecting after {failures} attempts, the last: {err}"
+                    )));
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Runs one connection until it ends; returns why.
+async fn run_connection(shared: &Arc<Shared>, opened: Opened) -> Ended {
+    let (rd, mut wr) = opened.stream.into_split();
+    shared.heard_now();
+    let mut reader = tokio::spawn(run_reader(shared.clone(), rd, opened.leftover));
+    let mut reader_done = false;
+    let ended = tokio::select! {
+        biased;
+        written = write_loop(shared, &mut wr) => match written {
+            Ok(()) => Ended::Closed(Ok(())),
+            Err(err) if shared.lock().shutdown => Ended::Closed(Err(err)),
+            Err(err) => Ended::Lost(format!("write failed: {err}")),
+        },
+        ended = &mut reader => {
+            reader_done = true;
+            ended.unwrap_or_else(|join| Ended::Lost(format!("the reader task failed: {join}")))
+        }
+        reason = heartbeat(shared) => Ended::Lost(reason),
+    };
+    if !reader_done {
+        // Wait until the reader is really gone, so that nothing it does can
+        // interleave with the reconnection's bookkeeping.
+        reader.abort();
+        let _ = reader.await;
+    }
+    ended
+}
+
+/// Sends `PING` after `heartbeat_interval` of silence from the server;
+/// returns once nothing was heard for `heartbeat_timeout`.
+async fn heartbeat(shared: &Shared) -> String {
+    let interval = shared
+        .config
+        .heartbeat_interval
+        .max(Duration::from_millis(1));
+    let limit = shared
+        .config
+        .heartbeat_timeout
+        .max(Duration::from_millis(1));
+    // The last-heard time a PING was sent for, so that one silence gets one PING.
+    let mut pinged_for = None;
+    loop {
+        if shared.stalled.load(Ordering::Relaxed) {
+            // The reader is not reading: the silence is ours, not the server's.
+            sleep(interval.min(limit)).await;
+            continue;
+        }
+        let heard = shared.last_heard();
+        let silent = heard.elapsed();
+        if silent >= limit {
+            return format!(
+                "nothing heard from the server for {silent:?} (heartbeat timeout {limit:?})"
+            );
+        }
+        if silent >= interval && pinged_for != Some(heard) {
+            shared.send_heartbeat();
+            pinged_for = Some(heard);
+        }
+        let wake = if pinged_for == Some(heard) {
+            heard + limit
+        } else {
+            heard + interval.min(limit)
+        };
+        sleep_until(wake).await;
+    }
+}
+
+impl Shared {
+    /// Queues a `PING` nobody waits for: any frame in return counts as heard.
+    fn send_heartbeat(&self) {
+        let mut st = self.lock();
+        if st.terminal.is_some() {
+            return;
+        }
+        let nonce = st.next_nonce;
+        st.next_nonce = st.next_nonce.wrapping_add(1);
+        Frame::Ping(nonce).encode(&mut st.out);
+        drop(st);
+        self.wake_writer();
+    }
+}

@@ -1,0 +1,415 @@
+//! What the client knows, behind its mutex: the link's status, requests
+//! awaiting answers, every subscription's route and position, and the frames
+//! waiting for the writer.
+
+use std::collections::HashMap;
+use std::io;
+use std::mem;
+
+use bytes::BytesMut;
+use corebus_net::Frame;
+use corebus_net::{
+    encode_subscribe, Epoch, FrameError, ResumePoint, Seq, SubOk, Unsubscribe, Welcome,
+};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+
+use crate::subscription::Started;
+use crate::{Error, Event};
+
+/// Why the client is over.
+#[derive(Debug, Clone)]
+pub(crate) enum Terminal {
+    /// [`Client::close`](crate::Client::close) ran, or every handle was dropped.
+    Closed,
+    /// The connection failed and is not reconnected; the text says why.
+    Lost(String),
+    /// The server sent something that does not decode.
+    Protocol(FrameError),
+}
+
+impl Terminal {
+    /// The error for a request that was pending (or a subscription that was
+    /// active) when the client ended.
+    pub(crate) fn pending_error(&self) -> Error {
+        match self {
+            Terminal::Closed => Error::Closed,
+            Terminal::Lost(reason) => Error::ConnectionLost(reason.clone()),
+            Terminal::Protocol(err) => Error::Protocol(err.clone()),
+        }
+    }
+
+    /// The error for a call made after the client ended.
+    pub(crate) fn later_error(&self) -> Error {
+        match self {
+            Terminal::Closed => Error::Closed,
+            Terminal::Lost(reason) => Error::ConnectionLost(reason.clone()),
+            Terminal::Protocol(err) => Error::ConnectionLost(format!("protocol error: {err}")),
+        }
+    }
+}
+
+/// Why one connection ended.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// Lost (end of stream, I/O error, heartbeat timeout, fatal `ERROR`):
+    /// reconnecting may help.
+    Lost(String),
+    /// The server broke the protocol: reconnecting would not help.
+    Fatal(Terminal),
+    /// The client was closed; the result of the final flush.
+    Closed(io::Result<()>),
+}
+
+/// A protocol violation by the server; it ends the client.
+pub(crate) fn protocol_violation(what: String) -> Ended {
+    Ended::Fatal(Terminal::Lost(format!("protocol error: {what}")))
+}
+
+/// Whether the client has a connection.
+pub(crate) enum Link {
+    /// Connected and handshaken.
+    Up,
+    /// Lost; the session task is reconnecting.
+    Down {
+        /// Why the last connection was lost.
+        reason: String,
+    },
+}
+
+/// An outstanding request, keyed by request id.
+pub(crate) enum Pending {
+    Publish {
+        answer: oneshot::Sender<Result<u64, Error>>,
+        /// Released when the answer (or the connection's end) arrives.
+        _permit: OwnedSemaphorePermit,
+    },
+    /// A caller's subscribe, waiting in `subscribe`/`subscribe_from`.
+    Subscribe {
+        answer: oneshot::Sender<Result<Started, Error>>,
+        sub_id: u32,
+    },
+    /// The client's own resubscribe after a reconnection.
+    Resubscribe { sub_id: u32 },
+    Unsubscribe {
+        /// `None` for the fire-and-forget unsubscribe of a dropped subscription.
+        answer: Option<oneshot::Sender<Result<(), Error>>>,
+        sub_id: u32,
+    },
+}
+
+impl Pending {
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Pending::Publish { .. } => "PUBLISH",
+            Pending::Subscribe { .. } | Pending::Resubscribe { .. } => "SUBSCRIBE",
+            Pending::Unsubscribe { .. } => "UNSUBSCRIBE",
+        }
+    }
+
+    /// The subscription a subscribe or unsubscribe concerns.
+    pub(crate) fn sub_id(&self) -> Option<u32> {
+        match self {
+            Pending::Publish { .. } => None,
+            Pending::Subscribe { sub_id, .. }
+            | Pending::Resubscribe { sub_id }
+            | Pending::Unsubscribe { sub_id, .. } => Some(*sub_id),
+        }
+    }
+
+    pub(crate) fn fail(self, error: Error) {
+        // A send fails only when the caller stopped waiting: nothing to do.
+        match self {
+            Pending::Publish { answer, .. } => {
+                let _ = answer.send(Err(error));
+            }
+            Pending::Subscribe { answer, .. } => {
+                let _ = answer.send(Err(error));
+            }
+            Pending::Resubscribe { .. } => {}
+            Pending::Unsubscribe { answer, .. } => {
+                if let Some(answer) = answer {
+                    let _ = answer.send(Err(error));
+                }
+            }
+        }
+    }
+}
+
+/// Where a subscription stands on the wire: what the next frame for it must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cursor {
+    /// `SUBSCRIBE` sent with this resume point (if any); `SUB_OK` not seen.
+    Subscribing { resume: Option<ResumePoint> },
+    /// `SUB_OK` said the resume point `point` could not be honoured: a
+    /// `DISCONTINUITY` from `point` to (`epoch`, `next_seq`) must come before
+    /// any `MESSAGE`.
+    AwaitingGap {
+        point: ResumePoint,
+        epoch: Epoch,
+        next_seq: Seq,
+    },
+    /// The next `MESSAGE` must carry `epoch` and `next_seq`.
+    Flowing { epoch: Epoch, next_seq: Seq },
+}
+
+impl Cursor {
+    /// Where to resume after a reconnection: right after the last item the
+    /// subscription received (or the point it still waits to hear about).
+    fn resume_point(self) -> Option<ResumePoint> {
+        match self {
+            Cursor::Subscribing { resume } => resume,
+            Cursor::AwaitingGap { point, .. } => Some(point),
+            Cursor::Flowing { epoch, next_seq } => Some(ResumePoint { epoch, next_seq }),
+        }
+    }
+
+    /// The cursor after `SUB_OK` for a subscribe sent with `resume`.
+    ///
+    /// With a point of the same epoch (or epoch 0) the broker either replays
+    /// from it exactly (`start_after + 1 == next_seq`) or, when the point is
+    /// past its last message, starts after that (`start_after + 1 <
+    /// next_seq`); in both cases nothing is lost. Otherwise a
+    /// `DISCONTINUITY` follows.
+    pub(crate) fn after_sub_ok(resume: Option<ResumePoint>, ok: &SubOk) -> Cursor {
+        let next_seq = ok.start_after.saturating_add(1);
+        match resume {
+            Some(point)
+                if !(point.epoch == 0 || point.epoch == ok.epoch) || next_seq > point.next_seq =>
+            {
+                Cursor::AwaitingGap {
+                    point,
+                    epoch: ok.epoch,
+                    next_seq,
+                }
+            }
+            _ => Cursor::Flowing {
+                epoch: ok.epoch,
+                next_seq,
+            },
+        }
+    }
+}
+
+/// Where a subscription's items go, and where it stands.
+pub(crate) struct Route {
+    /// `None` once `UNSUBSCRIBE` was sent: messages until `UNSUB_OK` are dropped.
+    pub(crate) tx: Option<mpsc::Sender<Event>>,
+    pub(crate) namespace: Box<str>,
+    pub(crate) topic: Box<str>,
+    /// Advanced only once an item is in the subscription's channel, so that a
+    /// resume point never skips an item the application has not got.
+    pub(crate) cursor: Cursor,
+}
+
+/// Everything behind the state mutex.
+pub(crate) struct State {
+    pub(crate) terminal: Option<Terminal>,
+    pub(crate) link: Link,
+    /// The current connection's `WELCOME` (the last one while reconnecting).
+    pub(crate) welcome: Welcome,
+    /// `close()` is under way: no new requests, no reconnection.
+    pub(crate) closing: bool,
+    /// The writer shuts the socket down after its next flush.
+    pub(crate) shutdown: bool,
+    /// Encoded frames waiting for the writer; only frames for the current
+    /// connection (emptied when it is lost).
+    pub(crate) out: BytesMut,
+    pub(crate) next_request: u32,
+    pub(crate) next_sub: u32,
+    pub(crate) next_nonce: u64,
+    pub(crate) pending: HashMap<u32, Pending>,
+    pub(crate) pings: HashMap<u64, oneshot::Sender<()>>,
+    pub(crate) routes: HashMap<u32, Route>,
+    /// Why a subscription ended on its own (its resubscription was refused);
+    /// taken by the subscription when its stream ends.
+    pub(crate) ended: HashMap<u32, Error>,
+}
+
+/// What [`State::link_down`] took out that must be failed outside the lock.
+pub(crate) struct Dropped {
+    pending: Vec<Pending>,
+    pings: HashMap<u64, oneshot::Sender<()>>,
+    unsubscribed: Vec<Pending>,
+}
+
+impl Dropped {
+    /// Fails the requests with `reason`; unsubscribes succeed (the server
+    /// forgot the subscriptions with the connection).
+    pub(crate) fn fail(self, reason: &str) {
+        for request in self.pending {
+            request.fail(Error::ConnectionLost(reason.to_owned()));
+        }
+        for request in self.unsubscribed {
+            if let Pending::Unsubscribe {
+                answer: Some(answer),
+                ..
+            } = request
+            {
+                let _ = answer.send(Ok(()));
+            }
+        }
+        drop(self.pings);
+    }
+}
+
+impl State {
+    pub(crate) fn new(welcome: Welcome, out: BytesMut) -> State {
+        State {
+            terminal: None,
+            link: Link::Up,
+            welcome,
+            closing: false,
+            shutdown: false,
+            out,
+            next_request: 1,
+            next_sub: 1,
+            next_nonce: 1,
+            pending: HashMap::new(),
+            pings: HashMap::new(),
+            routes: HashMap::new(),
+            ended: HashMap::new(),
+        }
+    }
+
+    /// `Ok(None)` when a request can be queued now, `Ok(Some(reason))` while
+    /// reconnecting, or why no request can be made any more.
+    pub(crate) fn availability(&self) -> Result<Option<&str>, Error> {
+        if let Some(terminal) = &self.terminal {
+            return Err(terminal.later_error());
+        }
+        if self.closing {
+            return Err(Error::Closed);
+        }
+        match &self.link {
+            Link::Up => Ok(None),
+            Link::Down { reason } => Ok(Some(reason)),
+        }
+    }
+
+    /// A request id that is not 0 and not outstanding.
+    pub(crate) fn alloc_request(&mut self) -> u32 {
+        loop {
+            let id = self.next_request;
+            self.next_request = self.next_request.wrapping_add(1);
+            if id != 0 && !self.pending.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// A subscription id that is not 0 and not in use (or being unsubscribed,
+    /// or holding an end error not yet taken).
+    pub(crate) fn alloc_sub(&mut self) -> u32 {
+        loop {
+            let id = self.next_sub;
+            self.next_sub = self.next_sub.wrapping_add(1);
+            if id != 0 && !self.routes.contains_key(&id) && !self.ended.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Registers a route and queues its `SUBSCRIBE`.
+    pub(crate) fn subscribe(
+        &mut self,
+        sub_id: u32,
+        route: Route,
+        resume: Option<ResumePoint>,
+        request: Pending,
+    ) {
+        let request_id = self.alloc_request();
+        encode_subscribe(
+            &mut self.out,
+            request_id,
+            sub_id,
+            resume,
+            route.namespace.as_bytes(),
+            route.topic.as_bytes(),
+        );
+        self.routes.insert(sub_id, route);
+        self.pending.insert(request_id, request);
+    }
+
+    /// Stops routing `sub_id` and queues an `UNSUBSCRIBE` for it; while
+    /// reconnecting, just forgets the route (the server has no such
+    /// subscription).
+    pub(crate) fn unsubscribe(
+        &mut self,
+        sub_id: u32,
+        answer: Option<oneshot::Sender<Result<(), Error>>>,
+    ) {
+        if matches!(self.link, Link::Down { .. }) {
+            self.routes.remove(&sub_id);
+            if let Some(answer) = answer {
+                let _ = answer.send(Ok(()));
+            }
+            return;
+        }
+        if let Some(route) = self.routes.get_mut(&sub_id) {
+            route.tx = None;
+        }
+        let request_id = self.alloc_request();
+        Frame::Unsubscribe(Unsubscribe { request_id, sub_id }).encode(&mut self.out);
+        self.pending
+            .insert(request_id, Pending::Unsubscribe { answer, sub_id });
+    }
+
+    /// The connection was lost and will be replaced: drops what was queued
+    /// for it and takes every request that was waiting on it. Subscriptions
+    /// still being set up by a caller, or being unsubscribed, are forgotten;
+    /// the others keep their routes and cursors to be resumed.
+    pub(crate) fn link_down(&mut self, reason: String) -> Dropped {
+        self.link = Link::Down { reason };
+        self.out.clear();
+        let mut pending = Vec::new();
+        let mut unsubscribed = Vec::new();
+        for (_, request) in mem::take(&mut self.pending) {
+            match request {
+                Pending::Subscribe { sub_id, .. } => {
+                    self.routes.remove(&sub_id);
+                    pending.push(request);
+                }
+                Pending::Unsubscribe { sub_id, .. } => {
+                    self.routes.remove(&sub_id);
+                    unsubscribed.push(request);
+                }
+                Pending::Resubscribe { .. } => {}
+                Pending::Publish { .. } => pending.push(request),
+            }
+        }
+        self.routes.retain(|_, route| route.tx.is_some());
+        Dropped {
+            pending,
+            pings: mem::take(&mut self.pings),
+            unsubscribed,
+        }
+    }
+
+    /// A new connection is up: queues a resuming `SUBSCRIBE` for every
+    /// subscription, under its own id, ahead of anything else.
+    pub(crate) fn link_up(&mut self, welcome: Welcome) {
+        self.link = Link::Up;
+        self.welcome = welcome;
+        let mut resubscribe = Vec::with_capacity(self.routes.len());
+        for (sub_id, route) in &mut self.routes {
+            let resume = route.cursor.resume_point();
+            route.cursor = Cursor::Subscribing { resume };
+            resubscribe.push((*sub_id, resume));
+        }
+        for (sub_id, resume) in resubscribe {
+            let request_id = self.alloc_request();
+            if let Some(route) = self.routes.get(&sub_id) {
+                encode_subscribe(
+                    &mut self.out,
+                    request_id,
+                    sub_id,
+                    resume,
+                    route.namespace.as_bytes(),
+                    route.topic.as_bytes(),
+                );
+            }
+            self.pending
+                .insert(request_id, Pending::Resubscribe { sub_id });
+        }
+    }
+}
