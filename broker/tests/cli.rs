@@ -238,3 +238,101 @@ fn failures_print_one_line_and_exit_non_zero() {
     assert_eq!(err.lines().count(), 1, "one line: {err:?}");
     assert!(err.contains("topic"), "{err}");
 }
+
+#[test]
+fn sub_from_replays_history_and_reports_what_the_ring_lost() {
+    let serve = Serve::start(2);
+    for i in 1..=10 {
+        let (status, out, err) = finish(
+            corebus(&[
+                "pub",
+                "demo",
+                "history",
+                &format!("m{i}"),
+                "--server",
+                &serve.addr,
+            ]),
+            Duration::from_secs(10),
+        );
+        assert!(status.success(), "{err}");
+        assert_eq!(out.trim(), i.to_string());
+    }
+    let (status, out, err) = finish(
+        corebus(&[
+            "sub",
+            "demo",
+            "history",
+            "--from",
+            "1",
+            "--count",
+            "10",
+            "--json",
+            "--server",
+            &serve.addr,
+        ]),
+        Duration::from_secs(10),
+    );
+    assert!(status.success(), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 10, "{out}");
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(json_field(line, "seq"), (i + 1).to_string());
+        assert_eq!(json_field(line, "payload"), format!("m{}", i + 1));
+    }
+    drop(serve);
+
+    // A ring of 3: resuming from 1 reports 1..=7 lost, then replays 8..=10.
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--ring-messages",
+            "3",
+        ])
+        .args(["--log-level", "warn"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("reads");
+    let addr = line.split_whitespace().nth(3).expect("address").to_string();
+    let small = Serve { child, addr };
+    let mut publisher = corebus(&["pub", "demo", "short", "--stdin", "--server", &small.addr]);
+    {
+        let mut stdin = publisher.stdin.take().expect("piped");
+        for i in 1..=10 {
+            writeln!(stdin, "m{i}").expect("writes");
+        }
+    }
+    let (status, _, err) = finish(publisher, Duration::from_secs(10));
+    assert!(status.success(), "{err}");
+    let (status, out, err) = finish(
+        corebus(&[
+            "sub",
+            "demo",
+            "short",
+            "--from",
+            "1",
+            "--count",
+            "3",
+            "--json",
+            "--server",
+            &small.addr,
+        ]),
+        Duration::from_secs(10),
+    );
+    assert!(status.success(), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert_eq!(json_field(lines[0], "discontinuity"), "true");
+    assert_eq!(json_field(lines[0], "last_seq"), "0");
+    assert_eq!(json_field(lines[0], "next_seq"), "8");
+    for (line, seq) in lines[1..].iter().zip(8..) {
+        assert_eq!(json_field(line, "seq"), seq.to_string());
+    }
+}

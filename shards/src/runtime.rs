@@ -384,7 +384,7 @@ async fn run_shard(
         metrics,
         ready,
     } = ctx;
-    let listener = match TcpListener::bind(listen).and_then(|l| Ok((l.local_addr()?, l))) {
+    let listener = match bind_listener(listen).and_then(|l| Ok((l.local_addr()?, l))) {
         Ok((addr, listener)) => {
             let _ = ready.send(Ok(addr));
             listener
@@ -392,7 +392,7 @@ async fn run_shard(
         Err(err) => {
             let _ = ready.send(Err(StartError::Bind {
                 addr: listen,
-                source: std::io::Error::other(err.to_string()),
+                source: err,
             }));
             return;
         }
@@ -489,6 +489,27 @@ async fn run_shard(
     senders.close();
     debug!(shard = id, "shard stopped");
 }
+
+/// A listening socket with SO_REUSEPORT (every shard binds the same address)
+/// and SO_REUSEADDR. glommio's own `bind` sets only the former, which makes a
+/// restarted broker fail with "address in use" while connections of the
+/// previous run linger in TIME_WAIT.
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket that we own;
+    // the listener takes it over and closes it when dropped.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
+/// Pending connections per shard listener (the kernel caps it at
+/// net.core.somaxconn).
+const LISTEN_BACKLOG: i32 = 4096;
 
 /// How often a shard advances its clock, sends heartbeats and evicts idle
 /// topics: often enough for the shortest configured timer, at most once a
