@@ -1,0 +1,128 @@
+//! corebus through the project's own client crate.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use corebus_client::{Client, PendingPublish, Subscription};
+use futures_util::FutureExt;
+
+use super::{failed, PublisherDone, Received, MAX_IN_FLIGHT, NAMESPACE};
+use crate::options::Target;
+use crate::payload::Header;
+use crate::BenchError;
+
+const TARGET: Target = Target::Corebus;
+
+/// Pipelined publishes; acknowledgements are checked in order, oldest first.
+pub struct CorebusPublisher {
+    client: Client,
+    topics: Vec<String>,
+    /// (topic index, acknowledgement) of publishes not yet checked.
+    acks: VecDeque<(usize, PendingPublish)>,
+    /// Per topic, the highest sequence number acknowledged so far.
+    max_seq: Vec<u64>,
+}
+
+impl CorebusPublisher {
+    pub(super) async fn connect(url: &str, topics: &[String]) -> Result<Self, BenchError> {
+        let client = Client::connect(url)
+            .await
+            .map_err(|err| failed(TARGET, "connect", err))?;
+        Ok(CorebusPublisher {
+            client,
+            topics: topics.to_vec(),
+            acks: VecDeque::with_capacity(MAX_IN_FLIGHT),
+            max_seq: vec![0; topics.len()],
+        })
+    }
+
+    pub(super) async fn publish(&mut self, topic: usize, payload: Bytes) -> Result<(), BenchError> {
+        let ack = self
+            .client
+            .start_publish(NAMESPACE, &self.topics[topic], payload)
+            .await
+            .map_err(|err| failed(TARGET, "publish", err))?;
+        self.acks.push_back((topic, ack));
+        // Check what has already been answered without waiting; wait only
+        // when too many are outstanding.
+        loop {
+            let over = self.acks.len() > MAX_IN_FLIGHT;
+            let Some((_, ack)) = self.acks.front_mut() else {
+                break;
+            };
+            let answer = if over {
+                Some(ack.await)
+            } else {
+                ack.now_or_never()
+            };
+            let Some(answer) = answer else { break };
+            self.take_answer(answer)?;
+        }
+        Ok(())
+    }
+
+    fn take_answer(
+        &mut self,
+        answer: Result<u64, corebus_client::Error>,
+    ) -> Result<(), BenchError> {
+        let seq = answer.map_err(|err| failed(TARGET, "publish", err))?;
+        if let Some((topic, _)) = self.acks.pop_front() {
+            let max = &mut self.max_seq[topic];
+            *max = (*max).max(seq);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn finish(mut self) -> Result<PublisherDone, BenchError> {
+        while let Some((_, ack)) = self.acks.front_mut() {
+            let answer = ack.await;
+            self.take_answer(answer)?;
+        }
+        self.client
+            .close()
+            .await
+            .map_err(|err| failed(TARGET, "close", err))?;
+        Ok(PublisherDone {
+            max_seq: Some(self.max_seq),
+        })
+    }
+}
+
+/// One connection with one subscription.
+pub struct CorebusSubscriber {
+    subscription: Subscription,
+    /// Keeps the connection open as long as the subscription is read.
+    _client: Client,
+}
+
+impl CorebusSubscriber {
+    pub(super) async fn connect(url: &str, topic: &str) -> Result<Self, BenchError> {
+        let client = Client::connect(url)
+            .await
+            .map_err(|err| failed(TARGET, "connect", err))?;
+        let subscription = client
+            .subscribe(NAMESPACE, topic)
+            .await
+            .map_err(|err| failed(TARGET, "subscribe", err))?;
+        Ok(CorebusSubscriber {
+            subscription,
+            _client: client,
+        })
+    }
+
+    pub(super) fn start_after(&self) -> u64 {
+        self.subscription.start_after()
+    }
+
+    pub(super) async fn next(&mut self) -> Result<Option<Received>, BenchError> {
+        match self.subscription.next_message().await {
+            None => Ok(None),
+            Some(Ok(message)) => Ok(Some(Received {
+                seq: Some(message.seq),
+                header: Header::parse(&message.payload),
+                len: message.payload.len(),
+            })),
+            Some(Err(err)) => Err(failed(TARGET, "receive", err)),
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The thin per-broker layer: connect, publish, subscribe, receive.
+//!
+//! Everything above this module (pacing, flow control, delivery checks,
+//! latency, reports) is shared, so the brokers differ only in what their own
+//! client libraries do. Each driver uses its client the way an application
+//! that wants throughput would: corebus pipelines publishes with
+//! acknowledgements, NATS publishes fire-and-forget and flushes at the end,
+//! Redis sends `PUBLISH` commands in pipelines, one pipeline in flight.
+//! None of them may drop a message silently: client-side buffers are made
+//! large enough, and anything a client reports dropping is counted.
+
+mod corebus;
+mod nats;
+mod redis;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::options::Target;
+use crate::payload::Header;
+use crate::BenchError;
+
+/// Namespace (corebus) or subject/channel prefix (NATS, Redis) of every
+/// benchmark topic.
+pub const NAMESPACE: &str = "bench";
+
+/// Publishes a corebus publisher may have awaiting their acknowledgement
+/// before it waits for the oldest.
+const MAX_IN_FLIGHT: usize = 4096;
+
+/// Where the broker is.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Which broker.
+    pub target: Target,
+    /// Its URL (already checked to be loopback).
+    pub url: String,
+    /// Problems client libraries report out of band (NATS slow-consumer and
+    /// disconnect events), shared by every connection of the run.
+    pub incidents: Arc<Incidents>,
+}
+
+/// Counts of what client libraries report outside of call results.
+#[derive(Debug, Default)]
+pub struct Incidents {
+    /// Messages a client dropped because its buffer was full.
+    pub client_drops: AtomicU64,
+    /// Connections that were lost (and possibly re-established) mid-run.
+    pub disconnects: AtomicU64,
+}
+
+impl Incidents {
+    /// (client drops, disconnects) so far.
+    pub fn snapshot(&self) -> (u64, u64) {
+        (
+            self.client_drops.load(Ordering::Relaxed),
+            self.disconnects.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// One message as a subscriber saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// The broker's sequence number (corebus only).
+    pub seq: Option<u64>,
+    /// The benchmark header, or `None` if the payload was not one of ours.
+    pub header: Option<Header>,
+    /// Payload length.
+    pub len: usize,
+}
+
+/// A publishing connection to one broker.
+pub enum Publisher {
+    /// See [`corebus::CorebusPublisher`].
+    Corebus(corebus::CorebusPublisher),
+    /// See [`nats::NatsPublisher`].
+    Nats(nats::NatsPublisher),
+    /// See [`redis::RedisPublisher`].
+    Redis(redis::RedisPublisher),
+}
+
+/// What a publisher knows once every publish is answered.
+#[derive(Debug, Clone, Default)]
+pub struct PublisherDone {
+    /// Per topic: the highest sequence number the broker assigned to this
+    /// publisher's messages (corebus only; `None` elsewhere).
+    pub max_seq: Option<Vec<u64>>,
+}
+
+impl Publisher {
+    /// Connects a publisher that will send to `topics` (names without the
+    /// namespace; publishes name them by index).
+    pub async fn connect(endpoint: &Endpoint, topics: &[String]) -> Result<Publisher, BenchError> {
+        Ok(match endpoint.target {
+            Target::Corebus => {
+                Publisher::Corebus(corebus::CorebusPublisher::connect(&endpoint.url, topics).await?)
+            }
+            Target::Nats => Publisher::Nats(nats::NatsPublisher::connect(endpoint, topics).await?),
+            Target::Redis => {
+                Publisher::Redis(redis::RedisPublisher::connect(&endpoint.url, topics).await?)
+            }
+        })
+    }
+
+    /// Sends one message to topic number `topic`. Returns once the message is
+    /// handed to the client library; the broker's answer, where there is one,
+    /// is checked later (at the latest in [`Publisher::finish`]).
+    pub async fn publish(&mut self, topic: usize, payload: Bytes) -> Result<(), BenchError> {
+        match self {
+            Publisher::Corebus(publisher) => publisher.publish(topic, payload).await,
+            Publisher::Nats(publisher) => publisher.publish(topic, payload).await,
+            Publisher::Redis(publisher) => publisher.publish(topic, payload).await,
+        }
+    }
+
+    /// Waits until every message sent is answered (or flushed to the broker,
+    /// for NATS) and closes the connection.
+    pub async fn finish(self) -> Result<PublisherDone, BenchError> {
+        match self {
+            Publisher::Corebus(publisher) => publisher.finish().await,
+            Publisher::Nats(publisher) => publisher.finish().await,
+            Publisher::Redis(publisher) => publisher.finish().await,
+        }
+    }
+}
+
+/// A subscribing connection with one subscription.
+pub enum Subscriber {
+    /// See [`corebus::CorebusSubscriber`].
+    Corebus(corebus::CorebusSubscriber),
+    /// See [`nats::NatsSubscriber`].
+    Nats(nats::NatsSubscriber),
+    /// See [`redis::RedisSubscriber`].
+    Redis(redis::RedisSubscriber),
+}
+
+impl Subscriber {
+    /// Opens a connection and subscribes to `topic`; returns once the broker
+    /// has confirmed the subscription, so anything published afterwards is
+    /// delivered to it.
+    pub async fn connect(endpoint: &Endpoint, topic: &str) -> Result<Subscriber, BenchError> {
+        Ok(match endpoint.target {
+            Target::Corebus => Subscriber::Corebus(
+                corebus::CorebusSubscriber::connect(&endpoint.url, topic).await?,
+            ),
+            Target::Nats => Subscriber::Nats(nats::NatsSubscriber::connect(endpoint, topic).await?),
+            Target::Redis => {
+                Subscriber::Redis(redis::RedisSubscriber::connect(&endpoint.url, topic).await?)
+            }
+        })
+    }
+
+    /// The sequence number after which this subscription starts (corebus).
+    pub fn start_after(&self) -> Option<u64> {
+        match self {
+            Subscriber::Corebus(subscriber) => Some(subscriber.start_after()),
+            Subscriber::Nats(_) | Subscriber::Redis(_) => None,
+        }
+    }
+
+    /// The next message; `Ok(None)` when the subscription ended. Cancel-safe.
+    pub async fn next(&mut self) -> Result<Option<Received>, BenchError> {
+        match self {
+            Subscriber::Corebus(subscriber) => subscriber.next().await,
+            Subscriber::Nats(subscriber) => Ok(subscriber.next().await),
+            Subscriber::Redis(subscriber) => Ok(subscriber.next().await),
+        }
+    }
+}
+
+/// A client-library error while doing `action` against `target`.
+pub(crate) fn failed(
+    target: Target,
+    action: &'static str,
+    err: impl std::fmt::Display,
+) -> BenchError {
+    BenchError::Broker {
+        target: target.name(),
+        action,
+        reason: err.to_string(),
+    }
+}

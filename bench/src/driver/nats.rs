@@ -1,0 +1,122 @@
+//! NATS core pub/sub through async-nats.
+//!
+//! async-nats drops messages silently when a subscription's buffer is full
+//! (it only raises a `SlowConsumer` event), so subscriptions get a buffer far
+//! larger than the harness's flow-control window, and every slow-consumer or
+//! disconnect event is counted in [`Incidents`](super::Incidents).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions, Event, Subject};
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::{failed, Endpoint, Incidents, PublisherDone, Received, NAMESPACE};
+use crate::options::Target;
+use crate::payload::Header;
+use crate::BenchError;
+
+const TARGET: Target = Target::Nats;
+/// Messages a subscription may buffer in the client before it drops.
+const SUBSCRIPTION_CAPACITY: usize = 1 << 20;
+/// Publishes the client may queue for its writer before `publish` waits.
+const CLIENT_CAPACITY: usize = 1 << 16;
+
+fn subject(topic: &str) -> Subject {
+    Subject::from(format!("{NAMESPACE}.{topic}"))
+}
+
+async fn connect(endpoint: &Endpoint) -> Result<Client, BenchError> {
+    let incidents: Arc<Incidents> = endpoint.incidents.clone();
+    ConnectOptions::new()
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        .client_capacity(CLIENT_CAPACITY)
+        .connection_timeout(Duration::from_secs(10))
+        .event_callback(move |event| {
+            match event {
+                Event::SlowConsumer(_) => {
+                    incidents.client_drops.fetch_add(1, Ordering::Relaxed);
+                }
+                Event::Disconnected => {
+                    incidents.disconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+            async {}
+        })
+        .connect(endpoint.url.as_str())
+        .await
+        .map_err(|err| failed(TARGET, "connect", err))
+}
+
+/// Fire-and-forget publishes; `finish` flushes (a PING/PONG round trip) so
+/// the server has read everything before the drain starts.
+pub struct NatsPublisher {
+    client: Client,
+    subjects: Vec<Subject>,
+}
+
+impl NatsPublisher {
+    pub(super) async fn connect(
+        endpoint: &Endpoint,
+        topics: &[String],
+    ) -> Result<Self, BenchError> {
+        Ok(NatsPublisher {
+            client: connect(endpoint).await?,
+            subjects: topics.iter().map(|topic| subject(topic)).collect(),
+        })
+    }
+
+    pub(super) async fn publish(&mut self, topic: usize, payload: Bytes) -> Result<(), BenchError> {
+        self.client
+            .publish(self.subjects[topic].clone(), payload)
+            .await
+            .map_err(|err| failed(TARGET, "publish", err))
+    }
+
+    pub(super) async fn finish(self) -> Result<PublisherDone, BenchError> {
+        self.client
+            .flush()
+            .await
+            .map_err(|err| failed(TARGET, "flush", err))?;
+        Ok(PublisherDone { max_seq: None })
+    }
+}
+
+/// One connection with one subscription.
+pub struct NatsSubscriber {
+    subscriber: async_nats::Subscriber,
+    /// Keeps the connection open as long as the subscription is read.
+    _client: Client,
+}
+
+impl NatsSubscriber {
+    pub(super) async fn connect(endpoint: &Endpoint, topic: &str) -> Result<Self, BenchError> {
+        let client = connect(endpoint).await?;
+        let subscriber = client
+            .subscribe(subject(topic))
+            .await
+            .map_err(|err| failed(TARGET, "subscribe", err))?;
+        // SUB is only queued; the PING/PONG of a flush proves the server has
+        // processed it, so later publishes reach this subscription.
+        client
+            .flush()
+            .await
+            .map_err(|err| failed(TARGET, "subscribe", err))?;
+        Ok(NatsSubscriber {
+            subscriber,
+            _client: client,
+        })
+    }
+
+    pub(super) async fn next(&mut self) -> Option<Received> {
+        let message = self.subscriber.next().await?;
+        Some(Received {
+            seq: None,
+            header: Header::parse(&message.payload),
+            len: message.payload.len(),
+        })
+    }
+}

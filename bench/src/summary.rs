@@ -1,0 +1,319 @@
+//! `corebus-bench summarize`: turns the reports of a comparison run (one
+//! JSON object per line, as `--json` prints them) into the results file, a
+//! Markdown table with ratios corebus/NATS and corebus/Redis, and an SVG
+//! picture.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::options::{Scenario, Target};
+use crate::report::{human, Report};
+use crate::BenchError;
+
+/// The brokers in table order.
+pub const TARGETS: [Target; 3] = [Target::Corebus, Target::Nats, Target::Redis];
+
+/// A comparison run as written to `bench/results/<date>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    /// When the summary was made (UTC, RFC 3339).
+    pub generated: String,
+    /// The machine and software versions.
+    pub machine: BTreeMap<String, String>,
+    /// Every run's report.
+    pub runs: Vec<Report>,
+}
+
+/// Reads reports, one JSON object per line (blank lines skipped).
+pub fn read_reports(path: &str) -> Result<Vec<Report>, BenchError> {
+    let text = std::fs::read_to_string(path).map_err(|source| BenchError::File {
+        path: path.to_owned(),
+        source,
+    })?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(number, line)| {
+            serde_json::from_str(line).map_err(|err| BenchError::BadResults {
+                path: path.to_owned(),
+                reason: format!("line {}: {err}", number + 1),
+            })
+        })
+        .collect()
+}
+
+/// What this machine is: CPU model, CPU count, memory, kernel.
+pub fn machine_facts() -> BTreeMap<String, String> {
+    let mut facts = BTreeMap::new();
+    if let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") {
+        if let Some(model) = cpuinfo
+            .lines()
+            .find(|line| line.starts_with("model name"))
+            .and_then(|line| line.split_once(':'))
+        {
+            facts.insert("cpu".into(), model.1.trim().to_owned());
+        }
+    }
+    if let Ok(cpus) = std::thread::available_parallelism() {
+        facts.insert("cpus".into(), cpus.to_string());
+    }
+    if let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") {
+        if let Some(total) = meminfo.lines().find(|line| line.starts_with("MemTotal:")) {
+            let kib: u64 = total
+                .split_whitespace()
+                .nth(1)
+                .and_then(|kib| kib.parse().ok())
+                .unwrap_or(0);
+            facts.insert(
+                "memory".into(),
+                format!("{:.1} GiB", kib as f64 / 1048576.0),
+            );
+        }
+    }
+    if let Ok(kernel) = std::fs::read_to_string("/proc/sys/kernel/osrelease") {
+        facts.insert("kernel".into(), kernel.trim().to_owned());
+    }
+    facts
+}
+
+/// Row label for a run's workload (the same for every broker).
+pub fn workload_label(report: &Report) -> String {
+    let size = if report.size >= 1024 && report.size.trailing_zeros() >= 10 {
+        format!("{} KiB", report.size / 1024)
+    } else {
+        format!("{} B", report.size)
+    };
+    match report.scenario {
+        Scenario::Pair => format!("pair, {size}"),
+        Scenario::Fanout => format!("fanout 1→{}, {size}", report.subscribers),
+        Scenario::Many => format!(
+            "many {}→{} over {} topics, {size}",
+            report.publishers, report.subscribers, report.topics
+        ),
+        Scenario::Latency => format!(
+            "latency at {} msg/s, {size}",
+            report
+                .rate
+                .map_or_else(|| "?".to_owned(), |rate| human(rate as f64))
+        ),
+        Scenario::Connections => format!("{} idle connections", report.subscribers),
+    }
+}
+
+/// The workloads in first-seen order, each with its report per broker.
+pub fn by_workload(runs: &[Report]) -> Vec<(String, BTreeMap<&'static str, &Report>)> {
+    let mut rows: Vec<(String, BTreeMap<&'static str, &Report>)> = Vec::new();
+    for run in runs {
+        let label = workload_label(run);
+        match rows.iter_mut().find(|(existing, _)| *existing == label) {
+            Some((_, cells)) => {
+                cells.insert(run.target.name(), run);
+            }
+            None => rows.push((label, BTreeMap::from([(run.target.name(), run)]))),
+        }
+    }
+    rows
+}
+
+fn ratio(corebus: Option<f64>, other: Option<f64>) -> String {
+    match (corebus, other) {
+        (Some(corebus), Some(other)) if other > 0.0 => format!("{:.2}×", corebus / other),
+        _ => "–".into(),
+    }
+}
+
+fn cell(value: Option<f64>, format: impl Fn(f64) -> String) -> String {
+    value.map_or_else(|| "–".into(), format)
+}
+
+/// One table row: a label and the value per broker (in [`TARGETS`] order).
+pub type Row = (String, [Option<f64>; 3]);
+
+/// Rows of `metric` per workload, skipping workloads where it applies to no
+/// broker.
+pub fn rows_of(
+    workloads: &[(String, BTreeMap<&'static str, &Report>)],
+    metric: impl Fn(&Report) -> Option<f64>,
+) -> Vec<Row> {
+    workloads
+        .iter()
+        .map(|(label, cells)| {
+            let values = TARGETS.map(|target| cells.get(target.name()).and_then(|r| metric(r)));
+            (label.clone(), values)
+        })
+        .filter(|(_, values)| values.iter().any(Option::is_some))
+        .collect()
+}
+
+/// A Markdown table: one column per broker and the two ratios.
+fn table(out: &mut String, heading: &str, rows: &[Row], format: impl Fn(f64) -> String) {
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "| {heading} | corebus | NATS | Redis | corebus/NATS | corebus/Redis |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+    for (label, [corebus, nats, redis]) in rows {
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} | {} | {} | {} |",
+            cell(*corebus, &format),
+            cell(*nats, &format),
+            cell(*redis, &format),
+            ratio(*corebus, *nats),
+            ratio(*corebus, *redis),
+        );
+    }
+    out.push('\n');
+}
+
+/// A latency percentile's name and how to read it from a report.
+pub type Percentile = (&'static str, fn(&Report) -> f64);
+
+/// Latency percentiles with their names, in table order.
+pub const PERCENTILES: [Percentile; 5] = [
+    ("p50", |report| report.latency_us.p50),
+    ("p90", |report| report.latency_us.p90),
+    ("p99", |report| report.latency_us.p99),
+    ("p99.9", |report| report.latency_us.p999),
+    ("max", |report| report.latency_us.max),
+];
+
+fn is_throughput(report: &Report) -> bool {
+    matches!(
+        report.scenario,
+        Scenario::Pair | Scenario::Fanout | Scenario::Many
+    )
+}
+
+/// The Markdown page: machine, throughput, latency, connections, and every
+/// run that did not deliver everything.
+pub fn markdown(summary: &Summary) -> String {
+    let rows = by_workload(&summary.runs);
+    let mut out = String::new();
+    let _ = writeln!(out, "# corebus vs NATS vs Redis ({})\n", summary.generated);
+    for (key, value) in &summary.machine {
+        let _ = writeln!(out, "- {key}: {value}");
+    }
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "Delivered messages per second (higher is better; ratio > 1: corebus faster).\n"
+    );
+    table(
+        &mut out,
+        "throughput",
+        &rows_of(&rows, |r| is_throughput(r).then_some(r.delivered_per_sec)),
+        |value| format!("{} msg/s", human(value)),
+    );
+    table(
+        &mut out,
+        "payload throughput",
+        &rows_of(&rows, |r| {
+            is_throughput(r).then_some(r.delivered_mb_per_sec)
+        }),
+        |value| format!("{value:.1} MB/s"),
+    );
+    let _ = writeln!(
+        out,
+        "Latency from intended send time, open loop (lower is better; ratio < 1: corebus faster).\n"
+    );
+    let mut latency_rows = Vec::new();
+    for (name, pick) in PERCENTILES {
+        for (label, values) in rows_of(&rows, |r| {
+            (r.scenario == Scenario::Latency).then(|| pick(r))
+        }) {
+            latency_rows.push((format!("{label}: {name}"), values));
+        }
+    }
+    table(&mut out, "latency", &latency_rows, |value| {
+        format!("{value:.0} µs")
+    });
+    let _ = writeln!(
+        out,
+        "Idle connections, then one message to each (lower is better; ratio < 1: corebus leaner or faster).\n"
+    );
+    table(
+        &mut out,
+        "broker memory per connection",
+        &rows_of(&rows, |r| {
+            r.connections
+                .as_ref()
+                .and_then(|c| c.rss_per_connection_bytes)
+        }),
+        |value| format!("{:.1} KiB", value / 1024.0),
+    );
+    table(
+        &mut out,
+        "time to deliver one message to each",
+        &rows_of(&rows, |r| r.connections.as_ref().map(|c| c.deliver_all_ms)),
+        |value| format!("{value:.0} ms"),
+    );
+    let failed: Vec<String> = summary
+        .runs
+        .iter()
+        .filter_map(|run| {
+            run.failure()
+                .map(|why| format!("- {} {}: {why}", run.target.name(), workload_label(run)))
+        })
+        .collect();
+    if failed.is_empty() {
+        let _ = writeln!(out, "Every run delivered every message (checked per publisher counter; corebus also by sequence number).");
+    } else {
+        let _ = writeln!(out, "Runs that did not deliver everything:\n");
+        for line in failed {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::RunOptions;
+
+    fn report(target: Target, scenario: Scenario, per_sec: f64) -> Report {
+        let plan = RunOptions::new(target, scenario).plan().expect("valid");
+        let mut report = Report::for_plan(&plan);
+        report.delivered = 100;
+        report.expected = 100;
+        report.delivered_per_sec = per_sec;
+        report.latency_us.p50 = per_sec / 1000.0;
+        if scenario == Scenario::Latency {
+            report.rate = Some(plan.rate);
+        }
+        report
+    }
+
+    #[test]
+    fn markdown_has_ratios_per_scenario() {
+        let summary = Summary {
+            generated: "now".into(),
+            machine: BTreeMap::from([("cpus".to_owned(), "2".to_owned())]),
+            runs: vec![
+                report(Target::Corebus, Scenario::Pair, 2_000_000.0),
+                report(Target::Nats, Scenario::Pair, 1_000_000.0),
+                report(Target::Redis, Scenario::Pair, 500_000.0),
+                report(Target::Corebus, Scenario::Latency, 20_000.0),
+                report(Target::Nats, Scenario::Latency, 40_000.0),
+            ],
+        };
+        let text = markdown(&summary);
+        assert!(
+            text.contains(
+                "| pair, 128 B | 2.00M msg/s | 1.00M msg/s | 500.0k msg/s | 2.00× | 4.00× |"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("| latency at 10.0k msg/s, 128 B: p50 | 20 µs | 40 µs | – | 0.50× | – |"),
+            "{text}"
+        );
+        assert!(text.contains("Every run delivered every message"));
+    }
+}

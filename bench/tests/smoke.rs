@@ -1,0 +1,75 @@
+//! CI smoke test: an in-process corebus broker on a loopback port, and tiny
+//! pair, fanout and latency runs through `corebus_bench::run`, the same path
+//! the `corebus-bench` binary takes. Seconds, not minutes; the comparison
+//! with NATS and Redis (`bench/compare.sh`) is not part of CI.
+
+use std::net::SocketAddr;
+
+use corebus_bench::{RunOptions, Scenario, Target};
+use corebus_shards::ServerConfig;
+
+fn options(addr: SocketAddr, scenario: Scenario) -> RunOptions {
+    let mut options = RunOptions::new(Target::Corebus, scenario);
+    options.url = Some(addr.to_string());
+    options.duration = 1.0;
+    options.messages = Some(20_000);
+    options
+}
+
+#[test]
+fn tiny_runs_against_an_in_process_broker_lose_nothing() {
+    let server = corebus_shards::start(ServerConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        shards: Some(2),
+        ..ServerConfig::default()
+    })
+    .expect("broker starts (glommio needs `ulimit -l` of at least 512 KiB)");
+    let addr = server.local_addr();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+
+    let pair = options(addr, Scenario::Pair);
+    let mut fanout = options(addr, Scenario::Fanout);
+    fanout.subscribers = Some(4);
+    let mut latency = options(addr, Scenario::Latency);
+    latency.duration = 0.5;
+    latency.rate = 2_000;
+
+    for options in [pair, fanout, latency] {
+        let report = runtime
+            .block_on(corebus_bench::run(&options))
+            .unwrap_or_else(|err| panic!("{:?} run failed: {err}", options.scenario));
+        print!("{}", report.table());
+        assert_eq!(report.failure(), None, "{:?}", options.scenario);
+        assert_eq!(report.lost, 0);
+        assert!(report.published > 0);
+        assert_eq!(report.delivered, report.expected);
+        assert_eq!(
+            report.expected,
+            report.published * report.subscribers as u64,
+            "one topic: every subscriber gets every message"
+        );
+        assert!(report.delivered_per_sec > 0.0);
+        assert!(report.latency_us.p50 > 0.0);
+    }
+    runtime.shutdown_background();
+    server.stop();
+}
+
+#[test]
+fn non_loopback_brokers_are_refused() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut options = RunOptions::new(Target::Nats, Scenario::Pair);
+    options.url = Some("nats://192.0.2.1:4222".into());
+    let err = runtime
+        .block_on(corebus_bench::run(&options))
+        .expect_err("a non-loopback address is refused before any connection");
+    assert!(err.to_string().contains("loopback"), "{err}");
+}
