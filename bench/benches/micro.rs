@@ -98,6 +98,7 @@ fn fanout_shard(subscribers: usize) -> (Shard, ConnId, Vec<ConnId>) {
             Frame::Hello(Hello {
                 version: corebus_net::PROTOCOL_VERSION,
                 client_name: "bench".into(),
+                credentials: bytes::Bytes::new(),
             }),
         );
         conn

@@ -45,7 +45,9 @@ pub fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
             topic_idle_evict_ms: args.topic_idle_evict.as_millis() as u64,
             heartbeat_interval_ms: args.heartbeat_interval.as_millis() as u64,
             heartbeat_timeout_ms: args.heartbeat_timeout.as_millis() as u64,
+            ..EngineConfig::default()
         },
+        ..ServerConfig::default()
     })
 }
 

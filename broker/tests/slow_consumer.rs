@@ -47,6 +47,7 @@ fn stalled_subscriber(addr: &str, topic: &TopicKey) -> TcpStream {
     Frame::Hello(Hello {
         version: PROTOCOL_VERSION,
         client_name: "stalled".into(),
+        credentials: bytes::Bytes::new(),
     })
     .encode(&mut out);
     Frame::Subscribe(Subscribe {

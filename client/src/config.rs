@@ -22,6 +22,9 @@ use std::time::Duration;
 pub struct ClientConfig {
     /// Name sent in `HELLO`, shown in the broker's logs. Cut to 255 bytes.
     pub client_name: String,
+    /// An API key or a token, sent in `HELLO` (and only there) on every
+    /// connect and reconnect. `None` for a broker without authentication.
+    pub credentials: Option<Credentials>,
     /// Most publishes that may await their `PUB_ACK` at once on this
     /// connection; [`Client::start_publish`](crate::Client::start_publish)
     /// waits for room beyond it. Default 4096; 0 counts as 1.
@@ -70,6 +73,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             client_name: "corebus-client".into(),
+            credentials: None,
             max_in_flight: 4096,
             subscription_buffer: 65536,
             connect_timeout: Duration::from_secs(5),
@@ -81,5 +85,29 @@ impl Default for ClientConfig {
             heartbeat_interval: Duration::from_secs(15),
             heartbeat_timeout: Duration::from_secs(45),
         }
+    }
+}
+
+/// A secret that authenticates a client: an API key or a signed token.
+///
+/// Its `Debug` output is redacted, so a logged [`ClientConfig`] never leaks it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials(String);
+
+impl Credentials {
+    /// Wraps an API key or a token.
+    pub fn new(secret: impl Into<String>) -> Credentials {
+        Credentials(secret.into())
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(<redacted>)")
     }
 }

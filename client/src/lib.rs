@@ -118,7 +118,7 @@ use tokio::net::ToSocketAddrs;
 use tokio::sync::oneshot;
 use tokio::time::{timeout, Instant};
 
-pub use config::ClientConfig;
+pub use config::{ClientConfig, Credentials};
 pub use corebus_net::{ErrorCode, FrameError, NameError};
 pub use error::Error;
 pub use subscription::{Discontinuity, Event, Message, ResumeFrom, Subscription};

@@ -87,10 +87,13 @@ pub fn decode(frame: Bytes) -> Result<Frame, FrameError> {
             }
             let version = reader.u16("version")?;
             let client_name = reader.text8("client_name")?;
+            let credentials_len = reader.u16("credentials")? as usize;
+            let credentials = reader.slice("credentials", credentials_len)?;
             reader.finish()?;
             Frame::Hello(Hello {
                 version,
                 client_name,
+                credentials,
             })
         }
         Opcode::Welcome => {
@@ -202,6 +205,23 @@ pub fn decode(frame: Bytes) -> Result<Frame, FrameError> {
             reader.finish()?;
             Frame::Pong(nonce)
         }
+        Opcode::TokenRequest => {
+            let request_id = reader.u32("request_id")?;
+            let ttl_secs = reader.u32("ttl_secs")?;
+            let claims = reader.text16("claims")?;
+            reader.finish()?;
+            Frame::TokenRequest(TokenRequest {
+                request_id,
+                ttl_secs,
+                claims,
+            })
+        }
+        Opcode::Token => {
+            let request_id = reader.u32("request_id")?;
+            let token = reader.text16("token")?;
+            reader.finish()?;
+            Frame::Token(Token { request_id, token })
+        }
         Opcode::GoAway => {
             let drain_ms = reader.u32("drain_ms")?;
             let message = reader.text16("message")?;
@@ -246,6 +266,8 @@ fn frame_name(opcode: Opcode) -> &'static str {
         Opcode::Message => "MESSAGE",
         Opcode::Discontinuity => "DISCONTINUITY",
         Opcode::GoAway => "GOAWAY",
+        Opcode::TokenRequest => "TOKEN_REQUEST",
+        Opcode::Token => "TOKEN",
         Opcode::Error => "ERROR",
     }
 }

@@ -118,11 +118,21 @@ impl Frame {
         match self {
             Frame::Hello(hello) => {
                 let name = clip(&hello.client_name, u8::MAX as usize);
-                header(dst, Opcode::Hello, 4 + 2 + 1 + name.len());
+                // Credentials longer than the u16 prefix cannot be valid; cut
+                // them so the frame stays well-formed and the server refuses them.
+                let credentials =
+                    &hello.credentials[..hello.credentials.len().min(u16::MAX as usize)];
+                header(
+                    dst,
+                    Opcode::Hello,
+                    4 + 2 + 1 + name.len() + 2 + credentials.len(),
+                );
                 dst.put_slice(&HELLO_MAGIC);
                 dst.put_u16(hello.version);
                 dst.put_u8(name.len() as u8);
                 dst.put_slice(name.as_bytes());
+                dst.put_u16(credentials.len() as u16);
+                dst.put_slice(credentials);
             }
             Frame::Welcome(welcome) => {
                 header(dst, Opcode::Welcome, 2 + 4 + 2 + 2);
@@ -193,6 +203,21 @@ impl Frame {
             Frame::Pong(nonce) => {
                 header(dst, Opcode::Pong, 8);
                 dst.put_u64(*nonce);
+            }
+            Frame::TokenRequest(request) => {
+                let claims = clip(&request.claims, u16::MAX as usize);
+                header(dst, Opcode::TokenRequest, 4 + 4 + 2 + claims.len());
+                dst.put_u32(request.request_id);
+                dst.put_u32(request.ttl_secs);
+                dst.put_u16(claims.len() as u16);
+                dst.put_slice(claims.as_bytes());
+            }
+            Frame::Token(token) => {
+                let text = clip(&token.token, u16::MAX as usize);
+                header(dst, Opcode::Token, 4 + 2 + text.len());
+                dst.put_u32(token.request_id);
+                dst.put_u16(text.len() as u16);
+                dst.put_slice(text.as_bytes());
             }
             Frame::GoAway(go_away) => {
                 let text = clip(&go_away.message, u16::MAX as usize);

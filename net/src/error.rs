@@ -150,11 +150,23 @@ pub enum ErrorCode {
     WrongDirection = 13,
     /// Nothing was heard from the peer within the heartbeat timeout. Fatal.
     IdleTimeout = 14,
+    /// Missing, unknown or invalid credentials at the handshake. Fatal.
+    Unauthorized = 15,
+    /// The credentials do not permit this request. The connection stays.
+    Forbidden = 16,
+    /// The connection's token expired. Fatal.
+    TokenExpired = 17,
+    /// The broker (or this shard) holds its maximum of connections. Fatal.
+    TooManyConnections = 18,
+    /// Too many publishes await their acknowledgement on this connection.
+    TooManyInFlight = 19,
+    /// No valid `HELLO` within the handshake deadline. Fatal.
+    HandshakeTimeout = 20,
 }
 
 impl ErrorCode {
     /// Every defined code, in numeric order.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::MalformedFrame,
         ErrorCode::UnknownOpcode,
         ErrorCode::FrameTooLarge,
@@ -169,6 +181,12 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::WrongDirection,
         ErrorCode::IdleTimeout,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::TokenExpired,
+        ErrorCode::TooManyConnections,
+        ErrorCode::TooManyInFlight,
+        ErrorCode::HandshakeTimeout,
     ];
 
     /// Maps a wire value to a known code.
@@ -195,6 +213,12 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::WrongDirection => "wrong_direction",
             ErrorCode::IdleTimeout => "idle_timeout",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::TooManyInFlight => "too_many_in_flight",
+            ErrorCode::HandshakeTimeout => "handshake_timeout",
         }
     }
 }

@@ -24,6 +24,8 @@ pub enum Opcode {
     Ping = 0x05,
     /// Either direction: answer to `PING`.
     Pong = 0x06,
+    /// Client → server: mint a scoped token (super-user credentials only).
+    TokenRequest = 0x07,
     /// Server → client: the handshake succeeded.
     Welcome = 0x81,
     /// Server → client: a publish was sequenced.
@@ -38,6 +40,8 @@ pub enum Opcode {
     Discontinuity = 0x86,
     /// Server → client: the server is shutting down; reconnect elsewhere.
     GoAway = 0x87,
+    /// Server → client: a minted token.
+    Token = 0x88,
     /// Server → client: a request (or the connection) failed.
     Error = 0x8f,
 }
@@ -52,6 +56,7 @@ impl Opcode {
             0x04 => Opcode::Unsubscribe,
             0x05 => Opcode::Ping,
             0x06 => Opcode::Pong,
+            0x07 => Opcode::TokenRequest,
             0x81 => Opcode::Welcome,
             0x82 => Opcode::PubAck,
             0x83 => Opcode::SubOk,
@@ -59,6 +64,7 @@ impl Opcode {
             0x85 => Opcode::Message,
             0x86 => Opcode::Discontinuity,
             0x87 => Opcode::GoAway,
+            0x88 => Opcode::Token,
             0x8f => Opcode::Error,
             _ => return None,
         })
@@ -77,6 +83,9 @@ pub struct Hello {
     pub version: u16,
     /// Free-form client name for logs (may be empty).
     pub client_name: String,
+    /// An API key or a token (JWT); empty when the client has none.
+    /// Credentials travel in the handshake only.
+    pub credentials: Bytes,
 }
 
 /// `WELCOME`: the server accepted the handshake.
@@ -206,6 +215,28 @@ pub struct Discontinuity {
     pub next_seq: Seq,
 }
 
+/// `TOKEN_REQUEST`: asks the server to mint a short-lived scoped token.
+/// Only a connection authenticated with a super-user key may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRequest {
+    /// Client-chosen id echoed in `TOKEN` or `ERROR`.
+    pub request_id: u32,
+    /// Lifetime in seconds (capped by the server's maximum).
+    pub ttl_secs: u32,
+    /// The token's subject and permissions as a JSON object (see
+    /// `docs/security.md`).
+    pub claims: String,
+}
+
+/// `TOKEN`: a minted token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    /// The request's id.
+    pub request_id: u32,
+    /// The token (a JWT).
+    pub token: String,
+}
+
 /// `GOAWAY`: the server is shutting down. It accepts no new requests on this
 /// connection, flushes what is queued, and closes within `drain_ms`; a client
 /// should reconnect (and resume) at once instead of waiting for a timeout.
@@ -272,6 +303,10 @@ pub enum Frame {
     Discontinuity(Discontinuity),
     /// See [`GoAway`].
     GoAway(GoAway),
+    /// See [`TokenRequest`].
+    TokenRequest(TokenRequest),
+    /// See [`Token`].
+    Token(Token),
     /// `PING` with its nonce.
     Ping(u64),
     /// `PONG` echoing a `PING`'s nonce.
@@ -295,6 +330,8 @@ impl Frame {
             Frame::Message(_) => Opcode::Message,
             Frame::Discontinuity(_) => Opcode::Discontinuity,
             Frame::GoAway(_) => Opcode::GoAway,
+            Frame::TokenRequest(_) => Opcode::TokenRequest,
+            Frame::Token(_) => Opcode::Token,
             Frame::Ping(_) => Opcode::Ping,
             Frame::Pong(_) => Opcode::Pong,
             Frame::Error(_) => Opcode::Error,

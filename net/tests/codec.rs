@@ -14,10 +14,21 @@ fn sample_frames() -> Vec<Frame> {
         Frame::Hello(Hello {
             version: PROTOCOL_VERSION,
             client_name: "cli-é".into(),
+            credentials: Bytes::from_static(b"cbk_secret"),
         }),
         Frame::Hello(Hello {
             version: u16::MAX,
             client_name: String::new(),
+            credentials: Bytes::new(),
+        }),
+        Frame::TokenRequest(TokenRequest {
+            request_id: 3,
+            ttl_secs: 1800,
+            claims: r#"{"sub":"user-123"}"#.into(),
+        }),
+        Frame::Token(Token {
+            request_id: 3,
+            token: "aaa.bbb.ccc".into(),
         }),
         Frame::Welcome(Welcome {
             version: 1,
@@ -194,8 +205,32 @@ fn worked_examples_from_protocol_doc() {
             Frame::Hello(Hello {
                 version: 1,
                 client_name: "cli".into(),
+                credentials: Bytes::new(),
             }),
-            "0000000b 01 43425553 0001 03 636c69",
+            "0000000d 01 43425553 0001 03 636c69 0000",
+        ),
+        (
+            Frame::Hello(Hello {
+                version: 1,
+                client_name: "cli".into(),
+                credentials: Bytes::from_static(b"key"),
+            }),
+            "00000010 01 43425553 0001 03 636c69 0003 6b6579",
+        ),
+        (
+            Frame::TokenRequest(TokenRequest {
+                request_id: 5,
+                ttl_secs: 60,
+                claims: "{}".into(),
+            }),
+            "0000000d 07 00000005 0000003c 0002 7b7d",
+        ),
+        (
+            Frame::Token(Token {
+                request_id: 5,
+                token: "t.k.n".into(),
+            }),
+            "0000000c 88 00000005 0005 742e6b2e6e",
         ),
         (
             Frame::Welcome(Welcome {
@@ -364,7 +399,7 @@ fn malformed_bodies_are_typed_errors() {
         })
     );
     assert_eq!(
-        decode_hex("0000000b 01 47455420 0001 03 636c69"),
+        decode_hex("0000000d 01 47455420 0001 03 636c69 0000"),
         Err(FrameError::BadMagic { got: *b"GET " })
     );
     let empty_topic =

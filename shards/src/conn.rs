@@ -13,6 +13,8 @@ use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -28,8 +30,10 @@ use tracing::debug;
 use crate::engine::{ConnId, Flow, Shard};
 use crate::outbox::OutFrame;
 
-/// Bytes asked of the kernel per read.
-const READ_CHUNK: usize = 64 * 1024;
+/// Bytes asked of the kernel per read: start small, so an idle connection
+/// costs a few KiB, and double up to the maximum while reads fill the buffer.
+const READ_CHUNK_MIN: usize = 4 * 1024;
+const READ_CHUNK_MAX: usize = 64 * 1024;
 /// Payloads at least this long go out as their own iovec, shared with every
 /// other subscriber; shorter ones are copied next to their header, because an
 /// iovec entry costs more than copying a few hundred bytes.
@@ -41,8 +45,50 @@ const MESH_HIGH_WATER: usize = 64 * 1024;
 /// How long a closing connection may take to flush before it is cut.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The broker-wide connection count and its limit, shared by all shards.
+#[derive(Debug)]
+pub struct ConnLimit {
+    open: AtomicUsize,
+    max: usize,
+}
+
+impl ConnLimit {
+    /// A limit of `max` connections.
+    pub fn new(max: usize) -> ConnLimit {
+        ConnLimit {
+            open: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    fn acquire(&self) -> bool {
+        let before = self.open.fetch_add(1, Ordering::AcqRel);
+        if before < self.max {
+            return true;
+        }
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        false
+    }
+
+    fn release(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The limits a connection is served under.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest frame length accepted.
+    pub max_frame: u32,
+    /// Broker-wide connection count.
+    pub total: Arc<ConnLimit>,
+    /// Most connections on one shard.
+    pub max_per_shard: usize,
+}
+
 /// Serves one accepted connection until it closes.
-pub async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream, max_frame: u32) {
+pub async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream, limits: Limits) {
+    let max_frame = limits.max_frame;
     if let Err(err) = stream.set_nodelay(true) {
         debug!(%err, "cannot set TCP_NODELAY");
     }
@@ -54,6 +100,21 @@ pub async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream, max_frame: u32)
         }
     };
     let conn = shard.borrow_mut().open_conn();
+    // Over a limit, the connection still gets a typed error before it closes.
+    let admitted = limits.total.acquire();
+    if !admitted {
+        let max = limits.total.max;
+        shard.borrow_mut().refuse_conn(
+            conn,
+            format!("the broker holds its maximum of {max} connections"),
+        );
+    } else if shard.borrow().connection_count() > limits.max_per_shard {
+        let max = limits.max_per_shard;
+        shard.borrow_mut().refuse_conn(
+            conn,
+            format!("this shard holds its maximum of {max} connections"),
+        );
+    }
     let writer = glommio::spawn_local(write_loop(shard.clone(), conn, writer_stream));
     match read_loop(&shard, conn, stream, max_frame).await {
         Ok(()) => debug!(?conn, "connection closed"),
@@ -62,6 +123,9 @@ pub async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream, max_frame: u32)
     shard.borrow_mut().finish_conn(conn);
     writer.await;
     shard.borrow_mut().close_conn(conn);
+    if admitted {
+        limits.total.release();
+    }
 }
 
 fn dup_stream(stream: &TcpStream) -> io::Result<TcpStream> {
@@ -82,7 +146,8 @@ async fn read_loop(
     mut stream: TcpStream,
     max_frame: u32,
 ) -> io::Result<()> {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut buf = BytesMut::new();
+    let mut chunk = READ_CHUNK_MIN;
     loop {
         let need;
         {
@@ -121,7 +186,7 @@ async fn read_loop(
             glommio::timer::sleep(Duration::from_micros(100)).await;
         }
         let start = buf.len();
-        let want = need.saturating_sub(start).max(READ_CHUNK);
+        let want = need.saturating_sub(start).max(chunk);
         buf.resize(start + want, 0);
         let read = stream.read(&mut buf[start..]).await;
         match read {
@@ -131,6 +196,13 @@ async fn read_loop(
             }
             Ok(n) => {
                 buf.truncate(start + n);
+                chunk = if n == want {
+                    (chunk * 2).min(READ_CHUNK_MAX)
+                } else if n < chunk / 4 {
+                    (chunk / 2).max(READ_CHUNK_MIN)
+                } else {
+                    chunk
+                };
                 shard.borrow_mut().note_input(conn, n);
             }
             Err(err) => return Err(err),
@@ -140,7 +212,8 @@ async fn read_loop(
 
 async fn write_loop(shard: Rc<RefCell<Shard>>, conn: ConnId, mut stream: TcpStream) {
     let mut batch = Vec::new();
-    let mut head = BytesMut::with_capacity(64 * 1024);
+    // Grows with the batches it encodes; an idle connection holds almost nothing.
+    let mut head = BytesMut::new();
     let mut segments: Vec<Bytes> = Vec::new();
     loop {
         let next = poll_fn(|cx| {
@@ -249,6 +322,9 @@ fn encode_out_frame(frame: OutFrame, head: &mut BytesMut, segments: &mut Vec<Byt
         OutFrame::Ping(nonce) => Frame::Ping(nonce).encode(head),
         OutFrame::Pong(nonce) => Frame::Pong(nonce).encode(head),
         OutFrame::Error(error) => Frame::Error(error).encode(head),
+        OutFrame::Token { request_id, token } => {
+            Frame::Token(corebus_net::Token { request_id, token }).encode(head)
+        }
         OutFrame::GoAway { drain_ms, message } => {
             Frame::GoAway(GoAway { drain_ms, message }).encode(head)
         }

@@ -10,6 +10,7 @@
 //! Must not depend on: the broker binary (configuration files, CLI, auth), the
 //! client crate, or tokio. The wire format comes from `corebus-net` only.
 
+pub mod auth;
 pub mod conn;
 pub mod engine;
 pub mod mesh;
@@ -20,6 +21,7 @@ pub mod runtime;
 pub mod stats;
 pub mod topic;
 
+pub use auth::{Authenticator, Grant, OpenAccess, Permissions};
 pub use engine::{ConnId, EngineConfig, Flow, Shard, SlowConsumerPolicy};
 pub use metrics::{MetricsHandle, ShardMetrics};
 pub use routing::ShardId;

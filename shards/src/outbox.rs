@@ -80,6 +80,13 @@ pub enum OutFrame {
     Pong(u64),
     /// `ERROR`.
     Error(ErrorFrame),
+    /// `TOKEN`.
+    Token {
+        /// The request's id.
+        request_id: u32,
+        /// The minted token.
+        token: String,
+    },
     /// `GOAWAY`.
     GoAway {
         /// Time until the server closes.
@@ -102,6 +109,7 @@ impl OutFrame {
             OutFrame::Ping(_) | OutFrame::Pong(_) => 13,
             OutFrame::Error(error) => 14 + error.message.len(),
             OutFrame::GoAway { message, .. } => 11 + message.len(),
+            OutFrame::Token { token, .. } => 11 + token.len(),
         }
     }
 }

@@ -19,6 +19,8 @@ use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use tracing::{debug, info, warn};
 
+use crate::auth::{Authenticator, OpenAccess};
+use crate::conn::ConnLimit;
 use crate::engine::{EngineConfig, Shard};
 use crate::mesh::MeshBatch;
 use crate::metrics::MetricsHandle;
@@ -41,6 +43,10 @@ pub struct ServerConfig {
     pub shards: Option<usize>,
     /// Engine limits.
     pub engine: EngineConfig,
+    /// Checks credentials at the handshake; [`OpenAccess`] lets everyone in.
+    pub auth: Arc<dyn Authenticator>,
+    /// Most connections the whole broker holds.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +55,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             shards: None,
             engine: EngineConfig::default(),
+            auth: Arc::new(OpenAccess),
+            max_connections: 100_000,
         }
     }
 }
@@ -293,6 +301,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
     let pin = shard_count <= cpus.len();
     let mesh = MeshBuilder::<MeshBatch, _>::full(shard_count, MESH_QUEUE_BATCHES);
     let control = Arc::new(Control::default());
+    let conn_limit = Arc::new(ConnLimit::new(config.max_connections));
     let metrics = MetricsHandle::new(shard_count);
     let mut handles = Vec::with_capacity(shard_count);
     let mut listen = config.listen;
@@ -306,6 +315,8 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
         let engine = config.engine.clone();
         let mesh = mesh.clone();
         let shard_control = control.clone();
+        let auth = config.auth.clone();
+        let conn_limit = conn_limit.clone();
         let shard_metrics = metrics.clone();
         let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("corebus-shard-{index}"))
@@ -318,6 +329,8 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
                     control: shard_control,
                     metrics: shard_metrics,
                     ready: ready_tx,
+                    auth,
+                    conn_limit,
                 };
                 run_shard(ctx, engine, mesh).await
             });
@@ -369,6 +382,8 @@ struct ShardContext {
     control: Arc<Control>,
     metrics: MetricsHandle,
     ready: mpsc::Sender<Result<SocketAddr, StartError>>,
+    auth: Arc<dyn Authenticator>,
+    conn_limit: Arc<ConnLimit>,
 }
 
 async fn run_shard(
@@ -383,6 +398,8 @@ async fn run_shard(
         control,
         metrics,
         ready,
+        auth,
+        conn_limit,
     } = ctx;
     let listener = match bind_listener(listen).and_then(|l| Ok((l.local_addr()?, l))) {
         Ok((addr, listener)) => {
@@ -399,12 +416,10 @@ async fn run_shard(
     };
     let max_frame = engine.max_frame;
     let tick_every = maintenance_period(&engine);
-    let shard = Rc::new(RefCell::new(Shard::new(
-        id,
-        shard_count,
-        engine,
-        random_seed(),
-    )));
+    let max_per_shard = engine.max_connections_per_shard;
+    let shard = Rc::new(RefCell::new(
+        Shard::new(id, shard_count, engine, random_seed()).with_authenticator(auth),
+    ));
     let Ok((senders, mut receivers)) = mesh.join().await else {
         warn!(shard = id, "could not join the shard mesh");
         return;
@@ -445,7 +460,12 @@ async fn run_shard(
             match listener.accept().await {
                 Ok(stream) => {
                     debug!(shard = id, "connection accepted");
-                    glommio::spawn_local(crate::conn::serve(shard.clone(), stream, max_frame))
+                    let limits = crate::conn::Limits {
+                        max_frame,
+                        total: conn_limit.clone(),
+                        max_per_shard,
+                    };
+                    glommio::spawn_local(crate::conn::serve(shard.clone(), stream, limits))
                         .detach();
                 }
                 Err(err) => {

@@ -15,8 +15,17 @@ pub struct ShardStats {
     pub subscribes: u64,
     /// Frames that failed to decode.
     pub protocol_errors: u64,
-    /// Connections refused at the handshake (no or bad `HELLO`).
+    /// Connections refused at the handshake (no or bad `HELLO`, or bad
+    /// credentials).
     pub handshake_failures: u64,
+    /// Connections refused because their credentials were missing, unknown,
+    /// invalid or expired.
+    pub auth_failures: u64,
+    /// Requests refused by authorization (`forbidden`).
+    pub forbidden: u64,
+    /// Connections closed for a handshake deadline, an expired token or
+    /// silence.
+    pub timeouts_and_expiries: u64,
     /// Bytes read from client sockets.
     pub bytes_in: u64,
     /// Bytes written to client sockets.

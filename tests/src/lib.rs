@@ -34,10 +34,20 @@ impl Broker {
 
     /// Starts a broker with custom engine limits.
     pub fn start_with(shards: usize, engine: EngineConfig) -> Broker {
-        let server = corebus_shards::start(ServerConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        Broker::start_config(ServerConfig {
             shards: Some(shards),
             engine,
+            ..ServerConfig::default()
+        })
+    }
+
+    /// Starts a broker from a full configuration; the listen address is
+    /// always 127.0.0.1 with an OS-chosen port.
+    pub fn start_config(config: ServerConfig) -> Broker {
+        let shards = config.shards.unwrap_or(1);
+        let server = corebus_shards::start(ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..config
         })
         .expect("broker starts");
         let addr = server.local_addr();
@@ -78,6 +88,7 @@ impl Broker {
             raw.send(&Frame::Hello(Hello {
                 version: PROTOCOL_VERSION,
                 client_name: "raw".into(),
+                credentials: bytes::Bytes::new(),
             }))
             .await;
             match raw.recv().await {

@@ -122,7 +122,17 @@ pub(super) async fn attempt(
     stream
         .set_nodelay(true)
         .map_err(|err| AttemptError::Failed(Error::Io(err)))?;
-    match timeout_at(deadline, handshake(stream, &config.client_name)).await {
+    let credentials = config
+        .credentials
+        .as_ref()
+        .map(|secret| secret.expose().as_bytes())
+        .unwrap_or_default();
+    match timeout_at(
+        deadline,
+        handshake(stream, &config.client_name, credentials),
+    )
+    .await
+    {
         Ok(result) => result,
         Err(_) => Err(AttemptError::Failed(Error::Handshake(format!(
             "no WELCOME from {peer} within {limit:?}"
@@ -164,13 +174,18 @@ async fn open(
 }
 
 /// Sends `HELLO` and waits for `WELCOME`; returns it with any bytes read past it.
-async fn handshake(mut stream: TcpStream, client_name: &str) -> Result<Opened, AttemptError> {
+async fn handshake(
+    mut stream: TcpStream,
+    client_name: &str,
+    credentials: &[u8],
+) -> Result<Opened, AttemptError> {
     let failed = |err: io::Error| AttemptError::Failed(Error::Io(err));
     let refused = |text: String| AttemptError::Refused(Error::Handshake(text));
     let mut out = BytesMut::new();
     Frame::Hello(Hello {
         version: PROTOCOL_VERSION,
         client_name: client_name.to_owned(),
+        credentials: bytes::Bytes::copy_from_slice(credentials),
     })
     .encode(&mut out);
     stream.write_all(&out).await.map_err(failed)?;

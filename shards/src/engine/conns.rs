@@ -1,11 +1,15 @@
 //! Connection-side handlers: the clock and heartbeats, connection life
 //! cycle, handshake and input errors.
 
-use corebus_net::{ErrorCode, ErrorFrame, Frame, FrameError, PROTOCOL_VERSION};
+use corebus_net::{
+    ErrorCode, ErrorFrame, Frame, FrameError, TokenRequest, TopicKey, PROTOCOL_VERSION,
+};
 use rustc_hash::FxHashMap;
+use tracing::debug;
 
 use super::delivery::report_losses;
 use super::{ConnId, ConnState, Flow, Shard};
+use crate::auth::{unix_now_ms, Action, AuthError};
 use crate::outbox::{OutFrame, Outbox, PushError};
 
 impl Shard {
@@ -18,22 +22,50 @@ impl Shard {
         self.now_ms = now_ms;
         let interval = self.config.heartbeat_interval_ms;
         let timeout = self.config.heartbeat_timeout_ms;
-        let mut silent = Vec::new();
+        let handshake_timeout = self.config.handshake_timeout_ms;
+        let unix_ms = unix_now_ms();
+        let mut to_close = Vec::new();
         for (conn, state) in &mut self.conns {
+            if state.outbox.is_closing() {
+                continue;
+            }
             let quiet = now_ms.saturating_sub(state.last_input_ms);
-            if quiet >= timeout {
-                silent.push(*conn);
-            } else if quiet >= interval && !state.ping_outstanding && state.handshaken {
+            if !state.handshaken {
+                if now_ms.saturating_sub(state.opened_ms) >= handshake_timeout {
+                    to_close.push((
+                        *conn,
+                        ErrorCode::HandshakeTimeout,
+                        format!("no valid HELLO within {handshake_timeout} ms; closing"),
+                    ));
+                }
+            } else if let Some(expired) = state
+                .grant
+                .as_ref()
+                .and_then(|grant| grant.expires_at_ms)
+                .filter(|expires| *expires <= unix_ms)
+            {
+                to_close.push((
+                    *conn,
+                    ErrorCode::TokenExpired,
+                    format!(
+                        "the token expired at {} (Unix seconds); reconnect with a fresh one",
+                        expired / 1000
+                    ),
+                ));
+            } else if quiet >= timeout {
+                to_close.push((
+                    *conn,
+                    ErrorCode::IdleTimeout,
+                    format!("nothing received for {timeout} ms; closing"),
+                ));
+            } else if quiet >= interval && !state.ping_outstanding {
                 state.ping_outstanding = true;
                 let _ = state.outbox.push(OutFrame::Ping(now_ms));
             }
         }
-        for conn in silent {
-            self.close_with_error(
-                conn,
-                ErrorCode::IdleTimeout,
-                format!("nothing received for {timeout} ms; closing"),
-            );
+        for (conn, code, text) in to_close {
+            self.stats.timeouts_and_expiries += 1;
+            self.close_with_error(conn, code, text);
         }
         let idle = self.config.topic_idle_evict_ms;
         let before = self.owned.len();
@@ -63,6 +95,9 @@ impl Shard {
             ConnState {
                 outbox: Outbox::new(self.config.outbox_limit_bytes),
                 handshaken: false,
+                grant: None,
+                opened_ms: self.now_ms,
+                in_flight: 0,
                 subscriptions: FxHashMap::default(),
                 lossy: Vec::new(),
                 last_input_ms: self.now_ms,
@@ -71,6 +106,12 @@ impl Shard {
         );
         self.stats.connections_opened += 1;
         id
+    }
+
+    /// Refuses a connection that passed a connection limit: a fatal
+    /// `too_many_connections` error, then close.
+    pub fn refuse_conn(&mut self, conn: ConnId, reason: String) {
+        self.close_with_error(conn, ErrorCode::TooManyConnections, reason);
     }
 
     /// The connection's outbound queue, while the connection exists.
@@ -216,6 +257,7 @@ impl Shard {
             Frame::Subscribe(subscribe) => self.handle_subscribe(conn, subscribe),
             Frame::Unsubscribe(unsubscribe) => self.handle_unsubscribe(conn, unsubscribe),
             Frame::Ping(nonce) => self.send(conn, OutFrame::Pong(nonce)),
+            Frame::TokenRequest(request) => self.handle_token_request(conn, request),
             Frame::Pong(_) => {}
             Frame::Hello(_) => self.send_error(
                 conn,
@@ -234,6 +276,62 @@ impl Shard {
             ),
         }
         Flow::Continue
+    }
+
+    /// Whether the connection may do `action` on `topic`; answers a refusal
+    /// with a non-fatal `forbidden` error naming what was denied.
+    pub(super) fn permitted(
+        &mut self,
+        conn: ConnId,
+        request_id: u32,
+        action: Action,
+        topic: &TopicKey,
+    ) -> bool {
+        let Some(grant) = self.conns.get(&conn).and_then(|state| state.grant.as_ref()) else {
+            return false;
+        };
+        if grant.permissions.allows(action, topic) {
+            return true;
+        }
+        let text = format!("{} may not {} on {topic}", grant.identity, action.name());
+        self.stats.forbidden += 1;
+        self.send_error(conn, request_id, ErrorCode::Forbidden, text);
+        false
+    }
+
+    fn handle_token_request(&mut self, conn: ConnId, request: TokenRequest) {
+        let superuser = self
+            .conns
+            .get(&conn)
+            .and_then(|state| state.grant.as_ref())
+            .is_some_and(|grant| grant.permissions.superuser);
+        if !superuser {
+            self.stats.forbidden += 1;
+            return self.send_error(
+                conn,
+                request.request_id,
+                ErrorCode::Forbidden,
+                "only super-user keys may mint tokens".into(),
+            );
+        }
+        match self
+            .auth
+            .mint(&request.claims, request.ttl_secs, unix_now_ms())
+        {
+            Ok(token) => self.send(
+                conn,
+                OutFrame::Token {
+                    request_id: request.request_id,
+                    token,
+                },
+            ),
+            Err(err) => self.send_error(
+                conn,
+                request.request_id,
+                ErrorCode::Forbidden,
+                err.to_string(),
+            ),
+        }
     }
 
     pub(super) fn handle_handshake(&mut self, conn: ConnId, frame: Frame) -> Flow {
@@ -256,8 +354,22 @@ impl Shard {
                 ),
             );
         }
+        let grant = match self.auth.authenticate(&hello.credentials, unix_now_ms()) {
+            Ok(grant) => grant,
+            Err(err) => {
+                self.stats.handshake_failures += 1;
+                self.stats.auth_failures += 1;
+                let code = match err {
+                    AuthError::Expired { .. } => ErrorCode::TokenExpired,
+                    _ => ErrorCode::Unauthorized,
+                };
+                return self.close_with_error(conn, code, err.to_string());
+            }
+        };
+        debug!(?conn, identity = %grant.identity, "authenticated");
         if let Some(state) = self.conns.get_mut(&conn) {
             state.handshaken = true;
+            state.grant = Some(grant);
         }
         let welcome = OutFrame::Welcome {
             max_frame: self.config.max_frame,

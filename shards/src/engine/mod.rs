@@ -11,14 +11,16 @@
 //! executor's tasks mutate it, through `Rc<RefCell<Shard>>`, never across an
 //! `.await`.
 
+use std::sync::Arc;
 use std::task::Waker;
 
 use corebus_net::{Epoch, Seq, TopicKey};
 use rustc_hash::FxHashMap;
 
+use crate::auth::{Authenticator, Grant, OpenAccess};
 use crate::mesh::{MeshBatch, ShardMsg};
 use crate::metrics::{LatencyHistogram, ShardMetrics};
-use crate::outbox::{OutFrame, Outbox};
+use crate::outbox::Outbox;
 use crate::routing::{mix64, ShardId};
 use crate::stats::ShardStats;
 use crate::topic::{OwnedTopic, RingLimits};
@@ -57,6 +59,13 @@ pub struct EngineConfig {
     pub heartbeat_interval_ms: u64,
     /// A connection silent for this long is closed (`idle_timeout`).
     pub heartbeat_timeout_ms: u64,
+    /// A connection without a valid `HELLO` this long after it opened is
+    /// closed (`handshake_timeout`).
+    pub handshake_timeout_ms: u64,
+    /// Most publishes awaiting their `PUB_ACK` on one connection.
+    pub max_in_flight_per_conn: u32,
+    /// Most connections one shard holds.
+    pub max_connections_per_shard: usize,
 }
 
 impl Default for EngineConfig {
@@ -70,6 +79,9 @@ impl Default for EngineConfig {
             topic_idle_evict_ms: 300_000,
             heartbeat_interval_ms: 15_000,
             heartbeat_timeout_ms: 45_000,
+            handshake_timeout_ms: 5_000,
+            max_in_flight_per_conn: 16_384,
+            max_connections_per_shard: 100_000,
         }
     }
 }
@@ -131,6 +143,12 @@ struct SubState {
 struct ConnState {
     outbox: Outbox,
     handshaken: bool,
+    /// Who the connection is and what it may do; `None` before `HELLO`.
+    grant: Option<Grant>,
+    /// Engine time the connection opened (for the handshake deadline).
+    opened_ms: u64,
+    /// Publishes with an ack requested and not yet acknowledged.
+    in_flight: u32,
     subscriptions: FxHashMap<u32, SubState>,
     /// Subscription ids with a `lost` range to report.
     lossy: Vec<u32>,
@@ -159,6 +177,7 @@ pub struct Shard {
     rng: u64,
     stats: ShardStats,
     delivery_latency: LatencyHistogram,
+    auth: Arc<dyn Authenticator>,
 }
 
 impl Shard {
@@ -178,7 +197,15 @@ impl Shard {
             rng: mix64(seed ^ u64::from(id)),
             stats: ShardStats::default(),
             delivery_latency: LatencyHistogram::default(),
+            auth: Arc::new(OpenAccess),
         }
+    }
+
+    /// Uses `auth` to check credentials at the handshake (the default lets
+    /// everyone do everything).
+    pub fn with_authenticator(mut self, auth: Arc<dyn Authenticator>) -> Shard {
+        self.auth = auth;
+        self
     }
 
     /// This shard's id.
@@ -255,13 +282,7 @@ impl Shard {
                     self.push_mesh(from, ShardMsg::PubAckMsg { ack_to, seq });
                 }
             }
-            ShardMsg::PubAckMsg { ack_to, seq } => self.send(
-                ack_to.conn,
-                OutFrame::PubAck {
-                    request_id: ack_to.request_id,
-                    seq,
-                },
-            ),
+            ShardMsg::PubAckMsg { ack_to, seq } => self.acknowledge(ack_to, seq),
             ShardMsg::InterestMsg { topic, resume } => {
                 let (epoch, start_after, reply) = self.register_interest(&topic, from, resume);
                 self.push_mesh(

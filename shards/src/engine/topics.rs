@@ -8,6 +8,7 @@ use corebus_net::{Epoch, ErrorCode, Publish, Seq, Subscribe, TopicKey, Unsubscri
 
 use super::delivery::{push_message, Delivery};
 use super::{push_mesh, ActiveTopic, ConnId, Shard, SubState};
+use crate::auth::Action;
 use crate::mesh::{AckTo, ResumeReply, ResumeReq, ShardMsg};
 use crate::outbox::OutFrame;
 use crate::routing::{self, ShardId};
@@ -18,6 +19,25 @@ impl Shard {
 
     pub(super) fn handle_publish(&mut self, conn: ConnId, publish: Publish) {
         self.stats.publishes_received += 1;
+        if !self.permitted(conn, publish.request_id, Action::Publish, &publish.topic) {
+            return;
+        }
+        if publish.ack {
+            let max = self.config.max_in_flight_per_conn;
+            let Some(state) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            if state.in_flight >= max {
+                // Refused, not dropped silently: the client is told which one.
+                return self.send_error(
+                    conn,
+                    publish.request_id,
+                    ErrorCode::TooManyInFlight,
+                    format!("{max} publishes already await their acknowledgement; not published"),
+                );
+            }
+            state.in_flight += 1;
+        }
         let owner = routing::owner(&publish.topic, self.shard_count);
         let ack_to = publish.ack.then_some(AckTo {
             conn,
@@ -26,13 +46,7 @@ impl Shard {
         if owner == self.id {
             let seq = self.sequence_and_fan_out(publish.topic, publish.payload);
             if let Some(ack_to) = ack_to {
-                self.send(
-                    ack_to.conn,
-                    OutFrame::PubAck {
-                        request_id: ack_to.request_id,
-                        seq,
-                    },
-                );
+                self.acknowledge(ack_to, seq);
             }
         } else {
             self.push_mesh(
@@ -44,6 +58,20 @@ impl Shard {
                 },
             );
         }
+    }
+
+    /// Sends a `PUB_ACK` and frees its in-flight slot.
+    pub(super) fn acknowledge(&mut self, ack_to: AckTo, seq: Seq) {
+        if let Some(state) = self.conns.get_mut(&ack_to.conn) {
+            state.in_flight = state.in_flight.saturating_sub(1);
+        }
+        self.send(
+            ack_to.conn,
+            OutFrame::PubAck {
+                request_id: ack_to.request_id,
+                seq,
+            },
+        );
     }
 
     /// Owner side: assigns the next sequence number, keeps the payload for
@@ -140,6 +168,9 @@ impl Shard {
             resume,
             topic,
         } = subscribe;
+        if !self.permitted(conn, request_id, Action::Subscribe, &topic) {
+            return;
+        }
         let Some(state) = self.conns.get_mut(&conn) else {
             return;
         };

@@ -1,0 +1,219 @@
+//! Authentication and authorization as the engine sees them.
+//!
+//! The engine does not know about keys, tokens or configuration files: at the
+//! handshake it hands the client's credentials to an [`Authenticator`] (the
+//! broker's implementation checks API keys and signed tokens) and keeps the
+//! resulting [`Grant`] with the connection. Every publish and subscribe is then
+//! checked against the grant's [`Permissions`], and a grant that expires closes
+//! its connection.
+
+use std::sync::Arc;
+
+use corebus_net::TopicKey;
+
+/// What a request wants to do with a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Publish to it.
+    Publish,
+    /// Subscribe to it.
+    Subscribe,
+}
+
+impl Action {
+    /// `publish` or `subscribe`, for error texts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Publish => "publish",
+            Action::Subscribe => "subscribe",
+        }
+    }
+}
+
+/// Which topics of a namespace a rule covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicPattern {
+    /// Exactly this topic.
+    Exact(String),
+    /// Every topic starting with this prefix (the empty prefix: all topics).
+    Prefix(String),
+}
+
+impl TopicPattern {
+    /// True when `topic` is covered.
+    pub fn matches(&self, topic: &str) -> bool {
+        self.matches_bytes(topic.as_bytes())
+    }
+
+    fn matches_bytes(&self, topic: &[u8]) -> bool {
+        match self {
+            TopicPattern::Exact(exact) => exact.as_bytes() == topic,
+            TopicPattern::Prefix(prefix) => topic.starts_with(prefix.as_bytes()),
+        }
+    }
+}
+
+/// One permission: actions on topics of one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// The namespace (exact).
+    pub namespace: String,
+    /// The topics.
+    pub topic: TopicPattern,
+    /// May publish.
+    pub publish: bool,
+    /// May subscribe.
+    pub subscribe: bool,
+}
+
+/// Everything a connection may do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Permissions {
+    /// May do anything, including minting tokens.
+    pub superuser: bool,
+    /// Fine-grained rules (ignored for a super-user).
+    pub rules: Vec<Rule>,
+}
+
+impl Permissions {
+    /// Unrestricted (a super-user; also what an open broker grants).
+    pub fn all() -> Permissions {
+        Permissions {
+            superuser: true,
+            rules: Vec::new(),
+        }
+    }
+
+    /// True when some rule allows `action` on `topic`.
+    pub fn allows(&self, action: Action, topic: &TopicKey) -> bool {
+        self.superuser
+            || self.rules.iter().any(|rule| {
+                let action_ok = match action {
+                    Action::Publish => rule.publish,
+                    Action::Subscribe => rule.subscribe,
+                };
+                // Byte comparisons: names are validated UTF-8 already.
+                action_ok
+                    && rule.namespace.as_bytes() == topic.namespace_bytes()
+                    && rule.topic.matches_bytes(topic.topic_bytes())
+            })
+    }
+}
+
+/// The outcome of a successful authentication.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// Who this is (key name or token subject), for logs.
+    pub identity: String,
+    /// What the connection may do.
+    pub permissions: Arc<Permissions>,
+    /// When the grant ends (Unix milliseconds); the connection is closed then.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// Why credentials were refused (the text goes to the client).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No credentials, and the broker requires them.
+    #[error("this broker requires credentials (an API key or a token) in HELLO")]
+    Missing,
+    /// Unknown key, bad signature, malformed token...
+    #[error("invalid credentials: {0}")]
+    Invalid(String),
+    /// The token's `exp` has passed.
+    #[error("the token expired at {expired_at_unix} (Unix seconds)")]
+    Expired {
+        /// Its expiry.
+        expired_at_unix: u64,
+    },
+    /// The token's `nbf` is in the future.
+    #[error("the token is not valid before {not_before_unix} (Unix seconds)")]
+    NotYetValid {
+        /// Its start.
+        not_before_unix: u64,
+    },
+    /// A token request the broker cannot satisfy.
+    #[error("cannot mint a token: {0}")]
+    CannotMint(String),
+}
+
+/// Turns handshake credentials into a grant, and mints tokens. Implemented by
+/// the broker; shared by every shard, so it must be `Send + Sync`.
+/// `Debug` is required so shard state can be printed; implementations must
+/// not print secrets.
+pub trait Authenticator: std::fmt::Debug + Send + Sync + 'static {
+    /// Checks `credentials` (empty when the client sent none) at `now_ms`
+    /// (Unix milliseconds).
+    fn authenticate(&self, credentials: &[u8], now_ms: u64) -> Result<Grant, AuthError>;
+
+    /// Mints a token for the claims a super-user asked for.
+    fn mint(&self, claims_json: &str, ttl_secs: u32, now_ms: u64) -> Result<String, AuthError> {
+        let _ = (claims_json, ttl_secs, now_ms);
+        Err(AuthError::CannotMint(
+            "this broker has no token signing secret".into(),
+        ))
+    }
+}
+
+/// No authentication: every connection may do everything (development only;
+/// the broker refuses to run this way on a non-loopback address).
+#[derive(Debug, Default)]
+pub struct OpenAccess;
+
+impl Authenticator for OpenAccess {
+    fn authenticate(&self, _credentials: &[u8], _now_ms: u64) -> Result<Grant, AuthError> {
+        Ok(Grant {
+            identity: "anonymous".into(),
+            permissions: Arc::new(Permissions::all()),
+            expires_at_ms: None,
+        })
+    }
+}
+
+/// The current Unix time in milliseconds.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(ns: &str, topic: &str) -> TopicKey {
+        TopicKey::from_strs(ns, topic).expect("valid")
+    }
+
+    #[test]
+    fn rules_match_namespace_topic_and_action() {
+        let permissions = Permissions {
+            superuser: false,
+            rules: vec![
+                Rule {
+                    namespace: "notifications".into(),
+                    topic: TopicPattern::Exact("user-123".into()),
+                    publish: false,
+                    subscribe: true,
+                },
+                Rule {
+                    namespace: "orders".into(),
+                    topic: TopicPattern::Prefix("eu/".into()),
+                    publish: true,
+                    subscribe: false,
+                },
+            ],
+        };
+        let sub = Action::Subscribe;
+        let publish = Action::Publish;
+        assert!(permissions.allows(sub, &key("notifications", "user-123")));
+        assert!(!permissions.allows(publish, &key("notifications", "user-123")));
+        assert!(!permissions.allows(sub, &key("notifications", "user-1234")));
+        assert!(!permissions.allows(sub, &key("other", "user-123")));
+        assert!(permissions.allows(publish, &key("orders", "eu/created")));
+        assert!(!permissions.allows(publish, &key("orders", "us/created")));
+        assert!(!permissions.allows(sub, &key("orders", "eu/created")));
+        assert!(Permissions::all().allows(publish, &key("any", "thing")));
+        assert!(!Permissions::default().allows(sub, &key("any", "thing")));
+    }
+}
