@@ -7,6 +7,11 @@
 //! writes with `sendmsg(MSG_DONTWAIT)`; only when the kernel buffer is full does
 //! it fall back to glommio's awaiting `write`, which parks on io_uring until the
 //! socket drains.
+//!
+//! With TLS, both tasks share the connection's `rustls::ServerConnection`: the
+//! reader feeds it ciphertext and takes plaintext, the writer gives it
+//! plaintext and is the only one to write records to the socket (the reader
+//! kicks it when the handshake produced some).
 
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -84,7 +89,12 @@ pub struct Limits {
     pub total: Arc<ConnLimit>,
     /// Most connections on one shard.
     pub max_per_shard: usize,
+    /// TLS, when the broker has a certificate.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
+
+/// A connection's TLS state, shared by its reader and writer.
+type Tls = Rc<RefCell<rustls::ServerConnection>>;
 
 /// Serves one accepted connection until it closes.
 pub async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream, limits: Limits) {
@@ -98,6 +108,20 @@ pub async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream, limits: Limits)
             debug!(%err, "cannot duplicate the socket for writing; dropping connection");
             return;
         }
+    };
+    let tls: Option<Tls> = match &limits.tls {
+        None => None,
+        Some(config) => match rustls::ServerConnection::new(config.clone()) {
+            Ok(mut session) => {
+                // Plaintext is bounded by the outbox already.
+                session.set_buffer_limit(None);
+                Some(Rc::new(RefCell::new(session)))
+            }
+            Err(err) => {
+                debug!(%err, "cannot start a TLS session; dropping connection");
+                return;
+            }
+        },
     };
     let conn = shard.borrow_mut().open_conn();
     // Over a limit, the connection still gets a typed error before it closes.
@@ -115,8 +139,8 @@ pub async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream, limits: Limits)
             format!("this shard holds its maximum of {max} connections"),
         );
     }
-    let writer = glommio::spawn_local(write_loop(shard.clone(), conn, writer_stream));
-    match read_loop(&shard, conn, stream, max_frame).await {
+    let writer = glommio::spawn_local(write_loop(shard.clone(), conn, writer_stream, tls.clone()));
+    match read_loop(&shard, conn, stream, max_frame, tls).await {
         Ok(()) => debug!(?conn, "connection closed"),
         Err(err) => debug!(?conn, %err, "connection read failed"),
     }
@@ -145,9 +169,11 @@ async fn read_loop(
     conn: ConnId,
     mut stream: TcpStream,
     max_frame: u32,
+    tls: Option<Tls>,
 ) -> io::Result<()> {
     let mut buf = BytesMut::new();
     let mut chunk = READ_CHUNK_MIN;
+    let mut cipher = Vec::new();
     loop {
         let need;
         {
@@ -187,6 +213,33 @@ async fn read_loop(
         }
         let start = buf.len();
         let want = need.saturating_sub(start).max(chunk);
+        if let Some(tls) = &tls {
+            cipher.resize(chunk, 0);
+            let read = stream.read(&mut cipher).await?;
+            if read == 0 {
+                return Ok(());
+            }
+            shard.borrow_mut().note_input(conn, read);
+            let peer_closed = feed_tls(tls, &cipher[..read], &mut buf).map_err(|err| {
+                // rustls queued an alert: let the writer send it.
+                if let Some(outbox) = shard.borrow_mut().outbox_mut(conn) {
+                    outbox.kick();
+                }
+                err
+            })?;
+            if tls.borrow().wants_write() {
+                if let Some(outbox) = shard.borrow_mut().outbox_mut(conn) {
+                    outbox.kick();
+                }
+            }
+            if read == chunk {
+                chunk = (chunk * 2).min(READ_CHUNK_MAX);
+            }
+            if peer_closed {
+                return Ok(());
+            }
+            continue;
+        }
         buf.resize(start + want, 0);
         let read = stream.read(&mut buf[start..]).await;
         match read {
@@ -210,7 +263,69 @@ async fn read_loop(
     }
 }
 
-async fn write_loop(shard: Rc<RefCell<Shard>>, conn: ConnId, mut stream: TcpStream) {
+/// Feeds ciphertext to rustls and appends the plaintext it yields to `plain`;
+/// returns whether the peer sent close_notify.
+fn feed_tls(tls: &Tls, mut cipher: &[u8], plain: &mut BytesMut) -> io::Result<bool> {
+    let mut session = tls.borrow_mut();
+    let mut peer_closed = false;
+    while !cipher.is_empty() {
+        session.read_tls(&mut cipher)?;
+        let state = session
+            .process_new_packets()
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?;
+        let available = state.plaintext_bytes_to_read();
+        if available > 0 {
+            let start = plain.len();
+            plain.resize(start + available, 0);
+            io::Read::read_exact(&mut session.reader(), &mut plain[start..])?;
+        }
+        peer_closed |= state.peer_has_closed();
+    }
+    Ok(peer_closed)
+}
+
+/// Writes every record rustls has ready.
+async fn flush_tls(stream: &mut TcpStream, tls: &Tls) -> io::Result<()> {
+    loop {
+        let mut records = Vec::new();
+        {
+            let mut session = tls.borrow_mut();
+            while session.wants_write() {
+                session.write_tls(&mut records)?;
+            }
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        stream.write_all(&records).await?;
+    }
+}
+
+/// Hands the segments to rustls as plaintext and writes the records; returns
+/// the plaintext bytes written.
+async fn write_tls(
+    stream: &mut TcpStream,
+    tls: &Tls,
+    segments: &mut Vec<Bytes>,
+) -> io::Result<usize> {
+    let mut total = 0;
+    {
+        let mut session = tls.borrow_mut();
+        for segment in segments.drain(..) {
+            io::Write::write_all(&mut session.writer(), &segment)?;
+            total += segment.len();
+        }
+    }
+    flush_tls(stream, tls).await?;
+    Ok(total)
+}
+
+async fn write_loop(
+    shard: Rc<RefCell<Shard>>,
+    conn: ConnId,
+    mut stream: TcpStream,
+    tls: Option<Tls>,
+) {
     let mut batch = Vec::new();
     // Grows with the batches it encodes; an idle connection holds almost nothing.
     let mut head = BytesMut::new();
@@ -221,7 +336,8 @@ async fn write_loop(shard: Rc<RefCell<Shard>>, conn: ConnId, mut stream: TcpStre
             let Some(outbox) = shard.outbox_mut(conn) else {
                 return Poll::Ready(None);
             };
-            if !outbox.is_empty() {
+            let kicked = outbox.take_kick();
+            if !outbox.is_empty() || kicked {
                 outbox.drain_into(&mut batch);
                 Poll::Ready(Some(outbox.is_closing()))
             } else if outbox.is_closing() {
@@ -243,7 +359,11 @@ async fn write_loop(shard: Rc<RefCell<Shard>>, conn: ConnId, mut stream: TcpStre
         if !head.is_empty() {
             segments.push(head.split().freeze());
         }
-        let written = match write_all_vectored(&mut stream, &mut segments).await {
+        let result = match &tls {
+            Some(tls) => write_tls(&mut stream, tls, &mut segments).await,
+            None => write_all_vectored(&mut stream, &mut segments).await,
+        };
+        let written = match result {
             Ok(written) => written,
             Err(err) => {
                 debug!(?conn, %err, "connection write failed");
@@ -251,6 +371,13 @@ async fn write_loop(shard: Rc<RefCell<Shard>>, conn: ConnId, mut stream: TcpStre
             }
         };
         shard.borrow_mut().conn_drained(conn, written);
+    }
+    if let Some(tls) = &tls {
+        // A clean TLS close (or the alert for a failed handshake), bounded
+        // by the write timeout when the peer does not read.
+        let _ = stream.set_write_timeout(Some(CLOSE_FLUSH_TIMEOUT));
+        tls.borrow_mut().send_close_notify();
+        let _ = flush_tls(&mut stream, tls).await;
     }
     // Unblocks the reader if it is still waiting for input.
     // SAFETY: shutdown(2) on a descriptor we own; it does not touch memory.

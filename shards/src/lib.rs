@@ -13,12 +13,15 @@
 pub mod auth;
 pub mod conn;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod mesh;
 pub mod metrics;
 pub mod outbox;
 pub mod routing;
 pub mod runtime;
 pub mod stats;
+pub mod tls;
 pub mod topic;
 
 pub use auth::{Authenticator, Grant, OpenAccess, Permissions};

@@ -132,6 +132,8 @@ pub struct Outbox {
     limit_bytes: usize,
     /// Set once the connection must close after what is queued is written.
     closing: bool,
+    /// The writer has transport work (TLS records) even with no frames.
+    kicked: bool,
     writer: Option<Waker>,
 }
 
@@ -143,6 +145,7 @@ impl Outbox {
             queued_bytes: 0,
             limit_bytes,
             closing: false,
+            kicked: false,
             writer: None,
         }
     }
@@ -220,6 +223,18 @@ impl Outbox {
     pub fn drain_into(&mut self, into: &mut Vec<OutFrame>) {
         into.extend(self.frames.drain(..));
         self.queued_bytes = 0;
+    }
+
+    /// Wakes the writer for transport work that is not a frame (TLS
+    /// handshake records produced by the reader's input).
+    pub fn kick(&mut self) {
+        self.kicked = true;
+        self.wake();
+    }
+
+    /// Whether the writer was kicked since it last looked; clears the flag.
+    pub fn take_kick(&mut self) -> bool {
+        std::mem::take(&mut self.kicked)
     }
 
     /// Registers the writer to be woken by the next push.

@@ -47,6 +47,9 @@ pub struct ServerConfig {
     pub auth: Arc<dyn Authenticator>,
     /// Most connections the whole broker holds.
     pub max_connections: usize,
+    /// TLS for every client connection (see [`crate::tls`]); `None` for
+    /// plaintext.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +60,7 @@ impl Default for ServerConfig {
             engine: EngineConfig::default(),
             auth: Arc::new(OpenAccess),
             max_connections: 100_000,
+            tls: None,
         }
     }
 }
@@ -316,6 +320,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
         let mesh = mesh.clone();
         let shard_control = control.clone();
         let auth = config.auth.clone();
+        let tls = config.tls.clone();
         let conn_limit = conn_limit.clone();
         let shard_metrics = metrics.clone();
         let spawned = LocalExecutorBuilder::new(placement)
@@ -331,6 +336,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
                     ready: ready_tx,
                     auth,
                     conn_limit,
+                    tls,
                 };
                 run_shard(ctx, engine, mesh).await
             });
@@ -384,6 +390,7 @@ struct ShardContext {
     ready: mpsc::Sender<Result<SocketAddr, StartError>>,
     auth: Arc<dyn Authenticator>,
     conn_limit: Arc<ConnLimit>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 async fn run_shard(
@@ -400,6 +407,7 @@ async fn run_shard(
         ready,
         auth,
         conn_limit,
+        tls,
     } = ctx;
     let listener = match bind_listener(listen).and_then(|l| Ok((l.local_addr()?, l))) {
         Ok((addr, listener)) => {
@@ -464,6 +472,7 @@ async fn run_shard(
                         max_frame,
                         total: conn_limit.clone(),
                         max_per_shard,
+                        tls: tls.clone(),
                     };
                     glommio::spawn_local(crate::conn::serve(shard.clone(), stream, limits))
                         .detach();

@@ -359,4 +359,6 @@ mod delivery;
 mod topics;
 
 #[cfg(test)]
+mod hostile;
+#[cfg(test)]
 mod tests;
