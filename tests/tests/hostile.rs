@@ -202,3 +202,34 @@ async fn oversized_publish_is_refused_from_its_prefix() {
     );
     assert!(raw.recv().await.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_silent_connections_are_closed_at_the_handshake_deadline() {
+    let broker = Broker::start_with(
+        2,
+        corebus_shards::EngineConfig {
+            handshake_timeout_ms: 300,
+            ..Default::default()
+        },
+    );
+    let mut silent = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        silent.push(RawConn::connect(broker.addr()).await);
+    }
+    // Meanwhile an authenticated client works normally, before and after.
+    let client = broker.client_on(0).await;
+    let mut sub = client.subscribe("test", "busy").await.expect("subscribes");
+    client.publish("test", "busy", "one").await.expect("acked");
+    let started = tokio::time::Instant::now();
+    for conn in &mut silent {
+        let (_, code, fatal) = error_of(conn.recv().await);
+        assert_eq!((code, fatal), (ErrorCode::HandshakeTimeout, true));
+        assert!(conn.recv().await.is_none(), "closed after the error");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    client.publish("test", "busy", "two").await.expect("acked");
+    for expected in [&b"one"[..], b"two"] {
+        let message = sub.next_message().await.expect("open").expect("message");
+        assert_eq!(&message.payload[..], expected);
+    }
+}
