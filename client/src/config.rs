@@ -1,5 +1,6 @@
 //! Client settings.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Settings for [`Client::connect_with`](crate::Client::connect_with).
@@ -57,7 +58,9 @@ pub struct ClientConfig {
     /// and ends as with `reconnect: false`; `None` (the default) retries
     /// forever, until [`Client::close`](crate::Client::close). A handshake the
     /// server refuses (an `ERROR` instead of `WELCOME`, another protocol
-    /// version) ends the client at once.
+    /// version), or a TLS handshake that rustls rejects (a certificate not
+    /// trusted or not valid for the name, a peer not speaking TLS), ends the
+    /// client at once.
     pub reconnect_max_attempts: Option<u32>,
     /// The client sends `PING` when it has heard nothing from the server for
     /// this long. Default 15 s (at least 1 ms is used).
@@ -67,6 +70,11 @@ pub struct ClientConfig {
     /// the client itself spends not reading, because a subscriber's buffer is
     /// full, does not count.
     pub heartbeat_timeout: Duration,
+    /// Speak TLS to the broker (on every connect and reconnect, each with a
+    /// full handshake); `None` (the default) for plaintext TCP. The broker's
+    /// port must be configured the same way: neither side falls back to the
+    /// other.
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for ClientConfig {
@@ -84,6 +92,7 @@ impl Default for ClientConfig {
             reconnect_max_attempts: None,
             heartbeat_interval: Duration::from_secs(15),
             heartbeat_timeout: Duration::from_secs(45),
+            tls: None,
         }
     }
 }
@@ -110,4 +119,62 @@ impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Credentials(<redacted>)")
     }
+}
+
+/// How the client speaks TLS to the broker: which certificates it trusts and
+/// which name the broker's certificate must carry.
+///
+/// The client offers TLS 1.3 and TLS 1.2 (nothing older), with rustls's
+/// default cipher suites on the `ring` provider, and verifies the broker's
+/// certificate chain and name; there is no way to turn verification off.
+///
+/// ```
+/// use corebus_client::{ClientConfig, TlsOptions, TlsRoots};
+/// // Trust a private CA, and check the broker's certificate for "bus.internal"
+/// // whatever address the client dials.
+/// let config = ClientConfig {
+///     tls: Some(TlsOptions {
+///         roots: TlsRoots::CaFile("/etc/corebus/ca.pem".into()),
+///         server_name: Some("bus.internal".into()),
+///     }),
+///     ..ClientConfig::default()
+/// };
+/// # assert!(config.tls.is_some());
+/// // The platform's trust store, and the host part of the connect address.
+/// let public = ClientConfig {
+///     tls: Some(TlsOptions::default()),
+///     ..ClientConfig::default()
+/// };
+/// # assert_eq!(public.tls, Some(TlsOptions { roots: TlsRoots::System, server_name: None }));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsOptions {
+    /// The certificates that may vouch for the broker's certificate.
+    /// Default: [`TlsRoots::System`].
+    pub roots: TlsRoots,
+    /// The name the broker's certificate must be valid for (and the SNI name
+    /// sent). `None` (the default) takes the host part of the address given
+    /// to [`Client::connect_with`](crate::Client::connect_with): a DNS name
+    /// as it is, an IP address as an IP address (which the certificate must
+    /// then list as an IP subject alternative name). For a list of socket
+    /// addresses, which has no host part, the first address's IP is used.
+    /// A name that is an IP address (`"10.0.0.7"`, `"::1"`) is also taken as
+    /// one.
+    pub server_name: Option<String>,
+}
+
+/// The trust anchors a TLS client checks the broker's certificate against.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TlsRoots {
+    /// The platform's trust store (on Linux, the OpenSSL locations, which
+    /// `SSL_CERT_FILE` and `SSL_CERT_DIR` override), loaded when the client
+    /// connects. Certificates in it that do not parse are skipped; connecting
+    /// fails with [`TlsError::NoSystemRoots`](crate::TlsError::NoSystemRoots)
+    /// if none is usable.
+    #[default]
+    System,
+    /// The certificates in one PEM file (one or several `CERTIFICATE`
+    /// blocks; other blocks are ignored), read when the client connects:
+    /// typically a private CA, or the broker's self-signed certificate.
+    CaFile(PathBuf),
 }

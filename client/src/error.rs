@@ -1,5 +1,7 @@
 //! The client's error type.
 
+use std::path::PathBuf;
+
 use corebus_net::{ErrorCode, ErrorFrame, FrameError, NameError};
 
 use crate::Discontinuity;
@@ -41,6 +43,11 @@ pub enum Error {
     /// an `ERROR` from the server instead of `WELCOME`.
     #[error("handshake failed: {0}")]
     Handshake(String),
+    /// TLS could not be set up from
+    /// [`ClientConfig::tls`](crate::ClientConfig::tls), or the TLS handshake
+    /// failed (see [`TlsError`]).
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
     /// A namespace or topic name breaks the naming rules; checked locally, so
     /// nothing was sent.
     #[error("invalid name: {0}")]
@@ -82,6 +89,66 @@ pub enum Error {
     /// every handle to it was dropped).
     #[error("the client is closed")]
     Closed,
+}
+
+/// Why TLS failed; carried by [`Error::Tls`].
+///
+/// A separate enum, against the one-error-enum habit, so that callers can
+/// handle every TLS failure with one `Error::Tls(_)` arm and look inside
+/// only when they care which.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// The CA file given as [`TlsRoots::CaFile`](crate::TlsRoots::CaFile)
+    /// could not be opened or read.
+    #[error("cannot read CA file {}: {source}", path.display())]
+    CaFileUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
+    /// The CA file is not valid PEM, or a certificate in it is not one the
+    /// client can use as a trust anchor.
+    #[error("CA file {} is not usable: {reason}", path.display())]
+    CaFileInvalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The CA file holds no `CERTIFICATE` block.
+    #[error("CA file {} holds no PEM certificate", path.display())]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The platform's trust store yielded no usable certificate.
+    #[error("no usable certificate in the system trust store: {reason}")]
+    NoSystemRoots {
+        /// What loading the store reported.
+        reason: String,
+    },
+    /// The server name (given, or taken from the address) is neither a valid
+    /// DNS name nor an IP address.
+    #[error("{name:?} is not a valid TLS server name")]
+    InvalidServerName {
+        /// The name.
+        name: String,
+    },
+    /// The TLS handshake with the broker failed: its certificate is not
+    /// trusted or not valid for the server name, the two sides share no
+    /// protocol version or cipher suite, the peer does not speak TLS, or the
+    /// connection broke during the handshake.
+    #[error("TLS handshake with {peer} failed: {source}")]
+    Handshake {
+        /// The address connected to.
+        peer: String,
+        /// The reason: for a TLS-level failure, an `std::io::Error` of kind
+        /// `InvalidData` wrapping rustls's error (`into_inner` and downcast
+        /// to `rustls::Error` to inspect it).
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -131,6 +198,17 @@ mod tests {
         assert_eq!(
             Error::from_frame(&unknown).to_string(),
             "server refused request: unknown code 999: new"
+        );
+    }
+
+    #[test]
+    fn tls_display() {
+        let err = Error::from(TlsError::NoCertificate {
+            path: "/tmp/ca.pem".into(),
+        });
+        assert_eq!(
+            err.to_string(),
+            "TLS: CA file /tmp/ca.pem holds no PEM certificate"
         );
     }
 

@@ -1,15 +1,17 @@
 //! The native Rust client for the corebus publish/subscribe broker, on tokio.
 //!
 //! Role: speak the corebus wire protocol (`docs/protocol.md`) over one TCP
-//! connection per [`Client`], for applications, the broker's CLI and the
-//! integration tests. All encoding and decoding goes through the sans-I/O codec
+//! connection per [`Client`], plaintext or TLS, for applications, the
+//! broker's CLI and the integration tests. All encoding and decoding goes through the sans-I/O codec
 //! in `corebus-net`; this crate adds the connection: the handshake, request ids
 //! and their answers, pipelined publishes, subscription streams, and `PING`/
 //! `PONG`.
 //!
 //! Must not depend on: any broker crate (`corebus`, `corebus-shards`) or
 //! glommio. It runs on any tokio runtime (current-thread or multi-thread) and
-//! needs only `corebus-net`, `bytes`, `futures-core`, `thiserror` and tokio.
+//! needs only `corebus-net`, `bytes`, `futures-core`, `thiserror`, tokio, and
+//! for TLS `rustls` (with the `ring` provider), `tokio-rustls` and
+//! `rustls-native-certs`.
 //!
 //! Design: a background reader task decodes frames (payloads are slices of
 //! its read buffer, never copied) and resolves requests or routes messages; a
@@ -36,7 +38,8 @@
 //! is replaced: the client reconnects to the address it first resolved, with
 //! exponential backoff and jitter ([`ClientConfig::reconnect_initial_delay`],
 //! [`ClientConfig::reconnect_max_delay`],
-//! [`ClientConfig::reconnect_max_attempts`]), redoes the handshake and
+//! [`ClientConfig::reconnect_max_attempts`]), redoes the handshake (after a
+//! fresh TLS handshake, with TLS on) and
 //! resubscribes every live subscription under its id, from the message after
 //! the last one it received. The broker replays the messages of the outage
 //! from its replay buffer, so the stream goes on with no duplicate and no
@@ -59,6 +62,35 @@
 //!   [`Error::ConnectionLost`]) when reconnecting is off, the attempts run out,
 //!   or the server refuses the new handshake; and with [`Error::Closed`] after
 //!   [`Client::close`], which also stops reconnecting.
+//!
+//! # TLS
+//!
+//! With [`ClientConfig::tls`] set, every connection (the first and each
+//! reconnection) starts with a TLS handshake (TLS 1.3 or 1.2, rustls on the
+//! `ring` provider) before `HELLO`. The broker's certificate is verified
+//! against [`TlsOptions::roots`] (the platform's trust store, or a PEM CA
+//! file) and for [`TlsOptions::server_name`], by default the host part of
+//! the address given to [`Client::connect_with`] (an IP address then needs
+//! an IP subject alternative name in the certificate). Set-up problems (an
+//! unreadable or empty CA file, an invalid name) and failed handshakes are
+//! [`Error::Tls`], with the detail in [`TlsError`].
+//!
+//! ```no_run
+//! use corebus_client::{Client, ClientConfig, Error, TlsOptions, TlsRoots};
+//!
+//! # async fn run() -> Result<(), Error> {
+//! let config = ClientConfig {
+//!     tls: Some(TlsOptions {
+//!         roots: TlsRoots::CaFile("/etc/corebus/ca.pem".into()),
+//!         ..TlsOptions::default()
+//!     }),
+//!     ..ClientConfig::default()
+//! };
+//! // Verifies that the broker's certificate is valid for "bus.internal".
+//! let client = Client::connect_with("bus.internal:7400", config).await?;
+//! # client.close().await
+//! # }
+//! ```
 //!
 //! Heartbeats: the client sends `PING` when it has heard nothing for
 //! [`ClientConfig::heartbeat_interval`] and drops the connection (then
@@ -102,6 +134,7 @@
 
 #![warn(missing_docs)]
 
+mod addr;
 mod config;
 mod connection;
 mod error;
@@ -114,13 +147,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::ToSocketAddrs;
 use tokio::sync::oneshot;
 use tokio::time::{timeout, Instant};
 
-pub use config::{ClientConfig, Credentials};
+pub use addr::ServerAddr;
+pub use config::{ClientConfig, Credentials, TlsOptions, TlsRoots};
 pub use corebus_net::{ErrorCode, FrameError, NameError};
-pub use error::Error;
+pub use error::{Error, TlsError};
 pub use subscription::{Discontinuity, Event, Message, ResumeFrom, Subscription};
 
 use connection::{check_names, Shared};
@@ -161,18 +194,23 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Connects to a broker with the default [`ClientConfig`].
-    pub async fn connect(addr: impl ToSocketAddrs) -> Result<Client, Error> {
+    pub async fn connect(addr: impl ServerAddr) -> Result<Client, Error> {
         Client::connect_with(addr, ClientConfig::default()).await
     }
 
-    /// Connects to a broker: opens the TCP connection (with `TCP_NODELAY`),
-    /// sends `HELLO` and waits for `WELCOME`, all within
+    /// Connects to a broker: resolves `addr`, opens the TCP connection (with
+    /// `TCP_NODELAY`), runs the TLS handshake if [`ClientConfig::tls`] is
+    /// set, sends `HELLO` and waits for `WELCOME`, all within
     /// [`ClientConfig::connect_timeout`].
+    ///
+    /// `addr` is anything tokio resolves (`"host:port"`, `(host, port)`, a
+    /// `SocketAddr`…; see [`ServerAddr`]); its host part is the default TLS
+    /// server name. Reconnections reuse the addresses resolved here.
     ///
     /// Must be called inside a tokio runtime: it spawns the connection's
     /// reader and writer tasks.
     pub async fn connect_with(
-        addr: impl ToSocketAddrs,
+        addr: impl ServerAddr,
         config: ClientConfig,
     ) -> Result<Client, Error> {
         let shared = connection::connect(addr, config).await?;

@@ -220,12 +220,11 @@ async fn read_loop(
                 return Ok(());
             }
             shard.borrow_mut().note_input(conn, read);
-            let peer_closed = feed_tls(tls, &cipher[..read], &mut buf).map_err(|err| {
+            let peer_closed = feed_tls(tls, &cipher[..read], &mut buf).inspect_err(|_| {
                 // rustls queued an alert: let the writer send it.
                 if let Some(outbox) = shard.borrow_mut().outbox_mut(conn) {
                     outbox.kick();
                 }
-                err
             })?;
             if tls.borrow().wants_write() {
                 if let Some(outbox) = shard.borrow_mut().outbox_mut(conn) {

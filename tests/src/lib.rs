@@ -1,7 +1,9 @@
 //! Helpers for the black-box tests in `tests/tests/`: start a real broker
 //! in-process on a loopback port, connect clients to a chosen shard, speak
 //! raw protocol for the hostile-input tests, and put a [`Proxy`] that cuts
-//! connections between a client and the broker.
+//! connections between a client and the broker; for the TLS tests, make a
+//! throwaway certificate with the `openssl` command and a rustls server
+//! configuration from it.
 //!
 //! Must not depend on: shard internals beyond the public start-up API and the
 //! routing function (used to pick topics owned by a given shard).
@@ -266,4 +268,108 @@ async fn accept_loop(listener: TcpListener, shared: Arc<ProxyShared>) {
         links.retain(|link| !link.is_finished());
         links.push(link);
     }
+}
+
+/// A self-signed certificate (EC P-256, valid one day, for `localhost` and
+/// `127.0.0.1`, not a CA) and its key, as PEM files in a directory of their own under
+/// the temp dir; the directory is removed when this is dropped.
+pub struct TestCerts {
+    /// The directory holding both files.
+    pub dir: std::path::PathBuf,
+    /// The certificate, `cert.pem`: the broker's chain, and the client's CA
+    /// file.
+    pub cert_pem: std::path::PathBuf,
+    /// The private key, `key.pem` (PKCS#8, unencrypted).
+    pub key_pem: std::path::PathBuf,
+}
+
+impl Drop for TestCerts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Makes a fresh [`TestCerts`] with the `openssl` command line.
+///
+/// Panics, saying so, when `openssl` is not installed or fails: the TLS
+/// tests need it and must not pass silently without it.
+pub fn test_certs() -> TestCerts {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.subsec_nanos())
+        .unwrap_or_default();
+    let dir = std::env::temp_dir().join(format!(
+        "corebus-tls-test-{}-{}-{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("creates the certificate directory");
+    let certs = TestCerts {
+        cert_pem: dir.join("cert.pem"),
+        key_pem: dir.join("key.pem"),
+        dir,
+    };
+    let output = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            // `req -x509` marks the certificate as a CA by default, and
+            // webpki refuses a CA certificate as a server's own
+            // (`CaUsedAsEndEntity`), even where it is also the trust anchor.
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-keyout",
+        ])
+        .arg(&certs.key_pem)
+        .arg("-out")
+        .arg(&certs.cert_pem)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|err| {
+            panic!(
+                "the TLS tests need the `openssl` command line tool to make a test \
+                 certificate, and running it failed: {err}"
+            )
+        });
+    assert!(
+        output.status.success(),
+        "`openssl req` failed to make a test certificate ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    certs
+}
+
+/// A broker-side TLS configuration serving `certs`: rustls on the `ring`
+/// provider, TLS 1.3 and 1.2, no client certificates.
+pub fn server_tls_config(certs: &TestCerts) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let chain = CertificateDer::pem_file_iter(&certs.cert_pem)
+        .expect("certificate file opens")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificate file parses");
+    assert!(!chain.is_empty(), "no certificate in {:?}", certs.cert_pem);
+    let key = PrivateKeyDer::from_pem_file(&certs.key_pem).expect("key file parses");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("ring supports TLS 1.3 and 1.2")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("the key matches the certificate");
+    Arc::new(config)
 }

@@ -30,6 +30,8 @@ mod reader;
 mod session;
 mod setup;
 mod state;
+mod stream;
+mod tls;
 
 pub(crate) use setup::connect;
 use state::{Cursor, Ended, Pending, Route, State, Terminal};

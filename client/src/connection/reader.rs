@@ -9,10 +9,10 @@ use corebus_net::{
     check, decode, Check, ErrorFrame, Frame, PubAck, SubOk, UnsubOk, DEFAULT_MAX_FRAME,
 };
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 
 use super::state::protocol_violation;
+use super::stream::ReadHalf;
 use super::{Cursor, Ended, Pending, Shared, Terminal, READ_CHUNK};
 use crate::error::code_text;
 use crate::subscription::Started;
@@ -320,11 +320,7 @@ impl Shared {
 }
 
 /// Reads and dispatches frames until the connection ends; returns why.
-pub(super) async fn run_reader(
-    shared: Arc<Shared>,
-    mut rd: OwnedReadHalf,
-    mut buf: BytesMut,
-) -> Ended {
+pub(super) async fn run_reader(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: BytesMut) -> Ended {
     let limit = shared
         .welcome()
         .max_frame

@@ -3,7 +3,6 @@
 //! backoff and resumes every subscription.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,14 +12,14 @@ use tokio::time::{sleep, sleep_until};
 
 use super::backoff::Backoff;
 use super::reader::run_reader;
-use super::setup::{attempt, write_loop, AttemptError, Opened};
+use super::setup::{attempt, write_loop, AttemptError, Dialer, Opened};
 use super::{Ended, Shared, Terminal};
 
 /// Runs connections until the client ends; returns the result of the final
 /// flush when it ends by `close()`.
 pub(super) async fn run_session(
     shared: Arc<Shared>,
-    addrs: Vec<SocketAddr>,
+    dialer: Dialer,
     mut opened: Opened,
 ) -> io::Result<()> {
     let config = &shared.config;
@@ -49,7 +48,7 @@ pub(super) async fn run_session(
             shared.fail(Terminal::Lost(reason));
             return Ok(());
         }
-        match reconnect(&shared, &addrs, &mut backoff, &reason).await {
+        match reconnect(&shared, &dialer, &mut backoff, &reason).await {
             Some(next) => opened = next,
             None => return Ok(()),
         }
@@ -85,7 +84,7 @@ fn stopping(shared: &Shared) -> bool {
 /// refuses the handshake or the attempts run out (the client then ends).
 async fn reconnect(
     shared: &Shared,
-    addrs: &[SocketAddr],
+    dialer: &Dialer,
     backoff: &mut Backoff,
     lost: &str,
 ) -> Option<Opened> {
@@ -102,7 +101,7 @@ async fn reconnect(
             return None;
         }
         let result = tokio::select! {
-            result = attempt(addrs, &shared.config) => result,
+            result = attempt(dialer, &shared.config) => result,
             () = shared.session_wake.notified() => continue,
         };
         match result {
@@ -135,7 +134,7 @@ async fn reconnect(
 
 /// Runs one connection until it ends; returns why.
 async fn run_connection(shared: &Arc<Shared>, opened: Opened) -> Ended {
-    let (rd, mut wr) = opened.stream.into_split();
+    let (rd, mut wr) = opened.stream.split();
     shared.heard_now();
     let mut reader = tokio::spawn(run_reader(shared.clone(), rd, opened.leftover));
     let mut reader_done = false;

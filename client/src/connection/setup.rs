@@ -12,20 +12,30 @@ use corebus_net::{
     check, decode, Check, Frame, Hello, Welcome, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{lookup_host, TcpStream, ToSocketAddrs};
+use tokio::net::{lookup_host, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
 
 use super::session::run_session;
+use super::stream::{Stream, WriteHalf};
+use super::tls::Tls;
 use super::{Shared, State, KEEP_WRITE_BUFFER, READ_CHUNK};
 use crate::error::code_text;
-use crate::{ClientConfig, Error};
+use crate::{ClientConfig, Error, ServerAddr, TlsError};
+
+/// Where and how to connect, fixed by the first connect and reused by every
+/// reconnection.
+pub(super) struct Dialer {
+    /// The addresses the first connect resolved.
+    addrs: Vec<SocketAddr>,
+    /// `Some` when the client speaks TLS.
+    tls: Option<Tls>,
+}
 
 /// A handshaken connection: the stream, the server's `WELCOME`, and any bytes
 /// read past it.
 pub(super) struct Opened {
-    pub(super) stream: TcpStream,
+    pub(super) stream: Stream,
     pub(super) welcome: Welcome,
     pub(super) leftover: BytesMut,
 }
@@ -50,12 +60,18 @@ impl AttemptError {
 
 /// Opens a connection, performs the handshake and starts the session task.
 pub(crate) async fn connect(
-    addr: impl ToSocketAddrs,
+    addr: impl ServerAddr,
     config: ClientConfig,
 ) -> Result<Arc<Shared>, Error> {
     let deadline = Instant::now() + config.connect_timeout;
+    let host = addr.host();
     let addrs = resolve(addr, deadline, config.connect_timeout).await?;
-    let opened = attempt(&addrs, &config)
+    let tls = match &config.tls {
+        Some(options) => Some(Tls::new(options, host, &addrs).await?),
+        None => None,
+    };
+    let dialer = Dialer { addrs, tls };
+    let opened = attempt(&dialer, &config)
         .await
         .map_err(AttemptError::into_error)?;
     let max_in_flight = config
@@ -77,7 +93,7 @@ pub(crate) async fn connect(
         stalled: AtomicBool::new(false),
         clock_base: Instant::now(),
     });
-    let session = tokio::spawn(run_session(shared.clone(), addrs, opened));
+    let session = tokio::spawn(run_session(shared.clone(), dialer, opened));
     *shared
         .session_task
         .lock()
@@ -87,7 +103,7 @@ pub(crate) async fn connect(
 
 /// Resolves `addr` once; reconnections reuse the addresses.
 async fn resolve(
-    addr: impl ToSocketAddrs,
+    addr: impl ServerAddr,
     deadline: Instant,
     limit: Duration,
 ) -> Result<Vec<SocketAddr>, Error> {
@@ -108,20 +124,35 @@ async fn resolve(
     }
 }
 
-/// Connects to the first address that accepts and performs the handshake,
-/// all within `connect_timeout`.
+/// Connects to the first address that accepts and performs the handshakes
+/// (TLS, if configured, then `HELLO`/`WELCOME`), all within
+/// `connect_timeout`.
 pub(super) async fn attempt(
-    addrs: &[SocketAddr],
+    dialer: &Dialer,
     config: &ClientConfig,
 ) -> Result<Opened, AttemptError> {
     let limit = config.connect_timeout;
     let deadline = Instant::now() + limit;
-    let (stream, peer) = open(addrs, deadline, limit)
+    let (tcp, peer) = open(&dialer.addrs, deadline, limit)
         .await
         .map_err(AttemptError::Failed)?;
-    stream
-        .set_nodelay(true)
+    tcp.set_nodelay(true)
         .map_err(|err| AttemptError::Failed(Error::Io(err)))?;
+    let stream = match &dialer.tls {
+        None => Stream::Plain(tcp),
+        Some(tls) => match timeout_at(deadline, tls.handshake(tcp, &peer)).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(AttemptError::Failed(Error::Tls(TlsError::Handshake {
+                    peer,
+                    source: io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no TLS handshake within {limit:?}"),
+                    ),
+                })))
+            }
+        },
+    };
     let credentials = config
         .credentials
         .as_ref()
@@ -175,7 +206,7 @@ async fn open(
 
 /// Sends `HELLO` and waits for `WELCOME`; returns it with any bytes read past it.
 async fn handshake(
-    mut stream: TcpStream,
+    mut stream: Stream,
     client_name: &str,
     credentials: &[u8],
 ) -> Result<Opened, AttemptError> {
@@ -189,6 +220,8 @@ async fn handshake(
     })
     .encode(&mut out);
     stream.write_all(&out).await.map_err(failed)?;
+    // TLS may keep records back until flushed; plain TCP flushes for nothing.
+    stream.flush().await.map_err(failed)?;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     loop {
         match check(&buf, DEFAULT_MAX_FRAME)
@@ -231,7 +264,7 @@ async fn handshake(
 
 /// Writes whatever callers queued, one swap of the buffer per wake-up.
 /// Returns `Ok` only after the final flush and shutdown of `close()`.
-pub(super) async fn write_loop(shared: &Shared, wr: &mut OwnedWriteHalf) -> io::Result<()> {
+pub(super) async fn write_loop(shared: &Shared, wr: &mut WriteHalf) -> io::Result<()> {
     let mut spare = BytesMut::with_capacity(READ_CHUNK);
     loop {
         shared.write_notify.notified().await;
@@ -257,6 +290,9 @@ pub(super) async fn write_loop(shared: &Shared, wr: &mut OwnedWriteHalf) -> io::
         }
         if !spare.is_empty() {
             wr.write_all(&spare).await?;
+            // A TLS stream may return from a write with records still in its
+            // buffer; without the flush they would wait for the next write.
+            wr.flush().await?;
             spare.clear();
             if spare.capacity() > KEEP_WRITE_BUFFER {
                 spare = BytesMut::with_capacity(READ_CHUNK);
