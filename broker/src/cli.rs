@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::BoolishValueParser;
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 /// The address `serve` listens on and `pub`/`sub` connect to by default.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7400";
@@ -33,6 +34,65 @@ pub enum Command {
     /// Check what the broker needs from this host (kernel, io_uring, limits,
     /// CPUs) and print the fix for each problem.
     Doctor(DoctorCommand),
+    /// Create API keys, or hash one for the configuration file.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Mint scoped, short-lived tokens with the configured signing secret.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `corebus key`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Print a new random API key, then the `sha256 = "..."` line that goes
+    /// into its [[keys]] table. Only the hash belongs in the configuration.
+    Generate,
+    /// Print the SHA-256 of KEY (read from standard input when omitted, so
+    /// that it stays out of the shell history).
+    Hash {
+        /// The key.
+        key: Option<String>,
+    },
+}
+
+/// `corebus token`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a signed token (JWT) granting one permission for --ttl.
+    Mint(MintArgs),
+}
+
+/// `corebus token mint`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("action").required(true).multiple(true).args(["publish", "subscribe"])))]
+pub struct MintArgs {
+    /// The configuration file holding token_secret (or token_secret_file);
+    /// COREBUS_TOKEN_SECRET or COREBUS_TOKEN_SECRET_FILE win over it.
+    #[command(flatten)]
+    pub file: ConfigFileArg,
+    /// Namespace the token is for.
+    #[arg(long)]
+    pub ns: String,
+    /// Topic the token is for (a prefix with --prefix; with --prefix, the
+    /// empty topic means every topic of the namespace).
+    #[arg(long)]
+    pub topic: String,
+    /// Grant every topic starting with --topic.
+    #[arg(long)]
+    pub prefix: bool,
+    /// Allow publishing.
+    #[arg(long)]
+    pub publish: bool,
+    /// Allow subscribing.
+    #[arg(long)]
+    pub subscribe: bool,
+    /// Lifetime, e.g. 30m; at most the configured token_max_lifetime.
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// The token's subject (`sub`), shown in the broker's logs and errors.
+    #[arg(long, value_name = "IDENTITY")]
+    pub sub: Option<String>,
 }
 
 /// Where `serve` and `doctor` read a configuration file from.
@@ -93,6 +153,35 @@ pub struct ServeArgs {
     /// Address every shard listens on.
     #[arg(long, env = "COREBUS_LISTEN", default_value = DEFAULT_ADDR)]
     pub listen: SocketAddr,
+    /// Run without authentication on a non-loopback address when no keys
+    /// and no token secret are configured (otherwise refused). Anyone who
+    /// can reach the port may then publish and subscribe to everything.
+    #[arg(long, env = "COREBUS_INSECURE_NO_AUTH", default_value = "false",
+          num_args = 0..=1, default_missing_value = "true", require_equals = true,
+          value_parser = BoolishValueParser::new())]
+    pub insecure_no_auth: bool,
+    /// Longest lifetime a token may have (exp minus iat, or minus the time
+    /// it is presented when it has no iat); longer tokens are refused.
+    #[arg(long, env = "COREBUS_TOKEN_MAX_LIFETIME", default_value = "24h", value_parser = parse_duration)]
+    pub token_max_lifetime: Duration,
+    /// A connection that has not completed its handshake (HELLO, with valid
+    /// credentials) within this long is closed (handshake_timeout).
+    #[arg(long, env = "COREBUS_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Most connections the whole broker holds; more are refused
+    /// (too_many_connections).
+    #[arg(long, env = "COREBUS_MAX_CONNECTIONS", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Most connections one shard holds.
+    #[arg(long, env = "COREBUS_MAX_CONNECTIONS_PER_SHARD", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_shard: u32,
+    /// Most publishes one connection may have awaiting their acknowledgement
+    /// (too_many_in_flight beyond it).
+    #[arg(long, env = "COREBUS_MAX_IN_FLIGHT", default_value_t = 16_384,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
     /// Number of shards, or `auto` for one per CPU the process may run on.
     #[arg(long, env = "COREBUS_SHARDS", default_value = "auto", value_parser = parse_shards)]
     pub shards: Shards,
@@ -138,6 +227,13 @@ pub struct ServeArgs {
     /// Address of the Prometheus endpoint (`/metrics`, `/healthz`), or `off`.
     #[arg(long, env = "COREBUS_METRICS", default_value = "off", value_parser = parse_metrics)]
     pub metrics: MetricsAddr,
+    /// PEM certificate chain for TLS on client connections (with
+    /// --tls-key); empty for plaintext.
+    #[arg(long, env = "COREBUS_TLS_CERT", default_value = "", value_parser = parse_optional_path)]
+    pub tls_cert: OptionalPath,
+    /// PEM private key matching --tls-cert.
+    #[arg(long, env = "COREBUS_TLS_KEY", default_value = "", value_parser = parse_optional_path)]
+    pub tls_key: OptionalPath,
     /// On SIGTERM or SIGINT: how long clients get to drain after GOAWAY
     /// before the broker exits anyway.
     #[arg(long, env = "COREBUS_SHUTDOWN_DEADLINE", default_value = "10s", value_parser = parse_duration)]
@@ -147,6 +243,17 @@ pub struct ServeArgs {
 /// `--metrics` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MetricsAddr(pub Option<SocketAddr>);
+
+/// A file path setting that may be unset (the empty string).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionalPath(pub Option<std::path::PathBuf>);
+
+/// Parses a path; the empty string means "not set".
+pub fn parse_optional_path(text: &str) -> Result<OptionalPath, String> {
+    Ok(OptionalPath(
+        (!text.is_empty()).then(|| std::path::PathBuf::from(text)),
+    ))
+}
 
 /// Parses `off` or a socket address such as `127.0.0.1:9400`.
 pub fn parse_metrics(text: &str) -> Result<MetricsAddr, String> {
@@ -243,12 +350,27 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{text:?} is too long"))
 }
 
-/// Where `pub` and `sub` connect.
+/// Where `pub` and `sub` connect, and with which credentials.
 #[derive(Debug, Args)]
 pub struct ServerArg {
     /// Broker address.
     #[arg(long, default_value = DEFAULT_ADDR)]
     pub server: String,
+    /// A token to authenticate with (sent in the handshake only). Without
+    /// --token or --key, the COREBUS_CREDENTIALS environment variable is
+    /// used when set; prefer it, since arguments are visible in `ps`.
+    #[arg(long, value_name = "TOKEN", conflicts_with = "key")]
+    pub token: Option<String>,
+    /// An API key to authenticate with (see --token).
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+    /// Connect with TLS, verifying the broker against the system's roots.
+    #[arg(long)]
+    pub tls: bool,
+    /// Connect with TLS, verifying the broker against the CA certificates
+    /// in this PEM file (implies --tls).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// `corebus pub`.

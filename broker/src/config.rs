@@ -18,6 +18,7 @@ use clap::error::{ContextKind, ContextValue};
 use clap::parser::ValueSource;
 use clap::{Arg, ArgMatches, Args, FromArgMatches};
 
+use crate::auth_config::{self, AuthSettings};
 use crate::cli::ServeArgs;
 
 /// Where a setting's effective value came from.
@@ -62,6 +63,9 @@ pub struct Resolved {
     pub args: ServeArgs,
     /// Every setting in declaration order.
     pub settings: Vec<Setting>,
+    /// API keys and token secrets from the file (the environment's secrets
+    /// are layered on by [`AuthSettings::apply_env`]).
+    pub auth: AuthSettings,
 }
 
 /// Two settings whose values contradict each other.
@@ -119,6 +123,16 @@ pub fn defaults() -> anyhow::Result<(ServeArgs, ArgMatches)> {
     Ok((args, matches))
 }
 
+/// The settings from the environment over the file (if any) over the
+/// defaults, with no flags: what `token mint` signs with.
+pub fn from_env_and_file(file: Option<&Path>) -> anyhow::Result<Resolved> {
+    let matches = settings_command().try_get_matches_from(["corebus"])?;
+    let args = ServeArgs::from_arg_matches(&matches)?;
+    let mut resolved = resolve(file, args, &matches)?;
+    resolved.auth.apply_env()?;
+    Ok(resolved)
+}
+
 /// `corebus config check FILE`: the file over the built-in defaults.
 pub fn check_file(path: &Path) -> anyhow::Result<()> {
     let (args, matches) = defaults()?;
@@ -141,12 +155,13 @@ pub fn resolve(
     };
     let command = settings_command();
     if let Some((path, table)) = &table {
-        if let Some(unknown) = table
-            .keys()
-            .find(|key| !setting_args(&command).any(|arg| arg.get_id() == key.as_str()))
-        {
+        if let Some(unknown) = table.keys().find(|key| {
+            !setting_args(&command).any(|arg| arg.get_id() == key.as_str())
+                && !auth_config::FILE_KEYS.contains(&key.as_str())
+        }) {
             let known: Vec<&str> = setting_args(&command)
                 .map(|arg| arg.get_id().as_str())
+                .chain(auth_config::FILE_KEYS)
                 .collect();
             bail!(
                 "{}: unknown key `{unknown}` (known keys: {})",
@@ -202,7 +217,15 @@ pub fn resolve(
             origin,
         });
     }
-    let resolved = Resolved { args, settings };
+    let auth = match &table {
+        Some((path, table)) => AuthSettings::from_table(path, table)?,
+        None => AuthSettings::default(),
+    };
+    let resolved = Resolved {
+        args,
+        settings,
+        auth,
+    };
     if let Err(conflict) = check_consistency(&resolved.args) {
         bail!(
             "{} {} {}{}",
@@ -236,6 +259,9 @@ impl Resolved {
                 toml_value(&setting.value),
                 setting.origin
             );
+        }
+        for line in self.auth.describe() {
+            let _ = writeln!(out, "{line}");
         }
         out
     }
@@ -289,8 +315,40 @@ pub fn default_file() -> String {
             .unwrap_or_default();
         let _ = writeln!(out, "{} = {}", arg.get_id(), toml_value(&default));
     }
+    out.push_str(AUTH_SECTION);
     out
 }
+
+/// The end of the default file: the authentication keys, which are not
+/// flags (see `crate::auth_config`), commented out.
+const AUTH_SECTION: &str = "
+# Authentication (see docs/security.md). With no [[keys]] and no
+# token_secret the broker runs without authentication, and then only on a
+# loopback address unless insecure_no_auth is true. With either, every
+# connection must present an API key or a token in its handshake.
+#
+# Token signing secret (HS256; at least 32 bytes): token_secret, or
+# token_secret_file naming a file that holds it (environment:
+# COREBUS_TOKEN_SECRET or COREBUS_TOKEN_SECRET_FILE, which win over this
+# file). During a rotation the old secret moves to token_secret_previous (or
+# token_secret_previous_file), accepted for verification only; remove it
+# once token_max_lifetime has passed.
+# token_secret_file = \"/etc/corebus/token-secret\"
+# token_secret_previous_file = \"/etc/corebus/token-secret.old\"
+#
+# API keys, by the SHA-256 of the key text only (`corebus key generate`
+# prints a new key and its hash). A super-user key may do everything and
+# mint tokens; other keys get permissions: a namespace, a topic (exact, or a
+# prefix with prefix = true; the empty prefix is every topic), and publish
+# and/or subscribe. [[keys]] tables must come after every other setting.
+# [[keys]]
+# name = \"orders-service\"
+# sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"
+# superuser = false
+# permissions = [
+#   { ns = \"orders\", topic = \"eu/\", prefix = true, publish = true, subscribe = false },
+# ]
+";
 
 /// One file value, as its flag's text and parsed by its flag's parser alone.
 fn parse_file_value(
@@ -346,14 +404,16 @@ fn read_table(path: &Path) -> anyhow::Result<toml::Table> {
     })
 }
 
-/// A file value as the text its flag would be given. Strings and integers
-/// only: no setting is a boolean, a float, a list or a table.
+/// A file value as the text its flag would be given. Strings, integers and
+/// booleans only: no setting is a float, a list or a table. The flag's
+/// parser decides whether the text suits it.
 fn file_text(value: &toml::Value) -> Result<String, String> {
     match value {
         toml::Value::String(text) => Ok(text.clone()),
         toml::Value::Integer(number) => Ok(number.to_string()),
+        toml::Value::Boolean(flag) => Ok(flag.to_string()),
         other => Err(format!(
-            "expected a string or an integer, found {}",
+            "expected a string, an integer or a boolean, found {}",
             other.type_str()
         )),
     }
@@ -373,9 +433,10 @@ fn clap_reason(err: &clap::Error) -> String {
     first.strip_prefix("error: ").unwrap_or(first).to_string()
 }
 
-/// `text` as a TOML value: integers bare, everything else a basic string.
+/// `text` as a TOML value: integers and booleans bare, everything else a
+/// basic string.
 fn toml_value(text: &str) -> String {
-    if text.parse::<i64>().is_ok() {
+    if text.parse::<i64>().is_ok() || text == "true" || text == "false" {
         return text.to_string();
     }
     let mut out = String::with_capacity(text.len() + 2);
@@ -502,9 +563,11 @@ mod tests {
         let cases = [
             ("bogus = 1\n", "unknown key `bogus`"),
             (
-                "shards = true\n",
-                "key `shards`: expected a string or an integer, found boolean",
+                "shards = 1.5\n",
+                "key `shards`: expected a string, an integer or a boolean, found float",
             ),
+            ("shards = true\n", "key `shards`: invalid value \"true\""),
+            ("insecure_no_auth = \"maybe\"\n", "key `insecure_no_auth`"),
             (
                 "max_frame = \"big\"\n",
                 "key `max_frame`: invalid value \"big\"",
@@ -542,6 +605,7 @@ mod tests {
     fn toml_values_quote_what_is_not_an_integer() {
         assert_eq!(toml_value("1024"), "1024");
         assert_eq!(toml_value("15s"), "\"15s\"");
+        assert_eq!(toml_value("false"), "false");
         assert_eq!(toml_value("a\"b\\c"), "\"a\\\"b\\\\c\"");
     }
 }

@@ -1,17 +1,23 @@
 //! The `corebus` binary's library: command-line parsing, configuration
 //! layering (flags, environment, file), the host checks of `doctor`, the
 //! `serve` command that starts the shard executors, and the `pub`/`sub`
-//! commands built on the client crate.
+//! commands built on the client crate; API keys and tokens (`auth`, `jwt`,
+//! `auth_config`, `permissions`) and the `key` / `token` commands.
 //!
 //! Must not depend on: shard internals beyond `corebus_shards::start`, its
 //! configuration and the runtime's host requirements (the engine is reached
 //! only through the runtime), nor on any protocol detail the client crate
 //! already hides.
 
+pub mod auth;
+pub mod auth_cmd;
+pub mod auth_config;
 pub mod cli;
 pub mod config;
 pub mod doctor;
+pub mod jwt;
 pub mod metrics;
 pub mod output;
+pub mod permissions;
 pub mod pubsub;
 pub mod serve;

@@ -25,6 +25,8 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Doctor(command) => corebus::doctor::main(command, subcommand(&matches)),
+        Command::Key(command) => corebus::auth_cmd::key(command),
+        Command::Token(command) => corebus::auth_cmd::token(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

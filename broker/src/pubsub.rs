@@ -4,26 +4,58 @@ use std::collections::VecDeque;
 use std::io::Write;
 
 use anyhow::{bail, Context};
-use corebus_client::{Client, ClientConfig, Event, ResumeFrom};
+use corebus_client::{
+    Client, ClientConfig, Credentials, Error, Event, ResumeFrom, TlsOptions, TlsRoots,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::cli::{PubArgs, SubArgs};
+use crate::cli::{PubArgs, ServerArg, SubArgs};
 use crate::output::{json_discontinuity, json_message};
 
-async fn connect(server: &str, name: &str) -> anyhow::Result<Client> {
+/// The credentials to send: `--token`, `--key`, or COREBUS_CREDENTIALS.
+fn credentials(server: &ServerArg) -> Option<Credentials> {
+    server
+        .token
+        .clone()
+        .or_else(|| server.key.clone())
+        .or_else(|| {
+            std::env::var("COREBUS_CREDENTIALS")
+                .ok()
+                .filter(|value| !value.is_empty())
+        })
+        .map(Credentials::new)
+}
+
+async fn connect(server: &ServerArg, name: &str) -> anyhow::Result<Client> {
+    let tls = match (&server.ca, server.tls) {
+        (Some(ca), _) => Some(TlsOptions {
+            roots: TlsRoots::CaFile(ca.clone()),
+            ..TlsOptions::default()
+        }),
+        (None, true) => Some(TlsOptions::default()),
+        (None, false) => None,
+    };
     let config = ClientConfig {
         client_name: name.into(),
+        credentials: credentials(server),
+        tls,
         ..ClientConfig::default()
     };
-    Client::connect_with(server, config)
-        .await
-        .map_err(anyhow::Error::new)
-        .with_context(|| format!("is a broker running at {server}?"))
+    let addr = &server.server;
+    match Client::connect_with(addr, config).await {
+        Ok(client) => Ok(client),
+        // Only a failure to reach the broker suggests it is not running; a
+        // refused handshake (bad credentials) speaks for itself.
+        Err(err @ Error::Connect { .. }) => {
+            Err(anyhow::Error::new(err).context(format!("is a broker running at {addr}?")))
+        }
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// Publishes one message or every stdin line; prints sequence numbers.
 pub async fn publish(args: PubArgs) -> anyhow::Result<()> {
-    let client = connect(&args.server.server, "corebus-cli-pub").await?;
+    let client = connect(&args.server, "corebus-cli-pub").await?;
     if let Some(message) = args.message {
         let seq = client
             .publish(&args.namespace, &args.topic, message.into_bytes())
@@ -70,7 +102,7 @@ pub async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
     if args.count == Some(0) {
         return Ok(());
     }
-    let client = connect(&args.server.server, "corebus-cli-sub").await?;
+    let client = connect(&args.server, "corebus-cli-sub").await?;
     let mut subscription = match args.from {
         Some(seq) => {
             client

@@ -3,14 +3,18 @@
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::ArgMatches;
-use corebus_shards::{EngineConfig, RingLimits, ServerConfig, SlowConsumerPolicy};
-use tracing::{debug, info};
+use corebus_shards::{
+    Authenticator, EngineConfig, OpenAccess, RingLimits, ServerConfig, SlowConsumerPolicy,
+};
+use tracing::{debug, info, warn};
 use tracing_subscriber::EnvFilter;
 
+use crate::auth_config::AuthSettings;
 use crate::cli::{LogFormat, ServeArgs, ServeCommand, SlowConsumer};
 use crate::config::{self, Origin, Resolved};
 
@@ -45,16 +49,59 @@ pub fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
             topic_idle_evict_ms: args.topic_idle_evict.as_millis() as u64,
             heartbeat_interval_ms: args.heartbeat_interval.as_millis() as u64,
             heartbeat_timeout_ms: args.heartbeat_timeout.as_millis() as u64,
-            ..EngineConfig::default()
+            handshake_timeout_ms: args.handshake_timeout.as_millis() as u64,
+            max_in_flight_per_conn: args.max_in_flight,
+            max_connections_per_shard: args.max_connections_per_shard as usize,
         },
+        max_connections: args.max_connections as usize,
         ..ServerConfig::default()
     })
+}
+
+/// The authenticator for these settings, enforcing the secure default:
+/// without keys or a token secret the broker runs open, and then only on a
+/// loopback address unless `insecure_no_auth` says otherwise.
+pub fn authenticator(
+    args: &ServeArgs,
+    auth: &AuthSettings,
+) -> anyhow::Result<Arc<dyn Authenticator>> {
+    if !auth.is_open() {
+        if args.insecure_no_auth {
+            warn!("insecure_no_auth is set but keys or a token secret are configured: every connection must still authenticate");
+        }
+        return Ok(Arc::new(auth.authenticator(args.token_max_lifetime)));
+    }
+    let ip = args.listen.ip();
+    if !ip.is_loopback() && !args.insecure_no_auth {
+        bail!(
+            "refusing to listen on {} without authentication: configure [[keys]] or \
+             token_secret (see docs/security.md), or start with --insecure-no-auth to let \
+             anyone who reaches the port publish and subscribe to everything",
+            args.listen
+        );
+    }
+    warn!(listen = %args.listen, "running without authentication: every client may publish and subscribe to everything");
+    Ok(Arc::new(OpenAccess))
+}
+
+/// The TLS configuration `tls_cert` and `tls_key` ask for (both or neither).
+pub fn tls_config(args: &ServeArgs) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    match (&args.tls_cert.0, &args.tls_key.0) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => {
+            let config = corebus_shards::tls::server_config_from_pem(cert, key)?;
+            info!(cert = %cert.display(), "TLS enabled for client connections");
+            Ok(Some(config))
+        }
+        _ => bail!("tls_cert and tls_key must be given together (or neither, for plaintext)"),
+    }
 }
 
 /// `corebus serve`: `matches` are the `serve` subcommand's, which say
 /// whether each setting came from a flag, the environment or a default.
 pub fn main(command: ServeCommand, matches: &ArgMatches) -> anyhow::Result<()> {
-    let resolved = config::resolve(command.file.config.as_deref(), command.settings, matches)?;
+    let mut resolved = config::resolve(command.file.config.as_deref(), command.settings, matches)?;
+    resolved.auth.apply_env()?;
     if command.print_config {
         print!("{}", resolved.to_file());
         return Ok(());
@@ -89,7 +136,9 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
             debug!(key = %setting.key, value = %setting.value, origin = %setting.origin, "setting");
         }
     }
-    let config = server_config(args)?;
+    let mut config = server_config(args)?;
+    config.auth = authenticator(args, &resolved.auth)?;
+    config.tls = tls_config(args)?;
     crate::doctor::preflight(args.shards)?;
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {

@@ -142,8 +142,18 @@ fn bad_files_are_refused_with_one_line_naming_the_file_and_the_key() {
         ),
         (
             "type.toml",
-            "shards = true\n",
-            "key `shards`: expected a string or an integer",
+            "shards = 1.5\n",
+            "key `shards`: expected a string, an integer or a boolean",
+        ),
+        (
+            "key.toml",
+            "[[keys]]\nname = \"k\"\nsuperuser = true\n",
+            "key `keys[0]`: key \"k\" has no `sha256`",
+        ),
+        (
+            "secret.toml",
+            "token_secret = \"short\"\n",
+            "key `token_secret`: the secret is 5 bytes long",
         ),
         (
             "number.toml",

@@ -1,0 +1,349 @@
+//! HS256 JSON Web Tokens (RFC 7519), the subset corebus needs: compact
+//! serialization, HMAC-SHA256 signatures, and base64url without padding.
+//!
+//! Verification checks the signature before it parses the payload, so an
+//! attacker's JSON never reaches the claims parser unless it was signed with
+//! one of our secrets. Only `HS256` is accepted: a token naming any other
+//! algorithm (`none` included) is refused before any MAC is computed.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The only header corebus writes.
+const HEADER_JSON: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
+
+/// Longest token accepted, in bytes; bounds the work an unauthenticated
+/// client can ask for (a HELLO can carry up to `max_frame` bytes).
+pub const MAX_TOKEN_LEN: usize = 8 << 10;
+
+/// Why a compact JWT was refused before its claims were looked at.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    /// Not three base64url parts, bad base64url, not JSON...
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    /// The header names another algorithm than HS256.
+    #[error("unsupported token algorithm {0:?}: only HS256 is accepted")]
+    Algorithm(String),
+    /// No secret produced this signature.
+    #[error("bad token signature")]
+    BadSignature,
+}
+
+/// Signs `payload_json` with `secret`: `header.payload.signature`.
+pub fn encode(payload_json: &str, secret: &[u8]) -> String {
+    let mut token = base64url_encode(HEADER_JSON.as_bytes());
+    token.push('.');
+    token.push_str(&base64url_encode(payload_json.as_bytes()));
+    let signature = mac(secret, token.as_bytes()).finalize().into_bytes();
+    token.push('.');
+    token.push_str(&base64url_encode(&signature));
+    token
+}
+
+/// Checks `token`'s form, algorithm and signature against each of `secrets`
+/// in turn and returns its payload as JSON. The payload is not interpreted:
+/// expiry and claims are the caller's.
+pub fn verify<'s>(
+    token: &[u8],
+    secrets: impl IntoIterator<Item = &'s [u8]>,
+) -> Result<serde_json::Map<String, serde_json::Value>, JwtError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(JwtError::Malformed(format!(
+            "{} bytes, more than the {MAX_TOKEN_LEN} accepted",
+            token.len()
+        )));
+    }
+    let mut parts = token.split(|byte| *byte == b'.');
+    let (Some(header_part), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JwtError::Malformed(
+            "expected three dot-separated parts".into(),
+        ));
+    };
+    let header = json_object(header_part, "header")?;
+    match header.get("alg") {
+        Some(serde_json::Value::String(alg)) if alg == "HS256" => {}
+        Some(serde_json::Value::String(alg)) => return Err(JwtError::Algorithm(alg.clone())),
+        _ => return Err(JwtError::Malformed("the header has no `alg`".into())),
+    }
+    // RFC 7515 §4.1.11: extensions the recipient does not understand must be
+    // refused, and corebus understands none.
+    if header.contains_key("crit") {
+        return Err(JwtError::Malformed(
+            "the header has `crit` extensions".into(),
+        ));
+    }
+    let signature = base64url_decode(signature)
+        .map_err(|reason| JwtError::Malformed(format!("signature: {reason}")))?;
+    let signed = &token[..header_part.len() + 1 + payload.len()];
+    // `verify_slice` compares in constant time; every secret is tried so
+    // that the time taken does not say which one matched.
+    let mut valid = false;
+    for secret in secrets {
+        valid |= mac(secret, signed).verify_slice(&signature).is_ok();
+    }
+    if !valid {
+        return Err(JwtError::BadSignature);
+    }
+    json_object(payload, "payload")
+}
+
+fn mac(secret: &[u8], data: &[u8]) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");
+    mac.update(data);
+    mac
+}
+
+fn json_object(
+    part: &[u8],
+    what: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, JwtError> {
+    let bytes = base64url_decode(part)
+        .map_err(|reason| JwtError::Malformed(format!("{what}: {reason}")))?;
+    match serde_json::from_slice(&bytes) {
+        Ok(serde_json::Value::Object(object)) => Ok(object),
+        Ok(_) => Err(JwtError::Malformed(format!("{what}: not a JSON object"))),
+        Err(err) => Err(JwtError::Malformed(format!("{what}: {err}"))),
+    }
+}
+
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// base64url without padding (RFC 4648 §5), as JWTs use it.
+pub fn base64url_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b0 = chunk[0];
+        let b1 = chunk.get(1).copied().unwrap_or(0);
+        let b2 = chunk.get(2).copied().unwrap_or(0);
+        let sextets = [
+            b0 >> 2,
+            (b0 & 0x03) << 4 | b1 >> 4,
+            (b1 & 0x0f) << 2 | b2 >> 6,
+            b2 & 0x3f,
+        ];
+        for sextet in &sextets[..chunk.len() + 1] {
+            out.push(char::from(ALPHABET[usize::from(*sextet)]));
+        }
+    }
+    out
+}
+
+/// Decodes base64url without padding; refuses padding, other alphabets,
+/// impossible lengths and non-zero trailing bits, so every byte string has
+/// exactly one accepted encoding.
+pub fn base64url_decode(text: &[u8]) -> Result<Vec<u8>, String> {
+    if text.len() % 4 == 1 {
+        return Err(format!(
+            "{} characters is not a base64url length",
+            text.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0u32;
+    for (offset, byte) in text.iter().enumerate() {
+        let value = match byte {
+            b'A'..=b'Z' => byte - b'A',
+            b'a'..=b'z' => byte - b'a' + 26,
+            b'0'..=b'9' => byte - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => {
+                return Err(format!(
+                    "byte {byte:#04x} at offset {offset} is not base64url"
+                ))
+            }
+        };
+        acc = (acc << 6) | u32::from(value);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    if acc != 0 {
+        return Err("non-zero trailing bits".into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn part(json: &str) -> String {
+        base64url_encode(json.as_bytes())
+    }
+
+    #[test]
+    fn base64url_round_trips_and_matches_rfc4648_vectors() {
+        let vectors = [
+            ("", ""),
+            ("f", "Zg"),
+            ("fo", "Zm8"),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg"),
+            ("fooba", "Zm9vYmE"),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (plain, encoded) in vectors {
+            assert_eq!(base64url_encode(plain.as_bytes()), encoded);
+            assert_eq!(
+                base64url_decode(encoded.as_bytes()),
+                Ok(plain.as_bytes().to_vec())
+            );
+        }
+        assert_eq!(base64url_encode(&[0xfb, 0xff]), "-_8");
+        let all: Vec<u8> = (0..=255).collect();
+        for len in 0..all.len() {
+            let encoded = base64url_encode(&all[..len]);
+            assert_eq!(
+                base64url_decode(encoded.as_bytes()),
+                Ok(all[..len].to_vec())
+            );
+        }
+    }
+
+    #[test]
+    fn base64url_refuses_padding_other_alphabets_and_odd_forms() {
+        for bad in ["Zg==", "Zm9+", "Zm9/", "Z", "Zm9vY", "Zh", "Zm9 v"] {
+            assert!(base64url_decode(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_token_verifies_with_its_secret_only() {
+        let token = encode(r#"{"exp":10}"#, SECRET);
+        let payload = verify(token.as_bytes(), [SECRET]).expect("valid");
+        assert_eq!(payload.get("exp"), Some(&serde_json::json!(10)));
+        let other: &[u8] = b"another secret of enough length!";
+        assert_eq!(
+            verify(token.as_bytes(), [other]),
+            Err(JwtError::BadSignature)
+        );
+        assert!(
+            verify(token.as_bytes(), [other, SECRET]).is_ok(),
+            "rotation"
+        );
+        assert_eq!(
+            verify(token.as_bytes(), std::iter::empty::<&[u8]>()),
+            Err(JwtError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn a_changed_payload_or_signature_is_refused() {
+        let token = encode(r#"{"exp":10,"sub":"alice"}"#, SECRET);
+        let parts: Vec<&str> = token.split('.').collect();
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            part(r#"{"exp":99,"sub":"alice"}"#),
+            parts[2]
+        );
+        assert_eq!(
+            verify(forged.as_bytes(), [SECRET]),
+            Err(JwtError::BadSignature)
+        );
+        let mut signature = base64url_decode(parts[2].as_bytes()).expect("decodes");
+        signature[31] ^= 1;
+        let flipped = format!("{}.{}.{}", parts[0], parts[1], base64url_encode(&signature));
+        assert_eq!(
+            verify(flipped.as_bytes(), [SECRET]),
+            Err(JwtError::BadSignature)
+        );
+        let short = format!(
+            "{}.{}.{}",
+            parts[0],
+            parts[1],
+            base64url_encode(&signature[..16])
+        );
+        assert_eq!(
+            verify(short.as_bytes(), [SECRET]),
+            Err(JwtError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn other_algorithms_are_refused_before_any_mac() {
+        let payload = part(r#"{"exp":10}"#);
+        let none = format!("{}.{payload}.", part(r#"{"alg":"none"}"#));
+        assert_eq!(
+            verify(none.as_bytes(), [SECRET]),
+            Err(JwtError::Algorithm("none".into()))
+        );
+        let rs = format!("{}.{payload}.c2ln", part(r#"{"alg":"RS256"}"#));
+        assert_eq!(
+            verify(rs.as_bytes(), [SECRET]),
+            Err(JwtError::Algorithm("RS256".into()))
+        );
+        let no_alg = format!("{}.{payload}.c2ln", part(r#"{"typ":"JWT"}"#));
+        assert!(matches!(
+            verify(no_alg.as_bytes(), [SECRET]),
+            Err(JwtError::Malformed(_))
+        ));
+        let crit = format!("{}.{payload}.c2ln", part(r#"{"alg":"HS256","crit":["x"]}"#));
+        assert!(matches!(
+            verify(crit.as_bytes(), [SECRET]),
+            Err(JwtError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn malformed_tokens_are_refused_with_a_reason() {
+        let header = part(HEADER_JSON);
+        // Signed, so that the payload is looked at: it is only after the MAC.
+        let signed = |payload: &str| {
+            let input = format!("{header}.{payload}");
+            let signature = mac(SECRET, input.as_bytes()).finalize().into_bytes();
+            format!("{input}.{}", base64url_encode(&signature))
+        };
+        let cases = [
+            "a.b".to_string(),
+            "a.b.c.d".to_string(),
+            signed("not*base64"),
+            signed(&part("{")),
+            format!("{header}.e30.c2ln="),
+            format!("{}.e30.c2ln", part("not json")),
+            format!("{}.e30.c2ln", part("[1,2]")),
+            "x".repeat(MAX_TOKEN_LEN + 1),
+        ];
+        for token in cases {
+            assert!(
+                matches!(
+                    verify(token.as_bytes(), [SECRET]),
+                    Err(JwtError::Malformed(_))
+                ),
+                "{token:.40}"
+            );
+        }
+        // A signed payload that is not an object is refused too.
+        let signed_array = encode("[1]", SECRET);
+        assert!(matches!(
+            verify(signed_array.as_bytes(), [SECRET]),
+            Err(JwtError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn verifies_the_rfc7515_appendix_a1_example() {
+        let key = base64url_decode(
+            b"AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow",
+        )
+        .expect("the RFC's key");
+        let token = "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.\
+                     eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.\
+                     dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        let payload = verify(token.as_bytes(), [key.as_slice()]).expect("the RFC's token");
+        assert_eq!(payload.get("iss"), Some(&serde_json::json!("joe")));
+        assert_eq!(payload.get("exp"), Some(&serde_json::json!(1300819380)));
+    }
+}

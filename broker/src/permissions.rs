@@ -1,0 +1,91 @@
+//! Permissions as keys and tokens spell them, turned into the engine's
+//! [`Rule`]s: `{ns, topic, prefix, publish, subscribe}` in the configuration
+//! file and `{ns, topic, prefix, pub, sub}` in a token's `perm` claim.
+
+use corebus_shards::auth::{Rule, TopicPattern};
+use serde_json::{json, Value};
+
+/// A rule, checked: valid namespace, valid topic (a prefix may be empty,
+/// meaning every topic), and at least one action.
+pub fn make_rule(
+    namespace: String,
+    topic: String,
+    prefix: bool,
+    publish: bool,
+    subscribe: bool,
+) -> Result<Rule, String> {
+    corebus_net::validate_namespace(namespace.as_bytes()).map_err(|err| err.to_string())?;
+    if !(prefix && topic.is_empty()) {
+        corebus_net::validate_topic(topic.as_bytes()).map_err(|err| err.to_string())?;
+    }
+    if !publish && !subscribe {
+        return Err(format!(
+            "the permission on {namespace}/{topic} grants nothing: allow publish, subscribe or both"
+        ));
+    }
+    Ok(Rule {
+        namespace,
+        topic: if prefix {
+            TopicPattern::Prefix(topic)
+        } else {
+            TopicPattern::Exact(topic)
+        },
+        publish,
+        subscribe,
+    })
+}
+
+/// A rule as a token's `perm` entry.
+pub(crate) fn rule_json(rule: &Rule) -> Value {
+    let (topic, prefix) = match &rule.topic {
+        TopicPattern::Exact(topic) => (topic, false),
+        TopicPattern::Prefix(topic) => (topic, true),
+    };
+    json!({
+        "ns": rule.namespace,
+        "topic": topic,
+        "prefix": prefix,
+        "pub": rule.publish,
+        "sub": rule.subscribe,
+    })
+}
+
+/// A token's `perm` claim: an array of `{ns, topic, prefix, pub, sub}`.
+pub(crate) fn parse_perm(perm: &Value) -> Result<Vec<Rule>, String> {
+    let Value::Array(entries) = perm else {
+        return Err("`perm` is not an array".into());
+    };
+    let mut rules = Vec::with_capacity(entries.len());
+    for (index, entry) in entries.iter().enumerate() {
+        let Value::Object(entry) = entry else {
+            return Err(format!("perm[{index}] is not an object"));
+        };
+        if let Some(unknown) = entry
+            .keys()
+            .find(|key| !["ns", "topic", "prefix", "pub", "sub"].contains(&key.as_str()))
+        {
+            return Err(format!(
+                "perm[{index}]: unknown field `{unknown}` (known: ns, topic, prefix, pub, sub)"
+            ));
+        }
+        let text = |field: &str| match entry.get(field) {
+            Some(Value::String(text)) => Ok(text.clone()),
+            _ => Err(format!("perm[{index}].{field} must be a string")),
+        };
+        let flag = |field: &str| match entry.get(field) {
+            None => Ok(false),
+            Some(Value::Bool(flag)) => Ok(*flag),
+            Some(_) => Err(format!("perm[{index}].{field} must be true or false")),
+        };
+        let rule = make_rule(
+            text("ns")?,
+            text("topic")?,
+            flag("prefix")?,
+            flag("pub")?,
+            flag("sub")?,
+        )
+        .map_err(|reason| format!("perm[{index}]: {reason}"))?;
+        rules.push(rule);
+    }
+    Ok(rules)
+}
