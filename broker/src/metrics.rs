@@ -246,7 +246,7 @@ pub fn render(shards: &[ShardMetrics]) -> String {
     for shard in shards {
         latency.merge(&shard.delivery_latency);
     }
-    let _ = writeln!(out, "# HELP corebus_delivery_latency_seconds Time from a message being sequenced by its owner to its being queued for a shard's subscribers.");
+    let _ = writeln!(out, "# HELP corebus_delivery_latency_seconds Time from a message being sequenced by its owner to its being queued for a shard's subscribers (one sequence number in 64).");
     let _ = writeln!(out, "# TYPE corebus_delivery_latency_seconds histogram");
     let mut cumulative = 0;
     for (bound, count) in LATENCY_BUCKETS_US.iter().zip(latency.counts.iter()) {

@@ -202,10 +202,11 @@ fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
             .subscribe("ops", "metrics")
             .await
             .expect("subscribes");
-        for _ in 0..25 {
+        // 130 messages: sequence numbers 64 and 128 are the latency samples.
+        for _ in 0..130 {
             client.publish("ops", "metrics", "x").await.expect("acked");
         }
-        for _ in 0..25 {
+        for _ in 0..130 {
             sub.next_message().await.expect("open").expect("message");
         }
         // Shards publish their figures once per tick (at most a second).
@@ -215,10 +216,10 @@ fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
             let published = sample(&text, "corebus_messages_published_total");
             let delivered = sample(&text, "corebus_messages_delivered_total");
             let connections = sample(&text, "corebus_connections");
-            if published >= published_before + 25.0 && delivered >= 25.0 {
+            if published >= published_before + 130.0 && delivered >= 130.0 {
                 assert!(connections >= 1.0);
                 assert!(sample(&text, "corebus_bytes_received_total") > 0.0);
-                assert!(sample(&text, "corebus_delivery_latency_seconds_count") >= 25.0);
+                assert!(sample(&text, "corebus_delivery_latency_seconds_count") >= 2.0);
                 break;
             }
             assert!(Instant::now() < deadline, "counters did not move:\n{text}");

@@ -105,7 +105,8 @@ pub enum ShardMsg {
         seq: Seq,
         /// The shared payload.
         payload: Bytes,
-        /// When the owner sequenced it (for the delivery latency metric).
-        sequenced_at: Instant,
+        /// When the owner sequenced it, for the one message in 64 whose
+        /// delivery latency is measured.
+        sequenced_at: Option<Instant>,
     },
 }

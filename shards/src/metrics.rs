@@ -70,7 +70,7 @@ pub struct ShardMetrics {
     /// Messages waiting to be handed to the cross-shard queues.
     pub mesh_backlog: u64,
     /// Time from a message being sequenced by its owner to its being queued
-    /// for this shard's subscribers.
+    /// for this shard's subscribers, measured for one sequence number in 64.
     pub delivery_latency: LatencyHistogram,
 }
 
