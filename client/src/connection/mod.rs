@@ -107,7 +107,23 @@ impl Shared {
     /// Runs `queue` under the lock once the client is connected, waiting up to
     /// the request timeout for a reconnection; then wakes the writer.
     async fn when_up<T>(&self, queue: impl FnOnce(&mut State) -> T) -> Result<T, Error> {
+        // Fast path, taken by every request while connected: no waiter is
+        // registered, and the writer is notified only if it has not been
+        // since it last took the buffer.
+        {
+            let mut st = self.lock();
+            if st.availability()?.is_none() {
+                let value = queue(&mut st);
+                let notify = !std::mem::replace(&mut st.writer_notified, true);
+                drop(st);
+                if notify {
+                    self.wake_writer();
+                }
+                return Ok(value);
+            }
+        }
         let deadline = Instant::now() + self.config.request_timeout;
+        let mut queue = Some(queue);
         loop {
             let changed = self.link_change.notified();
             tokio::pin!(changed);
@@ -116,6 +132,9 @@ impl Shared {
                 let mut st = self.lock();
                 match st.availability()? {
                     None => {
+                        let queue = queue
+                            .take()
+                            .expect("taken once: the loop returns right after");
                         let value = queue(&mut st);
                         drop(st);
                         self.wake_writer();

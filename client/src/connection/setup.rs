@@ -271,6 +271,7 @@ pub(super) async fn write_loop(shared: &Shared, wr: &mut WriteHalf) -> io::Resul
         let shutdown = {
             let mut st = shared.lock();
             mem::swap(&mut st.out, &mut spare);
+            st.writer_notified = false;
             st.shutdown
         };
         if shutdown {

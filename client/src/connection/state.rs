@@ -3,6 +3,8 @@
 //! waiting for the writer.
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::io;
 use std::mem;
 
@@ -211,13 +213,19 @@ pub(crate) struct State {
     pub(crate) closing: bool,
     /// The writer shuts the socket down after its next flush.
     pub(crate) shutdown: bool,
+    /// The writer was notified about `out` and has not swapped it since:
+    /// further appends need not notify it again.
+    pub(crate) writer_notified: bool,
     /// Encoded frames waiting for the writer; only frames for the current
     /// connection (emptied when it is lost).
     pub(crate) out: BytesMut,
     pub(crate) next_request: u32,
     pub(crate) next_sub: u32,
     pub(crate) next_nonce: u64,
-    pub(crate) pending: HashMap<u32, Pending>,
+    /// Request id → what waits for its answer. Fx hashing: ids are
+    /// sequential integers from this process, not attacker-chosen, and this
+    /// map sees an insert and a remove per publish.
+    pub(crate) pending: FxHashMap<u32, Pending>,
     pub(crate) pings: HashMap<u64, oneshot::Sender<()>>,
     pub(crate) routes: HashMap<u32, Route>,
     /// Why a subscription ended on its own (its resubscription was refused);
@@ -260,11 +268,12 @@ impl State {
             welcome,
             closing: false,
             shutdown: false,
+            writer_notified: false,
             out,
             next_request: 1,
             next_sub: 1,
             next_nonce: 1,
-            pending: HashMap::new(),
+            pending: FxHashMap::default(),
             pings: HashMap::new(),
             routes: HashMap::new(),
             ended: HashMap::new(),
@@ -361,6 +370,9 @@ impl State {
     pub(crate) fn link_down(&mut self, reason: String) -> Dropped {
         self.link = Link::Down { reason };
         self.out.clear();
+        // The next connection's writer starts afresh: the first append after
+        // it is up must notify it.
+        self.writer_notified = false;
         let mut pending = Vec::new();
         let mut unsubscribed = Vec::new();
         for (_, request) in mem::take(&mut self.pending) {
