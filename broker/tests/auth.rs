@@ -2,12 +2,14 @@
 //! configured with API keys and a token secret, spoken to through the client
 //! crate, raw frames, and the `corebus` CLI.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
+use common::TempFile;
 use corebus::auth::key_hash_hex;
 use corebus_client::{Client, ClientConfig, Credentials, Error, Event};
 use corebus_net::{check, decode, Check, ErrorCode, Frame, Hello, TokenRequest, PROTOCOL_VERSION};
@@ -51,28 +53,6 @@ fn corebus(args: &[&str]) -> Command {
         }
     }
     command
-}
-
-/// A file under the target directory, removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(name: &str, contents: &str) -> TempFile {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let path = dir.join(format!("auth-{}-{name}", std::process::id()));
-        std::fs::write(&path, contents).expect("writes");
-        TempFile(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().expect("UTF-8 temporary path")
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// A `corebus serve` child, killed on drop.

@@ -4,64 +4,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_corebus");
+mod common;
 
-/// A `corebus serve` child process, killed on drop.
-struct Serve {
-    child: Child,
-    addr: String,
-}
-
-impl Serve {
-    fn start(shards: u16) -> Serve {
-        let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--shards",
-                &shards.to_string(),
-            ])
-            .args(["--log-level", "warn"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("corebus serve starts");
-        let stdout = child.stdout.take().expect("piped");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("reads");
-        // "corebus listening on 127.0.0.1:PORT with N shards"
-        let addr = line
-            .split_whitespace()
-            .nth(3)
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Serve { child, addr }
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("waits") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "serve did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{Serve, BIN};
 
 /// Waits for a child with a deadline, then returns (status, stdout, stderr).
 fn finish(mut child: Child, within: Duration) -> (std::process::ExitStatus, String, String) {
@@ -124,7 +69,7 @@ fn json_field<'a>(line: &'a str, field: &str) -> &'a str {
 
 #[test]
 fn twenty_topics_over_two_shards_arrive_complete_and_in_order() {
-    let serve = Serve::start(2);
+    let mut serve = Serve::start(&["--shards", "2"]);
     let topics: Vec<String> = (0..20).map(|t| format!("walk-{t}")).collect();
     let mut subs: Vec<Child> = topics
         .iter()
@@ -175,12 +120,13 @@ fn twenty_topics_over_two_shards_arrive_complete_and_in_order() {
             );
         }
     }
-    assert!(serve.terminate().success(), "serve exits 0 on SIGTERM");
+    let (status, _) = serve.terminate(Duration::from_secs(10));
+    assert!(status.success(), "serve exits 0 on SIGTERM");
 }
 
 #[test]
 fn pub_prints_the_sequence_number_and_sub_prints_raw_lines() {
-    let serve = Serve::start(2);
+    let serve = Serve::start(&["--shards", "2"]);
     let mut sub = corebus(&[
         "sub",
         "demo",
@@ -228,7 +174,7 @@ fn failures_print_one_line_and_exit_non_zero() {
     assert_eq!(status.code(), Some(2));
     assert!(err.contains("--shards"), "{err}");
 
-    let serve = Serve::start(1);
+    let serve = Serve::start(&["--shards", "1"]);
     let long_topic = "t".repeat(2000);
     let (status, _, err) = finish(
         corebus(&["pub", "demo", &long_topic, "x", "--server", &serve.addr]),
@@ -241,7 +187,7 @@ fn failures_print_one_line_and_exit_non_zero() {
 
 #[test]
 fn sub_from_replays_history_and_reports_what_the_ring_lost() {
-    let serve = Serve::start(2);
+    let serve = Serve::start(&["--shards", "2"]);
     for i in 1..=10 {
         let (status, out, err) = finish(
             corebus(&[
@@ -282,26 +228,7 @@ fn sub_from_replays_history_and_reports_what_the_ring_lost() {
     drop(serve);
 
     // A ring of 3: resuming from 1 reports 1..=7 lost, then replays 8..=10.
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--ring-messages",
-            "3",
-        ])
-        .args(["--log-level", "warn"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("serve starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped"))
-        .read_line(&mut line)
-        .expect("reads");
-    let addr = line.split_whitespace().nth(3).expect("address").to_string();
-    let small = Serve { child, addr };
+    let small = Serve::start(&["--shards", "1", "--ring-messages", "3"]);
     let mut publisher = corebus(&["pub", "demo", "short", "--stdin", "--server", &small.addr]);
     {
         let mut stdin = publisher.stdin.take().expect("piped");

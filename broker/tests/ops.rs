@@ -1,11 +1,14 @@
 //! Operating the `corebus` binary: configuration layering and refusals,
 //! `config check` / `config default`, `doctor`, and the log formats.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use common::TempFile;
 
 const BIN: &str = env!("CARGO_BIN_EXE_corebus");
 
@@ -29,28 +32,6 @@ fn output(mut command: Command) -> Output {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A file under the target directory, removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(name: &str, contents: &str) -> TempFile {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let path = dir.join(format!("ops-{}-{name}", std::process::id()));
-        std::fs::write(&path, contents).expect("writes");
-        TempFile(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().expect("UTF-8 temporary path")
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// `serve --print-config` as key → (value, origin).
@@ -311,15 +292,7 @@ fn serve(args: &[&str]) -> (Child, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("serve starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped"))
-        .read_line(&mut line)
-        .expect("reads");
-    let addr = line
-        .split_whitespace()
-        .nth(3)
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+    let addr = common::read_address(&mut child);
     (child, addr)
 }
 

@@ -2,23 +2,15 @@
 //! client that reconnects to the restarted broker and resumes. Also the
 //! `/metrics` endpoint moving with traffic.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use corebus_client::{Client, Event};
 
-const BIN: &str = env!("CARGO_BIN_EXE_corebus");
+mod common;
 
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::Serve;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -29,42 +21,9 @@ fn free_port() -> u16 {
 
 fn serve(port: u16, extra: &[&str]) -> Serve {
     let listen = format!("127.0.0.1:{port}");
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            &listen,
-            "--shards",
-            "2",
-            "--log-level",
-            "warn",
-        ])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("corebus serve starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped"))
-        .read_line(&mut line)
-        .expect("reads");
-    assert!(line.starts_with("corebus listening on"), "{line:?}");
-    Serve(child)
-}
-
-fn sigterm_and_wait(serve: &mut Serve, within: Duration) -> (std::process::ExitStatus, Duration) {
-    let started = Instant::now();
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(serve.0.id() as i32, libc::SIGTERM) };
-    loop {
-        if let Some(status) = serve.0.try_wait().expect("waits") {
-            return (status, started.elapsed());
-        }
-        assert!(
-            started.elapsed() < within,
-            "serve did not exit within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut args = vec!["--listen", listen.as_str(), "--shards", "2"];
+    args.extend_from_slice(extra);
+    Serve::start(&args)
 }
 
 #[test]
@@ -102,7 +61,7 @@ fn sigterm_drains_exits_zero_and_clients_resume_on_the_restarted_broker() {
         (sub, epoch)
     });
 
-    let (status, took) = sigterm_and_wait(&mut first, Duration::from_secs(10));
+    let (status, took) = first.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit status {status:?}");
     assert!(
         took < Duration::from_secs(3),

@@ -4,31 +4,23 @@
 //! it lost. The broker runs as its own process so its memory can be read from
 //! /proc.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use common::Serve;
 use corebus_client::Client;
 use corebus_net::{check, decode, Check, Frame, Hello, Subscribe, TopicKey, PROTOCOL_VERSION};
 
-const BIN: &str = env!("CARGO_BIN_EXE_corebus");
 const OUTBOX_LIMIT: usize = 4 << 20;
 const PAYLOAD: usize = 16 * 1024;
 const MESSAGES: u64 = 16 * 1024; // 256 MiB in total
 const HEALTHY_WINDOW: u64 = 128;
-
-struct Broker(Child);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("broker status");
@@ -63,27 +55,9 @@ fn stalled_subscriber(addr: &str, topic: &TopicKey) -> TcpStream {
 
 #[test]
 fn stalled_subscriber_costs_bounded_memory_and_nothing_else() {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-            "--log-level",
-            "warn",
-        ])
-        .args(["--outbox-limit", &OUTBOX_LIMIT.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("corebus serve starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped"))
-        .read_line(&mut line)
-        .expect("reads");
-    let addr = line.split_whitespace().nth(3).expect("address").to_string();
-    let pid = child.id();
-    let _broker = Broker(child);
+    let outbox_limit = OUTBOX_LIMIT.to_string();
+    let broker = Serve::start(&["--shards", "2", "--outbox-limit", &outbox_limit]);
+    let (addr, pid) = (broker.addr.clone(), broker.child.id());
 
     let topic = TopicKey::from_strs("test", "firehose").expect("valid");
     let mut stalled = stalled_subscriber(&addr, &topic);

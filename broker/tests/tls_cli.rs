@@ -1,47 +1,13 @@
 //! `corebus serve --tls-cert/--tls-key` with `corebus pub/sub --ca`, and the
 //! clear failures around it.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::io::Read;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_corebus");
+mod common;
 
-struct Serve(Child, String);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(extra: &[&str]) -> Serve {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-            "--log-level",
-            "warn",
-        ])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("serve starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped"))
-        .read_line(&mut line)
-        .expect("reads");
-    let addr = line
-        .split_whitespace()
-        .nth(3)
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    Serve(child, addr)
-}
+use common::{Serve, BIN};
 
 fn run(args: &[&str]) -> (std::process::ExitStatus, String, String) {
     let mut child = Command::new(BIN)
@@ -83,8 +49,8 @@ fn cli_publishes_and_subscribes_over_tls() {
     let certs = corebus_tests::test_certs();
     let cert = certs.cert_pem.to_string_lossy().into_owned();
     let key = certs.key_pem.to_string_lossy().into_owned();
-    let broker = serve(&["--tls-cert", &cert, "--tls-key", &key]);
-    let server = broker.1.replace("127.0.0.1", "localhost");
+    let broker = Serve::start(&["--shards", "2", "--tls-cert", &cert, "--tls-key", &key]);
+    let server = broker.addr.replace("127.0.0.1", "localhost");
 
     let (status, out, err) = run(&[
         "pub", "demo", "secure", "hello", "--server", &server, "--ca", &cert,

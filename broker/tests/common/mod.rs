@@ -1,0 +1,115 @@
+//! Helpers shared by the black-box tests of the `corebus` binary: a `serve`
+//! child process, its address, signalling it, and temporary files.
+
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_corebus");
+
+/// Reads `serve`'s first stdout line ("corebus listening on ADDR with N
+/// shards") and returns ADDR.
+pub fn read_address(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout piped"))
+        .read_line(&mut line)
+        .expect("reads serve's first line");
+    line.split_whitespace()
+        .nth(3)
+        .unwrap_or_else(|| panic!("unexpected first line from serve: {line:?}"))
+        .to_string()
+}
+
+/// Sends SIGTERM and waits for the exit; returns the status and how long it
+/// took. Panics past `within`.
+pub fn sigterm_and_wait(child: &mut Child, within: Duration) -> (ExitStatus, Duration) {
+    let started = Instant::now();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    loop {
+        if let Some(status) = child.try_wait().expect("waits") {
+            return (status, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < within,
+            "serve did not exit within {within:?} of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A `corebus serve` child (stderr inherited), killed on drop.
+pub struct Serve {
+    /// The process.
+    pub child: Child,
+    /// The address it listens on.
+    pub addr: String,
+}
+
+impl Serve {
+    /// Starts `corebus serve` with `args` (on 127.0.0.1 port 0 unless they
+    /// give `--listen`, logging warnings only unless they give
+    /// `--log-level`) and waits until it listens.
+    pub fn start(args: &[&str]) -> Serve {
+        let mut command = Command::new(BIN);
+        command.arg("serve");
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        if !args.contains(&"--log-level") {
+            command.args(["--log-level", "warn"]);
+        }
+        let mut child = command
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("corebus serve starts");
+        let addr = read_address(&mut child);
+        Serve { child, addr }
+    }
+
+    /// SIGTERM, then the exit status (panics past `within`).
+    pub fn terminate(&mut self, within: Duration) -> (ExitStatus, Duration) {
+        sigterm_and_wait(&mut self.child, within)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A file under the target directory, removed on drop.
+pub struct TempFile(PathBuf);
+
+impl TempFile {
+    /// Writes `contents` to a file named after the test binary and `name`.
+    pub fn new(name: &str, contents: &str) -> TempFile {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let path = dir.join(format!(
+            "{}-{}-{name}",
+            env!("CARGO_CRATE_NAME"),
+            std::process::id()
+        ));
+        std::fs::write(&path, contents).expect("writes");
+        TempFile(path)
+    }
+
+    /// The path, for command lines.
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("UTF-8 temporary path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
