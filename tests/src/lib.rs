@@ -355,21 +355,7 @@ pub fn test_certs() -> TestCerts {
 /// A broker-side TLS configuration serving `certs`: rustls on the `ring`
 /// provider, TLS 1.3 and 1.2, no client certificates.
 pub fn server_tls_config(certs: &TestCerts) -> Arc<rustls::ServerConfig> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-    let chain = CertificateDer::pem_file_iter(&certs.cert_pem)
-        .expect("certificate file opens")
-        .collect::<Result<Vec<_>, _>>()
-        .expect("certificate file parses");
-    assert!(!chain.is_empty(), "no certificate in {:?}", certs.cert_pem);
-    let key = PrivateKeyDer::from_pem_file(&certs.key_pem).expect("key file parses");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .expect("ring supports TLS 1.3 and 1.2")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("the key matches the certificate");
-    Arc::new(config)
+    // The broker's own loader, so tests exercise what `serve --tls-cert` uses.
+    corebus_shards::tls::server_config_from_pem(&certs.cert_pem, &certs.key_pem)
+        .expect("the test certificate and key load")
 }
