@@ -222,6 +222,19 @@ pub fn decode(frame: Bytes) -> Result<Frame, FrameError> {
             reader.finish()?;
             Frame::Token(Token { request_id, token })
         }
+        Opcode::WebhookRequest => {
+            let request_id = reader.u32("request_id")?;
+            let command = reader.text_rest("command")?;
+            Frame::WebhookRequest(WebhookRequest {
+                request_id,
+                command,
+            })
+        }
+        Opcode::WebhookReply => {
+            let request_id = reader.u32("request_id")?;
+            let result = reader.text_rest("result")?;
+            Frame::WebhookReply(WebhookReply { request_id, result })
+        }
         Opcode::GoAway => {
             let drain_ms = reader.u32("drain_ms")?;
             let message = reader.text16("message")?;
@@ -268,6 +281,8 @@ fn frame_name(opcode: Opcode) -> &'static str {
         Opcode::GoAway => "GOAWAY",
         Opcode::TokenRequest => "TOKEN_REQUEST",
         Opcode::Token => "TOKEN",
+        Opcode::WebhookRequest => "WEBHOOK_REQUEST",
+        Opcode::WebhookReply => "WEBHOOK_REPLY",
         Opcode::Error => "ERROR",
     }
 }
@@ -362,6 +377,12 @@ impl Reader {
         let rest = self.buf.slice(self.offset..);
         self.offset = self.buf.len();
         rest
+    }
+
+    /// The rest of the frame as UTF-8 text.
+    fn text_rest(&mut self, field: &'static str) -> Result<String, FrameError> {
+        let len = self.remaining();
+        self.text(field, len)
     }
 
     fn finish(&self) -> Result<(), FrameError> {

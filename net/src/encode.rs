@@ -219,6 +219,16 @@ impl Frame {
                 dst.put_u16(text.len() as u16);
                 dst.put_slice(text.as_bytes());
             }
+            Frame::WebhookRequest(request) => {
+                header(dst, Opcode::WebhookRequest, 4 + request.command.len());
+                dst.put_u32(request.request_id);
+                dst.put_slice(request.command.as_bytes());
+            }
+            Frame::WebhookReply(reply) => {
+                header(dst, Opcode::WebhookReply, 4 + reply.result.len());
+                dst.put_u32(reply.request_id);
+                dst.put_slice(reply.result.as_bytes());
+            }
             Frame::GoAway(go_away) => {
                 let text = clip(&go_away.message, u16::MAX as usize);
                 header(dst, Opcode::GoAway, 4 + 2 + text.len());

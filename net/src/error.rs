@@ -162,11 +162,15 @@ pub enum ErrorCode {
     TooManyInFlight = 19,
     /// No valid `HELLO` within the handshake deadline. Fatal.
     HandshakeTimeout = 20,
+    /// A request was well-formed but refused for its content (a webhook
+    /// command naming an unknown webhook, a URL outside the allow-list).
+    /// The connection stays.
+    InvalidRequest = 21,
 }
 
 impl ErrorCode {
     /// Every defined code, in numeric order.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::MalformedFrame,
         ErrorCode::UnknownOpcode,
         ErrorCode::FrameTooLarge,
@@ -187,6 +191,7 @@ impl ErrorCode {
         ErrorCode::TooManyConnections,
         ErrorCode::TooManyInFlight,
         ErrorCode::HandshakeTimeout,
+        ErrorCode::InvalidRequest,
     ];
 
     /// Maps a wire value to a known code.
@@ -219,6 +224,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::TooManyInFlight => "too_many_in_flight",
             ErrorCode::HandshakeTimeout => "handshake_timeout",
+            ErrorCode::InvalidRequest => "invalid_request",
         }
     }
 }

@@ -26,6 +26,8 @@ pub enum Opcode {
     Pong = 0x06,
     /// Client → server: mint a scoped token (super-user credentials only).
     TokenRequest = 0x07,
+    /// Client → server: manage webhooks (super-user credentials only).
+    WebhookRequest = 0x08,
     /// Server → client: the handshake succeeded.
     Welcome = 0x81,
     /// Server → client: a publish was sequenced.
@@ -42,6 +44,8 @@ pub enum Opcode {
     GoAway = 0x87,
     /// Server → client: a minted token.
     Token = 0x88,
+    /// Server → client: the answer to a `WEBHOOK_REQUEST`.
+    WebhookReply = 0x89,
     /// Server → client: a request (or the connection) failed.
     Error = 0x8f,
 }
@@ -57,6 +61,7 @@ impl Opcode {
             0x05 => Opcode::Ping,
             0x06 => Opcode::Pong,
             0x07 => Opcode::TokenRequest,
+            0x08 => Opcode::WebhookRequest,
             0x81 => Opcode::Welcome,
             0x82 => Opcode::PubAck,
             0x83 => Opcode::SubOk,
@@ -65,6 +70,7 @@ impl Opcode {
             0x86 => Opcode::Discontinuity,
             0x87 => Opcode::GoAway,
             0x88 => Opcode::Token,
+            0x89 => Opcode::WebhookReply,
             0x8f => Opcode::Error,
             _ => return None,
         })
@@ -237,6 +243,25 @@ pub struct Token {
     pub token: String,
 }
 
+/// `WEBHOOK_REQUEST`: adds, lists, removes or re-keys webhooks. Only a
+/// connection authenticated with a super-user key may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookRequest {
+    /// Client-chosen id echoed in `WEBHOOK_REPLY` or `ERROR`.
+    pub request_id: u32,
+    /// The command as a JSON object (see `docs/webhooks.md`).
+    pub command: String,
+}
+
+/// `WEBHOOK_REPLY`: what a `WEBHOOK_REQUEST` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookReply {
+    /// The request's id.
+    pub request_id: u32,
+    /// The result as a JSON object (see `docs/webhooks.md`).
+    pub result: String,
+}
+
 /// `GOAWAY`: the server is shutting down. It accepts no new requests on this
 /// connection, flushes what is queued, and closes within `drain_ms`; a client
 /// should reconnect (and resume) at once instead of waiting for a timeout.
@@ -307,6 +332,10 @@ pub enum Frame {
     TokenRequest(TokenRequest),
     /// See [`Token`].
     Token(Token),
+    /// See [`WebhookRequest`].
+    WebhookRequest(WebhookRequest),
+    /// See [`WebhookReply`].
+    WebhookReply(WebhookReply),
     /// `PING` with its nonce.
     Ping(u64),
     /// `PONG` echoing a `PING`'s nonce.
@@ -332,6 +361,8 @@ impl Frame {
             Frame::GoAway(_) => Opcode::GoAway,
             Frame::TokenRequest(_) => Opcode::TokenRequest,
             Frame::Token(_) => Opcode::Token,
+            Frame::WebhookRequest(_) => Opcode::WebhookRequest,
+            Frame::WebhookReply(_) => Opcode::WebhookReply,
             Frame::Ping(_) => Opcode::Ping,
             Frame::Pong(_) => Opcode::Pong,
             Frame::Error(_) => Opcode::Error,

@@ -21,8 +21,8 @@ pub use encode::{encode_message_header, encode_publish, encode_subscribe, MESSAG
 pub use error::{ErrorCode, FrameError};
 pub use frame::{
     Discontinuity, Epoch, ErrorFrame, Frame, GoAway, Hello, Message, Opcode, PubAck, Publish,
-    ResumePoint, SubOk, Subscribe, Token, TokenRequest, UnsubOk, Unsubscribe, Welcome,
-    PUBLISH_FLAG_ACK,
+    ResumePoint, SubOk, Subscribe, Token, TokenRequest, UnsubOk, Unsubscribe, WebhookReply,
+    WebhookRequest, Welcome, PUBLISH_FLAG_ACK,
 };
 pub use name::{validate_namespace, validate_topic, NameError, TopicKey};
 

@@ -30,6 +30,14 @@ fn sample_frames() -> Vec<Frame> {
             request_id: 3,
             token: "aaa.bbb.ccc".into(),
         }),
+        Frame::WebhookRequest(WebhookRequest {
+            request_id: 4,
+            command: r#"{"op":"remove","id":"wh-é"}"#.into(),
+        }),
+        Frame::WebhookReply(WebhookReply {
+            request_id: u32::MAX,
+            result: String::new(),
+        }),
         Frame::Welcome(Welcome {
             version: 1,
             max_frame: DEFAULT_MAX_FRAME,
@@ -231,6 +239,20 @@ fn worked_examples_from_protocol_doc() {
                 token: "t.k.n".into(),
             }),
             "0000000c 88 00000005 0005 742e6b2e6e",
+        ),
+        (
+            Frame::WebhookRequest(WebhookRequest {
+                request_id: 6,
+                command: r#"{"op":"list"}"#.into(),
+            }),
+            "00000012 08 00000006 7b226f70223a226c697374227d",
+        ),
+        (
+            Frame::WebhookReply(WebhookReply {
+                request_id: 6,
+                result: r#"{"webhooks":[]}"#.into(),
+            }),
+            "00000014 89 00000006 7b22776562686f6f6b73223a5b5d7d",
         ),
         (
             Frame::Welcome(Welcome {
@@ -494,6 +516,12 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             })
         ),
         any::<u64>().prop_map(Frame::Ping),
+        (any::<u32>(), ".{0,60}").prop_map(|(request_id, command)| {
+            Frame::WebhookRequest(WebhookRequest {
+                request_id,
+                command,
+            })
+        }),
     ]
 }
 

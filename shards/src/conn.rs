@@ -451,6 +451,9 @@ fn encode_out_frame(frame: OutFrame, head: &mut BytesMut, segments: &mut Vec<Byt
         OutFrame::Token { request_id, token } => {
             Frame::Token(corebus_net::Token { request_id, token }).encode(head)
         }
+        OutFrame::WebhookReply { request_id, result } => {
+            Frame::WebhookReply(corebus_net::WebhookReply { request_id, result }).encode(head)
+        }
         OutFrame::GoAway { drain_ms, message } => {
             Frame::GoAway(GoAway { drain_ms, message }).encode(head)
         }

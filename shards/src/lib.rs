@@ -23,6 +23,7 @@ pub mod runtime;
 pub mod stats;
 pub mod tls;
 pub mod topic;
+pub mod webhooks;
 
 pub use auth::{Authenticator, Grant, OpenAccess, Permissions};
 pub use engine::{ConnId, EngineConfig, Flow, Shard, SlowConsumerPolicy};
@@ -30,3 +31,4 @@ pub use metrics::{MetricsHandle, ShardMetrics};
 pub use routing::ShardId;
 pub use runtime::{start, Server, ServerConfig, ShutdownHandle, StartError};
 pub use topic::RingLimits;
+pub use webhooks::{NoWebhooks, WebhookCommandError, WebhookMessage, WebhookSink};

@@ -87,6 +87,13 @@ pub enum OutFrame {
         /// The minted token.
         token: String,
     },
+    /// `WEBHOOK_REPLY`.
+    WebhookReply {
+        /// The request's id.
+        request_id: u32,
+        /// The JSON result.
+        result: String,
+    },
     /// `GOAWAY`.
     GoAway {
         /// Time until the server closes.
@@ -110,6 +117,7 @@ impl OutFrame {
             OutFrame::Error(error) => 14 + error.message.len(),
             OutFrame::GoAway { message, .. } => 11 + message.len(),
             OutFrame::Token { token, .. } => 11 + token.len(),
+            OutFrame::WebhookReply { result, .. } => 9 + result.len(),
         }
     }
 }

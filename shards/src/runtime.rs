@@ -25,6 +25,7 @@ use crate::engine::{EngineConfig, Shard};
 use crate::mesh::MeshBatch;
 use crate::metrics::MetricsHandle;
 use crate::routing::ShardId;
+use crate::webhooks::{NoWebhooks, WebhookSink};
 
 /// Batches each (from, to) mesh queue holds before senders wait.
 const MESH_QUEUE_BATCHES: usize = 1024;
@@ -45,6 +46,9 @@ pub struct ServerConfig {
     pub engine: EngineConfig,
     /// Checks credentials at the handshake; [`OpenAccess`] lets everyone in.
     pub auth: Arc<dyn Authenticator>,
+    /// Receives messages of topics with webhooks, and webhook commands;
+    /// [`NoWebhooks`] has none.
+    pub webhooks: Arc<dyn WebhookSink>,
     /// Most connections the whole broker holds.
     pub max_connections: usize,
     /// TLS for every client connection (see [`crate::tls`]); `None` for
@@ -59,6 +63,7 @@ impl Default for ServerConfig {
             shards: None,
             engine: EngineConfig::default(),
             auth: Arc::new(OpenAccess),
+            webhooks: Arc::new(NoWebhooks),
             max_connections: 100_000,
             tls: None,
         }
@@ -320,6 +325,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
         let mesh = mesh.clone();
         let shard_control = control.clone();
         let auth = config.auth.clone();
+        let webhooks = config.webhooks.clone();
         let tls = config.tls.clone();
         let conn_limit = conn_limit.clone();
         let shard_metrics = metrics.clone();
@@ -335,6 +341,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
                     metrics: shard_metrics,
                     ready: ready_tx,
                     auth,
+                    webhooks,
                     conn_limit,
                     tls,
                 };
@@ -389,6 +396,7 @@ struct ShardContext {
     metrics: MetricsHandle,
     ready: mpsc::Sender<Result<SocketAddr, StartError>>,
     auth: Arc<dyn Authenticator>,
+    webhooks: Arc<dyn WebhookSink>,
     conn_limit: Arc<ConnLimit>,
     tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -406,6 +414,7 @@ async fn run_shard(
         metrics,
         ready,
         auth,
+        webhooks,
         conn_limit,
         tls,
     } = ctx;
@@ -426,7 +435,9 @@ async fn run_shard(
     let tick_every = maintenance_period(&engine);
     let max_per_shard = engine.max_connections_per_shard;
     let shard = Rc::new(RefCell::new(
-        Shard::new(id, shard_count, engine, random_seed()).with_authenticator(auth),
+        Shard::new(id, shard_count, engine, random_seed())
+            .with_authenticator(auth)
+            .with_webhooks(webhooks),
     ));
     let Ok((senders, mut receivers)) = mesh.join().await else {
         warn!(shard = id, "could not join the shard mesh");

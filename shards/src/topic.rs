@@ -57,6 +57,10 @@ pub struct OwnedTopic {
     pub interested: Vec<ShardId>,
     /// Coarse time (engine milliseconds) of the last publish or subscribe.
     pub last_active_ms: u64,
+    /// The webhook generation `webhooks_wanted` was computed for (0: never).
+    pub webhooks_generation: u64,
+    /// Whether a webhook wants this topic's messages.
+    pub webhooks_wanted: bool,
 }
 
 impl OwnedTopic {
@@ -69,6 +73,8 @@ impl OwnedTopic {
             ring_bytes: 0,
             interested: Vec::new(),
             last_active_ms: now_ms,
+            webhooks_generation: 0,
+            webhooks_wanted: false,
         }
     }
 

@@ -2,7 +2,8 @@
 //! cycle, handshake and input errors.
 
 use corebus_net::{
-    ErrorCode, ErrorFrame, Frame, FrameError, TokenRequest, TopicKey, PROTOCOL_VERSION,
+    ErrorCode, ErrorFrame, Frame, FrameError, TokenRequest, TopicKey, WebhookRequest,
+    PROTOCOL_VERSION,
 };
 use rustc_hash::FxHashMap;
 use tracing::debug;
@@ -11,6 +12,7 @@ use super::delivery::report_losses;
 use super::{ConnId, ConnState, Flow, Shard};
 use crate::auth::{unix_now_ms, Action, AuthError};
 use crate::outbox::{OutFrame, Outbox, PushError};
+use crate::webhooks::WebhookCommandError;
 
 impl Shard {
     // ----- time --------------------------------------------------------
@@ -258,6 +260,7 @@ impl Shard {
             Frame::Unsubscribe(unsubscribe) => self.handle_unsubscribe(conn, unsubscribe),
             Frame::Ping(nonce) => self.send(conn, OutFrame::Pong(nonce)),
             Frame::TokenRequest(request) => self.handle_token_request(conn, request),
+            Frame::WebhookRequest(request) => self.handle_webhook_request(conn, request),
             Frame::Pong(_) => {}
             Frame::Hello(_) => self.send_error(
                 conn,
@@ -299,7 +302,9 @@ impl Shard {
         false
     }
 
-    fn handle_token_request(&mut self, conn: ConnId, request: TokenRequest) {
+    /// True when the connection authenticated as a super-user; otherwise
+    /// answers `forbidden`, saying that only super-users may `what`.
+    fn superuser(&mut self, conn: ConnId, request_id: u32, what: &str) -> bool {
         let superuser = self
             .conns
             .get(&conn)
@@ -307,12 +312,41 @@ impl Shard {
             .is_some_and(|grant| grant.permissions.superuser);
         if !superuser {
             self.stats.forbidden += 1;
-            return self.send_error(
+            self.send_error(
                 conn,
-                request.request_id,
+                request_id,
                 ErrorCode::Forbidden,
-                "only super-user keys may mint tokens".into(),
+                format!("only super-user keys may {what}"),
             );
+        }
+        superuser
+    }
+
+    fn handle_webhook_request(&mut self, conn: ConnId, request: WebhookRequest) {
+        if !self.superuser(conn, request.request_id, "manage webhooks") {
+            return;
+        }
+        match self.webhooks.command(&request.command) {
+            Ok(result) => self.send(
+                conn,
+                OutFrame::WebhookReply {
+                    request_id: request.request_id,
+                    result,
+                },
+            ),
+            Err(err) => {
+                let code = match err {
+                    WebhookCommandError::Invalid(_) => ErrorCode::InvalidRequest,
+                    WebhookCommandError::Internal(_) => ErrorCode::Internal,
+                };
+                self.send_error(conn, request.request_id, code, err.to_string());
+            }
+        }
+    }
+
+    fn handle_token_request(&mut self, conn: ConnId, request: TokenRequest) {
+        if !self.superuser(conn, request.request_id, "mint tokens") {
+            return;
         }
         match self
             .auth

@@ -24,6 +24,7 @@ use crate::outbox::Outbox;
 use crate::routing::{mix64, ShardId};
 use crate::stats::ShardStats;
 use crate::topic::{OwnedTopic, RingLimits};
+use crate::webhooks::{NoWebhooks, WebhookSink};
 
 /// A connection's id, unique within its shard for the life of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -178,6 +179,7 @@ pub struct Shard {
     stats: ShardStats,
     delivery_latency: LatencyHistogram,
     auth: Arc<dyn Authenticator>,
+    webhooks: Arc<dyn WebhookSink>,
 }
 
 impl Shard {
@@ -198,6 +200,7 @@ impl Shard {
             stats: ShardStats::default(),
             delivery_latency: LatencyHistogram::default(),
             auth: Arc::new(OpenAccess),
+            webhooks: Arc::new(NoWebhooks),
         }
     }
 
@@ -205,6 +208,13 @@ impl Shard {
     /// everyone do everything).
     pub fn with_authenticator(mut self, auth: Arc<dyn Authenticator>) -> Shard {
         self.auth = auth;
+        self
+    }
+
+    /// Hands sequenced messages of topics with webhooks to `webhooks`, and
+    /// `WEBHOOK_REQUEST` commands too (the default has no webhooks).
+    pub fn with_webhooks(mut self, webhooks: Arc<dyn WebhookSink>) -> Shard {
+        self.webhooks = webhooks;
         self
     }
 

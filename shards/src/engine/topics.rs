@@ -8,11 +8,12 @@ use corebus_net::{Epoch, ErrorCode, Publish, Seq, Subscribe, TopicKey, Unsubscri
 
 use super::delivery::{push_message, Delivery};
 use super::{push_mesh, ActiveTopic, ConnId, Shard, SubState};
-use crate::auth::Action;
+use crate::auth::{unix_now_ms, Action};
 use crate::mesh::{AckTo, ResumeReply, ResumeReq, ShardMsg};
 use crate::outbox::OutFrame;
 use crate::routing::{self, ShardId};
 use crate::topic::{OwnedTopic, ResumePlan};
+use crate::webhooks::WebhookMessage;
 
 /// Every how many sequence numbers a message's delivery latency is measured.
 const LATENCY_SAMPLE_EVERY: u64 = 64;
@@ -91,6 +92,22 @@ impl Shard {
             return 0; // Unreachable: inserted just above.
         };
         let seq = owned.append(&payload, ring, now_ms);
+        let generation = self.webhooks.generation();
+        if generation != 0 {
+            if owned.webhooks_generation != generation {
+                owned.webhooks_wanted = self.webhooks.wants(&topic);
+                owned.webhooks_generation = generation;
+            }
+            if owned.webhooks_wanted {
+                self.webhooks.offer(WebhookMessage {
+                    topic: topic.clone(),
+                    epoch: owned.epoch(),
+                    seq,
+                    published_ms: unix_now_ms(),
+                    payload: payload.clone(),
+                });
+            }
+        }
         // Reading the clock costs as much as a tenth of a small message's
         // whole path; one message in LATENCY_SAMPLE_EVERY is timed.
         let sequenced_at = (seq % LATENCY_SAMPLE_EVERY == 0).then(Instant::now);
