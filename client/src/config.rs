@@ -36,8 +36,8 @@ pub struct ClientConfig {
     /// Limit on resolving, connecting and the handshake together; it applies
     /// to the first connection and to each reconnection attempt. Default 5 s.
     pub connect_timeout: Duration,
-    /// Limit on waiting for the answer to a subscribe, unsubscribe or ping,
-    /// and on waiting for a reconnection before a call fails. Default 10 s.
+    /// Limit on waiting for the answer to a subscribe, unsubscribe, ping or
+    /// webhook request, and on waiting for a reconnection before a call fails. Default 10 s.
     /// Publish acknowledgements have no timeout.
     pub request_timeout: Duration,
     /// Reconnect when the connection is lost (end of stream, I/O error,

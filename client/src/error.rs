@@ -81,6 +81,19 @@ pub enum Error {
     /// returns it, and the subscription goes on afterwards.
     #[error("{0}")]
     Discontinuity(Discontinuity),
+    /// The server's answer to a request could not be understood: the result
+    /// of a `WEBHOOK_REPLY` that is not valid JSON, or not the object the
+    /// command calls for (a missing field, a field of the wrong type, an
+    /// unknown `match` or `source`). The broker may well have carried the
+    /// command out; the connection stays usable. The reply itself is not kept,
+    /// since it may hold a webhook's secret.
+    #[error("malformed reply to {request}: {reason}")]
+    MalformedReply {
+        /// The request answered, e.g. `webhook add`.
+        request: &'static str,
+        /// What is wrong with the reply (field names, never secret values).
+        reason: String,
+    },
     /// The server did not answer within
     /// [`ClientConfig::request_timeout`](crate::ClientConfig::request_timeout).
     #[error("timed out waiting for the server")]

@@ -9,8 +9,8 @@
 //!
 //! Must not depend on: any broker crate (`corebus`, `corebus-shards`) or
 //! glommio. It runs on any tokio runtime (current-thread or multi-thread) and
-//! needs only `corebus-net`, `bytes`, `futures-core`, `thiserror`, tokio, and
-//! for TLS `rustls` (with the `ring` provider), `tokio-rustls` and
+//! needs only `corebus-net`, `bytes`, `futures-core`, `thiserror`, tokio,
+//! `serde_json` (for the webhook commands), and for TLS `rustls` (with the `ring` provider), `tokio-rustls` and
 //! `rustls-native-certs`.
 //!
 //! Design: a background reader task decodes frames (payloads are slices of
@@ -54,7 +54,7 @@
 //!   and the caller decides whether to publish again.
 //! - Subscribes and unsubscribes waiting for their answer fail with
 //!   [`Error::ConnectionLost`] (an unsubscribe succeeds: the subscription is
-//!   gone with the connection); pings fail the same way.
+//!   gone with the connection); pings and webhook requests fail the same way.
 //! - Calls made while the client reconnects wait for the new connection, up
 //!   to [`ClientConfig::request_timeout`], then fail with
 //!   [`Error::ConnectionLost`].
@@ -98,6 +98,35 @@
 //! answers the broker's `PING`s, which keeps the broker from closing an idle
 //! connection.
 //!
+//! # Webhooks
+//!
+//! A client whose [`ClientConfig::credentials`] are a super-user's API key
+//! can manage the broker's webhooks (HTTP callbacks for a topic's, or a topic
+//! prefix's, messages): [`Client::add_webhook`] with a [`WebhookSpec`],
+//! [`Client::list_webhooks`], [`Client::remove_webhook`] and
+//! [`Client::rotate_webhook_secret`], each answered with [`Webhook`]s
+//! ([`WebhookMatch`], [`WebhookSource`]). Other credentials get
+//! [`Error::Server`] with [`ErrorCode::Forbidden`]; a command the broker
+//! refuses for its content gets [`ErrorCode::InvalidRequest`]. Secrets are
+//! redacted from `Debug` output.
+//!
+//! ```no_run
+//! use corebus_client::{Client, Error, WebhookMatch, WebhookSpec};
+//!
+//! # async fn run(client: Client) -> Result<(), Error> {
+//! let spec = WebhookSpec::new("https://hooks.example/orders", "shop", "orders/", WebhookMatch::Prefix);
+//! let added = client.add_webhook(&spec).await?;
+//! // A new secret; the old one keeps signing until `previous_secret_expires_ms`.
+//! let rotated = client.rotate_webhook_secret(&added.id, None).await?;
+//! println!("old secret valid until {:?}", rotated.previous_secret_expires_ms);
+//! for webhook in client.list_webhooks().await? {
+//!     println!("{} -> {} ({:?})", webhook.topic, webhook.url, webhook.source);
+//! }
+//! client.remove_webhook(&added.id).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Example
 //!
 //! ```no_run
@@ -139,6 +168,7 @@ mod config;
 mod connection;
 mod error;
 mod subscription;
+mod webhook;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -155,6 +185,7 @@ pub use config::{ClientConfig, Credentials, TlsOptions, TlsRoots};
 pub use corebus_net::{ErrorCode, FrameError, NameError};
 pub use error::{Error, TlsError};
 pub use subscription::{Discontinuity, Event, Message, ResumeFrom, Subscription};
+pub use webhook::{Webhook, WebhookMatch, WebhookSource, WebhookSpec};
 
 use connection::{check_names, Shared};
 use corebus_net::ResumePoint;

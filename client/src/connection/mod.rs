@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use corebus_net::{
-    encode_publish, validate_namespace, validate_topic, Frame, ResumePoint, Welcome,
+    encode_publish, validate_namespace, validate_topic, Frame, ResumePoint, WebhookRequest, Welcome,
 };
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -295,6 +295,38 @@ impl Shared {
     /// Forgets a ping that timed out.
     pub(crate) fn forget_ping(&self, nonce: u64) {
         self.lock().pings.remove(&nonce);
+    }
+
+    /// Queues a `WEBHOOK_REQUEST` carrying `command` (once connected);
+    /// returns its request id and a receiver for the reply's result text.
+    pub(crate) async fn enqueue_webhook(
+        &self,
+        command: String,
+    ) -> Result<(u32, oneshot::Receiver<Result<String, Error>>), Error> {
+        let (answer, rx) = oneshot::channel();
+        self.when_up(|st| {
+            let request_id = st.alloc_request();
+            Frame::WebhookRequest(WebhookRequest {
+                request_id,
+                command,
+            })
+            .encode(&mut st.out);
+            st.pending.insert(request_id, Pending::Webhook { answer });
+            request_id
+        })
+        .await
+        .map(|request_id| (request_id, rx))
+    }
+
+    /// Forgets a webhook request nobody waits for any more (it timed out or
+    /// the call was dropped), so that a late reply finds no one and the entry
+    /// does not linger. Only a webhook entry is removed: the id is not reused
+    /// for anything else while this one is outstanding.
+    pub(crate) fn forget_webhook(&self, request_id: u32) {
+        let mut st = self.lock();
+        if let Some(Pending::Webhook { .. }) = st.pending.get(&request_id) {
+            st.pending.remove(&request_id);
+        }
     }
 
     /// Waits for a request's answer, bounded by the request timeout.

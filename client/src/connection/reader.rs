@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use corebus_net::{
-    check, decode, Check, ErrorFrame, Frame, PubAck, SubOk, UnsubOk, DEFAULT_MAX_FRAME,
+    check, decode, Check, ErrorFrame, Frame, PubAck, SubOk, UnsubOk, WebhookReply,
+    DEFAULT_MAX_FRAME,
 };
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
@@ -222,6 +223,26 @@ impl Shared {
         }
     }
 
+    fn answer_webhook(&self, reply: WebhookReply) -> Result<(), Ended> {
+        let mut st = self.lock();
+        match st.pending.remove(&reply.request_id) {
+            // The caller gave up (timeout or cancellation) and forgot it.
+            None => Ok(()),
+            Some(Pending::Webhook { answer }) => {
+                let _ = answer.send(Ok(reply.result));
+                Ok(())
+            }
+            Some(other) => {
+                let name = other.name();
+                st.pending.insert(reply.request_id, other);
+                Err(protocol_violation(format!(
+                    "WEBHOOK_REPLY answers request {}, a {name}",
+                    reply.request_id
+                )))
+            }
+        }
+    }
+
     fn answer_error(&self, frame: ErrorFrame) -> Result<(), Ended> {
         let request = if frame.request_id == 0 {
             None
@@ -368,6 +389,7 @@ async fn dispatch(shared: &Shared, frame: Frame) -> Result<(), Ended> {
         Frame::PubAck(ack) => shared.answer_publish(ack),
         Frame::SubOk(ok) => shared.answer_subscribe(ok),
         Frame::UnsubOk(ok) => shared.answer_unsubscribe(ok),
+        Frame::WebhookReply(reply) => shared.answer_webhook(reply),
         Frame::Error(err) => shared.answer_error(err),
         Frame::Ping(nonce) => {
             shared.answer_ping(nonce);

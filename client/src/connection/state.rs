@@ -97,6 +97,10 @@ pub(crate) enum Pending {
         answer: Option<oneshot::Sender<Result<(), Error>>>,
         sub_id: u32,
     },
+    /// A `WEBHOOK_REQUEST`, answered with the `WEBHOOK_REPLY`'s result text.
+    Webhook {
+        answer: oneshot::Sender<Result<String, Error>>,
+    },
 }
 
 impl Pending {
@@ -105,13 +109,14 @@ impl Pending {
             Pending::Publish { .. } => "PUBLISH",
             Pending::Subscribe { .. } | Pending::Resubscribe { .. } => "SUBSCRIBE",
             Pending::Unsubscribe { .. } => "UNSUBSCRIBE",
+            Pending::Webhook { .. } => "WEBHOOK_REQUEST",
         }
     }
 
     /// The subscription a subscribe or unsubscribe concerns.
     pub(crate) fn sub_id(&self) -> Option<u32> {
         match self {
-            Pending::Publish { .. } => None,
+            Pending::Publish { .. } | Pending::Webhook { .. } => None,
             Pending::Subscribe { sub_id, .. }
             | Pending::Resubscribe { sub_id }
             | Pending::Unsubscribe { sub_id, .. } => Some(*sub_id),
@@ -132,6 +137,9 @@ impl Pending {
                 if let Some(answer) = answer {
                     let _ = answer.send(Err(error));
                 }
+            }
+            Pending::Webhook { answer } => {
+                let _ = answer.send(Err(error));
             }
         }
     }
@@ -386,7 +394,9 @@ impl State {
                     unsubscribed.push(request);
                 }
                 Pending::Resubscribe { .. } => {}
-                Pending::Publish { .. } => pending.push(request),
+                // A webhook request may or may not have been carried out; the
+                // caller can list the webhooks to find out.
+                Pending::Publish { .. } | Pending::Webhook { .. } => pending.push(request),
             }
         }
         self.routes.retain(|_, route| route.tx.is_some());

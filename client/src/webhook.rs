@@ -1,0 +1,509 @@
+//! Managing the broker's webhooks: the typed API on [`Client`], and the JSON
+//! commands and results that `WEBHOOK_REQUEST` and `WEBHOOK_REPLY` carry.
+//!
+//! JSON is built and read as `serde_json::Value`, so every string is escaped
+//! by serde_json. Reading a result is strict about the fields this client
+//! needs and ignores any others, so that a broker may add fields.
+
+use std::fmt;
+
+use serde_json::{json, Map, Value};
+use tokio::time::timeout;
+
+use crate::connection::Shared;
+use crate::{Client, Error};
+
+/// How a webhook's topic selects the topics whose messages it receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WebhookMatch {
+    /// Only the topic named exactly (`"match":"exact"` on the wire).
+    Exact,
+    /// Every topic whose name starts with the webhook's topic, such as
+    /// `"orders/"` for `orders/eu` and `orders/us` (`"match":"prefix"`).
+    Prefix,
+}
+
+impl WebhookMatch {
+    /// The name on the wire: `"exact"` or `"prefix"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookMatch::Exact => "exact",
+            WebhookMatch::Prefix => "prefix",
+        }
+    }
+
+    fn parse(text: &str) -> Option<WebhookMatch> {
+        match text {
+            "exact" => Some(WebhookMatch::Exact),
+            "prefix" => Some(WebhookMatch::Prefix),
+            _ => None,
+        }
+    }
+}
+
+/// Where a webhook was defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WebhookSource {
+    /// In the broker's configuration (`"source":"config"`).
+    Config,
+    /// At run time, with [`Client::add_webhook`] (`"source":"runtime"`).
+    Runtime,
+}
+
+impl WebhookSource {
+    /// The name on the wire: `"config"` or `"runtime"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookSource::Config => "config",
+            WebhookSource::Runtime => "runtime",
+        }
+    }
+
+    fn parse(text: &str) -> Option<WebhookSource> {
+        match text {
+            "config" => Some(WebhookSource::Config),
+            "runtime" => Some(WebhookSource::Runtime),
+            _ => None,
+        }
+    }
+}
+
+/// A webhook to add with [`Client::add_webhook`].
+///
+/// Its `Debug` output redacts the secret.
+///
+/// ```
+/// use corebus_client::{WebhookMatch, WebhookSpec};
+/// let spec = WebhookSpec::new("https://hooks.example/orders", "shop", "orders/", WebhookMatch::Prefix)
+///     .with_secret("s3cr3t");
+/// assert!(!format!("{spec:?}").contains("s3cr3t"));
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookSpec {
+    /// Where the broker POSTs the messages (it must be on the broker's
+    /// allow-list, or the broker refuses with `invalid_request`).
+    pub url: String,
+    /// The namespace of the topics.
+    pub namespace: String,
+    /// The topic, or with [`WebhookMatch::Prefix`] the topic prefix.
+    pub topic: String,
+    /// How [`topic`](Self::topic) selects topics.
+    pub match_kind: WebhookMatch,
+    /// The secret that signs the broker's requests; `None` lets the broker
+    /// generate one (returned in [`Webhook::secret`]).
+    pub secret: Option<String>,
+}
+
+impl WebhookSpec {
+    /// A webhook without a secret of its own: the broker generates one.
+    pub fn new(
+        url: impl Into<String>,
+        namespace: impl Into<String>,
+        topic: impl Into<String>,
+        match_kind: WebhookMatch,
+    ) -> WebhookSpec {
+        WebhookSpec {
+            url: url.into(),
+            namespace: namespace.into(),
+            topic: topic.into(),
+            match_kind,
+            secret: None,
+        }
+    }
+
+    /// Sets the secret that signs the broker's requests.
+    pub fn with_secret(mut self, secret: impl Into<String>) -> WebhookSpec {
+        self.secret = Some(secret.into());
+        self
+    }
+}
+
+impl fmt::Debug for WebhookSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookSpec")
+            .field("url", &self.url)
+            .field("namespace", &self.namespace)
+            .field("topic", &self.topic)
+            .field("match_kind", &self.match_kind)
+            .field("secret", &Redacted(&self.secret))
+            .finish()
+    }
+}
+
+/// A webhook as the broker reports it.
+///
+/// Its `Debug` output redacts the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// The broker's id for it, for [`Client::remove_webhook`] and
+    /// [`Client::rotate_webhook_secret`].
+    pub id: String,
+    /// Where the broker POSTs the messages.
+    pub url: String,
+    /// The namespace of the topics.
+    pub namespace: String,
+    /// The topic, or with [`WebhookMatch::Prefix`] the topic prefix.
+    pub topic: String,
+    /// How [`topic`](Self::topic) selects topics.
+    pub match_kind: WebhookMatch,
+    /// Where it was defined.
+    pub source: WebhookSource,
+    /// The secret that signs the broker's requests. The broker reveals it
+    /// only in answer to [`Client::add_webhook`] and
+    /// [`Client::rotate_webhook_secret`] (where it is always `Some`);
+    /// `None` elsewhere.
+    pub secret: Option<String>,
+    /// Until when (Unix time in milliseconds) the secret replaced by the last
+    /// rotation still signs requests alongside the new one; `None` when no
+    /// previous secret is in use.
+    pub previous_secret_expires_ms: Option<u64>,
+}
+
+impl fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Webhook")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("namespace", &self.namespace)
+            .field("topic", &self.topic)
+            .field("match_kind", &self.match_kind)
+            .field("source", &self.source)
+            .field("secret", &Redacted(&self.secret))
+            .field(
+                "previous_secret_expires_ms",
+                &self.previous_secret_expires_ms,
+            )
+            .finish()
+    }
+}
+
+/// Shows whether a secret is set, never the secret.
+struct Redacted<'a>(&'a Option<String>);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(_) => f.write_str("Some(<redacted>)"),
+            None => f.write_str("None"),
+        }
+    }
+}
+
+/// Webhook management. Each call sends one `WEBHOOK_REQUEST` and waits for
+/// its answer within [`ClientConfig::request_timeout`](crate::ClientConfig::request_timeout)
+/// (after waiting, while the client reconnects, up to the same time for the
+/// new connection), like [`Client::ping`].
+///
+/// Errors common to all of them:
+/// - [`Error::Server`] with code [`Forbidden`](crate::ErrorCode::Forbidden)
+///   when the client's credentials are not a super-user's, with
+///   [`InvalidRequest`](crate::ErrorCode::InvalidRequest) for a command the
+///   broker refuses (an unknown id, a URL outside its allow-list), and with
+///   [`Internal`](crate::ErrorCode::Internal) when the broker failed;
+/// - [`Error::MalformedReply`] when the answer is not what the command calls
+///   for;
+/// - [`Error::Timeout`], and [`Error::ConnectionLost`] when the connection
+///   dropped before the answer. In these two cases the command may or may
+///   not have been carried out: [`Client::list_webhooks`] tells.
+impl Client {
+    /// Adds a webhook; returns it with its id and its secret (the one given,
+    /// or the one the broker generated).
+    ///
+    /// ```no_run
+    /// # use corebus_client::{Client, Error, WebhookMatch, WebhookSpec};
+    /// # async fn run(client: Client) -> Result<(), Error> {
+    /// let spec = WebhookSpec::new("https://hooks.example/orders", "shop", "orders/", WebhookMatch::Prefix);
+    /// let webhook = client.add_webhook(&spec).await?;
+    /// println!("added {}; it signs with {:?}", webhook.id, webhook.secret);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn add_webhook(&self, spec: &WebhookSpec) -> Result<Webhook, Error> {
+        let mut command = json!({
+            "op": "add",
+            "url": spec.url,
+            "namespace": spec.namespace,
+            "topic": spec.topic,
+            "match": spec.match_kind.as_str(),
+        });
+        if let Some(secret) = &spec.secret {
+            command["secret"] = Value::from(secret.as_str());
+        }
+        let result = self.webhook_request(&command).await?;
+        with_reason("webhook add", parse_one(&result, "webhook", true))
+    }
+
+    /// Lists every webhook, from the configuration and added at run time
+    /// (without their secrets).
+    pub async fn list_webhooks(&self) -> Result<Vec<Webhook>, Error> {
+        let result = self.webhook_request(&json!({ "op": "list" })).await?;
+        with_reason("webhook list", parse_list(&result))
+    }
+
+    /// Removes a webhook; returns it as it was (without its secret).
+    pub async fn remove_webhook(&self, id: &str) -> Result<Webhook, Error> {
+        let result = self
+            .webhook_request(&json!({ "op": "remove", "id": id }))
+            .await?;
+        with_reason("webhook remove", parse_one(&result, "removed", false))
+    }
+
+    /// Gives a webhook a new secret: `secret`, or with `None` one the broker
+    /// generates. Returns the webhook with the new secret. The previous
+    /// secret keeps signing alongside it until
+    /// [`Webhook::previous_secret_expires_ms`], so that the receiver can
+    /// switch over without rejecting requests.
+    pub async fn rotate_webhook_secret(
+        &self,
+        id: &str,
+        secret: Option<&str>,
+    ) -> Result<Webhook, Error> {
+        let mut command = json!({ "op": "rotate", "id": id });
+        if let Some(secret) = secret {
+            command["secret"] = Value::from(secret);
+        }
+        let result = self.webhook_request(&command).await?;
+        with_reason("webhook rotate", parse_one(&result, "webhook", true))
+    }
+
+    /// Sends one command and returns the reply's result text.
+    async fn webhook_request(&self, command: &Value) -> Result<String, Error> {
+        let shared = self.shared();
+        let (request_id, answer) = shared.enqueue_webhook(command.to_string()).await?;
+        // From here on, a timeout or a dropped call must not leave the entry
+        // behind; once answered, forgetting finds nothing.
+        let _forget = ForgetOnDrop { shared, request_id };
+        match timeout(shared.request_timeout(), answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(shared.current_error()),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+}
+
+/// Removes a webhook request's pending entry when its caller stops waiting.
+struct ForgetOnDrop<'a> {
+    shared: &'a Shared,
+    request_id: u32,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.shared.forget_webhook(self.request_id);
+    }
+}
+
+fn with_reason<T>(request: &'static str, parsed: Result<T, String>) -> Result<T, Error> {
+    parsed.map_err(|reason| Error::MalformedReply { request, reason })
+}
+
+/// Parses a result `{"<key>": W}`; `with_secret` requires W's secret.
+fn parse_one(result: &str, key: &str, with_secret: bool) -> Result<Webhook, String> {
+    let root = parse_root(result)?;
+    let value = root
+        .get(key)
+        .ok_or_else(|| format!("field `{key}` is missing"))?;
+    let webhook = parse_webhook(value, key)?;
+    if with_secret && webhook.secret.is_none() {
+        return Err(format!("field `{key}.secret` is missing"));
+    }
+    Ok(webhook)
+}
+
+/// Parses a result `{"webhooks": [W, ...]}`.
+fn parse_list(result: &str) -> Result<Vec<Webhook>, String> {
+    let root = parse_root(result)?;
+    let list = root
+        .get("webhooks")
+        .ok_or("field `webhooks` is missing")?
+        .as_array()
+        .ok_or("field `webhooks` is not an array")?;
+    list.iter()
+        .enumerate()
+        .map(|(index, value)| parse_webhook(value, &format!("webhooks[{index}]")))
+        .collect()
+}
+
+fn parse_root(result: &str) -> Result<Map<String, Value>, String> {
+    // serde_json's messages give a position, never the text itself.
+    match serde_json::from_str(result) {
+        Ok(Value::Object(root)) => Ok(root),
+        Ok(_) => Err("the result is not a JSON object".into()),
+        Err(err) => Err(format!("the result is not JSON: {err}")),
+    }
+}
+
+/// Parses one webhook object found at `path`. Error texts name fields and
+/// quote only the values of `match` and `source`.
+fn parse_webhook(value: &Value, path: &str) -> Result<Webhook, String> {
+    let object = value
+        .as_object()
+        .ok_or_else(|| format!("field `{path}` is not an object"))?;
+    let text = |key: &str| -> Result<Option<&str>, String> {
+        match object.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text)),
+            Some(_) => Err(format!("field `{path}.{key}` is not a string")),
+        }
+    };
+    let required = |key: &str| -> Result<String, String> {
+        text(key)?
+            .map(str::to_owned)
+            .ok_or_else(|| format!("field `{path}.{key}` is missing"))
+    };
+    let match_text = required("match")?;
+    let match_kind = WebhookMatch::parse(&match_text).ok_or_else(|| {
+        format!("field `{path}.match` is {match_text:?}, not \"exact\" or \"prefix\"")
+    })?;
+    let source_text = required("source")?;
+    let source = WebhookSource::parse(&source_text).ok_or_else(|| {
+        format!("field `{path}.source` is {source_text:?}, not \"config\" or \"runtime\"")
+    })?;
+    let previous_secret_expires_ms = match object.get("previous_secret_expires_ms") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(value.as_u64().ok_or_else(|| {
+            format!("field `{path}.previous_secret_expires_ms` is not an unsigned integer")
+        })?),
+    };
+    Ok(Webhook {
+        id: required("id")?,
+        url: required("url")?,
+        namespace: required("namespace")?,
+        topic: required("topic")?,
+        match_kind,
+        source,
+        secret: text("secret")?.map(str::to_owned),
+        previous_secret_expires_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime_hook(extra: Value) -> Value {
+        let mut hook = json!({
+            "id": "wh-1",
+            "url": "https://hooks.example/a",
+            "namespace": "shop",
+            "topic": "orders/",
+            "match": "prefix",
+            "source": "runtime",
+        });
+        if let (Some(hook), Value::Object(extra)) = (hook.as_object_mut(), extra) {
+            hook.extend(extra);
+        }
+        hook
+    }
+
+    #[test]
+    fn parses_a_webhook_with_and_without_secret() {
+        let result = json!({ "webhook": runtime_hook(json!({
+            "secret": "k\"ey",
+            "previous_secret_expires_ms": 1_700_000_000_000u64,
+            "future_field": [1, 2],
+        })) })
+        .to_string();
+        let hook = parse_one(&result, "webhook", true).expect("parses");
+        assert_eq!(
+            hook,
+            Webhook {
+                id: "wh-1".into(),
+                url: "https://hooks.example/a".into(),
+                namespace: "shop".into(),
+                topic: "orders/".into(),
+                match_kind: WebhookMatch::Prefix,
+                source: WebhookSource::Runtime,
+                secret: Some("k\"ey".into()),
+                previous_secret_expires_ms: Some(1_700_000_000_000),
+            }
+        );
+
+        let result = json!({ "removed": runtime_hook(json!({})) }).to_string();
+        let hook = parse_one(&result, "removed", false).expect("parses");
+        assert_eq!(hook.secret, None);
+        assert_eq!(hook.previous_secret_expires_ms, None);
+        let err = parse_one(&result.replace("removed", "webhook"), "webhook", true)
+            .expect_err("add and rotate must reveal the secret");
+        assert_eq!(err, "field `webhook.secret` is missing");
+    }
+
+    #[test]
+    fn parses_a_list() {
+        let result = json!({ "webhooks": [
+            runtime_hook(json!({})),
+            runtime_hook(json!({ "id": "wh-2", "match": "exact", "source": "config" })),
+        ] })
+        .to_string();
+        let hooks = parse_list(&result).expect("parses");
+        assert_eq!(hooks.len(), 2);
+        assert_eq!(hooks[1].id, "wh-2");
+        assert_eq!(hooks[1].match_kind, WebhookMatch::Exact);
+        assert_eq!(hooks[1].source, WebhookSource::Config);
+        assert_eq!(parse_list(r#"{"webhooks":[]}"#), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn malformed_results_name_the_field() {
+        let not_json = parse_list("{\"webhooks\": [").expect_err("truncated");
+        assert!(
+            not_json.starts_with("the result is not JSON: "),
+            "{not_json}"
+        );
+        let cases = [
+            ("[]", "the result is not a JSON object"),
+            ("{}", "field `webhooks` is missing"),
+            (r#"{"webhooks":{}}"#, "field `webhooks` is not an array"),
+            (
+                r#"{"webhooks":[1]}"#,
+                "field `webhooks[0]` is not an object",
+            ),
+        ];
+        for (result, reason) in cases {
+            assert_eq!(parse_list(result).expect_err(result), reason);
+        }
+        let bad = [
+            (json!({ "id": 7 }), "field `webhooks[0].id` is not a string"),
+            (json!({ "url": null }), "field `webhooks[0].url` is missing"),
+            (
+                json!({ "match": "fuzzy" }),
+                "field `webhooks[0].match` is \"fuzzy\", not \"exact\" or \"prefix\"",
+            ),
+            (
+                json!({ "source": "api" }),
+                "field `webhooks[0].source` is \"api\", not \"config\" or \"runtime\"",
+            ),
+            (
+                json!({ "previous_secret_expires_ms": -1 }),
+                "field `webhooks[0].previous_secret_expires_ms` is not an unsigned integer",
+            ),
+        ];
+        for (extra, reason) in bad {
+            let result = json!({ "webhooks": [runtime_hook(extra)] }).to_string();
+            assert_eq!(parse_list(&result).expect_err(&result), reason);
+        }
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let spec =
+            WebhookSpec::new("https://h/x", "ns", "t", WebhookMatch::Exact).with_secret("hunter2");
+        let shown = format!("{spec:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("secret: Some(<redacted>)"), "{shown}");
+
+        let result = json!({ "webhook": runtime_hook(json!({ "secret": "hunter2" })) });
+        let hook = parse_one(&result.to_string(), "webhook", true).expect("parses");
+        let shown = format!("{hook:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("secret: Some(<redacted>)"), "{shown}");
+        let shown = format!(
+            "{:?}",
+            Webhook {
+                secret: None,
+                ..hook
+            }
+        );
+        assert!(shown.contains("secret: None"), "{shown}");
+    }
+}
