@@ -238,6 +238,41 @@ pub struct ServeArgs {
     /// before the broker exits anyway.
     #[arg(long, env = "COREBUS_SHUTDOWN_DEADLINE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_deadline: Duration,
+    /// Directory for state the broker writes: webhooks added at run time
+    /// (webhooks.json, owner-only). Created when first needed.
+    #[arg(long, env = "COREBUS_DATA_DIR", default_value = "/var/lib/corebus")]
+    pub data_dir: PathBuf,
+    /// Hosts webhooks may post to, comma-separated: names, IP addresses, or
+    /// `*.domain` for any subdomain. Empty: any host. Registrations outside
+    /// the list are refused.
+    #[arg(long, env = "COREBUS_WEBHOOK_ALLOW_HOSTS", default_value = "",
+          value_parser = crate::webhook::url::AllowList::parse)]
+    pub webhook_allow_hosts: crate::webhook::url::AllowList,
+    /// Messages waiting per webhook; more are dropped and counted.
+    #[arg(long, env = "COREBUS_WEBHOOK_QUEUE", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub webhook_queue: u32,
+    /// Longest one webhook request may take (connect, send, response head).
+    #[arg(long, env = "COREBUS_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub webhook_timeout: Duration,
+    /// Retries of a message after its first attempt failed (timeout,
+    /// connection error, 5xx); then it is dropped. 3xx/4xx are never retried.
+    #[arg(long, env = "COREBUS_WEBHOOK_RETRIES", default_value_t = 8)]
+    pub webhook_retries: u32,
+    /// Delay before the first retry; doubled for each next one.
+    #[arg(long, env = "COREBUS_WEBHOOK_BACKOFF", default_value = "500ms", value_parser = parse_duration)]
+    pub webhook_backoff: Duration,
+    /// Longest delay between two retries.
+    #[arg(long, env = "COREBUS_WEBHOOK_MAX_BACKOFF", default_value = "60s", value_parser = parse_duration)]
+    pub webhook_max_backoff: Duration,
+    /// After a secret rotation, how long the previous secret keeps signing
+    /// requests alongside the new one.
+    #[arg(long, env = "COREBUS_WEBHOOK_ROTATION_GRACE", default_value = "24h", value_parser = parse_duration)]
+    pub webhook_rotation_grace: Duration,
+    /// PEM file of CA certificates trusted for https webhooks besides the
+    /// system's; empty for the system's only.
+    #[arg(long, env = "COREBUS_WEBHOOK_CA", default_value = "", value_parser = parse_optional_path)]
+    pub webhook_ca: OptionalPath,
 }
 
 /// `--metrics` values.

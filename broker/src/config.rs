@@ -20,6 +20,8 @@ use clap::{Arg, ArgMatches, Args, FromArgMatches};
 
 use crate::auth_config::{self, AuthSettings};
 use crate::cli::ServeArgs;
+use crate::webhook::{self, Hook};
+use std::sync::Arc;
 
 /// Where a setting's effective value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +68,8 @@ pub struct Resolved {
     /// API keys and token secrets from the file (the environment's secrets
     /// are layered on by [`AuthSettings::apply_env`]).
     pub auth: AuthSettings,
+    /// The `[[webhooks]]` of the file.
+    pub webhooks: Vec<Arc<Hook>>,
 }
 
 /// Two settings whose values contradict each other.
@@ -158,10 +162,12 @@ pub fn resolve(
         if let Some(unknown) = table.keys().find(|key| {
             !setting_args(&command).any(|arg| arg.get_id() == key.as_str())
                 && !auth_config::FILE_KEYS.contains(&key.as_str())
+                && key.as_str() != "webhooks"
         }) {
             let known: Vec<&str> = setting_args(&command)
                 .map(|arg| arg.get_id().as_str())
                 .chain(auth_config::FILE_KEYS)
+                .chain(["webhooks"])
                 .collect();
             bail!(
                 "{}: unknown key `{unknown}` (known keys: {})",
@@ -221,10 +227,24 @@ pub fn resolve(
         Some((path, table)) => AuthSettings::from_table(path, table)?,
         None => AuthSettings::default(),
     };
+    let webhooks = match &table {
+        Some((path, table)) => webhook::registry::from_table(path, table)?
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
+        None => Vec::new(),
+    };
+    for hook in &webhooks {
+        let hook: &Arc<Hook> = hook;
+        if let Err(reason) = args.webhook_allow_hosts.check(&hook.destination) {
+            bail!("webhook {:?}: {reason}", hook.id);
+        }
+    }
     let resolved = Resolved {
         args,
         settings,
         auth,
+        webhooks,
     };
     if let Err(conflict) = check_consistency(&resolved.args) {
         bail!(
@@ -348,6 +368,21 @@ const AUTH_SECTION: &str = "
 # permissions = [
 #   { ns = \"orders\", topic = \"eu/\", prefix = true, publish = true, subscribe = false },
 # ]
+#
+# Webhooks (see docs/webhooks.md): each message published to the namespace and
+# topic (exact, or a prefix with prefix = true) is POSTed as JSON to url,
+# signed with secret (or secret_file; at least 24 characters). During a
+# rotation, keep the old one as secret_previous (or secret_previous_file):
+# both sign until it is removed. Webhooks added at run time
+# (`corebus webhook add`) are kept in data_dir instead. [[webhooks]] tables
+# must come after every other setting.
+# [[webhooks]]
+# id = \"orders-to-billing\"
+# url = \"https://billing.example.com/corebus\"
+# namespace = \"orders\"
+# topic = \"eu/\"
+# prefix = true
+# secret_file = \"/etc/corebus/webhook-billing.secret\"
 ";
 
 /// One file value, as its flag's text and parsed by its flag's parser alone.

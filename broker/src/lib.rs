@@ -21,3 +21,4 @@ pub mod output;
 pub mod permissions;
 pub mod pubsub;
 pub mod serve;
+pub mod webhook;

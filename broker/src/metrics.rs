@@ -8,18 +8,26 @@
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
 
 use corebus_shards::metrics::LATENCY_BUCKETS_US;
 use corebus_shards::{MetricsHandle, ShardMetrics};
 use tracing::{debug, warn};
 
+use crate::webhook::Webhooks;
+
 /// Largest request head read before giving up on a client.
 const MAX_REQUEST: usize = 8 * 1024;
 
 /// Binds `addr` and serves metrics from a background thread; returns the
 /// bound address (useful with port 0).
-pub fn spawn(addr: SocketAddr, metrics: MetricsHandle) -> io::Result<SocketAddr> {
+/// `webhooks`' counters are appended to the shards' when given.
+pub fn spawn(
+    addr: SocketAddr,
+    metrics: MetricsHandle,
+    webhooks: Option<Arc<Webhooks>>,
+) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
     std::thread::Builder::new()
@@ -28,7 +36,7 @@ pub fn spawn(addr: SocketAddr, metrics: MetricsHandle) -> io::Result<SocketAddr>
             for stream in listener.incoming() {
                 match stream {
                     Ok(stream) => {
-                        if let Err(err) = serve_one(stream, &metrics) {
+                        if let Err(err) = serve_one(stream, &metrics, webhooks.as_deref()) {
                             debug!(%err, "metrics request failed");
                         }
                     }
@@ -42,7 +50,11 @@ pub fn spawn(addr: SocketAddr, metrics: MetricsHandle) -> io::Result<SocketAddr>
     Ok(local)
 }
 
-fn serve_one(mut stream: TcpStream, metrics: &MetricsHandle) -> io::Result<()> {
+fn serve_one(
+    mut stream: TcpStream,
+    metrics: &MetricsHandle,
+    webhooks: Option<&Webhooks>,
+) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
     let mut head = Vec::with_capacity(512);
@@ -67,7 +79,10 @@ fn serve_one(mut stream: TcpStream, metrics: &MetricsHandle) -> io::Result<()> {
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     match (method, path) {
         ("GET", "/metrics") => {
-            let body = render(&metrics.snapshot());
+            let mut body = render(&metrics.snapshot());
+            if let Some(webhooks) = webhooks {
+                webhooks.render_metrics(&mut body);
+            }
             respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &body)
         }
         ("GET", "/healthz") => respond(&mut stream, "200 OK", "text/plain", "ok\n"),

@@ -17,6 +17,8 @@ use tracing_subscriber::EnvFilter;
 use crate::auth_config::AuthSettings;
 use crate::cli::{LogFormat, ServeArgs, ServeCommand, SlowConsumer};
 use crate::config::{self, Origin, Resolved};
+use crate::webhook::store::Store;
+use crate::webhook::{self, DeliverySettings, Registry, RegistryPolicy, Webhooks};
 
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
 
@@ -97,6 +99,35 @@ pub fn tls_config(args: &ServeArgs) -> anyhow::Result<Option<Arc<rustls::ServerC
     }
 }
 
+/// The webhook registry (configured plus persisted webhooks) and its
+/// delivery thread.
+pub fn start_webhooks(resolved: &Resolved) -> anyhow::Result<Arc<Webhooks>> {
+    let args = &resolved.args;
+    let registry = Registry::new(
+        resolved.webhooks.clone(),
+        Some(Store::new(args.data_dir.clone())),
+        RegistryPolicy {
+            allow: args.webhook_allow_hosts.clone(),
+            rotation_grace: args.webhook_rotation_grace,
+        },
+    )?;
+    let count = registry.snapshot().len();
+    let settings = DeliverySettings {
+        queue: args.webhook_queue as usize,
+        timeout: args.webhook_timeout,
+        retries: args.webhook_retries,
+        backoff: args.webhook_backoff,
+        max_backoff: args.webhook_max_backoff,
+        tls: webhook::client_tls(args.webhook_ca.0.as_deref())?,
+    };
+    let webhooks =
+        Webhooks::start(registry, settings).context("cannot start the webhook thread")?;
+    if count > 0 {
+        info!(count, "webhooks registered");
+    }
+    Ok(webhooks)
+}
+
 /// `corebus serve`: `matches` are the `serve` subcommand's, which say
 /// whether each setting came from a flag, the environment or a default.
 pub fn main(command: ServeCommand, matches: &ArgMatches) -> anyhow::Result<()> {
@@ -139,6 +170,8 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
     let mut config = server_config(args)?;
     config.auth = authenticator(args, &resolved.auth)?;
     config.tls = tls_config(args)?;
+    let webhooks = start_webhooks(&resolved)?;
+    config.webhooks = webhooks.clone();
     crate::doctor::preflight(args.shards)?;
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
@@ -147,7 +180,7 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
     }
     let server = corebus_shards::start(config)?;
     if let Some(addr) = args.metrics.0 {
-        let bound = crate::metrics::spawn(addr, server.metrics())
+        let bound = crate::metrics::spawn(addr, server.metrics(), Some(webhooks.clone()))
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         info!(addr = %bound, "metrics on /metrics, health on /healthz");
     }

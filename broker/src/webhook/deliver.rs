@@ -1,0 +1,217 @@
+//! The delivery thread: routes handed-over messages to one task per webhook
+//! and runs those tasks (one request in flight each, in sequence order).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corebus_shards::auth::unix_now_ms;
+use corebus_shards::WebhookMessage;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tracing::{debug, error};
+
+use super::http::Connection;
+use super::{body, sign, DeliverySettings, DropReason, Hook, Registry, SIGNATURE_HEADER};
+
+struct Worker {
+    hook: Arc<Hook>,
+    queue: mpsc::Sender<WebhookMessage>,
+    task: JoinHandle<()>,
+}
+
+/// Starts the `corebus-webhooks` thread.
+pub(super) fn spawn(
+    registry: Arc<Registry>,
+    intake: mpsc::Receiver<WebhookMessage>,
+    changed: Arc<Notify>,
+    settings: DeliverySettings,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("corebus-webhooks".into())
+        .spawn(move || runtime.block_on(dispatch(registry, intake, changed, settings)))?;
+    Ok(())
+}
+
+async fn dispatch(
+    registry: Arc<Registry>,
+    mut intake: mpsc::Receiver<WebhookMessage>,
+    changed: Arc<Notify>,
+    settings: DeliverySettings,
+) {
+    let settings = Arc::new(settings);
+    let mut workers: HashMap<String, Worker> = HashMap::new();
+    let mut seen = u64::MAX;
+    loop {
+        if registry.generation() != seen {
+            seen = registry.generation();
+            sync_workers(&registry, &mut workers, &settings);
+        }
+        let message = tokio::select! {
+            message = intake.recv() => message,
+            () = changed.notified() => continue,
+        };
+        let Some(message) = message else {
+            return; // The broker is gone.
+        };
+        if registry.generation() != seen {
+            // Changed since the top of the loop: route with the new set.
+            seen = registry.generation();
+            sync_workers(&registry, &mut workers, &settings);
+        }
+        for worker in workers.values().filter(|w| w.hook.matches(&message.topic)) {
+            let stats = &worker.hook.stats;
+            match worker.queue.try_send(message.clone()) {
+                Ok(()) => {
+                    stats.queued.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => stats.drop_one(
+                    &worker.hook.id,
+                    DropReason::QueueFull,
+                    "the webhook's queue is full (webhook_queue)",
+                ),
+            }
+        }
+    }
+}
+
+/// Starts a task for each new webhook and stops those of removed ones.
+fn sync_workers(
+    registry: &Registry,
+    workers: &mut HashMap<String, Worker>,
+    settings: &Arc<DeliverySettings>,
+) {
+    let hooks = registry.snapshot();
+    workers.retain(|id, worker| {
+        let keep = hooks.iter().any(|hook| Arc::ptr_eq(hook, &worker.hook));
+        if !keep {
+            debug!(webhook = %id, "webhook removed: its queued messages are discarded");
+            worker.task.abort();
+        }
+        keep
+    });
+    for hook in hooks.iter() {
+        if workers.contains_key(&hook.id) {
+            continue;
+        }
+        let (queue, receiver) = mpsc::channel(settings.queue.max(1));
+        let task = tokio::spawn(run_worker(
+            hook.clone(),
+            receiver,
+            settings.clone(),
+            registry.policy().allow.clone(),
+        ));
+        workers.insert(
+            hook.id.clone(),
+            Worker {
+                hook: hook.clone(),
+                queue,
+                task,
+            },
+        );
+    }
+}
+
+async fn run_worker(
+    hook: Arc<Hook>,
+    mut queue: mpsc::Receiver<WebhookMessage>,
+    settings: Arc<DeliverySettings>,
+    allow: super::url::AllowList,
+) {
+    let mut connection = Connection::new(settings.tls.clone());
+    while let Some(message) = queue.recv().await {
+        hook.stats.queued.fetch_sub(1, Ordering::Relaxed);
+        if let Err(reason) = allow.check(&hook.destination) {
+            hook.stats
+                .drop_one(&hook.id, DropReason::NotAllowed, &reason);
+            continue;
+        }
+        deliver(&hook, &mut connection, &settings, &message).await;
+    }
+}
+
+/// Posts one message until it is accepted, refused or out of retries.
+async fn deliver(
+    hook: &Hook,
+    connection: &mut Connection,
+    settings: &DeliverySettings,
+    message: &WebhookMessage,
+) {
+    let body = body(&hook.id, message);
+    let delivery = format!("{}-{}", message.epoch, message.seq);
+    let mut attempt = 0u32;
+    loop {
+        let now_ms = unix_now_ms();
+        let secrets = hook
+            .secrets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .signing(now_ms);
+        let headers = [
+            (SIGNATURE_HEADER, sign(&secrets, now_ms / 1000, &body)),
+            ("Corebus-Webhook", hook.id.clone()),
+            ("Corebus-Delivery", delivery.clone()),
+        ];
+        hook.stats.requests.fetch_add(1, Ordering::Relaxed);
+        if attempt > 0 {
+            hook.stats.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        let outcome = tokio::time::timeout(
+            settings.timeout,
+            connection.post(&hook.destination, &headers, &body),
+        )
+        .await;
+        let failure = match outcome {
+            Ok(Ok(status)) if (200..300).contains(&status) => {
+                hook.stats.delivered_one(&hook.id);
+                return;
+            }
+            Ok(Ok(status)) if status < 500 => {
+                let detail = format!(
+                    "{} answered {status}; 3xx and 4xx are not retried (redirects are not followed)",
+                    hook.destination
+                );
+                hook.stats.drop_one(&hook.id, DropReason::Rejected, &detail);
+                return;
+            }
+            Ok(Ok(status)) => format!("{} answered {status}", hook.destination),
+            Ok(Err(err)) => format!("{}: {err}", hook.destination),
+            Err(_) => {
+                connection.reset();
+                format!(
+                    "{}: no answer within {:?} (webhook_timeout)",
+                    hook.destination, settings.timeout
+                )
+            }
+        };
+        if attempt >= settings.retries {
+            let detail = format!("{failure}; gave up after {} retries", settings.retries);
+            hook.stats
+                .drop_one(&hook.id, DropReason::RetriesExhausted, &detail);
+            return;
+        }
+        let delay = backoff(settings, attempt);
+        if attempt == 0 {
+            error!(webhook = %hook.id, seq = message.seq, %failure, retry_in = ?delay, "webhook delivery failed; retrying");
+        } else {
+            debug!(webhook = %hook.id, seq = message.seq, %failure, retry_in = ?delay, "webhook retry failed");
+        }
+        tokio::time::sleep(delay).await;
+        attempt += 1;
+    }
+}
+
+/// `backoff × 2^attempt`, at most `max_backoff`, with up to 25% jitter
+/// taken off so that many webhooks failing together spread out.
+fn backoff(settings: &DeliverySettings, attempt: u32) -> Duration {
+    let base = settings
+        .backoff
+        .saturating_mul(1u32 << attempt.min(20))
+        .min(settings.max_backoff);
+    let jitter = (unix_now_ms().wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) % 1000;
+    base - base.mul_f64(jitter as f64 / 4000.0)
+}

@@ -1,0 +1,426 @@
+//! Webhooks: signed HTTP POSTs of a topic's messages to stateless consumers.
+//!
+//! The owner shard of a topic hands each sequenced message of a topic some
+//! webhook wants to [`Webhooks::offer`], which only tries to put it on a
+//! bounded queue: publishing never waits for HTTP. One delivery thread
+//! (`corebus-webhooks`, a single-threaded tokio runtime) routes messages to a
+//! task per webhook, each with its own bounded queue, one request in flight
+//! and retries with exponential backoff, so a slow or dead endpoint delays
+//! only its own webhook. Requests are signed with HMAC-SHA256 over the
+//! timestamp and the body ([`sign`]). What cannot be delivered is dropped,
+//! counted per webhook and reason, and logged once per burst.
+//!
+//! See `docs/webhooks.md`.
+
+mod deliver;
+pub mod http;
+pub mod registry;
+pub mod store;
+pub mod url;
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use corebus_net::TopicKey;
+use corebus_shards::{WebhookCommandError, WebhookMessage, WebhookSink};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::sync::{mpsc, Notify};
+use tracing::warn;
+
+pub use registry::{Hook, Registry, RegistryPolicy, Source};
+
+/// The signature header's name.
+pub const SIGNATURE_HEADER: &str = "Corebus-Signature";
+
+/// Delivery limits.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    /// Messages waiting per webhook; more are dropped (`queue_full`).
+    pub queue: usize,
+    /// Longest one request may take, connecting included.
+    pub timeout: Duration,
+    /// Retries after the first attempt of a message.
+    pub retries: u32,
+    /// Delay before the first retry; doubled for each next one.
+    pub backoff: Duration,
+    /// Longest delay between retries.
+    pub max_backoff: Duration,
+    /// Verifies https destinations.
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+/// Why a message was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The shards' hand-off queue to the delivery thread was full.
+    Handoff,
+    /// The webhook's queue was full.
+    QueueFull,
+    /// The endpoint answered 3xx or 4xx (not retried; redirects are not followed).
+    Rejected,
+    /// Every retry failed (timeouts, connection errors, 5xx).
+    RetriesExhausted,
+    /// The destination is not in the allow-list (it was, when it was stored).
+    NotAllowed,
+}
+
+impl DropReason {
+    /// Every reason, in metrics order.
+    pub const ALL: [DropReason; 5] = [
+        DropReason::Handoff,
+        DropReason::QueueFull,
+        DropReason::Rejected,
+        DropReason::RetriesExhausted,
+        DropReason::NotAllowed,
+    ];
+
+    /// The metrics label.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Handoff => "handoff_full",
+            DropReason::QueueFull => "queue_full",
+            DropReason::Rejected => "rejected",
+            DropReason::RetriesExhausted => "retries_exhausted",
+            DropReason::NotAllowed => "not_allowed",
+        }
+    }
+}
+
+/// One webhook's counters.
+#[derive(Debug, Default)]
+pub struct HookStats {
+    /// Messages delivered (a 2xx answer).
+    pub delivered: AtomicU64,
+    /// Requests sent, retries included.
+    pub requests: AtomicU64,
+    /// Retries.
+    pub retries: AtomicU64,
+    /// Messages waiting in the webhook's queue.
+    pub queued: AtomicU64,
+    dropped: [AtomicU64; 5],
+    burst: Mutex<Option<Burst>>,
+}
+
+#[derive(Debug)]
+struct Burst {
+    since: Instant,
+    count: u64,
+}
+
+/// How long a burst of drops is summed up before it is logged again.
+const BURST_LOG_EVERY: Duration = Duration::from_secs(60);
+
+impl HookStats {
+    /// Messages dropped for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Counts one dropped message and logs the first of a burst (and a
+    /// summary every minute while it lasts).
+    pub fn drop_one(&self, id: &str, reason: DropReason, detail: &str) {
+        self.dropped[reason as usize].fetch_add(1, Ordering::Relaxed);
+        let mut burst = self.burst.lock().unwrap_or_else(|e| e.into_inner());
+        match burst.as_mut() {
+            None => {
+                warn!(webhook = id, reason = reason.name(), detail, "webhook dropping messages; further drops are counted (corebus_webhook_dropped_total) until a delivery succeeds");
+                *burst = Some(Burst {
+                    since: Instant::now(),
+                    count: 1,
+                });
+            }
+            Some(open) => {
+                open.count += 1;
+                if open.since.elapsed() >= BURST_LOG_EVERY {
+                    warn!(
+                        webhook = id,
+                        reason = reason.name(),
+                        detail,
+                        dropped = open.count,
+                        "webhook still dropping messages"
+                    );
+                    open.since = Instant::now();
+                    open.count = 0;
+                }
+            }
+        }
+    }
+
+    /// Counts one delivery; ends a burst of drops with a summary.
+    pub fn delivered_one(&self, id: &str) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        let mut burst = self.burst.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ended) = burst.take() {
+            warn!(
+                webhook = id,
+                dropped = ended.count,
+                "webhook delivering again after dropping messages"
+            );
+        }
+    }
+}
+
+/// The broker's webhooks: what the shards see as their [`WebhookSink`].
+#[derive(Debug)]
+pub struct Webhooks {
+    registry: Arc<Registry>,
+    intake: mpsc::Sender<WebhookMessage>,
+    changed: Arc<Notify>,
+    /// Drops at the hand-off for topics no current webhook matches any more.
+    handoff: HookStats,
+}
+
+impl Webhooks {
+    /// Starts the delivery thread for `registry`.
+    pub fn start(registry: Registry, settings: DeliverySettings) -> std::io::Result<Arc<Webhooks>> {
+        let registry = Arc::new(registry);
+        let changed = Arc::new(Notify::new());
+        let (intake, receiver) = mpsc::channel(settings.queue.saturating_mul(4).max(1024));
+        deliver::spawn(registry.clone(), receiver, changed.clone(), settings)?;
+        Ok(Arc::new(Webhooks {
+            registry,
+            intake,
+            changed,
+            handoff: HookStats::default(),
+        }))
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Prometheus text for every webhook's counters.
+    pub fn render_metrics(&self, out: &mut String) {
+        let hooks = self.registry.snapshot();
+        let counter = |out: &mut String, name: &str, help: &str, kind: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        counter(out, "corebus_webhooks", "Webhooks registered.", "gauge");
+        let _ = writeln!(out, "corebus_webhooks {}", hooks.len());
+        let families: [(&str, &str, &str, fn(&HookStats) -> u64); 4] = [
+            (
+                "corebus_webhook_delivered_total",
+                "Messages delivered (2xx).",
+                "counter",
+                |s| s.delivered.load(Ordering::Relaxed),
+            ),
+            (
+                "corebus_webhook_requests_total",
+                "HTTP requests sent, retries included.",
+                "counter",
+                |s| s.requests.load(Ordering::Relaxed),
+            ),
+            (
+                "corebus_webhook_retries_total",
+                "Requests that were retries.",
+                "counter",
+                |s| s.retries.load(Ordering::Relaxed),
+            ),
+            (
+                "corebus_webhook_queued",
+                "Messages waiting in the webhook's queue.",
+                "gauge",
+                |s| s.queued.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, kind, read) in families {
+            counter(out, name, help, kind);
+            for hook in hooks.iter() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{webhook=\"{}\"}} {}",
+                    hook.id,
+                    read(&hook.stats)
+                );
+            }
+        }
+        let name = "corebus_webhook_dropped_total";
+        counter(
+            out,
+            name,
+            "Messages dropped, by webhook and reason.",
+            "counter",
+        );
+        for hook in hooks.iter() {
+            for reason in DropReason::ALL {
+                let _ = writeln!(
+                    out,
+                    "{name}{{webhook=\"{}\",reason=\"{}\"}} {}",
+                    hook.id,
+                    reason.name(),
+                    hook.stats.dropped(reason)
+                );
+            }
+        }
+    }
+}
+
+impl WebhookSink for Webhooks {
+    fn generation(&self) -> u64 {
+        self.registry.generation()
+    }
+
+    fn wants(&self, topic: &TopicKey) -> bool {
+        self.registry
+            .snapshot()
+            .iter()
+            .any(|hook| hook.matches(topic))
+    }
+
+    fn offer(&self, message: WebhookMessage) {
+        let Err(err) = self.intake.try_send(message) else {
+            return;
+        };
+        let message = match err {
+            mpsc::error::TrySendError::Full(message)
+            | mpsc::error::TrySendError::Closed(message) => message,
+        };
+        let detail = "the delivery thread's hand-off queue is full";
+        let mut counted = false;
+        for hook in self
+            .registry
+            .snapshot()
+            .iter()
+            .filter(|h| h.matches(&message.topic))
+        {
+            hook.stats.drop_one(&hook.id, DropReason::Handoff, detail);
+            counted = true;
+        }
+        if !counted {
+            self.handoff.drop_one("-", DropReason::Handoff, detail);
+        }
+    }
+
+    fn command(&self, command: &str) -> Result<String, WebhookCommandError> {
+        let result = self.registry.command(command);
+        if result.is_ok() {
+            self.changed.notify_one();
+        }
+        result
+    }
+}
+
+/// The body POSTed for one message: a JSON object (see `docs/webhooks.md`).
+pub fn body(webhook: &str, message: &WebhookMessage) -> Vec<u8> {
+    let (encoding, payload) = match std::str::from_utf8(&message.payload) {
+        Ok(text) => ("utf8", text.to_string()),
+        Err(_) => ("base64", crate::output::base64(&message.payload)),
+    };
+    serde_json::json!({
+        "webhook": webhook,
+        "namespace": message.topic.namespace(),
+        "topic": message.topic.topic(),
+        "epoch": message.epoch.to_string(),
+        "seq": message.seq,
+        "published_ms": message.published_ms,
+        "encoding": encoding,
+        "payload": payload,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The `Corebus-Signature` value: `t=<unix seconds>` and one
+/// `v1=<hex HMAC-SHA256 of "<t>." + body>` per secret.
+pub fn sign(secrets: &[String], timestamp: u64, body: &[u8]) -> String {
+    let mut header = format!("t={timestamp}");
+    for secret in secrets {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+        mac.update(timestamp.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        header.push_str(",v1=");
+        for byte in mac.finalize().into_bytes() {
+            let _ = write!(header, "{byte:02x}");
+        }
+    }
+    header
+}
+
+/// The TLS client configuration for https destinations: the system's roots
+/// plus the CA certificates of `extra_ca` (a PEM file), if given.
+pub fn client_tls(extra_ca: Option<&std::path::Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use anyhow::Context;
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(path) = extra_ca {
+        let mut added = 0;
+        for cert in CertificateDer::pem_file_iter(path)
+            .with_context(|| format!("webhook_ca: cannot read {}", path.display()))?
+        {
+            let cert =
+                cert.with_context(|| format!("webhook_ca: {} is not PEM", path.display()))?;
+            roots.add(cert).with_context(|| {
+                format!(
+                    "webhook_ca: a certificate in {} is unusable",
+                    path.display()
+                )
+            })?;
+            added += 1;
+        }
+        if added == 0 {
+            anyhow::bail!("webhook_ca: {} holds no CERTIFICATE block", path.display());
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("TLS versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_hmac_sha256_over_timestamp_dot_body() {
+        // Reference value computed independently:
+        // python3 -c 'import hmac,hashlib;print(hmac.new(b"whsec_test-secret-0123456789",b"1700000000.{}",hashlib.sha256).hexdigest())'
+        let header = sign(
+            &["whsec_test-secret-0123456789".into()],
+            1_700_000_000,
+            b"{}",
+        );
+        assert_eq!(
+            header,
+            "t=1700000000,v1=cbc489378d150642b8b776c344f53271a6f3ff9a6f9c6a31822aaa50b2b635c5"
+        );
+        let two = sign(&["a".repeat(24), "b".repeat(24)], 5, b"x");
+        assert_eq!(two.matches(",v1=").count(), 2);
+    }
+
+    #[test]
+    fn bodies_carry_text_or_base64() {
+        let message = |payload: &'static [u8]| WebhookMessage {
+            topic: TopicKey::from_strs("app", "orders/1").expect("valid"),
+            epoch: u64::MAX,
+            seq: 7,
+            published_ms: 1_700_000_000_123,
+            payload: bytes::Bytes::from_static(payload),
+        };
+        let text: serde_json::Value =
+            serde_json::from_slice(&body("wh-1", &message(b"hi \"there\""))).expect("JSON");
+        assert_eq!(text["encoding"], "utf8");
+        assert_eq!(text["payload"], "hi \"there\"");
+        assert_eq!(text["epoch"], u64::MAX.to_string());
+        assert_eq!(
+            (text["seq"].as_u64(), text["topic"].as_str()),
+            (Some(7), Some("orders/1"))
+        );
+        let binary: serde_json::Value =
+            serde_json::from_slice(&body("wh-1", &message(&[0xff, 0x00]))).expect("JSON");
+        assert_eq!(
+            (binary["encoding"].as_str(), binary["payload"].as_str()),
+            (Some("base64"), Some("/wA="))
+        );
+    }
+}

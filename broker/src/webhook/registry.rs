@@ -1,0 +1,744 @@
+//! The webhooks a broker delivers to: those of the configuration file and
+//! those added at run time (persisted in the data directory), their signing
+//! secrets, and the `WEBHOOK_REQUEST` commands that change them.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use corebus_net::TopicKey;
+use corebus_shards::auth::{unix_now_ms, TopicPattern};
+use corebus_shards::WebhookCommandError;
+use serde_json::{json, Map, Value};
+
+use super::store::Store;
+use super::url::{AllowList, Destination};
+use super::HookStats;
+
+/// Secrets shorter than this are refused.
+pub const MIN_SECRET_LEN: usize = 24;
+/// Longest webhook id.
+const MAX_ID_LEN: usize = 64;
+
+/// Where a webhook was defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A `[[webhooks]]` table of the configuration file (changed there only).
+    Config,
+    /// Added over the protocol or with `corebus webhook add`; persisted.
+    Runtime,
+}
+
+impl Source {
+    fn name(self) -> &'static str {
+        match self {
+            Source::Config => "config",
+            Source::Runtime => "runtime",
+        }
+    }
+}
+
+/// A webhook's signing secrets. `Debug` shows none of them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secrets {
+    /// Signs every request.
+    pub current: String,
+    /// After a rotation: also signs every request until the Unix time in
+    /// milliseconds, so receivers can switch over without rejecting any.
+    pub previous: Option<(String, u64)>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("current", &"<redacted>")
+            .field("previous_expires_ms", &self.previous.as_ref().map(|p| p.1))
+            .finish()
+    }
+}
+
+impl Secrets {
+    /// The secrets that sign a request at `now_ms`, current first.
+    pub fn signing(&self, now_ms: u64) -> Vec<String> {
+        let mut out = vec![self.current.clone()];
+        if let Some((previous, until)) = &self.previous {
+            if now_ms < *until {
+                out.push(previous.clone());
+            }
+        }
+        out
+    }
+}
+
+/// One webhook.
+#[derive(Debug)]
+pub struct Hook {
+    /// Unique id.
+    pub id: String,
+    /// Where to POST.
+    pub destination: Destination,
+    /// The namespace (exact).
+    pub namespace: String,
+    /// The topics of the namespace.
+    pub topic: TopicPattern,
+    /// Where it was defined.
+    pub source: Source,
+    /// Its signing secrets (rotated in place).
+    pub secrets: Mutex<Secrets>,
+    /// Delivery counters.
+    pub stats: HookStats,
+}
+
+impl Hook {
+    /// Whether messages of `topic` go to this webhook.
+    pub fn matches(&self, topic: &TopicKey) -> bool {
+        topic.namespace() == self.namespace && self.topic.matches(topic.topic())
+    }
+
+    fn secrets(&self) -> Secrets {
+        self.secrets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The webhook as JSON for `WEBHOOK_REPLY`, with its secret when
+    /// `with_secret` (after add and rotate only).
+    pub fn to_json(&self, with_secret: bool) -> Value {
+        let (topic, prefix) = pattern_parts(&self.topic);
+        let mut object = Map::new();
+        object.insert("id".into(), json!(self.id));
+        object.insert("url".into(), json!(self.destination.text));
+        object.insert("namespace".into(), json!(self.namespace));
+        object.insert("topic".into(), json!(topic));
+        object.insert(
+            "match".into(),
+            json!(if prefix { "prefix" } else { "exact" }),
+        );
+        object.insert("source".into(), json!(self.source.name()));
+        let secrets = self.secrets();
+        if with_secret {
+            object.insert("secret".into(), json!(secrets.current));
+        }
+        if let Some((_, until)) = secrets.previous {
+            object.insert("previous_secret_expires_ms".into(), json!(until));
+        }
+        Value::Object(object)
+    }
+
+    /// The persisted form (runtime webhooks only), secrets included.
+    pub fn to_stored(&self) -> Value {
+        let mut value = self.to_json(true);
+        let secrets = self.secrets();
+        if let (Value::Object(object), Some((previous, until))) = (&mut value, secrets.previous) {
+            object.insert("previous_secret".into(), json!(previous));
+            object.insert("previous_secret_expires_ms".into(), json!(until));
+        }
+        value
+    }
+}
+
+fn pattern_parts(pattern: &TopicPattern) -> (&str, bool) {
+    match pattern {
+        TopicPattern::Exact(topic) => (topic, false),
+        TopicPattern::Prefix(prefix) => (prefix, true),
+    }
+}
+
+/// What the registry checks and how long rotated secrets live.
+#[derive(Debug, Clone)]
+pub struct RegistryPolicy {
+    /// Hosts webhooks may post to.
+    pub allow: AllowList,
+    /// How long a rotated-out secret keeps signing.
+    pub rotation_grace: Duration,
+}
+
+/// The set of webhooks, shared by the shards (which read it) and the
+/// delivery thread.
+#[derive(Debug)]
+pub struct Registry {
+    hooks: RwLock<Arc<Vec<Arc<Hook>>>>,
+    generation: AtomicU64,
+    /// Serializes commands: read, change, persist, publish.
+    edit: Mutex<()>,
+    store: Option<Store>,
+    policy: RegistryPolicy,
+}
+
+impl Registry {
+    /// A registry of `config` webhooks plus what `store` holds (checked
+    /// against the policy; a stored webhook outside the allow-list is kept,
+    /// and refused at delivery time, so that it is not lost).
+    pub fn new(
+        config: Vec<Arc<Hook>>,
+        store: Option<Store>,
+        policy: RegistryPolicy,
+    ) -> anyhow::Result<Registry> {
+        let mut hooks = config;
+        for hook in &hooks {
+            policy
+                .allow
+                .check(&hook.destination)
+                .map_err(|reason| anyhow!("webhook {:?}: {reason}", hook.id))?;
+        }
+        if let Some(store) = &store {
+            for stored in store.load()? {
+                if hooks.iter().any(|hook| hook.id == stored.id) {
+                    bail!(
+                        "webhook id {:?} is both in the configuration file and in {}",
+                        stored.id,
+                        store.path().display()
+                    );
+                }
+                hooks.push(Arc::new(stored));
+            }
+        }
+        let generation = u64::from(!hooks.is_empty());
+        Ok(Registry {
+            hooks: RwLock::new(Arc::new(hooks)),
+            generation: AtomicU64::new(generation),
+            edit: Mutex::new(()),
+            store,
+            policy,
+        })
+    }
+
+    /// The current webhooks.
+    pub fn snapshot(&self) -> Arc<Vec<Arc<Hook>>> {
+        self.hooks.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Changes whenever the set changes; 0 while there has never been one.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The allow-list and rotation policy.
+    pub fn policy(&self) -> &RegistryPolicy {
+        &self.policy
+    }
+
+    /// Carries out one JSON command (see `docs/webhooks.md`).
+    pub fn command(&self, text: &str) -> Result<String, WebhookCommandError> {
+        let invalid = |reason: String| WebhookCommandError::Invalid(reason);
+        let command: Map<String, Value> = match serde_json::from_str(text) {
+            Ok(Value::Object(object)) => object,
+            Ok(_) => return Err(invalid("the command must be a JSON object".into())),
+            Err(err) => return Err(invalid(format!("the command is not JSON: {err}"))),
+        };
+        let _edit = self.edit.lock().unwrap_or_else(|e| e.into_inner());
+        let op = command.get("op").and_then(Value::as_str).unwrap_or("");
+        let result = match op {
+            "list" => {
+                only_fields(&command, &["op"])?;
+                let hooks = self.snapshot();
+                json!({ "webhooks": hooks.iter().map(|h| h.to_json(false)).collect::<Vec<_>>() })
+            }
+            "add" => {
+                only_fields(
+                    &command,
+                    &["op", "url", "namespace", "topic", "match", "secret", "id"],
+                )?;
+                let hook = self.parse_add(&command)?;
+                let hook = Arc::new(hook);
+                self.publish_change(|hooks| {
+                    if hooks.iter().any(|h| h.id == hook.id) {
+                        return Err(invalid(format!("a webhook {:?} already exists", hook.id)));
+                    }
+                    hooks.push(hook.clone());
+                    Ok(())
+                })?;
+                json!({ "webhook": hook.to_json(true) })
+            }
+            "remove" => {
+                only_fields(&command, &["op", "id"])?;
+                let id = string_field(&command, "id")?;
+                let mut removed = None;
+                self.publish_change(|hooks| {
+                    let index = self.runtime_index(hooks, &id, "remove")?;
+                    removed = Some(hooks.remove(index));
+                    Ok(())
+                })?;
+                let removed = removed.expect("set by the change above");
+                json!({ "removed": removed.to_json(false) })
+            }
+            "rotate" => {
+                only_fields(&command, &["op", "id", "secret"])?;
+                let id = string_field(&command, "id")?;
+                let secret = optional_secret(&command)?;
+                let hooks = self.snapshot();
+                let index = self.runtime_index(&hooks, &id, "rotate")?;
+                let hook = &hooks[index];
+                let before = hook.secrets();
+                let until = unix_now_ms() + self.policy.rotation_grace.as_millis() as u64;
+                let rotated = Secrets {
+                    current: secret.map_or_else(generate_secret, Ok).map_err(internal)?,
+                    previous: Some((before.current.clone(), until)),
+                };
+                *hook.secrets.lock().unwrap_or_else(|e| e.into_inner()) = rotated;
+                if let Err(err) = self.persist(&hooks) {
+                    *hook.secrets.lock().unwrap_or_else(|e| e.into_inner()) = before;
+                    return Err(err);
+                }
+                json!({ "webhook": hook.to_json(true) })
+            }
+            "" => return Err(invalid("the command has no \"op\"".into())),
+            other => {
+                return Err(invalid(format!(
+                    "unknown op {other:?}: use add, list, remove or rotate"
+                )))
+            }
+        };
+        Ok(result.to_string())
+    }
+
+    fn parse_add(&self, command: &Map<String, Value>) -> Result<Hook, WebhookCommandError> {
+        let invalid = WebhookCommandError::Invalid;
+        let url = string_field(command, "url")?;
+        let destination = Destination::parse(&url).map_err(invalid)?;
+        self.policy.allow.check(&destination).map_err(invalid)?;
+        let namespace = string_field(command, "namespace")?;
+        corebus_net::validate_namespace(namespace.as_bytes())
+            .map_err(|err| invalid(format!("namespace: {err}")))?;
+        let topic = match command.get("topic") {
+            None => String::new(),
+            Some(Value::String(topic)) => topic.clone(),
+            Some(_) => return Err(invalid("\"topic\" must be a string".into())),
+        };
+        let prefix = match command.get("match").map(|m| m.as_str()) {
+            None | Some(Some("exact")) => false,
+            Some(Some("prefix")) => true,
+            _ => return Err(invalid("\"match\" must be \"exact\" or \"prefix\"".into())),
+        };
+        let topic = pattern(&topic, prefix).map_err(invalid)?;
+        let id = match command.get("id") {
+            None => generate_id().map_err(internal)?,
+            Some(Value::String(id)) => {
+                check_id(id).map_err(invalid)?;
+                id.clone()
+            }
+            Some(_) => return Err(invalid("\"id\" must be a string".into())),
+        };
+        let secret = match optional_secret(command)? {
+            Some(secret) => secret,
+            None => generate_secret().map_err(internal)?,
+        };
+        Ok(Hook {
+            id,
+            destination,
+            namespace,
+            topic,
+            source: Source::Runtime,
+            secrets: Mutex::new(Secrets {
+                current: secret,
+                previous: None,
+            }),
+            stats: HookStats::default(),
+        })
+    }
+
+    fn runtime_index(
+        &self,
+        hooks: &[Arc<Hook>],
+        id: &str,
+        what: &str,
+    ) -> Result<usize, WebhookCommandError> {
+        let index = hooks
+            .iter()
+            .position(|hook| hook.id == id)
+            .ok_or_else(|| WebhookCommandError::Invalid(format!("no webhook {id:?}")))?;
+        if hooks[index].source == Source::Config {
+            return Err(WebhookCommandError::Invalid(format!(
+                "webhook {id:?} is defined in the configuration file; {what} it there"
+            )));
+        }
+        Ok(index)
+    }
+
+    /// Applies `change` to a copy of the set, persists it, then publishes it.
+    fn publish_change(
+        &self,
+        change: impl FnOnce(&mut Vec<Arc<Hook>>) -> Result<(), WebhookCommandError>,
+    ) -> Result<(), WebhookCommandError> {
+        let mut hooks = (*self.snapshot()).clone();
+        change(&mut hooks)?;
+        self.persist(&hooks)?;
+        *self.hooks.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(hooks);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn persist(&self, hooks: &[Arc<Hook>]) -> Result<(), WebhookCommandError> {
+        let Some(store) = &self.store else {
+            return Err(WebhookCommandError::Internal(
+                "this broker has no data directory to keep webhooks in".into(),
+            ));
+        };
+        let runtime: Vec<&Hook> = hooks
+            .iter()
+            .filter(|hook| hook.source == Source::Runtime)
+            .map(|hook| &**hook)
+            .collect();
+        store
+            .save(&runtime)
+            .map_err(|err| WebhookCommandError::Internal(format!("{err:#}")))
+    }
+}
+
+fn internal(err: std::io::Error) -> WebhookCommandError {
+    WebhookCommandError::Internal(format!("reading /dev/urandom: {err}"))
+}
+
+fn only_fields(command: &Map<String, Value>, known: &[&str]) -> Result<(), WebhookCommandError> {
+    match command.keys().find(|key| !known.contains(&key.as_str())) {
+        Some(unknown) => Err(WebhookCommandError::Invalid(format!(
+            "unknown field {unknown:?} (this op takes {})",
+            known.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn string_field(command: &Map<String, Value>, field: &str) -> Result<String, WebhookCommandError> {
+    match command.get(field) {
+        Some(Value::String(text)) => Ok(text.clone()),
+        Some(_) => Err(WebhookCommandError::Invalid(format!(
+            "{field:?} must be a string"
+        ))),
+        None => Err(WebhookCommandError::Invalid(format!(
+            "{field:?} is missing"
+        ))),
+    }
+}
+
+fn optional_secret(command: &Map<String, Value>) -> Result<Option<String>, WebhookCommandError> {
+    match command.get("secret") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(secret)) => check_secret(secret)
+            .map(|()| Some(secret.clone()))
+            .map_err(WebhookCommandError::Invalid),
+        Some(_) => Err(WebhookCommandError::Invalid(
+            "\"secret\" must be a string".into(),
+        )),
+    }
+}
+
+/// A topic pattern from a topic (or prefix) text.
+pub fn pattern(topic: &str, prefix: bool) -> Result<TopicPattern, String> {
+    if prefix {
+        if topic.len() > corebus_net::MAX_TOPIC_LEN {
+            return Err("topic prefix is longer than a topic may be".into());
+        }
+        Ok(TopicPattern::Prefix(topic.to_string()))
+    } else {
+        corebus_net::validate_topic(topic.as_bytes()).map_err(|err| format!("topic: {err}"))?;
+        Ok(TopicPattern::Exact(topic.to_string()))
+    }
+}
+
+/// Ids are 1 to 64 letters, digits, `-`, `_` or `.`.
+pub fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty()
+        || id.len() > MAX_ID_LEN
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "webhook id {id:?} must be 1 to {MAX_ID_LEN} letters, digits, '-', '_' or '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// Secrets are at least [`MIN_SECRET_LEN`] printable ASCII characters.
+pub fn check_secret(secret: &str) -> Result<(), String> {
+    if secret.len() < MIN_SECRET_LEN || !secret.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(format!(
+            "a webhook secret must be at least {MIN_SECRET_LEN} printable ASCII characters \
+             without spaces (leave it out and the broker generates one)"
+        ));
+    }
+    Ok(())
+}
+
+fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
+    use std::io::Read;
+    let mut bytes = [0u8; N];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// A new signing secret: `whsec_` and 32 random bytes, base64url.
+pub fn generate_secret() -> std::io::Result<String> {
+    Ok(format!(
+        "whsec_{}",
+        crate::jwt::base64url_encode(&random_bytes::<32>()?)
+    ))
+}
+
+fn generate_id() -> std::io::Result<String> {
+    let bytes = random_bytes::<6>()?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("wh-{hex}"))
+}
+
+/// Reads the `[[webhooks]]` tables of a configuration file.
+pub fn from_table(path: &Path, table: &toml::Table) -> anyhow::Result<Vec<Hook>> {
+    let file = path.display();
+    let entries = match table.get("webhooks") {
+        None => return Ok(Vec::new()),
+        Some(toml::Value::Array(entries)) => entries,
+        Some(other) => bail!(
+            "{file}: key `webhooks`: expected [[webhooks]] tables, found {}",
+            other.type_str()
+        ),
+    };
+    let mut hooks: Vec<Hook> = Vec::new();
+    for (index, entry) in entries.iter().enumerate() {
+        let hook = parse_config_hook(path, entry)
+            .with_context(|| format!("{file}: key `webhooks[{index}]`"))?;
+        if hooks.iter().any(|other| other.id == hook.id) {
+            bail!(
+                "{file}: key `webhooks`: two webhooks have the id {:?}",
+                hook.id
+            );
+        }
+        hooks.push(hook);
+    }
+    Ok(hooks)
+}
+
+const CONFIG_FIELDS: [&str; 9] = [
+    "id",
+    "url",
+    "namespace",
+    "topic",
+    "prefix",
+    "secret",
+    "secret_file",
+    "secret_previous",
+    "secret_previous_file",
+];
+
+fn parse_config_hook(path: &Path, entry: &toml::Value) -> anyhow::Result<Hook> {
+    let Some(table) = entry.as_table() else {
+        bail!("expected a table, found {}", entry.type_str());
+    };
+    if let Some(unknown) = table.keys().find(|k| !CONFIG_FIELDS.contains(&k.as_str())) {
+        bail!(
+            "unknown field `{unknown}` (known: {})",
+            CONFIG_FIELDS.join(", ")
+        );
+    }
+    let text = |field: &str| -> anyhow::Result<Option<String>> {
+        match table.get(field) {
+            None => Ok(None),
+            Some(toml::Value::String(text)) => Ok(Some(text.clone())),
+            Some(other) => bail!("`{field}` must be a string, found {}", other.type_str()),
+        }
+    };
+    let required = |field: &str| -> anyhow::Result<String> {
+        text(field)?.ok_or_else(|| anyhow!("`{field}` is missing"))
+    };
+    let id = required("id")?;
+    check_id(&id).map_err(|e| anyhow!(e))?;
+    let destination = Destination::parse(&required("url")?).map_err(|e| anyhow!("url: {e}"))?;
+    let namespace = required("namespace")?;
+    corebus_net::validate_namespace(namespace.as_bytes())
+        .map_err(|err| anyhow!("namespace: {err}"))?;
+    let prefix = match table.get("prefix") {
+        None => false,
+        Some(toml::Value::Boolean(prefix)) => *prefix,
+        Some(other) => bail!("`prefix` must be true or false, found {}", other.type_str()),
+    };
+    let topic = pattern(&text("topic")?.unwrap_or_default(), prefix).map_err(|e| anyhow!(e))?;
+    let secret = |inline: &str, file: &str| -> anyhow::Result<Option<String>> {
+        let value = match (text(inline)?, text(file)?) {
+            (Some(_), Some(_)) => bail!("give `{inline}` or `{file}`, not both"),
+            (Some(secret), None) => Some(secret),
+            (None, Some(name)) => {
+                let name = path
+                    .parent()
+                    .map_or_else(|| name.clone().into(), |dir| dir.join(&name));
+                let read = std::fs::read_to_string(&name)
+                    .with_context(|| format!("`{file}`: cannot read {}", name.display()))?;
+                Some(read.trim_end_matches(['\r', '\n']).to_string())
+            }
+            (None, None) => None,
+        };
+        if let Some(secret) = &value {
+            check_secret(secret).map_err(|e| anyhow!("`{inline}`: {e}"))?;
+        }
+        Ok(value)
+    };
+    let current = secret("secret", "secret_file")?
+        .ok_or_else(|| anyhow!("`secret` or `secret_file` is required"))?;
+    let previous = secret("secret_previous", "secret_previous_file")?.map(|p| (p, u64::MAX));
+    Ok(Hook {
+        id,
+        destination,
+        namespace,
+        topic,
+        source: Source::Config,
+        secrets: Mutex::new(Secrets { current, previous }),
+        stats: HookStats::default(),
+    })
+}
+
+/// A runtime webhook read back from the data directory.
+pub fn from_stored(value: &Value) -> Result<Hook, String> {
+    let object = value.as_object().ok_or("not a JSON object")?;
+    let text = |field: &str| {
+        object
+            .get(field)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| format!("{field:?} is missing or not a string"))
+    };
+    let id = text("id")?;
+    check_id(&id)?;
+    let destination = Destination::parse(&text("url")?)?;
+    let namespace = text("namespace")?;
+    let prefix = text("match")? == "prefix";
+    let topic = pattern(&text("topic")?, prefix)?;
+    let current = text("secret")?;
+    let previous = match (
+        text("previous_secret"),
+        object.get("previous_secret_expires_ms"),
+    ) {
+        (Ok(secret), Some(until)) => Some((secret, until.as_u64().unwrap_or(0))),
+        _ => None,
+    };
+    Ok(Hook {
+        id,
+        destination,
+        namespace,
+        topic,
+        source: Source::Runtime,
+        secrets: Mutex::new(Secrets { current, previous }),
+        stats: HookStats::default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(dir: &Path, allow: &str) -> Registry {
+        Registry::new(
+            Vec::new(),
+            Some(Store::new(dir.to_path_buf())),
+            RegistryPolicy {
+                allow: AllowList::parse(allow).expect("valid"),
+                rotation_grace: Duration::from_secs(60),
+            },
+        )
+        .expect("registry")
+    }
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("corebus-registry-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn reply(registry: &Registry, command: Value) -> Result<Value, WebhookCommandError> {
+        registry
+            .command(&command.to_string())
+            .map(|text| serde_json::from_str(&text).expect("replies are JSON"))
+    }
+
+    #[test]
+    fn commands_add_list_rotate_remove_and_persist() {
+        let dir = temp_dir("cycle");
+        let first = registry(&dir, "");
+        assert_eq!(first.generation(), 0);
+        let added = reply(
+            &first,
+            json!({"op":"add","url":"http://127.0.0.1:9/hook","namespace":"app","topic":"orders/","match":"prefix"}),
+        )
+        .expect("added");
+        let id = added["webhook"]["id"].as_str().expect("id").to_string();
+        let secret = added["webhook"]["secret"]
+            .as_str()
+            .expect("secret")
+            .to_string();
+        assert!(secret.starts_with("whsec_") && secret.len() > 40);
+        assert_eq!(first.generation(), 1);
+        let listed = reply(&first, json!({"op":"list"})).expect("listed");
+        assert_eq!(listed["webhooks"][0]["id"], json!(id));
+        assert!(
+            listed["webhooks"][0].get("secret").is_none(),
+            "list shows no secret"
+        );
+
+        let rotated = reply(&first, json!({"op":"rotate","id":id})).expect("rotated");
+        let new_secret = rotated["webhook"]["secret"].as_str().expect("secret");
+        assert_ne!(new_secret, secret);
+        let hook = first.snapshot()[0].clone();
+        let now = unix_now_ms();
+        assert_eq!(
+            hook.secrets().signing(now),
+            vec![new_secret.to_string(), secret.clone()]
+        );
+        assert_eq!(
+            hook.secrets().signing(now + 61_000),
+            vec![new_secret.to_string()]
+        );
+
+        // A second registry over the same directory sees the same webhook.
+        let second = registry(&dir, "");
+        let again = second.snapshot();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].secrets().current, new_secret);
+        assert!(again[0].matches(&TopicKey::from_strs("app", "orders/1").expect("valid")));
+        assert!(!again[0].matches(&TopicKey::from_strs("app", "other").expect("valid")));
+
+        reply(&second, json!({"op":"remove","id":id})).expect("removed");
+        assert!(registry(&dir, "").snapshot().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bad_commands_are_refused_with_reasons() {
+        let dir = temp_dir("refusals");
+        let registry = registry(&dir, "hooks.example.com");
+        let refused = |command: Value, expect: &str| match reply(&registry, command.clone()) {
+            Err(WebhookCommandError::Invalid(reason)) => {
+                assert!(reason.contains(expect), "{command}: {reason}")
+            }
+            other => panic!("{command}: {other:?}"),
+        };
+        refused(
+            json!({"op":"add","url":"http://evil.org/","namespace":"a","topic":"t"}),
+            "not in webhook_allow_hosts",
+        );
+        refused(
+            json!({"op":"add","url":"ftp://hooks.example.com/","namespace":"a","topic":"t"}),
+            "not an http",
+        );
+        refused(
+            json!({"op":"add","url":"https://hooks.example.com/","namespace":"a","topic":"t","secret":"short"}),
+            "at least",
+        );
+        refused(
+            json!({"op":"add","url":"https://hooks.example.com/","namespace":"a","topic":"t","bogus":1}),
+            "unknown field",
+        );
+        refused(json!({"op":"remove","id":"nope"}), "no webhook");
+        refused(json!({"op":"fly"}), "unknown op");
+        refused(json!(["list"]), "JSON object");
+        assert!(matches!(
+            registry.command("{"),
+            Err(WebhookCommandError::Invalid(_))
+        ));
+        assert!(registry.snapshot().is_empty());
+        assert_eq!(registry.generation(), 0, "refusals change nothing");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,105 @@
+//! Runtime webhooks on disk: `webhooks.json` in the data directory, written
+//! atomically (a temporary file, fsync, rename, fsync of the directory) and
+//! readable by its owner only, since it holds signing secrets.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use super::registry::{self, Hook};
+
+const FILE: &str = "webhooks.json";
+const FORMAT_VERSION: u64 = 1;
+
+/// The webhook file of one data directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    /// The store in `dir` (created on the first save).
+    pub fn new(dir: PathBuf) -> Store {
+        Store { dir }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(FILE)
+    }
+
+    /// The stored webhooks; none when the file does not exist.
+    pub fn load(&self) -> anyhow::Result<Vec<Hook>> {
+        let path = self.path();
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let value: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        if value["version"].as_u64() != Some(FORMAT_VERSION) {
+            bail!(
+                "{}: unknown format version {} (this broker reads {FORMAT_VERSION})",
+                path.display(),
+                value["version"]
+            );
+        }
+        let Some(entries) = value["webhooks"].as_array() else {
+            bail!("{}: \"webhooks\" is not an array", path.display());
+        };
+        entries
+            .iter()
+            .enumerate()
+            .map(|(index, entry)| {
+                registry::from_stored(entry).map_err(|reason| {
+                    anyhow::anyhow!("{}: webhook {index}: {reason}", path.display())
+                })
+            })
+            .collect()
+    }
+
+    /// Replaces the file with `hooks`, atomically.
+    pub fn save(&self, hooks: &[&Hook]) -> anyhow::Result<()> {
+        fs::create_dir_all(&self.dir).with_context(|| {
+            format!(
+                "cannot create the data directory {} (set data_dir)",
+                self.dir.display()
+            )
+        })?;
+        let value = json!({
+            "version": FORMAT_VERSION,
+            "webhooks": hooks.iter().map(|hook| hook.to_stored()).collect::<Vec<_>>(),
+        });
+        let mut text = serde_json::to_string_pretty(&value).context("serializing webhooks")?;
+        text.push('\n');
+        let path = self.path();
+        let temp = self.dir.join(format!("{FILE}.tmp"));
+        write_synced(&temp, text.as_bytes())
+            .with_context(|| format!("cannot write {}", temp.display()))?;
+        fs::rename(&temp, &path)
+            .with_context(|| format!("cannot rename {} to {}", temp.display(), path.display()))?;
+        sync_dir(&self.dir).with_context(|| format!("cannot sync {}", self.dir.display()))
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // `mode` applies only when the file is created.
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}

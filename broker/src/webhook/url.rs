@@ -1,0 +1,261 @@
+//! Webhook destinations: the `http`/`https` URLs corebus posts to, and the
+//! host allow-list they must pass.
+
+use std::fmt;
+
+/// `http` or `https`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain HTTP.
+    Http,
+    /// HTTP over TLS.
+    Https,
+}
+
+/// A parsed destination URL. Only what a POST needs: no user info, no
+/// fragment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// Host name or IP address (IPv6 without brackets), lower case.
+    pub host: String,
+    /// Port (80 / 443 when the URL names none).
+    pub port: u16,
+    /// Path and query, starting with `/`.
+    pub path: String,
+    /// The URL as given.
+    pub text: String,
+}
+
+impl Destination {
+    /// Parses an absolute `http://` or `https://` URL.
+    pub fn parse(text: &str) -> Result<Destination, String> {
+        if text.len() > 2048 {
+            return Err("URL is longer than 2048 bytes".into());
+        }
+        if text.chars().any(|c| c.is_ascii_control() || c == ' ') {
+            return Err(format!("{text:?} contains spaces or control characters"));
+        }
+        let (scheme, rest) = if let Some(rest) = strip_prefix_ignore_case(text, "http://") {
+            (Scheme::Http, rest)
+        } else if let Some(rest) = strip_prefix_ignore_case(text, "https://") {
+            (Scheme::Https, rest)
+        } else {
+            return Err(format!("{text:?} is not an http:// or https:// URL"));
+        };
+        let rest = rest.split('#').next().unwrap_or_default();
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(at) => (&rest[..at], &rest[at..]),
+            None => (rest, "/"),
+        };
+        if authority.contains('@') {
+            return Err(format!(
+                "{text:?} carries user information; webhooks are authenticated by their signature"
+            ));
+        }
+        let default_port = match scheme {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        };
+        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+            let Some((host, after)) = bracketed.split_once(']') else {
+                return Err(format!("{text:?} has an unclosed IPv6 address"));
+            };
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!("{host:?} in {text:?} is not an IPv6 address"));
+            }
+            let port = match after {
+                "" => default_port,
+                _ => parse_port(after.strip_prefix(':').unwrap_or("x"), text)?,
+            };
+            (host, port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((host, port)) => (host, parse_port(port, text)?),
+                None => (authority, default_port),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("{text:?} names no host"));
+        }
+        if !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'))
+        {
+            return Err(format!("{host:?} in {text:?} is not a host name"));
+        }
+        let path = if path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path.to_string()
+        };
+        Ok(Destination {
+            scheme,
+            host: host.to_ascii_lowercase(),
+            port,
+            path,
+            text: text.to_string(),
+        })
+    }
+
+    /// The `Host` header's value.
+    pub fn host_header(&self) -> String {
+        let default = match self.scheme {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+fn strip_prefix_ignore_case<'t>(text: &'t str, prefix: &str) -> Option<&'t str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
+}
+
+fn parse_port(port: &str, text: &str) -> Result<u16, String> {
+    match port.parse::<u16>() {
+        Ok(port) if port != 0 => Ok(port),
+        _ => Err(format!("{port:?} in {text:?} is not a port number")),
+    }
+}
+
+/// The hosts webhooks may post to. Empty: any host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowList {
+    entries: Vec<String>,
+}
+
+impl AllowList {
+    /// Parses a comma-separated list of host names, IP addresses and
+    /// `*.domain` wildcards (which match any subdomain, not the domain
+    /// itself). Empty text allows every host.
+    pub fn parse(text: &str) -> Result<AllowList, String> {
+        let mut entries = Vec::new();
+        for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let host = entry.strip_prefix("*.").unwrap_or(entry);
+            let host = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host);
+            if host.is_empty()
+                || !host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'))
+            {
+                return Err(format!(
+                    "{entry:?} is not a host name, an IP address or *.domain"
+                ));
+            }
+            let normalized = if entry.starts_with("*.") {
+                format!("*.{}", host.to_ascii_lowercase())
+            } else {
+                host.to_ascii_lowercase()
+            };
+            entries.push(normalized);
+        }
+        Ok(AllowList { entries })
+    }
+
+    /// True when no list is configured.
+    pub fn is_open(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether `destination`'s host may be posted to.
+    pub fn allows(&self, destination: &Destination) -> bool {
+        self.is_open()
+            || self
+                .entries
+                .iter()
+                .any(|entry| match entry.strip_prefix("*.") {
+                    Some(domain) => destination
+                        .host
+                        .strip_suffix(domain)
+                        .is_some_and(|sub| sub.ends_with('.') && sub.len() > 1),
+                    None => *entry == destination.host,
+                })
+    }
+
+    /// Checks `destination`, with an error naming the list.
+    pub fn check(&self, destination: &Destination) -> Result<(), String> {
+        if self.allows(destination) {
+            Ok(())
+        } else {
+            Err(format!(
+                "host {:?} of {} is not in webhook_allow_hosts ({})",
+                destination.host,
+                destination,
+                self.entries.join(", ")
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_into_their_parts() {
+        let url = Destination::parse("https://Hooks.Example.com/in?x=1#frag").expect("valid");
+        assert_eq!(url.scheme, Scheme::Https);
+        assert_eq!(url.host, "hooks.example.com");
+        assert_eq!((url.port, url.path.as_str()), (443, "/in?x=1"));
+        assert_eq!(url.host_header(), "hooks.example.com");
+        let url = Destination::parse("http://127.0.0.1:8080").expect("valid");
+        assert_eq!((url.port, url.path.as_str()), (8080, "/"));
+        assert_eq!(url.host_header(), "127.0.0.1:8080");
+        let url = Destination::parse("http://[::1]:9000/hook").expect("valid");
+        assert_eq!((url.host.as_str(), url.port), ("::1", 9000));
+        assert_eq!(url.host_header(), "[::1]:9000");
+        for bad in [
+            "ftp://example.com/",
+            "example.com/hook",
+            "http://user:pw@example.com/",
+            "http://example.com:0/",
+            "http://example.com:99999/",
+            "http:///path",
+            "http://exa mple.com/",
+            "http://[::1/",
+            "http://ex%41mple.com/",
+        ] {
+            assert!(Destination::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn the_allow_list_matches_hosts_and_subdomains_only() {
+        let list = AllowList::parse("hooks.example.com, *.internal.net ,127.0.0.1").expect("valid");
+        let allows = |url: &str| list.allows(&Destination::parse(url).expect("valid"));
+        assert!(allows("https://hooks.example.com/a"));
+        assert!(allows("https://HOOKS.example.com/a"));
+        assert!(allows("http://a.internal.net/"));
+        assert!(allows("http://a.b.internal.net/"));
+        assert!(allows("http://127.0.0.1:9/"));
+        assert!(!allows("http://internal.net/"));
+        assert!(!allows("http://evilinternal.net/"));
+        assert!(!allows("http://example.com/"));
+        assert!(!allows("http://hooks.example.com.evil.org/"));
+        assert!(AllowList::parse("").expect("empty").is_open());
+        assert!(AllowList::parse("bad host").is_err());
+        assert!(AllowList::parse("*.").is_err());
+    }
+}
