@@ -2,14 +2,19 @@
 # Runs the standard benchmark suite against corebus, NATS and Redis on this
 # machine, one broker after the other, and writes
 #   bench/results/<date>.json  every run's report plus the machine
-#   bench/results/<date>.md    the table, with ratios corebus/NATS and corebus/Redis
+#   bench/results/<date>.md    the issue's targets (met / not met), then the
+#                              tables with ratios corebus/NATS and corebus/Redis
 #   bench/results/<date>.svg   delivered msgs/s and latency percentiles per broker
+# Besides the three brokers it runs the raw baseline (16 KiB pair through the
+# harness's own loopback TCP relay, no broker) and corebus `many` once more
+# with --shards 1 for the scaling ratio.
 # See docs/benchmarks.md. Unattended: installs nats-server and redis-server
 # from Debian packages when missing (needs root or sudo).
 #
 # Settings (environment): SHARDS (cores per broker, default nproc), DURATION
 # (seconds per throughput run, default 5), LATENCY_DURATION (default 10),
-# RATE (latency scenario msgs/s, default 10000), CONNECTIONS (default 10000),
+# RATE (latency scenario msgs/s published, default 10000; each of the 16
+# subscribers receives all of them), CONNECTIONS (default 10000),
 # COREBUS_PORT / NATS_PORT / REDIS_PORT (defaults 17400 / 14222 / 16379).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,12 +60,18 @@ if ! command -v nats-server >/dev/null || ! command -v redis-server >/dev/null; 
 fi
 command -v cargo >/dev/null || die "cargo is needed to build corebus and the harness"
 
-# corebus holds two descriptors per connection (reader and writer), the
-# harness one; keep 1024 spare. Where the hard limit cannot be raised (no
-# CAP_SYS_RESOURCE, e.g. in a container), the suite shrinks CONNECTIONS to
-# what fits, says so, and the results name the count used.
+# The broker and the harness are separate processes, each with this shell's
+# open-file limit. The harness needs one descriptor per connection (plus 256
+# spare, checked by corebus-bench itself); corebus needs two (the socket and
+# its writer's dup) plus BROKER_SPARE for listeners, io_uring rings, eventfds
+# and logs (15 when idle with 2 shards), which is what binds: 10,000
+# connections need a limit of 2 x 10,000 + BROKER_SPARE = 20,200. Where the
+# hard limit cannot be raised (no CAP_SYS_RESOURCE, e.g. in a container), the
+# suite shrinks CONNECTIONS to the largest multiple of 100 that fits (9,900
+# under a hard limit of 20000), says so, and the results name the count used.
+BROKER_SPARE=200
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
-FITS=$(( ($(ulimit -n) - 1024) / 2 / 1000 * 1000 ))
+FITS=$(( ($(ulimit -n) - BROKER_SPARE) / 2 / 100 * 100 ))
 if [ "$FITS" -lt "$CONNECTIONS" ]; then
     [ "$FITS" -ge 1000 ] || die "open-file limit $(ulimit -n) is too low for the connections scenario; raise it (ulimit -n)"
     printf 'compare.sh: WARNING: the open-file limit is %s (hard %s): running the connections scenario with %s connections instead of %s\n' \
@@ -104,14 +115,14 @@ wait_for_port() {
     die "nothing listens on 127.0.0.1:$1 after 10 s"
 }
 
-start_broker() {
-    local target=$1 port
+start_broker() { # target [corebus shards, default SHARDS]
+    local target=$1 shards=${2:-$SHARDS} port
     case $target in
         corebus)
             port=$COREBUS_PORT
             port_open "$port" && die "port $port is taken; set COREBUS_PORT"
             taskset -c "$CPU_LIST" target/release/corebus serve \
-                --listen "127.0.0.1:$port" --shards "$SHARDS" >"$WORK/broker.log" 2>&1 &
+                --listen "127.0.0.1:$port" --shards "$shards" >"$WORK/broker.log" 2>&1 &
             ;;
         nats)
             port=$NATS_PORT
@@ -140,40 +151,71 @@ start_broker() {
 }
 
 # --- the standard suite ------------------------------------------------------------
-# Each line: extra arguments of one run (the same for every broker).
+# Each line: extra arguments of one run (the same for every broker). The
+# shapes are the performance issue's: 128-byte payloads except the 16 KiB
+# pair; fanout 1 -> 64; many 16 publishers -> 1024 topics -> 64 subscriber
+# connections (16 topics each); latency 1 -> 16 subscribers at RATE.
+MANY="--scenario many --publishers 16 --subscribers 64 --topics 1024 --size 128 --duration $DURATION"
+LARGE_PAIR="--scenario pair --size 16384 --duration $DURATION"
 SUITE=(
     "--scenario pair --size 128 --duration $DURATION"
-    "--scenario pair --size 16384 --duration $DURATION"
-    "--scenario fanout --subscribers 16 --size 128 --duration $DURATION"
-    "--scenario many --publishers 8 --subscribers 8 --topics 8 --size 128 --duration $DURATION"
-    "--scenario latency --rate $RATE --size 128 --duration $LATENCY_DURATION"
+    "$LARGE_PAIR"
+    "--scenario fanout --subscribers 64 --size 128 --duration $DURATION"
+    "$MANY"
+    "--scenario latency --rate $RATE --subscribers 16 --size 128 --duration $LATENCY_DURATION"
     "--scenario connections --subscribers $CONNECTIONS --size 128 --duration 10"
 )
 
 RUNS=$WORK/runs.jsonl
 : >"$RUNS"
 FAILED=()
+run_bench() { # label, then corebus-bench arguments
+    local label=$1 status
+    shift
+    log "$label"
+    if "$BENCH" "$@" --json >>"$RUNS"; then
+        :
+    else
+        status=$?
+        FAILED+=("$label (exit $status)")
+    fi
+}
+
+# The raw baseline: no broker; the harness relays the 16 KiB pair through its
+# own loopback TCP relay, which bounds what any broker can deliver here.
+# shellcheck disable=SC2086 # $LARGE_PAIR is a list of options
+run_bench "raw: $LARGE_PAIR" --target raw $LARGE_PAIR
+
 for target in corebus nats redis; do
     log "$target: starting the broker on CPUs $CPU_LIST"
     start_broker "$target"
+    extra=()
+    if [ "$target" = corebus ]; then extra=(--broker-shards "$SHARDS"); fi
     for args in "${SUITE[@]}"; do
-        log "$target: $args"
         # shellcheck disable=SC2086 # $args is a list of options
-        if "$BENCH" --target "$target" --url "$URL" $args --broker-pid "$BROKER_PID" --json >>"$RUNS"; then
-            :
-        else
-            status=$?
-            FAILED+=("$target $args (exit $status)")
-        fi
+        run_bench "$target: $args" --target "$target" --url "$URL" $args \
+            --broker-pid "$BROKER_PID" ${extra[@]+"${extra[@]}"}
     done
     stop_broker
 done
+
+# Scaling: corebus `many` again with one shard, on the same CPUs.
+if [ "$SHARDS" -ge 2 ]; then
+    log "corebus: starting the broker with 1 shard on CPUs $CPU_LIST (scaling run)"
+    start_broker corebus 1
+    # shellcheck disable=SC2086 # $MANY is a list of options
+    run_bench "corebus --shards 1: $MANY" --target corebus --url "$URL" $MANY \
+        --broker-pid "$BROKER_PID" --broker-shards 1
+    stop_broker
+else
+    log "SHARDS=$SHARDS: no scaling run (it compares SHARDS shards with 1)"
+fi
 
 mkdir -p "$RESULTS"
 "$BENCH" summarize --input "$RUNS" \
     --json "$RESULTS/$STAMP.json" --markdown "$RESULTS/$STAMP.md" --svg "$RESULTS/$STAMP.svg" \
     --generated "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
-    --fact "shards/GOMAXPROCS=$SHARDS on CPUs $CPU_LIST" \
+    --fact "shards/GOMAXPROCS=$SHARDS on CPUs $CPU_LIST (scaling run: corebus --shards 1, same CPUs)" \
     --fact "corebus=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo '+changes')" \
     --fact "nats-server=$(nats-server --version | awk '{print $NF}')" \
     --fact "redis-server=$(redis-server --version | awk '{print $3}' | sed 's/v=//')"

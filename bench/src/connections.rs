@@ -60,7 +60,7 @@ pub async fn run(plan: &Plan, endpoint: &Endpoint) -> Result<Report, BenchError>
                 let topic = &topics[index % plan.topics];
                 let opened = &opened;
                 async move {
-                    let subscriber = Subscriber::connect(endpoint, topic).await?;
+                    let subscriber = Subscriber::connect(endpoint, &[topic.as_str()]).await?;
                     opened.fetch_add(1, Ordering::Relaxed);
                     Ok((index, subscriber))
                 }

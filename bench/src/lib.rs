@@ -10,6 +10,10 @@
 //! are counted, never assumed away. Load goes to loopback addresses only, and
 //! every loop is bounded in count and time.
 //!
+//! `--target raw` is the baseline without a broker: the harness relays the
+//! pair scenario through its own loopback TCP relay ([`relay`]), which
+//! measures what the kernel's loopback costs for the same two socket hops.
+//!
 //! Must not depend on: corebus broker internals. It speaks to corebus only
 //! through `corebus-client`, as any application would; the in-process broker
 //! of the smoke test and the micro-benchmarks are dev-dependencies.
@@ -39,10 +43,12 @@ pub mod load;
 pub mod options;
 pub mod payload;
 pub mod progress;
+pub mod relay;
 pub mod report;
 pub mod summary;
 pub mod svg;
 pub mod sys;
+pub mod targets;
 pub mod tracker;
 
 use std::sync::Arc;
@@ -131,10 +137,18 @@ pub enum BenchError {
 /// scenario paces its publishers on blocking threads).
 pub async fn run(options: &RunOptions) -> Result<Report, BenchError> {
     let plan = options.plan()?;
-    sys::loopback_addrs(&plan.url).await?;
+    let addrs = sys::loopback_addrs(&plan.url).await?;
+    // The raw baseline's relay lives as long as the run. `addrs` is never
+    // empty: `loopback_addrs` refuses a URL that resolves to nothing.
+    let baseline_relay = match plan.target {
+        Target::Raw => Some(relay::Relay::start(addrs[0]).await?),
+        Target::Corebus | Target::Nats | Target::Redis => None,
+    };
     let endpoint = Endpoint {
         target: plan.target,
-        url: plan.url.clone(),
+        url: baseline_relay
+            .as_ref()
+            .map_or_else(|| plan.url.clone(), |relay| relay.addr().to_string()),
         incidents: Arc::new(Incidents::default()),
     };
     match plan.scenario {

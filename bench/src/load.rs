@@ -1,12 +1,14 @@
 //! The message-moving scenarios: pair, fanout, many (closed loop under flow
 //! control) and latency (open loop at a fixed rate).
 //!
-//! Shape of every run: connect and subscribe every subscriber (each on its
-//! own connection, confirmed by the broker), connect the publishers, start
-//! the clock, publish until `--duration` or `--messages`, wait until every
-//! publish is answered, then let subscribers drain until each has what was
-//! sent to its topic or goes [`IDLE`] without a message. Nothing waits
-//! without a time limit.
+//! Shape of every run: open every subscriber connection and make its
+//! subscriptions (one, or several when there are more topics than
+//! subscribers; see [`Plan::subscription`]), each confirmed by the broker;
+//! connect the publishers, start the clock, publish until `--duration` or
+//! `--messages`, wait until every publish is answered, then let subscribers
+//! drain until each subscription has what was sent to its topic or the
+//! connection goes [`IDLE`] without a message. Nothing waits without a time
+//! limit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::driver::{Endpoint, Publisher, PublisherDone, Subscriber};
 use crate::flow::TopicFlow;
-use crate::options::{Plan, Scenario};
+use crate::options::{Plan, Scenario, SubscriptionSlot};
 use crate::payload::{Header, PayloadWriter};
 use crate::progress::Progress;
 use crate::report::{LatencyUs, Report};
@@ -54,19 +56,27 @@ pub fn topic_names(count: usize) -> Vec<String> {
 pub async fn run(plan: &Plan, endpoint: &Endpoint) -> Result<Report, BenchError> {
     let open_loop = plan.scenario == Scenario::Latency;
     let topics = topic_names(plan.topics);
-    let subscribers_of = |topic: usize| (topic..plan.subscribers).step_by(plan.topics).count();
     let window = if open_loop { u64::MAX } else { plan.window };
     let flows: Arc<Vec<TopicFlow>> = Arc::new(
         (0..plan.topics)
-            .map(|topic| TopicFlow::new(subscribers_of(topic), window))
+            .map(|topic| TopicFlow::new(plan.subscriptions_of(topic), window))
             .collect(),
     );
+    // Per subscriber connection, the subscriptions it holds.
+    let mut held: Vec<Vec<SubscriptionSlot>> = vec![Vec::new(); plan.subscribers];
+    for index in 0..plan.subscriptions() {
+        let slot = plan.subscription(index);
+        held[slot.connection].push(slot);
+    }
 
     let connected: Vec<Result<(usize, Subscriber), BenchError>> =
-        futures_util::stream::iter(0..plan.subscribers)
-            .map(|index| {
-                let topic = &topics[index % plan.topics];
-                async move { Ok((index, Subscriber::connect(endpoint, topic).await?)) }
+        futures_util::stream::iter(held.iter().enumerate())
+            .map(|(index, slots)| {
+                let names: Vec<&str> = slots
+                    .iter()
+                    .map(|slot| topics[slot.topic].as_str())
+                    .collect();
+                async move { Ok((index, Subscriber::connect(endpoint, &names).await?)) }
             })
             .buffer_unordered(CONNECT_CONCURRENCY)
             .collect()
@@ -84,8 +94,8 @@ pub async fn run(plan: &Plan, endpoint: &Endpoint) -> Result<Report, BenchError>
     for connected in connected {
         let (index, subscriber) = connected?;
         let run = SubscriberRun {
-            topic: index % plan.topics,
-            slot: index / plan.topics,
+            connection: index,
+            slots: std::mem::take(&mut held[index]),
             publishers: plan.publishers,
             flows: flows.clone(),
             base,
@@ -168,23 +178,28 @@ pub async fn run(plan: &Plan, endpoint: &Endpoint) -> Result<Report, BenchError>
         let outcome = task
             .await
             .map_err(|err| BenchError::Task(err.to_string()))?;
-        let topic = outcome.topic;
-        let sent: Vec<u64> = sent_by.iter().map(|sent| sent[topic]).collect();
-        let tracker = &outcome.tracker;
-        let mut lost = tracker.lost(&sent);
-        if let Some(start_after) = outcome.start_after {
-            lost = lost.max(tracker.seq_lost(max_seq[topic], start_after));
-        }
         if let Some(reason) = &outcome.ended_by {
-            eprintln!("subscriber of topic {topic} stopped early: {reason}");
+            eprintln!(
+                "subscriber connection {} stopped early: {reason}",
+                outcome.connection
+            );
         }
-        report.expected += per_topic[topic];
-        report.delivered += tracker.delivered();
-        report.lost += lost;
-        report.disorder += tracker.out_of_order + tracker.foreign + tracker.phantom(&sent);
+        for subscription in &outcome.subscriptions {
+            let topic = subscription.topic;
+            let sent: Vec<u64> = sent_by.iter().map(|sent| sent[topic]).collect();
+            let tracker = &subscription.tracker;
+            let mut lost = tracker.lost(&sent);
+            if let Some(start_after) = subscription.start_after {
+                lost = lost.max(tracker.seq_lost(max_seq[topic], start_after));
+            }
+            report.expected += per_topic[topic];
+            report.delivered += tracker.delivered();
+            report.lost += lost;
+            report.disorder += tracker.out_of_order + tracker.foreign + tracker.phantom(&sent);
+            // Both histograms share bounds, so adding cannot fail.
+            let _ = latency.add(&tracker.latency);
+        }
         last_ns = last_ns.max(outcome.last_ns);
-        // Both histograms share bounds, so adding cannot fail.
-        let _ = latency.add(&tracker.latency);
     }
     progress.stop();
     let (drops, disconnects) = endpoint.incidents.snapshot();
@@ -298,11 +313,11 @@ impl PublisherRun {
     }
 }
 
-/// One subscriber's share of a run.
+/// One subscriber connection's share of a run.
 struct SubscriberRun {
-    topic: usize,
-    /// Its index among its topic's subscribers.
-    slot: usize,
+    connection: usize,
+    /// The subscriptions it holds, in the order given to the driver.
+    slots: Vec<SubscriptionSlot>,
     publishers: usize,
     flows: Arc<Vec<TopicFlow>>,
     base: std::time::Instant,
@@ -311,11 +326,30 @@ struct SubscriberRun {
     deadline: Instant,
 }
 
-/// What one subscriber saw.
-struct SubscriberOutcome {
+/// What one subscription saw.
+struct SubscriptionOutcome {
     topic: usize,
+    /// Its flow-control slot in the topic.
+    slot: usize,
     start_after: Option<u64>,
     tracker: Tracker,
+    /// Messages received (whatever the tracker made of them).
+    received: u64,
+    /// What its topic was sent, once publishing is over.
+    expected: Option<u64>,
+}
+
+impl SubscriptionOutcome {
+    fn complete(&self) -> bool {
+        self.expected
+            .is_some_and(|expected| self.tracker.delivered() >= expected)
+    }
+}
+
+/// What one subscriber connection saw.
+struct SubscriberOutcome {
+    connection: usize,
+    subscriptions: Vec<SubscriptionOutcome>,
     /// When the last message arrived, on the run's clock.
     last_ns: u64,
     /// Why it stopped before receiving everything, if it did.
@@ -324,30 +358,47 @@ struct SubscriberOutcome {
 
 impl SubscriberRun {
     async fn receive(mut self, mut subscriber: Subscriber) -> SubscriberOutcome {
-        let start_after = subscriber.start_after();
-        let mut tracker = Tracker::new(self.topic, self.publishers, start_after);
-        let flow = &self.flows[self.topic];
-        let mut received = 0u64;
+        let mut subscriptions: Vec<SubscriptionOutcome> = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(index, slot)| {
+                let start_after = subscriber.start_after(index);
+                SubscriptionOutcome {
+                    topic: slot.topic,
+                    slot: slot.slot,
+                    start_after,
+                    tracker: Tracker::new(slot.topic, self.publishers, start_after),
+                    received: 0,
+                    expected: None,
+                }
+            })
+            .collect();
         let mut last_ns = 0u64;
-        let mut expected: Option<u64> = None;
+        let mut draining = false;
         let mut ended_by = None;
         let timer = tokio::time::sleep_until(self.deadline);
         tokio::pin!(timer);
         loop {
-            if expected.is_some_and(|expected| tracker.delivered() >= expected) {
+            if draining && subscriptions.iter().all(SubscriptionOutcome::complete) {
                 break;
             }
             tokio::select! {
                 biased;
                 next = subscriber.next() => match next {
                     Ok(Some(message)) => {
+                        let Some(subscription) = subscriptions.get_mut(message.subscription) else {
+                            ended_by = Some("a message from a subscription it does not hold".into());
+                            break;
+                        };
                         last_ns = self.base.elapsed().as_nanos() as u64;
-                        tracker.record(&message, last_ns);
-                        received += 1;
-                        flow.note_received(self.slot, received);
-                        if expected.is_some() {
-                            // Draining: a message restarts the idle clock
-                            // (re-armed only when half spent, to spare the timer).
+                        subscription.tracker.record(&message, last_ns);
+                        subscription.received += 1;
+                        self.flows[subscription.topic]
+                            .note_received(subscription.slot, subscription.received);
+                        if draining {
+                            // A message restarts the idle clock (re-armed
+                            // only when half spent, to spare the timer).
                             let now = Instant::now();
                             if timer.deadline() < now + IDLE / 2 {
                                 timer.as_mut().reset((now + IDLE).min(self.deadline));
@@ -355,7 +406,7 @@ impl SubscriberRun {
                         }
                     }
                     Ok(None) => {
-                        ended_by = Some("the subscription ended".to_owned());
+                        ended_by = Some("a subscription ended".to_owned());
                         break;
                     }
                     Err(err) => {
@@ -363,19 +414,23 @@ impl SubscriberRun {
                         break;
                     }
                 },
-                changed = self.expected.changed(), if expected.is_none() => {
+                changed = self.expected.changed(), if !draining => {
                     if changed.is_err() {
                         ended_by = Some("the run was abandoned".to_owned());
                         break;
                     }
                     let totals = self.expected.borrow().clone();
-                    expected = totals.map(|totals| totals[self.topic]);
+                    let Some(totals) = totals else { continue };
+                    for subscription in &mut subscriptions {
+                        subscription.expected = Some(totals[subscription.topic]);
+                    }
+                    draining = true;
                     let drain_end = Instant::now() + DRAIN_LIMIT;
                     self.deadline = self.deadline.min(drain_end);
                     timer.as_mut().reset((Instant::now() + IDLE).min(self.deadline));
                 }
                 () = &mut timer => {
-                    if expected.is_some() {
+                    if draining {
                         ended_by = Some(format!(
                             "nothing arrived for {} s after publishing ended",
                             IDLE.as_secs()
@@ -387,13 +442,12 @@ impl SubscriberRun {
                 }
             }
         }
-        if expected.is_some_and(|expected| tracker.delivered() >= expected) {
+        if subscriptions.iter().all(SubscriptionOutcome::complete) {
             ended_by = None;
         }
         SubscriberOutcome {
-            topic: self.topic,
-            start_after,
-            tracker,
+            connection: self.connection,
+            subscriptions,
             last_ns,
             ended_by,
         }

@@ -18,6 +18,10 @@ pub enum Target {
     Nats,
     /// Redis pub/sub, through the redis crate.
     Redis,
+    /// No broker: the harness's own loopback TCP relay (see [`crate::relay`]),
+    /// pair scenario only. The baseline for what one hop through the kernel's
+    /// loopback costs without any broker logic.
+    Raw,
 }
 
 impl Target {
@@ -27,6 +31,8 @@ impl Target {
             Target::Corebus => "127.0.0.1:7400",
             Target::Nats => "nats://127.0.0.1:4222",
             Target::Redis => "redis://127.0.0.1:6379",
+            // Where the harness's own relay listens: any free loopback port.
+            Target::Raw => "127.0.0.1:0",
         }
     }
 
@@ -36,6 +42,7 @@ impl Target {
             Target::Corebus => "corebus",
             Target::Nats => "nats",
             Target::Redis => "redis",
+            Target::Raw => "raw",
         }
     }
 }
@@ -49,7 +56,9 @@ pub enum Scenario {
     /// One publisher, many subscribers of one topic.
     Fanout,
     /// Many publishers and subscribers over many topics; every publisher
-    /// sends to every topic in turn.
+    /// sends to every topic in turn. With more topics than subscribers, each
+    /// subscriber connection holds several subscriptions (see
+    /// [`Plan::subscription`]).
     Many,
     /// Publishers at a fixed open-loop rate; latency from intended send time.
     Latency,
@@ -78,6 +87,8 @@ pub struct RunOptions {
     pub target: Target,
     /// Broker address (loopback only): `127.0.0.1:7400` for corebus,
     /// `nats://127.0.0.1:4222`, `redis://127.0.0.1:6379`; default per target.
+    /// For `raw`, where the harness's own relay listens (`127.0.0.1:0`: any
+    /// free port).
     #[arg(long)]
     pub url: Option<String>,
     /// Workload to run.
@@ -89,16 +100,18 @@ pub struct RunOptions {
     /// Seconds of publishing (the drain afterwards is not counted here).
     #[arg(long, default_value_t = 5.0)]
     pub duration: f64,
-    /// Publisher connections [pair, fanout: 1; many: 4; latency: 1;
+    /// Publisher connections [pair, fanout: 1; many: 16; latency: 1;
     /// connections: 1].
     #[arg(long)]
     pub publishers: Option<usize>,
-    /// Subscriber connections [pair: 1; fanout: 16; many: 4; latency: 1;
+    /// Subscriber connections [pair: 1; fanout: 64; many: 64; latency: 16;
     /// connections: 1000].
     #[arg(long)]
     pub subscribers: Option<usize>,
-    /// Topics [many: 4; connections: one per subscriber; others: 1].
-    /// Subscriber i reads topic i mod topics.
+    /// Topics [many: 1024; connections: one per subscriber; others: 1].
+    /// With at most as many topics as subscribers, subscriber i reads topic
+    /// i mod topics; with more, subscriber i reads every topic t with
+    /// t mod subscribers = i.
     #[arg(long)]
     pub topics: Option<usize>,
     /// Messages per second over all publishers (latency scenario only).
@@ -115,6 +128,11 @@ pub struct RunOptions {
     /// Broker process id, for resident memory (connections scenario).
     #[arg(long)]
     pub broker_pid: Option<u32>,
+    /// Shards the broker was started with (corebus `--shards`). Only
+    /// recorded in the report, so that a summary can tell a scaling run
+    /// (`--shards 1`) from the main one.
+    #[arg(long)]
+    pub broker_shards: Option<usize>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -147,6 +165,8 @@ pub struct Plan {
     pub window: u64,
     /// Broker pid for memory readings.
     pub broker_pid: Option<u32>,
+    /// The broker's shard count, as told (reported only).
+    pub broker_shards: Option<usize>,
 }
 
 /// Publishers never send more than this many messages each, so every load
@@ -174,6 +194,7 @@ impl RunOptions {
             messages: None,
             window: None,
             broker_pid: None,
+            broker_shards: None,
             json: false,
         }
     }
@@ -183,9 +204,9 @@ impl RunOptions {
         let invalid = |reason: String| Err(BenchError::Options(reason));
         let (publishers, subscribers, topics) = match self.scenario {
             Scenario::Pair => (1, 1, 1),
-            Scenario::Fanout => (1, 16, 1),
-            Scenario::Many => (4, 4, 4),
-            Scenario::Latency => (1, 1, 1),
+            Scenario::Fanout => (1, 64, 1),
+            Scenario::Many => (16, 64, 1024),
+            Scenario::Latency => (1, 16, 1),
             Scenario::Connections => {
                 let subscribers = self.subscribers.unwrap_or(1000);
                 (1, subscribers, subscribers)
@@ -202,6 +223,19 @@ impl RunOptions {
         }
         if self.scenario == Scenario::Pair && (publishers, subscribers, topics) != (1, 1, 1) {
             return invalid("the pair scenario is one publisher, one subscriber, one topic; use `many` for more".into());
+        }
+        if self.target == Target::Raw && self.scenario != Scenario::Pair {
+            return invalid(
+                "the raw baseline relays one publisher to one subscriber: pair scenario only"
+                    .into(),
+            );
+        }
+        if self.scenario == Scenario::Connections && topics > subscribers {
+            return invalid(
+                "the connections scenario holds one subscription per connection: \
+                 --topics must not exceed --subscribers"
+                    .into(),
+            );
         }
         if self.size < HEADER_LEN {
             return invalid(format!(
@@ -221,9 +255,14 @@ impl RunOptions {
             .messages
             .unwrap_or(MAX_MESSAGES_PER_PUBLISHER)
             .min(MAX_MESSAGES_PER_PUBLISHER);
+        // The window bounds bytes in flight per subscriber connection, so a
+        // connection holding k subscriptions gets 1/k of it per topic: the
+        // many scenario's 16 topics per connection must not queue 16 windows
+        // at one subscriber (Redis cuts pub/sub clients off at 32 MiB).
+        let per_connection = topics.div_ceil(subscribers).max(1) as u64;
         let window = self
             .window
-            .unwrap_or_else(|| (WINDOW_BYTES / self.size as u64).clamp(64, 16384))
+            .unwrap_or_else(|| (WINDOW_BYTES / self.size as u64 / per_connection).clamp(64, 16384))
             .max(1);
         Ok(Plan {
             target: self.target,
@@ -241,6 +280,113 @@ impl RunOptions {
             messages,
             window,
             broker_pid: self.broker_pid,
+            broker_shards: self.broker_shards,
         })
+    }
+}
+
+/// One subscription of a run: which connection holds it, which topic it
+/// reads, and its index among that topic's subscriptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscriptionSlot {
+    /// Subscriber connection.
+    pub connection: usize,
+    /// Topic index.
+    pub topic: usize,
+    /// Index among the topic's subscriptions (flow-control slot).
+    pub slot: usize,
+}
+
+impl Plan {
+    /// Subscriptions in all: one per subscriber connection, or one per topic
+    /// when there are more topics than connections.
+    pub fn subscriptions(&self) -> usize {
+        self.subscribers.max(self.topics)
+    }
+
+    /// Subscription `index` (below [`Plan::subscriptions`]) is held by
+    /// connection `index mod subscribers` and reads topic `index mod topics`.
+    ///
+    /// With at most as many topics as subscribers, connection i reads topic
+    /// i mod topics (several connections may share a topic). With more
+    /// topics, every topic has exactly one subscription and connection i
+    /// holds topics i, i + subscribers, i + 2 subscribers, ... (16 pub / 64
+    /// sub / 1024 topics: 16 topics per connection).
+    pub fn subscription(&self, index: usize) -> SubscriptionSlot {
+        SubscriptionSlot {
+            connection: index % self.subscribers,
+            topic: index % self.topics,
+            slot: index / self.topics,
+        }
+    }
+
+    /// Subscriptions of topic `topic`.
+    pub fn subscriptions_of(&self, topic: usize) -> usize {
+        (topic..self.subscriptions()).step_by(self.topics).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(scenario: Scenario, publishers: usize, subscribers: usize, topics: usize) -> Plan {
+        let mut options = RunOptions::new(Target::Corebus, scenario);
+        options.publishers = Some(publishers);
+        options.subscribers = Some(subscribers);
+        options.topics = Some(topics);
+        options.plan().expect("valid")
+    }
+
+    #[test]
+    fn more_topics_than_subscribers_spreads_topics_over_connections() {
+        let plan = plan(Scenario::Many, 16, 64, 1024);
+        assert_eq!(plan.subscriptions(), 1024);
+        let mut per_connection = vec![0; 64];
+        for index in 0..plan.subscriptions() {
+            let slot = plan.subscription(index);
+            assert_eq!(slot.topic, index, "every topic has one subscription");
+            assert_eq!(slot.slot, 0);
+            assert_eq!(slot.connection, index % 64);
+            per_connection[slot.connection] += 1;
+        }
+        assert!(per_connection.iter().all(|count| *count == 16));
+        assert!((0..1024).all(|topic| plan.subscriptions_of(topic) == 1));
+        // 2 MiB of 128-byte payloads per connection, over its 16 topics.
+        assert_eq!(plan.window, 1024);
+    }
+
+    #[test]
+    fn fewer_topics_than_subscribers_shares_topics() {
+        let plan = plan(Scenario::Many, 2, 6, 4);
+        assert_eq!(plan.subscriptions(), 6);
+        let slots: Vec<(usize, usize, usize)> = (0..6)
+            .map(|index| {
+                let slot = plan.subscription(index);
+                (slot.connection, slot.topic, slot.slot)
+            })
+            .collect();
+        assert_eq!(
+            slots,
+            [
+                (0, 0, 0),
+                (1, 1, 0),
+                (2, 2, 0),
+                (3, 3, 0),
+                (4, 0, 1),
+                (5, 1, 1)
+            ]
+        );
+        assert_eq!(plan.subscriptions_of(0), 2);
+        assert_eq!(plan.subscriptions_of(3), 1);
+        assert_eq!(plan.window, 16384);
+    }
+
+    #[test]
+    fn raw_is_pair_only() {
+        let mut options = RunOptions::new(Target::Raw, Scenario::Fanout);
+        assert!(options.plan().is_err());
+        options.scenario = Scenario::Pair;
+        assert_eq!(options.plan().expect("valid").url, "127.0.0.1:0");
     }
 }

@@ -98,6 +98,9 @@ pub struct Report {
     /// Connections scenario details.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<ConnectionsReport>,
+    /// The broker's shard count as given with `--broker-shards` (corebus).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_shards: Option<usize>,
 }
 
 impl Report {
@@ -123,6 +126,7 @@ impl Report {
             rate: None,
             window: None,
             connections: None,
+            broker_shards: plan.broker_shards,
         }
     }
 
@@ -204,6 +208,9 @@ impl Report {
         ];
         if let Some(rate) = self.rate {
             rows.push(("rate", format!("{rate} msg/s, open loop")));
+        }
+        if let Some(shards) = self.broker_shards {
+            rows.push(("broker shards", shards.to_string()));
         }
         if let Some(window) = self.window {
             rows.push(("window", format!("{window} messages per topic")));

@@ -93,25 +93,40 @@ pub fn workload_label(report: &Report) -> String {
             report.publishers, report.subscribers, report.topics
         ),
         Scenario::Latency => format!(
-            "latency at {} msg/s, {size}",
+            "latency at {} msg/s, {}→{}, {size}",
             report
                 .rate
-                .map_or_else(|| "?".to_owned(), |rate| human(rate as f64))
+                .map_or_else(|| "?".to_owned(), |rate| human(rate as f64)),
+            report.publishers,
+            report.subscribers
         ),
         Scenario::Connections => format!("{} idle connections", report.subscribers),
     }
 }
 
-/// The workloads in first-seen order, each with its report per broker.
+/// The workloads in first-seen order, each with its report per broker (and
+/// the raw baseline's, under `raw`).
+///
+/// Where one broker ran a workload more than once, the run with the most
+/// `broker_shards` stands for it (ties: the later run): the suite's main
+/// corebus run, not its one-shard scaling run.
 pub fn by_workload(runs: &[Report]) -> Vec<(String, BTreeMap<&'static str, &Report>)> {
     let mut rows: Vec<(String, BTreeMap<&'static str, &Report>)> = Vec::new();
     for run in runs {
         let label = workload_label(run);
-        match rows.iter_mut().find(|(existing, _)| *existing == label) {
-            Some((_, cells)) => {
-                cells.insert(run.target.name(), run);
+        let index = match rows.iter().position(|(existing, _)| *existing == label) {
+            Some(index) => index,
+            None => {
+                rows.push((label, BTreeMap::new()));
+                rows.len() - 1
             }
-            None => rows.push((label, BTreeMap::from([(run.target.name(), run)]))),
+        };
+        let cells = &mut rows[index].1;
+        let replaces = cells
+            .get(run.target.name())
+            .is_none_or(|kept| kept.broker_shards <= run.broker_shards);
+        if replaces {
+            cells.insert(run.target.name(), run);
         }
     }
     rows
@@ -200,6 +215,7 @@ pub fn markdown(summary: &Summary) -> String {
         let _ = writeln!(out, "- {key}: {value}");
     }
     out.push('\n');
+    crate::targets::markdown(&mut out, &summary.runs);
     let _ = writeln!(
         out,
         "Delivered messages per second (higher is better; ratio > 1: corebus faster).\n"
@@ -257,8 +273,16 @@ pub fn markdown(summary: &Summary) -> String {
         .runs
         .iter()
         .filter_map(|run| {
-            run.failure()
-                .map(|why| format!("- {} {}: {why}", run.target.name(), workload_label(run)))
+            run.failure().map(|why| {
+                let shards = run
+                    .broker_shards
+                    .map_or_else(String::new, |shards| format!(" ({shards} shards)"));
+                format!(
+                    "- {} {}{shards}: {why}",
+                    run.target.name(),
+                    workload_label(run)
+                )
+            })
         })
         .collect();
     if failed.is_empty() {
@@ -311,7 +335,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("| latency at 10.0k msg/s, 128 B: p50 | 20 µs | 40 µs | – | 0.50× | – |"),
+            text.contains(
+                "| latency at 10.0k msg/s, 1→16, 128 B: p50 | 20 µs | 40 µs | – | 0.50× | – |"
+            ),
             "{text}"
         );
         assert!(text.contains("Every run delivered every message"));

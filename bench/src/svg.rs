@@ -195,6 +195,6 @@ mod tests {
         assert!(svg.starts_with("<svg"));
         assert_eq!(svg.matches("<rect x=").count(), 2);
         assert!(svg.contains("no result"), "redis had no run");
-        assert!(svg.contains("fanout 1→16, 128 B"));
+        assert!(svg.contains("fanout 1→64, 128 B"));
     }
 }

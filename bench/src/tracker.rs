@@ -128,6 +128,7 @@ mod tests {
 
     fn message(publisher: u32, counter: u64, seq: Option<u64>) -> Received {
         Received {
+            subscription: 0,
             seq,
             header: Some(Header {
                 publisher,
@@ -163,6 +164,7 @@ mod tests {
         tracker.record(&message(0, 0, None), 20);
         tracker.record(&message(5, 0, None), 20);
         let no_header = Received {
+            subscription: 0,
             seq: None,
             header: None,
             len: 3,

@@ -1,6 +1,7 @@
 //! CI smoke test: an in-process corebus broker on a loopback port, and tiny
-//! pair, fanout and latency runs through `corebus_bench::run`, the same path
-//! the `corebus-bench` binary takes. Seconds, not minutes; the comparison
+//! pair, fanout, many and latency runs through `corebus_bench::run`, the same
+//! path the `corebus-bench` binary takes; and a tiny raw-baseline run through
+//! the harness's own loopback relay. Seconds, not minutes; the comparison
 //! with NATS and Redis (`bench/compare.sh`) is not part of CI.
 
 use std::net::SocketAddr;
@@ -35,6 +36,7 @@ fn tiny_runs_against_an_in_process_broker_lose_nothing() {
     let mut fanout = options(addr, Scenario::Fanout);
     fanout.subscribers = Some(4);
     let mut latency = options(addr, Scenario::Latency);
+    latency.subscribers = Some(4);
     latency.duration = 0.5;
     latency.rate = 2_000;
 
@@ -55,8 +57,49 @@ fn tiny_runs_against_an_in_process_broker_lose_nothing() {
         assert!(report.delivered_per_sec > 0.0);
         assert!(report.latency_us.p50 > 0.0);
     }
+
+    // More topics than subscriber connections: each connection holds
+    // several subscriptions and every topic has exactly one.
+    let mut many = options(addr, Scenario::Many);
+    many.publishers = Some(2);
+    many.subscribers = Some(3);
+    many.topics = Some(12);
+    many.messages = Some(5_000);
+    let report = runtime
+        .block_on(corebus_bench::run(&many))
+        .unwrap_or_else(|err| panic!("many run failed: {err}"));
+    print!("{}", report.table());
+    assert_eq!(report.failure(), None);
+    assert!(report.published > 0);
+    assert_eq!(
+        report.delivered, report.published,
+        "one subscription per topic"
+    );
+
     runtime.shutdown_background();
     server.stop();
+}
+
+#[test]
+fn raw_baseline_relays_every_message_over_loopback() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut options = RunOptions::new(Target::Raw, Scenario::Pair);
+    options.size = 16 * 1024;
+    options.duration = 1.0;
+    options.messages = Some(5_000);
+    let report = runtime
+        .block_on(corebus_bench::run(&options))
+        .unwrap_or_else(|err| panic!("raw run failed: {err}"));
+    print!("{}", report.table());
+    assert_eq!(report.failure(), None);
+    assert!(report.published > 0);
+    assert_eq!(report.delivered, report.published);
+    assert!(report.delivered_mb_per_sec > 0.0);
+    runtime.shutdown_background();
 }
 
 #[test]

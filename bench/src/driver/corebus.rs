@@ -3,10 +3,10 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use corebus_client::{Client, PendingPublish, Subscription};
+use corebus_client::{Client, Event, PendingPublish, Subscription};
 use futures_util::FutureExt;
 
-use super::{failed, PublisherDone, Received, MAX_IN_FLIGHT, NAMESPACE};
+use super::{failed, next_of_any, PublisherDone, Received, MAX_IN_FLIGHT, NAMESPACE};
 use crate::options::Target;
 use crate::payload::Header;
 use crate::BenchError;
@@ -88,41 +88,58 @@ impl CorebusPublisher {
     }
 }
 
-/// One connection with one subscription.
+/// One connection with one subscription per topic.
 pub struct CorebusSubscriber {
-    subscription: Subscription,
-    /// Keeps the connection open as long as the subscription is read.
+    subscriptions: Vec<Subscription>,
+    /// The subscription polled first next time (round-robin).
+    turn: usize,
+    /// Keeps the connection open as long as the subscriptions are read.
     _client: Client,
 }
 
 impl CorebusSubscriber {
-    pub(super) async fn connect(url: &str, topic: &str) -> Result<Self, BenchError> {
+    pub(super) async fn connect(url: &str, topics: &[&str]) -> Result<Self, BenchError> {
         let client = Client::connect(url)
             .await
             .map_err(|err| failed(TARGET, "connect", err))?;
-        let subscription = client
-            .subscribe(NAMESPACE, topic)
-            .await
-            .map_err(|err| failed(TARGET, "subscribe", err))?;
+        let mut subscriptions = Vec::with_capacity(topics.len());
+        for topic in topics {
+            subscriptions.push(
+                client
+                    .subscribe(NAMESPACE, topic)
+                    .await
+                    .map_err(|err| failed(TARGET, "subscribe", err))?,
+            );
+        }
         Ok(CorebusSubscriber {
-            subscription,
+            subscriptions,
+            turn: 0,
             _client: client,
         })
     }
 
-    pub(super) fn start_after(&self) -> u64 {
-        self.subscription.start_after()
+    pub(super) fn start_after(&self, subscription: usize) -> u64 {
+        self.subscriptions
+            .get(subscription)
+            .map_or(0, Subscription::start_after)
     }
 
     pub(super) async fn next(&mut self) -> Result<Option<Received>, BenchError> {
-        match self.subscription.next_message().await {
-            None => Ok(None),
-            Some(Ok(message)) => Ok(Some(Received {
+        match next_of_any(&mut self.subscriptions, &mut self.turn).await {
+            (_, None) => Ok(None),
+            (subscription, Some(Ok(Event::Message(message)))) => Ok(Some(Received {
+                subscription,
                 seq: Some(message.seq),
                 header: Header::parse(&message.payload),
                 len: message.payload.len(),
             })),
-            Some(Err(err)) => Err(failed(TARGET, "receive", err)),
+            // A gap is the broker reporting loss: the run fails.
+            (_, Some(Ok(Event::Discontinuity(gap)))) => Err(failed(
+                TARGET,
+                "receive",
+                corebus_client::Error::Discontinuity(gap),
+            )),
+            (_, Some(Err(err))) => Err(failed(TARGET, "receive", err)),
         }
     }
 }

@@ -8,15 +8,27 @@
 //! Redis sends `PUBLISH` commands in pipelines, one pipeline in flight.
 //! None of them may drop a message silently: client-side buffers are made
 //! large enough, and anything a client reports dropping is counted.
+//!
+//! `raw` is no broker: it speaks length-prefixed frames to the harness's own
+//! loopback relay ([`crate::relay`]), the baseline for large messages.
+//!
+//! A subscriber connection may hold several subscriptions (the many
+//! scenario with more topics than subscribers); every message says which one
+//! it came from, so delivery is checked per subscription.
 
 mod corebus;
 mod nats;
+mod raw;
 mod redis;
 
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::Bytes;
+use futures_util::Stream;
 
 use crate::options::Target;
 use crate::payload::Header;
@@ -64,6 +76,9 @@ impl Incidents {
 /// One message as a subscriber saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Received {
+    /// Which of the connection's subscriptions it came from (the index into
+    /// the topics given to [`Subscriber::connect`]).
+    pub subscription: usize,
     /// The broker's sequence number (corebus only).
     pub seq: Option<u64>,
     /// The benchmark header, or `None` if the payload was not one of ours.
@@ -80,6 +95,8 @@ pub enum Publisher {
     Nats(nats::NatsPublisher),
     /// See [`redis::RedisPublisher`].
     Redis(redis::RedisPublisher),
+    /// See [`raw::RawPublisher`].
+    Raw(raw::RawPublisher),
 }
 
 /// What a publisher knows once every publish is answered.
@@ -102,6 +119,7 @@ impl Publisher {
             Target::Redis => {
                 Publisher::Redis(redis::RedisPublisher::connect(&endpoint.url, topics).await?)
             }
+            Target::Raw => Publisher::Raw(raw::RawPublisher::connect(&endpoint.url).await?),
         })
     }
 
@@ -113,6 +131,7 @@ impl Publisher {
             Publisher::Corebus(publisher) => publisher.publish(topic, payload).await,
             Publisher::Nats(publisher) => publisher.publish(topic, payload).await,
             Publisher::Redis(publisher) => publisher.publish(topic, payload).await,
+            Publisher::Raw(publisher) => publisher.publish(payload).await,
         }
     }
 
@@ -123,11 +142,12 @@ impl Publisher {
             Publisher::Corebus(publisher) => publisher.finish().await,
             Publisher::Nats(publisher) => publisher.finish().await,
             Publisher::Redis(publisher) => publisher.finish().await,
+            Publisher::Raw(publisher) => publisher.finish().await,
         }
     }
 }
 
-/// A subscribing connection with one subscription.
+/// A subscribing connection with one or more subscriptions.
 pub enum Subscriber {
     /// See [`corebus::CorebusSubscriber`].
     Corebus(corebus::CorebusSubscriber),
@@ -135,40 +155,77 @@ pub enum Subscriber {
     Nats(nats::NatsSubscriber),
     /// See [`redis::RedisSubscriber`].
     Redis(redis::RedisSubscriber),
+    /// See [`raw::RawSubscriber`].
+    Raw(raw::RawSubscriber),
 }
 
 impl Subscriber {
-    /// Opens a connection and subscribes to `topic`; returns once the broker
-    /// has confirmed the subscription, so anything published afterwards is
-    /// delivered to it.
-    pub async fn connect(endpoint: &Endpoint, topic: &str) -> Result<Subscriber, BenchError> {
+    /// Opens a connection and subscribes to each of `topics` (at least
+    /// one); returns once the broker has confirmed every subscription, so
+    /// anything published afterwards is delivered to them.
+    pub async fn connect(endpoint: &Endpoint, topics: &[&str]) -> Result<Subscriber, BenchError> {
+        if topics.is_empty() {
+            return Err(BenchError::Options(
+                "a subscriber connection needs at least one topic".into(),
+            ));
+        }
         Ok(match endpoint.target {
             Target::Corebus => Subscriber::Corebus(
-                corebus::CorebusSubscriber::connect(&endpoint.url, topic).await?,
+                corebus::CorebusSubscriber::connect(&endpoint.url, topics).await?,
             ),
-            Target::Nats => Subscriber::Nats(nats::NatsSubscriber::connect(endpoint, topic).await?),
-            Target::Redis => {
-                Subscriber::Redis(redis::RedisSubscriber::connect(&endpoint.url, topic).await?)
+            Target::Nats => {
+                Subscriber::Nats(nats::NatsSubscriber::connect(endpoint, topics).await?)
             }
+            Target::Redis => {
+                Subscriber::Redis(redis::RedisSubscriber::connect(&endpoint.url, topics).await?)
+            }
+            Target::Raw => Subscriber::Raw(raw::RawSubscriber::connect(&endpoint.url).await?),
         })
     }
 
-    /// The sequence number after which this subscription starts (corebus).
-    pub fn start_after(&self) -> Option<u64> {
+    /// The sequence number after which subscription `subscription` starts
+    /// (corebus).
+    pub fn start_after(&self, subscription: usize) -> Option<u64> {
         match self {
-            Subscriber::Corebus(subscriber) => Some(subscriber.start_after()),
-            Subscriber::Nats(_) | Subscriber::Redis(_) => None,
+            Subscriber::Corebus(subscriber) => Some(subscriber.start_after(subscription)),
+            Subscriber::Nats(_) | Subscriber::Redis(_) | Subscriber::Raw(_) => None,
         }
     }
 
-    /// The next message; `Ok(None)` when the subscription ended. Cancel-safe.
+    /// The next message of any subscription; `Ok(None)` when a subscription
+    /// ended. Cancel-safe.
     pub async fn next(&mut self) -> Result<Option<Received>, BenchError> {
         match self {
             Subscriber::Corebus(subscriber) => subscriber.next().await,
             Subscriber::Nats(subscriber) => Ok(subscriber.next().await),
             Subscriber::Redis(subscriber) => Ok(subscriber.next().await),
+            Subscriber::Raw(subscriber) => subscriber.next().await,
         }
     }
+}
+
+/// The next item of any of `streams` (not empty), with the index of the
+/// stream it came from; `None` as the item when that stream ended.
+///
+/// Polls round-robin from `*turn`, so a busy subscription cannot starve the
+/// connection's others; with one stream this is a plain `next()`.
+/// Cancel-safe: an item is taken only in the poll that returns it.
+pub(crate) async fn next_of_any<S: Stream + Unpin>(
+    streams: &mut [S],
+    turn: &mut usize,
+) -> (usize, Option<S::Item>) {
+    poll_fn(|cx| {
+        let count = streams.len();
+        for step in 0..count {
+            let index = (*turn + step) % count;
+            if let Poll::Ready(item) = Pin::new(&mut streams[index]).poll_next(cx) {
+                *turn = (index + 1) % count;
+                return Poll::Ready((index, item));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// A client-library error while doing `action` against `target`.

@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions, Event, Subject};
 use bytes::Bytes;
-use futures_util::StreamExt;
 
-use super::{failed, Endpoint, Incidents, PublisherDone, Received, NAMESPACE};
+use super::{failed, next_of_any, Endpoint, Incidents, PublisherDone, Received, NAMESPACE};
 use crate::options::Target;
 use crate::payload::Header;
 use crate::BenchError;
@@ -85,35 +84,45 @@ impl NatsPublisher {
     }
 }
 
-/// One connection with one subscription.
+/// One connection with one subscription per topic.
 pub struct NatsSubscriber {
-    subscriber: async_nats::Subscriber,
-    /// Keeps the connection open as long as the subscription is read.
+    subscribers: Vec<async_nats::Subscriber>,
+    /// The subscription polled first next time (round-robin).
+    turn: usize,
+    /// Keeps the connection open as long as the subscriptions are read.
     _client: Client,
 }
 
 impl NatsSubscriber {
-    pub(super) async fn connect(endpoint: &Endpoint, topic: &str) -> Result<Self, BenchError> {
+    pub(super) async fn connect(endpoint: &Endpoint, topics: &[&str]) -> Result<Self, BenchError> {
         let client = connect(endpoint).await?;
-        let subscriber = client
-            .subscribe(subject(topic))
-            .await
-            .map_err(|err| failed(TARGET, "subscribe", err))?;
+        let mut subscribers = Vec::with_capacity(topics.len());
+        for topic in topics {
+            subscribers.push(
+                client
+                    .subscribe(subject(topic))
+                    .await
+                    .map_err(|err| failed(TARGET, "subscribe", err))?,
+            );
+        }
         // SUB is only queued; the PING/PONG of a flush proves the server has
-        // processed it, so later publishes reach this subscription.
+        // processed it, so later publishes reach these subscriptions.
         client
             .flush()
             .await
             .map_err(|err| failed(TARGET, "subscribe", err))?;
         Ok(NatsSubscriber {
-            subscriber,
+            subscribers,
+            turn: 0,
             _client: client,
         })
     }
 
     pub(super) async fn next(&mut self) -> Option<Received> {
-        let message = self.subscriber.next().await?;
+        let (subscription, message) = next_of_any(&mut self.subscribers, &mut self.turn).await;
+        let message = message?;
         Some(Received {
+            subscription,
             seq: None,
             header: Header::parse(&message.payload),
             len: message.payload.len(),

@@ -117,33 +117,48 @@ async fn send_pipelines(
     }
 }
 
-/// One pub/sub connection with one channel.
+/// One pub/sub connection with one channel per topic.
 pub struct RedisSubscriber {
     messages: PubSubStream,
+    /// The subscribed channels; a message's index is its channel's position.
+    channels: Vec<String>,
 }
 
 impl RedisSubscriber {
-    pub(super) async fn connect(url: &str, topic: &str) -> Result<Self, BenchError> {
+    pub(super) async fn connect(url: &str, topics: &[&str]) -> Result<Self, BenchError> {
         let mut pubsub = open(url)?
             .get_async_pubsub()
             .await
             .map_err(|err| failed(TARGET, "connect", err))?;
-        // Returns after the server's subscribe confirmation.
-        pubsub
-            .subscribe(channel(topic))
-            .await
-            .map_err(|err| failed(TARGET, "subscribe", err))?;
+        let channels: Vec<String> = topics.iter().map(|topic| channel(topic)).collect();
+        for name in &channels {
+            // Returns after the server's subscribe confirmation.
+            pubsub
+                .subscribe(name)
+                .await
+                .map_err(|err| failed(TARGET, "subscribe", err))?;
+        }
         Ok(RedisSubscriber {
             messages: pubsub.into_on_message(),
+            channels,
         })
     }
 
     pub(super) async fn next(&mut self) -> Option<Received> {
         let message = self.messages.next().await?;
         let payload = message.get_payload_bytes();
+        // A linear search: a connection holds at most a few dozen channels,
+        // and with one channel this is a single comparison.
+        let subscription = self
+            .channels
+            .iter()
+            .position(|name| name.as_str() == message.get_channel_name());
         Some(Received {
+            subscription: subscription.unwrap_or(0),
             seq: None,
-            header: Header::parse(payload),
+            // A message on a channel this connection did not subscribe to
+            // counts as foreign (no header), never as a delivery.
+            header: subscription.and_then(|_| Header::parse(payload)),
             len: payload.len(),
         })
     }

@@ -1,0 +1,441 @@
+//! The performance issue's targets, checked against one comparison run: the
+//! table at the top of `bench/results/<date>.md`.
+//!
+//! Targets (128-byte payloads unless stated, every broker on the same cores):
+//!
+//! 1. `pair`, `fanout` and `many` delivered msg/s: at least 2× NATS and
+//!    more than Redis.
+//! 2. `latency` p99 and p99.9: at most NATS's.
+//! 3. `connections`: broker memory per idle connection at most NATS's.
+//! 4. Large messages (`pair` at the raw baseline's size, 16 KiB in the
+//!    suite): corebus's delivered bytes/s at least 50% of the raw loopback
+//!    relay's ([`crate::relay`]) on the same machine in the same run.
+//! 5. `many` with 2 shards at least 1.6× `many` with 1 shard.
+//!
+//! Redis has no target for latency and memory; its ratios are shown for
+//! reference. A comparison with a run that did not deliver everything is
+//! not judged.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::options::{Scenario, Target};
+use crate::report::{human, Report};
+use crate::summary::by_workload;
+
+/// Payload size of the small-message targets (1 to 3).
+pub const SMALL_SIZE: usize = 128;
+/// corebus ÷ NATS throughput goal.
+pub const THROUGHPUT_VS_NATS: f64 = 2.0;
+/// Fraction of the raw loopback relay's bytes/s goal.
+pub const RAW_FRACTION: f64 = 0.5;
+/// 2-shard ÷ 1-shard `many` throughput goal.
+pub const SCALING: f64 = 1.6;
+
+/// How to read a compared value from a report.
+type Metric = fn(&Report) -> Option<f64>;
+
+/// What a ratio must be.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Goal {
+    /// At least this.
+    AtLeast(f64),
+    /// More than this.
+    Above(f64),
+    /// At most this.
+    AtMost(f64),
+    /// No target: shown for reference.
+    Reference,
+}
+
+impl Goal {
+    fn describe(self, percent: bool) -> String {
+        let number = |value: f64| {
+            if percent {
+                format!("{:.0}%", value * 100.0)
+            } else {
+                format!("{value}×")
+            }
+        };
+        match self {
+            Goal::AtLeast(value) => format!("≥ {}", number(value)),
+            Goal::Above(value) => format!("> {}", number(value)),
+            Goal::AtMost(value) => format!("≤ {}", number(value)),
+            Goal::Reference => "none (reference)".into(),
+        }
+    }
+
+    fn met(self, ratio: f64) -> Option<bool> {
+        match self {
+            Goal::AtLeast(value) => Some(ratio >= value),
+            Goal::Above(value) => Some(ratio > value),
+            Goal::AtMost(value) => Some(ratio <= value),
+            Goal::Reference => None,
+        }
+    }
+}
+
+/// One comparison: corebus against a reference run.
+struct Comparison<'a> {
+    target: u8,
+    measure: String,
+    corebus: Option<&'a Report>,
+    /// What corebus is compared with, as the table names it.
+    reference_name: String,
+    reference: Option<&'a Report>,
+    value: Metric,
+    format: fn(f64) -> String,
+    /// Show the ratio as a percentage.
+    percent: bool,
+    goal: Goal,
+    /// Set when the comparison cannot be judged against its goal as is.
+    not_applicable: Option<String>,
+}
+
+impl Comparison<'_> {
+    fn row(&self) -> (String, Option<bool>) {
+        let corebus = self.corebus.and_then(self.value);
+        let reference = self.reference.and_then(self.value);
+        let show = |value: Option<f64>| value.map_or_else(|| "–".into(), self.format);
+        let ratio = match (corebus, reference) {
+            (Some(corebus), Some(reference)) if reference > 0.0 => Some(corebus / reference),
+            _ => None,
+        };
+        let failed = [self.corebus, self.reference]
+            .into_iter()
+            .flatten()
+            .any(|run| run.failure().is_some());
+        let met = ratio.and_then(|ratio| self.goal.met(ratio));
+        let (verdict, counted) = match (ratio, &self.not_applicable) {
+            _ if failed => ("not judged: a run lost messages".to_owned(), None),
+            (None, _) => ("no data".to_owned(), None),
+            (Some(_), Some(why)) => (format!("n/a: {why}"), None),
+            (Some(_), None) => match met {
+                Some(true) => ("**met**".to_owned(), Some(true)),
+                Some(false) => ("not met".to_owned(), Some(false)),
+                None => ("–".to_owned(), None),
+            },
+        };
+        let ratio = ratio.map_or_else(
+            || "–".into(),
+            |ratio| {
+                if self.percent {
+                    format!("{:.0}%", ratio * 100.0)
+                } else {
+                    format!("{ratio:.2}×")
+                }
+            },
+        );
+        let line = format!(
+            "| {} | {} | {} | {} {} | {ratio} | {} | {verdict} |",
+            self.target,
+            self.measure,
+            show(corebus),
+            self.reference_name,
+            show(reference),
+            self.goal.describe(self.percent),
+        );
+        (line, counted)
+    }
+}
+
+fn msgs(value: f64) -> String {
+    format!("{} msg/s", human(value))
+}
+
+fn micros(value: f64) -> String {
+    format!("{value:.0} µs")
+}
+
+fn kib(value: f64) -> String {
+    format!("{:.1} KiB", value / 1024.0)
+}
+
+fn megabytes(value: f64) -> String {
+    format!("{value:.1} MB/s")
+}
+
+type Cells<'a> = BTreeMap<&'static str, &'a Report>;
+
+fn cell<'a>(cells: &Cells<'a>, target: Target) -> Option<&'a Report> {
+    cells.get(target.name()).copied()
+}
+
+/// Comparisons of targets 1 to 4, in target order.
+fn broker_comparisons<'a>(workloads: &[(String, Cells<'a>)]) -> Vec<Comparison<'a>> {
+    let mut by_target: [Vec<Comparison<'a>>; 4] = Default::default();
+    for (label, cells) in workloads {
+        let Some(any) = cells.values().next() else {
+            continue;
+        };
+        let corebus = cell(cells, Target::Corebus);
+        let against = |target: u8,
+                       measure: String,
+                       reference: Target,
+                       value: Metric,
+                       format: fn(f64) -> String,
+                       goal: Goal| Comparison {
+            target,
+            measure,
+            corebus,
+            reference_name: match reference {
+                Target::Nats => "NATS".into(),
+                Target::Redis => "Redis".into(),
+                Target::Raw => "raw loopback relay".into(),
+                Target::Corebus => "corebus".into(),
+            },
+            reference: cell(cells, reference),
+            value,
+            format,
+            percent: reference == Target::Raw,
+            goal,
+            not_applicable: None,
+        };
+        match any.scenario {
+            Scenario::Pair | Scenario::Fanout | Scenario::Many if any.size == SMALL_SIZE => {
+                let measure = format!("{label}: delivered msg/s");
+                let value: Metric = |run| Some(run.delivered_per_sec);
+                by_target[0].push(against(
+                    1,
+                    measure.clone(),
+                    Target::Nats,
+                    value,
+                    msgs,
+                    Goal::AtLeast(THROUGHPUT_VS_NATS),
+                ));
+                by_target[0].push(against(
+                    1,
+                    measure,
+                    Target::Redis,
+                    value,
+                    msgs,
+                    Goal::Above(1.0),
+                ));
+            }
+            Scenario::Latency if any.size == SMALL_SIZE => {
+                let percentiles: [(&str, Metric); 2] = [
+                    ("p99", |run| Some(run.latency_us.p99)),
+                    ("p99.9", |run| Some(run.latency_us.p999)),
+                ];
+                for (name, value) in percentiles {
+                    for (reference, goal) in [
+                        (Target::Nats, Goal::AtMost(1.0)),
+                        (Target::Redis, Goal::Reference),
+                    ] {
+                        by_target[1].push(against(
+                            2,
+                            format!("{label}: {name}"),
+                            reference,
+                            value,
+                            micros,
+                            goal,
+                        ));
+                    }
+                }
+            }
+            Scenario::Connections => {
+                let value: Metric = |run| {
+                    run.connections
+                        .as_ref()
+                        .and_then(|connections| connections.rss_per_connection_bytes)
+                };
+                for (reference, goal) in [
+                    (Target::Nats, Goal::AtMost(1.0)),
+                    (Target::Redis, Goal::Reference),
+                ] {
+                    by_target[2].push(against(
+                        3,
+                        format!("{label}: broker memory per connection"),
+                        reference,
+                        value,
+                        kib,
+                        goal,
+                    ));
+                }
+            }
+            _ => {}
+        }
+        if any.scenario == Scenario::Pair && cells.contains_key(Target::Raw.name()) {
+            by_target[3].push(against(
+                4,
+                format!("{label}: delivered payload MB/s"),
+                Target::Raw,
+                |run| Some(run.delivered_mb_per_sec),
+                megabytes,
+                Goal::AtLeast(RAW_FRACTION),
+            ));
+        }
+    }
+    by_target.into_iter().flatten().collect()
+}
+
+/// Target 5: per `many` workload, corebus's main run (the most shards)
+/// against its one-shard run.
+fn scaling_comparisons(runs: &[Report]) -> Vec<Comparison<'_>> {
+    let mut by_label: Vec<(String, Vec<&Report>)> = Vec::new();
+    for run in runs
+        .iter()
+        .filter(|run| run.target == Target::Corebus && run.scenario == Scenario::Many)
+    {
+        let label = crate::summary::workload_label(run);
+        match by_label.iter_mut().find(|(existing, _)| *existing == label) {
+            Some((_, group)) => group.push(run),
+            None => by_label.push((label, vec![run])),
+        }
+    }
+    by_label
+        .into_iter()
+        .map(|(label, group)| {
+            let main = group
+                .iter()
+                .copied()
+                .filter(|run| run.broker_shards.is_some_and(|shards| shards > 1))
+                .max_by_key(|run| run.broker_shards);
+            let one = group
+                .iter()
+                .copied()
+                .rfind(|run| run.broker_shards == Some(1));
+            let shards = main.and_then(|run| run.broker_shards);
+            Comparison {
+                target: 5,
+                measure: format!(
+                    "{label}: delivered msg/s, {} ÷ 1 shard",
+                    shards.map_or_else(|| "? shards".into(), |shards| format!("{shards} shards"))
+                ),
+                corebus: main,
+                reference_name: "corebus, 1 shard".into(),
+                reference: one,
+                value: |run| Some(run.delivered_per_sec),
+                format: msgs,
+                percent: false,
+                goal: Goal::AtLeast(SCALING),
+                not_applicable: shards
+                    .filter(|shards| *shards != 2)
+                    .map(|shards| format!("the goal is for 2 shards, this run had {shards}")),
+            }
+        })
+        .collect()
+}
+
+/// Appends the targets table, with a count of targets met, to `out`.
+pub fn markdown(out: &mut String, runs: &[Report]) {
+    let workloads = by_workload(runs);
+    let mut comparisons = broker_comparisons(&workloads);
+    comparisons.extend(scaling_comparisons(runs));
+    if comparisons.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "Targets of the performance issue: corebus against NATS and Redis, against the \
+         raw loopback relay (the same two socket hops with no broker), and 2 shards \
+         against 1. Ratios are corebus ÷ the other.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| target | measure | corebus | compared with | ratio | goal | verdict |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---|---|");
+    let (mut met, mut judged) = (0, 0);
+    for comparison in &comparisons {
+        let (line, verdict) = comparison.row();
+        let _ = writeln!(out, "{line}");
+        if let Some(verdict) = verdict {
+            judged += 1;
+            met += usize::from(verdict);
+        }
+    }
+    let _ = writeln!(out, "\n{met} of {judged} judged goals met.\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::RunOptions;
+
+    fn run(target: Target, scenario: Scenario, size: usize, per_sec: f64) -> Report {
+        let mut options = RunOptions::new(target, scenario);
+        options.size = size;
+        let plan = options.plan().expect("valid");
+        let mut report = Report::for_plan(&plan);
+        report.delivered = 100;
+        report.expected = 100;
+        report.delivered_per_sec = per_sec;
+        report.delivered_mb_per_sec = per_sec * size as f64 / 1e6;
+        report
+    }
+
+    fn with_shards(mut report: Report, shards: usize) -> Report {
+        report.broker_shards = Some(shards);
+        report
+    }
+
+    fn table(runs: &[Report]) -> String {
+        let mut out = String::new();
+        markdown(&mut out, runs);
+        out
+    }
+
+    #[test]
+    fn throughput_needs_twice_nats_and_more_than_redis() {
+        let text = table(&[
+            run(Target::Corebus, Scenario::Pair, 128, 2_000_000.0),
+            run(Target::Nats, Scenario::Pair, 128, 1_000_000.0),
+            run(Target::Redis, Scenario::Pair, 128, 2_500_000.0),
+        ]);
+        assert!(
+            text.contains("| 1 | pair, 128 B: delivered msg/s | 2.00M msg/s | NATS 1.00M msg/s | 2.00× | ≥ 2× | **met** |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| Redis 2.50M msg/s | 0.80× | > 1× | not met |"),
+            "{text}"
+        );
+        assert!(text.contains("1 of 2 judged goals met"), "{text}");
+    }
+
+    #[test]
+    fn raw_fraction_and_scaling() {
+        let text = table(&[
+            with_shards(run(Target::Corebus, Scenario::Pair, 16384, 30_000.0), 2),
+            run(Target::Raw, Scenario::Pair, 16384, 50_000.0),
+            with_shards(run(Target::Corebus, Scenario::Many, 128, 900_000.0), 2),
+            with_shards(run(Target::Corebus, Scenario::Many, 128, 500_000.0), 1),
+        ]);
+        assert!(
+            text.contains("| 4 | pair, 16 KiB: delivered payload MB/s | 491.5 MB/s | raw loopback relay 819.2 MB/s | 60% | ≥ 50% | **met** |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("2 shards ÷ 1 shard | 900.0k msg/s | corebus, 1 shard 500.0k msg/s | 1.80× | ≥ 1.6× | **met** |"),
+            "{text}"
+        );
+        // The many row against NATS and Redis uses the 2-shard run.
+        assert!(
+            text.contains("| 1 | many 16→64 over 1024 topics, 128 B: delivered msg/s | 900.0k msg/s | NATS – |"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn latency_goal_is_against_nats_only_and_failed_runs_are_not_judged() {
+        let mut corebus = run(Target::Corebus, Scenario::Latency, 128, 10_000.0);
+        corebus.latency_us.p99 = 100.0;
+        corebus.rate = Some(10_000);
+        let mut nats = corebus.clone();
+        nats.target = Target::Nats;
+        nats.latency_us.p99 = 200.0;
+        let mut redis = nats.clone();
+        redis.target = Target::Redis;
+        redis.lost = 1;
+        let text = table(&[corebus, nats, redis]);
+        assert!(
+            text.contains("p99 | 100 µs | NATS 200 µs | 0.50× | ≤ 1× | **met** |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| none (reference) | not judged: a run lost messages |"),
+            "{text}"
+        );
+    }
+}
