@@ -40,6 +40,72 @@ pub enum Command {
     /// Mint scoped, short-lived tokens with the configured signing secret.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Add, list, remove or re-key webhooks on a running broker (needs a
+    /// super-user key: --key or COREBUS_CREDENTIALS).
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
+}
+
+/// `corebus webhook`.
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Register a webhook; prints its id and its signing secret (shown once).
+    Add(WebhookAddArgs),
+    /// List the webhooks (without secrets).
+    List {
+        /// Print one JSON object per webhook.
+        #[arg(long)]
+        json: bool,
+        /// Broker to connect to.
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Remove a webhook added at run time; its queued messages are discarded.
+    Remove {
+        /// The webhook's id.
+        id: String,
+        /// Broker to connect to.
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Give a webhook a new signing secret (printed); the previous one keeps
+    /// signing alongside it for the broker's webhook_rotation_grace.
+    Rotate {
+        /// The webhook's id.
+        id: String,
+        /// Read the new secret from standard input instead of having the
+        /// broker generate one.
+        #[arg(long)]
+        secret_stdin: bool,
+        /// Broker to connect to.
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+/// `corebus webhook add`.
+#[derive(Debug, Args)]
+pub struct WebhookAddArgs {
+    /// Destination, an http:// or https:// URL.
+    #[arg(long)]
+    pub url: String,
+    /// Namespace whose messages it receives.
+    #[arg(long)]
+    pub ns: String,
+    /// Topic (a prefix with --prefix; with --prefix, the empty topic means
+    /// every topic of the namespace).
+    #[arg(long)]
+    pub topic: String,
+    /// Receive every topic starting with --topic.
+    #[arg(long)]
+    pub prefix: bool,
+    /// Read the signing secret from standard input instead of having the
+    /// broker generate one.
+    #[arg(long)]
+    pub secret_stdin: bool,
+    /// Broker to connect to.
+    #[command(flatten)]
+    pub server: ServerArg,
 }
 
 /// `corebus key`.

@@ -22,3 +22,4 @@ pub mod permissions;
 pub mod pubsub;
 pub mod serve;
 pub mod webhook;
+pub mod webhook_cmd;

@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         Command::Doctor(command) => corebus::doctor::main(command, subcommand(&matches)),
         Command::Key(command) => corebus::auth_cmd::key(command),
         Command::Token(command) => corebus::auth_cmd::token(command),
+        Command::Webhook(command) => run_client(corebus::webhook_cmd::main(command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

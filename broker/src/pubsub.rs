@@ -26,7 +26,7 @@ fn credentials(server: &ServerArg) -> Option<Credentials> {
         .map(Credentials::new)
 }
 
-async fn connect(server: &ServerArg, name: &str) -> anyhow::Result<Client> {
+pub(crate) async fn connect(server: &ServerArg, name: &str) -> anyhow::Result<Client> {
     let tls = match (&server.ca, server.tls) {
         (Some(ca), _) => Some(TlsOptions {
             roots: TlsRoots::CaFile(ca.clone()),

@@ -10,7 +10,7 @@ use corebus_shards::auth::unix_now_ms;
 use corebus_shards::WebhookMessage;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
-use tracing::{debug, error};
+use tracing::{debug, warn};
 
 use super::http::Connection;
 use super::{body, sign, DeliverySettings, DropReason, Hook, Registry, SIGNATURE_HEADER};
@@ -196,7 +196,7 @@ async fn deliver(
         }
         let delay = backoff(settings, attempt);
         if attempt == 0 {
-            error!(webhook = %hook.id, seq = message.seq, %failure, retry_in = ?delay, "webhook delivery failed; retrying");
+            warn!(webhook = %hook.id, seq = message.seq, %failure, retry_in = ?delay, "webhook delivery failed; retrying");
         } else {
             debug!(webhook = %hook.id, seq = message.seq, %failure, retry_in = ?delay, "webhook retry failed");
         }

@@ -163,6 +163,14 @@ impl HookStats {
     }
 }
 
+/// A per-webhook metric family: name, help, type, and how to read it.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&HookStats) -> u64,
+);
+
 /// The broker's webhooks: what the shards see as their [`WebhookSink`].
 #[derive(Debug)]
 pub struct Webhooks {
@@ -201,7 +209,7 @@ impl Webhooks {
         };
         counter(out, "corebus_webhooks", "Webhooks registered.", "gauge");
         let _ = writeln!(out, "corebus_webhooks {}", hooks.len());
-        let families: [(&str, &str, &str, fn(&HookStats) -> u64); 4] = [
+        let families: [Family; 4] = [
             (
                 "corebus_webhook_delivered_total",
                 "Messages delivered (2xx).",

@@ -1,0 +1,756 @@
+//! Webhooks end to end: a `corebus serve` child posting to HTTP servers on
+//! loopback (the tests' own, and the Python and Node.js receivers of
+//! docs/examples), every signature checked by the receiver.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{Serve, TempFile, BIN};
+use corebus_client::{Client, Error, WebhookMatch, WebhookSpec};
+use corebus_net::ErrorCode;
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const SECRET: &str = "whsec_test-secret-for-the-webhook-tests";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// One request as the test receiver saw it.
+#[derive(Debug, Clone)]
+struct Received {
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+    /// The status the receiver answered (`None`: it never answered).
+    status: Option<u16>,
+}
+
+impl Received {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("webhook bodies are JSON")
+    }
+
+    fn seq(&self) -> u64 {
+        self.json()["seq"].as_u64().expect("seq")
+    }
+
+    fn topic(&self) -> String {
+        self.json()["topic"].as_str().expect("topic").to_string()
+    }
+}
+
+/// What the receiver answers.
+#[derive(Debug, Clone, Copy)]
+enum Reply {
+    Status(u16),
+    Hang,
+}
+
+type Decide = dyn Fn(usize, &Received) -> Reply + Send + Sync;
+
+/// An HTTP/1.1 server on loopback that records every request.
+struct Receiver {
+    url: String,
+    log: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    async fn start(decide: impl Fn(usize, &Received) -> Reply + Send + Sync + 'static) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let decide: Arc<Decide> = Arc::new(decide);
+        let accept_log = log.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve_connection(stream, accept_log.clone(), decide.clone()));
+            }
+        });
+        Receiver { url, log }
+    }
+
+    fn requests(&self) -> Vec<Received> {
+        self.log.lock().expect("not poisoned").clone()
+    }
+
+    /// Waits until `done` holds for the requests so far.
+    async fn wait_for(&self, what: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        let started = Instant::now();
+        loop {
+            let requests = self.requests();
+            if done(&requests) {
+                return requests;
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "{what}: not within {WAIT:?}; got {} requests",
+                requests.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    log: Arc<Mutex<Vec<Received>>>,
+    decide: Arc<Decide>,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let head_end = loop {
+            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => buf.extend_from_slice(&chunk[..read]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let request_line = lines.next().unwrap_or_default().to_string();
+        assert!(
+            request_line.starts_with("POST /hook HTTP/1.1"),
+            "{request_line}"
+        );
+        let headers: HashMap<String, String> = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+            .collect();
+        let length: usize = headers["content-length"].parse().expect("length");
+        while buf.len() < head_end + length {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => buf.extend_from_slice(&chunk[..read]),
+            }
+        }
+        let body = buf[head_end..head_end + length].to_vec();
+        buf.drain(..head_end + length);
+        let mut received = Received {
+            headers,
+            body,
+            status: None,
+        };
+        let index = log.lock().expect("not poisoned").len();
+        let reply = decide(index, &received);
+        if let Reply::Status(status) = reply {
+            received.status = Some(status);
+        }
+        log.lock().expect("not poisoned").push(received);
+        match reply {
+            Reply::Hang => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return;
+            }
+            Reply::Status(status) => {
+                let extra = if status == 302 {
+                    "Location: /elsewhere\r\n"
+                } else {
+                    ""
+                };
+                let response =
+                    format!("HTTP/1.1 {status} Test\r\n{extra}Content-Length: 0\r\n\r\n");
+                if stream.write_all(response.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+/// Checks the request's Corebus-Signature against each of `secrets` (all
+/// must sign it) the way docs/webhooks.md tells receivers to.
+fn assert_signed(request: &Received, secrets: &[&str]) {
+    let header = &request.headers["corebus-signature"];
+    let mut timestamp = None;
+    let mut signatures = Vec::new();
+    for part in header.split(',') {
+        match part.split_once('=') {
+            Some(("t", value)) => timestamp = Some(value.parse::<u64>().expect("t is a number")),
+            Some(("v1", value)) => signatures.push(value.to_string()),
+            _ => panic!("unexpected part {part:?} in {header:?}"),
+        }
+    }
+    let timestamp = timestamp.expect("t= present");
+    assert!(
+        now_secs().abs_diff(timestamp) < 60,
+        "timestamp {timestamp} is not now"
+    );
+    assert_eq!(signatures.len(), secrets.len(), "{header}");
+    for secret in secrets {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+        mac.update(format!("{timestamp}.").as_bytes());
+        mac.update(&request.body);
+        let expected: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        assert!(
+            signatures.contains(&expected),
+            "{header} is not signed by {secret}"
+        );
+    }
+}
+
+fn data_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("webhooks-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn spec(url: &str, topic: &str, kind: WebhookMatch) -> WebhookSpec {
+    WebhookSpec::new(url, "app", topic, kind).with_secret(SECRET)
+}
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .expect("binds")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn scrape(port: u16) -> String {
+    let mut stream = StdStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("writes");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("reads");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_posts_arrive_in_topic_order_and_verify() {
+    let receiver = Receiver::start(|_, _| Reply::Status(204)).await;
+    let dir = data_dir("signed");
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let serve = Serve::start(&[
+        "--shards",
+        "2",
+        "--data-dir",
+        dir.to_str().expect("UTF-8"),
+        "--metrics",
+        &metrics,
+    ]);
+    let client = Client::connect(serve.addr.as_str())
+        .await
+        .expect("connects");
+    let hook = client
+        .add_webhook(&spec(&receiver.url, "orders/", WebhookMatch::Prefix))
+        .await
+        .expect("added");
+    assert_eq!(hook.secret.as_deref(), Some(SECRET));
+    let topics = ["orders/eu", "orders/us", "orders/asia"];
+    let per_topic = 100u64;
+    for i in 0..per_topic {
+        for topic in topics {
+            client
+                .publish("app", topic, format!("{topic} #{i}"))
+                .await
+                .expect("published");
+        }
+        client
+            .publish("app", "invoices", "not for the webhook")
+            .await
+            .expect("published");
+    }
+    client
+        .publish("app", "orders/bin", vec![0xffu8, 0x00, 0x10])
+        .await
+        .expect("published");
+    let total = topics.len() * per_topic as usize + 1;
+    let requests = receiver
+        .wait_for("every message posted", |r| r.len() >= total)
+        .await;
+    // Nothing more arrives (no duplicate, nothing from `invoices`).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.requests().len(), total);
+
+    let mut next: HashMap<String, u64> = HashMap::new();
+    for request in &requests {
+        assert_signed(request, &[SECRET]);
+        let body = request.json();
+        assert_eq!(body["webhook"], hook.id.as_str());
+        assert_eq!(body["namespace"], "app");
+        assert!(body["epoch"]
+            .as_str()
+            .expect("epoch is a string")
+            .parse::<u64>()
+            .is_ok());
+        let published_ms = body["published_ms"].as_u64().expect("published_ms");
+        assert!(now_secs().abs_diff(published_ms / 1000) < 60);
+        assert_eq!(request.headers["content-type"], "application/json");
+        assert_eq!(
+            request.headers["corebus-delivery"],
+            format!(
+                "{}-{}",
+                body["epoch"].as_str().expect("epoch"),
+                request.seq()
+            )
+        );
+        let topic = request.topic();
+        let expected = next.entry(topic.clone()).or_insert(1);
+        assert_eq!(request.seq(), *expected, "{topic} out of order");
+        *expected += 1;
+        if topic == "orders/bin" {
+            assert_eq!(
+                (body["encoding"].as_str(), body["payload"].as_str()),
+                (Some("base64"), Some("/wAQ"))
+            );
+        } else {
+            assert_eq!(body["encoding"], "utf8");
+            assert_eq!(body["payload"], format!("{topic} #{}", request.seq() - 1));
+        }
+    }
+    assert_eq!(next.len(), topics.len() + 1);
+    let text = scrape(metrics_port);
+    let delivered = format!(
+        "corebus_webhook_delivered_total{{webhook=\"{}\"}} {total}",
+        hook.id
+    );
+    assert!(text.contains(&delivered), "{delivered} not in\n{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_retried_in_order_and_refusals_are_not() {
+    // Requests 0 and 1 fail (503, then a hang past the timeout); seq 3 is
+    // redirected and seq 4 refused with 400, neither retried.
+    let receiver = Receiver::start(|index, request| match (index, request.seq()) {
+        (0, _) => Reply::Status(503),
+        (1, _) => Reply::Hang,
+        (_, 3) => Reply::Status(302),
+        (_, 4) => Reply::Status(400),
+        _ => Reply::Status(200),
+    })
+    .await;
+    let dir = data_dir("retries");
+    let serve = Serve::start(&[
+        "--data-dir",
+        dir.to_str().expect("UTF-8"),
+        "--webhook-backoff",
+        "20ms",
+        "--webhook-timeout",
+        "500ms",
+    ]);
+    let client = Client::connect(serve.addr.as_str())
+        .await
+        .expect("connects");
+    client
+        .add_webhook(&spec(&receiver.url, "t", WebhookMatch::Exact))
+        .await
+        .expect("added");
+    for i in 1..=20 {
+        client
+            .publish("app", "t", format!("m{i}"))
+            .await
+            .expect("published");
+    }
+    let requests = receiver
+        .wait_for("20 messages settled", |r| {
+            r.iter().any(|q| q.seq() == 20 && q.status.is_some())
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let requests_after = receiver.requests();
+    assert_eq!(
+        requests.len(),
+        requests_after.len(),
+        "nothing after the last message"
+    );
+    let seqs: Vec<u64> = requests.iter().map(Received::seq).collect();
+    // seq 1 three times (503, hang, 200), then each other one once, in order.
+    let mut expected = vec![1, 1, 1];
+    expected.extend(2..=20);
+    assert_eq!(seqs, expected);
+    let accepted: Vec<u64> = requests
+        .iter()
+        .filter(|r| r.status.is_some_and(|s| (200..300).contains(&s)))
+        .map(Received::seq)
+        .collect();
+    let mut each_once: Vec<u64> = (1..=20).collect();
+    each_once.retain(|seq| *seq != 3 && *seq != 4);
+    assert_eq!(
+        accepted, each_once,
+        "every message accepted exactly once, in order"
+    );
+    for request in &requests {
+        assert_signed(request, &[SECRET]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Publishes `count` acknowledged messages to `fast` interleaved with as
+/// many to `slow`, pipelined; returns messages per second on `fast`.
+async fn publish_rate(client: &Client, slow: &str, count: usize) -> f64 {
+    let started = Instant::now();
+    let mut acks = Vec::with_capacity(2 * count);
+    for i in 0..count {
+        acks.push(
+            client
+                .start_publish("app", "fast", format!("f{i}"))
+                .await
+                .expect("queued"),
+        );
+        acks.push(
+            client
+                .start_publish("app", slow, format!("s{i}"))
+                .await
+                .expect("queued"),
+        );
+    }
+    for ack in acks {
+        ack.await.expect("acknowledged");
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_endpoint_does_not_slow_publishing() {
+    let hanging = Receiver::start(|_, _| Reply::Hang).await;
+    let dir = data_dir("hanging");
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let serve = Serve::start(&[
+        "--data-dir",
+        dir.to_str().expect("UTF-8"),
+        "--webhook-queue",
+        "64",
+        "--webhook-timeout",
+        "60s",
+        "--metrics",
+        &metrics,
+    ]);
+    let client = Client::connect(serve.addr.as_str())
+        .await
+        .expect("connects");
+    let hook = client
+        .add_webhook(&spec(&hanging.url, "hooked/", WebhookMatch::Prefix))
+        .await
+        .expect("added");
+    const COUNT: usize = 20_000;
+    // Warm up, then alternate: the same load with the second topic going to
+    // the hanging webhook, or to no webhook; best of three each.
+    publish_rate(&client, "plain", 2_000).await;
+    let (mut with_hook, mut without) = (0f64, 0f64);
+    for _ in 0..3 {
+        without = without.max(publish_rate(&client, "plain", COUNT).await);
+        with_hook = with_hook.max(publish_rate(&client, "hooked/x", COUNT).await);
+    }
+    let ratio = with_hook / without;
+    println!("publish rate with a hanging webhook {with_hook:.0}/s, without {without:.0}/s, ratio {ratio:.2}");
+    assert!(
+        ratio > 0.6,
+        "a hanging webhook slowed publishing: ratio {ratio:.2}"
+    );
+    // The hanging endpoint got one request and holds it; the rest was
+    // dropped and counted, not lost silently.
+    assert_eq!(hanging.requests().len(), 1);
+    let text = scrape(metrics_port);
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!(
+                "corebus_webhook_dropped_total{{webhook=\"{}\",reason=\"queue_full\"}}",
+                hook.id
+            ))
+        })
+        .expect("queue_full counter");
+    let dropped: u64 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a number");
+    assert!(dropped > 0, "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_and_rotations_survive_a_restart() {
+    let receiver = Receiver::start(|_, _| Reply::Status(200)).await;
+    let dir = data_dir("restart");
+    let dir_arg = dir.to_str().expect("UTF-8").to_string();
+    let mut first = Serve::start(&["--data-dir", &dir_arg]);
+    let client = Client::connect(first.addr.as_str())
+        .await
+        .expect("connects");
+    let hook = client
+        .add_webhook(&spec(&receiver.url, "t", WebhookMatch::Exact))
+        .await
+        .expect("added");
+    let rotated = client
+        .rotate_webhook_secret(&hook.id, None)
+        .await
+        .expect("rotated");
+    let new_secret = rotated.secret.clone().expect("a new secret");
+    assert_ne!(new_secret, SECRET);
+    assert!(rotated.previous_secret_expires_ms.is_some());
+    drop(client);
+    let (status, _) = first.terminate(Duration::from_secs(10));
+    assert!(status.success());
+    let file = dir.join("webhooks.json");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&file).expect("stored").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "the file holds secrets");
+
+    let second = Serve::start(&["--data-dir", &dir_arg]);
+    let client = Client::connect(second.addr.as_str())
+        .await
+        .expect("connects");
+    let listed = client.list_webhooks().await.expect("listed");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].id.as_str(), listed[0].url.as_str()),
+        (hook.id.as_str(), receiver.url.as_str())
+    );
+    assert_eq!(listed[0].secret, None, "list shows no secret");
+    client
+        .publish("app", "t", "after restart")
+        .await
+        .expect("published");
+    let requests = receiver
+        .wait_for("the message after restart", |r| !r.is_empty())
+        .await;
+    // Within the rotation grace both the new and the old secret sign.
+    assert_signed(&requests[0], &[&new_secret, SECRET]);
+    client.remove_webhook(&hook.id).await.expect("removed");
+    drop(client);
+    drop(second);
+    let third = Serve::start(&["--data-dir", &dir_arg]);
+    let client = Client::connect(third.addr.as_str())
+        .await
+        .expect("connects");
+    assert!(client.list_webhooks().await.expect("listed").is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destinations_outside_the_allow_list_are_refused() {
+    let dir = data_dir("allow");
+    let dir_arg = dir.to_str().expect("UTF-8").to_string();
+    let serve = Serve::start(&[
+        "--data-dir",
+        &dir_arg,
+        "--webhook-allow-hosts",
+        "127.0.0.1,*.example.com",
+    ]);
+    let client = Client::connect(serve.addr.as_str())
+        .await
+        .expect("connects");
+    for url in [
+        "http://localhost:9/hook",
+        "https://example.com/hook",
+        "http://10.0.0.1/",
+    ] {
+        match client
+            .add_webhook(&spec(url, "t", WebhookMatch::Exact))
+            .await
+        {
+            Err(err @ Error::Server { .. }) => {
+                assert_eq!(err.server_code(), Some(ErrorCode::InvalidRequest), "{url}");
+                assert!(err.to_string().contains("webhook_allow_hosts"), "{err}");
+            }
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+    for url in ["http://127.0.0.1:9/hook", "https://hooks.example.com/in"] {
+        client
+            .add_webhook(&spec(url, "t", WebhookMatch::Exact))
+            .await
+            .expect(url);
+    }
+    assert_eq!(client.list_webhooks().await.expect("listed").len(), 2);
+    drop(serve);
+
+    // A configured webhook outside the list stops the broker at start-up.
+    let config = TempFile::new(
+        "allow.toml",
+        &format!(
+            "webhook_allow_hosts = \"127.0.0.1\"\ndata_dir = \"{dir_arg}\"\n\
+             [[webhooks]]\nid = \"outside\"\nurl = \"https://evil.example.org/\"\n\
+             namespace = \"app\"\ntopic = \"t\"\nsecret = \"{SECRET}\"\n"
+        ),
+    );
+    let output = Command::new(BIN)
+        .args(["config", "check", config.path()])
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("\"outside\"") && stderr.contains("webhook_allow_hosts"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A receiver from docs/examples, started with `program`; returns the child
+/// and its URL.
+fn start_example(
+    program: &str,
+    script: &str,
+) -> (Child, BufReader<std::process::ChildStdout>, String) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/examples")
+        .join(script);
+    let mut child = Command::new(program)
+        .arg(&path)
+        .env("WEBHOOK_SECRET", SECRET)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("{program} {script} does not start ({err}); the webhook examples are tested with {program}"));
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("reads");
+    let port = line
+        .trim()
+        .strip_prefix("listening ")
+        .unwrap_or_else(|| panic!("{script} printed {line:?}"));
+    (child, stdout, format!("http://127.0.0.1:{port}/hook"))
+}
+
+/// The text between the `verify` markers of an example.
+fn verify_block(script: &str, comment: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/examples")
+        .join(script);
+    let text = std::fs::read_to_string(path).expect("example exists");
+    let start = format!("{comment} --- verify (docs/webhooks.md) ---\n");
+    let end = format!("{comment} --- end verify ---");
+    let from = text.find(&start).expect("start marker") + start.len();
+    let to = text.find(&end).expect("end marker");
+    text[from..to].trim_end().to_string()
+}
+
+/// A POST with a signature made with the wrong secret; returns the status.
+fn post_forged(url: &str) -> u16 {
+    let addr: SocketAddr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/hook")
+        .parse()
+        .expect("address");
+    let body = br#"{"seq":1}"#;
+    let t = now_secs();
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(b"whsec_not-the-right-secret-at-all").expect("key");
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    let v1: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut stream = StdStream::connect(addr).expect("connects");
+    write!(
+        stream,
+        "POST /hook HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\nCorebus-Signature: t={t},v1={v1}\r\n\r\n",
+        body.len()
+    )
+    .expect("writes");
+    stream.write_all(body).expect("writes");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_python_and_node_receivers_verify_deliveries() {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/webhooks.md"))
+            .expect("docs/webhooks.md");
+    for (script, comment) in [("webhook_receiver.py", "#"), ("webhook_receiver.js", "//")] {
+        let block = verify_block(script, comment);
+        assert!(
+            doc.contains(&block),
+            "docs/webhooks.md does not show the verify code of {script} verbatim"
+        );
+    }
+    let (mut python, python_out, python_url) = start_example("python3", "webhook_receiver.py");
+    let (mut node, node_out, node_url) = start_example("node", "webhook_receiver.js");
+    let dir = data_dir("examples");
+    let serve = Serve::start(&["--data-dir", dir.to_str().expect("UTF-8")]);
+    let client = Client::connect(serve.addr.as_str())
+        .await
+        .expect("connects");
+    client
+        .add_webhook(&spec(&python_url, "py", WebhookMatch::Exact))
+        .await
+        .expect("added");
+    client
+        .add_webhook(&spec(&node_url, "js", WebhookMatch::Exact))
+        .await
+        .expect("added");
+    for i in 1..=5 {
+        client
+            .publish("app", "py", format!("to python {i}"))
+            .await
+            .expect("published");
+        client
+            .publish("app", "js", format!("to node {i} ✓"))
+            .await
+            .expect("published");
+    }
+    for (name, url, mut out, topic, text) in [
+        ("python", &python_url, python_out, "py", "to python"),
+        ("node", &node_url, node_out, "js", "to node"),
+    ] {
+        for seq in 1..=5u64 {
+            let mut line = String::new();
+            out.read_line(&mut line).expect("reads");
+            let event: Value =
+                serde_json::from_str(&line).unwrap_or_else(|_| panic!("{name} printed {line:?}"));
+            assert_eq!(event["verified"], true, "{name}: {line}");
+            assert_eq!(
+                (event["seq"].as_u64(), event["topic"].as_str()),
+                (Some(seq), Some(topic)),
+                "{name}"
+            );
+            assert!(event["payload"]
+                .as_str()
+                .expect("payload")
+                .starts_with(text));
+        }
+        // The same code refuses a request signed with another secret.
+        assert_eq!(post_forged(url), 401, "{name} accepted a forged signature");
+        let mut line = String::new();
+        out.read_line(&mut line).expect("reads");
+        assert!(
+            line.contains("\"verified\": false") || line.contains("\"verified\":false"),
+            "{name}: {line}"
+        );
+    }
+    let _ = python.kill();
+    let _ = node.kill();
+    let _ = python.wait();
+    let _ = node.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
