@@ -24,7 +24,7 @@ pub use frame::{
     ResumePoint, SubOk, Subscribe, Token, TokenRequest, UnsubOk, Unsubscribe, WebhookReply,
     WebhookRequest, Welcome, PUBLISH_FLAG_ACK,
 };
-pub use name::{validate_namespace, validate_topic, NameError, TopicKey};
+pub use name::{key_hash, validate_namespace, validate_topic, NameError, TopicKey};
 
 /// The protocol version this crate speaks (sent in [`Hello`] and [`Welcome`]).
 pub const PROTOCOL_VERSION: u16 = 1;

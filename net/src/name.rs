@@ -86,10 +86,64 @@ pub fn validate_topic(name: &[u8]) -> Result<(), NameError> {
 ///
 /// Both names are refcounted slices (usually of the frame that carried them), so
 /// cloning a key is two refcount increments and never copies the names.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// The key's stable hash ([`TopicKey::stable_hash`]) is computed once, when
+/// the key is built: it routes the topic to its owner and is what `Hash`
+/// feeds to hash maps, so a message's topic is hashed once on its whole path
+/// through a broker.
+#[derive(Clone)]
 pub struct TopicKey {
     namespace: Bytes,
     topic: Bytes,
+    hash: u64,
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(FNV_PRIME);
+    }
+    hash
+}
+
+/// The stable 64-bit hash of a (namespace, topic) pair: FNV-1a 64 over
+/// `len(namespace) as u8 ‖ namespace ‖ topic` (the routing key hash that
+/// `docs/architecture.md` specifies; it must never change).
+pub fn key_hash(namespace: &[u8], topic: &[u8]) -> u64 {
+    // Namespaces are validated to at most 128 bytes; saturate rather than wrap
+    // so even an unvalidated caller cannot alias two keys through the prefix.
+    let len = u8::try_from(namespace.len()).unwrap_or(u8::MAX);
+    fnv1a(fnv1a(fnv1a(FNV_OFFSET, &[len]), namespace), topic)
+}
+
+impl PartialEq for TopicKey {
+    fn eq(&self, other: &TopicKey) -> bool {
+        self.hash == other.hash && self.namespace == other.namespace && self.topic == other.topic
+    }
+}
+
+impl Eq for TopicKey {}
+
+impl std::hash::Hash for TopicKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialOrd for TopicKey {
+    fn partial_cmp(&self, other: &TopicKey) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for TopicKey {
+    /// By namespace, then topic (the hash plays no part).
+    fn cmp(&self, other: &TopicKey) -> std::cmp::Ordering {
+        (&self.namespace, &self.topic).cmp(&(&other.namespace, &other.topic))
+    }
 }
 
 impl TopicKey {
@@ -98,7 +152,17 @@ impl TopicKey {
     pub fn new(namespace: Bytes, topic: Bytes) -> Result<TopicKey, NameError> {
         validate_namespace(&namespace)?;
         validate_topic(&topic)?;
-        Ok(TopicKey { namespace, topic })
+        let hash = key_hash(&namespace, &topic);
+        Ok(TopicKey {
+            namespace,
+            topic,
+            hash,
+        })
+    }
+
+    /// The stable hash of this (namespace, topic), see [`key_hash`].
+    pub fn stable_hash(&self) -> u64 {
+        self.hash
     }
 
     /// Builds a key from string slices, copying them.
@@ -146,6 +210,21 @@ impl std::fmt::Display for TopicKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_key_hash_is_fnv1a_64_with_a_length_prefix() {
+        assert_eq!(fnv1a(FNV_OFFSET, b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a(FNV_OFFSET, b"a"), 0xaf63dc4c8601ec8c);
+        assert_eq!(fnv1a(FNV_OFFSET, b"foobar"), 0x85944171f73967e8);
+        assert_ne!(key_hash(b"ab", b"c"), key_hash(b"a", b"bc"));
+        let key = TopicKey::from_strs("ab", "c").expect("valid");
+        assert_eq!(key.stable_hash(), key_hash(b"ab", b"c"));
+        let same = TopicKey::from_strs("ab", "c").expect("valid");
+        let other = TopicKey::from_strs("a", "bc").expect("valid");
+        assert_eq!(key, same);
+        assert_ne!(key, other);
+        assert!(other < key, "ordered by namespace, then topic");
+    }
 
     #[test]
     fn accepts_ordinary_names() {

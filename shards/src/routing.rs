@@ -24,17 +24,7 @@ use corebus_net::TopicKey;
 /// Index of a shard within one broker process.
 pub type ShardId = u16;
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
-
-fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
-    for byte in bytes {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(FNV_PRIME);
-    }
-    hash
-}
 
 /// The SplitMix64 finalizer: a bijective 64-bit mixer.
 pub fn mix64(mut z: u64) -> u64 {
@@ -43,13 +33,9 @@ pub fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The stable 64-bit hash of a (namespace, topic) pair.
-pub fn key_hash(namespace: &[u8], topic: &[u8]) -> u64 {
-    // Namespaces are validated to at most 128 bytes; saturate rather than wrap
-    // so even an unvalidated caller cannot alias two keys through the prefix.
-    let len = u8::try_from(namespace.len()).unwrap_or(u8::MAX);
-    fnv1a(fnv1a(fnv1a(FNV_OFFSET, &[len]), namespace), topic)
-}
+/// The stable 64-bit hash of a (namespace, topic) pair (step 1 above; kept
+/// with the key itself, see [`TopicKey::stable_hash`]).
+pub use corebus_net::key_hash;
 
 /// The rendezvous score of `member` for a key whose hash is `key_hash`.
 pub fn score(key_hash: u64, member: u64) -> u64 {
@@ -74,8 +60,7 @@ pub fn owner_of_hash(key_hash: u64, count: u64) -> u64 {
 
 /// The shard that owns `topic` in a broker of `shard_count` shards.
 pub fn owner(topic: &TopicKey, shard_count: usize) -> ShardId {
-    let hash = key_hash(topic.namespace_bytes(), topic.topic_bytes());
-    owner_of_hash(hash, shard_count as u64) as ShardId
+    owner_of_hash(topic.stable_hash(), shard_count as u64) as ShardId
 }
 
 #[cfg(test)]
@@ -84,14 +69,18 @@ mod tests {
 
     #[test]
     fn golden_values_never_change() {
-        // FNV-1a 64 reference vectors, then corebus's own pinned values. If any
-        // of these change, topics move between shards and, later, nodes.
-        assert_eq!(fnv1a(FNV_OFFSET, b""), 0xcbf29ce484222325);
-        assert_eq!(fnv1a(FNV_OFFSET, b"a"), 0xaf63dc4c8601ec8c);
-        assert_eq!(fnv1a(FNV_OFFSET, b"foobar"), 0x85944171f73967e8);
+        // corebus's pinned values (the FNV-1a reference vectors are checked
+        // in corebus-net, next to the key hash). If any of these change,
+        // topics move between shards and, later, nodes.
         assert_eq!(mix64(0), 0);
         assert_eq!(mix64(1), 0x5692161d100b05e5);
         assert_eq!(key_hash(b"app", b"news"), GOLDEN_KEY_HASH);
+        let key = TopicKey::from_strs("app", "news").expect("valid");
+        assert_eq!(
+            key.stable_hash(),
+            GOLDEN_KEY_HASH,
+            "the key carries the same hash"
+        );
         assert_eq!(score(GOLDEN_KEY_HASH, 0), GOLDEN_SCORE_0);
         let owners: Vec<u64> = [
             ("app", "news"),

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use corebus_net::{Epoch, ResumePoint, Seq};
 
 use crate::routing::ShardId;
@@ -13,6 +13,13 @@ use crate::routing::ShardId;
 /// arrived in, and a ring of small slices from different reads would keep many
 /// such buffers alive, far beyond the ring's byte bound.
 const RING_COPY_THRESHOLD: usize = 4096;
+
+/// Smallest and largest chunk the ring copies small payloads into. A chunk
+/// is a quarter of what the ring holds, within these bounds, so a quiet
+/// topic keeps little slack and a busy one copies many payloads per
+/// allocation.
+const ARENA_MIN: usize = 512;
+const ARENA_MAX: usize = 16 << 10;
 
 /// Bounds of each topic's replay ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +59,10 @@ pub struct OwnedTopic {
     last_seq: Seq,
     ring: VecDeque<(Seq, Bytes)>,
     ring_bytes: usize,
+    /// The chunk the next small payloads are copied into; each copy is a
+    /// refcounted slice of it, so the ring allocates once per chunk rather
+    /// than once per message.
+    arena: BytesMut,
     /// Shards with at least one subscriber or resume in flight, this one
     /// included. A handful at most, so a small vector beats a set.
     pub interested: Vec<ShardId>,
@@ -71,6 +82,7 @@ impl OwnedTopic {
             last_seq: 0,
             ring: VecDeque::new(),
             ring_bytes: 0,
+            arena: BytesMut::new(),
             interested: Vec::new(),
             last_active_ms: now_ms,
             webhooks_generation: 0,
@@ -109,7 +121,7 @@ impl OwnedTopic {
         self.last_active_ms = now_ms;
         if limits.max_messages > 0 && payload.len() <= limits.max_bytes {
             let kept = if payload.len() <= RING_COPY_THRESHOLD {
-                Bytes::copy_from_slice(payload)
+                self.copy_into_arena(payload)
             } else {
                 payload.clone()
             };
@@ -127,6 +139,17 @@ impl OwnedTopic {
             self.ring_bytes = 0;
         }
         self.last_seq
+    }
+
+    fn copy_into_arena(&mut self, payload: &[u8]) -> Bytes {
+        if self.arena.capacity() < payload.len() {
+            let size = (self.ring_bytes / 4)
+                .clamp(ARENA_MIN, ARENA_MAX)
+                .max(payload.len());
+            self.arena = BytesMut::with_capacity(size);
+        }
+        self.arena.extend_from_slice(payload);
+        self.arena.split().freeze()
     }
 
     /// What a subscriber resuming at `point` gets.
