@@ -160,6 +160,22 @@ impl TopicKey {
         })
     }
 
+    /// The same key in one allocation of its own. Keys decoded from a frame
+    /// are slices of the connection's read buffer: a key kept for long (in
+    /// a topic table) would keep that whole buffer alive, and every clone
+    /// sent to another core would touch the buffer's shared refcount.
+    pub fn compact(&self) -> TopicKey {
+        let mut both = Vec::with_capacity(self.namespace.len() + self.topic.len());
+        both.extend_from_slice(&self.namespace);
+        both.extend_from_slice(&self.topic);
+        let both = Bytes::from(both);
+        TopicKey {
+            namespace: both.slice(..self.namespace.len()),
+            topic: both.slice(self.namespace.len()..),
+            hash: self.hash,
+        }
+    }
+
     /// The stable hash of this (namespace, topic), see [`key_hash`].
     pub fn stable_hash(&self) -> u64 {
         self.hash
@@ -210,6 +226,19 @@ impl std::fmt::Display for TopicKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compact_keys_own_their_bytes() {
+        let frame = Bytes::from_static(b"....orders/eu/1....");
+        let key = TopicKey::new(frame.slice(4..10), frame.slice(10..15)).expect("valid");
+        let compact = key.compact();
+        assert_eq!(compact, key);
+        assert_eq!(compact.stable_hash(), key.stable_hash());
+        assert_eq!((compact.namespace(), compact.topic()), ("orders", "/eu/1"));
+        let inside = |bytes: &[u8]| frame.as_ptr_range().contains(&bytes.as_ptr());
+        assert!(inside(key.namespace_bytes()));
+        assert!(!inside(compact.namespace_bytes()) && !inside(compact.topic_bytes()));
+    }
 
     #[test]
     fn the_key_hash_is_fnv1a_64_with_a_length_prefix() {

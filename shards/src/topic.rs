@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
-use corebus_net::{Epoch, ResumePoint, Seq};
+use corebus_net::{Epoch, ResumePoint, Seq, TopicKey};
 
 use crate::routing::ShardId;
 
@@ -55,6 +55,8 @@ pub struct ResumePlan {
 /// Owner-side state of a topic. Mutated only by the owning shard's engine.
 #[derive(Debug)]
 pub struct OwnedTopic {
+    /// The topic (a compact copy: see [`TopicKey::compact`]).
+    key: TopicKey,
     epoch: Epoch,
     last_seq: Seq,
     ring: VecDeque<(Seq, Bytes)>,
@@ -76,8 +78,9 @@ pub struct OwnedTopic {
 
 impl OwnedTopic {
     /// A fresh incarnation: no messages yet, sequence numbers start at 1.
-    pub fn new(epoch: Epoch, now_ms: u64) -> OwnedTopic {
+    pub fn new(key: TopicKey, epoch: Epoch, now_ms: u64) -> OwnedTopic {
         OwnedTopic {
+            key,
             epoch,
             last_seq: 0,
             ring: VecDeque::new(),
@@ -88,6 +91,11 @@ impl OwnedTopic {
             webhooks_generation: 0,
             webhooks_wanted: false,
         }
+    }
+
+    /// The topic.
+    pub fn key(&self) -> &TopicKey {
+        &self.key
     }
 
     /// This incarnation's epoch.
@@ -194,7 +202,8 @@ mod tests {
     use super::*;
 
     fn topic_with(count: u64, limits: RingLimits) -> OwnedTopic {
-        let mut topic = OwnedTopic::new(42, 0);
+        let key = TopicKey::from_strs("test", "ring").expect("valid");
+        let mut topic = OwnedTopic::new(key, 42, 0);
         for i in 1..=count {
             topic.append(&Bytes::from(i.to_string()), limits, 0);
         }

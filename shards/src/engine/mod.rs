@@ -269,8 +269,9 @@ impl Shard {
     fn owned_topic(&mut self, topic: &TopicKey) -> &mut OwnedTopic {
         if !self.owned.contains_key(topic) {
             let epoch = self.new_epoch();
+            let key = topic.compact();
             self.owned
-                .insert(topic.clone(), OwnedTopic::new(epoch, self.now_ms));
+                .insert(key.clone(), OwnedTopic::new(key, epoch, self.now_ms));
         }
         self.owned
             .get_mut(topic)

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use corebus_net::{Epoch, ErrorCode, Publish, Seq, Subscribe, TopicKey, Unsubscribe};
 
 use super::delivery::{push_message, Delivery};
-use super::{push_mesh, ActiveTopic, ConnId, Shard, SubState};
+use super::{push_mesh, ActiveTopic, ConnId, LocalTopic, Shard, SubState};
 use crate::auth::{unix_now_ms, Action};
 use crate::mesh::{AckTo, ResumeReply, ResumeReq, ShardMsg};
 use crate::outbox::OutFrame;
@@ -85,8 +85,9 @@ impl Shard {
         let (ring, now_ms, id) = (self.config.ring, self.now_ms, self.id);
         if !self.owned.contains_key(&topic) {
             let epoch = self.new_epoch();
+            let key = topic.compact();
             self.owned
-                .insert(topic.clone(), OwnedTopic::new(epoch, now_ms));
+                .insert(key.clone(), OwnedTopic::new(key, epoch, now_ms));
         }
         let Some(owned) = self.owned.get_mut(&topic) else {
             return 0; // Unreachable: inserted just above.
@@ -122,7 +123,9 @@ impl Shard {
                     &mut self.mesh_senders,
                     *shard,
                     ShardMsg::DeliverMsg {
-                        topic: topic.clone(),
+                        // The table's own copy: no refcount of the
+                        // publisher's read buffer crosses to the peer.
+                        topic: owned.key().clone(),
                         seq,
                         payload: payload.clone(),
                         sequenced_at,
@@ -226,7 +229,14 @@ impl Shard {
         self.stats.subscribes += 1;
         let owner = routing::owner(&topic, self.shard_count);
         let is_new = !self.local.contains_key(&topic);
-        let local = self.local.entry(topic.clone()).or_default();
+        if is_new {
+            // A compact copy, so the table does not pin the subscriber's
+            // read buffer.
+            self.local.insert(topic.compact(), LocalTopic::default());
+        }
+        let Some(local) = self.local.get_mut(&topic) else {
+            return; // Unreachable: inserted just above.
+        };
         if let Some(point) = resume {
             // The owner holds the ring: every resume asks it, whether or not
             // this shard is already registered.
