@@ -12,7 +12,7 @@ use crate::auth::{unix_now_ms, Action};
 use crate::mesh::{AckTo, ResumeReply, ResumeReq, ShardMsg};
 use crate::outbox::OutFrame;
 use crate::routing::{self, ShardId};
-use crate::topic::{OwnedTopic, ResumePlan};
+use crate::topic::ResumePlan;
 use crate::webhooks::WebhookMessage;
 
 /// Every how many sequence numbers a message's delivery latency is measured.
@@ -81,17 +81,13 @@ impl Shard {
     /// Owner side: assigns the next sequence number, keeps the payload for
     /// replay, and sends the message once to each interested shard.
     pub(super) fn sequence_and_fan_out(&mut self, topic: TopicKey, payload: Bytes) -> Seq {
-        self.stats.messages_sequenced += 1;
         let (ring, now_ms, id) = (self.config.ring, self.now_ms, self.id);
-        if !self.owned.contains_key(&topic) {
-            let epoch = self.new_epoch();
-            let key = topic.compact();
-            self.owned
-                .insert(key.clone(), OwnedTopic::new(key, epoch, now_ms));
-        }
+        // One lookup for a known topic; a new one is created, then looked up.
         let Some(owned) = self.owned.get_mut(&topic) else {
-            return 0; // Unreachable: inserted just above.
+            self.owned_topic(&topic);
+            return self.sequence_and_fan_out(topic, payload);
         };
+        self.stats.messages_sequenced += 1;
         let seq = owned.append(&payload, ring, now_ms);
         let generation = self.webhooks.generation();
         if generation != 0 {
