@@ -218,6 +218,16 @@ fn data_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// `corebus serve --data-dir DIR` with `args`, and a client connected to it.
+async fn start(dir: &Path, args: &[&str]) -> (Serve, Client) {
+    let dir = dir.to_str().expect("UTF-8 temporary path");
+    let serve = Serve::start(&[&["--data-dir", dir], args].concat());
+    let client = Client::connect(serve.addr.as_str())
+        .await
+        .expect("connects");
+    (serve, client)
+}
+
 fn spec(url: &str, topic: &str, kind: WebhookMatch) -> WebhookSpec {
     WebhookSpec::new(url, "app", topic, kind).with_secret(SECRET)
 }
@@ -348,17 +358,11 @@ async fn failures_are_retried_in_order_and_refusals_are_not() {
     })
     .await;
     let dir = data_dir("retries");
-    let serve = Serve::start(&[
-        "--data-dir",
-        dir.to_str().expect("UTF-8"),
-        "--webhook-backoff",
-        "20ms",
-        "--webhook-timeout",
-        "500ms",
-    ]);
-    let client = Client::connect(serve.addr.as_str())
-        .await
-        .expect("connects");
+    let (_serve, client) = start(
+        &dir,
+        &["--webhook-backoff", "20ms", "--webhook-timeout", "500ms"],
+    )
+    .await;
     client
         .add_webhook(&spec(&receiver.url, "t", WebhookMatch::Exact))
         .await
@@ -434,19 +438,18 @@ async fn a_hanging_endpoint_does_not_slow_publishing() {
     let dir = data_dir("hanging");
     let metrics_port = free_port();
     let metrics = format!("127.0.0.1:{metrics_port}");
-    let serve = Serve::start(&[
-        "--data-dir",
-        dir.to_str().expect("UTF-8"),
-        "--webhook-queue",
-        "64",
-        "--webhook-timeout",
-        "60s",
-        "--metrics",
-        &metrics,
-    ]);
-    let client = Client::connect(serve.addr.as_str())
-        .await
-        .expect("connects");
+    let (_serve, client) = start(
+        &dir,
+        &[
+            "--webhook-queue",
+            "64",
+            "--webhook-timeout",
+            "60s",
+            "--metrics",
+            &metrics,
+        ],
+    )
+    .await;
     let hook = client
         .add_webhook(&spec(&hanging.url, "hooked/", WebhookMatch::Prefix))
         .await
@@ -492,11 +495,7 @@ async fn a_hanging_endpoint_does_not_slow_publishing() {
 async fn registrations_and_rotations_survive_a_restart() {
     let receiver = Receiver::start(|_, _| Reply::Status(200)).await;
     let dir = data_dir("restart");
-    let dir_arg = dir.to_str().expect("UTF-8").to_string();
-    let mut first = Serve::start(&["--data-dir", &dir_arg]);
-    let client = Client::connect(first.addr.as_str())
-        .await
-        .expect("connects");
+    let (mut first, client) = start(&dir, &[]).await;
     let hook = client
         .add_webhook(&spec(&receiver.url, "t", WebhookMatch::Exact))
         .await
@@ -517,10 +516,7 @@ async fn registrations_and_rotations_survive_a_restart() {
     );
     assert_eq!(mode & 0o777, 0o600, "the file holds secrets");
 
-    let second = Serve::start(&["--data-dir", &dir_arg]);
-    let client = Client::connect(second.addr.as_str())
-        .await
-        .expect("connects");
+    let (second, client) = start(&dir, &[]).await;
     let listed = client.list_webhooks().await.expect("listed");
     assert_eq!(listed.len(), 1);
     assert_eq!(
@@ -540,10 +536,7 @@ async fn registrations_and_rotations_survive_a_restart() {
     client.remove_webhook(&hook.id).await.expect("removed");
     drop(client);
     drop(second);
-    let third = Serve::start(&["--data-dir", &dir_arg]);
-    let client = Client::connect(third.addr.as_str())
-        .await
-        .expect("connects");
+    let (_third, client) = start(&dir, &[]).await;
     assert!(client.list_webhooks().await.expect("listed").is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -552,15 +545,7 @@ async fn registrations_and_rotations_survive_a_restart() {
 async fn destinations_outside_the_allow_list_are_refused() {
     let dir = data_dir("allow");
     let dir_arg = dir.to_str().expect("UTF-8").to_string();
-    let serve = Serve::start(&[
-        "--data-dir",
-        &dir_arg,
-        "--webhook-allow-hosts",
-        "127.0.0.1,*.example.com",
-    ]);
-    let client = Client::connect(serve.addr.as_str())
-        .await
-        .expect("connects");
+    let (serve, client) = start(&dir, &["--webhook-allow-hosts", "127.0.0.1,*.example.com"]).await;
     for url in [
         "http://localhost:9/hook",
         "https://example.com/hook",
@@ -608,12 +593,23 @@ async fn destinations_outside_the_allow_list_are_refused() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A child process killed when dropped, so a failing test leaves no receiver
+/// behind (holding the test harness's output pipe open).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A receiver from docs/examples, started with `program`; returns the child
 /// and its URL.
 fn start_example(
     program: &str,
     script: &str,
-) -> (Child, BufReader<std::process::ChildStdout>, String) {
+) -> (Killed, BufReader<std::process::ChildStdout>, String) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../docs/examples")
         .join(script);
@@ -630,7 +626,11 @@ fn start_example(
         .trim()
         .strip_prefix("listening ")
         .unwrap_or_else(|| panic!("{script} printed {line:?}"));
-    (child, stdout, format!("http://127.0.0.1:{port}/hook"))
+    (
+        Killed(child),
+        stdout,
+        format!("http://127.0.0.1:{port}/hook"),
+    )
 }
 
 /// The text between the `verify` markers of an example.
@@ -694,13 +694,10 @@ async fn the_documented_python_and_node_receivers_verify_deliveries() {
             "docs/webhooks.md does not show the verify code of {script} verbatim"
         );
     }
-    let (mut python, python_out, python_url) = start_example("python3", "webhook_receiver.py");
-    let (mut node, node_out, node_url) = start_example("node", "webhook_receiver.js");
+    let (_python, python_out, python_url) = start_example("python3", "webhook_receiver.py");
+    let (_node, node_out, node_url) = start_example("node", "webhook_receiver.js");
     let dir = data_dir("examples");
-    let serve = Serve::start(&["--data-dir", dir.to_str().expect("UTF-8")]);
-    let client = Client::connect(serve.addr.as_str())
-        .await
-        .expect("connects");
+    let (_serve, client) = start(&dir, &[]).await;
     client
         .add_webhook(&spec(&python_url, "py", WebhookMatch::Exact))
         .await
@@ -748,9 +745,5 @@ async fn the_documented_python_and_node_receivers_verify_deliveries() {
             "{name}: {line}"
         );
     }
-    let _ = python.kill();
-    let _ = node.kill();
-    let _ = python.wait();
-    let _ = node.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -46,8 +46,6 @@ const server = http.createServer((request, response) => {
   request.on("end", () => {
     const body = Buffer.concat(chunks);
     const ok = verify(secret, request.headers["corebus-signature"] || "", body);
-    response.writeHead(ok ? 204 : 401);
-    response.end();
     const event = ok ? JSON.parse(body) : {};
     console.log(
       JSON.stringify({
@@ -59,6 +57,8 @@ const server = http.createServer((request, response) => {
         payload: event.payload,
       }),
     );
+    response.writeHead(ok ? 204 : 401);
+    response.end();
   });
 });
 

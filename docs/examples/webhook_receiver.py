@@ -41,9 +41,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         ok = verify(SECRET, self.headers.get("Corebus-Signature", ""), body)
-        self.send_response(204 if ok else 401)
-        self.end_headers()
         event = json.loads(body) if ok else {}
+        # Log before answering: corebus sends the next message once it has
+        # the answer, and this server handles each request in its own thread.
         print(json.dumps({
             "verified": ok,
             "webhook": self.headers.get("Corebus-Webhook"),
@@ -52,6 +52,8 @@ class Handler(BaseHTTPRequestHandler):
             "topic": event.get("topic"),
             "payload": event.get("payload"),
         }), flush=True)
+        self.send_response(204 if ok else 401)
+        self.end_headers()
 
     def log_message(self, *args):
         pass  # One JSON line per request on stdout is the log.

@@ -92,6 +92,26 @@ pub struct Hook {
 }
 
 impl Hook {
+    /// A webhook with fresh counters.
+    pub fn new(
+        id: String,
+        destination: Destination,
+        namespace: String,
+        topic: TopicPattern,
+        source: Source,
+        secrets: Secrets,
+    ) -> Hook {
+        Hook {
+            id,
+            destination,
+            namespace,
+            topic,
+            source,
+            secrets: Mutex::new(secrets),
+            stats: HookStats::default(),
+        }
+    }
+
     /// Whether messages of `topic` go to this webhook.
     pub fn matches(&self, topic: &TopicKey) -> bool {
         topic.namespace() == self.namespace && self.topic.matches(topic.topic())
@@ -326,18 +346,18 @@ impl Registry {
             Some(secret) => secret,
             None => generate_secret().map_err(internal)?,
         };
-        Ok(Hook {
+        let secrets = Secrets {
+            current: secret,
+            previous: None,
+        };
+        Ok(Hook::new(
             id,
             destination,
             namespace,
             topic,
-            source: Source::Runtime,
-            secrets: Mutex::new(Secrets {
-                current: secret,
-                previous: None,
-            }),
-            stats: HookStats::default(),
-        })
+            Source::Runtime,
+            secrets,
+        ))
     }
 
     fn runtime_index(
@@ -578,15 +598,15 @@ fn parse_config_hook(path: &Path, entry: &toml::Value) -> anyhow::Result<Hook> {
     let current = secret("secret", "secret_file")?
         .ok_or_else(|| anyhow!("`secret` or `secret_file` is required"))?;
     let previous = secret("secret_previous", "secret_previous_file")?.map(|p| (p, u64::MAX));
-    Ok(Hook {
+    let secrets = Secrets { current, previous };
+    Ok(Hook::new(
         id,
         destination,
         namespace,
         topic,
-        source: Source::Config,
-        secrets: Mutex::new(Secrets { current, previous }),
-        stats: HookStats::default(),
-    })
+        Source::Config,
+        secrets,
+    ))
 }
 
 /// A runtime webhook read back from the data directory.
@@ -613,15 +633,15 @@ pub fn from_stored(value: &Value) -> Result<Hook, String> {
         (Ok(secret), Some(until)) => Some((secret, until.as_u64().unwrap_or(0))),
         _ => None,
     };
-    Ok(Hook {
+    let secrets = Secrets { current, previous };
+    Ok(Hook::new(
         id,
         destination,
         namespace,
         topic,
-        source: Source::Runtime,
-        secrets: Mutex::new(Secrets { current, previous }),
-        stats: HookStats::default(),
-    })
+        Source::Runtime,
+        secrets,
+    ))
 }
 
 #[cfg(test)]
