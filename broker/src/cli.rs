@@ -319,7 +319,7 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub webhook_queue: u32,
     /// Longest one webhook request may take (connect, send, response head).
-    #[arg(long, env = "COREBUS_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "COREBUS_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub webhook_timeout: Duration,
     /// Retries of a message after its first attempt failed (timeout,
     /// connection error, 5xx); then it is dropped. 3xx/4xx are never retried.
@@ -423,6 +423,14 @@ pub enum SlowConsumer {
     Drop,
     /// Close the connection with a `slow_consumer` error.
     Disconnect,
+}
+
+/// Like [`parse_duration`], refusing zero.
+pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!("{text:?}: must be longer than zero")),
+        duration => Ok(duration),
+    }
 }
 
 /// Parses `250ms`, `15s`, `10m`, `2h` (a bare number means seconds).

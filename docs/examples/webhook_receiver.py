@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 # --- verify (docs/webhooks.md) ---
 import hashlib
 import hmac
+import re
 import time
 
 
@@ -23,14 +24,14 @@ def verify(secret: str, header: str, body: bytes, tolerance: int = 300) -> bool:
     with `secret` and its timestamp is within `tolerance` seconds of now."""
     fields = [part.split("=", 1) for part in header.split(",") if "=" in part]
     stamps = [value for key, value in fields if key == "t"]
-    if len(stamps) != 1 or not stamps[0].isdigit():
+    if len(stamps) != 1 or not re.fullmatch(r"[0-9]{1,12}", stamps[0]):
         return False
     timestamp = int(stamps[0])
     if abs(time.time() - timestamp) > tolerance:
         return False  # Too old (or from the future): a replay, or a bad clock.
     signed = str(timestamp).encode() + b"." + body
-    expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
-    return any(key == "v1" and hmac.compare_digest(value, expected) for key, value in fields)
+    expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest().encode()
+    return any(key == "v1" and hmac.compare_digest(value.encode(), expected) for key, value in fields)
 # --- end verify ---
 
 

@@ -173,18 +173,19 @@ async fn deliver(
             Ok(Ok(status)) if status < 500 => {
                 let detail = format!(
                     "{} answered {status}; 3xx and 4xx are not retried (redirects are not followed)",
-                    hook.destination
+                    hook.destination.origin()
                 );
                 hook.stats.drop_one(&hook.id, DropReason::Rejected, &detail);
                 return;
             }
-            Ok(Ok(status)) => format!("{} answered {status}", hook.destination),
-            Ok(Err(err)) => format!("{}: {err}", hook.destination),
+            Ok(Ok(status)) => format!("{} answered {status}", hook.destination.origin()),
+            Ok(Err(err)) => format!("{}: {err}", hook.destination.origin()),
             Err(_) => {
                 connection.reset();
                 format!(
                     "{}: no answer within {:?} (webhook_timeout)",
-                    hook.destination, settings.timeout
+                    hook.destination.origin(),
+                    settings.timeout
                 )
             }
         };

@@ -179,6 +179,8 @@ pub struct Webhooks {
     changed: Arc<Notify>,
     /// Drops at the hand-off for topics no current webhook matches any more.
     handoff: HookStats,
+    /// Why commands are refused on this broker, if they are.
+    commands_refused: Option<String>,
 }
 
 impl Webhooks {
@@ -193,7 +195,17 @@ impl Webhooks {
             intake,
             changed,
             handoff: HookStats::default(),
+            commands_refused: None,
         }))
+    }
+
+    /// Refuses every `WEBHOOK_REQUEST` with `reason` (for a broker where
+    /// every client counts as a super-user: no authentication, and not on
+    /// loopback). Call before the shards share it.
+    pub fn refuse_commands(self: &mut Arc<Self>, reason: String) {
+        if let Some(webhooks) = Arc::get_mut(self) {
+            webhooks.commands_refused = Some(reason);
+        }
     }
 
     /// The registry.
@@ -253,6 +265,13 @@ impl Webhooks {
             "Messages dropped, by webhook and reason.",
             "counter",
         );
+        // Hand-off drops of topics that no current webhook matches.
+        let _ = writeln!(
+            out,
+            "{name}{{webhook=\"-\",reason=\"{}\"}} {}",
+            DropReason::Handoff.name(),
+            self.handoff.dropped(DropReason::Handoff)
+        );
         for hook in hooks.iter() {
             for reason in DropReason::ALL {
                 let _ = writeln!(
@@ -283,11 +302,14 @@ impl WebhookSink for Webhooks {
         let Err(err) = self.intake.try_send(message) else {
             return;
         };
-        let message = match err {
-            mpsc::error::TrySendError::Full(message)
-            | mpsc::error::TrySendError::Closed(message) => message,
+        let (message, detail) = match err {
+            mpsc::error::TrySendError::Full(message) => {
+                (message, "the delivery thread's hand-off queue is full")
+            }
+            mpsc::error::TrySendError::Closed(message) => {
+                (message, "the delivery thread has stopped")
+            }
         };
-        let detail = "the delivery thread's hand-off queue is full";
         let mut counted = false;
         for hook in self
             .registry
@@ -304,6 +326,9 @@ impl WebhookSink for Webhooks {
     }
 
     fn command(&self, command: &str) -> Result<String, WebhookCommandError> {
+        if let Some(reason) = &self.commands_refused {
+            return Err(WebhookCommandError::Invalid(reason.clone()));
+        }
         let result = self.registry.command(command);
         if result.is_ok() {
             self.changed.notify_one();

@@ -142,19 +142,29 @@ impl Hook {
         if with_secret {
             object.insert("secret".into(), json!(secrets.current));
         }
-        if let Some((_, until)) = secrets.previous {
-            object.insert("previous_secret_expires_ms".into(), json!(until));
+        match secrets.previous {
+            // A configured secret_previous signs until it leaves the file.
+            Some((_, u64::MAX)) => {
+                object.insert("previous_secret_expires_ms".into(), Value::Null);
+            }
+            Some((_, until)) => {
+                object.insert("previous_secret_expires_ms".into(), json!(until));
+            }
+            None => {}
         }
         Value::Object(object)
     }
 
-    /// The persisted form (runtime webhooks only), secrets included.
-    pub fn to_stored(&self) -> Value {
-        let mut value = self.to_json(true);
-        let secrets = self.secrets();
-        if let (Value::Object(object), Some((previous, until))) = (&mut value, secrets.previous) {
-            object.insert("previous_secret".into(), json!(previous));
-            object.insert("previous_secret_expires_ms".into(), json!(until));
+    /// The persisted form (runtime webhooks only), with `secrets`.
+    pub fn to_stored_with(&self, secrets: &Secrets) -> Value {
+        let mut value = self.to_json(false);
+        if let Value::Object(object) = &mut value {
+            object.insert("secret".into(), json!(secrets.current));
+            object.remove("previous_secret_expires_ms");
+            if let Some((previous, until)) = &secrets.previous {
+                object.insert("previous_secret".into(), json!(previous));
+                object.insert("previous_secret_expires_ms".into(), json!(until));
+            }
         }
         value
     }
@@ -293,16 +303,27 @@ impl Registry {
                 let index = self.runtime_index(&hooks, &id, "rotate")?;
                 let hook = &hooks[index];
                 let before = hook.secrets();
-                let until = unix_now_ms() + self.policy.rotation_grace.as_millis() as u64;
+                let now = unix_now_ms();
+                if let Some((_, until)) = before.previous.as_ref().filter(|(_, until)| now < *until)
+                {
+                    // A second rotation would stop the oldest secret signing
+                    // at once, before receivers had their grace period.
+                    return Err(invalid(format!(
+                        "webhook {id:?}: the previous secret still signs until {until} (Unix ms); \
+                         rotate again after that, or remove and re-add the webhook to drop \
+                         both secrets now"
+                    )));
+                }
+                let grace =
+                    u64::try_from(self.policy.rotation_grace.as_millis()).unwrap_or(u64::MAX);
                 let rotated = Secrets {
                     current: secret.map_or_else(generate_secret, Ok).map_err(internal)?,
-                    previous: Some((before.current.clone(), until)),
+                    previous: Some((before.current.clone(), now.saturating_add(grace))),
                 };
+                // On disk first: no request is signed with a secret that a
+                // failed write would take back.
+                self.persist(&hooks, Some((index, &rotated)))?;
                 *hook.secrets.lock().unwrap_or_else(|e| e.into_inner()) = rotated;
-                if let Err(err) = self.persist(&hooks) {
-                    *hook.secrets.lock().unwrap_or_else(|e| e.into_inner()) = before;
-                    return Err(err);
-                }
                 json!({ "webhook": hook.to_json(true) })
             }
             "" => return Err(invalid("the command has no \"op\"".into())),
@@ -385,22 +406,36 @@ impl Registry {
     ) -> Result<(), WebhookCommandError> {
         let mut hooks = (*self.snapshot()).clone();
         change(&mut hooks)?;
-        self.persist(&hooks)?;
-        *self.hooks.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(hooks);
+        self.persist(&hooks, None)?;
+        let mut published = self.hooks.write().unwrap_or_else(|e| e.into_inner());
+        *published = Arc::new(hooks);
+        // Under the lock: whoever sees the new set also sees the new
+        // generation (the delivery thread resyncs on it).
         self.generation.fetch_add(1, Ordering::AcqRel);
+        drop(published);
         Ok(())
     }
 
-    fn persist(&self, hooks: &[Arc<Hook>]) -> Result<(), WebhookCommandError> {
+    /// Writes the runtime webhooks of `hooks`, with `rotated` secrets in
+    /// place of the current ones of the webhook at that index, if given.
+    fn persist(
+        &self,
+        hooks: &[Arc<Hook>],
+        rotated: Option<(usize, &Secrets)>,
+    ) -> Result<(), WebhookCommandError> {
         let Some(store) = &self.store else {
             return Err(WebhookCommandError::Internal(
                 "this broker has no data directory to keep webhooks in".into(),
             ));
         };
-        let runtime: Vec<&Hook> = hooks
+        let runtime: Vec<Value> = hooks
             .iter()
-            .filter(|hook| hook.source == Source::Runtime)
-            .map(|hook| &**hook)
+            .enumerate()
+            .filter(|(_, hook)| hook.source == Source::Runtime)
+            .map(|(index, hook)| match rotated {
+                Some((at, secrets)) if at == index => hook.to_stored_with(secrets),
+                _ => hook.to_stored_with(&hook.secrets()),
+            })
             .collect();
         store
             .save(&runtime)
@@ -623,6 +658,8 @@ pub fn from_stored(value: &Value) -> Result<Hook, String> {
     check_id(&id)?;
     let destination = Destination::parse(&text("url")?)?;
     let namespace = text("namespace")?;
+    corebus_net::validate_namespace(namespace.as_bytes())
+        .map_err(|err| format!("namespace: {err}"))?;
     let prefix = text("match")? == "prefix";
     let topic = pattern(&text("topic")?, prefix)?;
     let current = text("secret")?;
@@ -700,6 +737,13 @@ mod tests {
         let rotated = reply(&first, json!({"op":"rotate","id":id})).expect("rotated");
         let new_secret = rotated["webhook"]["secret"].as_str().expect("secret");
         assert_ne!(new_secret, secret);
+        // A second rotation within the grace would cut the first secret off.
+        match reply(&first, json!({"op":"rotate","id":id})) {
+            Err(WebhookCommandError::Invalid(reason)) => {
+                assert!(reason.contains("previous secret still signs"), "{reason}")
+            }
+            other => panic!("second rotation: {other:?}"),
+        }
         let hook = first.snapshot()[0].clone();
         let now = unix_now_ms();
         assert_eq!(
@@ -722,6 +766,33 @@ mod tests {
         reply(&second, json!({"op":"remove","id":id})).expect("removed");
         assert!(registry(&dir, "").snapshot().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_rotation_that_cannot_be_stored_changes_nothing() {
+        let dir = temp_dir("unwritable");
+        let registry = registry(&dir, "");
+        let added = reply(
+            &registry,
+            json!({"op":"add","url":"http://127.0.0.1:9/","namespace":"a","topic":"t"}),
+        )
+        .expect("added");
+        let id = added["webhook"]["id"].as_str().expect("id");
+        let secret = added["webhook"]["secret"].as_str().expect("secret");
+        // The data directory becomes a file: the next write fails.
+        std::fs::remove_dir_all(&dir).expect("removes");
+        std::fs::write(&dir, b"not a directory").expect("writes");
+        let refused = reply(&registry, json!({"op":"rotate","id":id}));
+        assert!(
+            matches!(refused, Err(WebhookCommandError::Internal(_))),
+            "{refused:?}"
+        );
+        let hook = registry.snapshot()[0].clone();
+        assert_eq!(
+            hook.secrets().signing(unix_now_ms()),
+            vec![secret.to_string()]
+        );
+        let _ = std::fs::remove_file(&dir);
     }
 
     #[test]

@@ -52,19 +52,21 @@ impl Store {
         let Some(entries) = value["webhooks"].as_array() else {
             bail!("{}: \"webhooks\" is not an array", path.display());
         };
-        entries
-            .iter()
-            .enumerate()
-            .map(|(index, entry)| {
-                registry::from_stored(entry).map_err(|reason| {
-                    anyhow::anyhow!("{}: webhook {index}: {reason}", path.display())
-                })
-            })
-            .collect()
+        let mut hooks: Vec<Hook> = Vec::new();
+        for (index, entry) in entries.iter().enumerate() {
+            let hook = registry::from_stored(entry).map_err(|reason| {
+                anyhow::anyhow!("{}: webhook {index}: {reason}", path.display())
+            })?;
+            if hooks.iter().any(|other| other.id == hook.id) {
+                bail!("{}: two webhooks have the id {:?}", path.display(), hook.id);
+            }
+            hooks.push(hook);
+        }
+        Ok(hooks)
     }
 
     /// Replaces the file with `hooks`, atomically.
-    pub fn save(&self, hooks: &[&Hook]) -> anyhow::Result<()> {
+    pub fn save(&self, hooks: &[Value]) -> anyhow::Result<()> {
         fs::create_dir_all(&self.dir).with_context(|| {
             format!(
                 "cannot create the data directory {} (set data_dir)",
@@ -73,12 +75,21 @@ impl Store {
         })?;
         let value = json!({
             "version": FORMAT_VERSION,
-            "webhooks": hooks.iter().map(|hook| hook.to_stored()).collect::<Vec<_>>(),
+            "webhooks": hooks,
         });
         let mut text = serde_json::to_string_pretty(&value).context("serializing webhooks")?;
         text.push('\n');
         let path = self.path();
         let temp = self.dir.join(format!("{FILE}.tmp"));
+        // A stale temporary file (a crash mid-write) goes first: the new one
+        // is created exclusively and never through a link.
+        match fs::remove_file(&temp) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot remove {}", temp.display()))
+            }
+        }
         write_synced(&temp, text.as_bytes())
             .with_context(|| format!("cannot write {}", temp.display()))?;
         fs::rename(&temp, &path)
@@ -90,9 +101,9 @@ impl Store {
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
     // `mode` applies only when the file is created.
     file.set_permissions(fs::Permissions::from_mode(0o600))?;

@@ -50,9 +50,10 @@ impl Destination {
             None => (rest, "/"),
         };
         if authority.contains('@') {
-            return Err(format!(
-                "{text:?} carries user information; webhooks are authenticated by their signature"
-            ));
+            return Err(
+                "the URL carries user information (user:password@); webhooks are authenticated by their signature"
+                    .into(),
+            );
         }
         let default_port = match scheme {
             Scheme::Http => 80,
@@ -97,6 +98,16 @@ impl Destination {
             path,
             text: text.to_string(),
         })
+    }
+
+    /// `scheme://host[:port]`: what logs and error texts show, since a
+    /// receiver's path or query may hold a credential of its own.
+    pub fn origin(&self) -> String {
+        let scheme = match self.scheme {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        };
+        format!("{scheme}://{}", self.host_header())
     }
 
     /// The `Host` header's value.
@@ -202,7 +213,7 @@ impl AllowList {
             Err(format!(
                 "host {:?} of {} is not in webhook_allow_hosts ({})",
                 destination.host,
-                destination,
+                destination.origin(),
                 self.entries.join(", ")
             ))
         }
