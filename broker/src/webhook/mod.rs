@@ -12,6 +12,7 @@
 //!
 //! See `docs/webhooks.md`.
 
+mod config;
 mod deliver;
 pub mod http;
 pub mod registry;
@@ -30,6 +31,7 @@ use sha2::Sha256;
 use tokio::sync::{mpsc, Notify};
 use tracing::warn;
 
+pub use config::from_table;
 pub use registry::{Hook, Registry, RegistryPolicy, Source};
 
 /// The signature header's name.
