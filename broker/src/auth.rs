@@ -334,11 +334,19 @@ pub fn parse_sha256_hex(text: &str) -> Result<[u8; 32], String> {
     Ok(out)
 }
 
+/// `N` bytes from the kernel's CSPRNG.
+pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
+    let mut random = [0u8; N];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+    Ok(random)
+}
+
 /// A new random key: `cbk_` and 32 bytes from the kernel's CSPRNG, base64url.
 pub fn generate_key() -> std::io::Result<String> {
-    let mut random = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
-    Ok(format!("{KEY_PREFIX}{}", jwt::base64url_encode(&random)))
+    Ok(format!(
+        "{KEY_PREFIX}{}",
+        jwt::base64url_encode(&random_bytes::<32>()?)
+    ))
 }
 
 #[cfg(test)]

@@ -15,9 +15,7 @@ pub fn make_rule(
     subscribe: bool,
 ) -> Result<Rule, String> {
     corebus_net::validate_namespace(namespace.as_bytes()).map_err(|err| err.to_string())?;
-    if !(prefix && topic.is_empty()) {
-        corebus_net::validate_topic(topic.as_bytes()).map_err(|err| err.to_string())?;
-    }
+    let pattern = topic_pattern(topic.clone(), prefix)?;
     if !publish && !subscribe {
         return Err(format!(
             "the permission on {namespace}/{topic} grants nothing: allow publish, subscribe or both"
@@ -25,22 +23,36 @@ pub fn make_rule(
     }
     Ok(Rule {
         namespace,
-        topic: if prefix {
-            TopicPattern::Prefix(topic)
-        } else {
-            TopicPattern::Exact(topic)
-        },
+        topic: pattern,
         publish,
         subscribe,
     })
 }
 
-/// A rule as a token's `perm` entry.
-pub(crate) fn rule_json(rule: &Rule) -> Value {
-    let (topic, prefix) = match &rule.topic {
+/// `topic` exactly, or with `prefix` every topic starting with it (the
+/// empty prefix: every topic); a non-empty one must be a valid topic name.
+pub fn topic_pattern(topic: String, prefix: bool) -> Result<TopicPattern, String> {
+    if !(prefix && topic.is_empty()) {
+        corebus_net::validate_topic(topic.as_bytes()).map_err(|err| err.to_string())?;
+    }
+    Ok(if prefix {
+        TopicPattern::Prefix(topic)
+    } else {
+        TopicPattern::Exact(topic)
+    })
+}
+
+/// A pattern as `(topic, prefix)`, the way files, tokens and commands spell it.
+pub fn pattern_parts(pattern: &TopicPattern) -> (&str, bool) {
+    match pattern {
         TopicPattern::Exact(topic) => (topic, false),
         TopicPattern::Prefix(topic) => (topic, true),
-    };
+    }
+}
+
+/// A rule as a token's `perm` entry.
+pub(crate) fn rule_json(rule: &Rule) -> Value {
+    let (topic, prefix) = pattern_parts(&rule.topic);
     json!({
         "ns": rule.namespace,
         "topic": topic,

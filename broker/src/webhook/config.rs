@@ -4,8 +4,9 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
 
-use super::registry::{check_id, check_secret, pattern, Hook, Secrets, Source};
+use super::registry::{check_id, check_secret, Hook, Secrets, Source};
 use super::url::Destination;
+use crate::permissions::topic_pattern;
 
 /// Reads the `[[webhooks]]` tables of a configuration file.
 pub fn from_table(path: &Path, table: &toml::Table) -> anyhow::Result<Vec<Hook>> {
@@ -76,7 +77,8 @@ fn parse_config_hook(path: &Path, entry: &toml::Value) -> anyhow::Result<Hook> {
         Some(toml::Value::Boolean(prefix)) => *prefix,
         Some(other) => bail!("`prefix` must be true or false, found {}", other.type_str()),
     };
-    let topic = pattern(&text("topic")?.unwrap_or_default(), prefix).map_err(|e| anyhow!(e))?;
+    let topic =
+        topic_pattern(text("topic")?.unwrap_or_default(), prefix).map_err(|e| anyhow!(e))?;
     let secret = |inline: &str, file: &str| -> anyhow::Result<Option<String>> {
         let value = match (text(inline)?, text(file)?) {
             (Some(_), Some(_)) => bail!("give `{inline}` or `{file}`, not both"),

@@ -47,22 +47,22 @@ async fn dispatch(
     let mut workers: HashMap<String, Worker> = HashMap::new();
     let mut seen = u64::MAX;
     loop {
-        if registry.generation() != seen {
-            seen = registry.generation();
-            sync_workers(&registry, &mut workers, &settings);
-        }
         let message = tokio::select! {
-            message = intake.recv() => message,
-            () = changed.notified() => continue,
+            message = intake.recv() => match message {
+                Some(message) => Some(message),
+                None => return, // The broker is gone.
+            },
+            () = changed.notified() => None,
         };
-        let Some(message) = message else {
-            return; // The broker is gone.
-        };
+        // After every wake-up, before routing: a message offered because a
+        // webhook now wants its topic finds that webhook's worker.
         if registry.generation() != seen {
-            // Changed since the top of the loop: route with the new set.
             seen = registry.generation();
             sync_workers(&registry, &mut workers, &settings);
         }
+        let Some(message) = message else {
+            continue;
+        };
         for worker in workers.values().filter(|w| w.hook.matches(&message.topic)) {
             let stats = &worker.hook.stats;
             match worker.queue.try_send(message.clone()) {

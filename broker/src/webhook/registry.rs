@@ -15,6 +15,8 @@ use serde_json::{json, Map, Value};
 use super::store::Store;
 use super::url::{AllowList, Destination};
 use super::HookStats;
+use crate::auth::random_bytes;
+use crate::permissions::{pattern_parts, topic_pattern};
 
 /// Secrets shorter than this are refused.
 pub const MIN_SECRET_LEN: usize = 24;
@@ -166,13 +168,6 @@ impl Hook {
             }
         }
         value
-    }
-}
-
-fn pattern_parts(pattern: &TopicPattern) -> (&str, bool) {
-    match pattern {
-        TopicPattern::Exact(topic) => (topic, false),
-        TopicPattern::Prefix(prefix) => (prefix, true),
     }
 }
 
@@ -353,7 +348,7 @@ impl Registry {
             Some(Some("prefix")) => true,
             _ => return Err(invalid("\"match\" must be \"exact\" or \"prefix\"".into())),
         };
-        let topic = pattern(&topic, prefix).map_err(invalid)?;
+        let topic = topic_pattern(topic, prefix).map_err(invalid)?;
         let id = match command.get("id") {
             None => generate_id().map_err(internal)?,
             Some(Value::String(id)) => {
@@ -480,19 +475,6 @@ fn optional_secret(command: &Map<String, Value>) -> Result<Option<String>, Webho
     }
 }
 
-/// A topic pattern from a topic (or prefix) text.
-pub fn pattern(topic: &str, prefix: bool) -> Result<TopicPattern, String> {
-    if prefix {
-        if topic.len() > corebus_net::MAX_TOPIC_LEN {
-            return Err("topic prefix is longer than a topic may be".into());
-        }
-        Ok(TopicPattern::Prefix(topic.to_string()))
-    } else {
-        corebus_net::validate_topic(topic.as_bytes()).map_err(|err| format!("topic: {err}"))?;
-        Ok(TopicPattern::Exact(topic.to_string()))
-    }
-}
-
 /// Ids are 1 to 64 letters, digits, `-`, `_` or `.`.
 pub fn check_id(id: &str) -> Result<(), String> {
     if id.is_empty()
@@ -517,13 +499,6 @@ pub fn check_secret(secret: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
-    use std::io::Read;
-    let mut bytes = [0u8; N];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes)
 }
 
 /// A new signing secret: `whsec_` and 32 random bytes, base64url.
@@ -557,7 +532,7 @@ pub fn from_stored(value: &Value) -> Result<Hook, String> {
     corebus_net::validate_namespace(namespace.as_bytes())
         .map_err(|err| format!("namespace: {err}"))?;
     let prefix = text("match")? == "prefix";
-    let topic = pattern(&text("topic")?, prefix)?;
+    let topic = topic_pattern(text("topic")?, prefix)?;
     let current = text("secret")?;
     let previous = match (
         text("previous_secret"),

@@ -80,10 +80,7 @@ impl Destination {
         if host.is_empty() {
             return Err(format!("{text:?} names no host"));
         }
-        if !host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'))
-        {
+        if !host.chars().all(is_host_char) {
             return Err(format!("{host:?} in {text:?} is not a host name"));
         }
         let path = if path.starts_with('?') {
@@ -135,6 +132,11 @@ impl fmt::Display for Destination {
     }
 }
 
+/// What a host name or IP address (IPv6 without brackets) is made of.
+fn is_host_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_')
+}
+
 fn strip_prefix_ignore_case<'t>(text: &'t str, prefix: &str) -> Option<&'t str> {
     let head = text.get(..prefix.len())?;
     head.eq_ignore_ascii_case(prefix)
@@ -166,11 +168,7 @@ impl AllowList {
                 .strip_prefix('[')
                 .and_then(|h| h.strip_suffix(']'))
                 .unwrap_or(host);
-            if host.is_empty()
-                || !host
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'))
-            {
+            if host.is_empty() || !host.chars().all(is_host_char) {
                 return Err(format!(
                     "{entry:?} is not a host name, an IP address or *.domain"
                 ));
