@@ -166,6 +166,9 @@ SUITE=(
     "--scenario connections --subscribers $CONNECTIONS --size 128 --duration 10"
 )
 
+# corebus only, with --acks: the 128-byte throughput runs.
+ACKED=("${SUITE[0]}" "${SUITE[2]}" "${SUITE[3]}")
+
 RUNS=$WORK/runs.jsonl
 : >"$RUNS"
 FAILED=()
@@ -196,6 +199,15 @@ for target in corebus nats redis; do
         run_bench "$target: $args" --target "$target" --url "$URL" $args \
             --broker-pid "$BROKER_PID" ${extra[@]+"${extra[@]}"}
     done
+    if [ "$target" = corebus ]; then
+        # The suite publishes fire-and-forget, as NATS does; the throughput
+        # runs again with every publish acknowledged and checked.
+        for args in "${ACKED[@]}"; do
+            # shellcheck disable=SC2086 # $args is a list of options
+            run_bench "$target: $args --acks" --target "$target" --url "$URL" $args \
+                --acks --broker-pid "$BROKER_PID" ${extra[@]+"${extra[@]}"}
+        done
+    fi
     stop_broker
 done
 

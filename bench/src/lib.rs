@@ -149,6 +149,7 @@ pub async fn run(options: &RunOptions) -> Result<Report, BenchError> {
         url: baseline_relay
             .as_ref()
             .map_or_else(|| plan.url.clone(), |relay| relay.addr().to_string()),
+        acks: plan.acks,
         incidents: Arc::new(Incidents::default()),
     };
     match plan.scenario {

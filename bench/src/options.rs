@@ -133,6 +133,11 @@ pub struct RunOptions {
     /// (`--shards 1`) from the main one.
     #[arg(long)]
     pub broker_shards: Option<usize>,
+    /// corebus only: publish with the ack flag and check every
+    /// acknowledgement (up to 4096 awaited at once). Without it, corebus
+    /// publishes fire-and-forget, as the NATS driver does.
+    #[arg(long)]
+    pub acks: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -167,6 +172,8 @@ pub struct Plan {
     pub broker_pid: Option<u32>,
     /// The broker's shard count, as told (reported only).
     pub broker_shards: Option<usize>,
+    /// corebus publishes ask for acknowledgements.
+    pub acks: bool,
 }
 
 /// Publishers never send more than this many messages each, so every load
@@ -195,6 +202,7 @@ impl RunOptions {
             window: None,
             broker_pid: None,
             broker_shards: None,
+            acks: false,
             json: false,
         }
     }
@@ -229,6 +237,12 @@ impl RunOptions {
                 "the raw baseline relays one publisher to one subscriber: pair scenario only"
                     .into(),
             );
+        }
+        if self.acks && self.target != Target::Corebus {
+            return invalid(format!(
+                "--acks is for corebus only: the {} driver publishes as its client library does",
+                self.target.name()
+            ));
         }
         if self.scenario == Scenario::Connections && topics > subscribers {
             return invalid(
@@ -281,6 +295,7 @@ impl RunOptions {
             window,
             broker_pid: self.broker_pid,
             broker_shards: self.broker_shards,
+            acks: self.acks,
         })
     }
 }
@@ -388,5 +403,18 @@ mod tests {
         assert!(options.plan().is_err());
         options.scenario = Scenario::Pair;
         assert_eq!(options.plan().expect("valid").url, "127.0.0.1:0");
+    }
+
+    #[test]
+    fn acks_are_for_corebus_only() {
+        let mut options = RunOptions::new(Target::Nats, Scenario::Pair);
+        options.acks = true;
+        let err = options.plan().expect_err("refused");
+        assert!(
+            err.to_string().contains("--acks is for corebus only"),
+            "{err}"
+        );
+        options.target = Target::Corebus;
+        assert!(options.plan().expect("valid").acks);
     }
 }

@@ -101,6 +101,10 @@ pub struct Report {
     /// The broker's shard count as given with `--broker-shards` (corebus).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker_shards: Option<usize>,
+    /// corebus only: whether publishes asked for (and the harness checked)
+    /// acknowledgements (`--acks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acks: Option<bool>,
 }
 
 impl Report {
@@ -127,6 +131,7 @@ impl Report {
             window: None,
             connections: None,
             broker_shards: plan.broker_shards,
+            acks: (plan.target == Target::Corebus).then_some(plan.acks),
         }
     }
 
@@ -211,6 +216,14 @@ impl Report {
         }
         if let Some(shards) = self.broker_shards {
             rows.push(("broker shards", shards.to_string()));
+        }
+        if let Some(acks) = self.acks {
+            let how = if acks {
+                "acknowledged, every ack checked"
+            } else {
+                "fire-and-forget"
+            };
+            rows.push(("publishes", how.to_owned()));
         }
         if let Some(window) = self.window {
             rows.push(("window", format!("{window} messages per topic")));

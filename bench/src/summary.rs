@@ -78,8 +78,22 @@ pub fn machine_facts() -> BTreeMap<String, String> {
     facts
 }
 
-/// Row label for a run's workload (the same for every broker).
+/// What [`workload_label`] appends for corebus runs with acknowledged
+/// publishes (`--acks`).
+pub const ACKED_SUFFIX: &str = ", corebus publishes acked";
+
+/// Row label for a run's workload (the same for every broker), with
+/// [`ACKED_SUFFIX`] for a corebus run with `--acks`.
 pub fn workload_label(report: &Report) -> String {
+    let label = base_label(report);
+    if report.acks == Some(true) {
+        label + ACKED_SUFFIX
+    } else {
+        label
+    }
+}
+
+fn base_label(report: &Report) -> String {
     let size = if report.size >= 1024 && report.size.trailing_zeros() >= 10 {
         format!("{} KiB", report.size / 1024)
     } else {
@@ -109,7 +123,10 @@ pub fn workload_label(report: &Report) -> String {
 ///
 /// Where one broker ran a workload more than once, the run with the most
 /// `broker_shards` stands for it (ties: the later run): the suite's main
-/// corebus run, not its one-shard scaling run.
+/// corebus run, not its one-shard scaling run. A workload of corebus runs
+/// with acknowledged publishes has a row of its own, where the other
+/// brokers' cells are their runs of the same workload (which publish as
+/// they always do).
 pub fn by_workload(runs: &[Report]) -> Vec<(String, BTreeMap<&'static str, &Report>)> {
     let mut rows: Vec<(String, BTreeMap<&'static str, &Report>)> = Vec::new();
     for run in runs {
@@ -127,6 +144,19 @@ pub fn by_workload(runs: &[Report]) -> Vec<(String, BTreeMap<&'static str, &Repo
             .is_none_or(|kept| kept.broker_shards <= run.broker_shards);
         if replaces {
             cells.insert(run.target.name(), run);
+        }
+    }
+    let plain: Vec<(String, BTreeMap<&'static str, &Report>)> = rows.clone();
+    for (label, cells) in &mut rows {
+        let Some(base) = label.strip_suffix(ACKED_SUFFIX) else {
+            continue;
+        };
+        if let Some((_, others)) = plain.iter().find(|(other, _)| other == base) {
+            for (name, run) in others {
+                if *name != Target::Corebus.name() {
+                    cells.entry(name).or_insert(run);
+                }
+            }
         }
     }
     rows

@@ -33,6 +33,8 @@ fn tiny_runs_against_an_in_process_broker_lose_nothing() {
         .expect("tokio runtime");
 
     let pair = options(addr, Scenario::Pair);
+    let mut acked_pair = options(addr, Scenario::Pair);
+    acked_pair.acks = true;
     let mut fanout = options(addr, Scenario::Fanout);
     fanout.subscribers = Some(4);
     let mut latency = options(addr, Scenario::Latency);
@@ -40,7 +42,7 @@ fn tiny_runs_against_an_in_process_broker_lose_nothing() {
     latency.duration = 0.5;
     latency.rate = 2_000;
 
-    for options in [pair, fanout, latency] {
+    for options in [pair, acked_pair, fanout, latency] {
         let report = runtime
             .block_on(corebus_bench::run(&options))
             .unwrap_or_else(|err| panic!("{:?} run failed: {err}", options.scenario));
@@ -56,6 +58,7 @@ fn tiny_runs_against_an_in_process_broker_lose_nothing() {
         );
         assert!(report.delivered_per_sec > 0.0);
         assert!(report.latency_us.p50 > 0.0);
+        assert_eq!(report.acks, Some(options.acks));
     }
 
     // More topics than subscriber connections: each connection holds

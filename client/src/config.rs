@@ -30,6 +30,13 @@ pub struct ClientConfig {
     /// connection; [`Client::start_publish`](crate::Client::start_publish)
     /// waits for room beyond it. Default 4096; 0 counts as 1.
     pub max_in_flight: usize,
+    /// Bytes of encoded frames queued for the socket beyond which
+    /// [`Client::publish_unacked`](crate::Client::publish_unacked) waits for
+    /// the connection's writer to take them (acknowledged publishes are
+    /// bounded by [`max_in_flight`](Self::max_in_flight) instead). Up to about
+    /// twice this much may be buffered: one batch being written, one filling.
+    /// Default 4 MiB; 0 counts as 1.
+    pub send_buffer: usize,
     /// Messages buffered per subscription before the connection's reader waits
     /// for the subscriber to catch up. Default 65536; 0 counts as 1.
     pub subscription_buffer: usize,
@@ -83,6 +90,7 @@ impl Default for ClientConfig {
             client_name: "corebus-client".into(),
             credentials: None,
             max_in_flight: 4096,
+            send_buffer: 4 * 1024 * 1024,
             subscription_buffer: 65536,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),

@@ -188,6 +188,17 @@ pub use subscription::{Discontinuity, Event, Message, ResumeFrom, Subscription};
 pub use webhook::{Webhook, WebhookMatch, WebhookSource, WebhookSpec};
 
 use connection::{check_names, Shared};
+
+/// Publishes made with [`Client::publish_unacked`] that the broker refused,
+/// from [`Client::take_unacked_failures`].
+#[derive(Debug, Default)]
+pub struct UnackedFailures {
+    /// How many were refused.
+    pub count: u64,
+    /// The most recent refusal: an [`Error::Server`] whose code says why
+    /// (`forbidden`, `invalid_name`, …) and whose message names the topic.
+    pub last: Option<Error>,
+}
 use corebus_net::ResumePoint;
 
 /// Keeps the connection open while any [`Client`], [`Subscription`] or
@@ -321,6 +332,46 @@ impl Client {
             answer,
             handle: self.handle.clone(),
         })
+    }
+
+    /// Publishes one message without asking for an acknowledgement: the
+    /// cheapest way to publish, for a stream where an occasional message lost
+    /// with a connection is acceptable (the same contract as a NATS core
+    /// publish).
+    ///
+    /// Returns once the frame is queued for the socket, in call order with
+    /// every other request of this client; publishes to one topic from one
+    /// connection are sequenced in that order. Nothing confirms that the
+    /// broker sequenced the message, and there is no in-flight limit: instead
+    /// this waits while more than [`ClientConfig::send_buffer`] bytes are
+    /// queued for the socket, so a publisher cannot outrun the connection by
+    /// more than that.
+    ///
+    /// Names and payload size are checked here, before anything is queued.
+    /// A publish the broker refuses (not permitted, say) is not reported to
+    /// this call, which has returned by then; the refusal is counted and can
+    /// be read with [`Client::take_unacked_failures`]. Publishes queued but
+    /// not yet written when the connection is lost are lost with it, without
+    /// an error; subscribers see the loss as a gap in sequence numbers. While
+    /// the client reconnects, this waits for the new connection (up to
+    /// [`ClientConfig::request_timeout`]).
+    pub async fn publish_unacked(
+        &self,
+        namespace: &str,
+        topic: &str,
+        payload: impl AsRef<[u8]>,
+    ) -> Result<(), Error> {
+        let payload = payload.as_ref();
+        let shared = self.shared();
+        shared.check_publish(namespace, topic, payload.len())?;
+        shared.enqueue_unacked(namespace, topic, payload).await
+    }
+
+    /// Takes the tally of [`Client::publish_unacked`] calls the broker
+    /// refused since the last call (or since the client connected), and the
+    /// most recent refusal, then starts a new tally.
+    pub fn take_unacked_failures(&self) -> UnackedFailures {
+        self.shared().take_unacked_failures()
     }
 
     /// Subscribes to a topic and waits for `SUB_OK` (within

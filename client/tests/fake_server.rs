@@ -670,3 +670,118 @@ async fn late_sub_ok_after_timeout_unsubscribes() {
         other => panic!("expected UNSUBSCRIBE, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn unacked_publishes_go_in_call_order_and_refusals_are_counted() {
+    let (client, mut peer) = pair().await;
+    client
+        .publish_unacked("app", "news", b"first")
+        .await
+        .expect("queued");
+    let acked = client
+        .start_publish("app", "news", "second")
+        .await
+        .expect("queued");
+    client
+        .publish_unacked("app", "news", b"third")
+        .await
+        .expect("queued");
+    let first = peer.expect_publish().await;
+    let second = peer.expect_publish().await;
+    let third = peer.expect_publish().await;
+    assert_eq!(
+        [&first.payload[..], &second.payload[..], &third.payload[..]],
+        [&b"first"[..], b"second", b"third"],
+        "wire order is call order, acked or not"
+    );
+    assert!(!first.ack && second.ack && !third.ack);
+    assert_ne!(first.request_id, third.request_id);
+    for id in [first.request_id, second.request_id, third.request_id] {
+        assert_ne!(id, 0, "request id 0 is reserved");
+    }
+    assert_eq!(client.take_unacked_failures().count, 0);
+
+    // The broker refuses the third: counted, with the server's error; the
+    // acknowledged publish in between is unaffected.
+    peer.send(Frame::Error(ErrorFrame::new(
+        third.request_id,
+        ErrorCode::Forbidden,
+        false,
+        "publish to app/news is not permitted",
+    )))
+    .await;
+    peer.ack(second.request_id, 2).await;
+    assert_eq!(within(acked).await.expect("acked"), 2);
+    let failures = client.take_unacked_failures();
+    assert_eq!(failures.count, 1);
+    let last = failures.last.expect("the refusal");
+    assert_eq!(last.server_code(), Some(ErrorCode::Forbidden));
+    assert!(last.to_string().contains("app/news"), "{last}");
+    // Taking starts a new tally.
+    assert_eq!(client.take_unacked_failures().count, 0);
+    // Names and sizes are still checked locally.
+    assert!(matches!(
+        client.publish_unacked("app", "", b"x").await,
+        Err(Error::InvalidName(_))
+    ));
+    assert!(matches!(
+        client
+            .publish_unacked("app", "news", vec![0u8; DEFAULT_MAX_FRAME as usize])
+            .await,
+        Err(Error::PayloadTooLarge { .. })
+    ));
+}
+
+#[tokio::test]
+async fn unacked_publishes_wait_for_the_socket_beyond_the_send_buffer() {
+    let config = ClientConfig {
+        send_buffer: 64 * 1024,
+        ..ClientConfig::default()
+    };
+    let (client, mut peer) = connected(config, DEFAULT_MAX_FRAME).await;
+    // The peer reads nothing: once the kernel's socket buffers and the
+    // client's send buffer are full, a publish must wait instead of queueing
+    // without limit. 64 MiB is far more than all of them hold.
+    let payload = vec![7u8; 16 * 1024];
+    let mut queued = 0usize;
+    let blocked = loop {
+        assert!(
+            queued < 64 << 20,
+            "64 MiB queued to a peer that reads nothing: publish_unacked never waited"
+        );
+        match tokio::time::timeout(
+            Duration::from_millis(200),
+            client.publish_unacked("a", "t", &payload),
+        )
+        .await
+        {
+            Ok(result) => {
+                result.expect("queued");
+                queued += payload.len();
+            }
+            Err(_) => break queued,
+        }
+    };
+    assert!(blocked >= 64 * 1024, "waited after only {blocked} bytes");
+    // Once the peer reads, publishing goes on, and everything queued arrives
+    // in order.
+    let more = tokio::spawn({
+        let client = client.clone();
+        async move { client.publish_unacked("a", "t", b"last").await }
+    });
+    let mut received = 0usize;
+    loop {
+        let publish = peer.expect_publish().await;
+        assert!(!publish.ack);
+        if &publish.payload[..] == b"last" {
+            break;
+        }
+        assert_eq!(publish.payload.len(), payload.len());
+        received += publish.payload.len();
+    }
+    assert_eq!(
+        received, blocked,
+        "every queued publish arrived before the last"
+    );
+    within(more).await.expect("joins").expect("queued");
+}

@@ -190,3 +190,32 @@ async fn late_subscriber_starts_exactly_after_its_start_point() {
     let payloads = expect_consecutive(&mut sub, 10, 1).await;
     assert_eq!(&payloads[0][..], b"after");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacked_publishes_are_sequenced_in_order_across_shards() {
+    let broker = Broker::start(4);
+    let topic = topic_owned_by(3, broker.shards(), "unacked");
+    let subscriber = broker.client_on(1).await;
+    let publisher = broker.client_on(2).await;
+    let mut sub = subscriber
+        .subscribe("test", &topic)
+        .await
+        .expect("subscribes");
+    for i in 1..=2000u64 {
+        publisher
+            .publish_unacked("test", &topic, format!("m{i}"))
+            .await
+            .expect("queued");
+    }
+    // An acknowledged publish after them is sequenced after all of them.
+    let seq = publisher
+        .publish("test", &topic, "acked")
+        .await
+        .expect("publishes");
+    assert_eq!(seq, 2001);
+    let payloads = expect_consecutive(&mut sub, 0, 2001).await;
+    for (i, payload) in payloads[..2000].iter().enumerate() {
+        assert_eq!(&payload[..], format!("m{}", i + 1).as_bytes());
+    }
+    assert_eq!(publisher.take_unacked_failures().count, 0);
+}

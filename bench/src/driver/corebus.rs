@@ -6,17 +6,20 @@ use bytes::Bytes;
 use corebus_client::{Client, Event, PendingPublish, Subscription};
 use futures_util::FutureExt;
 
-use super::{failed, next_of_any, PublisherDone, Received, MAX_IN_FLIGHT, NAMESPACE};
+use super::{failed, next_of_any, Endpoint, PublisherDone, Received, MAX_IN_FLIGHT, NAMESPACE};
 use crate::options::Target;
 use crate::payload::Header;
 use crate::BenchError;
 
 const TARGET: Target = Target::Corebus;
 
-/// Pipelined publishes; acknowledgements are checked in order, oldest first.
+/// Fire-and-forget publishes, or (`--acks`) pipelined publishes whose
+/// acknowledgements are checked in order, oldest first.
 pub struct CorebusPublisher {
     client: Client,
     topics: Vec<String>,
+    /// Publishes ask for acknowledgements.
+    acked: bool,
     /// (topic index, acknowledgement) of publishes not yet checked.
     acks: VecDeque<(usize, PendingPublish)>,
     /// Per topic, the highest sequence number acknowledged so far.
@@ -24,19 +27,30 @@ pub struct CorebusPublisher {
 }
 
 impl CorebusPublisher {
-    pub(super) async fn connect(url: &str, topics: &[String]) -> Result<Self, BenchError> {
-        let client = Client::connect(url)
+    pub(super) async fn connect(
+        endpoint: &Endpoint,
+        topics: &[String],
+    ) -> Result<Self, BenchError> {
+        let client = Client::connect(endpoint.url.as_str())
             .await
             .map_err(|err| failed(TARGET, "connect", err))?;
         Ok(CorebusPublisher {
             client,
             topics: topics.to_vec(),
+            acked: endpoint.acks,
             acks: VecDeque::with_capacity(MAX_IN_FLIGHT),
             max_seq: vec![0; topics.len()],
         })
     }
 
     pub(super) async fn publish(&mut self, topic: usize, payload: Bytes) -> Result<(), BenchError> {
+        if !self.acked {
+            return self
+                .client
+                .publish_unacked(NAMESPACE, &self.topics[topic], payload)
+                .await
+                .map_err(|err| failed(TARGET, "publish", err));
+        }
         let ack = self
             .client
             .start_publish(NAMESPACE, &self.topics[topic], payload)
@@ -78,12 +92,22 @@ impl CorebusPublisher {
             let answer = ack.await;
             self.take_answer(answer)?;
         }
+        // A refused fire-and-forget publish is reported here if its ERROR
+        // has arrived; one that has not yet shows as a lost message.
+        let refused = self.client.take_unacked_failures();
+        if let Some(error) = refused.last {
+            return Err(failed(
+                TARGET,
+                "publish",
+                format!("{} publishes refused, the last: {error}", refused.count),
+            ));
+        }
         self.client
             .close()
             .await
             .map_err(|err| failed(TARGET, "close", err))?;
         Ok(PublisherDone {
-            max_seq: Some(self.max_seq),
+            max_seq: self.acked.then_some(self.max_seq),
         })
     }
 }

@@ -3,9 +3,10 @@
 //! Everything above this module (pacing, flow control, delivery checks,
 //! latency, reports) is shared, so the brokers differ only in what their own
 //! client libraries do. Each driver uses its client the way an application
-//! that wants throughput would: corebus pipelines publishes with
-//! acknowledgements, NATS publishes fire-and-forget and flushes at the end,
-//! Redis sends `PUBLISH` commands in pipelines, one pipeline in flight.
+//! that wants throughput would: corebus and NATS publish fire-and-forget
+//! (corebus with `--acks`: pipelined publishes, every acknowledgement
+//! checked), NATS flushes at the end, Redis sends `PUBLISH` commands in
+//! pipelines, one pipeline in flight.
 //! None of them may drop a message silently: client-side buffers are made
 //! large enough, and anything a client reports dropping is counted.
 //!
@@ -49,6 +50,8 @@ pub struct Endpoint {
     pub target: Target,
     /// Its URL (already checked to be loopback).
     pub url: String,
+    /// corebus publishers ask for acknowledgements (`--acks`).
+    pub acks: bool,
     /// Problems client libraries report out of band (NATS slow-consumer and
     /// disconnect events), shared by every connection of the run.
     pub incidents: Arc<Incidents>,
@@ -113,7 +116,7 @@ impl Publisher {
     pub async fn connect(endpoint: &Endpoint, topics: &[String]) -> Result<Publisher, BenchError> {
         Ok(match endpoint.target {
             Target::Corebus => {
-                Publisher::Corebus(corebus::CorebusPublisher::connect(&endpoint.url, topics).await?)
+                Publisher::Corebus(corebus::CorebusPublisher::connect(endpoint, topics).await?)
             }
             Target::Nats => Publisher::Nats(nats::NatsPublisher::connect(endpoint, topics).await?),
             Target::Redis => {

@@ -104,52 +104,79 @@ impl Shared {
         self.clock_base + Duration::from_millis(self.last_heard_ms.load(Ordering::Relaxed))
     }
 
-    /// Runs `queue` under the lock once the client is connected, waiting up to
-    /// the request timeout for a reconnection; then wakes the writer.
-    async fn when_up<T>(&self, queue: impl FnOnce(&mut State) -> T) -> Result<T, Error> {
-        // Fast path, taken by every request while connected: no waiter is
-        // registered, and the writer is notified only if it has not been
-        // since it last took the buffer.
+    /// Runs `queue` under the lock once the client is connected and fewer
+    /// than `room` bytes wait for the writer, waiting up to the request
+    /// timeout for a reconnection (and, for room, as long as the writer
+    /// takes); then wakes the writer.
+    async fn when_up<T>(
+        &self,
+        room: usize,
+        queue: impl FnOnce(&mut State) -> T,
+    ) -> Result<T, Error> {
+        // Fast path, taken by every request while connected with room: no
+        // waiter is registered.
         {
-            let mut st = self.lock();
-            if st.availability()?.is_none() {
-                let value = queue(&mut st);
-                let notify = !std::mem::replace(&mut st.writer_notified, true);
-                drop(st);
-                if notify {
-                    self.wake_writer();
-                }
-                return Ok(value);
+            let st = self.lock();
+            if st.availability()?.is_none() && st.out.len() < room {
+                return Ok(self.queue_now(st, queue));
             }
         }
-        let deadline = Instant::now() + self.config.request_timeout;
+        let mut deadline = None;
         let mut queue = Some(queue);
         loop {
             let changed = self.link_change.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let reason = {
+            let reconnecting = {
                 let mut st = self.lock();
                 match st.availability()? {
-                    None => {
+                    None if st.out.len() < room => {
                         let queue = queue
                             .take()
                             .expect("taken once: the loop returns right after");
-                        let value = queue(&mut st);
-                        drop(st);
-                        self.wake_writer();
-                        return Ok(value);
+                        return Ok(self.queue_now(st, queue));
                     }
-                    Some(reason) => reason.to_owned(),
+                    None => {
+                        st.room_wanted = true;
+                        None
+                    }
+                    Some(reason) => Some(reason.to_owned()),
                 }
             };
-            if timeout_at(deadline, changed).await.is_err() {
-                return Err(Error::ConnectionLost(format!(
-                    "not reconnected within {:?}; the connection was lost: {reason}",
-                    self.config.request_timeout
-                )));
+            match reconnecting {
+                // The writer is working through the buffer: no time limit.
+                None => {
+                    deadline = None;
+                    changed.await;
+                }
+                Some(reason) => {
+                    let deadline = *deadline
+                        .get_or_insert_with(|| Instant::now() + self.config.request_timeout);
+                    if timeout_at(deadline, changed).await.is_err() {
+                        return Err(Error::ConnectionLost(format!(
+                            "not reconnected within {:?}; the connection was lost: {reason}",
+                            self.config.request_timeout
+                        )));
+                    }
+                }
             }
         }
+    }
+
+    /// Runs `queue` under the held lock, then wakes the writer unless it was
+    /// notified already since it last took the buffer.
+    fn queue_now<T>(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        queue: impl FnOnce(&mut State) -> T,
+    ) -> T {
+        let value = queue(&mut st);
+        let notify = !std::mem::replace(&mut st.writer_notified, true);
+        drop(st);
+        if notify {
+            self.wake_writer();
+        }
+        value
     }
 
     /// Fails fast when the client is over or closing.
@@ -204,7 +231,7 @@ impl Shared {
         payload: &[u8],
     ) -> Result<oneshot::Receiver<Result<u64, Error>>, Error> {
         let (answer, rx) = oneshot::channel();
-        self.when_up(|st| {
+        self.when_up(usize::MAX, |st| {
             let request_id = st.alloc_request();
             encode_publish(
                 &mut st.out,
@@ -226,6 +253,34 @@ impl Shared {
         Ok(rx)
     }
 
+    /// Queues a `PUBLISH` without the ack flag (once connected, and once
+    /// fewer than [`ClientConfig::send_buffer`] bytes wait for the socket).
+    pub(crate) async fn enqueue_unacked(
+        &self,
+        namespace: &str,
+        topic: &str,
+        payload: &[u8],
+    ) -> Result<(), Error> {
+        self.when_up(self.config.send_buffer.max(1), |st| {
+            let request_id = st.alloc_unacked();
+            encode_publish(
+                &mut st.out,
+                request_id,
+                false,
+                namespace.as_bytes(),
+                topic.as_bytes(),
+                payload,
+            );
+        })
+        .await
+    }
+
+    /// Takes the count (and the last) of unacknowledged publishes the server
+    /// refused since the last call.
+    pub(crate) fn take_unacked_failures(&self) -> crate::UnackedFailures {
+        mem::take(&mut self.lock().unacked_failures)
+    }
+
     /// Registers a subscription route and queues its `SUBSCRIBE` (once
     /// connected).
     pub(crate) async fn enqueue_subscribe(
@@ -236,7 +291,7 @@ impl Shared {
     ) -> Result<(mpsc::Receiver<Event>, SubscribeAnswer), Error> {
         let (answer, answer_rx) = oneshot::channel();
         let (tx, events) = mpsc::channel(self.config.subscription_buffer.max(1));
-        self.when_up(|st| {
+        self.when_up(usize::MAX, |st| {
             let sub_id = st.alloc_sub();
             let route = Route {
                 tx: Some(tx),
@@ -281,7 +336,7 @@ impl Shared {
     /// the `PONG`.
     pub(crate) async fn enqueue_ping(&self) -> Result<(u64, oneshot::Receiver<()>), Error> {
         let (answer, rx) = oneshot::channel();
-        self.when_up(|st| {
+        self.when_up(usize::MAX, |st| {
             let nonce = st.next_nonce;
             st.next_nonce = st.next_nonce.wrapping_add(1);
             st.pings.insert(nonce, answer);
@@ -304,7 +359,7 @@ impl Shared {
         command: String,
     ) -> Result<(u32, oneshot::Receiver<Result<String, Error>>), Error> {
         let (answer, rx) = oneshot::channel();
-        self.when_up(|st| {
+        self.when_up(usize::MAX, |st| {
             let request_id = st.alloc_request();
             Frame::WebhookRequest(WebhookRequest {
                 request_id,

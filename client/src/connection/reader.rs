@@ -12,7 +12,7 @@ use corebus_net::{
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use super::state::protocol_violation;
+use super::state::{protocol_violation, UNACKED_IDS};
 use super::stream::ReadHalf;
 use super::{Cursor, Ended, Pending, Shared, Terminal, READ_CHUNK};
 use crate::error::code_text;
@@ -245,6 +245,14 @@ impl Shared {
 
     fn answer_error(&self, frame: ErrorFrame) -> Result<(), Ended> {
         let request = if frame.request_id == 0 {
+            None
+        } else if frame.request_id & UNACKED_IDS != 0 {
+            // A publish sent without the ack flag was refused: nothing waits
+            // for it, so it is counted for `take_unacked_failures`.
+            let mut st = self.lock();
+            let failures = &mut st.unacked_failures;
+            failures.count += 1;
+            failures.last = Some(Error::from_frame(&frame));
             None
         } else {
             let mut st = self.lock();

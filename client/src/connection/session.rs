@@ -44,6 +44,9 @@ pub(super) async fn run_session(
         // in-flight publishes may or may not have been sequenced.
         let dropped = shared.lock().link_down(reason.clone());
         dropped.fail(&reason);
+        // Calls waiting for the writer to drain now wait for the reconnection
+        // instead, within the request timeout.
+        shared.link_change.notify_waiters();
         if !config.reconnect {
             shared.fail(Terminal::Lost(reason));
             return Ok(());

@@ -268,12 +268,15 @@ pub(super) async fn write_loop(shared: &Shared, wr: &mut WriteHalf) -> io::Resul
     let mut spare = BytesMut::with_capacity(READ_CHUNK);
     loop {
         shared.write_notify.notified().await;
-        let shutdown = {
+        let (shutdown, room) = {
             let mut st = shared.lock();
             mem::swap(&mut st.out, &mut spare);
             st.writer_notified = false;
-            st.shutdown
+            (st.shutdown, mem::take(&mut st.room_wanted))
         };
+        if room {
+            shared.link_change.notify_waiters();
+        }
         if shutdown {
             // Bounded, so a peer that stopped reading cannot keep this task
             // (and the socket) alive forever after the client is gone.

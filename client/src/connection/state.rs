@@ -16,7 +16,12 @@ use corebus_net::{
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use crate::subscription::Started;
-use crate::{Error, Event};
+use crate::{Error, Event, UnackedFailures};
+
+/// Request ids with this bit set belong to publishes sent without the ack
+/// flag; the others to requests that wait for an answer. The split is the
+/// client's own: the server echoes ids without looking at them.
+pub(crate) const UNACKED_IDS: u32 = 0x8000_0000;
 
 /// Why the client is over.
 #[derive(Debug, Clone)]
@@ -227,7 +232,15 @@ pub(crate) struct State {
     /// Encoded frames waiting for the writer; only frames for the current
     /// connection (emptied when it is lost).
     pub(crate) out: BytesMut,
+    /// A call waits for `out` to drain below its limit: the writer notifies
+    /// `link_change` when it takes the buffer.
+    pub(crate) room_wanted: bool,
+    /// Request ids of acknowledged requests, below [`UNACKED_IDS`].
     pub(crate) next_request: u32,
+    /// Request ids of unacknowledged publishes, from [`UNACKED_IDS`] up.
+    pub(crate) next_unacked: u32,
+    /// Unacknowledged publishes the server refused, not yet taken.
+    pub(crate) unacked_failures: UnackedFailures,
     pub(crate) next_sub: u32,
     pub(crate) next_nonce: u64,
     /// Request id → what waits for its answer. Fx hashing: ids are
@@ -278,7 +291,10 @@ impl State {
             shutdown: false,
             writer_notified: false,
             out,
+            room_wanted: false,
             next_request: 1,
+            next_unacked: UNACKED_IDS,
+            unacked_failures: UnackedFailures::default(),
             next_sub: 1,
             next_nonce: 1,
             pending: FxHashMap::default(),
@@ -303,15 +319,24 @@ impl State {
         }
     }
 
-    /// A request id that is not 0 and not outstanding.
+    /// A request id that is not 0, not outstanding, and below
+    /// [`UNACKED_IDS`].
     pub(crate) fn alloc_request(&mut self) -> u32 {
         loop {
             let id = self.next_request;
-            self.next_request = self.next_request.wrapping_add(1);
+            self.next_request = self.next_request.wrapping_add(1) & !UNACKED_IDS;
             if id != 0 && !self.pending.contains_key(&id) {
                 return id;
             }
         }
+    }
+
+    /// The request id of an unacknowledged publish: nothing waits for its
+    /// answer, so only the range tells an `ERROR` for it apart.
+    pub(crate) fn alloc_unacked(&mut self) -> u32 {
+        let id = self.next_unacked;
+        self.next_unacked = id.wrapping_add(1) | UNACKED_IDS;
+        id
     }
 
     /// A subscription id that is not 0 and not in use (or being unsubscribed,
