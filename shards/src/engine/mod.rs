@@ -334,7 +334,11 @@ impl Shard {
             self.mesh_senders[peer as usize] = Some(waker.clone());
             None
         } else {
-            Some(std::mem::take(batch))
+            // The next batch starts with room for as many messages as this
+            // one: growing it one doubling at a time would copy it again and
+            // again (and, past glibc's mmap threshold, map fresh pages).
+            let room = batch.len();
+            Some(std::mem::replace(batch, Vec::with_capacity(room)))
         }
     }
 
