@@ -366,10 +366,12 @@ impl Reader {
     /// `namespace` (u8 length) then `topic` (u16 length), validated.
     fn topic_key(&mut self, request_id: u32) -> Result<TopicKey, FrameError> {
         let ns_len = self.u8("namespace")? as usize;
-        let namespace = self.slice("namespace", ns_len)?;
+        let start = self.offset;
+        self.take("namespace", ns_len)?;
         let topic_len = self.u16("topic")? as usize;
-        let topic = self.slice("topic", topic_len)?;
-        TopicKey::new(namespace, topic)
+        self.take("topic", topic_len)?;
+        // One slice for both names, as the frame lays them out.
+        TopicKey::from_wire(self.buf.slice(start..self.offset), ns_len)
             .map_err(|source| FrameError::InvalidName { request_id, source })
     }
 

@@ -89,8 +89,10 @@ pub fn validate_topic(name: &[u8]) -> Result<(), NameError> {
 
 /// A topic's identity: (namespace, topic), both validated.
 ///
-/// Both names are refcounted slices (usually of the frame that carried them), so
-/// cloning a key is two refcount increments and never copies the names.
+/// The key is one refcounted slice holding both names as a frame carries
+/// them, `namespace ‖ u16 topic length ‖ topic` (usually a slice of that
+/// frame), so cloning a key is one refcount increment and never copies the
+/// names, and comparing two keys is one comparison of bytes.
 ///
 /// The key's stable hash ([`TopicKey::stable_hash`]) is computed once, when
 /// the key is built: it routes the topic to its owner and is what `Hash`
@@ -98,8 +100,10 @@ pub fn validate_topic(name: &[u8]) -> Result<(), NameError> {
 /// through a broker.
 #[derive(Clone)]
 pub struct TopicKey {
-    namespace: Bytes,
-    topic: Bytes,
+    /// `namespace ‖ topic length (u16, big-endian) ‖ topic`.
+    raw: Bytes,
+    /// Length of the namespace at the start of `raw`.
+    ns_len: u8,
     hash: u64,
 }
 
@@ -126,7 +130,8 @@ pub fn key_hash(namespace: &[u8], topic: &[u8]) -> u64 {
 
 impl PartialEq for TopicKey {
     fn eq(&self, other: &TopicKey) -> bool {
-        self.hash == other.hash && self.namespace == other.namespace && self.topic == other.topic
+        // Equal `raw` with equal namespace lengths is equal names.
+        self.hash == other.hash && self.ns_len == other.ns_len && self.raw == other.raw
     }
 }
 
@@ -147,21 +152,50 @@ impl PartialOrd for TopicKey {
 impl Ord for TopicKey {
     /// By namespace, then topic (the hash plays no part).
     fn cmp(&self, other: &TopicKey) -> std::cmp::Ordering {
-        (&self.namespace, &self.topic).cmp(&(&other.namespace, &other.topic))
+        (self.namespace_bytes(), self.topic_bytes())
+            .cmp(&(other.namespace_bytes(), other.topic_bytes()))
     }
 }
 
 impl TopicKey {
     /// Builds a key from names that pass [`validate_namespace`] and
-    /// [`validate_topic`].
-    pub fn new(namespace: Bytes, topic: Bytes) -> Result<TopicKey, NameError> {
-        validate_namespace(&namespace)?;
-        validate_topic(&topic)?;
-        let hash = key_hash(&namespace, &topic);
+    /// [`validate_topic`], copying them into one allocation.
+    pub fn new(namespace: &[u8], topic: &[u8]) -> Result<TopicKey, NameError> {
+        validate_namespace(namespace)?;
+        validate_topic(topic)?;
+        let mut raw = Vec::with_capacity(namespace.len() + 2 + topic.len());
+        raw.extend_from_slice(namespace);
+        raw.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+        raw.extend_from_slice(topic);
         Ok(TopicKey {
-            namespace,
-            topic,
+            ns_len: namespace.len() as u8,
+            hash: key_hash(namespace, topic),
+            raw: Bytes::from(raw),
+        })
+    }
+
+    /// Builds a key from `raw` as a frame carries it after the namespace's
+    /// length byte: `namespace` (`ns_len` bytes), the topic's length as a
+    /// big-endian `u16`, then the topic (the rest of `raw`). No copy: the
+    /// key is `raw` itself.
+    pub fn from_wire(raw: Bytes, ns_len: usize) -> Result<TopicKey, NameError> {
+        let namespace = raw.get(..ns_len).unwrap_or_default();
+        validate_namespace(namespace)?;
+        let topic = raw.get(ns_len + 2..).unwrap_or_default();
+        let declared = raw
+            .get(ns_len..ns_len + 2)
+            .map(|len| u16::from_be_bytes([len[0], len[1]]) as usize);
+        // The decoder cut `raw` by the declared length; anything else is a
+        // caller's bug, refused as an empty topic would be.
+        if declared != Some(topic.len()) {
+            return Err(NameError::Empty { kind: "topic" });
+        }
+        validate_topic(topic)?;
+        let hash = key_hash(namespace, topic);
+        Ok(TopicKey {
+            ns_len: ns_len as u8,
             hash,
+            raw,
         })
     }
 
@@ -170,13 +204,9 @@ impl TopicKey {
     /// a topic table) would keep that whole buffer alive, and every clone
     /// sent to another core would touch the buffer's shared refcount.
     pub fn compact(&self) -> TopicKey {
-        let mut both = Vec::with_capacity(self.namespace.len() + self.topic.len());
-        both.extend_from_slice(&self.namespace);
-        both.extend_from_slice(&self.topic);
-        let both = Bytes::from(both);
         TopicKey {
-            namespace: both.slice(..self.namespace.len()),
-            topic: both.slice(self.namespace.len()..),
+            raw: Bytes::copy_from_slice(&self.raw),
+            ns_len: self.ns_len,
             hash: self.hash,
         }
     }
@@ -188,31 +218,28 @@ impl TopicKey {
 
     /// Builds a key from string slices, copying them.
     pub fn from_strs(namespace: &str, topic: &str) -> Result<TopicKey, NameError> {
-        TopicKey::new(
-            Bytes::copy_from_slice(namespace.as_bytes()),
-            Bytes::copy_from_slice(topic.as_bytes()),
-        )
+        TopicKey::new(namespace.as_bytes(), topic.as_bytes())
     }
 
     /// The namespace as bytes (valid UTF-8).
     pub fn namespace_bytes(&self) -> &[u8] {
-        &self.namespace
+        &self.raw[..usize::from(self.ns_len)]
     }
 
     /// The topic as bytes (valid UTF-8).
     pub fn topic_bytes(&self) -> &[u8] {
-        &self.topic
+        &self.raw[usize::from(self.ns_len) + 2..]
     }
 
     /// The namespace.
     pub fn namespace(&self) -> &str {
         // Validated in `new`, the only constructor; a failure here is a bug.
-        std::str::from_utf8(&self.namespace).unwrap_or("<invalid>")
+        std::str::from_utf8(self.namespace_bytes()).unwrap_or("<invalid>")
     }
 
     /// The topic.
     pub fn topic(&self) -> &str {
-        std::str::from_utf8(&self.topic).unwrap_or("<invalid>")
+        std::str::from_utf8(self.topic_bytes()).unwrap_or("<invalid>")
     }
 }
 
@@ -234,8 +261,9 @@ mod tests {
 
     #[test]
     fn compact_keys_own_their_bytes() {
-        let frame = Bytes::from_static(b"....orders/eu/1....");
-        let key = TopicKey::new(frame.slice(4..10), frame.slice(10..15)).expect("valid");
+        let frame = Bytes::from_static(b"....orders\x00\x05/eu/1....");
+        let key = TopicKey::from_wire(frame.slice(4..17), 6).expect("valid");
+        assert_eq!(key, TopicKey::from_strs("orders", "/eu/1").expect("valid"));
         let compact = key.compact();
         assert_eq!(compact, key);
         assert_eq!(compact.stable_hash(), key.stable_hash());
