@@ -128,6 +128,17 @@ impl OwnedTopic {
         self.last_seq += 1;
         self.last_active_ms = now_ms;
         if limits.max_messages > 0 && payload.len() <= limits.max_bytes {
+            // Room first, then the message: the ring never holds more than
+            // `max_messages` entries, so its buffer stops growing at that
+            // size instead of doubling for one entry more.
+            while self.ring.len() >= limits.max_messages
+                || self.ring_bytes + payload.len() > limits.max_bytes
+            {
+                match self.ring.pop_front() {
+                    Some((_, old)) => self.ring_bytes -= old.len(),
+                    None => break,
+                }
+            }
             let kept = if payload.len() <= RING_COPY_THRESHOLD {
                 self.copy_into_arena(payload)
             } else {
@@ -135,11 +146,6 @@ impl OwnedTopic {
             };
             self.ring_bytes += kept.len();
             self.ring.push_back((self.last_seq, kept));
-            while self.ring.len() > limits.max_messages || self.ring_bytes > limits.max_bytes {
-                if let Some((_, old)) = self.ring.pop_front() {
-                    self.ring_bytes -= old.len();
-                }
-            }
         } else {
             // Too large to keep: the ring must not hold anything older either,
             // or a replay would skip this message silently.
@@ -225,6 +231,11 @@ mod tests {
         assert_eq!(topic.last_seq(), 10);
         assert_eq!(topic.first_retained(), 7);
         assert_eq!(topic.ring_len(), 4);
+        assert_eq!(
+            topic.ring.capacity(),
+            4,
+            "the buffer holds max_messages entries, no more"
+        );
         let by_bytes = topic_with(
             10,
             RingLimits {
