@@ -54,10 +54,18 @@ pub fn check(buf: &[u8], max_frame: u32) -> Result<Check, FrameError> {
 ///
 /// Payloads and names are slices of `frame`: nothing is copied.
 pub fn decode(frame: Bytes) -> Result<Frame, FrameError> {
+    decode_with(frame, &mut KeyCache::default())
+}
+
+/// [`decode`] for a stream of frames: `cache` remembers the last topic
+/// names decoded, so a run of frames for one topic (the usual publisher)
+/// checks and hashes its names once. Keep one cache per connection.
+pub fn decode_with(frame: Bytes, cache: &mut KeyCache) -> Result<Frame, FrameError> {
     let mut reader = Reader {
         frame: "frame",
         buf: frame,
         offset: 0,
+        cache,
     };
     let len = reader.u32("length")? as usize;
     if reader.remaining() != len {
@@ -287,14 +295,61 @@ fn frame_name(opcode: Opcode) -> &'static str {
     }
 }
 
+/// The names of the last topic a connection's frames named, as they were on
+/// the wire, with their hash: checked once, reused while they repeat.
+///
+/// Holds a copy of at most [`KeyCache::MAX`] bytes (longer names are not
+/// cached), never a slice of a read buffer, which it would keep alive.
+#[derive(Debug, Clone)]
+pub struct KeyCache {
+    raw: [u8; KeyCache::MAX],
+    /// Bytes of `raw` in use; 0 when empty.
+    len: usize,
+    ns_len: usize,
+    hash: u64,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        KeyCache {
+            raw: [0; KeyCache::MAX],
+            len: 0,
+            ns_len: 0,
+            hash: 0,
+        }
+    }
+}
+
+impl KeyCache {
+    /// Longest `namespace ‖ u16 length ‖ topic` cached.
+    pub const MAX: usize = 64;
+
+    fn key(&mut self, raw: Bytes, ns_len: usize) -> Result<TopicKey, crate::NameError> {
+        if self.len != 0 && self.ns_len == ns_len && raw[..] == self.raw[..self.len] {
+            // The very bytes validated before: only the hash is reused.
+            return Ok(TopicKey::prevalidated(raw, ns_len, self.hash));
+        }
+        let key = TopicKey::from_wire(raw, ns_len)?;
+        let bytes = key.wire_bytes();
+        if bytes.len() <= KeyCache::MAX {
+            self.raw[..bytes.len()].copy_from_slice(bytes);
+            self.len = bytes.len();
+            self.ns_len = ns_len;
+            self.hash = key.stable_hash();
+        }
+        Ok(key)
+    }
+}
+
 /// A bounds-checked cursor over one frame.
-struct Reader {
+struct Reader<'c> {
     frame: &'static str,
     buf: Bytes,
     offset: usize,
+    cache: &'c mut KeyCache,
 }
 
-impl Reader {
+impl Reader<'_> {
     fn remaining(&self) -> usize {
         self.buf.len() - self.offset
     }
@@ -371,7 +426,9 @@ impl Reader {
         let topic_len = self.u16("topic")? as usize;
         self.take("topic", topic_len)?;
         // One slice for both names, as the frame lays them out.
-        TopicKey::from_wire(self.buf.slice(start..self.offset), ns_len)
+        let raw = self.buf.slice(start..self.offset);
+        self.cache
+            .key(raw, ns_len)
             .map_err(|source| FrameError::InvalidName { request_id, source })
     }
 

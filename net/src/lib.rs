@@ -16,7 +16,7 @@ mod error;
 mod frame;
 mod name;
 
-pub use decode::{check, decode, Check};
+pub use decode::{check, decode, decode_with, Check, KeyCache};
 pub use encode::{encode_message_header, encode_publish, encode_subscribe, MESSAGE_HEADER_LEN};
 pub use error::{ErrorCode, FrameError};
 pub use frame::{

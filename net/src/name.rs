@@ -199,6 +199,21 @@ impl TopicKey {
         })
     }
 
+    /// A key from `raw` laid out as for [`TopicKey::from_wire`], known to be
+    /// valid with hash `hash` (bytes equal to a key built before).
+    pub(crate) fn prevalidated(raw: Bytes, ns_len: usize, hash: u64) -> TopicKey {
+        TopicKey {
+            raw,
+            ns_len: ns_len as u8,
+            hash,
+        }
+    }
+
+    /// `namespace ‖ u16 topic length ‖ topic`, as on the wire.
+    pub fn wire_bytes(&self) -> &[u8] {
+        &self.raw
+    }
+
     /// The same key in one allocation of its own. Keys decoded from a frame
     /// are slices of the connection's read buffer: a key kept for long (in
     /// a topic table) would keep that whole buffer alive, and every clone

@@ -564,3 +564,46 @@ proptest! {
         }
     }
 }
+
+/// Decodes one frame built by `encode_publish` with `cache`.
+fn publish_with(cache: &mut KeyCache, ns: &[u8], name: &[u8]) -> Result<Publish, FrameError> {
+    let mut out = BytesMut::new();
+    encode_publish(&mut out, 9, false, ns, name, b"payload");
+    match decode_with(out.freeze(), cache)? {
+        Frame::Publish(publish) => Ok(publish),
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+}
+
+#[test]
+fn key_cache_reuses_names_only_when_the_bytes_repeat() {
+    let mut cache = KeyCache::default();
+    let long = "t".repeat(KeyCache::MAX);
+    for (ns, name) in [
+        ("app", "orders"),
+        ("app", "orders"), // from the cache
+        ("ap", "porders"), // the same letters split otherwise
+        ("app", "ordert"),
+        ("app", long.as_str()), // too long to cache
+        ("app", long.as_str()),
+        ("app", "orders"),
+    ] {
+        let publish = publish_with(&mut cache, ns.as_bytes(), name.as_bytes()).expect("valid");
+        let fresh = topic(ns, name);
+        assert_eq!(publish.topic, fresh, "{ns}/{name}");
+        assert_eq!(publish.topic.stable_hash(), fresh.stable_hash());
+        assert_eq!(
+            (publish.topic.namespace(), publish.topic.topic()),
+            (ns, name)
+        );
+    }
+    // A bad name right after a good one is still refused, by name.
+    publish_with(&mut cache, b"app", b"orders").expect("valid");
+    let err = publish_with(&mut cache, b"app", b"ord\x01ers").expect_err("refused");
+    assert!(
+        matches!(err, FrameError::InvalidName { request_id: 9, .. }),
+        "{err:?}"
+    );
+    let err = publish_with(&mut cache, b"", b"orders").expect_err("refused");
+    assert!(matches!(err, FrameError::InvalidName { .. }), "{err:?}");
+}

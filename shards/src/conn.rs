@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use corebus_net::{
-    check, decode, encode_message_header, Check, Discontinuity, Frame, GoAway, PubAck, SubOk,
-    UnsubOk, Welcome, PROTOCOL_VERSION,
+    check, decode_with, encode_message_header, Check, Discontinuity, Frame, GoAway, KeyCache,
+    PubAck, SubOk, UnsubOk, Welcome, PROTOCOL_VERSION,
 };
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -174,6 +174,7 @@ async fn read_loop(
     let mut buf = BytesMut::new();
     let mut chunk = READ_CHUNK_MIN;
     let mut cipher = Vec::new();
+    let mut keys = KeyCache::default();
     loop {
         let need;
         {
@@ -181,7 +182,7 @@ async fn read_loop(
             loop {
                 match check(&buf, max_frame) {
                     Ok(Check::Complete { len }) => {
-                        let flow = match decode(buf.split_to(len).freeze()) {
+                        let flow = match decode_with(buf.split_to(len).freeze(), &mut keys) {
                             Ok(frame) => shard.handle_frame(conn, frame),
                             Err(err) => shard.handle_decode_error(conn, &err),
                         };

@@ -3,7 +3,7 @@
 //! does, without sockets.
 
 use bytes::BytesMut;
-use corebus_net::{check, decode, Check};
+use corebus_net::{check, decode_with, Check, KeyCache};
 
 use crate::engine::{EngineConfig, Flow, Shard};
 
@@ -12,12 +12,14 @@ use crate::engine::{EngineConfig, Flow, Shard};
 pub fn feed(shard: &mut Shard, input: &[u8], split: usize) -> Flow {
     let conn = shard.open_conn();
     let mut buf = BytesMut::new();
+    // As the reader does: the same names in a row take the cache's path.
+    let mut keys = KeyCache::default();
     for piece in input.chunks(split.max(1)) {
         buf.extend_from_slice(piece);
         loop {
             match check(&buf, 4096) {
                 Ok(Check::Complete { len }) => {
-                    let flow = match decode(buf.split_to(len).freeze()) {
+                    let flow = match decode_with(buf.split_to(len).freeze(), &mut keys) {
                         Ok(frame) => shard.handle_frame(conn, frame),
                         Err(err) => shard.handle_decode_error(conn, &err),
                     };
