@@ -361,10 +361,9 @@ impl Client {
         topic: &str,
         payload: impl AsRef<[u8]>,
     ) -> Result<(), Error> {
-        let payload = payload.as_ref();
-        let shared = self.shared();
-        shared.check_publish(namespace, topic, payload.len())?;
-        shared.enqueue_unacked(namespace, topic, payload).await
+        self.shared()
+            .enqueue_unacked(namespace, topic, payload.as_ref())
+            .await
     }
 
     /// Takes the tally of [`Client::publish_unacked`] calls the broker
