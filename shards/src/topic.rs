@@ -124,7 +124,15 @@ impl OwnedTopic {
     }
 
     /// Assigns the next sequence number and keeps the payload for replay.
-    pub fn append(&mut self, payload: &Bytes, limits: RingLimits, now_ms: u64) -> Seq {
+    /// Returns the sequence number and the ring's copy of the payload (the
+    /// payload itself when it was too large to copy; `None` when the ring
+    /// keeps nothing).
+    pub fn append(
+        &mut self,
+        payload: &Bytes,
+        limits: RingLimits,
+        now_ms: u64,
+    ) -> (Seq, Option<Bytes>) {
         self.last_seq += 1;
         self.last_active_ms = now_ms;
         if limits.max_messages > 0 && payload.len() <= limits.max_bytes {
@@ -145,14 +153,15 @@ impl OwnedTopic {
                 payload.clone()
             };
             self.ring_bytes += kept.len();
-            self.ring.push_back((self.last_seq, kept));
+            self.ring.push_back((self.last_seq, kept.clone()));
+            (self.last_seq, Some(kept))
         } else {
             // Too large to keep: the ring must not hold anything older either,
             // or a replay would skip this message silently.
             self.ring.clear();
             self.ring_bytes = 0;
+            (self.last_seq, None)
         }
-        self.last_seq
     }
 
     fn copy_into_arena(&mut self, payload: &[u8]) -> Bytes {
@@ -305,6 +314,34 @@ mod tests {
         assert_eq!(plan.gap, Some((499, 1)));
         assert_eq!(plan.start_after, 0);
         assert_eq!(seqs(&plan), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn append_hands_back_the_rings_own_copy_of_small_payloads() {
+        let key = TopicKey::from_strs("test", "copy").expect("valid");
+        let mut topic = OwnedTopic::new(key, 1, 0);
+        let frame = Bytes::from(vec![7u8; 8192]);
+        let inside = |bytes: &Bytes| frame.as_ptr_range().contains(&bytes.as_ptr());
+        let small = frame.slice(10..138);
+        let (seq, kept) = topic.append(&small, RingLimits::default(), 0);
+        let kept = kept.expect("kept");
+        assert_eq!((seq, &kept), (1, &small));
+        assert!(!inside(&kept), "a copy, not a slice of the frame");
+        let large = frame.slice(..RING_COPY_THRESHOLD + 1);
+        let (_, kept) = topic.append(&large, RingLimits::default(), 0);
+        assert!(
+            inside(&kept.expect("kept")),
+            "large payloads are shared, not copied"
+        );
+        let limits = RingLimits {
+            max_messages: 10,
+            max_bytes: 8,
+        };
+        assert_eq!(
+            topic.append(&small, limits, 0),
+            (3, None),
+            "too large to keep"
+        );
     }
 
     #[test]

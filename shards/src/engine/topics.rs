@@ -88,7 +88,11 @@ impl Shard {
             return self.sequence_and_fan_out(topic, payload);
         };
         self.stats.messages_sequenced += 1;
-        let seq = owned.append(&payload, ring, now_ms);
+        let (seq, kept) = owned.append(&payload, ring, now_ms);
+        // Subscribers get the ring's copy where there is one: its refcount
+        // lives on this core, while the payload as received is a slice of the
+        // publisher's read buffer, whose refcount its own shard keeps busy.
+        let payload = kept.unwrap_or(payload);
         let generation = self.webhooks.generation();
         if generation != 0 {
             if owned.webhooks_generation != generation {
