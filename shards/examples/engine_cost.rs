@@ -17,7 +17,9 @@
 //! sockets and no cross-shard hops.
 
 use bytes::{Bytes, BytesMut};
-use corebus_net::{check, decode, Check, Frame, Hello, Publish, Subscribe, TopicKey};
+use corebus_net::{
+    check, decode_with, Check, Frame, Hello, KeyCache, Publish, Subscribe, TopicKey,
+};
 use corebus_shards::outbox::OutFrame;
 use corebus_shards::{ConnId, EngineConfig, Shard};
 
@@ -88,11 +90,13 @@ fn main() {
     }
     let mut stream = stream.freeze();
     let mut out = 0;
+    // As a connection's reader decodes (here every frame names another topic).
+    let mut keys = KeyCache::default();
     for i in 0..messages {
         let Ok(Check::Complete { len }) = check(&stream, u32::MAX) else {
             panic!("encoded frames are complete");
         };
-        let frame = decode(stream.split_to(len)).expect("encoded frames decode");
+        let frame = decode_with(stream.split_to(len), &mut keys).expect("encoded frames decode");
         shard.handle_frame(publisher, frame);
         if i % 256 == 255 {
             out += drain(&mut shard, &mut frames);
