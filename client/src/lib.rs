@@ -51,7 +51,9 @@
 //!
 //! - Publishes awaiting their acknowledgement fail with
 //!   [`Error::ConnectionLost`]; the broker may or may not have sequenced them,
-//!   and the caller decides whether to publish again.
+//!   and the caller decides whether to publish again. Fire-and-forget
+//!   publishes ([`Client::publish_unacked`]) still queued for the lost
+//!   connection are dropped without an error; subscribers see the gap.
 //! - Subscribes and unsubscribes waiting for their answer fail with
 //!   [`Error::ConnectionLost`] (an unsubscribe succeeds: the subscription is
 //!   gone with the connection); pings and webhook requests fail the same way.
@@ -62,6 +64,17 @@
 //!   [`Error::ConnectionLost`]) when reconnecting is off, the attempts run out,
 //!   or the server refuses the new handshake; and with [`Error::Closed`] after
 //!   [`Client::close`], which also stops reconnecting.
+//!
+//! # Publishing: acknowledged or fire-and-forget
+//!
+//! [`Client::publish`] and [`Client::start_publish`] ask the broker for an
+//! acknowledgement carrying the message's sequence number (at most
+//! [`ClientConfig::max_in_flight`] awaited at once). [`Client::publish_unacked`]
+//! asks for none: about twice the throughput, the contract of a NATS core
+//! publish, with refusals counted by [`Client::take_unacked_failures`] and
+//! memory bounded by [`ClientConfig::send_buffer`]. Both keep call order on
+//! the wire, so publishes to one topic from one client are sequenced in call
+//! order whichever way they were sent.
 //!
 //! # TLS
 //!
