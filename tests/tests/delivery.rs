@@ -26,20 +26,44 @@ async fn expect_consecutive(sub: &mut Subscription, after: u64, count: u64) -> V
     payloads
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publisher_subscriber_and_owner_on_three_different_shards() {
+/// A 4-shard broker with a topic owned by shard 3, subscribed to from shard
+/// 1, and a publisher on shard 2: every message crosses two shards.
+struct ThreeShards {
+    _broker: Broker,
+    /// Keeps the subscription's connection open.
+    _subscriber: corebus_client::Client,
+    topic: String,
+    publisher: corebus_client::Client,
+    sub: Subscription,
+}
+
+async fn three_shards(prefix: &str) -> ThreeShards {
     let broker = Broker::start(4);
-    let topic = topic_owned_by(3, broker.shards(), "cross");
+    let topic = topic_owned_by(3, broker.shards(), prefix);
     let subscriber = broker.client_on(1).await;
     let publisher = broker.client_on(2).await;
-    let mut sub = subscriber
+    let sub = subscriber
         .subscribe("test", &topic)
         .await
         .expect("subscribes");
+    ThreeShards {
+        _broker: broker,
+        _subscriber: subscriber,
+        topic,
+        publisher,
+        sub,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_subscriber_and_owner_on_three_different_shards() {
+    // Bound whole: the broker and the subscriber's client must outlive the test.
+    let setup = three_shards("cross").await;
+    let (topic, publisher, mut sub) = (&setup.topic, &setup.publisher, setup.sub);
     assert_eq!(sub.start_after(), 0);
     for i in 1..=500u64 {
         let seq = publisher
-            .publish("test", &topic, format!("m{i}"))
+            .publish("test", topic, format!("m{i}"))
             .await
             .expect("publishes");
         assert_eq!(
@@ -193,23 +217,18 @@ async fn late_subscriber_starts_exactly_after_its_start_point() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacked_publishes_are_sequenced_in_order_across_shards() {
-    let broker = Broker::start(4);
-    let topic = topic_owned_by(3, broker.shards(), "unacked");
-    let subscriber = broker.client_on(1).await;
-    let publisher = broker.client_on(2).await;
-    let mut sub = subscriber
-        .subscribe("test", &topic)
-        .await
-        .expect("subscribes");
+    // Bound whole: the broker and the subscriber's client must outlive the test.
+    let setup = three_shards("unacked").await;
+    let (topic, publisher, mut sub) = (&setup.topic, &setup.publisher, setup.sub);
     for i in 1..=2000u64 {
         publisher
-            .publish_unacked("test", &topic, format!("m{i}"))
+            .publish_unacked("test", topic, format!("m{i}"))
             .await
             .expect("queued");
     }
     // An acknowledged publish after them is sequenced after all of them.
     let seq = publisher
-        .publish("test", &topic, "acked")
+        .publish("test", topic, "acked")
         .await
         .expect("publishes");
     assert_eq!(seq, 2001);
