@@ -374,9 +374,10 @@ impl Client {
         topic: &str,
         payload: impl AsRef<[u8]>,
     ) -> Result<(), Error> {
-        self.shared()
-            .enqueue_unacked(namespace, topic, payload.as_ref())
-            .await
+        let payload = payload.as_ref();
+        let shared = self.shared();
+        shared.check_publish(namespace, topic, payload.len())?;
+        shared.enqueue_unacked(namespace, topic, payload).await
     }
 
     /// Takes the tally of [`Client::publish_unacked`] calls the broker

@@ -69,18 +69,6 @@ pub(crate) struct Shared {
     clock_base: Instant,
 }
 
-/// Checks that a payload of `len` bytes fits one `PUBLISH` frame.
-fn check_size(max_frame: u32, namespace: &str, topic: &str, len: usize) -> Result<(), Error> {
-    // Length field: opcode, request id, flags, u8-prefixed namespace,
-    // u16-prefixed topic, payload.
-    let overhead = 1 + 4 + 1 + 1 + namespace.len() + 2 + topic.len();
-    let max = (max_frame as usize).saturating_sub(overhead);
-    if len > max {
-        return Err(Error::PayloadTooLarge { len, max });
-    }
-    Ok(())
-}
-
 /// Checks the names against the naming rules.
 pub(crate) fn check_names(namespace: &str, topic: &str) -> Result<(), Error> {
     validate_namespace(namespace.as_bytes()).map_err(Error::InvalidName)?;
@@ -223,7 +211,14 @@ impl Shared {
         len: usize,
     ) -> Result<(), Error> {
         check_names(namespace, topic)?;
-        check_size(self.lock().welcome.max_frame, namespace, topic, len)
+        // Length field: opcode, request id, flags, u8-prefixed namespace,
+        // u16-prefixed topic, payload.
+        let overhead = 1 + 4 + 1 + 1 + namespace.len() + 2 + topic.len();
+        let max = (self.lock().welcome.max_frame as usize).saturating_sub(overhead);
+        if len > max {
+            return Err(Error::PayloadTooLarge { len, max });
+        }
+        Ok(())
     }
 
     /// Queues a `PUBLISH` with the ack flag (once connected); the receiver
@@ -258,19 +253,15 @@ impl Shared {
         Ok(rx)
     }
 
-    /// Checks and queues a `PUBLISH` without the ack flag (once connected,
-    /// and once fewer than [`ClientConfig::send_buffer`] bytes wait for the
-    /// socket). The size is checked under the lock that queues it: one lock
-    /// per publish.
+    /// Queues a `PUBLISH` without the ack flag (once connected, and once
+    /// fewer than [`ClientConfig::send_buffer`] bytes wait for the socket).
     pub(crate) async fn enqueue_unacked(
         &self,
         namespace: &str,
         topic: &str,
         payload: &[u8],
     ) -> Result<(), Error> {
-        check_names(namespace, topic)?;
         self.when_up(self.config.send_buffer.max(1), |st| {
-            check_size(st.welcome.max_frame, namespace, topic, payload.len())?;
             let request_id = st.alloc_unacked();
             encode_publish(
                 &mut st.out,
@@ -280,9 +271,8 @@ impl Shared {
                 topic.as_bytes(),
                 payload,
             );
-            Ok(())
         })
-        .await?
+        .await
     }
 
     /// Takes the count (and the last) of unacknowledged publishes the server

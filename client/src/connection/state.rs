@@ -248,9 +248,7 @@ pub(crate) struct State {
     /// map sees an insert and a remove per publish.
     pub(crate) pending: FxHashMap<u32, Pending>,
     pub(crate) pings: HashMap<u64, oneshot::Sender<()>>,
-    /// Subscription id → route; looked up for every message received (Fx
-    /// hashing: ids are this client's own small integers).
-    pub(crate) routes: FxHashMap<u32, Route>,
+    pub(crate) routes: HashMap<u32, Route>,
     /// Why a subscription ended on its own (its resubscription was refused);
     /// taken by the subscription when its stream ends.
     pub(crate) ended: HashMap<u32, Error>,
@@ -301,7 +299,7 @@ impl State {
             next_nonce: 1,
             pending: FxHashMap::default(),
             pings: HashMap::new(),
-            routes: FxHashMap::default(),
+            routes: HashMap::new(),
             ended: HashMap::new(),
         }
     }
