@@ -54,13 +54,17 @@ pub fn check(buf: &[u8], max_frame: u32) -> Result<Check, FrameError> {
 ///
 /// Payloads and names are slices of `frame`: nothing is copied.
 pub fn decode(frame: Bytes) -> Result<Frame, FrameError> {
-    decode_with(frame, &mut KeyCache::default())
+    decode_frame(frame, None)
 }
 
 /// [`decode`] for a stream of frames: `cache` remembers the last topic
 /// names decoded, so a run of frames for one topic (the usual publisher)
 /// checks and hashes its names once. Keep one cache per connection.
 pub fn decode_with(frame: Bytes, cache: &mut KeyCache) -> Result<Frame, FrameError> {
+    decode_frame(frame, Some(cache))
+}
+
+fn decode_frame(frame: Bytes, cache: Option<&mut KeyCache>) -> Result<Frame, FrameError> {
     let mut reader = Reader {
         frame: "frame",
         buf: frame,
@@ -346,7 +350,8 @@ struct Reader<'c> {
     frame: &'static str,
     buf: Bytes,
     offset: usize,
-    cache: &'c mut KeyCache,
+    /// Names seen before on this stream, if the caller keeps them.
+    cache: Option<&'c mut KeyCache>,
 }
 
 impl Reader<'_> {
@@ -427,9 +432,11 @@ impl Reader<'_> {
         self.take("topic", topic_len)?;
         // One slice for both names, as the frame lays them out.
         let raw = self.buf.slice(start..self.offset);
-        self.cache
-            .key(raw, ns_len)
-            .map_err(|source| FrameError::InvalidName { request_id, source })
+        match self.cache.as_deref_mut() {
+            Some(cache) => cache.key(raw, ns_len),
+            None => TopicKey::from_wire(raw, ns_len),
+        }
+        .map_err(|source| FrameError::InvalidName { request_id, source })
     }
 
     fn rest(&mut self) -> Bytes {
