@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::state::{protocol_violation, UNACKED_IDS};
 use super::stream::ReadHalf;
-use super::{Cursor, Ended, Pending, Shared, Terminal, READ_CHUNK};
+use super::{Cursor, Ended, Pending, Shared, State, Terminal, READ_CHUNK};
 use crate::error::code_text;
 use crate::subscription::Started;
 use crate::{Discontinuity, Error, Event, Message};
@@ -129,14 +129,9 @@ impl Shared {
                 let _ = answer.send(Ok(ack.seq));
                 Ok(())
             }
-            Some(other) => {
-                let name = other.name();
-                st.pending.insert(ack.request_id, other);
-                Err(protocol_violation(format!(
-                    "PUB_ACK answers request {}, a {name}",
-                    ack.request_id
-                )))
-            }
+            Some(other) => Err(wrong_answer(&mut st, ack.request_id, other, |name| {
+                format!("PUB_ACK answers request {}, a {name}", ack.request_id)
+            })),
         }
     }
 
@@ -212,14 +207,12 @@ impl Shared {
                 }
                 Ok(())
             }
-            Some(other) => {
-                let name = other.name();
-                st.pending.insert(ok.request_id, other);
-                Err(protocol_violation(format!(
+            Some(other) => Err(wrong_answer(&mut st, ok.request_id, other, |name| {
+                format!(
                     "UNSUB_OK (sub {}) answers request {}, a {name} with another subscription",
                     ok.sub_id, ok.request_id
-                )))
-            }
+                )
+            })),
         }
     }
 
@@ -232,14 +225,12 @@ impl Shared {
                 let _ = answer.send(Ok(reply.result));
                 Ok(())
             }
-            Some(other) => {
-                let name = other.name();
-                st.pending.insert(reply.request_id, other);
-                Err(protocol_violation(format!(
+            Some(other) => Err(wrong_answer(&mut st, reply.request_id, other, |name| {
+                format!(
                     "WEBHOOK_REPLY answers request {}, a {name}",
                     reply.request_id
-                )))
-            }
+                )
+            })),
         }
     }
 
@@ -346,6 +337,20 @@ impl Shared {
         }
         Ok(())
     }
+}
+
+/// An answer that does not fit the request it names: the request goes back
+/// to wait (it fails with the client's end, which this violation causes),
+/// and `what` describes the violation given the request's frame name.
+fn wrong_answer(
+    st: &mut State,
+    request_id: u32,
+    request: Pending,
+    what: impl FnOnce(&'static str) -> String,
+) -> Ended {
+    let name = request.name();
+    st.pending.insert(request_id, request);
+    protocol_violation(what(name))
 }
 
 /// Reads and dispatches frames until the connection ends; returns why.
