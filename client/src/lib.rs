@@ -201,6 +201,7 @@ pub use subscription::{Discontinuity, Event, Message, ResumeFrom, Subscription};
 pub use webhook::{Webhook, WebhookMatch, WebhookSource, WebhookSpec};
 
 use connection::{check_names, Shared};
+use corebus_net::ResumePoint;
 
 /// Publishes made with [`Client::publish_unacked`] that the broker refused,
 /// from [`Client::take_unacked_failures`].
@@ -212,7 +213,6 @@ pub struct UnackedFailures {
     /// (`forbidden`, `invalid_name`, …) and whose message names the topic.
     pub last: Option<Error>,
 }
-use corebus_net::ResumePoint;
 
 /// Keeps the connection open while any [`Client`], [`Subscription`] or
 /// [`PendingPublish`] refers to it; the last one to go closes it.
