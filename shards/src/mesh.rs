@@ -88,8 +88,10 @@ pub enum ShardMsg {
         epoch: Epoch,
         /// Last sequence number assigned before the interest was registered.
         start_after: Seq,
-        /// The answer to the resume request, if there was one.
-        resume: Option<ResumeReply>,
+        /// The answer to the resume request, if there was one (boxed: it is
+        /// rare and large, and every message of a batch is as large as the
+        /// largest kind).
+        resume: Option<Box<ResumeReply>>,
     },
     /// To a topic's owner: the sending shard has no subscribers left.
     DropInterestMsg {
@@ -110,3 +112,9 @@ pub enum ShardMsg {
         sequenced_at: Option<Instant>,
     },
 }
+
+// Every message of a batch takes the size of the largest kind, and a busy
+// shard's batches hold tens of thousands of them: rare large fields are boxed
+// so that the per-message kinds (publish, deliver) set the size.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<ShardMsg>() <= 112);

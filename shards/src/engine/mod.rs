@@ -302,7 +302,7 @@ impl Shard {
                         topic,
                         epoch,
                         start_after,
-                        resume: reply,
+                        resume: reply.map(Box::new),
                     },
                 );
             }
@@ -311,7 +311,7 @@ impl Shard {
                 epoch,
                 start_after,
                 resume,
-            } => self.handle_interest_ack(topic, epoch, start_after, resume),
+            } => self.handle_interest_ack(topic, epoch, start_after, resume.map(|reply| *reply)),
             ShardMsg::DropInterestMsg { topic } => self.unregister_interest(&topic, from),
             ShardMsg::DeliverMsg {
                 topic,
