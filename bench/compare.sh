@@ -7,12 +7,16 @@
 #   bench/results/<date>.svg   delivered msgs/s and latency percentiles per broker
 # Besides the three brokers it runs the raw baseline (16 KiB pair through the
 # harness's own loopback TCP relay, no broker) and corebus `many` once more
-# with --shards 1 for the scaling ratio.
+# with --shards 1 for the scaling ratio. The message-moving runs repeat in
+# ROUNDS rounds, each round every broker in turn on a fresh start, and the
+# median round stands for each (one noisy run on a shared machine decides
+# nothing); the connections scenario runs once per broker.
 # See docs/benchmarks.md. Unattended: installs nats-server and redis-server
 # from Debian packages when missing (needs root or sudo).
 #
 # Settings (environment): SHARDS (cores per broker, default nproc), DURATION
 # (seconds per throughput run, default 5), LATENCY_DURATION (default 10),
+# ROUNDS (default 3),
 # RATE (latency scenario msgs/s published, default 10000; each of the 16
 # subscribers receives all of them), CONNECTIONS (default 10000),
 # COREBUS_PORT / NATS_PORT / REDIS_PORT (defaults 17400 / 14222 / 16379).
@@ -22,6 +26,7 @@ cd "$(dirname "$0")/.."
 SHARDS=${SHARDS:-$(nproc)}
 DURATION=${DURATION:-5}
 LATENCY_DURATION=${LATENCY_DURATION:-10}
+ROUNDS=${ROUNDS:-3}
 RATE=${RATE:-10000}
 CONNECTIONS=${CONNECTIONS:-10000}
 COREBUS_PORT=${COREBUS_PORT:-17400}
@@ -154,7 +159,8 @@ start_broker() { # target [corebus shards, default SHARDS]
 # Each line: extra arguments of one run (the same for every broker). The
 # shapes are the performance issue's: 128-byte payloads except the 16 KiB
 # pair; fanout 1 -> 64; many 16 publishers -> 1024 topics -> 64 subscriber
-# connections (16 topics each); latency 1 -> 16 subscribers at RATE.
+# connections (16 topics each); latency 1 -> 16 subscribers at RATE. The
+# idle-connections scenario (CONNECTIONS_RUN) runs apart, once per broker.
 MANY="--scenario many --publishers 16 --subscribers 64 --topics 1024 --size 128 --duration $DURATION"
 LARGE_PAIR="--scenario pair --size 16384 --duration $DURATION"
 SUITE=(
@@ -163,10 +169,10 @@ SUITE=(
     "--scenario fanout --subscribers 64 --size 128 --duration $DURATION"
     "$MANY"
     "--scenario latency --rate $RATE --subscribers 16 --size 128 --duration $LATENCY_DURATION"
-    "--scenario connections --subscribers $CONNECTIONS --size 128 --duration 10"
 )
+CONNECTIONS_RUN="--scenario connections --subscribers $CONNECTIONS --size 128 --duration 10"
 
-# corebus only, with --acks: the 128-byte throughput runs.
+# corebus only, with --acks (first round): the 128-byte throughput runs.
 ACKED=("${SUITE[0]}" "${SUITE[2]}" "${SUITE[3]}")
 
 RUNS=$WORK/runs.jsonl
@@ -184,59 +190,70 @@ run_bench() { # label, then corebus-bench arguments
     fi
 }
 
-# The raw baseline: no broker; the harness relays the 16 KiB pair through its
-# own loopback TCP relay, which bounds what any broker can deliver here.
-# shellcheck disable=SC2086 # $LARGE_PAIR is a list of options
-run_bench "raw: $LARGE_PAIR" --target raw $LARGE_PAIR
+broker_args() { # target: the harness's extra arguments for it
+    extra=(--broker-pid "$BROKER_PID")
+    if [ "$1" = corebus ]; then extra+=(--broker-shards "$SHARDS"); fi
+}
 
-for target in corebus nats redis; do
-    log "$target: starting the broker on CPUs $CPU_LIST"
-    start_broker "$target"
-    extra=()
-    if [ "$target" = corebus ]; then extra=(--broker-shards "$SHARDS"); fi
-    for args in "${SUITE[@]}"; do
-        if [[ $args == *"--scenario connections"* ]]; then
-            # Memory per connection is the growth of the broker's resident
-            # memory: measured on a fresh broker, or memory that the earlier
-            # runs' buffers and replay rings left free inside the process
-            # would absorb the connections unseen.
-            log "$target: restarting the broker for the connections scenario"
-            stop_broker
-            start_broker "$target"
-        fi
-        # shellcheck disable=SC2086 # $args is a list of options
-        run_bench "$target: $args" --target "$target" --url "$URL" $args \
-            --broker-pid "$BROKER_PID" ${extra[@]+"${extra[@]}"}
-    done
-    if [ "$target" = corebus ]; then
-        # The suite publishes fire-and-forget, as NATS does; the throughput
-        # runs again with every publish acknowledged and checked.
-        for args in "${ACKED[@]}"; do
+for round in $(seq "$ROUNDS"); do
+    # The raw baseline: no broker; the harness relays the 16 KiB pair through
+    # its own loopback TCP relay, which bounds what any broker can deliver here.
+    # shellcheck disable=SC2086 # $LARGE_PAIR is a list of options
+    run_bench "round $round/$ROUNDS, raw: $LARGE_PAIR" --target raw $LARGE_PAIR
+
+    for target in corebus nats redis; do
+        log "round $round/$ROUNDS, $target: starting the broker on CPUs $CPU_LIST"
+        start_broker "$target"
+        broker_args "$target"
+        for args in "${SUITE[@]}"; do
             # shellcheck disable=SC2086 # $args is a list of options
-            run_bench "$target: $args --acks" --target "$target" --url "$URL" $args \
-                --acks --broker-pid "$BROKER_PID" ${extra[@]+"${extra[@]}"}
+            run_bench "round $round/$ROUNDS, $target: $args" --target "$target" --url "$URL" $args \
+                "${extra[@]}"
         done
+        if [ "$target" = corebus ] && [ "$round" = 1 ]; then
+            # The suite publishes fire-and-forget, as NATS does; the throughput
+            # runs again with every publish acknowledged and checked.
+            for args in "${ACKED[@]}"; do
+                # shellcheck disable=SC2086 # $args is a list of options
+                run_bench "$target: $args --acks" --target "$target" --url "$URL" $args \
+                    --acks "${extra[@]}"
+            done
+        fi
+        stop_broker
+    done
+
+    # Scaling: corebus `many` again with one shard, on the same CPUs.
+    if [ "$SHARDS" -ge 2 ]; then
+        log "round $round/$ROUNDS, corebus: starting the broker with 1 shard on CPUs $CPU_LIST (scaling run)"
+        start_broker corebus 1
+        # shellcheck disable=SC2086 # $MANY is a list of options
+        run_bench "round $round/$ROUNDS, corebus --shards 1: $MANY" --target corebus --url "$URL" $MANY \
+            --broker-pid "$BROKER_PID" --broker-shards 1
+        stop_broker
+    elif [ "$round" = 1 ]; then
+        log "SHARDS=$SHARDS: no scaling run (it compares SHARDS shards with 1)"
     fi
-    stop_broker
 done
 
-# Scaling: corebus `many` again with one shard, on the same CPUs.
-if [ "$SHARDS" -ge 2 ]; then
-    log "corebus: starting the broker with 1 shard on CPUs $CPU_LIST (scaling run)"
-    start_broker corebus 1
-    # shellcheck disable=SC2086 # $MANY is a list of options
-    run_bench "corebus --shards 1: $MANY" --target corebus --url "$URL" $MANY \
-        --broker-pid "$BROKER_PID" --broker-shards 1
+# Memory per connection is the growth of the broker's resident memory:
+# measured on a fresh broker, or memory that earlier runs' buffers and replay
+# rings left free inside the process would absorb the connections unseen.
+for target in corebus nats redis; do
+    log "$target: starting a fresh broker for the connections scenario"
+    start_broker "$target"
+    broker_args "$target"
+    # shellcheck disable=SC2086 # $CONNECTIONS_RUN is a list of options
+    run_bench "$target: $CONNECTIONS_RUN" --target "$target" --url "$URL" $CONNECTIONS_RUN \
+        "${extra[@]}"
     stop_broker
-else
-    log "SHARDS=$SHARDS: no scaling run (it compares SHARDS shards with 1)"
-fi
+done
 
 mkdir -p "$RESULTS"
 "$BENCH" summarize --input "$RUNS" \
     --json "$RESULTS/$STAMP.json" --markdown "$RESULTS/$STAMP.md" --svg "$RESULTS/$STAMP.svg" \
     --generated "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
     --fact "shards/GOMAXPROCS=$SHARDS on CPUs $CPU_LIST (scaling run: corebus --shards 1, same CPUs)" \
+    --fact "rounds=$ROUNDS (each broker restarted every round; connections once, on a fresh broker)" \
     --fact "corebus=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- . ':(exclude)bench/results' 2>/dev/null || echo '+changes')" \
     --fact "nats-server=$(nats-server --version | awk '{print $NF}')" \
     --fact "redis-server=$(redis-server --version | awk '{print $3}' | sed 's/v=//')"

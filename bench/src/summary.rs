@@ -121,31 +121,41 @@ fn base_label(report: &Report) -> String {
 /// The workloads in first-seen order, each with its report per broker (and
 /// the raw baseline's, under `raw`).
 ///
-/// Where one broker ran a workload more than once, the run with the most
-/// `broker_shards` stands for it (ties: the later run): the suite's main
-/// corebus run, not its one-shard scaling run. A workload of corebus runs
+/// Where one broker ran a workload more than once, only its runs with the
+/// most `broker_shards` count (the suite's main corebus runs, not the
+/// one-shard scaling runs), and of those [`representative`] stands for the
+/// workload: the median run of the rounds. A workload of corebus runs
 /// with acknowledged publishes has a row of its own, where the other
 /// brokers' cells are their runs of the same workload (which publish as
 /// they always do).
 pub fn by_workload(runs: &[Report]) -> Vec<(String, BTreeMap<&'static str, &Report>)> {
-    let mut rows: Vec<(String, BTreeMap<&'static str, &Report>)> = Vec::new();
+    let mut groups: Vec<(String, BTreeMap<&'static str, Vec<&Report>>)> = Vec::new();
     for run in runs {
         let label = workload_label(run);
-        let index = match rows.iter().position(|(existing, _)| *existing == label) {
+        let index = match groups.iter().position(|(existing, _)| *existing == label) {
             Some(index) => index,
             None => {
-                rows.push((label, BTreeMap::new()));
-                rows.len() - 1
+                groups.push((label, BTreeMap::new()));
+                groups.len() - 1
             }
         };
-        let cells = &mut rows[index].1;
-        let replaces = cells
-            .get(run.target.name())
-            .is_none_or(|kept| kept.broker_shards <= run.broker_shards);
-        if replaces {
-            cells.insert(run.target.name(), run);
+        let group = groups[index].1.entry(run.target.name()).or_default();
+        match group.first() {
+            Some(kept) if kept.broker_shards > run.broker_shards => {}
+            Some(kept) if kept.broker_shards < run.broker_shards => *group = vec![run],
+            _ => group.push(run),
         }
     }
+    let mut rows: Vec<(String, BTreeMap<&'static str, &Report>)> = groups
+        .into_iter()
+        .map(|(label, group)| {
+            let cells = group
+                .into_iter()
+                .filter_map(|(name, runs)| Some((name, representative(&runs)?)))
+                .collect();
+            (label, cells)
+        })
+        .collect();
     let plain: Vec<(String, BTreeMap<&'static str, &Report>)> = rows.clone();
     for (label, cells) in &mut rows {
         let Some(base) = label.strip_suffix(ACKED_SUFFIX) else {
@@ -160,6 +170,41 @@ pub fn by_workload(runs: &[Report]) -> Vec<(String, BTreeMap<&'static str, &Repo
         }
     }
     rows
+}
+
+/// The run that stands for several rounds of one workload on one broker:
+/// a failed run if there is one (a failure in any round must show, and is
+/// not judged), otherwise the median by the workload's main measure
+/// (delivered messages per second; p99 latency for `latency`; memory per
+/// connection for `connections`), the lower middle one for an even count.
+pub fn representative<'a>(runs: &[&'a Report]) -> Option<&'a Report> {
+    if let Some(failed) = runs.iter().rev().find(|run| run.failure().is_some()) {
+        return Some(failed);
+    }
+    let measure = |run: &Report| match run.scenario {
+        Scenario::Latency => run.latency_us.p99,
+        Scenario::Connections => run
+            .connections
+            .as_ref()
+            .and_then(|connections| connections.rss_per_connection_bytes)
+            .unwrap_or(f64::NAN),
+        Scenario::Pair | Scenario::Fanout | Scenario::Many => run.delivered_per_sec,
+    };
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(|a, b| measure(a).total_cmp(&measure(b)));
+    sorted.get(sorted.len().saturating_sub(1) / 2).copied()
+}
+
+/// The most runs of one workload on one broker with one shard count: the
+/// suite's rounds.
+pub fn rounds(runs: &[Report]) -> usize {
+    let mut counts: BTreeMap<(String, &'static str, Option<usize>), usize> = BTreeMap::new();
+    for run in runs {
+        *counts
+            .entry((workload_label(run), run.target.name(), run.broker_shards))
+            .or_default() += 1;
+    }
+    counts.values().copied().max().unwrap_or(0)
 }
 
 fn ratio(corebus: Option<f64>, other: Option<f64>) -> String {
@@ -244,6 +289,14 @@ pub fn markdown(summary: &Summary) -> String {
     for (key, value) in &summary.machine {
         let _ = writeln!(out, "- {key}: {value}");
     }
+    let rounds = rounds(&summary.runs);
+    if rounds > 1 {
+        let _ = writeln!(
+            out,
+            "- rounds: up to {rounds} per workload and broker; every cell below is the median run \
+             of its rounds (by delivered msg/s; by p99 for latency), and the last table lists every round"
+        );
+    }
     out.push('\n');
     crate::targets::markdown(&mut out, &summary.runs);
     let _ = writeln!(
@@ -299,6 +352,9 @@ pub fn markdown(summary: &Summary) -> String {
         &rows_of(&rows, |r| r.connections.as_ref().map(|c| c.deliver_all_ms)),
         |value| format!("{value:.0} ms"),
     );
+    if rounds > 1 {
+        every_round(&mut out, &summary.runs);
+    }
     let failed: Vec<String> = summary
         .runs
         .iter()
@@ -324,6 +380,37 @@ pub fn markdown(summary: &Summary) -> String {
         }
     }
     out
+}
+
+/// Delivered msg/s of every round of every throughput workload, per broker
+/// (and shard count where corebus ran with several), in run order.
+fn every_round(out: &mut String, runs: &[Report]) {
+    let mut lines: Vec<(String, Vec<String>)> = Vec::new();
+    for run in runs.iter().filter(|run| is_throughput(run)) {
+        let shards = match (run.target, run.broker_shards) {
+            (Target::Corebus, Some(shards)) => format!(", {shards} shards"),
+            _ => String::new(),
+        };
+        let key = format!("{} | {}{shards}", workload_label(run), run.target.name());
+        let value = human(run.delivered_per_sec);
+        match lines.iter_mut().find(|(existing, _)| *existing == key) {
+            Some((_, values)) => values.push(value),
+            None => lines.push((key, vec![value])),
+        }
+    }
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "Delivered messages per second of every round, in run order (the tables above use each one's median round).\n"
+    );
+    let _ = writeln!(out, "| workload | broker | delivered msg/s per round |");
+    let _ = writeln!(out, "|---|---|---|");
+    for (key, values) in lines {
+        let _ = writeln!(out, "| {key} | {} |", values.join(", "));
+    }
+    out.push('\n');
 }
 
 #[cfg(test)]
@@ -371,5 +458,63 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("Every run delivered every message"));
+    }
+
+    #[test]
+    fn rounds_are_summarized_by_their_median_and_listed() {
+        let runs = vec![
+            report(Target::Corebus, Scenario::Many, 900_000.0),
+            report(Target::Nats, Scenario::Many, 500_000.0),
+            report(Target::Corebus, Scenario::Many, 700_000.0),
+            report(Target::Nats, Scenario::Many, 300_000.0),
+            report(Target::Corebus, Scenario::Many, 800_000.0),
+            report(Target::Nats, Scenario::Many, 400_000.0),
+        ];
+        assert_eq!(rounds(&runs), 3);
+        let rows = by_workload(&runs);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].1["corebus"].delivered_per_sec, 800_000.0);
+        assert_eq!(rows[0].1["nats"].delivered_per_sec, 400_000.0);
+        let text = markdown(&Summary {
+            generated: "now".into(),
+            machine: BTreeMap::new(),
+            runs,
+        });
+        assert!(text.contains("- rounds: up to 3 per workload"), "{text}");
+        assert!(
+            text.contains("| many 16→64 over 1024 topics, 128 B | 800.0k msg/s | 400.0k msg/s | – | 2.00× | – |"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "| many 16→64 over 1024 topics, 128 B | corebus | 900.0k, 700.0k, 800.0k |"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_failed_round_stands_for_its_workload() {
+        let good = report(Target::Corebus, Scenario::Pair, 900_000.0);
+        let mut failed = report(Target::Corebus, Scenario::Pair, 950_000.0);
+        failed.lost = 3;
+        let third = report(Target::Corebus, Scenario::Pair, 800_000.0);
+        let chosen = representative(&[&good, &failed, &third]).expect("runs");
+        assert_eq!(chosen.lost, 3);
+        // Latency: the median by p99, whatever the throughput.
+        let mut a = report(Target::Nats, Scenario::Latency, 10_000.0);
+        a.latency_us.p99 = 30.0;
+        let mut b = a.clone();
+        b.latency_us.p99 = 10.0;
+        let mut c = a.clone();
+        c.latency_us.p99 = 20.0;
+        let chosen = representative(&[&a, &b, &c]).expect("runs");
+        assert_eq!(chosen.latency_us.p99, 20.0);
+        // Two rounds: the lower middle one.
+        assert_eq!(
+            representative(&[&a, &b]).expect("runs").latency_us.p99,
+            10.0
+        );
+        assert!(representative(&[]).is_none());
     }
 }
