@@ -253,7 +253,7 @@ mkdir -p "$RESULTS"
     --json "$RESULTS/$STAMP.json" --markdown "$RESULTS/$STAMP.md" --svg "$RESULTS/$STAMP.svg" \
     --generated "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
     --fact "shards/GOMAXPROCS=$SHARDS on CPUs $CPU_LIST (scaling run: corebus --shards 1, same CPUs)" \
-    --fact "rounds=$ROUNDS (each broker restarted every round; connections once, on a fresh broker)" \
+    --fact "procedure=$ROUNDS rounds, each broker restarted every round; the connections scenario once per broker, on a fresh broker" \
     --fact "corebus=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- . ':(exclude)bench/results' 2>/dev/null || echo '+changes')" \
     --fact "nats-server=$(nats-server --version | awk '{print $NF}')" \
     --fact "redis-server=$(redis-server --version | awk '{print $3}' | sed 's/v=//')"
