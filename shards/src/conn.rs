@@ -43,6 +43,10 @@ const READ_CHUNK_MAX: usize = 64 * 1024;
 /// other subscriber; shorter ones are copied next to their header, because an
 /// iovec entry costs more than copying a few hundred bytes.
 const VECTOR_THRESHOLD: usize = 512;
+/// Wire bytes the writer takes from the outbox per round, so its encode
+/// buffer stays this size and is reused warm instead of growing with a
+/// deep queue (and first-touching fresh pages) every time.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// Most iovecs per `sendmsg` (Linux's IOV_MAX).
 const MAX_IOVECS: usize = 1024;
 /// A reader pauses while any peer's mesh backlog is above this many messages.
@@ -338,7 +342,7 @@ async fn write_loop(
             };
             let kicked = outbox.take_kick();
             if !outbox.is_empty() || kicked {
-                outbox.drain_into(&mut batch);
+                outbox.drain_some(&mut batch, WRITE_BATCH_BYTES);
                 Poll::Ready(Some(outbox.is_closing()))
             } else if outbox.is_closing() {
                 Poll::Ready(None)

@@ -233,6 +233,24 @@ impl Outbox {
         self.queued_bytes = 0;
     }
 
+    /// Moves the oldest queued frames into `into`, up to `max_bytes` of wire
+    /// bytes (at least one frame, however large); the rest stay queued and
+    /// count against the bound.
+    pub fn drain_some(&mut self, into: &mut Vec<OutFrame>, max_bytes: usize) {
+        let mut taken = 0;
+        while let Some(frame) = self.frames.front() {
+            let len = frame.wire_len();
+            if taken > 0 && taken + len > max_bytes {
+                break;
+            }
+            taken += len;
+            if let Some(frame) = self.frames.pop_front() {
+                into.push(frame);
+            }
+        }
+        self.queued_bytes = self.queued_bytes.saturating_sub(taken);
+    }
+
     /// Wakes the writer for transport work that is not a frame (TLS
     /// handshake records produced by the reader's input).
     pub fn kick(&mut self) {
@@ -311,5 +329,27 @@ mod tests {
         let mut batch = Vec::new();
         outbox.drain_into(&mut batch);
         assert_eq!(batch, vec![OutFrame::Pong(1)]);
+    }
+
+    #[test]
+    fn drain_some_takes_the_oldest_frames_up_to_a_size() {
+        let mut outbox = Outbox::new(10_000);
+        for len in [100, 100, 100, 5000] {
+            outbox.push(message(len)).expect("room");
+        }
+        let frame = 100 + MESSAGE_HEADER_LEN;
+        let mut batch = Vec::new();
+        outbox.drain_some(&mut batch, 2 * frame + 1);
+        assert_eq!(batch, vec![message(100), message(100)]);
+        assert_eq!(outbox.queued_bytes(), frame + 5000 + MESSAGE_HEADER_LEN);
+        // At least one frame, however large.
+        batch.clear();
+        outbox.drain_some(&mut batch, 1);
+        assert_eq!(batch, vec![message(100)]);
+        batch.clear();
+        outbox.drain_some(&mut batch, 1);
+        assert_eq!(batch, vec![message(5000)]);
+        assert_eq!(outbox.queued_bytes(), 0);
+        assert!(outbox.is_empty());
     }
 }
