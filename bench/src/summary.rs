@@ -388,6 +388,7 @@ fn every_round(out: &mut String, runs: &[Report]) {
     let mut lines: Vec<(String, Vec<String>)> = Vec::new();
     for run in runs.iter().filter(|run| is_throughput(run)) {
         let shards = match (run.target, run.broker_shards) {
+            (Target::Corebus, Some(1)) => ", 1 shard".to_owned(),
             (Target::Corebus, Some(shards)) => format!(", {shards} shards"),
             _ => String::new(),
         };
