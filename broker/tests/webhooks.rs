@@ -456,10 +456,11 @@ async fn a_hanging_endpoint_does_not_slow_publishing() {
         .expect("added");
     const COUNT: usize = 20_000;
     // Warm up, then alternate: the same load with the second topic going to
-    // the hanging webhook, or to no webhook; best of three each.
+    // the hanging webhook, or to no webhook; best of five each (the other
+    // tests of this file run beside it on two cores).
     publish_rate(&client, "plain", 2_000).await;
     let (mut with_hook, mut without) = (0f64, 0f64);
-    for _ in 0..3 {
+    for _ in 0..5 {
         without = without.max(publish_rate(&client, "plain", COUNT).await);
         with_hook = with_hook.max(publish_rate(&client, "hooked/x", COUNT).await);
     }

@@ -180,6 +180,7 @@ mod addr;
 mod config;
 mod connection;
 mod error;
+mod queue;
 mod subscription;
 mod webhook;
 

@@ -7,7 +7,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use corebus_net::ResumePoint;
 use futures_core::Stream;
-use tokio::sync::mpsc;
 
 use crate::{Error, Handle};
 
@@ -140,7 +139,7 @@ pub struct Subscription {
     last_seq: u64,
     namespace: String,
     topic: String,
-    events: mpsc::Receiver<Event>,
+    events: crate::queue::Receiver,
     handle: Arc<Handle>,
     /// The stream has ended (terminal error reported, or no more items).
     finished: bool,
@@ -160,7 +159,7 @@ impl Subscription {
         started: Started,
         namespace: &str,
         topic: &str,
-        events: mpsc::Receiver<Event>,
+        events: crate::queue::Receiver,
         handle: Arc<Handle>,
     ) -> Subscription {
         Subscription {

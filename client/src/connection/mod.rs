@@ -18,12 +18,12 @@ use std::time::Duration;
 use corebus_net::{
     encode_publish, validate_namespace, validate_topic, Frame, ResumePoint, WebhookRequest, Welcome,
 };
-use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::subscription::Started;
-use crate::{ClientConfig, Error, Event};
+use crate::{ClientConfig, Error};
 
 mod backoff;
 mod reader;
@@ -288,9 +288,9 @@ impl Shared {
         namespace: &str,
         topic: &str,
         resume: Option<ResumePoint>,
-    ) -> Result<(mpsc::Receiver<Event>, SubscribeAnswer), Error> {
+    ) -> Result<(crate::queue::Receiver, SubscribeAnswer), Error> {
         let (answer, answer_rx) = oneshot::channel();
-        let (tx, events) = mpsc::channel(self.config.subscription_buffer.max(1));
+        let (tx, events) = crate::queue::channel(self.config.subscription_buffer);
         self.when_up(usize::MAX, |st| {
             let sub_id = st.alloc_sub();
             let route = Route {

@@ -4,13 +4,13 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::queue::TrySendError;
 use bytes::BytesMut;
 use corebus_net::{
     check, decode, Check, ErrorFrame, Frame, PubAck, SubOk, UnsubOk, WebhookReply,
     DEFAULT_MAX_FRAME,
 };
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
 
 use super::state::{protocol_violation, UNACKED_IDS};
 use super::stream::ReadHalf;
@@ -313,26 +313,28 @@ impl Shared {
                     return Ok(());
                 }
                 // The subscription was dropped; its Drop unsubscribes.
-                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
-                Err(mpsc::error::TrySendError::Full(event)) => (tx.clone(), event, cursor),
+                Err(TrySendError::Closed) => return Ok(()),
+                Err(TrySendError::Full(event)) => (tx.clone(), event, cursor),
             }
         };
         // The subscriber is behind: wait for room, which stops reading the
         // socket (and so stalls every other subscription on this connection).
         self.stalled.store(true, Ordering::Relaxed);
-        let permit = tx.reserve().await;
+        let fits = tx.room().await;
         self.stalled.store(false, Ordering::Relaxed);
         self.heard_now();
-        let Ok(permit) = permit else {
+        if !fits {
             return Ok(());
-        };
+        }
         let mut st = self.lock();
         // Only this task moves cursors while the connection is up, so the
-        // route is as it was unless it was removed or is being unsubscribed.
+        // route is as it was unless it was removed or is being unsubscribed;
+        // and only this task sends, so the room found is still there.
         if let Some(route) = st.routes.get_mut(&sub_id) {
-            if route.tx.is_some() {
-                permit.send(event);
-                route.cursor = cursor;
+            if let Some(tx) = route.tx.as_ref() {
+                if tx.try_send(event).is_ok() {
+                    route.cursor = cursor;
+                }
             }
         }
         Ok(())

@@ -13,10 +13,10 @@ use corebus_net::Frame;
 use corebus_net::{
     encode_subscribe, Epoch, FrameError, ResumePoint, Seq, SubOk, Unsubscribe, Welcome,
 };
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use crate::subscription::Started;
-use crate::{Error, Event, UnackedFailures};
+use crate::{Error, UnackedFailures};
 
 /// Request ids with this bit set belong to publishes sent without the ack
 /// flag; the others to requests that wait for an answer. The split is the
@@ -208,7 +208,7 @@ impl Cursor {
 /// Where a subscription's items go, and where it stands.
 pub(crate) struct Route {
     /// `None` once `UNSUBSCRIBE` was sent: messages until `UNSUB_OK` are dropped.
-    pub(crate) tx: Option<mpsc::Sender<Event>>,
+    pub(crate) tx: Option<crate::queue::Sender>,
     pub(crate) namespace: Box<str>,
     pub(crate) topic: Box<str>,
     /// Advanced only once an item is in the subscription's channel, so that a
