@@ -19,6 +19,10 @@ use std::task::{Context, Poll, Waker};
 
 use crate::Event;
 
+/// Room for items a buffer keeps once emptied (about 200 KiB): more is
+/// given back after a burst.
+const KEEP_ITEMS: usize = 4096;
+
 /// A queue holding at most `capacity` items (at least 1).
 pub(crate) fn channel(capacity: usize) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
@@ -175,6 +179,11 @@ impl Receiver {
         let producer = inner.producer.take();
         let result = if !inner.items.is_empty() {
             std::mem::swap(&mut inner.items, &mut self.run);
+            // The emptied run becomes the senders' buffer: one burst must not
+            // leave it holding memory for good.
+            if inner.items.capacity() > KEEP_ITEMS {
+                inner.items.shrink_to(KEEP_ITEMS);
+            }
             Poll::Ready(self.run.pop_front().inspect(|_| self.taken = 1))
         } else if inner.senders == 0 || inner.closed {
             Poll::Ready(None)
@@ -332,6 +341,26 @@ mod tests {
         assert!(
             !waiting.await.expect("no panic"),
             "a gone receiver ends the wait"
+        );
+    }
+
+    #[test]
+    fn buffers_give_back_a_bursts_memory() {
+        let (tx, mut rx) = channel(100_000);
+        let woken = Arc::new(Count::default());
+        for n in 0..20_000 {
+            tx.try_send(message(n)).expect("room");
+        }
+        for _ in 0..20_000 {
+            assert!(poll(&mut rx, &woken).is_ready());
+        }
+        tx.try_send(message(20_000)).expect("room");
+        assert!(poll(&mut rx, &woken).is_ready());
+        let inner = rx.shared.lock();
+        assert!(
+            inner.items.capacity() <= KEEP_ITEMS,
+            "{}",
+            inner.items.capacity()
         );
     }
 
