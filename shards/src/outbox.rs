@@ -227,10 +227,10 @@ impl Outbox {
         self.frames.is_empty()
     }
 
-    /// Moves every queued frame into `into` (the writer's batch).
+    /// Moves every queued frame into `into`: [`Outbox::drain_some`] without
+    /// a size limit.
     pub fn drain_into(&mut self, into: &mut Vec<OutFrame>) {
-        into.extend(self.frames.drain(..));
-        self.queued_bytes = 0;
+        self.drain_some(into, usize::MAX);
     }
 
     /// Moves the oldest queued frames into `into`, up to `max_bytes` of wire

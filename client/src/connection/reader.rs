@@ -4,7 +4,6 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::queue::TrySendError;
 use bytes::BytesMut;
 use corebus_net::{
     check, decode, Check, ErrorFrame, Frame, PubAck, SubOk, UnsubOk, WebhookReply,
@@ -16,6 +15,7 @@ use super::state::{protocol_violation, UNACKED_IDS};
 use super::stream::ReadHalf;
 use super::{Cursor, Ended, Pending, Shared, State, Terminal, READ_CHUNK};
 use crate::error::code_text;
+use crate::queue::TrySendError;
 use crate::subscription::Started;
 use crate::{Discontinuity, Error, Event, Message};
 
