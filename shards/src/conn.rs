@@ -39,6 +39,9 @@ use crate::outbox::OutFrame;
 /// costs a few KiB, and double up to the maximum while reads fill the buffer.
 const READ_CHUNK_MIN: usize = 4 * 1024;
 const READ_CHUNK_MAX: usize = 64 * 1024;
+/// A reader whose reads keep finding data gives the shard's other tasks a
+/// turn after this many bytes (the writer's batch, `WRITE_BATCH_BYTES`).
+const READ_TURN_BYTES: usize = 256 * 1024;
 /// Payloads at least this long go out as their own iovec, shared with every
 /// other subscriber; shorter ones are copied next to their header, because an
 /// iovec entry costs more than copying a few hundred bytes.
@@ -179,6 +182,8 @@ async fn read_loop(
     let mut chunk = READ_CHUNK_MIN;
     let mut cipher = Vec::new();
     let mut keys = KeyCache::default();
+    // Bytes read since the socket last ran dry or this task last yielded.
+    let mut read_in_turn = 0usize;
     loop {
         let need;
         {
@@ -211,6 +216,16 @@ async fn read_loop(
                 return Ok(());
             }
         }
+        // A read that finds data completes at once without giving up the
+        // shard, so a client that keeps its socket full would hold every
+        // other task of this shard (its subscribers' writers, the mesh
+        // senders, other connections' readers) until it pauses: deliveries
+        // would leave in bursts a whole flow-control window long, and other
+        // clients would wait as long. Give them a turn now and then.
+        if read_in_turn >= READ_TURN_BYTES {
+            read_in_turn = 0;
+            futures_lite::future::yield_now().await;
+        }
         // Backpressure: a publisher faster than the mesh waits here rather than
         // growing the mesh backlog without bound.
         while shard.borrow().max_mesh_backlog() > MESH_HIGH_WATER {
@@ -238,6 +253,9 @@ async fn read_loop(
             }
             if read == chunk {
                 chunk = (chunk * 2).min(READ_CHUNK_MAX);
+                read_in_turn += read;
+            } else {
+                read_in_turn = 0;
             }
             if peer_closed {
                 return Ok(());
@@ -253,6 +271,9 @@ async fn read_loop(
             }
             Ok(n) => {
                 buf.truncate(start + n);
+                // A short read drained the socket: the next read is likely
+                // to wait, which gives the others their turn anyway.
+                read_in_turn = if n == want { read_in_turn + n } else { 0 };
                 chunk = if n == want {
                     (chunk * 2).min(READ_CHUNK_MAX)
                 } else if n < chunk / 4 {
