@@ -171,6 +171,31 @@ fn dup_stream(stream: &TcpStream) -> io::Result<TcpStream> {
     Ok(unsafe { TcpStream::from_raw_fd(fd) })
 }
 
+/// How long a reader has held its shard: bytes read since its socket last
+/// ran dry or it last gave the others a turn.
+#[derive(Debug, Default)]
+struct ReadTurn {
+    bytes: usize,
+}
+
+impl ReadTurn {
+    /// Counts a read that got `got` of the `asked` bytes. A short read
+    /// drained the socket: the next read is likely to wait, which gives the
+    /// others their turn anyway.
+    fn note_read(&mut self, got: usize, asked: usize) {
+        self.bytes = if got == asked { self.bytes + got } else { 0 };
+    }
+
+    /// Whether the reader should yield now; starts a new turn if so.
+    fn is_over(&mut self) -> bool {
+        let over = self.bytes >= READ_TURN_BYTES;
+        if over {
+            self.bytes = 0;
+        }
+        over
+    }
+}
+
 async fn read_loop(
     shard: &Rc<RefCell<Shard>>,
     conn: ConnId,
@@ -182,8 +207,7 @@ async fn read_loop(
     let mut chunk = READ_CHUNK_MIN;
     let mut cipher = Vec::new();
     let mut keys = KeyCache::default();
-    // Bytes read since the socket last ran dry or this task last yielded.
-    let mut read_in_turn = 0usize;
+    let mut turn = ReadTurn::default();
     loop {
         let need;
         {
@@ -222,8 +246,7 @@ async fn read_loop(
         // senders, other connections' readers) until it pauses: deliveries
         // would leave in bursts a whole flow-control window long, and other
         // clients would wait as long. Give them a turn now and then.
-        if read_in_turn >= READ_TURN_BYTES {
-            read_in_turn = 0;
+        if turn.is_over() {
             futures_lite::future::yield_now().await;
         }
         // Backpressure: a publisher faster than the mesh waits here rather than
@@ -251,11 +274,9 @@ async fn read_loop(
                     outbox.kick();
                 }
             }
+            turn.note_read(read, chunk);
             if read == chunk {
                 chunk = (chunk * 2).min(READ_CHUNK_MAX);
-                read_in_turn += read;
-            } else {
-                read_in_turn = 0;
             }
             if peer_closed {
                 return Ok(());
@@ -271,9 +292,7 @@ async fn read_loop(
             }
             Ok(n) => {
                 buf.truncate(start + n);
-                // A short read drained the socket: the next read is likely
-                // to wait, which gives the others their turn anyway.
-                read_in_turn = if n == want { read_in_turn + n } else { 0 };
+                turn.note_read(n, want);
                 chunk = if n == want {
                     (chunk * 2).min(READ_CHUNK_MAX)
                 } else if n < chunk / 4 {
@@ -551,5 +570,41 @@ fn send_vectored(fd: RawFd, segments: &[Bytes]) -> io::Result<usize> {
         Err(io::Error::last_os_error())
     } else {
         Ok(sent as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_that_keeps_finding_data_yields_once_per_turn() {
+        let mut turn = ReadTurn::default();
+        let mut yields = 0;
+        // 1 MiB in full 64 KiB reads: four turns of 256 KiB.
+        for _ in 0..16 {
+            turn.note_read(READ_CHUNK_MAX, READ_CHUNK_MAX);
+            if turn.is_over() {
+                yields += 1;
+            }
+        }
+        assert_eq!(yields, 4);
+    }
+
+    #[test]
+    fn a_short_read_starts_a_new_turn() {
+        let mut turn = ReadTurn::default();
+        for _ in 0..3 {
+            turn.note_read(READ_CHUNK_MAX, READ_CHUNK_MAX);
+        }
+        // The socket ran dry: the next read waits anyway.
+        turn.note_read(100, READ_CHUNK_MAX);
+        for _ in 0..3 {
+            turn.note_read(READ_CHUNK_MAX, READ_CHUNK_MAX);
+            assert!(!turn.is_over(), "192 KiB since the socket ran dry");
+        }
+        turn.note_read(READ_CHUNK_MAX, READ_CHUNK_MAX);
+        assert!(turn.is_over());
+        assert!(!turn.is_over(), "a yield starts a new turn");
     }
 }
