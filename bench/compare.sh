@@ -174,6 +174,10 @@ CONNECTIONS_RUN="--scenario connections --subscribers $CONNECTIONS --size 128 --
 
 # corebus only, with --acks (first round): the 128-byte throughput runs.
 ACKED=("${SUITE[0]}" "${SUITE[2]}" "${SUITE[3]}")
+# corebus only, with --no-affinity (first round): the runs whose connections
+# use one topic each and sit on its shard in the suite (fanout's too, but
+# there it makes no difference).
+NO_AFFINITY=("${SUITE[0]}" "${SUITE[4]}")
 
 RUNS=$WORK/runs.jsonl
 : >"$RUNS"
@@ -217,6 +221,13 @@ for round in $(seq "$ROUNDS"); do
                 # shellcheck disable=SC2086 # $args is a list of options
                 run_bench "$target: $args --acks" --target "$target" --url "$URL" $args \
                     --acks "${extra[@]}"
+            done
+            # One-topic connections ask for their topic's shard; the same
+            # runs again wherever the kernel puts them.
+            for args in "${NO_AFFINITY[@]}"; do
+                # shellcheck disable=SC2086 # $args is a list of options
+                run_bench "$target: $args --no-affinity" --target "$target" --url "$URL" $args \
+                    --no-affinity "${extra[@]}"
             done
         fi
         stop_broker

@@ -150,6 +150,7 @@ pub async fn run(options: &RunOptions) -> Result<Report, BenchError> {
             .as_ref()
             .map_or_else(|| plan.url.clone(), |relay| relay.addr().to_string()),
         acks: plan.acks,
+        affinity: plan.affinity,
         incidents: Arc::new(Incidents::default()),
     };
     match plan.scenario {

@@ -138,6 +138,12 @@ pub struct RunOptions {
     /// publishes fire-and-forget, as the NATS driver does.
     #[arg(long)]
     pub acks: bool,
+    /// corebus only: connect wherever the broker's listeners put a
+    /// connection. Without it, a corebus connection that uses one topic (a
+    /// pair or fanout publisher, a pair, fanout or latency subscriber) asks
+    /// for the shard that owns it (`ClientConfig::topic_affinity`).
+    #[arg(long)]
+    pub no_affinity: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -174,6 +180,8 @@ pub struct Plan {
     pub broker_shards: Option<usize>,
     /// corebus publishes ask for acknowledgements.
     pub acks: bool,
+    /// corebus connections with one topic ask for its owner shard.
+    pub affinity: bool,
 }
 
 /// Publishers never send more than this many messages each, so every load
@@ -203,6 +211,7 @@ impl RunOptions {
             broker_pid: None,
             broker_shards: None,
             acks: false,
+            no_affinity: false,
             json: false,
         }
     }
@@ -237,6 +246,12 @@ impl RunOptions {
                 "the raw baseline relays one publisher to one subscriber: pair scenario only"
                     .into(),
             );
+        }
+        if self.no_affinity && self.target != Target::Corebus {
+            return invalid(format!(
+                "--no-affinity is for corebus only: the {} driver has no shards to choose",
+                self.target.name()
+            ));
         }
         if self.acks && self.target != Target::Corebus {
             return invalid(format!(
@@ -296,6 +311,7 @@ impl RunOptions {
             broker_pid: self.broker_pid,
             broker_shards: self.broker_shards,
             acks: self.acks,
+            affinity: !self.no_affinity,
         })
     }
 }

@@ -105,6 +105,10 @@ pub struct Report {
     /// acknowledgements (`--acks`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acks: Option<bool>,
+    /// corebus only: whether connections with one topic asked for the shard
+    /// that owns it (off with `--no-affinity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<bool>,
 }
 
 impl Report {
@@ -132,6 +136,7 @@ impl Report {
             connections: None,
             broker_shards: plan.broker_shards,
             acks: (plan.target == Target::Corebus).then_some(plan.acks),
+            affinity: (plan.target == Target::Corebus).then_some(plan.affinity),
         }
     }
 
@@ -224,6 +229,14 @@ impl Report {
                 "fire-and-forget"
             };
             rows.push(("publishes", how.to_owned()));
+        }
+        if let Some(affinity) = self.affinity {
+            let how = if affinity {
+                "one-topic connections on the topic's shard"
+            } else {
+                "where the listeners put them"
+            };
+            rows.push(("connections", how.to_owned()));
         }
         if let Some(window) = self.window {
             rows.push(("window", format!("{window} messages per topic")));

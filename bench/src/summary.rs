@@ -82,15 +82,28 @@ pub fn machine_facts() -> BTreeMap<String, String> {
 /// publishes (`--acks`).
 pub const ACKED_SUFFIX: &str = ", corebus publishes acked";
 
+/// What [`workload_label`] appends for corebus runs without shard affinity
+/// (`--no-affinity`).
+pub const NO_AFFINITY_SUFFIX: &str = ", corebus without shard affinity";
+
 /// Row label for a run's workload (the same for every broker), with
-/// [`ACKED_SUFFIX`] for a corebus run with `--acks`.
+/// [`ACKED_SUFFIX`] for a corebus run with `--acks` and
+/// [`NO_AFFINITY_SUFFIX`] for one with `--no-affinity`.
 pub fn workload_label(report: &Report) -> String {
-    let label = base_label(report);
+    let mut label = base_label(report);
     if report.acks == Some(true) {
-        label + ACKED_SUFFIX
-    } else {
-        label
+        label += ACKED_SUFFIX;
     }
+    if report.affinity == Some(false) {
+        label += NO_AFFINITY_SUFFIX;
+    }
+    label
+}
+
+/// Whether a corebus run is one of the variants shown for reference only
+/// (acknowledged publishes, no shard affinity).
+pub fn is_reference_variant(report: &Report) -> bool {
+    report.acks == Some(true) || report.affinity == Some(false)
 }
 
 fn base_label(report: &Report) -> String {
@@ -158,7 +171,10 @@ pub fn by_workload(runs: &[Report]) -> Vec<(String, BTreeMap<&'static str, &Repo
         .collect();
     let plain: Vec<(String, BTreeMap<&'static str, &Report>)> = rows.clone();
     for (label, cells) in &mut rows {
-        let Some(base) = label.strip_suffix(ACKED_SUFFIX) else {
+        let Some(base) = [ACKED_SUFFIX, NO_AFFINITY_SUFFIX]
+            .iter()
+            .find_map(|suffix| label.strip_suffix(suffix))
+        else {
             continue;
         };
         if let Some((_, others)) = plain.iter().find(|(other, _)| other == base) {

@@ -82,6 +82,55 @@ pub struct ClientConfig {
     /// port must be configured the same way: neither side falls back to the
     /// other.
     pub tls: Option<TlsOptions>,
+    /// Land this connection on the broker shard that owns this topic, so
+    /// that its publishes and deliveries skip the hop between shards. For a
+    /// connection that uses one topic (or mostly one). `None` (the default):
+    /// wherever the broker's listeners put it.
+    ///
+    /// The broker steers a new connection by its source port (port modulo
+    /// its shard count). The client learns the shard count from the first
+    /// `WELCOME`; if it landed elsewhere, it connects again from a source
+    /// port that leads to the owner (a few tries, for ports in use) and keeps
+    /// the first connection that lands there, or else the first one it got:
+    /// affinity never fails a connect. Reconnections do the same.
+    /// [`Client::shard`](crate::Client::shard) tells where it landed.
+    pub topic_affinity: Option<TopicAffinity>,
+}
+
+/// The topic a connection should sit next to; see
+/// [`ClientConfig::topic_affinity`].
+///
+/// ```
+/// use corebus_client::{ClientConfig, TopicAffinity};
+/// let config = ClientConfig {
+///     topic_affinity: Some(TopicAffinity::new("prices", "eur.usd")),
+///     ..ClientConfig::default()
+/// };
+/// # assert_eq!(config.topic_affinity.unwrap().topic, "eur.usd");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicAffinity {
+    /// The topic's namespace.
+    pub namespace: String,
+    /// The topic.
+    pub topic: String,
+}
+
+impl TopicAffinity {
+    /// The topic `topic` of namespace `namespace`.
+    pub fn new(namespace: impl Into<String>, topic: impl Into<String>) -> TopicAffinity {
+        TopicAffinity {
+            namespace: namespace.into(),
+            topic: topic.into(),
+        }
+    }
+
+    /// The shard that owns the topic in a broker of `shard_count` shards (the
+    /// broker's rendezvous hash).
+    pub fn owner(&self, shard_count: u16) -> u16 {
+        let hash = corebus_net::key_hash(self.namespace.as_bytes(), self.topic.as_bytes());
+        corebus_net::routing::owner_of_hash(hash, u64::from(shard_count.max(1))) as u16
+    }
 }
 
 impl Default for ClientConfig {
@@ -101,6 +150,7 @@ impl Default for ClientConfig {
             heartbeat_interval: Duration::from_secs(15),
             heartbeat_timeout: Duration::from_secs(45),
             tls: None,
+            topic_affinity: None,
         }
     }
 }

@@ -195,7 +195,7 @@ use tokio::sync::oneshot;
 use tokio::time::{timeout, Instant};
 
 pub use addr::ServerAddr;
-pub use config::{ClientConfig, Credentials, TlsOptions, TlsRoots};
+pub use config::{ClientConfig, Credentials, TlsOptions, TlsRoots, TopicAffinity};
 pub use corebus_net::{ErrorCode, FrameError, NameError};
 pub use error::{Error, TlsError};
 pub use subscription::{Discontinuity, Event, Message, ResumeFrom, Subscription};
@@ -281,6 +281,7 @@ impl Client {
 
     /// The broker shard serving the connection (from `WELCOME`). It may
     /// change when the client reconnects; while it reconnects, the last one.
+    /// With [`ClientConfig::topic_affinity`], normally the topic's owner.
     pub fn shard(&self) -> u16 {
         self.shared().welcome().shard
     }

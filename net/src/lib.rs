@@ -15,6 +15,7 @@ mod encode;
 mod error;
 mod frame;
 mod name;
+pub mod routing;
 
 pub use decode::{check, decode, decode_with, Check, KeyCache};
 pub use encode::{encode_message_header, encode_publish, encode_subscribe, MESSAGE_HEADER_LEN};

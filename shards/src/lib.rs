@@ -21,6 +21,7 @@ pub mod outbox;
 pub mod routing;
 pub mod runtime;
 pub mod stats;
+pub mod steer;
 pub mod tls;
 pub mod topic;
 pub mod webhooks;

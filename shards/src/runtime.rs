@@ -418,7 +418,10 @@ async fn run_shard(
         conn_limit,
         tls,
     } = ctx;
-    let listener = match bind_listener(listen).and_then(|l| Ok((l.local_addr()?, l))) {
+    // The last shard to join the listeners' group makes it steer by source
+    // port; the shards join in order, so listener i is shard i's.
+    let steer = (usize::from(id) + 1 == shard_count && shard_count > 1).then_some(shard_count);
+    let listener = match bind_listener(listen, steer).and_then(|l| Ok((l.local_addr()?, l))) {
         Ok((addr, listener)) => {
             let _ = ready.send(Ok(addr));
             listener
@@ -533,15 +536,24 @@ async fn run_shard(
 /// A listening socket with SO_REUSEPORT (every shard binds the same address)
 /// and SO_REUSEADDR. glommio's own `bind` sets only the former, which makes a
 /// restarted broker fail with "address in use" while connections of the
-/// previous run linger in TIME_WAIT.
-fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// previous run linger in TIME_WAIT. With `steer: Some(shards)`, the group
+/// (complete by then) hands each new connection to the listener whose index
+/// is the client's source port modulo `shards`.
+fn bind_listener(addr: SocketAddr, steer: Option<usize>) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
-    use std::os::fd::{FromRawFd, IntoRawFd};
+    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
+    if let Some(shards) = steer {
+        if let Err(err) = crate::steer::by_source_port(socket.as_raw_fd(), shards) {
+            // Not fatal: the kernel's hash spreads connections instead, and
+            // clients asking for a shard land where the hash puts them.
+            warn!(%err, "cannot steer connections by source port; clients cannot choose their shard");
+        }
+    }
     // SAFETY: the descriptor is a bound, listening TCP socket that we own;
     // the listener takes it over and closes it when dropped.
     Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })

@@ -139,6 +139,34 @@ impl RawConn {
         }
     }
 
+    /// Connects from local port `port` without a handshake; `Err` when the
+    /// port cannot be had (in use, say).
+    pub async fn connect_from(addr: SocketAddr, port: u16) -> std::io::Result<RawConn> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
+        let stream = socket.connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(RawConn {
+            stream,
+            buf: BytesMut::new(),
+        })
+    }
+
+    /// Sends `HELLO` (no credentials) and returns the `WELCOME`.
+    pub async fn hello(&mut self) -> corebus_net::Welcome {
+        self.send(&Frame::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            client_name: "raw".into(),
+            credentials: bytes::Bytes::new(),
+        }))
+        .await;
+        match self.recv().await {
+            Some(Frame::Welcome(welcome)) => welcome,
+            other => panic!("expected WELCOME, got {other:?}"),
+        }
+    }
+
     /// Writes one frame.
     pub async fn send(&mut self, frame: &Frame) {
         let mut out = BytesMut::new();

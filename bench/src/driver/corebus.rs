@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use corebus_client::{Client, Event, PendingPublish, Subscription};
+use corebus_client::{Client, ClientConfig, Event, PendingPublish, Subscription, TopicAffinity};
 use futures_util::FutureExt;
 
 use super::{failed, next_of_any, Endpoint, PublisherDone, Received, MAX_IN_FLIGHT, NAMESPACE};
@@ -12,6 +12,23 @@ use crate::payload::Header;
 use crate::BenchError;
 
 const TARGET: Target = Target::Corebus;
+
+/// A client for a connection that will use `topics`: one that uses a single
+/// topic asks for the shard that owns it, unless the run says otherwise
+/// (`--no-affinity`).
+async fn connect(endpoint: &Endpoint, topics: &[impl AsRef<str>]) -> Result<Client, BenchError> {
+    let topic_affinity = match topics {
+        [topic] if endpoint.affinity => Some(TopicAffinity::new(NAMESPACE, topic.as_ref())),
+        _ => None,
+    };
+    let config = ClientConfig {
+        topic_affinity,
+        ..ClientConfig::default()
+    };
+    Client::connect_with(endpoint.url.as_str(), config)
+        .await
+        .map_err(|err| failed(TARGET, "connect", err))
+}
 
 /// Fire-and-forget publishes, or (`--acks`) pipelined publishes whose
 /// acknowledgements are checked in order, oldest first.
@@ -31,9 +48,7 @@ impl CorebusPublisher {
         endpoint: &Endpoint,
         topics: &[String],
     ) -> Result<Self, BenchError> {
-        let client = Client::connect(endpoint.url.as_str())
-            .await
-            .map_err(|err| failed(TARGET, "connect", err))?;
+        let client = connect(endpoint, topics).await?;
         Ok(CorebusPublisher {
             client,
             topics: topics.to_vec(),
@@ -122,10 +137,8 @@ pub struct CorebusSubscriber {
 }
 
 impl CorebusSubscriber {
-    pub(super) async fn connect(url: &str, topics: &[&str]) -> Result<Self, BenchError> {
-        let client = Client::connect(url)
-            .await
-            .map_err(|err| failed(TARGET, "connect", err))?;
+    pub(super) async fn connect(endpoint: &Endpoint, topics: &[&str]) -> Result<Self, BenchError> {
+        let client = connect(endpoint, topics).await?;
         let mut subscriptions = Vec::with_capacity(topics.len());
         for topic in topics {
             subscriptions.push(

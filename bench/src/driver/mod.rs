@@ -52,6 +52,8 @@ pub struct Endpoint {
     pub url: String,
     /// corebus publishers ask for acknowledgements (`--acks`).
     pub acks: bool,
+    /// corebus connections with one topic ask for the shard that owns it.
+    pub affinity: bool,
     /// Problems client libraries report out of band (NATS slow-consumer and
     /// disconnect events), shared by every connection of the run.
     pub incidents: Arc<Incidents>,
@@ -173,9 +175,9 @@ impl Subscriber {
             ));
         }
         Ok(match endpoint.target {
-            Target::Corebus => Subscriber::Corebus(
-                corebus::CorebusSubscriber::connect(&endpoint.url, topics).await?,
-            ),
+            Target::Corebus => {
+                Subscriber::Corebus(corebus::CorebusSubscriber::connect(endpoint, topics).await?)
+            }
             Target::Nats => {
                 Subscriber::Nats(nats::NatsSubscriber::connect(endpoint, topics).await?)
             }

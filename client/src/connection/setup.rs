@@ -12,7 +12,7 @@ use corebus_net::{
     check, decode, Check, Frame, Hello, Welcome, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{lookup_host, TcpStream};
+use tokio::net::{lookup_host, TcpSocket, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
 
@@ -124,16 +124,67 @@ async fn resolve(
     }
 }
 
+/// Source ports tried for [`ClientConfig::topic_affinity`] after the first
+/// connection landed on another shard (more than one only for ports in use).
+const AFFINITY_TRIES: usize = 3;
+/// The range source ports for affinity are drawn from: Linux's default
+/// ephemeral range.
+const AFFINITY_PORTS: std::ops::Range<u32> = 32768..61000;
+
 /// Connects to the first address that accepts and performs the handshakes
-/// (TLS, if configured, then `HELLO`/`WELCOME`), all within
-/// `connect_timeout`.
+/// (TLS, if configured, then `HELLO`/`WELCOME`), each connection within
+/// `connect_timeout`; with [`ClientConfig::topic_affinity`], then moves to the
+/// topic's owner shard if it can.
 pub(super) async fn attempt(
     dialer: &Dialer,
     config: &ClientConfig,
 ) -> Result<Opened, AttemptError> {
+    let first = attempt_from(dialer, config, None).await?;
+    let Some(affinity) = &config.topic_affinity else {
+        return Ok(first);
+    };
+    let count = first.welcome.shard_count;
+    let owner = affinity.owner(count);
+    if count <= 1 || first.welcome.shard == owner {
+        return Ok(first);
+    }
+    let mut random = super::backoff::Backoff::seed() | 1;
+    for _ in 0..AFFINITY_TRIES {
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        let port = port_leading_to(owner, count, random);
+        match attempt_from(dialer, config, Some(port)).await {
+            Ok(opened) if opened.welcome.shard == owner => return Ok(opened),
+            // The broker does not steer by source port (or its shard count
+            // changed): nothing to gain from more tries.
+            Ok(_) | Err(AttemptError::Refused(_)) => break,
+            // Most likely the port is in use: try another.
+            Err(AttemptError::Failed(_)) => {}
+        }
+    }
+    Ok(first)
+}
+
+/// A source port in [`AFFINITY_PORTS`] that the broker's listeners steer to
+/// `shard` of `count`: `port mod count == shard`, drawn from `random`.
+fn port_leading_to(shard: u16, count: u16, random: u64) -> u16 {
+    let count = u32::from(count.max(1));
+    let slots = (AFFINITY_PORTS.end - AFFINITY_PORTS.start) / count;
+    let first = AFFINITY_PORTS.start.div_ceil(count) * count;
+    let port = first + (random % u64::from(slots.max(1))) as u32 * count + u32::from(shard) % count;
+    port as u16
+}
+
+/// One connection and its handshakes, from `source_port` when given.
+async fn attempt_from(
+    dialer: &Dialer,
+    config: &ClientConfig,
+    source_port: Option<u16>,
+) -> Result<Opened, AttemptError> {
     let limit = config.connect_timeout;
     let deadline = Instant::now() + limit;
-    let (tcp, peer) = open(&dialer.addrs, deadline, limit)
+    let (tcp, peer) = open(&dialer.addrs, source_port, deadline, limit)
         .await
         .map_err(AttemptError::Failed)?;
     tcp.set_nodelay(true)
@@ -171,9 +222,10 @@ pub(super) async fn attempt(
     }
 }
 
-/// Connects to the first address that accepts.
+/// Connects to the first address that accepts, from `source_port` when given.
 async fn open(
     addrs: &[SocketAddr],
+    source_port: Option<u16>,
     deadline: Instant,
     limit: Duration,
 ) -> Result<(TcpStream, String), Error> {
@@ -184,7 +236,7 @@ async fn open(
         .join(", ");
     let mut last_error = io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to");
     for peer in addrs {
-        match timeout_at(deadline, TcpStream::connect(peer)).await {
+        match timeout_at(deadline, connect_from(*peer, source_port)).await {
             Err(_) => {
                 return Err(Error::Connect {
                     addr: tried,
@@ -202,6 +254,27 @@ async fn open(
         addr: tried,
         source: last_error,
     })
+}
+
+/// Connects to `peer`, from `source_port` when given.
+async fn connect_from(peer: SocketAddr, source_port: Option<u16>) -> io::Result<TcpStream> {
+    let Some(port) = source_port else {
+        return TcpStream::connect(peer).await;
+    };
+    let (socket, local) = match peer {
+        SocketAddr::V4(_) => (
+            TcpSocket::new_v4()?,
+            SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)),
+        ),
+        SocketAddr::V6(_) => (
+            TcpSocket::new_v6()?,
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+        ),
+    };
+    // A port in TIME_WAIT from an earlier connection may be bound again.
+    socket.set_reuseaddr(true)?;
+    socket.bind(local)?;
+    socket.connect(peer).await
 }
 
 /// Sends `HELLO` and waits for `WELCOME`; returns it with any bytes read past it.
@@ -300,6 +373,28 @@ pub(super) async fn write_loop(shared: &Shared, wr: &mut WriteHalf) -> io::Resul
             spare.clear();
             if spare.capacity() > KEEP_WRITE_BUFFER {
                 spare = BytesMut::with_capacity(READ_CHUNK);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn affinity_ports_lead_to_the_shard_and_stay_in_range() {
+        for count in [1u16, 2, 3, 4, 7, 16, 64, 256] {
+            for shard in [0, count / 2, count - 1] {
+                for random in [0u64, 1, 12_345, u64::MAX] {
+                    let port = u32::from(port_leading_to(shard, count, random));
+                    assert_eq!(port % u32::from(count), u32::from(shard), "{count} {shard}");
+                    assert!(
+                        AFFINITY_PORTS.start <= port
+                            && port < AFFINITY_PORTS.end + u32::from(count),
+                        "{port} for {count} shards"
+                    );
+                }
             }
         }
     }
