@@ -92,7 +92,8 @@ pub struct ClientConfig {
     /// `WELCOME`; if it landed elsewhere, it connects again from a source
     /// port that leads to the owner (a few tries, for ports in use) and keeps
     /// the first connection that lands there, or else the first one it got:
-    /// affinity never fails a connect. Reconnections do the same.
+    /// affinity never fails a connect. Reconnections do the same. Each of
+    /// these connections has its own [`connect_timeout`](Self::connect_timeout).
     /// [`Client::shard`](crate::Client::shard) tells where it landed.
     pub topic_affinity: Option<TopicAffinity>,
 }

@@ -87,16 +87,8 @@ impl Broker {
     pub async fn raw_on(&self, shard: u16) -> RawConn {
         for _ in 0..500 {
             let mut raw = RawConn::connect(self.addr).await;
-            raw.send(&Frame::Hello(Hello {
-                version: PROTOCOL_VERSION,
-                client_name: "raw".into(),
-                credentials: bytes::Bytes::new(),
-            }))
-            .await;
-            match raw.recv().await {
-                Some(Frame::Welcome(welcome)) if welcome.shard == shard => return raw,
-                Some(Frame::Welcome(_)) => continue,
-                other => panic!("expected WELCOME, got {other:?}"),
+            if raw.hello().await.shard == shard {
+                return raw;
             }
         }
         panic!("no raw connection landed on shard {shard} in 500 tries");
