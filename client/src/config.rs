@@ -87,8 +87,8 @@ pub struct ClientConfig {
     /// connection that uses one topic (or mostly one). `None` (the default):
     /// wherever the broker's listeners put it.
     ///
-    /// The broker steers a new connection by its source port (port modulo
-    /// its shard count). The client learns the shard count from the first
+    /// The broker steers a new connection by its source port (half the port,
+    /// modulo its shard count). The client learns the shard count from the first
     /// `WELCOME`; if it landed elsewhere, it connects again from a source
     /// port that leads to the owner (a few tries, for ports in use) and keeps
     /// the first connection that lands there, or else the first one it got:

@@ -538,7 +538,7 @@ async fn run_shard(
 /// restarted broker fail with "address in use" while connections of the
 /// previous run linger in TIME_WAIT. With `steer: Some(shards)`, the group
 /// (complete by then) hands each new connection to the listener whose index
-/// is the client's source port modulo `shards`.
+/// is half the client's source port modulo `shards` (see `steer`).
 fn bind_listener(addr: SocketAddr, steer: Option<usize>) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};

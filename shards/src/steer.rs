@@ -1,9 +1,13 @@
 //! Shard-aware connections: the listeners' `SO_REUSEPORT` group picks the
-//! listener for a new connection by its source port, `port mod shards`, so a
-//! client can land on a chosen shard (the one owning its topic, say) by
-//! binding a source port before connecting. Without the program the kernel
-//! hashes the connection's addresses instead, which spreads connections the
-//! same way but lets nobody choose.
+//! listener for a new connection by its source port, `(port / 2) mod
+//! shards`, so a client can land on a chosen shard (the one owning its topic,
+//! say) by binding a source port before connecting. The port is halved
+//! because Linux gives `connect()` even ephemeral ports (leaving odd ones to
+//! `bind()`): `port mod shards` would send every ordinary client to the
+//! even-numbered shards. Ordinary clients still spread evenly (successive
+//! connections get successive even ports). Without the program the kernel
+//! hashes the connection's addresses instead, which also spreads connections
+//! but lets nobody choose.
 //!
 //! The program is classic BPF, run by the kernel on the connection's first
 //! packet with the data pointer past the TCP header; it reads the source
@@ -54,13 +58,14 @@ fn program(shards: u32) -> Vec<libc::sock_filter> {
         insn(BPF_JMP | BPF_JA, 0, 0, 1),
         // IPv6: the source port right after the 40-byte header.
         insn(BPF_LD | BPF_H | BPF_ABS, 0, 0, net.wrapping_add(40)),
+        insn(BPF_ALU | BPF_RSH | BPF_K, 0, 0, 1),
         insn(BPF_ALU | BPF_MOD | BPF_K, 0, 0, shards),
         insn(BPF_RET | BPF_A, 0, 0, 0),
     ]
 }
 
 /// Makes the `SO_REUSEPORT` group that `fd` belongs to pick listener
-/// `source port mod shards` for each new connection.
+/// `(source port / 2) mod shards` for each new connection.
 pub fn by_source_port(fd: RawFd, shards: usize) -> io::Result<()> {
     let shards = u32::try_from(shards.max(1))
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many shards"))?;

@@ -10,11 +10,15 @@ use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A raw connection from a free port `p` with `p % shards == shard`.
+/// A raw connection from a free port `p` with `(p / 2) % shards == shard`.
 async fn raw_from_port_leading_to(broker: &Broker, shard: u16, start: u16) -> (u16, RawConn) {
     let shards = broker.shards() as u16;
-    let first = start.div_ceil(shards) * shards + shard;
-    for port in (first..60_000).step_by(usize::from(shards)).take(200) {
+    let first = (start / 2).div_ceil(shards) * shards + shard;
+    // Odd ports too: the kernel hands connect() even ones.
+    let ports = (first..30_000)
+        .step_by(usize::from(shards))
+        .map(|half| half * 2 + 1);
+    for port in ports.take(200) {
         if let Ok(raw) = RawConn::connect_from(broker.addr(), port).await {
             return (port, raw);
         }
@@ -37,6 +41,23 @@ async fn a_connection_lands_on_the_shard_its_source_port_names() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordinary_connections_still_spread_over_every_shard() {
+    // Clients that choose nothing get the kernel's ephemeral ports (even ones
+    // for connect): the steering must not pile them onto some shards.
+    let broker = Broker::start(4);
+    let mut per_shard = [0usize; 4];
+    for _ in 0..64 {
+        let mut raw = RawConn::connect(broker.addr()).await;
+        let welcome = timeout(WAIT, raw.hello()).await.expect("WELCOME in time");
+        per_shard[usize::from(welcome.shard)] += 1;
+    }
+    assert!(
+        per_shard.iter().all(|&count| count >= 4),
+        "64 connections over 4 shards: {per_shard:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

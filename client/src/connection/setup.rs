@@ -167,13 +167,15 @@ pub(super) async fn attempt(
 }
 
 /// A source port in [`AFFINITY_PORTS`] that the broker's listeners steer to
-/// `shard` of `count`: `port mod count == shard`, drawn from `random`.
+/// `shard` of `count`: `(port / 2) mod count == shard`, drawn from `random`.
 fn port_leading_to(shard: u16, count: u16, random: u64) -> u16 {
     let count = u32::from(count.max(1));
-    let slots = (AFFINITY_PORTS.end - AFFINITY_PORTS.start) / count;
-    let first = AFFINITY_PORTS.start.div_ceil(count) * count;
-    let port = first + (random % u64::from(slots.max(1))) as u32 * count + u32::from(shard) % count;
-    port as u16
+    // Work in halves of the port range: half-port h stands for ports 2h, 2h+1.
+    let (start, end) = (AFFINITY_PORTS.start / 2, AFFINITY_PORTS.end / 2);
+    let slots = ((end - start) / count).max(1);
+    let first = start.div_ceil(count) * count;
+    let half = first + (random % u64::from(slots)) as u32 * count + u32::from(shard) % count;
+    (half * 2 + (random >> 63) as u32) as u16
 }
 
 /// One connection and its handshakes, from `source_port` when given.
@@ -388,10 +390,14 @@ mod tests {
             for shard in [0, count / 2, count - 1] {
                 for random in [0u64, 1, 12_345, u64::MAX] {
                     let port = u32::from(port_leading_to(shard, count, random));
-                    assert_eq!(port % u32::from(count), u32::from(shard), "{count} {shard}");
+                    assert_eq!(
+                        (port / 2) % u32::from(count),
+                        u32::from(shard),
+                        "{count} {shard}"
+                    );
                     assert!(
                         AFFINITY_PORTS.start <= port
-                            && port < AFFINITY_PORTS.end + u32::from(count),
+                            && port < AFFINITY_PORTS.end + 2 * u32::from(count),
                         "{port} for {count} shards"
                     );
                 }
