@@ -2,17 +2,18 @@
 
 use std::time::Duration;
 
-/// SplitMix64: a tiny, good-enough generator for jitter (not for anything
-/// that needs unpredictability).
-struct SplitMix64(u64);
+/// SplitMix64: a tiny, good-enough generator for jitter and source ports
+/// (not for anything that needs unpredictability).
+pub(super) struct SplitMix64(u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    pub(super) fn new(seed: u64) -> SplitMix64 {
+        SplitMix64(seed)
+    }
+
+    pub(super) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        corebus_net::routing::mix64(self.0)
     }
 }
 
@@ -32,7 +33,7 @@ impl Backoff {
             initial,
             max: max.max(initial),
             attempt: 0,
-            rng: SplitMix64(seed),
+            rng: SplitMix64::new(seed),
         }
     }
 

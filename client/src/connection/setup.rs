@@ -16,6 +16,7 @@ use tokio::net::{lookup_host, TcpSocket, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
 
+use super::backoff::{Backoff, SplitMix64};
 use super::session::run_session;
 use super::stream::{Stream, WriteHalf};
 use super::tls::Tls;
@@ -148,12 +149,9 @@ pub(super) async fn attempt(
     if count <= 1 || first.welcome.shard == owner {
         return Ok(first);
     }
-    let mut random = super::backoff::Backoff::seed() | 1;
+    let mut random = SplitMix64::new(Backoff::seed());
     for _ in 0..AFFINITY_TRIES {
-        random ^= random << 13;
-        random ^= random >> 7;
-        random ^= random << 17;
-        let port = port_leading_to(owner, count, random);
+        let port = port_leading_to(owner, count, random.next());
         match attempt_from(dialer, config, Some(port)).await {
             Ok(opened) if opened.welcome.shard == owner => return Ok(opened),
             // The broker does not steer by source port (or its shard count
