@@ -32,3 +32,11 @@ pub fn owner_of_hash(key_hash: u64, count: u64) -> u64 {
     }
     best
 }
+
+/// The shard a broker of `shards` shards gives a connection from source port
+/// `port`: `(port / 2) mod shards` (its listeners' steering program computes
+/// the same). The port is halved because Linux hands `connect()` even
+/// ephemeral ports, which `port mod shards` would pile onto even shards.
+pub fn shard_of_source_port(port: u16, shards: u16) -> u16 {
+    (port / 2) % shards.max(1)
+}

@@ -5,19 +5,17 @@
 use std::time::Duration;
 
 use corebus_client::{Client, ClientConfig, TopicAffinity};
+use corebus_net::routing::shard_of_source_port;
 use corebus_tests::{topic_owned_by, Broker, RawConn};
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A raw connection from a free port `p` with `(p / 2) % shards == shard`.
+/// A raw connection from a free port at or after `start` that the broker
+/// steers to `shard`.
 async fn raw_from_port_leading_to(broker: &Broker, shard: u16, start: u16) -> (u16, RawConn) {
     let shards = broker.shards() as u16;
-    let first = (start / 2).div_ceil(shards) * shards + shard;
-    // Odd ports too: the kernel hands connect() even ones.
-    let ports = (first..30_000)
-        .step_by(usize::from(shards))
-        .map(|half| half * 2 + 1);
+    let ports = (start..60_000).filter(|&port| shard_of_source_port(port, shards) == shard);
     for port in ports.take(200) {
         if let Ok(raw) = RawConn::connect_from(broker.addr(), port).await {
             return (port, raw);

@@ -165,7 +165,8 @@ pub(super) async fn attempt(
 }
 
 /// A source port in [`AFFINITY_PORTS`] that the broker's listeners steer to
-/// `shard` of `count`: `(port / 2) mod count == shard`, drawn from `random`.
+/// `shard` of `count` ([`corebus_net::routing::shard_of_source_port`]), drawn
+/// from `random`.
 fn port_leading_to(shard: u16, count: u16, random: u64) -> u16 {
     let count = u32::from(count.max(1));
     // Work in halves of the port range: half-port h stands for ports 2h, 2h+1.
@@ -387,12 +388,13 @@ mod tests {
         for count in [1u16, 2, 3, 4, 7, 16, 64, 256] {
             for shard in [0, count / 2, count - 1] {
                 for random in [0u64, 1, 12_345, u64::MAX] {
-                    let port = u32::from(port_leading_to(shard, count, random));
+                    let chosen = port_leading_to(shard, count, random);
                     assert_eq!(
-                        (port / 2) % u32::from(count),
-                        u32::from(shard),
+                        corebus_net::routing::shard_of_source_port(chosen, count),
+                        shard,
                         "{count} {shard}"
                     );
+                    let port = u32::from(chosen);
                     assert!(
                         AFFINITY_PORTS.start <= port
                             && port < AFFINITY_PORTS.end + 2 * u32::from(count),
