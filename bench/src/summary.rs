@@ -86,16 +86,25 @@ pub const ACKED_SUFFIX: &str = ", corebus publishes acked";
 /// (`--no-affinity`).
 pub const NO_AFFINITY_SUFFIX: &str = ", corebus without shard affinity";
 
+/// Whether a run belongs to a variant.
+type IsVariant = fn(&Report) -> bool;
+
+/// The corebus variants shown for reference only, each with what it appends
+/// to its rows' labels and how to tell its runs.
+const REFERENCE_VARIANTS: [(&str, IsVariant); 2] = [
+    (ACKED_SUFFIX, |report| report.acks == Some(true)),
+    (NO_AFFINITY_SUFFIX, |report| report.affinity == Some(false)),
+];
+
 /// Row label for a run's workload (the same for every broker), with
 /// [`ACKED_SUFFIX`] for a corebus run with `--acks` and
 /// [`NO_AFFINITY_SUFFIX`] for one with `--no-affinity`.
 pub fn workload_label(report: &Report) -> String {
     let mut label = base_label(report);
-    if report.acks == Some(true) {
-        label += ACKED_SUFFIX;
-    }
-    if report.affinity == Some(false) {
-        label += NO_AFFINITY_SUFFIX;
+    for (suffix, applies) in REFERENCE_VARIANTS {
+        if applies(report) {
+            label += suffix;
+        }
     }
     label
 }
@@ -103,7 +112,9 @@ pub fn workload_label(report: &Report) -> String {
 /// Whether a corebus run is one of the variants shown for reference only
 /// (acknowledged publishes, no shard affinity).
 pub fn is_reference_variant(report: &Report) -> bool {
-    report.acks == Some(true) || report.affinity == Some(false)
+    REFERENCE_VARIANTS
+        .iter()
+        .any(|(_, applies)| applies(report))
 }
 
 fn base_label(report: &Report) -> String {
@@ -171,9 +182,9 @@ pub fn by_workload(runs: &[Report]) -> Vec<(String, BTreeMap<&'static str, &Repo
         .collect();
     let plain: Vec<(String, BTreeMap<&'static str, &Report>)> = rows.clone();
     for (label, cells) in &mut rows {
-        let Some(base) = [ACKED_SUFFIX, NO_AFFINITY_SUFFIX]
+        let Some(base) = REFERENCE_VARIANTS
             .iter()
-            .find_map(|suffix| label.strip_suffix(suffix))
+            .find_map(|(suffix, _)| label.strip_suffix(suffix))
         else {
             continue;
         };

@@ -1,8 +1,9 @@
 //! Shard-aware connections: the listeners' `SO_REUSEPORT` group picks the
 //! listener for a new connection by its source port, `(port / 2) mod
 //! shards` ([`corebus_net::routing::shard_of_source_port`], which this
-//! program must keep computing), so a client can land on a chosen shard (the one owning its topic,
-//! say) by binding a source port before connecting. The port is halved
+//! program must keep computing), so a client can land on a chosen shard
+//! (the one owning its topic, say) by binding a source port before
+//! connecting. The port is halved
 //! because Linux gives `connect()` even ephemeral ports (leaving odd ones to
 //! `bind()`): `port mod shards` would send every ordinary client to the
 //! even-numbered shards. Ordinary clients still spread evenly (successive
