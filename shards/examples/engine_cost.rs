@@ -1,10 +1,10 @@
-//! A fixed, deterministic run of one shard's per-message path, for counting
+//! A fixed, deterministic run of the engine's per-message path, for counting
 //! instructions with callgrind (repeatable on a noisy machine, unlike time):
 //!
 //! ```sh
 //! cargo build --release -p corebus-shards --example engine_cost
 //! valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out \
-//!     target/release/examples/engine_cost 1024 200000
+//!     target/release/examples/engine_cost 1024 200000 [SHARDS]
 //! ```
 //!
 //! It encodes `MESSAGES` acknowledged 128-byte publishes spread round-robin
@@ -14,14 +14,25 @@
 //! total instruction count (minus a run with 0 messages, the set-up) by
 //! `MESSAGES` for instructions per message: decode, permission check,
 //! routing, sequencing, the replay ring, fan-out and the outboxes. No
-//! sockets and no cross-shard hops.
+//! sockets.
+//!
+//! With `SHARDS` (default 1) above 1, the publisher is on shard 0 and the
+//! subscribers on the last shard, and the mesh batches are handed over by
+//! hand every 256 publishes as the mesh tasks would: a message whose topic
+//! shard 0 owns crosses to the subscribers' shard as a delivery, any other
+//! as a publish (then its acknowledgement comes back). With 2 shards every
+//! message makes exactly one hop, so the difference from a 1-shard run is
+//! what a hop costs in instructions (not the cache traffic between cores,
+//! which a single-threaded run cannot show).
+
+use std::task::Waker;
 
 use bytes::{Bytes, BytesMut};
 use corebus_net::{
     check, decode_with, Check, Frame, Hello, KeyCache, Publish, Subscribe, TopicKey,
 };
 use corebus_shards::outbox::OutFrame;
-use corebus_shards::{ConnId, EngineConfig, Shard};
+use corebus_shards::{ConnId, EngineConfig, Shard, ShardId};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -29,7 +40,11 @@ fn main() {
     let messages: usize = args
         .next()
         .map_or(200_000, |a| a.parse().expect("MESSAGES"));
-    let mut shard = Shard::new(0, 1, EngineConfig::default(), 1);
+    let shard_count: usize = args.next().map_or(1, |a| a.parse().expect("SHARDS"));
+    assert!(shard_count >= 1, "SHARDS must be at least 1");
+    let mut shards: Vec<Shard> = (0..shard_count)
+        .map(|id| Shard::new(id as ShardId, shard_count, EngineConfig::default(), 1))
+        .collect();
     let hello = |shard: &mut Shard| {
         let conn = shard.open_conn();
         shard.handle_frame(
@@ -49,7 +64,8 @@ fn main() {
         .iter()
         .enumerate()
         .map(|(index, key)| {
-            let conn = hello(&mut shard);
+            let shard = &mut shards[shard_count - 1];
+            let conn = hello(shard);
             shard.handle_frame(
                 conn,
                 Frame::Subscribe(Subscribe {
@@ -62,20 +78,26 @@ fn main() {
             conn
         })
         .collect();
-    let publisher = hello(&mut shard);
+    let publisher = hello(&mut shards[0]);
     let mut frames: Vec<OutFrame> = Vec::new();
-    let drain = |shard: &mut Shard, frames: &mut Vec<OutFrame>| {
+    // Hands every collected mesh batch to its peer until none is left, then
+    // empties every outbox; returns the frames taken.
+    let drain = |shards: &mut [Shard], frames: &mut Vec<OutFrame>| {
+        pump(shards);
         let mut count = 0;
-        for conn in subscribers.iter().chain([&publisher]) {
-            if let Some(outbox) = shard.outbox_mut(*conn) {
-                outbox.drain_into(frames);
-                count += frames.len();
-                frames.clear();
+        let (first, last) = (0, shards.len() - 1);
+        for (shard, conns) in [(first, &[publisher][..]), (last, &subscribers[..])] {
+            for conn in conns {
+                if let Some(outbox) = shards[shard].outbox_mut(*conn) {
+                    outbox.drain_into(frames);
+                    count += frames.len();
+                    frames.clear();
+                }
             }
         }
         count
     };
-    drain(&mut shard, &mut frames);
+    drain(&mut shards, &mut frames);
 
     let payload = Bytes::from(vec![b'x'; 128]);
     let mut stream = BytesMut::new();
@@ -97,13 +119,37 @@ fn main() {
             panic!("encoded frames are complete");
         };
         let frame = decode_with(stream.split_to(len), &mut keys).expect("encoded frames decode");
-        shard.handle_frame(publisher, frame);
+        shards[0].handle_frame(publisher, frame);
         if i % 256 == 255 {
-            out += drain(&mut shard, &mut frames);
+            out += drain(&mut shards, &mut frames);
         }
     }
-    out += drain(&mut shard, &mut frames);
+    out += drain(&mut shards, &mut frames);
     // Each publish gives one MESSAGE and one PUB_ACK.
     assert_eq!(out, 2 * messages);
-    println!("{messages} publishes over {topics} topics: {out} frames out");
+    println!("{messages} publishes over {topics} topics on {shard_count} shards: {out} frames out");
+}
+
+/// What the mesh tasks do, by hand: every batch a shard collected goes to
+/// its peer, until no shard has anything for another.
+fn pump(shards: &mut [Shard]) {
+    loop {
+        let mut moved = false;
+        for from in 0..shards.len() {
+            for to in 0..shards.len() {
+                if from == to {
+                    continue;
+                }
+                if let Some(batch) = shards[from].take_mesh_batch(to as ShardId, Waker::noop()) {
+                    moved = true;
+                    for msg in batch {
+                        shards[to].handle_mesh(from as ShardId, msg);
+                    }
+                }
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
 }

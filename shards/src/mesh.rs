@@ -30,6 +30,19 @@ pub struct AckTo {
     pub request_id: u32,
 }
 
+/// A subscriber shard's handle for its table entry of one topic: the slot
+/// and that slot's generation. Sent to the owner with an interest request;
+/// the owner addresses that shard's deliveries of the topic with it, so they
+/// carry no topic key and need no lookup by name. A handle whose entry was
+/// removed names nothing, even after its slot is reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalRef {
+    /// Index of the entry in the subscriber shard's table.
+    pub slot: u32,
+    /// The slot's generation when the entry was made.
+    pub generation: u32,
+}
+
 /// A subscription that wants to resume: answered by the owner with a plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResumeReq {
@@ -76,6 +89,8 @@ pub enum ShardMsg {
     InterestMsg {
         /// The topic.
         topic: TopicKey,
+        /// The sender's table entry for it: where the deliveries go.
+        handle: LocalRef,
         /// A resuming subscription's request.
         resume: Option<ResumeReq>,
     },
@@ -101,8 +116,8 @@ pub enum ShardMsg {
     /// From the owner to an interested shard: one sequenced message, sent once
     /// per shard however many local subscribers it has.
     DeliverMsg {
-        /// The topic.
-        topic: TopicKey,
+        /// The receiving shard's entry for the topic, from its `InterestMsg`.
+        handle: LocalRef,
         /// Its sequence number.
         seq: Seq,
         /// The shared payload.
@@ -117,4 +132,5 @@ pub enum ShardMsg {
 // shard's batches hold tens of thousands of them: rare large fields are boxed
 // so that the per-message kinds (publish, deliver) set the size.
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(std::mem::size_of::<ShardMsg>() <= 112);
+const _: () = assert!(std::mem::size_of::<ShardMsg>() <= 104);
+const _: () = assert!(std::mem::size_of::<LocalRef>() == 8);

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
 use corebus_net::{Epoch, ResumePoint, Seq, TopicKey};
 
+use crate::mesh::LocalRef;
 use crate::routing::ShardId;
 
 /// Payloads up to this size are copied into their own allocation when they
@@ -66,8 +67,9 @@ pub struct OwnedTopic {
     /// than once per message.
     arena: BytesMut,
     /// Shards with at least one subscriber or resume in flight, this one
-    /// included. A handful at most, so a small vector beats a set.
-    pub interested: Vec<ShardId>,
+    /// included, each with the handle of its table entry for the topic. A
+    /// handful at most, so a small vector beats a set.
+    pub interested: Vec<(ShardId, LocalRef)>,
     /// Coarse time (engine milliseconds) of the last publish or subscribe.
     pub last_active_ms: u64,
     /// The webhook generation `webhooks_wanted` was computed for (0: never).

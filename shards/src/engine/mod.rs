@@ -17,6 +17,7 @@ use std::task::Waker;
 use corebus_net::{Epoch, Seq, TopicKey};
 use rustc_hash::FxHashMap;
 
+use self::local::LocalTopics;
 use crate::auth::{Authenticator, Grant, OpenAccess};
 use crate::mesh::{MeshBatch, ShardMsg};
 use crate::metrics::{LatencyHistogram, ShardMetrics};
@@ -165,7 +166,7 @@ pub struct Shard {
     shard_count: usize,
     config: EngineConfig,
     owned: FxHashMap<TopicKey, OwnedTopic>,
-    local: FxHashMap<TopicKey, LocalTopic>,
+    local: LocalTopics,
     conns: FxHashMap<ConnId, ConnState>,
     next_conn: u64,
     /// Per peer: messages collected during this turn, sent as one batch.
@@ -190,7 +191,7 @@ impl Shard {
             shard_count,
             config,
             owned: FxHashMap::default(),
-            local: FxHashMap::default(),
+            local: LocalTopics::default(),
             conns: FxHashMap::default(),
             next_conn: 0,
             mesh_out: (0..shard_count).map(|_| Vec::new()).collect(),
@@ -294,8 +295,13 @@ impl Shard {
                 }
             }
             ShardMsg::PubAckMsg { ack_to, seq } => self.acknowledge(ack_to, seq),
-            ShardMsg::InterestMsg { topic, resume } => {
-                let (epoch, start_after, reply) = self.register_interest(&topic, from, resume);
+            ShardMsg::InterestMsg {
+                topic,
+                handle,
+                resume,
+            } => {
+                let (epoch, start_after, reply) =
+                    self.register_interest(&topic, from, handle, resume);
                 self.push_mesh(
                     from,
                     ShardMsg::InterestAckMsg {
@@ -314,11 +320,11 @@ impl Shard {
             } => self.handle_interest_ack(topic, epoch, start_after, resume.map(|reply| *reply)),
             ShardMsg::DropInterestMsg { topic } => self.unregister_interest(&topic, from),
             ShardMsg::DeliverMsg {
-                topic,
+                handle,
                 seq,
                 payload,
                 sequenced_at,
-            } => self.deliver_local(&topic, seq, &payload, sequenced_at),
+            } => self.deliver_local(handle, seq, &payload, sequenced_at),
         }
     }
 
@@ -371,6 +377,7 @@ fn push_mesh(
 
 mod conns;
 mod delivery;
+mod local;
 mod topics;
 
 #[cfg(test)]

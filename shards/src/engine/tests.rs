@@ -347,6 +347,41 @@ fn resubscribing_while_a_drop_is_in_flight_neither_loses_nor_repeats() {
 }
 
 #[test]
+fn a_delivery_in_flight_for_a_released_entry_does_not_reach_the_topic_now_in_its_slot() {
+    // Deliveries name the subscriber shard's table entry, not the topic:
+    // topic A's entry is released while one is in flight, and topic B (owned
+    // by the subscriber's own shard, so active at once) takes the same slot.
+    let count = 2;
+    let a = topic_owned_by(0, count);
+    let b = topic_owned_by(1, count);
+    let mut cluster = Cluster::new(count, EngineConfig::default());
+    let publisher = cluster.connect(0);
+    let subscriber = cluster.connect(1);
+    cluster.send(subscriber, subscribe(&a, 1, 1));
+    cluster.pump();
+    cluster.send(publisher, publish(&a, 1, "for a"));
+    cluster.collect(); // DeliverMsg for A in flight to shard 1
+    cluster.send(
+        subscriber,
+        Frame::Unsubscribe(Unsubscribe {
+            request_id: 2,
+            sub_id: 1,
+        }),
+    );
+    cluster.send(subscriber, subscribe(&b, 3, 2));
+    cluster.pump();
+    let frames = cluster.take_conn(subscriber);
+    assert_eq!(sub_ok_start(&frames, 2), Some(0));
+    assert!(
+        messages(&frames).iter().all(|(sub, _)| *sub != 2),
+        "A's message reached B's subscriber: {frames:?}"
+    );
+    cluster.send(publisher, publish(&b, 2, "for b"));
+    cluster.pump();
+    assert_eq!(messages(&cluster.take_conn(subscriber)), vec![(2, 1)]);
+}
+
+#[test]
 fn owner_local_subscriber_gets_messages_synchronously() {
     let mut cluster = Cluster::new(1, EngineConfig::default());
     let t = topic("solo");

@@ -9,7 +9,7 @@ use corebus_net::{Epoch, ErrorCode, Publish, Seq, Subscribe, TopicKey, Unsubscri
 use super::delivery::{push_message, Delivery};
 use super::{push_mesh, ActiveTopic, ConnId, LocalTopic, Shard, SubState};
 use crate::auth::{unix_now_ms, Action};
-use crate::mesh::{AckTo, ResumeReply, ResumeReq, ShardMsg};
+use crate::mesh::{AckTo, LocalRef, ResumeReply, ResumeReq, ShardMsg};
 use crate::outbox::OutFrame;
 use crate::routing::{self, ShardId};
 use crate::topic::ResumePlan;
@@ -112,20 +112,18 @@ impl Shard {
         // Reading the clock costs as much as a tenth of a small message's
         // whole path; one message in LATENCY_SAMPLE_EVERY is timed.
         let sequenced_at = (seq % LATENCY_SAMPLE_EVERY == 0).then(Instant::now);
-        let mut deliver_here = false;
-        for shard in &owned.interested {
-            if *shard == id {
-                deliver_here = true;
+        let mut deliver_here = None;
+        for &(shard, handle) in &owned.interested {
+            if shard == id {
+                deliver_here = Some(handle);
             } else {
                 // Field-level borrows: `owned` borrows `self.owned` only.
                 push_mesh(
                     &mut self.mesh_out,
                     &mut self.mesh_senders,
-                    *shard,
+                    shard,
                     ShardMsg::DeliverMsg {
-                        // The table's own copy: no refcount of the
-                        // publisher's read buffer crosses to the peer.
-                        topic: owned.key().clone(),
+                        handle,
                         seq,
                         payload: payload.clone(),
                         sequenced_at,
@@ -133,21 +131,22 @@ impl Shard {
                 );
             }
         }
-        if deliver_here {
-            self.deliver_local(&topic, seq, &payload, sequenced_at);
+        if let Some(handle) = deliver_here {
+            self.deliver_local(handle, seq, &payload, sequenced_at);
         }
         seq
     }
 
-    /// Subscriber side: hands one sequenced message to every local subscriber.
+    /// Subscriber side: hands one sequenced message to every local subscriber
+    /// of the topic whose table entry `handle` names.
     pub(super) fn deliver_local(
         &mut self,
-        topic: &TopicKey,
+        handle: LocalRef,
         seq: Seq,
         payload: &Bytes,
         sequenced_at: Option<Instant>,
     ) {
-        let Some(local) = self.local.get_mut(topic) else {
+        let Some(local) = self.local.by_handle_mut(handle) else {
             return; // No local subscribers any more.
         };
         let Some(active) = local.active.as_mut() else {
@@ -274,33 +273,51 @@ impl Shard {
         }
     }
 
+    /// Asks `owner` to deliver `topic` here, to the table entry the topic has
+    /// (the caller made it).
     pub(super) fn request_interest(
         &mut self,
         owner: ShardId,
         topic: TopicKey,
         resume: Option<ResumeReq>,
     ) {
+        let Some(handle) = self.local.handle(&topic) else {
+            return; // Unreachable: every caller holds the entry.
+        };
         if owner == self.id {
-            let (epoch, start_after, reply) = self.register_interest(&topic, self.id, resume);
+            let (epoch, start_after, reply) =
+                self.register_interest(&topic, self.id, handle, resume);
             self.handle_interest_ack(topic, epoch, start_after, reply);
         } else {
-            self.push_mesh(owner, ShardMsg::InterestMsg { topic, resume });
+            self.push_mesh(
+                owner,
+                ShardMsg::InterestMsg {
+                    topic,
+                    handle,
+                    resume,
+                },
+            );
         }
     }
 
-    /// Owner side: records `shard`'s interest and answers with the epoch, the
-    /// start point for live subscribers, and a resume plan when asked.
+    /// Owner side: records `shard`'s interest (deliveries go to its table
+    /// entry `handle`) and answers with the epoch, the start point for live
+    /// subscribers, and a resume plan when asked.
     pub(super) fn register_interest(
         &mut self,
         topic: &TopicKey,
         shard: ShardId,
+        handle: LocalRef,
         resume: Option<ResumeReq>,
     ) -> (Epoch, Seq, Option<ResumeReply>) {
         let now_ms = self.now_ms;
         let owned = self.owned_topic(topic);
         owned.last_active_ms = now_ms;
-        if !owned.interested.contains(&shard) {
-            owned.interested.push(shard);
+        // A shard asks again for each resume, with the same entry; its
+        // latest request names the entry that now stands for the topic.
+        match owned.interested.iter_mut().find(|(s, _)| *s == shard) {
+            Some(entry) => entry.1 = handle,
+            None => owned.interested.push((shard, handle)),
         }
         let reply = resume.map(|req| ResumeReply {
             plan: owned.resume(req.point),
@@ -487,7 +504,7 @@ impl Shard {
     pub(super) fn unregister_interest(&mut self, topic: &TopicKey, shard: ShardId) {
         let now_ms = self.now_ms;
         if let Some(owned) = self.owned.get_mut(topic) {
-            owned.interested.retain(|s| *s != shard);
+            owned.interested.retain(|(s, _)| *s != shard);
             // Idle time counts from the moment the last subscriber left.
             owned.last_active_ms = now_ms;
         }
