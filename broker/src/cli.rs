@@ -271,6 +271,13 @@ pub struct ServeArgs {
     /// Payload bytes kept per topic for replay on resume.
     #[arg(long, env = "COREBUS_RING_BYTES", default_value_t = 1 << 20)]
     pub ring_bytes: usize,
+    /// Memory for topic states and replay rings, all shards together (each
+    /// shard gets an equal part). Over it, a shard evicts the least recently
+    /// active topics nobody subscribes to, then shortens replay rings; a
+    /// resume across either gets a gap report. At least 16 MiB.
+    #[arg(long, env = "COREBUS_TOPIC_MEMORY", default_value_t = 1 << 30,
+          value_parser = parse_topic_memory)]
+    pub topic_memory: u64,
     /// Topic state with no subscribers and no publishes for this long is
     /// evicted; its next use starts a new epoch (e.g. 300s, 10m).
     #[arg(long, env = "COREBUS_TOPIC_IDLE_EVICT", default_value = "300s", value_parser = parse_duration)]
@@ -425,6 +432,23 @@ pub enum SlowConsumer {
     Disconnect,
 }
 
+/// Least `topic_memory` accepted: 16 MiB.
+pub const MIN_TOPIC_MEMORY: u64 = 16 << 20;
+
+/// Parses `topic_memory`: a byte count of at least [`MIN_TOPIC_MEMORY`].
+pub fn parse_topic_memory(text: &str) -> Result<u64, String> {
+    let bytes: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte count (a whole number, e.g. 1073741824)"))?;
+    if bytes < MIN_TOPIC_MEMORY {
+        return Err(format!(
+            "{bytes} bytes is below the least accepted, {MIN_TOPIC_MEMORY} (16 MiB)"
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Like [`parse_duration`], refusing zero.
 pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
@@ -539,5 +563,15 @@ mod tests {
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("99999999999999999999h").is_err());
+    }
+
+    #[test]
+    fn topic_memory_is_a_byte_count_of_at_least_16_mib() {
+        assert_eq!(parse_topic_memory("1073741824"), Ok(1 << 30));
+        assert_eq!(parse_topic_memory("16777216"), Ok(MIN_TOPIC_MEMORY));
+        let small = parse_topic_memory("16777215").expect_err("below the least");
+        assert!(small.contains("16777216 (16 MiB)"), "{small}");
+        assert!(parse_topic_memory("1G").is_err());
+        assert!(parse_topic_memory("-5").is_err());
     }
 }

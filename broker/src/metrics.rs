@@ -138,6 +138,12 @@ const FAMILIES: &[Family] = &[
         value: |m| m.owned_topics,
     },
     Family {
+        name: "topic_memory_bytes",
+        help: "Memory held by topic states and replay rings, as the topic_memory budget counts it.",
+        kind: "gauge",
+        value: |m| m.topic_memory,
+    },
+    Family {
         name: "subscribed_topics",
         help: "Topics with local subscribers.",
         kind: "gauge",
@@ -226,6 +232,18 @@ const FAMILIES: &[Family] = &[
         help: "Idle topic states evicted.",
         kind: "counter",
         value: |m| m.stats.topics_evicted,
+    },
+    Family {
+        name: "topics_evicted_for_memory_total",
+        help: "Unsubscribed topic states evicted early to keep topic memory within its budget.",
+        kind: "counter",
+        value: |m| m.stats.topics_evicted_for_memory,
+    },
+    Family {
+        name: "replay_messages_trimmed_total",
+        help: "Messages dropped from replay rings to keep topic memory within its budget.",
+        kind: "counter",
+        value: |m| m.stats.replay_messages_trimmed,
     },
 ];
 

@@ -49,6 +49,7 @@ pub fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
                 max_bytes: args.ring_bytes,
             },
             topic_idle_evict_ms: args.topic_idle_evict.as_millis() as u64,
+            topic_memory_bytes: usize::try_from(args.topic_memory).unwrap_or(usize::MAX),
             heartbeat_interval_ms: args.heartbeat_interval.as_millis() as u64,
             heartbeat_timeout_ms: args.heartbeat_timeout.as_millis() as u64,
             handshake_timeout_ms: args.handshake_timeout.as_millis() as u64,

@@ -65,6 +65,9 @@ pub struct ShardMetrics {
     pub subscriptions: u64,
     /// Topics whose owner-side state this shard holds.
     pub owned_topics: u64,
+    /// Memory those topics' states and replay rings hold, as the
+    /// `topic_memory` budget counts it.
+    pub topic_memory: u64,
     /// Topics with local subscribers here.
     pub local_topics: u64,
     /// Messages waiting to be handed to the cross-shard queues.

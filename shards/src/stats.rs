@@ -39,4 +39,10 @@ pub struct ShardStats {
     pub slow_consumer_closes: u64,
     /// Idle topic states evicted.
     pub topics_evicted: u64,
+    /// Topic states nobody subscribed to, evicted early because the shard's
+    /// topic memory was over its budget.
+    pub topics_evicted_for_memory: u64,
+    /// Messages dropped from replay rings because the shard's topic memory
+    /// was over its budget (a resume from before them gets a gap report).
+    pub replay_messages_trimmed: u64,
 }

@@ -22,6 +22,16 @@ const RING_COPY_THRESHOLD: usize = 4096;
 const ARENA_MIN: usize = 512;
 const ARENA_MAX: usize = 16 << 10;
 
+/// What one topic's state costs beyond its name and ring, as the memory
+/// budget counts it: the table entry with its hash-map slot, the ring's
+/// buffer header, the interested shards and the arena chunk being filled
+/// (an estimate: the allocator's own overhead is not counted).
+pub const TOPIC_OVERHEAD: usize = 512;
+
+/// What one ring entry costs beyond its payload: the slot in the ring's
+/// buffer (sequence number and refcounted slice).
+pub const RING_ENTRY_OVERHEAD: usize = std::mem::size_of::<(Seq, Bytes)>();
+
 /// Bounds of each topic's replay ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RingLimits {
@@ -123,6 +133,40 @@ impl OwnedTopic {
     /// Messages held by the ring.
     pub fn ring_len(&self) -> usize {
         self.ring.len()
+    }
+
+    /// Memory this topic's state holds, as the shard's budget counts it:
+    /// [`TOPIC_OVERHEAD`], the name, and [`Self::ring_retained`].
+    pub fn retained(&self) -> usize {
+        TOPIC_OVERHEAD + self.key.wire_bytes().len() + self.ring_retained()
+    }
+
+    /// Memory the replay ring holds: payload bytes plus
+    /// [`RING_ENTRY_OVERHEAD`] per message.
+    pub fn ring_retained(&self) -> usize {
+        self.ring_bytes + self.ring.len() * RING_ENTRY_OVERHEAD
+    }
+
+    /// Drops the oldest messages of the ring until it holds at most `max`
+    /// bytes by [`Self::ring_retained`]; returns how many it dropped. A
+    /// resume from before what is left gets a gap report, as for any message
+    /// the ring no longer holds.
+    pub fn trim_ring(&mut self, max: usize) -> usize {
+        let mut dropped = 0;
+        while self.ring_retained() > max {
+            match self.ring.pop_front() {
+                Some((_, old)) => {
+                    self.ring_bytes -= old.len();
+                    dropped += 1;
+                }
+                None => break,
+            }
+        }
+        if self.ring.is_empty() {
+            // Nothing left to copy beside: the chunk being filled goes too.
+            self.arena = BytesMut::new();
+        }
+        dropped
     }
 
     /// Assigns the next sequence number and keeps the payload for replay.
@@ -344,6 +388,47 @@ mod tests {
             (3, None),
             "too large to keep"
         );
+    }
+
+    #[test]
+    fn retained_counts_name_ring_payloads_and_entries() {
+        let key = TopicKey::from_strs("test", "mem").expect("valid");
+        let name = key.wire_bytes().len();
+        let mut topic = OwnedTopic::new(key, 1, 0);
+        assert_eq!(topic.retained(), TOPIC_OVERHEAD + name);
+        for _ in 0..3 {
+            topic.append(&Bytes::from(vec![1u8; 100]), RingLimits::default(), 0);
+        }
+        assert_eq!(topic.ring_retained(), 3 * (100 + RING_ENTRY_OVERHEAD));
+        assert_eq!(
+            topic.retained(),
+            TOPIC_OVERHEAD + name + 3 * (100 + RING_ENTRY_OVERHEAD)
+        );
+    }
+
+    #[test]
+    fn trimming_drops_the_oldest_messages_and_resume_reports_the_gap() {
+        let key = TopicKey::from_strs("test", "trim").expect("valid");
+        let mut topic = OwnedTopic::new(key, 42, 0);
+        for _ in 0..10 {
+            topic.append(&Bytes::from_static(b"8 bytes!"), RingLimits::default(), 0);
+        }
+        let entry = 8 + RING_ENTRY_OVERHEAD;
+        assert_eq!(topic.trim_ring(topic.ring_retained()), 0, "already within");
+        assert_eq!(topic.trim_ring(4 * entry + entry / 2), 6);
+        assert_eq!((topic.ring_len(), topic.first_retained()), (4, 7));
+        let plan = topic.resume(ResumePoint {
+            epoch: topic.epoch(),
+            next_seq: 3,
+        });
+        assert_eq!(plan.gap, Some((2, 7)), "messages 3 to 6 were trimmed");
+        assert_eq!(seqs(&plan), vec![7, 8, 9, 10]);
+        assert_eq!(topic.trim_ring(0), 4);
+        assert_eq!((topic.ring_len(), topic.ring_bytes()), (0, 0));
+        assert_eq!(topic.first_retained(), 11);
+        // Sequence numbers go on where they were.
+        let (seq, _) = topic.append(&Bytes::from_static(b"next"), RingLimits::default(), 0);
+        assert_eq!(seq, 11);
     }
 
     #[test]

@@ -70,6 +70,14 @@ impl Broker {
         self.shards
     }
 
+    /// Every shard's counters and gauges as of its last maintenance tick.
+    pub fn metrics(&self) -> Vec<corebus_shards::ShardMetrics> {
+        self.server
+            .as_ref()
+            .map(|server| server.metrics().snapshot())
+            .unwrap_or_default()
+    }
+
     /// Connects a client whose connection lives on `shard`, reconnecting
     /// until the kernel's SO_REUSEPORT spread puts one there.
     pub async fn client_on(&self, shard: u16) -> Client {

@@ -71,9 +71,16 @@ impl Shard {
         }
         let idle = self.config.topic_idle_evict_ms;
         let before = self.owned.len();
+        let mut freed = 0;
         self.owned.retain(|_, topic| {
-            !topic.interested.is_empty() || now_ms.saturating_sub(topic.last_active_ms) < idle
+            let keep =
+                !topic.interested.is_empty() || now_ms.saturating_sub(topic.last_active_ms) < idle;
+            if !keep {
+                freed += topic.retained();
+            }
+            keep
         });
+        self.retained -= freed;
         self.stats.topics_evicted += (before - self.owned.len()) as u64;
     }
 

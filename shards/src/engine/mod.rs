@@ -57,6 +57,12 @@ pub struct EngineConfig {
     /// Topic state with no subscribers and no publishes for this long is
     /// evicted (its next use starts a new epoch).
     pub topic_idle_evict_ms: u64,
+    /// Memory the topic states and replay rings of all shards together may
+    /// hold (as [`OwnedTopic::retained`] counts it); each shard gets an equal
+    /// part. A shard over its part evicts the least recently active topics
+    /// that nobody subscribes to, then shortens the replay rings, until it
+    /// holds 80% of its part (see `engine/memory.rs`).
+    pub topic_memory_bytes: usize,
     /// A connection silent for this long is sent a `PING`.
     pub heartbeat_interval_ms: u64,
     /// A connection silent for this long is closed (`idle_timeout`).
@@ -79,6 +85,7 @@ impl Default for EngineConfig {
             slow_consumer: SlowConsumerPolicy::Drop,
             ring: RingLimits::default(),
             topic_idle_evict_ms: 300_000,
+            topic_memory_bytes: 1 << 30,
             heartbeat_interval_ms: 15_000,
             heartbeat_timeout_ms: 45_000,
             handshake_timeout_ms: 5_000,
@@ -166,6 +173,11 @@ pub struct Shard {
     shard_count: usize,
     config: EngineConfig,
     owned: FxHashMap<TopicKey, OwnedTopic>,
+    /// Sum of `retained()` over `owned`, kept up to date as topics are made,
+    /// appended to, trimmed and evicted.
+    retained: usize,
+    /// This shard's part of `config.topic_memory_bytes`.
+    memory_budget: usize,
     local: LocalTopics,
     conns: FxHashMap<ConnId, ConnState>,
     next_conn: u64,
@@ -186,11 +198,14 @@ pub struct Shard {
 impl Shard {
     /// A shard `id` of `shard_count`; `seed` makes its topic epochs random.
     pub fn new(id: ShardId, shard_count: usize, config: EngineConfig, seed: u64) -> Shard {
+        let memory_budget = config.topic_memory_bytes / shard_count.max(1);
         Shard {
             id,
             shard_count,
             config,
             owned: FxHashMap::default(),
+            retained: 0,
+            memory_budget,
             local: LocalTopics::default(),
             conns: FxHashMap::default(),
             next_conn: 0,
@@ -246,6 +261,7 @@ impl Shard {
                 .map(|conn| conn.subscriptions.len() as u64)
                 .sum(),
             owned_topics: self.owned.len() as u64,
+            topic_memory: self.retained as u64,
             local_topics: self.local.len() as u64,
             mesh_backlog: self.mesh_out.iter().map(|batch| batch.len() as u64).sum(),
             delivery_latency: self.delivery_latency.clone(),
@@ -271,8 +287,9 @@ impl Shard {
         if !self.owned.contains_key(topic) {
             let epoch = self.new_epoch();
             let key = topic.compact();
-            self.owned
-                .insert(key.clone(), OwnedTopic::new(key, epoch, self.now_ms));
+            let state = OwnedTopic::new(key.clone(), epoch, self.now_ms);
+            self.retained += state.retained();
+            self.owned.insert(key, state);
         }
         self.owned
             .get_mut(topic)
@@ -378,6 +395,7 @@ fn push_mesh(
 mod conns;
 mod delivery;
 mod local;
+mod memory;
 mod topics;
 
 #[cfg(test)]

@@ -88,7 +88,10 @@ impl Shard {
             return self.sequence_and_fan_out(topic, payload);
         };
         self.stats.messages_sequenced += 1;
+        let before = owned.ring_retained();
         let (seq, kept) = owned.append(&payload, ring, now_ms);
+        // Field-level borrows again: `retained` is not part of `self.owned`.
+        self.retained = self.retained + owned.ring_retained() - before;
         // Subscribers get the ring's copy where there is one: its refcount
         // lives on this core, while the payload as received is a slice of the
         // publisher's read buffer, whose refcount its own shard keeps busy.
@@ -134,6 +137,7 @@ impl Shard {
         if let Some(handle) = deliver_here {
             self.deliver_local(handle, seq, &payload, sequenced_at);
         }
+        self.check_topic_memory();
         seq
     }
 
@@ -323,7 +327,10 @@ impl Shard {
             plan: owned.resume(req.point),
             req,
         });
-        (owned.epoch(), owned.last_seq(), reply)
+        let answer = (owned.epoch(), owned.last_seq(), reply);
+        // A new topic state counts too (this one has a subscriber: it stays).
+        self.check_topic_memory();
+        answer
     }
 
     /// Subscriber side: the owner answered an interest request.
