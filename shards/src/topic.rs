@@ -153,20 +153,25 @@ impl OwnedTopic {
     /// the ring no longer holds.
     pub fn trim_ring(&mut self, max: usize) -> usize {
         let mut dropped = 0;
-        while self.ring_retained() > max {
-            match self.ring.pop_front() {
-                Some((_, old)) => {
-                    self.ring_bytes -= old.len();
-                    dropped += 1;
-                }
-                None => break,
-            }
+        while self.ring_retained() > max && self.drop_oldest() {
+            dropped += 1;
         }
         if self.ring.is_empty() {
             // Nothing left to copy beside: the chunk being filled goes too.
             self.arena = BytesMut::new();
         }
         dropped
+    }
+
+    /// Drops the ring's oldest message; false when the ring is empty.
+    fn drop_oldest(&mut self) -> bool {
+        match self.ring.pop_front() {
+            Some((_, old)) => {
+                self.ring_bytes -= old.len();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Assigns the next sequence number and keeps the payload for replay.
@@ -185,14 +190,10 @@ impl OwnedTopic {
             // Room first, then the message: the ring never holds more than
             // `max_messages` entries, so its buffer stops growing at that
             // size instead of doubling for one entry more.
-            while self.ring.len() >= limits.max_messages
-                || self.ring_bytes + payload.len() > limits.max_bytes
-            {
-                match self.ring.pop_front() {
-                    Some((_, old)) => self.ring_bytes -= old.len(),
-                    None => break,
-                }
-            }
+            while (self.ring.len() >= limits.max_messages
+                || self.ring_bytes + payload.len() > limits.max_bytes)
+                && self.drop_oldest()
+            {}
             let kept = if payload.len() <= RING_COPY_THRESHOLD {
                 self.copy_into_arena(payload)
             } else {

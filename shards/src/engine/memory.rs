@@ -27,7 +27,7 @@ use corebus_net::TopicKey;
 use super::Shard;
 
 /// Share of the budget a relief pass frees memory down to.
-pub(super) const RELIEF_TARGET_PERCENT: usize = 80;
+const RELIEF_TARGET_PERCENT: usize = 80;
 
 impl Shard {
     /// Frees topic memory if the shard holds more than its budget.

@@ -231,14 +231,17 @@ impl Shard {
         );
         self.stats.subscribes += 1;
         let owner = routing::owner(&topic, self.shard_count);
-        let is_new = !self.local.contains_key(&topic);
-        if is_new {
+        let (handle, is_new) = match self.local.handle(&topic) {
+            Some(handle) => (handle, false),
             // A compact copy, so the table does not pin the subscriber's
             // read buffer.
-            self.local.insert(topic.compact(), LocalTopic::default());
-        }
-        let Some(local) = self.local.get_mut(&topic) else {
-            return; // Unreachable: inserted just above.
+            None => (
+                self.local.insert(topic.compact(), LocalTopic::default()),
+                true,
+            ),
+        };
+        let Some(local) = self.local.by_handle_mut(handle) else {
+            return; // Unreachable: the handle was just taken or made.
         };
         if let Some(point) = resume {
             // The owner holds the ring: every resume asks it, whether or not
@@ -250,7 +253,7 @@ impl Shard {
                 request_id,
                 point,
             };
-            self.request_interest(owner, topic, Some(req));
+            self.request_interest(owner, topic, handle, Some(req));
             return;
         }
         match local.active {
@@ -271,23 +274,20 @@ impl Shard {
             None => {
                 local.waiting.push((conn, sub_id, request_id));
                 if is_new {
-                    self.request_interest(owner, topic, None);
+                    self.request_interest(owner, topic, handle, None);
                 }
             }
         }
     }
 
-    /// Asks `owner` to deliver `topic` here, to the table entry the topic has
-    /// (the caller made it).
+    /// Asks `owner` to deliver `topic` here, to the table entry `handle`.
     pub(super) fn request_interest(
         &mut self,
         owner: ShardId,
         topic: TopicKey,
+        handle: LocalRef,
         resume: Option<ResumeReq>,
     ) {
-        let Some(handle) = self.local.handle(&topic) else {
-            return; // Unreachable: every caller holds the entry.
-        };
         if owner == self.id {
             let (epoch, start_after, reply) =
                 self.register_interest(&topic, self.id, handle, resume);
