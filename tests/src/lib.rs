@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use corebus_client::Client;
+use corebus_client::{Client, Event, Subscription};
 use corebus_net::{check, decode, Check, Frame, Hello, TopicKey, PROTOCOL_VERSION};
 use corebus_shards::{EngineConfig, Server, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -109,6 +109,19 @@ impl Drop for Broker {
             server.stop();
         }
     }
+}
+
+/// How long [`next_event`] waits.
+pub const EVENT_WAIT: Duration = Duration::from_secs(10);
+
+/// The subscription's next item, which must come within [`EVENT_WAIT`] and
+/// be neither the end of the stream nor an error.
+pub async fn next_event(sub: &mut Subscription) -> Event {
+    tokio::time::timeout(EVENT_WAIT, sub.next_event())
+        .await
+        .expect("an item within the deadline")
+        .expect("the subscription is open")
+        .expect("no error")
 }
 
 /// A topic in namespace `test` owned by `owner` when the broker has `shards`.

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use corebus_client::{Client, ClientConfig, Discontinuity, Event, Subscription};
+use corebus_client::{Client, ClientConfig, Discontinuity, Event};
 use corebus_shards::{EngineConfig, RingLimits};
-use corebus_tests::{topic_owned_by, Broker, Proxy};
+use corebus_tests::{next_event, topic_owned_by, Broker, Proxy};
 use tokio::time::{sleep, timeout, Instant};
 
 /// Upper bound on any single wait in these tests.
@@ -50,14 +50,6 @@ async fn subscriber(proxy: &Proxy) -> Client {
     Client::connect_with(proxy.addr(), config)
         .await
         .expect("connects through the proxy")
-}
-
-async fn next_event(sub: &mut Subscription) -> Event {
-    timeout(WAIT, sub.next_event())
-        .await
-        .expect("an item within the deadline")
-        .expect("the subscription is open")
-        .expect("no error")
 }
 
 /// Checks that the next message is `seq` carrying counter `seq`.

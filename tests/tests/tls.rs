@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use corebus_client::{Client, ClientConfig, Error, Event, TlsError, TlsOptions, TlsRoots};
 use corebus_shards::ServerConfig;
-use corebus_tests::{server_tls_config, test_certs, topic_owned_by, Broker, Proxy, TestCerts};
+use corebus_tests::{
+    next_event, server_tls_config, test_certs, topic_owned_by, Broker, Proxy, TestCerts,
+};
 use tokio::time::timeout;
 
 /// Upper bound on any single wait in these tests.
@@ -117,11 +119,7 @@ async fn pubsub_over_tls_across_shards() {
             assert_eq!(seq, at as u64 + 1);
         }
         for (at, payload) in payloads.iter().enumerate() {
-            let event = timeout(WAIT, sub.next_event())
-                .await
-                .expect("a message in time")
-                .expect("subscription open")
-                .expect("no error");
+            let event = next_event(&mut sub).await;
             match event {
                 Event::Message(message) => {
                     assert_eq!((message.epoch, message.seq), (epoch, at as u64 + 1));
@@ -171,11 +169,7 @@ async fn reconnect_redoes_the_tls_handshake() {
                 .expect("acked"),
             round
         );
-        let event = timeout(WAIT, sub.next_event())
-            .await
-            .expect("a message in time")
-            .expect("subscription open")
-            .expect("no error");
+        let event = next_event(&mut sub).await;
         match event {
             Event::Message(message) => {
                 assert_eq!(message.seq, round);
