@@ -4,9 +4,10 @@
 //!
 //! glommio's `TcpStream` needs `&mut` for both directions and has no vectored
 //! write, so the writer owns a second descriptor of the same socket (`dup`) and
-//! writes with `sendmsg(MSG_DONTWAIT)`; only when the kernel buffer is full does
-//! it fall back to glommio's awaiting `write`, which parks on io_uring until the
-//! socket drains.
+//! sends with non-blocking `sendmsg`, queued in the shard's [`SendBatch`] so
+//! that every connection's send of one turn leaves in one submission; only
+//! when the kernel buffer is full does it fall back to glommio's awaiting
+//! `write`, which parks on io_uring until the socket drains.
 //!
 //! With TLS, both tasks share the connection's `rustls::ServerConnection`: the
 //! reader feeds it ciphertext and takes plaintext, the writer gives it
@@ -16,7 +17,7 @@
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use tracing::debug;
 
 use crate::engine::{ConnId, Flow, Shard};
 use crate::outbox::OutFrame;
+use crate::sends::SendBatch;
 
 /// Bytes asked of the kernel per read: start small, so an idle connection
 /// costs a few KiB, and double up to the maximum while reads fill the buffer.
@@ -50,8 +52,6 @@ const VECTOR_THRESHOLD: usize = 512;
 /// buffer stays this size and is reused warm instead of growing with a
 /// deep queue (and first-touching fresh pages) every time.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
-/// Most iovecs per `sendmsg` (Linux's IOV_MAX).
-const MAX_IOVECS: usize = 1024;
 /// A reader pauses while any peer's mesh backlog is above this many messages.
 const MESH_HIGH_WATER: usize = 64 * 1024;
 /// How long a closing connection may take to flush before it is cut.
@@ -104,7 +104,12 @@ pub struct Limits {
 type Tls = Rc<RefCell<rustls::ServerConnection>>;
 
 /// Serves one accepted connection until it closes.
-pub async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream, limits: Limits) {
+pub async fn serve(
+    shard: Rc<RefCell<Shard>>,
+    stream: TcpStream,
+    limits: Limits,
+    sends: Rc<SendBatch>,
+) {
     let max_frame = limits.max_frame;
     if let Err(err) = stream.set_nodelay(true) {
         debug!(%err, "cannot set TCP_NODELAY");
@@ -146,7 +151,13 @@ pub async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream, limits: Limits)
             format!("this shard holds its maximum of {max} connections"),
         );
     }
-    let writer = glommio::spawn_local(write_loop(shard.clone(), conn, writer_stream, tls.clone()));
+    let writer = glommio::spawn_local(write_loop(
+        shard.clone(),
+        conn,
+        writer_stream,
+        tls.clone(),
+        sends,
+    ));
     match read_loop(&shard, conn, stream, max_frame, tls).await {
         Ok(()) => debug!(?conn, "connection closed"),
         Err(err) => debug!(?conn, %err, "connection read failed"),
@@ -369,6 +380,7 @@ async fn write_loop(
     conn: ConnId,
     mut stream: TcpStream,
     tls: Option<Tls>,
+    sends: Rc<SendBatch>,
 ) {
     let mut batch = Vec::new();
     // Grows with the batches it encodes; an idle connection holds almost nothing.
@@ -380,6 +392,7 @@ async fn write_loop(
             let Some(outbox) = shard.outbox_mut(conn) else {
                 return Poll::Ready(None);
             };
+            outbox.take_woken();
             let kicked = outbox.take_kick();
             if !outbox.is_empty() || kicked {
                 outbox.drain_some(&mut batch, WRITE_BATCH_BYTES);
@@ -405,7 +418,7 @@ async fn write_loop(
         }
         let result = match &tls {
             Some(tls) => write_tls(&mut stream, tls, &mut segments).await,
-            None => write_all_vectored(&mut stream, &mut segments).await,
+            None => write_all_vectored(&mut stream, &sends, &mut segments).await,
         };
         let written = match result {
             Ok(written) => written,
@@ -509,13 +522,14 @@ fn encode_out_frame(frame: OutFrame, head: &mut BytesMut, segments: &mut Vec<Byt
 /// written.
 async fn write_all_vectored(
     stream: &mut TcpStream,
+    sends: &SendBatch,
     segments: &mut Vec<Bytes>,
 ) -> io::Result<usize> {
     let fd = stream.as_raw_fd();
     let total = segments.iter().map(Bytes::len).sum();
     let mut first = 0;
     while first < segments.len() {
-        match send_vectored(fd, &segments[first..]) {
+        match sends.send(fd, &segments[first..]).await {
             Ok(mut written) => {
                 while written > 0 {
                     let segment = &mut segments[first];
@@ -547,30 +561,6 @@ async fn write_all_vectored(
     }
     segments.clear();
     Ok(total)
-}
-
-/// One non-blocking `sendmsg` of up to [`MAX_IOVECS`] segments.
-fn send_vectored(fd: RawFd, segments: &[Bytes]) -> io::Result<usize> {
-    let count = segments.len().min(MAX_IOVECS);
-    let iovecs: Vec<libc::iovec> = segments[..count]
-        .iter()
-        .map(|segment| libc::iovec {
-            iov_base: segment.as_ptr() as *mut libc::c_void,
-            iov_len: segment.len(),
-        })
-        .collect();
-    // SAFETY: a zeroed msghdr is valid; we then point it at `iovecs`, which
-    // outlives the call and describes live, immutable buffers.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iovecs.as_ptr() as *mut libc::iovec;
-    msg.msg_iovlen = count as _;
-    // SAFETY: `msg` is fully initialised and the buffers are valid for reads.
-    let sent = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-    if sent < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(sent as usize)
-    }
 }
 
 #[cfg(test)]

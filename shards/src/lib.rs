@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod routing;
 pub mod runtime;
+pub mod sends;
 pub mod stats;
 pub mod steer;
 pub mod tls;

@@ -9,11 +9,26 @@
 //! connection is closed. Either way one connection that does not read can
 //! never make the broker's memory grow without limit.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::task::Waker;
 
 use bytes::Bytes;
 use corebus_net::{Epoch, ErrorFrame, Seq, MESSAGE_HEADER_LEN};
+
+thread_local! {
+    /// Writers of this thread's (this shard's) outboxes that were woken and
+    /// have not looked at their queue yet. A writer that finds others about
+    /// to run queues its send so that they all leave in one submission
+    /// ([`crate::sends`]); alone, it sends at once.
+    static WRITERS_WOKEN: Cell<usize> = const { Cell::new(0) };
+}
+
+/// How many writers of this thread's outboxes were woken and have not yet
+/// taken their turn ([`Outbox::take_woken`]).
+pub fn writers_woken() -> usize {
+    WRITERS_WOKEN.with(Cell::get)
+}
 
 /// One frame waiting to be written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +158,9 @@ pub struct Outbox {
     /// The writer has transport work (TLS records) even with no frames.
     kicked: bool,
     writer: Option<Waker>,
+    /// The writer was woken and has not taken its turn yet (counted in
+    /// [`writers_woken`]).
+    woken: bool,
 }
 
 impl Outbox {
@@ -155,6 +173,7 @@ impl Outbox {
             closing: false,
             kicked: false,
             writer: None,
+            woken: false,
         }
     }
 
@@ -271,10 +290,27 @@ impl Outbox {
         }
     }
 
+    /// The writer is running: it no longer counts as woken.
+    pub fn take_woken(&mut self) {
+        if std::mem::take(&mut self.woken) {
+            WRITERS_WOKEN.with(|count| count.set(count.get().saturating_sub(1)));
+        }
+    }
+
     fn wake(&mut self) {
         if let Some(waker) = self.writer.take() {
+            if !self.woken {
+                self.woken = true;
+                WRITERS_WOKEN.with(|count| count.set(count.get() + 1));
+            }
             waker.wake();
         }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.take_woken();
     }
 }
 

@@ -25,6 +25,7 @@ use crate::engine::{EngineConfig, Shard};
 use crate::mesh::MeshBatch;
 use crate::metrics::MetricsHandle;
 use crate::routing::ShardId;
+use crate::sends::SendBatch;
 use crate::webhooks::{NoWebhooks, WebhookSink};
 
 /// Batches each (from, to) mesh queue holds before senders wait.
@@ -464,6 +465,8 @@ async fn run_shard(
         })
         .detach();
     }
+    let sends = Rc::new(SendBatch::new());
+    glommio::spawn_local(sends.clone().run_flusher()).detach();
     let clock = Instant::now();
     glommio::spawn_local({
         let shard = shard.clone();
@@ -488,8 +491,13 @@ async fn run_shard(
                         max_per_shard,
                         tls: tls.clone(),
                     };
-                    glommio::spawn_local(crate::conn::serve(shard.clone(), stream, limits))
-                        .detach();
+                    glommio::spawn_local(crate::conn::serve(
+                        shard.clone(),
+                        stream,
+                        limits,
+                        sends.clone(),
+                    ))
+                    .detach();
                 }
                 Err(err) => {
                     // Typically EMFILE: back off instead of spinning.
