@@ -466,6 +466,7 @@ async fn run_shard(
         .detach();
     }
     let sends = Rc::new(SendBatch::new());
+    let shard_for_accept = shard.clone();
     glommio::spawn_local(sends.clone().run_flusher()).detach();
     let clock = Instant::now();
     glommio::spawn_local({
@@ -480,32 +481,21 @@ async fn run_shard(
         }
     })
     .detach();
-    let accept = async {
-        loop {
-            match listener.accept().await {
-                Ok(stream) => {
-                    debug!(shard = id, "connection accepted");
-                    let limits = crate::conn::Limits {
-                        max_frame,
-                        total: conn_limit.clone(),
-                        max_per_shard,
-                        tls: tls.clone(),
-                    };
-                    glommio::spawn_local(crate::conn::serve(
-                        shard.clone(),
-                        stream,
-                        limits,
-                        sends.clone(),
-                    ))
-                    .detach();
-                }
-                Err(err) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    warn!(shard = id, %err, "accept failed");
-                    glommio::timer::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+    let accepted = move |stream| {
+        debug!(shard = id, "connection accepted");
+        let limits = crate::conn::Limits {
+            max_frame,
+            total: conn_limit.clone(),
+            max_per_shard,
+            tls: tls.clone(),
+        };
+        glommio::spawn_local(crate::conn::serve(
+            shard_for_accept.clone(),
+            stream,
+            limits,
+            sends.clone(),
+        ))
+        .detach();
     };
     let stopped = async {
         loop {
@@ -515,9 +505,7 @@ async fn run_shard(
             }
         }
     };
-    // The accept loop never ends by itself; the listener closes with it.
-    let state = futures_lite::future::or(accept, stopped).await;
-    drop(listener);
+    let state = accept_until(id, listener, accepted, stopped).await;
     if state == DRAINING {
         let drain_ms = control.drain_ms.load(Ordering::Acquire);
         let deadline = Instant::now() + Duration::from_millis(u64::from(drain_ms));
@@ -547,6 +535,39 @@ async fn run_shard(
 /// previous run linger in TIME_WAIT. With `steer: Some(shards)`, the group
 /// (complete by then) hands each new connection to the listener whose index
 /// is half the client's source port modulo `shards` (see `steer`).
+/// Hands every connection of `listener` to `accepted` until `stopped`
+/// resolves, then closes the listener and returns what `stopped` returned.
+///
+/// The accept loop is a task of its own, woken only by its socket. glommio's
+/// `accept` keeps a clone of the waker from every poll until a connection
+/// arrives, so an accept polled beside the stop check (which wakes its task
+/// every [`STOP_POLL`]) piled up wakers of one task: after 32,767 polls, about
+/// eleven minutes without a new connection on a shard, the task's 16-bit
+/// reference count overflowed and glommio panicked, killing the shard.
+async fn accept_until<T>(
+    id: ShardId,
+    listener: TcpListener,
+    mut accepted: impl FnMut(glommio::net::TcpStream) + 'static,
+    stopped: impl std::future::Future<Output = T>,
+) -> T {
+    let accept = glommio::spawn_local(async move {
+        loop {
+            match listener.accept().await {
+                Ok(stream) => accepted(stream),
+                Err(err) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    warn!(shard = id, %err, "accept failed");
+                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    let state = stopped.await;
+    // The accept loop never ends by itself; the listener closes with it.
+    accept.cancel().await;
+    state
+}
+
 fn bind_listener(addr: SocketAddr, steer: Option<usize>) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
@@ -611,5 +632,56 @@ async fn send_to_peer(shard: Rc<RefCell<Shard>>, senders: Rc<Senders<MeshBatch>>
         if senders.send_to(peer as usize, batch).await.is_err() {
             return; // The peer is gone: the broker is stopping.
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// A shard whose listener sees no connection for a long time: the stop
+    /// check keeps waking, and the accept must not keep a waker per wake-up
+    /// (before the fix, 32,767 wake-ups panicked inside glommio).
+    #[test]
+    fn a_listener_idle_through_many_stop_checks_still_accepts_then_closes() {
+        LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+                let addr = listener.local_addr().expect("address");
+                let accepted = Rc::new(Cell::new(0));
+                let on_accept = {
+                    let accepted = accepted.clone();
+                    move |_stream| accepted.set(accepted.get() + 1)
+                };
+                let checks = Cell::new(0u32);
+                let stopped = async {
+                    loop {
+                        let count = checks.get() + 1;
+                        checks.set(count);
+                        if count == 20_000 {
+                            // The kernel completes the handshake; the accept
+                            // loop takes it on its next turn.
+                            let _client = std::net::TcpStream::connect(addr).expect("connect");
+                            while accepted.get() == 0 {
+                                futures_lite::future::yield_now().await;
+                            }
+                        }
+                        if count == 40_000 {
+                            return count;
+                        }
+                        futures_lite::future::yield_now().await;
+                    }
+                };
+                assert_eq!(accept_until(0, listener, on_accept, stopped).await, 40_000);
+                assert_eq!(accepted.get(), 1);
+                assert!(
+                    std::net::TcpStream::connect(addr).is_err(),
+                    "the listener is closed once the accept loop stops"
+                );
+            })
+            .expect("executor")
+            .join()
+            .expect("the executor ran to its end");
     }
 }
