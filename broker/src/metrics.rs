@@ -245,6 +245,24 @@ const FAMILIES: &[Family] = &[
         kind: "counter",
         value: |m| m.stats.replay_messages_trimmed,
     },
+    Family {
+        name: "sends_at_once_total",
+        help: "Socket sends made at once, one system call each.",
+        kind: "counter",
+        value: |m| m.sends.at_once,
+    },
+    Family {
+        name: "sends_gathered_total",
+        help: "Socket sends gathered into shared io_uring submissions.",
+        kind: "counter",
+        value: |m| m.sends.gathered,
+    },
+    Family {
+        name: "send_submissions_total",
+        help: "io_uring submissions that carried gathered socket sends.",
+        kind: "counter",
+        value: |m| m.sends.submissions,
+    },
 ];
 
 /// Prometheus text exposition (format 0.0.4) of every shard and the total.

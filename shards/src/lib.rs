@@ -32,5 +32,6 @@ pub use engine::{ConnId, EngineConfig, Flow, Shard, SlowConsumerPolicy};
 pub use metrics::{MetricsHandle, ShardMetrics};
 pub use routing::ShardId;
 pub use runtime::{start, Server, ServerConfig, ShutdownHandle, StartError};
+pub use sends::SendStats;
 pub use topic::RingLimits;
 pub use webhooks::{NoWebhooks, WebhookCommandError, WebhookMessage, WebhookSink};

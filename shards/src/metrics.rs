@@ -10,6 +10,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::routing::ShardId;
+use crate::sends::SendStats;
 use crate::stats::ShardStats;
 
 /// Upper bounds (microseconds) of the latency histogram's buckets; a last,
@@ -75,6 +76,8 @@ pub struct ShardMetrics {
     /// Time from a message being sequenced by its owner to its being queued
     /// for this shard's subscribers, measured for one sequence number in 64.
     pub delivery_latency: LatencyHistogram,
+    /// How this shard's socket sends went out.
+    pub sends: SendStats,
 }
 
 /// Shared, cloneable access to every shard's latest metrics.

@@ -467,6 +467,7 @@ async fn run_shard(
     }
     let sends = Rc::new(SendBatch::new());
     let shard_for_accept = shard.clone();
+    let sends_for_metrics = sends.clone();
     glommio::spawn_local(sends.clone().run_flusher()).detach();
     let clock = Instant::now();
     glommio::spawn_local({
@@ -476,7 +477,9 @@ async fn run_shard(
                 glommio::timer::sleep(tick_every).await;
                 let mut shard = shard.borrow_mut();
                 shard.tick(clock.elapsed().as_millis() as u64);
-                metrics.publish(shard.metrics());
+                let mut now = shard.metrics();
+                now.sends = sends_for_metrics.stats();
+                metrics.publish(now);
             }
         }
     })

@@ -44,6 +44,18 @@ pub const MAX_IOVECS: usize = 1024;
 /// Flags of every send: never block, never raise SIGPIPE.
 const SEND_FLAGS: libc::c_int = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
 
+/// How a shard's sends went out, since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendStats {
+    /// Sends made at once, one `sendmsg` each: a writer alone in its turn, a
+    /// flush of one send, or no ring.
+    pub at_once: u64,
+    /// Sends that left in a shared io_uring submission.
+    pub gathered: u64,
+    /// io_uring submissions that carried gathered sends.
+    pub submissions: u64,
+}
+
 /// A shard's queue of sends and the ring that submits them.
 pub struct SendBatch {
     inner: RefCell<Inner>,
@@ -62,6 +74,7 @@ struct Inner {
     headers: Vec<libc::msghdr>,
     /// The iovecs of a send made at once.
     scratch: Vec<libc::iovec>,
+    stats: SendStats,
 }
 
 #[derive(Default)]
@@ -110,6 +123,7 @@ impl SendBatch {
                 flusher: None,
                 headers: Vec::with_capacity(RING_ENTRIES as usize),
                 scratch: Vec::new(),
+                stats: SendStats::default(),
             }),
         }
     }
@@ -117,6 +131,11 @@ impl SendBatch {
     /// Whether sends go through io_uring.
     pub fn uses_ring(&self) -> bool {
         self.inner.borrow().ring.is_some()
+    }
+
+    /// How the sends went out so far.
+    pub fn stats(&self) -> SendStats {
+        self.inner.borrow().stats
     }
 
     /// Sends up to [`MAX_IOVECS`] of `segments`, in order, on `fd`: at the
@@ -217,7 +236,11 @@ impl Inner {
     fn submit(&mut self, indices: &[usize]) {
         if indices.len() > 1 && self.ring.is_some() {
             match self.submit_ring(indices) {
-                Ok(()) => return,
+                Ok(()) => {
+                    self.stats.gathered += indices.len() as u64;
+                    self.stats.submissions += 1;
+                    return;
+                }
                 Err(err) => {
                     // Nothing of this submission reached the kernel (see
                     // submit_ring); carry on without the ring.
@@ -230,6 +253,7 @@ impl Inner {
             let slot = &mut self.slots[index];
             slot.state = SlotState::Done(send_direct(slot.fd, &slot.iovecs));
         }
+        self.stats.at_once += indices.len() as u64;
     }
 
     /// One submission of `indices`, waiting for every completion. Fails only
@@ -357,8 +381,9 @@ impl Future for Send<'_> {
         let Some(index) = this.slot else {
             if inner.queued.is_empty() && writers_woken() == 0 {
                 // No other writer will send this turn: nothing to gather.
-                let Inner { scratch, .. } = &mut *inner;
+                let Inner { scratch, stats, .. } = &mut *inner;
                 fill_iovecs(scratch, this.segments);
+                stats.at_once += 1;
                 return Poll::Ready(send_direct(this.fd, scratch));
             }
             this.slot = Some(inner.enqueue(this.fd, this.segments, cx.waker()));
@@ -489,7 +514,16 @@ mod tests {
         for (_, theirs) in &mut sockets {
             assert!(read_all(theirs).is_empty());
         }
+        let before = batch.stats();
         batch.flush();
+        let after = batch.stats();
+        if batch.uses_ring() {
+            // 300 sends: two submissions of at most RING_ENTRIES.
+            assert_eq!(after.gathered - before.gathered, sockets.len() as u64);
+            assert_eq!(after.submissions - before.submissions, 2);
+        } else {
+            assert_eq!(after.at_once - before.at_once, sockets.len() as u64);
+        }
         assert_eq!(woken.0.load(Ordering::SeqCst), sockets.len());
         for (i, send) in sends.iter_mut().enumerate() {
             let expected: usize = segments[i].iter().map(Bytes::len).sum();
@@ -534,6 +568,13 @@ mod tests {
         let mut send = batch.send(ours.as_raw_fd(), &segments);
         assert!(matches!(poll_once(&mut send, &waker), Poll::Ready(Ok(3))));
         assert_eq!(read_all(&mut theirs), b"now");
+        assert_eq!(
+            batch.stats(),
+            SendStats {
+                at_once: 1,
+                ..SendStats::default()
+            }
+        );
     }
 
     #[test]

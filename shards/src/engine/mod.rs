@@ -249,7 +249,8 @@ impl Shard {
         self.conns.len()
     }
 
-    /// Counters and gauges for the metrics endpoint.
+    /// Counters and gauges for the metrics endpoint; the runtime adds its
+    /// send counts (`sends`), which the engine does not see.
     pub fn metrics(&self) -> ShardMetrics {
         ShardMetrics {
             shard: self.id,
@@ -265,6 +266,7 @@ impl Shard {
             local_topics: self.local.len() as u64,
             mesh_backlog: self.mesh_out.iter().map(|batch| batch.len() as u64).sum(),
             delivery_latency: self.delivery_latency.clone(),
+            sends: Default::default(),
         }
     }
 

@@ -1,0 +1,61 @@
+//! Gathered sends end to end: a message to many subscribers of one shard
+//! leaves in shared io_uring submissions, and every subscriber still gets
+//! every message, in order.
+
+use std::time::{Duration, Instant};
+
+use corebus_client::{Client, Event};
+use corebus_tests::{next_event, Broker};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_to_many_subscribers_of_a_shard_leaves_in_gathered_sends() {
+    let (subscribers, messages) = (8usize, 50u64);
+    let broker = Broker::start(1);
+    let mut subscriptions = Vec::with_capacity(subscribers);
+    for _ in 0..subscribers {
+        let client = Client::connect(broker.addr()).await.expect("connects");
+        let subscription = client.subscribe("test", "wide").await.expect("subscribes");
+        subscriptions.push((client, subscription));
+    }
+    let publisher = Client::connect(broker.addr()).await.expect("connects");
+    // Acknowledged one at a time: each message's fan-out is over (and every
+    // writer parked again) before the next one arrives.
+    for n in 0..messages {
+        let seq = publisher
+            .publish("test", "wide", n.to_be_bytes().to_vec())
+            .await
+            .expect("acknowledged");
+        assert_eq!(seq, n + 1);
+    }
+    for (_, subscription) in &mut subscriptions {
+        for n in 0..messages {
+            match next_event(subscription).await {
+                Event::Message(message) => {
+                    assert_eq!(message.seq, n + 1);
+                    assert_eq!(message.payload.as_ref(), n.to_be_bytes());
+                }
+                other => panic!("expected message {}, got {other:?}", n + 1),
+            }
+        }
+    }
+    // The counters reach the metrics on the maintenance tick.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let sends = broker.metrics()[0].sends;
+        let deliveries = subscribers as u64 * messages;
+        if sends.gathered >= deliveries {
+            // Each message's sends (its deliveries and the acknowledgement)
+            // left together: one submission per message, several sends each.
+            assert!(sends.submissions >= messages, "{sends:?}");
+            assert!(sends.submissions <= sends.gathered / 2, "{sends:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{deliveries} deliveries, but only these sends were gathered: {sends:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
