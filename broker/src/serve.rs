@@ -11,7 +11,7 @@ use clap::ArgMatches;
 use corebus_shards::{
     Authenticator, EngineConfig, OpenAccess, RingLimits, ServerConfig, SlowConsumerPolicy,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::auth_config::AuthSettings;
@@ -167,6 +167,23 @@ pub fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes any panic end the process, after the usual message and an error
+/// log record. A panic is a bug, and the broker cannot vouch for its state
+/// after one: a shard whose thread or task panicked stops serving its
+/// connections and topics while the other shards run on, and glommio catches
+/// panics raised while waking a task and only logs them, leaving that task
+/// never to run again (a whole shard, when it is the shard's main task). A
+/// broker that exits can be restarted whole by its service manager (the
+/// systemd unit in deploy/ restarts on failure); a half-working one cannot.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        error!(panic = %info, "a thread panicked: stopping the broker so it can be restarted whole");
+        std::process::abort();
+    }));
+}
+
 /// Runs the broker until a signal asks it to stop.
 pub fn run(resolved: Resolved) -> anyhow::Result<()> {
     let args = &resolved.args;
@@ -182,6 +199,7 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
     let webhooks = start_webhooks(&resolved)?;
     config.webhooks = webhooks.clone();
     crate::doctor::preflight(args.shards)?;
+    abort_on_panic();
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
