@@ -466,39 +466,41 @@ async fn run_shard(
         .detach();
     }
     let sends = Rc::new(SendBatch::new());
-    let shard_for_accept = shard.clone();
-    let sends_for_metrics = sends.clone();
     glommio::spawn_local(sends.clone().run_flusher()).detach();
     let clock = Instant::now();
     glommio::spawn_local({
         let shard = shard.clone();
+        let sends = sends.clone();
         async move {
             loop {
                 glommio::timer::sleep(tick_every).await;
                 let mut shard = shard.borrow_mut();
                 shard.tick(clock.elapsed().as_millis() as u64);
                 let mut now = shard.metrics();
-                now.sends = sends_for_metrics.stats();
+                now.sends = sends.stats();
                 metrics.publish(now);
             }
         }
     })
     .detach();
-    let accepted = move |stream| {
-        debug!(shard = id, "connection accepted");
-        let limits = crate::conn::Limits {
-            max_frame,
-            total: conn_limit.clone(),
-            max_per_shard,
-            tls: tls.clone(),
-        };
-        glommio::spawn_local(crate::conn::serve(
-            shard_for_accept.clone(),
-            stream,
-            limits,
-            sends.clone(),
-        ))
-        .detach();
+    let accepted = {
+        let shard = shard.clone();
+        move |stream| {
+            debug!(shard = id, "connection accepted");
+            let limits = crate::conn::Limits {
+                max_frame,
+                total: conn_limit.clone(),
+                max_per_shard,
+                tls: tls.clone(),
+            };
+            glommio::spawn_local(crate::conn::serve(
+                shard.clone(),
+                stream,
+                limits,
+                sends.clone(),
+            ))
+            .detach();
+        }
     };
     let stopped = async {
         loop {

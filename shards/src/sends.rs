@@ -172,7 +172,7 @@ impl SendBatch {
     /// Sends everything queued and wakes the writers with their results.
     pub fn flush(&self) {
         let mut inner = self.inner.borrow_mut();
-        let queued = std::mem::take(&mut inner.queued);
+        let mut queued = std::mem::take(&mut inner.queued);
         let mut rest: &[usize] = &queued;
         while !rest.is_empty() {
             let take = rest.len().min(RING_ENTRIES as usize);
@@ -185,12 +185,10 @@ impl SendBatch {
                 writer.wake();
             }
         }
-        // Keep the allocation for the next flush.
-        let mut queued = queued;
+        // Nothing queues while the flush holds the batch: keep the
+        // allocation for the next one.
         queued.clear();
-        if inner.queued.is_empty() {
-            inner.queued = queued;
-        }
+        inner.queued = queued;
     }
 }
 
@@ -392,7 +390,6 @@ impl Future for Send<'_> {
         let slot = &mut inner.slots[index];
         match std::mem::take(&mut slot.state) {
             SlotState::Done(result) => {
-                slot.state = SlotState::Free;
                 inner.release(index);
                 this.slot = None;
                 Poll::Ready(result)
