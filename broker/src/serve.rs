@@ -12,6 +12,7 @@ use corebus_shards::{
     Authenticator, EngineConfig, OpenAccess, RingLimits, ServerConfig, SlowConsumerPolicy,
 };
 use tracing::{debug, error, info, warn};
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
 use crate::auth_config::AuthSettings;
@@ -152,19 +153,38 @@ pub fn main(command: ServeCommand, matches: &ArgMatches) -> anyhow::Result<()> {
 /// Installs the global log subscriber on stderr: `level` unless RUST_LOG is
 /// set, in `format`.
 pub fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
+    // Colours only for a person at a terminal, not for journald or files.
+    let ansi = std::io::stderr().is_terminal();
+    init_logging_to(level, format, std::io::stderr, ansi)
+}
+
+/// [`init_logging`] with another writer. Records of the `log` crate
+/// (glommio's warnings and errors, among others) are forwarded to the same
+/// subscriber and filtered by the same directives, their module the target.
+/// Fails if a global subscriber is already installed.
+pub fn init_logging_to<W>(
+    level: &str,
+    format: LogFormat,
+    writer: W,
+    ansi: bool,
+) -> anyhow::Result<()>
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .with_context(|| format!("invalid log_level {level:?}"))?;
-    // Colours only for a person at a terminal, not for journald or files.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(writer);
+    // With the tracing-log feature, try_init also installs the `log`
+    // forwarder.
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
     }
-    Ok(())
+    .map_err(|err| anyhow::anyhow!("cannot install the log subscriber: {err}"))
 }
 
 /// Makes any panic end the process, after the usual message and an error
