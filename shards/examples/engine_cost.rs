@@ -89,8 +89,8 @@ fn main() {
         for (shard, conns) in [(first, &[publisher][..]), (last, &subscribers[..])] {
             for conn in conns {
                 if let Some(outbox) = shards[shard].outbox_mut(*conn) {
-                    outbox.drain_into(frames);
-                    count += frames.len();
+                    outbox.drain_some(frames, usize::MAX);
+                    count += frames.iter().map(frames_in).sum::<usize>();
                     frames.clear();
                 }
             }
@@ -152,4 +152,18 @@ fn pump(shards: &mut [Shard]) {
             return;
         }
     }
+}
+
+/// Frames in one drained item: a run of encoded messages holds several.
+fn frames_in(item: &OutFrame) -> usize {
+    let OutFrame::Encoded(run) = item else {
+        return 1;
+    };
+    let mut rest = &run[..];
+    let mut count = 0;
+    while let Some((prefix, _)) = rest.split_first_chunk::<4>() {
+        rest = &rest[4 + u32::from_be_bytes(*prefix) as usize..];
+        count += 1;
+    }
+    count
 }

@@ -34,7 +34,7 @@ use glommio::net::TcpStream;
 use tracing::debug;
 
 use crate::engine::{ConnId, Flow, Shard};
-use crate::outbox::OutFrame;
+use crate::outbox::{OutFrame, ENCODE_BELOW};
 use crate::sends::SendBatch;
 
 /// Bytes asked of the kernel per read: start small, so an idle connection
@@ -44,10 +44,6 @@ const READ_CHUNK_MAX: usize = 64 * 1024;
 /// A reader whose reads keep finding data gives the shard's other tasks a
 /// turn after this many bytes (the writer's batch, `WRITE_BATCH_BYTES`).
 const READ_TURN_BYTES: usize = 256 * 1024;
-/// Payloads at least this long go out as their own iovec, shared with every
-/// other subscriber; shorter ones are copied next to their header, because an
-/// iovec entry costs more than copying a few hundred bytes.
-const VECTOR_THRESHOLD: usize = 512;
 /// Wire bytes the writer takes from the outbox per round, so its encode
 /// buffer stays this size and is reused warm instead of growing with a
 /// deep queue (and first-touching fresh pages) every time.
@@ -454,13 +450,23 @@ fn encode_out_frame(frame: OutFrame, head: &mut BytesMut, segments: &mut Vec<Byt
             seq,
             payload,
         } => {
+            // Large payloads (the outbox encodes small ones into runs) go out
+            // as their own iovec, shared with every other subscriber; a short
+            // one is copied next to its header, because an iovec entry costs
+            // more than copying a few hundred bytes.
             encode_message_header(head, sub_id, epoch, seq, payload.len());
-            if payload.len() >= VECTOR_THRESHOLD {
+            if payload.len() >= ENCODE_BELOW {
                 segments.push(head.split().freeze());
                 segments.push(payload);
             } else {
                 head.extend_from_slice(&payload);
             }
+        }
+        OutFrame::Encoded(frames) => {
+            if !head.is_empty() {
+                segments.push(head.split().freeze());
+            }
+            segments.push(frames);
         }
         OutFrame::PubAck { request_id, seq } => {
             Frame::PubAck(PubAck { request_id, seq }).encode(head)

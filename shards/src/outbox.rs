@@ -1,7 +1,10 @@
 //! A connection's outbound queue.
 //!
 //! The engine pushes typed items; the connection's writer task drains them in
-//! batches and encodes them into one vectored write. The queue is bounded in
+//! batches and encodes them into one vectored write. Small `MESSAGE`s are
+//! encoded as they are queued, into runs of whole frames the writer sends as
+//! they are: a message then costs the outbox a copy of its payload and no
+//! reference to it (two atomic refcount operations per delivery fewer). The queue is bounded in
 //! bytes: a `MESSAGE` that would pass the bound is refused (the engine then
 //! drops it and reports a discontinuity, or closes the connection, by
 //! policy). Control frames (acks, errors, discontinuities) are small and must
@@ -13,8 +16,21 @@ use std::cell::Cell;
 use std::collections::VecDeque;
 use std::task::Waker;
 
-use bytes::Bytes;
-use corebus_net::{Epoch, ErrorFrame, Seq, MESSAGE_HEADER_LEN};
+use bytes::{Bytes, BytesMut};
+use corebus_net::{encode_message_header, Epoch, ErrorFrame, Seq, MESSAGE_HEADER_LEN};
+
+/// `MESSAGE` payloads shorter than this are copied into the outbox's
+/// encoded runs when queued; longer ones are queued as shared slices and
+/// leave as segments of their own in a vectored write (a copy would cost
+/// more than the reference).
+pub const ENCODE_BELOW: usize = 512;
+
+/// Longest run of encoded messages handed to the writer as one item.
+const RUN_MAX: usize = 64 * 1024;
+
+/// An idle outbox keeps an encoding buffer at most this large; a larger one
+/// (after a burst) is let go once everything in it has been taken.
+const ENCODED_KEEP: usize = 16 * 1024;
 
 thread_local! {
     /// Writers of this thread's (this shard's) outboxes that were woken and
@@ -116,6 +132,9 @@ pub enum OutFrame {
         /// Why.
         message: String,
     },
+    /// Whole `MESSAGE` frames, encoded when they were queued (what
+    /// [`Outbox::drain_some`] hands out for a run of small messages).
+    Encoded(Bytes),
 }
 
 impl OutFrame {
@@ -133,6 +152,7 @@ impl OutFrame {
             OutFrame::GoAway { message, .. } => 11 + message.len(),
             OutFrame::Token { token, .. } => 11 + token.len(),
             OutFrame::WebhookReply { result, .. } => 9 + result.len(),
+            OutFrame::Encoded(frames) => frames.len(),
         }
     }
 }
@@ -146,11 +166,31 @@ pub enum PushError {
     Closing,
 }
 
+/// One item of an outbox's queue.
+#[derive(Debug)]
+enum Queued {
+    Frame(OutFrame),
+    /// This many bytes of whole frames at the front of the outbox's
+    /// encoding buffer (after the runs before it).
+    Run(usize),
+}
+
+impl Queued {
+    fn wire_len(&self) -> usize {
+        match self {
+            Queued::Frame(frame) => frame.wire_len(),
+            Queued::Run(len) => *len,
+        }
+    }
+}
+
 /// The outbound queue of one connection. Owned by the shard's engine; only the
 /// shard's own tasks touch it.
 #[derive(Debug)]
 pub struct Outbox {
-    frames: VecDeque<OutFrame>,
+    frames: VecDeque<Queued>,
+    /// The runs' frames, in queue order.
+    encoded: BytesMut,
     queued_bytes: usize,
     limit_bytes: usize,
     /// Set once the connection must close after what is queued is written.
@@ -168,6 +208,7 @@ impl Outbox {
     pub fn new(limit_bytes: usize) -> Outbox {
         Outbox {
             frames: VecDeque::new(),
+            encoded: BytesMut::new(),
             queued_bytes: 0,
             limit_bytes,
             closing: false,
@@ -180,22 +221,64 @@ impl Outbox {
     /// Queues a frame and wakes the writer. `MESSAGE`s must fit the bound;
     /// control frames may use up to twice the bound.
     pub fn push(&mut self, frame: OutFrame) -> Result<(), PushError> {
+        let limit = match &frame {
+            OutFrame::Message {
+                sub_id,
+                epoch,
+                seq,
+                payload,
+            } => return self.push_message(*sub_id, *epoch, *seq, payload),
+            OutFrame::Encoded(_) => self.limit_bytes,
+            _ => self.limit_bytes.saturating_mul(2),
+        };
+        self.admit(frame.wire_len(), limit)?;
+        self.frames.push_back(Queued::Frame(frame));
+        self.wake();
+        Ok(())
+    }
+
+    /// Queues a `MESSAGE` (under the bound) and wakes the writer: a small
+    /// payload is copied, encoded, into the current run; a large one is
+    /// queued as a reference.
+    pub fn push_message(
+        &mut self,
+        sub_id: u32,
+        epoch: Epoch,
+        seq: Seq,
+        payload: &Bytes,
+    ) -> Result<(), PushError> {
+        let len = MESSAGE_HEADER_LEN + payload.len();
+        self.admit(len, self.limit_bytes)?;
+        if payload.len() < ENCODE_BELOW {
+            encode_message_header(&mut self.encoded, sub_id, epoch, seq, payload.len());
+            self.encoded.extend_from_slice(payload);
+            match self.frames.back_mut() {
+                Some(Queued::Run(run)) if *run + len <= RUN_MAX => *run += len,
+                _ => self.frames.push_back(Queued::Run(len)),
+            }
+        } else {
+            self.frames.push_back(Queued::Frame(OutFrame::Message {
+                sub_id,
+                epoch,
+                seq,
+                payload: payload.clone(),
+            }));
+        }
+        self.wake();
+        Ok(())
+    }
+
+    /// Counts `len` more bytes queued if they fit under `limit`.
+    fn admit(&mut self, len: usize, limit: usize) -> Result<(), PushError> {
         if self.closing {
             return Err(PushError::Closing);
         }
-        let len = frame.wire_len();
-        let limit = match frame {
-            OutFrame::Message { .. } => self.limit_bytes,
-            _ => self.limit_bytes.saturating_mul(2),
-        };
         // An empty queue takes any one frame, so a single frame larger than the
         // bound (at most one maximum-size message) can still be delivered.
         if !self.frames.is_empty() && self.queued_bytes + len > limit {
             return Err(PushError::Full);
         }
         self.queued_bytes += len;
-        self.frames.push_back(frame);
-        self.wake();
         Ok(())
     }
 
@@ -206,10 +289,11 @@ impl Outbox {
             return;
         }
         self.frames.clear();
+        self.encoded = BytesMut::new();
         self.queued_bytes = 0;
         if let Some(frame) = last {
             self.queued_bytes = frame.wire_len();
-            self.frames.push_back(frame);
+            self.frames.push_back(Queued::Frame(frame));
         }
         self.closing = true;
         self.wake();
@@ -236,7 +320,7 @@ impl Outbox {
         self.limit_bytes
     }
 
-    /// Number of frames queued.
+    /// Number of items queued: frames, and runs of small messages.
     pub fn len(&self) -> usize {
         self.frames.len()
     }
@@ -246,28 +330,61 @@ impl Outbox {
         self.frames.is_empty()
     }
 
-    /// Moves every queued frame into `into`: [`Outbox::drain_some`] without
-    /// a size limit.
+    /// Moves every queued frame into `into`, each `MESSAGE` as its own
+    /// [`OutFrame::Message`] (runs are decoded again): the queue frame by
+    /// frame, for tests.
+    #[cfg(test)]
     pub fn drain_into(&mut self, into: &mut Vec<OutFrame>) {
-        self.drain_some(into, usize::MAX);
+        let mut items = Vec::new();
+        self.drain_some(&mut items, usize::MAX);
+        for item in items {
+            let OutFrame::Encoded(mut run) = item else {
+                into.push(item);
+                continue;
+            };
+            while !run.is_empty() {
+                let len = corebus_net::LENGTH_PREFIX
+                    + u32::from_be_bytes(run[..4].try_into().expect("4 bytes")) as usize;
+                match corebus_net::decode(run.split_to(len)) {
+                    Ok(corebus_net::Frame::Message(message)) => into.push(OutFrame::Message {
+                        sub_id: message.sub_id,
+                        epoch: message.epoch,
+                        seq: message.seq,
+                        payload: message.payload,
+                    }),
+                    other => panic!("a run holds MESSAGE frames only, not {other:?}"),
+                }
+            }
+        }
     }
 
     /// Moves the oldest queued frames into `into`, up to `max_bytes` of wire
-    /// bytes (at least one frame, however large); the rest stay queued and
-    /// count against the bound.
+    /// bytes (at least one item, however large: a frame, or a run of small
+    /// messages of up to 64 KiB); the rest stay queued and count against the
+    /// bound.
     pub fn drain_some(&mut self, into: &mut Vec<OutFrame>, max_bytes: usize) {
         let mut taken = 0;
-        while let Some(frame) = self.frames.front() {
-            let len = frame.wire_len();
+        while let Some(item) = self.frames.front() {
+            let len = item.wire_len();
             if taken > 0 && taken + len > max_bytes {
                 break;
             }
             taken += len;
-            if let Some(frame) = self.frames.pop_front() {
-                into.push(frame);
+            match self.frames.pop_front() {
+                Some(Queued::Frame(frame)) => into.push(frame),
+                Some(Queued::Run(len)) => {
+                    into.push(OutFrame::Encoded(self.encoded.split_to(len).freeze()));
+                }
+                None => {}
             }
         }
         self.queued_bytes = self.queued_bytes.saturating_sub(taken);
+        if self.frames.is_empty() && self.encoded.capacity() > ENCODED_KEEP {
+            // After a burst: the buffer goes once the writer is done with
+            // the runs taken from it, instead of staying with an idle
+            // connection.
+            self.encoded = BytesMut::new();
+        }
     }
 
     /// Wakes the writer for transport work that is not a frame (TLS
@@ -369,23 +486,108 @@ mod tests {
 
     #[test]
     fn drain_some_takes_the_oldest_frames_up_to_a_size() {
+        // Payloads past ENCODE_BELOW stay frames of their own.
         let mut outbox = Outbox::new(10_000);
-        for len in [100, 100, 100, 5000] {
+        for len in [600, 600, 600, 5000] {
             outbox.push(message(len)).expect("room");
         }
-        let frame = 100 + MESSAGE_HEADER_LEN;
+        let frame = 600 + MESSAGE_HEADER_LEN;
         let mut batch = Vec::new();
         outbox.drain_some(&mut batch, 2 * frame + 1);
-        assert_eq!(batch, vec![message(100), message(100)]);
+        assert_eq!(batch, vec![message(600), message(600)]);
         assert_eq!(outbox.queued_bytes(), frame + 5000 + MESSAGE_HEADER_LEN);
         // At least one frame, however large.
         batch.clear();
         outbox.drain_some(&mut batch, 1);
-        assert_eq!(batch, vec![message(100)]);
+        assert_eq!(batch, vec![message(600)]);
         batch.clear();
         outbox.drain_some(&mut batch, 1);
         assert_eq!(batch, vec![message(5000)]);
         assert_eq!(outbox.queued_bytes(), 0);
         assert!(outbox.is_empty());
+    }
+
+    fn small(seq: Seq) -> OutFrame {
+        OutFrame::Message {
+            sub_id: 7,
+            epoch: 3,
+            seq,
+            payload: Bytes::from(vec![seq as u8; 100]),
+        }
+    }
+
+    #[test]
+    fn small_messages_leave_as_runs_of_encoded_frames_in_queue_order() {
+        let mut outbox = Outbox::new(100_000);
+        for seq in 1..=3 {
+            outbox.push(small(seq)).expect("room");
+        }
+        outbox.push(OutFrame::Pong(9)).expect("room");
+        outbox.push(message(600)).expect("room");
+        for seq in 4..=5 {
+            outbox.push(small(seq)).expect("room");
+        }
+        // Two runs, a control frame and a large message between them.
+        assert_eq!(outbox.len(), 4);
+        let queued = outbox.queued_bytes();
+        let mut items = Vec::new();
+        outbox.drain_some(&mut items, usize::MAX);
+        let encoded = |seqs: std::ops::RangeInclusive<Seq>| {
+            let mut run = BytesMut::new();
+            for seq in seqs {
+                encode_message_header(&mut run, 7, 3, seq, 100);
+                run.extend_from_slice(&[seq as u8; 100]);
+            }
+            OutFrame::Encoded(run.freeze())
+        };
+        assert_eq!(
+            items,
+            vec![
+                encoded(1..=3),
+                OutFrame::Pong(9),
+                message(600),
+                encoded(4..=5)
+            ]
+        );
+        assert_eq!(items.iter().map(OutFrame::wire_len).sum::<usize>(), queued);
+        assert_eq!(outbox.queued_bytes(), 0);
+        // The test view decodes runs back into their messages.
+        for seq in 1..=3 {
+            outbox.push(small(seq)).expect("room");
+        }
+        let mut frames = Vec::new();
+        outbox.drain_into(&mut frames);
+        assert_eq!(frames, vec![small(1), small(2), small(3)]);
+    }
+
+    #[test]
+    fn runs_are_bounded_and_a_burst_buffer_is_let_go() {
+        let mut outbox = Outbox::new(1 << 20);
+        let frame = 100 + MESSAGE_HEADER_LEN;
+        let count = 2 * RUN_MAX / frame + 1;
+        for seq in 0..count as Seq {
+            outbox.push(small(seq)).expect("room");
+        }
+        let mut items = Vec::new();
+        outbox.drain_some(&mut items, usize::MAX);
+        assert_eq!(
+            items.len(),
+            3,
+            "{count} messages of {frame} bytes in 64 KiB runs"
+        );
+        assert!(items.iter().all(|item| item.wire_len() <= RUN_MAX));
+        assert_eq!(
+            items.iter().map(OutFrame::wire_len).sum::<usize>(),
+            count * frame
+        );
+        // Everything taken: the burst's buffer is not kept for an idle
+        // connection.
+        assert_eq!(outbox.encoded.capacity(), 0);
+        // Closing drops what is queued, runs included.
+        outbox.push(small(1)).expect("room");
+        outbox.close_with(Some(OutFrame::Pong(1)));
+        items.clear();
+        outbox.drain_some(&mut items, usize::MAX);
+        assert_eq!(items, vec![OutFrame::Pong(1)]);
     }
 }

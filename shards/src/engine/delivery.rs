@@ -42,13 +42,7 @@ pub(super) fn push_message(
             return Delivery::Dropped;
         }
     }
-    let frame = OutFrame::Message {
-        sub_id,
-        epoch,
-        seq,
-        payload: payload.clone(),
-    };
-    match state.outbox.push(frame) {
+    match state.outbox.push_message(sub_id, epoch, seq, payload) {
         Ok(()) => Delivery::Queued,
         Err(PushError::Closing) => Delivery::Closing,
         Err(PushError::Full) if policy == SlowConsumerPolicy::Disconnect => Delivery::Slow,
