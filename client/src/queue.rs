@@ -2,8 +2,8 @@
 //! bounded single-consumer queue built for a producer that delivers many
 //! items in a row and a consumer that takes them in runs.
 //!
-//! The reader appends under a short lock and wakes the subscription only
-//! when it was waiting. The subscription takes everything queued at once
+//! The reader appends under a short lock, one per run of items it decoded
+//! from a read, and wakes the subscription only when it was waiting. The subscription takes everything queued at once
 //! (swapping buffers under the lock) and then hands items out of its own
 //! buffer without any synchronization, so a busy subscription pays one lock
 //! per run of messages instead of a semaphore and channel operation per
@@ -95,21 +95,17 @@ pub(crate) struct Sender {
 impl Sender {
     /// Queues `event` unless the queue is full or the receiver is gone.
     pub(crate) fn try_send(&self, event: Event) -> Result<(), TrySendError> {
-        let mut inner = self.shared.lock();
-        if inner.closed {
-            return Err(TrySendError::Closed);
+        self.sending().push(event)
+    }
+
+    /// Holds the queue for a run of [`Sending::push`]es: one lock, and at
+    /// most one wake-up of the receiver, for the whole run.
+    pub(crate) fn sending(&self) -> Sending<'_> {
+        Sending {
+            inner: Some(self.shared.lock()),
+            capacity: self.shared.capacity,
+            pushed: false,
         }
-        if inner.held >= self.shared.capacity {
-            return Err(TrySendError::Full(event));
-        }
-        inner.items.push_back(event);
-        inner.held += 1;
-        let consumer = inner.consumer.take();
-        drop(inner);
-        if let Some(waker) = consumer {
-            waker.wake();
-        }
-        Ok(())
     }
 
     /// Waits until an item fits (`true`) or the receiver is gone (`false`).
@@ -127,6 +123,47 @@ impl Sender {
             }
         })
         .await
+    }
+}
+
+/// The queue held by its sender ([`Sender::sending`]); the receiver is woken
+/// once the hold ends, if anything was pushed and it was waiting.
+pub(crate) struct Sending<'a> {
+    inner: Option<MutexGuard<'a, Inner>>,
+    capacity: usize,
+    pushed: bool,
+}
+
+impl Sending<'_> {
+    /// Queues `event` unless the queue is full or the receiver is gone.
+    pub(crate) fn push(&mut self, event: Event) -> Result<(), TrySendError> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Err(TrySendError::Closed);
+        };
+        if inner.closed {
+            return Err(TrySendError::Closed);
+        }
+        if inner.held >= self.capacity {
+            return Err(TrySendError::Full(event));
+        }
+        inner.items.push_back(event);
+        inner.held += 1;
+        self.pushed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        let consumer = match self.inner.as_mut() {
+            Some(inner) if self.pushed => inner.consumer.take(),
+            _ => None,
+        };
+        // Unlock first: the woken receiver takes the lock straight away.
+        self.inner = None;
+        if let Some(waker) = consumer {
+            waker.wake();
+        }
     }
 }
 

@@ -4,10 +4,12 @@ mod common;
 
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use common::*;
-use corebus_client::{Client, ClientConfig, Error};
+use corebus_client::{Client, ClientConfig, Error, Event};
 use corebus_net::{
-    ErrorCode, ErrorFrame, Frame, SubOk, UnsubOk, Welcome, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    Discontinuity, ErrorCode, ErrorFrame, Frame, PubAck, SubOk, UnsubOk, Welcome,
+    DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -300,6 +302,97 @@ async fn small_subscription_buffer_applies_backpressure_without_loss() {
         let message = within(sub.next_message()).await.expect("open").expect("ok");
         assert_eq!(message.seq, seq);
     }
+}
+
+#[tokio::test]
+async fn a_read_of_interleaved_messages_reaches_each_subscription_whole_and_in_order() {
+    // One write holds runs of messages for two subscriptions, a gap, a
+    // dropped subscription's messages and a PUB_ACK; the reader hands them
+    // over in runs, and each queue holds 2 items, so it blocks in the middle
+    // of a run again and again and must keep the rest.
+    let config = ClientConfig {
+        subscription_buffer: 2,
+        ..ClientConfig::default()
+    };
+    let (client, mut peer) = connected(config, DEFAULT_MAX_FRAME).await;
+    let (a, a_id) =
+        within(async { tokio::join!(client.subscribe("a", "t1"), peer.accept_subscribe(0)) }).await;
+    let (b, b_id) =
+        within(async { tokio::join!(client.subscribe("a", "t2"), peer.accept_subscribe(0)) }).await;
+    let (gone, gone_id) =
+        within(async { tokio::join!(client.subscribe("a", "t3"), peer.accept_subscribe(0)) }).await;
+    let (mut a, mut b) = (a.expect("subscribed"), b.expect("subscribed"));
+    drop(gone.expect("subscribed"));
+    assert!(matches!(peer.expect().await, Frame::Unsubscribe(_)));
+    let pending = client.start_publish("a", "t1", "x");
+    let publish = within(async { tokio::join!(pending, peer.expect_publish()) }).await;
+    let (pending, publish) = (publish.0.expect("queued"), publish.1);
+
+    let mut out = BytesMut::new();
+    let message = |sub_id, seq| {
+        Frame::Message(corebus_net::Message {
+            sub_id,
+            epoch: EPOCH,
+            seq,
+            payload: Bytes::from(format!("{sub_id}:{seq}")),
+        })
+    };
+    let (mut next_a, mut next_b) = (1, 1);
+    for round in 0..20u64 {
+        for _ in 0..(round % 4 + 1) {
+            message(a_id, next_a).encode(&mut out);
+            next_a += 1;
+        }
+        message(gone_id, round + 1).encode(&mut out);
+        for _ in 0..(round % 3 + 1) {
+            message(b_id, next_b).encode(&mut out);
+            next_b += 1;
+        }
+    }
+    // b skips ahead, announced by a DISCONTINUITY, then goes on.
+    Frame::Discontinuity(Discontinuity {
+        sub_id: b_id,
+        epoch: EPOCH,
+        last_seq: next_b - 1,
+        next_seq: next_b + 10,
+    })
+    .encode(&mut out);
+    next_b += 10;
+    message(b_id, next_b).encode(&mut out);
+    Frame::PubAck(PubAck {
+        request_id: publish.request_id,
+        seq: 77,
+    })
+    .encode(&mut out);
+    within(peer.stream.write_all(&out)).await.expect("writes");
+
+    // Both are read at once: a full queue stops the reader for the whole
+    // connection.
+    let read_a = async {
+        for seq in 1..next_a {
+            let message = a.next_message().await.expect("open").expect("ok");
+            assert_eq!(message.seq, seq);
+            assert_eq!(&message.payload[..], format!("{a_id}:{seq}").as_bytes());
+        }
+    };
+    let read_b = async {
+        let mut seq = 1;
+        while seq <= next_b {
+            match b.next_event().await.expect("open").expect("ok") {
+                Event::Message(message) => {
+                    assert_eq!(message.seq, seq);
+                    assert_eq!(&message.payload[..], format!("{b_id}:{seq}").as_bytes());
+                    seq += 1;
+                }
+                Event::Discontinuity(gap) => {
+                    assert_eq!(gap.next_seq, seq + 10, "the gap comes where it was sent");
+                    seq = gap.next_seq;
+                }
+            }
+        }
+    };
+    within(async { tokio::join!(read_a, read_b) }).await;
+    assert_eq!(within(pending).await.expect("acked"), 77);
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! The reader task: decodes frames, answers requests, routes messages and
 //! discontinuities, and checks that every subscription's stream stays exact.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use super::state::{protocol_violation, UNACKED_IDS};
 use super::stream::ReadHalf;
 use super::{Cursor, Ended, Pending, Shared, State, Terminal, READ_CHUNK};
 use crate::error::code_text;
-use crate::queue::TrySendError;
+use crate::queue::{Sender, TrySendError};
 use crate::subscription::Started;
 use crate::{Discontinuity, Error, Event, Message};
 
@@ -290,55 +291,108 @@ impl Shared {
         }
     }
 
-    /// Checks a message or discontinuity against its subscription's cursor
-    /// and hands it over. The cursor moves only once the item is in the
-    /// subscription's channel: if this task is stopped while waiting for room,
-    /// the resume point still names the item.
-    async fn deliver(&self, step: Step) -> Result<(), Ended> {
-        let sub_id = step.sub_id();
-        let (tx, event, cursor) = {
+    /// Checks messages and discontinuities against their subscriptions'
+    /// cursors and hands them over, in order, taking them from the front of
+    /// `steps`. A cursor moves only once its item is in the subscription's
+    /// queue: if this task is stopped while waiting for room, the resume
+    /// point still names the first item not handed over. Everything that
+    /// fits goes under one lock of the state, and a run of items for one
+    /// subscription under one lock of its queue.
+    async fn deliver_all(&self, steps: &mut VecDeque<Step>) -> Result<(), Ended> {
+        loop {
+            let blocked = hand_over(&mut self.lock(), steps)?;
+            let Some(Blocked {
+                sub_id,
+                tx,
+                event,
+                cursor,
+            }) = blocked
+            else {
+                return Ok(());
+            };
+            // The subscriber is behind: wait for room, which stops reading
+            // the socket (and so stalls every other subscription on this
+            // connection). What follows the item is still in `steps`.
+            self.stalled.store(true, Ordering::Relaxed);
+            let fits = tx.room().await;
+            self.stalled.store(false, Ordering::Relaxed);
+            self.heard_now();
+            if !fits {
+                continue;
+            }
             let mut st = self.lock();
-            // Unknown subscriptions (already unsubscribed) are ignored.
-            let Some(route) = st.routes.get_mut(&sub_id) else {
-                return Ok(());
-            };
-            let Some(tx) = route.tx.as_ref() else {
-                // Unsubscribing: messages until UNSUB_OK are dropped.
-                return Ok(());
-            };
-            let cursor = step.advance(route.cursor).map_err(protocol_violation)?;
-            match tx.try_send(step.into_event()) {
-                Ok(()) => {
-                    route.cursor = cursor;
-                    return Ok(());
-                }
-                // The subscription was dropped; its Drop unsubscribes.
-                Err(TrySendError::Closed) => return Ok(()),
-                Err(TrySendError::Full(event)) => (tx.clone(), event, cursor),
-            }
-        };
-        // The subscriber is behind: wait for room, which stops reading the
-        // socket (and so stalls every other subscription on this connection).
-        self.stalled.store(true, Ordering::Relaxed);
-        let fits = tx.room().await;
-        self.stalled.store(false, Ordering::Relaxed);
-        self.heard_now();
-        if !fits {
-            return Ok(());
-        }
-        let mut st = self.lock();
-        // Only this task moves cursors while the connection is up, so the
-        // route is as it was unless it was removed or is being unsubscribed;
-        // and only this task sends, so the room found is still there.
-        if let Some(route) = st.routes.get_mut(&sub_id) {
-            if let Some(tx) = route.tx.as_ref() {
-                if tx.try_send(event).is_ok() {
-                    route.cursor = cursor;
+            // Only this task moves cursors while the connection is up, so the
+            // route is as it was unless it was removed or is being
+            // unsubscribed; and only this task sends, so the room found is
+            // still there.
+            if let Some(route) = st.routes.get_mut(&sub_id) {
+                if let Some(tx) = route.tx.as_ref() {
+                    if tx.try_send(event).is_ok() {
+                        route.cursor = cursor;
+                    }
                 }
             }
         }
-        Ok(())
     }
+}
+
+/// An item whose subscription's queue was full.
+struct Blocked {
+    sub_id: u32,
+    tx: Sender,
+    event: Event,
+    /// The cursor once it is handed over.
+    cursor: Cursor,
+}
+
+/// Hands over items from the front of `steps` until they are all gone or
+/// one finds its subscription's queue full.
+fn hand_over(st: &mut State, steps: &mut VecDeque<Step>) -> Result<Option<Blocked>, Ended> {
+    while let Some(first) = steps.front() {
+        let sub_id = first.sub_id();
+        let run = steps
+            .iter()
+            .take_while(|step| step.sub_id() == sub_id)
+            .count();
+        // Unknown subscriptions (already unsubscribed) are ignored, and while
+        // unsubscribing, messages until UNSUB_OK are dropped.
+        let Some(route) = st.routes.get_mut(&sub_id) else {
+            steps.drain(..run);
+            continue;
+        };
+        let Some(tx) = route.tx.as_ref() else {
+            steps.drain(..run);
+            continue;
+        };
+        let mut queue = tx.sending();
+        for _ in 0..run {
+            let Some(step) = steps.pop_front() else { break };
+            let cursor = step.advance(route.cursor).map_err(protocol_violation)?;
+            match queue.push(step.into_event()) {
+                Ok(()) => route.cursor = cursor,
+                // The subscription was dropped (its Drop unsubscribes): the
+                // rest of its run goes too.
+                Err(TrySendError::Closed) => {
+                    let rest = steps
+                        .iter()
+                        .take_while(|step| step.sub_id() == sub_id)
+                        .count();
+                    steps.drain(..rest);
+                    break;
+                }
+                Err(TrySendError::Full(event)) => {
+                    drop(queue);
+                    return Ok(Some(Blocked {
+                        sub_id,
+                        tx: tx.clone(),
+                        event,
+                        cursor,
+                    }));
+                }
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// An answer that does not fit the request it names: the request goes back
@@ -362,6 +416,9 @@ pub(super) async fn run_reader(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: B
         .max_frame
         .max(DEFAULT_MAX_FRAME)
         .saturating_add(INBOUND_SLACK);
+    // Messages and discontinuities decoded from what was read, handed over
+    // together before anything else is dispatched or read.
+    let mut steps = VecDeque::new();
     loop {
         match check(&buf, limit) {
             Err(err) => return Ended::Fatal(Terminal::Protocol(err)),
@@ -371,11 +428,28 @@ pub(super) async fn run_reader(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: B
                     Ok(frame) => frame,
                     Err(err) => return Ended::Fatal(Terminal::Protocol(err)),
                 };
-                if let Err(ended) = dispatch(&shared, frame).await {
+                let other = match frame {
+                    Frame::Message(message) => {
+                        steps.push_back(Step::Message(message));
+                        continue;
+                    }
+                    Frame::Discontinuity(gap) => {
+                        steps.push_back(Step::Gap(gap));
+                        continue;
+                    }
+                    other => other,
+                };
+                if let Err(ended) = shared.deliver_all(&mut steps).await {
+                    return ended;
+                }
+                if let Err(ended) = dispatch(&shared, other).await {
                     return ended;
                 }
             }
             Ok(Check::Incomplete { need }) => {
+                if let Err(ended) = shared.deliver_all(&mut steps).await {
+                    return ended;
+                }
                 let want = need.saturating_sub(buf.len()).max(READ_CHUNK);
                 if buf.capacity() - buf.len() < want {
                     buf.reserve(want);
@@ -397,10 +471,20 @@ pub(super) async fn run_reader(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: B
     }
 }
 
+/// Dispatches a frame other than `MESSAGE` and `DISCONTINUITY` (which
+/// [`Shared::deliver_all`] hands over).
 async fn dispatch(shared: &Shared, frame: Frame) -> Result<(), Ended> {
     match frame {
-        Frame::Message(message) => shared.deliver(Step::Message(message)).await,
-        Frame::Discontinuity(gap) => shared.deliver(Step::Gap(gap)).await,
+        Frame::Message(message) => {
+            shared
+                .deliver_all(&mut VecDeque::from([Step::Message(message)]))
+                .await
+        }
+        Frame::Discontinuity(gap) => {
+            shared
+                .deliver_all(&mut VecDeque::from([Step::Gap(gap)]))
+                .await
+        }
         Frame::PubAck(ack) => shared.answer_publish(ack),
         Frame::SubOk(ok) => shared.answer_subscribe(ok),
         Frame::UnsubOk(ok) => shared.answer_unsubscribe(ok),
