@@ -121,7 +121,7 @@ fn fanout_shard(subscribers: usize) -> (Shard, ConnId, Vec<ConnId>) {
     let mut frames = Vec::new();
     for conn in conns.iter().chain([&publisher]) {
         if let Some(outbox) = shard.outbox_mut(*conn) {
-            outbox.drain_into(&mut frames);
+            outbox.drain_some(&mut frames, usize::MAX);
         }
     }
     (shard, publisher, conns)
@@ -149,7 +149,7 @@ fn fanout(c: &mut Criterion) {
                 frames.clear();
                 for conn in &conns {
                     if let Some(outbox) = shard.outbox_mut(*conn) {
-                        outbox.drain_into(&mut frames);
+                        outbox.drain_some(&mut frames, usize::MAX);
                     }
                 }
                 assert_eq!(
