@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use hdrhistogram::Histogram;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -196,9 +197,9 @@ pub async fn run(plan: &Plan, endpoint: &Endpoint) -> Result<Report, BenchError>
             report.delivered += tracker.delivered();
             report.lost += lost;
             report.disorder += tracker.out_of_order + tracker.foreign + tracker.phantom(&sent);
-            // Both histograms share bounds, so adding cannot fail.
-            let _ = latency.add(&tracker.latency);
         }
+        // Both histograms share bounds, so adding cannot fail.
+        let _ = latency.add(&outcome.latency);
         last_ns = last_ns.max(outcome.last_ns);
     }
     progress.stop();
@@ -354,6 +355,8 @@ struct SubscriberOutcome {
     last_ns: u64,
     /// Why it stopped before receiving everything, if it did.
     ended_by: Option<String>,
+    /// Latency of every message it received, all subscriptions together.
+    latency: Histogram<u64>,
 }
 
 impl SubscriberRun {
@@ -374,6 +377,7 @@ impl SubscriberRun {
                 }
             })
             .collect();
+        let mut latency = latency_histogram();
         let mut last_ns = 0u64;
         let mut draining = false;
         let mut ended_by = None;
@@ -392,7 +396,7 @@ impl SubscriberRun {
                             break;
                         };
                         last_ns = self.base.elapsed().as_nanos() as u64;
-                        subscription.tracker.record(&message, last_ns);
+                        subscription.tracker.record(&message, last_ns, &mut latency);
                         subscription.received += 1;
                         self.flows[subscription.topic]
                             .note_received(subscription.slot, subscription.received);
@@ -450,6 +454,7 @@ impl SubscriberRun {
             subscriptions,
             last_ns,
             ended_by,
+            latency,
         }
     }
 }
