@@ -18,6 +18,7 @@ pub mod fuzzing;
 pub mod mesh;
 pub mod metrics;
 pub mod outbox;
+pub mod ring;
 pub mod routing;
 pub mod runtime;
 pub mod sends;

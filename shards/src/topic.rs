@@ -1,36 +1,22 @@
 //! Owner-side state of one topic: its epoch, sequence counter, replay ring and
 //! interested shards. Pure data and arithmetic, no I/O.
 
-use std::collections::VecDeque;
-
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use corebus_net::{Epoch, ResumePoint, Seq, TopicKey};
 
 use crate::mesh::LocalRef;
+use crate::ring::PayloadRing;
 use crate::routing::ShardId;
-
-/// Payloads up to this size are copied into their own allocation when they
-/// enter the ring. A payload is otherwise a slice of the 64 KiB read buffer it
-/// arrived in, and a ring of small slices from different reads would keep many
-/// such buffers alive, far beyond the ring's byte bound.
-const RING_COPY_THRESHOLD: usize = 4096;
-
-/// Smallest and largest chunk the ring copies small payloads into. A chunk
-/// is a quarter of what the ring holds, within these bounds, so a quiet
-/// topic keeps little slack and a busy one copies many payloads per
-/// allocation.
-const ARENA_MIN: usize = 512;
-const ARENA_MAX: usize = 16 << 10;
 
 /// What one topic's state costs beyond its name and ring, as the memory
 /// budget counts it: the table entry with its hash-map slot, the ring's
-/// buffer header, the interested shards and the arena chunk being filled
-/// (an estimate: the allocator's own overhead is not counted).
+/// buffer headers and the interested shards (an estimate: the allocator's
+/// own overhead is not counted).
 pub const TOPIC_OVERHEAD: usize = 512;
 
-/// What one ring entry costs beyond its payload: the slot in the ring's
-/// buffer (sequence number and refcounted slice).
-pub const RING_ENTRY_OVERHEAD: usize = std::mem::size_of::<(Seq, Bytes)>();
+/// What one ring entry costs beyond its payload: its length in the ring's
+/// queue of lengths.
+pub const RING_ENTRY_OVERHEAD: usize = std::mem::size_of::<u32>();
 
 /// Bounds of each topic's replay ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,12 +56,8 @@ pub struct OwnedTopic {
     key: TopicKey,
     epoch: Epoch,
     last_seq: Seq,
-    ring: VecDeque<(Seq, Bytes)>,
-    ring_bytes: usize,
-    /// The chunk the next small payloads are copied into; each copy is a
-    /// refcounted slice of it, so the ring allocates once per chunk rather
-    /// than once per message.
-    arena: BytesMut,
+    /// The payloads of messages `last_seq - ring.len() + 1 ..= last_seq`.
+    ring: PayloadRing,
     /// Shards with at least one subscriber or resume in flight, this one
     /// included, each with the handle of its table entry for the topic. A
     /// handful at most, so a small vector beats a set.
@@ -95,9 +77,7 @@ impl OwnedTopic {
             key,
             epoch,
             last_seq: 0,
-            ring: VecDeque::new(),
-            ring_bytes: 0,
-            arena: BytesMut::new(),
+            ring: PayloadRing::default(),
             interested: Vec::new(),
             last_active_ms: now_ms,
             webhooks_generation: 0,
@@ -122,12 +102,12 @@ impl OwnedTopic {
 
     /// The oldest sequence number still in the ring (`last_seq + 1` when empty).
     pub fn first_retained(&self) -> Seq {
-        self.ring.front().map_or(self.last_seq + 1, |(seq, _)| *seq)
+        self.last_seq + 1 - self.ring.len() as Seq
     }
 
     /// Payload bytes held by the ring.
     pub fn ring_bytes(&self) -> usize {
-        self.ring_bytes
+        self.ring.payload_bytes()
     }
 
     /// Messages held by the ring.
@@ -144,7 +124,7 @@ impl OwnedTopic {
     /// Memory the replay ring holds: payload bytes plus
     /// [`RING_ENTRY_OVERHEAD`] per message.
     pub fn ring_retained(&self) -> usize {
-        self.ring_bytes + self.ring.len() * RING_ENTRY_OVERHEAD
+        self.ring.payload_bytes() + self.ring.len() * RING_ENTRY_OVERHEAD
     }
 
     /// Drops the oldest messages of the ring until it holds at most `max`
@@ -153,37 +133,16 @@ impl OwnedTopic {
     /// the ring no longer holds.
     pub fn trim_ring(&mut self, max: usize) -> usize {
         let mut dropped = 0;
-        while self.ring_retained() > max && self.drop_oldest() {
+        while self.ring_retained() > max && self.ring.pop_oldest() {
             dropped += 1;
-        }
-        if self.ring.is_empty() {
-            // Nothing left to copy beside: the chunk being filled goes too.
-            self.arena = BytesMut::new();
         }
         dropped
     }
 
-    /// Drops the ring's oldest message; false when the ring is empty.
-    fn drop_oldest(&mut self) -> bool {
-        match self.ring.pop_front() {
-            Some((_, old)) => {
-                self.ring_bytes -= old.len();
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Assigns the next sequence number and keeps the payload for replay.
-    /// Returns the sequence number and the ring's copy of the payload (the
-    /// payload itself when it was too large to copy; `None` when the ring
-    /// keeps nothing).
-    pub fn append(
-        &mut self,
-        payload: &Bytes,
-        limits: RingLimits,
-        now_ms: u64,
-    ) -> (Seq, Option<Bytes>) {
+    /// Assigns the next sequence number and keeps the payload for replay
+    /// (unless it is larger than the ring may hold); returns the sequence
+    /// number.
+    pub fn append(&mut self, payload: &Bytes, limits: RingLimits, now_ms: u64) -> Seq {
         self.last_seq += 1;
         self.last_active_ms = now_ms;
         if limits.max_messages > 0 && payload.len() <= limits.max_bytes {
@@ -191,35 +150,16 @@ impl OwnedTopic {
             // `max_messages` entries, so its buffer stops growing at that
             // size instead of doubling for one entry more.
             while (self.ring.len() >= limits.max_messages
-                || self.ring_bytes + payload.len() > limits.max_bytes)
-                && self.drop_oldest()
+                || self.ring.payload_bytes() + payload.len() > limits.max_bytes)
+                && self.ring.pop_oldest()
             {}
-            let kept = if payload.len() <= RING_COPY_THRESHOLD {
-                self.copy_into_arena(payload)
-            } else {
-                payload.clone()
-            };
-            self.ring_bytes += kept.len();
-            self.ring.push_back((self.last_seq, kept.clone()));
-            (self.last_seq, Some(kept))
+            self.ring.push(payload);
         } else {
             // Too large to keep: the ring must not hold anything older either,
             // or a replay would skip this message silently.
             self.ring.clear();
-            self.ring_bytes = 0;
-            (self.last_seq, None)
         }
-    }
-
-    fn copy_into_arena(&mut self, payload: &[u8]) -> Bytes {
-        if self.arena.capacity() < payload.len() {
-            let size = (self.ring_bytes / 4)
-                .clamp(ARENA_MIN, ARENA_MAX)
-                .max(payload.len());
-            self.arena = BytesMut::with_capacity(size);
-        }
-        self.arena.extend_from_slice(payload);
-        self.arena.split().freeze()
+        self.last_seq
     }
 
     /// What a subscriber resuming at `point` gets.
@@ -245,11 +185,8 @@ impl OwnedTopic {
         } else {
             (first, Some((want - 1, first)))
         };
-        let replay = self
-            .ring
-            .iter()
-            .filter(|(seq, _)| *seq >= from)
-            .cloned()
+        let replay = (from..)
+            .zip(self.ring.newest((self.last_seq + 1 - from) as usize))
             .collect();
         ResumePlan {
             start_after: from - 1,
@@ -288,7 +225,7 @@ mod tests {
         assert_eq!(topic.first_retained(), 7);
         assert_eq!(topic.ring_len(), 4);
         assert_eq!(
-            topic.ring.capacity(),
+            topic.ring.entry_capacity(),
             4,
             "the buffer holds max_messages entries, no more"
         );
@@ -364,31 +301,34 @@ mod tests {
     }
 
     #[test]
-    fn append_hands_back_the_rings_own_copy_of_small_payloads() {
+    fn replay_hands_out_copies_of_small_payloads_and_large_ones_shared() {
         let key = TopicKey::from_strs("test", "copy").expect("valid");
         let mut topic = OwnedTopic::new(key, 1, 0);
         let frame = Bytes::from(vec![7u8; 8192]);
         let inside = |bytes: &Bytes| frame.as_ptr_range().contains(&bytes.as_ptr());
         let small = frame.slice(10..138);
-        let (seq, kept) = topic.append(&small, RingLimits::default(), 0);
-        let kept = kept.expect("kept");
-        assert_eq!((seq, &kept), (1, &small));
-        assert!(!inside(&kept), "a copy, not a slice of the frame");
-        let large = frame.slice(..RING_COPY_THRESHOLD + 1);
-        let (_, kept) = topic.append(&large, RingLimits::default(), 0);
+        assert_eq!(topic.append(&small, RingLimits::default(), 0), 1);
+        let large = frame.slice(..crate::ring::COPY_MAX + 1);
+        assert_eq!(topic.append(&large, RingLimits::default(), 0), 2);
+        let plan = topic.resume(ResumePoint {
+            epoch: 1,
+            next_seq: 1,
+        });
+        assert_eq!(plan.replay, vec![(1, small.clone()), (2, large.clone())]);
         assert!(
-            inside(&kept.expect("kept")),
+            !inside(&plan.replay[0].1),
+            "a copy, not a slice of the frame"
+        );
+        assert!(
+            inside(&plan.replay[1].1),
             "large payloads are shared, not copied"
         );
         let limits = RingLimits {
             max_messages: 10,
             max_bytes: 8,
         };
-        assert_eq!(
-            topic.append(&small, limits, 0),
-            (3, None),
-            "too large to keep"
-        );
+        assert_eq!(topic.append(&small, limits, 0), 3, "too large to keep");
+        assert_eq!(topic.ring_len(), 0);
     }
 
     #[test]
@@ -428,7 +368,7 @@ mod tests {
         assert_eq!((topic.ring_len(), topic.ring_bytes()), (0, 0));
         assert_eq!(topic.first_retained(), 11);
         // Sequence numbers go on where they were.
-        let (seq, _) = topic.append(&Bytes::from_static(b"next"), RingLimits::default(), 0);
+        let seq = topic.append(&Bytes::from_static(b"next"), RingLimits::default(), 0);
         assert_eq!(seq, 11);
     }
 

@@ -11,6 +11,7 @@ use super::{push_mesh, ActiveTopic, ConnId, LocalTopic, Shard, SubState};
 use crate::auth::{unix_now_ms, Action};
 use crate::mesh::{AckTo, LocalRef, ResumeReply, ResumeReq, ShardMsg};
 use crate::outbox::OutFrame;
+use crate::ring::COPY_MAX;
 use crate::routing::{self, ShardId};
 use crate::topic::ResumePlan;
 use crate::webhooks::WebhookMessage;
@@ -89,13 +90,9 @@ impl Shard {
         };
         self.stats.messages_sequenced += 1;
         let before = owned.ring_retained();
-        let (seq, kept) = owned.append(&payload, ring, now_ms);
+        let seq = owned.append(&payload, ring, now_ms);
         // Field-level borrows again: `retained` is not part of `self.owned`.
         self.retained = self.retained + owned.ring_retained() - before;
-        // Subscribers get the ring's copy where there is one: its refcount
-        // lives on this core, while the payload as received is a slice of the
-        // publisher's read buffer, whose refcount its own shard keeps busy.
-        let payload = kept.unwrap_or(payload);
         let generation = self.webhooks.generation();
         if generation != 0 {
             if owned.webhooks_generation != generation {
@@ -108,7 +105,14 @@ impl Shard {
                     epoch: owned.epoch(),
                     seq,
                     published_ms: unix_now_ms(),
-                    payload: payload.clone(),
+                    // A small payload is copied: a slice would keep the
+                    // whole read buffer it arrived in alive while the
+                    // webhook queue holds it.
+                    payload: if payload.len() <= COPY_MAX {
+                        Bytes::copy_from_slice(&payload)
+                    } else {
+                        payload.clone()
+                    },
                 });
             }
         }
