@@ -34,7 +34,8 @@ pub struct ClientConfig {
     /// [`Client::publish_unacked`](crate::Client::publish_unacked) waits for
     /// the connection's writer to take them (acknowledged publishes are
     /// bounded by [`max_in_flight`](Self::max_in_flight) instead). Up to about
-    /// twice this much may be buffered: one batch being written, one filling.
+    /// twice this much may be buffered: one batch being written, one filling;
+    /// and the two buffers, up to twice this size each, are kept for reuse.
     /// Default 4 MiB; 0 counts as 1.
     pub send_buffer: usize,
     /// Messages buffered per subscription before the connection's reader waits

@@ -39,9 +39,6 @@ use state::{Cursor, Ended, Pending, Route, State, Terminal};
 /// Smallest amount of free buffer space the reader asks the socket to fill.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// A write buffer larger than this is not kept for reuse after a flush.
-const KEEP_WRITE_BUFFER: usize = 4 * 1024 * 1024;
-
 /// The answer a caller's subscribe waits for.
 pub(crate) type SubscribeAnswer = oneshot::Receiver<Result<Started, Error>>;
 

@@ -20,7 +20,7 @@ use super::backoff::{Backoff, SplitMix64};
 use super::session::run_session;
 use super::stream::{Stream, WriteHalf};
 use super::tls::Tls;
-use super::{Shared, State, KEEP_WRITE_BUFFER, READ_CHUNK};
+use super::{Shared, State, READ_CHUNK};
 use crate::error::code_text;
 use crate::{ClientConfig, Error, ServerAddr, TlsError};
 
@@ -340,6 +340,11 @@ async fn handshake(
 /// Returns `Ok` only after the final flush and shutdown of `close()`.
 pub(super) async fn write_loop(shared: &Shared, wr: &mut WriteHalf) -> io::Result<()> {
     let mut spare = BytesMut::with_capacity(READ_CHUNK);
+    // A buffer is kept for reuse up to twice `send_buffer`: filling one to
+    // the bound doubles it past the bound with the last frame, and one that
+    // was let go then would be grown again from nothing, a copy into fresh
+    // memory per doubling, for every batch a fast publisher writes.
+    let keep = shared.config.send_buffer.saturating_mul(2).max(READ_CHUNK);
     loop {
         shared.write_notify.notified().await;
         let (shutdown, room) = {
@@ -372,7 +377,7 @@ pub(super) async fn write_loop(shared: &Shared, wr: &mut WriteHalf) -> io::Resul
             // buffer; without the flush they would wait for the next write.
             wr.flush().await?;
             spare.clear();
-            if spare.capacity() > KEEP_WRITE_BUFFER {
+            if spare.capacity() > keep {
                 spare = BytesMut::with_capacity(READ_CHUNK);
             }
         }
