@@ -28,9 +28,11 @@ pub const ENCODE_BELOW: usize = 512;
 /// Longest run of encoded messages handed to the writer as one item.
 const RUN_MAX: usize = 64 * 1024;
 
-/// An idle outbox keeps an encoding buffer at most this large; a larger one
-/// (after a burst) is let go once everything in it has been taken.
-const ENCODED_KEEP: usize = 16 * 1024;
+/// Room a run starts with when it follows a full run (a burst): a whole
+/// run's, so that it is never reallocated and holds at most one frame of
+/// slack. Any other run starts with room for its first frame and grows, so a
+/// quiet connection's message costs little.
+const RUN_ROOM: usize = RUN_MAX + MESSAGE_HEADER_LEN + ENCODE_BELOW;
 
 thread_local! {
     /// Writers of this thread's (this shard's) outboxes that were woken and
@@ -170,16 +172,17 @@ pub enum PushError {
 #[derive(Debug)]
 enum Queued {
     Frame(OutFrame),
-    /// This many bytes of whole frames at the front of the outbox's
-    /// encoding buffer (after the runs before it).
-    Run(usize),
+    /// Whole `MESSAGE` frames, encoded, in a buffer of the run's own: an
+    /// outbox holds at most about two runs' room (130 KiB) beyond what is
+    /// queued, and a run leaves for the writer without a shared refcount.
+    Run(BytesMut),
 }
 
 impl Queued {
     fn wire_len(&self) -> usize {
         match self {
             Queued::Frame(frame) => frame.wire_len(),
-            Queued::Run(len) => *len,
+            Queued::Run(run) => run.len(),
         }
     }
 }
@@ -189,8 +192,6 @@ impl Queued {
 #[derive(Debug)]
 pub struct Outbox {
     frames: VecDeque<Queued>,
-    /// The runs' frames, in queue order.
-    encoded: BytesMut,
     queued_bytes: usize,
     limit_bytes: usize,
     /// Set once the connection must close after what is queued is written.
@@ -208,7 +209,6 @@ impl Outbox {
     pub fn new(limit_bytes: usize) -> Outbox {
         Outbox {
             frames: VecDeque::new(),
-            encoded: BytesMut::new(),
             queued_bytes: 0,
             limit_bytes,
             closing: false,
@@ -250,11 +250,19 @@ impl Outbox {
         let len = MESSAGE_HEADER_LEN + payload.len();
         self.admit(len, self.limit_bytes)?;
         if payload.len() < ENCODE_BELOW {
-            encode_message_header(&mut self.encoded, sub_id, epoch, seq, payload.len());
-            self.encoded.extend_from_slice(payload);
-            match self.frames.back_mut() {
-                Some(Queued::Run(run)) if *run + len <= RUN_MAX => *run += len,
-                _ => self.frames.push_back(Queued::Run(len)),
+            let room = match self.frames.back() {
+                Some(Queued::Run(run)) if run.len() + len <= RUN_MAX => None,
+                // The run before is full: a burst, and this run will fill too.
+                Some(Queued::Run(_)) => Some(RUN_ROOM),
+                _ => Some(len),
+            };
+            if let Some(room) = room {
+                self.frames
+                    .push_back(Queued::Run(BytesMut::with_capacity(room)));
+            }
+            if let Some(Queued::Run(run)) = self.frames.back_mut() {
+                encode_message_header(run, sub_id, epoch, seq, payload.len());
+                run.extend_from_slice(payload);
             }
         } else {
             self.frames.push_back(Queued::Frame(OutFrame::Message {
@@ -289,7 +297,6 @@ impl Outbox {
             return;
         }
         self.frames.clear();
-        self.encoded = BytesMut::new();
         self.queued_bytes = 0;
         if let Some(frame) = last {
             self.queued_bytes = frame.wire_len();
@@ -372,19 +379,11 @@ impl Outbox {
             taken += len;
             match self.frames.pop_front() {
                 Some(Queued::Frame(frame)) => into.push(frame),
-                Some(Queued::Run(len)) => {
-                    into.push(OutFrame::Encoded(self.encoded.split_to(len).freeze()));
-                }
+                Some(Queued::Run(run)) => into.push(OutFrame::Encoded(run.freeze())),
                 None => {}
             }
         }
         self.queued_bytes = self.queued_bytes.saturating_sub(taken);
-        if self.frames.is_empty() && self.encoded.capacity() > ENCODED_KEEP {
-            // After a burst: the buffer goes once the writer is done with
-            // the runs taken from it, instead of staying with an idle
-            // connection.
-            self.encoded = BytesMut::new();
-        }
     }
 
     /// Wakes the writer for transport work that is not a frame (TLS
@@ -561,18 +560,39 @@ mod tests {
     }
 
     #[test]
-    fn runs_are_bounded_and_a_burst_buffer_is_let_go() {
-        let mut outbox = Outbox::new(1 << 20);
+    fn runs_are_bounded_and_hold_little_beyond_what_is_queued() {
+        let mut outbox = Outbox::new(4 << 20);
         let frame = 100 + MESSAGE_HEADER_LEN;
-        let count = 2 * RUN_MAX / frame + 1;
+        let per_run = RUN_MAX / frame;
+        let count = 16 * per_run + 1;
         for seq in 0..count as Seq {
             outbox.push(small(seq)).expect("room");
         }
+        // What the runs hold in memory stays within two runs' room (and a
+        // frame per run) of what is queued, however much that is: the first
+        // run of a burst grows by doubling, the ones after it start with a
+        // whole run's room, and the last may have just begun.
+        let held: usize = outbox
+            .frames
+            .iter()
+            .map(|item| match item {
+                Queued::Run(run) => run.capacity(),
+                Queued::Frame(_) => 0,
+            })
+            .sum();
+        let runs = outbox.frames.len();
+        assert!(
+            held <= outbox.queued_bytes()
+                + 2 * RUN_ROOM
+                + runs * (MESSAGE_HEADER_LEN + ENCODE_BELOW),
+            "{held} bytes held for {} queued in {runs} runs",
+            outbox.queued_bytes()
+        );
         let mut items = Vec::new();
         outbox.drain_some(&mut items, usize::MAX);
         assert_eq!(
             items.len(),
-            3,
+            17,
             "{count} messages of {frame} bytes in 64 KiB runs"
         );
         assert!(items.iter().all(|item| item.wire_len() <= RUN_MAX));
@@ -580,9 +600,6 @@ mod tests {
             items.iter().map(OutFrame::wire_len).sum::<usize>(),
             count * frame
         );
-        // Everything taken: the burst's buffer is not kept for an idle
-        // connection.
-        assert_eq!(outbox.encoded.capacity(), 0);
         // Closing drops what is queued, runs included.
         outbox.push(small(1)).expect("room");
         outbox.close_with(Some(OutFrame::Pong(1)));
