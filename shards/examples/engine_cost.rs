@@ -161,8 +161,8 @@ fn frames_in(item: &OutFrame) -> usize {
     };
     let mut rest = &run[..];
     let mut count = 0;
-    while let Some((prefix, _)) = rest.split_first_chunk::<4>() {
-        rest = &rest[4 + u32::from_be_bytes(*prefix) as usize..];
+    while let Ok(Check::Complete { len }) = check(rest, u32::MAX) {
+        rest = &rest[len..];
         count += 1;
     }
     count

@@ -4,10 +4,11 @@
 //! batches and encodes them into one vectored write. Small `MESSAGE`s are
 //! encoded as they are queued, into runs of whole frames the writer sends as
 //! they are: a message then costs the outbox a copy of its payload and no
-//! reference to it (two atomic refcount operations per delivery fewer). The queue is bounded in
-//! bytes: a `MESSAGE` that would pass the bound is refused (the engine then
-//! drops it and reports a discontinuity, or closes the connection, by
-//! policy). Control frames (acks, errors, discontinuities) are small and must
+//! reference to it (two atomic refcount operations per delivery fewer).
+//!
+//! The queue is bounded in bytes: a `MESSAGE` that would pass the bound is
+//! refused (the engine then drops it and reports a discontinuity, or closes
+//! the connection, by policy). Control frames (acks, errors, discontinuities) are small and must
 //! not be lost, so they may use up to twice the bound; past that the
 //! connection is closed. Either way one connection that does not read can
 //! never make the broker's memory grow without limit.
@@ -350,8 +351,10 @@ impl Outbox {
                 continue;
             };
             while !run.is_empty() {
-                let len = corebus_net::LENGTH_PREFIX
-                    + u32::from_be_bytes(run[..4].try_into().expect("4 bytes")) as usize;
+                let Ok(corebus_net::Check::Complete { len }) = corebus_net::check(&run, u32::MAX)
+                else {
+                    panic!("a run holds whole frames only");
+                };
                 match corebus_net::decode(run.split_to(len)) {
                     Ok(corebus_net::Frame::Message(message)) => into.push(OutFrame::Message {
                         sub_id: message.sub_id,

@@ -86,18 +86,24 @@ impl PayloadRing {
         };
         self.payload_bytes -= len;
         if self.lens.is_empty() {
-            // Nothing left to keep room for.
-            *self = PayloadRing {
-                lens: std::mem::take(&mut self.lens),
-                ..PayloadRing::default()
-            };
+            self.let_go();
         }
         true
     }
 
     /// Drops every message.
     pub fn clear(&mut self) {
-        while self.pop_oldest() {}
+        self.lens.clear();
+        self.let_go();
+    }
+
+    /// With no message left: nothing to keep room for, except the queue of
+    /// lengths, which stays at most the ring's message bound.
+    fn let_go(&mut self) {
+        *self = PayloadRing {
+            lens: std::mem::take(&mut self.lens),
+            ..PayloadRing::default()
+        };
     }
 
     /// The newest `count` payloads (all of them if fewer), oldest first:
@@ -113,14 +119,8 @@ impl PayloadRing {
                 offset += len as usize;
             }
         }
-        let small: usize = self
-            .lens
-            .iter()
-            .skip(skip)
-            .filter(|&&len| len != LARGE)
-            .map(|&len| len as usize)
-            .sum();
-        let mut copies = BytesMut::with_capacity(small);
+        // The small payloads after the skipped ones: the rest of the bytes.
+        let mut copies = BytesMut::with_capacity(self.bytes.len - offset);
         let mut out = Vec::with_capacity(self.lens.len() - skip);
         for &len in self.lens.iter().skip(skip) {
             if len == LARGE {

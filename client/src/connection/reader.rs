@@ -365,7 +365,7 @@ fn hand_over(st: &mut State, steps: &mut VecDeque<Step>) -> Result<Option<Blocke
             continue;
         };
         let mut queue = tx.sending();
-        for _ in 0..run {
+        for taken in 1..=run {
             let Some(step) = steps.pop_front() else { break };
             let cursor = step.advance(route.cursor).map_err(protocol_violation)?;
             match queue.push(step.into_event()) {
@@ -373,11 +373,7 @@ fn hand_over(st: &mut State, steps: &mut VecDeque<Step>) -> Result<Option<Blocke
                 // The subscription was dropped (its Drop unsubscribes): the
                 // rest of its run goes too.
                 Err(TrySendError::Closed) => {
-                    let rest = steps
-                        .iter()
-                        .take_while(|step| step.sub_id() == sub_id)
-                        .count();
-                    steps.drain(..rest);
+                    steps.drain(..run - taken);
                     break;
                 }
                 Err(TrySendError::Full(event)) => {
