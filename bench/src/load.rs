@@ -25,6 +25,7 @@ use crate::options::{Plan, Scenario, SubscriptionSlot};
 use crate::payload::{Header, PayloadWriter};
 use crate::progress::Progress;
 use crate::report::{LatencyUs, Report};
+use crate::sys::cpu_time;
 use crate::tracker::{latency_histogram, Tracker};
 use crate::BenchError;
 
@@ -87,6 +88,10 @@ pub async fn run(plan: &Plan, endpoint: &Endpoint) -> Result<Report, BenchError>
         publishers.push(Publisher::connect(endpoint, &topics).await?);
     }
 
+    let cpu_before = [
+        plan.broker_pid.and_then(|pid| cpu_time(Some(pid))),
+        cpu_time(None),
+    ];
     let base = std::time::Instant::now();
     let started = Instant::now();
     let end = started + plan.duration;
@@ -202,7 +207,17 @@ pub async fn run(plan: &Plan, endpoint: &Endpoint) -> Result<Report, BenchError>
         let _ = latency.add(&outcome.latency);
         last_ns = last_ns.max(outcome.last_ns);
     }
+    let cpu_after = [
+        plan.broker_pid.and_then(|pid| cpu_time(Some(pid))),
+        cpu_time(None),
+    ];
     progress.stop();
+    let [broker_cpu, harness_cpu] = [0, 1].map(|which| {
+        let spent = cpu_after[which]?.checked_sub(cpu_before[which]?)?;
+        (report.delivered > 0).then(|| spent.as_secs_f64() * 1e6 / report.delivered as f64)
+    });
+    report.broker_cpu_us_per_msg = broker_cpu;
+    report.harness_cpu_us_per_msg = harness_cpu;
     let (drops, disconnects) = endpoint.incidents.snapshot();
     report.client_incidents = drops + disconnects;
     report.published = per_topic.iter().sum();

@@ -125,7 +125,8 @@ pub struct RunOptions {
     /// broker below its slow-consumer limits so throughput is sustainable.
     #[arg(long)]
     pub window: Option<u64>,
-    /// Broker process id, for resident memory (connections scenario).
+    /// Broker process id, for its resident memory (connections scenario) and
+    /// its CPU time per delivered message (the other scenarios).
     #[arg(long)]
     pub broker_pid: Option<u32>,
     /// Shards the broker was started with (corebus `--shards`). Only
@@ -174,7 +175,7 @@ pub struct Plan {
     pub messages: u64,
     /// Flow-control window in messages per topic.
     pub window: u64,
-    /// Broker pid for memory readings.
+    /// Broker pid for memory and CPU readings.
     pub broker_pid: Option<u32>,
     /// The broker's shard count, as told (reported only).
     pub broker_shards: Option<usize>,

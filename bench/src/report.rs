@@ -109,6 +109,15 @@ pub struct Report {
     /// that owns it (off with `--no-affinity`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<bool>,
+    /// CPU time (user and system) the broker process spent per delivered
+    /// message, microseconds, from the first publish to the last delivery
+    /// (with `--broker-pid`; throughput and latency scenarios).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_cpu_us_per_msg: Option<f64>,
+    /// The same for this harness process: its publishers, subscribers and
+    /// the broker's client library they use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub harness_cpu_us_per_msg: Option<f64>,
 }
 
 impl Report {
@@ -137,6 +146,8 @@ impl Report {
             broker_shards: plan.broker_shards,
             acks: (plan.target == Target::Corebus).then_some(plan.acks),
             affinity: (plan.target == Target::Corebus).then_some(plan.affinity),
+            broker_cpu_us_per_msg: None,
+            harness_cpu_us_per_msg: None,
         }
     }
 
@@ -216,6 +227,16 @@ impl Report {
                 ),
             ),
         ];
+        let cpu = [
+            ("broker", self.broker_cpu_us_per_msg),
+            ("harness", self.harness_cpu_us_per_msg),
+        ]
+        .into_iter()
+        .filter_map(|(who, us)| Some(format!("{who} {:.3} us", us?)))
+        .collect::<Vec<_>>();
+        if !cpu.is_empty() {
+            rows.push(("CPU per message", cpu.join(", ")));
+        }
         if let Some(rate) = self.rate {
             rows.push(("rate", format!("{rate} msg/s, open loop")));
         }

@@ -344,6 +344,28 @@ pub fn markdown(summary: &Summary) -> String {
         }),
         |value| format!("{value:.1} MB/s"),
     );
+    let cpu_rows = [
+        (
+            "broker CPU per delivered message",
+            rows_of(&rows, |r| r.broker_cpu_us_per_msg),
+        ),
+        (
+            "harness CPU per delivered message",
+            rows_of(&rows, |r| r.harness_cpu_us_per_msg),
+        ),
+    ];
+    if cpu_rows.iter().any(|(_, rows)| !rows.is_empty()) {
+        let _ = writeln!(
+            out,
+            "CPU time (user and system) per delivered message, from the first publish to the \
+             last delivery (lower is better; ratio < 1: corebus uses less). The harness's is its \
+             publishers and subscribers with each broker's client library; on a machine whose \
+             cores the harness shares, broker and harness together set the throughput.\n"
+        );
+        for (heading, rows) in &cpu_rows {
+            table(&mut out, heading, rows, |value| format!("{value:.2} µs"));
+        }
+    }
     let _ = writeln!(
         out,
         "Latency from intended send time, open loop (lower is better; ratio < 1: corebus faster).\n"
@@ -465,8 +487,16 @@ mod tests {
             generated: "now".into(),
             machine: BTreeMap::from([("cpus".to_owned(), "2".to_owned())]),
             runs: vec![
-                report(Target::Corebus, Scenario::Pair, 2_000_000.0),
-                report(Target::Nats, Scenario::Pair, 1_000_000.0),
+                Report {
+                    broker_cpu_us_per_msg: Some(0.3),
+                    harness_cpu_us_per_msg: Some(0.5),
+                    ..report(Target::Corebus, Scenario::Pair, 2_000_000.0)
+                },
+                Report {
+                    broker_cpu_us_per_msg: Some(1.2),
+                    harness_cpu_us_per_msg: Some(1.25),
+                    ..report(Target::Nats, Scenario::Pair, 1_000_000.0)
+                },
                 report(Target::Redis, Scenario::Pair, 500_000.0),
                 report(Target::Corebus, Scenario::Latency, 20_000.0),
                 report(Target::Nats, Scenario::Latency, 40_000.0),
@@ -483,6 +513,14 @@ mod tests {
             text.contains(
                 "| latency at 10.0k msg/s, 1→16, 128 B: p50 | 20 µs | 40 µs | – | 0.50× | – |"
             ),
+            "{text}"
+        );
+        assert!(
+            text.contains("| pair, 128 B | 0.30 µs | 1.20 µs | – | 0.25× | – |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| pair, 128 B | 0.50 µs | 1.25 µs | – | 0.40× | – |"),
             "{text}"
         );
         assert!(text.contains("Every run delivered every message"));

@@ -1,5 +1,6 @@
 //! What the harness asks of the operating system: loopback checks, the
-//! broker's resident memory, file-descriptor limits and timer precision.
+//! broker's resident memory and CPU time, file-descriptor limits and timer
+//! precision.
 
 use std::net::SocketAddr;
 
@@ -55,6 +56,33 @@ pub fn resident_kib(pid: u32) -> Result<u64, BenchError> {
         .map_err(|err| unreadable(format!("bad VmRSS line {line:?}: {err}")))
 }
 
+/// CPU time (user and system, all threads) that process `pid` has used so
+/// far, or this process's with `None`; `None` when `/proc` cannot tell.
+pub fn cpu_time(pid: Option<u32>) -> Option<std::time::Duration> {
+    let path = pid.map_or_else(
+        || "/proc/self/stat".to_owned(),
+        |pid| format!("/proc/{pid}/stat"),
+    );
+    let stat = std::fs::read_to_string(path).ok()?;
+    cpu_ticks(&stat).map(|ticks| {
+        // SAFETY: sysconf only reads a configuration value.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        std::time::Duration::from_secs_f64(ticks as f64 / per_second)
+    })
+}
+
+/// utime + stime, in clock ticks, from the text of `/proc/<pid>/stat`. The
+/// command name (field 2) is in parentheses and may hold spaces and
+/// parentheses itself: fields are counted after its last `)`.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    // After the name: state is field 3, utime field 14, stime field 15.
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// Raises this process's open-file limit to at least `needed` descriptors,
 /// up to the hard limit, and fails with the command to run when that is not
 /// enough.
@@ -104,6 +132,18 @@ pub fn precise_sleeps() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_ticks_are_counted_after_the_command_name() {
+        // A name with spaces and a parenthesis, as /proc writes it.
+        let stat = "4242 (corebus (x) y) S 1 4242 4242 0 -1 4194560 900 0 0 0 \
+                    1500 250 0 0 20 0 3 0 100 0 0";
+        assert_eq!(cpu_ticks(stat), Some(1750));
+        assert_eq!(cpu_ticks("4242 (short"), None);
+        assert_eq!(cpu_ticks("4242 (x) S 1 2"), None);
+        // This process has used some CPU by now, and /proc says how much.
+        assert!(cpu_time(None).is_some());
+    }
 
     #[test]
     fn host_port_strips_scheme_path_and_credentials() {

@@ -147,6 +147,10 @@ fn micros(value: f64) -> String {
     format!("{value:.0} µs")
 }
 
+fn micros_2(value: f64) -> String {
+    format!("{value:.2} µs")
+}
+
 fn kib(value: f64) -> String {
     format!("{:.1} KiB", value / 1024.0)
 }
@@ -293,7 +297,7 @@ fn scaling_comparisons(runs: &[Report]) -> Vec<Comparison<'_>> {
     }
     by_label
         .into_iter()
-        .map(|(label, group)| {
+        .flat_map(|(label, group)| {
             let most = group
                 .iter()
                 .filter_map(|run| run.broker_shards)
@@ -309,12 +313,11 @@ fn scaling_comparisons(runs: &[Report]) -> Vec<Comparison<'_>> {
             };
             let (main, one) = (with(most), with(Some(1)));
             let shards = main.and_then(|run| run.broker_shards);
-            Comparison {
+            let shards_name =
+                shards.map_or_else(|| "? shards".into(), |shards| format!("{shards} shards"));
+            let throughput = Comparison {
                 target: 5,
-                measure: format!(
-                    "{label}: delivered msg/s, {} ÷ 1 shard",
-                    shards.map_or_else(|| "? shards".into(), |shards| format!("{shards} shards"))
-                ),
+                measure: format!("{label}: delivered msg/s, {shards_name} ÷ 1 shard"),
                 corebus: main,
                 reference_name: "corebus, 1 shard".into(),
                 reference: one,
@@ -325,7 +328,22 @@ fn scaling_comparisons(runs: &[Report]) -> Vec<Comparison<'_>> {
                 not_applicable: shards
                     .filter(|shards| *shards != 2)
                     .map(|shards| format!("the goal is for 2 shards, this run had {shards}")),
-            }
+            };
+            // What the shards cost each other, whether or not the machine
+            // has the cores to show it as throughput: the broker's CPU time
+            // per message with the hops between shards against without.
+            let cpu = Comparison {
+                measure: format!(
+                    "{label}: broker CPU per delivered message, {shards_name} ÷ 1 shard"
+                ),
+                reference_name: throughput.reference_name.clone(),
+                value: |run| run.broker_cpu_us_per_msg,
+                format: micros_2,
+                goal: Goal::Reference,
+                not_applicable: None,
+                ..throughput
+            };
+            [throughput, cpu]
         })
         .collect()
 }
@@ -467,9 +485,19 @@ mod tests {
         let text = table(&[
             with_shards(run(Target::Corebus, Scenario::Pair, 16384, 30_000.0), 2),
             run(Target::Raw, Scenario::Pair, 16384, 50_000.0),
-            with_shards(run(Target::Corebus, Scenario::Many, 128, 900_000.0), 2),
-            with_shards(run(Target::Corebus, Scenario::Many, 128, 500_000.0), 1),
+            Report {
+                broker_cpu_us_per_msg: Some(0.84),
+                ..with_shards(run(Target::Corebus, Scenario::Many, 128, 900_000.0), 2)
+            },
+            Report {
+                broker_cpu_us_per_msg: Some(0.8),
+                ..with_shards(run(Target::Corebus, Scenario::Many, 128, 500_000.0), 1)
+            },
         ]);
+        assert!(
+            text.contains("broker CPU per delivered message, 2 shards ÷ 1 shard | 0.84 µs | corebus, 1 shard 0.80 µs | 1.05× | none (reference) | – |"),
+            "{text}"
+        );
         assert!(
             text.contains("| 4 | pair, 16 KiB: delivered payload MB/s | 491.5 MB/s | raw loopback relay 819.2 MB/s | 60% | ≥ 50% | **met** |"),
             "{text}"
