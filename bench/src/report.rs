@@ -115,7 +115,8 @@ pub struct Report {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker_cpu_us_per_msg: Option<f64>,
     /// The same for this harness process: its publishers, subscribers and
-    /// the broker's client library they use.
+    /// the broker's client library they use (with `--target raw`, also the
+    /// relay, which runs in this process).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub harness_cpu_us_per_msg: Option<f64>,
 }
