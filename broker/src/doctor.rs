@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use clap::ArgMatches;
-use corebus_shards::runtime::{affinity_cpus, memlock_needed};
+use corebus_shards::host::{affinity_cpus, memlock_needed};
 
 use crate::cli::{DoctorCommand, Shards};
 use crate::config;

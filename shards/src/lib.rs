@@ -5,7 +5,9 @@
 //! sequence numbers and interested shards, subscriber-side tables, connection
 //! outboxes); [`mesh`] defines the messages shards exchange; [`runtime`] starts
 //! one glommio executor per shard, joins the channel mesh and accepts
-//! connections with SO_REUSEPORT; [`conn`] drives one connection's socket.
+//! connections on listeners that share the address with SO_REUSEPORT (the
+//! private `listen` module); [`host`] checks what the shards need of the
+//! machine; [`conn`] drives one connection's socket.
 //!
 //! Must not depend on: the broker binary (configuration files, CLI, auth), the
 //! client crate, or tokio. The wire format comes from `corebus-net` only.
@@ -15,6 +17,8 @@ pub mod conn;
 pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod host;
+mod listen;
 pub mod mesh;
 pub mod metrics;
 pub mod outbox;

@@ -1,6 +1,6 @@
 //! Shard metrics as seen from outside the shard threads.
 //!
-//! Counters live in each shard's [`ShardStats`](crate::stats::ShardStats) as
+//! Counters live in each shard's [`ShardStats`] as
 //! plain integers (no atomics on the hot path). On every maintenance tick a
 //! shard copies them, with its gauges, into its own slot of a
 //! [`MetricsHandle`]; a reader (the `/metrics` endpoint) takes the slots'

@@ -15,13 +15,14 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::{MeshBuilder, Senders};
-use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use tracing::{debug, info, warn};
 
 use crate::auth::{Authenticator, OpenAccess};
 use crate::conn::ConnLimit;
 use crate::engine::{EngineConfig, Shard};
+use crate::host::{affinity_cpus, preflight};
+use crate::listen::{accept_until, bind_listener};
 use crate::mesh::MeshBatch;
 use crate::metrics::MetricsHandle;
 use crate::routing::ShardId;
@@ -32,7 +33,7 @@ use crate::webhooks::{NoWebhooks, WebhookSink};
 const MESH_QUEUE_BATCHES: usize = 1024;
 /// glommio's registered I/O buffer per executor. corebus does no file I/O,
 /// so the minimum keeps locked memory (RLIMIT_MEMLOCK) needs small.
-const IO_MEMORY: usize = 64 * 1024;
+pub(crate) const IO_MEMORY: usize = 64 * 1024;
 /// How often shards look at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(20);
 
@@ -226,67 +227,6 @@ impl Drop for Server {
             self.control.state.store(STOPPING, Ordering::Release);
         }
     }
-}
-
-/// The CPUs this process may run on, in ascending order.
-pub fn affinity_cpus() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t is an empty set, and sched_getaffinity writes
-    // at most size_of::<cpu_set_t>() bytes into it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let size = std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: as above; pid 0 is the calling thread.
-    let rc = unsafe { libc::sched_getaffinity(0, size, &mut set) };
-    if rc != 0 {
-        return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
-    }
-    // SAFETY: CPU_ISSET reads the set initialised above.
-    (0..libc::CPU_SETSIZE as usize)
-        .filter(|cpu| unsafe { libc::CPU_ISSET(*cpu, &set) })
-        .collect()
-}
-
-/// The locked memory (`RLIMIT_MEMLOCK`, bytes) that `shards` executors need
-/// for their io_uring buffers.
-pub fn memlock_needed(shards: usize) -> u64 {
-    // glommio refuses to start under 512 KiB, whatever else is needed.
-    (512 * 1024).max((shards * IO_MEMORY * 2) as u64)
-}
-
-/// Checks what io_uring needs from the host, raising the soft locked-memory
-/// limit to the hard one when that is enough.
-pub fn preflight(shards: usize) -> Result<(), StartError> {
-    if let Ok(text) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
-        let value: u32 = text.trim().parse().unwrap_or(0);
-        if value == 2 {
-            return Err(StartError::IoUringDisabled { value });
-        }
-    }
-    let needed = memlock_needed(shards);
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
-        return Ok(()); // Cannot tell; glommio will report it if it matters.
-    }
-    if limit.rlim_cur >= needed {
-        return Ok(());
-    }
-    if limit.rlim_max >= needed {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: setrlimit reads the struct we pass.
-        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } == 0 {
-            return Ok(());
-        }
-    }
-    Err(StartError::MemlockTooLow {
-        current_kib: limit.rlim_cur / 1024,
-        needed_kib: needed / 1024,
-    })
 }
 
 /// Starts the broker's shards and returns once all of them listen.
@@ -534,69 +474,6 @@ async fn run_shard(
     debug!(shard = id, "shard stopped");
 }
 
-/// A listening socket with SO_REUSEPORT (every shard binds the same address)
-/// and SO_REUSEADDR. glommio's own `bind` sets only the former, which makes a
-/// restarted broker fail with "address in use" while connections of the
-/// previous run linger in TIME_WAIT. With `steer: Some(shards)`, the group
-/// (complete by then) hands each new connection to the listener whose index
-/// is half the client's source port modulo `shards` (see `steer`).
-/// Hands every connection of `listener` to `accepted` until `stopped`
-/// resolves, then closes the listener and returns what `stopped` returned.
-///
-/// The accept loop is a task of its own, woken only by its socket. glommio's
-/// `accept` keeps a clone of the waker from every poll until a connection
-/// arrives, so an accept polled beside the stop check (which wakes its task
-/// every [`STOP_POLL`]) piled up wakers of one task: after 32,767 polls, about
-/// eleven minutes without a new connection on a shard, the task's 16-bit
-/// reference count overflowed and glommio panicked, killing the shard.
-async fn accept_until<T>(
-    id: ShardId,
-    listener: TcpListener,
-    mut accepted: impl FnMut(glommio::net::TcpStream) + 'static,
-    stopped: impl std::future::Future<Output = T>,
-) -> T {
-    let accept = glommio::spawn_local(async move {
-        loop {
-            match listener.accept().await {
-                Ok(stream) => accepted(stream),
-                Err(err) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    warn!(shard = id, %err, "accept failed");
-                    glommio::timer::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    });
-    let state = stopped.await;
-    // The accept loop never ends by itself; the listener closes with it.
-    accept.cancel().await;
-    state
-}
-
-fn bind_listener(addr: SocketAddr, steer: Option<usize>) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    if let Some(shards) = steer {
-        if let Err(err) = crate::steer::by_source_port(socket.as_raw_fd(), shards) {
-            // Not fatal: the kernel's hash spreads connections instead, and
-            // clients asking for a shard land where the hash puts them.
-            warn!(%err, "cannot steer connections by source port; clients cannot choose their shard");
-        }
-    }
-    // SAFETY: the descriptor is a bound, listening TCP socket that we own;
-    // the listener takes it over and closes it when dropped.
-    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
-}
-
-/// Pending connections per shard listener (the kernel caps it at
-/// net.core.somaxconn).
-const LISTEN_BACKLOG: i32 = 4096;
-
 /// How often a shard advances its clock, sends heartbeats and evicts idle
 /// topics: often enough for the shortest configured timer, at most once a
 /// second, and never more than every 10 ms.
@@ -637,56 +514,5 @@ async fn send_to_peer(shard: Rc<RefCell<Shard>>, senders: Rc<Senders<MeshBatch>>
         if senders.send_to(peer as usize, batch).await.is_err() {
             return; // The peer is gone: the broker is stopping.
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::cell::Cell;
-
-    /// A shard whose listener sees no connection for a long time: the stop
-    /// check keeps waking, and the accept must not keep a waker per wake-up
-    /// (before the fix, 32,767 wake-ups panicked inside glommio).
-    #[test]
-    fn a_listener_idle_through_many_stop_checks_still_accepts_then_closes() {
-        LocalExecutorBuilder::default()
-            .spawn(|| async {
-                let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-                let addr = listener.local_addr().expect("address");
-                let accepted = Rc::new(Cell::new(0));
-                let on_accept = {
-                    let accepted = accepted.clone();
-                    move |_stream| accepted.set(accepted.get() + 1)
-                };
-                let checks = Cell::new(0u32);
-                let stopped = async {
-                    loop {
-                        let count = checks.get() + 1;
-                        checks.set(count);
-                        if count == 20_000 {
-                            // The kernel completes the handshake; the accept
-                            // loop takes it on its next turn.
-                            let _client = std::net::TcpStream::connect(addr).expect("connect");
-                            while accepted.get() == 0 {
-                                futures_lite::future::yield_now().await;
-                            }
-                        }
-                        if count == 40_000 {
-                            return count;
-                        }
-                        futures_lite::future::yield_now().await;
-                    }
-                };
-                assert_eq!(accept_until(0, listener, on_accept, stopped).await, 40_000);
-                assert_eq!(accepted.get(), 1);
-                assert!(
-                    std::net::TcpStream::connect(addr).is_err(),
-                    "the listener is closed once the accept loop stops"
-                );
-            })
-            .expect("executor")
-            .join()
-            .expect("the executor ran to its end");
     }
 }

@@ -1,0 +1,65 @@
+//! What the shards need of the host: the CPUs they may run on, and what
+//! io_uring needs (locked memory, not disabled by sysctl).
+
+use crate::runtime::{StartError, IO_MEMORY};
+
+/// The CPUs this process may run on, in ascending order.
+pub fn affinity_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is an empty set, and sched_getaffinity writes
+    // at most size_of::<cpu_set_t>() bytes into it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: as above; pid 0 is the calling thread.
+    let rc = unsafe { libc::sched_getaffinity(0, size, &mut set) };
+    if rc != 0 {
+        return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+    }
+    // SAFETY: CPU_ISSET reads the set initialised above.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|cpu| unsafe { libc::CPU_ISSET(*cpu, &set) })
+        .collect()
+}
+
+/// The locked memory (`RLIMIT_MEMLOCK`, bytes) that `shards` executors need
+/// for their io_uring buffers.
+pub fn memlock_needed(shards: usize) -> u64 {
+    // glommio refuses to start under 512 KiB, whatever else is needed.
+    (512 * 1024).max((shards * IO_MEMORY * 2) as u64)
+}
+
+/// Checks what io_uring needs from the host, raising the soft locked-memory
+/// limit to the hard one when that is enough.
+pub fn preflight(shards: usize) -> Result<(), StartError> {
+    if let Ok(text) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        let value: u32 = text.trim().parse().unwrap_or(0);
+        if value == 2 {
+            return Err(StartError::IoUringDisabled { value });
+        }
+    }
+    let needed = memlock_needed(shards);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
+        return Ok(()); // Cannot tell; glommio will report it if it matters.
+    }
+    if limit.rlim_cur >= needed {
+        return Ok(());
+    }
+    if limit.rlim_max >= needed {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } == 0 {
+            return Ok(());
+        }
+    }
+    Err(StartError::MemlockTooLow {
+        current_kib: limit.rlim_cur / 1024,
+        needed_kib: needed / 1024,
+    })
+}

@@ -1,0 +1,129 @@
+//! The shards' listening sockets and their accept loops.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use glommio::net::TcpListener;
+use tracing::warn;
+
+use crate::routing::ShardId;
+
+/// Hands every connection of `listener` to `accepted` until `stopped`
+/// resolves, then closes the listener and returns what `stopped` returned.
+///
+/// The accept loop is a task of its own, woken only by its socket. glommio's
+/// `accept` keeps a clone of the waker from every poll until a connection
+/// arrives, so an accept polled beside the stop check (which wakes its task
+/// every `STOP_POLL` of the runtime) piled up wakers of one task: after 32,767 polls, about
+/// eleven minutes without a new connection on a shard, the task's 16-bit
+/// reference count overflowed and glommio panicked, killing the shard.
+pub(crate) async fn accept_until<T>(
+    id: ShardId,
+    listener: TcpListener,
+    mut accepted: impl FnMut(glommio::net::TcpStream) + 'static,
+    stopped: impl std::future::Future<Output = T>,
+) -> T {
+    let accept = glommio::spawn_local(async move {
+        loop {
+            match listener.accept().await {
+                Ok(stream) => accepted(stream),
+                Err(err) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    warn!(shard = id, %err, "accept failed");
+                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    let state = stopped.await;
+    // The accept loop never ends by itself; the listener closes with it.
+    accept.cancel().await;
+    state
+}
+
+/// A listening socket with SO_REUSEPORT (every shard binds the same address)
+/// and SO_REUSEADDR. glommio's own `bind` sets only the former, which makes a
+/// restarted broker fail with "address in use" while connections of the
+/// previous run linger in TIME_WAIT. With `steer: Some(shards)`, the group
+/// (complete by then) hands each new connection to the listener whose index
+/// is half the client's source port modulo `shards` (see `steer`).
+pub(crate) fn bind_listener(
+    addr: SocketAddr,
+    steer: Option<usize>,
+) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    if let Some(shards) = steer {
+        if let Err(err) = crate::steer::by_source_port(socket.as_raw_fd(), shards) {
+            // Not fatal: the kernel's hash spreads connections instead, and
+            // clients asking for a shard land where the hash puts them.
+            warn!(%err, "cannot steer connections by source port; clients cannot choose their shard");
+        }
+    }
+    // SAFETY: the descriptor is a bound, listening TCP socket that we own;
+    // the listener takes it over and closes it when dropped.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
+/// Pending connections per shard listener (the kernel caps it at
+/// net.core.somaxconn).
+const LISTEN_BACKLOG: i32 = 4096;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use glommio::LocalExecutorBuilder;
+
+    /// A shard whose listener sees no connection for a long time: the stop
+    /// check keeps waking, and the accept must not keep a waker per wake-up
+    /// (before the fix, 32,767 wake-ups panicked inside glommio).
+    #[test]
+    fn a_listener_idle_through_many_stop_checks_still_accepts_then_closes() {
+        LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+                let addr = listener.local_addr().expect("address");
+                let accepted = Rc::new(Cell::new(0));
+                let on_accept = {
+                    let accepted = accepted.clone();
+                    move |_stream| accepted.set(accepted.get() + 1)
+                };
+                let checks = Cell::new(0u32);
+                let stopped = async {
+                    loop {
+                        let count = checks.get() + 1;
+                        checks.set(count);
+                        if count == 20_000 {
+                            // The kernel completes the handshake; the accept
+                            // loop takes it on its next turn.
+                            let _client = std::net::TcpStream::connect(addr).expect("connect");
+                            while accepted.get() == 0 {
+                                futures_lite::future::yield_now().await;
+                            }
+                        }
+                        if count == 40_000 {
+                            return count;
+                        }
+                        futures_lite::future::yield_now().await;
+                    }
+                };
+                assert_eq!(accept_until(0, listener, on_accept, stopped).await, 40_000);
+                assert_eq!(accepted.get(), 1);
+                assert!(
+                    std::net::TcpStream::connect(addr).is_err(),
+                    "the listener is closed once the accept loop stops"
+                );
+            })
+            .expect("executor")
+            .join()
+            .expect("the executor ran to its end");
+    }
+}
