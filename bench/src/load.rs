@@ -88,10 +88,14 @@ pub async fn run(plan: &Plan, endpoint: &Endpoint) -> Result<Report, BenchError>
         publishers.push(Publisher::connect(endpoint, &topics).await?);
     }
 
-    let cpu_before = [
-        plan.broker_pid.and_then(|pid| cpu_time(Some(pid))),
-        cpu_time(None),
-    ];
+    // CPU time used so far by the broker (with its pid) and by this process.
+    let cpu_now = || {
+        [
+            plan.broker_pid.and_then(|pid| cpu_time(Some(pid))),
+            cpu_time(None),
+        ]
+    };
+    let cpu_before = cpu_now();
     let base = std::time::Instant::now();
     let started = Instant::now();
     let end = started + plan.duration;
@@ -207,10 +211,7 @@ pub async fn run(plan: &Plan, endpoint: &Endpoint) -> Result<Report, BenchError>
         let _ = latency.add(&outcome.latency);
         last_ns = last_ns.max(outcome.last_ns);
     }
-    let cpu_after = [
-        plan.broker_pid.and_then(|pid| cpu_time(Some(pid))),
-        cpu_time(None),
-    ];
+    let cpu_after = cpu_now();
     progress.stop();
     let [broker_cpu, harness_cpu] = [0, 1].map(|which| {
         let spent = cpu_after[which]?.checked_sub(cpu_before[which]?)?;

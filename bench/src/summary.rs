@@ -363,7 +363,7 @@ pub fn markdown(summary: &Summary) -> String {
              cores the harness shares, broker and harness together set the throughput.\n"
         );
         for (heading, rows) in &cpu_rows {
-            table(&mut out, heading, rows, |value| format!("{value:.2} µs"));
+            table(&mut out, heading, rows, crate::targets::cpu_micros);
         }
     }
     let _ = writeln!(

@@ -147,7 +147,8 @@ fn micros(value: f64) -> String {
     format!("{value:.0} µs")
 }
 
-fn micros_2(value: f64) -> String {
+/// Microseconds to two decimals: CPU time per message.
+pub(crate) fn cpu_micros(value: f64) -> String {
     format!("{value:.2} µs")
 }
 
@@ -338,7 +339,7 @@ fn scaling_comparisons(runs: &[Report]) -> Vec<Comparison<'_>> {
                 ),
                 reference_name: throughput.reference_name.clone(),
                 value: |run| run.broker_cpu_us_per_msg,
-                format: micros_2,
+                format: cpu_micros,
                 goal: Goal::Reference,
                 not_applicable: None,
                 ..throughput

@@ -1,7 +1,11 @@
 //! What the shards need of the host: the CPUs they may run on, and what
 //! io_uring needs (locked memory, not disabled by sysctl).
 
-use crate::runtime::{StartError, IO_MEMORY};
+use crate::runtime::StartError;
+
+/// glommio's registered I/O buffer per executor. corebus does no file I/O,
+/// so the minimum keeps locked memory (RLIMIT_MEMLOCK) needs small.
+pub(crate) const IO_MEMORY: usize = 64 * 1024;
 
 /// The CPUs this process may run on, in ascending order.
 pub fn affinity_cpus() -> Vec<usize> {

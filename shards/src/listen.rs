@@ -13,10 +13,11 @@ use crate::routing::ShardId;
 ///
 /// The accept loop is a task of its own, woken only by its socket. glommio's
 /// `accept` keeps a clone of the waker from every poll until a connection
-/// arrives, so an accept polled beside the stop check (which wakes its task
-/// every `STOP_POLL` of the runtime) piled up wakers of one task: after 32,767 polls, about
-/// eleven minutes without a new connection on a shard, the task's 16-bit
-/// reference count overflowed and glommio panicked, killing the shard.
+/// arrives, so an accept polled beside the runtime's stop check (which wakes
+/// its task every `STOP_POLL`) piled up wakers of one task: after 32,767
+/// polls, about eleven minutes without a new connection on a shard, the
+/// task's 16-bit reference count overflowed and glommio panicked, killing the
+/// shard.
 pub(crate) async fn accept_until<T>(
     id: ShardId,
     listener: TcpListener,

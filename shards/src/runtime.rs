@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use crate::auth::{Authenticator, OpenAccess};
 use crate::conn::ConnLimit;
 use crate::engine::{EngineConfig, Shard};
-use crate::host::{affinity_cpus, preflight};
+use crate::host::{affinity_cpus, preflight, IO_MEMORY};
 use crate::listen::{accept_until, bind_listener};
 use crate::mesh::MeshBatch;
 use crate::metrics::MetricsHandle;
@@ -31,9 +31,6 @@ use crate::webhooks::{NoWebhooks, WebhookSink};
 
 /// Batches each (from, to) mesh queue holds before senders wait.
 const MESH_QUEUE_BATCHES: usize = 1024;
-/// glommio's registered I/O buffer per executor. corebus does no file I/O,
-/// so the minimum keeps locked memory (RLIMIT_MEMLOCK) needs small.
-pub(crate) const IO_MEMORY: usize = 64 * 1024;
 /// How often shards look at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(20);
 
