@@ -7,7 +7,9 @@
 #   bench/results/<date>.svg   delivered msgs/s and latency percentiles per broker
 # Besides the three brokers it runs the raw baseline (16 KiB pair through the
 # harness's own loopback TCP relay, no broker) and corebus `many` once more
-# with --shards 1 for the scaling ratio. The message-moving runs repeat in
+# with --shards 1 for the scaling ratio, and `many` from the lean generator
+# (`--lean`: corebus's wire protocol spoken directly, little CPU per
+# message) with SHARDS shards and with 1. The message-moving runs repeat in
 # ROUNDS rounds, each round every broker in turn on a fresh start, and the
 # median round stands for each (one noisy run on a shared machine decides
 # nothing); the connections scenario runs once per broker.
@@ -233,7 +235,9 @@ for round in $(seq "$ROUNDS"); do
         stop_broker
     done
 
-    # Scaling: corebus `many` again with one shard, on the same CPUs.
+    # Scaling: corebus `many` again with one shard, on the same CPUs; then
+    # `many` from the lean generator (which leaves the broker most of the
+    # CPUs) on fresh brokers with SHARDS shards and with one.
     if [ "$SHARDS" -ge 2 ]; then
         log "round $round/$ROUNDS, corebus: starting the broker with 1 shard on CPUs $CPU_LIST (scaling run)"
         start_broker corebus 1
@@ -241,6 +245,14 @@ for round in $(seq "$ROUNDS"); do
         run_bench "round $round/$ROUNDS, corebus --shards 1: $MANY" --target corebus --url "$URL" $MANY \
             --broker-pid "$BROKER_PID" --broker-shards 1
         stop_broker
+        for shards in "$SHARDS" 1; do
+            log "round $round/$ROUNDS, corebus: starting the broker with $shards shards on CPUs $CPU_LIST (lean scaling run)"
+            start_broker corebus "$shards"
+            # shellcheck disable=SC2086 # $MANY is a list of options
+            run_bench "round $round/$ROUNDS, corebus --shards $shards: $MANY --lean" --target corebus --url "$URL" \
+                $MANY --lean --broker-pid "$BROKER_PID" --broker-shards "$shards"
+            stop_broker
+        done
     elif [ "$round" = 1 ]; then
         log "SHARDS=$SHARDS: no scaling run (it compares SHARDS shards with 1)"
     fi

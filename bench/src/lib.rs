@@ -39,6 +39,7 @@
 pub mod connections;
 pub mod driver;
 pub mod flow;
+pub mod lean;
 pub mod load;
 pub mod options;
 pub mod payload;
@@ -153,6 +154,9 @@ pub async fn run(options: &RunOptions) -> Result<Report, BenchError> {
         affinity: plan.affinity,
         incidents: Arc::new(Incidents::default()),
     };
+    if plan.lean {
+        return lean::run(&plan).await;
+    }
     match plan.scenario {
         Scenario::Connections => connections::run(&plan, &endpoint).await,
         Scenario::Pair | Scenario::Fanout | Scenario::Many | Scenario::Latency => {

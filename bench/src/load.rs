@@ -25,7 +25,7 @@ use crate::options::{Plan, Scenario, SubscriptionSlot};
 use crate::payload::{Header, PayloadWriter};
 use crate::progress::Progress;
 use crate::report::{LatencyUs, Report};
-use crate::sys::cpu_time;
+use crate::sys::CpuMark;
 use crate::tracker::{latency_histogram, Tracker};
 use crate::BenchError;
 
@@ -35,7 +35,7 @@ pub const IDLE: Duration = Duration::from_secs(3);
 /// Limit on waiting for publishers' last answers once publishing stops.
 pub const FINISH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Limit on draining after publishing ends, however steady the trickle.
-const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 /// Subscriber connections opened at once.
 pub const CONNECT_CONCURRENCY: usize = 128;
 /// Publishers look at the clock once per this many messages.
@@ -88,14 +88,7 @@ pub async fn run(plan: &Plan, endpoint: &Endpoint) -> Result<Report, BenchError>
         publishers.push(Publisher::connect(endpoint, &topics).await?);
     }
 
-    // CPU time used so far by the broker (with its pid) and by this process.
-    let cpu_now = || {
-        [
-            plan.broker_pid.and_then(|pid| cpu_time(Some(pid))),
-            cpu_time(None),
-        ]
-    };
-    let cpu_before = cpu_now();
+    let cpu_before = CpuMark::now(plan.broker_pid);
     let base = std::time::Instant::now();
     let started = Instant::now();
     let end = started + plan.duration;
@@ -211,14 +204,10 @@ pub async fn run(plan: &Plan, endpoint: &Endpoint) -> Result<Report, BenchError>
         let _ = latency.add(&outcome.latency);
         last_ns = last_ns.max(outcome.last_ns);
     }
-    let cpu_after = cpu_now();
+    let cpu_after = CpuMark::now(plan.broker_pid);
     progress.stop();
-    let [broker_cpu, harness_cpu] = [0, 1].map(|which| {
-        let spent = cpu_after[which]?.checked_sub(cpu_before[which]?)?;
-        (report.delivered > 0).then(|| spent.as_secs_f64() * 1e6 / report.delivered as f64)
-    });
-    report.broker_cpu_us_per_msg = broker_cpu;
-    report.harness_cpu_us_per_msg = harness_cpu;
+    (report.broker_cpu_us_per_msg, report.harness_cpu_us_per_msg) =
+        cpu_before.per_message(&cpu_after, report.delivered);
     let (drops, disconnects) = endpoint.incidents.snapshot();
     report.client_incidents = drops + disconnects;
     report.published = per_topic.iter().sum();

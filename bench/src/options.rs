@@ -145,6 +145,13 @@ pub struct RunOptions {
     /// for the shard that owns it (`ClientConfig::topic_affinity`).
     #[arg(long)]
     pub no_affinity: bool,
+    /// corebus only, `pair`, `fanout` and `many`: load with the lean
+    /// generator (see the `lean` module), which speaks the wire protocol
+    /// itself and checks delivery by sequence numbers only, so that the
+    /// harness takes little of the machine's CPU. Throughput and CPU only,
+    /// no latency; for measuring how the broker scales with its shards.
+    #[arg(long)]
+    pub lean: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -183,6 +190,8 @@ pub struct Plan {
     pub acks: bool,
     /// corebus connections with one topic ask for its owner shard.
     pub affinity: bool,
+    /// Load with the lean generator.
+    pub lean: bool,
 }
 
 /// Publishers never send more than this many messages each, so every load
@@ -213,6 +222,7 @@ impl RunOptions {
             broker_shards: None,
             acks: false,
             no_affinity: false,
+            lean: false,
             json: false,
         }
     }
@@ -259,6 +269,20 @@ impl RunOptions {
                 "--acks is for corebus only: the {} driver publishes as its client library does",
                 self.target.name()
             ));
+        }
+        if self.lean
+            && (self.target != Target::Corebus
+                || !matches!(
+                    self.scenario,
+                    Scenario::Pair | Scenario::Fanout | Scenario::Many
+                )
+                || self.acks)
+        {
+            return invalid(
+                "--lean speaks corebus's protocol with fire-and-forget publishes: \
+                 corebus target, pair, fanout or many scenario, without --acks"
+                    .into(),
+            );
         }
         if self.scenario == Scenario::Connections && topics > subscribers {
             return invalid(
@@ -313,6 +337,7 @@ impl RunOptions {
             broker_shards: self.broker_shards,
             acks: self.acks,
             affinity: !self.no_affinity,
+            lean: self.lean,
         })
     }
 }

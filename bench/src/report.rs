@@ -119,6 +119,9 @@ pub struct Report {
     /// relay, which runs in this process).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub harness_cpu_us_per_msg: Option<f64>,
+    /// Whether the load came from the lean generator (`--lean`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lean: Option<bool>,
 }
 
 impl Report {
@@ -149,6 +152,7 @@ impl Report {
             affinity: (plan.target == Target::Corebus).then_some(plan.affinity),
             broker_cpu_us_per_msg: None,
             harness_cpu_us_per_msg: None,
+            lean: None,
         }
     }
 

@@ -86,6 +86,11 @@ pub const ACKED_SUFFIX: &str = ", corebus publishes acked";
 /// (`--no-affinity`).
 pub const NO_AFFINITY_SUFFIX: &str = ", corebus without shard affinity";
 
+/// What [`workload_label`] appends for runs of the lean generator
+/// (`--lean`, corebus only). They have rows of their own with no other
+/// broker's cells: the other brokers are never loaded that way.
+pub const LEAN_SUFFIX: &str = ", lean generator";
+
 /// Whether a run belongs to a variant.
 type IsVariant = fn(&Report) -> bool;
 
@@ -98,13 +103,17 @@ const REFERENCE_VARIANTS: [(&str, IsVariant); 2] = [
 
 /// Row label for a run's workload (the same for every broker), with
 /// [`ACKED_SUFFIX`] for a corebus run with `--acks` and
-/// [`NO_AFFINITY_SUFFIX`] for one with `--no-affinity`.
+/// [`NO_AFFINITY_SUFFIX`] for one with `--no-affinity`, and [`LEAN_SUFFIX`]
+/// for the lean generator's.
 pub fn workload_label(report: &Report) -> String {
     let mut label = base_label(report);
     for (suffix, applies) in REFERENCE_VARIANTS {
         if applies(report) {
             label += suffix;
         }
+    }
+    if report.lean == Some(true) {
+        label += LEAN_SUFFIX;
     }
     label
 }

@@ -71,6 +71,32 @@ pub fn cpu_time(pid: Option<u32>) -> Option<std::time::Duration> {
     })
 }
 
+/// CPU time used so far by the broker (`--broker-pid`) and by this process,
+/// read at the start and the end of a run.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuMark([Option<std::time::Duration>; 2]);
+
+impl CpuMark {
+    /// Reads both clocks now.
+    pub fn now(broker_pid: Option<u32>) -> CpuMark {
+        CpuMark([
+            broker_pid.and_then(|pid| cpu_time(Some(pid))),
+            cpu_time(None),
+        ])
+    }
+
+    /// Microseconds of CPU per delivered message from this mark to `later`:
+    /// (the broker's, the harness's); `None` where a clock could not be read
+    /// or nothing was delivered.
+    pub fn per_message(&self, later: &CpuMark, delivered: u64) -> (Option<f64>, Option<f64>) {
+        let [broker, harness] = [0, 1].map(|which| {
+            let spent = later.0[which]?.checked_sub(self.0[which]?)?;
+            (delivered > 0).then(|| spent.as_secs_f64() * 1e6 / delivered as f64)
+        });
+        (broker, harness)
+    }
+}
+
 /// utime + stime, in clock ticks, from the text of `/proc/<pid>/stat`. The
 /// command name (field 2) is in parentheses and may hold spaces and
 /// parentheses itself: fields are counted after its last `)`.

@@ -1,6 +1,7 @@
 //! CI smoke test: an in-process corebus broker on a loopback port, and tiny
 //! pair, fanout, many and latency runs through `corebus_bench::run`, the same
-//! path the `corebus-bench` binary takes; and a tiny raw-baseline run through
+//! path the `corebus-bench` binary takes, the same shapes with the lean
+//! generator (`--lean`); and a tiny raw-baseline run through
 //! the harness's own loopback relay. Seconds, not minutes; the comparison
 //! with NATS and Redis (`bench/compare.sh`) is not part of CI.
 
@@ -78,6 +79,28 @@ fn tiny_runs_against_an_in_process_broker_lose_nothing() {
         report.delivered, report.published,
         "one subscription per topic"
     );
+
+    // The lean generator: the same shapes, checked by sequence numbers.
+    let mut lean_many = many.clone();
+    lean_many.lean = true;
+    let mut lean_fanout = options(addr, Scenario::Fanout);
+    lean_fanout.subscribers = Some(4);
+    lean_fanout.lean = true;
+    for options in [lean_many, lean_fanout] {
+        let report = runtime
+            .block_on(corebus_bench::run(&options))
+            .unwrap_or_else(|err| panic!("lean {:?} run failed: {err}", options.scenario));
+        print!("{}", report.table());
+        assert_eq!(report.failure(), None, "lean {:?}", options.scenario);
+        assert_eq!(report.lean, Some(true));
+        assert!(report.published > 0);
+        assert_eq!(report.delivered, report.expected);
+        assert_eq!(
+            report.expected,
+            report.published * (report.subscribers.max(report.topics) / report.topics) as u64,
+        );
+        assert!(report.delivered_per_sec > 0.0);
+    }
 
     runtime.shutdown_background();
     server.stop();
