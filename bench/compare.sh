@@ -246,7 +246,7 @@ for round in $(seq "$ROUNDS"); do
             --broker-pid "$BROKER_PID" --broker-shards 1
         stop_broker
         for shards in "$SHARDS" 1; do
-            log "round $round/$ROUNDS, corebus: starting the broker with $shards shards on CPUs $CPU_LIST (lean scaling run)"
+            log "round $round/$ROUNDS, corebus: starting the broker with --shards $shards on CPUs $CPU_LIST (lean scaling run)"
             start_broker corebus "$shards"
             # shellcheck disable=SC2086 # $MANY is a list of options
             run_bench "round $round/$ROUNDS, corebus --shards $shards: $MANY --lean" --target corebus --url "$URL" \
