@@ -31,7 +31,7 @@ use corebus_net::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
-use tokio::time::{timeout, Instant};
+use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::driver::NAMESPACE;
 use crate::load::{topic_names, DRAIN_LIMIT, FINISH_TIMEOUT, IDLE};
@@ -40,7 +40,8 @@ use crate::report::Report;
 use crate::sys::CpuMark;
 use crate::BenchError;
 
-/// Deliveries that may be in flight over the whole run at most. At the
+/// Deliveries that may be in flight over the whole run at most (unless one
+/// write of a publisher makes more, for a shape with huge fan-out). At the
 /// defaults this is the main harness's per-topic window summed over the
 /// `many` scenario's subscriptions: 64 Ki deliveries, about 9 MiB of 128-byte
 /// messages spread over every subscriber.
@@ -76,7 +77,7 @@ pub async fn run(plan: &Plan) -> Result<Report, BenchError> {
     }
     let mut subscribers = Vec::with_capacity(plan.subscribers);
     for topics_held in held {
-        subscribers.push(Subscriber::connect(&plan.url, &topics, topics_held).await?);
+        subscribers.push(Subscriber::connect(&plan.url, &topics, topics_held, plan.size).await?);
     }
     let mut publishers = Vec::with_capacity(plan.publishers);
     for index in 0..plan.publishers {
@@ -87,7 +88,11 @@ pub async fn run(plan: &Plan) -> Result<Report, BenchError> {
     }
     // Deliveries per message on average, as a fraction subscriptions/topics.
     let fan = (plan.subscriptions() as u64, plan.topics as u64);
-    let window = (plan.window.saturating_mul(plan.subscribers as u64)).clamp(1, MAX_IN_FLIGHT);
+    // At least one write's deliveries, or a publisher would never start.
+    let per_write = (WRITE_FRAMES.div_ceil(plan.topics) * plan.subscriptions()) as u64;
+    let window = (plan.window.saturating_mul(plan.subscribers as u64))
+        .min(MAX_IN_FLIGHT)
+        .max(per_write);
 
     let shared = Arc::new(Shared::default());
     let (expected_tx, expected_rx) = watch::channel::<Option<Arc<Vec<u64>>>>(None);
@@ -139,6 +144,7 @@ pub async fn run(plan: &Plan) -> Result<Report, BenchError> {
 
     let mut report = Report::for_plan(plan);
     let mut last = started;
+    let mut gaps = 0;
     for task in subscriber_tasks {
         let outcome = task
             .await
@@ -148,10 +154,13 @@ pub async fn run(plan: &Plan) -> Result<Report, BenchError> {
             report.delivered += received;
             report.lost += per_topic[topic].saturating_sub(received);
         }
-        report.lost = report.lost.max(outcome.gaps);
+        gaps += outcome.gaps;
         report.disorder += outcome.disorder;
         last = last.max(outcome.last);
     }
+    // A gap the broker skipped and a message that never came are the same
+    // loss, seen from two sides: count the larger.
+    report.lost = report.lost.max(gaps);
     let cpu_after = CpuMark::now(plan.broker_pid);
     (report.broker_cpu_us_per_msg, report.harness_cpu_us_per_msg) =
         cpu_before.per_message(&cpu_after, report.delivered);
@@ -159,6 +168,9 @@ pub async fn run(plan: &Plan) -> Result<Report, BenchError> {
     report.duration_s = last.duration_since(started).as_secs_f64();
     report.window = Some(window);
     report.lean = Some(true);
+    // Its connections go wherever the listeners put them: affinity is not
+    // a setting of this generator.
+    report.affinity = None;
     report.compute_rates();
     Ok(report)
 }
@@ -232,9 +244,9 @@ async fn publish(
             let _ = timeout(POLL, progress).await;
         }
         let bytes = &prepared.bytes[..prepared.ends[count as usize - 1]];
-        stream
-            .write_all(bytes)
+        timeout_at(end + FINISH_TIMEOUT, stream.write_all(bytes))
             .await
+            .map_err(|_| refused("publish", "the broker stopped reading"))?
             .map_err(|err| broker_error("publish", err))?;
         sent += count;
         shared.sent.fetch_add(count, Ordering::Relaxed);
@@ -256,6 +268,8 @@ struct Subscriber {
     stream: TcpStream,
     buf: BytesMut,
     tracks: Vec<Track>,
+    /// Payload bytes every message must have.
+    size: usize,
 }
 
 /// What a subscriber saw.
@@ -264,8 +278,8 @@ struct Outcome {
     received: Vec<(usize, u64)>,
     /// Messages the sequence numbers say were skipped.
     gaps: u64,
-    /// Messages repeated, out of order, of another epoch or of no
-    /// subscription.
+    /// Messages repeated, out of order, of another epoch, of no subscription
+    /// or of the wrong size.
     disorder: u64,
     /// When it last read a message.
     last: Instant,
@@ -276,6 +290,7 @@ impl Subscriber {
         url: &str,
         names: &[String],
         topics: Vec<usize>,
+        size: usize,
     ) -> Result<Subscriber, BenchError> {
         let (mut stream, mut buf) = connect(url).await?;
         let mut out = BytesMut::new();
@@ -315,6 +330,7 @@ impl Subscriber {
             stream,
             buf,
             tracks: tracks.into_iter().flatten().collect(),
+            size,
         })
     }
 
@@ -382,8 +398,9 @@ impl Subscriber {
             if self.buf[4] == Opcode::Message as u8 && len >= MESSAGE_HEADER_LEN {
                 let mut header = &self.buf[5..MESSAGE_HEADER_LEN];
                 let (sub_id, epoch, seq) = (header.get_u32(), header.get_u64(), header.get_u64());
+                let whole = len - MESSAGE_HEADER_LEN == self.size;
                 match self.tracks.get_mut(sub_id as usize) {
-                    Some(track) if track.epoch == epoch && seq >= track.next => {
+                    Some(track) if whole && track.epoch == epoch && seq >= track.next => {
                         *gaps += seq - track.next;
                         track.next = seq + 1;
                         track.received += 1;

@@ -222,14 +222,18 @@ impl Report {
             ),
             (
                 "latency (us)",
-                format!(
-                    "p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
-                    self.latency_us.p50,
-                    self.latency_us.p90,
-                    self.latency_us.p99,
-                    self.latency_us.p999,
-                    self.latency_us.max
-                ),
+                if self.lean == Some(true) {
+                    "not measured (lean generator)".into()
+                } else {
+                    format!(
+                        "p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+                        self.latency_us.p50,
+                        self.latency_us.p90,
+                        self.latency_us.p99,
+                        self.latency_us.p999,
+                        self.latency_us.max
+                    )
+                },
             ),
         ];
         let cpu = [
@@ -256,7 +260,12 @@ impl Report {
             };
             rows.push(("publishes", how.to_owned()));
         }
-        if let Some(affinity) = self.affinity {
+        if self.lean == Some(true) {
+            rows.push((
+                "load",
+                "lean generator: wire protocol, checked by sequence numbers".into(),
+            ));
+        } else if let Some(affinity) = self.affinity {
             let how = if affinity {
                 "one-topic connections on the topic's shard"
             } else {
@@ -265,7 +274,12 @@ impl Report {
             rows.push(("connections", how.to_owned()));
         }
         if let Some(window) = self.window {
-            rows.push(("window", format!("{window} messages per topic")));
+            let unit = if self.lean == Some(true) {
+                "deliveries in flight over the whole run"
+            } else {
+                "messages per topic"
+            };
+            rows.push(("window", format!("{window} {unit}")));
         }
         if let Some(connections) = &self.connections {
             rows.push(("connect", format!("{:.2} s", connections.connect_s)));
