@@ -46,7 +46,9 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Limit on waiting for the answer to a subscribe, unsubscribe, ping or
     /// webhook request, and on waiting for a reconnection before a call fails. Default 10 s.
-    /// Publish acknowledgements have no timeout.
+    /// After a reconnection, the resubscriptions too: a connection on which
+    /// any is still unanswered after this long is dropped and replaced, as a
+    /// lost one is. Publish acknowledgements have no timeout.
     pub request_timeout: Duration,
     /// Reconnect when the connection is lost (end of stream, I/O error,
     /// heartbeat timeout, fatal `ERROR` from the server) and resume every

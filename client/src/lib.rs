@@ -45,7 +45,9 @@
 //! from its replay buffer, so the stream goes on with no duplicate and no
 //! gap; if the outage outlasted the buffer (or the topic's epoch changed), the
 //! stream carries one [`Discontinuity`] and then goes on. [`Client::shard`]
-//! may differ afterwards.
+//! may differ afterwards. A new connection whose server leaves a
+//! resubscription unanswered for [`ClientConfig::request_timeout`] is treated
+//! as lost and replaced in turn, so no subscription waits on it for ever.
 //!
 //! What the application sees of an outage:
 //!

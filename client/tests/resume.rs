@@ -373,6 +373,51 @@ async fn heartbeat_pings_then_times_out_and_reconnects() {
 }
 
 #[tokio::test]
+async fn unanswered_resubscription_replaces_the_connection() {
+    let (listener, _) = listen().await;
+    let config = ClientConfig {
+        request_timeout: Duration::from_millis(300),
+        ..fast()
+    };
+    let (_client, peer, mut sub, sub_id) = subscribed_with_three(&listener, config).await;
+    drop(peer);
+    // The broker is back but never answers the resubscription (its
+    // heartbeats would not notice: the connection is not silent for long).
+    let mut mute = accept_welcomed(&listener, 0).await;
+    let subscribe = mute.expect_subscribe().await;
+    assert_eq!(subscribe.sub_id, sub_id);
+    let started = tokio::time::Instant::now();
+    let mut next = accept_welcomed(&listener, 0).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        mute.recv().await.is_none(),
+        "the mute connection was closed"
+    );
+    let subscribe = next.expect_subscribe().await;
+    assert_eq!(
+        subscribe.resume,
+        Some(ResumePoint {
+            epoch: EPOCH,
+            next_seq: 4
+        })
+    );
+    next.sub_ok(&subscribe, EPOCH, 3).await;
+    next.message(sub_id, 4, b"m").await;
+    assert_eq!(next_seq(&mut sub).await, (EPOCH, 4), "the stream goes on");
+    // Answered, the new connection stays past the timeout.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), listener.accept())
+            .await
+            .is_err(),
+        "no reconnection once the resubscription is answered"
+    );
+}
+
+#[tokio::test]
 async fn reconnect_gives_up_after_max_attempts() {
     let (listener, _) = listen().await;
     let config = ClientConfig {

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corebus_net::Frame;
-use tokio::time::{sleep, sleep_until};
+use tokio::time::{sleep, sleep_until, Instant};
 
 use super::backoff::Backoff;
 use super::reader::run_reader;
 use super::setup::{attempt, write_loop, AttemptError, Dialer, Opened};
+use super::state::Pending;
 use super::{Ended, Shared, Terminal};
 
 /// Runs connections until the client ends; returns the result of the final
@@ -178,10 +179,19 @@ async fn heartbeat(shared: &Shared) -> String {
     let mut pinged_for = None;
     loop {
         if shared.stalled.load(Ordering::Relaxed) {
-            // The reader is not reading: the silence is ours, not the server's.
+            // The reader is not reading: the silence is ours, not the
+            // server's, and so are answers to resubscriptions still unread
+            // behind the messages; their time starts again after the stall.
+            shared.restart_resubscription_clock();
             sleep(interval.min(limit)).await;
             continue;
         }
+        // A server that answers PINGs but not the resubscriptions leaves
+        // every subscription waiting: a broken connection like a silent one.
+        let resubscribed_by = match shared.resubscriptions_due() {
+            Ok(by) => by,
+            Err(reason) => return reason,
+        };
         let heard = shared.last_heard();
         let silent = heard.elapsed();
         if silent >= limit {
@@ -198,11 +208,46 @@ async fn heartbeat(shared: &Shared) -> String {
         } else {
             heard + interval.min(limit)
         };
-        sleep_until(wake).await;
+        sleep_until(resubscribed_by.map_or(wake, |by| wake.min(by))).await;
     }
 }
 
 impl Shared {
+    /// When the resubscriptions of the current connection must be answered
+    /// by (`None` once they all are), or why the connection must go when the
+    /// request timeout passed with some unanswered.
+    fn resubscriptions_due(&self) -> Result<Option<Instant>, String> {
+        let mut st = self.lock();
+        let Some(at) = st.resubscribed_at else {
+            return Ok(None);
+        };
+        let limit = self.config.request_timeout;
+        let unanswered = st
+            .pending
+            .values()
+            .filter(|request| matches!(request, Pending::Resubscribe { .. }))
+            .count();
+        if unanswered == 0 {
+            st.resubscribed_at = None;
+            Ok(None)
+        } else if at.elapsed() < limit {
+            Ok(Some(at + limit))
+        } else {
+            Err(format!(
+                "{unanswered} resubscription(s) unanswered {limit:?} (the request timeout) \
+                 after reconnecting"
+            ))
+        }
+    }
+
+    /// Gives the resubscriptions a whole request timeout from now.
+    fn restart_resubscription_clock(&self) {
+        let mut st = self.lock();
+        if st.resubscribed_at.is_some() {
+            st.resubscribed_at = Some(Instant::now());
+        }
+    }
+
     /// Queues a `PING` nobody waits for: any frame in return counts as heard.
     fn send_heartbeat(&self) {
         let mut st = self.lock();

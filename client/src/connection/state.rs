@@ -14,6 +14,7 @@ use corebus_net::{
     encode_subscribe, Epoch, FrameError, ResumePoint, Seq, SubOk, Unsubscribe, Welcome,
 };
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::time::Instant;
 
 use crate::subscription::Started;
 use crate::{Error, UnackedFailures};
@@ -252,6 +253,9 @@ pub(crate) struct State {
     /// Why a subscription ended on its own (its resubscription was refused);
     /// taken by the subscription when its stream ends.
     pub(crate) ended: HashMap<u32, Error>,
+    /// When the current connection's resubscriptions were queued, until the
+    /// session's watch finds them all answered.
+    pub(crate) resubscribed_at: Option<Instant>,
 }
 
 /// What [`State::link_down`] took out that must be failed outside the lock.
@@ -301,6 +305,7 @@ impl State {
             pings: HashMap::new(),
             routes: HashMap::new(),
             ended: HashMap::new(),
+            resubscribed_at: None,
         }
     }
 
@@ -437,6 +442,7 @@ impl State {
     pub(crate) fn link_up(&mut self, welcome: Welcome) {
         self.link = Link::Up;
         self.welcome = welcome;
+        self.resubscribed_at = (!self.routes.is_empty()).then(Instant::now);
         let mut resubscribe = Vec::with_capacity(self.routes.len());
         for (sub_id, route) in &mut self.routes {
             let resume = route.cursor.resume_point();
