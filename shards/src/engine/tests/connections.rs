@@ -1,0 +1,167 @@
+//! Connections: the handshake, typed request errors, limits, heartbeats and
+//! draining.
+
+use super::*;
+
+#[test]
+fn request_errors_are_typed_and_keep_the_connection() {
+    let mut cluster = Cluster::new(1, EngineConfig::default());
+    let t = topic("errs");
+    let client = cluster.connect(0);
+    cluster.send(client, subscribe(&t, 1, 5));
+    assert_eq!(cluster.send(client, subscribe(&t, 2, 5)), Flow::Continue);
+    let unsubscribe = Frame::Unsubscribe(Unsubscribe {
+        request_id: 3,
+        sub_id: 99,
+    });
+    assert_eq!(cluster.send(client, unsubscribe), Flow::Continue);
+    let codes: Vec<(u32, Option<ErrorCode>)> = cluster
+        .take_conn(client)
+        .iter()
+        .filter_map(|f| match f {
+            OutFrame::Error(e) => Some((e.request_id, e.code())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            (2, Some(ErrorCode::DuplicateSubscription)),
+            (3, Some(ErrorCode::UnknownSubscription))
+        ]
+    );
+}
+
+#[test]
+fn subscription_limit_is_enforced() {
+    let config = EngineConfig {
+        max_subscriptions_per_conn: 2,
+        ..EngineConfig::default()
+    };
+    let mut cluster = Cluster::new(1, config);
+    let client = cluster.connect(0);
+    for sub in 1..=3 {
+        cluster.send(client, subscribe(&topic(&format!("s{sub}")), sub, sub));
+    }
+    let frames = cluster.take_conn(client);
+    assert!(matches!(
+        frames.last(),
+        Some(OutFrame::Error(e)) if e.code() == Some(ErrorCode::TooManySubscriptions) && e.request_id == 3
+    ));
+}
+
+#[test]
+fn handshake_is_required_and_versioned() {
+    let mut cluster = Cluster::new(1, EngineConfig::default());
+    let conn = cluster.shards[0].open_conn();
+    assert_eq!(
+        cluster.shards[0].handle_frame(conn, Frame::Ping(1)),
+        Flow::Close
+    );
+    let frames = cluster.take(0, conn);
+    assert!(
+        matches!(&frames[..], [OutFrame::Error(e)] if e.fatal && e.code() == Some(ErrorCode::HandshakeRequired))
+    );
+
+    let conn = cluster.shards[0].open_conn();
+    let hello = Frame::Hello(Hello {
+        version: 99,
+        client_name: String::new(),
+        credentials: bytes::Bytes::new(),
+    });
+    assert_eq!(cluster.shards[0].handle_frame(conn, hello), Flow::Close);
+    let frames = cluster.take(0, conn);
+    assert!(
+        matches!(&frames[..], [OutFrame::Error(e)] if e.fatal && e.code() == Some(ErrorCode::UnsupportedVersion))
+    );
+}
+
+#[test]
+fn decode_errors_after_handshake_keep_the_connection_unless_framing_broke() {
+    let mut cluster = Cluster::new(1, EngineConfig::default());
+    let (shard, conn) = cluster.connect(0);
+    let unknown = corebus_net::FrameError::UnknownOpcode { opcode: 0x7e };
+    assert_eq!(
+        cluster.shards[shard].handle_decode_error(conn, &unknown),
+        Flow::Continue
+    );
+    let too_large = corebus_net::FrameError::TooLarge {
+        len: 1 << 30,
+        max: 1 << 20,
+    };
+    assert_eq!(
+        cluster.shards[shard].handle_decode_error(conn, &too_large),
+        Flow::Close
+    );
+    let frames = cluster.take(shard, conn);
+    assert!(
+        matches!(&frames[..], [OutFrame::Error(e)] if e.fatal && e.code() == Some(ErrorCode::FrameTooLarge))
+    );
+}
+
+#[test]
+fn silent_connections_get_a_ping_then_are_closed() {
+    let config = EngineConfig {
+        heartbeat_interval_ms: 100,
+        heartbeat_timeout_ms: 300,
+        ..EngineConfig::default()
+    };
+    let mut cluster = Cluster::new(1, config);
+    let client = cluster.connect(0);
+    cluster.shards[0].tick(150);
+    assert!(matches!(cluster.take_conn(client)[..], [OutFrame::Ping(_)]));
+    cluster.shards[0].tick(200);
+    assert!(cluster.take_conn(client).is_empty(), "one ping per silence");
+    // Input at (coarse) time 200 resets the silence.
+    cluster.shards[0].note_input(client.1, 1);
+    cluster.shards[0].tick(250);
+    assert!(
+        cluster.take_conn(client).is_empty(),
+        "input resets the clock"
+    );
+    cluster.shards[0].tick(400);
+    assert!(matches!(cluster.take_conn(client)[..], [OutFrame::Ping(_)]));
+    cluster.shards[0].tick(500);
+    let frames = cluster.take_conn(client);
+    assert!(
+        matches!(&frames[..], [OutFrame::Error(e)] if e.fatal && e.code() == Some(ErrorCode::IdleTimeout))
+    );
+}
+
+#[test]
+fn drain_says_goaway_and_stops_queueing() {
+    let mut cluster = Cluster::new(1, EngineConfig::default());
+    let t = topic("bye");
+    let publisher = cluster.connect(0);
+    let subscriber = cluster.connect(0);
+    cluster.send(subscriber, subscribe(&t, 1, 1));
+    cluster.send(publisher, publish(&t, 1, "before"));
+    cluster.shards[0].begin_drain(10_000);
+    let frames = cluster.take_conn(subscriber);
+    assert!(matches!(
+        frames.last(),
+        Some(OutFrame::GoAway {
+            drain_ms: 10_000,
+            ..
+        })
+    ));
+    assert_eq!(
+        messages(&frames),
+        vec![(1, 1)],
+        "what was queued is still flushed"
+    );
+    assert!(cluster.shards[0]
+        .outbox_mut(subscriber.1)
+        .expect("open")
+        .is_closing());
+    assert_eq!(
+        cluster.send(publisher, publish(&t, 2, "after")),
+        Flow::Close
+    );
+    let metrics = cluster.shards[0].metrics();
+    assert_eq!(
+        metrics.subscriptions, 0,
+        "drained connections hold no subscriptions"
+    );
+    assert_eq!(metrics.connections, 2, "until their writers close them");
+}
