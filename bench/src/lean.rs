@@ -136,6 +136,10 @@ pub async fn run(plan: &Plan) -> Result<Report, BenchError> {
         }
     }
     if let Some(err) = first_error {
+        // Without totals the subscribers would read until the deadline.
+        for task in &subscriber_tasks {
+            task.abort();
+        }
         return Err(err);
     }
     let per_topic = Arc::new(per_topic);
