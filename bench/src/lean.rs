@@ -35,7 +35,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::driver::NAMESPACE;
 use crate::load::{topic_names, DRAIN_LIMIT, FINISH_TIMEOUT, IDLE};
-use crate::options::Plan;
+use crate::options::{Plan, Target};
 use crate::report::Report;
 use crate::sys::CpuMark;
 use crate::BenchError;
@@ -250,8 +250,8 @@ async fn publish(
         let bytes = &prepared.bytes[..prepared.ends[count as usize - 1]];
         timeout_at(end + FINISH_TIMEOUT, stream.write_all(bytes))
             .await
-            .map_err(|_| refused("publish", "the broker stopped reading"))?
-            .map_err(|err| broker_error("publish", err))?;
+            .map_err(|_| lean_failed("publish", "the broker stopped reading"))?
+            .map_err(|err| lean_failed("publish", err))?;
         sent += count;
         shared.sent.fetch_add(count, Ordering::Relaxed);
     }
@@ -311,13 +311,13 @@ impl Subscriber {
         stream
             .write_all(&out)
             .await
-            .map_err(|err| broker_error("subscribe", err))?;
+            .map_err(|err| lean_failed("subscribe", err))?;
         let mut tracks: Vec<Option<Track>> = topics.iter().map(|_| None).collect();
         while tracks.iter().any(Option::is_none) {
             match read_frame(&mut stream, &mut buf, "subscribe").await? {
                 Frame::SubOk(ok) => {
                     let slot = tracks.get_mut(ok.sub_id as usize).ok_or_else(|| {
-                        refused("subscribe", format!("SUB_OK for unknown id {}", ok.sub_id))
+                        lean_failed("subscribe", format!("SUB_OK for unknown id {}", ok.sub_id))
                     })?;
                     *slot = Some(Track {
                         topic: topics[ok.sub_id as usize],
@@ -327,7 +327,7 @@ impl Subscriber {
                     });
                 }
                 Frame::Ping(nonce) => pong(&mut stream, nonce).await?,
-                other => return Err(refused("subscribe", format!("unexpected {other:?}"))),
+                other => return Err(lean_failed("subscribe", format!("unexpected {other:?}"))),
             }
         }
         Ok(Subscriber {
@@ -367,8 +367,10 @@ impl Subscriber {
             self.buf.reserve(READ_BYTES);
             let read = match timeout(POLL, self.stream.read_buf(&mut self.buf)).await {
                 Err(_) => continue,
-                Ok(Err(err)) => return Err(broker_error("receive", err)),
-                Ok(Ok(0)) => return Err(refused("receive", "the broker closed the connection")),
+                Ok(Err(err)) => return Err(lean_failed("receive", err)),
+                Ok(Ok(0)) => {
+                    return Err(lean_failed("receive", "the broker closed the connection"))
+                }
                 Ok(Ok(_)) => self.walk(&mut gaps, &mut disorder).await?,
             };
             if read > 0 {
@@ -397,7 +399,7 @@ impl Subscriber {
             let len = match check(&self.buf, DEFAULT_MAX_FRAME) {
                 Ok(Check::Complete { len }) => len,
                 Ok(Check::Incomplete { .. }) => return Ok(messages),
-                Err(err) => return Err(refused("receive", err.to_string())),
+                Err(err) => return Err(lean_failed("receive", err)),
             };
             if self.buf[4] == Opcode::Message as u8 && len >= MESSAGE_HEADER_LEN {
                 let mut header = &self.buf[5..MESSAGE_HEADER_LEN];
@@ -416,13 +418,13 @@ impl Subscriber {
                 continue;
             }
             let frame = decode(self.buf.split_to(len).freeze())
-                .map_err(|err| refused("receive", err.to_string()))?;
+                .map_err(|err| lean_failed("receive", err))?;
             match frame {
                 Frame::Ping(nonce) => pong(&mut self.stream, nonce).await?,
                 Frame::Discontinuity(lost) => {
                     *gaps += lost.next_seq.saturating_sub(lost.last_seq + 1);
                 }
-                other => return Err(refused("receive", format!("unexpected {other:?}"))),
+                other => return Err(lean_failed("receive", format!("unexpected {other:?}"))),
             }
         }
     }
@@ -433,11 +435,11 @@ impl Subscriber {
 async fn connect(url: &str) -> Result<(TcpStream, BytesMut), BenchError> {
     let mut stream = timeout(SETUP_TIMEOUT, TcpStream::connect(url))
         .await
-        .map_err(|_| refused("connect", "timed out"))?
-        .map_err(|err| broker_error("connect", err))?;
+        .map_err(|_| lean_failed("connect", "timed out"))?
+        .map_err(|err| lean_failed("connect", err))?;
     stream
         .set_nodelay(true)
-        .map_err(|err| broker_error("connect", err))?;
+        .map_err(|err| lean_failed("connect", err))?;
     let mut out = BytesMut::new();
     Frame::Hello(Hello {
         version: PROTOCOL_VERSION,
@@ -448,11 +450,11 @@ async fn connect(url: &str) -> Result<(TcpStream, BytesMut), BenchError> {
     stream
         .write_all(&out)
         .await
-        .map_err(|err| broker_error("connect", err))?;
+        .map_err(|err| lean_failed("connect", err))?;
     let mut buf = BytesMut::new();
     match read_frame(&mut stream, &mut buf, "connect").await? {
         Frame::Welcome(_) => Ok((stream, buf)),
-        other => Err(refused(
+        other => Err(lean_failed(
             "connect",
             format!("expected WELCOME, got {other:?}"),
         )),
@@ -468,19 +470,18 @@ async fn read_frame(
     loop {
         match check(buf, DEFAULT_MAX_FRAME) {
             Ok(Check::Complete { len }) => {
-                return decode(buf.split_to(len).freeze())
-                    .map_err(|err| refused(action, err.to_string()));
+                return decode(buf.split_to(len).freeze()).map_err(|err| lean_failed(action, err));
             }
             Ok(Check::Incomplete { .. }) => {}
-            Err(err) => return Err(refused(action, err.to_string())),
+            Err(err) => return Err(lean_failed(action, err)),
         }
         buf.reserve(4096);
         let read = timeout(SETUP_TIMEOUT, stream.read_buf(buf))
             .await
-            .map_err(|_| refused(action, "no answer in time"))?
-            .map_err(|err| broker_error(action, err))?;
+            .map_err(|_| lean_failed(action, "no answer in time"))?
+            .map_err(|err| lean_failed(action, err))?;
         if read == 0 {
-            return Err(refused(action, "the broker closed the connection"));
+            return Err(lean_failed(action, "the broker closed the connection"));
         }
     }
 }
@@ -491,19 +492,12 @@ async fn pong(stream: &mut TcpStream, nonce: u64) -> Result<(), BenchError> {
     stream
         .write_all(&out)
         .await
-        .map_err(|err| broker_error("pong", err))
+        .map_err(|err| lean_failed("pong", err))
 }
 
-fn broker_error(action: &'static str, err: std::io::Error) -> BenchError {
-    refused(action, err.to_string())
-}
-
-fn refused(action: &'static str, reason: impl Into<String>) -> BenchError {
-    BenchError::Broker {
-        target: "corebus (lean)",
-        action,
-        reason: reason.into(),
-    }
+/// An error while doing `action` against corebus.
+fn lean_failed(action: &'static str, reason: impl std::fmt::Display) -> BenchError {
+    crate::driver::failed(Target::Corebus, action, reason)
 }
 
 #[cfg(test)]

@@ -292,13 +292,9 @@ fn broker_comparisons<'a>(workloads: &[(String, Cells<'a>)]) -> Vec<Comparison<'
 /// shards its runs measure the harness's share of the CPU as much as the
 /// broker's scaling, and are then shown for reference.
 fn scaling_comparisons(runs: &[Report]) -> Vec<Comparison<'_>> {
-    let is_lean = |run: &&Report| run.lean == Some(true);
-    let lean_judged = [Some(1), None].iter().all(|shards| {
-        runs.iter().filter(is_lean).any(|run| match shards {
-            Some(one) => run.broker_shards == Some(*one),
-            None => run.broker_shards.is_some_and(|shards| shards > 1),
-        })
-    });
+    let lean = || runs.iter().filter(|run| run.lean == Some(true));
+    let lean_judged = lean().any(|run| run.broker_shards == Some(1))
+        && lean().any(|run| run.broker_shards.is_some_and(|shards| shards > 1));
     let mut by_label: Vec<(String, Vec<&Report>)> = Vec::new();
     for run in runs.iter().filter(|run| {
         run.target == Target::Corebus && run.scenario == Scenario::Many && run.acks != Some(true)
