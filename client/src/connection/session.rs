@@ -214,7 +214,8 @@ async fn heartbeat(shared: &Shared) -> String {
 
 impl Shared {
     /// When the resubscriptions of the current connection must be answered
-    /// by (`None` once they all are), or why the connection must go when the
+    /// by (`None` once none is being watched: found all answered at the
+    /// deadline, or there were none), or why the connection must go when the
     /// request timeout passed with some unanswered.
     fn resubscriptions_due(&self) -> Result<Option<Instant>, String> {
         let mut st = self.lock();
@@ -222,6 +223,11 @@ impl Shared {
             return Ok(None);
         };
         let limit = self.config.request_timeout;
+        if at.elapsed() < limit {
+            return Ok(Some(at + limit));
+        }
+        // Only at the deadline: `pending` also holds every publish awaiting
+        // its acknowledgement.
         let unanswered = st
             .pending
             .values()
@@ -230,8 +236,6 @@ impl Shared {
         if unanswered == 0 {
             st.resubscribed_at = None;
             Ok(None)
-        } else if at.elapsed() < limit {
-            Ok(Some(at + limit))
         } else {
             Err(format!(
                 "{unanswered} resubscription(s) unanswered {limit:?} (the request timeout) \
