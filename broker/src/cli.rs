@@ -255,6 +255,12 @@ pub struct ServeArgs {
     #[arg(long, env = "COREBUS_MAX_FRAME", default_value_t = corebus_net::DEFAULT_MAX_FRAME,
           value_parser = clap::value_parser!(u32).range(64..=(64 << 20)))]
     pub max_frame: u32,
+    /// Largest frame length accepted before a connection's HELLO succeeds, in
+    /// bytes, and never more than max_frame (the default holds a HELLO with
+    /// the longest token accepted).
+    #[arg(long, env = "COREBUS_MAX_HELLO_FRAME", default_value_t = corebus_net::DEFAULT_MAX_HELLO_FRAME,
+          value_parser = clap::value_parser!(u32).range(64..=(64 << 20)))]
+    pub max_hello_frame: u32,
     /// Most subscriptions one connection may hold.
     #[arg(long, env = "COREBUS_MAX_SUBSCRIPTIONS", default_value_t = 10_000)]
     pub max_subscriptions: usize,

@@ -39,6 +39,7 @@ pub fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         shards: args.shards.count(),
         engine: EngineConfig {
             max_frame: args.max_frame,
+            max_hello_frame: args.max_hello_frame,
             max_subscriptions_per_conn: args.max_subscriptions,
             outbox_limit_bytes: args.outbox_limit,
             slow_consumer: match args.slow_consumer {

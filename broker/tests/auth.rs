@@ -8,14 +8,13 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use common::TempFile;
 use corebus::auth::key_hash_hex;
 use corebus_client::{Client, ClientConfig, Credentials, Error, Event};
-use corebus_net::{check, decode, Check, ErrorCode, Frame, Hello, TokenRequest, PROTOCOL_VERSION};
+use corebus_net::{ErrorCode, Frame, Hello, TokenRequest, PROTOCOL_VERSION};
+use corebus_tests::RawConn;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_corebus");
 const SECRET: &str = "current-test-secret-0123456789abcdef";
@@ -294,49 +293,18 @@ async fn the_permission_matrix_holds_for_tokens_and_keys() {
     .await;
 }
 
-/// A raw connection speaking frames, for what the client does not expose.
-struct Raw {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-impl Raw {
-    async fn hello(addr: &str, credentials: &str) -> (Raw, Frame) {
-        let stream = TcpStream::connect(addr).await.expect("connects");
-        let mut raw = Raw {
-            stream,
-            buf: BytesMut::new(),
-        };
-        raw.send(Frame::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            client_name: "auth-test".into(),
-            credentials: Bytes::copy_from_slice(credentials.as_bytes()),
-        }))
-        .await;
-        let answer = raw.recv().await.expect("an answer to HELLO");
-        (raw, answer)
-    }
-
-    async fn send(&mut self, frame: Frame) {
-        let mut out = BytesMut::new();
-        frame.encode(&mut out);
-        let _ = self.stream.write_all(&out).await;
-    }
-
-    /// The next frame, or `None` at end of stream or after 10 s of silence.
-    async fn recv(&mut self) -> Option<Frame> {
-        loop {
-            if let Check::Complete { len } = check(&self.buf, 16 << 20).expect("framing") {
-                return Some(decode(self.buf.split_to(len).freeze()).expect("frame"));
-            }
-            let mut chunk = [0u8; 4096];
-            let read = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk));
-            match read.await {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
-                Ok(Ok(read)) => self.buf.extend_from_slice(&chunk[..read]),
-            }
-        }
-    }
+/// Opens a raw connection and sends `HELLO` with `credentials`; returns the
+/// connection and the broker's answer.
+async fn raw_hello(addr: &str, credentials: &str) -> (RawConn, Frame) {
+    let mut raw = RawConn::connect(addr.parse().expect("a socket address")).await;
+    raw.send(&Frame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        client_name: "auth-test".into(),
+        credentials: Bytes::copy_from_slice(credentials.as_bytes()),
+    }))
+    .await;
+    let answer = raw.recv().await.expect("an answer to HELLO");
+    (raw, answer)
 }
 
 /// Asserts `frame` is a fatal error with `code`, and returns its text.
@@ -427,10 +395,10 @@ async fn bad_credentials_are_refused_at_the_handshake() {
         ),
     ];
     for (what, credentials, code, text) in cases {
-        let (mut raw, answer) = Raw::hello(addr, &credentials).await;
+        let (mut raw, answer) = raw_hello(addr, &credentials).await;
         let message = fatal(&answer, code);
         assert!(message.contains(text), "{what}: {message}");
-        assert_eq!(raw.recv().await, None, "{what}: the connection is closed");
+        raw.expect_closed().await;
     }
     // The same token, correctly signed, and one signed with the previous
     // secret (a rotation in progress), are accepted.
@@ -438,7 +406,7 @@ async fn bad_credentials_are_refused_at_the_handshake() {
         valid,
         token(json!({ "exp": now + 60, "perm": perm }), OLD_SECRET),
     ] {
-        let (_raw, answer) = Raw::hello(addr, &credentials).await;
+        let (_raw, answer) = raw_hello(addr, &credentials).await;
         assert!(matches!(answer, Frame::Welcome(_)), "{answer:?}");
     }
 }
@@ -468,14 +436,14 @@ async fn a_token_expiring_on_a_live_connection_closes_it() {
     );
     let minted = String::from_utf8(out.stdout).expect("UTF-8");
     let started = Instant::now();
-    let (mut raw, answer) = Raw::hello(&broker.addr, minted.trim()).await;
+    let (mut raw, answer) = raw_hello(&broker.addr, minted.trim()).await;
     assert!(matches!(answer, Frame::Welcome(_)), "{answer:?}");
     let closing = raw.recv().await.expect("an error before the end");
     let message = fatal(&closing, ErrorCode::TokenExpired);
     assert!(message.contains("expired"), "{message}");
     let elapsed = started.elapsed();
     assert!(elapsed < Duration::from_secs(5), "closed after {elapsed:?}");
-    assert_eq!(raw.recv().await, None);
+    raw.expect_closed().await;
 }
 
 #[tokio::test]
@@ -483,10 +451,10 @@ async fn a_superuser_key_mints_tokens_over_the_protocol() {
     let broker = Broker::start("mint.toml");
     let claims = json!({ "sub": "user-123",
         "perm": [{ "ns": "notifications", "topic": "user-123", "sub": true }] });
-    let (mut admin, answer) = Raw::hello(&broker.addr, ADMIN_KEY).await;
+    let (mut admin, answer) = raw_hello(&broker.addr, ADMIN_KEY).await;
     assert!(matches!(answer, Frame::Welcome(_)), "{answer:?}");
     admin
-        .send(Frame::TokenRequest(TokenRequest {
+        .send(&Frame::TokenRequest(TokenRequest {
             request_id: 7,
             ttl_secs: 600,
             claims: claims.to_string(),
@@ -498,7 +466,7 @@ async fn a_superuser_key_mints_tokens_over_the_protocol() {
     };
     // Claims the broker cannot honour are refused, and the connection stays.
     admin
-        .send(Frame::TokenRequest(TokenRequest {
+        .send(&Frame::TokenRequest(TokenRequest {
             request_id: 8,
             ttl_secs: 600,
             claims: r#"{"perm":[],"exp":1}"#.into(),
@@ -513,7 +481,7 @@ async fn a_superuser_key_mints_tokens_over_the_protocol() {
         }
         other => panic!("expected ERROR, got {other:?}"),
     }
-    admin.send(Frame::Ping(5)).await;
+    admin.send(&Frame::Ping(5)).await;
     assert_eq!(admin.recv().await, Some(Frame::Pong(5)));
 
     let reader = connect(&broker.addr, &minted)
@@ -528,10 +496,10 @@ async fn a_superuser_key_mints_tokens_over_the_protocol() {
     )
     .await;
 
-    let (mut publisher, answer) = Raw::hello(&broker.addr, PUB_KEY).await;
+    let (mut publisher, answer) = raw_hello(&broker.addr, PUB_KEY).await;
     assert!(matches!(answer, Frame::Welcome(_)), "{answer:?}");
     publisher
-        .send(Frame::TokenRequest(TokenRequest {
+        .send(&Frame::TokenRequest(TokenRequest {
             request_id: 9,
             ttl_secs: 60,
             claims: claims.to_string(),
@@ -547,7 +515,7 @@ async fn a_superuser_key_mints_tokens_over_the_protocol() {
         }
         other => panic!("expected ERROR, got {other:?}"),
     }
-    publisher.send(Frame::Ping(6)).await;
+    publisher.send(&Frame::Ping(6)).await;
     assert_eq!(publisher.recv().await, Some(Frame::Pong(6)));
 }
 

@@ -39,6 +39,11 @@ pub const LENGTH_PREFIX: usize = 4;
 /// Default limit on a frame's length field (opcode and body): 1 MiB.
 pub const DEFAULT_MAX_FRAME: u32 = 1 << 20;
 
+/// Default limit on a frame's length field before the handshake succeeds:
+/// 16 KiB, room for a `HELLO` with the longest token a broker accepts (8 KiB)
+/// and the longest client name. A peer that has proved nothing gets no more.
+pub const DEFAULT_MAX_HELLO_FRAME: u32 = 16 << 10;
+
 /// Longest namespace, in bytes of UTF-8.
 pub const MAX_NAMESPACE_LEN: usize = 128;
 

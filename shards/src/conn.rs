@@ -86,8 +86,6 @@ impl ConnLimit {
 /// The limits a connection is served under.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Largest frame length accepted.
-    pub max_frame: u32,
     /// Broker-wide connection count.
     pub total: Arc<ConnLimit>,
     /// Most connections on one shard.
@@ -106,7 +104,6 @@ pub async fn serve(
     limits: Limits,
     sends: Rc<SendBatch>,
 ) {
-    let max_frame = limits.max_frame;
     if let Err(err) = stream.set_nodelay(true) {
         debug!(%err, "cannot set TCP_NODELAY");
     }
@@ -154,7 +151,7 @@ pub async fn serve(
         tls.clone(),
         sends,
     ));
-    match read_loop(&shard, conn, stream, max_frame, tls).await {
+    match read_loop(&shard, conn, stream, tls).await {
         Ok(()) => debug!(?conn, "connection closed"),
         Err(err) => debug!(?conn, %err, "connection read failed"),
     }
@@ -207,9 +204,12 @@ async fn read_loop(
     shard: &Rc<RefCell<Shard>>,
     conn: ConnId,
     mut stream: TcpStream,
-    max_frame: u32,
     tls: Option<Tls>,
 ) -> io::Result<()> {
+    // The frame limit is the small pre-handshake one until a HELLO succeeds:
+    // only then may a frame's announced length grow the buffer to `max_frame`.
+    let mut limit = shard.borrow().frame_limit(conn);
+    let mut handshaken = false;
     let mut buf = BytesMut::new();
     let mut chunk = READ_CHUNK_MIN;
     let mut cipher = Vec::new();
@@ -220,12 +220,16 @@ async fn read_loop(
         {
             let mut shard = shard.borrow_mut();
             loop {
-                match check(&buf, max_frame) {
+                match check(&buf, limit) {
                     Ok(Check::Complete { len }) => {
                         let flow = match decode_with(buf.split_to(len).freeze(), &mut keys) {
                             Ok(frame) => shard.handle_frame(conn, frame),
                             Err(err) => shard.handle_decode_error(conn, &err),
                         };
+                        if !handshaken {
+                            handshaken = shard.is_handshaken(conn);
+                            limit = shard.frame_limit(conn);
+                        }
                         if flow == Flow::Close {
                             return Ok(());
                         }
@@ -262,7 +266,12 @@ async fn read_loop(
             glommio::timer::sleep(Duration::from_micros(100)).await;
         }
         let start = buf.len();
-        let want = need.saturating_sub(start).max(chunk);
+        // Never sized by the announced length alone: a frame's bytes grow the
+        // buffer as they arrive, a chunk at a time, so a peer that announces
+        // a large frame and sends nothing more holds one chunk, not the frame.
+        // Before the handshake the chunk grows only with bytes that came.
+        let ceiling = if handshaken { READ_CHUNK_MAX } else { chunk };
+        let want = need.saturating_sub(start).clamp(chunk, ceiling);
         if let Some(tls) = &tls {
             cipher.resize(chunk, 0);
             let read = stream.read(&mut cipher).await?;
@@ -572,6 +581,80 @@ async fn write_all_vectored(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the outbox bound counts for each frame is exactly what the writer
+    /// puts on the wire for it.
+    #[test]
+    fn wire_len_is_the_encoded_length_of_every_frame() {
+        let frames = [
+            OutFrame::Message {
+                sub_id: 7,
+                epoch: 3,
+                seq: 9,
+                payload: Bytes::from(vec![1; 10]),
+            },
+            OutFrame::Message {
+                sub_id: 7,
+                epoch: 3,
+                seq: 9,
+                payload: Bytes::from(vec![1; ENCODE_BELOW + 100]),
+            },
+            OutFrame::PubAck {
+                request_id: 1,
+                seq: 2,
+            },
+            OutFrame::SubOk {
+                request_id: 1,
+                sub_id: 2,
+                epoch: 3,
+                start_after: 4,
+            },
+            OutFrame::Discontinuity {
+                sub_id: 1,
+                epoch: 2,
+                last_seq: 3,
+                next_seq: 5,
+            },
+            OutFrame::UnsubOk {
+                request_id: 1,
+                sub_id: 2,
+            },
+            OutFrame::Welcome {
+                max_frame: 1 << 20,
+                shard: 1,
+                shard_count: 2,
+            },
+            OutFrame::Ping(5),
+            OutFrame::Pong(6),
+            OutFrame::Error(corebus_net::ErrorFrame::new(
+                4,
+                corebus_net::ErrorCode::Forbidden,
+                false,
+                "not yours",
+            )),
+            OutFrame::Token {
+                request_id: 8,
+                token: "a.b.c".into(),
+            },
+            OutFrame::WebhookReply {
+                request_id: 9,
+                result: "{}".into(),
+            },
+            OutFrame::GoAway {
+                drain_ms: 100,
+                message: "bye".into(),
+            },
+            OutFrame::Encoded(Bytes::from(vec![0; 77])),
+        ];
+        for frame in frames {
+            let expected = frame.wire_len();
+            let mut head = BytesMut::new();
+            let mut segments = Vec::new();
+            encode_out_frame(frame.clone(), &mut head, &mut segments);
+            let encoded = head.len() + segments.iter().map(Bytes::len).sum::<usize>();
+            assert_eq!(encoded, expected, "{frame:?}");
+        }
+    }
 
     #[test]
     fn a_reader_that_keeps_finding_data_yields_once_per_turn() {

@@ -26,6 +26,16 @@ use corebus_net::{encode_message_header, Epoch, ErrorFrame, Seq, MESSAGE_HEADER_
 /// more than the reference).
 pub const ENCODE_BELOW: usize = 512;
 
+/// Most payloads an outbox holds by reference. A payload read from a socket
+/// is a slice of the reader's whole buffer (up to 64 KiB, or twice a large
+/// frame) and keeps all of it alive, however little of it is this message:
+/// behind a subscriber that stopped reading, references would hold many times
+/// the bytes the bound counts. So only the first few queued payloads are
+/// shared (a subscriber that keeps up rarely has more waiting); later ones
+/// are copied into buffers of their exact size, and what the bound counts is
+/// then what the queue holds, give or take these few buffers.
+pub const SHARED_MAX: usize = 16;
+
 /// Longest run of encoded messages handed to the writer as one item.
 const RUN_MAX: usize = 64 * 1024;
 
@@ -173,6 +183,9 @@ pub enum PushError {
 #[derive(Debug)]
 enum Queued {
     Frame(OutFrame),
+    /// A `MESSAGE` whose payload is a reference into a buffer it shares
+    /// (counted in [`Outbox::shared`]).
+    Shared(OutFrame),
     /// Whole `MESSAGE` frames, encoded, in a buffer of the run's own: an
     /// outbox holds at most about two runs' room (130 KiB) beyond what is
     /// queued, and a run leaves for the writer without a shared refcount.
@@ -182,7 +195,7 @@ enum Queued {
 impl Queued {
     fn wire_len(&self) -> usize {
         match self {
-            Queued::Frame(frame) => frame.wire_len(),
+            Queued::Frame(frame) | Queued::Shared(frame) => frame.wire_len(),
             Queued::Run(run) => run.len(),
         }
     }
@@ -195,6 +208,8 @@ pub struct Outbox {
     frames: VecDeque<Queued>,
     queued_bytes: usize,
     limit_bytes: usize,
+    /// Queued payloads held by reference ([`SHARED_MAX`] at most).
+    shared: usize,
     /// Set once the connection must close after what is queued is written.
     closing: bool,
     /// The writer has transport work (TLS records) even with no frames.
@@ -212,6 +227,7 @@ impl Outbox {
             frames: VecDeque::new(),
             queued_bytes: 0,
             limit_bytes,
+            shared: 0,
             closing: false,
             kicked: false,
             writer: None,
@@ -240,7 +256,8 @@ impl Outbox {
 
     /// Queues a `MESSAGE` (under the bound) and wakes the writer: a small
     /// payload is copied, encoded, into the current run; a large one is
-    /// queued as a reference.
+    /// queued as a reference while fewer than [`SHARED_MAX`] are, and
+    /// otherwise copied into a buffer of its own size.
     pub fn push_message(
         &mut self,
         sub_id: u32,
@@ -265,12 +282,22 @@ impl Outbox {
                 encode_message_header(run, sub_id, epoch, seq, payload.len());
                 run.extend_from_slice(payload);
             }
-        } else {
-            self.frames.push_back(Queued::Frame(OutFrame::Message {
+        } else if self.shared < SHARED_MAX {
+            self.shared += 1;
+            self.frames.push_back(Queued::Shared(OutFrame::Message {
                 sub_id,
                 epoch,
                 seq,
                 payload: payload.clone(),
+            }));
+        } else {
+            // Behind: this message waits for the ones before it, and must not
+            // keep the publisher's read buffer alive while it does.
+            self.frames.push_back(Queued::Frame(OutFrame::Message {
+                sub_id,
+                epoch,
+                seq,
+                payload: Bytes::copy_from_slice(payload),
             }));
         }
         self.wake();
@@ -299,6 +326,7 @@ impl Outbox {
         }
         self.frames.clear();
         self.queued_bytes = 0;
+        self.shared = 0;
         if let Some(frame) = last {
             self.queued_bytes = frame.wire_len();
             self.frames.push_back(Queued::Frame(frame));
@@ -321,6 +349,11 @@ impl Outbox {
     /// Bytes currently queued.
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes
+    }
+
+    /// Queued payloads held by reference to a buffer they share.
+    pub fn shared_payloads(&self) -> usize {
+        self.shared
     }
 
     /// The bound on queued `MESSAGE` bytes.
@@ -382,11 +415,26 @@ impl Outbox {
             taken += len;
             match self.frames.pop_front() {
                 Some(Queued::Frame(frame)) => into.push(frame),
+                Some(Queued::Shared(frame)) => {
+                    self.shared -= 1;
+                    into.push(frame);
+                }
                 Some(Queued::Run(run)) => into.push(OutFrame::Encoded(run.freeze())),
                 None => {}
             }
         }
+        debug_assert!(
+            taken <= self.queued_bytes,
+            "outbox accounting: drained {taken} bytes of {} queued",
+            self.queued_bytes
+        );
         self.queued_bytes = self.queued_bytes.saturating_sub(taken);
+        debug_assert!(
+            !self.frames.is_empty() || (self.queued_bytes == 0 && self.shared == 0),
+            "outbox accounting: an empty queue still counts {} bytes, {} shared",
+            self.queued_bytes,
+            self.shared
+        );
     }
 
     /// Wakes the writer for transport work that is not a frame (TLS
@@ -444,6 +492,54 @@ mod tests {
             seq: 1,
             payload: Bytes::from(vec![0; len]),
         }
+    }
+
+    /// Behind a subscriber that does not read, the outbox holds what it
+    /// counts: payloads past the first few are copies of their own size, not
+    /// references that keep the publisher's whole read buffer alive.
+    #[test]
+    fn a_stalled_queue_holds_copies_not_the_publishers_buffers() {
+        const PAYLOAD: usize = 600;
+        let read_buffer = Bytes::from(vec![7u8; 64 * 1024]);
+        let inside = |payload: &Bytes| {
+            let start = read_buffer.as_ptr() as usize;
+            let at = payload.as_ptr() as usize;
+            (start..start + read_buffer.len()).contains(&at)
+        };
+        let mut outbox = Outbox::new(1 << 20);
+        let count = 100;
+        for seq in 0..count {
+            let at = seq as usize * PAYLOAD;
+            let payload = read_buffer.slice(at..at + PAYLOAD);
+            outbox.push_message(1, 1, seq + 1, &payload).expect("room");
+        }
+        assert_eq!(outbox.shared_payloads(), SHARED_MAX);
+        assert_eq!(
+            outbox.queued_bytes(),
+            count as usize * (MESSAGE_HEADER_LEN + PAYLOAD)
+        );
+        let mut frames = Vec::new();
+        outbox.drain_into(&mut frames);
+        assert_eq!(outbox.shared_payloads(), 0);
+        let mut shared = 0;
+        for (index, frame) in frames.iter().enumerate() {
+            let OutFrame::Message { seq, payload, .. } = frame else {
+                panic!("a MESSAGE, not {frame:?}");
+            };
+            assert_eq!(*seq, index as u64 + 1, "queue order");
+            assert_eq!(payload.len(), PAYLOAD);
+            assert!(payload.iter().all(|byte| *byte == 7), "the payload's bytes");
+            if inside(payload) {
+                shared += 1;
+            }
+        }
+        assert_eq!(shared, SHARED_MAX, "only the first payloads are shared");
+        // Once drained, the next payloads are shared again.
+        let payload = read_buffer.slice(0..PAYLOAD);
+        outbox.push_message(1, 1, 101, &payload).expect("room");
+        assert_eq!(outbox.shared_payloads(), 1);
+        outbox.close_with(None);
+        assert_eq!(outbox.shared_payloads(), 0);
     }
 
     #[test]
@@ -580,7 +676,7 @@ mod tests {
             .iter()
             .map(|item| match item {
                 Queued::Run(run) => run.capacity(),
-                Queued::Frame(_) => 0,
+                Queued::Frame(_) | Queued::Shared(_) => 0,
             })
             .sum();
         let runs = outbox.frames.len();

@@ -372,7 +372,6 @@ async fn run_shard(
             return;
         }
     };
-    let max_frame = engine.max_frame;
     let tick_every = maintenance_period(&engine);
     let max_per_shard = engine.max_connections_per_shard;
     let shard = Rc::new(RefCell::new(
@@ -425,7 +424,6 @@ async fn run_shard(
         move |stream| {
             debug!(shard = id, "connection accepted");
             let limits = crate::conn::Limits {
-                max_frame,
                 total: conn_limit.clone(),
                 max_per_shard,
                 tls: tls.clone(),

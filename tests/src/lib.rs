@@ -193,20 +193,68 @@ impl RawConn {
         let _ = self.stream.write_all(bytes).await;
     }
 
-    /// The next frame, or `None` at end of stream (or after 10 s of silence).
-    pub async fn recv(&mut self) -> Option<Frame> {
+    /// The next thing the broker did: a frame, a close, a reset, or nothing
+    /// for `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Received {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             if let Check::Complete { len } = check(&self.buf, 16 << 20).expect("server framing") {
-                return Some(decode(self.buf.split_to(len).freeze()).expect("server frame"));
+                return Received::Frame(
+                    decode(self.buf.split_to(len).freeze()).expect("server frame"),
+                );
             }
             let mut chunk = [0u8; 4096];
-            let read = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk));
+            let read = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk));
             match read.await {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                Err(_) => return Received::TimedOut,
+                Ok(Ok(0)) if self.buf.is_empty() => return Received::Closed,
+                Ok(Ok(0)) => panic!("the broker closed in the middle of a frame: {:?}", self.buf),
+                Ok(Err(err)) if err.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Received::Reset
+                }
+                Ok(Err(err)) => panic!("reading from the broker: {err}"),
                 Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
             }
         }
     }
+
+    /// The next frame, or `None` once the broker closed (or reset) the
+    /// connection. Silence for 10 s fails the test: it is neither.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        match self.next_within(Duration::from_secs(10)).await {
+            Received::Frame(frame) => Some(frame),
+            Received::Closed | Received::Reset => None,
+            Received::TimedOut => panic!("no frame and no close from the broker within 10 s"),
+        }
+    }
+
+    /// Asserts that the broker closes the connection (cleanly or with a
+    /// reset) within `wait`, sending no frame first; a timeout fails.
+    pub async fn expect_closed_within(&mut self, wait: Duration) {
+        match self.next_within(wait).await {
+            Received::Closed | Received::Reset => {}
+            Received::Frame(frame) => panic!("expected a close, got {frame:?}"),
+            Received::TimedOut => panic!("the broker left the connection open for {wait:?}"),
+        }
+    }
+
+    /// [`RawConn::expect_closed_within`] 10 s.
+    pub async fn expect_closed(&mut self) {
+        self.expect_closed_within(Duration::from_secs(10)).await;
+    }
+}
+
+/// What a [`RawConn`] saw next.
+#[derive(Debug)]
+pub enum Received {
+    /// A whole frame.
+    Frame(Frame),
+    /// End of stream, between frames.
+    Closed,
+    /// The broker reset the connection.
+    Reset,
+    /// Nothing within the wait.
+    TimedOut,
 }
 
 /// A TCP proxy on 127.0.0.1 in front of the broker, for reconnection tests:

@@ -3,7 +3,9 @@
 
 use bytes::Bytes;
 use corebus_net::{ErrorCode, Frame, Publish, Subscribe, TopicKey, Unsubscribe};
-use corebus_tests::{topic_owned_by, Broker, RawConn};
+use std::time::Duration;
+
+use corebus_tests::{topic_owned_by, Broker, RawConn, Received};
 
 fn error_of(frame: Option<Frame>) -> (u32, ErrorCode, bool) {
     match frame {
@@ -31,10 +33,7 @@ async fn garbage_closes_only_the_offender() {
         error_of(bad.recv().await),
         (0, ErrorCode::FrameTooLarge, true)
     );
-    assert!(
-        bad.recv().await.is_none(),
-        "the broker closes the connection"
-    );
+    bad.expect_closed().await;
 
     good.publish("test", &topic, "after").await.expect("acked");
     let first = sub.next_message().await.expect("open").expect("ok");
@@ -56,7 +55,7 @@ async fn non_protocol_client_is_refused_at_handshake() {
     let (_, code, fatal) = error_of(http.recv().await);
     assert!(fatal);
     assert_eq!(code, ErrorCode::HandshakeRequired);
-    assert!(http.recv().await.is_none());
+    http.expect_closed().await;
 
     let mut early = RawConn::connect(broker.addr()).await;
     early.send(&Frame::Ping(1)).await;
@@ -64,7 +63,7 @@ async fn non_protocol_client_is_refused_at_handshake() {
         error_of(early.recv().await),
         (0, ErrorCode::HandshakeRequired, true)
     );
-    assert!(early.recv().await.is_none());
+    early.expect_closed().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,7 +199,7 @@ async fn oversized_publish_is_refused_from_its_prefix() {
         error_of(raw.recv().await),
         (0, ErrorCode::FrameTooLarge, true)
     );
-    assert!(raw.recv().await.is_none());
+    raw.expect_closed().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,7 +223,7 @@ async fn a_thousand_silent_connections_are_closed_at_the_handshake_deadline() {
     for conn in &mut silent {
         let (_, code, fatal) = error_of(conn.recv().await);
         assert_eq!((code, fatal), (ErrorCode::HandshakeTimeout, true));
-        assert!(conn.recv().await.is_none(), "closed after the error");
+        conn.expect_closed().await;
     }
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     client.publish("test", "busy", "two").await.expect("acked");
@@ -232,4 +231,61 @@ async fn a_thousand_silent_connections_are_closed_at_the_handshake_deadline() {
         let message = sub.next_message().await.expect("open").expect("message");
         assert_eq!(&message.payload[..], expected);
     }
+}
+
+/// A peer that has not said HELLO cannot make the broker wait for, and hold,
+/// a frame of `max_frame`: a length prefix above the pre-handshake limit is
+/// refused as soon as it arrives, long before the handshake deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_peer_cannot_announce_a_large_frame() {
+    let broker = Broker::start_with(
+        2,
+        corebus_shards::EngineConfig {
+            handshake_timeout_ms: 60_000,
+            ..Default::default()
+        },
+    );
+    let limit = corebus_net::DEFAULT_MAX_HELLO_FRAME;
+    let mut raw = RawConn::connect(broker.addr()).await;
+    // One byte over the pre-handshake limit, far under max_frame (1 MiB).
+    raw.send_bytes(&(limit + 1).to_be_bytes()).await;
+    match raw.next_within(Duration::from_secs(5)).await {
+        Received::Frame(Frame::Error(error)) => {
+            assert_eq!(error.code(), Some(ErrorCode::HandshakeRequired));
+            assert!(error.fatal);
+            assert!(
+                error.message.contains(&limit.to_string()),
+                "the error names the limit: {}",
+                error.message
+            );
+        }
+        other => panic!("expected a fatal ERROR at once, got {other:?}"),
+    }
+    raw.expect_closed().await;
+
+    // Up to the limit, a HELLO still gets through (a long client name and
+    // credentials, as a long token would be), and after it the full
+    // max_frame applies.
+    let mut big_hello = RawConn::connect(broker.addr()).await;
+    big_hello
+        .send(&Frame::Hello(corebus_net::Hello {
+            version: corebus_net::PROTOCOL_VERSION,
+            client_name: "x".repeat(200),
+            credentials: Bytes::from(vec![b'a'; 12 << 10]),
+        }))
+        .await;
+    assert!(matches!(big_hello.recv().await, Some(Frame::Welcome(_))));
+    let payload = Bytes::from(vec![1u8; 64 << 10]);
+    big_hello
+        .send(&Frame::Publish(Publish {
+            request_id: 1,
+            ack: true,
+            topic: TopicKey::new(b"test", b"after-hello").expect("valid"),
+            payload,
+        }))
+        .await;
+    assert!(matches!(
+        big_hello.recv().await,
+        Some(Frame::PubAck(ack)) if ack.request_id == 1
+    ));
 }

@@ -123,6 +123,20 @@ impl Shard {
         self.close_with_error(conn, ErrorCode::TooManyConnections, reason);
     }
 
+    /// Whether `conn`'s handshake succeeded.
+    pub fn is_handshaken(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|state| state.handshaken)
+    }
+
+    /// Largest frame length `conn` may send now: `max_hello_frame` until its
+    /// handshake succeeded, then `max_frame`.
+    pub fn frame_limit(&self, conn: ConnId) -> u32 {
+        match self.conns.get(&conn) {
+            Some(state) if state.handshaken => self.config.max_frame,
+            _ => self.config.max_hello_frame.min(self.config.max_frame),
+        }
+    }
+
     /// The connection's outbound queue, while the connection exists.
     pub fn outbox_mut(&mut self, conn: ConnId) -> Option<&mut Outbox> {
         self.conns.get_mut(&conn).map(|state| &mut state.outbox)

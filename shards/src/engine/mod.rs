@@ -46,6 +46,10 @@ pub enum SlowConsumerPolicy {
 pub struct EngineConfig {
     /// Largest frame length field accepted (announced in `WELCOME`).
     pub max_frame: u32,
+    /// Largest frame length field accepted before the handshake succeeds
+    /// (the `HELLO`): a peer that has proved nothing cannot make the broker
+    /// hold `max_frame` bytes.
+    pub max_hello_frame: u32,
     /// Most subscriptions one connection may hold at once.
     pub max_subscriptions_per_conn: usize,
     /// Bound on a connection's queued outbound `MESSAGE` bytes.
@@ -80,6 +84,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             max_frame: corebus_net::DEFAULT_MAX_FRAME,
+            max_hello_frame: corebus_net::DEFAULT_MAX_HELLO_FRAME,
             max_subscriptions_per_conn: 10_000,
             outbox_limit_bytes: 8 << 20,
             slow_consumer: SlowConsumerPolicy::Drop,
