@@ -189,14 +189,14 @@ fn sent_to(topic: usize, first: usize, topics: usize, sent: u64) -> u64 {
 
 /// A publisher's frames, prepared once: whole rounds over the topics from
 /// its first one, at least [`WRITE_FRAMES`] frames.
-struct Prepared {
-    bytes: Bytes,
+pub(crate) struct Prepared {
+    pub(crate) bytes: Bytes,
     /// End offset of each frame in `bytes`.
-    ends: Vec<usize>,
+    pub(crate) ends: Vec<usize>,
 }
 
 impl Prepared {
-    fn new(topics: &[String], first: usize, size: usize) -> Prepared {
+    pub(crate) fn new(topics: &[String], first: usize, size: usize) -> Prepared {
         let payload = vec![0x5a; size];
         let rounds = WRITE_FRAMES.div_ceil(topics.len());
         let mut bytes = BytesMut::new();
@@ -432,7 +432,7 @@ impl Subscriber {
 
 /// Opens a connection and completes the handshake; returns it with what was
 /// read past the `WELCOME`.
-async fn connect(url: &str) -> Result<(TcpStream, BytesMut), BenchError> {
+pub(crate) async fn connect(url: &str) -> Result<(TcpStream, BytesMut), BenchError> {
     let mut stream = timeout(SETUP_TIMEOUT, TcpStream::connect(url))
         .await
         .map_err(|_| lean_failed("connect", "timed out"))?
@@ -462,7 +462,7 @@ async fn connect(url: &str) -> Result<(TcpStream, BytesMut), BenchError> {
 }
 
 /// Reads one whole frame during set-up.
-async fn read_frame(
+pub(crate) async fn read_frame(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     action: &'static str,
@@ -486,7 +486,7 @@ async fn read_frame(
     }
 }
 
-async fn pong(stream: &mut TcpStream, nonce: u64) -> Result<(), BenchError> {
+pub(crate) async fn pong(stream: &mut TcpStream, nonce: u64) -> Result<(), BenchError> {
     let mut out = BytesMut::new();
     Frame::Pong(nonce).encode(&mut out);
     stream

@@ -36,6 +36,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bounds;
 pub mod connections;
 pub mod driver;
 pub mod flow;

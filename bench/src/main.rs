@@ -44,6 +44,53 @@ enum Command {
         #[arg(long)]
         generated: Option<String>,
     },
+    /// Memory bounds under hostile and slow peers (corebus only; see
+    /// bench/bounds.sh). Exit status 2 when a bound is not met.
+    Bounds {
+        /// The broker, host:port on loopback.
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        server: String,
+        /// The broker's process id, to read its memory.
+        #[arg(long)]
+        broker_pid: u32,
+        #[command(subcommand)]
+        scenario: BoundsScenario,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BoundsScenario {
+    /// Connections that send only a first-frame length prefix.
+    Prefix {
+        /// Connections to open.
+        #[arg(long, default_value_t = 2000)]
+        connections: usize,
+        /// The length each announces.
+        #[arg(long, default_value_t = corebus_net::DEFAULT_MAX_FRAME)]
+        announce: u32,
+        /// Most the broker's RSS may grow, MiB.
+        #[arg(long, default_value_t = 64)]
+        max_growth_mib: u64,
+    },
+    /// One stalled and one healthy subscriber per topic, publishers at the
+    /// healthy subscribers' pace.
+    Stalled {
+        /// Topics.
+        #[arg(long, default_value_t = 64)]
+        topics: usize,
+        /// Publisher connections (each writes to every topic in turn).
+        #[arg(long, default_value_t = 4)]
+        publishers: usize,
+        /// Payload bytes.
+        #[arg(long, default_value_t = 600)]
+        payload: usize,
+        /// Seconds of publishing.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// The broker's --outbox-limit, bytes.
+        #[arg(long, default_value_t = 8 << 20)]
+        outbox_limit: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,6 +104,11 @@ fn main() -> ExitCode {
             facts,
             generated,
         }) => summarize(&input, &json, &markdown, &svg, &facts, generated),
+        Some(Command::Bounds {
+            server,
+            broker_pid,
+            scenario,
+        }) => bounds(&server, broker_pid, scenario),
         None => run(&cli.run),
     };
     match result {
@@ -66,6 +118,50 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Runs one bounds scenario and prints its report as one JSON line.
+fn bounds(server: &str, pid: u32, scenario: BoundsScenario) -> anyhow::Result<ExitCode> {
+    use corebus_bench::bounds;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let met = match scenario {
+        BoundsScenario::Prefix {
+            connections,
+            announce,
+            max_growth_mib,
+        } => {
+            let report = runtime.block_on(bounds::prefix(server, pid, connections, announce))?;
+            println!("{}", serde_json::to_string(&report)?);
+            report.client_served && report.rss_growth_kib <= max_growth_mib << 10
+        }
+        BoundsScenario::Stalled {
+            topics,
+            publishers,
+            payload,
+            seconds,
+            outbox_limit,
+        } => {
+            let report = runtime.block_on(bounds::stalled(
+                server,
+                pid,
+                topics,
+                publishers,
+                payload,
+                std::time::Duration::from_secs(seconds),
+                outbox_limit,
+            ))?;
+            println!("{}", serde_json::to_string(&report)?);
+            report.met()
+        }
+    };
+    Ok(if met {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
 /// Exit status 0: everything delivered; 2: the run finished but lost (or

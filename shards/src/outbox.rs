@@ -33,10 +33,17 @@ pub const ENCODE_BELOW: usize = 512;
 /// the bytes the bound counts. So only the first few queued payloads are
 /// shared (a subscriber that keeps up rarely has more waiting); later ones
 /// are copied into buffers of their exact size, and what the bound counts is
-/// then what the queue holds, give or take these few buffers.
-pub const SHARED_MAX: usize = 16;
+/// then what the queue holds, give or take these few buffers (four read
+/// buffers of up to 128 KiB each: 6% of the default 8 MiB bound).
+pub const SHARED_MAX: usize = 4;
 
-/// Longest run of encoded messages handed to the writer as one item.
+/// Payloads queued behind a subscriber that is not keeping up are copied
+/// into runs below this size, and into buffers of their own from it on
+/// (where a queue entry costs about 1% of the message).
+const RUN_COPY_BELOW: usize = 8 * 1024;
+
+/// Longest run of encoded messages handed to the writer as one item (a run
+/// of larger copied messages may be longer: see `encode_into_run`).
 const RUN_MAX: usize = 64 * 1024;
 
 /// Room a run starts with when it follows a full run (a burst): a whole
@@ -192,6 +199,15 @@ enum Queued {
     Run(BytesMut),
 }
 
+/// Where a run that would take a `len`-byte frame ends.
+fn run_end(run: &BytesMut, len: usize) -> usize {
+    if len < MESSAGE_HEADER_LEN + ENCODE_BELOW {
+        RUN_MAX
+    } else {
+        run.capacity().max(RUN_MAX)
+    }
+}
+
 impl Queued {
     fn wire_len(&self) -> usize {
         match self {
@@ -257,7 +273,8 @@ impl Outbox {
     /// Queues a `MESSAGE` (under the bound) and wakes the writer: a small
     /// payload is copied, encoded, into the current run; a large one is
     /// queued as a reference while fewer than [`SHARED_MAX`] are, and
-    /// otherwise copied into a buffer of its own size.
+    /// otherwise copied: into a run below 8 KiB, else into a buffer of its
+    /// own size.
     pub fn push_message(
         &mut self,
         sub_id: u32,
@@ -268,20 +285,7 @@ impl Outbox {
         let len = MESSAGE_HEADER_LEN + payload.len();
         self.admit(len, self.limit_bytes)?;
         if payload.len() < ENCODE_BELOW {
-            let room = match self.frames.back() {
-                Some(Queued::Run(run)) if run.len() + len <= RUN_MAX => None,
-                // The run before is full: a burst, and this run will fill too.
-                Some(Queued::Run(_)) => Some(RUN_ROOM),
-                _ => Some(len),
-            };
-            if let Some(room) = room {
-                self.frames
-                    .push_back(Queued::Run(BytesMut::with_capacity(room)));
-            }
-            if let Some(Queued::Run(run)) = self.frames.back_mut() {
-                encode_message_header(run, sub_id, epoch, seq, payload.len());
-                run.extend_from_slice(payload);
-            }
+            self.encode_into_run(sub_id, epoch, seq, payload);
         } else if self.shared < SHARED_MAX {
             self.shared += 1;
             self.frames.push_back(Queued::Shared(OutFrame::Message {
@@ -290,9 +294,13 @@ impl Outbox {
                 seq,
                 payload: payload.clone(),
             }));
-        } else {
+        } else if payload.len() < RUN_COPY_BELOW {
             // Behind: this message waits for the ones before it, and must not
-            // keep the publisher's read buffer alive while it does.
+            // keep the publisher's read buffer alive while it does. Copied
+            // into a run, it costs no queue entry and no allocation of its own
+            // (each of which would add about a sixth to a 600-byte message).
+            self.encode_into_run(sub_id, epoch, seq, payload);
+        } else {
             self.frames.push_back(Queued::Frame(OutFrame::Message {
                 sub_id,
                 epoch,
@@ -302,6 +310,30 @@ impl Outbox {
         }
         self.wake();
         Ok(())
+    }
+
+    /// Encodes a `MESSAGE` at the end of the last run, or of a new one. A run
+    /// that follows a full run (a burst) starts with room for at least
+    /// sixteen such frames and fills without being reallocated, so what it
+    /// leaves unused is at most one frame: a sixteenth of it for copied
+    /// messages of 4 KiB and more.
+    fn encode_into_run(&mut self, sub_id: u32, epoch: Epoch, seq: Seq, payload: &[u8]) {
+        let len = MESSAGE_HEADER_LEN + payload.len();
+        let room = match self.frames.back() {
+            // A run of small frames ends at RUN_MAX, leaving its room's last
+            // frame of slack; copied larger ones fill what room a run has.
+            Some(Queued::Run(run)) if run.len() + len <= run_end(run, len) => None,
+            Some(Queued::Run(_)) => Some(RUN_ROOM.max(16 * len)),
+            _ => Some(len),
+        };
+        if let Some(room) = room {
+            self.frames
+                .push_back(Queued::Run(BytesMut::with_capacity(room)));
+        }
+        if let Some(Queued::Run(run)) = self.frames.back_mut() {
+            encode_message_header(run, sub_id, epoch, seq, payload.len());
+            run.extend_from_slice(payload);
+        }
     }
 
     /// Counts `len` more bytes queued if they fit under `limit`.
@@ -540,6 +572,38 @@ mod tests {
         assert_eq!(outbox.shared_payloads(), 1);
         outbox.close_with(None);
         assert_eq!(outbox.shared_payloads(), 0);
+    }
+
+    /// What a queue behind a stalled subscriber holds in memory (its runs'
+    /// room, its own copies and its entries) stays within a sixteenth, plus one run, of
+    /// the bytes the bound counts, for every size of payload it copies.
+    #[test]
+    fn copies_behind_a_stalled_subscriber_hold_what_the_bound_counts() {
+        for size in [600, 4096, 8191, 8192, 60 * 1024] {
+            let source = Bytes::from(vec![3u8; size]);
+            let mut outbox = Outbox::new(8 << 20);
+            let mut seq = 0;
+            while outbox.push_message(1, 1, seq + 1, &source).is_ok() {
+                seq += 1;
+            }
+            let held: usize = outbox
+                .frames
+                .iter()
+                .map(|item| match item {
+                    Queued::Run(run) => run.capacity(),
+                    Queued::Frame(frame) => frame.wire_len(),
+                    // Counted apart: the publisher's buffers.
+                    Queued::Shared(_) => 0,
+                })
+                .sum::<usize>()
+                + outbox.frames.capacity() * std::mem::size_of::<Queued>();
+            let queued = outbox.queued_bytes();
+            assert!(queued <= 8 << 20);
+            assert!(
+                held <= queued + queued / 16 + RUN_ROOM,
+                "{size}-byte payloads: {held} bytes held for {queued} queued"
+            );
+        }
     }
 
     #[test]
