@@ -156,28 +156,8 @@ pub async fn prefix(
 /// A normal client's life: subscribe, publish, receive its own message.
 async fn round_trip(url: &str) -> Result<(), BenchError> {
     let (mut stream, mut buf) = connect(url).await?;
-    let topic = TopicKey::new(NAMESPACE.as_bytes(), b"bounds-probe")
-        .map_err(|err| failed("subscribe", err))?;
+    subscribe(&mut stream, &mut buf, "bounds-probe").await?;
     let mut out = BytesMut::new();
-    Frame::Subscribe(Subscribe {
-        request_id: 1,
-        sub_id: 1,
-        resume: None,
-        topic: topic.clone(),
-    })
-    .encode(&mut out);
-    stream
-        .write_all(&out)
-        .await
-        .map_err(|err| failed("subscribe", err))?;
-    loop {
-        match read_frame(&mut stream, &mut buf, "subscribe").await? {
-            Frame::SubOk(_) => break,
-            Frame::Ping(nonce) => pong(&mut stream, nonce).await?,
-            other => return Err(failed("subscribe", format!("unexpected {other:?}"))),
-        }
-    }
-    out.clear();
     corebus_net::encode_publish(
         &mut out,
         2,
