@@ -6,6 +6,7 @@
 #
 #   bench/bounds.sh            # every scenario (about three minutes)
 #   SECONDS_EACH=5 bench/bounds.sh   # shorter stalled runs
+#   ONLY='stalled 61440' bench/bounds.sh   # the scenarios whose label matches
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -l unlimited 2>/dev/null || ulimit -l "$(ulimit -H -l)" 2>/dev/null || true
@@ -16,8 +17,9 @@ broker=target/release/corebus
 bench=target/release/corebus-bench
 port=${PORT:-7411}
 seconds=${SECONDS_EACH:-30}
+only=${ONLY:-}
 out=bench/results/bounds-$(date -u +%Y-%m-%d).jsonl
-: > "$out"
+[ -n "$only" ] || : > "$out"
 status=0
 pid=
 
@@ -49,7 +51,10 @@ run() {
 
 # Item 1: 2,000 connections announcing max_frame (refused at once), then
 # 2,000 announcing exactly the pre-handshake limit (kept until the deadline).
+wanted() { [ -z "$only" ] || [[ "$1" =~ $only ]]; }
+
 for announce in 1048576 16384; do
+  wanted "prefix $announce" || continue
   start_broker --handshake-timeout 60s
   run "prefix $announce" prefix --connections 2000 --announce "$announce"
   stop_broker
@@ -59,6 +64,7 @@ done
 # replay rings are a separate bound (ring_bytes per topic, topic_memory in
 # all); they are kept small so that the figure shows the outboxes' bound.
 for payload in 600 4096 61440; do
+  wanted "stalled $payload" || continue
   start_broker --outbox-limit 8388608 --ring-messages 1
   run "stalled $payload" stalled --topics 64 --payload "$payload" --seconds "$seconds" --outbox-limit 8388608
   stop_broker

@@ -20,27 +20,29 @@ use std::task::Waker;
 use bytes::{Bytes, BytesMut};
 use corebus_net::{encode_message_header, Epoch, ErrorFrame, Seq, MESSAGE_HEADER_LEN};
 
+use crate::ring::COPY_MAX;
+
 /// `MESSAGE` payloads shorter than this are copied into the outbox's
 /// encoded runs when queued; longer ones are queued as shared slices and
 /// leave as segments of their own in a vectored write (a copy would cost
 /// more than the reference).
 pub const ENCODE_BELOW: usize = 512;
 
-/// Most payloads an outbox holds by reference. A payload read from a socket
-/// is a slice of the reader's whole buffer (up to 64 KiB, or twice a large
-/// frame) and keeps all of it alive, however little of it is this message:
-/// behind a subscriber that stopped reading, references would hold many times
-/// the bytes the bound counts. So only the first few queued payloads are
-/// shared (a subscriber that keeps up rarely has more waiting); later ones
-/// are copied into buffers of their exact size, and what the bound counts is
-/// then what the queue holds, give or take these few buffers (four read
-/// buffers of up to 128 KiB each: 6% of the default 8 MiB bound).
+/// Most payloads of up to [`COPY_MAX`] bytes an outbox holds by reference.
+/// Such a payload is a slice of the publisher's whole read buffer (up to
+/// 64 KiB, or twice a large frame) and keeps all of it alive, however little
+/// of it is this message: behind a subscriber that stopped reading,
+/// references would hold many times the bytes the bound counts. So only the
+/// first few queued are shared (a subscriber that keeps up rarely has more
+/// waiting); later ones are copied into the queue's encoded runs, and what
+/// the bound counts is what the queue holds, give or take these few buffers
+/// (four read buffers of up to 128 KiB each: 6% of the default 8 MiB bound).
+///
+/// A payload over [`COPY_MAX`] is always shared: the topic's owner copied it
+/// out of the read buffer into one of its exact size before fanning it out,
+/// so the reference holds what the bound counts, and stalled subscribers of
+/// one topic share one copy.
 pub const SHARED_MAX: usize = 4;
-
-/// Payloads queued behind a subscriber that is not keeping up are copied
-/// into runs below this size, and into buffers of their own from it on
-/// (where a queue entry costs about 1% of the message).
-const RUN_COPY_BELOW: usize = 8 * 1024;
 
 /// Longest run of encoded messages handed to the writer as one item (a run
 /// of larger copied messages may be longer: see `encode_into_run`).
@@ -271,10 +273,10 @@ impl Outbox {
     }
 
     /// Queues a `MESSAGE` (under the bound) and wakes the writer: a small
-    /// payload is copied, encoded, into the current run; a large one is
+    /// payload is copied, encoded, into the current run; a larger one is
     /// queued as a reference while fewer than [`SHARED_MAX`] are, and
-    /// otherwise copied: into a run below 8 KiB, else into a buffer of its
-    /// own size.
+    /// otherwise copied into a run; one over [`COPY_MAX`] (a buffer of its
+    /// own size) is always queued as a reference.
     pub fn push_message(
         &mut self,
         sub_id: u32,
@@ -286,6 +288,13 @@ impl Outbox {
         self.admit(len, self.limit_bytes)?;
         if payload.len() < ENCODE_BELOW {
             self.encode_into_run(sub_id, epoch, seq, payload);
+        } else if payload.len() > COPY_MAX {
+            self.frames.push_back(Queued::Frame(OutFrame::Message {
+                sub_id,
+                epoch,
+                seq,
+                payload: payload.clone(),
+            }));
         } else if self.shared < SHARED_MAX {
             self.shared += 1;
             self.frames.push_back(Queued::Shared(OutFrame::Message {
@@ -294,19 +303,12 @@ impl Outbox {
                 seq,
                 payload: payload.clone(),
             }));
-        } else if payload.len() < RUN_COPY_BELOW {
+        } else {
             // Behind: this message waits for the ones before it, and must not
             // keep the publisher's read buffer alive while it does. Copied
             // into a run, it costs no queue entry and no allocation of its own
             // (each of which would add about a sixth to a 600-byte message).
             self.encode_into_run(sub_id, epoch, seq, payload);
-        } else {
-            self.frames.push_back(Queued::Frame(OutFrame::Message {
-                sub_id,
-                epoch,
-                seq,
-                payload: Bytes::copy_from_slice(payload),
-            }));
         }
         self.wake();
         Ok(())
@@ -579,7 +581,7 @@ mod tests {
     /// the bytes the bound counts, for every size of payload it copies.
     #[test]
     fn copies_behind_a_stalled_subscriber_hold_what_the_bound_counts() {
-        for size in [600, 4096, 8191, 8192, 60 * 1024] {
+        for size in [600, 1000, 4095, 4096] {
             let source = Bytes::from(vec![3u8; size]);
             let mut outbox = Outbox::new(8 << 20);
             let mut seq = 0;
@@ -603,6 +605,31 @@ mod tests {
                 held <= queued + queued / 16 + RUN_ROOM,
                 "{size}-byte payloads: {held} bytes held for {queued} queued"
             );
+        }
+    }
+
+    /// A payload over COPY_MAX is the owner's copy of its exact size: every
+    /// queue shares it, however far behind, and a copy per queue would only
+    /// multiply it.
+    #[test]
+    fn payloads_over_the_copy_size_are_always_shared() {
+        let payload = Bytes::from(vec![5u8; COPY_MAX + 1]);
+        let mut outbox = Outbox::new(1 << 20);
+        for seq in 1..=3 * SHARED_MAX as u64 {
+            outbox.push_message(1, 1, seq, &payload).expect("room");
+        }
+        assert_eq!(outbox.shared_payloads(), 0, "not counted with the slices");
+        let mut frames = Vec::new();
+        outbox.drain_into(&mut frames);
+        assert_eq!(frames.len(), 3 * SHARED_MAX);
+        for frame in &frames {
+            let OutFrame::Message {
+                payload: queued, ..
+            } = frame
+            else {
+                panic!("a MESSAGE, not {frame:?}");
+            };
+            assert_eq!(queued.as_ptr(), payload.as_ptr(), "the same buffer");
         }
     }
 

@@ -9,15 +9,17 @@
 //! cold since the message was kept a thousand messages before, and read a
 //! cold entry to drop it.) A replay, which is rare, copies its messages out.
 //!
-//! Payloads over [`COPY_MAX`] are kept as they arrived, shared: copying
-//! them would cost more than the reference.
+//! Payloads over [`COPY_MAX`] are kept as they are handed in, shared: the
+//! owner copies such a payload out of the publisher's read buffer into one
+//! of its exact size before anything keeps it (see the engine's
+//! `sequence_and_fan_out`), so the ring holds what it counts.
 
 use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-/// Payloads up to this size are copied into the ring. A larger one is a
-/// slice of the read buffer it arrived in, kept as is.
+/// Payloads up to this size are copied into the ring's byte buffer; a larger
+/// one is kept as handed in (a buffer of its own size).
 pub const COPY_MAX: usize = 4096;
 
 /// `lens` entry of a payload kept shared, in `large`.

@@ -89,6 +89,17 @@ impl Shard {
             return self.sequence_and_fan_out(topic, payload);
         };
         self.stats.messages_sequenced += 1;
+        // A payload is a slice of the publisher's read buffer (up to 128 KiB)
+        // and keeps all of it alive. A large one is copied once into a buffer
+        // of its own size, which the ring, every shard's fan-out, the
+        // outboxes and the webhook queue then share: whatever keeps it counts
+        // what it holds. (A small one is copied by each keeper that holds it
+        // for long: the ring, the webhook queue, a queue that fell behind.)
+        let payload = if payload.len() > COPY_MAX {
+            Bytes::copy_from_slice(&payload)
+        } else {
+            payload
+        };
         let before = owned.ring_retained();
         let seq = owned.append(&payload, ring, now_ms);
         // Field-level borrows again: `retained` is not part of `self.owned`.
@@ -107,7 +118,8 @@ impl Shard {
                     published_ms: unix_now_ms(),
                     // A small payload is copied: a slice would keep the
                     // whole read buffer it arrived in alive while the
-                    // webhook queue holds it.
+                    // webhook queue holds it (a large one is a copy
+                    // already).
                     payload: if payload.len() <= COPY_MAX {
                         Bytes::copy_from_slice(&payload)
                     } else {

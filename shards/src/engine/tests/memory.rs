@@ -154,3 +154,51 @@ fn over_budget_with_every_topic_subscribed_the_rings_shrink_and_a_resume_reports
         .collect();
     assert_eq!(replayed, (first..=1_000).collect::<Vec<_>>());
 }
+
+#[test]
+fn nothing_kept_holds_the_read_buffer_a_large_payload_arrived_in() {
+    // A payload is a slice of its publisher's read buffer. Whatever keeps a
+    // large one (the ring, a queue on this shard or another) must hold a copy
+    // of its own size, or it keeps the whole buffer alive while counting
+    // only the slice.
+    let mut cluster = Cluster::new(2, EngineConfig::default());
+    let t = topic_owned_by(0, 2);
+    let here = cluster.connect(0);
+    let there = cluster.connect(1);
+    cluster.send(here, subscribe(&t, 1, 1));
+    cluster.send(there, subscribe(&t, 1, 1));
+    cluster.pump();
+    cluster.take_conn(here);
+    cluster.take_conn(there);
+    let read_buffer = Bytes::from(vec![9u8; 64 << 10]);
+    let inside = |bytes: &Bytes| read_buffer.as_ptr_range().contains(&bytes.as_ptr());
+    let large = read_buffer.slice(100..100 + crate::ring::COPY_MAX + 1);
+    cluster.send(
+        here,
+        Frame::Publish(Publish {
+            request_id: 2,
+            ack: false,
+            topic: t.clone(),
+            payload: large.clone(),
+        }),
+    );
+    cluster.pump();
+    for conn in [here, there] {
+        let delivered: Vec<Bytes> = cluster
+            .take_conn(conn)
+            .into_iter()
+            .filter_map(|frame| match frame {
+                OutFrame::Message { payload, .. } => Some(payload),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(delivered, vec![large.clone()], "delivered once, intact");
+        assert!(!inside(&delivered[0]), "a copy, not the read buffer");
+    }
+    let plan = cluster.shards[0].owned[&t].resume(corebus_net::ResumePoint {
+        epoch: 0,
+        next_seq: 1,
+    });
+    assert_eq!(plan.replay, vec![(1, large.clone())]);
+    assert!(!inside(&plan.replay[0].1), "the ring keeps a copy");
+}
