@@ -243,6 +243,17 @@ pub struct ServeArgs {
     #[arg(long, env = "COREBUS_MAX_CONNECTIONS_PER_SHARD", default_value_t = 100_000,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections_per_shard: u32,
+    /// Most connections the whole broker holds that have not finished their
+    /// handshake (apart from max_connections); a new socket over it is
+    /// closed at once, unanswered, and counted (handshakes_shed_total).
+    #[arg(long, env = "COREBUS_MAX_HANDSHAKING", default_value_t = 4_096,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_handshaking: u32,
+    /// Most connections from one source address that have not finished
+    /// their handshake; 0 for no cap per address (clients behind one NAT
+    /// share an address).
+    #[arg(long, env = "COREBUS_MAX_HANDSHAKING_PER_SOURCE", default_value_t = 0)]
+    pub max_handshaking_per_source: u32,
     /// Most publishes one connection may have awaiting their acknowledgement
     /// (too_many_in_flight beyond it).
     #[arg(long, env = "COREBUS_MAX_IN_FLIGHT", default_value_t = 16_384,
@@ -264,6 +275,17 @@ pub struct ServeArgs {
     /// Most subscriptions one connection may hold.
     #[arg(long, env = "COREBUS_MAX_SUBSCRIPTIONS", default_value_t = 10_000)]
     pub max_subscriptions: usize,
+    /// Most bytes of namespace and topic names one connection's
+    /// subscriptions may name, all together.
+    #[arg(long, env = "COREBUS_MAX_SUBSCRIPTION_BYTES", default_value_t = 1 << 20)]
+    pub max_subscription_bytes: usize,
+    /// Most subscriptions all connections together may hold.
+    #[arg(
+        long,
+        env = "COREBUS_MAX_SUBSCRIPTIONS_TOTAL",
+        default_value_t = 1_000_000
+    )]
+    pub max_subscriptions_total: usize,
     /// Bound on one connection's queued outbound message bytes.
     #[arg(long, env = "COREBUS_OUTBOX_LIMIT", default_value_t = 8 << 20)]
     pub outbox_limit: usize,

@@ -222,6 +222,30 @@ const FAMILIES: &[Family] = &[
         value: |m| m.stats.handshake_failures,
     },
     Family {
+        name: "handshaking",
+        help: "Connections open whose handshake has not succeeded yet.",
+        kind: "gauge",
+        value: |m| m.handshaking,
+    },
+    Family {
+        name: "handshakes_shed_total",
+        help: "New sockets closed at once: the broker held max_handshaking connections mid-handshake.",
+        kind: "counter",
+        value: |m| m.stats.handshakes_shed,
+    },
+    Family {
+        name: "handshakes_shed_per_source_total",
+        help: "New sockets closed at once: their address held max_handshaking_per_source connections mid-handshake.",
+        kind: "counter",
+        value: |m| m.stats.handshakes_shed_per_source,
+    },
+    Family {
+        name: "subscriptions_refused_total",
+        help: "SUBSCRIBE requests refused by a subscription limit.",
+        kind: "counter",
+        value: |m| m.stats.subscriptions_refused,
+    },
+    Family {
         name: "slow_consumer_closes_total",
         help: "Connections closed for overflowing their outbound bound.",
         kind: "counter",

@@ -41,6 +41,8 @@ pub fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
             max_frame: args.max_frame,
             max_hello_frame: args.max_hello_frame,
             max_subscriptions_per_conn: args.max_subscriptions,
+            max_subscription_bytes_per_conn: args.max_subscription_bytes,
+            max_subscriptions: args.max_subscriptions_total,
             outbox_limit_bytes: args.outbox_limit,
             slow_consumer: match args.slow_consumer {
                 SlowConsumer::Drop => SlowConsumerPolicy::Drop,
@@ -57,8 +59,11 @@ pub fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
             handshake_timeout_ms: args.handshake_timeout.as_millis() as u64,
             max_in_flight_per_conn: args.max_in_flight,
             max_connections_per_shard: args.max_connections_per_shard as usize,
+            ..EngineConfig::default()
         },
         max_connections: args.max_connections as usize,
+        max_handshaking: args.max_handshaking as usize,
+        max_handshaking_per_source: args.max_handshaking_per_source as usize,
         ..ServerConfig::default()
     })
 }

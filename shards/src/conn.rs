@@ -17,10 +17,11 @@
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ use corebus_net::{
 };
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
+use rustc_hash::FxHashMap;
 use tracing::debug;
 
 use crate::engine::{ConnId, Flow, Shard};
@@ -83,11 +85,104 @@ impl ConnLimit {
     }
 }
 
+/// Connections that have not finished their handshake, counted broker-wide
+/// and per source address: a peer that has proved nothing may hold only so
+/// many sockets (and their buffers) open. Separate from [`ConnLimit`], so
+/// that a flood of silent sockets cannot take every connection slot from the
+/// clients that authenticate.
+#[derive(Debug)]
+pub struct HandshakeGate {
+    pending: AtomicUsize,
+    max: usize,
+    /// 0: no cap per source.
+    max_per_source: usize,
+    by_source: Mutex<FxHashMap<IpAddr, usize>>,
+}
+
+/// Why a new socket was closed before its handshake began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// The broker holds its maximum of connections mid-handshake.
+    Full,
+    /// This source address holds its maximum of them.
+    SourceFull,
+}
+
+impl HandshakeGate {
+    /// At most `max` connections mid-handshake, and at most `max_per_source`
+    /// from one address (0: no cap per address).
+    pub fn new(max: usize, max_per_source: usize) -> HandshakeGate {
+        HandshakeGate {
+            pending: AtomicUsize::new(0),
+            max,
+            max_per_source,
+            by_source: Mutex::new(FxHashMap::default()),
+        }
+    }
+
+    /// Counts one more connection from `source` mid-handshake, if both caps
+    /// allow it; the slot is given back when the returned value is dropped.
+    pub fn enter(self: &Arc<Self>, source: IpAddr) -> Result<HandshakeSlot, Shed> {
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(Shed::Full);
+        }
+        if self.max_per_source > 0 {
+            let mut by_source = self.by_source.lock().unwrap_or_else(|e| e.into_inner());
+            let count = by_source.entry(source).or_insert(0);
+            if *count >= self.max_per_source {
+                if *count == 0 {
+                    by_source.remove(&source);
+                }
+                drop(by_source);
+                self.pending.fetch_sub(1, Ordering::AcqRel);
+                return Err(Shed::SourceFull);
+            }
+            *count += 1;
+        }
+        Ok(HandshakeSlot {
+            gate: self.clone(),
+            source,
+        })
+    }
+
+    /// Connections mid-handshake now.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+}
+
+/// One connection's place among those mid-handshake; dropping it (when the
+/// handshake succeeds or the connection closes) gives the place back.
+#[derive(Debug)]
+pub struct HandshakeSlot {
+    gate: Arc<HandshakeGate>,
+    source: IpAddr,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let gate = &self.gate;
+        if gate.max_per_source > 0 {
+            let mut by_source = gate.by_source.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(count) = by_source.get_mut(&self.source) {
+                *count -= 1;
+                if *count == 0 {
+                    by_source.remove(&self.source);
+                }
+            }
+        }
+        gate.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The limits a connection is served under.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Broker-wide connection count.
     pub total: Arc<ConnLimit>,
+    /// Connections mid-handshake.
+    pub handshakes: Arc<HandshakeGate>,
     /// Most connections on one shard.
     pub max_per_shard: usize,
     /// TLS, when the broker has a certificate.
@@ -104,6 +199,18 @@ pub async fn serve(
     limits: Limits,
     sends: Rc<SendBatch>,
 ) {
+    // A socket over a handshake cap is closed at once: it has proved nothing,
+    // and an error frame would cost it a write (and, with TLS, a handshake).
+    let source = stream
+        .peer_addr()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |addr| addr.ip());
+    let mut handshake = match limits.handshakes.enter(source) {
+        Ok(slot) => Some(slot),
+        Err(shed) => {
+            shard.borrow_mut().note_shed(shed);
+            return;
+        }
+    };
     if let Err(err) = stream.set_nodelay(true) {
         debug!(%err, "cannot set TCP_NODELAY");
     }
@@ -151,7 +258,7 @@ pub async fn serve(
         tls.clone(),
         sends,
     ));
-    match read_loop(&shard, conn, stream, tls).await {
+    match read_loop(&shard, conn, stream, tls, &mut handshake).await {
         Ok(()) => debug!(?conn, "connection closed"),
         Err(err) => debug!(?conn, %err, "connection read failed"),
     }
@@ -205,6 +312,7 @@ async fn read_loop(
     conn: ConnId,
     mut stream: TcpStream,
     tls: Option<Tls>,
+    handshake: &mut Option<HandshakeSlot>,
 ) -> io::Result<()> {
     // The frame limit is the small pre-handshake one until a HELLO succeeds:
     // only then may a frame's announced length grow the buffer to `max_frame`.
@@ -229,6 +337,9 @@ async fn read_loop(
                         if !handshaken {
                             handshaken = shard.is_handshaken(conn);
                             limit = shard.frame_limit(conn);
+                            if handshaken {
+                                *handshake = None;
+                            }
                         }
                         if flow == Flow::Close {
                             return Ok(());
@@ -581,6 +692,30 @@ async fn write_all_vectored(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_handshake_gate_caps_all_and_each_source_and_gives_places_back() {
+        let gate = Arc::new(HandshakeGate::new(3, 2));
+        let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        let first = gate.enter(a).expect("room");
+        let second = gate.enter(a).expect("room");
+        assert_eq!(gate.enter(a).err(), Some(Shed::SourceFull));
+        let third = gate.enter(b).expect("another source");
+        assert_eq!(gate.enter(b).err(), Some(Shed::Full));
+        assert_eq!(gate.pending(), 3, "refusals hold no place");
+        drop(first);
+        assert_eq!(gate.pending(), 2);
+        let again = gate.enter(a).expect("a's place came back");
+        drop((second, third, again));
+        assert_eq!(gate.pending(), 0);
+        let by_source = gate.by_source.lock().expect("lock");
+        assert!(by_source.is_empty(), "no entry is left for a quiet source");
+        drop(by_source);
+        // No cap per source: only the total.
+        let gate = Arc::new(HandshakeGate::new(2, 0));
+        let _held = (gate.enter(a).expect("room"), gate.enter(a).expect("room"));
+        assert_eq!(gate.enter(b).err(), Some(Shed::Full));
+    }
 
     /// What the outbox bound counts for each frame is exactly what the writer
     /// puts on the wire for it.

@@ -62,6 +62,8 @@ pub struct ShardMetrics {
     pub stats: ShardStats,
     /// Open connections.
     pub connections: u64,
+    /// Connections open here whose handshake has not succeeded yet.
+    pub handshaking: u64,
     /// Subscriptions held by this shard's connections.
     pub subscriptions: u64,
     /// Topics whose owner-side state this shard holds.

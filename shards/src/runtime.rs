@@ -19,7 +19,7 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use tracing::{debug, info, warn};
 
 use crate::auth::{Authenticator, OpenAccess};
-use crate::conn::ConnLimit;
+use crate::conn::{ConnLimit, HandshakeGate};
 use crate::engine::{EngineConfig, Shard};
 use crate::host::{affinity_cpus, preflight, IO_MEMORY};
 use crate::listen::{accept_until, bind_listener};
@@ -50,6 +50,11 @@ pub struct ServerConfig {
     pub webhooks: Arc<dyn WebhookSink>,
     /// Most connections the whole broker holds.
     pub max_connections: usize,
+    /// Most connections the whole broker holds that have not finished their
+    /// handshake; a socket over it is closed at once.
+    pub max_handshaking: usize,
+    /// Most of those from one source address (0: no cap per address).
+    pub max_handshaking_per_source: usize,
     /// TLS for every client connection (see [`crate::tls`]); `None` for
     /// plaintext.
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -64,6 +69,8 @@ impl Default for ServerConfig {
             auth: Arc::new(OpenAccess),
             webhooks: Arc::new(NoWebhooks),
             max_connections: 100_000,
+            max_handshaking: 4_096,
+            max_handshaking_per_source: 0,
             tls: None,
         }
     }
@@ -249,6 +256,10 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
     let mesh = MeshBuilder::<MeshBatch, _>::full(shard_count, MESH_QUEUE_BATCHES);
     let control = Arc::new(Control::default());
     let conn_limit = Arc::new(ConnLimit::new(config.max_connections));
+    let handshakes = Arc::new(HandshakeGate::new(
+        config.max_handshaking,
+        config.max_handshaking_per_source,
+    ));
     let metrics = MetricsHandle::new(shard_count);
     let mut handles = Vec::with_capacity(shard_count);
     let mut listen = config.listen;
@@ -266,6 +277,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
         let webhooks = config.webhooks.clone();
         let tls = config.tls.clone();
         let conn_limit = conn_limit.clone();
+        let handshakes = handshakes.clone();
         let shard_metrics = metrics.clone();
         let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("corebus-shard-{index}"))
@@ -281,6 +293,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
                     auth,
                     webhooks,
                     conn_limit,
+                    handshakes,
                     tls,
                 };
                 run_shard(ctx, engine, mesh).await
@@ -336,6 +349,7 @@ struct ShardContext {
     auth: Arc<dyn Authenticator>,
     webhooks: Arc<dyn WebhookSink>,
     conn_limit: Arc<ConnLimit>,
+    handshakes: Arc<HandshakeGate>,
     tls: Option<Arc<rustls::ServerConfig>>,
 }
 
@@ -354,6 +368,7 @@ async fn run_shard(
         auth,
         webhooks,
         conn_limit,
+        handshakes,
         tls,
     } = ctx;
     // The last shard to join the listeners' group makes it steer by source
@@ -425,6 +440,7 @@ async fn run_shard(
             debug!(shard = id, "connection accepted");
             let limits = crate::conn::Limits {
                 total: conn_limit.clone(),
+                handshakes: handshakes.clone(),
                 max_per_shard,
                 tls: tls.clone(),
             };

@@ -21,6 +21,15 @@ pub struct ShardStats {
     /// Connections refused because their credentials were missing, unknown,
     /// invalid or expired.
     pub auth_failures: u64,
+    /// New sockets closed at once because the broker held its maximum of
+    /// connections mid-handshake (`max_handshaking`).
+    pub handshakes_shed: u64,
+    /// New sockets closed at once because their source address held its
+    /// maximum of connections mid-handshake (`max_handshaking_per_source`).
+    pub handshakes_shed_per_source: u64,
+    /// `SUBSCRIBE` requests refused by a subscription limit
+    /// (`too_many_subscriptions`).
+    pub subscriptions_refused: u64,
     /// Requests refused by authorization (`forbidden`).
     pub forbidden: u64,
     /// Connections closed for a handshake deadline, an expired token or

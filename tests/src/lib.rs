@@ -155,9 +155,15 @@ impl RawConn {
     /// Connects from local port `port` without a handshake; `Err` when the
     /// port cannot be had (in use, say).
     pub async fn connect_from(addr: SocketAddr, port: u16) -> std::io::Result<RawConn> {
+        RawConn::connect_bound(addr, SocketAddr::from(([127, 0, 0, 1], port))).await
+    }
+
+    /// Connects from the local address `local` (another loopback address,
+    /// 127.0.0.2 say, is another source) without a handshake.
+    pub async fn connect_bound(addr: SocketAddr, local: SocketAddr) -> std::io::Result<RawConn> {
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.set_reuseaddr(true)?;
-        socket.bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
+        socket.bind(local)?;
         let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(RawConn {

@@ -5,7 +5,9 @@ use bytes::Bytes;
 use corebus_net::{ErrorCode, Frame, Publish, Subscribe, TopicKey, Unsubscribe};
 use std::time::Duration;
 
+use corebus_shards::{EngineConfig, ServerConfig};
 use corebus_tests::{topic_owned_by, Broker, RawConn, Received};
+use std::net::SocketAddr;
 
 fn error_of(frame: Option<Frame>) -> (u32, ErrorCode, bool) {
     match frame {
@@ -288,4 +290,95 @@ async fn an_unauthenticated_peer_cannot_announce_a_large_frame() {
         big_hello.recv().await,
         Some(Frame::PubAck(ack)) if ack.request_id == 1
     ));
+}
+
+/// Sum of the shards' connections mid-handshake, once it reaches `want`
+/// (fails after 10 s).
+async fn await_handshaking(broker: &Broker, want: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now: u64 = broker.metrics().iter().map(|m| m.handshaking).sum();
+        if now == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{now} connections mid-handshake, waited for {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_mid_handshake_are_capped_in_all_and_per_source() {
+    let broker = Broker::start_config(ServerConfig {
+        shards: Some(2),
+        max_handshaking: 4,
+        max_handshaking_per_source: 3,
+        engine: EngineConfig {
+            handshake_timeout_ms: 60_000,
+            ..EngineConfig::default()
+        },
+        ..ServerConfig::default()
+    });
+    let from = |ip: [u8; 4]| SocketAddr::from((ip, 0));
+    // Three silent sockets from 127.0.0.1 fill its share.
+    let mut silent = Vec::new();
+    for n in 1..=3 {
+        silent.push(RawConn::connect(broker.addr()).await);
+        await_handshaking(&broker, n).await;
+    }
+    let mut over_source = RawConn::connect(broker.addr()).await;
+    over_source
+        .expect_closed_within(Duration::from_secs(5))
+        .await;
+    // Another source still gets in, up to the total.
+    let other = RawConn::connect_bound(broker.addr(), from([127, 0, 0, 2]))
+        .await
+        .expect("connects from 127.0.0.2");
+    await_handshaking(&broker, 4).await;
+    let mut over_total = RawConn::connect_bound(broker.addr(), from([127, 0, 0, 3]))
+        .await
+        .expect("connects from 127.0.0.3");
+    over_total
+        .expect_closed_within(Duration::from_secs(5))
+        .await;
+    // Connections that finished their handshake do not count: one silent
+    // socket says HELLO, and a newcomer takes its place.
+    silent[0].hello().await;
+    await_handshaking(&broker, 3).await;
+    let mut newcomer = RawConn::connect_bound(broker.addr(), from([127, 0, 0, 3]))
+        .await
+        .expect("connects from 127.0.0.3");
+    newcomer.hello().await;
+    // The welcomed connection is served: it publishes and is acknowledged.
+    let topic = TopicKey::from_strs("test", "after-the-cap").expect("valid");
+    newcomer
+        .send(&Frame::Publish(Publish {
+            request_id: 1,
+            ack: true,
+            topic,
+            payload: Bytes::from_static(b"x"),
+        }))
+        .await;
+    assert!(matches!(newcomer.recv().await, Some(Frame::PubAck(ack)) if ack.request_id == 1));
+    drop(other);
+    // Refusals are counted, per cap.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = broker.metrics();
+        let total: u64 = metrics.iter().map(|m| m.stats.handshakes_shed).sum();
+        let source: u64 = metrics
+            .iter()
+            .map(|m| m.stats.handshakes_shed_per_source)
+            .sum();
+        if (total, source) == (1, 1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shed counts (total, per source) are ({total}, {source}), want (1, 1)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -108,6 +108,7 @@ impl Shard {
                 opened_ms: self.now_ms,
                 in_flight: 0,
                 subscriptions: FxHashMap::default(),
+                subscription_bytes: 0,
                 lossy: Vec::new(),
                 last_input_ms: self.now_ms,
                 ping_outstanding: false,
@@ -121,6 +122,14 @@ impl Shard {
     /// `too_many_connections` error, then close.
     pub fn refuse_conn(&mut self, conn: ConnId, reason: String) {
         self.close_with_error(conn, ErrorCode::TooManyConnections, reason);
+    }
+
+    /// Counts a new socket closed at once by a handshake cap.
+    pub fn note_shed(&mut self, shed: crate::conn::Shed) {
+        match shed {
+            crate::conn::Shed::Full => self.stats.handshakes_shed += 1,
+            crate::conn::Shed::SourceFull => self.stats.handshakes_shed_per_source += 1,
+        }
     }
 
     /// Whether `conn`'s handshake succeeded.
@@ -193,6 +202,8 @@ impl Shard {
         };
         state.lossy.clear();
         let subscriptions = std::mem::take(&mut state.subscriptions);
+        state.subscription_bytes = 0;
+        self.release_subscriptions(subscriptions.len());
         for (sub_id, sub) in subscriptions {
             self.remove_subscriber(&sub.topic, conn, sub_id);
         }

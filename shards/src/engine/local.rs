@@ -46,6 +46,11 @@ impl LocalTopics {
         })
     }
 
+    /// The table's own copy of `topic`'s key, if it has an entry.
+    pub(super) fn key(&self, topic: &TopicKey) -> Option<&TopicKey> {
+        self.index.get_key_value(topic).map(|(key, _)| key)
+    }
+
     pub(super) fn get(&self, topic: &TopicKey) -> Option<&LocalTopic> {
         let slot = *self.index.get(topic)?;
         self.slots[slot as usize].entry.as_ref()

@@ -11,6 +11,7 @@
 //! executor's tasks mutate it, through `Rc<RefCell<Shard>>`, never across an
 //! `.await`.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::task::Waker;
 
@@ -52,6 +53,14 @@ pub struct EngineConfig {
     pub max_hello_frame: u32,
     /// Most subscriptions one connection may hold at once.
     pub max_subscriptions_per_conn: usize,
+    /// Most bytes of namespace and topic names one connection's
+    /// subscriptions may name, all together.
+    pub max_subscription_bytes_per_conn: usize,
+    /// Most subscriptions all connections of the broker may hold at once.
+    pub max_subscriptions: usize,
+    /// Subscriptions held on all shards: one count, shared by every clone of
+    /// this configuration (the runtime hands each shard a clone).
+    pub subscriptions_held: Arc<AtomicUsize>,
     /// Bound on a connection's queued outbound `MESSAGE` bytes.
     pub outbox_limit_bytes: usize,
     /// What to do when that bound is reached.
@@ -86,6 +95,9 @@ impl Default for EngineConfig {
             max_frame: corebus_net::DEFAULT_MAX_FRAME,
             max_hello_frame: corebus_net::DEFAULT_MAX_HELLO_FRAME,
             max_subscriptions_per_conn: 10_000,
+            max_subscription_bytes_per_conn: 1 << 20,
+            max_subscriptions: 1_000_000,
+            subscriptions_held: Arc::default(),
             outbox_limit_bytes: 8 << 20,
             slow_consumer: SlowConsumerPolicy::Drop,
             ring: RingLimits::default(),
@@ -146,6 +158,8 @@ struct Lost {
 
 #[derive(Debug)]
 struct SubState {
+    /// The local table's key (one copy of the name for every subscription
+    /// to the topic on this shard, none of a read buffer).
     topic: TopicKey,
     /// The resume request this subscription waits for, if any.
     resume_request: Option<u32>,
@@ -164,6 +178,8 @@ struct ConnState {
     /// Publishes with an ack requested and not yet acknowledged.
     in_flight: u32,
     subscriptions: FxHashMap<u32, SubState>,
+    /// Bytes of namespace and topic the subscriptions name, all together.
+    subscription_bytes: usize,
     /// Subscription ids with a `lost` range to report.
     lossy: Vec<u32>,
     /// Engine time of the last bytes received.
@@ -261,6 +277,7 @@ impl Shard {
             shard: self.id,
             stats: self.stats.clone(),
             connections: self.conns.len() as u64,
+            handshaking: self.conns.values().filter(|conn| !conn.handshaken).count() as u64,
             subscriptions: self
                 .conns
                 .values()

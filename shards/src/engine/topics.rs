@@ -1,6 +1,7 @@
 //! Topic handlers: publish and fan-out on the owner, subscribe, resume,
 //! unsubscribe and the interest protocol between shards.
 
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -228,23 +229,10 @@ impl Shard {
                 format!("subscription id {sub_id} is already in use on this connection"),
             );
         }
-        if state.subscriptions.len() >= self.config.max_subscriptions_per_conn {
-            let max = self.config.max_subscriptions_per_conn;
-            return self.send_error(
-                conn,
-                request_id,
-                ErrorCode::TooManySubscriptions,
-                format!("a connection may hold at most {max} subscriptions"),
-            );
+        if let Err(reason) = self.admit_subscription(conn, &topic) {
+            self.stats.subscriptions_refused += 1;
+            return self.send_error(conn, request_id, ErrorCode::TooManySubscriptions, reason);
         }
-        state.subscriptions.insert(
-            sub_id,
-            SubState {
-                topic: topic.clone(),
-                resume_request: resume.map(|_| request_id),
-                lost: None,
-            },
-        );
         self.stats.subscribes += 1;
         let owner = routing::owner(&topic, self.shard_count);
         let (handle, is_new) = match self.local.handle(&topic) {
@@ -256,6 +244,21 @@ impl Shard {
                 true,
             ),
         };
+        let key = self
+            .local
+            .key(&topic)
+            .cloned()
+            .unwrap_or_else(|| topic.compact());
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.subscriptions.insert(
+                sub_id,
+                SubState {
+                    topic: key,
+                    resume_request: resume.map(|_| request_id),
+                    lost: None,
+                },
+            );
+        }
         let Some(local) = self.local.by_handle_mut(handle) else {
             return; // Unreachable: the handle was just taken or made.
         };
@@ -470,6 +473,48 @@ impl Shard {
         }
     }
 
+    /// Counts one more subscription of `conn` to `topic` if every bound
+    /// allows it: the connection's count and name bytes, and the broker's
+    /// count (shared by all shards). The reason names the bound otherwise.
+    fn admit_subscription(&mut self, conn: ConnId, topic: &TopicKey) -> Result<(), String> {
+        let config = &self.config;
+        let Some(state) = self.conns.get_mut(&conn) else {
+            return Err("the connection is closing".into());
+        };
+        if state.subscriptions.len() >= config.max_subscriptions_per_conn {
+            let max = config.max_subscriptions_per_conn;
+            return Err(format!("a connection may hold at most {max} subscriptions"));
+        }
+        let bytes = topic.wire_bytes().len();
+        if state.subscription_bytes + bytes > config.max_subscription_bytes_per_conn {
+            let max = config.max_subscription_bytes_per_conn;
+            return Err(format!(
+                "a connection's subscriptions may name at most {max} bytes of namespace and topic"
+            ));
+        }
+        let held = config.subscriptions_held.fetch_add(1, Ordering::Relaxed);
+        if held >= config.max_subscriptions {
+            config.subscriptions_held.fetch_sub(1, Ordering::Relaxed);
+            let max = config.max_subscriptions;
+            return Err(format!(
+                "the broker holds its maximum of {max} subscriptions"
+            ));
+        }
+        state.subscription_bytes += bytes;
+        Ok(())
+    }
+
+    /// Uncounts `count` subscriptions from the broker's total.
+    pub(super) fn release_subscriptions(&self, count: usize) {
+        if count > 0 {
+            let before = self
+                .config
+                .subscriptions_held
+                .fetch_sub(count, Ordering::Relaxed);
+            debug_assert!(before >= count, "subscription count underflow");
+        }
+    }
+
     pub(super) fn handle_unsubscribe(&mut self, conn: ConnId, unsubscribe: Unsubscribe) {
         let Unsubscribe { request_id, sub_id } = unsubscribe;
         let removed = self.conns.get_mut(&conn).and_then(|state| {
@@ -484,6 +529,10 @@ impl Shard {
                 format!("no active subscription with id {sub_id}"),
             );
         };
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.subscription_bytes -= sub.topic.wire_bytes().len();
+        }
+        self.release_subscriptions(1);
         self.remove_subscriber(&sub.topic, conn, sub_id);
         // Queued after every MESSAGE already queued for this subscription, and
         // the table no longer lists it: nothing for it follows UNSUB_OK.

@@ -50,6 +50,103 @@ fn subscription_limit_is_enforced() {
     ));
 }
 
+/// The error answering request `request_id`, if any.
+fn error_for(frames: &[OutFrame], request_id: u32) -> Option<ErrorCode> {
+    frames.iter().find_map(|frame| match frame {
+        OutFrame::Error(e) if e.request_id == request_id => e.code(),
+        _ => None,
+    })
+}
+
+#[test]
+fn subscription_names_are_bounded_per_connection() {
+    // Each name below is 4 + 2 + 96 wire bytes ("test", a u16, the topic).
+    let config = EngineConfig {
+        max_subscription_bytes_per_conn: 3 * 102,
+        ..EngineConfig::default()
+    };
+    let mut cluster = Cluster::new(1, config);
+    let client = cluster.connect(0);
+    let name = |n: u32| topic(&format!("{n:0>96}"));
+    for sub in 1..=4 {
+        cluster.send(client, subscribe(&name(sub), sub, sub));
+    }
+    let frames = cluster.take_conn(client);
+    assert_eq!(error_for(&frames, 3), None, "three names fit exactly");
+    assert_eq!(error_for(&frames, 4), Some(ErrorCode::TooManySubscriptions));
+    // A short name still fits under a count limit; the bytes are what is full.
+    cluster.send(client, subscribe(&topic("x"), 5, 5));
+    assert_eq!(
+        error_for(&cluster.take_conn(client), 5),
+        Some(ErrorCode::TooManySubscriptions)
+    );
+    // Unsubscribing gives the bytes back.
+    cluster.send(
+        client,
+        Frame::Unsubscribe(Unsubscribe {
+            request_id: 6,
+            sub_id: 1,
+        }),
+    );
+    cluster.send(client, subscribe(&name(7), 7, 7));
+    assert_eq!(error_for(&cluster.take_conn(client), 7), None);
+    // Another connection has bytes of its own.
+    let other = cluster.connect(0);
+    cluster.send(other, subscribe(&name(1), 1, 1));
+    assert_eq!(error_for(&cluster.take_conn(other), 1), None);
+}
+
+#[test]
+fn subscriptions_are_bounded_broker_wide_across_shards() {
+    let config = EngineConfig {
+        max_subscriptions: 3,
+        ..EngineConfig::default()
+    };
+    let mut cluster = Cluster::new(2, config);
+    let a = cluster.connect(0);
+    let b = cluster.connect(1);
+    cluster.send(a, subscribe(&topic("a1"), 1, 1));
+    cluster.send(a, subscribe(&topic("a2"), 2, 2));
+    cluster.send(b, subscribe(&topic("b1"), 1, 1));
+    cluster.send(b, subscribe(&topic("b2"), 2, 2));
+    cluster.send(a, subscribe(&topic("a3"), 3, 3));
+    cluster.pump();
+    let (from_a, from_b) = (cluster.take_conn(a), cluster.take_conn(b));
+    assert_eq!(error_for(&from_b, 1), None);
+    assert_eq!(error_for(&from_b, 2), Some(ErrorCode::TooManySubscriptions));
+    assert_eq!(error_for(&from_a, 3), Some(ErrorCode::TooManySubscriptions));
+    let refusal = from_a.iter().find_map(|frame| match frame {
+        OutFrame::Error(e) if e.request_id == 3 => Some(e.message.clone()),
+        _ => None,
+    });
+    assert!(refusal.is_some_and(|m| m.contains("broker holds its maximum of 3")));
+    assert_eq!(
+        cluster.shards[0].metrics().subscriptions + cluster.shards[1].metrics().subscriptions,
+        3
+    );
+    // A closed connection gives its subscriptions back to every shard.
+    cluster.shards[0].close_conn(a.1);
+    cluster.send(b, subscribe(&topic("b3"), 3, 3));
+    cluster.send(b, subscribe(&topic("b4"), 4, 4));
+    cluster.send(b, subscribe(&topic("b5"), 5, 5));
+    let from_b = cluster.take_conn(b);
+    assert_eq!(error_for(&from_b, 4), None);
+    assert_eq!(error_for(&from_b, 5), Some(ErrorCode::TooManySubscriptions));
+}
+
+#[test]
+fn a_subscription_keeps_no_part_of_the_frame_it_arrived_in() {
+    let mut cluster = Cluster::new(1, EngineConfig::default());
+    let client = cluster.connect(0);
+    let frame = Bytes::from(b"....test\x00\x05topic....".to_vec());
+    let key = TopicKey::from_wire(frame.slice(4..15), 4).expect("valid");
+    cluster.send(client, subscribe(&key, 1, 1));
+    let state = &cluster.shards[0].conns[&client.1];
+    let kept = &state.subscriptions[&1].topic;
+    assert_eq!(kept, &key);
+    assert!(!frame.as_ptr_range().contains(&kept.wire_bytes().as_ptr()));
+}
+
 #[test]
 fn handshake_is_required_and_versioned() {
     let mut cluster = Cluster::new(1, EngineConfig::default());
