@@ -54,17 +54,26 @@ pub fn check(buf: &[u8], max_frame: u32) -> Result<Check, FrameError> {
 ///
 /// Payloads and names are slices of `frame`: nothing is copied.
 pub fn decode(frame: Bytes) -> Result<Frame, FrameError> {
-    decode_frame(frame, None)
+    decode_frame(frame, None, false)
 }
 
-/// [`decode`] for a stream of frames: `cache` remembers the last topic
-/// names decoded, so a run of frames for one topic (the usual publisher)
-/// checks and hashes its names once. Keep one cache per connection.
-pub fn decode_with(frame: Bytes, cache: &mut KeyCache) -> Result<Frame, FrameError> {
-    decode_frame(frame, Some(cache))
+/// [`decode`] as a server reads a client's stream of frames.
+///
+/// A frame only servers send is refused as [`FrameError::WrongDirection`]
+/// from its opcode alone, before its body is read: a client that sends one
+/// is told so, whatever the body holds (`docs/protocol.md`, section 7.14).
+/// `cache` remembers the last topic names decoded, so a run of frames for
+/// one topic (the usual publisher) checks and hashes its names once. Keep
+/// one cache per connection.
+pub fn decode_from_client(frame: Bytes, cache: &mut KeyCache) -> Result<Frame, FrameError> {
+    decode_frame(frame, Some(cache), true)
 }
 
-fn decode_frame(frame: Bytes, cache: Option<&mut KeyCache>) -> Result<Frame, FrameError> {
+fn decode_frame(
+    frame: Bytes,
+    cache: Option<&mut KeyCache>,
+    from_client: bool,
+) -> Result<Frame, FrameError> {
     let mut reader = Reader {
         frame: "frame",
         buf: frame,
@@ -91,6 +100,12 @@ fn decode_frame(frame: Bytes, cache: Option<&mut KeyCache>) -> Result<Frame, Fra
         opcode: opcode_byte,
     })?;
     reader.frame = frame_name(opcode);
+    if from_client && opcode.is_server_frame() {
+        return Err(FrameError::WrongDirection {
+            frame: reader.frame,
+            opcode: opcode_byte,
+        });
+    }
     let frame = match opcode {
         Opcode::Hello => {
             let magic = reader.array::<4>("magic")?;

@@ -71,6 +71,15 @@ pub enum FrameError {
         /// Field being read.
         field: &'static str,
     },
+    /// A client sent a frame that only servers send. Reported from the
+    /// opcode alone: the body is not read.
+    #[error("{frame} (opcode 0x{opcode:02x}) is sent by servers, not clients")]
+    WrongDirection {
+        /// Frame kind the opcode names.
+        frame: &'static str,
+        /// The opcode byte.
+        opcode: u8,
+    },
     /// A namespace or topic name breaks the naming rules.
     #[error("request {request_id}: {source}")]
     InvalidName {
@@ -105,6 +114,7 @@ impl FrameError {
             FrameError::UnknownOpcode { .. } => ErrorCode::UnknownOpcode,
             FrameError::InvalidName { .. } => ErrorCode::InvalidName,
             FrameError::BadMagic { .. } => ErrorCode::HandshakeRequired,
+            FrameError::WrongDirection { .. } => ErrorCode::WrongDirection,
             FrameError::Empty
             | FrameError::Truncated { .. }
             | FrameError::TrailingBytes { .. }

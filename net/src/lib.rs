@@ -17,7 +17,7 @@ mod frame;
 mod name;
 pub mod routing;
 
-pub use decode::{check, decode, decode_with, Check, KeyCache};
+pub use decode::{check, decode, decode_from_client, Check, KeyCache};
 pub use encode::{encode_message_header, encode_publish, encode_subscribe, MESSAGE_HEADER_LEN};
 pub use error::{ErrorCode, FrameError};
 pub use frame::{

@@ -443,6 +443,49 @@ fn malformed_bodies_are_typed_errors() {
     ));
 }
 
+/// A server reading a client refuses every server-only opcode of the table
+/// as `WrongDirection` from the opcode alone, whatever the body (empty,
+/// garbage or well-formed); `decode`, which reads anyone's frames as a
+/// client does, parses the body.
+#[test]
+fn a_server_refuses_server_frames_before_their_body() {
+    let well_formed = sample_frames();
+    let server_opcodes: Vec<Opcode> = (0..=u8::MAX)
+        .filter_map(Opcode::from_u8)
+        .filter(|opcode| opcode.is_server_frame())
+        .collect();
+    assert!(!server_opcodes.is_empty());
+    for opcode in server_opcodes {
+        let sample = well_formed
+            .iter()
+            .find(|frame| frame.opcode() == opcode)
+            .expect("sample_frames has one of every frame");
+        let mut garbage = vec![0, 0, 0, 41, opcode as u8];
+        garbage.extend_from_slice(&[0xff; 40]);
+        for input in [
+            Bytes::from(vec![0, 0, 0, 1, opcode as u8]),
+            Bytes::from(garbage),
+            encoded(sample),
+        ] {
+            let err = decode_from_client(input.clone(), &mut KeyCache::default())
+                .expect_err("a server frame from a client");
+            assert!(
+                matches!(err, FrameError::WrongDirection { opcode: byte, .. } if byte == opcode as u8),
+                "{opcode:?} {input:02x?}: {err:?}"
+            );
+            assert_eq!(err.code(), ErrorCode::WrongDirection);
+            assert!(!err.breaks_framing());
+            assert_eq!(err.request_id(), None);
+        }
+        assert_eq!(decode(encoded(sample)).as_ref(), Ok(sample));
+    }
+    // Frames a client sends pass, and so do PING and PONG.
+    for frame in well_formed.iter().filter(|f| !f.opcode().is_server_frame()) {
+        let got = decode_from_client(encoded(frame), &mut KeyCache::default());
+        assert_eq!(got.as_ref(), Ok(frame));
+    }
+}
+
 #[test]
 fn error_codes_round_trip_their_numbers() {
     for code in ErrorCode::ALL {
@@ -569,7 +612,7 @@ proptest! {
 fn publish_with(cache: &mut KeyCache, ns: &[u8], name: &[u8]) -> Result<Publish, FrameError> {
     let mut out = BytesMut::new();
     encode_publish(&mut out, 9, false, ns, name, b"payload");
-    match decode_with(out.freeze(), cache)? {
+    match decode_from_client(out.freeze(), cache)? {
         Frame::Publish(publish) => Ok(publish),
         other => panic!("expected PUBLISH, got {other:?}"),
     }

@@ -29,7 +29,7 @@ use std::task::Waker;
 
 use bytes::{Bytes, BytesMut};
 use corebus_net::{
-    check, decode_with, Check, Frame, Hello, KeyCache, Publish, Subscribe, TopicKey,
+    check, decode_from_client, Check, Frame, Hello, KeyCache, Publish, Subscribe, TopicKey,
 };
 use corebus_shards::outbox::OutFrame;
 use corebus_shards::{ConnId, EngineConfig, Shard, ShardId};
@@ -118,7 +118,8 @@ fn main() {
         let Ok(Check::Complete { len }) = check(&stream, u32::MAX) else {
             panic!("encoded frames are complete");
         };
-        let frame = decode_with(stream.split_to(len), &mut keys).expect("encoded frames decode");
+        let frame =
+            decode_from_client(stream.split_to(len), &mut keys).expect("encoded frames decode");
         shards[0].handle_frame(publisher, frame);
         if i % 256 == 255 {
             out += drain(&mut shards, &mut frames);

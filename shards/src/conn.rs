@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use corebus_net::{
-    check, decode_with, encode_message_header, Check, Discontinuity, Frame, GoAway, KeyCache,
-    PubAck, SubOk, UnsubOk, Welcome, PROTOCOL_VERSION,
+    check, decode_from_client, encode_message_header, Check, Discontinuity, Frame, GoAway,
+    KeyCache, PubAck, SubOk, UnsubOk, Welcome, PROTOCOL_VERSION,
 };
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -330,7 +330,7 @@ async fn read_loop(
             loop {
                 match check(&buf, limit) {
                     Ok(Check::Complete { len }) => {
-                        let flow = match decode_with(buf.split_to(len).freeze(), &mut keys) {
+                        let flow = match decode_from_client(buf.split_to(len).freeze(), &mut keys) {
                             Ok(frame) => shard.handle_frame(conn, frame),
                             Err(err) => shard.handle_decode_error(conn, &err),
                         };

@@ -3,7 +3,7 @@
 //! does, without sockets.
 
 use bytes::BytesMut;
-use corebus_net::{check, decode_with, Check, KeyCache};
+use corebus_net::{check, decode_from_client, Check, KeyCache};
 
 use crate::engine::{EngineConfig, Flow, Shard};
 
@@ -19,7 +19,7 @@ pub fn feed(shard: &mut Shard, input: &[u8], split: usize) -> Flow {
         loop {
             match check(&buf, 4096) {
                 Ok(Check::Complete { len }) => {
-                    let flow = match decode_with(buf.split_to(len).freeze(), &mut keys) {
+                    let flow = match decode_from_client(buf.split_to(len).freeze(), &mut keys) {
                         Ok(frame) => shard.handle_frame(conn, frame),
                         Err(err) => shard.handle_decode_error(conn, &err),
                     };

@@ -2,7 +2,7 @@
 //! other clients of the same shard.
 
 use bytes::Bytes;
-use corebus_net::{ErrorCode, Frame, Publish, Subscribe, TopicKey, Unsubscribe};
+use corebus_net::{ErrorCode, Frame, Opcode, Publish, Subscribe, TopicKey, Unsubscribe};
 use std::time::Duration;
 
 use corebus_shards::{EngineConfig, ServerConfig};
@@ -100,7 +100,7 @@ async fn request_level_errors_leave_the_connection_usable() {
         (0, ErrorCode::MalformedFrame, false)
     );
 
-    // A server-only frame sent by a client.
+    // An unsolicited PONG is ignored: either side may send PING and PONG.
     raw.send(&Frame::Pong(3)).await;
     raw.send(&Frame::Ping(4)).await;
     assert_eq!(
@@ -131,6 +131,62 @@ async fn request_level_errors_leave_the_connection_usable() {
     assert!(
         matches!(raw.recv().await, Some(Frame::PubAck(ack)) if ack.request_id == 6 && ack.seq == 1)
     );
+}
+
+/// Every opcode of the codec's table that only servers send, each framed
+/// with an empty body and with a body of 40 bytes 0xff (trailing bytes for
+/// the fixed-size frames, a text field running past the end for `GOAWAY` and
+/// `TOKEN`, bad UTF-8 for `WEBHOOK_REPLY`, reserved flag bits for `ERROR`, a
+/// body that parses for `MESSAGE`).
+fn server_frames_from_a_client() -> Vec<(Opcode, Vec<u8>)> {
+    let opcodes: Vec<Opcode> = (0..=u8::MAX)
+        .filter_map(Opcode::from_u8)
+        .filter(|opcode| opcode.is_server_frame())
+        .collect();
+    assert!(opcodes.contains(&Opcode::WebhookReply), "{opcodes:?}");
+    let mut frames = Vec::new();
+    for opcode in opcodes {
+        for body in [&[][..], &[0xff; 40][..]] {
+            let mut frame = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+            frame.push(opcode as u8);
+            frame.extend_from_slice(body);
+            frames.push((opcode, frame));
+        }
+    }
+    frames
+}
+
+/// A frame only servers send is answered `wrong_direction` whatever its body
+/// holds (the direction is checked before the body is parsed), and the
+/// connection stays usable; before the handshake it is, like any frame but
+/// `HELLO`, a fatal `handshake_required`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_server_opcode_from_a_client_is_wrong_direction() {
+    let broker = Broker::start(2);
+    let mut raw = broker.raw_on(0).await;
+    for (opcode, frame) in server_frames_from_a_client() {
+        raw.send_bytes(&frame).await;
+        assert_eq!(
+            error_of(raw.recv().await),
+            (0, ErrorCode::WrongDirection, false),
+            "{opcode:?} with {} body bytes",
+            frame.len() - 5
+        );
+    }
+    raw.send(&Frame::Ping(7)).await;
+    assert_eq!(raw.recv().await, Some(Frame::Pong(7)), "still usable");
+
+    for (opcode, frame) in server_frames_from_a_client() {
+        let mut early = RawConn::connect(broker.addr()).await;
+        early.send_bytes(&frame).await;
+        assert_eq!(
+            error_of(early.recv().await),
+            (0, ErrorCode::HandshakeRequired, true),
+            "{opcode:?} with {} body bytes before HELLO",
+            frame.len() - 5
+        );
+        early.expect_closed().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -300,6 +300,8 @@ impl Shard {
                 ErrorCode::HandshakeRequired,
                 "HELLO was already received on this connection".into(),
             ),
+            // The connection's reader refuses these from the opcode alone
+            // (`decode_from_client`); this answers callers that decoded them.
             other => self.send_error(
                 conn,
                 0,

@@ -196,6 +196,60 @@ fn decode_errors_after_handshake_keep_the_connection_unless_framing_broke() {
     );
 }
 
+/// What `docs/protocol.md` (section 7.2) tells clients about the order of
+/// answers: a request handled on the connection's own shard is answered at
+/// once, one that needs the topic's owner elsewhere once the owner replied,
+/// so answers come out of request order; `PUB_ACK`s of one topic keep the
+/// order of their publishes; and a `SUBSCRIBE` not yet answered when its
+/// subscription is ended by `UNSUBSCRIBE` gets no answer of its own.
+#[test]
+fn answers_are_matched_by_request_id_not_by_order() {
+    let mut cluster = Cluster::new(2, EngineConfig::default());
+    let remote = topic_owned_by(1, 2);
+    let client = cluster.connect(0);
+    cluster.send(client, publish(&remote, 1, "a"));
+    cluster.send(client, publish(&remote, 2, "b"));
+    cluster.send(client, Frame::Ping(9));
+    cluster.send(client, subscribe(&remote, 3, 7));
+    cluster.send(client, resume(&remote, 4, 8, 0, 1));
+    for (request_id, sub_id) in [(5, 7), (6, 8)] {
+        cluster.send(
+            client,
+            Frame::Unsubscribe(Unsubscribe { request_id, sub_id }),
+        );
+    }
+    assert_eq!(
+        cluster.take_conn(client),
+        vec![
+            OutFrame::Pong(9),
+            OutFrame::UnsubOk {
+                request_id: 5,
+                sub_id: 7
+            },
+            OutFrame::UnsubOk {
+                request_id: 6,
+                sub_id: 8
+            },
+        ],
+        "answered at once, ahead of the publishes sent before"
+    );
+    cluster.pump();
+    assert_eq!(
+        cluster.take_conn(client),
+        vec![
+            OutFrame::PubAck {
+                request_id: 1,
+                seq: 1
+            },
+            OutFrame::PubAck {
+                request_id: 2,
+                seq: 2
+            },
+        ],
+        "no SUB_OK for requests 3 and 4 after their UNSUB_OK"
+    );
+}
+
 #[test]
 fn silent_connections_get_a_ping_then_are_closed() {
     let config = EngineConfig {
