@@ -8,14 +8,15 @@ use corebus_shards::auth::unix_now_ms;
 use crate::auth;
 use crate::cli::{KeyCommand, MintArgs, TokenCommand};
 use crate::config;
+use crate::stdio;
 
 /// `corebus key ...`.
 pub fn key(command: KeyCommand) -> anyhow::Result<()> {
     match command {
         KeyCommand::Generate => {
             let key = auth::generate_key().context("reading /dev/urandom")?;
-            println!("{key}");
-            println!("sha256 = \"{}\"", auth::key_hash_hex(&key));
+            stdio::line(&key)?;
+            stdio::line(format_args!("sha256 = \"{}\"", auth::key_hash_hex(&key)))?;
         }
         KeyCommand::Hash { key } => {
             let key = match key {
@@ -32,7 +33,7 @@ pub fn key(command: KeyCommand) -> anyhow::Result<()> {
             if key.is_empty() {
                 bail!("no key given (as an argument or on stdin)");
             }
-            println!("{}", auth::key_hash_hex(&key));
+            stdio::line(auth::key_hash_hex(&key))?;
         }
     }
     Ok(())
@@ -41,8 +42,7 @@ pub fn key(command: KeyCommand) -> anyhow::Result<()> {
 /// `corebus token ...`.
 pub fn token(command: TokenCommand) -> anyhow::Result<()> {
     let TokenCommand::Mint(args) = command;
-    println!("{}", mint(&args)?);
-    Ok(())
+    stdio::line(mint(&args)?)
 }
 
 fn mint(args: &MintArgs) -> anyhow::Result<String> {

@@ -53,7 +53,8 @@ pub enum WebhookCommand {
     Add(WebhookAddArgs),
     /// List the webhooks (without secrets).
     List {
-        /// Print one JSON object per webhook.
+        /// Print one JSON object per webhook (previous_secret_expires_ms as
+        /// a decimal string).
         #[arg(long)]
         json: bool,
         /// Broker to connect to.
@@ -568,7 +569,8 @@ pub struct SubArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub from: Option<u64>,
     /// Print each message as a JSON object with ns, topic, seq and payload
-    /// (or payload_base64 when the payload is not UTF-8).
+    /// (or payload_base64 when the payload is not UTF-8); seq, and the
+    /// epoch and sequence numbers of a discontinuity, are decimal strings.
     #[arg(long)]
     pub json: bool,
     /// Broker to connect to.

@@ -143,8 +143,7 @@ pub fn from_env_and_file(file: Option<&Path>) -> anyhow::Result<Resolved> {
 pub fn check_file(path: &Path) -> anyhow::Result<()> {
     let (args, matches) = defaults()?;
     resolve(Some(path), args, &matches)?;
-    println!("{}: ok", path.display());
-    Ok(())
+    crate::stdio::line(format_args!("{}: ok", path.display()))
 }
 
 /// Layers the file (if any) under what `matches` got from flags and the

@@ -93,15 +93,17 @@ impl Check {
 pub fn main(command: DoctorCommand, matches: &ArgMatches) -> anyhow::Result<()> {
     let resolved = config::resolve(command.file.config.as_deref(), command.settings, matches)?;
     let checks = check_host(resolved.args.shards);
-    print!("{}", report(&checks));
+    let printed = crate::stdio::print(&report(&checks));
     let failed = checks
         .iter()
         .filter(|check| check.status == Status::Fail)
         .count();
+    // A failed check wins over a closed stdout: `corebus doctor | head -3`
+    // must still exit non-zero on a host the broker cannot run on.
     if failed > 0 {
         anyhow::bail!("{failed} host check(s) failed; apply the fixes above");
     }
-    Ok(())
+    printed
 }
 
 /// Runs every check for a broker with this shard setting.

@@ -2,7 +2,8 @@
 //! layering (flags, environment, file), the host checks of `doctor`, the
 //! `serve` command that starts the shard executors, and the `pub`/`sub`
 //! commands built on the client crate; API keys and tokens (`auth`, `jwt`,
-//! `auth_config`, `permissions`) and the `key` / `token` commands.
+//! `auth_config`, `permissions`) and the `key` / `token` commands; `stdio`
+//! is how every command prints.
 //!
 //! Must not depend on: shard internals beyond `corebus_shards::start`, its
 //! configuration and the runtime's host requirements (the engine is reached
@@ -22,5 +23,6 @@ pub mod output;
 pub mod permissions;
 pub mod pubsub;
 pub mod serve;
+pub mod stdio;
 pub mod webhook;
 pub mod webhook_cmd;

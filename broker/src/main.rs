@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use corebus::cli::{Cli, Command, ConfigCommand};
+use corebus::stdio;
 
 fn main() -> ExitCode {
     // Parsed in two steps because `serve` and `doctor` need the matches too:
@@ -20,10 +21,7 @@ fn main() -> ExitCode {
         Command::Pub(args) => run_client(corebus::pubsub::publish(args)),
         Command::Sub(args) => run_client(corebus::pubsub::subscribe(args)),
         Command::Config(ConfigCommand::Check { file }) => corebus::config::check_file(&file),
-        Command::Config(ConfigCommand::Default) => {
-            print!("{}", corebus::config::default_file());
-            Ok(())
-        }
+        Command::Config(ConfigCommand::Default) => stdio::print(&corebus::config::default_file()),
         Command::Doctor(command) => corebus::doctor::main(command, subcommand(&matches)),
         Command::Key(command) => corebus::auth_cmd::key(command),
         Command::Token(command) => corebus::auth_cmd::token(command),
@@ -31,9 +29,12 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout has gone (`| head`): a quiet success, the
+        // choice explained in `corebus::stdio`.
+        Err(err) if stdio::stdout_closed(&err) => ExitCode::SUCCESS,
         Err(err) => {
             // `{:#}` prints the whole cause chain on one line.
-            eprintln!("corebus: error: {err:#}");
+            stdio::note(format_args!("corebus: error: {err:#}"));
             ExitCode::FAILURE
         }
     }
@@ -64,8 +65,10 @@ fn clap_exit(err: clap::Error) -> ExitCode {
     let first = text.lines().next().unwrap_or("invalid arguments");
     let first = first.strip_prefix("error: ").unwrap_or(first);
     match env_origin(&err) {
-        Some(var) => eprintln!("corebus: error: {first} (from the environment variable {var})"),
-        None => eprintln!("corebus: error: {first} (see corebus --help)"),
+        Some(var) => stdio::note(format_args!(
+            "corebus: error: {first} (from the environment variable {var})"
+        )),
+        None => stdio::note(format_args!("corebus: error: {first} (see corebus --help)")),
     }
     ExitCode::from(2)
 }

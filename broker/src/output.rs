@@ -1,4 +1,11 @@
 //! Output formats of `corebus sub`: raw lines and JSON objects.
+//!
+//! In JSON, every 64-bit integer (a sequence number, an epoch, a Unix time
+//! in milliseconds) is a decimal string: JavaScript numbers, and jq's, are
+//! doubles, which hold integers exactly only up to 2^53, and a topic's epoch
+//! is a random 64-bit value. A field may be a JSON number only when its
+//! value is bounded well below 2^53 by construction; none of `sub`'s is.
+//! docs/operations.md lists the fields.
 
 /// Appends `text` to `out` as a JSON string literal (quotes included).
 pub fn push_json_string(out: &mut String, text: &str) {
@@ -17,6 +24,14 @@ pub fn push_json_string(out: &mut String, text: &str) {
         }
     }
     out.push('"');
+}
+
+/// Appends `value` to `out` as a JSON string of its decimal digits, so that
+/// a reader whose numbers are doubles gets it exactly (see the module docs).
+pub fn push_json_u64(out: &mut String, value: u64) {
+    use std::fmt::Write;
+    // Writing to a String cannot fail.
+    let _ = write!(out, "\"{value}\"");
 }
 
 /// Standard base64 (RFC 4648, with padding).
@@ -48,7 +63,9 @@ pub fn json_message(namespace: &str, topic: &str, seq: u64, payload: &[u8]) -> S
     push_json_string(&mut out, namespace);
     out.push_str(",\"topic\":");
     push_json_string(&mut out, topic);
-    out.push_str(&format!(",\"seq\":{seq},"));
+    out.push_str(",\"seq\":");
+    push_json_u64(&mut out, seq);
+    out.push(',');
     match std::str::from_utf8(payload) {
         Ok(text) => {
             out.push_str("\"payload\":");
@@ -77,9 +94,13 @@ pub fn json_discontinuity(
     push_json_string(&mut out, namespace);
     out.push_str(",\"topic\":");
     push_json_string(&mut out, topic);
-    out.push_str(&format!(
-        ",\"epoch\":{epoch},\"last_seq\":{last_seq},\"next_seq\":{next_seq}}}"
-    ));
+    out.push_str(",\"epoch\":");
+    push_json_u64(&mut out, epoch);
+    out.push_str(",\"last_seq\":");
+    push_json_u64(&mut out, last_seq);
+    out.push_str(",\"next_seq\":");
+    push_json_u64(&mut out, next_seq);
+    out.push('}');
     out
 }
 
@@ -107,23 +128,46 @@ mod tests {
     fn discontinuity_lines_carry_the_sequence_fields() {
         assert_eq!(
             json_discontinuity("ns", "t", 9, 3, 8),
-            r#"{"discontinuity":true,"ns":"ns","topic":"t","epoch":9,"last_seq":3,"next_seq":8}"#
+            r#"{"discontinuity":true,"ns":"ns","topic":"t","epoch":"9","last_seq":"3","next_seq":"8"}"#
         );
+    }
+
+    #[test]
+    fn values_above_2_pow_53_survive_a_json_reader_exactly() {
+        // The first integer a double cannot hold: as a JSON number, a
+        // JavaScript or jq reader would see 2^53.
+        let seq = (1u64 << 53) + 1;
+        assert_ne!(seq as f64 as u64, seq);
+        let epoch = u64::MAX;
+        let read = |line: &str, field: &str| -> u64 {
+            let object: serde_json::Value = serde_json::from_str(line).expect("valid JSON");
+            object[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("{field} is a string in {line}"))
+                .parse()
+                .expect("decimal digits")
+        };
+        let message = json_message("ns", "t", seq, b"x");
+        assert_eq!(read(&message, "seq"), seq);
+        let gap = json_discontinuity("ns", "t", epoch, seq, seq + 1);
+        assert_eq!(read(&gap, "epoch"), epoch);
+        assert_eq!(read(&gap, "last_seq"), seq);
+        assert_eq!(read(&gap, "next_seq"), seq + 1);
     }
 
     #[test]
     fn json_lines_escape_and_choose_the_payload_field() {
         assert_eq!(
             json_message("ns", "t\"1", 7, b"a\nb"),
-            r#"{"ns":"ns","topic":"t\"1","seq":7,"payload":"a\nb"}"#
+            r#"{"ns":"ns","topic":"t\"1","seq":"7","payload":"a\nb"}"#
         );
         assert_eq!(
             json_message("ns", "t", 1, &[0xff, 0x00]),
-            r#"{"ns":"ns","topic":"t","seq":1,"payload_base64":"/wA="}"#
+            r#"{"ns":"ns","topic":"t","seq":"1","payload_base64":"/wA="}"#
         );
         assert_eq!(
             json_message("n", "t", 2, b"\x01"),
-            r#"{"ns":"n","topic":"t","seq":2,"payload":"\u0001"}"#
+            r#"{"ns":"n","topic":"t","seq":"2","payload":"\u0001"}"#
         );
     }
 }

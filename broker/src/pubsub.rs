@@ -11,6 +11,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::cli::{PubArgs, ServerArg, SubArgs};
 use crate::output::{json_discontinuity, json_message};
+use crate::stdio;
 
 /// The credentials to send: `--token`, `--key`, or COREBUS_CREDENTIALS.
 fn credentials(server: &ServerArg) -> Option<Credentials> {
@@ -60,7 +61,7 @@ pub async fn publish(args: PubArgs) -> anyhow::Result<()> {
         let seq = client
             .publish(&args.namespace, &args.topic, message.into_bytes())
             .await?;
-        println!("{seq}");
+        stdio::line(seq)?;
         client.close().await?;
         return Ok(());
     }
@@ -90,10 +91,11 @@ pub async fn publish(args: PubArgs) -> anyhow::Result<()> {
     }
     client.close().await?;
     match last_seq {
-        Some(seq) => println!("published {published} messages, last seq {seq}"),
-        None => println!("published 0 messages"),
+        Some(seq) => stdio::line(format_args!(
+            "published {published} messages, last seq {seq}"
+        )),
+        None => stdio::line("published 0 messages"),
     }
-    Ok(())
 }
 
 /// Prints messages of one topic until `--count` is reached or the
@@ -112,12 +114,12 @@ pub async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
         None => client.subscribe(&args.namespace, &args.topic).await?,
     };
     // On stderr, so stdout stays one line per message; scripts can wait for it.
-    eprintln!(
+    stdio::note(format_args!(
         "subscribed to {}/{} after seq {}",
         args.namespace,
         args.topic,
         subscription.start_after()
-    );
+    ));
     let stdout = std::io::stdout();
     let mut received = 0u64;
     while let Some(item) = subscription.next_event().await {
@@ -133,7 +135,7 @@ pub async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
                         .and_then(|()| out.write_all(b"\n"))
                 }
                 .and_then(|()| out.flush())
-                .context("writing to stdout")?;
+                .map_err(stdio::write_error)?;
                 received += 1;
             }
             Event::Discontinuity(gap) => {
@@ -147,14 +149,14 @@ pub async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
                     );
                     writeln!(out, "{line}")
                         .and_then(|()| out.flush())
-                        .context("writing to stdout")?;
+                        .map_err(stdio::write_error)?;
                 } else {
-                    eprintln!(
+                    stdio::note(format_args!(
                         "corebus: discontinuity: messages after seq {} up to {} were lost (now epoch {:#x})",
                         gap.last_seq,
                         gap.next_seq.saturating_sub(1),
                         gap.epoch
-                    );
+                    ));
                 }
             }
         }

@@ -150,8 +150,7 @@ pub fn main(command: ServeCommand, matches: &ArgMatches) -> anyhow::Result<()> {
     let mut resolved = config::resolve(command.file.config.as_deref(), command.settings, matches)?;
     resolved.auth.apply_env()?;
     if command.print_config {
-        print!("{}", resolved.to_file());
-        return Ok(());
+        return crate::stdio::print(&resolved.to_file());
     }
     run(resolved)
 }
@@ -237,11 +236,16 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         info!(addr = %bound, "metrics on /metrics, health on /healthz");
     }
-    println!(
+    // Scripts and service managers read the address from this line, but
+    // the broker serves without it: a closed or failing stdout is logged,
+    // never a reason to stop (nor a panic, which would abort it from here on).
+    if let Err(err) = crate::stdio::line(format_args!(
         "corebus listening on {} with {} shards",
         server.local_addr(),
         server.shard_count()
-    );
+    )) {
+        warn!("cannot print the listening address: {err:#}");
+    }
     while !SIGNALLED.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -8,6 +8,7 @@ use corebus_client::{Webhook, WebhookMatch, WebhookSpec};
 
 use crate::cli::WebhookCommand;
 use crate::pubsub::connect;
+use crate::stdio;
 
 /// Runs one webhook command against a broker.
 pub async fn main(command: WebhookCommand) -> anyhow::Result<()> {
@@ -24,22 +25,22 @@ pub async fn main(command: WebhookCommand) -> anyhow::Result<()> {
                 spec = spec.with_secret(secret_from_stdin()?);
             }
             let hook = client.add_webhook(&spec).await?;
-            print_with_secret(&hook);
+            print_with_secret(&hook)?;
         }
         WebhookCommand::List { json, server } => {
             let client = connect(&server, "corebus-webhook").await?;
             for hook in client.list_webhooks().await? {
                 if json {
-                    println!("{}", to_json(&hook));
+                    stdio::line(to_json(&hook))?;
                 } else {
-                    println!("{}", describe(&hook));
+                    stdio::line(describe(&hook))?;
                 }
             }
         }
         WebhookCommand::Remove { id, server } => {
             let client = connect(&server, "corebus-webhook").await?;
             let removed = client.remove_webhook(&id).await?;
-            println!("removed {}", describe(&removed));
+            stdio::line(format_args!("removed {}", describe(&removed)))?;
         }
         WebhookCommand::Rotate {
             id,
@@ -53,7 +54,7 @@ pub async fn main(command: WebhookCommand) -> anyhow::Result<()> {
                 None
             };
             let hook = client.rotate_webhook_secret(&id, secret.as_deref()).await?;
-            print_with_secret(&hook);
+            print_with_secret(&hook)?;
         }
     }
     Ok(())
@@ -71,14 +72,17 @@ fn secret_from_stdin() -> anyhow::Result<String> {
     Ok(secret)
 }
 
-fn print_with_secret(hook: &Webhook) {
-    println!("{}", describe(hook));
+fn print_with_secret(hook: &Webhook) -> anyhow::Result<()> {
+    stdio::line(describe(hook))?;
     if let Some(secret) = &hook.secret {
-        println!("secret {secret}");
+        stdio::line(format_args!("secret {secret}"))?;
     }
     if let Some(until) = hook.previous_secret_expires_ms {
-        println!("previous secret signs until {until} (Unix ms)");
+        stdio::line(format_args!(
+            "previous secret signs until {until} (Unix ms)"
+        ))?;
     }
+    Ok(())
 }
 
 /// `ID SOURCE NS TOPIC (exact|prefix) URL`.
@@ -94,6 +98,9 @@ fn describe(hook: &Webhook) -> String {
     )
 }
 
+/// One `webhook list --json` line. `previous_secret_expires_ms` is a string,
+/// like every 64-bit integer the CLI prints as JSON (see `crate::output`):
+/// it is now plus `webhook_rotation_grace`, which is not bounded below 2^53.
 fn to_json(hook: &Webhook) -> serde_json::Value {
     serde_json::json!({
         "id": hook.id,
@@ -102,6 +109,39 @@ fn to_json(hook: &Webhook) -> serde_json::Value {
         "topic": hook.topic,
         "match": hook.match_kind.as_str(),
         "source": hook.source.as_str(),
-        "previous_secret_expires_ms": hook.previous_secret_expires_ms,
+        "previous_secret_expires_ms": hook.previous_secret_expires_ms.map(|ms| ms.to_string()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use corebus_client::WebhookSource;
+
+    use super::*;
+
+    fn hook(previous_secret_expires_ms: Option<u64>) -> Webhook {
+        Webhook {
+            id: "wh-1".into(),
+            url: "https://hooks.example.com/in".into(),
+            namespace: "orders".into(),
+            topic: "eu/".into(),
+            match_kind: WebhookMatch::Prefix,
+            source: WebhookSource::Runtime,
+            secret: Some("whsec_not_listed".into()),
+            previous_secret_expires_ms,
+        }
+    }
+
+    #[test]
+    fn list_json_has_no_secret_and_the_expiry_as_an_exact_string() {
+        let far = (1u64 << 53) + 1;
+        assert_eq!(
+            to_json(&hook(Some(far))).to_string(),
+            r#"{"id":"wh-1","match":"prefix","namespace":"orders","previous_secret_expires_ms":"9007199254740993","source":"runtime","topic":"eu/","url":"https://hooks.example.com/in"}"#
+        );
+        assert_eq!(
+            to_json(&hook(None))["previous_secret_expires_ms"],
+            serde_json::Value::Null
+        );
+    }
 }

@@ -1,12 +1,12 @@
 //! The `corebus` binary end to end: `serve`, `pub`, `sub`, and their errors.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Serve, BIN};
+use common::{Serve, TempFile, BIN};
 
 /// Waits for a child with a deadline, then returns (status, stdout, stderr).
 fn finish(mut child: Child, within: Duration) -> (std::process::ExitStatus, String, String) {
@@ -42,13 +42,38 @@ fn corebus(args: &[&str]) -> Child {
         .expect("corebus runs")
 }
 
-/// Reads stderr until the "subscribed" line, so publishing can start.
-fn wait_subscribed(child: &mut Child) {
+/// Reads stderr until the "subscribed" line, so publishing can start;
+/// returns the rest of stderr.
+fn wait_subscribed(child: &mut Child) -> BufReader<ChildStderr> {
     let stderr = child.stderr.take().expect("piped");
     let mut reader = BufReader::new(stderr);
     let mut line = String::new();
     reader.read_line(&mut line).expect("reads");
     assert!(line.starts_with("subscribed to "), "unexpected: {line:?}");
+    reader
+}
+
+/// `corebus ARGS` with a stdout whose reader is already closed, so that its
+/// first write there fails with EPIPE, as after `| head` has exited.
+fn corebus_stdout_closed(args: &[&str]) -> Child {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("corebus runs")
+}
+
+/// Publishes one message with `corebus pub`.
+fn publish(addr: &str, topic: &str, message: &str) {
+    let (status, _, err) = finish(
+        corebus(&["pub", "demo", topic, message, "--server", addr]),
+        Duration::from_secs(10),
+    );
+    assert!(status.success(), "pub failed: {err}");
 }
 
 /// Pulls a field's raw text out of one flat JSON line.
@@ -114,6 +139,10 @@ fn twenty_topics_over_two_shards_arrive_complete_and_in_order() {
             assert_eq!(json_field(line, "ns"), "demo");
             assert_eq!(json_field(line, "topic"), topic);
             assert_eq!(json_field(line, "seq"), (i + 1).to_string(), "consecutive");
+            assert!(
+                line.contains(&format!("\"seq\":\"{}\"", i + 1)),
+                "a string: {line}"
+            );
             assert_eq!(
                 json_field(line, "payload"),
                 format!("{topic} line {}", i + 1)
@@ -262,4 +291,172 @@ fn sub_from_replays_history_and_reports_what_the_ring_lost() {
     for (line, seq) in lines[1..].iter().zip(8..) {
         assert_eq!(json_field(line, "seq"), seq.to_string());
     }
+}
+
+#[test]
+fn sub_exits_quietly_once_its_reader_has_closed_stdout() {
+    let serve = Serve::start(&["--shards", "1"]);
+    let mut sub = corebus(&["sub", "demo", "piped", "--server", &serve.addr]);
+    let mut stderr = wait_subscribed(&mut sub);
+    publish(&serve.addr, "piped", "first");
+    {
+        // `| head -1`: read one line, then close the pipe.
+        let mut stdout = BufReader::new(sub.stdout.take().expect("piped"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("reads");
+        assert_eq!(line, "first\n");
+    }
+    // The next message is the first write into the closed pipe.
+    publish(&serve.addr, "piped", "second");
+    let (status, _, _) = finish(sub, Duration::from_secs(10));
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).expect("stderr");
+    assert!(!rest.contains("panicked"), "{rest}");
+    assert_eq!(status.code(), Some(0), "stderr: {rest}");
+    assert!(rest.is_empty(), "quiet: {rest:?}");
+}
+
+#[test]
+fn printing_commands_exit_quietly_when_stdout_is_closed() {
+    let serve = Serve::start(&["--shards", "1"]);
+    let empty = TempFile::new("empty.toml", "");
+    let commands: [&[&str]; 6] = [
+        &["config", "default"],
+        &["config", "check", empty.path()],
+        &["serve", "--print-config", "--listen", "127.0.0.1:0"],
+        &["key", "generate"],
+        &["key", "hash", "not-a-real-key"],
+        &["pub", "demo", "closed", "x", "--server", &serve.addr],
+    ];
+    for args in commands {
+        let (status, _, err) = finish(corebus_stdout_closed(args), Duration::from_secs(10));
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?} is quiet: {err:?}");
+    }
+    // doctor fails on a host the broker cannot run on, printed or not.
+    let (status, _, err) = finish(corebus_stdout_closed(&["doctor"]), Duration::from_secs(10));
+    assert!(!err.contains("panicked"), "doctor: {err}");
+    assert!(
+        matches!(status.code(), Some(0 | 1)),
+        "doctor: {status:?} {err}"
+    );
+}
+
+#[test]
+fn a_closed_stderr_does_not_turn_an_error_into_a_panic() {
+    let closed_stderr = |args: &[&str]| {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(writer)
+            .spawn()
+            .expect("corebus runs");
+        finish(child, Duration::from_secs(10)).0
+    };
+    // A panic would exit 101.
+    let unreachable = closed_stderr(&["pub", "demo", "t", "x", "--server", "127.0.0.1:1"]);
+    assert_eq!(unreachable.code(), Some(1));
+    assert_eq!(closed_stderr(&["pub", "demo"]).code(), Some(2));
+}
+
+#[test]
+fn webhook_list_json_prints_a_far_expiry_exactly_and_stops_quietly_on_a_closed_pipe() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cli-webhooks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // A grace of 3e9 hours puts the previous secret's expiry, in Unix
+    // milliseconds, past 2^53: a JSON number would lose it.
+    let grace_ms: u64 = 3_000_000_000 * 3_600_000;
+    let serve = Serve::start(&[
+        "--shards",
+        "1",
+        "--data-dir",
+        dir.to_str().expect("UTF-8 path"),
+        "--webhook-rotation-grace",
+        "3000000000h",
+    ]);
+    let webhook = |args: &[&str]| {
+        let mut command = vec!["webhook"];
+        command.extend_from_slice(args);
+        command.extend_from_slice(&["--server", &serve.addr]);
+        let (status, out, err) = finish(corebus(&command), Duration::from_secs(10));
+        assert!(status.success(), "{args:?}: {err}");
+        out
+    };
+    let added = webhook(&[
+        "add",
+        "--url",
+        "http://127.0.0.1:9/hook",
+        "--ns",
+        "demo",
+        "--topic",
+        "t",
+    ]);
+    let id = added.split_whitespace().next().expect("an id").to_string();
+    let before_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    webhook(&["rotate", &id]);
+    let listed = webhook(&["list", "--json"]);
+    let object: serde_json::Value = serde_json::from_str(listed.trim()).expect("one JSON line");
+    let expires: u64 = object["previous_secret_expires_ms"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a string: {listed}"))
+        .parse()
+        .expect("decimal digits");
+    assert!(expires > 1 << 53, "{expires}");
+    let since_rotation = expires
+        .checked_sub(grace_ms + before_ms)
+        .unwrap_or_else(|| panic!("{expires} is not after the rotation plus the grace"));
+    assert!(since_rotation < 60_000, "now plus the grace: {expires}");
+
+    for json in [false, true] {
+        let mut args = vec!["webhook", "list", "--server", &serve.addr];
+        if json {
+            args.push("--json");
+        }
+        let (status, _, err) = finish(corebus_stdout_closed(&args), Duration::from_secs(10));
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(status.code(), Some(0), "{args:?}: {err}");
+    }
+    drop(serve);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn serve_keeps_running_when_its_stdout_is_closed() {
+    let mut serve = corebus_stdout_closed(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--log-level",
+        "warn",
+    ]);
+    let mut stderr = BufReader::new(serve.stderr.take().expect("piped"));
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let read = stderr.read_line(&mut line).expect("reads");
+        seen.push_str(&line);
+        assert!(read > 0, "serve ended its stderr: {seen}");
+        if line.contains("cannot print the listening address") {
+            break;
+        }
+    }
+    assert!(
+        serve.try_wait().expect("waits").is_none(),
+        "serve exited: {seen}"
+    );
+    let (status, _) = common::sigterm_and_wait(&mut serve, Duration::from_secs(10));
+    assert!(status.success(), "serve exits 0 on SIGTERM: {status:?}");
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).expect("stderr");
+    assert!(!rest.contains("panicked"), "{rest}");
 }
