@@ -13,8 +13,9 @@ ulimit -l unlimited 2>/dev/null || ulimit -l "$(ulimit -H -l)" 2>/dev/null || tr
 ulimit -n "$(ulimit -H -n)"
 
 cargo build --release -q -p corebus -p corebus-bench
-broker=target/release/corebus
-bench=target/release/corebus-bench
+target=${CARGO_TARGET_DIR:-target}
+broker=$target/release/corebus
+bench=$target/release/corebus-bench
 port=${PORT:-7411}
 seconds=${SECONDS_EACH:-30}
 only=${ONLY:-}

@@ -225,6 +225,10 @@ impl Queued {
 pub struct Outbox {
     frames: VecDeque<Queued>,
     queued_bytes: usize,
+    /// Wire bytes the writer took with its last [`Outbox::drain_some`] and
+    /// has not sent yet: still memory this connection holds, so the bound
+    /// counts them until [`Outbox::batch_sent`].
+    in_writer: usize,
     limit_bytes: usize,
     /// Queued payloads held by reference ([`SHARED_MAX`] at most).
     shared: usize,
@@ -244,6 +248,7 @@ impl Outbox {
         Outbox {
             frames: VecDeque::new(),
             queued_bytes: 0,
+            in_writer: 0,
             limit_bytes,
             shared: 0,
             closing: false,
@@ -345,7 +350,7 @@ impl Outbox {
         }
         // An empty queue takes any one frame, so a single frame larger than the
         // bound (at most one maximum-size message) can still be delivered.
-        if !self.frames.is_empty() && self.queued_bytes + len > limit {
+        if !self.frames.is_empty() && self.queued_bytes + self.in_writer + len > limit {
             return Err(PushError::Full);
         }
         self.queued_bytes += len;
@@ -407,11 +412,12 @@ impl Outbox {
 
     /// Moves every queued frame into `into`, each `MESSAGE` as its own
     /// [`OutFrame::Message`] (runs are decoded again): the queue frame by
-    /// frame, for tests.
+    /// frame, for tests, as a writer that sent them all at once.
     #[cfg(test)]
     pub fn drain_into(&mut self, into: &mut Vec<OutFrame>) {
         let mut items = Vec::new();
         self.drain_some(&mut items, usize::MAX);
+        self.batch_sent();
         for item in items {
             let OutFrame::Encoded(mut run) = item else {
                 into.push(item);
@@ -463,12 +469,24 @@ impl Outbox {
             self.queued_bytes
         );
         self.queued_bytes = self.queued_bytes.saturating_sub(taken);
+        self.in_writer = taken;
         debug_assert!(
             !self.frames.is_empty() || (self.queued_bytes == 0 && self.shared == 0),
             "outbox accounting: an empty queue still counts {} bytes, {} shared",
             self.queued_bytes,
             self.shared
         );
+    }
+
+    /// The writer sent what it took last: the bound no longer counts it.
+    pub fn batch_sent(&mut self) {
+        self.in_writer = 0;
+    }
+
+    /// Bytes the bound counts: queued, and taken by the writer but not yet
+    /// sent.
+    pub fn held_bytes(&self) -> usize {
+        self.queued_bytes + self.in_writer
     }
 
     /// Wakes the writer for transport work that is not a frame (TLS
@@ -631,6 +649,32 @@ mod tests {
             };
             assert_eq!(queued.as_ptr(), payload.as_ptr(), "the same buffer");
         }
+    }
+
+    /// What the writer took and has not sent is still held: a stalled
+    /// connection's writer holds a whole batch, and the bound counts it.
+    #[test]
+    fn the_bound_counts_the_writers_unsent_batch() {
+        let mut outbox = Outbox::new(300);
+        for _ in 0..2 {
+            outbox.push(message(100)).expect("room");
+        }
+        let mut batch = Vec::new();
+        outbox.drain_some(&mut batch, 1 << 20);
+        assert_eq!((outbox.queued_bytes(), outbox.held_bytes()), (0, 2 * 125));
+        outbox
+            .push(message(10))
+            .expect("an empty queue takes one frame");
+        assert_eq!(
+            outbox.push(message(10)),
+            Err(PushError::Full),
+            "250 in the writer + 35 queued + 35 more is over 300"
+        );
+        outbox.batch_sent();
+        assert_eq!(outbox.held_bytes(), 35);
+        outbox
+            .push(message(10))
+            .expect("room once the batch is sent");
     }
 
     #[test]

@@ -156,6 +156,7 @@ impl Shard {
     pub fn conn_drained(&mut self, conn: ConnId, bytes: usize) {
         self.stats.bytes_out += bytes as u64;
         if let Some(state) = self.conns.get_mut(&conn) {
+            state.outbox.batch_sent();
             if !state.lossy.is_empty() {
                 report_losses(state);
             }

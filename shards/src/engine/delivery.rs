@@ -31,7 +31,7 @@ pub(super) fn push_message(
     if !state.lossy.is_empty() {
         // Resume only once the queue is down to half its bound, so a consumer
         // that keeps up only barely is not told about one message at a time.
-        if state.outbox.queued_bytes() <= state.outbox.limit_bytes() / 2 {
+        if state.outbox.held_bytes() <= state.outbox.limit_bytes() / 2 {
             report_losses(state);
         } else if let Some(lost) = state
             .subscriptions
