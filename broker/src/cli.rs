@@ -350,6 +350,15 @@ pub struct ServeArgs {
     #[arg(long, env = "COREBUS_WEBHOOK_ALLOW_HOSTS", default_value = "",
           value_parser = crate::webhook::url::AllowList::parse)]
     pub webhook_allow_hosts: crate::webhook::url::AllowList,
+    /// Networks webhooks may reach although they are special-purpose
+    /// ranges, comma-separated (`127.0.0.1/32, 10.20.0.0/16, fd00::/8`).
+    /// Empty: webhooks may not reach loopback, private (RFC 1918), shared
+    /// (100.64/10), unique-local, link-local (the cloud metadata service),
+    /// unspecified or multicast addresses; a host name is checked against
+    /// what it resolves to at each connection.
+    #[arg(long, env = "COREBUS_WEBHOOK_ALLOW_NETWORKS", default_value = "",
+          value_parser = crate::webhook::network::NetworkPolicy::parse)]
+    pub webhook_allow_networks: crate::webhook::network::NetworkPolicy,
     /// Messages waiting per webhook; more are dropped and counted.
     #[arg(long, env = "COREBUS_WEBHOOK_QUEUE", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]

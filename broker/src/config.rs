@@ -237,7 +237,11 @@ pub fn resolve(
     };
     for hook in &webhooks {
         let hook: &Arc<Hook> = hook;
-        if let Err(reason) = args.webhook_allow_hosts.check(&hook.destination) {
+        let checked = args
+            .webhook_allow_hosts
+            .check(&hook.destination)
+            .and_then(|()| args.webhook_allow_networks.check_literal(&hook.destination));
+        if let Err(reason) = checked {
             bail!("webhook {:?}: {reason}", hook.id);
         }
     }

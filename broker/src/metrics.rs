@@ -1,120 +1,168 @@
-//! The `--metrics ADDR` endpoint: Prometheus text on `/metrics`, liveness on
-//! `/healthz`, served by one plain thread off the shard cores.
+//! The `--metrics ADDR` endpoint: `/metrics` (OpenMetrics text, encoded by
+//! the `prometheus-client` crate) and `/healthz`, served by hyper on a
+//! small tokio runtime of its own, on one thread off the shard cores.
 //!
 //! Each shard publishes its counters once per maintenance tick (at most one
-//! second apart); this thread only copies them, so scraping costs the shards
-//! nothing beyond that copy.
+//! second apart); a scrape only copies them, so it costs the shards nothing
+//! beyond that copy. Every connection is its own task: a client that opens a
+//! connection and sends nothing holds a connection slot until the header
+//! deadline, and nobody else waits for it. At most [`MAX_CONNECTIONS`] are
+//! served at once; a connection beyond them is closed at once.
 
-use std::fmt::Write as _;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use corebus_shards::metrics::LATENCY_BUCKETS_US;
+use bytes::Bytes;
+use corebus_shards::metrics::{LatencyHistogram, LATENCY_BUCKETS_US};
 use corebus_shards::{MetricsHandle, ShardMetrics};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use crate::webhook::Webhooks;
 
-/// Largest request head read before giving up on a client.
-const MAX_REQUEST: usize = 8 * 1024;
+/// Most connections served at once (a scraper and a health checker need one
+/// each; room is left for many of both).
+pub const MAX_CONNECTIONS: usize = 512;
+/// A request's head must arrive within this long of the connection opening
+/// (or of the previous response, on a kept-alive connection).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a connection is kept, however busy.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// The OpenMetrics text format's media type.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Binds `addr` and serves metrics from a background thread; returns the
 /// bound address (useful with port 0).
-/// `webhooks`' counters are appended to the shards' when given.
+/// `webhooks`' counters are added to the shards' when given.
 pub fn spawn(
     addr: SocketAddr,
     metrics: MetricsHandle,
     webhooks: Option<Arc<Webhooks>>,
 ) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
     std::thread::Builder::new()
         .name("corebus-metrics".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                match stream {
-                    Ok(stream) => {
-                        if let Err(err) = serve_one(stream, &metrics, webhooks.as_deref()) {
-                            debug!(%err, "metrics request failed");
-                        }
-                    }
-                    Err(err) => {
-                        warn!(%err, "metrics accept failed");
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                }
-            }
-        })?;
+        .spawn(move || runtime.block_on(serve(listener, metrics, webhooks)))?;
     Ok(local)
 }
 
-fn serve_one(
-    mut stream: TcpStream,
-    metrics: &MetricsHandle,
-    webhooks: Option<&Webhooks>,
-) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let mut head = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let read = stream.read(&mut chunk)?;
-        if read == 0 {
-            break;
+async fn serve(
+    listener: std::net::TcpListener,
+    metrics: MetricsHandle,
+    webhooks: Option<Arc<Webhooks>>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(err) => {
+            warn!(%err, "metrics endpoint: cannot use its listener; not serving");
+            return;
         }
-        head.extend_from_slice(&chunk[..read]);
-        if head.len() > MAX_REQUEST {
-            return respond(
-                &mut stream,
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                "too large\n",
-            );
-        }
-    }
-    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
-    let mut parts = std::str::from_utf8(line).unwrap_or("").split(' ');
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    match (method, path) {
-        ("GET", "/metrics") => {
-            let mut body = render(&metrics.snapshot());
-            if let Some(webhooks) = webhooks {
-                webhooks.render_metrics(&mut body);
+    };
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut accept_errors = 0u64;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // EMFILE and the like: say so now and then, not per attempt.
+                accept_errors += 1;
+                if accept_errors.is_power_of_two() {
+                    warn!(%err, errors = accept_errors, "metrics endpoint: accept failed");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             }
-            respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &body)
-        }
-        ("GET", "/healthz") => respond(&mut stream, "200 OK", "text/plain", "ok\n"),
-        ("GET", _) => respond(
-            &mut stream,
-            "404 Not Found",
-            "text/plain",
-            "try /metrics or /healthz\n",
-        ),
-        _ => respond(
-            &mut stream,
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET only\n",
-        ),
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, "metrics endpoint: {MAX_CONNECTIONS} connections open; closing a new one");
+            continue;
+        };
+        let (metrics, webhooks) = (metrics.clone(), webhooks.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = service_fn(move |request| {
+                let response = respond(&request, &metrics, webhooks.as_deref());
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => debug!(%peer, %err, "metrics connection ended"),
+                Err(_) => debug!(%peer, "metrics connection open too long; closed"),
+            }
+        });
     }
 }
 
-fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &str) -> io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())
+fn respond(
+    request: &Request<Incoming>,
+    metrics: &MetricsHandle,
+    webhooks: Option<&Webhooks>,
+) -> Response<Full<Bytes>> {
+    let text = |status: StatusCode, body: &'static str| {
+        let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    };
+    if request.method() != Method::GET {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET"));
+        return response;
+    }
+    match request.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/metrics" => {
+            let mut response = Response::new(Full::new(Bytes::from(render(
+                &metrics.snapshot(),
+                webhooks,
+            ))));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
+            response
+        }
+        _ => text(StatusCode::NOT_FOUND, "try /metrics or /healthz\n"),
+    }
 }
 
 /// One metric family: name, help, type, and how to read it from a shard.
+/// A counter's name has no `_total`: the encoder adds it.
 struct Family {
     name: &'static str,
     help: &'static str,
-    kind: &'static str,
+    kind: MetricType,
     value: fn(&ShardMetrics) -> u64,
 }
 
@@ -122,232 +170,260 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "connections",
         help: "Open client connections.",
-        kind: "gauge",
+        kind: MetricType::Gauge,
         value: |m| m.connections,
     },
     Family {
         name: "subscriptions",
         help: "Subscriptions held by client connections.",
-        kind: "gauge",
+        kind: MetricType::Gauge,
         value: |m| m.subscriptions,
     },
     Family {
         name: "topics",
         help: "Live topics (owner-side state held).",
-        kind: "gauge",
+        kind: MetricType::Gauge,
         value: |m| m.owned_topics,
     },
     Family {
         name: "topic_memory_bytes",
         help: "Memory held by topic states and replay rings, as the topic_memory budget counts it.",
-        kind: "gauge",
+        kind: MetricType::Gauge,
         value: |m| m.topic_memory,
     },
     Family {
         name: "subscribed_topics",
         help: "Topics with local subscribers.",
-        kind: "gauge",
+        kind: MetricType::Gauge,
         value: |m| m.local_topics,
     },
     Family {
         name: "mesh_backlog",
         help: "Messages waiting to enter the cross-shard queues.",
-        kind: "gauge",
+        kind: MetricType::Gauge,
         value: |m| m.mesh_backlog,
     },
     Family {
-        name: "connections_opened_total",
+        name: "connections_opened",
         help: "Connections accepted.",
-        kind: "counter",
+        kind: MetricType::Counter,
         value: |m| m.stats.connections_opened,
     },
     Family {
-        name: "messages_published_total",
+        name: "messages_published",
         help: "PUBLISH frames received.",
-        kind: "counter",
+        kind: MetricType::Counter,
         value: |m| m.stats.publishes_received,
     },
     Family {
-        name: "messages_sequenced_total",
+        name: "messages_sequenced",
         help: "Messages sequenced by their owner shard.",
-        kind: "counter",
+        kind: MetricType::Counter,
         value: |m| m.stats.messages_sequenced,
     },
     Family {
-        name: "messages_delivered_total",
+        name: "messages_delivered",
         help: "MESSAGE frames queued for subscribers (live).",
-        kind: "counter",
+        kind: MetricType::Counter,
         value: |m| m.stats.messages_delivered,
     },
     Family {
-        name: "messages_replayed_total",
+        name: "messages_replayed",
         help: "MESSAGE frames replayed on resume.",
-        kind: "counter",
+        kind: MetricType::Counter,
         value: |m| m.stats.messages_replayed,
     },
     Family {
-        name: "messages_dropped_total",
+        name: "messages_dropped",
         help: "Messages dropped for slow consumers (each loss reported by a DISCONTINUITY).",
-        kind: "counter",
+        kind: MetricType::Counter,
         value: |m| m.stats.messages_dropped,
     },
     Family {
-        name: "subscribes_total",
+        name: "subscribes",
         help: "SUBSCRIBE requests accepted.",
-        kind: "counter",
+        kind: MetricType::Counter,
         value: |m| m.stats.subscribes,
     },
     Family {
-        name: "bytes_received_total",
+        name: "bytes_received",
         help: "Bytes read from client sockets.",
-        kind: "counter",
+        kind: MetricType::Counter,
         value: |m| m.stats.bytes_in,
     },
     Family {
-        name: "bytes_sent_total",
+        name: "bytes_sent",
         help: "Bytes written to client sockets.",
-        kind: "counter",
+        kind: MetricType::Counter,
         value: |m| m.stats.bytes_out,
     },
     Family {
-        name: "protocol_errors_total",
+        name: "protocol_errors",
         help: "Frames that failed to decode.",
-        kind: "counter",
+        kind: MetricType::Counter,
         value: |m| m.stats.protocol_errors,
     },
     Family {
-        name: "handshake_failures_total",
+        name: "handshake_failures",
         help: "Connections refused at the handshake.",
-        kind: "counter",
+        kind: MetricType::Counter,
         value: |m| m.stats.handshake_failures,
     },
     Family {
         name: "handshaking",
         help: "Connections open whose handshake has not succeeded yet.",
-        kind: "gauge",
+        kind: MetricType::Gauge,
         value: |m| m.handshaking,
     },
     Family {
-        name: "handshakes_shed_total",
+        name: "handshakes_shed",
         help: "New sockets closed at once: the broker held max_handshaking connections mid-handshake.",
-        kind: "counter",
+        kind: MetricType::Counter,
         value: |m| m.stats.handshakes_shed,
     },
     Family {
-        name: "handshakes_shed_per_source_total",
+        name: "handshakes_shed_per_source",
         help: "New sockets closed at once: their address held max_handshaking_per_source connections mid-handshake.",
-        kind: "counter",
+        kind: MetricType::Counter,
         value: |m| m.stats.handshakes_shed_per_source,
     },
     Family {
-        name: "subscriptions_refused_total",
+        name: "subscriptions_refused",
         help: "SUBSCRIBE requests refused by a subscription limit.",
-        kind: "counter",
+        kind: MetricType::Counter,
         value: |m| m.stats.subscriptions_refused,
     },
     Family {
-        name: "slow_consumer_closes_total",
+        name: "slow_consumer_closes",
         help: "Connections closed for overflowing their outbound bound.",
-        kind: "counter",
+        kind: MetricType::Counter,
         value: |m| m.stats.slow_consumer_closes,
     },
     Family {
-        name: "topics_evicted_total",
+        name: "topics_evicted",
         help: "Idle topic states evicted.",
-        kind: "counter",
+        kind: MetricType::Counter,
         value: |m| m.stats.topics_evicted,
     },
     Family {
-        name: "topics_evicted_for_memory_total",
+        name: "topics_evicted_for_memory",
         help: "Unsubscribed topic states evicted early to keep topic memory within its budget.",
-        kind: "counter",
+        kind: MetricType::Counter,
         value: |m| m.stats.topics_evicted_for_memory,
     },
     Family {
-        name: "replay_messages_trimmed_total",
+        name: "replay_messages_trimmed",
         help: "Messages dropped from replay rings to keep topic memory within its budget.",
-        kind: "counter",
+        kind: MetricType::Counter,
         value: |m| m.stats.replay_messages_trimmed,
     },
     Family {
-        name: "sends_at_once_total",
+        name: "sends_at_once",
         help: "Socket sends made at once, one system call each.",
-        kind: "counter",
+        kind: MetricType::Counter,
         value: |m| m.sends.at_once,
     },
     Family {
-        name: "sends_gathered_total",
+        name: "sends_gathered",
         help: "Socket sends gathered into shared io_uring submissions.",
-        kind: "counter",
+        kind: MetricType::Counter,
         value: |m| m.sends.gathered,
     },
     Family {
-        name: "send_submissions_total",
+        name: "send_submissions",
         help: "io_uring submissions that carried gathered socket sends.",
-        kind: "counter",
+        kind: MetricType::Counter,
         value: |m| m.sends.submissions,
     },
 ];
 
-/// Prometheus text exposition (format 0.0.4) of every shard and the total.
+/// OpenMetrics text of every shard and the total, then `webhooks`' counters.
 ///
 /// Totals are `corebus_<name>`; per-shard series are
 /// `corebus_shard_<name>{shard="N"}`, in separate families so that summing a
 /// family never counts anything twice.
-pub fn render(shards: &[ShardMetrics]) -> String {
-    let mut out = String::with_capacity(8 * 1024);
-    for family in FAMILIES {
-        let total: u64 = shards.iter().map(family.value).sum();
-        let _ = writeln!(out, "# HELP corebus_{} {}", family.name, family.help);
-        let _ = writeln!(out, "# TYPE corebus_{} {}", family.name, family.kind);
-        let _ = writeln!(out, "corebus_{} {total}", family.name);
-        let _ = writeln!(
-            out,
-            "# HELP corebus_shard_{} {} (per shard)",
-            family.name, family.help
-        );
-        let _ = writeln!(out, "# TYPE corebus_shard_{} {}", family.name, family.kind);
-        for shard in shards {
-            let _ = writeln!(
-                out,
-                "corebus_shard_{}{{shard=\"{}\"}} {}",
-                family.name,
-                shard.shard,
-                (family.value)(shard)
-            );
-        }
+pub fn render(shards: &[ShardMetrics], webhooks: Option<&Webhooks>) -> String {
+    let mut registry = Registry::with_prefix("corebus");
+    registry.register_collector(Box::new(Shards(shards.to_vec())));
+    if let Some(webhooks) = webhooks {
+        registry.register_collector(Box::new(WebhookCounters(webhooks.snapshot_metrics())));
     }
-    let mut latency = corebus_shards::metrics::LatencyHistogram::default();
-    for shard in shards {
-        latency.merge(&shard.delivery_latency);
+    let mut out = String::with_capacity(16 * 1024);
+    if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+        // Writing to a String cannot fail; a collector's error would be a bug.
+        warn!(%err, "metrics could not be encoded");
     }
-    let _ = writeln!(out, "# HELP corebus_delivery_latency_seconds Time from a message being sequenced by its owner to its being queued for a shard's subscribers (one sequence number in 64).");
-    let _ = writeln!(out, "# TYPE corebus_delivery_latency_seconds histogram");
-    let mut cumulative = 0;
-    for (bound, count) in LATENCY_BUCKETS_US.iter().zip(latency.counts.iter()) {
-        cumulative += count;
-        let _ = writeln!(
-            out,
-            "corebus_delivery_latency_seconds_bucket{{le=\"{}\"}} {cumulative}",
-            *bound as f64 / 1e6
-        );
-    }
-    let _ = writeln!(
-        out,
-        "corebus_delivery_latency_seconds_bucket{{le=\"+Inf\"}} {}",
-        latency.count
-    );
-    let _ = writeln!(
-        out,
-        "corebus_delivery_latency_seconds_sum {}",
-        latency.sum_us as f64 / 1e6
-    );
-    let _ = writeln!(
-        out,
-        "corebus_delivery_latency_seconds_count {}",
-        latency.count
-    );
     out
+}
+
+/// The shards' metrics as of one scrape.
+#[derive(Debug)]
+struct Shards(Vec<ShardMetrics>);
+
+impl Collector for Shards {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for family in FAMILIES {
+            let total: u64 = self.0.iter().map(family.value).sum();
+            let metric = encoder.encode_descriptor(family.name, family.help, None, family.kind)?;
+            encode_value(family.kind, total, metric)?;
+            let per_shard = format!("shard_{}", family.name);
+            let help = format!("{} (per shard)", family.help);
+            let mut metric = encoder.encode_descriptor(&per_shard, &help, None, family.kind)?;
+            for shard in &self.0 {
+                let labels = [("shard", shard.shard.to_string())];
+                encode_value(
+                    family.kind,
+                    (family.value)(shard),
+                    metric.encode_family(&labels)?,
+                )?;
+            }
+        }
+        let mut latency = LatencyHistogram::default();
+        for shard in &self.0 {
+            latency.merge(&shard.delivery_latency);
+        }
+        let mut buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_US
+            .iter()
+            .zip(latency.counts.iter())
+            .map(|(bound, count)| (*bound as f64 / 1e6, *count))
+            .collect();
+        let counted: u64 = buckets.iter().map(|(_, count)| count).sum();
+        buckets.push((f64::INFINITY, latency.count.saturating_sub(counted)));
+        let mut metric = encoder.encode_descriptor(
+            "delivery_latency",
+            "Time from a message being sequenced by its owner to its being queued for a shard's subscribers (one sequence number in 64).",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        metric.encode_histogram::<NoLabelSet>(
+            latency.sum_us as f64 / 1e6,
+            latency.count,
+            &buckets,
+            None,
+        )
+    }
+}
+
+/// Encodes `value` as a counter or a gauge.
+pub fn encode_value(
+    kind: MetricType,
+    value: u64,
+    encoder: prometheus_client::encoding::MetricEncoder,
+) -> Result<(), std::fmt::Error> {
+    match kind {
+        MetricType::Counter => ConstCounter::new(value).encode(encoder),
+        _ => ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(encoder),
+    }
+}
+
+/// The webhooks' counters as of one scrape.
+#[derive(Debug)]
+struct WebhookCounters(crate::webhook::MetricsSnapshot);
+
+impl Collector for WebhookCounters {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
 }
 
 #[cfg(test)]
@@ -371,7 +447,7 @@ mod tests {
         };
         two.stats.messages_delivered = 7;
         two.delivery_latency.record(2_000_000);
-        let text = render(&[one, two]);
+        let text = render(&[one, two], None);
         assert!(text.contains("corebus_connections 3\n"));
         assert!(text.contains("corebus_shard_connections{shard=\"1\"} 1\n"));
         assert!(text.contains("corebus_messages_delivered_total 12\n"));

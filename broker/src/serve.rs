@@ -116,6 +116,7 @@ pub fn start_webhooks(resolved: &Resolved) -> anyhow::Result<Arc<Webhooks>> {
         Some(Store::new(args.data_dir.clone())),
         RegistryPolicy {
             allow: args.webhook_allow_hosts.clone(),
+            networks: args.webhook_allow_networks.clone(),
             rotation_grace: args.webhook_rotation_grace,
         },
     )?;

@@ -378,6 +378,8 @@ fn webhook_list_json_prints_a_far_expiry_exactly_and_stops_quietly_on_a_closed_p
         dir.to_str().expect("UTF-8 path"),
         "--webhook-rotation-grace",
         "3000000000h",
+        "--webhook-allow-networks",
+        "127.0.0.1/32",
     ]);
     let webhook = |args: &[&str]| {
         let mut command = vec!["webhook"];

@@ -107,7 +107,11 @@ fn sigterm_drains_exits_zero_and_clients_resume_on_the_restarted_broker() {
 
 fn scrape(addr: &str, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).expect("metrics endpoint");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("writes");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("writes");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("reads");
     response
@@ -129,12 +133,20 @@ fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     let before = scrape(&metrics, "/metrics");
     assert!(before.starts_with("HTTP/1.1 200"));
-    assert!(before.contains("Content-Type: text/plain; version=0.0.4"));
+    assert!(before
+        .to_ascii_lowercase()
+        .contains("content-type: application/openmetrics-text; version=1.0.0"));
     let body = before.split("\r\n\r\n").nth(1).expect("body");
+    assert!(
+        body.ends_with("# EOF\n"),
+        "OpenMetrics text ends with # EOF"
+    );
     for line in body.lines() {
         if let Some(comment) = line.strip_prefix("# ") {
             assert!(
-                comment.starts_with("HELP ") || comment.starts_with("TYPE "),
+                ["HELP ", "TYPE ", "UNIT ", "EOF"]
+                    .iter()
+                    .any(|kind| comment.starts_with(kind)),
                 "{line}"
             );
             continue;
@@ -187,4 +199,38 @@ fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     });
     let missing = scrape(&metrics, "/nope");
     assert!(missing.starts_with("HTTP/1.1 404"));
+}
+
+#[test]
+fn health_checks_are_answered_while_many_clients_hold_idle_connections() {
+    let port = free_port();
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let _serve = serve(port, &["--metrics", &metrics]);
+    assert!(scrape(&metrics, "/healthz").starts_with("HTTP/1.1 200"));
+    // 100 clients connect and send nothing (one sends half a request).
+    let mut idle: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(&metrics).expect("connects"))
+        .collect();
+    idle[0].write_all(b"GET /metr").expect("writes");
+    for attempt in 0..3 {
+        let started = Instant::now();
+        let health = scrape(&metrics, "/healthz");
+        let took = started.elapsed();
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        assert!(
+            took < Duration::from_secs(1),
+            "health check {attempt} took {took:?} behind 100 idle connections"
+        );
+    }
+    // The silent connections are closed once the header deadline passes.
+    idle[1]
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    let mut rest = Vec::new();
+    let read = idle[1].read_to_end(&mut rest);
+    assert!(
+        read.is_ok(),
+        "closed by the server, not timed out: {read:?}"
+    );
 }

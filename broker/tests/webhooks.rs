@@ -218,10 +218,15 @@ fn data_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// `corebus serve --data-dir DIR` with `args`, and a client connected to it.
+/// Lets webhooks post to this test's receivers on loopback (refused by
+/// default).
+const LOOPBACK_RECEIVERS: [&str; 2] = ["--webhook-allow-networks", "127.0.0.0/8"];
+
+/// `corebus serve --data-dir DIR` with `args` (receivers on loopback
+/// allowed), and a client connected to it.
 async fn start(dir: &Path, args: &[&str]) -> (Serve, Client) {
     let dir = dir.to_str().expect("UTF-8 temporary path");
-    let serve = Serve::start(&[&["--data-dir", dir], args].concat());
+    let serve = Serve::start(&[&["--data-dir", dir], &LOOPBACK_RECEIVERS[..], args].concat());
     let client = Client::connect(serve.addr.as_str())
         .await
         .expect("connects");
@@ -264,6 +269,8 @@ async fn signed_posts_arrive_in_topic_order_and_verify() {
         dir.to_str().expect("UTF-8"),
         "--metrics",
         &metrics,
+        LOOPBACK_RECEIVERS[0],
+        LOOPBACK_RECEIVERS[1],
     ]);
     let client = Client::connect(serve.addr.as_str())
         .await
@@ -313,6 +320,9 @@ async fn signed_posts_arrive_in_topic_order_and_verify() {
         let published_ms = body["published_ms"].as_u64().expect("published_ms");
         assert!(now_secs().abs_diff(published_ms / 1000) < 60);
         assert_eq!(request.headers["content-type"], "application/json");
+        // The unsigned headers carry nothing the signed body does not
+        // (docs/webhooks.md: a receiver relies on the body's values).
+        assert_eq!(request.headers["corebus-webhook"], body["webhook"]);
         assert_eq!(
             request.headers["corebus-delivery"],
             format!(
@@ -591,6 +601,81 @@ async fn destinations_outside_the_allow_list_are_refused() {
         stderr.contains("\"outside\"") && stderr.contains("webhook_allow_hosts"),
         "{stderr}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn special_purpose_addresses_are_refused_unless_allowed() {
+    // No webhook_allow_networks: loopback, private and link-local addresses
+    // are refused, a literal one at registration, a name at delivery time.
+    let receiver = Receiver::start(|_, _| Reply::Status(204)).await;
+    let port = receiver
+        .url
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .expect("receiver port")
+        .to_string();
+    let dir = data_dir("ssrf");
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let serve = Serve::start(&[
+        "--data-dir",
+        dir.to_str().expect("UTF-8"),
+        "--metrics",
+        &metrics,
+    ]);
+    let client = Client::connect(serve.addr.as_str())
+        .await
+        .expect("connects");
+    for url in [
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        receiver.url.clone(),
+        "http://10.1.2.3/hook".into(),
+        "http://[::1]:9/hook".into(),
+        "http://[::ffff:127.0.0.1]:9/hook".into(),
+    ] {
+        match client
+            .add_webhook(&spec(&url, "t", WebhookMatch::Exact))
+            .await
+        {
+            Err(err @ Error::Server { .. }) => {
+                assert_eq!(err.server_code(), Some(ErrorCode::InvalidRequest), "{url}");
+                assert!(err.to_string().contains("webhook_allow_networks"), "{err}");
+            }
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+    // A name is accepted, and judged by what it resolves to when the broker
+    // connects: localhost is loopback, so the message is dropped unsent.
+    let named = format!("http://localhost:{port}/hook");
+    let hook = client
+        .add_webhook(&spec(&named, "named", WebhookMatch::Exact))
+        .await
+        .expect("a host name is checked at delivery");
+    client.publish("app", "named", "x").await.expect("acked");
+    let dropped = format!(
+        "corebus_webhook_dropped_total{{webhook=\"{}\",reason=\"not_allowed\"}} 1",
+        hook.id
+    );
+    let started = Instant::now();
+    while !scrape(metrics_port).contains(&dropped) {
+        assert!(started.elapsed() < WAIT, "{dropped} not counted in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        receiver.requests().is_empty(),
+        "nothing reached the receiver"
+    );
+    drop(client);
+    drop(serve);
+
+    // Allowed by the operator, the same name is delivered to.
+    let (_serve, client) = start(&dir, &[]).await;
+    client.publish("app", "named", "y").await.expect("acked");
+    let got = receiver
+        .wait_for("delivery to an allowed network", |r| !r.is_empty())
+        .await;
+    assert_eq!(got[0].json()["payload"], "y");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

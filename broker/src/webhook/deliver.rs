@@ -6,13 +6,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use corebus_shards::auth::unix_now_ms;
 use corebus_shards::WebhookMessage;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use super::http::Connection;
+use super::http::{Connection, PostError};
+use super::network::NetworkPolicy;
 use super::{body, sign, DeliverySettings, DropReason, Hook, Registry, SIGNATURE_HEADER};
 
 struct Worker {
@@ -104,6 +106,7 @@ fn sync_workers(
             receiver,
             settings.clone(),
             registry.policy().allow.clone(),
+            registry.policy().networks.clone(),
         ));
         workers.insert(
             hook.id.clone(),
@@ -121,8 +124,9 @@ async fn run_worker(
     mut queue: mpsc::Receiver<WebhookMessage>,
     settings: Arc<DeliverySettings>,
     allow: super::url::AllowList,
+    networks: NetworkPolicy,
 ) {
-    let mut connection = Connection::new(settings.tls.clone());
+    let mut connection = Connection::new(settings.tls.clone(), networks);
     while let Some(message) = queue.recv().await {
         hook.stats.queued.fetch_sub(1, Ordering::Relaxed);
         if let Err(reason) = allow.check(&hook.destination) {
@@ -141,7 +145,7 @@ async fn deliver(
     settings: &DeliverySettings,
     message: &WebhookMessage,
 ) {
-    let body = body(&hook.id, message);
+    let body = Bytes::from(body(&hook.id, message));
     let delivery = format!("{}-{}", message.epoch, message.seq);
     let mut attempt = 0u32;
     loop {
@@ -179,7 +183,12 @@ async fn deliver(
                 return;
             }
             Ok(Ok(status)) => format!("{} answered {status}", hook.destination.origin()),
-            Ok(Err(err)) => format!("{}: {err}", hook.destination.origin()),
+            Ok(Err(PostError::Refused(reason))) => {
+                hook.stats
+                    .drop_one(&hook.id, DropReason::NotAllowed, &reason);
+                return;
+            }
+            Ok(Err(PostError::Failed(reason))) => reason,
             Err(_) => {
                 connection.reset();
                 format!(

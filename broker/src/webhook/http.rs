@@ -1,289 +1,224 @@
-//! A deliberately small HTTP/1.1 client: one POST at a time over one kept-alive
-//! connection (plain or TLS), the status code as the answer, and never a
-//! redirect followed. Response bodies are read only to keep the connection
-//! usable, and only when short.
+//! A webhook's HTTP/1.1 connection (hyper's client connection, plain or over
+//! rustls): one POST at a time over one kept-alive connection, the status code
+//! as the answer, and never a redirect followed.
+//!
+//! The connection is opened by hand rather than by a pooling client, because
+//! where it goes is the point: every address the destination resolves to
+//! when connecting is checked against the [`NetworkPolicy`], and the socket
+//! goes only to one that passed.
 
-use std::io;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST, USER_AGENT};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
+use tracing::debug;
 
+use super::network::{NetworkPolicy, Resolved};
 use super::url::{Destination, Scheme};
 
-/// Longest response head read.
-const MAX_HEAD: usize = 16 << 10;
-/// Longest response body read to keep a connection; longer ones close it.
+/// Longest response body read to keep a connection; a longer one closes it.
 const MAX_KEPT_BODY: usize = 64 << 10;
 
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+/// Why a POST got no status.
+#[derive(Debug)]
+pub enum PostError {
+    /// The destination may not be reached (every address it resolves to is
+    /// in a refused range): retrying cannot help.
+    Refused(String),
+    /// Resolving, connecting, TLS or HTTP failed: worth a retry.
+    Failed(String),
 }
 
-impl Stream {
-    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+impl std::fmt::Display for PostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Stream::Plain(stream) => stream.write_all(bytes).await,
-            Stream::Tls(stream) => {
-                stream.write_all(bytes).await?;
-                stream.flush().await
-            }
+            PostError::Refused(reason) | PostError::Failed(reason) => f.write_str(reason),
         }
     }
+}
 
-    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(stream) => stream.read(buf).await,
-            Stream::Tls(stream) => stream.read(buf).await,
-        }
+/// An open connection: the request half, and the task driving the socket.
+struct Open {
+    sender: SendRequest<Full<Bytes>>,
+    driver: JoinHandle<()>,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.driver.abort();
     }
 }
 
 /// One destination's connection, opened on first use and reopened when the
 /// server closed it.
 pub struct Connection {
-    stream: Option<Stream>,
+    open: Option<Open>,
     tls: Arc<rustls::ClientConfig>,
+    networks: NetworkPolicy,
 }
 
 impl Connection {
-    /// No connection yet; `tls` verifies https destinations.
-    pub fn new(tls: Arc<rustls::ClientConfig>) -> Connection {
-        Connection { stream: None, tls }
+    /// No connection yet; `tls` verifies https destinations, `networks` says
+    /// which addresses may be connected to.
+    pub fn new(tls: Arc<rustls::ClientConfig>, networks: NetworkPolicy) -> Connection {
+        Connection {
+            open: None,
+            tls,
+            networks,
+        }
     }
 
     /// Drops the connection (after a failure, so the next try starts clean).
     pub fn reset(&mut self) {
-        self.stream = None;
+        self.open = None;
     }
 
-    /// POSTs `body` with the extra `headers` (each `Name: value`) and returns
-    /// the status code. A kept-alive connection the server closed meanwhile
-    /// is reopened once.
+    /// POSTs `body` with the extra `headers` and returns the status code. A
+    /// kept-alive connection the server closed meanwhile is reopened once.
     pub async fn post(
         &mut self,
         destination: &Destination,
         headers: &[(&str, String)],
-        body: &[u8],
-    ) -> io::Result<u16> {
-        let mut request = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: corebus/{}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n",
-            destination.path,
-            destination.host_header(),
-            env!("CARGO_PKG_VERSION"),
-            body.len()
-        );
-        for (name, value) in headers {
-            request.push_str(name);
-            request.push_str(": ");
-            request.push_str(value);
-            request.push_str("\r\n");
-        }
-        request.push_str("\r\n");
-        let mut bytes = request.into_bytes();
-        bytes.extend_from_slice(body);
-        if self.stream.is_some() {
-            match self.exchange(destination, &bytes).await {
-                Ok(status) => return Ok(status),
-                // The server may have closed the idle connection: one retry
-                // on a fresh one.
-                Err(_) => self.stream = None,
-            }
-        }
-        self.exchange(destination, &bytes).await
-    }
-
-    async fn exchange(&mut self, destination: &Destination, request: &[u8]) -> io::Result<u16> {
-        if self.stream.is_none() {
-            self.stream = Some(self.open(destination).await?);
-        }
-        let stream = self.stream.as_mut().expect("opened above");
-        let result = send_and_read(stream, request).await;
-        match result {
-            Ok((status, keep)) => {
-                if !keep {
-                    self.stream = None;
+        body: &Bytes,
+    ) -> Result<u16, PostError> {
+        if let Some(open) = self.open.as_mut().filter(|open| !open.sender.is_closed()) {
+            let request = request(destination, headers, body)?;
+            match exchange(&mut open.sender, request).await {
+                Ok((status, keep)) => {
+                    if !keep {
+                        self.open = None;
+                    }
+                    return Ok(status);
                 }
-                Ok(status)
-            }
-            Err(err) => {
-                self.stream = None;
-                Err(err)
+                // The server may have closed the idle connection as the
+                // request went out: one try on a fresh one.
+                Err(err) => {
+                    debug!(%err, "kept-alive webhook connection failed; reconnecting");
+                    self.open = None;
+                }
             }
         }
+        let mut open = self.connect(destination).await?;
+        let request = request(destination, headers, body)?;
+        let (status, keep) = exchange(&mut open.sender, request)
+            .await
+            .map_err(|err| PostError::Failed(format!("{}: {err}", destination.origin())))?;
+        if keep {
+            self.open = Some(open);
+        }
+        Ok(status)
     }
 
-    async fn open(&self, destination: &Destination) -> io::Result<Stream> {
-        let tcp = TcpStream::connect((destination.host.as_str(), destination.port)).await?;
-        tcp.set_nodelay(true)?;
-        match destination.scheme {
-            Scheme::Http => Ok(Stream::Plain(tcp)),
+    async fn connect(&self, destination: &Destination) -> Result<Open, PostError> {
+        let origin = destination.origin();
+        let addrs = self
+            .networks
+            .resolve(destination)
+            .await
+            .map_err(|err| match err {
+                Resolved::Refused(reason) => PostError::Refused(reason),
+                Resolved::Failed(err) => PostError::Failed(format!("{origin}: resolving: {err}")),
+            })?;
+        let mut last = None;
+        let mut tcp = None;
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    tcp = Some(stream);
+                    break;
+                }
+                Err(err) => last = Some(format!("{addr}: {err}")),
+            }
+        }
+        let Some(tcp) = tcp else {
+            let reason = last.unwrap_or_default();
+            return Err(PostError::Failed(format!("{origin}: connecting: {reason}")));
+        };
+        let _ = tcp.set_nodelay(true);
+        let failed = |stage: &str, err: &dyn std::fmt::Display| {
+            PostError::Failed(format!("{origin}: {stage}: {err}"))
+        };
+        let (sender, driver) = match destination.scheme {
+            Scheme::Http => {
+                let (sender, connection) = http1::handshake(TokioIo::new(tcp))
+                    .await
+                    .map_err(|err| failed("HTTP", &err))?;
+                (sender, tokio::spawn(drive(connection)))
+            }
             Scheme::Https => {
-                let name = ServerName::try_from(destination.host.clone()).map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("{:?} is not a valid TLS server name", destination.host),
-                    )
-                })?;
+                let name = ServerName::try_from(destination.host.clone())
+                    .map_err(|err| failed("TLS server name", &err))?;
                 let stream = TlsConnector::from(self.tls.clone())
                     .connect(name, tcp)
-                    .await?;
-                Ok(Stream::Tls(Box::new(stream)))
+                    .await
+                    .map_err(|err| failed("TLS", &err))?;
+                let (sender, connection) = http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|err| failed("HTTP", &err))?;
+                (sender, tokio::spawn(drive(connection)))
             }
-        }
-    }
-}
-
-/// Writes the request and reads the response head (and a short body);
-/// returns the status and whether the connection may be reused.
-async fn send_and_read(stream: &mut Stream, request: &[u8]) -> io::Result<(u16, bool)> {
-    stream.write_all(request).await?;
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    loop {
-        let head_end = loop {
-            if let Some(at) = find(&buf, b"\r\n\r\n") {
-                break at + 4;
-            }
-            if buf.len() > MAX_HEAD {
-                return Err(invalid("response head longer than 16 KiB"));
-            }
-            let read = stream.read(&mut chunk).await?;
-            if read == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed before a response",
-                ));
-            }
-            buf.extend_from_slice(&chunk[..read]);
         };
-        let head = parse_head(&buf[..head_end])?;
-        if (100..200).contains(&head.status) {
-            // An interim response (100 Continue, ...): the real one follows.
-            buf.drain(..head_end);
-            continue;
-        }
-        let mut keep = head.keep_alive;
-        match head.body_len {
-            Some(len) if len <= MAX_KEPT_BODY => {
-                let mut have = buf.len() - head_end;
-                while have < len {
-                    let read = stream.read(&mut chunk).await?;
-                    if read == 0 {
-                        keep = false;
-                        break;
-                    }
-                    have += read;
-                }
-                if have > len {
-                    keep = false; // Pipelined junk: start afresh.
-                }
-            }
-            // Chunked, unknown or long bodies: not worth reading.
-            _ => keep = false,
-        }
-        return Ok((head.status, keep));
+        Ok(Open { sender, driver })
     }
 }
 
-struct Head {
-    status: u16,
-    keep_alive: bool,
-    body_len: Option<usize>,
+/// Runs a connection's socket until it closes.
+async fn drive<F>(connection: F)
+where
+    F: std::future::Future<Output = hyper::Result<()>>,
+{
+    if let Err(err) = connection.await {
+        debug!(%err, "webhook connection ended");
+    }
 }
 
-fn parse_head(head: &[u8]) -> io::Result<Head> {
-    let text = std::str::from_utf8(head).map_err(|_| invalid("response head is not UTF-8"))?;
-    let mut lines = text.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    let status: u16 = parts
-        .next()
-        .and_then(|code| code.parse().ok())
-        .filter(|code| (100..600).contains(code))
-        .ok_or_else(|| invalid(&format!("bad status line {status_line:?}")))?;
-    if !version.starts_with("HTTP/1.") {
-        return Err(invalid(&format!("bad status line {status_line:?}")));
+fn request(
+    destination: &Destination,
+    headers: &[(&str, String)],
+    body: &Bytes,
+) -> Result<Request<Full<Bytes>>, PostError> {
+    let bad = |err: &dyn std::fmt::Display| {
+        PostError::Refused(format!(
+            "{}: cannot form the request: {err}",
+            destination.origin()
+        ))
+    };
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(destination.path.as_str())
+        .header(HOST, destination.host_header())
+        .header(USER_AGENT, concat!("corebus/", env!("CARGO_PKG_VERSION")))
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(body.clone()))
+        .map_err(|err| bad(&err))?;
+    for (name, value) in headers {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|err| bad(&err))?;
+        let value = HeaderValue::from_str(value).map_err(|err| bad(&err))?;
+        request.headers_mut().insert(name, value);
     }
-    let mut keep_alive = version == "HTTP/1.1";
-    let mut body_len = None;
-    let mut chunked = false;
-    for line in lines.filter(|line| !line.is_empty()) {
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(invalid(&format!("bad header line {line:?}")));
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            body_len = Some(
-                value
-                    .parse()
-                    .map_err(|_| invalid(&format!("bad Content-Length {value:?}")))?,
-            );
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = true;
-        } else if name.eq_ignore_ascii_case("connection") {
-            if value.eq_ignore_ascii_case("close") {
-                keep_alive = false;
-            } else if value.eq_ignore_ascii_case("keep-alive") {
-                keep_alive = true;
-            }
-        }
-    }
-    if matches!(status, 204 | 304) {
-        body_len = Some(0);
-    }
-    Ok(Head {
-        status,
-        keep_alive,
-        body_len: if chunked { None } else { body_len },
-    })
+    Ok(request)
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
-}
-
-fn invalid(reason: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, reason.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn response_heads_parse() {
-        let head = parse_head(b"HTTP/1.1 204 No Content\r\nServer: x\r\n\r\n").expect("valid");
-        assert_eq!(
-            (head.status, head.keep_alive, head.body_len),
-            (204, true, Some(0))
-        );
-        let head = parse_head(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n").expect("valid");
-        assert_eq!(
-            (head.status, head.keep_alive, head.body_len),
-            (200, false, Some(2))
-        );
-        let head = parse_head(b"HTTP/1.1 503 Busy\r\nConnection: close\r\n\r\n").expect("valid");
-        assert_eq!(
-            (head.status, head.keep_alive, head.body_len),
-            (503, false, None)
-        );
-        let head = parse_head(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
-        )
-        .expect("valid");
-        assert_eq!(head.body_len, None);
-        assert!(parse_head(b"SMTP 250 ok\r\n\r\n").is_err());
-        assert!(parse_head(b"HTTP/1.1 abc\r\n\r\n").is_err());
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\nbroken\r\n\r\n").is_err());
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n").is_err());
-    }
+/// Sends the request and reads the answer; returns the status and whether
+/// the connection may be used again (a short body was read whole).
+async fn exchange(
+    sender: &mut SendRequest<Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Result<(u16, bool), hyper::Error> {
+    sender.ready().await?;
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    let keep = Limited::new(response.into_body(), MAX_KEPT_BODY)
+        .collect()
+        .await
+        .is_ok();
+    Ok((status, keep && !sender.is_closed()))
 }

@@ -15,6 +15,7 @@
 mod config;
 mod deliver;
 pub mod http;
+pub mod network;
 pub mod registry;
 pub mod store;
 pub mod url;
@@ -27,9 +28,13 @@ use std::time::{Duration, Instant};
 use corebus_net::TopicKey;
 use corebus_shards::{WebhookCommandError, WebhookMessage, WebhookSink};
 use hmac::{Hmac, Mac};
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType;
 use sha2::Sha256;
 use tokio::sync::{mpsc, Notify};
 use tracing::warn;
+
+use crate::metrics::encode_value;
 
 pub use config::from_table;
 pub use registry::{Hook, Registry, RegistryPolicy, Source};
@@ -165,13 +170,86 @@ impl HookStats {
     }
 }
 
-/// A per-webhook metric family: name, help, type, and how to read it.
-type Family = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&HookStats) -> u64,
-);
+/// Every webhook's counters at one instant, for a metrics scrape.
+#[derive(Debug)]
+pub struct MetricsSnapshot {
+    /// Per webhook: its id, delivered, requests, retries, queued, and drops
+    /// in the order of [`DropReason::ALL`].
+    hooks: Vec<(String, [u64; 4], [u64; 5])>,
+    /// Hand-off drops of topics that no current webhook matches.
+    handoff_dropped: u64,
+}
+
+/// The per-webhook families: name (a counter's without `_total`), help,
+/// type, and which of a snapshot's four values.
+const FAMILIES: [(&str, &str, MetricType, usize); 4] = [
+    (
+        "webhook_delivered",
+        "Messages delivered (2xx).",
+        MetricType::Counter,
+        0,
+    ),
+    (
+        "webhook_requests",
+        "HTTP requests sent, retries included.",
+        MetricType::Counter,
+        1,
+    ),
+    (
+        "webhook_retries",
+        "Requests that were retries.",
+        MetricType::Counter,
+        2,
+    ),
+    (
+        "webhook_queued",
+        "Messages waiting in the webhook's queue.",
+        MetricType::Gauge,
+        3,
+    ),
+];
+
+impl MetricsSnapshot {
+    /// Encodes the webhook families (prefixed `corebus_` by the registry).
+    pub fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let metric = encoder.encode_descriptor(
+            "webhooks",
+            "Webhooks registered.",
+            None,
+            MetricType::Gauge,
+        )?;
+        encode_value(MetricType::Gauge, self.hooks.len() as u64, metric)?;
+        for (name, help, kind, at) in FAMILIES {
+            let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+            for (id, values, _) in &self.hooks {
+                encode_value(
+                    kind,
+                    values[at],
+                    metric.encode_family(&[("webhook", id.as_str())])?,
+                )?;
+            }
+        }
+        let mut metric = encoder.encode_descriptor(
+            "webhook_dropped",
+            "Messages dropped, by webhook and reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        let labels = [("webhook", "-"), ("reason", DropReason::Handoff.name())];
+        encode_value(
+            MetricType::Counter,
+            self.handoff_dropped,
+            metric.encode_family(&labels)?,
+        )?;
+        for (id, _, dropped) in &self.hooks {
+            for (reason, count) in DropReason::ALL.iter().zip(dropped) {
+                let labels = [("webhook", id.as_str()), ("reason", reason.name())];
+                encode_value(MetricType::Counter, *count, metric.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// The broker's webhooks: what the shards see as their [`WebhookSink`].
 #[derive(Debug)]
@@ -215,75 +293,29 @@ impl Webhooks {
         &self.registry
     }
 
-    /// Prometheus text for every webhook's counters.
-    pub fn render_metrics(&self, out: &mut String) {
-        let hooks = self.registry.snapshot();
-        let counter = |out: &mut String, name: &str, help: &str, kind: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        counter(out, "corebus_webhooks", "Webhooks registered.", "gauge");
-        let _ = writeln!(out, "corebus_webhooks {}", hooks.len());
-        let families: [Family; 4] = [
-            (
-                "corebus_webhook_delivered_total",
-                "Messages delivered (2xx).",
-                "counter",
-                |s| s.delivered.load(Ordering::Relaxed),
-            ),
-            (
-                "corebus_webhook_requests_total",
-                "HTTP requests sent, retries included.",
-                "counter",
-                |s| s.requests.load(Ordering::Relaxed),
-            ),
-            (
-                "corebus_webhook_retries_total",
-                "Requests that were retries.",
-                "counter",
-                |s| s.retries.load(Ordering::Relaxed),
-            ),
-            (
-                "corebus_webhook_queued",
-                "Messages waiting in the webhook's queue.",
-                "gauge",
-                |s| s.queued.load(Ordering::Relaxed),
-            ),
-        ];
-        for (name, help, kind, read) in families {
-            counter(out, name, help, kind);
-            for hook in hooks.iter() {
-                let _ = writeln!(
-                    out,
-                    "{name}{{webhook=\"{}\"}} {}",
-                    hook.id,
-                    read(&hook.stats)
-                );
-            }
-        }
-        let name = "corebus_webhook_dropped_total";
-        counter(
-            out,
-            name,
-            "Messages dropped, by webhook and reason.",
-            "counter",
-        );
-        // Hand-off drops of topics that no current webhook matches.
-        let _ = writeln!(
-            out,
-            "{name}{{webhook=\"-\",reason=\"{}\"}} {}",
-            DropReason::Handoff.name(),
-            self.handoff.dropped(DropReason::Handoff)
-        );
-        for hook in hooks.iter() {
-            for reason in DropReason::ALL {
-                let _ = writeln!(
-                    out,
-                    "{name}{{webhook=\"{}\",reason=\"{}\"}} {}",
-                    hook.id,
-                    reason.name(),
-                    hook.stats.dropped(reason)
-                );
-            }
+    /// Every webhook's counters now, for a metrics scrape.
+    pub fn snapshot_metrics(&self) -> MetricsSnapshot {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        MetricsSnapshot {
+            hooks: self
+                .registry
+                .snapshot()
+                .iter()
+                .map(|hook| {
+                    let stats = &hook.stats;
+                    (
+                        hook.id.clone(),
+                        [
+                            read(&stats.delivered),
+                            read(&stats.requests),
+                            read(&stats.retries),
+                            read(&stats.queued),
+                        ],
+                        DropReason::ALL.map(|reason| stats.dropped(reason)),
+                    )
+                })
+                .collect(),
+            handoff_dropped: self.handoff.dropped(DropReason::Handoff),
         }
     }
 }

@@ -12,6 +12,7 @@ use corebus_shards::auth::{unix_now_ms, TopicPattern};
 use corebus_shards::WebhookCommandError;
 use serde_json::{json, Map, Value};
 
+use super::network::NetworkPolicy;
 use super::store::Store;
 use super::url::{AllowList, Destination};
 use super::HookStats;
@@ -176,6 +177,8 @@ impl Hook {
 pub struct RegistryPolicy {
     /// Hosts webhooks may post to.
     pub allow: AllowList,
+    /// Special-purpose networks webhooks may reach all the same.
+    pub networks: NetworkPolicy,
     /// How long a rotated-out secret keeps signing.
     pub rotation_grace: Duration,
 }
@@ -206,6 +209,7 @@ impl Registry {
             policy
                 .allow
                 .check(&hook.destination)
+                .and_then(|()| policy.networks.check_literal(&hook.destination))
                 .map_err(|reason| anyhow!("webhook {:?}: {reason}", hook.id))?;
         }
         if let Some(store) = &store {
@@ -335,6 +339,10 @@ impl Registry {
         let url = string_field(command, "url")?;
         let destination = Destination::parse(&url).map_err(invalid)?;
         self.policy.allow.check(&destination).map_err(invalid)?;
+        self.policy
+            .networks
+            .check_literal(&destination)
+            .map_err(invalid)?;
         let namespace = string_field(command, "namespace")?;
         corebus_net::validate_namespace(namespace.as_bytes())
             .map_err(|err| invalid(format!("namespace: {err}")))?;
@@ -564,6 +572,7 @@ mod tests {
             Some(Store::new(dir.to_path_buf())),
             RegistryPolicy {
                 allow: AllowList::parse(allow).expect("valid"),
+                networks: NetworkPolicy::parse("127.0.0.0/8").expect("valid"),
                 rotation_grace: Duration::from_secs(60),
             },
         )
