@@ -151,10 +151,17 @@ impl BrokerAuth {
             claims.insert("sub".into(), json!(subject));
         }
         claims.insert("perm".into(), rules.iter().map(rule_json).collect());
-        Ok(jwt::encode(
-            &Value::Object(claims).to_string(),
-            secrets.current.bytes(),
-        ))
+        let token = jwt::encode(&Value::Object(claims).to_string(), secrets.current.bytes());
+        // Never hand out a token that HELLO would then refuse.
+        if token.len() > jwt::MAX_TOKEN_LEN {
+            return Err(AuthError::CannotMint(format!(
+                "the token would be {} bytes, more than the {} a HELLO may carry: \
+                 grant fewer permissions, or shorter names and patterns",
+                token.len(),
+                jwt::MAX_TOKEN_LEN
+            )));
+        }
+        Ok(token)
     }
 
     fn authenticate_key(&self, key: &[u8]) -> Result<Grant, AuthError> {
@@ -552,6 +559,18 @@ mod tests {
                 ),
                 "{claims}"
             );
+        }
+        // A token HELLO would refuse for its size is never minted.
+        let many: Vec<Value> = (0..200)
+            .map(|n| json!({ "ns": "tenant", "topic": format!("orders/region-{n}/"), "pub": true, "sub": true }))
+            .collect();
+        let claims_big = json!({ "sub": "u1", "perm": many }).to_string();
+        match auth.mint(&claims_big, 60, NOW_MS) {
+            Err(AuthError::CannotMint(reason)) => assert!(reason.contains("HELLO"), "{reason}"),
+            other => panic!(
+                "a token over {} bytes was minted: {other:?}",
+                jwt::MAX_TOKEN_LEN
+            ),
         }
         let keys_only = BrokerAuth::new(Vec::new(), None, Duration::from_secs(60));
         assert!(keys_only.is_open());

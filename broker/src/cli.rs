@@ -11,6 +11,10 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7400";
 
 /// corebus: a thread-per-core publish/subscribe broker.
+/// Smallest `max_hello_frame`: room for a HELLO carrying the longest token
+/// accepted ([`crate::jwt::MAX_TOKEN_LEN`]) and the longest client name.
+pub const MIN_HELLO_FRAME: i64 = 8704;
+
 #[derive(Debug, Parser)]
 #[command(name = "corebus", version, about)]
 pub struct Cli {
@@ -227,6 +231,14 @@ pub struct ServeArgs {
           num_args = 0..=1, default_missing_value = "true", require_equals = true,
           value_parser = BoolishValueParser::new())]
     pub insecure_no_auth: bool,
+    /// Start even when a file holding a secret (token secret files, the TLS
+    /// key, webhook secret files, or this configuration file when it holds a
+    /// secret inline) is accessible to its group or others; without it the
+    /// broker refuses, naming the `chmod 600` that fixes it.
+    #[arg(long, env = "COREBUS_INSECURE_SECRET_FILE_PERMISSIONS", default_value = "false",
+          num_args = 0..=1, default_missing_value = "true", require_equals = true,
+          value_parser = BoolishValueParser::new())]
+    pub insecure_secret_file_permissions: bool,
     /// Longest lifetime a token may have (exp minus iat, or minus the time
     /// it is presented when it has no iat); longer tokens are refused.
     #[arg(long, env = "COREBUS_TOKEN_MAX_LIFETIME", default_value = "24h", value_parser = parse_duration)]
@@ -268,10 +280,10 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(64..=(64 << 20)))]
     pub max_frame: u32,
     /// Largest frame length accepted before a connection's HELLO succeeds, in
-    /// bytes, and never more than max_frame (the default holds a HELLO with
-    /// the longest token accepted).
+    /// bytes, and never more than max_frame. At least 8704: a HELLO with the
+    /// longest token accepted (8 KiB) and the longest client name.
     #[arg(long, env = "COREBUS_MAX_HELLO_FRAME", default_value_t = corebus_net::DEFAULT_MAX_HELLO_FRAME,
-          value_parser = clap::value_parser!(u32).range(64..=(64 << 20)))]
+          value_parser = clap::value_parser!(u32).range(MIN_HELLO_FRAME..=(64 << 20)))]
     pub max_hello_frame: u32,
     /// Most subscriptions one connection may hold.
     #[arg(long, env = "COREBUS_MAX_SUBSCRIPTIONS", default_value_t = 10_000)]
@@ -590,6 +602,23 @@ pub struct SubArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_smallest_hello_frame_holds_the_longest_token_and_name() {
+        let hello = corebus_net::Frame::Hello(corebus_net::Hello {
+            version: corebus_net::PROTOCOL_VERSION,
+            client_name: "n".repeat(255),
+            credentials: bytes::Bytes::from(vec![b'a'; crate::jwt::MAX_TOKEN_LEN]),
+        });
+        let mut wire = bytes::BytesMut::new();
+        hello.encode(&mut wire);
+        let length_field = wire.len() - 4;
+        assert!(length_field as i64 <= MIN_HELLO_FRAME, "{length_field}");
+        assert!(
+            MIN_HELLO_FRAME - (length_field as i64) < 512,
+            "not needlessly large"
+        );
+    }
 
     #[test]
     fn durations_parse_with_units_and_refuse_garbage() {

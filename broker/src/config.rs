@@ -72,6 +72,87 @@ pub struct Resolved {
     pub auth: AuthSettings,
     /// The `[[webhooks]]` of the file.
     pub webhooks: Vec<Arc<Hook>>,
+    /// Files the file names as holding secrets (`*_file` keys), and the
+    /// file itself when it holds a secret inline.
+    pub secret_files: Vec<PathBuf>,
+}
+
+impl Resolved {
+    /// Refuses to start when a file holding a secret (named by the file or
+    /// the environment, the TLS key, or the configuration file with a secret
+    /// inline) may be read or written by its group or by others, naming the
+    /// `chmod` that fixes it; `insecure_secret_file_permissions` overrides.
+    pub fn check_secret_files(&self) -> anyhow::Result<()> {
+        if self.args.insecure_secret_file_permissions {
+            return Ok(());
+        }
+        let mut files = self.secret_files.clone();
+        for var in [
+            "COREBUS_TOKEN_SECRET_FILE",
+            "COREBUS_TOKEN_SECRET_PREVIOUS_FILE",
+        ] {
+            if let Some(path) = std::env::var_os(var).filter(|value| !value.is_empty()) {
+                files.push(PathBuf::from(path));
+            }
+        }
+        files.extend(self.args.tls_key.0.clone());
+        for path in files {
+            check_private(&path)?;
+        }
+        Ok(())
+    }
+}
+
+/// Fails when `path` is accessible to its group or to others.
+pub fn check_private(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(metadata) = std::fs::metadata(path) else {
+        return Ok(()); // Unreadable or missing: reading it says so.
+    };
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "{} holds a secret and is accessible to its group or others (mode {mode:03o}): \
+             run `chmod 600 {}` (or set insecure_secret_file_permissions = true to start anyway)",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// The files `table` (read from `path`) says hold secrets: the `*_file`
+/// keys, a webhook's relative to the file's directory, and `path` itself
+/// when a secret is written inline.
+fn secret_files(path: &Path, table: &toml::Table) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut inline = false;
+    let mut look = |table: &toml::Table, relative_to: Option<&Path>| {
+        for key in [
+            "token_secret",
+            "token_secret_previous",
+            "secret",
+            "secret_previous",
+        ] {
+            inline |= table.contains_key(key);
+            if let Some(toml::Value::String(file)) = table.get(&format!("{key}_file")) {
+                files.push(match relative_to {
+                    Some(dir) => dir.join(file),
+                    None => PathBuf::from(file),
+                });
+            }
+        }
+    };
+    look(table, None);
+    if let Some(toml::Value::Array(hooks)) = table.get("webhooks") {
+        for hook in hooks.iter().filter_map(toml::Value::as_table) {
+            look(hook, Some(path.parent().unwrap_or(Path::new(""))));
+        }
+    }
+    if inline {
+        files.push(path.to_path_buf());
+    }
+    files
 }
 
 /// Two settings whose values contradict each other.
@@ -133,27 +214,22 @@ pub fn defaults() -> anyhow::Result<(ServeArgs, ArgMatches)> {
 /// defaults, with no flags: what `token mint` signs with.
 pub fn from_env_and_file(file: Option<&Path>) -> anyhow::Result<Resolved> {
     let matches = settings_command().try_get_matches_from(["corebus"])?;
-    let args = ServeArgs::from_arg_matches(&matches)?;
-    let mut resolved = resolve(file, args, &matches)?;
+    let mut resolved = resolve(file, &matches)?;
     resolved.auth.apply_env()?;
     Ok(resolved)
 }
 
 /// `corebus config check FILE`: the file over the built-in defaults.
 pub fn check_file(path: &Path) -> anyhow::Result<()> {
-    let (args, matches) = defaults()?;
-    resolve(Some(path), args, &matches)?;
+    let (_, matches) = defaults()?;
+    resolve(Some(path), &matches)?;
     crate::stdio::line(format_args!("{}: ok", path.display()))
 }
 
 /// Layers the file (if any) under what `matches` got from flags and the
-/// environment. `args` must have been parsed from `matches`, which must come
-/// from a command that flattens [`ServeArgs`].
-pub fn resolve(
-    file: Option<&Path>,
-    mut args: ServeArgs,
-    matches: &ArgMatches,
-) -> anyhow::Result<Resolved> {
+/// environment. `matches` must come from a command that flattens
+/// [`ServeArgs`].
+pub fn resolve(file: Option<&Path>, matches: &ArgMatches) -> anyhow::Result<Resolved> {
     let table = match file {
         Some(path) => Some((path, read_table(path)?)),
         None => None,
@@ -212,10 +288,7 @@ pub fn resolve(
                 let var = arg.get_env().map(|var| var.to_string_lossy().into_owned());
                 (raw(), Origin::Env(var.unwrap_or_default()))
             }
-            (_, Some((path, text, parsed))) => {
-                args.update_from_arg_matches(&parsed)?;
-                (text, Origin::File(path))
-            }
+            (_, Some((path, text, _))) => (text, Origin::File(path)),
             (_, None) => (raw(), Origin::Default),
         };
         settings.push(Setting {
@@ -224,6 +297,22 @@ pub fn resolve(
             origin,
         });
     }
+    // The typed settings, parsed once from every value that is not a
+    // default, wherever it came from. (Updating them with one file value at a
+    // time reset flags given on the command line, such as a bare
+    // `--insecure-no-auth`, whenever the file set a key declared after them.)
+    let mut argv = vec![OsString::from("corebus")];
+    for (arg, setting) in setting_args(&command).zip(&settings) {
+        if !matches!(setting.origin, Origin::Default) {
+            let flag = arg.get_long().unwrap_or(&setting.key);
+            argv.push(OsString::from(format!("--{flag}={}", setting.value)));
+        }
+    }
+    let final_command = command.clone().mut_args(|arg| arg.env(None));
+    let args = final_command
+        .try_get_matches_from(argv)
+        .and_then(|matches| ServeArgs::from_arg_matches(&matches))
+        .map_err(|err| anyhow!("the settings: {}", clap_reason(&err)))?;
     let auth = match &table {
         Some((path, table)) => AuthSettings::from_table(path, table)?,
         None => AuthSettings::default(),
@@ -250,6 +339,10 @@ pub fn resolve(
         settings,
         auth,
         webhooks,
+        secret_files: match &table {
+            Some((path, table)) => secret_files(path, table),
+            None => Vec::new(),
+        },
     };
     if let Err(conflict) = check_consistency(&resolved.args) {
         bail!(
@@ -393,8 +486,30 @@ mod tests {
         let matches = settings_command()
             .mut_args(|arg| arg.env(None))
             .try_get_matches_from(std::iter::once("corebus").chain(argv.iter().copied()))?;
-        let args = ServeArgs::from_arg_matches(&matches)?;
-        resolve(file, args, &matches)
+        resolve(file, &matches)
+    }
+
+    #[test]
+    fn a_flag_survives_file_keys_declared_after_it() {
+        // The file sets keys before and after the flags' in declaration
+        // order; flags and file values all hold.
+        let path = temp_file(
+            "after.toml",
+            "max_frame = 2097152\ntoken_max_lifetime = \"2h\"\nwebhook_queue = 7\n",
+        );
+        let resolved = resolve_with(
+            &["--insecure-no-auth", "--insecure-secret-file-permissions"],
+            Some(&path),
+        )
+        .expect("valid");
+        assert!(resolved.args.insecure_no_auth);
+        assert!(resolved.args.insecure_secret_file_permissions);
+        assert_eq!(resolved.args.max_frame, 2 << 20);
+        assert_eq!(
+            resolved.args.token_max_lifetime,
+            std::time::Duration::from_secs(7200)
+        );
+        assert_eq!(resolved.args.webhook_queue, 7);
     }
 
     #[test]
@@ -416,8 +531,7 @@ mod tests {
     fn the_default_file_parses_to_exactly_the_defaults() {
         let path = temp_file("default.toml", &default_file());
         let (defaults, matches) = defaults().expect("defaults parse");
-        let resolved =
-            resolve(Some(&path), defaults.clone(), &matches).expect("default file is valid");
+        let resolved = resolve(Some(&path), &matches).expect("default file is valid");
         assert_eq!(resolved.args, defaults);
         let command = settings_command();
         assert_eq!(resolved.settings.len(), setting_args(&command).count());

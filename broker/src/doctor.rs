@@ -91,7 +91,7 @@ impl Check {
 /// `corebus doctor`: prints every check for the configuration `serve`
 /// would run with, and fails if any check failed.
 pub fn main(command: DoctorCommand, matches: &ArgMatches) -> anyhow::Result<()> {
-    let resolved = config::resolve(command.file.config.as_deref(), command.settings, matches)?;
+    let resolved = config::resolve(command.file.config.as_deref(), matches)?;
     let checks = check_host(resolved.args.shards);
     let printed = crate::stdio::print(&report(&checks));
     let failed = checks

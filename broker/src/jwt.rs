@@ -104,10 +104,80 @@ fn json_object(
 ) -> Result<serde_json::Map<String, serde_json::Value>, JwtError> {
     let bytes = base64url_decode(part)
         .map_err(|reason| JwtError::Malformed(format!("{what}: {reason}")))?;
-    match serde_json::from_slice(&bytes) {
-        Ok(serde_json::Value::Object(object)) => Ok(object),
+    match serde_json::from_slice::<Strict>(&bytes) {
+        Ok(Strict(serde_json::Value::Object(object))) => Ok(object),
         Ok(_) => Err(JwtError::Malformed(format!("{what}: not a JSON object"))),
         Err(err) => Err(JwtError::Malformed(format!("{what}: {err}"))),
+    }
+}
+
+/// A JSON value in which no object names a key twice. serde_json keeps the
+/// last of duplicates; RFC 7519 §4 lets a parser refuse them, and corebus
+/// does: two `exp` claims must not mean whichever one a reader happens to
+/// keep.
+struct Strict(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Strict;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Strict, E> {
+        Ok(Strict(v.into()))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Strict, E> {
+        Ok(Strict(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Strict, E> {
+        Ok(Strict(v.into()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Strict, E> {
+        Ok(Strict(v.into()))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Strict, E> {
+        Ok(Strict(v.into()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Strict, E> {
+        Ok(Strict(v.into()))
+    }
+
+    fn visit_unit<E>(self) -> Result<Strict, E> {
+        Ok(Strict(serde_json::Value::Null))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Strict(serde_json::Value::Array(items)))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Strict(value) = map.next_value()?;
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            object.insert(key, value);
+        }
+        Ok(Strict(serde_json::Value::Object(object)))
     }
 }
 
@@ -331,6 +401,38 @@ mod tests {
             verify(signed_array.as_bytes(), [SECRET]),
             Err(JwtError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_anywhere_in_a_signed_token() {
+        for payload in [
+            r#"{"exp":1,"perm":[],"exp":99999999999}"#,
+            r#"{"exp":99999999999,"perm":[{"ns":"a","ns":"b","topic":"t","pub":true}]}"#,
+        ] {
+            let token = encode(payload, SECRET);
+            match verify(token.as_bytes(), [SECRET]) {
+                Err(JwtError::Malformed(reason)) => {
+                    assert!(reason.contains("duplicate key"), "{reason}")
+                }
+                other => panic!("{payload}: {other:?}"),
+            }
+        }
+        let header = part(r#"{"alg":"HS256","alg":"none"}"#);
+        let input = format!("{header}.{}", part("{}"));
+        let signature = mac(SECRET, input.as_bytes()).finalize().into_bytes();
+        let token = format!("{input}.{}", base64url_encode(&signature));
+        assert!(matches!(
+            verify(token.as_bytes(), [SECRET]),
+            Err(JwtError::Malformed(reason)) if reason.contains("duplicate key")
+        ));
+        // The same values once each are fine, nested and all.
+        let fine = encode(
+            r#"{"exp":5,"perm":[{"ns":"a","topic":"t"},{"ns":"a"}],"x":[1,2.5,null,true]}"#,
+            SECRET,
+        );
+        let payload = verify(fine.as_bytes(), [SECRET]).expect("valid");
+        assert_eq!(payload["perm"][1]["ns"], "a");
+        assert_eq!(payload["x"][1], 2.5);
     }
 
     #[test]

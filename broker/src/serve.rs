@@ -148,7 +148,7 @@ pub fn start_webhooks(resolved: &Resolved) -> anyhow::Result<Arc<Webhooks>> {
 /// `corebus serve`: `matches` are the `serve` subcommand's, which say
 /// whether each setting came from a flag, the environment or a default.
 pub fn main(command: ServeCommand, matches: &ArgMatches) -> anyhow::Result<()> {
-    let mut resolved = config::resolve(command.file.config.as_deref(), command.settings, matches)?;
+    let mut resolved = config::resolve(command.file.config.as_deref(), matches)?;
     resolved.auth.apply_env()?;
     if command.print_config {
         return crate::stdio::print(&resolved.to_file());
@@ -220,6 +220,7 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
         }
     }
     let mut config = server_config(args)?;
+    resolved.check_secret_files()?;
     config.auth = authenticator(args, &resolved.auth)?;
     config.tls = tls_config(args)?;
     let webhooks = start_webhooks(&resolved)?;

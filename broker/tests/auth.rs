@@ -12,7 +12,7 @@ use bytes::Bytes;
 use common::TempFile;
 use corebus::auth::key_hash_hex;
 use corebus_client::{Client, ClientConfig, Credentials, Error, Event};
-use corebus_net::{ErrorCode, Frame, Hello, TokenRequest, PROTOCOL_VERSION};
+use corebus_net::{ErrorCode, Frame, Hello, Publish, TokenRequest, TopicKey, PROTOCOL_VERSION};
 use corebus_tests::RawConn;
 use serde_json::{json, Value};
 
@@ -446,6 +446,82 @@ async fn a_token_expiring_on_a_live_connection_closes_it() {
     raw.expect_closed().await;
 }
 
+/// Unix time in milliseconds.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64
+}
+
+#[tokio::test]
+async fn a_token_is_refused_from_the_instant_it_expires() {
+    let broker = Broker::start("instant.toml");
+    // Expires at the start of the second after next: 1 to 2 s from now.
+    let exp = now() + 2;
+    let expires_ms = exp * 1000;
+    let perm = json!([{ "ns": "a", "topic": "b", "pub": true }]);
+    let credentials = token(json!({ "exp": exp, "perm": perm }), SECRET);
+    let (mut raw, answer) = raw_hello(&broker.addr, &credentials).await;
+    assert!(matches!(answer, Frame::Welcome(_)), "{answer:?}");
+    // Publish every 20 ms until refused: every publish acknowledged left
+    // before the instant of expiry (allowing 25 ms for the clocks of two
+    // processes read at slightly different moments), and the refusal comes
+    // soon after it, not at the next one-second tick.
+    let topic = TopicKey::from_strs("a", "b").expect("valid");
+    let mut request_id = 0;
+    let refused_at = loop {
+        request_id += 1;
+        let sent_ms = now_ms();
+        raw.send(&Frame::Publish(Publish {
+            request_id,
+            ack: true,
+            topic: topic.clone(),
+            payload: Bytes::from_static(b"x"),
+        }))
+        .await;
+        match raw.recv().await {
+            Some(Frame::PubAck(ack)) => {
+                assert_eq!(ack.request_id, request_id);
+                assert!(
+                    sent_ms < expires_ms + 25,
+                    "a publish sent {} ms after the token expired was acknowledged",
+                    sent_ms - expires_ms
+                );
+            }
+            Some(frame) => {
+                let message = fatal(&frame, ErrorCode::TokenExpired);
+                assert!(message.contains("expired"), "{message}");
+                break now_ms();
+            }
+            None => panic!("closed without a token_expired error"),
+        }
+        assert!(now_ms() < expires_ms + 5_000, "never refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        refused_at < expires_ms + 250,
+        "refused {} ms after expiry",
+        refused_at.saturating_sub(expires_ms)
+    );
+    raw.expect_closed().await;
+
+    // An idle connection is closed at the instant too, by its own timer.
+    let exp = now() + 2;
+    let credentials = token(json!({ "exp": exp, "perm": perm }), SECRET);
+    let (mut idle, answer) = raw_hello(&broker.addr, &credentials).await;
+    assert!(matches!(answer, Frame::Welcome(_)), "{answer:?}");
+    let closing = idle.recv().await.expect("an error before the end");
+    let closed_at = now_ms();
+    fatal(&closing, ErrorCode::TokenExpired);
+    assert!(
+        closed_at >= exp * 1000 && closed_at < exp * 1000 + 250,
+        "closed {} ms from expiry",
+        closed_at as i64 - (exp * 1000) as i64
+    );
+    idle.expect_closed().await;
+}
+
 #[tokio::test]
 async fn a_superuser_key_mints_tokens_over_the_protocol() {
     let broker = Broker::start("mint.toml");
@@ -670,6 +746,43 @@ fn serve_refuses_a_public_address_without_authentication() {
         None,
     )
     .expect("starts with authentication");
+}
+
+#[test]
+fn a_secret_file_others_may_read_stops_the_broker_with_the_chmod_that_fixes_it() {
+    // The configuration file holds the token secret inline.
+    let shared = TempFile::with_mode("shared.toml", &config_text(), 0o644);
+    let refused = Broker::spawn(corebus(&["serve", "--config", shared.path()]), None);
+    let err = refused.err().expect("refused");
+    assert!(
+        err.contains(&format!("chmod 600 {}", shared.path())),
+        "{err}"
+    );
+    assert!(err.contains("mode 644"), "{err}");
+    assert!(err.contains("insecure_secret_file_permissions"), "{err}");
+    // A secret file named by the environment is checked too.
+    let secret = TempFile::with_mode("secret.txt", &"s".repeat(40), 0o640);
+    let mut by_env = corebus(&["serve"]);
+    by_env.env("COREBUS_TOKEN_SECRET_FILE", secret.path());
+    let err = Broker::spawn(by_env, None).err().expect("refused");
+    assert!(
+        err.contains(&format!("chmod 600 {}", secret.path())),
+        "{err}"
+    );
+    // Private files start; so do shared ones with the explicit override.
+    let private = TempFile::new("private.toml", &config_text());
+    Broker::spawn(corebus(&["serve", "--config", private.path()]), None)
+        .expect("a private file starts");
+    Broker::spawn(
+        corebus(&[
+            "serve",
+            "--config",
+            shared.path(),
+            "--insecure-secret-file-permissions",
+        ]),
+        None,
+    )
+    .expect("starts with the override");
 }
 
 /// The Python example of docs/security.md, run as written: the token it

@@ -318,6 +318,10 @@ async fn read_loop(
     // only then may a frame's announced length grow the buffer to `max_frame`.
     let mut limit = shard.borrow().frame_limit(conn);
     let mut handshaken = false;
+    // Closes the connection the instant its token expires (cancelled when
+    // this reader ends, dropping it).
+    let mut _expiry: Option<glommio::Task<()>> = None;
+    let shard_rc = Rc::clone(shard);
     let mut buf = BytesMut::new();
     let mut chunk = READ_CHUNK_MIN;
     let mut cipher = Vec::new();
@@ -339,6 +343,9 @@ async fn read_loop(
                             limit = shard.frame_limit(conn);
                             if handshaken {
                                 *handshake = None;
+                                _expiry = shard.expires_at_ms(conn).map(|at| {
+                                    glommio::spawn_local(expire_at(shard_rc.clone(), conn, at))
+                                });
                             }
                         }
                         if flow == Flow::Close {
@@ -432,6 +439,19 @@ async fn read_loop(
             Err(err) => return Err(err),
         }
     }
+}
+
+/// Sleeps until `at_ms` (Unix ms), then closes `conn` with `token_expired`
+/// if its grant has expired by then.
+async fn expire_at(shard: Rc<RefCell<Shard>>, conn: ConnId, at_ms: u64) {
+    loop {
+        let now = crate::auth::unix_now_ms();
+        if now >= at_ms {
+            break;
+        }
+        glommio::timer::sleep(Duration::from_millis(at_ms - now)).await;
+    }
+    shard.borrow_mut().expire_if_due(conn);
 }
 
 /// Feeds ciphertext to rustls and appends the plaintext it yields to `plain`;

@@ -90,8 +90,15 @@ impl Drop for Serve {
 pub struct TempFile(PathBuf);
 
 impl TempFile {
-    /// Writes `contents` to a file named after the test binary and `name`.
+    /// Writes `contents` to a file named after the test binary and `name`,
+    /// private to its owner (mode 0600), as a file holding secrets must be.
     pub fn new(name: &str, contents: &str) -> TempFile {
+        TempFile::with_mode(name, contents, 0o600)
+    }
+
+    /// [`TempFile::new`] with permission bits `mode`.
+    pub fn with_mode(name: &str, contents: &str, mode: u32) -> TempFile {
+        use std::os::unix::fs::PermissionsExt;
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
         let path = dir.join(format!(
             "{}-{}-{name}",
@@ -99,6 +106,7 @@ impl TempFile {
             std::process::id()
         ));
         std::fs::write(&path, contents).expect("writes");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
         TempFile(path)
     }
 

@@ -46,14 +46,7 @@ impl Shard {
                 .and_then(|grant| grant.expires_at_ms)
                 .filter(|expires| *expires <= unix_ms)
             {
-                to_close.push((
-                    *conn,
-                    ErrorCode::TokenExpired,
-                    format!(
-                        "the token expired at {} (Unix seconds); reconnect with a fresh one",
-                        expired / 1000
-                    ),
-                ));
+                to_close.push((*conn, ErrorCode::TokenExpired, expiry_message(expired)));
             } else if quiet >= timeout {
                 to_close.push((
                     *conn,
@@ -130,6 +123,37 @@ impl Shard {
             crate::conn::Shed::Full => self.stats.handshakes_shed += 1,
             crate::conn::Shed::SourceFull => self.stats.handshakes_shed_per_source += 1,
         }
+    }
+
+    /// When `conn`'s grant expires (Unix ms), if it does: the connection's
+    /// task sets a timer for that instant and then calls
+    /// [`Shard::expire_if_due`].
+    pub fn expires_at_ms(&self, conn: ConnId) -> Option<u64> {
+        self.conns
+            .get(&conn)
+            .and_then(|state| state.grant.as_ref())
+            .and_then(|grant| grant.expires_at_ms)
+    }
+
+    /// Closes `conn` with `token_expired` if its grant has expired; true if
+    /// it did.
+    pub fn expire_if_due(&mut self, conn: ConnId) -> bool {
+        let Some(expired) = self
+            .expires_at_ms(conn)
+            .filter(|expires| *expires <= unix_now_ms())
+        else {
+            return false;
+        };
+        if self
+            .conns
+            .get(&conn)
+            .is_some_and(|state| state.outbox.is_closing())
+        {
+            return false;
+        }
+        self.stats.timeouts_and_expiries += 1;
+        self.close_with_error(conn, ErrorCode::TokenExpired, expiry_message(expired));
+        true
     }
 
     /// Whether `conn`'s handshake succeeded.
@@ -286,6 +310,19 @@ impl Shard {
         }
         if !state.handshaken {
             return self.handle_handshake(conn, frame);
+        }
+        // A token is refused from the instant it expires, whatever the next
+        // tick: no request is carried out under an expired grant. (Only
+        // connections whose grant expires read the clock.)
+        if let Some(expired) = state
+            .grant
+            .as_ref()
+            .and_then(|grant| grant.expires_at_ms)
+            .filter(|expires| *expires <= unix_now_ms())
+        {
+            self.stats.timeouts_and_expiries += 1;
+            self.close_with_error(conn, ErrorCode::TokenExpired, expiry_message(expired));
+            return Flow::Close;
         }
         match frame {
             Frame::Publish(publish) => self.handle_publish(conn, publish),
@@ -448,4 +485,12 @@ impl Shard {
         self.send(conn, welcome);
         Flow::Continue
     }
+}
+
+/// The `token_expired` error's text.
+fn expiry_message(expired_ms: u64) -> String {
+    format!(
+        "the token expired at {} (Unix seconds); reconnect with a fresh one",
+        expired_ms / 1000
+    )
 }
