@@ -129,16 +129,15 @@ pub fn start_webhooks(resolved: &Resolved) -> anyhow::Result<Arc<Webhooks>> {
         max_backoff: args.webhook_max_backoff,
         tls: webhook::client_tls(args.webhook_ca.0.as_deref())?,
     };
-    let mut webhooks =
-        Webhooks::start(registry, settings).context("cannot start the webhook thread")?;
-    if resolved.auth.is_open() && !args.listen.ip().is_loopback() {
-        // Everyone is a super-user here: nobody may point the broker at a URL.
-        webhooks.refuse_commands(
-            "webhook commands are refused on a broker without authentication that listens \
-             beyond loopback; configure a super-user key (see docs/security.md)"
-                .into(),
-        );
-    }
+    // Everyone is a super-user on an open broker: beyond loopback, nobody
+    // may point it at a URL.
+    let refuse = (resolved.auth.is_open() && !args.listen.ip().is_loopback()).then(|| {
+        "webhook commands are refused on a broker without authentication that listens \
+         beyond loopback; configure a super-user key (see docs/security.md)"
+            .to_string()
+    });
+    let webhooks =
+        Webhooks::start(registry, settings, refuse).context("cannot start the webhook thread")?;
     if count > 0 {
         info!(count, "webhooks registered");
     }

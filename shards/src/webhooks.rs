@@ -37,6 +37,10 @@ pub enum WebhookCommandError {
     /// (answered with `invalid_request`).
     #[error("{0}")]
     Invalid(String),
+    /// This broker takes no webhook commands at all, whoever asks: it has no
+    /// authentication and listens beyond loopback (`forbidden`).
+    #[error("{0}")]
+    Refused(String),
     /// The broker failed to carry it out, e.g. to persist it (`internal`).
     #[error("{0}")]
     Internal(String),

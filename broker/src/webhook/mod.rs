@@ -264,8 +264,15 @@ pub struct Webhooks {
 }
 
 impl Webhooks {
-    /// Starts the delivery thread for `registry`.
-    pub fn start(registry: Registry, settings: DeliverySettings) -> std::io::Result<Arc<Webhooks>> {
+    /// Starts the delivery thread for `registry`. With `refuse_commands`,
+    /// every `WEBHOOK_REQUEST` is refused with that reason (`forbidden`): for
+    /// a broker where every client counts as a super-user (no
+    /// authentication, and not on loopback).
+    pub fn start(
+        registry: Registry,
+        settings: DeliverySettings,
+        refuse_commands: Option<String>,
+    ) -> std::io::Result<Arc<Webhooks>> {
         let registry = Arc::new(registry);
         let changed = Arc::new(Notify::new());
         let (intake, receiver) = mpsc::channel(settings.queue.saturating_mul(4).max(1024));
@@ -275,17 +282,8 @@ impl Webhooks {
             intake,
             changed,
             handoff: HookStats::default(),
-            commands_refused: None,
+            commands_refused: refuse_commands,
         }))
-    }
-
-    /// Refuses every `WEBHOOK_REQUEST` with `reason` (for a broker where
-    /// every client counts as a super-user: no authentication, and not on
-    /// loopback). Call before the shards share it.
-    pub fn refuse_commands(self: &mut Arc<Self>, reason: String) {
-        if let Some(webhooks) = Arc::get_mut(self) {
-            webhooks.commands_refused = Some(reason);
-        }
     }
 
     /// The registry.
@@ -361,7 +359,7 @@ impl WebhookSink for Webhooks {
 
     fn command(&self, command: &str) -> Result<String, WebhookCommandError> {
         if let Some(reason) = &self.commands_refused {
-            return Err(WebhookCommandError::Invalid(reason.clone()));
+            return Err(WebhookCommandError::Refused(reason.clone()));
         }
         let result = self.registry.command(command);
         if result.is_ok() {

@@ -409,6 +409,7 @@ impl Shard {
             Err(err) => {
                 let code = match err {
                     WebhookCommandError::Invalid(_) => ErrorCode::InvalidRequest,
+                    WebhookCommandError::Refused(_) => ErrorCode::Forbidden,
                     WebhookCommandError::Internal(_) => ErrorCode::Internal,
                 };
                 self.send_error(conn, request.request_id, code, err.to_string());
