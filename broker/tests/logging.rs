@@ -1,14 +1,28 @@
-//! The broker's log subscriber also carries records of libraries that log
-//! through the `log` crate (glommio's warnings and errors: a panic caught
-//! while waking a task, io_uring buffers it could not register), filtered
-//! by the same directives. Its own test binary: a process has one global
-//! subscriber.
+//! What the broker logs. In this process: the log subscriber also carries
+//! records of libraries that log through the `log` crate (glommio's warnings
+//! and errors: a panic caught while waking a task, io_uring buffers it could
+//! not register), filtered by the same directives; its own test binary, as a
+//! process has one global subscriber. Of a `corebus serve` child, logging
+//! JSON: what a connection's lines carry, and that a peer cannot flood the
+//! log.
 
-use std::io::Write;
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use common::{read_address, TempFile, BIN};
+use corebus::auth::key_hash_hex;
 use corebus::cli::LogFormat;
 use corebus::serve::init_logging_to;
+use corebus_net::{ErrorCode, Frame, Hello, PROTOCOL_VERSION};
+use corebus_tests::{RawConn, Received};
+use serde_json::Value;
 
 /// Collects what the subscriber writes.
 #[derive(Clone, Default)]
@@ -63,4 +77,383 @@ fn log_crate_records_reach_the_subscriber_under_the_same_filter() {
     assert!(find("filtered out by glommio=warn").is_none(), "{text}");
     // A second subscriber is refused, not silently ignored.
     assert!(init_logging_to("info", LogFormat::Text, std::io::sink, false).is_err());
+}
+
+const RIGHT_KEY: &str = "cbk_logging_right_key";
+const WRONG_KEY: &str = "cbk_logging_wrong_key_5ecret";
+/// Shaped like a token, so the broker judges it as one (and refuses it: it
+/// has no token secret); its signature part must not reach the log either.
+const WRONG_TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.dG9rZW4tNWVjcmV0";
+
+/// A `corebus serve` child (one shard, `--log-format json` at `warn`, so a
+/// connection's span must exist at that level too) with one API key; a
+/// thread collects its log.
+struct JsonBroker {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+    _config: TempFile,
+}
+
+impl JsonBroker {
+    fn start(name: &str) -> JsonBroker {
+        JsonBroker::start_limited(name, None)
+    }
+
+    /// With `open_files`: the process may hold that many descriptors.
+    fn start_limited(name: &str, open_files: Option<u64>) -> JsonBroker {
+        let config = TempFile::new(
+            name,
+            &format!(
+                "[[keys]]\nname = \"app\"\nsha256 = \"{}\"\nsuperuser = true\n",
+                key_hash_hex(RIGHT_KEY)
+            ),
+        );
+        let mut command = Command::new(BIN);
+        command
+            .args([
+                "serve",
+                "--config",
+                config.path(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--shards",
+                "1",
+                "--log-level",
+                "warn",
+                "--log-format",
+                "json",
+            ])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("COREBUS_") {
+                command.env_remove(name);
+            }
+        }
+        if let Some(limit) = open_files {
+            let limit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: setrlimit(2) is async-signal-safe, and the closure
+            // touches nothing else of the parent's.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command.spawn().expect("corebus serve starts");
+        let stderr = child.stderr.take().expect("piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let collected = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                let mut log = collected.lock().expect("not poisoned");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = read_address(&mut child).parse().expect("a socket address");
+        JsonBroker {
+            child,
+            addr,
+            log,
+            _config: config,
+        }
+    }
+
+    fn text(&self) -> String {
+        self.log.lock().expect("not poisoned").clone()
+    }
+
+    /// Every record logged so far.
+    fn records(&self) -> Vec<Value> {
+        self.text()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}")))
+            .collect()
+    }
+
+    /// The records once `done` holds for them; fails the test with the log
+    /// after 10 s.
+    fn records_once(&self, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let records = self.records();
+            if done(&records) {
+                return records;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not logged within 10 s; the log:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for JsonBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connects, sends HELLO with `credentials` under `client_name`, and checks
+/// the broker refuses it with a fatal `unauthorized` and closes; returns the
+/// address the broker saw.
+async fn refused_hello(addr: SocketAddr, client_name: &str, credentials: &str) -> SocketAddr {
+    let mut raw = RawConn::connect(addr).await;
+    raw.send(&Frame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        client_name: client_name.into(),
+        credentials: Bytes::copy_from_slice(credentials.as_bytes()),
+    }))
+    .await;
+    match raw.recv().await {
+        Some(Frame::Error(error)) if error.code() == Some(ErrorCode::Unauthorized) => {
+            assert!(error.fatal, "{error:?}")
+        }
+        other => panic!("expected a fatal unauthorized, got {other:?}"),
+    }
+    raw.expect_closed().await;
+    raw.local_addr()
+}
+
+fn message(record: &Value) -> &str {
+    record["fields"]["message"].as_str().unwrap_or_default()
+}
+
+fn auth_failures(records: &[Value]) -> Vec<&Value> {
+    records
+        .iter()
+        .filter(|record| message(record) == "authentication failed")
+        .collect()
+}
+
+/// Failures the records account for: one per line, plus each line's count
+/// of those not logged, plus the summaries' counts.
+fn failures_accounted(records: &[Value]) -> u64 {
+    records
+        .iter()
+        .map(|record| match message(record) {
+            "authentication failed" => 1 + suppressed(record),
+            "authentication failures not logged (rate limit)" => suppressed(record),
+            _ => 0,
+        })
+        .sum()
+}
+
+fn suppressed(record: &Value) -> u64 {
+    record["fields"]["suppressed"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no suppressed count: {record}"))
+}
+
+#[tokio::test]
+async fn a_failed_authentication_is_one_warning_naming_peer_connection_and_reason() {
+    let broker = JsonBroker::start("one-failure.toml");
+    let peer = refused_hello(broker.addr, "billing", WRONG_KEY).await;
+    // The fence: a later failure's line is logged after all of the first's.
+    refused_hello(broker.addr, "fence", WRONG_TOKEN).await;
+    let records = broker.records_once(|records| {
+        auth_failures(records)
+            .iter()
+            .any(|record| record["fields"]["client"] == "\"fence\"")
+    });
+    let first: Vec<&Value> = auth_failures(&records)
+        .into_iter()
+        .filter(|record| record["fields"]["client"] == "\"billing\"")
+        .collect();
+    let text = broker.text();
+    assert_eq!(first.len(), 1, "one line per failure:\n{text}");
+    let line = first[0];
+    assert_eq!(line["level"], "WARN", "{line}");
+    assert_eq!(line["span"]["name"], "conn", "{line}");
+    assert_eq!(line["span"]["peer"], peer.to_string(), "{line}");
+    let id = line["span"]["id"].as_str().unwrap_or_default();
+    let (shard, number) = id.split_once(':').unwrap_or_else(|| panic!("{line}"));
+    assert_eq!(shard, "0", "{line}");
+    assert!(number.parse::<u64>().is_ok(), "{line}");
+    assert_eq!(line["fields"]["code"], "unauthorized", "{line}");
+    assert_eq!(
+        line["fields"]["reason"], "invalid credentials: unknown API key",
+        "{line}"
+    );
+    assert_eq!(line["fields"]["suppressed"], 0, "{line}");
+    // Neither secret, nor any part of the token, is anywhere in the log.
+    let token_parts = WRONG_TOKEN.split('.');
+    for secret in [WRONG_KEY, WRONG_TOKEN].into_iter().chain(token_parts) {
+        assert!(!text.contains(secret), "{secret} is in the log:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_failed_authentications_is_a_few_lines_and_a_count() {
+    const FAILURES: u64 = 100;
+    let broker = JsonBroker::start("flood.toml");
+    let started = Instant::now();
+    for _ in 0..FAILURES {
+        refused_hello(broker.addr, "flood", WRONG_KEY).await;
+    }
+    let seconds = started.elapsed().as_secs();
+    // Every failure is a line or counted in one: the counts of a flood that
+    // stopped arrive with the shard's next maintenance tick (within 1 s).
+    let records = broker.records_once(|records| failures_accounted(records) >= FAILURES);
+    let text = broker.text();
+    assert_eq!(failures_accounted(&records), FAILURES, "{text}");
+    let lines = auth_failures(&records).len() as u64;
+    // At most 10 lines a second, in each second the flood touched.
+    assert!(
+        lines <= 10 * (seconds + 2),
+        "{lines} lines in {seconds} s:\n{text}"
+    );
+    assert!(lines < FAILURES / 2, "{lines} lines:\n{text}");
+    assert!(text.contains("\"suppressed\":"), "{text}");
+    assert!(!text.contains(WRONG_KEY), "{text}");
+}
+
+/// What a new connection to a broker out of descriptors saw.
+enum OutOfDescriptors {
+    /// Accepted, but no descriptor left for its writer: refused with a
+    /// typed error, which the test checked.
+    Refused,
+    /// Not accepted at all: it waits in the listen backlog, unanswered.
+    Waiting(RawConn),
+}
+
+/// Opens connections that authenticate, holding them, until the broker runs
+/// out of descriptors; returns the ones held and what the next one saw.
+async fn fill(broker: &JsonBroker) -> (Vec<RawConn>, OutOfDescriptors) {
+    let mut held = Vec::new();
+    loop {
+        assert!(held.len() < 100, "still accepting after 100 connections");
+        let mut raw = RawConn::connect(broker.addr).await;
+        raw.send(&Frame::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            client_name: "fill".into(),
+            credentials: Bytes::from_static(RIGHT_KEY.as_bytes()),
+        }))
+        .await;
+        match raw.next_within(Duration::from_secs(2)).await {
+            Received::Frame(Frame::Welcome(_)) => held.push(raw),
+            Received::Frame(Frame::Error(error)) => {
+                assert_eq!(
+                    error.code(),
+                    Some(ErrorCode::TooManyConnections),
+                    "{error:?}"
+                );
+                assert!(error.fatal, "{error:?}");
+                assert!(
+                    error.message.contains("cannot take another connection"),
+                    "{error:?}"
+                );
+                raw.expect_closed().await;
+                return (held, OutOfDescriptors::Refused);
+            }
+            Received::TimedOut => return (held, OutOfDescriptors::Waiting(raw)),
+            other => panic!("after {} connections: {other:?}", held.len()),
+        }
+    }
+}
+
+/// Each connection holds two descriptors (the reader's socket and the
+/// writer's copy), so depending on what the broker holds besides, its last
+/// free descriptor either goes to a socket whose copy then fails, or there
+/// is none left to accept with. One more open file flips one into the other:
+/// the test runs both.
+#[tokio::test]
+async fn a_broker_out_of_descriptors_refuses_with_a_typed_error_or_logs_accept_failures_at_a_rate()
+{
+    let mut refused = false;
+    let mut waited = false;
+    for open_files in [64, 65] {
+        let broker = JsonBroker::start_limited("descriptors.toml", Some(open_files));
+        let (mut held, next) = fill(&broker).await;
+        match next {
+            OutOfDescriptors::Refused => {
+                refused = true;
+                // Every further one is refused too, and logged within the
+                // shard's budget: each refusal a line or counted in one.
+                for _ in 0..30 {
+                    let mut raw = RawConn::connect(broker.addr).await;
+                    match raw.recv().await {
+                        Some(Frame::Error(error)) => assert_eq!(
+                            error.code(),
+                            Some(ErrorCode::TooManyConnections),
+                            "{error:?}"
+                        ),
+                        other => panic!("expected too_many_connections, got {other:?}"),
+                    }
+                }
+                let records = broker.records_once(|records| refusals_accounted(records) >= 31);
+                let lines: Vec<&Value> = records
+                    .iter()
+                    .filter(|record| message(record) == "connection refused")
+                    .collect();
+                let text = broker.text();
+                assert_eq!(refusals_accounted(&records), 31, "{text}");
+                assert!(lines.len() < 31, "{text}");
+                assert_eq!(lines[0]["level"], "WARN", "{text}");
+                assert!(lines[0]["span"]["peer"].is_string(), "{text}");
+                assert!(lines[0]["span"]["id"].is_string(), "{text}");
+                let reason = lines[0]["fields"]["reason"].as_str().unwrap_or_default();
+                assert!(reason.contains("Too many open files"), "{text}");
+            }
+            OutOfDescriptors::Waiting(mut waiting) => {
+                waited = true;
+                // The accept loop retries every 50 ms and logs once a second,
+                // with the count of the failures it did not log.
+                let records = broker.records_once(|records| {
+                    accept_failures(records).any(|record| suppressed(record) > 0)
+                });
+                let text = broker.text();
+                let lines: Vec<&Value> = accept_failures(&records).collect();
+                assert!(lines.len() <= 3, "{text}");
+                let first = &lines[0]["fields"];
+                assert_eq!(lines[0]["level"], "WARN", "{text}");
+                let error = first["err"].as_str().unwrap_or_default();
+                assert!(error.contains("Too many open files"), "{text}");
+                assert_eq!(first["backoff_ms"], 50, "{text}");
+                // A connection closing frees two descriptors: the waiting
+                // one is accepted and answered.
+                held.pop();
+                match waiting.next_within(Duration::from_secs(5)).await {
+                    Received::Frame(Frame::Welcome(_)) => {}
+                    other => panic!("expected WELCOME once a place was free, got {other:?}"),
+                }
+            }
+        }
+        drop(held);
+    }
+    assert!(refused && waited, "refused: {refused}, waited: {waited}");
+}
+
+fn accept_failures(records: &[Value]) -> impl Iterator<Item = &Value> {
+    records
+        .iter()
+        .filter(|record| message(record) == "accept failed")
+}
+
+fn refusals_accounted(records: &[Value]) -> u64 {
+    records
+        .iter()
+        .map(|record| match message(record) {
+            "connection refused" => 1 + suppressed(record),
+            "connection refusals not logged (rate limit)" => suppressed(record),
+            _ => 0,
+        })
+        .sum()
 }

@@ -83,7 +83,10 @@ impl Opcode {
 }
 
 /// `HELLO`: the client's first frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Its `Debug` output shows the credentials' length only, so a logged frame
+/// never leaks the key or token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Hello {
     /// Protocol version the client speaks.
     pub version: u16,
@@ -92,6 +95,19 @@ pub struct Hello {
     /// An API key or a token (JWT); empty when the client has none.
     /// Credentials travel in the handshake only.
     pub credentials: Bytes,
+}
+
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hello")
+            .field("version", &self.version)
+            .field("client_name", &self.client_name)
+            .field(
+                "credentials",
+                &format_args!("<{} bytes redacted>", self.credentials.len()),
+            )
+            .finish()
+    }
 }
 
 /// `WELCOME`: the server accepted the handshake.

@@ -176,6 +176,21 @@ fn every_byte_split_of_every_frame_decodes() {
     }
 }
 
+/// A HELLO printed with `{:?}` (in a log line, a panic) shows the client's
+/// name and how long its credentials are, never the credentials.
+#[test]
+fn a_printed_hello_hides_its_credentials() {
+    let hello = Frame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        client_name: "billing".into(),
+        credentials: Bytes::from_static(b"cbk_secret_key"),
+    });
+    let printed = format!("{hello:?}");
+    assert!(!printed.contains("secret"), "{printed}");
+    assert!(printed.contains("billing"), "{printed}");
+    assert!(printed.contains("14 bytes"), "{printed}");
+}
+
 #[test]
 fn back_to_back_frames_decode_in_order() {
     let frames = sample_frames();

@@ -33,7 +33,7 @@ use corebus_net::{
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use rustc_hash::FxHashMap;
-use tracing::debug;
+use tracing::{debug, error_span, Instrument, Span};
 
 use crate::engine::{ConnId, Flow, Shard};
 use crate::outbox::{OutFrame, ENCODE_BELOW};
@@ -193,31 +193,71 @@ pub struct Limits {
 type Tls = Rc<RefCell<rustls::ServerConnection>>;
 
 /// Serves one accepted connection until it closes.
+///
+/// Everything logged while its tasks run, the engine's lines for its frames
+/// included, carries the span `conn{id=SHARD:N peer=ADDR}`.
 pub async fn serve(
     shard: Rc<RefCell<Shard>>,
     stream: TcpStream,
     limits: Limits,
     sends: Rc<SendBatch>,
 ) {
+    let peer = stream.peer_addr().ok();
     // A socket over a handshake cap is closed at once: it has proved nothing,
     // and an error frame would cost it a write (and, with TLS, a handshake).
-    let source = stream
-        .peer_addr()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |addr| addr.ip());
-    let mut handshake = match limits.handshakes.enter(source) {
-        Ok(slot) => Some(slot),
+    let source = peer.map_or(IpAddr::from([0, 0, 0, 0]), |addr| addr.ip());
+    let handshake = match limits.handshakes.enter(source) {
+        Ok(slot) => slot,
         Err(shed) => {
             shard.borrow_mut().note_shed(shed);
             return;
         }
     };
+    let (shard_id, conn) = {
+        let mut engine = shard.borrow_mut();
+        (engine.id(), engine.open_conn())
+    };
+    let id = format!("{shard_id}:{}", conn.0);
+    // A span's level decides only whether it exists, and it must exist
+    // whenever one of its lines is logged: at `info` it would be gone under
+    // `log_level = warn`, and so would the peer of every warning.
+    let span = match peer {
+        Some(peer) => error_span!("conn", %id, %peer),
+        None => error_span!("conn", %id, peer = "unknown"),
+    };
+    serve_conn(shard, conn, stream, limits, sends, handshake)
+        .instrument(span)
+        .await;
+}
+
+async fn serve_conn(
+    shard: Rc<RefCell<Shard>>,
+    conn: ConnId,
+    stream: TcpStream,
+    limits: Limits,
+    sends: Rc<SendBatch>,
+    handshake: HandshakeSlot,
+) {
+    debug!("connection accepted");
+    let mut handshake = Some(handshake);
     if let Err(err) = stream.set_nodelay(true) {
         debug!(%err, "cannot set TCP_NODELAY");
     }
     let writer_stream = match dup_stream(&stream) {
         Ok(writer) => writer,
         Err(err) => {
-            debug!(%err, "cannot duplicate the socket for writing; dropping connection");
+            // EMFILE, typically: no descriptor left for the writer's copy.
+            // The socket itself works, and with nothing more to read the
+            // writer can have it to send the refusal; with TLS, the refusal
+            // would need a handshake first, which needs the reader too.
+            shard.borrow_mut().refuse_conn(
+                conn,
+                format!("the broker cannot take another connection now ({err})"),
+            );
+            if limits.tls.is_none() {
+                write_loop(shard.clone(), conn, stream, None, sends).await;
+            }
+            shard.borrow_mut().close_conn(conn);
             return;
         }
     };
@@ -230,12 +270,15 @@ pub async fn serve(
                 Some(Rc::new(RefCell::new(session)))
             }
             Err(err) => {
-                debug!(%err, "cannot start a TLS session; dropping connection");
+                // Logged; without a session, no frame the client could read.
+                shard
+                    .borrow_mut()
+                    .refuse_conn(conn, format!("cannot start a TLS session: {err}"));
+                shard.borrow_mut().close_conn(conn);
                 return;
             }
         },
     };
-    let conn = shard.borrow_mut().open_conn();
     // Over a limit, the connection still gets a typed error before it closes.
     let admitted = limits.total.acquire();
     if !admitted {
@@ -251,16 +294,13 @@ pub async fn serve(
             format!("this shard holds its maximum of {max} connections"),
         );
     }
-    let writer = glommio::spawn_local(write_loop(
-        shard.clone(),
-        conn,
-        writer_stream,
-        tls.clone(),
-        sends,
-    ));
+    let writer = glommio::spawn_local(
+        write_loop(shard.clone(), conn, writer_stream, tls.clone(), sends)
+            .instrument(Span::current()),
+    );
     match read_loop(&shard, conn, stream, tls, &mut handshake).await {
-        Ok(()) => debug!(?conn, "connection closed"),
-        Err(err) => debug!(?conn, %err, "connection read failed"),
+        Ok(()) => debug!("connection closed"),
+        Err(err) => debug!(%err, "connection read failed"),
     }
     shard.borrow_mut().finish_conn(conn);
     writer.await;
@@ -559,7 +599,7 @@ async fn write_loop(
         let written = match result {
             Ok(written) => written,
             Err(err) => {
-                debug!(?conn, %err, "connection write failed");
+                debug!(%err, "connection write failed");
                 break;
             }
         };

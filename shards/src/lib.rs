@@ -7,7 +7,8 @@
 //! one glommio executor per shard, joins the channel mesh and accepts
 //! connections on listeners that share the address with SO_REUSEPORT (the
 //! private `listen` module); [`host`] checks what the shards need of the
-//! machine; [`conn`] drives one connection's socket.
+//! machine; [`conn`] drives one connection's socket; [`log_limit`] keeps
+//! what a peer can make the shard log to a few lines a second.
 //!
 //! Must not depend on: the broker binary (configuration files, CLI, auth), the
 //! client crate, or tokio. The wire format comes from `corebus-net` only.
@@ -19,6 +20,7 @@ pub mod engine;
 pub mod fuzzing;
 pub mod host;
 mod listen;
+pub mod log_limit;
 pub mod mesh;
 pub mod metrics;
 pub mod outbox;

@@ -1,12 +1,19 @@
 //! The shards' listening sockets and their accept loops.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use glommio::net::TcpListener;
 use tracing::warn;
 
+use crate::log_limit::LogLimit;
 use crate::routing::ShardId;
+
+/// How long the accept loop waits after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// `accept failed` lines a shard logs per second at most (each carries the
+/// count of those not logged since the previous one).
+const ACCEPT_ERRORS_LOGGED_PER_SECOND: u32 = 1;
 
 /// Hands every connection of `listener` to `accepted` until `stopped`
 /// resolves, then closes the listener and returns what `stopped` returned.
@@ -25,13 +32,30 @@ pub(crate) async fn accept_until<T>(
     stopped: impl std::future::Future<Output = T>,
 ) -> T {
     let accept = glommio::spawn_local(async move {
+        let clock = Instant::now();
+        let mut log = LogLimit::new(ACCEPT_ERRORS_LOGGED_PER_SECOND, 1000);
         loop {
-            match listener.accept().await {
-                Ok(stream) => accepted(stream),
+            let result = listener.accept().await;
+            let now_ms = clock.elapsed().as_millis() as u64;
+            match result {
+                Ok(stream) => {
+                    if let Some(suppressed) = log.overdue(now_ms) {
+                        warn!(
+                            shard = id,
+                            suppressed, "accepting again; accept failures not logged"
+                        );
+                    }
+                    accepted(stream)
+                }
                 Err(err) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    warn!(shard = id, %err, "accept failed");
-                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the connection waits
+                    // in the backlog until something is freed; retrying at
+                    // once would spin, and log, as fast as accept fails.
+                    if let Some(suppressed) = log.admit(now_ms) {
+                        let backoff_ms = ACCEPT_BACKOFF.as_millis() as u64;
+                        warn!(shard = id, %err, suppressed, backoff_ms, "accept failed");
+                    }
+                    glommio::timer::sleep(ACCEPT_BACKOFF).await;
                 }
             }
         }

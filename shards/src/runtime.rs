@@ -437,7 +437,6 @@ async fn run_shard(
     let accepted = {
         let shard = shard.clone();
         move |stream| {
-            debug!(shard = id, "connection accepted");
             let limits = crate::conn::Limits {
                 total: conn_limit.clone(),
                 handshakes: handshakes.clone(),

@@ -172,6 +172,13 @@ impl RawConn {
         })
     }
 
+    /// The connection's own address: the peer the broker sees.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream
+            .local_addr()
+            .expect("a connected socket has an address")
+    }
+
     /// Sends `HELLO` (no credentials) and returns the `WELCOME`.
     pub async fn hello(&mut self) -> corebus_net::Welcome {
         self.send(&Frame::Hello(Hello {

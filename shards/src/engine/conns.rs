@@ -6,7 +6,7 @@ use corebus_net::{
     PROTOCOL_VERSION,
 };
 use rustc_hash::FxHashMap;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::delivery::report_losses;
 use super::{ConnId, ConnState, Flow, Shard};
@@ -62,6 +62,16 @@ impl Shard {
             self.stats.timeouts_and_expiries += 1;
             self.close_with_error(conn, code, text);
         }
+        // A flood that stopped still has its count reported.
+        if let Some(suppressed) = self.auth_failure_log.overdue(now_ms) {
+            warn!(
+                suppressed,
+                "authentication failures not logged (rate limit)"
+            );
+        }
+        if let Some(suppressed) = self.refusal_log.overdue(now_ms) {
+            warn!(suppressed, "connection refusals not logged (rate limit)");
+        }
         let idle = self.config.topic_idle_evict_ms;
         let before = self.owned.len();
         let mut freed = 0;
@@ -111,9 +121,13 @@ impl Shard {
         id
     }
 
-    /// Refuses a connection that passed a connection limit: a fatal
-    /// `too_many_connections` error, then close.
+    /// Refuses a connection the broker cannot take (a connection limit, no
+    /// descriptor left): a fatal `too_many_connections` error, then close.
+    /// Logged as a warning, within the shard's budget.
     pub fn refuse_conn(&mut self, conn: ConnId, reason: String) {
+        if let Some(suppressed) = self.refusal_log.admit(self.now_ms) {
+            warn!(%reason, suppressed, "connection refused");
+        }
         self.close_with_error(conn, ErrorCode::TooManyConnections, reason);
     }
 
@@ -470,10 +484,21 @@ impl Shard {
                     AuthError::Expired { .. } => ErrorCode::TokenExpired,
                     _ => ErrorCode::Unauthorized,
                 };
+                // Why, never what: the credentials stay out of the log. The
+                // client's name is its own text, printed escaped.
+                if let Some(suppressed) = self.auth_failure_log.admit(self.now_ms) {
+                    warn!(
+                        code = code.name(),
+                        reason = %err,
+                        client = ?hello.client_name,
+                        suppressed,
+                        "authentication failed"
+                    );
+                }
                 return self.close_with_error(conn, code, err.to_string());
             }
         };
-        debug!(?conn, identity = %grant.identity, "authenticated");
+        debug!(identity = %grant.identity, "authenticated");
         if let Some(state) = self.conns.get_mut(&conn) {
             state.handshaken = true;
             state.grant = Some(grant);

@@ -7,6 +7,11 @@
 //! every ordering argument in one file, and lets tests drive several shards by
 //! hand without sockets or executors (see `tests` below).
 //!
+//! It does log, through `tracing`, what an operator must see about a
+//! connection (a refused handshake, a refused connection), within a budget
+//! per shard ([`LogLimit`]); it runs inside the connection task's span
+//! (`conn.rs`), which adds the peer's address and the connection's id.
+//!
 //! A `Shard` is `!Send` on purpose: it lives on one executor, and only that
 //! executor's tasks mutate it, through `Rc<RefCell<Shard>>`, never across an
 //! `.await`.
@@ -20,6 +25,7 @@ use rustc_hash::FxHashMap;
 
 use self::local::LocalTopics;
 use crate::auth::{Authenticator, Grant, OpenAccess};
+use crate::log_limit::LogLimit;
 use crate::mesh::{MeshBatch, ShardMsg};
 use crate::metrics::{LatencyHistogram, ShardMetrics};
 use crate::outbox::Outbox;
@@ -27,6 +33,11 @@ use crate::routing::{mix64, ShardId};
 use crate::stats::ShardStats;
 use crate::topic::{OwnedTopic, RingLimits};
 use crate::webhooks::{NoWebhooks, WebhookSink};
+
+/// Warnings of one kind (refused credentials, refused connections) a shard
+/// logs per second at most; the rest are counted, and the count reported by
+/// the next line of that kind, or by the maintenance tick once a flood stops.
+const WARNINGS_PER_SECOND: u32 = 10;
 
 /// A connection's id, unique within its shard for the life of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -214,6 +225,10 @@ pub struct Shard {
     delivery_latency: LatencyHistogram,
     auth: Arc<dyn Authenticator>,
     webhooks: Arc<dyn WebhookSink>,
+    /// Budget of `authentication failed` warnings.
+    auth_failure_log: LogLimit,
+    /// Budget of `connection refused` warnings.
+    refusal_log: LogLimit,
 }
 
 impl Shard {
@@ -238,6 +253,8 @@ impl Shard {
             delivery_latency: LatencyHistogram::default(),
             auth: Arc::new(OpenAccess),
             webhooks: Arc::new(NoWebhooks),
+            auth_failure_log: LogLimit::new(WARNINGS_PER_SECOND, 1000),
+            refusal_log: LogLimit::new(WARNINGS_PER_SECOND, 1000),
         }
     }
 
