@@ -752,7 +752,16 @@ fn serve_refuses_a_public_address_without_authentication() {
 fn a_secret_file_others_may_read_stops_the_broker_with_the_chmod_that_fixes_it() {
     // The configuration file holds the token secret inline.
     let shared = TempFile::with_mode("shared.toml", &config_text(), 0o644);
-    let refused = Broker::spawn(corebus(&["serve", "--config", shared.path()]), None);
+    let refused = Broker::spawn(
+        corebus(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            shared.path(),
+        ]),
+        None,
+    );
     let err = refused.err().expect("refused");
     assert!(
         err.contains(&format!("chmod 600 {}", shared.path())),
@@ -762,7 +771,7 @@ fn a_secret_file_others_may_read_stops_the_broker_with_the_chmod_that_fixes_it()
     assert!(err.contains("insecure_secret_file_permissions"), "{err}");
     // A secret file named by the environment is checked too.
     let secret = TempFile::with_mode("secret.txt", &"s".repeat(40), 0o640);
-    let mut by_env = corebus(&["serve"]);
+    let mut by_env = corebus(&["serve", "--listen", "127.0.0.1:0"]);
     by_env.env("COREBUS_TOKEN_SECRET_FILE", secret.path());
     let err = Broker::spawn(by_env, None).err().expect("refused");
     assert!(
@@ -771,11 +780,22 @@ fn a_secret_file_others_may_read_stops_the_broker_with_the_chmod_that_fixes_it()
     );
     // Private files start; so do shared ones with the explicit override.
     let private = TempFile::new("private.toml", &config_text());
-    Broker::spawn(corebus(&["serve", "--config", private.path()]), None)
-        .expect("a private file starts");
     Broker::spawn(
         corebus(&[
             "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            private.path(),
+        ]),
+        None,
+    )
+    .expect("a private file starts");
+    Broker::spawn(
+        corebus(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
             "--config",
             shared.path(),
             "--insecure-secret-file-permissions",
