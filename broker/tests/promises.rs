@@ -2,6 +2,8 @@
 //! all: the slow-consumer `disconnect` policy, the connection limit, GOAWAY
 //! at shutdown, and a `--print-config` that shows no secret.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -70,13 +72,21 @@ async fn the_disconnect_policy_closes_only_the_slow_subscriber() {
     // socket buffers hold on its behalf.
     const COUNT: u64 = 4096;
     let payload = Bytes::from(vec![7u8; 16 << 10]);
+    // The publisher stays at most 32 messages (512 KiB) ahead of the healthy
+    // subscriber, so that only the slow one can pass the 1 MiB bound.
+    let received = Arc::new(AtomicU64::new(0));
+    let progress = received.clone();
     let reader = tokio::spawn(async move {
         for seq in 1..=COUNT {
             let message = sub.next_message().await.expect("open").expect("message");
             assert_eq!(message.seq, seq, "the healthy subscriber misses nothing");
+            progress.store(seq, Ordering::Release);
         }
     });
-    for _ in 0..COUNT {
+    for published in 0..COUNT {
+        while published >= received.load(Ordering::Acquire) + 32 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         publisher
             .publish("app", "firehose", payload.clone())
             .await
@@ -254,4 +264,35 @@ async fn an_open_broker_beyond_loopback_refuses_webhook_commands() {
     }
     // Publishing still works: only webhook commands are refused.
     client.publish("app", "t", "x").await.expect("acked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_sends_pings_and_never_reads_is_bounded_then_closed() {
+    let serve = Serve::start(&["--shards", "1", "--outbox-limit", "1048576"]);
+    let mut greedy = raw_welcomed(&serve.addr).await;
+    let bystander = Client::connect(serve.addr.as_str())
+        .await
+        .expect("connects");
+    // 4 million PINGs (52 MB) and not one PONG read: the PONGs may take twice
+    // the 1 MiB bound, then the connection is closed as a slow consumer.
+    let mut pings = bytes::BytesMut::new();
+    for nonce in 0..100_000u64 {
+        Frame::Ping(nonce).encode(&mut pings);
+    }
+    for _ in 0..40 {
+        greedy.send_bytes(&pings).await;
+    }
+    // The sends above end once the broker closes the socket: it stops
+    // reading when the PONGs fill their bound, and a peer that reads nothing
+    // cannot be handed the error either, so the socket is closed 5 s later
+    // (the writer cut off mid-frame, perhaps). What was in flight arrives,
+    // then the close.
+    let answered = greedy.drain_until_closed(Duration::from_secs(15)).await;
+    assert!(answered > 0, "some PONGs were sent");
+    assert!(
+        answered < 4_000_000 * 13,
+        "closed before answering everything: {answered} bytes"
+    );
+    // Nobody else noticed.
+    bystander.publish("app", "calm", "x").await.expect("acked");
 }

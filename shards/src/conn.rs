@@ -303,7 +303,24 @@ async fn serve_conn(
         Err(err) => debug!(%err, "connection read failed"),
     }
     shard.borrow_mut().finish_conn(conn);
-    writer.await;
+    // The writer flushes what is queued (a fatal error, say), but a peer that
+    // does not read could keep it waiting on a full socket for ever, and the
+    // connection with it. Past the deadline the writer is cancelled, which
+    // closes the socket.
+    let flushed = futures_lite::future::or(
+        async {
+            writer.await;
+            true
+        },
+        async {
+            glommio::timer::sleep(CLOSE_FLUSH_TIMEOUT).await;
+            false
+        },
+    )
+    .await;
+    if !flushed {
+        debug!("the peer read nothing for {CLOSE_FLUSH_TIMEOUT:?} after the close; dropped");
+    }
     shard.borrow_mut().close_conn(conn);
     if admitted {
         limits.total.release();

@@ -251,6 +251,24 @@ impl RawConn {
         }
     }
 
+    /// Reads and discards everything until the broker closes (cleanly or
+    /// with a reset), whole frames or not; returns the bytes read. Fails if
+    /// the connection stays open past `wait`.
+    pub async fn drain_until_closed(&mut self, wait: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut total = std::mem::take(&mut self.buf).len();
+        let mut chunk = vec![0u8; 64 << 10];
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => panic!("the broker left the connection open for {wait:?}"),
+                Ok(Ok(0)) => return total,
+                Ok(Ok(n)) => total += n,
+                Ok(Err(err)) if err.kind() == std::io::ErrorKind::ConnectionReset => return total,
+                Ok(Err(err)) => panic!("reading from the broker: {err}"),
+            }
+        }
+    }
+
     /// [`RawConn::expect_closed_within`] 10 s.
     pub async fn expect_closed(&mut self) {
         self.expect_closed_within(Duration::from_secs(10)).await;
