@@ -154,6 +154,13 @@ impl OwnedTopic {
                 && self.ring.pop_oldest()
             {}
             self.ring.push(payload);
+            debug_assert!(
+                self.ring.len() <= limits.max_messages
+                    && self.ring.payload_bytes() <= limits.max_bytes,
+                "ring over its bounds: {} messages, {} bytes",
+                self.ring.len(),
+                self.ring.payload_bytes()
+            );
         } else {
             // Too large to keep: the ring must not hold anything older either,
             // or a replay would skip this message silently.
