@@ -12,7 +12,7 @@
 //! Payloads over [`COPY_MAX`] are kept as they are handed in, shared: the
 //! owner copies such a payload out of the publisher's read buffer into one
 //! of its exact size before anything keeps it (see the engine's
-//! `sequence_and_fan_out`), so the ring holds what it counts.
+//! `handle_publish`), so the ring holds what it counts.
 
 use std::collections::VecDeque;
 
