@@ -256,6 +256,29 @@ fn scrape(port: u16) -> String {
     text
 }
 
+/// The value of the sample `name` (with its labels, as scraped) in `text`.
+fn sample(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+}
+
+/// Scrapes until `done` holds for the text; fails after [`WAIT`].
+async fn wait_for_metrics(port: u16, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let started = Instant::now();
+    loop {
+        let text = scrape(port);
+        if done(&text) {
+            return text;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "{what}: not within {WAIT:?}; the metrics:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_posts_arrive_in_topic_order_and_verify() {
     let receiver = Receiver::start(|_, _| Reply::Status(204)).await;
@@ -299,15 +322,25 @@ async fn signed_posts_arrive_in_topic_order_and_verify() {
         .await
         .expect("published");
     let total = topics.len() * per_topic as usize + 1;
+    // The fence: a webhook posts its messages one at a time in the order they
+    // were published (a retry before the next message), so once this last
+    // one arrived everything published before it has been posted.
+    client
+        .publish("app", "orders/fence", "fence")
+        .await
+        .expect("published");
     let requests = receiver
-        .wait_for("every message posted", |r| r.len() >= total)
+        .wait_for("every message posted, then the fence", |r| {
+            r.iter().any(|q| q.topic() == "orders/fence")
+        })
         .await;
-    // Nothing more arrives (no duplicate, nothing from `invoices`).
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(receiver.requests().len(), total);
+    let (fence, requests) = requests.split_last().expect("the fence");
+    assert_eq!(fence.topic(), "orders/fence", "nothing after the fence");
+    // Nothing more arrived: no duplicate, nothing from `invoices`.
+    assert_eq!(requests.len(), total);
 
     let mut next: HashMap<String, u64> = HashMap::new();
-    for request in &requests {
+    for request in requests {
         assert_signed(request, &[SECRET]);
         let body = request.json();
         assert_eq!(body["webhook"], hook.id.as_str());
@@ -346,12 +379,15 @@ async fn signed_posts_arrive_in_topic_order_and_verify() {
         }
     }
     assert_eq!(next.len(), topics.len() + 1);
-    let text = scrape(metrics_port);
-    let delivered = format!(
-        "corebus_webhook_delivered_total{{webhook=\"{}\"}} {total}",
-        hook.id
-    );
-    assert!(text.contains(&delivered), "{delivered} not in\n{text}");
+    // Counted once the receiver has answered, which follows its log entry;
+    // the fence was delivered too.
+    let posted = total as u64 + 1;
+    let delivered = format!("corebus_webhook_delivered_total{{webhook=\"{}\"}}", hook.id);
+    let text = wait_for_metrics(metrics_port, "every delivery counted", |text| {
+        sample(text, &delivered).is_some_and(|count| count >= posted)
+    })
+    .await;
+    assert_eq!(sample(&text, &delivered), Some(posted), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -388,14 +424,21 @@ async fn failures_are_retried_in_order_and_refusals_are_not() {
             r.iter().any(|q| q.seq() == 20 && q.status.is_some())
         })
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let requests_after = receiver.requests();
+    // The fence: seq 21 is posted after every retry of the others, so once
+    // it arrived none of them can still come.
+    client.publish("app", "t", "m21").await.expect("published");
+    receiver
+        .wait_for("the fence, seq 21", |r| r.iter().any(|q| q.seq() == 21))
+        .await;
+    let with_fence = receiver.requests();
+    let (fence, settled) = with_fence.split_last().expect("the fence");
+    assert_eq!(fence.seq(), 21, "nothing after the fence");
     assert_eq!(
+        settled.len(),
         requests.len(),
-        requests_after.len(),
         "nothing after the last message"
     );
-    let seqs: Vec<u64> = requests.iter().map(Received::seq).collect();
+    let seqs: Vec<u64> = settled.iter().map(Received::seq).collect();
     // seq 1 three times (503, hang, 200), then each other one once, in order.
     let mut expected = vec![1, 1, 1];
     expected.extend(2..=20);
@@ -417,33 +460,12 @@ async fn failures_are_retried_in_order_and_refusals_are_not() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Publishes `count` acknowledged messages to `fast` interleaved with as
-/// many to `slow`, pipelined; returns messages per second on `fast`.
-async fn publish_rate(client: &Client, slow: &str, count: usize) -> f64 {
-    let started = Instant::now();
-    let mut acks = Vec::with_capacity(2 * count);
-    for i in 0..count {
-        acks.push(
-            client
-                .start_publish("app", "fast", format!("f{i}"))
-                .await
-                .expect("queued"),
-        );
-        acks.push(
-            client
-                .start_publish("app", slow, format!("s{i}"))
-                .await
-                .expect("queued"),
-        );
-    }
-    for ack in acks {
-        ack.await.expect("acknowledged");
-    }
-    count as f64 / started.elapsed().as_secs_f64()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hanging_endpoint_does_not_slow_publishing() {
+async fn a_hanging_endpoint_does_not_hold_up_publishing() {
+    // The endpoint never answers, and the broker would wait 60 s for it.
+    // How much it costs in throughput is the bench's to say
+    // (bench/webhook_hang.sh); this checks that publishing never waits for
+    // it and that what the webhook cannot take is counted.
     let hanging = Receiver::start(|_, _| Reply::Hang).await;
     let dir = data_dir("hanging");
     let metrics_port = free_port();
@@ -464,41 +486,69 @@ async fn a_hanging_endpoint_does_not_slow_publishing() {
         .add_webhook(&spec(&hanging.url, "hooked/", WebhookMatch::Prefix))
         .await
         .expect("added");
-    const COUNT: usize = 20_000;
-    // Warm up, then alternate: the same load with the second topic going to
-    // the hanging webhook, or to no webhook; best of five each (the other
-    // tests of this file run beside it on two cores).
-    publish_rate(&client, "plain", 2_000).await;
-    let (mut with_hook, mut without) = (0f64, 0f64);
-    for _ in 0..5 {
-        without = without.max(publish_rate(&client, "plain", COUNT).await);
-        with_hook = with_hook.max(publish_rate(&client, "hooked/x", COUNT).await);
+    let mut hooked = client
+        .subscribe("app", "hooked/x")
+        .await
+        .expect("subscribed");
+    let mut plain = client.subscribe("app", "plain").await.expect("subscribed");
+    // Far more than the webhook's queue (64) and the delivery thread's
+    // hand-off (1024) hold, alternating with a topic no webhook wants.
+    const COUNT: u64 = 2_000;
+    // A sixth of the webhook timeout: a publish that waited for the hanging
+    // request would take all of it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut acks = Vec::new();
+    for i in 0..COUNT {
+        for topic in ["hooked/x", "plain"] {
+            let ack = client
+                .start_publish("app", topic, format!("{topic} {i}"))
+                .await
+                .expect("queued");
+            acks.push((topic, i + 1, ack));
+        }
     }
-    let ratio = with_hook / without;
-    println!("publish rate with a hanging webhook {with_hook:.0}/s, without {without:.0}/s, ratio {ratio:.2}");
+    for (topic, seq, ack) in acks {
+        let acked = tokio::time::timeout_at(deadline, ack)
+            .await
+            .unwrap_or_else(|_| panic!("{topic} seq {seq} not acknowledged within 10 s"))
+            .expect("acknowledged");
+        assert_eq!(acked, seq, "{topic}");
+    }
+    for (topic, sub) in [("hooked/x", &mut hooked), ("plain", &mut plain)] {
+        for seq in 1..=COUNT {
+            let message = tokio::time::timeout_at(deadline, sub.next_message())
+                .await
+                .unwrap_or_else(|_| panic!("{topic} seq {seq} not delivered within 10 s"))
+                .expect("open")
+                .expect("no error, no gap");
+            assert_eq!(message.seq, seq, "{topic}");
+        }
+    }
+    // The endpoint holds one request, 64 messages wait behind it, and each
+    // of the others was dropped and counted: none is lost silently.
+    let id = &hook.id;
+    let queued = format!("corebus_webhook_queued{{webhook=\"{id}\"}}");
+    let requests = format!("corebus_webhook_requests_total{{webhook=\"{id}\"}}");
+    let dropped = |reason: &str| {
+        format!("corebus_webhook_dropped_total{{webhook=\"{id}\",reason=\"{reason}\"}}")
+    };
+    let (queue_full, handoff_full) = (dropped("queue_full"), dropped("handoff_full"));
+    let accounted = |text: &str| {
+        let value = |name: &str| sample(text, name).unwrap_or_default();
+        value(&requests) + value(&queued) + value(&queue_full) + value(&handoff_full)
+    };
+    let text = wait_for_metrics(metrics_port, "every hooked message accounted for", |text| {
+        accounted(text) >= COUNT
+    })
+    .await;
+    assert_eq!(accounted(&text), COUNT, "{text}");
+    assert_eq!(sample(&text, &requests), Some(1), "{text}");
+    assert_eq!(sample(&text, &queued), Some(64), "{text}");
     assert!(
-        ratio > 0.6,
-        "a hanging webhook slowed publishing: ratio {ratio:.2}"
+        sample(&text, &queue_full).is_some_and(|count| count > 0),
+        "{text}"
     );
-    // The hanging endpoint got one request and holds it; the rest was
-    // dropped and counted, not lost silently.
     assert_eq!(hanging.requests().len(), 1);
-    let text = scrape(metrics_port);
-    let line = text
-        .lines()
-        .find(|l| {
-            l.starts_with(&format!(
-                "corebus_webhook_dropped_total{{webhook=\"{}\",reason=\"queue_full\"}}",
-                hook.id
-            ))
-        })
-        .expect("queue_full counter");
-    let dropped: u64 = line
-        .rsplit(' ')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .expect("a number");
-    assert!(dropped > 0, "{line}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -638,15 +638,27 @@ async fn client_ping_measures_round_trip_and_times_out() {
         request_timeout: Duration::from_millis(200),
         ..ClientConfig::default()
     };
+    const HOLD: Duration = Duration::from_millis(30);
     let (client, mut peer) = connected(config, DEFAULT_MAX_FRAME).await;
     let server = async {
         match peer.expect().await {
-            Frame::Ping(nonce) => peer.send(Frame::Pong(nonce)).await,
+            Frame::Ping(nonce) => {
+                tokio::time::sleep(HOLD).await;
+                peer.send(Frame::Pong(nonce)).await
+            }
             other => panic!("expected PING, got {other:?}"),
         }
     };
+    let started = tokio::time::Instant::now();
     let (rtt, ()) = within(async { tokio::join!(client.ping(), server) }).await;
-    assert!(rtt.expect("pong") < LIMIT);
+    let rtt = rtt.expect("pong");
+    // The server held the PONG for HOLD: the measure covers that and no
+    // more than the call took.
+    assert!(
+        rtt >= HOLD && rtt <= started.elapsed(),
+        "rtt {rtt:?}, call {:?}",
+        started.elapsed()
+    );
 
     // No answer: Timeout; a late PONG afterwards is ignored.
     let err = within(client.ping()).await.expect_err("no pong");
@@ -677,10 +689,17 @@ async fn close_waits_for_in_flight_publishes() {
     let closing = tokio::spawn(client.close());
 
     let publish = peer.expect_publish().await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!closing.is_finished(), "close waits for the ack");
     let refused = within(other.publish("a", "t", "late")).await;
     assert!(matches!(refused, Err(Error::Closed)), "{refused:?}");
+    // close() has begun (it refused the late publish); a round trip shows
+    // the connection still open and served while it waits for the ack.
+    peer.send(Frame::Ping(7)).await;
+    assert_eq!(
+        peer.recv().await,
+        Some(Frame::Pong(7)),
+        "the connection stays open until the ack"
+    );
+    assert!(!closing.is_finished(), "close waits for the ack");
     peer.ack(publish.request_id, 9).await;
 
     within(closing).await.expect("joins").expect("closed");

@@ -154,6 +154,15 @@ async fn message_before_the_announced_discontinuity_is_a_protocol_error() {
     }
 }
 
+/// Accepts the client's next reconnection attempt and closes it before
+/// `WELCOME`. Returns once the client has shown that it noticed the lost
+/// connection and is reconnecting; the failed attempt sends it back to its
+/// backoff.
+async fn refuse_one_attempt(listener: &TcpListener) {
+    let (attempt, _) = accept(listener).await;
+    drop(attempt);
+}
+
 /// Subscribes on a fresh connection and delivers seq 1..=3.
 async fn subscribed_with_three(
     listener: &TcpListener,
@@ -449,10 +458,9 @@ async fn calls_while_reconnecting_wait_then_fail() {
         ..fast()
     };
     let (client, peer, _sub, _) = subscribed_with_three(&listener, config).await;
-    drop(listener);
     drop(peer);
-    // Let the client notice the loss first.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    refuse_one_attempt(&listener).await;
+    drop(listener);
     let started = tokio::time::Instant::now();
     let err = within(client.publish("a", "t", "x"))
         .await
@@ -470,22 +478,29 @@ async fn calls_while_reconnecting_wait_then_fail() {
 
 #[tokio::test]
 async fn close_stops_reconnecting() {
+    // A real delay, short enough to watch it pass: a client that went on
+    // reconnecting after close() would connect within it. (Under a paused
+    // clock the runtime, idle while the test watches, would jump past it.)
+    const DELAY: Duration = Duration::from_millis(200);
     let (listener, _) = listen().await;
     let config = ClientConfig {
-        reconnect_initial_delay: Duration::from_secs(3),
-        reconnect_max_delay: Duration::from_secs(3),
+        reconnect_initial_delay: DELAY,
+        reconnect_max_delay: DELAY,
         ..ClientConfig::default()
     };
     let (client, peer, mut sub, _) = subscribed_with_three(&listener, config).await;
     drop(peer);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Closed while it reconnects: its attempt waits for WELCOME, so no other
+    // attempt is under way.
+    let (attempt, _) = accept(&listener).await;
     within(client.close()).await.expect("closed at once");
+    drop(attempt);
     assert!(matches!(
         next_item(&mut sub).await,
         Some(Err(Error::Closed))
     ));
     assert!(
-        tokio::time::timeout(Duration::from_millis(100), listener.accept())
+        tokio::time::timeout(DELAY + Duration::from_secs(1), listener.accept())
             .await
             .is_err(),
         "no reconnection after close"
@@ -528,8 +543,8 @@ async fn unsubscribe_and_drop_during_an_outage_are_not_resubscribed() {
             .await;
     let _kept = kept.expect("subscribed");
     drop(peer);
-    // Wait until the client noticed: a call then waits for the reconnection.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The client is reconnecting: the unsubscribe below has no connection.
+    refuse_one_attempt(&listener).await;
     within(gone.expect("subscribed").unsubscribe())
         .await
         .expect("nothing to tell the broker");

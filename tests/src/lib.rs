@@ -304,6 +304,7 @@ struct ProxyShared {
     upstream: SocketAddr,
     refusing: AtomicBool,
     accepted: AtomicUsize,
+    refused: AtomicUsize,
     /// One task per proxied connection; aborting it closes both sockets.
     links: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -323,6 +324,7 @@ impl Proxy {
             upstream,
             refusing: AtomicBool::new(false),
             accepted: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
             links: Mutex::new(Vec::new()),
         });
         let acceptor = tokio::spawn(accept_loop(listener, shared.clone()));
@@ -358,6 +360,11 @@ impl Proxy {
     pub fn accepted(&self) -> usize {
         self.shared.accepted.load(Ordering::SeqCst)
     }
+
+    /// Connections refused so far (see [`Proxy::refuse`]).
+    pub fn refused(&self) -> usize {
+        self.shared.refused.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Proxy {
@@ -371,6 +378,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<ProxyShared>) {
     while let Ok((client, _)) = listener.accept().await {
         if shared.refusing.load(Ordering::SeqCst) {
             drop(client);
+            shared.refused.fetch_add(1, Ordering::SeqCst);
             continue;
         }
         shared.accepted.fetch_add(1, Ordering::SeqCst);
