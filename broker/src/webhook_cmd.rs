@@ -33,7 +33,7 @@ pub async fn main(command: WebhookCommand) -> anyhow::Result<()> {
                 if json {
                     stdio::line(to_json(&hook))?;
                 } else {
-                    stdio::line(describe(&hook))?;
+                    stdio::line(format_args!("{}{}", describe(&hook), delivery_text(&hook)))?;
                 }
             }
         }
@@ -98,6 +98,20 @@ fn describe(hook: &Webhook) -> String {
     )
 }
 
+/// `webhook list`'s delivery state: `; delivered N, dropped M (last:
+/// REASON: DETAIL)`, or nothing from a broker that does not report it.
+fn delivery_text(hook: &Webhook) -> String {
+    let Some(delivery) = &hook.delivery else {
+        return String::new();
+    };
+    let dropped: u64 = delivery.dropped.iter().map(|(_, count)| count).sum();
+    let mut text = format!("; delivered {}, dropped {dropped}", delivery.delivered);
+    if let Some(last) = &delivery.last_drop {
+        text.push_str(&format!(" (last: {}: {})", last.reason, last.detail));
+    }
+    text
+}
+
 /// One `webhook list --json` line. `previous_secret_expires_ms` is a string,
 /// like every 64-bit integer the CLI prints as JSON (see `crate::output`):
 /// it is now plus `webhook_rotation_grace`, which is not bounded below 2^53.
@@ -110,6 +124,18 @@ fn to_json(hook: &Webhook) -> serde_json::Value {
         "match": hook.match_kind.as_str(),
         "source": hook.source.as_str(),
         "previous_secret_expires_ms": hook.previous_secret_expires_ms.map(|ms| ms.to_string()),
+        "delivery": hook.delivery.as_ref().map(|delivery| serde_json::json!({
+            "delivered": delivery.delivered,
+            "requests": delivery.requests,
+            "retries": delivery.retries,
+            "queued": delivery.queued,
+            "dropped": delivery.dropped.iter().map(|(reason, count)| (reason.clone(), serde_json::Value::from(*count))).collect::<serde_json::Map<String, serde_json::Value>>(),
+            "last_drop": delivery.last_drop.as_ref().map(|last| serde_json::json!({
+                "at_ms": last.at_ms.to_string(),
+                "reason": last.reason,
+                "detail": last.detail,
+            })),
+        })),
     })
 }
 
@@ -129,6 +155,7 @@ mod tests {
             source: WebhookSource::Runtime,
             secret: Some("whsec_not_listed".into()),
             previous_secret_expires_ms,
+            delivery: None,
         }
     }
 
@@ -137,7 +164,21 @@ mod tests {
         let far = (1u64 << 53) + 1;
         assert_eq!(
             to_json(&hook(Some(far))).to_string(),
-            r#"{"id":"wh-1","match":"prefix","namespace":"orders","previous_secret_expires_ms":"9007199254740993","source":"runtime","topic":"eu/","url":"https://hooks.example.com/in"}"#
+            r#"{"delivery":null,"id":"wh-1","match":"prefix","namespace":"orders","previous_secret_expires_ms":"9007199254740993","source":"runtime","topic":"eu/","url":"https://hooks.example.com/in"}"#
+        );
+        // A last drop's time is a 64-bit epoch value: a string as well.
+        let mut reported = hook(None);
+        reported.delivery = Some(corebus_client::WebhookDelivery {
+            last_drop: Some(corebus_client::WebhookDrop {
+                at_ms: far,
+                reason: "rejected".into(),
+                detail: "answered 400".into(),
+            }),
+            ..Default::default()
+        });
+        assert_eq!(
+            to_json(&reported)["delivery"]["last_drop"]["at_ms"],
+            "9007199254740993"
         );
         assert_eq!(
             to_json(&hook(None))["previous_secret_expires_ms"],

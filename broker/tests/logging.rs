@@ -102,6 +102,11 @@ impl JsonBroker {
 
     /// With `open_files`: the process may hold that many descriptors.
     fn start_limited(name: &str, open_files: Option<u64>) -> JsonBroker {
+        JsonBroker::start_with(name, open_files, &[])
+    }
+
+    /// With `extra` arguments to `serve` as well.
+    fn start_with(name: &str, open_files: Option<u64>, extra: &[&str]) -> JsonBroker {
         let config = TempFile::new(
             name,
             &format!(
@@ -126,6 +131,7 @@ impl JsonBroker {
                 "--log-format",
                 "json",
             ])
+            .args(extra)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -456,4 +462,88 @@ fn refusals_accounted(records: &[Value]) -> u64 {
             _ => 0,
         })
         .sum()
+}
+
+/// A TLS 1.1 ClientHello (no extensions, two RSA cipher suites), as a client
+/// too old for corebus sends it.
+fn tls11_client_hello() -> Vec<u8> {
+    let mut body = vec![0x03, 0x02]; // client_version TLS 1.1
+    body.extend_from_slice(&[0x42; 32]); // random
+    body.push(0); // no session id
+    body.extend_from_slice(&[0x00, 0x04, 0x00, 0x2f, 0x00, 0x35]); // cipher suites
+    body.extend_from_slice(&[0x01, 0x00]); // null compression only
+    let mut handshake = vec![0x01, 0x00, 0x00, body.len() as u8];
+    handshake.extend_from_slice(&body);
+    let mut record = vec![0x16, 0x03, 0x01, 0x00, handshake.len() as u8];
+    record.extend_from_slice(&handshake);
+    record
+}
+
+#[tokio::test]
+async fn failed_tls_handshakes_are_closed_at_once_and_logged_with_the_peer() {
+    let certs = corebus_tests::test_certs();
+    let (cert, key) = (
+        certs.cert_pem.to_str().expect("UTF-8 path"),
+        certs.key_pem.to_str().expect("UTF-8 path"),
+    );
+    let broker = JsonBroker::start_with("tls.toml", None, &["--tls-cert", cert, "--tls-key", key]);
+    // A TLS 1.1 client: refused with a fatal alert, and closed well within
+    // the 5 s handshake deadline.
+    let mut old = RawConn::connect(broker.addr).await;
+    let old_peer = old.local_addr();
+    old.send_bytes(&tls11_client_hello()).await;
+    let started = Instant::now();
+    let answer = old.drain_bytes_until_closed(Duration::from_secs(5)).await;
+    assert!(started.elapsed() < Duration::from_secs(2), "closed at once");
+    assert_eq!(
+        answer.get(..1),
+        Some(&[0x15u8][..]),
+        "an alert record first: {answer:02x?}"
+    );
+    // A fatal alert: rustls answers handshake_failure (40) when nothing the
+    // client offers (version, cipher suites) is acceptable.
+    assert_eq!(answer.get(5), Some(&2), "a fatal alert: {answer:02x?}");
+    assert!(
+        matches!(answer.get(6), Some(40 | 70)),
+        "handshake_failure or protocol_version: {answer:02x?}"
+    );
+    // Plain corebus on the TLS port: closed, and logged too.
+    let mut plain = RawConn::connect(broker.addr).await;
+    let plain_peer = plain.local_addr();
+    plain
+        .send(&Frame::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            client_name: "plain".into(),
+            credentials: Bytes::new(),
+        }))
+        .await;
+    plain.drain_bytes_until_closed(Duration::from_secs(5)).await;
+    let failures = |records: &[Value]| -> Vec<Value> {
+        records
+            .iter()
+            .filter(|record| message(record) == "TLS handshake failed")
+            .cloned()
+            .collect()
+    };
+    let records = broker.records_once(|records| failures(records).len() >= 2);
+    let lines = failures(&records);
+    let text = broker.text();
+    assert_eq!(lines.len(), 2, "one line each:\n{text}");
+    for (line, peer) in lines.iter().zip([old_peer, plain_peer]) {
+        assert_eq!(line["level"], "WARN", "{line}");
+        assert_eq!(line["span"]["peer"], peer.to_string(), "{line}");
+        assert!(line["span"]["id"].is_string(), "{line}");
+        assert!(
+            !line["fields"]["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty(),
+            "{line}"
+        );
+    }
+    let reason = lines[0]["fields"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.to_lowercase().contains("incompatible") || reason.contains("version"),
+        "the reason says what was wrong: {reason}"
+    );
 }

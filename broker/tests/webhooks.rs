@@ -31,6 +31,8 @@ struct Received {
     body: Vec<u8>,
     /// The status the receiver answered (`None`: it never answered).
     status: Option<u16>,
+    /// When it arrived whole.
+    at: Instant,
 }
 
 impl Received {
@@ -140,6 +142,7 @@ async fn serve_connection(
             headers,
             body,
             status: None,
+            at: Instant::now(),
         };
         let index = log.lock().expect("not poisoned").len();
         let reply = decide(index, &received);
@@ -650,6 +653,93 @@ async fn destinations_outside_the_allow_list_are_refused() {
     assert!(
         stderr.contains("\"outside\"") && stderr.contains("webhook_allow_hosts"),
         "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_always_fails_gets_its_retries_then_the_next_message() {
+    let receiver = Receiver::start(|_, _| Reply::Status(503)).await;
+    let dir = data_dir("exhausted");
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let (serve, client) = start(
+        &dir,
+        &[
+            "--webhook-retries",
+            "2",
+            "--webhook-backoff",
+            "100ms",
+            "--webhook-timeout",
+            "2s",
+            "--metrics",
+            &metrics,
+        ],
+    )
+    .await;
+    let hook = client
+        .add_webhook(&spec(&receiver.url, "t", WebhookMatch::Exact))
+        .await
+        .expect("added");
+    client.publish("app", "t", "m1").await.expect("published");
+    client.publish("app", "t", "m2").await.expect("published");
+    let requests = receiver
+        .wait_for("both messages tried three times", |r| r.len() >= 6)
+        .await;
+    let seqs: Vec<u64> = requests.iter().map(Received::seq).collect();
+    assert_eq!(seqs, [1, 1, 1, 2, 2, 2], "each tried 1 + 2 times, in order");
+    // The documented backoff: 100 ms, then 200 ms, each shortened by at most
+    // a quarter; the next message goes at once.
+    let gap = |a: usize, b: usize| requests[b].at.duration_since(requests[a].at);
+    for (first, retry, least) in [(0, 1, 75), (1, 2, 150), (3, 4, 75), (4, 5, 150)] {
+        assert!(
+            gap(first, retry) >= Duration::from_millis(least),
+            "retry {retry} came {:?} after the try before",
+            gap(first, retry)
+        );
+    }
+    assert!(
+        gap(2, 3) < Duration::from_millis(75),
+        "the next message is not held back"
+    );
+    // Visible: the metric, and `webhook list` with the last drop's reason.
+    let dropped = format!(
+        "corebus_webhook_dropped_total{{webhook=\"{}\",reason=\"retries_exhausted\"}} 2",
+        hook.id
+    );
+    let started = Instant::now();
+    while !scrape(metrics_port).contains(&dropped) {
+        assert!(started.elapsed() < WAIT, "{dropped} not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let listed = client.list_webhooks().await.expect("listed");
+    let delivery = listed[0]
+        .delivery
+        .clone()
+        .expect("the broker reports delivery");
+    assert_eq!(
+        (delivery.delivered, delivery.requests, delivery.retries),
+        (0, 6, 4)
+    );
+    assert!(delivery
+        .dropped
+        .contains(&("retries_exhausted".to_string(), 2)));
+    let last = delivery.last_drop.expect("a last drop");
+    assert_eq!(last.reason, "retries_exhausted");
+    assert!(
+        last.detail.contains("503") && last.detail.contains("gave up after 2 retries"),
+        "{}",
+        last.detail
+    );
+    // The CLI shows it too.
+    let out = Command::new(BIN)
+        .args(["webhook", "list", "--server", serve.addr.as_str()])
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("delivered 0, dropped 2 (last: retries_exhausted:"),
+        "{text}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

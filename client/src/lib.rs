@@ -201,7 +201,9 @@ pub use config::{ClientConfig, Credentials, TlsOptions, TlsRoots, TopicAffinity}
 pub use corebus_net::{ErrorCode, FrameError, NameError};
 pub use error::{Error, TlsError};
 pub use subscription::{Discontinuity, Event, Message, ResumeFrom, Subscription};
-pub use webhook::{Webhook, WebhookMatch, WebhookSource, WebhookSpec};
+pub use webhook::{
+    Webhook, WebhookDelivery, WebhookDrop, WebhookMatch, WebhookSource, WebhookSpec,
+};
 
 use connection::{check_names, Shared};
 use corebus_net::ResumePoint;

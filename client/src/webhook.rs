@@ -157,6 +157,60 @@ pub struct Webhook {
     /// rotation still signs requests alongside the new one; `None` when no
     /// previous secret is in use.
     pub previous_secret_expires_ms: Option<u64>,
+    /// How delivery has gone since the broker started; `None` from a broker
+    /// that does not report it.
+    pub delivery: Option<WebhookDelivery>,
+}
+
+/// A webhook's delivery counters since the broker started, as
+/// [`Client::list_webhooks`] reports them.
+///
+/// ```
+/// use corebus_client::WebhookDelivery;
+///
+/// let delivery = WebhookDelivery::default();
+/// let lost: u64 = delivery.dropped.iter().map(|(_, count)| count).sum();
+/// assert_eq!((delivery.delivered, lost), (0, 0));
+/// assert!(delivery.last_drop.is_none());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WebhookDelivery {
+    /// Messages delivered (answered 2xx).
+    pub delivered: u64,
+    /// Requests sent, retries included.
+    pub requests: u64,
+    /// Requests that were retries.
+    pub retries: u64,
+    /// Messages waiting in the webhook's queue.
+    pub queued: u64,
+    /// Messages dropped, per reason (`queue_full`, `rejected`,
+    /// `retries_exhausted`, `not_allowed`), in the broker's order.
+    pub dropped: Vec<(String, u64)>,
+    /// The latest message dropped, if any.
+    pub last_drop: Option<WebhookDrop>,
+}
+
+/// Why and when a webhook last dropped a message.
+///
+/// ```
+/// use corebus_client::WebhookDrop;
+///
+/// let drop = WebhookDrop {
+///     at_ms: 1_795_435_033_123,
+///     reason: "retries_exhausted".into(),
+///     detail: "http://hooks.example.com answered 503; gave up after 3 retries".into(),
+/// };
+/// assert_eq!(drop.reason, "retries_exhausted");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookDrop {
+    /// When, in Unix milliseconds.
+    pub at_ms: u64,
+    /// Why: the reason's name, as in the `reason` label of
+    /// `corebus_webhook_dropped_total`.
+    pub reason: String,
+    /// What the broker logged.
+    pub detail: String,
 }
 
 impl fmt::Debug for Webhook {
@@ -173,6 +227,7 @@ impl fmt::Debug for Webhook {
                 "previous_secret_expires_ms",
                 &self.previous_secret_expires_ms,
             )
+            .field("delivery", &self.delivery)
             .finish()
     }
 }
@@ -365,6 +420,12 @@ fn parse_webhook(value: &Value, path: &str) -> Result<Webhook, String> {
             format!("field `{path}.previous_secret_expires_ms` is not an unsigned integer")
         })?),
     };
+    let delivery = match object.get("delivery") {
+        None | Some(Value::Null) => None,
+        Some(value) => {
+            Some(parse_delivery(value).map_err(|e| format!("field `{path}.delivery`: {e}"))?)
+        }
+    };
     Ok(Webhook {
         id: required("id")?,
         url: required("url")?,
@@ -374,6 +435,54 @@ fn parse_webhook(value: &Value, path: &str) -> Result<Webhook, String> {
         source,
         secret: text("secret")?.map(str::to_owned),
         previous_secret_expires_ms,
+        delivery,
+    })
+}
+
+/// Reads a webhook's `delivery` object.
+fn parse_delivery(value: &Value) -> Result<WebhookDelivery, String> {
+    let count = |key: &str| -> Result<u64, String> {
+        value
+            .get(key)
+            .and_then(Value::as_u64)
+            .ok_or_else(|| format!("`{key}` is not an unsigned integer"))
+    };
+    let dropped = match value.get("dropped") {
+        Some(Value::Object(reasons)) => reasons
+            .iter()
+            .map(|(reason, count)| {
+                count
+                    .as_u64()
+                    .map(|count| (reason.clone(), count))
+                    .ok_or_else(|| format!("`dropped.{reason}` is not an unsigned integer"))
+            })
+            .collect::<Result<Vec<_>, String>>()?,
+        _ => return Err("`dropped` is not an object".into()),
+    };
+    let last_drop = match value.get("last_drop") {
+        None | Some(Value::Null) => None,
+        Some(last) => {
+            let text = |key: &str| {
+                last.get(key)
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| format!("`last_drop.{key}` is not a string"))
+            };
+            Some(WebhookDrop {
+                at_ms: text("at_ms")?
+                    .parse()
+                    .map_err(|_| "`last_drop.at_ms` is not a decimal integer".to_string())?,
+                reason: text("reason")?.to_owned(),
+                detail: text("detail")?.to_owned(),
+            })
+        }
+    };
+    Ok(WebhookDelivery {
+        delivered: count("delivered")?,
+        requests: count("requests")?,
+        retries: count("retries")?,
+        queued: count("queued")?,
+        dropped,
+        last_drop,
     })
 }
 
@@ -416,6 +525,7 @@ mod tests {
                 source: WebhookSource::Runtime,
                 secret: Some("k\"ey".into()),
                 previous_secret_expires_ms: Some(1_700_000_000_000),
+                delivery: None,
             }
         );
 

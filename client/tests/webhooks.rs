@@ -143,6 +143,7 @@ async fn add_list_remove_rotate() {
                 source: WebhookSource::Runtime,
                 secret: Some(secret.into()),
                 previous_secret_expires_ms: None,
+                delivery: None,
             }
         );
         assert!(!format!("{added:?}").contains(secret));

@@ -298,8 +298,15 @@ async fn serve_conn(
         write_loop(shard.clone(), conn, writer_stream, tls.clone(), sends)
             .instrument(Span::current()),
     );
-    match read_loop(&shard, conn, stream, tls, &mut handshake).await {
+    match read_loop(&shard, conn, stream, tls.clone(), &mut handshake).await {
         Ok(()) => debug!("connection closed"),
+        Err(err)
+            if tls
+                .as_ref()
+                .is_some_and(|tls| tls.borrow().is_handshaking()) =>
+        {
+            shard.borrow_mut().note_tls_failure(&err);
+        }
         Err(err) => debug!(%err, "connection read failed"),
     }
     shard.borrow_mut().finish_conn(conn);

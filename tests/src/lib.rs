@@ -255,15 +255,31 @@ impl RawConn {
     /// with a reset), whole frames or not; returns the bytes read. Fails if
     /// the connection stays open past `wait`.
     pub async fn drain_until_closed(&mut self, wait: Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + wait;
         let mut total = std::mem::take(&mut self.buf).len();
+        self.read_until_closed(wait, |bytes| total += bytes.len())
+            .await;
+        total
+    }
+
+    /// Every byte the broker sends until it closes (cleanly or with a
+    /// reset), frames or not (a TLS alert, say). Fails if the connection
+    /// stays open past `wait`.
+    pub async fn drain_bytes_until_closed(&mut self, wait: Duration) -> Vec<u8> {
+        let mut all = std::mem::take(&mut self.buf).to_vec();
+        self.read_until_closed(wait, |bytes| all.extend_from_slice(bytes))
+            .await;
+        all
+    }
+
+    async fn read_until_closed(&mut self, wait: Duration, mut take: impl FnMut(&[u8])) {
+        let deadline = tokio::time::Instant::now() + wait;
         let mut chunk = vec![0u8; 64 << 10];
         loop {
             match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
                 Err(_) => panic!("the broker left the connection open for {wait:?}"),
-                Ok(Ok(0)) => return total,
-                Ok(Ok(n)) => total += n,
-                Ok(Err(err)) if err.kind() == std::io::ErrorKind::ConnectionReset => return total,
+                Ok(Ok(0)) => return,
+                Ok(Ok(n)) => take(&chunk[..n]),
+                Ok(Err(err)) if err.kind() == std::io::ErrorKind::ConnectionReset => return,
                 Ok(Err(err)) => panic!("reading from the broker: {err}"),
             }
         }

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use corebus_net::TopicKey;
+use corebus_shards::auth::unix_now_ms;
 use corebus_shards::{WebhookCommandError, WebhookMessage, WebhookSink};
 use hmac::{Hmac, Mac};
 use prometheus_client::encoding::DescriptorEncoder;
@@ -109,6 +110,8 @@ pub struct HookStats {
     pub queued: AtomicU64,
     dropped: [AtomicU64; 5],
     burst: Mutex<Option<Burst>>,
+    /// The latest drop: when (Unix ms), why, and the detail logged.
+    last_drop: Mutex<Option<(u64, DropReason, String)>>,
 }
 
 #[derive(Debug)]
@@ -121,6 +124,32 @@ struct Burst {
 const BURST_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl HookStats {
+    /// The counters as `webhook list` shows them: delivered, requests,
+    /// retries, queued, drops by reason, and the latest drop (its time as a
+    /// decimal string of Unix ms, like every 64-bit epoch value of the JSON
+    /// output).
+    pub fn to_json(&self) -> serde_json::Value {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let dropped: serde_json::Map<String, serde_json::Value> = DropReason::ALL
+            .iter()
+            .filter(|reason| **reason != DropReason::Handoff)
+            .map(|reason| (reason.name().to_string(), self.dropped(*reason).into()))
+            .collect();
+        let last = self.last_drop.lock().unwrap_or_else(|e| e.into_inner());
+        serde_json::json!({
+            "delivered": read(&self.delivered),
+            "requests": read(&self.requests),
+            "retries": read(&self.retries),
+            "queued": read(&self.queued),
+            "dropped": dropped,
+            "last_drop": last.as_ref().map(|(at_ms, reason, detail)| serde_json::json!({
+                "at_ms": at_ms.to_string(),
+                "reason": reason.name(),
+                "detail": detail,
+            })),
+        })
+    }
+
     /// Messages dropped for `reason`.
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.dropped[reason as usize].load(Ordering::Relaxed)
@@ -130,6 +159,8 @@ impl HookStats {
     /// summary every minute while it lasts).
     pub fn drop_one(&self, id: &str, reason: DropReason, detail: &str) {
         self.dropped[reason as usize].fetch_add(1, Ordering::Relaxed);
+        *self.last_drop.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((unix_now_ms(), reason, detail.to_string()));
         let mut burst = self.burst.lock().unwrap_or_else(|e| e.into_inner());
         match burst.as_mut() {
             None => {

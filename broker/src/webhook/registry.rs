@@ -140,6 +140,7 @@ impl Hook {
             json!(if prefix { "prefix" } else { "exact" }),
         );
         object.insert("source".into(), json!(self.source.name()));
+        object.insert("delivery".into(), self.stats.to_json());
         let secrets = self.secrets();
         if with_secret {
             object.insert("secret".into(), json!(secrets.current));

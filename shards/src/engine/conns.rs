@@ -72,6 +72,9 @@ impl Shard {
         if let Some(suppressed) = self.refusal_log.overdue(now_ms) {
             warn!(suppressed, "connection refusals not logged (rate limit)");
         }
+        if let Some(suppressed) = self.tls_failure_log.overdue(now_ms) {
+            warn!(suppressed, "TLS handshake failures not logged (rate limit)");
+        }
         let idle = self.config.topic_idle_evict_ms;
         let before = self.owned.len();
         let mut freed = 0;
@@ -129,6 +132,15 @@ impl Shard {
             warn!(%reason, suppressed, "connection refused");
         }
         self.close_with_error(conn, ErrorCode::TooManyConnections, reason);
+    }
+
+    /// A connection's TLS handshake failed (an old protocol version, plain
+    /// TCP on the TLS port, an untrusted client): one warning, within the
+    /// shard's budget, in the connection's span (peer and id).
+    pub fn note_tls_failure(&mut self, reason: &dyn std::fmt::Display) {
+        if let Some(suppressed) = self.tls_failure_log.admit(self.now_ms) {
+            warn!(%reason, suppressed, "TLS handshake failed");
+        }
     }
 
     /// Counts a new socket closed at once by a handshake cap.

@@ -229,6 +229,8 @@ pub struct Shard {
     auth_failure_log: LogLimit,
     /// Budget of `connection refused` warnings.
     refusal_log: LogLimit,
+    /// Budget of `TLS handshake failed` warnings.
+    tls_failure_log: LogLimit,
 }
 
 impl Shard {
@@ -255,6 +257,7 @@ impl Shard {
             webhooks: Arc::new(NoWebhooks),
             auth_failure_log: LogLimit::new(WARNINGS_PER_SECOND, 1000),
             refusal_log: LogLimit::new(WARNINGS_PER_SECOND, 1000),
+            tls_failure_log: LogLimit::new(WARNINGS_PER_SECOND, 1000),
         }
     }
 
