@@ -248,3 +248,25 @@ impl Frame {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_keeps_whole_characters_up_to_the_limit() {
+        assert_eq!(clip("short", 5), "short", "exactly the limit is kept whole");
+        assert_eq!(clip("short", 9), "short");
+        assert_eq!(clip("toolong", 3), "too");
+        // "é" is two bytes: a cut inside one backs off to its start.
+        let accents = "ééé";
+        assert_eq!(clip(accents, 6), "ééé");
+        assert_eq!(clip(accents, 5), "éé");
+        assert_eq!(clip(accents, 4), "éé");
+        assert_eq!(clip(accents, 3), "é");
+        assert_eq!(clip(accents, 1), "");
+        // Four-byte characters back off by up to three bytes.
+        assert_eq!(clip("a🦀", 4), "a");
+        assert_eq!(clip("a🦀", 5), "a🦀");
+    }
+}

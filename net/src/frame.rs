@@ -385,3 +385,23 @@ impl Frame {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_server_opcodes_are_server_frames() {
+        for byte in 0x01..=0x08u8 {
+            let opcode = Opcode::from_u8(byte).expect("a client or either-way opcode");
+            assert!(!opcode.is_server_frame(), "{opcode:?}");
+        }
+        for byte in (0x81..=0x89u8).chain([0x8f]) {
+            let opcode = Opcode::from_u8(byte).expect("a server opcode");
+            assert!(opcode.is_server_frame(), "{opcode:?}");
+        }
+        for byte in [0x00, 0x09, 0x7f, 0x80, 0x8a, 0x8e, 0x90, 0xff] {
+            assert_eq!(Opcode::from_u8(byte), None, "{byte:#04x} is not an opcode");
+        }
+    }
+}

@@ -275,6 +275,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn keys_are_equal_and_hash_alike_exactly_when_their_names_are() {
+        use std::hash::{BuildHasher, RandomState};
+        let hasher = RandomState::new();
+        let key = |ns: &str, topic: &str| TopicKey::from_strs(ns, topic).expect("valid");
+        assert_eq!(key("app", "news"), key("app", "news"));
+        assert_eq!(
+            hasher.hash_one(key("app", "news")),
+            hasher.hash_one(key("app", "news").compact())
+        );
+        // The same bytes split differently are different keys.
+        assert_ne!(key("ab", "c"), key("a", "bc"));
+        assert_ne!(key("app", "news"), key("app", "newt"));
+        assert_ne!(key("app", "news"), key("apq", "news"));
+        assert_ne!(
+            hasher.hash_one(key("app", "news")),
+            hasher.hash_one(key("app", "newt"))
+        );
+    }
+
+    #[test]
     fn compact_keys_own_their_bytes() {
         let frame = Bytes::from_static(b"....orders\x00\x05/eu/1....");
         let key = TopicKey::from_wire(frame.slice(4..17), 6).expect("valid");

@@ -396,6 +396,18 @@ fn length_limit_is_enforced_from_the_prefix_alone() {
     assert!(check(&prefix, DEFAULT_MAX_FRAME)
         .unwrap_err()
         .breaks_framing());
+    // A frame of exactly the limit is accepted, whole or not.
+    let exact = DEFAULT_MAX_FRAME.to_be_bytes();
+    assert_eq!(
+        check(&exact, DEFAULT_MAX_FRAME),
+        Ok(Check::Incomplete {
+            need: 4 + DEFAULT_MAX_FRAME as usize
+        })
+    );
+    let mut whole = 16u32.to_be_bytes().to_vec();
+    whole.extend_from_slice(&[1; 16]);
+    assert_eq!(check(&whole, 16), Ok(Check::Complete { len: 20 }));
+    assert!(check(&whole, 15).is_err(), "one byte over the limit");
     assert_eq!(check(&[0, 0, 0, 0], 16), Err(FrameError::Empty));
     assert_eq!(check(&[0, 0], 16), Ok(Check::Incomplete { need: 4 }));
     assert_eq!(
