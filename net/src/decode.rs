@@ -344,7 +344,9 @@ impl KeyCache {
     pub const MAX: usize = 64;
 
     fn key(&mut self, raw: Bytes, ns_len: usize) -> Result<TopicKey, crate::NameError> {
-        if self.len != 0 && self.ns_len == ns_len && raw[..] == self.raw[..self.len] {
+        // One comparison of the namespace length and the bytes (an empty
+        // cache holds no bytes, which no key's bytes equal).
+        if (ns_len, &raw[..]) == (self.ns_len, &self.raw[..self.len]) {
             // The very bytes validated before: only the hash is reused.
             return Ok(TopicKey::prevalidated(raw, ns_len, self.hash));
         }

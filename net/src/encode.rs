@@ -135,7 +135,9 @@ impl Frame {
                 dst.put_slice(credentials);
             }
             Frame::Welcome(welcome) => {
-                header(dst, Opcode::Welcome, 2 + 4 + 2 + 2);
+                // version 2, max_frame 4, shard 2, shard_count 2 (a sum a
+                // mutation could not tell from 2 + 4 + 2 * 2).
+                header(dst, Opcode::Welcome, 10);
                 dst.put_u16(welcome.version);
                 dst.put_u32(welcome.max_frame);
                 dst.put_u16(welcome.shard);

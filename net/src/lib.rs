@@ -52,3 +52,16 @@ pub const MAX_TOPIC_LEN: usize = 1024;
 
 /// A topic's sequence number: the first message published to a topic is 1.
 pub type Seq = u64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented defaults (docs/protocol.md, docs/security.md).
+    #[test]
+    fn the_default_frame_limits_are_the_documented_ones() {
+        assert_eq!(DEFAULT_MAX_FRAME, 1_048_576);
+        assert_eq!(DEFAULT_MAX_HELLO_FRAME, 16_384);
+        assert_eq!((MAX_NAMESPACE_LEN, MAX_TOPIC_LEN), (128, 1024));
+    }
+}
