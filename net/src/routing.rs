@@ -51,7 +51,10 @@ mod tests {
     /// (namespace, topic, key hash, scores of members 0, 1 and 2, owner
     /// among 1..=8 members). If any of these change, topics move between
     /// shards and, later, nodes; docs/protocol.md prints the same table.
-    const GOLDEN: [(&str, &str, u64, [u64; 3], [u64; 8]); 6] = [
+    /// One golden row: namespace, topic, key hash, scores, owners.
+    type Golden = (&'static str, &'static str, u64, [u64; 3], [u64; 8]);
+
+    const GOLDEN: [Golden; 6] = [
         (
             "app",
             "news",
