@@ -677,3 +677,60 @@ fn key_cache_reuses_names_only_when_the_bytes_repeat() {
     let err = publish_with(&mut cache, b"", b"orders").expect_err("refused");
     assert!(matches!(err, FrameError::InvalidName { .. }), "{err:?}");
 }
+
+/// The error codes' numbers and names are the protocol's (docs/protocol.md,
+/// section 7.11): clients in other languages match on them.
+#[test]
+fn error_codes_have_their_documented_numbers_and_names() {
+    let documented = [
+        (1, "malformed_frame"),
+        (2, "unknown_opcode"),
+        (3, "frame_too_large"),
+        (4, "unsupported_version"),
+        (5, "handshake_required"),
+        (6, "invalid_name"),
+        (7, "duplicate_subscription"),
+        (8, "unknown_subscription"),
+        (9, "too_many_subscriptions"),
+        (10, "slow_consumer"),
+        (11, "shutting_down"),
+        (12, "internal"),
+        (13, "wrong_direction"),
+        (14, "idle_timeout"),
+        (15, "unauthorized"),
+        (16, "forbidden"),
+        (17, "token_expired"),
+        (18, "too_many_connections"),
+        (19, "too_many_in_flight"),
+        (20, "handshake_timeout"),
+        (21, "invalid_request"),
+    ];
+    assert_eq!(ErrorCode::ALL.len(), documented.len());
+    for (code, (number, name)) in ErrorCode::ALL.iter().zip(documented) {
+        assert_eq!((*code as u16, code.name()), (number, name));
+        assert_eq!(code.to_string(), format!("{name} ({number})"));
+        assert_eq!(ErrorCode::from_u16(number), Some(*code));
+        let frame = ErrorFrame::new(7, *code, false, "why");
+        assert_eq!(frame.code(), Some(*code), "{name}");
+    }
+    let unknown = ErrorFrame {
+        code: 999,
+        ..ErrorFrame::new(7, ErrorCode::Internal, false, "")
+    };
+    assert_eq!(unknown.code(), None, "a code from a later version");
+}
+
+#[test]
+fn names_print_as_namespace_slash_topic_and_keep_their_wire_bytes() {
+    let key = TopicKey::from_strs("app", "naïve topic").expect("spaces and non-ASCII are fine");
+    assert_eq!(key.to_string(), "app/naïve topic");
+    assert_eq!(format!("{key:?}"), "app/naïve topic");
+    let mut wire = b"app".to_vec();
+    wire.extend_from_slice(&("naïve topic".len() as u16).to_be_bytes());
+    wire.extend_from_slice("naïve topic".as_bytes());
+    assert_eq!(key.wire_bytes(), &wire[..]);
+    assert!(
+        validate_topic("tab\tafter ü".as_bytes()).is_err(),
+        "a control character"
+    );
+}
