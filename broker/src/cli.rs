@@ -44,7 +44,7 @@ pub enum Command {
     /// Mint scoped, short-lived tokens with the configured signing secret.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Add, list, remove or re-key webhooks on a running broker (needs a
+    /// Add, list, remove, re-key or re-enable webhooks on a running broker (needs a
     /// super-user key: --key or COREBUS_CREDENTIALS).
     #[command(subcommand)]
     Webhook(WebhookCommand),
@@ -67,6 +67,15 @@ pub enum WebhookCommand {
     },
     /// Remove a webhook added at run time; its queued messages are discarded.
     Remove {
+        /// The webhook's id.
+        id: String,
+        /// Broker to connect to.
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Enable a webhook that its endpoint's 410 Gone disabled; it delivers
+    /// again from the next message on.
+    Enable {
         /// The webhook's id.
         id: String,
         /// Broker to connect to.

@@ -1,4 +1,4 @@
-//! `corebus webhook add|list|remove|rotate`, over the protocol with the
+//! `corebus webhook add|list|remove|rotate|enable`, over the protocol with the
 //! client crate.
 
 use std::io::Read;
@@ -33,7 +33,12 @@ pub async fn main(command: WebhookCommand) -> anyhow::Result<()> {
                 if json {
                     stdio::line(to_json(&hook))?;
                 } else {
-                    stdio::line(format_args!("{}{}", describe(&hook), delivery_text(&hook)))?;
+                    stdio::line(format_args!(
+                        "{}{}{}",
+                        describe(&hook),
+                        disabled_text(&hook),
+                        delivery_text(&hook)
+                    ))?;
                 }
             }
         }
@@ -41,6 +46,11 @@ pub async fn main(command: WebhookCommand) -> anyhow::Result<()> {
             let client = connect(&server, "corebus-webhook").await?;
             let removed = client.remove_webhook(&id).await?;
             stdio::line(format_args!("removed {}", describe(&removed)))?;
+        }
+        WebhookCommand::Enable { id, server } => {
+            let client = connect(&server, "corebus-webhook").await?;
+            let enabled = client.enable_webhook(&id).await?;
+            stdio::line(format_args!("enabled {}", describe(&enabled)))?;
         }
         WebhookCommand::Rotate {
             id,
@@ -98,6 +108,16 @@ fn describe(hook: &Webhook) -> String {
     )
 }
 
+/// ` DISABLED since <Unix ms> (DETAIL)` for a disabled webhook.
+fn disabled_text(hook: &Webhook) -> String {
+    hook.disabled.as_ref().map_or_else(String::new, |disabled| {
+        format!(
+            " DISABLED since {} ({}); corebus webhook enable {}",
+            disabled.at_ms, disabled.detail, hook.id
+        )
+    })
+}
+
 /// `webhook list`'s delivery state: `; delivered N, dropped M (last:
 /// REASON: DETAIL)`, or nothing from a broker that does not report it.
 fn delivery_text(hook: &Webhook) -> String {
@@ -124,6 +144,10 @@ fn to_json(hook: &Webhook) -> serde_json::Value {
         "match": hook.match_kind.as_str(),
         "source": hook.source.as_str(),
         "previous_secret_expires_ms": hook.previous_secret_expires_ms.map(|ms| ms.to_string()),
+        "disabled": hook.disabled.as_ref().map(|disabled| serde_json::json!({
+            "at_ms": disabled.at_ms.to_string(),
+            "detail": disabled.detail,
+        })),
         "delivery": hook.delivery.as_ref().map(|delivery| serde_json::json!({
             "delivered": delivery.delivered,
             "requests": delivery.requests,
@@ -156,6 +180,7 @@ mod tests {
             secret: Some("whsec_not_listed".into()),
             previous_secret_expires_ms,
             delivery: None,
+            disabled: None,
         }
     }
 
@@ -164,7 +189,7 @@ mod tests {
         let far = (1u64 << 53) + 1;
         assert_eq!(
             to_json(&hook(Some(far))).to_string(),
-            r#"{"delivery":null,"id":"wh-1","match":"prefix","namespace":"orders","previous_secret_expires_ms":"9007199254740993","source":"runtime","topic":"eu/","url":"https://hooks.example.com/in"}"#
+            r#"{"delivery":null,"disabled":null,"id":"wh-1","match":"prefix","namespace":"orders","previous_secret_expires_ms":"9007199254740993","source":"runtime","topic":"eu/","url":"https://hooks.example.com/in"}"#
         );
         // A last drop's time is a 64-bit epoch value: a string as well.
         let mut reported = hook(None);

@@ -50,9 +50,11 @@ impl Received {
 }
 
 /// What the receiver answers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Reply {
     Status(u16),
+    /// A status with one more header: `(status, name, value)`.
+    WithHeader(u16, &'static str, String),
     Hang,
 }
 
@@ -146,7 +148,7 @@ async fn serve_connection(
         };
         let index = log.lock().expect("not poisoned").len();
         let reply = decide(index, &received);
-        if let Reply::Status(status) = reply {
+        if let Reply::Status(status) | Reply::WithHeader(status, ..) = reply {
             received.status = Some(status);
         }
         log.lock().expect("not poisoned").push(received);
@@ -155,11 +157,14 @@ async fn serve_connection(
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 return;
             }
-            Reply::Status(status) => {
-                let extra = if status == 302 {
-                    "Location: /elsewhere\r\n"
-                } else {
-                    ""
+            Reply::Status(_) | Reply::WithHeader(..) => {
+                let (status, extra) = match reply {
+                    Reply::WithHeader(status, name, value) => {
+                        (status, format!("{name}: {value}\r\n"))
+                    }
+                    Reply::Status(302) => (302, "Location: /elsewhere\r\n".to_string()),
+                    Reply::Status(status) => (status, String::new()),
+                    Reply::Hang => unreachable!("handled above"),
                 };
                 let response =
                     format!("HTTP/1.1 {status} Test\r\n{extra}Content-Length: 0\r\n\r\n");
@@ -971,5 +976,263 @@ async fn the_documented_python_and_node_receivers_verify_deliveries() {
             "{name}: {line}"
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The time of the gap between requests `a` and `b`.
+fn gap(requests: &[Received], a: usize, b: usize) -> Duration {
+    requests[b].at.duration_since(requests[a].at)
+}
+
+fn payload(request: &Received) -> String {
+    request.json()["payload"]
+        .as_str()
+        .expect("text payload")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_408_and_a_429_are_retried_and_retry_after_is_honoured_up_to_max_backoff() {
+    // Each message's first request is refused: 408; 429 with Retry-After 1 s;
+    // 429 with an HTTP date 10 s ahead and one of 3600 s, both longer than
+    // webhook_max_backoff (1.5 s). The second request of each is accepted.
+    let receiver = Receiver::start(|index, _| match index {
+        0 => Reply::Status(408),
+        2 => Reply::WithHeader(429, "Retry-After", "1".into()),
+        4 => Reply::WithHeader(
+            429,
+            "Retry-After",
+            httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(10)),
+        ),
+        6 => Reply::WithHeader(429, "Retry-After", "3600".into()),
+        _ => Reply::Status(200),
+    })
+    .await;
+    let dir = data_dir("throttled");
+    let (_serve, client) = start(
+        &dir,
+        &[
+            "--webhook-backoff",
+            "20ms",
+            "--webhook-max-backoff",
+            "1500ms",
+        ],
+    )
+    .await;
+    client
+        .add_webhook(&spec(&receiver.url, "t", WebhookMatch::Exact))
+        .await
+        .expect("added");
+    for i in 1..=4 {
+        client
+            .publish("app", "t", format!("m{i}"))
+            .await
+            .expect("published");
+    }
+    let requests = receiver
+        .wait_for("four messages accepted", |r| r.len() >= 8)
+        .await;
+    let seqs: Vec<u64> = requests.iter().map(Received::seq).collect();
+    assert_eq!(
+        seqs,
+        [1, 1, 2, 2, 3, 3, 4, 4],
+        "each retried once, in order"
+    );
+    // Retry-After is waited for exactly (no jitter), at most max_backoff;
+    // without it the retry would come after 20 ms less jitter.
+    let after_one = gap(&requests, 2, 3);
+    assert!(
+        after_one >= Duration::from_millis(950) && after_one < Duration::from_millis(1450),
+        "Retry-After: 1 waited {after_one:?}"
+    );
+    for (first, retry) in [(4, 5), (6, 7)] {
+        let waited = gap(&requests, first, retry);
+        assert!(
+            waited >= Duration::from_millis(1450) && waited < Duration::from_secs(5),
+            "a Retry-After beyond webhook_max_backoff waited {waited:?}"
+        );
+    }
+    let listed = client.list_webhooks().await.expect("listed");
+    let delivery = listed[0].delivery.clone().expect("delivery state");
+    assert_eq!(
+        (delivery.delivered, delivery.requests, delivery.retries),
+        (4, 8, 4),
+        "each 408 and 429 counts as a retry"
+    );
+    assert!(delivery.last_drop.is_none(), "{delivery:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Lists until the webhook's `disabled` state is `want`; fails after [`WAIT`].
+async fn wait_for_disabled(client: &Client, want: bool) -> corebus_client::Webhook {
+    let started = Instant::now();
+    loop {
+        let hook = client.list_webhooks().await.expect("listed").remove(0);
+        if hook.disabled.is_some() == want {
+            return hook;
+        }
+        assert!(started.elapsed() < WAIT, "disabled is not {want}: {hook:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Publishes `payload` and waits until the receiver has it.
+async fn publish_and_receive(client: &Client, receiver: &Receiver, payload: &str) {
+    client
+        .publish("app", "t", payload.to_string())
+        .await
+        .expect("published");
+    receiver
+        .wait_for(payload, |r| r.iter().any(|q| self::payload(q) == payload))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_410_disables_the_webhook_across_restarts_until_enabled() {
+    let receiver = Receiver::start(|_, request| {
+        if payload(request).starts_with("gone") {
+            Reply::Status(410)
+        } else {
+            Reply::Status(200)
+        }
+    })
+    .await;
+    let dir = data_dir("gone");
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let (mut first, client) = start(&dir, &["--metrics", &metrics]).await;
+    let hook = client
+        .add_webhook(&spec(&receiver.url, "t", WebhookMatch::Exact))
+        .await
+        .expect("added");
+    publish_and_receive(&client, &receiver, "before").await;
+    client
+        .publish("app", "t", "gone 1")
+        .await
+        .expect("published");
+    let disabled = wait_for_disabled(&client, true).await;
+    let detail = disabled.disabled.expect("disabled").detail;
+    assert!(detail.contains("410"), "{detail}");
+    // Later messages are dropped and counted, never posted. The fence: all
+    // three counted (with the one answered 410) before requests are counted.
+    for i in 1..=2 {
+        client
+            .publish("app", "t", format!("while disabled {i}"))
+            .await
+            .expect("published");
+    }
+    let id = &hook.id;
+    let dropped = format!("corebus_webhook_dropped_total{{webhook=\"{id}\",reason=\"disabled\"}}");
+    let text = wait_for_metrics(metrics_port, "three disabled drops", |text| {
+        sample(text, &dropped) == Some(3)
+    })
+    .await;
+    let gauge = format!("corebus_webhook_disabled{{webhook=\"{id}\"}}");
+    let disables = format!("corebus_webhook_disables_total{{webhook=\"{id}\"}}");
+    assert_eq!(sample(&text, &gauge), Some(1), "{text}");
+    assert_eq!(sample(&text, &disables), Some(1), "{text}");
+    assert_eq!(
+        receiver.requests().len(),
+        2,
+        "nothing posted while disabled"
+    );
+    let out = Command::new(BIN)
+        .args(["webhook", "list", "--server", first.addr.as_str()])
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(" DISABLED since ") && text.contains("dropped 3"),
+        "{text}"
+    );
+    drop(client);
+    let (status, _) = first.terminate(Duration::from_secs(10));
+    assert!(status.success());
+
+    // Still disabled after a restart.
+    let (second, client) = start(&dir, &["--metrics", &metrics]).await;
+    let listed = client.list_webhooks().await.expect("listed").remove(0);
+    assert_eq!(
+        listed.disabled.as_ref().map(|d| d.detail.as_str()),
+        Some(detail.as_str())
+    );
+    client
+        .publish("app", "t", "after restart")
+        .await
+        .expect("published");
+    wait_for_metrics(metrics_port, "a disabled drop after the restart", |text| {
+        sample(text, &dropped) == Some(1)
+    })
+    .await;
+    assert_eq!(
+        receiver.requests().len(),
+        2,
+        "nothing posted while disabled"
+    );
+    // The CLI enables it; the next message is posted.
+    let out = Command::new(BIN)
+        .args(["webhook", "enable", id, "--server", second.addr.as_str()])
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.starts_with(&format!("enabled {id} ")), "{text}");
+    assert!(client.list_webhooks().await.expect("listed")[0]
+        .disabled
+        .is_none());
+    publish_and_receive(&client, &receiver, "enabled by the CLI").await;
+    // Gone again, and enabled again by the client call.
+    client
+        .publish("app", "t", "gone 2")
+        .await
+        .expect("published");
+    wait_for_disabled(&client, true).await;
+    let enabled = client.enable_webhook(id).await.expect("enabled");
+    assert!(enabled.disabled.is_none(), "{enabled:?}");
+    publish_and_receive(&client, &receiver, "enabled by the client").await;
+    let text = scrape(metrics_port);
+    assert_eq!(sample(&text, &gauge), Some(0), "{text}");
+    assert_eq!(sample(&text, &disables), Some(1), "{text}");
+    // The enabled state is what is stored.
+    drop(client);
+    drop(second);
+    let (_third, client) = start(&dir, &[]).await;
+    assert!(client.list_webhooks().await.expect("listed")[0]
+        .disabled
+        .is_none());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_webhook_disabled_by_410_is_enabled_by_a_restart() {
+    let receiver = Receiver::start(|_, request| {
+        if payload(request) == "gone" {
+            Reply::Status(410)
+        } else {
+            Reply::Status(200)
+        }
+    })
+    .await;
+    let dir = data_dir("gone-config");
+    let config = TempFile::new(
+        "gone-config.toml",
+        &format!(
+            "[[webhooks]]\nid = \"configured\"\nurl = \"{}\"\nnamespace = \"app\"\n\
+             topic = \"t\"\nsecret = \"{SECRET}\"\n",
+            receiver.url
+        ),
+    );
+    let (mut first, client) = start(&dir, &["--config", config.path()]).await;
+    client.publish("app", "t", "gone").await.expect("published");
+    let hook = wait_for_disabled(&client, true).await;
+    assert_eq!(hook.id, "configured");
+    drop(client);
+    let (status, _) = first.terminate(Duration::from_secs(10));
+    assert!(status.success());
+
+    let (_second, client) = start(&dir, &["--config", config.path()]).await;
+    let hook = client.list_webhooks().await.expect("listed").remove(0);
+    assert!(hook.disabled.is_none(), "{hook:?}");
+    publish_and_receive(&client, &receiver, "after the restart").await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -202,7 +202,8 @@ pub use corebus_net::{ErrorCode, FrameError, NameError};
 pub use error::{Error, TlsError};
 pub use subscription::{Discontinuity, Event, Message, ResumeFrom, Subscription};
 pub use webhook::{
-    Webhook, WebhookDelivery, WebhookDrop, WebhookMatch, WebhookSource, WebhookSpec,
+    Webhook, WebhookDelivery, WebhookDisabled, WebhookDrop, WebhookMatch, WebhookSource,
+    WebhookSpec,
 };
 
 use connection::{check_names, Shared};

@@ -160,6 +160,28 @@ pub struct Webhook {
     /// How delivery has gone since the broker started; `None` from a broker
     /// that does not report it.
     pub delivery: Option<WebhookDelivery>,
+    /// `Some` while the webhook is disabled (its endpoint answered 410 Gone)
+    /// and delivers nothing, until [`Client::enable_webhook`].
+    pub disabled: Option<WebhookDisabled>,
+}
+
+/// Why and since when a webhook is disabled.
+///
+/// ```
+/// use corebus_client::WebhookDisabled;
+///
+/// let disabled = WebhookDisabled {
+///     at_ms: 1_795_435_033_123,
+///     detail: "http://hooks.example.com:80 answered 410 Gone".into(),
+/// };
+/// assert!(disabled.detail.contains("410"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookDisabled {
+    /// Since when, in Unix milliseconds.
+    pub at_ms: u64,
+    /// What the broker logged when it disabled the webhook.
+    pub detail: String,
 }
 
 /// A webhook's delivery counters since the broker started, as
@@ -184,7 +206,7 @@ pub struct WebhookDelivery {
     /// Messages waiting in the webhook's queue.
     pub queued: u64,
     /// Messages dropped, per reason (`queue_full`, `rejected`,
-    /// `retries_exhausted`, `not_allowed`), in the broker's order.
+    /// `retries_exhausted`, `not_allowed`, `disabled`), in the broker's order.
     pub dropped: Vec<(String, u64)>,
     /// The latest message dropped, if any.
     pub last_drop: Option<WebhookDrop>,
@@ -228,6 +250,7 @@ impl fmt::Debug for Webhook {
                 &self.previous_secret_expires_ms,
             )
             .field("delivery", &self.delivery)
+            .field("disabled", &self.disabled)
             .finish()
     }
 }
@@ -319,6 +342,31 @@ impl Client {
         }
         let result = self.webhook_request(&command).await?;
         with_reason("webhook rotate", parse_one(&result, "webhook", true))
+    }
+
+    /// Enables a webhook that its endpoint's 410 Gone disabled, so that it
+    /// delivers again from the next message on (those published while it
+    /// was disabled were dropped). Enabling an enabled webhook changes
+    /// nothing. Returns the webhook (without its secret).
+    ///
+    /// ```no_run
+    /// # use corebus_client::{Client, Error};
+    /// # async fn run(client: Client) -> Result<(), Error> {
+    /// for webhook in client.list_webhooks().await? {
+    ///     if let Some(disabled) = &webhook.disabled {
+    ///         println!("{} was disabled: {}", webhook.id, disabled.detail);
+    ///         let webhook = client.enable_webhook(&webhook.id).await?;
+    ///         assert!(webhook.disabled.is_none());
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn enable_webhook(&self, id: &str) -> Result<Webhook, Error> {
+        let result = self
+            .webhook_request(&json!({ "op": "enable", "id": id }))
+            .await?;
+        with_reason("webhook enable", parse_one(&result, "webhook", false))
     }
 
     /// Sends one command and returns the reply's result text.
@@ -426,6 +474,12 @@ fn parse_webhook(value: &Value, path: &str) -> Result<Webhook, String> {
             Some(parse_delivery(value).map_err(|e| format!("field `{path}.delivery`: {e}"))?)
         }
     };
+    let disabled = match object.get("disabled") {
+        None | Some(Value::Null) => None,
+        Some(value) => {
+            Some(parse_disabled(value).map_err(|e| format!("field `{path}.disabled`: {e}"))?)
+        }
+    };
     Ok(Webhook {
         id: required("id")?,
         url: required("url")?,
@@ -436,7 +490,23 @@ fn parse_webhook(value: &Value, path: &str) -> Result<Webhook, String> {
         secret: text("secret")?.map(str::to_owned),
         previous_secret_expires_ms,
         delivery,
+        disabled,
     })
+}
+
+/// Reads a webhook's `disabled` object.
+fn parse_disabled(value: &Value) -> Result<WebhookDisabled, String> {
+    let at_ms = value
+        .get("at_ms")
+        .and_then(Value::as_str)
+        .and_then(|text| text.parse().ok())
+        .ok_or("`at_ms` is not a decimal string")?;
+    let detail = value
+        .get("detail")
+        .and_then(Value::as_str)
+        .ok_or("`detail` is not a string")?
+        .to_owned();
+    Ok(WebhookDisabled { at_ms, detail })
 }
 
 /// Reads a webhook's `delivery` object.
@@ -526,6 +596,7 @@ mod tests {
                 secret: Some("k\"ey".into()),
                 previous_secret_expires_ms: Some(1_700_000_000_000),
                 delivery: None,
+                disabled: None,
             }
         );
 
@@ -551,6 +622,19 @@ mod tests {
         assert_eq!(hooks[1].match_kind, WebhookMatch::Exact);
         assert_eq!(hooks[1].source, WebhookSource::Config);
         assert_eq!(parse_list(r#"{"webhooks":[]}"#), Ok(Vec::new()));
+        assert_eq!(hooks[0].disabled, None);
+        let result = json!({ "webhooks": [runtime_hook(json!({
+            "disabled": { "at_ms": "9007199254740993", "detail": "answered 410 Gone" },
+        }))] })
+        .to_string();
+        let disabled = parse_list(&result).expect("parses")[0].disabled.clone();
+        assert_eq!(
+            disabled,
+            Some(WebhookDisabled {
+                at_ms: 9_007_199_254_740_993,
+                detail: "answered 410 Gone".into(),
+            })
+        );
     }
 
     #[test]
@@ -586,6 +670,10 @@ mod tests {
             (
                 json!({ "previous_secret_expires_ms": -1 }),
                 "field `webhooks[0].previous_secret_expires_ms` is not an unsigned integer",
+            ),
+            (
+                json!({ "disabled": { "at_ms": 5, "detail": "x" } }),
+                "field `webhooks[0].disabled`: `at_ms` is not a decimal string",
             ),
         ];
         for (extra, reason) in bad {

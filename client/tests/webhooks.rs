@@ -144,6 +144,7 @@ async fn add_list_remove_rotate() {
                 secret: Some(secret.into()),
                 previous_secret_expires_ms: None,
                 delivery: None,
+                disabled: None,
             }
         );
         assert!(!format!("{added:?}").contains(secret));

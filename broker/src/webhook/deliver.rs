@@ -4,16 +4,16 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use corebus_shards::auth::unix_now_ms;
 use corebus_shards::WebhookMessage;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
-use super::http::{Connection, PostError};
+use super::http::{Answer, Connection, PostError};
 use super::network::NetworkPolicy;
 use super::{body, sign, DeliverySettings, DropReason, Hook, Registry, SIGNATURE_HEADER};
 
@@ -83,7 +83,7 @@ async fn dispatch(
 
 /// Starts a task for each new webhook and stops those of removed ones.
 fn sync_workers(
-    registry: &Registry,
+    registry: &Arc<Registry>,
     workers: &mut HashMap<String, Worker>,
     settings: &Arc<DeliverySettings>,
 ) {
@@ -102,6 +102,7 @@ fn sync_workers(
         }
         let (queue, receiver) = mpsc::channel(settings.queue.max(1));
         let task = tokio::spawn(run_worker(
+            registry.clone(),
             hook.clone(),
             receiver,
             settings.clone(),
@@ -120,6 +121,7 @@ fn sync_workers(
 }
 
 async fn run_worker(
+    registry: Arc<Registry>,
     hook: Arc<Hook>,
     mut queue: mpsc::Receiver<WebhookMessage>,
     settings: Arc<DeliverySettings>,
@@ -129,22 +131,51 @@ async fn run_worker(
     let mut connection = Connection::new(settings.tls.clone(), networks);
     while let Some(message) = queue.recv().await {
         hook.stats.queued.fetch_sub(1, Ordering::Relaxed);
+        if let Some(disabled) = hook.disabled() {
+            hook.stats
+                .drop_one(&hook.id, DropReason::Disabled, &disabled.detail);
+            continue;
+        }
         if let Err(reason) = allow.check(&hook.destination) {
             hook.stats
                 .drop_one(&hook.id, DropReason::NotAllowed, &reason);
             continue;
         }
-        deliver(&hook, &mut connection, &settings, &message).await;
+        if let Some(Gone(detail)) = deliver(&hook, &mut connection, &settings, &message).await {
+            disable(&registry, &hook, detail).await;
+        }
     }
 }
 
-/// Posts one message until it is accepted, refused or out of retries.
+/// The endpoint answered 410 Gone: the webhook is to be disabled.
+struct Gone(String);
+
+/// Disables `hook`, storing that off this thread's runtime (a write and two
+/// fsyncs would hold up every other webhook's deliveries).
+async fn disable(registry: &Arc<Registry>, hook: &Arc<Hook>, detail: String) {
+    warn!(webhook = %hook.id, %detail, "webhook disabled: its endpoint answered 410 Gone; \
+        its messages are dropped (reason disabled) until `corebus webhook enable`");
+    hook.stats.drop_one(&hook.id, DropReason::Disabled, &detail);
+    let (registry, stored) = (registry.clone(), hook.clone());
+    let outcome = tokio::task::spawn_blocking(move || registry.disable(&stored, detail)).await;
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            error!(webhook = %hook.id, %err, "webhook disabled, but not stored: a restart enables it again");
+        }
+        Err(err) => error!(webhook = %hook.id, %err, "disabling the webhook failed"),
+    }
+}
+
+/// Posts one message until it is accepted, refused or out of retries;
+/// `Some(Gone)` when the endpoint answered 410 (the caller disables the
+/// webhook and counts the message).
 async fn deliver(
     hook: &Hook,
     connection: &mut Connection,
     settings: &DeliverySettings,
     message: &WebhookMessage,
-) {
+) -> Option<Gone> {
     let body = Bytes::from(body(&hook.id, message));
     let delivery = format!("{}-{}", message.epoch, message.seq);
     let mut attempt = 0u32;
@@ -169,31 +200,48 @@ async fn deliver(
             connection.post(&hook.destination, &headers, &body),
         )
         .await;
+        let origin = hook.destination.origin();
+        // A 429's Retry-After replaces the backoff of this retry.
+        let mut asked = None;
         let failure = match outcome {
-            Ok(Ok(status)) if (200..300).contains(&status) => {
+            Ok(Ok(Answer { status, .. })) if (200..300).contains(&status) => {
                 hook.stats.delivered_one(&hook.id);
-                return;
+                return None;
             }
-            Ok(Ok(status)) if status < 500 => {
+            Ok(Ok(Answer { status: 410, .. })) => {
+                return Some(Gone(format!("{origin} answered 410 Gone")));
+            }
+            Ok(Ok(Answer {
+                status: 429,
+                retry_after,
+            })) => {
+                asked = retry_after
+                    .as_deref()
+                    .and_then(|value| super::retry_after::parse(value, SystemTime::now()));
+                format!("{origin} answered 429")
+            }
+            // Request Timeout: the receiver gave up waiting for this request;
+            // senders people know retry it, and so do we.
+            Ok(Ok(Answer { status: 408, .. })) => format!("{origin} answered 408"),
+            Ok(Ok(Answer { status, .. })) if status < 500 => {
                 let detail = format!(
-                    "{} answered {status}; 3xx and 4xx are not retried (redirects are not followed)",
-                    hook.destination.origin()
+                    "{origin} answered {status}; 3xx and 4xx other than 408, 410 and 429 are \
+                     not retried (redirects are not followed)"
                 );
                 hook.stats.drop_one(&hook.id, DropReason::Rejected, &detail);
-                return;
+                return None;
             }
-            Ok(Ok(status)) => format!("{} answered {status}", hook.destination.origin()),
+            Ok(Ok(Answer { status, .. })) => format!("{origin} answered {status}"),
             Ok(Err(PostError::Refused(reason))) => {
                 hook.stats
                     .drop_one(&hook.id, DropReason::NotAllowed, &reason);
-                return;
+                return None;
             }
             Ok(Err(PostError::Failed(reason))) => reason,
             Err(_) => {
                 connection.reset();
                 format!(
-                    "{}: no answer within {:?} (webhook_timeout)",
-                    hook.destination.origin(),
+                    "{origin}: no answer within {:?} (webhook_timeout)",
                     settings.timeout
                 )
             }
@@ -202,9 +250,13 @@ async fn deliver(
             let detail = format!("{failure}; gave up after {} retries", settings.retries);
             hook.stats
                 .drop_one(&hook.id, DropReason::RetriesExhausted, &detail);
-            return;
+            return None;
         }
-        let delay = backoff(settings, attempt);
+        // Without jitter: the receiver named the time it can take more.
+        let delay = asked.map_or_else(
+            || backoff(settings, attempt),
+            |asked| asked.min(settings.max_backoff),
+        );
         if attempt == 0 {
             warn!(webhook = %hook.id, seq = message.seq, %failure, retry_in = ?delay, "webhook delivery failed; retrying");
         } else {

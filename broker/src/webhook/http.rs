@@ -1,6 +1,6 @@
 //! A webhook's HTTP/1.1 connection (hyper's client connection, plain or over
 //! rustls): one POST at a time over one kept-alive connection, the status code
-//! as the answer, and never a redirect followed.
+//! (and a `Retry-After`, if any) as the answer, and never a redirect followed.
 //!
 //! The connection is opened by hand rather than by a pooling client, because
 //! where it goes is the point: every address the destination resolves to
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST, USER_AGENT};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST, RETRY_AFTER, USER_AGENT};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
@@ -26,6 +26,15 @@ use super::url::{Destination, Scheme};
 
 /// Longest response body read to keep a connection; a longer one closes it.
 const MAX_KEPT_BODY: usize = 64 << 10;
+
+/// What the destination answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// The `Retry-After` header, as sent (when it is visible ASCII).
+    pub retry_after: Option<String>,
+}
 
 /// Why a POST got no status.
 #[derive(Debug)]
@@ -81,22 +90,22 @@ impl Connection {
         self.open = None;
     }
 
-    /// POSTs `body` with the extra `headers` and returns the status code. A
+    /// POSTs `body` with the extra `headers` and returns the answer. A
     /// kept-alive connection the server closed meanwhile is reopened once.
     pub async fn post(
         &mut self,
         destination: &Destination,
         headers: &[(&str, String)],
         body: &Bytes,
-    ) -> Result<u16, PostError> {
+    ) -> Result<Answer, PostError> {
         if let Some(open) = self.open.as_mut().filter(|open| !open.sender.is_closed()) {
             let request = request(destination, headers, body)?;
             match exchange(&mut open.sender, request).await {
-                Ok((status, keep)) => {
+                Ok((answer, keep)) => {
                     if !keep {
                         self.open = None;
                     }
-                    return Ok(status);
+                    return Ok(answer);
                 }
                 // The server may have closed the idle connection as the
                 // request went out: one try on a fresh one.
@@ -108,13 +117,13 @@ impl Connection {
         }
         let mut open = self.connect(destination).await?;
         let request = request(destination, headers, body)?;
-        let (status, keep) = exchange(&mut open.sender, request)
+        let (answer, keep) = exchange(&mut open.sender, request)
             .await
             .map_err(|err| PostError::Failed(format!("{}: {err}", destination.origin())))?;
         if keep {
             self.open = Some(open);
         }
-        Ok(status)
+        Ok(answer)
     }
 
     async fn connect(&self, destination: &Destination) -> Result<Open, PostError> {
@@ -207,18 +216,25 @@ fn request(
     Ok(request)
 }
 
-/// Sends the request and reads the answer; returns the status and whether
-/// the connection may be used again (a short body was read whole).
+/// Sends the request and reads the answer; returns it and whether the
+/// connection may be used again (a short body was read whole).
 async fn exchange(
     sender: &mut SendRequest<Full<Bytes>>,
     request: Request<Full<Bytes>>,
-) -> Result<(u16, bool), hyper::Error> {
+) -> Result<(Answer, bool), hyper::Error> {
     sender.ready().await?;
     let response = sender.send_request(request).await?;
-    let status = response.status().as_u16();
+    let answer = Answer {
+        status: response.status().as_u16(),
+        retry_after: response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned),
+    };
     let keep = Limited::new(response.into_body(), MAX_KEPT_BODY)
         .collect()
         .await
         .is_ok();
-    Ok((status, keep && !sender.is_closed()))
+    Ok((answer, keep && !sender.is_closed()))
 }

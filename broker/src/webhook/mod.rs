@@ -6,7 +6,8 @@
 //! (`corebus-webhooks`, a single-threaded tokio runtime) routes messages to a
 //! task per webhook, each with its own bounded queue, one request in flight
 //! and retries with exponential backoff, so a slow or dead endpoint delays
-//! only its own webhook. Requests are signed with HMAC-SHA256 over the
+//! only its own webhook. An endpoint that answers 410 Gone disables its
+//! webhook until `enable`. Requests are signed with HMAC-SHA256 over the
 //! timestamp and the body ([`sign`]). What cannot be delivered is dropped,
 //! counted per webhook and reason, and logged once per burst.
 //!
@@ -17,6 +18,7 @@ mod deliver;
 pub mod http;
 pub mod network;
 pub mod registry;
+mod retry_after;
 pub mod store;
 pub mod url;
 
@@ -67,22 +69,27 @@ pub enum DropReason {
     Handoff,
     /// The webhook's queue was full.
     QueueFull,
-    /// The endpoint answered 3xx or 4xx (not retried; redirects are not followed).
+    /// The endpoint answered 3xx or 4xx other than 408, 410 and 429 (not
+    /// retried; redirects are not followed).
     Rejected,
-    /// Every retry failed (timeouts, connection errors, 5xx).
+    /// Every retry failed (timeouts, connection errors, 408, 429, 5xx).
     RetriesExhausted,
     /// The destination is not in the allow-list (it was, when it was stored).
     NotAllowed,
+    /// The webhook is disabled: its endpoint answered 410 Gone (that
+    /// message included), and it has not been enabled since.
+    Disabled,
 }
 
 impl DropReason {
     /// Every reason, in metrics order.
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 6] = [
         DropReason::Handoff,
         DropReason::QueueFull,
         DropReason::Rejected,
         DropReason::RetriesExhausted,
         DropReason::NotAllowed,
+        DropReason::Disabled,
     ];
 
     /// The metrics label.
@@ -93,6 +100,7 @@ impl DropReason {
             DropReason::Rejected => "rejected",
             DropReason::RetriesExhausted => "retries_exhausted",
             DropReason::NotAllowed => "not_allowed",
+            DropReason::Disabled => "disabled",
         }
     }
 }
@@ -108,7 +116,9 @@ pub struct HookStats {
     pub retries: AtomicU64,
     /// Messages waiting in the webhook's queue.
     pub queued: AtomicU64,
-    dropped: [AtomicU64; 5],
+    /// Times an endpoint's 410 Gone disabled the webhook.
+    pub disables: AtomicU64,
+    dropped: [AtomicU64; DropReason::ALL.len()],
     burst: Mutex<Option<Burst>>,
     /// The latest drop: when (Unix ms), why, and the detail logged.
     last_drop: Mutex<Option<(u64, DropReason, String)>>,
@@ -204,16 +214,16 @@ impl HookStats {
 /// Every webhook's counters at one instant, for a metrics scrape.
 #[derive(Debug)]
 pub struct MetricsSnapshot {
-    /// Per webhook: its id, delivered, requests, retries, queued, and drops
+    /// Per webhook: its id, the values of [`FAMILIES`] in order, and drops
     /// in the order of [`DropReason::ALL`].
-    hooks: Vec<(String, [u64; 4], [u64; 5])>,
+    hooks: Vec<(String, [u64; FAMILIES.len()], [u64; DropReason::ALL.len()])>,
     /// Hand-off drops of topics that no current webhook matches.
     handoff_dropped: u64,
 }
 
 /// The per-webhook families: name (a counter's without `_total`), help,
-/// type, and which of a snapshot's four values.
-const FAMILIES: [(&str, &str, MetricType, usize); 4] = [
+/// type, and which of a snapshot's values.
+const FAMILIES: [(&str, &str, MetricType, usize); 6] = [
     (
         "webhook_delivered",
         "Messages delivered (2xx).",
@@ -237,6 +247,18 @@ const FAMILIES: [(&str, &str, MetricType, usize); 4] = [
         "Messages waiting in the webhook's queue.",
         MetricType::Gauge,
         3,
+    ),
+    (
+        "webhook_disabled",
+        "1 while the webhook is disabled (its endpoint answered 410 Gone).",
+        MetricType::Gauge,
+        4,
+    ),
+    (
+        "webhook_disables",
+        "Times a 410 Gone answer disabled the webhook.",
+        MetricType::Counter,
+        5,
     ),
 ];
 
@@ -339,6 +361,8 @@ impl Webhooks {
                             read(&stats.requests),
                             read(&stats.retries),
                             read(&stats.queued),
+                            u64::from(hook.disabled().is_some()),
+                            read(&stats.disables),
                         ],
                         DropReason::ALL.map(|reason| stats.dropped(reason)),
                     )

@@ -11,6 +11,7 @@ use corebus_net::TopicKey;
 use corebus_shards::auth::{unix_now_ms, TopicPattern};
 use corebus_shards::WebhookCommandError;
 use serde_json::{json, Map, Value};
+use tracing::info;
 
 use super::network::NetworkPolicy;
 use super::store::Store;
@@ -74,6 +75,36 @@ impl Secrets {
     }
 }
 
+/// Why and since when a webhook delivers nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disabled {
+    /// When, in Unix milliseconds.
+    pub at_ms: u64,
+    /// What happened (the endpoint that answered 410 Gone).
+    pub detail: String,
+}
+
+impl Disabled {
+    fn to_json(&self) -> Value {
+        json!({ "at_ms": self.at_ms.to_string(), "detail": self.detail })
+    }
+
+    fn from_json(value: &Value) -> Result<Option<Disabled>, String> {
+        if value.is_null() {
+            return Ok(None);
+        }
+        let at_ms = value["at_ms"]
+            .as_str()
+            .and_then(|text| text.parse().ok())
+            .ok_or("\"disabled.at_ms\" is not a decimal string")?;
+        let detail = value["detail"]
+            .as_str()
+            .ok_or("\"disabled.detail\" is not a string")?
+            .to_string();
+        Ok(Some(Disabled { at_ms, detail }))
+    }
+}
+
 /// One webhook.
 #[derive(Debug)]
 pub struct Hook {
@@ -89,6 +120,9 @@ pub struct Hook {
     pub source: Source,
     /// Its signing secrets (rotated in place).
     pub secrets: Mutex<Secrets>,
+    /// Set by the delivery thread when the endpoint answers 410 Gone,
+    /// cleared by the `enable` command (both under the registry's edit lock).
+    disabled: Mutex<Option<Disabled>>,
     /// Delivery counters.
     pub stats: HookStats,
 }
@@ -110,8 +144,24 @@ impl Hook {
             topic,
             source,
             secrets: Mutex::new(secrets),
+            disabled: Mutex::new(None),
             stats: HookStats::default(),
         }
+    }
+
+    /// Why the webhook is disabled, if it is.
+    pub fn disabled(&self) -> Option<Disabled> {
+        self.disabled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_disabled(&self, disabled: Option<Disabled>) -> Option<Disabled> {
+        std::mem::replace(
+            &mut *self.disabled.lock().unwrap_or_else(|e| e.into_inner()),
+            disabled,
+        )
     }
 
     /// Whether messages of `topic` go to this webhook.
@@ -140,6 +190,10 @@ impl Hook {
             json!(if prefix { "prefix" } else { "exact" }),
         );
         object.insert("source".into(), json!(self.source.name()));
+        object.insert(
+            "disabled".into(),
+            self.disabled().map_or(Value::Null, |d| d.to_json()),
+        );
         object.insert("delivery".into(), self.stats.to_json());
         let secrets = self.secrets();
         if with_secret {
@@ -325,10 +379,33 @@ impl Registry {
                 *hook.secrets.lock().unwrap_or_else(|e| e.into_inner()) = rotated;
                 json!({ "webhook": hook.to_json(true) })
             }
+            "enable" => {
+                only_fields(&command, &["op", "id"])?;
+                let id = string_field(&command, "id")?;
+                let hooks = self.snapshot();
+                let hook = hooks
+                    .iter()
+                    .find(|hook| hook.id == id)
+                    .ok_or_else(|| invalid(format!("no webhook {id:?}")))?;
+                // Cleared before it is written: `persist` writes the state
+                // the hooks hold. A failed write puts it back, so at most a
+                // message that was already waiting goes out meanwhile.
+                let before = hook.set_disabled(None);
+                if hook.source == Source::Runtime && before.is_some() {
+                    if let Err(err) = self.persist(&hooks, None) {
+                        hook.set_disabled(before);
+                        return Err(err);
+                    }
+                }
+                if let Some(before) = before {
+                    info!(webhook = %id, was = %before.detail, "webhook enabled");
+                }
+                json!({ "webhook": hook.to_json(false) })
+            }
             "" => return Err(invalid("the command has no \"op\"".into())),
             other => {
                 return Err(invalid(format!(
-                    "unknown op {other:?}: use add, list, remove or rotate"
+                    "unknown op {other:?}: use add, list, remove, rotate or enable"
                 )))
             }
         };
@@ -400,6 +477,27 @@ impl Registry {
             )));
         }
         Ok(index)
+    }
+
+    /// Disables `hook` (its endpoint answered 410 Gone) and, for a runtime
+    /// webhook, stores that. It is disabled in memory even when storing
+    /// fails (the error says so): what matters is to stop posting now.
+    /// Blocks on the disk; the delivery thread calls it off its runtime.
+    pub fn disable(&self, hook: &Arc<Hook>, detail: String) -> Result<(), WebhookCommandError> {
+        let _edit = self.edit.lock().unwrap_or_else(|e| e.into_inner());
+        let hooks = self.snapshot();
+        if !hooks.iter().any(|h| Arc::ptr_eq(h, hook)) {
+            return Ok(()); // Removed meanwhile: nothing to keep.
+        }
+        hook.set_disabled(Some(Disabled {
+            at_ms: unix_now_ms(),
+            detail,
+        }));
+        hook.stats.disables.fetch_add(1, Ordering::Relaxed);
+        if hook.source == Source::Runtime {
+            self.persist(&hooks, None)?;
+        }
+        Ok(())
     }
 
     /// Applies `change` to a copy of the set, persists it, then publishes it.
@@ -551,14 +649,10 @@ pub fn from_stored(value: &Value) -> Result<Hook, String> {
         _ => None,
     };
     let secrets = Secrets { current, previous };
-    Ok(Hook::new(
-        id,
-        destination,
-        namespace,
-        topic,
-        Source::Runtime,
-        secrets,
-    ))
+    let disabled = Disabled::from_json(object.get("disabled").unwrap_or(&Value::Null))?;
+    let hook = Hook::new(id, destination, namespace, topic, Source::Runtime, secrets);
+    hook.set_disabled(disabled);
+    Ok(hook)
 }
 
 #[cfg(test)]
