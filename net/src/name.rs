@@ -295,6 +295,21 @@ mod tests {
     }
 
     #[test]
+    fn keys_with_one_hash_are_still_told_apart_by_their_names() {
+        // A 64-bit hash can collide; equality must not rest on it. Forge a
+        // collision: other bytes, or the same bytes split otherwise, under
+        // the very same hash.
+        let key = TopicKey::from_strs("app", "news").expect("valid");
+        let hash = key.stable_hash();
+        let other = TopicKey::from_strs("app", "newt").expect("valid");
+        let forged = TopicKey::prevalidated(other.raw.clone(), 3, hash);
+        assert_ne!(key, forged, "other names under one hash");
+        let resplit = TopicKey::prevalidated(key.raw.clone(), 2, hash);
+        assert_ne!(key, resplit, "the same bytes with another namespace length");
+        assert_eq!(key, TopicKey::prevalidated(key.raw.clone(), 3, hash));
+    }
+
+    #[test]
     fn compact_keys_own_their_bytes() {
         let frame = Bytes::from_static(b"....orders\x00\x05/eu/1....");
         let key = TopicKey::from_wire(frame.slice(4..17), 6).expect("valid");
