@@ -249,17 +249,26 @@ fn auth_failures(records: &[Value]) -> Vec<&Value> {
         .collect()
 }
 
-/// Failures the records account for: one per line, plus each line's count
-/// of those not logged, plus the summaries' counts.
-fn failures_accounted(records: &[Value]) -> u64 {
+/// Events of one kind the records account for: one per `line`, plus each
+/// such line's count of those not logged, plus the `summary` lines' counts.
+fn accounted(records: &[Value], line: &str, summary: &str) -> u64 {
     records
         .iter()
         .map(|record| match message(record) {
-            "authentication failed" => 1 + suppressed(record),
-            "authentication failures not logged (rate limit)" => suppressed(record),
+            text if text == line => 1 + suppressed(record),
+            text if text == summary => suppressed(record),
             _ => 0,
         })
         .sum()
+}
+
+/// Authentication failures the records account for.
+fn failures_accounted(records: &[Value]) -> u64 {
+    accounted(
+        records,
+        "authentication failed",
+        "authentication failures not logged (rate limit)",
+    )
 }
 
 fn suppressed(record: &Value) -> u64 {
@@ -453,15 +462,13 @@ fn accept_failures(records: &[Value]) -> impl Iterator<Item = &Value> {
         .filter(|record| message(record) == "accept failed")
 }
 
+/// Connection refusals the records account for.
 fn refusals_accounted(records: &[Value]) -> u64 {
-    records
-        .iter()
-        .map(|record| match message(record) {
-            "connection refused" => 1 + suppressed(record),
-            "connection refusals not logged (rate limit)" => suppressed(record),
-            _ => 0,
-        })
-        .sum()
+    accounted(
+        records,
+        "connection refused",
+        "connection refusals not logged (rate limit)",
+    )
 }
 
 /// A TLS 1.1 ClientHello (no extensions, two RSA cipher suites), as a client

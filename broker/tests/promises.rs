@@ -24,6 +24,18 @@ async fn raw_welcomed(addr: &str) -> RawConn {
     raw
 }
 
+/// A raw connection that has sent HELLO as `name`, its answer not read.
+async fn raw_hello_sent(addr: &str, name: &str) -> RawConn {
+    let mut raw = RawConn::connect(addr.parse().expect("a socket address")).await;
+    raw.send(&Frame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        client_name: name.into(),
+        credentials: Bytes::new(),
+    }))
+    .await;
+    raw
+}
+
 /// The next frame that is not a MESSAGE (or DISCONTINUITY), failing after
 /// `wait` of silence.
 async fn next_control(raw: &mut RawConn, wait: Duration) -> Option<Frame> {
@@ -115,13 +127,7 @@ async fn the_connection_past_the_limit_is_refused_and_a_freed_slot_is_reused() {
     for _ in 0..3 {
         held.push(raw_welcomed(&serve.addr).await);
     }
-    let mut over = RawConn::connect(serve.addr.parse().expect("address")).await;
-    over.send(&Frame::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        client_name: "fourth".into(),
-        credentials: Bytes::new(),
-    }))
-    .await;
+    let mut over = raw_hello_sent(&serve.addr, "fourth").await;
     match over.recv().await {
         Some(Frame::Error(error)) => {
             assert_eq!(error.code(), Some(ErrorCode::TooManyConnections));
@@ -141,13 +147,7 @@ async fn the_connection_past_the_limit_is_refused_and_a_freed_slot_is_reused() {
     drop(held.pop());
     let started = Instant::now();
     loop {
-        let mut next = RawConn::connect(serve.addr.parse().expect("address")).await;
-        next.send(&Frame::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            client_name: "again".into(),
-            credentials: Bytes::new(),
-        }))
-        .await;
+        let mut next = raw_hello_sent(&serve.addr, "again").await;
         match next.recv().await {
             Some(Frame::Welcome(_)) => break,
             Some(Frame::Error(error)) if error.code() == Some(ErrorCode::TooManyConnections) => {
