@@ -5,7 +5,7 @@ use bytes::Bytes;
 use corebus_net::{ErrorCode, Frame, Opcode, Publish, Subscribe, TopicKey, Unsubscribe};
 use std::time::Duration;
 
-use corebus_shards::{EngineConfig, ServerConfig};
+use corebus_shards::{EngineConfig, ServerConfig, ShardMetrics};
 use corebus_tests::{topic_owned_by, Broker, RawConn, Received};
 use std::net::SocketAddr;
 
@@ -348,21 +348,26 @@ async fn an_unauthenticated_peer_cannot_announce_a_large_frame() {
     ));
 }
 
-/// Sum of the shards' connections mid-handshake, once it reaches `want`
-/// (fails after 10 s).
-async fn await_handshaking(broker: &Broker, want: u64) {
+/// Waits until `read` summed over the shards' latest metrics is `want`
+/// (fails after 10 s, naming `what`).
+async fn await_sum(broker: &Broker, what: &str, want: u64, read: impl Fn(&ShardMetrics) -> u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let now: u64 = broker.metrics().iter().map(|m| m.handshaking).sum();
+        let now: u64 = broker.metrics().iter().map(&read).sum();
         if now == want {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{now} connections mid-handshake, waited for {want}"
+            "{what}: {now}, waited for {want}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The shards' connections mid-handshake, once they are `want` in all.
+async fn await_handshaking(broker: &Broker, want: u64) {
+    await_sum(broker, "connections mid-handshake", want, |m| m.handshaking).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,21 +425,12 @@ async fn connections_mid_handshake_are_capped_in_all_and_per_source() {
     assert!(matches!(newcomer.recv().await, Some(Frame::PubAck(ack)) if ack.request_id == 1));
     drop(other);
     // Refusals are counted, per cap.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = broker.metrics();
-        let total: u64 = metrics.iter().map(|m| m.stats.handshakes_shed).sum();
-        let source: u64 = metrics
-            .iter()
-            .map(|m| m.stats.handshakes_shed_per_source)
-            .sum();
-        if (total, source) == (1, 1) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "shed counts (total, per source) are ({total}, {source}), want (1, 1)"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    await_sum(&broker, "sockets shed by the total cap", 1, |m| {
+        m.stats.handshakes_shed
+    })
+    .await;
+    await_sum(&broker, "sockets shed by the per-source cap", 1, |m| {
+        m.stats.handshakes_shed_per_source
+    })
+    .await;
 }
