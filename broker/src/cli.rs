@@ -348,8 +348,21 @@ pub struct ServeArgs {
     #[arg(long, env = "COREBUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Address of the Prometheus endpoint (`/metrics`, `/healthz`), or `off`.
-    #[arg(long, env = "COREBUS_METRICS", default_value = "off", value_parser = parse_metrics)]
-    pub metrics: MetricsAddr,
+    #[arg(long, env = "COREBUS_METRICS", default_value = "off", value_parser = parse_optional_addr)]
+    pub metrics: OptionalAddr,
+    /// Address of the listener for browsers, or `off`: WebSocket on /v1/ws
+    /// and Server-Sent Events on /v1/sse, served by the shards with the
+    /// same TLS, authentication and limits as the native listener (see
+    /// docs/browser.md).
+    #[arg(long, env = "COREBUS_WS_LISTEN", default_value = "off", value_parser = parse_optional_addr)]
+    pub ws_listen: OptionalAddr,
+    /// Web pages that may connect to the browser listener, besides pages
+    /// of its own origin and clients that send no Origin (native programs):
+    /// exact origins such as https://app.example.com, comma-separated; the
+    /// flag may be repeated. Empty: no other page.
+    #[arg(long, env = "COREBUS_WS_ALLOWED_ORIGIN", default_value = "",
+          action = clap::ArgAction::Append, value_parser = parse_origins)]
+    pub ws_allowed_origin: Vec<AllowedOrigins>,
     /// PEM certificate chain for TLS on client connections (with
     /// --tls-key); empty for plaintext.
     #[arg(long, env = "COREBUS_TLS_CERT", default_value = "", value_parser = parse_optional_path)]
@@ -407,9 +420,25 @@ pub struct ServeArgs {
     pub webhook_ca: OptionalPath,
 }
 
-/// `--metrics` values.
+/// An address setting that may be `off` (`--metrics`, `--ws-listen`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MetricsAddr(pub Option<SocketAddr>);
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+/// One `--ws-allowed-origin` value: origins, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedOrigins(pub Vec<String>);
+
+/// Parses comma-separated origins (`https://host[:port]`); empty for none.
+pub fn parse_origins(text: &str) -> Result<AllowedOrigins, String> {
+    let origins: Vec<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|origin| !origin.is_empty())
+        .map(str::to_owned)
+        .collect();
+    corebus_shards::Origins::new(&origins).map_err(|err| err.to_string())?;
+    Ok(AllowedOrigins(origins))
+}
 
 /// A file path setting that may be unset (the empty string).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -423,12 +452,12 @@ pub fn parse_optional_path(text: &str) -> Result<OptionalPath, String> {
 }
 
 /// Parses `off` or a socket address such as `127.0.0.1:9400`.
-pub fn parse_metrics(text: &str) -> Result<MetricsAddr, String> {
+pub fn parse_optional_addr(text: &str) -> Result<OptionalAddr, String> {
     if text == "off" {
-        return Ok(MetricsAddr(None));
+        return Ok(OptionalAddr(None));
     }
     text.parse()
-        .map(|addr| MetricsAddr(Some(addr)))
+        .map(|addr| OptionalAddr(Some(addr)))
         .map_err(|_| format!("{text:?} is not `off` or an address like 127.0.0.1:9400"))
 }
 

@@ -272,11 +272,17 @@ pub fn resolve(file: Option<&Path>, matches: &ArgMatches) -> anyhow::Result<Reso
             },
             None => None,
         };
+        // A repeatable flag given several times is one comma-separated
+        // value, as the file and the environment write it.
         let raw = || {
             matches
                 .get_raw(key)
-                .and_then(|mut values| values.next())
-                .map(|value| value.to_string_lossy().into_owned())
+                .map(|values| {
+                    values
+                        .map(|value| value.to_string_lossy().into_owned())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
                 .unwrap_or_default()
         };
         // A file value is checked even where a flag or the environment

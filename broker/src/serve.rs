@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::ArgMatches;
 use corebus_shards::{
-    Authenticator, EngineConfig, OpenAccess, RingLimits, ServerConfig, SlowConsumerPolicy,
+    Authenticator, EngineConfig, OpenAccess, Origins, RingLimits, ServerConfig, SlowConsumerPolicy,
+    WebConfig,
 };
 use tracing::{debug, error, info, warn};
 use tracing_subscriber::fmt::MakeWriter;
@@ -64,8 +65,22 @@ pub fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         max_connections: args.max_connections as usize,
         max_handshaking: args.max_handshaking as usize,
         max_handshaking_per_source: args.max_handshaking_per_source as usize,
+        web: args.ws_listen.0.map(|listen| WebConfig {
+            listen,
+            origins: web_origins(args),
+        }),
         ..ServerConfig::default()
     })
+}
+
+/// The origins `ws_allowed_origin` lists (each value was checked when parsed).
+fn web_origins(args: &ServeArgs) -> Origins {
+    let all: Vec<&String> = args
+        .ws_allowed_origin
+        .iter()
+        .flat_map(|origins| &origins.0)
+        .collect();
+    Origins::new(&all).unwrap_or_default()
 }
 
 /// The authenticator for these settings, enforcing the secure default:
@@ -81,13 +96,14 @@ pub fn authenticator(
         }
         return Ok(Arc::new(auth.authenticator(args.token_max_lifetime)));
     }
-    let ip = args.listen.ip();
-    if !ip.is_loopback() && !args.insecure_no_auth {
+    let beyond_loopback = std::iter::once(args.listen)
+        .chain(args.ws_listen.0)
+        .find(|addr| !addr.ip().is_loopback());
+    if let (Some(addr), false) = (beyond_loopback, args.insecure_no_auth) {
         bail!(
-            "refusing to listen on {} without authentication: configure [[keys]] or \
+            "refusing to listen on {addr} without authentication: configure [[keys]] or \
              token_secret (see docs/security.md), or start with --insecure-no-auth to let \
-             anyone who reaches the port publish and subscribe to everything",
-            args.listen
+             anyone who reaches the port publish and subscribe to everything"
         );
     }
     warn!(listen = %args.listen, "running without authentication: every client may publish and subscribe to everything");
@@ -131,7 +147,10 @@ pub fn start_webhooks(resolved: &Resolved) -> anyhow::Result<Arc<Webhooks>> {
     };
     // Everyone is a super-user on an open broker: beyond loopback, nobody
     // may point it at a URL.
-    let refuse = (resolved.auth.is_open() && !args.listen.ip().is_loopback()).then(|| {
+    let beyond_loopback = std::iter::once(args.listen)
+        .chain(args.ws_listen.0)
+        .any(|addr| !addr.ip().is_loopback());
+    let refuse = (resolved.auth.is_open() && beyond_loopback).then(|| {
         "webhook commands are refused on a broker without authentication that listens \
          beyond loopback; configure a super-user key (see docs/security.md)"
             .to_string()
@@ -246,6 +265,11 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
         server.shard_count()
     )) {
         warn!("cannot print the listening address: {err:#}");
+    }
+    if let Some(web) = server.web_addr() {
+        if let Err(err) = crate::stdio::line(format_args!("corebus browsers on {web}")) {
+            warn!("cannot print the browser listener's address: {err:#}");
+        }
     }
     while !SIGNALLED.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(50));

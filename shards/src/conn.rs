@@ -26,6 +26,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use corebus_gateway::Origins;
 use corebus_net::{
     check, decode_from_client, encode_message_header, Check, Discontinuity, Frame, GoAway,
     KeyCache, PubAck, SubOk, UnsubOk, Welcome, PROTOCOL_VERSION,
@@ -38,6 +39,7 @@ use tracing::{debug, error_span, Instrument, Span};
 use crate::engine::{ConnId, Flow, Shard};
 use crate::outbox::{OutFrame, ENCODE_BELOW};
 use crate::sends::SendBatch;
+use crate::web::{Input, WebConn, Wrapped};
 
 /// Bytes asked of the kernel per read: start small, so an idle connection
 /// costs a few KiB, and double up to the maximum while reads fill the buffer.
@@ -187,10 +189,15 @@ pub struct Limits {
     pub max_per_shard: usize,
     /// TLS, when the broker has a certificate.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// For a connection of the web listener: the origins it may come from
+    /// (it speaks HTTP first, then WebSocket or Server-Sent Events).
+    pub web: Option<Arc<Origins>>,
 }
 
 /// A connection's TLS state, shared by its reader and writer.
 type Tls = Rc<RefCell<rustls::ServerConnection>>;
+/// A web connection's state, shared by its reader and writer.
+type Web = Rc<RefCell<WebConn>>;
 
 /// Serves one accepted connection until it closes.
 ///
@@ -255,7 +262,10 @@ async fn serve_conn(
                 format!("the broker cannot take another connection now ({err})"),
             );
             if limits.tls.is_none() {
-                write_loop(shard.clone(), conn, stream, None, sends).await;
+                let web = limits
+                    .web
+                    .map(|origins| Rc::new(RefCell::new(WebConn::new(origins, false))));
+                write_loop(shard.clone(), conn, stream, None, web, sends).await;
             }
             shard.borrow_mut().close_conn(conn);
             return;
@@ -279,6 +289,10 @@ async fn serve_conn(
             }
         },
     };
+    let web: Option<Web> = limits
+        .web
+        .clone()
+        .map(|origins| Rc::new(RefCell::new(WebConn::new(origins, limits.tls.is_some()))));
     // Over a limit, the connection still gets a typed error before it closes.
     let admitted = limits.total.acquire();
     if !admitted {
@@ -295,10 +309,17 @@ async fn serve_conn(
         );
     }
     let writer = glommio::spawn_local(
-        write_loop(shard.clone(), conn, writer_stream, tls.clone(), sends)
-            .instrument(Span::current()),
+        write_loop(
+            shard.clone(),
+            conn,
+            writer_stream,
+            tls.clone(),
+            web.clone(),
+            sends,
+        )
+        .instrument(Span::current()),
     );
-    match read_loop(&shard, conn, stream, tls.clone(), &mut handshake).await {
+    match read_loop(&shard, conn, stream, tls.clone(), web, &mut handshake).await {
         Ok(()) => debug!("connection closed"),
         Err(err)
             if tls
@@ -376,6 +397,7 @@ async fn read_loop(
     conn: ConnId,
     mut stream: TcpStream,
     tls: Option<Tls>,
+    web: Option<Web>,
     handshake: &mut Option<HandshakeSlot>,
 ) -> io::Result<()> {
     // The frame limit is the small pre-handshake one until a HELLO succeeds:
@@ -389,6 +411,9 @@ async fn read_loop(
     let mut buf = BytesMut::new();
     let mut chunk = READ_CHUNK_MIN;
     let mut cipher = Vec::new();
+    // Plaintext of a TLS web connection, before it goes through the web layer.
+    let mut web_plain = BytesMut::new();
+    let mut event_stream = false;
     let mut keys = KeyCache::default();
     let mut turn = ReadTurn::default();
     loop {
@@ -407,6 +432,9 @@ async fn read_loop(
                             limit = shard.frame_limit(conn);
                             if handshaken {
                                 *handshake = None;
+                                if let Some(web) = &web {
+                                    web.borrow_mut().handshaken(limit);
+                                }
                                 _expiry = shard.expires_at_ms(conn).map(|at| {
                                     glommio::spawn_local(expire_at(shard_rc.clone(), conn, at))
                                 });
@@ -454,27 +482,54 @@ async fn read_loop(
         // Before the handshake the chunk grows only with bytes that came.
         let ceiling = if handshaken { READ_CHUNK_MAX } else { chunk };
         let want = need.saturating_sub(start).clamp(chunk, ceiling);
-        if let Some(tls) = &tls {
+        if tls.is_some() || web.is_some() {
             cipher.resize(chunk, 0);
             let read = stream.read(&mut cipher).await?;
             if read == 0 {
                 return Ok(());
             }
             shard.borrow_mut().note_input(conn, read);
-            let peer_closed = feed_tls(tls, &cipher[..read], &mut buf).inspect_err(|_| {
-                // rustls queued an alert: let the writer send it.
-                if let Some(outbox) = shard.borrow_mut().outbox_mut(conn) {
-                    outbox.kick();
-                }
-            })?;
-            if tls.borrow().wants_write() {
-                if let Some(outbox) = shard.borrow_mut().outbox_mut(conn) {
-                    outbox.kick();
-                }
-            }
             turn.note_read(read, chunk);
             if read == chunk {
                 chunk = (chunk * 2).min(READ_CHUNK_MAX);
+            }
+            let mut peer_closed = false;
+            if let Some(tls) = &tls {
+                let plain = if web.is_some() {
+                    &mut web_plain
+                } else {
+                    &mut buf
+                };
+                peer_closed = feed_tls(tls, &cipher[..read], plain).inspect_err(|_| {
+                    // rustls queued an alert: let the writer send it.
+                    kick(shard, conn);
+                })?;
+                if tls.borrow().wants_write() {
+                    kick(shard, conn);
+                }
+            }
+            if let Some(web) = &web {
+                let input = match &tls {
+                    Some(_) => web_plain.split(),
+                    None => BytesMut::from(&cipher[..read]),
+                };
+                let fed = web.borrow_mut().feed(&input, &mut buf, limit);
+                if web.borrow().has_pending() {
+                    kick(shard, conn);
+                }
+                match fed {
+                    Ok(Input::More) => {}
+                    Ok(Input::End) => return Ok(()),
+                    Err(err) => {
+                        debug!(%err, "WebSocket session failed");
+                        return Ok(());
+                    }
+                }
+                if !event_stream && web.borrow().is_event_stream() {
+                    event_stream = true;
+                    let timeout = shard.borrow().heartbeat_timeout_ms();
+                    watch_unacknowledged(&stream, timeout);
+                }
             }
             if peer_closed {
                 return Ok(());
@@ -502,6 +557,35 @@ async fn read_loop(
             }
             Err(err) => return Err(err),
         }
+    }
+}
+
+/// Wakes `conn`'s writer.
+fn kick(shard: &Rc<RefCell<Shard>>, conn: ConnId) {
+    if let Some(outbox) = shard.borrow_mut().outbox_mut(conn) {
+        outbox.kick();
+    }
+}
+
+/// An event stream never answers the heartbeat, so the engine learns that
+/// its browser went away from the socket: with TCP_USER_TIMEOUT, data the
+/// peer leaves unacknowledged for the heartbeat timeout breaks the
+/// connection (the heartbeat itself makes sure there is data).
+fn watch_unacknowledged(stream: &TcpStream, timeout_ms: u64) {
+    let timeout = libc::c_uint::try_from(timeout_ms).unwrap_or(libc::c_uint::MAX);
+    // SAFETY: setsockopt on a socket we own, with a pointer to a live
+    // c_uint and its size.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&timeout as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        debug!(err = %io::Error::last_os_error(), "cannot set TCP_USER_TIMEOUT");
     }
 }
 
@@ -580,6 +664,7 @@ async fn write_loop(
     conn: ConnId,
     mut stream: TcpStream,
     tls: Option<Tls>,
+    web: Option<Web>,
     sends: Rc<SendBatch>,
 ) {
     let mut batch = Vec::new();
@@ -616,6 +701,10 @@ async fn write_loop(
         if !head.is_empty() {
             segments.push(head.split().freeze());
         }
+        let wrapped = match &web {
+            Some(web) => web.borrow_mut().wrap(&mut segments),
+            None => Wrapped::default(),
+        };
         let result = match &tls {
             Some(tls) => write_tls(&mut stream, tls, &mut segments).await,
             None => write_all_vectored(&mut stream, &sends, &mut segments).await,
@@ -627,7 +716,28 @@ async fn write_loop(
                 break;
             }
         };
-        shard.borrow_mut().conn_drained(conn, written);
+        let mut engine = shard.borrow_mut();
+        engine.conn_drained(conn, written);
+        if wrapped.pinged {
+            // Written, not answered: see `watch_unacknowledged`.
+            engine.note_input(conn, 0);
+        }
+        drop(engine);
+        if wrapped.end {
+            break;
+        }
+    }
+    if let Some(web) = &web {
+        // A WebSocket close frame, bounded like the TLS close below.
+        let _ = stream.set_write_timeout(Some(CLOSE_FLUSH_TIMEOUT));
+        let last = web.borrow_mut().close();
+        if !last.is_empty() {
+            let mut last = vec![Bytes::from(last)];
+            let _ = match &tls {
+                Some(tls) => write_tls(&mut stream, tls, &mut last).await,
+                None => write_all_vectored(&mut stream, &sends, &mut last).await,
+            };
+        }
     }
     if let Some(tls) = &tls {
         // A clean TLS close (or the alert for a failed handshake), bounded
@@ -736,6 +846,8 @@ async fn write_all_vectored(
     segments: &mut Vec<Bytes>,
 ) -> io::Result<usize> {
     let fd = stream.as_raw_fd();
+    // An empty segment would never be written past.
+    segments.retain(|segment| !segment.is_empty());
     let total = segments.iter().map(Bytes::len).sum();
     let mut first = 0;
     while first < segments.len() {

@@ -32,13 +32,15 @@ pub mod stats;
 pub mod steer;
 pub mod tls;
 pub mod topic;
+mod web;
 pub mod webhooks;
 
 pub use auth::{Authenticator, Grant, OpenAccess, Permissions};
+pub use corebus_gateway::Origins;
 pub use engine::{ConnId, EngineConfig, Flow, Shard, SlowConsumerPolicy};
 pub use metrics::{MetricsHandle, ShardMetrics};
 pub use routing::ShardId;
-pub use runtime::{start, Server, ServerConfig, ShutdownHandle, StartError};
+pub use runtime::{start, Server, ServerConfig, ShutdownHandle, StartError, WebConfig};
 pub use sends::SendStats;
 pub use topic::RingLimits;
 pub use webhooks::{NoWebhooks, WebhookCommandError, WebhookMessage, WebhookSink};

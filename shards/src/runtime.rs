@@ -22,6 +22,8 @@ use crate::auth::{Authenticator, OpenAccess};
 use crate::conn::{ConnLimit, HandshakeGate};
 use crate::engine::{EngineConfig, Shard};
 use crate::host::{affinity_cpus, preflight, IO_MEMORY};
+use corebus_gateway::Origins;
+
 use crate::listen::{accept_until, bind_listener};
 use crate::mesh::MeshBatch;
 use crate::metrics::MetricsHandle;
@@ -58,6 +60,20 @@ pub struct ServerConfig {
     /// TLS for every client connection (see [`crate::tls`]); `None` for
     /// plaintext.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The listener for browsers (WebSocket and Server-Sent Events), with
+    /// the same TLS; `None` for none.
+    pub web: Option<WebConfig>,
+}
+
+/// The listener for browsers: every shard binds it beside the native one,
+/// and its connections live on the shard that accepted them like any other.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// Address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The pages that may connect, besides same-origin ones and clients that
+    /// send no `Origin` (see [`corebus_gateway::Origins`]).
+    pub origins: Origins,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +88,7 @@ impl Default for ServerConfig {
             max_handshaking: 4_096,
             max_handshaking_per_source: 0,
             tls: None,
+            web: None,
         }
     }
 }
@@ -171,6 +188,7 @@ impl ShutdownHandle {
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
+    web_addr: Option<SocketAddr>,
     shard_count: usize,
     control: Arc<Control>,
     metrics: MetricsHandle,
@@ -181,6 +199,11 @@ impl Server {
     /// The address clients connect to (with the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address browsers connect to, when there is a web listener.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web_addr
     }
 
     /// Number of shards running.
@@ -246,12 +269,14 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
     preflight(shard_count)?;
     // SO_REUSEPORT would let us silently share a port with another process
     // of the same user; a plain bind first turns that into a clear error.
-    if config.listen.port() != 0 {
-        std::net::TcpListener::bind(config.listen).map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let web_listen = config.web.as_ref().map(|web| web.listen);
+    for addr in std::iter::once(config.listen).chain(web_listen) {
+        if addr.port() != 0 {
+            std::net::TcpListener::bind(addr)
+                .map_err(|source| StartError::Bind { addr, source })?;
+        }
     }
+    let origins = config.web.as_ref().map(|web| Arc::new(web.origins.clone()));
     let pin = shard_count <= cpus.len();
     let mesh = MeshBuilder::<MeshBatch, _>::full(shard_count, MESH_QUEUE_BATCHES);
     let control = Arc::new(Control::default());
@@ -263,6 +288,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
     let metrics = MetricsHandle::new(shard_count);
     let mut handles = Vec::with_capacity(shard_count);
     let mut listen = config.listen;
+    let mut web_listen = web_listen;
     for index in 0..shard_count {
         let placement = match cpus.get(index) {
             Some(cpu) if pin => Placement::Fixed(*cpu),
@@ -276,6 +302,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
         let auth = config.auth.clone();
         let webhooks = config.webhooks.clone();
         let tls = config.tls.clone();
+        let web = web_listen.zip(origins.clone());
         let conn_limit = conn_limit.clone();
         let handshakes = handshakes.clone();
         let shard_metrics = metrics.clone();
@@ -287,6 +314,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
                     id: shard_id,
                     shard_count,
                     listen,
+                    web,
                     control: shard_control,
                     metrics: shard_metrics,
                     ready: ready_tx,
@@ -318,7 +346,10 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
             })
         });
         match ready {
-            Ok(addr) => listen = addr,
+            Ok((addr, web)) => {
+                listen = addr;
+                web_listen = web;
+            }
             Err(err) => {
                 control.state.store(STOPPING, Ordering::Release);
                 for handle in handles {
@@ -329,8 +360,12 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
         }
     }
     info!(addr = %listen, shards = shard_count, pinned = pin, "corebus listening");
+    if let Some(web) = web_listen {
+        info!(addr = %web, "corebus listening for browsers (WebSocket, Server-Sent Events)");
+    }
     Ok(Server {
         local_addr: listen,
+        web_addr: web_listen,
         shard_count,
         control,
         metrics,
@@ -343,9 +378,11 @@ struct ShardContext {
     id: ShardId,
     shard_count: usize,
     listen: SocketAddr,
+    /// The web listener's address and origins.
+    web: Option<(SocketAddr, Arc<Origins>)>,
     control: Arc<Control>,
     metrics: MetricsHandle,
-    ready: mpsc::Sender<Result<SocketAddr, StartError>>,
+    ready: mpsc::Sender<Result<(SocketAddr, Option<SocketAddr>), StartError>>,
     auth: Arc<dyn Authenticator>,
     webhooks: Arc<dyn WebhookSink>,
     conn_limit: Arc<ConnLimit>,
@@ -362,6 +399,7 @@ async fn run_shard(
         id,
         shard_count,
         listen,
+        web,
         control,
         metrics,
         ready,
@@ -374,16 +412,25 @@ async fn run_shard(
     // The last shard to join the listeners' group makes it steer by source
     // port; the shards join in order, so listener i is shard i's.
     let steer = (usize::from(id) + 1 == shard_count && shard_count > 1).then_some(shard_count);
-    let listener = match bind_listener(listen, steer).and_then(|l| Ok((l.local_addr()?, l))) {
-        Ok((addr, listener)) => {
-            let _ = ready.send(Ok(addr));
-            listener
+    let bind = |addr, steer| {
+        bind_listener(addr, steer)
+            .and_then(|listener| Ok((listener.local_addr()?, listener)))
+            .map_err(|source| StartError::Bind { addr, source })
+    };
+    let bound = bind(listen, steer).and_then(|native| match &web {
+        Some((addr, origins)) => {
+            let (addr, listener) = bind(*addr, None)?;
+            Ok((native, Some((addr, listener, origins.clone()))))
+        }
+        None => Ok((native, None)),
+    });
+    let (listener, web) = match bound {
+        Ok(((addr, listener), web)) => {
+            let _ = ready.send(Ok((addr, web.as_ref().map(|(addr, ..)| *addr))));
+            (listener, web)
         }
         Err(err) => {
-            let _ = ready.send(Err(StartError::Bind {
-                addr: listen,
-                source: err,
-            }));
+            let _ = ready.send(Err(err));
             return;
         }
     };
@@ -434,33 +481,48 @@ async fn run_shard(
         }
     })
     .detach();
-    let accepted = {
+    let limits = crate::conn::Limits {
+        total: conn_limit,
+        handshakes,
+        max_per_shard,
+        tls,
+        web: None,
+    };
+    let accepted = |limits: crate::conn::Limits| {
         let shard = shard.clone();
+        let sends = sends.clone();
         move |stream| {
-            let limits = crate::conn::Limits {
-                total: conn_limit.clone(),
-                handshakes: handshakes.clone(),
-                max_per_shard,
-                tls: tls.clone(),
-            };
             glommio::spawn_local(crate::conn::serve(
                 shard.clone(),
                 stream,
-                limits,
+                limits.clone(),
                 sends.clone(),
             ))
             .detach();
         }
     };
-    let stopped = async {
-        loop {
-            match control.state.load(Ordering::Acquire) {
-                RUNNING => glommio::timer::sleep(STOP_POLL).await,
-                state => return state,
+    let stopped = || {
+        let control = control.clone();
+        async move {
+            loop {
+                match control.state.load(Ordering::Acquire) {
+                    RUNNING => glommio::timer::sleep(STOP_POLL).await,
+                    state => return state,
+                }
             }
         }
     };
-    let state = accept_until(id, listener, accepted, stopped).await;
+    let web_accepts = web.map(|(_, listener, origins)| {
+        let limits = crate::conn::Limits {
+            web: Some(origins),
+            ..limits.clone()
+        };
+        glommio::spawn_local(accept_until(id, listener, accepted(limits), stopped()))
+    });
+    let state = accept_until(id, listener, accepted(limits), stopped()).await;
+    if let Some(web_accepts) = web_accepts {
+        web_accepts.await;
+    }
     if state == DRAINING {
         let drain_ms = control.drain_ms.load(Ordering::Acquire);
         let deadline = Instant::now() + Duration::from_millis(u64::from(drain_ms));

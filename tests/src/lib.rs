@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 pub struct Broker {
     server: Option<Server>,
     addr: SocketAddr,
+    web_addr: Option<SocketAddr>,
     shards: usize,
 }
 
@@ -43,21 +44,36 @@ impl Broker {
         })
     }
 
-    /// Starts a broker from a full configuration; the listen address is
-    /// always 127.0.0.1 with an OS-chosen port.
+    /// Starts a broker from a full configuration; the listen addresses
+    /// (the web listener's too, when there is one) are always 127.0.0.1 with
+    /// an OS-chosen port.
     pub fn start_config(config: ServerConfig) -> Broker {
         let shards = config.shards.unwrap_or(1);
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        let web = config.web.map(|web| corebus_shards::WebConfig {
+            listen: any_port,
+            ..web
+        });
         let server = corebus_shards::start(ServerConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listen: any_port,
+            web,
             ..config
         })
         .expect("broker starts");
         let addr = server.local_addr();
+        let web_addr = server.web_addr();
         Broker {
             server: Some(server),
             addr,
+            web_addr,
             shards,
         }
+    }
+
+    /// The address browsers connect to.
+    pub fn web_addr(&self) -> SocketAddr {
+        self.web_addr
+            .expect("the broker was started with a web listener")
     }
 
     /// The address to connect to.

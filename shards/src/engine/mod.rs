@@ -414,6 +414,11 @@ impl Shard {
         self.mesh_out[peer as usize].len()
     }
 
+    /// How long a connection may stay silent before it is closed.
+    pub fn heartbeat_timeout_ms(&self) -> u64 {
+        self.config.heartbeat_timeout_ms
+    }
+
     /// Largest backlog over all peers (connection readers pause above a mark).
     pub fn max_mesh_backlog(&self) -> usize {
         self.mesh_out.iter().map(Vec::len).max().unwrap_or(0)
