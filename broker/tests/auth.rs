@@ -720,6 +720,22 @@ fn serve_refuses_a_public_address_without_authentication() {
         "{err}"
     );
     assert!(err.contains("--insecure-no-auth"), "{err}");
+    // The browser listener is a way in too.
+    let refused = Broker::spawn(
+        corebus(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ws-listen",
+            "0.0.0.0:0",
+        ]),
+        None,
+    );
+    let err = refused.err().expect("refused");
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:0 without authentication"),
+        "{err}"
+    );
 
     let open = Broker::spawn(
         corebus(&["serve", "--listen", "0.0.0.0:0", "--insecure-no-auth"]),

@@ -49,6 +49,8 @@ pub struct Serve {
     pub child: Child,
     /// The address it listens on.
     pub addr: String,
+    /// The browser listener's address, for [`Serve::start_web`].
+    pub web_addr: String,
 }
 
 impl Serve {
@@ -70,7 +72,40 @@ impl Serve {
             .spawn()
             .expect("corebus serve starts");
         let addr = read_address(&mut child);
-        Serve { child, addr }
+        Serve {
+            child,
+            addr,
+            web_addr: String::new(),
+        }
+    }
+
+    /// [`Serve::start`] with a browser listener on 127.0.0.1 port 0, whose
+    /// address (serve's second line, "corebus browsers on ADDR") is
+    /// `web_addr`.
+    pub fn start_web(args: &[&str]) -> Serve {
+        let mut command = Command::new(BIN);
+        command.args(["serve", "--listen", "127.0.0.1:0", "--log-level", "warn"]);
+        command.args(["--ws-listen", "127.0.0.1:0"]);
+        let mut child = command
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("corebus serve starts");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout piped")).lines();
+        let mut word = |n: usize| {
+            let line = lines.next().and_then(Result::ok).unwrap_or_default();
+            line.split_whitespace()
+                .nth(n)
+                .unwrap_or_else(|| panic!("unexpected line from serve: {line:?}"))
+                .to_string()
+        };
+        let addr = word(3);
+        let web_addr = word(3);
+        Serve {
+            child,
+            addr,
+            web_addr,
+        }
     }
 
     /// SIGTERM, then the exit status (panics past `within`).
