@@ -295,6 +295,20 @@ mod tests {
     }
 
     #[test]
+    fn an_announced_length_over_the_limit_is_refused_before_anything_is_held() {
+        let mut session = WsSession::new(16 * 1024);
+        // A masked binary frame announcing 2^40 bytes, and no more.
+        let mut wire = vec![0x82, 0x80 | 127];
+        wire.extend_from_slice(&(1u64 << 40).to_be_bytes());
+        wire.extend_from_slice(&[1, 2, 3, 4]);
+        let err = session.feed(&wire, &mut BytesMut::new()).unwrap_err();
+        assert!(
+            matches!(err, WsError::TooLong { size, max } if size == 1 << 40 && max == 16 * 1024),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_limit_grows_when_asked() {
         let mut session = WsSession::new(16);
         let wire = client_frame(0x2, &[7; 100], true);
