@@ -411,3 +411,95 @@ async fn a_websocket_that_says_nothing_after_the_upgrade_is_closed_at_the_deadli
         "{close:?}"
     );
 }
+
+#[tokio::test]
+async fn both_transports_work_over_tls() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+
+    let certs = corebus_tests::test_certs();
+    let broker = Broker::start_config(ServerConfig {
+        shards: Some(1),
+        tls: Some(corebus_tests::server_tls_config(&certs)),
+        web: Some(WebConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            origins: Origins::default(),
+        }),
+        ..ServerConfig::default()
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&certs.cert_pem).expect("reads the CA") {
+        roots.add(cert.expect("a certificate")).expect("adds it");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tls = || async {
+        let tcp = TcpStream::connect(broker.web_addr())
+            .await
+            .expect("connects");
+        let name = ServerName::try_from("localhost").expect("name");
+        connector.connect(name, tcp).await.expect("TLS handshake")
+    };
+
+    // A WebSocket over TLS: the handshake and a subscription.
+    let request = format!("wss://localhost:{}/v1/ws", broker.web_addr().port())
+        .into_client_request()
+        .map(|mut request| {
+            request.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_static("corebus.v1"),
+            );
+            request
+        })
+        .expect("request");
+    let (mut ws, _) = tokio_tungstenite::client_async(request, tls().await)
+        .await
+        .expect("upgrade over TLS");
+    let mut out = BytesMut::new();
+    Frame::Hello(Hello {
+        version: 1,
+        client_name: "wss".into(),
+        credentials: Default::default(),
+    })
+    .encode(&mut out);
+    subscribe(1, 1, None).encode(&mut out);
+    ws.send(Message::Binary(out.freeze())).await.expect("send");
+    let mut frames = BytesMut::new();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|frame| matches!(frame, Frame::SubOk(_))) {
+        let Some(Ok(Message::Binary(bytes))) = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("in time")
+        else {
+            panic!("no binary message");
+        };
+        frames.extend_from_slice(&bytes);
+        while let Ok(Check::Complete { len }) = check(&frames, u32::MAX) {
+            seen.push(decode(frames.split_to(len).freeze()).expect("decodes"));
+        }
+    }
+    assert!(matches!(seen[0], Frame::Welcome(_)), "{seen:?}");
+
+    // An event stream over TLS.
+    let mut stream = tls().await;
+    stream
+        .write_all(sse_request("ns=app&topic=news", "").as_bytes())
+        .await
+        .expect("request");
+    let mut text = String::new();
+    let mut buf = vec![0; 4096];
+    while !text.contains("event: subscribed") {
+        let read = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("in time")
+            .expect("read");
+        assert!(read > 0, "closed early: {text:?}");
+        text.push_str(std::str::from_utf8(&buf[..read]).expect("text"));
+    }
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+}
