@@ -288,6 +288,24 @@ const FAMILIES: &[Family] = &[
         value: |m| m.stats.handshakes_shed_per_source,
     },
     Family {
+        name: "websockets_opened",
+        help: "WebSocket upgrades accepted on the browser listener.",
+        kind: MetricType::Counter,
+        value: |m| m.stats.websockets_opened,
+    },
+    Family {
+        name: "event_streams_opened",
+        help: "Server-Sent Events streams opened on the browser listener.",
+        kind: MetricType::Counter,
+        value: |m| m.stats.event_streams_opened,
+    },
+    Family {
+        name: "web_requests_refused",
+        help: "Requests the browser listener refused with an HTTP status.",
+        kind: MetricType::Counter,
+        value: |m| m.stats.web_requests_refused,
+    },
+    Family {
         name: "subscriptions_refused",
         help: "SUBSCRIBE requests refused by a subscription limit.",
         kind: MetricType::Counter,

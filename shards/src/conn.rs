@@ -514,6 +514,9 @@ async fn read_loop(
                     None => BytesMut::from(&cipher[..read]),
                 };
                 let fed = web.borrow_mut().feed(&input, &mut buf, limit);
+                if let Some(opened) = web.borrow_mut().take_opened() {
+                    shard.borrow_mut().note_web(opened);
+                }
                 if web.borrow().has_pending() {
                     kick(shard, conn);
                 }
@@ -702,7 +705,13 @@ async fn write_loop(
             segments.push(head.split().freeze());
         }
         let wrapped = match &web {
-            Some(web) => web.borrow_mut().wrap(&mut segments),
+            Some(web) => {
+                let wrapped = web.borrow_mut().wrap(&mut segments);
+                if let Some(opened) = web.borrow_mut().take_opened() {
+                    shard.borrow_mut().note_web(opened);
+                }
+                wrapped
+            }
             None => Wrapped::default(),
         };
         let result = match &tls {

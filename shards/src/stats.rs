@@ -54,4 +54,11 @@ pub struct ShardStats {
     /// Messages dropped from replay rings because the shard's topic memory
     /// was over its budget (a resume from before them gets a gap report).
     pub replay_messages_trimmed: u64,
+    /// WebSocket upgrades accepted on the browser listener.
+    pub websockets_opened: u64,
+    /// Server-Sent Events streams opened on the browser listener.
+    pub event_streams_opened: u64,
+    /// Requests the browser listener refused with an HTTP status (origin,
+    /// path, malformed request, deadline, limits).
+    pub web_requests_refused: u64,
 }

@@ -23,10 +23,23 @@ use corebus_gateway::sse::{self, After};
 use corebus_gateway::{accept, Accept, Feed, Origins, Refusal, WsError, WsSession};
 use corebus_net::{check, decode, Check, ErrorCode, Frame, Hello, Subscribe, PROTOCOL_VERSION};
 
+/// What became of a web connection's request, once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Opened {
+    /// A WebSocket session (101).
+    WebSocket,
+    /// An event stream (200).
+    EventStream,
+    /// Refused with an HTTP status.
+    Refused,
+}
+
 /// A web connection's state, shared by its reader and writer.
 #[derive(Debug)]
 pub(crate) struct WebConn {
     phase: Phase,
+    /// Set when the request is decided, taken by [`WebConn::take_opened`].
+    opened: Option<Opened>,
     origins: Arc<Origins>,
     tls: bool,
     /// Request bytes until the head is complete.
@@ -69,6 +82,7 @@ impl WebConn {
     pub(crate) fn new(origins: Arc<Origins>, tls: bool) -> WebConn {
         WebConn {
             phase: Phase::Request,
+            opened: None,
             origins,
             tls,
             head: Vec::new(),
@@ -82,7 +96,13 @@ impl WebConn {
             || matches!(&self.phase, Phase::WebSocket(session) if session.has_output())
     }
 
-    /// Whether the connection is an event stream (set up, or refused).
+    /// What the request became, the first time it is asked after it was
+    /// decided.
+    pub(crate) fn take_opened(&mut self) -> Option<Opened> {
+        self.opened.take()
+    }
+
+    /// Whether the connection is an event stream.
     pub(crate) fn is_event_stream(&self) -> bool {
         matches!(self.phase, Phase::EventStream)
     }
@@ -113,6 +133,7 @@ impl WebConn {
                         Ok(Input::End)
                     }
                     Accept::WebSocket { response, consumed } => {
+                        self.opened = Some(Opened::WebSocket);
                         self.pending = response;
                         let rest = self.head.split_off(consumed);
                         self.head = Vec::new();
@@ -125,6 +146,7 @@ impl WebConn {
                         })
                     }
                     Accept::Sse { request, response } => {
+                        self.opened = Some(Opened::EventStream);
                         self.pending = response;
                         self.head = Vec::new();
                         self.phase = Phase::EventStream;
@@ -157,6 +179,7 @@ impl WebConn {
     }
 
     fn refuse(&mut self, refusal: &Refusal) {
+        self.opened = Some(Opened::Refused);
         self.pending = refusal.response();
         self.head = Vec::new();
         self.phase = Phase::Done;

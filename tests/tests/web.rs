@@ -364,6 +364,27 @@ async fn an_event_stream_with_a_bad_request_gets_a_status_and_the_reason() {
     assert!(text.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{text}");
     let text = http(addr, "GET /other HTTP/1.1\r\nHost: bus\r\n\r\n", closed).await;
     assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
+    let _ws = WsConn::open(addr).await;
+    // Counted once the next maintenance tick publishes them.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let stats = broker.metrics().into_iter().fold((0, 0, 0), |sum, shard| {
+            let stats = shard.stats;
+            (
+                sum.0 + stats.web_requests_refused,
+                sum.1 + stats.websockets_opened,
+                sum.2 + stats.event_streams_opened,
+            )
+        });
+        if stats == (3, 1, 0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "counters: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

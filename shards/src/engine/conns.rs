@@ -90,6 +90,16 @@ impl Shard {
         self.stats.topics_evicted += (before - self.owned.len()) as u64;
     }
 
+    /// Counts what a browser-listener request became.
+    pub(crate) fn note_web(&mut self, opened: crate::web::Opened) {
+        use crate::web::Opened;
+        match opened {
+            Opened::WebSocket => self.stats.websockets_opened += 1,
+            Opened::EventStream => self.stats.event_streams_opened += 1,
+            Opened::Refused => self.stats.web_requests_refused += 1,
+        }
+    }
+
     /// `bytes` arrived from `conn`: it is alive.
     pub fn note_input(&mut self, conn: ConnId, bytes: usize) {
         self.stats.bytes_in += bytes as u64;
