@@ -509,11 +509,13 @@ async fn read_loop(
                 }
             }
             if let Some(web) = &web {
-                let input = match &tls {
-                    Some(_) => web_plain.split(),
-                    None => BytesMut::from(&cipher[..read]),
+                let fed = match &tls {
+                    Some(_) => {
+                        let plain = web_plain.split();
+                        web.borrow_mut().feed(&plain, &mut buf, limit)
+                    }
+                    None => web.borrow_mut().feed(&cipher[..read], &mut buf, limit),
                 };
-                let fed = web.borrow_mut().feed(&input, &mut buf, limit);
                 if let Some(opened) = web.borrow_mut().take_opened() {
                     shard.borrow_mut().note_web(opened);
                 }
