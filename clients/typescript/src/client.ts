@@ -333,6 +333,17 @@ export class Client {
       bindingSettled: (connection) => {
         if (connection === this.attempt?.connection) this.finishSwitchIfReady();
       },
+      handlerFailed: (error, callback) => {
+        if ((this.listeners.get('error')?.size ?? 0) === 0) {
+          // Nobody would hear of it: let it surface as an uncaught error.
+          queueMicrotask(() => {
+            throw error;
+          });
+          return;
+        }
+        const detail = error instanceof Error ? error.message : String(error);
+        this.emit('error', new CorebusError('handler_failed', `${callback} threw: ${detail}`, { cause: error }));
+      },
     };
   }
 

@@ -675,11 +675,14 @@ const CLIENT_ONLY_NAMES: Record<number, string> = {
  */
 export function decodeServerFrame(frame: Uint8Array): ServerFrame {
   const size = checkFrame(frame, 0, Number.MAX_SAFE_INTEGER);
+  if (size === 0) {
+    throw new CodecError('truncated', `a frame needs a 4-byte length prefix; got ${frame.length} bytes`, 0);
+  }
   if (size !== frame.length) {
     throw new CodecError(
-      size > frame.length || size === 0 ? 'truncated' : 'trailing_bytes',
+      size > frame.length ? 'truncated' : 'trailing_bytes',
       `frame holds ${frame.length} bytes but its length prefix says ${size}`,
-      0,
+      Math.min(size, frame.length),
     );
   }
   const opcode = frame[4]!;

@@ -59,7 +59,9 @@ export type ProtocolErrorCode = Exclude<(typeof WIRE_CODE_NAMES)[number], undefi
  * - `ping_timeout`: the server did not answer the client's `PING` in time;
  * - `token_provider_failed`: the `tokenProvider` threw or returned no string;
  * - `no_websocket`: no WebSocket implementation was found;
- * - `invalid_argument`: an option or argument is not usable.
+ * - `invalid_argument`: an option or argument is not usable;
+ * - `handler_failed`: an application callback (`onItem`, ...) threw; the
+ *   error it threw is the `cause`.
  *
  * @example
  * ```ts
@@ -75,7 +77,8 @@ export type LocalErrorCode =
   | 'ping_timeout'
   | 'token_provider_failed'
   | 'no_websocket'
-  | 'invalid_argument';
+  | 'invalid_argument'
+  | 'handler_failed';
 
 /**
  * Every code a {@link CorebusError} can carry.

@@ -84,8 +84,10 @@ export interface Discontinuity {
 }
 
 /**
- * What a subscription calls. Errors thrown by these callbacks are rethrown
- * asynchronously (as uncaught errors) and do not disturb delivery.
+ * What a subscription calls. An error thrown by one of these callbacks does
+ * not disturb delivery: it goes to the client's `error` event as
+ * `handler_failed`, or, when nothing listens there, is rethrown
+ * asynchronously as an uncaught error.
  *
  * @example
  * ```ts
@@ -157,6 +159,8 @@ export interface SubscriptionHost {
   forget(subscription: SubscriptionImpl): void;
   /** A connection finished subscribing one of its bindings. */
   bindingSettled(connection: Connection): void;
+  /** An application callback threw `error`. */
+  handlerFailed(error: unknown, callback: string): void;
 }
 
 /** The subscription on one connection (section 7.7's per-`sub_id` state). */
@@ -200,17 +204,6 @@ class DeliveredItem implements Item {
   ) {}
   text(): string {
     return textDecoder.decode(this.payload);
-  }
-}
-
-/** Runs an application callback; its errors must not break delivery. */
-function callSafely(callback: () => void): void {
-  try {
-    callback();
-  } catch (error) {
-    queueMicrotask(() => {
-      throw error;
-    });
   }
 }
 
@@ -332,7 +325,7 @@ export class SubscriptionImpl implements Subscription {
     }
     if (error !== undefined) {
       if (wasPending) this.rejectReady(error);
-      else callSafely(() => this.handlers.onError?.(error));
+      else this.callSafely('onError', () => this.handlers.onError?.(error));
     }
     return Promise.all(confirmations).then(() => undefined);
   }
@@ -345,7 +338,7 @@ export class SubscriptionImpl implements Subscription {
     for (const binding of this.bindings.values()) binding.detached = true;
     this.bindings.clear();
     if (wasPending) this.rejectReady(error);
-    else if (tellApplication) callSafely(() => this.handlers.onError?.(error));
+    else if (tellApplication) this.callSafely('onError', () => this.handlers.onError?.(error));
   }
 
   private sendUnsubscribe(binding: Binding): Promise<void> {
@@ -430,7 +423,7 @@ export class SubscriptionImpl implements Subscription {
     if (point !== undefined && point.epoch === frame.epoch && frame.seq <= point.seq) return undefined;
     this.resumePoint = { epoch: frame.epoch, seq: frame.seq };
     const item = new DeliveredItem(this.namespace, this.topic, frame.epoch, frame.seq, frame.payload);
-    callSafely(() => this.handlers.onItem(item));
+    this.callSafely('onItem', () => this.handlers.onItem(item));
     return undefined;
   }
 
@@ -460,8 +453,17 @@ export class SubscriptionImpl implements Subscription {
       epochChanged: previousEpoch !== undefined && previousEpoch !== frame.epoch,
     };
     this.resumePoint = { epoch: frame.epoch, seq: frame.nextSeq - 1n };
-    callSafely(() => this.handlers.onDiscontinuity?.(gap));
+    this.callSafely('onDiscontinuity', () => this.handlers.onDiscontinuity?.(gap));
     return undefined;
+  }
+
+  /** Runs an application callback; its errors must not break delivery. */
+  private callSafely(name: string, callback: () => void): void {
+    try {
+      callback();
+    } catch (error) {
+      this.host.handlerFailed(error, name);
+    }
   }
 
   /** Reports a broken stream to the application; the connection is then dropped. */
@@ -469,7 +471,7 @@ export class SubscriptionImpl implements Subscription {
     const message = `${this.namespace}/${this.topic} (sub_id ${binding.subId}): ${problem}`;
     if (!binding.detached && this.state !== 'ended') {
       const error = new CorebusError('protocol_violation', message, { fatal: true });
-      callSafely(() => this.handlers.onError?.(error));
+      this.callSafely('onError', () => this.handlers.onError?.(error));
     }
     return message;
   }
