@@ -335,6 +335,27 @@ describe('protocol violations drop the connection', () => {
     await client.close();
   });
 
+  test('a SUB_OK naming another sub_id than its request', async () => {
+    const { client, socket } = await openClient();
+    const pending = client.subscribe('app', 'news', recorder().handlers);
+    const frame = await socket.next('subscribe');
+    socket.deliver(server.subOk(frame.requestId, frame.subId + 1, E, 0n));
+    assert.equal(socket.closedByClient?.code, 4000);
+    assert.equal(client.state, 'disconnected');
+    await client.close();
+    await assert.rejects(pending, (error) => error.code === 'client_closed');
+  });
+
+  test('a PUB_ACK answering a SUBSCRIBE', async () => {
+    const { client, socket } = await openClient();
+    const pending = client.subscribe('app', 'news', recorder().handlers);
+    const frame = await socket.next('subscribe');
+    socket.deliver(server.pubAck(frame.requestId, 1n));
+    assert.equal(socket.closedByClient?.code, 4000);
+    await client.close();
+    await assert.rejects(pending, (error) => error.code === 'client_closed');
+  });
+
   test('a non-fatal ERROR for no request is reported, not fatal', async () => {
     const { client, socket, eventsNamed } = await openClient();
     socket.deliver(server.error(0, 1, false, 'malformed'));
