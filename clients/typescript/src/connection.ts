@@ -164,6 +164,7 @@ export class Connection {
   private socketClosed = false;
   private readonly socketClosedWaiters: Array<() => void> = [];
   private closeReason: CorebusError | undefined;
+  private socketError: string | undefined;
 
   constructor(
     private readonly settings: ConnectionSettings,
@@ -191,8 +192,11 @@ export class Connection {
     socket.binaryType = 'arraybuffer';
     socket.addEventListener('open', () => this.handleOpen());
     socket.addEventListener('message', (event: { data: unknown }) => this.handleMessage(event.data));
-    socket.addEventListener('error', () => {
-      // The close event that follows carries what there is to say.
+    socket.addEventListener('error', (event: { message?: unknown; error?: { message?: unknown } }) => {
+      // Browsers say nothing here (on purpose); ws names the cause. The close
+      // event that follows ends the connection.
+      const detail = event?.message ?? event?.error?.message;
+      if (typeof detail === 'string' && detail !== '') this.socketError = detail;
     });
     socket.addEventListener('close', (event: { code?: number; reason?: string }) => this.handleSocketClose(event));
     this.handshakeTimer = clock.setTimeout(() => {
@@ -379,7 +383,7 @@ export class Connection {
     this.socketClosed = true;
     for (const resolve of this.socketClosedWaiters.splice(0)) resolve();
     if (this.phase === 'closed') return;
-    const detail = `code ${event.code ?? 'unknown'}${event.reason ? `, ${event.reason}` : ''}`;
+    const detail = [`code ${event.code ?? 'unknown'}`, event.reason, this.socketError].filter(Boolean).join(', ');
     const message = this.goawayReceived
       ? `connection closed after GOAWAY (${detail})`
       : this.phase === 'connecting'
