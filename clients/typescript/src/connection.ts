@@ -129,7 +129,11 @@ export interface ConnectionSettings {
 
 /** How many request ids of unacknowledged publishes are remembered. */
 const RECENT_UNACKED = 1024;
-/** WebSocket messages the client packs several frames into stay this small. */
+/**
+ * WebSocket messages the client packs several frames into stay this small,
+ * and never above `max_frame + 4`: the broker closes a session whose message
+ * is larger (code 1009), whatever the frames inside.
+ */
 const PACK_LIMIT = 64 * 1024;
 /** Close code for a connection the client drops (4000-4999: application). */
 const CLOSE_PROTOCOL = 4000;
@@ -293,6 +297,7 @@ export class Connection {
   /** Sends one frame, or several packed into as few messages as fit. */
   sendFrames(frames: Uint8Array[]): void {
     if (this.phase !== 'open' && this.phase !== 'handshaking') return;
+    const limit = Math.min(PACK_LIMIT, this.maxFrame + 4);
     let batch: Uint8Array[] = [];
     let batchBytes = 0;
     const flush = (): void => {
@@ -302,7 +307,7 @@ export class Connection {
       batchBytes = 0;
     };
     for (const frame of frames) {
-      if (batchBytes + frame.length > PACK_LIMIT) flush();
+      if (batchBytes + frame.length > limit) flush();
       batch.push(frame);
       batchBytes += frame.length;
     }

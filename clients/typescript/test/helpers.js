@@ -243,6 +243,7 @@ export function fakeNetwork() {
       this.listeners = new Map();
       this.inbox = [];
       this.sentMessages = 0;
+      this.sentSizes = [];
       this.closedByClient = undefined;
       network.sockets.push(this);
     }
@@ -258,6 +259,7 @@ export function fakeNetwork() {
       if (this.readyState !== 1) throw new Error(`send on a socket in readyState ${this.readyState}`);
       assert.ok(data instanceof Uint8Array, 'the client sends binary messages');
       this.sentMessages++;
+      this.sentSizes.push(data.length);
       this.inbox.push(...parseClientFrames(data));
     }
     close(code, reason) {

@@ -120,6 +120,17 @@ describe('reconnect and resume', () => {
     await setup.client.close();
   });
 
+  test('resubscribes are packed into messages of at most max_frame + 4 bytes', async () => {
+    const setup = await openClient({}, { maxFrame: 100 });
+    for (const topic of ['t1', 't2', 't3']) await subscribeWith(setup.client, setup.socket, recorder(), { topic });
+    // Each SUBSCRIBE of app/tN is 4 + 28 + 3 + 2 = 37 bytes: two fit in 104, three do not.
+    const { next } = await reconnect(setup, setup.socket, 1, { maxFrame: 100 });
+    const frames = [await next.next('subscribe'), await next.next('subscribe'), await next.next('subscribe')];
+    assert.deepEqual(frames.map((frame) => frame.topic).sort(), ['t1', 't2', 't3']);
+    assert.deepEqual(next.sentSizes.slice(1), [74, 37], 'HELLO, then 2 + 1 SUBSCRIBEs');
+    await setup.client.close();
+  });
+
   test('a subscribe made while disconnected is sent on the next connection and resolves then', async () => {
     const setup = await openClient();
     setup.socket.drop();
