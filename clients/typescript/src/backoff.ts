@@ -26,7 +26,14 @@ export interface BackoffOptions {
   jitter?: number;
 }
 
-/** {@link BackoffOptions} with every field filled in. */
+/**
+ * {@link BackoffOptions} with every field filled in.
+ *
+ * @example
+ * ```ts
+ * const policy: BackoffPolicy = backoffPolicy({ initialMs: 250 });
+ * ```
+ */
 export type BackoffPolicy = Required<BackoffOptions>;
 
 /**

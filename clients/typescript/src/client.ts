@@ -25,11 +25,19 @@
  * @module
  */
 
-import { backoffDelay, backoffPolicy, type BackoffOptions, type BackoffPolicy } from './backoff.js';
+import { backoffDelay } from './backoff.js';
 import { encodePublish, validateName } from './codec.js';
-import { Connection, type Clock, type ConnectionEvents, type WebSocketConstructor } from './connection.js';
+import { Connection, type ConnectionEvents } from './connection.js';
 import { CorebusError } from './errors.js';
+import { Emitter, type ClientEvents, type ClientState, type Listener, type ServerInfo } from './events.js';
 import { tokenRefreshDelay } from './jwt.js';
+import {
+  checkSubscribeArguments,
+  resolveOptions,
+  type ConnectOptions,
+  type PublishOptions,
+  type ResolvedOptions,
+} from './options.js';
 import {
   SubscriptionImpl,
   type SubscribeOptions,
@@ -38,167 +46,13 @@ import {
   type SubscriptionHost,
 } from './subscription.js';
 
-/**
- * The client's state:
- * - `connecting`: an attempt to open a connection is under way;
- * - `connected`: a connection is open and takes requests;
- * - `disconnected`: no connection; the next attempt is scheduled;
- * - `closed`: for good, after {@link Client.close} or an error retrying cannot fix.
- *
- * @example
- * ```ts
- * if (client.state === 'connected') await client.publish('app', 'news', 'hi');
- * ```
- */
-export type ClientState = 'connecting' | 'connected' | 'disconnected' | 'closed';
-
-/**
- * Options of {@link connect}.
- *
- * @example
- * ```ts
- * const options: ConnectOptions = {
- *   url: 'wss://bus.example.com/v1/ws',
- *   tokenProvider: () => fetch('/api/corebus-token').then((r) => r.text()),
- *   backoff: { initialMs: 250, maxMs: 10_000 },
- * };
- * ```
- */
-export interface ConnectOptions {
-  /** The broker's WebSocket endpoint, `ws://` or `wss://`, e.g. `wss://host:port/v1/ws`. */
-  url: string;
-  /** Credentials for every connection: an API key or a JWT. */
-  token?: string;
-  /**
-   * Fetches a fresh token: called before the first connection, before every
-   * reconnect, and some seconds before the current JWT's `exp`.
-   */
-  tokenProvider?: () => Promise<string>;
-  /** Name shown in the broker's logs (cut to 255 UTF-8 bytes). */
-  name?: string;
-  /** The WebSocket class; defaults to `globalThis.WebSocket`. In Node.js 20 pass `ws`'s. */
-  WebSocket?: WebSocketConstructor;
-  /** Reconnect delays (jittered exponential backoff). */
-  backoff?: BackoffOptions;
-  /** How long a connection may take to reach `WELCOME`, in ms (default 10 000). */
-  handshakeTimeoutMs?: number;
-  /** Interval of the client's own `PING`s, in ms; 0 turns them off (default 20 000). */
-  pingIntervalMs?: number;
-  /** How long to wait for the `PONG`, in ms, before dropping the connection (default 10 000). */
-  pongTimeoutMs?: number;
-  /** The least time before a token's expiry at which it is refreshed, in ms (default 5 000). */
-  tokenRefreshLeadMs?: number;
-  /**
-   * Acknowledged publishes allowed in flight on one connection; more are
-   * refused locally with `too_many_in_flight` (default 16 383, one under the
-   * broker's default limit).
-   */
-  maxInFlightPublishes?: number;
-  /** Timers; tests pass a fake clock. */
-  clock?: Clock;
-  /** Random numbers in [0, 1) for the backoff jitter; tests pass their own. */
-  random?: () => number;
-}
-
-/**
- * Options of {@link Client.publish}.
- *
- * @example
- * ```ts
- * const seq = await client.publish('app', 'news', 'hi', { ack: true });
- * ```
- */
-export interface PublishOptions {
-  /** Wait for the broker's `PUB_ACK` and resolve with the message's seq (default false). */
-  ack?: boolean;
-}
-
-/** What the broker said in `WELCOME`. */
-export interface ServerInfo {
-  /** Largest frame the server accepts; longer publishes are refused locally. */
-  maxFrame: number;
-  shard: number;
-  shardCount: number;
-}
-
-/** Payload of the `state` event. */
-export interface StateChange {
-  state: ClientState;
-  previous: ClientState;
-}
-
-/** Payload of the `disconnected` event. */
-export interface DisconnectedEvent {
-  /** Why the connection ended. */
-  error: CorebusError;
-  /** When the next attempt starts; undefined after `GOAWAY` (it starts when the server closes). */
-  reconnectInMs: number | undefined;
-}
-
-/** Payload of the `closed` event. */
-export interface ClosedEvent {
-  /** The error that closed the client; undefined after {@link Client.close}. */
-  error: CorebusError | undefined;
-}
-
-/**
- * Events of a {@link Client} and their payloads.
- *
- * @example
- * ```ts
- * client.on('disconnected', ({ error, reconnectInMs }) => showOffline(error.message, reconnectInMs));
- * ```
- */
-export interface ClientEvents {
-  /** Every state change. */
-  state: StateChange;
-  /** An attempt to connect started (`attempt` counts failures since the last success). */
-  connecting: { attempt: number };
-  /** A connection is open (after each reconnect too; not after a token refresh). */
-  connected: ServerInfo;
-  /** The connection was lost; the client will reconnect. */
-  disconnected: DisconnectedEvent;
-  /** The client is closed for good. */
-  closed: ClosedEvent;
-  /**
-   * A problem worth reporting: a connection error, a failed token refresh, an
-   * `ERROR` answering no outstanding request (such as a failed publish sent
-   * without ack), a broken subscription stream.
-   */
-  error: CorebusError;
-}
-
-type Listener<K extends keyof ClientEvents> = (payload: ClientEvents[K]) => void;
-
 interface Attempt {
   purpose: 'reconnect' | 'refresh';
   connection: Connection | undefined;
 }
 
-interface ResolvedOptions {
-  url: string;
-  token: string | undefined;
-  tokenProvider: (() => Promise<string>) | undefined;
-  name: string;
-  WebSocket: WebSocketConstructor;
-  backoff: BackoffPolicy;
-  handshakeTimeoutMs: number;
-  pingIntervalMs: number;
-  pongTimeoutMs: number;
-  tokenRefreshLeadMs: number;
-  maxInFlightPublishes: number;
-  clock: Clock;
-  random: () => number;
-}
-
 /** How long a replaced connection may take to answer its last requests. */
 const RETIRE_TIMEOUT_MS = 10_000;
-
-const defaultClock: Clock = {
-  now: () => Date.now(),
-  setTimeout: (callback, ms) => setTimeout(callback, ms),
-  clearTimeout: (handle) => clearTimeout(handle as ReturnType<typeof setTimeout>),
-};
 
 const utf8 = new TextEncoder();
 const constructing = Symbol('corebus.connect');
@@ -221,48 +75,6 @@ export async function connect(options: ConnectOptions): Promise<Client> {
   const client = new Client(resolveOptions(options), constructing);
   await client.start();
   return client;
-}
-
-function resolveOptions(options: ConnectOptions): ResolvedOptions {
-  if (options === null || typeof options !== 'object') {
-    throw new CorebusError('invalid_argument', 'connect() needs an options object');
-  }
-  if (typeof options.url !== 'string' || !/^wss?:\/\//i.test(options.url)) {
-    throw new CorebusError('invalid_argument', `url must start with ws:// or wss://, got ${String(options.url)}`);
-  }
-  if (options.token !== undefined && options.tokenProvider !== undefined) {
-    throw new CorebusError('invalid_argument', 'pass either token or tokenProvider, not both');
-  }
-  const WebSocketClass =
-    options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-  if (WebSocketClass === undefined) {
-    throw new CorebusError(
-      'no_websocket',
-      'no WebSocket implementation: this runtime has no globalThis.WebSocket (Node.js 20 has none); ' +
-        "install the ws package and pass its class: connect({ url, WebSocket }) with `import WebSocket from 'ws'`",
-    );
-  }
-  let backoff: BackoffPolicy;
-  try {
-    backoff = backoffPolicy(options.backoff);
-  } catch (cause) {
-    throw new CorebusError('invalid_argument', (cause as Error).message);
-  }
-  return {
-    url: options.url,
-    token: options.token,
-    tokenProvider: options.tokenProvider,
-    name: options.name ?? 'corebus-js',
-    WebSocket: WebSocketClass,
-    backoff,
-    handshakeTimeoutMs: options.handshakeTimeoutMs ?? 10_000,
-    pingIntervalMs: options.pingIntervalMs ?? 20_000,
-    pongTimeoutMs: options.pongTimeoutMs ?? 10_000,
-    tokenRefreshLeadMs: options.tokenRefreshLeadMs ?? 5_000,
-    maxInFlightPublishes: options.maxInFlightPublishes ?? 16_383,
-    clock: options.clock ?? defaultClock,
-    random: options.random ?? Math.random,
-  };
 }
 
 /** The same error with a message that says more. */
@@ -296,7 +108,7 @@ function asCorebusError(error: unknown, code: 'token_provider_failed'): CorebusE
  */
 export class Client {
   private currentState: ClientState = 'connecting';
-  private readonly listeners = new Map<keyof ClientEvents, Set<(payload: never) => void>>();
+  private readonly events = new Emitter<ClientEvents>();
   private readonly subscriptions = new Set<SubscriptionImpl>();
   private readonly connections = new Set<Connection>();
   /** The connection requests go to; null while there is none. */
@@ -334,7 +146,7 @@ export class Client {
         if (connection === this.attempt?.connection) this.finishSwitchIfReady();
       },
       handlerFailed: (error, callback) => {
-        if ((this.listeners.get('error')?.size ?? 0) === 0) {
+        if (this.events.listenerCount('error') === 0) {
           // Nobody would hear of it: let it surface as an uncaught error.
           queueMicrotask(() => {
             throw error;
@@ -393,13 +205,7 @@ export class Client {
    * ```
    */
   on<K extends keyof ClientEvents>(event: K, listener: Listener<K>): () => void {
-    let set = this.listeners.get(event);
-    if (set === undefined) {
-      set = new Set();
-      this.listeners.set(event, set);
-    }
-    set.add(listener as (payload: never) => void);
-    return () => this.off(event, listener);
+    return this.events.on(event, listener);
   }
 
   /**
@@ -411,22 +217,11 @@ export class Client {
    * ```
    */
   off<K extends keyof ClientEvents>(event: K, listener: Listener<K>): void {
-    this.listeners.get(event)?.delete(listener as (payload: never) => void);
+    this.events.off(event, listener);
   }
 
   private emit<K extends keyof ClientEvents>(event: K, payload: ClientEvents[K]): void {
-    const set = this.listeners.get(event);
-    if (set === undefined) return;
-    for (const listener of [...set]) {
-      try {
-        (listener as Listener<K>)(payload);
-      } catch (error) {
-        // A listener's bug must not derail the state machine; let it surface.
-        queueMicrotask(() => {
-          throw error;
-        });
-      }
-    }
+    this.events.emit(event, payload);
   }
 
   private setState(state: ClientState): void {
@@ -822,29 +617,5 @@ export class Client {
     if (!announce) return;
     if (error !== undefined) this.emit('error', error);
     this.emit('closed', { error });
-  }
-}
-
-function checkSubscribeArguments(handlers: SubscriptionHandlers, options: SubscribeOptions): void {
-  if (handlers === null || typeof handlers !== 'object' || typeof handlers.onItem !== 'function') {
-    throw new CorebusError('invalid_argument', 'subscribe() needs handlers with an onItem function');
-  }
-  if (options.from !== undefined && options.after !== undefined) {
-    throw new CorebusError('invalid_argument', 'pass either from or after, not both');
-  }
-  if (options.from !== undefined && (typeof options.from !== 'bigint' || options.from < 1n || options.from >= 1n << 64n)) {
-    throw new CorebusError('invalid_argument', `from must be a bigint sequence number >= 1n, got ${String(options.from)}`);
-  }
-  const after = options.after;
-  if (
-    after !== undefined &&
-    (typeof after.epoch !== 'bigint' ||
-      typeof after.seq !== 'bigint' ||
-      after.epoch < 0n ||
-      after.seq < 0n ||
-      after.epoch >= 1n << 64n ||
-      after.seq >= (1n << 64n) - 1n)
-  ) {
-    throw new CorebusError('invalid_argument', 'after must be { epoch: bigint, seq: bigint } within u64');
   }
 }

@@ -28,56 +28,13 @@ import {
   type WelcomeFrame,
 } from './codec.js';
 import { CorebusError } from './errors.js';
-
-/** The WebSocket subprotocol the broker's browser transport speaks. */
-export const SUBPROTOCOL = 'corebus.v1';
+import { SUBPROTOCOL, type Clock, type WebSocketConstructor, type WebSocketLike } from './transport.js';
 
 /**
- * The part of the WHATWG WebSocket interface this client uses. Browsers'
- * `WebSocket` and the `ws` package's class both provide it.
+ * What the connection does for one request while it waits for the answer.
  *
- * @example
- * ```ts
- * const socket: WebSocketLike = new WebSocket(url, 'corebus.v1');
- * ```
+ * @internal
  */
-export interface WebSocketLike {
-  binaryType: string;
-  readonly protocol: string;
-  send(data: Uint8Array): void;
-  close(code?: number, reason?: string): void;
-  addEventListener(type: string, listener: (event: any) => void): void;
-}
-
-/**
- * A WebSocket class: `globalThis.WebSocket` in browsers (and Node.js 22+), or
- * the `ws` package's `WebSocket` in Node.js 20. Typed loosely so that both fit.
- *
- * @example
- * ```ts
- * import WebSocket from 'ws';
- * const client = await connect({ url, WebSocket });
- * ```
- */
-export type WebSocketConstructor = new (url: string, protocols: string) => object;
-
-/**
- * The timer functions the client uses. Tests pass a fake clock to cross a
- * 20 s backoff or a token's lifetime without waiting.
- *
- * @example
- * ```ts
- * const clock: Clock = { now: Date.now, setTimeout, clearTimeout };
- * ```
- */
-export interface Clock {
-  /** Milliseconds since the Unix epoch. */
-  now(): number;
-  setTimeout(callback: () => void, ms: number): unknown;
-  clearTimeout(handle: unknown): void;
-}
-
-/** What the connection does for one request while it waits for the answer. */
 export interface PendingRequest {
   kind: 'publish' | 'subscribe' | 'unsubscribe';
   /** For subscribe and unsubscribe: the `sub_id` the answer must name. */
@@ -94,6 +51,8 @@ export interface PendingRequest {
  * What a subscription's delivery looks like to the connection: it routes
  * `MESSAGE`s and `DISCONTINUITY`s by `sub_id` to one of these. The methods
  * return a violation message when the frame breaks section 7.7.
+ *
+ * @internal
  */
 export interface SubscriptionSink {
   subId: number;
@@ -105,7 +64,11 @@ export interface SubscriptionSink {
   ended(): void;
 }
 
-/** What a connection reports to its owner. */
+/**
+ * What a connection reports to its owner.
+ *
+ * @internal
+ */
 export interface ConnectionEvents {
   welcome(connection: Connection): void;
   /** Called exactly once, when the connection is over. */
@@ -115,7 +78,11 @@ export interface ConnectionEvents {
   unmatchedError(connection: Connection, error: CorebusError, publishedTo?: { namespace: string; topic: string }): void;
 }
 
-/** Settings of one connection, fixed by the client. */
+/**
+ * Settings of one connection, fixed by the client.
+ *
+ * @internal
+ */
 export interface ConnectionSettings {
   url: string;
   WebSocket: WebSocketConstructor;
@@ -144,6 +111,8 @@ type Phase = 'connecting' | 'handshaking' | 'open' | 'draining' | 'closed';
  * One connection's life: `connecting` (socket opening), `handshaking`
  * (`HELLO` sent), `open` (after `WELCOME`), `draining` (after `GOAWAY`, or
  * retired by the client: no new requests), `closed`.
+ *
+ * @internal
  */
 export class Connection {
   readonly token: string | undefined;

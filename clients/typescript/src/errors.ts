@@ -118,7 +118,14 @@ export function errorCodeNumber(code: ProtocolErrorCode): number {
   return WIRE_CODE_NAMES.indexOf(code);
 }
 
-/** Fields of a {@link CorebusError} besides its code and message. */
+/**
+ * Fields of a {@link CorebusError} besides its code and message.
+ *
+ * @example
+ * ```ts
+ * new CorebusError('connection_lost', 'socket closed', { fatal: true });
+ * ```
+ */
 export interface CorebusErrorDetails {
   /** Whether the error ended the connection (the `ERROR` frame's fatal bit). */
   fatal?: boolean;

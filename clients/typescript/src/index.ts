@@ -16,16 +16,8 @@
  */
 
 export { connect, Client } from './client.js';
-export type {
-  ClientEvents,
-  ClientState,
-  ClosedEvent,
-  ConnectOptions,
-  DisconnectedEvent,
-  PublishOptions,
-  ServerInfo,
-  StateChange,
-} from './client.js';
+export type { ClientEvents, ClientState, ClosedEvent, DisconnectedEvent, Listener, ServerInfo, StateChange } from './events.js';
+export type { ConnectOptions, PublishOptions } from './options.js';
 export type {
   Discontinuity,
   Item,
@@ -38,8 +30,8 @@ export { CorebusError, errorCodeName, errorCodeNumber } from './errors.js';
 export type { CorebusErrorDetails, ErrorCode, LocalErrorCode, ProtocolErrorCode } from './errors.js';
 export { CodecError } from './codec.js';
 export type { CodecErrorReason } from './codec.js';
-export { SUBPROTOCOL } from './connection.js';
-export type { Clock, WebSocketConstructor, WebSocketLike } from './connection.js';
+export { SUBPROTOCOL } from './transport.js';
+export type { Clock, WebSocketConstructor, WebSocketLike } from './transport.js';
 export { backoffDelay, backoffPolicy } from './backoff.js';
 export type { BackoffOptions, BackoffPolicy } from './backoff.js';
 export { jwtExpiry, tokenRefreshDelay } from './jwt.js';

@@ -153,7 +153,11 @@ export interface Subscription {
   unsubscribe(): Promise<void>;
 }
 
-/** What a subscription needs from the client that owns it. */
+/**
+ * What a subscription needs from the client that owns it.
+ *
+ * @internal
+ */
 export interface SubscriptionHost {
   /** The subscription ended; stop resubscribing it. */
   forget(subscription: SubscriptionImpl): void;
@@ -210,6 +214,8 @@ class DeliveredItem implements Item {
 /**
  * The implementation behind {@link Subscription}. Who mutates it: only the
  * client that owns it, on its event loop, through the methods below.
+ *
+ * @internal
  */
 export class SubscriptionImpl implements Subscription {
   /** Resolves on the first `SUB_OK`; rejects if the first `SUBSCRIBE` is refused. */
