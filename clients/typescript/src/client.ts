@@ -267,10 +267,9 @@ export class Client {
     }
     const subscription = new SubscriptionImpl(this.subscriptionHost, namespace, topic, handlers, options);
     this.subscriptions.add(subscription);
-    const targets = [this.active, this.attempt?.connection];
-    for (const connection of targets) {
-      if (connection !== undefined && connection.usable) this.sendSubscribes(connection, [subscription]);
-    }
+    // Only on the working connection: a switch-over in progress picks it up
+    // when it takes over, resuming from the position this one establishes.
+    if (this.active?.usable) this.sendSubscribes(this.active, [subscription]);
     return subscription.ready;
   }
 
@@ -396,7 +395,22 @@ export class Client {
   private async fetchToken(): Promise<string | undefined> {
     const provider = this.options.tokenProvider;
     if (provider === undefined) return this.options.token;
-    const token = await provider();
+    // A provider that never settles (a fetch without a timeout) must not
+    // leave the client connecting forever: it gets the handshake's time.
+    const { clock, handshakeTimeoutMs } = this.options;
+    let timer: unknown;
+    const timeout = new Promise<never>((_resolve, reject) => {
+      timer = clock.setTimeout(
+        () => reject(new CorebusError('token_provider_failed', `tokenProvider did not answer within ${handshakeTimeoutMs} ms`, { fatal: true })),
+        handshakeTimeoutMs,
+      );
+    });
+    let token: unknown;
+    try {
+      token = await Promise.race([provider(), timeout]);
+    } finally {
+      clock.clearTimeout(timer);
+    }
     if (typeof token !== 'string') {
       throw new CorebusError('token_provider_failed', `tokenProvider returned ${typeof token}, not a string`, { fatal: true });
     }
@@ -409,9 +423,17 @@ export class Client {
       connection.close();
       return;
     }
-    this.sendSubscribes(connection, [...this.subscriptions]);
-    if (attempt.purpose === 'reconnect' || this.active === undefined) this.promote(connection);
-    else this.finishSwitchIfReady();
+    if (attempt.purpose === 'reconnect' || this.active === undefined) {
+      this.promote(connection);
+      return;
+    }
+    // A switch-over: resubscribe what has a position to resume from. A live
+    // subscription still waiting for its first SUB_OK has none; subscribed
+    // live here it could start later than the old connection delivers, an
+    // unreported gap, so it follows at the takeover instead.
+    const resumable = [...this.subscriptions].filter((subscription) => subscription.hasResumePoint);
+    this.sendSubscribes(connection, resumable);
+    this.finishSwitchIfReady();
   }
 
   /** A refresh connection takes over once every subscription has its answer on it. */

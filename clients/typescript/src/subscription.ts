@@ -251,6 +251,11 @@ export class SubscriptionImpl implements Subscription {
     return this.state !== 'ended';
   }
 
+  /** Whether a resubscribe would resume from a point (not start live). */
+  get hasResumePoint(): boolean {
+    return this.resumePoint !== undefined;
+  }
+
   /** Whether `connection` has this subscription, answered or not. */
   isBoundTo(connection: Connection): boolean {
     return this.bindings.has(connection);

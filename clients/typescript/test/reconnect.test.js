@@ -439,6 +439,80 @@ describe('tokens', () => {
     await setup.client.close();
   });
 
+  test('a live subscription made during a switch-over goes to the old connection, then resumes on the new one', async () => {
+    const clock = new FakeClock();
+    let calls = 0;
+    const tokenProvider = async () => jwt({ n: ++calls, exp: Math.floor(clock.now() / 1000) + 60 });
+    const setup = await openClient({ clock, tokenProvider });
+    const first = recorder();
+    const { frame: firstFrame } = await subscribeWith(setup.client, setup.socket, first, { topic: 'first', startAfter: 0n });
+    await clock.advance(48_000);
+    const fresh = await setup.network.socket(1);
+    await fresh.handshake();
+    const firstAgain = await fresh.next('subscribe');
+    assert.equal(firstAgain.topic, 'first');
+
+    const late = recorder();
+    const pending = setup.client.subscribe('app', 'late', late.handlers);
+    const lateFrame = await setup.socket.next('subscribe');
+    setup.socket.deliver(server.subOk(lateFrame.requestId, lateFrame.subId, E2, 10n), server.message(lateFrame.subId, E2, 11n));
+    await pending;
+    // The new connection takes over once 'first' is confirmed there; then 'late' follows,
+    // resuming after what the old connection delivered, not live.
+    fresh.deliver(server.subOk(firstAgain.requestId, firstAgain.subId, E, 0n));
+    const lateAgain = await fresh.next('subscribe');
+    assert.equal(lateAgain.topic, 'late');
+    assert.deepEqual([lateAgain.resumeEpoch, lateAgain.resumeSeq], [E2, 12n]);
+    assert.equal(setup.socket.closedByClient?.code, 1000);
+    fresh.deliver(server.subOk(lateAgain.requestId, lateAgain.subId, E2, 11n), server.message(lateAgain.subId, E2, 12n));
+    assert.deepEqual(late.seqs(), [11n, 12n]);
+    assert.equal(firstFrame.topic, 'first');
+    await setup.client.close();
+  });
+
+  test('a live subscription still unanswered when the new connection opens follows at the takeover', async () => {
+    const clock = new FakeClock();
+    let calls = 0;
+    const tokenProvider = async () => jwt({ n: ++calls, exp: Math.floor(clock.now() / 1000) + 60 });
+    const setup = await openClient({ clock, tokenProvider });
+    await subscribeWith(setup.client, setup.socket, recorder(), { topic: 'first', startAfter: 0n });
+    const late = recorder();
+    const pending = setup.client.subscribe('app', 'late', late.handlers);
+    const lateFrame = await setup.socket.next('subscribe');
+    await clock.advance(48_000);
+    const fresh = await setup.network.socket(1);
+    await fresh.handshake();
+    const firstAgain = await fresh.next('subscribe');
+    assert.equal(firstAgain.topic, 'first');
+    await settle();
+    assert.equal(fresh.inbox.length, 0, "'late' is not subscribed live on the new connection");
+    setup.socket.deliver(server.subOk(lateFrame.requestId, lateFrame.subId, E2, 10n), server.message(lateFrame.subId, E2, 11n));
+    await pending;
+    fresh.deliver(server.subOk(firstAgain.requestId, firstAgain.subId, E, 0n));
+    const lateAgain = await fresh.next('subscribe');
+    assert.deepEqual([lateAgain.topic, lateAgain.resumeEpoch, lateAgain.resumeSeq], ['late', E2, 12n]);
+    await setup.client.close();
+  });
+
+  test('a tokenProvider that never answers times out, and the reconnect is retried', async () => {
+    const clock = new FakeClock();
+    let calls = 0;
+    const tokenProvider = () => (++calls === 2 ? new Promise(() => {}) : Promise.resolve(`token-${calls}`));
+    const setup = await openClient({ clock, tokenProvider, handshakeTimeoutMs: 3000 });
+    setup.socket.drop();
+    await clock.advance(setup.eventsNamed('disconnected')[0].reconnectInMs);
+    assert.equal(calls, 2);
+    assert.equal(setup.client.state, 'connecting');
+    await clock.advance(3000);
+    assert.equal(setup.client.state, 'disconnected');
+    assert.equal(setup.eventsNamed('error').at(-1).code, 'token_provider_failed');
+    await clock.advance(setup.eventsNamed('disconnected').at(-1).reconnectInMs);
+    const hello = await (await setup.network.socket(1)).handshake();
+    assert.equal(hello.credentials, 'token-3');
+    assert.equal(setup.client.state, 'connected');
+    await setup.client.close();
+  });
+
   test('the old connection finishes its outstanding requests before it closes', async () => {
     const clock = new FakeClock();
     let calls = 0;
