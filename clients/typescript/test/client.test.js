@@ -64,6 +64,24 @@ describe('handshake', () => {
     await assert.rejects(connecting, isCorebusError('token_expired', { fatal: true }));
   });
 
+  test('a tokenProvider that throws rejects connect with token_provider_failed, before any socket', async () => {
+    const network = fakeNetwork();
+    const connecting = connect({
+      url: URL,
+      WebSocket: network.WebSocket,
+      clock: new FakeClock(),
+      tokenProvider: async () => {
+        throw new Error('session expired');
+      },
+    });
+    await assert.rejects(connecting, (error) => {
+      assert.equal(error.code, 'token_provider_failed');
+      assert.match(error.message, /session expired/);
+      return true;
+    });
+    assert.equal(network.sockets.length, 0);
+  });
+
   test('an unreachable broker rejects connect with connection_lost', async () => {
     const network = fakeNetwork();
     const clock = new FakeClock();
