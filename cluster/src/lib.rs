@@ -13,6 +13,9 @@
 mod codec;
 pub mod envelope;
 mod identity;
+mod node;
 
 pub use codec::{CodecError, GossipCodec};
+pub use envelope::{GossipKeys, WeakSecret};
 pub use identity::{Generation, NodeIdentity};
+pub use node::{DatagramError, Member, MemberState, Node, Timing, MAX_DATAGRAM};
