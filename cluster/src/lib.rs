@@ -8,14 +8,17 @@
 //! ([`Node`]), and the thread that runs it on a UDP socket, off the shard
 //! threads, publishing each change as a [`MemberView`] snapshot.
 //!
-//! Must not depend on: the shards, the broker, any async runtime.
+//! Must not depend on: the shards, the broker, any async runtime (the
+//! membership thread is a plain thread with a blocking UDP socket).
 
 mod codec;
 pub mod envelope;
 mod identity;
+mod membership;
 mod node;
 
 pub use codec::{CodecError, GossipCodec};
 pub use envelope::{GossipKeys, WeakSecret};
 pub use identity::{Generation, NodeIdentity};
+pub use membership::{ClusterView, MemberView, Membership, MembershipConfig};
 pub use node::{DatagramError, Member, MemberState, Node, Timing, MAX_DATAGRAM};
