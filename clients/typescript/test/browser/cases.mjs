@@ -22,6 +22,29 @@ async function publishSteadily(publisher, { total, batch, everyMs, prefix, stop 
   }
 }
 
+/** What the page's stream check reports, short: for a timeout's message. */
+function showSummary(summary) {
+  const { count, firstSeq, lastSeq, duplicates, problems } = summary?.stream ?? {};
+  const errors = summary?.errors?.slice(-3);
+  return JSON.stringify({ count, firstSeq, lastSeq, duplicates, problems: problems?.slice(0, 5), errors });
+}
+
+/**
+ * Waits until the page's stream (`ws` or `sse`) has `count` items or has
+ * reached seq `lastSeq`, and returns the page's summary. Stopping at the last
+ * seq lets a stream that skipped items fail on what the page saw, not on a
+ * timeout.
+ */
+function waitForStream(env, page, kind, { count, lastSeq = Infinity, ms, what }) {
+  const probe = kind === 'ws' ? () => window.bus.wsSummary() : () => window.bus.sseSummary();
+  return waitFor(() => env.evaluate(page, probe), {
+    until: (summary) => summary.stream.count >= count || summary.stream.lastSeq >= lastSeq,
+    show: showSummary,
+    ms,
+    what,
+  });
+}
+
 /** The part of the proxy's connections that asked for `path`. */
 function requestsFor(proxy, path) {
   return proxy.connections.filter((record) => record.requestHead.startsWith(`GET ${path}`));
@@ -72,7 +95,9 @@ export const cases = [
       const published = await publisher.finish();
       assert.deepEqual(published, { published: 1000, lastSeq: 1000 }, 'what corebus pub reports');
 
-      await waitFor(async () => (await env.evaluate(page, () => window.bus.wsSummary())).stream.count >= 1000, {
+      await waitForStream(env, page, 'ws', {
+        count: 1000,
+        lastSeq: 1000,
         ms: 20_000,
         what: 'the page to receive 1,000 items',
       });
@@ -112,7 +137,9 @@ export const cases = [
       let publishingFailed;
       publishing.catch((error) => (publishingFailed = error));
 
-      await waitFor(async () => (await env.evaluate(page, () => window.bus.wsSummary())).stream.count >= 300, {
+      await waitForStream(env, page, 'ws', {
+        count: 300,
+        lastSeq: 300,
         ms: 15_000,
         what: 'the page to receive 300 items before the cut',
       });
@@ -130,7 +157,9 @@ export const cases = [
       const published = await publisher.finish();
       assert.deepEqual(published, { published: total, lastSeq: total }, 'what corebus pub reports');
 
-      await waitFor(async () => (await env.evaluate(page, () => window.bus.wsSummary())).stream.count >= total, {
+      await waitForStream(env, page, 'ws', {
+        count: total,
+        lastSeq: total,
         ms: 20_000,
         what: `the page to receive ${total} items`,
       });
@@ -283,7 +312,9 @@ export const cases = [
       let publishingFailed;
       publishing.catch((error) => (publishingFailed = error));
 
-      await waitFor(async () => (await env.evaluate(page, () => window.bus.sseSummary())).stream.count >= 300, {
+      await waitForStream(env, page, 'sse', {
+        count: 300,
+        lastSeq: 300,
         ms: 15_000,
         what: 'the page to receive 300 events before the cut',
       });
@@ -300,7 +331,9 @@ export const cases = [
       const published = await publisher.finish();
       assert.deepEqual(published, { published: total, lastSeq: total }, 'what corebus pub reports');
 
-      await waitFor(async () => (await env.evaluate(page, () => window.bus.sseSummary())).stream.count >= total, {
+      await waitForStream(env, page, 'sse', {
+        count: total,
+        lastSeq: total,
         ms: 20_000,
         what: `the page to receive ${total} events`,
       });

@@ -27,17 +27,17 @@ export function withDeadline(promise, ms, what) {
 }
 
 /**
- * Polls `probe` until it returns a truthy value (which is returned) or
- * `ms` pass; then fails with `what` and the last value seen.
+ * Polls `probe` until `until(value)` holds (by default: the value is truthy)
+ * and returns that value; after `ms`, fails naming `what` and showing the
+ * last value (through `show`).
  */
-export async function waitFor(probe, { ms, what, every = 50 }) {
+export async function waitFor(probe, { ms, what, until = Boolean, show = JSON.stringify, every = 50 }) {
   const end = Date.now() + ms;
-  let last;
   for (;;) {
-    last = await probe();
-    if (last) return last;
+    const value = await probe();
+    if (until(value)) return value;
     if (Date.now() >= end) {
-      throw new Error(`timed out after ${ms} ms waiting for ${what}; last seen: ${JSON.stringify(last ?? null)}`);
+      throw new Error(`timed out after ${ms} ms waiting for ${what}; last seen: ${show(value ?? null)}`);
     }
     await sleep(every);
   }
