@@ -418,7 +418,16 @@ export const cases = [
       const page = await env.openPage(env.exampleOrigin, { path: '/', waitForBus: false });
       await page.fill('#name', 'ada');
       await page.click('#login button');
-      await withDeadline(page.waitForFunction(() => window.corebusReady === true, null, { timeout: 15_000 }), 16_000, 'the example page to subscribe');
+      // Subscribed, or an error the page shows (then fail with it at once).
+      await withDeadline(
+        page.waitForFunction(() => window.corebusReady === true || !document.getElementById('error').hidden, null, {
+          timeout: 15_000,
+        }),
+        16_000,
+        'the example page to subscribe',
+      );
+      const signInError = page.locator('#error');
+      if (await signInError.isVisible()) throw new Error(`the example page shows an error: ${await signInError.textContent()}`);
       assert.equal(await page.textContent('#user'), 'ada');
       assert.equal(await page.textContent('#topic'), 'notifications/user-ada');
       assert.equal(await page.textContent('#state'), 'connected');

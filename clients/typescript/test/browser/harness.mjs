@@ -50,6 +50,8 @@ export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const cleanups = [];
 const children = new Set();
+/** Every process started, in order, for diagnostics. */
+export const processes = [];
 
 /** Registers `fn` to run at cleanup (last registered, first run). */
 export function onCleanup(name, fn) {
@@ -128,7 +130,9 @@ export function startProcess(name, command, args, options = {}) {
     children.delete(child);
   };
   onCleanup(name, stop);
-  return { child, output, exited, stop, name };
+  const proc = { child, output, exited, stop, name };
+  processes.push(proc);
+  return proc;
 }
 
 /** Resolves with the first line of `proc`'s stdout that matches `pattern`. */

@@ -27,6 +27,7 @@ import {
   makeSecret,
   mintToken,
   onCleanup,
+  processes,
   startBroker,
   startPublisher,
   startStaticServer,
@@ -156,6 +157,7 @@ async function main() {
   for (const testCase of selected) {
     pageLog = [];
     const mark = cleanupMark();
+    const firstProcess = processes.length;
     const started = Date.now();
     let outcome;
     try {
@@ -176,6 +178,9 @@ async function main() {
       for (const line of pageLog.slice(-30)) console.log(`  # ${line}`);
       const brokerErrors = broker.proc.output.stderr.filter((line) => !/corebus::doctor/.test(line)).slice(-10);
       for (const line of brokerErrors) console.log(`  # [broker] ${line}`);
+      for (const proc of processes.slice(firstProcess)) {
+        for (const line of [...proc.output.stdout, ...proc.output.stderr].slice(-10)) console.log(`  # [${proc.name}] ${line}`);
+      }
     }
   }
 
