@@ -62,6 +62,8 @@ function findBinary() {
   return bin;
 }
 
+const runStarted = Date.now();
+
 async function main() {
   const bin = findBinary();
   const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
@@ -101,6 +103,7 @@ async function main() {
   console.log(`# broker: native ${broker.nativeAddr}, browsers ${broker.wsAddr}; allowed origins ${siteA.origin}, ${exampleOrigin}; other origin ${siteB.origin}`);
 
   const context = await launchChromium(chromiumPath);
+  context.setDefaultTimeout(10_000);
   console.log(`# browser: Chromium ${context.browser()?.version() ?? ''}`);
 
   const publisherToken = mintToken(secret, {
@@ -139,7 +142,7 @@ async function main() {
     },
     /** A new tab on `origin`; closed after the case. */
     async openPage(origin, { path = '/index.html', waitForBus = true } = {}) {
-      const page = await context.newPage();
+      const page = await withDeadline(context.newPage(), 10_000, 'a new tab');
       onCleanup('page', () => page.close());
       page.on('console', (message) => pageLog.push(`[${origin} console.${message.type()}] ${message.text()}`));
       page.on('pageerror', (error) => pageLog.push(`[${origin} page error] ${error.message}`));
@@ -186,7 +189,7 @@ async function main() {
 
   const failed = results.filter((result) => !result.ok);
   console.log('');
-  console.log(`# ${results.length - failed.length}/${results.length} passed`);
+  console.log(`# ${results.length - failed.length}/${results.length} passed in ${((Date.now() - runStarted) / 1000).toFixed(1)} s`);
   for (const result of results) {
     console.log(`#   ${result.ok ? 'pass' : 'FAIL'}  ${result.id.padEnd(3)} ${result.seconds.toFixed(2).padStart(6)} s  ${result.name}`);
   }
