@@ -189,6 +189,52 @@ export const cases = [
   },
 
   {
+    id: '2b',
+    name: 'WebSocket: short tokens refreshed through tokenProvider while publishing: new connections take over, nothing lost or repeated',
+    async run(env) {
+      const topic = 'ws-refresh';
+      const total = 2400;
+      const lifetime = 4; // seconds: the client refreshes about every 2 s
+      const proxy = await startProxy('proxy (case 2b)', env.broker.wsAddr);
+      const page = await env.openPage(env.siteA.origin);
+      let minted = 0;
+      await page.exposeFunction('testMintToken', () => {
+        minted++;
+        return env.userToken('ada', [topic], { expOffset: lifetime });
+      });
+      const started = await env.evaluate(page, (options) => window.bus.wsStart(options), {
+        url: `ws://${proxy.addr}/v1/ws`,
+        tokenFromTest: true,
+        namespace: NS,
+        topic,
+        prefix: 'm',
+      });
+      assert.equal(started.ok, true, `subscribe failed: ${JSON.stringify(started)}`);
+
+      const publisher = env.publisher(NS, topic);
+      // 400 a second for 6 s: at least two refreshes happen meanwhile.
+      await withDeadline(publishSteadily(publisher, { total, batch: 20, everyMs: 50, prefix: 'm' }), 30_000, 'the publisher');
+      const published = await publisher.finish();
+      assert.deepEqual(published, { published: total, lastSeq: total }, 'what corebus pub reports');
+
+      await waitForStream(env, page, 'ws', { count: total, lastSeq: total, ms: 20_000, what: `the page to receive ${total} items` });
+      const summary = await env.evaluate(page, () => window.bus.wsSummary());
+      assertCleanStream(summary.stream, { count: total });
+      const upgrades = requestsFor(proxy, '/v1/ws');
+      assert.ok(upgrades.length >= 3, `at least two refreshes, each a new connection: ${upgrades.length} connections`);
+      assert.ok(summary.tokensFetched >= 3 && minted === summary.tokensFetched, `tokens: ${summary.tokensFetched} asked, ${minted} minted`);
+      assert.deepEqual(summary.disconnects, [], 'the switch-overs never left the client disconnected');
+      assert.deepEqual(summary.states, [], 'the client stayed connected throughout');
+      assert.deepEqual(summary.errors, [], 'no error reported');
+      assert.equal(summary.state, 'connected');
+      // Each replaced connection is closed by the client (or, at the latest,
+      // by the broker when its token expires): one stays open.
+      await waitFor(() => proxy.open, { until: (open) => open === 1, ms: 8_000, what: 'the replaced connections to close' });
+      return `${summary.tokensFetched} tokens of ${lifetime} s, ${upgrades.length} connections, ${total} items each once, in order, never disconnected`;
+    },
+  },
+
+  {
     id: '3',
     name: "WebSocket: a token for another user's topic is refused with forbidden, naming the topic, shown by the page",
     async run(env) {

@@ -115,18 +115,28 @@ const ws = {
   reconnects: [],
   errors: [],
   pendingResume: undefined,
+  tokensFetched: 0,
 };
 
 /**
  * Connects and subscribes; resolves with where the subscription starts, or
  * with the refusal (also shown in the DOM) and the stage that got it.
  */
-async function wsStart({ url, token, namespace, topic, prefix, backoff }) {
+async function wsStart({ url, token, tokenFromTest, namespace, topic, prefix, backoff }) {
   ws.check = new StreamCheck(prefix);
   setState('connecting');
   let stage = 'connect';
+  // With tokenFromTest the client asks for every token (the first, each
+  // reconnect's, each refresh's) through a function the test exposed, as a
+  // page asks its back end.
+  const tokenProvider = tokenFromTest
+    ? async () => {
+        ws.tokensFetched++;
+        return window.testMintToken();
+      }
+    : undefined;
   try {
-    ws.client = await connect({ url, token, name: 'browser-test-page', backoff });
+    ws.client = await connect({ url, token: tokenProvider ? undefined : token, tokenProvider, name: 'browser-test-page', backoff });
     setState(ws.client.state);
     ws.client.on('state', ({ state }) => {
       ws.states.push(state);
@@ -189,6 +199,7 @@ function wsSummary() {
     disconnects: ws.disconnects,
     reconnects: ws.reconnects,
     errors: ws.errors,
+    tokensFetched: ws.tokensFetched,
   };
 }
 
