@@ -196,6 +196,10 @@ export const cases = [
       const total = 2400;
       const lifetime = 4; // seconds: the client refreshes about every 2 s
       const proxy = await startProxy('proxy (case 2b)', env.broker.wsAddr);
+      // 100 ms on the way to the page: when a refresh subscribes on the new
+      // connection, the old one still has about 40 items in flight, which the
+      // new one replays too. The client must show each once.
+      proxy.delayMs = 100;
       const page = await env.openPage(env.siteA.origin);
       let minted = 0;
       await page.exposeFunction('testMintToken', () => {

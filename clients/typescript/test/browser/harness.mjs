@@ -309,7 +309,8 @@ export async function freePort() {
  * connection, the request head the browser sent and the first line the
  * broker answered, so a test can read the HTTP exchange (the Last-Event-ID
  * of a reconnect, a 403). `cut()` resets every open connection; while
- * `down`, new connections are reset at once.
+ * `down`, new connections are reset at once; `delayMs` delays what the broker
+ * sends.
  */
 export async function startProxy(name, target) {
   const [host, port] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
@@ -344,7 +345,10 @@ export async function startProxy(name, target) {
         record.responseLine += chunk.toString('latin1');
         if (record.responseLine.includes('\r\n')) record.responseLine = record.responseLine.split('\r\n')[0];
       }
-      client.write(chunk);
+      // Timers of one duration fire in the order they were set: the delay
+      // keeps the bytes in order.
+      if (proxy.delayMs > 0) setTimeout(() => client.destroyed || client.write(chunk), proxy.delayMs);
+      else client.write(chunk);
     });
     client.on('error', end);
     upstream.on('error', end);
@@ -358,6 +362,8 @@ export async function startProxy(name, target) {
   proxy = {
     /** Called with each connection's record as it is accepted; its result is kept as `note`. */
     onAccept: undefined,
+    /** Holds what the broker sends this long before passing it on (a slow network). */
+    delayMs: 0,
     addr: `127.0.0.1:${server.address().port}`,
     /** Every connection so far: { requestHead, responseLine, cut, note }. */
     connections,
