@@ -445,6 +445,51 @@ export const cases = [
   },
 
   {
+    id: '6c',
+    name: 'SSE and WebSocket: a two-line payload and one with a CR (SSE `binary`, base64) arrive exactly as published',
+    async run(env) {
+      const topic = 'payloads';
+      const payloads = { 1: 'two\nlines', 2: 'carriage\rreturn', 3: 'plain' };
+      const page = await env.openPage(env.siteA.origin);
+      const token = env.userToken('ada', [topic]);
+      const viaWs = await env.evaluate(page, (o) => window.bus.wsStart(o), {
+        url: env.wsUrl,
+        token,
+        namespace: NS,
+        topic,
+        prefix: '',
+        expectedPayloads: payloads,
+      });
+      assert.equal(viaWs.ok, true, `subscribe failed: ${JSON.stringify(viaWs)}`);
+      const query = new URLSearchParams({ ns: NS, topic, token });
+      const viaSse = await env.evaluate(page, (o) => window.bus.sseStart(o), {
+        url: `http://${env.broker.wsAddr}/v1/sse?${query}`,
+        prefix: '',
+        expectedPayloads: payloads,
+      });
+      assert.equal(viaSse.ok, true, `the event stream failed: ${JSON.stringify(viaSse)}`);
+      for (const [seq, message] of Object.entries(payloads)) {
+        assert.equal(await env.publishOne(NS, topic, message), Number(seq), 'corebus pub prints the seq');
+      }
+      const ws = await waitForStream(env, page, 'ws', { count: 3, lastSeq: 3, ms: 10_000, what: 'three items over WebSocket' });
+      assertCleanStream(ws.stream, { count: 3 });
+      const sse = await waitForStream(env, page, 'sse', { count: 3, lastSeq: 3, ms: 10_000, what: 'three events' });
+      assertCleanStream(sse.stream, { count: 3 });
+      const epoch = sse.stream.epoch;
+      assert.deepEqual(
+        sse.raw,
+        [
+          { type: 'message', id: `${epoch}:1`, data: 'two\nlines' },
+          { type: 'binary', id: `${epoch}:2`, data: Buffer.from('carriage\rreturn').toString('base64') },
+          { type: 'message', id: `${epoch}:3`, data: 'plain' },
+        ],
+        'the events as the browser parsed them',
+      );
+      return `WebSocket: 3 items exact; SSE: ${sse.raw.map((event) => `${event.type} ${JSON.stringify(event.data)}`).join(', ')}`;
+    },
+  },
+
+  {
     id: '7',
     name: 'The notifications example end to end: sign in, two jobs, two notifications, screenshot',
     async run(env) {

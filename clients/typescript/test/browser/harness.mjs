@@ -247,6 +247,18 @@ export function startPublisher({ bin, server, token, namespace, topic }) {
   };
 }
 
+/** Publishes one message with `corebus pub NS TOPIC MESSAGE`; resolves with its seq. */
+export async function publishOne({ bin, server, token, namespace, topic, message }) {
+  const proc = startProcess(`corebus pub ${namespace}/${topic}`, bin, ['pub', '--server', server, namespace, topic, message], {
+    env: { ...process.env, COREBUS_CREDENTIALS: token },
+  });
+  proc.child.stdin.end();
+  const { code, signal } = await withDeadline(proc.exited, 10_000, proc.name);
+  const output = [...proc.output.stdout, ...proc.output.stderr].join('\n');
+  if (code !== 0 || !/^\d+$/.test(proc.output.stdout[0] ?? '')) throw new Error(`${proc.name} exited with ${code ?? signal}: ${output}`);
+  return Number(proc.output.stdout[0]);
+}
+
 // ---------------------------------------------------------------------------
 // Static servers
 

@@ -28,6 +28,7 @@ import {
   mintToken,
   onCleanup,
   processes,
+  publishOne,
   startBroker,
   startPublisher,
   startStaticServer,
@@ -139,6 +140,9 @@ async function main() {
     },
     publisher(namespace, topic) {
       return startPublisher({ bin, server: broker.nativeAddr, token: publisherToken, namespace, topic });
+    },
+    publishOne(namespace, topic, message) {
+      return publishOne({ bin, server: broker.nativeAddr, token: publisherToken, namespace, topic, message });
     },
     /** A new tab on `origin`; closed after the case. */
     async openPage(origin, { path = '/index.html', waitForBus = true } = {}) {

@@ -32,11 +32,13 @@ function showError(source, code, message) {
 /**
  * Checks one subscription's stream as it arrives: one epoch, sequence numbers
  * consecutive from the first expected one, each exactly once, and each
- * payload the one published for its seq (`PREFIX` + seq).
+ * payload the one published for its seq (`expected[seq]` if given, else
+ * `PREFIX` + seq).
  */
 class StreamCheck {
-  constructor(prefix) {
+  constructor(prefix, expected = {}) {
     this.prefix = prefix;
+    this.expected = expected;
     this.count = 0;
     this.epoch = undefined;
     this.expectedFirst = undefined;
@@ -78,7 +80,8 @@ class StreamCheck {
     } else if (seq !== this.lastSeq + 1) {
       this.problem(`seq ${seq} after ${this.lastSeq}`);
     }
-    if (text !== `${this.prefix}${seq}`) this.problem(`seq ${seq} carried ${JSON.stringify(text)}, expected ${this.prefix}${seq}`);
+    const wanted = this.expected[seq] ?? `${this.prefix}${seq}`;
+    if (text !== wanted) this.problem(`seq ${seq} carried ${JSON.stringify(text)}, expected ${JSON.stringify(wanted)}`);
     this.lastSeq = seq;
   }
 
@@ -122,8 +125,8 @@ const ws = {
  * Connects and subscribes; resolves with where the subscription starts, or
  * with the refusal (also shown in the DOM) and the stage that got it.
  */
-async function wsStart({ url, token, tokenFromTest, namespace, topic, prefix, backoff }) {
-  ws.check = new StreamCheck(prefix);
+async function wsStart({ url, token, tokenFromTest, namespace, topic, prefix, expectedPayloads, backoff }) {
+  ws.check = new StreamCheck(prefix, expectedPayloads);
   setState('connecting');
   let stage = 'connect';
   // With tokenFromTest the client asks for every token (the first, each
@@ -220,6 +223,7 @@ const sse = {
   lastId: undefined,
   disconnects: [],
   pendingResume: undefined,
+  raw: [],
 };
 
 /**
@@ -227,8 +231,8 @@ const sse = {
  * `broker-error` (the page then closes the stream and shows the error), or
  * when the browser gives the stream up.
  */
-function sseStart({ url, prefix }) {
-  sse.check = new StreamCheck(prefix);
+function sseStart({ url, prefix, expectedPayloads }) {
+  sse.check = new StreamCheck(prefix, expectedPayloads);
   setState('sse connecting');
   return new Promise((resolve) => {
     const source = new EventSource(url);
@@ -242,20 +246,29 @@ function sseStart({ url, prefix }) {
       log(`subscribed (id ${event.lastEventId})`);
       resolve({ ok: true, id: event.lastEventId, data });
     });
-    source.addEventListener('message', (event) => {
+    // An item: an unnamed event with the payload as text, or `binary` with
+    // it in base64 (not UTF-8, or holding a CR).
+    const onItem = (event) => {
+      if (sse.raw.length < 20) sse.raw.push({ type: event.type, id: event.lastEventId, data: event.data });
       const match = /^(\d+):(\d+)$/.exec(event.lastEventId);
       if (!match) {
         sse.check.problem(`event id ${JSON.stringify(event.lastEventId)} is not EPOCH:SEQ`);
         return;
       }
+      const text =
+        event.type === 'binary'
+          ? new TextDecoder().decode(Uint8Array.from(atob(event.data), (char) => char.charCodeAt(0)))
+          : event.data;
       sse.lastId = event.lastEventId;
       if (sse.pendingResume !== undefined) {
         sse.pendingResume.firstIdAfter = event.lastEventId;
         sse.pendingResume = undefined;
       }
-      sse.check.item(match[1], Number(match[2]), event.data);
+      sse.check.item(match[1], Number(match[2]), text);
       if (Number(match[2]) % 100 === 0) log(`event ${event.lastEventId}`);
-    });
+    };
+    source.addEventListener('message', onItem);
+    source.addEventListener('binary', onItem);
     source.addEventListener('discontinuity', (event) => {
       sse.check.problem(`discontinuity ${event.data}`);
       showError('event stream', 'discontinuity', event.data);
@@ -298,6 +311,7 @@ function sseSummary() {
     brokerErrors: sse.brokerErrors,
     disconnects: sse.disconnects,
     lastId: sse.lastId,
+    raw: sse.raw,
   };
 }
 
