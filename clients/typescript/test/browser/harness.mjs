@@ -97,7 +97,13 @@ export function killChildrenNow() {
   }
 }
 
-process.on('exit', killChildrenNow);
+/** Temporary directories not removed yet (removed on exit at the latest). */
+const tempDirs = new Set();
+
+process.on('exit', () => {
+  killChildrenNow();
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
+});
 
 /**
  * Spawns a process whose stdout and stderr are kept (the last 200 lines of
@@ -166,7 +172,13 @@ export function waitForLine(proc, pattern, ms) {
 /** A fresh temporary directory, removed at cleanup unless `keep`. */
 export function tempDir(prefix, { keep = false } = {}) {
   const dir = mkdtempSync(join(tmpdir(), prefix));
-  if (!keep) onCleanup(`remove ${dir}`, () => rmSync(dir, { recursive: true, force: true }));
+  if (!keep) {
+    tempDirs.add(dir);
+    onCleanup(`remove ${dir}`, () => {
+      rmSync(dir, { recursive: true, force: true });
+      tempDirs.delete(dir);
+    });
+  }
   return dir;
 }
 
@@ -433,6 +445,10 @@ export async function launchChromium(executablePath) {
       executablePath,
       headless: true,
       args: CHROMIUM_ARGS,
+      // The run's own handlers close the browser, then the rest, then exit.
+      handleSIGINT: false,
+      handleSIGTERM: false,
+      handleSIGHUP: false,
       viewport: { width: 900, height: 700 },
     }),
     30_000,
