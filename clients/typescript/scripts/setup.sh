@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the TypeScript client and the project's browser tests need on a
 # fresh Debian machine: the package's devDependencies (npm ci, from the
-# committed package-lock.json) and Debian's chromium, which playwright-core
+# committed package-lock.json), the notifications example's dependencies
+# (npm ci in examples/notifications) and Debian's chromium, which playwright-core
 # drives (playwright's own browser download cannot be used: only the package
 # registries are reachable). Safe to run again: each step is skipped or is a
 # no-op when its result is already there.
@@ -28,6 +29,10 @@ fi
 # npm ci installs exactly what package-lock.json pins; it replaces
 # node_modules each time, so running it again gives the same result.
 npm ci --no-audit --no-fund
+
+# The notifications example (run end to end by the browser tests) has its own
+# lock file: ws, and this package linked as `corebus`.
+(cd ../../examples/notifications && npm ci --no-audit --no-fund)
 
 if [ ! -x /usr/bin/chromium ]; then
     export DEBIAN_FRONTEND=noninteractive
