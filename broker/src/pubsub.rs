@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use corebus_client::{
     Client, ClientConfig, Credentials, Error, Event, ResumeFrom, TlsOptions, TlsRoots,
 };
@@ -65,15 +65,24 @@ pub async fn publish(args: PubArgs) -> anyhow::Result<()> {
         client.close().await?;
         return Ok(());
     }
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    // Lines are bytes: a payload need not be UTF-8.
+    let mut lines = BufReader::new(tokio::io::stdin()).split(b'\n');
     let mut pending = VecDeque::new();
     let mut published = 0u64;
     let mut last_seq = None;
-    while let Some(line) = lines.next_line().await.context("reading stdin")? {
+    let read_error = loop {
+        let mut line = match lines.next_segment().await {
+            Ok(Some(line)) => line,
+            Ok(None) => break None,
+            Err(err) => break Some(err),
+        };
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
         // Frames go out in call order; acks are awaited later, in order.
         pending.push_back(
             client
-                .start_publish(&args.namespace, &args.topic, line.into_bytes())
+                .start_publish(&args.namespace, &args.topic, line)
                 .await?,
         );
         // Keep the queue of unawaited acks short; the client bounds what is
@@ -84,18 +93,21 @@ pub async fn publish(args: PubArgs) -> anyhow::Result<()> {
                 published += 1;
             }
         }
-    }
+    };
+    // What was read before a failure is published and counted, not lost.
     for ack in pending {
         last_seq = Some(ack.await?);
         published += 1;
     }
     client.close().await?;
-    match last_seq {
-        Some(seq) => stdio::line(format_args!(
-            "published {published} messages, last seq {seq}"
-        )),
-        None => stdio::line("published 0 messages"),
+    let summary = match last_seq {
+        Some(seq) => format!("published {published} messages, last seq {seq}"),
+        None => "published 0 messages".to_string(),
+    };
+    if let Some(err) = read_error {
+        bail!("reading stdin: {err} ({summary} before it failed)");
     }
+    stdio::line(summary)
 }
 
 /// Prints messages of one topic until `--count` is reached or the

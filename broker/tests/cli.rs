@@ -462,3 +462,36 @@ fn serve_keeps_running_when_its_stdout_is_closed() {
     stderr.read_to_string(&mut rest).expect("stderr");
     assert!(!rest.contains("panicked"), "{rest}");
 }
+
+#[test]
+fn pub_stdin_publishes_lines_as_bytes_without_their_line_ends() {
+    let serve = Serve::start(&[]);
+    let mut sub = corebus(&[
+        "sub",
+        "demo",
+        "bytes",
+        "--count",
+        "3",
+        "--server",
+        &serve.addr,
+    ]);
+    wait_subscribed(&mut sub);
+    let mut publisher = corebus(&["pub", "demo", "bytes", "--stdin", "--server", &serve.addr]);
+    let mut stdin = publisher.stdin.take().expect("piped");
+    stdin
+        .write_all(b"plain\r\n\xff\xfe not UTF-8\nlast")
+        .expect("writes");
+    drop(stdin);
+    let (status, out, err) = finish(publisher, Duration::from_secs(30));
+    assert!(status.success(), "pub failed: {err}");
+    assert_eq!(out.trim(), "published 3 messages, last seq 3");
+    let status = sub.wait().expect("sub exits");
+    assert!(status.success());
+    let mut received = Vec::new();
+    sub.stdout
+        .take()
+        .expect("piped")
+        .read_to_end(&mut received)
+        .expect("reads");
+    assert_eq!(received, b"plain\n\xff\xfe not UTF-8\nlast\n");
+}
