@@ -363,6 +363,21 @@ pub struct ServeArgs {
     #[arg(long, env = "COREBUS_WS_ALLOWED_ORIGIN", default_value = "",
           action = clap::ArgAction::Append, value_parser = parse_origins)]
     pub ws_allowed_origin: Vec<AllowedOrigins>,
+    /// Address this node gossips on with the other members of its cluster
+    /// (UDP), which is also its node id; `off` runs it alone. See
+    /// docs/cluster.md.
+    #[arg(long, env = "COREBUS_CLUSTER_LISTEN", default_value = "off", value_parser = parse_optional_addr)]
+    pub cluster_listen: OptionalAddr,
+    /// Cluster members to join through, comma-separated; the flag may be
+    /// repeated. Every node may list the same seeds, itself included.
+    #[arg(long, env = "COREBUS_SEED", default_value = "",
+          action = clap::ArgAction::Append, value_parser = parse_seeds)]
+    pub seed: Vec<Seeds>,
+    /// A file holding the cluster secret (at least 32 bytes, owner-only):
+    /// every gossip datagram is authenticated with it, so a node without it
+    /// cannot join. Required unless cluster_listen is a loopback address.
+    #[arg(long, env = "COREBUS_CLUSTER_SECRET_FILE", default_value = "", value_parser = parse_optional_path)]
+    pub cluster_secret_file: OptionalPath,
     /// PEM certificate chain for TLS on client connections (with
     /// --tls-key); empty for plaintext.
     #[arg(long, env = "COREBUS_TLS_CERT", default_value = "", value_parser = parse_optional_path)]
@@ -423,6 +438,23 @@ pub struct ServeArgs {
 /// An address setting that may be `off` (`--metrics`, `--ws-listen`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OptionalAddr(pub Option<SocketAddr>);
+
+/// One `--seed` value: addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seeds(pub Vec<SocketAddr>);
+
+/// Parses comma-separated socket addresses; empty for none.
+pub fn parse_seeds(text: &str) -> Result<Seeds, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|seed| !seed.is_empty())
+        .map(|seed| {
+            seed.parse()
+                .map_err(|_| format!("{seed:?} is not an address like 10.0.0.1:7500"))
+        })
+        .collect::<Result<_, _>>()
+        .map(Seeds)
+}
 
 /// One `--ws-allowed-origin` value: origins, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -604,7 +636,10 @@ pub struct PubArgs {
     /// The message; omit it with --stdin.
     #[arg(required_unless_present = "stdin", conflicts_with = "stdin")]
     pub message: Option<String>,
-    /// Publish each line of standard input as one message, in order.
+    /// Publish each line of standard input as one message, in order: its
+    /// bytes as read (any bytes, not only UTF-8), without the line's LF or
+    /// CRLF. If reading fails, what was read before is still published and
+    /// counted.
     #[arg(long)]
     pub stdin: bool,
     /// Broker to connect to.

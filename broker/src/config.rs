@@ -96,6 +96,7 @@ impl Resolved {
             }
         }
         files.extend(self.args.tls_key.0.clone());
+        files.extend(self.args.cluster_secret_file.0.clone());
         for path in files {
             check_private(&path)?;
         }

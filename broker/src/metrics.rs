@@ -35,6 +35,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
+use corebus_cluster::{ClusterView, MemberState, MemberView};
+
 use crate::webhook::Webhooks;
 
 /// Most connections served at once (a scraper and a health checker need one
@@ -48,14 +50,21 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// The OpenMetrics text format's media type.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// What the endpoint reports: the shards' figures, and the webhooks' and the
+/// cluster's when there are some.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// Every shard's counters and gauges.
+    pub shards: MetricsHandle,
+    /// The webhooks' counters.
+    pub webhooks: Option<Arc<Webhooks>>,
+    /// The cluster's member list.
+    pub cluster: Option<Arc<ClusterView>>,
+}
+
 /// Binds `addr` and serves metrics from a background thread; returns the
 /// bound address (useful with port 0).
-/// `webhooks`' counters are added to the shards' when given.
-pub fn spawn(
-    addr: SocketAddr,
-    metrics: MetricsHandle,
-    webhooks: Option<Arc<Webhooks>>,
-) -> io::Result<SocketAddr> {
+pub fn spawn(addr: SocketAddr, sources: Sources) -> io::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
@@ -65,15 +74,11 @@ pub fn spawn(
         .build()?;
     std::thread::Builder::new()
         .name("corebus-metrics".into())
-        .spawn(move || runtime.block_on(serve(listener, metrics, webhooks)))?;
+        .spawn(move || runtime.block_on(serve(listener, sources)))?;
     Ok(local)
 }
 
-async fn serve(
-    listener: std::net::TcpListener,
-    metrics: MetricsHandle,
-    webhooks: Option<Arc<Webhooks>>,
-) {
+async fn serve(listener: std::net::TcpListener, sources: Sources) {
     let listener = match TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(err) => {
@@ -100,11 +105,11 @@ async fn serve(
             debug!(%peer, "metrics endpoint: {MAX_CONNECTIONS} connections open; closing a new one");
             continue;
         };
-        let (metrics, webhooks) = (metrics.clone(), webhooks.clone());
+        let sources = sources.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let service = service_fn(move |request| {
-                let response = respond(&request, &metrics, webhooks.as_deref());
+                let response = respond(&request, &sources);
                 async move { Ok::<_, Infallible>(response) }
             });
             let connection = http1::Builder::new()
@@ -120,11 +125,7 @@ async fn serve(
     }
 }
 
-fn respond(
-    request: &Request<Incoming>,
-    metrics: &MetricsHandle,
-    webhooks: Option<&Webhooks>,
-) -> Response<Full<Bytes>> {
+fn respond(request: &Request<Incoming>, sources: &Sources) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, body: &'static str| {
         let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
         *response.status_mut() = status;
@@ -144,10 +145,16 @@ fn respond(
     match request.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/metrics" => {
-            let mut response = Response::new(Full::new(Bytes::from(render(
-                &metrics.snapshot(),
-                webhooks,
-            ))));
+            let cluster = sources.cluster.as_ref().map(|view| ClusterFigures {
+                members: view.snapshot(),
+                refused: view.refused_datagrams(),
+            });
+            let body = render(
+                &sources.shards.snapshot(),
+                sources.webhooks.as_deref(),
+                cluster,
+            );
+            let mut response = Response::new(Full::new(Bytes::from(body)));
             response
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
@@ -360,11 +367,18 @@ const FAMILIES: &[Family] = &[
 /// Totals are `corebus_<name>`; per-shard series are
 /// `corebus_shard_<name>{shard="N"}`, in separate families so that summing a
 /// family never counts anything twice.
-pub fn render(shards: &[ShardMetrics], webhooks: Option<&Webhooks>) -> String {
+pub fn render(
+    shards: &[ShardMetrics],
+    webhooks: Option<&Webhooks>,
+    cluster: Option<ClusterFigures>,
+) -> String {
     let mut registry = Registry::with_prefix("corebus");
     registry.register_collector(Box::new(Shards(shards.to_vec())));
     if let Some(webhooks) = webhooks {
         registry.register_collector(Box::new(WebhookCounters(webhooks.snapshot_metrics())));
+    }
+    if let Some(cluster) = cluster {
+        registry.register_collector(Box::new(cluster));
     }
     let mut out = String::with_capacity(16 * 1024);
     if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &registry) {
@@ -434,6 +448,53 @@ pub fn encode_value(
     }
 }
 
+/// The cluster's member list and gossip counters as of one scrape.
+#[derive(Debug)]
+pub struct ClusterFigures {
+    /// The member list.
+    pub members: Arc<MemberView>,
+    /// Gossip datagrams refused so far.
+    pub refused: u64,
+}
+
+impl Collector for ClusterFigures {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(
+            "cluster_members",
+            "Members of the cluster this node knows, itself included, by state.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for state in [MemberState::Alive, MemberState::Suspect, MemberState::Down] {
+            let labels = [("state", state.name())];
+            let count = self.members.count(state) as u64;
+            encode_value(MetricType::Gauge, count, metric.encode_family(&labels)?)?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "cluster_member",
+            "1 for each member this node knows: its node id (cluster address), client address and state.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for member in &self.members.members {
+            let labels = [
+                ("node", member.node.addr.to_string()),
+                ("client", member.node.client.to_string()),
+                ("state", member.state.name().to_string()),
+                ("leaving", member.node.leaving.to_string()),
+            ];
+            encode_value(MetricType::Gauge, 1, metric.encode_family(&labels)?)?;
+        }
+        let metric = encoder.encode_descriptor(
+            "cluster_datagrams_refused",
+            "Gossip datagrams dropped: another cluster secret, a replay, or bytes that do not decode.",
+            None,
+            MetricType::Counter,
+        )?;
+        encode_value(MetricType::Counter, self.refused, metric)
+    }
+}
+
 /// The webhooks' counters as of one scrape.
 #[derive(Debug)]
 struct WebhookCounters(crate::webhook::MetricsSnapshot);
@@ -465,7 +526,7 @@ mod tests {
         };
         two.stats.messages_delivered = 7;
         two.delivery_latency.record(2_000_000);
-        let text = render(&[one, two], None);
+        let text = render(&[one, two], None, None);
         assert!(text.contains("corebus_connections 3\n"));
         assert!(text.contains("corebus_shard_connections{shard=\"1\"} 1\n"));
         assert!(text.contains("corebus_messages_delivered_total 12\n"));

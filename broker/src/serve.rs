@@ -16,6 +16,8 @@ use tracing::{debug, error, info, warn};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
+use corebus_cluster::{Generation, GossipKeys, Membership, MembershipConfig, NodeIdentity, Timing};
+
 use crate::auth_config::AuthSettings;
 use crate::cli::{LogFormat, ServeArgs, ServeCommand, SlowConsumer};
 use crate::config::{self, Origin, Resolved};
@@ -108,6 +110,72 @@ pub fn authenticator(
     }
     warn!(listen = %args.listen, "running without authentication: every client may publish and subscribe to everything");
     Ok(Arc::new(OpenAccess))
+}
+
+/// The keys that authenticate this node's gossip, when it joins a cluster:
+/// from `cluster_secret_file`, or (on a loopback address only, where every
+/// peer is this host's) a fixed key that only keeps apart clusters that
+/// were not meant to meet.
+pub fn cluster_keys(args: &ServeArgs) -> anyhow::Result<Option<GossipKeys>> {
+    let Some(listen) = args.cluster_listen.0 else {
+        return Ok(None);
+    };
+    let secret = match &args.cluster_secret_file.0 {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cluster_secret_file {}", path.display()))?
+            .trim()
+            .as_bytes()
+            .to_vec(),
+        None if listen.ip().is_loopback() => {
+            warn!(%listen, "cluster without a secret: only nodes of this host can join; set cluster_secret_file beyond loopback");
+            LOOPBACK_CLUSTER_KEY.to_vec()
+        }
+        None => bail!(
+            "refusing to gossip on {listen} without a cluster secret: set cluster_secret_file \
+             to a file holding at least 32 random bytes (`corebus key generate` prints some), \
+             the same file on every node (see docs/cluster.md)"
+        ),
+    };
+    let keys = GossipKeys::new(&secret, None).context("cluster_secret_file")?;
+    Ok(Some(keys))
+}
+
+/// The gossip key of clusters on loopback without a secret (public, so it
+/// authenticates nothing: it only makes such gossip a format of its own).
+const LOOPBACK_CLUSTER_KEY: &[u8] = b"corebus loopback cluster, no secret configured";
+
+/// Starts gossiping with the cluster's members, as the node whose clients
+/// connect to `client`.
+fn start_cluster(
+    args: &ServeArgs,
+    keys: GossipKeys,
+    client: std::net::SocketAddr,
+) -> anyhow::Result<Membership> {
+    let listen = args.cluster_listen.0.context("cluster_listen is set")?;
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64);
+    let membership = Membership::start(MembershipConfig {
+        me: NodeIdentity {
+            addr: listen,
+            generation: Generation {
+                started_ms,
+                bump: 0,
+            },
+            client,
+            leaving: false,
+        },
+        seeds: args
+            .seed
+            .iter()
+            .flat_map(|seeds| seeds.0.iter().copied())
+            .collect(),
+        keys,
+        timing: Timing::default(),
+    })
+    .with_context(|| format!("cannot gossip on {listen} (cluster_listen)"))?;
+    info!(node = %listen, "cluster membership started");
+    Ok(membership)
 }
 
 /// The TLS configuration `tls_cert` and `tls_key` ask for (both or neither).
@@ -241,6 +309,7 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
     resolved.check_secret_files()?;
     config.auth = authenticator(args, &resolved.auth)?;
     config.tls = tls_config(args)?;
+    let cluster_keys = cluster_keys(args)?;
     let webhooks = start_webhooks(&resolved)?;
     config.webhooks = webhooks.clone();
     crate::doctor::preflight(args.shards)?;
@@ -251,8 +320,17 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
     let server = corebus_shards::start(config)?;
+    let membership = match cluster_keys {
+        Some(keys) => Some(start_cluster(args, keys, server.local_addr())?),
+        None => None,
+    };
     if let Some(addr) = args.metrics.0 {
-        let bound = crate::metrics::spawn(addr, server.metrics(), Some(webhooks.clone()))
+        let sources = crate::metrics::Sources {
+            shards: server.metrics(),
+            webhooks: Some(webhooks.clone()),
+            cluster: membership.as_ref().map(Membership::view),
+        };
+        let bound = crate::metrics::spawn(addr, sources)
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         info!(addr = %bound, "metrics on /metrics, health on /healthz");
     }
@@ -273,6 +351,12 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
     }
     while !SIGNALLED.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Some(membership) = membership {
+        // The others learn at once that this node is going, rather than
+        // by failed probes.
+        membership.leave();
+        info!("left the cluster");
     }
     let deadline = args.shutdown_deadline;
     info!(?deadline, "signal received: sending GOAWAY and draining");

@@ -33,14 +33,23 @@ fn run(command: &mut Command, what: &str) {
     let status = command
         .status()
         .unwrap_or_else(|err| panic!("{what}: cannot start ({err}); is Node.js 20+ installed? run clients/typescript/scripts/setup.sh"));
-    assert!(status.success(), "{what} failed ({status}); its output is above");
+    assert!(
+        status.success(),
+        "{what} failed ({status}); its output is above"
+    );
 }
 
 #[test]
 fn the_typescript_client_passes_its_tests_and_the_browser_suite() {
     let client = repo().join("clients/typescript");
-    require(&client.join("node_modules/typescript"), "the client's npm packages");
-    require(&client.join("node_modules/playwright-core"), "playwright-core");
+    require(
+        &client.join("node_modules/typescript"),
+        "the client's npm packages",
+    );
+    require(
+        &client.join("node_modules/playwright-core"),
+        "playwright-core",
+    );
     require(Path::new("/usr/bin/chromium"), "Debian's chromium");
     require(
         &repo().join("examples/notifications/node_modules/ws"),

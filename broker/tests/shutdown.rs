@@ -10,7 +10,7 @@ use corebus_client::{Client, Event};
 
 mod common;
 
-use common::Serve;
+use common::{sample, scrape, Serve};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -103,24 +103,6 @@ fn sigterm_drains_exits_zero_and_clients_resume_on_the_restarted_broker() {
             .expect("message");
         assert_eq!((next.epoch, next.seq), (gap.epoch, gap.next_seq));
     });
-}
-
-fn scrape(addr: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).expect("metrics endpoint");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .expect("writes");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("reads");
-    response
-}
-
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} in metrics"))
 }
 
 #[test]
