@@ -58,6 +58,17 @@ impl Serve {
     /// give `--listen`, logging warnings only unless they give
     /// `--log-level`) and waits until it listens.
     pub fn start(args: &[&str]) -> Serve {
+        Serve::spawn(args, false)
+    }
+
+    /// [`Serve::start`] with a browser listener on 127.0.0.1 port 0, whose
+    /// address (serve's second line, "corebus browsers on ADDR") is
+    /// `web_addr`.
+    pub fn start_web(args: &[&str]) -> Serve {
+        Serve::spawn(args, true)
+    }
+
+    fn spawn(args: &[&str], web: bool) -> Serve {
         let mut command = Command::new(BIN);
         command.arg("serve");
         if !args.contains(&"--listen") {
@@ -66,41 +77,26 @@ impl Serve {
         if !args.contains(&"--log-level") {
             command.args(["--log-level", "warn"]);
         }
-        let mut child = command
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("corebus serve starts");
-        let addr = read_address(&mut child);
-        Serve {
-            child,
-            addr,
-            web_addr: String::new(),
+        if web {
+            command.args(["--ws-listen", "127.0.0.1:0"]);
         }
-    }
-
-    /// [`Serve::start`] with a browser listener on 127.0.0.1 port 0, whose
-    /// address (serve's second line, "corebus browsers on ADDR") is
-    /// `web_addr`.
-    pub fn start_web(args: &[&str]) -> Serve {
-        let mut command = Command::new(BIN);
-        command.args(["serve", "--listen", "127.0.0.1:0", "--log-level", "warn"]);
-        command.args(["--ws-listen", "127.0.0.1:0"]);
         let mut child = command
             .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .expect("corebus serve starts");
+        // "corebus listening on ADDR with N shards", then, with a browser
+        // listener, "corebus browsers on ADDR".
         let mut lines = BufReader::new(child.stdout.take().expect("stdout piped")).lines();
-        let mut word = |n: usize| {
+        let mut address = || {
             let line = lines.next().and_then(Result::ok).unwrap_or_default();
             line.split_whitespace()
-                .nth(n)
+                .nth(3)
                 .unwrap_or_else(|| panic!("unexpected line from serve: {line:?}"))
                 .to_string()
         };
-        let addr = word(3);
-        let web_addr = word(3);
+        let addr = address();
+        let web_addr = if web { address() } else { String::new() };
         Serve {
             child,
             addr,
