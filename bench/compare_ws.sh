@@ -9,7 +9,8 @@
 #   - broker memory per idle WebSocket connection, next to the native figure
 #     (the connections scenario over each transport, on fresh brokers).
 # With NATIVE=1 (default) the throughput and latency runs are repeated with
-# native subscribers, for reference. Writes
+# native subscribers, for reference (corebus's with --no-affinity: placed on
+# the shards as its WebSocket subscribers are). Writes
 #   bench/results/<date>-ws.json  every run's report plus the machine
 #   bench/results/<date>-ws.md    target 6 (>= 2x NATS's delivered msg/s,
 #                                 <= 0.5x its p99) met or not, WebSocket
@@ -57,9 +58,17 @@ THROUGHPUT="--scenario many $SHAPE --duration $DURATION"
 LATENCY="--scenario latency $SHAPE --rate $WS_RATE --duration $LATENCY_DURATION"
 IDLE="--scenario connections --subscribers $CONNECTIONS --size 128 --duration 10"
 
-over() { # transport: the harness's arguments for subscribers over it
+over() { # target transport: the harness's arguments for subscribers over it
     over_args=()
-    if [ "$1" = websocket ]; then over_args=(--subscribers-over websocket --ws-url "$WS_URL"); fi
+    if [ "$2" = websocket ]; then
+        over_args=(--subscribers-over websocket --ws-url "$WS_URL")
+    elif [ "$1" = corebus ]; then
+        # A WebSocket subscriber lands on whichever shard accepted it (a
+        # browser cannot choose its source port); native corebus subscribers
+        # of one topic would sit on its shard. Placed alike, the two runs
+        # differ only in the transport.
+        over_args=(--no-affinity)
+    fi
 }
 
 run_group() { # round target transport: a fresh broker, throughput then latency
@@ -67,7 +76,7 @@ run_group() { # round target transport: a fresh broker, throughput then latency
     log "round $round/$ROUNDS, $target: starting the broker on CPUs $CPU_LIST ($transport subscribers)"
     start_broker "$target"
     broker_args "$target"
-    over "$transport"
+    over "$target" "$transport"
     for args in "$THROUGHPUT" "$LATENCY"; do
         # shellcheck disable=SC2086 # $args is a list of options
         run_bench "round $round/$ROUNDS, $target, $transport subscribers: $args" \
@@ -90,7 +99,10 @@ for target in corebus nats; do
         log "$target: a fresh broker for idle connections ($transport)"
         start_broker "$target"
         broker_args "$target"
-        over "$transport"
+        # As compare.sh measures it: native corebus subscribers of one topic
+        # on its shard (where a connection sits does not change its memory).
+        over_args=()
+        [ "$transport" = native ] || over "$target" "$transport"
         # shellcheck disable=SC2086 # $IDLE is a list of options
         run_bench "$target, $transport: $IDLE" --target "$target" --url "$URL" $IDLE \
             "${over_args[@]}" "${extra[@]}"

@@ -187,6 +187,9 @@ fn broker_comparisons<'a>(workloads: &[(String, Cells<'a>)]) -> Vec<Comparison<'
         let Some(any) = cells.values().next() else {
             continue;
         };
+        if crate::summary::corebus_ran_only_as_variant(label, workloads) {
+            continue;
+        }
         let corebus = cell(cells, Target::Corebus);
         let against = |target: u8,
                        measure: String,
