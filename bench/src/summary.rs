@@ -387,6 +387,13 @@ pub fn markdown(summary: &Summary) -> String {
     out.push('\n');
     crate::targets::markdown(&mut out, &summary.runs);
     websocket_table(&mut out, &rows);
+    // A workload corebus ran only as a reference variant shows in the
+    // variant's rows, with the other brokers' runs.
+    let all = rows.clone();
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|(label, _)| !corebus_ran_only_as_variant(label, &all))
+        .collect();
     let _ = writeln!(
         out,
         "Delivered messages per second (higher is better; ratio > 1: corebus faster).\n"
@@ -750,6 +757,10 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("no data"), "{text}");
+        assert!(
+            !text.contains("| many 16→64 over 1024 topics, 128 B | – |"),
+            "NATS's runs show in the variant's row only: {text}"
+        );
         assert!(
             text.contains("| 1 | many 16→64 over 1024 topics, 128 B, corebus without shard affinity: delivered msg/s | 2.50M msg/s | NATS 1.00M msg/s | 2.50× | none (reference) | – |"),
             "{text}"
