@@ -25,7 +25,7 @@ use crate::tracker::latency_histogram;
 use crate::BenchError;
 
 /// Descriptors the harness needs besides one per connection.
-const SPARE_FILES: u64 = 256;
+pub const SPARE_FILES: u64 = 256;
 /// How long the broker's memory is left to settle before it is read.
 const SETTLE: Duration = Duration::from_millis(500);
 /// Limit on delivering every message, beyond `--duration`.

@@ -56,7 +56,7 @@ pub mod tracker;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use options::{Plan, RunOptions, Scenario, Target};
+pub use options::{Plan, RunOptions, Scenario, Target, Transport};
 pub use report::Report;
 
 use driver::{Endpoint, Incidents};
@@ -140,6 +140,9 @@ pub enum BenchError {
 pub async fn run(options: &RunOptions) -> Result<Report, BenchError> {
     let plan = options.plan()?;
     let addrs = sys::loopback_addrs(&plan.url).await?;
+    if let Some(ws_url) = &plan.ws_url {
+        sys::loopback_addrs(ws_url).await?;
+    }
     // The raw baseline's relay lives as long as the run. `addrs` is never
     // empty: `loopback_addrs` refuses a URL that resolves to nothing.
     let baseline_relay = match plan.target {
@@ -153,6 +156,7 @@ pub async fn run(options: &RunOptions) -> Result<Report, BenchError> {
             .map_or_else(|| plan.url.clone(), |relay| relay.addr().to_string()),
         acks: plan.acks,
         affinity: plan.affinity,
+        ws_url: plan.ws_url.clone(),
         incidents: Arc::new(Incidents::default()),
     };
     if plan.lean {

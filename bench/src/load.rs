@@ -4,7 +4,8 @@
 //! Shape of every run: open every subscriber connection and make its
 //! subscriptions (one, or several when there are more topics than
 //! subscribers; see [`Plan::subscription`]), each confirmed by the broker;
-//! connect the publishers, start the clock, publish until `--duration` or
+//! connect the publishers, start a task per subscriber connection and wait
+//! until each is ready to receive, start the clock, publish until `--duration` or
 //! `--messages`, wait until every publish is answered, then let subscribers
 //! drain until each subscription has what was sent to its topic or the
 //! connection goes [`IDLE`] without a message. Nothing waits without a time
@@ -16,16 +17,17 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use tokio::runtime::Handle;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
+use crate::connections::SPARE_FILES;
 use crate::driver::{Endpoint, Publisher, PublisherDone, Subscriber};
 use crate::flow::TopicFlow;
 use crate::options::{Plan, Scenario, SubscriptionSlot};
 use crate::payload::{Header, PayloadWriter};
 use crate::progress::Progress;
 use crate::report::{LatencyUs, Report};
-use crate::sys::CpuMark;
+use crate::sys::{ensure_open_files, CpuMark};
 use crate::tracker::{latency_histogram, Tracker};
 use crate::BenchError;
 
@@ -36,6 +38,8 @@ pub const IDLE: Duration = Duration::from_secs(3);
 pub const FINISH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Limit on draining after publishing ends, however steady the trickle.
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+/// Limit on waiting for every subscriber task to be ready to receive.
+const READY_LIMIT: Duration = Duration::from_secs(10);
 /// Subscriber connections opened at once.
 pub const CONNECT_CONCURRENCY: usize = 128;
 /// Publishers look at the clock once per this many messages.
@@ -56,6 +60,9 @@ pub fn topic_names(count: usize) -> Vec<String> {
 
 /// Runs `plan` (pair, fanout, many or latency) against `endpoint`.
 pub async fn run(plan: &Plan, endpoint: &Endpoint) -> Result<Report, BenchError> {
+    // One descriptor per connection (1,000 WebSocket subscribers are a
+    // usual shape), raised up to the hard limit or refused with the reason.
+    ensure_open_files((plan.subscribers + plan.publishers) as u64 + SPARE_FILES)?;
     let open_loop = plan.scenario == Scenario::Latency;
     let topics = topic_names(plan.topics);
     let window = if open_loop { u64::MAX } else { plan.window };
@@ -88,11 +95,9 @@ pub async fn run(plan: &Plan, endpoint: &Endpoint) -> Result<Report, BenchError>
         publishers.push(Publisher::connect(endpoint, &topics).await?);
     }
 
-    let cpu_before = CpuMark::now(plan.broker_pid);
     let base = std::time::Instant::now();
-    let started = Instant::now();
-    let end = started + plan.duration;
     let (expected_tx, expected_rx) = watch::channel::<Expected>(None);
+    let ready = Arc::new(Semaphore::new(0));
     let mut subscriber_tasks = Vec::with_capacity(plan.subscribers);
     for connected in connected {
         let (index, subscriber) = connected?;
@@ -103,10 +108,28 @@ pub async fn run(plan: &Plan, endpoint: &Endpoint) -> Result<Report, BenchError>
             flows: flows.clone(),
             base,
             expected: expected_rx.clone(),
-            deadline: end + FINISH_TIMEOUT + DRAIN_LIMIT,
+            deadline: Instant::now() + READY_LIMIT + plan.duration + FINISH_TIMEOUT + DRAIN_LIMIT,
+            ready: ready.clone(),
         };
         subscriber_tasks.push(tokio::spawn(run.receive(subscriber)));
     }
+    // Publishing starts once every subscriber task has set itself up (its
+    // trackers and latency histogram, a few hundred KiB each): otherwise a
+    // thousand tasks doing that while the first messages arrive put their
+    // own start-up into the latency tail.
+    let permits = u32::try_from(subscriber_tasks.len()).unwrap_or(u32::MAX);
+    if tokio::time::timeout(READY_LIMIT, ready.acquire_many(permits))
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "subscriber tasks not all ready after {} s; publishing anyway",
+            READY_LIMIT.as_secs()
+        );
+    }
+    let cpu_before = CpuMark::now(plan.broker_pid);
+    let started = Instant::now();
+    let end = started + plan.duration;
 
     let progress = Progress::start(plan, {
         let flows = flows.clone();
@@ -330,6 +353,8 @@ struct SubscriberRun {
     expected: watch::Receiver<Expected>,
     /// Stop no matter what at this time.
     deadline: Instant,
+    /// Gets a permit once the task is ready to receive.
+    ready: Arc<Semaphore>,
 }
 
 /// What one subscription saw.
@@ -388,6 +413,7 @@ impl SubscriberRun {
         let mut ended_by = None;
         let timer = tokio::time::sleep_until(self.deadline);
         tokio::pin!(timer);
+        self.ready.add_permits(1);
         loop {
             if draining && subscriptions.iter().all(SubscriptionOutcome::complete) {
                 break;

@@ -47,6 +47,23 @@ impl Target {
     }
 }
 
+/// How subscriber connections reach the broker. Publishers always use the
+/// native protocol.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// The broker's own protocol over TCP, through its client library.
+    #[default]
+    Native,
+    /// The broker's WebSocket listener (`--ws-url`), as a browser would
+    /// reach it: corebus's `corebus.v1` subprotocol (native frames in binary
+    /// messages) or NATS's text protocol over WebSocket. corebus and NATS
+    /// only.
+    Websocket,
+}
+
 /// The workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -152,6 +169,18 @@ pub struct RunOptions {
     /// no latency; for measuring how the broker scales with its shards.
     #[arg(long)]
     pub lean: bool,
+    /// How subscriber connections reach the broker: `native`, or
+    /// `websocket` (corebus and NATS: the broker's WebSocket listener at
+    /// `--ws-url`). Publishers always connect natively to `--url`.
+    #[arg(long, value_enum, default_value_t = Transport::Native)]
+    pub subscribers_over: Transport,
+    /// The broker's WebSocket URL (loopback only), for `--subscribers-over
+    /// websocket`: `ws://127.0.0.1:7401/v1/ws` for a corebus started with
+    /// `--ws-listen 127.0.0.1:7401`, `ws://127.0.0.1:4223` for a nats-server
+    /// whose configuration has `websocket { listen: "127.0.0.1:4223",
+    /// no_tls: true }`.
+    #[arg(long)]
+    pub ws_url: Option<String>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -192,6 +221,9 @@ pub struct Plan {
     pub affinity: bool,
     /// Load with the lean generator.
     pub lean: bool,
+    /// The subscribers' WebSocket URL, when they connect over WebSocket
+    /// (`--subscribers-over websocket`); `None`: native subscribers.
+    pub ws_url: Option<String>,
 }
 
 /// Publishers never send more than this many messages each, so every load
@@ -223,6 +255,8 @@ impl RunOptions {
             acks: false,
             no_affinity: false,
             lean: false,
+            subscribers_over: Transport::Native,
+            ws_url: None,
             json: false,
         }
     }
@@ -284,6 +318,40 @@ impl RunOptions {
                     .into(),
             );
         }
+        let ws_url = match self.subscribers_over {
+            Transport::Native => {
+                if self.ws_url.is_some() {
+                    return invalid(
+                        "--ws-url is for --subscribers-over websocket (native subscribers use --url)"
+                            .into(),
+                    );
+                }
+                None
+            }
+            Transport::Websocket => {
+                if !matches!(self.target, Target::Corebus | Target::Nats) || self.lean {
+                    return invalid(format!(
+                        "--subscribers-over websocket is for corebus and NATS (not {}{}): \
+                         the brokers with a WebSocket listener, loaded through the main harness",
+                        self.target.name(),
+                        if self.lean { " with --lean" } else { "" }
+                    ));
+                }
+                let Some(url) = &self.ws_url else {
+                    return invalid(
+                        "--subscribers-over websocket needs --ws-url (the broker's WebSocket \
+                         listener, e.g. ws://127.0.0.1:7401/v1/ws)"
+                            .into(),
+                    );
+                };
+                if !url.starts_with("ws://") {
+                    return invalid(format!(
+                        "--ws-url {url}: a plain ws:// URL is expected (no TLS on loopback)"
+                    ));
+                }
+                Some(url.clone())
+            }
+        };
         if self.scenario == Scenario::Connections && topics > subscribers {
             return invalid(
                 "the connections scenario holds one subscription per connection: \
@@ -338,6 +406,7 @@ impl RunOptions {
             acks: self.acks,
             affinity: !self.no_affinity,
             lean: self.lean,
+            ws_url,
         })
     }
 }
@@ -355,6 +424,15 @@ pub struct SubscriptionSlot {
 }
 
 impl Plan {
+    /// How the subscribers connect.
+    pub fn subscribers_over(&self) -> Transport {
+        if self.ws_url.is_some() {
+            Transport::Websocket
+        } else {
+            Transport::Native
+        }
+    }
+
     /// Subscriptions in all: one per subscriber connection, or one per topic
     /// when there are more topics than connections.
     pub fn subscriptions(&self) -> usize {
@@ -458,5 +536,36 @@ mod tests {
         );
         options.target = Target::Corebus;
         assert!(options.plan().expect("valid").acks);
+    }
+
+    #[test]
+    fn websocket_subscribers_need_a_ws_url_and_a_broker_with_a_listener() {
+        let mut options = RunOptions::new(Target::Nats, Scenario::Many);
+        options.subscribers_over = Transport::Websocket;
+        let err = options.plan().expect_err("no --ws-url");
+        assert!(err.to_string().contains("needs --ws-url"), "{err}");
+        options.ws_url = Some("ws://127.0.0.1:4223".into());
+        let plan = options.plan().expect("valid");
+        assert_eq!(plan.subscribers_over(), Transport::Websocket);
+        assert_eq!(plan.url, "nats://127.0.0.1:4222", "publishers stay native");
+        options.target = Target::Redis;
+        assert!(options.plan().is_err(), "Redis has no WebSocket listener");
+        options.target = Target::Corebus;
+        options.lean = true;
+        assert!(options.plan().is_err(), "the lean generator is native only");
+        options.lean = false;
+        options.ws_url = Some("wss://127.0.0.1:7401/v1/ws".into());
+        assert!(options.plan().is_err(), "plain ws:// only");
+        let mut native = RunOptions::new(Target::Corebus, Scenario::Pair);
+        native.ws_url = Some("ws://127.0.0.1:7401/v1/ws".into());
+        assert!(
+            native.plan().is_err(),
+            "--ws-url without websocket subscribers"
+        );
+        native.ws_url = None;
+        assert_eq!(
+            native.plan().expect("valid").subscribers_over(),
+            Transport::Native
+        );
     }
 }

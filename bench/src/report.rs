@@ -3,7 +3,7 @@
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::options::{Plan, Scenario, Target};
+use crate::options::{Plan, Scenario, Target, Transport};
 
 /// Latency percentiles in microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -122,6 +122,10 @@ pub struct Report {
     /// Whether the load came from the lean generator (`--lean`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lean: Option<bool>,
+    /// How the subscribers connected, when not natively (`websocket` with
+    /// `--subscribers-over websocket`; absent for native subscribers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribers_over: Option<Transport>,
 }
 
 impl Report {
@@ -153,6 +157,10 @@ impl Report {
             broker_cpu_us_per_msg: None,
             harness_cpu_us_per_msg: None,
             lean: None,
+            subscribers_over: match plan.subscribers_over() {
+                Transport::Native => None,
+                transport => Some(transport),
+            },
         }
     }
 
@@ -266,12 +274,21 @@ impl Report {
                 "lean generator: wire protocol, checked by sequence numbers".into(),
             ));
         } else if let Some(affinity) = self.affinity {
-            let how = if affinity {
-                "one-topic connections on the topic's shard"
-            } else {
-                "where the listeners put them"
+            let how = match (affinity, self.subscribers_over) {
+                (true, Some(Transport::Websocket)) => {
+                    "one-topic native connections on the topic's shard, WebSocket ones \
+                     where the listener puts them"
+                }
+                (true, _) => "one-topic connections on the topic's shard",
+                (false, _) => "where the listeners put them",
             };
             rows.push(("connections", how.to_owned()));
+        }
+        if self.subscribers_over == Some(Transport::Websocket) {
+            rows.push((
+                "subscribers",
+                "over WebSocket (publishers native)".to_owned(),
+            ));
         }
         if let Some(window) = self.window {
             let unit = if self.lean == Some(true) {

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::options::{Scenario, Target};
+use crate::options::{Scenario, Target, Transport};
 use crate::report::{human, Report};
 use crate::BenchError;
 
@@ -91,6 +91,16 @@ pub const NO_AFFINITY_SUFFIX: &str = ", corebus without shard affinity";
 /// broker's cells: the other brokers are never loaded that way.
 pub const LEAN_SUFFIX: &str = ", lean generator";
 
+/// What [`workload_label`] appends for runs whose subscribers connected over
+/// WebSocket (`--subscribers-over websocket`; corebus and NATS). They are
+/// workloads of their own, compared broker with broker like the native ones.
+pub const WEBSOCKET_SUFFIX: &str = ", WebSocket subscribers";
+
+/// Whether a run's subscribers connected over WebSocket.
+pub fn is_websocket(report: &Report) -> bool {
+    report.subscribers_over == Some(Transport::Websocket)
+}
+
 /// Whether a run belongs to a variant.
 type IsVariant = fn(&Report) -> bool;
 
@@ -103,10 +113,14 @@ const REFERENCE_VARIANTS: [(&str, IsVariant); 2] = [
 
 /// Row label for a run's workload (the same for every broker), with
 /// [`ACKED_SUFFIX`] for a corebus run with `--acks` and
-/// [`NO_AFFINITY_SUFFIX`] for one with `--no-affinity`, and [`LEAN_SUFFIX`]
-/// for the lean generator's.
+/// [`NO_AFFINITY_SUFFIX`] for one with `--no-affinity`, [`LEAN_SUFFIX`]
+/// for the lean generator's, and [`WEBSOCKET_SUFFIX`] (first) for runs with
+/// WebSocket subscribers.
 pub fn workload_label(report: &Report) -> String {
     let mut label = base_label(report);
+    if is_websocket(report) {
+        label += WEBSOCKET_SUFFIX;
+    }
     for (suffix, applies) in REFERENCE_VARIANTS {
         if applies(report) {
             label += suffix;
@@ -116,6 +130,23 @@ pub fn workload_label(report: &Report) -> String {
         label += LEAN_SUFFIX;
     }
     label
+}
+
+/// Whether `label` is a workload that corebus ran only as a reference
+/// variant (say, without shard affinity): its row then holds the other
+/// brokers' runs alone, and they are compared in the variant's row.
+pub fn corebus_ran_only_as_variant(
+    label: &str,
+    rows: &[(String, BTreeMap<&'static str, &Report>)],
+) -> bool {
+    let has_corebus =
+        |cells: &BTreeMap<&'static str, &Report>| cells.contains_key(Target::Corebus.name());
+    let plain = rows.iter().find(|(other, _)| other == label);
+    !plain.is_some_and(|(_, cells)| has_corebus(cells))
+        && REFERENCE_VARIANTS.iter().any(|(suffix, _)| {
+            rows.iter()
+                .any(|(other, cells)| *other == format!("{label}{suffix}") && has_corebus(cells))
+        })
 }
 
 /// Whether a corebus run is one of the variants shown for reference only
@@ -140,12 +171,17 @@ fn base_label(report: &Report) -> String {
             report.publishers, report.subscribers, report.topics
         ),
         Scenario::Latency => format!(
-            "latency at {} msg/s, {}→{}, {size}",
+            "latency at {} msg/s, {}→{}{}, {size}",
             report
                 .rate
                 .map_or_else(|| "?".to_owned(), |rate| human(rate as f64)),
             report.publishers,
-            report.subscribers
+            report.subscribers,
+            if report.topics > 1 {
+                format!(" over {} topics", report.topics)
+            } else {
+                String::new()
+            }
         ),
         Scenario::Connections => format!("{} idle connections", report.subscribers),
     }
@@ -321,7 +357,22 @@ fn is_throughput(report: &Report) -> bool {
 pub fn markdown(summary: &Summary) -> String {
     let rows = by_workload(&summary.runs);
     let mut out = String::new();
-    let _ = writeln!(out, "# corebus vs NATS vs Redis ({})\n", summary.generated);
+    // The brokers this run loaded (all three in compare.sh's runs).
+    let loaded: Vec<&str> = [
+        ("corebus", Target::Corebus),
+        ("NATS", Target::Nats),
+        ("Redis", Target::Redis),
+    ]
+    .into_iter()
+    .filter(|(_, target)| summary.runs.iter().any(|run| run.target == *target))
+    .map(|(name, _)| name)
+    .collect();
+    let title = if loaded.len() > 1 {
+        loaded.join(" vs ")
+    } else {
+        "corebus vs NATS vs Redis".to_owned()
+    };
+    let _ = writeln!(out, "# {title} ({})\n", summary.generated);
     for (key, value) in &summary.machine {
         let _ = writeln!(out, "- {key}: {value}");
     }
@@ -335,6 +386,14 @@ pub fn markdown(summary: &Summary) -> String {
     }
     out.push('\n');
     crate::targets::markdown(&mut out, &summary.runs);
+    websocket_table(&mut out, &rows);
+    // A workload corebus ran only as a reference variant shows in the
+    // variant's rows, with the other brokers' runs.
+    let all = rows.clone();
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|(label, _)| !corebus_ran_only_as_variant(label, &all))
+        .collect();
     let _ = writeln!(
         out,
         "Delivered messages per second (higher is better; ratio > 1: corebus faster).\n"
@@ -440,6 +499,105 @@ pub fn markdown(summary: &Summary) -> String {
     out
 }
 
+/// Each WebSocket workload next to the same workload with native
+/// subscribers, per broker: delivered msg/s, latency percentiles, memory per
+/// idle connection. Nothing when no run had WebSocket subscribers.
+fn websocket_table(out: &mut String, rows: &[(String, BTreeMap<&'static str, &Report>)]) {
+    type Measure = (&'static str, fn(&Report) -> Option<f64>, fn(f64) -> String);
+    let measures: [Measure; 4] = [
+        (
+            "delivered msg/s",
+            |r| is_throughput(r).then_some(r.delivered_per_sec),
+            |value| format!("{} msg/s", human(value)),
+        ),
+        (
+            "p50",
+            |r| (r.scenario == Scenario::Latency).then_some(r.latency_us.p50),
+            |value| format!("{value:.0} µs"),
+        ),
+        (
+            "p99",
+            |r| (r.scenario == Scenario::Latency).then_some(r.latency_us.p99),
+            |value| format!("{value:.0} µs"),
+        ),
+        (
+            "broker memory per idle connection",
+            |r| {
+                r.connections
+                    .as_ref()
+                    .and_then(|connections| connections.rss_per_connection_bytes)
+            },
+            |value| format!("{:.1} KiB", value / 1024.0),
+        ),
+    ];
+    let brokers = [Target::Corebus, Target::Nats];
+    let mut lines = Vec::new();
+    for (label, cells) in rows {
+        let Some(native_label) = label.strip_suffix(WEBSOCKET_SUFFIX) else {
+            continue;
+        };
+        let row = |label: &str| {
+            rows.iter()
+                .find(|(other, _)| other == label)
+                .map(|(_, cells)| cells)
+        };
+        // corebus's WebSocket subscribers land on whichever shard accepted
+        // them (a browser cannot choose), so its native runs without shard
+        // affinity, where there are some, are the like-for-like ones.
+        let unplaced = format!("{native_label}{NO_AFFINITY_SUFFIX}");
+        let native_of = |target: Target| match target {
+            Target::Corebus => row(&unplaced)
+                .filter(|cells| cells.contains_key(target.name()))
+                .or_else(|| row(native_label)),
+            _ => row(native_label),
+        };
+        for (name, value, format) in measures {
+            let pairs = brokers.map(|target| {
+                let pick = |cells: Option<&BTreeMap<&'static str, &Report>>| {
+                    cells
+                        .and_then(|cells| cells.get(target.name()))
+                        .and_then(|run| value(run))
+                };
+                (pick(native_of(target)), pick(Some(cells)))
+            });
+            if pairs.iter().all(|(_, ws)| ws.is_none()) {
+                continue;
+            }
+            let mut line = format!("| {native_label}: {name} |");
+            for (native, ws) in pairs {
+                let _ = write!(
+                    line,
+                    " {} | {} | {} |",
+                    cell(native, format),
+                    cell(ws, format),
+                    ratio(ws, native)
+                );
+            }
+            lines.push(line);
+        }
+    }
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "Subscribers over WebSocket next to native ones (publishers native in both; each \
+         cell the median round; ratio WebSocket ÷ native). corebus's native figures are \
+         from its runs without shard affinity where there are any: its WebSocket \
+         subscribers, like a browser's, land on whichever shard accepted them.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| workload | corebus native | corebus WebSocket | WebSocket/native | NATS native | \
+         NATS WebSocket | WebSocket/native |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    for line in lines {
+        let _ = writeln!(out, "{line}");
+    }
+    out.push('\n');
+}
+
 /// Delivered msg/s of every round of every throughput workload, per broker
 /// (and shard count where corebus ran with several), in run order.
 fn every_round(out: &mut String, runs: &[Report]) {
@@ -533,6 +691,80 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("Every run delivered every message"));
+    }
+
+    #[test]
+    fn websocket_workloads_are_shown_next_to_native_ones() {
+        let ws = |target, per_sec| Report {
+            subscribers_over: Some(Transport::Websocket),
+            ..report(target, Scenario::Many, per_sec)
+        };
+        let idle = |target, over: Option<Transport>, bytes| {
+            let mut report = report(target, Scenario::Connections, 1.0);
+            report.subscribers_over = over;
+            report.connections = Some(crate::report::ConnectionsReport {
+                rss_per_connection_bytes: Some(bytes),
+                ..Default::default()
+            });
+            report
+        };
+        let websocket = Some(Transport::Websocket);
+        let text = markdown(&Summary {
+            generated: "now".into(),
+            machine: BTreeMap::new(),
+            runs: vec![
+                ws(Target::Corebus, 3_000_000.0),
+                ws(Target::Nats, 1_200_000.0),
+                report(Target::Corebus, Scenario::Many, 2_000_000.0),
+                report(Target::Nats, Scenario::Many, 1_000_000.0),
+                idle(Target::Corebus, websocket, 12_288.0),
+                idle(Target::Corebus, None, 10_240.0),
+                idle(Target::Nats, websocket, 30_720.0),
+                idle(Target::Nats, None, 20_480.0),
+            ],
+        });
+        assert!(text.starts_with("# corebus vs NATS (now)"), "{text}");
+        assert!(
+            text.contains("| many 16→64 over 1024 topics, 128 B: delivered msg/s | 2.00M msg/s | 3.00M msg/s | 1.50× | 1.00M msg/s | 1.20M msg/s | 1.20× |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| 1000 idle connections: broker memory per idle connection | 10.0 KiB | 12.0 KiB | 1.20× | 20.0 KiB | 30.0 KiB | 1.50× |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| many 16→64 over 1024 topics, 128 B, WebSocket subscribers | 3.00M msg/s | 1.20M msg/s | – | 2.50× | – |"),
+            "{text}"
+        );
+
+        // corebus's native run without shard affinity is the one shown next
+        // to its WebSocket run, and the NATS-only native row is not judged.
+        let text = markdown(&Summary {
+            generated: "now".into(),
+            machine: BTreeMap::new(),
+            runs: vec![
+                ws(Target::Corebus, 3_000_000.0),
+                ws(Target::Nats, 1_200_000.0),
+                Report {
+                    affinity: Some(false),
+                    ..report(Target::Corebus, Scenario::Many, 2_500_000.0)
+                },
+                report(Target::Nats, Scenario::Many, 1_000_000.0),
+            ],
+        });
+        assert!(
+            text.contains("| many 16→64 over 1024 topics, 128 B: delivered msg/s | 2.50M msg/s | 3.00M msg/s | 1.20× | 1.00M msg/s | 1.20M msg/s | 1.20× |"),
+            "{text}"
+        );
+        assert!(!text.contains("no data"), "{text}");
+        assert!(
+            !text.contains("| many 16→64 over 1024 topics, 128 B | – |"),
+            "NATS's runs show in the variant's row only: {text}"
+        );
+        assert!(
+            text.contains("| 1 | many 16→64 over 1024 topics, 128 B, corebus without shard affinity: delivered msg/s | 2.50M msg/s | NATS 1.00M msg/s | 2.50× | none (reference) | – |"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::fmt::Write as _;
 
 use crate::options::Scenario;
 use crate::report::human;
-use crate::summary::{by_workload, rows_of, Row, Summary, PERCENTILES, TARGETS};
+use crate::summary::{
+    by_workload, corebus_ran_only_as_variant, rows_of, Row, Summary, PERCENTILES, TARGETS,
+};
 
 const WIDTH: f64 = 960.0;
 const BAR_X: f64 = 110.0;
@@ -23,12 +25,14 @@ fn escape(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// One panel: a title, then per group a label and one bar per broker.
+/// One panel: a title, then per group a label and one bar per broker
+/// `shown` (the brokers the run loaded).
 fn panel(
     out: &mut String,
     y: &mut f64,
     title: &str,
     groups: &[Row],
+    shown: [bool; 3],
     format: &dyn Fn(f64) -> String,
 ) {
     if groups.is_empty() {
@@ -51,6 +55,9 @@ fn panel(
         *y += 6.0;
         let largest = values.iter().flatten().copied().fold(0.0, f64::max);
         for (index, value) in values.iter().enumerate() {
+            if !shown[index] {
+                continue;
+            }
             let top = *y;
             let text_y = top + BAR_HEIGHT - 4.0;
             let _ = writeln!(
@@ -93,7 +100,12 @@ fn panel(
 
 /// The picture for a comparison run.
 pub fn render(summary: &Summary) -> String {
-    let workloads = by_workload(&summary.runs);
+    let mut workloads = by_workload(&summary.runs);
+    // A workload corebus ran only as a reference variant is drawn in the
+    // variant's group, with the other brokers' runs.
+    let all = workloads.clone();
+    workloads.retain(|(label, _)| !corebus_ran_only_as_variant(label, &all));
+    let shown = TARGETS.map(|target| summary.runs.iter().any(|run| run.target == target));
     let throughput = rows_of(&workloads, |r| {
         matches!(
             r.scenario,
@@ -122,6 +134,7 @@ pub fn render(summary: &Summary) -> String {
         &mut y,
         "Delivered messages per second (higher is better)",
         &throughput,
+        shown,
         &|value| format!("{} msg/s", human(value)),
     );
     panel(
@@ -129,6 +142,7 @@ pub fn render(summary: &Summary) -> String {
         &mut y,
         "Latency from intended send time, µs (lower is better)",
         &latency,
+        shown,
         &|value| format!("{value:.0} µs"),
     );
     panel(
@@ -136,6 +150,7 @@ pub fn render(summary: &Summary) -> String {
         &mut y,
         "Broker memory per idle connection (lower is better)",
         &memory,
+        shown,
         &|value| format!("{:.1} KiB", value / 1024.0),
     );
     y += 10.0;
@@ -175,26 +190,36 @@ mod tests {
     use std::collections::BTreeMap;
 
     #[test]
-    fn renders_bars_for_every_broker() {
-        let runs = [Target::Corebus, Target::Nats]
-            .into_iter()
-            .map(|target| {
-                let plan = RunOptions::new(target, Scenario::Fanout)
-                    .plan()
-                    .expect("valid");
-                let mut report = Report::for_plan(&plan);
-                report.delivered_per_sec = 1000.0;
-                report
-            })
-            .collect();
-        let svg = render(&Summary {
+    fn renders_bars_for_every_broker_the_run_loaded() {
+        let run = |target, scenario| {
+            let plan = RunOptions::new(target, scenario).plan().expect("valid");
+            let mut report = Report::for_plan(&plan);
+            report.delivered_per_sec = 1000.0;
+            report
+        };
+        let summary = |runs| Summary {
             generated: "today".into(),
             machine: BTreeMap::new(),
             runs,
-        });
+        };
+        let svg = render(&summary(vec![
+            run(Target::Corebus, Scenario::Fanout),
+            run(Target::Nats, Scenario::Fanout),
+            run(Target::Redis, Scenario::Pair),
+        ]));
         assert!(svg.starts_with("<svg"));
-        assert_eq!(svg.matches("<rect x=").count(), 2);
-        assert!(svg.contains("no result"), "redis had no run");
+        assert_eq!(svg.matches("<rect x=").count(), 3);
+        assert_eq!(svg.matches("no result").count(), 3, "{svg}");
         assert!(svg.contains("fanout 1→64, 128 B"));
+        // Without a Redis run at all, no Redis bars or gaps.
+        let svg = render(&summary(vec![
+            run(Target::Corebus, Scenario::Fanout),
+            run(Target::Nats, Scenario::Fanout),
+        ]));
+        assert_eq!(svg.matches("<rect x=").count(), 2);
+        assert!(
+            !svg.contains(">redis<") && !svg.contains("no result"),
+            "{svg}"
+        );
     }
 }

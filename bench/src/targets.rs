@@ -11,6 +11,12 @@
 //!    suite): corebus's delivered bytes/s at least 50% of the raw loopback
 //!    relay's ([`crate::relay`]) on the same machine in the same run.
 //! 5. `many` with 2 shards at least 1.6× `many` with 1 shard.
+//! 6. Subscribers over WebSocket (`bench/compare_ws.sh`: one native
+//!    publisher, 1,000 WebSocket subscribers on 100 topics, 128 B), against
+//!    NATS's WebSocket listener: delivered msg/s at least 2× NATS's, and
+//!    p99 latency at a fixed rate at most 0.5× NATS's. Memory per idle
+//!    WebSocket connection is shown for reference (and next to the native
+//!    figure in the table that follows).
 //!
 //! Redis has no target for latency and memory; its ratios are shown for
 //! reference. A comparison with a run that did not deliver everything is
@@ -31,6 +37,8 @@ pub const THROUGHPUT_VS_NATS: f64 = 2.0;
 pub const RAW_FRACTION: f64 = 0.5;
 /// 2-shard ÷ 1-shard `many` throughput goal.
 pub const SCALING: f64 = 1.6;
+/// corebus ÷ NATS p99 latency goal with WebSocket subscribers.
+pub const WEBSOCKET_P99_VS_NATS: f64 = 0.5;
 
 /// How to read a compared value from a report.
 type Metric = fn(&Report) -> Option<f64>;
@@ -166,13 +174,22 @@ fn cell<'a>(cells: &Cells<'a>, target: Target) -> Option<&'a Report> {
     cells.get(target.name()).copied()
 }
 
-/// Comparisons of targets 1 to 4, in target order.
+/// Comparisons of targets 1 to 4 and 6, in target order. Comparisons with
+/// Redis are left out when no run loaded Redis at all (the WebSocket
+/// comparison has none).
 fn broker_comparisons<'a>(workloads: &[(String, Cells<'a>)]) -> Vec<Comparison<'a>> {
     let mut by_target: [Vec<Comparison<'a>>; 4] = Default::default();
+    let mut websocket = Vec::new();
+    let has_redis = workloads
+        .iter()
+        .any(|(_, cells)| cells.contains_key(Target::Redis.name()));
     for (label, cells) in workloads {
         let Some(any) = cells.values().next() else {
             continue;
         };
+        if crate::summary::corebus_ran_only_as_variant(label, workloads) {
+            continue;
+        }
         let corebus = cell(cells, Target::Corebus);
         let against = |target: u8,
                        measure: String,
@@ -196,6 +213,10 @@ fn broker_comparisons<'a>(workloads: &[(String, Cells<'a>)]) -> Vec<Comparison<'
             goal,
             not_applicable: None,
         };
+        if crate::summary::is_websocket(any) {
+            websocket.extend(websocket_comparisons(label, any.scenario, &against));
+            continue;
+        }
         match any.scenario {
             Scenario::Pair | Scenario::Fanout | Scenario::Many if any.size == SMALL_SIZE => {
                 let measure = format!("{label}: delivered msg/s");
@@ -280,7 +301,61 @@ fn broker_comparisons<'a>(workloads: &[(String, Cells<'a>)]) -> Vec<Comparison<'
             ));
         }
     }
-    by_target.into_iter().flatten().collect()
+    by_target
+        .into_iter()
+        .flatten()
+        .chain(websocket)
+        .filter(|comparison| has_redis || comparison.reference_name != "Redis")
+        .collect()
+}
+
+/// Target 6, one workload whose subscribers connected over WebSocket:
+/// corebus against NATS, each through its WebSocket listener.
+fn websocket_comparisons<'a>(
+    label: &str,
+    scenario: Scenario,
+    against: &impl Fn(u8, String, Target, Metric, fn(f64) -> String, Goal) -> Comparison<'a>,
+) -> Vec<Comparison<'a>> {
+    match scenario {
+        Scenario::Pair | Scenario::Fanout | Scenario::Many => vec![against(
+            6,
+            format!("{label}: delivered msg/s"),
+            Target::Nats,
+            |run| Some(run.delivered_per_sec),
+            msgs,
+            Goal::AtLeast(THROUGHPUT_VS_NATS),
+        )],
+        Scenario::Latency => vec![
+            against(
+                6,
+                format!("{label}: p99"),
+                Target::Nats,
+                |run| Some(run.latency_us.p99),
+                micros,
+                Goal::AtMost(WEBSOCKET_P99_VS_NATS),
+            ),
+            against(
+                6,
+                format!("{label}: p99.9"),
+                Target::Nats,
+                |run| Some(run.latency_us.p999),
+                micros,
+                Goal::Reference,
+            ),
+        ],
+        Scenario::Connections => vec![against(
+            6,
+            format!("{label}: broker memory per connection"),
+            Target::Nats,
+            |run| {
+                run.connections
+                    .as_ref()
+                    .and_then(|connections| connections.rss_per_connection_bytes)
+            },
+            kib,
+            Goal::Reference,
+        )],
+    }
 }
 
 /// Target 5: per `many` workload, corebus's main run (the most shards)
@@ -297,7 +372,10 @@ fn scaling_comparisons(runs: &[Report]) -> Vec<Comparison<'_>> {
         && lean().any(|run| run.broker_shards.is_some_and(|shards| shards > 1));
     let mut by_label: Vec<(String, Vec<&Report>)> = Vec::new();
     for run in runs.iter().filter(|run| {
-        run.target == Target::Corebus && run.scenario == Scenario::Many && run.acks != Some(true)
+        run.target == Target::Corebus
+            && run.scenario == Scenario::Many
+            && run.acks != Some(true)
+            && !crate::summary::is_websocket(run)
     }) {
         let label = crate::summary::workload_label(run);
         match by_label.iter_mut().find(|(existing, _)| *existing == label) {
@@ -305,8 +383,12 @@ fn scaling_comparisons(runs: &[Report]) -> Vec<Comparison<'_>> {
             None => by_label.push((label, vec![run])),
         }
     }
+    // A results file with no one-shard run at all (bench/compare_ws.sh, or
+    // compare.sh with SHARDS=1) has no scaling rows.
+    let any_one_shard = runs.iter().any(|run| run.broker_shards == Some(1));
     by_label
         .into_iter()
+        .filter(|_| any_one_shard)
         .flat_map(|(label, group)| {
             let most = group
                 .iter()
@@ -374,14 +456,17 @@ pub fn markdown(out: &mut String, runs: &[Report]) {
     let workloads = by_workload(&main);
     let mut comparisons = broker_comparisons(&workloads);
     comparisons.extend(scaling_comparisons(runs));
+    // In target order; within a target, in workload order.
+    comparisons.sort_by_key(|comparison| comparison.target);
     if comparisons.is_empty() {
         return;
     }
     let _ = writeln!(
         out,
         "Targets of the performance issue: corebus against NATS and Redis, against the \
-         raw loopback relay (the same two socket hops with no broker), and 2 shards \
-         against 1. Ratios are corebus ÷ the other.\n"
+         raw loopback relay (the same two socket hops with no broker), 2 shards \
+         against 1, and with subscribers over WebSocket against NATS's WebSocket \
+         listener. Ratios are corebus ÷ the other.\n"
     );
     let _ = writeln!(
         out,
@@ -585,6 +670,57 @@ mod tests {
             text.contains("2 shards ÷ 1 shard | 900.0k msg/s | corebus, 1 shard 500.0k msg/s | 1.80× | ≥ 1.6× | **met** |"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn websocket_runs_are_target_6_against_nats_with_their_own_goals() {
+        let ws = |mut report: Report| {
+            report.subscribers_over = Some(crate::options::Transport::Websocket);
+            report
+        };
+        let latency = |target, p99, p999| {
+            let mut report = ws(run(target, Scenario::Latency, 128, 20_000.0));
+            report.rate = Some(2_000);
+            report.latency_us.p99 = p99;
+            report.latency_us.p999 = p999;
+            report
+        };
+        let idle = |target, bytes| {
+            let mut report = ws(run(target, Scenario::Connections, 128, 1.0));
+            report.connections = Some(crate::report::ConnectionsReport {
+                rss_per_connection_bytes: Some(bytes),
+                ..Default::default()
+            });
+            report
+        };
+        let text = table(&[
+            ws(run(Target::Corebus, Scenario::Many, 128, 3_000_000.0)),
+            ws(run(Target::Nats, Scenario::Many, 128, 1_200_000.0)),
+            latency(Target::Corebus, 600.0, 900.0),
+            latency(Target::Nats, 1_000.0, 2_000.0),
+            idle(Target::Corebus, 13_312.0),
+            idle(Target::Nats, 28_672.0),
+        ]);
+        assert!(
+            text.contains("| 6 | many 16→64 over 1024 topics, 128 B, WebSocket subscribers: delivered msg/s | 3.00M msg/s | NATS 1.20M msg/s | 2.50× | ≥ 2× | **met** |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| 6 | latency at 2.0k msg/s, 1→16, 128 B, WebSocket subscribers: p99 | 600 µs | NATS 1000 µs | 0.60× | ≤ 0.5× | not met |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("WebSocket subscribers: p99.9 | 900 µs | NATS 2000 µs | 0.45× | none (reference) | – |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| 6 | 1000 idle connections, WebSocket subscribers: broker memory per connection | 13.0 KiB | NATS 28.0 KiB | 0.46× | none (reference) | – |"),
+            "{text}"
+        );
+        // No Redis runs at all: no rows against Redis, no scaling rows.
+        assert!(!text.contains("| Redis"), "{text}");
+        assert!(!text.contains("| 5 |"), "{text}");
+        assert!(text.contains("1 of 2 judged goals met"), "{text}");
     }
 
     #[test]

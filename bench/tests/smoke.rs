@@ -1,14 +1,17 @@
 //! CI smoke test: an in-process corebus broker on a loopback port, and tiny
 //! pair, fanout, many and latency runs through `corebus_bench::run`, the same
 //! path the `corebus-bench` binary takes, the same shapes with the lean
-//! generator (`--lean`); and a tiny raw-baseline run through
+//! generator (`--lean`), and many, latency and connections runs with
+//! subscribers over the broker's WebSocket listener (`--subscribers-over
+//! websocket`); and a tiny raw-baseline run through
 //! the harness's own loopback relay. Seconds, not minutes; the comparison
 //! with NATS and Redis (`bench/compare.sh`) is not part of CI.
 
 use std::net::SocketAddr;
 
-use corebus_bench::{RunOptions, Scenario, Target};
-use corebus_shards::ServerConfig;
+use corebus_bench::{RunOptions, Scenario, Target, Transport};
+use corebus_shards::runtime::WebConfig;
+use corebus_shards::{Origins, ServerConfig};
 
 fn options(addr: SocketAddr, scenario: Scenario) -> RunOptions {
     let mut options = RunOptions::new(Target::Corebus, scenario);
@@ -23,6 +26,10 @@ fn tiny_runs_against_an_in_process_broker_lose_nothing() {
     let server = corebus_shards::start(ServerConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         shards: Some(2),
+        web: Some(WebConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            origins: Origins::default(),
+        }),
         ..ServerConfig::default()
     })
     .expect("broker starts (glommio needs `ulimit -l` of at least 512 KiB)");
@@ -100,6 +107,39 @@ fn tiny_runs_against_an_in_process_broker_lose_nothing() {
             report.published * (report.subscribers.max(report.topics) / report.topics) as u64,
         );
         assert!(report.delivered_per_sec > 0.0);
+    }
+
+    // Subscribers over WebSocket, publishers native: several subscribers
+    // per topic, as in bench/compare_ws.sh.
+    let ws_url = format!("ws://{}/v1/ws", server.web_addr().expect("a web listener"));
+    let over_websocket = |scenario| {
+        let mut options = options(addr, scenario);
+        options.subscribers_over = Transport::Websocket;
+        options.ws_url = Some(ws_url.clone());
+        options.publishers = Some(1);
+        options.subscribers = Some(12);
+        options.topics = Some(4);
+        options
+    };
+    let mut ws_latency = over_websocket(Scenario::Latency);
+    ws_latency.duration = 0.5;
+    ws_latency.rate = 2_000;
+    let mut ws_idle = over_websocket(Scenario::Connections);
+    ws_idle.topics = Some(12);
+    for options in [over_websocket(Scenario::Many), ws_latency, ws_idle] {
+        let report = runtime
+            .block_on(corebus_bench::run(&options))
+            .unwrap_or_else(|err| panic!("WebSocket {:?} run failed: {err}", options.scenario));
+        print!("{}", report.table());
+        assert_eq!(report.failure(), None, "WebSocket {:?}", options.scenario);
+        assert_eq!(report.subscribers_over, Some(Transport::Websocket));
+        assert!(report.published > 0);
+        assert_eq!(report.delivered, report.expected);
+        assert_eq!(
+            report.expected,
+            report.published * (report.subscribers / report.topics) as u64,
+            "every subscriber of a topic gets each of its messages"
+        );
     }
 
     runtime.shutdown_background();

@@ -13,14 +13,25 @@
 //! `raw` is no broker: it speaks length-prefixed frames to the harness's own
 //! loopback relay ([`crate::relay`]), the baseline for large messages.
 //!
+//! Subscribers may instead connect over WebSocket (`--subscribers-over
+//! websocket`, corebus and NATS), as browsers would: [`corebus_ws`] speaks
+//! corebus's `corebus.v1` subprotocol (native frames in binary messages),
+//! [`nats_ws`] NATS's text protocol over nats-server's WebSocket listener.
+//! Neither client library speaks WebSocket the same way, so both are thin
+//! clients of their own over the same WebSocket library (tokio-tungstenite),
+//! which keeps the two on equal footing. Publishers stay native.
+//!
 //! A subscriber connection may hold several subscriptions (the many
 //! scenario with more topics than subscribers); every message says which one
 //! it came from, so delivery is checked per subscription.
 
 mod corebus;
+pub mod corebus_ws;
 mod nats;
+pub mod nats_ws;
 mod raw;
 mod redis;
+mod ws;
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -54,6 +65,9 @@ pub struct Endpoint {
     pub acks: bool,
     /// corebus connections with one topic ask for the shard that owns it.
     pub affinity: bool,
+    /// Subscribers connect over WebSocket to this URL (`None`: natively, to
+    /// `url`).
+    pub ws_url: Option<String>,
     /// Problems client libraries report out of band (NATS slow-consumer and
     /// disconnect events), shared by every connection of the run.
     pub incidents: Arc<Incidents>,
@@ -162,6 +176,10 @@ pub enum Subscriber {
     Redis(redis::RedisSubscriber),
     /// See [`raw::RawSubscriber`].
     Raw(raw::RawSubscriber),
+    /// See [`corebus_ws::CorebusWsSubscriber`].
+    CorebusWs(corebus_ws::CorebusWsSubscriber),
+    /// See [`nats_ws::NatsWsSubscriber`].
+    NatsWs(nats_ws::NatsWsSubscriber),
 }
 
 impl Subscriber {
@@ -173,6 +191,22 @@ impl Subscriber {
             return Err(BenchError::Options(
                 "a subscriber connection needs at least one topic".into(),
             ));
+        }
+        if let Some(ws_url) = &endpoint.ws_url {
+            return Ok(match endpoint.target {
+                Target::Corebus => Subscriber::CorebusWs(
+                    corebus_ws::CorebusWsSubscriber::connect(ws_url, endpoint, topics).await?,
+                ),
+                Target::Nats => Subscriber::NatsWs(
+                    nats_ws::NatsWsSubscriber::connect(ws_url, endpoint, topics).await?,
+                ),
+                Target::Redis | Target::Raw => {
+                    return Err(BenchError::Options(format!(
+                        "{} has no WebSocket listener",
+                        endpoint.target.name()
+                    )))
+                }
+            });
         }
         Ok(match endpoint.target {
             Target::Corebus => {
@@ -193,7 +227,11 @@ impl Subscriber {
     pub fn start_after(&self, subscription: usize) -> Option<u64> {
         match self {
             Subscriber::Corebus(subscriber) => Some(subscriber.start_after(subscription)),
-            Subscriber::Nats(_) | Subscriber::Redis(_) | Subscriber::Raw(_) => None,
+            Subscriber::CorebusWs(subscriber) => Some(subscriber.start_after(subscription)),
+            Subscriber::Nats(_)
+            | Subscriber::Redis(_)
+            | Subscriber::Raw(_)
+            | Subscriber::NatsWs(_) => None,
         }
     }
 
@@ -205,6 +243,8 @@ impl Subscriber {
             Subscriber::Nats(subscriber) => Ok(subscriber.next().await),
             Subscriber::Redis(subscriber) => Ok(subscriber.next().await),
             Subscriber::Raw(subscriber) => subscriber.next().await,
+            Subscriber::CorebusWs(subscriber) => subscriber.next().await,
+            Subscriber::NatsWs(subscriber) => subscriber.next().await,
         }
     }
 }
