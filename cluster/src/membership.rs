@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use corebus_net::routing::{node_key, owner_node};
 use tracing::{debug, warn};
 
 use crate::envelope::GossipKeys;
@@ -39,6 +40,22 @@ impl MemberView {
             .iter()
             .filter(|member| member.state == state)
             .count()
+    }
+
+    /// The member that owns a key whose hash is `key_hash`: of the members
+    /// alive or suspect and not leaving, the one with the highest rendezvous
+    /// score for its node id ([`corebus_net::routing::owner_node`]).
+    pub fn owner(&self, key_hash: u64) -> Option<&Member> {
+        let candidates: Vec<&Member> = self
+            .members
+            .iter()
+            .filter(|member| member.state != MemberState::Down && !member.node.leaving)
+            .collect();
+        let keys: Vec<u64> = candidates
+            .iter()
+            .map(|member| node_key(&member.node.addr.to_string()))
+            .collect();
+        owner_node(key_hash, &keys).map(|index| candidates[index])
     }
 }
 
@@ -260,5 +277,59 @@ fn flush(socket: &UdpSocket, node: &mut Node, outgoing: &mut Vec<(SocketAddr, Ve
         if let Err(err) = socket.send_to(&datagram, to) {
             debug!(%to, %err, "cluster datagram not sent");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Generation;
+    use corebus_net::key_hash;
+
+    fn member(n: u8, state: MemberState, leaving: bool) -> Member {
+        Member {
+            node: NodeIdentity {
+                addr: SocketAddr::from(([10, 0, 0, n], 7500)),
+                generation: Generation {
+                    started_ms: 1,
+                    bump: 0,
+                },
+                client: SocketAddr::from(([10, 0, 0, n], 7400)),
+                leaving,
+            },
+            state,
+        }
+    }
+
+    #[test]
+    fn owners_are_the_documented_ones_and_skip_down_and_leaving_members() {
+        let view = |members| MemberView {
+            version: 1,
+            members,
+        };
+        let all = view(vec![
+            member(1, MemberState::Alive, false),
+            member(2, MemberState::Suspect, false),
+            member(3, MemberState::Alive, false),
+        ]);
+        // docs/cluster.md's table: app/news is owned by 10.0.0.2:7500.
+        let news = key_hash(b"app", b"news");
+        let owner = all.owner(news).expect("an owner");
+        assert_eq!(owner.node.addr, SocketAddr::from(([10, 0, 0, 2], 7500)));
+        for gone in [
+            member(2, MemberState::Down, false),
+            member(2, MemberState::Alive, true),
+        ] {
+            let without = view(vec![
+                member(1, MemberState::Alive, false),
+                gone,
+                member(3, MemberState::Alive, false),
+            ]);
+            let owner = without.owner(news).expect("an owner");
+            assert_ne!(owner.node.addr.ip(), std::net::IpAddr::from([10, 0, 0, 2]));
+        }
+        assert!(view(vec![member(1, MemberState::Down, false)])
+            .owner(news)
+            .is_none());
     }
 }

@@ -35,6 +35,30 @@ pub fn owner_of_hash(key_hash: u64, count: u64) -> u64 {
     best
 }
 
+/// The member key of a cluster node, for [`owner_node`]: the key hash
+/// ([`crate::key_hash`]) of an empty namespace and the node id as the topic,
+/// which is FNV-1a 64 over a zero byte then the node id's bytes. A node id is
+/// its cluster address as text (`10.0.0.1:7500`, `[fd00::1]:7500`).
+pub fn node_key(node_id: &str) -> u64 {
+    crate::key_hash(b"", node_id.as_bytes())
+}
+
+/// Which of `nodes` (their [`node_key`]s) owns a key whose hash is
+/// `key_hash`: the highest [`score`], the lowest node key on a tie; `None`
+/// when there is no node. Every node computes the same owner from the same
+/// member list, and a join or a leave moves only the keys of that node.
+pub fn owner_node(key_hash: u64, nodes: &[u64]) -> Option<usize> {
+    nodes
+        .iter()
+        .enumerate()
+        .max_by(|(_, a), (_, b)| {
+            score(key_hash, **a)
+                .cmp(&score(key_hash, **b))
+                .then_with(|| b.cmp(a))
+        })
+        .map(|(index, _)| index)
+}
+
 /// The shard a broker of `shards` shards gives a connection from source port
 /// `port`: `(port / 2) mod shards` (its listeners' steering program computes
 /// the same). The port is halved because Linux hands `connect()` even
@@ -179,6 +203,54 @@ mod tests {
             assert_eq!(Some(owner_of_hash(key, 8)), best, "{namespace}/{topic}");
         }
         assert_eq!(owner_of_hash(key_hash(b"n", b"t"), 0), 0, "no member: 0");
+    }
+
+    /// Node keys and node owners: if any of these change, topics move
+    /// between nodes of a running cluster; docs/cluster.md prints them.
+    #[test]
+    fn node_golden_values_never_change() {
+        let ids = ["10.0.0.1:7500", "10.0.0.2:7500", "10.0.0.3:7500"];
+        let nodes: Vec<u64> = ids.iter().map(|id| node_key(id)).collect();
+        assert_eq!(nodes, NODE_KEYS);
+        for ((namespace, topic, ..), owner) in GOLDEN.iter().zip(NODE_OWNERS) {
+            let key = key_hash(namespace.as_bytes(), topic.as_bytes());
+            assert_eq!(owner_node(key, &nodes), Some(owner), "{namespace}/{topic}");
+        }
+        assert_eq!(owner_node(1, &[]), None);
+    }
+
+    const NODE_KEYS: [u64; 3] = [
+        0xa13f_fab3_5922_f54b,
+        0x08cd_cd1a_9bab_c684,
+        0x4571_9ba7_aae5_ceb5,
+    ];
+    const NODE_OWNERS: [usize; 6] = [1, 2, 0, 0, 1, 1];
+
+    #[test]
+    fn a_node_joining_takes_about_its_share_of_ten_thousand_topics_and_nothing_else_moves() {
+        let mut nodes: Vec<u64> = (1..=3)
+            .map(|n| node_key(&format!("10.0.0.{n}:7500")))
+            .collect();
+        let total = 10_000;
+        let before: Vec<u64> = keys(total)
+            .map(|hash| nodes[owner_node(hash, &nodes).expect("a node")])
+            .collect();
+        let joining = node_key("10.0.0.4:7500");
+        nodes.push(joining);
+        let mut moved = 0;
+        for (hash, was) in keys(total).zip(before) {
+            let now = nodes[owner_node(hash, &nodes).expect("a node")];
+            if now != was {
+                assert_eq!(now, joining, "a topic moved between old nodes");
+                moved += 1;
+            }
+        }
+        let share = total as f64 / 4.0;
+        let ratio = moved as f64 / share;
+        assert!(
+            (0.7..1.3).contains(&ratio),
+            "moved {moved} of {total}, a fair share is {share}"
+        );
     }
 
     #[test]
