@@ -48,6 +48,36 @@ pub enum Command {
     /// super-user key: --key or COREBUS_CREDENTIALS).
     #[command(subcommand)]
     Webhook(WebhookCommand),
+    /// See a running node's cluster: its members, or which node owns a topic
+    /// (needs a super-user key: --key or COREBUS_CREDENTIALS).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// `corebus cluster`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// List the members the node knows, with their state and client address.
+    Status {
+        /// Print one JSON object: {"node", "members": [{"node", "client",
+        /// "state", "leaving"}]}.
+        #[arg(long)]
+        json: bool,
+        /// Node to ask.
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Name the node (and, if it is the node asked, the shard) that owns a
+    /// topic.
+    Owner {
+        /// Namespace.
+        namespace: String,
+        /// Topic.
+        topic: String,
+        /// Node to ask.
+        #[command(flatten)]
+        server: ServerArg,
+    },
 }
 
 /// `corebus webhook`.

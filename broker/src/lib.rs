@@ -14,6 +14,7 @@ pub mod auth;
 pub mod auth_cmd;
 pub mod auth_config;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod config_text;
 pub mod doctor;

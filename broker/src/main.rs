@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Command::Key(command) => corebus::auth_cmd::key(command),
         Command::Token(command) => corebus::auth_cmd::token(command),
         Command::Webhook(command) => run_client(corebus::webhook_cmd::main(command)),
+        Command::Cluster(command) => run_client(corebus::cluster::main(command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

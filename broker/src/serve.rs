@@ -20,6 +20,7 @@ use corebus_cluster::{Generation, GossipKeys, Membership, MembershipConfig, Node
 
 use crate::auth_config::AuthSettings;
 use crate::cli::{LogFormat, ServeArgs, ServeCommand, SlowConsumer};
+use crate::cluster::ClusterCommands;
 use crate::config::{self, Origin, Resolved};
 use crate::webhook::store::Store;
 use crate::webhook::{self, DeliverySettings, Registry, RegistryPolicy, Webhooks};
@@ -319,11 +320,16 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
+    let cluster_commands = Arc::new(ClusterCommands::default());
+    config.cluster = cluster_commands.clone();
     let server = corebus_shards::start(config)?;
     let membership = match cluster_keys {
         Some(keys) => Some(start_cluster(args, keys, server.local_addr())?),
         None => None,
     };
+    if let (Some(membership), Some(node)) = (&membership, args.cluster_listen.0) {
+        cluster_commands.attach(node, membership.view());
+    }
     if let Some(addr) = args.metrics.0 {
         let sources = crate::metrics::Sources {
             shards: server.metrics(),

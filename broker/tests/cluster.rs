@@ -33,6 +33,8 @@ fn free_port() -> u16 {
 struct Node {
     child: Child,
     metrics: String,
+    /// Where its clients connect.
+    addr: String,
 }
 
 impl Drop for Node {
@@ -61,8 +63,12 @@ fn node(n: u8, cluster_port: u16, metrics_port: u16, secret: &TempFile) -> Node 
         .stdout(Stdio::piped())
         .spawn()
         .expect("corebus serve starts");
-    read_address(&mut child);
-    Node { child, metrics }
+    let addr = read_address(&mut child);
+    Node {
+        child,
+        metrics,
+        addr,
+    }
 }
 
 fn alive(node: &Node) -> f64 {
@@ -89,6 +95,51 @@ fn await_alive(node: &Node, expected: f64, within: Duration) -> Duration {
     }
 }
 
+/// `corebus ARGS`, which must succeed; its stdout.
+fn corebus(args: &[&str]) -> String {
+    let output = Command::new(BIN).args(args).output().expect("runs");
+    assert!(
+        output.status.success(),
+        "corebus {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+/// The owner among `ids` computed from docs/cluster.md's description alone
+/// (written out here rather than taken from the net crate): FNV-1a 64 key
+/// hashes, SplitMix64 scores, the highest wins.
+fn documented_owner(ns: &str, topic: &str, ids: &[String]) -> usize {
+    fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
+        for byte in bytes {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        hash
+    }
+    fn key_hash(ns: &[u8], topic: &[u8]) -> u64 {
+        fnv(
+            fnv(fnv(0xcbf2_9ce4_8422_2325, &[ns.len() as u8]), ns),
+            topic,
+        )
+    }
+    fn mix(mut z: u64) -> u64 {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    let key = key_hash(ns.as_bytes(), topic.as_bytes());
+    let score = |id: &String| {
+        let node = key_hash(b"", id.as_bytes());
+        (
+            mix(key ^ mix(node.wrapping_add(0x9e37_79b9_7f4a_7c15))),
+            std::cmp::Reverse(node),
+        )
+    };
+    (0..ids.len())
+        .max_by_key(|index| score(&ids[*index]))
+        .expect("a node")
+}
+
 #[test]
 fn three_nodes_gossip_and_notice_a_kill_and_a_leave() {
     let secret = TempFile::new("cluster-secret", SECRET);
@@ -108,6 +159,35 @@ fn three_nodes_gossip_and_notice_a_kill_and_a_leave() {
         sample(&text, "corebus_cluster_datagrams_refused_total"),
         0.0
     );
+
+    // `cluster status` lists the three; `cluster owner` names the node the
+    // documented hash gives, whichever node is asked.
+    let status = corebus(&["cluster", "status", "--json", "--server", &two.addr]);
+    let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    assert_eq!(status["node"], format!("127.0.0.2:{cluster_port}"));
+    let members = status["members"].as_array().expect("a list");
+    assert_eq!(members.len(), 3, "{status}");
+    assert!(
+        members.iter().all(|member| member["state"] == "alive"),
+        "{status}"
+    );
+    let ids: Vec<String> = (1..=3)
+        .map(|n| format!("127.0.0.{n}:{cluster_port}"))
+        .collect();
+    for (ns, topic) in [
+        ("app", "news"),
+        ("orders", "eu/created"),
+        ("chat", "room/42"),
+    ] {
+        let expected = &ids[documented_owner(ns, topic, &ids)];
+        for asked in [&one.addr, &two.addr] {
+            let answer = corebus(&["cluster", "owner", ns, topic, "--server", asked]);
+            assert!(
+                answer.starts_with(&format!("{ns}/{topic}: node {expected} ")),
+                "asked {asked}: {answer}"
+            );
+        }
+    }
 
     // kill -9: noticed by failed probes.
     three.child.kill().expect("kill -9");

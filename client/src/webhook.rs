@@ -10,7 +10,7 @@ use std::fmt;
 use serde_json::{json, Map, Value};
 use tokio::time::timeout;
 
-use crate::connection::Shared;
+use crate::connection::{CommandKind, Shared};
 use crate::{Client, Error};
 
 /// How a webhook's topic selects the topics whose messages it receives.
@@ -371,8 +371,18 @@ impl Client {
 
     /// Sends one command and returns the reply's result text.
     async fn webhook_request(&self, command: &Value) -> Result<String, Error> {
+        self.command_request(CommandKind::Webhook, command).await
+    }
+
+    /// Sends a `WEBHOOK_REQUEST` or `CLUSTER_REQUEST` and returns the reply's
+    /// result text.
+    pub(crate) async fn command_request(
+        &self,
+        kind: CommandKind,
+        command: &Value,
+    ) -> Result<String, Error> {
         let shared = self.shared();
-        let (request_id, answer) = shared.enqueue_webhook(command.to_string()).await?;
+        let (request_id, answer) = shared.enqueue_command(kind, command.to_string()).await?;
         // From here on, a timeout or a dropped call must not leave the entry
         // behind; once answered, forgetting finds nothing.
         let _forget = ForgetOnDrop { shared, request_id };
@@ -384,7 +394,7 @@ impl Client {
     }
 }
 
-/// Removes a webhook request's pending entry when its caller stops waiting.
+/// Removes a command's pending entry when its caller stops waiting.
 struct ForgetOnDrop<'a> {
     shared: &'a Shared,
     request_id: u32,
@@ -392,11 +402,11 @@ struct ForgetOnDrop<'a> {
 
 impl Drop for ForgetOnDrop<'_> {
     fn drop(&mut self) {
-        self.shared.forget_webhook(self.request_id);
+        self.shared.forget_command(self.request_id);
     }
 }
 
-fn with_reason<T>(request: &'static str, parsed: Result<T, String>) -> Result<T, Error> {
+pub(crate) fn with_reason<T>(request: &'static str, parsed: Result<T, String>) -> Result<T, Error> {
     parsed.map_err(|reason| Error::MalformedReply { request, reason })
 }
 
@@ -427,7 +437,7 @@ fn parse_list(result: &str) -> Result<Vec<Webhook>, String> {
         .collect()
 }
 
-fn parse_root(result: &str) -> Result<Map<String, Value>, String> {
+pub(crate) fn parse_root(result: &str) -> Result<Map<String, Value>, String> {
     // serde_json's messages give a position, never the text itself.
     match serde_json::from_str(result) {
         Ok(Value::Object(root)) => Ok(root),

@@ -262,6 +262,19 @@ fn decode_frame(
             let result = reader.text_rest("result")?;
             Frame::WebhookReply(WebhookReply { request_id, result })
         }
+        Opcode::ClusterRequest => {
+            let request_id = reader.u32("request_id")?;
+            let command = reader.text_rest("command")?;
+            Frame::ClusterRequest(ClusterRequest {
+                request_id,
+                command,
+            })
+        }
+        Opcode::ClusterReply => {
+            let request_id = reader.u32("request_id")?;
+            let result = reader.text_rest("result")?;
+            Frame::ClusterReply(ClusterReply { request_id, result })
+        }
         Opcode::GoAway => {
             let drain_ms = reader.u32("drain_ms")?;
             let message = reader.text16("message")?;
@@ -310,6 +323,8 @@ fn frame_name(opcode: Opcode) -> &'static str {
         Opcode::Token => "TOKEN",
         Opcode::WebhookRequest => "WEBHOOK_REQUEST",
         Opcode::WebhookReply => "WEBHOOK_REPLY",
+        Opcode::ClusterRequest => "CLUSTER_REQUEST",
+        Opcode::ClusterReply => "CLUSTER_REPLY",
         Opcode::Error => "ERROR",
     }
 }

@@ -231,6 +231,16 @@ impl Frame {
                 dst.put_u32(reply.request_id);
                 dst.put_slice(reply.result.as_bytes());
             }
+            Frame::ClusterRequest(request) => {
+                header(dst, Opcode::ClusterRequest, 4 + request.command.len());
+                dst.put_u32(request.request_id);
+                dst.put_slice(request.command.as_bytes());
+            }
+            Frame::ClusterReply(reply) => {
+                header(dst, Opcode::ClusterReply, 4 + reply.result.len());
+                dst.put_u32(reply.request_id);
+                dst.put_slice(reply.result.as_bytes());
+            }
             Frame::GoAway(go_away) => {
                 let text = clip(&go_away.message, u16::MAX as usize);
                 header(dst, Opcode::GoAway, 4 + 2 + text.len());

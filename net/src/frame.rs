@@ -28,6 +28,8 @@ pub enum Opcode {
     TokenRequest = 0x07,
     /// Client → server: manage webhooks (super-user credentials only).
     WebhookRequest = 0x08,
+    /// Client → server: ask about the cluster (super-user credentials only).
+    ClusterRequest = 0x09,
     /// Server → client: the handshake succeeded.
     Welcome = 0x81,
     /// Server → client: a publish was sequenced.
@@ -46,6 +48,8 @@ pub enum Opcode {
     Token = 0x88,
     /// Server → client: the answer to a `WEBHOOK_REQUEST`.
     WebhookReply = 0x89,
+    /// Server → client: the answer to a `CLUSTER_REQUEST`.
+    ClusterReply = 0x8a,
     /// Server → client: a request (or the connection) failed.
     Error = 0x8f,
 }
@@ -62,6 +66,7 @@ impl Opcode {
             0x06 => Opcode::Pong,
             0x07 => Opcode::TokenRequest,
             0x08 => Opcode::WebhookRequest,
+            0x09 => Opcode::ClusterRequest,
             0x81 => Opcode::Welcome,
             0x82 => Opcode::PubAck,
             0x83 => Opcode::SubOk,
@@ -71,6 +76,7 @@ impl Opcode {
             0x87 => Opcode::GoAway,
             0x88 => Opcode::Token,
             0x89 => Opcode::WebhookReply,
+            0x8a => Opcode::ClusterReply,
             0x8f => Opcode::Error,
             _ => return None,
         })
@@ -278,6 +284,25 @@ pub struct WebhookReply {
     pub result: String,
 }
 
+/// `CLUSTER_REQUEST`: asks about the cluster (its members, a topic's owner).
+/// Only a connection authenticated with a super-user key may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterRequest {
+    /// Client-chosen id echoed in `CLUSTER_REPLY` or `ERROR`.
+    pub request_id: u32,
+    /// The command as a JSON object (see `docs/cluster.md`).
+    pub command: String,
+}
+
+/// `CLUSTER_REPLY`: the answer to a `CLUSTER_REQUEST`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterReply {
+    /// The request's id.
+    pub request_id: u32,
+    /// The result as a JSON object (see `docs/cluster.md`).
+    pub result: String,
+}
+
 /// `GOAWAY`: the server is shutting down. It accepts no new requests on this
 /// connection, flushes what is queued, and closes within `drain_ms`; a client
 /// should reconnect (and resume) at once instead of waiting for a timeout.
@@ -352,6 +377,10 @@ pub enum Frame {
     WebhookRequest(WebhookRequest),
     /// See [`WebhookReply`].
     WebhookReply(WebhookReply),
+    /// See [`ClusterRequest`].
+    ClusterRequest(ClusterRequest),
+    /// See [`ClusterReply`].
+    ClusterReply(ClusterReply),
     /// `PING` with its nonce.
     Ping(u64),
     /// `PONG` echoing a `PING`'s nonce.
@@ -379,6 +408,8 @@ impl Frame {
             Frame::Token(_) => Opcode::Token,
             Frame::WebhookRequest(_) => Opcode::WebhookRequest,
             Frame::WebhookReply(_) => Opcode::WebhookReply,
+            Frame::ClusterRequest(_) => Opcode::ClusterRequest,
+            Frame::ClusterReply(_) => Opcode::ClusterReply,
             Frame::Ping(_) => Opcode::Ping,
             Frame::Pong(_) => Opcode::Pong,
             Frame::Error(_) => Opcode::Error,
@@ -400,7 +431,7 @@ mod tests {
             let opcode = Opcode::from_u8(byte).expect("a server opcode");
             assert!(opcode.is_server_frame(), "{opcode:?}");
         }
-        for byte in [0x00, 0x09, 0x7f, 0x80, 0x8a, 0x8e, 0x90, 0xff] {
+        for byte in [0x00, 0x0a, 0x7f, 0x80, 0x8b, 0x8e, 0x90, 0xff] {
             assert_eq!(Opcode::from_u8(byte), None, "{byte:#04x} is not an opcode");
         }
     }

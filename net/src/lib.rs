@@ -21,9 +21,9 @@ pub use decode::{check, decode, decode_from_client, Check, KeyCache};
 pub use encode::{encode_message_header, encode_publish, encode_subscribe, MESSAGE_HEADER_LEN};
 pub use error::{ErrorCode, FrameError};
 pub use frame::{
-    Discontinuity, Epoch, ErrorFrame, Frame, GoAway, Hello, Message, Opcode, PubAck, Publish,
-    ResumePoint, SubOk, Subscribe, Token, TokenRequest, UnsubOk, Unsubscribe, WebhookReply,
-    WebhookRequest, Welcome, PUBLISH_FLAG_ACK,
+    ClusterReply, ClusterRequest, Discontinuity, Epoch, ErrorFrame, Frame, GoAway, Hello, Message,
+    Opcode, PubAck, Publish, ResumePoint, SubOk, Subscribe, Token, TokenRequest, UnsubOk,
+    Unsubscribe, WebhookReply, WebhookRequest, Welcome, PUBLISH_FLAG_ACK,
 };
 pub use name::{key_hash, validate_namespace, validate_topic, NameError, TopicKey};
 

@@ -38,6 +38,14 @@ fn sample_frames() -> Vec<Frame> {
             request_id: u32::MAX,
             result: String::new(),
         }),
+        Frame::ClusterRequest(ClusterRequest {
+            request_id: 8,
+            command: r#"{"op":"owner","ns":"app","topic":"é"}"#.into(),
+        }),
+        Frame::ClusterReply(ClusterReply {
+            request_id: 8,
+            result: "{}".into(),
+        }),
         Frame::Welcome(Welcome {
             version: 1,
             max_frame: DEFAULT_MAX_FRAME,
@@ -268,6 +276,20 @@ fn worked_examples_from_protocol_doc() {
                 result: r#"{"webhooks":[]}"#.into(),
             }),
             "00000014 89 00000006 7b22776562686f6f6b73223a5b5d7d",
+        ),
+        (
+            Frame::ClusterRequest(ClusterRequest {
+                request_id: 7,
+                command: r#"{"op":"status"}"#.into(),
+            }),
+            "00000014 09 00000007 7b226f70223a22737461747573227d",
+        ),
+        (
+            Frame::ClusterReply(ClusterReply {
+                request_id: 7,
+                result: r#"{"members":[]}"#.into(),
+            }),
+            "00000013 8a 00000007 7b226d656d62657273223a5b5d7d",
         ),
         (
             Frame::Welcome(Welcome {

@@ -843,6 +843,9 @@ fn encode_out_frame(frame: OutFrame, head: &mut BytesMut, segments: &mut Vec<Byt
         OutFrame::WebhookReply { request_id, result } => {
             Frame::WebhookReply(corebus_net::WebhookReply { request_id, result }).encode(head)
         }
+        OutFrame::ClusterReply { request_id, result } => {
+            Frame::ClusterReply(corebus_net::ClusterReply { request_id, result }).encode(head)
+        }
         OutFrame::GoAway { drain_ms, message } => {
             Frame::GoAway(GoAway { drain_ms, message }).encode(head)
         }
@@ -977,6 +980,10 @@ mod tests {
             OutFrame::Token {
                 request_id: 8,
                 token: "a.b.c".into(),
+            },
+            OutFrame::ClusterReply {
+                request_id: 10,
+                result: "{\"members\":[]}".into(),
             },
             OutFrame::WebhookReply {
                 request_id: 9,

@@ -14,6 +14,7 @@
 //! client crate, or tokio. The wire format comes from `corebus-net` only.
 
 pub mod auth;
+pub mod cluster;
 pub mod conn;
 pub mod engine;
 #[doc(hidden)]
@@ -36,6 +37,7 @@ mod web;
 pub mod webhooks;
 
 pub use auth::{Authenticator, Grant, OpenAccess, Permissions};
+pub use cluster::{ClusterCommandError, ClusterControl, NoCluster};
 pub use corebus_gateway::Origins;
 pub use engine::{ConnId, EngineConfig, Flow, Shard, SlowConsumerPolicy};
 pub use metrics::{MetricsHandle, ShardMetrics};

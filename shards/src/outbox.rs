@@ -140,6 +140,13 @@ pub enum OutFrame {
         /// The minted token.
         token: String,
     },
+    /// `CLUSTER_REPLY`.
+    ClusterReply {
+        /// The request's id.
+        request_id: u32,
+        /// The JSON result.
+        result: String,
+    },
     /// `WEBHOOK_REPLY`.
     WebhookReply {
         /// The request's id.
@@ -173,7 +180,9 @@ impl OutFrame {
             OutFrame::Error(error) => 14 + error.message.len(),
             OutFrame::GoAway { message, .. } => 11 + message.len(),
             OutFrame::Token { token, .. } => 11 + token.len(),
-            OutFrame::WebhookReply { result, .. } => 9 + result.len(),
+            OutFrame::WebhookReply { result, .. } | OutFrame::ClusterReply { result, .. } => {
+                9 + result.len()
+            }
             OutFrame::Encoded(frames) => frames.len(),
         }
     }

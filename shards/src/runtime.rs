@@ -24,6 +24,7 @@ use crate::engine::{EngineConfig, Shard};
 use crate::host::{affinity_cpus, preflight, IO_MEMORY};
 use corebus_gateway::Origins;
 
+use crate::cluster::{ClusterControl, NoCluster};
 use crate::listen::{accept_until, bind_listener};
 use crate::mesh::MeshBatch;
 use crate::metrics::MetricsHandle;
@@ -50,6 +51,8 @@ pub struct ServerConfig {
     /// Receives messages of topics with webhooks, and webhook commands;
     /// [`NoWebhooks`] has none.
     pub webhooks: Arc<dyn WebhookSink>,
+    /// Answers `CLUSTER_REQUEST`s; [`NoCluster`] refuses them.
+    pub cluster: Arc<dyn ClusterControl>,
     /// Most connections the whole broker holds.
     pub max_connections: usize,
     /// Most connections the whole broker holds that have not finished their
@@ -84,6 +87,7 @@ impl Default for ServerConfig {
             engine: EngineConfig::default(),
             auth: Arc::new(OpenAccess),
             webhooks: Arc::new(NoWebhooks),
+            cluster: Arc::new(NoCluster),
             max_connections: 100_000,
             max_handshaking: 4_096,
             max_handshaking_per_source: 0,
@@ -301,6 +305,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
         let shard_control = control.clone();
         let auth = config.auth.clone();
         let webhooks = config.webhooks.clone();
+        let cluster = config.cluster.clone();
         let tls = config.tls.clone();
         let web = web_listen.zip(origins.clone());
         let conn_limit = conn_limit.clone();
@@ -320,6 +325,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
                     ready: ready_tx,
                     auth,
                     webhooks,
+                    cluster,
                     conn_limit,
                     handshakes,
                     tls,
@@ -385,6 +391,7 @@ struct ShardContext {
     ready: mpsc::Sender<Result<(SocketAddr, Option<SocketAddr>), StartError>>,
     auth: Arc<dyn Authenticator>,
     webhooks: Arc<dyn WebhookSink>,
+    cluster: Arc<dyn ClusterControl>,
     conn_limit: Arc<ConnLimit>,
     handshakes: Arc<HandshakeGate>,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -405,6 +412,7 @@ async fn run_shard(
         ready,
         auth,
         webhooks,
+        cluster,
         conn_limit,
         handshakes,
         tls,
@@ -439,7 +447,8 @@ async fn run_shard(
     let shard = Rc::new(RefCell::new(
         Shard::new(id, shard_count, engine, random_seed())
             .with_authenticator(auth)
-            .with_webhooks(webhooks),
+            .with_webhooks(webhooks)
+            .with_cluster(cluster),
     ));
     let Ok((senders, mut receivers)) = mesh.join().await else {
         warn!(shard = id, "could not join the shard mesh");

@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use corebus_net::{
-    encode_publish, validate_namespace, validate_topic, Frame, ResumePoint, WebhookRequest, Welcome,
+    encode_publish, validate_namespace, validate_topic, ClusterRequest, Frame, ResumePoint,
+    WebhookRequest, Welcome,
 };
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -34,6 +35,7 @@ mod stream;
 mod tls;
 
 pub(crate) use setup::connect;
+pub(crate) use state::CommandKind;
 use state::{Cursor, Ended, Pending, Route, State, Terminal};
 
 /// Smallest amount of free buffer space the reader asks the socket to fill.
@@ -349,34 +351,43 @@ impl Shared {
         self.lock().pings.remove(&nonce);
     }
 
-    /// Queues a `WEBHOOK_REQUEST` carrying `command` (once connected);
-    /// returns its request id and a receiver for the reply's result text.
-    pub(crate) async fn enqueue_webhook(
+    /// Queues a `WEBHOOK_REQUEST` or `CLUSTER_REQUEST` carrying `command`
+    /// (once connected); returns its request id and a receiver for the
+    /// reply's result text.
+    pub(crate) async fn enqueue_command(
         &self,
+        kind: CommandKind,
         command: String,
     ) -> Result<(u32, oneshot::Receiver<Result<String, Error>>), Error> {
         let (answer, rx) = oneshot::channel();
         self.when_up(usize::MAX, |st| {
             let request_id = st.alloc_request();
-            Frame::WebhookRequest(WebhookRequest {
-                request_id,
-                command,
-            })
-            .encode(&mut st.out);
-            st.pending.insert(request_id, Pending::Webhook { answer });
+            let frame = match kind {
+                CommandKind::Webhook => Frame::WebhookRequest(WebhookRequest {
+                    request_id,
+                    command,
+                }),
+                CommandKind::Cluster => Frame::ClusterRequest(ClusterRequest {
+                    request_id,
+                    command,
+                }),
+            };
+            frame.encode(&mut st.out);
+            st.pending
+                .insert(request_id, Pending::Command { kind, answer });
             request_id
         })
         .await
         .map(|request_id| (request_id, rx))
     }
 
-    /// Forgets a webhook request nobody waits for any more (it timed out or
-    /// the call was dropped), so that a late reply finds no one and the entry
-    /// does not linger. Only a webhook entry is removed: the id is not reused
-    /// for anything else while this one is outstanding.
-    pub(crate) fn forget_webhook(&self, request_id: u32) {
+    /// Forgets a command nobody waits for any more (it timed out or the call
+    /// was dropped), so that a late reply finds no one and the entry does not
+    /// linger. Only a command entry is removed: the id is not reused for
+    /// anything else while this one is outstanding.
+    pub(crate) fn forget_command(&self, request_id: u32) {
         let mut st = self.lock();
-        if let Some(Pending::Webhook { .. }) = st.pending.get(&request_id) {
+        if let Some(Pending::Command { .. }) = st.pending.get(&request_id) {
             st.pending.remove(&request_id);
         }
     }

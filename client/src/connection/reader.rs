@@ -7,12 +7,11 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use corebus_net::{
-    check, decode, Check, ErrorFrame, Frame, PubAck, SubOk, UnsubOk, WebhookReply,
-    DEFAULT_MAX_FRAME,
+    check, decode, Check, ErrorFrame, Frame, PubAck, SubOk, UnsubOk, DEFAULT_MAX_FRAME,
 };
 use tokio::io::AsyncReadExt;
 
-use super::state::{protocol_violation, UNACKED_IDS};
+use super::state::{protocol_violation, CommandKind, UNACKED_IDS};
 use super::stream::ReadHalf;
 use super::{Cursor, Ended, Pending, Shared, State, Terminal, READ_CHUNK};
 use crate::error::code_text;
@@ -217,19 +216,27 @@ impl Shared {
         }
     }
 
-    fn answer_webhook(&self, reply: WebhookReply) -> Result<(), Ended> {
+    fn answer_command(
+        &self,
+        kind: CommandKind,
+        request_id: u32,
+        result: String,
+    ) -> Result<(), Ended> {
         let mut st = self.lock();
-        match st.pending.remove(&reply.request_id) {
+        match st.pending.remove(&request_id) {
             // The caller gave up (timeout or cancellation) and forgot it.
             None => Ok(()),
-            Some(Pending::Webhook { answer }) => {
-                let _ = answer.send(Ok(reply.result));
+            Some(Pending::Command {
+                kind: asked,
+                answer,
+            }) if asked == kind => {
+                let _ = answer.send(Ok(result));
                 Ok(())
             }
-            Some(other) => Err(wrong_answer(&mut st, reply.request_id, other, |name| {
+            Some(other) => Err(wrong_answer(&mut st, request_id, other, |name| {
                 format!(
-                    "WEBHOOK_REPLY answers request {}, a {name}",
-                    reply.request_id
+                    "{} answers request {request_id}, a {name}",
+                    kind.reply_name()
                 )
             })),
         }
@@ -484,7 +491,12 @@ async fn dispatch(shared: &Shared, frame: Frame) -> Result<(), Ended> {
         Frame::PubAck(ack) => shared.answer_publish(ack),
         Frame::SubOk(ok) => shared.answer_subscribe(ok),
         Frame::UnsubOk(ok) => shared.answer_unsubscribe(ok),
-        Frame::WebhookReply(reply) => shared.answer_webhook(reply),
+        Frame::WebhookReply(reply) => {
+            shared.answer_command(CommandKind::Webhook, reply.request_id, reply.result)
+        }
+        Frame::ClusterReply(reply) => {
+            shared.answer_command(CommandKind::Cluster, reply.request_id, reply.result)
+        }
         Frame::Error(err) => shared.answer_error(err),
         Frame::Ping(nonce) => {
             shared.answer_ping(nonce);

@@ -103,10 +103,39 @@ pub(crate) enum Pending {
         answer: Option<oneshot::Sender<Result<(), Error>>>,
         sub_id: u32,
     },
-    /// A `WEBHOOK_REQUEST`, answered with the `WEBHOOK_REPLY`'s result text.
-    Webhook {
+    /// A `WEBHOOK_REQUEST` or `CLUSTER_REQUEST`, answered with its reply's
+    /// result text.
+    Command {
+        kind: CommandKind,
         answer: oneshot::Sender<Result<String, Error>>,
     },
+}
+
+/// The two requests that carry a JSON command and get a JSON result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CommandKind {
+    /// `WEBHOOK_REQUEST` / `WEBHOOK_REPLY`.
+    Webhook,
+    /// `CLUSTER_REQUEST` / `CLUSTER_REPLY`.
+    Cluster,
+}
+
+impl CommandKind {
+    /// The request frame's name.
+    pub(crate) fn request_name(self) -> &'static str {
+        match self {
+            CommandKind::Webhook => "WEBHOOK_REQUEST",
+            CommandKind::Cluster => "CLUSTER_REQUEST",
+        }
+    }
+
+    /// The reply frame's name.
+    pub(crate) fn reply_name(self) -> &'static str {
+        match self {
+            CommandKind::Webhook => "WEBHOOK_REPLY",
+            CommandKind::Cluster => "CLUSTER_REPLY",
+        }
+    }
 }
 
 impl Pending {
@@ -115,14 +144,14 @@ impl Pending {
             Pending::Publish { .. } => "PUBLISH",
             Pending::Subscribe { .. } | Pending::Resubscribe { .. } => "SUBSCRIBE",
             Pending::Unsubscribe { .. } => "UNSUBSCRIBE",
-            Pending::Webhook { .. } => "WEBHOOK_REQUEST",
+            Pending::Command { kind, .. } => kind.request_name(),
         }
     }
 
     /// The subscription a subscribe or unsubscribe concerns.
     pub(crate) fn sub_id(&self) -> Option<u32> {
         match self {
-            Pending::Publish { .. } | Pending::Webhook { .. } => None,
+            Pending::Publish { .. } | Pending::Command { .. } => None,
             Pending::Subscribe { sub_id, .. }
             | Pending::Resubscribe { sub_id }
             | Pending::Unsubscribe { sub_id, .. } => Some(*sub_id),
@@ -144,7 +173,7 @@ impl Pending {
                     let _ = answer.send(Err(error));
                 }
             }
-            Pending::Webhook { answer } => {
+            Pending::Command { answer, .. } => {
                 let _ = answer.send(Err(error));
             }
         }
@@ -424,9 +453,9 @@ impl State {
                     unsubscribed.push(request);
                 }
                 Pending::Resubscribe { .. } => {}
-                // A webhook request may or may not have been carried out; the
+                // A webhook command may or may not have been carried out; the
                 // caller can list the webhooks to find out.
-                Pending::Publish { .. } | Pending::Webhook { .. } => pending.push(request),
+                Pending::Publish { .. } | Pending::Command { .. } => pending.push(request),
             }
         }
         self.routes.retain(|_, route| route.tx.is_some());

@@ -2,8 +2,8 @@
 //! cycle, handshake and input errors.
 
 use corebus_net::{
-    ErrorCode, ErrorFrame, Frame, FrameError, TokenRequest, TopicKey, WebhookRequest,
-    PROTOCOL_VERSION,
+    ClusterRequest, ErrorCode, ErrorFrame, Frame, FrameError, TokenRequest, TopicKey,
+    WebhookRequest, PROTOCOL_VERSION,
 };
 use rustc_hash::FxHashMap;
 use tracing::{debug, warn};
@@ -11,6 +11,7 @@ use tracing::{debug, warn};
 use super::delivery::report_losses;
 use super::{ConnId, ConnState, Flow, Shard};
 use crate::auth::{unix_now_ms, Action, AuthError};
+use crate::cluster::ClusterCommandError;
 use crate::outbox::{OutFrame, Outbox, PushError};
 use crate::webhooks::WebhookCommandError;
 
@@ -367,6 +368,7 @@ impl Shard {
             Frame::Ping(nonce) => self.send(conn, OutFrame::Pong(nonce)),
             Frame::TokenRequest(request) => self.handle_token_request(conn, request),
             Frame::WebhookRequest(request) => self.handle_webhook_request(conn, request),
+            Frame::ClusterRequest(request) => self.handle_cluster_request(conn, request),
             Frame::Pong(_) => {}
             Frame::Hello(_) => self.send_error(
                 conn,
@@ -447,6 +449,28 @@ impl Shard {
                     WebhookCommandError::Invalid(_) => ErrorCode::InvalidRequest,
                     WebhookCommandError::Refused(_) => ErrorCode::Forbidden,
                     WebhookCommandError::Internal(_) => ErrorCode::Internal,
+                };
+                self.send_error(conn, request.request_id, code, err.to_string());
+            }
+        }
+    }
+
+    fn handle_cluster_request(&mut self, conn: ConnId, request: ClusterRequest) {
+        if !self.superuser(conn, request.request_id, "ask about the cluster") {
+            return;
+        }
+        match self.cluster.command(&request.command, self.shard_count) {
+            Ok(result) => self.send(
+                conn,
+                OutFrame::ClusterReply {
+                    request_id: request.request_id,
+                    result,
+                },
+            ),
+            Err(err) => {
+                let code = match err {
+                    ClusterCommandError::Invalid(_) => ErrorCode::InvalidRequest,
+                    ClusterCommandError::Internal(_) => ErrorCode::Internal,
                 };
                 self.send_error(conn, request.request_id, code, err.to_string());
             }

@@ -25,6 +25,7 @@ use rustc_hash::FxHashMap;
 
 use self::local::LocalTopics;
 use crate::auth::{Authenticator, Grant, OpenAccess};
+use crate::cluster::{ClusterControl, NoCluster};
 use crate::log_limit::LogLimit;
 use crate::mesh::{MeshBatch, ShardMsg};
 use crate::metrics::{LatencyHistogram, ShardMetrics};
@@ -225,6 +226,8 @@ pub struct Shard {
     delivery_latency: LatencyHistogram,
     auth: Arc<dyn Authenticator>,
     webhooks: Arc<dyn WebhookSink>,
+    /// Answers `CLUSTER_REQUEST`s.
+    cluster: Arc<dyn ClusterControl>,
     /// Budget of `authentication failed` warnings.
     auth_failure_log: LogLimit,
     /// Budget of `connection refused` warnings.
@@ -255,6 +258,7 @@ impl Shard {
             delivery_latency: LatencyHistogram::default(),
             auth: Arc::new(OpenAccess),
             webhooks: Arc::new(NoWebhooks),
+            cluster: Arc::new(NoCluster),
             auth_failure_log: LogLimit::new(WARNINGS_PER_SECOND, 1000),
             refusal_log: LogLimit::new(WARNINGS_PER_SECOND, 1000),
             tls_failure_log: LogLimit::new(WARNINGS_PER_SECOND, 1000),
@@ -265,6 +269,12 @@ impl Shard {
     /// everyone do everything).
     pub fn with_authenticator(mut self, auth: Arc<dyn Authenticator>) -> Shard {
         self.auth = auth;
+        self
+    }
+
+    /// The shard with a source of answers to cluster commands.
+    pub fn with_cluster(mut self, cluster: Arc<dyn ClusterControl>) -> Shard {
+        self.cluster = cluster;
         self
     }
 

@@ -1,0 +1,201 @@
+//! The cluster as the broker's clients see it: answers to `CLUSTER_REQUEST`
+//! commands from the membership thread's member list, and
+//! `corebus cluster status|owner`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use corebus_cluster::{ClusterView, MemberView};
+use corebus_net::routing::owner_of_hash;
+use corebus_net::TopicKey;
+use corebus_shards::{ClusterCommandError, ClusterControl};
+use serde_json::{json, Value};
+
+use crate::cli::ClusterCommand;
+use crate::pubsub::connect;
+use crate::stdio;
+
+/// Answers cluster commands from the member list; until the membership
+/// thread has started (or when the node runs alone), from this node alone.
+#[derive(Debug, Default)]
+pub struct ClusterCommands {
+    membership: OnceLock<(SocketAddr, Arc<ClusterView>)>,
+}
+
+impl ClusterCommands {
+    /// Starts answering from `view`, the member list of node `node`.
+    pub fn attach(&self, node: SocketAddr, view: Arc<ClusterView>) {
+        let _ = self.membership.set((node, view));
+    }
+
+    fn status(&self) -> Value {
+        match self.membership.get() {
+            None => json!({ "node": null, "members": [] }),
+            Some((node, view)) => {
+                let members: Vec<Value> = view
+                    .snapshot()
+                    .members
+                    .iter()
+                    .map(|member| {
+                        json!({
+                            "node": member.node.addr.to_string(),
+                            "client": member.node.client.to_string(),
+                            "state": member.state.name(),
+                            "leaving": member.node.leaving,
+                        })
+                    })
+                    .collect();
+                json!({ "node": node.to_string(), "members": members })
+            }
+        }
+    }
+
+    fn owner(&self, command: &Value, shard_count: usize) -> Result<Value, ClusterCommandError> {
+        let text = |key: &str| {
+            command.get(key).and_then(Value::as_str).ok_or_else(|| {
+                ClusterCommandError::Invalid(format!("`{key}` is missing or not a string"))
+            })
+        };
+        let topic = TopicKey::new(text("ns")?.as_bytes(), text("topic")?.as_bytes())
+            .map_err(|err| ClusterCommandError::Invalid(format!("invalid topic: {err}")))?;
+        let hash = topic.stable_hash();
+        let local_shard = owner_of_hash(hash, shard_count as u64);
+        Ok(match self.membership.get() {
+            None => json!({ "node": null, "client": null, "shard": local_shard }),
+            Some((node, view)) => {
+                let members: Arc<MemberView> = view.snapshot();
+                match members.owner(hash) {
+                    None => json!({ "node": null, "client": null, "shard": null }),
+                    Some(owner) => {
+                        let here = owner.node.addr == *node;
+                        json!({
+                            "node": owner.node.addr.to_string(),
+                            "client": owner.node.client.to_string(),
+                            "shard": if here { Some(local_shard) } else { None },
+                        })
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl ClusterControl for ClusterCommands {
+    fn command(&self, command: &str, shard_count: usize) -> Result<String, ClusterCommandError> {
+        let command: Value = serde_json::from_str(command)
+            .map_err(|err| ClusterCommandError::Invalid(format!("not a JSON object: {err}")))?;
+        let result = match command.get("op").and_then(Value::as_str) {
+            Some("status") => self.status(),
+            Some("owner") => self.owner(&command, shard_count)?,
+            Some(other) => {
+                return Err(ClusterCommandError::Invalid(format!(
+                    "unknown op {other:?}: status or owner"
+                )))
+            }
+            None => {
+                return Err(ClusterCommandError::Invalid(
+                    "`op` is missing: status or owner".into(),
+                ))
+            }
+        };
+        Ok(result.to_string())
+    }
+}
+
+/// Runs `corebus cluster status|owner` against a node.
+pub async fn main(command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Status { json, server } => {
+            let client = connect(&server, "corebus-cluster").await?;
+            let status = client.cluster_status().await?;
+            if json {
+                let members: Vec<Value> = status
+                    .members
+                    .iter()
+                    .map(|member| {
+                        json!({
+                            "node": member.node,
+                            "client": member.client,
+                            "state": member.state,
+                            "leaving": member.leaving,
+                        })
+                    })
+                    .collect();
+                stdio::line(json!({ "node": status.node, "members": members }))?;
+            } else if status.node.is_none() {
+                stdio::line("this node runs alone (no cluster_listen)")?;
+            } else {
+                for member in &status.members {
+                    let me = if Some(&member.node) == status.node.as_ref() {
+                        " (this node)"
+                    } else {
+                        ""
+                    };
+                    let leaving = if member.leaving { ", leaving" } else { "" };
+                    stdio::line(format_args!(
+                        "{} {}{leaving}, clients on {}{me}",
+                        member.node, member.state, member.client
+                    ))?;
+                }
+            }
+        }
+        ClusterCommand::Owner {
+            namespace,
+            topic,
+            server,
+        } => {
+            let client = connect(&server, "corebus-cluster").await?;
+            let owner = client.topic_owner(&namespace, &topic).await?;
+            match (owner.node, owner.client, owner.shard) {
+                (Some(node), Some(client), Some(shard)) => stdio::line(format_args!(
+                    "{namespace}/{topic}: node {node} (clients on {client}), shard {shard}"
+                ))?,
+                (Some(node), Some(client), None) => stdio::line(format_args!(
+                    "{namespace}/{topic}: node {node} (clients on {client})"
+                ))?,
+                (None, _, Some(shard)) => stdio::line(format_args!(
+                    "{namespace}/{topic}: this node (it runs alone), shard {shard}"
+                ))?,
+                _ => stdio::line(format_args!("{namespace}/{topic}: no node can own it now"))?,
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lone_node_answers_for_itself_and_bad_commands_are_invalid() {
+        let commands = ClusterCommands::default();
+        let status: Value =
+            serde_json::from_str(&commands.command(r#"{"op":"status"}"#, 2).unwrap()).unwrap();
+        assert_eq!(status, json!({ "node": null, "members": [] }));
+        let owner: Value = serde_json::from_str(
+            &commands
+                .command(r#"{"op":"owner","ns":"app","topic":"news"}"#, 8)
+                .unwrap(),
+        )
+        .unwrap();
+        // The shard golden table: app/news is shard 0 of 8 (net/src/routing.rs).
+        assert_eq!(
+            owner["shard"],
+            json!(owner_of_hash(corebus_net::key_hash(b"app", b"news"), 8))
+        );
+        for (bad, why) in [
+            ("[]", "`op` is missing"),
+            (r#"{"op":"drop"}"#, "unknown op"),
+            (r#"{"op":"owner","ns":"app"}"#, "`topic` is missing"),
+            (r#"{"op":"owner","ns":"","topic":"t"}"#, "invalid topic"),
+            ("{", "not a JSON object"),
+        ] {
+            let err = commands.command(bad, 1).unwrap_err();
+            assert!(
+                matches!(&err, ClusterCommandError::Invalid(text) if text.contains(why)),
+                "{bad}: {err}"
+            );
+        }
+    }
+}

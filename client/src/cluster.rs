@@ -1,0 +1,180 @@
+//! Asking a node about its cluster: the members it knows, and which node
+//! owns a topic (`CLUSTER_REQUEST` and `CLUSTER_REPLY`, whose JSON is in
+//! docs/cluster.md). Both need super-user credentials.
+
+use serde_json::{json, Map, Value};
+
+use crate::connection::CommandKind;
+use crate::webhook::{parse_root, with_reason};
+use crate::{Client, Error};
+
+/// A member of the cluster, as the node asked sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterMember {
+    /// Its node id: its cluster address, such as `10.0.0.2:7500`.
+    pub node: String,
+    /// Where its clients connect.
+    pub client: String,
+    /// `alive`, `suspect` (someone could not reach it; still counted
+    /// alive) or `down`.
+    pub state: String,
+    /// A planned leave is under way.
+    pub leaving: bool,
+}
+
+/// What a node knows of its cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// The node asked, or `None` when it runs alone (no `cluster_listen`).
+    pub node: Option<String>,
+    /// Every member it knows, itself included, by node id; empty when alone.
+    pub members: Vec<ClusterMember>,
+}
+
+/// Which node owns a topic, as the node asked computes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicOwner {
+    /// The owner's node id, or `None` when the node asked runs alone.
+    pub node: Option<String>,
+    /// Where the owner's clients connect, when in a cluster.
+    pub client: Option<String>,
+    /// The owner shard, when the owner is the node asked (or it runs alone).
+    pub shard: Option<u16>,
+}
+
+impl Client {
+    /// The members of the cluster, as the node this client is connected to
+    /// sees them (super-user credentials only).
+    ///
+    /// ```no_run
+    /// # use corebus_client::{Client, Error};
+    /// # async fn run(client: Client) -> Result<(), Error> {
+    /// let status = client.cluster_status().await?;
+    /// for member in &status.members {
+    ///     println!("{} {} (clients: {})", member.node, member.state, member.client);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, Error> {
+        let result = self
+            .command_request(CommandKind::Cluster, &json!({ "op": "status" }))
+            .await?;
+        with_reason("cluster status", parse_status(&result))
+    }
+
+    /// The node that owns `namespace`/`topic` (super-user credentials only).
+    ///
+    /// ```no_run
+    /// # use corebus_client::{Client, Error};
+    /// # async fn run(client: Client) -> Result<(), Error> {
+    /// let owner = client.topic_owner("orders", "eu/created").await?;
+    /// println!("owned by {:?}", owner.node);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn topic_owner(&self, namespace: &str, topic: &str) -> Result<TopicOwner, Error> {
+        let command = json!({ "op": "owner", "ns": namespace, "topic": topic });
+        let result = self.command_request(CommandKind::Cluster, &command).await?;
+        with_reason("cluster owner", parse_owner(&result))
+    }
+}
+
+fn optional_string(root: &Map<String, Value>, key: &str) -> Result<Option<String>, String> {
+    match root.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(_) => Err(format!("field `{key}` is not a string")),
+    }
+}
+
+fn string(value: &Map<String, Value>, key: &str, path: &str) -> Result<String, String> {
+    value
+        .get(key)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| format!("field `{path}.{key}` is missing or not a string"))
+}
+
+fn parse_status(result: &str) -> Result<ClusterStatus, String> {
+    let root = parse_root(result)?;
+    let node = optional_string(&root, "node")?;
+    let list = root
+        .get("members")
+        .and_then(Value::as_array)
+        .ok_or("field `members` is missing or not a list")?;
+    let members = list
+        .iter()
+        .enumerate()
+        .map(|(index, value)| {
+            let path = format!("members[{index}]");
+            let member = value
+                .as_object()
+                .ok_or_else(|| format!("`{path}` is not an object"))?;
+            Ok(ClusterMember {
+                node: string(member, "node", &path)?,
+                client: string(member, "client", &path)?,
+                state: string(member, "state", &path)?,
+                leaving: member
+                    .get("leaving")
+                    .and_then(Value::as_bool)
+                    .ok_or_else(|| format!("field `{path}.leaving` is missing or not a boolean"))?,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(ClusterStatus { node, members })
+}
+
+fn parse_owner(result: &str) -> Result<TopicOwner, String> {
+    let root = parse_root(result)?;
+    let shard = match root.get("shard") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(
+            value
+                .as_u64()
+                .and_then(|shard| u16::try_from(shard).ok())
+                .ok_or("field `shard` is not a shard number")?,
+        ),
+    };
+    Ok(TopicOwner {
+        node: optional_string(&root, "node")?,
+        client: optional_string(&root, "client")?,
+        shard,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_and_owner_results_parse_and_malformed_ones_say_why() {
+        let status = parse_status(
+            r#"{"node":"10.0.0.1:7500","members":[{"node":"10.0.0.1:7500","client":"10.0.0.1:7400","state":"alive","leaving":false,"extra":1}]}"#,
+        )
+        .unwrap();
+        assert_eq!(status.node.as_deref(), Some("10.0.0.1:7500"));
+        assert_eq!(status.members[0].state, "alive");
+        let alone = parse_status(r#"{"node":null,"members":[]}"#).unwrap();
+        assert_eq!(
+            alone,
+            ClusterStatus {
+                node: None,
+                members: vec![]
+            }
+        );
+        assert_eq!(
+            parse_status(r#"{"members":[{"node":"a"}]}"#).unwrap_err(),
+            "field `members[0].client` is missing or not a string"
+        );
+        let owner =
+            parse_owner(r#"{"node":"10.0.0.2:7500","client":"10.0.0.2:7400","shard":null}"#)
+                .unwrap();
+        assert_eq!(owner.shard, None);
+        assert_eq!(
+            parse_owner(r#"{"node":null,"shard":3}"#).unwrap().shard,
+            Some(3)
+        );
+        assert!(parse_owner(r#"{"shard":-1}"#).is_err());
+    }
+}
