@@ -54,6 +54,11 @@ const RUN_MAX: usize = 64 * 1024;
 /// quiet connection's message costs little.
 const RUN_ROOM: usize = RUN_MAX + MESSAGE_HEADER_LEN + ENCODE_BELOW;
 
+// A burst run has room for at least sixteen of the largest frames copied
+// into runs (payloads of up to COPY_MAX; larger ones are shared), so what it
+// leaves unused is at most a sixteenth.
+const _: () = assert!(RUN_ROOM >= 16 * (MESSAGE_HEADER_LEN + COPY_MAX));
+
 thread_local! {
     /// Writers of this thread's (this shard's) outboxes that were woken and
     /// have not looked at their queue yet. A writer that finds others about
@@ -339,7 +344,7 @@ impl Outbox {
             // A run of small frames ends at RUN_MAX, leaving its room's last
             // frame of slack; copied larger ones fill what room a run has.
             Some(Queued::Run(run)) if run.len() + len <= run_end(run, len) => None,
-            Some(Queued::Run(_)) => Some(RUN_ROOM.max(16 * len)),
+            Some(Queued::Run(_)) => Some(RUN_ROOM),
             _ => Some(len),
         };
         if let Some(room) = room {
@@ -800,6 +805,89 @@ mod tests {
         let mut frames = Vec::new();
         outbox.drain_into(&mut frames);
         assert_eq!(frames, vec![small(1), small(2), small(3)]);
+    }
+
+    /// The runs of a burst after its first start with a whole run's room
+    /// and are never reallocated (a reallocation would double what they
+    /// hold); the last one may have just begun.
+    #[test]
+    fn a_burst_fills_its_runs_without_reallocating_them() {
+        let mut outbox = Outbox::new(4 << 20);
+        for seq in 0..10_000 {
+            outbox.push(small(seq)).expect("room");
+        }
+        let capacities: Vec<usize> = outbox
+            .frames
+            .iter()
+            .map(|item| match item {
+                Queued::Run(run) => run.capacity(),
+                other => panic!("only runs: {other:?}"),
+            })
+            .collect();
+        assert!(capacities.len() > 3, "{capacities:?}");
+        for capacity in &capacities[1..capacities.len() - 1] {
+            assert_eq!(*capacity, RUN_ROOM, "{capacities:?}");
+        }
+    }
+
+    /// Payloads of exactly ENCODE_BELOW and of exactly COPY_MAX bytes are
+    /// shared while the queue is not behind: the thresholds are "below" and
+    /// "over".
+    #[test]
+    fn payloads_at_the_thresholds_are_shared_not_copied_or_always_referenced() {
+        for size in [ENCODE_BELOW, COPY_MAX] {
+            let mut outbox = Outbox::new(1 << 20);
+            let payload = Bytes::from(vec![1u8; size]);
+            outbox.push_message(1, 1, 1, &payload).expect("room");
+            assert_eq!(outbox.shared_payloads(), 1, "{size} bytes");
+            assert!(
+                matches!(outbox.frames.back(), Some(Queued::Shared(_))),
+                "{size} bytes"
+            );
+        }
+        let mut outbox = Outbox::new(1 << 20);
+        outbox
+            .push_message(1, 1, 1, &Bytes::from(vec![1u8; ENCODE_BELOW - 1]))
+            .expect("room");
+        assert_eq!(outbox.shared_payloads(), 0);
+        assert!(matches!(outbox.frames.back(), Some(Queued::Run(_))));
+    }
+
+    /// Copied frames of ENCODE_BELOW bytes or more fill the room a burst run
+    /// has (RUN_ROOM), not just RUN_MAX as small frames do.
+    #[test]
+    fn copied_frames_fill_a_burst_runs_whole_room() {
+        let payload = Bytes::from(vec![2u8; ENCODE_BELOW]);
+        let frame = MESSAGE_HEADER_LEN + ENCODE_BELOW;
+        let mut outbox = Outbox::new(4 << 20);
+        for seq in 1..=(SHARED_MAX + 3 * (RUN_ROOM / frame)) as Seq {
+            outbox.push_message(1, 1, seq, &payload).expect("room");
+        }
+        let runs: Vec<usize> = outbox
+            .frames
+            .iter()
+            .filter_map(|item| match item {
+                Queued::Run(run) => Some(run.len()),
+                _ => None,
+            })
+            .collect();
+        // The first run grows from one frame; the next ones are burst runs.
+        assert_eq!(runs[1], RUN_ROOM / frame * frame, "{runs:?}");
+        assert!(runs[1] > RUN_MAX, "past RUN_MAX: {runs:?}");
+    }
+
+    /// An encoded run counts against the bound like the messages in it,
+    /// not with the control frames' double allowance.
+    #[test]
+    fn encoded_runs_are_held_to_the_bound_not_twice_it() {
+        let mut outbox = Outbox::new(1000);
+        outbox
+            .push(OutFrame::Encoded(Bytes::from(vec![0; 600])))
+            .expect("room");
+        assert_eq!(
+            outbox.push(OutFrame::Encoded(Bytes::from(vec![0; 600]))),
+            Err(PushError::Full)
+        );
     }
 
     #[test]
