@@ -890,6 +890,72 @@ mod tests {
         );
     }
 
+    /// A waker that counts its wakes.
+    struct Counter(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Counter {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn counting_waker() -> (std::sync::Arc<Counter>, Waker) {
+        let counter = std::sync::Arc::new(Counter(std::sync::atomic::AtomicUsize::new(0)));
+        (counter.clone(), Waker::from(counter))
+    }
+
+    fn wakes(counter: &Counter) -> usize {
+        counter.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_kick_wakes_the_writer_once_and_is_taken_once() {
+        let mut outbox = Outbox::new(1000);
+        let (counter, waker) = counting_waker();
+        outbox.set_writer(&waker);
+        assert!(!outbox.take_kick());
+        outbox.kick();
+        assert_eq!(wakes(&counter), 1);
+        assert!(outbox.take_kick());
+        assert!(!outbox.take_kick(), "the flag is cleared");
+        outbox.take_woken();
+    }
+
+    #[test]
+    fn the_latest_writer_is_the_one_woken() {
+        let mut outbox = Outbox::new(1000);
+        let (first, first_waker) = counting_waker();
+        let (second, second_waker) = counting_waker();
+        outbox.set_writer(&first_waker);
+        outbox.set_writer(&second_waker);
+        outbox.push(OutFrame::Ping(1)).expect("room");
+        assert_eq!((wakes(&first), wakes(&second)), (0, 1));
+        outbox.take_woken();
+    }
+
+    #[test]
+    fn is_empty_and_the_limit_are_what_was_queued_and_given() {
+        let mut outbox = Outbox::new(1234);
+        assert_eq!(outbox.limit_bytes(), 1234);
+        assert!(outbox.is_empty());
+        outbox.push(OutFrame::Ping(1)).expect("room");
+        assert!(!outbox.is_empty());
+        outbox.drain_into(&mut Vec::new());
+        assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn a_batch_takes_frames_that_fill_it_exactly() {
+        let mut outbox = Outbox::new(1000);
+        outbox.push(OutFrame::Ping(1)).expect("room");
+        outbox.push(OutFrame::Ping(2)).expect("room");
+        outbox.push(OutFrame::Ping(3)).expect("room");
+        let ping = OutFrame::Ping(0).wire_len();
+        let mut taken = Vec::new();
+        outbox.drain_some(&mut taken, 2 * ping);
+        assert_eq!(taken, vec![OutFrame::Ping(1), OutFrame::Ping(2)]);
+    }
+
     #[test]
     fn runs_are_bounded_and_hold_little_beyond_what_is_queued() {
         let mut outbox = Outbox::new(4 << 20);

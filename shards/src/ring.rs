@@ -264,14 +264,69 @@ mod tests {
     }
 
     #[test]
+    fn the_newest_are_counted_from_the_end_past_small_and_large_payloads() {
+        let large = |n: usize| payload(n, COPY_MAX + n);
+        let mut ring = PayloadRing::default();
+        assert!(ring.is_empty());
+        for item in [
+            payload(1, 1),
+            large(1),
+            payload(2, 2),
+            payload(3, 3),
+            large(2),
+            payload(4, 4),
+        ] {
+            ring.push(&item);
+        }
+        assert!(!ring.is_empty());
+        assert_eq!(ring.newest(3), vec![payload(3, 3), large(2), payload(4, 4)]);
+        assert_eq!(
+            ring.newest(4),
+            vec![payload(2, 2), payload(3, 3), large(2), payload(4, 4)]
+        );
+        assert_eq!(
+            ring.newest(5),
+            vec![
+                large(1),
+                payload(2, 2),
+                payload(3, 3),
+                large(2),
+                payload(4, 4)
+            ]
+        );
+    }
+
+    /// The byte buffer grows only when a payload does not fit, and then to
+    /// what is needed or half again its size, whichever is more.
+    #[test]
+    fn the_byte_buffer_grows_only_when_needed_and_by_half_again() {
+        let mut bytes = ByteRing::default();
+        bytes.push(&[1; 300]);
+        assert_eq!(bytes.buf.len(), MIN_CAPACITY);
+        bytes.push(&[2; MIN_CAPACITY - 300]);
+        assert_eq!(bytes.buf.len(), MIN_CAPACITY, "an exact fit does not grow");
+        bytes.push(&[3; 1]);
+        assert_eq!(bytes.buf.len(), MIN_CAPACITY + MIN_CAPACITY / 2);
+        let held = bytes.len;
+        bytes.push(&[4; 4000]);
+        assert_eq!(bytes.buf.len(), held + 4000, "what is needed, when more");
+    }
+
+    #[test]
     fn emptied_ring_lets_go_of_its_bytes() {
         let mut ring = PayloadRing::default();
         for n in 0..100 {
             ring.push(&payload(n, 200));
         }
         assert!(ring.bytes.buf.len() >= 100 * 200);
+        let entries = ring.entry_capacity();
         ring.clear();
         assert!(ring.is_empty());
+        assert_eq!(
+            ring.entry_capacity(),
+            entries,
+            "the length queue keeps its room"
+        );
         assert_eq!((ring.payload_bytes(), ring.bytes.buf.len()), (0, 0));
         assert!(!ring.pop_oldest());
         ring.push(&payload(1, 3));
