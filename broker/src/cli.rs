@@ -636,7 +636,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Where `pub` and `sub` connect, and with which credentials.
 #[derive(Debug, Args)]
 pub struct ServerArg {
-    /// Broker address.
+    /// Broker address, or several, comma-separated (the nodes of a cluster):
+    /// each connection, and each reconnection, takes the first that answers.
     #[arg(long, default_value = DEFAULT_ADDR)]
     pub server: String,
     /// A token to authenticate with (sent in the handshake only). Without

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use anyhow::bail;
 use corebus_client::{
-    Client, ClientConfig, Credentials, Error, Event, ResumeFrom, TlsOptions, TlsRoots,
+    Client, ClientConfig, Credentials, Error, Event, ResumeFrom, ServerAddr, TlsOptions, TlsRoots,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -28,12 +28,24 @@ fn credentials(server: &ServerArg) -> Option<Credentials> {
 }
 
 pub(crate) async fn connect(server: &ServerArg, name: &str) -> anyhow::Result<Client> {
+    let names: Vec<&str> = server
+        .server
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .collect();
+    // With several addresses the certificate is checked against the first
+    // one's host (the nodes of a cluster share a name or a certificate).
+    let server_name = names.first().and_then(|name| name.host());
     let tls = match (&server.ca, server.tls) {
         (Some(ca), _) => Some(TlsOptions {
             roots: TlsRoots::CaFile(ca.clone()),
+            server_name,
+        }),
+        (None, true) => Some(TlsOptions {
+            server_name,
             ..TlsOptions::default()
         }),
-        (None, true) => Some(TlsOptions::default()),
         (None, false) => None,
     };
     let config = ClientConfig {
@@ -43,7 +55,17 @@ pub(crate) async fn connect(server: &ServerArg, name: &str) -> anyhow::Result<Cl
         ..ClientConfig::default()
     };
     let addr = &server.server;
-    match Client::connect_with(addr, config).await {
+    let mut addrs = Vec::new();
+    for name in &names {
+        match tokio::net::lookup_host(*name).await {
+            Ok(resolved) => addrs.extend(resolved),
+            Err(err) => bail!("--server {name}: {err}"),
+        }
+    }
+    if addrs.is_empty() {
+        bail!("--server {addr:?} names no address");
+    }
+    match Client::connect_with(addrs.as_slice(), config).await {
         Ok(client) => Ok(client),
         // Only a failure to reach the broker suggests it is not running; a
         // refused handshake (bad credentials) speaks for itself.

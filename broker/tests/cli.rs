@@ -495,3 +495,38 @@ fn pub_stdin_publishes_lines_as_bytes_without_their_line_ends() {
         .expect("reads");
     assert_eq!(received, b"plain\n\xff\xfe not UTF-8\nlast\n");
 }
+
+#[test]
+fn several_servers_are_tried_in_order_until_one_answers() {
+    let serve = Serve::start(&[]);
+    // A port nobody listens on, then the broker.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port");
+    let servers = format!("{closed}, {}", serve.addr);
+    let output = Command::new(BIN)
+        .args(["pub", "demo", "failover", "hello", "--server", &servers])
+        .output()
+        .expect("runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "1");
+    // None answers: the error names them all.
+    let output = Command::new(BIN)
+        .args([
+            "pub",
+            "demo",
+            "failover",
+            "x",
+            "--server",
+            &format!("{closed},{closed}"),
+        ])
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&closed.to_string()), "{stderr}");
+}
