@@ -86,6 +86,12 @@ fn web_origins(args: &ServeArgs) -> Origins {
     Origins::new(&all).unwrap_or_default()
 }
 
+/// The addresses clients reach the broker on: the native listener and,
+/// when there is one, the browser listener.
+fn client_listeners(args: &ServeArgs) -> impl Iterator<Item = std::net::SocketAddr> {
+    std::iter::once(args.listen).chain(args.ws_listen.0)
+}
+
 /// The authenticator for these settings, enforcing the secure default:
 /// without keys or a token secret the broker runs open, and then only on a
 /// loopback address unless `insecure_no_auth` says otherwise.
@@ -99,9 +105,7 @@ pub fn authenticator(
         }
         return Ok(Arc::new(auth.authenticator(args.token_max_lifetime)));
     }
-    let beyond_loopback = std::iter::once(args.listen)
-        .chain(args.ws_listen.0)
-        .find(|addr| !addr.ip().is_loopback());
+    let beyond_loopback = client_listeners(args).find(|addr| !addr.ip().is_loopback());
     if let (Some(addr), false) = (beyond_loopback, args.insecure_no_auth) {
         bail!(
             "refusing to listen on {addr} without authentication: configure [[keys]] or \
@@ -153,9 +157,7 @@ fn start_cluster(
     client: std::net::SocketAddr,
 ) -> anyhow::Result<Membership> {
     let listen = args.cluster_listen.0.context("cluster_listen is set")?;
-    let started_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64);
+    let started_ms = corebus_shards::auth::unix_now_ms();
     let membership = Membership::start(MembershipConfig {
         me: NodeIdentity {
             addr: listen,
@@ -216,9 +218,7 @@ pub fn start_webhooks(resolved: &Resolved) -> anyhow::Result<Arc<Webhooks>> {
     };
     // Everyone is a super-user on an open broker: beyond loopback, nobody
     // may point it at a URL.
-    let beyond_loopback = std::iter::once(args.listen)
-        .chain(args.ws_listen.0)
-        .any(|addr| !addr.ip().is_loopback());
+    let beyond_loopback = client_listeners(args).any(|addr| !addr.ip().is_loopback());
     let refuse = (resolved.auth.is_open() && beyond_loopback).then(|| {
         "webhook commands are refused on a broker without authentication that listens \
          beyond loopback; configure a super-user key (see docs/security.md)"

@@ -716,11 +716,7 @@ async fn write_loop(
             }
             None => Wrapped::default(),
         };
-        let result = match &tls {
-            Some(tls) => write_tls(&mut stream, tls, &mut segments).await,
-            None => write_all_vectored(&mut stream, &sends, &mut segments).await,
-        };
-        let written = match result {
+        let written = match write_segments(&mut stream, tls.as_ref(), &sends, &mut segments).await {
             Ok(written) => written,
             Err(err) => {
                 debug!(%err, "connection write failed");
@@ -744,10 +740,7 @@ async fn write_loop(
         let last = web.borrow_mut().close();
         if !last.is_empty() {
             let mut last = vec![Bytes::from(last)];
-            let _ = match &tls {
-                Some(tls) => write_tls(&mut stream, tls, &mut last).await,
-                None => write_all_vectored(&mut stream, &sends, &mut last).await,
-            };
+            let _ = write_segments(&mut stream, tls.as_ref(), &sends, &mut last).await;
         }
     }
     if let Some(tls) = &tls {
@@ -764,6 +757,20 @@ async fn write_loop(
     if let Some(outbox) = shard.outbox_mut(conn) {
         // The writer is gone: refuse further frames instead of queueing them.
         outbox.close_with(None);
+    }
+}
+
+/// Writes every segment, through TLS when the connection has it; returns
+/// the (plaintext) bytes written.
+async fn write_segments(
+    stream: &mut TcpStream,
+    tls: Option<&Tls>,
+    sends: &SendBatch,
+    segments: &mut Vec<Bytes>,
+) -> io::Result<usize> {
+    match tls {
+        Some(tls) => write_tls(stream, tls, segments).await,
+        None => write_all_vectored(stream, sends, segments).await,
     }
 }
 
