@@ -179,6 +179,7 @@ impl BrokerAuth {
             identity: format!("key:{}", key.name),
             permissions: key.permissions.clone(),
             expires_at_ms: None,
+            peer: None,
         })
     }
 
@@ -238,6 +239,7 @@ impl BrokerAuth {
                 rules,
             }),
             expires_at_ms: Some(expires.saturating_mul(1000)),
+            peer: None,
         })
     }
 }

@@ -5,27 +5,39 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
-use corebus_cluster::{ClusterView, MemberView};
-use corebus_net::routing::owner_of_hash;
+use corebus_cluster::{ClusterView, LinkKey, MemberState, MemberView};
+use corebus_net::routing::{node_key, owner_of_hash};
 use corebus_net::TopicKey;
-use corebus_shards::{ClusterCommandError, ClusterControl};
+use corebus_shards::{ClusterCommandError, ClusterControl, NodeMap, Placement};
 use serde_json::{json, Value};
 
 use crate::cli::ClusterCommand;
 use crate::pubsub::connect;
 use crate::stdio;
 
-/// Answers cluster commands from the member list; until the membership
-/// thread has started (or when the node runs alone), from this node alone.
+/// The member list as the broker's parts need it: answers to cluster
+/// commands, and the shards' [`NodeMap`] (owners, link credentials). Until
+/// the membership thread has started (or when the node runs alone), this
+/// node is the only member.
 #[derive(Debug, Default)]
 pub struct ClusterCommands {
     membership: OnceLock<(SocketAddr, Arc<ClusterView>)>,
+    /// This node's client address: how its links name it.
+    client: OnceLock<SocketAddr>,
+    links: OnceLock<LinkKey>,
 }
 
 impl ClusterCommands {
     /// Starts answering from `view`, the member list of node `node`.
     pub fn attach(&self, node: SocketAddr, view: Arc<ClusterView>) {
         let _ = self.membership.set((node, view));
+    }
+
+    /// The key of the links' credentials (from the cluster secret), and
+    /// the client address that names this node in them.
+    pub fn set_links(&self, key: LinkKey, client: SocketAddr) {
+        let _ = self.links.set(key);
+        let _ = self.client.set(client);
     }
 
     fn status(&self) -> Value {
@@ -77,6 +89,49 @@ impl ClusterCommands {
                 }
             }
         })
+    }
+}
+
+impl NodeMap for ClusterCommands {
+    fn version(&self) -> u64 {
+        self.membership.get().map_or(0, |(_, view)| view.version())
+    }
+
+    fn placement(&self) -> Placement {
+        let Some((node, view)) = self.membership.get() else {
+            return Placement::default();
+        };
+        let members = view.snapshot();
+        let mut placement = Placement {
+            version: members.version,
+            ..Placement::default()
+        };
+        for member in &members.members {
+            let key = node_key(&member.node.addr.to_string());
+            let client = (member.node.addr != *node).then_some(member.node.client);
+            if member.places_topics() {
+                placement.keys.push(key);
+                placement.clients.push(client);
+            } else if member.state != MemberState::Down {
+                placement.leaving_keys.push(key);
+                placement.leaving_clients.push(client);
+            }
+        }
+        placement
+    }
+
+    fn peer_credentials(&self, now_ms: u64) -> Vec<u8> {
+        match (self.links.get(), self.client.get()) {
+            (Some(key), Some(client)) => key.credentials(&client.to_string(), now_ms).into_bytes(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn verify_peer(&self, credentials: &[u8], now_ms: u64) -> Result<String, String> {
+        match self.links.get() {
+            Some(key) => key.verify(credentials, now_ms),
+            None => Err("this broker is not a member of a cluster".into()),
+        }
     }
 }
 

@@ -295,6 +295,48 @@ const FAMILIES: &[Family] = &[
         value: |m| m.stats.handshakes_shed_per_source,
     },
     Family {
+        name: "publishes_forwarded",
+        help: "Publishes sent on to the node that owns their topic.",
+        kind: MetricType::Counter,
+        value: |m| m.stats.publishes_forwarded,
+    },
+    Family {
+        name: "forwarded_publishes_failed",
+        help: "Forwarded publishes the owner node did not acknowledge (refused, or the link broke first).",
+        kind: MetricType::Counter,
+        value: |m| m.stats.forwarded_publishes_failed,
+    },
+    Family {
+        name: "messages_mirrored",
+        help: "Messages received from owner nodes for this node's upstream subscriptions.",
+        kind: MetricType::Counter,
+        value: |m| m.stats.messages_mirrored,
+    },
+    Family {
+        name: "topic_restarts",
+        help: "Topics whose stream started over (a new owner node, or a link that lost messages); each subscriber got a DISCONTINUITY.",
+        kind: MetricType::Counter,
+        value: |m| m.stats.topic_restarts,
+    },
+        Family {
+        name: "topics_taken_over",
+        help: "Topics this node took over from another with their state (no discontinuity).",
+        kind: MetricType::Counter,
+        value: |m| m.stats.topics_taken_over,
+    },
+    Family {
+        name: "topics_handed_over",
+        help: "Topics this node handed over to another with their state.",
+        kind: MetricType::Counter,
+        value: |m| m.stats.topics_handed_over,
+    },
+    Family {
+        name: "cluster_refusals",
+        help: "Requests from another node refused because this node did not own the topic (members changing).",
+        kind: MetricType::Counter,
+        value: |m| m.stats.cluster_refusals,
+    },
+    Family {
         name: "websockets_opened",
         help: "WebSocket upgrades accepted on the browser listener.",
         kind: MetricType::Counter,
@@ -408,6 +450,24 @@ impl Collector for Shards {
                     (family.value)(shard),
                     metric.encode_family(&labels)?,
                 )?;
+            }
+        }
+        let mut upstream: std::collections::BTreeMap<SocketAddr, u64> = Default::default();
+        for shard in &self.0 {
+            for (node, count) in &shard.upstream {
+                *upstream.entry(*node).or_default() += count;
+            }
+        }
+        if !upstream.is_empty() {
+            let mut metric = encoder.encode_descriptor(
+                "upstream_subscriptions",
+                "Subscriptions this node holds on another node for topics that node owns (one per topic, however many local subscribers), by owner node.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (node, count) in upstream {
+                let labels = [("peer", node.to_string())];
+                encode_value(MetricType::Gauge, count, metric.encode_family(&labels)?)?;
             }
         }
         let mut latency = LatencyHistogram::default();

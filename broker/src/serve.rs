@@ -16,7 +16,9 @@ use tracing::{debug, error, info, warn};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
-use corebus_cluster::{Generation, GossipKeys, Membership, MembershipConfig, NodeIdentity, Timing};
+use corebus_cluster::{
+    Generation, GossipKeys, LinkKey, Membership, MembershipConfig, NodeIdentity, Timing,
+};
 
 use crate::auth_config::AuthSettings;
 use crate::cli::{LogFormat, ServeArgs, ServeCommand, SlowConsumer};
@@ -117,11 +119,21 @@ pub fn authenticator(
     Ok(Arc::new(OpenAccess))
 }
 
-/// The keys that authenticate this node's gossip, when it joins a cluster:
-/// from `cluster_secret_file`, or (on a loopback address only, where every
-/// peer is this host's) a fixed key that only keeps apart clusters that
-/// were not meant to meet.
-pub fn cluster_keys(args: &ServeArgs) -> anyhow::Result<Option<GossipKeys>> {
+/// The keys of a cluster member: the one that authenticates its gossip and
+/// the one that signs and checks its links' credentials.
+#[derive(Debug, Clone)]
+pub struct ClusterKeys {
+    /// Gossip datagrams.
+    pub gossip: GossipKeys,
+    /// Links between nodes.
+    pub links: LinkKey,
+}
+
+/// The keys that authenticate this node's gossip and links, when it joins a
+/// cluster: from `cluster_secret_file`, or (on a loopback address only,
+/// where every peer is this host's) a fixed key that only keeps apart
+/// clusters that were not meant to meet.
+pub fn cluster_keys(args: &ServeArgs) -> anyhow::Result<Option<ClusterKeys>> {
     let Some(listen) = args.cluster_listen.0 else {
         return Ok(None);
     };
@@ -141,8 +153,10 @@ pub fn cluster_keys(args: &ServeArgs) -> anyhow::Result<Option<GossipKeys>> {
              the same file on every node (see docs/cluster.md)"
         ),
     };
-    let keys = GossipKeys::new(&secret, None).context("cluster_secret_file")?;
-    Ok(Some(keys))
+    Ok(Some(ClusterKeys {
+        gossip: GossipKeys::new(&secret, None).context("cluster_secret_file")?,
+        links: LinkKey::new(&secret).context("cluster_secret_file")?,
+    }))
 }
 
 /// The gossip key of clusters on loopback without a secret (public, so it
@@ -322,9 +336,17 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
     }
     let cluster_commands = Arc::new(ClusterCommands::default());
     config.cluster = cluster_commands.clone();
+    if cluster_keys.is_some() {
+        config.nodes = Some(cluster_commands.clone());
+    }
     let server = corebus_shards::start(config)?;
+    if let Some(keys) = &cluster_keys {
+        // Before the membership starts: no link is made before a member is
+        // known, and none is answered before this node is one.
+        cluster_commands.set_links(keys.links.clone(), server.local_addr());
+    }
     let membership = match cluster_keys {
-        Some(keys) => Some(start_cluster(args, keys, server.local_addr())?),
+        Some(keys) => Some(start_cluster(args, keys.gossip, server.local_addr())?),
         None => None,
     };
     if let (Some(membership), Some(node)) = (&membership, args.cluster_listen.0) {
@@ -358,15 +380,20 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
     while !SIGNALLED.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    if let Some(membership) = membership {
-        // The others learn at once that this node is going, rather than
-        // by failed probes.
-        membership.leave();
-        info!("left the cluster");
+    if let Some(membership) = &membership {
+        // The others learn at once that this node is going, rather than by
+        // failed probes, and stop placing topics on it: they take its
+        // topics over, with their state, while it drains.
+        membership.start_leaving();
+        info!("leaving the cluster: handing topics over");
     }
     let deadline = args.shutdown_deadline;
     info!(?deadline, "signal received: sending GOAWAY and draining");
     server.shutdown(deadline);
+    if let Some(membership) = membership {
+        membership.leave();
+        info!("left the cluster");
+    }
     info!("stopped");
     Ok(())
 }

@@ -1,7 +1,12 @@
-//! Cluster membership end to end: `corebus serve` processes on 127.0.0.1,
-//! .2 and .3 gossip through one seed, with a cluster secret; each node's
-//! metrics endpoint lists the members. A `kill -9` is noticed, a SIGTERM is
-//! known at once, and a node with another secret never joins.
+//! The cluster end to end: `corebus serve` processes on 127.0.0.1, .2 and
+//! .3 gossip through one seed, with a cluster secret; each node's metrics
+//! endpoint lists the members. A `kill -9` is noticed, a SIGTERM is known at
+//! once, and a node with another secret never joins. On the data path: a
+//! publish to any node reaches subscribers on every node, in the owner's
+//! order; a node holds one upstream subscription per topic however many
+//! local subscribers it has; an owner's death shows as one discontinuity,
+//! then delivery goes on from the new owner; a peer without the cluster's
+//! link credentials is refused.
 
 mod common;
 
@@ -45,6 +50,18 @@ impl Drop for Node {
 }
 
 fn node(n: u8, cluster_port: u16, metrics_port: u16, secret: &TempFile) -> Node {
+    node_with(n, cluster_port, metrics_port, secret, None)
+}
+
+/// Node `n`, listening for clients on `listen` (a free port of its address
+/// when `None`).
+fn node_with(
+    n: u8,
+    cluster_port: u16,
+    metrics_port: u16,
+    secret: &TempFile,
+    listen: Option<String>,
+) -> Node {
     let ip = format!("127.0.0.{n}");
     let metrics = format!("{ip}:{metrics_port}");
     let mut child = Command::new(BIN)
@@ -53,7 +70,7 @@ fn node(n: u8, cluster_port: u16, metrics_port: u16, secret: &TempFile) -> Node 
             "--log-level",
             "warn",
             "--listen",
-            &format!("{ip}:0"),
+            &listen.unwrap_or_else(|| format!("{ip}:0")),
         ])
         .args(["--cluster-listen", &format!("{ip}:{cluster_port}")])
         .args(["--seed", &format!("127.0.0.1:{cluster_port}")])
@@ -90,6 +107,26 @@ fn await_alive(node: &Node, expected: f64, within: Duration) -> Duration {
             start.elapsed() < within,
             "{} counts {count} alive members, not {expected}, after {within:?}",
             node.metrics
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `node`'s metrics until `name` (with its labels) reads `expected`
+/// (the shards publish their figures on their maintenance tick).
+fn await_sample(node: &Node, name: &str, expected: f64, within: Duration) {
+    let start = Instant::now();
+    loop {
+        let text = scrape(&node.metrics, "/metrics");
+        let value = text
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok());
+        if value == Some(expected) {
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "{name} is {value:?}, not {expected}, after {within:?}: {text}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -246,4 +283,478 @@ fn gossip_beyond_loopback_needs_a_secret() {
         stderr.contains("refusing to gossip on 0.0.0.0:0 without a cluster secret"),
         "{stderr}"
     );
+}
+
+// ----- the data path ---------------------------------------------------------
+
+/// Three nodes that all see each other alive; their cluster ids, in order.
+fn three_nodes(secret: &TempFile) -> (Vec<Node>, Vec<String>) {
+    let (cluster_port, metrics_port) = (free_port(), free_port());
+    let nodes: Vec<Node> = (1..=3)
+        .map(|n| node(n, cluster_port, metrics_port, secret))
+        .collect();
+    for node in &nodes {
+        await_alive(node, 3.0, Duration::from_secs(10));
+    }
+    let ids = (1..=3)
+        .map(|n| format!("127.0.0.{n}:{cluster_port}"))
+        .collect();
+    (nodes, ids)
+}
+
+/// A topic name, with `prefix`, that the documented hash gives to node
+/// `owner` (an index into `ids`).
+fn topic_owned_by(owner: usize, ids: &[String], prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|topic| documented_owner("cl", topic, ids) == owner)
+        .expect("some name lands on every node")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+async fn connect(addr: &str) -> corebus_client::Client {
+    corebus_client::Client::connect(addr)
+        .await
+        .unwrap_or_else(|err| panic!("connects to {addr}: {err}"))
+}
+
+/// The next event of `sub`, within `wait`.
+async fn next(sub: &mut corebus_client::Subscription, wait: Duration) -> corebus_client::Event {
+    tokio::time::timeout(wait, sub.next_event())
+        .await
+        .unwrap_or_else(|_| panic!("no event within {wait:?}"))
+        .expect("the subscription goes on")
+        .expect("a well-formed stream")
+}
+
+#[test]
+fn publishes_on_one_node_reach_subscribers_on_the_others_in_the_owners_order() {
+    let secret = TempFile::new("cluster-secret-data", SECRET);
+    let (nodes, ids) = three_nodes(&secret);
+    runtime().block_on(async {
+        let publisher = connect(&nodes[0].addr).await;
+        let second = connect(&nodes[1].addr).await;
+        let third = connect(&nodes[2].addr).await;
+        // One topic owned by each node, so that the publisher's node is
+        // the owner, a router to the subscribers' node, and neither.
+        for owner in 0..3 {
+            let topic = topic_owned_by(owner, &ids, "order");
+            let mut subs = vec![
+                second.subscribe("cl", &topic).await.expect("subscribes"),
+                third.subscribe("cl", &topic).await.expect("subscribes"),
+            ];
+            let epoch = subs[0].epoch();
+            assert_eq!(subs[1].epoch(), epoch, "one owner, one epoch");
+            let mut acked = Vec::new();
+            for i in 0..200u32 {
+                let seq = publisher
+                    .publish("cl", &topic, i.to_be_bytes().to_vec())
+                    .await
+                    .expect("acknowledged by the owner");
+                acked.push(seq);
+            }
+            let first = subs[0].start_after() + 1;
+            assert_eq!(
+                acked,
+                (first..first + 200).collect::<Vec<_>>(),
+                "owner's sequence"
+            );
+            for sub in &mut subs {
+                for (i, seq) in acked.iter().enumerate() {
+                    match next(sub, Duration::from_secs(5)).await {
+                        corebus_client::Event::Message(message) => {
+                            assert_eq!((message.epoch, message.seq), (epoch, *seq));
+                            assert_eq!(message.payload.as_ref(), (i as u32).to_be_bytes());
+                        }
+                        other => panic!("owner {owner}: expected message {seq}, got {other:?}"),
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn a_thousand_local_subscribers_hold_one_upstream_subscription() {
+    let secret = TempFile::new("cluster-secret-reuse", SECRET);
+    let (nodes, ids) = three_nodes(&secret);
+    let topic = topic_owned_by(0, &ids, "reuse");
+    runtime().block_on(async {
+        // 1,000 subscriptions on node 2, over 10 connections.
+        let mut clients = Vec::new();
+        let mut subs = Vec::new();
+        for _ in 0..10 {
+            let client = connect(&nodes[1].addr).await;
+            for _ in 0..100 {
+                subs.push(client.subscribe("cl", &topic).await.expect("subscribes"));
+            }
+            clients.push(client);
+        }
+        let upstream = format!(
+            "corebus_upstream_subscriptions{{peer=\"{}\"}}",
+            nodes[0].addr
+        );
+        await_sample(&nodes[1], &upstream, 1.0, Duration::from_secs(5));
+        // The owner serves one subscription for all of them.
+        await_sample(
+            &nodes[0],
+            "corebus_subscriptions",
+            1.0,
+            Duration::from_secs(5),
+        );
+        let publisher = connect(&nodes[2].addr).await;
+        for i in 0..10u8 {
+            publisher
+                .publish("cl", &topic, vec![i])
+                .await
+                .expect("published");
+        }
+        for sub in &mut subs {
+            for i in 0..10u8 {
+                match next(sub, Duration::from_secs(5)).await {
+                    corebus_client::Event::Message(message) => {
+                        assert_eq!(message.payload.as_ref(), [i]);
+                    }
+                    other => panic!("expected message {i}, got {other:?}"),
+                }
+            }
+        }
+        // The last local subscriber gone, the upstream subscription goes.
+        drop(subs);
+        for client in clients {
+            client.close().await.expect("closes");
+        }
+        let start = Instant::now();
+        while scrape(&nodes[1].metrics, "/metrics").contains(&upstream) {
+            assert!(start.elapsed() < Duration::from_secs(5), "upstream kept");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+}
+
+#[test]
+fn an_owners_death_is_one_discontinuity_then_the_new_owner_delivers() {
+    let secret = TempFile::new("cluster-secret-death", SECRET);
+    let (mut nodes, ids) = three_nodes(&secret);
+    let topic = topic_owned_by(2, &ids, "death");
+    runtime().block_on(async {
+        let publisher = connect(&nodes[0].addr).await;
+        let subscriber = connect(&nodes[1].addr).await;
+        let mut sub = subscriber
+            .subscribe("cl", &topic)
+            .await
+            .expect("subscribes");
+        let old_epoch = sub.epoch();
+        for i in 0..50u32 {
+            publisher
+                .publish("cl", &topic, i.to_be_bytes().to_vec())
+                .await
+                .expect("acknowledged");
+        }
+        for seq in 1..=50 {
+            match next(&mut sub, Duration::from_secs(5)).await {
+                corebus_client::Event::Message(message) => assert_eq!(message.seq, seq),
+                other => panic!("expected {seq}, got {other:?}"),
+            }
+        }
+        nodes[2].child.kill().expect("kill -9");
+        let killed = Instant::now();
+        // Publish until the new owner acknowledges (refusals while the
+        // members change are errors the publisher retries).
+        let mut first_new_seq = None;
+        while first_new_seq.is_none() {
+            assert!(
+                killed.elapsed() < Duration::from_secs(5),
+                "no new owner within 5 s"
+            );
+            match publisher.publish("cl", &topic, b"after".to_vec()).await {
+                Ok(seq) => first_new_seq = Some(seq),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        // One discontinuity into the new epoch, from where the subscriber
+        // was, then the new owner's messages, the first of them included.
+        let gap = match next(&mut sub, Duration::from_secs(5)).await {
+            corebus_client::Event::Discontinuity(gap) => gap,
+            other => panic!("expected a discontinuity, got {other:?}"),
+        };
+        let seen = killed.elapsed();
+        assert_ne!(gap.epoch, old_epoch, "a new owner, a new epoch");
+        assert_eq!(gap.last_seq, 50);
+        assert!(
+            seen < Duration::from_secs(5),
+            "discontinuity after {seen:?}"
+        );
+        let mut expected = gap.next_seq;
+        loop {
+            match next(&mut sub, Duration::from_secs(5)).await {
+                corebus_client::Event::Message(message) => {
+                    assert_eq!(
+                        (message.epoch, message.seq),
+                        (gap.epoch, expected),
+                        "no duplicate, no gap"
+                    );
+                    if Some(message.seq) == first_new_seq {
+                        break;
+                    }
+                    expected += 1;
+                }
+                other => panic!("expected messages of the new epoch, got {other:?}"),
+            }
+        }
+        eprintln!(
+            "owner killed: discontinuity after {seen:?}, new epoch {:#x}",
+            gap.epoch
+        );
+    });
+}
+
+#[test]
+fn a_peer_without_the_cluster_secret_is_refused() {
+    let secret = TempFile::new("cluster-secret-peer", SECRET);
+    let (cluster_port, metrics_port) = (free_port(), free_port());
+    let one = node(1, cluster_port, metrics_port, &secret);
+    runtime().block_on(async {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis();
+        for credentials in [
+            format!("cbpeer1.127.0.0.9:1.{now}.00112233445566778899aabbccddeeff"),
+            "cbpeer1.".to_string(),
+        ] {
+            let config = corebus_client::ClientConfig {
+                credentials: Some(corebus_client::Credentials::new(credentials.clone())),
+                ..corebus_client::ClientConfig::default()
+            };
+            match corebus_client::Client::connect_with(one.addr.as_str(), config).await {
+                Err(corebus_client::Error::Handshake(reason)) => {
+                    assert!(reason.contains("unauthorized"), "{credentials}: {reason}");
+                }
+                Ok(_) => panic!("{credentials} accepted as a peer"),
+                Err(other) => panic!("{credentials}: {other}"),
+            }
+        }
+    });
+    await_sample(
+        &one,
+        "corebus_handshake_failures_total",
+        2.0,
+        Duration::from_secs(5),
+    );
+}
+
+/// A port free for TCP on 127.0.0.1-3 (the client listeners of nodes that
+/// restart on the same address).
+fn free_tcp_port() -> u16 {
+    free_port()
+}
+
+/// Starts node `n` listening for clients on `client_port`.
+fn fixed_node(
+    n: u8,
+    client_port: u16,
+    cluster_port: u16,
+    metrics_port: u16,
+    secret: &TempFile,
+) -> Node {
+    let listen = format!("127.0.0.{n}:{client_port}");
+    node_with(n, cluster_port, metrics_port, secret, Some(listen))
+}
+
+#[test]
+fn a_rolling_restart_of_every_node_shows_no_discontinuity_and_loses_nothing() {
+    let secret = TempFile::new("cluster-secret-rolling", SECRET);
+    let (client_port, cluster_port, metrics_port) = (free_tcp_port(), free_port(), free_port());
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|n| fixed_node(n, client_port, cluster_port, metrics_port, &secret))
+        .collect();
+    for node in &nodes {
+        await_alive(node, 3.0, Duration::from_secs(10));
+    }
+    let addrs: Vec<std::net::SocketAddr> = (1..=3)
+        .map(|n| {
+            format!("127.0.0.{n}:{client_port}")
+                .parse()
+                .expect("an address")
+        })
+        .collect();
+    let runtime = runtime();
+    // The subscriber starts on node 1, the publisher on node 3; each goes
+    // to the next node that answers when its own goes away.
+    let subscriber = runtime.block_on(async {
+        corebus_client::Client::connect(&addrs[..])
+            .await
+            .expect("connects")
+    });
+    let mut sub = runtime
+        .block_on(subscriber.subscribe("cl", "rolling"))
+        .expect("subscribes");
+    let epoch = sub.epoch();
+    let reversed: Vec<_> = addrs.iter().rev().copied().collect();
+    let publisher = runtime.block_on(async {
+        corebus_client::Client::connect(&reversed[..])
+            .await
+            .expect("connects")
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Steady publishing: every payload is published until acknowledged (an
+    // error while the members change is retried; one whose outcome was
+    // unknown may then be there twice, under two sequence numbers).
+    let publishing = runtime.spawn({
+        let stop = stop.clone();
+        async move {
+            let mut acknowledged = 0u32;
+            let mut retries = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let payload = acknowledged.to_be_bytes().to_vec();
+                match publisher.publish("cl", "rolling", payload).await {
+                    Ok(_) => acknowledged += 1,
+                    Err(_) => retries += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (acknowledged, retries)
+        }
+    });
+    for n in 0..3 {
+        std::thread::sleep(Duration::from_millis(500));
+        let (status, took) = sigterm_and_wait(&mut nodes[n].child, Duration::from_secs(20));
+        assert!(status.success(), "node {} exits cleanly", n + 1);
+        eprintln!("node {} drained and left in {took:?}", n + 1);
+        nodes[n] = fixed_node(
+            n as u8 + 1,
+            client_port,
+            cluster_port,
+            metrics_port,
+            &secret,
+        );
+        for node in &nodes {
+            await_alive(node, 3.0, Duration::from_secs(10));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acknowledged, retries) = runtime.block_on(publishing).expect("publisher ran");
+    eprintln!("{acknowledged} publishes acknowledged, {retries} retried");
+    assert!(acknowledged > 100, "publishing went on: {acknowledged}");
+    // Every acknowledged payload arrives, in one epoch, with no gap.
+    runtime.block_on(async {
+        let mut next_seq = sub.start_after() + 1;
+        let mut seen = vec![false; acknowledged as usize];
+        while seen.iter().any(|seen| !seen) {
+            match next(&mut sub, Duration::from_secs(10)).await {
+                corebus_client::Event::Message(message) => {
+                    assert_eq!(
+                        (message.epoch, message.seq),
+                        (epoch, next_seq),
+                        "one epoch, no gap, no repeat"
+                    );
+                    next_seq += 1;
+                    let value =
+                        u32::from_be_bytes(message.payload[..].try_into().expect("4 bytes"));
+                    if let Some(slot) = seen.get_mut(value as usize) {
+                        *slot = true;
+                    }
+                }
+                corebus_client::Event::Discontinuity(gap) => {
+                    panic!("a discontinuity during the rolling restart: {gap}")
+                }
+            }
+        }
+        eprintln!(
+            "rolling restart: {} messages in epoch {epoch:#x}, no discontinuity",
+            next_seq - 1
+        );
+    });
+}
+
+#[test]
+fn a_join_takes_over_about_a_third_of_ten_thousand_topics_with_their_state() {
+    let secret = TempFile::new("cluster-secret-join", SECRET);
+    let (cluster_port, metrics_port) = (free_port(), free_port());
+    let one = node(1, cluster_port, metrics_port, &secret);
+    let two = node(2, cluster_port, metrics_port, &secret);
+    for node in [&one, &two] {
+        await_alive(node, 2.0, Duration::from_secs(10));
+    }
+    const TOPICS: u32 = 10_000;
+    let runtime = runtime();
+    let client = runtime.block_on(connect(&one.addr));
+    runtime.block_on(async {
+        for i in 0..TOPICS {
+            client
+                .publish_unacked("cl", &format!("t{i}"), b"x".to_vec())
+                .await
+                .expect("queued");
+        }
+        // Every one of them sequenced (its seq 2 follows its seq 1).
+        for i in (0..TOPICS).step_by(997) {
+            let seq = client
+                .publish("cl", &format!("t{i}"), b"y".to_vec())
+                .await
+                .expect("acknowledged");
+            assert_eq!(seq, 2, "t{i}");
+        }
+    });
+    let three = node(3, cluster_port, metrics_port, &secret);
+    for node in [&one, &two, &three] {
+        await_alive(node, 3.0, Duration::from_secs(10));
+    }
+    // The newcomer takes its topics over, each with its sequence: the
+    // next publish to a moved topic is its seq 2 (or 3), not a new epoch's 1.
+    let taken = |node: &Node| {
+        let text = scrape(&node.metrics, "/metrics");
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix("corebus_topics_taken_over_total ")?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    };
+    let start = Instant::now();
+    let mut last = -1.0;
+    loop {
+        let now = taken(&three);
+        if now == last && now > 0.0 {
+            break;
+        }
+        last = now;
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "still taking over: {now}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let share = last / f64::from(TOPICS);
+    eprintln!("the third node took over {last} of {TOPICS} topics ({share:.3})");
+    assert!((share - 1.0 / 3.0).abs() <= 0.3 / 3.0, "share {share}");
+    let ids: Vec<String> = (1..=3)
+        .map(|n| format!("127.0.0.{n}:{cluster_port}"))
+        .collect();
+    let moved: Vec<u32> = (0..TOPICS)
+        .filter(|i| documented_owner("cl", &format!("t{i}"), &ids) == 2)
+        .collect();
+    assert_eq!(
+        moved.len() as f64,
+        last,
+        "exactly the topics the hash gives it"
+    );
+    runtime.block_on(async {
+        for i in moved.iter().step_by(101) {
+            let seq = client
+                .publish("cl", &format!("t{i}"), b"z".to_vec())
+                .await
+                .expect("acknowledged by the new owner");
+            assert!(seq >= 2, "t{i} kept its sequence: {seq}");
+        }
+    });
 }

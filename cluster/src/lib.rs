@@ -14,11 +14,13 @@
 mod codec;
 pub mod envelope;
 mod identity;
+pub mod links;
 mod membership;
 mod node;
 
 pub use codec::{CodecError, GossipCodec};
 pub use envelope::{GossipKeys, WeakSecret};
 pub use identity::{Generation, NodeIdentity};
+pub use links::LinkKey;
 pub use membership::{ClusterView, MemberView, Membership, MembershipConfig};
 pub use node::{DatagramError, Member, MemberState, Node, Timing, MAX_DATAGRAM};

@@ -49,7 +49,7 @@ impl MemberView {
         let candidates: Vec<&Member> = self
             .members
             .iter()
-            .filter(|member| member.state != MemberState::Down && !member.node.leaving)
+            .filter(|member| member.places_topics())
             .collect();
         let keys: Vec<u64> = candidates
             .iter()
@@ -135,6 +135,7 @@ impl LogLimit {
 }
 
 enum Command {
+    StartLeaving(Sender<()>),
     Leave(Sender<()>),
 }
 
@@ -174,6 +175,16 @@ impl Membership {
     /// The member list, kept current by the thread.
     pub fn view(&self) -> Arc<ClusterView> {
         self.view.clone()
+    }
+
+    /// Tells the cluster this node is leaving: it stays a member, alive, but
+    /// the others (and this node) place no topic on it any more, so that it
+    /// can hand its topics over before it [`Membership::leave`]s.
+    pub fn start_leaving(&self) {
+        let (done, finished) = mpsc::channel();
+        if self.commands.send(Command::StartLeaving(done)).is_ok() {
+            let _ = finished.recv_timeout(Duration::from_secs(2));
+        }
     }
 
     /// Tells the cluster this node leaves, then stops the thread.
@@ -223,9 +234,19 @@ fn run(
             }
         }
         match commands.try_recv() {
+            Ok(Command::StartLeaving(done)) => {
+                if !node.identity().leaving {
+                    node.start_leaving(unix_ms());
+                }
+                flush(&socket, &mut node, &mut outgoing);
+                view.publish(node.members());
+                let _ = done.send(());
+            }
             Ok(Command::Leave(done)) => {
                 let now = unix_ms();
-                node.start_leaving(now);
+                if !node.identity().leaving {
+                    node.start_leaving(now);
+                }
                 node.leave(now);
                 flush(&socket, &mut node, &mut outgoing);
                 view.publish(node.members());

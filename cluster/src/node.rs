@@ -93,6 +93,13 @@ pub struct Member {
     pub state: MemberState,
 }
 
+impl Member {
+    /// Whether topics are placed on it: alive or suspect, and not leaving.
+    pub fn places_topics(&self) -> bool {
+        self.state != MemberState::Down && !self.node.leaving
+    }
+}
+
 /// A member's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum MemberState {

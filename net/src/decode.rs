@@ -159,7 +159,7 @@ fn decode_frame(
             reader.finish()?;
             Frame::PubAck(ack)
         }
-        Opcode::Subscribe => {
+        Opcode::Subscribe | Opcode::HandoffRequest => {
             let request_id = reader.u32("request_id")?;
             let sub_id = reader.u32("sub_id")?;
             let epoch = reader.u64("resume_epoch")?;
@@ -168,12 +168,17 @@ fn decode_frame(
             reader.finish()?;
             // Sequence numbers start at 1, so 0 means "no resume point".
             let resume = (next_seq != 0).then_some(ResumePoint { epoch, next_seq });
-            Frame::Subscribe(Subscribe {
+            let subscribe = Subscribe {
                 request_id,
                 sub_id,
                 resume,
                 topic,
-            })
+            };
+            if opcode == Opcode::HandoffRequest {
+                Frame::HandoffRequest(subscribe)
+            } else {
+                Frame::Subscribe(subscribe)
+            }
         }
         Opcode::SubOk => {
             let ok = SubOk {
@@ -221,6 +226,14 @@ fn decode_frame(
             };
             reader.finish()?;
             Frame::Discontinuity(gap)
+        }
+        Opcode::ReplayEnd => {
+            let end = ReplayEnd {
+                sub_id: reader.u32("sub_id")?,
+                last_seq: reader.u64("last_seq")?,
+            };
+            reader.finish()?;
+            Frame::ReplayEnd(end)
         }
         Opcode::Ping => {
             let nonce = reader.u64("nonce")?;
@@ -324,7 +337,9 @@ fn frame_name(opcode: Opcode) -> &'static str {
         Opcode::WebhookRequest => "WEBHOOK_REQUEST",
         Opcode::WebhookReply => "WEBHOOK_REPLY",
         Opcode::ClusterRequest => "CLUSTER_REQUEST",
+        Opcode::HandoffRequest => "HANDOFF_REQUEST",
         Opcode::ClusterReply => "CLUSTER_REPLY",
+        Opcode::ReplayEnd => "REPLAY_END",
         Opcode::Error => "ERROR",
     }
 }

@@ -74,9 +74,50 @@ pub fn encode_subscribe(
     namespace: &[u8],
     topic: &[u8],
 ) {
-    header(
+    subscribe_body(
         dst,
         Opcode::Subscribe,
+        request_id,
+        sub_id,
+        resume,
+        namespace,
+        topic,
+    );
+}
+
+/// Writes a whole `HANDOFF_REQUEST` frame (a node's, to another node of its
+/// cluster): the body of a `SUBSCRIBE` under its own opcode.
+pub fn encode_handoff_request(
+    dst: &mut BytesMut,
+    request_id: u32,
+    sub_id: u32,
+    resume: Option<ResumePoint>,
+    namespace: &[u8],
+    topic: &[u8],
+) {
+    subscribe_body(
+        dst,
+        Opcode::HandoffRequest,
+        request_id,
+        sub_id,
+        resume,
+        namespace,
+        topic,
+    );
+}
+
+fn subscribe_body(
+    dst: &mut BytesMut,
+    opcode: Opcode,
+    request_id: u32,
+    sub_id: u32,
+    resume: Option<ResumePoint>,
+    namespace: &[u8],
+    topic: &[u8],
+) {
+    header(
+        dst,
+        opcode,
         4 + 4 + 8 + 8 + 1 + namespace.len() + 2 + topic.len(),
     );
     dst.put_u32(request_id);
@@ -156,8 +197,9 @@ impl Frame {
                 dst.put_u32(ack.request_id);
                 dst.put_u64(ack.seq);
             }
-            Frame::Subscribe(sub) => encode_subscribe(
+            Frame::Subscribe(sub) | Frame::HandoffRequest(sub) => subscribe_body(
                 dst,
+                self.opcode(),
                 sub.request_id,
                 sub.sub_id,
                 sub.resume,
@@ -197,6 +239,11 @@ impl Frame {
                 dst.put_u64(gap.epoch);
                 dst.put_u64(gap.last_seq);
                 dst.put_u64(gap.next_seq);
+            }
+            Frame::ReplayEnd(end) => {
+                header(dst, Opcode::ReplayEnd, 4 + 8);
+                dst.put_u32(end.sub_id);
+                dst.put_u64(end.last_seq);
             }
             Frame::Ping(nonce) => {
                 header(dst, Opcode::Ping, 8);

@@ -176,11 +176,17 @@ pub enum ErrorCode {
     /// command naming an unknown webhook, a URL outside the allow-list).
     /// The connection stays.
     InvalidRequest = 21,
+    /// The node that owns the topic could not be reached, or the nodes of a
+    /// cluster disagree for a moment about who owns it (a member joined or
+    /// left): the request had no effect, except a publish whose link to the
+    /// owner broke before its acknowledgement (the message says which). The
+    /// connection stays; retry.
+    OwnerUnavailable = 22,
 }
 
 impl ErrorCode {
     /// Every defined code, in numeric order.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::MalformedFrame,
         ErrorCode::UnknownOpcode,
         ErrorCode::FrameTooLarge,
@@ -202,6 +208,7 @@ impl ErrorCode {
         ErrorCode::TooManyInFlight,
         ErrorCode::HandshakeTimeout,
         ErrorCode::InvalidRequest,
+        ErrorCode::OwnerUnavailable,
     ];
 
     /// Maps a wire value to a known code.
@@ -235,6 +242,7 @@ impl ErrorCode {
             ErrorCode::TooManyInFlight => "too_many_in_flight",
             ErrorCode::HandshakeTimeout => "handshake_timeout",
             ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::OwnerUnavailable => "owner_unavailable",
         }
     }
 }

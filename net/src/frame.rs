@@ -30,6 +30,9 @@ pub enum Opcode {
     WebhookRequest = 0x08,
     /// Client → server: ask about the cluster (super-user credentials only).
     ClusterRequest = 0x09,
+    /// Node → node: hand a topic's state over (links between the nodes of
+    /// a cluster only).
+    HandoffRequest = 0x0a,
     /// Server → client: the handshake succeeded.
     Welcome = 0x81,
     /// Server → client: a publish was sequenced.
@@ -50,6 +53,9 @@ pub enum Opcode {
     WebhookReply = 0x89,
     /// Server → client: the answer to a `CLUSTER_REQUEST`.
     ClusterReply = 0x8a,
+    /// Server → peer node: the replay that followed a `SUB_OK` ends here
+    /// (sent on links between the nodes of a cluster only).
+    ReplayEnd = 0x8b,
     /// Server → client: a request (or the connection) failed.
     Error = 0x8f,
 }
@@ -67,6 +73,7 @@ impl Opcode {
             0x07 => Opcode::TokenRequest,
             0x08 => Opcode::WebhookRequest,
             0x09 => Opcode::ClusterRequest,
+            0x0a => Opcode::HandoffRequest,
             0x81 => Opcode::Welcome,
             0x82 => Opcode::PubAck,
             0x83 => Opcode::SubOk,
@@ -77,6 +84,7 @@ impl Opcode {
             0x88 => Opcode::Token,
             0x89 => Opcode::WebhookReply,
             0x8a => Opcode::ClusterReply,
+            0x8b => Opcode::ReplayEnd,
             0x8f => Opcode::Error,
             _ => return None,
         })
@@ -243,6 +251,19 @@ pub struct Discontinuity {
     pub next_seq: Seq,
 }
 
+/// `REPLAY_END`: sent to a peer node only (a connection authenticated as a
+/// member of the cluster), after the messages replayed for a resuming
+/// subscription and before its live ones, so that the peer knows where the
+/// owner's replay ring ended when it subscribed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayEnd {
+    /// The subscription it is for.
+    pub sub_id: u32,
+    /// The last sequence number replayed (the `SUB_OK`'s `start_after` when
+    /// nothing was).
+    pub last_seq: Seq,
+}
+
 /// `TOKEN_REQUEST`: asks the server to mint a short-lived scoped token.
 /// Only a connection authenticated with a super-user key may.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -381,6 +402,16 @@ pub enum Frame {
     ClusterRequest(ClusterRequest),
     /// See [`ClusterReply`].
     ClusterReply(ClusterReply),
+    /// See [`ReplayEnd`].
+    ReplayEnd(ReplayEnd),
+    /// `HANDOFF_REQUEST`: from one node of a cluster to another (a
+    /// connection authenticated as a member only), with the body of a
+    /// `SUBSCRIBE`. The receiver answers from its state of the topic as a
+    /// resuming subscription is answered (`SUB_OK`, the replay, then
+    /// `REPLAY_END`), or with an `ERROR` when it holds none, and from then
+    /// on forwards the topic to the sender, which owns it: no subscription
+    /// is made.
+    HandoffRequest(Subscribe),
     /// `PING` with its nonce.
     Ping(u64),
     /// `PONG` echoing a `PING`'s nonce.
@@ -410,6 +441,8 @@ impl Frame {
             Frame::WebhookReply(_) => Opcode::WebhookReply,
             Frame::ClusterRequest(_) => Opcode::ClusterRequest,
             Frame::ClusterReply(_) => Opcode::ClusterReply,
+            Frame::ReplayEnd(_) => Opcode::ReplayEnd,
+            Frame::HandoffRequest(_) => Opcode::HandoffRequest,
             Frame::Ping(_) => Opcode::Ping,
             Frame::Pong(_) => Opcode::Pong,
             Frame::Error(_) => Opcode::Error,
@@ -423,15 +456,15 @@ mod tests {
 
     #[test]
     fn only_server_opcodes_are_server_frames() {
-        for byte in 0x01..=0x08u8 {
+        for byte in 0x01..=0x0au8 {
             let opcode = Opcode::from_u8(byte).expect("a client or either-way opcode");
             assert!(!opcode.is_server_frame(), "{opcode:?}");
         }
-        for byte in (0x81..=0x89u8).chain([0x8f]) {
+        for byte in (0x81..=0x8bu8).chain([0x8f]) {
             let opcode = Opcode::from_u8(byte).expect("a server opcode");
             assert!(opcode.is_server_frame(), "{opcode:?}");
         }
-        for byte in [0x00, 0x0a, 0x7f, 0x80, 0x8b, 0x8e, 0x90, 0xff] {
+        for byte in [0x00, 0x0b, 0x7f, 0x80, 0x8c, 0x8e, 0x90, 0xff] {
             assert_eq!(Opcode::from_u8(byte), None, "{byte:#04x} is not an opcode");
         }
     }

@@ -46,6 +46,19 @@ fn sample_frames() -> Vec<Frame> {
             request_id: 8,
             result: "{}".into(),
         }),
+        Frame::HandoffRequest(Subscribe {
+            request_id: 9,
+            sub_id: 3,
+            resume: Some(ResumePoint {
+                epoch: 5,
+                next_seq: 12,
+            }),
+            topic: topic("ns", "moved"),
+        }),
+        Frame::ReplayEnd(ReplayEnd {
+            sub_id: 3,
+            last_seq: 40,
+        }),
         Frame::Welcome(Welcome {
             version: 1,
             max_frame: DEFAULT_MAX_FRAME,
@@ -290,6 +303,25 @@ fn worked_examples_from_protocol_doc() {
                 result: r#"{"members":[]}"#.into(),
             }),
             "00000013 8a 00000007 7b226d656d62657273223a5b5d7d",
+        ),
+        (
+            Frame::HandoffRequest(Subscribe {
+                request_id: 2,
+                sub_id: 7,
+                resume: Some(ResumePoint {
+                    epoch: 9,
+                    next_seq: 1,
+                }),
+                topic: topic("app", "news"),
+            }),
+            "00000023 0a 00000002 00000007 0000000000000009 0000000000000001 03 617070 0004 6e657773",
+        ),
+        (
+            Frame::ReplayEnd(ReplayEnd {
+                sub_id: 7,
+                last_seq: 300,
+            }),
+            "0000000d 8b 00000007 000000000000012c",
         ),
         (
             Frame::Welcome(Welcome {
@@ -726,6 +758,7 @@ fn error_codes_have_their_documented_numbers_and_names() {
         (19, "too_many_in_flight"),
         (20, "handshake_timeout"),
         (21, "invalid_request"),
+        (22, "owner_unavailable"),
     ];
     assert_eq!(ErrorCode::ALL.len(), documented.len());
     for (code, (number, name)) in ErrorCode::ALL.iter().zip(documented) {

@@ -109,6 +109,12 @@ pub struct Grant {
     pub permissions: Arc<Permissions>,
     /// When the grant ends (Unix milliseconds); the connection is closed then.
     pub expires_at_ms: Option<u64>,
+    /// Set when the connection is another node of the cluster (its link
+    /// credentials checked by [`crate::cluster::NodeMap::verify_peer`]):
+    /// that node's client address. It is served as the owner of the topics
+    /// it names, without the per-connection bounds a client has (the node
+    /// that forwards enforces those on its clients).
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 /// Why credentials were refused (the text goes to the client).
@@ -166,6 +172,7 @@ impl Authenticator for OpenAccess {
             identity: "anonymous".into(),
             permissions: Arc::new(Permissions::all()),
             expires_at_ms: None,
+            peer: None,
         })
     }
 }

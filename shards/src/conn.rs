@@ -355,7 +355,7 @@ async fn serve_conn(
     }
 }
 
-fn dup_stream(stream: &TcpStream) -> io::Result<TcpStream> {
+pub(crate) fn dup_stream(stream: &TcpStream) -> io::Result<TcpStream> {
     // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor we own returns a new
     // descriptor or -1; it does not touch memory.
     let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
@@ -472,7 +472,11 @@ async fn read_loop(
         }
         // Backpressure: a publisher faster than the mesh waits here rather than
         // growing the mesh backlog without bound.
-        while shard.borrow().max_mesh_backlog() > MESH_HIGH_WATER {
+        // Links to other nodes too, except for a node's own link here: two
+        // nodes whose links both filled would otherwise wait on each other.
+        while shard.borrow().max_mesh_backlog() > MESH_HIGH_WATER
+            || shard.borrow().waits_for_links(conn)
+        {
             glommio::timer::sleep(Duration::from_micros(100)).await;
         }
         let start = buf.len();
@@ -827,6 +831,9 @@ fn encode_out_frame(frame: OutFrame, head: &mut BytesMut, segments: &mut Vec<Byt
             next_seq,
         })
         .encode(head),
+        OutFrame::ReplayEnd { sub_id, last_seq } => {
+            Frame::ReplayEnd(corebus_net::ReplayEnd { sub_id, last_seq }).encode(head)
+        }
         OutFrame::UnsubOk { request_id, sub_id } => {
             Frame::UnsubOk(UnsubOk { request_id, sub_id }).encode(head)
         }
@@ -970,6 +977,10 @@ mod tests {
             OutFrame::UnsubOk {
                 request_id: 1,
                 sub_id: 2,
+            },
+            OutFrame::ReplayEnd {
+                sub_id: 1,
+                last_seq: 9,
             },
             OutFrame::Welcome {
                 max_frame: 1 << 20,

@@ -20,6 +20,7 @@ pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod host;
+mod link;
 mod listen;
 pub mod log_limit;
 pub mod mesh;
@@ -33,11 +34,12 @@ pub mod stats;
 pub mod steer;
 pub mod tls;
 pub mod topic;
+pub mod upstream;
 mod web;
 pub mod webhooks;
 
 pub use auth::{Authenticator, Grant, OpenAccess, Permissions};
-pub use cluster::{ClusterCommandError, ClusterControl, NoCluster};
+pub use cluster::{ClusterCommandError, ClusterControl, NoCluster, NodeMap, Placement};
 pub use corebus_gateway::Origins;
 pub use engine::{ConnId, EngineConfig, Flow, Shard, SlowConsumerPolicy};
 pub use metrics::{MetricsHandle, ShardMetrics};

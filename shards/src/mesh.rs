@@ -65,6 +65,35 @@ pub struct ResumeReply {
     pub plan: ResumePlan,
 }
 
+/// Another node asks for a topic's state (`HANDOFF_REQUEST` on its link),
+/// to take the topic over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handoff {
+    /// The topic.
+    pub topic: TopicKey,
+    /// The asking node (its client address): the topic's owner from now on.
+    pub to: std::net::SocketAddr,
+    /// The link's connection, on the shard that sent this.
+    pub conn: ConnId,
+    /// The request's id and subscription id, echoed in the answer.
+    pub request_id: u32,
+    /// See `request_id`.
+    pub sub_id: u32,
+    /// Where the asking node's copy of the topic is (epoch 0, seq 1: it has
+    /// none).
+    pub point: ResumePoint,
+}
+
+/// The topic's shard's answer to a [`Handoff`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandoffReply {
+    /// The request answered.
+    pub request: Handoff,
+    /// The topic's epoch and what to send from its ring; `None` when this
+    /// node holds no state of the topic to hand over.
+    pub state: Option<(Epoch, ResumePlan)>,
+}
+
 /// One request or notification between shards.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShardMsg {
@@ -76,6 +105,14 @@ pub enum ShardMsg {
         payload: Bytes,
         /// Where to send the sequence number, if the client asked for it.
         ack_to: Option<AckTo>,
+    },
+    /// From the topic's shard back to the publishing shard: the node that
+    /// owns the topic did not acknowledge the publish.
+    PubFailedMsg {
+        /// Who asked.
+        ack_to: AckTo,
+        /// Why (the text of the `ERROR` the client gets).
+        reason: Box<str>,
     },
     /// From the owner back to the publishing shard.
     PubAckMsg {
@@ -112,6 +149,22 @@ pub enum ShardMsg {
     DropInterestMsg {
         /// The topic.
         topic: TopicKey,
+    },
+    /// To a topic's shard: hand the topic over to another node.
+    HandoffMsg(Box<Handoff>),
+    /// From a topic's shard: what to answer the node that asked.
+    HandoffReplyMsg(Box<HandoffReply>),
+    /// From the owner to an interested shard: the topic's stream starts over
+    /// (another node took the topic over, or the link to its owner lost
+    /// messages): its next message is `next_seq` of `epoch`. Every local
+    /// subscriber is told with a `DISCONTINUITY`.
+    RestartMsg {
+        /// The receiving shard's entry for the topic.
+        handle: LocalRef,
+        /// The epoch from now on.
+        epoch: Epoch,
+        /// The sequence number of the next message.
+        next_seq: Seq,
     },
     /// From the owner to an interested shard: one sequenced message, sent once
     /// per shard however many local subscribers it has.

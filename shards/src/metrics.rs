@@ -80,6 +80,9 @@ pub struct ShardMetrics {
     pub delivery_latency: LatencyHistogram,
     /// How this shard's socket sends went out.
     pub sends: SendStats,
+    /// Upstream subscriptions (mirrors of topics other nodes own) this
+    /// shard holds, per owner node (its client address).
+    pub upstream: Vec<(std::net::SocketAddr, u64)>,
 }
 
 /// Shared, cloneable access to every shard's latest metrics.

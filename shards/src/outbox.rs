@@ -116,6 +116,13 @@ pub enum OutFrame {
         /// Next sequence number it gets.
         next_seq: Seq,
     },
+    /// `REPLAY_END` (to another node of the cluster only).
+    ReplayEnd {
+        /// Subscription id.
+        sub_id: u32,
+        /// Last sequence number replayed.
+        last_seq: Seq,
+    },
     /// `UNSUB_OK`.
     UnsubOk {
         /// The unsubscribe's request id.
@@ -180,6 +187,7 @@ impl OutFrame {
             OutFrame::SubOk { .. } => 29,
             OutFrame::Discontinuity { .. } => 33,
             OutFrame::UnsubOk { .. } => 13,
+            OutFrame::ReplayEnd { .. } => 17,
             OutFrame::Welcome { .. } => 15,
             OutFrame::Ping(_) | OutFrame::Pong(_) => 13,
             OutFrame::Error(error) => 14 + error.message.len(),

@@ -24,7 +24,7 @@ use crate::engine::{EngineConfig, Shard};
 use crate::host::{affinity_cpus, preflight, IO_MEMORY};
 use corebus_gateway::Origins;
 
-use crate::cluster::{ClusterControl, NoCluster};
+use crate::cluster::{ClusterControl, NoCluster, NodeMap};
 use crate::listen::{accept_until, bind_listener};
 use crate::mesh::MeshBatch;
 use crate::metrics::MetricsHandle;
@@ -34,6 +34,8 @@ use crate::webhooks::{NoWebhooks, WebhookSink};
 
 /// Batches each (from, to) mesh queue holds before senders wait.
 const MESH_QUEUE_BATCHES: usize = 1024;
+/// Longest maintenance period of a cluster member's shards.
+const CLUSTER_TICK: Duration = Duration::from_millis(100);
 /// How often shards look at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(20);
 
@@ -53,6 +55,9 @@ pub struct ServerConfig {
     pub webhooks: Arc<dyn WebhookSink>,
     /// Answers `CLUSTER_REQUEST`s; [`NoCluster`] refuses them.
     pub cluster: Arc<dyn ClusterControl>,
+    /// The cluster's member list, when this node is a member of one: topics
+    /// other nodes own are forwarded to them and mirrored from them.
+    pub nodes: Option<Arc<dyn NodeMap>>,
     /// Most connections the whole broker holds.
     pub max_connections: usize,
     /// Most connections the whole broker holds that have not finished their
@@ -88,6 +93,7 @@ impl Default for ServerConfig {
             auth: Arc::new(OpenAccess),
             webhooks: Arc::new(NoWebhooks),
             cluster: Arc::new(NoCluster),
+            nodes: None,
             max_connections: 100_000,
             max_handshaking: 4_096,
             max_handshaking_per_source: 0,
@@ -306,6 +312,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
         let auth = config.auth.clone();
         let webhooks = config.webhooks.clone();
         let cluster = config.cluster.clone();
+        let nodes = config.nodes.clone();
         let tls = config.tls.clone();
         let web = web_listen.zip(origins.clone());
         let conn_limit = conn_limit.clone();
@@ -326,6 +333,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
                     auth,
                     webhooks,
                     cluster,
+                    nodes,
                     conn_limit,
                     handshakes,
                     tls,
@@ -392,6 +400,7 @@ struct ShardContext {
     auth: Arc<dyn Authenticator>,
     webhooks: Arc<dyn WebhookSink>,
     cluster: Arc<dyn ClusterControl>,
+    nodes: Option<Arc<dyn NodeMap>>,
     conn_limit: Arc<ConnLimit>,
     handshakes: Arc<HandshakeGate>,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -413,6 +422,7 @@ async fn run_shard(
         auth,
         webhooks,
         cluster,
+        nodes,
         conn_limit,
         handshakes,
         tls,
@@ -442,14 +452,41 @@ async fn run_shard(
             return;
         }
     };
-    let tick_every = maintenance_period(&engine);
+    let mut tick_every = maintenance_period(&engine);
     let max_per_shard = engine.max_connections_per_shard;
-    let shard = Rc::new(RefCell::new(
-        Shard::new(id, shard_count, engine, random_seed())
-            .with_authenticator(auth)
-            .with_webhooks(webhooks)
-            .with_cluster(cluster),
-    ));
+    let max_frame = engine.max_frame;
+    let mut built = Shard::new(id, shard_count, engine, random_seed())
+        .with_authenticator(auth)
+        .with_webhooks(webhooks)
+        .with_cluster(cluster);
+    if let Some(nodes) = nodes {
+        built = built.with_nodes(nodes);
+        // Mirrors an owner refused while the members were changing are
+        // asked for again on the tick: keep it short.
+        tick_every = tick_every.min(CLUSTER_TICK);
+    }
+    let shard = Rc::new(RefCell::new(built));
+    glommio::spawn_local({
+        let shard = shard.clone();
+        async move {
+            loop {
+                let starts = std::future::poll_fn(|cx| {
+                    let starts = shard.borrow_mut().take_link_starts(cx.waker());
+                    if starts.is_empty() {
+                        std::task::Poll::Pending
+                    } else {
+                        std::task::Poll::Ready(starts)
+                    }
+                })
+                .await;
+                for node in starts {
+                    glommio::spawn_local(crate::link::run_link(shard.clone(), node, max_frame))
+                        .detach();
+                }
+            }
+        }
+    })
+    .detach();
     let Ok((senders, mut receivers)) = mesh.join().await else {
         warn!(shard = id, "could not join the shard mesh");
         return;
@@ -528,7 +565,28 @@ async fn run_shard(
         };
         glommio::spawn_local(accept_until(id, listener, accepted(limits), stopped()))
     });
-    let state = accept_until(id, listener, accepted(limits), stopped()).await;
+    // A cluster member's listener stays open while it drains: the other
+    // nodes connect to take its topics over (the engine refuses clients
+    // then). It closes when the shard stops.
+    let drained = Rc::new(std::cell::Cell::new(false));
+    let (state, native_accepts) = if shard.borrow().in_cluster() {
+        let until_stopped = {
+            let (control, drained) = (control.clone(), drained.clone());
+            async move {
+                while !drained.get() && control.state.load(Ordering::Acquire) != STOPPING {
+                    glommio::timer::sleep(STOP_POLL).await;
+                }
+            }
+        };
+        let accepts =
+            glommio::spawn_local(accept_until(id, listener, accepted(limits), until_stopped));
+        (stopped().await, Some(accepts))
+    } else {
+        (
+            accept_until(id, listener, accepted(limits), stopped()).await,
+            None,
+        )
+    };
     if let Some(web_accepts) = web_accepts {
         web_accepts.await;
     }
@@ -536,20 +594,30 @@ async fn run_shard(
         let drain_ms = control.drain_ms.load(Ordering::Acquire);
         let deadline = Instant::now() + Duration::from_millis(u64::from(drain_ms));
         shard.borrow_mut().begin_drain(drain_ms);
-        while shard.borrow().connection_count() > 0
+        // Clients go; the topics this node held go to their new owners.
+        while (shard.borrow().client_connection_count() > 0
+            || shard.borrow().handoffs_pending() > 0)
             && Instant::now() < deadline
             && control.state.load(Ordering::Acquire) == DRAINING
         {
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
-        let left = shard.borrow().connection_count();
-        if left > 0 {
+        let (left, topics) = {
+            let shard = shard.borrow();
+            (shard.client_connection_count(), shard.handoffs_pending())
+        };
+        if left > 0 || topics > 0 {
             warn!(
                 shard = id,
                 connections = left,
+                topics_not_handed_over = topics,
                 "drain deadline passed; dropping connections"
             );
         }
+    }
+    drained.set(true);
+    if let Some(accepts) = native_accepts {
+        accepts.await;
     }
     senders.close();
     debug!(shard = id, "shard stopped");

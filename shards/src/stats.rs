@@ -61,4 +61,23 @@ pub struct ShardStats {
     /// Requests the browser listener refused with an HTTP status (origin,
     /// path, malformed request, deadline, limits).
     pub web_requests_refused: u64,
+    /// Publishes sent on to the node that owns their topic.
+    pub publishes_forwarded: u64,
+    /// Forwarded publishes the owner node did not acknowledge (refused, or
+    /// the link broke first); their clients got `owner_unavailable` when
+    /// they asked for an acknowledgement.
+    pub forwarded_publishes_failed: u64,
+    /// Messages received from owner nodes for this node's mirrors.
+    pub messages_mirrored: u64,
+    /// Topics whose stream started over (a new owner, or a link that lost
+    /// messages): each of their subscribers got a `DISCONTINUITY`.
+    pub topic_restarts: u64,
+    /// Requests from another node refused because this node does not own
+    /// the topic (the members were changing).
+    pub cluster_refusals: u64,
+    /// Topics this node took over from another with their state (epoch,
+    /// sequence numbers and replay ring): no discontinuity.
+    pub topics_taken_over: u64,
+    /// Topics this node handed over to another with their state.
+    pub topics_handed_over: u64,
 }

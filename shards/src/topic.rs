@@ -68,6 +68,11 @@ pub struct OwnedTopic {
     pub webhooks_generation: u64,
     /// Whether a webhook wants this topic's messages.
     pub webhooks_wanted: bool,
+    /// Set when another node of the cluster owns the topic: this state is
+    /// then a mirror of the owner's (its epoch, sequence numbers and ring,
+    /// fed by one subscription over the link to that node), which this
+    /// shard fans out to the node's interested shards as if it owned it.
+    pub upstream: Option<Box<crate::upstream::Upstream>>,
 }
 
 impl OwnedTopic {
@@ -82,7 +87,32 @@ impl OwnedTopic {
             last_active_ms: now_ms,
             webhooks_generation: 0,
             webhooks_wanted: false,
+            upstream: None,
         }
+    }
+
+    /// Starts over at `last_seq` of `epoch` with an empty ring: a mirror
+    /// whose owner changed or lost messages, or a topic that changes hands.
+    pub fn restart(&mut self, epoch: Epoch, last_seq: Seq) {
+        self.epoch = epoch;
+        self.last_seq = last_seq;
+        self.ring.clear();
+    }
+
+    /// A mirror's copy of the owner's message `seq`, which must follow the
+    /// last one (`false`, and nothing changes, otherwise).
+    pub fn append_copy(
+        &mut self,
+        seq: Seq,
+        payload: &Bytes,
+        limits: RingLimits,
+        now_ms: u64,
+    ) -> bool {
+        if seq != self.last_seq + 1 {
+            return false;
+        }
+        self.append(payload, limits, now_ms);
+        true
     }
 
     /// The topic.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use corebus_net::{
-    check, decode, Check, Frame, Hello, Welcome, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    check, decode, Check, ErrorCode, Frame, Hello, Welcome, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{lookup_host, TcpSocket, TcpStream};
@@ -177,15 +177,40 @@ fn port_leading_to(shard: u16, count: u16, random: u64) -> u16 {
     (half * 2 + (random >> 63) as u32) as u16
 }
 
-/// One connection and its handshakes, from `source_port` when given.
+/// One connection and its handshakes, from `source_port` when given: to
+/// the first address, or, when it fails or turns the client away for now
+/// (shutting down, full), to the next, and so on; the last failure when
+/// all do.
 async fn attempt_from(
+    dialer: &Dialer,
+    config: &ClientConfig,
+    source_port: Option<u16>,
+) -> Result<Opened, AttemptError> {
+    let mut last = None;
+    for addr in &dialer.addrs {
+        match attempt_one(std::slice::from_ref(addr), dialer, config, source_port).await {
+            Err(AttemptError::Failed(err)) => last = Some(AttemptError::Failed(err)),
+            done => return done,
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        AttemptError::Failed(Error::Connect {
+            addr: String::new(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to"),
+        })
+    }))
+}
+
+/// [`attempt_from`] with one address.
+async fn attempt_one(
+    addrs: &[SocketAddr],
     dialer: &Dialer,
     config: &ClientConfig,
     source_port: Option<u16>,
 ) -> Result<Opened, AttemptError> {
     let limit = config.connect_timeout;
     let deadline = Instant::now() + limit;
-    let (tcp, peer) = open(&dialer.addrs, source_port, deadline, limit)
+    let (tcp, peer) = open(addrs, source_port, deadline, limit)
         .await
         .map_err(AttemptError::Failed)?;
     tcp.set_nodelay(true)
@@ -314,11 +339,24 @@ async fn handshake(
                         "the server speaks protocol version {}, this client speaks {PROTOCOL_VERSION}",
                         welcome.version
                     ))),
-                    Frame::Error(err) => Err(refused(format!(
-                        "the server refused the connection: {}: {}",
-                        code_text(err.code(), err.code),
-                        err.message
-                    ))),
+                                        Frame::Error(err) => {
+                        let text = format!(
+                            "the server refused the connection: {}: {}",
+                            code_text(err.code(), err.code),
+                            err.message
+                        );
+                        // A node shutting down, or full, turns clients away
+                        // for now: another node (or a later try) takes them.
+                        let for_now = matches!(
+                            err.code(),
+                            Some(ErrorCode::ShuttingDown | ErrorCode::TooManyConnections)
+                        );
+                        Err(if for_now {
+                            AttemptError::Failed(Error::Handshake(text))
+                        } else {
+                            refused(text)
+                        })
+                    }
                     other => Err(refused(format!(
                         "expected WELCOME, got {:?}",
                         other.opcode()

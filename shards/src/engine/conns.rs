@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 
 use super::delivery::report_losses;
 use super::{ConnId, ConnState, Flow, Shard};
-use crate::auth::{unix_now_ms, Action, AuthError};
+use crate::auth::{unix_now_ms, Action, AuthError, Grant};
 use crate::cluster::ClusterCommandError;
 use crate::outbox::{OutFrame, Outbox, PushError};
 use crate::webhooks::WebhookCommandError;
@@ -76,12 +76,16 @@ impl Shard {
         if let Some(suppressed) = self.tls_failure_log.overdue(now_ms) {
             warn!(suppressed, "TLS handshake failures not logged (rate limit)");
         }
+        self.tick_nodes();
         let idle = self.config.topic_idle_evict_ms;
         let before = self.owned.len();
         let mut freed = 0;
         self.owned.retain(|_, topic| {
-            let keep =
-                !topic.interested.is_empty() || now_ms.saturating_sub(topic.last_active_ms) < idle;
+            // A mirror lives exactly as long as its interests (see
+            // `drop_mirror_if_unused`), waiting ones included.
+            let keep = !topic.interested.is_empty()
+                || topic.upstream.is_some()
+                || now_ms.saturating_sub(topic.last_active_ms) < idle;
             if !keep {
                 freed += topic.retained();
             }
@@ -236,7 +240,23 @@ impl Shard {
     /// Shutdown: tells every client to go away, queues nothing new, and lets
     /// each writer flush and close.
     pub fn begin_drain(&mut self, drain_ms: u32) {
-        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        self.draining = true;
+        // A member that starts leaving places its topics on the others now,
+        // so that the drain waits for them to be taken over.
+        self.tick_nodes();
+        // Links from other nodes stay: while this node drains, they take
+        // over its topics with their state, which they ask for on them.
+        let conns: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, state)| {
+                state
+                    .grant
+                    .as_ref()
+                    .is_none_or(|grant| grant.peer.is_none())
+            })
+            .map(|(conn, _)| *conn)
+            .collect();
         for conn in conns {
             self.withdraw_subscriptions(conn);
             if let Some(state) = self.conns.get_mut(&conn) {
@@ -369,6 +389,7 @@ impl Shard {
             Frame::TokenRequest(request) => self.handle_token_request(conn, request),
             Frame::WebhookRequest(request) => self.handle_webhook_request(conn, request),
             Frame::ClusterRequest(request) => self.handle_cluster_request(conn, request),
+            Frame::HandoffRequest(request) => self.handle_handoff_request(conn, request),
             Frame::Pong(_) => {}
             Frame::Hello(_) => self.send_error(
                 conn,
@@ -521,7 +542,29 @@ impl Shard {
                 ),
             );
         }
-        let grant = match self.auth.authenticate(&hello.credentials, unix_now_ms()) {
+        let checked = if hello
+            .credentials
+            .starts_with(crate::cluster::PEER_CREDENTIALS_PREFIX)
+        {
+            // Another node's link: checked against the cluster, not the
+            // client credentials.
+            self.verify_peer(&hello.credentials)
+                .and_then(|node| {
+                    let addr = node
+                        .parse()
+                        .map_err(|_| format!("the node {node:?} is not a socket address"))?;
+                    Ok(Grant {
+                        identity: format!("node:{node}"),
+                        permissions: std::sync::Arc::new(crate::auth::Permissions::all()),
+                        expires_at_ms: None,
+                        peer: Some(addr),
+                    })
+                })
+                .map_err(AuthError::Invalid)
+        } else {
+            self.auth.authenticate(&hello.credentials, unix_now_ms())
+        };
+        let grant = match checked {
             Ok(grant) => grant,
             Err(err) => {
                 self.stats.handshake_failures += 1;
@@ -544,6 +587,13 @@ impl Shard {
                 return self.close_with_error(conn, code, err.to_string());
             }
         };
+        if self.draining && grant.peer.is_none() {
+            return self.close_with_error(
+                conn,
+                ErrorCode::ShuttingDown,
+                "this node is shutting down: connect to another".into(),
+            );
+        }
         debug!(identity = %grant.identity, "authenticated");
         if let Some(state) = self.conns.get_mut(&conn) {
             state.handshaken = true;

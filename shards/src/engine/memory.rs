@@ -52,7 +52,7 @@ impl Shard {
         let mut candidates: Vec<(u64, usize, TopicKey)> = self
             .owned
             .iter()
-            .filter(|(_, topic)| topic.interested.is_empty())
+            .filter(|(_, topic)| topic.interested.is_empty() && topic.upstream.is_none())
             .map(|(key, topic)| (topic.last_active_ms, topic.retained(), key.clone()))
             .collect();
         // Only as many of the oldest as it takes: a partial selection, not a

@@ -234,6 +234,11 @@ pub struct Shard {
     refusal_log: LogLimit,
     /// Budget of `TLS handshake failed` warnings.
     tls_failure_log: LogLimit,
+    /// The cluster, when this node is a member of one.
+    nodes: Option<nodes::Nodes>,
+    /// Shutting down: new clients are refused (links from other nodes are
+    /// still served while they take the topics over).
+    draining: bool,
 }
 
 impl Shard {
@@ -262,6 +267,8 @@ impl Shard {
             auth_failure_log: LogLimit::new(WARNINGS_PER_SECOND, 1000),
             refusal_log: LogLimit::new(WARNINGS_PER_SECOND, 1000),
             tls_failure_log: LogLimit::new(WARNINGS_PER_SECOND, 1000),
+            nodes: None,
+            draining: false,
         }
     }
 
@@ -300,6 +307,20 @@ impl Shard {
         self.conns.len()
     }
 
+    /// Number of connections open on this shard that are clients, not
+    /// links from other nodes of the cluster (a drain waits for these).
+    pub fn client_connection_count(&self) -> usize {
+        self.conns
+            .values()
+            .filter(|state| {
+                state
+                    .grant
+                    .as_ref()
+                    .is_none_or(|grant| grant.peer.is_none())
+            })
+            .count()
+    }
+
     /// Counters and gauges for the metrics endpoint; the runtime adds its
     /// send counts (`sends`), which the engine does not see.
     pub fn metrics(&self) -> ShardMetrics {
@@ -319,6 +340,7 @@ impl Shard {
             mesh_backlog: self.mesh_out.iter().map(|batch| batch.len() as u64).sum(),
             delivery_latency: self.delivery_latency.clone(),
             sends: Default::default(),
+            upstream: self.upstream_subscriptions(),
         }
     }
 
@@ -360,29 +382,28 @@ impl Shard {
                 payload,
                 ack_to,
             } => {
+                if self.nodes.is_some() {
+                    return self.publish_on_topic_shard(from, topic, payload, ack_to);
+                }
                 let seq = self.sequence_and_fan_out(topic, payload);
                 if let Some(ack_to) = ack_to {
                     self.push_mesh(from, ShardMsg::PubAckMsg { ack_to, seq });
                 }
             }
             ShardMsg::PubAckMsg { ack_to, seq } => self.acknowledge(ack_to, seq),
+            ShardMsg::PubFailedMsg { ack_to, reason } => self.publish_failed(ack_to, &reason),
+            ShardMsg::RestartMsg {
+                handle,
+                epoch,
+                next_seq,
+            } => self.restart_local(handle, epoch, next_seq),
+            ShardMsg::HandoffMsg(request) => self.hand_over(from, *request),
+            ShardMsg::HandoffReplyMsg(reply) => self.handoff_reply(*reply),
             ShardMsg::InterestMsg {
                 topic,
                 handle,
                 resume,
-            } => {
-                let (epoch, start_after, reply) =
-                    self.register_interest(&topic, from, handle, resume);
-                self.push_mesh(
-                    from,
-                    ShardMsg::InterestAckMsg {
-                        topic,
-                        epoch,
-                        start_after,
-                        resume: reply.map(Box::new),
-                    },
-                );
-            }
+            } => self.take_interest(topic, from, handle, resume),
             ShardMsg::InterestAckMsg {
                 topic,
                 epoch,
@@ -455,7 +476,10 @@ mod conns;
 mod delivery;
 mod local;
 mod memory;
+mod nodes;
 mod topics;
+
+pub use nodes::LINK_HIGH_WATER;
 
 #[cfg(test)]
 mod hostile;

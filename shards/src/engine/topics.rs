@@ -28,7 +28,11 @@ impl Shard {
         if !self.permitted(conn, publish.request_id, Action::Publish, &publish.topic) {
             return;
         }
-        if publish.ack {
+        if self.refused_for_peer(conn, publish.request_id, &publish.topic) {
+            return;
+        }
+        // A peer node's in-flight publishes are bounded by its clients'.
+        if publish.ack && !self.is_peer(conn) {
             let max = self.config.max_in_flight_per_conn;
             let Some(state) = self.conns.get_mut(&conn) else {
                 return;
@@ -72,6 +76,9 @@ impl Shard {
             (publish.topic, publish.payload)
         };
         if owner == self.id {
+            if self.nodes.is_some() {
+                return self.publish_on_topic_shard(self.id, topic, payload, ack_to);
+            }
             let seq = self.sequence_and_fan_out(topic, payload);
             if let Some(ack_to) = ack_to {
                 self.acknowledge(ack_to, seq);
@@ -105,7 +112,7 @@ impl Shard {
     /// Owner side: assigns the next sequence number, keeps the payload for
     /// replay, and sends the message once to each interested shard.
     pub(super) fn sequence_and_fan_out(&mut self, topic: TopicKey, payload: Bytes) -> Seq {
-        let (ring, now_ms, id) = (self.config.ring, self.now_ms, self.id);
+        let (ring, now_ms) = (self.config.ring, self.now_ms);
         // One lookup for a known topic; a new one is created, then looked up.
         let Some(owned) = self.owned.get_mut(&topic) else {
             self.owned_topic(&topic);
@@ -142,9 +149,20 @@ impl Shard {
                 });
             }
         }
+        self.fan_out(&topic, seq, &payload);
+        self.check_topic_memory();
+        seq
+    }
+
+    /// Sends message `seq` of `topic` once to each interested shard.
+    pub(super) fn fan_out(&mut self, topic: &TopicKey, seq: Seq, payload: &Bytes) {
+        let id = self.id;
+        let Some(owned) = self.owned.get(topic) else {
+            return;
+        };
         // Reading the clock costs as much as a tenth of a small message's
         // whole path; one message in LATENCY_SAMPLE_EVERY is timed.
-        let sequenced_at = (seq % LATENCY_SAMPLE_EVERY == 0).then(Instant::now);
+        let sequenced_at = seq.is_multiple_of(LATENCY_SAMPLE_EVERY).then(Instant::now);
         let mut deliver_here = None;
         for &(shard, handle) in &owned.interested {
             if shard == id {
@@ -165,10 +183,8 @@ impl Shard {
             }
         }
         if let Some(handle) = deliver_here {
-            self.deliver_local(handle, seq, &payload, sequenced_at);
+            self.deliver_local(handle, seq, payload, sequenced_at);
         }
-        self.check_topic_memory();
-        seq
     }
 
     /// Subscriber side: hands one sequenced message to every local subscriber
@@ -228,7 +244,9 @@ impl Shard {
             resume,
             topic,
         } = subscribe;
-        if !self.permitted(conn, request_id, Action::Subscribe, &topic) {
+        if !self.permitted(conn, request_id, Action::Subscribe, &topic)
+            || self.refused_for_peer(conn, request_id, &topic)
+        {
             return;
         }
         let Some(state) = self.conns.get_mut(&conn) else {
@@ -321,9 +339,7 @@ impl Shard {
         resume: Option<ResumeReq>,
     ) {
         if owner == self.id {
-            let (epoch, start_after, reply) =
-                self.register_interest(&topic, self.id, handle, resume);
-            self.handle_interest_ack(topic, epoch, start_after, reply);
+            self.take_interest(topic, self.id, handle, resume);
         } else {
             self.push_mesh(
                 owner,
@@ -462,6 +478,7 @@ impl Shard {
                 })
                 .is_err();
         }
+        let replayed_to = start_after + replay.len() as Seq;
         for (seq, payload) in replay {
             match push_message(
                 state,
@@ -476,6 +493,20 @@ impl Shard {
                 Delivery::Slow => slow = true,
                 Delivery::Closing => {}
             }
+        }
+        if state
+            .grant
+            .as_ref()
+            .is_some_and(|grant| grant.peer.is_some())
+        {
+            // A node mirroring the topic learns where the replay ends.
+            slow |= state
+                .outbox
+                .push(OutFrame::ReplayEnd {
+                    sub_id: req.sub_id,
+                    last_seq: replayed_to,
+                })
+                .is_err();
         }
         if slow {
             self.close_slow_consumer(req.conn);
@@ -494,12 +525,18 @@ impl Shard {
         let Some(state) = self.conns.get_mut(&conn) else {
             return Err("the connection is closing".into());
         };
-        if state.subscriptions.len() >= config.max_subscriptions_per_conn {
+        // A peer node's subscriptions stand for its clients', which that
+        // node bounds; only the broker-wide count applies.
+        let peer = state
+            .grant
+            .as_ref()
+            .is_some_and(|grant| grant.peer.is_some());
+        if !peer && state.subscriptions.len() >= config.max_subscriptions_per_conn {
             let max = config.max_subscriptions_per_conn;
             return Err(format!("a connection may hold at most {max} subscriptions"));
         }
         let bytes = topic.wire_bytes().len();
-        if state.subscription_bytes + bytes > config.max_subscription_bytes_per_conn {
+        if !peer && state.subscription_bytes + bytes > config.max_subscription_bytes_per_conn {
             let max = config.max_subscription_bytes_per_conn;
             return Err(format!(
                 "a connection's subscriptions may name at most {max} bytes of namespace and topic"
@@ -592,6 +629,9 @@ impl Shard {
             owned.interested.retain(|(s, _)| *s != shard);
             // Idle time counts from the moment the last subscriber left.
             owned.last_active_ms = now_ms;
+            if owned.upstream.is_some() {
+                self.drop_mirror_if_unused(topic);
+            }
         }
     }
 }

@@ -53,6 +53,7 @@ impl Authenticator for TestAuth {
             identity: String::from_utf8_lossy(credentials).into_owned(),
             permissions: Arc::new(permissions),
             expires_at_ms,
+            peer: None,
         })
     }
 

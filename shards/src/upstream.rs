@@ -1,0 +1,136 @@
+//! What a shard keeps for the other nodes of a cluster: one link per node
+//! (a connection to that node's client listener, speaking the ordinary
+//! protocol as a peer), and, for each topic another node owns and this node
+//! has subscribers of, the mirror's [`Upstream`] state. Pure data; the
+//! engine (`engine/nodes.rs`) drives it and `link.rs` does the I/O.
+//!
+//! A link is multiplexed: every publish this shard forwards to the node, and
+//! every mirror it holds there, shares it. Frames are encoded into one
+//! buffer as they are made, and the link's writer sends whatever collected
+//! during a turn in one write, so a busy link costs one system call per
+//! turn, not per message.
+
+use std::net::SocketAddr;
+use std::task::Waker;
+
+use bytes::{Bytes, BytesMut};
+use corebus_net::TopicKey;
+use rustc_hash::FxHashMap;
+
+use crate::mesh::{AckTo, LocalRef, ResumeReq};
+use crate::routing::ShardId;
+
+/// A mirror's link to the topic's owner node, or, while `pulling`, to the
+/// node this one takes the topic over from.
+#[derive(Debug)]
+pub struct Upstream {
+    /// The owner node (its client address); while pulling, the node the
+    /// topic's state comes from.
+    pub node: SocketAddr,
+    /// The request on the link that feeds the mirror; 0 while there is
+    /// none (the link is down, or the owner refused and it is retried).
+    pub sub_id: u32,
+    /// The mirror holds the owner's epoch and sequence (it has received a
+    /// replay up to its `REPLAY_END` once): interests are answered from it.
+    pub known: bool,
+    /// Between a `SUB_OK` and its `REPLAY_END`: a `DISCONTINUITY` here is
+    /// the resume gap the `SUB_OK` already told about.
+    pub replaying: bool,
+    /// This node owns the topic and is taking its state over from `node`
+    /// (a `HANDOFF_REQUEST`): publishes wait in `parked` until the state is
+    /// here (or `deadline_ms` passes, and the topic starts a new epoch).
+    pub pulling: bool,
+    /// This node owned the topic until the member list gave it to `node`,
+    /// and its state has not been handed over yet: it is the topic's state,
+    /// not a copy, and is kept for `node` to take.
+    pub authoritative: bool,
+    /// Interest requests that came before the mirror was known, answered
+    /// at the first `REPLAY_END`.
+    pub waiting: Vec<(ShardId, LocalRef, Option<ResumeReq>)>,
+    /// Publishes that came while pulling, in order, with their bytes.
+    pub parked: Vec<(Bytes, Forwarded)>,
+    /// Payload bytes in `parked`.
+    pub parked_bytes: usize,
+    /// Engine time a pull gives up at.
+    pub deadline_ms: u64,
+}
+
+impl Upstream {
+    /// A mirror of `node`'s topic with nothing known yet.
+    pub fn fresh(node: SocketAddr) -> Upstream {
+        Upstream {
+            node,
+            sub_id: 0,
+            known: false,
+            replaying: false,
+            pulling: false,
+            authoritative: false,
+            waiting: Vec::new(),
+            parked: Vec::new(),
+            parked_bytes: 0,
+            deadline_ms: 0,
+        }
+    }
+
+    /// Whether the entry is needed although no shard is interested: it is
+    /// being pulled, has interests waiting, or is the topic's state.
+    pub fn needed(&self) -> bool {
+        self.pulling || self.authoritative || !self.waiting.is_empty()
+    }
+}
+
+/// Where the answer to a forwarded publish goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarded {
+    /// The shard of the publishing connection.
+    pub from: ShardId,
+    /// The connection and request, when it asked for an acknowledgement.
+    pub ack_to: Option<AckTo>,
+}
+
+/// One shard's link to another node.
+#[derive(Debug, Default)]
+pub struct PeerLink {
+    /// Encoded frames for the writer.
+    pub out: BytesMut,
+    /// The writer task, parked until `out` has something.
+    pub writer: Option<Waker>,
+    /// The handshake succeeded and the link is usable.
+    pub up: bool,
+    next_request: u32,
+    next_sub: u32,
+    /// Publishes sent and not yet answered, by request id.
+    pub acks: FxHashMap<u32, Forwarded>,
+    /// The mirrors' subscriptions on this link, by subscription id.
+    pub subs: FxHashMap<u32, TopicKey>,
+    /// Subscribe requests not yet answered: request id to subscription id.
+    pub sub_requests: FxHashMap<u32, u32>,
+}
+
+impl PeerLink {
+    /// A fresh request id (never 0).
+    pub fn request_id(&mut self) -> u32 {
+        self.next_request = self.next_request.wrapping_add(1).max(1);
+        self.next_request
+    }
+
+    /// A fresh subscription id for `topic` (never 0, never one in use).
+    pub fn new_sub(&mut self, topic: TopicKey) -> u32 {
+        loop {
+            self.next_sub = self.next_sub.wrapping_add(1).max(1);
+            if !self.subs.contains_key(&self.next_sub) {
+                self.subs.insert(self.next_sub, topic);
+                return self.next_sub;
+            }
+        }
+    }
+
+    /// Wakes the writer if it is parked and there is something to send.
+    pub fn kick(&mut self) {
+        if self.up && !self.out.is_empty() {
+            if let Some(waker) = self.writer.take() {
+                waker.wake();
+            }
+        }
+    }
+}
