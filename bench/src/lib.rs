@@ -143,6 +143,9 @@ pub async fn run(options: &RunOptions) -> Result<Report, BenchError> {
     if let Some(ws_url) = &plan.ws_url {
         sys::loopback_addrs(ws_url).await?;
     }
+    for url in &plan.subscriber_urls {
+        sys::loopback_addrs(url).await?;
+    }
     // The raw baseline's relay lives as long as the run. `addrs` is never
     // empty: `loopback_addrs` refuses a URL that resolves to nothing.
     let baseline_relay = match plan.target {

@@ -85,14 +85,29 @@ pub async fn run(plan: &Plan, endpoint: &Endpoint) -> Result<Report, BenchError>
                     .iter()
                     .map(|slot| topics[slot.topic].as_str())
                     .collect();
-                async move { Ok((index, Subscriber::connect(endpoint, &names).await?)) }
+                // Spread over the nodes of a cluster (`--subscriber-urls`).
+                let endpoint = match plan.subscriber_urls.is_empty() {
+                    true => endpoint.clone(),
+                    false => Endpoint {
+                        url: plan.subscriber_url(index).to_owned(),
+                        ..endpoint.clone()
+                    },
+                };
+                async move { Ok((index, Subscriber::connect(&endpoint, &names).await?)) }
             })
             .buffer_unordered(CONNECT_CONCURRENCY)
             .collect()
             .await;
+    let publishing = match plan.publisher_on {
+        None => endpoint.clone(),
+        Some(place) => Endpoint {
+            url: crate::driver::corebus::publisher_url(plan, endpoint, &topics[0], place).await?,
+            ..endpoint.clone()
+        },
+    };
     let mut publishers = Vec::with_capacity(plan.publishers);
     for _ in 0..plan.publishers {
-        publishers.push(Publisher::connect(endpoint, &topics).await?);
+        publishers.push(Publisher::connect(&publishing, &topics).await?);
     }
 
     let base = std::time::Instant::now();

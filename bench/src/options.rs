@@ -181,6 +181,23 @@ pub struct RunOptions {
     /// no_tls: true }`.
     #[arg(long)]
     pub ws_url: Option<String>,
+    /// Native subscribers spread over these addresses, comma-separated
+    /// (subscriber connection i connects to the (i mod n)-th): the nodes of
+    /// a cluster, corebus or NATS. Publishers connect to `--url`. Empty:
+    /// every subscriber connects to `--url`.
+    #[arg(long, value_delimiter = ',')]
+    pub subscriber_urls: Vec<String>,
+    /// corebus clusters (with `--subscriber-urls`): the publishers connect
+    /// to the node that owns the first topic (`owner`), or to another of the
+    /// subscriber addresses (`other`), rather than to `--url`; the run is
+    /// labelled accordingly. The routing tier's cost is the difference.
+    #[arg(long, value_enum)]
+    pub publisher_on: Option<PublisherOn>,
+    /// A few words on the run's set-up that its workload label carries
+    /// (say, "publisher on the owner node"): runs with different variants
+    /// are rows of their own in a summary.
+    #[arg(long)]
+    pub variant: Option<String>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -224,6 +241,43 @@ pub struct Plan {
     /// The subscribers' WebSocket URL, when they connect over WebSocket
     /// (`--subscribers-over websocket`); `None`: native subscribers.
     pub ws_url: Option<String>,
+    /// The addresses subscriber connections spread over (`--subscriber-urls`);
+    /// empty: `url`.
+    pub subscriber_urls: Vec<String>,
+    /// The run's `--variant` (or what `--publisher-on` says).
+    pub variant: Option<String>,
+    /// Where the publishers connect in a corebus cluster.
+    pub publisher_on: Option<PublisherOn>,
+}
+
+/// Where the publishers of a corebus cluster run connect (`--publisher-on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PublisherOn {
+    /// The node that owns the first topic.
+    Owner,
+    /// Another node than that one.
+    Other,
+}
+
+impl PublisherOn {
+    /// The words a run's label carries.
+    pub fn variant(self) -> &'static str {
+        match self {
+            PublisherOn::Owner => "publisher on the owner node",
+            PublisherOn::Other => "publisher on another node",
+        }
+    }
+}
+
+impl Plan {
+    /// The address subscriber connection `index` connects to, when they
+    /// spread over several.
+    pub fn subscriber_url(&self, index: usize) -> &str {
+        match self.subscriber_urls.len() {
+            0 => &self.url,
+            count => &self.subscriber_urls[index % count],
+        }
+    }
 }
 
 /// Publishers never send more than this many messages each, so every load
@@ -257,6 +311,9 @@ impl RunOptions {
             lean: false,
             subscribers_over: Transport::Native,
             ws_url: None,
+            subscriber_urls: Vec::new(),
+            variant: None,
+            publisher_on: None,
             json: false,
         }
     }
@@ -352,6 +409,25 @@ impl RunOptions {
                 Some(url.clone())
             }
         };
+        if !self.subscriber_urls.is_empty()
+            && (!matches!(self.target, Target::Corebus | Target::Nats)
+                || self.lean
+                || self.ws_url.is_some()
+                || self.scenario == Scenario::Connections)
+        {
+            return invalid(
+                "--subscriber-urls spreads native subscribers over the nodes of a corebus or \
+                 NATS cluster (pair, fanout, many or latency, without --lean or WebSocket)"
+                    .into(),
+            );
+        }
+        if self.publisher_on.is_some()
+            && (self.target != Target::Corebus || self.subscriber_urls.len() < 2)
+        {
+            return invalid(
+                "--publisher-on is for a corebus cluster: --subscriber-urls with its nodes".into(),
+            );
+        }
         if self.scenario == Scenario::Connections && topics > subscribers {
             return invalid(
                 "the connections scenario holds one subscription per connection: \
@@ -407,6 +483,12 @@ impl RunOptions {
             affinity: !self.no_affinity,
             lean: self.lean,
             ws_url,
+            subscriber_urls: self.subscriber_urls.clone(),
+            variant: self
+                .publisher_on
+                .map(|place| place.variant().to_owned())
+                .or_else(|| self.variant.clone()),
+            publisher_on: self.publisher_on,
         })
     }
 }
@@ -536,6 +618,34 @@ mod tests {
         );
         options.target = Target::Corebus;
         assert!(options.plan().expect("valid").acks);
+    }
+
+    #[test]
+    fn subscribers_spread_over_the_nodes_of_a_cluster_in_turn() {
+        let mut options = RunOptions::new(Target::Corebus, Scenario::Many);
+        options.url = Some("127.0.0.1:7400".into());
+        let plan = options.plan().expect("valid");
+        assert_eq!(plan.subscriber_url(5), "127.0.0.1:7400", "one broker");
+        options.subscriber_urls = vec!["127.0.0.1:7400".into(), "127.0.0.2:7400".into()];
+        let plan = options.plan().expect("valid");
+        let urls: Vec<&str> = (0..4).map(|i| plan.subscriber_url(i)).collect();
+        assert_eq!(
+            urls,
+            [
+                "127.0.0.1:7400",
+                "127.0.0.2:7400",
+                "127.0.0.1:7400",
+                "127.0.0.2:7400"
+            ]
+        );
+        for refused in [Target::Redis, Target::Raw] {
+            let mut other = options.clone();
+            other.target = refused;
+            assert!(other.plan().is_err(), "{refused:?}");
+        }
+        let mut lean = options.clone();
+        lean.lean = true;
+        assert!(lean.plan().is_err(), "not with the lean generator");
     }
 
     #[test]

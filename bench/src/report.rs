@@ -126,6 +126,13 @@ pub struct Report {
     /// `--subscribers-over websocket`; absent for native subscribers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscribers_over: Option<Transport>,
+    /// The number of nodes the subscribers spread over
+    /// (`--subscriber-urls`; absent: one broker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<usize>,
+    /// What the run's `--variant` said about its set-up (a row of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
 }
 
 impl Report {
@@ -161,6 +168,8 @@ impl Report {
                 Transport::Native => None,
                 transport => Some(transport),
             },
+            nodes: (!plan.subscriber_urls.is_empty()).then_some(plan.subscriber_urls.len()),
+            variant: plan.variant.clone(),
         }
     }
 
@@ -289,6 +298,15 @@ impl Report {
                 "subscribers",
                 "over WebSocket (publishers native)".to_owned(),
             ));
+        }
+        if let Some(nodes) = self.nodes {
+            rows.push((
+                "cluster",
+                format!("subscribers spread over {nodes} nodes, publishers on the first"),
+            ));
+        }
+        if let Some(variant) = &self.variant {
+            rows.push(("variant", variant.clone()));
         }
         if let Some(window) = self.window {
             let unit = if self.lean == Some(true) {

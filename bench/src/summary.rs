@@ -121,6 +121,12 @@ pub fn workload_label(report: &Report) -> String {
     if is_websocket(report) {
         label += WEBSOCKET_SUFFIX;
     }
+    if let Some(nodes) = report.nodes {
+        label += &format!(", {nodes}-node cluster");
+    }
+    if let Some(variant) = &report.variant {
+        label += &format!(", {variant}");
+    }
     for (suffix, applies) in REFERENCE_VARIANTS {
         if applies(report) {
             label += suffix;

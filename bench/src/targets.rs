@@ -18,6 +18,12 @@
 //!    WebSocket connection is shown for reference (and next to the native
 //!    figure in the table that follows).
 //!
+//! 7. A three-node cluster (`bench/compare_cluster.sh`: publisher on node 1,
+//!    subscribers spread over the three nodes), against a three-node NATS
+//!    cluster with the same CPUs: delivered msg/s at least 2× NATS's, p99
+//!    latency at a fixed rate at most 0.5× NATS's, and publishing through a
+//!    routing node at most 1.5× the p99 of publishing to the topic's owner.
+//!
 //! Redis has no target for latency and memory; its ratios are shown for
 //! reference. A comparison with a run that did not deliver everything is
 //! not judged.
@@ -39,6 +45,10 @@ pub const RAW_FRACTION: f64 = 0.5;
 pub const SCALING: f64 = 1.6;
 /// corebus ÷ NATS p99 latency goal with WebSocket subscribers.
 pub const WEBSOCKET_P99_VS_NATS: f64 = 0.5;
+/// corebus ÷ NATS p99 latency goal in a cluster.
+pub const CLUSTER_P99_VS_NATS: f64 = 0.5;
+/// corebus p99 through a routing node ÷ to the owner, goal.
+pub const ROUTING_P99: f64 = 1.5;
 
 /// How to read a compared value from a report.
 type Metric = fn(&Report) -> Option<f64>;
@@ -180,6 +190,7 @@ fn cell<'a>(cells: &Cells<'a>, target: Target) -> Option<&'a Report> {
 fn broker_comparisons<'a>(workloads: &[(String, Cells<'a>)]) -> Vec<Comparison<'a>> {
     let mut by_target: [Vec<Comparison<'a>>; 4] = Default::default();
     let mut websocket = Vec::new();
+    let mut cluster = Vec::new();
     let has_redis = workloads
         .iter()
         .any(|(_, cells)| cells.contains_key(Target::Redis.name()));
@@ -215,6 +226,10 @@ fn broker_comparisons<'a>(workloads: &[(String, Cells<'a>)]) -> Vec<Comparison<'
         };
         if crate::summary::is_websocket(any) {
             websocket.extend(websocket_comparisons(label, any.scenario, &against));
+            continue;
+        }
+        if any.nodes.is_some() {
+            cluster.extend(cluster_comparisons(label, any.scenario, &against));
             continue;
         }
         match any.scenario {
@@ -305,6 +320,7 @@ fn broker_comparisons<'a>(workloads: &[(String, Cells<'a>)]) -> Vec<Comparison<'
         .into_iter()
         .flatten()
         .chain(websocket)
+        .chain(cluster)
         .filter(|comparison| has_redis || comparison.reference_name != "Redis")
         .collect()
 }
@@ -356,6 +372,80 @@ fn websocket_comparisons<'a>(
             Goal::Reference,
         )],
     }
+}
+
+/// Target 7, one workload run on three-node clusters: corebus against NATS.
+fn cluster_comparisons<'a>(
+    label: &str,
+    scenario: Scenario,
+    against: &impl Fn(u8, String, Target, Metric, fn(f64) -> String, Goal) -> Comparison<'a>,
+) -> Vec<Comparison<'a>> {
+    match scenario {
+        Scenario::Pair | Scenario::Fanout | Scenario::Many => vec![against(
+            7,
+            format!("{label}: delivered msg/s"),
+            Target::Nats,
+            |run| Some(run.delivered_per_sec),
+            msgs,
+            Goal::AtLeast(THROUGHPUT_VS_NATS),
+        )],
+        Scenario::Latency => vec![
+            against(
+                7,
+                format!("{label}: p99"),
+                Target::Nats,
+                |run| Some(run.latency_us.p99),
+                micros,
+                Goal::AtMost(CLUSTER_P99_VS_NATS),
+            ),
+            against(
+                7,
+                format!("{label}: p99.9"),
+                Target::Nats,
+                |run| Some(run.latency_us.p999),
+                micros,
+                Goal::Reference,
+            ),
+        ],
+        Scenario::Connections => Vec::new(),
+    }
+}
+
+/// Target 7's routing tier: per cluster latency workload, corebus's p99
+/// with the publisher on another node than the topic's owner, against its
+/// p99 with the publisher on the owner.
+fn routing_comparisons(runs: &[Report]) -> Vec<Comparison<'_>> {
+    use crate::options::PublisherOn;
+    let corebus = |place: PublisherOn| -> Vec<&Report> {
+        runs.iter()
+            .filter(|run| {
+                run.target == Target::Corebus
+                    && run.scenario == Scenario::Latency
+                    && run.nodes.is_some()
+                    && run.variant.as_deref() == Some(place.variant())
+            })
+            .collect()
+    };
+    let (routed, direct) = (corebus(PublisherOn::Other), corebus(PublisherOn::Owner));
+    if routed.is_empty() || direct.is_empty() {
+        return Vec::new();
+    }
+    let routed = crate::summary::representative(&routed);
+    let label = routed
+        .map(crate::summary::workload_label)
+        .unwrap_or_default();
+    vec![Comparison {
+        target: 7,
+        measure: format!("{label}: p99 ÷ with the publisher on the owner node"),
+        corebus: routed,
+        reference_name: "corebus, publisher on the owner".into(),
+        reference: crate::summary::representative(&direct),
+        value: |run| Some(run.latency_us.p99),
+        format: micros,
+        percent: false,
+        goal: Goal::AtMost(ROUTING_P99),
+        not_applicable: None,
+    }]
 }
 
 /// Target 5: per `many` workload, corebus's main run (the most shards)
@@ -456,6 +546,7 @@ pub fn markdown(out: &mut String, runs: &[Report]) {
     let workloads = by_workload(&main);
     let mut comparisons = broker_comparisons(&workloads);
     comparisons.extend(scaling_comparisons(runs));
+    comparisons.extend(routing_comparisons(runs));
     // In target order; within a target, in workload order.
     comparisons.sort_by_key(|comparison| comparison.target);
     if comparisons.is_empty() {
@@ -463,10 +554,10 @@ pub fn markdown(out: &mut String, runs: &[Report]) {
     }
     let _ = writeln!(
         out,
-        "Targets of the performance issue: corebus against NATS and Redis, against the \
+        "Targets of the performance issues: corebus against NATS and Redis, against the \
          raw loopback relay (the same two socket hops with no broker), 2 shards \
-         against 1, and with subscribers over WebSocket against NATS's WebSocket \
-         listener. Ratios are corebus ÷ the other.\n"
+         against 1, with subscribers over WebSocket against NATS's WebSocket \
+         listener, and three-node clusters against NATS's. Ratios are corebus ÷ the other.\n"
     );
     let _ = writeln!(
         out,
@@ -743,5 +834,34 @@ mod tests {
             text.contains("| none (reference) | not judged: a run lost messages |"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn clusters_are_judged_against_nats_and_the_routing_tier_against_the_owner() {
+        let node = |mut report: Report, variant: Option<&str>| {
+            report.nodes = Some(3);
+            report.variant = variant.map(str::to_owned);
+            report
+        };
+        let latency = |target, variant, p99: f64| {
+            let mut report = run(target, Scenario::Latency, 128, 2_000.0);
+            report.latency_us.p99 = p99;
+            report.latency_us.p999 = p99 * 2.0;
+            node(report, Some(variant))
+        };
+        let (owner, other) = ("publisher on the owner node", "publisher on another node");
+        let text = table(&[
+            node(run(Target::Corebus, Scenario::Many, 128, 4_000_000.0), None),
+            node(run(Target::Nats, Scenario::Many, 128, 1_900_000.0), None),
+            latency(Target::Corebus, owner, 400.0),
+            latency(Target::Nats, owner, 1_000.0),
+            latency(Target::Corebus, other, 700.0),
+            latency(Target::Nats, other, 1_000.0),
+        ]);
+        assert!(text.contains("3-node cluster: delivered msg/s | 4.00M msg/s | NATS 1.90M msg/s | 2.11× | ≥ 2× | **met** |"), "{text}");
+        assert!(text.contains("3-node cluster, publisher on the owner node: p99 | 400 µs | NATS 1000 µs | 0.40× | ≤ 0.5× | **met** |"), "{text}");
+        assert!(text.contains("3-node cluster, publisher on another node: p99 | 700 µs | NATS 1000 µs | 0.70× | ≤ 0.5× | not met |"), "{text}");
+        assert!(text.contains("publisher on another node: p99 ÷ with the publisher on the owner node | 700 µs | corebus, publisher on the owner 400 µs | 1.75× | ≤ 1.5× | not met |"), "{text}");
+        assert!(text.contains("2 of 4 judged goals met"), "{text}");
     }
 }

@@ -403,6 +403,11 @@ pub struct ServeArgs {
     #[arg(long, env = "COREBUS_SEED", default_value = "",
           action = clap::ArgAction::Append, value_parser = parse_seeds)]
     pub seed: Vec<Seeds>,
+    /// The address the other nodes of the cluster connect to for this
+    /// node's links: its client listener, or a proxy or NAT in front of it;
+    /// `off`: the address --listen bound.
+    #[arg(long, env = "COREBUS_CLUSTER_ADVERTISE", default_value = "off", value_parser = parse_optional_addr)]
+    pub cluster_advertise: OptionalAddr,
     /// A file holding the cluster secret (at least 32 bytes, owner-only):
     /// every gossip datagram is authenticated with it, so a node without it
     /// cannot join. Required unless cluster_listen is a loopback address.

@@ -133,10 +133,20 @@ pub struct ClusterKeys {
 /// cluster: from `cluster_secret_file`, or (on a loopback address only,
 /// where every peer is this host's) a fixed key that only keeps apart
 /// clusters that were not meant to meet.
-pub fn cluster_keys(args: &ServeArgs) -> anyhow::Result<Option<ClusterKeys>> {
+pub fn cluster_keys(args: &ServeArgs, auth: &AuthSettings) -> anyhow::Result<Option<ClusterKeys>> {
     let Some(listen) = args.cluster_listen.0 else {
         return Ok(None);
     };
+    if args.cluster_secret_file.0.is_none() && !auth.is_open() {
+        // The links' credentials come from the secret: without one, any
+        // process of this host could claim to be a node and publish past
+        // the clients' credentials.
+        bail!(
+            "refusing to run a cluster without a cluster secret while clients must \
+             authenticate: set cluster_secret_file to a file holding at least 32 random bytes \
+             (`corebus key generate` prints some), the same file on every node (see docs/cluster.md)"
+        );
+    }
     let secret = match &args.cluster_secret_file.0 {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cluster_secret_file {}", path.display()))?
@@ -162,6 +172,41 @@ pub fn cluster_keys(args: &ServeArgs) -> anyhow::Result<Option<ClusterKeys>> {
 /// The gossip key of clusters on loopback without a secret (public, so it
 /// authenticates nothing: it only makes such gossip a format of its own).
 const LOOPBACK_CLUSTER_KEY: &[u8] = b"corebus loopback cluster, no secret configured";
+
+/// How long a node that has seeds waits to hear from a member before it
+/// says it is ready.
+const JOIN_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits until the node knows another member, when it has seeds other than
+/// itself (up to [`JOIN_WAIT`]): a node that announced itself before it knew
+/// the others would own every topic for a moment, and start topics that
+/// already live elsewhere.
+fn await_first_member(
+    args: &ServeArgs,
+    node: std::net::SocketAddr,
+    view: &corebus_cluster::ClusterView,
+) {
+    let has_seeds = args
+        .seed
+        .iter()
+        .flat_map(|seeds| seeds.0.iter())
+        .any(|seed| *seed != node);
+    if !has_seeds {
+        return;
+    }
+    let start = std::time::Instant::now();
+    while view.snapshot().members.len() < 2 {
+        if start.elapsed() >= JOIN_WAIT {
+            warn!(
+                ?JOIN_WAIT,
+                "no cluster member answered; serving alone until one does"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    info!(waited = ?start.elapsed(), "joined the cluster");
+}
 
 /// Starts gossiping with the cluster's members, as the node whose clients
 /// connect to `client`.
@@ -324,7 +369,15 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
     resolved.check_secret_files()?;
     config.auth = authenticator(args, &resolved.auth)?;
     config.tls = tls_config(args)?;
-    let cluster_keys = cluster_keys(args)?;
+    let cluster_keys = cluster_keys(args, &resolved.auth)?;
+    if cluster_keys.is_some() && config.tls.is_some() {
+        // The other nodes link to the client listener, and links speak
+        // plain TCP so far.
+        bail!(
+            "a cluster member cannot serve clients over TLS yet: the links between nodes go to \
+             the client listener and do not speak TLS (see docs/cluster.md, Limits)"
+        );
+    }
     let webhooks = start_webhooks(&resolved)?;
     config.webhooks = webhooks.clone();
     crate::doctor::preflight(args.shards)?;
@@ -340,17 +393,20 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
         config.nodes = Some(cluster_commands.clone());
     }
     let server = corebus_shards::start(config)?;
+    // The other nodes' links come to this address.
+    let advertised = args.cluster_advertise.0.unwrap_or(server.local_addr());
     if let Some(keys) = &cluster_keys {
         // Before the membership starts: no link is made before a member is
         // known, and none is answered before this node is one.
-        cluster_commands.set_links(keys.links.clone(), server.local_addr());
+        cluster_commands.set_links(keys.links.clone(), advertised);
     }
     let membership = match cluster_keys {
-        Some(keys) => Some(start_cluster(args, keys.gossip, server.local_addr())?),
+        Some(keys) => Some(start_cluster(args, keys.gossip, advertised)?),
         None => None,
     };
     if let (Some(membership), Some(node)) = (&membership, args.cluster_listen.0) {
         cluster_commands.attach(node, membership.view());
+        await_first_member(args, node, &membership.view());
     }
     if let Some(addr) = args.metrics.0 {
         let sources = crate::metrics::Sources {

@@ -50,17 +50,18 @@ impl Drop for Node {
 }
 
 fn node(n: u8, cluster_port: u16, metrics_port: u16, secret: &TempFile) -> Node {
-    node_with(n, cluster_port, metrics_port, secret, None)
+    node_with(n, cluster_port, metrics_port, secret, None, None)
 }
 
 /// Node `n`, listening for clients on `listen` (a free port of its address
-/// when `None`).
+/// when `None`), and telling the others to link to `advertise` when given.
 fn node_with(
     n: u8,
     cluster_port: u16,
     metrics_port: u16,
     secret: &TempFile,
     listen: Option<String>,
+    advertise: Option<String>,
 ) -> Node {
     let ip = format!("127.0.0.{n}");
     let metrics = format!("{ip}:{metrics_port}");
@@ -76,6 +77,10 @@ fn node_with(
         .args(["--seed", &format!("127.0.0.1:{cluster_port}")])
         .args(["--cluster-secret-file", secret.path()])
         .args(["--metrics", &metrics])
+        .args([
+            "--cluster-advertise",
+            &advertise.unwrap_or_else(|| "off".into()),
+        ])
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .spawn()
@@ -566,7 +571,7 @@ fn fixed_node(
     secret: &TempFile,
 ) -> Node {
     let listen = format!("127.0.0.{n}:{client_port}");
-    node_with(n, cluster_port, metrics_port, secret, Some(listen))
+    node_with(n, cluster_port, metrics_port, secret, Some(listen), None)
 }
 
 #[test]
@@ -757,4 +762,101 @@ fn a_join_takes_over_about_a_third_of_ten_thousand_topics_with_their_state() {
             assert!(seq >= 2, "t{i} kept its sequence: {seq}");
         }
     });
+}
+
+#[test]
+fn faults_on_the_links_to_an_owner_cost_no_message_and_no_discontinuity() {
+    let secret = TempFile::new("cluster-secret-faults", SECRET);
+    let (client_port, cluster_port, metrics_port) = (free_tcp_port(), free_port(), free_port());
+    let runtime = runtime();
+    // Node 1's links from the others go through the fault proxy.
+    let owner_addr: std::net::SocketAddr = format!("127.0.0.1:{client_port}")
+        .parse()
+        .expect("an address");
+    let proxy = runtime.block_on(corebus_tests::Proxy::start(owner_addr));
+    let one = node_with(
+        1,
+        cluster_port,
+        metrics_port,
+        &secret,
+        Some(owner_addr.to_string()),
+        Some(proxy.addr().to_string()),
+    );
+    let two = node(2, cluster_port, metrics_port, &secret);
+    let three = node(3, cluster_port, metrics_port, &secret);
+    for node in [&one, &two, &three] {
+        await_alive(node, 3.0, Duration::from_secs(10));
+    }
+    let ids: Vec<String> = (1..=3)
+        .map(|n| format!("127.0.0.{n}:{cluster_port}"))
+        .collect();
+    let topic = topic_owned_by(0, &ids, "faults");
+    let subscriber = runtime.block_on(connect(&two.addr));
+    let mut sub = runtime
+        .block_on(subscriber.subscribe("cl", &topic))
+        .expect("subscribes");
+    let epoch = sub.epoch();
+    let publisher = runtime.block_on(connect(&three.addr));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publishing = runtime.spawn({
+        let (stop, topic) = (stop.clone(), topic.clone());
+        async move {
+            let (mut acknowledged, mut retries) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let payload = acknowledged.to_be_bytes().to_vec();
+                match publisher.publish("cl", &topic, payload).await {
+                    Ok(_) => acknowledged += 1,
+                    Err(_) => retries += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            (acknowledged, retries)
+        }
+    });
+    let phase = |what: &str| {
+        std::thread::sleep(Duration::from_millis(400));
+        eprintln!("{what}");
+    };
+    phase("steady");
+    proxy.delay(Duration::from_millis(30));
+    phase("links delayed by 30 ms");
+    proxy.delay(Duration::ZERO);
+    proxy.stall(true);
+    phase("links stalled");
+    proxy.stall(false);
+    phase("links flowing again");
+    let cut = proxy.cut();
+    assert!(
+        cut >= 2,
+        "the other nodes' links went through the proxy: {cut}"
+    );
+    phase("links cut");
+    proxy.refuse(true);
+    proxy.cut();
+    phase("links cut and refused");
+    proxy.refuse(false);
+    phase("links allowed again");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acknowledged, retries) = runtime.block_on(publishing).expect("publisher ran");
+    eprintln!("{acknowledged} publishes acknowledged, {retries} retried");
+    assert!(acknowledged > 100, "publishing went on: {acknowledged}");
+    runtime.block_on(async {
+        let mut next_seq = sub.start_after() + 1;
+        let mut seen = vec![false; acknowledged as usize];
+        while seen.iter().any(|seen| !seen) {
+            match next(&mut sub, Duration::from_secs(10)).await {
+                corebus_client::Event::Message(message) => {
+                    assert_eq!((message.epoch, message.seq), (epoch, next_seq));
+                    next_seq += 1;
+                    let value =
+                        u32::from_be_bytes(message.payload[..].try_into().expect("4 bytes"));
+                    if let Some(slot) = seen.get_mut(value as usize) {
+                        *slot = true;
+                    }
+                }
+                corebus_client::Event::Discontinuity(gap) => panic!("a discontinuity: {gap}"),
+            }
+        }
+    });
+    drop(proxy);
 }

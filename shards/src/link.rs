@@ -103,11 +103,12 @@ async fn serve(
         loop {
             let out = poll_fn(
                 |cx| match shard.borrow_mut().take_link_out(node, cx.waker()) {
-                    Some(out) => Poll::Ready(out),
-                    None => Poll::Pending,
+                    Ok(Some(out)) => Poll::Ready(Ok(out)),
+                    Ok(None) => Poll::Pending,
+                    Err(_) => Poll::Ready(Err(io::Error::other("the node left the cluster"))),
                 },
             )
-            .await;
+            .await?;
             writer.write_all(&out).await?;
         }
     };

@@ -89,9 +89,22 @@ pub struct Handoff {
 pub struct HandoffReply {
     /// The request answered.
     pub request: Handoff,
-    /// The topic's epoch and what to send from its ring; `None` when this
-    /// node holds no state of the topic to hand over.
-    pub state: Option<(Epoch, ResumePlan)>,
+    /// What to answer.
+    pub answer: HandoffAnswer,
+}
+
+/// What a node answers a `HANDOFF_REQUEST` with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandoffAnswer {
+    /// The topic's epoch and what to send from its ring: the state is the
+    /// asking node's from now on.
+    State(Epoch, ResumePlan),
+    /// This node holds no state of the topic (none, or only a copy of
+    /// another node's): the asking node starts it.
+    NoState,
+    /// This node holds the topic's state but does not see the asking node
+    /// as its owner yet: ask again (the member lists are converging).
+    NotYet,
 }
 
 /// One request or notification between shards.

@@ -79,6 +79,10 @@ impl Upstream {
     }
 }
 
+/// The link's node left the cluster: its task closes the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkClosed;
+
 /// Where the answer to a forwarded publish goes.
 #[derive(Debug, Clone, Copy)]
 pub struct Forwarded {
@@ -97,6 +101,8 @@ pub struct PeerLink {
     pub writer: Option<Waker>,
     /// The handshake succeeded and the link is usable.
     pub up: bool,
+    /// The node left: the link's task closes it and ends.
+    pub closing: bool,
     next_request: u32,
     next_sub: u32,
     /// Publishes sent and not yet answered, by request id.

@@ -320,9 +320,11 @@ pub enum Received {
     TimedOut,
 }
 
-/// A TCP proxy on 127.0.0.1 in front of the broker, for reconnection tests:
-/// it can cut every connection through it at once, and refuse new ones (it
-/// accepts and closes them at once, before any byte).
+/// A TCP proxy on 127.0.0.1 in front of the broker, for reconnection tests
+/// and faults between the nodes of a cluster: it can cut every connection
+/// through it at once, refuse new ones (it accepts and closes them at once,
+/// before any byte), stall them (bytes wait in the proxy) and delay them
+/// (each chunk waits a while before it goes on).
 ///
 /// Must be created and used inside a tokio runtime; dropping it stops it and
 /// cuts its connections.
@@ -335,6 +337,8 @@ pub struct Proxy {
 struct ProxyShared {
     upstream: SocketAddr,
     refusing: AtomicBool,
+    stalled: AtomicBool,
+    delay_ms: AtomicUsize,
     accepted: AtomicUsize,
     refused: AtomicUsize,
     /// One task per proxied connection; aborting it closes both sockets.
@@ -355,6 +359,8 @@ impl Proxy {
         let shared = Arc::new(ProxyShared {
             upstream,
             refusing: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
+            delay_ms: AtomicUsize::new(0),
             accepted: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
             links: Mutex::new(Vec::new()),
@@ -388,6 +394,20 @@ impl Proxy {
         self.shared.refusing.store(refusing, Ordering::SeqCst);
     }
 
+    /// While `true`, bytes through the proxy wait in it, in both directions
+    /// (the connections stay open).
+    pub fn stall(&self, stalled: bool) {
+        self.shared.stalled.store(stalled, Ordering::SeqCst);
+    }
+
+    /// Every chunk of bytes waits this long in the proxy before it goes on
+    /// (0: none), in both directions, in order.
+    pub fn delay(&self, delay: Duration) {
+        self.shared
+            .delay_ms
+            .store(delay.as_millis() as usize, Ordering::SeqCst);
+    }
+
     /// Connections proxied to the broker so far (refused ones not counted).
     pub fn accepted(&self) -> usize {
         self.shared.accepted.load(Ordering::SeqCst)
@@ -415,18 +435,50 @@ async fn accept_loop(listener: TcpListener, shared: Arc<ProxyShared>) {
         }
         shared.accepted.fetch_add(1, Ordering::SeqCst);
         let upstream = shared.upstream;
+        let faults = shared.clone();
         let link = tokio::spawn(async move {
-            let mut client = client;
-            let Ok(mut broker) = TcpStream::connect(upstream).await else {
+            let Ok(broker) = TcpStream::connect(upstream).await else {
                 return;
             };
             let _ = client.set_nodelay(true);
             let _ = broker.set_nodelay(true);
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+            let (client_read, client_write) = client.into_split();
+            let (broker_read, broker_write) = broker.into_split();
+            // Either direction ending ends both (the task drops the sockets).
+            tokio::select! {
+                _ = pump(client_read, broker_write, &faults) => {}
+                _ = pump(broker_read, client_write, &faults) => {}
+            }
         });
         let mut links = shared.links();
         links.retain(|link| !link.is_finished());
         links.push(link);
+    }
+}
+
+/// Copies `from` to `to` until either ends, through the proxy's faults.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    faults: &ProxyShared,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let read = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        while faults.stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let delay = faults.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+        }
+        if to.write_all(&buf[..read]).await.is_err() {
+            return;
+        }
     }
 }
 

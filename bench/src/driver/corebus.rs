@@ -30,6 +30,44 @@ async fn connect(endpoint: &Endpoint, topics: &[impl AsRef<str>]) -> Result<Clie
         .map_err(|err| failed(TARGET, "connect", err))
 }
 
+/// Where the publishers of a cluster run connect (`--publisher-on`): the
+/// node that owns `topic`, as the node at `--url` names it, or the first of
+/// the subscriber addresses that is not that node.
+pub async fn publisher_url(
+    plan: &crate::options::Plan,
+    endpoint: &Endpoint,
+    topic: &str,
+    place: crate::options::PublisherOn,
+) -> Result<String, BenchError> {
+    let client = Client::connect(endpoint.url.as_str())
+        .await
+        .map_err(|err| failed(TARGET, "connect", err))?;
+    let owner = client
+        .topic_owner(NAMESPACE, topic)
+        .await
+        .map_err(|err| failed(TARGET, "cluster owner", err))?;
+    let _ = client.close().await;
+    let Some(owner) = owner.client else {
+        return Err(BenchError::Options(format!(
+            "--publisher-on: the node at {} is not in a cluster",
+            endpoint.url
+        )));
+    };
+    let url = match place {
+        crate::options::PublisherOn::Owner => Some(owner.clone()),
+        crate::options::PublisherOn::Other => plan
+            .subscriber_urls
+            .iter()
+            .find(|url| **url != owner)
+            .cloned(),
+    };
+    url.ok_or_else(|| {
+        BenchError::Options(format!(
+            "--publisher-on other: every subscriber address is the owner {owner}"
+        ))
+    })
+}
+
 /// Fire-and-forget publishes, or (`--acks`) pipelined publishes whose
 /// acknowledgements are checked in order, oldest first.
 pub struct CorebusPublisher {

@@ -25,7 +25,7 @@
 //! scenario with more topics than subscribers); every message says which one
 //! it came from, so delivery is checked per subscription.
 
-mod corebus;
+pub(crate) mod corebus;
 pub mod corebus_ws;
 mod nats;
 pub mod nats_ws;

@@ -32,6 +32,7 @@ const WIRE_CODE_NAMES = [
   'too_many_in_flight',
   'handshake_timeout',
   'invalid_request',
+  'owner_unavailable',
 ] as const;
 
 /**

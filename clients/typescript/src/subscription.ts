@@ -440,9 +440,16 @@ export class SubscriptionImpl implements Subscription {
 
   handleDiscontinuity(binding: Binding, frame: DiscontinuityFrame): string | undefined {
     if (frame.epoch !== binding.epoch) {
-      return this.broken(binding, `DISCONTINUITY in epoch ${hex(frame.epoch)}, but SUB_OK said epoch ${hex(binding.epoch)}`);
-    }
-    if (frame.nextSeq < binding.expected) {
+      // The topic went on in another epoch (in a cluster, its owner died:
+      // protocol.md 7.4), from where this subscription was.
+      if (binding.awaitingDiscontinuity || frame.lastSeq !== binding.expected - 1n) {
+        return this.broken(
+          binding,
+          `DISCONTINUITY into epoch ${hex(frame.epoch)} after seq ${frame.lastSeq}, but the subscription was at seq ${binding.expected - 1n} of epoch ${hex(binding.epoch)}`,
+        );
+      }
+      binding.epoch = frame.epoch;
+    } else if (frame.nextSeq < binding.expected) {
       return this.broken(binding, `DISCONTINUITY next_seq ${frame.nextSeq} is below the expected seq ${binding.expected}`);
     }
     binding.expected = frame.nextSeq;

@@ -246,6 +246,28 @@ describe('subscribe and items', () => {
     await client.close();
   });
 
+  test('a DISCONTINUITY into another epoch (an owner node died) goes on in that epoch', async () => {
+    const { client, socket } = await openClient();
+    const log = recorder();
+    const { frame, subscription } = await subscribeWith(client, socket, log, { startAfter: 5n });
+    const F = E + 7n;
+    socket.deliver(server.message(frame.subId, E, 6n), server.discontinuity(frame.subId, F, 6n, 1n), server.message(frame.subId, F, 1n));
+    assert.deepEqual(log.seqs(), [6n, 1n]);
+    assert.deepEqual({ ...log.gaps[0] }, {
+      namespace: 'app',
+      topic: 'news',
+      epoch: F,
+      lastSeq: 6n,
+      nextSeq: 1n,
+      previousEpoch: E,
+      epochChanged: true,
+    });
+    assert.deepEqual(subscription.position, { epoch: F, seq: 1n });
+    assert.equal(log.errors.length, 0);
+    assert.equal(client.state, 'connected');
+    await client.close();
+  });
+
   test('a SUBSCRIBE refused with forbidden rejects with code forbidden; the connection stays usable', async () => {
     const { client, socket, network, clock } = await openClient();
     const log = recorder();
@@ -307,6 +329,7 @@ describe('protocol violations drop the connection', () => {
     ['a repeated seq', (subId) => [server.message(subId, E, 6n), server.message(subId, E, 6n)], [6n]],
     ['a MESSAGE of another epoch', (subId) => [server.message(subId, E + 1n, 6n)], []],
     ['a DISCONTINUITY going backwards', (subId) => [server.message(subId, E, 6n), server.discontinuity(subId, E, 6n, 6n)], [6n]],
+    ['a DISCONTINUITY into another epoch from elsewhere', (subId) => [server.message(subId, E, 6n), server.discontinuity(subId, E + 1n, 4n, 1n)], [6n]],
     ['a MESSAGE for an unknown sub_id', (subId) => [server.message(subId + 100, E, 6n)], []],
   ];
   for (const [what, frames, delivered] of cases) {

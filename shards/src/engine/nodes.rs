@@ -25,7 +25,7 @@ use tracing::{debug, info};
 
 use super::{ConnId, Shard};
 use crate::cluster::{NodeMap, Placement};
-use crate::mesh::{AckTo, Handoff, HandoffReply, LocalRef, ResumeReq, ShardMsg};
+use crate::mesh::{AckTo, Handoff, HandoffAnswer, HandoffReply, LocalRef, ResumeReq, ShardMsg};
 use crate::outbox::{OutFrame, PushError};
 use crate::ring::COPY_MAX;
 use crate::routing::ShardId;
@@ -36,6 +36,9 @@ use crate::upstream::{Forwarded, PeerLink, Upstream};
 /// above it (as for the mesh backlog), and a publish that finds a link this
 /// full while it is down is refused.
 pub const LINK_HIGH_WATER: usize = 4 << 20;
+/// Encoded bytes a link holds at most: a publish that would go past it is
+/// refused with `owner_unavailable`.
+const LINK_MAX: usize = 4 * LINK_HIGH_WATER;
 
 /// How long a node that owns a topic waits for its state from the node it
 /// takes it over from before it starts a new epoch instead.
@@ -208,6 +211,13 @@ impl Shard {
                 format!("the owner of {topic}, node {node}, cannot be reached; not published");
             return self.settle(origin, Err(reason));
         }
+        if link.out.len() >= LINK_MAX {
+            // Readers on this shard pause above the high-water mark; this
+            // bounds what the other shards' publishes add meanwhile.
+            let reason =
+                format!("the link to {node}, the owner of {topic}, is backed up; not published");
+            return self.settle(origin, Err(reason));
+        }
         let request_id = link.request_id();
         link.acks.insert(request_id, origin);
         // Always acknowledged on the link, so that a publish the owner
@@ -355,12 +365,10 @@ impl Shard {
             self.stats.topics_taken_over += 1;
             debug!(%topic, from = %up.node, "topic taken over with its state");
         } else {
+            // A new epoch (what a partial copy held is dropped, and the
+            // shards interested in it, if any, are told).
             let epoch = self.new_epoch();
-            if up.known {
-                self.restart_topic(topic, epoch, 0);
-            } else if let Some(owned) = self.owned.get_mut(topic) {
-                owned.restart(epoch, 0);
-            }
+            self.restart_topic(topic, epoch, 0);
         }
         for (shard, handle, resume) in up.waiting {
             self.take_interest(topic.clone(), shard, handle, resume);
@@ -379,8 +387,14 @@ impl Shard {
     /// A mirror without subscribers is dropped, and its subscription on the
     /// owner with it: the owner sends nothing this node does not need.
     pub(super) fn drop_mirror_if_unused(&mut self, topic: &TopicKey) {
+        // Kept until this node agrees where the topic went, so that nothing
+        // published here meanwhile starts the topic over here.
+        let placement = self.nodes.as_ref().map(|nodes| &nodes.placement);
         let unused = self.owned.get(topic).is_some_and(|owned| {
-            owned.interested.is_empty() && owned.upstream.as_ref().is_some_and(|up| !up.needed())
+            owned.interested.is_empty()
+                && owned.upstream.as_ref().is_some_and(|up| {
+                    !up.needed() && placement.is_some_and(|p| p.owner(topic) == Some(up.node))
+                })
         });
         if unused {
             self.unsubscribe_upstream(topic);
@@ -462,6 +476,8 @@ impl Shard {
             return;
         };
         link.subs.remove(&sub_id);
+        // An unanswered request for it gets no answer now.
+        link.sub_requests.retain(|_, sub| *sub != sub_id);
         if link.up {
             let request_id = link.request_id();
             corebus_net::Frame::Unsubscribe(corebus_net::Unsubscribe { request_id, sub_id })
@@ -502,13 +518,10 @@ impl Shard {
                     if up.sub_id != sub_id {
                         return;
                     }
+                    // Refused for now (the other node does not see the
+                    // members as this one does yet): asked again on the
+                    // tick, a pull until its deadline.
                     up.sub_id = 0;
-                    if up.pulling {
-                        // The node holds no state of the topic to hand over.
-                        self.finish_pull(&topic, false);
-                    }
-                    // A refused subscription (the owner does not agree yet
-                    // that it owns the topic) is asked again on the tick.
                 }
             }
             Frame::SubOk(ok) => {
@@ -557,6 +570,10 @@ impl Shard {
         let Some(upstream) = owned.upstream.as_mut() else {
             return;
         };
+        if upstream.pulling && epoch == 0 {
+            // The node asked holds no state of the topic: it starts here.
+            return self.finish_pull(topic, false);
+        }
         upstream.replaying = true;
         // Whoever answers owns the topic now, with its own state.
         upstream.authoritative = false;
@@ -736,7 +753,9 @@ impl Shard {
             let current = up.map(|up| up.node);
             let pulling = up.is_some_and(|up| up.pulling);
             let authoritative = up.is_some_and(|up| up.authoritative);
-            if owner == current || (pulling && owner.is_none()) {
+            // A pull goes on while this node owns the topic; when the
+            // source owns it again, this node follows it instead.
+            if (owner == current && !pulling) || (pulling && owner.is_none()) {
                 continue;
             }
             moved += 1;
@@ -797,6 +816,33 @@ impl Shard {
                 (None, None) => {}
             }
         }
+        // Links to nodes that left: what waits on them fails now, not when
+        // TCP gives up on a silent peer, and their tasks end.
+        let gone: Vec<SocketAddr> = self
+            .nodes
+            .as_ref()
+            .map(|nodes| {
+                nodes
+                    .links
+                    .keys()
+                    .filter(|node| !placement.has(**node))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for node in gone {
+            self.link_down(node, "the node left the cluster");
+            if let Some(link) = self
+                .nodes
+                .as_mut()
+                .and_then(|nodes| nodes.links.get_mut(&node))
+            {
+                link.closing = true;
+                if let Some(waker) = link.writer.take() {
+                    waker.wake();
+                }
+            }
+        }
         if moved > 0 {
             info!(
                 shard = self.id,
@@ -843,31 +889,36 @@ impl Shard {
     /// if this node holds it (it owns the topic, or owned it until the
     /// member list changed), and from then on forwards the topic there.
     pub(super) fn hand_over(&mut self, from: ShardId, request: Handoff) {
-        self.node_route(&request.topic);
-        let mut state = None;
-        if let Some(owned) = self.owned.get(&request.topic) {
-            let holds = owned.upstream.as_ref().is_none_or(|up| up.authoritative);
-            if holds {
-                state = Some((owned.epoch(), owned.resume(request.point)));
-                let previous = owned.upstream.as_ref().map(|up| (up.node, up.sub_id));
-                let mut upstream = Upstream::fresh(request.to);
-                upstream.known = true;
-                match previous {
-                    // Already following it: the subscription stays.
-                    Some((node, sub_id)) if node == request.to => upstream.sub_id = sub_id,
-                    Some(_) => self.unsubscribe_upstream(&request.topic),
-                    None => {}
+        let route = self.node_route(&request.topic);
+        let answer = match self.owned.get(&request.topic) {
+            None => HandoffAnswer::NoState,
+            Some(owned) => match owned.upstream.as_ref() {
+                // Still this node's, as far as it knows.
+                None => HandoffAnswer::NotYet,
+                // A copy of another node's state.
+                Some(up) if !up.authoritative => HandoffAnswer::NoState,
+                Some(up) if up.node != request.to || route != Some(request.to) => {
+                    HandoffAnswer::NotYet
                 }
-                if let Some(owned) = self.owned.get_mut(&request.topic) {
-                    owned.upstream = Some(Box::new(upstream));
-                }
-                self.stats.topics_handed_over += 1;
-                debug!(topic = %request.topic, to = %request.to, "topic handed over");
-                // Subscribers here follow the new owner.
-                self.subscribe_upstream(&request.topic);
+                Some(_) => HandoffAnswer::State(owned.epoch(), owned.resume(request.point)),
+            },
+        };
+        if matches!(answer, HandoffAnswer::State(..)) {
+            if let Some(up) = self
+                .owned
+                .get_mut(&request.topic)
+                .and_then(|t| t.upstream.as_mut())
+            {
+                // A copy from now on; its subscription to the new owner, if
+                // it has one, stays.
+                up.authoritative = false;
             }
+            self.stats.topics_handed_over += 1;
+            debug!(topic = %request.topic, to = %request.to, "topic handed over");
+            // Subscribers here follow the new owner.
+            self.subscribe_upstream(&request.topic);
         }
-        let reply = HandoffReply { request, state };
+        let reply = HandoffReply { request, answer };
         if from == self.id {
             self.handoff_reply(reply);
         } else {
@@ -879,15 +930,30 @@ impl Shard {
     /// resuming subscription gets it (`SUB_OK`, the replay, `REPLAY_END`),
     /// or an error when this node held none. No subscription is made.
     pub(super) fn handoff_reply(&mut self, reply: HandoffReply) {
-        let HandoffReply { request, state } = reply;
-        let Some((epoch, plan)) = state else {
-            let text = format!("this node holds no state of {} to hand over", request.topic);
-            return self.send_error(
-                request.conn,
-                request.request_id,
-                ErrorCode::OwnerUnavailable,
-                text,
-            );
+        let HandoffReply { request, answer } = reply;
+        let (epoch, plan) = match answer {
+            HandoffAnswer::State(epoch, plan) => (epoch, plan),
+            // Epoch 0 is no topic's: "nothing here", definitively.
+            HandoffAnswer::NoState => (
+                0,
+                crate::topic::ResumePlan {
+                    start_after: 0,
+                    gap: None,
+                    replay: Vec::new(),
+                },
+            ),
+            HandoffAnswer::NotYet => {
+                let text = format!(
+                    "this node does not see {} as the owner of {} yet; ask again",
+                    request.to, request.topic
+                );
+                return self.send_error(
+                    request.conn,
+                    request.request_id,
+                    ErrorCode::OwnerUnavailable,
+                    text,
+                );
+            }
         };
         let last_seq = plan.start_after + plan.replay.len() as Seq;
         self.send(
@@ -947,9 +1013,9 @@ impl Shard {
 
     /// Whether the link to `node` should (re)connect: while it is a member.
     pub fn link_wanted(&self, node: SocketAddr) -> bool {
-        self.nodes
-            .as_ref()
-            .is_some_and(|nodes| nodes.placement.has(node))
+        self.nodes.as_ref().is_some_and(|nodes| {
+            nodes.placement.has(node) && nodes.links.get(&node).is_none_or(|link| !link.closing)
+        })
     }
 
     /// What the link to another node sends in its `HELLO`.
@@ -1037,13 +1103,22 @@ impl Shard {
         &mut self,
         node: SocketAddr,
         waker: &std::task::Waker,
-    ) -> Option<bytes::BytesMut> {
-        let link = self.nodes.as_mut()?.links.get_mut(&node)?;
+    ) -> Result<Option<bytes::BytesMut>, crate::upstream::LinkClosed> {
+        let Some(link) = self
+            .nodes
+            .as_mut()
+            .and_then(|nodes| nodes.links.get_mut(&node))
+        else {
+            return Err(crate::upstream::LinkClosed);
+        };
+        if link.closing {
+            return Err(crate::upstream::LinkClosed);
+        }
         if !link.up || link.out.is_empty() {
             link.writer = Some(waker.clone());
-            return None;
+            return Ok(None);
         }
-        Some(link.out.split())
+        Ok(Some(link.out.split()))
     }
 
     /// Whether some link holds more than [`LINK_HIGH_WATER`] bytes for its
