@@ -69,7 +69,8 @@ fn node_with(
         .args([
             "serve",
             "--log-level",
-            "warn",
+            // COREBUS_TEST_NODE_LOG=debug (say) to see what the nodes did.
+            &std::env::var("COREBUS_TEST_NODE_LOG").unwrap_or_else(|_| "warn".into()),
             "--listen",
             &listen.unwrap_or_else(|| format!("{ip}:0")),
         ])
@@ -83,8 +84,21 @@ fn node_with(
         ])
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("corebus serve starts");
+    // The node's log, each line marked with the node.
+    if let Some(stderr) = child.stderr.take() {
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("[node {n}] {line}");
+            }
+        });
+    }
     let addr = read_address(&mut child);
     Node {
         child,
@@ -859,4 +873,76 @@ fn faults_on_the_links_to_an_owner_cost_no_message_and_no_discontinuity() {
         }
     });
     drop(proxy);
+}
+
+#[test]
+fn a_client_whose_node_dies_resumes_on_another_without_loss() {
+    let secret = TempFile::new("cluster-secret-failover", SECRET);
+    let (client_port, cluster_port, metrics_port) = (free_tcp_port(), free_port(), free_port());
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|n| fixed_node(n, client_port, cluster_port, metrics_port, &secret))
+        .collect();
+    for node in &nodes {
+        await_alive(node, 3.0, Duration::from_secs(10));
+    }
+    let ids: Vec<String> = (1..=3)
+        .map(|n| format!("127.0.0.{n}:{cluster_port}"))
+        .collect();
+    // Owned by node 3; the subscriber starts on node 1, which then dies.
+    let topic = topic_owned_by(2, &ids, "failover");
+    let addrs: Vec<std::net::SocketAddr> = (1..=3)
+        .map(|n| {
+            format!("127.0.0.{n}:{client_port}")
+                .parse()
+                .expect("an address")
+        })
+        .collect();
+    let runtime = runtime();
+    runtime.block_on(async {
+        let subscriber = corebus_client::Client::connect(&addrs[..])
+            .await
+            .expect("connects");
+        let mut sub = subscriber
+            .subscribe("cl", &topic)
+            .await
+            .expect("subscribes");
+        let epoch = sub.epoch();
+        let publisher = connect(&nodes[2].addr).await;
+        for i in 0..100u32 {
+            publisher
+                .publish("cl", &topic, i.to_be_bytes().to_vec())
+                .await
+                .expect("published");
+        }
+        for seq in 1..=50 {
+            match next(&mut sub, Duration::from_secs(5)).await {
+                corebus_client::Event::Message(message) => assert_eq!(message.seq, seq),
+                other => panic!("expected {seq}, got {other:?}"),
+            }
+        }
+        nodes[0]
+            .child
+            .kill()
+            .expect("kill -9 of the subscriber's node");
+        // Published while the subscriber has no node: kept in the owner's
+        // replay ring, replayed where the subscriber resumes.
+        for i in 100..200u32 {
+            publisher
+                .publish("cl", &topic, i.to_be_bytes().to_vec())
+                .await
+                .expect("published");
+        }
+        for seq in 51..=200 {
+            match next(&mut sub, Duration::from_secs(10)).await {
+                corebus_client::Event::Message(message) => {
+                    assert_eq!(
+                        (message.epoch, message.seq),
+                        (epoch, seq),
+                        "no gap, no repeat"
+                    );
+                }
+                other => panic!("expected {seq}, got {other:?}"),
+            }
+        }
+    });
 }

@@ -45,6 +45,23 @@ impl Placement {
         self.clients.contains(&Some(node)) || self.leaving_clients.contains(&Some(node))
     }
 
+    /// Of the members other than `asking`, leaving ones and this node
+    /// included, the one that scores highest for `topic`: where `asking`,
+    /// if it knew every member, would ask for the topic's state. `None`
+    /// inside `Some` is this node; `None` when there is no other member.
+    pub fn source_for(&self, topic: &TopicKey, asking: SocketAddr) -> Option<Option<SocketAddr>> {
+        let (keys, clients): (Vec<u64>, Vec<Option<SocketAddr>>) = self
+            .keys
+            .iter()
+            .zip(&self.clients)
+            .chain(self.leaving_keys.iter().zip(&self.leaving_clients))
+            .filter(|(_, client)| **client != Some(asking))
+            .map(|(key, client)| (*key, *client))
+            .unzip();
+        let index = corebus_net::routing::owner_node(topic.stable_hash(), &keys)?;
+        Some(clients[index])
+    }
+
     /// Where the state of `topic` is to be had when this node owns it and
     /// holds none: of the other members, leaving ones included, the one
     /// that scores highest for the topic. After a join that is the node

@@ -606,6 +606,7 @@ async fn run_shard(
             let shard = shard.borrow();
             (shard.client_connection_count(), shard.handoffs_pending())
         };
+        debug!(shard = id, connections = left, topics, "drained");
         if left > 0 || topics > 0 {
             warn!(
                 shard = id,

@@ -53,6 +53,9 @@ pub struct Upstream {
     pub parked_bytes: usize,
     /// Engine time a pull gives up at.
     pub deadline_ms: u64,
+    /// The node whose `SUB_OK` this copy's state last came from (`node`
+    /// may have moved on to a new owner that has not answered yet).
+    pub answered_by: Option<SocketAddr>,
 }
 
 impl Upstream {
@@ -69,6 +72,7 @@ impl Upstream {
             parked: Vec::new(),
             parked_bytes: 0,
             deadline_ms: 0,
+            answered_by: None,
         }
     }
 

@@ -298,7 +298,11 @@ impl Shard {
             self.start_pull(&topic);
         }
         if let Some(up) = self.owned.get_mut(&topic).and_then(|t| t.upstream.as_mut()) {
-            if !up.known {
+            // While the state is on its way, a copy here is not what the
+            // new owner will serve: answered from the state once it is here
+            // (the node it comes from subscribes too, and must not take an
+            // answer from the copy for the hand-over).
+            if !up.known || up.pulling {
                 up.waiting.push((shard, handle, resume));
                 self.subscribe_upstream(&topic);
                 return;
@@ -575,8 +579,12 @@ impl Shard {
             return self.finish_pull(topic, false);
         }
         upstream.replaying = true;
+        if upstream.authoritative {
+            debug!(%topic, owner = %upstream.node, epoch, start_after, "the new owner answered");
+        }
         // Whoever answers owns the topic now, with its own state.
         upstream.authoritative = false;
+        upstream.answered_by = Some(upstream.node);
         if !upstream.known {
             let before = owned.ring_retained();
             owned.restart(epoch, start_after);
@@ -759,6 +767,7 @@ impl Shard {
                 continue;
             }
             moved += 1;
+            debug!(%topic, ?current, ?owner, pulling, authoritative, "topic placed again");
             match (current, owner) {
                 (None, Some(node)) => {
                     // Another node owns it now. This state stays the topic's
@@ -890,13 +899,29 @@ impl Shard {
     /// member list changed), and from then on forwards the topic there.
     pub(super) fn hand_over(&mut self, from: ShardId, request: Handoff) {
         let route = self.node_route(&request.topic);
+        // Nothing here: definitive when this node is where the asking node
+        // should ask; otherwise the asking node knows too few members yet.
+        let nothing = match self
+            .nodes
+            .as_ref()
+            .and_then(|nodes| nodes.placement.source_for(&request.topic, request.to))
+        {
+            Some(Some(_)) => HandoffAnswer::NotYet,
+            _ => HandoffAnswer::NoState,
+        };
         let answer = match self.owned.get(&request.topic) {
-            None => HandoffAnswer::NoState,
+            None => nothing,
             Some(owned) => match owned.upstream.as_ref() {
                 // Still this node's, as far as it knows.
                 None => HandoffAnswer::NotYet,
-                // A copy of another node's state.
-                Some(up) if !up.authoritative => HandoffAnswer::NoState,
+                // A copy: of the asking node's own state, which it lost, or
+                // of a node gone with it, there is none to be had; of a
+                // third node's, the state is there, and the asking node
+                // sees too few members to know it yet.
+                Some(up) if !up.authoritative => match up.answered_by {
+                    Some(from) if from != request.to && self.member(from) => HandoffAnswer::NotYet,
+                    _ => nothing,
+                },
                 Some(up) if up.node != request.to || route != Some(request.to) => {
                     HandoffAnswer::NotYet
                 }
@@ -1016,6 +1041,13 @@ impl Shard {
         self.nodes.as_ref().is_some_and(|nodes| {
             nodes.placement.has(node) && nodes.links.get(&node).is_none_or(|link| !link.closing)
         })
+    }
+
+    /// Whether `node` (a client address) is a member, leaving or not.
+    fn member(&self, node: SocketAddr) -> bool {
+        self.nodes
+            .as_ref()
+            .is_some_and(|nodes| nodes.placement.has(node))
     }
 
     /// What the link to another node sends in its `HELLO`.
@@ -1178,6 +1210,17 @@ impl Shard {
             self.finish_pull(&topic, false);
         }
         for topic in retry {
+            // A pull asks again where the state now seems to be: a node that
+            // started with few members known learns of more.
+            let source = self
+                .nodes
+                .as_ref()
+                .and_then(|nodes| nodes.placement.handoff_source(&topic));
+            if let Some(up) = self.owned.get_mut(&topic).and_then(|t| t.upstream.as_mut()) {
+                if let (true, Some(source)) = (up.pulling, source) {
+                    up.node = source;
+                }
+            }
             self.subscribe_upstream(&topic);
         }
         for topic in unused {
