@@ -408,6 +408,12 @@ pub struct ServeArgs {
     /// `off`: the address --listen bound.
     #[arg(long, env = "COREBUS_CLUSTER_ADVERTISE", default_value = "off", value_parser = parse_optional_addr)]
     pub cluster_advertise: OptionalAddr,
+    /// PEM certificates (a private CA) that the other nodes' client
+    /// certificates chain to, besides the system's roots: with TLS on
+    /// (--tls-cert), the links between nodes speak TLS and check that the
+    /// certificate names the node's IP address.
+    #[arg(long, env = "COREBUS_CLUSTER_TLS_CA_FILE", default_value = "", value_parser = parse_optional_path)]
+    pub cluster_tls_ca_file: OptionalPath,
     /// A file holding the cluster secret (at least 32 bytes, owner-only):
     /// every gossip datagram is authenticated with it, so a node without it
     /// cannot join. Required unless cluster_listen is a loopback address.

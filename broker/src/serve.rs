@@ -371,12 +371,11 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
     config.tls = tls_config(args)?;
     let cluster_keys = cluster_keys(args, &resolved.auth)?;
     if cluster_keys.is_some() && config.tls.is_some() {
-        // The other nodes link to the client listener, and links speak
-        // plain TCP so far.
-        bail!(
-            "a cluster member cannot serve clients over TLS yet: the links between nodes go to \
-             the client listener and do not speak TLS (see docs/cluster.md, Limits)"
-        );
+        // The other nodes link to the client listener: links speak TLS too.
+        config.link_tls = Some(crate::webhook::client_tls_for(
+            "cluster_tls_ca_file",
+            args.cluster_tls_ca_file.0.as_deref(),
+        )?);
     }
     let webhooks = start_webhooks(&resolved)?;
     config.webhooks = webhooks.clone();

@@ -64,6 +64,22 @@ fn node_with(
     advertise: Option<String>,
 ) -> Node {
     let ip = format!("127.0.0.{n}");
+    let listen = listen.unwrap_or_else(|| format!("{ip}:0"));
+    let advertise = advertise.unwrap_or_else(|| "off".into());
+    let extra = ["--listen", &listen, "--cluster-advertise", &advertise];
+    node_with_args(n, cluster_port, metrics_port, secret, &extra)
+}
+
+/// Node `n` with `extra` arguments, which name its `--listen` if they
+/// want another than a free port of its address.
+fn node_with_args(
+    n: u8,
+    cluster_port: u16,
+    metrics_port: u16,
+    secret: &TempFile,
+    extra: &[&str],
+) -> Node {
+    let ip = format!("127.0.0.{n}");
     let metrics = format!("{ip}:{metrics_port}");
     let mut child = Command::new(BIN)
         .args([
@@ -71,17 +87,16 @@ fn node_with(
             "--log-level",
             // COREBUS_TEST_NODE_LOG=debug (say) to see what the nodes did.
             &std::env::var("COREBUS_TEST_NODE_LOG").unwrap_or_else(|_| "warn".into()),
-            "--listen",
-            &listen.unwrap_or_else(|| format!("{ip}:0")),
         ])
+        .args(match extra.contains(&"--listen") {
+            true => Vec::new(),
+            false => vec!["--listen".to_string(), format!("{ip}:0")],
+        })
         .args(["--cluster-listen", &format!("{ip}:{cluster_port}")])
         .args(["--seed", &format!("127.0.0.1:{cluster_port}")])
         .args(["--cluster-secret-file", secret.path()])
         .args(["--metrics", &metrics])
-        .args([
-            "--cluster-advertise",
-            &advertise.unwrap_or_else(|| "off".into()),
-        ])
+        .args(extra)
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -944,5 +959,75 @@ fn a_client_whose_node_dies_resumes_on_another_without_loss() {
                 other => panic!("expected {seq}, got {other:?}"),
             }
         }
+    });
+}
+
+#[test]
+fn with_tls_on_the_client_listeners_the_links_speak_tls() {
+    let secret = TempFile::new("cluster-secret-tls", SECRET);
+    let certs = corebus_tests::test_certs_for_nodes(3);
+    let (cluster_port, metrics_port) = (free_port(), free_port());
+    let cert = certs.cert_pem.to_str().expect("UTF-8 path").to_owned();
+    let key = certs.key_pem.to_str().expect("UTF-8 path").to_owned();
+    let tls = [
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--cluster-tls-ca-file",
+        &cert,
+    ];
+    let nodes: Vec<Node> = (1..=3)
+        .map(|n| node_with_args(n, cluster_port, metrics_port, &secret, &tls))
+        .collect();
+    for node in &nodes {
+        await_alive(node, 3.0, Duration::from_secs(10));
+    }
+    let ids: Vec<String> = (1..=3)
+        .map(|n| format!("127.0.0.{n}:{cluster_port}"))
+        .collect();
+    let topic = topic_owned_by(2, &ids, "tls");
+    let client = |addr: String| {
+        let config = corebus_client::ClientConfig {
+            tls: Some(corebus_client::TlsOptions {
+                roots: corebus_client::TlsRoots::CaFile(certs.cert_pem.clone()),
+                ..corebus_client::TlsOptions::default()
+            }),
+            ..corebus_client::ClientConfig::default()
+        };
+        async move {
+            corebus_client::Client::connect_with(addr.as_str(), config)
+                .await
+                .expect("connects over TLS")
+        }
+    };
+    runtime().block_on(async {
+        // Owned by node 3: node 2 mirrors it over its link, node 1 forwards.
+        let subscriber = client(nodes[1].addr.clone()).await;
+        let mut sub = subscriber
+            .subscribe("cl", &topic)
+            .await
+            .expect("subscribes");
+        let publisher = client(nodes[0].addr.clone()).await;
+        for i in 0..20u8 {
+            publisher
+                .publish("cl", &topic, vec![i])
+                .await
+                .expect("acknowledged by node 3");
+        }
+        for i in 0..20u8 {
+            match next(&mut sub, Duration::from_secs(5)).await {
+                corebus_client::Event::Message(message) => {
+                    assert_eq!(message.payload.as_ref(), [i])
+                }
+                other => panic!("expected message {i}, got {other:?}"),
+            }
+        }
+        // The link went to node 3 over TLS (its listener speaks nothing else).
+        let upstream = format!(
+            "corebus_upstream_subscriptions{{peer=\"{}\"}}",
+            nodes[2].addr
+        );
+        await_sample(&nodes[1], &upstream, 1.0, Duration::from_secs(5));
     });
 }

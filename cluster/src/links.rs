@@ -8,11 +8,11 @@
 //! tag = hex of the first 16 bytes of HMAC-SHA256(key, "cbpeer1.<node>.<unix ms>")
 //! ```
 //!
-//! `<node>` is the sender's cluster address, for the logs. A credential is
-//! accepted within [`REPLAY_WINDOW_MS`] of its time, so the clocks of the
-//! nodes must agree that closely; on a network where others can read the
-//! links' traffic, a copied credential works for that long (the links are
-//! plain TCP so far: run a cluster on a private network).
+//! `<node>` is the sender's advertised client address: the receiving node
+//! hands topics over to that address. A credential is accepted within
+//! [`REPLAY_WINDOW_MS`] of its time, so the clocks of the nodes must agree
+//! that closely; on a network where others can read the links' traffic (no
+//! TLS), a copied credential works for that long.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;

@@ -195,7 +195,8 @@ pub struct Limits {
 }
 
 /// A connection's TLS state, shared by its reader and writer.
-type Tls = Rc<RefCell<rustls::ServerConnection>>;
+/// A connection's TLS session (a client's, or a link's from this node).
+pub(crate) type Tls = Rc<RefCell<rustls::Connection>>;
 /// A web connection's state, shared by its reader and writer.
 type Web = Rc<RefCell<WebConn>>;
 
@@ -273,21 +274,23 @@ async fn serve_conn(
     };
     let tls: Option<Tls> = match &limits.tls {
         None => None,
-        Some(config) => match rustls::ServerConnection::new(config.clone()) {
-            Ok(mut session) => {
-                // Plaintext is bounded by the outbox already.
-                session.set_buffer_limit(None);
-                Some(Rc::new(RefCell::new(session)))
+        Some(config) => {
+            match rustls::ServerConnection::new(config.clone()).map(rustls::Connection::Server) {
+                Ok(mut session) => {
+                    // Plaintext is bounded by the outbox already.
+                    session.set_buffer_limit(None);
+                    Some(Rc::new(RefCell::new(session)))
+                }
+                Err(err) => {
+                    // Logged; without a session, no frame the client could read.
+                    shard
+                        .borrow_mut()
+                        .refuse_conn(conn, format!("cannot start a TLS session: {err}"));
+                    shard.borrow_mut().close_conn(conn);
+                    return;
+                }
             }
-            Err(err) => {
-                // Logged; without a session, no frame the client could read.
-                shard
-                    .borrow_mut()
-                    .refuse_conn(conn, format!("cannot start a TLS session: {err}"));
-                shard.borrow_mut().close_conn(conn);
-                return;
-            }
-        },
+        }
     };
     let web: Option<Web> = limits
         .web
@@ -613,7 +616,7 @@ async fn expire_at(shard: Rc<RefCell<Shard>>, conn: ConnId, at_ms: u64) {
 
 /// Feeds ciphertext to rustls and appends the plaintext it yields to `plain`;
 /// returns whether the peer sent close_notify.
-fn feed_tls(tls: &Tls, mut cipher: &[u8], plain: &mut BytesMut) -> io::Result<bool> {
+pub(crate) fn feed_tls(tls: &Tls, mut cipher: &[u8], plain: &mut BytesMut) -> io::Result<bool> {
     let mut session = tls.borrow_mut();
     let mut peer_closed = false;
     while !cipher.is_empty() {
@@ -633,7 +636,7 @@ fn feed_tls(tls: &Tls, mut cipher: &[u8], plain: &mut BytesMut) -> io::Result<bo
 }
 
 /// Writes every record rustls has ready.
-async fn flush_tls(stream: &mut TcpStream, tls: &Tls) -> io::Result<()> {
+pub(crate) async fn flush_tls(stream: &mut TcpStream, tls: &Tls) -> io::Result<()> {
     loop {
         let mut records = Vec::new();
         {
@@ -651,7 +654,7 @@ async fn flush_tls(stream: &mut TcpStream, tls: &Tls) -> io::Result<()> {
 
 /// Hands the segments to rustls as plaintext and writes the records; returns
 /// the plaintext bytes written.
-async fn write_tls(
+pub(crate) async fn write_tls(
     stream: &mut TcpStream,
     tls: &Tls,
     segments: &mut Vec<Bytes>,

@@ -58,6 +58,9 @@ pub struct ServerConfig {
     /// The cluster's member list, when this node is a member of one: topics
     /// other nodes own are forwarded to them and mirrored from them.
     pub nodes: Option<Arc<dyn NodeMap>>,
+    /// TLS for the links to the other nodes (whose client listeners speak
+    /// TLS, as this node's does); `None` for plain TCP.
+    pub link_tls: Option<Arc<rustls::ClientConfig>>,
     /// Most connections the whole broker holds.
     pub max_connections: usize,
     /// Most connections the whole broker holds that have not finished their
@@ -94,6 +97,7 @@ impl Default for ServerConfig {
             webhooks: Arc::new(NoWebhooks),
             cluster: Arc::new(NoCluster),
             nodes: None,
+            link_tls: None,
             max_connections: 100_000,
             max_handshaking: 4_096,
             max_handshaking_per_source: 0,
@@ -313,6 +317,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
         let webhooks = config.webhooks.clone();
         let cluster = config.cluster.clone();
         let nodes = config.nodes.clone();
+        let link_tls = config.link_tls.clone();
         let tls = config.tls.clone();
         let web = web_listen.zip(origins.clone());
         let conn_limit = conn_limit.clone();
@@ -334,6 +339,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
                     webhooks,
                     cluster,
                     nodes,
+                    link_tls,
                     conn_limit,
                     handshakes,
                     tls,
@@ -401,6 +407,7 @@ struct ShardContext {
     webhooks: Arc<dyn WebhookSink>,
     cluster: Arc<dyn ClusterControl>,
     nodes: Option<Arc<dyn NodeMap>>,
+    link_tls: Option<Arc<rustls::ClientConfig>>,
     conn_limit: Arc<ConnLimit>,
     handshakes: Arc<HandshakeGate>,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -423,6 +430,7 @@ async fn run_shard(
         webhooks,
         cluster,
         nodes,
+        link_tls,
         conn_limit,
         handshakes,
         tls,
@@ -480,8 +488,9 @@ async fn run_shard(
                 })
                 .await;
                 for node in starts {
-                    glommio::spawn_local(crate::link::run_link(shard.clone(), node, max_frame))
-                        .detach();
+                    let link =
+                        crate::link::run_link(shard.clone(), node, max_frame, link_tls.clone());
+                    glommio::spawn_local(link).detach();
                 }
             }
         }

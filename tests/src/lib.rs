@@ -506,6 +506,18 @@ impl Drop for TestCerts {
 /// Panics, saying so, when `openssl` is not installed or fails: the TLS
 /// tests need it and must not pass silently without it.
 pub fn test_certs() -> TestCerts {
+    test_certs_naming("DNS:localhost,IP:127.0.0.1")
+}
+
+/// [`test_certs`] for a certificate that names `127.0.0.1` to `127.0.0.n`
+/// (and `localhost`): one certificate for the nodes of a test cluster.
+pub fn test_certs_for_nodes(n: u8) -> TestCerts {
+    let ips: Vec<String> = (1..=n).map(|i| format!("IP:127.0.0.{i}")).collect();
+    test_certs_naming(&format!("DNS:localhost,{}", ips.join(",")))
+}
+
+/// A fresh self-signed certificate whose subjectAltName is `names`.
+fn test_certs_naming(names: &str) -> TestCerts {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -536,7 +548,7 @@ pub fn test_certs() -> TestCerts {
             "-subj",
             "/CN=localhost",
             "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            &format!("subjectAltName={names}"),
             // `req -x509` marks the certificate as a CA by default, and
             // webpki refuses a CA certificate as a server's own
             // (`CaUsedAsEndEntity`), even where it is also the trust anchor.

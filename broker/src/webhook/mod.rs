@@ -465,6 +465,15 @@ pub fn sign(secrets: &[String], timestamp: u64, body: &[u8]) -> String {
 /// The TLS client configuration for https destinations: the system's roots
 /// plus the CA certificates of `extra_ca` (a PEM file), if given.
 pub fn client_tls(extra_ca: Option<&std::path::Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    client_tls_for("webhook_ca", extra_ca)
+}
+
+/// [`client_tls`] for the setting `setting` (named in its errors): the
+/// system's roots, plus the certificates of `extra_ca`.
+pub fn client_tls_for(
+    setting: &str,
+    extra_ca: Option<&std::path::Path>,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     use anyhow::Context;
     use rustls::pki_types::{pem::PemObject, CertificateDer};
     let mut roots = rustls::RootCertStore::empty();
@@ -472,20 +481,16 @@ pub fn client_tls(extra_ca: Option<&std::path::Path>) -> anyhow::Result<Arc<rust
     if let Some(path) = extra_ca {
         let mut added = 0;
         for cert in CertificateDer::pem_file_iter(path)
-            .with_context(|| format!("webhook_ca: cannot read {}", path.display()))?
+            .with_context(|| format!("{setting}: cannot read {}", path.display()))?
         {
-            let cert =
-                cert.with_context(|| format!("webhook_ca: {} is not PEM", path.display()))?;
+            let cert = cert.with_context(|| format!("{setting}: {} is not PEM", path.display()))?;
             roots.add(cert).with_context(|| {
-                format!(
-                    "webhook_ca: a certificate in {} is unusable",
-                    path.display()
-                )
+                format!("{setting}: a certificate in {} is unusable", path.display())
             })?;
             added += 1;
         }
         if added == 0 {
-            anyhow::bail!("webhook_ca: {} holds no CERTIFICATE block", path.display());
+            anyhow::bail!("{setting}: {} holds no CERTIFICATE block", path.display());
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
