@@ -31,13 +31,17 @@ impl Shard {
         if self.refused_for_peer(conn, publish.request_id, &publish.topic) {
             return;
         }
-        // A peer node's in-flight publishes are bounded by its clients'.
-        if publish.ack && !self.is_peer(conn) {
+        if publish.ack {
             let max = self.config.max_in_flight_per_conn;
             let Some(state) = self.conns.get_mut(&conn) else {
                 return;
             };
-            if state.in_flight >= max {
+            // A peer node's in-flight publishes are bounded by its clients'.
+            let peer = state
+                .grant
+                .as_ref()
+                .is_some_and(|grant| grant.peer.is_some());
+            if state.in_flight >= max && !peer {
                 // Refused, not dropped silently: the client is told which one.
                 return self.send_error(
                     conn,
@@ -149,40 +153,36 @@ impl Shard {
                 });
             }
         }
-        self.fan_out(&topic, seq, &payload);
+        // Field-level borrows: `owned` borrows `self.owned` only.
+        let here = fan_out(
+            &mut self.mesh_out,
+            &mut self.mesh_senders,
+            self.id,
+            &owned.interested,
+            seq,
+            &payload,
+        );
+        if let Some((handle, sequenced_at)) = here {
+            self.deliver_local(handle, seq, &payload, sequenced_at);
+        }
         self.check_topic_memory();
         seq
     }
 
     /// Sends message `seq` of `topic` once to each interested shard.
     pub(super) fn fan_out(&mut self, topic: &TopicKey, seq: Seq, payload: &Bytes) {
-        let id = self.id;
         let Some(owned) = self.owned.get(topic) else {
             return;
         };
-        // Reading the clock costs as much as a tenth of a small message's
-        // whole path; one message in LATENCY_SAMPLE_EVERY is timed.
-        let sequenced_at = seq.is_multiple_of(LATENCY_SAMPLE_EVERY).then(Instant::now);
-        let mut deliver_here = None;
-        for &(shard, handle) in &owned.interested {
-            if shard == id {
-                deliver_here = Some(handle);
-            } else {
-                // Field-level borrows: `owned` borrows `self.owned` only.
-                push_mesh(
-                    &mut self.mesh_out,
-                    &mut self.mesh_senders,
-                    shard,
-                    ShardMsg::DeliverMsg {
-                        handle,
-                        seq,
-                        payload: payload.clone(),
-                        sequenced_at,
-                    },
-                );
-            }
-        }
-        if let Some(handle) = deliver_here {
+        let here = fan_out(
+            &mut self.mesh_out,
+            &mut self.mesh_senders,
+            self.id,
+            &owned.interested,
+            seq,
+            payload,
+        );
+        if let Some((handle, sequenced_at)) = here {
             self.deliver_local(handle, seq, payload, sequenced_at);
         }
     }
@@ -634,4 +634,40 @@ impl Shard {
             }
         }
     }
+}
+
+/// Sends message `seq` once to each interested shard but this one (`id`);
+/// returns this shard's handle, if it is interested, with the time the
+/// message's latency is measured from (one sequence number in
+/// [`LATENCY_SAMPLE_EVERY`]).
+fn fan_out(
+    mesh_out: &mut [crate::mesh::MeshBatch],
+    mesh_senders: &mut [Option<std::task::Waker>],
+    id: ShardId,
+    interested: &[(ShardId, LocalRef)],
+    seq: Seq,
+    payload: &Bytes,
+) -> Option<(LocalRef, Option<Instant>)> {
+    // Reading the clock costs as much as a tenth of a small message's
+    // whole path; one message in LATENCY_SAMPLE_EVERY is timed.
+    let sequenced_at = seq.is_multiple_of(LATENCY_SAMPLE_EVERY).then(Instant::now);
+    let mut deliver_here = None;
+    for &(shard, handle) in interested {
+        if shard == id {
+            deliver_here = Some(handle);
+        } else {
+            push_mesh(
+                mesh_out,
+                mesh_senders,
+                shard,
+                ShardMsg::DeliverMsg {
+                    handle,
+                    seq,
+                    payload: payload.clone(),
+                    sequenced_at,
+                },
+            );
+        }
+    }
+    deliver_here.map(|handle| (handle, sequenced_at))
 }
