@@ -225,11 +225,23 @@ fn broker_comparisons<'a>(workloads: &[(String, Cells<'a>)]) -> Vec<Comparison<'
             not_applicable: None,
         };
         if crate::summary::is_websocket(any) {
-            websocket.extend(websocket_comparisons(label, any.scenario, &against));
+            websocket.extend(paired_comparisons(
+                6,
+                WEBSOCKET_P99_VS_NATS,
+                label,
+                any.scenario,
+                &against,
+            ));
             continue;
         }
         if any.nodes.is_some() {
-            cluster.extend(cluster_comparisons(label, any.scenario, &against));
+            cluster.extend(paired_comparisons(
+                7,
+                CLUSTER_P99_VS_NATS,
+                label,
+                any.scenario,
+                &against,
+            ));
             continue;
         }
         match any.scenario {
@@ -325,16 +337,20 @@ fn broker_comparisons<'a>(workloads: &[(String, Cells<'a>)]) -> Vec<Comparison<'
         .collect()
 }
 
-/// Target 6, one workload whose subscribers connected over WebSocket:
-/// corebus against NATS, each through its WebSocket listener.
-fn websocket_comparisons<'a>(
+/// Targets 6 and 7, one workload run with WebSocket subscribers (6) or on
+/// three-node clusters (7): corebus against NATS, loaded the same way.
+/// Memory per idle connection is shown for reference (WebSocket only: the
+/// cluster scenario runs none).
+fn paired_comparisons<'a>(
+    target: u8,
+    p99_goal: f64,
     label: &str,
     scenario: Scenario,
     against: &impl Fn(u8, String, Target, Metric, fn(f64) -> String, Goal) -> Comparison<'a>,
 ) -> Vec<Comparison<'a>> {
     match scenario {
         Scenario::Pair | Scenario::Fanout | Scenario::Many => vec![against(
-            6,
+            target,
             format!("{label}: delivered msg/s"),
             Target::Nats,
             |run| Some(run.delivered_per_sec),
@@ -343,15 +359,15 @@ fn websocket_comparisons<'a>(
         )],
         Scenario::Latency => vec![
             against(
-                6,
+                target,
                 format!("{label}: p99"),
                 Target::Nats,
                 |run| Some(run.latency_us.p99),
                 micros,
-                Goal::AtMost(WEBSOCKET_P99_VS_NATS),
+                Goal::AtMost(p99_goal),
             ),
             against(
-                6,
+                target,
                 format!("{label}: p99.9"),
                 Target::Nats,
                 |run| Some(run.latency_us.p999),
@@ -360,7 +376,7 @@ fn websocket_comparisons<'a>(
             ),
         ],
         Scenario::Connections => vec![against(
-            6,
+            target,
             format!("{label}: broker memory per connection"),
             Target::Nats,
             |run| {
@@ -371,43 +387,6 @@ fn websocket_comparisons<'a>(
             kib,
             Goal::Reference,
         )],
-    }
-}
-
-/// Target 7, one workload run on three-node clusters: corebus against NATS.
-fn cluster_comparisons<'a>(
-    label: &str,
-    scenario: Scenario,
-    against: &impl Fn(u8, String, Target, Metric, fn(f64) -> String, Goal) -> Comparison<'a>,
-) -> Vec<Comparison<'a>> {
-    match scenario {
-        Scenario::Pair | Scenario::Fanout | Scenario::Many => vec![against(
-            7,
-            format!("{label}: delivered msg/s"),
-            Target::Nats,
-            |run| Some(run.delivered_per_sec),
-            msgs,
-            Goal::AtLeast(THROUGHPUT_VS_NATS),
-        )],
-        Scenario::Latency => vec![
-            against(
-                7,
-                format!("{label}: p99"),
-                Target::Nats,
-                |run| Some(run.latency_us.p99),
-                micros,
-                Goal::AtMost(CLUSTER_P99_VS_NATS),
-            ),
-            against(
-                7,
-                format!("{label}: p99.9"),
-                Target::Nats,
-                |run| Some(run.latency_us.p999),
-                micros,
-                Goal::Reference,
-            ),
-        ],
-        Scenario::Connections => Vec::new(),
     }
 }
 

@@ -368,6 +368,87 @@ async fn next(sub: &mut corebus_client::Subscription, wait: Duration) -> corebus
         .expect("a well-formed stream")
 }
 
+/// Publishes payloads `range` (4 bytes each, big-endian) to `topic`, each
+/// acknowledged.
+async fn publish_numbered(
+    publisher: &corebus_client::Client,
+    topic: &str,
+    range: std::ops::Range<u32>,
+) {
+    for i in range {
+        publisher
+            .publish("cl", topic, i.to_be_bytes().to_vec())
+            .await
+            .expect("acknowledged");
+    }
+}
+
+/// Reads messages `seqs` from `sub`, in order, nothing else between.
+async fn expect_seqs(sub: &mut corebus_client::Subscription, seqs: std::ops::RangeInclusive<u64>) {
+    for seq in seqs {
+        match next(sub, Duration::from_secs(10)).await {
+            corebus_client::Event::Message(message) => assert_eq!(message.seq, seq),
+            other => panic!("expected {seq}, got {other:?}"),
+        }
+    }
+}
+
+/// Publishes to `topic` from `publisher` until `stop`: payload i (4 bytes,
+/// big-endian) is published until acknowledged, every `pause`; an error
+/// while the members change is retried (a publish whose outcome was unknown
+/// may then be there twice, under two sequence numbers). Returns how many
+/// were acknowledged and how many tries failed.
+fn steady_publisher(
+    runtime: &tokio::runtime::Runtime,
+    publisher: corebus_client::Client,
+    topic: String,
+    pause: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(u32, u32)> {
+    runtime.spawn(async move {
+        let (mut acknowledged, mut retries) = (0u32, 0u32);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let payload = acknowledged.to_be_bytes().to_vec();
+            match publisher.publish("cl", &topic, payload).await {
+                Ok(_) => acknowledged += 1,
+                Err(_) => retries += 1,
+            }
+            tokio::time::sleep(pause).await;
+        }
+        (acknowledged, retries)
+    })
+}
+
+/// Reads `sub` until every payload `0..acknowledged` of [`steady_publisher`]
+/// arrived: all in `epoch`, in sequence from its start, with no
+/// discontinuity. Returns the last sequence number read.
+async fn expect_every_acknowledged(
+    sub: &mut corebus_client::Subscription,
+    epoch: u64,
+    acknowledged: u32,
+) -> u64 {
+    let mut next_seq = sub.start_after() + 1;
+    let mut seen = vec![false; acknowledged as usize];
+    while seen.iter().any(|seen| !seen) {
+        match next(sub, Duration::from_secs(10)).await {
+            corebus_client::Event::Message(message) => {
+                assert_eq!(
+                    (message.epoch, message.seq),
+                    (epoch, next_seq),
+                    "one epoch, no gap, no repeat"
+                );
+                next_seq += 1;
+                let value = u32::from_be_bytes(message.payload[..].try_into().expect("4 bytes"));
+                if let Some(slot) = seen.get_mut(value as usize) {
+                    *slot = true;
+                }
+            }
+            corebus_client::Event::Discontinuity(gap) => panic!("a discontinuity: {gap}"),
+        }
+    }
+    next_seq - 1
+}
+
 #[test]
 fn publishes_on_one_node_reach_subscribers_on_the_others_in_the_owners_order() {
     let secret = TempFile::new("cluster-secret-data", SECRET);
@@ -486,18 +567,8 @@ fn an_owners_death_is_one_discontinuity_then_the_new_owner_delivers() {
             .await
             .expect("subscribes");
         let old_epoch = sub.epoch();
-        for i in 0..50u32 {
-            publisher
-                .publish("cl", &topic, i.to_be_bytes().to_vec())
-                .await
-                .expect("acknowledged");
-        }
-        for seq in 1..=50 {
-            match next(&mut sub, Duration::from_secs(5)).await {
-                corebus_client::Event::Message(message) => assert_eq!(message.seq, seq),
-                other => panic!("expected {seq}, got {other:?}"),
-            }
-        }
+        publish_numbered(&publisher, &topic, 0..50).await;
+        expect_seqs(&mut sub, 1..=50).await;
         nodes[2].child.kill().expect("kill -9");
         let killed = Instant::now();
         // Publish until the new owner acknowledges (refusals while the
@@ -639,25 +710,13 @@ fn a_rolling_restart_of_every_node_shows_no_discontinuity_and_loses_nothing() {
             .expect("connects")
     });
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Steady publishing: every payload is published until acknowledged (an
-    // error while the members change is retried; one whose outcome was
-    // unknown may then be there twice, under two sequence numbers).
-    let publishing = runtime.spawn({
-        let stop = stop.clone();
-        async move {
-            let mut acknowledged = 0u32;
-            let mut retries = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let payload = acknowledged.to_be_bytes().to_vec();
-                match publisher.publish("cl", "rolling", payload).await {
-                    Ok(_) => acknowledged += 1,
-                    Err(_) => retries += 1,
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            (acknowledged, retries)
-        }
-    });
+    let publishing = steady_publisher(
+        &runtime,
+        publisher,
+        "rolling".into(),
+        Duration::from_millis(5),
+        stop.clone(),
+    );
     for n in 0..3 {
         std::thread::sleep(Duration::from_millis(500));
         let (status, took) = sigterm_and_wait(&mut nodes[n].child, Duration::from_secs(20));
@@ -680,34 +739,8 @@ fn a_rolling_restart_of_every_node_shows_no_discontinuity_and_loses_nothing() {
     eprintln!("{acknowledged} publishes acknowledged, {retries} retried");
     assert!(acknowledged > 100, "publishing went on: {acknowledged}");
     // Every acknowledged payload arrives, in one epoch, with no gap.
-    runtime.block_on(async {
-        let mut next_seq = sub.start_after() + 1;
-        let mut seen = vec![false; acknowledged as usize];
-        while seen.iter().any(|seen| !seen) {
-            match next(&mut sub, Duration::from_secs(10)).await {
-                corebus_client::Event::Message(message) => {
-                    assert_eq!(
-                        (message.epoch, message.seq),
-                        (epoch, next_seq),
-                        "one epoch, no gap, no repeat"
-                    );
-                    next_seq += 1;
-                    let value =
-                        u32::from_be_bytes(message.payload[..].try_into().expect("4 bytes"));
-                    if let Some(slot) = seen.get_mut(value as usize) {
-                        *slot = true;
-                    }
-                }
-                corebus_client::Event::Discontinuity(gap) => {
-                    panic!("a discontinuity during the rolling restart: {gap}")
-                }
-            }
-        }
-        eprintln!(
-            "rolling restart: {} messages in epoch {epoch:#x}, no discontinuity",
-            next_seq - 1
-        );
-    });
+    let last = runtime.block_on(expect_every_acknowledged(&mut sub, epoch, acknowledged));
+    eprintln!("rolling restart: {last} messages in epoch {epoch:#x}, no discontinuity");
 }
 
 #[test]
@@ -827,21 +860,13 @@ fn faults_on_the_links_to_an_owner_cost_no_message_and_no_discontinuity() {
     let epoch = sub.epoch();
     let publisher = runtime.block_on(connect(&three.addr));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let publishing = runtime.spawn({
-        let (stop, topic) = (stop.clone(), topic.clone());
-        async move {
-            let (mut acknowledged, mut retries) = (0u32, 0u32);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let payload = acknowledged.to_be_bytes().to_vec();
-                match publisher.publish("cl", &topic, payload).await {
-                    Ok(_) => acknowledged += 1,
-                    Err(_) => retries += 1,
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            (acknowledged, retries)
-        }
-    });
+    let publishing = steady_publisher(
+        &runtime,
+        publisher,
+        topic.clone(),
+        Duration::from_millis(2),
+        stop.clone(),
+    );
     let phase = |what: &str| {
         std::thread::sleep(Duration::from_millis(400));
         eprintln!("{what}");
@@ -869,24 +894,7 @@ fn faults_on_the_links_to_an_owner_cost_no_message_and_no_discontinuity() {
     let (acknowledged, retries) = runtime.block_on(publishing).expect("publisher ran");
     eprintln!("{acknowledged} publishes acknowledged, {retries} retried");
     assert!(acknowledged > 100, "publishing went on: {acknowledged}");
-    runtime.block_on(async {
-        let mut next_seq = sub.start_after() + 1;
-        let mut seen = vec![false; acknowledged as usize];
-        while seen.iter().any(|seen| !seen) {
-            match next(&mut sub, Duration::from_secs(10)).await {
-                corebus_client::Event::Message(message) => {
-                    assert_eq!((message.epoch, message.seq), (epoch, next_seq));
-                    next_seq += 1;
-                    let value =
-                        u32::from_be_bytes(message.payload[..].try_into().expect("4 bytes"));
-                    if let Some(slot) = seen.get_mut(value as usize) {
-                        *slot = true;
-                    }
-                }
-                corebus_client::Event::Discontinuity(gap) => panic!("a discontinuity: {gap}"),
-            }
-        }
-    });
+    runtime.block_on(expect_every_acknowledged(&mut sub, epoch, acknowledged));
     drop(proxy);
 }
 
@@ -923,30 +931,15 @@ fn a_client_whose_node_dies_resumes_on_another_without_loss() {
             .expect("subscribes");
         let epoch = sub.epoch();
         let publisher = connect(&nodes[2].addr).await;
-        for i in 0..100u32 {
-            publisher
-                .publish("cl", &topic, i.to_be_bytes().to_vec())
-                .await
-                .expect("published");
-        }
-        for seq in 1..=50 {
-            match next(&mut sub, Duration::from_secs(5)).await {
-                corebus_client::Event::Message(message) => assert_eq!(message.seq, seq),
-                other => panic!("expected {seq}, got {other:?}"),
-            }
-        }
+        publish_numbered(&publisher, &topic, 0..100).await;
+        expect_seqs(&mut sub, 1..=50).await;
         nodes[0]
             .child
             .kill()
             .expect("kill -9 of the subscriber's node");
         // Published while the subscriber has no node: kept in the owner's
         // replay ring, replayed where the subscriber resumes.
-        for i in 100..200u32 {
-            publisher
-                .publish("cl", &topic, i.to_be_bytes().to_vec())
-                .await
-                .expect("published");
-        }
+        publish_numbered(&publisher, &topic, 100..200).await;
         for seq in 51..=200 {
             match next(&mut sub, Duration::from_secs(10)).await {
                 corebus_client::Event::Message(message) => {

@@ -361,7 +361,7 @@ impl Shard {
         };
         let up = *up;
         if up.sub_id != 0 {
-            if let Some(link) = self.nodes.as_mut().and_then(|n| n.links.get_mut(&up.node)) {
+            if let Some(link) = self.link_mut(up.node) {
                 link.subs.remove(&up.sub_id);
             }
         }
@@ -472,11 +472,7 @@ impl Shard {
         if sub_id == 0 {
             return;
         }
-        let Some(link) = self
-            .nodes
-            .as_mut()
-            .and_then(|nodes| nodes.links.get_mut(&node))
-        else {
+        let Some(link) = self.link_mut(node) else {
             return;
         };
         link.subs.remove(&sub_id);
@@ -494,11 +490,7 @@ impl Shard {
 
     /// One frame from `node` on this shard's link to it.
     pub fn handle_link_frame(&mut self, node: SocketAddr, frame: Frame) {
-        let Some(link) = self
-            .nodes
-            .as_mut()
-            .and_then(|nodes| nodes.links.get_mut(&node))
-        else {
+        let Some(link) = self.link_mut(node) else {
             return;
         };
         match frame {
@@ -841,11 +833,7 @@ impl Shard {
             .unwrap_or_default();
         for node in gone {
             self.link_down(node, "the node left the cluster");
-            if let Some(link) = self
-                .nodes
-                .as_mut()
-                .and_then(|nodes| nodes.links.get_mut(&node))
-            {
+            if let Some(link) = self.link_mut(node) {
                 link.closing = true;
                 if let Some(waker) = link.writer.take() {
                     waker.wake();
@@ -1024,6 +1012,11 @@ impl Shard {
         nodes.links.entry(node).or_default()
     }
 
+    /// The link to `node`, if there is one.
+    fn link_mut(&mut self, node: SocketAddr) -> Option<&mut PeerLink> {
+        self.nodes.as_mut()?.links.get_mut(&node)
+    }
+
     /// Links whose tasks the runtime must start, or `waker` registered to
     /// be woken when there are some.
     pub fn take_link_starts(&mut self, waker: &std::task::Waker) -> Vec<SocketAddr> {
@@ -1092,11 +1085,7 @@ impl Shard {
     /// The link to `node` broke (or never came up): its unanswered
     /// publishes fail, and its mirrors wait to subscribe again.
     pub fn link_down(&mut self, node: SocketAddr, reason: &str) {
-        let Some(link) = self
-            .nodes
-            .as_mut()
-            .and_then(|nodes| nodes.links.get_mut(&node))
-        else {
+        let Some(link) = self.link_mut(node) else {
             return;
         };
         let was_up = std::mem::take(&mut link.up);
@@ -1136,11 +1125,7 @@ impl Shard {
         node: SocketAddr,
         waker: &std::task::Waker,
     ) -> Result<Option<bytes::BytesMut>, crate::upstream::LinkClosed> {
-        let Some(link) = self
-            .nodes
-            .as_mut()
-            .and_then(|nodes| nodes.links.get_mut(&node))
-        else {
+        let Some(link) = self.link_mut(node) else {
             return Err(crate::upstream::LinkClosed);
         };
         if link.closing {
