@@ -124,6 +124,12 @@ impl PeerLink {
         self.next_request
     }
 
+    /// A key that orders outstanding request ids oldest first (ids wrap
+    /// around).
+    pub fn age_order(&self, request_id: u32) -> u32 {
+        request_id.wrapping_sub(self.next_request.wrapping_add(1))
+    }
+
     /// A fresh subscription id for `topic` (never 0, never one in use).
     pub fn new_sub(&mut self, topic: TopicKey) -> u32 {
         loop {

@@ -42,10 +42,10 @@ const LINK_MAX: usize = 4 * LINK_HIGH_WATER;
 
 /// How long a node that owns a topic waits for its state from the node it
 /// takes it over from before it starts a new epoch instead.
-const PULL_TIMEOUT_MS: u64 = 2_000;
+pub(super) const PULL_TIMEOUT_MS: u64 = 2_000;
 /// Publishes a topic being taken over holds until its state is here, at
 /// most (count and payload bytes); more are refused with `owner_unavailable`.
-const PARKED_MAX: usize = 4_096;
+pub(super) const PARKED_MAX: usize = 4_096;
 const PARKED_MAX_BYTES: usize = 4 << 20;
 
 /// The shard's view of the cluster.
@@ -53,7 +53,7 @@ const PARKED_MAX_BYTES: usize = 4 << 20;
 pub(crate) struct Nodes {
     map: Arc<dyn NodeMap>,
     /// The members the topics were last placed on.
-    placement: Placement,
+    pub(super) placement: Placement,
     /// Engine time the member list last changed: a topic this node gets
     /// without state is asked of its previous owner for as long as that
     /// node may keep it (the idle eviction delay), and no longer.
@@ -1092,7 +1092,10 @@ impl Shard {
         link.out.clear();
         link.subs.clear();
         link.sub_requests.clear();
-        let acks: Vec<Forwarded> = link.acks.drain().map(|(_, origin)| origin).collect();
+        // Failed in the order they were sent, as the answers would have come.
+        let mut acks: Vec<(u32, Forwarded)> = link.acks.drain().collect();
+        acks.sort_by_key(|(request_id, _)| link.age_order(*request_id));
+        let acks: Vec<Forwarded> = acks.into_iter().map(|(_, origin)| origin).collect();
         if was_up {
             info!(shard = self.id, %node, %reason, "link to node lost");
         }

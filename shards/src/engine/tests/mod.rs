@@ -191,6 +191,7 @@ mod auth;
 mod connections;
 mod interest;
 mod memory;
+mod nodes;
 mod resume;
 mod slow;
 mod webhooks;

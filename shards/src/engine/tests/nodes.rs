@@ -1,0 +1,151 @@
+//! A shard in a cluster, with the member list fixed by hand and links that
+//! never come up: what a peer can make it hold is bounded.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::*;
+use crate::cluster::{NodeMap, Placement};
+
+/// A member list that never changes.
+#[derive(Debug)]
+struct FixedNodes(Placement);
+
+impl NodeMap for FixedNodes {
+    fn version(&self) -> u64 {
+        self.0.version
+    }
+    fn placement(&self) -> Placement {
+        self.0.clone()
+    }
+    fn peer_credentials(&self, _now_ms: u64) -> Vec<u8> {
+        b"cbpeer1.test".to_vec()
+    }
+    fn verify_peer(&self, _credentials: &[u8], _now_ms: u64) -> Result<String, String> {
+        Err("no peers in this test".into())
+    }
+}
+
+const OTHER: &str = "127.0.0.2:7400";
+
+fn other() -> SocketAddr {
+    OTHER.parse().expect("an address")
+}
+
+/// One shard, member of a cluster with one other node, alive (`leaving`
+/// false: topics are placed on both) or leaving (every topic is this
+/// node's, and the other node is where their state would come from).
+fn member(leaving: bool) -> Cluster {
+    let mut placement = Placement {
+        version: 1,
+        keys: vec![1],
+        clients: vec![None],
+        ..Placement::default()
+    };
+    if leaving {
+        placement.leaving_keys.push(2);
+        placement.leaving_clients.push(Some(other()));
+    } else {
+        placement.keys.push(2);
+        placement.clients.push(Some(other()));
+    }
+    let mut cluster = Cluster::new(1, EngineConfig::default());
+    let shard = std::mem::replace(
+        &mut cluster.shards[0],
+        Shard::new(0, 1, EngineConfig::default(), 7),
+    );
+    cluster.shards[0] = shard.with_nodes(Arc::new(FixedNodes(placement)));
+    cluster
+}
+
+fn big_publish(topic: &TopicKey, request_id: u32, size: usize) -> Frame {
+    Frame::Publish(Publish {
+        request_id,
+        ack: true,
+        topic: topic.clone(),
+        payload: Bytes::from(vec![7u8; size]),
+    })
+}
+
+fn refusals(frames: &[OutFrame]) -> Vec<u32> {
+    frames
+        .iter()
+        .filter_map(|frame| match frame {
+            OutFrame::Error(error) if error.code() == Some(ErrorCode::OwnerUnavailable) => {
+                Some(error.request_id)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn publishes_for_an_unreachable_owner_are_bounded_then_refused() {
+    let mut cluster = member(false);
+    let remote = (0..)
+        .map(|i| topic(&format!("far{i}")))
+        .find(|t| {
+            let nodes = cluster.shards[0].nodes.as_ref().expect("a member");
+            nodes.placement.owner(t) == Some(other())
+        })
+        .expect("some topic lands on the other node");
+    let publisher = cluster.connect(0);
+    const SIZE: usize = 64 * 1024;
+    let count = (crate::engine::nodes::LINK_HIGH_WATER / SIZE + 20) as u32;
+    for request_id in 1..=count {
+        cluster.send(publisher, big_publish(&remote, request_id, SIZE));
+    }
+    let started = cluster.shards[0].take_link_starts(Waker::noop());
+    assert_eq!(started, vec![other()], "the link's task was asked for");
+    let refused = refusals(&cluster.take_conn(publisher));
+    // The link never came up: what waits for it stops at the high-water
+    // mark (one publish past it), and the rest is refused, each by id.
+    let held = (crate::engine::nodes::LINK_HIGH_WATER / (SIZE + 64) + 1) as u32;
+    assert_eq!(refused, ((held + 1)..=count).collect::<Vec<_>>());
+    assert!(
+        cluster.shards[0].links_backlogged(),
+        "readers pause meanwhile"
+    );
+    // The link fails for good: what waited is refused too, and nothing is held.
+    cluster.shards[0].link_down(other(), "refused");
+    let refused = refusals(&cluster.take_conn(publisher));
+    assert_eq!(refused, (1..=held).collect::<Vec<_>>());
+    assert!(!cluster.shards[0].links_backlogged());
+}
+
+#[test]
+fn a_topic_being_taken_over_parks_a_bounded_number_of_publishes() {
+    let mut cluster = member(true);
+    let here = topic("taken");
+    let publisher = cluster.connect(0);
+    let count = crate::engine::nodes::PARKED_MAX as u32 + 5;
+    for request_id in 1..=count {
+        cluster.send(publisher, publish(&here, request_id, "x"));
+    }
+    // Its state is asked of the leaving node; meanwhile publishes wait, up
+    // to the bound; the rest are refused at once.
+    let frames = cluster.take_conn(publisher);
+    assert_eq!(
+        refusals(&frames),
+        ((crate::engine::nodes::PARKED_MAX as u32 + 1)..=count).collect::<Vec<_>>()
+    );
+    assert!(
+        !frames.iter().any(|f| matches!(f, OutFrame::PubAck { .. })),
+        "nothing sequenced before the state came"
+    );
+    // No answer within the pull's deadline: a new epoch, and the waiting
+    // publishes are sequenced in order.
+    cluster.shards[0].tick(crate::engine::nodes::PULL_TIMEOUT_MS + 1);
+    let acks: Vec<(u32, u64)> = cluster
+        .take_conn(publisher)
+        .iter()
+        .filter_map(|frame| match frame {
+            OutFrame::PubAck { request_id, seq } => Some((*request_id, *seq)),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<(u32, u64)> = (1..=crate::engine::nodes::PARKED_MAX as u32)
+        .map(|id| (id, u64::from(id)))
+        .collect();
+    assert_eq!(acks, expected);
+}
