@@ -341,6 +341,10 @@ pub struct ServeArgs {
     /// Bound on one connection's queued outbound message bytes.
     #[arg(long, env = "COREBUS_OUTBOX_LIMIT", default_value_t = 8 << 20)]
     pub outbox_limit: usize,
+    /// The same bound for a link from another node of the cluster (it
+    /// carries all of that node's subscriptions to this node's topics).
+    #[arg(long, env = "COREBUS_CLUSTER_LINK_OUTBOX_LIMIT", default_value_t = 64 << 20)]
+    pub cluster_link_outbox_limit: usize,
     /// What happens to a connection whose outbound queue is full: `drop`
     /// messages and report each loss with a discontinuity, or `disconnect`.
     #[arg(long, env = "COREBUS_SLOW_CONSUMER", value_enum, default_value_t = SlowConsumer::Drop)]

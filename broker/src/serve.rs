@@ -50,6 +50,7 @@ pub fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
             max_subscription_bytes_per_conn: args.max_subscription_bytes,
             max_subscriptions: args.max_subscriptions_total,
             outbox_limit_bytes: args.outbox_limit,
+            link_outbox_limit_bytes: args.cluster_link_outbox_limit,
             slow_consumer: match args.slow_consumer {
                 SlowConsumer::Drop => SlowConsumerPolicy::Drop,
                 SlowConsumer::Disconnect => SlowConsumerPolicy::Disconnect,

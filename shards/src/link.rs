@@ -110,19 +110,19 @@ impl LinkReader {
 
     async fn read_more(&mut self) -> io::Result<()> {
         let closed = || io::Error::new(io::ErrorKind::UnexpectedEof, "the node closed the link");
-        let Some(tls) = &self.tls else {
-            let start = self.buf.len();
-            self.buf.resize(start + READ_CHUNK, 0);
-            let read = self.stream.read(&mut self.buf[start..]).await;
-            let got = *read.as_ref().unwrap_or(&0);
-            self.buf.truncate(start + got);
-            return if read? == 0 { Err(closed()) } else { Ok(()) };
-        };
-        self.cipher.resize(READ_CHUNK, 0);
+        // One chunk, zeroed once, that every read reuses; only what came is
+        // copied on.
+        if self.cipher.len() < READ_CHUNK {
+            self.cipher.resize(READ_CHUNK, 0);
+        }
         let read = self.stream.read(&mut self.cipher).await?;
         if read == 0 {
             return Err(closed());
         }
+        let Some(tls) = &self.tls else {
+            self.buf.extend_from_slice(&self.cipher[..read]);
+            return Ok(());
+        };
         let peer_closed = feed_tls(tls, &self.cipher[..read], &mut self.buf)?;
         if tls.borrow().wants_write() {
             if self.flush_itself {
@@ -232,7 +232,7 @@ async fn serve(
             })
             .await?;
             match (&session, out) {
-                (None, Some(out)) => writer.write_all(&out).await?,
+                (None, Some(out)) => write_now(&mut writer, &out).await?,
                 (Some(tls), out) => {
                     if let Some(out) = out {
                         io::Write::write_all(&mut tls.borrow_mut().writer(), &out)?;
@@ -257,4 +257,24 @@ async fn serve(
     futures_lite::future::or::<io::Result<()>, _, _>(reads, writes)
         .await
         .map_err(up)
+}
+
+/// Writes `bytes` to the link: at once, with a non-blocking send, as far as
+/// the socket takes them (the usual case: a link's turn is small), and the
+/// rest through glommio, which waits for room.
+async fn write_now(writer: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let iovec = [libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    }];
+    let sent = match crate::sends::send_direct(writer.as_raw_fd(), &iovec) {
+        Ok(sent) => sent,
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(err) => return Err(err),
+    };
+    if sent < bytes.len() {
+        writer.write_all(&bytes[sent..]).await?;
+    }
+    Ok(())
 }

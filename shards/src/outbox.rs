@@ -422,6 +422,12 @@ impl Outbox {
         self.limit_bytes
     }
 
+    /// Changes the bound (a connection that turned out to be another
+    /// node's link gets that of links).
+    pub fn set_limit_bytes(&mut self, limit_bytes: usize) {
+        self.limit_bytes = limit_bytes;
+    }
+
     /// Number of items queued: frames, and runs of small messages.
     pub fn len(&self) -> usize {
         self.frames.len()

@@ -347,7 +347,7 @@ fn fill_iovecs(iovecs: &mut Vec<libc::iovec>, segments: &[Bytes]) {
 }
 
 /// One non-blocking `sendmsg` of `iovecs` on `fd`.
-fn send_direct(fd: RawFd, iovecs: &[libc::iovec]) -> io::Result<usize> {
+pub(crate) fn send_direct(fd: RawFd, iovecs: &[libc::iovec]) -> io::Result<usize> {
     // SAFETY: a zeroed msghdr is valid; we then point it at `iovecs`, which
     // outlives the call and describes live, immutable buffers.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };

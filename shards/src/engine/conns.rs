@@ -595,7 +595,13 @@ impl Shard {
             );
         }
         debug!(identity = %grant.identity, "authenticated");
+        let link_limit = self.config.link_outbox_limit_bytes;
         if let Some(state) = self.conns.get_mut(&conn) {
+            if grant.peer.is_some() {
+                state
+                    .outbox
+                    .set_limit_bytes(link_limit.max(state.outbox.limit_bytes()));
+            }
             state.handshaken = true;
             state.grant = Some(grant);
         }

@@ -75,6 +75,9 @@ pub struct EngineConfig {
     pub subscriptions_held: Arc<AtomicUsize>,
     /// Bound on a connection's queued outbound `MESSAGE` bytes.
     pub outbox_limit_bytes: usize,
+    /// The same bound for a link from another node of the cluster, which
+    /// carries all that node's subscriptions to this node's topics at once.
+    pub link_outbox_limit_bytes: usize,
     /// What to do when that bound is reached.
     pub slow_consumer: SlowConsumerPolicy,
     /// Bounds of each topic's replay ring.
@@ -111,6 +114,7 @@ impl Default for EngineConfig {
             max_subscriptions: 1_000_000,
             subscriptions_held: Arc::default(),
             outbox_limit_bytes: 8 << 20,
+            link_outbox_limit_bytes: 64 << 20,
             slow_consumer: SlowConsumerPolicy::Drop,
             ring: RingLimits::default(),
             topic_idle_evict_ms: 300_000,
