@@ -656,12 +656,6 @@ fn a_peer_without_the_cluster_secret_is_refused() {
     );
 }
 
-/// A port free for TCP on 127.0.0.1-3 (the client listeners of nodes that
-/// restart on the same address).
-fn free_tcp_port() -> u16 {
-    free_port()
-}
-
 /// Starts node `n` listening for clients on `client_port`.
 fn fixed_node(
     n: u8,
@@ -674,23 +668,46 @@ fn fixed_node(
     node_with(n, cluster_port, metrics_port, secret, Some(listen), None)
 }
 
-#[test]
-fn a_rolling_restart_of_every_node_shows_no_discontinuity_and_loses_nothing() {
-    let secret = TempFile::new("cluster-secret-rolling", SECRET);
-    let (client_port, cluster_port, metrics_port) = (free_tcp_port(), free_port(), free_port());
-    let mut nodes: Vec<Node> = (1..=3)
-        .map(|n| fixed_node(n, client_port, cluster_port, metrics_port, &secret))
+/// Ports of three nodes that restart on the same addresses: clients (each
+/// node's IP with this port), gossip and metrics.
+struct FixedPorts {
+    client: u16,
+    cluster: u16,
+    metrics: u16,
+}
+
+/// Three nodes on fixed ports that all see each other alive.
+fn three_fixed_nodes(secret: &TempFile) -> (Vec<Node>, FixedPorts) {
+    let ports = FixedPorts {
+        client: free_port(),
+        cluster: free_port(),
+        metrics: free_port(),
+    };
+    let nodes: Vec<Node> = (1..=3)
+        .map(|n| fixed_node(n, ports.client, ports.cluster, ports.metrics, secret))
         .collect();
     for node in &nodes {
         await_alive(node, 3.0, Duration::from_secs(10));
     }
-    let addrs: Vec<std::net::SocketAddr> = (1..=3)
+    (nodes, ports)
+}
+
+/// The client addresses of the three nodes of `three_fixed_nodes`.
+fn client_addrs(ports: &FixedPorts) -> Vec<std::net::SocketAddr> {
+    (1..=3)
         .map(|n| {
-            format!("127.0.0.{n}:{client_port}")
+            format!("127.0.0.{n}:{}", ports.client)
                 .parse()
                 .expect("an address")
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn a_rolling_restart_of_every_node_shows_no_discontinuity_and_loses_nothing() {
+    let secret = TempFile::new("cluster-secret-rolling", SECRET);
+    let (mut nodes, ports) = three_fixed_nodes(&secret);
+    let addrs = client_addrs(&ports);
     let runtime = runtime();
     // The subscriber starts on node 1, the publisher on node 3; each goes
     // to the next node that answers when its own goes away.
@@ -724,9 +741,9 @@ fn a_rolling_restart_of_every_node_shows_no_discontinuity_and_loses_nothing() {
         eprintln!("node {} drained and left in {took:?}", n + 1);
         nodes[n] = fixed_node(
             n as u8 + 1,
-            client_port,
-            cluster_port,
-            metrics_port,
+            ports.client,
+            ports.cluster,
+            ports.metrics,
             &secret,
         );
         for node in &nodes {
@@ -829,7 +846,7 @@ fn a_join_takes_over_about_a_third_of_ten_thousand_topics_with_their_state() {
 #[test]
 fn faults_on_the_links_to_an_owner_cost_no_message_and_no_discontinuity() {
     let secret = TempFile::new("cluster-secret-faults", SECRET);
-    let (client_port, cluster_port, metrics_port) = (free_tcp_port(), free_port(), free_port());
+    let (client_port, cluster_port, metrics_port) = (free_port(), free_port(), free_port());
     let runtime = runtime();
     // Node 1's links from the others go through the fault proxy.
     let owner_addr: std::net::SocketAddr = format!("127.0.0.1:{client_port}")
@@ -901,25 +918,13 @@ fn faults_on_the_links_to_an_owner_cost_no_message_and_no_discontinuity() {
 #[test]
 fn a_client_whose_node_dies_resumes_on_another_without_loss() {
     let secret = TempFile::new("cluster-secret-failover", SECRET);
-    let (client_port, cluster_port, metrics_port) = (free_tcp_port(), free_port(), free_port());
-    let mut nodes: Vec<Node> = (1..=3)
-        .map(|n| fixed_node(n, client_port, cluster_port, metrics_port, &secret))
-        .collect();
-    for node in &nodes {
-        await_alive(node, 3.0, Duration::from_secs(10));
-    }
+    let (mut nodes, ports) = three_fixed_nodes(&secret);
     let ids: Vec<String> = (1..=3)
-        .map(|n| format!("127.0.0.{n}:{cluster_port}"))
+        .map(|n| format!("127.0.0.{n}:{}", ports.cluster))
         .collect();
     // Owned by node 3; the subscriber starts on node 1, which then dies.
     let topic = topic_owned_by(2, &ids, "failover");
-    let addrs: Vec<std::net::SocketAddr> = (1..=3)
-        .map(|n| {
-            format!("127.0.0.{n}:{client_port}")
-                .parse()
-                .expect("an address")
-        })
-        .collect();
+    let addrs = client_addrs(&ports);
     let runtime = runtime();
     runtime.block_on(async {
         let subscriber = corebus_client::Client::connect(&addrs[..])
