@@ -96,11 +96,21 @@ impl Shard {
     /// The node that owns `topic`, `None` for this one. Places every topic
     /// again first when the member list changed.
     pub(super) fn node_route(&mut self, topic: &TopicKey) -> Option<SocketAddr> {
-        let nodes = self.nodes.as_ref()?;
-        if nodes.map.version() != nodes.placement.version {
+        self.refresh_placement();
+        self.nodes.as_ref()?.placement.owner(topic)
+    }
+
+    /// Places every topic again if the member list changed since they
+    /// were last placed: from then on, a topic's entry agrees with the
+    /// placement (a local one is this node's).
+    fn refresh_placement(&mut self) {
+        if self
+            .nodes
+            .as_ref()
+            .is_some_and(|nodes| nodes.map.version() != nodes.placement.version)
+        {
             self.reconcile();
         }
-        self.nodes.as_ref()?.placement.owner(topic)
     }
 
     /// Whether `conn` is another node of the cluster.
@@ -151,16 +161,16 @@ impl Shard {
         ack_to: Option<AckTo>,
     ) {
         let origin = Forwarded { from, ack_to };
-        let route = self.node_route(&topic);
-        // A topic's own entry decides first: being taken over, handed over
-        // to another node, or mirrored.
-        if let Some(up) = self.owned.get(&topic).and_then(|t| t.upstream.as_ref()) {
-            if up.pulling {
-                return self.park(&topic, payload, origin);
-            }
-            let node = up.node;
-            return self.forward_publish(node, &topic, &payload, origin);
-        }
+        self.refresh_placement();
+        // A topic's own entry decides: being taken over, handed over to
+        // another node, mirrored, or (placed just now) this node's. Only a
+        // topic without one costs an owner computation.
+        let route = match self.owned.get(&topic).map(|t| t.upstream.as_deref()) {
+            Some(Some(up)) if up.pulling => return self.park(&topic, payload, origin),
+            Some(Some(up)) => Some(up.node),
+            Some(None) => None,
+            None => self.nodes.as_ref().and_then(|n| n.placement.owner(&topic)),
+        };
         match route {
             None => {
                 if !self.owned.contains_key(&topic) && self.start_pull(&topic) {
@@ -1161,12 +1171,7 @@ impl Shard {
     /// Maintenance: place topics again if the members changed, and ask
     /// again for the mirrors' subscriptions an owner refused.
     pub(super) fn tick_nodes(&mut self) {
-        let Some(nodes) = self.nodes.as_ref() else {
-            return;
-        };
-        if nodes.map.version() != nodes.placement.version {
-            self.reconcile();
-        }
+        self.refresh_placement();
         let now_ms = self.now_ms;
         let Some(nodes) = self.nodes.as_ref() else {
             return;
