@@ -418,6 +418,14 @@ pub struct ServeArgs {
     /// certificate names the node's IP address.
     #[arg(long, env = "COREBUS_CLUSTER_TLS_CA_FILE", default_value = "", value_parser = parse_optional_path)]
     pub cluster_tls_ca_file: OptionalPath,
+    /// How often the control plane's leader (run-time webhooks, agreed by
+    /// every node) sends its heartbeat to the other nodes.
+    #[arg(long, env = "COREBUS_CLUSTER_CONTROL_HEARTBEAT", default_value = "250ms", value_parser = parse_duration)]
+    pub cluster_control_heartbeat: Duration,
+    /// A control-plane follower that hears no leader for between this and
+    /// twice this starts an election; at least 3 heartbeats.
+    #[arg(long, env = "COREBUS_CLUSTER_CONTROL_ELECTION_TIMEOUT", default_value = "1500ms", value_parser = parse_duration)]
+    pub cluster_control_election_timeout: Duration,
     /// A file holding the cluster secret (at least 32 bytes, owner-only):
     /// every gossip datagram is authenticated with it, so a node without it
     /// cannot join. Required unless cluster_listen is a loopback address.

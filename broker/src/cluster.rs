@@ -25,6 +25,7 @@ pub struct ClusterCommands {
     /// This node's client address: how its links name it.
     client: OnceLock<SocketAddr>,
     links: OnceLock<LinkKey>,
+    control: OnceLock<crate::control::ControlHandle>,
 }
 
 impl ClusterCommands {
@@ -38,6 +39,11 @@ impl ClusterCommands {
     pub fn set_links(&self, key: LinkKey, client: SocketAddr) {
         let _ = self.links.set(key);
         let _ = self.client.set(client);
+    }
+
+    /// Reports the control plane in `cluster status` from now on.
+    pub fn set_control(&self, control: crate::control::ControlHandle) {
+        let _ = self.control.set(control);
     }
 
     fn status(&self) -> Value {
@@ -57,7 +63,8 @@ impl ClusterCommands {
                         })
                     })
                     .collect();
-                json!({ "node": node.to_string(), "members": members })
+                let control = self.control.get().map_or(Value::Null, |c| c.status());
+                json!({ "node": node.to_string(), "members": members, "control": control })
             }
         }
     }

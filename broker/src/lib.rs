@@ -17,6 +17,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod config_text;
+pub mod control;
 pub mod doctor;
 pub mod jwt;
 pub mod metrics;

@@ -241,6 +241,56 @@ fn start_cluster(
     Ok(membership)
 }
 
+/// Starts the cluster's control plane (see `control`), on TCP at the
+/// node's cluster address `node`.
+fn start_control(
+    args: &ServeArgs,
+    node: std::net::SocketAddr,
+    view: Arc<corebus_cluster::ClusterView>,
+    key: corebus_cluster::LinkKey,
+    (server_tls, client_tls): (
+        Option<Arc<rustls::ServerConfig>>,
+        Option<Arc<rustls::ClientConfig>>,
+    ),
+    webhooks: Arc<Webhooks>,
+) -> anyhow::Result<crate::control::ControlHandle> {
+    let timing = crate::control::ControlTiming {
+        heartbeat: args.cluster_control_heartbeat,
+        election: args.cluster_control_election_timeout,
+    };
+    if timing.heartbeat.is_zero() || timing.election < timing.heartbeat * 3 {
+        bail!(
+            "cluster_control_election_timeout ({:?}) must be at least three \
+             cluster_control_heartbeat ({:?}), which must not be 0",
+            timing.election,
+            timing.heartbeat
+        );
+    }
+    let import = Store::new(args.data_dir.clone())
+        .load()
+        .context("reading webhooks.json for the control plane")?
+        .iter()
+        .map(|hook| hook.to_stored_with(&hook.secrets.lock().unwrap_or_else(|e| e.into_inner())))
+        .collect();
+    let seeds: Vec<std::net::SocketAddr> = args
+        .seed
+        .iter()
+        .flat_map(|seeds| seeds.0.iter().copied())
+        .collect();
+    crate::control::start(crate::control::ControlConfig {
+        addr: node,
+        dir: crate::control::dir(&args.data_dir),
+        view,
+        key,
+        server_tls,
+        client_tls,
+        bootstrap: seeds.iter().all(|seed| *seed == node),
+        import,
+        timing,
+        webhooks,
+    })
+}
+
 /// The TLS configuration `tls_cert` and `tls_key` ask for (both or neither).
 pub fn tls_config(args: &ServeArgs) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
     match (&args.tls_cert.0, &args.tls_key.0) {
@@ -258,9 +308,16 @@ pub fn tls_config(args: &ServeArgs) -> anyhow::Result<Option<Arc<rustls::ServerC
 /// delivery thread.
 pub fn start_webhooks(resolved: &Resolved) -> anyhow::Result<Arc<Webhooks>> {
     let args = &resolved.args;
+    // A cluster member's run-time webhooks are those its control plane
+    // agreed; its own webhooks.json is only read for the founding import.
+    let store = args
+        .cluster_listen
+        .0
+        .is_none()
+        .then(|| Store::new(args.data_dir.clone()));
     let registry = Registry::new(
         resolved.webhooks.clone(),
-        Some(Store::new(args.data_dir.clone())),
+        store,
         RegistryPolicy {
             allow: args.webhook_allow_hosts.clone(),
             networks: args.webhook_allow_networks.clone(),
@@ -392,6 +449,8 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
     if cluster_keys.is_some() {
         config.nodes = Some(cluster_commands.clone());
     }
+    // The control plane speaks the client listener's TLS, as the links do.
+    let control_tls = (config.tls.clone(), config.link_tls.clone());
     let server = corebus_shards::start(config)?;
     // The other nodes' links come to this address.
     let advertised = args.cluster_advertise.0.unwrap_or(server.local_addr());
@@ -400,6 +459,7 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
         // known, and none is answered before this node is one.
         cluster_commands.set_links(keys.links.clone(), advertised);
     }
+    let link_key = cluster_keys.as_ref().map(|keys| keys.links.clone());
     let membership = match cluster_keys {
         Some(keys) => Some(start_cluster(args, keys.gossip, advertised)?),
         None => None,
@@ -407,6 +467,16 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
     if let (Some(membership), Some(node)) = (&membership, args.cluster_listen.0) {
         cluster_commands.attach(node, membership.view());
         await_first_member(args, node, &membership.view());
+        let control = start_control(
+            args,
+            node,
+            membership.view(),
+            link_key.clone().context("a cluster has link keys")?,
+            control_tls.clone(),
+            webhooks.clone(),
+        )?;
+        cluster_commands.set_control(control.clone());
+        webhooks.agree_through(control);
     }
     if let Some(addr) = args.metrics.0 {
         let sources = crate::metrics::Sources {

@@ -81,6 +81,10 @@ fn node_with_args(
 ) -> Node {
     let ip = format!("127.0.0.{n}");
     let metrics = format!("{ip}:{metrics_port}");
+    // Its own data directory (the control plane's log), kept across a
+    // restart of the same node in the same test.
+    let data_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cluster-{}-{cluster_port}-{n}", std::process::id()));
     let mut child = Command::new(BIN)
         .args([
             "serve",
@@ -96,6 +100,7 @@ fn node_with_args(
         .args(["--seed", &format!("127.0.0.1:{cluster_port}")])
         .args(["--cluster-secret-file", secret.path()])
         .args(["--metrics", &metrics])
+        .args(["--data-dir", data_dir.to_str().expect("UTF-8 path")])
         .args(extra)
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
@@ -1027,5 +1032,176 @@ fn with_tls_on_the_client_listeners_the_links_speak_tls() {
             nodes[2].addr
         );
         await_sample(&nodes[1], &upstream, 1.0, Duration::from_secs(5));
+    });
+}
+
+/// TLS on every node's listeners (the links and the control plane speak
+/// it too), as `--tls-cert ... --cluster-tls-ca-file ...` arguments.
+fn tls_args(certs: &corebus_tests::TestCerts) -> Vec<String> {
+    let cert = certs.cert_pem.to_str().expect("UTF-8 path").to_owned();
+    let key = certs.key_pem.to_str().expect("UTF-8 path").to_owned();
+    [
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--cluster-tls-ca-file",
+        &cert,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+async fn tls_client(addr: &str, certs: &corebus_tests::TestCerts) -> corebus_client::Client {
+    let config = corebus_client::ClientConfig {
+        tls: Some(corebus_client::TlsOptions {
+            roots: corebus_client::TlsRoots::CaFile(certs.cert_pem.clone()),
+            ..corebus_client::TlsOptions::default()
+        }),
+        ..corebus_client::ClientConfig::default()
+    };
+    corebus_client::Client::connect_with(addr, config)
+        .await
+        .expect("connects over TLS")
+}
+
+/// Adds `spec` on `client`'s node, waiting while the control plane has no
+/// leader yet (`unavailable`).
+async fn add_when_available(
+    client: &corebus_client::Client,
+    spec: &corebus_client::WebhookSpec,
+) -> corebus_client::Webhook {
+    let started = Instant::now();
+    loop {
+        match client.add_webhook(spec).await {
+            Ok(hook) => return hook,
+            Err(corebus_client::Error::Server {
+                code: Some(corebus_net::ErrorCode::Unavailable),
+                ..
+            }) if started.elapsed() < Duration::from_secs(15) => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(err) => panic!("webhook add: {err}"),
+        }
+    }
+}
+
+#[test]
+fn a_webhook_added_on_one_node_is_delivered_by_every_owner_and_removed_everywhere() {
+    use common::receiver::{assert_signed, Receiver, Reply};
+    let secret = TempFile::new("cluster-secret-control", SECRET);
+    let certs = corebus_tests::test_certs_for_nodes(3);
+    let (cluster_port, metrics_port) = (free_port(), free_port());
+    let mut args = tls_args(&certs);
+    args.extend(["--webhook-allow-networks", "127.0.0.0/8"].map(str::to_owned));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let nodes: Vec<Node> = (1..=3)
+        .map(|n| node_with_args(n, cluster_port, metrics_port, &secret, &args))
+        .collect();
+    for node in &nodes {
+        await_alive(node, 3.0, Duration::from_secs(10));
+    }
+    let ids: Vec<String> = (1..=3)
+        .map(|n| format!("127.0.0.{n}:{cluster_port}"))
+        .collect();
+    runtime().block_on(async {
+        let receiver = Receiver::start(|_, _| Reply::Status(200)).await;
+        let clients = [
+            tls_client(&nodes[0].addr, &certs).await,
+            tls_client(&nodes[1].addr, &certs).await,
+            tls_client(&nodes[2].addr, &certs).await,
+        ];
+        let spec = corebus_client::WebhookSpec::new(
+            receiver.url.clone(),
+            "cl",
+            "wh/",
+            corebus_client::WebhookMatch::Prefix,
+        );
+        let hook = add_when_available(&clients[0], &spec).await;
+        let signing = hook.secret.clone().expect("add returns the secret");
+        // Answered once every member applied it: every node lists it now.
+        for client in &clients {
+            let listed = client.list_webhooks().await.expect("lists");
+            assert!(
+                listed.iter().any(|h| h.id == hook.id),
+                "{listed:?} lacks {}",
+                hook.id
+            );
+        }
+        // 20 topics spread over the three owners, published on node 2.
+        let topics: Vec<String> = (0..20).map(|i| format!("wh/{i}")).collect();
+        let owners: std::collections::BTreeSet<usize> = topics
+            .iter()
+            .map(|topic| documented_owner("cl", topic, &ids))
+            .collect();
+        assert_eq!(owners.len(), 3, "the topics have every node as an owner");
+        for round in 1..=5u8 {
+            for topic in &topics {
+                clients[1]
+                    .publish("cl", topic, vec![round])
+                    .await
+                    .expect("acknowledged");
+            }
+        }
+        let requests = receiver
+            .wait_for("100 deliveries", |requests| requests.len() >= 100)
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let requests = if receiver.requests().len() > requests.len() {
+            receiver.requests()
+        } else {
+            requests
+        };
+        assert_eq!(requests.len(), 100, "each message delivered once");
+        for topic in &topics {
+            let seqs: Vec<u64> = requests
+                .iter()
+                .filter(|request| &request.topic() == topic)
+                .map(|request| request.seq())
+                .collect();
+            assert_eq!(seqs, vec![1, 2, 3, 4, 5], "{topic}: in order, once each");
+        }
+        for request in &requests {
+            assert_signed(request, &[&signing]);
+        }
+        // Removed on node 2: no delivery for what is published after.
+        clients[1].remove_webhook(&hook.id).await.expect("removed");
+        for client in &clients {
+            let listed = client.list_webhooks().await.expect("lists");
+            assert!(listed.iter().all(|h| h.id != hook.id), "{listed:?}");
+        }
+        for topic in &topics {
+            clients[2]
+                .publish("cl", topic, vec![9])
+                .await
+                .expect("acknowledged");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(receiver.requests().len(), 100, "nothing after the remove");
+    });
+}
+
+#[test]
+fn without_tls_on_the_peer_links_webhook_commands_are_refused() {
+    let secret = TempFile::new("cluster-secret-control-plain", SECRET);
+    let (nodes, _) = three_nodes(&secret);
+    runtime().block_on(async {
+        let client = connect(&nodes[1].addr).await;
+        let spec = corebus_client::WebhookSpec::new(
+            "http://127.0.0.1:9/hook",
+            "cl",
+            "t",
+            corebus_client::WebhookMatch::Exact,
+        );
+        match client.add_webhook(&spec).await {
+            Err(corebus_client::Error::Server {
+                code: Some(corebus_net::ErrorCode::Forbidden),
+                message,
+                ..
+            }) => assert!(message.contains("without TLS"), "{message}"),
+            other => panic!("expected forbidden, got {other:?}"),
+        }
+        // Listing is local and still works.
+        assert!(client.list_webhooks().await.expect("lists").is_empty());
     });
 }

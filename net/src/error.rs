@@ -182,11 +182,16 @@ pub enum ErrorCode {
     /// owner broke before its acknowledgement (the message says which). The
     /// connection stays; retry.
     OwnerUnavailable = 22,
+    /// A cluster's control plane cannot carry out the command now: it has
+    /// no leader, or this node is cut off from a majority of its voters.
+    /// The command had no effect; the connection stays; retry (with the
+    /// same request id).
+    Unavailable = 23,
 }
 
 impl ErrorCode {
     /// Every defined code, in numeric order.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::MalformedFrame,
         ErrorCode::UnknownOpcode,
         ErrorCode::FrameTooLarge,
@@ -209,6 +214,7 @@ impl ErrorCode {
         ErrorCode::HandshakeTimeout,
         ErrorCode::InvalidRequest,
         ErrorCode::OwnerUnavailable,
+        ErrorCode::Unavailable,
     ];
 
     /// Maps a wire value to a known code.
@@ -243,6 +249,7 @@ impl ErrorCode {
             ErrorCode::HandshakeTimeout => "handshake_timeout",
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::OwnerUnavailable => "owner_unavailable",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }

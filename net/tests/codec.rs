@@ -759,6 +759,7 @@ fn error_codes_have_their_documented_numbers_and_names() {
         (20, "handshake_timeout"),
         (21, "invalid_request"),
         (22, "owner_unavailable"),
+        (23, "unavailable"),
     ];
     assert_eq!(ErrorCode::ALL.len(), documented.len());
     for (code, (number, name)) in ErrorCode::ALL.iter().zip(documented) {

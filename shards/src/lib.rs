@@ -41,10 +41,12 @@ pub mod webhooks;
 pub use auth::{Authenticator, Grant, OpenAccess, Permissions};
 pub use cluster::{ClusterCommandError, ClusterControl, NoCluster, NodeMap, Placement};
 pub use corebus_gateway::Origins;
-pub use engine::{ConnId, EngineConfig, Flow, Shard, SlowConsumerPolicy};
+pub use engine::{CommandWait, ConnId, EngineConfig, Flow, Shard, SlowConsumerPolicy};
 pub use metrics::{MetricsHandle, ShardMetrics};
 pub use routing::ShardId;
 pub use runtime::{start, Server, ServerConfig, ShutdownHandle, StartError, WebConfig};
 pub use sends::SendStats;
 pub use topic::RingLimits;
-pub use webhooks::{NoWebhooks, WebhookCommandError, WebhookMessage, WebhookSink};
+pub use webhooks::{
+    CommandAnswer, CommandResult, NoWebhooks, WebhookCommandError, WebhookMessage, WebhookSink,
+};

@@ -496,6 +496,41 @@ async fn run_shard(
         }
     })
     .detach();
+    // Webhook commands a cluster's control plane answers later: one task
+    // each waits for its answer off the shard's turn.
+    glommio::spawn_local({
+        let shard = shard.clone();
+        async move {
+            loop {
+                let waits = std::future::poll_fn(|cx| {
+                    let waits = shard.borrow_mut().take_command_waits(cx.waker());
+                    if waits.is_empty() {
+                        std::task::Poll::Pending
+                    } else {
+                        std::task::Poll::Ready(waits)
+                    }
+                })
+                .await;
+                for wait in waits {
+                    let shard = shard.clone();
+                    glommio::spawn_local(async move {
+                        let result = wait.answer.recv_async().await.unwrap_or_else(|_| {
+                            Err(crate::WebhookCommandError::Internal(
+                                "the webhook command was dropped unanswered".into(),
+                            ))
+                        });
+                        shard.borrow_mut().finish_webhook_command(
+                            wait.conn,
+                            wait.request_id,
+                            result,
+                        );
+                    })
+                    .detach();
+                }
+            }
+        }
+    })
+    .detach();
     let Ok((senders, mut receivers)) = mesh.join().await else {
         warn!(shard = id, "could not join the shard mesh");
         return;

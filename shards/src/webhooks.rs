@@ -44,6 +44,24 @@ pub enum WebhookCommandError {
     /// The broker failed to carry it out, e.g. to persist it (`internal`).
     #[error("{0}")]
     Internal(String),
+    /// The cluster's control plane cannot agree on it now (no leader, or
+    /// this node is cut off from a majority): it had no effect
+    /// (`unavailable`).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The result of a webhook command.
+pub type CommandResult = Result<String, WebhookCommandError>;
+
+/// The answer to a webhook command: at once, or later from another thread
+/// (a cluster's control plane), without the shard waiting for it.
+#[derive(Debug)]
+pub enum CommandAnswer {
+    /// Carried out already.
+    Now(CommandResult),
+    /// Sent when it has been carried out.
+    Later(flume::Receiver<CommandResult>),
 }
 
 /// Where sequenced messages and webhook commands go. Shared by all shards.
@@ -59,8 +77,9 @@ pub trait WebhookSink: Debug + Send + Sync {
     fn offer(&self, message: WebhookMessage);
 
     /// Carries out a `WEBHOOK_REQUEST` command (a JSON object) from a
-    /// super-user connection and returns the JSON result.
-    fn command(&self, command: &str) -> Result<String, WebhookCommandError>;
+    /// super-user connection: the JSON result, now or later. Must not
+    /// block for long (a disk write at most).
+    fn command(&self, command: &str) -> CommandAnswer;
 }
 
 /// No webhooks: nothing is wanted and commands are refused.
@@ -78,9 +97,9 @@ impl WebhookSink for NoWebhooks {
 
     fn offer(&self, _message: WebhookMessage) {}
 
-    fn command(&self, _command: &str) -> Result<String, WebhookCommandError> {
-        Err(WebhookCommandError::Invalid(
+    fn command(&self, _command: &str) -> CommandAnswer {
+        CommandAnswer::Now(Err(WebhookCommandError::Invalid(
             "this broker does not run webhooks".into(),
-        ))
+        )))
     }
 }

@@ -24,12 +24,12 @@ pub mod url;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use corebus_net::TopicKey;
 use corebus_shards::auth::unix_now_ms;
-use corebus_shards::{WebhookCommandError, WebhookMessage, WebhookSink};
+use corebus_shards::{CommandAnswer, WebhookCommandError, WebhookMessage, WebhookSink};
 use hmac::{Hmac, Mac};
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
@@ -314,6 +314,8 @@ pub struct Webhooks {
     handoff: HookStats,
     /// Why commands are refused on this broker, if they are.
     commands_refused: Option<String>,
+    /// In a cluster: the control plane that carries the commands out.
+    control: OnceLock<crate::control::ControlHandle>,
 }
 
 impl Webhooks {
@@ -336,12 +338,30 @@ impl Webhooks {
             changed,
             handoff: HookStats::default(),
             commands_refused: refuse_commands,
+            control: OnceLock::new(),
         }))
     }
 
     /// The registry.
-    pub fn registry(&self) -> &Registry {
+    pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// Makes the delivery thread look at the registry again (after the
+    /// control plane changed it).
+    pub fn notify_changed(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Hands commands to the cluster's control plane from now on, and
+    /// records 410 disables there.
+    pub fn agree_through(&self, control: crate::control::ControlHandle) {
+        let disable = control.clone();
+        self.registry
+            .agree_through(registry::DisableHook(Box::new(move |id, at_ms, detail| {
+                disable.disable(id, at_ms, detail)
+            })));
+        let _ = self.control.set(control);
     }
 
     /// Every webhook's counters now, for a metrics scrape.
@@ -412,15 +432,20 @@ impl WebhookSink for Webhooks {
         }
     }
 
-    fn command(&self, command: &str) -> Result<String, WebhookCommandError> {
+    fn command(&self, command: &str) -> CommandAnswer {
         if let Some(reason) = &self.commands_refused {
-            return Err(WebhookCommandError::Refused(reason.clone()));
+            return CommandAnswer::Now(Err(WebhookCommandError::Refused(reason.clone())));
+        }
+        if let Some(control) = self.control.get() {
+            let (done, answer) = flume::bounded(1);
+            control.command(command.to_string(), done);
+            return CommandAnswer::Later(answer);
         }
         let result = self.registry.command(command);
         if result.is_ok() {
             self.changed.notify_one();
         }
-        result
+        CommandAnswer::Now(result)
     }
 }
 

@@ -2,8 +2,9 @@
 //! those added at run time (persisted in the data directory), their signing
 //! secrets, and the `WEBHOOK_REQUEST` commands that change them.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
@@ -11,7 +12,7 @@ use corebus_net::TopicKey;
 use corebus_shards::auth::{unix_now_ms, TopicPattern};
 use corebus_shards::WebhookCommandError;
 use serde_json::{json, Map, Value};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::network::NetworkPolicy;
 use super::store::Store;
@@ -248,6 +249,17 @@ pub struct Registry {
     edit: Mutex<()>,
     store: Option<Store>,
     policy: RegistryPolicy,
+    /// In a cluster: records a 410's disable in the control plane.
+    agreed_disable: OnceLock<DisableHook>,
+}
+
+/// Records a runtime webhook's disable (id, Unix ms, detail) elsewhere.
+pub struct DisableHook(pub Box<dyn Fn(String, u64, String) + Send + Sync>);
+
+impl std::fmt::Debug for DisableHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DisableHook")
+    }
 }
 
 impl Registry {
@@ -286,6 +298,7 @@ impl Registry {
             edit: Mutex::new(()),
             store,
             policy,
+            agreed_disable: OnceLock::new(),
         })
     }
 
@@ -495,9 +508,137 @@ impl Registry {
         }));
         hook.stats.disables.fetch_add(1, Ordering::Relaxed);
         if hook.source == Source::Runtime {
+            if let Some(agreed) = self.agreed_disable.get() {
+                let disabled = hook.disabled().unwrap_or_else(|| Disabled {
+                    at_ms: unix_now_ms(),
+                    detail: String::new(),
+                });
+                (agreed.0)(hook.id.clone(), disabled.at_ms, disabled.detail);
+                return Ok(());
+            }
             self.persist(&hooks, None)?;
         }
         Ok(())
+    }
+
+    /// In a cluster: the run-time webhooks are what the control plane
+    /// agreed, and a 410's disable is recorded there through `disable`.
+    pub fn agree_through(&self, disable: DisableHook) {
+        let _ = self.agreed_disable.set(disable);
+    }
+
+    /// Whether `id` is a webhook of the configuration file.
+    pub fn is_configured(&self, id: &str) -> bool {
+        self.snapshot()
+            .iter()
+            .any(|hook| hook.id == id && hook.source == Source::Config)
+    }
+
+    /// Makes the run-time webhooks those of `agreed` (stored forms by id):
+    /// webhooks that stay keep their counters, and take the agreed secrets
+    /// and disabled state. A configured webhook wins over an agreed one of
+    /// the same id (logged).
+    pub fn set_agreed(&self, agreed: &BTreeMap<String, Value>) {
+        let _edit = self.edit.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.snapshot();
+        let mut hooks: Vec<Arc<Hook>> = current
+            .iter()
+            .filter(|hook| hook.source == Source::Config)
+            .cloned()
+            .collect();
+        let configured = hooks.len();
+        for (id, stored) in agreed {
+            if hooks[..configured].iter().any(|hook| &hook.id == id) {
+                warn!(webhook = %id, "a run-time webhook has the id of one in this node's configuration file: the configured one is used here");
+                continue;
+            }
+            let fresh = match from_stored(stored) {
+                Ok(hook) => hook,
+                Err(err) => {
+                    warn!(webhook = %id, %err, "an agreed webhook this node cannot use");
+                    continue;
+                }
+            };
+            let kept = current.iter().find(|hook| {
+                hook.source == Source::Runtime
+                    && hook.id == fresh.id
+                    && hook.destination.text == fresh.destination.text
+                    && hook.namespace == fresh.namespace
+                    && pattern_parts(&hook.topic) == pattern_parts(&fresh.topic)
+            });
+            match kept {
+                Some(hook) => {
+                    *hook.secrets.lock().unwrap_or_else(|e| e.into_inner()) = fresh.secrets();
+                    hook.set_disabled(fresh.disabled());
+                    hooks.push(hook.clone());
+                }
+                None => hooks.push(Arc::new(fresh)),
+            }
+        }
+        let same = hooks.len() == current.len()
+            && hooks
+                .iter()
+                .zip(current.iter())
+                .all(|(a, b)| Arc::ptr_eq(a, b));
+        if same {
+            return;
+        }
+        let mut published = self.hooks.write().unwrap_or_else(|e| e.into_inner());
+        *published = Arc::new(hooks);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Checks an `add` command and builds its webhook (id and secret
+    /// generated when not given), without adding it.
+    pub fn prepare_add(&self, command: &Map<String, Value>) -> Result<Hook, WebhookCommandError> {
+        only_fields(
+            command,
+            &["op", "url", "namespace", "topic", "match", "secret", "id"],
+        )?;
+        let hook = self.parse_add(command)?;
+        if self.is_configured(&hook.id) {
+            return Err(WebhookCommandError::Invalid(format!(
+                "a webhook {:?} already exists (in the configuration file)",
+                hook.id
+            )));
+        }
+        Ok(hook)
+    }
+
+    /// Checks a command that names a run-time webhook (`remove`) and
+    /// returns its id.
+    pub fn prepare_runtime(
+        &self,
+        command: &Map<String, Value>,
+        what: &str,
+    ) -> Result<String, WebhookCommandError> {
+        only_fields(command, &["op", "id"])?;
+        let id = string_field(command, "id")?;
+        self.runtime_index(&self.snapshot(), &id, what)?;
+        Ok(id)
+    }
+
+    /// Checks a `rotate` command: the webhook's id and the new secret
+    /// (generated when not given).
+    pub fn prepare_rotate(
+        &self,
+        command: &Map<String, Value>,
+    ) -> Result<(String, String), WebhookCommandError> {
+        only_fields(command, &["op", "id", "secret"])?;
+        let id = string_field(command, "id")?;
+        self.runtime_index(&self.snapshot(), &id, "rotate")?;
+        let secret = optional_secret(command)?
+            .map_or_else(generate_secret, Ok)
+            .map_err(internal)?;
+        Ok((id, secret))
+    }
+
+    /// Checks an `enable` command of a run-time webhook; returns its id.
+    pub fn prepare_enable(
+        &self,
+        command: &Map<String, Value>,
+    ) -> Result<String, WebhookCommandError> {
+        self.prepare_runtime(command, "enable")
     }
 
     /// Applies `change` to a copy of the set, persists it, then publishes it.
@@ -616,7 +757,8 @@ pub fn generate_secret() -> std::io::Result<String> {
     ))
 }
 
-fn generate_id() -> std::io::Result<String> {
+/// A fresh webhook id (`wh-` and 12 hex digits), also used for request ids.
+pub fn generate_id() -> std::io::Result<String> {
     let bytes = random_bytes::<6>()?;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     Ok(format!("wh-{hex}"))

@@ -79,23 +79,26 @@ impl Store {
         });
         let mut text = serde_json::to_string_pretty(&value).context("serializing webhooks")?;
         text.push('\n');
-        let path = self.path();
-        let temp = self.dir.join(format!("{FILE}.tmp"));
-        // A stale temporary file (a crash mid-write) goes first: the new one
-        // is created exclusively and never through a link.
-        match fs::remove_file(&temp) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => {
-                return Err(err).with_context(|| format!("cannot remove {}", temp.display()))
-            }
-        }
-        write_synced(&temp, text.as_bytes())
-            .with_context(|| format!("cannot write {}", temp.display()))?;
-        fs::rename(&temp, &path)
-            .with_context(|| format!("cannot rename {} to {}", temp.display(), path.display()))?;
-        sync_dir(&self.dir).with_context(|| format!("cannot sync {}", self.dir.display()))
+        replace_file(&self.dir, FILE, text.as_bytes())
+            .with_context(|| format!("cannot write {}", self.path().display()))
     }
+}
+
+/// Replaces `dir/name` with `bytes` atomically: a temporary file readable
+/// by the owner only, synced, renamed over it, and the directory synced.
+pub fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let path = dir.join(name);
+    let temp = dir.join(format!("{name}.tmp"));
+    // A stale temporary file (a crash mid-write) goes first: the new one
+    // is created exclusively and never through a link.
+    match fs::remove_file(&temp) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err),
+    }
+    write_synced(&temp, bytes)?;
+    fs::rename(&temp, &path)?;
+    sync_dir(dir)
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -33,6 +33,7 @@ const WIRE_CODE_NAMES = [
   'handshake_timeout',
   'invalid_request',
   'owner_unavailable',
+  'unavailable',
 ] as const;
 
 /**

@@ -9,11 +9,13 @@ use rustc_hash::FxHashMap;
 use tracing::{debug, warn};
 
 use super::delivery::report_losses;
-use super::{ConnId, ConnState, Flow, Shard};
+use std::task::Waker;
+
+use super::{CommandWait, ConnId, ConnState, Flow, Shard};
 use crate::auth::{unix_now_ms, Action, AuthError, Grant};
 use crate::cluster::ClusterCommandError;
 use crate::outbox::{OutFrame, Outbox, PushError};
-use crate::webhooks::WebhookCommandError;
+use crate::webhooks::{CommandAnswer, CommandResult, WebhookCommandError};
 
 impl Shard {
     // ----- time --------------------------------------------------------
@@ -458,22 +460,51 @@ impl Shard {
             return;
         }
         match self.webhooks.command(&request.command) {
-            Ok(result) => self.send(
-                conn,
-                OutFrame::WebhookReply {
+            CommandAnswer::Now(result) => {
+                self.finish_webhook_command(conn, request.request_id, result)
+            }
+            CommandAnswer::Later(answer) => {
+                let waits = &mut self.command_waits;
+                waits.new.push(CommandWait {
+                    conn,
                     request_id: request.request_id,
-                    result,
-                },
-            ),
+                    answer,
+                });
+                if let Some(waker) = waits.waker.take() {
+                    waker.wake();
+                }
+            }
+        }
+    }
+
+    /// Sends the answer to a webhook command, if its connection is still
+    /// there.
+    pub fn finish_webhook_command(&mut self, conn: ConnId, request_id: u32, result: CommandResult) {
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        match result {
+            Ok(result) => self.send(conn, OutFrame::WebhookReply { request_id, result }),
             Err(err) => {
                 let code = match err {
                     WebhookCommandError::Invalid(_) => ErrorCode::InvalidRequest,
                     WebhookCommandError::Refused(_) => ErrorCode::Forbidden,
                     WebhookCommandError::Internal(_) => ErrorCode::Internal,
+                    WebhookCommandError::Unavailable(_) => ErrorCode::Unavailable,
                 };
-                self.send_error(conn, request.request_id, code, err.to_string());
+                self.send_error(conn, request_id, code, err.to_string());
             }
         }
+    }
+
+    /// Webhook commands whose answers the runtime must wait for, or `waker`
+    /// registered to be woken when there are some.
+    pub fn take_command_waits(&mut self, waker: &Waker) -> Vec<CommandWait> {
+        let waits = &mut self.command_waits;
+        if waits.new.is_empty() {
+            waits.waker = Some(waker.clone());
+        }
+        std::mem::take(&mut waits.new)
     }
 
     fn handle_cluster_request(&mut self, conn: ConnId, request: ClusterRequest) {

@@ -243,6 +243,29 @@ pub struct Shard {
     /// Shutting down: new clients are refused (links from other nodes are
     /// still served while they take the topics over).
     draining: bool,
+    /// Webhook commands answered later (by a cluster's control plane),
+    /// for the runtime to wait on.
+    command_waits: CommandWaits,
+}
+
+/// Webhook commands whose answers come later, and the runtime's task to
+/// wake when there is a new one.
+#[derive(Debug, Default)]
+struct CommandWaits {
+    new: Vec<CommandWait>,
+    waker: Option<Waker>,
+}
+
+/// A webhook command whose answer comes later: where it goes, and where
+/// it comes from.
+#[derive(Debug)]
+pub struct CommandWait {
+    /// The connection that asked.
+    pub conn: ConnId,
+    /// Its request id.
+    pub request_id: u32,
+    /// The answer, when it comes.
+    pub answer: flume::Receiver<crate::webhooks::CommandResult>,
 }
 
 impl Shard {
@@ -273,6 +296,7 @@ impl Shard {
             tls_failure_log: LogLimit::new(WARNINGS_PER_SECOND, 1000),
             nodes: None,
             draining: false,
+            command_waits: CommandWaits::default(),
         }
     }
 

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use super::*;
-use crate::webhooks::{WebhookCommandError, WebhookMessage, WebhookSink};
+use crate::webhooks::{CommandAnswer, WebhookCommandError, WebhookMessage, WebhookSink};
 
 /// Wants topics whose name starts with `wanted`; records what it is offered.
 #[derive(Debug, Default)]
@@ -48,13 +48,13 @@ impl WebhookSink for Recorder {
         self.offered.lock().expect("not poisoned").push(message);
     }
 
-    fn command(&self, command: &str) -> Result<String, WebhookCommandError> {
-        match command {
+    fn command(&self, command: &str) -> CommandAnswer {
+        CommandAnswer::Now(match command {
             "ok" => Ok("{\"done\":true}".into()),
             _ => Err(WebhookCommandError::Invalid(format!(
                 "bad command {command}"
             ))),
-        }
+        })
     }
 }
 

@@ -1,0 +1,733 @@
+//! The cluster's control plane: run-time state that every node must agree
+//! on (today the run-time webhooks), kept in a replicated log by openraft.
+//!
+//! It runs off the shards, on one thread (`corebus-control`, a
+//! single-threaded tokio runtime) of a cluster member only. A webhook
+//! command a shard receives is handed to it and answered later: it is
+//! proposed to the leader (forwarded when this node is not the leader),
+//! answered once a majority of the voters holds it, applied on every node
+//! in the same order, and then once every member that is up has applied it
+//! (or, after [`APPLY_WAIT`], with the list of those that lag).
+//!
+//! Voters follow the gossip membership: the leader adds each member it
+//! does not know as a learner and promotes learners while there are fewer
+//! than [`MAX_VOTERS`] voters. Failure detection never removes a voter; a
+//! planned leave keeps its seat too. A node started without seeds, with an
+//! empty log, founds the log and imports its own `webhooks.json` into it.
+//!
+//! See `docs/cluster.md`, "Control plane".
+
+mod rpc;
+pub mod state;
+mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use corebus_cluster::{ClusterView, LinkKey, MemberState};
+use corebus_shards::auth::unix_now_ms;
+use corebus_shards::WebhookCommandError;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
+
+use crate::webhook::registry::{self, Registry};
+use rpc::{Network, PeerClient, Peers};
+use state::{Answer, Entry, Op};
+use store::{LogStore, StateMachine};
+
+openraft::declare_raft_types!(
+    /// The control plane's types for openraft.
+    pub TypeConfig:
+        D = Entry,
+        R = Answer,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+);
+
+type Raft = openraft::Raft<TypeConfig>;
+
+/// At most this many voters; further members are learners.
+pub const MAX_VOTERS: usize = 5;
+/// How long an answer waits for the members that are up to apply it.
+pub const APPLY_WAIT: Duration = Duration::from_secs(5);
+/// How often the leader compares the voters with the gossip members.
+const MEMBERSHIP_EVERY: Duration = Duration::from_millis(300);
+/// How long a node with seeds and an empty log watches the members before
+/// it may found the log.
+const FOUNDING_SETTLE: Duration = Duration::from_secs(2);
+
+/// Timing of the control plane.
+#[derive(Debug, Clone, Copy)]
+pub struct ControlTiming {
+    /// The leader's heartbeat.
+    pub heartbeat: Duration,
+    /// A follower that hears no leader for a random time in
+    /// `[election, 2 * election)` starts an election.
+    pub election: Duration,
+}
+
+impl Default for ControlTiming {
+    /// Slow enough for a loaded 2-core machine, where a busy broker can
+    /// keep this thread waiting for tens of milliseconds.
+    fn default() -> ControlTiming {
+        ControlTiming {
+            heartbeat: Duration::from_millis(250),
+            election: Duration::from_millis(1500),
+        }
+    }
+}
+
+/// What the control plane starts from.
+pub struct ControlConfig {
+    /// This node's cluster address: gossip on UDP, the control plane on TCP.
+    pub addr: SocketAddr,
+    /// Where the log lives (`data_dir/control`).
+    pub dir: std::path::PathBuf,
+    /// The gossip members.
+    pub view: Arc<ClusterView>,
+    /// Signs and checks the nodes' credentials.
+    pub key: LinkKey,
+    /// The client listener's TLS, which the control plane speaks too.
+    pub server_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Verifies the other nodes (with `server_tls`).
+    pub client_tls: Option<Arc<rustls::ClientConfig>>,
+    /// With an empty log: found it at once (a node started with no seed
+    /// but itself). Otherwise a node with an empty log founds it only when
+    /// no member it sees has one and its address is the lowest of those up.
+    pub bootstrap: bool,
+    /// What the founding node imports (its own `webhooks.json`).
+    pub import: Vec<Value>,
+    /// Heartbeat and election timeouts.
+    pub timing: ControlTiming,
+    /// The webhooks that applied state goes to.
+    pub webhooks: Arc<crate::webhook::Webhooks>,
+}
+
+/// The raft node id of the node at cluster address `addr`: 64 bits of
+/// its SHA-256, the same on every node.
+pub fn node_id(addr: SocketAddr) -> u64 {
+    let digest = Sha256::digest(addr.to_string().as_bytes());
+    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// The control plane of one node.
+pub struct Plane {
+    id: u64,
+    addr: SocketAddr,
+    raft: Raft,
+    machine: StateMachine,
+    peers: Arc<Peers>,
+    view: Arc<ClusterView>,
+    registry: Arc<Registry>,
+    timing: ControlTiming,
+}
+
+/// Where a forwarded write went.
+#[derive(Debug, Serialize, Deserialize)]
+struct WriteReply {
+    /// The answer and the entry's index, once committed and applied on the
+    /// leader.
+    done: Option<(Answer, u64)>,
+    /// Why not.
+    error: Option<String>,
+}
+
+/// A node's state as `/control/status` tells it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Status {
+    id: u64,
+    initialized: bool,
+    applied: u64,
+    leader: Option<u64>,
+    state: String,
+}
+
+/// The handle the rest of the broker keeps.
+#[derive(Clone)]
+pub struct ControlHandle {
+    plane: Arc<Plane>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for ControlHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlHandle")
+            .field("node", &self.plane.addr)
+            .finish()
+    }
+}
+
+impl ControlHandle {
+    /// Carries out a webhook command on the control thread; `done` gets
+    /// the answer.
+    pub fn command(&self, text: String, done: flume::Sender<Result<String, WebhookCommandError>>) {
+        let plane = self.plane.clone();
+        self.runtime.spawn(async move {
+            let _ = done.send(plane.command(&text).await);
+        });
+    }
+
+    /// Disables a webhook for the whole cluster (its endpoint answered 410).
+    pub fn disable(&self, id: String, at_ms: u64, detail: String) {
+        let plane = self.plane.clone();
+        self.runtime.spawn(async move {
+            let op = Op::WebhookDisable { id, at_ms, detail };
+            if let Err(err) = plane.write(Entry::of(&op)).await {
+                warn!(%err, "could not record a webhook's 410 in the control plane");
+            }
+        });
+    }
+
+    /// The control plane's view for `cluster status`.
+    pub fn status(&self) -> Value {
+        let metrics = self.plane.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let name = |id: &u64| {
+            membership
+                .get_node(id)
+                .map_or_else(|| id.to_string(), |node| node.addr.clone())
+        };
+        json!({
+            "leader": metrics.current_leader.as_ref().map(name),
+            "term": metrics.current_term,
+            "applied": self.plane.machine.applied().load(Ordering::Acquire),
+            "voters": voters.iter().map(name).collect::<Vec<_>>(),
+            "learners": membership.learner_ids().map(|id| name(&id)).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Starts the control plane's thread; fails when its address cannot be
+/// bound or its log cannot be read.
+pub fn start(config: ControlConfig) -> anyhow::Result<ControlHandle> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("corebus-control".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    let _ = ready_tx.send(Err(anyhow::anyhow!(err)));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match run(config).await {
+                    Ok((plane, listener, tls)) => {
+                        let handle = ControlHandle {
+                            plane: plane.clone(),
+                            runtime: tokio::runtime::Handle::current(),
+                        };
+                        let _ = ready_tx.send(Ok(handle));
+                        tokio::spawn(follow_members(plane.clone()));
+                        rpc::serve(listener, tls, plane).await;
+                    }
+                    Err(err) => {
+                        let _ = ready_tx.send(Err(err));
+                    }
+                }
+            });
+        })?;
+    ready_rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("the control-plane thread stopped while starting"))?
+}
+
+async fn run(
+    config: ControlConfig,
+) -> anyhow::Result<(
+    Arc<Plane>,
+    tokio::net::TcpListener,
+    Option<Arc<rustls::ServerConfig>>,
+)> {
+    use anyhow::Context as _;
+    let ControlConfig {
+        addr,
+        dir,
+        view,
+        key,
+        server_tls,
+        client_tls,
+        bootstrap,
+        import,
+        timing,
+        webhooks,
+    } = config;
+    let registry = webhooks.registry().clone();
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot serve the control plane on TCP {addr} (cluster_listen)")
+    })?;
+    let log = LogStore::open(&dir).with_context(|| format!("control log in {}", dir.display()))?;
+    // Only a node that never took part may found a log.
+    let founding = log.is_empty().then_some(bootstrap);
+    let on_apply: store::OnApply = Arc::new(move |state: &state::ControlState| {
+        webhooks.registry().set_agreed(&state.webhooks);
+        webhooks.notify_changed();
+    });
+    let machine = StateMachine::open(&dir, on_apply)
+        .with_context(|| format!("control snapshot in {}", dir.display()))?;
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let raft_config = Config {
+        cluster_name: "corebus".into(),
+        heartbeat_interval: millis(timing.heartbeat),
+        election_timeout_min: millis(timing.election),
+        election_timeout_max: millis(timing.election) * 2,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(store::SNAPSHOT_EVERY),
+        max_in_snapshot_log_to_keep: 0,
+        ..Default::default()
+    }
+    .validate()
+    .context("control-plane timing")?;
+    let peers = Arc::new(Peers {
+        key,
+        me: addr,
+        tls: client_tls,
+    });
+    let id = node_id(addr);
+    let raft = Raft::new(
+        id,
+        Arc::new(raft_config),
+        Network {
+            peers: peers.clone(),
+        },
+        log,
+        machine.clone(),
+    )
+    .await
+    .context("starting the control plane")?;
+    let plane = Arc::new(Plane {
+        id,
+        addr,
+        raft,
+        machine,
+        peers,
+        view,
+        registry,
+        timing,
+    });
+    tokio::spawn(found_or_join(plane.clone(), founding, import));
+    Ok((plane, listener, server_tls))
+}
+
+impl Plane {
+    async fn import(&self, hooks: Vec<Value>) {
+        if hooks.is_empty() {
+            return;
+        }
+        let count = hooks.len();
+        // The founder is the only voter: it leads as soon as it has voted.
+        let deadline = Instant::now() + APPLY_WAIT;
+        while Instant::now() < deadline {
+            match self
+                .write(Entry::of(&Op::Import {
+                    hooks: hooks.clone(),
+                }))
+                .await
+            {
+                Ok((Answer(Ok(_)), _)) => {
+                    info!(
+                        count,
+                        "imported this node's webhooks.json into the control plane"
+                    );
+                    return;
+                }
+                Ok((Answer(Err(err)), _)) => {
+                    warn!(%err, "importing webhooks.json");
+                    return;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        warn!("could not import webhooks.json: no control-plane leader");
+    }
+
+    fn status(&self) -> Status {
+        let metrics = self.raft.metrics().borrow().clone();
+        Status {
+            id: self.id,
+            initialized: metrics
+                .membership_config
+                .membership()
+                .voter_ids()
+                .next()
+                .is_some(),
+            applied: self.machine.applied().load(Ordering::Acquire),
+            leader: metrics.current_leader,
+            state: format!("{:?}", metrics.state),
+        }
+    }
+
+    /// Whether this node, as leader, has lost touch with a majority.
+    fn leader_without_quorum(&self) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics.state == ServerState::Leader
+            && metrics
+                .millis_since_quorum_ack
+                .is_some_and(|ms| ms > 2 * self.timing.election.as_millis() as u64)
+    }
+
+    /// Proposes `entry` and returns its answer and index once it is
+    /// committed and applied on the leader.
+    async fn write(&self, entry: Entry) -> Result<(Answer, u64), WebhookCommandError> {
+        let unavailable =
+            |why: String| WebhookCommandError::Unavailable(format!("no quorum: {why}"));
+        if self.leader_without_quorum() {
+            return Err(unavailable(
+                "this node leads the control plane but hears no majority of its voters".into(),
+            ));
+        }
+        let wait = self.timing.election * 3;
+        let written = tokio::time::timeout(wait, self.raft.client_write(entry.clone())).await;
+        match written {
+            Ok(Ok(response)) => Ok((response.data, response.log_id.index)),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+                let Some(leader) = forward.leader_node else {
+                    return Err(unavailable("no control-plane leader is known".into()));
+                };
+                let addr: SocketAddr = leader.addr.parse().map_err(|_| {
+                    WebhookCommandError::Internal(format!("leader address {:?}", leader.addr))
+                })?;
+                let mut client = PeerClient::new(addr, self.peers.clone());
+                let reply: WriteReply = client
+                    .call_json("/control/write", &entry, wait)
+                    .await
+                    .map_err(|err| unavailable(format!("the leader did not answer: {err}")))?;
+                match (reply.done, reply.error) {
+                    (Some(done), _) => Ok(done),
+                    (None, error) => Err(unavailable(error.unwrap_or_default())),
+                }
+            }
+            Ok(Err(err)) => Err(WebhookCommandError::Internal(format!(
+                "control plane: {err}"
+            ))),
+            Err(_) => Err(unavailable(format!(
+                "the command was not committed within {wait:?}"
+            ))),
+        }
+    }
+
+    /// A write forwarded by another node: done here if this node leads.
+    async fn write_here(&self, entry: Entry) -> WriteReply {
+        if self.leader_without_quorum() {
+            return WriteReply {
+                done: None,
+                error: Some("the leader hears no majority of its voters".into()),
+            };
+        }
+        let wait = self.timing.election * 3;
+        match tokio::time::timeout(wait, self.raft.client_write(entry)).await {
+            Ok(Ok(response)) => WriteReply {
+                done: Some((response.data, response.log_id.index)),
+                error: None,
+            },
+            Ok(Err(err)) => WriteReply {
+                done: None,
+                error: Some(err.to_string()),
+            },
+            Err(_) => WriteReply {
+                done: None,
+                error: Some(format!("not committed within {wait:?}")),
+            },
+        }
+    }
+
+    /// The members that are up (by gossip), whether the control plane has
+    /// added them yet or not: until it has, they lag.
+    fn members_up(&self) -> Vec<SocketAddr> {
+        self.view
+            .snapshot()
+            .members
+            .iter()
+            .filter(|member| member.state != MemberState::Down)
+            .map(|member| member.node.addr)
+            .collect()
+    }
+
+    /// Waits until every member that is up has applied `index`; returns
+    /// those that had not within [`APPLY_WAIT`].
+    async fn wait_applied(&self, index: u64) -> Vec<SocketAddr> {
+        let deadline = Instant::now() + APPLY_WAIT;
+        let mut waiting: Vec<SocketAddr> = self.members_up();
+        let mut clients: BTreeMap<SocketAddr, PeerClient> = BTreeMap::new();
+        loop {
+            let mut still = Vec::new();
+            for addr in waiting {
+                let applied = if addr == self.addr {
+                    self.machine.applied().load(Ordering::Acquire)
+                } else {
+                    let client = clients
+                        .entry(addr)
+                        .or_insert_with(|| PeerClient::new(addr, self.peers.clone()));
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match client
+                        .call_json::<_, Status>("/control/status", &(), left)
+                        .await
+                    {
+                        Ok(status) => status.applied,
+                        Err(_) => 0,
+                    }
+                };
+                if applied < index {
+                    still.push(addr);
+                }
+            }
+            if still.is_empty() || Instant::now() >= deadline {
+                return still;
+            }
+            waiting = still;
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Carries out one webhook command (see `docs/webhooks.md`).
+    async fn command(&self, text: &str) -> Result<String, WebhookCommandError> {
+        let invalid = WebhookCommandError::Invalid;
+        let command: Map<String, Value> = match serde_json::from_str(text) {
+            Ok(Value::Object(object)) => object,
+            Ok(_) => return Err(invalid("the command must be a JSON object".into())),
+            Err(err) => return Err(invalid(format!("the command is not JSON: {err}"))),
+        };
+        let op_name = command.get("op").and_then(Value::as_str).unwrap_or("");
+        let configured = command
+            .get("id")
+            .and_then(Value::as_str)
+            .is_some_and(|id| self.registry.is_configured(id));
+        // A configured webhook is this node's own: enabling it is too.
+        if op_name == "list" || op_name.is_empty() || (op_name == "enable" && configured) {
+            return self.registry.command(text);
+        }
+        if self.peers.tls.is_none() {
+            return Err(WebhookCommandError::Refused(
+                "run-time webhook commands are refused in a cluster whose peer links run \
+                 without TLS: the secrets would cross the network in the clear; set tls_cert, \
+                 tls_key and cluster_tls_ca_file on every node (see docs/cluster.md)"
+                    .into(),
+            ));
+        }
+        let before = self.registry.snapshot();
+        let op = prepare(&self.registry, command)?;
+        let (answer, index) = self.write(Entry::of(&op)).await?;
+        let value = answer.0.map_err(invalid)?;
+        let lagging = self.wait_applied(index).await;
+        let hook_now = |id: &str| {
+            self.registry
+                .snapshot()
+                .iter()
+                .find(|hook| hook.id == id)
+                .cloned()
+        };
+        let mut result = match &op {
+            Op::WebhookAdd { hook, .. } => {
+                let id = value["id"].as_str().unwrap_or_default();
+                match hook_now(id) {
+                    Some(hook) => json!({ "webhook": hook.to_json(true) }),
+                    // This node lags: answer from what was agreed.
+                    None => json!({ "webhook": registry::from_stored(hook)
+                        .map(|hook| hook.to_json(true))
+                        .unwrap_or(Value::Null) }),
+                }
+            }
+            Op::WebhookRemove { id, .. } => {
+                let removed = before.iter().find(|hook| &hook.id == id);
+                json!({ "removed": removed.map_or(json!({ "id": id }), |hook| hook.to_json(false)) })
+            }
+            Op::WebhookRotate { id, .. } => {
+                json!({ "webhook": hook_now(id).map(|hook| hook.to_json(true)) })
+            }
+            Op::WebhookEnable { id } => {
+                json!({ "webhook": hook_now(id).map(|hook| hook.to_json(false)) })
+            }
+            Op::WebhookDisable { .. } | Op::Import { .. } => value,
+        };
+        if !lagging.is_empty() {
+            result["lagging"] = json!(lagging.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+        }
+        Ok(result.to_string())
+    }
+}
+
+/// Turns a command into the entry that carries it out: what it adds is
+/// checked here, and every random or timed value is chosen here.
+fn prepare(registry: &Registry, command: Map<String, Value>) -> Result<Op, WebhookCommandError> {
+    let invalid = WebhookCommandError::Invalid;
+    let request_id = match command.get("request_id") {
+        None => {
+            registry::generate_id().map_err(|err| WebhookCommandError::Internal(err.to_string()))?
+        }
+        Some(Value::String(id)) => {
+            registry::check_id(id).map_err(|_| {
+                invalid("\"request_id\" must be 1 to 64 letters, digits, '-', '_' or '.'".into())
+            })?;
+            id.clone()
+        }
+        Some(_) => return Err(invalid("\"request_id\" must be a string".into())),
+    };
+    let mut command = command;
+    command.remove("request_id");
+    let op = command
+        .get("op")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    match op.as_str() {
+        "add" => {
+            let hook = registry.prepare_add(&command)?;
+            let secrets = hook
+                .secrets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            Ok(Op::WebhookAdd {
+                request_id,
+                hook: hook.to_stored_with(&secrets),
+            })
+        }
+        "remove" => {
+            let id = registry.prepare_runtime(&command, "remove")?;
+            Ok(Op::WebhookRemove { request_id, id })
+        }
+        "rotate" => {
+            let (id, secret) = registry.prepare_rotate(&command)?;
+            Ok(Op::WebhookRotate {
+                request_id,
+                id,
+                secret,
+                at_ms: unix_now_ms(),
+                grace_ms: u64::try_from(registry.policy().rotation_grace.as_millis())
+                    .unwrap_or(u64::MAX),
+            })
+        }
+        "enable" => {
+            let id = registry.prepare_enable(&command)?;
+            Ok(Op::WebhookEnable { id })
+        }
+        other => Err(invalid(format!(
+            "unknown op {other:?}: use add, list, remove, rotate or enable"
+        ))),
+    }
+}
+
+/// The control plane's directory under `data_dir`.
+pub fn dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("control")
+}
+
+/// With an empty log (`founding` is `Some`): founds it, or waits to be
+/// added by the leader of the one another member has. `Some(true)` founds
+/// at once; `Some(false)` founds only once no member that is up has a log
+/// and this node's address is the lowest of theirs.
+async fn found_or_join(plane: Arc<Plane>, founding: Option<bool>, import: Vec<Value>) {
+    let Some(alone) = founding else {
+        return;
+    };
+    let started = Instant::now();
+    let mut clients: BTreeMap<SocketAddr, PeerClient> = BTreeMap::new();
+    loop {
+        if plane.status().initialized {
+            // Added by another node's leader.
+            if !import.is_empty() {
+                warn!(
+                    count = import.len(),
+                    "this node joined an existing control plane: the run-time webhooks in its \
+                     webhooks.json were not imported (the file is kept as it is); add them \
+                     again with `corebus webhook add` if they are still wanted"
+                );
+            }
+            return;
+        }
+        let mut found = alone;
+        if !alone && started.elapsed() >= FOUNDING_SETTLE {
+            let up: Vec<SocketAddr> = plane
+                .view
+                .snapshot()
+                .members
+                .iter()
+                .filter(|member| member.state == MemberState::Alive)
+                .map(|member| member.node.addr)
+                .collect();
+            let mut another_has_one = false;
+            for addr in up.iter().filter(|addr| **addr != plane.addr) {
+                let client = clients
+                    .entry(*addr)
+                    .or_insert_with(|| PeerClient::new(*addr, plane.peers.clone()));
+                let status = client
+                    .call_json::<_, Status>("/control/status", &(), Duration::from_secs(1))
+                    .await;
+                // A member that does not answer may have a log: wait.
+                another_has_one |= status.map_or(true, |status| status.initialized);
+            }
+            found = !another_has_one && up.iter().all(|addr| *addr >= plane.addr);
+        }
+        if found {
+            let node = BasicNode::new(plane.addr.to_string());
+            match plane
+                .raft
+                .initialize(BTreeMap::from([(plane.id, node)]))
+                .await
+            {
+                Ok(()) => {
+                    info!(node = %plane.addr, "founded the cluster's control plane");
+                    plane.import(import).await;
+                }
+                Err(err) => warn!(%err, "could not found the control plane"),
+            }
+            return;
+        }
+        tokio::time::sleep(MEMBERSHIP_EVERY).await;
+    }
+}
+
+/// Adds the members gossip knows and the control plane does not, as
+/// learners, and promotes learners while there are fewer than
+/// [`MAX_VOTERS`] voters. Runs on every node; acts on the leader only.
+async fn follow_members(plane: Arc<Plane>) {
+    loop {
+        tokio::time::sleep(MEMBERSHIP_EVERY).await;
+        let metrics = plane.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            continue;
+        }
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let view = plane.view.snapshot();
+        let up = view
+            .members
+            .iter()
+            .filter(|member| member.state == MemberState::Alive && !member.node.leaving);
+        for member in up {
+            let id = node_id(member.node.addr);
+            if membership.get_node(&id).is_none() {
+                let node = BasicNode::new(member.node.addr.to_string());
+                match plane.raft.add_learner(id, node, true).await {
+                    Ok(_) => info!(node = %member.node.addr, "control plane: added a learner"),
+                    Err(err) => {
+                        warn!(node = %member.node.addr, %err, "control plane: cannot add a learner");
+                        continue;
+                    }
+                }
+            }
+            if !voters.contains(&id) && voters.len() < MAX_VOTERS {
+                let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+                match plane.raft.change_membership(change, false).await {
+                    Ok(_) => info!(node = %member.node.addr, "control plane: added a voter"),
+                    Err(err) => {
+                        warn!(node = %member.node.addr, %err, "control plane: cannot add a voter")
+                    }
+                }
+                // One change at a time: the next round sees the new set.
+                break;
+            }
+        }
+    }
+}
