@@ -46,7 +46,7 @@ impl Secret {
         Ok(Secret(bytes))
     }
 
-    fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         &self.0
     }
 }

@@ -426,6 +426,14 @@ pub struct ServeArgs {
     /// twice this starts an election; at least 3 heartbeats.
     #[arg(long, env = "COREBUS_CLUSTER_CONTROL_ELECTION_TIMEOUT", default_value = "1500ms", value_parser = parse_duration)]
     pub cluster_control_election_timeout: Duration,
+    /// Refuse to start as a cluster member when a member that is up has
+    /// another security-relevant configuration (API keys, token secrets,
+    /// webhook allow-list, limits, configured webhooks), compared by a
+    /// fingerprint under the cluster secret; `false`: a warning only.
+    #[arg(long, env = "COREBUS_CLUSTER_REQUIRE_SAME_CONFIG", default_value = "false",
+          num_args = 0..=1, default_missing_value = "true", require_equals = true,
+          value_parser = BoolishValueParser::new())]
+    pub cluster_require_same_config: bool,
     /// A file holding the cluster secret (at least 32 bytes, owner-only):
     /// every gossip datagram is authenticated with it, so a node without it
     /// cannot join. Required unless cluster_listen is a loopback address.

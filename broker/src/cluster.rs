@@ -183,7 +183,24 @@ pub async fn main(command: ClusterCommand) -> anyhow::Result<()> {
                         })
                     })
                     .collect();
-                stdio::line(json!({ "node": status.node, "members": members }))?;
+                let control = status.control.as_ref().map(|control| {
+                    json!({
+                        "leader": control.leader,
+                        "term": control.term,
+                        "voters": control.voters,
+                        "learners": control.learners,
+                        "config_comparison": control.config_comparison,
+                        "nodes": control.nodes.iter().map(|node| json!({
+                            "node": node.node,
+                            "applied": node.applied,
+                            "config": node.config,
+                            "error": node.error,
+                        })).collect::<Vec<_>>(),
+                    })
+                });
+                stdio::line(
+                    json!({ "node": status.node, "members": members, "control": control }),
+                )?;
             } else if status.node.is_none() {
                 stdio::line("this node runs alone (no cluster_listen)")?;
             } else {
@@ -198,6 +215,9 @@ pub async fn main(command: ClusterCommand) -> anyhow::Result<()> {
                         "{} {}{leaving}, clients on {}{me}",
                         member.node, member.state, member.client
                     ))?;
+                }
+                if let Some(control) = &status.control {
+                    print_control(control)?;
                 }
             }
         }
@@ -220,6 +240,41 @@ pub async fn main(command: ClusterCommand) -> anyhow::Result<()> {
                 ))?,
                 _ => stdio::line(format_args!("{namespace}/{topic}: no node can own it now"))?,
             }
+        }
+    }
+    Ok(())
+}
+
+/// The control plane's lines of `cluster status`.
+fn print_control(control: &corebus_client::ControlStatus) -> anyhow::Result<()> {
+    let list = |nodes: &[String]| match nodes.is_empty() {
+        true => "none".to_string(),
+        false => nodes.join(", "),
+    };
+    stdio::line(format_args!(
+        "control plane: leader {} (term {}); voters {}; learners {}",
+        control.leader.as_deref().unwrap_or("none"),
+        control.term,
+        list(&control.voters),
+        list(&control.learners)
+    ))?;
+    if control.config_comparison != "available" {
+        stdio::line(format_args!(
+            "  configuration comparison {}",
+            control.config_comparison
+        ))?;
+    }
+    for node in &control.nodes {
+        match (&node.applied, &node.error) {
+            (Some(applied), _) => stdio::line(format_args!(
+                "  {} applied {applied}, configuration {}",
+                node.node, node.config
+            ))?,
+            (None, error) => stdio::line(format_args!(
+                "  {} did not answer: {}",
+                node.node,
+                error.as_deref().unwrap_or("no reason given")
+            ))?,
         }
     }
     Ok(())

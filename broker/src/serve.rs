@@ -253,6 +253,7 @@ fn start_control(
         Option<Arc<rustls::ClientConfig>>,
     ),
     webhooks: Arc<Webhooks>,
+    fingerprint: Option<String>,
 ) -> anyhow::Result<crate::control::ControlHandle> {
     let timing = crate::control::ControlTiming {
         heartbeat: args.cluster_control_heartbeat,
@@ -288,8 +289,13 @@ fn start_control(
         import,
         timing,
         webhooks,
+        fingerprint,
     })
 }
+
+/// How long a joining node waits for the members' configuration
+/// fingerprints.
+const CONFIG_CHECK_WAIT: Duration = Duration::from_secs(3);
 
 /// The TLS configuration `tls_cert` and `tls_key` ask for (both or neither).
 pub fn tls_config(args: &ServeArgs) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
@@ -384,6 +390,13 @@ where
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .with_context(|| format!("invalid log_level {level:?}"))?;
+    // openraft logs two lines every half second for each node it cannot
+    // reach: the control plane reports what matters itself. Shown when
+    // the filter names it (`info,openraft=warn`).
+    let filter = match level.contains("openraft") || std::env::var_os("RUST_LOG").is_some() {
+        true => filter,
+        false => filter.add_directive("openraft=off".parse().expect("a valid directive")),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
@@ -460,6 +473,12 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
         cluster_commands.set_links(keys.links.clone(), advertised);
     }
     let link_key = cluster_keys.as_ref().map(|keys| keys.links.clone());
+    // Compared with the other nodes' under the cluster secret; without one
+    // there is nothing private to compare with.
+    let fingerprint = link_key
+        .as_ref()
+        .filter(|_| args.cluster_secret_file.0.is_some())
+        .map(|key| crate::control::config_fingerprint(&resolved, key));
     let membership = match cluster_keys {
         Some(keys) => Some(start_cluster(args, keys.gossip, advertised)?),
         None => None,
@@ -474,7 +493,18 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
             link_key.clone().context("a cluster has link keys")?,
             control_tls.clone(),
             webhooks.clone(),
+            fingerprint,
         )?;
+        let differing = control.config_mismatches(CONFIG_CHECK_WAIT);
+        if !differing.is_empty() && args.cluster_require_same_config {
+            let nodes: Vec<String> = differing.iter().map(ToString::to_string).collect();
+            bail!(
+                "refusing to join: the security-relevant configuration (API keys, token \
+                 secrets, webhook allow-list, limits, configured webhooks) differs from that of \
+                 {} (cluster_require_same_config = true); make the files the same",
+                nodes.join(", ")
+            );
+        }
         cluster_commands.set_control(control.clone());
         webhooks.agree_through(control);
     }

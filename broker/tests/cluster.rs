@@ -1087,7 +1087,7 @@ async fn add_when_available(
 }
 
 #[test]
-fn a_webhook_added_on_one_node_is_delivered_by_every_owner_and_removed_everywhere() {
+fn a_webhook_added_on_one_node_is_delivered_by_every_owner_rotated_and_removed_everywhere() {
     use common::receiver::{assert_signed, Receiver, Reply};
     let secret = TempFile::new("cluster-secret-control", SECRET);
     let certs = corebus_tests::test_certs_for_nodes(3);
@@ -1164,6 +1164,26 @@ fn a_webhook_added_on_one_node_is_delivered_by_every_owner_and_removed_everywher
         for request in &requests {
             assert_signed(request, &[&signing]);
         }
+        // Rotated on node 3: every owner signs with both secrets now.
+        let rotated = clients[2]
+            .rotate_webhook_secret(&hook.id, None)
+            .await
+            .expect("rotated");
+        let new_secret = rotated.secret.expect("rotate returns the new secret");
+        assert_ne!(new_secret, signing);
+        for topic in &topics {
+            clients[0]
+                .publish("cl", topic, vec![6])
+                .await
+                .expect("acknowledged");
+        }
+        let requests = receiver
+            .wait_for("120 deliveries", |requests| requests.len() >= 120)
+            .await;
+        for request in &requests[100..] {
+            assert_eq!(request.seq(), 6);
+            assert_signed(request, &[&signing, &new_secret]);
+        }
         // Removed on node 2: no delivery for what is published after.
         clients[1].remove_webhook(&hook.id).await.expect("removed");
         for client in &clients {
@@ -1177,7 +1197,7 @@ fn a_webhook_added_on_one_node_is_delivered_by_every_owner_and_removed_everywher
                 .expect("acknowledged");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(receiver.requests().len(), 100, "nothing after the remove");
+        assert_eq!(receiver.requests().len(), 120, "nothing after the remove");
     });
 }
 
@@ -1203,5 +1223,168 @@ fn without_tls_on_the_peer_links_webhook_commands_are_refused() {
         }
         // Listing is local and still works.
         assert!(client.list_webhooks().await.expect("lists").is_empty());
+    });
+}
+
+/// Three nodes with TLS, each allowing webhooks to loopback receivers.
+fn three_tls_nodes<'a>(
+    secret: &'a TempFile,
+    certs: &corebus_tests::TestCerts,
+) -> (Vec<Node>, impl Fn(u8) -> Node + 'a) {
+    let (cluster_port, metrics_port) = (free_port(), free_port());
+    let mut args = tls_args(certs);
+    args.extend(["--webhook-allow-networks", "127.0.0.0/8"].map(str::to_owned));
+    let start = move |n: u8| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        node_with_args(n, cluster_port, metrics_port, secret, &args)
+    };
+    let nodes: Vec<Node> = (1..=3).map(&start).collect();
+    for node in &nodes {
+        await_alive(node, 3.0, Duration::from_secs(10));
+    }
+    (nodes, start)
+}
+
+/// The index (0-2) of the node that leads the control plane, as `client`'s
+/// node sees it.
+async fn control_leader(client: &corebus_client::Client) -> usize {
+    let started = Instant::now();
+    loop {
+        let status = client.cluster_status().await.expect("cluster status");
+        if let Some(leader) = status.control.and_then(|control| control.leader) {
+            let ip: std::net::IpAddr = leader
+                .parse::<SocketAddr>()
+                .expect("a node id is an address")
+                .ip();
+            return usize::from(match ip {
+                std::net::IpAddr::V4(ip) => ip.octets()[3],
+                std::net::IpAddr::V6(_) => panic!("IPv4 loopback nodes"),
+            }) - 1;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn webhook_ids(client: &corebus_client::Client) -> Vec<String> {
+    let mut ids: Vec<String> = client
+        .list_webhooks()
+        .await
+        .expect("lists")
+        .into_iter()
+        .map(|hook| hook.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn an_add_retried_after_the_leader_is_killed_is_there_once_on_every_node() {
+    let secret = TempFile::new("cluster-secret-control-kill", SECRET);
+    let certs = corebus_tests::test_certs_for_nodes(3);
+    let (mut nodes, start) = three_tls_nodes(&secret, &certs);
+    runtime().block_on(async {
+        let first = tls_client(&nodes[0].addr, &certs).await;
+        // The control plane formed: a first add goes through.
+        let warm = corebus_client::WebhookSpec::new(
+            "http://127.0.0.1:9/warm",
+            "cl",
+            "warm",
+            corebus_client::WebhookMatch::Exact,
+        );
+        add_when_available(&first, &warm).await;
+        let leader = control_leader(&first).await;
+        let asker = (leader + 1) % 3;
+        let client = tls_client(&nodes[asker].addr, &certs).await;
+        let spec = corebus_client::WebhookSpec::new(
+            "http://127.0.0.1:9/orders",
+            "cl",
+            "orders",
+            corebus_client::WebhookMatch::Exact,
+        )
+        .with_request_id("deploy-7-orders");
+        // The add goes out, and the leader dies under it.
+        let pending = {
+            let (client, spec) = (client.clone(), spec.clone());
+            tokio::spawn(async move { client.add_webhook(&spec).await })
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        nodes[leader].child.kill().expect("kill -9 the leader");
+        let _ = nodes[leader].child.wait();
+        // Whatever the first try answered, the same add again.
+        let _ = pending.await.expect("the task ends");
+        let hook = client
+            .add_webhook(&spec)
+            .await
+            .expect("the retry is answered");
+        assert!(hook.secret.is_some(), "the answer carries the secret");
+        let again = client.add_webhook(&spec).await.expect("a second retry too");
+        assert_eq!(again.id, hook.id, "the same webhook, not another");
+        assert_eq!(again.secret, hook.secret, "with the first answer's secret");
+        let survivors: Vec<usize> = (0..3).filter(|index| *index != leader).collect();
+        for index in &survivors {
+            let client = tls_client(&nodes[*index].addr, &certs).await;
+            let ids = webhook_ids(&client).await;
+            assert_eq!(
+                ids.len(),
+                2,
+                "node {index}: the warm-up and the add once: {ids:?}"
+            );
+            assert!(ids.contains(&hook.id), "{ids:?}");
+        }
+        // The killed node comes back and catches up.
+        nodes[leader] = start(leader as u8 + 1);
+        let restarted = tls_client(&nodes[leader].addr, &certs).await;
+        let started = Instant::now();
+        while webhook_ids(&restarted).await.len() != 2 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the restarted node did not catch up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
+
+#[test]
+fn a_node_down_during_three_adds_and_a_remove_catches_up_within_5_s() {
+    let secret = TempFile::new("cluster-secret-control-down", SECRET);
+    let certs = corebus_tests::test_certs_for_nodes(3);
+    let (mut nodes, start) = three_tls_nodes(&secret, &certs);
+    runtime().block_on(async {
+        let client = tls_client(&nodes[0].addr, &certs).await;
+        let spec = |topic: &str| {
+            corebus_client::WebhookSpec::new(
+                "http://127.0.0.1:9/h",
+                "cl",
+                topic,
+                corebus_client::WebhookMatch::Exact,
+            )
+        };
+        add_when_available(&client, &spec("zero")).await;
+        nodes[2].child.kill().expect("kill -9 node 3");
+        let _ = nodes[2].child.wait();
+        let mut added = Vec::new();
+        for topic in ["one", "two", "three"] {
+            added.push(add_when_available(&client, &spec(topic)).await.id);
+        }
+        client.remove_webhook(&added[0]).await.expect("removed");
+        let expected = webhook_ids(&client).await;
+        assert_eq!(expected.len(), 3, "{expected:?}");
+        nodes[2] = start(3);
+        let restarted = tls_client(&nodes[2].addr, &certs).await;
+        let started = Instant::now();
+        loop {
+            let ids = webhook_ids(&restarted).await;
+            if ids == expected {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "node 3 has {ids:?}, not {expected:?}, 5 s after its restart"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!("node 3 caught up {:?} after its restart", started.elapsed());
     });
 }

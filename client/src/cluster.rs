@@ -29,6 +29,43 @@ pub struct ClusterStatus {
     pub node: Option<String>,
     /// Every member it knows, itself included, by node id; empty when alone.
     pub members: Vec<ClusterMember>,
+    /// The control plane (run-time webhooks agreed by every node), when the
+    /// node is a cluster member.
+    pub control: Option<ControlStatus>,
+}
+
+/// The cluster's control plane, as the node asked sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlStatus {
+    /// The leader's node id, or `None` while there is none.
+    pub leader: Option<String>,
+    /// The leader's term.
+    pub term: u64,
+    /// The nodes that vote (at most 5).
+    pub voters: Vec<String>,
+    /// The nodes that follow the log without voting.
+    pub learners: Vec<String>,
+    /// Whether configurations can be compared: `available`, or
+    /// `unavailable: ...` (the cluster has no secret).
+    pub config_comparison: String,
+    /// Each node: the node asked first, then what each other node up said
+    /// last (within a second or so).
+    pub nodes: Vec<ControlNode>,
+}
+
+/// One node of the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlNode {
+    /// Its node id.
+    pub node: String,
+    /// The index of the last log entry it applied; `None` when it did not
+    /// answer.
+    pub applied: Option<u64>,
+    /// Its security-relevant configuration compared with the node asked's:
+    /// `same`, `differs` or `unknown`.
+    pub config: String,
+    /// Why it did not answer.
+    pub error: Option<String>,
 }
 
 /// Which node owns a topic, as the node asked computes it.
@@ -122,7 +159,63 @@ fn parse_status(result: &str) -> Result<ClusterStatus, String> {
             })
         })
         .collect::<Result<_, String>>()?;
-    Ok(ClusterStatus { node, members })
+    let control = match root.get("control") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(parse_control(value)?),
+    };
+    Ok(ClusterStatus {
+        node,
+        members,
+        control,
+    })
+}
+
+fn strings(value: &Map<String, Value>, key: &str) -> Result<Vec<String>, String> {
+    value
+        .get(key)
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("field `control.{key}` is missing or not a list"))?
+        .iter()
+        .map(|item| {
+            item.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("`control.{key}` holds a non-string"))
+        })
+        .collect()
+}
+
+fn parse_control(value: &Value) -> Result<ControlStatus, String> {
+    let control = value.as_object().ok_or("`control` is not an object")?;
+    let nodes = control
+        .get("nodes")
+        .and_then(Value::as_array)
+        .ok_or("field `control.nodes` is missing or not a list")?
+        .iter()
+        .enumerate()
+        .map(|(index, value)| {
+            let path = format!("control.nodes[{index}]");
+            let node = value
+                .as_object()
+                .ok_or_else(|| format!("`{path}` is not an object"))?;
+            Ok(ControlNode {
+                node: string(node, "node", &path)?,
+                applied: node.get("applied").and_then(Value::as_u64),
+                config: string(node, "config", &path)?,
+                error: optional_string(node, "error")?,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(ControlStatus {
+        leader: optional_string(control, "leader")?,
+        term: control
+            .get("term")
+            .and_then(Value::as_u64)
+            .ok_or("field `control.term` is missing or not a number")?,
+        voters: strings(control, "voters")?,
+        learners: strings(control, "learners")?,
+        config_comparison: string(control, "config_comparison", "control")?,
+        nodes,
+    })
 }
 
 fn parse_owner(result: &str) -> Result<TopicOwner, String> {
@@ -160,8 +253,25 @@ mod tests {
             alone,
             ClusterStatus {
                 node: None,
-                members: vec![]
+                members: vec![],
+                control: None,
             }
+        );
+        let control = parse_status(
+            r#"{"node":"a:1","members":[],"control":{"leader":"a:1","term":2,"voters":["a:1"],
+                "learners":[],"config_comparison":"available",
+                "nodes":[{"node":"a:1","applied":7,"config":"same"},
+                         {"node":"b:1","applied":null,"config":"unknown","error":"refused"}]}}"#,
+        )
+        .unwrap()
+        .control
+        .expect("a control plane");
+        assert_eq!(control.leader.as_deref(), Some("a:1"));
+        assert_eq!(control.nodes[0].applied, Some(7));
+        assert_eq!(control.nodes[1].error.as_deref(), Some("refused"));
+        assert_eq!(
+            parse_status(r#"{"node":"a:1","members":[],"control":{"term":1}}"#).unwrap_err(),
+            "field `control.nodes` is missing or not a list"
         );
         assert_eq!(
             parse_status(r#"{"members":[{"node":"a"}]}"#).unwrap_err(),

@@ -198,7 +198,7 @@ use tokio::sync::oneshot;
 use tokio::time::{timeout, Instant};
 
 pub use addr::ServerAddr;
-pub use cluster::{ClusterMember, ClusterStatus, TopicOwner};
+pub use cluster::{ClusterMember, ClusterStatus, ControlNode, ControlStatus, TopicOwner};
 pub use config::{ClientConfig, Credentials, TlsOptions, TlsRoots, TopicAffinity};
 pub use corebus_net::{ErrorCode, FrameError, NameError};
 pub use error::{Error, TlsError};

@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+use corebus_net::ErrorCode;
 use serde_json::{json, Map, Value};
 use tokio::time::timeout;
 
@@ -92,6 +93,10 @@ pub struct WebhookSpec {
     /// The secret that signs the broker's requests; `None` lets the broker
     /// generate one (returned in [`Webhook::secret`]).
     pub secret: Option<String>,
+    /// Makes the add idempotent in a cluster: an add retried with the same
+    /// request id is answered as the first one was, not done twice. `None`:
+    /// [`Client::add_webhook`] makes one for its own retries.
+    pub request_id: Option<String>,
 }
 
 impl WebhookSpec {
@@ -108,7 +113,24 @@ impl WebhookSpec {
             topic: topic.into(),
             match_kind,
             secret: None,
+            request_id: None,
         }
+    }
+
+    /// Sets the request id that makes the add idempotent (1 to 64 letters,
+    /// digits, `-`, `_` or `.`): a program that lost the answer (its
+    /// connection broke) adds again with the same id and gets the first
+    /// answer, secret included.
+    ///
+    /// ```
+    /// use corebus_client::{WebhookMatch, WebhookSpec};
+    /// let spec = WebhookSpec::new("https://hooks.example/o", "shop", "orders", WebhookMatch::Exact)
+    ///     .with_request_id("deploy-42-orders-hook");
+    /// assert_eq!(spec.request_id.as_deref(), Some("deploy-42-orders-hook"));
+    /// ```
+    pub fn with_request_id(mut self, request_id: impl Into<String>) -> WebhookSpec {
+        self.request_id = Some(request_id.into());
+        self
     }
 
     /// Sets the secret that signs the broker's requests.
@@ -126,6 +148,7 @@ impl fmt::Debug for WebhookSpec {
             .field("topic", &self.topic)
             .field("match_kind", &self.match_kind)
             .field("secret", &Redacted(&self.secret))
+            .field("request_id", &self.request_id)
             .finish()
     }
 }
@@ -307,7 +330,8 @@ impl Client {
         if let Some(secret) = &spec.secret {
             command["secret"] = Value::from(secret.as_str());
         }
-        let result = self.webhook_request(&command).await?;
+        command["request_id"] = Value::from(spec.request_id.clone().unwrap_or_else(new_request_id));
+        let result = self.changing_webhook_request(&command).await?;
         with_reason("webhook add", parse_one(&result, "webhook", true))
     }
 
@@ -320,9 +344,8 @@ impl Client {
 
     /// Removes a webhook; returns it as it was (without its secret).
     pub async fn remove_webhook(&self, id: &str) -> Result<Webhook, Error> {
-        let result = self
-            .webhook_request(&json!({ "op": "remove", "id": id }))
-            .await?;
+        let command = json!({ "op": "remove", "id": id, "request_id": new_request_id() });
+        let result = self.changing_webhook_request(&command).await?;
         with_reason("webhook remove", parse_one(&result, "removed", false))
     }
 
@@ -336,11 +359,11 @@ impl Client {
         id: &str,
         secret: Option<&str>,
     ) -> Result<Webhook, Error> {
-        let mut command = json!({ "op": "rotate", "id": id });
+        let mut command = json!({ "op": "rotate", "id": id, "request_id": new_request_id() });
         if let Some(secret) = secret {
             command["secret"] = Value::from(secret);
         }
-        let result = self.webhook_request(&command).await?;
+        let result = self.changing_webhook_request(&command).await?;
         with_reason("webhook rotate", parse_one(&result, "webhook", true))
     }
 
@@ -369,6 +392,25 @@ impl Client {
         with_reason("webhook enable", parse_one(&result, "webhook", false))
     }
 
+    /// Sends a command that changes the webhooks, again with the same
+    /// request id while a cluster's control plane answers `unavailable` (it
+    /// is electing a leader), for up to the request timeout.
+    async fn changing_webhook_request(&self, command: &Value) -> Result<String, Error> {
+        let started = std::time::Instant::now();
+        let patience = self.shared().request_timeout();
+        loop {
+            match self.webhook_request(command).await {
+                Err(Error::Server {
+                    code: Some(ErrorCode::Unavailable),
+                    ..
+                }) if started.elapsed() < patience => {
+                    tokio::time::sleep(UNAVAILABLE_RETRY).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Sends one command and returns the reply's result text.
     async fn webhook_request(&self, command: &Value) -> Result<String, Error> {
         self.command_request(CommandKind::Webhook, command).await
@@ -392,6 +434,27 @@ impl Client {
             Err(_) => Err(Error::Timeout),
         }
     }
+}
+
+/// How long a changing webhook command waits before it is sent again after
+/// `unavailable`.
+const UNAVAILABLE_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// A request id unique to this call: the time, the process, a counter and
+/// a per-process random key, hashed.
+fn new_request_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(nanos);
+    hasher.write_u32(std::process::id());
+    hasher.write_u64(count);
+    format!("rq-{:016x}-{count:x}", hasher.finish())
 }
 
 /// Removes a command's pending entry when its caller stops waiting.

@@ -59,6 +59,19 @@ impl LinkKey {
             .collect()
     }
 
+    /// A fingerprint of `bytes` under the cluster secret: nodes compare
+    /// their configurations by it without showing them (32 hex digits; a
+    /// domain of its own, so it is never valid credentials).
+    pub fn fingerprint(&self, bytes: &[u8]) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(b"cbconfig1.");
+        mac.update(bytes);
+        mac.finalize().into_bytes()[..TAG_LEN]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
+
     /// The credentials of node `node` at `now_ms` (Unix milliseconds).
     pub fn credentials(&self, node: &str, now_ms: u64) -> String {
         let signed = format!("{PREFIX}{node}.{now_ms}");

@@ -108,6 +108,10 @@ pub struct ControlConfig {
     pub timing: ControlTiming,
     /// The webhooks that applied state goes to.
     pub webhooks: Arc<crate::webhook::Webhooks>,
+    /// This node's security-relevant configuration, fingerprinted with the
+    /// cluster secret ([`config_fingerprint`]); `None` without a cluster
+    /// secret (nothing to compare with).
+    pub fingerprint: Option<String>,
 }
 
 /// The raft node id of the node at cluster address `addr`: 64 bits of
@@ -127,7 +131,19 @@ pub struct Plane {
     view: Arc<ClusterView>,
     registry: Arc<Registry>,
     timing: ControlTiming,
+    fingerprint: Option<String>,
+    /// What the other nodes said last (refreshed every second).
+    reports: std::sync::Mutex<BTreeMap<SocketAddr, Report>>,
 }
+
+/// What a node last said about itself, or why it did not.
+#[derive(Debug, Clone)]
+struct Report {
+    status: Result<Status, String>,
+}
+
+/// How often every node asks the others for their status.
+const REPORTS_EVERY: Duration = Duration::from_secs(1);
 
 /// Where a forwarded write went.
 #[derive(Debug, Serialize, Deserialize)]
@@ -140,13 +156,15 @@ struct WriteReply {
 }
 
 /// A node's state as `/control/status` tells it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Status {
     id: u64,
     initialized: bool,
     applied: u64,
     leader: Option<u64>,
     state: String,
+    /// Its configuration's fingerprint, when it has a cluster secret.
+    config: Option<String>,
 }
 
 /// The handle the rest of the broker keeps.
@@ -185,9 +203,12 @@ impl ControlHandle {
         });
     }
 
-    /// The control plane's view for `cluster status`.
+    /// The control plane's view for `cluster status`: its leader and
+    /// voters, and what each node said last (its applied index, and
+    /// whether its configuration matches this node's).
     pub fn status(&self) -> Value {
-        let metrics = self.plane.raft.metrics().borrow().clone();
+        let plane = &self.plane;
+        let metrics = plane.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let name = |id: &u64| {
@@ -195,12 +216,74 @@ impl ControlHandle {
                 .get_node(id)
                 .map_or_else(|| id.to_string(), |node| node.addr.clone())
         };
+        let mut nodes = vec![json!({
+            "node": plane.addr.to_string(),
+            "applied": plane.machine.applied().load(Ordering::Acquire),
+            "config": if plane.fingerprint.is_some() { "same" } else { "unknown" },
+        })];
+        for (addr, report) in plane
+            .reports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            nodes.push(match &report.status {
+                Ok(status) => json!({
+                    "node": addr.to_string(),
+                    "applied": status.applied,
+                    "config": plane.compare(status.config.as_deref()),
+                }),
+                Err(err) => json!({
+                    "node": addr.to_string(),
+                    "applied": null,
+                    "config": "unknown",
+                    "error": err,
+                }),
+            });
+        }
         json!({
             "leader": metrics.current_leader.as_ref().map(name),
             "term": metrics.current_term,
-            "applied": self.plane.machine.applied().load(Ordering::Acquire),
             "voters": voters.iter().map(name).collect::<Vec<_>>(),
             "learners": membership.learner_ids().map(|id| name(&id)).collect::<Vec<_>>(),
+            "config_comparison": if plane.fingerprint.is_some() {
+                "available".to_string()
+            } else {
+                "unavailable: the cluster has no secret (cluster_secret_file)".to_string()
+            },
+            "nodes": nodes,
+        })
+    }
+
+    /// The nodes up whose configuration differs from this node's, once
+    /// each has answered (or `wait` has passed).
+    pub fn config_mismatches(&self, wait: Duration) -> Vec<SocketAddr> {
+        let plane = self.plane.clone();
+        self.runtime.block_on(async move {
+            let deadline = Instant::now() + wait;
+            loop {
+                plane.refresh_reports().await;
+                let up = plane.members_up();
+                let reports = plane
+                    .reports
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let answered = up
+                    .iter()
+                    .filter(|addr| **addr != plane.addr)
+                    .all(|addr| reports.get(addr).is_some_and(|r| r.status.is_ok()));
+                if answered || Instant::now() >= deadline {
+                    return reports
+                        .iter()
+                        .filter_map(|(addr, report)| {
+                            let status = report.status.as_ref().ok()?;
+                            (plane.compare(status.config.as_deref()) == "differs").then_some(*addr)
+                        })
+                        .collect();
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         })
     }
 }
@@ -231,6 +314,15 @@ pub fn start(config: ControlConfig) -> anyhow::Result<ControlHandle> {
                         };
                         let _ = ready_tx.send(Ok(handle));
                         tokio::spawn(follow_members(plane.clone()));
+                        tokio::spawn({
+                            let plane = plane.clone();
+                            async move {
+                                loop {
+                                    plane.refresh_reports().await;
+                                    tokio::time::sleep(REPORTS_EVERY).await;
+                                }
+                            }
+                        });
                         rpc::serve(listener, tls, plane).await;
                     }
                     Err(err) => {
@@ -263,6 +355,7 @@ async fn run(
         import,
         timing,
         webhooks,
+        fingerprint,
     } = config;
     let registry = webhooks.registry().clone();
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
@@ -315,6 +408,8 @@ async fn run(
         view,
         registry,
         timing,
+        fingerprint,
+        reports: std::sync::Mutex::new(BTreeMap::new()),
     });
     tokio::spawn(found_or_join(plane.clone(), founding, import));
     Ok((plane, listener, server_tls))
@@ -365,7 +460,52 @@ impl Plane {
             applied: self.machine.applied().load(Ordering::Acquire),
             leader: metrics.current_leader,
             state: format!("{:?}", metrics.state),
+            config: self.fingerprint.clone(),
         }
+    }
+
+    /// `same`, `differs` or `unknown` (no secret here or there).
+    fn compare(&self, theirs: Option<&str>) -> &'static str {
+        match (self.fingerprint.as_deref(), theirs) {
+            (Some(mine), Some(theirs)) if mine == theirs => "same",
+            (Some(_), Some(_)) => "differs",
+            _ => "unknown",
+        }
+    }
+
+    /// Asks every other member up for its status.
+    async fn refresh_reports(&self) {
+        let others: Vec<SocketAddr> = self
+            .members_up()
+            .into_iter()
+            .filter(|addr| *addr != self.addr)
+            .collect();
+        let mut fresh = BTreeMap::new();
+        for addr in others {
+            let mut client = PeerClient::new(addr, self.peers.clone());
+            let status = client
+                .call_json::<_, Status>("/control/status", &(), Duration::from_secs(1))
+                .await
+                .map_err(|err| err.to_string());
+            if let Ok(status) = &status {
+                if self.compare(status.config.as_deref()) == "differs" {
+                    let before = self
+                        .reports
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&addr)
+                        .cloned();
+                    let known = before.is_some_and(|report| {
+                        report.status.is_ok_and(|s| s.config == status.config)
+                    });
+                    if !known {
+                        warn!(node = %addr, "this node's security-relevant configuration (API keys, token secrets, webhook allow-list, limits, configured webhooks) differs from that node's (see `corebus cluster status`)");
+                    }
+                }
+            }
+            fresh.insert(addr, Report { status });
+        }
+        *self.reports.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
     }
 
     /// Whether this node, as leader, has lost touch with a majority.
@@ -616,6 +756,82 @@ fn prepare(registry: &Registry, command: Map<String, Value>) -> Result<Op, Webho
             "unknown op {other:?}: use add, list, remove, rotate or enable"
         ))),
     }
+}
+
+/// The settings that must be the same on every node for the cluster to
+/// behave as one: who may connect and what they may do, and the limits a
+/// client meets.
+const SHARED_SETTINGS: &[&str] = &[
+    "insecure_no_auth",
+    "token_max_lifetime",
+    "max_connections",
+    "max_connections_per_shard",
+    "max_handshaking",
+    "max_handshaking_per_source",
+    "max_in_flight",
+    "max_frame",
+    "max_hello_frame",
+    "max_subscriptions",
+    "max_subscription_bytes",
+    "max_subscriptions_total",
+    "outbox_limit",
+    "slow_consumer",
+    "ring_messages",
+    "ring_bytes",
+    "ws_allowed_origin",
+    "webhook_allow_hosts",
+    "webhook_allow_networks",
+    "webhook_queue",
+    "webhook_retries",
+    "webhook_rotation_grace",
+];
+
+/// The fingerprint of this node's security-relevant configuration (API
+/// keys, token secrets, the webhook allow-list, limits, configured
+/// webhooks) under the cluster secret: equal on two nodes when those are.
+pub fn config_fingerprint(resolved: &crate::config::Resolved, key: &LinkKey) -> String {
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut keys: Vec<Value> = resolved
+        .auth
+        .keys
+        .iter()
+        .map(|api| json!([api.name, hex(&api.sha256), format!("{:?}", api.permissions)]))
+        .collect();
+    keys.sort_by_key(|k| k.to_string());
+    let secret =
+        |s: &Option<crate::auth_config::SourcedSecret>| s.as_ref().map(|s| hex(s.secret.bytes()));
+    let settings: BTreeMap<&str, &str> = resolved
+        .settings
+        .iter()
+        .filter(|setting| SHARED_SETTINGS.contains(&setting.key.as_str()))
+        .map(|setting| (setting.key.as_str(), setting.value.as_str()))
+        .collect();
+    let mut webhooks: Vec<Value> = resolved
+        .webhooks
+        .iter()
+        .map(|hook| {
+            let secrets = hook
+                .secrets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let mut stored = hook.to_stored_with(&secrets);
+            // Counters are not configuration.
+            if let Some(object) = stored.as_object_mut() {
+                object.remove("delivery");
+            }
+            stored
+        })
+        .collect();
+    webhooks.sort_by_key(|hook| hook["id"].as_str().unwrap_or_default().to_string());
+    let canonical = json!({
+        "keys": keys,
+        "token_secret": secret(&resolved.auth.token_secret),
+        "token_secret_previous": secret(&resolved.auth.token_secret_previous),
+        "settings": settings,
+        "webhooks": webhooks,
+    });
+    key.fingerprint(canonical.to_string().as_bytes())
 }
 
 /// The control plane's directory under `data_dir`.

@@ -320,11 +320,17 @@ impl Registry {
     /// Carries out one JSON command (see `docs/webhooks.md`).
     pub fn command(&self, text: &str) -> Result<String, WebhookCommandError> {
         let invalid = |reason: String| WebhookCommandError::Invalid(reason);
-        let command: Map<String, Value> = match serde_json::from_str(text) {
+        let mut command: Map<String, Value> = match serde_json::from_str(text) {
             Ok(Value::Object(object)) => object,
             Ok(_) => return Err(invalid("the command must be a JSON object".into())),
             Err(err) => return Err(invalid(format!("the command is not JSON: {err}"))),
         };
+        // A request id makes a command idempotent in a cluster (see
+        // `control`); one broker carries each command out once anyway.
+        match command.remove("request_id") {
+            None | Some(Value::String(_)) => {}
+            Some(_) => return Err(invalid("\"request_id\" must be a string".into())),
+        }
         let _edit = self.edit.lock().unwrap_or_else(|e| e.into_inner());
         let op = command.get("op").and_then(Value::as_str).unwrap_or("");
         let result = match op {
