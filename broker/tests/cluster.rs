@@ -79,13 +79,44 @@ fn node_with_args(
     secret: &TempFile,
     extra: &[&str],
 ) -> Node {
-    let ip = format!("127.0.0.{n}");
+    let at = NodeAt {
+        ip: format!("127.0.0.{n}"),
+        seed_ip: "127.0.0.1".into(),
+        netns: None,
+    };
+    spawn_node(n, &at, cluster_port, metrics_port, secret, extra)
+}
+
+/// Where a node runs: its address, the seed's, and its network namespace.
+struct NodeAt {
+    ip: String,
+    seed_ip: String,
+    netns: Option<String>,
+}
+
+fn spawn_node(
+    n: u8,
+    at: &NodeAt,
+    cluster_port: u16,
+    metrics_port: u16,
+    secret: &TempFile,
+    extra: &[&str],
+) -> Node {
+    let ip = &at.ip;
     let metrics = format!("{ip}:{metrics_port}");
     // Its own data directory (the control plane's log), kept across a
     // restart of the same node in the same test.
     let data_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("cluster-{}-{cluster_port}-{n}", std::process::id()));
-    let mut child = Command::new(BIN)
+    let mut command = match &at.netns {
+        None => Command::new(BIN),
+        Some(netns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", netns, BIN]);
+            command
+        }
+    };
+    let mut child = command
         .args([
             "serve",
             "--log-level",
@@ -97,7 +128,7 @@ fn node_with_args(
             false => vec!["--listen".to_string(), format!("{ip}:0")],
         })
         .args(["--cluster-listen", &format!("{ip}:{cluster_port}")])
-        .args(["--seed", &format!("127.0.0.1:{cluster_port}")])
+        .args(["--seed", &format!("{}:{cluster_port}", at.seed_ip)])
         .args(["--cluster-secret-file", secret.path()])
         .args(["--metrics", &metrics])
         .args(["--data-dir", data_dir.to_str().expect("UTF-8 path")])
@@ -1053,17 +1084,25 @@ fn tls_args(certs: &corebus_tests::TestCerts) -> Vec<String> {
 }
 
 async fn tls_client(addr: &str, certs: &corebus_tests::TestCerts) -> corebus_client::Client {
-    let config = corebus_client::ClientConfig {
-        tls: Some(corebus_client::TlsOptions {
-            roots: corebus_client::TlsRoots::CaFile(certs.cert_pem.clone()),
-            ..corebus_client::TlsOptions::default()
-        }),
-        ..corebus_client::ClientConfig::default()
-    };
-    corebus_client::Client::connect_with(addr, config)
+    corebus_client::Client::connect_with(addr, tls_config(&certs.cert_pem, None))
         .await
         .expect("connects over TLS")
 }
+
+/// A client's configuration for nodes with TLS, presenting `key` if given.
+fn tls_config(ca: &std::path::Path, key: Option<&str>) -> corebus_client::ClientConfig {
+    corebus_client::ClientConfig {
+        tls: Some(corebus_client::TlsOptions {
+            roots: corebus_client::TlsRoots::CaFile(ca.to_path_buf()),
+            ..corebus_client::TlsOptions::default()
+        }),
+        credentials: key.map(corebus_client::Credentials::new),
+        ..corebus_client::ClientConfig::default()
+    }
+}
+
+/// The super-user key of the tests whose nodes listen beyond loopback.
+const ADMIN_KEY: &str = "cbk_cluster_test_admin";
 
 /// Adds `spec` on `client`'s node, waiting while the control plane has no
 /// leader yet (`unavailable`).
@@ -1386,5 +1425,223 @@ fn a_node_down_during_three_adds_and_a_remove_catches_up_within_5_s() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         eprintln!("node 3 caught up {:?} after its restart", started.elapsed());
+    });
+}
+
+/// Network namespaces of this test joined by a bridge: node `i` (from 1)
+/// runs in namespace `{tag}n{i}` at `{subnet}.{i}`, and its link to the
+/// bridge can be cut (its gossip, control plane and peer links alike).
+/// Removed when dropped.
+struct Netns {
+    tag: String,
+    subnet: String,
+    count: u8,
+}
+
+fn ip_command(args: &str) {
+    let output = Command::new("ip")
+        .args(args.split_whitespace())
+        .output()
+        .expect("the `ip` command runs");
+    assert!(
+        output.status.success(),
+        "ip {args}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl Netns {
+    fn create(count: u8) -> Netns {
+        let pid = std::process::id();
+        let netns = Netns {
+            tag: format!("cb{}", pid % 100_000),
+            subnet: format!("10.{}.{}", 100 + (pid / 250) % 100, pid % 250),
+            count: 0,
+        };
+        let (tag, subnet) = (&netns.tag, &netns.subnet);
+        ip_command(&format!("link add {tag}br type bridge"));
+        ip_command(&format!("addr add {subnet}.254/24 dev {tag}br"));
+        ip_command(&format!("link set {tag}br up"));
+        let mut netns = netns;
+        for i in 1..=count {
+            let (tag, subnet) = (netns.tag.clone(), netns.subnet.clone());
+            ip_command(&format!("netns add {tag}n{i}"));
+            netns.count = i;
+            ip_command(&format!("link add {tag}v{i} type veth peer name {tag}p{i}"));
+            ip_command(&format!("link set {tag}p{i} netns {tag}n{i}"));
+            ip_command(&format!("link set {tag}v{i} master {tag}br up"));
+            ip_command(&format!(
+                "-n {tag}n{i} addr add {subnet}.{i}/24 dev {tag}p{i}"
+            ));
+            ip_command(&format!("-n {tag}n{i} link set {tag}p{i} up"));
+            ip_command(&format!("-n {tag}n{i} link set lo up"));
+        }
+        netns
+    }
+
+    fn ip(&self, i: u8) -> String {
+        format!("{}.{i}", self.subnet)
+    }
+
+    fn at(&self, i: u8) -> NodeAt {
+        NodeAt {
+            ip: self.ip(i),
+            seed_ip: self.ip(1),
+            netns: Some(format!("{}n{i}", self.tag)),
+        }
+    }
+
+    /// Cuts node `i` off from the others (and the test), or heals it.
+    fn cut(&self, i: u8, cut: bool) {
+        let state = if cut { "down" } else { "up" };
+        ip_command(&format!("link set {}v{i} {state}", self.tag));
+    }
+
+    /// Runs `work` on a thread of its own inside node `i`'s namespace:
+    /// the sockets it opens are on that node's side of a cut.
+    fn inside<T: Send + 'static>(&self, i: u8, work: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/var/run/netns/{}n{i}", self.tag);
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let file = std::fs::File::open(&path).expect("the namespace's file");
+            // SAFETY: setns on a valid descriptor changes this thread's
+            // network namespace only.
+            let entered = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+            work()
+        })
+        .join()
+        .expect("the thread in the namespace ends")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for i in 1..=self.count {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &format!("{}n{i}", self.tag)])
+                .status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &format!("{}br", self.tag)])
+            .status();
+    }
+}
+
+#[test]
+fn a_cut_off_minority_node_refuses_webhook_commands_and_converges_after_the_heal() {
+    let netns = Netns::create(3);
+    let ips: Vec<String> = (1..=3).map(|i| netns.ip(i)).collect();
+    let certs = corebus_tests::test_certs_for_ips(&ips);
+    let secret = TempFile::new("cluster-secret-control-cut", SECRET);
+    let (cluster_port, metrics_port) = (free_port(), free_port());
+    // Beyond loopback, clients must authenticate: one super-user key.
+    let config = TempFile::new(
+        "cluster-control-cut.toml",
+        &format!(
+            "[[keys]]\nname = \"admin\"\nsha256 = \"{}\"\nsuperuser = true\n",
+            corebus::auth::key_hash_hex(ADMIN_KEY)
+        ),
+    );
+    let mut args = tls_args(&certs);
+    args.extend(
+        [
+            "--config",
+            config.path(),
+            "--webhook-allow-networks",
+            "127.0.0.0/8",
+        ]
+        .map(str::to_owned),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let nodes: Vec<Node> = (1..=3)
+        .map(|i| spawn_node(i, &netns.at(i), cluster_port, metrics_port, &secret, &args))
+        .collect();
+    let admin = |addr: String, ca: std::path::PathBuf| async move {
+        corebus_client::Client::connect_with(addr.as_str(), tls_config(&ca, Some(ADMIN_KEY)))
+            .await
+            .expect("connects with the key")
+    };
+    for node in &nodes {
+        await_alive(node, 3.0, Duration::from_secs(10));
+    }
+    let spec = |topic: &str| {
+        corebus_client::WebhookSpec::new(
+            "http://127.0.0.1:9/h",
+            "cl",
+            topic,
+            corebus_client::WebhookMatch::Exact,
+        )
+    };
+    let rt = runtime();
+    let (leader, before) = rt.block_on(async {
+        let client = admin(nodes[0].addr.clone(), certs.cert_pem.clone()).await;
+        add_when_available(&client, &spec("before")).await;
+        (control_leader(&client).await, webhook_ids(&client).await)
+    });
+    // Cut off a node that does not lead: the minority of one.
+    let cut = (leader + 1) % 3;
+    netns.cut(cut as u8 + 1, true);
+    // Long enough for it to give up on the leader and stand for election.
+    std::thread::sleep(Duration::from_secs(4));
+    let (addr, ca) = (nodes[cut].addr.clone(), certs.cert_pem.clone());
+    let (refused, took) = netns.inside(cut as u8 + 1, move || {
+        let rt = runtime();
+        rt.block_on(async move {
+            let config = corebus_client::ClientConfig {
+                // The client retries `unavailable` for this long.
+                request_timeout: Duration::from_secs(2),
+                ..tls_config(&ca, Some(ADMIN_KEY))
+            };
+            let client = corebus_client::Client::connect_with(addr.as_str(), config)
+                .await
+                .expect("connects inside the namespace");
+            let started = Instant::now();
+            let spec = corebus_client::WebhookSpec::new(
+                "http://127.0.0.1:9/h",
+                "cl",
+                "minority",
+                corebus_client::WebhookMatch::Exact,
+            );
+            (client.add_webhook(&spec).await, started.elapsed())
+        })
+    });
+    match refused {
+        Err(corebus_client::Error::Server {
+            code: Some(corebus_net::ErrorCode::Unavailable),
+            message,
+            ..
+        }) => assert!(message.contains("no quorum"), "{message}"),
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    // Refused at once each time: the client's 2 s of retries, and no more.
+    assert!(
+        took < Duration::from_secs(3),
+        "refused at once, not after {took:?}"
+    );
+    // The majority goes on.
+    let majority = (0..3).find(|i| *i != cut).expect("a majority node");
+    let after = rt.block_on(async {
+        let client = admin(nodes[majority].addr.clone(), certs.cert_pem.clone()).await;
+        add_when_available(&client, &spec("majority")).await;
+        webhook_ids(&client).await
+    });
+    assert_eq!(after.len(), before.len() + 1);
+    netns.cut(cut as u8 + 1, false);
+    // Healed: the cut node has exactly the majority's webhooks.
+    rt.block_on(async {
+        let client = admin(nodes[cut].addr.clone(), certs.cert_pem.clone()).await;
+        let started = Instant::now();
+        loop {
+            let ids = webhook_ids(&client).await;
+            if ids == after {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the healed node has {ids:?}, not {after:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     });
 }

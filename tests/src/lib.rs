@@ -512,8 +512,15 @@ pub fn test_certs() -> TestCerts {
 /// [`test_certs`] for a certificate that names `127.0.0.1` to `127.0.0.n`
 /// (and `localhost`): one certificate for the nodes of a test cluster.
 pub fn test_certs_for_nodes(n: u8) -> TestCerts {
-    let ips: Vec<String> = (1..=n).map(|i| format!("IP:127.0.0.{i}")).collect();
-    test_certs_naming(&format!("DNS:localhost,{}", ips.join(",")))
+    let ips: Vec<String> = (1..=n).map(|i| format!("127.0.0.{i}")).collect();
+    test_certs_for_ips(&ips)
+}
+
+/// [`test_certs`] for a certificate that names each of `ips` (and
+/// `localhost`).
+pub fn test_certs_for_ips(ips: &[String]) -> TestCerts {
+    let names: Vec<String> = ips.iter().map(|ip| format!("IP:{ip}")).collect();
+    test_certs_naming(&format!("DNS:localhost,{}", names.join(",")))
 }
 
 /// A fresh self-signed certificate whose subjectAltName is `names`.

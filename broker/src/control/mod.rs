@@ -464,6 +464,16 @@ impl Plane {
         }
     }
 
+    /// Whether gossip counts the node at `addr` as alive (not suspect, not
+    /// down).
+    fn reachable(&self, addr: SocketAddr) -> bool {
+        self.view
+            .snapshot()
+            .members
+            .iter()
+            .any(|member| member.node.addr == addr && member.state == MemberState::Alive)
+    }
+
     /// `same`, `differs` or `unknown` (no secret here or there).
     fn compare(&self, theirs: Option<&str>) -> &'static str {
         match (self.fingerprint.as_deref(), theirs) {
@@ -538,6 +548,13 @@ impl Plane {
                 let addr: SocketAddr = leader.addr.parse().map_err(|_| {
                     WebhookCommandError::Internal(format!("leader address {:?}", leader.addr))
                 })?;
+                // Gossip already knows when the leader cannot be reached:
+                // fail at once rather than wait for a connection.
+                if !self.reachable(addr) {
+                    return Err(unavailable(format!(
+                        "the control-plane leader {addr} cannot be reached from this node"
+                    )));
+                }
                 let mut client = PeerClient::new(addr, self.peers.clone());
                 let reply: WriteReply = client
                     .call_json("/control/write", &entry, wait)

@@ -40,6 +40,8 @@ use super::{Plane, TypeConfig};
 
 /// The largest request or answer body (a snapshot of the control state).
 pub const MAX_BODY: usize = 16 << 20;
+/// How long a connection to another node may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The scheme of the `Authorization` header.
 const SCHEME: &str = "Corebus-Peer ";
 
@@ -87,8 +89,11 @@ impl PeerClient {
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, CallError> {
         let unreachable =
             |err: &dyn std::fmt::Display| CallError::Unreachable(self.addr, err.to_string());
-        let tcp = TcpStream::connect(self.addr)
+        // Nodes are near: a connection not made within this is not coming
+        // (a node cut off), and a forwarded command fails at once.
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
             .await
+            .map_err(|_| unreachable(&format!("no connection within {CONNECT_TIMEOUT:?}")))?
             .map_err(|err| unreachable(&err))?;
         let _ = tcp.set_nodelay(true);
         let sender = match &self.peers.tls {
