@@ -67,6 +67,27 @@ pub enum ClusterCommand {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Save the control plane's agreed run-time webhooks (secrets
+    /// included) to a file readable by its owner only, in the format of
+    /// webhooks.json: the backup to rebuild a cluster from (see
+    /// docs/cluster.md).
+    Snapshot {
+        /// The file to write (it must not exist).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Node to ask.
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Remove a node gone for good from the control plane (its vote goes
+    /// with it); a node that is up is refused.
+    Remove {
+        /// Its node id: its cluster address, as `cluster status` lists it.
+        node: String,
+        /// Node to ask.
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// Name the node (and, if it is the node asked, the shard) that owns a
     /// topic.
     Owner {

@@ -8,7 +8,9 @@ use std::sync::{Arc, OnceLock};
 use corebus_cluster::{ClusterView, LinkKey, MemberState, MemberView};
 use corebus_net::routing::{node_key, owner_of_hash};
 use corebus_net::TopicKey;
-use corebus_shards::{ClusterCommandError, ClusterControl, NodeMap, Placement};
+use corebus_shards::{
+    ClusterCommandError, ClusterControl, CommandAnswer, CommandResult, NodeMap, Placement,
+};
 use serde_json::{json, Value};
 
 use crate::cli::ClusterCommand;
@@ -142,25 +144,65 @@ impl NodeMap for ClusterCommands {
     }
 }
 
-impl ClusterControl for ClusterCommands {
-    fn command(&self, command: &str, shard_count: usize) -> Result<String, ClusterCommandError> {
-        let command: Value = serde_json::from_str(command)
-            .map_err(|err| ClusterCommandError::Invalid(format!("not a JSON object: {err}")))?;
+impl ClusterCommands {
+    /// A command answered from the member list.
+    fn answer_now(&self, command: &Value, shard_count: usize) -> CommandResult {
         let result = match command.get("op").and_then(Value::as_str) {
             Some("status") => self.status(),
-            Some("owner") => self.owner(&command, shard_count)?,
+            Some("owner") => self.owner(command, shard_count)?,
+            Some("snapshot") => match self.control.get() {
+                Some(control) => control.snapshot(),
+                None => return Err(not_a_member()),
+            },
             Some(other) => {
                 return Err(ClusterCommandError::Invalid(format!(
-                    "unknown op {other:?}: status or owner"
+                    "unknown op {other:?}: {OPS}"
                 )))
             }
             None => {
-                return Err(ClusterCommandError::Invalid(
-                    "`op` is missing: status or owner".into(),
-                ))
+                return Err(ClusterCommandError::Invalid(format!(
+                    "`op` is missing: {OPS}"
+                )))
             }
         };
         Ok(result.to_string())
+    }
+}
+
+/// The cluster commands.
+const OPS: &str = "status, owner, snapshot or remove";
+
+fn not_a_member() -> ClusterCommandError {
+    ClusterCommandError::Invalid("this broker is not a member of a cluster".into())
+}
+
+impl ClusterControl for ClusterCommands {
+    fn command(&self, command: &str, shard_count: usize) -> CommandAnswer {
+        let command: Value = match serde_json::from_str(command) {
+            Ok(command) => command,
+            Err(err) => {
+                return CommandAnswer::Now(Err(ClusterCommandError::Invalid(format!(
+                    "not a JSON object: {err}"
+                ))))
+            }
+        };
+        if command.get("op").and_then(Value::as_str) != Some("remove") {
+            return CommandAnswer::Now(self.answer_now(&command, shard_count));
+        }
+        let Some(control) = self.control.get() else {
+            return CommandAnswer::Now(Err(not_a_member()));
+        };
+        let node = match command.get("node").and_then(Value::as_str).map(str::parse) {
+            Some(Ok(node)) => node,
+            _ => {
+                return CommandAnswer::Now(Err(ClusterCommandError::Invalid(
+                    "`node` is missing or not a node id (its cluster address)".into(),
+                )))
+            }
+        };
+        let (done, answer) = flume::bounded(1);
+        control.remove(node, done);
+        CommandAnswer::Later(answer)
     }
 }
 
@@ -221,6 +263,17 @@ pub async fn main(command: ClusterCommand) -> anyhow::Result<()> {
                 }
             }
         }
+        ClusterCommand::Snapshot { out, server } => {
+            let client = connect(&server, "corebus-cluster").await?;
+            let snapshot = client.control_snapshot().await?;
+            write_private(&out, snapshot.as_bytes())?;
+            stdio::line(format_args!("control plane saved to {}", out.display()))?;
+        }
+        ClusterCommand::Remove { node, server } => {
+            let client = connect(&server, "corebus-cluster").await?;
+            client.remove_cluster_node(&node).await?;
+            stdio::line(format_args!("removed {node} from the control plane"))?;
+        }
         ClusterCommand::Owner {
             namespace,
             topic,
@@ -243,6 +296,22 @@ pub async fn main(command: ClusterCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Writes `bytes` to a new file at `path`, readable by its owner only.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|err| anyhow::anyhow!("cannot create {}: {err}", path.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.write_all(b"\n"))
+        .and_then(|()| file.sync_all())
+        .map_err(|err| anyhow::anyhow!("cannot write {}: {err}", path.display()))
 }
 
 /// The control plane's lines of `cluster status`.
@@ -284,16 +353,21 @@ fn print_control(control: &corebus_client::ControlStatus) -> anyhow::Result<()> 
 mod tests {
     use super::*;
 
+    fn now(answer: CommandAnswer) -> CommandResult {
+        match answer {
+            CommandAnswer::Now(result) => result,
+            CommandAnswer::Later(_) => panic!("answered later"),
+        }
+    }
+
     #[test]
     fn a_lone_node_answers_for_itself_and_bad_commands_are_invalid() {
         let commands = ClusterCommands::default();
         let status: Value =
-            serde_json::from_str(&commands.command(r#"{"op":"status"}"#, 2).unwrap()).unwrap();
+            serde_json::from_str(&now(commands.command(r#"{"op":"status"}"#, 2)).unwrap()).unwrap();
         assert_eq!(status, json!({ "node": null, "members": [] }));
         let owner: Value = serde_json::from_str(
-            &commands
-                .command(r#"{"op":"owner","ns":"app","topic":"news"}"#, 8)
-                .unwrap(),
+            &now(commands.command(r#"{"op":"owner","ns":"app","topic":"news"}"#, 8)).unwrap(),
         )
         .unwrap();
         // The shard golden table: app/news is shard 0 of 8 (net/src/routing.rs).
@@ -307,8 +381,10 @@ mod tests {
             (r#"{"op":"owner","ns":"app"}"#, "`topic` is missing"),
             (r#"{"op":"owner","ns":"","topic":"t"}"#, "invalid topic"),
             ("{", "not a JSON object"),
+            (r#"{"op":"snapshot"}"#, "not a member"),
+            (r#"{"op":"remove","node":"127.0.0.1:1"}"#, "not a member"),
         ] {
-            let err = commands.command(bad, 1).unwrap_err();
+            let err = now(commands.command(bad, 1)).unwrap_err();
             assert!(
                 matches!(&err, ClusterCommandError::Invalid(text) if text.contains(why)),
                 "{bad}: {err}"

@@ -25,7 +25,7 @@ use crate::cli::{LogFormat, ServeArgs, ServeCommand, SlowConsumer};
 use crate::cluster::ClusterCommands;
 use crate::config::{self, Origin, Resolved};
 use crate::webhook::store::Store;
-use crate::webhook::{self, DeliverySettings, Registry, RegistryPolicy, Webhooks};
+use crate::webhook::{self, DeliverySettings, Hook, Registry, RegistryPolicy, Webhooks};
 
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
 
@@ -271,7 +271,7 @@ fn start_control(
         .load()
         .context("reading webhooks.json for the control plane")?
         .iter()
-        .map(|hook| hook.to_stored_with(&hook.secrets.lock().unwrap_or_else(|e| e.into_inner())))
+        .map(Hook::to_stored)
         .collect();
     let seeds: Vec<std::net::SocketAddr> = args
         .seed

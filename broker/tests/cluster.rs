@@ -87,6 +87,13 @@ fn node_with_args(
     spawn_node(n, &at, cluster_port, metrics_port, secret, extra)
 }
 
+/// Node `n`'s own data directory (the control plane's log), kept across a
+/// restart of the same node in the same test.
+fn data_dir_of(cluster_port: u16, n: u8) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cluster-{}-{cluster_port}-{n}", std::process::id()))
+}
+
 /// Where a node runs: its address, the seed's, and its network namespace.
 struct NodeAt {
     ip: String,
@@ -1270,10 +1277,23 @@ fn three_tls_nodes<'a>(
     secret: &'a TempFile,
     certs: &corebus_tests::TestCerts,
 ) -> (Vec<Node>, impl Fn(u8) -> Node + 'a) {
+    let (nodes, start, _) = three_tls_nodes_with(secret, certs, |_| Vec::new());
+    (nodes, start)
+}
+
+/// [`three_tls_nodes`] with `extra(n)` arguments for node `n`; also gives
+/// the cluster port.
+fn three_tls_nodes_with<'a>(
+    secret: &'a TempFile,
+    certs: &corebus_tests::TestCerts,
+    extra: impl Fn(u8) -> Vec<String> + 'a,
+) -> (Vec<Node>, impl Fn(u8) -> Node + 'a, u16) {
     let (cluster_port, metrics_port) = (free_port(), free_port());
     let mut args = tls_args(certs);
     args.extend(["--webhook-allow-networks", "127.0.0.0/8"].map(str::to_owned));
     let start = move |n: u8| {
+        let mut args = args.clone();
+        args.extend(extra(n));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         node_with_args(n, cluster_port, metrics_port, secret, &args)
     };
@@ -1281,7 +1301,7 @@ fn three_tls_nodes<'a>(
     for node in &nodes {
         await_alive(node, 3.0, Duration::from_secs(10));
     }
-    (nodes, start)
+    (nodes, start, cluster_port)
 }
 
 /// The index (0-2) of the node that leads the control plane, as `client`'s
@@ -1521,6 +1541,11 @@ impl Drop for Netns {
             let _ = Command::new("ip")
                 .args(["netns", "del", &format!("{}n{i}", self.tag)])
                 .status();
+            // Gone with its namespace, unless something still holds it.
+            let _ = Command::new("ip")
+                .args(["link", "del", &format!("{}v{i}", self.tag)])
+                .stderr(Stdio::null())
+                .status();
         }
         let _ = Command::new("ip")
             .args(["link", "del", &format!("{}br", self.tag)])
@@ -1644,4 +1669,173 @@ fn a_cut_off_minority_node_refuses_webhook_commands_and_converges_after_the_heal
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
+}
+
+#[test]
+fn a_snapshot_rebuilds_the_webhooks_of_a_cluster_that_lost_its_control_logs() {
+    let secret = TempFile::new("cluster-secret-control-backup", SECRET);
+    let certs = corebus_tests::test_certs_for_nodes(3);
+    let (mut nodes, start, cluster_port) = three_tls_nodes_with(&secret, &certs, |_| Vec::new());
+    let spec = |topic: &str| {
+        corebus_client::WebhookSpec::new(
+            "http://127.0.0.1:9/h",
+            "cl",
+            topic,
+            corebus_client::WebhookMatch::Exact,
+        )
+    };
+    let rt = runtime();
+    let before = rt.block_on(async {
+        let client = tls_client(&nodes[1].addr, &certs).await;
+        add_when_available(&client, &spec("a")).await;
+        add_when_available(&client, &spec("b")).await;
+        webhook_ids(&client).await
+    });
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "control-backup-{}-{cluster_port}.json",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&out);
+    let ca = certs.cert_pem.to_str().expect("UTF-8 path");
+    let printed = corebus(&[
+        "cluster",
+        "snapshot",
+        "--server",
+        &nodes[2].addr,
+        "--ca",
+        ca,
+        "--out",
+        out.to_str().expect("UTF-8 path"),
+    ]);
+    assert!(printed.contains("saved"), "{printed}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&out)
+        .expect("written")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the backup holds secrets");
+    // Every node's log is lost for good.
+    for node in &mut nodes {
+        node.child.kill().expect("kill -9");
+        let _ = node.child.wait();
+    }
+    for n in 1..=3 {
+        let _ = std::fs::remove_dir_all(data_dir_of(cluster_port, n).join("control"));
+    }
+    // docs/cluster.md: the backup becomes webhooks.json of the nodes, and
+    // the node that founds the new log imports it.
+    for n in 1..=3 {
+        std::fs::copy(&out, data_dir_of(cluster_port, n).join("webhooks.json")).expect("copied");
+    }
+    let nodes: Vec<Node> = (1..=3).map(&start).collect();
+    rt.block_on(async {
+        let client = tls_client(&nodes[2].addr, &certs).await;
+        let started = Instant::now();
+        while webhook_ids(&client).await != before {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "not rebuilt: {:?}",
+                webhook_ids(&client).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let _ = std::fs::remove_file(&out);
+}
+
+#[test]
+fn cluster_status_shows_the_control_plane_and_configuration_differences_and_remove_frees_a_seat() {
+    let secret = TempFile::new("cluster-secret-control-status", SECRET);
+    let certs = corebus_tests::test_certs_for_nodes(3);
+    // Node 3 lets clients keep more publishes in flight: a difference.
+    let differs = |n: u8| match n {
+        3 => vec!["--max-in-flight".to_string(), "999".to_string()],
+        _ => Vec::new(),
+    };
+    let (mut nodes, _, cluster_port) = three_tls_nodes_with(&secret, &certs, differs);
+    let id = |n: u8| format!("127.0.0.{n}:{cluster_port}");
+    let rt = runtime();
+    rt.block_on(async {
+        let client = tls_client(&nodes[0].addr, &certs).await;
+        add_when_available(
+            &client,
+            &corebus_client::WebhookSpec::new(
+                "http://127.0.0.1:9/h",
+                "cl",
+                "t",
+                corebus_client::WebhookMatch::Exact,
+            ),
+        )
+        .await;
+        let started = Instant::now();
+        let control = loop {
+            let control = client
+                .cluster_status()
+                .await
+                .expect("status")
+                .control
+                .expect("a control plane");
+            if control.nodes.len() == 3 && control.voters.len() == 3 {
+                break control;
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "{control:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(control.leader.is_some());
+        assert_eq!(control.config_comparison, "available");
+        let node = |n: u8| {
+            control
+                .nodes
+                .iter()
+                .find(|node| node.node == id(n))
+                .unwrap_or_else(|| panic!("node {n} in {control:?}"))
+                .clone()
+        };
+        assert_eq!(node(2).config, "same");
+        assert_eq!(node(3).config, "differs");
+        assert!(node(2).applied.is_some_and(|applied| applied >= 1));
+        // A node that is up keeps its seat.
+        let refused = client.remove_cluster_node(&id(3)).await.unwrap_err();
+        assert!(refused.to_string().contains("is up"), "{refused}");
+    });
+    nodes[2].child.kill().expect("kill -9 node 3");
+    let _ = nodes[2].child.wait();
+    // Both survivors know it is down (either may carry out the removal).
+    await_alive(&nodes[0], 2.0, Duration::from_secs(10));
+    await_alive(&nodes[1], 2.0, Duration::from_secs(10));
+    rt.block_on(async {
+        let client = tls_client(&nodes[1].addr, &certs).await;
+        client
+            .remove_cluster_node(&id(3))
+            .await
+            .expect("a dead node's seat is given up");
+        let control = client.cluster_status().await.expect("status").control;
+        let control = control.expect("a control plane");
+        assert!(!control.voters.contains(&id(3)), "{control:?}");
+        assert_eq!(control.voters.len(), 2);
+    });
+    // A node that insists on the same configuration refuses to join.
+    let data_dir = data_dir_of(cluster_port, 3);
+    let output = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.3:0",
+            "--cluster-listen",
+            &id(3),
+        ])
+        .args(["--seed", &id(1), "--cluster-secret-file", secret.path()])
+        .args(["--data-dir", data_dir.to_str().expect("UTF-8 path")])
+        .args([
+            "--max-in-flight",
+            "999",
+            "--cluster-require-same-config=true",
+        ])
+        .args(tls_args(&certs))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "it must not run: {stderr}");
+    assert!(stderr.contains("refusing to join"), "{stderr}");
 }

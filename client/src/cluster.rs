@@ -100,6 +100,43 @@ impl Client {
         with_reason("cluster status", parse_status(&result))
     }
 
+    /// The control plane's agreed run-time webhooks, secrets included, as
+    /// JSON in the format of `webhooks.json` (super-user credentials only):
+    /// a backup from which a cluster that lost a majority for good is
+    /// rebuilt (docs/cluster.md). Keep it as secret as the secrets in it.
+    ///
+    /// ```no_run
+    /// # use corebus_client::{Client, Error};
+    /// # async fn run(client: Client) -> Result<(), Error> {
+    /// let backup = client.control_snapshot().await?;
+    /// assert!(backup.starts_with('{'));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn control_snapshot(&self) -> Result<String, Error> {
+        self.command_request(CommandKind::Cluster, &json!({ "op": "snapshot" }))
+            .await
+    }
+
+    /// Removes `node` (a node id: its cluster address) from the control
+    /// plane: a node gone for good gives up its vote, so that the others
+    /// keep a majority without it (super-user credentials only). A node
+    /// that is up is refused: it would be added back.
+    ///
+    /// ```no_run
+    /// # use corebus_client::{Client, Error};
+    /// # async fn run(client: Client) -> Result<(), Error> {
+    /// client.remove_cluster_node("10.0.0.3:7500").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn remove_cluster_node(&self, node: &str) -> Result<(), Error> {
+        let command = json!({ "op": "remove", "node": node });
+        self.command_request(CommandKind::Cluster, &command)
+            .await
+            .map(drop)
+    }
+
     /// The node that owns `namespace`/`topic` (super-user credentials only).
     ///
     /// ```no_run

@@ -32,9 +32,27 @@ async fn reply(peer: &mut Peer, request_id: u32, result: &str) {
     .await;
 }
 
-/// Expects `command` and answers it with `result`.
-async fn answer(peer: &mut Peer, command: Value, result: Value) {
-    let (request_id, received) = expect_webhook(peer).await;
+/// Expects `command` and answers it with `result`. A command that changes
+/// the webhooks carries a request id (for retries in a cluster): the one
+/// `command` names, or one the client made.
+async fn answer(peer: &mut Peer, mut command: Value, result: Value) {
+    let (request_id, mut received) = expect_webhook(peer).await;
+    let sent = received
+        .as_object_mut()
+        .and_then(|object| object.remove("request_id"));
+    let expected = command
+        .as_object_mut()
+        .and_then(|object| object.remove("request_id"));
+    match (expected, command["op"].as_str()) {
+        (Some(expected), _) => assert_eq!(sent, Some(expected)),
+        (None, Some("add" | "remove" | "rotate")) => assert!(
+            sent.as_ref()
+                .and_then(Value::as_str)
+                .is_some_and(|id| id.starts_with("rq-") && id.len() <= 64),
+            "a made request id, not {sent:?}"
+        ),
+        (None, _) => assert_eq!(sent, None),
+    }
     assert_eq!(received, command);
     reply(peer, request_id, &result.to_string()).await;
 }

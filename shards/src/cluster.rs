@@ -101,23 +101,16 @@ pub trait NodeMap: Debug + Send + Sync {
 }
 
 /// Why a cluster command failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ClusterCommandError {
-    /// The command is malformed or unknown (`invalid_request`).
-    #[error("{0}")]
-    Invalid(String),
-    /// The broker could not answer (`internal`).
-    #[error("{0}")]
-    Internal(String),
-}
+pub type ClusterCommandError = crate::webhooks::CommandError;
 
 /// Answers cluster commands. Implementations must not block: they read a
-/// snapshot of the member list.
+/// snapshot of the member list, or answer later (a change to the control
+/// plane).
 pub trait ClusterControl: Debug + Send + Sync {
     /// Carries out a `CLUSTER_REQUEST` command (a JSON object) from a
-    /// super-user connection on a node of `shard_count` shards, and returns
-    /// the JSON result.
-    fn command(&self, command: &str, shard_count: usize) -> Result<String, ClusterCommandError>;
+    /// super-user connection on a node of `shard_count` shards: the JSON
+    /// result, now or later.
+    fn command(&self, command: &str, shard_count: usize) -> crate::webhooks::CommandAnswer;
 }
 
 /// No cluster control: every command is refused.
@@ -125,9 +118,9 @@ pub trait ClusterControl: Debug + Send + Sync {
 pub struct NoCluster;
 
 impl ClusterControl for NoCluster {
-    fn command(&self, _command: &str, _shard_count: usize) -> Result<String, ClusterCommandError> {
-        Err(ClusterCommandError::Invalid(
+    fn command(&self, _command: &str, _shard_count: usize) -> crate::webhooks::CommandAnswer {
+        crate::webhooks::CommandAnswer::Now(Err(ClusterCommandError::Invalid(
             "this broker answers no cluster commands".into(),
-        ))
+        )))
     }
 }

@@ -48,5 +48,6 @@ pub use runtime::{start, Server, ServerConfig, ShutdownHandle, StartError, WebCo
 pub use sends::SendStats;
 pub use topic::RingLimits;
 pub use webhooks::{
-    CommandAnswer, CommandResult, NoWebhooks, WebhookCommandError, WebhookMessage, WebhookSink,
+    CommandAnswer, CommandError, CommandResult, NoWebhooks, WebhookCommandError, WebhookMessage,
+    WebhookSink,
 };

@@ -496,7 +496,7 @@ async fn run_shard(
         }
     })
     .detach();
-    // Webhook commands a cluster's control plane answers later: one task
+    // Commands a cluster's control plane answers later: one task
     // each waits for its answer off the shard's turn.
     glommio::spawn_local({
         let shard = shard.clone();
@@ -515,13 +515,14 @@ async fn run_shard(
                     let shard = shard.clone();
                     glommio::spawn_local(async move {
                         let result = wait.answer.recv_async().await.unwrap_or_else(|_| {
-                            Err(crate::WebhookCommandError::Internal(
-                                "the webhook command was dropped unanswered".into(),
+                            Err(crate::CommandError::Internal(
+                                "the command was dropped unanswered".into(),
                             ))
                         });
-                        shard.borrow_mut().finish_webhook_command(
+                        shard.borrow_mut().finish_command(
                             wait.conn,
                             wait.request_id,
+                            wait.cluster,
                             result,
                         );
                     })

@@ -30,9 +30,9 @@ pub struct WebhookMessage {
     pub payload: Bytes,
 }
 
-/// Why a webhook command was refused.
+/// Why a webhook or cluster command was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WebhookCommandError {
+pub enum CommandError {
     /// The command is malformed or names something that does not exist
     /// (answered with `invalid_request`).
     #[error("{0}")]
@@ -51,11 +51,15 @@ pub enum WebhookCommandError {
     Unavailable(String),
 }
 
-/// The result of a webhook command.
-pub type CommandResult = Result<String, WebhookCommandError>;
+/// Why a webhook command was refused.
+pub type WebhookCommandError = CommandError;
 
-/// The answer to a webhook command: at once, or later from another thread
-/// (a cluster's control plane), without the shard waiting for it.
+/// The result of a webhook or cluster command: its JSON, or why not.
+pub type CommandResult = Result<String, CommandError>;
+
+/// The answer to a webhook or cluster command: at once, or later from
+/// another thread (a cluster's control plane), without the shard waiting
+/// for it.
 #[derive(Debug)]
 pub enum CommandAnswer {
     /// Carried out already.

@@ -134,6 +134,8 @@ pub struct Plane {
     fingerprint: Option<String>,
     /// What the other nodes said last (refreshed every second).
     reports: std::sync::Mutex<BTreeMap<SocketAddr, Report>>,
+    /// The differing configurations already warned about.
+    warned: std::sync::Mutex<BTreeSet<(SocketAddr, String)>>,
 }
 
 /// What a node last said about itself, or why it did not.
@@ -190,6 +192,31 @@ impl ControlHandle {
         self.runtime.spawn(async move {
             let _ = done.send(plane.command(&text).await);
         });
+    }
+
+    /// Removes `node` from the control plane (its seat, if it votes), on
+    /// the control thread; `done` gets the answer.
+    pub fn remove(
+        &self,
+        node: SocketAddr,
+        done: flume::Sender<Result<String, WebhookCommandError>>,
+    ) {
+        let plane = self.plane.clone();
+        self.runtime.spawn(async move {
+            let _ = done.send(plane.remove(node).await);
+        });
+    }
+
+    /// The agreed run-time webhooks, secrets included, in the format of
+    /// `webhooks.json`: what `corebus cluster snapshot` saves, and what a
+    /// founding node imports to rebuild a cluster from it.
+    pub fn snapshot(&self) -> Value {
+        let state = self.plane.machine.state();
+        json!({
+            "version": crate::webhook::store::FORMAT_VERSION,
+            "applied": self.plane.machine.applied().load(Ordering::Acquire),
+            "webhooks": state.webhooks.values().collect::<Vec<_>>(),
+        })
     }
 
     /// Disables a webhook for the whole cluster (its endpoint answered 410).
@@ -410,6 +437,7 @@ async fn run(
         timing,
         fingerprint,
         reports: std::sync::Mutex::new(BTreeMap::new()),
+        warned: std::sync::Mutex::new(BTreeSet::new()),
     });
     tokio::spawn(found_or_join(plane.clone(), founding, import));
     Ok((plane, listener, server_tls))
@@ -499,16 +527,13 @@ impl Plane {
                 .map_err(|err| err.to_string());
             if let Ok(status) = &status {
                 if self.compare(status.config.as_deref()) == "differs" {
-                    let before = self
-                        .reports
+                    let seen = (addr, status.config.clone().unwrap_or_default());
+                    let new = self
+                        .warned
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .get(&addr)
-                        .cloned();
-                    let known = before.is_some_and(|report| {
-                        report.status.is_ok_and(|s| s.config == status.config)
-                    });
-                    if !known {
+                        .insert(seen);
+                    if new {
                         warn!(node = %addr, "this node's security-relevant configuration (API keys, token secrets, webhook allow-list, limits, configured webhooks) differs from that node's (see `corebus cluster status`)");
                     }
                 }
@@ -571,6 +596,68 @@ impl Plane {
             Err(_) => Err(unavailable(format!(
                 "the command was not committed within {wait:?}"
             ))),
+        }
+    }
+
+    /// Removes `node` from the voters and learners: done by the leader
+    /// (forwarded to it from another node). A node gossip sees up is
+    /// refused: the leader would add it back.
+    async fn remove(&self, node: SocketAddr) -> Result<String, WebhookCommandError> {
+        if self.view.snapshot().members.iter().any(|member| {
+            member.node.addr == node && member.state != MemberState::Down && !member.node.leaving
+        }) {
+            return Err(WebhookCommandError::Invalid(format!(
+                "node {node} is up: stop it for good first (a member that is up is added \
+                 back to the control plane)"
+            )));
+        }
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let id = node_id(node);
+        if membership.get_node(&id).is_none() {
+            return Err(WebhookCommandError::Invalid(format!(
+                "node {node} is not in the control plane"
+            )));
+        }
+        if metrics.state != ServerState::Leader {
+            let unavailable =
+                |why: String| WebhookCommandError::Unavailable(format!("no quorum: {why}"));
+            let leader = metrics
+                .current_leader
+                .and_then(|leader| membership.get_node(&leader).cloned())
+                .ok_or_else(|| unavailable("no control-plane leader is known".into()))?;
+            let addr: SocketAddr = leader.addr.parse().map_err(|_| {
+                WebhookCommandError::Internal(format!("leader address {:?}", leader.addr))
+            })?;
+            let mut client = PeerClient::new(addr, self.peers.clone());
+            let reply: Result<String, String> = client
+                .call_json("/control/remove", &node, self.timing.election * 3)
+                .await
+                .map_err(|err| unavailable(format!("the leader did not answer: {err}")))?;
+            return reply.map_err(WebhookCommandError::Invalid);
+        }
+        let removing = BTreeSet::from([id]);
+        let change = if membership.voter_ids().any(|voter| voter == id) {
+            ChangeMembers::RemoveVoters(removing)
+        } else {
+            ChangeMembers::RemoveNodes(removing)
+        };
+        let changed = tokio::time::timeout(
+            self.timing.election * 3,
+            self.raft.change_membership(change, false),
+        )
+        .await;
+        match changed {
+            Ok(Ok(_)) => {
+                info!(%node, "removed from the control plane");
+                Ok(json!({ "removed": node.to_string() }).to_string())
+            }
+            Ok(Err(err)) => Err(WebhookCommandError::Invalid(format!(
+                "cannot remove {node}: {err}"
+            ))),
+            Err(_) => Err(WebhookCommandError::Unavailable(
+                "no quorum: the change was not committed in time".into(),
+            )),
         }
     }
 
@@ -740,14 +827,9 @@ fn prepare(registry: &Registry, command: Map<String, Value>) -> Result<Op, Webho
     match op.as_str() {
         "add" => {
             let hook = registry.prepare_add(&command)?;
-            let secrets = hook
-                .secrets
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
             Ok(Op::WebhookAdd {
                 request_id,
-                hook: hook.to_stored_with(&secrets),
+                hook: hook.to_stored(),
             })
         }
         "remove" => {
@@ -827,12 +909,7 @@ pub fn config_fingerprint(resolved: &crate::config::Resolved, key: &LinkKey) -> 
         .webhooks
         .iter()
         .map(|hook| {
-            let secrets = hook
-                .secrets
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            let mut stored = hook.to_stored_with(&secrets);
+            let mut stored = hook.to_stored();
             // Counters are not configuration.
             if let Some(object) = stored.as_object_mut() {
                 object.remove("delivery");

@@ -419,6 +419,10 @@ async fn answer(plane: &Plane, request: Request<Incoming>) -> Response<Full<Byte
             Err(err) => bad(err),
         },
         "/control/status" => json_reply(&plane.status()),
+        "/control/remove" => match serde_json::from_slice(&body) {
+            Ok(node) => json_reply(&plane.remove(node).await.map_err(|err| err.to_string())),
+            Err(err) => bad(err),
+        },
         _ => reply(StatusCode::NOT_FOUND, Vec::new()),
     }
 }

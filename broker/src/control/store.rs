@@ -305,6 +305,11 @@ impl StateMachine {
         self.applied.clone()
     }
 
+    /// The agreed state now.
+    pub fn state(&self) -> ControlState {
+        self.lock().state.clone()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, MachineData> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }

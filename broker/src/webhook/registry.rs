@@ -213,6 +213,12 @@ impl Hook {
         Value::Object(object)
     }
 
+    /// The persisted form, with its secrets.
+    pub fn to_stored(&self) -> Value {
+        let secrets = self.secrets();
+        self.to_stored_with(&secrets)
+    }
+
     /// The persisted form (runtime webhooks only), with `secrets`.
     pub fn to_stored_with(&self, secrets: &Secrets) -> Value {
         let mut value = self.to_json(false);

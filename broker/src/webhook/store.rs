@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 use super::registry::{self, Hook};
 
 const FILE: &str = "webhooks.json";
-const FORMAT_VERSION: u64 = 1;
+/// The version of the `webhooks.json` format.
+pub const FORMAT_VERSION: u64 = 1;
 
 /// The webhook file of one data directory.
 #[derive(Debug, Clone)]

@@ -13,9 +13,8 @@ use std::task::Waker;
 
 use super::{CommandWait, ConnId, ConnState, Flow, Shard};
 use crate::auth::{unix_now_ms, Action, AuthError, Grant};
-use crate::cluster::ClusterCommandError;
 use crate::outbox::{OutFrame, Outbox, PushError};
-use crate::webhooks::{CommandAnswer, CommandResult, WebhookCommandError};
+use crate::webhooks::{CommandAnswer, CommandError, CommandResult};
 
 impl Shard {
     // ----- time --------------------------------------------------------
@@ -459,15 +458,26 @@ impl Shard {
         if !self.superuser(conn, request.request_id, "manage webhooks") {
             return;
         }
-        match self.webhooks.command(&request.command) {
-            CommandAnswer::Now(result) => {
-                self.finish_webhook_command(conn, request.request_id, result)
-            }
+        let answer = self.webhooks.command(&request.command);
+        self.answer_command(conn, request.request_id, false, answer);
+    }
+
+    /// Sends a command's answer now, or hands it to the runtime to wait for.
+    fn answer_command(
+        &mut self,
+        conn: ConnId,
+        request_id: u32,
+        cluster: bool,
+        answer: CommandAnswer,
+    ) {
+        match answer {
+            CommandAnswer::Now(result) => self.finish_command(conn, request_id, cluster, result),
             CommandAnswer::Later(answer) => {
                 let waits = &mut self.command_waits;
                 waits.new.push(CommandWait {
                     conn,
-                    request_id: request.request_id,
+                    request_id,
+                    cluster,
                     answer,
                 });
                 if let Some(waker) = waits.waker.take() {
@@ -477,27 +487,34 @@ impl Shard {
         }
     }
 
-    /// Sends the answer to a webhook command, if its connection is still
-    /// there.
-    pub fn finish_webhook_command(&mut self, conn: ConnId, request_id: u32, result: CommandResult) {
+    /// Sends the answer to a webhook command (`cluster` false) or a cluster
+    /// command, if its connection is still there.
+    pub fn finish_command(
+        &mut self,
+        conn: ConnId,
+        request_id: u32,
+        cluster: bool,
+        result: CommandResult,
+    ) {
         if !self.conns.contains_key(&conn) {
             return;
         }
         match result {
+            Ok(result) if cluster => self.send(conn, OutFrame::ClusterReply { request_id, result }),
             Ok(result) => self.send(conn, OutFrame::WebhookReply { request_id, result }),
             Err(err) => {
                 let code = match err {
-                    WebhookCommandError::Invalid(_) => ErrorCode::InvalidRequest,
-                    WebhookCommandError::Refused(_) => ErrorCode::Forbidden,
-                    WebhookCommandError::Internal(_) => ErrorCode::Internal,
-                    WebhookCommandError::Unavailable(_) => ErrorCode::Unavailable,
+                    CommandError::Invalid(_) => ErrorCode::InvalidRequest,
+                    CommandError::Refused(_) => ErrorCode::Forbidden,
+                    CommandError::Internal(_) => ErrorCode::Internal,
+                    CommandError::Unavailable(_) => ErrorCode::Unavailable,
                 };
                 self.send_error(conn, request_id, code, err.to_string());
             }
         }
     }
 
-    /// Webhook commands whose answers the runtime must wait for, or `waker`
+    /// Commands whose answers the runtime must wait for, or `waker`
     /// registered to be woken when there are some.
     pub fn take_command_waits(&mut self, waker: &Waker) -> Vec<CommandWait> {
         let waits = &mut self.command_waits;
@@ -511,22 +528,8 @@ impl Shard {
         if !self.superuser(conn, request.request_id, "ask about the cluster") {
             return;
         }
-        match self.cluster.command(&request.command, self.shard_count) {
-            Ok(result) => self.send(
-                conn,
-                OutFrame::ClusterReply {
-                    request_id: request.request_id,
-                    result,
-                },
-            ),
-            Err(err) => {
-                let code = match err {
-                    ClusterCommandError::Invalid(_) => ErrorCode::InvalidRequest,
-                    ClusterCommandError::Internal(_) => ErrorCode::Internal,
-                };
-                self.send_error(conn, request.request_id, code, err.to_string());
-            }
-        }
+        let answer = self.cluster.command(&request.command, self.shard_count);
+        self.answer_command(conn, request.request_id, true, answer);
     }
 
     fn handle_token_request(&mut self, conn: ConnId, request: TokenRequest) {

@@ -256,14 +256,17 @@ struct CommandWaits {
     waker: Option<Waker>,
 }
 
-/// A webhook command whose answer comes later: where it goes, and where
-/// it comes from.
+/// A command whose answer comes later: where it goes, and where it comes
+/// from.
 #[derive(Debug)]
 pub struct CommandWait {
     /// The connection that asked.
     pub conn: ConnId,
     /// Its request id.
     pub request_id: u32,
+    /// A `CLUSTER_REQUEST` (answered with `CLUSTER_REPLY`), or a
+    /// `WEBHOOK_REQUEST`.
+    pub cluster: bool,
     /// The answer, when it comes.
     pub answer: flume::Receiver<crate::webhooks::CommandResult>,
 }
