@@ -545,7 +545,17 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
     }
     let deadline = args.shutdown_deadline;
     info!(?deadline, "signal received: sending GOAWAY and draining");
+    let draining = std::time::Instant::now();
     server.shutdown(deadline);
+    // What this node sequenced goes out before it exits: its webhooks'
+    // queues are delivered, within what is left of the deadline.
+    let left = deadline.saturating_sub(draining.elapsed());
+    if !webhooks.wait_delivered(left) {
+        warn!(
+            undelivered = webhooks.outstanding(),
+            "webhook messages still queued at the shutdown deadline are dropped"
+        );
+    }
     if let Some(membership) = membership {
         membership.leave();
         info!("left the cluster");

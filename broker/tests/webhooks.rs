@@ -202,6 +202,32 @@ async fn signed_posts_arrive_in_topic_order_and_verify() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_broker_delivers_what_its_webhooks_hold_before_it_exits() {
+    // 200 ms an answer: five messages are still queued at the SIGTERM.
+    let receiver = Receiver::start(|_, _| Reply::Slowly(Duration::from_millis(200))).await;
+    let dir = data_dir("drain");
+    let (mut serve, client) = start(&dir, &[]).await;
+    client
+        .add_webhook(&spec(&receiver.url, "orders", WebhookMatch::Exact))
+        .await
+        .expect("added");
+    for i in 0..5u8 {
+        client
+            .publish("app", "orders", vec![i])
+            .await
+            .expect("acknowledged");
+    }
+    let (status, took) = serve.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    let seqs: Vec<u64> = receiver.requests().iter().map(Received::seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5], "all delivered before the exit");
+    assert!(
+        took >= Duration::from_millis(600),
+        "it waited for them: {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_retried_in_order_and_refusals_are_not() {
     // Requests 0 and 1 fail (503, then a hang past the timeout); seq 3 is
     // redirected and seq 4 refused with 400, neither retried.

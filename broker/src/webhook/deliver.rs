@@ -2,7 +2,7 @@
 //! and runs those tasks (one request in flight each, in sequence order).
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -29,13 +29,16 @@ pub(super) fn spawn(
     intake: mpsc::Receiver<WebhookMessage>,
     changed: Arc<Notify>,
     settings: DeliverySettings,
+    outstanding: Arc<AtomicU64>,
 ) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     std::thread::Builder::new()
         .name("corebus-webhooks".into())
-        .spawn(move || runtime.block_on(dispatch(registry, intake, changed, settings)))?;
+        .spawn(move || {
+            runtime.block_on(dispatch(registry, intake, changed, settings, outstanding))
+        })?;
     Ok(())
 }
 
@@ -44,6 +47,7 @@ async fn dispatch(
     mut intake: mpsc::Receiver<WebhookMessage>,
     changed: Arc<Notify>,
     settings: DeliverySettings,
+    outstanding: Arc<AtomicU64>,
 ) {
     let settings = Arc::new(settings);
     let mut workers: HashMap<String, Worker> = HashMap::new();
@@ -60,7 +64,7 @@ async fn dispatch(
         // webhook now wants its topic finds that webhook's worker.
         if registry.generation() != seen {
             seen = registry.generation();
-            sync_workers(&registry, &mut workers, &settings);
+            sync_workers(&registry, &mut workers, &settings, &outstanding);
         }
         let Some(message) = message else {
             continue;
@@ -70,6 +74,7 @@ async fn dispatch(
             match worker.queue.try_send(message.clone()) {
                 Ok(()) => {
                     stats.queued.fetch_add(1, Ordering::Relaxed);
+                    outstanding.fetch_add(1, Ordering::AcqRel);
                 }
                 Err(_) => stats.drop_one(
                     &worker.hook.id,
@@ -78,6 +83,8 @@ async fn dispatch(
                 ),
             }
         }
+        // Routed: the copies in the workers' queues count now.
+        outstanding.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -86,12 +93,17 @@ fn sync_workers(
     registry: &Arc<Registry>,
     workers: &mut HashMap<String, Worker>,
     settings: &Arc<DeliverySettings>,
+    outstanding: &Arc<AtomicU64>,
 ) {
     let hooks = registry.snapshot();
     workers.retain(|id, worker| {
         let keep = hooks.iter().any(|hook| Arc::ptr_eq(hook, &worker.hook));
         if !keep {
             debug!(webhook = %id, "webhook removed: its queued messages are discarded");
+            // Nothing runs on this thread between here and the abort: the
+            // queue holds exactly these (the one in flight counts itself).
+            let queued = worker.queue.max_capacity() - worker.queue.capacity();
+            outstanding.fetch_sub(queued as u64, Ordering::AcqRel);
             worker.task.abort();
         }
         keep
@@ -108,6 +120,7 @@ fn sync_workers(
             settings.clone(),
             registry.policy().allow.clone(),
             registry.policy().networks.clone(),
+            outstanding.clone(),
         ));
         workers.insert(
             hook.id.clone(),
@@ -127,10 +140,13 @@ async fn run_worker(
     settings: Arc<DeliverySettings>,
     allow: super::url::AllowList,
     networks: NetworkPolicy,
+    outstanding: Arc<AtomicU64>,
 ) {
     let mut connection = Connection::new(settings.tls.clone(), networks);
     while let Some(message) = queue.recv().await {
         hook.stats.queued.fetch_sub(1, Ordering::Relaxed);
+        // Done with it however this turn ends, an abort included.
+        let _done = Outstanding(&outstanding);
         if let Some(disabled) = hook.disabled() {
             hook.stats
                 .drop_one(&hook.id, DropReason::Disabled, &disabled.detail);
@@ -144,6 +160,16 @@ async fn run_worker(
         if let Some(Gone(detail)) = deliver(&hook, &mut connection, &settings, &message).await {
             disable(&registry, &hook, detail).await;
         }
+    }
+}
+
+/// One message a worker holds, counted in the outstanding ones until it
+/// is dropped.
+struct Outstanding<'a>(&'a AtomicU64);
+
+impl Drop for Outstanding<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -316,6 +316,9 @@ pub struct Webhooks {
     commands_refused: Option<String>,
     /// In a cluster: the control plane that carries the commands out.
     control: OnceLock<crate::control::ControlHandle>,
+    /// Messages offered and not yet delivered or dropped (each webhook's
+    /// copy counts once).
+    outstanding: Arc<AtomicU64>,
 }
 
 impl Webhooks {
@@ -331,7 +334,14 @@ impl Webhooks {
         let registry = Arc::new(registry);
         let changed = Arc::new(Notify::new());
         let (intake, receiver) = mpsc::channel(settings.queue.saturating_mul(4).max(1024));
-        deliver::spawn(registry.clone(), receiver, changed.clone(), settings)?;
+        let outstanding = Arc::new(AtomicU64::new(0));
+        deliver::spawn(
+            registry.clone(),
+            receiver,
+            changed.clone(),
+            settings,
+            outstanding.clone(),
+        )?;
         Ok(Arc::new(Webhooks {
             registry,
             intake,
@@ -339,12 +349,33 @@ impl Webhooks {
             handoff: HookStats::default(),
             commands_refused: refuse_commands,
             control: OnceLock::new(),
+            outstanding,
         }))
     }
 
     /// The registry.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// Waits until every message offered so far has been delivered or
+    /// dropped, for at most `within`; whether it was.
+    pub fn wait_delivered(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.outstanding.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Messages offered and not yet delivered or dropped.
+    pub fn outstanding(&self) -> u64 {
+        self.outstanding.load(Ordering::Acquire)
     }
 
     /// Makes the delivery thread look at the registry again (after the
@@ -406,9 +437,13 @@ impl WebhookSink for Webhooks {
     }
 
     fn offer(&self, message: WebhookMessage) {
+        // Counted before it can be routed (and uncounted) on the other
+        // thread.
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
         let Err(err) = self.intake.try_send(message) else {
             return;
         };
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
         let (message, detail) = match err {
             mpsc::error::TrySendError::Full(message) => {
                 (message, "the delivery thread's hand-off queue is full")

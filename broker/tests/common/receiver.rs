@@ -46,6 +46,8 @@ pub enum Reply {
     /// A status with one more header: `(status, name, value)`.
     WithHeader(u16, &'static str, String),
     Hang,
+    /// 200 after this long (recorded when answered).
+    Slowly(Duration),
 }
 
 pub type Decide = dyn Fn(usize, &Received) -> Reply + Send + Sync;
@@ -139,13 +141,17 @@ async fn serve_connection(
             at: Instant::now(),
         };
         let index = log.lock().expect("not poisoned").len();
-        let reply = decide(index, &received);
+        let mut reply = decide(index, &received);
+        if let Reply::Slowly(delay) = reply {
+            tokio::time::sleep(delay).await;
+            reply = Reply::Status(200);
+        }
         if let Reply::Status(status) | Reply::WithHeader(status, ..) = reply {
             received.status = Some(status);
         }
         log.lock().expect("not poisoned").push(received);
         match reply {
-            Reply::Hang => {
+            Reply::Hang | Reply::Slowly(_) => {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 return;
             }
@@ -156,7 +162,7 @@ async fn serve_connection(
                     }
                     Reply::Status(302) => (302, "Location: /elsewhere\r\n".to_string()),
                     Reply::Status(status) => (status, String::new()),
-                    Reply::Hang => unreachable!("handled above"),
+                    Reply::Hang | Reply::Slowly(_) => unreachable!("handled above"),
                 };
                 let response =
                     format!("HTTP/1.1 {status} Test\r\n{extra}Content-Length: 0\r\n\r\n");
