@@ -1210,6 +1210,20 @@ fn a_webhook_added_on_one_node_is_delivered_by_every_owner_rotated_and_removed_e
         for request in &requests {
             assert_signed(request, &[&signing]);
         }
+        // Every owner delivered some: a list on any node adds them up.
+        let started = Instant::now();
+        loop {
+            let listed = clients[0].list_webhooks().await.expect("lists");
+            let delivered = listed[0].delivery.as_ref().map_or(0, |d| d.delivered);
+            if delivered == 100 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "the list counts {delivered} deliveries"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         // Rotated on node 3: every owner signs with both secrets now.
         let rotated = clients[2]
             .rotate_webhook_secret(&hook.id, None)
@@ -1838,4 +1852,133 @@ fn cluster_status_shows_the_control_plane_and_configuration_differences_and_remo
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "it must not run: {stderr}");
     assert!(stderr.contains("refusing to join"), "{stderr}");
+}
+
+#[test]
+fn a_410_seen_by_the_owner_disables_the_webhook_on_every_node_until_enabled_on_any() {
+    use common::receiver::{Receiver, Reply};
+    let secret = TempFile::new("cluster-secret-control-410", SECRET);
+    let certs = corebus_tests::test_certs_for_nodes(3);
+    let (nodes, _, cluster_port) = three_tls_nodes_with(&secret, &certs, |_| Vec::new());
+    let ids: Vec<String> = (1..=3)
+        .map(|n| format!("127.0.0.{n}:{cluster_port}"))
+        .collect();
+    // Owned by node 3; the webhook is added on node 1 and the publish made
+    // on node 2.
+    let topic = topic_owned_by(2, &ids, "gone");
+    runtime().block_on(async {
+        let receiver = Receiver::start(|_, _| Reply::Status(410)).await;
+        let clients = [
+            tls_client(&nodes[0].addr, &certs).await,
+            tls_client(&nodes[1].addr, &certs).await,
+            tls_client(&nodes[2].addr, &certs).await,
+        ];
+        let spec = corebus_client::WebhookSpec::new(
+            receiver.url.clone(),
+            "cl",
+            &topic,
+            corebus_client::WebhookMatch::Exact,
+        );
+        let hook = add_when_available(&clients[0], &spec).await;
+        clients[1]
+            .publish("cl", &topic, b"x".to_vec())
+            .await
+            .expect("acknowledged");
+        receiver
+            .wait_for("the 410", |requests| !requests.is_empty())
+            .await;
+        // Node 3 saw the 410; every node shows the webhook disabled.
+        for client in &clients {
+            let started = Instant::now();
+            loop {
+                let listed = client.list_webhooks().await.expect("lists");
+                let found = listed.iter().find(|h| h.id == hook.id).expect("listed");
+                if found.disabled.is_some() {
+                    break;
+                }
+                assert!(started.elapsed() < Duration::from_secs(5), "not disabled");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        // Enabled on node 2: enabled everywhere once answered.
+        clients[1].enable_webhook(&hook.id).await.expect("enabled");
+        for client in &clients {
+            let listed = client.list_webhooks().await.expect("lists");
+            let found = listed.iter().find(|h| h.id == hook.id).expect("listed");
+            assert!(found.disabled.is_none(), "{found:?}");
+        }
+    });
+}
+
+#[test]
+fn a_planned_leave_delivers_each_webhook_message_once_across_the_move() {
+    use common::receiver::{Receiver, Reply};
+    let secret = TempFile::new("cluster-secret-control-leave", SECRET);
+    let certs = corebus_tests::test_certs_for_nodes(3);
+    let (mut nodes, _, cluster_port) = three_tls_nodes_with(&secret, &certs, |_| Vec::new());
+    let ids: Vec<String> = (1..=3)
+        .map(|n| format!("127.0.0.{n}:{cluster_port}"))
+        .collect();
+    let topic = topic_owned_by(2, &ids, "moving");
+    let rt = runtime();
+    // A receiver slow enough that node 3 still holds messages when it goes
+    // (15 ms an answer, a publish every 5 ms or so).
+    let receiver = rt.block_on(Receiver::start(|_, _| {
+        Reply::Slowly(Duration::from_millis(15))
+    }));
+    let publisher = rt.block_on(async {
+        let client = tls_client(&nodes[0].addr, &certs).await;
+        let spec = corebus_client::WebhookSpec::new(
+            receiver.url.clone(),
+            "cl",
+            &topic,
+            corebus_client::WebhookMatch::Exact,
+        );
+        add_when_available(&client, &spec).await;
+        client
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publishing = steady_publisher(
+        &rt,
+        publisher,
+        topic.clone(),
+        Duration::from_millis(5),
+        stop.clone(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, _) = sigterm_and_wait(&mut nodes[2].child, Duration::from_secs(20));
+    assert!(status.success(), "node 3 left cleanly");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acknowledged, _) = rt.block_on(publishing).expect("publisher ran");
+    assert!(acknowledged > 50, "publishing went on: {acknowledged}");
+    // Every sequence number of the one epoch arrives once: none skipped by
+    // the move, none sent by both owners.
+    rt.block_on(async {
+        let started = Instant::now();
+        loop {
+            let requests = receiver.requests();
+            let mut seqs: Vec<u64> = requests.iter().map(|r| r.seq()).collect();
+            let epochs: std::collections::BTreeSet<String> = requests
+                .iter()
+                .map(|r| r.json()["epoch"].as_str().expect("epoch").to_string())
+                .collect();
+            seqs.sort_unstable();
+            let last = seqs.last().copied().unwrap_or(0);
+            if last >= u64::from(acknowledged) && seqs.len() as u64 == last {
+                assert_eq!(epochs.len(), 1, "one epoch across a planned move");
+                assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "each once");
+                break;
+            }
+            let mut repeated = seqs.clone();
+            repeated.dedup();
+            assert_eq!(repeated.len(), seqs.len(), "a message was delivered twice");
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{} of {last} delivered, {acknowledged} acknowledged",
+                seqs.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
 }

@@ -747,8 +747,11 @@ impl Plane {
             .get("id")
             .and_then(Value::as_str)
             .is_some_and(|id| self.registry.is_configured(id));
+        if op_name == "list" {
+            return self.list(text).await;
+        }
         // A configured webhook is this node's own: enabling it is too.
-        if op_name == "list" || op_name.is_empty() || (op_name == "enable" && configured) {
+        if op_name.is_empty() || (op_name == "enable" && configured) {
             return self.registry.command(text);
         }
         if self.peers.tls.is_none() {
@@ -798,6 +801,90 @@ impl Plane {
             result["lagging"] = json!(lagging.iter().map(|a| a.to_string()).collect::<Vec<_>>());
         }
         Ok(result.to_string())
+    }
+}
+
+impl Plane {
+    /// `list`: the agreed webhooks (the same on every node), each with the
+    /// delivery counters of every member that answered within a second
+    /// added up (a topic's owner delivers it), and the members that did not
+    /// answer.
+    async fn list(&self, text: &str) -> Result<String, WebhookCommandError> {
+        let local = self.registry.command(text)?;
+        let mut merged: Value = serde_json::from_str(&local)
+            .map_err(|err| WebhookCommandError::Internal(err.to_string()))?;
+        let others: Vec<SocketAddr> = self
+            .members_up()
+            .into_iter()
+            .filter(|addr| *addr != self.addr)
+            .collect();
+        let asks: Vec<_> = others
+            .iter()
+            .map(|addr| {
+                let mut client = PeerClient::new(*addr, self.peers.clone());
+                let text = text.to_string();
+                tokio::spawn(async move {
+                    client
+                        .call_json::<_, Value>("/control/webhooks", &text, Duration::from_secs(1))
+                        .await
+                })
+            })
+            .collect();
+        let mut unanswered = Vec::new();
+        for (addr, ask) in others.iter().zip(asks) {
+            match ask.await {
+                Ok(Ok(theirs)) => add_deliveries(&mut merged, &theirs),
+                _ => unanswered.push(addr.to_string()),
+            }
+        }
+        if !unanswered.is_empty() {
+            merged["unanswered"] = json!(unanswered);
+        }
+        Ok(merged.to_string())
+    }
+
+    /// This node's own `list`, for another node's.
+    async fn local_list(&self, text: &str) -> Result<Value, String> {
+        let list = self.registry.command(text).map_err(|err| err.to_string())?;
+        serde_json::from_str(&list).map_err(|err| err.to_string())
+    }
+}
+
+/// Adds the delivery counters of `theirs` (another node's `list`) to those
+/// of the same webhooks in `merged`; the latest drop wins.
+fn add_deliveries(merged: &mut Value, theirs: &Value) {
+    let Some(hooks) = merged["webhooks"].as_array_mut() else {
+        return;
+    };
+    let Some(their_hooks) = theirs["webhooks"].as_array() else {
+        return;
+    };
+    for hook in hooks {
+        let id = hook["id"].clone();
+        let Some(their) = their_hooks.iter().find(|other| other["id"] == id) else {
+            continue;
+        };
+        let (ours, their) = (&mut hook["delivery"], &their["delivery"]);
+        for counter in ["delivered", "requests", "retries", "queued"] {
+            let sum = ours[counter].as_u64().unwrap_or(0) + their[counter].as_u64().unwrap_or(0);
+            ours[counter] = json!(sum);
+        }
+        if let Some(dropped) = their["dropped"].as_object() {
+            for (reason, count) in dropped {
+                let sum =
+                    ours["dropped"][reason].as_u64().unwrap_or(0) + count.as_u64().unwrap_or(0);
+                ours["dropped"][reason] = json!(sum);
+            }
+        }
+        let at = |drop: &Value| {
+            drop["at_ms"]
+                .as_str()
+                .and_then(|at| at.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        if !their["last_drop"].is_null() && at(&their["last_drop"]) > at(&ours["last_drop"]) {
+            ours["last_drop"] = their["last_drop"].clone();
+        }
     }
 }
 
@@ -1039,5 +1126,50 @@ async fn follow_members(plane: Arc<Plane>) {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_add_up_every_nodes_deliveries_and_keep_the_latest_drop() {
+        let delivery = |delivered: u64, dropped: u64, at: &str| {
+            json!({ "delivered": delivered, "requests": delivered, "retries": 0, "queued": 1,
+                    "dropped": { "rejected": dropped },
+                    "last_drop": if at.is_empty() { Value::Null } else {
+                        json!({ "at_ms": at, "reason": "rejected", "detail": at }) } })
+        };
+        let list = |hooks: Vec<(&str, Value)>| {
+            json!({ "webhooks": hooks.into_iter()
+                .map(|(id, delivery)| json!({ "id": id, "delivery": delivery }))
+                .collect::<Vec<_>>() })
+        };
+        let mut merged = list(vec![
+            ("a", delivery(3, 1, "900")),
+            ("b", delivery(1, 0, "")),
+        ]);
+        add_deliveries(&mut merged, &list(vec![("a", delivery(4, 2, "1000"))]));
+        add_deliveries(
+            &mut merged,
+            &list(vec![
+                ("a", delivery(5, 0, "20")),
+                ("c", delivery(9, 9, "5")),
+            ]),
+        );
+        let a = &merged["webhooks"][0]["delivery"];
+        assert_eq!(a["delivered"], json!(12));
+        assert_eq!(a["queued"], json!(3));
+        assert_eq!(a["dropped"]["rejected"], json!(3));
+        // "1000" is later than "900", though not as text.
+        assert_eq!(a["last_drop"]["detail"], json!("1000"));
+        let b = &merged["webhooks"][1]["delivery"];
+        assert_eq!(b["delivered"], json!(1), "no other node had b");
+        assert_eq!(
+            merged["webhooks"].as_array().unwrap().len(),
+            2,
+            "c is not agreed here"
+        );
     }
 }

@@ -419,6 +419,15 @@ async fn answer(plane: &Plane, request: Request<Incoming>) -> Response<Full<Byte
             Err(err) => bad(err),
         },
         "/control/status" => json_reply(&plane.status()),
+        "/control/webhooks" => match serde_json::from_slice::<String>(&body) {
+            Ok(list) => json_reply(
+                &plane
+                    .local_list(&list)
+                    .await
+                    .unwrap_or(serde_json::Value::Null),
+            ),
+            Err(err) => bad(err),
+        },
         "/control/remove" => match serde_json::from_slice(&body) {
             Ok(node) => json_reply(&plane.remove(node).await.map_err(|err| err.to_string())),
             Err(err) => bad(err),

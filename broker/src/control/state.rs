@@ -187,9 +187,10 @@ impl ControlState {
                     .get_mut(&id)
                     .and_then(Value::as_object_mut)
                     .ok_or_else(|| format!("no webhook {id:?}"))?;
+                // The stored form's: Unix ms as a decimal string.
                 hook.insert(
                     "disabled".into(),
-                    json!({ "at_ms": at_ms, "detail": detail }),
+                    json!({ "at_ms": at_ms.to_string(), "detail": detail }),
                 );
                 Ok(json!({ "id": id }))
             }
@@ -346,7 +347,12 @@ mod tests {
             detail: "410".into(),
         });
         state.apply(&disable).0.unwrap();
-        assert_eq!(state.webhooks["a"]["disabled"]["at_ms"], json!(7));
+        assert_eq!(state.webhooks["a"]["disabled"]["at_ms"], json!("7"));
+        let disabled = crate::webhook::registry::from_stored(&state.webhooks["a"])
+            .expect("the registry reads what the state stores")
+            .disabled()
+            .expect("disabled");
+        assert_eq!((disabled.at_ms, disabled.detail.as_str()), (7, "410"));
         state
             .apply(&Entry::of(&Op::WebhookEnable { id: "a".into() }))
             .0

@@ -26,7 +26,7 @@ struct Worker {
 /// Starts the `corebus-webhooks` thread.
 pub(super) fn spawn(
     registry: Arc<Registry>,
-    intake: mpsc::Receiver<WebhookMessage>,
+    intake: flume::Receiver<WebhookMessage>,
     changed: Arc<Notify>,
     settings: DeliverySettings,
     outstanding: Arc<AtomicU64>,
@@ -44,7 +44,7 @@ pub(super) fn spawn(
 
 async fn dispatch(
     registry: Arc<Registry>,
-    mut intake: mpsc::Receiver<WebhookMessage>,
+    intake: flume::Receiver<WebhookMessage>,
     changed: Arc<Notify>,
     settings: DeliverySettings,
     outstanding: Arc<AtomicU64>,
@@ -54,9 +54,9 @@ async fn dispatch(
     let mut seen = u64::MAX;
     loop {
         let message = tokio::select! {
-            message = intake.recv() => match message {
-                Some(message) => Some(message),
-                None => return, // The broker is gone.
+            message = intake.recv_async() => match message {
+                Ok(message) => Some(message),
+                Err(_) => return, // The broker is gone.
             },
             () = changed.notified() => None,
         };

@@ -34,7 +34,7 @@ use hmac::{Hmac, Mac};
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 use sha2::Sha256;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tracing::warn;
 
 use crate::metrics::encode_value;
@@ -308,7 +308,9 @@ impl MetricsSnapshot {
 #[derive(Debug)]
 pub struct Webhooks {
     registry: Arc<Registry>,
-    intake: mpsc::Sender<WebhookMessage>,
+    /// To the delivery thread: a flume channel, as every hand-off from the
+    /// shards to a thread of the broker's (`try_send` never blocks a shard).
+    intake: flume::Sender<WebhookMessage>,
     changed: Arc<Notify>,
     /// Drops at the hand-off for topics no current webhook matches any more.
     handoff: HookStats,
@@ -333,7 +335,7 @@ impl Webhooks {
     ) -> std::io::Result<Arc<Webhooks>> {
         let registry = Arc::new(registry);
         let changed = Arc::new(Notify::new());
-        let (intake, receiver) = mpsc::channel(settings.queue.saturating_mul(4).max(1024));
+        let (intake, receiver) = flume::bounded(settings.queue.saturating_mul(4).max(1024));
         let outstanding = Arc::new(AtomicU64::new(0));
         deliver::spawn(
             registry.clone(),
@@ -445,10 +447,10 @@ impl WebhookSink for Webhooks {
         };
         self.outstanding.fetch_sub(1, Ordering::AcqRel);
         let (message, detail) = match err {
-            mpsc::error::TrySendError::Full(message) => {
+            flume::TrySendError::Full(message) => {
                 (message, "the delivery thread's hand-off queue is full")
             }
-            mpsc::error::TrySendError::Closed(message) => {
+            flume::TrySendError::Disconnected(message) => {
                 (message, "the delivery thread has stopped")
             }
         };
