@@ -9,7 +9,6 @@
 //! deadline, and nobody else waits for it. At most [`MAX_CONNECTIONS`] are
 //! served at once; a connection beyond them is closed at once.
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,10 +20,7 @@ use corebus_shards::{MetricsHandle, ShardMetrics};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -32,8 +28,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use corebus_cluster::{ClusterView, MemberState, MemberView};
 
@@ -86,43 +81,17 @@ async fn serve(listener: std::net::TcpListener, sources: Sources) {
             return;
         }
     };
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut accept_errors = 0u64;
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                // EMFILE and the like: say so now and then, not per attempt.
-                accept_errors += 1;
-                if accept_errors.is_power_of_two() {
-                    warn!(%err, errors = accept_errors, "metrics endpoint: accept failed");
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            debug!(%peer, "metrics endpoint: {MAX_CONNECTIONS} connections open; closing a new one");
-            continue;
-        };
-        let sources = sources.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let service = service_fn(move |request| {
-                let response = respond(&request, &sources);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => debug!(%peer, %err, "metrics connection ended"),
-                Err(_) => debug!(%peer, "metrics connection open too long; closed"),
-            }
-        });
-    }
+    let limits = crate::http_server::Limits {
+        name: "metrics endpoint",
+        connections: MAX_CONNECTIONS,
+        header_timeout: HEADER_TIMEOUT,
+        lifetime: Some(CONNECTION_LIFETIME),
+    };
+    crate::http_server::serve(listener, limits, None, move |_, request| {
+        let response = respond(&request, &sources);
+        async move { response }
+    })
+    .await;
 }
 
 fn respond(request: &Request<Incoming>, sources: &Sources) -> Response<Full<Bytes>> {

@@ -285,9 +285,7 @@ fn three_nodes_gossip_and_notice_a_kill_and_a_leave() {
         members.iter().all(|member| member["state"] == "alive"),
         "{status}"
     );
-    let ids: Vec<String> = (1..=3)
-        .map(|n| format!("127.0.0.{n}:{cluster_port}"))
-        .collect();
+    let ids = node_ids(cluster_port);
     for (ns, topic) in [
         ("app", "news"),
         ("orders", "eu/created"),
@@ -373,10 +371,7 @@ fn three_nodes(secret: &TempFile) -> (Vec<Node>, Vec<String>) {
     for node in &nodes {
         await_alive(node, 3.0, Duration::from_secs(10));
     }
-    let ids = (1..=3)
-        .map(|n| format!("127.0.0.{n}:{cluster_port}"))
-        .collect();
-    (nodes, ids)
+    (nodes, node_ids(cluster_port))
 }
 
 /// A topic name, with `prefix`, that the documented hash gives to node
@@ -864,9 +859,7 @@ fn a_join_takes_over_about_a_third_of_ten_thousand_topics_with_their_state() {
     let share = last / f64::from(TOPICS);
     eprintln!("the third node took over {last} of {TOPICS} topics ({share:.3})");
     assert!((share - 1.0 / 3.0).abs() <= 0.3 / 3.0, "share {share}");
-    let ids: Vec<String> = (1..=3)
-        .map(|n| format!("127.0.0.{n}:{cluster_port}"))
-        .collect();
+    let ids = node_ids(cluster_port);
     let moved: Vec<u32> = (0..TOPICS)
         .filter(|i| documented_owner("cl", &format!("t{i}"), &ids) == 2)
         .collect();
@@ -909,9 +902,7 @@ fn faults_on_the_links_to_an_owner_cost_no_message_and_no_discontinuity() {
     for node in [&one, &two, &three] {
         await_alive(node, 3.0, Duration::from_secs(10));
     }
-    let ids: Vec<String> = (1..=3)
-        .map(|n| format!("127.0.0.{n}:{cluster_port}"))
-        .collect();
+    let ids = node_ids(cluster_port);
     let topic = topic_owned_by(0, &ids, "faults");
     let subscriber = runtime.block_on(connect(&two.addr));
     let mut sub = runtime
@@ -1007,49 +998,16 @@ fn a_client_whose_node_dies_resumes_on_another_without_loss() {
 fn with_tls_on_the_client_listeners_the_links_speak_tls() {
     let secret = TempFile::new("cluster-secret-tls", SECRET);
     let certs = corebus_tests::test_certs_for_nodes(3);
-    let (cluster_port, metrics_port) = (free_port(), free_port());
-    let cert = certs.cert_pem.to_str().expect("UTF-8 path").to_owned();
-    let key = certs.key_pem.to_str().expect("UTF-8 path").to_owned();
-    let tls = [
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-        "--cluster-tls-ca-file",
-        &cert,
-    ];
-    let nodes: Vec<Node> = (1..=3)
-        .map(|n| node_with_args(n, cluster_port, metrics_port, &secret, &tls))
-        .collect();
-    for node in &nodes {
-        await_alive(node, 3.0, Duration::from_secs(10));
-    }
-    let ids: Vec<String> = (1..=3)
-        .map(|n| format!("127.0.0.{n}:{cluster_port}"))
-        .collect();
-    let topic = topic_owned_by(2, &ids, "tls");
-    let client = |addr: String| {
-        let config = corebus_client::ClientConfig {
-            tls: Some(corebus_client::TlsOptions {
-                roots: corebus_client::TlsRoots::CaFile(certs.cert_pem.clone()),
-                ..corebus_client::TlsOptions::default()
-            }),
-            ..corebus_client::ClientConfig::default()
-        };
-        async move {
-            corebus_client::Client::connect_with(addr.as_str(), config)
-                .await
-                .expect("connects over TLS")
-        }
-    };
+    let (nodes, _, cluster_port) = three_tls_nodes_with(&secret, &certs, |_| Vec::new());
+    let topic = topic_owned_by(2, &node_ids(cluster_port), "tls");
     runtime().block_on(async {
         // Owned by node 3: node 2 mirrors it over its link, node 1 forwards.
-        let subscriber = client(nodes[1].addr.clone()).await;
+        let subscriber = tls_client(&nodes[1].addr, &certs).await;
         let mut sub = subscriber
             .subscribe("cl", &topic)
             .await
             .expect("subscribes");
-        let publisher = client(nodes[0].addr.clone()).await;
+        let publisher = tls_client(&nodes[0].addr, &certs).await;
         for i in 0..20u8 {
             publisher
                 .publish("cl", &topic, vec![i])
@@ -1096,6 +1054,25 @@ async fn tls_client(addr: &str, certs: &corebus_tests::TestCerts) -> corebus_cli
         .expect("connects over TLS")
 }
 
+/// A client of each node, over TLS.
+async fn tls_clients(
+    nodes: &[Node],
+    certs: &corebus_tests::TestCerts,
+) -> Vec<corebus_client::Client> {
+    let mut clients = Vec::new();
+    for node in nodes {
+        clients.push(tls_client(&node.addr, certs).await);
+    }
+    clients
+}
+
+/// The node ids of nodes 1 to 3 of a cluster on `cluster_port`.
+fn node_ids(cluster_port: u16) -> Vec<String> {
+    (1..=3)
+        .map(|n| format!("127.0.0.{n}:{cluster_port}"))
+        .collect()
+}
+
 /// A client's configuration for nodes with TLS, presenting `key` if given.
 fn tls_config(ca: &std::path::Path, key: Option<&str>) -> corebus_client::ClientConfig {
     corebus_client::ClientConfig {
@@ -1137,26 +1114,11 @@ fn a_webhook_added_on_one_node_is_delivered_by_every_owner_rotated_and_removed_e
     use common::receiver::{assert_signed, Receiver, Reply};
     let secret = TempFile::new("cluster-secret-control", SECRET);
     let certs = corebus_tests::test_certs_for_nodes(3);
-    let (cluster_port, metrics_port) = (free_port(), free_port());
-    let mut args = tls_args(&certs);
-    args.extend(["--webhook-allow-networks", "127.0.0.0/8"].map(str::to_owned));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let nodes: Vec<Node> = (1..=3)
-        .map(|n| node_with_args(n, cluster_port, metrics_port, &secret, &args))
-        .collect();
-    for node in &nodes {
-        await_alive(node, 3.0, Duration::from_secs(10));
-    }
-    let ids: Vec<String> = (1..=3)
-        .map(|n| format!("127.0.0.{n}:{cluster_port}"))
-        .collect();
+    let (nodes, _, cluster_port) = three_tls_nodes_with(&secret, &certs, |_| Vec::new());
+    let ids = node_ids(cluster_port);
     runtime().block_on(async {
         let receiver = Receiver::start(|_, _| Reply::Status(200)).await;
-        let clients = [
-            tls_client(&nodes[0].addr, &certs).await,
-            tls_client(&nodes[1].addr, &certs).await,
-            tls_client(&nodes[2].addr, &certs).await,
-        ];
+        let clients = tls_clients(&nodes, &certs).await;
         let spec = corebus_client::WebhookSpec::new(
             receiver.url.clone(),
             "cl",
@@ -1267,13 +1229,7 @@ fn without_tls_on_the_peer_links_webhook_commands_are_refused() {
     let (nodes, _) = three_nodes(&secret);
     runtime().block_on(async {
         let client = connect(&nodes[1].addr).await;
-        let spec = corebus_client::WebhookSpec::new(
-            "http://127.0.0.1:9/hook",
-            "cl",
-            "t",
-            corebus_client::WebhookMatch::Exact,
-        );
-        match client.add_webhook(&spec).await {
+        match client.add_webhook(&unreachable_spec("t")).await {
             Err(corebus_client::Error::Server {
                 code: Some(corebus_net::ErrorCode::Forbidden),
                 message,
@@ -1351,6 +1307,38 @@ async fn webhook_ids(client: &corebus_client::Client) -> Vec<String> {
     ids
 }
 
+/// A webhook of `topic` in namespace `cl` to a port nothing listens on:
+/// for the tests of registrations, not of deliveries.
+fn unreachable_spec(topic: &str) -> corebus_client::WebhookSpec {
+    corebus_client::WebhookSpec::new(
+        format!("http://127.0.0.1:9/{topic}"),
+        "cl",
+        topic,
+        corebus_client::WebhookMatch::Exact,
+    )
+}
+
+/// Waits until `client`'s node lists the webhook ids `expected` (sorted),
+/// for at most `within`; returns how long it took.
+async fn await_ids(
+    client: &corebus_client::Client,
+    expected: &[String],
+    within: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let ids = webhook_ids(client).await;
+        if ids == expected {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "{ids:?}, not {expected:?}, after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[test]
 fn an_add_retried_after_the_leader_is_killed_is_there_once_on_every_node() {
     let secret = TempFile::new("cluster-secret-control-kill", SECRET);
@@ -1359,23 +1347,11 @@ fn an_add_retried_after_the_leader_is_killed_is_there_once_on_every_node() {
     runtime().block_on(async {
         let first = tls_client(&nodes[0].addr, &certs).await;
         // The control plane formed: a first add goes through.
-        let warm = corebus_client::WebhookSpec::new(
-            "http://127.0.0.1:9/warm",
-            "cl",
-            "warm",
-            corebus_client::WebhookMatch::Exact,
-        );
-        add_when_available(&first, &warm).await;
+        add_when_available(&first, &unreachable_spec("warm")).await;
         let leader = control_leader(&first).await;
         let asker = (leader + 1) % 3;
         let client = tls_client(&nodes[asker].addr, &certs).await;
-        let spec = corebus_client::WebhookSpec::new(
-            "http://127.0.0.1:9/orders",
-            "cl",
-            "orders",
-            corebus_client::WebhookMatch::Exact,
-        )
-        .with_request_id("deploy-7-orders");
+        let spec = unreachable_spec("orders").with_request_id("deploy-7-orders");
         // The add goes out, and the leader dies under it.
         let pending = {
             let (client, spec) = (client.clone(), spec.clone());
@@ -1406,16 +1382,10 @@ fn an_add_retried_after_the_leader_is_killed_is_there_once_on_every_node() {
             assert!(ids.contains(&hook.id), "{ids:?}");
         }
         // The killed node comes back and catches up.
+        let expected = webhook_ids(&client).await;
         nodes[leader] = start(leader as u8 + 1);
         let restarted = tls_client(&nodes[leader].addr, &certs).await;
-        let started = Instant::now();
-        while webhook_ids(&restarted).await.len() != 2 {
-            assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "the restarted node did not catch up"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        await_ids(&restarted, &expected, Duration::from_secs(5)).await;
     });
 }
 
@@ -1426,14 +1396,7 @@ fn a_node_down_during_three_adds_and_a_remove_catches_up_within_5_s() {
     let (mut nodes, start) = three_tls_nodes(&secret, &certs);
     runtime().block_on(async {
         let client = tls_client(&nodes[0].addr, &certs).await;
-        let spec = |topic: &str| {
-            corebus_client::WebhookSpec::new(
-                "http://127.0.0.1:9/h",
-                "cl",
-                topic,
-                corebus_client::WebhookMatch::Exact,
-            )
-        };
+        let spec = unreachable_spec;
         add_when_available(&client, &spec("zero")).await;
         nodes[2].child.kill().expect("kill -9 node 3");
         let _ = nodes[2].child.wait();
@@ -1446,19 +1409,8 @@ fn a_node_down_during_three_adds_and_a_remove_catches_up_within_5_s() {
         assert_eq!(expected.len(), 3, "{expected:?}");
         nodes[2] = start(3);
         let restarted = tls_client(&nodes[2].addr, &certs).await;
-        let started = Instant::now();
-        loop {
-            let ids = webhook_ids(&restarted).await;
-            if ids == expected {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "node 3 has {ids:?}, not {expected:?}, 5 s after its restart"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        eprintln!("node 3 caught up {:?} after its restart", started.elapsed());
+        let took = await_ids(&restarted, &expected, Duration::from_secs(5)).await;
+        eprintln!("node 3 caught up {took:?} after its restart");
     });
 }
 
@@ -1604,14 +1556,7 @@ fn a_cut_off_minority_node_refuses_webhook_commands_and_converges_after_the_heal
     for node in &nodes {
         await_alive(node, 3.0, Duration::from_secs(10));
     }
-    let spec = |topic: &str| {
-        corebus_client::WebhookSpec::new(
-            "http://127.0.0.1:9/h",
-            "cl",
-            topic,
-            corebus_client::WebhookMatch::Exact,
-        )
-    };
+    let spec = unreachable_spec;
     let rt = runtime();
     let (leader, before) = rt.block_on(async {
         let client = admin(nodes[0].addr.clone(), certs.cert_pem.clone()).await;
@@ -1636,12 +1581,7 @@ fn a_cut_off_minority_node_refuses_webhook_commands_and_converges_after_the_heal
                 .await
                 .expect("connects inside the namespace");
             let started = Instant::now();
-            let spec = corebus_client::WebhookSpec::new(
-                "http://127.0.0.1:9/h",
-                "cl",
-                "minority",
-                corebus_client::WebhookMatch::Exact,
-            );
+            let spec = unreachable_spec("minority");
             (client.add_webhook(&spec).await, started.elapsed())
         })
     });
@@ -1670,18 +1610,7 @@ fn a_cut_off_minority_node_refuses_webhook_commands_and_converges_after_the_heal
     // Healed: the cut node has exactly the majority's webhooks.
     rt.block_on(async {
         let client = admin(nodes[cut].addr.clone(), certs.cert_pem.clone()).await;
-        let started = Instant::now();
-        loop {
-            let ids = webhook_ids(&client).await;
-            if ids == after {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "the healed node has {ids:?}, not {after:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        await_ids(&client, &after, Duration::from_secs(10)).await;
     });
 }
 
@@ -1690,14 +1619,7 @@ fn a_snapshot_rebuilds_the_webhooks_of_a_cluster_that_lost_its_control_logs() {
     let secret = TempFile::new("cluster-secret-control-backup", SECRET);
     let certs = corebus_tests::test_certs_for_nodes(3);
     let (mut nodes, start, cluster_port) = three_tls_nodes_with(&secret, &certs, |_| Vec::new());
-    let spec = |topic: &str| {
-        corebus_client::WebhookSpec::new(
-            "http://127.0.0.1:9/h",
-            "cl",
-            topic,
-            corebus_client::WebhookMatch::Exact,
-        )
-    };
+    let spec = unreachable_spec;
     let rt = runtime();
     let before = rt.block_on(async {
         let client = tls_client(&nodes[1].addr, &certs).await;
@@ -1744,15 +1666,7 @@ fn a_snapshot_rebuilds_the_webhooks_of_a_cluster_that_lost_its_control_logs() {
     let nodes: Vec<Node> = (1..=3).map(&start).collect();
     rt.block_on(async {
         let client = tls_client(&nodes[2].addr, &certs).await;
-        let started = Instant::now();
-        while webhook_ids(&client).await != before {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "not rebuilt: {:?}",
-                webhook_ids(&client).await
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        await_ids(&client, &before, Duration::from_secs(10)).await;
     });
     let _ = std::fs::remove_file(&out);
 }
@@ -1771,16 +1685,7 @@ fn cluster_status_shows_the_control_plane_and_configuration_differences_and_remo
     let rt = runtime();
     rt.block_on(async {
         let client = tls_client(&nodes[0].addr, &certs).await;
-        add_when_available(
-            &client,
-            &corebus_client::WebhookSpec::new(
-                "http://127.0.0.1:9/h",
-                "cl",
-                "t",
-                corebus_client::WebhookMatch::Exact,
-            ),
-        )
-        .await;
+        add_when_available(&client, &unreachable_spec("t")).await;
         let started = Instant::now();
         let control = loop {
             let control = client
@@ -1860,19 +1765,13 @@ fn a_410_seen_by_the_owner_disables_the_webhook_on_every_node_until_enabled_on_a
     let secret = TempFile::new("cluster-secret-control-410", SECRET);
     let certs = corebus_tests::test_certs_for_nodes(3);
     let (nodes, _, cluster_port) = three_tls_nodes_with(&secret, &certs, |_| Vec::new());
-    let ids: Vec<String> = (1..=3)
-        .map(|n| format!("127.0.0.{n}:{cluster_port}"))
-        .collect();
+    let ids = node_ids(cluster_port);
     // Owned by node 3; the webhook is added on node 1 and the publish made
     // on node 2.
     let topic = topic_owned_by(2, &ids, "gone");
     runtime().block_on(async {
         let receiver = Receiver::start(|_, _| Reply::Status(410)).await;
-        let clients = [
-            tls_client(&nodes[0].addr, &certs).await,
-            tls_client(&nodes[1].addr, &certs).await,
-            tls_client(&nodes[2].addr, &certs).await,
-        ];
+        let clients = tls_clients(&nodes, &certs).await;
         let spec = corebus_client::WebhookSpec::new(
             receiver.url.clone(),
             "cl",
@@ -1916,9 +1815,7 @@ fn a_planned_leave_delivers_each_webhook_message_once_across_the_move() {
     let secret = TempFile::new("cluster-secret-control-leave", SECRET);
     let certs = corebus_tests::test_certs_for_nodes(3);
     let (mut nodes, _, cluster_port) = three_tls_nodes_with(&secret, &certs, |_| Vec::new());
-    let ids: Vec<String> = (1..=3)
-        .map(|n| format!("127.0.0.{n}:{cluster_port}"))
-        .collect();
+    let ids = node_ids(cluster_port);
     let topic = topic_owned_by(2, &ids, "moving");
     let rt = runtime();
     // A receiver slow enough that node 3 still holds messages when it goes
@@ -1981,4 +1878,60 @@ fn a_planned_leave_delivers_each_webhook_message_once_across_the_move() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
+}
+
+#[test]
+fn the_control_plane_bounds_its_connections_and_reads_no_body_without_credentials() {
+    use std::io::{Read as _, Write as _};
+    let secret = TempFile::new("cluster-secret-control-bounds", SECRET);
+    let (cluster_port, metrics_port) = (free_port(), free_port());
+    let _node = node(1, cluster_port, metrics_port, &secret);
+    let control = SocketAddr::from(([127, 0, 0, 1], cluster_port));
+    // 100 connections that say nothing: 64 are held (until the head's
+    // deadline), the rest closed at once.
+    let mut silent: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| std::net::TcpStream::connect(control).expect("connects"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // Closed: the end of the stream (or a reset); held: nothing to read yet.
+    let closed = |stream: &mut std::net::TcpStream, wait: Duration| {
+        stream.set_read_timeout(Some(wait)).expect("timeout");
+        match stream.read(&mut [0u8; 64]) {
+            Ok(read) => read == 0,
+            Err(err) => !matches!(
+                err.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    };
+    let mut at_once = 0;
+    for stream in &mut silent {
+        at_once += usize::from(closed(stream, Duration::from_millis(50)));
+    }
+    assert_eq!(
+        at_once, 36,
+        "beyond 64 open, a connection is closed at once"
+    );
+    // The held ones are closed at the head's deadline (5 s).
+    let started = Instant::now();
+    for stream in &mut silent {
+        let left = Duration::from_secs(8).saturating_sub(started.elapsed());
+        assert!(
+            closed(stream, left.max(Duration::from_millis(1))),
+            "a silent connection is closed at the deadline"
+        );
+    }
+    // A request without credentials is refused before its body is read:
+    // it announces a gigabyte and sends none of it.
+    let mut stream = std::net::TcpStream::connect(control).expect("connects");
+    stream
+        .write_all(b"POST /raft/append HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000000\r\n\r\n")
+        .expect("sends the head");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut answer = [0u8; 64];
+    let read = stream.read(&mut answer).expect("answered");
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
 }

@@ -6,7 +6,6 @@
 //! control plane speaks TLS with the same certificate, and nodes verify
 //! each other with `cluster_tls_ca_file`.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +33,6 @@ use rustls::pki_types::ServerName;
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use tracing::debug;
 
 use super::{Plane, TypeConfig};
 
@@ -239,18 +237,31 @@ struct SnapshotTransfer {
     data: String,
 }
 
+impl RaftConnection {
+    /// One RPC whose answer is openraft's `Result` as JSON: the other
+    /// node's error comes back as a remote one.
+    async fn raft_call<Q: Serialize, A: for<'de> Deserialize<'de>>(
+        &mut self,
+        path: &str,
+        rpc: &Q,
+        option: RPCOption,
+    ) -> Result<A, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let answer: Result<A, RaftError<NodeId>> = self
+            .client
+            .call_json(path, rpc, option.hard_ttl())
+            .await
+            .map_err(rpc_error)?;
+        answer.map_err(|err| RPCError::RemoteError(RemoteError::new(self.target, err)))
+    }
+}
+
 impl RaftNetwork<TypeConfig> for RaftConnection {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        let answer: Result<_, RaftError<NodeId>> = self
-            .client
-            .call_json("/raft/append", &rpc, option.hard_ttl())
-            .await
-            .map_err(rpc_error)?;
-        answer.map_err(|err| RPCError::RemoteError(RemoteError::new(self.target, err)))
+        self.raft_call("/raft/append", &rpc, option).await
     }
 
     async fn install_snapshot(
@@ -271,12 +282,7 @@ impl RaftNetwork<TypeConfig> for RaftConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        let answer: Result<_, RaftError<NodeId>> = self
-            .client
-            .call_json("/raft/vote", &rpc, option.hard_ttl())
-            .await
-            .map_err(rpc_error)?;
-        answer.map_err(|err| RPCError::RemoteError(RemoteError::new(self.target, err)))
+        self.raft_call("/raft/vote", &rpc, option).await
     }
 
     async fn full_snapshot(
@@ -303,52 +309,32 @@ impl RaftNetwork<TypeConfig> for RaftConnection {
     }
 }
 
-/// Serves the control plane on `listener` until the process ends.
+/// Connections open at once to the control plane (each other node keeps
+/// one for openraft and opens a few for status and lists); more are closed.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time for a request's head, and for a TLS handshake.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves the control plane on `listener` until the process ends. Nothing
+/// of a request's body is read before its credentials are checked.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     plane: Arc<Plane>,
 ) {
+    let limits = crate::http_server::Limits {
+        name: "control plane",
+        connections: MAX_CONNECTIONS,
+        header_timeout: HEADER_TIMEOUT,
+        // openraft keeps its connections for as long as the nodes run.
+        lifetime: None,
+    };
     let acceptor = tls.map(TlsAcceptor::from);
-    loop {
-        let (stream, from) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                debug!(%err, "control plane: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let (plane, acceptor) = (plane.clone(), acceptor.clone());
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let plane = plane.clone();
-                async move { Ok::<_, Infallible>(answer(&plane, request).await) }
-            });
-            let served = match acceptor {
-                None => {
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await
-                }
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(stream) => {
-                        hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await
-                    }
-                    Err(err) => {
-                        debug!(%from, %err, "control plane: TLS handshake failed");
-                        return;
-                    }
-                },
-            };
-            if let Err(err) = served {
-                debug!(%from, %err, "control plane connection ended");
-            }
-        });
-    }
+    crate::http_server::serve(listener, limits, acceptor, move |_, request| {
+        let plane = plane.clone();
+        async move { answer(&plane, request).await }
+    })
+    .await;
 }
 
 fn reply(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
