@@ -136,7 +136,13 @@ pub struct Plane {
     reports: std::sync::Mutex<BTreeMap<SocketAddr, Report>>,
     /// The differing configurations already warned about.
     warned: std::sync::Mutex<BTreeSet<(SocketAddr, String)>>,
+    /// Kept-alive connections to the other nodes, for this node's own
+    /// questions (openraft keeps its own).
+    pool: std::sync::Mutex<BTreeMap<SocketAddr, Vec<PeerClient>>>,
 }
+
+/// Idle connections kept per node.
+const POOLED_PER_NODE: usize = 2;
 
 /// What a node last said about itself, or why it did not.
 #[derive(Debug, Clone)]
@@ -438,6 +444,7 @@ async fn run(
         fingerprint,
         reports: std::sync::Mutex::new(BTreeMap::new()),
         warned: std::sync::Mutex::new(BTreeSet::new()),
+        pool: std::sync::Mutex::new(BTreeMap::new()),
     });
     tokio::spawn(found_or_join(plane.clone(), founding, import));
     Ok((plane, listener, server_tls))
@@ -492,6 +499,37 @@ impl Plane {
         }
     }
 
+    /// A connection to `addr`: a kept-alive one, or a new one.
+    fn client(&self, addr: SocketAddr) -> PeerClient {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        pool.get_mut(&addr)
+            .and_then(Vec::pop)
+            .unwrap_or_else(|| PeerClient::new(addr, self.peers.clone()))
+    }
+
+    /// Keeps `client` for the next question to its node.
+    fn give_back(&self, client: PeerClient) {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = pool.entry(client.addr()).or_default();
+        if idle.len() < POOLED_PER_NODE {
+            idle.push(client);
+        }
+    }
+
+    /// A JSON question to the node at `addr`, on a kept-alive connection.
+    async fn ask<Q: Serialize, A: for<'de> Deserialize<'de>>(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        question: &Q,
+        timeout: Duration,
+    ) -> Result<A, rpc::CallError> {
+        let mut client = self.client(addr);
+        let answer = client.call_json(path, question, timeout).await;
+        self.give_back(client);
+        answer
+    }
+
     /// Whether gossip counts the node at `addr` as alive (not suspect, not
     /// down).
     fn reachable(&self, addr: SocketAddr) -> bool {
@@ -520,9 +558,8 @@ impl Plane {
             .collect();
         let mut fresh = BTreeMap::new();
         for addr in others {
-            let mut client = PeerClient::new(addr, self.peers.clone());
-            let status = client
-                .call_json::<_, Status>("/control/status", &(), Duration::from_secs(1))
+            let status = self
+                .ask::<_, Status>(addr, "/control/status", &(), Duration::from_secs(1))
                 .await
                 .map_err(|err| err.to_string());
             if let Ok(status) = &status {
@@ -580,9 +617,8 @@ impl Plane {
                         "the control-plane leader {addr} cannot be reached from this node"
                     )));
                 }
-                let mut client = PeerClient::new(addr, self.peers.clone());
-                let reply: WriteReply = client
-                    .call_json("/control/write", &entry, wait)
+                let reply: WriteReply = self
+                    .ask(addr, "/control/write", &entry, wait)
                     .await
                     .map_err(|err| unavailable(format!("the leader did not answer: {err}")))?;
                 match (reply.done, reply.error) {
@@ -629,9 +665,8 @@ impl Plane {
             let addr: SocketAddr = leader.addr.parse().map_err(|_| {
                 WebhookCommandError::Internal(format!("leader address {:?}", leader.addr))
             })?;
-            let mut client = PeerClient::new(addr, self.peers.clone());
-            let reply: Result<String, String> = client
-                .call_json("/control/remove", &node, self.timing.election * 3)
+            let reply: Result<String, String> = self
+                .ask(addr, "/control/remove", &node, self.timing.election * 3)
                 .await
                 .map_err(|err| unavailable(format!("the leader did not answer: {err}")))?;
             return reply.map_err(WebhookCommandError::Invalid);
@@ -703,19 +738,15 @@ impl Plane {
     async fn wait_applied(&self, index: u64) -> Vec<SocketAddr> {
         let deadline = Instant::now() + APPLY_WAIT;
         let mut waiting: Vec<SocketAddr> = self.members_up();
-        let mut clients: BTreeMap<SocketAddr, PeerClient> = BTreeMap::new();
         loop {
             let mut still = Vec::new();
             for addr in waiting {
                 let applied = if addr == self.addr {
                     self.machine.applied().load(Ordering::Acquire)
                 } else {
-                    let client = clients
-                        .entry(addr)
-                        .or_insert_with(|| PeerClient::new(addr, self.peers.clone()));
                     let left = deadline.saturating_duration_since(Instant::now());
-                    match client
-                        .call_json::<_, Status>("/control/status", &(), left)
+                    match self
+                        .ask::<_, Status>(addr, "/control/status", &(), left)
                         .await
                     {
                         Ok(status) => status.applied,
@@ -821,20 +852,28 @@ impl Plane {
         let asks: Vec<_> = others
             .iter()
             .map(|addr| {
-                let mut client = PeerClient::new(*addr, self.peers.clone());
+                let mut client = self.client(*addr);
                 let text = text.to_string();
                 tokio::spawn(async move {
-                    client
-                        .call_json::<_, Value>("/control/webhooks", &text, Duration::from_secs(1))
-                        .await
+                    let path = "/control/webhooks";
+                    let answer = client
+                        .call_json::<_, Value>(path, &text, Duration::from_secs(1))
+                        .await;
+                    (client, answer)
                 })
             })
             .collect();
         let mut unanswered = Vec::new();
         for (addr, ask) in others.iter().zip(asks) {
             match ask.await {
-                Ok(Ok(theirs)) => add_deliveries(&mut merged, &theirs),
-                _ => unanswered.push(addr.to_string()),
+                Ok((client, answer)) => {
+                    self.give_back(client);
+                    match answer {
+                        Ok(theirs) => add_deliveries(&mut merged, &theirs),
+                        Err(_) => unanswered.push(addr.to_string()),
+                    }
+                }
+                Err(_) => unanswered.push(addr.to_string()),
             }
         }
         if !unanswered.is_empty() {
@@ -1029,7 +1068,6 @@ async fn found_or_join(plane: Arc<Plane>, founding: Option<bool>, import: Vec<Va
         return;
     };
     let started = Instant::now();
-    let mut clients: BTreeMap<SocketAddr, PeerClient> = BTreeMap::new();
     loop {
         if plane.status().initialized {
             // Added by another node's leader.
@@ -1055,11 +1093,8 @@ async fn found_or_join(plane: Arc<Plane>, founding: Option<bool>, import: Vec<Va
                 .collect();
             let mut another_has_one = false;
             for addr in up.iter().filter(|addr| **addr != plane.addr) {
-                let client = clients
-                    .entry(*addr)
-                    .or_insert_with(|| PeerClient::new(*addr, plane.peers.clone()));
-                let status = client
-                    .call_json::<_, Status>("/control/status", &(), Duration::from_secs(1))
+                let status = plane
+                    .ask::<_, Status>(*addr, "/control/status", &(), Duration::from_secs(1))
                     .await;
                 // A member that does not answer may have a log: wait.
                 another_has_one |= status.map_or(true, |status| status.initialized);

@@ -84,6 +84,11 @@ impl PeerClient {
         }
     }
 
+    /// The node it connects to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, CallError> {
         let unreachable =
             |err: &dyn std::fmt::Display| CallError::Unreachable(self.addr, err.to_string());
