@@ -293,6 +293,48 @@ fn start_control(
     })
 }
 
+/// Tells the service manager `state` when it listens (`NOTIFY_SOCKET`);
+/// nothing without one. A failure is logged, never fatal.
+fn systemd_notify(state: &[sd_notify::NotifyState]) {
+    if let Err(err) = sd_notify::notify(state) {
+        warn!(%err, "cannot notify the service manager (NOTIFY_SOCKET)");
+    }
+}
+
+/// Sends the service manager's watchdog a keep-alive every quarter of
+/// `interval`, as long as every shard has run its maintenance tick since
+/// the last one: a shard whose executor is stuck stops them, and systemd
+/// restarts the broker after `WatchdogSec`.
+fn start_watchdog(
+    interval: Duration,
+    metrics: corebus_shards::MetricsHandle,
+) -> anyhow::Result<()> {
+    let every = (interval / 4).max(Duration::from_millis(50));
+    std::thread::Builder::new()
+        .name("corebus-watchdog".into())
+        .spawn(move || {
+            let ticks = |metrics: &corebus_shards::MetricsHandle| -> Vec<u64> {
+                metrics.snapshot().iter().map(|shard| shard.ticks).collect()
+            };
+            let mut last = ticks(&metrics);
+            loop {
+                std::thread::sleep(every);
+                let now = ticks(&metrics);
+                let turning = now.iter().zip(&last).all(|(now, then)| now > then);
+                if turning {
+                    systemd_notify(&[sd_notify::NotifyState::Watchdog]);
+                    last = now;
+                }
+            }
+        })
+        .context("cannot start the watchdog thread")?;
+    info!(
+        ?interval,
+        "systemd watchdog: keep-alives while every shard turns"
+    );
+    Ok(())
+}
+
 /// How long a joining node waits for the members' configuration
 /// fingerprints.
 const CONFIG_CHECK_WAIT: Duration = Duration::from_secs(3);
@@ -533,9 +575,17 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
             warn!("cannot print the browser listener's address: {err:#}");
         }
     }
+    // Every shard listens: ready, for a service manager that asks
+    // (Type=notify); and, when it asks for a watchdog, proof of life
+    // while every shard's executor turns.
+    systemd_notify(&[sd_notify::NotifyState::Ready]);
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        start_watchdog(interval, server.metrics())?;
+    }
     while !SIGNALLED.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(50));
     }
+    systemd_notify(&[sd_notify::NotifyState::Stopping]);
     if let Some(membership) = &membership {
         // The others learn at once that this node is going, rather than by
         // failed probes, and stop placing topics on it: they take its

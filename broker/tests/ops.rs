@@ -361,3 +361,61 @@ fn text_logs_have_no_colour_codes_when_not_on_a_terminal() {
     );
     assert!(!log.contains('\u{1b}'), "no ANSI escapes in {log}");
 }
+
+#[test]
+fn under_a_service_manager_serve_says_ready_keeps_its_watchdog_fed_and_says_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("notify-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let socket = UnixDatagram::bind(&path).expect("binds the notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let socket_path = path.to_str().expect("UTF-8 path");
+    let data_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("notify-data");
+    let mut child = corebus(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir.to_str().expect("UTF-8 path"),
+        ],
+        // A watchdog every second: a keep-alive at least every 250 ms
+        // while the shards turn (a tick a second each with these settings
+        // is enough for one every second or so).
+        &[("NOTIFY_SOCKET", socket_path), ("WATCHDOG_USEC", "1000000")],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("serve starts");
+    let addr = common::read_address(&mut child);
+    let next = |socket: &UnixDatagram| {
+        let mut buf = [0u8; 256];
+        let read = socket.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..read]).into_owned()
+    };
+    // READY only once it listens: the address line came first.
+    assert_eq!(next(&socket), "READY=1\n", "after {addr}");
+    let started = Instant::now();
+    let mut keep_alives = 0;
+    while keep_alives < 2 {
+        assert_eq!(next(&socket), "WATCHDOG=1\n");
+        keep_alives += 1;
+    }
+    assert!(started.elapsed() < Duration::from_secs(4), "fed in time");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    loop {
+        match next(&socket).as_str() {
+            "WATCHDOG=1\n" => continue,
+            other => {
+                assert_eq!(other, "STOPPING=1\n");
+                break;
+            }
+        }
+    }
+    assert!(child.wait().expect("exits").success());
+    let _ = std::fs::remove_file(&path);
+}

@@ -83,6 +83,9 @@ pub struct ShardMetrics {
     /// Upstream subscriptions (mirrors of topics other nodes own) this
     /// shard holds, per owner node (its client address).
     pub upstream: Vec<(std::net::SocketAddr, u64)>,
+    /// Maintenance ticks the shard has run: it advances while the shard's
+    /// executor turns (what a watchdog checks).
+    pub ticks: u64,
 }
 
 /// Shared, cloneable access to every shard's latest metrics.

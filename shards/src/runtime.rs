@@ -561,12 +561,15 @@ async fn run_shard(
         let shard = shard.clone();
         let sends = sends.clone();
         async move {
+            let mut ticks = 0u64;
             loop {
                 glommio::timer::sleep(tick_every).await;
                 let mut shard = shard.borrow_mut();
                 shard.tick(clock.elapsed().as_millis() as u64);
                 let mut now = shard.metrics();
                 now.sends = sends.stats();
+                ticks += 1;
+                now.ticks = ticks;
                 metrics.publish(now);
             }
         }

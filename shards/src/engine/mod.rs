@@ -353,7 +353,8 @@ impl Shard {
     }
 
     /// Counters and gauges for the metrics endpoint; the runtime adds its
-    /// send counts (`sends`), which the engine does not see.
+    /// send counts (`sends`) and its tick count, which the engine does not
+    /// see.
     pub fn metrics(&self) -> ShardMetrics {
         ShardMetrics {
             shard: self.id,
@@ -372,6 +373,7 @@ impl Shard {
             delivery_latency: self.delivery_latency.clone(),
             sends: Default::default(),
             upstream: self.upstream_subscriptions(),
+            ticks: 0,
         }
     }
 
