@@ -20,10 +20,15 @@ const SECRET: &str = "cluster-test-secret-0123456789abcdef0123";
 
 /// A port free on 127.0.0.1-3, for UDP (gossip) and TCP (metrics) alike.
 fn free_port() -> u16 {
+    free_port_on(3)
+}
+
+/// A port free on 127.0.0.1 to 127.0.0.`nodes`.
+fn free_port_on(nodes: u8) -> u16 {
     for _ in 0..100 {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
         let port = probe.local_addr().expect("address").port();
-        let free = (1..=3).all(|n| {
+        let free = (1..=nodes).all(|n| {
             let ip = [127, 0, 0, n];
             UdpSocket::bind(SocketAddr::from((ip, port))).is_ok()
                 && (n == 1 || std::net::TcpListener::bind(SocketAddr::from((ip, port))).is_ok())
@@ -32,7 +37,7 @@ fn free_port() -> u16 {
             return port;
         }
     }
-    panic!("no port free on 127.0.0.1-3");
+    panic!("no port free on 127.0.0.1-{nodes}");
 }
 
 struct Node {
@@ -1934,4 +1939,71 @@ fn the_control_plane_bounds_its_connections_and_reads_no_body_without_credential
     let read = stream.read(&mut answer).expect("answered");
     let answer = String::from_utf8_lossy(&answer[..read]);
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+}
+
+#[test]
+fn six_members_make_five_voters_and_a_learner_which_takes_a_removed_voters_seat() {
+    let secret = TempFile::new("cluster-secret-control-six", SECRET);
+    let (cluster_port, metrics_port) = (free_port_on(6), free_port_on(6));
+    // One shard each: six nodes share the machine's cores.
+    let mut nodes: Vec<Node> = (1..=6)
+        .map(|n| node_with_args(n, cluster_port, metrics_port, &secret, &["--shards", "1"]))
+        .collect();
+    for node in &nodes {
+        await_alive(node, 6.0, Duration::from_secs(15));
+    }
+    let id = |n: u8| format!("127.0.0.{n}:{cluster_port}");
+    let rt = runtime();
+    let control = |client: &corebus_client::Client| {
+        let client = client.clone();
+        async move {
+            client
+                .cluster_status()
+                .await
+                .expect("status")
+                .control
+                .expect("a control plane")
+        }
+    };
+    let client = rt.block_on(connect(&nodes[0].addr));
+    let await_seats = |voters: usize, learners: usize| {
+        rt.block_on(async {
+            let started = Instant::now();
+            loop {
+                let now = control(&client).await;
+                if now.voters.len() == voters && now.learners.len() == learners {
+                    return now;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(15),
+                    "not {voters} voters and {learners} learners: {now:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let seats = await_seats(5, 1);
+    // A voter dies: it keeps its seat (failure detection takes none).
+    let voter = seats
+        .voters
+        .iter()
+        .map(|node| node.parse::<SocketAddr>().expect("an address"))
+        .find(|node| node.ip() != std::net::IpAddr::from([127, 0, 0, 1]))
+        .expect("a voter besides node 1");
+    let n = match voter.ip() {
+        std::net::IpAddr::V4(ip) => ip.octets()[3],
+        std::net::IpAddr::V6(_) => unreachable!("IPv4 nodes"),
+    };
+    nodes[usize::from(n) - 1].child.kill().expect("kill -9");
+    let _ = nodes[usize::from(n) - 1].child.wait();
+    await_alive(&nodes[0], 5.0, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+    let after_death = rt.block_on(control(&client));
+    assert!(after_death.voters.contains(&id(n)), "{after_death:?}");
+    assert_eq!(after_death.voters.len(), 5);
+    // Removed: the learner takes the seat.
+    rt.block_on(client.remove_cluster_node(&id(n)))
+        .expect("removed");
+    let seats = await_seats(5, 0);
+    assert!(!seats.voters.contains(&id(n)), "{seats:?}");
 }
