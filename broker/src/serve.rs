@@ -267,6 +267,14 @@ fn start_control(
             timing.heartbeat
         );
     }
+    let dir = crate::control::dir(&args.data_dir);
+    std::fs::create_dir_all(&dir).with_context(|| {
+        format!(
+            "cannot keep the control plane's log in {} (under data_dir, which must be \
+             writable by the broker on a cluster member)",
+            dir.display()
+        )
+    })?;
     let import = Store::new(args.data_dir.clone())
         .load()
         .context("reading webhooks.json for the control plane")?
@@ -280,7 +288,7 @@ fn start_control(
         .collect();
     crate::control::start(crate::control::ControlConfig {
         addr: node,
-        dir: crate::control::dir(&args.data_dir),
+        dir,
         view,
         key,
         server_tls,

@@ -2007,3 +2007,24 @@ fn six_members_make_five_voters_and_a_learner_which_takes_a_removed_voters_seat(
     let seats = await_seats(5, 0);
     assert!(!seats.voters.contains(&id(n)), "{seats:?}");
 }
+
+#[test]
+fn a_member_whose_data_dir_cannot_be_written_says_so_and_does_not_start() {
+    let secret = TempFile::new("cluster-secret-control-dir", SECRET);
+    let cluster_port = free_port();
+    // A directory under a regular file cannot be made.
+    let output = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--cluster-listen", &format!("127.0.0.1:{cluster_port}")])
+        .args(["--cluster-secret-file", secret.path()])
+        .args(["--data-dir", &format!("{}/below", secret.path())])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot keep the control plane's log in") && stderr.contains("data_dir"),
+        "{stderr}"
+    );
+}

@@ -394,15 +394,20 @@ async fn run(
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot serve the control plane on TCP {addr} (cluster_listen)")
     })?;
-    let log = LogStore::open(&dir).with_context(|| format!("control log in {}", dir.display()))?;
+    let log = LogStore::open(&dir)
+        .with_context(|| format!("cannot read the control plane's log in {}", dir.display()))?;
     // Only a node that never took part may found a log.
     let founding = log.is_empty().then_some(bootstrap);
     let on_apply: store::OnApply = Arc::new(move |state: &state::ControlState| {
         webhooks.registry().set_agreed(&state.webhooks);
         webhooks.notify_changed();
     });
-    let machine = StateMachine::open(&dir, on_apply)
-        .with_context(|| format!("control snapshot in {}", dir.display()))?;
+    let machine = StateMachine::open(&dir, on_apply).with_context(|| {
+        format!(
+            "cannot read the control plane's snapshot in {} (under data_dir)",
+            dir.display()
+        )
+    })?;
     let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let raft_config = Config {
         cluster_name: "corebus".into(),
