@@ -1815,7 +1815,7 @@ fn a_410_seen_by_the_owner_disables_the_webhook_on_every_node_until_enabled_on_a
 }
 
 #[test]
-fn a_planned_leave_delivers_each_webhook_message_once_across_the_move() {
+fn a_planned_leave_delivers_each_webhook_message_once_and_in_order_across_the_move() {
     use common::receiver::{Receiver, Reply};
     let secret = TempFile::new("cluster-secret-control-leave", SECRET);
     let certs = corebus_tests::test_certs_for_nodes(3);
@@ -1860,7 +1860,8 @@ fn a_planned_leave_delivers_each_webhook_message_once_across_the_move() {
         let started = Instant::now();
         loop {
             let requests = receiver.requests();
-            let mut seqs: Vec<u64> = requests.iter().map(|r| r.seq()).collect();
+            let arrived: Vec<u64> = requests.iter().map(|r| r.seq()).collect();
+            let mut seqs = arrived.clone();
             let epochs: std::collections::BTreeSet<String> = requests
                 .iter()
                 .map(|r| r.json()["epoch"].as_str().expect("epoch").to_string())
@@ -1870,6 +1871,8 @@ fn a_planned_leave_delivers_each_webhook_message_once_across_the_move() {
             if last >= u64::from(acknowledged) && seqs.len() as u64 == last {
                 assert_eq!(epochs.len(), 1, "one epoch across a planned move");
                 assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "each once");
+                // The new owner waited for the old one's last deliveries.
+                assert_eq!(arrived, seqs, "in order across the move");
                 break;
             }
             let mut repeated = seqs.clone();

@@ -73,6 +73,10 @@ pub struct OwnedTopic {
     /// fed by one subscription over the link to that node), which this
     /// shard fans out to the node's interested shards as if it owned it.
     pub upstream: Option<Box<crate::upstream::Upstream>>,
+    /// Taken over from another node with its state: that node (its client
+    /// address) and until when (engine ms) the topic's webhook messages
+    /// say so, so that they wait for the node's last deliveries.
+    pub moved_from: Option<Box<(std::net::SocketAddr, u64)>>,
 }
 
 impl OwnedTopic {
@@ -88,6 +92,7 @@ impl OwnedTopic {
             webhooks_generation: 0,
             webhooks_wanted: false,
             upstream: None,
+            moved_from: None,
         }
     }
 

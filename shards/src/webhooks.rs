@@ -28,6 +28,10 @@ pub struct WebhookMessage {
     pub published_ms: u64,
     /// The body, as published.
     pub payload: Bytes,
+    /// For a while after the topic was taken over from another node with
+    /// its state (a planned move): that node's client address. Its
+    /// webhooks deliver what it sequenced; these wait for that.
+    pub moved_from: Option<std::net::SocketAddr>,
 }
 
 /// Why a webhook or cluster command was refused.

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use corebus_cluster::{ClusterView, LinkKey, MemberState};
+use corebus_net::TopicKey;
 use corebus_shards::auth::unix_now_ms;
 use corebus_shards::WebhookCommandError;
 use openraft::error::{ClientWriteError, RaftError};
@@ -130,6 +131,8 @@ pub struct Plane {
     peers: Arc<Peers>,
     view: Arc<ClusterView>,
     registry: Arc<Registry>,
+    /// This node's webhooks: what it still holds of a topic that moved.
+    webhooks: Arc<crate::webhook::Webhooks>,
     timing: ControlTiming,
     fingerprint: Option<String>,
     /// What the other nodes said last (refreshed every second).
@@ -223,6 +226,30 @@ impl ControlHandle {
             "applied": self.plane.machine.applied().load(Ordering::Acquire),
             "webhooks": state.webhooks.values().collect::<Vec<_>>(),
         })
+    }
+
+    /// How many webhook messages of `topic` the member whose client
+    /// address is `client` still holds (a topic that moved from it); `None`
+    /// when it is gone or does not answer. Runs on the caller's runtime.
+    pub async fn webhooks_pending_at(&self, client: SocketAddr, topic: &TopicKey) -> Option<u64> {
+        let node = self
+            .plane
+            .view
+            .snapshot()
+            .members
+            .iter()
+            .find(|member| member.node.client == client && member.state != MemberState::Down)
+            .map(|member| member.node.addr)?;
+        let question = json!({ "ns": topic.namespace(), "topic": topic.topic() });
+        self.plane
+            .ask::<_, u64>(
+                node,
+                "/control/webhooks_pending",
+                &question,
+                Duration::from_secs(1),
+            )
+            .await
+            .ok()
     }
 
     /// Disables a webhook for the whole cluster (its endpoint answered 410).
@@ -398,10 +425,13 @@ async fn run(
         .with_context(|| format!("cannot read the control plane's log in {}", dir.display()))?;
     // Only a node that never took part may found a log.
     let founding = log.is_empty().then_some(bootstrap);
-    let on_apply: store::OnApply = Arc::new(move |state: &state::ControlState| {
-        webhooks.registry().set_agreed(&state.webhooks);
-        webhooks.notify_changed();
-    });
+    let on_apply: store::OnApply = {
+        let webhooks = webhooks.clone();
+        Arc::new(move |state: &state::ControlState| {
+            webhooks.registry().set_agreed(&state.webhooks);
+            webhooks.notify_changed();
+        })
+    };
     let machine = StateMachine::open(&dir, on_apply).with_context(|| {
         format!(
             "cannot read the control plane's snapshot in {} (under data_dir)",
@@ -445,6 +475,7 @@ async fn run(
         peers,
         view,
         registry,
+        webhooks,
         timing,
         fingerprint,
         reports: std::sync::Mutex::new(BTreeMap::new()),
@@ -885,6 +916,19 @@ impl Plane {
             merged["unanswered"] = json!(unanswered);
         }
         Ok(merged.to_string())
+    }
+
+    /// What this node still holds of a topic's webhook messages, for the
+    /// node the topic moved to.
+    fn pending_of(&self, question: &Value) -> Result<u64, String> {
+        let text = |key: &str| {
+            question[key]
+                .as_str()
+                .ok_or_else(|| format!("`{key}` is missing"))
+        };
+        let topic = TopicKey::new(text("ns")?.as_bytes(), text("topic")?.as_bytes())
+            .map_err(|err| err.to_string())?;
+        Ok(self.webhooks.pending_of(&topic))
     }
 
     /// This node's own `list`, for another node's.

@@ -410,6 +410,13 @@ async fn answer(plane: &Plane, request: Request<Incoming>) -> Response<Full<Byte
             Err(err) => bad(err),
         },
         "/control/status" => json_reply(&plane.status()),
+        "/control/webhooks_pending" => match serde_json::from_slice(&body) {
+            Ok(question) => match plane.pending_of(&question) {
+                Ok(count) => json_reply(&count),
+                Err(err) => reply(StatusCode::BAD_REQUEST, err.into_bytes()),
+            },
+            Err(err) => bad(err),
+        },
         "/control/webhooks" => match serde_json::from_slice::<String>(&body) {
             Ok(list) => json_reply(
                 &plane

@@ -1,16 +1,16 @@
 //! The delivery thread: routes handed-over messages to one task per webhook
 //! and runs those tasks (one request in flight each, in sequence order).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use corebus_net::TopicKey;
 use corebus_shards::auth::unix_now_ms;
 use corebus_shards::WebhookMessage;
 use tokio::sync::{mpsc, Notify};
-use tokio::task::JoinHandle;
 use tracing::{debug, error, warn};
 
 use super::http::{Answer, Connection, PostError};
@@ -20,8 +20,78 @@ use super::{body, sign, DeliverySettings, DropReason, Hook, Registry, SIGNATURE_
 struct Worker {
     hook: Arc<Hook>,
     queue: mpsc::Sender<WebhookMessage>,
-    task: JoinHandle<()>,
 }
+
+/// Messages offered and not yet delivered or dropped (each webhook's copy
+/// counts once): in all, and per topic, for a node that took a topic over
+/// and waits for this one's last deliveries of it.
+#[derive(Debug, Default)]
+pub struct Pending {
+    total: AtomicU64,
+    topics: std::sync::Mutex<HashMap<TopicKey, u64>>,
+}
+
+impl Pending {
+    /// `n` more of `topic`.
+    pub fn add(&self, topic: &TopicKey, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.total.fetch_add(n, Ordering::AcqRel);
+        let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        *topics.entry(topic.clone()).or_default() += n;
+    }
+
+    /// `n` fewer of `topic`.
+    pub fn sub(&self, topic: &TopicKey, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.total.fetch_sub(n, Ordering::AcqRel);
+        let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = topics.get_mut(topic) {
+            *count = count.saturating_sub(n);
+            if *count == 0 {
+                topics.remove(topic);
+            }
+        }
+    }
+
+    /// In all.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Acquire)
+    }
+
+    /// Of `topic`.
+    pub fn of(&self, topic: &TopicKey) -> u64 {
+        let topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        topics.get(topic).copied().unwrap_or(0)
+    }
+}
+
+/// Asks the node whose client address is given how many webhook messages
+/// of a topic it still holds; `None` when it cannot be asked (gone).
+pub struct AskPending(pub Box<AskFn>);
+
+/// What [`AskPending`] calls.
+pub type AskFn = dyn Fn(
+        std::net::SocketAddr,
+        TopicKey,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<u64>> + Send>>
+    + Send
+    + Sync;
+
+impl std::fmt::Debug for AskPending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AskPending")
+    }
+}
+
+/// How long a moved topic's messages wait at most for the node it came
+/// from (that node's `shutdown_deadline` and then some).
+const HOLD_MAX: Duration = Duration::from_secs(30);
+/// How often the node a topic came from is asked.
+const HOLD_POLL: Duration = Duration::from_millis(50);
 
 /// Starts the `corebus-webhooks` thread.
 pub(super) fn spawn(
@@ -29,7 +99,8 @@ pub(super) fn spawn(
     intake: flume::Receiver<WebhookMessage>,
     changed: Arc<Notify>,
     settings: DeliverySettings,
-    outstanding: Arc<AtomicU64>,
+    pending: Arc<Pending>,
+    ask: Arc<std::sync::OnceLock<AskPending>>,
 ) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -37,7 +108,7 @@ pub(super) fn spawn(
     std::thread::Builder::new()
         .name("corebus-webhooks".into())
         .spawn(move || {
-            runtime.block_on(dispatch(registry, intake, changed, settings, outstanding))
+            runtime.block_on(dispatch(registry, intake, changed, settings, pending, ask))
         })?;
     Ok(())
 }
@@ -47,11 +118,18 @@ async fn dispatch(
     intake: flume::Receiver<WebhookMessage>,
     changed: Arc<Notify>,
     settings: DeliverySettings,
-    outstanding: Arc<AtomicU64>,
+    pending: Arc<Pending>,
+    ask: Arc<std::sync::OnceLock<AskPending>>,
 ) {
     let settings = Arc::new(settings);
     let mut workers: HashMap<String, Worker> = HashMap::new();
     let mut seen = u64::MAX;
+    // Topics taken over from another node: their messages wait here until
+    // that node has delivered what it sequenced of them (order per topic
+    // across the move), then go out in order.
+    let mut held: HashMap<TopicKey, VecDeque<WebhookMessage>> = HashMap::new();
+    let mut released: HashMap<TopicKey, std::time::Instant> = HashMap::new();
+    let (release, mut releases) = mpsc::unbounded_channel::<TopicKey>();
     loop {
         let message = tokio::select! {
             message = intake.recv_async() => match message {
@@ -59,33 +137,102 @@ async fn dispatch(
                 Err(_) => return, // The broker is gone.
             },
             () = changed.notified() => None,
+            Some(topic) = releases.recv() => {
+                released.insert(topic.clone(), std::time::Instant::now());
+                released.retain(|_, at| at.elapsed() < 2 * HOLD_MAX);
+                for message in held.remove(&topic).unwrap_or_default() {
+                    route(&workers, &pending, message);
+                }
+                None
+            }
         };
         // After every wake-up, before routing: a message offered because a
         // webhook now wants its topic finds that webhook's worker.
         if registry.generation() != seen {
             seen = registry.generation();
-            sync_workers(&registry, &mut workers, &settings, &outstanding);
+            sync_workers(&registry, &mut workers, &settings, &pending);
         }
         let Some(message) = message else {
             continue;
         };
-        for worker in workers.values().filter(|w| w.hook.matches(&message.topic)) {
-            let stats = &worker.hook.stats;
-            match worker.queue.try_send(message.clone()) {
-                Ok(()) => {
-                    stats.queued.fetch_add(1, Ordering::Relaxed);
-                    outstanding.fetch_add(1, Ordering::AcqRel);
+        if let Some(from) = message.moved_from {
+            if !released.contains_key(&message.topic) {
+                let waiting = held.entry(message.topic.clone()).or_default();
+                if waiting.is_empty() {
+                    tokio::spawn(await_previous_owner(
+                        from,
+                        message.topic.clone(),
+                        ask.clone(),
+                        release.clone(),
+                    ));
                 }
-                Err(_) => stats.drop_one(
-                    &worker.hook.id,
-                    DropReason::QueueFull,
-                    "the webhook's queue is full (webhook_queue)",
-                ),
+                if waiting.len() < settings.queue.max(1) {
+                    waiting.push_back(message);
+                } else {
+                    for worker in workers.values().filter(|w| w.hook.matches(&message.topic)) {
+                        worker.hook.stats.drop_one(
+                            &worker.hook.id,
+                            DropReason::QueueFull,
+                            "the webhook's queue is full (webhook_queue) while its topic \
+                             waits for the node it moved from",
+                        );
+                    }
+                    pending.sub(&message.topic, 1);
+                }
+                continue;
             }
         }
-        // Routed: the copies in the workers' queues count now.
-        outstanding.fetch_sub(1, Ordering::AcqRel);
+        route(&workers, &pending, message);
     }
+}
+
+/// Puts `message` on the queue of each webhook that wants it.
+fn route(workers: &HashMap<String, Worker>, pending: &Pending, message: WebhookMessage) {
+    let mut routed = 0;
+    for worker in workers.values().filter(|w| w.hook.matches(&message.topic)) {
+        let stats = &worker.hook.stats;
+        match worker.queue.try_send(message.clone()) {
+            Ok(()) => {
+                stats.queued.fetch_add(1, Ordering::Relaxed);
+                routed += 1;
+            }
+            Err(_) => stats.drop_one(
+                &worker.hook.id,
+                DropReason::QueueFull,
+                "the webhook's queue is full (webhook_queue)",
+            ),
+        }
+    }
+    // Routed: the copies in the workers' queues count now.
+    pending.add(&message.topic, routed);
+    pending.sub(&message.topic, 1);
+}
+
+/// Asks the node `topic` moved from until it holds none of its webhook
+/// messages (or is gone, or [`HOLD_MAX`] passed), then releases the topic.
+async fn await_previous_owner(
+    from: std::net::SocketAddr,
+    topic: TopicKey,
+    ask: Arc<std::sync::OnceLock<AskPending>>,
+    release: mpsc::UnboundedSender<TopicKey>,
+) {
+    let started = std::time::Instant::now();
+    loop {
+        let left = match ask.get() {
+            Some(ask) => (ask.0)(from, topic.clone()).await,
+            None => None,
+        };
+        if left.is_none_or(|left| left == 0) {
+            break;
+        }
+        if started.elapsed() >= HOLD_MAX {
+            warn!(%topic, node = %from, "the node a topic moved from still holds some of its \
+                webhook messages; delivering the new owner's now (their order may mix)");
+            break;
+        }
+        tokio::time::sleep(HOLD_POLL).await;
+    }
+    let _ = release.send(topic);
 }
 
 /// Starts a task for each new webhook and stops those of removed ones.
@@ -93,18 +240,15 @@ fn sync_workers(
     registry: &Arc<Registry>,
     workers: &mut HashMap<String, Worker>,
     settings: &Arc<DeliverySettings>,
-    outstanding: &Arc<AtomicU64>,
+    pending: &Arc<Pending>,
 ) {
     let hooks = registry.snapshot();
     workers.retain(|id, worker| {
         let keep = hooks.iter().any(|hook| Arc::ptr_eq(hook, &worker.hook));
         if !keep {
+            // Its queue closes with the sender: the worker drops what is
+            // left (each counted out of the pending ones) and ends.
             debug!(webhook = %id, "webhook removed: its queued messages are discarded");
-            // Nothing runs on this thread between here and the abort: the
-            // queue holds exactly these (the one in flight counts itself).
-            let queued = worker.queue.max_capacity() - worker.queue.capacity();
-            outstanding.fetch_sub(queued as u64, Ordering::AcqRel);
-            worker.task.abort();
         }
         keep
     });
@@ -113,21 +257,20 @@ fn sync_workers(
             continue;
         }
         let (queue, receiver) = mpsc::channel(settings.queue.max(1));
-        let task = tokio::spawn(run_worker(
+        tokio::spawn(run_worker(
             registry.clone(),
             hook.clone(),
             receiver,
             settings.clone(),
             registry.policy().allow.clone(),
             registry.policy().networks.clone(),
-            outstanding.clone(),
+            pending.clone(),
         ));
         workers.insert(
             hook.id.clone(),
             Worker {
                 hook: hook.clone(),
                 queue,
-                task,
             },
         );
     }
@@ -140,13 +283,16 @@ async fn run_worker(
     settings: Arc<DeliverySettings>,
     allow: super::url::AllowList,
     networks: NetworkPolicy,
-    outstanding: Arc<AtomicU64>,
+    pending: Arc<Pending>,
 ) {
     let mut connection = Connection::new(settings.tls.clone(), networks);
     while let Some(message) = queue.recv().await {
         hook.stats.queued.fetch_sub(1, Ordering::Relaxed);
-        // Done with it however this turn ends, an abort included.
-        let _done = Outstanding(&outstanding);
+        // Done with it however this turn ends.
+        let _done = Done(&pending, &message.topic);
+        if !registry.snapshot().iter().any(|h| Arc::ptr_eq(h, &hook)) {
+            continue; // Removed: what it had queued is discarded.
+        }
         if let Some(disabled) = hook.disabled() {
             hook.stats
                 .drop_one(&hook.id, DropReason::Disabled, &disabled.detail);
@@ -163,13 +309,13 @@ async fn run_worker(
     }
 }
 
-/// One message a worker holds, counted in the outstanding ones until it
-/// is dropped.
-struct Outstanding<'a>(&'a AtomicU64);
+/// One message a worker holds, counted in the pending ones until it is
+/// dropped.
+struct Done<'a>(&'a Pending, &'a TopicKey);
 
-impl Drop for Outstanding<'_> {
+impl Drop for Done<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.sub(self.1, 1);
     }
 }
 

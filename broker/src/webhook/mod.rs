@@ -319,8 +319,11 @@ pub struct Webhooks {
     /// In a cluster: the control plane that carries the commands out.
     control: OnceLock<crate::control::ControlHandle>,
     /// Messages offered and not yet delivered or dropped (each webhook's
-    /// copy counts once).
-    outstanding: Arc<AtomicU64>,
+    /// copy counts once), in all and per topic.
+    pending: Arc<deliver::Pending>,
+    /// In a cluster: asks another node how many of a topic's messages it
+    /// still holds (for a topic taken over from it).
+    ask: Arc<OnceLock<deliver::AskPending>>,
 }
 
 impl Webhooks {
@@ -336,13 +339,15 @@ impl Webhooks {
         let registry = Arc::new(registry);
         let changed = Arc::new(Notify::new());
         let (intake, receiver) = flume::bounded(settings.queue.saturating_mul(4).max(1024));
-        let outstanding = Arc::new(AtomicU64::new(0));
+        let pending = Arc::new(deliver::Pending::default());
+        let ask = Arc::new(OnceLock::new());
         deliver::spawn(
             registry.clone(),
             receiver,
             changed.clone(),
             settings,
-            outstanding.clone(),
+            pending.clone(),
+            ask.clone(),
         )?;
         Ok(Arc::new(Webhooks {
             registry,
@@ -351,7 +356,8 @@ impl Webhooks {
             handoff: HookStats::default(),
             commands_refused: refuse_commands,
             control: OnceLock::new(),
-            outstanding,
+            pending,
+            ask,
         }))
     }
 
@@ -365,7 +371,7 @@ impl Webhooks {
     pub fn wait_delivered(&self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         loop {
-            if self.outstanding.load(Ordering::Acquire) == 0 {
+            if self.pending.total() == 0 {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -377,7 +383,12 @@ impl Webhooks {
 
     /// Messages offered and not yet delivered or dropped.
     pub fn outstanding(&self) -> u64 {
-        self.outstanding.load(Ordering::Acquire)
+        self.pending.total()
+    }
+
+    /// Messages of `topic` offered and not yet delivered or dropped.
+    pub fn pending_of(&self, topic: &TopicKey) -> u64 {
+        self.pending.of(topic)
     }
 
     /// Makes the delivery thread look at the registry again (after the
@@ -389,6 +400,13 @@ impl Webhooks {
     /// Hands commands to the cluster's control plane from now on, and
     /// records 410 disables there.
     pub fn agree_through(&self, control: crate::control::ControlHandle) {
+        let asking = control.clone();
+        let _ = self
+            .ask
+            .set(deliver::AskPending(Box::new(move |node, topic| {
+                let asking = asking.clone();
+                Box::pin(async move { asking.webhooks_pending_at(node, &topic).await })
+            })));
         let disable = control.clone();
         self.registry
             .agree_through(registry::DisableHook(Box::new(move |id, at_ms, detail| {
@@ -441,11 +459,12 @@ impl WebhookSink for Webhooks {
     fn offer(&self, message: WebhookMessage) {
         // Counted before it can be routed (and uncounted) on the other
         // thread.
-        self.outstanding.fetch_add(1, Ordering::AcqRel);
+        self.pending.add(&message.topic, 1);
+        let topic = message.topic.clone();
         let Err(err) = self.intake.try_send(message) else {
             return;
         };
-        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        self.pending.sub(&topic, 1);
         let (message, detail) = match err {
             flume::TrySendError::Full(message) => {
                 (message, "the delivery thread's hand-off queue is full")
@@ -593,6 +612,7 @@ mod tests {
             seq: 7,
             published_ms: 1_700_000_000_123,
             payload: bytes::Bytes::from_static(payload),
+            moved_from: None,
         };
         let text: serde_json::Value =
             serde_json::from_slice(&body("wh-1", &message(b"hi \"there\""))).expect("JSON");

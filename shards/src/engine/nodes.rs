@@ -39,6 +39,9 @@ pub const LINK_HIGH_WATER: usize = 4 << 20;
 /// Encoded bytes a link holds at most: a publish that would go past it is
 /// refused with `owner_unavailable`.
 const LINK_MAX: usize = 4 * LINK_HIGH_WATER;
+/// For this long after a topic is taken over with its state, its webhook
+/// messages name the node it came from (`WebhookMessage::moved_from`).
+pub const MOVE_HOLD_MS: u64 = 30_000;
 
 /// How long a node that owns a topic waits for its state from the node it
 /// takes it over from before it starts a new epoch instead.
@@ -378,6 +381,10 @@ impl Shard {
         if got {
             self.stats.topics_taken_over += 1;
             debug!(%topic, from = %up.node, "topic taken over with its state");
+            if let Some(owned) = self.owned.get_mut(topic) {
+                let until = self.now_ms.saturating_add(MOVE_HOLD_MS);
+                owned.moved_from = Some(Box::new((up.node, until)));
+            }
         } else {
             // A new epoch (what a partial copy held is dropped, and the
             // shards interested in it, if any, are told).

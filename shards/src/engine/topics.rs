@@ -150,6 +150,11 @@ impl Shard {
                     } else {
                         payload.clone()
                     },
+                    moved_from: owned
+                        .moved_from
+                        .as_deref()
+                        .filter(|(_, until)| now_ms < *until)
+                        .map(|(node, _)| *node),
                 });
             }
         }
