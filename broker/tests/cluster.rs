@@ -2031,3 +2031,30 @@ fn a_member_whose_data_dir_cannot_be_written_says_so_and_does_not_start() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_node_down_while_the_log_is_compacted_catches_up_from_a_snapshot() {
+    let secret = TempFile::new("cluster-secret-control-snap", SECRET);
+    let certs = corebus_tests::test_certs_for_nodes(3);
+    let (mut nodes, start) = three_tls_nodes(&secret, &certs);
+    runtime().block_on(async {
+        let client = tls_client(&nodes[0].addr, &certs).await;
+        add_when_available(&client, &unreachable_spec("first")).await;
+        nodes[2].child.kill().expect("kill -9 node 3");
+        let _ = nodes[2].child.wait();
+        // More changes than a snapshot's worth (64): the log node 3 would
+        // need is compacted away, and it must get a snapshot.
+        for i in 0..40 {
+            let hook = add_when_available(&client, &unreachable_spec(&format!("t{i}"))).await;
+            if i % 2 == 0 {
+                client.remove_webhook(&hook.id).await.expect("removed");
+            }
+        }
+        let expected = webhook_ids(&client).await;
+        assert_eq!(expected.len(), 21, "{expected:?}");
+        nodes[2] = start(3);
+        let restarted = tls_client(&nodes[2].addr, &certs).await;
+        let took = await_ids(&restarted, &expected, Duration::from_secs(5)).await;
+        eprintln!("node 3 caught up from a snapshot {took:?} after its restart");
+    });
+}
