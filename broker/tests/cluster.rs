@@ -1211,7 +1211,20 @@ fn a_webhook_added_on_one_node_is_delivered_by_every_owner_rotated_and_removed_e
             assert_eq!(request.seq(), 6);
             assert_signed(request, &[&signing, &new_secret]);
         }
-        // Removed on node 2: no delivery for what is published after.
+        // Removed on node 2: no delivery for what is published after. A
+        // second webhook of the same topics, to a receiver of its own,
+        // shows when those messages have gone out to the webhooks there are.
+        let witness = Receiver::start(|_, _| Reply::Status(200)).await;
+        let witness_spec = corebus_client::WebhookSpec::new(
+            witness.url.clone(),
+            "cl",
+            "wh/",
+            corebus_client::WebhookMatch::Prefix,
+        );
+        clients[0]
+            .add_webhook(&witness_spec)
+            .await
+            .expect("the witness is added");
         clients[1].remove_webhook(&hook.id).await.expect("removed");
         for client in &clients {
             let listed = client.list_webhooks().await.expect("lists");
@@ -1223,7 +1236,11 @@ fn a_webhook_added_on_one_node_is_delivered_by_every_owner_rotated_and_removed_e
                 .await
                 .expect("acknowledged");
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        witness
+            .wait_for("the witness's 20", |requests| {
+                requests.iter().filter(|r| r.seq() == 7).count() == 20
+            })
+            .await;
         assert_eq!(receiver.requests().len(), 120, "nothing after the remove");
     });
 }
