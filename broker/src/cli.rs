@@ -57,10 +57,12 @@ pub enum Command {
 /// `corebus cluster`.
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// List the members the node knows, with their state and client address.
+    /// List the members the node knows, with their state and client
+    /// address, and the control plane: its leader, voters, each node's
+    /// applied index and whether its configuration matches.
     Status {
         /// Print one JSON object: {"node", "members": [{"node", "client",
-        /// "state", "leaving"}]}.
+        /// "state", "leaving"}], "control"} (the control plane, or null).
         #[arg(long)]
         json: bool,
         /// Node to ask.
