@@ -156,6 +156,32 @@ struct Report {
 /// How often every node asks the others for their status.
 const REPORTS_EVERY: Duration = Duration::from_secs(1);
 
+/// Why this node did not commit an entry itself.
+#[derive(Debug)]
+enum Refusal {
+    /// It does not lead; the leader, if known.
+    NotLeader(Option<BasicNode>),
+    /// It leads without a majority, or the entry was not committed in time.
+    NoQuorum(String),
+    /// openraft failed otherwise.
+    Failed(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::NotLeader(Some(leader)) => write!(f, "not the leader ({} is)", leader.addr),
+            Refusal::NotLeader(None) => f.write_str("not the leader, and none is known"),
+            Refusal::NoQuorum(why) | Refusal::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+/// The `unavailable` answer: the control plane cannot agree now.
+fn no_quorum(why: impl std::fmt::Display) -> WebhookCommandError {
+    WebhookCommandError::Unavailable(format!("no quorum: {why}"))
+}
+
 /// Where a forwarded write went.
 #[derive(Debug, Serialize, Deserialize)]
 struct WriteReply {
@@ -323,15 +349,14 @@ impl ControlHandle {
             let deadline = Instant::now() + wait;
             loop {
                 plane.refresh_reports().await;
-                let up = plane.members_up();
+                let others = plane.others_up();
                 let reports = plane
                     .reports
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .clone();
-                let answered = up
+                let answered = others
                     .iter()
-                    .filter(|addr| **addr != plane.addr)
                     .all(|addr| reports.get(addr).is_some_and(|r| r.status.is_ok()));
                 if answered || Instant::now() >= deadline {
                     return reports
@@ -587,11 +612,7 @@ impl Plane {
 
     /// Asks every other member up for its status.
     async fn refresh_reports(&self) {
-        let others: Vec<SocketAddr> = self
-            .members_up()
-            .into_iter()
-            .filter(|addr| *addr != self.addr)
-            .collect();
+        let others = self.others_up();
         let mut fresh = BTreeMap::new();
         for addr in others {
             let status = self
@@ -626,49 +647,70 @@ impl Plane {
     }
 
     /// Proposes `entry` and returns its answer and index once it is
-    /// committed and applied on the leader.
+    /// committed and applied on the leader (forwarded to it from a
+    /// follower).
     async fn write(&self, entry: Entry) -> Result<(Answer, u64), WebhookCommandError> {
-        let unavailable =
-            |why: String| WebhookCommandError::Unavailable(format!("no quorum: {why}"));
+        match self.commit_here(entry.clone()).await {
+            Ok(done) => Ok(done),
+            Err(Refusal::NotLeader(Some(leader))) => {
+                let reply: WriteReply = self.ask_leader(&leader, "/control/write", &entry).await?;
+                match (reply.done, reply.error) {
+                    (Some(done), _) => Ok(done),
+                    (None, error) => Err(no_quorum(error.unwrap_or_default())),
+                }
+            }
+            Err(Refusal::NotLeader(None)) => Err(no_quorum("no control-plane leader is known")),
+            Err(Refusal::NoQuorum(why)) => Err(no_quorum(why)),
+            Err(Refusal::Failed(err)) => Err(WebhookCommandError::Internal(format!(
+                "control plane: {err}"
+            ))),
+        }
+    }
+
+    /// Commits `entry` if this node leads; says why not otherwise.
+    async fn commit_here(&self, entry: Entry) -> Result<(Answer, u64), Refusal> {
         if self.leader_without_quorum() {
-            return Err(unavailable(
+            return Err(Refusal::NoQuorum(
                 "this node leads the control plane but hears no majority of its voters".into(),
             ));
         }
-        let wait = self.timing.election * 3;
-        let written = tokio::time::timeout(wait, self.raft.client_write(entry.clone())).await;
-        match written {
+        let wait = self.commit_wait();
+        match tokio::time::timeout(wait, self.raft.client_write(entry)).await {
             Ok(Ok(response)) => Ok((response.data, response.log_id.index)),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-                let Some(leader) = forward.leader_node else {
-                    return Err(unavailable("no control-plane leader is known".into()));
-                };
-                let addr: SocketAddr = leader.addr.parse().map_err(|_| {
-                    WebhookCommandError::Internal(format!("leader address {:?}", leader.addr))
-                })?;
-                // Gossip already knows when the leader cannot be reached:
-                // fail at once rather than wait for a connection.
-                if !self.reachable(addr) {
-                    return Err(unavailable(format!(
-                        "the control-plane leader {addr} cannot be reached from this node"
-                    )));
-                }
-                let reply: WriteReply = self
-                    .ask(addr, "/control/write", &entry, wait)
-                    .await
-                    .map_err(|err| unavailable(format!("the leader did not answer: {err}")))?;
-                match (reply.done, reply.error) {
-                    (Some(done), _) => Ok(done),
-                    (None, error) => Err(unavailable(error.unwrap_or_default())),
-                }
+                Err(Refusal::NotLeader(forward.leader_node))
             }
-            Ok(Err(err)) => Err(WebhookCommandError::Internal(format!(
-                "control plane: {err}"
-            ))),
-            Err(_) => Err(unavailable(format!(
+            Ok(Err(err)) => Err(Refusal::Failed(err.to_string())),
+            Err(_) => Err(Refusal::NoQuorum(format!(
                 "the command was not committed within {wait:?}"
             ))),
         }
+    }
+
+    /// How long a change may take to be committed.
+    fn commit_wait(&self) -> Duration {
+        self.timing.election * 3
+    }
+
+    /// Asks the leader `leader` to carry out what this node cannot: fails
+    /// at once when gossip already knows it cannot be reached.
+    async fn ask_leader<Q: Serialize, A: for<'de> Deserialize<'de>>(
+        &self,
+        leader: &BasicNode,
+        path: &str,
+        question: &Q,
+    ) -> Result<A, WebhookCommandError> {
+        let addr: SocketAddr = leader.addr.parse().map_err(|_| {
+            WebhookCommandError::Internal(format!("leader address {:?}", leader.addr))
+        })?;
+        if !self.reachable(addr) {
+            return Err(no_quorum(format!(
+                "the control-plane leader {addr} cannot be reached from this node"
+            )));
+        }
+        self.ask(addr, path, question, self.commit_wait())
+            .await
+            .map_err(|err| no_quorum(format!("the leader did not answer: {err}")))
     }
 
     /// Removes `node` from the voters and learners: done by the leader
@@ -692,19 +734,12 @@ impl Plane {
             )));
         }
         if metrics.state != ServerState::Leader {
-            let unavailable =
-                |why: String| WebhookCommandError::Unavailable(format!("no quorum: {why}"));
             let leader = metrics
                 .current_leader
                 .and_then(|leader| membership.get_node(&leader).cloned())
-                .ok_or_else(|| unavailable("no control-plane leader is known".into()))?;
-            let addr: SocketAddr = leader.addr.parse().map_err(|_| {
-                WebhookCommandError::Internal(format!("leader address {:?}", leader.addr))
-            })?;
-            let reply: Result<String, String> = self
-                .ask(addr, "/control/remove", &node, self.timing.election * 3)
-                .await
-                .map_err(|err| unavailable(format!("the leader did not answer: {err}")))?;
+                .ok_or_else(|| no_quorum("no control-plane leader is known"))?;
+            let reply: Result<String, String> =
+                self.ask_leader(&leader, "/control/remove", &node).await?;
             return reply.map_err(WebhookCommandError::Invalid);
         }
         let removing = BTreeSet::from([id]);
@@ -714,7 +749,7 @@ impl Plane {
             ChangeMembers::RemoveNodes(removing)
         };
         let changed = tokio::time::timeout(
-            self.timing.election * 3,
+            self.commit_wait(),
             self.raft.change_membership(change, false),
         )
         .await;
@@ -726,33 +761,20 @@ impl Plane {
             Ok(Err(err)) => Err(WebhookCommandError::Invalid(format!(
                 "cannot remove {node}: {err}"
             ))),
-            Err(_) => Err(WebhookCommandError::Unavailable(
-                "no quorum: the change was not committed in time".into(),
-            )),
+            Err(_) => Err(no_quorum("the change was not committed in time")),
         }
     }
 
     /// A write forwarded by another node: done here if this node leads.
     async fn write_here(&self, entry: Entry) -> WriteReply {
-        if self.leader_without_quorum() {
-            return WriteReply {
-                done: None,
-                error: Some("the leader hears no majority of its voters".into()),
-            };
-        }
-        let wait = self.timing.election * 3;
-        match tokio::time::timeout(wait, self.raft.client_write(entry)).await {
-            Ok(Ok(response)) => WriteReply {
-                done: Some((response.data, response.log_id.index)),
+        match self.commit_here(entry).await {
+            Ok(done) => WriteReply {
+                done: Some(done),
                 error: None,
             },
-            Ok(Err(err)) => WriteReply {
+            Err(refusal) => WriteReply {
                 done: None,
-                error: Some(err.to_string()),
-            },
-            Err(_) => WriteReply {
-                done: None,
-                error: Some(format!("not committed within {wait:?}")),
+                error: Some(refusal.to_string()),
             },
         }
     }
@@ -767,6 +789,13 @@ impl Plane {
             .filter(|member| member.state != MemberState::Down)
             .map(|member| member.node.addr)
             .collect()
+    }
+
+    /// The members that are up, this node left out.
+    fn others_up(&self) -> Vec<SocketAddr> {
+        let mut others = self.members_up();
+        others.retain(|addr| *addr != self.addr);
+        others
     }
 
     /// Waits until every member that is up has applied `index`; returns
@@ -880,11 +909,7 @@ impl Plane {
         let local = self.registry.command(text)?;
         let mut merged: Value = serde_json::from_str(&local)
             .map_err(|err| WebhookCommandError::Internal(err.to_string()))?;
-        let others: Vec<SocketAddr> = self
-            .members_up()
-            .into_iter()
-            .filter(|addr| *addr != self.addr)
-            .collect();
+        let others = self.others_up();
         let asks: Vec<_> = others
             .iter()
             .map(|addr| {
@@ -1018,8 +1043,7 @@ fn prepare(registry: &Registry, command: Map<String, Value>) -> Result<Op, Webho
                 id,
                 secret,
                 at_ms: unix_now_ms(),
-                grace_ms: u64::try_from(registry.policy().rotation_grace.as_millis())
-                    .unwrap_or(u64::MAX),
+                grace_ms: registry.policy().rotation_grace_ms(),
             })
         }
         "enable" => {

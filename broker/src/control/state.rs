@@ -156,11 +156,7 @@ impl ControlState {
                     .and_then(Value::as_u64)
                     .filter(|until| at_ms < *until);
                 if let Some(until) = still_signing {
-                    return Err(format!(
-                        "webhook {id:?}: the previous secret still signs until {until} (Unix ms); \
-                         rotate again after that, or remove and re-add the webhook to drop \
-                         both secrets now"
-                    ));
+                    return Err(crate::webhook::registry::still_signing(&id, until));
                 }
                 let current = hook.get("secret").cloned().unwrap_or(Value::Null);
                 hook.insert("previous_secret".into(), current);

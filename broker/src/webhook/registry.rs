@@ -245,6 +245,27 @@ pub struct RegistryPolicy {
     pub rotation_grace: Duration,
 }
 
+impl RegistryPolicy {
+    /// [`RegistryPolicy::rotation_grace`] in milliseconds.
+    pub fn rotation_grace_ms(&self) -> u64 {
+        u64::try_from(self.rotation_grace.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Why a webhook cannot be rotated again yet: its previous secret still
+/// signs until `until` (Unix ms). A second rotation would stop the oldest
+/// secret signing at once, before receivers had their grace period.
+pub fn still_signing(id: &str, until: u64) -> String {
+    format!(
+        "webhook {id:?}: the previous secret still signs until {until} (Unix ms); \
+         rotate again after that, or remove and re-add the webhook to drop \
+         both secrets now"
+    )
+}
+
+/// The fields of an `add` command.
+const ADD_FIELDS: &[&str] = &["op", "url", "namespace", "topic", "match", "secret", "id"];
+
 /// The set of webhooks, shared by the shards (which read it) and the
 /// delivery thread.
 #[derive(Debug)]
@@ -346,10 +367,7 @@ impl Registry {
                 json!({ "webhooks": hooks.iter().map(|h| h.to_json(false)).collect::<Vec<_>>() })
             }
             "add" => {
-                only_fields(
-                    &command,
-                    &["op", "url", "namespace", "topic", "match", "secret", "id"],
-                )?;
+                only_fields(&command, ADD_FIELDS)?;
                 let hook = self.parse_add(&command)?;
                 let hook = Arc::new(hook);
                 self.publish_change(|hooks| {
@@ -362,8 +380,7 @@ impl Registry {
                 json!({ "webhook": hook.to_json(true) })
             }
             "remove" => {
-                only_fields(&command, &["op", "id"])?;
-                let id = string_field(&command, "id")?;
+                let id = self.prepare_runtime(&command, "remove")?;
                 let mut removed = None;
                 self.publish_change(|hooks| {
                     let index = self.runtime_index(hooks, &id, "remove")?;
@@ -374,9 +391,7 @@ impl Registry {
                 json!({ "removed": removed.to_json(false) })
             }
             "rotate" => {
-                only_fields(&command, &["op", "id", "secret"])?;
-                let id = string_field(&command, "id")?;
-                let secret = optional_secret(&command)?;
+                let (id, secret) = self.prepare_rotate(&command)?;
                 let hooks = self.snapshot();
                 let index = self.runtime_index(&hooks, &id, "rotate")?;
                 let hook = &hooks[index];
@@ -384,19 +399,14 @@ impl Registry {
                 let now = unix_now_ms();
                 if let Some((_, until)) = before.previous.as_ref().filter(|(_, until)| now < *until)
                 {
-                    // A second rotation would stop the oldest secret signing
-                    // at once, before receivers had their grace period.
-                    return Err(invalid(format!(
-                        "webhook {id:?}: the previous secret still signs until {until} (Unix ms); \
-                         rotate again after that, or remove and re-add the webhook to drop \
-                         both secrets now"
-                    )));
+                    return Err(invalid(still_signing(&id, *until)));
                 }
-                let grace =
-                    u64::try_from(self.policy.rotation_grace.as_millis()).unwrap_or(u64::MAX);
                 let rotated = Secrets {
-                    current: secret.map_or_else(generate_secret, Ok).map_err(internal)?,
-                    previous: Some((before.current.clone(), now.saturating_add(grace))),
+                    current: secret,
+                    previous: Some((
+                        before.current.clone(),
+                        now.saturating_add(self.policy.rotation_grace_ms()),
+                    )),
                 };
                 // On disk first: no request is signed with a secret that a
                 // failed write would take back.
@@ -603,10 +613,7 @@ impl Registry {
     /// Checks an `add` command and builds its webhook (id and secret
     /// generated when not given), without adding it.
     pub fn prepare_add(&self, command: &Map<String, Value>) -> Result<Hook, WebhookCommandError> {
-        only_fields(
-            command,
-            &["op", "url", "namespace", "topic", "match", "secret", "id"],
-        )?;
+        only_fields(command, ADD_FIELDS)?;
         let hook = self.parse_add(command)?;
         if self.is_configured(&hook.id) {
             return Err(WebhookCommandError::Invalid(format!(
