@@ -170,21 +170,38 @@ fn string(value: &Map<String, Value>, key: &str, path: &str) -> Result<String, S
         .ok_or_else(|| format!("field `{path}.{key}` is missing or not a string"))
 }
 
+/// A JSON object, with its path for errors (`members[2]`).
+type Located<'a> = (String, &'a Map<String, Value>);
+
+/// The objects of the list `key` of `value` (`path` in errors), each with
+/// its own path (`path[i]`).
+fn objects<'a>(
+    value: &'a Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<Vec<Located<'a>>, String> {
+    value
+        .get(key)
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("field `{path}` is missing or not a list"))?
+        .iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let path = format!("{path}[{index}]");
+            match item.as_object() {
+                Some(object) => Ok((path, object)),
+                None => Err(format!("`{path}` is not an object")),
+            }
+        })
+        .collect()
+}
+
 fn parse_status(result: &str) -> Result<ClusterStatus, String> {
     let root = parse_root(result)?;
     let node = optional_string(&root, "node")?;
-    let list = root
-        .get("members")
-        .and_then(Value::as_array)
-        .ok_or("field `members` is missing or not a list")?;
-    let members = list
-        .iter()
-        .enumerate()
-        .map(|(index, value)| {
-            let path = format!("members[{index}]");
-            let member = value
-                .as_object()
-                .ok_or_else(|| format!("`{path}` is not an object"))?;
+    let members = objects(&root, "members", "members")?
+        .into_iter()
+        .map(|(path, member)| {
             Ok(ClusterMember {
                 node: string(member, "node", &path)?,
                 client: string(member, "client", &path)?,
@@ -223,17 +240,9 @@ fn strings(value: &Map<String, Value>, key: &str) -> Result<Vec<String>, String>
 
 fn parse_control(value: &Value) -> Result<ControlStatus, String> {
     let control = value.as_object().ok_or("`control` is not an object")?;
-    let nodes = control
-        .get("nodes")
-        .and_then(Value::as_array)
-        .ok_or("field `control.nodes` is missing or not a list")?
-        .iter()
-        .enumerate()
-        .map(|(index, value)| {
-            let path = format!("control.nodes[{index}]");
-            let node = value
-                .as_object()
-                .ok_or_else(|| format!("`{path}` is not an object"))?;
+    let nodes = objects(control, "nodes", "control.nodes")?
+        .into_iter()
+        .map(|(path, node)| {
             Ok(ControlNode {
                 node: string(node, "node", &path)?,
                 applied: node.get("applied").and_then(Value::as_u64),

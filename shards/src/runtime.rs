@@ -478,15 +478,7 @@ async fn run_shard(
         let shard = shard.clone();
         async move {
             loop {
-                let starts = std::future::poll_fn(|cx| {
-                    let starts = shard.borrow_mut().take_link_starts(cx.waker());
-                    if starts.is_empty() {
-                        std::task::Poll::Pending
-                    } else {
-                        std::task::Poll::Ready(starts)
-                    }
-                })
-                .await;
+                let starts = next_batch(&shard, Shard::take_link_starts).await;
                 for node in starts {
                     let link =
                         crate::link::run_link(shard.clone(), node, max_frame, link_tls.clone());
@@ -502,15 +494,7 @@ async fn run_shard(
         let shard = shard.clone();
         async move {
             loop {
-                let waits = std::future::poll_fn(|cx| {
-                    let waits = shard.borrow_mut().take_command_waits(cx.waker());
-                    if waits.is_empty() {
-                        std::task::Poll::Pending
-                    } else {
-                        std::task::Poll::Ready(waits)
-                    }
-                })
-                .await;
+                let waits = next_batch(&shard, Shard::take_command_waits).await;
                 for wait in waits {
                     let shard = shard.clone();
                     glommio::spawn_local(async move {
@@ -699,6 +683,23 @@ fn random_seed() -> u64 {
 }
 
 /// Sends whatever the engine collected for `peer`, one batch per queue item.
+/// What `take` hands over from the shard once there is something: `take`
+/// registers the waker while it has nothing.
+async fn next_batch<T>(
+    shard: &Rc<RefCell<Shard>>,
+    take: fn(&mut Shard, &std::task::Waker) -> Vec<T>,
+) -> Vec<T> {
+    std::future::poll_fn(|cx| {
+        let batch = take(&mut shard.borrow_mut(), cx.waker());
+        if batch.is_empty() {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(batch)
+        }
+    })
+    .await
+}
+
 async fn send_to_peer(shard: Rc<RefCell<Shard>>, senders: Rc<Senders<MeshBatch>>, peer: ShardId) {
     loop {
         let batch =

@@ -460,11 +460,9 @@ impl WebhookSink for Webhooks {
         // Counted before it can be routed (and uncounted) on the other
         // thread.
         self.pending.add(&message.topic, 1);
-        let topic = message.topic.clone();
         let Err(err) = self.intake.try_send(message) else {
             return;
         };
-        self.pending.sub(&topic, 1);
         let (message, detail) = match err {
             flume::TrySendError::Full(message) => {
                 (message, "the delivery thread's hand-off queue is full")
@@ -473,6 +471,7 @@ impl WebhookSink for Webhooks {
                 (message, "the delivery thread has stopped")
             }
         };
+        self.pending.sub(&message.topic, 1);
         let mut counted = false;
         for hook in self
             .registry
