@@ -364,6 +364,25 @@ pub fn resolve(file: Option<&Path>, matches: &ArgMatches) -> anyhow::Result<Reso
 }
 
 impl Resolved {
+    /// The `[[webhooks]]` in their stored form (counters left out), by id:
+    /// equal when the configured webhooks are.
+    pub fn configured_webhooks(&self) -> Vec<serde_json::Value> {
+        let mut webhooks: Vec<serde_json::Value> = self
+            .webhooks
+            .iter()
+            .map(|hook| {
+                let mut stored = hook.to_stored();
+                // Counters are not configuration.
+                if let Some(object) = stored.as_object_mut() {
+                    object.remove("delivery");
+                }
+                stored
+            })
+            .collect();
+        webhooks.sort_by_key(|hook| hook["id"].as_str().unwrap_or_default().to_string());
+        webhooks
+    }
+
     /// `key = value (origin)`, for error messages.
     fn describe(&self, key: &str) -> String {
         match self.settings.iter().find(|setting| setting.key == key) {

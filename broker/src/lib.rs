@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod output;
 pub mod permissions;
 pub mod pubsub;
+pub mod reload;
 pub mod serve;
 pub mod stdio;
 pub mod webhook;

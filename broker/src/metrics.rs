@@ -11,6 +11,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +56,8 @@ pub struct Sources {
     pub webhooks: Option<Arc<Webhooks>>,
     /// The cluster's member list.
     pub cluster: Option<Arc<ClusterView>>,
+    /// Configuration reloads.
+    pub reloads: Option<Arc<crate::reload::ReloadStats>>,
 }
 
 /// Binds `addr` and serves metrics from a background thread; returns the
@@ -122,6 +125,7 @@ fn respond(request: &Request<Incoming>, sources: &Sources) -> Response<Full<Byte
                 &sources.shards.snapshot(),
                 sources.webhooks.as_deref(),
                 cluster,
+                sources.reloads.as_deref(),
             );
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response
@@ -382,6 +386,7 @@ pub fn render(
     shards: &[ShardMetrics],
     webhooks: Option<&Webhooks>,
     cluster: Option<ClusterFigures>,
+    reloads: Option<&crate::reload::ReloadStats>,
 ) -> String {
     let mut registry = Registry::with_prefix("corebus");
     registry.register_collector(Box::new(Shards(shards.to_vec())));
@@ -390,6 +395,9 @@ pub fn render(
     }
     if let Some(cluster) = cluster {
         registry.register_collector(Box::new(cluster));
+    }
+    if let Some(reloads) = reloads {
+        registry.register_collector(Box::new(Reloads::of(reloads)));
     }
     let mut out = String::with_capacity(16 * 1024);
     if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &registry) {
@@ -524,6 +532,47 @@ impl Collector for ClusterFigures {
     }
 }
 
+/// The configuration reloads as of one scrape.
+#[derive(Debug)]
+struct Reloads {
+    succeeded: u64,
+    failed: u64,
+    last_ok: u64,
+}
+
+impl Reloads {
+    fn of(stats: &crate::reload::ReloadStats) -> Reloads {
+        let read = |value: &std::sync::atomic::AtomicU64| value.load(Ordering::Relaxed);
+        Reloads {
+            succeeded: read(&stats.succeeded),
+            failed: read(&stats.failed),
+            last_ok: read(&stats.last_ok),
+        }
+    }
+}
+
+impl Collector for Reloads {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(
+            "config_reloads",
+            "Configuration reloads (SIGHUP), applied or refused (a refused one changes nothing).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, count) in [("applied", self.succeeded), ("refused", self.failed)] {
+            let labels = [("result", result)];
+            encode_value(MetricType::Counter, count, metric.encode_family(&labels)?)?;
+        }
+        let metric = encoder.encode_descriptor(
+            "config_last_reload_ok",
+            "1 unless the last reload was refused (then the file is not what runs).",
+            None,
+            MetricType::Gauge,
+        )?;
+        encode_value(MetricType::Gauge, self.last_ok, metric)
+    }
+}
+
 /// The webhooks' counters as of one scrape.
 #[derive(Debug)]
 struct WebhookCounters(crate::webhook::MetricsSnapshot);
@@ -555,7 +604,7 @@ mod tests {
         };
         two.stats.messages_delivered = 7;
         two.delivery_latency.record(2_000_000);
-        let text = render(&[one, two], None, None);
+        let text = render(&[one, two], None, None, None);
         assert!(text.contains("corebus_connections 3\n"));
         assert!(text.contains("corebus_shard_connections{shard=\"1\"} 1\n"));
         assert!(text.contains("corebus_messages_delivered_total 12\n"));

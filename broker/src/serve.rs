@@ -2,6 +2,7 @@
 //! shards and run until SIGINT or SIGTERM.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use crate::auth_config::AuthSettings;
 use crate::cli::{LogFormat, ServeArgs, ServeCommand, SlowConsumer};
 use crate::cluster::ClusterCommands;
 use crate::config::{self, Origin, Resolved};
+use crate::reload::{Reloader, SwappableAuth};
 use crate::webhook::store::Store;
 use crate::webhook::{self, DeliverySettings, Hook, Registry, RegistryPolicy, Webhooks};
 
@@ -347,8 +349,16 @@ fn start_watchdog(
 /// fingerprints.
 const CONFIG_CHECK_WAIT: Duration = Duration::from_secs(3);
 
-/// The TLS configuration `tls_cert` and `tls_key` ask for (both or neither).
-pub fn tls_config(args: &ServeArgs) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+/// The TLS configuration `tls_cert` and `tls_key` ask for (both or
+/// neither), and its certificate, which a reload replaces.
+pub fn tls_config(
+    args: &ServeArgs,
+) -> anyhow::Result<
+    Option<(
+        Arc<rustls::ServerConfig>,
+        Arc<corebus_shards::tls::ServerCert>,
+    )>,
+> {
     match (&args.tls_cert.0, &args.tls_key.0) {
         (None, None) => Ok(None),
         (Some(cert), Some(key)) => {
@@ -413,7 +423,7 @@ pub fn main(command: ServeCommand, matches: &ArgMatches) -> anyhow::Result<()> {
     if command.print_config {
         return crate::stdio::print(&resolved.to_file());
     }
-    run(resolved)
+    run(resolved, command.file.config.clone(), matches.clone())
 }
 
 /// Installs the global log subscriber on stderr: `level` unless RUST_LOG is
@@ -477,8 +487,9 @@ fn abort_on_panic() {
     }));
 }
 
-/// Runs the broker until a signal asks it to stop.
-pub fn run(resolved: Resolved) -> anyhow::Result<()> {
+/// Runs the broker until a signal asks it to stop; SIGHUP reloads the
+/// configuration (`file` under the flags and environment in `matches`).
+pub fn run(resolved: Resolved, file: Option<PathBuf>, matches: ArgMatches) -> anyhow::Result<()> {
     let args = &resolved.args;
     init_logging(&args.log_level, args.log_format)?;
     for setting in &resolved.settings {
@@ -488,8 +499,11 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
     }
     let mut config = server_config(args)?;
     resolved.check_secret_files()?;
-    config.auth = authenticator(args, &resolved.auth)?;
-    config.tls = tls_config(args)?;
+    // Credentials and the certificate are replaced by a reload.
+    let auth = Arc::new(SwappableAuth::new(authenticator(args, &resolved.auth)?));
+    config.auth = auth.clone();
+    let tls = tls_config(args)?;
+    config.tls = tls.as_ref().map(|(config, _)| config.clone());
     let cluster_keys = cluster_keys(args, &resolved.auth)?;
     if cluster_keys.is_some() && config.tls.is_some() {
         // The other nodes link to the client listener: links speak TLS too.
@@ -507,6 +521,15 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
+    crate::reload::install_signal();
+    let mut reloader = Reloader::new(
+        file,
+        matches,
+        resolved.clone(),
+        auth,
+        tls.map(|(_, cert)| cert),
+        webhooks.clone(),
+    );
     let cluster_commands = Arc::new(ClusterCommands::default());
     config.cluster = cluster_commands.clone();
     if cluster_keys.is_some() {
@@ -525,9 +548,11 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
     let link_key = cluster_keys.as_ref().map(|keys| keys.links.clone());
     // Compared with the other nodes' under the cluster secret; without one
     // there is nothing private to compare with.
-    let fingerprint = link_key
+    let fingerprint_key = link_key
+        .clone()
+        .filter(|_| args.cluster_secret_file.0.is_some());
+    let fingerprint = fingerprint_key
         .as_ref()
-        .filter(|_| args.cluster_secret_file.0.is_some())
         .map(|key| crate::control::config_fingerprint(&resolved, key));
     let membership = match cluster_keys {
         Some(keys) => Some(start_cluster(args, keys.gossip, advertised)?),
@@ -556,6 +581,12 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
             );
         }
         cluster_commands.set_control(control.clone());
+        if let Some(key) = fingerprint_key {
+            let control = control.clone();
+            reloader.on_reload(move |resolved| {
+                control.set_fingerprint(crate::control::config_fingerprint(resolved, &key));
+            });
+        }
         webhooks.agree_through(control);
     }
     if let Some(addr) = args.metrics.0 {
@@ -563,6 +594,7 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
             shards: server.metrics(),
             webhooks: Some(webhooks.clone()),
             cluster: membership.as_ref().map(Membership::view),
+            reloads: Some(reloader.stats()),
         };
         let bound = crate::metrics::spawn(addr, sources)
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
@@ -591,6 +623,16 @@ pub fn run(resolved: Resolved) -> anyhow::Result<()> {
         start_watchdog(interval, server.metrics())?;
     }
     while !SIGNALLED.load(Ordering::Acquire) {
+        if crate::reload::take_request() {
+            info!("SIGHUP: reloading the configuration");
+            // systemd wants the time with RELOADING=1.
+            match sd_notify::NotifyState::monotonic_usec_now() {
+                Ok(now) => systemd_notify(&[sd_notify::NotifyState::Reloading, now]),
+                Err(err) => warn!(%err, "cannot read the monotonic clock for systemd"),
+            }
+            reloader.reload(&server);
+            systemd_notify(&[sd_notify::NotifyState::Ready]);
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     systemd_notify(&[sd_notify::NotifyState::Stopping]);

@@ -363,7 +363,7 @@ fn text_logs_have_no_colour_codes_when_not_on_a_terminal() {
 }
 
 #[test]
-fn under_a_service_manager_serve_says_ready_keeps_its_watchdog_fed_and_says_stopping() {
+fn under_a_service_manager_serve_says_ready_keeps_its_watchdog_fed_reloads_and_says_stopping() {
     use std::os::unix::net::UnixDatagram;
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("notify-{}.sock", std::process::id()));
@@ -405,6 +405,25 @@ fn under_a_service_manager_serve_says_ready_keeps_its_watchdog_fed_and_says_stop
         keep_alives += 1;
     }
     assert!(started.elapsed() < Duration::from_secs(4), "fed in time");
+    // A reload (ExecReload= sends SIGHUP): RELOADING=1 with the monotonic
+    // time systemd wants, then READY=1 once it is done.
+    let other_than_watchdog = |socket: &UnixDatagram| loop {
+        let notification = next(socket);
+        if notification != "WATCHDOG=1\n" {
+            return notification;
+        }
+    };
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let reloading = other_than_watchdog(&socket);
+    let mut lines = reloading.lines();
+    assert_eq!(lines.next(), Some("RELOADING=1"), "{reloading}");
+    let usec = lines
+        .next()
+        .and_then(|line| line.strip_prefix("MONOTONIC_USEC="))
+        .and_then(|value| value.parse::<u64>().ok());
+    assert!(usec.is_some_and(|usec| usec > 0), "{reloading}");
+    assert_eq!(other_than_watchdog(&socket), "READY=1\n");
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     loop {

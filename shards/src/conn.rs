@@ -61,7 +61,8 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct ConnLimit {
     open: AtomicUsize,
-    max: usize,
+    /// Changed by a reload ([`ConnLimit::set_max`]).
+    max: AtomicUsize,
 }
 
 impl ConnLimit {
@@ -69,13 +70,19 @@ impl ConnLimit {
     pub fn new(max: usize) -> ConnLimit {
         ConnLimit {
             open: AtomicUsize::new(0),
-            max,
+            max: AtomicUsize::new(max),
         }
+    }
+
+    /// From now on, at most `max` connections: those open stay, new ones
+    /// are refused while `max` or more are.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Release);
     }
 
     fn acquire(&self) -> bool {
         let before = self.open.fetch_add(1, Ordering::AcqRel);
-        if before < self.max {
+        if before < self.max.load(Ordering::Acquire) {
             return true;
         }
         self.open.fetch_sub(1, Ordering::AcqRel);
@@ -95,9 +102,9 @@ impl ConnLimit {
 #[derive(Debug)]
 pub struct HandshakeGate {
     pending: AtomicUsize,
-    max: usize,
+    max: AtomicUsize,
     /// 0: no cap per source.
-    max_per_source: usize,
+    max_per_source: AtomicUsize,
     by_source: Mutex<FxHashMap<IpAddr, usize>>,
 }
 
@@ -116,23 +123,35 @@ impl HandshakeGate {
     pub fn new(max: usize, max_per_source: usize) -> HandshakeGate {
         HandshakeGate {
             pending: AtomicUsize::new(0),
-            max,
-            max_per_source,
+            max: AtomicUsize::new(max),
+            max_per_source: AtomicUsize::new(max_per_source),
             by_source: Mutex::new(FxHashMap::default()),
         }
+    }
+
+    /// New caps, for the connections that open from now on (those mid-
+    /// handshake keep their places).
+    pub fn set_caps(&self, max: usize, max_per_source: usize) {
+        self.max.store(max, Ordering::Release);
+        self.max_per_source.store(max_per_source, Ordering::Release);
     }
 
     /// Counts one more connection from `source` mid-handshake, if both caps
     /// allow it; the slot is given back when the returned value is dropped.
     pub fn enter(self: &Arc<Self>, source: IpAddr) -> Result<HandshakeSlot, Shed> {
-        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max {
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max.load(Ordering::Acquire) {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             return Err(Shed::Full);
         }
-        if self.max_per_source > 0 {
+        let max_per_source = self.max_per_source.load(Ordering::Acquire);
+        // Counted per source only under a cap. One set by a reload counts
+        // the connections that open from then on; the place of each is
+        // given back where it was taken.
+        let counted = max_per_source > 0;
+        if counted {
             let mut by_source = self.by_source.lock().unwrap_or_else(|e| e.into_inner());
             let count = by_source.entry(source).or_insert(0);
-            if *count >= self.max_per_source {
+            if *count >= max_per_source {
                 if *count == 0 {
                     by_source.remove(&source);
                 }
@@ -145,6 +164,7 @@ impl HandshakeGate {
         Ok(HandshakeSlot {
             gate: self.clone(),
             source,
+            counted,
         })
     }
 
@@ -160,12 +180,14 @@ impl HandshakeGate {
 pub struct HandshakeSlot {
     gate: Arc<HandshakeGate>,
     source: IpAddr,
+    /// Counted under its source address.
+    counted: bool,
 }
 
 impl Drop for HandshakeSlot {
     fn drop(&mut self) {
         let gate = &self.gate;
-        if gate.max_per_source > 0 {
+        if self.counted {
             let mut by_source = gate.by_source.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(count) = by_source.get_mut(&self.source) {
                 *count -= 1;
@@ -185,8 +207,6 @@ pub struct Limits {
     pub total: Arc<ConnLimit>,
     /// Connections mid-handshake.
     pub handshakes: Arc<HandshakeGate>,
-    /// Most connections on one shard.
-    pub max_per_shard: usize,
     /// TLS, when the broker has a certificate.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// For a connection of the web listener: the origins it may come from
@@ -298,14 +318,14 @@ async fn serve_conn(
         .map(|origins| Rc::new(RefCell::new(WebConn::new(origins, limits.tls.is_some()))));
     // Over a limit, the connection still gets a typed error before it closes.
     let admitted = limits.total.acquire();
+    let over_shard_limit = shard.borrow().over_connection_limit();
     if !admitted {
-        let max = limits.total.max;
+        let max = limits.total.max.load(Ordering::Acquire);
         shard.borrow_mut().refuse_conn(
             conn,
             format!("the broker holds its maximum of {max} connections"),
         );
-    } else if shard.borrow().connection_count() > limits.max_per_shard {
-        let max = limits.max_per_shard;
+    } else if let Some(max) = over_shard_limit {
         shard.borrow_mut().refuse_conn(
             conn,
             format!("this shard holds its maximum of {max} connections"),
@@ -942,6 +962,34 @@ mod tests {
         let gate = Arc::new(HandshakeGate::new(2, 0));
         let _held = (gate.enter(a).expect("room"), gate.enter(a).expect("room"));
         assert_eq!(gate.enter(b).err(), Some(Shed::Full));
+    }
+
+    #[test]
+    fn new_caps_apply_to_what_comes_next_and_places_go_back_where_taken() {
+        let gate = Arc::new(HandshakeGate::new(4, 0));
+        let a = IpAddr::from([10, 0, 0, 1]);
+        let uncounted = gate.enter(a).expect("room");
+        // A reload sets a cap per source of 1 and lowers the total to 3.
+        gate.set_caps(3, 1);
+        let counted = gate.enter(a).expect("the first counted place of a");
+        assert_eq!(gate.enter(a).err(), Some(Shed::SourceFull));
+        drop(uncounted);
+        assert_eq!(
+            gate.enter(a).err(),
+            Some(Shed::SourceFull),
+            "the place taken before the cap is not given back from a's count"
+        );
+        drop(counted);
+        let again = gate.enter(a).expect("a's counted place came back");
+        let b = gate.enter(IpAddr::from([10, 0, 0, 2])).expect("room");
+        let c = gate.enter(IpAddr::from([10, 0, 0, 3])).expect("room");
+        assert_eq!(
+            gate.enter(IpAddr::from([10, 0, 0, 4])).err(),
+            Some(Shed::Full)
+        );
+        drop((again, b, c));
+        assert_eq!(gate.pending(), 0);
+        assert!(gate.by_source.lock().expect("lock").is_empty());
     }
 
     /// What the outbox bound counts for each frame is exactly what the writer

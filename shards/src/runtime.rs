@@ -168,6 +168,31 @@ const STOPPING: u8 = 2;
 struct Control {
     state: AtomicU8,
     drain_ms: AtomicU32,
+    /// Limits a reload set ([`Server::set_limits`]), numbered; each shard
+    /// takes them on its tick and says which number it took.
+    limits: std::sync::Mutex<Option<(u64, EngineConfig)>>,
+    limits_taken: std::sync::Mutex<Vec<u64>>,
+}
+
+impl Control {
+    /// The limits numbered after `seen`, if a reload set some.
+    fn limits_after(&self, seen: u64) -> Option<(u64, EngineConfig)> {
+        let limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        limits
+            .as_ref()
+            .filter(|(number, _)| *number > seen)
+            .cloned()
+    }
+
+    /// Shard `id` has taken the limits numbered `number`.
+    fn took_limits(&self, id: ShardId, number: u64) {
+        let mut taken = self.limits_taken.lock().unwrap_or_else(|e| e.into_inner());
+        let index = usize::from(id);
+        if taken.len() <= index {
+            taken.resize(index + 1, 0);
+        }
+        taken[index] = number;
+    }
 }
 
 /// A handle that can ask a running broker to shut down, from any thread
@@ -207,6 +232,8 @@ pub struct Server {
     control: Arc<Control>,
     metrics: MetricsHandle,
     handles: Vec<ExecutorJoinHandle<()>>,
+    conn_limit: Arc<ConnLimit>,
+    handshakes: Arc<HandshakeGate>,
 }
 
 impl Server {
@@ -235,6 +262,47 @@ impl Server {
     /// Every shard's latest counters and gauges.
     pub fn metrics(&self) -> MetricsHandle {
         self.metrics.clone()
+    }
+
+    /// Changes the limits a running broker may change (a reload):
+    /// `max_connections`, `max_handshaking`, `max_handshaking_per_source`,
+    /// and the engine's that [`Shard::set_limits`] names. What is held
+    /// stays (a lowered cap refuses what comes next). Returns once every
+    /// shard has taken them, or `false` after `wait` if one has not yet
+    /// (it takes them on its next tick, within a second).
+    ///
+    /// [`Shard::set_limits`]: crate::Shard::set_limits
+    pub fn set_limits(&self, config: &ServerConfig, wait: Duration) -> bool {
+        self.conn_limit.set_max(config.max_connections);
+        self.handshakes
+            .set_caps(config.max_handshaking, config.max_handshaking_per_source);
+        let number = {
+            let mut limits = self
+                .control
+                .limits
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let number = limits.as_ref().map_or(0, |(number, _)| *number) + 1;
+            *limits = Some((number, config.engine.clone()));
+            number
+        };
+        let started = Instant::now();
+        loop {
+            let taken = self
+                .control
+                .limits_taken
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let all = taken.len() == self.shard_count && taken.iter().all(|n| *n >= number);
+            if all {
+                return true;
+            }
+            if started.elapsed() >= wait {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Stops every shard and waits for their threads. Open connections are
@@ -390,6 +458,8 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
         control,
         metrics,
         handles,
+        conn_limit,
+        handshakes,
     })
 }
 
@@ -461,7 +531,6 @@ async fn run_shard(
         }
     };
     let mut tick_every = maintenance_period(&engine);
-    let max_per_shard = engine.max_connections_per_shard;
     let max_frame = engine.max_frame;
     let mut built = Shard::new(id, shard_count, engine, random_seed())
         .with_authenticator(auth)
@@ -544,11 +613,18 @@ async fn run_shard(
     glommio::spawn_local({
         let shard = shard.clone();
         let sends = sends.clone();
+        let control = control.clone();
         async move {
             let mut ticks = 0u64;
+            let mut limits_seen = 0;
             loop {
                 glommio::timer::sleep(tick_every).await;
                 let mut shard = shard.borrow_mut();
+                if let Some((number, limits)) = control.limits_after(limits_seen) {
+                    shard.set_limits(&limits);
+                    control.took_limits(id, number);
+                    limits_seen = number;
+                }
                 shard.tick(clock.elapsed().as_millis() as u64);
                 let mut now = shard.metrics();
                 now.sends = sends.stats();
@@ -562,7 +638,6 @@ async fn run_shard(
     let limits = crate::conn::Limits {
         total: conn_limit,
         handshakes,
-        max_per_shard,
         tls,
         web: None,
     };

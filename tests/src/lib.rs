@@ -589,4 +589,5 @@ pub fn server_tls_config(certs: &TestCerts) -> Arc<rustls::ServerConfig> {
     // The broker's own loader, so tests exercise what `serve --tls-cert` uses.
     corebus_shards::tls::server_config_from_pem(&certs.cert_pem, &certs.key_pem)
         .expect("the test certificate and key load")
+        .0
 }

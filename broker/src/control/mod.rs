@@ -134,7 +134,8 @@ pub struct Plane {
     /// This node's webhooks: what it still holds of a topic that moved.
     webhooks: Arc<crate::webhook::Webhooks>,
     timing: ControlTiming,
-    fingerprint: Option<String>,
+    /// Replaced when a reload changes the configuration.
+    fingerprint: std::sync::Mutex<Option<String>>,
     /// What the other nodes said last (refreshed every second).
     reports: std::sync::Mutex<BTreeMap<SocketAddr, Report>>,
     /// The differing configurations already warned about.
@@ -229,6 +230,19 @@ impl ControlHandle {
         });
     }
 
+    /// Replaces this node's configuration fingerprint (a reload changed the
+    /// configuration), when it has one.
+    pub fn set_fingerprint(&self, fingerprint: String) {
+        let mut mine = self
+            .plane
+            .fingerprint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if mine.is_some() {
+            *mine = Some(fingerprint);
+        }
+    }
+
     /// Removes `node` from the control plane (its seat, if it votes), on
     /// the control thread; `done` gets the answer.
     pub fn remove(
@@ -305,7 +319,7 @@ impl ControlHandle {
         let mut nodes = vec![json!({
             "node": plane.addr.to_string(),
             "applied": plane.machine.applied().load(Ordering::Acquire),
-            "config": if plane.fingerprint.is_some() { "same" } else { "unknown" },
+            "config": if plane.fingerprint().is_some() { "same" } else { "unknown" },
         })];
         for (addr, report) in plane
             .reports
@@ -332,7 +346,7 @@ impl ControlHandle {
             "term": metrics.current_term,
             "voters": voters.iter().map(name).collect::<Vec<_>>(),
             "learners": membership.learner_ids().map(|id| name(&id)).collect::<Vec<_>>(),
-            "config_comparison": if plane.fingerprint.is_some() {
+            "config_comparison": if plane.fingerprint().is_some() {
                 "available".to_string()
             } else {
                 "unavailable: the cluster has no secret (cluster_secret_file)".to_string()
@@ -502,7 +516,7 @@ async fn run(
         registry,
         webhooks,
         timing,
-        fingerprint,
+        fingerprint: std::sync::Mutex::new(fingerprint),
         reports: std::sync::Mutex::new(BTreeMap::new()),
         warned: std::sync::Mutex::new(BTreeSet::new()),
         pool: std::sync::Mutex::new(BTreeMap::new()),
@@ -556,7 +570,7 @@ impl Plane {
             applied: self.machine.applied().load(Ordering::Acquire),
             leader: metrics.current_leader,
             state: format!("{:?}", metrics.state),
-            config: self.fingerprint.clone(),
+            config: self.fingerprint(),
         }
     }
 
@@ -601,9 +615,17 @@ impl Plane {
             .any(|member| member.node.addr == addr && member.state == MemberState::Alive)
     }
 
+    /// This node's configuration fingerprint, if it has a cluster secret.
+    fn fingerprint(&self) -> Option<String> {
+        self.fingerprint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// `same`, `differs` or `unknown` (no secret here or there).
     fn compare(&self, theirs: Option<&str>) -> &'static str {
-        match (self.fingerprint.as_deref(), theirs) {
+        match (self.fingerprint().as_deref(), theirs) {
             (Some(mine), Some(theirs)) if mine == theirs => "same",
             (Some(_), Some(_)) => "differs",
             _ => "unknown",
@@ -1104,19 +1126,7 @@ pub fn config_fingerprint(resolved: &crate::config::Resolved, key: &LinkKey) -> 
         .filter(|setting| SHARED_SETTINGS.contains(&setting.key.as_str()))
         .map(|setting| (setting.key.as_str(), setting.value.as_str()))
         .collect();
-    let mut webhooks: Vec<Value> = resolved
-        .webhooks
-        .iter()
-        .map(|hook| {
-            let mut stored = hook.to_stored();
-            // Counters are not configuration.
-            if let Some(object) = stored.as_object_mut() {
-                object.remove("delivery");
-            }
-            stored
-        })
-        .collect();
-    webhooks.sort_by_key(|hook| hook["id"].as_str().unwrap_or_default().to_string());
+    let webhooks = resolved.configured_webhooks();
     let canonical = json!({
         "keys": keys,
         "token_secret": secret(&resolved.auth.token_secret),

@@ -14,7 +14,6 @@ use tokio::sync::{mpsc, Notify};
 use tracing::{debug, error, warn};
 
 use super::http::{Answer, Connection, PostError};
-use super::network::NetworkPolicy;
 use super::{body, sign, DeliverySettings, DropReason, Hook, Registry, SIGNATURE_HEADER};
 
 struct Worker {
@@ -262,8 +261,6 @@ fn sync_workers(
             hook.clone(),
             receiver,
             settings.clone(),
-            registry.policy().allow.clone(),
-            registry.policy().networks.clone(),
             pending.clone(),
         ));
         workers.insert(
@@ -281,11 +278,10 @@ async fn run_worker(
     hook: Arc<Hook>,
     mut queue: mpsc::Receiver<WebhookMessage>,
     settings: Arc<DeliverySettings>,
-    allow: super::url::AllowList,
-    networks: NetworkPolicy,
     pending: Arc<Pending>,
 ) {
-    let mut connection = Connection::new(settings.tls.clone(), networks);
+    let mut policy = registry.policy();
+    let mut connection = Connection::new(settings.tls.clone(), policy.networks.clone());
     while let Some(message) = queue.recv().await {
         hook.stats.queued.fetch_sub(1, Ordering::Relaxed);
         // Done with it however this turn ends.
@@ -298,7 +294,14 @@ async fn run_worker(
                 .drop_one(&hook.id, DropReason::Disabled, &disabled.detail);
             continue;
         }
-        if let Err(reason) = allow.check(&hook.destination) {
+        let now = registry.policy();
+        if !Arc::ptr_eq(&now, &policy) {
+            // A reload changed the allow-list: a new connection, checked
+            // against the networks it allows now.
+            connection = Connection::new(settings.tls.clone(), now.networks.clone());
+            policy = now;
+        }
+        if let Err(reason) = policy.allow.check(&hook.destination) {
             hook.stats
                 .drop_one(&hook.id, DropReason::NotAllowed, &reason);
             continue;

@@ -275,7 +275,8 @@ pub struct Registry {
     /// Serializes commands: read, change, persist, publish.
     edit: Mutex<()>,
     store: Option<Store>,
-    policy: RegistryPolicy,
+    /// Replaced by a reload ([`Registry::set_policy`]).
+    policy: RwLock<Arc<RegistryPolicy>>,
     /// In a cluster: records a 410's disable in the control plane.
     agreed_disable: OnceLock<DisableHook>,
 }
@@ -324,7 +325,7 @@ impl Registry {
             generation: AtomicU64::new(generation),
             edit: Mutex::new(()),
             store,
-            policy,
+            policy: RwLock::new(Arc::new(policy)),
             agreed_disable: OnceLock::new(),
         })
     }
@@ -340,8 +341,19 @@ impl Registry {
     }
 
     /// The allow-list and rotation policy.
-    pub fn policy(&self) -> &RegistryPolicy {
-        &self.policy
+    pub fn policy(&self) -> Arc<RegistryPolicy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the allow-list and rotation policy (a reload): commands
+    /// are checked against it from now on, and deliveries from their next
+    /// message. Webhooks outside it are kept and refused at delivery
+    /// (`not_allowed`), as at start-up.
+    pub fn set_policy(&self, policy: RegistryPolicy) {
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
     }
 
     /// Carries out one JSON command (see `docs/webhooks.md`).
@@ -405,7 +417,7 @@ impl Registry {
                     current: secret,
                     previous: Some((
                         before.current.clone(),
-                        now.saturating_add(self.policy.rotation_grace_ms()),
+                        now.saturating_add(self.policy().rotation_grace_ms()),
                     )),
                 };
                 // On disk first: no request is signed with a secret that a
@@ -451,8 +463,9 @@ impl Registry {
         let invalid = WebhookCommandError::Invalid;
         let url = string_field(command, "url")?;
         let destination = Destination::parse(&url).map_err(invalid)?;
-        self.policy.allow.check(&destination).map_err(invalid)?;
-        self.policy
+        let policy = self.policy();
+        policy.allow.check(&destination).map_err(invalid)?;
+        policy
             .networks
             .check_literal(&destination)
             .map_err(invalid)?;

@@ -338,6 +338,34 @@ impl Shard {
         self.conns.len()
     }
 
+    /// `Some(max_connections_per_shard)` when this shard holds more
+    /// connections than that (the newest one included).
+    pub fn over_connection_limit(&self) -> Option<usize> {
+        let max = self.config.max_connections_per_shard;
+        (self.conns.len() > max).then_some(max)
+    }
+
+    /// Takes from `new` the limits a running broker may change (a reload):
+    /// the subscription caps, `max_in_flight_per_conn`, the slow-consumer
+    /// policy, `max_connections_per_shard`, `topic_memory_bytes` (this
+    /// shard's part of it is enforced from its next tick), and
+    /// `outbox_limit_bytes`, which connections opened from now on get.
+    /// Nothing held is taken away: a lowered cap refuses what comes next.
+    /// The rest of `new` (frame sizes, timers, replay rings, link limits)
+    /// is for a restart and is ignored here.
+    pub fn set_limits(&mut self, new: &EngineConfig) {
+        let config = &mut self.config;
+        config.max_subscriptions_per_conn = new.max_subscriptions_per_conn;
+        config.max_subscription_bytes_per_conn = new.max_subscription_bytes_per_conn;
+        config.max_subscriptions = new.max_subscriptions;
+        config.max_in_flight_per_conn = new.max_in_flight_per_conn;
+        config.slow_consumer = new.slow_consumer;
+        config.max_connections_per_shard = new.max_connections_per_shard;
+        config.outbox_limit_bytes = new.outbox_limit_bytes;
+        config.topic_memory_bytes = new.topic_memory_bytes;
+        self.memory_budget = new.topic_memory_bytes / self.shard_count.max(1);
+    }
+
     /// Number of connections open on this shard that are clients, not
     /// links from other nodes of the cluster (a drain waits for these).
     pub fn client_connection_count(&self) -> usize {
