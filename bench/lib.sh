@@ -88,7 +88,7 @@ fit_connections() { # wanted count -> the count to run
 build() {
     command -v cargo >/dev/null || die "cargo is needed to build corebus and the harness"
     log "building corebus and corebus-bench (release)"
-    cargo build --release -p corebus -p corebus-bench
+    cargo build --release -p corebus -p corebus-bench --features corebus-bench/peers
 }
 
 # --- broker lifecycle ----------------------------------------------------------

@@ -5,7 +5,7 @@
 //! - `fanout`: one shard handing a publish to N subscribers' outboxes and the
 //!   writer draining them (the owner-to-subscriber step, engine only).
 //!
-//! `cargo bench -p corebus-bench --bench micro`
+//! `cargo bench -p corebus-bench --features micro --bench micro`
 
 use std::hint::black_box;
 

@@ -25,13 +25,20 @@
 //! scenario with more topics than subscribers); every message says which one
 //! it came from, so delivery is checked per subscription.
 
+#[cfg(not(feature = "peers"))]
+mod absent;
 pub(crate) mod corebus;
 pub mod corebus_ws;
+#[cfg(feature = "peers")]
 mod nats;
 pub mod nats_ws;
 mod raw;
+#[cfg(feature = "peers")]
 mod redis;
 mod ws;
+
+#[cfg(not(feature = "peers"))]
+use absent::{nats, redis};
 
 use std::future::poll_fn;
 use std::pin::Pin;
