@@ -10,17 +10,71 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 /// The address `serve` listens on and `pub`/`sub` connect to by default.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7400";
 
-/// corebus: a thread-per-core publish/subscribe broker.
 /// Smallest `max_hello_frame`: room for a HELLO carrying the longest token
 /// accepted ([`crate::jwt::MAX_TOKEN_LEN`]) and the longest client name.
 pub const MIN_HELLO_FRAME: i64 = 8704;
 
+/// corebus: a thread-per-core publish/subscribe broker.
 #[derive(Debug, Parser)]
 #[command(name = "corebus", version, about)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The completion script of `corebus` for `shell`.
+pub fn completions(shell: clap_complete::Shell) -> String {
+    use clap::CommandFactory;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "corebus", &mut script);
+    String::from_utf8_lossy(&script).into_owned()
+}
+
+/// The manual page (roff) of `corebus`, or of `corebus SUBCOMMAND` as
+/// corebus-SUBCOMMAND(1).
+pub fn man_page(subcommand: Option<&str>) -> anyhow::Result<String> {
+    use clap::CommandFactory;
+    let mut corebus = Cli::command();
+    // Usage lines name the whole command (`corebus serve`).
+    corebus.build();
+    let page = match subcommand {
+        None => corebus,
+        Some(name) => {
+            let Some(command) = corebus.find_subcommand(name) else {
+                let names: Vec<&str> = corebus.get_subcommands().map(|c| c.get_name()).collect();
+                anyhow::bail!("no subcommand {name:?} (there are {})", names.join(", "));
+            };
+            command.clone().name(format!("corebus-{name}"))
+        }
+    };
+    let mut roff = Vec::new();
+    clap_mangen::Man::new(page).render(&mut roff)?;
+    Ok(String::from_utf8(roff)?)
+}
+
+/// Writes corebus.1 and corebus-SUBCOMMAND.1 for each subcommand into
+/// `dir`; returns the files written.
+pub fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+    use anyhow::Context;
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let subcommands: Vec<String> = Cli::command()
+        .get_subcommands()
+        .map(|command| command.get_name().to_string())
+        .collect();
+    let pages = std::iter::once(None).chain(subcommands.iter().map(|name| Some(name.as_str())));
+    let mut written = Vec::new();
+    for subcommand in pages {
+        let file = match subcommand {
+            None => dir.join("corebus.1"),
+            Some(name) => dir.join(format!("corebus-{name}.1")),
+        };
+        std::fs::write(&file, man_page(subcommand)?)
+            .with_context(|| format!("cannot write {}", file.display()))?;
+        written.push(file);
+    }
+    Ok(written)
 }
 
 /// The subcommands.
@@ -52,6 +106,23 @@ pub enum Command {
     /// (needs a super-user key: --key or COREBUS_CREDENTIALS).
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Print the completion script for a shell (bash, zsh, fish, elvish,
+    /// powershell), generated from these definitions.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff, for `man -l -`) of corebus, or of one
+    /// subcommand (corebus-serve(1): every flag and environment variable),
+    /// generated from these definitions.
+    Man {
+        /// The subcommand (serve, pub, sub, ...); none for corebus(1).
+        subcommand: Option<String>,
+        /// Write every page instead, corebus.1 and corebus-SUBCOMMAND.1 for
+        /// each subcommand, into this directory (for packages).
+        #[arg(long, value_name = "DIR", conflicts_with = "subcommand")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 /// `corebus cluster`.

@@ -27,6 +27,17 @@ fn main() -> ExitCode {
         Command::Token(command) => corebus::auth_cmd::token(command),
         Command::Webhook(command) => run_client(corebus::webhook_cmd::main(command)),
         Command::Cluster(command) => run_client(corebus::cluster::main(command)),
+        Command::Completions { shell } => stdio::print(&corebus::cli::completions(shell)),
+        Command::Man {
+            out_dir: Some(dir), ..
+        } => corebus::cli::write_man_pages(&dir).and_then(|files| {
+            files
+                .iter()
+                .try_for_each(|file| stdio::line(file.display()))
+        }),
+        Command::Man { subcommand, .. } => {
+            corebus::cli::man_page(subcommand.as_deref()).and_then(|page| stdio::print(&page))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

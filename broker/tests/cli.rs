@@ -530,3 +530,84 @@ fn several_servers_are_tried_in_order_until_one_answers() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&closed.to_string()), "{stderr}");
 }
+
+/// `corebus completions SHELL` and `corebus man`: generated from the clap
+/// definitions, so every subcommand and every `serve` flag is in them.
+#[test]
+fn completions_and_manual_pages_cover_every_subcommand_and_flag() {
+    // Read while it runs: a completion script is more than a pipe holds.
+    let output = |args: &[&str]| Command::new(BIN).args(args).output().expect("runs");
+    let run = |args: &[&str]| {
+        let out = output(args);
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let subcommands = [
+        "serve",
+        "pub",
+        "sub",
+        "config",
+        "doctor",
+        "key",
+        "token",
+        "webhook",
+        "cluster",
+        "completions",
+        "man",
+    ];
+    for shell in ["bash", "zsh", "fish"] {
+        let script = run(&["completions", shell]);
+        for subcommand in subcommands {
+            assert!(script.contains(subcommand), "{shell}: {subcommand}");
+        }
+        assert!(script.contains("max-connections"), "{shell}: serve's flags");
+    }
+    let serve = run(&["man", "serve"]);
+    assert!(serve.contains(".TH corebus-serve 1"), "{serve}");
+    let settings = corebus::config::settings_command();
+    for arg in settings
+        .get_arguments()
+        .filter(|arg| arg.get_long().is_some())
+    {
+        let flag = arg.get_long().expect("long").replace('-', "\\-");
+        assert!(
+            serve.contains(&format!("\\-\\-{flag}")),
+            "--{flag} in corebus-serve(1)"
+        );
+    }
+    assert!(
+        serve.contains("COREBUS_MAX_CONNECTIONS"),
+        "environment variables too"
+    );
+    let top = run(&["man"]);
+    for subcommand in subcommands {
+        assert!(top.contains(subcommand), "corebus(1) names {subcommand}");
+    }
+    let refused = output(&["man", "nope"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("no subcommand \"nope\""), "{err}");
+
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("man-{}", std::process::id()));
+    let listed = run(&["man", "--out-dir", dir.to_str().expect("UTF-8")]);
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .expect("the pages were written")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    files.sort();
+    let mut expected: Vec<String> = std::iter::once("corebus.1".to_string())
+        .chain(subcommands.iter().map(|name| format!("corebus-{name}.1")))
+        .collect();
+    expected.sort();
+    assert_eq!(files, expected);
+    assert_eq!(listed.lines().count(), expected.len(), "{listed}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

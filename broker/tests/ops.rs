@@ -113,6 +113,69 @@ fn the_default_file_is_every_key_at_its_default_and_matches_deploy() {
     );
 }
 
+/// docs/operations.md's table of every key: each key of the code once and
+/// nothing else, each with the default of `corebus config default` and
+/// `reload` exactly where a reload applies it.
+#[test]
+fn the_operations_guide_lists_every_key_with_its_default_and_whether_it_reloads() {
+    let doc = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operations.md");
+    let doc = std::fs::read_to_string(doc).expect("docs/operations.md exists");
+    let marker = "<!-- every-key table";
+    let start = doc.find(marker).expect("the every-key table's marker");
+    let rows: Vec<Vec<&str>> = doc[start..]
+        .lines()
+        .skip(1)
+        .take_while(|line| line.starts_with('|'))
+        .skip(2) // the header and its rule
+        .map(|line| line.trim_matches('|').split(" | ").map(str::trim).collect())
+        .collect();
+    let default_file = text(&output(corebus(&["config", "default"], &[])).stdout);
+    let defaults: std::collections::BTreeMap<&str, &str> = default_file
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once(" = "))
+        .collect();
+    let settings: Vec<String> = corebus::config::settings_command()
+        .get_arguments()
+        .filter(|arg| arg.get_long().is_some())
+        .map(|arg| arg.get_id().to_string())
+        .collect();
+    let file_only: Vec<&str> = corebus::auth_config::FILE_KEYS
+        .into_iter()
+        .chain(["webhooks"])
+        .collect();
+    let mut documented = Vec::new();
+    for row in &rows {
+        let [key, default, effect, _what] = row[..] else {
+            panic!("a row of four cells: {row:?}");
+        };
+        let key = key.trim_matches('`');
+        documented.push(key.to_string());
+        let reloads = corebus::reload::RELOADABLE.contains(&key)
+            || corebus::auth_config::FILE_KEYS.contains(&key);
+        assert_eq!(effect, if reloads { "reload" } else { "restart" }, "{key}");
+        if file_only.contains(&key) {
+            assert_eq!(default, "none", "{key} has no default");
+        } else {
+            let expected = defaults
+                .get(key)
+                .map_or("unset".to_string(), |value| format!("`{value}`"));
+            assert_eq!(default, expected, "the default of {key}");
+        }
+    }
+    let mut expected: Vec<String> = settings
+        .iter()
+        .cloned()
+        .chain(file_only.iter().map(|key| key.to_string()))
+        .collect();
+    expected.sort();
+    documented.sort();
+    assert_eq!(
+        documented, expected,
+        "docs/operations.md lists every key once, and no other"
+    );
+}
+
 #[test]
 fn bad_files_are_refused_with_one_line_naming_the_file_and_the_key() {
     let cases = [
