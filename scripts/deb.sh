@@ -19,8 +19,8 @@ command -v cargo-deb >/dev/null || cargo install --locked cargo-deb
 cargo build --profile "$profile" -p corebus
 bin="$target/$profile/corebus"
 
-# Generated assets, where broker/Cargo.toml's [package.metadata.deb] finds them.
-assets=target/deb-assets
+# Generated assets, where broker/Cargo.toml's [package.metadata.deb] finds them (ignored by git).
+assets=deploy/debian/build
 rm -rf "$assets"
 mkdir -p "$assets/man" "$assets/completions" "$assets/systemd"
 "$bin" man --out-dir "$assets/man" >/dev/null
