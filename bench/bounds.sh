@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Memory bounds under hostile and slow peers: each scenario against a fresh
 # release broker on loopback; prints one JSON line per run and writes them to
-# bench/results/bounds-DATE.jsonl. Exit status non-zero if a bound is not met.
+# bench/results/<machine kind>-bounds.jsonl (bench/results/README.md). Exit status non-zero if a bound is not met.
 # Figures quoted in docs/security.md come from this script.
 #
 #   bench/bounds.sh            # every scenario (about three minutes)
@@ -19,7 +19,9 @@ bench=$target/release/corebus-bench
 port=${PORT:-7411}
 seconds=${SECONDS_EACH:-30}
 only=${ONLY:-}
-out=bench/results/bounds-$(date -u +%Y-%m-%d).jsonl
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+out=bench/results/$(machine_kind)-bounds.jsonl
 [ -n "$only" ] || : > "$out"
 status=0
 pid=

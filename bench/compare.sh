@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs the standard benchmark suite against corebus, NATS and Redis on this
 # machine, one broker after the other, and writes
-#   bench/results/<date>.json  every run's report plus the machine
-#   bench/results/<date>.md    the targets (met / not met), then the
+#   bench/results/<kind>.json  every run's report plus the machine
+#   bench/results/<kind>.md    the targets (met / not met), then the
 #                              tables with ratios corebus/NATS and corebus/Redis
-#   bench/results/<date>.svg   delivered msgs/s and latency percentiles per broker
+#   bench/results/<kind>.svg   delivered msgs/s and latency percentiles per broker
 # Besides the three brokers it runs the raw baseline (16 KiB pair through the
 # harness's own loopback TCP relay, no broker) and corebus `many` once more
 # with --shards 1 for the scaling ratio, and `many` from the lean generator
@@ -32,9 +32,9 @@ LATENCY_DURATION=${LATENCY_DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 RATE=${RATE:-10000}
 CONNECTIONS=${CONNECTIONS:-10000}
-STAMP=$(date -u +%Y-%m-%d)
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+STAMP=${STAMP:-$(machine_kind)}
 
 # --- prerequisites -----------------------------------------------------------
 install_brokers nats-server redis-server

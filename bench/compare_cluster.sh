@@ -12,9 +12,9 @@
 #     routing tier's cost: --publisher-on); NATS runs the same twice with
 #     the publisher on node 1 (it has no owner).
 # Writes
-#   bench/results/<date>-cluster.json  every run's report plus the machine
-#   bench/results/<date>-cluster.md    the tables (ratios corebus / NATS)
-#   bench/results/<date>-cluster.svg   the picture
+#   bench/results/<kind>-cluster.json  every run's report plus the machine
+#   bench/results/<kind>-cluster.md    the tables (ratios corebus / NATS)
+#   bench/results/<kind>-cluster.svg   the picture
 # and exits non-zero if a run failed or lost a message. See
 # docs/benchmarks.md. Installs nats-server from Debian's package when it is
 # missing (needs root or sudo).
@@ -23,7 +23,7 @@
 # 5), LATENCY_DURATION (5), CLUSTER_RATE (2000), CLUSTER_SUBSCRIBERS (300),
 # CLUSTER_TOPICS (30), CLUSTER_BASE_PORT (17500: node n uses BASE+n for
 # clients and BASE+10+n for the cluster), CARGO_TARGET_DIR (target), STAMP
-# (<date>-cluster).
+# (<machine kind>-cluster, see bench/results/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,9 +34,9 @@ CLUSTER_RATE=${CLUSTER_RATE:-2000}
 CLUSTER_SUBSCRIBERS=${CLUSTER_SUBSCRIBERS:-300}
 CLUSTER_TOPICS=${CLUSTER_TOPICS:-30}
 BASE=${CLUSTER_BASE_PORT:-17500}
-STAMP=${STAMP:-$(date -u +%Y-%m-%d)-cluster}
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+STAMP=${STAMP:-$(machine_kind)-cluster}
 
 install_brokers nats-server
 raise_limits

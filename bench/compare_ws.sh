@@ -11,11 +11,11 @@
 # With NATIVE=1 (default) the throughput and latency runs are repeated with
 # native subscribers, for reference (corebus's with --no-affinity: placed on
 # the shards as its WebSocket subscribers are). Writes
-#   bench/results/<date>-ws.json  every run's report plus the machine
-#   bench/results/<date>-ws.md    target 6 (>= 2x NATS's delivered msg/s,
+#   bench/results/<kind>-ws.json  every run's report plus the machine
+#   bench/results/<kind>-ws.md    target 6 (>= 2x NATS's delivered msg/s,
 #                                 <= 0.5x its p99) met or not, WebSocket
 #                                 next to native per broker, the tables
-#   bench/results/<date>-ws.svg   the picture
+#   bench/results/<kind>-ws.svg   the picture
 # and exits non-zero if a run failed or lost a message. See
 # docs/benchmarks.md. Installs nats-server from Debian's package when it is
 # missing (needs root or sudo).
@@ -25,7 +25,7 @@
 # WS_RATE (2000), WS_SUBSCRIBERS (1000), WS_TOPICS (100), CONNECTIONS (idle
 # connections, 10000, fitted to the open-file limit), NATIVE (1),
 # COREBUS_PORT / COREBUS_WS_PORT / NATS_PORT / NATS_WS_PORT (17400 / 17401 /
-# 14222 / 14223), CARGO_TARGET_DIR (target), STAMP (<date>-ws).
+# 14222 / 14223), CARGO_TARGET_DIR (target), STAMP (<machine kind>-ws, see bench/results/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,10 +37,10 @@ WS_SUBSCRIBERS=${WS_SUBSCRIBERS:-1000}
 WS_TOPICS=${WS_TOPICS:-100}
 CONNECTIONS=${CONNECTIONS:-10000}
 NATIVE=${NATIVE:-1}
-STAMP=${STAMP:-$(date -u +%Y-%m-%d)-ws}
 WS_LISTENERS=1
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+STAMP=${STAMP:-$(machine_kind)-ws}
 
 install_brokers nats-server
 raise_limits

@@ -23,6 +23,22 @@ TARGET_DIR=${CARGO_TARGET_DIR:-target}
 BENCH=$TARGET_DIR/release/corebus-bench
 COREBUS=$TARGET_DIR/release/corebus
 
+# The kind of machine, which names result files: bench/results/ keeps the
+# latest run of each benchmark per kind (older runs are in git history).
+# MACHINE overrides it; by default the CPU's make and the CPU count
+# (epyc-2cpu, xeon-16cpu).
+machine_kind() {
+    if [ -n "${MACHINE:-}" ]; then echo "$MACHINE"; return; fi
+    local model
+    model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+    case "$model" in
+    *EPYC*) model=epyc ;;
+    *Xeon*) model=xeon ;;
+    *) model=$(printf '%s' "${model:-cpu}" | tr -cs 'A-Za-z0-9' '-' | tr 'A-Z' 'a-z' | cut -c1-20) ;;
+    esac
+    echo "${model%-}-$(nproc)cpu"
+}
+
 log() { printf '\n== %s\n' "$*" >&2; }
 die() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; exit 1; }
 
