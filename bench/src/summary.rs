@@ -15,7 +15,7 @@ use crate::BenchError;
 /// The brokers in table order.
 pub const TARGETS: [Target; 3] = [Target::Corebus, Target::Nats, Target::Redis];
 
-/// A comparison run as written to `bench/results/<date>.json`.
+/// A comparison run as written to `bench/results/<kind>.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     /// When the summary was made (UTC, RFC 3339).

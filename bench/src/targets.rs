@@ -1,5 +1,5 @@
 //! The performance issue's targets, checked against one comparison run: the
-//! table at the top of `bench/results/<date>.md`.
+//! table at the top of `bench/results/<kind>.md`.
 //!
 //! Targets (128-byte payloads unless stated, every broker on the same cores):
 //!
