@@ -22,10 +22,11 @@ shift
 tests=()
 case "$area" in
   codec) files=(-f 'net/src/*.rs') ; package=corebus-net ;;
-  # The corebus crate's own unit tests and tests/auth.rs only: its other
-  # integration tests (CLI, webhooks, cluster, browser) would add minutes to
-  # every mutant and test nothing of this area.
-  auth) files=(-f broker/src/auth.rs -f broker/src/auth_config.rs -f broker/src/jwt.rs -f broker/src/permissions.rs) ; package=corebus ; tests=(--lib --test auth) ;;
+  # The unit tests of those files and tests/auth.rs (the auth:: module of
+  # the end_to_end binary) only: the other tests (CLI,
+  # webhooks, cluster, browser) would add minutes to every mutant and test
+  # nothing of this area.
+  auth) files=(-f broker/src/auth.rs -f broker/src/auth_config.rs -f broker/src/jwt.rs -f broker/src/permissions.rs) ; package=corebus ; tests=(--lib --test end_to_end -- auth:: auth_config:: jwt:: permissions::) ;;
   outbox) files=(-f shards/src/outbox.rs -f shards/src/ring.rs) ; package=corebus-shards ;;
   *) echo "scripts/mutants.sh: unknown area $area (codec, auth, outbox)" >&2; exit 2 ;;
 esac

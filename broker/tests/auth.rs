@@ -2,7 +2,7 @@
 //! configured with API keys and a token secret, spoken to through the client
 //! crate, raw frames, and the `corebus` CLI.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};

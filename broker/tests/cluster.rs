@@ -8,7 +8,7 @@
 //! then delivery goes on from the new owner; a peer without the cluster's
 //! link credentials is refused.
 
-mod common;
+use crate::common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};

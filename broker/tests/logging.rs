@@ -6,7 +6,7 @@
 //! JSON: what a connection's lines carry, and that a peer cannot flood the
 //! log.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;

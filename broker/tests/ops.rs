@@ -1,7 +1,7 @@
 //! Operating the `corebus` binary: configuration layering and refusals,
 //! `config check` / `config default`, `doctor`, and the log formats.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;

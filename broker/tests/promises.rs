@@ -11,7 +11,7 @@ use corebus_client::Client;
 use corebus_net::{ErrorCode, Frame, Hello, Subscribe, TopicKey, PROTOCOL_VERSION};
 use corebus_tests::{RawConn, Received};
 
-mod common;
+use crate::common;
 
 use common::{Serve, TempFile};
 

@@ -2,7 +2,7 @@
 //! certificate, the webhook allow-list and limits change while connections
 //! stay up; a reload that fails validation changes nothing and says why.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use corebus_client::{Client, Event};
 
-mod common;
+use crate::common;
 
 use common::{sample, scrape, Serve};
 

@@ -4,7 +4,7 @@
 //! it lost. The broker runs as its own process so its memory can be read from
 //! /proc.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

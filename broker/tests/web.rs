@@ -4,7 +4,7 @@
 //! the origin allow-list is the flags' union. The WebSocket side is driven
 //! from a real browser by clients/typescript's tests.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -2,7 +2,7 @@
 //! loopback (the tests' own, and the Python and Node.js receivers of
 //! docs/examples), every signature checked by the receiver.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};

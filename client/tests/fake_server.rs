@@ -1,6 +1,6 @@
 //! The client against a scripted fake server built from `corebus-net`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Discontinuities, resuming, reconnection and heartbeats, against the
 //! scripted fake server.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! commands sent, the replies parsed, refusals, malformed replies, timeouts
 //! and lost connections.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
