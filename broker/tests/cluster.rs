@@ -10,34 +10,17 @@
 
 use crate::common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{read_address, sample, scrape, sigterm_and_wait, TempFile, BIN};
+use common::{free_port_on, read_address, sample, scrape, sigterm_and_wait, TempFile, BIN};
 
 const SECRET: &str = "cluster-test-secret-0123456789abcdef0123";
 
 /// A port free on 127.0.0.1-3, for UDP (gossip) and TCP (metrics) alike.
 fn free_port() -> u16 {
     free_port_on(3)
-}
-
-/// A port free on 127.0.0.1 to 127.0.0.`nodes`.
-fn free_port_on(nodes: u8) -> u16 {
-    for _ in 0..100 {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
-        let port = probe.local_addr().expect("address").port();
-        let free = (1..=nodes).all(|n| {
-            let ip = [127, 0, 0, n];
-            UdpSocket::bind(SocketAddr::from((ip, port))).is_ok()
-                && (n == 1 || std::net::TcpListener::bind(SocketAddr::from((ip, port))).is_ok())
-        });
-        if free {
-            return port;
-        }
-    }
-    panic!("no port free on 127.0.0.1-{nodes}");
 }
 
 struct Node {

@@ -36,13 +36,7 @@ struct Broker {
 impl Broker {
     /// `serve --config config` with `args`, on loopback port 0.
     fn start(config: &TempFile, args: &[&str]) -> Broker {
-        let metrics = format!(
-            "127.0.0.1:{}",
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port()
-        );
+        let metrics = format!("127.0.0.1:{}", common::free_port());
         let mut child = Command::new(BIN)
             .args([
                 "serve",

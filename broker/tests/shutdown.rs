@@ -10,14 +10,7 @@ use corebus_client::{Client, Event};
 
 use crate::common;
 
-use common::{sample, scrape, Serve};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free port")
-}
+use common::{free_port, sample, scrape, Serve};
 
 fn serve(port: u16, extra: &[&str]) -> Serve {
     let listen = format!("127.0.0.1:{port}");

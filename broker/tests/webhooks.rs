@@ -6,13 +6,13 @@ use crate::common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::net::{SocketAddr, TcpStream as StdStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::receiver::{assert_signed, now_secs, Received, Receiver, Reply, WAIT};
-use common::{Serve, TempFile, BIN};
+use common::{free_port, Serve, TempFile, BIN};
 use corebus_client::{Client, Error, WebhookMatch, WebhookSpec};
 use corebus_net::ErrorCode;
 use hmac::{Hmac, Mac};
@@ -48,14 +48,6 @@ fn spec(url: &str, topic: &str, kind: WebhookMatch) -> WebhookSpec {
 }
 
 /// A free loopback port (bound, then released).
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .expect("binds")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 fn scrape(port: u16) -> String {
     let mut stream = StdStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
     stream

@@ -119,6 +119,47 @@ impl Drop for Serve {
     }
 }
 
+/// A port free for TCP and UDP on 127.0.0.1 (for a listener the test names
+/// before the broker binds it: metrics, gossip, a restart on the same
+/// port).
+pub fn free_port() -> u16 {
+    free_port_on(1)
+}
+
+/// A port free for UDP and TCP on 127.0.0.1 to 127.0.0.`nodes`. Chosen
+/// below the kernel's ephemeral range: a port the kernel handed out there
+/// could be taken by any outgoing connection of a test running beside this
+/// one before the broker binds it (a test failed that way).
+pub fn free_port_on(nodes: u8) -> u16 {
+    use std::net::{SocketAddr, TcpListener, UdpSocket};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static DRAWN: AtomicU64 = AtomicU64::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.max(10_001));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.subsec_nanos());
+    let mut state = u64::from(nanos) ^ (u64::from(std::process::id()) << 32);
+    for _ in 0..1000 {
+        state = state
+            .wrapping_add(DRAWN.fetch_add(1, Ordering::Relaxed))
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let port = low + ((state >> 33) % u64::from(high - low)) as u16;
+        let free = (1..=nodes).all(|n| {
+            let addr = SocketAddr::from(([127, 0, 0, n], port));
+            TcpListener::bind(addr).is_ok() && UdpSocket::bind(addr).is_ok()
+        });
+        if free {
+            return port;
+        }
+    }
+    panic!("no port free on 127.0.0.1-{nodes} below {ephemeral_low}");
+}
+
 /// A file under the target directory, removed on drop.
 pub struct TempFile(PathBuf);
 
