@@ -6,7 +6,6 @@
 //! do afterwards is the engine's business: it checks every publish and
 //! subscribe against the [`Grant`] returned here.
 
-use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -289,12 +288,8 @@ impl Authenticator for BrokerAuth {
 /// Compares two digests without an early exit: the time taken does not
 /// depend on where they first differ.
 pub fn constant_time_eq(left: &[u8; 32], right: &[u8; 32]) -> bool {
-    let difference = left
-        .iter()
-        .zip(right)
-        .fold(0u8, |acc, (left, right)| acc | (left ^ right));
-    // Keeps the optimiser from turning the fold back into an early exit.
-    std::hint::black_box(difference) == 0
+    use subtle::ConstantTimeEq;
+    left.ct_eq(right).into()
 }
 
 /// A NumericDate claim (RFC 7519 §2: seconds, possibly fractional).
@@ -316,37 +311,27 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, 
 
 /// SHA-256 of a key's text, in lower-case hex: what the configuration holds.
 pub fn key_hash_hex(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    data_encoding::HEXLOWER.encode(&Sha256::digest(key.as_bytes()))
 }
 
-/// Parses 64 hex digits.
+/// Parses 64 hex digits (either case).
 pub fn parse_sha256_hex(text: &str) -> Result<[u8; 32], String> {
-    let bytes = text.as_bytes();
-    if bytes.len() != 64 {
+    if text.len() != 64 {
         return Err(format!(
             "expected 64 hex digits (a SHA-256), found {} characters",
-            bytes.len()
+            text.len()
         ));
     }
-    let mut out = [0u8; 32];
-    for (index, pair) in bytes.chunks(2).enumerate() {
-        let digit = |byte: u8| {
-            char::from(byte)
-                .to_digit(16)
-                .ok_or_else(|| format!("{:?} is not a hex digit", char::from(byte)))
-        };
-        out[index] = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
-    }
-    Ok(out)
+    let bytes = data_encoding::HEXLOWER_PERMISSIVE
+        .decode(text.as_bytes())
+        .map_err(|err| format!("not hex: {err}"))?;
+    <[u8; 32]>::try_from(bytes).map_err(|_| "expected 32 bytes".to_string())
 }
 
 /// `N` bytes from the kernel's CSPRNG.
 pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
     let mut random = [0u8; N];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+    getrandom::fill(&mut random).map_err(std::io::Error::other)?;
     Ok(random)
 }
 

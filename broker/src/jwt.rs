@@ -181,66 +181,18 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     }
 }
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
 /// base64url without padding (RFC 4648 §5), as JWTs use it.
 pub fn base64url_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b0 = chunk[0];
-        let b1 = chunk.get(1).copied().unwrap_or(0);
-        let b2 = chunk.get(2).copied().unwrap_or(0);
-        let sextets = [
-            b0 >> 2,
-            (b0 & 0x03) << 4 | b1 >> 4,
-            (b1 & 0x0f) << 2 | b2 >> 6,
-            b2 & 0x3f,
-        ];
-        for sextet in &sextets[..chunk.len() + 1] {
-            out.push(char::from(ALPHABET[usize::from(*sextet)]));
-        }
-    }
-    out
+    data_encoding::BASE64URL_NOPAD.encode(bytes)
 }
 
 /// Decodes base64url without padding; refuses padding, other alphabets,
 /// impossible lengths and non-zero trailing bits, so every byte string has
 /// exactly one accepted encoding.
 pub fn base64url_decode(text: &[u8]) -> Result<Vec<u8>, String> {
-    if text.len() % 4 == 1 {
-        return Err(format!(
-            "{} characters is not a base64url length",
-            text.len()
-        ));
-    }
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0u32;
-    for (offset, byte) in text.iter().enumerate() {
-        let value = match byte {
-            b'A'..=b'Z' => byte - b'A',
-            b'a'..=b'z' => byte - b'a' + 26,
-            b'0'..=b'9' => byte - b'0' + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => {
-                return Err(format!(
-                    "byte {byte:#04x} at offset {offset} is not base64url"
-                ))
-            }
-        };
-        acc = (acc << 6) | u32::from(value);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    if acc != 0 {
-        return Err("non-zero trailing bits".into());
-    }
-    Ok(out)
+    data_encoding::BASE64URL_NOPAD
+        .decode(text)
+        .map_err(|err| err.to_string())
 }
 
 #[cfg(test)]

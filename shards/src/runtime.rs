@@ -745,12 +745,10 @@ fn maintenance_period(engine: &EngineConfig) -> Duration {
 /// A seed for topic epochs that differs between processes and restarts.
 fn random_seed() -> u64 {
     let mut seed = [0u8; 8];
-    // SAFETY: getrandom writes at most `seed.len()` bytes into `seed`.
-    let filled = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
-    if filled == seed.len() as isize {
+    if getrandom::fill(&mut seed).is_ok() {
         return u64::from_ne_bytes(seed);
     }
-    // No getrandom: time and pid still differ between restarts.
+    // No OS random source: time and pid still differ between restarts.
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);

@@ -1110,7 +1110,7 @@ const SHARED_SETTINGS: &[&str] = &[
 /// keys, token secrets, the webhook allow-list, limits, configured
 /// webhooks) under the cluster secret: equal on two nodes when those are.
 pub fn config_fingerprint(resolved: &crate::config::Resolved, key: &LinkKey) -> String {
-    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let hex = |bytes: &[u8]| data_encoding::HEXLOWER.encode(bytes);
     let mut keys: Vec<Value> = resolved
         .auth
         .keys

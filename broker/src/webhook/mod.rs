@@ -22,7 +22,6 @@ mod retry_after;
 pub mod store;
 pub mod url;
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -535,9 +534,7 @@ pub fn sign(secrets: &[String], timestamp: u64, body: &[u8]) -> String {
         mac.update(b".");
         mac.update(body);
         header.push_str(",v1=");
-        for byte in mac.finalize().into_bytes() {
-            let _ = write!(header, "{byte:02x}");
-        }
+        header.push_str(&data_encoding::HEXLOWER.encode(&mac.finalize().into_bytes()));
     }
     header
 }

@@ -792,8 +792,7 @@ pub fn generate_secret() -> std::io::Result<String> {
 /// A fresh webhook id (`wh-` and 12 hex digits), also used for request ids.
 pub fn generate_id() -> std::io::Result<String> {
     let bytes = random_bytes::<6>()?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!("wh-{hex}"))
+    Ok(format!("wh-{}", data_encoding::HEXLOWER.encode(&bytes)))
 }
 
 /// A runtime webhook read back from the data directory.
