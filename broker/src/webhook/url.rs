@@ -29,68 +29,61 @@ pub struct Destination {
 }
 
 impl Destination {
-    /// Parses an absolute `http://` or `https://` URL.
+    /// Parses an absolute `http://` or `https://` URL with the `url` crate
+    /// (the WHATWG URL standard, as browsers parse): the host comes out
+    /// normalized (lower case, IDNA, numeric IPv4 forms such as `0x7f.1` as
+    /// the address they mean), so the allow-lists judge exactly the host
+    /// that is then resolved and connected to.
     pub fn parse(text: &str) -> Result<Destination, String> {
         if text.len() > 2048 {
             return Err("URL is longer than 2048 bytes".into());
         }
-        if text.chars().any(|c| c.is_ascii_control() || c == ' ') {
-            return Err(format!("{text:?} contains spaces or control characters"));
+        // The standard strips or rewrites these silently; a webhook URL
+        // with them is a mistake worth saying.
+        if text
+            .chars()
+            .any(|c| c.is_ascii_control() || c == ' ' || c == '\\')
+        {
+            return Err(format!(
+                "{text:?} contains spaces, backslashes or control characters"
+            ));
         }
-        let (scheme, rest) = if let Some(rest) = strip_prefix_ignore_case(text, "http://") {
-            (Scheme::Http, rest)
-        } else if let Some(rest) = strip_prefix_ignore_case(text, "https://") {
-            (Scheme::Https, rest)
-        } else {
-            return Err(format!("{text:?} is not an http:// or https:// URL"));
+        let url = url::Url::parse(text).map_err(|err| format!("{text:?} is not a URL: {err}"))?;
+        let scheme = match url.scheme() {
+            "http" => Scheme::Http,
+            "https" => Scheme::Https,
+            _ => return Err(format!("{text:?} is not an http:// or https:// URL")),
         };
-        let rest = rest.split('#').next().unwrap_or_default();
-        let (authority, path) = match rest.find(['/', '?']) {
-            Some(at) => (&rest[..at], &rest[at..]),
-            None => (rest, "/"),
-        };
-        if authority.contains('@') {
+        // The standard reads `http:///path` as the host `path`, and
+        // `http:host` as `http://host`: a webhook URL says `//host`.
+        let after_scheme = &text[url.scheme().len()..];
+        if !after_scheme.starts_with("://") || after_scheme[3..].starts_with('/') {
+            return Err(format!("{text:?} names no host"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
             return Err(
                 "the URL carries user information (user:password@); webhooks are authenticated by their signature"
                     .into(),
             );
         }
-        let default_port = match scheme {
-            Scheme::Http => 80,
-            Scheme::Https => 443,
+        let host = match url.host() {
+            Some(url::Host::Domain(name)) => name.to_string(),
+            Some(url::Host::Ipv4(address)) => address.to_string(),
+            Some(url::Host::Ipv6(address)) => address.to_string(),
+            None => return Err(format!("{text:?} names no host")),
         };
-        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-            let Some((host, after)) = bracketed.split_once(']') else {
-                return Err(format!("{text:?} has an unclosed IPv6 address"));
-            };
-            if host.parse::<std::net::Ipv6Addr>().is_err() {
-                return Err(format!("{host:?} in {text:?} is not an IPv6 address"));
-            }
-            let port = match after {
-                "" => default_port,
-                _ => parse_port(after.strip_prefix(':').unwrap_or("x"), text)?,
-            };
-            (host, port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((host, port)) => (host, parse_port(port, text)?),
-                None => (authority, default_port),
-            }
+        let port = match url.port_or_known_default() {
+            Some(port) if port != 0 => port,
+            _ => return Err(format!("the port in {text:?} is not a port number")),
         };
-        if host.is_empty() {
-            return Err(format!("{text:?} names no host"));
+        let mut path = url.path().to_string();
+        if let Some(query) = url.query() {
+            path.push('?');
+            path.push_str(query);
         }
-        if !host.chars().all(is_host_char) {
-            return Err(format!("{host:?} in {text:?} is not a host name"));
-        }
-        let path = if path.starts_with('?') {
-            format!("/{path}")
-        } else {
-            path.to_string()
-        };
         Ok(Destination {
             scheme,
-            host: host.to_ascii_lowercase(),
+            host,
             port,
             path,
             text: text.to_string(),
@@ -135,19 +128,6 @@ impl fmt::Display for Destination {
 /// What a host name or IP address (IPv6 without brackets) is made of.
 fn is_host_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_')
-}
-
-fn strip_prefix_ignore_case<'t>(text: &'t str, prefix: &str) -> Option<&'t str> {
-    let head = text.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &text[prefix.len()..])
-}
-
-fn parse_port(port: &str, text: &str) -> Result<u16, String> {
-    match port.parse::<u16>() {
-        Ok(port) if port != 0 => Ok(port),
-        _ => Err(format!("{port:?} in {text:?} is not a port number")),
-    }
 }
 
 /// The hosts webhooks may post to. Empty: any host.
@@ -244,10 +224,31 @@ mod tests {
             "http:///path",
             "http://exa mple.com/",
             "http://[::1/",
-            "http://ex%41mple.com/",
+            "http:\\\\example.com/",
+            "http://exa\tmple.com/",
+            "http:example.com/",
+            "http://example.com:80:80/",
         ] {
             assert!(Destination::parse(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn hosts_are_normalized_as_they_will_be_resolved() {
+        let host = |url: &str| Destination::parse(url).expect(url).host;
+        // What the allow-lists see is what is resolved and connected to.
+        assert_eq!(host("http://0x7f.1/"), "127.0.0.1");
+        assert_eq!(host("http://2130706433/"), "127.0.0.1");
+        assert_eq!(host("http://ex%41mple.com/"), "example.com");
+        assert_eq!(host("http://B\u{fc}cher.example/"), "xn--bcher-kva.example");
+        assert_eq!(host("http://[0:0::1]/"), "::1");
+        let url = Destination::parse("HTTPS://example.com:443/a b").err();
+        assert!(url.is_some(), "a space is refused");
+        let url = Destination::parse("HTTPS://example.com:443/p?q").expect("valid");
+        assert_eq!(
+            (url.scheme, url.port, url.path.as_str()),
+            (Scheme::Https, 443, "/p?q")
+        );
     }
 
     #[test]
