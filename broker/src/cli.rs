@@ -410,20 +410,21 @@ pub struct ServeArgs {
     pub shards: Shards,
     /// Largest frame length accepted, in bytes.
     #[arg(long, env = "COREBUS_MAX_FRAME", default_value_t = corebus_net::DEFAULT_MAX_FRAME,
-          value_parser = clap::value_parser!(u32).range(64..=(64 << 20)))]
+          value_parser = bytes_in::<u32>(64, 64 << 20))]
     pub max_frame: u32,
     /// Largest frame length accepted before a connection's HELLO succeeds, in
     /// bytes, and never more than max_frame. At least 8704: a HELLO with the
     /// longest token accepted (8 KiB) and the longest client name.
     #[arg(long, env = "COREBUS_MAX_HELLO_FRAME", default_value_t = corebus_net::DEFAULT_MAX_HELLO_FRAME,
-          value_parser = clap::value_parser!(u32).range(MIN_HELLO_FRAME..=(64 << 20)))]
+          value_parser = bytes_in::<u32>(MIN_HELLO_FRAME as u64, 64 << 20))]
     pub max_hello_frame: u32,
     /// Most subscriptions one connection may hold.
     #[arg(long, env = "COREBUS_MAX_SUBSCRIPTIONS", default_value_t = 10_000)]
     pub max_subscriptions: usize,
     /// Most bytes of namespace and topic names one connection's
     /// subscriptions may name, all together.
-    #[arg(long, env = "COREBUS_MAX_SUBSCRIPTION_BYTES", default_value_t = 1 << 20)]
+    #[arg(long, env = "COREBUS_MAX_SUBSCRIPTION_BYTES", default_value_t = 1 << 20,
+          value_parser = bytes_in::<usize>(0, u64::MAX))]
     pub max_subscription_bytes: usize,
     /// Most subscriptions all connections together may hold.
     #[arg(
@@ -433,11 +434,13 @@ pub struct ServeArgs {
     )]
     pub max_subscriptions_total: usize,
     /// Bound on one connection's queued outbound message bytes.
-    #[arg(long, env = "COREBUS_OUTBOX_LIMIT", default_value_t = 8 << 20)]
+    #[arg(long, env = "COREBUS_OUTBOX_LIMIT", default_value_t = 8 << 20,
+          value_parser = bytes_in::<usize>(0, u64::MAX))]
     pub outbox_limit: usize,
     /// The same bound for a link from another node of the cluster (it
     /// carries all of that node's subscriptions to this node's topics).
-    #[arg(long, env = "COREBUS_CLUSTER_LINK_OUTBOX_LIMIT", default_value_t = 64 << 20)]
+    #[arg(long, env = "COREBUS_CLUSTER_LINK_OUTBOX_LIMIT", default_value_t = 64 << 20,
+          value_parser = bytes_in::<usize>(0, u64::MAX))]
     pub cluster_link_outbox_limit: usize,
     /// What happens to a connection whose outbound queue is full: `drop`
     /// messages and report each loss with a discontinuity, or `disconnect`.
@@ -447,14 +450,15 @@ pub struct ServeArgs {
     #[arg(long, env = "COREBUS_RING_MESSAGES", default_value_t = 1024)]
     pub ring_messages: usize,
     /// Payload bytes kept per topic for replay on resume.
-    #[arg(long, env = "COREBUS_RING_BYTES", default_value_t = 1 << 20)]
+    #[arg(long, env = "COREBUS_RING_BYTES", default_value_t = 1 << 20,
+          value_parser = bytes_in::<usize>(0, u64::MAX))]
     pub ring_bytes: usize,
     /// Memory for topic states and replay rings, all shards together (each
     /// shard gets an equal part). Over it, a shard evicts the least recently
     /// active topics nobody subscribes to, then shortens replay rings; a
     /// resume across either gets a gap report. At least 16 MiB.
     #[arg(long, env = "COREBUS_TOPIC_MEMORY", default_value_t = 1 << 30,
-          value_parser = parse_topic_memory)]
+          value_parser = bytes_in::<u64>(MIN_TOPIC_MEMORY, u64::MAX))]
     pub topic_memory: u64,
     /// Topic state with no subscribers and no publishes for this long is
     /// evicted; its next use starts a new epoch (e.g. 300s, 10m).
@@ -710,18 +714,36 @@ pub enum SlowConsumer {
 /// Least `topic_memory` accepted: 16 MiB.
 pub const MIN_TOPIC_MEMORY: u64 = 16 << 20;
 
-/// Parses `topic_memory`: a byte count of at least [`MIN_TOPIC_MEMORY`].
-pub fn parse_topic_memory(text: &str) -> Result<u64, String> {
-    let bytes: u64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a byte count (a whole number, e.g. 1073741824)"))?;
-    if bytes < MIN_TOPIC_MEMORY {
-        return Err(format!(
-            "{bytes} bytes is below the least accepted, {MIN_TOPIC_MEMORY} (16 MiB)"
-        ));
+/// Parses a size: a whole number of bytes (`1048576`), or a number with a
+/// unit (`64KiB`, `8MiB`, `1.5GiB`; `kB`, `MB` and `GB` are powers of ten),
+/// read by the `bytesize` crate.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    if let Ok(bytes) = text.parse::<u64>() {
+        return Ok(bytes);
     }
-    Ok(bytes)
+    text.parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|_| {
+            format!("{text:?} is not a size (bytes, such as 1048576, or 64KiB, 8MiB, 1GiB)")
+        })
+}
+
+/// A parser of sizes ([`parse_bytes`]) from `min` to `max` bytes, as `T`.
+pub fn bytes_in<T: TryFrom<u64>>(
+    min: u64,
+    max: u64,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {
+    move |text| {
+        let bytes = parse_bytes(text)?;
+        if !(min..=max).contains(&bytes) {
+            return Err(match max {
+                u64::MAX => format!("{bytes} bytes is below the least accepted, {min}"),
+                _ => format!("{bytes} is not in {min}..={max}"),
+            });
+        }
+        T::try_from(bytes).map_err(|_| format!("{bytes} bytes is more than this machine can hold"))
+    }
 }
 
 /// Like [`parse_duration`], refusing zero.
@@ -732,30 +754,15 @@ pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// Parses `250ms`, `15s`, `10m`, `2h` (a bare number means seconds).
+/// Parses a duration with the `humantime` crate: `250ms`, `15s`, `10m`,
+/// `2h`, `1h 30m`, `7days`; a bare number means seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 250ms, 15s, 10m or 2h"))?;
-    let millis = match unit {
-        "ms" => Some(value),
-        "" | "s" => value.checked_mul(1000),
-        "m" => value.checked_mul(60_000),
-        "h" => value.checked_mul(3_600_000),
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {text:?}; use ms, s, m or h"
-            ))
-        }
-    };
-    millis
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("{text:?} is too long"))
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text)
+        .map_err(|err| format!("{text:?} is not a duration like 250ms, 15s, 10m or 2h ({err})"))
 }
 
 /// Where `pub` and `sub` connect, and with which credentials.
@@ -863,12 +870,40 @@ mod tests {
     }
 
     #[test]
-    fn topic_memory_is_a_byte_count_of_at_least_16_mib() {
-        assert_eq!(parse_topic_memory("1073741824"), Ok(1 << 30));
-        assert_eq!(parse_topic_memory("16777216"), Ok(MIN_TOPIC_MEMORY));
-        let small = parse_topic_memory("16777215").expect_err("below the least");
-        assert!(small.contains("16777216 (16 MiB)"), "{small}");
-        assert!(parse_topic_memory("1G").is_err());
-        assert!(parse_topic_memory("-5").is_err());
+    fn durations_read_as_people_write_them() {
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("7days"), Ok(Duration::from_secs(7 * 86_400)));
+    }
+
+    #[test]
+    fn sizes_are_byte_counts_or_numbers_with_a_unit() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_bytes("8 MiB"), Ok(8 << 20));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("1.5KiB"), Ok(1536));
+        assert_eq!(parse_bytes("2MB"), Ok(2_000_000));
+        for bad in ["", "-5", "lots", "5 parsecs", "1.5.2MiB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn topic_memory_is_a_size_of_at_least_16_mib() {
+        let topic_memory = bytes_in::<u64>(MIN_TOPIC_MEMORY, u64::MAX);
+        assert_eq!(topic_memory("1073741824"), Ok(1 << 30));
+        assert_eq!(topic_memory("1GiB"), Ok(1 << 30));
+        assert_eq!(topic_memory("16MiB"), Ok(MIN_TOPIC_MEMORY));
+        let small = topic_memory("16777215").expect_err("below the least");
+        assert!(
+            small.contains("below the least accepted, 16777216"),
+            "{small}"
+        );
+        assert!(topic_memory("-5").is_err());
+        let frame = bytes_in::<u32>(64, 64 << 20);
+        assert_eq!(frame("1MiB"), Ok(1 << 20));
+        let large = frame("65MiB").expect_err("over the most");
+        assert_eq!(large, "68157440 is not in 64..=67108864");
     }
 }

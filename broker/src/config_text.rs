@@ -15,7 +15,8 @@ pub fn default_file() -> String {
          # and an environment variable (COREBUS_MAX_FRAME). A flag wins over the\n\
          # environment, the environment over this file, and this file over the\n\
          # built-in defaults, which are the values below. Durations are strings\n\
-         # with a unit: \"250ms\", \"15s\", \"10m\", \"2h\". Check a file with\n\
+         # with a unit: \"250ms\", \"15s\", \"10m\", \"1h 30m\". Sizes are bytes,\n\
+         # or strings with a unit: \"64KiB\", \"8MiB\", \"1GiB\". Check a file with\n\
          # `corebus config check FILE`; unknown keys and bad values are refused.\n",
     );
     let command = settings_command();

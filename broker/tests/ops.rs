@@ -501,3 +501,46 @@ fn under_a_service_manager_serve_says_ready_keeps_its_watchdog_fed_reloads_and_s
     assert!(child.wait().expect("exits").success());
     let _ = std::fs::remove_file(&path);
 }
+
+/// Sizes and durations with units, in the file, the environment and on the
+/// command line alike; a size is bytes to the broker (a payload over a
+/// `max_frame` of 9 KiB is refused).
+#[test]
+fn sizes_and_durations_take_units_everywhere() {
+    let file = TempFile::new(
+        "units.toml",
+        "topic_memory = \"2GiB\"\ntoken_max_lifetime = \"1h 30m\"\nmax_frame = \"9KiB\"\n",
+    );
+    let settings = effective(
+        &["--config", file.path(), "--outbox-limit", "4MiB"],
+        &[("COREBUS_RING_BYTES", "64KiB")],
+    );
+    assert_eq!(lookup(&settings, "topic_memory"), ("\"2GiB\"", file.path()));
+    assert_eq!(lookup(&settings, "token_max_lifetime").0, "\"1h 30m\"");
+    assert_eq!(
+        lookup(&settings, "outbox_limit"),
+        ("\"4MiB\"", "--outbox-limit")
+    );
+    assert_eq!(
+        lookup(&settings, "ring_bytes"),
+        ("\"64KiB\"", "COREBUS_RING_BYTES")
+    );
+
+    let (child, addr) = serve(&["--config", file.path(), "--max-hello-frame", "9KiB"]);
+    let publish = |payload: &str| {
+        corebus(&["pub", "ops", "units", payload, "--server", &addr], &[])
+            .output()
+            .expect("pub runs")
+    };
+    assert!(
+        publish(&"x".repeat(8192)).status.success(),
+        "8 KiB fit in 9 KiB"
+    );
+    let refused = publish(&"x".repeat(10240));
+    assert!(!refused.status.success(), "10 KiB do not fit in 9 KiB");
+    let err = text(&refused.stderr);
+    // The broker's WELCOME said 9216: the client reckons what fits after
+    // the frame's header.
+    assert!(err.contains("too large: at most 9199 bytes"), "{err}");
+    stop(child);
+}
