@@ -134,7 +134,7 @@ pub enum ClusterCommand {
     Status {
         /// Print one JSON object: {"node", "members": [{"node", "client",
         /// "state", "leaving"}], "control"} (the control plane, or null).
-        #[arg(long)]
+        #[arg(long, short = 'j')]
         json: bool,
         /// Node to ask.
         #[command(flatten)]
@@ -183,7 +183,7 @@ pub enum WebhookCommand {
     List {
         /// Print one JSON object per webhook (previous_secret_expires_ms as
         /// a decimal string).
-        #[arg(long)]
+        #[arg(long, short = 'j')]
         json: bool,
         /// Broker to connect to.
         #[command(flatten)]
@@ -768,18 +768,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Where `pub` and `sub` connect, and with which credentials.
 #[derive(Debug, Args)]
 pub struct ServerArg {
-    /// Broker address, or several, comma-separated (the nodes of a cluster):
-    /// each connection, and each reconnection, takes the first that answers.
-    #[arg(long, default_value = DEFAULT_ADDR)]
+    /// Broker address (HOST:PORT), or several, comma-separated (the nodes
+    /// of a cluster): each connection, and each reconnection, takes the
+    /// first that answers.
+    #[arg(long, short = 's', env = "COREBUS_SERVER", default_value = DEFAULT_ADDR)]
     pub server: String,
     /// A token to authenticate with (sent in the handshake only). Without
-    /// --token or --key, the COREBUS_CREDENTIALS environment variable is
-    /// used when set; prefer it, since arguments are visible in `ps`.
-    #[arg(long, value_name = "TOKEN", conflicts_with = "key")]
+    /// --token, --key or --key-file: the environment's COREBUS_TOKEN, then
+    /// COREBUS_KEY_FILE, then COREBUS_CREDENTIALS (a key or a token); prefer
+    /// those, since arguments are visible in `ps`.
+    #[arg(long, value_name = "TOKEN", conflicts_with_all = ["key", "key_file"])]
     pub token: Option<String>,
     /// An API key to authenticate with (see --token).
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", conflicts_with = "key_file")]
     pub key: Option<String>,
+    /// A file holding the API key to authenticate with (its first line).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<std::path::PathBuf>,
     /// Connect with TLS, verifying the broker against the system's roots.
     #[arg(long)]
     pub tls: bool,
@@ -818,7 +823,7 @@ pub struct SubArgs {
     /// Topic.
     pub topic: String,
     /// Exit after this many messages.
-    #[arg(long)]
+    #[arg(long, short = 'n')]
     pub count: Option<u64>,
     /// Start with the messages from this sequence number of the topic's
     /// current epoch, as far as the broker's replay buffer still holds them
@@ -828,7 +833,7 @@ pub struct SubArgs {
     /// Print each message as a JSON object with ns, topic, seq and payload
     /// (or payload_base64 when the payload is not UTF-8); seq, and the
     /// epoch and sequence numbers of a discontinuity, are decimal strings.
-    #[arg(long)]
+    #[arg(long, short = 'j')]
     pub json: bool,
     /// Broker to connect to.
     #[command(flatten)]

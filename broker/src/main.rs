@@ -46,7 +46,7 @@ fn main() -> ExitCode {
         Err(err) if stdio::stdout_closed(&err) => ExitCode::SUCCESS,
         Err(err) => {
             // `{:#}` prints the whole cause chain on one line.
-            stdio::note(format_args!("corebus: error: {err:#}"));
+            stdio::note(format_args!("corebus: error: {}", stdio::one_line(&err)));
             ExitCode::FAILURE
         }
     }
@@ -72,10 +72,11 @@ fn clap_exit(err: clap::Error) -> ExitCode {
         }
         _ => {}
     }
-    // One line, not clap's usage block.
+    // One line, not clap's usage block: its first line, the arguments it
+    // lists under it, and its suggestion.
     let text = err.to_string();
-    let first = text.lines().next().unwrap_or("invalid arguments");
-    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let first = one_line(&text);
+    let first = first.as_str();
     match env_origin(&err) {
         Some(var) => stdio::note(format_args!(
             "corebus: error: {first} (from the environment variable {var})"
@@ -83,6 +84,34 @@ fn clap_exit(err: clap::Error) -> ExitCode {
         None => stdio::note(format_args!("corebus: error: {first} (see corebus --help)")),
     }
     ExitCode::from(2)
+}
+
+/// clap's message on one line: the first line, then what it lists on the
+/// indented lines below it (`<NS>, <TOPIC>`), then its tip (`a similar
+/// subcommand exists: 'sub'`); the usage block is left out.
+fn one_line(text: &str) -> String {
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or("invalid arguments");
+    let mut line = first
+        .strip_prefix("error: ")
+        .unwrap_or(first)
+        .trim_end()
+        .to_string();
+    let mut listed = Vec::new();
+    for next in lines {
+        if let Some(tip) = next.trim_start().strip_prefix("tip: ") {
+            line.push_str(&format!("; {tip}"));
+        } else if next.starts_with("  ") && !next.trim().is_empty() {
+            listed.push(next.trim());
+        } else if next.starts_with("Usage:") {
+            break;
+        }
+    }
+    if !listed.is_empty() {
+        line.push(' ');
+        line.push_str(&listed.join(", "));
+    }
+    line
 }
 
 /// The environment variable a bad value came from, if it did: clap's message

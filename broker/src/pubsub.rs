@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use corebus_client::{
     Client, ClientConfig, Credentials, Error, Event, ResumeFrom, ServerAddr, TlsOptions, TlsRoots,
 };
@@ -14,17 +14,30 @@ use crate::output::{json_discontinuity, json_message};
 use crate::stdio;
 
 /// The credentials to send: `--token`, `--key`, or COREBUS_CREDENTIALS.
-fn credentials(server: &ServerArg) -> Option<Credentials> {
-    server
-        .token
-        .clone()
-        .or_else(|| server.key.clone())
-        .or_else(|| {
-            std::env::var("COREBUS_CREDENTIALS")
-                .ok()
-                .filter(|value| !value.is_empty())
-        })
-        .map(Credentials::new)
+/// The credentials to present: --token, --key or --key-file, else the
+/// environment's COREBUS_TOKEN, COREBUS_KEY_FILE, COREBUS_CREDENTIALS (the
+/// first set).
+fn credentials(server: &ServerArg) -> anyhow::Result<Option<Credentials>> {
+    let env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+    let from_file = |path: &std::path::Path| -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the key file {}", path.display()))?;
+        let key = text.lines().next().unwrap_or_default().trim();
+        anyhow::ensure!(!key.is_empty(), "the key file {} is empty", path.display());
+        Ok(key.to_string())
+    };
+    let secret = if let Some(secret) = server.token.clone().or_else(|| server.key.clone()) {
+        Some(secret)
+    } else if let Some(path) = &server.key_file {
+        Some(from_file(path)?)
+    } else if let Some(token) = env("COREBUS_TOKEN") {
+        Some(token)
+    } else if let Some(path) = env("COREBUS_KEY_FILE") {
+        Some(from_file(std::path::Path::new(&path)).context("COREBUS_KEY_FILE")?)
+    } else {
+        env("COREBUS_CREDENTIALS")
+    };
+    Ok(secret.map(Credentials::new))
 }
 
 pub(crate) async fn connect(server: &ServerArg, name: &str) -> anyhow::Result<Client> {
@@ -50,13 +63,16 @@ pub(crate) async fn connect(server: &ServerArg, name: &str) -> anyhow::Result<Cl
     };
     let config = ClientConfig {
         client_name: name.into(),
-        credentials: credentials(server),
+        credentials: credentials(server)?,
         tls,
         ..ClientConfig::default()
     };
     let addr = &server.server;
     let mut addrs = Vec::new();
     for name in &names {
+        if !has_port(name) {
+            bail!("--server {name}: expected HOST:PORT (the default port is 7400: {name}:7400)");
+        }
         match tokio::net::lookup_host(*name).await {
             Ok(resolved) => addrs.extend(resolved),
             Err(err) => bail!("--server {name}: {err}"),
@@ -205,4 +221,35 @@ pub async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
         "the subscription ended before {} messages",
         args.count.unwrap_or(received + 1)
     )
+}
+
+/// Whether `name` ends in `:PORT` (an IPv6 address in brackets: `[::1]:7400`).
+fn has_port(name: &str) -> bool {
+    name.rsplit_once(':').is_some_and(|(host, port)| {
+        !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')))
+    })
+}
+
+#[cfg(test)]
+mod server_tests {
+    use super::has_port;
+
+    #[test]
+    fn a_server_names_its_port() {
+        for with in ["127.0.0.1:7400", "broker.example:1", "[::1]:7400"] {
+            assert!(has_port(with), "{with}");
+        }
+        for without in [
+            "127.0.0.1",
+            "broker.example",
+            "::1",
+            "[::1]",
+            "host:",
+            "host:x",
+        ] {
+            assert!(!has_port(without), "{without}");
+        }
+    }
 }

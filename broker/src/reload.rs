@@ -174,7 +174,7 @@ impl Reloader {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 self.stats.last_ok.store(0, Ordering::Relaxed);
                 warn!(
-                    error = format!("{err:#}"),
+                    error = crate::stdio::one_line(&err),
                     "configuration reload refused: nothing changed"
                 );
             }

@@ -87,3 +87,42 @@ mod tests {
         assert!(format!("{full:#}").starts_with("writing to standard output: "));
     }
 }
+
+/// `err` and its causes on one line, each cause once: many error types
+/// (the standard library's, and ours that wrap one) print their cause in
+/// their own message too, which `{:#}` would repeat ("Address already in
+/// use: Address already in use").
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
+#[cfg(test)]
+mod one_line_tests {
+    use super::one_line;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let said = io.to_string();
+        let err = anyhow::Error::new(io)
+            .context(format!("cannot listen on 127.0.0.1:7400: {said}"))
+            .context("starting the broker");
+        assert_eq!(
+            one_line(&err),
+            format!("starting the broker: cannot listen on 127.0.0.1:7400: {said}")
+        );
+        let plain = anyhow::anyhow!("root").context("outer");
+        assert_eq!(one_line(&plain), "outer: root");
+    }
+}

@@ -611,3 +611,139 @@ fn completions_and_manual_pages_cover_every_subcommand_and_flag() {
     assert_eq!(listed.lines().count(), expected.len(), "{listed}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The CLI's errors say each cause once, on one line, with what is missing
+/// and clap's suggestion.
+#[test]
+fn errors_are_one_line_each_cause_once_with_suggestions() {
+    let error = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().expect("runs");
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+        err
+    };
+    let err = error(&["su"]);
+    assert!(err.contains("a similar subcommand exists: 'sub'"), "{err}");
+    let err = error(&["pub", "--sever", "x", "ns", "t", "m"]);
+    assert!(
+        err.contains("a similar argument exists: '--server'"),
+        "{err}"
+    );
+    let err = error(&["pub"]);
+    assert!(
+        err.contains("<NAMESPACE>, <TOPIC>"),
+        "the missing ones are named: {err}"
+    );
+    let err = error(&["pub", "--server", "127.0.0.1", "ns", "t", "m"]);
+    assert!(
+        err.contains("--server 127.0.0.1: expected HOST:PORT"),
+        "{err}"
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    let addr = taken.local_addr().expect("address").to_string();
+    let err = error(&["serve", "--listen", &addr, "--log-level", "error"]);
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+}
+
+/// `-s`/COREBUS_SERVER say where, and --key-file, COREBUS_KEY_FILE and
+/// COREBUS_TOKEN who: the common options of every client command without
+/// a secret on the command line.
+#[test]
+fn the_server_and_credentials_come_from_short_flags_files_and_the_environment() {
+    let key = "cbk_cli_test_key";
+    let config = TempFile::new(
+        "cli-auth.toml",
+        &format!(
+            "token_secret = \"cli-test-token-secret-0123456789abcdef\"\n\
+             [[keys]]\nname = \"cli\"\nsha256 = \"{}\"\nsuperuser = true\n",
+            corebus::auth::key_hash_hex(key)
+        ),
+    );
+    let broker = Serve::start(&["--config", config.path()]);
+    let key_file = TempFile::new("cli.key", &format!("{key}\n"));
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = Command::new(BIN);
+        command.args(args);
+        for var in [
+            "COREBUS_SERVER",
+            "COREBUS_TOKEN",
+            "COREBUS_KEY_FILE",
+            "COREBUS_CREDENTIALS",
+        ] {
+            command.env_remove(var);
+        }
+        command.envs(env.iter().copied());
+        let out = command.output().expect("runs");
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let addr = broker.addr.as_str();
+    let (ok, seq, err) = run(
+        &[
+            "pub",
+            "-s",
+            addr,
+            "--key-file",
+            key_file.path(),
+            "ns",
+            "t",
+            "one",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(seq.trim(), "1");
+    let (ok, seq, err) = run(
+        &["pub", "ns", "t", "two"],
+        &[
+            ("COREBUS_SERVER", addr),
+            ("COREBUS_KEY_FILE", key_file.path()),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(seq.trim(), "2");
+    let (ok, _, err) = run(&["pub", "-s", addr, "ns", "t", "three"], &[]);
+    assert!(!ok, "no credentials, refused");
+    assert!(err.contains("unauthorized"), "{err}");
+    // A token signed with the broker's secret, given in COREBUS_TOKEN.
+    let mint = [
+        "token",
+        "mint",
+        "--config",
+        config.path(),
+        "--ns",
+        "ns",
+        "--topic",
+        "t",
+        "--publish",
+        "--ttl",
+        "60s",
+    ];
+    let (ok, token, err) = run(&mint, &[]);
+    assert!(ok, "{err}");
+    let (ok, seq, err) = run(
+        &["pub", "-s", addr, "ns", "t", "four"],
+        &[("COREBUS_TOKEN", token.trim())],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(seq.trim(), "3");
+    let (ok, _, err) = run(
+        &[
+            "pub",
+            "-s",
+            addr,
+            "--key-file",
+            "/nonexistent/key",
+            "ns",
+            "t",
+            "x",
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("cannot read the key file /nonexistent/key"),
+        "{err}"
+    );
+}
