@@ -235,13 +235,7 @@ impl Reloader {
                 "these settings changed but need a restart; they keep their running values"
             );
         }
-        let changed: Vec<String> = fresh
-            .settings
-            .iter()
-            .zip(&self.current.settings)
-            .filter(|(new, old)| new.value != old.value && RELOADABLE.contains(&new.key.as_str()))
-            .map(|(new, _)| new.key.clone())
-            .collect();
+        let changed = changed_settings(&self.current, &fresh, true);
         // What runs now: the running values of what needs a restart stay,
         // so that the next reload (and the cluster's comparison) sees them.
         let mut applied = fresh;
@@ -263,17 +257,24 @@ impl Reloader {
 /// The settings (and `[[webhooks]]`) that differ between `old` and `new`
 /// and that a reload cannot apply.
 fn restart_only_changes(old: &Resolved, new: &Resolved) -> Vec<String> {
-    let mut changed: Vec<String> = new
-        .settings
-        .iter()
-        .zip(&old.settings)
-        .filter(|(new, old)| new.value != old.value && !RELOADABLE.contains(&new.key.as_str()))
-        .map(|(new, _)| new.key.clone())
-        .collect();
+    let mut changed = changed_settings(old, new, false);
     if old.configured_webhooks() != new.configured_webhooks() {
         changed.push("webhooks ([[webhooks]])".into());
     }
     changed
+}
+
+/// The settings whose values differ between `old` and `new`: those a
+/// reload applies, or (`reloadable` false) those it cannot.
+fn changed_settings(old: &Resolved, new: &Resolved, reloadable: bool) -> Vec<String> {
+    new.settings
+        .iter()
+        .zip(&old.settings)
+        .filter(|(new, old)| {
+            new.value != old.value && RELOADABLE.contains(&new.key.as_str()) == reloadable
+        })
+        .map(|(new, _)| new.key.clone())
+        .collect()
 }
 
 /// Puts `old`'s values back into `applied` for the settings a reload
