@@ -327,6 +327,11 @@ pub struct ServeCommand {
 /// provide depends on them (the shard count sets the locked memory needed).
 #[derive(Debug, Args)]
 pub struct DoctorCommand {
+    /// Print one JSON object, for monitoring: {"ok": bool, "checks":
+    /// [{"name", "status" ("ok", "warn" or "fail"), "detail", "fix" (or
+    /// null)}]}; the exit status is the same.
+    #[arg(long, short = 'j')]
+    pub json: bool,
     /// The configuration file, if any.
     #[command(flatten)]
     pub file: ConfigFileArg,

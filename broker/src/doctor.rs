@@ -93,7 +93,10 @@ impl Check {
 pub fn main(command: DoctorCommand, matches: &ArgMatches) -> anyhow::Result<()> {
     let resolved = config::resolve(command.file.config.as_deref(), matches)?;
     let checks = check_host(resolved.args.shards);
-    let printed = crate::stdio::print(&report(&checks));
+    let printed = match command.json {
+        true => crate::stdio::line(json_report(&checks)),
+        false => crate::stdio::print(&report(&checks)),
+    };
     let failed = checks
         .iter()
         .filter(|check| check.status == Status::Fail)
@@ -117,6 +120,23 @@ pub fn check_host(shards: Shards) -> Vec<Check> {
         check_nofile(),
         check_cpus(&cpus, shard_count),
     ]
+}
+
+/// `corebus doctor --json`: every check, and whether none failed.
+pub fn json_report(checks: &[Check]) -> serde_json::Value {
+    let checks: Vec<serde_json::Value> = checks
+        .iter()
+        .map(|check| {
+            serde_json::json!({
+                "name": check.name,
+                "status": check.status.label().to_ascii_lowercase(),
+                "detail": check.detail,
+                "fix": check.fix,
+            })
+        })
+        .collect();
+    let ok = checks.iter().all(|check| check["status"] != "fail");
+    serde_json::json!({ "ok": ok, "checks": checks })
 }
 
 /// The report `corebus doctor` prints: one line per check, its fix indented

@@ -301,6 +301,17 @@ fn doctor_passes_here_and_prints_every_check() {
         .filter(|line| line.trim_start().starts_with("fix: "))
         .count();
     assert_eq!(warnings, fixes, "{report}");
+    let json = output(corebus(&["doctor", "-j"], &[]));
+    assert!(json.status.success());
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("one JSON object");
+    assert_eq!(value["ok"], true);
+    let names: Vec<&str> = value["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .map(|check| check["name"].as_str().expect("a name"))
+        .collect();
+    assert_eq!(names, ["kernel", "io_uring", "memlock", "nofile", "cpus"]);
 }
 
 #[test]
@@ -326,6 +337,22 @@ fn doctor_and_serve_refuse_a_low_memlock_limit_with_the_same_fix() {
     assert_eq!(doctor.status.code(), Some(1), "{report}");
     assert!(report.contains("FAIL  memlock"), "{report}");
     assert!(report.contains("LimitMEMLOCK=infinity"), "{report}");
+    // The same for a monitoring system: one JSON object, the same exit.
+    let json = low(corebus(&["doctor", "--json", "--shards", "2"], &[]));
+    assert_eq!(json.status.code(), Some(1));
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("one JSON object");
+    assert_eq!(value["ok"], false);
+    let memlock = value["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|check| check["name"] == "memlock")
+        .expect("a memlock check");
+    assert_eq!(memlock["status"], "fail");
+    assert!(memlock["fix"]
+        .as_str()
+        .expect("a fix")
+        .contains("LimitMEMLOCK=infinity"));
 
     let serve = low(corebus(
         &["serve", "--listen", "127.0.0.1:0", "--shards", "2"],
