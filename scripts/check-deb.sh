@@ -67,8 +67,9 @@ id corebus >/dev/null || fail "no corebus user after the installation"
 /usr/bin/corebus config check /etc/corebus/corebus.toml
 # The service's command, as its user, with its configuration (on port 0).
 out=$(mktemp)
-# setpriv execs it (no process in between to take the signal).
-setpriv --reuid=corebus --regid=corebus --init-groups \
+# setpriv execs it (no process in between to take the signal); systemd
+# would pass the unit's StateDirectory= as STATE_DIRECTORY.
+STATE_DIRECTORY=/var/lib/corebus setpriv --reuid=corebus --regid=corebus --init-groups \
     /usr/bin/corebus serve --config /etc/corebus/corebus.toml --listen 127.0.0.1:0 >"$out" 2>&1 &
 broker=$!
 for _ in $(seq 100); do

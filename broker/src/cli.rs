@@ -554,8 +554,11 @@ pub struct ServeArgs {
     #[arg(long, env = "COREBUS_SHUTDOWN_DEADLINE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_deadline: Duration,
     /// Directory for state the broker writes: webhooks added at run time
-    /// (webhooks.json, owner-only). Created when first needed.
-    #[arg(long, env = "COREBUS_DATA_DIR", default_value = "/var/lib/corebus")]
+    /// (webhooks.json, owner-only) and a cluster member's control log.
+    /// Created when first needed. `auto`: systemd's state directory
+    /// ($STATE_DIRECTORY: /var/lib/corebus with the shipped unit), else the
+    /// user's ($XDG_STATE_HOME/corebus or ~/.local/state/corebus).
+    #[arg(long, env = "COREBUS_DATA_DIR", default_value = "auto", value_parser = parse_data_dir)]
     pub data_dir: PathBuf,
     /// Hosts webhooks may post to, comma-separated: names, IP addresses, or
     /// `*.domain` for any subdomain. Empty: any host. Registrations outside
@@ -719,6 +722,35 @@ pub enum SlowConsumer {
 /// Least `topic_memory` accepted: 16 MiB.
 pub const MIN_TOPIC_MEMORY: u64 = 16 << 20;
 
+/// Parses `data_dir`: a directory, or `auto` (see [`ServeArgs::data_dir`]),
+/// resolved here from the environment.
+pub fn parse_data_dir(text: &str) -> Result<PathBuf, String> {
+    if text != "auto" {
+        return Ok(PathBuf::from(text));
+    }
+    let var = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty());
+    // systemd sets it for StateDirectory= (a colon-separated list).
+    if let Some(state) = var("STATE_DIRECTORY") {
+        let state = state.to_string_lossy().into_owned();
+        if let Some(first) = state.split(':').next().filter(|dir| !dir.is_empty()) {
+            return Ok(PathBuf::from(first));
+        }
+    }
+    if let Some(xdg) = var("XDG_STATE_HOME").map(PathBuf::from) {
+        if xdg.is_absolute() {
+            return Ok(xdg.join("corebus"));
+        }
+    }
+    match var("HOME") {
+        Some(home) => Ok(PathBuf::from(home).join(".local/state/corebus")),
+        None => Err(
+            "data_dir = auto, but there is no $STATE_DIRECTORY, $XDG_STATE_HOME or $HOME: \
+             set data_dir"
+                .into(),
+        ),
+    }
+}
+
 /// Parses a size: a whole number of bytes (`1048576`), or a number with a
 /// unit (`64KiB`, `8MiB`, `1.5GiB`; `kB`, `MB` and `GB` are powers of ten),
 /// read by the `bytesize` crate.
@@ -877,6 +909,18 @@ mod tests {
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("99999999999999999999h").is_err());
+    }
+
+    #[test]
+    fn data_dir_is_a_directory_or_auto() {
+        assert_eq!(
+            parse_data_dir("/srv/corebus"),
+            Ok(PathBuf::from("/srv/corebus"))
+        );
+        // `auto` reads the environment of this test process: whichever it
+        // finds, it is an absolute directory named for corebus.
+        let auto = parse_data_dir("auto").expect("HOME is set under cargo");
+        assert!(auto.is_absolute(), "{}", auto.display());
     }
 
     #[test]

@@ -498,6 +498,7 @@ pub fn run(resolved: Resolved, file: Option<PathBuf>, matches: ArgMatches) -> an
         }
     }
     let mut config = server_config(args)?;
+    debug!(data_dir = %args.data_dir.display(), "state directory");
     resolved.check_secret_files()?;
     // Credentials and the certificate are replaced by a reload.
     let auth = Arc::new(SwappableAuth::new(authenticator(args, &resolved.auth)?));

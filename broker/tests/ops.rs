@@ -571,3 +571,57 @@ fn sizes_and_durations_take_units_everywhere() {
     assert!(err.contains("too large: at most 9199 bytes"), "{err}");
     stop(child);
 }
+
+/// `data_dir = auto` (the default): systemd's state directory when it set
+/// one, else the user's XDG state directory; a development run writes
+/// nothing under /var/lib.
+#[test]
+fn the_default_data_dir_is_systemds_state_directory_or_the_users() {
+    let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("data-dir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let (state, xdg) = (base.join("state"), base.join("xdg"));
+    for (env, expected) in [
+        (("STATE_DIRECTORY", &state), state.join("webhooks.json")),
+        (("XDG_STATE_HOME", &xdg), xdg.join("corebus/webhooks.json")),
+    ] {
+        let value = env.1.to_str().expect("UTF-8");
+        let mut child = corebus(
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--webhook-allow-networks",
+                "127.0.0.0/8",
+            ],
+            &[],
+        )
+        .env_remove("STATE_DIRECTORY")
+        .env_remove("XDG_STATE_HOME")
+        .env(env.0, value)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+        let addr = common::read_address(&mut child);
+        let added = output(corebus(
+            &[
+                "webhook",
+                "add",
+                "--url",
+                "http://127.0.0.1:9/in",
+                "--ns",
+                "ops",
+                "--topic",
+                "t",
+                "-s",
+                &addr,
+            ],
+            &[],
+        ));
+        assert!(added.status.success(), "{}", text(&added.stderr));
+        assert!(expected.is_file(), "{} with {}", expected.display(), env.0);
+        stop(child);
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}
