@@ -271,6 +271,10 @@ mod tests {
             epoch: 1,
             seq,
             payload: Bytes::new(),
+            name: std::sync::Arc::new(crate::subscription::TopicName {
+                namespace: "ns".into(),
+                topic: "t".into(),
+            }),
         })
     }
 

@@ -23,6 +23,50 @@ pub struct Message {
     /// copy); holding it keeps that buffer chunk alive, so copy payloads that
     /// are kept for long.
     pub payload: Bytes,
+    /// The namespace and topic, shared by every message of the
+    /// subscription.
+    pub(crate) name: Arc<TopicName>,
+}
+
+/// A subscription's namespace and topic.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct TopicName {
+    pub(crate) namespace: Box<str>,
+    pub(crate) topic: Box<str>,
+}
+
+impl Message {
+    /// The namespace the message was published to.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr().to_string();
+    /// let client = corebus_client::Client::connect(addr.as_str()).await?;
+    /// let mut orders = client.subscribe("shop", "orders").await?;
+    /// client.publish("shop", "orders", "one").await?;
+    /// let message = orders.next_message().await.expect("open")?;
+    /// assert_eq!(message.namespace(), "shop");
+    /// assert_eq!(message.topic(), "orders");
+    /// assert_eq!(message.seq, 1);
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn namespace(&self) -> &str {
+        &self.name.namespace
+    }
+
+    /// The topic the message was published to (see
+    /// [`Message::namespace`] for an example).
+    pub fn topic(&self) -> &str {
+        &self.name.topic
+    }
 }
 
 /// Messages of a subscription were lost.

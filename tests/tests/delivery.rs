@@ -9,21 +9,33 @@ use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Receives `count` messages and checks they continue `after` with no gap.
-async fn expect_consecutive(sub: &mut Subscription, after: u64, count: u64) -> Vec<bytes::Bytes> {
-    let mut payloads = Vec::with_capacity(count as usize);
-    let mut expected = after + 1;
-    while expected <= after + count {
+/// Receives `count` messages and checks they continue `after` with no gap;
+/// returns them.
+async fn expect_messages(
+    sub: &mut Subscription,
+    after: u64,
+    count: u64,
+) -> Vec<corebus_client::Message> {
+    let mut messages = Vec::with_capacity(count as usize);
+    for expected in after + 1..=after + count {
         let message = timeout(WAIT, sub.next_message())
             .await
             .expect("message within the deadline")
             .expect("stream still open")
             .expect("no error");
         assert_eq!(message.seq, expected, "gap or duplicate");
-        payloads.push(message.payload);
-        expected += 1;
+        messages.push(message);
     }
-    payloads
+    messages
+}
+
+/// Receives `count` messages and checks they continue `after` with no gap.
+async fn expect_consecutive(sub: &mut Subscription, after: u64, count: u64) -> Vec<bytes::Bytes> {
+    let messages = expect_messages(sub, after, count).await;
+    messages
+        .into_iter()
+        .map(|message| message.payload)
+        .collect()
 }
 
 /// A 4-shard broker with a topic owned by shard 3, subscribed to from shard
@@ -179,9 +191,12 @@ async fn many_topics_keep_independent_sequences() {
         }
     }
     for (t, sub) in subs.iter_mut().enumerate() {
-        let payloads = expect_consecutive(sub, 0, 50).await;
-        for (round, payload) in payloads.iter().enumerate() {
-            assert_eq!(&payload[..], format!("{t}:{round}").as_bytes());
+        let messages = expect_messages(sub, 0, 50).await;
+        for (round, message) in messages.iter().enumerate() {
+            assert_eq!(&message.payload[..], format!("{t}:{round}").as_bytes());
+            // Each message names its own topic, on one connection of twenty.
+            assert_eq!(message.namespace(), "test");
+            assert_eq!(message.topic(), format!("topic-{t}"));
         }
     }
 }

@@ -294,8 +294,10 @@ impl Shared {
             let sub_id = st.alloc_sub();
             let route = Route {
                 tx: Some(tx),
-                namespace: namespace.into(),
-                topic: topic.into(),
+                name: std::sync::Arc::new(crate::subscription::TopicName {
+                    namespace: namespace.into(),
+                    topic: topic.into(),
+                }),
                 cursor: Cursor::Subscribing { resume },
             };
             st.subscribe(sub_id, route, resume, Pending::Subscribe { answer, sub_id });

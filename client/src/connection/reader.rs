@@ -104,12 +104,13 @@ impl Step {
         }
     }
 
-    fn into_event(self) -> Event {
+    fn into_event(self, name: &std::sync::Arc<crate::subscription::TopicName>) -> Event {
         match self {
             Step::Message(message) => Event::Message(Message {
                 epoch: message.epoch,
                 seq: message.seq,
                 payload: message.payload,
+                name: name.clone(),
             }),
             Step::Gap(gap) => Event::Discontinuity(Discontinuity {
                 epoch: gap.epoch,
@@ -375,7 +376,7 @@ fn hand_over(st: &mut State, steps: &mut VecDeque<Step>) -> Result<Option<Blocke
         for taken in 1..=run {
             let Some(step) = steps.pop_front() else { break };
             let cursor = step.advance(route.cursor).map_err(protocol_violation)?;
-            match queue.push(step.into_event()) {
+            match queue.push(step.into_event(&route.name)) {
                 Ok(()) => route.cursor = cursor,
                 // The subscription was dropped (its Drop unsubscribes): the
                 // rest of its run goes too.

@@ -239,8 +239,8 @@ impl Cursor {
 pub(crate) struct Route {
     /// `None` once `UNSUBSCRIBE` was sent: messages until `UNSUB_OK` are dropped.
     pub(crate) tx: Option<crate::queue::Sender>,
-    pub(crate) namespace: Box<str>,
-    pub(crate) topic: Box<str>,
+    /// The namespace and topic, which every message of it carries.
+    pub(crate) name: std::sync::Arc<crate::subscription::TopicName>,
     /// Advanced only once an item is in the subscription's channel, so that a
     /// resume point never skips an item the application has not got.
     pub(crate) cursor: Cursor,
@@ -399,8 +399,8 @@ impl State {
             request_id,
             sub_id,
             resume,
-            route.namespace.as_bytes(),
-            route.topic.as_bytes(),
+            route.name.namespace.as_bytes(),
+            route.name.topic.as_bytes(),
         );
         self.routes.insert(sub_id, route);
         self.pending.insert(request_id, request);
@@ -486,8 +486,8 @@ impl State {
                     request_id,
                     sub_id,
                     resume,
-                    route.namespace.as_bytes(),
-                    route.topic.as_bytes(),
+                    route.name.namespace.as_bytes(),
+                    route.name.topic.as_bytes(),
                 );
             }
             self.pending
