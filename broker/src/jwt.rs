@@ -1,15 +1,18 @@
-//! HS256 JSON Web Tokens (RFC 7519), the subset corebus needs: compact
-//! serialization, HMAC-SHA256 signatures, and base64url without padding.
+//! HS256 JSON Web Tokens (RFC 7519): signatures and their checks by the
+//! `jsonwebtoken` crate (ring's HMAC-SHA256, compared in constant time),
+//! with corebus's own rules on top.
 //!
-//! Verification checks the signature before it parses the payload, so an
-//! attacker's JSON never reaches the claims parser unless it was signed with
-//! one of our secrets. Only `HS256` is accepted: a token naming any other
-//! algorithm (`none` included) is refused before any MAC is computed.
+//! The signature is checked before the payload is parsed, so an attacker's
+//! JSON never reaches the claims parser unless it was signed with one of our
+//! secrets. Only `HS256` is accepted: a token naming any other algorithm
+//! (`none` included) is refused before any MAC is computed. corebus also
+//! refuses what the crate lets through: a header with `crit` extensions
+//! (RFC 7515 §4.1.11), duplicate keys anywhere in the header or the payload
+//! (two `exp` claims must not mean whichever one a reader keeps), and tokens
+//! longer than [`MAX_TOKEN_LEN`]. Expiry and the claims are the caller's
+//! (`auth.rs`).
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
-type HmacSha256 = Hmac<Sha256>;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
 
 /// The only header corebus writes.
 const HEADER_JSON: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
@@ -32,14 +35,20 @@ pub enum JwtError {
     BadSignature,
 }
 
-/// Signs `payload_json` with `secret`: `header.payload.signature`.
+/// Signs `payload_json` with `secret`: `header.payload.signature`. The
+/// payload's text is signed as given.
 pub fn encode(payload_json: &str, secret: &[u8]) -> String {
     let mut token = base64url_encode(HEADER_JSON.as_bytes());
     token.push('.');
     token.push_str(&base64url_encode(payload_json.as_bytes()));
-    let signature = mac(secret, token.as_bytes()).finalize().into_bytes();
+    let signature = jsonwebtoken::crypto::sign(
+        token.as_bytes(),
+        &EncodingKey::from_secret(secret),
+        Algorithm::HS256,
+    )
+    .expect("HMAC signing takes any key and cannot fail");
     token.push('.');
-    token.push_str(&base64url_encode(&signature));
+    token.push_str(&signature);
     token
 }
 
@@ -56,15 +65,19 @@ pub fn verify<'s>(
             token.len()
         )));
     }
-    let mut parts = token.split(|byte| *byte == b'.');
-    let (Some(header_part), Some(payload), Some(signature), None) =
+    let token = std::str::from_utf8(token)
+        .map_err(|_| JwtError::Malformed("the token is not text".into()))?;
+    let mut parts = token.split('.');
+    let (Some(header_part), Some(_payload), Some(_signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(JwtError::Malformed(
             "expected three dot-separated parts".into(),
         ));
     };
-    let header = json_object(header_part, "header")?;
+    // The header by our rules first: jsonwebtoken reads it into a struct,
+    // which lets `crit` and duplicate keys through.
+    let header = json_object(header_part.as_bytes(), "header")?;
     match header.get("alg") {
         Some(serde_json::Value::String(alg)) if alg == "HS256" => {}
         Some(serde_json::Value::String(alg)) => return Err(JwtError::Algorithm(alg.clone())),
@@ -77,25 +90,43 @@ pub fn verify<'s>(
             "the header has `crit` extensions".into(),
         ));
     }
-    let signature = base64url_decode(signature)
-        .map_err(|reason| JwtError::Malformed(format!("signature: {reason}")))?;
-    let signed = &token[..header_part.len() + 1 + payload.len()];
-    // `verify_slice` compares in constant time; every secret is tried so
-    // that the time taken does not say which one matched.
-    let mut valid = false;
+    let mut validation = Validation::new(Algorithm::HS256);
+    // Expiry and the other claims are the caller's, with its own clock.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    // Every secret is tried, so that the time taken does not say which one
+    // matched; the signature is checked before the payload is parsed.
+    let mut outcome = Err(JwtError::BadSignature);
     for secret in secrets {
-        valid |= mac(secret, signed).verify_slice(&signature).is_ok();
+        let decoded =
+            jsonwebtoken::decode::<Strict>(token, &DecodingKey::from_secret(secret), &validation);
+        let signed = match decoded {
+            Ok(data) => match data.claims {
+                Strict(serde_json::Value::Object(object)) => Ok(object),
+                Strict(_) => Err(JwtError::Malformed("payload: not a JSON object".into())),
+            },
+            Err(err) => Err(refusal(&err)),
+        };
+        if matches!(outcome, Err(JwtError::BadSignature)) {
+            outcome = signed;
+        }
     }
-    if !valid {
-        return Err(JwtError::BadSignature);
-    }
-    json_object(payload, "payload")
+    outcome
 }
 
-fn mac(secret: &[u8], data: &[u8]) -> HmacSha256 {
-    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");
-    mac.update(data);
-    mac
+/// What a failed decode means: [`JwtError::BadSignature`] when the
+/// signature did not match (another secret may still).
+fn refusal(err: &jsonwebtoken::errors::Error) -> JwtError {
+    use jsonwebtoken::errors::ErrorKind;
+    match err.kind() {
+        ErrorKind::InvalidSignature => JwtError::BadSignature,
+        ErrorKind::Json(err) => JwtError::Malformed(format!("payload: {err}")),
+        ErrorKind::Base64(err) => JwtError::Malformed(format!("base64url: {err}")),
+        ErrorKind::Utf8(err) => JwtError::Malformed(format!("not UTF-8: {err}")),
+        other => JwtError::Malformed(format!("{other:?}")),
+    }
 }
 
 fn json_object(
@@ -198,8 +229,17 @@ pub fn base64url_decode(text: &[u8]) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hmac::Mac;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    /// HMAC-SHA256 computed apart from the code under test, for tokens it
+    /// would not make.
+    fn mac(secret: &[u8], data: &[u8]) -> hmac::Hmac<sha2::Sha256> {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("any key length");
+        mac.update(data);
+        mac
+    }
 
     fn part(json: &str) -> String {
         base64url_encode(json.as_bytes())
@@ -333,7 +373,6 @@ mod tests {
             "a.b.c.d".to_string(),
             signed("not*base64"),
             signed(&part("{")),
-            format!("{header}.e30.c2ln="),
             format!("{}.e30.c2ln", part("not json")),
             format!("{}.e30.c2ln", part("[1,2]")),
             "x".repeat(MAX_TOKEN_LEN + 1),
@@ -347,6 +386,13 @@ mod tests {
                 "{token:.40}"
             );
         }
+        // A padded signature is not the one the secret makes (jsonwebtoken
+        // compares the signatures' text, in constant time).
+        let padded = format!("{header}.e30.c2ln=");
+        assert_eq!(
+            verify(padded.as_bytes(), [SECRET]),
+            Err(JwtError::BadSignature)
+        );
         // A signed payload that is not an object is refused too.
         let signed_array = encode("[1]", SECRET);
         assert!(matches!(
