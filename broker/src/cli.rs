@@ -833,13 +833,14 @@ pub struct ServerArg {
 
 /// `corebus pub`.
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("body").required(true).args(["message", "stdin", "file"])))]
 pub struct PubArgs {
     /// Namespace.
     pub namespace: String,
     /// Topic.
     pub topic: String,
-    /// The message; omit it with --stdin.
-    #[arg(required_unless_present = "stdin", conflicts_with = "stdin")]
+    /// The message (or --stdin, or --file). With --count, `{{n}}` in it
+    /// becomes each message's number (1, 2, ...).
     pub message: Option<String>,
     /// Publish each line of standard input as one message, in order: its
     /// bytes as read (any bytes, not only UTF-8), without the line's LF or
@@ -847,6 +848,20 @@ pub struct PubArgs {
     /// counted.
     #[arg(long)]
     pub stdin: bool,
+    /// With --stdin: all of standard input is one message, bytes as read.
+    #[arg(long, requires = "stdin")]
+    pub raw: bool,
+    /// Publish this file's bytes as one message.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// Publish the message (or the file, or raw standard input) this many
+    /// times, pipelined; prints the last sequence number.
+    #[arg(long, short = 'n', default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: u64,
+    /// Print one JSON object per message published: {"ns", "topic", "seq"}
+    /// (seq a decimal string), instead of the sequence number or summary.
+    #[arg(long, short = 'j')]
+    pub json: bool,
     /// Broker to connect to.
     #[command(flatten)]
     pub server: ServerArg,

@@ -94,20 +94,130 @@ pub(crate) async fn connect(server: &ServerArg, name: &str) -> anyhow::Result<Cl
 
 /// Publishes one message or every stdin line; prints sequence numbers.
 pub async fn publish(args: PubArgs) -> anyhow::Result<()> {
-    let client = connect(&args.server, "corebus-cli-pub").await?;
-    if let Some(message) = args.message {
-        let seq = client
-            .publish(&args.namespace, &args.topic, message.into_bytes())
-            .await?;
-        stdio::line(seq)?;
-        client.close().await?;
-        return Ok(());
+    if args.stdin && !args.raw && args.count > 1 {
+        bail!("--count repeats a message, a --file or --stdin --raw, not each line of --stdin");
     }
+    // The whole body first: a file that cannot be read publishes nothing.
+    let body = match (&args.message, &args.file, args.raw) {
+        (Some(message), ..) => Some(Body::Template(message.clone())),
+        (None, Some(path), _) => {
+            Some(Body::Bytes(std::fs::read(path).with_context(|| {
+                format!("cannot read {}", path.display())
+            })?))
+        }
+        (None, None, true) => {
+            let mut all = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut all)
+                .await
+                .context("reading stdin")?;
+            Some(Body::Bytes(all))
+        }
+        (None, None, false) => None,
+    };
+    let client = connect(&args.server, "corebus-cli-pub").await?;
+    let mut out = Published::new(&args);
+    let Some(body) = body else {
+        return publish_lines(client, &args, out).await;
+    };
+    let mut pending = VecDeque::new();
+    for n in 1..=args.count {
+        let payload = body.payload(n, args.count);
+        pending.push_back(
+            client
+                .start_publish(&args.namespace, &args.topic, payload)
+                .await?,
+        );
+        while pending.len() > 1024 {
+            if let Some(ack) = pending.pop_front() {
+                out.acked(ack.await?)?;
+            }
+        }
+    }
+    for ack in pending {
+        out.acked(ack.await?)?;
+    }
+    client.close().await?;
+    out.single_or_summary()
+}
+
+/// What `pub` publishes.
+enum Body {
+    /// The message argument: `{{n}}` becomes the message's number when
+    /// there are several.
+    Template(String),
+    /// A file's or standard input's bytes, as they are.
+    Bytes(Vec<u8>),
+}
+
+impl Body {
+    fn payload(&self, n: u64, count: u64) -> Vec<u8> {
+        match self {
+            Body::Template(text) if count > 1 => text.replace("{{n}}", &n.to_string()).into_bytes(),
+            Body::Template(text) => text.clone().into_bytes(),
+            Body::Bytes(bytes) => bytes.clone(),
+        }
+    }
+}
+
+/// What `pub` prints: a JSON line per message with --json; otherwise the
+/// sequence number of a single message, or a summary.
+struct Published<'a> {
+    args: &'a PubArgs,
+    count: u64,
+    last_seq: Option<u64>,
+}
+
+impl<'a> Published<'a> {
+    fn new(args: &'a PubArgs) -> Published<'a> {
+        Published {
+            args,
+            count: 0,
+            last_seq: None,
+        }
+    }
+
+    fn acked(&mut self, seq: u64) -> anyhow::Result<()> {
+        self.count += 1;
+        self.last_seq = Some(seq);
+        if self.args.json {
+            let mut line = String::from("{\"ns\":");
+            line.push_str(&serde_json::Value::from(self.args.namespace.as_str()).to_string());
+            line.push_str(",\"topic\":");
+            line.push_str(&serde_json::Value::from(self.args.topic.as_str()).to_string());
+            line.push_str(",\"seq\":");
+            crate::output::push_json_u64(&mut line, seq);
+            line.push('}');
+            stdio::line(line)?;
+        }
+        Ok(())
+    }
+
+    fn summary(&self) -> String {
+        match self.last_seq {
+            Some(seq) => format!("published {} messages, last seq {seq}", self.count),
+            None => "published 0 messages".to_string(),
+        }
+    }
+
+    /// One message: its sequence number; several: the summary.
+    fn single_or_summary(&self) -> anyhow::Result<()> {
+        match (self.args.json, self.count, self.last_seq) {
+            (true, ..) => Ok(()),
+            (false, 1, Some(seq)) => stdio::line(seq),
+            _ => stdio::line(self.summary()),
+        }
+    }
+}
+
+/// `pub --stdin`: each line one message.
+async fn publish_lines(
+    client: Client,
+    args: &PubArgs,
+    mut out: Published<'_>,
+) -> anyhow::Result<()> {
     // Lines are bytes: a payload need not be UTF-8.
     let mut lines = BufReader::new(tokio::io::stdin()).split(b'\n');
     let mut pending = VecDeque::new();
-    let mut published = 0u64;
-    let mut last_seq = None;
     let read_error = loop {
         let mut line = match lines.next_segment().await {
             Ok(Some(line)) => line,
@@ -127,25 +237,22 @@ pub async fn publish(args: PubArgs) -> anyhow::Result<()> {
         // in flight on the wire.
         while pending.len() > 1024 {
             if let Some(ack) = pending.pop_front() {
-                last_seq = Some(ack.await?);
-                published += 1;
+                out.acked(ack.await?)?;
             }
         }
     };
     // What was read before a failure is published and counted, not lost.
     for ack in pending {
-        last_seq = Some(ack.await?);
-        published += 1;
+        out.acked(ack.await?)?;
     }
     client.close().await?;
-    let summary = match last_seq {
-        Some(seq) => format!("published {published} messages, last seq {seq}"),
-        None => "published 0 messages".to_string(),
-    };
     if let Some(err) = read_error {
-        bail!("reading stdin: {err} ({summary} before it failed)");
+        bail!("reading stdin: {err} ({} before it failed)", out.summary());
     }
-    stdio::line(summary)
+    match args.json {
+        true => Ok(()),
+        false => stdio::line(out.summary()),
+    }
 }
 
 /// Prints messages of one topic until `--count` is reached or the

@@ -747,3 +747,78 @@ fn the_server_and_credentials_come_from_short_flags_files_and_the_environment() 
         "{err}"
     );
 }
+
+/// `pub --file`, `--stdin --raw` (any bytes, one message), `--count` with
+/// `{{n}}`, and `--json` (one line per message, lines of --stdin included).
+#[test]
+fn pub_publishes_files_raw_input_repeats_and_prints_json() {
+    let broker = Serve::start(&[]);
+    let addr = broker.addr.as_str();
+    let pub_ = |args: &[&str], stdin: &[u8]| {
+        let mut child = Command::new(BIN)
+            .args(["pub", "-s", addr, "ns", "t"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pub runs");
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(stdin)
+            .expect("writes");
+        let out = child.wait_with_output().expect("exits");
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let binary = [0u8, 0xff, b'\n', 1, 2, b'\r', b'\n'];
+    let file = TempFile::new("payload.bin", "");
+    std::fs::write(file.path(), binary).expect("writes");
+    assert_eq!(pub_(&["--file", file.path()], b""), "1\n");
+    assert_eq!(pub_(&["--stdin", "--raw"], &binary), "2\n");
+    assert_eq!(
+        pub_(&["m {{n}}", "--count", "3"], b""),
+        "published 3 messages, last seq 5\n"
+    );
+    let json = pub_(&["--stdin", "-j"], b"a\nb\n");
+    assert_eq!(
+        json,
+        "{\"ns\":\"ns\",\"topic\":\"t\",\"seq\":\"6\"}\n{\"ns\":\"ns\",\"topic\":\"t\",\"seq\":\"7\"}\n"
+    );
+    let refused = Command::new(BIN)
+        .args(["pub", "-s", addr, "ns", "t", "--stdin", "--count", "2"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    assert!(!refused.status.success());
+
+    let sub = Command::new(BIN)
+        .args([
+            "sub", "-s", addr, "ns", "t", "--from", "1", "-n", "7", "--json",
+        ])
+        .output()
+        .expect("sub runs");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&sub.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON"))
+        .collect();
+    let expected_binary = corebus::output::base64(&binary);
+    assert_eq!(
+        lines[0]["payload_base64"],
+        expected_binary.as_str(),
+        "the file, byte for byte"
+    );
+    assert_eq!(
+        lines[1]["payload_base64"],
+        expected_binary.as_str(),
+        "raw stdin, byte for byte"
+    );
+    let texts: Vec<&str> = lines[2..]
+        .iter()
+        .map(|line| line["payload"].as_str().expect("text"))
+        .collect();
+    assert_eq!(texts, ["m 1", "m 2", "m 3", "a", "b"]);
+}
