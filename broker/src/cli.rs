@@ -887,6 +887,10 @@ pub struct SubArgs {
     /// epoch and sequence numbers of a discontinuity, are decimal strings.
     #[arg(long, short = 'j')]
     pub json: bool,
+    /// Print each message as `[NS/TOPIC #SEQ] PAYLOAD` instead of the
+    /// payload alone.
+    #[arg(long, short = 'v', conflicts_with = "json")]
+    pub verbose: bool,
     /// Broker to connect to.
     #[command(flatten)]
     pub server: ServerArg,

@@ -288,7 +288,11 @@ pub async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
                         json_message(&args.namespace, &args.topic, message.seq, &message.payload);
                     writeln!(out, "{line}")
                 } else {
-                    out.write_all(&message.payload)
+                    let prefix = args
+                        .verbose
+                        .then(|| format!("[{}/{} #{}] ", args.namespace, args.topic, message.seq));
+                    out.write_all(prefix.unwrap_or_default().as_bytes())
+                        .and_then(|()| out.write_all(&message.payload))
                         .and_then(|()| out.write_all(b"\n"))
                 }
                 .and_then(|()| out.flush())
@@ -308,12 +312,7 @@ pub async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
                         .and_then(|()| out.flush())
                         .map_err(stdio::write_error)?;
                 } else {
-                    stdio::note(format_args!(
-                        "corebus: discontinuity: messages after seq {} up to {} were lost (now epoch {:#x})",
-                        gap.last_seq,
-                        gap.next_seq.saturating_sub(1),
-                        gap.epoch
-                    ));
+                    stdio::note(format_args!("corebus: {}", missed(&gap)));
                 }
             }
         }
@@ -330,6 +329,20 @@ pub async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
     )
 }
 
+/// A discontinuity in words: `missed messages 4–9 of epoch 1f…`, or, when
+/// the topic's history restarted, where the new epoch starts.
+fn missed(gap: &corebus_client::Discontinuity) -> String {
+    let (first, last) = (gap.last_seq + 1, gap.next_seq.saturating_sub(1));
+    match (first <= last, gap.next_seq) {
+        (true, _) if first == last => format!("missed message {first} of epoch {:x}", gap.epoch),
+        (true, _) => format!("missed messages {first}–{last} of epoch {:x}", gap.epoch),
+        (false, next) => format!(
+            "the topic's history restarted after seq {}: epoch {:x} continues at seq {next}",
+            gap.last_seq, gap.epoch
+        ),
+    }
+}
+
 /// Whether `name` ends in `:PORT` (an IPv6 address in brackets: `[::1]:7400`).
 fn has_port(name: &str) -> bool {
     name.rsplit_once(':').is_some_and(|(host, port)| {
@@ -342,6 +355,25 @@ fn has_port(name: &str) -> bool {
 #[cfg(test)]
 mod server_tests {
     use super::has_port;
+
+    #[test]
+    fn discontinuities_read_plainly() {
+        use corebus_client::Discontinuity;
+        let gap = |last_seq, next_seq| Discontinuity {
+            epoch: 0x1f,
+            last_seq,
+            next_seq,
+        };
+        assert_eq!(
+            super::missed(&gap(3, 10)),
+            "missed messages 4–9 of epoch 1f"
+        );
+        assert_eq!(super::missed(&gap(3, 5)), "missed message 4 of epoch 1f");
+        assert_eq!(
+            super::missed(&gap(7, 1)),
+            "the topic's history restarted after seq 7: epoch 1f continues at seq 1"
+        );
+    }
 
     #[test]
     fn a_server_names_its_port() {

@@ -291,6 +291,31 @@ fn sub_from_replays_history_and_reports_what_the_ring_lost() {
     for (line, seq) in lines[1..].iter().zip(8..) {
         assert_eq!(json_field(line, "seq"), seq.to_string());
     }
+    // The same in words, each message with where it is from.
+    let (status, out, err) = finish(
+        corebus(&[
+            "sub",
+            "demo",
+            "short",
+            "--from",
+            "1",
+            "-n",
+            "3",
+            "-v",
+            "-s",
+            &small.addr,
+        ]),
+        Duration::from_secs(10),
+    );
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("corebus: missed messages 1–7 of epoch "),
+        "{err}"
+    );
+    assert_eq!(
+        out,
+        "[demo/short #8] m8\n[demo/short #9] m9\n[demo/short #10] m10\n"
+    );
 }
 
 #[test]
