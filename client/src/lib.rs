@@ -179,6 +179,7 @@
 #![warn(missing_docs)]
 
 mod addr;
+mod builder;
 mod cluster;
 mod config;
 mod connection;
@@ -198,6 +199,7 @@ use tokio::sync::oneshot;
 use tokio::time::{timeout, Instant};
 
 pub use addr::ServerAddr;
+pub use builder::{ClientBuilder, DEFAULT_SERVER};
 pub use cluster::{ClusterMember, ClusterStatus, ControlNode, ControlStatus, TopicOwner};
 pub use config::{ClientConfig, Credentials, TlsOptions, TlsRoots, TopicAffinity};
 pub use corebus_net::{ErrorCode, FrameError, NameError};

@@ -253,3 +253,38 @@ async fn unacked_publishes_are_sequenced_in_order_across_shards() {
     }
     assert_eq!(publisher.take_unacked_failures().count, 0);
 }
+
+/// `Client::builder()`: a server that does not answer is skipped for the
+/// next one, and an address that does not resolve is an error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builder_tries_its_servers_in_turn() {
+    let broker = Broker::start(1);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a port")
+        .to_string();
+    let client = corebus_client::Client::builder()
+        .server(dead.as_str())
+        .server(broker.addr().to_string())
+        .name("builder-test")
+        .connect()
+        .await
+        .expect("the second server answers");
+    let mut sub = client.subscribe("test", "built").await.expect("subscribes");
+    client
+        .publish("test", "built", "hi")
+        .await
+        .expect("published");
+    let message = expect_messages(&mut sub, 0, 1).await.remove(0);
+    assert_eq!((message.namespace(), message.topic()), ("test", "built"));
+
+    let err = corebus_client::Client::builder()
+        .server("no-such-host.invalid:7400")
+        .connect()
+        .await
+        .expect_err("does not resolve");
+    assert!(
+        err.to_string().contains("no-such-host.invalid:7400"),
+        "{err}"
+    );
+}
