@@ -144,16 +144,24 @@
 //!
 //! # Example
 //!
-//! ```no_run
-//! use corebus_client::{Client, Error};
+//! ```
+//! use corebus_client::{Client, Error, Event};
+//! use futures_util::StreamExt;
 //!
-//! # async fn run() -> Result<(), Error> {
-//! let client = Client::connect("127.0.0.1:7400").await?;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Error> {
+//! # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+//! #     listen: "127.0.0.1:0".parse().expect("an address"),
+//! #     shards: Some(1),
+//! #     ..Default::default()
+//! # }).expect("the broker starts");
+//! # let addr = broker.local_addr().to_string();
+//! let client = Client::builder().server(addr.as_str()).connect().await?;
 //! let mut subscription = client.subscribe("app", "news").await?;
 //!
 //! // One publish, waiting for its sequence number.
 //! let seq = client.publish("app", "news", "hello").await?;
-//! println!("published as seq {seq}");
+//! assert_eq!(seq, 1);
 //!
 //! // Many publishes in flight at once; acks are awaited afterwards.
 //! let mut pending = Vec::new();
@@ -164,17 +172,41 @@
 //!     ack.await?;
 //! }
 //!
-//! while let Some(message) = subscription.next_message().await {
-//!     let message = message?;
-//!     println!("{}: {} bytes", message.seq, message.payload.len());
-//!     if message.seq > seq + 100 {
-//!         break;
+//! // A subscription is a Stream of events: messages, and discontinuities
+//! // where any were lost.
+//! let mut received = 0;
+//! while let Some(event) = subscription.next().await {
+//!     match event? {
+//!         Event::Message(message) => {
+//!             received += 1;
+//!             assert_eq!(message.seq, received);
+//!             if message.seq == 101 {
+//!                 break;
+//!             }
+//!         }
+//!         Event::Discontinuity(gap) => println!("lost: {gap}"),
 //!     }
 //! }
 //! subscription.unsubscribe().await?;
-//! client.close().await
+//! client.close().await?;
+//! # broker.stop();
+//! # Ok(())
 //! # }
 //! ```
+//!
+//! # What the client does not do
+//!
+//! - Request/reply and message headers: corebus moves byte payloads on
+//!   topics; put a reply topic or headers in the payload if you need them.
+//! - Wildcard subscriptions and payload compression (not in the protocol
+//!   yet).
+//! - Queue groups or load balancing between subscribers: every live
+//!   subscriber of a topic gets every message.
+//! - Persistence beyond the broker's replay buffer: a subscriber that comes
+//!   back after the buffer has moved on gets a [`Discontinuity`], not the
+//!   messages.
+//! - Resolving the servers again on reconnect: the addresses resolved when
+//!   the client connected are the ones it reconnects to.
 
 #![warn(missing_docs)]
 
