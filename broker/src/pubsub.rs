@@ -119,23 +119,10 @@ pub async fn publish(args: PubArgs) -> anyhow::Result<()> {
     let Some(body) = body else {
         return publish_lines(client, &args, out).await;
     };
-    let mut pending = VecDeque::new();
     for n in 1..=args.count {
-        let payload = body.payload(n, args.count);
-        pending.push_back(
-            client
-                .start_publish(&args.namespace, &args.topic, payload)
-                .await?,
-        );
-        while pending.len() > 1024 {
-            if let Some(ack) = pending.pop_front() {
-                out.acked(ack.await?)?;
-            }
-        }
+        out.publish(&client, body.payload(n, args.count)).await?;
     }
-    for ack in pending {
-        out.acked(ack.await?)?;
-    }
+    out.drain().await?;
     client.close().await?;
     out.single_or_summary()
 }
@@ -163,17 +150,47 @@ impl Body {
 /// sequence number of a single message, or a summary.
 struct Published<'a> {
     args: &'a PubArgs,
+    /// Publishes sent and not yet acknowledged, oldest first.
+    pending: VecDeque<corebus_client::PendingPublish>,
     count: u64,
     last_seq: Option<u64>,
 }
+
+/// Unacknowledged publishes `pub` lets pile up before it waits for the
+/// oldest (the client bounds what is in flight on the wire).
+const PIPELINED: usize = 1024;
 
 impl<'a> Published<'a> {
     fn new(args: &'a PubArgs) -> Published<'a> {
         Published {
             args,
+            pending: VecDeque::new(),
             count: 0,
             last_seq: None,
         }
+    }
+
+    /// Sends one message: frames go out in call order, acks are awaited
+    /// later, in order.
+    async fn publish(&mut self, client: &Client, payload: Vec<u8>) -> anyhow::Result<()> {
+        let ack = client
+            .start_publish(&self.args.namespace, &self.args.topic, payload)
+            .await?;
+        self.pending.push_back(ack);
+        while self.pending.len() > PIPELINED {
+            if let Some(ack) = self.pending.pop_front() {
+                self.acked(ack.await?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for every acknowledgement still due.
+    async fn drain(&mut self) -> anyhow::Result<()> {
+        while let Some(ack) = self.pending.pop_front() {
+            self.acked(ack.await?)?;
+        }
+        Ok(())
     }
 
     fn acked(&mut self, seq: u64) -> anyhow::Result<()> {
@@ -217,7 +234,6 @@ async fn publish_lines(
 ) -> anyhow::Result<()> {
     // Lines are bytes: a payload need not be UTF-8.
     let mut lines = BufReader::new(tokio::io::stdin()).split(b'\n');
-    let mut pending = VecDeque::new();
     let read_error = loop {
         let mut line = match lines.next_segment().await {
             Ok(Some(line)) => line,
@@ -227,24 +243,10 @@ async fn publish_lines(
         if line.last() == Some(&b'\r') {
             line.pop();
         }
-        // Frames go out in call order; acks are awaited later, in order.
-        pending.push_back(
-            client
-                .start_publish(&args.namespace, &args.topic, line)
-                .await?,
-        );
-        // Keep the queue of unawaited acks short; the client bounds what is
-        // in flight on the wire.
-        while pending.len() > 1024 {
-            if let Some(ack) = pending.pop_front() {
-                out.acked(ack.await?)?;
-            }
-        }
+        out.publish(&client, line).await?;
     };
     // What was read before a failure is published and counted, not lost.
-    for ack in pending {
-        out.acked(ack.await?)?;
-    }
+    out.drain().await?;
     client.close().await?;
     if let Some(err) = read_error {
         bail!("reading stdin: {err} ({} before it failed)", out.summary());
