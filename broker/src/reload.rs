@@ -288,27 +288,6 @@ fn keep_restart_only(applied: &mut Resolved, old: &Resolved) {
     applied.webhooks = old.webhooks.clone();
 }
 
-/// Set by SIGHUP; taken by [`take_request`].
-static REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn on_sighup(_: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
-    REQUESTED.store(true, Ordering::Release);
-}
-
-/// Makes SIGHUP ask for a reload (instead of ending the process).
-pub fn install_signal() {
-    // SAFETY: installing a handler that only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGHUP, on_sighup as *const () as libc::sighandler_t);
-    }
-}
-
-/// Whether a reload was asked for since the last call.
-pub fn take_request() -> bool {
-    REQUESTED.swap(false, Ordering::AcqRel)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

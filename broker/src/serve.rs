@@ -29,11 +29,17 @@ use crate::reload::{Reloader, SwappableAuth};
 use crate::webhook::store::Store;
 use crate::webhook::{self, DeliverySettings, Hook, Registry, RegistryPolicy, Webhooks};
 
+/// SIGINT or SIGTERM arrived: stop.
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
+/// SIGHUP arrived since the main loop last looked: reload.
+static RELOAD: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
+extern "C" fn on_signal(signal: libc::c_int) {
     // Only an atomic store: async-signal-safe.
-    SIGNALLED.store(true, Ordering::Release);
+    match signal {
+        libc::SIGHUP => RELOAD.store(true, Ordering::Release),
+        _ => SIGNALLED.store(true, Ordering::Release),
+    }
 }
 
 /// The shard configuration these settings ask for, or why they are
@@ -517,12 +523,13 @@ pub fn run(resolved: Resolved, file: Option<PathBuf>, matches: ArgMatches) -> an
     config.webhooks = webhooks.clone();
     crate::doctor::preflight(args.shards)?;
     abort_on_panic();
-    // SAFETY: installing a handler that only stores to an atomic.
+    // SAFETY: installing a handler that only stores to an atomic. SIGHUP
+    // reloads instead of ending the process.
     unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::signal(signal, on_signal as *const () as libc::sighandler_t);
+        }
     }
-    crate::reload::install_signal();
     let mut reloader = Reloader::new(
         file,
         matches,
@@ -624,7 +631,7 @@ pub fn run(resolved: Resolved, file: Option<PathBuf>, matches: ArgMatches) -> an
         start_watchdog(interval, server.metrics())?;
     }
     while !SIGNALLED.load(Ordering::Acquire) {
-        if crate::reload::take_request() {
+        if RELOAD.swap(false, Ordering::AcqRel) {
             info!("SIGHUP: reloading the configuration");
             // systemd wants the time with RELOADING=1.
             match sd_notify::NotifyState::monotonic_usec_now() {
