@@ -891,9 +891,36 @@ pub struct SubArgs {
     /// payload alone.
     #[arg(long, short = 'v', conflicts_with = "json")]
     pub verbose: bool,
+    /// After a lost connection, try this many times to connect again (with
+    /// growing delays, up to 5 s apart) before giving up with an error;
+    /// `forever` never gives up, 0 exits at the first loss. Each loss,
+    /// failed attempt and reconnection is reported on stderr, and the
+    /// subscription resumes where it was (what the broker no longer holds
+    /// is reported as missed).
+    #[arg(long, value_name = "N", default_value = "10", value_parser = parse_retry)]
+    pub retry: Retry,
     /// Broker to connect to.
     #[command(flatten)]
     pub server: ServerArg,
+}
+
+/// How many times `corebus sub` tries to reconnect (`--retry`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// At most this many attempts after each loss (0: none).
+    Times(u32),
+    /// Until it works.
+    Forever,
+}
+
+/// Parses `--retry`: a count, or `forever`.
+pub fn parse_retry(text: &str) -> Result<Retry, String> {
+    match text.trim() {
+        "forever" => Ok(Retry::Forever),
+        count => count.parse().map(Retry::Times).map_err(|_| {
+            format!("{text:?} is not a number of attempts (0, 1, 2, ...) or `forever`")
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -5,11 +5,12 @@ use std::io::Write;
 
 use anyhow::{bail, Context};
 use corebus_client::{
-    Client, ClientConfig, Credentials, Error, Event, ResumeFrom, ServerAddr, TlsOptions, TlsRoots,
+    Client, ClientConfig, ConnectionEvent, ConnectionEvents, Credentials, Error, Event, ResumeFrom,
+    ServerAddr, TlsOptions, TlsRoots,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::cli::{PubArgs, ServerArg, SubArgs};
+use crate::cli::{PubArgs, Retry, ServerArg, SubArgs};
 use crate::output::{json_discontinuity, json_message};
 use crate::stdio;
 
@@ -41,6 +42,15 @@ fn credentials(server: &ServerArg) -> anyhow::Result<Option<Credentials>> {
 }
 
 pub(crate) async fn connect(server: &ServerArg, name: &str) -> anyhow::Result<Client> {
+    connect_with(server, name, ClientConfig::default()).await
+}
+
+/// [`connect`] with `base` for what the server arguments do not set.
+async fn connect_with(
+    server: &ServerArg,
+    name: &str,
+    base: ClientConfig,
+) -> anyhow::Result<Client> {
     let names: Vec<&str> = server
         .server
         .split(',')
@@ -65,7 +75,7 @@ pub(crate) async fn connect(server: &ServerArg, name: &str) -> anyhow::Result<Cl
         client_name: name.into(),
         credentials: credentials(server)?,
         tls,
-        ..ClientConfig::default()
+        ..base
     };
     let addr = &server.server;
     let mut addrs = Vec::new();
@@ -263,7 +273,19 @@ pub async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
     if args.count == Some(0) {
         return Ok(());
     }
-    let client = connect(&args.server, "corebus-cli-sub").await?;
+    let reconnect = match args.retry {
+        Retry::Times(0) => ClientConfig {
+            reconnect: false,
+            ..ClientConfig::default()
+        },
+        Retry::Times(attempts) => ClientConfig {
+            reconnect_max_attempts: Some(attempts),
+            ..ClientConfig::default()
+        },
+        Retry::Forever => ClientConfig::default(),
+    };
+    let client = connect_with(&args.server, "corebus-cli-sub", reconnect).await?;
+    tokio::spawn(report_reconnects(client.connection_events(), args.retry));
     let mut subscription = match args.from {
         Some(seq) => {
             client
@@ -329,6 +351,41 @@ pub async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
         "the subscription ended before {} messages",
         args.count.unwrap_or(received + 1)
     )
+}
+
+/// Says on stderr what happens to the connection: losses, failed attempts
+/// (out of how many), reconnections and resumed subscriptions.
+/// Discontinuities are the subscription's to report, and the end is the
+/// command's error.
+async fn report_reconnects(mut events: ConnectionEvents, retry: Retry) {
+    while let Some(event) = events.next().await {
+        match event {
+            ConnectionEvent::Disconnected {
+                reason,
+                reconnecting: true,
+            } => stdio::note(format_args!(
+                "corebus: connection lost ({reason}); reconnecting{}",
+                match retry {
+                    Retry::Times(n) => format!(" (up to {n} attempts)"),
+                    Retry::Forever => String::new(),
+                }
+            )),
+            ConnectionEvent::ReconnectFailed { attempt, error } => {
+                let of = match retry {
+                    Retry::Times(n) => format!(" of {n}"),
+                    Retry::Forever => String::new(),
+                };
+                stdio::note(format_args!(
+                    "corebus: reconnection attempt {attempt}{of} failed: {error}"
+                ))
+            }
+            // Without reconnection the loss ends the command, whose error says it.
+            ConnectionEvent::Disconnected { .. }
+            | ConnectionEvent::Discontinuity { .. }
+            | ConnectionEvent::Ended { .. } => {}
+            other => stdio::note(format_args!("corebus: {other}")),
+        }
+    }
 }
 
 /// A discontinuity in words: `missed messages 4–9 of epoch 1f…`, or, when

@@ -8,6 +8,7 @@ mod common;
 mod auth;
 mod browser;
 mod cli;
+mod cli_pubsub;
 mod cluster;
 mod logging;
 mod ops;

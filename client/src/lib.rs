@@ -49,7 +49,9 @@
 //! resubscription unanswered for [`ClientConfig::request_timeout`] is treated
 //! as lost and replaced in turn, so no subscription waits on it for ever.
 //!
-//! What the application sees of an outage:
+//! What the application sees of an outage (and
+//! [`Client::connection_events`] reports as it happens: the loss, each failed
+//! attempt, the new connection, the resumed subscriptions and any gap):
 //!
 //! - Publishes awaiting their acknowledgement fail with
 //!   [`Error::ConnectionLost`]; the broker may or may not have sequenced them,
@@ -216,6 +218,7 @@ mod cluster;
 mod config;
 mod connection;
 mod error;
+mod events;
 mod queue;
 mod subscription;
 mod webhook;
@@ -236,6 +239,7 @@ pub use cluster::{ClusterMember, ClusterStatus, ControlNode, ControlStatus, Topi
 pub use config::{ClientConfig, Credentials, TlsOptions, TlsRoots, TopicAffinity};
 pub use corebus_net::{ErrorCode, FrameError, NameError};
 pub use error::{Error, TlsError};
+pub use events::{ConnectionEvent, ConnectionEvents};
 pub use subscription::{Discontinuity, Event, Message, ResumeFrom, Subscription};
 pub use webhook::{
     Webhook, WebhookDelivery, WebhookDisabled, WebhookDrop, WebhookMatch, WebhookSource,
@@ -501,6 +505,45 @@ impl Client {
                 Err(Error::Timeout)
             }
         }
+    }
+
+    /// What happens to the connection from now on: losses, reconnection
+    /// attempts, resumed subscriptions, discontinuities, the client's end
+    /// (see [`ConnectionEvent`]). Each call gets its own stream; a stream
+    /// that reads too slowly skips events and says so
+    /// ([`ConnectionEvent::Lagged`]) rather than holding them. A client
+    /// that has ended gives a stream that is over.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// use corebus_client::{Client, ConnectionEvent};
+    /// use futures_util::StreamExt;
+    ///
+    /// let client = Client::connect(broker.local_addr()).await?;
+    /// let mut events = client.connection_events();
+    /// let watcher = tokio::spawn(async move {
+    ///     let mut seen = Vec::new();
+    ///     while let Some(event) = events.next().await {
+    ///         eprintln!("corebus: {event}");
+    ///         seen.push(event);
+    ///     }
+    ///     seen
+    /// });
+    /// client.close().await?;
+    /// let seen = watcher.await.expect("the watcher ran");
+    /// assert_eq!(seen, [ConnectionEvent::Ended { reason: "the client is closed".into() }]);
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn connection_events(&self) -> ConnectionEvents {
+        self.shared().connection_events()
     }
 
     /// Closes the connection gracefully: refuses new requests, waits until

@@ -5,6 +5,7 @@
 
 mod common;
 
+mod events;
 mod fake_server;
 mod resume;
 mod webhooks;

@@ -11,7 +11,7 @@ use corebus_net::{ErrorCode, ErrorFrame, Frame, ResumePoint, DEFAULT_MAX_FRAME};
 use tokio::net::TcpListener;
 
 /// Reconnects quickly, so the tests stay short.
-fn fast() -> ClientConfig {
+pub(crate) fn fast() -> ClientConfig {
     ClientConfig {
         reconnect_initial_delay: Duration::from_millis(5),
         reconnect_max_delay: Duration::from_millis(20),
@@ -158,13 +158,13 @@ async fn message_before_the_announced_discontinuity_is_a_protocol_error() {
 /// `WELCOME`. Returns once the client has shown that it noticed the lost
 /// connection and is reconnecting; the failed attempt sends it back to its
 /// backoff.
-async fn refuse_one_attempt(listener: &TcpListener) {
+pub(crate) async fn refuse_one_attempt(listener: &TcpListener) {
     let (attempt, _) = accept(listener).await;
     drop(attempt);
 }
 
 /// Subscribes on a fresh connection and delivers seq 1..=3.
-async fn subscribed_with_three(
+pub(crate) async fn subscribed_with_three(
     listener: &TcpListener,
     config: ClientConfig,
 ) -> (

@@ -178,6 +178,12 @@ impl Shared {
         value
     }
 
+    /// The connection's events from now on.
+    pub(crate) fn connection_events(&self) -> crate::ConnectionEvents {
+        let st = self.lock();
+        crate::ConnectionEvents::new(&st.events, st.terminal.is_some())
+    }
+
     /// Fails fast when the client is over or closing.
     pub(crate) fn usable(&self) -> Result<(), Error> {
         self.lock().availability().map(|_| ())
@@ -415,6 +421,9 @@ impl Shared {
                 return;
             }
             st.terminal = Some(terminal.clone());
+            st.emit(crate::ConnectionEvent::Ended {
+                reason: terminal.pending_error().to_string(),
+            });
             (
                 mem::take(&mut st.pending),
                 mem::take(&mut st.pings),

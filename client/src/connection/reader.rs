@@ -30,6 +30,15 @@ enum Step {
     Gap(corebus_net::Discontinuity),
 }
 
+/// The client's report of a `DISCONTINUITY` frame.
+fn discontinuity(gap: &corebus_net::Discontinuity) -> Discontinuity {
+    Discontinuity {
+        epoch: gap.epoch,
+        last_seq: gap.last_seq,
+        next_seq: gap.next_seq,
+    }
+}
+
 impl Step {
     fn sub_id(&self) -> u32 {
         match self {
@@ -97,6 +106,14 @@ impl Step {
         }
     }
 
+    /// The discontinuity this step reports, if it is one.
+    fn gap(&self) -> Option<Discontinuity> {
+        match self {
+            Step::Message(_) => None,
+            Step::Gap(gap) => Some(discontinuity(gap)),
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Step::Message(_) => "MESSAGE",
@@ -112,11 +129,7 @@ impl Step {
                 payload: message.payload,
                 name: name.clone(),
             }),
-            Step::Gap(gap) => Event::Discontinuity(Discontinuity {
-                epoch: gap.epoch,
-                last_seq: gap.last_seq,
-                next_seq: gap.next_seq,
-            }),
+            Step::Gap(gap) => Event::Discontinuity(discontinuity(&gap)),
         }
     }
 }
@@ -152,6 +165,9 @@ impl Shared {
                 ok.sub_id, ok.request_id
             )));
         };
+        if matches!(request, Pending::Resubscribe { .. }) {
+            st.resubscription_answered(false);
+        }
         let Some(route) = st.routes.get_mut(&ok.sub_id) else {
             return Ok(());
         };
@@ -261,10 +277,11 @@ impl Shared {
                 // The subscription is gone; a refused resubscription ends its
                 // stream with the server's error.
                 let route = st.routes.remove(&sub_id);
-                if matches!(request, Some(Pending::Resubscribe { .. }))
-                    && route.is_some_and(|route| route.tx.is_some())
-                {
-                    st.ended.insert(sub_id, Error::from_frame(&frame));
+                if matches!(request, Some(Pending::Resubscribe { .. })) {
+                    if route.is_some_and(|route| route.tx.is_some()) {
+                        st.ended.insert(sub_id, Error::from_frame(&frame));
+                    }
+                    st.resubscription_answered(true);
                 }
             }
             request
@@ -333,11 +350,21 @@ impl Shared {
             // route is as it was unless it was removed or is being
             // unsubscribed; and only this task sends, so the room found is
             // still there.
-            if let Some(route) = st.routes.get_mut(&sub_id) {
-                if let Some(tx) = route.tx.as_ref() {
-                    if tx.try_send(event).is_ok() {
-                        route.cursor = cursor;
-                    }
+            let gap = match &event {
+                Event::Discontinuity(gap) => Some(*gap),
+                Event::Message(_) => None,
+            };
+            let Some(route) = st.routes.get_mut(&sub_id) else {
+                continue;
+            };
+            let Some(tx) = route.tx.as_ref() else {
+                continue;
+            };
+            if tx.try_send(event).is_ok() {
+                route.cursor = cursor;
+                if let Some(gap) = gap {
+                    let name = route.name.clone();
+                    st.emit_gap(&name, gap);
                 }
             }
         }
@@ -356,6 +383,24 @@ struct Blocked {
 /// Hands over items from the front of `steps` until they are all gone or
 /// one finds its subscription's queue full.
 fn hand_over(st: &mut State, steps: &mut VecDeque<Step>) -> Result<Option<Blocked>, Ended> {
+    // Discontinuities handed over, reported once the routes are let go.
+    let mut gaps = Vec::new();
+    let blocked = hand_over_runs(st, steps, &mut gaps);
+    for (name, gap) in gaps {
+        st.emit_gap(&name, gap);
+    }
+    blocked
+}
+
+/// [`hand_over`]'s work, collecting the discontinuities handed over in `gaps`.
+fn hand_over_runs(
+    st: &mut State,
+    steps: &mut VecDeque<Step>,
+    gaps: &mut Vec<(
+        std::sync::Arc<crate::subscription::TopicName>,
+        Discontinuity,
+    )>,
+) -> Result<Option<Blocked>, Ended> {
     while let Some(first) = steps.front() {
         let sub_id = first.sub_id();
         let run = steps
@@ -376,8 +421,14 @@ fn hand_over(st: &mut State, steps: &mut VecDeque<Step>) -> Result<Option<Blocke
         for taken in 1..=run {
             let Some(step) = steps.pop_front() else { break };
             let cursor = step.advance(route.cursor).map_err(protocol_violation)?;
+            let gap = step.gap();
             match queue.push(step.into_event(&route.name)) {
-                Ok(()) => route.cursor = cursor,
+                Ok(()) => {
+                    route.cursor = cursor;
+                    if let Some(gap) = gap {
+                        gaps.push((route.name.clone(), gap));
+                    }
+                }
                 // The subscription was dropped (its Drop unsubscribes): the
                 // rest of its run goes too.
                 Err(TrySendError::Closed) => {

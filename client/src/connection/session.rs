@@ -13,8 +13,8 @@ use tokio::time::{sleep, sleep_until, Instant};
 use super::backoff::Backoff;
 use super::reader::run_reader;
 use super::setup::{attempt, write_loop, AttemptError, Dialer, Opened};
-use super::state::Pending;
 use super::{Ended, Shared, Terminal};
+use crate::ConnectionEvent;
 
 /// Runs connections until the client ends; returns the result of the final
 /// flush when it ends by `close()`.
@@ -43,7 +43,15 @@ pub(super) async fn run_session(
         };
         // Everything queued for or waiting on the lost connection fails now;
         // in-flight publishes may or may not have been sequenced.
-        let dropped = shared.lock().link_down(reason.clone());
+        let dropped = {
+            let mut st = shared.lock();
+            let dropped = st.link_down(reason.clone());
+            st.emit(ConnectionEvent::Disconnected {
+                reason: reason.clone(),
+                reconnecting: config.reconnect,
+            });
+            dropped
+        };
         dropped.fail(&reason);
         // Calls waiting for the writer to drain now wait for the reconnection
         // instead, within the request timeout.
@@ -52,10 +60,13 @@ pub(super) async fn run_session(
             shared.fail(Terminal::Lost(reason));
             return Ok(());
         }
-        match reconnect(&shared, &dialer, &mut backoff, &reason).await {
-            Some(next) => opened = next,
+        let attempts = match reconnect(&shared, &dialer, &mut backoff, &reason).await {
+            Some((next, attempts)) => {
+                opened = next;
+                attempts
+            }
             None => return Ok(()),
-        }
+        };
         {
             let mut st = shared.lock();
             if st.terminal.is_some() || st.closing || st.shutdown {
@@ -63,7 +74,7 @@ pub(super) async fn run_session(
                 shared.fail(Terminal::Closed);
                 return Ok(());
             }
-            st.link_up(opened.welcome.clone());
+            st.link_up(opened.welcome.clone(), opened.server.clone(), attempts);
         }
         shared.link_change.notify_waiters();
         shared.wake_writer();
@@ -84,14 +95,15 @@ fn stopping(shared: &Shared) -> bool {
     false
 }
 
-/// Tries to connect again until it works, the client is closed, the server
-/// refuses the handshake or the attempts run out (the client then ends).
+/// Tries to connect again until it works (returns the connection and how
+/// many attempts it took), the client is closed, the server refuses the
+/// handshake or the attempts run out (the client then ends).
 async fn reconnect(
     shared: &Shared,
     dialer: &Dialer,
     backoff: &mut Backoff,
     lost: &str,
-) -> Option<Opened> {
+) -> Option<(Opened, u32)> {
     let mut failures = 0u32;
     loop {
         if stopping(shared) {
@@ -111,9 +123,13 @@ async fn reconnect(
         match result {
             Ok(opened) => {
                 backoff.reset();
-                return Some(opened);
+                return Some((opened, failures + 1));
             }
             Err(AttemptError::Refused(err)) => {
+                shared.lock().emit(ConnectionEvent::ReconnectFailed {
+                    attempt: failures + 1,
+                    error: err.to_string(),
+                });
                 shared.fail(Terminal::Lost(format!(
                     "{lost}; reconnecting failed: {err}"
                 )));
@@ -121,6 +137,10 @@ async fn reconnect(
             }
             Err(AttemptError::Failed(err)) => {
                 failures += 1;
+                shared.lock().emit(ConnectionEvent::ReconnectFailed {
+                    attempt: failures,
+                    error: err.to_string(),
+                });
                 if shared
                     .config
                     .reconnect_max_attempts
@@ -218,7 +238,8 @@ impl Shared {
     /// deadline, or there were none), or why the connection must go when the
     /// request timeout passed with some unanswered.
     fn resubscriptions_due(&self) -> Result<Option<Instant>, String> {
-        let mut st = self.lock();
+        let st = self.lock();
+        // Cleared when the last one is answered.
         let Some(at) = st.resubscribed_at else {
             return Ok(None);
         };
@@ -226,22 +247,10 @@ impl Shared {
         if at.elapsed() < limit {
             return Ok(Some(at + limit));
         }
-        // Only at the deadline: `pending` also holds every publish awaiting
-        // its acknowledgement.
-        let unanswered = st
-            .pending
-            .values()
-            .filter(|request| matches!(request, Pending::Resubscribe { .. }))
-            .count();
-        if unanswered == 0 {
-            st.resubscribed_at = None;
-            Ok(None)
-        } else {
-            Err(format!(
-                "{unanswered} resubscription(s) unanswered {limit:?} (the request timeout) \
-                 after reconnecting"
-            ))
-        }
+        Err(format!(
+            "{} resubscription(s) unanswered {limit:?} (the request timeout) after reconnecting",
+            st.resubscribing
+        ))
     }
 
     /// Gives the resubscriptions a whole request timeout from now.

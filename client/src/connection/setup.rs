@@ -36,6 +36,8 @@ pub(super) struct Dialer {
 /// A handshaken connection: the stream, the server's `WELCOME`, and any bytes
 /// read past it.
 pub(super) struct Opened {
+    /// The broker's address.
+    pub(super) server: String,
     pub(super) stream: Stream,
     pub(super) welcome: Welcome,
     pub(super) leftover: BytesMut,
@@ -241,7 +243,12 @@ async fn attempt_one(
     )
     .await
     {
-        Ok(result) => result,
+        Ok(result) => result.map(|(stream, welcome, leftover)| Opened {
+            server: peer,
+            stream,
+            welcome,
+            leftover,
+        }),
         Err(_) => Err(AttemptError::Failed(Error::Handshake(format!(
             "no WELCOME from {peer} within {limit:?}"
         )))),
@@ -303,12 +310,13 @@ async fn connect_from(peer: SocketAddr, source_port: Option<u16>) -> io::Result<
     socket.connect(peer).await
 }
 
-/// Sends `HELLO` and waits for `WELCOME`; returns it with any bytes read past it.
+/// Sends `HELLO` and waits for `WELCOME`; returns the stream and the
+/// `WELCOME`, with any bytes read past it.
 async fn handshake(
     mut stream: Stream,
     client_name: &str,
     credentials: &[u8],
-) -> Result<Opened, AttemptError> {
+) -> Result<(Stream, Welcome, BytesMut), AttemptError> {
     let failed = |err: io::Error| AttemptError::Failed(Error::Io(err));
     let refused = |text: String| AttemptError::Refused(Error::Handshake(text));
     let mut out = BytesMut::new();
@@ -330,11 +338,9 @@ async fn handshake(
                 let frame = decode(buf.split_to(len).freeze())
                     .map_err(|err| AttemptError::Refused(Error::Protocol(err)))?;
                 return match frame {
-                    Frame::Welcome(welcome) if welcome.version == PROTOCOL_VERSION => Ok(Opened {
-                        stream,
-                        welcome,
-                        leftover: buf,
-                    }),
+                    Frame::Welcome(welcome) if welcome.version == PROTOCOL_VERSION => {
+                        Ok((stream, welcome, buf))
+                    }
                     Frame::Welcome(welcome) => Err(refused(format!(
                         "the server speaks protocol version {}, this client speaks {PROTOCOL_VERSION}",
                         welcome.version

@@ -13,11 +13,12 @@ use corebus_net::Frame;
 use corebus_net::{
     encode_subscribe, Epoch, FrameError, ResumePoint, Seq, SubOk, Unsubscribe, Welcome,
 };
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::{broadcast, oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
-use crate::subscription::Started;
-use crate::{Error, UnackedFailures};
+use crate::events::EVENT_BUFFER;
+use crate::subscription::{Started, TopicName};
+use crate::{ConnectionEvent, Discontinuity, Error, UnackedFailures};
 
 /// Request ids with this bit set belong to publishes sent without the ack
 /// flag; the others to requests that wait for an answer. The split is the
@@ -282,9 +283,17 @@ pub(crate) struct State {
     /// Why a subscription ended on its own (its resubscription was refused);
     /// taken by the subscription when its stream ends.
     pub(crate) ended: HashMap<u32, Error>,
-    /// When the current connection's resubscriptions were queued, until the
-    /// session's watch finds them all answered.
+    /// When the current connection's resubscriptions were queued, until
+    /// they are all answered.
     pub(crate) resubscribed_at: Option<Instant>,
+    /// Resubscriptions of the current connection not answered yet.
+    pub(crate) resubscribing: usize,
+    /// Resubscriptions of the current connection: queued, and refused.
+    resubscribed: usize,
+    resubscribe_refused: usize,
+    /// Where [`ConnectionEvent`]s go; sent under this lock, so that they come
+    /// in the order of the changes they report.
+    pub(crate) events: broadcast::Sender<ConnectionEvent>,
 }
 
 /// What [`State::link_down`] took out that must be failed outside the lock.
@@ -335,7 +344,50 @@ impl State {
             routes: HashMap::new(),
             ended: HashMap::new(),
             resubscribed_at: None,
+            resubscribing: 0,
+            resubscribed: 0,
+            resubscribe_refused: 0,
+            events: broadcast::Sender::new(EVENT_BUFFER),
         }
+    }
+
+    /// Tells whoever watches the connection ([`crate::Client::connection_events`]).
+    pub(crate) fn emit(&self, event: ConnectionEvent) {
+        // No watcher: nothing to keep.
+        let _ = self.events.send(event);
+    }
+
+    /// Reports a discontinuity handed to a subscription; builds the event
+    /// only when someone watches.
+    pub(crate) fn emit_gap(&self, name: &TopicName, gap: Discontinuity) {
+        if self.events.receiver_count() > 0 {
+            self.emit(ConnectionEvent::Discontinuity {
+                namespace: name.namespace.to_string(),
+                topic: name.topic.to_string(),
+                gap,
+            });
+        }
+    }
+
+    /// A resubscription of the current connection was answered (refused,
+    /// or accepted); after the last, the subscriptions count as resumed.
+    pub(crate) fn resubscription_answered(&mut self, refused: bool) {
+        if self.resubscribing == 0 {
+            return;
+        }
+        self.resubscribing -= 1;
+        self.resubscribe_refused += usize::from(refused);
+        if self.resubscribing == 0 {
+            self.resubscribed_at = None;
+            self.emit_resumed();
+        }
+    }
+
+    fn emit_resumed(&self) {
+        self.emit(ConnectionEvent::Resumed {
+            subscriptions: self.resubscribed - self.resubscribe_refused,
+            refused: self.resubscribe_refused,
+        });
     }
 
     /// `Ok(None)` when a request can be queued now, `Ok(Some(reason))` while
@@ -436,6 +488,9 @@ impl State {
     /// the others keep their routes and cursors to be resumed.
     pub(crate) fn link_down(&mut self, reason: String) -> Dropped {
         self.link = Link::Down { reason };
+        // Resubscriptions still unanswered are sent again on the next one.
+        self.resubscribing = 0;
+        self.resubscribed_at = None;
         self.out.clear();
         // The next connection's writer starts afresh: the first append after
         // it is up must notify it.
@@ -466,12 +521,20 @@ impl State {
         }
     }
 
-    /// A new connection is up: queues a resuming `SUBSCRIBE` for every
-    /// subscription, under its own id, ahead of anything else.
-    pub(crate) fn link_up(&mut self, welcome: Welcome) {
+    /// A new connection (to `server`, after `attempts` attempts) is up:
+    /// queues a resuming `SUBSCRIBE` for every subscription, under its own
+    /// id, ahead of anything else.
+    pub(crate) fn link_up(&mut self, welcome: Welcome, server: String, attempts: u32) {
         self.link = Link::Up;
         self.welcome = welcome;
         self.resubscribed_at = (!self.routes.is_empty()).then(Instant::now);
+        self.resubscribing = self.routes.len();
+        self.resubscribed = self.routes.len();
+        self.resubscribe_refused = 0;
+        self.emit(ConnectionEvent::Reconnected { server, attempts });
+        if self.routes.is_empty() {
+            self.emit_resumed();
+        }
         let mut resubscribe = Vec::with_capacity(self.routes.len());
         for (sub_id, route) in &mut self.routes {
             let resume = route.cursor.resume_point();
