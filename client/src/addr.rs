@@ -13,6 +13,16 @@ use tokio::net::ToSocketAddrs;
 ///
 /// Implemented for exactly the types tokio's [`ToSocketAddrs`] is; it cannot
 /// be implemented outside this crate.
+///
+/// ```
+/// use corebus_client::ServerAddr;
+///
+/// assert_eq!("bus.internal:7400".host().as_deref(), Some("bus.internal"));
+/// assert_eq!("[::1]:7400".host().as_deref(), Some("::1"));
+/// assert_eq!(("10.0.0.7", 7400).host().as_deref(), Some("10.0.0.7"));
+/// let addr: std::net::SocketAddr = "127.0.0.1:7400".parse().expect("an address");
+/// assert_eq!(addr.host().as_deref(), Some("127.0.0.1"));
+/// ```
 pub trait ServerAddr: ToSocketAddrs + sealed::Sealed {
     /// The host part: the name or IP address before the port (without the
     /// brackets of an IPv6 literal), or `None` for a slice of socket

@@ -6,6 +6,12 @@ use crate::{Client, ClientConfig, Credentials, Error, TlsOptions};
 
 /// The broker's default address, used when no [`ClientBuilder::server`] is
 /// given.
+///
+/// ```
+/// let builder = corebus_client::Client::builder();
+/// assert_eq!(builder.servers(), [corebus_client::DEFAULT_SERVER]);
+/// assert_eq!(corebus_client::DEFAULT_SERVER, "127.0.0.1:7400");
+/// ```
 pub const DEFAULT_SERVER: &str = "127.0.0.1:7400";
 
 /// Builds a [`Client`]: start from [`Client::builder`], name the servers
@@ -154,6 +160,29 @@ impl ClientBuilder {
     /// [`Client::connect_with`]); the TLS server name, unless set, is the
     /// first server's host. An address that does not resolve is an
     /// [`Error::Connect`] naming it. See [`ClientBuilder`] for an example.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// use corebus_client::Client;
+    ///
+    /// // Nothing answers on port 1: the next server is tried.
+    /// let client = Client::builder()
+    ///     .server("127.0.0.1:1")
+    ///     .server(addr.to_string())
+    ///     .connect()
+    ///     .await?;
+    /// client.ping().await?;
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn connect(self) -> Result<Client, Error> {
         let servers: Vec<String> = self.servers().into_iter().map(str::to_owned).collect();
         let mut addrs: Vec<SocketAddr> = Vec::new();

@@ -9,6 +9,26 @@ use crate::webhook::{parse_root, with_reason};
 use crate::{Client, Error};
 
 /// A member of the cluster, as the node asked sees it.
+///
+/// ```
+/// use corebus_client::ClusterMember;
+///
+/// // Members a node can route to: alive or merely suspected, and not leaving.
+/// fn routable(members: &[ClusterMember]) -> Vec<&str> {
+///     members
+///         .iter()
+///         .filter(|member| member.state != "down" && !member.leaving)
+///         .map(|member| member.client.as_str())
+///         .collect()
+/// }
+/// let members = [ClusterMember {
+///     node: "10.0.0.2:7500".into(),
+///     client: "10.0.0.2:7400".into(),
+///     state: "alive".into(),
+///     leaving: false,
+/// }];
+/// assert_eq!(routable(&members), ["10.0.0.2:7400"]);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterMember {
     /// Its node id: its cluster address, such as `10.0.0.2:7500`.
@@ -23,6 +43,19 @@ pub struct ClusterMember {
 }
 
 /// What a node knows of its cluster.
+///
+/// ```
+/// use corebus_client::ClusterStatus;
+///
+/// fn summary(status: &ClusterStatus) -> String {
+///     match &status.node {
+///         None => "a single node".to_string(),
+///         Some(node) => format!("{node}, one of {} members", status.members.len()),
+///     }
+/// }
+/// let alone = ClusterStatus { node: None, members: Vec::new(), control: None };
+/// assert_eq!(summary(&alone), "a single node");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterStatus {
     /// The node asked, or `None` when it runs alone (no `cluster_listen`).
@@ -35,6 +68,24 @@ pub struct ClusterStatus {
 }
 
 /// The cluster's control plane, as the node asked sees it.
+///
+/// ```
+/// use corebus_client::ControlStatus;
+///
+/// // A control plane can agree on changes while it has a leader.
+/// fn can_change_webhooks(control: &ControlStatus) -> bool {
+///     control.leader.is_some()
+/// }
+/// let electing = ControlStatus {
+///     leader: None,
+///     term: 3,
+///     voters: vec!["10.0.0.1:7500".into(), "10.0.0.2:7500".into(), "10.0.0.3:7500".into()],
+///     learners: Vec::new(),
+///     config_comparison: "available".into(),
+///     nodes: Vec::new(),
+/// };
+/// assert!(!can_change_webhooks(&electing));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlStatus {
     /// The leader's node id, or `None` while there is none.
@@ -54,6 +105,22 @@ pub struct ControlStatus {
 }
 
 /// One node of the control plane.
+///
+/// ```
+/// use corebus_client::ControlNode;
+///
+/// // Nodes whose security-relevant configuration differs from the node asked's.
+/// fn misconfigured(nodes: &[ControlNode]) -> impl Iterator<Item = &str> {
+///     nodes.iter().filter(|node| node.config == "differs").map(|node| node.node.as_str())
+/// }
+/// let nodes = [ControlNode {
+///     node: "10.0.0.3:7500".into(),
+///     applied: Some(41),
+///     config: "differs".into(),
+///     error: None,
+/// }];
+/// assert_eq!(misconfigured(&nodes).collect::<Vec<_>>(), ["10.0.0.3:7500"]);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlNode {
     /// Its node id.
@@ -69,6 +136,17 @@ pub struct ControlNode {
 }
 
 /// Which node owns a topic, as the node asked computes it.
+///
+/// ```
+/// use corebus_client::TopicOwner;
+///
+/// // Where a publisher to the topic saves a hop by connecting.
+/// fn best_server(owner: &TopicOwner, fallback: &str) -> String {
+///     owner.client.clone().unwrap_or_else(|| fallback.to_string())
+/// }
+/// let alone = TopicOwner { node: None, client: None, shard: Some(0) };
+/// assert_eq!(best_server(&alone, "127.0.0.1:7400"), "127.0.0.1:7400");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicOwner {
     /// The owner's node id, or `None` when the node asked runs alone.
@@ -79,6 +157,9 @@ pub struct TopicOwner {
     pub shard: Option<u16>,
 }
 
+/// The examples of these methods are compiled but not run by the doctests:
+/// they need the nodes of a cluster. `broker/tests/cluster.rs` runs each of
+/// them against one.
 impl Client {
     /// The members of the cluster, as the node this client is connected to
     /// sees them (super-user credentials only).

@@ -122,6 +122,11 @@ pub struct TopicAffinity {
 
 impl TopicAffinity {
     /// The topic `topic` of namespace `namespace`.
+    ///
+    /// ```
+    /// let affinity = corebus_client::TopicAffinity::new("prices", "eur.usd");
+    /// assert_eq!((affinity.namespace.as_str(), affinity.topic.as_str()), ("prices", "eur.usd"));
+    /// ```
     pub fn new(namespace: impl Into<String>, topic: impl Into<String>) -> TopicAffinity {
         TopicAffinity {
             namespace: namespace.into(),
@@ -131,6 +136,28 @@ impl TopicAffinity {
 
     /// The shard that owns the topic in a broker of `shard_count` shards (the
     /// broker's rendezvous hash).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// use corebus_client::{Client, ClientConfig, TopicAffinity};
+    ///
+    /// let affinity = TopicAffinity::new("prices", "eur.usd");
+    /// assert_eq!(affinity.owner(1), 0);
+    /// assert!(affinity.owner(8) < 8);
+    /// let config = ClientConfig { topic_affinity: Some(affinity.clone()), ..ClientConfig::default() };
+    /// let client = Client::connect_with(addr, config).await?;
+    /// assert_eq!(client.shard(), affinity.owner(client.shard_count()));
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn owner(&self, shard_count: u16) -> u16 {
         let hash = corebus_net::key_hash(self.namespace.as_bytes(), self.topic.as_bytes());
         corebus_net::routing::owner_of_hash(hash, u64::from(shard_count.max(1))) as u16
@@ -162,16 +189,37 @@ impl Default for ClientConfig {
 /// A secret that authenticates a client: an API key or a signed token.
 ///
 /// Its `Debug` output is redacted, so a logged [`ClientConfig`] never leaks it.
+///
+/// ```
+/// use corebus_client::{ClientConfig, Credentials};
+///
+/// let config = ClientConfig {
+///     credentials: Some(Credentials::new("cbk_live_0123456789abcdef")),
+///     ..ClientConfig::default()
+/// };
+/// assert!(!format!("{config:?}").contains("cbk_live"), "redacted");
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials(String);
 
 impl Credentials {
     /// Wraps an API key or a token.
+    ///
+    /// ```
+    /// let key = std::env::var("COREBUS_KEY").unwrap_or_else(|_| "cbk_example".into());
+    /// let credentials = corebus_client::Credentials::new(key);
+    /// assert_eq!(format!("{credentials:?}"), "Credentials(<redacted>)");
+    /// ```
     pub fn new(secret: impl Into<String>) -> Credentials {
         Credentials(secret.into())
     }
 
     /// The secret itself.
+    ///
+    /// ```
+    /// let credentials = corebus_client::Credentials::new("cbk_example");
+    /// assert_eq!(credentials.expose(), "cbk_example");
+    /// ```
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -226,6 +274,32 @@ pub struct TlsOptions {
 }
 
 /// The trust anchors a TLS client checks the broker's certificate against.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), corebus_client::Error> {
+/// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+/// #     listen: "127.0.0.1:0".parse().expect("an address"),
+/// #     shards: Some(1),
+/// #     ..Default::default()
+/// # }).expect("the broker starts");
+/// # let addr = broker.local_addr();
+/// use corebus_client::{Client, ClientConfig, Error, TlsError, TlsOptions, TlsRoots};
+///
+/// let config = ClientConfig {
+///     tls: Some(TlsOptions {
+///         roots: TlsRoots::CaFile("/nonexistent/ca.pem".into()),
+///         ..TlsOptions::default()
+///     }),
+///     ..ClientConfig::default()
+/// };
+/// // The CA file is read when the client connects.
+/// let refused = Client::connect_with(addr, config).await;
+/// assert!(matches!(refused, Err(Error::Tls(TlsError::CaFileUnreadable { .. }))));
+/// # broker.stop();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum TlsRoots {
     /// The platform's trust store (on Linux, the OpenSSL locations, which

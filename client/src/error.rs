@@ -15,6 +15,31 @@ use crate::Discontinuity;
 /// flight (or that waited longer than the request timeout for the new
 /// connection). The others concern one call only and leave the connection
 /// usable.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), corebus_client::Error> {
+/// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+/// #     listen: "127.0.0.1:0".parse().expect("an address"),
+/// #     shards: Some(1),
+/// #     ..Default::default()
+/// # }).expect("the broker starts");
+/// # let addr = broker.local_addr();
+/// use corebus_client::Error;
+///
+/// let client = corebus_client::Client::connect(addr).await?;
+/// // Checked locally: nothing is sent.
+/// match client.publish("app", "", "x").await {
+///     Err(Error::InvalidName(reason)) => eprintln!("bad topic: {reason}"),
+///     other => panic!("expected InvalidName, got {other:?}"),
+/// }
+/// client.clone().close().await?;
+/// // Every later call on any clone says why the client is over.
+/// assert!(matches!(client.ping().await, Err(Error::Closed)));
+/// # broker.stop();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The TCP connection could not be opened (or the address did not resolve).
@@ -109,6 +134,29 @@ pub enum Error {
 /// A separate enum, against the one-error-enum habit, so that callers can
 /// handle every TLS failure with one `Error::Tls(_)` arm and look inside
 /// only when they care which.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), corebus_client::Error> {
+/// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+/// #     listen: "127.0.0.1:0".parse().expect("an address"),
+/// #     shards: Some(1),
+/// #     ..Default::default()
+/// # }).expect("the broker starts");
+/// # let addr = broker.local_addr();
+/// use corebus_client::{Client, ClientConfig, Error, TlsError, TlsOptions};
+///
+/// // This broker does not speak TLS: the handshake fails.
+/// let config = ClientConfig { tls: Some(TlsOptions::default()), ..ClientConfig::default() };
+/// match Client::connect_with(addr, config).await {
+///     Err(Error::Tls(TlsError::Handshake { peer, .. })) => assert_eq!(peer, addr.to_string()),
+///     Err(Error::Tls(TlsError::NoSystemRoots { .. })) => {} // a machine without a trust store
+///     other => panic!("expected a TLS error, got {other:?}"),
+/// }
+/// # broker.stop();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsError {
@@ -175,6 +223,30 @@ impl Error {
     }
 
     /// The server's error code, when this is an [`Error::Server`] with a known code.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// use corebus_client::{Client, ErrorCode};
+    ///
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     engine: corebus_shards::EngineConfig {
+    /// #         max_subscriptions_per_conn: 1,
+    /// #         ..Default::default()
+    /// #     },
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// // A broker that allows one subscription per connection.
+    /// let client = Client::connect(broker.local_addr()).await?;
+    /// let _first = client.subscribe("app", "a").await?;
+    /// let second = client.subscribe("app", "b").await.expect_err("over the limit");
+    /// assert_eq!(second.server_code(), Some(ErrorCode::TooManySubscriptions));
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn server_code(&self) -> Option<ErrorCode> {
         match self {
             Error::Server { code, .. } => *code,

@@ -251,6 +251,27 @@ use corebus_net::ResumePoint;
 
 /// Publishes made with [`Client::publish_unacked`] that the broker refused,
 /// from [`Client::take_unacked_failures`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), corebus_client::Error> {
+/// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+/// #     listen: "127.0.0.1:0".parse().expect("an address"),
+/// #     shards: Some(1),
+/// #     ..Default::default()
+/// # }).expect("the broker starts");
+/// # let addr = broker.local_addr();
+/// let client = corebus_client::Client::connect(addr).await?;
+/// client.publish_unacked("app", "ticks", "1").await?;
+/// // A round trip: everything sent before it has been answered.
+/// client.ping().await?;
+/// let failures = client.take_unacked_failures();
+/// assert_eq!(failures.count, 0);
+/// assert!(failures.last.is_none());
+/// # broker.stop();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Default)]
 pub struct UnackedFailures {
     /// How many were refused.
@@ -278,6 +299,26 @@ impl Drop for Handle {
 /// at once. The connection stays open while any clone, [`Subscription`] or
 /// [`PendingPublish`] exists; dropping the last one flushes what was queued
 /// and closes it, but only [`Client::close`] waits for in-flight publishes.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), corebus_client::Error> {
+/// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+/// #     listen: "127.0.0.1:0".parse().expect("an address"),
+/// #     shards: Some(1),
+/// #     ..Default::default()
+/// # }).expect("the broker starts");
+/// # let addr = broker.local_addr();
+/// let client = corebus_client::Client::connect(addr).await?;
+/// // Clones share the connection; each task gets its own.
+/// let publisher = client.clone();
+/// let task = tokio::spawn(async move { publisher.publish("app", "news", "from a task").await });
+/// assert_eq!(task.await.expect("the task ran")?, 1);
+/// client.close().await?;
+/// # broker.stop();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Client {
     handle: Arc<Handle>,
@@ -295,6 +336,22 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Connects to a broker with the default [`ClientConfig`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// assert_eq!(client.shard_count(), 1);
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn connect(addr: impl ServerAddr) -> Result<Client, Error> {
         Client::connect_with(addr, ClientConfig::default()).await
     }
@@ -310,6 +367,30 @@ impl Client {
     ///
     /// Must be called inside a tokio runtime: it spawns the connection's
     /// reader and writer tasks.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// use std::time::Duration;
+    /// use corebus_client::{Client, ClientConfig};
+    ///
+    /// let config = ClientConfig {
+    ///     client_name: "billing".into(),
+    ///     request_timeout: Duration::from_secs(2),
+    ///     ..ClientConfig::default()
+    /// };
+    /// let client = Client::connect_with(addr, config).await?;
+    /// client.ping().await?;
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn connect_with(
         addr: impl ServerAddr,
         config: ClientConfig,
@@ -327,17 +408,67 @@ impl Client {
     /// The broker shard serving the connection (from `WELCOME`). It may
     /// change when the client reconnects; while it reconnects, the last one.
     /// With [`ClientConfig::topic_affinity`], normally the topic's owner.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// assert!(client.shard() < client.shard_count());
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn shard(&self) -> u16 {
         self.shared().welcome().shard
     }
 
     /// How many shards the broker runs (from the latest `WELCOME`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// assert_eq!(client.shard_count(), 1); // the broker above runs one shard
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn shard_count(&self) -> u16 {
         self.shared().welcome().shard_count
     }
 
     /// The largest frame length the broker accepts (from the latest
     /// `WELCOME`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// let too_big = vec![0u8; client.max_frame() as usize];
+    /// let refused = client.publish("app", "blobs", too_big).await;
+    /// assert!(matches!(refused, Err(corebus_client::Error::PayloadTooLarge { .. })));
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn max_frame(&self) -> u32 {
         self.shared().welcome().max_frame
     }
@@ -346,6 +477,24 @@ impl Client {
     /// sequence number the broker gave it.
     ///
     /// For many messages, [`Client::start_publish`] keeps several in flight.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// let first = client.publish("app", "news", "hello").await?;
+    /// let second = client.publish("app", "news", b"bytes too".to_vec()).await?;
+    /// assert_eq!((first, second), (1, 2));
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn publish(
         &self,
         namespace: &str,
@@ -369,6 +518,29 @@ impl Client {
     /// [`ClientConfig::request_timeout`]). A publish whose connection is lost
     /// before its acknowledgement fails with [`Error::ConnectionLost`] and is
     /// not sent again: it may or may not have been sequenced.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// let mut acks = Vec::new();
+    /// for i in 0..1000u32 {
+    ///     acks.push(client.start_publish("app", "ticks", i.to_string()).await?);
+    /// }
+    /// // Sequenced in call order.
+    /// for (i, ack) in acks.into_iter().enumerate() {
+    ///     assert_eq!(ack.await?, i as u64 + 1);
+    /// }
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn start_publish(
         &self,
         namespace: &str,
@@ -415,6 +587,32 @@ impl Client {
     /// an error; subscribers see the loss as a gap in sequence numbers. While
     /// the client reconnects, this waits for the new connection (up to
     /// [`ClientConfig::request_timeout`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// let mut sub = client.subscribe("app", "ticks").await?;
+    /// for i in 0..100u32 {
+    ///     client.publish_unacked("app", "ticks", i.to_string()).await?;
+    /// }
+    /// let hundredth = loop {
+    ///     let message = sub.next_message().await.expect("open")?;
+    ///     if message.seq == 100 {
+    ///         break message;
+    ///     }
+    /// };
+    /// assert_eq!(&hundredth.payload[..], b"99");
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn publish_unacked(
         &self,
         namespace: &str,
@@ -430,6 +628,24 @@ impl Client {
     /// Takes the tally of [`Client::publish_unacked`] calls the broker
     /// refused since the last call (or since the client connected), and the
     /// most recent refusal, then starts a new tally.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// client.publish_unacked("app", "ticks", "1").await?;
+    /// client.ping().await?; // answered after everything sent before it
+    /// assert_eq!(client.take_unacked_failures().count, 0);
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn take_unacked_failures(&self) -> UnackedFailures {
         self.shared().take_unacked_failures()
     }
@@ -440,6 +656,25 @@ impl Client {
     /// The subscription receives every message published after
     /// [`Subscription::start_after`]. While the client reconnects, this waits
     /// for the new connection first (up to the same timeout).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// let mut sub = client.subscribe("app", "news").await?;
+    /// client.publish("app", "news", "hello").await?;
+    /// let message = sub.next_message().await.expect("open")?;
+    /// assert_eq!(&message.payload[..], b"hello");
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn subscribe(&self, namespace: &str, topic: &str) -> Result<Subscription, Error> {
         self.start_subscription(namespace, topic, None).await
     }
@@ -450,12 +685,25 @@ impl Client {
     /// covered, or belongs to another epoch, the stream starts with a
     /// [`Discontinuity`] that says what is missing.
     ///
-    /// ```no_run
-    /// # use corebus_client::{Client, Error, ResumeFrom};
-    /// # async fn run(client: Client) -> Result<(), Error> {
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// use corebus_client::ResumeFrom;
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// for i in 1..=150u32 {
+    ///     client.publish("app", "news", i.to_string()).await?;
+    /// }
     /// // Everything from seq 100 of the current epoch on (`corebus sub --from 100`).
     /// let mut sub = client.subscribe_from("app", "news", ResumeFrom::Seq(100)).await?;
-    /// # let _ = sub.next_event().await;
+    /// let message = sub.next_message().await.expect("open")?;
+    /// assert_eq!((message.seq, &message.payload[..]), (100, &b"100"[..]));
+    /// # broker.stop();
     /// # Ok(())
     /// # }
     /// ```
@@ -493,6 +741,23 @@ impl Client {
     /// Sends `PING` and waits for the `PONG` (within
     /// [`ClientConfig::request_timeout`]); returns the round-trip time.
     /// While the client reconnects, this waits for the new connection first.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// let round_trip = client.ping().await?;
+    /// assert!(round_trip < std::time::Duration::from_secs(10));
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn ping(&self) -> Result<Duration, Error> {
         let shared = self.shared();
         let (nonce, answer) = shared.enqueue_ping().await?;
@@ -556,6 +821,26 @@ impl Client {
     /// `tokio::time::timeout` for one. Returns `Ok(())` at once if the
     /// connection already ended (the pending calls have seen why), and
     /// [`Error::Io`] if the final flush failed.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// let ack = client.start_publish("app", "news", "last words").await?;
+    /// let other = client.clone();
+    /// client.close().await?; // waits for the acknowledgement
+    /// assert_eq!(ack.await?, 1);
+    /// assert!(matches!(other.ping().await, Err(corebus_client::Error::Closed)));
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn close(self) -> Result<(), Error> {
         let shared = &self.handle.shared;
         if !shared.begin_close() {
@@ -578,6 +863,25 @@ impl Client {
 /// Resolves to the message's sequence number, or to the error that answered
 /// the publish. `'static`, `Send` and `Unpin`: it can be stored, moved to
 /// another task, or dropped (the publish is not cancelled).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), corebus_client::Error> {
+/// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+/// #     listen: "127.0.0.1:0".parse().expect("an address"),
+/// #     shards: Some(1),
+/// #     ..Default::default()
+/// # }).expect("the broker starts");
+/// # let addr = broker.local_addr();
+/// let client = corebus_client::Client::connect(addr).await?;
+/// let pending = client.start_publish("app", "news", "hello").await?;
+/// // Send it to another task, or await it here.
+/// let seq = tokio::spawn(pending).await.expect("the task ran")?;
+/// assert_eq!(seq, 1);
+/// # broker.stop();
+/// # Ok(())
+/// # }
+/// ```
 #[must_use = "the publish is sent either way; await this to learn its sequence number or error"]
 pub struct PendingPublish {
     answer: oneshot::Receiver<Result<u64, Error>>,

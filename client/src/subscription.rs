@@ -11,6 +11,26 @@ use futures_core::Stream;
 use crate::{Error, Handle};
 
 /// One message delivered to a [`Subscription`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), corebus_client::Error> {
+/// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+/// #     listen: "127.0.0.1:0".parse().expect("an address"),
+/// #     shards: Some(1),
+/// #     ..Default::default()
+/// # }).expect("the broker starts");
+/// # let addr = broker.local_addr();
+/// let client = corebus_client::Client::connect(addr).await?;
+/// let mut news = client.subscribe("app", "news").await?;
+/// client.publish("app", "news", "hello").await?;
+/// let message = news.next_message().await.expect("open")?;
+/// assert_eq!((message.seq, &message.payload[..]), (1, &b"hello"[..]));
+/// println!("{}/{} #{} of epoch {:x}", message.namespace(), message.topic(), message.seq, message.epoch);
+/// # broker.stop();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     /// The topic epoch the message belongs to: a random id of one incarnation
@@ -64,6 +84,25 @@ impl Message {
 
     /// The topic the message was published to (see
     /// [`Message::namespace`] for an example).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// let mut sub = client.subscribe("app", "news").await?;
+    /// client.publish("app", "news", "hello").await?;
+    /// let message = sub.next_message().await.expect("open")?;
+    /// assert_eq!(message.topic(), "news");
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn topic(&self) -> &str {
         &self.name.topic
     }
@@ -81,6 +120,26 @@ impl Message {
 /// (an outage longer than it covers), when the epoch changed, and when the
 /// broker dropped messages because the connection did not read fast enough
 /// (its slow-consumer `drop` policy).
+///
+/// ```
+/// use corebus_client::Discontinuity;
+///
+/// // Messages 4 to 9 of the epoch were lost; the next one is 10.
+/// let gap = Discontinuity { epoch: 0x1f, last_seq: 3, next_seq: 10 };
+/// let lost = gap.last_seq + 1..gap.next_seq;
+/// assert_eq!(lost.count(), 6);
+/// assert_eq!(
+///     gap.to_string(),
+///     "messages lost after seq 3: the next message is seq 10 of epoch 0x1f"
+/// );
+///
+/// // The broker lost its state: a new epoch starts again at seq 1.
+/// let restart = Discontinuity { epoch: 0x2a, last_seq: 41, next_seq: 1 };
+/// assert_eq!(
+///     restart.to_string(),
+///     "the topic's history restarted after seq 41: epoch 0x2a continues at seq 1"
+/// );
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Discontinuity {
     /// The epoch `next_seq` belongs to.
@@ -94,15 +153,45 @@ pub struct Discontinuity {
 
 impl std::fmt::Display for Discontinuity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "messages lost after seq {}: the next message is seq {} of epoch {:#x}",
-            self.last_seq, self.next_seq, self.epoch
-        )
+        if self.next_seq <= self.last_seq.saturating_add(1) {
+            // Nothing in between: only a new epoch explains the jump.
+            write!(
+                f,
+                "the topic's history restarted after seq {}: epoch {:#x} continues at seq {}",
+                self.last_seq, self.epoch, self.next_seq
+            )
+        } else {
+            write!(
+                f,
+                "messages lost after seq {}: the next message is seq {} of epoch {:#x}",
+                self.last_seq, self.next_seq, self.epoch
+            )
+        }
     }
 }
 
 /// An item of a [`Subscription`]'s stream.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), corebus_client::Error> {
+/// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+/// #     listen: "127.0.0.1:0".parse().expect("an address"),
+/// #     shards: Some(1),
+/// #     ..Default::default()
+/// # }).expect("the broker starts");
+/// # let addr = broker.local_addr();
+/// let client = corebus_client::Client::connect(addr).await?;
+/// let mut sub = client.subscribe("app", "news").await?;
+/// client.publish("app", "news", "hello").await?;
+/// match sub.next_event().await.expect("open")? {
+///     corebus_client::Event::Message(message) => assert_eq!(message.seq, 1),
+///     corebus_client::Event::Discontinuity(gap) => eprintln!("lost: {gap}"),
+/// }
+/// # broker.stop();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The next message, in order.
@@ -118,6 +207,40 @@ pub enum Event {
 /// buffer no longer covers, or a point in another epoch, is answered with a
 /// [`Discontinuity`] first, then everything the buffer holds. A point beyond
 /// the topic's last message starts with the next message published.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), corebus_client::Error> {
+/// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+/// #     listen: "127.0.0.1:0".parse().expect("an address"),
+/// #     shards: Some(1),
+/// #     ..Default::default()
+/// # }).expect("the broker starts");
+/// # let addr = broker.local_addr();
+/// use corebus_client::{Event, ResumeFrom};
+///
+/// let client = corebus_client::Client::connect(addr).await?;
+/// let mut sub = client.subscribe("app", "news").await?;
+/// for word in ["one", "two", "three"] {
+///     client.publish("app", "news", word).await?;
+/// }
+/// // Read one message, note the position, and stop.
+/// sub.next_message().await.expect("open")?;
+/// let (epoch, next_seq) = (sub.epoch(), sub.last_seq() + 1);
+/// sub.unsubscribe().await?;
+///
+/// // Later: continue from there; the broker replays what its buffer holds.
+/// let mut again = client
+///     .subscribe_from("app", "news", ResumeFrom::Point { epoch, next_seq })
+///     .await?;
+/// match again.next_event().await.expect("open")? {
+///     Event::Message(message) => assert_eq!(&message.payload[..], b"two"),
+///     Event::Discontinuity(gap) => panic!("the buffer holds it: {gap}"),
+/// }
+/// # broker.stop();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResumeFrom {
     /// Continue a history recorded earlier: `next_seq` of `epoch` (the
@@ -176,6 +299,30 @@ impl ResumeFrom {
 ///
 /// [`ClientConfig::reconnect`]: crate::ClientConfig::reconnect
 /// [`ClientConfig::subscription_buffer`]: crate::ClientConfig::subscription_buffer
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), corebus_client::Error> {
+/// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+/// #     listen: "127.0.0.1:0".parse().expect("an address"),
+/// #     shards: Some(1),
+/// #     ..Default::default()
+/// # }).expect("the broker starts");
+/// # let addr = broker.local_addr();
+/// use futures_util::StreamExt;
+///
+/// let client = corebus_client::Client::connect(addr).await?;
+/// let mut sub = client.subscribe("app", "news").await?;
+/// client.publish("app", "news", "hello").await?;
+/// // A Stream of events: `next()` from StreamExt, or `next_event()`.
+/// if let Some(event) = sub.next().await {
+///     println!("{:?}", event?);
+/// }
+/// sub.unsubscribe().await?;
+/// # broker.stop();
+/// # Ok(())
+/// # }
+/// ```
 pub struct Subscription {
     id: u32,
     start_after: u64,
@@ -222,6 +369,24 @@ impl Subscription {
 
     /// The client-chosen subscription id used on the wire; it stays the same
     /// across reconnections.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// let first = client.subscribe("app", "news").await?;
+    /// let second = client.subscribe("app", "news").await?;
+    /// assert_ne!(first.id(), second.id());
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn id(&self) -> u32 {
         self.id
     }
@@ -229,12 +394,50 @@ impl Subscription {
     /// The start point the broker gave when the subscription began: it
     /// receives every message of the first epoch with a greater sequence
     /// number. Not changed by reconnections.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// client.publish("app", "news", "before").await?;
+    /// let sub = client.subscribe("app", "news").await?;
+    /// // Seq 1 was published before: the subscription gets seq 2 on.
+    /// assert_eq!(sub.start_after(), 1);
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn start_after(&self) -> u64 {
         self.start_after
     }
 
     /// The epoch of the last item taken from the stream (at first, the epoch
     /// the broker reported when the subscription began).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// let mut sub = client.subscribe("app", "news").await?;
+    /// client.publish("app", "news", "hello").await?;
+    /// let message = sub.next_message().await.expect("open")?;
+    /// assert_eq!(sub.epoch(), message.epoch);
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
@@ -247,16 +450,70 @@ impl Subscription {
     ///
     /// `ResumeFrom::Point { epoch: sub.epoch(), next_seq: sub.last_seq() + 1 }`
     /// continues from here in a later subscription.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// let mut sub = client.subscribe("app", "news").await?;
+    /// assert_eq!(sub.last_seq(), 0);
+    /// client.publish("app", "news", "hello").await?;
+    /// sub.next_message().await.expect("open")?;
+    /// assert_eq!(sub.last_seq(), 1);
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn last_seq(&self) -> u64 {
         self.last_seq
     }
 
     /// The subscribed namespace.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// let mut sub = client.subscribe("app", "news").await?;
+    /// assert_eq!(sub.namespace(), "app");
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn namespace(&self) -> &str {
         &self.namespace
     }
 
     /// The subscribed topic.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// let mut sub = client.subscribe("app", "news").await?;
+    /// assert_eq!(sub.topic(), "news");
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn topic(&self) -> &str {
         &self.topic
     }
@@ -265,6 +522,25 @@ impl Subscription {
     ///
     /// The same as [`Stream::poll_next`], without needing a `StreamExt` trait.
     /// Cancel-safe: dropping the future loses no item.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// let mut sub = client.subscribe("app", "news").await?;
+    /// client.publish("app", "news", "hello").await?;
+    /// let item = sub.next_event().await;
+    /// assert!(matches!(item, Some(Ok(corebus_client::Event::Message(_)))));
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn next_event(&mut self) -> Option<Result<Event, Error>> {
         std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
     }
@@ -274,6 +550,34 @@ impl Subscription {
     /// A [`Discontinuity`] comes back as `Some(Err(`[`Error::Discontinuity`]`))`,
     /// which does not end the stream: the next call returns the message after
     /// the gap. Any other error is the stream's last item. Cancel-safe.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// let mut sub = client.subscribe("app", "news").await?;
+    /// client.publish("app", "news", "hello").await?;
+    /// while let Some(item) = sub.next_message().await {
+    ///     match item {
+    ///         Ok(message) => {
+    ///             assert_eq!(&message.payload[..], b"hello");
+    ///             break;
+    ///         }
+    ///         // Reported, and the stream goes on.
+    ///         Err(corebus_client::Error::Discontinuity(gap)) => eprintln!("lost: {gap}"),
+    ///         Err(err) => return Err(err),
+    ///     }
+    /// }
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn next_message(&mut self) -> Option<Result<Message, Error>> {
         match self.next_event().await? {
             Ok(Event::Message(message)) => Some(Ok(message)),
@@ -286,6 +590,25 @@ impl Subscription {
     /// Messages still in flight are discarded. While the client is
     /// reconnecting there is nothing to tell the broker, and this returns at
     /// once.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// let mut sub = client.subscribe("app", "news").await?;
+    /// sub.unsubscribe().await?;
+    /// // Nothing is delivered for it any more; the client goes on.
+    /// client.publish("app", "news", "unheard").await?;
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn unsubscribe(mut self) -> Result<(), Error> {
         self.unsubscribed = true;
         self.events.close();

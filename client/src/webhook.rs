@@ -15,6 +15,16 @@ use crate::connection::{CommandKind, Shared};
 use crate::{Client, Error};
 
 /// How a webhook's topic selects the topics whose messages it receives.
+///
+/// ```
+/// use corebus_client::{WebhookMatch, WebhookSpec};
+///
+/// // orders/eu, orders/us, ...: every topic under orders/.
+/// let all = WebhookSpec::new("https://hooks.example/o", "shop", "orders/", WebhookMatch::Prefix);
+/// // Only orders/eu.
+/// let one = WebhookSpec::new("https://hooks.example/o", "shop", "orders/eu", WebhookMatch::Exact);
+/// assert_ne!(all.match_kind, one.match_kind);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WebhookMatch {
     /// Only the topic named exactly (`"match":"exact"` on the wire).
@@ -26,6 +36,12 @@ pub enum WebhookMatch {
 
 impl WebhookMatch {
     /// The name on the wire: `"exact"` or `"prefix"`.
+    ///
+    /// ```
+    /// use corebus_client::WebhookMatch;
+    /// assert_eq!(WebhookMatch::Exact.as_str(), "exact");
+    /// assert_eq!(WebhookMatch::Prefix.as_str(), "prefix");
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             WebhookMatch::Exact => "exact",
@@ -43,6 +59,16 @@ impl WebhookMatch {
 }
 
 /// Where a webhook was defined.
+///
+/// ```
+/// use corebus_client::{Webhook, WebhookSource};
+///
+/// // Webhooks from the configuration file cannot be removed at run time.
+/// fn removable(webhook: &Webhook) -> bool {
+///     webhook.source == WebhookSource::Runtime
+/// }
+/// # let _ = removable;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WebhookSource {
     /// In the broker's configuration (`"source":"config"`).
@@ -53,6 +79,12 @@ pub enum WebhookSource {
 
 impl WebhookSource {
     /// The name on the wire: `"config"` or `"runtime"`.
+    ///
+    /// ```
+    /// use corebus_client::WebhookSource;
+    /// assert_eq!(WebhookSource::Config.as_str(), "config");
+    /// assert_eq!(WebhookSource::Runtime.as_str(), "runtime");
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             WebhookSource::Config => "config",
@@ -101,6 +133,12 @@ pub struct WebhookSpec {
 
 impl WebhookSpec {
     /// A webhook without a secret of its own: the broker generates one.
+    ///
+    /// ```
+    /// use corebus_client::{WebhookMatch, WebhookSpec};
+    /// let spec = WebhookSpec::new("https://hooks.example/orders", "shop", "orders", WebhookMatch::Exact);
+    /// assert_eq!((spec.secret, spec.request_id), (None, None));
+    /// ```
     pub fn new(
         url: impl Into<String>,
         namespace: impl Into<String>,
@@ -134,6 +172,13 @@ impl WebhookSpec {
     }
 
     /// Sets the secret that signs the broker's requests.
+    ///
+    /// ```
+    /// use corebus_client::{WebhookMatch, WebhookSpec};
+    /// let spec = WebhookSpec::new("https://hooks.example/orders", "shop", "orders", WebhookMatch::Exact)
+    ///     .with_secret("a shared secret the receiver knows");
+    /// assert!(spec.secret.is_some());
+    /// ```
     pub fn with_secret(mut self, secret: impl Into<String>) -> WebhookSpec {
         self.secret = Some(secret.into());
         self
@@ -156,6 +201,25 @@ impl fmt::Debug for WebhookSpec {
 /// A webhook as the broker reports it.
 ///
 /// Its `Debug` output redacts the secret.
+///
+/// ```
+/// use corebus_client::{Webhook, WebhookMatch};
+///
+/// // What a monitoring job might print for each webhook it lists.
+/// fn describe(webhook: &Webhook) -> String {
+///     let selects = match webhook.match_kind {
+///         WebhookMatch::Exact => "topic",
+///         WebhookMatch::Prefix => "topics under",
+///     };
+///     let state = match &webhook.disabled {
+///         Some(disabled) => format!("disabled: {}", disabled.detail),
+///         None => "enabled".to_string(),
+///     };
+///     format!("{} -> {} ({selects} {}/{}; {state})",
+///         webhook.id, webhook.url, webhook.namespace, webhook.topic)
+/// }
+/// # let _ = describe;
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Webhook {
     /// The broker's id for it, for [`Client::remove_webhook`] and
@@ -306,6 +370,12 @@ impl fmt::Debug for Redacted<'_> {
 /// - [`Error::Timeout`], and [`Error::ConnectionLost`] when the connection
 ///   dropped before the answer. In these two cases the command may or may
 ///   not have been carried out: [`Client::list_webhooks`] tells.
+///
+/// The examples of these methods are compiled but not run by the doctests:
+/// they need a broker with its webhook registry and a super-user key (the
+/// `corebus` binary). `client/tests/webhooks.rs` checks every command's JSON
+/// and reply against a scripted server, and `broker/tests/webhooks.rs` runs
+/// them against the broker.
 impl Client {
     /// Adds a webhook; returns it with its id and its secret (the one given,
     /// or the one the broker generated).
@@ -337,12 +407,36 @@ impl Client {
 
     /// Lists every webhook, from the configuration and added at run time
     /// (without their secrets).
+    ///
+    /// ```no_run
+    /// # use corebus_client::{Client, Error};
+    /// # async fn run(client: Client) -> Result<(), Error> {
+    /// for webhook in client.list_webhooks().await? {
+    ///     let delivered = webhook.delivery.map_or(0, |delivery| delivery.delivered);
+    ///     println!("{} -> {}: {delivered} delivered", webhook.id, webhook.url);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn list_webhooks(&self) -> Result<Vec<Webhook>, Error> {
         let result = self.webhook_request(&json!({ "op": "list" })).await?;
         with_reason("webhook list", parse_list(&result))
     }
 
     /// Removes a webhook; returns it as it was (without its secret).
+    ///
+    /// ```no_run
+    /// # use corebus_client::{Client, Error, WebhookSource};
+    /// # async fn run(client: Client) -> Result<(), Error> {
+    /// // Remove every run-time webhook of the "shop" namespace.
+    /// for webhook in client.list_webhooks().await? {
+    ///     if webhook.namespace == "shop" && webhook.source == WebhookSource::Runtime {
+    ///         client.remove_webhook(&webhook.id).await?;
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn remove_webhook(&self, id: &str) -> Result<Webhook, Error> {
         let command = json!({ "op": "remove", "id": id, "request_id": new_request_id() });
         let result = self.changing_webhook_request(&command).await?;
@@ -354,6 +448,16 @@ impl Client {
     /// secret keeps signing alongside it until
     /// [`Webhook::previous_secret_expires_ms`], so that the receiver can
     /// switch over without rejecting requests.
+    ///
+    /// ```no_run
+    /// # use corebus_client::{Client, Error};
+    /// # async fn run(client: Client, id: &str) -> Result<(), Error> {
+    /// let rotated = client.rotate_webhook_secret(id, None).await?;
+    /// let new_secret = rotated.secret.expect("revealed on rotation");
+    /// println!("give the receiver {new_secret:?} before {:?}", rotated.previous_secret_expires_ms);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn rotate_webhook_secret(
         &self,
         id: &str,
