@@ -52,6 +52,7 @@ pub mod svg;
 pub mod sys;
 pub mod targets;
 pub mod tracker;
+pub mod workloads;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,9 +7,8 @@ use std::fmt::Write as _;
 
 use crate::options::Scenario;
 use crate::report::human;
-use crate::summary::{
-    by_workload, corebus_ran_only_as_variant, rows_of, Row, Summary, PERCENTILES, TARGETS,
-};
+use crate::summary::{rows_of, Row, Summary, PERCENTILES, TARGETS};
+use crate::workloads::{by_workload, corebus_ran_only_as_variant};
 
 const WIDTH: f64 = 960.0;
 const BAR_X: f64 = 110.0;
