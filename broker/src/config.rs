@@ -10,7 +10,6 @@
 //! drift from the code. A new setting is one field in `cli::ServeArgs`.
 
 use std::ffi::OsString;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail};
@@ -20,8 +19,6 @@ use clap::{Arg, ArgMatches, Args, FromArgMatches};
 
 use crate::auth_config::{self, AuthSettings};
 use crate::cli::ServeArgs;
-pub use crate::config_text::default_file;
-use crate::config_text::toml_value;
 use crate::webhook::{self, Hook};
 use std::sync::Arc;
 
@@ -390,25 +387,6 @@ impl Resolved {
             None => key.to_string(),
         }
     }
-
-    /// The effective configuration as a configuration file, each value
-    /// followed by where it came from (`serve --print-config`).
-    pub fn to_file(&self) -> String {
-        let mut out = String::from("# effective corebus configuration (value, then its origin)\n");
-        for setting in &self.settings {
-            let _ = writeln!(
-                out,
-                "{} = {}  # {}",
-                setting.key,
-                toml_value(&setting.value),
-                setting.origin
-            );
-        }
-        for line in self.auth.describe() {
-            let _ = writeln!(out, "{line}");
-        }
-        out
-    }
 }
 
 /// One file value, as its flag's text and parsed by its flag's parser alone.
@@ -551,25 +529,6 @@ mod tests {
             );
             assert!(!arg.get_default_values().is_empty(), "{id} has a default");
         }
-    }
-
-    #[test]
-    fn the_default_file_parses_to_exactly_the_defaults() {
-        let path = temp_file("default.toml", &default_file());
-        let (defaults, matches) = defaults().expect("defaults parse");
-        let resolved = resolve(Some(&path), &matches).expect("default file is valid");
-        assert_eq!(resolved.args, defaults);
-        let command = settings_command();
-        assert_eq!(resolved.settings.len(), setting_args(&command).count());
-        for setting in &resolved.settings {
-            assert_eq!(
-                setting.origin,
-                Origin::File(path.clone()),
-                "{} is in the file",
-                setting.key
-            );
-        }
-        let _ = std::fs::remove_file(path);
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Configuration as text: the commented default file (`corebus config
-//! default`, deploy/corebus.toml) and TOML values for `--print-config`.
+//! default`, deploy/corebus.toml) and the effective configuration
+//! (`serve --print-config`). Built on the settings' definitions in
+//! `config`, which never reads this module.
 
 use std::fmt::Write as _;
 
-use crate::config::{setting_args, settings_command};
+use crate::config::{setting_args, settings_command, Resolved};
 
 /// The default configuration file: every key with its default and what it
 /// does, generated from the flags' definitions.
@@ -104,26 +106,32 @@ const AUTH_SECTION: &str = "
 # secret_file = \"/etc/corebus/webhook-billing.secret\"
 ";
 
+/// The effective configuration as a configuration file, each value
+/// followed by where it came from (`serve --print-config`).
+pub fn effective_file(resolved: &Resolved) -> String {
+    let mut out = String::from("# effective corebus configuration (value, then its origin)\n");
+    for setting in &resolved.settings {
+        let _ = writeln!(
+            out,
+            "{} = {}  # {}",
+            setting.key,
+            toml_value(&setting.value),
+            setting.origin
+        );
+    }
+    for line in resolved.auth.describe() {
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}
+
 /// `text` as a TOML value: integers and booleans bare, everything else a
-/// basic string.
-pub(crate) fn toml_value(text: &str) -> String {
+/// string, quoted and escaped by the `toml` crate.
+fn toml_value(text: &str) -> String {
     if text.parse::<i64>().is_ok() || text == "true" || text == "false" {
         return text.to_string();
     }
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for ch in text.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            ch if ch.is_control() => {
-                let _ = write!(out, "\\u{:04X}", ch as u32);
-            }
-            ch => out.push(ch),
-        }
-    }
-    out.push('"');
-    out
+    toml::Value::String(text.to_string()).to_string()
 }
 
 /// Greedy word wrap.
@@ -149,11 +157,48 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
 mod tests {
     use super::*;
 
+    use crate::config::{defaults, resolve, Origin};
+
     #[test]
-    fn toml_values_quote_what_is_not_an_integer() {
+    fn toml_values_quote_what_is_not_an_integer_and_read_back_as_written() {
         assert_eq!(toml_value("1024"), "1024");
-        assert_eq!(toml_value("15s"), "\"15s\"");
         assert_eq!(toml_value("false"), "false");
-        assert_eq!(toml_value("a\"b\\c"), "\"a\\\"b\\\\c\"");
+        assert_eq!(toml_value("15s"), "\"15s\"");
+        for text in [
+            "15s",
+            "a\"b\\c",
+            "it's",
+            "tab\there",
+            "two\nlines",
+            "\u{7}bell",
+        ] {
+            let table: toml::Table = format!("key = {}", toml_value(text))
+                .parse()
+                .unwrap_or_else(|err| panic!("{text:?}: {err}"));
+            assert_eq!(table["key"].as_str(), Some(text));
+        }
+    }
+
+    #[test]
+    fn the_default_file_parses_to_exactly_the_defaults() {
+        let path = std::env::temp_dir().join(format!(
+            "corebus-config-text-{}-default.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, default_file()).expect("writes the temporary file");
+        let (defaults, matches) = defaults().expect("defaults parse");
+        let resolved = resolve(Some(&path), &matches).expect("default file is valid");
+        assert_eq!(resolved.args, defaults);
+        let command = settings_command();
+        assert_eq!(resolved.settings.len(), setting_args(&command).count());
+        for setting in &resolved.settings {
+            assert_eq!(
+                setting.origin,
+                Origin::File(path.clone()),
+                "{} is in the file",
+                setting.key
+            );
+        }
+        let _ = std::fs::remove_file(path);
     }
 }

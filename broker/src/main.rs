@@ -21,7 +21,9 @@ fn main() -> ExitCode {
         Command::Pub(args) => run_client(corebus::pubsub::publish(args)),
         Command::Sub(args) => run_client(corebus::pubsub::subscribe(args)),
         Command::Config(ConfigCommand::Check { file }) => corebus::config::check_file(&file),
-        Command::Config(ConfigCommand::Default) => stdio::print(&corebus::config::default_file()),
+        Command::Config(ConfigCommand::Default) => {
+            stdio::print(&corebus::config_text::default_file())
+        }
         Command::Doctor(command) => corebus::doctor::main(command, subcommand(&matches)),
         Command::Key(command) => corebus::auth_cmd::key(command),
         Command::Token(command) => corebus::auth_cmd::token(command),

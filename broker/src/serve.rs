@@ -427,7 +427,7 @@ pub fn main(command: ServeCommand, matches: &ArgMatches) -> anyhow::Result<()> {
     let mut resolved = config::resolve(command.file.config.as_deref(), matches)?;
     resolved.auth.apply_env()?;
     if command.print_config {
-        return crate::stdio::print(&resolved.to_file());
+        return crate::stdio::print(&crate::config_text::effective_file(&resolved));
     }
     run(resolved, command.file.config.clone(), matches.clone())
 }
