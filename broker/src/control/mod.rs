@@ -39,7 +39,8 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use crate::webhook::registry::{self, Registry};
+use crate::webhook::hook;
+use crate::webhook::registry::Registry;
 use rpc::{Network, PeerClient, Peers};
 use state::{Answer, Entry, Op};
 use store::{LogStore, StateMachine};
@@ -898,7 +899,7 @@ impl Plane {
                 match hook_now(id) {
                     Some(hook) => json!({ "webhook": hook.to_json(true) }),
                     // This node lags: answer from what was agreed.
-                    None => json!({ "webhook": registry::from_stored(hook)
+                    None => json!({ "webhook": hook::from_stored(hook)
                         .map(|hook| hook.to_json(true))
                         .unwrap_or(Value::Null) }),
                 }
@@ -1029,10 +1030,10 @@ fn prepare(registry: &Registry, command: Map<String, Value>) -> Result<Op, Webho
     let invalid = WebhookCommandError::Invalid;
     let request_id = match command.get("request_id") {
         None => {
-            registry::generate_id().map_err(|err| WebhookCommandError::Internal(err.to_string()))?
+            hook::generate_id().map_err(|err| WebhookCommandError::Internal(err.to_string()))?
         }
         Some(Value::String(id)) => {
-            registry::check_id(id).map_err(|_| {
+            hook::check_id(id).map_err(|_| {
                 invalid("\"request_id\" must be 1 to 64 letters, digits, '-', '_' or '.'".into())
             })?;
             id.clone()

@@ -344,7 +344,7 @@ mod tests {
         });
         state.apply(&disable).0.unwrap();
         assert_eq!(state.webhooks["a"]["disabled"]["at_ms"], json!("7"));
-        let disabled = crate::webhook::registry::from_stored(&state.webhooks["a"])
+        let disabled = crate::webhook::hook::from_stored(&state.webhooks["a"])
             .expect("the registry reads what the state stores")
             .disabled()
             .expect("disabled");

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
 
-use super::registry::{check_id, check_secret, Hook, Secrets, Source};
+use super::hook::{check_id, check_secret, Hook, Secrets, Source};
 use super::url::Destination;
 use crate::permissions::topic_pattern;
 

@@ -15,6 +15,7 @@
 
 mod config;
 mod deliver;
+pub mod hook;
 pub mod http;
 pub mod network;
 pub mod registry;
@@ -39,7 +40,8 @@ use tracing::warn;
 use crate::metrics::encode_value;
 
 pub use config::from_table;
-pub use registry::{Hook, Registry, RegistryPolicy, Source};
+pub use hook::{Hook, Source};
+pub use registry::{Registry, RegistryPolicy};
 
 /// The signature header's name.
 pub const SIGNATURE_HEADER: &str = "Corebus-Signature";

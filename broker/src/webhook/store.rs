@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use super::registry::{self, Hook};
+use super::hook::{self, Hook};
 
 const FILE: &str = "webhooks.json";
 /// The version of the `webhooks.json` format.
@@ -55,7 +55,7 @@ impl Store {
         };
         let mut hooks: Vec<Hook> = Vec::new();
         for (index, entry) in entries.iter().enumerate() {
-            let hook = registry::from_stored(entry).map_err(|reason| {
+            let hook = hook::from_stored(entry).map_err(|reason| {
                 anyhow::anyhow!("{}: webhook {index}: {reason}", path.display())
             })?;
             if hooks.iter().any(|other| other.id == hook.id) {
