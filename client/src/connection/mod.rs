@@ -8,6 +8,11 @@
 //! routes messages to subscriptions. The session task (`session.rs`) runs the
 //! writer and the heartbeat, watches the reader, and reconnects when the
 //! connection is lost.
+//!
+//! From the bottom up: `stream` (the byte stream, plain or TLS), `tls`,
+//! `setup` (opening a connection: addresses, TCP, TLS, `HELLO`/`WELCOME`),
+//! `state` (what the client knows), `reader`, `session`; each imports only
+//! the ones before it, and this module ties them together.
 
 use std::io;
 use std::mem;
@@ -15,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use corebus_net::{
     encode_publish, validate_namespace, validate_topic, ClusterRequest, Frame, ResumePoint,
     WebhookRequest, Welcome,
@@ -24,7 +30,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::subscription::Started;
-use crate::{ClientConfig, Error};
+use crate::{ClientConfig, Error, ServerAddr};
 
 mod backoff;
 mod reader;
@@ -34,12 +40,11 @@ mod state;
 mod stream;
 mod tls;
 
-pub(crate) use setup::connect;
+use session::run_session;
+use setup::{attempt, Dialer};
 pub(crate) use state::CommandKind;
 use state::{Cursor, Ended, Pending, Route, State, Terminal};
-
-/// Smallest amount of free buffer space the reader asks the socket to fill.
-const READ_CHUNK: usize = 64 * 1024;
+use stream::{AttemptError, READ_CHUNK};
 
 /// The answer a caller's subscribe waits for.
 pub(crate) type SubscribeAnswer = oneshot::Receiver<Result<Started, Error>>;
@@ -66,6 +71,43 @@ pub(crate) struct Shared {
     /// socket is then the client's doing.
     stalled: AtomicBool,
     clock_base: Instant,
+}
+
+/// Opens a connection, performs the handshake and starts the session task.
+pub(crate) async fn connect(
+    addr: impl ServerAddr,
+    config: ClientConfig,
+) -> Result<Arc<Shared>, Error> {
+    let deadline = Instant::now() + config.connect_timeout;
+    let dialer = Dialer::new(addr, &config, deadline).await?;
+    let opened = attempt(&dialer, &config)
+        .await
+        .map_err(AttemptError::into_error)?;
+    let max_in_flight = config
+        .max_in_flight
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize)) as u32;
+    let shared = Arc::new(Shared {
+        permits: Arc::new(Semaphore::new(max_in_flight as usize)),
+        max_in_flight,
+        state: Mutex::new(State::new(
+            opened.welcome.clone(),
+            BytesMut::with_capacity(READ_CHUNK),
+        )),
+        config,
+        write_notify: Notify::new(),
+        session_wake: Notify::new(),
+        link_change: Notify::new(),
+        session_task: Mutex::new(None),
+        last_heard_ms: AtomicU64::new(0),
+        stalled: AtomicBool::new(false),
+        clock_base: Instant::now(),
+    });
+    let session = tokio::spawn(run_session(shared.clone(), dialer, opened));
+    *shared
+        .session_task
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(session);
+    Ok(shared)
 }
 
 /// Checks the names against the naming rules.

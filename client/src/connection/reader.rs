@@ -13,7 +13,8 @@ use tokio::io::AsyncReadExt;
 
 use super::state::{protocol_violation, CommandKind, UNACKED_IDS};
 use super::stream::ReadHalf;
-use super::{Cursor, Ended, Pending, Shared, State, Terminal, READ_CHUNK};
+use super::stream::READ_CHUNK;
+use super::{Cursor, Ended, Pending, Shared, State, Terminal};
 use crate::error::code_text;
 use crate::queue::{Sender, TrySendError};
 use crate::subscription::Started;

@@ -3,16 +3,20 @@
 //! backoff and resumes every subscription.
 
 use std::io;
+use std::mem;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use corebus_net::Frame;
-use tokio::time::{sleep, sleep_until, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use super::backoff::Backoff;
 use super::reader::run_reader;
-use super::setup::{attempt, write_loop, AttemptError, Dialer, Opened};
+use super::setup::{attempt, Dialer, Opened};
+use super::stream::{AttemptError, WriteHalf, READ_CHUNK};
 use super::{Ended, Shared, Terminal};
 use crate::ConnectionEvent;
 
@@ -182,6 +186,54 @@ async fn run_connection(shared: &Arc<Shared>, opened: Opened) -> Ended {
         let _ = reader.await;
     }
     ended
+}
+
+/// Writes whatever callers queued, one swap of the buffer per wake-up.
+/// Returns `Ok` only after the final flush and shutdown of `close()`.
+pub(super) async fn write_loop(shared: &Shared, wr: &mut WriteHalf) -> io::Result<()> {
+    let mut spare = BytesMut::with_capacity(READ_CHUNK);
+    // A buffer is kept for reuse up to twice `send_buffer`: filling one to
+    // the bound doubles it past the bound with the last frame, and one that
+    // was let go then would be grown again from nothing, a copy into fresh
+    // memory per doubling, for every batch a fast publisher writes.
+    let keep = shared.config.send_buffer.saturating_mul(2).max(READ_CHUNK);
+    loop {
+        shared.write_notify.notified().await;
+        let (shutdown, room) = {
+            let mut st = shared.lock();
+            mem::swap(&mut st.out, &mut spare);
+            st.writer_notified = false;
+            (st.shutdown, mem::take(&mut st.room_wanted))
+        };
+        if room {
+            shared.link_change.notify_waiters();
+        }
+        if shutdown {
+            // Bounded, so a peer that stopped reading cannot keep this task
+            // (and the socket) alive forever after the client is gone.
+            let flush = async {
+                wr.write_all(&spare).await?;
+                wr.shutdown().await
+            };
+            return match timeout(shared.config.request_timeout, flush).await {
+                Ok(result) => result,
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the final flush did not finish in time",
+                )),
+            };
+        }
+        if !spare.is_empty() {
+            wr.write_all(&spare).await?;
+            // A TLS stream may return from a write with records still in its
+            // buffer; without the flush they would wait for the next write.
+            wr.flush().await?;
+            spare.clear();
+            if spare.capacity() > keep {
+                spare = BytesMut::with_capacity(READ_CHUNK);
+            }
+        }
+    }
 }
 
 /// Sends `PING` after `heartbeat_interval` of silence from the server;

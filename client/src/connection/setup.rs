@@ -1,10 +1,9 @@
-//! Connecting, the handshake, and the writer.
+//! Opening a connection: resolving the broker's addresses once, connecting
+//! (from a source port that leads to the topic's shard, with topic affinity),
+//! the TLS handshake, and `HELLO`/`WELCOME`.
 
 use std::io;
-use std::mem;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -13,14 +12,11 @@ use corebus_net::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{lookup_host, TcpSocket, TcpStream};
-use tokio::sync::{Notify, Semaphore};
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::time::{timeout_at, Instant};
 
 use super::backoff::{Backoff, SplitMix64};
-use super::session::run_session;
-use super::stream::{Stream, WriteHalf};
+use super::stream::{AttemptError, Stream, READ_CHUNK};
 use super::tls::Tls;
-use super::{Shared, State, READ_CHUNK};
 use crate::error::code_text;
 use crate::{ClientConfig, Error, ServerAddr, TlsError};
 
@@ -43,65 +39,21 @@ pub(super) struct Opened {
     pub(super) leftover: BytesMut,
 }
 
-/// Why a connection attempt failed.
-pub(super) enum AttemptError {
-    /// The server answered, but not with a usable `WELCOME`: an `ERROR`,
-    /// another protocol version, another frame, undecodable bytes. Trying
-    /// again would get the same answer.
-    Refused(Error),
-    /// Connecting, reading or writing failed, or timed out: worth retrying.
-    Failed(Error),
-}
-
-impl AttemptError {
-    fn into_error(self) -> Error {
-        match self {
-            AttemptError::Refused(err) | AttemptError::Failed(err) => err,
-        }
+impl Dialer {
+    /// Resolves `addr` and sets up TLS if configured, within `deadline`.
+    pub(super) async fn new(
+        addr: impl ServerAddr,
+        config: &ClientConfig,
+        deadline: Instant,
+    ) -> Result<Dialer, Error> {
+        let host = addr.host();
+        let addrs = resolve(addr, deadline, config.connect_timeout).await?;
+        let tls = match &config.tls {
+            Some(options) => Some(Tls::new(options, host, &addrs).await?),
+            None => None,
+        };
+        Ok(Dialer { addrs, tls })
     }
-}
-
-/// Opens a connection, performs the handshake and starts the session task.
-pub(crate) async fn connect(
-    addr: impl ServerAddr,
-    config: ClientConfig,
-) -> Result<Arc<Shared>, Error> {
-    let deadline = Instant::now() + config.connect_timeout;
-    let host = addr.host();
-    let addrs = resolve(addr, deadline, config.connect_timeout).await?;
-    let tls = match &config.tls {
-        Some(options) => Some(Tls::new(options, host, &addrs).await?),
-        None => None,
-    };
-    let dialer = Dialer { addrs, tls };
-    let opened = attempt(&dialer, &config)
-        .await
-        .map_err(AttemptError::into_error)?;
-    let max_in_flight = config
-        .max_in_flight
-        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize)) as u32;
-    let shared = Arc::new(Shared {
-        permits: Arc::new(Semaphore::new(max_in_flight as usize)),
-        max_in_flight,
-        state: Mutex::new(State::new(
-            opened.welcome.clone(),
-            BytesMut::with_capacity(READ_CHUNK),
-        )),
-        config,
-        write_notify: Notify::new(),
-        session_wake: Notify::new(),
-        link_change: Notify::new(),
-        session_task: Mutex::new(None),
-        last_heard_ms: AtomicU64::new(0),
-        stalled: AtomicBool::new(false),
-        clock_base: Instant::now(),
-    });
-    let session = tokio::spawn(run_session(shared.clone(), dialer, opened));
-    *shared
-        .session_task
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner) = Some(session);
-    Ok(shared)
 }
 
 /// Resolves `addr` once; reconnections reuse the addresses.
@@ -375,54 +327,6 @@ async fn handshake(
                         "the server closed the connection before WELCOME".into(),
                     )));
                 }
-            }
-        }
-    }
-}
-
-/// Writes whatever callers queued, one swap of the buffer per wake-up.
-/// Returns `Ok` only after the final flush and shutdown of `close()`.
-pub(super) async fn write_loop(shared: &Shared, wr: &mut WriteHalf) -> io::Result<()> {
-    let mut spare = BytesMut::with_capacity(READ_CHUNK);
-    // A buffer is kept for reuse up to twice `send_buffer`: filling one to
-    // the bound doubles it past the bound with the last frame, and one that
-    // was let go then would be grown again from nothing, a copy into fresh
-    // memory per doubling, for every batch a fast publisher writes.
-    let keep = shared.config.send_buffer.saturating_mul(2).max(READ_CHUNK);
-    loop {
-        shared.write_notify.notified().await;
-        let (shutdown, room) = {
-            let mut st = shared.lock();
-            mem::swap(&mut st.out, &mut spare);
-            st.writer_notified = false;
-            (st.shutdown, mem::take(&mut st.room_wanted))
-        };
-        if room {
-            shared.link_change.notify_waiters();
-        }
-        if shutdown {
-            // Bounded, so a peer that stopped reading cannot keep this task
-            // (and the socket) alive forever after the client is gone.
-            let flush = async {
-                wr.write_all(&spare).await?;
-                wr.shutdown().await
-            };
-            return match timeout(shared.config.request_timeout, flush).await {
-                Ok(result) => result,
-                Err(_) => Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the final flush did not finish in time",
-                )),
-            };
-        }
-        if !spare.is_empty() {
-            wr.write_all(&spare).await?;
-            // A TLS stream may return from a write with records still in its
-            // buffer; without the flush they would wait for the next write.
-            wr.flush().await?;
-            spare.clear();
-            if spare.capacity() > keep {
-                spare = BytesMut::with_capacity(READ_CHUNK);
             }
         }
     }

@@ -13,6 +13,29 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use crate::Error;
+
+/// Why a connection attempt failed.
+pub(super) enum AttemptError {
+    /// The server answered, but not with a usable `WELCOME`: an `ERROR`,
+    /// another protocol version, another frame, undecodable bytes. Trying
+    /// again would get the same answer.
+    Refused(Error),
+    /// Connecting, reading or writing failed, or timed out: worth retrying.
+    Failed(Error),
+}
+
+impl AttemptError {
+    pub(super) fn into_error(self) -> Error {
+        match self {
+            AttemptError::Refused(err) | AttemptError::Failed(err) => err,
+        }
+    }
+}
+
+/// Smallest amount of free buffer space the reader asks the socket to fill.
+pub(super) const READ_CHUNK: usize = 64 * 1024;
+
 /// A connected stream, before the split.
 pub(super) enum Stream {
     Plain(TcpStream),

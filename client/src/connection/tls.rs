@@ -15,8 +15,7 @@ use rustls::{ClientConfig as RustlsConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::setup::AttemptError;
-use super::stream::Stream;
+use super::stream::{AttemptError, Stream};
 use crate::{Error, TlsError, TlsOptions, TlsRoots};
 
 /// What every TLS connection of one client shares.
