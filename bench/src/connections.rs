@@ -20,12 +20,10 @@ use crate::options::Plan;
 use crate::payload::{Header, PayloadWriter};
 use crate::progress::Progress;
 use crate::report::{ConnectionsReport, LatencyUs, Report};
-use crate::sys::{ensure_open_files, resident_kib};
+use crate::sys::{ensure_open_files, resident_kib, SPARE_FILES};
 use crate::tracker::latency_histogram;
 use crate::BenchError;
 
-/// Descriptors the harness needs besides one per connection.
-pub const SPARE_FILES: u64 = 256;
 /// How long the broker's memory is left to settle before it is read.
 const SETTLE: Duration = Duration::from_millis(500);
 /// Limit on delivering every message, beyond `--duration`.

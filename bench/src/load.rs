@@ -20,14 +20,13 @@ use tokio::runtime::Handle;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
-use crate::connections::SPARE_FILES;
 use crate::driver::{Endpoint, Publisher, PublisherDone, Subscriber};
 use crate::flow::TopicFlow;
 use crate::options::{Plan, Scenario, SubscriptionSlot};
 use crate::payload::{Header, PayloadWriter};
 use crate::progress::Progress;
 use crate::report::{LatencyUs, Report};
-use crate::sys::{ensure_open_files, CpuMark};
+use crate::sys::{ensure_open_files, CpuMark, SPARE_FILES};
 use crate::tracker::{latency_histogram, Tracker};
 use crate::BenchError;
 

@@ -109,6 +109,9 @@ fn cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// Descriptors the harness needs besides one per connection.
+pub const SPARE_FILES: u64 = 256;
+
 /// Raises this process's open-file limit to at least `needed` descriptors,
 /// up to the hard limit, and fails with the command to run when that is not
 /// enough.

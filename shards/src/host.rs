@@ -1,7 +1,33 @@
 //! What the shards need of the host: the CPUs they may run on, and what
 //! io_uring needs (locked memory, not disabled by sysctl).
 
-use crate::runtime::StartError;
+/// What the host lacks for io_uring; [`preflight`]'s answer, carried by
+/// [`StartError::Host`](crate::StartError::Host).
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The locked-memory limit is below what io_uring needs.
+    #[error(
+        "the locked-memory limit (ulimit -l) is {current_kib} KiB; corebus needs at least \
+         {needed_kib} KiB for io_uring. Raise it with `ulimit -l unlimited` in the shell that \
+         starts corebus (root), `LimitMEMLOCK=infinity` in its systemd unit, or a line \
+         `<user> - memlock unlimited` in /etc/security/limits.conf"
+    )]
+    MemlockTooLow {
+        /// Current soft limit in KiB.
+        current_kib: u64,
+        /// What is needed in KiB.
+        needed_kib: u64,
+    },
+    /// io_uring is switched off by sysctl.
+    #[error(
+        "io_uring is disabled on this kernel (kernel.io_uring_disabled = {value}); enable it \
+         with `sysctl -w kernel.io_uring_disabled=0` (and persist it in /etc/sysctl.d/)"
+    )]
+    IoUringDisabled {
+        /// The sysctl's value.
+        value: u32,
+    },
+}
 
 /// glommio's registered I/O buffer per executor. corebus does no file I/O,
 /// so the minimum keeps locked memory (RLIMIT_MEMLOCK) needs small.
@@ -33,11 +59,11 @@ pub fn memlock_needed(shards: usize) -> u64 {
 
 /// Checks what io_uring needs from the host, raising the soft locked-memory
 /// limit to the hard one when that is enough.
-pub fn preflight(shards: usize) -> Result<(), StartError> {
+pub fn preflight(shards: usize) -> Result<(), HostError> {
     if let Ok(text) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
         let value: u32 = text.trim().parse().unwrap_or(0);
         if value == 2 {
-            return Err(StartError::IoUringDisabled { value });
+            return Err(HostError::IoUringDisabled { value });
         }
     }
     let needed = memlock_needed(shards);
@@ -62,7 +88,7 @@ pub fn preflight(shards: usize) -> Result<(), StartError> {
             return Ok(());
         }
     }
-    Err(StartError::MemlockTooLow {
+    Err(HostError::MemlockTooLow {
         current_kib: limit.rlim_cur / 1024,
         needed_kib: needed / 1024,
     })

@@ -22,6 +22,7 @@ pub mod fuzzing;
 pub mod host;
 mod link;
 mod listen;
+pub mod local_ref;
 pub mod log_limit;
 pub mod mesh;
 pub mod metrics;

@@ -15,6 +15,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use corebus_net::{Epoch, ResumePoint, Seq, TopicKey};
 
+use crate::local_ref::LocalRef;
 use crate::topic::ResumePlan;
 use crate::ConnId;
 
@@ -28,19 +29,6 @@ pub struct AckTo {
     pub conn: ConnId,
     /// Its request id.
     pub request_id: u32,
-}
-
-/// A subscriber shard's handle for its table entry of one topic: the slot
-/// and that slot's generation. Sent to the owner with an interest request;
-/// the owner addresses that shard's deliveries of the topic with it, so they
-/// carry no topic key and need no lookup by name. A handle whose entry was
-/// removed names nothing, even after its slot is reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LocalRef {
-    /// Index of the entry in the subscriber shard's table.
-    pub slot: u32,
-    /// The slot's generation when the entry was made.
-    pub generation: u32,
 }
 
 /// A subscription that wants to resume: answered by the owner with a plan.

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use corebus_net::{Epoch, ResumePoint, Seq, TopicKey};
 
-use crate::mesh::LocalRef;
+use crate::local_ref::LocalRef;
 use crate::ring::PayloadRing;
 use crate::routing::ShardId;
 

@@ -17,7 +17,8 @@ use bytes::{Bytes, BytesMut};
 use corebus_net::TopicKey;
 use rustc_hash::FxHashMap;
 
-use crate::mesh::{AckTo, LocalRef, ResumeReq};
+use crate::local_ref::LocalRef;
+use crate::mesh::{AckTo, ResumeReq};
 use crate::routing::ShardId;
 
 /// A mirror's link to the topic's owner node, or, while `pulling`, to the

@@ -16,7 +16,7 @@ use corebus_net::TopicKey;
 use rustc_hash::FxHashMap;
 
 use super::LocalTopic;
-use crate::mesh::LocalRef;
+use crate::local_ref::LocalRef;
 
 #[derive(Debug, Default)]
 pub(super) struct LocalTopics {

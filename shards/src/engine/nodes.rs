@@ -25,7 +25,8 @@ use tracing::{debug, info};
 
 use super::{ConnId, Shard};
 use crate::cluster::{NodeMap, Placement};
-use crate::mesh::{AckTo, Handoff, HandoffAnswer, HandoffReply, LocalRef, ResumeReq, ShardMsg};
+use crate::local_ref::LocalRef;
+use crate::mesh::{AckTo, Handoff, HandoffAnswer, HandoffReply, ResumeReq, ShardMsg};
 use crate::outbox::{OutFrame, PushError};
 use crate::ring::COPY_MAX;
 use crate::routing::ShardId;

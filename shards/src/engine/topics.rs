@@ -10,7 +10,8 @@ use corebus_net::{Epoch, ErrorCode, Publish, Seq, Subscribe, TopicKey, Unsubscri
 use super::delivery::{push_message, Delivery};
 use super::{push_mesh, ActiveTopic, ConnId, LocalTopic, Shard, SubState};
 use crate::auth::{unix_now_ms, Action};
-use crate::mesh::{AckTo, LocalRef, ResumeReply, ResumeReq, ShardMsg};
+use crate::local_ref::LocalRef;
+use crate::mesh::{AckTo, ResumeReply, ResumeReq, ShardMsg};
 use crate::outbox::OutFrame;
 use crate::ring::COPY_MAX;
 use crate::routing::{self, ShardId};
