@@ -4,8 +4,8 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::command::{parse_root, with_reason};
 use crate::connection::CommandKind;
-use crate::webhook::{parse_root, with_reason};
 use crate::{Client, Error};
 
 /// A member of the cluster, as the node asked sees it.

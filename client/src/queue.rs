@@ -271,7 +271,7 @@ mod tests {
             epoch: 1,
             seq,
             payload: Bytes::new(),
-            name: std::sync::Arc::new(crate::subscription::TopicName {
+            name: std::sync::Arc::new(crate::message::TopicName {
                 namespace: "ns".into(),
                 topic: "t".into(),
             }),

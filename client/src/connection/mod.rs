@@ -342,7 +342,7 @@ impl Shared {
             let sub_id = st.alloc_sub();
             let route = Route {
                 tx: Some(tx),
-                name: std::sync::Arc::new(crate::subscription::TopicName {
+                name: std::sync::Arc::new(crate::message::TopicName {
                     namespace: namespace.into(),
                     topic: topic.into(),
                 }),

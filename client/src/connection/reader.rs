@@ -122,7 +122,7 @@ impl Step {
         }
     }
 
-    fn into_event(self, name: &std::sync::Arc<crate::subscription::TopicName>) -> Event {
+    fn into_event(self, name: &std::sync::Arc<crate::message::TopicName>) -> Event {
         match self {
             Step::Message(message) => Event::Message(Message {
                 epoch: message.epoch,
@@ -397,10 +397,7 @@ fn hand_over(st: &mut State, steps: &mut VecDeque<Step>) -> Result<Option<Blocke
 fn hand_over_runs(
     st: &mut State,
     steps: &mut VecDeque<Step>,
-    gaps: &mut Vec<(
-        std::sync::Arc<crate::subscription::TopicName>,
-        Discontinuity,
-    )>,
+    gaps: &mut Vec<(std::sync::Arc<crate::message::TopicName>, Discontinuity)>,
 ) -> Result<Option<Blocked>, Ended> {
     while let Some(first) = steps.front() {
         let sub_id = first.sub_id();

@@ -17,7 +17,8 @@ use tokio::sync::{broadcast, oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use crate::events::EVENT_BUFFER;
-use crate::subscription::{Started, TopicName};
+use crate::message::TopicName;
+use crate::subscription::Started;
 use crate::{ConnectionEvent, Discontinuity, Error, UnackedFailures};
 
 /// Request ids with this bit set belong to publishes sent without the ack
@@ -241,7 +242,7 @@ pub(crate) struct Route {
     /// `None` once `UNSUBSCRIBE` was sent: messages until `UNSUB_OK` are dropped.
     pub(crate) tx: Option<crate::queue::Sender>,
     /// The namespace and topic, which every message of it carries.
-    pub(crate) name: std::sync::Arc<crate::subscription::TopicName>,
+    pub(crate) name: std::sync::Arc<crate::message::TopicName>,
     /// Advanced only once an item is in the subscription's channel, so that a
     /// resume point never skips an item the application has not got.
     pub(crate) cursor: Cursor,
