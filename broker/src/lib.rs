@@ -19,6 +19,7 @@ pub mod config;
 pub mod config_text;
 pub mod control;
 pub mod doctor;
+pub mod embedded;
 pub mod http_server;
 pub mod jwt;
 pub mod metrics;

@@ -157,20 +157,30 @@ pub struct TopicOwner {
     pub shard: Option<u16>,
 }
 
-/// The examples of these methods are compiled but not run by the doctests:
-/// they need the nodes of a cluster. `broker/tests/cluster.rs` runs each of
-/// them against one.
+/// The examples run against a broker embedded in the test
+/// (`corebus::embedded`) that runs alone: `broker/tests/cluster.rs` runs
+/// each command against a cluster.
 impl Client {
     /// The members of the cluster, as the node this client is connected to
     /// sees them (super-user credentials only).
     ///
-    /// ```no_run
-    /// # use corebus_client::{Client, Error};
-    /// # async fn run(client: Client) -> Result<(), Error> {
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let data = std::env::temp_dir().join(format!("corebus-doc-{}", std::process::id()));
+    /// # let broker = corebus::embedded::Embedded::start(&[
+    /// #     "--listen", "127.0.0.1:0", "--shards", "1", "--data-dir", data.to_str().expect("UTF-8"),
+    /// # ]).expect("the broker starts");
+    /// # // The broker runs without authentication, on loopback: every client is a super-user.
+    /// # let client = corebus_client::Client::connect(broker.local_addr()).await?;
     /// let status = client.cluster_status().await?;
     /// for member in &status.members {
     ///     println!("{} {} (clients: {})", member.node, member.state, member.client);
     /// }
+    /// // This broker runs alone.
+    /// assert_eq!((status.node, status.members.len()), (None, 0));
+    /// # broker.stop();
+    /// # let _ = std::fs::remove_dir_all(&data);
     /// # Ok(())
     /// # }
     /// ```
@@ -186,11 +196,23 @@ impl Client {
     /// a backup from which a cluster that lost a majority for good is
     /// rebuilt (docs/cluster.md). Keep it as secret as the secrets in it.
     ///
-    /// ```no_run
-    /// # use corebus_client::{Client, Error};
-    /// # async fn run(client: Client) -> Result<(), Error> {
-    /// let backup = client.control_snapshot().await?;
-    /// assert!(backup.starts_with('{'));
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let data = std::env::temp_dir().join(format!("corebus-doc-{}", std::process::id()));
+    /// # let broker = corebus::embedded::Embedded::start(&[
+    /// #     "--listen", "127.0.0.1:0", "--shards", "1", "--data-dir", data.to_str().expect("UTF-8"),
+    /// # ]).expect("the broker starts");
+    /// # // The broker runs without authentication, on loopback: every client is a super-user.
+    /// # let client = corebus_client::Client::connect(broker.local_addr()).await?;
+    /// match client.control_snapshot().await {
+    ///     // Keep it as secret as the secrets in it.
+    ///     Ok(backup) => println!("{} bytes to store safely", backup.len()),
+    ///     // A node that runs alone has no control plane to back up.
+    ///     Err(err) => assert_eq!(err.server_code(), Some(corebus_client::ErrorCode::InvalidRequest)),
+    /// }
+    /// # broker.stop();
+    /// # let _ = std::fs::remove_dir_all(&data);
     /// # Ok(())
     /// # }
     /// ```
@@ -204,10 +226,22 @@ impl Client {
     /// keep a majority without it (super-user credentials only). A node
     /// that is up is refused: it would be added back.
     ///
-    /// ```no_run
-    /// # use corebus_client::{Client, Error};
-    /// # async fn run(client: Client) -> Result<(), Error> {
-    /// client.remove_cluster_node("10.0.0.3:7500").await?;
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let data = std::env::temp_dir().join(format!("corebus-doc-{}", std::process::id()));
+    /// # let broker = corebus::embedded::Embedded::start(&[
+    /// #     "--listen", "127.0.0.1:0", "--shards", "1", "--data-dir", data.to_str().expect("UTF-8"),
+    /// # ]).expect("the broker starts");
+    /// # // The broker runs without authentication, on loopback: every client is a super-user.
+    /// # let client = corebus_client::Client::connect(broker.local_addr()).await?;
+    /// match client.remove_cluster_node("10.0.0.3:7500").await {
+    ///     Ok(()) => println!("10.0.0.3:7500 gave up its vote"),
+    ///     // Refused: not a cluster here (or the node is up, or unknown).
+    ///     Err(err) => eprintln!("not removed: {err}"),
+    /// }
+    /// # broker.stop();
+    /// # let _ = std::fs::remove_dir_all(&data);
     /// # Ok(())
     /// # }
     /// ```
@@ -220,11 +254,21 @@ impl Client {
 
     /// The node that owns `namespace`/`topic` (super-user credentials only).
     ///
-    /// ```no_run
-    /// # use corebus_client::{Client, Error};
-    /// # async fn run(client: Client) -> Result<(), Error> {
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let data = std::env::temp_dir().join(format!("corebus-doc-{}", std::process::id()));
+    /// # let broker = corebus::embedded::Embedded::start(&[
+    /// #     "--listen", "127.0.0.1:0", "--shards", "1", "--data-dir", data.to_str().expect("UTF-8"),
+    /// # ]).expect("the broker starts");
+    /// # // The broker runs without authentication, on loopback: every client is a super-user.
+    /// # let client = corebus_client::Client::connect(broker.local_addr()).await?;
     /// let owner = client.topic_owner("orders", "eu/created").await?;
     /// println!("owned by {:?}", owner.node);
+    /// // This broker runs alone, with one shard: it owns everything.
+    /// assert_eq!((owner.node, owner.shard), (None, Some(0)));
+    /// # broker.stop();
+    /// # let _ = std::fs::remove_dir_all(&data);
     /// # Ok(())
     /// # }
     /// ```

@@ -127,10 +127,17 @@
 //! refuses for its content gets [`ErrorCode::InvalidRequest`]. Secrets are
 //! redacted from `Debug` output.
 //!
-//! ```no_run
-//! use corebus_client::{Client, Error, WebhookMatch, WebhookSpec};
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), corebus_client::Error> {
+//! # let data = std::env::temp_dir().join(format!("corebus-doc-{}", std::process::id()));
+//! # let broker = corebus::embedded::Embedded::start(&[
+//! #     "--listen", "127.0.0.1:0", "--shards", "1", "--data-dir", data.to_str().expect("UTF-8"),
+//! # ]).expect("the broker starts");
+//! # // The broker runs without authentication, on loopback: every client is a super-user.
+//! # let client = corebus_client::Client::connect(broker.local_addr()).await?;
+//! use corebus_client::{WebhookMatch, WebhookSpec};
 //!
-//! # async fn run(client: Client) -> Result<(), Error> {
 //! let spec = WebhookSpec::new("https://hooks.example/orders", "shop", "orders/", WebhookMatch::Prefix);
 //! let added = client.add_webhook(&spec).await?;
 //! // A new secret; the old one keeps signing until `previous_secret_expires_ms`.
@@ -140,6 +147,8 @@
 //!     println!("{} -> {} ({:?})", webhook.topic, webhook.url, webhook.source);
 //! }
 //! client.remove_webhook(&added.id).await?;
+//! # broker.stop();
+//! # let _ = std::fs::remove_dir_all(&data);
 //! # Ok(())
 //! # }
 //! ```

@@ -375,21 +375,30 @@ impl fmt::Debug for Redacted<'_> {
 ///   dropped before the answer. In these two cases the command may or may
 ///   not have been carried out: [`Client::list_webhooks`] tells.
 ///
-/// The examples of these methods are compiled but not run by the doctests:
-/// they need a broker with its webhook registry and a super-user key (the
-/// `corebus` binary). `client/tests/webhooks.rs` checks every command's JSON
-/// and reply against a scripted server, and `broker/tests/webhooks.rs` runs
-/// them against the broker.
+/// The examples run against a broker embedded in the test
+/// (`corebus::embedded`), open on loopback, where every client is a
+/// super-user.
 impl Client {
     /// Adds a webhook; returns it with its id and its secret (the one given,
     /// or the one the broker generated).
     ///
-    /// ```no_run
-    /// # use corebus_client::{Client, Error, WebhookMatch, WebhookSpec};
-    /// # async fn run(client: Client) -> Result<(), Error> {
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let data = std::env::temp_dir().join(format!("corebus-doc-{}", std::process::id()));
+    /// # let broker = corebus::embedded::Embedded::start(&[
+    /// #     "--listen", "127.0.0.1:0", "--shards", "1", "--data-dir", data.to_str().expect("UTF-8"),
+    /// # ]).expect("the broker starts");
+    /// # // The broker runs without authentication, on loopback: every client is a super-user.
+    /// # let client = corebus_client::Client::connect(broker.local_addr()).await?;
+    /// use corebus_client::{WebhookMatch, WebhookSpec};
+    ///
     /// let spec = WebhookSpec::new("https://hooks.example/orders", "shop", "orders/", WebhookMatch::Prefix);
     /// let webhook = client.add_webhook(&spec).await?;
-    /// println!("added {}; it signs with {:?}", webhook.id, webhook.secret);
+    /// let secret = webhook.secret.as_deref().expect("revealed when added");
+    /// println!("added {}; the receiver checks signatures with {secret:?}", webhook.id);
+    /// # broker.stop();
+    /// # let _ = std::fs::remove_dir_all(&data);
     /// # Ok(())
     /// # }
     /// ```
@@ -412,13 +421,24 @@ impl Client {
     /// Lists every webhook, from the configuration and added at run time
     /// (without their secrets).
     ///
-    /// ```no_run
-    /// # use corebus_client::{Client, Error};
-    /// # async fn run(client: Client) -> Result<(), Error> {
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let data = std::env::temp_dir().join(format!("corebus-doc-{}", std::process::id()));
+    /// # let broker = corebus::embedded::Embedded::start(&[
+    /// #     "--listen", "127.0.0.1:0", "--shards", "1", "--data-dir", data.to_str().expect("UTF-8"),
+    /// # ]).expect("the broker starts");
+    /// # // The broker runs without authentication, on loopback: every client is a super-user.
+    /// # let client = corebus_client::Client::connect(broker.local_addr()).await?;
+    /// # use corebus_client::{WebhookMatch, WebhookSpec};
+    /// # client.add_webhook(&WebhookSpec::new("https://hooks.example/o", "shop", "orders", WebhookMatch::Exact)).await?;
     /// for webhook in client.list_webhooks().await? {
     ///     let delivered = webhook.delivery.map_or(0, |delivery| delivery.delivered);
     ///     println!("{} -> {}: {delivered} delivered", webhook.id, webhook.url);
+    ///     assert!(webhook.secret.is_none(), "never listed");
     /// }
+    /// # broker.stop();
+    /// # let _ = std::fs::remove_dir_all(&data);
     /// # Ok(())
     /// # }
     /// ```
@@ -429,15 +449,27 @@ impl Client {
 
     /// Removes a webhook; returns it as it was (without its secret).
     ///
-    /// ```no_run
-    /// # use corebus_client::{Client, Error, WebhookSource};
-    /// # async fn run(client: Client) -> Result<(), Error> {
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let data = std::env::temp_dir().join(format!("corebus-doc-{}", std::process::id()));
+    /// # let broker = corebus::embedded::Embedded::start(&[
+    /// #     "--listen", "127.0.0.1:0", "--shards", "1", "--data-dir", data.to_str().expect("UTF-8"),
+    /// # ]).expect("the broker starts");
+    /// # // The broker runs without authentication, on loopback: every client is a super-user.
+    /// # let client = corebus_client::Client::connect(broker.local_addr()).await?;
+    /// use corebus_client::{WebhookMatch, WebhookSource, WebhookSpec};
+    ///
+    /// # client.add_webhook(&WebhookSpec::new("https://hooks.example/o", "shop", "orders", WebhookMatch::Exact)).await?;
     /// // Remove every run-time webhook of the "shop" namespace.
     /// for webhook in client.list_webhooks().await? {
     ///     if webhook.namespace == "shop" && webhook.source == WebhookSource::Runtime {
     ///         client.remove_webhook(&webhook.id).await?;
     ///     }
     /// }
+    /// assert!(client.list_webhooks().await?.is_empty());
+    /// # broker.stop();
+    /// # let _ = std::fs::remove_dir_all(&data);
     /// # Ok(())
     /// # }
     /// ```
@@ -453,12 +485,26 @@ impl Client {
     /// [`Webhook::previous_secret_expires_ms`], so that the receiver can
     /// switch over without rejecting requests.
     ///
-    /// ```no_run
-    /// # use corebus_client::{Client, Error};
-    /// # async fn run(client: Client, id: &str) -> Result<(), Error> {
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let data = std::env::temp_dir().join(format!("corebus-doc-{}", std::process::id()));
+    /// # let broker = corebus::embedded::Embedded::start(&[
+    /// #     "--listen", "127.0.0.1:0", "--shards", "1", "--data-dir", data.to_str().expect("UTF-8"),
+    /// # ]).expect("the broker starts");
+    /// # // The broker runs without authentication, on loopback: every client is a super-user.
+    /// # let client = corebus_client::Client::connect(broker.local_addr()).await?;
+    /// # use corebus_client::{WebhookMatch, WebhookSpec};
+    /// # let added = client.add_webhook(&WebhookSpec::new("https://hooks.example/o", "shop", "orders", WebhookMatch::Exact)).await?;
+    /// # let id = added.id.as_str();
     /// let rotated = client.rotate_webhook_secret(id, None).await?;
     /// let new_secret = rotated.secret.expect("revealed on rotation");
-    /// println!("give the receiver {new_secret:?} before {:?}", rotated.previous_secret_expires_ms);
+    /// assert_ne!(Some(new_secret.clone()), added.secret);
+    /// // The old secret keeps signing until then, so the receiver can switch over.
+    /// let until = rotated.previous_secret_expires_ms.expect("the old secret still signs");
+    /// println!("give the receiver {new_secret:?} before {until} (Unix ms)");
+    /// # broker.stop();
+    /// # let _ = std::fs::remove_dir_all(&data);
     /// # Ok(())
     /// # }
     /// ```
@@ -480,16 +526,27 @@ impl Client {
     /// was disabled were dropped). Enabling an enabled webhook changes
     /// nothing. Returns the webhook (without its secret).
     ///
-    /// ```no_run
-    /// # use corebus_client::{Client, Error};
-    /// # async fn run(client: Client) -> Result<(), Error> {
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let data = std::env::temp_dir().join(format!("corebus-doc-{}", std::process::id()));
+    /// # let broker = corebus::embedded::Embedded::start(&[
+    /// #     "--listen", "127.0.0.1:0", "--shards", "1", "--data-dir", data.to_str().expect("UTF-8"),
+    /// # ]).expect("the broker starts");
+    /// # // The broker runs without authentication, on loopback: every client is a super-user.
+    /// # let client = corebus_client::Client::connect(broker.local_addr()).await?;
+    /// # use corebus_client::{WebhookMatch, WebhookSpec};
+    /// # client.add_webhook(&WebhookSpec::new("https://hooks.example/o", "shop", "orders", WebhookMatch::Exact)).await?;
     /// for webhook in client.list_webhooks().await? {
     ///     if let Some(disabled) = &webhook.disabled {
     ///         println!("{} was disabled: {}", webhook.id, disabled.detail);
-    ///         let webhook = client.enable_webhook(&webhook.id).await?;
-    ///         assert!(webhook.disabled.is_none());
     ///     }
+    ///     // Enabling an enabled webhook changes nothing.
+    ///     let webhook = client.enable_webhook(&webhook.id).await?;
+    ///     assert!(webhook.disabled.is_none());
     /// }
+    /// # broker.stop();
+    /// # let _ = std::fs::remove_dir_all(&data);
     /// # Ok(())
     /// # }
     /// ```
