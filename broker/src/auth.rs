@@ -390,6 +390,25 @@ mod tests {
     }
 
     #[test]
+    fn open_means_neither_keys_nor_a_token_secret_and_secrets_never_print() {
+        let broker = broker();
+        assert!(!broker.is_open(), "keys and a secret");
+        let keys_only = BrokerAuth {
+            secrets: None,
+            ..broker.clone()
+        };
+        assert!(!keys_only.is_open(), "keys alone");
+        let secret_only = BrokerAuth {
+            keys: Vec::new(),
+            ..broker
+        };
+        assert!(!secret_only.is_open(), "a token secret alone");
+        assert!(BrokerAuth::new(Vec::new(), None, Duration::from_secs(60)).is_open());
+        let shown = format!("{:?}", secret("n"));
+        assert_eq!(shown, "Secret(<redacted>)");
+    }
+
+    #[test]
     fn constant_time_eq_compares_every_byte() {
         let zero = [0u8; 32];
         assert!(constant_time_eq(&zero, &zero));
@@ -466,6 +485,11 @@ mod tests {
             check(json!({ "exp": "soon", "perm": perm() })),
             Err(AuthError::Invalid(_))
         ));
+        // A negative date is no date (not the Unix epoch, which has expired).
+        assert!(matches!(
+            check(json!({ "exp": -1.5, "perm": perm() })),
+            Err(AuthError::Invalid(reason)) if reason.contains("not a date")
+        ));
         assert_eq!(
             check(json!({ "exp": NOW + 60, "nbf": NOW + 30, "perm": perm() })).err(),
             Some(AuthError::NotYetValid {
@@ -487,6 +511,53 @@ mod tests {
             Err(AuthError::Invalid(reason)) if reason.contains("future")
         ));
         assert!(check(json!({ "exp": NOW as f64 + 60.5, "iat": NOW, "perm": perm() })).is_ok());
+        // The leeway's edges: a clock up to CLOCK_LEEWAY_SECS fast is
+        // forgiven, one second more is not.
+        let edge = NOW + CLOCK_LEEWAY_SECS;
+        assert!(check(json!({ "exp": NOW + 60, "nbf": edge, "perm": perm() })).is_ok());
+        assert_eq!(
+            check(json!({ "exp": NOW + 60, "nbf": edge + 1, "perm": perm() })).err(),
+            Some(AuthError::NotYetValid {
+                not_before_unix: edge + 1
+            })
+        );
+        assert!(check(json!({ "exp": NOW + 60, "iat": edge, "perm": perm() })).is_ok());
+        assert!(matches!(
+            check(json!({ "exp": NOW + 60, "iat": edge + 1, "perm": perm() })),
+            Err(AuthError::Invalid(reason)) if reason.contains("future")
+        ));
+    }
+
+    #[test]
+    fn a_token_of_exactly_the_hello_limit_is_minted_and_one_byte_more_is_not() {
+        let auth = broker();
+        // Subjects one character longer each time lengthen the token by one
+        // or two characters (base64url); two lengths of the rule's topic
+        // shift where the steps fall, so some subject lands exactly on the
+        // limit.
+        let mut exact = false;
+        let mut over = false;
+        for topic in ["eu/", "eu/x"] {
+            let rules =
+                [make_rule("orders".into(), topic.into(), true, true, false).expect("valid")];
+            for length in 1..jwt::MAX_TOKEN_LEN {
+                let subject = "s".repeat(length);
+                match auth.mint_token(Some(&subject), &rules, 60, NOW_MS) {
+                    Ok(token) => {
+                        assert!(token.len() <= jwt::MAX_TOKEN_LEN, "{}", token.len());
+                        exact |= token.len() == jwt::MAX_TOKEN_LEN;
+                    }
+                    Err(AuthError::CannotMint(reason)) => {
+                        assert!(reason.contains("HELLO"), "{reason}");
+                        over = true;
+                        break;
+                    }
+                    Err(other) => panic!("{other:?}"),
+                }
+            }
+        }
+        assert!(exact, "a token of exactly {} bytes", jwt::MAX_TOKEN_LEN);
+        assert!(over, "longer ones are refused");
     }
 
     #[test]

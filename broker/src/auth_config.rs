@@ -366,6 +366,13 @@ mod tests {
         assert!(settings.describe()[0].contains("admin, orders"));
         assert!(!format!("{settings:?}").contains("ssss"));
         assert!(parse("").expect("empty").is_open());
+        let keys_only = parse(&format!(
+            "[[keys]]\nname = \"admin\"\nsha256 = \"{HASH}\"\nsuperuser = true\n"
+        ))
+        .expect("valid");
+        assert!(!keys_only.is_open(), "keys alone");
+        let secret_only = parse(&format!("token_secret = \"{}\"", "s".repeat(32))).expect("valid");
+        assert!(!secret_only.is_open(), "a token secret alone");
     }
 
     #[test]
@@ -417,6 +424,17 @@ mod tests {
             (
                 format!("token_secret_previous = \"{}\"", "s".repeat(32)),
                 "without token_secret",
+            ),
+            (
+                format!(
+                    "token_secret = \"{0}\"\ntoken_secret_previous = \"{0}\"",
+                    "s".repeat(32)
+                ),
+                "the same as token_secret",
+            ),
+            (
+                format!("[[keys]]\nname = \"\"\nsha256 = \"{HASH}\"\nsuperuser = true\n"),
+                "`name` must be a non-empty string",
             ),
         ];
         for (text, expected) in cases {

@@ -360,6 +360,38 @@ mod tests {
     }
 
     #[test]
+    fn a_token_of_exactly_the_limit_verifies_and_a_longer_one_is_refused() {
+        // Padding one character longer lengthens the token by one or two
+        // (base64url); two shapes of payload shift where the steps fall, so
+        // one lands exactly on the limit.
+        let mut exact = false;
+        let mut longer = false;
+        for field in ["p", "pp"] {
+            for pad in MAX_TOKEN_LEN / 2..MAX_TOKEN_LEN {
+                let token = encode(&format!(r#"{{"{field}":"{}"}}"#, "x".repeat(pad)), SECRET);
+                if token.len() == MAX_TOKEN_LEN {
+                    exact = true;
+                    assert!(
+                        verify(token.as_bytes(), [SECRET]).is_ok(),
+                        "exactly the limit"
+                    );
+                }
+                if token.len() > MAX_TOKEN_LEN {
+                    longer = true;
+                    match verify(token.as_bytes(), [SECRET]) {
+                        Err(JwtError::Malformed(reason)) => {
+                            assert!(reason.contains("more than"), "{reason}")
+                        }
+                        other => panic!("{} bytes: {other:?}", token.len()),
+                    }
+                    break;
+                }
+            }
+        }
+        assert!(exact && longer);
+    }
+
+    #[test]
     fn malformed_tokens_are_refused_with_a_reason() {
         let header = part(HEADER_JSON);
         // Signed, so that the payload is looked at: it is only after the MAC.

@@ -101,3 +101,38 @@ pub(crate) fn parse_perm(perm: &Value) -> Result<Vec<Rule>, String> {
     }
     Ok(rules)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_check_their_topic_except_the_empty_prefix() {
+        assert!(topic_pattern(String::new(), true).is_ok(), "every topic");
+        assert!(
+            topic_pattern(String::new(), false).is_err(),
+            "no topic is empty"
+        );
+        assert!(
+            topic_pattern("eu\u{1}".into(), true).is_err(),
+            "a prefix is a name"
+        );
+        assert!(topic_pattern("eu\u{1}".into(), false).is_err());
+        assert_eq!(
+            topic_pattern("eu/".into(), true),
+            Ok(TopicPattern::Prefix("eu/".into()))
+        );
+    }
+
+    #[test]
+    fn rules_are_spelled_as_tokens_spell_them() {
+        let exact = make_rule("orders".into(), "eu/1".into(), false, true, false).expect("valid");
+        assert_eq!(pattern_parts(&exact.topic), ("eu/1", false));
+        assert_eq!(
+            rule_json(&exact),
+            json!({ "ns": "orders", "topic": "eu/1", "prefix": false, "pub": true, "sub": false })
+        );
+        let prefix = make_rule("orders".into(), "eu/".into(), true, false, true).expect("valid");
+        assert_eq!(pattern_parts(&prefix.topic), ("eu/", true));
+    }
+}

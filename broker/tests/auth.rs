@@ -859,3 +859,38 @@ async fn the_documented_python_example_mints_an_accepted_token() {
     )
     .await;
 }
+
+/// COREBUS_TOKEN_SECRET overrides the file's `token_secret`, and an empty
+/// variable counts as unset (the file's `token_secret_previous` stays).
+#[tokio::test]
+async fn the_token_secret_comes_from_the_environment_and_an_empty_variable_is_unset() {
+    let config = TempFile::new("env-secret.toml", &config_text());
+    let mut command = corebus(&[
+        "serve",
+        "--config",
+        config.path(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    command
+        .env("COREBUS_TOKEN_SECRET", OTHER_SECRET)
+        .env("COREBUS_TOKEN_SECRET_PREVIOUS", "");
+    let broker = Broker::spawn(command, Some(config)).expect("the broker starts");
+    let claims = || {
+        json!({
+            "exp": now() + 60,
+            "perm": [{ "ns": "orders", "topic": "eu/1", "sub": true }],
+        })
+    };
+    connect(&broker.addr, &token(claims(), OTHER_SECRET))
+        .await
+        .expect("signed with the environment's secret");
+    connect(&broker.addr, &token(claims(), OLD_SECRET))
+        .await
+        .expect("signed with the file's previous secret, which the empty variable left");
+    let overridden = connect(&broker.addr, &token(claims(), SECRET)).await;
+    assert!(
+        matches!(overridden, Err(Error::Handshake(ref reason)) if reason.contains("unauthorized")),
+        "the file's token_secret is overridden: {overridden:?}"
+    );
+}
