@@ -8,7 +8,7 @@ use corebus_shards::Server;
 
 use crate::cluster::ClusterCommands;
 use crate::config::{self, settings_command};
-use crate::serve::{authenticator, server_config, start_webhooks, tls_config};
+use crate::parts::{authenticator, server_config, start_webhooks, tls_config};
 use crate::webhook::Webhooks;
 
 /// A running broker in this process: `serve`'s settings (flags only: the

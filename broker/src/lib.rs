@@ -24,6 +24,7 @@ pub mod http_server;
 pub mod jwt;
 pub mod metrics;
 pub mod output;
+pub mod parts;
 pub mod permissions;
 pub mod pubsub;
 pub mod reload;

@@ -186,7 +186,7 @@ impl Reloader {
         let mut fresh = config::resolve(self.file.as_deref(), &self.matches)?;
         fresh.auth.apply_env()?;
         fresh.check_secret_files()?;
-        let server_config = crate::serve::server_config(&fresh.args)?;
+        let server_config = crate::parts::server_config(&fresh.args)?;
         let args = &fresh.args;
         if fresh.auth.is_open() != self.current.auth.is_open() {
             bail!(
