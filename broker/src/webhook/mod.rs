@@ -31,13 +31,9 @@ use corebus_net::TopicKey;
 use corebus_shards::auth::unix_now_ms;
 use corebus_shards::{CommandAnswer, WebhookCommandError, WebhookMessage, WebhookSink};
 use hmac::{Hmac, Mac};
-use prometheus_client::encoding::DescriptorEncoder;
-use prometheus_client::metrics::MetricType;
 use sha2::Sha256;
 use tokio::sync::Notify;
 use tracing::warn;
-
-use crate::metrics::encode_value;
 
 pub use config::from_table;
 pub use hook::{Hook, Source};
@@ -212,97 +208,34 @@ impl HookStats {
     }
 }
 
-/// Every webhook's counters at one instant, for a metrics scrape.
-#[derive(Debug)]
-pub struct MetricsSnapshot {
-    /// Per webhook: its id, the values of [`FAMILIES`] in order, and drops
-    /// in the order of [`DropReason::ALL`].
-    hooks: Vec<(String, [u64; FAMILIES.len()], [u64; DropReason::ALL.len()])>,
-    /// Hand-off drops of topics that no current webhook matches.
-    handoff_dropped: u64,
+/// One webhook's counters at one instant, for a metrics scrape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookFigures {
+    /// The webhook's id.
+    pub id: String,
+    /// Messages delivered (2xx).
+    pub delivered: u64,
+    /// HTTP requests sent, retries included.
+    pub requests: u64,
+    /// Requests that were retries.
+    pub retries: u64,
+    /// Messages waiting in its queue.
+    pub queued: u64,
+    /// Whether a 410 Gone disabled it.
+    pub disabled: bool,
+    /// Times a 410 Gone disabled it.
+    pub disables: u64,
+    /// Messages dropped, in the order of [`DropReason::ALL`].
+    pub dropped: [u64; DropReason::ALL.len()],
 }
 
-/// The per-webhook families: name (a counter's without `_total`), help,
-/// type, and which of a snapshot's values.
-const FAMILIES: [(&str, &str, MetricType, usize); 6] = [
-    (
-        "webhook_delivered",
-        "Messages delivered (2xx).",
-        MetricType::Counter,
-        0,
-    ),
-    (
-        "webhook_requests",
-        "HTTP requests sent, retries included.",
-        MetricType::Counter,
-        1,
-    ),
-    (
-        "webhook_retries",
-        "Requests that were retries.",
-        MetricType::Counter,
-        2,
-    ),
-    (
-        "webhook_queued",
-        "Messages waiting in the webhook's queue.",
-        MetricType::Gauge,
-        3,
-    ),
-    (
-        "webhook_disabled",
-        "1 while the webhook is disabled (its endpoint answered 410 Gone).",
-        MetricType::Gauge,
-        4,
-    ),
-    (
-        "webhook_disables",
-        "Times a 410 Gone answer disabled the webhook.",
-        MetricType::Counter,
-        5,
-    ),
-];
-
-impl MetricsSnapshot {
-    /// Encodes the webhook families (prefixed `corebus_` by the registry).
-    pub fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let metric = encoder.encode_descriptor(
-            "webhooks",
-            "Webhooks registered.",
-            None,
-            MetricType::Gauge,
-        )?;
-        encode_value(MetricType::Gauge, self.hooks.len() as u64, metric)?;
-        for (name, help, kind, at) in FAMILIES {
-            let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
-            for (id, values, _) in &self.hooks {
-                encode_value(
-                    kind,
-                    values[at],
-                    metric.encode_family(&[("webhook", id.as_str())])?,
-                )?;
-            }
-        }
-        let mut metric = encoder.encode_descriptor(
-            "webhook_dropped",
-            "Messages dropped, by webhook and reason.",
-            None,
-            MetricType::Counter,
-        )?;
-        let labels = [("webhook", "-"), ("reason", DropReason::Handoff.name())];
-        encode_value(
-            MetricType::Counter,
-            self.handoff_dropped,
-            metric.encode_family(&labels)?,
-        )?;
-        for (id, _, dropped) in &self.hooks {
-            for (reason, count) in DropReason::ALL.iter().zip(dropped) {
-                let labels = [("webhook", id.as_str()), ("reason", reason.name())];
-                encode_value(MetricType::Counter, *count, metric.encode_family(&labels)?)?;
-            }
-        }
-        Ok(())
-    }
+/// Every webhook's counters at one instant, for a metrics scrape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    /// Per webhook.
+    pub hooks: Vec<HookFigures>,
+    /// Hand-off drops of topics that no current webhook matches.
+    pub handoff_dropped: u64,
 }
 
 /// The broker's webhooks: what the shards see as their [`WebhookSink`].
@@ -426,18 +359,16 @@ impl Webhooks {
                 .iter()
                 .map(|hook| {
                     let stats = &hook.stats;
-                    (
-                        hook.id.clone(),
-                        [
-                            read(&stats.delivered),
-                            read(&stats.requests),
-                            read(&stats.retries),
-                            read(&stats.queued),
-                            u64::from(hook.disabled().is_some()),
-                            read(&stats.disables),
-                        ],
-                        DropReason::ALL.map(|reason| stats.dropped(reason)),
-                    )
+                    HookFigures {
+                        id: hook.id.clone(),
+                        delivered: read(&stats.delivered),
+                        requests: read(&stats.requests),
+                        retries: read(&stats.retries),
+                        queued: read(&stats.queued),
+                        disabled: hook.disabled().is_some(),
+                        disables: read(&stats.disables),
+                        dropped: DropReason::ALL.map(|reason| stats.dropped(reason)),
+                    }
                 })
                 .collect(),
             handoff_dropped: self.handoff.dropped(DropReason::Handoff),

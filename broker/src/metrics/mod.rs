@@ -35,6 +35,8 @@ use corebus_cluster::{ClusterView, MemberState, MemberView};
 
 use crate::webhook::Webhooks;
 
+mod webhooks;
+
 /// Most connections served at once (a scraper and a health checker need one
 /// each; room is left for many of both).
 pub const MAX_CONNECTIONS: usize = 512;
@@ -391,7 +393,7 @@ pub fn render(
     let mut registry = Registry::with_prefix("corebus");
     registry.register_collector(Box::new(Shards(shards.to_vec())));
     if let Some(webhooks) = webhooks {
-        registry.register_collector(Box::new(WebhookCounters(webhooks.snapshot_metrics())));
+        registry.register_collector(Box::new(webhooks::Counters(webhooks.snapshot_metrics())));
     }
     if let Some(cluster) = cluster {
         registry.register_collector(Box::new(cluster));
@@ -570,16 +572,6 @@ impl Collector for Reloads {
             MetricType::Gauge,
         )?;
         encode_value(MetricType::Gauge, self.last_ok, metric)
-    }
-}
-
-/// The webhooks' counters as of one scrape.
-#[derive(Debug)]
-struct WebhookCounters(crate::webhook::MetricsSnapshot);
-
-impl Collector for WebhookCounters {
-    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        self.0.encode(encoder)
     }
 }
 
