@@ -383,7 +383,7 @@ pub fn run(resolved: Resolved, file: Option<PathBuf>, matches: ArgMatches) -> an
                 control.set_fingerprint(crate::control::config_fingerprint(resolved, &key));
             });
         }
-        webhooks.agree_through(control);
+        webhooks.agree_through(Arc::new(control));
     }
     if let Some(addr) = args.metrics.0 {
         let sources = crate::metrics::Sources {

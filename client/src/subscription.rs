@@ -8,7 +8,7 @@ use futures_core::Stream;
 
 use corebus_net::ResumePoint;
 
-use crate::connection::check_names;
+use crate::connection::{check_names, Started};
 use crate::{Client, Error, Event, Handle, Message, ResumeFrom};
 
 impl Client {
@@ -166,13 +166,6 @@ pub struct Subscription {
     finished: bool,
     /// `unsubscribe()` ran (or is running): `Drop` has nothing to do.
     unsubscribed: bool,
-}
-
-/// What `SUB_OK` said about a new subscription.
-pub(crate) struct Started {
-    pub(crate) sub_id: u32,
-    pub(crate) epoch: u64,
-    pub(crate) start_after: u64,
 }
 
 impl Subscription {

@@ -388,6 +388,25 @@ impl ControlHandle {
     }
 }
 
+impl crate::webhook::Agreement for ControlHandle {
+    fn command(&self, command: String, done: flume::Sender<Result<String, WebhookCommandError>>) {
+        ControlHandle::command(self, command, done);
+    }
+
+    fn disable(&self, id: String, at_ms: u64, detail: String) {
+        ControlHandle::disable(self, id, at_ms, detail);
+    }
+
+    fn pending_at(
+        &self,
+        node: SocketAddr,
+        topic: TopicKey,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<u64>> + Send>> {
+        let control = self.clone();
+        Box::pin(async move { control.webhooks_pending_at(node, &topic).await })
+    }
+}
+
 /// Starts the control plane's thread; fails when its address cannot be
 /// bound or its log cannot be read.
 pub fn start(config: ControlConfig) -> anyhow::Result<ControlHandle> {

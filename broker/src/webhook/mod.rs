@@ -208,6 +208,27 @@ impl HookStats {
     }
 }
 
+/// A cluster's control plane as the webhooks use it (implemented by
+/// `control::ControlHandle`, which this module does not know): it carries
+/// out the commands on every node, records a 410's disable of a run-time
+/// webhook, and asks another node what it still holds of a topic.
+pub trait Agreement: std::fmt::Debug + Send + Sync + 'static {
+    /// Carries out a webhook command; its result goes to `done`.
+    fn command(&self, command: String, done: flume::Sender<Result<String, WebhookCommandError>>);
+
+    /// Records that run-time webhook `id` was disabled at `at_ms` (Unix
+    /// milliseconds) because of `detail`.
+    fn disable(&self, id: String, at_ms: u64, detail: String);
+
+    /// How many webhook messages of `topic` the node whose client address
+    /// is `node` still holds; `None` when it cannot be asked (gone).
+    fn pending_at(
+        &self,
+        node: std::net::SocketAddr,
+        topic: TopicKey,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<u64>> + Send>>;
+}
+
 /// One webhook's counters at one instant, for a metrics scrape.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookFigures {
@@ -251,7 +272,7 @@ pub struct Webhooks {
     /// Why commands are refused on this broker, if they are.
     commands_refused: Option<String>,
     /// In a cluster: the control plane that carries the commands out.
-    control: OnceLock<crate::control::ControlHandle>,
+    control: OnceLock<Arc<dyn Agreement>>,
     /// Messages offered and not yet delivered or dropped (each webhook's
     /// copy counts once), in all and per topic.
     pending: Arc<deliver::Pending>,
@@ -333,13 +354,12 @@ impl Webhooks {
 
     /// Hands commands to the cluster's control plane from now on, and
     /// records 410 disables there.
-    pub fn agree_through(&self, control: crate::control::ControlHandle) {
+    pub fn agree_through(&self, control: Arc<dyn Agreement>) {
         let asking = control.clone();
         let _ = self
             .ask
             .set(deliver::AskPending(Box::new(move |node, topic| {
-                let asking = asking.clone();
-                Box::pin(async move { asking.webhooks_pending_at(node, &topic).await })
+                asking.pending_at(node, topic)
             })));
         let disable = control.clone();
         self.registry

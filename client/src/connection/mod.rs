@@ -29,7 +29,6 @@ use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, timeout_at, Instant};
 
-use crate::subscription::Started;
 use crate::{ClientConfig, Error, ServerAddr};
 
 mod backoff;
@@ -42,7 +41,7 @@ mod tls;
 
 use session::run_session;
 use setup::{attempt, Dialer};
-pub(crate) use state::CommandKind;
+pub(crate) use state::{CommandKind, Started};
 use state::{Cursor, Ended, Pending, Route, State, Terminal};
 use stream::{AttemptError, READ_CHUNK};
 

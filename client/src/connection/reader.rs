@@ -12,12 +12,10 @@ use corebus_net::{
 use tokio::io::AsyncReadExt;
 
 use super::state::{protocol_violation, CommandKind, UNACKED_IDS};
-use super::stream::ReadHalf;
-use super::stream::READ_CHUNK;
-use super::{Cursor, Ended, Pending, Shared, State, Terminal};
+use super::stream::{ReadHalf, READ_CHUNK};
+use super::{Cursor, Ended, Pending, Shared, Started, State, Terminal};
 use crate::error::code_text;
 use crate::queue::{Sender, TrySendError};
-use crate::subscription::Started;
 use crate::{Discontinuity, Error, Event, Message};
 
 /// Headroom over the server's `max_frame` for inbound frames: a `MESSAGE`

@@ -18,8 +18,14 @@ use tokio::time::Instant;
 
 use crate::events::EVENT_BUFFER;
 use crate::message::TopicName;
-use crate::subscription::Started;
 use crate::{ConnectionEvent, Discontinuity, Error, UnackedFailures};
+
+/// What `SUB_OK` said about a new subscription.
+pub(crate) struct Started {
+    pub(crate) sub_id: u32,
+    pub(crate) epoch: u64,
+    pub(crate) start_after: u64,
+}
 
 /// Request ids with this bit set belong to publishes sent without the ack
 /// flag; the others to requests that wait for an answer. The split is the
