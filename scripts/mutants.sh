@@ -8,7 +8,7 @@
 #   scripts/mutants.sh outbox --in-diff x.diff   # only mutants a change touches
 #
 # AREA: codec (net/src, corebus-net's tests), auth (authentication,
-# permissions, tokens: broker/src/{auth,auth_config,jwt,permissions}.rs with
+# permissions, tokens: broker/src/{auth/mod,auth_config,jwt,permissions}.rs with
 # the corebus crate's unit tests and tests/auth.rs), outbox (outbox and
 # replay ring: shards/src/{outbox,ring}.rs, corebus-shards' unit tests).
 # Results go to target/mutants/AREA; the last line is caught / (caught +
@@ -26,7 +26,7 @@ case "$area" in
   # the end_to_end binary) only: the other tests (CLI,
   # webhooks, cluster, browser) would add minutes to every mutant and test
   # nothing of this area.
-  auth) files=(-f broker/src/auth.rs -f broker/src/auth_config.rs -f broker/src/jwt.rs -f broker/src/permissions.rs) ; package=corebus ; tests=(--lib --test end_to_end -- auth:: auth_config:: jwt:: permissions::) ;;
+  auth) files=(-f broker/src/auth/mod.rs -f broker/src/auth_config.rs -f broker/src/jwt.rs -f broker/src/permissions.rs) ; package=corebus ; tests=(--lib --test end_to_end -- auth:: auth_config:: jwt:: permissions::) ;;
   outbox) files=(-f shards/src/outbox.rs -f shards/src/ring.rs) ; package=corebus-shards ;;
   *) echo "scripts/mutants.sh: unknown area $area (codec, auth, outbox)" >&2; exit 2 ;;
 esac
