@@ -7,6 +7,7 @@ mod affinity;
 mod delivery;
 mod guarantees;
 mod hostile;
+mod layering;
 mod memory;
 mod reconnect;
 mod sends;
