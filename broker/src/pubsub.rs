@@ -391,13 +391,19 @@ async fn report_reconnects(mut events: ConnectionEvents, retry: Retry) {
 /// A discontinuity in words: `missed messages 4–9 of epoch 1f…`, or, when
 /// the topic's history restarted, where the new epoch starts.
 fn missed(gap: &corebus_client::Discontinuity) -> String {
-    let (first, last) = (gap.last_seq + 1, gap.next_seq.saturating_sub(1));
-    match (first <= last, gap.next_seq) {
-        (true, _) if first == last => format!("missed message {first} of epoch {:x}", gap.epoch),
-        (true, _) => format!("missed messages {first}–{last} of epoch {:x}", gap.epoch),
-        (false, next) => format!(
-            "the topic's history restarted after seq {}: epoch {:x} continues at seq {next}",
-            gap.last_seq, gap.epoch
+    match gap.lost() {
+        Some(lost) if lost.start() == lost.end() => {
+            format!("missed message {} of epoch {:x}", lost.start(), gap.epoch)
+        }
+        Some(lost) => format!(
+            "missed messages {}–{} of epoch {:x}",
+            lost.start(),
+            lost.end(),
+            gap.epoch
+        ),
+        None => format!(
+            "the topic's history restarted after seq {}: epoch {:x} continues at seq {}",
+            gap.last_seq, gap.epoch, gap.next_seq
         ),
     }
 }

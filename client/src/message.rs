@@ -147,21 +147,39 @@ pub struct Discontinuity {
     pub next_seq: u64,
 }
 
+impl Discontinuity {
+    /// The sequence numbers of `epoch` that were lost, or `None` when none
+    /// lie between `last_seq` and `next_seq`: the topic's history restarted
+    /// (a new epoch), and `last_seq` belongs to the old one.
+    ///
+    /// ```
+    /// use corebus_client::Discontinuity;
+    ///
+    /// let gap = Discontinuity { epoch: 0x1f, last_seq: 3, next_seq: 10 };
+    /// assert_eq!(gap.lost(), Some(4..=9));
+    /// let restart = Discontinuity { epoch: 0x2a, last_seq: 41, next_seq: 1 };
+    /// assert_eq!(restart.lost(), None);
+    /// ```
+    pub fn lost(&self) -> Option<std::ops::RangeInclusive<u64>> {
+        let first = self.last_seq.checked_add(1)?;
+        let last = self.next_seq.checked_sub(1)?;
+        (first <= last).then_some(first..=last)
+    }
+}
+
 impl std::fmt::Display for Discontinuity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.next_seq <= self.last_seq.saturating_add(1) {
-            // Nothing in between: only a new epoch explains the jump.
-            write!(
-                f,
-                "the topic's history restarted after seq {}: epoch {:#x} continues at seq {}",
-                self.last_seq, self.epoch, self.next_seq
-            )
-        } else {
-            write!(
+        match self.lost() {
+            Some(_) => write!(
                 f,
                 "messages lost after seq {}: the next message is seq {} of epoch {:#x}",
                 self.last_seq, self.next_seq, self.epoch
-            )
+            ),
+            None => write!(
+                f,
+                "the topic's history restarted after seq {}: epoch {:#x} continues at seq {}",
+                self.last_seq, self.epoch, self.next_seq
+            ),
         }
     }
 }

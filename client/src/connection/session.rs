@@ -129,22 +129,22 @@ async fn reconnect(
                 backoff.reset();
                 return Some((opened, failures + 1));
             }
-            Err(AttemptError::Refused(err)) => {
-                shared.lock().emit(ConnectionEvent::ReconnectFailed {
-                    attempt: failures + 1,
-                    error: err.to_string(),
-                });
-                shared.fail(Terminal::Lost(format!(
-                    "{lost}; reconnecting failed: {err}"
-                )));
-                return None;
-            }
-            Err(AttemptError::Failed(err)) => {
+            Err(failed) => {
                 failures += 1;
+                let (refused, err) = match failed {
+                    AttemptError::Refused(err) => (true, err),
+                    AttemptError::Failed(err) => (false, err),
+                };
                 shared.lock().emit(ConnectionEvent::ReconnectFailed {
                     attempt: failures,
                     error: err.to_string(),
                 });
+                if refused {
+                    shared.fail(Terminal::Lost(format!(
+                        "{lost}; reconnecting failed: {err}"
+                    )));
+                    return None;
+                }
                 if shared
                     .config
                     .reconnect_max_attempts
