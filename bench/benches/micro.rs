@@ -10,7 +10,9 @@
 use std::hint::black_box;
 
 use bytes::{Bytes, BytesMut};
-use corebus_net::{check, decode, Check, Frame, Hello, Message, Publish, Subscribe, TopicKey};
+use corebus_net::{
+    check, decode, Body, Check, Frame, Hello, Message, Publish, Subscribe, TopicKey,
+};
 use corebus_shards::outbox::OutFrame;
 use corebus_shards::{routing, ConnId, EngineConfig, Shard};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -26,13 +28,13 @@ fn codec(c: &mut Criterion) {
             request_id: 7,
             ack: true,
             topic: topic(),
-            payload: Bytes::from(vec![b'x'; size]),
+            body: Body::plain(&vec![b'x'; size]),
         });
         let message = Frame::Message(Message {
             sub_id: 3,
             epoch: 0x5eed,
             seq: 1_000_000,
-            payload: Bytes::from(vec![b'x'; size]),
+            body: Body::plain(&vec![b'x'; size]),
         });
         group.throughput(Throughput::Elements(1));
         for (name, frame) in [("publish", &publish), ("message", &message)] {

@@ -164,6 +164,7 @@ async fn round_trip(url: &str) -> Result<(), BenchError> {
         true,
         NAMESPACE.as_bytes(),
         b"bounds-probe",
+        corebus_net::PayloadFormat::Plain,
         b"probe",
     );
     stream
@@ -175,7 +176,9 @@ async fn round_trip(url: &str) -> Result<(), BenchError> {
     while !(got_ack && got_message) {
         match read_frame(&mut stream, &mut buf, "publish").await? {
             Frame::PubAck(_) => got_ack = true,
-            Frame::Message(message) if &message.payload[..] == b"probe" => got_message = true,
+            Frame::Message(message) if &message.body.payload()[..] == b"probe" => {
+                got_message = true
+            }
             Frame::Ping(nonce) => pong(&mut stream, nonce).await?,
             other => return Err(failed("publish", format!("unexpected {other:?}"))),
         }
@@ -224,7 +227,7 @@ pub async fn stalled(
     let published = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let end = started + duration;
-    let window = (WINDOW_BYTES / (MESSAGE_HEADER_LEN + payload) as u64).max(1);
+    let window = (WINDOW_BYTES / (MESSAGE_HEADER_LEN + 1 + payload) as u64).max(1);
     let mut writers = Vec::with_capacity(publishers);
     for publisher in 0..publishers {
         let (stream, _) = connect(url).await?;
@@ -360,8 +363,9 @@ async fn read_in_order(
         loop {
             match check(&buf, DEFAULT_MAX_FRAME) {
                 Ok(Check::Complete { len }) => {
-                    // MESSAGE: length, opcode, sub_id, epoch, seq, payload.
-                    if buf[4] == 0x85 && len == MESSAGE_HEADER_LEN + payload {
+                    // MESSAGE: length, opcode, sub_id, epoch, seq, format
+                    // byte, payload.
+                    if buf[4] == 0x85 && len == MESSAGE_HEADER_LEN + 1 + payload {
                         let seq = u64::from_be_bytes(buf[17..25].try_into().expect("8 bytes"));
                         if seq != next_seq {
                             return Err(failed(

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use corebus_net::{
-    check, decode, encode_publish, encode_subscribe, Check, Frame, Hello, Opcode,
+    check, decode, encode_publish, encode_subscribe, Check, Frame, Hello, Opcode, PayloadFormat,
     DEFAULT_MAX_FRAME, MESSAGE_HEADER_LEN, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -209,6 +209,7 @@ impl Prepared {
                 false,
                 NAMESPACE.as_bytes(),
                 topic.as_bytes(),
+                PayloadFormat::Plain,
                 &payload,
             );
             ends.push(bytes.len());
@@ -404,7 +405,8 @@ impl Subscriber {
             if self.buf[4] == Opcode::Message as u8 && len >= MESSAGE_HEADER_LEN {
                 let mut header = &self.buf[5..MESSAGE_HEADER_LEN];
                 let (sub_id, epoch, seq) = (header.get_u32(), header.get_u64(), header.get_u64());
-                let whole = len - MESSAGE_HEADER_LEN == self.size;
+                // The body: the format byte and the payload.
+                let whole = len - MESSAGE_HEADER_LEN == 1 + self.size;
                 match self.tracks.get_mut(sub_id as usize) {
                     Some(track) if whole && track.epoch == epoch && seq >= track.next => {
                         *gaps += seq - track.next;
@@ -530,7 +532,7 @@ mod tests {
             match decode(rest.split_to(len)) {
                 Ok(Frame::Publish(publish)) => {
                     assert!(!publish.ack);
-                    assert_eq!(publish.payload.len(), 32);
+                    assert_eq!(publish.body.payload().len(), 32);
                     seen.push(publish.topic.topic().to_owned());
                 }
                 other => panic!("not a publish: {other:?}"),

@@ -5,8 +5,8 @@ use std::io::Write;
 
 use anyhow::{bail, Context};
 use corebus_client::{
-    Client, ClientConfig, ConnectionEvent, ConnectionEvents, Credentials, Error, Event, ResumeFrom,
-    ServerAddr, TlsOptions, TlsRoots,
+    Client, ClientConfig, Compression, ConnectionEvent, ConnectionEvents, Credentials, Error,
+    Event, ResumeFrom, ServerAddr, TlsOptions, TlsRoots,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -124,7 +124,16 @@ pub async fn publish(args: PubArgs) -> anyhow::Result<()> {
         }
         (None, None, false) => None,
     };
-    let client = connect(&args.server, "corebus-cli-pub").await?;
+    let compression = if args.compress {
+        Compression::zstd()
+    } else {
+        Compression::Off
+    };
+    let config = ClientConfig {
+        compression,
+        ..ClientConfig::default()
+    };
+    let client = connect_with(&args.server, "corebus-cli-pub", config).await?;
     let mut out = Published::new(&args);
     let Some(body) = body else {
         return publish_lines(client, &args, out).await;
@@ -305,7 +314,16 @@ pub async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
     let mut received = 0u64;
     while let Some(item) = subscription.next_event().await {
         let mut out = stdout.lock();
-        match item? {
+        let item = match item {
+            // One message that cannot be decompressed is reported, and the
+            // stream goes on.
+            Err(err @ Error::Decompress { .. }) => {
+                stdio::note(format_args!("corebus: {err}"));
+                continue;
+            }
+            item => item?,
+        };
+        match item {
             Event::Message(message) => {
                 if args.json {
                     let line =

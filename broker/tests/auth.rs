@@ -12,7 +12,9 @@ use bytes::Bytes;
 use common::TempFile;
 use corebus::auth::key_hash_hex;
 use corebus_client::{Client, ClientConfig, Credentials, Error, Event};
-use corebus_net::{ErrorCode, Frame, Hello, Publish, TokenRequest, TopicKey, PROTOCOL_VERSION};
+use corebus_net::{
+    Body, ErrorCode, Frame, Hello, Publish, TokenRequest, TopicKey, PROTOCOL_VERSION,
+};
 use corebus_tests::RawConn;
 use serde_json::{json, Value};
 
@@ -477,7 +479,7 @@ async fn a_token_is_refused_from_the_instant_it_expires() {
             request_id,
             ack: true,
             topic: topic.clone(),
-            payload: Bytes::from_static(b"x"),
+            body: Body::plain(b"x"),
         }))
         .await;
         match raw.recv().await {

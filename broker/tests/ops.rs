@@ -567,8 +567,8 @@ fn sizes_and_durations_take_units_everywhere() {
     assert!(!refused.status.success(), "10 KiB do not fit in 9 KiB");
     let err = text(&refused.stderr);
     // The broker's WELCOME said 9216: the client reckons what fits after
-    // the frame's header.
-    assert!(err.contains("too large: at most 9199 bytes"), "{err}");
+    // the frame's header and the body's format byte.
+    assert!(err.contains("too large: at most 9198 bytes"), "{err}");
     stop(child);
 }
 

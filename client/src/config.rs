@@ -99,6 +99,17 @@ pub struct ClientConfig {
     /// these connections has its own [`connect_timeout`](Self::connect_timeout).
     /// [`Client::shard`](crate::Client::shard) tells where it landed.
     pub topic_affinity: Option<TopicAffinity>,
+    /// Whether this client compresses the payloads it publishes (zstd, from
+    /// a size threshold on); [`Compression::Off`](crate::Compression::Off) by
+    /// default. [`Client::compressing`](crate::Client::compressing) sets it
+    /// for some publishes only. Subscribers need no setting: every corebus
+    /// client decompresses what it receives.
+    pub compression: crate::Compression,
+    /// Most bytes a received compressed payload may decompress to; one that
+    /// claims or yields more is reported as
+    /// [`Error::Decompress`](crate::Error::Decompress) instead of allocated.
+    /// Default 16 MiB (16 times the broker's default frame limit).
+    pub max_decompressed: usize,
 }
 
 /// The topic a connection should sit next to; see
@@ -182,6 +193,8 @@ impl Default for ClientConfig {
             heartbeat_timeout: Duration::from_secs(45),
             tls: None,
             topic_affinity: None,
+            compression: crate::Compression::Off,
+            max_decompressed: 16 << 20,
         }
     }
 }

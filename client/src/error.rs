@@ -106,6 +106,21 @@ pub enum Error {
     /// returns it, and the subscription goes on afterwards.
     #[error("{0}")]
     Discontinuity(Discontinuity),
+    /// A message arrived compressed and could not be decompressed: not valid
+    /// zstd, or larger than
+    /// [`ClientConfig::max_decompressed`](crate::ClientConfig::max_decompressed)
+    /// once decompressed. The message is skipped (its sequence number is the
+    /// subscription's position from now on) and the subscription goes on, as
+    /// after a [`Discontinuity`].
+    #[error("message {seq} of epoch {epoch:x} cannot be read: {source}")]
+    Decompress {
+        /// The message's epoch.
+        epoch: u64,
+        /// Its sequence number.
+        seq: u64,
+        /// What is wrong with it.
+        source: crate::DecompressError,
+    },
     /// The server's answer to a request could not be understood: the result
     /// of a `WEBHOOK_REPLY` that is not valid JSON, or not the object the
     /// command calls for (a missing field, a field of the wrong type, an

@@ -225,6 +225,7 @@ mod addr;
 mod builder;
 mod cluster;
 mod command;
+mod compression;
 mod config;
 mod connection;
 mod error;
@@ -243,6 +244,9 @@ use tokio::time::{timeout, Instant};
 pub use addr::ServerAddr;
 pub use builder::{ClientBuilder, DEFAULT_SERVER};
 pub use cluster::{ClusterMember, ClusterStatus, ControlNode, ControlStatus, TopicOwner};
+pub use compression::{
+    decompress, Compression, DecompressError, DEFAULT_MIN_SIZE, DEFAULT_ZSTD_LEVEL,
+};
 pub use config::{ClientConfig, Credentials, TlsOptions, TlsRoots, TopicAffinity};
 pub use corebus_net::{ErrorCode, FrameError, NameError};
 pub use error::{Error, TlsError};
@@ -298,6 +302,8 @@ impl Drop for Handle {
 #[derive(Clone)]
 pub struct Client {
     handle: Arc<Handle>,
+    /// How this handle's publishes are compressed.
+    compression: Compression,
 }
 
 impl std::fmt::Debug for Client {
@@ -371,10 +377,50 @@ impl Client {
         addr: impl ServerAddr,
         config: ClientConfig,
     ) -> Result<Client, Error> {
+        let compression = config.compression;
         let shared = connection::connect(addr, config).await?;
         Ok(Client {
             handle: Arc::new(Handle { shared }),
+            compression,
         })
+    }
+
+    /// A handle on the same connection whose publishes are compressed as
+    /// `compression` says, whatever the client's
+    /// [`ClientConfig::compression`]: for the topics that carry large
+    /// payloads, say. Publishes of both handles share one connection and go
+    /// out in call order; subscriptions are the connection's, not a
+    /// handle's.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// use corebus_client::{Client, Compression};
+    ///
+    /// let client = Client::connect(addr).await?;
+    /// let mut book = client.subscribe("market", "book").await?;
+    /// let compressing = client.compressing(Compression::zstd());
+    /// let snapshot = r#"{"bid":100.25,"ask":100.5,"depth":[1,2,3]}"#.repeat(100);
+    /// compressing.publish("market", "book", snapshot.clone()).await?;
+    /// // The subscriber reads it as published.
+    /// let message = book.next_message().await.expect("open")?;
+    /// assert_eq!(message.payload, snapshot.as_bytes());
+    /// assert!(message.was_compressed());
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn compressing(&self, compression: Compression) -> Client {
+        Client {
+            handle: self.handle.clone(),
+            compression,
+        }
     }
 
     fn shared(&self) -> &Shared {

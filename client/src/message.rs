@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use corebus_net::ResumePoint;
+use corebus_net::{PayloadFormat, ResumePoint};
 
 /// One message delivered to a [`Subscription`](crate::Subscription).
 ///
@@ -35,13 +35,18 @@ pub struct Message {
     pub epoch: u64,
     /// The message's sequence number in its topic epoch (the first is 1).
     pub seq: u64,
-    /// The body, as published. A slice of the connection's read buffer (no
-    /// copy); holding it keeps that buffer chunk alive, so copy payloads that
-    /// are kept for long.
+    /// The payload, as published: decompressed already when the publisher
+    /// compressed it. An uncompressed payload is a slice of the connection's
+    /// read buffer (no copy); holding it keeps that buffer chunk alive, so
+    /// copy payloads that are kept for long.
     pub payload: Bytes,
     /// The namespace and topic, shared by every message of the
     /// subscription.
     pub(crate) name: Arc<TopicName>,
+    /// How the payload travelled. While the message waits in the
+    /// subscription's queue a zstd payload is still compressed; the
+    /// subscription decompresses it as it hands the message out.
+    pub(crate) format: PayloadFormat,
 }
 
 /// A subscription's namespace and topic.
@@ -101,6 +106,36 @@ impl Message {
     /// ```
     pub fn topic(&self) -> &str {
         &self.name.topic
+    }
+
+    /// Whether the publisher compressed the payload (it is decompressed
+    /// already): the broker carried fewer bytes than [`Message::payload`]
+    /// holds.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// use corebus_client::Compression;
+    ///
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// let mut sub = client.subscribe("app", "news").await?;
+    /// let zstd = client.compressing(Compression::zstd());
+    /// zstd.publish("app", "news", "short").await?; // under the 1 KiB threshold
+    /// zstd.publish("app", "news", "long ".repeat(1000)).await?;
+    /// assert!(!sub.next_message().await.expect("open")?.was_compressed());
+    /// assert!(sub.next_message().await.expect("open")?.was_compressed());
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn was_compressed(&self) -> bool {
+        self.format == PayloadFormat::Zstd
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use corebus_net::PayloadFormat;
 use tokio::sync::oneshot;
 
 use crate::{Client, Error, Handle};
@@ -118,7 +119,11 @@ impl Client {
         topic: &str,
         payload: impl Into<Bytes>,
     ) -> Result<PendingPublish, Error> {
-        let payload = payload.into();
+        let payload: Bytes = payload.into();
+        let (format, payload) = match crate::compression::encode(self.compression, &payload) {
+            Some((format, compressed)) => (format, Bytes::from(compressed)),
+            None => (PayloadFormat::Plain, payload),
+        };
         let shared = self.shared();
         shared.check_publish(namespace, topic, payload.len())?;
         shared.usable()?;
@@ -129,7 +134,7 @@ impl Client {
             .await
             .map_err(|_| Error::Closed)?;
         let answer = shared
-            .enqueue_publish(permit, namespace, topic, &payload)
+            .enqueue_publish(permit, namespace, topic, format, &payload)
             .await?;
         Ok(PendingPublish {
             answer,
@@ -190,10 +195,16 @@ impl Client {
         topic: &str,
         payload: impl AsRef<[u8]>,
     ) -> Result<(), Error> {
-        let payload = payload.as_ref();
+        let compressed = crate::compression::encode(self.compression, payload.as_ref());
+        let (format, payload) = match &compressed {
+            Some((format, compressed)) => (*format, &compressed[..]),
+            None => (PayloadFormat::Plain, payload.as_ref()),
+        };
         let shared = self.shared();
         shared.check_publish(namespace, topic, payload.len())?;
-        shared.enqueue_unacked(namespace, topic, payload).await
+        shared
+            .enqueue_unacked(namespace, topic, format, payload)
+            .await
     }
 
     /// Takes the tally of [`Client::publish_unacked`] calls the broker

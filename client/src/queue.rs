@@ -275,6 +275,7 @@ mod tests {
                 namespace: "ns".into(),
                 topic: "t".into(),
             }),
+            format: corebus_net::PayloadFormat::Plain,
         })
     }
 

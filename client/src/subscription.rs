@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use futures_core::Stream;
 
-use corebus_net::ResumePoint;
+use corebus_net::{PayloadFormat, ResumePoint};
 
 use crate::connection::{check_names, Started};
 use crate::{Client, Error, Event, Handle, Message, ResumeFrom};
@@ -462,7 +462,8 @@ impl Stream for Subscription {
                         self.last_seq = gap.next_seq.saturating_sub(1);
                     }
                 }
-                Poll::Ready(Some(Ok(event)))
+                let limit = self.handle.shared.max_decompressed();
+                Poll::Ready(Some(decompressed(event, limit)))
             }
             Poll::Ready(None) => {
                 // Every sender is gone: the client ended, or this subscription
@@ -473,6 +474,28 @@ impl Stream for Subscription {
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// `event` as the subscriber sees it: a compressed payload decompressed
+/// (here, on the subscriber's task, not on the connection's reader), into
+/// at most `limit` bytes.
+fn decompressed(event: Event, limit: usize) -> Result<Event, Error> {
+    match event {
+        Event::Message(mut message) if message.format == PayloadFormat::Zstd => {
+            match crate::decompress(&message.payload, limit) {
+                Ok(payload) => {
+                    message.payload = payload.into();
+                    Ok(Event::Message(message))
+                }
+                Err(source) => Err(Error::Decompress {
+                    epoch: message.epoch,
+                    seq: message.seq,
+                    source,
+                }),
+            }
+        }
+        event => Ok(event),
     }
 }
 

@@ -4,7 +4,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use common::*;
 use corebus_client::{Client, ClientConfig, Error, Event};
 use corebus_net::{
@@ -104,7 +104,7 @@ async fn publish_returns_acked_seq() {
         assert_ne!(publish.request_id, 0);
         assert_eq!(publish.topic.namespace(), "app");
         assert_eq!(publish.topic.topic(), "news");
-        assert_eq!(&publish.payload[..], b"hi");
+        assert_eq!(&publish.body.payload()[..], b"hi");
         peer.ack(publish.request_id, 42).await;
     };
     let (seq, ()) =
@@ -129,7 +129,7 @@ async fn pipelined_publishes_in_order() {
     for i in 0..N {
         let publish = peer.expect_publish().await;
         assert_eq!(
-            &publish.payload[..],
+            &publish.body.payload()[..],
             &i.to_be_bytes(),
             "wire order is call order"
         );
@@ -175,7 +175,7 @@ async fn in_flight_publishes_are_bounded() {
     peer.ack(p1.request_id, 1).await;
     assert_eq!(within(first).await.expect("acked"), 1);
     let p3 = peer.expect_publish().await;
-    assert_eq!(&p3.payload[..], b"3");
+    assert_eq!(&p3.body.payload()[..], b"3");
     peer.ack(p2.request_id, 2).await;
     peer.ack(p3.request_id, 3).await;
     assert_eq!(within(second).await.expect("acked"), 2);
@@ -334,7 +334,7 @@ async fn a_read_of_interleaved_messages_reaches_each_subscription_whole_and_in_o
             sub_id,
             epoch: EPOCH,
             seq,
-            payload: Bytes::from(format!("{sub_id}:{seq}")),
+            body: corebus_net::Body::plain(format!("{sub_id}:{seq}").as_bytes()),
         })
     };
     let (mut next_a, mut next_b) = (1, 1);
@@ -604,23 +604,24 @@ async fn invalid_names_and_sizes_are_refused_locally() {
         .expect_err("long namespace");
     assert!(matches!(err, Error::InvalidName(_)), "{err:?}");
 
-    // 100 - (1 + 4 + 1 + 1 + 3 + 2 + 4) = 84 bytes fit.
+    // 100 - (1 + 4 + 1 + 1 + 3 + 2 + 4 + 1) = 83 bytes fit (the last 1:
+    // the format byte).
     let err = client
-        .start_publish("app", "news", vec![0u8; 85])
+        .start_publish("app", "news", vec![0u8; 84])
         .await
         .expect_err("too large");
     assert!(
-        matches!(err, Error::PayloadTooLarge { len: 85, max: 84 }),
+        matches!(err, Error::PayloadTooLarge { len: 84, max: 83 }),
         "{err:?}"
     );
     let fits = client
-        .start_publish("app", "news", vec![0u8; 84])
+        .start_publish("app", "news", vec![0u8; 83])
         .await
         .expect("fits");
 
     // Nothing of the refused calls reached the server.
     let publish = peer.expect_publish().await;
-    assert_eq!(publish.payload.len(), 84);
+    assert_eq!(publish.body.payload().len(), 83);
     peer.ack(publish.request_id, 1).await;
     assert_eq!(within(fits).await.expect("acked"), 1);
 }
@@ -802,7 +803,11 @@ async fn unacked_publishes_go_in_call_order_and_refusals_are_counted() {
     let second = peer.expect_publish().await;
     let third = peer.expect_publish().await;
     assert_eq!(
-        [&first.payload[..], &second.payload[..], &third.payload[..]],
+        [
+            &first.body.payload()[..],
+            &second.body.payload()[..],
+            &third.body.payload()[..]
+        ],
         [&b"first"[..], b"second", b"third"],
         "wire order is call order, acked or not"
     );
@@ -885,11 +890,11 @@ async fn unacked_publishes_wait_for_the_socket_beyond_the_send_buffer() {
     loop {
         let publish = peer.expect_publish().await;
         assert!(!publish.ack);
-        if &publish.payload[..] == b"last" {
+        if &publish.body.payload()[..] == b"last" {
             break;
         }
-        assert_eq!(publish.payload.len(), payload.len());
-        received += publish.payload.len();
+        assert_eq!(publish.body.payload().len(), payload.len());
+        received += publish.body.payload().len();
     }
     assert_eq!(
         received, blocked,

@@ -222,7 +222,7 @@ async fn reconnect_resumes_subscriptions_exactly() {
         peer.message(sub_id, seq, b"m").await;
     }
     let publish = peer.expect_publish().await;
-    assert_eq!(&publish.payload[..], b"after");
+    assert_eq!(&publish.body.payload()[..], b"after");
     peer.ack(publish.request_id, 7).await;
     assert_eq!(within(later).await.expect("joins").expect("acked"), 7);
 

@@ -98,7 +98,7 @@ function send(response, status, value, headers = {}) {
   response.end(text);
 }
 
-const types = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.css': 'text/css', '.map': 'application/json' };
+const types = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.mjs': 'text/javascript', '.css': 'text/css', '.map': 'application/json' };
 
 /** Serves a file under `root`, refusing paths that leave it. */
 async function serveFile(response, root, path) {
@@ -115,6 +115,9 @@ async function serveFile(response, root, path) {
 
 const publicDir = join(here, 'public');
 const clientDir = join(here, '..', '..', 'clients', 'typescript', 'dist');
+// The client's one dependency, the zstd decoder, which the page's import map
+// names (a page without a bundler resolves bare imports that way).
+const fzstdDir = join(here, '..', '..', 'clients', 'typescript', 'node_modules', 'fzstd', 'esm');
 let nextJob = 1;
 
 async function handle(request, response) {
@@ -153,6 +156,9 @@ async function handle(request, response) {
   }
   if (request.method === 'GET' && url.pathname.startsWith('/corebus/')) {
     return serveFile(response, clientDir, url.pathname.slice('/corebus/'.length));
+  }
+  if (request.method === 'GET' && url.pathname.startsWith('/fzstd/')) {
+    return serveFile(response, fzstdDir, url.pathname.slice('/fzstd/'.length));
   }
   if (request.method === 'GET') {
     return serveFile(response, publicDir, url.pathname === '/' ? 'index.html' : url.pathname);

@@ -6,7 +6,8 @@
 //! | `SUB_OK`        | `event: subscribed`, `id: EPOCH:START_AFTER`, JSON data      |
 //! | `MESSAGE`       | unnamed (`message`), `id: EPOCH:SEQ`, the payload as text    |
 //! |                 | or, when it is not UTF-8 or holds a CR, `event: binary` with |
-//! |                 | the payload in base64                                        |
+//! |                 | the payload in base64; a zstd-compressed payload as          |
+//! |                 | `event: zstd`, the compressed bytes in base64                |
 //! | `DISCONTINUITY` | `event: discontinuity`, `id: EPOCH:NEXT_SEQ-1`, JSON data    |
 //! | `ERROR`         | `event: broker-error`, JSON data                             |
 //! | `GOAWAY`        | `event: goaway`, JSON data                                   |
@@ -17,7 +18,7 @@
 //! after the last event it received. Epochs are 64-bit: in JSON they are
 //! strings, since JavaScript numbers hold 53 bits.
 
-use corebus_net::{Discontinuity, ErrorFrame, Frame, GoAway, Message, SubOk};
+use corebus_net::{Discontinuity, ErrorFrame, Frame, GoAway, Message, PayloadFormat, SubOk};
 use data_encoding::BASE64;
 use serde_json::json;
 
@@ -51,19 +52,24 @@ pub fn render(frame: &Frame, out: &mut Vec<u8>) -> After {
             );
         }
         Frame::Message(Message {
-            epoch,
-            seq,
-            payload,
-            ..
-        }) => match std::str::from_utf8(payload) {
-            Ok(text) if !text.contains('\r') => event(out, None, Some((*epoch, *seq)), text),
-            _ => event(
-                out,
-                Some("binary"),
-                Some((*epoch, *seq)),
-                &BASE64.encode(payload),
-            ),
-        },
+            epoch, seq, body, ..
+        }) => {
+            let payload = body.payload();
+            let position = Some((*epoch, *seq));
+            match (body.format(), std::str::from_utf8(&payload)) {
+                (PayloadFormat::Plain, Ok(text)) if !text.contains('\r') => {
+                    event(out, None, position, text)
+                }
+                // The broker forwards a compressed payload as it is: the
+                // page decompresses it (the TypeScript client's decoder).
+                (PayloadFormat::Zstd, _) => {
+                    event(out, Some("zstd"), position, &BASE64.encode(&payload))
+                }
+                (PayloadFormat::Plain, _) => {
+                    event(out, Some("binary"), position, &BASE64.encode(&payload))
+                }
+            }
+        }
         Frame::Discontinuity(Discontinuity {
             epoch,
             last_seq,
@@ -139,8 +145,7 @@ fn event(out: &mut Vec<u8>, name: Option<&str>, id: Option<(u64, u64)>, data: &s
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use corebus_net::ErrorCode;
+    use corebus_net::{Body, ErrorCode};
 
     fn rendered(frame: Frame) -> (String, After) {
         let mut out = Vec::new();
@@ -153,7 +158,7 @@ mod tests {
             sub_id: SUB_ID,
             epoch: 18_446_744_073_709_551_000,
             seq: 42,
-            payload: Bytes::from_static(payload),
+            body: Body::plain(payload),
         })
     }
 
@@ -186,6 +191,20 @@ mod tests {
             text,
             "event: binary\nid: 18446744073709551000:42\ndata: /wA=\n\n"
         );
+    }
+
+    /// The gateway never decompresses: a zstd payload, even one whose bytes
+    /// happen to be text, is named as such and travels in base64.
+    #[test]
+    fn a_compressed_payload_is_a_zstd_event_in_base64() {
+        let (text, after) = rendered(Frame::Message(Message {
+            sub_id: SUB_ID,
+            epoch: 7,
+            seq: 3,
+            body: Body::new(PayloadFormat::Zstd, b"hi"),
+        }));
+        assert_eq!(text, "event: zstd\nid: 7:3\ndata: aGk=\n\n");
+        assert_eq!(after, After::Continue);
     }
 
     #[test]

@@ -143,12 +143,12 @@ fn decode_frame(
                 });
             }
             let topic = reader.topic_key(request_id)?;
-            let payload = reader.rest();
+            let body = Body::parse(reader.rest(), "PUBLISH")?;
             Frame::Publish(Publish {
                 request_id,
                 ack: flags & PUBLISH_FLAG_ACK != 0,
                 topic,
-                payload,
+                body,
             })
         }
         Opcode::PubAck => {
@@ -214,7 +214,7 @@ fn decode_frame(
                 sub_id,
                 epoch,
                 seq,
-                payload: reader.rest(),
+                body: Body::parse(reader.rest(), "MESSAGE")?,
             })
         }
         Opcode::Discontinuity => {

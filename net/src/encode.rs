@@ -10,8 +10,8 @@ use bytes::{BufMut, BytesMut};
 use crate::frame::*;
 use crate::{Epoch, Seq, HELLO_MAGIC, LENGTH_PREFIX};
 
-/// Bytes in a `MESSAGE` frame before its payload: length prefix, opcode,
-/// subscription id, epoch and sequence number.
+/// Bytes in a `MESSAGE` frame before its body (format byte and payload):
+/// length prefix, opcode, subscription id, epoch and sequence number.
 pub const MESSAGE_HEADER_LEN: usize = LENGTH_PREFIX + 1 + 4 + 8 + 8;
 
 /// Writes the length prefix for a frame of `body_len` bytes after the opcode,
@@ -24,16 +24,16 @@ fn header(dst: &mut BytesMut, opcode: Opcode, body_len: usize) {
     dst.put_u8(opcode as u8);
 }
 
-/// Writes the header of a `MESSAGE` frame whose payload (`payload_len` bytes)
-/// the caller sends right after it.
+/// Writes the header of a `MESSAGE` frame whose body (`body_len` bytes: the
+/// format byte and the payload, see [`Body`]) the caller sends right after it.
 pub fn encode_message_header(
     dst: &mut BytesMut,
     sub_id: u32,
     epoch: Epoch,
     seq: Seq,
-    payload_len: usize,
+    body_len: usize,
 ) {
-    header(dst, Opcode::Message, 4 + 8 + 8 + payload_len);
+    header(dst, Opcode::Message, 4 + 8 + 8 + body_len);
     dst.put_u32(sub_id);
     dst.put_u64(epoch);
     dst.put_u64(seq);
@@ -51,17 +51,45 @@ pub fn encode_publish(
     ack: bool,
     namespace: &[u8],
     topic: &[u8],
+    format: PayloadFormat,
     payload: &[u8],
+) {
+    publish_head(dst, request_id, ack, namespace, topic, 1 + payload.len());
+    dst.put_u8(format.byte());
+    dst.put_slice(payload);
+}
+
+/// [`encode_publish`] with a whole body (format byte first) as the broker
+/// keeps it: what a node forwards to a topic's owner.
+pub fn encode_publish_body(
+    dst: &mut BytesMut,
+    request_id: u32,
+    ack: bool,
+    namespace: &[u8],
+    topic: &[u8],
+    body: &[u8],
+) {
+    publish_head(dst, request_id, ack, namespace, topic, body.len());
+    dst.put_slice(body);
+}
+
+/// A `PUBLISH` frame up to its body, for a body of `body_len` bytes.
+fn publish_head(
+    dst: &mut BytesMut,
+    request_id: u32,
+    ack: bool,
+    namespace: &[u8],
+    topic: &[u8],
+    body_len: usize,
 ) {
     header(
         dst,
         Opcode::Publish,
-        4 + 1 + 1 + namespace.len() + 2 + topic.len() + payload.len(),
+        4 + 1 + 1 + namespace.len() + 2 + topic.len() + body_len,
     );
     dst.put_u32(request_id);
     dst.put_u8(if ack { PUBLISH_FLAG_ACK } else { 0 });
     put_names(dst, namespace, topic);
-    dst.put_slice(payload);
 }
 
 /// Writes a whole `SUBSCRIBE` frame from borrowed parts (see [`encode_publish`]
@@ -184,13 +212,13 @@ impl Frame {
                 dst.put_u16(welcome.shard);
                 dst.put_u16(welcome.shard_count);
             }
-            Frame::Publish(publish) => encode_publish(
+            Frame::Publish(publish) => encode_publish_body(
                 dst,
                 publish.request_id,
                 publish.ack,
                 publish.topic.namespace_bytes(),
                 publish.topic.topic_bytes(),
-                &publish.payload,
+                publish.body.as_bytes(),
             ),
             Frame::PubAck(ack) => {
                 header(dst, Opcode::PubAck, 4 + 8);
@@ -229,9 +257,9 @@ impl Frame {
                     message.sub_id,
                     message.epoch,
                     message.seq,
-                    message.payload.len(),
+                    message.body.len(),
                 );
-                dst.put_slice(&message.payload);
+                dst.put_slice(message.body.as_bytes());
             }
             Frame::Discontinuity(gap) => {
                 header(dst, Opcode::Discontinuity, 4 + 8 + 8 + 8);

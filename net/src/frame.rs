@@ -3,10 +3,125 @@
 
 use bytes::Bytes;
 
-use crate::{ErrorCode, Seq, TopicKey};
+use crate::{ErrorCode, FrameError, Seq, TopicKey};
 
 /// Bit 0 of `PUBLISH`'s flags: the client wants a `PUB_ACK`.
 pub const PUBLISH_FLAG_ACK: u8 = 0x01;
+
+/// Bit 0 of a body's format byte: the payload is one zstd frame.
+pub const FORMAT_ZSTD: u8 = 0x01;
+
+/// How a message's payload is encoded: the format byte that opens the body
+/// of every `PUBLISH` and `MESSAGE` (`docs/protocol.md`, section 6.3). The
+/// broker carries it with the payload and never looks further.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PayloadFormat {
+    /// The payload is the publisher's bytes as they are.
+    Plain,
+    /// The payload is one zstd frame (RFC 8878); the subscriber decompresses.
+    Zstd,
+}
+
+impl PayloadFormat {
+    /// The format byte for this format.
+    pub fn byte(self) -> u8 {
+        match self {
+            PayloadFormat::Plain => 0,
+            PayloadFormat::Zstd => FORMAT_ZSTD,
+        }
+    }
+
+    /// The format a format byte names; `None` for one with undefined bits.
+    pub fn from_byte(byte: u8) -> Option<PayloadFormat> {
+        match byte {
+            0 => Some(PayloadFormat::Plain),
+            FORMAT_ZSTD => Some(PayloadFormat::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// A message's body as `PUBLISH` and `MESSAGE` carry it: the format byte,
+/// then the payload. The broker keeps and forwards bodies whole, so a
+/// message's format travels with it through the replay ring, the shards and
+/// the links between nodes without a field of its own.
+///
+/// A `Body` always holds a known format byte: [`Body::parse`] checks it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Body(Bytes);
+
+impl Body {
+    /// A body of `format` around `payload` (copied after the format byte).
+    pub fn new(format: PayloadFormat, payload: &[u8]) -> Body {
+        let mut bytes = Vec::with_capacity(1 + payload.len());
+        bytes.push(format.byte());
+        bytes.extend_from_slice(payload);
+        Body(Bytes::from(bytes))
+    }
+
+    /// A plain body around `payload`.
+    pub fn plain(payload: &[u8]) -> Body {
+        Body::new(PayloadFormat::Plain, payload)
+    }
+
+    /// Checks the format byte at the start of `bytes` (a body as a frame
+    /// carried it). `frame` names the frame in the error.
+    pub fn parse(bytes: Bytes, frame: &'static str) -> Result<Body, FrameError> {
+        match bytes.first() {
+            None => Err(FrameError::Truncated {
+                frame,
+                field: "format",
+                offset: 0,
+                need: 1,
+                have: 0,
+            }),
+            Some(&byte) if PayloadFormat::from_byte(byte).is_none() => {
+                Err(FrameError::UnknownFlags { frame, flags: byte })
+            }
+            Some(_) => Ok(Body(bytes)),
+        }
+    }
+
+    /// How the payload is encoded.
+    pub fn format(&self) -> PayloadFormat {
+        // `parse` and `new` admit known format bytes only.
+        PayloadFormat::from_byte(self.0[0]).unwrap_or(PayloadFormat::Plain)
+    }
+
+    /// The payload: the bytes after the format byte (a slice, not a copy).
+    pub fn payload(&self) -> Bytes {
+        self.0.slice(1..)
+    }
+
+    /// The whole body, format byte first.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The whole body, format byte first.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    /// Bytes in the body: the payload's and the format byte.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never true: a body holds at least its format byte.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Body")
+            .field("format", &self.format())
+            .field("payload", &self.payload())
+            .finish()
+    }
+}
 
 /// The opcode byte that follows every length prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,8 +261,8 @@ pub struct Publish {
     pub ack: bool,
     /// Target topic.
     pub topic: TopicKey,
-    /// The message body, opaque to the broker.
-    pub payload: Bytes,
+    /// The format byte and the payload, opaque to the broker.
+    pub body: Body,
 }
 
 /// `PUB_ACK`: the sequence number assigned to a publish.
@@ -230,8 +345,8 @@ pub struct Message {
     pub epoch: Epoch,
     /// Its topic sequence number.
     pub seq: Seq,
-    /// The body, as published.
-    pub payload: Bytes,
+    /// The body, format byte and payload, as published.
+    pub body: Body,
 }
 
 /// `DISCONTINUITY`: messages of a subscription were lost (a resume point the

@@ -19,14 +19,15 @@ pub mod routing;
 
 pub use decode::{check, decode, decode_from_client, Check, KeyCache};
 pub use encode::{
-    encode_handoff_request, encode_message_header, encode_publish, encode_subscribe,
-    MESSAGE_HEADER_LEN,
+    encode_handoff_request, encode_message_header, encode_publish, encode_publish_body,
+    encode_subscribe, MESSAGE_HEADER_LEN,
 };
 pub use error::{ErrorCode, FrameError};
 pub use frame::{
-    ClusterReply, ClusterRequest, Discontinuity, Epoch, ErrorFrame, Frame, GoAway, Hello, Message,
-    Opcode, PubAck, Publish, ReplayEnd, ResumePoint, SubOk, Subscribe, Token, TokenRequest,
-    UnsubOk, Unsubscribe, WebhookReply, WebhookRequest, Welcome, PUBLISH_FLAG_ACK,
+    Body, ClusterReply, ClusterRequest, Discontinuity, Epoch, ErrorFrame, Frame, GoAway, Hello,
+    Message, Opcode, PayloadFormat, PubAck, Publish, ReplayEnd, ResumePoint, SubOk, Subscribe,
+    Token, TokenRequest, UnsubOk, Unsubscribe, WebhookReply, WebhookRequest, Welcome, FORMAT_ZSTD,
+    PUBLISH_FLAG_ACK,
 };
 pub use name::{key_hash, validate_namespace, validate_topic, NameError, TopicKey};
 

@@ -69,13 +69,13 @@ fn sample_frames() -> Vec<Frame> {
             request_id: 7,
             ack: true,
             topic: topic("orders", "eu/created"),
-            payload: Bytes::from_static(b"hello"),
+            body: Body::plain(b"hello"),
         }),
         Frame::Publish(Publish {
             request_id: u32::MAX,
             ack: false,
             topic: topic("n", "t"),
-            payload: Bytes::new(),
+            body: Body::new(PayloadFormat::Zstd, b""),
         }),
         Frame::PubAck(PubAck {
             request_id: 7,
@@ -114,7 +114,7 @@ fn sample_frames() -> Vec<Frame> {
             sub_id: 42,
             epoch: 9,
             seq: 1,
-            payload: Bytes::from(vec![0u8, 255, 10, 13]),
+            body: Body::plain(&[0u8, 255, 10, 13]),
         }),
         Frame::Discontinuity(Discontinuity {
             sub_id: 42,
@@ -226,16 +226,16 @@ fn back_to_back_frames_decode_in_order() {
 
 #[test]
 fn message_header_matches_full_encoding() {
-    let payload = b"shared payload";
+    let body = Body::new(PayloadFormat::Zstd, b"shared payload");
     let mut split = BytesMut::new();
-    encode_message_header(&mut split, 5, 77, 99, payload.len());
+    encode_message_header(&mut split, 5, 77, 99, body.len());
     assert_eq!(split.len(), MESSAGE_HEADER_LEN);
-    split.extend_from_slice(payload);
+    split.extend_from_slice(body.as_bytes());
     let whole = encoded(&Frame::Message(Message {
         sub_id: 5,
         epoch: 77,
         seq: 99,
-        payload: Bytes::from_static(payload),
+        body,
     }));
     assert_eq!(split.freeze(), whole);
 }
@@ -337,9 +337,9 @@ fn worked_examples_from_protocol_doc() {
                 request_id: 1,
                 ack: true,
                 topic: topic("app", "news"),
-                payload: Bytes::from_static(b"hi"),
+                body: Body::plain(b"hi"),
             }),
-            "00000012 02 00000001 01 03 617070 0004 6e657773 6869",
+            "00000013 02 00000001 01 03 617070 0004 6e657773 00 6869",
         ),
         (
             Frame::PubAck(PubAck {
@@ -397,9 +397,9 @@ fn worked_examples_from_protocol_doc() {
                 sub_id: 7,
                 epoch: 0x0123_4567_89ab_cdef,
                 seq: 6,
-                payload: Bytes::from_static(b"hi"),
+                body: Body::plain(b"hi"),
             }),
-            "00000017 85 00000007 0123456789abcdef 0000000000000006 6869",
+            "00000018 85 00000007 0123456789abcdef 0000000000000006 00 6869",
         ),
         (
             Frame::Discontinuity(Discontinuity {
@@ -519,9 +519,55 @@ fn malformed_bodies_are_typed_errors() {
     assert_eq!(error.request_id(), Some(9));
     assert!(!error.breaks_framing());
     assert!(matches!(
-        decode_hex("0000000b 02 00000001 80 01 61 0001 62"),
+        decode_hex("0000000c 02 00000001 80 01 61 0001 62 00"),
         Err(FrameError::UnknownFlags { flags: 0x80, .. })
     ));
+    // A body needs its format byte, and the format byte a defined value:
+    // bit 0 (zstd) only.
+    assert!(matches!(
+        decode_hex("0000000b 02 00000001 00 01 61 0001 62"),
+        Err(FrameError::Truncated {
+            frame: "PUBLISH",
+            field: "format",
+            need: 1,
+            have: 0,
+            ..
+        })
+    ));
+    let unknown_format = decode_hex("0000000e 02 00000001 00 01 61 0001 62 02 6869");
+    assert!(matches!(
+        unknown_format,
+        Err(FrameError::UnknownFlags {
+            frame: "PUBLISH",
+            flags: 0x02
+        })
+    ));
+    assert_eq!(
+        unknown_format.unwrap_err().code(),
+        ErrorCode::MalformedFrame
+    );
+    assert!(matches!(
+        decode_hex("00000015 85 00000007 0000000000000001 0000000000000001"),
+        Err(FrameError::Truncated {
+            frame: "MESSAGE",
+            field: "format",
+            ..
+        })
+    ));
+    assert!(matches!(
+        decode_hex("00000016 85 00000007 0000000000000001 0000000000000001 81"),
+        Err(FrameError::UnknownFlags {
+            frame: "MESSAGE",
+            flags: 0x81
+        })
+    ));
+    match decode_hex("00000018 85 00000007 0000000000000001 0000000000000001 01 6869") {
+        Ok(Frame::Message(message)) => {
+            assert_eq!(message.body.format(), PayloadFormat::Zstd);
+            assert_eq!(&message.body.payload()[..], b"hi");
+        }
+        other => panic!("a zstd MESSAGE decodes: {other:?}"),
+    }
 }
 
 /// A server reading a client refuses every server-only opcode of the table
@@ -580,30 +626,35 @@ fn arb_name(max: usize) -> impl Strategy<Value = String> {
     proptest::string::string_regex(&format!("[a-zA-Z0-9._/é-]{{1,{max}}}")).expect("regex")
 }
 
+fn format() -> impl Strategy<Value = PayloadFormat> {
+    prop_oneof![Just(PayloadFormat::Plain), Just(PayloadFormat::Zstd)]
+}
+
 fn arb_frame() -> impl Strategy<Value = Frame> {
-    let payload = proptest::collection::vec(any::<u8>(), 0..300).prop_map(Bytes::from);
+    let payload = proptest::collection::vec(any::<u8>(), 0..300);
     prop_oneof![
         (
             any::<u32>(),
             any::<bool>(),
             arb_name(20),
             arb_name(40),
+            format(),
             payload.clone()
         )
             .prop_map(
-                |(request_id, ack, ns, name, payload)| Frame::Publish(Publish {
+                |(request_id, ack, ns, name, format, payload)| Frame::Publish(Publish {
                     request_id,
                     ack,
                     topic: TopicKey::from_strs(&ns, &name).expect("strategy makes valid names"),
-                    payload,
+                    body: Body::new(format, &payload),
                 })
             ),
-        (any::<u32>(), any::<u64>(), any::<u64>(), payload).prop_map(
-            |(sub_id, epoch, seq, payload)| Frame::Message(Message {
+        (any::<u32>(), any::<u64>(), any::<u64>(), format(), payload).prop_map(
+            |(sub_id, epoch, seq, format, payload)| Frame::Message(Message {
                 sub_id,
                 epoch,
                 seq,
-                payload,
+                body: Body::new(format, &payload),
             })
         ),
         (
@@ -692,7 +743,15 @@ proptest! {
 /// Decodes one frame built by `encode_publish` with `cache`.
 fn publish_with(cache: &mut KeyCache, ns: &[u8], name: &[u8]) -> Result<Publish, FrameError> {
     let mut out = BytesMut::new();
-    encode_publish(&mut out, 9, false, ns, name, b"payload");
+    encode_publish(
+        &mut out,
+        9,
+        false,
+        ns,
+        name,
+        PayloadFormat::Plain,
+        b"payload",
+    );
     match decode_from_client(out.freeze(), cache)? {
         Frame::Publish(publish) => Ok(publish),
         other => panic!("expected PUBLISH, got {other:?}"),

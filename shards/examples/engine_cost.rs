@@ -29,7 +29,7 @@ use std::task::Waker;
 
 use bytes::{Bytes, BytesMut};
 use corebus_net::{
-    check, decode_from_client, Check, Frame, Hello, KeyCache, Publish, Subscribe, TopicKey,
+    check, decode_from_client, Body, Check, Frame, Hello, KeyCache, Publish, Subscribe, TopicKey,
 };
 use corebus_shards::outbox::OutFrame;
 use corebus_shards::{ConnId, EngineConfig, Shard, ShardId};
@@ -99,14 +99,14 @@ fn main() {
     };
     drain(&mut shards, &mut frames);
 
-    let payload = Bytes::from(vec![b'x'; 128]);
+    let body = Body::plain(&[b'x'; 128]);
     let mut stream = BytesMut::new();
     for i in 0..messages {
         Frame::Publish(Publish {
             request_id: i as u32,
             ack: true,
             topic: keys[i % topics].clone(),
-            payload: payload.clone(),
+            body: body.clone(),
         })
         .encode(&mut stream);
     }

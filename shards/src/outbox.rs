@@ -461,7 +461,7 @@ impl Outbox {
                         sub_id: message.sub_id,
                         epoch: message.epoch,
                         seq: message.seq,
-                        payload: message.payload,
+                        payload: message.body.into_bytes(),
                     }),
                     other => panic!("a run holds MESSAGE frames only, not {other:?}"),
                 }
@@ -564,6 +564,7 @@ impl Drop for Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use corebus_net::PayloadFormat;
 
     fn message(len: usize) -> OutFrame {
         OutFrame::Message {
@@ -580,7 +581,12 @@ mod tests {
     #[test]
     fn a_stalled_queue_holds_copies_not_the_publishers_buffers() {
         const PAYLOAD: usize = 600;
-        let read_buffer = Bytes::from(vec![7u8; 64 * 1024]);
+        // Bodies of sevens, each opening with its format byte.
+        let mut read_buffer = vec![7u8; 64 * 1024];
+        for at in (0..read_buffer.len()).step_by(PAYLOAD) {
+            read_buffer[at] = PayloadFormat::Plain.byte();
+        }
+        let read_buffer = Bytes::from(read_buffer);
         let inside = |payload: &Bytes| {
             let start = read_buffer.as_ptr() as usize;
             let at = payload.as_ptr() as usize;
@@ -608,7 +614,10 @@ mod tests {
             };
             assert_eq!(*seq, index as u64 + 1, "queue order");
             assert_eq!(payload.len(), PAYLOAD);
-            assert!(payload.iter().all(|byte| *byte == 7), "the payload's bytes");
+            assert!(
+                payload[1..].iter().all(|byte| *byte == 7),
+                "the payload's bytes"
+            );
             if inside(payload) {
                 shared += 1;
             }
@@ -768,12 +777,19 @@ mod tests {
         assert!(outbox.is_empty());
     }
 
+    /// A 100-byte plain body whose payload bytes are all `seq`.
+    fn small_body(seq: Seq) -> Bytes {
+        let mut body = vec![seq as u8; 100];
+        body[0] = PayloadFormat::Plain.byte();
+        Bytes::from(body)
+    }
+
     fn small(seq: Seq) -> OutFrame {
         OutFrame::Message {
             sub_id: 7,
             epoch: 3,
             seq,
-            payload: Bytes::from(vec![seq as u8; 100]),
+            payload: small_body(seq),
         }
     }
 
@@ -797,7 +813,7 @@ mod tests {
             let mut run = BytesMut::new();
             for seq in seqs {
                 encode_message_header(&mut run, 7, 3, seq, 100);
-                run.extend_from_slice(&[seq as u8; 100]);
+                run.extend_from_slice(&small_body(seq));
             }
             OutFrame::Encoded(run.freeze())
         };

@@ -12,8 +12,7 @@
 
 use std::fmt::Debug;
 
-use bytes::Bytes;
-use corebus_net::{Epoch, Seq, TopicKey};
+use corebus_net::{Body, Epoch, Seq, TopicKey};
 
 /// One sequenced message on its way to webhooks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,8 +25,8 @@ pub struct WebhookMessage {
     pub seq: Seq,
     /// When the owner sequenced it, Unix milliseconds.
     pub published_ms: u64,
-    /// The body, as published.
-    pub payload: Bytes,
+    /// The body, format byte and payload, as published.
+    pub body: Body,
     /// For a while after the topic was taken over from another node with
     /// its state (a planned move): that node's client address. Its
     /// webhooks deliver what it sequenced; these wait for that.

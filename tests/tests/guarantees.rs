@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use corebus_net::{Frame, Publish, ResumePoint, Subscribe, TopicKey};
+use corebus_net::{Body, Frame, Publish, ResumePoint, Subscribe, TopicKey};
 use corebus_shards::{EngineConfig, RingLimits};
 use corebus_tests::{topic_owned_by, Broker, RawConn};
 
@@ -17,7 +16,7 @@ async fn publish(raw: &mut RawConn, topic: &TopicKey, request_id: u32, payload: 
         request_id,
         ack: true,
         topic: topic.clone(),
-        payload: Bytes::from(payload),
+        body: Body::plain(&payload),
     }))
     .await;
     match raw.recv().await {
@@ -81,7 +80,7 @@ async fn resume_across_shards_replays_exactly_then_goes_live() {
         match second.recv().await {
             Some(Frame::Message(m)) => {
                 assert_eq!((m.seq, m.epoch), (seq, epoch));
-                assert_eq!(&m.payload[..], &(seq as u32).to_be_bytes());
+                assert_eq!(&m.body.payload()[..], &(seq as u32).to_be_bytes());
             }
             other => panic!("expected MESSAGE {seq}, got {other:?}"),
         }

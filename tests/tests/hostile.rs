@@ -2,7 +2,7 @@
 //! other clients of the same shard.
 
 use bytes::Bytes;
-use corebus_net::{ErrorCode, Frame, Opcode, Publish, Subscribe, TopicKey, Unsubscribe};
+use corebus_net::{Body, ErrorCode, Frame, Opcode, Publish, Subscribe, TopicKey, Unsubscribe};
 use std::time::Duration;
 
 use corebus_shards::{EngineConfig, ServerConfig, ShardMetrics};
@@ -125,7 +125,7 @@ async fn request_level_errors_leave_the_connection_usable() {
         request_id: 6,
         ack: true,
         topic: TopicKey::from_strs("test", "still-ok").expect("valid"),
-        payload: Bytes::from_static(b"x"),
+        body: Body::plain(b"x"),
     }))
     .await;
     assert!(
@@ -333,13 +333,13 @@ async fn an_unauthenticated_peer_cannot_announce_a_large_frame() {
         }))
         .await;
     assert!(matches!(big_hello.recv().await, Some(Frame::Welcome(_))));
-    let payload = Bytes::from(vec![1u8; 64 << 10]);
+    let body = Body::plain(&[1u8; 64 << 10]);
     big_hello
         .send(&Frame::Publish(Publish {
             request_id: 1,
             ack: true,
             topic: TopicKey::new(b"test", b"after-hello").expect("valid"),
-            payload,
+            body,
         }))
         .await;
     assert!(matches!(
@@ -419,7 +419,7 @@ async fn connections_mid_handshake_are_capped_in_all_and_per_source() {
             request_id: 1,
             ack: true,
             topic,
-            payload: Bytes::from_static(b"x"),
+            body: Body::plain(b"x"),
         }))
         .await;
     assert!(matches!(newcomer.recv().await, Some(Frame::PubAck(ack)) if ack.request_id == 1));

@@ -4,6 +4,7 @@
 //! fresh build links once instead of once per file (docs/testing.md).
 
 mod affinity;
+mod compression;
 mod delivery;
 mod guarantees;
 mod hostile;

@@ -161,7 +161,7 @@ async fn a_websocket_subscriber_gets_every_message_in_order_with_consecutive_seq
                 assert_eq!(message.sub_id, 9);
                 assert_eq!(message.epoch, ok.epoch);
                 assert_eq!(message.seq, ok.start_after + 1 + u64::from(i));
-                assert_eq!(&message.payload[..], i.to_be_bytes());
+                assert_eq!(&message.body.payload()[..], i.to_be_bytes());
             }
             other => panic!("message {i}: {other:?}"),
         }

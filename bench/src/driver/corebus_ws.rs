@@ -203,8 +203,8 @@ impl CorebusWsSubscriber {
                     return Ok(Some(Received {
                         subscription,
                         seq: Some(message.seq),
-                        header: Header::parse(&message.payload),
-                        len: message.payload.len(),
+                        header: Header::parse(&message.body.payload()),
+                        len: message.body.payload().len(),
                     }));
                 }
                 Frame::Ping(nonce) => self.pong(nonce).await?,
@@ -227,7 +227,8 @@ mod tests {
 
     fn message_frame(sub_id: u32, seq: u64, payload: &[u8]) -> Vec<u8> {
         let mut out = BytesMut::new();
-        encode_message_header(&mut out, sub_id, 7, seq, payload.len());
+        encode_message_header(&mut out, sub_id, 7, seq, 1 + payload.len());
+        out.extend_from_slice(&[corebus_net::PayloadFormat::Plain.byte()]);
         out.extend_from_slice(payload);
         out.to_vec()
     }
@@ -247,7 +248,7 @@ mod tests {
             match decode(frame).expect("decodes") {
                 Frame::Message(m) => {
                     assert_eq!((m.sub_id, m.epoch, m.seq), (3, 7, seq));
-                    assert_eq!(&m.payload[..], &[seq as u8; 128]);
+                    assert_eq!(&m.body.payload()[..], &[seq as u8; 128]);
                 }
                 other => panic!("{other:?}"),
             }

@@ -67,6 +67,11 @@ pub struct PubArgs {
     /// (seq a decimal string), instead of the sequence number or summary.
     #[arg(long, short = 'j')]
     pub json: bool,
+    /// Compress each message with zstd (level 3) when it is 1 KiB or more
+    /// and zstd makes it smaller; smaller messages go as they are.
+    /// Subscribers read it as published: every corebus client decompresses.
+    #[arg(long)]
+    pub compress: bool,
     /// Broker to connect to.
     #[command(flatten)]
     pub server: ServerArg,

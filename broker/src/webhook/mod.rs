@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use corebus_net::TopicKey;
+use corebus_net::{PayloadFormat, TopicKey};
 use corebus_shards::auth::unix_now_ms;
 use corebus_shards::{CommandAnswer, WebhookCommandError, WebhookMessage, WebhookSink};
 use hmac::{Hmac, Mac};
@@ -456,11 +456,25 @@ impl WebhookSink for Webhooks {
     }
 }
 
+/// Most bytes a compressed payload is decompressed to for a webhook; one
+/// that would be larger (or is not valid zstd) is delivered compressed.
+pub const MAX_DECOMPRESSED: usize = 16 << 20;
+
 /// The body POSTed for one message: a JSON object (see `docs/webhooks.md`).
+/// A payload its publisher compressed is delivered decompressed (here, on
+/// the delivery thread, never on a shard), so that a receiver needs no zstd.
 pub fn body(webhook: &str, message: &WebhookMessage) -> Vec<u8> {
-    let (encoding, payload) = match std::str::from_utf8(&message.payload) {
+    let text_or_base64 = |payload: &[u8]| match std::str::from_utf8(payload) {
         Ok(text) => ("utf8", text.to_string()),
-        Err(_) => ("base64", crate::output::base64(&message.payload)),
+        Err(_) => ("base64", crate::output::base64(payload)),
+    };
+    let payload = message.body.payload();
+    let (encoding, payload) = match message.body.format() {
+        PayloadFormat::Plain => text_or_base64(&payload),
+        PayloadFormat::Zstd => match corebus_client::decompress(&payload, MAX_DECOMPRESSED) {
+            Ok(plain) => text_or_base64(&plain),
+            Err(_) => ("zstd", crate::output::base64(&payload)),
+        },
     };
     serde_json::json!({
         "webhook": webhook,
@@ -535,6 +549,7 @@ pub fn client_tls_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use corebus_net::Body;
 
     #[test]
     fn signatures_are_hmac_sha256_over_timestamp_dot_body() {
@@ -560,7 +575,7 @@ mod tests {
             epoch: u64::MAX,
             seq: 7,
             published_ms: 1_700_000_000_123,
-            payload: bytes::Bytes::from_static(payload),
+            body: Body::plain(payload),
             moved_from: None,
         };
         let text: serde_json::Value =
@@ -577,6 +592,58 @@ mod tests {
         assert_eq!(
             (binary["encoding"].as_str(), binary["payload"].as_str()),
             (Some("base64"), Some("/wA="))
+        );
+    }
+
+    /// A compressed payload reaches the endpoint decompressed; one that
+    /// cannot be (not zstd, or over the bound) goes as published, named
+    /// `zstd`, rather than not at all.
+    #[test]
+    fn compressed_payloads_are_delivered_decompressed_within_a_bound() {
+        let message = |body: Body| WebhookMessage {
+            topic: TopicKey::from_strs("app", "book").expect("valid"),
+            epoch: 1,
+            seq: 2,
+            published_ms: 3,
+            body,
+            moved_from: None,
+        };
+        let json = r#"{"bid":100.25,"ask":100.5}"#.repeat(100);
+        let compressed = zstd::bulk::compress(json.as_bytes(), 3).expect("compresses");
+        let delivered: serde_json::Value = serde_json::from_slice(&body(
+            "wh-1",
+            &message(Body::new(PayloadFormat::Zstd, &compressed)),
+        ))
+        .expect("JSON");
+        assert_eq!(
+            (
+                delivered["encoding"].as_str(),
+                delivered["payload"].as_str()
+            ),
+            (Some("utf8"), Some(json.as_str()))
+        );
+
+        let garbage: serde_json::Value = serde_json::from_slice(&body(
+            "wh-1",
+            &message(Body::new(PayloadFormat::Zstd, b"not zstd")),
+        ))
+        .expect("JSON");
+        assert_eq!(
+            (garbage["encoding"].as_str(), garbage["payload"].as_str()),
+            (Some("zstd"), Some("bm90IHpzdGQ="))
+        );
+
+        let bomb = zstd::bulk::compress(&vec![0u8; MAX_DECOMPRESSED + 1], 3).expect("compresses");
+        assert!(bomb.len() < 4096, "a tiny payload claims over the bound");
+        let refused: serde_json::Value = serde_json::from_slice(&body(
+            "wh-1",
+            &message(Body::new(PayloadFormat::Zstd, &bomb)),
+        ))
+        .expect("JSON");
+        assert_eq!(refused["encoding"], "zstd");
+        assert_eq!(
+            refused["payload"].as_str().map(str::len),
+            Some(crate::output::base64(&bomb).len())
         );
     }
 }

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use corebus_net::{
-    encode_publish, validate_namespace, validate_topic, ClusterRequest, Frame, ResumePoint,
-    WebhookRequest, Welcome,
+    encode_publish, validate_namespace, validate_topic, ClusterRequest, Frame, PayloadFormat,
+    ResumePoint, WebhookRequest, Welcome,
 };
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -128,6 +128,11 @@ impl Shared {
 
     pub(crate) fn request_timeout(&self) -> Duration {
         self.config.request_timeout
+    }
+
+    /// [`ClientConfig::max_decompressed`].
+    pub(crate) fn max_decompressed(&self) -> usize {
+        self.config.max_decompressed
     }
 
     /// The current (or, while reconnecting, the last) `WELCOME`.
@@ -258,8 +263,8 @@ impl Shared {
     ) -> Result<(), Error> {
         check_names(namespace, topic)?;
         // Length field: opcode, request id, flags, u8-prefixed namespace,
-        // u16-prefixed topic, payload.
-        let overhead = 1 + 4 + 1 + 1 + namespace.len() + 2 + topic.len();
+        // u16-prefixed topic, format byte, payload.
+        let overhead = 1 + 4 + 1 + 1 + namespace.len() + 2 + topic.len() + 1;
         let max = (self.lock().welcome.max_frame as usize).saturating_sub(overhead);
         if len > max {
             return Err(Error::PayloadTooLarge { len, max });
@@ -274,6 +279,7 @@ impl Shared {
         permit: OwnedSemaphorePermit,
         namespace: &str,
         topic: &str,
+        format: PayloadFormat,
         payload: &[u8],
     ) -> Result<oneshot::Receiver<Result<u64, Error>>, Error> {
         let (answer, rx) = oneshot::channel();
@@ -285,6 +291,7 @@ impl Shared {
                 true,
                 namespace.as_bytes(),
                 topic.as_bytes(),
+                format,
                 payload,
             );
             st.pending.insert(
@@ -305,6 +312,7 @@ impl Shared {
         &self,
         namespace: &str,
         topic: &str,
+        format: PayloadFormat,
         payload: &[u8],
     ) -> Result<(), Error> {
         self.when_up(self.config.send_buffer.max(1), |st| {
@@ -315,6 +323,7 @@ impl Shared {
                 false,
                 namespace.as_bytes(),
                 topic.as_bytes(),
+                format,
                 payload,
             );
         })

@@ -125,8 +125,9 @@ impl Step {
             Step::Message(message) => Event::Message(Message {
                 epoch: message.epoch,
                 seq: message.seq,
-                payload: message.payload,
+                payload: message.body.payload(),
                 name: name.clone(),
+                format: message.body.format(),
             }),
             Step::Gap(gap) => Event::Discontinuity(discontinuity(&gap)),
         }

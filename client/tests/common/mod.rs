@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use corebus_client::{Client, ClientConfig, Error, Event, Subscription};
 use corebus_net::{
     check, decode, Check, Discontinuity, Frame, Hello, Message, PubAck, Publish, SubOk, Subscribe,
@@ -93,7 +93,7 @@ impl Peer {
             sub_id,
             epoch,
             seq,
-            payload: Bytes::from_static(payload),
+            body: corebus_net::Body::plain(payload),
         }))
         .await;
     }

@@ -265,7 +265,14 @@ export class Client {
     } catch (error) {
       return Promise.reject(error);
     }
-    const subscription = new SubscriptionImpl(this.subscriptionHost, namespace, topic, handlers, options);
+    const subscription = new SubscriptionImpl(
+      this.subscriptionHost,
+      namespace,
+      topic,
+      handlers,
+      options,
+      this.options.maxDecompressedBytes,
+    );
     this.subscriptions.add(subscription);
     // Only on the working connection: a switch-over in progress picks it up
     // when it takes over, resuming from the position this one establishes.

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { CodecError, Opcode } from './wire.js';
+import { CodecError, FORMAT_ZSTD, Opcode } from './wire.js';
 
 const utf8Decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
@@ -80,7 +80,9 @@ export interface MessageFrame {
   subId: number;
   epoch: bigint;
   seq: bigint;
-  /** The published bytes (a copy, owned by the frame). */
+  /** Whether the payload is a zstd frame (the format byte's bit 0, section 6.8). */
+  compressed: boolean;
+  /** The payload as it travelled, compressed or not (a copy, owned by the frame). */
   payload: Uint8Array;
 }
 /**
@@ -377,13 +379,14 @@ export function decodeServerFrame(frame: Uint8Array): ServerFrame {
     }
     case Opcode.MESSAGE: {
       const reader = new FrameReader(frame, 'MESSAGE');
-      return {
-        type: 'message',
-        subId: reader.u32('sub_id'),
-        epoch: reader.u64('epoch'),
-        seq: reader.u64('seq'),
-        payload: reader.rest(),
-      };
+      const subId = reader.u32('sub_id');
+      const epoch = reader.u64('epoch');
+      const seq = reader.u64('seq');
+      const format = reader.u8('format');
+      if ((format & ~FORMAT_ZSTD) !== 0) {
+        throw new CodecError('reserved_flags', `MESSAGE: undefined format bits set (format 0x${format.toString(16)})`, 25);
+      }
+      return { type: 'message', subId, epoch, seq, compressed: format === FORMAT_ZSTD, payload: reader.rest() };
     }
     case Opcode.DISCONTINUITY: {
       const reader = new FrameReader(frame, 'DISCONTINUITY');

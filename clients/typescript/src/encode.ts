@@ -6,7 +6,7 @@
  * @module
  */
 
-import { CodecError, DEFAULT_MAX_FRAME, MAX_CLIENT_NAME_BYTES, MAX_NAMESPACE_BYTES, MAX_TOPIC_BYTES, Opcode, PROTOCOL_VERSION } from './wire.js';
+import { CodecError, DEFAULT_MAX_FRAME, FORMAT_ZSTD, MAX_CLIENT_NAME_BYTES, MAX_NAMESPACE_BYTES, MAX_TOPIC_BYTES, Opcode, PROTOCOL_VERSION } from './wire.js';
 
 const MAGIC = [0x43, 0x42, 0x55, 0x53]; // "CBUS"
 const U64_LIMIT = 1n << 64n;
@@ -202,6 +202,8 @@ export interface PublishFields {
   ack: boolean;
   namespace: string;
   topic: string;
+  /** The payload is a zstd frame the caller made (format bit 0); default false. */
+  compressed?: boolean;
   payload: Uint8Array;
 }
 
@@ -213,13 +215,13 @@ export interface PublishFields {
  * ```ts
  * encodePublish({ requestId: 1, ack: true, namespace: 'app', topic: 'news',
  *   payload: new TextEncoder().encode('hi') });
- * // 00000012 02 00000001 01 03 617070 0004 6e657773 6869
+ * // 00000013 02 00000001 01 03 617070 0004 6e657773 00 6869
  * ```
  */
 export function encodePublish(fields: PublishFields, maxFrame: number = DEFAULT_MAX_FRAME): Uint8Array {
   checkU32(fields.requestId, 'request id');
   const names = validateName(fields.namespace, fields.topic);
-  const length = 9 + names.namespace.length + names.topic.length + fields.payload.length;
+  const length = 10 + names.namespace.length + names.topic.length + fields.payload.length;
   return new FrameWriter(Opcode.PUBLISH, length, maxFrame)
     .u32(fields.requestId)
     .u8(fields.ack ? 0x01 : 0x00)
@@ -227,6 +229,7 @@ export function encodePublish(fields: PublishFields, maxFrame: number = DEFAULT_
     .raw(names.namespace)
     .u16(names.topic.length)
     .raw(names.topic)
+    .u8(fields.compressed === true ? FORMAT_ZSTD : 0)
     .raw(fields.payload)
     .finish();
 }

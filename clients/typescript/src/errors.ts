@@ -63,7 +63,10 @@ export type ProtocolErrorCode = Exclude<(typeof WIRE_CODE_NAMES)[number], undefi
  * - `no_websocket`: no WebSocket implementation was found;
  * - `invalid_argument`: an option or argument is not usable;
  * - `handler_failed`: an application callback (`onItem`, ...) threw; the
- *   error it threw is the `cause`.
+ *   error it threw is the `cause`;
+ * - `decompress_failed`: a message arrived compressed and could not be
+ *   decompressed (not valid zstd, or larger than `maxDecompressedBytes`); the
+ *   subscription's `onError` gets it and delivery goes on with the next item.
  *
  * @example
  * ```ts
@@ -80,7 +83,8 @@ export type LocalErrorCode =
   | 'token_provider_failed'
   | 'no_websocket'
   | 'invalid_argument'
-  | 'handler_failed';
+  | 'handler_failed'
+  | 'decompress_failed';
 
 /**
  * Every code a {@link CorebusError} can carry.

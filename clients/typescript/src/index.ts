@@ -2,7 +2,8 @@
  * corebus: the browser and Node.js client of the corebus pub/sub broker,
  * over its WebSocket transport (`/v1/ws`, subprotocol `corebus.v1`).
  *
- * No runtime dependencies. The wire codec alone is available as
+ * One runtime dependency, `fzstd` (a pure-JavaScript zstd decoder), for the
+ * payloads publishers compress. The wire codec alone is available as
  * `corebus/codec`.
  *
  * @example
@@ -35,3 +36,5 @@ export type { Clock, WebSocketConstructor, WebSocketLike } from './transport.js'
 export { backoffDelay, backoffPolicy } from './backoff.js';
 export type { BackoffOptions, BackoffPolicy } from './backoff.js';
 export { jwtExpiry, tokenRefreshDelay } from './jwt.js';
+export { decompressPayload, zstdContentSize } from './zstd.js';
+export { DEFAULT_MAX_DECOMPRESSED } from './wire.js';

@@ -7,6 +7,7 @@
 
 import { backoffPolicy, type BackoffOptions, type BackoffPolicy } from './backoff.js';
 import { CorebusError } from './errors.js';
+import { DEFAULT_MAX_DECOMPRESSED } from './wire.js';
 import type { SubscribeOptions, SubscriptionHandlers } from './subscription.js';
 import type { Clock, WebSocketConstructor } from './transport.js';
 
@@ -52,6 +53,12 @@ export interface ConnectOptions {
    * broker's default limit).
    */
   maxInFlightPublishes?: number;
+  /**
+   * The most bytes a received compressed payload may decompress to; a larger
+   * one is reported to the subscription's `onError` as `decompress_failed`
+   * instead of allocated (default 16 MiB).
+   */
+  maxDecompressedBytes?: number;
   /** Timers; tests pass a fake clock. */
   clock?: Clock;
   /** Random numbers in [0, 1) for the backoff jitter; tests pass their own. */
@@ -84,6 +91,7 @@ export interface ResolvedOptions {
   pongTimeoutMs: number;
   tokenRefreshLeadMs: number;
   maxInFlightPublishes: number;
+  maxDecompressedBytes: number;
   clock: Clock;
   random: () => number;
 }
@@ -132,6 +140,7 @@ export function resolveOptions(options: ConnectOptions): ResolvedOptions {
     pongTimeoutMs: options.pongTimeoutMs ?? 10_000,
     tokenRefreshLeadMs: options.tokenRefreshLeadMs ?? 5_000,
     maxInFlightPublishes: options.maxInFlightPublishes ?? 16_383,
+    maxDecompressedBytes: options.maxDecompressedBytes ?? DEFAULT_MAX_DECOMPRESSED,
     clock: options.clock ?? defaultClock,
     random: options.random ?? Math.random,
   };

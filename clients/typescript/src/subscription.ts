@@ -15,6 +15,7 @@
 import { encodeSubscribe, encodeUnsubscribe, type DiscontinuityFrame, type MessageFrame, type SubOkFrame } from './codec.js';
 import type { Connection, SubscriptionSink } from './connection.js';
 import { CorebusError } from './errors.js';
+import { decompressPayload } from './zstd.js';
 
 /**
  * A point in a topic's stream: a message's epoch and sequence number.
@@ -47,8 +48,10 @@ export interface Item {
   readonly topic: string;
   readonly epoch: bigint;
   readonly seq: bigint;
-  /** The bytes exactly as published. */
+  /** The bytes exactly as published (decompressed, when the publisher compressed them). */
   readonly payload: Uint8Array;
+  /** Whether the payload travelled zstd-compressed. */
+  readonly compressed: boolean;
   /** The payload decoded as UTF-8 (invalid bytes become U+FFFD). */
   text(): string;
 }
@@ -106,8 +109,10 @@ export interface SubscriptionHandlers {
   /**
    * The subscription hit a problem: a broken sequence from the server (the
    * client then reconnects and resumes), a refused resubscribe after a
-   * reconnect (the subscription has then ended), or the client closing for
-   * good after a fatal error (ended too).
+   * reconnect (the subscription has then ended), the client closing for
+   * good after a fatal error (ended too), or a compressed message that could
+   * not be decompressed (`decompress_failed`: that message is skipped and
+   * the subscription goes on).
    */
   onError?(error: CorebusError): void;
 }
@@ -205,6 +210,7 @@ class DeliveredItem implements Item {
     readonly epoch: bigint,
     readonly seq: bigint,
     readonly payload: Uint8Array,
+    readonly compressed: boolean,
   ) {}
   text(): string {
     return textDecoder.decode(this.payload);
@@ -233,6 +239,8 @@ export class SubscriptionImpl implements Subscription {
     readonly topic: string,
     private readonly handlers: SubscriptionHandlers,
     options: SubscribeOptions,
+    /** Most bytes a compressed payload may decompress to. */
+    private readonly maxDecompressed: number,
   ) {
     if (options.after !== undefined) this.resumePoint = { epoch: options.after.epoch, seq: options.after.seq };
     else if (options.from !== undefined) this.resumePoint = { epoch: 0n, seq: options.from - 1n };
@@ -433,7 +441,20 @@ export class SubscriptionImpl implements Subscription {
     // Another connection (during a switch-over) may have delivered it already.
     if (point !== undefined && point.epoch === frame.epoch && frame.seq <= point.seq) return undefined;
     this.resumePoint = { epoch: frame.epoch, seq: frame.seq };
-    const item = new DeliveredItem(this.namespace, this.topic, frame.epoch, frame.seq, frame.payload);
+    let payload = frame.payload;
+    if (frame.compressed) {
+      try {
+        payload = decompressPayload(payload, this.maxDecompressed);
+      } catch (error) {
+        // The message is skipped, said so, and delivery goes on: the stream
+        // itself is sound.
+        const problem = error as CorebusError;
+        const failure = new CorebusError('decompress_failed', `${this.topic} #${frame.seq}: ${problem.message}`, { cause: problem });
+        this.callSafely('onError', () => this.handlers.onError?.(failure));
+        return undefined;
+      }
+    }
+    const item = new DeliveredItem(this.namespace, this.topic, frame.epoch, frame.seq, payload, frame.compressed);
     this.callSafely('onItem', () => this.handlers.onItem(item));
     return undefined;
   }

@@ -18,6 +18,29 @@ import { CorebusError, type ErrorCode } from './errors.js';
 export const PROTOCOL_VERSION = 1;
 
 /**
+ * Bit 0 of the format byte before every `PUBLISH` and `MESSAGE` payload: the
+ * payload is one zstd frame (section 6.3). The other bits are 0.
+ *
+ * @example
+ * ```ts
+ * if (frame.compressed) payload = decompressPayload(frame.payload, limit);
+ * ```
+ */
+export const FORMAT_ZSTD = 0x01;
+
+/**
+ * The most bytes a received compressed payload may decompress to, unless
+ * `connect({ maxDecompressedBytes })` says otherwise: 16 MiB, as the Rust
+ * client's default.
+ *
+ * @example
+ * ```ts
+ * const payload = decompressPayload(compressed, DEFAULT_MAX_DECOMPRESSED);
+ * ```
+ */
+export const DEFAULT_MAX_DECOMPRESSED = 16 << 20;
+
+/**
  * The server's default limit on a frame's `length` field: 1 MiB (section 2).
  *
  * @example

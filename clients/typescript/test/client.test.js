@@ -448,12 +448,14 @@ describe('publish', () => {
 
   test('a payload above WELCOME.max_frame is refused locally', async () => {
     const { client, socket } = await openClient({}, { maxFrame: 64 });
-    // 9 + 3 + 4 + P <= 64: 48 bytes fit, 49 do not.
-    await assert.rejects(client.publish('app', 'news', new Uint8Array(49), { ack: true }), isCorebusError('frame_too_large'));
-    await assert.rejects(client.publish('app', 'news', new Uint8Array(49)), isCorebusError('frame_too_large'));
-    const fits = client.publish('app', 'news', new Uint8Array(48), { ack: true });
+    // 10 + 3 + 4 + P <= 64 (the 10: request id, flags, name lengths and the
+    // format byte): 47 bytes fit, 48 do not.
+    await assert.rejects(client.publish('app', 'news', new Uint8Array(48), { ack: true }), isCorebusError('frame_too_large'));
+    await assert.rejects(client.publish('app', 'news', new Uint8Array(48)), isCorebusError('frame_too_large'));
+    const fits = client.publish('app', 'news', new Uint8Array(47), { ack: true });
     const frame = await socket.next('publish');
-    assert.equal(frame.payload.length, 48);
+    assert.equal(frame.payload.length, 47);
+    assert.equal(frame.format, 0, 'this client publishes uncompressed');
     socket.deliver(server.pubAck(frame.requestId, 1n));
     assert.equal(await fits, 1n);
     await client.close();

@@ -45,11 +45,11 @@ describe('section 6 examples, client frames encoded byte for byte', () => {
   });
   test('6.3 PUBLISH req 1, ack, app/news, "hi"', () => {
     const bytes = encodePublish({ requestId: 1, ack: true, namespace: 'app', topic: 'news', payload: hi });
-    assert.equal(toHex(bytes), toHex(hex('00000012 02 00000001 01 03 617070 0004 6e657773 6869')));
+    assert.equal(toHex(bytes), toHex(hex('00000013 02 00000001 01 03 617070 0004 6e657773 00 6869')));
   });
   test('6.3 PUBLISH without ack clears the flag', () => {
     const bytes = encodePublish({ requestId: 1, ack: false, namespace: 'app', topic: 'news', payload: hi });
-    assert.equal(toHex(bytes), toHex(hex('00000012 02 00000001 00 03 617070 0004 6e657773 6869')));
+    assert.equal(toHex(bytes), toHex(hex('00000013 02 00000001 00 03 617070 0004 6e657773 00 6869')));
   });
   test('6.5 SUBSCRIBE live', () => {
     const bytes = encodeSubscribe({ requestId: 2, subId: 7, resumeEpoch: 0n, resumeSeq: 0n, namespace: 'app', topic: 'news' });
@@ -97,8 +97,8 @@ describe('section 6 examples, server frames decoded', () => {
     ['6.7 UNSUB_OK', '00000009 84 00000003 00000007', { type: 'unsub_ok', requestId: 3, subId: 7 }],
     [
       '6.8 MESSAGE',
-      '00000017 85 00000007 0123456789abcdef 0000000000000006 6869',
-      { type: 'message', subId: 7, epoch: E, seq: 6n, payload: hi },
+      '00000018 85 00000007 0123456789abcdef 0000000000000006 00 6869',
+      { type: 'message', subId: 7, epoch: E, seq: 6n, compressed: false, payload: hi },
     ],
     [
       '6.9 DISCONTINUITY',
@@ -136,8 +136,25 @@ describe('section 6 examples, server frames decoded', () => {
     assert.equal(decodeServerFrame(server.message(1, 1n, 1n)).payload.length, 0);
     assert.equal(decodeServerFrame(hex('00000007 87 00000000 0000')).message, '');
   });
+  test('the format byte: bit 0 says zstd; a MESSAGE without it, or with other bits, is malformed', () => {
+    const zstd = decodeServerFrame(hex('00000018 85 00000007 0123456789abcdef 0000000000000006 01 6869'));
+    assert.equal(zstd.compressed, true);
+    assert.equal(toHex(zstd.payload), '6869');
+    assert.throws(
+      () => decodeServerFrame(hex('00000015 85 00000007 0123456789abcdef 0000000000000006')),
+      (error) => error.reason === 'truncated',
+    );
+    assert.throws(
+      () => decodeServerFrame(hex('00000016 85 00000007 0123456789abcdef 0000000000000006 02')),
+      (error) => error.reason === 'reserved_flags' && error.code === 'malformed_frame',
+    );
+  });
+  test('a PUBLISH of a payload the caller compressed carries format 01', () => {
+    const bytes = encodePublish({ requestId: 1, ack: false, namespace: 'app', topic: 'news', compressed: true, payload: hi });
+    assert.equal(toHex(bytes), toHex(hex('00000013 02 00000001 00 03 617070 0004 6e657773 01 6869')));
+  });
   test('the payload is a copy that outlives the message buffer', () => {
-    const bytes = hex('00000017 85 00000007 0123456789abcdef 0000000000000006 6869');
+    const bytes = hex('00000018 85 00000007 0123456789abcdef 0000000000000006 00 6869');
     const frame = decodeServerFrame(bytes);
     bytes.fill(0);
     assert.equal(toHex(frame.payload), '6869');
@@ -149,11 +166,11 @@ const SESSION_SERVER_ROWS = [
   '0000000b 81 0001 00100000 0001 0002',
   '0000000d 82 00000001 0000000000000005',
   '00000019 83 00000002 00000007 0123456789abcdef 0000000000000005',
-  '00000017 85 00000007 0123456789abcdef 0000000000000006 6869',
+  '00000018 85 00000007 0123456789abcdef 0000000000000006 00 6869',
   '00000009 84 00000003 00000007',
   '00000019 83 00000004 00000008 0123456789abcdef 0000000000000005',
   '0000001d 86 00000008 0123456789abcdef 0000000000000002 0000000000000006',
-  '00000017 85 00000008 0123456789abcdef 0000000000000006 6869',
+  '00000018 85 00000008 0123456789abcdef 0000000000000006 00 6869',
   '00000009 05 000000000000002a',
   '0000000a 87 00002710 0003 627965',
 ];
@@ -211,7 +228,7 @@ describe('FrameSplitter', () => {
   });
 
   test('every pair of split points (three chunks)', () => {
-    const stream = SESSION_STREAM.subarray(0, 88); // the first four frames
+    const stream = SESSION_STREAM.subarray(0, 89); // the first four frames
     const whole = expectedFrames.slice(0, 4);
     for (let first = 0; first <= stream.length; first++) {
       for (let second = first; second <= stream.length; second++) {
@@ -348,11 +365,11 @@ describe('names (section 4) and limits', () => {
 
   test('a PUBLISH is checked against WELCOME.max_frame', () => {
     const maxFrame = 100;
-    // length = 9 + N + T + P; with "n"/"t" the payload may be 89 bytes.
-    const fits = encodePublish({ requestId: 1, ack: true, namespace: 'n', topic: 't', payload: new Uint8Array(89) }, maxFrame);
+    // length = 10 + N + T + P; with "n"/"t" the payload may be 88 bytes.
+    const fits = encodePublish({ requestId: 1, ack: true, namespace: 'n', topic: 't', payload: new Uint8Array(88) }, maxFrame);
     assert.equal(new DataView(fits.buffer).getUint32(0), 100);
     assertCodecError(
-      () => encodePublish({ requestId: 1, ack: true, namespace: 'n', topic: 't', payload: new Uint8Array(90) }, maxFrame),
+      () => encodePublish({ requestId: 1, ack: true, namespace: 'n', topic: 't', payload: new Uint8Array(89) }, maxFrame),
       { reason: 'frame_too_large', code: 'frame_too_large' },
     );
   });

@@ -83,8 +83,8 @@ export const server = {
   subOk: (requestId, subId, epoch, startAfter) =>
     frame(0x83, [['u32', requestId], ['u32', subId], ['u64', epoch], ['u64', startAfter]]),
   unsubOk: (requestId, subId) => frame(0x84, [['u32', requestId], ['u32', subId]]),
-  message: (subId, epoch, seq, payload = '') =>
-    frame(0x85, [['u32', subId], ['u64', epoch], ['u64', seq], ['raw', payload]]),
+  message: (subId, epoch, seq, payload = '', format = 0) =>
+    frame(0x85, [['u32', subId], ['u64', epoch], ['u64', seq], ['u8', format], ['raw', payload]]),
   discontinuity: (subId, epoch, lastSeq, nextSeq) =>
     frame(0x86, [['u32', subId], ['u64', epoch], ['u64', lastSeq], ['u64', nextSeq]]),
   goaway: (drainMs, message = '') => frame(0x87, [['u32', drainMs], ['str16', message]]),
@@ -131,7 +131,8 @@ export function parseClientFrames(bytes) {
         const flags = u8();
         const namespace = text(u8());
         const topic = text(u16());
-        parsed = { type: 'publish', requestId, ack: flags === 1, flags, namespace, topic, payload: take(end - at) };
+        const format = u8();
+        parsed = { type: 'publish', requestId, ack: flags === 1, flags, namespace, topic, format, payload: take(end - at) };
         break;
       }
       case 0x03:

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use corebus_net::{
-    encode_handoff_request, encode_publish, encode_subscribe, Discontinuity, Epoch, ErrorCode,
+    encode_handoff_request, encode_publish_body, encode_subscribe, Discontinuity, Epoch, ErrorCode,
     Frame, ResumePoint, Seq, TopicKey,
 };
 use tracing::{debug, info};
@@ -236,7 +236,7 @@ impl Shard {
         link.acks.insert(request_id, origin);
         // Always acknowledged on the link, so that a publish the owner
         // refuses is known (and counted) even when its client did not ask.
-        encode_publish(
+        encode_publish_body(
             &mut link.out,
             request_id,
             true,
@@ -546,7 +546,12 @@ impl Shard {
             }
             Frame::Message(message) => {
                 if let Some(topic) = self.mirror_of(node, message.sub_id) {
-                    self.mirror_message(&topic, message.epoch, message.seq, message.payload);
+                    self.mirror_message(
+                        &topic,
+                        message.epoch,
+                        message.seq,
+                        message.body.into_bytes(),
+                    );
                 }
             }
             Frame::Discontinuity(gap) => {

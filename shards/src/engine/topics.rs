@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
-use corebus_net::{Epoch, ErrorCode, Publish, Seq, Subscribe, TopicKey, Unsubscribe};
+use corebus_net::{Body, Epoch, ErrorCode, Publish, Seq, Subscribe, TopicKey, Unsubscribe};
 
 use super::delivery::{push_message, Delivery};
 use super::{push_mesh, ActiveTopic, ConnId, LocalTopic, Shard, SubState};
@@ -70,15 +70,16 @@ impl Shard {
         // memory than they count, in allocator fragmentation). A small
         // payload is copied by each keeper that holds it for long: the ring,
         // the webhook queue, a queue that fell behind.
-        let (topic, payload) = if publish.payload.len() > COPY_MAX {
+        let body = publish.body.into_bytes();
+        let (topic, payload) = if body.len() > COPY_MAX {
             let topic = if owner == self.id {
                 publish.topic
             } else {
                 publish.topic.compact()
             };
-            (topic, Bytes::copy_from_slice(&publish.payload))
+            (topic, Bytes::copy_from_slice(&body))
         } else {
-            (publish.topic, publish.payload)
+            (publish.topic, body)
         };
         if owner == self.id {
             if self.nodes.is_some() {
@@ -136,21 +137,25 @@ impl Shard {
                 owned.webhooks_wanted = self.webhooks.wants(&topic);
                 owned.webhooks_generation = generation;
             }
-            if owned.webhooks_wanted {
+            // A small body is copied: a slice would keep the whole read
+            // buffer it arrived in alive while the webhook queue holds it
+            // (a large one is a copy already). Its format byte was checked
+            // as the frame was decoded.
+            let body = || {
+                let kept = if payload.len() <= COPY_MAX {
+                    Bytes::copy_from_slice(&payload)
+                } else {
+                    payload.clone()
+                };
+                Body::parse(kept, "PUBLISH").ok()
+            };
+            if let Some(body) = owned.webhooks_wanted.then(body).flatten() {
                 self.webhooks.offer(WebhookMessage {
                     topic: topic.clone(),
                     epoch: owned.epoch(),
                     seq,
                     published_ms: unix_now_ms(),
-                    // A small payload is copied: a slice would keep the
-                    // whole read buffer it arrived in alive while the
-                    // webhook queue holds it (a large one is a copy
-                    // already).
-                    payload: if payload.len() <= COPY_MAX {
-                        Bytes::copy_from_slice(&payload)
-                    } else {
-                        payload.clone()
-                    },
+                    body,
                     moved_from: owned
                         .moved_from
                         .as_deref()

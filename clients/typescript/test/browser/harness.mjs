@@ -277,6 +277,7 @@ export async function publishOne({ bin, server, token, namespace, topic, message
 const types = {
   '.html': 'text/html; charset=utf-8',
   '.js': 'text/javascript; charset=utf-8',
+  '.mjs': 'text/javascript; charset=utf-8',
   '.map': 'application/json',
   '.css': 'text/css',
 };

@@ -87,7 +87,11 @@ async function main() {
   const { secret, file: secretFile } = makeSecret(work);
 
   // Two origins for the same page: A is allowed by the broker, B is not.
-  const routes = { '/dist/': join(clientRoot, 'dist'), '/': join(here, 'page') };
+  const routes = {
+    '/dist/': join(clientRoot, 'dist'),
+    '/fzstd/': join(clientRoot, 'node_modules', 'fzstd', 'esm'),
+    '/': join(here, 'page'),
+  };
   const siteA = await startStaticServer('page server (allowed origin)', routes);
   const siteB = await startStaticServer('page server (other origin)', routes);
   // The example's server needs a fixed port, and the broker its origin.

@@ -170,7 +170,9 @@ fn nothing_kept_holds_the_read_buffer_a_large_payload_arrived_in() {
     cluster.pump();
     cluster.take_conn(here);
     cluster.take_conn(there);
-    let read_buffer = Bytes::from(vec![9u8; 64 << 10]);
+    let mut read_buffer = vec![9u8; 64 << 10];
+    read_buffer[100] = PayloadFormat::Plain.byte();
+    let read_buffer = Bytes::from(read_buffer);
     let inside = |bytes: &Bytes| read_buffer.as_ptr_range().contains(&bytes.as_ptr());
     let large = read_buffer.slice(100..100 + crate::ring::COPY_MAX + 1);
     cluster.send(
@@ -179,7 +181,7 @@ fn nothing_kept_holds_the_read_buffer_a_large_payload_arrived_in() {
             request_id: 2,
             ack: false,
             topic: t.clone(),
-            payload: large.clone(),
+            body: Body::parse(large.clone(), "PUBLISH").expect("a plain body"),
         }),
     );
     cluster.pump();

@@ -5,7 +5,9 @@ use std::collections::VecDeque;
 use std::task::Waker;
 
 use bytes::Bytes;
-use corebus_net::{ErrorCode, Frame, Hello, Publish, Subscribe, TopicKey, Unsubscribe};
+use corebus_net::{
+    Body, ErrorCode, Frame, Hello, PayloadFormat, Publish, Subscribe, TopicKey, Unsubscribe,
+};
 
 use super::*;
 use crate::mesh::MeshBatch;
@@ -117,7 +119,7 @@ fn publish(topic: &TopicKey, request_id: u32, payload: &str) -> Frame {
         request_id,
         ack: true,
         topic: topic.clone(),
-        payload: Bytes::copy_from_slice(payload.as_bytes()),
+        body: Body::plain(payload.as_bytes()),
     })
 }
 

@@ -63,7 +63,7 @@ fn big_publish(topic: &TopicKey, request_id: u32, size: usize) -> Frame {
         request_id,
         ack: true,
         topic: topic.clone(),
-        payload: Bytes::from(vec![7u8; size]),
+        body: Body::plain(&vec![7u8; size]),
     })
 }
 

@@ -27,7 +27,7 @@ impl Recorder {
             .iter()
             .map(|m| {
                 let topic = m.topic.topic().to_owned();
-                let payload = String::from_utf8_lossy(&m.payload).into_owned();
+                let payload = String::from_utf8_lossy(&m.body.payload()).into_owned();
                 (topic, m.seq, payload)
             })
             .collect()
