@@ -97,6 +97,83 @@ fn pub_prints_the_sequence_number_and_sub_prints_raw_lines() {
     assert_eq!(out, "hello\nworld\n");
 }
 
+/// `pub --compress`: a large message travels zstd-compressed (a raw
+/// subscriber sees the format byte and fewer bytes), a short one as it is,
+/// and `sub` prints both as published.
+#[test]
+fn pub_compress_sends_large_messages_compressed_and_sub_prints_them_plain() {
+    use corebus_net::{Frame, PayloadFormat, Subscribe, TopicKey};
+
+    let serve = Serve::start(&["--shards", "2"]);
+    let mut sub = corebus(&[
+        "sub",
+        "demo",
+        "zstd",
+        "--count",
+        "2",
+        "--server",
+        &serve.addr,
+    ]);
+    wait_subscribed(&mut sub);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let mut raw = runtime.block_on(async {
+        let addr = serve.addr.parse().expect("an address");
+        let mut raw = corebus_tests::RawConn::connect(addr).await;
+        raw.hello().await;
+        raw.send(&Frame::Subscribe(Subscribe {
+            request_id: 1,
+            sub_id: 1,
+            resume: None,
+            topic: TopicKey::from_strs("demo", "zstd").expect("valid"),
+        }))
+        .await;
+        assert!(matches!(raw.recv().await, Some(Frame::SubOk(_))));
+        raw
+    });
+    let large = r#"{"symbol":"EURUSD","bid":1.0842,"ask":1.0843},"#.repeat(100);
+    let compress = "--compress";
+    for message in [large.as_str(), "short"] {
+        let (status, _, err) = finish(
+            corebus(&[
+                "pub",
+                "demo",
+                "zstd",
+                message,
+                compress,
+                "--server",
+                &serve.addr,
+            ]),
+            Duration::from_secs(10),
+        );
+        assert!(status.success(), "{err}");
+    }
+    let (status, out, err) = finish(sub, Duration::from_secs(10));
+    assert!(status.success(), "{err}");
+    assert_eq!(out, format!("{large}\nshort\n"));
+    runtime.block_on(async {
+        for (format, original) in [
+            (PayloadFormat::Zstd, large.len()),
+            (PayloadFormat::Plain, 5),
+        ] {
+            match raw.recv().await {
+                Some(Frame::Message(message)) => {
+                    assert_eq!(message.body.format(), format);
+                    let carried = message.body.payload().len();
+                    if format == PayloadFormat::Zstd {
+                        assert!(carried * 10 < original, "{carried} bytes for {original}");
+                    } else {
+                        assert_eq!(carried, original);
+                    }
+                }
+                other => panic!("expected MESSAGE, got {other:?}"),
+            }
+        }
+    });
+}
+
 #[test]
 fn sub_from_replays_history_and_reports_what_the_ring_lost() {
     let serve = Serve::start(&["--shards", "2"]);

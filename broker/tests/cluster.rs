@@ -507,6 +507,14 @@ fn publishes_on_one_node_reach_subscribers_on_the_others_in_the_owners_order() {
                 (first..first + 200).collect::<Vec<_>>(),
                 "owner's sequence"
             );
+            // A compressed body crosses the links (forwarded to the owner,
+            // mirrored by the subscribers' node) as it was published.
+            let rows = r#"{"id":1,"px":100.25,"side":"buy"},"#.repeat(500);
+            let compressed_seq = publisher
+                .compressing(corebus_client::Compression::zstd())
+                .publish("cl", &topic, rows.clone())
+                .await
+                .expect("acknowledged by the owner");
             for sub in &mut subs {
                 for (i, seq) in acked.iter().enumerate() {
                     match next(sub, Duration::from_secs(5)).await {
@@ -515,6 +523,16 @@ fn publishes_on_one_node_reach_subscribers_on_the_others_in_the_owners_order() {
                             assert_eq!(message.payload.as_ref(), (i as u32).to_be_bytes());
                         }
                         other => panic!("owner {owner}: expected message {seq}, got {other:?}"),
+                    }
+                }
+                match next(sub, Duration::from_secs(5)).await {
+                    corebus_client::Event::Message(message) => {
+                        assert_eq!(message.seq, compressed_seq);
+                        assert!(message.was_compressed(), "owner {owner}");
+                        assert_eq!(message.payload, rows.as_bytes());
+                    }
+                    other => {
+                        panic!("owner {owner}: expected the compressed message, got {other:?}")
                     }
                 }
             }
