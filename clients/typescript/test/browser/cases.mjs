@@ -490,6 +490,45 @@ export const cases = [
   },
 
   {
+    id: '6d',
+    name: 'Compression: `corebus pub --compress` (the Rust client) to the page over WebSocket and SSE (`zstd`), read as published',
+    async run(env) {
+      const topic = 'compressed';
+      const book = JSON.stringify({ bids: Array.from({ length: 400 }, (_, i) => [100 - i / 100, i % 7]) });
+      const payloads = { 1: book, 2: 'short' };
+      const page = await env.openPage(env.siteA.origin);
+      const token = env.userToken('ada', [topic]);
+      const viaWs = await env.evaluate(page, (o) => window.bus.wsStart(o), {
+        url: env.wsUrl,
+        token,
+        namespace: NS,
+        topic,
+        prefix: '',
+        expectedPayloads: payloads,
+      });
+      assert.equal(viaWs.ok, true, `subscribe failed: ${JSON.stringify(viaWs)}`);
+      const query = new URLSearchParams({ ns: NS, topic, token });
+      const viaSse = await env.evaluate(page, (o) => window.bus.sseStart(o), {
+        url: `http://${env.broker.wsAddr}/v1/sse?${query}`,
+        prefix: '',
+        expectedPayloads: payloads,
+      });
+      assert.equal(viaSse.ok, true, `the event stream failed: ${JSON.stringify(viaSse)}`);
+      for (const [seq, message] of Object.entries(payloads)) {
+        assert.equal(await env.publishOne(NS, topic, message, { compress: true }), Number(seq), 'corebus pub prints the seq');
+      }
+      const ws = await waitForStream(env, page, 'ws', { count: 2, lastSeq: 2, ms: 10_000, what: 'two items over WebSocket' });
+      assertCleanStream(ws.stream, { count: 2 });
+      assert.deepEqual(ws.stream.compressed, [1], 'the book travelled compressed, the short one plain');
+      const sse = await waitForStream(env, page, 'sse', { count: 2, lastSeq: 2, ms: 10_000, what: 'two events' });
+      assertCleanStream(sse.stream, { count: 2 });
+      assert.deepEqual(sse.stream.compressed, [1]);
+      assert.deepEqual(sse.raw.map((event) => event.type), ['zstd', 'message']);
+      return `${book.length}-byte book: WebSocket item decompressed; SSE ${sse.raw[0].data} decompressed by the page`;
+    },
+  },
+
+  {
     id: '7',
     name: 'The notifications example end to end: sign in, two jobs, two notifications, screenshot',
     async run(env) {

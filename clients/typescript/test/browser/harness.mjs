@@ -260,8 +260,9 @@ export function startPublisher({ bin, server, token, namespace, topic }) {
 }
 
 /** Publishes one message with `corebus pub NS TOPIC MESSAGE`; resolves with its seq. */
-export async function publishOne({ bin, server, token, namespace, topic, message }) {
-  const proc = startProcess(`corebus pub ${namespace}/${topic}`, bin, ['pub', '--server', server, namespace, topic, message], {
+export async function publishOne({ bin, server, token, namespace, topic, message, compress = false }) {
+  const args = ['pub', '--server', server, namespace, topic, message, ...(compress ? ['--compress'] : [])];
+  const proc = startProcess(`corebus pub ${namespace}/${topic}`, bin, args, {
     env: { ...process.env, COREBUS_CREDENTIALS: token },
   });
   proc.child.stdin.end();

@@ -145,8 +145,8 @@ async function main() {
     publisher(namespace, topic) {
       return startPublisher({ bin, server: broker.nativeAddr, token: publisherToken, namespace, topic });
     },
-    publishOne(namespace, topic, message) {
-      return publishOne({ bin, server: broker.nativeAddr, token: publisherToken, namespace, topic, message });
+    publishOne(namespace, topic, message, { compress = false } = {}) {
+      return publishOne({ bin, server: broker.nativeAddr, token: publisherToken, namespace, topic, message, compress });
     },
     /** A new tab on `origin`; closed after the case. */
     async openPage(origin, { path = '/index.html', waitForBus = true } = {}) {

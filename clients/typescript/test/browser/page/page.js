@@ -5,7 +5,7 @@
 // sequence numbers, payloads, duplicates) and shows every error in the DOM
 // (#error, with the code in data-code), where the test reads it back.
 
-import { connect, CorebusError } from '/dist/index.js';
+import { connect, CorebusError, decompressPayload } from '/dist/index.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -47,6 +47,8 @@ class StreamCheck {
     this.duplicates = 0;
     this.problems = [];
     this.seen = new Set();
+    /** Sequence numbers of the items that travelled compressed. */
+    this.compressed = [];
   }
 
   problem(text) {
@@ -63,8 +65,9 @@ class StreamCheck {
     }
   }
 
-  item(epoch, seq, text) {
+  item(epoch, seq, text, compressed = false) {
     this.count++;
+    if (compressed && this.compressed.length < 100) this.compressed.push(seq);
     if (this.epoch === undefined) this.epoch = epoch;
     else if (epoch !== this.epoch) this.problem(`seq ${seq} in epoch ${epoch}, expected ${this.epoch}`);
     if (this.seen.has(seq)) {
@@ -93,6 +96,7 @@ class StreamCheck {
       lastSeq: this.lastSeq,
       duplicates: this.duplicates,
       problems: this.problems,
+      compressed: this.compressed,
     };
   }
 }
@@ -170,7 +174,7 @@ async function wsStart({ url, token, tokenFromTest, namespace, topic, prefix, ex
           ws.pendingResume.firstSeqAfter = seq;
           ws.pendingResume = undefined;
         }
-        ws.check.item(item.epoch.toString(), seq, item.text());
+        ws.check.item(item.epoch.toString(), seq, item.text(), item.compressed);
         if (seq % 100 === 0) log(`item seq ${seq}`);
       },
       onDiscontinuity: (gap) => {
@@ -246,29 +250,39 @@ function sseStart({ url, prefix, expectedPayloads }) {
       log(`subscribed (id ${event.lastEventId})`);
       resolve({ ok: true, id: event.lastEventId, data });
     });
-    // An item: an unnamed event with the payload as text, or `binary` with
-    // it in base64 (not UTF-8, or holding a CR).
+    // An item: an unnamed event with the payload as text, `binary` with it
+    // in base64 (not UTF-8, or holding a CR), or `zstd` with the compressed
+    // payload in base64, which the client's decoder reads.
     const onItem = (event) => {
-      if (sse.raw.length < 20) sse.raw.push({ type: event.type, id: event.lastEventId, data: event.data });
+      if (sse.raw.length < 20) {
+        const data = event.type === 'zstd' ? `${event.data.length} base64 characters` : event.data;
+        sse.raw.push({ type: event.type, id: event.lastEventId, data });
+      }
       const match = /^(\d+):(\d+)$/.exec(event.lastEventId);
       if (!match) {
         sse.check.problem(`event id ${JSON.stringify(event.lastEventId)} is not EPOCH:SEQ`);
         return;
       }
-      const text =
-        event.type === 'binary'
-          ? new TextDecoder().decode(Uint8Array.from(atob(event.data), (char) => char.charCodeAt(0)))
-          : event.data;
+      const bytes = () => Uint8Array.from(atob(event.data), (char) => char.charCodeAt(0));
+      let text = event.data;
+      try {
+        if (event.type === 'binary') text = new TextDecoder().decode(bytes());
+        if (event.type === 'zstd') text = new TextDecoder().decode(decompressPayload(bytes()));
+      } catch (error) {
+        sse.check.problem(`event ${event.lastEventId}: ${error.message}`);
+        return;
+      }
       sse.lastId = event.lastEventId;
       if (sse.pendingResume !== undefined) {
         sse.pendingResume.firstIdAfter = event.lastEventId;
         sse.pendingResume = undefined;
       }
-      sse.check.item(match[1], Number(match[2]), text);
+      sse.check.item(match[1], Number(match[2]), text, event.type === 'zstd');
       if (Number(match[2]) % 100 === 0) log(`event ${event.lastEventId}`);
     };
     source.addEventListener('message', onItem);
     source.addEventListener('binary', onItem);
+    source.addEventListener('zstd', onItem);
     source.addEventListener('discontinuity', (event) => {
       sse.check.problem(`discontinuity ${event.data}`);
       showError('event stream', 'discontinuity', event.data);
