@@ -10,7 +10,7 @@
 //! Must not depend on: any broker crate (`corebus`, `corebus-shards`) or
 //! glommio. It runs on any tokio runtime (current-thread or multi-thread) and
 //! needs only `corebus-net`, `bytes`, `futures-core`, `thiserror`, tokio,
-//! `serde_json` (for the webhook commands), and for TLS `rustls` (with the `ring` provider), `tokio-rustls` and
+//! `serde_json` (for the webhook commands), `zstd` (payload compression), and for TLS `rustls` (with the `ring` provider), `tokio-rustls` and
 //! `rustls-native-certs`.
 //!
 //! Design: a background reader task decodes frames (payloads are slices of
@@ -79,6 +79,20 @@
 //! memory bounded by [`ClientConfig::send_buffer`]. Both keep call order on
 //! the wire, so publishes to one topic from one client are sequenced in call
 //! order whichever way they were sent.
+//!
+//! # Compression
+//!
+//! A publisher may compress its payloads with zstd: for the whole client
+//! with [`ClientConfig::compression`], or for some publishes with
+//! [`Client::compressing`]. [`Compression::zstd`] compresses payloads of
+//! 1 KiB and more (level 3) and sends any payload zstd does not shrink as it
+//! is. The broker forwards compressed payloads untouched, so the cost is the
+//! publisher's, once, and every subscriber decompresses: a [`Message`]'s
+//! payload is always what was published ([`Message::was_compressed`] says how
+//! it travelled). A subscriber decompresses into at most
+//! [`ClientConfig::max_decompressed`] bytes (16 MiB): a payload that claims
+//! or yields more, or is not valid zstd, is one [`Error::Decompress`] in the
+//! stream, which goes on with the next message.
 //!
 //! # TLS
 //!

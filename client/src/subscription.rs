@@ -344,7 +344,9 @@ impl Subscription {
     /// The next item; `None` once the stream has ended.
     ///
     /// The same as [`Stream::poll_next`], without needing a `StreamExt` trait.
-    /// Cancel-safe: dropping the future loses no item.
+    /// Cancel-safe: dropping the future loses no item. An
+    /// [`Error::Decompress`] item (a compressed message that cannot be read)
+    /// does not end the stream; any other error is its last item.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -372,7 +374,9 @@ impl Subscription {
     ///
     /// A [`Discontinuity`] comes back as `Some(Err(`[`Error::Discontinuity`]`))`,
     /// which does not end the stream: the next call returns the message after
-    /// the gap. Any other error is the stream's last item. Cancel-safe.
+    /// the gap. So does a compressed message that cannot be read
+    /// ([`Error::Decompress`]). Any other error is the stream's last item.
+    /// Cancel-safe.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
