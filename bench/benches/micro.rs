@@ -9,7 +9,7 @@
 
 use std::hint::black_box;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use corebus_net::{
     check, decode, Body, Check, Frame, Hello, Message, Publish, Subscribe, TopicKey,
 };
@@ -133,7 +133,7 @@ fn fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("fanout");
     for subscribers in [1usize, 16, 256, 1024] {
         let (mut shard, publisher, conns) = fanout_shard(subscribers);
-        let payload = Bytes::from(vec![b'x'; 128]);
+        let body = Body::plain(&[b'x'; 128]);
         let key = topic();
         let mut frames: Vec<OutFrame> = Vec::with_capacity(subscribers);
         group.throughput(Throughput::Elements(subscribers as u64));
@@ -145,7 +145,7 @@ fn fanout(c: &mut Criterion) {
                         request_id: 0,
                         ack: false,
                         topic: key.clone(),
-                        payload: payload.clone(),
+                        body: body.clone(),
                     }),
                 );
                 frames.clear();

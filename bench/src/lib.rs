@@ -160,6 +160,7 @@ pub async fn run(options: &RunOptions) -> Result<Report, BenchError> {
             .map_or_else(|| plan.url.clone(), |relay| relay.addr().to_string()),
         acks: plan.acks,
         affinity: plan.affinity,
+        compress: plan.compress,
         ws_url: plan.ws_url.clone(),
         incidents: Arc::new(Incidents::default()),
     };

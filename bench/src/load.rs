@@ -160,6 +160,7 @@ pub async fn run(plan: &Plan, endpoint: &Endpoint) -> Result<Report, BenchError>
             index,
             topics: plan.topics,
             size: plan.size,
+            payload: plan.payload,
             messages: plan.messages,
             flows: flows.clone(),
             base,
@@ -265,6 +266,7 @@ struct PublisherRun {
     index: usize,
     topics: usize,
     size: usize,
+    payload: crate::payload::PayloadKind,
     messages: u64,
     flows: Arc<Vec<TopicFlow>>,
     base: std::time::Instant,
@@ -287,7 +289,7 @@ impl PublisherRun {
     /// As fast as flow control allows; publisher `i` sends its `n`-th
     /// message to topic `(i + n) mod topics`.
     async fn flat_out(self, mut publisher: Publisher) -> Result<PublisherOutcome, BenchError> {
-        let mut writer = PayloadWriter::new(self.size);
+        let mut writer = PayloadWriter::of(self.size, self.payload);
         let mut sent = vec![0u64; self.topics];
         let mut limits: Vec<u64> = self.flows.iter().map(TopicFlow::initial_limit).collect();
         for n in 0..self.messages {
@@ -331,7 +333,7 @@ impl PublisherRun {
             .end
             .duration_since(Instant::from_std(self.base))
             .as_nanos() as f64;
-        let mut writer = PayloadWriter::new(self.size);
+        let mut writer = PayloadWriter::of(self.size, self.payload);
         let mut sent = vec![0u64; self.topics];
         for n in 0..self.messages {
             let due_ns = start_ns + interval_ns * n as f64;

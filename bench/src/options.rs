@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::payload::HEADER_LEN;
+use crate::payload::{PayloadKind, HEADER_LEN};
 use crate::BenchError;
 
 /// The broker under test.
@@ -198,6 +198,15 @@ pub struct RunOptions {
     /// are rows of their own in a summary.
     #[arg(long)]
     pub variant: Option<String>,
+    /// What the payloads carry after their header: `filler` (one byte
+    /// repeated) or `json` (rows of JSON that compress as real data does).
+    #[arg(long, value_enum, default_value_t = PayloadKind::Filler)]
+    pub payload: PayloadKind,
+    /// corebus native publishers only: compress every payload with zstd
+    /// (`Compression::zstd()`: level 3, from 1 KiB); the subscribers
+    /// decompress. Use with `--payload json` and a large `--size`.
+    #[arg(long)]
+    pub compress: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -248,6 +257,10 @@ pub struct Plan {
     pub variant: Option<String>,
     /// Where the publishers connect in a corebus cluster.
     pub publisher_on: Option<PublisherOn>,
+    /// What the payloads carry after their header.
+    pub payload: PayloadKind,
+    /// corebus publishers compress their payloads (zstd).
+    pub compress: bool,
 }
 
 /// Where the publishers of a corebus cluster run connect (`--publisher-on`).
@@ -289,6 +302,17 @@ const MAX_DURATION_S: f64 = 3600.0;
 const WINDOW_BYTES: u64 = 2 << 20;
 
 impl RunOptions {
+    /// The label a run with non-default payloads carries, so that a
+    /// summary keeps it apart from the filler runs.
+    fn payload_variant(&self) -> Option<String> {
+        match (self.payload, self.compress) {
+            (PayloadKind::Filler, false) => None,
+            (PayloadKind::Filler, true) => Some("zstd-compressed filler".into()),
+            (PayloadKind::Json, false) => Some("JSON".into()),
+            (PayloadKind::Json, true) => Some("JSON, zstd-compressed".into()),
+        }
+    }
+
     /// Options for `target` and `scenario` with every other setting at its
     /// default (what the smoke test and callers start from).
     pub fn new(target: Target, scenario: Scenario) -> RunOptions {
@@ -314,6 +338,8 @@ impl RunOptions {
             subscriber_urls: Vec::new(),
             variant: None,
             publisher_on: None,
+            payload: PayloadKind::Filler,
+            compress: false,
             json: false,
         }
     }
@@ -435,6 +461,11 @@ impl RunOptions {
                     .into(),
             );
         }
+        if self.compress && (self.target != Target::Corebus || self.lean) {
+            return invalid(
+                "--compress is for corebus publishers through the client (not --lean)".into(),
+            );
+        }
         if self.size < HEADER_LEN {
             return invalid(format!(
                 "--size {} is too small: every payload carries a {HEADER_LEN}-byte header",
@@ -487,8 +518,11 @@ impl RunOptions {
             variant: self
                 .publisher_on
                 .map(|place| place.variant().to_owned())
-                .or_else(|| self.variant.clone()),
+                .or_else(|| self.variant.clone())
+                .or_else(|| self.payload_variant()),
             publisher_on: self.publisher_on,
+            payload: self.payload,
+            compress: self.compress,
         })
     }
 }
@@ -618,6 +652,25 @@ mod tests {
         );
         options.target = Target::Corebus;
         assert!(options.plan().expect("valid").acks);
+    }
+
+    #[test]
+    fn compression_is_for_corebus_clients_and_labels_the_run() {
+        let mut options = RunOptions::new(Target::Nats, Scenario::Fanout);
+        options.compress = true;
+        assert!(options.plan().is_err(), "NATS publishers do not compress");
+        options.target = Target::Corebus;
+        options.lean = true;
+        assert!(options.plan().is_err(), "the lean generator does not compress");
+        options.lean = false;
+        options.payload = PayloadKind::Json;
+        let plan = options.plan().expect("valid");
+        assert!(plan.compress);
+        assert_eq!(plan.variant.as_deref(), Some("JSON, zstd-compressed"));
+        options.compress = false;
+        assert_eq!(options.plan().expect("valid").variant.as_deref(), Some("JSON"));
+        options.payload = PayloadKind::Filler;
+        assert_eq!(options.plan().expect("valid").variant, None);
     }
 
     #[test]

@@ -133,6 +133,39 @@ pub struct Report {
     /// What the run's `--variant` said about its set-up (a row of its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
+    /// With `--compress`: the bytes a payload of the run takes compressed,
+    /// as the publishers compress it (the mean over a sample), that is what
+    /// the broker carries per message instead of `size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compressed_size: Option<usize>,
+}
+
+/// The mean compressed size of a sample of the run's payloads, compressed
+/// as `Compression::zstd()` does (level 3; a payload it does not shrink
+/// counts whole).
+fn compressed_size(plan: &Plan) -> usize {
+    const SAMPLE: usize = 32;
+    let mut writer = crate::payload::PayloadWriter::of(plan.size, plan.payload);
+    let total: usize = (0..SAMPLE as u64)
+        .map(|counter| {
+            let payload = writer.write(&crate::payload::Header {
+                publisher: 0,
+                topic: 0,
+                counter,
+                sent_ns: counter,
+            });
+            match zstd::bulk::compress(&payload, corebus_client::DEFAULT_ZSTD_LEVEL) {
+                Ok(compressed)
+                    if compressed.len() < payload.len()
+                        && payload.len() >= corebus_client::DEFAULT_MIN_SIZE =>
+                {
+                    compressed.len()
+                }
+                _ => payload.len(),
+            }
+        })
+        .sum();
+    total / SAMPLE
 }
 
 impl Report {
@@ -170,6 +203,7 @@ impl Report {
             },
             nodes: (!plan.subscriber_urls.is_empty()).then_some(plan.subscriber_urls.len()),
             variant: plan.variant.clone(),
+            compressed_size: plan.compress.then(|| compressed_size(plan)),
         }
     }
 
@@ -262,6 +296,12 @@ impl Report {
         .collect::<Vec<_>>();
         if !cpu.is_empty() {
             rows.push(("CPU per message", cpu.join(", ")));
+        }
+        if let Some(bytes) = self.compressed_size {
+            rows.push((
+                "compressed payload",
+                format!("{bytes} bytes of {} (zstd level 3)", self.size),
+            ));
         }
         if let Some(rate) = self.rate {
             rows.push(("rate", format!("{rate} msg/s, open loop")));

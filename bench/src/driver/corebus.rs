@@ -3,7 +3,9 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use corebus_client::{Client, ClientConfig, Event, PendingPublish, Subscription, TopicAffinity};
+use corebus_client::{
+    Client, ClientConfig, Compression, Event, PendingPublish, Subscription, TopicAffinity,
+};
 use futures_util::FutureExt;
 
 use super::{failed, next_of_any, Endpoint, PublisherDone, Received, MAX_IN_FLIGHT, NAMESPACE};
@@ -23,6 +25,11 @@ async fn connect(endpoint: &Endpoint, topics: &[impl AsRef<str>]) -> Result<Clie
     };
     let config = ClientConfig {
         topic_affinity,
+        compression: if endpoint.compress {
+            Compression::zstd()
+        } else {
+            Compression::Off
+        },
         ..ClientConfig::default()
     };
     Client::connect_with(endpoint.url.as_str(), config)

@@ -72,6 +72,8 @@ pub struct Endpoint {
     pub acks: bool,
     /// corebus connections with one topic ask for the shard that owns it.
     pub affinity: bool,
+    /// corebus publishers compress their payloads (`--compress`).
+    pub compress: bool,
     /// Subscribers connect over WebSocket to this URL (`None`: natively, to
     /// `url`).
     pub ws_url: Option<String>,
