@@ -661,14 +661,20 @@ mod tests {
         assert!(options.plan().is_err(), "NATS publishers do not compress");
         options.target = Target::Corebus;
         options.lean = true;
-        assert!(options.plan().is_err(), "the lean generator does not compress");
+        assert!(
+            options.plan().is_err(),
+            "the lean generator does not compress"
+        );
         options.lean = false;
         options.payload = PayloadKind::Json;
         let plan = options.plan().expect("valid");
         assert!(plan.compress);
         assert_eq!(plan.variant.as_deref(), Some("JSON, zstd-compressed"));
         options.compress = false;
-        assert_eq!(options.plan().expect("valid").variant.as_deref(), Some("JSON"));
+        assert_eq!(
+            options.plan().expect("valid").variant.as_deref(),
+            Some("JSON")
+        );
         options.payload = PayloadKind::Filler;
         assert_eq!(options.plan().expect("valid").variant, None);
     }

@@ -3,7 +3,7 @@
 use bytes::{Buf, Bytes};
 
 use crate::frame::*;
-use crate::name::TopicKey;
+use crate::name::{NameError, TopicKey};
 use crate::{FrameError, HELLO_MAGIC, LENGTH_PREFIX};
 
 /// What [`check`] found at the start of a buffer.
@@ -143,6 +143,15 @@ fn decode_frame(
                 });
             }
             let topic = reader.topic_key(request_id)?;
+            if topic.is_pattern() {
+                return Err(FrameError::InvalidName {
+                    request_id,
+                    source: NameError::Wildcard {
+                        reason: "a message is published to one topic: `*` and `>` are \
+                                 wildcards, not topic segments",
+                    },
+                });
+            }
             let body = Body::parse(reader.rest(), "PUBLISH")?;
             Frame::Publish(Publish {
                 request_id,
@@ -226,6 +235,19 @@ fn decode_frame(
             };
             reader.finish()?;
             Frame::Discontinuity(gap)
+        }
+        Opcode::TopicMessage => {
+            let sub_id = reader.u32("sub_id")?;
+            let epoch = reader.u64("epoch")?;
+            let seq = reader.u64("seq")?;
+            let topic = reader.text16("topic")?;
+            Frame::TopicMessage(TopicMessage {
+                sub_id,
+                epoch,
+                seq,
+                topic,
+                body: Body::parse(reader.rest(), "TOPIC_MESSAGE")?,
+            })
         }
         Opcode::ReplayEnd => {
             let end = ReplayEnd {
@@ -340,6 +362,7 @@ fn frame_name(opcode: Opcode) -> &'static str {
         Opcode::HandoffRequest => "HANDOFF_REQUEST",
         Opcode::ClusterReply => "CLUSTER_REPLY",
         Opcode::ReplayEnd => "REPLAY_END",
+        Opcode::TopicMessage => "TOPIC_MESSAGE",
         Opcode::Error => "ERROR",
     }
 }

@@ -39,6 +39,30 @@ pub fn encode_message_header(
     dst.put_u64(seq);
 }
 
+/// Writes a whole `TOPIC_MESSAGE` frame: a delivery to a pattern
+/// subscription, with the concrete topic and the body (format byte first)
+/// as the broker keeps it.
+pub fn encode_topic_message(
+    dst: &mut BytesMut,
+    sub_id: u32,
+    epoch: Epoch,
+    seq: Seq,
+    topic: &[u8],
+    body: &[u8],
+) {
+    header(
+        dst,
+        Opcode::TopicMessage,
+        4 + 8 + 8 + 2 + topic.len() + body.len(),
+    );
+    dst.put_u32(sub_id);
+    dst.put_u64(epoch);
+    dst.put_u64(seq);
+    dst.put_u16(topic.len() as u16);
+    dst.put_slice(topic);
+    dst.put_slice(body);
+}
+
 /// Writes a whole `PUBLISH` frame from borrowed parts.
 ///
 /// The names are not validated here: the server validates them and answers an
@@ -268,6 +292,14 @@ impl Frame {
                 dst.put_u64(gap.last_seq);
                 dst.put_u64(gap.next_seq);
             }
+            Frame::TopicMessage(message) => encode_topic_message(
+                dst,
+                message.sub_id,
+                message.epoch,
+                message.seq,
+                message.topic.as_bytes(),
+                message.body.as_bytes(),
+            ),
             Frame::ReplayEnd(end) => {
                 header(dst, Opcode::ReplayEnd, 4 + 8);
                 dst.put_u32(end.sub_id);

@@ -171,6 +171,9 @@ pub enum Opcode {
     /// Server → peer node: the replay that followed a `SUB_OK` ends here
     /// (sent on links between the nodes of a cluster only).
     ReplayEnd = 0x8b,
+    /// Server → client: a message for a pattern subscription, with its
+    /// topic.
+    TopicMessage = 0x8c,
     /// Server → client: a request (or the connection) failed.
     Error = 0x8f,
 }
@@ -200,6 +203,7 @@ impl Opcode {
             0x89 => Opcode::WebhookReply,
             0x8a => Opcode::ClusterReply,
             0x8b => Opcode::ReplayEnd,
+            0x8c => Opcode::TopicMessage,
             0x8f => Opcode::Error,
             _ => return None,
         })
@@ -379,6 +383,23 @@ pub struct ReplayEnd {
     pub last_seq: Seq,
 }
 
+/// `TOPIC_MESSAGE`: one message delivered to a pattern subscription (a
+/// `SUBSCRIBE` whose topic is a pattern), with the concrete topic it was
+/// published to and that topic's own epoch and sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicMessage {
+    /// The subscription it is for.
+    pub sub_id: u32,
+    /// The topic's epoch.
+    pub epoch: Epoch,
+    /// Its sequence number in that topic.
+    pub seq: Seq,
+    /// The topic it was published to (in the subscription's namespace).
+    pub topic: String,
+    /// The body, format byte and payload, as published.
+    pub body: Body,
+}
+
 /// `TOKEN_REQUEST`: asks the server to mint a short-lived scoped token.
 /// Only a connection authenticated with a super-user key may.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -519,6 +540,8 @@ pub enum Frame {
     ClusterReply(ClusterReply),
     /// See [`ReplayEnd`].
     ReplayEnd(ReplayEnd),
+    /// See [`TopicMessage`].
+    TopicMessage(TopicMessage),
     /// `HANDOFF_REQUEST`: from one node of a cluster to another (a
     /// connection authenticated as a member only), with the body of a
     /// `SUBSCRIBE`. The receiver answers from its state of the topic as a
@@ -557,6 +580,7 @@ impl Frame {
             Frame::ClusterRequest(_) => Opcode::ClusterRequest,
             Frame::ClusterReply(_) => Opcode::ClusterReply,
             Frame::ReplayEnd(_) => Opcode::ReplayEnd,
+            Frame::TopicMessage(_) => Opcode::TopicMessage,
             Frame::HandoffRequest(_) => Opcode::HandoffRequest,
             Frame::Ping(_) => Opcode::Ping,
             Frame::Pong(_) => Opcode::Pong,
@@ -575,11 +599,11 @@ mod tests {
             let opcode = Opcode::from_u8(byte).expect("a client or either-way opcode");
             assert!(!opcode.is_server_frame(), "{opcode:?}");
         }
-        for byte in (0x81..=0x8bu8).chain([0x8f]) {
+        for byte in (0x81..=0x8cu8).chain([0x8f]) {
             let opcode = Opcode::from_u8(byte).expect("a server opcode");
             assert!(opcode.is_server_frame(), "{opcode:?}");
         }
-        for byte in [0x00, 0x0b, 0x7f, 0x80, 0x8c, 0x8e, 0x90, 0xff] {
+        for byte in [0x00, 0x0b, 0x7f, 0x80, 0x8d, 0x8e, 0x90, 0xff] {
             assert_eq!(Opcode::from_u8(byte), None, "{byte:#04x} is not an opcode");
         }
     }

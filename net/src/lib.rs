@@ -20,16 +20,19 @@ pub mod routing;
 pub use decode::{check, decode, decode_from_client, Check, KeyCache};
 pub use encode::{
     encode_handoff_request, encode_message_header, encode_publish, encode_publish_body,
-    encode_subscribe, MESSAGE_HEADER_LEN,
+    encode_subscribe, encode_topic_message, MESSAGE_HEADER_LEN,
 };
 pub use error::{ErrorCode, FrameError};
 pub use frame::{
     Body, ClusterReply, ClusterRequest, Discontinuity, Epoch, ErrorFrame, Frame, GoAway, Hello,
     Message, Opcode, PayloadFormat, PubAck, Publish, ReplayEnd, ResumePoint, SubOk, Subscribe,
-    Token, TokenRequest, UnsubOk, Unsubscribe, WebhookReply, WebhookRequest, Welcome, FORMAT_ZSTD,
-    PUBLISH_FLAG_ACK,
+    Token, TokenRequest, TopicMessage, UnsubOk, Unsubscribe, WebhookReply, WebhookRequest, Welcome,
+    FORMAT_ZSTD, PUBLISH_FLAG_ACK,
 };
-pub use name::{key_hash, validate_namespace, validate_topic, NameError, TopicKey};
+pub use name::{
+    is_pattern, key_hash, literal_prefix, pattern_matches, validate_namespace, validate_topic,
+    NameError, TopicKey,
+};
 
 /// The protocol version this crate speaks (sent in [`Hello`] and [`Welcome`]).
 pub const PROTOCOL_VERSION: u16 = 1;

@@ -31,6 +31,14 @@ pub enum NameError {
         /// Offset of the first invalid byte.
         offset: usize,
     },
+    /// A wildcard segment (`*` or `>`) where it is not allowed: `>` before
+    /// the last segment of a pattern, or any wildcard in the topic of a
+    /// publish (a message goes to one topic).
+    #[error("{reason}")]
+    Wildcard {
+        /// What is wrong, for the error text.
+        reason: &'static str,
+    },
     /// The name contains an ASCII control character.
     #[error("{kind} name contains control character 0x{byte:02x} at byte {offset}")]
     ControlCharacter {
@@ -82,9 +90,61 @@ pub fn validate_namespace(name: &[u8]) -> Result<(), NameError> {
 }
 
 /// Checks a topic: 1 to [`MAX_TOPIC_LEN`] bytes of UTF-8, no ASCII control
-/// characters (0x00-0x1f, 0x7f).
+/// characters (0x00-0x1f, 0x7f). A topic may be a pattern (see
+/// [`is_pattern`]); then `>` may only be its last segment.
 pub fn validate_topic(name: &[u8]) -> Result<(), NameError> {
-    validate("topic", name, MAX_TOPIC_LEN)
+    validate("topic", name, MAX_TOPIC_LEN)?;
+    if is_pattern(name) {
+        let mut segments = name.split(|b| *b == b'/').peekable();
+        while let Some(segment) = segments.next() {
+            if segment == b">" && segments.peek().is_some() {
+                return Err(NameError::Wildcard {
+                    reason: "`>` may only be the last segment of a pattern",
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// True when a topic name is a pattern: one of its `/`-separated segments
+/// is exactly `*` (any one segment) or `>` (one or more trailing
+/// segments). `*` and `>` inside a longer segment are ordinary characters.
+pub fn is_pattern(topic: &[u8]) -> bool {
+    // Most names hold neither character: one pass, then the segments only
+    // for the rest.
+    topic.iter().any(|b| *b == b'*' || *b == b'>')
+        && topic
+            .split(|b| *b == b'/')
+            .any(|segment| segment == b"*" || segment == b">")
+}
+
+/// Whether `topic` (a concrete name) matches `pattern` (see [`is_pattern`];
+/// a concrete pattern matches itself only).
+pub fn pattern_matches(pattern: &[u8], topic: &[u8]) -> bool {
+    let mut topic = topic.split(|b| *b == b'/');
+    for want in pattern.split(|b| *b == b'/') {
+        match (want, topic.next()) {
+            (b">", Some(_)) => return true,
+            (b"*", Some(_)) => {}
+            (want, Some(have)) if want == have => {}
+            _ => return false,
+        }
+    }
+    topic.next().is_none()
+}
+
+/// The part of a pattern before its first wildcard segment (the whole name
+/// for a concrete topic): every topic the pattern matches starts with it.
+pub fn literal_prefix(pattern: &[u8]) -> &[u8] {
+    let mut at = 0;
+    for segment in pattern.split(|b| *b == b'/') {
+        if segment == b"*" || segment == b">" {
+            return &pattern[..at];
+        }
+        at += segment.len() + 1;
+    }
+    pattern
 }
 
 /// A topic's identity: (namespace, topic), both validated.
@@ -256,6 +316,11 @@ impl TopicKey {
     pub fn topic(&self) -> &str {
         std::str::from_utf8(self.topic_bytes()).unwrap_or("<invalid>")
     }
+
+    /// Whether the topic is a pattern ([`is_pattern`]).
+    pub fn is_pattern(&self) -> bool {
+        is_pattern(self.topic_bytes())
+    }
 }
 
 impl std::fmt::Debug for TopicKey {
@@ -336,6 +401,49 @@ mod tests {
         assert_eq!(key, same);
         assert_ne!(key, other);
         assert!(other < key, "ordered by namespace, then topic");
+    }
+
+    /// The pattern grammar (docs/protocol.md, section 4): `*` one segment,
+    /// `>` one or more trailing segments, and only whole segments are
+    /// wildcards.
+    #[test]
+    fn patterns_match_whole_segments() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("orders/*", "orders/eu", true),
+            ("orders/*", "orders/eu/1", false),
+            ("orders/*", "orders", false),
+            ("orders/*", "orders/", true),
+            ("orders/>", "orders/eu", true),
+            ("orders/>", "orders/eu/1/x", true),
+            ("orders/>", "orders", false),
+            ("*/created", "eu/created", true),
+            ("*/created", "eu/deleted", false),
+            ("*/*/x", "a/b/x", true),
+            (">", "anything/at/all", true),
+            ("*", "one", true),
+            ("*", "one/two", false),
+            ("orders/eu*", "orders/eu*", true),
+            ("orders/eu*", "orders/eu1", false),
+            ("a/b", "a/b", true),
+        ];
+        for (pattern, topic, expected) in cases {
+            assert_eq!(
+                pattern_matches(pattern.as_bytes(), topic.as_bytes()),
+                *expected,
+                "{pattern} against {topic}"
+            );
+        }
+        assert!(is_pattern(b"orders/*") && is_pattern(b">") && is_pattern(b"*/x"));
+        assert!(!is_pattern(b"orders/eu*") && !is_pattern(b"a>b/c") && !is_pattern(b"orders"));
+        assert_eq!(literal_prefix(b"orders/eu/*"), b"orders/eu/");
+        assert_eq!(literal_prefix(b"orders/*/x/>"), b"orders/");
+        assert_eq!(literal_prefix(b"*/x"), b"");
+        assert_eq!(literal_prefix(b"plain/topic"), b"plain/topic");
+        assert!(validate_topic(b"orders/>").is_ok());
+        assert!(matches!(
+            validate_topic(b"orders/>/x"),
+            Err(NameError::Wildcard { .. })
+        ));
     }
 
     #[test]

@@ -59,6 +59,13 @@ fn sample_frames() -> Vec<Frame> {
             sub_id: 3,
             last_seq: 40,
         }),
+        Frame::TopicMessage(TopicMessage {
+            sub_id: 4,
+            epoch: 9,
+            seq: 2,
+            topic: "orders/eu".into(),
+            body: Body::new(PayloadFormat::Zstd, b"x"),
+        }),
         Frame::Welcome(Welcome {
             version: 1,
             max_frame: DEFAULT_MAX_FRAME,
@@ -324,6 +331,16 @@ fn worked_examples_from_protocol_doc() {
             "0000000d 8b 00000007 000000000000012c",
         ),
         (
+            Frame::TopicMessage(TopicMessage {
+                sub_id: 9,
+                epoch: 0x0123_4567_89ab_cdef,
+                seq: 6,
+                topic: "news".into(),
+                body: Body::plain(b"hi"),
+            }),
+            "0000001e 8c 00000009 0123456789abcdef 0000000000000006 0004 6e657773 00 6869",
+        ),
+        (
             Frame::Welcome(Welcome {
                 version: 1,
                 max_frame: 1 << 20,
@@ -568,6 +585,57 @@ fn malformed_bodies_are_typed_errors() {
         }
         other => panic!("a zstd MESSAGE decodes: {other:?}"),
     }
+}
+
+/// A pattern may be subscribed to, never published to; `>` ends a pattern.
+#[test]
+fn patterns_are_for_subscriptions_only() {
+    let mut out = BytesMut::new();
+    encode_publish(
+        &mut out,
+        5,
+        true,
+        b"app",
+        b"orders/*",
+        PayloadFormat::Plain,
+        b"x",
+    );
+    let err = decode(out.split().freeze()).expect_err("a publish to a pattern");
+    assert!(
+        matches!(
+            err,
+            FrameError::InvalidName {
+                request_id: 5,
+                source: NameError::Wildcard { .. }
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.code(), ErrorCode::InvalidName);
+    encode_subscribe(&mut out, 6, 1, None, b"app", b"orders/>");
+    match decode(out.split().freeze()) {
+        Ok(Frame::Subscribe(sub)) => assert!(sub.topic.is_pattern()),
+        other => panic!("a pattern subscription decodes: {other:?}"),
+    }
+    encode_subscribe(&mut out, 7, 1, None, b"app", b"orders/>/x");
+    assert!(matches!(
+        decode(out.split().freeze()),
+        Err(FrameError::InvalidName {
+            request_id: 7,
+            source: NameError::Wildcard { .. }
+        })
+    ));
+    // A `*` inside a segment is an ordinary character.
+    encode_publish(
+        &mut out,
+        8,
+        true,
+        b"app",
+        b"orders/eu*",
+        PayloadFormat::Plain,
+        b"x",
+    );
+    assert!(decode(out.split().freeze()).is_ok());
 }
 
 /// A server reading a client refuses every server-only opcode of the table

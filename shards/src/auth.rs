@@ -84,19 +84,34 @@ impl Permissions {
         }
     }
 
-    /// True when some rule allows `action` on `topic`.
+    /// True when some rule allows `action` on `topic`. A pattern
+    /// (`orders/*`) is allowed when one rule covers every topic it can
+    /// match: a prefix rule whose prefix the pattern's literal part (what
+    /// comes before its first wildcard) starts with. So a pattern never
+    /// reaches beyond what the rules name: `*` and `>` match whole segments
+    /// after that literal part, and an exact-topic rule covers no pattern.
     pub fn allows(&self, action: Action, topic: &TopicKey) -> bool {
-        self.superuser
-            || self.rules.iter().any(|rule| {
-                let action_ok = match action {
-                    Action::Publish => rule.publish,
-                    Action::Subscribe => rule.subscribe,
-                };
-                // Byte comparisons: names are validated UTF-8 already.
-                action_ok
-                    && rule.namespace.as_bytes() == topic.namespace_bytes()
-                    && rule.topic.matches_bytes(topic.topic_bytes())
-            })
+        if self.superuser {
+            return true;
+        }
+        let pattern = topic.is_pattern();
+        self.rules.iter().any(|rule| {
+            let action_ok = match action {
+                Action::Publish => rule.publish,
+                Action::Subscribe => rule.subscribe,
+            };
+            // Byte comparisons: names are validated UTF-8 already.
+            action_ok
+                && rule.namespace.as_bytes() == topic.namespace_bytes()
+                && match (&rule.topic, pattern) {
+                    (rule_topic, false) => rule_topic.matches_bytes(topic.topic_bytes()),
+                    (TopicPattern::Prefix(prefix), true) => {
+                        corebus_net::literal_prefix(topic.topic_bytes())
+                            .starts_with(prefix.as_bytes())
+                    }
+                    (TopicPattern::Exact(_), true) => false,
+                }
+        })
     }
 }
 
@@ -222,5 +237,52 @@ mod tests {
         assert!(!permissions.allows(sub, &key("orders", "eu/created")));
         assert!(Permissions::all().allows(publish, &key("any", "thing")));
         assert!(!Permissions::default().allows(sub, &key("any", "thing")));
+    }
+
+    /// A pattern is allowed only where every topic it can match is: a
+    /// pattern never widens a grant.
+    #[test]
+    fn a_pattern_stays_inside_the_prefix_it_is_granted() {
+        let rule = |topic: TopicPattern| Permissions {
+            superuser: false,
+            rules: vec![Rule {
+                namespace: "orders".into(),
+                topic,
+                publish: false,
+                subscribe: true,
+            }],
+        };
+        let eu = rule(TopicPattern::Prefix("eu/".into()));
+        let sub = Action::Subscribe;
+        for allowed in ["eu/*", "eu/>", "eu/fr/*", "eu/*/created"] {
+            assert!(
+                eu.allows(sub, &key("orders", allowed)),
+                "{allowed} is inside eu/"
+            );
+        }
+        for refused in ["*", ">", "*/created", "e*/x", "eu", "us/*"] {
+            let topic = key("orders", refused);
+            assert!(
+                !eu.allows(sub, &topic) || !topic.is_pattern(),
+                "{refused} reaches beyond eu/"
+            );
+        }
+        // `eu` without its slash would let `*` match `eu-secret/x`'s
+        // neighbours: the literal part must start with the prefix.
+        let bare = rule(TopicPattern::Prefix("eu".into()));
+        assert!(bare.allows(sub, &key("orders", "eu/*")));
+        assert!(!bare.allows(sub, &key("orders", "*/x")));
+        let exact = rule(TopicPattern::Exact("eu/1".into()));
+        assert!(
+            !exact.allows(sub, &key("orders", "eu/*")),
+            "an exact rule covers no pattern"
+        );
+        assert!(exact.allows(sub, &key("orders", "eu/1")));
+        assert!(!eu.allows(sub, &key("other", "eu/*")), "another namespace");
+        let all = rule(TopicPattern::Prefix(String::new()));
+        assert!(
+            all.allows(sub, &key("orders", ">")),
+            "the empty prefix covers everything"
+        );
     }
 }

@@ -27,6 +27,7 @@ pub mod log_limit;
 pub mod mesh;
 pub mod metrics;
 pub mod outbox;
+pub mod patterns;
 pub mod ring;
 pub mod routing;
 pub mod runtime;

@@ -167,6 +167,30 @@ pub enum ShardMsg {
         /// The sequence number of the next message.
         next_seq: Seq,
     },
+    /// To every shard (its own included): the sending shard's connections
+    /// subscribe to `pattern`, whose matching messages go to its pattern
+    /// table entry `handle`. Answered with `PatternAckMsg`.
+    PatternInterestMsg {
+        /// The pattern.
+        pattern: TopicKey,
+        /// The sender's table entry for it.
+        handle: LocalRef,
+    },
+    /// The answer to `PatternInterestMsg`: every message this shard
+    /// sequences from now on that matches goes to `handle`.
+    PatternAckMsg {
+        /// The asking shard's table entry.
+        handle: LocalRef,
+    },
+    /// To every shard: the sender has no subscriber of `pattern` left.
+    DropPatternInterestMsg {
+        /// The pattern.
+        pattern: TopicKey,
+    },
+    /// From a topic's owner to a shard with a matching pattern subscription:
+    /// one sequenced message with its topic (boxed: it is larger than the
+    /// per-message kinds, and rarer).
+    PatternDeliverMsg(Box<PatternDelivery>),
     /// From the owner to an interested shard: one sequenced message, sent once
     /// per shard however many local subscribers it has.
     DeliverMsg {
@@ -180,6 +204,21 @@ pub enum ShardMsg {
         /// delivery latency is measured.
         sequenced_at: Option<Instant>,
     },
+}
+
+/// One message for the subscribers of a pattern on one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatternDelivery {
+    /// The receiving shard's pattern table entry.
+    pub handle: LocalRef,
+    /// The topic the message was published to.
+    pub topic: TopicKey,
+    /// The topic's epoch.
+    pub epoch: Epoch,
+    /// Its sequence number in the topic.
+    pub seq: Seq,
+    /// The body, shared.
+    pub payload: Bytes,
 }
 
 // Every message of a batch takes the size of the largest kind, and a busy

@@ -456,14 +456,19 @@ impl Outbox {
                 else {
                     panic!("a run holds whole frames only");
                 };
-                match corebus_net::decode(run.split_to(len)) {
+                let frame = run.split_to(len);
+                match corebus_net::decode(frame.clone()) {
                     Ok(corebus_net::Frame::Message(message)) => into.push(OutFrame::Message {
                         sub_id: message.sub_id,
                         epoch: message.epoch,
                         seq: message.seq,
                         payload: message.body.into_bytes(),
                     }),
-                    other => panic!("a run holds MESSAGE frames only, not {other:?}"),
+                    // A frame encoded whole (a `TOPIC_MESSAGE`) stays so.
+                    Ok(corebus_net::Frame::TopicMessage(_)) => {
+                        into.push(OutFrame::Encoded(frame));
+                    }
+                    other => panic!("a run holds message frames only, not {other:?}"),
                 }
             }
         }

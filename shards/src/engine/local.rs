@@ -15,24 +15,34 @@
 use corebus_net::TopicKey;
 use rustc_hash::FxHashMap;
 
-use super::LocalTopic;
 use crate::local_ref::LocalRef;
 
-#[derive(Debug, Default)]
-pub(super) struct LocalTopics {
+/// Entries of type `E` by topic (or pattern), each in a numbered slot.
+#[derive(Debug)]
+pub(super) struct LocalTopics<E> {
     index: FxHashMap<TopicKey, u32>,
-    slots: Vec<Slot>,
+    slots: Vec<Slot<E>>,
     /// Slots with no entry, reused before the table grows.
     free: Vec<u32>,
 }
 
-#[derive(Debug)]
-struct Slot {
-    generation: u32,
-    entry: Option<LocalTopic>,
+impl<E> Default for LocalTopics<E> {
+    fn default() -> Self {
+        LocalTopics {
+            index: FxHashMap::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
+    }
 }
 
-impl LocalTopics {
+#[derive(Debug)]
+struct Slot<E> {
+    generation: u32,
+    entry: Option<E>,
+}
+
+impl<E> LocalTopics<E> {
     pub(super) fn len(&self) -> usize {
         self.index.len()
     }
@@ -51,18 +61,18 @@ impl LocalTopics {
         self.index.get_key_value(topic).map(|(key, _)| key)
     }
 
-    pub(super) fn get(&self, topic: &TopicKey) -> Option<&LocalTopic> {
+    pub(super) fn get(&self, topic: &TopicKey) -> Option<&E> {
         let slot = *self.index.get(topic)?;
         self.slots[slot as usize].entry.as_ref()
     }
 
-    pub(super) fn get_mut(&mut self, topic: &TopicKey) -> Option<&mut LocalTopic> {
+    pub(super) fn get_mut(&mut self, topic: &TopicKey) -> Option<&mut E> {
         let slot = *self.index.get(topic)?;
         self.slots[slot as usize].entry.as_mut()
     }
 
     /// The entry `handle` names, unless it was removed since.
-    pub(super) fn by_handle_mut(&mut self, handle: LocalRef) -> Option<&mut LocalTopic> {
+    pub(super) fn by_handle_mut(&mut self, handle: LocalRef) -> Option<&mut E> {
         let slot = self.slots.get_mut(handle.slot as usize)?;
         if slot.generation != handle.generation {
             return None;
@@ -72,7 +82,7 @@ impl LocalTopics {
 
     /// Adds an entry for `topic`, which must have none (an existing entry is
     /// kept and its handle returned).
-    pub(super) fn insert(&mut self, topic: TopicKey, entry: LocalTopic) -> LocalRef {
+    pub(super) fn insert(&mut self, topic: TopicKey, entry: E) -> LocalRef {
         if let Some(handle) = self.handle(&topic) {
             return handle;
         }
@@ -101,7 +111,7 @@ impl LocalTopics {
     }
 
     /// Removes `topic`'s entry; its handle stops naming anything.
-    pub(super) fn remove(&mut self, topic: &TopicKey) -> Option<LocalTopic> {
+    pub(super) fn remove(&mut self, topic: &TopicKey) -> Option<E> {
         let slot = self.index.remove(topic)?;
         let cell = &mut self.slots[slot as usize];
         cell.generation = cell.generation.wrapping_add(1);
@@ -114,6 +124,7 @@ impl LocalTopics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::LocalTopic;
 
     fn key(topic: &str) -> TopicKey {
         TopicKey::from_strs("test", topic).expect("valid")
@@ -128,7 +139,7 @@ mod tests {
 
     #[test]
     fn a_handle_finds_its_entry_until_the_entry_is_removed() {
-        let mut table = LocalTopics::default();
+        let mut table = LocalTopics::<LocalTopic>::default();
         let a = table.insert(key("a"), waiting(1));
         let b = table.insert(key("b"), waiting(2));
         assert_ne!(a, b);
@@ -150,7 +161,7 @@ mod tests {
 
     #[test]
     fn a_reused_slot_does_not_answer_to_the_old_handle() {
-        let mut table = LocalTopics::default();
+        let mut table = LocalTopics::<LocalTopic>::default();
         let old = table.insert(key("a"), waiting(1));
         table.remove(&key("a"));
         // The same topic again, and another topic: both may reuse the slot.
@@ -175,7 +186,7 @@ mod tests {
 
     #[test]
     fn inserting_a_present_topic_keeps_its_entry() {
-        let mut table = LocalTopics::default();
+        let mut table = LocalTopics::<LocalTopic>::default();
         let first = table.insert(key("a"), waiting(1));
         let second = table.insert(key("a"), waiting(2));
         assert_eq!(first, second);
@@ -188,7 +199,7 @@ mod tests {
 
     #[test]
     fn a_handle_from_another_table_size_is_not_a_panic() {
-        let mut table = LocalTopics::default();
+        let mut table = LocalTopics::<LocalTopic>::default();
         let stray = LocalRef {
             slot: 7,
             generation: 0,

@@ -26,10 +26,12 @@ use rustc_hash::FxHashMap;
 use self::local::LocalTopics;
 use crate::auth::{Authenticator, Grant, OpenAccess};
 use crate::cluster::{ClusterControl, NoCluster};
+use crate::local_ref::LocalRef;
 use crate::log_limit::LogLimit;
 use crate::mesh::{MeshBatch, ShardMsg};
 use crate::metrics::{LatencyHistogram, ShardMetrics};
 use crate::outbox::Outbox;
+use crate::patterns::PatternTrie;
 use crate::routing::{mix64, ShardId};
 use crate::stats::ShardStats;
 use crate::topic::{OwnedTopic, RingLimits};
@@ -146,7 +148,7 @@ pub enum Flow {
 /// still coming, and a new entry must not mistake it for the answer to a
 /// newer request.
 #[derive(Debug, Default)]
-struct LocalTopic {
+pub(crate) struct LocalTopic {
     /// `None` until the owner answered the first interest request.
     active: Option<ActiveTopic>,
     /// Live subscriptions waiting for activation: (conn, sub id, request id).
@@ -215,7 +217,12 @@ pub struct Shard {
     retained: usize,
     /// This shard's part of `config.topic_memory_bytes`.
     memory_budget: usize,
-    local: LocalTopics,
+    local: LocalTopics<LocalTopic>,
+    /// Owner side: the pattern subscriptions of every shard (a pattern has
+    /// no single owner), as (shard, its table entry).
+    patterns: PatternTrie<(ShardId, LocalRef)>,
+    /// Subscriber side: the patterns this shard's connections subscribe to.
+    local_patterns: LocalTopics<LocalPattern>,
     conns: FxHashMap<ConnId, ConnState>,
     next_conn: u64,
     /// Per peer: messages collected during this turn, sent as one batch.
@@ -283,6 +290,8 @@ impl Shard {
             retained: 0,
             memory_budget,
             local: LocalTopics::default(),
+            patterns: PatternTrie::default(),
+            local_patterns: LocalTopics::default(),
             conns: FxHashMap::default(),
             next_conn: 0,
             mesh_out: (0..shard_count).map(|_| Vec::new()).collect(),
@@ -478,6 +487,14 @@ impl Shard {
                 payload,
                 sequenced_at,
             } => self.deliver_local(handle, seq, &payload, sequenced_at),
+            ShardMsg::PatternInterestMsg { pattern, handle } => {
+                self.take_pattern_interest(from, &pattern, handle)
+            }
+            ShardMsg::PatternAckMsg { handle } => self.pattern_interest_acked(handle),
+            ShardMsg::DropPatternInterestMsg { pattern } => {
+                self.drop_pattern_interest(from, &pattern)
+            }
+            ShardMsg::PatternDeliverMsg(delivery) => self.deliver_pattern(&delivery),
         }
     }
 
@@ -538,7 +555,10 @@ mod delivery;
 mod local;
 mod memory;
 mod nodes;
+mod patterns;
 mod topics;
+
+use patterns::LocalPattern;
 
 pub use nodes::LINK_HIGH_WATER;
 

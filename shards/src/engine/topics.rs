@@ -173,8 +173,13 @@ impl Shard {
             seq,
             &payload,
         );
+        // With no pattern subscribed to anywhere, this is one comparison.
+        let matching = (!self.patterns.is_empty()).then(|| (owned.key().clone(), owned.epoch()));
         if let Some((handle, sequenced_at)) = here {
             self.deliver_local(handle, seq, &payload, sequenced_at);
+        }
+        if let Some((key, epoch)) = matching {
+            self.fan_out_patterns(&key, epoch, seq, &payload);
         }
         self.check_topic_memory();
         seq
@@ -271,11 +276,20 @@ impl Shard {
                 format!("subscription id {sub_id} is already in use on this connection"),
             );
         }
+        let pattern = topic.is_pattern();
+        if pattern {
+            if let Some(reason) = self.pattern_refusal(resume.is_some()) {
+                return self.send_error(conn, request_id, ErrorCode::InvalidRequest, reason);
+            }
+        }
         if let Err(reason) = self.admit_subscription(conn, &topic) {
             self.stats.subscriptions_refused += 1;
             return self.send_error(conn, request_id, ErrorCode::TooManySubscriptions, reason);
         }
         self.stats.subscribes += 1;
+        if pattern {
+            return self.subscribe_pattern(conn, request_id, sub_id, topic);
+        }
         let owner = routing::owner(&topic, self.shard_count);
         let (handle, is_new) = match self.local.handle(&topic) {
             Some(handle) => (handle, false),
@@ -601,6 +615,9 @@ impl Shard {
     }
 
     pub(super) fn remove_subscriber(&mut self, topic: &TopicKey, conn: ConnId, sub_id: u32) {
+        if topic.is_pattern() {
+            return self.remove_pattern_subscriber(topic, conn, sub_id);
+        }
         if let Some(local) = self.local.get_mut(topic) {
             local.subscribers.retain(|entry| *entry != (conn, sub_id));
             local.waiting.retain(|(c, s, _)| (*c, *s) != (conn, sub_id));

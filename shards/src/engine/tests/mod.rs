@@ -194,6 +194,7 @@ mod connections;
 mod interest;
 mod memory;
 mod nodes;
+mod patterns;
 mod resume;
 mod slow;
 mod webhooks;
