@@ -268,7 +268,32 @@ async fn the_permission_matrix_holds_for_tokens_and_keys() {
             (P, "orders", "eu/1", false),
             (S, "orders", "us/1", false),
             (S, "other", "eu/1", false),
+            // Patterns inside the prefix, and none that reaches beyond it.
+            (S, "orders", "eu/*", true),
+            (S, "orders", "eu/>", true),
+            (S, "orders", "eu/*/created", true),
+            (S, "orders", "*", false),
+            (S, "orders", ">", false),
+            (S, "orders", "*/1", false),
+            (S, "other", "eu/*", false),
             (S, "orders", "eu/9", true),
+        ],
+    )
+    .await;
+    // A token on one exact topic covers no pattern, not even one that
+    // would match only that topic's neighbours.
+    let exact = token(
+        json!({ "exp": now() + 300, "sub": "user-123",
+                "perm": [{ "ns": "notifications", "topic": "user-123", "sub": true }] }),
+        SECRET,
+    );
+    let exact = connect(addr, &exact).await.expect("token accepted");
+    check_matrix(
+        &exact,
+        &[
+            (S, "notifications", "*", false),
+            (S, "notifications", ">", false),
+            (S, "notifications", "user-123", true),
         ],
     )
     .await;

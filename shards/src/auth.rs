@@ -279,6 +279,13 @@ mod tests {
         );
         assert!(exact.allows(sub, &key("orders", "eu/1")));
         assert!(!eu.allows(sub, &key("other", "eu/*")), "another namespace");
+        // A prefix that ends in what looks like a wildcard is literal text:
+        // the pattern `eu/*` (any `eu/…`) is not inside the prefix `eu/*`
+        // (topics starting with those four characters).
+        let starred = rule(TopicPattern::Prefix("eu/*".into()));
+        assert!(!starred.allows(sub, &key("orders", "eu/*")));
+        assert!(!starred.allows(sub, &key("orders", "eu/>")));
+        assert!(starred.allows(sub, &key("orders", "eu/*x")), "a concrete topic");
         let all = rule(TopicPattern::Prefix(String::new()));
         assert!(
             all.allows(sub, &key("orders", ">")),

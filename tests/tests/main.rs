@@ -14,3 +14,4 @@ mod reconnect;
 mod sends;
 mod tls;
 mod web;
+mod wildcards;

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use corebus_net::{
-    encode_publish, validate_namespace, validate_topic, ClusterRequest, Frame, PayloadFormat,
-    ResumePoint, WebhookRequest, Welcome,
+    encode_publish, validate_namespace, validate_topic, ClusterRequest, Frame, NameError,
+    PayloadFormat, ResumePoint, WebhookRequest, Welcome,
 };
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -262,6 +262,12 @@ impl Shared {
         len: usize,
     ) -> Result<(), Error> {
         check_names(namespace, topic)?;
+        if corebus_net::is_pattern(topic.as_bytes()) {
+            return Err(Error::InvalidName(NameError::Wildcard {
+                reason: "a message is published to one topic: `*` and `>` are wildcards, not \
+                         topic segments",
+            }));
+        }
         // Length field: opcode, request id, flags, u8-prefixed namespace,
         // u16-prefixed topic, format byte, payload.
         let overhead = 1 + 4 + 1 + 1 + namespace.len() + 2 + topic.len() + 1;

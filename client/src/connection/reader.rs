@@ -27,6 +27,8 @@ const INBOUND_SLACK: u32 = 64;
 enum Step {
     Message(corebus_net::Message),
     Gap(corebus_net::Discontinuity),
+    /// A message for a pattern subscription, with its topic.
+    TopicMessage(corebus_net::TopicMessage),
 }
 
 /// The client's report of a `DISCONTINUITY` frame.
@@ -43,6 +45,7 @@ impl Step {
         match self {
             Step::Message(message) => message.sub_id,
             Step::Gap(gap) => gap.sub_id,
+            Step::TopicMessage(message) => message.sub_id,
         }
     }
 
@@ -50,6 +53,18 @@ impl Step {
     fn advance(&self, cursor: Cursor) -> Result<Cursor, String> {
         let sub_id = self.sub_id();
         match (self, cursor) {
+            // A pattern's messages come from many topics, each with its own
+            // sequence; nothing else comes for a pattern.
+            (Step::TopicMessage(_), Cursor::Pattern) => Ok(Cursor::Pattern),
+            (Step::TopicMessage(_), _) | (_, Cursor::Pattern) => Err(format!(
+                "{} for subscription {sub_id}, which is {}",
+                self.name(),
+                if cursor == Cursor::Pattern {
+                    "a pattern subscription"
+                } else {
+                    "not a pattern subscription (or before its SUB_OK)"
+                }
+            )),
             (_, Cursor::Subscribing { .. }) => Err(format!(
                 "{} for subscription {sub_id} before its SUB_OK",
                 self.name()
@@ -108,7 +123,7 @@ impl Step {
     /// The discontinuity this step reports, if it is one.
     fn gap(&self) -> Option<Discontinuity> {
         match self {
-            Step::Message(_) => None,
+            Step::Message(_) | Step::TopicMessage(_) => None,
             Step::Gap(gap) => Some(discontinuity(gap)),
         }
     }
@@ -117,6 +132,7 @@ impl Step {
         match self {
             Step::Message(_) => "MESSAGE",
             Step::Gap(_) => "DISCONTINUITY",
+            Step::TopicMessage(_) => "TOPIC_MESSAGE",
         }
     }
 
@@ -130,6 +146,16 @@ impl Step {
                 format: message.body.format(),
             }),
             Step::Gap(gap) => Event::Discontinuity(discontinuity(&gap)),
+            Step::TopicMessage(message) => Event::Message(Message {
+                epoch: message.epoch,
+                seq: message.seq,
+                payload: message.body.payload(),
+                name: std::sync::Arc::new(crate::message::TopicName {
+                    namespace: name.namespace.clone(),
+                    topic: message.topic.into(),
+                }),
+                format: message.body.format(),
+            }),
         }
     }
 }
@@ -177,7 +203,11 @@ impl Shared {
                 ok.sub_id
             )));
         };
-        let cursor = Cursor::after_sub_ok(resume, &ok);
+        let cursor = if corebus_net::is_pattern(route.name.topic.as_bytes()) {
+            Cursor::Pattern
+        } else {
+            Cursor::after_sub_ok(resume, &ok)
+        };
         if let (Pending::Resubscribe { .. }, Some(point), Cursor::Flowing { next_seq, .. }) =
             (&request, resume, cursor)
         {
@@ -489,6 +519,10 @@ pub(super) async fn run_reader(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: B
                         steps.push_back(Step::Gap(gap));
                         continue;
                     }
+                    Frame::TopicMessage(message) => {
+                        steps.push_back(Step::TopicMessage(message));
+                        continue;
+                    }
                     other => other,
                 };
                 if let Err(ended) = shared.deliver_all(&mut steps).await {
@@ -535,6 +569,11 @@ async fn dispatch(shared: &Shared, frame: Frame) -> Result<(), Ended> {
         Frame::Discontinuity(gap) => {
             shared
                 .deliver_all(&mut VecDeque::from([Step::Gap(gap)]))
+                .await
+        }
+        Frame::TopicMessage(message) => {
+            shared
+                .deliver_all(&mut VecDeque::from([Step::TopicMessage(message)]))
                 .await
         }
         Frame::PubAck(ack) => shared.answer_publish(ack),

@@ -203,6 +203,9 @@ pub(crate) enum Cursor {
     },
     /// The next `MESSAGE` must carry `epoch` and `next_seq`.
     Flowing { epoch: Epoch, next_seq: Seq },
+    /// A pattern subscription: `TOPIC_MESSAGE`s only, each with its own
+    /// topic's sequence. It resumes live.
+    Pattern,
 }
 
 impl Cursor {
@@ -213,6 +216,7 @@ impl Cursor {
             Cursor::Subscribing { resume } => resume,
             Cursor::AwaitingGap { point, .. } => Some(point),
             Cursor::Flowing { epoch, next_seq } => Some(ResumePoint { epoch, next_seq }),
+            Cursor::Pattern => None,
         }
     }
 
