@@ -326,13 +326,17 @@ pub async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
         match item {
             Event::Message(message) => {
                 if args.json {
-                    let line =
-                        json_message(&args.namespace, &args.topic, message.seq, &message.payload);
+                    let line = json_message(
+                        &args.namespace,
+                        message.topic(),
+                        message.seq,
+                        &message.payload,
+                    );
                     writeln!(out, "{line}")
                 } else {
-                    let prefix = args
-                        .verbose
-                        .then(|| format!("[{}/{} #{}] ", args.namespace, args.topic, message.seq));
+                    let prefix = args.verbose.then(|| {
+                        format!("[{}/{} #{}] ", args.namespace, message.topic(), message.seq)
+                    });
                     out.write_all(prefix.unwrap_or_default().as_bytes())
                         .and_then(|()| out.write_all(&message.payload))
                         .and_then(|()| out.write_all(b"\n"))

@@ -174,6 +174,42 @@ fn pub_compress_sends_large_messages_compressed_and_sub_prints_them_plain() {
     });
 }
 
+/// `sub NS 'orders/*'`: every matching topic, each message with its own
+/// topic and sequence number.
+#[test]
+fn sub_takes_a_pattern_and_shows_each_messages_topic() {
+    let serve = Serve::start(&["--shards", "2"]);
+    let mut sub = corebus(&[
+        "sub",
+        "demo",
+        "orders/*",
+        "--count",
+        "3",
+        "-v",
+        "--server",
+        &serve.addr,
+    ]);
+    wait_subscribed(&mut sub);
+    for (topic, message) in [
+        ("orders/eu", "one"),
+        ("orders/us", "two"),
+        ("invoices/eu", "no"),
+        ("orders/eu", "three"),
+    ] {
+        let (status, _, err) = finish(
+            corebus(&["pub", "demo", topic, message, "--server", &serve.addr]),
+            Duration::from_secs(10),
+        );
+        assert!(status.success(), "{err}");
+    }
+    let (status, out, err) = finish(sub, Duration::from_secs(10));
+    assert!(status.success(), "{err}");
+    assert_eq!(
+        out,
+        "[demo/orders/eu #1] one\n[demo/orders/us #1] two\n[demo/orders/eu #2] three\n"
+    );
+}
+
 #[test]
 fn sub_from_replays_history_and_reports_what_the_ring_lost() {
     let serve = Serve::start(&["--shards", "2"]);

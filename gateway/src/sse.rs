@@ -8,6 +8,9 @@
 //! |                 | or, when it is not UTF-8 or holds a CR, `event: binary` with |
 //! |                 | the payload in base64; a zstd-compressed payload as          |
 //! |                 | `event: zstd`, the compressed bytes in base64                |
+//! | `TOPIC_MESSAGE` | `event: topic-message` (a pattern's item), JSON data: topic, |
+//! |                 | epoch, seq and `payload` (UTF-8), `payload_base64` or        |
+//! |                 | `payload_zstd` (base64); no `id`: patterns are live only     |
 //! | `DISCONTINUITY` | `event: discontinuity`, `id: EPOCH:NEXT_SEQ-1`, JSON data    |
 //! | `ERROR`         | `event: broker-error`, JSON data                             |
 //! | `GOAWAY`        | `event: goaway`, JSON data                                   |
@@ -44,12 +47,29 @@ pub fn render(frame: &Frame, out: &mut Vec<u8>) -> After {
             epoch, start_after, ..
         }) => {
             let data = json!({"epoch": epoch.to_string(), "start_after": start_after});
-            event(
-                out,
-                Some("subscribed"),
-                Some((*epoch, *start_after)),
-                &data.to_string(),
-            );
+            // Epoch 0: a pattern subscription, which has no position to
+            // resume from, so no `id` (a reconnect subscribes live again).
+            let id = (*epoch != 0).then_some((*epoch, *start_after));
+            event(out, Some("subscribed"), id, &data.to_string());
+        }
+        Frame::TopicMessage(message) => {
+            // A pattern's item: its topic, that topic's epoch and sequence
+            // number, and the payload, in one JSON object; no `id` (live
+            // only).
+            let payload = message.body.payload();
+            let mut data = json!({
+                "topic": message.topic,
+                "epoch": message.epoch.to_string(),
+                "seq": message.seq,
+            });
+            match (message.body.format(), std::str::from_utf8(&payload)) {
+                (PayloadFormat::Plain, Ok(text)) => data["payload"] = json!(text),
+                (PayloadFormat::Plain, Err(_)) => {
+                    data["payload_base64"] = json!(BASE64.encode(&payload))
+                }
+                (PayloadFormat::Zstd, _) => data["payload_zstd"] = json!(BASE64.encode(&payload)),
+            }
+            event(out, Some("topic-message"), None, &data.to_string());
         }
         Frame::Message(Message {
             epoch, seq, body, ..
@@ -191,6 +211,38 @@ mod tests {
             text,
             "event: binary\nid: 18446744073709551000:42\ndata: /wA=\n\n"
         );
+    }
+
+    /// A pattern's item names its topic in JSON, and neither it nor the
+    /// pattern's `subscribed` event carries an `id`.
+    #[test]
+    fn a_pattern_item_is_a_topic_message_event_without_an_id() {
+        let (text, _) = rendered(Frame::SubOk(SubOk {
+            request_id: SUBSCRIBE_REQUEST_ID,
+            sub_id: SUB_ID,
+            epoch: 0,
+            start_after: 0,
+        }));
+        assert_eq!(
+            text,
+            "event: subscribed\ndata: {\"epoch\":\"0\",\"start_after\":0}\n\n"
+        );
+        let item = |body| {
+            rendered(Frame::TopicMessage(corebus_net::TopicMessage {
+                sub_id: SUB_ID,
+                epoch: 18_446_744_073_709_551_000,
+                seq: 3,
+                topic: "orders/eu".into(),
+                body,
+            }))
+            .0
+        };
+        assert_eq!(
+            item(Body::plain(b"hi")),
+            "event: topic-message\ndata: {\"epoch\":\"18446744073709551000\",\"payload\":\"hi\",\"seq\":3,\"topic\":\"orders/eu\"}\n\n"
+        );
+        assert!(item(Body::plain(&[0xff])).contains("\"payload_base64\":\"/w==\""));
+        assert!(item(Body::new(PayloadFormat::Zstd, b"hi")).contains("\"payload_zstd\":\"aGk=\""));
     }
 
     /// The gateway never decompresses: a zstd payload, even one whose bytes

@@ -285,7 +285,10 @@ mod tests {
         let starred = rule(TopicPattern::Prefix("eu/*".into()));
         assert!(!starred.allows(sub, &key("orders", "eu/*")));
         assert!(!starred.allows(sub, &key("orders", "eu/>")));
-        assert!(starred.allows(sub, &key("orders", "eu/*x")), "a concrete topic");
+        assert!(
+            starred.allows(sub, &key("orders", "eu/*x")),
+            "a concrete topic"
+        );
         let all = rule(TopicPattern::Prefix(String::new()));
         assert!(
             all.allows(sub, &key("orders", ">")),

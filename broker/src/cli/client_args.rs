@@ -82,7 +82,9 @@ pub struct PubArgs {
 pub struct SubArgs {
     /// Namespace.
     pub namespace: String,
-    /// Topic.
+    /// Topic, or a pattern: `orders/*` (any one segment in place of `*`),
+    /// `orders/>` (one or more trailing segments). A pattern is live only
+    /// (no --from), and each message shows its own topic (-v, --json).
     pub topic: String,
     /// Exit after this many messages.
     #[arg(long, short = 'n')]

@@ -21,6 +21,7 @@ import {
   type DiscontinuityFrame,
   type ErrorFrame,
   type MessageFrame,
+  type TopicMessageFrame,
   type PubAckFrame,
   type ServerFrame,
   type SubOkFrame,
@@ -59,6 +60,8 @@ export interface SubscriptionSink {
   /** No `SUB_OK` yet, so no `MESSAGE` may come. */
   awaitingSubOk: boolean;
   message(frame: MessageFrame): string | undefined;
+  /** A pattern subscription's item. */
+  topicMessage(frame: TopicMessageFrame): string | undefined;
   discontinuity(frame: DiscontinuityFrame): string | undefined;
   /** The `sub_id` has ended (`UNSUB_OK`) and is free again. */
   ended(): void;
@@ -460,6 +463,7 @@ export class Connection {
         this.handleAnswer(frame);
         return;
       case 'message':
+      case 'topic_message':
       case 'discontinuity':
         this.handleDelivery(frame);
         return;
@@ -527,7 +531,7 @@ export class Connection {
     sink.ended();
   }
 
-  private handleDelivery(frame: MessageFrame | DiscontinuityFrame): void {
+  private handleDelivery(frame: MessageFrame | TopicMessageFrame | DiscontinuityFrame): void {
     const sink = this.sinks.get(frame.subId);
     if (sink === undefined) {
       this.violation(`${frame.type} for sub_id ${frame.subId}, which is not an active subscription`);
@@ -537,7 +541,12 @@ export class Connection {
       this.violation(`${frame.type} for sub_id ${frame.subId} before its SUB_OK`);
       return;
     }
-    const problem = frame.type === 'message' ? sink.message(frame) : sink.discontinuity(frame);
+    const problem =
+      frame.type === 'message'
+        ? sink.message(frame)
+        : frame.type === 'topic_message'
+          ? sink.topicMessage(frame)
+          : sink.discontinuity(frame);
     if (problem !== undefined) this.violation(problem);
   }
 

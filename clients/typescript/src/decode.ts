@@ -86,6 +86,26 @@ export interface MessageFrame {
   payload: Uint8Array;
 }
 /**
+ * `TOPIC_MESSAGE` (0x8c): one delivery to a pattern subscription, with the
+ * concrete topic and that topic's own epoch and sequence number.
+ *
+ * @example
+ * ```ts
+ * if (frame.type === 'topic_message') console.log(frame.topic, frame.seq);
+ * ```
+ */
+export interface TopicMessageFrame {
+  type: 'topic_message';
+  subId: number;
+  epoch: bigint;
+  seq: bigint;
+  topic: string;
+  /** Whether the payload is a zstd frame. */
+  compressed: boolean;
+  /** The payload as it travelled (a copy, owned by the frame). */
+  payload: Uint8Array;
+}
+/**
  * `DISCONTINUITY` (0x86): messages after `lastSeq` up to `nextSeq` (excluded) were lost.
  *
  * @example
@@ -195,6 +215,7 @@ export type ServerFrame =
   | SubOkFrame
   | UnsubOkFrame
   | MessageFrame
+  | TopicMessageFrame
   | DiscontinuityFrame
   | GoawayFrame
   | PingFrame
@@ -387,6 +408,18 @@ export function decodeServerFrame(frame: Uint8Array): ServerFrame {
         throw new CodecError('reserved_flags', `MESSAGE: undefined format bits set (format 0x${format.toString(16)})`, 25);
       }
       return { type: 'message', subId, epoch, seq, compressed: format === FORMAT_ZSTD, payload: reader.rest() };
+    }
+    case Opcode.TOPIC_MESSAGE: {
+      const reader = new FrameReader(frame, 'TOPIC_MESSAGE');
+      const subId = reader.u32('sub_id');
+      const epoch = reader.u64('epoch');
+      const seq = reader.u64('seq');
+      const topic = reader.str16('topic');
+      const format = reader.u8('format');
+      if ((format & ~FORMAT_ZSTD) !== 0) {
+        throw new CodecError('reserved_flags', `TOPIC_MESSAGE: undefined format bits set (format 0x${format.toString(16)})`);
+      }
+      return { type: 'topic_message', subId, epoch, seq, topic, compressed: format === FORMAT_ZSTD, payload: reader.rest() };
     }
     case Opcode.DISCONTINUITY: {
       const reader = new FrameReader(frame, 'DISCONTINUITY');

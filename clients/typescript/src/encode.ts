@@ -37,10 +37,30 @@ function encodeText(text: string, what: string): Uint8Array {
  * ```
  */
 export function validateName(namespace: string, topic: string): { namespace: Uint8Array; topic: Uint8Array } {
-  return {
+  const names = {
     namespace: encodeName(namespace, 'namespace', MAX_NAMESPACE_BYTES),
     topic: encodeName(topic, 'topic', MAX_TOPIC_BYTES),
   };
+  const segments = topic.split('/');
+  if (segments.slice(0, -1).includes('>')) {
+    throw new CodecError('invalid_name', `topic ${JSON.stringify(topic)}: \`>\` may only be the last segment of a pattern`);
+  }
+  return names;
+}
+
+/**
+ * Whether a topic is a pattern: one of its `/`-separated segments is exactly
+ * `*` (any one segment) or `>` (one or more trailing segments). A pattern can
+ * be subscribed to, never published to (section 4).
+ *
+ * @example
+ * ```ts
+ * isPattern('orders/*'); // true
+ * isPattern('orders/eu*'); // false: `*` inside a segment is a character
+ * ```
+ */
+export function isPattern(topic: string): boolean {
+  return topic.split('/').some((segment) => segment === '*' || segment === '>');
 }
 
 function encodeName(name: string, what: string, maxBytes: number): Uint8Array {
@@ -221,6 +241,12 @@ export interface PublishFields {
 export function encodePublish(fields: PublishFields, maxFrame: number = DEFAULT_MAX_FRAME): Uint8Array {
   checkU32(fields.requestId, 'request id');
   const names = validateName(fields.namespace, fields.topic);
+  if (isPattern(fields.topic)) {
+    throw new CodecError(
+      'invalid_name',
+      `topic ${JSON.stringify(fields.topic)} is a pattern: a message is published to one topic`,
+    );
+  }
   const length = 10 + names.namespace.length + names.topic.length + fields.payload.length;
   return new FrameWriter(Opcode.PUBLISH, length, maxFrame)
     .u32(fields.requestId)

@@ -12,7 +12,15 @@
  * @module
  */
 
-import { encodeSubscribe, encodeUnsubscribe, type DiscontinuityFrame, type MessageFrame, type SubOkFrame } from './codec.js';
+import {
+  encodeSubscribe,
+  encodeUnsubscribe,
+  isPattern,
+  type DiscontinuityFrame,
+  type MessageFrame,
+  type SubOkFrame,
+  type TopicMessageFrame,
+} from './codec.js';
 import type { Connection, SubscriptionSink } from './connection.js';
 import { CorebusError } from './errors.js';
 import { decompressPayload } from './zstd.js';
@@ -193,6 +201,9 @@ class Binding implements SubscriptionSink {
   message(frame: MessageFrame): string | undefined {
     return this.subscription.handleMessage(this, frame);
   }
+  topicMessage(frame: TopicMessageFrame): string | undefined {
+    return this.subscription.handleTopicMessage(this, frame);
+  }
   discontinuity(frame: DiscontinuityFrame): string | undefined {
     return this.subscription.handleDiscontinuity(this, frame);
   }
@@ -229,6 +240,13 @@ export class SubscriptionImpl implements Subscription {
   private resolveReady!: (subscription: Subscription) => void;
   private rejectReady!: (error: CorebusError) => void;
   private state: 'pending' | 'active' | 'ended' = 'pending';
+  /** A pattern subscription (`orders/*`): live only, items of many topics. */
+  readonly pattern: boolean;
+  /**
+   * A pattern's last delivered position per topic: a repeat (two
+   * connections during a switch-over) is dropped, a jump is reported.
+   */
+  private readonly topicPositions = new Map<string, StreamPosition>();
   /** Epoch 0 stands for "the topic's current epoch" until a `SUB_OK` names it. */
   private resumePoint: StreamPosition | undefined;
   private readonly bindings = new Map<Connection, Binding>();
@@ -242,6 +260,7 @@ export class SubscriptionImpl implements Subscription {
     /** Most bytes a compressed payload may decompress to. */
     private readonly maxDecompressed: number,
   ) {
+    this.pattern = isPattern(topic);
     if (options.after !== undefined) this.resumePoint = { epoch: options.after.epoch, seq: options.after.seq };
     else if (options.from !== undefined) this.resumePoint = { epoch: 0n, seq: options.from - 1n };
     this.ready = new Promise((resolve, reject) => {
@@ -281,7 +300,8 @@ export class SubscriptionImpl implements Subscription {
    */
   subscribeFrame(connection: Connection): Uint8Array {
     const subId = connection.allocateSubId();
-    const resumeAfter = this.resumePoint;
+    // A pattern resubscribes live: its topics' positions are its own.
+    const resumeAfter = this.pattern ? undefined : this.resumePoint;
     const binding = new Binding(this, connection, subId, resumeAfter);
     const requestId = connection.registerRequest({
       kind: 'subscribe',
@@ -386,6 +406,14 @@ export class SubscriptionImpl implements Subscription {
     binding.awaitingSubOk = false;
     binding.epoch = frame.epoch;
     binding.expected = frame.startAfter + 1n;
+    if (this.pattern) {
+      if (!binding.detached && this.state === 'pending') {
+        this.state = 'active';
+        this.resolveReady(this);
+      }
+      this.host.bindingSettled(binding.connection);
+      return undefined;
+    }
     if (!binding.detached) {
       const sent = binding.resumeAfter;
       if (sent === undefined) {
@@ -425,7 +453,49 @@ export class SubscriptionImpl implements Subscription {
     this.host.bindingSettled(binding.connection);
   }
 
+  /**
+   * A pattern's item: each topic keeps its own order. A seq at or before the
+   * topic's last one (of the same epoch) was delivered already; one further
+   * on, or in another epoch, means messages of that topic were missed
+   * (while reconnecting, or dropped for a slow consumer): reported, then
+   * delivered.
+   */
+  handleTopicMessage(binding: Binding, frame: TopicMessageFrame): string | undefined {
+    if (!this.pattern) return `TOPIC_MESSAGE for ${this.topic}, which is not a pattern subscription`;
+    if (binding.detached || this.state === 'ended') return undefined;
+    const last = this.topicPositions.get(frame.topic);
+    if (last !== undefined && last.epoch === frame.epoch && frame.seq <= last.seq) return undefined;
+    this.topicPositions.set(frame.topic, { epoch: frame.epoch, seq: frame.seq });
+    if (last !== undefined && (last.epoch !== frame.epoch || frame.seq > last.seq + 1n)) {
+      const gap: Discontinuity = {
+        namespace: this.namespace,
+        topic: frame.topic,
+        epoch: frame.epoch,
+        lastSeq: last.seq,
+        nextSeq: frame.seq,
+        previousEpoch: last.epoch,
+        epochChanged: last.epoch !== frame.epoch,
+      };
+      this.callSafely('onDiscontinuity', () => this.handlers.onDiscontinuity?.(gap));
+    }
+    let payload = frame.payload;
+    if (frame.compressed) {
+      try {
+        payload = decompressPayload(payload, this.maxDecompressed);
+      } catch (error) {
+        const problem = error as CorebusError;
+        const failure = new CorebusError('decompress_failed', `${frame.topic} #${frame.seq}: ${problem.message}`, { cause: problem });
+        this.callSafely('onError', () => this.handlers.onError?.(failure));
+        return undefined;
+      }
+    }
+    const item = new DeliveredItem(this.namespace, frame.topic, frame.epoch, frame.seq, payload, frame.compressed);
+    this.callSafely('onItem', () => this.handlers.onItem(item));
+    return undefined;
+  }
+
   handleMessage(binding: Binding, frame: MessageFrame): string | undefined {
+    if (this.pattern) return `MESSAGE for the pattern subscription ${this.topic}`;
     if (frame.epoch !== binding.epoch) {
       return this.broken(binding, `MESSAGE seq ${frame.seq} in epoch ${hex(frame.epoch)}, but SUB_OK said epoch ${hex(binding.epoch)}`);
     }

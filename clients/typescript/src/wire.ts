@@ -114,6 +114,7 @@ export const Opcode = {
   SUB_OK: 0x83,
   UNSUB_OK: 0x84,
   MESSAGE: 0x85,
+  TOPIC_MESSAGE: 0x8c,
   DISCONTINUITY: 0x86,
   GOAWAY: 0x87,
   TOKEN: 0x88,

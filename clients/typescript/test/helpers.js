@@ -85,6 +85,8 @@ export const server = {
   unsubOk: (requestId, subId) => frame(0x84, [['u32', requestId], ['u32', subId]]),
   message: (subId, epoch, seq, payload = '', format = 0) =>
     frame(0x85, [['u32', subId], ['u64', epoch], ['u64', seq], ['u8', format], ['raw', payload]]),
+  topicMessage: (subId, epoch, seq, topic, payload = '', format = 0) =>
+    frame(0x8c, [['u32', subId], ['u64', epoch], ['u64', seq], ['str16', topic], ['u8', format], ['raw', payload]]),
   discontinuity: (subId, epoch, lastSeq, nextSeq) =>
     frame(0x86, [['u32', subId], ['u64', epoch], ['u64', lastSeq], ['u64', nextSeq]]),
   goaway: (drainMs, message = '') => frame(0x87, [['u32', drainMs], ['str16', message]]),
