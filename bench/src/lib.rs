@@ -164,6 +164,10 @@ pub async fn run(options: &RunOptions) -> Result<Report, BenchError> {
         ws_url: plan.ws_url.clone(),
         incidents: Arc::new(Incidents::default()),
     };
+    let _idle_patterns = match plan.idle_patterns {
+        0 => Vec::new(),
+        count => driver::corebus::hold_idle_patterns(&endpoint.url, count).await?,
+    };
     if plan.lean {
         return lean::run(&plan).await;
     }

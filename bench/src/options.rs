@@ -207,6 +207,13 @@ pub struct RunOptions {
     /// decompress. Use with `--payload json` and a large `--size`.
     #[arg(long)]
     pub compress: bool,
+    /// corebus only: before the run, one more client holds this many
+    /// pattern subscriptions that match none of the run's topics
+    /// (`idle-N/*`, `*/idle-N`, `idle/N/>`, in turn), so that every publish
+    /// is matched against them: what patterns cost a broker that does not
+    /// deliver to them.
+    #[arg(long, default_value_t = 0)]
+    pub idle_patterns: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -261,6 +268,8 @@ pub struct Plan {
     pub payload: PayloadKind,
     /// corebus publishers compress their payloads (zstd).
     pub compress: bool,
+    /// Pattern subscriptions held beside the run (corebus).
+    pub idle_patterns: usize,
 }
 
 /// Where the publishers of a corebus cluster run connect (`--publisher-on`).
@@ -305,6 +314,9 @@ impl RunOptions {
     /// The label a run with non-default payloads carries, so that a
     /// summary keeps it apart from the filler runs.
     fn payload_variant(&self) -> Option<String> {
+        if self.idle_patterns > 0 {
+            return Some(format!("{} idle patterns", self.idle_patterns));
+        }
         match (self.payload, self.compress) {
             (PayloadKind::Filler, false) => None,
             (PayloadKind::Filler, true) => Some("zstd-compressed filler".into()),
@@ -340,6 +352,7 @@ impl RunOptions {
             publisher_on: None,
             payload: PayloadKind::Filler,
             compress: false,
+            idle_patterns: 0,
             json: false,
         }
     }
@@ -461,6 +474,9 @@ impl RunOptions {
                     .into(),
             );
         }
+        if self.idle_patterns > 0 && self.target != Target::Corebus {
+            return invalid("--idle-patterns is for corebus".into());
+        }
         if self.compress && (self.target != Target::Corebus || self.lean) {
             return invalid(
                 "--compress is for corebus publishers through the client (not --lean)".into(),
@@ -523,6 +539,7 @@ impl RunOptions {
             publisher_on: self.publisher_on,
             payload: self.payload,
             compress: self.compress,
+            idle_patterns: self.idle_patterns,
         })
     }
 }

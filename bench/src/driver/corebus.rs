@@ -37,6 +37,39 @@ async fn connect(endpoint: &Endpoint, topics: &[impl AsRef<str>]) -> Result<Clie
         .map_err(|err| failed(TARGET, "connect", err))
 }
 
+/// Pattern subscriptions one connection holds for `--idle-patterns` (under
+/// the broker's default 10,000 per connection).
+const PATTERNS_PER_CONNECTION: usize = 5000;
+
+/// Connections holding `count` pattern subscriptions that match no topic of
+/// a run (`--idle-patterns`): kept open for the run, closed when dropped.
+pub async fn hold_idle_patterns(
+    url: &str,
+    count: usize,
+) -> Result<Vec<(Client, Vec<Subscription>)>, BenchError> {
+    let mut held = Vec::new();
+    for first in (0..count).step_by(PATTERNS_PER_CONNECTION) {
+        let client = Client::connect(url)
+            .await
+            .map_err(|err| failed(TARGET, "connect", err))?;
+        let mut subscriptions = Vec::new();
+        for i in first..(first + PATTERNS_PER_CONNECTION).min(count) {
+            let pattern = match i % 3 {
+                0 => format!("idle-{i}/*"),
+                1 => format!("*/idle-{i}"),
+                _ => format!("idle/{i}/>"),
+            };
+            let subscription = client
+                .subscribe(NAMESPACE, &pattern)
+                .await
+                .map_err(|err| failed(TARGET, "subscribe to a pattern", err))?;
+            subscriptions.push(subscription);
+        }
+        held.push((client, subscriptions));
+    }
+    Ok(held)
+}
+
 /// Where the publishers of a cluster run connect (`--publisher-on`): the
 /// node that owns `topic`, as the node at `--url` names it, or the first of
 /// the subscriber addresses that is not that node.
