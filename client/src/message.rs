@@ -84,7 +84,8 @@ impl Message {
     }
 
     /// The topic the message was published to (see
-    /// [`Message::namespace`] for an example).
+    /// [`Message::namespace`] for an example): for a pattern subscription
+    /// (`orders/*`), the concrete topic it matched.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

@@ -37,6 +37,38 @@ impl Client {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// `topic` may be a pattern: `orders/*` matches any one segment in
+    /// place of the `*`, `orders/>` one or more trailing segments
+    /// (`docs/protocol.md`, section 4). A pattern subscription is live only:
+    /// each [`Message`](crate::Message) carries its own topic
+    /// ([`Message::topic`](crate::Message::topic)) and that topic's epoch and
+    /// sequence number, and after a reconnection it subscribes live again
+    /// (a gap then shows per topic, in its sequence numbers).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(2),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// let mut orders = client.subscribe("shop", "orders/*").await?;
+    /// client.publish("shop", "orders/eu", "one").await?;
+    /// client.publish("shop", "invoices/eu", "not matched").await?;
+    /// client.publish("shop", "orders/us", "two").await?;
+    /// for (topic, payload) in [("orders/eu", "one"), ("orders/us", "two")] {
+    ///     let message = orders.next_message().await.expect("open")?;
+    ///     assert_eq!((message.topic(), &message.payload[..]), (topic, payload.as_bytes()));
+    ///     assert_eq!(message.seq, 1, "each topic's own sequence");
+    /// }
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn subscribe(&self, namespace: &str, topic: &str) -> Result<Subscription, Error> {
         self.start_subscription(namespace, topic, None).await
     }
