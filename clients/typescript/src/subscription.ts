@@ -247,6 +247,8 @@ export class SubscriptionImpl implements Subscription {
    * connections during a switch-over) is dropped, a jump is reported.
    */
   private readonly topicPositions = new Map<string, StreamPosition>();
+  /** Topics whose position a pattern keeps, at most; the oldest go first. */
+  static readonly MAX_TOPIC_POSITIONS = 10_000;
   /** Epoch 0 stands for "the topic's current epoch" until a `SUB_OK` names it. */
   private resumePoint: StreamPosition | undefined;
   private readonly bindings = new Map<Connection, Binding>();
@@ -465,7 +467,14 @@ export class SubscriptionImpl implements Subscription {
     if (binding.detached || this.state === 'ended') return undefined;
     const last = this.topicPositions.get(frame.topic);
     if (last !== undefined && last.epoch === frame.epoch && frame.seq <= last.seq) return undefined;
+    // Re-inserted, so that the map's order is the order of last use, and
+    // bounded: a pattern may match any number of topics.
+    this.topicPositions.delete(frame.topic);
     this.topicPositions.set(frame.topic, { epoch: frame.epoch, seq: frame.seq });
+    if (this.topicPositions.size > SubscriptionImpl.MAX_TOPIC_POSITIONS) {
+      const oldest = this.topicPositions.keys().next().value;
+      if (oldest !== undefined) this.topicPositions.delete(oldest);
+    }
     if (last !== undefined && (last.epoch !== frame.epoch || frame.seq > last.seq + 1n)) {
       const gap: Discontinuity = {
         namespace: this.namespace,

@@ -69,6 +69,23 @@ describe('pattern subscriptions', () => {
     await client.close();
   });
 
+  test('the positions kept per topic are bounded; the least recently seen goes first', async () => {
+    const setup = await openClient();
+    const { client, socket } = setup;
+    const log = recorder();
+    const { frame } = await subscribeWith(client, socket, log, { topic: 'orders/*', epoch: 0n, startAfter: 0n });
+    const frames = [];
+    for (let i = 0; i <= 10_000; i++) frames.push(server.topicMessage(frame.subId, E, 1n, `orders/t${i}`, 'x'));
+    socket.deliver(...frames);
+    assert.equal(log.items.length, 10_001);
+    // orders/t0 was forgotten: its seq 1 again is not recognised as a repeat;
+    // orders/t10000 is still known.
+    socket.deliver(server.topicMessage(frame.subId, E, 1n, 'orders/t0', 'again'), server.topicMessage(frame.subId, E, 1n, 'orders/t10000', 'repeat'));
+    assert.equal(log.items.length, 10_002);
+    assert.equal(log.items.at(-1).text(), 'again');
+    await client.close();
+  });
+
   test('a MESSAGE on a pattern subscription breaks the stream', async () => {
     const setup = await openClient();
     const { client, socket } = setup;

@@ -150,3 +150,44 @@ fn a_pattern_cannot_resume() {
     );
     assert_eq!(registrations(&cluster), vec![0, 0]);
 }
+
+/// Sixteen shards: the pattern is registered with each before `SUB_OK`,
+/// every shard's topics reach it, and it is withdrawn from each.
+#[test]
+fn sixteen_shards_each_register_match_and_withdraw_the_pattern() {
+    const SHARDS: usize = 16;
+    let mut cluster = Cluster::new(SHARDS, EngineConfig::default());
+    let subscriber = cluster.connect(5);
+    let publisher = cluster.connect(11);
+    cluster.send(subscriber, subscribe(&topic("m/>"), 1, 3));
+    cluster.pump();
+    assert_eq!(sub_ok(&cluster.take_conn(subscriber), 3), Some((0, 0)));
+    assert_eq!(registrations(&cluster), vec![1; SHARDS]);
+    // One topic owned by each shard.
+    let topics: Vec<TopicKey> = (0..SHARDS as ShardId)
+        .map(|owner| {
+            (0..)
+                .map(|i| topic(&format!("m/{i}/x")))
+                .find(|t| routing::owner(t, SHARDS) == owner)
+                .expect("some topic hashes to every shard")
+        })
+        .collect();
+    for (i, t) in topics.iter().enumerate() {
+        cluster.send(publisher, publish(t, i as u32 + 10, "p"));
+    }
+    cluster.pump();
+    let mut got: Vec<String> = topic_messages(&cluster.take_conn(subscriber))
+        .into_iter()
+        .map(|(_, topic, seq, _)| {
+            assert_eq!(seq, 1);
+            topic
+        })
+        .collect();
+    got.sort();
+    let mut expected: Vec<String> = topics.iter().map(|t| t.topic().to_owned()).collect();
+    expected.sort();
+    assert_eq!(got, expected);
+    cluster.shards[5].close_conn(subscriber.1);
+    cluster.pump();
+    assert_eq!(registrations(&cluster), vec![0; SHARDS]);
+}
