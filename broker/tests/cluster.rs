@@ -540,6 +540,119 @@ fn publishes_on_one_node_reach_subscribers_on_the_others_in_the_owners_order() {
     });
 }
 
+/// A pattern subscribed to on one node gets the matching topics that every
+/// node owns, each message once, in each topic's own order: the node asks
+/// every other member for the pattern's matches over its links, and what
+/// comes in from one node is not passed on to another.
+#[test]
+fn a_pattern_on_one_node_gets_the_matching_topics_of_every_node_once() {
+    let secret = TempFile::new("cluster-secret-patterns", SECRET);
+    // One shard per node: every subscription of a node shares its pattern
+    // entry, links' and clients' alike, so a message passed on from one
+    // member to another would be seen twice.
+    let (cluster_port, metrics_port) = (free_port(), free_port());
+    let nodes: Vec<Node> = (1..=3)
+        .map(|n| {
+            let listen = format!("127.0.0.{n}:0");
+            let extra = [
+                "--listen",
+                &listen,
+                "--cluster-advertise",
+                "off",
+                "--shards",
+                "1",
+            ];
+            node_with_args(n, cluster_port, metrics_port, &secret, &extra)
+        })
+        .collect();
+    for node in &nodes {
+        await_alive(node, 3.0, Duration::from_secs(10));
+    }
+    let ids = node_ids(cluster_port);
+    runtime().block_on(async {
+        let first = connect(&nodes[0].addr).await;
+        let second = connect(&nodes[1].addr).await;
+        let publisher = connect(&nodes[2].addr).await;
+        let mut subs = [
+            first.subscribe("cl", "pat/*").await.expect("subscribes"),
+            second.subscribe("cl", "pat/*").await.expect("subscribes"),
+        ];
+        let topics: Vec<String> = (0..3)
+            .map(|owner| topic_owned_by(owner, &ids, "pat/t"))
+            .collect();
+        // The other nodes learn of the pattern over the links, a moment
+        // after SUB_OK: probe each topic until both subscribers hear all
+        // three owners.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut heard: Vec<std::collections::BTreeMap<String, u64>> = vec![Default::default(); 2];
+        while heard.iter().any(|topics_heard| topics_heard.len() < 3) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not every owner reached both: {heard:?}"
+            );
+            for topic in &topics {
+                publisher
+                    .publish("cl", topic, "probe")
+                    .await
+                    .expect("acknowledged");
+            }
+            for (sub, topics_heard) in subs.iter_mut().zip(&mut heard) {
+                // Bounded: a broker that passed messages round in circles
+                // would never leave this loop otherwise.
+                for _ in 0..100 {
+                    match tokio::time::timeout(Duration::from_millis(200), sub.next_event()).await {
+                        Ok(Some(Ok(corebus_client::Event::Message(message)))) => {
+                            topics_heard.insert(message.topic().to_owned(), message.seq);
+                        }
+                        _ => break,
+                    }
+                }
+            }
+        }
+        // From here on, every message of every topic arrives once, in order,
+        // and nothing else does.
+        for round in 0..20u32 {
+            for topic in &topics {
+                publisher
+                    .publish("cl", topic, format!("{round}"))
+                    .await
+                    .expect("acknowledged");
+            }
+        }
+        for (which, (sub, topics_heard)) in subs.iter_mut().zip(&mut heard).enumerate() {
+            let mut got: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+            let mut count = 0;
+            while count < 60 {
+                match next(sub, Duration::from_secs(5)).await {
+                    // Probes still on their way.
+                    corebus_client::Event::Message(message) if message.payload == "probe" => {}
+                    corebus_client::Event::Message(message) => {
+                        got.entry(message.topic().to_owned())
+                            .or_default()
+                            .push(message.seq);
+                        count += 1;
+                    }
+                    other => panic!("subscriber {which}: {other:?}"),
+                }
+            }
+            for topic in &topics {
+                let seqs = &got[topic];
+                let after = topics_heard[topic];
+                assert!(
+                    seqs.windows(2).all(|pair| pair[1] == pair[0] + 1) && seqs.len() == 20,
+                    "subscriber {which}, {topic} (last probe seen {after}): {seqs:?}"
+                );
+            }
+            assert!(
+                tokio::time::timeout(Duration::from_millis(300), sub.next_event())
+                    .await
+                    .is_err(),
+                "subscriber {which}: nothing more, no duplicate"
+            );
+        }
+    });
+}
+
 #[test]
 fn a_thousand_local_subscribers_hold_one_upstream_subscription() {
     let secret = TempFile::new("cluster-secret-reuse", SECRET);

@@ -71,6 +71,17 @@ impl<E> LocalTopics<E> {
         self.slots[slot as usize].entry.as_mut()
     }
 
+    /// The handles of every entry.
+    pub(super) fn handles(&self) -> Vec<LocalRef> {
+        self.index
+            .values()
+            .map(|&slot| LocalRef {
+                slot,
+                generation: self.slots[slot as usize].generation,
+            })
+            .collect()
+    }
+
     /// The entry `handle` names, unless it was removed since.
     pub(super) fn by_handle_mut(&mut self, handle: LocalRef) -> Option<&mut E> {
         let slot = self.slots.get_mut(handle.slot as usize)?;

@@ -494,7 +494,7 @@ impl Shard {
             ShardMsg::DropPatternInterestMsg { pattern } => {
                 self.drop_pattern_interest(from, &pattern)
             }
-            ShardMsg::PatternDeliverMsg(delivery) => self.deliver_pattern(&delivery),
+            ShardMsg::PatternDeliverMsg(delivery) => self.deliver_pattern(&delivery, false),
         }
     }
 

@@ -140,7 +140,13 @@ impl Shard {
         request_id: u32,
         topic: &TopicKey,
     ) -> bool {
-        if self.nodes.is_none() || !self.is_peer(conn) || self.node_route(topic).is_none() {
+        // A pattern has no owner: every node serves a peer's pattern with
+        // the topics it owns.
+        if self.nodes.is_none()
+            || !self.is_peer(conn)
+            || topic.is_pattern()
+            || self.node_route(topic).is_none()
+        {
             return false;
         }
         self.stats.cluster_refusals += 1;
@@ -480,6 +486,48 @@ impl Shard {
         }
     }
 
+    /// Subscribes to `pattern` (live) on the link to `node`, if the link is
+    /// up; returns the subscription's id on the link.
+    pub(super) fn subscribe_on_link(
+        &mut self,
+        node: SocketAddr,
+        pattern: &TopicKey,
+    ) -> Option<u32> {
+        let link = self.link(node);
+        if !link.up {
+            return None;
+        }
+        let sub_id = link.new_sub(pattern.clone());
+        let request_id = link.request_id();
+        link.sub_requests.insert(request_id, sub_id);
+        encode_subscribe(
+            &mut link.out,
+            request_id,
+            sub_id,
+            None,
+            pattern.namespace_bytes(),
+            pattern.topic_bytes(),
+        );
+        link.kick();
+        Some(sub_id)
+    }
+
+    /// Ends subscription `sub_id` on the link to `node`; whatever still
+    /// arrives for it is ignored.
+    pub(super) fn unsubscribe_on_link(&mut self, node: SocketAddr, sub_id: u32) {
+        let Some(link) = self.link_mut(node) else {
+            return;
+        };
+        link.subs.remove(&sub_id);
+        link.sub_requests.retain(|_, sub| *sub != sub_id);
+        if link.up {
+            let request_id = link.request_id();
+            corebus_net::Frame::Unsubscribe(corebus_net::Unsubscribe { request_id, sub_id })
+                .encode(&mut link.out);
+            link.kick();
+        }
+    }
+
     /// Ends the mirror's subscription on its link, if it has one; whatever
     /// still arrives for it is ignored.
     fn unsubscribe_upstream(&mut self, topic: &TopicKey) {
@@ -557,6 +605,16 @@ impl Shard {
             Frame::Discontinuity(gap) => {
                 if let Some(topic) = self.mirror_of(node, gap.sub_id) {
                     self.mirror_gap(&topic, gap);
+                }
+            }
+            Frame::TopicMessage(message) => {
+                let pattern = link
+                    .subs
+                    .get(&message.sub_id)
+                    .filter(|key| key.is_pattern())
+                    .cloned();
+                if let Some(pattern) = pattern {
+                    self.remote_pattern_message(&pattern, message);
                 }
             }
             Frame::ReplayEnd(end) => {
@@ -870,6 +928,8 @@ impl Shard {
                 "members changed: topics placed again"
             );
         }
+        // A new member is asked for the patterns' matches too.
+        self.resubscribe_patterns();
     }
 
     // ----- handing a topic over ----------------------------------------
@@ -1103,6 +1163,7 @@ impl Shard {
         for topic in mirrors {
             self.subscribe_upstream(&topic);
         }
+        self.resubscribe_patterns();
     }
 
     /// The link to `node` broke (or never came up): its unanswered
@@ -1134,6 +1195,7 @@ impl Shard {
                 up.sub_id = 0;
             }
         }
+        self.forget_remote_patterns(node);
     }
 
     /// The link to `node` ended for good (the node left).

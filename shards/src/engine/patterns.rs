@@ -13,12 +13,21 @@
 //! Live only: a pattern subscription does not resume (a gap is visible per
 //! topic, in its sequence numbers), and a message dropped by the
 //! slow-consumer `drop` policy is counted, not reported with a
-//! `DISCONTINUITY` (which names one topic's sequence). In a cluster, pattern
-//! subscriptions are refused for now: the other nodes' topics would need the
-//! pattern registered with them too.
+//! `DISCONTINUITY` (which names one topic's sequence).
+//!
+//! In a cluster, every node sequences the topics it owns, so a pattern's
+//! entry with client subscribers also subscribes to the pattern on this
+//! shard's link to every other member: those nodes match what they own and
+//! send it over the link as `TOPIC_MESSAGE`s, which go to this entry's
+//! client subscriptions only (a link's subscription to the same pattern
+//! here gets this node's own topics, never what came from a third node).
+//! This node's mirrors of other nodes' topics are not matched here: their
+//! owners do that.
+
+use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
-use corebus_net::{encode_topic_message, Epoch, Seq, TopicKey};
+use corebus_net::{encode_topic_message, Epoch, Seq, TopicKey, TopicMessage};
 
 use super::{ConnId, Shard, SlowConsumerPolicy};
 use crate::local_ref::LocalRef;
@@ -31,6 +40,9 @@ use crate::routing::ShardId;
 pub(crate) struct LocalPattern {
     /// The pattern (the table's key, kept here for its entry's release).
     pattern: TopicKey,
+    /// Cluster: the pattern's subscriptions on this shard's links to the
+    /// other members, as (node, subscription id on that link).
+    remote: Vec<(std::net::SocketAddr, u32)>,
     /// Shards that have not yet acknowledged the pattern's interest.
     acks_pending: usize,
     /// Subscriptions waiting for those acknowledgements:
@@ -43,17 +55,11 @@ pub(crate) struct LocalPattern {
 impl Shard {
     /// Why a pattern subscription cannot be made here, if it cannot.
     pub(super) fn pattern_refusal(&self, resume: bool) -> Option<String> {
-        if resume {
-            return Some(
-                "a pattern subscription is live only: it cannot resume (subscribe without a \
-                 resume point)"
-                    .into(),
-            );
-        }
-        if self.nodes.is_some() {
-            return Some("pattern subscriptions are not available in a cluster yet".into());
-        }
-        None
+        resume.then(|| {
+            "a pattern subscription is live only: it cannot resume (subscribe without a resume \
+             point)"
+                .into()
+        })
     }
 
     /// Subscriber side: a connection subscribes to a pattern (admitted and
@@ -74,6 +80,7 @@ impl Shard {
                 let key = pattern.compact();
                 let entry = LocalPattern {
                     pattern: key.clone(),
+                    remote: Vec::new(),
                     acks_pending: self.shard_count,
                     waiting: Vec::new(),
                     subscribers: Vec::new(),
@@ -90,6 +97,9 @@ impl Shard {
                     lost: None,
                 },
             );
+        }
+        if !self.is_peer(conn) {
+            self.subscribe_pattern_remotely(handle);
         }
         let Some(entry) = self.local_patterns.by_handle_mut(handle) else {
             return;
@@ -209,7 +219,9 @@ impl Shard {
         else {
             return;
         };
-        self.local_patterns.remove(&pattern);
+        if let Some(entry) = self.local_patterns.remove(&pattern) {
+            self.unsubscribe_pattern_remotely(&entry.remote);
+        }
         for shard in 0..self.shard_count as ShardId {
             if shard == self.id {
                 self.drop_pattern_interest(self.id, &pattern);
@@ -257,7 +269,7 @@ impl Shard {
                 payload: payload.clone(),
             };
             if shard == self.id {
-                self.deliver_pattern(&delivery);
+                self.deliver_pattern(&delivery, false);
             } else {
                 self.push_mesh(shard, ShardMsg::PatternDeliverMsg(Box::new(delivery)));
             }
@@ -265,8 +277,9 @@ impl Shard {
     }
 
     /// Subscriber side: one message of a topic that matches the pattern of
-    /// table entry `delivery.handle`, to each of its subscriptions.
-    pub(super) fn deliver_pattern(&mut self, delivery: &PatternDelivery) {
+    /// table entry `delivery.handle`, to each of its subscriptions, or, for
+    /// a message another node sent (`from_node`), to its clients only.
+    pub(super) fn deliver_pattern(&mut self, delivery: &PatternDelivery, from_node: bool) {
         let Some(entry) = self.local_patterns.by_handle_mut(delivery.handle) else {
             return; // No local subscribers any more.
         };
@@ -275,6 +288,14 @@ impl Shard {
             let Some(state) = self.conns.get_mut(conn) else {
                 continue;
             };
+            if from_node
+                && state
+                    .grant
+                    .as_ref()
+                    .is_some_and(|grant| grant.peer.is_some())
+            {
+                continue;
+            }
             // Encoded whole, with a copy of the body: the frame holds no
             // reference to the publisher's read buffer.
             let mut frame = BytesMut::new();
@@ -300,5 +321,91 @@ impl Shard {
         for conn in slow {
             self.close_slow_consumer(conn);
         }
+    }
+
+    // ----- across nodes ------------------------------------------------
+
+    /// Cluster: subscribes the pattern of entry `handle` on this shard's
+    /// link to every other member it is not subscribed on yet (a link that
+    /// is down subscribes when it comes up, [`Shard::resubscribe_patterns`]).
+    pub(super) fn subscribe_pattern_remotely(&mut self, handle: LocalRef) {
+        let Some(nodes) = self.nodes.as_ref() else {
+            return;
+        };
+        let members: Vec<SocketAddr> = nodes.placement.clients.iter().flatten().copied().collect();
+        let Some(entry) = self.local_patterns.by_handle_mut(handle) else {
+            return;
+        };
+        let pattern = entry.pattern.clone();
+        let missing: Vec<SocketAddr> = members
+            .into_iter()
+            .filter(|node| !entry.remote.iter().any(|(at, _)| at == node))
+            .collect();
+        for node in missing {
+            let Some(sub_id) = self.subscribe_on_link(node, &pattern) else {
+                continue;
+            };
+            if let Some(entry) = self.local_patterns.by_handle_mut(handle) {
+                entry.remote.push((node, sub_id));
+            }
+        }
+    }
+
+    /// Cluster: after a link came up or the members changed, the patterns
+    /// with client subscribers subscribe where they are missing.
+    pub(super) fn resubscribe_patterns(&mut self) {
+        for handle in self.local_patterns.handles() {
+            let has_clients = self
+                .local_patterns
+                .by_handle_mut(handle)
+                .map(|entry| {
+                    entry
+                        .subscribers
+                        .iter()
+                        .map(|(conn, _)| *conn)
+                        .chain(entry.waiting.iter().map(|(conn, _, _)| *conn))
+                        .collect::<Vec<_>>()
+                })
+                .is_some_and(|conns| conns.iter().any(|conn| !self.is_peer(*conn)));
+            if has_clients {
+                self.subscribe_pattern_remotely(handle);
+            }
+        }
+    }
+
+    /// Cluster: the link to `node` is down; the patterns' subscriptions on
+    /// it are gone with it.
+    pub(super) fn forget_remote_patterns(&mut self, node: SocketAddr) {
+        for handle in self.local_patterns.handles() {
+            if let Some(entry) = self.local_patterns.by_handle_mut(handle) {
+                entry.remote.retain(|(at, _)| *at != node);
+            }
+        }
+    }
+
+    /// Cluster: ends a released pattern's subscriptions on the links.
+    fn unsubscribe_pattern_remotely(&mut self, remote: &[(SocketAddr, u32)]) {
+        for &(node, sub_id) in remote {
+            self.unsubscribe_on_link(node, sub_id);
+        }
+    }
+
+    /// Cluster: a `TOPIC_MESSAGE` on the link to `node`, for the pattern
+    /// its subscription `sub_id` stands for: to the entry's clients.
+    pub(super) fn remote_pattern_message(&mut self, pattern: &TopicKey, message: TopicMessage) {
+        let Some(handle) = self.local_patterns.handle(pattern) else {
+            return;
+        };
+        let Ok(topic) = TopicKey::new(pattern.namespace_bytes(), message.topic.as_bytes()) else {
+            return;
+        };
+        let delivery = PatternDelivery {
+            handle,
+            topic,
+            epoch: message.epoch,
+            seq: message.seq,
+            payload: message.body.into_bytes(),
+        };
+        self.deliver_pattern(&delivery, true);
     }
 }
