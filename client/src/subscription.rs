@@ -43,8 +43,12 @@ impl Client {
     /// (`docs/protocol.md`, section 4). A pattern subscription is live only:
     /// each [`Message`](crate::Message) carries its own topic
     /// ([`Message::topic`](crate::Message::topic)) and that topic's epoch and
-    /// sequence number, and after a reconnection it subscribes live again
-    /// (a gap then shows per topic, in its sequence numbers).
+    /// sequence number, and after a reconnection it subscribes live again.
+    /// The subscription checks each topic's sequence on its own: a topic
+    /// that skipped sequence numbers since its last message here (missed
+    /// while reconnecting, or dropped for a slow consumer) is reported as a
+    /// [`Discontinuity`](crate::Discontinuity) right before that topic's
+    /// next message, which names the topic.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -198,6 +202,57 @@ pub struct Subscription {
     finished: bool,
     /// `unsubscribe()` ran (or is running): `Drop` has nothing to do.
     unsubscribed: bool,
+    /// A pattern subscription's last position per topic, to report a jump
+    /// in a topic's sequence (`None` for a topic subscription).
+    topics: Option<TopicPositions>,
+    /// A message held back while the discontinuity before it is reported.
+    held: Option<Event>,
+}
+
+/// The last (epoch, seq) a pattern subscription saw of each topic, with
+/// when it saw it, for at most [`TopicPositions::MAX`] topics (the least
+/// recently seen half is forgotten when it is full).
+#[derive(Debug, Default)]
+struct TopicPositions {
+    last: rustc_hash::FxHashMap<Box<str>, (u64, u64, u64)>,
+    /// Counts the messages seen, to tell the least recently seen topic.
+    clock: u64,
+}
+
+impl TopicPositions {
+    /// Topics whose position is kept.
+    const MAX: usize = 10_000;
+
+    /// Records `message`; returns the gap before it, if its topic skipped
+    /// sequence numbers (or moved to another epoch) since it was last seen.
+    /// A forgotten topic starts afresh: its next jump goes unseen.
+    fn see(&mut self, message: &Message) -> Option<crate::Discontinuity> {
+        self.clock += 1;
+        let now = (message.epoch, message.seq, self.clock);
+        let before = match self.last.get_mut(message.topic()) {
+            Some(entry) => Some(std::mem::replace(entry, now)),
+            None => {
+                if self.last.len() >= Self::MAX {
+                    // The least recently seen half goes, at once: a sort
+                    // per MAX / 2 new topics, not a scan per topic.
+                    let mut seen: Vec<u64> = self.last.values().map(|(_, _, at)| *at).collect();
+                    seen.sort_unstable();
+                    let cut = seen[seen.len() / 2];
+                    self.last.retain(|_, (_, _, at)| *at >= cut);
+                }
+                self.last.insert(message.topic().into(), now);
+                None
+            }
+        };
+        let (epoch, seq, _) = before?;
+        (epoch != message.epoch || message.seq > seq.saturating_add(1)).then_some(
+            crate::Discontinuity {
+                epoch: message.epoch,
+                last_seq: seq,
+                next_seq: message.seq,
+            },
+        )
+    }
 }
 
 impl Subscription {
@@ -219,6 +274,8 @@ impl Subscription {
             handle,
             finished: false,
             unsubscribed: false,
+            topics: corebus_net::is_pattern(topic.as_bytes()).then(TopicPositions::default),
+            held: None,
         }
     }
 
@@ -486,7 +543,28 @@ impl Stream for Subscription {
         if self.finished {
             return Poll::Ready(None);
         }
+        if let Some(event) = self.held.take() {
+            let limit = self.handle.shared.max_decompressed();
+            return Poll::Ready(Some(decompressed(event, limit)));
+        }
         match self.events.poll_recv(cx) {
+            Poll::Ready(Some(Event::Message(message))) if self.topics.is_some() => {
+                // A pattern: each topic's sequence is checked on its own; a
+                // jump (messages missed while reconnecting, or dropped for
+                // a slow consumer) is reported right before the message.
+                let gap = self.topics.as_mut().and_then(|topics| topics.see(&message));
+                self.epoch = message.epoch;
+                self.last_seq = message.seq;
+                let event = Event::Message(message);
+                let limit = self.handle.shared.max_decompressed();
+                match gap {
+                    Some(gap) => {
+                        self.held = Some(event);
+                        Poll::Ready(Some(Ok(Event::Discontinuity(gap))))
+                    }
+                    None => Poll::Ready(Some(decompressed(event, limit))),
+                }
+            }
             Poll::Ready(Some(event)) => {
                 match &event {
                     Event::Message(message) => {
@@ -554,5 +632,63 @@ impl std::fmt::Debug for Subscription {
             .field("epoch", &self.epoch)
             .field("last_seq", &self.last_seq)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corebus_net::PayloadFormat;
+
+    fn message(topic: &str, epoch: u64, seq: u64) -> Message {
+        Message {
+            epoch,
+            seq,
+            payload: bytes::Bytes::new(),
+            name: Arc::new(crate::message::TopicName {
+                namespace: "ns".into(),
+                topic: topic.into(),
+            }),
+            format: PayloadFormat::Plain,
+        }
+    }
+
+    #[test]
+    fn each_topic_of_a_pattern_is_checked_on_its_own() {
+        let mut topics = TopicPositions::default();
+        assert_eq!(topics.see(&message("a", 1, 5)), None, "first seen");
+        assert_eq!(topics.see(&message("b", 2, 9)), None, "another topic");
+        assert_eq!(topics.see(&message("a", 1, 6)), None, "the next one");
+        let gap = topics
+            .see(&message("a", 1, 9))
+            .expect("7 and 8 were missed");
+        assert_eq!((gap.epoch, gap.last_seq, gap.next_seq), (1, 6, 9));
+        let restart = topics.see(&message("b", 3, 1)).expect("another epoch");
+        assert_eq!(
+            (restart.epoch, restart.last_seq, restart.next_seq),
+            (3, 9, 1)
+        );
+        assert_eq!(topics.see(&message("b", 3, 2)), None);
+    }
+
+    #[test]
+    fn the_positions_kept_are_bounded_and_the_recent_ones_stay() {
+        let mut topics = TopicPositions::default();
+        for i in 0..TopicPositions::MAX {
+            topics.see(&message(&format!("t{i}"), 1, 1));
+        }
+        // t0 is seen again: the most recent now.
+        topics.see(&message("t0", 1, 2));
+        topics.see(&message("new", 1, 1));
+        assert!(topics.last.len() <= TopicPositions::MAX);
+        assert!(topics.last.contains_key("t0") && topics.last.contains_key("new"));
+        assert!(
+            !topics.last.contains_key("t1"),
+            "the least recently seen went"
+        );
+        assert!(
+            topics.see(&message("t0", 1, 5)).is_some(),
+            "t0's jump is still seen"
+        );
     }
 }

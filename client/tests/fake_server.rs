@@ -902,3 +902,60 @@ async fn unacked_publishes_wait_for_the_socket_beyond_the_send_buffer() {
     );
     within(more).await.expect("joins").expect("queued");
 }
+
+/// A pattern subscription: `TOPIC_MESSAGE`s only, each topic checked on its
+/// own (a skipped seq is a discontinuity right before that topic's
+/// message); a `MESSAGE` for it breaks the stream.
+#[tokio::test]
+async fn a_pattern_subscription_checks_each_topic_and_reports_its_jumps() {
+    let (client, mut peer) = pair().await;
+    let server = async {
+        let subscribe = peer.expect_subscribe().await;
+        assert_eq!(subscribe.resume, None, "patterns are live only");
+        peer.sub_ok(&subscribe, 0, 0).await;
+        subscribe.sub_id
+    };
+    let (sub, sub_id) =
+        within(async { tokio::join!(client.subscribe("app", "orders/*"), server) }).await;
+    let mut sub = sub.expect("subscribed");
+    peer.topic_message(sub_id, "orders/eu", 7, 1).await;
+    peer.topic_message(sub_id, "orders/us", 9, 40).await;
+    peer.topic_message(sub_id, "orders/eu", 7, 2).await;
+    peer.topic_message(sub_id, "orders/eu", 7, 5).await;
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        match within(next_item(&mut sub)).await {
+            Some(Ok(Event::Message(message))) => {
+                assert_eq!(
+                    &message.payload[..],
+                    format!("{}#{}", message.topic(), message.seq).as_bytes()
+                );
+                seen.push(format!("{} #{}", message.topic(), message.seq));
+            }
+            Some(Ok(Event::Discontinuity(gap))) => seen.push(format!(
+                "gap {}..{} of {}",
+                gap.last_seq, gap.next_seq, gap.epoch
+            )),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "orders/eu #1",
+            "orders/us #40",
+            "orders/eu #2",
+            "gap 2..5 of 7",
+            "orders/eu #5"
+        ]
+    );
+    // A MESSAGE is not what a pattern subscription gets: the stream is
+    // broken, and the client says so.
+    peer.message(sub_id, 1, b"x").await;
+    match within(next_item(&mut sub)).await {
+        Some(Err(Error::ConnectionLost(reason))) => {
+            assert!(reason.contains("pattern"), "{reason}")
+        }
+        other => panic!("expected the connection to end, got {other:?}"),
+    }
+}

@@ -98,6 +98,18 @@ impl Peer {
         .await;
     }
 
+    /// A `TOPIC_MESSAGE` for a pattern subscription.
+    pub async fn topic_message(&mut self, sub_id: u32, topic: &str, epoch: u64, seq: u64) {
+        self.send(Frame::TopicMessage(corebus_net::TopicMessage {
+            sub_id,
+            epoch,
+            seq,
+            topic: topic.into(),
+            body: corebus_net::Body::plain(format!("{topic}#{seq}").as_bytes()),
+        }))
+        .await;
+    }
+
     pub async fn discontinuity(&mut self, sub_id: u32, epoch: u64, last_seq: u64, next_seq: u64) {
         self.send(Frame::Discontinuity(Discontinuity {
             sub_id,
