@@ -487,20 +487,29 @@ export class SubscriptionImpl implements Subscription {
       };
       this.callSafely('onDiscontinuity', () => this.handlers.onDiscontinuity?.(gap));
     }
+    this.deliver(frame.topic, frame);
+    return undefined;
+  }
+
+  /**
+   * Hands one item of `topic` to `onItem`, decompressed when it travelled
+   * compressed; one that cannot be is skipped and reported to `onError`,
+   * and delivery goes on (the stream itself is sound).
+   */
+  private deliver(topic: string, frame: MessageFrame | TopicMessageFrame): void {
     let payload = frame.payload;
     if (frame.compressed) {
       try {
         payload = decompressPayload(payload, this.maxDecompressed);
       } catch (error) {
         const problem = error as CorebusError;
-        const failure = new CorebusError('decompress_failed', `${frame.topic} #${frame.seq}: ${problem.message}`, { cause: problem });
+        const failure = new CorebusError('decompress_failed', `${topic} #${frame.seq}: ${problem.message}`, { cause: problem });
         this.callSafely('onError', () => this.handlers.onError?.(failure));
-        return undefined;
+        return;
       }
     }
-    const item = new DeliveredItem(this.namespace, frame.topic, frame.epoch, frame.seq, payload, frame.compressed);
+    const item = new DeliveredItem(this.namespace, topic, frame.epoch, frame.seq, payload, frame.compressed);
     this.callSafely('onItem', () => this.handlers.onItem(item));
-    return undefined;
   }
 
   handleMessage(binding: Binding, frame: MessageFrame): string | undefined {
@@ -520,21 +529,7 @@ export class SubscriptionImpl implements Subscription {
     // Another connection (during a switch-over) may have delivered it already.
     if (point !== undefined && point.epoch === frame.epoch && frame.seq <= point.seq) return undefined;
     this.resumePoint = { epoch: frame.epoch, seq: frame.seq };
-    let payload = frame.payload;
-    if (frame.compressed) {
-      try {
-        payload = decompressPayload(payload, this.maxDecompressed);
-      } catch (error) {
-        // The message is skipped, said so, and delivery goes on: the stream
-        // itself is sound.
-        const problem = error as CorebusError;
-        const failure = new CorebusError('decompress_failed', `${this.topic} #${frame.seq}: ${problem.message}`, { cause: problem });
-        this.callSafely('onError', () => this.handlers.onError?.(failure));
-        return undefined;
-      }
-    }
-    const item = new DeliveredItem(this.namespace, this.topic, frame.epoch, frame.seq, payload, frame.compressed);
-    this.callSafely('onItem', () => this.handlers.onItem(item));
+    this.deliver(this.topic, frame);
     return undefined;
   }
 

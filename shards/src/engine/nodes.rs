@@ -513,7 +513,8 @@ impl Shard {
     }
 
     /// Ends subscription `sub_id` on the link to `node`; whatever still
-    /// arrives for it is ignored.
+    /// arrives for it is ignored, and an unanswered request for it gets no
+    /// answer now.
     pub(super) fn unsubscribe_on_link(&mut self, node: SocketAddr, sub_id: u32) {
         let Some(link) = self.link_mut(node) else {
             return;
@@ -535,20 +536,8 @@ impl Shard {
             return;
         };
         let (node, sub_id) = (upstream.node, std::mem::take(&mut upstream.sub_id));
-        if sub_id == 0 {
-            return;
-        }
-        let Some(link) = self.link_mut(node) else {
-            return;
-        };
-        link.subs.remove(&sub_id);
-        // An unanswered request for it gets no answer now.
-        link.sub_requests.retain(|_, sub| *sub != sub_id);
-        if link.up {
-            let request_id = link.request_id();
-            corebus_net::Frame::Unsubscribe(corebus_net::Unsubscribe { request_id, sub_id })
-                .encode(&mut link.out);
-            link.kick();
+        if sub_id != 0 {
+            self.unsubscribe_on_link(node, sub_id);
         }
     }
 

@@ -73,6 +73,33 @@ function assertCleanStream(stream, { count, firstSeq = 1 }) {
   assert.equal(stream.lastSeq, firstSeq + count - 1, 'last seq');
 }
 
+/**
+ * Opens a page that subscribes to `topic` over WebSocket (the client) and
+ * SSE (the browser's EventSource), each checking the items against
+ * `payloads` (seq -> text); returns the page.
+ */
+async function subscribeBoth(env, topic, payloads) {
+  const page = await env.openPage(env.siteA.origin);
+  const token = env.userToken('ada', [topic]);
+  const viaWs = await env.evaluate(page, (o) => window.bus.wsStart(o), {
+    url: env.wsUrl,
+    token,
+    namespace: NS,
+    topic,
+    prefix: '',
+    expectedPayloads: payloads,
+  });
+  assert.equal(viaWs.ok, true, `subscribe failed: ${JSON.stringify(viaWs)}`);
+  const query = new URLSearchParams({ ns: NS, topic, token });
+  const viaSse = await env.evaluate(page, (o) => window.bus.sseStart(o), {
+    url: `http://${env.broker.wsAddr}/v1/sse?${query}`,
+    prefix: '',
+    expectedPayloads: payloads,
+  });
+  assert.equal(viaSse.ok, true, `the event stream failed: ${JSON.stringify(viaSse)}`);
+  return page;
+}
+
 export const cases = [
   {
     id: '1',
@@ -450,24 +477,7 @@ export const cases = [
     async run(env) {
       const topic = 'payloads';
       const payloads = { 1: 'two\nlines', 2: 'carriage\rreturn', 3: 'plain' };
-      const page = await env.openPage(env.siteA.origin);
-      const token = env.userToken('ada', [topic]);
-      const viaWs = await env.evaluate(page, (o) => window.bus.wsStart(o), {
-        url: env.wsUrl,
-        token,
-        namespace: NS,
-        topic,
-        prefix: '',
-        expectedPayloads: payloads,
-      });
-      assert.equal(viaWs.ok, true, `subscribe failed: ${JSON.stringify(viaWs)}`);
-      const query = new URLSearchParams({ ns: NS, topic, token });
-      const viaSse = await env.evaluate(page, (o) => window.bus.sseStart(o), {
-        url: `http://${env.broker.wsAddr}/v1/sse?${query}`,
-        prefix: '',
-        expectedPayloads: payloads,
-      });
-      assert.equal(viaSse.ok, true, `the event stream failed: ${JSON.stringify(viaSse)}`);
+      const page = await subscribeBoth(env, topic, payloads);
       for (const [seq, message] of Object.entries(payloads)) {
         assert.equal(await env.publishOne(NS, topic, message), Number(seq), 'corebus pub prints the seq');
       }
@@ -496,24 +506,7 @@ export const cases = [
       const topic = 'compressed';
       const book = JSON.stringify({ bids: Array.from({ length: 400 }, (_, i) => [100 - i / 100, i % 7]) });
       const payloads = { 1: book, 2: 'short' };
-      const page = await env.openPage(env.siteA.origin);
-      const token = env.userToken('ada', [topic]);
-      const viaWs = await env.evaluate(page, (o) => window.bus.wsStart(o), {
-        url: env.wsUrl,
-        token,
-        namespace: NS,
-        topic,
-        prefix: '',
-        expectedPayloads: payloads,
-      });
-      assert.equal(viaWs.ok, true, `subscribe failed: ${JSON.stringify(viaWs)}`);
-      const query = new URLSearchParams({ ns: NS, topic, token });
-      const viaSse = await env.evaluate(page, (o) => window.bus.sseStart(o), {
-        url: `http://${env.broker.wsAddr}/v1/sse?${query}`,
-        prefix: '',
-        expectedPayloads: payloads,
-      });
-      assert.equal(viaSse.ok, true, `the event stream failed: ${JSON.stringify(viaSse)}`);
+      const page = await subscribeBoth(env, topic, payloads);
       for (const [seq, message] of Object.entries(payloads)) {
         assert.equal(await env.publishOne(NS, topic, message, { compress: true }), Number(seq), 'corebus pub prints the seq');
       }
