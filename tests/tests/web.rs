@@ -347,6 +347,53 @@ async fn an_event_stream_delivers_items_and_resumes_after_its_last_event_id() {
     assert_eq!(got[3].2, "/wA=", "a payload that is not text, in base64");
 }
 
+/// A pattern over an event stream: its items as `topic-message` events
+/// naming their topics, with no `id` (a pattern is live only).
+#[tokio::test]
+async fn an_event_stream_of_a_pattern_names_each_items_topic() {
+    let broker = web_broker(2, &[], EngineConfig::default());
+    let publisher = Client::connect(broker.addr()).await.expect("connects");
+    let addr = broker.web_addr();
+    let stream = tokio::spawn(async move {
+        http(addr, &sse_request("ns=app&topic=orders%2F*", ""), |text| {
+            events(text).len() >= 3
+        })
+        .await
+    });
+    // The stream is subscribed once its first event is out; publish until
+    // both items have come (a publish before the subscription is not seen).
+    let deadline = std::time::Instant::now() + WAIT;
+    while !stream.is_finished() {
+        assert!(std::time::Instant::now() < deadline, "no events in time");
+        publisher
+            .publish("app", "orders/eu", "one")
+            .await
+            .expect("publish");
+        publisher
+            .publish("app", "invoices/eu", "not matched")
+            .await
+            .expect("publish");
+        publisher
+            .publish("app", "orders/us", "two")
+            .await
+            .expect("publish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = events(&stream.await.expect("task"));
+    assert_eq!(got[0].0, "subscribed");
+    assert_eq!(got[0].1, "", "no id: nothing to resume");
+    for (name, id, data) in &got[1..3] {
+        assert_eq!((name.as_str(), id.as_str()), ("topic-message", ""));
+        let item: serde_json::Value = serde_json::from_str(data).expect("JSON");
+        let topic = item["topic"].as_str().expect("a topic");
+        assert!(topic == "orders/eu" || topic == "orders/us", "{data}");
+        assert_eq!(
+            item["payload"],
+            if topic == "orders/eu" { "one" } else { "two" }
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_event_stream_with_a_bad_request_gets_a_status_and_the_reason() {
     let broker = web_broker(1, &[], EngineConfig::default());
