@@ -522,6 +522,38 @@ export const cases = [
   },
 
   {
+    id: '6e',
+    name: 'A pattern (`orders/*`) over WebSocket: items of every matching topic, each with its topic and its own sequence',
+    async run(env) {
+      const page = await env.openPage(env.siteA.origin);
+      const token = env.userToken('ada', ['orders/'], { prefix: true });
+      const started = await env.evaluate(page, (o) => window.bus.wsPatternStart(o), {
+        url: env.wsUrl,
+        token,
+        namespace: NS,
+        pattern: 'orders/*',
+      });
+      assert.equal(started.ok, true, `subscribe failed: ${JSON.stringify(started)}`);
+      for (const [topic, message] of [['orders/eu', 'one'], ['orders/us', 'two'], ['invoices/eu', 'no'], ['orders/eu', 'three']]) {
+        await env.publishOne(NS, topic, message);
+      }
+      const summary = await waitFor(() => env.evaluate(page, () => window.bus.wsPatternSummary()), {
+        until: (s) => s.items.length >= 3,
+        show: (s) => JSON.stringify(s),
+        ms: 10_000,
+        what: 'three pattern items',
+      });
+      assert.deepEqual(summary.items, [
+        { topic: 'orders/eu', seq: 1, text: 'one' },
+        { topic: 'orders/us', seq: 1, text: 'two' },
+        { topic: 'orders/eu', seq: 2, text: 'three' },
+      ]);
+      assert.deepEqual([summary.gaps, summary.errors], [[], []]);
+      return summary.items.map((item) => `${item.topic} #${item.seq}`).join(', ');
+    },
+  },
+
+  {
     id: '7',
     name: 'The notifications example end to end: sign in, two jobs, two notifications, screenshot',
     async run(env) {

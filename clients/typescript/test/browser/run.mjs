@@ -134,12 +134,12 @@ async function main() {
     screenshotDir,
     artifacts: [],
     /** A subscribe-only token for `topics` of browser-tests, as a back end mints it. */
-    userToken(user, topics, { iatOffset = 0, expOffset = 600 } = {}) {
+    userToken(user, topics, { iatOffset = 0, expOffset = 600, prefix = false } = {}) {
       return mintToken(secret, {
         sub: user,
         iat: unixNow() + iatOffset,
         exp: unixNow() + expOffset,
-        perm: topics.map((topic) => ({ ns: 'browser-tests', topic, sub: true })),
+        perm: topics.map((topic) => ({ ns: 'browser-tests', topic, sub: true, ...(prefix ? { prefix: true } : {}) })),
       });
     },
     publisher(namespace, topic) {

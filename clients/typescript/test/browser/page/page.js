@@ -215,6 +215,28 @@ async function wsClose() {
   return ws.client?.state;
 }
 
+// A pattern subscription over WebSocket: items of many topics, recorded as
+// they come (each topic's own sequence), with the discontinuities and errors.
+const patterns = { client: undefined, items: [], gaps: [], errors: [] };
+
+async function wsPatternStart({ url, token, namespace, pattern }) {
+  try {
+    patterns.client = await connect({ url, token, name: 'pattern-page', pingIntervalMs: 0 });
+    await patterns.client.subscribe(namespace, pattern, {
+      onItem: (item) => patterns.items.push({ topic: item.topic, seq: Number(item.seq), text: item.text() }),
+      onDiscontinuity: (gap) => patterns.gaps.push({ topic: gap.topic, lastSeq: Number(gap.lastSeq), nextSeq: Number(gap.nextSeq) }),
+      onError: (error) => patterns.errors.push(describe(error)),
+    });
+    return { ok: true };
+  } catch (error) {
+    return { ok: false, error: describe(error) };
+  }
+}
+
+function wsPatternSummary() {
+  return { items: patterns.items, gaps: patterns.gaps, errors: patterns.errors };
+}
+
 // ---------------------------------------------------------------------------
 // Server-Sent Events, with the browser's EventSource and no library
 
@@ -334,5 +356,5 @@ function sseClose() {
   return sse.source?.readyState;
 }
 
-window.bus = { wsStart, wsSummary, wsClose, sseStart, sseSummary, sseClose };
+window.bus = { wsStart, wsSummary, wsClose, wsPatternStart, wsPatternSummary, sseStart, sseSummary, sseClose };
 window.busReady = true;
