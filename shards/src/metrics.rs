@@ -73,6 +73,11 @@ pub struct ShardMetrics {
     pub topic_memory: u64,
     /// Topics with local subscribers here.
     pub local_topics: u64,
+    /// Patterns with local subscribers here.
+    pub local_patterns: u64,
+    /// Pattern registrations this shard matches every publish against
+    /// (one per pattern per shard with subscribers of it, in the broker).
+    pub patterns_matched: u64,
     /// Messages waiting to be handed to the cross-shard queues.
     pub mesh_backlog: u64,
     /// Time from a message being sequenced by its owner to its being queued

@@ -180,6 +180,18 @@ const FAMILIES: &[Family] = &[
         value: |m| m.local_topics,
     },
     Family {
+        name: "subscribed_patterns",
+        help: "Patterns (orders/*) with local subscribers.",
+        kind: MetricType::Gauge,
+        value: |m| m.local_patterns,
+    },
+    Family {
+        name: "pattern_registrations",
+        help: "Patterns subscribed to anywhere in the broker that this shard matches its publishes against.",
+        kind: MetricType::Gauge,
+        value: |m| m.patterns_matched,
+    },
+    Family {
         name: "mesh_backlog",
         help: "Messages waiting to enter the cross-shard queues.",
         kind: MetricType::Gauge,

@@ -406,6 +406,8 @@ impl Shard {
             owned_topics: self.owned.len() as u64,
             topic_memory: self.retained as u64,
             local_topics: self.local.len() as u64,
+            local_patterns: self.local_patterns.len() as u64,
+            patterns_matched: self.patterns.len() as u64,
             mesh_backlog: self.mesh_out.iter().map(|batch| batch.len() as u64).sum(),
             delivery_latency: self.delivery_latency.clone(),
             sends: Default::default(),

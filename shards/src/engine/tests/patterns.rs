@@ -115,6 +115,10 @@ fn subscriptions_of_one_pattern_share_its_registration() {
     assert_eq!(sub_ok(&cluster.take_conn(first), 1), Some((0, 0)));
     assert_eq!(sub_ok(&cluster.take_conn(second), 2), Some((0, 0)));
     assert_eq!(registrations(&cluster), vec![1, 1]);
+    let metrics = cluster.shards[0].metrics();
+    assert_eq!((metrics.local_patterns, metrics.patterns_matched), (1, 1));
+    assert_eq!(cluster.shards[1].metrics().local_patterns, 0);
+    assert_eq!(cluster.shards[1].metrics().patterns_matched, 1);
     cluster.send(publisher, publish(&topic("prices/eur/usd"), 5, "1.08"));
     cluster.pump();
     assert_eq!(topic_messages(&cluster.take_conn(first)).len(), 1);
