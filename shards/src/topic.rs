@@ -61,7 +61,7 @@ pub struct OwnedTopic {
     /// Shards with at least one subscriber or resume in flight, this one
     /// included, each with the handle of its table entry for the topic. A
     /// handful at most, so a small vector beats a set.
-    pub interested: Vec<(ShardId, LocalRef)>,
+    pub interested: smallvec::SmallVec<[(ShardId, LocalRef); 2]>,
     /// Coarse time (engine milliseconds) of the last publish or subscribe.
     pub last_active_ms: u64,
     /// The webhook generation `webhooks_wanted` was computed for (0: never).
@@ -87,7 +87,7 @@ impl OwnedTopic {
             epoch,
             last_seq: 0,
             ring: PayloadRing::default(),
-            interested: Vec::new(),
+            interested: smallvec::SmallVec::new(),
             last_active_ms: now_ms,
             webhooks_generation: 0,
             webhooks_wanted: false,

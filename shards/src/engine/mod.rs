@@ -154,7 +154,7 @@ pub(crate) struct LocalTopic {
     /// Live subscriptions waiting for activation: (conn, sub id, request id).
     waiting: Vec<(ConnId, u32, u32)>,
     /// Subscriptions receiving this shard's deliveries: (conn, sub id).
-    subscribers: Vec<(ConnId, u32)>,
+    subscribers: smallvec::SmallVec<[(ConnId, u32); 2]>,
     /// Resume requests sent to the owner and not yet answered.
     resumes_in_flight: u32,
 }
