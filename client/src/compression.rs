@@ -11,8 +11,6 @@
 
 use std::io::Read;
 
-use corebus_net::PayloadFormat;
-
 /// Whether, and how, a client compresses the payloads it publishes.
 ///
 /// Set for a whole client with
@@ -197,13 +195,6 @@ pub fn decompress(payload: &[u8], limit: usize) -> Result<Vec<u8>, DecompressErr
             "no zstd frame header (bad magic number or a truncated header)".into(),
         )),
     }
-}
-
-/// The wire format and bytes of a payload about to be published.
-pub(crate) fn encode(compression: Compression, payload: &[u8]) -> Option<(PayloadFormat, Vec<u8>)> {
-    compression
-        .apply(payload)
-        .map(|compressed| (PayloadFormat::Zstd, compressed))
 }
 
 #[cfg(test)]

@@ -120,8 +120,8 @@ impl Client {
         payload: impl Into<Bytes>,
     ) -> Result<PendingPublish, Error> {
         let payload: Bytes = payload.into();
-        let (format, payload) = match crate::compression::encode(self.compression, &payload) {
-            Some((format, compressed)) => (format, Bytes::from(compressed)),
+        let (format, payload) = match self.compression.apply(&payload) {
+            Some(compressed) => (PayloadFormat::Zstd, Bytes::from(compressed)),
             None => (PayloadFormat::Plain, payload),
         };
         let shared = self.shared();
@@ -195,9 +195,9 @@ impl Client {
         topic: &str,
         payload: impl AsRef<[u8]>,
     ) -> Result<(), Error> {
-        let compressed = crate::compression::encode(self.compression, payload.as_ref());
+        let compressed = self.compression.apply(payload.as_ref());
         let (format, payload) = match &compressed {
-            Some((format, compressed)) => (*format, &compressed[..]),
+            Some(compressed) => (PayloadFormat::Zstd, &compressed[..]),
             None => (PayloadFormat::Plain, payload.as_ref()),
         };
         let shared = self.shared();

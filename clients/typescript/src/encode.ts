@@ -41,8 +41,8 @@ export function validateName(namespace: string, topic: string): { namespace: Uin
     namespace: encodeName(namespace, 'namespace', MAX_NAMESPACE_BYTES),
     topic: encodeName(topic, 'topic', MAX_TOPIC_BYTES),
   };
-  const segments = topic.split('/');
-  if (segments.slice(0, -1).includes('>')) {
+  // Most names hold no `>`: they are not split.
+  if (topic.includes('>') && topic.split('/').slice(0, -1).includes('>')) {
     throw new CodecError('invalid_name', `topic ${JSON.stringify(topic)}: \`>\` may only be the last segment of a pattern`);
   }
   return names;
@@ -60,7 +60,7 @@ export function validateName(namespace: string, topic: string): { namespace: Uin
  * ```
  */
 export function isPattern(topic: string): boolean {
-  return topic.split('/').some((segment) => segment === '*' || segment === '>');
+  return (topic.includes('*') || topic.includes('>')) && topic.split('/').some((segment) => segment === '*' || segment === '>');
 }
 
 function encodeName(name: string, what: string, maxBytes: number): Uint8Array {

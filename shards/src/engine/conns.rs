@@ -250,12 +250,7 @@ impl Shard {
         let conns: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, state)| {
-                state
-                    .grant
-                    .as_ref()
-                    .is_none_or(|grant| grant.peer.is_none())
-            })
+            .filter(|(_, state)| !state.is_peer())
             .map(|(conn, _)| *conn)
             .collect();
         for conn in conns {

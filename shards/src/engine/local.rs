@@ -82,6 +82,19 @@ impl<E> LocalTopics<E> {
             .collect()
     }
 
+    /// Every entry.
+    pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut E> {
+        self.slots.iter_mut().filter_map(|slot| slot.entry.as_mut())
+    }
+
+    /// The entry `handle` names, unless it was removed since.
+    pub(super) fn by_handle(&self, handle: LocalRef) -> Option<&E> {
+        let slot = self.slots.get(handle.slot as usize)?;
+        (slot.generation == handle.generation)
+            .then_some(slot.entry.as_ref())
+            .flatten()
+    }
+
     /// The entry `handle` names, unless it was removed since.
     pub(super) fn by_handle_mut(&mut self, handle: LocalRef) -> Option<&mut E> {
         let slot = self.slots.get_mut(handle.slot as usize)?;

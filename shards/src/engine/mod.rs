@@ -205,6 +205,15 @@ struct ConnState {
     ping_outstanding: bool,
 }
 
+impl ConnState {
+    /// Whether the connection is a link from another node of the cluster.
+    fn is_peer(&self) -> bool {
+        self.grant
+            .as_ref()
+            .is_some_and(|grant| grant.peer.is_some())
+    }
+}
+
 /// One shard's state. See the module docs for who may mutate it.
 #[derive(Debug)]
 pub struct Shard {
@@ -378,15 +387,7 @@ impl Shard {
     /// Number of connections open on this shard that are clients, not
     /// links from other nodes of the cluster (a drain waits for these).
     pub fn client_connection_count(&self) -> usize {
-        self.conns
-            .values()
-            .filter(|state| {
-                state
-                    .grant
-                    .as_ref()
-                    .is_none_or(|grant| grant.peer.is_none())
-            })
-            .count()
+        self.conns.values().filter(|state| !state.is_peer()).count()
     }
 
     /// Counters and gauges for the metrics endpoint; the runtime adds its

@@ -459,14 +459,34 @@ impl Shard {
                 next_seq: 1,
             }
         };
+        let Some(sub_id) = self.subscribe_on_link(node, topic, Some(resume), pulling) else {
+            return;
+        };
+        if let Some(upstream) = self.owned.get_mut(topic).and_then(|t| t.upstream.as_mut()) {
+            upstream.sub_id = sub_id;
+            upstream.replaying = true;
+        }
+    }
+
+    /// Subscribes to `topic` (a mirror's topic, or a pattern) on the link
+    /// to `node` from `resume` (`None`: live), or with `handoff` asks for
+    /// its state, if the link is up; returns the subscription's id on the
+    /// link.
+    pub(super) fn subscribe_on_link(
+        &mut self,
+        node: SocketAddr,
+        topic: &TopicKey,
+        resume: Option<ResumePoint>,
+        handoff: bool,
+    ) -> Option<u32> {
         let link = self.link(node);
         if !link.up {
-            return;
+            return None;
         }
         let sub_id = link.new_sub(topic.clone());
         let request_id = link.request_id();
         link.sub_requests.insert(request_id, sub_id);
-        let encode = if pulling {
+        let encode = if handoff {
             encode_handoff_request
         } else {
             encode_subscribe
@@ -475,38 +495,9 @@ impl Shard {
             &mut link.out,
             request_id,
             sub_id,
-            Some(resume),
+            resume,
             topic.namespace_bytes(),
             topic.topic_bytes(),
-        );
-        link.kick();
-        if let Some(upstream) = self.owned.get_mut(topic).and_then(|t| t.upstream.as_mut()) {
-            upstream.sub_id = sub_id;
-            upstream.replaying = true;
-        }
-    }
-
-    /// Subscribes to `pattern` (live) on the link to `node`, if the link is
-    /// up; returns the subscription's id on the link.
-    pub(super) fn subscribe_on_link(
-        &mut self,
-        node: SocketAddr,
-        pattern: &TopicKey,
-    ) -> Option<u32> {
-        let link = self.link(node);
-        if !link.up {
-            return None;
-        }
-        let sub_id = link.new_sub(pattern.clone());
-        let request_id = link.request_id();
-        link.sub_requests.insert(request_id, sub_id);
-        encode_subscribe(
-            &mut link.out,
-            request_id,
-            sub_id,
-            None,
-            pattern.namespace_bytes(),
-            pattern.topic_bytes(),
         );
         link.kick();
         Some(sub_id)

@@ -288,12 +288,7 @@ impl Shard {
             let Some(state) = self.conns.get_mut(conn) else {
                 continue;
             };
-            if from_node
-                && state
-                    .grant
-                    .as_ref()
-                    .is_some_and(|grant| grant.peer.is_some())
-            {
+            if from_node && state.is_peer() {
                 continue;
             }
             // Encoded whole, with a copy of the body: the frame holds no
@@ -342,7 +337,7 @@ impl Shard {
             .filter(|node| !entry.remote.iter().any(|(at, _)| at == node))
             .collect();
         for node in missing {
-            let Some(sub_id) = self.subscribe_on_link(node, &pattern) else {
+            let Some(sub_id) = self.subscribe_on_link(node, &pattern, None, false) else {
                 continue;
             };
             if let Some(entry) = self.local_patterns.by_handle_mut(handle) {
@@ -355,18 +350,14 @@ impl Shard {
     /// with client subscribers subscribe where they are missing.
     pub(super) fn resubscribe_patterns(&mut self) {
         for handle in self.local_patterns.handles() {
-            let has_clients = self
-                .local_patterns
-                .by_handle_mut(handle)
-                .map(|entry| {
-                    entry
-                        .subscribers
-                        .iter()
-                        .map(|(conn, _)| *conn)
-                        .chain(entry.waiting.iter().map(|(conn, _, _)| *conn))
-                        .collect::<Vec<_>>()
-                })
-                .is_some_and(|conns| conns.iter().any(|conn| !self.is_peer(*conn)));
+            let has_clients = self.local_patterns.by_handle(handle).is_some_and(|entry| {
+                entry
+                    .subscribers
+                    .iter()
+                    .map(|(conn, _)| *conn)
+                    .chain(entry.waiting.iter().map(|(conn, _, _)| *conn))
+                    .any(|conn| !self.is_peer(conn))
+            });
             if has_clients {
                 self.subscribe_pattern_remotely(handle);
             }
@@ -376,10 +367,8 @@ impl Shard {
     /// Cluster: the link to `node` is down; the patterns' subscriptions on
     /// it are gone with it.
     pub(super) fn forget_remote_patterns(&mut self, node: SocketAddr) {
-        for handle in self.local_patterns.handles() {
-            if let Some(entry) = self.local_patterns.by_handle_mut(handle) {
-                entry.remote.retain(|(at, _)| *at != node);
-            }
+        for entry in self.local_patterns.values_mut() {
+            entry.remote.retain(|(at, _)| *at != node);
         }
     }
 
@@ -390,8 +379,8 @@ impl Shard {
         }
     }
 
-    /// Cluster: a `TOPIC_MESSAGE` on the link to `node`, for the pattern
-    /// its subscription `sub_id` stands for: to the entry's clients.
+    /// Cluster: a `TOPIC_MESSAGE` from another node, for `pattern` (what
+    /// its subscription on the link stands for): to the entry's clients.
     pub(super) fn remote_pattern_message(&mut self, pattern: &TopicKey, message: TopicMessage) {
         let Some(handle) = self.local_patterns.handle(pattern) else {
             return;

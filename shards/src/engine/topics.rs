@@ -38,10 +38,7 @@ impl Shard {
                 return;
             };
             // A peer node's in-flight publishes are bounded by its clients'.
-            let peer = state
-                .grant
-                .as_ref()
-                .is_some_and(|grant| grant.peer.is_some());
+            let peer = state.is_peer();
             if state.in_flight >= max && !peer {
                 // Refused, not dropped silently: the client is told which one.
                 return self.send_error(
@@ -519,11 +516,7 @@ impl Shard {
                 Delivery::Closing => {}
             }
         }
-        if state
-            .grant
-            .as_ref()
-            .is_some_and(|grant| grant.peer.is_some())
-        {
+        if state.is_peer() {
             // A node mirroring the topic learns where the replay ends.
             slow |= state
                 .outbox
@@ -552,10 +545,7 @@ impl Shard {
         };
         // A peer node's subscriptions stand for its clients', which that
         // node bounds; only the broker-wide count applies.
-        let peer = state
-            .grant
-            .as_ref()
-            .is_some_and(|grant| grant.peer.is_some());
+        let peer = state.is_peer();
         if !peer && state.subscriptions.len() >= config.max_subscriptions_per_conn {
             let max = config.max_subscriptions_per_conn;
             return Err(format!("a connection may hold at most {max} subscriptions"));
