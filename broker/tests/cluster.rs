@@ -2189,3 +2189,71 @@ fn a_node_down_while_the_log_is_compacted_catches_up_from_a_snapshot() {
         eprintln!("node 3 caught up from a snapshot {took:?} after its restart");
     });
 }
+
+/// Percentile `p` (0-100) of sorted `durations`, nearest rank.
+fn percentile(durations: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * durations.len() as f64).ceil() as usize;
+    durations[rank.clamp(1, durations.len()) - 1]
+}
+
+/// Not a test of a target (timings on a shared 2-core machine are noise
+/// for a test): the figures the control plane's documentation quotes,
+/// printed on demand with
+/// `cargo nextest run -p corebus --profile checked --run-ignored only control_plane_timings --no-capture`.
+/// Three TLS nodes; 100 `webhook add`s answered through the leader's own
+/// node and 100 through a follower (forwarded), each timed from the call to
+/// its answer (committed and applied on every member); then five times a
+/// follower killed, three adds and a remove made without it, and the time
+/// from its restart (process start included) until it lists the same
+/// webhooks.
+#[test]
+#[ignore = "prints figures; run by hand"]
+fn control_plane_timings() {
+    let secret = TempFile::new("cluster-secret-control-timings", SECRET);
+    let certs = corebus_tests::test_certs_for_nodes(3);
+    let (mut nodes, start) = three_tls_nodes(&secret, &certs);
+    runtime().block_on(async {
+        let clients = tls_clients(&nodes, &certs).await;
+        add_when_available(&clients[0], &unreachable_spec("warm-up")).await;
+        let leader = control_leader(&clients[0]).await;
+        let follower = (leader + 1) % 3;
+        for (label, node) in [("leader's node", leader), ("a follower", follower)] {
+            let mut took = Vec::new();
+            for i in 0..100 {
+                let spec = unreachable_spec(&format!("timed-{node}-{i}"));
+                let started = Instant::now();
+                clients[node].add_webhook(&spec).await.expect("added");
+                took.push(started.elapsed());
+            }
+            took.sort();
+            eprintln!(
+                "webhook add through {label}: p50 {:?}, p99 {:?}, max {:?} (100 adds)",
+                percentile(&took, 50.0),
+                percentile(&took, 99.0),
+                took[took.len() - 1]
+            );
+        }
+        let down = (leader + 2) % 3;
+        let mut caught_up = Vec::new();
+        for round in 0..5 {
+            nodes[down].child.kill().expect("kill -9");
+            let _ = nodes[down].child.wait();
+            let mut added = Vec::new();
+            for i in 0..3 {
+                let spec = unreachable_spec(&format!("down-{round}-{i}"));
+                added.push(add_when_available(&clients[leader], &spec).await.id);
+            }
+            clients[leader]
+                .remove_webhook(&added[0])
+                .await
+                .expect("removed");
+            let expected = webhook_ids(&clients[leader]).await;
+            let started = Instant::now();
+            nodes[down] = start(u8::try_from(down + 1).expect("three nodes"));
+            let restarted = tls_client(&nodes[down].addr, &certs).await;
+            await_ids(&restarted, &expected, Duration::from_secs(10)).await;
+            caught_up.push(started.elapsed());
+        }
+        eprintln!("restart to caught up (process start included): {caught_up:?}");
+    });
+}

@@ -845,6 +845,9 @@ impl Plane {
     async fn wait_applied(&self, index: u64) -> Vec<SocketAddr> {
         let deadline = Instant::now() + APPLY_WAIT;
         let mut waiting: Vec<SocketAddr> = self.members_up();
+        // Followers apply an entry a round trip or two after the leader
+        // does: ask again soon, then less often.
+        let mut pause = Duration::from_millis(1);
         loop {
             let mut still = Vec::new();
             for addr in waiting {
@@ -868,7 +871,8 @@ impl Plane {
                 return still;
             }
             waiting = still;
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(25));
         }
     }
 
