@@ -20,7 +20,8 @@
 # (seconds per throughput run, default 5), LATENCY_DURATION (default 10),
 # ROUNDS (default 3),
 # RATE (latency scenario msgs/s published, default 10000; each of the 16
-# subscribers receives all of them), CONNECTIONS (default 10000),
+# subscribers receives all of them), CONNECTIONS (default auto: as many as
+# the open-file limit allows, 19,700 under 20000, at most 100,000),
 # COREBUS_PORT / NATS_PORT / REDIS_PORT (defaults 17400 / 14222 / 16379),
 # CARGO_TARGET_DIR (where cargo builds, default target). The WebSocket
 # scenario is bench/compare_ws.sh; both share bench/lib.sh.
@@ -31,15 +32,15 @@ DURATION=${DURATION:-5}
 LATENCY_DURATION=${LATENCY_DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 RATE=${RATE:-10000}
-CONNECTIONS=${CONNECTIONS:-10000}
+CONNECTIONS=${CONNECTIONS:-auto}
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 STAMP=${STAMP:-$(machine_kind)}
 
 # --- prerequisites -----------------------------------------------------------
 install_brokers nats-server redis-server
-# The connections scenario needs about 2 x CONNECTIONS + 200 open files in
-# the broker (see lib.sh); CONNECTIONS shrinks to what the limit allows.
+# The connections scenario needs CONNECTIONS + 300 open files in the broker
+# and in the harness (see lib.sh).
 raise_limits
 CONNECTIONS=$(fit_connections "$CONNECTIONS")
 MAX_CLIENTS=$((CONNECTIONS + 1000))
@@ -60,7 +61,7 @@ SUITE=(
     "$MANY"
     "--scenario latency --rate $RATE --subscribers 16 --size 128 --duration $LATENCY_DURATION"
 )
-CONNECTIONS_RUN="--scenario connections --subscribers $CONNECTIONS --size 128 --duration 10"
+CONNECTIONS_RUN="--scenario connections --subscribers $CONNECTIONS --topics 1000 --size 128 --duration 10"
 
 # corebus only, with --acks (first round): the 128-byte throughput runs.
 ACKED=("${SUITE[0]}" "${SUITE[2]}" "${SUITE[3]}")

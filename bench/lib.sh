@@ -75,23 +75,26 @@ install_brokers() { # package...
 }
 
 # The broker and the harness are separate processes, each with this shell's
-# open-file limit. The harness needs one descriptor per connection (plus 256
-# spare, checked by corebus-bench itself); corebus needs two (the socket and
-# its writer's dup) plus BROKER_SPARE for listeners, io_uring rings, eventfds
-# and logs (15 when idle with 2 shards), which is what binds: 10,000
-# connections need a limit of 2 x 10,000 + BROKER_SPARE = 20,200. Where the
-# hard limit cannot be raised (no CAP_SYS_RESOURCE, e.g. in a container),
-# fit_connections shrinks a count to the largest multiple of 100 that fits
-# (9,900 under a hard limit of 20000) and says so.
-BROKER_SPARE=200
+# open-file limit. Each needs one descriptor per connection, plus a few:
+# the harness 256 (checked by corebus-bench itself), corebus about 15 when
+# idle with 2 shards (listeners, io_uring rings, eventfds, logs), NATS and
+# Redis a few more. FILES_SPARE covers them all: a limit of 20000 runs
+# 19,700 connections. CONNECTIONS=auto (the default) takes the most the
+# limit allows, up to MAX_AUTO_CONNECTIONS; a count asked for that does not
+# fit shrinks to the largest multiple of 100 that does, with a warning.
+FILES_SPARE=300
+MAX_AUTO_CONNECTIONS=100000
 raise_limits() {
     ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
     # glommio needs locked memory for io_uring.
     ulimit -l unlimited 2>/dev/null || ulimit -l "$(ulimit -Hl)" 2>/dev/null || true
 }
-fit_connections() { # wanted count -> the count to run
-    local fits=$(( ($(ulimit -n) - BROKER_SPARE) / 2 / 100 * 100 ))
-    if [ "$fits" -lt "$1" ]; then
+fit_connections() { # wanted count or auto -> the count to run
+    local fits=$(( ($(ulimit -n) - FILES_SPARE) / 100 * 100 ))
+    if [ "$1" = auto ]; then
+        [ "$fits" -ge 1000 ] || die "open-file limit $(ulimit -n) is too low for the connections scenario; raise it (ulimit -n)"
+        echo $(( fits < MAX_AUTO_CONNECTIONS ? fits : MAX_AUTO_CONNECTIONS ))
+    elif [ "$fits" -lt "$1" ]; then
         [ "$fits" -ge 1000 ] || die "open-file limit $(ulimit -n) is too low for the connections scenario; raise it (ulimit -n)"
         printf '%s: WARNING: the open-file limit is %s (hard %s): running the connections scenario with %s connections instead of %s\n' \
             "$(basename "$0")" "$(ulimit -n)" "$(ulimit -Hn)" "$fits" "$1" >&2

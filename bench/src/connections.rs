@@ -6,6 +6,12 @@
 //! how long it takes to wake all of them. Subscriber `i` reads topic
 //! `i mod topics`; the publisher sends one message to every topic, so every
 //! connection expects exactly one message.
+//!
+//! corebus's native connections come from source addresses spread over
+//! 127.0.0.0/8 ([`source_address`]): one address has about 28,000 source
+//! ports towards one listener, so a machine whose file limit allows
+//! 100,000 connections needs several. The other brokers' client libraries
+//! cannot bind an address; they reach the count one address allows.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,6 +23,7 @@ use tokio::time::Instant;
 use crate::driver::{Endpoint, Publisher, Subscriber};
 use crate::load::{topic_names, CONNECT_CONCURRENCY, FINISH_TIMEOUT};
 use crate::options::Plan;
+use crate::options::Target;
 use crate::payload::{Header, PayloadWriter};
 use crate::progress::Progress;
 use crate::report::{ConnectionsReport, LatencyUs, Report};
@@ -28,6 +35,17 @@ use crate::BenchError;
 const SETTLE: Duration = Duration::from_millis(500);
 /// Limit on delivering every message, beyond `--duration`.
 const DELIVERY_LIMIT: Duration = Duration::from_secs(30);
+
+/// Loopback addresses the connections come from, in turn.
+const SOURCE_ADDRESSES: usize = 250;
+
+/// The local address subscriber `index` connects from: 127.0.0.2 to
+/// 127.0.0.251 in turn for corebus's native driver (on a loopback URL, as
+/// every URL of the harness is), the system's choice for the others.
+fn source_address(endpoint: &Endpoint, index: usize) -> Option<std::net::IpAddr> {
+    (endpoint.target == Target::Corebus && endpoint.ws_url.is_none())
+        .then(|| std::net::IpAddr::from([127, 0, 0, 2 + (index % SOURCE_ADDRESSES) as u8]))
+}
 
 /// What one idle connection received.
 enum Outcome {
@@ -58,7 +76,9 @@ pub async fn run(plan: &Plan, endpoint: &Endpoint) -> Result<Report, BenchError>
                 let topic = &topics[index % plan.topics];
                 let opened = &opened;
                 async move {
-                    let subscriber = Subscriber::connect(endpoint, &[topic.as_str()]).await?;
+                    let local = source_address(endpoint, index);
+                    let subscriber =
+                        Subscriber::connect_from(endpoint, &[topic.as_str()], local).await?;
                     opened.fetch_add(1, Ordering::Relaxed);
                     Ok((index, subscriber))
                 }
@@ -118,6 +138,9 @@ pub async fn run(plan: &Plan, endpoint: &Endpoint) -> Result<Report, BenchError>
     let mut report = Report::for_plan(plan);
     let mut latency = latency_histogram();
     let mut last_ns = publish_started_ns;
+    // Per topic: when its last subscriber had the message, and when it was
+    // published.
+    let mut topic_last: Vec<Option<(u64, u64)>> = vec![None; plan.topics];
     let mut failures = Vec::new();
     for task in waiting {
         match task
@@ -128,6 +151,9 @@ pub async fn run(plan: &Plan, endpoint: &Endpoint) -> Result<Report, BenchError>
                 report.delivered += 1;
                 last_ns = last_ns.max(at_ns);
                 latency.saturating_record(at_ns.saturating_sub(header.sent_ns).max(1));
+                let last = &mut topic_last[header.topic as usize];
+                let (seen, _) = last.get_or_insert((at_ns, header.sent_ns));
+                *seen = (*seen).max(at_ns);
             }
             Outcome::Failed(reason) => failures.push(reason),
         }
@@ -152,8 +178,22 @@ pub async fn run(plan: &Plan, endpoint: &Endpoint) -> Result<Report, BenchError>
         }
         _ => None,
     };
+    // From each topic's publish until its last subscriber had it.
+    let mut topic_ms: Vec<f64> = topic_last
+        .iter()
+        .flatten()
+        .map(|(at, sent)| at.saturating_sub(*sent) as f64 / 1e6)
+        .collect();
+    topic_ms.sort_by(f64::total_cmp);
+    let rank = |p: f64| {
+        let index = ((p * topic_ms.len() as f64).ceil() as usize).clamp(1, topic_ms.len().max(1));
+        topic_ms.get(index - 1).copied()
+    };
     report.connections = Some(ConnectionsReport {
         connect_s,
+        connects_per_s: Some(plan.subscribers as f64 / connect_s),
+        topic_last_p50_ms: rank(0.50),
+        topic_last_p99_ms: rank(0.99),
         rss_before_kib: rss_before,
         rss_after_kib: rss_after,
         rss_per_connection_bytes,

@@ -52,6 +52,16 @@ pub struct ConnectionsReport {
     /// Milliseconds from the first publish until every connection had its
     /// message.
     pub deliver_all_ms: f64,
+    /// Connections opened and subscribed per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connects_per_s: Option<f64>,
+    /// Over topics, the time from a topic's publish until its last
+    /// subscriber had the message, milliseconds: the median...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_last_p50_ms: Option<f64>,
+    /// ... and the 99th percentile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_last_p99_ms: Option<f64>,
 }
 
 /// The result of one run.

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::options::{Scenario, Target};
-use crate::report::{human, Report};
+use crate::report::{human, ConnectionsReport, Report};
 use crate::workloads::{
     by_workload, corebus_ran_only_as_variant, rounds, workload_label, NO_AFFINITY_SUFFIX,
     WEBSOCKET_SUFFIX,
@@ -271,6 +271,32 @@ pub fn markdown(summary: &Summary) -> String {
         "time to deliver one message to each",
         &rows_of(&rows, |r| r.connections.as_ref().map(|c| c.deliver_all_ms)),
         |value| format!("{value:.0} ms"),
+    );
+    for (name, pick) in [
+        (
+            "a topic's last subscriber served, p50 over topics",
+            (|c: &ConnectionsReport| c.topic_last_p50_ms) as fn(&ConnectionsReport) -> Option<f64>,
+        ),
+        (
+            "a topic's last subscriber served, p99 over topics",
+            |c: &ConnectionsReport| c.topic_last_p99_ms,
+        ),
+    ] {
+        table(
+            &mut out,
+            name,
+            &rows_of(&rows, |r| r.connections.as_ref().and_then(pick)),
+            |value| format!("{value:.1} ms"),
+        );
+    }
+    // Higher is better here: the ratio reads the other way.
+    table(
+        &mut out,
+        "connections opened and subscribed per second (higher is better)",
+        &rows_of(&rows, |r| {
+            r.connections.as_ref().and_then(|c| c.connects_per_s)
+        }),
+        |value| format!("{value:.0}/s"),
     );
     if rounds > 1 {
         every_round(&mut out, &summary.runs);

@@ -16,8 +16,11 @@ use crate::config;
 /// The oldest kernel whose io_uring glommio supports.
 pub const MIN_KERNEL: (u32, u32) = (5, 8);
 /// Open-files soft limit below which `doctor` warns. Each connection holds
-/// two descriptors (the socket and the writer's `dup`).
+/// one descriptor; the broker needs a few more (listeners, io_uring rings,
+/// eventfds, logs, about 15 with 2 shards), counted as [`BROKER_SPARE_FILES`].
 pub const RECOMMENDED_NOFILE: u64 = 65_536;
+/// Descriptors the broker holds besides its connections, with room to spare.
+pub const BROKER_SPARE_FILES: u64 = 100;
 
 const MEMLOCK_FIX: &str = "`ulimit -l unlimited` in the shell that starts corebus (as root), \
     `LimitMEMLOCK=infinity` in its systemd unit, or a line `<user> - memlock unlimited` in \
@@ -118,8 +121,93 @@ pub fn check_host(shards: Shards) -> Vec<Check> {
         check_io_uring(),
         check_memlock(shard_count),
         check_nofile(),
+        check_somaxconn(read_proc_number("/proc/sys/net/core/somaxconn")),
+        check_memory(read_mem_available_kib()),
         check_cpus(&cpus, shard_count),
     ]
+}
+
+/// The backlog each shard's listener asks for (`corebus_shards`' listen).
+const LISTEN_BACKLOG: u64 = 4096;
+/// Broker memory per idle subscriber connection, measured by the bench
+/// harness (`bench/compare_connections.sh`: 8.7 KiB with 19,700
+/// connections), rounded up with room for the kernel's own socket state.
+const MEMORY_PER_CONNECTION_KIB: u64 = 16;
+/// Below this much available memory `doctor` warns.
+const MIN_AVAILABLE_KIB: u64 = 256 * 1024;
+
+fn read_proc_number(path: &str) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn read_mem_available_kib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The kernel caps every listener's backlog at `net.core.somaxconn`: a
+/// burst of new connections beyond it (many clients reconnecting at once)
+/// waits for the client's SYN retry, a second or more.
+fn check_somaxconn(somaxconn: Option<u64>) -> Check {
+    match somaxconn {
+        Some(value) if value >= LISTEN_BACKLOG => Check::ok(
+            "somaxconn",
+            format!("net.core.somaxconn {value} (each shard's listener asks for {LISTEN_BACKLOG})"),
+        ),
+        Some(value) => Check::problem(
+            "somaxconn",
+            Status::Warn,
+            format!(
+                "net.core.somaxconn {value} caps each shard's listen backlog below the \
+                 {LISTEN_BACKLOG} it asks for: a burst of reconnecting clients waits for SYN \
+                 retries"
+            ),
+            &format!(
+                "`sysctl -w net.core.somaxconn={LISTEN_BACKLOG}`, and the same line in \
+                 /etc/sysctl.d/90-corebus.conf (see docs/operations.md, Tune the kernel)"
+            ),
+        ),
+        None => Check::problem(
+            "somaxconn",
+            Status::Warn,
+            "cannot read /proc/sys/net/core/somaxconn".into(),
+            "check that /proc is mounted",
+        ),
+    }
+}
+
+/// How many idle connections the available memory holds, roughly.
+fn check_memory(available_kib: Option<u64>) -> Check {
+    let Some(kib) = available_kib else {
+        return Check::problem(
+            "memory",
+            Status::Warn,
+            "cannot read MemAvailable from /proc/meminfo".into(),
+            "check that /proc is mounted",
+        );
+    };
+    let detail = format!(
+        "{} MiB available: about {} idle connections at {MEMORY_PER_CONNECTION_KIB} KiB each \
+         (broker and kernel), before messages, rings and outboxes",
+        kib / 1024,
+        kib / MEMORY_PER_CONNECTION_KIB
+    );
+    if kib >= MIN_AVAILABLE_KIB {
+        Check::ok("memory", detail)
+    } else {
+        Check::problem(
+            "memory",
+            Status::Warn,
+            detail,
+            "give the host more memory, or run less beside the broker",
+        )
+    }
 }
 
 /// `corebus doctor --json`: every check, and whether none failed.
@@ -388,10 +476,10 @@ fn check_nofile() -> Check {
             Status::Warn,
             format!(
                 "open-files limit {} (hard {}) is below {RECOMMENDED_NOFILE}: each connection \
-                 holds two descriptors, so about {} connections at most",
+                 holds one descriptor, so about {} connections at most",
                 count(limit.rlim_cur),
                 count(limit.rlim_max),
-                limit.rlim_max / 2
+                count(limit.rlim_max.saturating_sub(BROKER_SPARE_FILES))
             ),
             NOFILE_FIX,
         )
@@ -497,6 +585,32 @@ mod tests {
         assert_eq!(parse_kernel_version("4.19.0-cloud"), Some((4, 19)));
         assert_eq!(parse_kernel_version("garbage"), None);
         assert!((5, 10) >= MIN_KERNEL && (4, 19) < MIN_KERNEL && (5, 7) < MIN_KERNEL);
+    }
+
+    #[test]
+    fn a_low_somaxconn_is_a_warning_with_the_sysctl() {
+        let low = check_somaxconn(Some(128));
+        assert_eq!(low.status, Status::Warn);
+        assert!(low.detail.contains("128"), "{}", low.detail);
+        assert!(low
+            .fix
+            .as_deref()
+            .is_some_and(|fix| fix.contains("net.core.somaxconn=4096")));
+        assert_eq!(check_somaxconn(Some(4096)).status, Status::Ok);
+        assert_eq!(check_somaxconn(None).status, Status::Warn);
+    }
+
+    #[test]
+    fn memory_is_counted_in_idle_connections() {
+        let check = check_memory(Some(16 * 1024 * 1024));
+        assert_eq!(check.status, Status::Ok);
+        assert!(
+            check.detail.contains("16384 MiB available: about 1048576 idle connections"),
+            "{}",
+            check.detail
+        );
+        assert_eq!(check_memory(Some(128 * 1024)).status, Status::Warn);
+        assert_eq!(check_memory(None).status, Status::Warn);
     }
 
     #[test]

@@ -280,7 +280,15 @@ fn doctor_passes_here_and_prints_every_check() {
     let out = output(corebus(&["doctor"], &[]));
     let report = text(&out.stdout);
     assert!(out.status.success(), "{report}{}", text(&out.stderr));
-    for name in ["kernel", "io_uring", "memlock", "nofile", "cpus"] {
+    for name in [
+        "kernel",
+        "io_uring",
+        "memlock",
+        "nofile",
+        "somaxconn",
+        "memory",
+        "cpus",
+    ] {
         let line = report
             .lines()
             .find(|line| line.split_whitespace().nth(1) == Some(name))
@@ -290,7 +298,7 @@ fn doctor_passes_here_and_prints_every_check() {
             "{line}"
         );
     }
-    assert!(report.contains("5 checks: "), "{report}");
+    assert!(report.contains("7 checks: "), "{report}");
     // Every warning comes with its fix.
     let warnings = report
         .lines()
@@ -311,7 +319,18 @@ fn doctor_passes_here_and_prints_every_check() {
         .iter()
         .map(|check| check["name"].as_str().expect("a name"))
         .collect();
-    assert_eq!(names, ["kernel", "io_uring", "memlock", "nofile", "cpus"]);
+    assert_eq!(
+        names,
+        [
+            "kernel",
+            "io_uring",
+            "memlock",
+            "nofile",
+            "somaxconn",
+            "memory",
+            "cpus"
+        ]
+    );
 }
 
 #[test]

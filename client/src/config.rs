@@ -110,6 +110,14 @@ pub struct ClientConfig {
     /// [`Error::Decompress`](crate::Error::Decompress) instead of allocated.
     /// Default 16 MiB (16 times the broker's default frame limit).
     pub max_decompressed: usize,
+    /// The local address to connect from (every connect and reconnect);
+    /// `None` (the default) lets the system choose. Each local address
+    /// offers about 28,000 source ports (Linux's default ephemeral range),
+    /// so a host that opens more connections than that to one broker
+    /// spreads them over several addresses (on loopback: any of
+    /// 127.0.0.0/8). An address of the other family than the broker's is
+    /// an error at connect.
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 /// The topic a connection should sit next to; see
@@ -195,6 +203,7 @@ impl Default for ClientConfig {
             topic_affinity: None,
             compression: crate::Compression::Off,
             max_decompressed: 16 << 20,
+            local_address: None,
         }
     }
 }

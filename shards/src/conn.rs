@@ -2,11 +2,11 @@
 //! engine, and a writer that drains the connection's outbox with vectored
 //! writes.
 //!
-//! glommio's `TcpStream` needs `&mut` for both directions and has no vectored
-//! write, so the writer owns a second descriptor of the same socket (`dup`) and
-//! sends with non-blocking `sendmsg`, queued in the shard's [`SendBatch`] so
-//! that every connection's send of one turn leaves in one submission; only
-//! when the kernel buffer is full does it fall back to glommio's awaiting
+//! Both tasks hold the one socket ([`SharedSocket`]: one file descriptor per
+//! connection). glommio's stream has no vectored write, so the writer sends
+//! with non-blocking `sendmsg`, queued in the shard's [`SendBatch`] so that
+//! every connection's send of one turn leaves in one submission; only when
+//! the kernel buffer is full does it fall back to glommio's awaiting
 //! `write`, which parks on io_uring until the socket drains.
 //!
 //! With TLS, both tasks share the connection's `rustls::ServerConnection`: the
@@ -18,7 +18,7 @@ use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,6 +39,7 @@ use tracing::{debug, error_span, Instrument, Span};
 use crate::engine::{ConnId, Flow, Shard};
 use crate::outbox::{OutFrame, ENCODE_BELOW};
 use crate::sends::SendBatch;
+use crate::socket::SharedSocket;
 use crate::web::{Input, WebConn, Wrapped};
 
 /// Bytes asked of the kernel per read: start small, so an idle connection
@@ -229,6 +230,7 @@ pub async fn serve(
     stream: TcpStream,
     limits: Limits,
     sends: Rc<SendBatch>,
+    at_file_limit: bool,
 ) {
     let peer = stream.peer_addr().ok();
     // A socket over a handshake cap is closed at once: it has proved nothing,
@@ -253,7 +255,7 @@ pub async fn serve(
         Some(peer) => error_span!("conn", %id, %peer),
         None => error_span!("conn", %id, peer = "unknown"),
     };
-    serve_conn(shard, conn, stream, limits, sends, handshake)
+    serve_conn(shard, conn, stream, limits, sends, handshake, at_file_limit)
         .instrument(span)
         .await;
 }
@@ -265,33 +267,14 @@ async fn serve_conn(
     limits: Limits,
     sends: Rc<SendBatch>,
     handshake: HandshakeSlot,
+    at_file_limit: bool,
 ) {
     debug!("connection accepted");
     let mut handshake = Some(handshake);
     if let Err(err) = stream.set_nodelay(true) {
         debug!(%err, "cannot set TCP_NODELAY");
     }
-    let writer_stream = match dup_stream(&stream) {
-        Ok(writer) => writer,
-        Err(err) => {
-            // EMFILE, typically: no descriptor left for the writer's copy.
-            // The socket itself works, and with nothing more to read the
-            // writer can have it to send the refusal; with TLS, the refusal
-            // would need a handshake first, which needs the reader too.
-            shard.borrow_mut().refuse_conn(
-                conn,
-                format!("the broker cannot take another connection now ({err})"),
-            );
-            if limits.tls.is_none() {
-                let web = limits
-                    .web
-                    .map(|origins| Rc::new(RefCell::new(WebConn::new(origins, false))));
-                write_loop(shard.clone(), conn, stream, None, web, sends).await;
-            }
-            shard.borrow_mut().close_conn(conn);
-            return;
-        }
-    };
+    let stream = SharedSocket::new(stream);
     let tls: Option<Tls> = match &limits.tls {
         None => None,
         Some(config) => {
@@ -317,9 +300,16 @@ async fn serve_conn(
         .clone()
         .map(|origins| Rc::new(RefCell::new(WebConn::new(origins, limits.tls.is_some()))));
     // Over a limit, the connection still gets a typed error before it closes.
-    let admitted = limits.total.acquire();
+    let admitted = !at_file_limit && limits.total.acquire();
     let over_shard_limit = shard.borrow().over_connection_limit();
-    if !admitted {
+    if at_file_limit {
+        shard.borrow_mut().refuse_conn(
+            conn,
+            "the broker is at its open-file limit (Too many open files): raise it, see \
+             `corebus doctor`"
+                .into(),
+        );
+    } else if !admitted {
         let max = limits.total.max.load(Ordering::Acquire);
         shard.borrow_mut().refuse_conn(
             conn,
@@ -335,7 +325,7 @@ async fn serve_conn(
         write_loop(
             shard.clone(),
             conn,
-            writer_stream,
+            stream.clone(),
             tls.clone(),
             web.clone(),
             sends,
@@ -378,18 +368,6 @@ async fn serve_conn(
     }
 }
 
-pub(crate) fn dup_stream(stream: &TcpStream) -> io::Result<TcpStream> {
-    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor we own returns a new
-    // descriptor or -1; it does not touch memory.
-    let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor of a connected TCP socket that nothing
-    // else owns; the new TcpStream takes ownership and closes it.
-    Ok(unsafe { TcpStream::from_raw_fd(fd) })
-}
-
 /// How long a reader has held its shard: bytes read since its socket last
 /// ran dry or it last gave the others a turn.
 #[derive(Debug, Default)]
@@ -418,7 +396,7 @@ impl ReadTurn {
 async fn read_loop(
     shard: &Rc<RefCell<Shard>>,
     conn: ConnId,
-    mut stream: TcpStream,
+    mut stream: SharedSocket,
     tls: Option<Tls>,
     web: Option<Web>,
     handshake: &mut Option<HandshakeSlot>,
@@ -603,7 +581,7 @@ fn kick(shard: &Rc<RefCell<Shard>>, conn: ConnId) {
 /// its browser went away from the socket: with TCP_USER_TIMEOUT, data the
 /// peer leaves unacknowledged for the heartbeat timeout breaks the
 /// connection (the heartbeat itself makes sure there is data).
-fn watch_unacknowledged(stream: &TcpStream, timeout_ms: u64) {
+fn watch_unacknowledged(stream: &impl AsRawFd, timeout_ms: u64) {
     let timeout = libc::c_uint::try_from(timeout_ms).unwrap_or(libc::c_uint::MAX);
     // SAFETY: setsockopt on a socket we own, with a pointer to a live
     // c_uint and its size.
@@ -656,7 +634,10 @@ pub(crate) fn feed_tls(tls: &Tls, mut cipher: &[u8], plain: &mut BytesMut) -> io
 }
 
 /// Writes every record rustls has ready.
-pub(crate) async fn flush_tls(stream: &mut TcpStream, tls: &Tls) -> io::Result<()> {
+pub(crate) async fn flush_tls(
+    stream: &mut (impl futures_lite::AsyncWrite + Unpin),
+    tls: &Tls,
+) -> io::Result<()> {
     loop {
         let mut records = Vec::new();
         {
@@ -675,7 +656,7 @@ pub(crate) async fn flush_tls(stream: &mut TcpStream, tls: &Tls) -> io::Result<(
 /// Hands the segments to rustls as plaintext and writes the records; returns
 /// the plaintext bytes written.
 pub(crate) async fn write_tls(
-    stream: &mut TcpStream,
+    stream: &mut (impl futures_lite::AsyncWrite + Unpin),
     tls: &Tls,
     segments: &mut Vec<Bytes>,
 ) -> io::Result<usize> {
@@ -694,7 +675,7 @@ pub(crate) async fn write_tls(
 async fn write_loop(
     shard: Rc<RefCell<Shard>>,
     conn: ConnId,
-    mut stream: TcpStream,
+    mut stream: SharedSocket,
     tls: Option<Tls>,
     web: Option<Web>,
     sends: Rc<SendBatch>,
@@ -790,7 +771,7 @@ async fn write_loop(
 /// Writes every segment, through TLS when the connection has it; returns
 /// the (plaintext) bytes written.
 async fn write_segments(
-    stream: &mut TcpStream,
+    stream: &mut SharedSocket,
     tls: Option<&Tls>,
     sends: &SendBatch,
     segments: &mut Vec<Bytes>,
@@ -892,7 +873,7 @@ fn encode_out_frame(frame: OutFrame, head: &mut BytesMut, segments: &mut Vec<Byt
 /// Writes every segment, in order, then clears `segments`; returns the bytes
 /// written.
 async fn write_all_vectored(
-    stream: &mut TcpStream,
+    stream: &mut SharedSocket,
     sends: &SendBatch,
     segments: &mut Vec<Bytes>,
 ) -> io::Result<usize> {

@@ -32,6 +32,7 @@ pub mod ring;
 pub mod routing;
 pub mod runtime;
 pub mod sends;
+mod socket;
 pub mod stats;
 pub mod steer;
 pub mod tls;

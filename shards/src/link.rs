@@ -20,8 +20,9 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use tracing::debug;
 
-use crate::conn::{dup_stream, feed_tls, flush_tls, Tls};
+use crate::conn::{feed_tls, flush_tls, Tls};
 use crate::engine::Shard;
+use crate::socket::SharedSocket;
 
 /// How long connecting, and then the handshake, may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -63,7 +64,7 @@ pub(crate) async fn run_link(
 /// The reading end of a link: whole frames out of the socket's bytes,
 /// deciphered first with TLS.
 struct LinkReader {
-    stream: TcpStream,
+    stream: SharedSocket,
     tls: Option<Tls>,
     /// Plaintext not yet decoded.
     buf: BytesMut,
@@ -180,7 +181,7 @@ async fn serve(
     }
     let kick = Rc::new(Kick::default());
     let mut reader = LinkReader {
-        stream,
+        stream: SharedSocket::new(stream),
         tls: session.clone(),
         buf: BytesMut::with_capacity(READ_CHUNK),
         cipher: Vec::new(),
@@ -214,7 +215,7 @@ async fn serve(
     reader.flush_itself = false;
     shard.borrow_mut().link_up(node);
     let up = |err| (err, true);
-    let mut writer = dup_stream(&reader.stream).map_err(up)?;
+    let mut writer = reader.stream.clone();
     let writes = async {
         loop {
             let out = poll_fn(|cx| {
@@ -262,7 +263,7 @@ async fn serve(
 /// Writes `bytes` to the link: at once, with a non-blocking send, as far as
 /// the socket takes them (the usual case: a link's turn is small), and the
 /// rest through glommio, which waits for room.
-async fn write_now(writer: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
+async fn write_now(writer: &mut SharedSocket, bytes: &[u8]) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let iovec = [libc::iovec {
         iov_base: bytes.as_ptr() as *mut libc::c_void,

@@ -1,6 +1,7 @@
 //! The shards' listening sockets and their accept loops.
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use glommio::net::TcpListener;
@@ -17,6 +18,17 @@ const ACCEPT_ERRORS_LOGGED_PER_SECOND: u32 = 1;
 
 /// Hands every connection of `listener` to `accepted` until `stopped`
 /// resolves, then closes the listener and returns what `stopped` returned.
+/// `accepted`'s flag says that the connection was taken at the process's
+/// open-file limit and is to be refused.
+///
+/// At the open-file limit an accept fails (EMFILE) and the connection would
+/// wait in the backlog, unanswered, until something closed. So the loop
+/// keeps one descriptor aside (`/dev/null`, opened again whenever it can
+/// be): when an accept fails for want of a descriptor, it closes that one,
+/// takes the waiting connection with it and passes it on flagged, and the
+/// connection is refused with a typed `too_many_connections` error (when a
+/// descriptor turns out to be free by then, it is served). Only when the
+/// reserve itself could not be opened again does a connection wait.
 ///
 /// The accept loop is a task of its own, woken only by its socket. glommio's
 /// `accept` keeps a clone of the waker from every poll until a connection
@@ -28,14 +40,20 @@ const ACCEPT_ERRORS_LOGGED_PER_SECOND: u32 = 1;
 pub(crate) async fn accept_until<T>(
     id: ShardId,
     listener: TcpListener,
-    mut accepted: impl FnMut(glommio::net::TcpStream) + 'static,
+    mut accepted: impl FnMut(glommio::net::TcpStream, bool) + 'static,
     stopped: impl std::future::Future<Output = T>,
 ) -> T {
     let accept = glommio::spawn_local(async move {
         let clock = Instant::now();
         let mut log = LogLimit::new(ACCEPT_ERRORS_LOGGED_PER_SECOND, 1000);
+        let mut reserve = spare_descriptor();
+        // The reserve was given up for the next connection.
+        let mut refuse_next = false;
         loop {
-            let result = listener.accept().await;
+            if reserve.is_none() && !refuse_next {
+                reserve = spare_descriptor();
+            }
+            let result = listener.accept().await.map_err(std::io::Error::from);
             let now_ms = clock.elapsed().as_millis() as u64;
             match result {
                 Ok(stream) => {
@@ -45,7 +63,15 @@ pub(crate) async fn accept_until<T>(
                             suppressed, "accepting again; accept failures not logged"
                         );
                     }
-                    accepted(stream)
+                    let at_limit = std::mem::take(&mut refuse_next) && {
+                        reserve = spare_descriptor();
+                        reserve.is_none()
+                    };
+                    accepted(stream, at_limit)
+                }
+                Err(err) if out_of_descriptors(&err) && reserve.is_some() => {
+                    reserve = None;
+                    refuse_next = true;
                 }
                 Err(err) => {
                     // EMFILE, ENFILE, ENOBUFS, ENOMEM: the connection waits
@@ -64,6 +90,18 @@ pub(crate) async fn accept_until<T>(
     // The accept loop never ends by itself; the listener closes with it.
     accept.cancel().await;
     state
+}
+
+/// The descriptor the accept loop keeps aside for the open-file limit.
+fn spare_descriptor() -> Option<OwnedFd> {
+    // std opens files with O_CLOEXEC.
+    std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
+}
+
+/// Whether an accept failed for want of a descriptor (the process's or the
+/// system's limit).
+fn out_of_descriptors(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// A listening socket with SO_REUSEPORT (every shard binds the same address)
@@ -119,7 +157,7 @@ mod tests {
                 let accepted = Rc::new(Cell::new(0));
                 let on_accept = {
                     let accepted = accepted.clone();
-                    move |_stream| accepted.set(accepted.get() + 1)
+                    move |_stream, _at_limit| accepted.set(accepted.get() + 1)
                 };
                 let checks = Cell::new(0u32);
                 let stopped = async {

@@ -115,3 +115,35 @@ async fn affinity_on_a_one_shard_broker_connects_as_usual() {
     assert_eq!(client.shard(), 0);
     assert_eq!(client.shard_count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_connects_from_its_local_address_with_or_without_affinity() {
+    // A listener that only records where each connection came from (the
+    // client's handshake then times out: no WELCOME comes).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address").to_string();
+    for (local, affinity) in [
+        ("127.0.0.9", None),
+        ("127.0.0.10", Some(TopicAffinity::new("ns", "t"))),
+    ] {
+        let config = ClientConfig {
+            local_address: Some(local.parse().expect("an address")),
+            topic_affinity: affinity,
+            connect_timeout: Duration::from_millis(300),
+            reconnect: false,
+            ..ClientConfig::default()
+        };
+        let connecting = tokio::spawn({
+            let addr = addr.clone();
+            async move { Client::connect_with(addr.as_str(), config).await }
+        });
+        let (_socket, peer) = timeout(WAIT, listener.accept())
+            .await
+            .expect("a connection in time")
+            .expect("accepted");
+        assert_eq!(peer.ip().to_string(), local);
+        assert!(connecting.await.expect("ran").is_err(), "no WELCOME came");
+    }
+}

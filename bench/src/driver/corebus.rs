@@ -18,7 +18,11 @@ const TARGET: Target = Target::Corebus;
 /// A client for a connection that will use `topics`: one that uses a single
 /// topic asks for the shard that owns it, unless the run says otherwise
 /// (`--no-affinity`).
-async fn connect(endpoint: &Endpoint, topics: &[impl AsRef<str>]) -> Result<Client, BenchError> {
+async fn connect(
+    endpoint: &Endpoint,
+    topics: &[impl AsRef<str>],
+    local_address: Option<std::net::IpAddr>,
+) -> Result<Client, BenchError> {
     let topic_affinity = match topics {
         [topic] if endpoint.affinity => Some(TopicAffinity::new(NAMESPACE, topic.as_ref())),
         _ => None,
@@ -30,6 +34,7 @@ async fn connect(endpoint: &Endpoint, topics: &[impl AsRef<str>]) -> Result<Clie
         } else {
             Compression::Off
         },
+        local_address,
         ..ClientConfig::default()
     };
     Client::connect_with(endpoint.url.as_str(), config)
@@ -126,7 +131,7 @@ impl CorebusPublisher {
         endpoint: &Endpoint,
         topics: &[String],
     ) -> Result<Self, BenchError> {
-        let client = connect(endpoint, topics).await?;
+        let client = connect(endpoint, topics, None).await?;
         Ok(CorebusPublisher {
             client,
             topics: topics.to_vec(),
@@ -215,8 +220,12 @@ pub struct CorebusSubscriber {
 }
 
 impl CorebusSubscriber {
-    pub(super) async fn connect(endpoint: &Endpoint, topics: &[&str]) -> Result<Self, BenchError> {
-        let client = connect(endpoint, topics).await?;
+    pub(super) async fn connect(
+        endpoint: &Endpoint,
+        topics: &[&str],
+        local: Option<std::net::IpAddr>,
+    ) -> Result<Self, BenchError> {
+        let client = connect(endpoint, topics, local).await?;
         let mut subscriptions = Vec::with_capacity(topics.len());
         for topic in topics {
             subscriptions.push(

@@ -196,6 +196,22 @@ impl Subscriber {
     /// one); returns once the broker has confirmed every subscription, so
     /// anything published afterwards is delivered to them.
     pub async fn connect(endpoint: &Endpoint, topics: &[&str]) -> Result<Subscriber, BenchError> {
+        Subscriber::connect_from(endpoint, topics, None).await
+    }
+
+    /// [`Subscriber::connect`] from the local address `local` (corebus's
+    /// native driver only: the other client libraries cannot bind one).
+    pub async fn connect_from(
+        endpoint: &Endpoint,
+        topics: &[&str],
+        local: Option<std::net::IpAddr>,
+    ) -> Result<Subscriber, BenchError> {
+        if local.is_some() && (endpoint.target != Target::Corebus || endpoint.ws_url.is_some()) {
+            return Err(BenchError::Options(format!(
+                "only corebus's native driver connects from a chosen local address, not {}",
+                endpoint.target.name()
+            )));
+        }
         if topics.is_empty() {
             return Err(BenchError::Options(
                 "a subscriber connection needs at least one topic".into(),
@@ -218,9 +234,9 @@ impl Subscriber {
             });
         }
         Ok(match endpoint.target {
-            Target::Corebus => {
-                Subscriber::Corebus(corebus::CorebusSubscriber::connect(endpoint, topics).await?)
-            }
+            Target::Corebus => Subscriber::Corebus(
+                corebus::CorebusSubscriber::connect(endpoint, topics, local).await?,
+            ),
             Target::Nats => {
                 Subscriber::Nats(nats::NatsSubscriber::connect(endpoint, topics).await?)
             }

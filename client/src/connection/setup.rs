@@ -164,7 +164,7 @@ async fn attempt_one(
 ) -> Result<Opened, AttemptError> {
     let limit = config.connect_timeout;
     let deadline = Instant::now() + limit;
-    let (tcp, peer) = open(addrs, source_port, deadline, limit)
+    let (tcp, peer) = open(addrs, config.local_address, source_port, deadline, limit)
         .await
         .map_err(AttemptError::Failed)?;
     tcp.set_nodelay(true)
@@ -207,9 +207,11 @@ async fn attempt_one(
     }
 }
 
-/// Connects to the first address that accepts, from `source_port` when given.
+/// Connects to the first address that accepts, from `local` and
+/// `source_port` when given.
 async fn open(
     addrs: &[SocketAddr],
+    local: Option<std::net::IpAddr>,
     source_port: Option<u16>,
     deadline: Instant,
     limit: Duration,
@@ -221,7 +223,7 @@ async fn open(
         .join(", ");
     let mut last_error = io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to");
     for peer in addrs {
-        match timeout_at(deadline, connect_from(*peer, source_port)).await {
+        match timeout_at(deadline, connect_from(*peer, local, source_port)).await {
             Err(_) => {
                 return Err(Error::Connect {
                     addr: tried,
@@ -241,19 +243,31 @@ async fn open(
     })
 }
 
-/// Connects to `peer`, from `source_port` when given.
-async fn connect_from(peer: SocketAddr, source_port: Option<u16>) -> io::Result<TcpStream> {
-    let Some(port) = source_port else {
+/// Connects to `peer`, from the address `local` and `source_port` when
+/// given.
+async fn connect_from(
+    peer: SocketAddr,
+    local: Option<std::net::IpAddr>,
+    source_port: Option<u16>,
+) -> io::Result<TcpStream> {
+    if local.is_none() && source_port.is_none() {
         return TcpStream::connect(peer).await;
-    };
+    }
+    let port = source_port.unwrap_or(0);
     let (socket, local) = match peer {
         SocketAddr::V4(_) => (
             TcpSocket::new_v4()?,
-            SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)),
+            SocketAddr::from((
+                local.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
+                port,
+            )),
         ),
         SocketAddr::V6(_) => (
             TcpSocket::new_v6()?,
-            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+            SocketAddr::from((
+                local.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED.into()),
+                port,
+            )),
         ),
     };
     // A port in TIME_WAIT from an earlier connection may be bound again.

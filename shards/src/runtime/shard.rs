@@ -212,12 +212,13 @@ pub(super) async fn run_shard(
     let accepted = |limits: crate::conn::Limits| {
         let shard = shard.clone();
         let sends = sends.clone();
-        move |stream| {
+        move |stream, at_file_limit| {
             glommio::spawn_local(crate::conn::serve(
                 shard.clone(),
                 stream,
                 limits.clone(),
                 sends.clone(),
+                at_file_limit,
             ))
             .detach();
         }
