@@ -605,7 +605,9 @@ mod tests {
         let check = check_memory(Some(16 * 1024 * 1024));
         assert_eq!(check.status, Status::Ok);
         assert!(
-            check.detail.contains("16384 MiB available: about 1048576 idle connections"),
+            check
+                .detail
+                .contains("16384 MiB available: about 1048576 idle connections"),
             "{}",
             check.detail
         );
