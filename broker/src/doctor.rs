@@ -130,8 +130,9 @@ pub fn check_host(shards: Shards) -> Vec<Check> {
 /// The backlog each shard's listener asks for (`corebus_shards`' listen).
 const LISTEN_BACKLOG: u64 = 4096;
 /// Broker memory per idle subscriber connection, measured by the bench
-/// harness (`bench/compare_connections.sh`: 8.7 KiB with 19,700
-/// connections), rounded up with room for the kernel's own socket state.
+/// harness (`bench/compare_connections.sh`: 4.9 KiB with 19,700
+/// connections), rounded up with room for the kernel's own socket state and
+/// a subscription or two more.
 const MEMORY_PER_CONNECTION_KIB: u64 = 16;
 /// Below this much available memory `doctor` warns.
 const MIN_AVAILABLE_KIB: u64 = 256 * 1024;

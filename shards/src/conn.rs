@@ -31,7 +31,7 @@ use corebus_net::{
     check, decode_from_client, encode_message_header, Check, Discontinuity, Frame, GoAway,
     KeyCache, PubAck, SubOk, UnsubOk, Welcome, PROTOCOL_VERSION,
 };
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 use rustc_hash::FxHashMap;
 use tracing::{debug, error_span, Instrument, Span};
@@ -411,7 +411,7 @@ async fn read_loop(
     let shard_rc = Rc::clone(shard);
     let mut buf = BytesMut::new();
     let mut chunk = READ_CHUNK_MIN;
-    let mut cipher = Vec::new();
+    let mut cipher = BytesMut::new();
     // Plaintext of a TLS web connection, before it goes through the web layer.
     let mut web_plain = BytesMut::new();
     let mut event_stream = false;
@@ -488,8 +488,8 @@ async fn read_loop(
         let ceiling = if handshaken { READ_CHUNK_MAX } else { chunk };
         let want = need.saturating_sub(start).clamp(chunk, ceiling);
         if tls.is_some() || web.is_some() {
-            cipher.resize(chunk, 0);
-            let read = stream.read(&mut cipher).await?;
+            cipher.clear();
+            let read = read_into(&mut stream, &mut cipher, chunk).await?;
             if read == 0 {
                 return Ok(());
             }
@@ -546,15 +546,10 @@ async fn read_loop(
             }
             continue;
         }
-        buf.resize(start + want, 0);
-        let read = stream.read(&mut buf[start..]).await;
+        let read = read_into(&mut stream, &mut buf, want).await;
         match read {
-            Ok(0) => {
-                buf.truncate(start);
-                return Ok(());
-            }
+            Ok(0) => return Ok(()),
             Ok(n) => {
-                buf.truncate(start + n);
                 turn.note_read(n, want);
                 chunk = if n == want {
                     (chunk * 2).min(READ_CHUNK_MAX)
@@ -568,6 +563,72 @@ async fn read_loop(
             Err(err) => return Err(err),
         }
     }
+}
+
+thread_local! {
+    /// The shard's read buffer: every read of the shard's connections lands
+    /// here first (one read at a time: a shard is one thread, and the buffer
+    /// is borrowed only inside a poll).
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK_MAX]);
+    /// Read buffers that connections gave up while their sockets were
+    /// empty, for the next connection that has bytes: a publisher whose
+    /// socket runs dry after every burst takes one back instead of
+    /// allocating one per burst.
+    static SPARE_BUFFERS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Spare read buffers a shard keeps, each of at most twice
+/// [`READ_CHUNK_MAX`] (so at most 4 MiB per shard).
+const SPARE_BUFFERS_MAX: usize = 32;
+
+/// Reads at most `want` (up to [`READ_CHUNK_MAX`]) bytes from `stream` and
+/// appends them to `into`; 0 at the end of the stream.
+///
+/// glommio tries a non-blocking `recv` first and otherwise waits for the
+/// socket to become readable, holding no buffer while it waits. So the
+/// bytes land in the shard's scratch buffer and are copied on, and a
+/// connection whose socket is empty gives up its own buffer if that holds
+/// nothing, to the shard's spare buffers (up to [`SPARE_BUFFERS_MAX`]):
+/// an idle connection owns no read buffer (it cost 4 KiB each, a chunk
+/// resized and zeroed for a read that then waited).
+async fn read_into(
+    stream: &mut SharedSocket,
+    into: &mut BytesMut,
+    want: usize,
+) -> io::Result<usize> {
+    let want = want.min(READ_CHUNK_MAX);
+    poll_fn(|cx| {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut scratch[..want]) {
+                Poll::Ready(Ok(read)) => {
+                    if into.capacity() == 0 && read > 0 {
+                        if let Some(spare) = SPARE_BUFFERS.with(|spare| spare.borrow_mut().pop()) {
+                            *into = spare;
+                        }
+                    }
+                    into.extend_from_slice(&scratch[..read]);
+                    Poll::Ready(Ok(read))
+                }
+                Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+                Poll::Pending => {
+                    if into.is_empty() && into.capacity() > 0 {
+                        let given_up = std::mem::take(into);
+                        if given_up.capacity() <= 2 * READ_CHUNK_MAX {
+                            SPARE_BUFFERS.with(|spare| {
+                                let mut spare = spare.borrow_mut();
+                                if spare.len() < SPARE_BUFFERS_MAX {
+                                    spare.push(given_up);
+                                }
+                            });
+                        }
+                    }
+                    Poll::Pending
+                }
+            }
+        })
+    })
+    .await
 }
 
 /// Wakes `conn`'s writer.
