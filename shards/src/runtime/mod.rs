@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+#[cfg(not(feature = "crossbeam-mesh"))]
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use tracing::{info, warn};
@@ -23,12 +24,15 @@ use crate::host::{affinity_cpus, preflight, IO_MEMORY};
 use corebus_gateway::Origins;
 
 use crate::cluster::{ClusterControl, NoCluster, NodeMap};
+#[cfg(not(feature = "crossbeam-mesh"))]
 use crate::mesh::MeshBatch;
 use crate::metrics::MetricsHandle;
 use crate::routing::ShardId;
 use crate::webhooks::{NoWebhooks, WebhookSink};
 
 mod control;
+#[cfg(feature = "crossbeam-mesh")]
+mod crossmesh;
 mod shard;
 
 pub use control::StartError;
@@ -270,7 +274,10 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
     }
     let origins = config.web.as_ref().map(|web| Arc::new(web.origins.clone()));
     let pin = shard_count <= cpus.len();
+    #[cfg(not(feature = "crossbeam-mesh"))]
     let mesh = MeshBuilder::<MeshBatch, _>::full(shard_count, MESH_QUEUE_BATCHES);
+    #[cfg(feature = "crossbeam-mesh")]
+    let mesh = crossmesh::CrossMesh::full(shard_count, MESH_QUEUE_BATCHES);
     let control = Arc::new(Control::default());
     let conn_limit = Arc::new(ConnLimit::new(config.max_connections));
     let handshakes = Arc::new(HandshakeGate::new(

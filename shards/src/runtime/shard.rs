@@ -8,7 +8,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use glommio::channels::channel_mesh::{MeshBuilder, Senders};
+#[cfg(feature = "crossbeam-mesh")]
+use super::crossmesh::{CrossMesh as ShardMesh, Senders as MeshSenders};
+#[cfg(not(feature = "crossbeam-mesh"))]
+type ShardMesh =
+    glommio::channels::channel_mesh::MeshBuilder<MeshBatch, glommio::channels::channel_mesh::Full>;
+#[cfg(not(feature = "crossbeam-mesh"))]
+type MeshSenders = glommio::channels::channel_mesh::Senders<MeshBatch>;
 use tracing::{debug, warn};
 
 use crate::auth::Authenticator;
@@ -18,6 +24,7 @@ use corebus_gateway::Origins;
 
 use crate::cluster::{ClusterControl, NodeMap};
 use crate::listen::{accept_until, bind_listener};
+#[cfg(not(feature = "crossbeam-mesh"))]
 use crate::mesh::MeshBatch;
 use crate::metrics::MetricsHandle;
 use crate::routing::ShardId;
@@ -51,11 +58,7 @@ pub(super) struct ShardContext {
     pub(super) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
-pub(super) async fn run_shard(
-    ctx: ShardContext,
-    engine: EngineConfig,
-    mesh: MeshBuilder<MeshBatch, glommio::channels::channel_mesh::Full>,
-) {
+pub(super) async fn run_shard(ctx: ShardContext, engine: EngineConfig, mesh: ShardMesh) {
     let ShardContext {
         id,
         shard_count,
@@ -153,7 +156,11 @@ pub(super) async fn run_shard(
         }
     })
     .detach();
-    let Ok((senders, mut receivers)) = mesh.join().await else {
+    #[cfg(feature = "crossbeam-mesh")]
+    let joined: Result<_, ()> = Ok(mesh.join(id as usize));
+    #[cfg(not(feature = "crossbeam-mesh"))]
+    let joined = mesh.join().await;
+    let Ok((senders, mut receivers)) = joined else {
         warn!(shard = id, "could not join the shard mesh");
         return;
     };
@@ -342,7 +349,7 @@ async fn next_batch<T>(
     .await
 }
 
-async fn send_to_peer(shard: Rc<RefCell<Shard>>, senders: Rc<Senders<MeshBatch>>, peer: ShardId) {
+async fn send_to_peer(shard: Rc<RefCell<Shard>>, senders: Rc<MeshSenders>, peer: ShardId) {
     loop {
         let batch =
             std::future::poll_fn(
