@@ -140,14 +140,7 @@ for target in corebus nats redis; do
     stop_broker
 done
 
-mkdir -p "$RESULTS"
-"$BENCH" summarize --input "$RUNS" \
-    --json "$RESULTS/$STAMP.json" --markdown "$RESULTS/$STAMP.md" --svg "$RESULTS/$STAMP.svg" \
-    --generated "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
-    --fact "shards/GOMAXPROCS=$SHARDS on CPUs $CPU_LIST (scaling run: corebus --shards 1, same CPUs)" \
-    --fact "procedure=$ROUNDS rounds, each broker restarted every round; the connections scenario once per broker, on a fresh broker" \
-    --fact "$(commit_fact)" \
-    --fact "nats-server=$(nats-server --version | awk '{print $NF}')" \
-    --fact "redis-server=$(redis-server --version | awk '{print $3}' | sed 's/v=//')"
-log "results: $RESULTS/$STAMP.json, $RESULTS/$STAMP.md, $RESULTS/$STAMP.svg"
+summarize_results \
+    "shards/GOMAXPROCS=$SHARDS on CPUs $CPU_LIST (scaling run: corebus --shards 1, same CPUs)" \
+    "procedure=$ROUNDS rounds, each broker restarted every round; the connections scenario once per broker, on a fresh broker"
 report_failures

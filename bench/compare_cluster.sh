@@ -134,14 +134,8 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
-mkdir -p "$RESULTS"
-"$BENCH" summarize --input "$RUNS" \
-    --json "$RESULTS/$STAMP.json" --markdown "$RESULTS/$STAMP.md" --svg "$RESULTS/$STAMP.svg" \
-    --generated "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
-    --fact "nodes=3 per broker on 127.0.0.1-3, each on CPUs $CPU_LIST with one core's worth of threads (corebus --shards 1, NATS GOMAXPROCS=1)" \
-    --fact "procedure=$ROUNDS rounds, fresh nodes for each broker every round; publisher on node 1 (latency: on the topic's owner, then on another node; NATS has no owner: node 1 both times), subscribers spread over the three nodes in turn" \
-    --fact "cluster=corebus gossip through 127.0.0.1 (no secret, loopback); NATS routes between all three" \
-    --fact "$(commit_fact)" \
-    --fact "nats-server=$(nats-server --version | awk '{print $NF}')"
-log "results: $RESULTS/$STAMP.json, $RESULTS/$STAMP.md, $RESULTS/$STAMP.svg"
+summarize_results \
+    "nodes=3 per broker on 127.0.0.1-3, each on CPUs $CPU_LIST with one core's worth of threads (corebus --shards 1, NATS GOMAXPROCS=1)" \
+    "procedure=$ROUNDS rounds, fresh nodes for each broker every round; publisher on node 1 (latency: on the topic's owner, then on another node; NATS has no owner: node 1 both times), subscribers spread over the three nodes in turn" \
+    "cluster=corebus gossip through 127.0.0.1 (no secret, loopback); NATS routes between all three"
 report_failures

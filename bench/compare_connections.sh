@@ -14,13 +14,22 @@
 # docs/benchmarks.md, "A full file table of subscribers".
 #
 # Settings (environment): SHARDS (default nproc), CONNECTIONS (auto),
-# TOPICS (1000), BROKERS ("corebus nats redis"), the ports of bench/lib.sh,
+# TOPICS (1000), BROKERS ("corebus nats redis"), COREBUS_PORT, NATS_PORT,
+# REDIS_PORT (default: three ports from 20000 up chosen by the script's pid),
 # CARGO_TARGET_DIR (target), STAMP (<machine kind>-connections).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CONNECTIONS=${CONNECTIONS:-auto}
 TOPICS=${TOPICS:-1000}
+# Ports of this run's own (from its pid, below the ephemeral range): the
+# connections of a run just before linger 60 s in TIME_WAIT, and NATS's and
+# Redis's client libraries cannot bind other source addresses, so against
+# the same port a second run found no source port left for them.
+PORT_BASE=$((20000 + $$ % 1000 * 3))
+COREBUS_PORT=${COREBUS_PORT:-$PORT_BASE}
+NATS_PORT=${NATS_PORT:-$((PORT_BASE + 1))}
+REDIS_PORT=${REDIS_PORT:-$((PORT_BASE + 2))}
 BROKERS=${BROKERS:-corebus nats redis}
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
@@ -42,14 +51,7 @@ for target in $BROKERS; do
     stop_broker
 done
 
-mkdir -p "$RESULTS"
-"$BENCH" summarize --input "$RUNS" \
-    --json "$RESULTS/$STAMP.json" --markdown "$RESULTS/$STAMP.md" --svg "$RESULTS/$STAMP.svg" \
-    --generated "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
-    --fact "shards/GOMAXPROCS=$SHARDS on CPUs $CPU_LIST" \
-    --fact "procedure=one run per broker, each on a fresh start; open-file limit $(ulimit -n) for broker and harness alike" \
-    --fact "$(commit_fact)" \
-    --fact "nats-server=$(nats-server --version | awk '{print $NF}')" \
-    --fact "redis-server=$(redis-server --version | awk '{print $3}' | sed 's/v=//')"
-log "results: $RESULTS/$STAMP.json, $RESULTS/$STAMP.md"
+summarize_results \
+    "shards/GOMAXPROCS=$SHARDS on CPUs $CPU_LIST" \
+    "procedure=one run per broker, each on a fresh start; open-file limit $(ulimit -n) for broker and harness alike"
 report_failures

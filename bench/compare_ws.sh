@@ -110,14 +110,8 @@ for target in corebus nats; do
     done
 done
 
-mkdir -p "$RESULTS"
-"$BENCH" summarize --input "$RUNS" \
-    --json "$RESULTS/$STAMP.json" --markdown "$RESULTS/$STAMP.md" --svg "$RESULTS/$STAMP.svg" \
-    --generated "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
-    --fact "shards/GOMAXPROCS=$SHARDS on CPUs $CPU_LIST" \
-    --fact "procedure=$ROUNDS rounds, each broker restarted for each transport every round; the connections scenario once per broker and transport, on a fresh broker" \
-    --fact "websocket=corebus --ws-listen (subprotocol corebus.v1), nats-server websocket { no_tls: true }; subscribers through tokio-tungstenite, publishers native" \
-    --fact "$(commit_fact)" \
-    --fact "nats-server=$(nats-server --version | awk '{print $NF}')"
-log "results: $RESULTS/$STAMP.json, $RESULTS/$STAMP.md, $RESULTS/$STAMP.svg"
+summarize_results \
+    "shards/GOMAXPROCS=$SHARDS on CPUs $CPU_LIST" \
+    "procedure=$ROUNDS rounds, each broker restarted for each transport every round; the connections scenario once per broker and transport, on a fresh broker" \
+    "websocket=corebus --ws-listen (subprotocol corebus.v1), nats-server websocket { no_tls: true }; subscribers through tokio-tungstenite, publishers native"
 report_failures

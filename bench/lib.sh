@@ -225,6 +225,24 @@ commit_fact() {
     echo "corebus=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- . ':(exclude)bench/results' 2>/dev/null || echo '+changes')"
 }
 
+# Writes RESULTS/STAMP.json, .md and .svg from the runs, with the facts
+# given, the commit and the peer versions (redis-server's when it ran), and
+# says where they are.
+summarize_results() { # fact...
+    local facts=() fact
+    for fact in "$@" "$(commit_fact)" "nats-server=$(nats-server --version | awk '{print $NF}')"; do
+        facts+=(--fact "$fact")
+    done
+    if grep -Eq '"target": *"redis"' "$RUNS"; then
+        facts+=(--fact "redis-server=$(redis-server --version | awk '{print $3}' | sed 's/v=//')")
+    fi
+    mkdir -p "$RESULTS"
+    "$BENCH" summarize --input "$RUNS" \
+        --json "$RESULTS/$STAMP.json" --markdown "$RESULTS/$STAMP.md" --svg "$RESULTS/$STAMP.svg" \
+        --generated "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${facts[@]}"
+    log "results: $RESULTS/$STAMP.json, $RESULTS/$STAMP.md, $RESULTS/$STAMP.svg"
+}
+
 report_failures() {
     if [ ${#FAILED[@]} -gt 0 ]; then
         printf '%s: runs that failed (see the messages above):\n' "$(basename "$0")" >&2

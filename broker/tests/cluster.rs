@@ -1945,9 +1945,29 @@ fn a_410_seen_by_the_owner_disables_the_webhook_on_every_node_until_enabled_on_a
     });
 }
 
+/// A webhook receiver that answers each request after 15 ms, registered
+/// for `topic` of namespace `cl` through `node`, and a client of `node` to
+/// publish with.
+async fn slow_receiver_of(
+    node: &Node,
+    certs: &corebus_tests::TestCerts,
+    topic: &str,
+) -> (common::receiver::Receiver, corebus_client::Client) {
+    use common::receiver::{Receiver, Reply};
+    let receiver = Receiver::start(|_, _| Reply::Slowly(Duration::from_millis(15))).await;
+    let client = tls_client(&node.addr, certs).await;
+    let spec = corebus_client::WebhookSpec::new(
+        receiver.url.clone(),
+        "cl",
+        topic,
+        corebus_client::WebhookMatch::Exact,
+    );
+    add_when_available(&client, &spec).await;
+    (receiver, client)
+}
+
 #[test]
 fn a_planned_leave_delivers_each_webhook_message_once_and_in_order_across_the_move() {
-    use common::receiver::{Receiver, Reply};
     let secret = TempFile::new("cluster-secret-control-leave", SECRET);
     let certs = corebus_tests::test_certs_for_nodes(3);
     let (mut nodes, _, cluster_port) = three_tls_nodes_with(&secret, &certs, |_| Vec::new());
@@ -1956,20 +1976,7 @@ fn a_planned_leave_delivers_each_webhook_message_once_and_in_order_across_the_mo
     let rt = runtime();
     // A receiver slow enough that node 3 still holds messages when it goes
     // (15 ms an answer, a publish every 5 ms or so).
-    let receiver = rt.block_on(Receiver::start(|_, _| {
-        Reply::Slowly(Duration::from_millis(15))
-    }));
-    let publisher = rt.block_on(async {
-        let client = tls_client(&nodes[0].addr, &certs).await;
-        let spec = corebus_client::WebhookSpec::new(
-            receiver.url.clone(),
-            "cl",
-            &topic,
-            corebus_client::WebhookMatch::Exact,
-        );
-        add_when_available(&client, &spec).await;
-        client
-    });
+    let (receiver, publisher) = rt.block_on(slow_receiver_of(&nodes[0], &certs, &topic));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let publishing = steady_publisher(
         &rt,
@@ -2024,32 +2031,21 @@ fn a_planned_leave_delivers_each_webhook_message_once_and_in_order_across_the_mo
 /// epoch from seq 1, every message of that epoch once.
 #[test]
 fn an_owner_killed_during_webhook_deliveries_gives_a_new_epoch_with_nothing_missing() {
-    use common::receiver::{Receiver, Reply};
     let secret = TempFile::new("cluster-secret-control-crash", SECRET);
     let certs = corebus_tests::test_certs_for_nodes(3);
     let (mut nodes, _, cluster_port) = three_tls_nodes_with(&secret, &certs, |_| Vec::new());
     let ids = node_ids(cluster_port);
     let topic = topic_owned_by(2, &ids, "crashing");
     let rt = runtime();
-    let receiver = rt.block_on(Receiver::start(|_, _| {
-        Reply::Slowly(Duration::from_millis(15))
-    }));
-    let publisher = rt.block_on(async {
-        let client = tls_client(&nodes[0].addr, &certs).await;
-        let spec = corebus_client::WebhookSpec::new(
-            receiver.url.clone(),
-            "cl",
-            &topic,
-            corebus_client::WebhookMatch::Exact,
-        );
-        add_when_available(&client, &spec).await;
+    let (receiver, publisher) = rt.block_on(async {
+        let (receiver, client) = slow_receiver_of(&nodes[0], &certs, &topic).await;
         for i in 0..100 {
             client
                 .publish("cl", &topic, format!("before {i}").into_bytes())
                 .await
                 .expect("acknowledged by node 3");
         }
-        client
+        (receiver, client)
     });
     nodes[2].child.kill().expect("kill -9 the owner");
     let _ = nodes[2].child.wait();

@@ -275,20 +275,23 @@ fn a_bad_environment_value_names_its_variable() {
     );
 }
 
+/// `corebus doctor`'s checks, in the order it prints them.
+const DOCTOR_CHECKS: [&str; 7] = [
+    "kernel",
+    "io_uring",
+    "memlock",
+    "nofile",
+    "somaxconn",
+    "memory",
+    "cpus",
+];
+
 #[test]
 fn doctor_passes_here_and_prints_every_check() {
     let out = output(corebus(&["doctor"], &[]));
     let report = text(&out.stdout);
     assert!(out.status.success(), "{report}{}", text(&out.stderr));
-    for name in [
-        "kernel",
-        "io_uring",
-        "memlock",
-        "nofile",
-        "somaxconn",
-        "memory",
-        "cpus",
-    ] {
+    for name in DOCTOR_CHECKS {
         let line = report
             .lines()
             .find(|line| line.split_whitespace().nth(1) == Some(name))
@@ -298,7 +301,10 @@ fn doctor_passes_here_and_prints_every_check() {
             "{line}"
         );
     }
-    assert!(report.contains("7 checks: "), "{report}");
+    assert!(
+        report.contains(&format!("{} checks: ", DOCTOR_CHECKS.len())),
+        "{report}"
+    );
     // Every warning comes with its fix.
     let warnings = report
         .lines()
@@ -319,18 +325,7 @@ fn doctor_passes_here_and_prints_every_check() {
         .iter()
         .map(|check| check["name"].as_str().expect("a name"))
         .collect();
-    assert_eq!(
-        names,
-        [
-            "kernel",
-            "io_uring",
-            "memlock",
-            "nofile",
-            "somaxconn",
-            "memory",
-            "cpus"
-        ]
-    );
+    assert_eq!(names, DOCTOR_CHECKS);
 }
 
 #[test]

@@ -115,8 +115,11 @@ pub struct ClientConfig {
     /// offers about 28,000 source ports (Linux's default ephemeral range),
     /// so a host that opens more connections than that to one broker
     /// spreads them over several addresses (on loopback: any of
-    /// 127.0.0.0/8). An address of the other family than the broker's is
-    /// an error at connect.
+    /// 127.0.0.0/8). On Linux the port is chosen at connect, for the
+    /// address and the broker together (`IP_BIND_ADDRESS_NO_PORT`), so
+    /// these connections take no ports from other clients of the host. An
+    /// address of the other family than the broker's is an error at
+    /// connect.
     pub local_address: Option<std::net::IpAddr>,
 }
 

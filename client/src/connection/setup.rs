@@ -272,8 +272,44 @@ async fn connect_from(
     };
     // A port in TIME_WAIT from an earlier connection may be bound again.
     socket.set_reuseaddr(true)?;
+    if port == 0 {
+        bind_address_only(&socket)?;
+    }
     socket.bind(local)?;
     socket.connect(peer).await
+}
+
+/// A bind to an address with port 0 chooses the port at connect, from the
+/// whole 4-tuple, rather than at bind: otherwise every such connection
+/// holds a port of its own for any destination, and ports taken by bind
+/// are left out of every later connect's choice (also while in
+/// TIME_WAIT), so a host opening many connections from several addresses
+/// ran out of ports for the others (Linux's `IP_BIND_ADDRESS_NO_PORT`).
+#[cfg(target_os = "linux")]
+fn bind_address_only(socket: &TcpSocket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int
+    // and its size.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn bind_address_only(_socket: &TcpSocket) -> io::Result<()> {
+    Ok(())
 }
 
 /// Sends `HELLO` and waits for `WELCOME`; returns the stream and the
