@@ -14,16 +14,22 @@
 //!
 //! Every malformed input is a typed [`DecodeError`], never a panic, with the
 //! MQTT 5.0 reason code a server answers it with ([`DecodeError::reason`]).
+//!
+//! [`parse_filter`] and [`topic_matches`] give topic filters MQTT's meaning
+//! (section 4.7): valid filters, shared subscriptions, `#` matching its
+//! parent level, and wildcards that do not reach `$` names.
 
 mod decode;
 mod encode;
 mod error;
+mod filter;
 mod packet;
 mod props;
 
 pub use decode::{check, decode, decode_connect, Check, MAX_REMAINING_LENGTH};
 pub use encode::encode_publish_head;
 pub use error::DecodeError;
+pub use filter::{parse_filter, topic_matches, valid_topic_name, FilterError, TopicFilter};
 pub use packet::{
     Ack, AckKind, ConnAck, Connect, Disconnect, LastWill, MqttStr, Packet, Publish, QoS,
     RetainHandling, SubAck, Subscribe, Subscription, UnsubAck, Unsubscribe, Version,
