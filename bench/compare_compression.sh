@@ -31,9 +31,7 @@ FANOUT_SUBSCRIBERS=${FANOUT_SUBSCRIBERS:-16}
 STAMP=${STAMP:-$(machine_kind)-compression}
 command -v python3 >/dev/null || die "python3 is needed to tabulate the runs"
 
-# corebus only: the harness without the peer brokers' clients.
-log "building corebus and corebus-bench (release)"
-cargo build --release -p corebus -p corebus-bench
+build corebus-only
 
 SHAPES=("fanout --subscribers $FANOUT_SUBSCRIBERS" "pair")
 for round in $(seq "$ROUNDS"); do

@@ -28,8 +28,7 @@ PATTERNS=${PATTERNS:-10000}
 STAMP=${STAMP:-$(machine_kind)-patterns}
 command -v python3 >/dev/null || die "python3 is needed to tabulate the runs"
 
-log "building corebus and corebus-bench (release)"
-cargo build --release -p corebus -p corebus-bench
+build corebus-only
 
 SHAPES=("pair" "many")
 for round in $(seq "$ROUNDS"); do

@@ -104,10 +104,14 @@ fit_connections() { # wanted count or auto -> the count to run
     fi
 }
 
-build() {
+build() { # [corebus-only]: without the peer brokers' clients in the harness
     command -v cargo >/dev/null || die "cargo is needed to build corebus and the harness"
     log "building corebus and corebus-bench (release)"
-    cargo build --release -p corebus -p corebus-bench --features corebus-bench/peers
+    if [ "${1:-}" = corebus-only ]; then
+        cargo build --release -p corebus -p corebus-bench
+    else
+        cargo build --release -p corebus -p corebus-bench --features corebus-bench/peers
+    fi
 }
 
 # --- broker lifecycle ----------------------------------------------------------

@@ -179,21 +179,16 @@ pub async fn run(plan: &Plan, endpoint: &Endpoint) -> Result<Report, BenchError>
         _ => None,
     };
     // From each topic's publish until its last subscriber had it.
-    let mut topic_ms: Vec<f64> = topic_last
-        .iter()
-        .flatten()
-        .map(|(at, sent)| at.saturating_sub(*sent) as f64 / 1e6)
-        .collect();
-    topic_ms.sort_by(f64::total_cmp);
-    let rank = |p: f64| {
-        let index = ((p * topic_ms.len() as f64).ceil() as usize).clamp(1, topic_ms.len().max(1));
-        topic_ms.get(index - 1).copied()
-    };
+    let mut topic_times = latency_histogram();
+    for (at, sent) in topic_last.iter().flatten() {
+        topic_times.saturating_record(at.saturating_sub(*sent).max(1));
+    }
+    let topic_us = (!topic_times.is_empty()).then(|| LatencyUs::from_ns(&topic_times));
     report.connections = Some(ConnectionsReport {
         connect_s,
         connects_per_s: Some(plan.subscribers as f64 / connect_s),
-        topic_last_p50_ms: rank(0.50),
-        topic_last_p99_ms: rank(0.99),
+        topic_last_p50_ms: topic_us.map(|us| us.p50 / 1e3),
+        topic_last_p99_ms: topic_us.map(|us| us.p99 / 1e3),
         rss_before_kib: rss_before,
         rss_after_kib: rss_after,
         rss_per_connection_bytes,

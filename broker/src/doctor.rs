@@ -127,8 +127,8 @@ pub fn check_host(shards: Shards) -> Vec<Check> {
     ]
 }
 
-/// The backlog each shard's listener asks for (`corebus_shards`' listen).
-const LISTEN_BACKLOG: u64 = 4096;
+/// The backlog each shard's listener asks for.
+const LISTEN_BACKLOG: u64 = corebus_shards::LISTEN_BACKLOG as u64;
 /// Broker memory per idle subscriber connection, measured by the bench
 /// harness (`bench/compare_connections.sh`: 4.9 KiB with 19,700
 /// connections), rounded up with room for the kernel's own socket state and
@@ -341,10 +341,7 @@ fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
 }
 
 fn check_io_uring() -> Check {
-    let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
-        .ok()
-        .and_then(|text| text.trim().parse::<u32>().ok())
-        .unwrap_or(0);
+    let disabled = read_proc_number("/proc/sys/kernel/io_uring_disabled").unwrap_or(0);
     let sysctl_fix = "`sysctl -w kernel.io_uring_disabled=0`, and persist it with a line \
                       `kernel.io_uring_disabled = 0` in /etc/sysctl.d/90-corebus.conf";
     match probe_io_uring() {

@@ -302,24 +302,20 @@ async fn serve_conn(
     // Over a limit, the connection still gets a typed error before it closes.
     let admitted = !at_file_limit && limits.total.acquire();
     let over_shard_limit = shard.borrow().over_connection_limit();
-    if at_file_limit {
-        shard.borrow_mut().refuse_conn(
-            conn,
+    let refusal = if at_file_limit {
+        Some(
             "the broker is at its open-file limit (Too many open files): raise it, see \
              `corebus doctor`"
-                .into(),
-        );
+                .to_owned(),
+        )
     } else if !admitted {
         let max = limits.total.max.load(Ordering::Acquire);
-        shard.borrow_mut().refuse_conn(
-            conn,
-            format!("the broker holds its maximum of {max} connections"),
-        );
-    } else if let Some(max) = over_shard_limit {
-        shard.borrow_mut().refuse_conn(
-            conn,
-            format!("this shard holds its maximum of {max} connections"),
-        );
+        Some(format!("the broker holds its maximum of {max} connections"))
+    } else {
+        over_shard_limit.map(|max| format!("this shard holds its maximum of {max} connections"))
+    };
+    if let Some(reason) = refusal {
+        shard.borrow_mut().refuse_conn(conn, reason);
     }
     let writer = glommio::spawn_local(
         write_loop(

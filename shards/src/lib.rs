@@ -45,6 +45,7 @@ pub use auth::{Authenticator, Grant, OpenAccess, Permissions};
 pub use cluster::{ClusterCommandError, ClusterControl, NoCluster, NodeMap, Placement};
 pub use corebus_gateway::Origins;
 pub use engine::{CommandWait, ConnId, EngineConfig, Flow, Shard, SlowConsumerPolicy};
+pub use listen::LISTEN_BACKLOG;
 pub use metrics::{MetricsHandle, ShardMetrics};
 pub use routing::ShardId;
 pub use runtime::{start, Server, ServerConfig, ShutdownHandle, StartError, WebConfig};

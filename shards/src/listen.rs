@@ -134,8 +134,8 @@ pub(crate) fn bind_listener(
 }
 
 /// Pending connections per shard listener (the kernel caps it at
-/// net.core.somaxconn).
-const LISTEN_BACKLOG: i32 = 4096;
+/// net.core.somaxconn; `corebus doctor` checks that).
+pub const LISTEN_BACKLOG: i32 = 4096;
 
 #[cfg(test)]
 mod tests {
