@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use corebus_shards::{
-    Authenticator, EngineConfig, OpenAccess, Origins, RingLimits, ServerConfig, SlowConsumerPolicy,
-    WebConfig,
+    Authenticator, EngineConfig, MqttConfig, OpenAccess, Origins, RingLimits, ServerConfig,
+    SlowConsumerPolicy, WebConfig,
 };
 use tracing::{info, warn};
 
@@ -63,6 +63,10 @@ pub fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
             listen,
             origins: web_origins(args),
         }),
+        mqtt: args.mqtt_listen.0.map(|listen| MqttConfig {
+            listen,
+            namespace: args.mqtt_namespace.clone(),
+        }),
         ..ServerConfig::default()
     })
 }
@@ -78,9 +82,11 @@ fn web_origins(args: &ServeArgs) -> Origins {
 }
 
 /// The addresses clients reach the broker on: the native listener and,
-/// when there is one, the browser listener.
+/// when there are, the browser and MQTT listeners.
 fn client_listeners(args: &ServeArgs) -> impl Iterator<Item = std::net::SocketAddr> {
-    std::iter::once(args.listen).chain(args.ws_listen.0)
+    std::iter::once(args.listen)
+        .chain(args.ws_listen.0)
+        .chain(args.mqtt_listen.0)
 }
 
 /// The authenticator for these settings, enforcing the secure default:

@@ -411,6 +411,11 @@ pub fn run(resolved: Resolved, file: Option<PathBuf>, matches: ArgMatches) -> an
             warn!("cannot print the browser listener's address: {err:#}");
         }
     }
+    if let Some(mqtt) = server.mqtt_addr() {
+        if let Err(err) = crate::stdio::line(format_args!("corebus mqtt on {mqtt}")) {
+            warn!("cannot print the MQTT listener's address: {err:#}");
+        }
+    }
     // Every shard listens: ready, for a service manager that asks
     // (Type=notify); and, when it asks for a watchdog, proof of life
     // while every shard's executor turns.

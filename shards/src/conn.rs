@@ -36,11 +36,13 @@ use glommio::net::TcpStream;
 use rustc_hash::FxHashMap;
 use tracing::{debug, error_span, Instrument, Span};
 
+use crate::edge::{EdgeConn, Input, Wrapped};
 use crate::engine::{ConnId, Flow, Shard};
+use crate::mqtt::{MqttConn, MqttSettings};
 use crate::outbox::{OutFrame, ENCODE_BELOW};
 use crate::sends::SendBatch;
 use crate::socket::SharedSocket;
-use crate::web::{Input, WebConn, Wrapped};
+use crate::web::WebConn;
 
 /// Bytes asked of the kernel per read: start small, so an idle connection
 /// costs a few KiB, and double up to the maximum while reads fill the buffer.
@@ -213,13 +215,16 @@ pub struct Limits {
     /// For a connection of the web listener: the origins it may come from
     /// (it speaks HTTP first, then WebSocket or Server-Sent Events).
     pub web: Option<Arc<Origins>>,
+    /// For a connection of the MQTT listener: its settings (it speaks MQTT
+    /// 3.1.1 or 5.0).
+    pub mqtt: Option<Arc<MqttSettings>>,
 }
 
 /// A connection's TLS state, shared by its reader and writer.
 /// A connection's TLS session (a client's, or a link's from this node).
 pub(crate) type Tls = Rc<RefCell<rustls::Connection>>;
-/// A web connection's state, shared by its reader and writer.
-type Web = Rc<RefCell<WebConn>>;
+/// A web or MQTT connection's state, shared by its reader and writer.
+type Edge = Rc<RefCell<EdgeConn>>;
 
 /// Serves one accepted connection until it closes.
 ///
@@ -295,10 +300,15 @@ async fn serve_conn(
             }
         }
     };
-    let web: Option<Web> = limits
-        .web
-        .clone()
-        .map(|origins| Rc::new(RefCell::new(WebConn::new(origins, limits.tls.is_some()))));
+    let edge = match (&limits.web, &limits.mqtt) {
+        (Some(origins), _) => Some(EdgeConn::Web(WebConn::new(
+            origins.clone(),
+            limits.tls.is_some(),
+        ))),
+        (None, Some(settings)) => Some(EdgeConn::Mqtt(Box::new(MqttConn::new(settings.clone())))),
+        (None, None) => None,
+    };
+    let edge: Option<Edge> = edge.map(|edge| Rc::new(RefCell::new(edge)));
     // Over a limit, the connection still gets a typed error before it closes.
     let admitted = !at_file_limit && limits.total.acquire();
     let over_shard_limit = shard.borrow().over_connection_limit();
@@ -323,12 +333,12 @@ async fn serve_conn(
             conn,
             stream.clone(),
             tls.clone(),
-            web.clone(),
+            edge.clone(),
             sends,
         )
         .instrument(Span::current()),
     );
-    match read_loop(&shard, conn, stream, tls.clone(), web, &mut handshake).await {
+    match read_loop(&shard, conn, stream, tls.clone(), edge, &mut handshake).await {
         Ok(()) => debug!("connection closed"),
         Err(err)
             if tls
@@ -394,7 +404,7 @@ async fn read_loop(
     conn: ConnId,
     mut stream: SharedSocket,
     tls: Option<Tls>,
-    web: Option<Web>,
+    edge: Option<Edge>,
     handshake: &mut Option<HandshakeSlot>,
 ) -> io::Result<()> {
     // The frame limit is the small pre-handshake one until a HELLO succeeds:
@@ -408,8 +418,9 @@ async fn read_loop(
     let mut buf = BytesMut::new();
     let mut chunk = READ_CHUNK_MIN;
     let mut cipher = BytesMut::new();
-    // Plaintext of a TLS web connection, before it goes through the web layer.
-    let mut web_plain = BytesMut::new();
+    // Plaintext of a TLS web or MQTT connection, before it goes through
+    // its protocol layer.
+    let mut edge_plain = BytesMut::new();
     let mut event_stream = false;
     let mut keys = KeyCache::default();
     let mut turn = ReadTurn::default();
@@ -429,8 +440,8 @@ async fn read_loop(
                             limit = shard.frame_limit(conn);
                             if handshaken {
                                 *handshake = None;
-                                if let Some(web) = &web {
-                                    web.borrow_mut().handshaken(limit);
+                                if let Some(edge) = &edge {
+                                    edge.borrow_mut().handshaken(limit);
                                 }
                                 _expiry = shard.expires_at_ms(conn).map(|at| {
                                     glommio::spawn_local(expire_at(shard_rc.clone(), conn, at))
@@ -483,7 +494,7 @@ async fn read_loop(
         // Before the handshake the chunk grows only with bytes that came.
         let ceiling = if handshaken { READ_CHUNK_MAX } else { chunk };
         let want = need.saturating_sub(start).clamp(chunk, ceiling);
-        if tls.is_some() || web.is_some() {
+        if tls.is_some() || edge.is_some() {
             cipher.clear();
             let read = read_into(&mut stream, &mut cipher, chunk).await?;
             if read == 0 {
@@ -496,8 +507,8 @@ async fn read_loop(
             }
             let mut peer_closed = false;
             if let Some(tls) = &tls {
-                let plain = if web.is_some() {
-                    &mut web_plain
+                let plain = if edge.is_some() {
+                    &mut edge_plain
                 } else {
                     &mut buf
                 };
@@ -509,18 +520,21 @@ async fn read_loop(
                     kick(shard, conn);
                 }
             }
-            if let Some(web) = &web {
+            if let Some(edge) = &edge {
                 let fed = match &tls {
                     Some(_) => {
-                        let plain = web_plain.split();
-                        web.borrow_mut().feed(&plain, &mut buf, limit)
+                        let plain = edge_plain.split();
+                        edge.borrow_mut().feed(&plain, &mut buf, limit)
                     }
-                    None => web.borrow_mut().feed(&cipher[..read], &mut buf, limit),
+                    None => edge.borrow_mut().feed(&cipher[..read], &mut buf, limit),
                 };
-                if let Some(opened) = web.borrow_mut().take_opened() {
+                if let Some(opened) = edge.borrow_mut().take_opened() {
                     shard.borrow_mut().note_web(opened);
                 }
-                if web.borrow().has_pending() {
+                if let Some(keep_alive) = edge.borrow_mut().take_keep_alive() {
+                    shard.borrow_mut().set_keep_alive(conn, keep_alive);
+                }
+                if edge.borrow().has_pending() {
                     kick(shard, conn);
                 }
                 match fed {
@@ -531,7 +545,7 @@ async fn read_loop(
                         return Ok(());
                     }
                 }
-                if !event_stream && web.borrow().is_event_stream() {
+                if !event_stream && edge.borrow().is_event_stream() {
                     event_stream = true;
                     let timeout = shard.borrow().heartbeat_timeout_ms();
                     watch_unacknowledged(&stream, timeout);
@@ -734,7 +748,7 @@ async fn write_loop(
     conn: ConnId,
     mut stream: SharedSocket,
     tls: Option<Tls>,
-    web: Option<Web>,
+    edge: Option<Edge>,
     sends: Rc<SendBatch>,
 ) {
     let mut batch = Vec::new();
@@ -771,10 +785,10 @@ async fn write_loop(
         if !head.is_empty() {
             segments.push(head.split().freeze());
         }
-        let wrapped = match &web {
-            Some(web) => {
-                let wrapped = web.borrow_mut().wrap(&mut segments);
-                if let Some(opened) = web.borrow_mut().take_opened() {
+        let wrapped = match &edge {
+            Some(edge) => {
+                let wrapped = edge.borrow_mut().wrap(&mut segments);
+                if let Some(opened) = edge.borrow_mut().take_opened() {
                     shard.borrow_mut().note_web(opened);
                 }
                 wrapped
@@ -799,10 +813,10 @@ async fn write_loop(
             break;
         }
     }
-    if let Some(web) = &web {
+    if let Some(edge) = &edge {
         // A WebSocket close frame, bounded like the TLS close below.
         let _ = stream.set_write_timeout(Some(CLOSE_FLUSH_TIMEOUT));
-        let last = web.borrow_mut().close();
+        let last = edge.borrow_mut().close();
         if !last.is_empty() {
             let mut last = vec![Bytes::from(last)];
             let _ = write_segments(&mut stream, tls.as_ref(), &sends, &mut last).await;

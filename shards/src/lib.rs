@@ -16,6 +16,7 @@
 pub mod auth;
 pub mod cluster;
 pub mod conn;
+mod edge;
 pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -26,6 +27,7 @@ pub mod local_ref;
 pub mod log_limit;
 pub mod mesh;
 pub mod metrics;
+mod mqtt;
 pub mod outbox;
 pub mod patterns;
 pub mod ring;
@@ -47,8 +49,9 @@ pub use corebus_gateway::Origins;
 pub use engine::{CommandWait, ConnId, EngineConfig, Flow, Shard, SlowConsumerPolicy};
 pub use listen::LISTEN_BACKLOG;
 pub use metrics::{MetricsHandle, ShardMetrics};
+pub use mqtt::MqttSettings;
 pub use routing::ShardId;
-pub use runtime::{start, Server, ServerConfig, ShutdownHandle, StartError, WebConfig};
+pub use runtime::{start, MqttConfig, Server, ServerConfig, ShutdownHandle, StartError, WebConfig};
 pub use sends::SendStats;
 pub use topic::RingLimits;
 pub use webhooks::{

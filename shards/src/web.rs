@@ -21,7 +21,9 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use corebus_gateway::sse::{self, After};
 use corebus_gateway::{accept, Accept, Feed, Origins, Refusal, WsError, WsSession};
-use corebus_net::{check, decode, Check, ErrorCode, Frame, Hello, Subscribe, PROTOCOL_VERSION};
+use corebus_net::{ErrorCode, Frame, Hello, Subscribe, PROTOCOL_VERSION};
+
+use crate::edge::{frames_of, Input, Wrapped};
 
 /// What became of a web connection's request, once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,24 +60,6 @@ enum Phase {
     EventStream,
     /// Refused (the answer is in `pending`), or the session ended.
     Done,
-}
-
-/// What the reader does after feeding bytes.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Input {
-    /// Go on reading; frames (if any) are in the buffer.
-    More,
-    /// Stop reading: the browser closed, or was refused.
-    End,
-}
-
-/// What the writer does after a batch.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Wrapped {
-    /// The connection ends after this write.
-    pub end: bool,
-    /// A heartbeat went to an event stream (which never answers one).
-    pub pinged: bool,
 }
 
 impl WebConn {
@@ -249,24 +233,6 @@ impl WebConn {
         self.phase = Phase::Done;
         out
     }
-}
-
-/// The frames in a batch the native encoder produced (whole frames, split
-/// across buffers anywhere).
-fn frames_of(segments: &[Bytes]) -> Vec<Frame> {
-    let mut wire = BytesMut::with_capacity(segments.iter().map(Bytes::len).sum());
-    for segment in segments {
-        wire.extend_from_slice(segment);
-    }
-    let mut frames = Vec::new();
-    while let Ok(Check::Complete { len }) = check(&wire, u32::MAX) {
-        // The broker's own encoding: anything it cannot read back is a bug,
-        // not input, and is skipped rather than taking the connection down.
-        if let Ok(frame) = decode(wire.split_to(len).freeze()) {
-            frames.push(frame);
-        }
-    }
-    frames
 }
 
 /// The HTTP answer to an engine error that came before the request did.

@@ -26,6 +26,7 @@ pub struct Broker {
     server: Option<Server>,
     addr: SocketAddr,
     web_addr: Option<SocketAddr>,
+    mqtt_addr: Option<SocketAddr>,
     shards: usize,
 }
 
@@ -45,7 +46,7 @@ impl Broker {
     }
 
     /// Starts a broker from a full configuration; the listen addresses
-    /// (the web listener's too, when there is one) are always 127.0.0.1 with
+    /// (the web and MQTT listeners' too, when there are) are always 127.0.0.1 with
     /// an OS-chosen port.
     pub fn start_config(config: ServerConfig) -> Broker {
         let shards = config.shards.unwrap_or(1);
@@ -54,18 +55,25 @@ impl Broker {
             listen: any_port,
             ..web
         });
+        let mqtt = config.mqtt.map(|mqtt| corebus_shards::MqttConfig {
+            listen: any_port,
+            ..mqtt
+        });
         let server = corebus_shards::start(ServerConfig {
             listen: any_port,
             web,
+            mqtt,
             ..config
         })
         .expect("broker starts");
         let addr = server.local_addr();
         let web_addr = server.web_addr();
+        let mqtt_addr = server.mqtt_addr();
         Broker {
             server: Some(server),
             addr,
             web_addr,
+            mqtt_addr,
             shards,
         }
     }
@@ -74,6 +82,12 @@ impl Broker {
     pub fn web_addr(&self) -> SocketAddr {
         self.web_addr
             .expect("the broker was started with a web listener")
+    }
+
+    /// The address MQTT clients connect to.
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.mqtt_addr
+            .expect("the broker was started with an MQTT listener")
     }
 
     /// The address to connect to.

@@ -10,6 +10,7 @@ mod guarantees;
 mod hostile;
 mod layering;
 mod memory;
+mod mqtt;
 mod reconnect;
 mod sends;
 mod tls;

@@ -158,6 +158,16 @@ pub struct ServeArgs {
     #[arg(long, env = "COREBUS_WS_ALLOWED_ORIGIN", default_value = "",
           action = clap::ArgAction::Append, value_parser = parse_origins)]
     pub ws_allowed_origin: Vec<AllowedOrigins>,
+    /// Address of the MQTT listener, or `off`: MQTT 3.1.1 and 5.0 clients
+    /// (1883 is the convention), served by the shards with the same TLS,
+    /// authentication (the password is an API key or a token) and limits
+    /// as the native listener (see docs/mqtt.md).
+    #[arg(long, env = "COREBUS_MQTT_LISTEN", default_value = "off", value_parser = parse_optional_addr)]
+    pub mqtt_listen: OptionalAddr,
+    /// The namespace every MQTT topic lives in: an MQTT topic name is the
+    /// corebus topic of that name in it.
+    #[arg(long, env = "COREBUS_MQTT_NAMESPACE", default_value = "mqtt", value_parser = parse_namespace)]
+    pub mqtt_namespace: String,
     /// Address this node gossips on with the other members of its cluster
     /// (UDP), which is also its node id; `off` runs it alone. See
     /// docs/cluster.md.
@@ -458,4 +468,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     humantime::parse_duration(text)
         .map_err(|err| format!("{text:?} is not a duration like 250ms, 15s, 10m or 2h ({err})"))
+}
+
+/// A namespace name, checked by the rules every namespace follows.
+pub fn parse_namespace(text: &str) -> Result<String, String> {
+    corebus_net::validate_namespace(text.as_bytes())
+        .map(|()| text.to_owned())
+        .map_err(|err| err.to_string())
 }

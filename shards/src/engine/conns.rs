@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 use super::delivery::report_losses;
 use std::task::Waker;
 
-use super::{CommandWait, ConnId, ConnState, Flow, Shard};
+use super::{CommandWait, ConnId, ConnState, Flow, Liveness, Shard};
 use crate::auth::{unix_now_ms, Action, AuthError, Grant};
 use crate::outbox::{OutFrame, Outbox, PushError};
 use crate::webhooks::{CommandAnswer, CommandError, CommandResult};
@@ -49,6 +49,14 @@ impl Shard {
                 .filter(|expires| *expires <= unix_ms)
             {
                 to_close.push((*conn, ErrorCode::TokenExpired, expiry_message(expired)));
+            } else if let Liveness::KeepAlive(limit) = state.liveness {
+                if let Some(limit) = limit.filter(|limit| quiet >= *limit) {
+                    to_close.push((
+                        *conn,
+                        ErrorCode::IdleTimeout,
+                        format!("nothing received for {limit} ms, past the keep-alive; closing"),
+                    ));
+                }
             } else if quiet >= timeout {
                 to_close.push((
                     *conn,
@@ -106,6 +114,15 @@ impl Shard {
         }
     }
 
+    /// `conn` keeps itself alive (an MQTT client's keep-alive): the engine
+    /// sends it no heartbeat, and closes it after `quiet_ms` without input
+    /// (never, for `None`).
+    pub fn set_keep_alive(&mut self, conn: ConnId, quiet_ms: Option<u64>) {
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.liveness = Liveness::KeepAlive(quiet_ms);
+        }
+    }
+
     /// `bytes` arrived from `conn`: it is alive.
     pub fn note_input(&mut self, conn: ConnId, bytes: usize) {
         self.stats.bytes_in += bytes as u64;
@@ -134,6 +151,7 @@ impl Shard {
                 lossy: Vec::new(),
                 last_input_ms: self.now_ms,
                 ping_outstanding: false,
+                liveness: Liveness::Heartbeat,
             },
         );
         self.stats.connections_opened += 1;

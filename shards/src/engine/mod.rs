@@ -203,6 +203,20 @@ struct ConnState {
     /// Engine time of the last bytes received.
     last_input_ms: u64,
     ping_outstanding: bool,
+    /// How the engine learns the peer is alive.
+    liveness: Liveness,
+}
+
+/// How a connection shows it is alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Liveness {
+    /// It answers the engine's heartbeat `PING`s (native clients, links,
+    /// WebSockets).
+    Heartbeat,
+    /// It sends packets of its own (an MQTT client's keep-alive): no
+    /// heartbeat, and closed after this many ms without input (`None`:
+    /// never).
+    KeepAlive(Option<u64>),
 }
 
 impl ConnState {

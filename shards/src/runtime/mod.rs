@@ -21,6 +21,7 @@ use crate::auth::{Authenticator, OpenAccess};
 use crate::conn::{ConnLimit, HandshakeGate};
 use crate::engine::EngineConfig;
 use crate::host::{affinity_cpus, preflight, IO_MEMORY};
+use crate::mqtt::MqttSettings;
 use corebus_gateway::Origins;
 
 use crate::cluster::{ClusterControl, NoCluster, NodeMap};
@@ -76,6 +77,19 @@ pub struct ServerConfig {
     /// The listener for browsers (WebSocket and Server-Sent Events), with
     /// the same TLS; `None` for none.
     pub web: Option<WebConfig>,
+    /// The MQTT listener (3.1.1 and 5.0), with the same TLS; `None` for
+    /// none.
+    pub mqtt: Option<MqttConfig>,
+}
+
+/// The MQTT listener: every shard binds it beside the native one, and its
+/// connections live on the shard that accepted them like native ones.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    /// Address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The namespace every MQTT topic lives in.
+    pub namespace: String,
 }
 
 /// The listener for browsers: every shard binds it beside the native one,
@@ -105,6 +119,7 @@ impl Default for ServerConfig {
             max_handshaking_per_source: 0,
             tls: None,
             web: None,
+            mqtt: None,
         }
     }
 }
@@ -142,6 +157,7 @@ impl ShutdownHandle {
 pub struct Server {
     local_addr: SocketAddr,
     web_addr: Option<SocketAddr>,
+    mqtt_addr: Option<SocketAddr>,
     shard_count: usize,
     control: Arc<Control>,
     metrics: MetricsHandle,
@@ -159,6 +175,11 @@ impl Server {
     /// The address browsers connect to, when there is a web listener.
     pub fn web_addr(&self) -> Option<SocketAddr> {
         self.web_addr
+    }
+
+    /// The address MQTT clients connect to, when there is an MQTT listener.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_addr
     }
 
     /// Number of shards running.
@@ -266,13 +287,24 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
     // SO_REUSEPORT would let us silently share a port with another process
     // of the same user; a plain bind first turns that into a clear error.
     let web_listen = config.web.as_ref().map(|web| web.listen);
-    for addr in std::iter::once(config.listen).chain(web_listen) {
+    let mqtt_listen = config.mqtt.as_ref().map(|mqtt| mqtt.listen);
+    for addr in std::iter::once(config.listen)
+        .chain(web_listen)
+        .chain(mqtt_listen)
+    {
         if addr.port() != 0 {
             std::net::TcpListener::bind(addr)
                 .map_err(|source| StartError::Bind { addr, source })?;
         }
     }
     let origins = config.web.as_ref().map(|web| Arc::new(web.origins.clone()));
+    let mqtt_settings = config.mqtt.as_ref().map(|mqtt| {
+        Arc::new(MqttSettings {
+            namespace: mqtt.namespace.clone(),
+            receive_maximum: u16::try_from(config.engine.max_in_flight_per_conn)
+                .unwrap_or(u16::MAX),
+        })
+    });
     let pin = shard_count <= cpus.len();
     #[cfg(not(feature = "crossbeam-mesh"))]
     let mesh = MeshBuilder::<MeshBatch, _>::full(shard_count, MESH_QUEUE_BATCHES);
@@ -288,6 +320,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
     let mut handles = Vec::with_capacity(shard_count);
     let mut listen = config.listen;
     let mut web_listen = web_listen;
+    let mut mqtt_listen = mqtt_listen;
     for index in 0..shard_count {
         let placement = match cpus.get(index) {
             Some(cpu) if pin => Placement::Fixed(*cpu),
@@ -305,6 +338,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
         let link_tls = config.link_tls.clone();
         let tls = config.tls.clone();
         let web = web_listen.zip(origins.clone());
+        let mqtt = mqtt_listen.zip(mqtt_settings.clone());
         let conn_limit = conn_limit.clone();
         let handshakes = handshakes.clone();
         let shard_metrics = metrics.clone();
@@ -317,6 +351,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
                     shard_count,
                     listen,
                     web,
+                    mqtt,
                     control: shard_control,
                     metrics: shard_metrics,
                     ready: ready_tx,
@@ -351,9 +386,10 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
             })
         });
         match ready {
-            Ok((addr, web)) => {
-                listen = addr;
-                web_listen = web;
+            Ok(bound) => {
+                listen = bound.native;
+                web_listen = bound.web;
+                mqtt_listen = bound.mqtt;
             }
             Err(err) => {
                 control.state.store(STOPPING, Ordering::Release);
@@ -368,9 +404,13 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
     if let Some(web) = web_listen {
         info!(addr = %web, "corebus listening for browsers (WebSocket, Server-Sent Events)");
     }
+    if let Some(mqtt) = mqtt_listen {
+        info!(addr = %mqtt, "corebus listening for MQTT (3.1.1, 5.0)");
+    }
     Ok(Server {
         local_addr: listen,
         web_addr: web_listen,
+        mqtt_addr: mqtt_listen,
         shard_count,
         control,
         metrics,

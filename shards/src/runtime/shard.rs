@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 use crate::auth::Authenticator;
 use crate::conn::{ConnLimit, HandshakeGate};
 use crate::engine::{EngineConfig, Shard};
+use crate::mqtt::MqttSettings;
 use corebus_gateway::Origins;
 
 use crate::cluster::{ClusterControl, NodeMap};
@@ -38,6 +39,13 @@ const CLUSTER_TICK: Duration = Duration::from_millis(100);
 /// How often shards look at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(20);
 
+/// The addresses a shard's listeners got (the real ports when 0 was asked).
+pub(super) struct Bound {
+    pub(super) native: SocketAddr,
+    pub(super) web: Option<SocketAddr>,
+    pub(super) mqtt: Option<SocketAddr>,
+}
+
 /// What a shard thread is handed at start.
 pub(super) struct ShardContext {
     pub(super) id: ShardId,
@@ -45,9 +53,11 @@ pub(super) struct ShardContext {
     pub(super) listen: SocketAddr,
     /// The web listener's address and origins.
     pub(super) web: Option<(SocketAddr, Arc<Origins>)>,
+    /// The MQTT listener's address and settings.
+    pub(super) mqtt: Option<(SocketAddr, Arc<MqttSettings>)>,
     pub(super) control: Arc<Control>,
     pub(super) metrics: MetricsHandle,
-    pub(super) ready: mpsc::Sender<Result<(SocketAddr, Option<SocketAddr>), StartError>>,
+    pub(super) ready: mpsc::Sender<Result<Bound, StartError>>,
     pub(super) auth: Arc<dyn Authenticator>,
     pub(super) webhooks: Arc<dyn WebhookSink>,
     pub(super) cluster: Arc<dyn ClusterControl>,
@@ -64,6 +74,7 @@ pub(super) async fn run_shard(ctx: ShardContext, engine: EngineConfig, mesh: Sha
         shard_count,
         listen,
         web,
+        mqtt,
         control,
         metrics,
         ready,
@@ -84,17 +95,32 @@ pub(super) async fn run_shard(ctx: ShardContext, engine: EngineConfig, mesh: Sha
             .and_then(|listener| Ok((listener.local_addr()?, listener)))
             .map_err(|source| StartError::Bind { addr, source })
     };
-    let bound = bind(listen, steer).and_then(|native| match &web {
-        Some((addr, origins)) => {
-            let (addr, listener) = bind(*addr, None)?;
-            Ok((native, Some((addr, listener, origins.clone()))))
-        }
-        None => Ok((native, None)),
-    });
-    let (listener, web) = match bound {
-        Ok(((addr, listener), web)) => {
-            let _ = ready.send(Ok((addr, web.as_ref().map(|(addr, ..)| *addr))));
-            (listener, web)
+    let bound = (|| {
+        let native = bind(listen, steer)?;
+        let web = match &web {
+            Some((addr, origins)) => {
+                let (addr, listener) = bind(*addr, None)?;
+                Some((addr, listener, origins.clone()))
+            }
+            None => None,
+        };
+        let mqtt = match &mqtt {
+            Some((addr, settings)) => {
+                let (addr, listener) = bind(*addr, None)?;
+                Some((addr, listener, settings.clone()))
+            }
+            None => None,
+        };
+        Ok((native, web, mqtt))
+    })();
+    let (listener, web, mqtt) = match bound {
+        Ok(((addr, listener), web, mqtt)) => {
+            let _ = ready.send(Ok(Bound {
+                native: addr,
+                web: web.as_ref().map(|(addr, ..)| *addr),
+                mqtt: mqtt.as_ref().map(|(addr, ..)| *addr),
+            }));
+            (listener, web, mqtt)
         }
         Err(err) => {
             let _ = ready.send(Err(err));
@@ -215,6 +241,7 @@ pub(super) async fn run_shard(ctx: ShardContext, engine: EngineConfig, mesh: Sha
         handshakes,
         tls,
         web: None,
+        mqtt: None,
     };
     let accepted = |limits: crate::conn::Limits| {
         let shard = shard.clone();
@@ -248,6 +275,13 @@ pub(super) async fn run_shard(ctx: ShardContext, engine: EngineConfig, mesh: Sha
         };
         glommio::spawn_local(accept_until(id, listener, accepted(limits), stopped()))
     });
+    let mqtt_accepts = mqtt.map(|(_, listener, settings)| {
+        let limits = crate::conn::Limits {
+            mqtt: Some(settings),
+            ..limits.clone()
+        };
+        glommio::spawn_local(accept_until(id, listener, accepted(limits), stopped()))
+    });
     // A cluster member's listener stays open while it drains: the other
     // nodes connect to take its topics over (the engine refuses clients
     // then). It closes when the shard stops.
@@ -272,6 +306,9 @@ pub(super) async fn run_shard(ctx: ShardContext, engine: EngineConfig, mesh: Sha
     };
     if let Some(web_accepts) = web_accepts {
         web_accepts.await;
+    }
+    if let Some(mqtt_accepts) = mqtt_accepts {
+        mqtt_accepts.await;
     }
     if state == DRAINING {
         let drain_ms = control.drain_ms.load(Ordering::Acquire);
