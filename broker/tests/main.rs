@@ -11,6 +11,7 @@ mod cli;
 mod cli_pubsub;
 mod cluster;
 mod logging;
+mod mqtt_interop;
 mod ops;
 mod promises;
 mod reload;

@@ -424,6 +424,9 @@ async fn read_loop(
     let mut event_stream = false;
     let mut keys = KeyCache::default();
     let mut turn = ReadTurn::default();
+    // The peer is done (closed its TLS session or its protocol ended it):
+    // the frames its last bytes held are handled, then the reader ends.
+    let mut ending = false;
     loop {
         let need;
         {
@@ -462,9 +465,10 @@ async fn read_loop(
                     }
                 }
             }
-            if shard
-                .outbox_mut(conn)
-                .is_none_or(|outbox| outbox.is_closing())
+            if ending
+                || shard
+                    .outbox_mut(conn)
+                    .is_none_or(|outbox| outbox.is_closing())
             {
                 return Ok(());
             }
@@ -539,7 +543,7 @@ async fn read_loop(
                 }
                 match fed {
                     Ok(Input::More) => {}
-                    Ok(Input::End) => return Ok(()),
+                    Ok(Input::End) => ending = true,
                     Err(err) => {
                         debug!(%err, "WebSocket session failed");
                         return Ok(());
@@ -551,9 +555,7 @@ async fn read_loop(
                     watch_unacknowledged(&stream, timeout);
                 }
             }
-            if peer_closed {
-                return Ok(());
-            }
+            ending |= peer_closed;
             continue;
         }
         let read = read_into(&mut stream, &mut buf, want).await;

@@ -39,6 +39,11 @@ pub struct ServerArg {
 /// `corebus pub`.
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("body").required(true).args(["message", "stdin", "file"])))]
+// clap puts a required group first in the usage line, which read as if the
+// message came before the namespace and topic.
+#[command(
+    override_usage = "corebus pub [OPTIONS] <NAMESPACE> <TOPIC> <MESSAGE|--stdin|--file <PATH>>"
+)]
 pub struct PubArgs {
     /// Namespace.
     pub namespace: String,
