@@ -338,7 +338,16 @@ async fn serve_conn(
         )
         .instrument(Span::current()),
     );
-    match read_loop(&shard, conn, stream, tls.clone(), edge, &mut handshake).await {
+    match read_loop(
+        &shard,
+        conn,
+        stream,
+        tls.clone(),
+        edge.clone(),
+        &mut handshake,
+    )
+    .await
+    {
         Ok(()) => debug!("connection closed"),
         Err(err)
             if tls
@@ -348,6 +357,9 @@ async fn serve_conn(
             shard.borrow_mut().note_tls_failure(&err);
         }
         Err(err) => debug!(%err, "connection read failed"),
+    }
+    if let Some(will) = edge.and_then(|edge| edge.borrow_mut().take_will()) {
+        shard.borrow_mut().publish_will(conn, will);
     }
     shard.borrow_mut().finish_conn(conn);
     // The writer flushes what is queued (a fatal error, say), but a peer that

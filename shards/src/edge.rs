@@ -72,6 +72,15 @@ impl EdgeConn {
         }
     }
 
+    /// An MQTT client's will, when its connection ended without a clean
+    /// `DISCONNECT`.
+    pub(crate) fn take_will(&mut self) -> Option<corebus_net::Publish> {
+        match self {
+            EdgeConn::Web(_) => None,
+            EdgeConn::Mqtt(mqtt) => mqtt.take_will(),
+        }
+    }
+
     /// Whether the connection is an event stream.
     pub(crate) fn is_event_stream(&self) -> bool {
         matches!(self, EdgeConn::Web(web) if web.is_event_stream())

@@ -24,13 +24,17 @@
 //!   the answers to the packets before it: it rides on a native `PING`,
 //!   and is sent when the engine's `PONG` comes back.
 //!
+//! - **Will.** A connection that ends without a clean `DISCONNECT` (a
+//!   lost socket, a missed keep-alive, a protocol error; 5.0's reason 0x04)
+//!   has its will published by the engine under the connection's grant.
+//!
 //! Deliveries go out at QoS 0 (granted QoS 0 in `SUBACK`): the native
 //! message does not yet carry the QoS it was published with. No session
-//! outlives its connection, no message is retained and no will is
-//! published yet; the 5.0 `CONNACK` says so where 5.0 has a property for
-//! it (retain, shared subscriptions, subscription identifiers: not
-//! available), and a 5.0 client that asks for them anyway is answered with
-//! the reason code the specification gives.
+//! outlives its connection and no message is retained yet; the 5.0
+//! `CONNACK` says so where 5.0 has a property for it (session expiry 0;
+//! retain, shared subscriptions, subscription identifiers: not available),
+//! and a 5.0 client that asks for them anyway is answered with the reason
+//! code the specification gives.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -41,8 +45,8 @@ use corebus_mqtt::{
     Properties, QoS, SubAck, UnsubAck, Version,
 };
 use corebus_net::{
-    encode_publish, encode_subscribe, is_pattern, validate_topic, ErrorCode, ErrorFrame, Frame,
-    Hello, PayloadFormat, Unsubscribe, PROTOCOL_VERSION,
+    encode_publish, encode_subscribe, is_pattern, validate_topic, Body, ErrorCode, ErrorFrame,
+    Frame, Hello, PayloadFormat, Publish, TopicKey, Unsubscribe, PROTOCOL_VERSION,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 use tracing::debug;
@@ -63,6 +67,9 @@ pub struct MqttSettings {
 /// Bytes a native frame adds to an MQTT packet's (namespace, opcode, ids):
 /// an MQTT packet may be this much shorter than the engine's frame limit.
 const NATIVE_OVERHEAD: u32 = 256;
+
+/// The 5.0 `DISCONNECT` reason that asks for the will to be published.
+const DISCONNECT_WITH_WILL: u8 = 0x04;
 
 /// Payloads at least this long go out as their own segment, shared with
 /// the other subscribers, instead of being copied after their header.
@@ -138,6 +145,11 @@ pub(crate) struct MqttConn {
     next_marker: u64,
     /// QoS 2 packet ids received and not yet released by `PUBREL`.
     unreleased: FxHashSet<u16>,
+    /// The will, as the publish it becomes, until a clean `DISCONNECT`.
+    will: Option<Publish>,
+    /// A 5.0 client asked for its session to outlive the connection, which
+    /// the `CONNACK` overrides with 0.
+    asked_session_expiry: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,7 +224,16 @@ impl MqttConn {
             deferred: VecDeque::new(),
             next_marker: 0,
             unreleased: FxHashSet::default(),
+            will: None,
+            asked_session_expiry: false,
         }
+    }
+
+    /// The will, when the connection ends without a clean `DISCONNECT`
+    /// (5.0: or with reason 0x04, "disconnect with will message"): the
+    /// engine publishes it under the connection's grant.
+    pub(crate) fn take_will(&mut self) -> Option<Publish> {
+        self.will.take()
     }
 
     /// Whether the writer has bytes of ours to send.
@@ -314,6 +335,25 @@ impl MqttConn {
             self.answer_connect(refusal, Properties::default());
             return Input::End;
         }
+        if let Some(will) = &connect.will {
+            let topic = will.topic.as_bytes();
+            let key = valid_topic(&will.topic)
+                .then(|| TopicKey::new(self.settings.namespace.as_bytes(), topic).ok())
+                .flatten();
+            let Some(topic) = key else {
+                debug!(topic = ?will.topic, "MQTT will to a topic name refused");
+                if v5 {
+                    self.answer_connect(reason::TOPIC_INVALID, Properties::default());
+                }
+                return Input::End;
+            };
+            self.will = Some(Publish {
+                request_id: 0,
+                ack: false,
+                topic,
+                body: Body::plain(&will.payload),
+            });
+        }
         let client_id = if connect.client_id.is_empty() {
             let id = format!("corebus-{:016x}", random_u64());
             self.assigned_id = Some(id.clone());
@@ -325,6 +365,7 @@ impl MqttConn {
             if let Some(max) = connect.properties.maximum_packet_size {
                 self.client_max_packet = max as usize;
             }
+            self.asked_session_expiry = connect.properties.session_expiry.unwrap_or(0) > 0;
         }
         self.keep_alive =
             Some((connect.keep_alive > 0).then(|| u64::from(connect.keep_alive) * 1500));
@@ -398,7 +439,12 @@ impl MqttConn {
                 Packet::PingResp.encode(self.version, &mut resp);
                 self.defer(frames, resp.freeze());
             }
-            Packet::Disconnect(_) => return Input::End,
+            Packet::Disconnect(disconnect) => {
+                if disconnect.reason != DISCONNECT_WITH_WILL {
+                    self.will = None;
+                }
+                return Input::End;
+            }
             Packet::Connect(_) => {
                 debug!("a second MQTT CONNECT; closing");
                 self.disconnect(reason::PROTOCOL_ERROR);
@@ -429,10 +475,7 @@ impl MqttConn {
             return Input::End;
         }
         let topic = publish.topic.as_bytes();
-        let valid = !topic.is_empty()
-            && mqtt::valid_topic_name(publish.topic.as_str())
-            && validate_topic(topic).is_ok()
-            && !is_pattern(topic);
+        let valid = valid_topic(&publish.topic);
         let packet_id = publish.packet_id.unwrap_or(0);
         if !valid {
             debug!(topic = ?publish.topic, "MQTT PUBLISH to a topic name refused");
@@ -650,6 +693,9 @@ impl MqttConn {
                         Some(welcome.max_frame.saturating_sub(NATIVE_OVERHEAD));
                     properties.assigned_client_id =
                         self.assigned_id.as_deref().and_then(MqttStr::new);
+                    // No session outlives its connection (yet): say so, and
+                    // a will's delay ends with the session, at once.
+                    properties.session_expiry = self.asked_session_expiry.then_some(0);
                 }
                 Packet::ConnAck(ConnAck {
                     session_present: false,
@@ -852,6 +898,17 @@ impl MqttConn {
         self.phase = Phase::Done;
         std::mem::take(&mut self.pending).to_vec()
     }
+}
+
+/// Whether an MQTT topic name can be published to: a valid MQTT name that
+/// is also a native one (not too long, no control character, no level that
+/// is a native wildcard).
+fn valid_topic(topic: &MqttStr) -> bool {
+    let bytes = topic.as_bytes();
+    !bytes.is_empty()
+        && mqtt::valid_topic_name(topic.as_str())
+        && validate_topic(bytes).is_ok()
+        && !is_pattern(bytes)
 }
 
 /// The native topics an MQTT filter stands for, or the reason code that

@@ -61,6 +61,10 @@ pub struct ShardStats {
     /// Requests the browser listener refused with an HTTP status (origin,
     /// path, malformed request, deadline, limits).
     pub web_requests_refused: u64,
+    /// Wills of MQTT clients whose connection ended without a clean
+    /// `DISCONNECT`, published (the publish may still be refused by the
+    /// connection's permissions).
+    pub wills_published: u64,
     /// Publishes sent on to the node that owns their topic.
     pub publishes_forwarded: u64,
     /// Forwarded publishes the owner node did not acknowledge (refused, or

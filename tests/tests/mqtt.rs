@@ -638,3 +638,138 @@ async fn a_client_silent_past_its_keep_alive_is_closed_and_a_pinging_one_is_not(
     tokio::time::sleep(Duration::from_millis(1500)).await;
     off.ping().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_sent_with_its_disconnect_in_one_write_is_delivered() {
+    let broker = mqtt_broker(2);
+    let (mut sub, _) = Mqtt::connect(&broker, Version::V311, "s").await;
+    sub.subscribe(1, &[("last/words", QoS::AtMostOnce)]).await;
+    // CONNECT, PUBLISH and DISCONNECT in one segment, then the close: the
+    // reader gets them all at once and must still hand the PUBLISH on.
+    let mut wire = BytesMut::new();
+    for packet in [
+        Packet::Connect(Box::new(Connect {
+            version: Version::V311,
+            client_id: MqttStr::new("quick").expect("an id"),
+            clean_start: true,
+            keep_alive: 0,
+            username: None,
+            password: None,
+            will: None,
+            properties: Properties::default(),
+        })),
+        Packet::Publish(mqtt::Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: MqttStr::new("last/words").expect("a topic"),
+            packet_id: None,
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"bye"),
+        }),
+        Packet::Disconnect(mqtt::Disconnect {
+            reason: 0,
+            properties: Properties::default(),
+        }),
+    ] {
+        packet.encode(Version::V311, &mut wire);
+    }
+    let mut quick = TcpStream::connect(broker.mqtt_addr())
+        .await
+        .expect("connects");
+    quick.write_all(&wire).await.expect("sent");
+    drop(quick);
+    assert_eq!(sub.message().await, ("last/words".into(), "bye".into()));
+}
+
+/// Connects `id` with a will to `will/{id}` saying "gone {id}".
+async fn connect_with_will(broker: &Broker, version: Version, id: &str, keep_alive: u16) -> Mqtt {
+    let mut client = Mqtt::open(broker, version).await;
+    client
+        .send(&Packet::Connect(Box::new(Connect {
+            version,
+            client_id: MqttStr::new(id).expect("an id"),
+            clean_start: true,
+            keep_alive,
+            username: None,
+            password: None,
+            will: Some(mqtt::LastWill {
+                topic: MqttStr::new(&format!("will/{id}")).expect("a topic"),
+                payload: Bytes::from(format!("gone {id}")),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: Properties::default(),
+            }),
+            properties: Properties::default(),
+        })))
+        .await;
+    match client.next().await {
+        Some(Packet::ConnAck(ack)) => assert_eq!(ack.code, 0),
+        other => panic!("a CONNACK, not {other:?}"),
+    }
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_is_published_when_a_connection_ends_without_a_clean_disconnect() {
+    let broker = mqtt_broker(2);
+    let (mut watcher, _) = Mqtt::connect(&broker, Version::V5, "watcher").await;
+    watcher.subscribe(1, &[("will/+", QoS::AtMostOnce)]).await;
+    // Dropped: the will goes out.
+    let dropped = connect_with_will(&broker, Version::V311, "dropped", 0).await;
+    drop(dropped);
+    assert_eq!(
+        watcher.message().await,
+        ("will/dropped".into(), "gone dropped".into())
+    );
+    // A clean DISCONNECT discards it, in either version...
+    for (version, id) in [(Version::V311, "clean3"), (Version::V5, "clean5")] {
+        let mut clean = connect_with_will(&broker, version, id, 0).await;
+        clean
+            .send(&Packet::Disconnect(mqtt::Disconnect {
+                reason: 0,
+                properties: Properties::default(),
+            }))
+            .await;
+        assert!(clean.next().await.is_none());
+    }
+    // ...except 5.0's "disconnect with will message".
+    let mut asks = connect_with_will(&broker, Version::V5, "asks", 0).await;
+    asks.send(&Packet::Disconnect(mqtt::Disconnect {
+        reason: 0x04,
+        properties: Properties::default(),
+    }))
+    .await;
+    assert_eq!(
+        watcher.message().await,
+        ("will/asks".into(), "gone asks".into())
+    );
+    // A protocol error ends the connection: the will goes out.
+    let mut broken = connect_with_will(&broker, Version::V5, "broken", 0).await;
+    broken.stream.write_all(&[0x00, 0x00]).await.expect("sent");
+    assert_eq!(
+        watcher.message().await,
+        ("will/broken".into(), "gone broken".into())
+    );
+    // And a missed keep-alive (1 s: closed after 1.5 s).
+    let _silent = connect_with_will(&broker, Version::V311, "silent", 1).await;
+    assert_eq!(
+        watcher.message().await,
+        ("will/silent".into(), "gone silent".into())
+    );
+    // The counters (as of each shard's last tick, about every second):
+    // four wills, and still four a tick later.
+    let wills = || -> u64 {
+        broker
+            .metrics()
+            .iter()
+            .map(|m| m.stats.wills_published)
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while wills() < 4 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(wills(), 4, "the clean ones published none");
+}

@@ -342,6 +342,12 @@ const FAMILIES: &[Family] = &[
         value: |m| m.stats.web_requests_refused,
     },
     Family {
+        name: "mqtt_wills_published",
+        help: "Wills of MQTT clients that went without a clean DISCONNECT, published.",
+        kind: MetricType::Counter,
+        value: |m| m.stats.wills_published,
+    },
+    Family {
         name: "subscriptions_refused",
         help: "SUBSCRIBE requests refused by a subscription limit.",
         kind: MetricType::Counter,

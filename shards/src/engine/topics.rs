@@ -98,6 +98,26 @@ impl Shard {
         }
     }
 
+    /// Publishes an MQTT client's will for `conn`, whose connection ended
+    /// without a clean `DISCONNECT`: under the connection's grant, as a
+    /// publish without acknowledgement. Nothing for a connection that never
+    /// authenticated or whose grant has expired.
+    pub fn publish_will(&mut self, conn: ConnId, will: Publish) {
+        let Some(state) = self.conns.get(&conn) else {
+            return;
+        };
+        let expired = state
+            .grant
+            .as_ref()
+            .and_then(|grant| grant.expires_at_ms)
+            .is_some_and(|expires| expires <= unix_now_ms());
+        if !state.handshaken || expired {
+            return;
+        }
+        self.stats.wills_published += 1;
+        self.handle_publish(conn, will);
+    }
+
     /// Sends a `PUB_ACK` and frees its in-flight slot.
     pub(super) fn acknowledge(&mut self, ack_to: AckTo, seq: Seq) {
         if let Some(state) = self.conns.get_mut(&ack_to.conn) {
