@@ -187,11 +187,14 @@ pub enum ErrorCode {
     /// The command had no effect; the connection stays; retry (with the
     /// same request id).
     Unavailable = 23,
+    /// Another connection took over this connection's client identity (an
+    /// MQTT client id, which one connection holds at a time); fatal.
+    TakenOver = 24,
 }
 
 impl ErrorCode {
     /// Every defined code, in numeric order.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::MalformedFrame,
         ErrorCode::UnknownOpcode,
         ErrorCode::FrameTooLarge,
@@ -215,6 +218,7 @@ impl ErrorCode {
         ErrorCode::InvalidRequest,
         ErrorCode::OwnerUnavailable,
         ErrorCode::Unavailable,
+        ErrorCode::TakenOver,
     ];
 
     /// Maps a wire value to a known code.
@@ -250,6 +254,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::OwnerUnavailable => "owner_unavailable",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::TakenOver => "taken_over",
         }
     }
 }

@@ -887,6 +887,7 @@ fn error_codes_have_their_documented_numbers_and_names() {
         (21, "invalid_request"),
         (22, "owner_unavailable"),
         (23, "unavailable"),
+        (24, "taken_over"),
     ];
     assert_eq!(ErrorCode::ALL.len(), documented.len());
     for (code, (number, name)) in ErrorCode::ALL.iter().zip(documented) {

@@ -456,7 +456,12 @@ async fn read_loop(
                             if handshaken {
                                 *handshake = None;
                                 if let Some(edge) = &edge {
-                                    edge.borrow_mut().handshaken(limit);
+                                    let mut edge = edge.borrow_mut();
+                                    edge.handshaken(limit);
+                                    let holder = (shard.id(), conn);
+                                    if let Some(previous) = edge.claim_client_id(holder) {
+                                        shard.take_over(previous);
+                                    }
                                 }
                                 _expiry = shard.expires_at_ms(conn).map(|at| {
                                     glommio::spawn_local(expire_at(shard_rc.clone(), conn, at))

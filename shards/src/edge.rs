@@ -81,6 +81,18 @@ impl EdgeConn {
         }
     }
 
+    /// An MQTT connection's handshake succeeded: it takes its client id
+    /// from whichever connection held it, returned to be closed.
+    pub(crate) fn claim_client_id(
+        &mut self,
+        holder: crate::mqtt::Holder,
+    ) -> Option<crate::mqtt::Holder> {
+        match self {
+            EdgeConn::Web(_) => None,
+            EdgeConn::Mqtt(mqtt) => mqtt.claim_client_id(holder),
+        }
+    }
+
     /// Whether the connection is an event stream.
     pub(crate) fn is_event_stream(&self) -> bool {
         matches!(self, EdgeConn::Web(web) if web.is_event_stream())

@@ -98,6 +98,12 @@ pub enum HandoffAnswer {
 /// One request or notification between shards.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShardMsg {
+    /// To the shard of an MQTT connection: another connection took its
+    /// client id over; close it with `taken_over`.
+    TakeOverMsg {
+        /// The connection.
+        conn: crate::engine::ConnId,
+    },
     /// To a topic's owner: sequence and fan out this payload.
     PublishMsg {
         /// The topic.

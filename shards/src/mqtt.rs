@@ -37,7 +37,7 @@
 //! code the specification gives.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Bytes, BytesMut};
 use corebus_mqtt::{
@@ -52,16 +52,59 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use tracing::debug;
 
 use crate::edge::{frames_of, Input, Wrapped};
+use crate::engine::ConnId;
+use crate::routing::ShardId;
 
-/// What every connection of one MQTT listener shares.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What every connection of one MQTT listener shares, on every shard.
+#[derive(Debug)]
 pub struct MqttSettings {
     /// The namespace every MQTT topic lives in.
-    pub namespace: String,
+    namespace: String,
     /// The `receive_maximum` a 5.0 `CONNACK` announces: QoS 1 and 2
     /// publishes a client may have unacknowledged (the engine's
     /// `max_in_flight_per_conn`, at most 65,535).
-    pub receive_maximum: u16,
+    receive_maximum: u16,
+    /// Which connection holds each client id.
+    clients: ClientIds,
+}
+
+impl MqttSettings {
+    /// Settings for a listener whose topics live in `namespace`.
+    pub fn new(namespace: String, receive_maximum: u16) -> MqttSettings {
+        MqttSettings {
+            namespace,
+            receive_maximum,
+            clients: ClientIds::default(),
+        }
+    }
+}
+
+/// A connection, broker-wide: its shard and its id there.
+pub(crate) type Holder = (ShardId, ConnId);
+
+/// Which connection holds each MQTT client id: one at a time, broker-wide
+/// (MQTT-3.1.4-2 in 3.1.1, MQTT-3.1.4-3 in 5.0). Touched once when a
+/// connection's handshake succeeds and once when it ends.
+#[derive(Debug, Default)]
+struct ClientIds {
+    held: Mutex<FxHashMap<String, Holder>>,
+}
+
+impl ClientIds {
+    /// `holder` takes `id`; the connection that held it, if another.
+    fn claim(&self, id: &str, holder: Holder) -> Option<Holder> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        held.insert(id.to_owned(), holder)
+            .filter(|previous| *previous != holder)
+    }
+
+    /// `holder` ends: `id` is free, unless another connection took it.
+    fn release(&self, id: &str, holder: Holder) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.get(id) == Some(&holder) {
+            held.remove(id);
+        }
+    }
 }
 
 /// Bytes a native frame adds to an MQTT packet's (namespace, opcode, ids):
@@ -130,6 +173,10 @@ pub(crate) struct MqttConn {
     keep_alive: Option<Option<u64>>,
     /// The client id this server chose, for the `CONNACK`.
     assigned_id: Option<String>,
+    /// The client id, once the `CONNECT` came.
+    client_id: String,
+    /// This connection, once it holds its client id.
+    holder: Option<Holder>,
     next_request: u32,
     /// Native requests waiting for their answer, by request id.
     requests: FxHashMap<u32, Request>,
@@ -215,6 +262,8 @@ impl MqttConn {
             pending: BytesMut::new(),
             keep_alive: None,
             assigned_id: None,
+            client_id: String::new(),
+            holder: None,
             next_request: 0,
             requests: FxHashMap::default(),
             next_sub: 0,
@@ -227,6 +276,13 @@ impl MqttConn {
             will: None,
             asked_session_expiry: false,
         }
+    }
+
+    /// The handshake of `holder` succeeded: it takes its client id
+    /// over; returns the connection that held it, which is to be closed.
+    pub(crate) fn claim_client_id(&mut self, holder: Holder) -> Option<Holder> {
+        self.holder = Some(holder);
+        self.settings.clients.claim(&self.client_id, holder)
     }
 
     /// The will, when the connection ends without a clean `DISCONNECT`
@@ -354,7 +410,7 @@ impl MqttConn {
                 body: Body::plain(&will.payload),
             });
         }
-        let client_id = if connect.client_id.is_empty() {
+        self.client_id = if connect.client_id.is_empty() {
             let id = format!("corebus-{:016x}", random_u64());
             self.assigned_id = Some(id.clone());
             id
@@ -371,7 +427,7 @@ impl MqttConn {
             Some((connect.keep_alive > 0).then(|| u64::from(connect.keep_alive) * 1500));
         Frame::Hello(Hello {
             version: PROTOCOL_VERSION,
-            client_name: format!("mqtt:{client_id}"),
+            client_name: format!("mqtt:{}", self.client_id),
             credentials: connect.password.unwrap_or_default(),
         })
         .encode(frames);
@@ -896,6 +952,7 @@ impl MqttConn {
     /// The last bytes of a closing connection.
     pub(crate) fn close(&mut self) -> Vec<u8> {
         self.phase = Phase::Done;
+        self.release_client_id();
         std::mem::take(&mut self.pending).to_vec()
     }
 }
@@ -909,6 +966,21 @@ fn valid_topic(topic: &MqttStr) -> bool {
         && mqtt::valid_topic_name(topic.as_str())
         && validate_topic(bytes).is_ok()
         && !is_pattern(bytes)
+}
+
+impl MqttConn {
+    /// Frees the client id this connection holds, if it still does.
+    pub(crate) fn release_client_id(&mut self) {
+        if let Some(holder) = self.holder.take() {
+            self.settings.clients.release(&self.client_id, holder);
+        }
+    }
+}
+
+impl Drop for MqttConn {
+    fn drop(&mut self) {
+        self.release_client_id();
+    }
 }
 
 /// The native topics an MQTT filter stands for, or the reason code that
@@ -1008,7 +1080,7 @@ fn disconnect_code(code: Option<ErrorCode>) -> u8 {
         Some(ErrorCode::ShuttingDown) => reason::SERVER_SHUTTING_DOWN,
         Some(ErrorCode::FrameTooLarge) => reason::PACKET_TOO_LARGE,
         Some(ErrorCode::Forbidden | ErrorCode::Unauthorized) => reason::NOT_AUTHORIZED,
-        Some(ErrorCode::DuplicateSubscription) => reason::SESSION_TAKEN_OVER,
+        Some(ErrorCode::TakenOver) => reason::SESSION_TAKEN_OVER,
         _ => reason::UNSPECIFIED,
     }
 }

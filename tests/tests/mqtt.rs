@@ -773,3 +773,38 @@ async fn a_will_is_published_when_a_connection_ends_without_a_clean_disconnect()
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(wills(), 4, "the clean ones published none");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_id_that_connects_again_takes_over_and_the_old_connection_is_closed() {
+    let broker = mqtt_broker(2);
+    let (mut watcher, _) = Mqtt::connect(&broker, Version::V5, "watcher").await;
+    watcher.subscribe(1, &[("will/+", QoS::AtMostOnce)]).await;
+    // Several rounds, so that the two connections are on one shard in
+    // some and on two in others (the kernel spreads them).
+    let mut old = connect_with_will(&broker, Version::V5, "twin", 0).await;
+    for round in 0..6 {
+        let new = connect_with_will(&broker, Version::V5, "twin", 0).await;
+        match old.next().await {
+            Some(Packet::Disconnect(disconnect)) => {
+                assert_eq!(disconnect.reason, 0x8E, "round {round}: session taken over")
+            }
+            other => panic!("round {round}: DISCONNECT 0x8E, not {other:?}"),
+        }
+        assert!(old.next().await.is_none(), "round {round}: then closed");
+        // The old connection went without a clean DISCONNECT: its will.
+        assert_eq!(
+            watcher.message().await,
+            ("will/twin".into(), "gone twin".into())
+        );
+        old = new;
+    }
+    // The last one holds the id and works.
+    old.ping().await;
+    // 3.1.1: the old connection is just closed.
+    let (mut first, _) = Mqtt::connect(&broker, Version::V311, "twin3").await;
+    let (mut second, _) = Mqtt::connect(&broker, Version::V311, "twin3").await;
+    assert!(first.next().await.is_none());
+    second.ping().await;
+    // Another id is not touched.
+    watcher.ping().await;
+}

@@ -34,6 +34,7 @@ const WIRE_CODE_NAMES = [
   'invalid_request',
   'owner_unavailable',
   'unavailable',
+  'taken_over',
 ] as const;
 
 /**

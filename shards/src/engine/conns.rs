@@ -13,7 +13,9 @@ use std::task::Waker;
 
 use super::{CommandWait, ConnId, ConnState, Flow, Liveness, Shard};
 use crate::auth::{unix_now_ms, Action, AuthError, Grant};
+use crate::mesh::ShardMsg;
 use crate::outbox::{OutFrame, Outbox, PushError};
+use crate::routing::ShardId;
 use crate::webhooks::{CommandAnswer, CommandError, CommandResult};
 
 impl Shard {
@@ -120,6 +122,33 @@ impl Shard {
     pub fn set_keep_alive(&mut self, conn: ConnId, quiet_ms: Option<u64>) {
         if let Some(state) = self.conns.get_mut(&conn) {
             state.liveness = Liveness::KeepAlive(quiet_ms);
+        }
+    }
+
+    /// Another connection took the client id of `holder` (an MQTT
+    /// connection on this shard or another) over: it is closed with
+    /// `taken_over`.
+    pub fn take_over(&mut self, holder: (ShardId, ConnId)) {
+        let (shard, conn) = holder;
+        if shard == self.id {
+            self.close_taken_over(conn);
+        } else {
+            self.push_mesh(shard, ShardMsg::TakeOverMsg { conn });
+        }
+    }
+
+    /// Closes `conn`, whose client id another connection took over.
+    pub(super) fn close_taken_over(&mut self, conn: ConnId) {
+        if self
+            .conns
+            .get(&conn)
+            .is_some_and(|state| !state.outbox.is_closing())
+        {
+            self.close_with_error(
+                conn,
+                ErrorCode::TakenOver,
+                "another connection took over this client id".into(),
+            );
         }
     }
 

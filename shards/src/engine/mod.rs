@@ -464,6 +464,7 @@ impl Shard {
     /// Handles one message from shard `from`.
     pub fn handle_mesh(&mut self, from: ShardId, msg: ShardMsg) {
         match msg {
+            ShardMsg::TakeOverMsg { conn } => self.close_taken_over(conn),
             ShardMsg::PublishMsg {
                 topic,
                 payload,

@@ -299,11 +299,10 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
     }
     let origins = config.web.as_ref().map(|web| Arc::new(web.origins.clone()));
     let mqtt_settings = config.mqtt.as_ref().map(|mqtt| {
-        Arc::new(MqttSettings {
-            namespace: mqtt.namespace.clone(),
-            receive_maximum: u16::try_from(config.engine.max_in_flight_per_conn)
-                .unwrap_or(u16::MAX),
-        })
+        Arc::new(MqttSettings::new(
+            mqtt.namespace.clone(),
+            u16::try_from(config.engine.max_in_flight_per_conn).unwrap_or(u16::MAX),
+        ))
     });
     let pin = shard_count <= cpus.len();
     #[cfg(not(feature = "crossbeam-mesh"))]
