@@ -36,8 +36,9 @@ use glommio::net::TcpStream;
 use rustc_hash::FxHashMap;
 use tracing::{debug, error_span, Instrument, Span};
 
-use crate::edge::{EdgeConn, Input, Wrapped};
+use crate::edge::EdgeConn;
 use crate::engine::{ConnId, Flow, Shard};
+use crate::framing::{Input, Wrapped};
 use crate::mqtt::{MqttConn, MqttSettings};
 use crate::outbox::{OutFrame, ENCODE_BELOW};
 use crate::sends::SendBatch;

@@ -12,28 +12,10 @@
 
 use bytes::{Bytes, BytesMut};
 use corebus_gateway::WsError;
-use corebus_net::{check, decode, Check, Frame};
 
+use crate::framing::{Input, Wrapped};
 use crate::mqtt::MqttConn;
 use crate::web::{Opened, WebConn};
-
-/// What the reader does after feeding bytes.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Input {
-    /// Go on reading; frames (if any) are in the buffer.
-    More,
-    /// Stop reading: the peer closed, was refused, or broke the protocol.
-    End,
-}
-
-/// What the writer does after a batch.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Wrapped {
-    /// The connection ends after this write.
-    pub end: bool,
-    /// A heartbeat went to an event stream (which never answers one).
-    pub pinged: bool,
-}
 
 /// A connection of the browser gateway or of the MQTT listener.
 #[derive(Debug)]
@@ -137,22 +119,4 @@ impl EdgeConn {
             EdgeConn::Mqtt(mqtt) => mqtt.close(),
         }
     }
-}
-
-/// The frames in a batch the native encoder produced (whole frames, split
-/// across buffers anywhere).
-pub(crate) fn frames_of(segments: &[Bytes]) -> Vec<Frame> {
-    let mut wire = BytesMut::with_capacity(segments.iter().map(Bytes::len).sum());
-    for segment in segments {
-        wire.extend_from_slice(segment);
-    }
-    let mut frames = Vec::new();
-    while let Ok(Check::Complete { len }) = check(&wire, u32::MAX) {
-        // The broker's own encoding: anything it cannot read back is a bug,
-        // not input, and is skipped rather than taking the connection down.
-        if let Ok(frame) = decode(wire.split_to(len).freeze()) {
-            frames.push(frame);
-        }
-    }
-    frames
 }

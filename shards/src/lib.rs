@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod conn;
 mod edge;
 pub mod engine;
+mod framing;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod host;

@@ -102,7 +102,7 @@ pub enum ShardMsg {
     /// client id over; close it with `taken_over`.
     TakeOverMsg {
         /// The connection.
-        conn: crate::engine::ConnId,
+        conn: ConnId,
     },
     /// To a topic's owner: sequence and fan out this payload.
     PublishMsg {

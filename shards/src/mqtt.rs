@@ -51,8 +51,8 @@ use corebus_net::{
 use rustc_hash::{FxHashMap, FxHashSet};
 use tracing::debug;
 
-use crate::edge::{frames_of, Input, Wrapped};
 use crate::engine::ConnId;
+use crate::framing::{frames_of, Input, Wrapped};
 use crate::routing::ShardId;
 
 /// What every connection of one MQTT listener shares, on every shard.

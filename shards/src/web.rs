@@ -23,7 +23,7 @@ use corebus_gateway::sse::{self, After};
 use corebus_gateway::{accept, Accept, Feed, Origins, Refusal, WsError, WsSession};
 use corebus_net::{ErrorCode, Frame, Hello, Subscribe, PROTOCOL_VERSION};
 
-use crate::edge::{frames_of, Input, Wrapped};
+use crate::framing::{frames_of, Input, Wrapped};
 
 /// What became of a web connection's request, once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

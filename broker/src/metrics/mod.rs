@@ -342,6 +342,12 @@ const FAMILIES: &[Family] = &[
         value: |m| m.stats.web_requests_refused,
     },
     Family {
+        name: "requests_forbidden",
+        help: "Publishes, subscribes and commands refused because the connection's key or token does not allow them.",
+        kind: MetricType::Counter,
+        value: |m| m.stats.forbidden,
+    },
+    Family {
         name: "mqtt_wills_published",
         help: "Wills of MQTT clients that went without a clean DISCONNECT, published.",
         kind: MetricType::Counter,
