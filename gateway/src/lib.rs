@@ -18,5 +18,8 @@ pub mod sse;
 mod websocket;
 
 pub use origin::{OriginError, Origins};
-pub use request::{accept, Accept, Refusal, SseRequest, MAX_REQUEST_HEAD, SSE_PATH, WS_PATH};
+pub use request::{
+    accept, Accept, Refusal, SseRequest, MAX_REQUEST_HEAD, MQTT_PATH, MQTT_SUBPROTOCOL, SSE_PATH,
+    WS_PATH,
+};
 pub use websocket::{data_header, Feed, WsError, WsSession, MAX_DATA_HEADER, SUBPROTOCOL};

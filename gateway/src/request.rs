@@ -1,11 +1,12 @@
 //! The HTTP request that opens a browser connection: a WebSocket upgrade on
-//! [`WS_PATH`] or an event stream on [`SSE_PATH`], and what the broker answers.
+//! [`WS_PATH`] (or, for MQTT over WebSocket, [`MQTT_PATH`]) or an event
+//! stream on [`SSE_PATH`], and what the broker answers.
 //!
 //! The request head is parsed by tungstenite (httparse under it), and a
 //! WebSocket upgrade is validated and answered by tungstenite's own server
 //! handshake functions; this file adds corebus's rules: the paths, the
-//! `Origin` allow-list, the `corebus.v1` subprotocol, and the parameters of an
-//! event stream.
+//! `Origin` allow-list, the `corebus.v1` and `mqtt` subprotocols, and the
+//! parameters of an event stream.
 
 use corebus_net::{ResumePoint, TopicKey};
 use http::header::{HeaderMap, HeaderValue};
@@ -19,6 +20,11 @@ use crate::Origins;
 
 /// The path of the WebSocket transport.
 pub const WS_PATH: &str = "/v1/ws";
+/// The path of MQTT over WebSocket (subprotocol [`MQTT_SUBPROTOCOL`]), when
+/// the broker speaks MQTT.
+pub const MQTT_PATH: &str = "/mqtt";
+/// The WebSocket subprotocol of MQTT (MQTT 5.0 section 6, 3.1.1 section 6).
+pub const MQTT_SUBPROTOCOL: &str = "mqtt";
 /// The path of the Server-Sent Events transport.
 pub const SSE_PATH: &str = "/v1/sse";
 /// The longest request head the broker reads (request line and headers); a
@@ -39,6 +45,9 @@ pub enum Accept {
         response: Vec<u8>,
         /// Bytes of the input the request took.
         consumed: usize,
+        /// The messages carry MQTT packets ([`MQTT_PATH`]), not corebus
+        /// frames.
+        mqtt: bool,
     },
     /// A valid event-stream request: send `response` (200 and the stream's
     /// first field), then the events of `request`'s subscription.
@@ -116,7 +125,9 @@ pub struct SseRequest {
 /// Reads the request head at the start of `input` and decides.
 ///
 /// `tls` says whether the connection is TLS (for the same-origin check).
-pub fn accept(input: &[u8], origins: &Origins, tls: bool) -> Accept {
+///
+/// `mqtt`: the broker speaks MQTT, so [`MQTT_PATH`] is served too.
+pub fn accept(input: &[u8], origins: &Origins, tls: bool, mqtt: bool) -> Accept {
     let (consumed, request) = match Request::try_parse(input) {
         Ok(Some(parsed)) => parsed,
         Ok(None) if input.len() >= MAX_REQUEST_HEAD => {
@@ -157,7 +168,8 @@ pub fn accept(input: &[u8], origins: &Origins, tls: bool) -> Accept {
         ));
     }
     match request.uri().path() {
-        WS_PATH => upgrade(&request, consumed),
+        WS_PATH => upgrade(&request, consumed, false),
+        MQTT_PATH if mqtt => upgrade(&request, consumed, true),
         SSE_PATH => match event_stream(&request) {
             Ok(sse) => Accept::Sse {
                 request: sse,
@@ -168,7 +180,13 @@ pub fn accept(input: &[u8], origins: &Origins, tls: bool) -> Accept {
         path => Accept::Refused(Refusal::new(
             StatusCode::NOT_FOUND,
             format!(
-                "no such path {path}: use {WS_PATH} (WebSocket) or {SSE_PATH} (Server-Sent Events)"
+                "no such path {path}: use {WS_PATH} (WebSocket) or {SSE_PATH} (Server-Sent \
+                 Events){}",
+                if mqtt {
+                    format!(", or {MQTT_PATH} (MQTT over WebSocket)")
+                } else {
+                    String::new()
+                }
             ),
         )),
     }
@@ -178,7 +196,8 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|value| value.to_str().ok())
 }
 
-fn upgrade(request: &Request, consumed: usize) -> Accept {
+fn upgrade(request: &Request, consumed: usize, mqtt: bool) -> Accept {
+    let subprotocol = if mqtt { MQTT_SUBPROTOCOL } else { SUBPROTOCOL };
     let version = header_str(request.headers(), "Sec-WebSocket-Version");
     if version.is_some() && version != Some("13") {
         return Accept::Refused(Refusal::new(
@@ -192,7 +211,7 @@ fn upgrade(request: &Request, consumed: usize) -> Accept {
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .any(|protocol| protocol.trim() == SUBPROTOCOL);
+        .any(|protocol| protocol.trim() == subprotocol);
     let mut response = match create_response(request) {
         Ok(response) => response,
         Err(err) => {
@@ -205,12 +224,12 @@ fn upgrade(request: &Request, consumed: usize) -> Accept {
     if !offers_ours {
         return Accept::Refused(Refusal::new(
             StatusCode::BAD_REQUEST,
-            format!("the WebSocket subprotocol must be {SUBPROTOCOL} (new WebSocket(url, \"{SUBPROTOCOL}\"))"),
+            format!("the WebSocket subprotocol must be {subprotocol} (new WebSocket(url, \"{subprotocol}\"))"),
         ));
     }
     response.headers_mut().insert(
         "Sec-WebSocket-Protocol",
-        HeaderValue::from_static(SUBPROTOCOL),
+        HeaderValue::from_static(subprotocol),
     );
     let mut out = Vec::with_capacity(192);
     if let Err(err) = write_response(&mut out, &response) {
@@ -222,6 +241,7 @@ fn upgrade(request: &Request, consumed: usize) -> Accept {
     Accept::WebSocket {
         response: out,
         consumed,
+        mqtt,
     }
 }
 
@@ -343,11 +363,62 @@ mod tests {
     }
 
     #[test]
+    fn mqtt_over_websocket_is_its_own_path_and_subprotocol_when_the_broker_speaks_mqtt() {
+        let mqtt_request = |protocol: &str| {
+            upgrade_request(&format!("Sec-WebSocket-Protocol: {protocol}\r\n"))
+                .replacen("/v1/ws", MQTT_PATH, 1)
+        };
+        match accept(
+            mqtt_request("mqtt").as_bytes(),
+            &Origins::default(),
+            false,
+            true,
+        ) {
+            Accept::WebSocket { response, mqtt, .. } => {
+                assert!(mqtt, "the messages carry MQTT");
+                let response = String::from_utf8(response).unwrap();
+                assert!(
+                    response.contains("sec-websocket-protocol: mqtt\r\n"),
+                    "{response}"
+                );
+            }
+            other => panic!("not accepted: {other:?}"),
+        }
+        let wrong = refused(accept(
+            mqtt_request("corebus.v1").as_bytes(),
+            &Origins::default(),
+            false,
+            true,
+        ));
+        assert_eq!(wrong.status, 400);
+        assert!(wrong.reason.contains("must be mqtt"), "{}", wrong.reason);
+        // Without MQTT, no such path; and /v1/ws stays corebus's.
+        let off = refused(accept(
+            mqtt_request("mqtt").as_bytes(),
+            &Origins::default(),
+            false,
+            false,
+        ));
+        assert_eq!(off.status, 404);
+        match accept(
+            upgrade_request("Sec-WebSocket-Protocol: corebus.v1\r\n").as_bytes(),
+            &Origins::default(),
+            false,
+            true,
+        ) {
+            Accept::WebSocket { mqtt, .. } => assert!(!mqtt),
+            other => panic!("not accepted: {other:?}"),
+        }
+    }
+
+    #[test]
     fn an_upgrade_with_our_subprotocol_gets_101_with_the_accept_key() {
         let request = upgrade_request("Sec-WebSocket-Protocol: chat, corebus.v1\r\n");
         let mut input = request.clone().into_bytes();
         input.extend_from_slice(b"\x82\x80"); // the first WebSocket bytes
-        let Accept::WebSocket { response, consumed } = accept(&input, &Origins::default(), false)
+        let Accept::WebSocket {
+            response, consumed, ..
+        } = accept(&input, &Origins::default(), false, false)
         else {
             panic!("not accepted");
         };
@@ -375,14 +446,14 @@ mod tests {
         for end in 0..input.len() {
             assert!(
                 matches!(
-                    accept(&input[..end], &Origins::default(), false),
+                    accept(&input[..end], &Origins::default(), false, false),
                     Accept::Incomplete
                 ),
                 "{end}"
             );
         }
         assert!(matches!(
-            accept(&input, &Origins::default(), false),
+            accept(&input, &Origins::default(), false, false),
             Accept::WebSocket { .. }
         ));
     }
@@ -390,19 +461,24 @@ mod tests {
     #[test]
     fn upgrades_without_our_subprotocol_or_from_another_origin_are_refused() {
         let plain = upgrade_request("");
-        let refusal = refused(accept(plain.as_bytes(), &Origins::default(), false));
+        let refusal = refused(accept(plain.as_bytes(), &Origins::default(), false, false));
         assert_eq!(refusal.status, 400);
         assert!(refusal.reason.contains("corebus.v1"), "{}", refusal.reason);
 
         let foreign = upgrade_request(
             "Sec-WebSocket-Protocol: corebus.v1\r\nOrigin: https://evil.example\r\n",
         );
-        let refusal = refused(accept(foreign.as_bytes(), &Origins::default(), false));
+        let refusal = refused(accept(
+            foreign.as_bytes(),
+            &Origins::default(),
+            false,
+            false,
+        ));
         assert_eq!(refusal.status, 403);
         assert!(refusal.reason.contains("https://evil.example"));
         let allowed = Origins::new(&["https://evil.example"]).unwrap();
         assert!(matches!(
-            accept(foreign.as_bytes(), &allowed, false),
+            accept(foreign.as_bytes(), &allowed, false, false),
             Accept::WebSocket { .. }
         ));
     }
@@ -422,7 +498,12 @@ mod tests {
             ),
         ];
         for (request, status) in cases {
-            let refusal = refused(accept(request.as_bytes(), &Origins::default(), false));
+            let refusal = refused(accept(
+                request.as_bytes(),
+                &Origins::default(),
+                false,
+                false,
+            ));
             assert_eq!(refusal.status, status, "{request:?}: {}", refusal.reason);
             let response = String::from_utf8(refusal.response()).unwrap();
             assert!(
@@ -433,14 +514,14 @@ mod tests {
         }
         let long = format!("GET /v1/ws HTTP/1.1\r\nX: {}", "a".repeat(MAX_REQUEST_HEAD));
         assert_eq!(
-            refused(accept(long.as_bytes(), &Origins::default(), false)).status,
+            refused(accept(long.as_bytes(), &Origins::default(), false, false)).status,
             431
         );
     }
 
     fn sse(query: &str, headers: &str) -> Result<SseRequest, Refusal> {
         let request = format!("GET /v1/sse?{query} HTTP/1.1\r\nHost: bus\r\n{headers}\r\n");
-        match accept(request.as_bytes(), &Origins::default(), false) {
+        match accept(request.as_bytes(), &Origins::default(), false, false) {
             Accept::Sse { request, response } => {
                 let response = String::from_utf8(response).unwrap();
                 assert!(response.starts_with("HTTP/1.1 200 OK\r\n"));
@@ -518,7 +599,7 @@ mod tests {
         let origins = Origins::new(&["https://app.example"]).unwrap();
         let request =
             "GET /v1/sse?ns=a&topic=t HTTP/1.1\r\nHost: bus\r\nOrigin: https://app.example\r\n\r\n";
-        let Accept::Sse { response, .. } = accept(request.as_bytes(), &origins, true) else {
+        let Accept::Sse { response, .. } = accept(request.as_bytes(), &origins, true, false) else {
             panic!("refused");
         };
         let response = String::from_utf8(response).unwrap();

@@ -217,7 +217,8 @@ pub struct Limits {
     /// (it speaks HTTP first, then WebSocket or Server-Sent Events).
     pub web: Option<Arc<Origins>>,
     /// For a connection of the MQTT listener: its settings (it speaks MQTT
-    /// 3.1.1 or 5.0).
+    /// 3.1.1 or 5.0); for one of the web listener, when the broker speaks
+    /// MQTT (then `/mqtt` opens MQTT over WebSocket).
     pub mqtt: Option<Arc<MqttSettings>>,
 }
 
@@ -302,9 +303,10 @@ async fn serve_conn(
         }
     };
     let edge = match (&limits.web, &limits.mqtt) {
-        (Some(origins), _) => Some(EdgeConn::Web(WebConn::new(
+        (Some(origins), mqtt) => Some(EdgeConn::Web(WebConn::new(
             origins.clone(),
             limits.tls.is_some(),
+            mqtt.clone(),
         ))),
         (None, Some(settings)) => Some(EdgeConn::Mqtt(Box::new(MqttConn::new(settings.clone())))),
         (None, None) => None,

@@ -48,19 +48,13 @@ impl EdgeConn {
     /// `Some(None)` for none, `Some(Some(ms))` to close after that long
     /// without a packet.
     pub(crate) fn take_keep_alive(&mut self) -> Option<Option<u64>> {
-        match self {
-            EdgeConn::Web(_) => None,
-            EdgeConn::Mqtt(mqtt) => mqtt.take_keep_alive(),
-        }
+        self.mqtt_mut().and_then(MqttConn::take_keep_alive)
     }
 
     /// An MQTT client's will, when its connection ended without a clean
     /// `DISCONNECT`.
     pub(crate) fn take_will(&mut self) -> Option<corebus_net::Publish> {
-        match self {
-            EdgeConn::Web(_) => None,
-            EdgeConn::Mqtt(mqtt) => mqtt.take_will(),
-        }
+        self.mqtt_mut().and_then(MqttConn::take_will)
     }
 
     /// An MQTT connection's handshake succeeded: it takes its client id
@@ -69,9 +63,16 @@ impl EdgeConn {
         &mut self,
         holder: crate::mqtt::Holder,
     ) -> Option<crate::mqtt::Holder> {
+        self.mqtt_mut()
+            .and_then(|mqtt| mqtt.claim_client_id(holder))
+    }
+
+    /// The MQTT connection: on the MQTT listener, or inside MQTT over
+    /// WebSocket on the browser listener.
+    fn mqtt_mut(&mut self) -> Option<&mut MqttConn> {
         match self {
-            EdgeConn::Web(_) => None,
-            EdgeConn::Mqtt(mqtt) => mqtt.claim_client_id(holder),
+            EdgeConn::Web(web) => web.mqtt_mut(),
+            EdgeConn::Mqtt(mqtt) => Some(mqtt),
         }
     }
 

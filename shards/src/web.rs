@@ -24,6 +24,7 @@ use corebus_gateway::{accept, Accept, Feed, Origins, Refusal, WsError, WsSession
 use corebus_net::{ErrorCode, Frame, Hello, Subscribe, PROTOCOL_VERSION};
 
 use crate::framing::{frames_of, Input, Wrapped};
+use crate::mqtt::{MqttConn, MqttSettings};
 
 /// What became of a web connection's request, once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +45,9 @@ pub(crate) struct WebConn {
     opened: Option<Opened>,
     origins: Arc<Origins>,
     tls: bool,
+    /// The MQTT front door's settings, when the broker speaks MQTT: then
+    /// `/mqtt` opens MQTT over WebSocket.
+    mqtt: Option<Arc<MqttSettings>>,
     /// Request bytes until the head is complete.
     head: Vec<u8>,
     /// Bytes the writer sends before anything else.
@@ -56,6 +60,9 @@ enum Phase {
     Request,
     /// After a 101: binary messages both ways.
     WebSocket(Box<WsSession>),
+    /// After a 101 on `/mqtt`: binary messages carrying MQTT packets both
+    /// ways, translated by an [`MqttConn`] as on the MQTT listener.
+    MqttWebSocket(Box<WsSession>, Box<MqttConn>),
     /// After a 200: events out; anything the browser sends is ignored.
     EventStream,
     /// Refused (the answer is in `pending`), or the session ended.
@@ -63,12 +70,17 @@ enum Phase {
 }
 
 impl WebConn {
-    pub(crate) fn new(origins: Arc<Origins>, tls: bool) -> WebConn {
+    pub(crate) fn new(
+        origins: Arc<Origins>,
+        tls: bool,
+        mqtt: Option<Arc<MqttSettings>>,
+    ) -> WebConn {
         WebConn {
             phase: Phase::Request,
             opened: None,
             origins,
             tls,
+            mqtt,
             head: Vec::new(),
             pending: Vec::new(),
         }
@@ -77,7 +89,19 @@ impl WebConn {
     /// Whether the writer has bytes of ours to send.
     pub(crate) fn has_pending(&self) -> bool {
         !self.pending.is_empty()
-            || matches!(&self.phase, Phase::WebSocket(session) if session.has_output())
+            || match &self.phase {
+                Phase::WebSocket(session) => session.has_output(),
+                Phase::MqttWebSocket(session, mqtt) => session.has_output() || mqtt.has_pending(),
+                _ => false,
+            }
+    }
+
+    /// The MQTT connection inside an MQTT-over-WebSocket session.
+    pub(crate) fn mqtt_mut(&mut self) -> Option<&mut MqttConn> {
+        match &mut self.phase {
+            Phase::MqttWebSocket(_, mqtt) => Some(mqtt),
+            _ => None,
+        }
     }
 
     /// What the request became, the first time it is asked after it was
@@ -94,8 +118,13 @@ impl WebConn {
     /// The handshake succeeded: a WebSocket message may now be as long as a
     /// frame of `max_frame` bytes (frames in one message together, too).
     pub(crate) fn handshaken(&mut self, max_frame: u32) {
-        if let Phase::WebSocket(session) = &mut self.phase {
-            session.set_max_message(max_frame as usize + 4);
+        match &mut self.phase {
+            Phase::WebSocket(session) => session.set_max_message(max_frame as usize + 4),
+            Phase::MqttWebSocket(session, mqtt) => {
+                session.set_max_message(max_frame as usize + 4);
+                mqtt.handshaken(max_frame);
+            }
+            _ => {}
         }
     }
 
@@ -110,24 +139,29 @@ impl WebConn {
         match &mut self.phase {
             Phase::Request => {
                 self.head.extend_from_slice(input);
-                match accept(&self.head, &self.origins, self.tls) {
+                match accept(&self.head, &self.origins, self.tls, self.mqtt.is_some()) {
                     Accept::Incomplete => Ok(Input::More),
                     Accept::Refused(refusal) => {
                         self.refuse(&refusal);
                         Ok(Input::End)
                     }
-                    Accept::WebSocket { response, consumed } => {
+                    Accept::WebSocket {
+                        response,
+                        consumed,
+                        mqtt,
+                    } => {
                         self.opened = Some(Opened::WebSocket);
                         self.pending = response;
                         let rest = self.head.split_off(consumed);
                         self.head = Vec::new();
-                        let mut session = WsSession::new(pre_handshake_limit as usize + 4);
-                        let fed = session.feed(&rest, frames);
-                        self.phase = Phase::WebSocket(Box::new(session));
-                        Ok(match fed? {
-                            Feed::Open => Input::More,
-                            Feed::Closed => Input::End,
-                        })
+                        let session = Box::new(WsSession::new(pre_handshake_limit as usize + 4));
+                        self.phase = match self.mqtt.clone().filter(|_| mqtt) {
+                            Some(settings) => {
+                                Phase::MqttWebSocket(session, Box::new(MqttConn::new(settings)))
+                            }
+                            None => Phase::WebSocket(session),
+                        };
+                        self.feed(&rest, frames, pre_handshake_limit)
                     }
                     Accept::Sse { request, response } => {
                         self.opened = Some(Opened::EventStream);
@@ -155,6 +189,16 @@ impl WebConn {
                 Feed::Open => Ok(Input::More),
                 Feed::Closed => Ok(Input::End),
             },
+            Phase::MqttWebSocket(session, mqtt) => {
+                let mut packets = BytesMut::new();
+                let fed = session.feed(input, &mut packets)?;
+                let input = mqtt.feed(&packets, frames, pre_handshake_limit);
+                Ok(if fed == Feed::Closed {
+                    Input::End
+                } else {
+                    input
+                })
+            }
             // An event stream is one-way; a browser sends nothing after its
             // request, and whatever comes is not kept.
             Phase::EventStream => Ok(Input::More),
@@ -192,13 +236,16 @@ impl WebConn {
                 if !control.is_empty() {
                     self.pending.extend_from_slice(&control);
                 }
-                if data > 0 && session.can_send() {
-                    let mut header = BytesMut::with_capacity(corebus_gateway::MAX_DATA_HEADER);
-                    corebus_gateway::data_header(data, &mut header);
-                    segments.insert(0, header.freeze());
-                } else {
-                    segments.clear();
+                frame_message(session, segments, data);
+            }
+            Phase::MqttWebSocket(session, mqtt) => {
+                let control = session.take_output();
+                if !control.is_empty() {
+                    self.pending.extend_from_slice(&control);
                 }
+                wrapped = mqtt.wrap(segments);
+                let data = segments.iter().map(Bytes::len).sum();
+                frame_message(session, segments, data);
             }
             Phase::EventStream => {
                 let mut events = Vec::new();
@@ -224,7 +271,14 @@ impl WebConn {
     /// The last bytes of a closing connection: a WebSocket close frame.
     pub(crate) fn close(&mut self) -> Vec<u8> {
         let mut out = std::mem::take(&mut self.pending);
-        if let Phase::WebSocket(session) = &mut self.phase {
+        if let Phase::MqttWebSocket(session, mqtt) = &mut self.phase {
+            // MQTT's last words (a DISCONNECT), in a message of their own.
+            let mut last = vec![Bytes::from(mqtt.close())];
+            let data = last[0].len();
+            frame_message(session, &mut last, data);
+            out.extend(last.iter().flat_map(|segment| segment.iter()));
+        }
+        if let Phase::WebSocket(session) | Phase::MqttWebSocket(session, _) = &mut self.phase {
             if session.can_send() {
                 session.close("closed by the broker");
             }
@@ -232,6 +286,18 @@ impl WebConn {
         }
         self.phase = Phase::Done;
         out
+    }
+}
+
+/// Makes `segments` (`data` bytes) one binary message: its header goes
+/// first; nothing is sent when there is no data or the session is closing.
+fn frame_message(session: &WsSession, segments: &mut Vec<Bytes>, data: usize) {
+    if data > 0 && session.can_send() {
+        let mut header = BytesMut::with_capacity(corebus_gateway::MAX_DATA_HEADER);
+        corebus_gateway::data_header(data, &mut header);
+        segments.insert(0, header.freeze());
+    } else {
+        segments.clear();
     }
 }
 
@@ -265,7 +331,7 @@ mod tests {
 
     #[test]
     fn an_event_stream_request_becomes_hello_and_subscribe_frames() {
-        let mut web = WebConn::new(origins(), false);
+        let mut web = WebConn::new(origins(), false, None);
         let mut frames = BytesMut::new();
         let request = b"GET /v1/sse?ns=app&topic=t&token=tok HTTP/1.1\r\nHost: b\r\nLast-Event-ID: 5:9\r\n\r\n";
         assert_eq!(web.feed(request, &mut frames, 16_384).unwrap(), Input::More);
@@ -294,7 +360,7 @@ mod tests {
 
     #[test]
     fn a_websocket_batch_is_one_binary_message_after_the_101() {
-        let mut web = WebConn::new(origins(), false);
+        let mut web = WebConn::new(origins(), false, None);
         let request =
             b"GET /v1/ws HTTP/1.1\r\nHost: b\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
@@ -319,7 +385,7 @@ mod tests {
 
     #[test]
     fn an_engine_refusal_before_the_request_is_answered_in_http() {
-        let mut web = WebConn::new(origins(), false);
+        let mut web = WebConn::new(origins(), false, None);
         let mut error = BytesMut::new();
         Frame::Error(corebus_net::ErrorFrame::new(
             0,

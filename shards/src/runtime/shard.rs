@@ -268,9 +268,11 @@ pub(super) async fn run_shard(ctx: ShardContext, engine: EngineConfig, mesh: Sha
             }
         }
     };
+    let mqtt_settings = mqtt.as_ref().map(|(_, _, settings)| settings.clone());
     let web_accepts = web.map(|(_, listener, origins)| {
         let limits = crate::conn::Limits {
             web: Some(origins),
+            mqtt: mqtt_settings,
             ..limits.clone()
         };
         glommio::spawn_local(accept_until(id, listener, accepted(limits), stopped()))
