@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { existsSync } from 'node:fs';
 
-import { sleep, startProcess, startProxy, startPublisher, waitFor, waitForLine, withDeadline } from './harness.mjs';
+import { publishOne, sleep, startProcess, startProxy, startPublisher, waitFor, waitForLine, withDeadline } from './harness.mjs';
 
 /** The namespace of the cases' own topics (the example uses `notifications`). */
 const NS = 'browser-tests';
@@ -632,6 +632,99 @@ export const cases = [
       await page.screenshot({ path: screenshot, fullPage: true });
       env.artifacts.push(screenshot);
       return `${parsed.map((p) => `"${p.title}" (job ${p.job}, seq ${p.seq})`).join(', ')}; screenshot ${screenshot}`;
+    },
+  },
+  {
+    id: 'm1',
+    name: 'MQTT.js in the page over /mqtt, 3.1.1 and 5.0: a wrong token refused (0x86), + and # filters (a/# also a), QoS 1 and 2 from the page, a native publish to the page',
+    async run(env) {
+      const page = await env.openPage(env.siteA.origin, { path: '/mqtt.html', waitForBus: false });
+      await page.waitForFunction(() => window.mqttReady === true, null, { timeout: 10_000 });
+      const refused = await env.evaluate(
+        page,
+        ({ url }) =>
+          new Promise((resolve) => {
+            const client = window.mqtt.connect(url, { protocolVersion: 5, username: 'ada', password: 'not-a-token', reconnectPeriod: 0 });
+            client.on('error', (error) => {
+              client.end(true);
+              resolve({ code: error.code, message: error.message });
+            });
+            client.on('connect', () => {
+              client.end(true);
+              resolve({ connected: true });
+            });
+          }),
+        { url: env.mqttUrl },
+      );
+      assert.equal(refused.code, 0x86, `a wrong token: ${JSON.stringify(refused)}`);
+      const token = env.mqttToken('ada', ['rooms']);
+      const seen = [];
+      for (const protocolVersion of [4, 5]) {
+        const granted = await env.evaluate(
+          page,
+          ({ url, token, protocolVersion }) =>
+            new Promise((resolve, reject) => {
+              window.mqttGot = [];
+              const sub = window.mqtt.connect(url, { protocolVersion, username: 'ada', password: token, clientId: `page-sub-${protocolVersion}`, reconnectPeriod: 0 });
+              window.mqttSub = sub;
+              sub.on('message', (topic, payload) => window.mqttGot.push([topic, new TextDecoder().decode(payload)]));
+              sub.on('error', (error) => reject(new Error(`subscriber: ${error.message}`)));
+              sub.on('connect', () =>
+                sub.subscribe(['rooms/+/chat', 'rooms/#'], { qos: 1 }, (error, granted) =>
+                  error ? reject(error) : resolve(granted.map((grant) => grant.qos)),
+                ),
+              );
+            }),
+          { url: env.mqttUrl, token, protocolVersion },
+        );
+        assert.deepEqual(granted, [0, 0], 'granted QoS 0 (deliveries are QoS 0 today)');
+        await env.evaluate(
+          page,
+          ({ url, token, protocolVersion }) =>
+            new Promise((resolve, reject) => {
+              const pub = window.mqtt.connect(url, { protocolVersion, username: 'ada', password: token, clientId: `page-pub-${protocolVersion}`, reconnectPeriod: 0 });
+              pub.on('error', (error) => reject(new Error(`publisher: ${error.message}`)));
+              pub.on('connect', () =>
+                pub.publish('rooms/1/chat', 'hello', { qos: 1 }, (error) => {
+                  if (error) return reject(error);
+                  pub.publish('rooms/2', 'two', { qos: 2 }, (error2) => {
+                    pub.end();
+                    return error2 ? reject(error2) : resolve(true);
+                  });
+                }),
+              );
+            }),
+          { url: env.mqttUrl, token, protocolVersion },
+        );
+        await publishOne({
+          bin: env.bin,
+          server: env.broker.nativeAddr,
+          token: env.mqttToken('native', ['rooms']),
+          namespace: 'mqtt',
+          topic: 'rooms',
+          message: 'from native',
+        });
+        const got = await waitFor(() => env.evaluate(page, () => window.mqttGot), {
+          until: (messages) => messages.length >= 4,
+          ms: 10_000,
+          what: "the page's MQTT messages",
+        });
+        await sleep(200);
+        const all = await env.evaluate(page, () => window.mqttGot);
+        assert.deepEqual(
+          [...all].sort(),
+          [
+            ['rooms', 'from native'],
+            ['rooms/1/chat', 'hello'],
+            ['rooms/1/chat', 'hello'],
+            ['rooms/2', 'two'],
+          ].sort(),
+          `MQTT ${protocolVersion}: rooms/1/chat matches both filters, rooms/2 and rooms (the parent) only rooms/#: ${JSON.stringify(got)}`,
+        );
+        await env.evaluate(page, () => window.mqttSub.end(true));
+        seen.push(`${protocolVersion === 4 ? '3.1.1' : '5.0'}: ${all.length} messages`);
+      }
+      return `wrong token refused with 0x86; ${seen.join(', ')}`;
     },
   },
 ];

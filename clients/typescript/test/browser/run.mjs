@@ -90,6 +90,8 @@ async function main() {
   const routes = {
     '/dist/': join(clientRoot, 'dist'),
     '/fzstd/': join(clientRoot, 'node_modules', 'fzstd', 'esm'),
+    // MQTT.js's browser bundle, for the MQTT-over-WebSocket case.
+    '/mqtt-js/': join(clientRoot, 'node_modules', 'mqtt', 'dist'),
     '/': join(here, 'page'),
   };
   const siteA = await startStaticServer('page server (allowed origin)', routes);
@@ -102,8 +104,9 @@ async function main() {
     bin,
     secretFile,
     allowedOrigins: [siteA.origin, exampleOrigin],
-    // The replay window: far more than any cut below leaves unread.
-    extraArgs: ['--ring-messages', '8192'],
+    // The replay window: far more than any cut below leaves unread. MQTT on,
+    // for MQTT over WebSocket on the browser listener's /mqtt.
+    extraArgs: ['--ring-messages', '8192', '--mqtt-listen', '127.0.0.1:0'],
   });
   console.log(`# broker: native ${broker.nativeAddr}, browsers ${broker.wsAddr}; allowed origins ${siteA.origin}, ${exampleOrigin}; other origin ${siteB.origin}`);
 
@@ -130,6 +133,16 @@ async function main() {
     exampleOrigin,
     broker,
     wsUrl: `ws://${broker.wsAddr}/v1/ws`,
+    mqttUrl: `ws://${broker.wsAddr}/mqtt`,
+    /** A token that may publish and subscribe to `topics` (prefixes) of the MQTT namespace. */
+    mqttToken(user, topics) {
+      return mintToken(secret, {
+        sub: user,
+        iat: unixNow(),
+        exp: unixNow() + 600,
+        perm: topics.map((topic) => ({ ns: 'mqtt', topic, prefix: true, pub: true, sub: true })),
+      });
+    },
     context,
     screenshotDir,
     artifacts: [],
