@@ -78,8 +78,30 @@ pub fn encode_publish(
     format: PayloadFormat,
     payload: &[u8],
 ) {
+    encode_publish_as(
+        dst,
+        request_id,
+        ack,
+        namespace,
+        topic,
+        format.byte(),
+        payload,
+    );
+}
+
+/// [`encode_publish`] with the format byte given whole (a format and a
+/// delivery QoS, [`PayloadFormat::byte_with_qos`]).
+pub fn encode_publish_as(
+    dst: &mut BytesMut,
+    request_id: u32,
+    ack: bool,
+    namespace: &[u8],
+    topic: &[u8],
+    format_byte: u8,
+    payload: &[u8],
+) {
     publish_head(dst, request_id, ack, namespace, topic, 1 + payload.len());
-    dst.put_u8(format.byte());
+    dst.put_u8(format_byte);
     dst.put_slice(payload);
 }
 

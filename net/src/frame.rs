@@ -11,6 +11,17 @@ pub const PUBLISH_FLAG_ACK: u8 = 0x01;
 /// Bit 0 of a body's format byte: the payload is one zstd frame.
 pub const FORMAT_ZSTD: u8 = 0x01;
 
+/// Bits 1 and 2 of a body's format byte: the delivery QoS the publisher
+/// asked for, as MQTT counts it (0 at most once, 1 at least once, 2 exactly
+/// once; 3 is undefined). An MQTT subscriber gets the message at the lower of
+/// this and its subscription's QoS; native clients ignore it.
+pub const FORMAT_QOS_MASK: u8 = 0b0110;
+
+/// Whether a format byte sets only defined bits (zstd, and a QoS of 0 to 2).
+pub fn format_byte_is_valid(byte: u8) -> bool {
+    byte & !(FORMAT_ZSTD | FORMAT_QOS_MASK) == 0 && byte & FORMAT_QOS_MASK != FORMAT_QOS_MASK
+}
+
 /// How a message's payload is encoded: the format byte that opens the body
 /// of every `PUBLISH` and `MESSAGE` (`docs/protocol.md`, section 6.3). The
 /// broker carries it with the payload and never looks further.
@@ -31,13 +42,23 @@ impl PayloadFormat {
         }
     }
 
-    /// The format a format byte names; `None` for one with undefined bits.
+    /// The format byte for this format and a publisher's delivery QoS (0 to
+    /// 2; more counts as 2).
+    pub fn byte_with_qos(self, qos: u8) -> u8 {
+        self.byte() | (qos.min(2) << 1)
+    }
+
+    /// The format a format byte names (its bit 0; the QoS bits do not
+    /// change it); `None` for one with undefined bits.
     pub fn from_byte(byte: u8) -> Option<PayloadFormat> {
-        match byte {
-            0 => Some(PayloadFormat::Plain),
-            FORMAT_ZSTD => Some(PayloadFormat::Zstd),
-            _ => None,
+        if !format_byte_is_valid(byte) {
+            return None;
         }
+        Some(if byte & FORMAT_ZSTD != 0 {
+            PayloadFormat::Zstd
+        } else {
+            PayloadFormat::Plain
+        })
     }
 }
 
@@ -53,15 +74,27 @@ pub struct Body(Bytes);
 impl Body {
     /// A body of `format` around `payload` (copied after the format byte).
     pub fn new(format: PayloadFormat, payload: &[u8]) -> Body {
-        let mut bytes = Vec::with_capacity(1 + payload.len());
-        bytes.push(format.byte());
-        bytes.extend_from_slice(payload);
-        Body(Bytes::from(bytes))
+        Body::with_qos(format, 0, payload)
     }
 
     /// A plain body around `payload`.
     pub fn plain(payload: &[u8]) -> Body {
         Body::new(PayloadFormat::Plain, payload)
+    }
+
+    /// A body of `format` around `payload` whose publisher asked for
+    /// delivery at `qos` (0 to 2, as MQTT counts; see [`FORMAT_QOS_MASK`]).
+    pub fn with_qos(format: PayloadFormat, qos: u8, payload: &[u8]) -> Body {
+        let mut bytes = Vec::with_capacity(1 + payload.len());
+        bytes.push(format.byte_with_qos(qos));
+        bytes.extend_from_slice(payload);
+        Body(Bytes::from(bytes))
+    }
+
+    /// The delivery QoS the publisher asked for (0 to 2; 0 for a native
+    /// publisher).
+    pub fn qos(&self) -> u8 {
+        (self.0[0] & FORMAT_QOS_MASK) >> 1
     }
 
     /// Checks the format byte at the start of `bytes` (a body as a frame

@@ -19,15 +19,15 @@ pub mod routing;
 
 pub use decode::{check, decode, decode_from_client, Check, KeyCache};
 pub use encode::{
-    encode_handoff_request, encode_message_header, encode_publish, encode_publish_body,
-    encode_subscribe, encode_topic_message, MESSAGE_HEADER_LEN,
+    encode_handoff_request, encode_message_header, encode_publish, encode_publish_as,
+    encode_publish_body, encode_subscribe, encode_topic_message, MESSAGE_HEADER_LEN,
 };
 pub use error::{ErrorCode, FrameError};
 pub use frame::{
-    Body, ClusterReply, ClusterRequest, Discontinuity, Epoch, ErrorFrame, Frame, GoAway, Hello,
-    Message, Opcode, PayloadFormat, PubAck, Publish, ReplayEnd, ResumePoint, SubOk, Subscribe,
-    Token, TokenRequest, TopicMessage, UnsubOk, Unsubscribe, WebhookReply, WebhookRequest, Welcome,
-    FORMAT_ZSTD, PUBLISH_FLAG_ACK,
+    format_byte_is_valid, Body, ClusterReply, ClusterRequest, Discontinuity, Epoch, ErrorFrame,
+    Frame, GoAway, Hello, Message, Opcode, PayloadFormat, PubAck, Publish, ReplayEnd, ResumePoint,
+    SubOk, Subscribe, Token, TokenRequest, TopicMessage, UnsubOk, Unsubscribe, WebhookReply,
+    WebhookRequest, Welcome, FORMAT_QOS_MASK, FORMAT_ZSTD, PUBLISH_FLAG_ACK,
 };
 pub use name::{
     is_pattern, key_hash, literal_prefix, pattern_matches, validate_namespace, validate_topic,

@@ -540,7 +540,7 @@ fn malformed_bodies_are_typed_errors() {
         Err(FrameError::UnknownFlags { flags: 0x80, .. })
     ));
     // A body needs its format byte, and the format byte a defined value:
-    // bit 0 (zstd) only.
+    // bit 0 (zstd) and a QoS of 0 to 2 in bits 1 and 2.
     assert!(matches!(
         decode_hex("0000000b 02 00000001 00 01 61 0001 62"),
         Err(FrameError::Truncated {
@@ -551,14 +551,29 @@ fn malformed_bodies_are_typed_errors() {
             ..
         })
     ));
-    let unknown_format = decode_hex("0000000e 02 00000001 00 01 61 0001 62 02 6869");
+    let unknown_format = decode_hex("0000000e 02 00000001 00 01 61 0001 62 08 6869");
     assert!(matches!(
         unknown_format,
         Err(FrameError::UnknownFlags {
             frame: "PUBLISH",
-            flags: 0x02
+            flags: 0x08
         })
     ));
+    assert!(
+        matches!(
+            decode_hex("0000000e 02 00000001 00 01 61 0001 62 06 6869"),
+            Err(FrameError::UnknownFlags { flags: 0x06, .. })
+        ),
+        "QoS 3 is not defined"
+    );
+    match decode_hex("0000000e 02 00000001 00 01 61 0001 62 05 6869") {
+        Ok(Frame::Publish(publish)) => {
+            assert_eq!(publish.body.qos(), 2);
+            assert_eq!(publish.body.format(), PayloadFormat::Zstd);
+            assert_eq!(&publish.body.payload()[..], b"hi");
+        }
+        other => panic!("a zstd body asking for QoS 2: {other:?}"),
+    }
     assert_eq!(
         unknown_format.unwrap_err().code(),
         ErrorCode::MalformedFrame

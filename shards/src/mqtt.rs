@@ -28,9 +28,14 @@
 //!   lost socket, a missed keep-alive, a protocol error; 5.0's reason 0x04)
 //!   has its will published by the engine under the connection's grant.
 //!
-//! Deliveries go out at QoS 0 (granted QoS 0 in `SUBACK`): the native
-//! message does not yet carry the QoS it was published with. No session
-//! outlives its connection and no message is retained yet; the 5.0
+//! - **Deliveries.** The QoS a message was published with travels in its
+//!   body's format byte (bits 1 and 2; native publishers leave 0), and a
+//!   subscriber gets it at the lower of that and the QoS its filter was
+//!   granted (what it asked for). QoS 1 and 2 deliveries take packet ids,
+//!   at most the client's `receive_maximum` at a time; the others wait, in
+//!   order, up to the outbox bound, past which they are dropped and logged.
+//!
+//! No session outlives its connection and no message is retained yet; the 5.0
 //! `CONNACK` says so where 5.0 has a property for it (session expiry 0;
 //! retain, shared subscriptions, subscription identifiers: not available),
 //! and a 5.0 client that asks for them anyway is answered with the reason
@@ -45,11 +50,11 @@ use corebus_mqtt::{
     Properties, QoS, SubAck, UnsubAck, Version,
 };
 use corebus_net::{
-    encode_publish, encode_subscribe, is_pattern, validate_topic, Body, ErrorCode, ErrorFrame,
+    encode_publish_as, encode_subscribe, is_pattern, validate_topic, Body, ErrorCode, ErrorFrame,
     Frame, Hello, PayloadFormat, Publish, TopicKey, Unsubscribe, PROTOCOL_VERSION,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::engine::ConnId;
 use crate::framing::{frames_of, Input, Wrapped};
@@ -64,16 +69,23 @@ pub struct MqttSettings {
     /// publishes a client may have unacknowledged (the engine's
     /// `max_in_flight_per_conn`, at most 65,535).
     receive_maximum: u16,
+    /// Bytes of QoS 1 and 2 deliveries one connection may hold while its
+    /// client's receive maximum is reached (the engine's outbox bound).
+    waiting_limit: usize,
     /// Which connection holds each client id.
     clients: ClientIds,
 }
 
 impl MqttSettings {
-    /// Settings for a listener whose topics live in `namespace`.
-    pub fn new(namespace: String, receive_maximum: u16) -> MqttSettings {
+    /// Settings for a listener whose topics live in `namespace`; clients
+    /// may have `receive_maximum` QoS 1 and 2 publishes unacknowledged, and
+    /// a connection holds at most `waiting_limit` bytes of deliveries its
+    /// client is not ready for.
+    pub fn new(namespace: String, receive_maximum: u16, waiting_limit: usize) -> MqttSettings {
         MqttSettings {
             namespace,
             receive_maximum,
+            waiting_limit,
             clients: ClientIds::default(),
         }
     }
@@ -194,6 +206,18 @@ pub(crate) struct MqttConn {
     unreleased: FxHashSet<u16>,
     /// The will, as the publish it becomes, until a clean `DISCONNECT`.
     will: Option<Publish>,
+    /// Deliveries at QoS 1 and 2 the client has not finished acknowledging,
+    /// by packet id.
+    outbound: FxHashMap<u16, Outbound>,
+    next_packet_id: u16,
+    /// How many of those the client takes at once (5.0 `receive_maximum`).
+    client_receive_max: usize,
+    /// Deliveries that wait for the client to acknowledge earlier ones, in
+    /// order, and their bytes (at most the settings' `waiting_limit`).
+    waiting: VecDeque<Delivery>,
+    waiting_bytes: usize,
+    /// Deliveries dropped because `waiting` was full, since it last was not.
+    dropped: u64,
     /// A 5.0 client asked for its session to outlive the connection, which
     /// the `CONNACK` overrides with 0.
     asked_session_expiry: bool,
@@ -231,9 +255,30 @@ enum Request {
     },
 }
 
+/// Where a delivery at QoS 1 or 2 is in its exchange with the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outbound {
+    /// QoS 1: waiting for `PUBACK`.
+    Ack,
+    /// QoS 2: waiting for `PUBREC`.
+    Received,
+    /// QoS 2: `PUBREL` sent, waiting for `PUBCOMP`.
+    Complete,
+}
+
+/// A message for the client that waits for a free packet id slot.
+#[derive(Debug)]
+struct Delivery {
+    topic: String,
+    body: corebus_net::Body,
+    qos: QoS,
+}
+
 /// One native subscription of an MQTT filter.
 #[derive(Debug)]
 struct Sub {
+    /// The QoS granted to its filter.
+    qos: QoS,
     /// The topic, for a subscription to one topic (its `MESSAGE`s carry no
     /// topic); `None` for a pattern.
     topic: Option<String>,
@@ -274,6 +319,12 @@ impl MqttConn {
             next_marker: 0,
             unreleased: FxHashSet::default(),
             will: None,
+            outbound: FxHashMap::default(),
+            next_packet_id: 0,
+            client_receive_max: usize::from(u16::MAX),
+            waiting: VecDeque::new(),
+            waiting_bytes: 0,
+            dropped: 0,
             asked_session_expiry: false,
         }
     }
@@ -292,9 +343,15 @@ impl MqttConn {
         self.will.take()
     }
 
-    /// Whether the writer has bytes of ours to send.
+    /// Whether the writer has bytes of ours to send: answers, or waiting
+    /// deliveries the client now has room for.
     pub(crate) fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        !self.pending.is_empty() || (!self.waiting.is_empty() && self.has_room())
+    }
+
+    /// Whether the client takes another delivery at QoS 1 or 2.
+    fn has_room(&self) -> bool {
+        self.outbound.len() < self.client_receive_max
     }
 
     /// The keep-alive of the `CONNECT`, once: `Some(None)` when the client
@@ -407,7 +464,7 @@ impl MqttConn {
                 request_id: 0,
                 ack: false,
                 topic,
-                body: Body::plain(&will.payload),
+                body: Body::with_qos(PayloadFormat::Plain, will.qos.bits(), &will.payload),
             });
         }
         self.client_id = if connect.client_id.is_empty() {
@@ -420,6 +477,9 @@ impl MqttConn {
         if v5 {
             if let Some(max) = connect.properties.maximum_packet_size {
                 self.client_max_packet = max as usize;
+            }
+            if let Some(max) = connect.properties.receive_maximum {
+                self.client_receive_max = usize::from(max);
             }
             self.asked_session_expiry = connect.properties.session_expiry.unwrap_or(0) > 0;
         }
@@ -486,8 +546,7 @@ impl MqttConn {
                 };
                 self.answer_ack(frames, AckKind::PubComp, ack.packet_id, code);
             }
-            // Deliveries are QoS 0: nothing of ours waits for these.
-            Packet::Ack(_) => {}
+            Packet::Ack(ack) => self.on_delivery_ack(&ack),
             Packet::Subscribe(subscribe) => return self.on_subscribe(subscribe, frames),
             Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe, frames),
             Packet::PingReq => {
@@ -561,13 +620,15 @@ impl MqttConn {
                 self.request(Request::Publish { packet_id, qos })
             }
         };
-        encode_publish(
+        // The QoS travels in the body's format byte: subscribers get the
+        // message at the lower of it and their own.
+        encode_publish_as(
             frames,
             request_id,
             request_id != 0,
             self.settings.namespace.as_bytes(),
             topic,
-            PayloadFormat::Plain,
+            PayloadFormat::Plain.byte_with_qos(publish.qos.bits()),
             &publish.payload,
         );
         Input::More
@@ -594,11 +655,16 @@ impl MqttConn {
                     continue;
                 }
             };
-            // Granted QoS 0: deliveries do not carry their QoS yet.
-            wait.codes.push(0);
-            if self.filters.contains_key(text) {
-                // Subscribing again replaces the subscription, which is
-                // the same one.
+            let granted = filter.qos;
+            wait.codes.push(granted.bits());
+            if let Some(ids) = self.filters.get(text) {
+                // Subscribing again replaces the subscription: the same
+                // one, with the QoS asked for now.
+                for id in ids {
+                    if let Some(sub) = self.subs.get_mut(id) {
+                        sub.qos = granted;
+                    }
+                }
                 continue;
             }
             let wildcard_first = text.starts_with(['+', '#']);
@@ -624,6 +690,7 @@ impl MqttConn {
                 self.subs.insert(
                     sub_id,
                     Sub {
+                        qos: granted,
                         topic,
                         wildcard_first,
                     },
@@ -720,6 +787,7 @@ impl MqttConn {
         out.extend_from_slice(&self.pending);
         self.pending = BytesMut::new();
         let mut wrapped = Wrapped::default();
+        self.send_waiting(&mut out, segments);
         for frame in frames {
             if !self.render(frame, &mut out, segments) {
                 wrapped.end = true;
@@ -771,12 +839,9 @@ impl MqttConn {
             Frame::SubOk(ok) => self.answered(ok.request_id, None, out),
             Frame::UnsubOk(ok) => self.answered(ok.request_id, None, out),
             Frame::Message(message) => {
-                let topic = self
-                    .subs
-                    .get(&message.sub_id)
-                    .and_then(|sub| sub.topic.clone());
-                if let Some(topic) = topic {
-                    self.publish(&topic, &message.body, out, segments);
+                let sub = self.subs.get(&message.sub_id);
+                if let Some((Some(topic), qos)) = sub.map(|sub| (sub.topic.clone(), sub.qos)) {
+                    self.deliver(topic, message.body, qos, out, segments);
                 }
             }
             Frame::TopicMessage(message) => {
@@ -786,7 +851,8 @@ impl MqttConn {
                 if sub.wildcard_first && message.topic.starts_with('$') {
                     return true;
                 }
-                self.publish(&message.topic, &message.body, out, segments);
+                let qos = sub.qos;
+                self.deliver(message.topic, message.body, qos, out, segments);
             }
             Frame::Pong(nonce) => {
                 while self.deferred.front().is_some_and(|(at, _)| *at <= nonce) {
@@ -906,11 +972,108 @@ impl MqttConn {
         });
     }
 
-    /// A QoS 0 `PUBLISH` of `body` to `topic`.
+    /// A message for a subscription granted `granted`: sent at the lower
+    /// of that and the publisher's QoS, now, or once the client has room
+    /// for it (after the ones that already wait).
+    fn deliver(
+        &mut self,
+        topic: String,
+        body: corebus_net::Body,
+        granted: QoS,
+        out: &mut BytesMut,
+        segments: &mut Vec<Bytes>,
+    ) {
+        let qos = QoS::from_bits(body.qos().min(granted.bits())).unwrap_or(QoS::AtMostOnce);
+        if self.waiting.is_empty() && (qos == QoS::AtMostOnce || self.has_room()) {
+            return self.publish(&topic, &body, qos, out, segments);
+        }
+        let len = topic.len() + body.len();
+        if self.waiting_bytes + len > self.settings.waiting_limit {
+            if self.dropped == 0 {
+                warn!(
+                    client = %self.client_id,
+                    limit = self.settings.waiting_limit,
+                    "MQTT client acknowledges too slowly: deliveries dropped until it catches up"
+                );
+            }
+            self.dropped += 1;
+            return;
+        }
+        self.waiting_bytes += len;
+        self.waiting.push_back(Delivery { topic, body, qos });
+    }
+
+    /// Sends the deliveries that waited, as far as the client has room.
+    fn send_waiting(&mut self, out: &mut BytesMut, segments: &mut Vec<Bytes>) {
+        while self
+            .waiting
+            .front()
+            .is_some_and(|next| next.qos == QoS::AtMostOnce || self.has_room())
+        {
+            let Some(next) = self.waiting.pop_front() else {
+                break;
+            };
+            self.waiting_bytes -= next.topic.len() + next.body.len();
+            self.publish(&next.topic, &next.body, next.qos, out, segments);
+        }
+        if self.waiting.is_empty() && self.dropped > 0 {
+            warn!(client = %self.client_id, dropped = self.dropped, "MQTT client caught up");
+            self.dropped = 0;
+        }
+    }
+
+    /// The client acknowledged (part of) a delivery at QoS 1 or 2.
+    fn on_delivery_ack(&mut self, ack: &Ack) {
+        let state = self.outbound.get(&ack.packet_id).copied();
+        match (ack.kind, state) {
+            (AckKind::PubAck, Some(Outbound::Ack))
+            | (AckKind::PubComp, Some(Outbound::Complete)) => {
+                self.outbound.remove(&ack.packet_id);
+            }
+            (AckKind::PubRec, Some(Outbound::Received)) if ack.reason >= 0x80 => {
+                // Refused by the client: the exchange ends here.
+                self.outbound.remove(&ack.packet_id);
+            }
+            (AckKind::PubRec, Some(Outbound::Received | Outbound::Complete)) => {
+                self.outbound.insert(ack.packet_id, Outbound::Complete);
+                encode_ack(
+                    self.version,
+                    AckKind::PubRel,
+                    ack.packet_id,
+                    0,
+                    &mut self.pending,
+                );
+            }
+            (AckKind::PubRec, _) => {
+                encode_ack(
+                    self.version,
+                    AckKind::PubRel,
+                    ack.packet_id,
+                    reason::PACKET_ID_NOT_FOUND,
+                    &mut self.pending,
+                );
+            }
+            // An acknowledgement of nothing this connection sent: ignored.
+            _ => {}
+        }
+    }
+
+    /// A packet id no delivery in progress holds.
+    fn free_packet_id(&mut self) -> u16 {
+        loop {
+            self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
+            if !self.outbound.contains_key(&self.next_packet_id) {
+                return self.next_packet_id;
+            }
+        }
+    }
+
+    /// A `PUBLISH` of `body` to `topic` at `qos` (the client has room).
     fn publish(
         &mut self,
         topic: &str,
         body: &corebus_net::Body,
+        qos: QoS,
         out: &mut BytesMut,
         segments: &mut Vec<Bytes>,
     ) {
@@ -924,12 +1087,13 @@ impl MqttConn {
             // decompress, so the subscriber is told what it gets.
             properties.content_type = MqttStr::new("application/zstd");
         }
+        let packet_id = (qos != QoS::AtMostOnce).then(|| self.free_packet_id());
         let publish = mqtt::Publish {
             dup: false,
-            qos: QoS::AtMostOnce,
+            qos,
             retain: false,
             topic,
-            packet_id: None,
+            packet_id,
             properties,
             payload,
         };
@@ -940,6 +1104,14 @@ impl MqttConn {
             // (MQTT-3.1.2-25).
             out.truncate(start);
             return;
+        }
+        if let Some(id) = packet_id {
+            let state = if qos == QoS::ExactlyOnce {
+                Outbound::Received
+            } else {
+                Outbound::Ack
+            };
+            self.outbound.insert(id, state);
         }
         if publish.payload.len() >= SHARE_FROM {
             segments.push(out.split().freeze());

@@ -96,10 +96,20 @@ impl Mqtt {
     }
 
     /// The next packet, or `None` once the broker closed the connection.
+    /// A `PUBREL` (of a QoS 2 delivery) is answered with `PUBCOMP` on the
+    /// way, not returned.
     async fn next(&mut self) -> Option<Packet> {
-        timeout(WAIT, self.read_packet())
-            .await
-            .expect("a packet or the close within the deadline")
+        loop {
+            let packet = timeout(WAIT, self.read_packet())
+                .await
+                .expect("a packet or the close within the deadline");
+            match packet {
+                Some(Packet::Ack(release)) if release.kind == AckKind::PubRel => {
+                    self.send(&ack(AckKind::PubComp, release.packet_id)).await
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn read_packet(&mut self) -> Option<Packet> {
@@ -180,14 +190,27 @@ impl Mqtt {
         }
     }
 
-    /// The next `PUBLISH`, as (topic, payload).
+    /// The next `PUBLISH`, as (topic, payload), acknowledged as its QoS
+    /// asks (`PUBACK`, or `PUBREC` and later `PUBCOMP`).
     async fn message(&mut self) -> (String, String) {
+        let (topic, payload, _) = self.message_qos().await;
+        (topic, payload)
+    }
+
+    /// [`Mqtt::message`] with the QoS it came at.
+    async fn message_qos(&mut self) -> (String, String, QoS) {
         match self.next().await {
             Some(Packet::Publish(publish)) => {
-                assert_eq!(publish.qos, QoS::AtMostOnce);
+                match (publish.qos, publish.packet_id) {
+                    (QoS::AtMostOnce, None) => {}
+                    (QoS::AtLeastOnce, Some(id)) => self.send(&ack(AckKind::PubAck, id)).await,
+                    (QoS::ExactlyOnce, Some(id)) => self.send(&ack(AckKind::PubRec, id)).await,
+                    other => panic!("a packet id exactly at QoS 1 and 2: {other:?}"),
+                }
                 (
                     publish.topic.as_str().to_owned(),
                     String::from_utf8_lossy(&publish.payload).into_owned(),
+                    publish.qos,
                 )
             }
             other => panic!("a PUBLISH, not {other:?}"),
@@ -229,7 +252,8 @@ async fn both_versions_publish_at_every_qos_to_every_mqtt_topic_name_and_wildcar
         ];
         let granted = sub.subscribe(7, &filters).await;
         assert_eq!(granted.packet_id, 7);
-        assert_eq!(granted.codes, vec![0; filters.len()], "granted QoS 0 each");
+        let asked: Vec<u8> = filters.iter().map(|(_, qos)| qos.bits()).collect();
+        assert_eq!(granted.codes, asked, "granted the QoS asked");
         let (mut publisher, _) = Mqtt::connect(&broker, version, "pub").await;
         let sends = [
             ("sensors/k1/temp", QoS::AtMostOnce),
@@ -941,7 +965,7 @@ async fn mqtt_over_websocket_on_the_browser_listener_is_the_same_front_door() {
         )
         .await;
         assert!(matches!(ws.next().await, Some(Packet::ConnAck(ack)) if ack.code == 0));
-        assert!(matches!(ws.next().await, Some(Packet::SubAck(ack)) if ack.codes == [0]));
+        assert!(matches!(ws.next().await, Some(Packet::SubAck(ack)) if ack.codes == [1]));
         // From an MQTT client over TCP and from a native one.
         let (mut tcp, _) = Mqtt::connect(&broker, Version::V311, "tcp").await;
         tcp.publish_confirmed("ws/a", "over tcp", QoS::AtLeastOnce, 1)
@@ -994,4 +1018,120 @@ async fn mqtt_over_websocket_on_the_browser_listener_is_the_same_front_door() {
             ("will/browser".into(), "gone browser".into())
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_come_at_the_lower_of_the_publishers_and_the_subscriptions_qos() {
+    let broker = mqtt_broker(2);
+    for version in [Version::V311, Version::V5] {
+        let (mut sub, _) = Mqtt::connect(&broker, version, "qos-sub").await;
+        let codes = sub
+            .subscribe(1, &[("q/+", QoS::ExactlyOnce), ("one", QoS::AtLeastOnce)])
+            .await
+            .codes;
+        assert_eq!(codes, [2, 1]);
+        let (mut publisher, _) = Mqtt::connect(&broker, version, "qos-pub").await;
+        let sends = [
+            ("q/a", QoS::AtMostOnce),
+            ("q/a", QoS::AtLeastOnce),
+            ("q/a", QoS::ExactlyOnce),
+            ("one", QoS::ExactlyOnce),
+            ("one", QoS::AtMostOnce),
+        ];
+        for (i, (topic, qos)) in sends.iter().enumerate() {
+            publisher
+                .publish_confirmed(topic, &format!("m{i}"), *qos, 1 + i as u16)
+                .await;
+        }
+        let mut got = Vec::new();
+        for _ in 0..sends.len() {
+            got.push(sub.message_qos().await);
+        }
+        got.sort_by(|a, b| a.1.cmp(&b.1));
+        let qos: Vec<QoS> = got.iter().map(|(_, _, qos)| *qos).collect();
+        assert_eq!(
+            qos,
+            [
+                QoS::AtMostOnce,
+                QoS::AtLeastOnce,
+                QoS::ExactlyOnce,
+                QoS::AtLeastOnce,
+                QoS::AtMostOnce
+            ],
+            "{version:?}: {got:?}"
+        );
+        // The QoS 2 exchanges completed (the helper answered each PUBREL):
+        // the connection is in a clean state.
+        sub.ping().await;
+        // A native publisher asks for nothing: QoS 0.
+        let native = Client::connect(broker.addr()).await.expect("connects");
+        native
+            .publish("mqtt", "q/n", "native")
+            .await
+            .expect("published");
+        assert_eq!(
+            sub.message_qos().await,
+            ("q/n".into(), "native".into(), QoS::AtMostOnce)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gets_no_more_unacknowledged_deliveries_than_its_receive_maximum() {
+    let broker = mqtt_broker(1);
+    let mut sub = Mqtt::open(&broker, Version::V5).await;
+    sub.send(&Packet::Connect(Box::new(Connect {
+        version: Version::V5,
+        client_id: MqttStr::new("slow").expect("an id"),
+        clean_start: true,
+        keep_alive: 0,
+        username: None,
+        password: None,
+        will: None,
+        properties: Properties {
+            receive_maximum: Some(2),
+            ..Properties::default()
+        },
+    })))
+    .await;
+    assert!(matches!(sub.next().await, Some(Packet::ConnAck(ack)) if ack.code == 0));
+    sub.subscribe(1, &[("rm", QoS::AtLeastOnce)]).await;
+    let (mut publisher, _) = Mqtt::connect(&broker, Version::V5, "fast").await;
+    for i in 0..5 {
+        publisher
+            .publish_confirmed("rm", &format!("m{i}"), QoS::AtLeastOnce, 1 + i)
+            .await;
+    }
+    // Two arrive; the third waits for an acknowledgement.
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        match sub.next().await {
+            Some(Packet::Publish(publish)) => {
+                assert_eq!(&publish.payload[..], format!("m{i}").as_bytes());
+                ids.push(publish.packet_id.expect("QoS 1 has an id"));
+            }
+            other => panic!("a PUBLISH, not {other:?}"),
+        }
+    }
+    sub.send(&Packet::PingReq).await;
+    assert!(
+        matches!(sub.next().await, Some(Packet::PingResp)),
+        "nothing more before an acknowledgement"
+    );
+    sub.send(&ack(AckKind::PubAck, ids[0])).await;
+    // One slot free: one more; then the rest as they are acknowledged, in
+    // order.
+    for i in 2..5 {
+        match sub.next().await {
+            Some(Packet::Publish(publish)) => {
+                assert_eq!(&publish.payload[..], format!("m{i}").as_bytes());
+                let id = publish.packet_id.expect("an id");
+                assert!(!ids.contains(&id) || i > 2, "ids in flight are not reused");
+                sub.send(&ack(AckKind::PubAck, id)).await;
+            }
+            other => panic!("a PUBLISH, not {other:?}"),
+        }
+    }
+    sub.send(&ack(AckKind::PubAck, ids[1])).await;
+    sub.ping().await;
 }

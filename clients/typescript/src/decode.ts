@@ -6,7 +6,7 @@
  * @module
  */
 
-import { CodecError, FORMAT_ZSTD, Opcode } from './wire.js';
+import { CodecError, FORMAT_QOS_MASK, FORMAT_ZSTD, Opcode } from './wire.js';
 
 const utf8Decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
@@ -404,10 +404,10 @@ export function decodeServerFrame(frame: Uint8Array): ServerFrame {
       const epoch = reader.u64('epoch');
       const seq = reader.u64('seq');
       const format = reader.u8('format');
-      if ((format & ~FORMAT_ZSTD) !== 0) {
+      if (!formatIsValid(format)) {
         throw new CodecError('reserved_flags', `MESSAGE: undefined format bits set (format 0x${format.toString(16)})`, 25);
       }
-      return { type: 'message', subId, epoch, seq, compressed: format === FORMAT_ZSTD, payload: reader.rest() };
+      return { type: 'message', subId, epoch, seq, compressed: (format & FORMAT_ZSTD) !== 0, payload: reader.rest() };
     }
     case Opcode.TOPIC_MESSAGE: {
       const reader = new FrameReader(frame, 'TOPIC_MESSAGE');
@@ -416,10 +416,10 @@ export function decodeServerFrame(frame: Uint8Array): ServerFrame {
       const seq = reader.u64('seq');
       const topic = reader.str16('topic');
       const format = reader.u8('format');
-      if ((format & ~FORMAT_ZSTD) !== 0) {
+      if (!formatIsValid(format)) {
         throw new CodecError('reserved_flags', `TOPIC_MESSAGE: undefined format bits set (format 0x${format.toString(16)})`);
       }
-      return { type: 'topic_message', subId, epoch, seq, topic, compressed: format === FORMAT_ZSTD, payload: reader.rest() };
+      return { type: 'topic_message', subId, epoch, seq, topic, compressed: (format & FORMAT_ZSTD) !== 0, payload: reader.rest() };
     }
     case Opcode.DISCONTINUITY: {
       const reader = new FrameReader(frame, 'DISCONTINUITY');
@@ -482,4 +482,13 @@ export function decodeServerFrame(frame: Uint8Array): ServerFrame {
       throw new CodecError('unknown_opcode', `opcode 0x${opcode.toString(16).padStart(2, '0')} is not defined in version 1`, 4);
     }
   }
+}
+
+/**
+ * Whether a body's format byte sets only defined bits: bit 0 (zstd) and a
+ * delivery QoS of 0 to 2 in bits 1 and 2 (protocol section 6.3; the client
+ * reads past the QoS, which only MQTT subscribers use).
+ */
+function formatIsValid(format: number): boolean {
+  return (format & ~(FORMAT_ZSTD | FORMAT_QOS_MASK)) === 0 && (format & FORMAT_QOS_MASK) !== FORMAT_QOS_MASK;
 }

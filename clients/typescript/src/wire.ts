@@ -19,7 +19,7 @@ export const PROTOCOL_VERSION = 1;
 
 /**
  * Bit 0 of the format byte before every `PUBLISH` and `MESSAGE` payload: the
- * payload is one zstd frame (section 6.3). The other bits are 0.
+ * payload is one zstd frame (section 6.3).
  *
  * @example
  * ```ts
@@ -27,6 +27,18 @@ export const PROTOCOL_VERSION = 1;
  * ```
  */
 export const FORMAT_ZSTD = 0x01;
+
+/**
+ * Bits 1 and 2 of the format byte: the delivery QoS the publisher asked for,
+ * as MQTT counts it (0 to 2; section 6.3). Set by MQTT publishers; this
+ * client reads past it.
+ *
+ * @example
+ * ```ts
+ * const qos = (formatByte & FORMAT_QOS_MASK) >> 1; // 0, 1 or 2
+ * ```
+ */
+export const FORMAT_QOS_MASK = 0x06;
 
 /**
  * The most bytes a received compressed payload may decompress to, unless

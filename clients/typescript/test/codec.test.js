@@ -136,7 +136,7 @@ describe('section 6 examples, server frames decoded', () => {
     assert.equal(decodeServerFrame(server.message(1, 1n, 1n)).payload.length, 0);
     assert.equal(decodeServerFrame(hex('00000007 87 00000000 0000')).message, '');
   });
-  test('the format byte: bit 0 says zstd; a MESSAGE without it, or with other bits, is malformed', () => {
+  test('the format byte: bit 0 says zstd; a MESSAGE without it, or with undefined bits, is malformed', () => {
     const zstd = decodeServerFrame(hex('00000018 85 00000007 0123456789abcdef 0000000000000006 01 6869'));
     assert.equal(zstd.compressed, true);
     assert.equal(toHex(zstd.payload), '6869');
@@ -145,7 +145,7 @@ describe('section 6 examples, server frames decoded', () => {
       (error) => error.reason === 'truncated',
     );
     assert.throws(
-      () => decodeServerFrame(hex('00000016 85 00000007 0123456789abcdef 0000000000000006 02')),
+      () => decodeServerFrame(hex('00000016 85 00000007 0123456789abcdef 0000000000000006 08')),
       (error) => error.reason === 'reserved_flags' && error.code === 'malformed_frame',
     );
   });
@@ -292,6 +292,19 @@ describe('malformed server frames', () => {
       code: 'malformed_frame',
       offset: 11,
     });
+  });
+  test('a MESSAGE whose format byte carries a delivery QoS decodes; QoS 3 and higher bits do not', () => {
+    const frame = decodeServerFrame(hex('00000018 85 00000007 0000000000000001 0000000000000002 05 6869'));
+    assert.equal(frame.type, 'message');
+    assert.equal(frame.compressed, true, 'bit 0 still says zstd');
+    assert.deepEqual([...frame.payload], [0x68, 0x69]);
+    assert.equal(decodeServerFrame(hex('00000018 85 00000007 0000000000000001 0000000000000002 02 6869')).compressed, false);
+    for (const format of ['06', '08']) {
+      assertCodecError(() => decodeServerFrame(hex(`00000018 85 00000007 0000000000000001 0000000000000002 ${format} 6869`)), {
+        reason: 'reserved_flags',
+        code: 'malformed_frame',
+      });
+    }
   });
   test('reserved ERROR flag bits', () => {
     assertCodecError(() => decodeServerFrame(hex('0000000a 8f 00000000 0001 02 0000')), {

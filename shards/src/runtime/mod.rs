@@ -302,6 +302,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
         Arc::new(MqttSettings::new(
             mqtt.namespace.clone(),
             u16::try_from(config.engine.max_in_flight_per_conn).unwrap_or(u16::MAX),
+            config.engine.outbox_limit_bytes,
         ))
     });
     let pin = shard_count <= cpus.len();

@@ -636,7 +636,7 @@ export const cases = [
   },
   {
     id: 'm1',
-    name: 'MQTT.js in the page over /mqtt, 3.1.1 and 5.0: a wrong token refused (0x86), + and # filters (a/# also a), QoS 1 and 2 from the page, a native publish to the page',
+    name: 'MQTT.js in the page over /mqtt, 3.1.1 and 5.0: a wrong token refused (0x86), + and # filters (a/# also a) at QoS 1, QoS 1 and 2 from the page, a native publish to the page',
     async run(env) {
       const page = await env.openPage(env.siteA.origin, { path: '/mqtt.html', waitForBus: false });
       await page.waitForFunction(() => window.mqttReady === true, null, { timeout: 10_000 });
@@ -677,7 +677,7 @@ export const cases = [
             }),
           { url: env.mqttUrl, token, protocolVersion },
         );
-        assert.deepEqual(granted, [0, 0], 'granted QoS 0 (deliveries are QoS 0 today)');
+        assert.deepEqual(granted, [1, 1], 'granted the QoS asked');
         await env.evaluate(
           page,
           ({ url, token, protocolVersion }) =>
