@@ -152,7 +152,6 @@ mod reason {
     pub const RETAIN_NOT_SUPPORTED: u8 = 0x9A;
     pub const SHARED_NOT_SUPPORTED: u8 = 0x9E;
     pub const MAX_CONNECT_TIME: u8 = 0xA0;
-    pub const SUB_IDS_NOT_SUPPORTED: u8 = 0xA1;
     pub const NO_SUBSCRIPTION: u8 = 0x11;
 }
 
@@ -218,6 +217,10 @@ pub(crate) struct MqttConn {
     waiting_bytes: usize,
     /// Deliveries dropped because `waiting` was full, since it last was not.
     dropped: u64,
+    /// Topic aliases the client accepts from the server (5.0
+    /// `topic_alias_maximum`), and the ones given, by topic.
+    client_alias_max: u16,
+    aliases: FxHashMap<String, u16>,
     /// A 5.0 client asked for its session to outlive the connection, which
     /// the `CONNACK` overrides with 0.
     asked_session_expiry: bool,
@@ -266,12 +269,36 @@ enum Outbound {
     Complete,
 }
 
-/// A message for the client that waits for a free packet id slot.
+/// A message for the client: rendered at once, or waiting for a free
+/// packet id slot.
 #[derive(Debug)]
 struct Delivery {
     topic: String,
     body: corebus_net::Body,
     qos: QoS,
+    /// The subscription identifiers of the filters it matched (5.0).
+    ids: Vec<u32>,
+}
+
+/// A message as one or more of the connection's subscriptions got it: one
+/// copy per message, whatever the number of overlapping filters.
+#[derive(Debug)]
+struct Matched {
+    topic: String,
+    epoch: corebus_net::Epoch,
+    seq: corebus_net::Seq,
+    body: corebus_net::Body,
+    /// The highest QoS granted to the filters it matched.
+    granted: QoS,
+    ids: Vec<u32>,
+}
+
+/// A topic alias for one `PUBLISH` to the client.
+#[derive(Debug, Clone, Copy)]
+struct Alias {
+    number: u16,
+    /// The client has it already: the topic name is left out.
+    known: bool,
 }
 
 /// One native subscription of an MQTT filter.
@@ -279,6 +306,8 @@ struct Delivery {
 struct Sub {
     /// The QoS granted to its filter.
     qos: QoS,
+    /// The filter's subscription identifier (5.0), sent with its messages.
+    identifier: Option<u32>,
     /// The topic, for a subscription to one topic (its `MESSAGE`s carry no
     /// topic); `None` for a pattern.
     topic: Option<String>,
@@ -325,6 +354,8 @@ impl MqttConn {
             waiting: VecDeque::new(),
             waiting_bytes: 0,
             dropped: 0,
+            client_alias_max: 0,
+            aliases: FxHashMap::default(),
             asked_session_expiry: false,
         }
     }
@@ -481,6 +512,7 @@ impl MqttConn {
             if let Some(max) = connect.properties.receive_maximum {
                 self.client_receive_max = usize::from(max);
             }
+            self.client_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
             self.asked_session_expiry = connect.properties.session_expiry.unwrap_or(0) > 0;
         }
         self.keep_alive =
@@ -636,10 +668,8 @@ impl MqttConn {
 
     fn on_subscribe(&mut self, subscribe: mqtt::Subscribe, frames: &mut BytesMut) -> Input {
         let v5 = self.version == Version::V5;
-        if v5 && !subscribe.properties.subscription_ids.is_empty() {
-            self.disconnect(reason::SUB_IDS_NOT_SUPPORTED);
-            return Input::End;
-        }
+        // At most one per SUBSCRIBE (the codec checks), for all its filters.
+        let identifier = subscribe.properties.subscription_ids.first().copied();
         let packet_id = subscribe.packet_id;
         let mut wait = AckWait {
             unsubscribe: false,
@@ -663,6 +693,7 @@ impl MqttConn {
                 for id in ids {
                     if let Some(sub) = self.subs.get_mut(id) {
                         sub.qos = granted;
+                        sub.identifier = identifier;
                     }
                 }
                 continue;
@@ -691,6 +722,7 @@ impl MqttConn {
                     sub_id,
                     Sub {
                         qos: granted,
+                        identifier,
                         topic,
                         wildcard_first,
                     },
@@ -788,12 +820,47 @@ impl MqttConn {
         self.pending = BytesMut::new();
         let mut wrapped = Wrapped::default();
         self.send_waiting(&mut out, segments);
+        // The copies overlapping filters get of one message come one after
+        // another: they go out as one PUBLISH, at the highest QoS granted,
+        // with every filter's subscription identifier (MQTT-3.3.4-2/-4).
+        let mut matched: Vec<Matched> = Vec::new();
         for frame in frames {
-            if !self.render(frame, &mut out, segments) {
-                wrapped.end = true;
-                break;
+            let one = match frame {
+                Frame::Message(message) => self.matched(
+                    message.sub_id,
+                    None,
+                    message.epoch,
+                    message.seq,
+                    message.body,
+                ),
+                Frame::TopicMessage(message) => self.matched(
+                    message.sub_id,
+                    Some(message.topic),
+                    message.epoch,
+                    message.seq,
+                    message.body,
+                ),
+                frame => {
+                    self.deliver_matched(&mut matched, &mut out, segments);
+                    if !self.render(frame, &mut out) {
+                        wrapped.end = true;
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let Some(one) = one else { continue };
+            match matched.iter_mut().find(|seen| {
+                (seen.epoch, seen.seq) == (one.epoch, one.seq) && seen.topic == one.topic
+            }) {
+                Some(seen) => {
+                    seen.granted = seen.granted.max(one.granted);
+                    seen.ids.extend(one.ids);
+                }
+                None => matched.push(one),
             }
         }
+        self.deliver_matched(&mut matched, &mut out, segments);
         if !out.is_empty() {
             segments.push(out.freeze());
         }
@@ -801,7 +868,7 @@ impl MqttConn {
     }
 
     /// Renders one native frame; false when the connection ends after it.
-    fn render(&mut self, frame: Frame, out: &mut BytesMut, segments: &mut Vec<Bytes>) -> bool {
+    fn render(&mut self, frame: Frame, out: &mut BytesMut) -> bool {
         let v5 = self.version == Version::V5;
         match frame {
             Frame::Welcome(welcome) if self.phase == Phase::Connecting => {
@@ -810,7 +877,6 @@ impl MqttConn {
                 if v5 {
                     properties.retain_available = Some(0);
                     properties.shared_available = Some(0);
-                    properties.subscription_ids_available = Some(0);
                     properties.wildcard_available = Some(1);
                     properties.receive_maximum = Some(self.settings.receive_maximum.max(1));
                     properties.maximum_packet_size =
@@ -838,22 +904,6 @@ impl MqttConn {
             }
             Frame::SubOk(ok) => self.answered(ok.request_id, None, out),
             Frame::UnsubOk(ok) => self.answered(ok.request_id, None, out),
-            Frame::Message(message) => {
-                let sub = self.subs.get(&message.sub_id);
-                if let Some((Some(topic), qos)) = sub.map(|sub| (sub.topic.clone(), sub.qos)) {
-                    self.deliver(topic, message.body, qos, out, segments);
-                }
-            }
-            Frame::TopicMessage(message) => {
-                let Some(sub) = self.subs.get(&message.sub_id) else {
-                    return true;
-                };
-                if sub.wildcard_first && message.topic.starts_with('$') {
-                    return true;
-                }
-                let qos = sub.qos;
-                self.deliver(message.topic, message.body, qos, out, segments);
-            }
             Frame::Pong(nonce) => {
                 while self.deferred.front().is_some_and(|(at, _)| *at <= nonce) {
                     if let Some((_, answer)) = self.deferred.pop_front() {
@@ -972,21 +1022,60 @@ impl MqttConn {
         });
     }
 
-    /// A message for a subscription granted `granted`: sent at the lower
-    /// of that and the publisher's QoS, now, or once the client has room
-    /// for it (after the ones that already wait).
-    fn deliver(
-        &mut self,
-        topic: String,
+    /// A message one subscription got: its topic (from the frame, or the
+    /// subscription's own), the QoS granted and the identifier; `None` for
+    /// a subscription gone, or a `$` topic under a leading wildcard.
+    fn matched(
+        &self,
+        sub_id: u32,
+        topic: Option<String>,
+        epoch: corebus_net::Epoch,
+        seq: corebus_net::Seq,
         body: corebus_net::Body,
-        granted: QoS,
+    ) -> Option<Matched> {
+        let sub = self.subs.get(&sub_id)?;
+        let topic = match topic {
+            Some(topic) if sub.wildcard_first && topic.starts_with('$') => return None,
+            Some(topic) => topic,
+            None => sub.topic.clone()?,
+        };
+        Some(Matched {
+            topic,
+            epoch,
+            seq,
+            body,
+            granted: sub.qos,
+            ids: sub.identifier.into_iter().collect(),
+        })
+    }
+
+    /// Sends (or queues) the messages gathered so far, in order.
+    fn deliver_matched(
+        &mut self,
+        matched: &mut Vec<Matched>,
         out: &mut BytesMut,
         segments: &mut Vec<Bytes>,
     ) {
-        let qos = QoS::from_bits(body.qos().min(granted.bits())).unwrap_or(QoS::AtMostOnce);
-        if self.waiting.is_empty() && (qos == QoS::AtMostOnce || self.has_room()) {
-            return self.publish(&topic, &body, qos, out, segments);
+        for one in matched.drain(..) {
+            let qos =
+                QoS::from_bits(one.body.qos().min(one.granted.bits())).unwrap_or(QoS::AtMostOnce);
+            let delivery = Delivery {
+                topic: one.topic,
+                body: one.body,
+                qos,
+                ids: one.ids,
+            };
+            self.deliver(delivery, out, segments);
         }
+    }
+
+    /// Sends a delivery now, or once the client has room for it (after the
+    /// ones that already wait).
+    fn deliver(&mut self, delivery: Delivery, out: &mut BytesMut, segments: &mut Vec<Bytes>) {
+        if self.waiting.is_empty() && (delivery.qos == QoS::AtMostOnce || self.has_room()) {
+            return self.publish(&delivery, out, segments);
+        }
+        let (topic, body) = (&delivery.topic, &delivery.body);
         let len = topic.len() + body.len();
         if self.waiting_bytes + len > self.settings.waiting_limit {
             if self.dropped == 0 {
@@ -1000,7 +1089,7 @@ impl MqttConn {
             return;
         }
         self.waiting_bytes += len;
-        self.waiting.push_back(Delivery { topic, body, qos });
+        self.waiting.push_back(delivery);
     }
 
     /// Sends the deliveries that waited, as far as the client has room.
@@ -1014,7 +1103,7 @@ impl MqttConn {
                 break;
             };
             self.waiting_bytes -= next.topic.len() + next.body.len();
-            self.publish(&next.topic, &next.body, next.qos, out, segments);
+            self.publish(&next, out, segments);
         }
         if self.waiting.is_empty() && self.dropped > 0 {
             warn!(client = %self.client_id, dropped = self.dropped, "MQTT client caught up");
@@ -1058,6 +1147,27 @@ impl MqttConn {
         }
     }
 
+    /// The alias for `topic` in a `PUBLISH` to the client, when it takes
+    /// aliases: the one it was given (`known`: the topic can be left out),
+    /// or a new one while fewer than its maximum are given.
+    fn topic_alias(&mut self, topic: &str) -> Option<Alias> {
+        if let Some(&number) = self.aliases.get(topic) {
+            return Some(Alias {
+                number,
+                known: true,
+            });
+        }
+        let next = u16::try_from(self.aliases.len() + 1).ok()?;
+        if next > self.client_alias_max {
+            return None;
+        }
+        self.aliases.insert(topic.to_owned(), next);
+        Some(Alias {
+            number: next,
+            known: false,
+        })
+    }
+
     /// A packet id no delivery in progress holds.
     fn free_packet_id(&mut self) -> u16 {
         loop {
@@ -1068,25 +1178,29 @@ impl MqttConn {
         }
     }
 
-    /// A `PUBLISH` of `body` to `topic` at `qos` (the client has room).
-    fn publish(
-        &mut self,
-        topic: &str,
-        body: &corebus_net::Body,
-        qos: QoS,
-        out: &mut BytesMut,
-        segments: &mut Vec<Bytes>,
-    ) {
+    /// A `PUBLISH` of a delivery (the client has room for it).
+    fn publish(&mut self, delivery: &Delivery, out: &mut BytesMut, segments: &mut Vec<Bytes>) {
+        let (body, qos) = (&delivery.body, delivery.qos);
+        let payload = body.payload();
+        let mut properties = Properties::default();
+        let mut topic = delivery.topic.as_str();
+        if self.version == Version::V5 {
+            if body.format() == PayloadFormat::Zstd {
+                // Compressed by a native publisher: the broker does not
+                // decompress, so the subscriber is told what it gets.
+                properties.content_type = MqttStr::new("application/zstd");
+            }
+            properties.subscription_ids.clone_from(&delivery.ids);
+            if let Some(alias) = self.topic_alias(topic) {
+                properties.topic_alias = Some(alias.number);
+                if alias.known {
+                    topic = "";
+                }
+            }
+        }
         let Some(topic) = MqttStr::new(topic) else {
             return;
         };
-        let payload = body.payload();
-        let mut properties = Properties::default();
-        if body.format() == PayloadFormat::Zstd && self.version == Version::V5 {
-            // Compressed by a native publisher: the broker does not
-            // decompress, so the subscriber is told what it gets.
-            properties.content_type = MqttStr::new("application/zstd");
-        }
         let packet_id = (qos != QoS::AtMostOnce).then(|| self.free_packet_id());
         let publish = mqtt::Publish {
             dup: false,
