@@ -146,6 +146,7 @@ mod reason {
     pub const FILTER_INVALID: u8 = 0x8F;
     pub const TOPIC_INVALID: u8 = 0x90;
     pub const PACKET_ID_NOT_FOUND: u8 = 0x92;
+    pub const RECEIVE_MAXIMUM_EXCEEDED: u8 = 0x93;
     pub const TOPIC_ALIAS_INVALID: u8 = 0x94;
     pub const PACKET_TOO_LARGE: u8 = 0x95;
     pub const QUOTA_EXCEEDED: u8 = 0x97;
@@ -203,6 +204,8 @@ pub(crate) struct MqttConn {
     next_marker: u64,
     /// QoS 2 packet ids received and not yet released by `PUBREL`.
     unreleased: FxHashSet<u16>,
+    /// QoS 1 publishes received and not yet answered with `PUBACK`.
+    unanswered_at_least_once: usize,
     /// The will, as the publish it becomes, until a clean `DISCONNECT`.
     will: Option<Publish>,
     /// Deliveries at QoS 1 and 2 the client has not finished acknowledging,
@@ -347,6 +350,7 @@ impl MqttConn {
             deferred: VecDeque::new(),
             next_marker: 0,
             unreleased: FxHashSet::default(),
+            unanswered_at_least_once: 0,
             will: None,
             outbound: FxHashMap::default(),
             next_packet_id: 0,
@@ -646,8 +650,19 @@ impl MqttConn {
                 return Input::More;
             }
             qos => {
+                // QoS 1 and 2 publishes not yet answered with PUBACK or
+                // PUBCOMP: at most the receive maximum the CONNACK gave.
+                if self.unanswered_at_least_once + self.unreleased.len()
+                    >= usize::from(self.settings.receive_maximum.max(1))
+                {
+                    debug!("MQTT client exceeded its receive maximum; closing");
+                    self.disconnect(reason::RECEIVE_MAXIMUM_EXCEEDED);
+                    return Input::End;
+                }
                 if qos == QoS::ExactlyOnce {
                     self.unreleased.insert(packet_id);
+                } else {
+                    self.unanswered_at_least_once += 1;
                 }
                 self.request(Request::Publish { packet_id, qos })
             }
@@ -899,6 +914,7 @@ impl MqttConn {
                 if let Some(Request::Publish { packet_id, qos }) =
                     self.requests.remove(&ack.request_id)
                 {
+                    self.answered_publish(qos);
                     encode_ack(self.version, ack_for(qos), packet_id, 0, out);
                 }
             }
@@ -954,6 +970,7 @@ impl MqttConn {
             Some(Request::Publish { packet_id, qos }) => {
                 self.requests.remove(&error.request_id);
                 self.unreleased.remove(&packet_id);
+                self.answered_publish(qos);
                 if !v5 {
                     // 3.1.1 has no negative acknowledgement (MQTT-3.3.5-2):
                     // closing is how the client learns it was refused.
@@ -985,6 +1002,14 @@ impl MqttConn {
             return false;
         }
         true
+    }
+
+    /// A QoS 1 publish of the client's was answered (a QoS 2 one counts
+    /// until its `PUBREL`).
+    fn answered_publish(&mut self, qos: QoS) {
+        if qos == QoS::AtLeastOnce {
+            self.unanswered_at_least_once = self.unanswered_at_least_once.saturating_sub(1);
+        }
     }
 
     /// A native subscribe or unsubscribe was answered (with a failure code,

@@ -1240,3 +1240,39 @@ async fn a_client_that_takes_topic_aliases_gets_them_up_to_its_maximum() {
         "the alias set with its topic, then alone; none past the maximum"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_the_receive_maximum_is_disconnected_and_holds_no_more() {
+    let broker = mqtt_broker_with(
+        1,
+        ServerConfig {
+            engine: EngineConfig {
+                max_in_flight_per_conn: 3,
+                ..EngineConfig::default()
+            },
+            ..ServerConfig::default()
+        },
+    );
+    for version in [Version::V5, Version::V311] {
+        let (mut client, connack) = Mqtt::connect(&broker, version, "greedy").await;
+        if version == Version::V5 {
+            assert_eq!(connack.properties.receive_maximum, Some(3));
+        }
+        // QoS 2 publishes never released: each holds a place until PUBREL.
+        for id in 1..=3 {
+            client.publish("rm/x", "m", QoS::ExactlyOnce, id).await;
+            client.expect_ack(AckKind::PubRec, id, 0).await;
+        }
+        client
+            .publish("rm/x", "one too many", QoS::ExactlyOnce, 4)
+            .await;
+        match client.next().await {
+            Some(Packet::Disconnect(disconnect)) if version == Version::V5 => {
+                assert_eq!(disconnect.reason, 0x93, "receive maximum exceeded");
+                assert!(client.next().await.is_none());
+            }
+            None if version == Version::V311 => {}
+            other => panic!("{version:?}: closed for the fourth, not {other:?}"),
+        }
+    }
+}
