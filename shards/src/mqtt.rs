@@ -126,6 +126,10 @@ const NATIVE_OVERHEAD: u32 = 256;
 /// The 5.0 `DISCONNECT` reason that asks for the will to be published.
 const DISCONNECT_WITH_WILL: u8 = 0x04;
 
+/// Answers to pings, `PUBREL`s and repeated filters a connection may have
+/// waiting besides one per publish it may have unanswered.
+const DEFERRED_SLACK: usize = 1024;
+
 /// Payloads at least this long go out as their own segment, shared with
 /// the other subscribers, instead of being copied after their header.
 const SHARE_FROM: usize = 512;
@@ -426,7 +430,7 @@ impl MqttConn {
                 Err(err) => return self.refuse_input(&err),
             };
             let packet = self.input.split_to(len).freeze();
-            let input = if self.phase == Phase::Connect {
+            let mut input = if self.phase == Phase::Connect {
                 self.on_connect(packet, frames)
             } else {
                 match mqtt::decode(packet, self.version) {
@@ -434,6 +438,17 @@ impl MqttConn {
                     Err(err) => self.refuse_input(&err),
                 }
             };
+            if self.deferred.len() > self.max_deferred() {
+                // Pings and acknowledgements sent faster than their answers
+                // are read: what the connection would hold for them is
+                // bounded, and no real client comes near it.
+                debug!(
+                    answers = self.deferred.len(),
+                    "MQTT client does not read its answers; closing"
+                );
+                self.disconnect(reason::QUOTA_EXCEEDED);
+                input = Input::End;
+            }
             if input == Input::End {
                 self.phase = Phase::Done;
                 self.input = BytesMut::new();
@@ -811,6 +826,12 @@ impl MqttConn {
         self.defer(frames, out.freeze());
     }
 
+    /// Most answers the connection holds for the engine's `PONG`s: one per
+    /// publish the client may have unanswered, and room for pings.
+    fn max_deferred(&self) -> usize {
+        usize::from(self.settings.receive_maximum) + DEFERRED_SLACK
+    }
+
     /// Queues `answer` behind a native `PING`: the engine answers frames in
     /// order, so its `PONG` comes after the answers to everything before.
     fn defer(&mut self, frames: &mut BytesMut, answer: Bytes) {
@@ -834,6 +855,15 @@ impl MqttConn {
         out.extend_from_slice(&self.pending);
         self.pending = BytesMut::new();
         let mut wrapped = Wrapped::default();
+        if self.phase == Phase::Done {
+            // Ended (by either side): after its last words (a DISCONNECT, a
+            // refusing CONNACK) the server sends nothing more.
+            if !out.is_empty() {
+                segments.push(out.freeze());
+            }
+            wrapped.end = true;
+            return wrapped;
+        }
         self.send_waiting(&mut out, segments);
         // The copies overlapping filters get of one message come one after
         // another: they go out as one PUBLISH, at the highest QoS granted,

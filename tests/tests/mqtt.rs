@@ -1276,3 +1276,41 @@ async fn a_client_past_the_receive_maximum_is_disconnected_and_holds_no_more() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_pings_without_reading_is_closed_before_its_answers_pile_up() {
+    // Receive maximum 3: at most 3 + 1,024 answers wait for the client.
+    let broker = mqtt_broker_with(
+        1,
+        ServerConfig {
+            engine: EngineConfig {
+                max_in_flight_per_conn: 3,
+                ..EngineConfig::default()
+            },
+            ..ServerConfig::default()
+        },
+    );
+    let (mut bystander, _) = Mqtt::connect(&broker, Version::V311, "bystander").await;
+    let (mut flood, _) = Mqtt::connect(&broker, Version::V5, "flood").await;
+    // 5,000 PINGREQs in one write, nothing read: the answers past the bound
+    // close the connection.
+    let mut wire = BytesMut::new();
+    for _ in 0..5_000 {
+        Packet::PingReq.encode(Version::V5, &mut wire);
+    }
+    flood.stream.write_all(&wire).await.expect("sent");
+    let mut pongs = 0;
+    let end = loop {
+        match flood.next().await {
+            Some(Packet::PingResp) => pongs += 1,
+            other => break other,
+        }
+    };
+    match end {
+        Some(Packet::Disconnect(disconnect)) => assert_eq!(disconnect.reason, 0x97),
+        other => panic!("DISCONNECT 0x97 after the answers, not {other:?}"),
+    }
+    assert!(pongs <= 3 + 1_024 + 1, "{pongs} answers before the close");
+    assert!(flood.next().await.is_none());
+    bystander.ping().await;
+}

@@ -636,7 +636,7 @@ export const cases = [
   },
   {
     id: 'm1',
-    name: 'MQTT.js in the page over /mqtt, 3.1.1 and 5.0: a wrong token refused (0x86), + and # filters (a/# also a) at QoS 1, QoS 1 and 2 from the page, a native publish to the page',
+    name: 'MQTT.js in the page over /mqtt, 3.1.1 and 5.0: a wrong token refused (0x86), overlapping + and # filters (a/# also a) at QoS 1, one copy each, QoS 1 and 2 from the page, a native publish to the page',
     async run(env) {
       const page = await env.openPage(env.siteA.origin, { path: '/mqtt.html', waitForBus: false });
       await page.waitForFunction(() => window.mqttReady === true, null, { timeout: 10_000 });
@@ -705,7 +705,7 @@ export const cases = [
           message: 'from native',
         });
         const got = await waitFor(() => env.evaluate(page, () => window.mqttGot), {
-          until: (messages) => messages.length >= 4,
+          until: (messages) => messages.length >= 3,
           ms: 10_000,
           what: "the page's MQTT messages",
         });
@@ -716,10 +716,9 @@ export const cases = [
           [
             ['rooms', 'from native'],
             ['rooms/1/chat', 'hello'],
-            ['rooms/1/chat', 'hello'],
             ['rooms/2', 'two'],
           ].sort(),
-          `MQTT ${protocolVersion}: rooms/1/chat matches both filters, rooms/2 and rooms (the parent) only rooms/#: ${JSON.stringify(got)}`,
+          `MQTT ${protocolVersion}: rooms/1/chat once for both filters, rooms/2 and rooms (the parent) by rooms/#: ${JSON.stringify(got)}`,
         );
         await env.evaluate(page, () => window.mqttSub.end(true));
         seen.push(`${protocolVersion === 4 ? '3.1.1' : '5.0'}: ${all.length} messages`);
