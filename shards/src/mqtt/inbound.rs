@@ -1,0 +1,273 @@
+//! What an MQTT client sends after its `CONNECT`: publishes, subscribes and
+//! unsubscribes become native frames, and answers that need nothing from
+//! the engine wait behind a native `PING` (see the module above).
+
+use bytes::BytesMut;
+use corebus_mqtt::{
+    self as mqtt, AckKind, MqttStr, Packet, Properties, QoS, SubAck, UnsubAck, Version,
+};
+use corebus_net::{
+    encode_publish_as, encode_subscribe, is_pattern, validate_topic, Frame, PayloadFormat,
+    Unsubscribe,
+};
+use tracing::debug;
+
+use super::codes::{ack_for, encode_ack, reason, v3};
+use super::{AckWait, MqttConn, Request, Sub};
+use crate::framing::Input;
+
+impl MqttConn {
+    pub(super) fn on_publish(&mut self, publish: mqtt::Publish, frames: &mut BytesMut) -> Input {
+        let v5 = self.version == Version::V5;
+        if publish.properties.topic_alias.is_some() {
+            // The CONNACK allowed none (topic alias maximum 0).
+            self.disconnect(reason::TOPIC_ALIAS_INVALID);
+            return Input::End;
+        }
+        if publish.retain && v5 {
+            self.disconnect(reason::RETAIN_NOT_SUPPORTED);
+            return Input::End;
+        }
+        let topic = publish.topic.as_bytes();
+        let valid = valid_topic(&publish.topic);
+        let packet_id = publish.packet_id.unwrap_or(0);
+        if !valid {
+            debug!(topic = ?publish.topic, "MQTT PUBLISH to a topic name refused");
+            return match publish.qos {
+                QoS::AtLeastOnce | QoS::ExactlyOnce if v5 => {
+                    let kind = ack_for(publish.qos);
+                    self.answer_ack(frames, kind, packet_id, reason::TOPIC_INVALID);
+                    Input::More
+                }
+                _ => {
+                    self.disconnect(reason::TOPIC_INVALID);
+                    Input::End
+                }
+            };
+        }
+        let request_id = match publish.qos {
+            QoS::AtMostOnce => 0,
+            QoS::ExactlyOnce if self.unreleased.contains(&packet_id) => {
+                // Sent again before its PUBREL: received already.
+                self.answer_ack(frames, AckKind::PubRec, packet_id, 0);
+                return Input::More;
+            }
+            qos => {
+                // QoS 1 and 2 publishes not yet answered with PUBACK or
+                // PUBCOMP: at most the receive maximum the CONNACK gave.
+                if self.unanswered_at_least_once + self.unreleased.len()
+                    >= usize::from(self.settings.receive_maximum.max(1))
+                {
+                    debug!("MQTT client exceeded its receive maximum; closing");
+                    self.disconnect(reason::RECEIVE_MAXIMUM_EXCEEDED);
+                    return Input::End;
+                }
+                if qos == QoS::ExactlyOnce {
+                    self.unreleased.insert(packet_id);
+                } else {
+                    self.unanswered_at_least_once += 1;
+                }
+                self.request(Request::Publish { packet_id, qos })
+            }
+        };
+        // The QoS travels in the body's format byte: subscribers get the
+        // message at the lower of it and their own.
+        encode_publish_as(
+            frames,
+            request_id,
+            request_id != 0,
+            self.settings.namespace.as_bytes(),
+            topic,
+            PayloadFormat::Plain.byte_with_qos(publish.qos.bits()),
+            &publish.payload,
+        );
+        Input::More
+    }
+
+    pub(super) fn on_subscribe(
+        &mut self,
+        subscribe: mqtt::Subscribe,
+        frames: &mut BytesMut,
+    ) -> Input {
+        let v5 = self.version == Version::V5;
+        // At most one per SUBSCRIBE (the codec checks), for all its filters.
+        let identifier = subscribe.properties.subscription_ids.first().copied();
+        let packet_id = subscribe.packet_id;
+        let mut wait = AckWait {
+            unsubscribe: false,
+            codes: Vec::with_capacity(subscribe.filters.len()),
+            outstanding: 0,
+        };
+        for (index, filter) in subscribe.filters.iter().enumerate() {
+            let text = filter.filter.as_str();
+            let natives = match native_filter(text) {
+                Ok(natives) => natives,
+                Err(code) => {
+                    wait.codes.push(if v5 { code } else { v3::SUB_FAILURE });
+                    continue;
+                }
+            };
+            let granted = filter.qos;
+            wait.codes.push(granted.bits());
+            if let Some(ids) = self.filters.get(text) {
+                // Subscribing again replaces the subscription: the same
+                // one, with the QoS asked for now.
+                for id in ids {
+                    if let Some(sub) = self.subs.get_mut(id) {
+                        sub.qos = granted;
+                        sub.identifier = identifier;
+                    }
+                }
+                continue;
+            }
+            let wildcard_first = text.starts_with(['+', '#']);
+            let mut ids = Vec::with_capacity(natives.len());
+            for (n, native) in natives.into_iter().enumerate() {
+                self.next_sub = self.next_sub.wrapping_add(1);
+                let sub_id = self.next_sub;
+                let request_id = self.request(Request::Subscribe {
+                    packet_id,
+                    index,
+                    sub_id,
+                    parent: n > 0,
+                });
+                encode_subscribe(
+                    frames,
+                    request_id,
+                    sub_id,
+                    None,
+                    self.settings.namespace.as_bytes(),
+                    native.as_bytes(),
+                );
+                let topic = (!is_pattern(native.as_bytes())).then_some(native);
+                self.subs.insert(
+                    sub_id,
+                    Sub {
+                        qos: granted,
+                        identifier,
+                        topic,
+                        wildcard_first,
+                    },
+                );
+                ids.push(sub_id);
+                wait.outstanding += 1;
+            }
+            self.filters.insert(text.to_owned(), ids);
+        }
+        self.finish_or_wait(frames, packet_id, wait);
+        Input::More
+    }
+
+    pub(super) fn on_unsubscribe(&mut self, unsubscribe: mqtt::Unsubscribe, frames: &mut BytesMut) {
+        let packet_id = unsubscribe.packet_id;
+        let mut wait = AckWait {
+            unsubscribe: true,
+            codes: Vec::with_capacity(unsubscribe.filters.len()),
+            outstanding: 0,
+        };
+        for filter in &unsubscribe.filters {
+            let Some(ids) = self.filters.remove(filter.as_str()) else {
+                wait.codes.push(reason::NO_SUBSCRIPTION);
+                continue;
+            };
+            wait.codes.push(0);
+            for sub_id in ids {
+                self.subs.remove(&sub_id);
+                let request_id = self.request(Request::Unsubscribe { packet_id });
+                Frame::Unsubscribe(Unsubscribe { request_id, sub_id }).encode(frames);
+                wait.outstanding += 1;
+            }
+        }
+        self.finish_or_wait(frames, packet_id, wait);
+    }
+
+    /// Sends a `SUBACK` or `UNSUBACK` now (after what came before it) when
+    /// it waits for nothing, else when its last native answer comes.
+    fn finish_or_wait(&mut self, frames: &mut BytesMut, packet_id: u16, wait: AckWait) {
+        if wait.outstanding == 0 {
+            let mut out = BytesMut::new();
+            self.encode_ack_wait(packet_id, wait, &mut out);
+            self.defer(frames, out.freeze());
+        } else {
+            self.acks.insert(packet_id, wait);
+        }
+    }
+
+    pub(super) fn encode_ack_wait(&self, packet_id: u16, wait: AckWait, out: &mut BytesMut) {
+        let packet = if wait.unsubscribe {
+            Packet::UnsubAck(UnsubAck {
+                packet_id,
+                properties: Properties::default(),
+                codes: wait.codes,
+            })
+        } else {
+            Packet::SubAck(SubAck {
+                packet_id,
+                properties: Properties::default(),
+                codes: wait.codes,
+            })
+        };
+        packet.encode(self.version, out);
+    }
+
+    /// A `PUBACK`, `PUBREC` or `PUBCOMP` that waits for nothing from the
+    /// engine but must follow the answers before it.
+    pub(super) fn answer_ack(
+        &mut self,
+        frames: &mut BytesMut,
+        kind: AckKind,
+        packet_id: u16,
+        reason: u8,
+    ) {
+        let mut out = BytesMut::new();
+        encode_ack(self.version, kind, packet_id, reason, &mut out);
+        self.defer(frames, out.freeze());
+    }
+}
+
+/// Whether an MQTT topic name can be published to: a valid MQTT name that
+/// is also a native one (not too long, no control character, no level that
+/// is a native wildcard).
+pub(super) fn valid_topic(topic: &MqttStr) -> bool {
+    let bytes = topic.as_bytes();
+    !bytes.is_empty()
+        && mqtt::valid_topic_name(topic.as_str())
+        && validate_topic(bytes).is_ok()
+        && !is_pattern(bytes)
+}
+
+/// The native topics an MQTT filter stands for, or the reason code that
+/// refuses it.
+fn native_filter(filter: &str) -> Result<Vec<String>, u8> {
+    let parsed = mqtt::parse_filter(filter).map_err(|_| reason::FILTER_INVALID)?;
+    if parsed.share.is_some() {
+        return Err(reason::SHARED_NOT_SUPPORTED);
+    }
+    let levels: Vec<&str> = parsed.filter.split('/').collect();
+    if levels.iter().any(|level| *level == "*" || *level == ">") {
+        // A literal `*` or `>` level would be a native wildcard.
+        return Err(reason::FILTER_INVALID);
+    }
+    let native: Vec<&str> = levels
+        .iter()
+        .map(|level| match *level {
+            "+" => "*",
+            "#" => ">",
+            other => other,
+        })
+        .collect();
+    let mut natives = vec![native.join("/")];
+    if levels.len() > 1 && levels.last() == Some(&"#") {
+        // `a/#` matches `a` too (MQTT-4.7.1-2).
+        natives.push(native[..native.len() - 1].join("/"));
+    }
+    natives.retain(|topic| !topic.is_empty());
+    if natives.is_empty()
+        || natives
+            .iter()
+            .any(|topic| validate_topic(topic.as_bytes()).is_err())
+    {
+        return Err(reason::FILTER_INVALID);
+    }
+    Ok(natives)
+}

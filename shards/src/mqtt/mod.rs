@@ -1,0 +1,604 @@
+//! An MQTT connection on its shard: MQTT 3.1.1 and 5.0 packets in, native
+//! frames to the engine, and the engine's frames back out as MQTT packets
+//! (see [`crate::edge`] for where this sits).
+//!
+//! The engine serves an MQTT client exactly as it serves a native one: the
+//! `CONNECT` becomes a `HELLO` whose credentials are the password (an API
+//! key or a token), so authentication, permissions, limits and the
+//! owner's sequencing are the native ones. What MQTT adds is kept here:
+//!
+//! - **Topics.** Every MQTT topic lives in one namespace (the listener's
+//!   `namespace`), under its MQTT name unchanged. A filter with `+` or `#`
+//!   becomes a pattern subscription (`+` is `*`, `#` is `>`); `a/#` also
+//!   matches `a`, so it is two native subscriptions (`a` and `a/>`), and a
+//!   filter whose first level is a wildcard does not receive topics that
+//!   start with `$` (MQTT-4.7.2-1). A topic level that is exactly `*` or
+//!   `>` has a native meaning and is refused for now (reason 0x90 / 0x8F).
+//! - **Acknowledgements.** A QoS 1 `PUBACK` (and a QoS 2 `PUBREC`) is sent
+//!   when the engine's `PUB_ACK` comes: the owner shard has sequenced the
+//!   message, what the native acknowledgement means. QoS 2's `PUBREL` is
+//!   answered with `PUBCOMP`; a `PUBLISH` repeated before its `PUBREL` is
+//!   not published again.
+//! - **Order.** An answer that needs nothing from the engine (`PINGRESP`,
+//!   `PUBCOMP`, a `SUBACK` for a filter already held) still goes out after
+//!   the answers to the packets before it: it rides on a native `PING`,
+//!   and is sent when the engine's `PONG` comes back.
+//!
+//! - **Will.** A connection that ends without a clean `DISCONNECT` (a
+//!   lost socket, a missed keep-alive, a protocol error; 5.0's reason 0x04)
+//!   has its will published by the engine under the connection's grant.
+//!
+//! - **Deliveries.** The QoS a message was published with travels in its
+//!   body's format byte (bits 1 and 2; native publishers leave 0), and a
+//!   subscriber gets it at the lower of that and the QoS its filter was
+//!   granted (what it asked for). QoS 1 and 2 deliveries take packet ids,
+//!   at most the client's `receive_maximum` at a time; the others wait, in
+//!   order, up to the outbox bound, past which they are dropped and logged.
+//!
+//! No session outlives its connection and no message is retained yet; the 5.0
+//! `CONNACK` says so where 5.0 has a property for it (session expiry 0;
+//! retain, shared subscriptions, subscription identifiers: not available),
+//! and a 5.0 client that asks for them anyway is answered with the reason
+//! code the specification gives.
+
+mod codes;
+mod inbound;
+mod outbound;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::{Bytes, BytesMut};
+use corebus_mqtt::{
+    self as mqtt, AckKind, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, QoS,
+    Version,
+};
+use corebus_net::{Body, Frame, Hello, PayloadFormat, Publish, TopicKey, PROTOCOL_VERSION};
+use rustc_hash::{FxHashMap, FxHashSet};
+use tracing::debug;
+
+use crate::engine::ConnId;
+use crate::framing::Input;
+use crate::routing::ShardId;
+
+use codes::{reason, v3};
+use inbound::valid_topic;
+use outbound::{Delivery, Outbound};
+
+/// What every connection of one MQTT listener shares, on every shard.
+#[derive(Debug)]
+pub struct MqttSettings {
+    /// The namespace every MQTT topic lives in.
+    namespace: String,
+    /// The `receive_maximum` a 5.0 `CONNACK` announces: QoS 1 and 2
+    /// publishes a client may have unacknowledged (the engine's
+    /// `max_in_flight_per_conn`, at most 65,535).
+    receive_maximum: u16,
+    /// Bytes of QoS 1 and 2 deliveries one connection may hold while its
+    /// client's receive maximum is reached (the engine's outbox bound).
+    waiting_limit: usize,
+    /// Which connection holds each client id.
+    clients: ClientIds,
+}
+
+impl MqttSettings {
+    /// Settings for a listener whose topics live in `namespace`; clients
+    /// may have `receive_maximum` QoS 1 and 2 publishes unacknowledged, and
+    /// a connection holds at most `waiting_limit` bytes of deliveries its
+    /// client is not ready for.
+    pub fn new(namespace: String, receive_maximum: u16, waiting_limit: usize) -> MqttSettings {
+        MqttSettings {
+            namespace,
+            receive_maximum,
+            waiting_limit,
+            clients: ClientIds::default(),
+        }
+    }
+}
+
+/// A connection, broker-wide: its shard and its id there.
+pub(crate) type Holder = (ShardId, ConnId);
+
+/// Which connection holds each MQTT client id: one at a time, broker-wide
+/// (MQTT-3.1.4-2 in 3.1.1, MQTT-3.1.4-3 in 5.0). Touched once when a
+/// connection's handshake succeeds and once when it ends.
+#[derive(Debug, Default)]
+struct ClientIds {
+    held: Mutex<FxHashMap<String, Holder>>,
+}
+
+impl ClientIds {
+    /// `holder` takes `id`; the connection that held it, if another.
+    fn claim(&self, id: &str, holder: Holder) -> Option<Holder> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        held.insert(id.to_owned(), holder)
+            .filter(|previous| *previous != holder)
+    }
+
+    /// `holder` ends: `id` is free, unless another connection took it.
+    fn release(&self, id: &str, holder: Holder) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.get(id) == Some(&holder) {
+            held.remove(id);
+        }
+    }
+}
+
+/// Bytes a native frame adds to an MQTT packet's (namespace, opcode, ids):
+/// an MQTT packet may be this much shorter than the engine's frame limit.
+const NATIVE_OVERHEAD: u32 = 256;
+
+/// The 5.0 `DISCONNECT` reason that asks for the will to be published.
+const DISCONNECT_WITH_WILL: u8 = 0x04;
+
+/// Answers to pings, `PUBREL`s and repeated filters a connection may have
+/// waiting besides one per publish it may have unanswered.
+const DEFERRED_SLACK: usize = 1024;
+
+/// Payloads at least this long go out as their own segment, shared with
+/// the other subscribers, instead of being copied after their header.
+const SHARE_FROM: usize = 512;
+
+/// An MQTT connection's state, shared by its reader and writer.
+#[derive(Debug)]
+pub(crate) struct MqttConn {
+    settings: Arc<MqttSettings>,
+    phase: Phase,
+    version: Version,
+    /// Bytes of a packet not yet whole (nothing while the client is idle).
+    input: BytesMut,
+    /// Longest packet accepted: the pre-handshake bound until `WELCOME`.
+    max_packet: usize,
+    /// Longest packet the client accepts (5.0 `maximum_packet_size`).
+    client_max_packet: usize,
+    /// MQTT bytes the writer sends before the next batch.
+    pending: BytesMut,
+    /// The keep-alive of the `CONNECT`, until the reader takes it.
+    keep_alive: Option<Option<u64>>,
+    /// The client id this server chose, for the `CONNACK`.
+    assigned_id: Option<String>,
+    /// The client id, once the `CONNECT` came.
+    client_id: String,
+    /// This connection, once it holds its client id.
+    holder: Option<Holder>,
+    next_request: u32,
+    /// Native requests waiting for their answer, by request id.
+    requests: FxHashMap<u32, Request>,
+    next_sub: u32,
+    /// Native subscriptions, by subscription id.
+    subs: FxHashMap<u32, Sub>,
+    /// The native subscriptions behind each MQTT filter the client holds.
+    filters: FxHashMap<String, Vec<u32>>,
+    /// `SUBACK`s and `UNSUBACK`s being assembled, by packet id.
+    acks: FxHashMap<u16, AckWait>,
+    /// Answers that wait for the engine's `PONG` of the same nonce.
+    deferred: VecDeque<(u64, Bytes)>,
+    next_marker: u64,
+    /// QoS 2 packet ids received and not yet released by `PUBREL`.
+    unreleased: FxHashSet<u16>,
+    /// QoS 1 publishes received and not yet answered with `PUBACK`.
+    unanswered_at_least_once: usize,
+    /// The will, as the publish it becomes, until a clean `DISCONNECT`.
+    will: Option<Publish>,
+    /// Deliveries at QoS 1 and 2 the client has not finished acknowledging,
+    /// by packet id.
+    outbound: FxHashMap<u16, Outbound>,
+    next_packet_id: u16,
+    /// How many of those the client takes at once (5.0 `receive_maximum`).
+    client_receive_max: usize,
+    /// Deliveries that wait for the client to acknowledge earlier ones, in
+    /// order, and their bytes (at most the settings' `waiting_limit`).
+    waiting: VecDeque<Delivery>,
+    waiting_bytes: usize,
+    /// Deliveries dropped because `waiting` was full, since it last was not.
+    dropped: u64,
+    /// Topic aliases the client accepts from the server (5.0
+    /// `topic_alias_maximum`), and the ones given, by topic.
+    client_alias_max: u16,
+    aliases: FxHashMap<String, u16>,
+    /// A 5.0 client asked for its session to outlive the connection, which
+    /// the `CONNACK` overrides with 0.
+    asked_session_expiry: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for `CONNECT`.
+    Connect,
+    /// `HELLO` sent; the engine's answer becomes the `CONNACK`.
+    Connecting,
+    /// `CONNACK` sent.
+    Open,
+    /// Closed or refused.
+    Done,
+}
+
+/// What a native request's answer completes.
+#[derive(Debug, Clone, Copy)]
+enum Request {
+    Publish {
+        packet_id: u16,
+        qos: QoS,
+    },
+    /// `parent`: the `a` of `a/#`, whose refusal leaves the filter's
+    /// grant alone (a client may be allowed `a/...` but not `a`).
+    Subscribe {
+        packet_id: u16,
+        index: usize,
+        sub_id: u32,
+        parent: bool,
+    },
+    Unsubscribe {
+        packet_id: u16,
+    },
+}
+
+/// One native subscription of an MQTT filter.
+#[derive(Debug)]
+struct Sub {
+    /// The QoS granted to its filter.
+    qos: QoS,
+    /// The filter's subscription identifier (5.0), sent with its messages.
+    identifier: Option<u32>,
+    /// The topic, for a subscription to one topic (its `MESSAGE`s carry no
+    /// topic); `None` for a pattern.
+    topic: Option<String>,
+    /// The filter starts with a wildcard: `$` topics are not its.
+    wildcard_first: bool,
+}
+
+#[derive(Debug)]
+struct AckWait {
+    unsubscribe: bool,
+    codes: Vec<u8>,
+    outstanding: usize,
+}
+
+impl MqttConn {
+    /// A connection of a listener with these settings, before its
+    /// `CONNECT`.
+    pub(crate) fn new(settings: Arc<MqttSettings>) -> MqttConn {
+        MqttConn {
+            settings,
+            phase: Phase::Connect,
+            version: Version::V311,
+            input: BytesMut::new(),
+            max_packet: 0,
+            client_max_packet: usize::MAX,
+            pending: BytesMut::new(),
+            keep_alive: None,
+            assigned_id: None,
+            client_id: String::new(),
+            holder: None,
+            next_request: 0,
+            requests: FxHashMap::default(),
+            next_sub: 0,
+            subs: FxHashMap::default(),
+            filters: FxHashMap::default(),
+            acks: FxHashMap::default(),
+            deferred: VecDeque::new(),
+            next_marker: 0,
+            unreleased: FxHashSet::default(),
+            unanswered_at_least_once: 0,
+            will: None,
+            outbound: FxHashMap::default(),
+            next_packet_id: 0,
+            client_receive_max: usize::from(u16::MAX),
+            waiting: VecDeque::new(),
+            waiting_bytes: 0,
+            dropped: 0,
+            client_alias_max: 0,
+            aliases: FxHashMap::default(),
+            asked_session_expiry: false,
+        }
+    }
+
+    /// The handshake of `holder` succeeded: it takes its client id
+    /// over; returns the connection that held it, which is to be closed.
+    pub(crate) fn claim_client_id(&mut self, holder: Holder) -> Option<Holder> {
+        self.holder = Some(holder);
+        self.settings.clients.claim(&self.client_id, holder)
+    }
+
+    /// The will, when the connection ends without a clean `DISCONNECT`
+    /// (5.0: or with reason 0x04, "disconnect with will message"): the
+    /// engine publishes it under the connection's grant.
+    pub(crate) fn take_will(&mut self) -> Option<Publish> {
+        self.will.take()
+    }
+
+    /// Whether the writer has bytes of ours to send: answers, or waiting
+    /// deliveries the client now has room for.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty() || (!self.waiting.is_empty() && self.has_room())
+    }
+
+    /// Whether the client takes another delivery at QoS 1 or 2.
+    fn has_room(&self) -> bool {
+        self.outbound.len() < self.client_receive_max
+    }
+
+    /// The keep-alive of the `CONNECT`, once: `Some(None)` when the client
+    /// turned it off, else how long the connection may be silent (one and
+    /// a half times the keep-alive, MQTT-3.1.2-24).
+    pub(crate) fn take_keep_alive(&mut self) -> Option<Option<u64>> {
+        self.keep_alive.take()
+    }
+
+    /// The engine accepted the `HELLO`: packets may now be as long as the
+    /// frame limit allows.
+    pub(crate) fn handshaken(&mut self, max_frame: u32) {
+        self.max_packet = max_frame.saturating_sub(NATIVE_OVERHEAD) as usize;
+    }
+
+    /// Feeds bytes from the socket; the native frames they mean are
+    /// appended to `frames`. Anything wrong ends the connection, with the
+    /// `DISCONNECT` (5.0) or `CONNACK` the specification asks for waiting
+    /// for the writer.
+    pub(crate) fn feed(
+        &mut self,
+        bytes: &[u8],
+        frames: &mut BytesMut,
+        pre_handshake_limit: u32,
+    ) -> Input {
+        if self.phase == Phase::Done {
+            return Input::End;
+        }
+        if self.max_packet == 0 {
+            self.max_packet = pre_handshake_limit as usize;
+        }
+        self.input.extend_from_slice(bytes);
+        loop {
+            let len = match mqtt::check(&self.input, self.max_packet) {
+                Ok(mqtt::Check::Complete { len }) => len,
+                Ok(mqtt::Check::Incomplete { .. }) => break,
+                Err(err) => return self.refuse_input(&err),
+            };
+            let packet = self.input.split_to(len).freeze();
+            let mut input = if self.phase == Phase::Connect {
+                self.on_connect(packet, frames)
+            } else {
+                match mqtt::decode(packet, self.version) {
+                    Ok(packet) => self.on_packet(packet, frames),
+                    Err(err) => self.refuse_input(&err),
+                }
+            };
+            if self.deferred.len() > self.max_deferred() {
+                // Pings and acknowledgements sent faster than their answers
+                // are read: what the connection would hold for them is
+                // bounded, and no real client comes near it.
+                debug!(
+                    answers = self.deferred.len(),
+                    "MQTT client does not read its answers; closing"
+                );
+                self.disconnect(reason::QUOTA_EXCEEDED);
+                input = Input::End;
+            }
+            if input == Input::End {
+                self.phase = Phase::Done;
+                self.input = BytesMut::new();
+                return Input::End;
+            }
+        }
+        if self.input.is_empty() {
+            // An idle connection holds no input buffer.
+            self.input = BytesMut::new();
+        }
+        Input::More
+    }
+
+    /// Bytes that are no packet, or a packet against the protocol: 5.0
+    /// says why in a `DISCONNECT` (or the `CONNACK`, before one was sent).
+    fn refuse_input(&mut self, err: &DecodeError) -> Input {
+        debug!(%err, "MQTT input refused; closing");
+        match self.phase {
+            Phase::Connect | Phase::Connecting => {
+                if self.version == Version::V5 && self.phase == Phase::Connecting {
+                    self.answer_connect(err.reason(), Properties::default());
+                }
+            }
+            _ => self.disconnect(err.reason()),
+        }
+        Input::End
+    }
+
+    fn on_connect(&mut self, packet: Bytes, frames: &mut BytesMut) -> Input {
+        let connect = match mqtt::decode_connect(packet) {
+            Ok(connect) => connect,
+            Err(DecodeError::UnsupportedProtocol { name, level }) => {
+                debug!(name, level, "MQTT CONNECT for a protocol not spoken here");
+                // The one answer every version can read (MQTT-3.1.2-2).
+                self.version = Version::V311;
+                self.answer_connect(v3::BAD_VERSION, Properties::default());
+                return Input::End;
+            }
+            Err(err) => {
+                debug!(%err, "malformed MQTT CONNECT; closing");
+                return Input::End;
+            }
+        };
+        self.version = connect.version;
+        let v5 = self.version == Version::V5;
+        if let Some(refusal) = self.connect_refusal(&connect) {
+            self.answer_connect(refusal, Properties::default());
+            return Input::End;
+        }
+        if let Some(will) = &connect.will {
+            let topic = will.topic.as_bytes();
+            let key = valid_topic(&will.topic)
+                .then(|| TopicKey::new(self.settings.namespace.as_bytes(), topic).ok())
+                .flatten();
+            let Some(topic) = key else {
+                debug!(topic = ?will.topic, "MQTT will to a topic name refused");
+                if v5 {
+                    self.answer_connect(reason::TOPIC_INVALID, Properties::default());
+                }
+                return Input::End;
+            };
+            self.will = Some(Publish {
+                request_id: 0,
+                ack: false,
+                topic,
+                body: Body::with_qos(PayloadFormat::Plain, will.qos.bits(), &will.payload),
+            });
+        }
+        self.client_id = if connect.client_id.is_empty() {
+            let id = format!("corebus-{:016x}", random_u64());
+            self.assigned_id = Some(id.clone());
+            id
+        } else {
+            connect.client_id.as_str().to_owned()
+        };
+        if v5 {
+            if let Some(max) = connect.properties.maximum_packet_size {
+                self.client_max_packet = max as usize;
+            }
+            if let Some(max) = connect.properties.receive_maximum {
+                self.client_receive_max = usize::from(max);
+            }
+            self.client_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
+            self.asked_session_expiry = connect.properties.session_expiry.unwrap_or(0) > 0;
+        }
+        self.keep_alive =
+            Some((connect.keep_alive > 0).then(|| u64::from(connect.keep_alive) * 1500));
+        Frame::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            client_name: format!("mqtt:{}", self.client_id),
+            credentials: connect.password.unwrap_or_default(),
+        })
+        .encode(frames);
+        self.phase = Phase::Connecting;
+        Input::More
+    }
+
+    /// Why a well-formed `CONNECT` is refused before the engine sees it.
+    fn connect_refusal(&self, connect: &Connect) -> Option<u8> {
+        let v5 = self.version == Version::V5;
+        if connect.client_id.is_empty() && !connect.clean_start && !v5 {
+            // A 3.1.1 session without a client id (MQTT-3.1.3-8).
+            return Some(v3::ID_REJECTED);
+        }
+        if v5 {
+            if connect.properties.auth_method.is_some() {
+                return Some(reason::BAD_AUTH_METHOD);
+            }
+            if connect.will.as_ref().is_some_and(|will| will.retain) {
+                return Some(reason::RETAIN_NOT_SUPPORTED);
+            }
+        }
+        None
+    }
+
+    fn answer_connect(&mut self, code: u8, properties: Properties) {
+        Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+            properties,
+        })
+        .encode(self.version, &mut self.pending);
+    }
+
+    /// 5.0: a `DISCONNECT` with `reason` (3.1.1 has none: the connection
+    /// just closes).
+    fn disconnect(&mut self, reason: u8) {
+        if self.version == Version::V5 {
+            Packet::Disconnect(Disconnect {
+                reason,
+                properties: Properties::default(),
+            })
+            .encode(self.version, &mut self.pending);
+        }
+    }
+
+    fn on_packet(&mut self, packet: Packet, frames: &mut BytesMut) -> Input {
+        match packet {
+            Packet::Publish(publish) => return self.on_publish(publish, frames),
+            Packet::Ack(ack) if ack.kind == AckKind::PubRel => {
+                let known = self.unreleased.remove(&ack.packet_id);
+                let code = if known {
+                    0
+                } else {
+                    reason::PACKET_ID_NOT_FOUND
+                };
+                self.answer_ack(frames, AckKind::PubComp, ack.packet_id, code);
+            }
+            Packet::Ack(ack) => self.on_delivery_ack(&ack),
+            Packet::Subscribe(subscribe) => return self.on_subscribe(subscribe, frames),
+            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe, frames),
+            Packet::PingReq => {
+                let mut resp = BytesMut::new();
+                Packet::PingResp.encode(self.version, &mut resp);
+                self.defer(frames, resp.freeze());
+            }
+            Packet::Disconnect(disconnect) => {
+                if disconnect.reason != DISCONNECT_WITH_WILL {
+                    self.will = None;
+                }
+                return Input::End;
+            }
+            Packet::Connect(_) => {
+                debug!("a second MQTT CONNECT; closing");
+                self.disconnect(reason::PROTOCOL_ERROR);
+                return Input::End;
+            }
+            Packet::Auth(_)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp => {
+                debug!("an MQTT packet a client does not send; closing");
+                self.disconnect(reason::PROTOCOL_ERROR);
+                return Input::End;
+            }
+        }
+        Input::More
+    }
+
+    /// Most answers the connection holds for the engine's `PONG`s: one per
+    /// publish the client may have unanswered, and room for pings.
+    fn max_deferred(&self) -> usize {
+        usize::from(self.settings.receive_maximum) + DEFERRED_SLACK
+    }
+
+    /// Queues `answer` behind a native `PING`: the engine answers frames in
+    /// order, so its `PONG` comes after the answers to everything before.
+    fn defer(&mut self, frames: &mut BytesMut, answer: Bytes) {
+        self.next_marker += 1;
+        Frame::Ping(self.next_marker).encode(frames);
+        self.deferred.push_back((self.next_marker, answer));
+    }
+
+    fn request(&mut self, request: Request) -> u32 {
+        self.next_request = self.next_request.wrapping_add(1).max(1);
+        self.requests.insert(self.next_request, request);
+        self.next_request
+    }
+
+    /// The last bytes of a closing connection.
+    pub(crate) fn close(&mut self) -> Vec<u8> {
+        self.phase = Phase::Done;
+        self.release_client_id();
+        std::mem::take(&mut self.pending).to_vec()
+    }
+}
+
+impl MqttConn {
+    /// Frees the client id this connection holds, if it still does.
+    pub(crate) fn release_client_id(&mut self) {
+        if let Some(holder) = self.holder.take() {
+            self.settings.clients.release(&self.client_id, holder);
+        }
+    }
+}
+
+impl Drop for MqttConn {
+    fn drop(&mut self) {
+        self.release_client_id();
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    u64::from_ne_bytes(bytes)
+}

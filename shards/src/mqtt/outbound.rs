@@ -1,0 +1,504 @@
+//! What an MQTT client receives: each batch of the engine's native frames
+//! becomes MQTT packets (the `CONNACK`, acknowledgements, and deliveries at
+//! their QoS, within the client's receive maximum, with subscription
+//! identifiers and topic aliases).
+
+use bytes::{Bytes, BytesMut};
+use corebus_mqtt::{
+    self as mqtt, Ack, AckKind, ConnAck, Disconnect, MqttStr, Packet, Properties, QoS, Version,
+};
+use corebus_net::{ErrorFrame, Frame, PayloadFormat};
+use tracing::{debug, warn};
+
+use super::codes::{ack_for, connect_code, disconnect_code, encode_ack, reason, request_code, v3};
+use super::{MqttConn, Phase, Request, NATIVE_OVERHEAD, SHARE_FROM};
+use crate::framing::{frames_of, Wrapped};
+
+/// Where a delivery at QoS 1 or 2 is in its exchange with the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outbound {
+    /// QoS 1: waiting for `PUBACK`.
+    Ack,
+    /// QoS 2: waiting for `PUBREC`.
+    Received,
+    /// QoS 2: `PUBREL` sent, waiting for `PUBCOMP`.
+    Complete,
+}
+
+/// A message for the client: rendered at once, or waiting for a free
+/// packet id slot.
+#[derive(Debug)]
+pub(super) struct Delivery {
+    topic: String,
+    body: corebus_net::Body,
+    qos: QoS,
+    /// The subscription identifiers of the filters it matched (5.0).
+    ids: Vec<u32>,
+}
+
+/// A message as one or more of the connection's subscriptions got it: one
+/// copy per message, whatever the number of overlapping filters.
+#[derive(Debug)]
+struct Matched {
+    topic: String,
+    epoch: corebus_net::Epoch,
+    seq: corebus_net::Seq,
+    body: corebus_net::Body,
+    /// The highest QoS granted to the filters it matched.
+    granted: QoS,
+    ids: Vec<u32>,
+}
+
+/// A topic alias for one `PUBLISH` to the client.
+#[derive(Debug, Clone, Copy)]
+struct Alias {
+    number: u16,
+    /// The client has it already: the topic name is left out.
+    known: bool,
+}
+
+impl MqttConn {
+    /// Turns a batch of native frames into MQTT packets, with any pending
+    /// bytes of ours first.
+    pub(crate) fn wrap(&mut self, segments: &mut Vec<Bytes>) -> Wrapped {
+        let frames = frames_of(segments);
+        segments.clear();
+        let mut out = BytesMut::new();
+        out.extend_from_slice(&self.pending);
+        self.pending = BytesMut::new();
+        let mut wrapped = Wrapped::default();
+        if self.phase == Phase::Done {
+            // Ended (by either side): after its last words (a DISCONNECT, a
+            // refusing CONNACK) the server sends nothing more.
+            if !out.is_empty() {
+                segments.push(out.freeze());
+            }
+            wrapped.end = true;
+            return wrapped;
+        }
+        self.send_waiting(&mut out, segments);
+        // The copies overlapping filters get of one message come one after
+        // another: they go out as one PUBLISH, at the highest QoS granted,
+        // with every filter's subscription identifier (MQTT-3.3.4-2/-4).
+        let mut matched: Vec<Matched> = Vec::new();
+        for frame in frames {
+            let one = match frame {
+                Frame::Message(message) => self.matched(
+                    message.sub_id,
+                    None,
+                    message.epoch,
+                    message.seq,
+                    message.body,
+                ),
+                Frame::TopicMessage(message) => self.matched(
+                    message.sub_id,
+                    Some(message.topic),
+                    message.epoch,
+                    message.seq,
+                    message.body,
+                ),
+                frame => {
+                    self.deliver_matched(&mut matched, &mut out, segments);
+                    if !self.render(frame, &mut out) {
+                        wrapped.end = true;
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let Some(one) = one else { continue };
+            match matched.iter_mut().find(|seen| {
+                (seen.epoch, seen.seq) == (one.epoch, one.seq) && seen.topic == one.topic
+            }) {
+                Some(seen) => {
+                    seen.granted = seen.granted.max(one.granted);
+                    seen.ids.extend(one.ids);
+                }
+                None => matched.push(one),
+            }
+        }
+        self.deliver_matched(&mut matched, &mut out, segments);
+        if !out.is_empty() {
+            segments.push(out.freeze());
+        }
+        wrapped
+    }
+
+    /// Renders one native frame; false when the connection ends after it.
+    fn render(&mut self, frame: Frame, out: &mut BytesMut) -> bool {
+        let v5 = self.version == Version::V5;
+        match frame {
+            Frame::Welcome(welcome) if self.phase == Phase::Connecting => {
+                self.phase = Phase::Open;
+                let mut properties = Properties::default();
+                if v5 {
+                    properties.retain_available = Some(0);
+                    properties.shared_available = Some(0);
+                    properties.wildcard_available = Some(1);
+                    properties.receive_maximum = Some(self.settings.receive_maximum.max(1));
+                    properties.maximum_packet_size =
+                        Some(welcome.max_frame.saturating_sub(NATIVE_OVERHEAD));
+                    properties.assigned_client_id =
+                        self.assigned_id.as_deref().and_then(MqttStr::new);
+                    // No session outlives its connection (yet): say so, and
+                    // a will's delay ends with the session, at once.
+                    properties.session_expiry = self.asked_session_expiry.then_some(0);
+                }
+                Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    code: 0,
+                    properties,
+                })
+                .encode(self.version, out);
+            }
+            Frame::Error(error) => return self.render_error(error, out),
+            Frame::PubAck(ack) => {
+                if let Some(Request::Publish { packet_id, qos }) =
+                    self.requests.remove(&ack.request_id)
+                {
+                    self.answered_publish(qos);
+                    encode_ack(self.version, ack_for(qos), packet_id, 0, out);
+                }
+            }
+            Frame::SubOk(ok) => self.answered(ok.request_id, None, out),
+            Frame::UnsubOk(ok) => self.answered(ok.request_id, None, out),
+            Frame::Pong(nonce) => {
+                while self.deferred.front().is_some_and(|(at, _)| *at <= nonce) {
+                    if let Some((_, answer)) = self.deferred.pop_front() {
+                        out.extend_from_slice(&answer);
+                    }
+                }
+            }
+            Frame::GoAway(_) => {
+                if v5 {
+                    self.disconnect(reason::SERVER_SHUTTING_DOWN);
+                    out.extend_from_slice(&std::mem::take(&mut self.pending));
+                }
+                return false;
+            }
+            // Heartbeats are MQTT's own (keep-alive), and a gap has no
+            // MQTT notice: nothing to send for these.
+            _ => {}
+        }
+        true
+    }
+
+    /// An engine `ERROR`: a refused `CONNECT`, a refused request, or the end
+    /// of the connection.
+    fn render_error(&mut self, error: ErrorFrame, out: &mut BytesMut) -> bool {
+        let v5 = self.version == Version::V5;
+        let code = error.code();
+        match self.phase {
+            Phase::Connect | Phase::Done => return false,
+            Phase::Connecting => {
+                self.phase = Phase::Done;
+                let code = connect_code(code, v5);
+                let mut properties = Properties::default();
+                if v5 {
+                    properties.reason_string = MqttStr::new(&error.message);
+                }
+                Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    code,
+                    properties,
+                })
+                .encode(self.version, out);
+                return false;
+            }
+            Phase::Open => {}
+        }
+        let failure = request_code(code, v5);
+        match self.requests.get(&error.request_id).copied() {
+            Some(Request::Publish { packet_id, qos }) => {
+                self.requests.remove(&error.request_id);
+                self.unreleased.remove(&packet_id);
+                self.answered_publish(qos);
+                if !v5 {
+                    // 3.1.1 has no negative acknowledgement (MQTT-3.3.5-2):
+                    // closing is how the client learns it was refused.
+                    debug!(message = %error.message, "MQTT 3.1.1 publish refused; closing");
+                    return false;
+                }
+                encode_ack(self.version, ack_for(qos), packet_id, failure, out);
+            }
+            Some(Request::Subscribe { sub_id, parent, .. }) => {
+                self.drop_sub(sub_id);
+                let code = if v5 { failure } else { v3::SUB_FAILURE };
+                self.answered(error.request_id, (!parent).then_some(code), out);
+            }
+            Some(Request::Unsubscribe { .. }) => self.answered(error.request_id, None, out),
+            None => debug!(message = %error.message, "engine error on an MQTT connection"),
+        }
+        if error.fatal {
+            if v5 {
+                Packet::Disconnect(Disconnect {
+                    reason: disconnect_code(code),
+                    properties: Properties {
+                        reason_string: MqttStr::new(&error.message),
+                        ..Properties::default()
+                    },
+                })
+                .encode(self.version, out);
+            }
+            self.phase = Phase::Done;
+            return false;
+        }
+        true
+    }
+
+    /// A QoS 1 publish of the client's was answered (a QoS 2 one counts
+    /// until its `PUBREL`).
+    fn answered_publish(&mut self, qos: QoS) {
+        if qos == QoS::AtLeastOnce {
+            self.unanswered_at_least_once = self.unanswered_at_least_once.saturating_sub(1);
+        }
+    }
+
+    /// A native subscribe or unsubscribe was answered (with a failure code,
+    /// or not); the `SUBACK` or `UNSUBACK` goes out with its last answer.
+    fn answered(&mut self, request_id: u32, failure: Option<u8>, out: &mut BytesMut) {
+        let (packet_id, index) = match self.requests.remove(&request_id) {
+            Some(Request::Subscribe {
+                packet_id, index, ..
+            }) => (packet_id, Some(index)),
+            Some(Request::Unsubscribe { packet_id }) => (packet_id, None),
+            _ => return,
+        };
+        let Some(wait) = self.acks.get_mut(&packet_id) else {
+            return;
+        };
+        if let (Some(code), Some(index)) = (failure, index) {
+            if let Some(slot) = wait.codes.get_mut(index) {
+                *slot = code;
+            }
+        }
+        wait.outstanding -= 1;
+        if wait.outstanding == 0 {
+            if let Some(wait) = self.acks.remove(&packet_id) {
+                self.encode_ack_wait(packet_id, wait, out);
+            }
+        }
+    }
+
+    /// Forgets a native subscription the engine refused.
+    fn drop_sub(&mut self, sub_id: u32) {
+        self.subs.remove(&sub_id);
+        self.filters.retain(|_, ids| {
+            ids.retain(|id| *id != sub_id);
+            !ids.is_empty()
+        });
+    }
+
+    /// A message one subscription got: its topic (from the frame, or the
+    /// subscription's own), the QoS granted and the identifier; `None` for
+    /// a subscription gone, or a `$` topic under a leading wildcard.
+    fn matched(
+        &self,
+        sub_id: u32,
+        topic: Option<String>,
+        epoch: corebus_net::Epoch,
+        seq: corebus_net::Seq,
+        body: corebus_net::Body,
+    ) -> Option<Matched> {
+        let sub = self.subs.get(&sub_id)?;
+        let topic = match topic {
+            Some(topic) if sub.wildcard_first && topic.starts_with('$') => return None,
+            Some(topic) => topic,
+            None => sub.topic.clone()?,
+        };
+        Some(Matched {
+            topic,
+            epoch,
+            seq,
+            body,
+            granted: sub.qos,
+            ids: sub.identifier.into_iter().collect(),
+        })
+    }
+
+    /// Sends (or queues) the messages gathered so far, in order.
+    fn deliver_matched(
+        &mut self,
+        matched: &mut Vec<Matched>,
+        out: &mut BytesMut,
+        segments: &mut Vec<Bytes>,
+    ) {
+        for one in matched.drain(..) {
+            let qos =
+                QoS::from_bits(one.body.qos().min(one.granted.bits())).unwrap_or(QoS::AtMostOnce);
+            let delivery = Delivery {
+                topic: one.topic,
+                body: one.body,
+                qos,
+                ids: one.ids,
+            };
+            self.deliver(delivery, out, segments);
+        }
+    }
+
+    /// Sends a delivery now, or once the client has room for it (after the
+    /// ones that already wait).
+    fn deliver(&mut self, delivery: Delivery, out: &mut BytesMut, segments: &mut Vec<Bytes>) {
+        if self.waiting.is_empty() && (delivery.qos == QoS::AtMostOnce || self.has_room()) {
+            return self.publish(&delivery, out, segments);
+        }
+        let (topic, body) = (&delivery.topic, &delivery.body);
+        let len = topic.len() + body.len();
+        if self.waiting_bytes + len > self.settings.waiting_limit {
+            if self.dropped == 0 {
+                warn!(
+                    client = %self.client_id,
+                    limit = self.settings.waiting_limit,
+                    "MQTT client acknowledges too slowly: deliveries dropped until it catches up"
+                );
+            }
+            self.dropped += 1;
+            return;
+        }
+        self.waiting_bytes += len;
+        self.waiting.push_back(delivery);
+    }
+
+    /// Sends the deliveries that waited, as far as the client has room.
+    fn send_waiting(&mut self, out: &mut BytesMut, segments: &mut Vec<Bytes>) {
+        while self
+            .waiting
+            .front()
+            .is_some_and(|next| next.qos == QoS::AtMostOnce || self.has_room())
+        {
+            let Some(next) = self.waiting.pop_front() else {
+                break;
+            };
+            self.waiting_bytes -= next.topic.len() + next.body.len();
+            self.publish(&next, out, segments);
+        }
+        if self.waiting.is_empty() && self.dropped > 0 {
+            warn!(client = %self.client_id, dropped = self.dropped, "MQTT client caught up");
+            self.dropped = 0;
+        }
+    }
+
+    /// The client acknowledged (part of) a delivery at QoS 1 or 2.
+    pub(super) fn on_delivery_ack(&mut self, ack: &Ack) {
+        let state = self.outbound.get(&ack.packet_id).copied();
+        match (ack.kind, state) {
+            (AckKind::PubAck, Some(Outbound::Ack))
+            | (AckKind::PubComp, Some(Outbound::Complete)) => {
+                self.outbound.remove(&ack.packet_id);
+            }
+            (AckKind::PubRec, Some(Outbound::Received)) if ack.reason >= 0x80 => {
+                // Refused by the client: the exchange ends here.
+                self.outbound.remove(&ack.packet_id);
+            }
+            (AckKind::PubRec, Some(Outbound::Received | Outbound::Complete)) => {
+                self.outbound.insert(ack.packet_id, Outbound::Complete);
+                encode_ack(
+                    self.version,
+                    AckKind::PubRel,
+                    ack.packet_id,
+                    0,
+                    &mut self.pending,
+                );
+            }
+            (AckKind::PubRec, _) => {
+                encode_ack(
+                    self.version,
+                    AckKind::PubRel,
+                    ack.packet_id,
+                    reason::PACKET_ID_NOT_FOUND,
+                    &mut self.pending,
+                );
+            }
+            // An acknowledgement of nothing this connection sent: ignored.
+            _ => {}
+        }
+    }
+
+    /// The alias for `topic` in a `PUBLISH` to the client, when it takes
+    /// aliases: the one it was given (`known`: the topic can be left out),
+    /// or a new one while fewer than its maximum are given.
+    fn topic_alias(&mut self, topic: &str) -> Option<Alias> {
+        if let Some(&number) = self.aliases.get(topic) {
+            return Some(Alias {
+                number,
+                known: true,
+            });
+        }
+        let next = u16::try_from(self.aliases.len() + 1).ok()?;
+        if next > self.client_alias_max {
+            return None;
+        }
+        self.aliases.insert(topic.to_owned(), next);
+        Some(Alias {
+            number: next,
+            known: false,
+        })
+    }
+
+    /// A packet id no delivery in progress holds.
+    fn free_packet_id(&mut self) -> u16 {
+        loop {
+            self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
+            if !self.outbound.contains_key(&self.next_packet_id) {
+                return self.next_packet_id;
+            }
+        }
+    }
+
+    /// A `PUBLISH` of a delivery (the client has room for it).
+    fn publish(&mut self, delivery: &Delivery, out: &mut BytesMut, segments: &mut Vec<Bytes>) {
+        let (body, qos) = (&delivery.body, delivery.qos);
+        let payload = body.payload();
+        let mut properties = Properties::default();
+        let mut topic = delivery.topic.as_str();
+        if self.version == Version::V5 {
+            if body.format() == PayloadFormat::Zstd {
+                // Compressed by a native publisher: the broker does not
+                // decompress, so the subscriber is told what it gets.
+                properties.content_type = MqttStr::new("application/zstd");
+            }
+            properties.subscription_ids.clone_from(&delivery.ids);
+            if let Some(alias) = self.topic_alias(topic) {
+                properties.topic_alias = Some(alias.number);
+                if alias.known {
+                    topic = "";
+                }
+            }
+        }
+        let Some(topic) = MqttStr::new(topic) else {
+            return;
+        };
+        let packet_id = (qos != QoS::AtMostOnce).then(|| self.free_packet_id());
+        let publish = mqtt::Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic,
+            packet_id,
+            properties,
+            payload,
+        };
+        let start = out.len();
+        mqtt::encode_publish_head(out, self.version, &publish);
+        if out.len() - start + publish.payload.len() > self.client_max_packet {
+            // Larger than the client accepts: dropped as if delivered
+            // (MQTT-3.1.2-25).
+            out.truncate(start);
+            return;
+        }
+        if let Some(id) = packet_id {
+            let state = if qos == QoS::ExactlyOnce {
+                Outbound::Received
+            } else {
+                Outbound::Ack
+            };
+            self.outbound.insert(id, state);
+        }
+        if publish.payload.len() >= SHARE_FROM {
+            segments.push(out.split().freeze());
+            segments.push(publish.payload);
+        } else {
+            out.extend_from_slice(&publish.payload);
+        }
+    }
+}
