@@ -99,16 +99,7 @@ async fn a_malformed_packet_or_an_oversized_connect_closes_only_its_own_connecti
     // A second CONNECT is a protocol error.
     let (mut twice, _) = Mqtt::connect(&broker, Version::V5, "twice").await;
     twice
-        .send(&Packet::Connect(Box::new(Connect {
-            version: Version::V5,
-            client_id: MqttStr::new("twice").expect("an id"),
-            clean_start: true,
-            keep_alive: 0,
-            username: None,
-            password: None,
-            will: None,
-            properties: Properties::default(),
-        })))
+        .send(&connect_packet(Version::V5, "twice", |_| {}))
         .await;
     match twice.next().await {
         Some(Packet::Disconnect(disconnect)) => assert_eq!(disconnect.reason, 0x82),
@@ -172,16 +163,7 @@ async fn a_publish_sent_with_its_disconnect_in_one_write_is_delivered() {
     // reader gets them all at once and must still hand the PUBLISH on.
     let mut wire = BytesMut::new();
     for packet in [
-        Packet::Connect(Box::new(Connect {
-            version: Version::V311,
-            client_id: MqttStr::new("quick").expect("an id"),
-            clean_start: true,
-            keep_alive: 0,
-            username: None,
-            password: None,
-            will: None,
-            properties: Properties::default(),
-        })),
+        connect_packet(Version::V311, "quick", |_| {}),
         Packet::Publish(mqtt::Publish {
             dup: false,
             qos: QoS::AtMostOnce,
@@ -307,16 +289,7 @@ async fn a_client_id_that_connects_again_takes_over_and_the_old_connection_is_cl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_past_the_receive_maximum_is_disconnected_and_holds_no_more() {
-    let broker = mqtt_broker_with(
-        1,
-        ServerConfig {
-            engine: EngineConfig {
-                max_in_flight_per_conn: 3,
-                ..EngineConfig::default()
-            },
-            ..ServerConfig::default()
-        },
-    );
+    let broker = small_receive_maximum_broker();
     for version in [Version::V5, Version::V311] {
         let (mut client, connack) = Mqtt::connect(&broker, version, "greedy").await;
         if version == Version::V5 {
@@ -344,16 +317,7 @@ async fn a_client_past_the_receive_maximum_is_disconnected_and_holds_no_more() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_pings_without_reading_is_closed_before_its_answers_pile_up() {
     // Receive maximum 3: at most 3 + 1,024 answers wait for the client.
-    let broker = mqtt_broker_with(
-        1,
-        ServerConfig {
-            engine: EngineConfig {
-                max_in_flight_per_conn: 3,
-                ..EngineConfig::default()
-            },
-            ..ServerConfig::default()
-        },
-    );
+    let broker = small_receive_maximum_broker();
     let (mut bystander, _) = Mqtt::connect(&broker, Version::V311, "bystander").await;
     let (mut flood, _) = Mqtt::connect(&broker, Version::V5, "flood").await;
     // 5,000 PINGREQs in one write, nothing read: the answers past the bound

@@ -325,22 +325,11 @@ async fn deliveries_come_at_the_lower_of_the_publishers_and_the_subscriptions_qo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_gets_no_more_unacknowledged_deliveries_than_its_receive_maximum() {
     let broker = mqtt_broker(1);
-    let mut sub = Mqtt::open(&broker, Version::V5).await;
-    sub.send(&Packet::Connect(Box::new(Connect {
-        version: Version::V5,
-        client_id: MqttStr::new("slow").expect("an id"),
-        clean_start: true,
-        keep_alive: 0,
-        username: None,
-        password: None,
-        will: None,
-        properties: Properties {
-            receive_maximum: Some(2),
-            ..Properties::default()
-        },
-    })))
-    .await;
-    assert!(matches!(sub.next().await, Some(Packet::ConnAck(ack)) if ack.code == 0));
+    let connect = connect_packet(Version::V5, "slow", |connect| {
+        connect.properties.receive_maximum = Some(2);
+    });
+    let (mut sub, connack) = Mqtt::connect_as(&broker, Version::V5, &connect).await;
+    assert_eq!(connack.code, 0);
     sub.subscribe(1, &[("rm", QoS::AtLeastOnce)]).await;
     let (mut publisher, _) = Mqtt::connect(&broker, Version::V5, "fast").await;
     for i in 0..5 {
@@ -447,22 +436,11 @@ async fn overlapping_filters_get_one_copy_with_every_subscription_identifier() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_takes_topic_aliases_gets_them_up_to_its_maximum() {
     let broker = mqtt_broker(1);
-    let mut sub = Mqtt::open(&broker, Version::V5).await;
-    sub.send(&Packet::Connect(Box::new(Connect {
-        version: Version::V5,
-        client_id: MqttStr::new("aliased").expect("an id"),
-        clean_start: true,
-        keep_alive: 0,
-        username: None,
-        password: None,
-        will: None,
-        properties: Properties {
-            topic_alias_maximum: Some(1),
-            ..Properties::default()
-        },
-    })))
-    .await;
-    assert!(matches!(sub.next().await, Some(Packet::ConnAck(ack)) if ack.code == 0));
+    let connect = connect_packet(Version::V5, "aliased", |connect| {
+        connect.properties.topic_alias_maximum = Some(1);
+    });
+    let (mut sub, connack) = Mqtt::connect_as(&broker, Version::V5, &connect).await;
+    assert_eq!(connack.code, 0);
     sub.subscribe(1, &[("al/#", QoS::AtMostOnce)]).await;
     let (mut publisher, _) = Mqtt::connect(&broker, Version::V5, "p").await;
     for (i, topic) in ["al/a", "al/a", "al/b", "al/a"].iter().enumerate() {

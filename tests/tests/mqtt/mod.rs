@@ -63,19 +63,18 @@ impl Mqtt {
         password: Option<&str>,
         keep_alive: u16,
     ) -> (Mqtt, ConnAck) {
+        let connect = connect_packet(version, id, |connect| {
+            connect.keep_alive = keep_alive;
+            connect.username = password.map(|_| MqttStr::new("user").expect("a name"));
+            connect.password = password.map(|p| Bytes::copy_from_slice(p.as_bytes()));
+        });
+        Mqtt::connect_as(broker, version, &connect).await
+    }
+
+    /// Opens a connection, sends `connect` and returns the `CONNACK`.
+    async fn connect_as(broker: &Broker, version: Version, connect: &Packet) -> (Mqtt, ConnAck) {
         let mut client = Mqtt::open(broker, version).await;
-        client
-            .send(&Packet::Connect(Box::new(Connect {
-                version,
-                client_id: MqttStr::new(id).expect("an id"),
-                clean_start: true,
-                keep_alive,
-                username: password.map(|_| MqttStr::new("user").expect("a name")),
-                password: password.map(|p| Bytes::copy_from_slice(p.as_bytes())),
-                will: None,
-                properties: Properties::default(),
-            })))
-            .await;
+        client.send(connect).await;
         match client.next().await {
             Some(Packet::ConnAck(ack)) => (client, ack),
             other => panic!("a CONNACK, not {other:?}"),
@@ -232,6 +231,48 @@ impl Mqtt {
     }
 }
 
+/// A `CONNECT` for `id`: clean start, no keep-alive, credentials, will or
+/// properties; `edit` sets what a test needs.
+fn connect_packet(version: Version, id: &str, edit: impl FnOnce(&mut Connect)) -> Packet {
+    let mut connect = Connect {
+        version,
+        client_id: MqttStr::new(id).expect("an id"),
+        clean_start: true,
+        keep_alive: 0,
+        username: None,
+        password: None,
+        will: None,
+        properties: Properties::default(),
+    };
+    edit(&mut connect);
+    Packet::Connect(Box::new(connect))
+}
+
+/// A will to `will/{id}` saying "gone {id}".
+fn will_of(id: &str) -> mqtt::LastWill {
+    mqtt::LastWill {
+        topic: MqttStr::new(&format!("will/{id}")).expect("a topic"),
+        payload: Bytes::from(format!("gone {id}")),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties::default(),
+    }
+}
+
+/// A broker whose clients may have 3 QoS 1 and 2 publishes unanswered.
+fn small_receive_maximum_broker() -> Broker {
+    mqtt_broker_with(
+        1,
+        ServerConfig {
+            engine: EngineConfig {
+                max_in_flight_per_conn: 3,
+                ..EngineConfig::default()
+            },
+            ..ServerConfig::default()
+        },
+    )
+}
+
 fn ack(kind: AckKind, packet_id: u16) -> Packet {
     Packet::Ack(Ack {
         kind,
@@ -243,28 +284,11 @@ fn ack(kind: AckKind, packet_id: u16) -> Packet {
 
 /// Connects `id` with a will to `will/{id}` saying "gone {id}".
 async fn connect_with_will(broker: &Broker, version: Version, id: &str, keep_alive: u16) -> Mqtt {
-    let mut client = Mqtt::open(broker, version).await;
-    client
-        .send(&Packet::Connect(Box::new(Connect {
-            version,
-            client_id: MqttStr::new(id).expect("an id"),
-            clean_start: true,
-            keep_alive,
-            username: None,
-            password: None,
-            will: Some(mqtt::LastWill {
-                topic: MqttStr::new(&format!("will/{id}")).expect("a topic"),
-                payload: Bytes::from(format!("gone {id}")),
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                properties: Properties::default(),
-            }),
-            properties: Properties::default(),
-        })))
-        .await;
-    match client.next().await {
-        Some(Packet::ConnAck(ack)) => assert_eq!(ack.code, 0),
-        other => panic!("a CONNACK, not {other:?}"),
-    }
+    let connect = connect_packet(version, id, |connect| {
+        connect.keep_alive = keep_alive;
+        connect.will = Some(will_of(id));
+    });
+    let (client, ack) = Mqtt::connect_as(broker, version, &connect).await;
+    assert_eq!(ack.code, 0);
     client
 }

@@ -83,25 +83,6 @@ impl MqttWs {
     }
 }
 
-fn connect_packet(version: Version, id: &str, with_will: bool) -> Packet {
-    Packet::Connect(Box::new(Connect {
-        version,
-        client_id: MqttStr::new(id).expect("an id"),
-        clean_start: true,
-        keep_alive: 0,
-        username: None,
-        password: None,
-        will: with_will.then(|| mqtt::LastWill {
-            topic: MqttStr::new(&format!("will/{id}")).expect("a topic"),
-            payload: Bytes::from(format!("gone {id}")),
-            qos: QoS::AtMostOnce,
-            retain: false,
-            properties: Properties::default(),
-        }),
-        properties: Properties::default(),
-    }))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_over_websocket_on_the_browser_listener_is_the_same_front_door() {
     let broker = mqtt_broker_with(
@@ -129,7 +110,12 @@ async fn mqtt_over_websocket_on_the_browser_listener_is_the_same_front_door() {
             }],
         });
         ws.send(
-            &[connect_packet(version, "browser", true), subscribe],
+            &[
+                connect_packet(version, "browser", |connect| {
+                    connect.will = Some(will_of("browser"));
+                }),
+                subscribe,
+            ],
             &[5, 20],
         )
         .await;
