@@ -168,6 +168,12 @@ pub struct ServeArgs {
     /// corebus topic of that name in it.
     #[arg(long, env = "COREBUS_MQTT_NAMESPACE", default_value = "mqtt", value_parser = parse_namespace)]
     pub mqtt_namespace: String,
+    /// The longest keep-alive an MQTT 5.0 client may have (at most 65535s):
+    /// one asking for more, or for none, is told this one in the CONNACK
+    /// (server keep-alive) and closed after one and a half times it without
+    /// a packet. 0s: no cap. MQTT 3.1.1 clients keep theirs.
+    #[arg(long, env = "COREBUS_MQTT_MAX_KEEP_ALIVE", default_value = "0s", value_parser = parse_keep_alive)]
+    pub mqtt_max_keep_alive: Duration,
     /// Address this node gossips on with the other members of its cluster
     /// (UDP), which is also its node id; `off` runs it alone. See
     /// docs/cluster.md.
@@ -475,4 +481,16 @@ pub fn parse_namespace(text: &str) -> Result<String, String> {
     corebus_net::validate_namespace(text.as_bytes())
         .map(|()| text.to_owned())
         .map_err(|err| err.to_string())
+}
+
+/// An MQTT keep-alive cap: a duration of whole seconds up to 65,535 (the
+/// largest keep-alive MQTT can say).
+pub fn parse_keep_alive(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.as_secs() > u64::from(u16::MAX) || duration.subsec_nanos() != 0 {
+        return Err(format!(
+            "{text} is not a keep-alive: whole seconds, at most 65535s"
+        ));
+    }
+    Ok(duration)
 }

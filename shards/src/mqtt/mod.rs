@@ -77,6 +77,9 @@ pub struct MqttSettings {
     /// Bytes of QoS 1 and 2 deliveries one connection may hold while its
     /// client's receive maximum is reached (the engine's outbox bound).
     waiting_limit: usize,
+    /// The longest keep-alive a 5.0 client may have, in seconds (0: any,
+    /// and none).
+    max_keep_alive: u16,
     /// Which connection holds each client id.
     clients: ClientIds,
 }
@@ -91,8 +94,19 @@ impl MqttSettings {
             namespace,
             receive_maximum,
             waiting_limit,
+            max_keep_alive: 0,
             clients: ClientIds::default(),
         }
+    }
+}
+
+impl MqttSettings {
+    /// These settings with 5.0 clients' keep-alive capped at `seconds` (0:
+    /// no cap): a client asking for more, or for none, is told the cap in
+    /// `server_keep_alive`.
+    pub fn with_max_keep_alive(mut self, seconds: u16) -> MqttSettings {
+        self.max_keep_alive = seconds;
+        self
     }
 }
 
@@ -199,6 +213,8 @@ pub(crate) struct MqttConn {
     /// A 5.0 client asked for its session to outlive the connection, which
     /// the `CONNACK` overrides with 0.
     asked_session_expiry: bool,
+    /// The keep-alive the server chose for a 5.0 client, for the `CONNACK`.
+    server_keep_alive: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,6 +306,7 @@ impl MqttConn {
             client_alias_max: 0,
             aliases: FxHashMap::default(),
             asked_session_expiry: false,
+            server_keep_alive: None,
         }
     }
 
@@ -459,8 +476,15 @@ impl MqttConn {
             self.client_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
             self.asked_session_expiry = connect.properties.session_expiry.unwrap_or(0) > 0;
         }
-        self.keep_alive =
-            Some((connect.keep_alive > 0).then(|| u64::from(connect.keep_alive) * 1500));
+        let mut keep_alive = connect.keep_alive;
+        let cap = self.settings.max_keep_alive;
+        if v5 && cap > 0 && (keep_alive == 0 || keep_alive > cap) {
+            // 5.0 lets the server choose (`server_keep_alive` in the
+            // CONNACK); 3.1.1 does not, so its clients keep theirs.
+            keep_alive = cap;
+            self.server_keep_alive = Some(cap);
+        }
+        self.keep_alive = Some((keep_alive > 0).then(|| u64::from(keep_alive) * 1500));
         Frame::Hello(Hello {
             version: PROTOCOL_VERSION,
             client_name: format!("mqtt:{}", self.client_id),

@@ -143,6 +143,7 @@ impl MqttConn {
                     // No session outlives its connection (yet): say so, and
                     // a will's delay ends with the session, at once.
                     properties.session_expiry = self.asked_session_expiry.then_some(0);
+                    properties.server_keep_alive = self.server_keep_alive;
                 }
                 Packet::ConnAck(ConnAck {
                     session_present: false,

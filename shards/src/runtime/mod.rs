@@ -90,6 +90,9 @@ pub struct MqttConfig {
     pub listen: SocketAddr,
     /// The namespace every MQTT topic lives in.
     pub namespace: String,
+    /// The longest keep-alive an MQTT 5.0 client may have, in seconds (0: no
+    /// cap).
+    pub max_keep_alive_secs: u16,
 }
 
 /// The listener for browsers: every shard binds it beside the native one,
@@ -299,11 +302,14 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
     }
     let origins = config.web.as_ref().map(|web| Arc::new(web.origins.clone()));
     let mqtt_settings = config.mqtt.as_ref().map(|mqtt| {
-        Arc::new(MqttSettings::new(
-            mqtt.namespace.clone(),
-            u16::try_from(config.engine.max_in_flight_per_conn).unwrap_or(u16::MAX),
-            config.engine.outbox_limit_bytes,
-        ))
+        Arc::new(
+            MqttSettings::new(
+                mqtt.namespace.clone(),
+                u16::try_from(config.engine.max_in_flight_per_conn).unwrap_or(u16::MAX),
+                config.engine.outbox_limit_bytes,
+            )
+            .with_max_keep_alive(mqtt.max_keep_alive_secs),
+        )
     });
     let pin = shard_count <= cpus.len();
     #[cfg(not(feature = "crossbeam-mesh"))]

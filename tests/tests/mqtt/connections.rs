@@ -342,3 +342,30 @@ async fn a_client_that_pings_without_reading_is_closed_before_its_answers_pile_u
     assert!(flood.next().await.is_none());
     bystander.ping().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_keep_alive_is_told_to_5_0_clients_and_held_to() {
+    let broker = Broker::start_config(ServerConfig {
+        shards: Some(1),
+        mqtt: Some(MqttConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            namespace: "mqtt".into(),
+            max_keep_alive_secs: 1,
+        }),
+        ..ServerConfig::default()
+    });
+    // 5.0 without a keep-alive: told 1 s, and closed when silent.
+    let (mut capped, connack) = Mqtt::connect_with(&broker, Version::V5, "capped", None, 0).await;
+    assert_eq!(connack.properties.server_keep_alive, Some(1));
+    match capped.next().await {
+        Some(Packet::Disconnect(disconnect)) => assert_eq!(disconnect.reason, 0x8D),
+        other => panic!("DISCONNECT 0x8D, not {other:?}"),
+    }
+    // Under the cap: its own, and no server keep-alive in the CONNACK.
+    let (_, connack) = Mqtt::connect_with(&broker, Version::V5, "under", None, 1).await;
+    assert_eq!(connack.properties.server_keep_alive, None);
+    // 3.1.1 cannot be told: it keeps its own (none), and is not closed.
+    let (mut old, _) = Mqtt::connect_with(&broker, Version::V311, "old", None, 0).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    old.ping().await;
+}

@@ -38,6 +38,7 @@ fn mqtt_broker_with(shards: usize, config: ServerConfig) -> Broker {
         mqtt: Some(MqttConfig {
             listen: ([127, 0, 0, 1], 0).into(),
             namespace: "mqtt".into(),
+            max_keep_alive_secs: 0,
         }),
         ..config
     })
