@@ -103,15 +103,10 @@ impl Shard {
     /// publish without acknowledgement. Nothing for a connection that never
     /// authenticated or whose grant has expired.
     pub fn publish_will(&mut self, conn: ConnId, will: Publish) {
-        let Some(state) = self.conns.get(&conn) else {
-            return;
-        };
-        let expired = state
-            .grant
-            .as_ref()
-            .and_then(|grant| grant.expires_at_ms)
+        let expired = self
+            .expires_at_ms(conn)
             .is_some_and(|expires| expires <= unix_now_ms());
-        if !state.handshaken || expired {
+        if !self.is_handshaken(conn) || expired {
             return;
         }
         self.stats.wills_published += 1;

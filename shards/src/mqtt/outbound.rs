@@ -7,7 +7,8 @@ use bytes::{Bytes, BytesMut};
 use corebus_mqtt::{
     self as mqtt, Ack, AckKind, ConnAck, Disconnect, MqttStr, Packet, Properties, QoS, Version,
 };
-use corebus_net::{ErrorFrame, Frame, PayloadFormat};
+use corebus_net::{Epoch, ErrorFrame, Frame, PayloadFormat, Seq};
+use rustc_hash::FxHashMap;
 use tracing::{debug, warn};
 
 use super::codes::{ack_for, connect_code, disconnect_code, encode_ack, reason, request_code, v3};
@@ -41,8 +42,8 @@ pub(super) struct Delivery {
 #[derive(Debug)]
 struct Matched {
     topic: String,
-    epoch: corebus_net::Epoch,
-    seq: corebus_net::Seq,
+    epoch: Epoch,
+    seq: Seq,
     body: corebus_net::Body,
     /// The highest QoS granted to the filters it matched.
     granted: QoS,
@@ -61,26 +62,30 @@ impl MqttConn {
     /// Turns a batch of native frames into MQTT packets, with any pending
     /// bytes of ours first.
     pub(crate) fn wrap(&mut self, segments: &mut Vec<Bytes>) -> Wrapped {
-        let frames = frames_of(segments);
-        segments.clear();
-        let mut out = BytesMut::new();
-        out.extend_from_slice(&self.pending);
-        self.pending = BytesMut::new();
-        let mut wrapped = Wrapped::default();
+        let mut out = std::mem::take(&mut self.pending);
         if self.phase == Phase::Done {
             // Ended (by either side): after its last words (a DISCONNECT, a
             // refusing CONNACK) the server sends nothing more.
+            segments.clear();
             if !out.is_empty() {
                 segments.push(out.freeze());
             }
-            wrapped.end = true;
-            return wrapped;
+            return Wrapped {
+                end: true,
+                ..Wrapped::default()
+            };
         }
+        let frames = frames_of(segments);
+        segments.clear();
+        let mut wrapped = Wrapped::default();
         self.send_waiting(&mut out, segments);
         // The copies overlapping filters get of one message come one after
         // another: they go out as one PUBLISH, at the highest QoS granted,
         // with every filter's subscription identifier (MQTT-3.3.4-2/-4).
         let mut matched: Vec<Matched> = Vec::new();
+        // Where each message of `matched` is, by (epoch, seq): one lookup per
+        // message, not a scan of the batch.
+        let mut seen: FxHashMap<(Epoch, Seq), usize> = FxHashMap::default();
         for frame in frames {
             let one = match frame {
                 Frame::Message(message) => self.matched(
@@ -98,6 +103,7 @@ impl MqttConn {
                     message.body,
                 ),
                 frame => {
+                    seen.clear();
                     self.deliver_matched(&mut matched, &mut out, segments);
                     if !self.render(frame, &mut out) {
                         wrapped.end = true;
@@ -107,14 +113,19 @@ impl MqttConn {
                 }
             };
             let Some(one) = one else { continue };
-            match matched.iter_mut().find(|seen| {
-                (seen.epoch, seen.seq) == (one.epoch, one.seq) && seen.topic == one.topic
-            }) {
-                Some(seen) => {
-                    seen.granted = seen.granted.max(one.granted);
-                    seen.ids.extend(one.ids);
+            let earlier = seen
+                .get(&(one.epoch, one.seq))
+                .map(|at| &mut matched[*at])
+                .filter(|earlier| earlier.topic == one.topic);
+            match earlier {
+                Some(earlier) => {
+                    earlier.granted = earlier.granted.max(one.granted);
+                    earlier.ids.extend(one.ids);
                 }
-                None => matched.push(one),
+                None => {
+                    seen.insert((one.epoch, one.seq), matched.len());
+                    matched.push(one);
+                }
             }
         }
         self.deliver_matched(&mut matched, &mut out, segments);
@@ -297,8 +308,8 @@ impl MqttConn {
         &self,
         sub_id: u32,
         topic: Option<String>,
-        epoch: corebus_net::Epoch,
-        seq: corebus_net::Seq,
+        epoch: Epoch,
+        seq: Seq,
         body: corebus_net::Body,
     ) -> Option<Matched> {
         let sub = self.subs.get(&sub_id)?;

@@ -97,20 +97,15 @@ pub(super) async fn run_shard(ctx: ShardContext, engine: EngineConfig, mesh: Sha
     };
     let bound = (|| {
         let native = bind(listen, steer)?;
-        let web = match &web {
-            Some((addr, origins)) => {
-                let (addr, listener) = bind(*addr, None)?;
-                Some((addr, listener, origins.clone()))
-            }
-            None => None,
-        };
-        let mqtt = match &mqtt {
-            Some((addr, settings)) => {
-                let (addr, listener) = bind(*addr, None)?;
-                Some((addr, listener, settings.clone()))
-            }
-            None => None,
-        };
+        // The other listeners, with what their connections are served with.
+        let web = web
+            .as_ref()
+            .map(|(addr, origins)| bind(*addr, None).map(|(at, l)| (at, l, origins.clone())))
+            .transpose()?;
+        let mqtt = mqtt
+            .as_ref()
+            .map(|(addr, settings)| bind(*addr, None).map(|(at, l)| (at, l, settings.clone())))
+            .transpose()?;
         Ok((native, web, mqtt))
     })();
     let (listener, web, mqtt) = match bound {
