@@ -88,6 +88,15 @@ pub enum Error {
         /// The largest payload that fits for this namespace and topic.
         max: usize,
     },
+    /// A publish's headers are longer than a message's headers block
+    /// holds; nothing was sent.
+    #[error("headers of {len} bytes are too large: a message's headers hold at most {max} bytes")]
+    HeadersTooLarge {
+        /// The headers' encoded length.
+        len: usize,
+        /// The most a headers block holds.
+        max: usize,
+    },
     /// The server sent bytes that do not decode as a frame; the connection was
     /// closed.
     #[error("protocol error: {0}")]

@@ -262,7 +262,7 @@ pub use compression::{
     decompress, Compression, DecompressError, DEFAULT_MIN_SIZE, DEFAULT_ZSTD_LEVEL,
 };
 pub use config::{ClientConfig, Credentials, TlsOptions, TlsRoots, TopicAffinity};
-pub use corebus_net::{ErrorCode, FrameError, NameError};
+pub use corebus_net::{ErrorCode, FrameError, Headers, NameError};
 pub use error::{Error, TlsError};
 pub use events::{ConnectionEvent, ConnectionEvents};
 pub use message::{Discontinuity, Event, Message, ResumeFrom};

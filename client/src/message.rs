@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use corebus_net::{PayloadFormat, ResumePoint};
+use corebus_net::{Headers, PayloadFormat, ResumePoint};
 
 /// One message delivered to a [`Subscription`](crate::Subscription).
 ///
@@ -47,6 +47,9 @@ pub struct Message {
     /// subscription's queue a zstd payload is still compressed; the
     /// subscription decompresses it as it hands the message out.
     pub(crate) format: PayloadFormat,
+    /// The publisher's headers, when it set any (boxed: most messages
+    /// have none).
+    pub(crate) headers: Option<Box<Headers>>,
 }
 
 /// A subscription's namespace and topic.
@@ -137,6 +140,41 @@ impl Message {
     /// ```
     pub fn was_compressed(&self) -> bool {
         self.format == PayloadFormat::Zstd
+    }
+
+    /// The headers the publisher set ([`Client::publish_with_headers`],
+    /// or an MQTT 5.0 publisher's properties), `None` when it set none.
+    ///
+    /// [`Client::publish_with_headers`]: crate::Client::publish_with_headers
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// use corebus_client::Headers;
+    ///
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// let mut sub = client.subscribe("app", "news").await?;
+    /// client.publish("app", "news", "plain").await?;
+    /// let headers = Headers {
+    ///     content_type: Some("text/plain".into()),
+    ///     ..Headers::default()
+    /// };
+    /// client.publish_with_headers("app", "news", &headers, "typed").await?;
+    /// assert_eq!(sub.next_message().await.expect("open")?.headers(), None);
+    /// let typed = sub.next_message().await.expect("open")?;
+    /// assert_eq!(typed.headers().and_then(|h| h.content_type.as_deref()), Some("text/plain"));
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn headers(&self) -> Option<&Headers> {
+        self.headers.as_deref()
     }
 }
 

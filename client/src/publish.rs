@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use corebus_net::PayloadFormat;
+use corebus_net::{Headers, PayloadFormat};
 use tokio::sync::oneshot;
 
 use crate::{Client, Error, Handle};
@@ -119,13 +119,95 @@ impl Client {
         topic: &str,
         payload: impl Into<Bytes>,
     ) -> Result<PendingPublish, Error> {
+        self.start_publish_with_headers(namespace, topic, &Headers::default(), payload)
+            .await
+    }
+
+    /// [`Client::publish`] with headers: name-value pairs and the
+    /// well-known fields of [`Headers`] travel with the message to every
+    /// subscriber (protocol version 2; MQTT 5.0 subscribers get them as
+    /// properties). Headers count toward the frame-size limit with the
+    /// payload; they are never compressed.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// use corebus_client::Headers;
+    ///
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// let mut requests = client.subscribe("app", "requests").await?;
+    /// let headers = Headers {
+    ///     response_topic: Some("replies/7".into()),
+    ///     correlation_data: Some(bytes::Bytes::from_static(b"req-1")),
+    ///     user: vec![("tenant".into(), "acme".into())],
+    ///     ..Headers::default()
+    /// };
+    /// client.publish_with_headers("app", "requests", &headers, "ping").await?;
+    /// let request = requests.next_message().await.expect("open")?;
+    /// assert_eq!(request.headers(), Some(&headers));
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn publish_with_headers(
+        &self,
+        namespace: &str,
+        topic: &str,
+        headers: &Headers,
+        payload: impl Into<Bytes>,
+    ) -> Result<u64, Error> {
+        self.start_publish_with_headers(namespace, topic, headers, payload)
+            .await?
+            .await
+    }
+
+    /// [`Client::start_publish`] with headers (see
+    /// [`Client::publish_with_headers`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(1),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// use corebus_client::Headers;
+    ///
+    /// let client = corebus_client::Client::connect(addr).await?;
+    /// let json = Headers {
+    ///     content_type: Some("application/json".into()),
+    ///     ..Headers::default()
+    /// };
+    /// let ack = client
+    ///     .start_publish_with_headers("app", "events", &json, r#"{"n":1}"#)
+    ///     .await?;
+    /// assert_eq!(ack.await?, 1);
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn start_publish_with_headers(
+        &self,
+        namespace: &str,
+        topic: &str,
+        headers: &Headers,
+        payload: impl Into<Bytes>,
+    ) -> Result<PendingPublish, Error> {
         let payload: Bytes = payload.into();
         let (format, payload) = match self.compression.apply(&payload) {
             Some(compressed) => (PayloadFormat::Zstd, Bytes::from(compressed)),
             None => (PayloadFormat::Plain, payload),
         };
         let shared = self.shared();
-        shared.check_publish(namespace, topic, payload.len())?;
+        shared.check_publish(namespace, topic, headers, payload.len())?;
         shared.usable()?;
         let permit = shared
             .permits
@@ -134,7 +216,7 @@ impl Client {
             .await
             .map_err(|_| Error::Closed)?;
         let answer = shared
-            .enqueue_publish(permit, namespace, topic, format, &payload)
+            .enqueue_publish(permit, namespace, topic, format, headers, &payload)
             .await?;
         Ok(PendingPublish {
             answer,
@@ -201,7 +283,7 @@ impl Client {
             None => (PayloadFormat::Plain, payload.as_ref()),
         };
         let shared = self.shared();
-        shared.check_publish(namespace, topic, payload.len())?;
+        shared.check_publish(namespace, topic, &Headers::default(), payload.len())?;
         shared
             .enqueue_unacked(namespace, topic, format, payload)
             .await

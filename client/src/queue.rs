@@ -276,6 +276,7 @@ mod tests {
                 topic: "t".into(),
             }),
             format: corebus_net::PayloadFormat::Plain,
+            headers: None,
         })
     }
 

@@ -650,6 +650,7 @@ mod tests {
                 topic: topic.into(),
             }),
             format: PayloadFormat::Plain,
+            headers: None,
         }
     }
 

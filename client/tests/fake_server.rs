@@ -61,7 +61,7 @@ async fn handshake_rejects_other_version_and_early_close() {
     let server = async {
         let (mut peer, _) = accept(&listener).await;
         peer.send(Frame::Welcome(Welcome {
-            version: 2,
+            version: 3,
             max_frame: DEFAULT_MAX_FRAME,
             shard: 0,
             shard_count: 1,

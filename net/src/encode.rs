@@ -8,7 +8,7 @@
 use bytes::{BufMut, BytesMut};
 
 use crate::frame::*;
-use crate::{Epoch, Seq, HELLO_MAGIC, LENGTH_PREFIX};
+use crate::{Epoch, Headers, Seq, FORMAT_HEADERS, HELLO_MAGIC, LENGTH_PREFIX};
 
 /// Bytes in a `MESSAGE` frame before its body (format byte and payload):
 /// length prefix, opcode, subscription id, epoch and sequence number.
@@ -85,12 +85,15 @@ pub fn encode_publish(
         namespace,
         topic,
         format.byte(),
+        &Headers::default(),
         payload,
     );
 }
 
 /// [`encode_publish`] with the format byte given whole (a format and a
-/// delivery QoS, [`PayloadFormat::byte_with_qos`]).
+/// delivery QoS, [`PayloadFormat::byte_with_qos`]) and the message's
+/// headers (protocol version 2; none when they are empty).
+#[allow(clippy::too_many_arguments)] // one per field of the frame
 pub fn encode_publish_as(
     dst: &mut BytesMut,
     request_id: u32,
@@ -98,10 +101,20 @@ pub fn encode_publish_as(
     namespace: &[u8],
     topic: &[u8],
     format_byte: u8,
+    headers: &Headers,
     payload: &[u8],
 ) {
-    publish_head(dst, request_id, ack, namespace, topic, 1 + payload.len());
-    dst.put_u8(format_byte);
+    if headers.is_empty() {
+        publish_head(dst, request_id, ack, namespace, topic, 1 + payload.len());
+        dst.put_u8(format_byte);
+    } else {
+        let mut block = BytesMut::with_capacity(2 + headers.encoded_len());
+        headers.encode(&mut block);
+        let body_len = 1 + block.len() + payload.len();
+        publish_head(dst, request_id, ack, namespace, topic, body_len);
+        dst.put_u8(format_byte | FORMAT_HEADERS);
+        dst.put_slice(&block);
+    }
     dst.put_slice(payload);
 }
 

@@ -80,6 +80,14 @@ pub enum FrameError {
         /// The opcode byte.
         opcode: u8,
     },
+    /// A body's headers block (protocol version 2) is not well formed.
+    #[error("{frame} frame has a malformed headers block: {reason}")]
+    BadHeaders {
+        /// Frame kind being decoded.
+        frame: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A namespace or topic name breaks the naming rules.
     #[error("request {request_id}: {source}")]
     InvalidName {
@@ -119,6 +127,7 @@ impl FrameError {
             | FrameError::Truncated { .. }
             | FrameError::TrailingBytes { .. }
             | FrameError::UnknownFlags { .. }
+            | FrameError::BadHeaders { .. }
             | FrameError::NotUtf8 { .. } => ErrorCode::MalformedFrame,
         }
     }

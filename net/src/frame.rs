@@ -1,9 +1,10 @@
 //! The frames of protocol version 1. `docs/protocol.md` is their byte-exact
 //! specification; the field order here follows it.
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::{ErrorCode, FrameError, Seq, TopicKey};
+use crate::headers::{check_headers, strip_headers, FORMAT_HEADERS};
+use crate::{ErrorCode, FrameError, Headers, Seq, TopicKey};
 
 /// Bit 0 of `PUBLISH`'s flags: the client wants a `PUB_ACK`.
 pub const PUBLISH_FLAG_ACK: u8 = 0x01;
@@ -17,9 +18,11 @@ pub const FORMAT_ZSTD: u8 = 0x01;
 /// this and its subscription's QoS; native clients ignore it.
 pub const FORMAT_QOS_MASK: u8 = 0b0110;
 
-/// Whether a format byte sets only defined bits (zstd, and a QoS of 0 to 2).
+/// Whether a format byte sets only defined bits (zstd, a QoS of 0 to 2, and
+/// headers).
 pub fn format_byte_is_valid(byte: u8) -> bool {
-    byte & !(FORMAT_ZSTD | FORMAT_QOS_MASK) == 0 && byte & FORMAT_QOS_MASK != FORMAT_QOS_MASK
+    byte & !(FORMAT_ZSTD | FORMAT_QOS_MASK | FORMAT_HEADERS) == 0
+        && byte & FORMAT_QOS_MASK != FORMAT_QOS_MASK
 }
 
 /// How a message's payload is encoded: the format byte that opens the body
@@ -91,6 +94,41 @@ impl Body {
         Body(Bytes::from(bytes))
     }
 
+    /// A body of `format` with `headers` (none when they are empty, which
+    /// is the version 1 layout) around `payload`, whose publisher asked for
+    /// delivery at `qos`.
+    pub fn with_headers(format: PayloadFormat, qos: u8, headers: &Headers, payload: &[u8]) -> Body {
+        if headers.is_empty() {
+            return Body::with_qos(format, qos, payload);
+        }
+        let mut bytes = BytesMut::with_capacity(3 + headers.encoded_len() + payload.len());
+        bytes.put_u8(format.byte_with_qos(qos) | FORMAT_HEADERS);
+        headers.encode(&mut bytes);
+        bytes.put_slice(payload);
+        Body(bytes.freeze())
+    }
+
+    /// Whether the body carries a headers block.
+    pub fn has_headers(&self) -> bool {
+        self.0[0] & FORMAT_HEADERS != 0
+    }
+
+    /// The message's headers (empty when the body has none).
+    pub fn headers(&self) -> Headers {
+        if !self.has_headers() {
+            return Headers::default();
+        }
+        let len = usize::from(u16::from_be_bytes([self.0[1], self.0[2]]));
+        // `parse` and `with_headers` admit well-formed blocks only.
+        Headers::decode(&self.0.slice(3..3 + len)).unwrap_or_default()
+    }
+
+    /// The same message without its headers, for a connection that speaks
+    /// protocol version 1 (a copy when there were some).
+    pub fn without_headers(&self) -> Body {
+        strip_headers(&self.0).map_or_else(|| self.clone(), Body)
+    }
+
     /// The delivery QoS the publisher asked for (0 to 2; 0 for a native
     /// publisher).
     pub fn qos(&self) -> u8 {
@@ -111,7 +149,10 @@ impl Body {
             Some(&byte) if PayloadFormat::from_byte(byte).is_none() => {
                 Err(FrameError::UnknownFlags { frame, flags: byte })
             }
-            Some(_) => Ok(Body(bytes)),
+            Some(_) => {
+                check_headers(&bytes, frame)?;
+                Ok(Body(bytes))
+            }
         }
     }
 
@@ -121,9 +162,16 @@ impl Body {
         PayloadFormat::from_byte(self.0[0]).unwrap_or(PayloadFormat::Plain)
     }
 
-    /// The payload: the bytes after the format byte (a slice, not a copy).
+    /// The payload: the bytes after the format byte and the headers (a
+    /// slice, not a copy).
     pub fn payload(&self) -> Bytes {
-        self.0.slice(1..)
+        // `parse` and `with_headers` admit well-formed blocks only.
+        let start = if self.has_headers() {
+            3 + usize::from(u16::from_be_bytes([self.0[1], self.0[2]]))
+        } else {
+            1
+        };
+        self.0.slice(start..)
     }
 
     /// The whole body, format byte first.

@@ -14,6 +14,7 @@ mod decode;
 mod encode;
 mod error;
 mod frame;
+mod headers;
 mod name;
 pub mod routing;
 
@@ -29,13 +30,19 @@ pub use frame::{
     SubOk, Subscribe, Token, TokenRequest, TopicMessage, UnsubOk, Unsubscribe, WebhookReply,
     WebhookRequest, Welcome, FORMAT_QOS_MASK, FORMAT_ZSTD, PUBLISH_FLAG_ACK,
 };
+pub use headers::{strip_headers, Headers, FORMAT_HEADERS, MAX_HEADERS_LEN};
 pub use name::{
     is_pattern, key_hash, literal_prefix, pattern_matches, validate_namespace, validate_topic,
     NameError, TopicKey,
 };
 
-/// The protocol version this crate speaks (sent in [`Hello`] and [`Welcome`]).
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this crate speaks (sent in [`Hello`] and [`Welcome`]):
+/// version 2 adds a message's headers ([`Headers`]) to version 1.
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The oldest protocol version a broker still serves. A version 1
+/// connection gets every message without its headers.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// The four magic bytes that open every `HELLO` frame: ASCII `CBUS`.
 pub const HELLO_MAGIC: [u8; 4] = *b"CBUS";

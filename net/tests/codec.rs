@@ -253,20 +253,37 @@ fn worked_examples_from_protocol_doc() {
     // here is a wire-format change and needs a protocol version bump.
     let cases: Vec<(Frame, &str)> = vec![
         (
-            Frame::Hello(Hello {
-                version: 1,
-                client_name: "cli".into(),
-                credentials: Bytes::new(),
+            Frame::Publish(Publish {
+                request_id: 1,
+                ack: false,
+                topic: TopicKey::new(b"a", b"b").expect("valid"),
+                body: Body::with_headers(
+                    PayloadFormat::Plain,
+                    0,
+                    &corebus_net::Headers {
+                        content_type: Some("a/b".into()),
+                        ..Default::default()
+                    },
+                    b"hi",
+                ),
             }),
-            "0000000d 01 43425553 0001 03 636c69 0000",
+            "00000016 02 00000001 00 01 61 0001 62 08 0006 02 0003 612f62 6869",
         ),
         (
             Frame::Hello(Hello {
-                version: 1,
+                version: 2,
+                client_name: "cli".into(),
+                credentials: Bytes::new(),
+            }),
+            "0000000d 01 43425553 0002 03 636c69 0000",
+        ),
+        (
+            Frame::Hello(Hello {
+                version: 2,
                 client_name: "cli".into(),
                 credentials: Bytes::from_static(b"key"),
             }),
-            "00000010 01 43425553 0001 03 636c69 0003 6b6579",
+            "00000010 01 43425553 0002 03 636c69 0003 6b6579",
         ),
         (
             Frame::TokenRequest(TokenRequest {
@@ -342,12 +359,12 @@ fn worked_examples_from_protocol_doc() {
         ),
         (
             Frame::Welcome(Welcome {
-                version: 1,
+                version: 2,
                 max_frame: 1 << 20,
                 shard: 1,
                 shard_count: 2,
             }),
-            "0000000b 81 0001 00100000 0001 0002",
+            "0000000b 81 0002 00100000 0001 0002",
         ),
         (
             Frame::Publish(Publish {
@@ -540,7 +557,7 @@ fn malformed_bodies_are_typed_errors() {
         Err(FrameError::UnknownFlags { flags: 0x80, .. })
     ));
     // A body needs its format byte, and the format byte a defined value:
-    // bit 0 (zstd) and a QoS of 0 to 2 in bits 1 and 2.
+    // bit 0 (zstd), a QoS of 0 to 2 in bits 1 and 2, bit 3 (headers).
     assert!(matches!(
         decode_hex("0000000b 02 00000001 00 01 61 0001 62"),
         Err(FrameError::Truncated {
@@ -551,14 +568,29 @@ fn malformed_bodies_are_typed_errors() {
             ..
         })
     ));
-    let unknown_format = decode_hex("0000000e 02 00000001 00 01 61 0001 62 08 6869");
+    let unknown_format = decode_hex("0000000e 02 00000001 00 01 61 0001 62 10 6869");
     assert!(matches!(
         unknown_format,
         Err(FrameError::UnknownFlags {
             frame: "PUBLISH",
-            flags: 0x08
+            flags: 0x10
         })
     ));
+    // Bit 3 announces a headers block (version 2), which must be whole.
+    assert!(matches!(
+        decode_hex("0000000e 02 00000001 00 01 61 0001 62 08 0009"),
+        Err(FrameError::Truncated {
+            field: "headers",
+            ..
+        })
+    ));
+    match decode_hex("00000016 02 00000001 00 01 61 0001 62 08 0006 020003 612f62 6869") {
+        Ok(Frame::Publish(publish)) => {
+            assert_eq!(publish.body.headers().content_type.as_deref(), Some("a/b"));
+            assert_eq!(&publish.body.payload()[..], b"hi");
+        }
+        other => panic!("a body with a content type: {other:?}"),
+    }
     assert!(
         matches!(
             decode_hex("0000000e 02 00000001 00 01 61 0001 62 06 6869"),

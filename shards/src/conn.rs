@@ -29,7 +29,7 @@ use bytes::{Bytes, BytesMut};
 use corebus_gateway::Origins;
 use corebus_net::{
     check, decode_from_client, encode_message_header, Check, Discontinuity, Frame, GoAway,
-    KeyCache, PubAck, SubOk, UnsubOk, Welcome, PROTOCOL_VERSION,
+    KeyCache, PubAck, SubOk, UnsubOk, Welcome,
 };
 use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -935,11 +935,12 @@ fn encode_out_frame(frame: OutFrame, head: &mut BytesMut, segments: &mut Vec<Byt
             Frame::UnsubOk(UnsubOk { request_id, sub_id }).encode(head)
         }
         OutFrame::Welcome {
+            version,
             max_frame,
             shard,
             shard_count,
         } => Frame::Welcome(Welcome {
-            version: PROTOCOL_VERSION,
+            version,
             max_frame,
             shard,
             shard_count,
@@ -1108,6 +1109,7 @@ mod tests {
                 last_seq: 9,
             },
             OutFrame::Welcome {
+                version: 2,
                 max_frame: 1 << 20,
                 shard: 1,
                 shard_count: 2,

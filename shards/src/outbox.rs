@@ -132,6 +132,8 @@ pub enum OutFrame {
     },
     /// `WELCOME`.
     Welcome {
+        /// The protocol version the connection speaks.
+        version: u16,
         /// Frame-size limit.
         max_frame: u32,
         /// This shard.

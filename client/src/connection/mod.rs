@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use corebus_net::{
-    encode_publish, validate_namespace, validate_topic, ClusterRequest, Frame, NameError,
-    PayloadFormat, ResumePoint, WebhookRequest, Welcome,
+    encode_publish, encode_publish_as, validate_namespace, validate_topic, ClusterRequest, Frame,
+    Headers, NameError, PayloadFormat, ResumePoint, WebhookRequest, Welcome,
 };
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -259,6 +259,7 @@ impl Shared {
         &self,
         namespace: &str,
         topic: &str,
+        headers: &Headers,
         len: usize,
     ) -> Result<(), Error> {
         check_names(namespace, topic)?;
@@ -271,6 +272,18 @@ impl Shared {
         // Length field: opcode, request id, flags, u8-prefixed namespace,
         // u16-prefixed topic, format byte, payload.
         let overhead = 1 + 4 + 1 + 1 + namespace.len() + 2 + topic.len() + 1;
+        if headers.encoded_len() > corebus_net::MAX_HEADERS_LEN {
+            return Err(Error::HeadersTooLarge {
+                len: headers.encoded_len(),
+                max: corebus_net::MAX_HEADERS_LEN,
+            });
+        }
+        let overhead = overhead
+            + if headers.is_empty() {
+                0
+            } else {
+                2 + headers.encoded_len()
+            };
         let max = (self.lock().welcome.max_frame as usize).saturating_sub(overhead);
         if len > max {
             return Err(Error::PayloadTooLarge { len, max });
@@ -286,18 +299,20 @@ impl Shared {
         namespace: &str,
         topic: &str,
         format: PayloadFormat,
+        headers: &Headers,
         payload: &[u8],
     ) -> Result<oneshot::Receiver<Result<u64, Error>>, Error> {
         let (answer, rx) = oneshot::channel();
         self.when_up(usize::MAX, |st| {
             let request_id = st.alloc_request();
-            encode_publish(
+            encode_publish_as(
                 &mut st.out,
                 request_id,
                 true,
                 namespace.as_bytes(),
                 topic.as_bytes(),
-                format,
+                format.byte(),
+                headers,
                 payload,
             );
             st.pending.insert(

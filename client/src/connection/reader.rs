@@ -144,6 +144,7 @@ impl Step {
                 payload: message.body.payload(),
                 name: name.clone(),
                 format: message.body.format(),
+                headers: headers_of(&message.body),
             }),
             Step::Gap(gap) => Event::Discontinuity(discontinuity(&gap)),
             Step::TopicMessage(message) => Event::Message(Message {
@@ -155,6 +156,7 @@ impl Step {
                     topic: message.topic.into(),
                 }),
                 format: message.body.format(),
+                headers: headers_of(&message.body),
             }),
         }
     }
@@ -605,4 +607,9 @@ async fn dispatch(shared: &Shared, frame: Frame) -> Result<(), Ended> {
             other.opcode()
         ))),
     }
+}
+
+/// A message's headers, when its body has any.
+fn headers_of(body: &corebus_net::Body) -> Option<Box<corebus_net::Headers>> {
+    body.has_headers().then(|| Box::new(body.headers()))
 }

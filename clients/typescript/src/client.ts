@@ -25,6 +25,7 @@
  * @module
  */
 
+import type { Headers } from './headers.js';
 import { backoffDelay } from './backoff.js';
 import { encodePublish, validateName } from './codec.js';
 import { Connection, type ConnectionEvents } from './connection.js';
@@ -300,13 +301,19 @@ export class Client {
   publish(namespace: string, topic: string, payload: Uint8Array | string, options?: PublishOptions): Promise<bigint | void>;
   publish(namespace: string, topic: string, payload: Uint8Array | string, options: PublishOptions = {}): Promise<bigint | void> {
     try {
-      return this.sendPublish(namespace, topic, payload, options.ack === true);
+      return this.sendPublish(namespace, topic, payload, options.ack === true, options.headers);
     } catch (error) {
       return Promise.reject(error);
     }
   }
 
-  private sendPublish(namespace: string, topic: string, payload: Uint8Array | string, ack: boolean): Promise<bigint | void> {
+  private sendPublish(
+    namespace: string,
+    topic: string,
+    payload: Uint8Array | string,
+    ack: boolean,
+    headers: Headers | undefined,
+  ): Promise<bigint | void> {
     if (this.currentState === 'closed') throw new CorebusError('client_closed', 'the client is closed');
     const connection = this.active;
     if (connection === undefined || !connection.usable) {
@@ -316,7 +323,7 @@ export class Client {
     if (!(bytes instanceof Uint8Array)) throw new CorebusError('invalid_argument', 'payload must be a Uint8Array or a string');
     if (!ack) {
       const requestId = connection.registerUnackedPublish(namespace, topic);
-      connection.sendFrames([encodePublish({ requestId, ack: false, namespace, topic, payload: bytes }, connection.maxFrame)]);
+      connection.sendFrames([encodePublish({ requestId, ack: false, namespace, topic, headers, payload: bytes }, connection.maxFrame)]);
       return Promise.resolve();
     }
     if (connection.acknowledgedPublishesInFlight >= this.options.maxInFlightPublishes) {
@@ -337,7 +344,7 @@ export class Client {
       });
       let frame: Uint8Array;
       try {
-        frame = encodePublish({ requestId, ack: true, namespace, topic, payload: bytes }, connection.maxFrame);
+        frame = encodePublish({ requestId, ack: true, namespace, topic, headers, payload: bytes }, connection.maxFrame);
       } catch (error) {
         connection.unregisterRequest(requestId);
         reject(error);

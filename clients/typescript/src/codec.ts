@@ -28,3 +28,4 @@ export * from './wire.js';
 export * from './encode.js';
 export * from './decode.js';
 export * from './splitter.js';
+export * from './headers.js';

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { decodeHeaders, FORMAT_HEADERS, type Headers } from './headers.js';
 import { CodecError, FORMAT_QOS_MASK, FORMAT_ZSTD, Opcode } from './wire.js';
 
 const utf8Decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
@@ -82,6 +83,8 @@ export interface MessageFrame {
   seq: bigint;
   /** Whether the payload is a zstd frame (the format byte's bit 0, section 6.8). */
   compressed: boolean;
+  /** The publisher's headers (format bit 3), when it set any. */
+  headers?: Headers;
   /** The payload as it travelled, compressed or not (a copy, owned by the frame). */
   payload: Uint8Array;
 }
@@ -102,6 +105,8 @@ export interface TopicMessageFrame {
   topic: string;
   /** Whether the payload is a zstd frame. */
   compressed: boolean;
+  /** The publisher's headers, when it set any. */
+  headers?: Headers;
   /** The payload as it travelled (a copy, owned by the frame). */
   payload: Uint8Array;
 }
@@ -296,6 +301,20 @@ class FrameReader {
     const start = this.need(length, field);
     return this.text(start, this.offset, field);
   }
+  /** The headers block a format byte announces (bit 3), or `undefined`. */
+  headers(format: number): Headers | undefined {
+    if ((format & FORMAT_HEADERS) === 0) return undefined;
+    const length = this.u16('headers length');
+    const start = this.need(length, 'headers');
+    try {
+      return decodeHeaders(this.bytes.subarray(start, start + length));
+    } catch (error) {
+      if (error instanceof CodecError) {
+        throw new CodecError(error.reason, `${this.frameName}: ${error.message}`, start + error.offset);
+      }
+      throw error;
+    }
+  }
   /** Every byte to the end of the frame, copied. */
   rest(): Uint8Array {
     const start = this.offset;
@@ -407,7 +426,10 @@ export function decodeServerFrame(frame: Uint8Array): ServerFrame {
       if (!formatIsValid(format)) {
         throw new CodecError('reserved_flags', `MESSAGE: undefined format bits set (format 0x${format.toString(16)})`, 25);
       }
-      return { type: 'message', subId, epoch, seq, compressed: (format & FORMAT_ZSTD) !== 0, payload: reader.rest() };
+      const headers = reader.headers(format);
+      const message: MessageFrame = { type: 'message', subId, epoch, seq, compressed: (format & FORMAT_ZSTD) !== 0, payload: reader.rest() };
+      if (headers !== undefined) message.headers = headers;
+      return message;
     }
     case Opcode.TOPIC_MESSAGE: {
       const reader = new FrameReader(frame, 'TOPIC_MESSAGE');
@@ -419,7 +441,10 @@ export function decodeServerFrame(frame: Uint8Array): ServerFrame {
       if (!formatIsValid(format)) {
         throw new CodecError('reserved_flags', `TOPIC_MESSAGE: undefined format bits set (format 0x${format.toString(16)})`);
       }
-      return { type: 'topic_message', subId, epoch, seq, topic, compressed: (format & FORMAT_ZSTD) !== 0, payload: reader.rest() };
+      const headers = reader.headers(format);
+      const message: TopicMessageFrame = { type: 'topic_message', subId, epoch, seq, topic, compressed: (format & FORMAT_ZSTD) !== 0, payload: reader.rest() };
+      if (headers !== undefined) message.headers = headers;
+      return message;
     }
     case Opcode.DISCONTINUITY: {
       const reader = new FrameReader(frame, 'DISCONTINUITY');
@@ -490,5 +515,5 @@ export function decodeServerFrame(frame: Uint8Array): ServerFrame {
  * reads past the QoS, which only MQTT subscribers use).
  */
 function formatIsValid(format: number): boolean {
-  return (format & ~(FORMAT_ZSTD | FORMAT_QOS_MASK)) === 0 && (format & FORMAT_QOS_MASK) !== FORMAT_QOS_MASK;
+  return (format & ~(FORMAT_ZSTD | FORMAT_QOS_MASK | FORMAT_HEADERS)) === 0 && (format & FORMAT_QOS_MASK) !== FORMAT_QOS_MASK;
 }

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { encodeHeaders, FORMAT_HEADERS, headersAreEmpty, type Headers } from './headers.js';
 import { CodecError, DEFAULT_MAX_FRAME, FORMAT_ZSTD, MAX_CLIENT_NAME_BYTES, MAX_NAMESPACE_BYTES, MAX_TOPIC_BYTES, Opcode, PROTOCOL_VERSION } from './wire.js';
 
 const MAGIC = [0x43, 0x42, 0x55, 0x53]; // "CBUS"
@@ -224,6 +225,8 @@ export interface PublishFields {
   topic: string;
   /** The payload is a zstd frame the caller made (format bit 0); default false. */
   compressed?: boolean;
+  /** Headers to send with the message (format bit 3, protocol version 2). */
+  headers?: Headers;
   payload: Uint8Array;
 }
 
@@ -247,7 +250,10 @@ export function encodePublish(fields: PublishFields, maxFrame: number = DEFAULT_
       `topic ${JSON.stringify(fields.topic)} is a pattern: a message is published to one topic`,
     );
   }
-  const length = 10 + names.namespace.length + names.topic.length + fields.payload.length;
+  const block = headersAreEmpty(fields.headers) ? undefined : encodeHeaders(fields.headers!);
+  const blockLength = block === undefined ? 0 : block.length;
+  const length = 10 + names.namespace.length + names.topic.length + blockLength + fields.payload.length;
+  const format = (fields.compressed === true ? FORMAT_ZSTD : 0) | (block === undefined ? 0 : FORMAT_HEADERS);
   return new FrameWriter(Opcode.PUBLISH, length, maxFrame)
     .u32(fields.requestId)
     .u8(fields.ack ? 0x01 : 0x00)
@@ -255,7 +261,8 @@ export function encodePublish(fields: PublishFields, maxFrame: number = DEFAULT_
     .raw(names.namespace)
     .u16(names.topic.length)
     .raw(names.topic)
-    .u8(fields.compressed === true ? FORMAT_ZSTD : 0)
+    .u8(format)
+    .raw(block ?? [])
     .raw(fields.payload)
     .finish();
 }

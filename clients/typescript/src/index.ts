@@ -19,6 +19,7 @@
 export { connect, Client } from './client.js';
 export type { ClientEvents, ClientState, ClosedEvent, DisconnectedEvent, Listener, ServerInfo, StateChange } from './events.js';
 export type { ConnectOptions, PublishOptions } from './options.js';
+export type { Headers } from './headers.js';
 export type {
   Discontinuity,
   Item,

@@ -5,6 +5,7 @@
  * @module
  */
 
+import type { Headers } from './headers.js';
 import { backoffPolicy, type BackoffOptions, type BackoffPolicy } from './backoff.js';
 import { CorebusError } from './errors.js';
 import { DEFAULT_MAX_DECOMPRESSED } from './wire.js';
@@ -76,6 +77,11 @@ export interface ConnectOptions {
 export interface PublishOptions {
   /** Wait for the broker's `PUB_ACK` and resolve with the message's seq (default false). */
   ack?: boolean;
+  /**
+   * Headers sent with the message to every subscriber (MQTT 5.0 subscribers
+   * get them as properties).
+   */
+  headers?: Headers;
 }
 
 /** @internal {@link ConnectOptions} with every default filled in. */

@@ -12,6 +12,7 @@
  * @module
  */
 
+import type { Headers } from './headers.js';
 import {
   encodeSubscribe,
   encodeUnsubscribe,
@@ -60,6 +61,8 @@ export interface Item {
   readonly payload: Uint8Array;
   /** Whether the payload travelled zstd-compressed. */
   readonly compressed: boolean;
+  /** The publisher's headers (or an MQTT 5.0 publisher's properties), when it set any. */
+  readonly headers: Headers | undefined;
   /** The payload decoded as UTF-8 (invalid bytes become U+FFFD). */
   text(): string;
 }
@@ -222,6 +225,7 @@ class DeliveredItem implements Item {
     readonly seq: bigint,
     readonly payload: Uint8Array,
     readonly compressed: boolean,
+    readonly headers: Headers | undefined,
   ) {}
   text(): string {
     return textDecoder.decode(this.payload);
@@ -508,7 +512,7 @@ export class SubscriptionImpl implements Subscription {
         return;
       }
     }
-    const item = new DeliveredItem(this.namespace, topic, frame.epoch, frame.seq, payload, frame.compressed);
+    const item = new DeliveredItem(this.namespace, topic, frame.epoch, frame.seq, payload, frame.compressed, frame.headers);
     this.callSafely('onItem', () => this.handlers.onItem(item));
   }
 

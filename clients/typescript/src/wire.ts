@@ -8,14 +8,15 @@
 import { CorebusError, type ErrorCode } from './errors.js';
 
 /**
- * The protocol version this codec speaks (`HELLO.version`).
+ * The protocol version this codec speaks (`HELLO.version`): 2, which adds
+ * a message's headers to version 1.
  *
  * @example
  * ```ts
- * PROTOCOL_VERSION; // 1
+ * PROTOCOL_VERSION; // 2
  * ```
  */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 /**
  * Bit 0 of the format byte before every `PUBLISH` and `MESSAGE` payload: the

@@ -29,7 +29,7 @@ describe('handshake', () => {
     assert.equal(socket.binaryType, 'arraybuffer');
     socket.accept();
     const hello = await socket.next('hello');
-    assert.deepEqual(hello, { type: 'hello', version: 1, name: 'page', credentials: 'secret-key' });
+    assert.deepEqual(hello, { type: 'hello', version: 2, name: 'page', credentials: 'secret-key' });
     await settle();
     assert.equal(resolved, false, 'connect waits for WELCOME');
     assert.equal(socket.inbox.length, 0, 'nothing is sent before WELCOME');
@@ -123,7 +123,7 @@ describe('handshake', () => {
     const socket = await network.socket(0);
     socket.accept();
     await socket.next('hello');
-    socket.deliver(server.welcome({ version: 2 }));
+    socket.deliver(server.welcome({ version: 3 }));
     await assert.rejects(connecting, isCorebusError('protocol_violation'));
   });
 

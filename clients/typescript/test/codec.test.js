@@ -13,6 +13,8 @@ import {
   encodePing,
   encodePong,
   encodePublish,
+  encodeHeaders,
+  decodeHeaders,
   encodeSubscribe,
   encodeUnsubscribe,
   validateName,
@@ -37,11 +39,11 @@ function assertCodecError(run, { reason, code, offset }) {
 
 describe('section 6 examples, client frames encoded byte for byte', () => {
   test('6.1 HELLO without credentials', () => {
-    assert.equal(toHex(encodeHello({ clientName: 'cli' })), '0000000d0143425553000103636c690000');
+    assert.equal(toHex(encodeHello({ clientName: 'cli' })), '0000000d0143425553000203636c690000');
   });
   test('6.1 HELLO with the API key "key"', () => {
-    assert.equal(toHex(encodeHello({ clientName: 'cli', credentials: 'key' })), toHex(hex('00000010 01 43425553 0001 03 636c69 0003 6b6579')));
-    assert.equal(toHex(encodeHello({ clientName: 'cli', credentials: new TextEncoder().encode('key') })), toHex(hex('00000010 01 43425553 0001 03 636c69 0003 6b6579')));
+    assert.equal(toHex(encodeHello({ clientName: 'cli', credentials: 'key' })), toHex(hex('00000010 01 43425553 0002 03 636c69 0003 6b6579')));
+    assert.equal(toHex(encodeHello({ clientName: 'cli', credentials: new TextEncoder().encode('key') })), toHex(hex('00000010 01 43425553 0002 03 636c69 0003 6b6579')));
   });
   test('6.3 PUBLISH req 1, ack, app/news, "hi"', () => {
     const bytes = encodePublish({ requestId: 1, ack: true, namespace: 'app', topic: 'news', payload: hi });
@@ -87,7 +89,7 @@ describe('section 6 examples, client frames encoded byte for byte', () => {
 
 describe('section 6 examples, server frames decoded', () => {
   const cases = [
-    ['6.2 WELCOME', '0000000b 81 0001 00100000 0001 0002', { type: 'welcome', version: 1, maxFrame: 1_048_576, shard: 1, shardCount: 2 }],
+    ['6.2 WELCOME', '0000000b 81 0002 00100000 0001 0002', { type: 'welcome', version: 2, maxFrame: 1_048_576, shard: 1, shardCount: 2 }],
     ['6.4 PUB_ACK', '0000000d 82 00000001 0000000000000005', { type: 'pub_ack', requestId: 1, seq: 5n }],
     [
       '6.6 SUB_OK',
@@ -145,9 +147,41 @@ describe('section 6 examples, server frames decoded', () => {
       (error) => error.reason === 'truncated',
     );
     assert.throws(
-      () => decodeServerFrame(hex('00000016 85 00000007 0123456789abcdef 0000000000000006 08')),
+      () => decodeServerFrame(hex('00000016 85 00000007 0123456789abcdef 0000000000000006 10')),
       (error) => error.reason === 'reserved_flags' && error.code === 'malformed_frame',
     );
+  });
+  test('format bit 3: a headers block between the format byte and the payload', () => {
+    const frame = decodeServerFrame(hex('00000020 85 00000007 0123456789abcdef 0000000000000006 08 0006 020003 612f62 6869'));
+    assert.deepEqual(frame.headers, { contentType: 'a/b' });
+    assert.equal(toHex(frame.payload), '6869');
+    assert.equal(decodeServerFrame(hex('00000018 85 00000007 0123456789abcdef 0000000000000006 00 6869')).headers, undefined);
+    assert.throws(
+      () => decodeServerFrame(hex('0000001c 85 00000007 0123456789abcdef 0000000000000006 08 0009 020003 61')),
+      (error) => error.reason === 'truncated',
+    );
+    assert.throws(
+      () => decodeServerFrame(hex('0000001c 85 00000007 0123456789abcdef 0000000000000006 08 0004 020001 ff')),
+      (error) => error.reason === 'invalid_utf8',
+    );
+  });
+  test('headers round trip through a PUBLISH, every kind, unknown kinds skipped', () => {
+    const headers = {
+      user: [['a', '1'], ['a', '2'], ['ключ', '']],
+      contentType: 'text/plain',
+      responseTopic: 'replies/7',
+      correlationData: new Uint8Array([0, 1, 2]),
+      utf8Payload: true,
+      expiresAtMs: 1_700_000_000_123,
+    };
+    const block = encodeHeaders(headers);
+    assert.deepEqual(decodeHeaders(block.subarray(2)), headers);
+    const bytes = encodePublish({ requestId: 1, ack: false, namespace: 'app', topic: 'news', headers, payload: hi });
+    assert.equal(bytes[4 + 1 + 4 + 1 + 4 + 2 + 4], 0x08, 'format bit 3');
+    assert.deepEqual(decodeHeaders(new Uint8Array([0x7f, 0, 1, 0xaa, 2, 0, 1, 0x61])), { contentType: 'a' });
+    assert.equal(toHex(encodePublish({ requestId: 1, ack: false, namespace: 'app', topic: 'news', headers: {}, payload: hi })),
+      toHex(hex('00000013 02 00000001 00 03 617070 0004 6e657773 00 6869')), 'empty headers: no block');
+    assert.throws(() => encodeHeaders({ user: [['big', 'v'.repeat(70_000)]] }), (error) => error.reason === 'out_of_range');
   });
   test('a PUBLISH of a payload the caller compressed carries format 01', () => {
     const bytes = encodePublish({ requestId: 1, ack: false, namespace: 'app', topic: 'news', compressed: true, payload: hi });
@@ -163,7 +197,7 @@ describe('section 6 examples, server frames decoded', () => {
 
 // Section 8, rows sent by the server, in order.
 const SESSION_SERVER_ROWS = [
-  '0000000b 81 0001 00100000 0001 0002',
+  '0000000b 81 0002 00100000 0001 0002',
   '0000000d 82 00000001 0000000000000005',
   '00000019 83 00000002 00000007 0123456789abcdef 0000000000000005',
   '00000018 85 00000007 0123456789abcdef 0000000000000006 00 6869',
@@ -299,7 +333,7 @@ describe('malformed server frames', () => {
     assert.equal(frame.compressed, true, 'bit 0 still says zstd');
     assert.deepEqual([...frame.payload], [0x68, 0x69]);
     assert.equal(decodeServerFrame(hex('00000018 85 00000007 0000000000000001 0000000000000002 02 6869')).compressed, false);
-    for (const format of ['06', '08']) {
+    for (const format of ['06', '10']) {
       assertCodecError(() => decodeServerFrame(hex(`00000018 85 00000007 0000000000000001 0000000000000002 ${format} 6869`)), {
         reason: 'reserved_flags',
         code: 'malformed_frame',

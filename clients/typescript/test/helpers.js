@@ -77,7 +77,7 @@ function frame(opcode, fields) {
 
 /** Server frames, built from docs/protocol.md section 6. */
 export const server = {
-  welcome: ({ version = 1, maxFrame = 1_048_576, shard = 0, shardCount = 1 } = {}) =>
+  welcome: ({ version = 2, maxFrame = 1_048_576, shard = 0, shardCount = 1 } = {}) =>
     frame(0x81, [['u16', version], ['u32', maxFrame], ['u16', shard], ['u16', shardCount]]),
   pubAck: (requestId, seq) => frame(0x82, [['u32', requestId], ['u64', seq]]),
   subOk: (requestId, subId, epoch, startAfter) =>

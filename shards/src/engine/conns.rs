@@ -3,7 +3,7 @@
 
 use corebus_net::{
     ClusterRequest, ErrorCode, ErrorFrame, Frame, FrameError, TokenRequest, TopicKey,
-    WebhookRequest, PROTOCOL_VERSION,
+    WebhookRequest, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use rustc_hash::FxHashMap;
 use tracing::{debug, warn};
@@ -172,6 +172,7 @@ impl Shard {
             ConnState {
                 outbox: Outbox::new(self.config.outbox_limit_bytes),
                 handshaken: false,
+                version: PROTOCOL_VERSION,
                 grant: None,
                 opened_ms: self.now_ms,
                 in_flight: 0,
@@ -607,13 +608,14 @@ impl Shard {
                 format!("expected HELLO, got {:?}", frame.opcode()),
             );
         };
-        if hello.version != PROTOCOL_VERSION {
+        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&hello.version) {
             self.stats.handshake_failures += 1;
             return self.close_with_error(
                 conn,
                 ErrorCode::UnsupportedVersion,
                 format!(
-                    "client speaks protocol version {}, this server speaks {PROTOCOL_VERSION}",
+                    "client speaks protocol version {}, this server speaks \
+                     {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}",
                     hello.version
                 ),
             );
@@ -679,9 +681,11 @@ impl Shard {
                     .set_limit_bytes(link_limit.max(state.outbox.limit_bytes()));
             }
             state.handshaken = true;
+            state.version = hello.version;
             state.grant = Some(grant);
         }
         let welcome = OutFrame::Welcome {
+            version: hello.version,
             max_frame: self.config.max_frame,
             shard: self.id,
             shard_count: self.shard_count as u16,

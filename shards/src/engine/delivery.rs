@@ -7,6 +7,16 @@ use corebus_net::{Epoch, Seq};
 use super::{ConnState, Lost, SlowConsumerPolicy};
 use crate::outbox::{OutFrame, PushError};
 
+/// `body` as a connection speaking protocol `version` must get it, when
+/// that is not as it is: a version 1 connection gets messages without their
+/// headers (a copy; version 1 has no such block).
+pub(super) fn body_for_version(version: u16, body: &[u8]) -> Option<Bytes> {
+    if version >= 2 {
+        return None;
+    }
+    corebus_net::strip_headers(body)
+}
+
 /// What happened to one message offered to one subscription.
 pub(super) enum Delivery {
     Queued,
@@ -28,6 +38,14 @@ pub(super) fn push_message(
     payload: &Bytes,
     policy: SlowConsumerPolicy,
 ) -> Delivery {
+    let stripped;
+    let payload = match state.body_for_version(payload) {
+        Some(body) => {
+            stripped = body;
+            &stripped
+        }
+        None => payload,
+    };
     if !state.lossy.is_empty() {
         // Resume only once the queue is down to half its bound, so a consumer
         // that keeps up only barely is not told about one message at a time.

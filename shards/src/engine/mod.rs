@@ -189,6 +189,9 @@ struct SubState {
 struct ConnState {
     outbox: Outbox,
     handshaken: bool,
+    /// The protocol version of its `HELLO` (a version 1 connection gets
+    /// messages without their headers).
+    version: u16,
     /// Who the connection is and what it may do; `None` before `HELLO`.
     grant: Option<Grant>,
     /// Engine time the connection opened (for the handshake deadline).
@@ -220,6 +223,12 @@ enum Liveness {
 }
 
 impl ConnState {
+    /// `body` as this connection must get it, when that is not as it is
+    /// (see [`delivery::body_for_version`]).
+    fn body_for_version(&self, body: &[u8]) -> Option<bytes::Bytes> {
+        delivery::body_for_version(self.version, body)
+    }
+
     /// Whether the connection is a link from another node of the cluster.
     fn is_peer(&self) -> bool {
         self.grant

@@ -1041,7 +1041,12 @@ impl Shard {
                 start_after: plan.start_after,
             },
         );
+        let version = self
+            .conns
+            .get(&request.conn)
+            .map_or(corebus_net::PROTOCOL_VERSION, |state| state.version);
         for (seq, payload) in plan.replay {
+            let payload = super::delivery::body_for_version(version, &payload).unwrap_or(payload);
             self.send(
                 request.conn,
                 OutFrame::Message {

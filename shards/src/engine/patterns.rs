@@ -294,13 +294,14 @@ impl Shard {
             // Encoded whole, with a copy of the body: the frame holds no
             // reference to the publisher's read buffer.
             let mut frame = BytesMut::new();
+            let stripped = state.body_for_version(&delivery.payload);
             encode_topic_message(
                 &mut frame,
                 *sub_id,
                 delivery.epoch,
                 delivery.seq,
                 delivery.topic.topic_bytes(),
-                &delivery.payload,
+                stripped.as_ref().unwrap_or(&delivery.payload),
             );
             match state.outbox.push(OutFrame::Encoded(frame.freeze())) {
                 Ok(()) => self.stats.messages_delivered += 1,

@@ -13,6 +13,7 @@ use corebus_net::{
 use tracing::debug;
 
 use super::codes::{ack_for, encode_ack, reason, v3};
+use super::props::headers_of;
 use super::{AckWait, MqttConn, Request, Sub};
 use crate::framing::Input;
 
@@ -79,6 +80,7 @@ impl MqttConn {
             self.settings.namespace.as_bytes(),
             topic,
             PayloadFormat::Plain.byte_with_qos(publish.qos.bits()),
+            &headers_of(&publish.properties, crate::auth::unix_now_ms),
             &publish.payload,
         );
         Input::More

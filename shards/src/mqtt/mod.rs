@@ -44,6 +44,7 @@
 mod codes;
 mod inbound;
 mod outbound;
+mod props;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -456,7 +457,12 @@ impl MqttConn {
                 request_id: 0,
                 ack: false,
                 topic,
-                body: Body::with_qos(PayloadFormat::Plain, will.qos.bits(), &will.payload),
+                body: Body::with_headers(
+                    PayloadFormat::Plain,
+                    will.qos.bits(),
+                    &props::headers_of(&will.properties, crate::auth::unix_now_ms),
+                    &will.payload,
+                ),
             });
         }
         self.client_id = if connect.client_id.is_empty() {

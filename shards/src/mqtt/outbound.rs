@@ -12,7 +12,9 @@ use rustc_hash::FxHashMap;
 use tracing::{debug, warn};
 
 use super::codes::{ack_for, connect_code, disconnect_code, encode_ack, reason, request_code, v3};
+use super::props::set_properties;
 use super::{MqttConn, Phase, Request, NATIVE_OVERHEAD, SHARE_FROM};
+use crate::auth::unix_now_ms;
 use crate::framing::{frames_of, Wrapped};
 
 /// Where a delivery at QoS 1 or 2 is in its exchange with the client.
@@ -463,6 +465,18 @@ impl MqttConn {
         let payload = body.payload();
         let mut properties = Properties::default();
         let mut topic = delivery.topic.as_str();
+        if body.has_headers() {
+            // 3.1.1 has no properties, but an expired message is not
+            // delivered to anyone (MQTT-3.3.2-5).
+            let mut unused = Properties::default();
+            let target = match self.version {
+                Version::V5 => &mut properties,
+                _ => &mut unused,
+            };
+            if !set_properties(&body.headers(), target, unix_now_ms()) {
+                return;
+            }
+        }
         if self.version == Version::V5 {
             if body.format() == PayloadFormat::Zstd {
                 // Compressed by a native publisher: the broker does not

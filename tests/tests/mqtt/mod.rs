@@ -8,6 +8,7 @@
 
 mod connections;
 mod delivery;
+mod properties;
 mod websocket;
 
 use std::sync::Arc;
