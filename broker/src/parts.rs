@@ -54,6 +54,8 @@ pub fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
             handshake_timeout_ms: args.handshake_timeout.as_millis() as u64,
             max_in_flight_per_conn: args.max_in_flight,
             max_connections_per_shard: args.max_connections_per_shard as usize,
+            retained_messages: args.retained_messages,
+            retained_bytes: args.retained_bytes,
             ..EngineConfig::default()
         },
         max_connections: args.max_connections as usize,

@@ -168,7 +168,7 @@ fn decode_frame(
             reader.finish()?;
             Frame::PubAck(ack)
         }
-        Opcode::Subscribe | Opcode::HandoffRequest => {
+        Opcode::Subscribe | Opcode::HandoffRequest | Opcode::FetchRetained => {
             let request_id = reader.u32("request_id")?;
             let sub_id = reader.u32("sub_id")?;
             let epoch = reader.u64("resume_epoch")?;
@@ -183,10 +183,10 @@ fn decode_frame(
                 resume,
                 topic,
             };
-            if opcode == Opcode::HandoffRequest {
-                Frame::HandoffRequest(subscribe)
-            } else {
-                Frame::Subscribe(subscribe)
+            match opcode {
+                Opcode::HandoffRequest => Frame::HandoffRequest(subscribe),
+                Opcode::FetchRetained => Frame::FetchRetained(subscribe),
+                _ => Frame::Subscribe(subscribe),
             }
         }
         Opcode::SubOk => {
@@ -360,6 +360,7 @@ fn frame_name(opcode: Opcode) -> &'static str {
         Opcode::WebhookReply => "WEBHOOK_REPLY",
         Opcode::ClusterRequest => "CLUSTER_REQUEST",
         Opcode::HandoffRequest => "HANDOFF_REQUEST",
+        Opcode::FetchRetained => "FETCH_RETAINED",
         Opcode::ClusterReply => "CLUSTER_REPLY",
         Opcode::ReplayEnd => "REPLAY_END",
         Opcode::TopicMessage => "TOPIC_MESSAGE",

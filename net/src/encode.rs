@@ -284,15 +284,17 @@ impl Frame {
                 dst.put_u32(ack.request_id);
                 dst.put_u64(ack.seq);
             }
-            Frame::Subscribe(sub) | Frame::HandoffRequest(sub) => subscribe_body(
-                dst,
-                self.opcode(),
-                sub.request_id,
-                sub.sub_id,
-                sub.resume,
-                sub.topic.namespace_bytes(),
-                sub.topic.topic_bytes(),
-            ),
+            Frame::Subscribe(sub) | Frame::HandoffRequest(sub) | Frame::FetchRetained(sub) => {
+                subscribe_body(
+                    dst,
+                    self.opcode(),
+                    sub.request_id,
+                    sub.sub_id,
+                    sub.resume,
+                    sub.topic.namespace_bytes(),
+                    sub.topic.topic_bytes(),
+                )
+            }
             Frame::SubOk(ok) => {
                 header(dst, Opcode::SubOk, 4 + 4 + 8 + 8);
                 dst.put_u32(ok.request_id);

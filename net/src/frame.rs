@@ -18,10 +18,15 @@ pub const FORMAT_ZSTD: u8 = 0x01;
 /// this and its subscription's QoS; native clients ignore it.
 pub const FORMAT_QOS_MASK: u8 = 0b0110;
 
-/// Whether a format byte sets only defined bits (zstd, a QoS of 0 to 2, and
-/// headers).
+/// Bit 4 of a body's format byte (version 2): the publisher asks the
+/// topic's owner to keep the message as the topic's retained message (an
+/// empty payload clears it), what MQTT calls a retained publish.
+pub const FORMAT_RETAIN: u8 = 0x10;
+
+/// Whether a format byte sets only defined bits (zstd, a QoS of 0 to 2,
+/// headers and retain).
 pub fn format_byte_is_valid(byte: u8) -> bool {
-    byte & !(FORMAT_ZSTD | FORMAT_QOS_MASK | FORMAT_HEADERS) == 0
+    byte & !(FORMAT_ZSTD | FORMAT_QOS_MASK | FORMAT_HEADERS | FORMAT_RETAIN) == 0
         && byte & FORMAT_QOS_MASK != FORMAT_QOS_MASK
 }
 
@@ -106,6 +111,22 @@ impl Body {
         headers.encode(&mut bytes);
         bytes.put_slice(payload);
         Body(bytes.freeze())
+    }
+
+    /// This body with the retain bit set when `retain` is (a copy then),
+    /// else as it is.
+    pub fn retained_if(self, retain: bool) -> Body {
+        if !retain || self.retain() {
+            return self;
+        }
+        let mut bytes = self.0.to_vec();
+        bytes[0] |= FORMAT_RETAIN;
+        Body(Bytes::from(bytes))
+    }
+
+    /// Whether the publisher asked for the message to be retained.
+    pub fn retain(&self) -> bool {
+        self.0[0] & FORMAT_RETAIN != 0
     }
 
     /// Whether the body carries a headers block.
@@ -229,6 +250,9 @@ pub enum Opcode {
     /// Node → node: hand a topic's state over (links between the nodes of
     /// a cluster only).
     HandoffRequest = 0x0a,
+    /// Client → server: the retained messages of a topic or pattern
+    /// (version 2), answered with `TOPIC_MESSAGE`s and a `REPLAY_END`.
+    FetchRetained = 0x0b,
     /// Server → client: the handshake succeeded.
     Welcome = 0x81,
     /// Server → client: a publish was sequenced.
@@ -273,6 +297,7 @@ impl Opcode {
             0x08 => Opcode::WebhookRequest,
             0x09 => Opcode::ClusterRequest,
             0x0a => Opcode::HandoffRequest,
+            0x0b => Opcode::FetchRetained,
             0x81 => Opcode::Welcome,
             0x82 => Opcode::PubAck,
             0x83 => Opcode::SubOk,
@@ -631,6 +656,9 @@ pub enum Frame {
     /// on forwards the topic to the sender, which owns it: no subscription
     /// is made.
     HandoffRequest(Subscribe),
+    /// `FETCH_RETAINED`: the layout of `SUBSCRIBE`, without a resume point
+    /// (version 2).
+    FetchRetained(Subscribe),
     /// `PING` with its nonce.
     Ping(u64),
     /// `PONG` echoing a `PING`'s nonce.
@@ -663,6 +691,7 @@ impl Frame {
             Frame::ReplayEnd(_) => Opcode::ReplayEnd,
             Frame::TopicMessage(_) => Opcode::TopicMessage,
             Frame::HandoffRequest(_) => Opcode::HandoffRequest,
+            Frame::FetchRetained(_) => Opcode::FetchRetained,
             Frame::Ping(_) => Opcode::Ping,
             Frame::Pong(_) => Opcode::Pong,
             Frame::Error(_) => Opcode::Error,
@@ -676,7 +705,7 @@ mod tests {
 
     #[test]
     fn only_server_opcodes_are_server_frames() {
-        for byte in 0x01..=0x0au8 {
+        for byte in 0x01..=0x0bu8 {
             let opcode = Opcode::from_u8(byte).expect("a client or either-way opcode");
             assert!(!opcode.is_server_frame(), "{opcode:?}");
         }
@@ -684,7 +713,7 @@ mod tests {
             let opcode = Opcode::from_u8(byte).expect("a server opcode");
             assert!(opcode.is_server_frame(), "{opcode:?}");
         }
-        for byte in [0x00, 0x0b, 0x7f, 0x80, 0x8d, 0x8e, 0x90, 0xff] {
+        for byte in [0x00, 0x0c, 0x7f, 0x80, 0x8d, 0x8e, 0x90, 0xff] {
             assert_eq!(Opcode::from_u8(byte), None, "{byte:#04x} is not an opcode");
         }
     }

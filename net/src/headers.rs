@@ -6,7 +6,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::FrameError;
+use crate::{FrameError, FORMAT_RETAIN};
 
 /// Bit 3 of a body's format byte: a headers block follows the format byte
 /// (protocol version 2).
@@ -197,16 +197,22 @@ fn cut(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-/// `body` (a body as [`crate::Body`] holds it) without its headers block:
-/// `None` when it has none. What a broker sends a version 1 connection.
+/// `body` (a body as [`crate::Body`] holds it) without its headers block
+/// and retain bit: `None` when it has neither. What a broker sends a
+/// version 1 connection.
 pub fn strip_headers(body: &[u8]) -> Option<Bytes> {
     let format = *body.first()?;
-    if format & FORMAT_HEADERS == 0 || body.len() < 3 {
+    if format & (FORMAT_HEADERS | FORMAT_RETAIN) == 0 {
         return None;
     }
-    let start = (3 + usize::from(u16::from_be_bytes([body[1], body[2]]))).min(body.len());
+    let start = if format & FORMAT_HEADERS == 0 || body.len() < 3 {
+        1
+    } else {
+        (3 + usize::from(u16::from_be_bytes([body[1], body[2]]))).min(body.len())
+    };
     let mut bytes = Vec::with_capacity(1 + body.len() - start);
-    bytes.push(format & !FORMAT_HEADERS);
+    // Version 1 defines neither bit.
+    bytes.push(format & !(FORMAT_HEADERS | FORMAT_RETAIN));
     bytes.extend_from_slice(&body[start..]);
     Some(Bytes::from(bytes))
 }

@@ -253,6 +253,15 @@ fn worked_examples_from_protocol_doc() {
     // here is a wire-format change and needs a protocol version bump.
     let cases: Vec<(Frame, &str)> = vec![
         (
+            Frame::FetchRetained(Subscribe {
+                request_id: 5,
+                sub_id: 9,
+                resume: None,
+                topic: TopicKey::new(b"a", b"*").expect("valid"),
+            }),
+            "0000001e 0b 00000005 00000009 0000000000000000 0000000000000000 01 61 0001 2a",
+        ),
+        (
             Frame::Publish(Publish {
                 request_id: 1,
                 ack: false,
@@ -557,7 +566,8 @@ fn malformed_bodies_are_typed_errors() {
         Err(FrameError::UnknownFlags { flags: 0x80, .. })
     ));
     // A body needs its format byte, and the format byte a defined value:
-    // bit 0 (zstd), a QoS of 0 to 2 in bits 1 and 2, bit 3 (headers).
+    // bit 0 (zstd), a QoS of 0 to 2 in bits 1 and 2, bit 3 (headers), bit 4
+    // (retain).
     assert!(matches!(
         decode_hex("0000000b 02 00000001 00 01 61 0001 62"),
         Err(FrameError::Truncated {
@@ -568,12 +578,12 @@ fn malformed_bodies_are_typed_errors() {
             ..
         })
     ));
-    let unknown_format = decode_hex("0000000e 02 00000001 00 01 61 0001 62 10 6869");
+    let unknown_format = decode_hex("0000000e 02 00000001 00 01 61 0001 62 20 6869");
     assert!(matches!(
         unknown_format,
         Err(FrameError::UnknownFlags {
             frame: "PUBLISH",
-            flags: 0x10
+            flags: 0x20
         })
     ));
     // Bit 3 announces a headers block (version 2), which must be whole.

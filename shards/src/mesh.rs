@@ -197,6 +197,11 @@ pub enum ShardMsg {
     /// one sequenced message with its topic (boxed: it is larger than the
     /// per-message kinds, and rarer).
     PatternDeliverMsg(Box<PatternDelivery>),
+    /// To a topic's owner, or every shard for a pattern: the retained
+    /// messages a `FETCH_RETAINED` asks for. Answered with `RetainedMsg`.
+    RetainedQueryMsg(Box<RetainedQuery>),
+    /// The answer to `RetainedQueryMsg`.
+    RetainedMsg(Box<RetainedReply>),
     /// From the owner to an interested shard: one sequenced message, sent once
     /// per shard however many local subscribers it has.
     DeliverMsg {
@@ -233,3 +238,39 @@ pub struct PatternDelivery {
 #[cfg(target_pointer_width = "64")]
 const _: () = assert!(std::mem::size_of::<ShardMsg>() <= 104);
 const _: () = assert!(std::mem::size_of::<LocalRef>() == 8);
+
+/// A retained message as the owner keeps it and sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetainedMessage {
+    /// Its topic.
+    pub topic: TopicKey,
+    /// The topic's epoch when it was published.
+    pub epoch: Epoch,
+    /// Its sequence number in that epoch.
+    pub seq: Seq,
+    /// The body as published (format byte first).
+    pub body: Bytes,
+}
+
+/// To a topic's owner, or to every shard for a pattern: the retained
+/// messages that match `topic`, for `FETCH_RETAINED` `sub_id` of `conn`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetainedQuery {
+    /// The asking connection, on the asking shard.
+    pub conn: ConnId,
+    /// The fetch's subscription id.
+    pub sub_id: u32,
+    /// The topic or pattern.
+    pub topic: TopicKey,
+}
+
+/// The answer to a [`RetainedQuery`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetainedReply {
+    /// The asking connection.
+    pub conn: ConnId,
+    /// The fetch's subscription id.
+    pub sub_id: u32,
+    /// What the answering shard keeps that matches.
+    pub found: Vec<RetainedMessage>,
+}

@@ -71,6 +71,10 @@ pub struct ShardMetrics {
     /// Memory those topics' states and replay rings hold, as the
     /// `topic_memory` budget counts it.
     pub topic_memory: u64,
+    /// Retained messages this shard keeps for its topics.
+    pub retained_messages: u64,
+    /// Bytes they hold, as the `retained_bytes` bound counts them.
+    pub retained_bytes: u64,
     /// Topics with local subscribers here.
     pub local_topics: u64,
     /// Patterns with local subscribers here.

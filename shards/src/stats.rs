@@ -32,6 +32,9 @@ pub struct ShardStats {
     pub subscriptions_refused: u64,
     /// Requests refused by authorization (`forbidden`).
     pub forbidden: u64,
+    /// Retained publishes not kept: the shard held its share of
+    /// `retained_messages` or `retained_bytes`.
+    pub retained_refused: u64,
     /// Connections closed for a handshake deadline, an expired token or
     /// silence.
     pub timeouts_and_expiries: u64,

@@ -263,10 +263,10 @@ async fn a_decompression_bomb_is_one_typed_error_and_the_stream_goes_on() {
 async fn an_undefined_format_is_refused_and_the_connection_goes_on() {
     let broker = Broker::start(1);
     let mut raw = broker.raw_on(0).await;
-    // PUBLISH request 7, ack, "test"/"t", format 0x10 (bit 4), payload "x".
+    // PUBLISH request 7, ack, "test"/"t", format 0x20 (bit 5), payload "x".
     let mut frame = vec![0, 0, 0, 0, 0x02, 0, 0, 0, 7, 0x01, 4];
     frame.extend_from_slice(b"test");
-    frame.extend_from_slice(&[0, 1, b't', 0x10, b'x']);
+    frame.extend_from_slice(&[0, 1, b't', 0x20, b'x']);
     let len = (frame.len() - 4) as u32;
     frame[..4].copy_from_slice(&len.to_be_bytes());
     raw.send_bytes(&frame).await;
@@ -277,7 +277,7 @@ async fn an_undefined_format_is_refused_and_the_connection_goes_on() {
         Some(Frame::Error(error)) => {
             assert_eq!(error.code(), Some(ErrorCode::MalformedFrame));
             assert!(!error.fatal);
-            assert!(error.message.contains("0x10"), "{}", error.message);
+            assert!(error.message.contains("0x20"), "{}", error.message);
         }
         other => panic!("expected ERROR, got {other:?}"),
     }

@@ -116,6 +116,16 @@ pub struct ServeArgs {
     #[arg(long, env = "COREBUS_RING_BYTES", default_value_t = 1 << 20,
           value_parser = bytes_in::<usize>(0, u64::MAX))]
     pub ring_bytes: usize,
+    /// Retained messages kept, all shards together (each shard keeps an
+    /// equal part for the topics it owns): a retained publish past it is
+    /// published but not kept, counted in `retained_refused_total`.
+    #[arg(long, env = "COREBUS_RETAINED_MESSAGES", default_value_t = 100_000)]
+    pub retained_messages: usize,
+    /// Bytes of retained messages kept, all shards together, as
+    /// `retained_messages` is.
+    #[arg(long, env = "COREBUS_RETAINED_BYTES", default_value_t = 256 << 20,
+          value_parser = bytes_in::<usize>(0, u64::MAX))]
+    pub retained_bytes: usize,
     /// Memory for topic states and replay rings, all shards together (each
     /// shard gets an equal part). Over it, a shard evicts the least recently
     /// active topics nobody subscribes to, then shortens replay rings; a

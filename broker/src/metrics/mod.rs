@@ -348,6 +348,24 @@ const FAMILIES: &[Family] = &[
         value: |m| m.stats.forbidden,
     },
     Family {
+        name: "retained_messages",
+        help: "Retained messages kept by their topics' owner shards.",
+        kind: MetricType::Gauge,
+        value: |m| m.retained_messages,
+    },
+    Family {
+        name: "retained_bytes",
+        help: "Bytes the retained messages hold, as the retained_bytes bound counts them.",
+        kind: MetricType::Gauge,
+        value: |m| m.retained_bytes,
+    },
+    Family {
+        name: "retained_refused",
+        help: "Retained publishes not kept: the shard held its share of retained_messages or retained_bytes.",
+        kind: MetricType::Counter,
+        value: |m| m.stats.retained_refused,
+    },
+    Family {
         name: "mqtt_wills_published",
         help: "Wills of MQTT clients that went without a clean DISCONNECT, published.",
         kind: MetricType::Counter,

@@ -7,7 +7,7 @@
  */
 
 import { decodeHeaders, FORMAT_HEADERS, type Headers } from './headers.js';
-import { CodecError, FORMAT_QOS_MASK, FORMAT_ZSTD, Opcode } from './wire.js';
+import { CodecError, FORMAT_QOS_MASK, FORMAT_RETAIN, FORMAT_ZSTD, Opcode } from './wire.js';
 
 const utf8Decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
@@ -515,5 +515,5 @@ export function decodeServerFrame(frame: Uint8Array): ServerFrame {
  * reads past the QoS, which only MQTT subscribers use).
  */
 function formatIsValid(format: number): boolean {
-  return (format & ~(FORMAT_ZSTD | FORMAT_QOS_MASK | FORMAT_HEADERS)) === 0 && (format & FORMAT_QOS_MASK) !== FORMAT_QOS_MASK;
+  return (format & ~(FORMAT_ZSTD | FORMAT_QOS_MASK | FORMAT_HEADERS | FORMAT_RETAIN)) === 0 && (format & FORMAT_QOS_MASK) !== FORMAT_QOS_MASK;
 }

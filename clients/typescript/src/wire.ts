@@ -42,6 +42,18 @@ export const FORMAT_ZSTD = 0x01;
 export const FORMAT_QOS_MASK = 0x06;
 
 /**
+ * Bit 4 of the format byte (version 2): the publisher asked the broker to
+ * keep the message as its topic's retained message (an MQTT retained
+ * publish). This client reads past it.
+ *
+ * @example
+ * ```ts
+ * const retained = (formatByte & FORMAT_RETAIN) !== 0;
+ * ```
+ */
+export const FORMAT_RETAIN = 0x10;
+
+/**
  * The most bytes a received compressed payload may decompress to, unless
  * `connect({ maxDecompressedBytes })` says otherwise: 16 MiB, as the Rust
  * client's default.

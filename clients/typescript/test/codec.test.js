@@ -147,7 +147,7 @@ describe('section 6 examples, server frames decoded', () => {
       (error) => error.reason === 'truncated',
     );
     assert.throws(
-      () => decodeServerFrame(hex('00000016 85 00000007 0123456789abcdef 0000000000000006 10')),
+      () => decodeServerFrame(hex('00000016 85 00000007 0123456789abcdef 0000000000000006 20')),
       (error) => error.reason === 'reserved_flags' && error.code === 'malformed_frame',
     );
   });
@@ -333,7 +333,7 @@ describe('malformed server frames', () => {
     assert.equal(frame.compressed, true, 'bit 0 still says zstd');
     assert.deepEqual([...frame.payload], [0x68, 0x69]);
     assert.equal(decodeServerFrame(hex('00000018 85 00000007 0000000000000001 0000000000000002 02 6869')).compressed, false);
-    for (const format of ['06', '10']) {
+    for (const format of ['06', '20']) {
       assertCodecError(() => decodeServerFrame(hex(`00000018 85 00000007 0000000000000001 0000000000000002 ${format} 6869`)), {
         reason: 'reserved_flags',
         code: 'malformed_frame',

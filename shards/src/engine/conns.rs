@@ -319,6 +319,7 @@ impl Shard {
     /// each topic whose last local subscriber it was, on the topic's owner.
     pub fn close_conn(&mut self, conn: ConnId) {
         self.withdraw_subscriptions(conn);
+        self.forget_fetches(conn);
         self.conns.remove(&conn);
     }
 
@@ -434,6 +435,7 @@ impl Shard {
             Frame::WebhookRequest(request) => self.handle_webhook_request(conn, request),
             Frame::ClusterRequest(request) => self.handle_cluster_request(conn, request),
             Frame::HandoffRequest(request) => self.handle_handoff_request(conn, request),
+            Frame::FetchRetained(request) => self.handle_fetch_retained(conn, request),
             Frame::Pong(_) => {}
             Frame::Hello(_) => self.send_error(
                 conn,

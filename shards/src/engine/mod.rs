@@ -104,6 +104,11 @@ pub struct EngineConfig {
     pub max_in_flight_per_conn: u32,
     /// Most connections one shard holds.
     pub max_connections_per_shard: usize,
+    /// Most retained messages all shards together keep (each shard an
+    /// equal part; see `engine/retained.rs`).
+    pub retained_messages: usize,
+    /// Most bytes of retained messages all shards together keep.
+    pub retained_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -126,6 +131,8 @@ impl Default for EngineConfig {
             handshake_timeout_ms: 5_000,
             max_in_flight_per_conn: 16_384,
             max_connections_per_shard: 100_000,
+            retained_messages: 100_000,
+            retained_bytes: 256 << 20,
         }
     }
 }
@@ -277,6 +284,14 @@ pub struct Shard {
     refusal_log: LogLimit,
     /// Budget of `TLS handshake failed` warnings.
     tls_failure_log: LogLimit,
+    /// Owner side: the retained messages of this shard's topics.
+    retained_messages: retained::RetainedStore,
+    /// Budget of `retained message not kept` warnings.
+    retained_log: LogLimit,
+    /// Subscriber side: `FETCH_RETAINED`s waiting for their owners, by
+    /// (connection, subscription id), and how many each connection has.
+    fetches: FxHashMap<(ConnId, u32), retained::Fetch>,
+    fetches_per_conn: FxHashMap<ConnId, u16>,
     /// The cluster, when this node is a member of one.
     nodes: Option<nodes::Nodes>,
     /// Shutting down: new clients are refused (links from other nodes are
@@ -338,6 +353,10 @@ impl Shard {
             auth_failure_log: LogLimit::new(WARNINGS_PER_SECOND, 1000),
             refusal_log: LogLimit::new(WARNINGS_PER_SECOND, 1000),
             tls_failure_log: LogLimit::new(WARNINGS_PER_SECOND, 1000),
+            retained_messages: retained::RetainedStore::default(),
+            retained_log: LogLimit::new(WARNINGS_PER_SECOND, 1000),
+            fetches: FxHashMap::default(),
+            fetches_per_conn: FxHashMap::default(),
             nodes: None,
             draining: false,
             command_waits: CommandWaits::default(),
@@ -429,6 +448,8 @@ impl Shard {
                 .sum(),
             owned_topics: self.owned.len() as u64,
             topic_memory: self.retained as u64,
+            retained_messages: self.retained_messages.len() as u64,
+            retained_bytes: self.retained_messages.bytes() as u64,
             local_topics: self.local.len() as u64,
             local_patterns: self.local_patterns.len() as u64,
             patterns_matched: self.patterns.len() as u64,
@@ -522,6 +543,10 @@ impl Shard {
                 self.drop_pattern_interest(from, &pattern)
             }
             ShardMsg::PatternDeliverMsg(delivery) => self.deliver_pattern(&delivery, false),
+            ShardMsg::RetainedQueryMsg(query) => self.answer_retained_query(from, *query),
+            ShardMsg::RetainedMsg(reply) => {
+                self.retained_found(reply.conn, reply.sub_id, reply.found)
+            }
         }
     }
 
@@ -583,6 +608,7 @@ mod local;
 mod memory;
 mod nodes;
 mod patterns;
+mod retained;
 mod topics;
 
 use patterns::LocalPattern;

@@ -141,6 +141,10 @@ impl Shard {
         // (`handle_publish`).
         let before = owned.ring_retained();
         let seq = owned.append(&payload, ring, now_ms);
+        let retain = payload
+            .first()
+            .is_some_and(|format| format & corebus_net::FORMAT_RETAIN != 0)
+            .then(|| owned.epoch());
         // Field-level borrows again: `retained` is not part of `self.owned`.
         self.retained = self.retained + owned.ring_retained() - before;
         let generation = self.webhooks.generation();
@@ -192,6 +196,9 @@ impl Shard {
         }
         if let Some((key, epoch)) = matching {
             self.fan_out_patterns(&key, epoch, seq, &payload);
+        }
+        if let Some(epoch) = retain {
+            self.retain_message(&topic, epoch, seq, &payload);
         }
         self.check_topic_memory();
         seq

@@ -25,7 +25,6 @@ pub(super) mod reason {
     pub const TOPIC_ALIAS_INVALID: u8 = 0x94;
     pub const PACKET_TOO_LARGE: u8 = 0x95;
     pub const QUOTA_EXCEEDED: u8 = 0x97;
-    pub const RETAIN_NOT_SUPPORTED: u8 = 0x9A;
     pub const SHARED_NOT_SUPPORTED: u8 = 0x9E;
     pub const MAX_CONNECT_TIME: u8 = 0xA0;
     pub const NO_SUBSCRIPTION: u8 = 0x11;

@@ -4,17 +4,26 @@
 
 use bytes::BytesMut;
 use corebus_mqtt::{
-    self as mqtt, AckKind, MqttStr, Packet, Properties, QoS, SubAck, UnsubAck, Version,
+    self as mqtt, AckKind, MqttStr, Packet, Properties, QoS, RetainHandling, SubAck, UnsubAck,
+    Version,
 };
 use corebus_net::{
     encode_publish_as, encode_subscribe, is_pattern, validate_topic, Frame, PayloadFormat,
-    Unsubscribe,
+    Subscribe as NativeSubscribe, TopicKey, Unsubscribe, FORMAT_RETAIN,
 };
 use tracing::debug;
 
 use super::codes::{ack_for, encode_ack, reason, v3};
 use super::props::headers_of;
-use super::{AckWait, MqttConn, Request, Sub};
+use super::{AckWait, Fetching, MqttConn, Request, Sub};
+
+/// A retained fetch a `SUBSCRIBE` asks for: one native topic or pattern of
+/// a filter, with the filter's options.
+struct Fetch {
+    native: String,
+    granted: QoS,
+    wildcard_first: bool,
+}
 use crate::framing::Input;
 
 impl MqttConn {
@@ -23,10 +32,6 @@ impl MqttConn {
         if publish.properties.topic_alias.is_some() {
             // The CONNACK allowed none (topic alias maximum 0).
             self.disconnect(reason::TOPIC_ALIAS_INVALID);
-            return Input::End;
-        }
-        if publish.retain && v5 {
-            self.disconnect(reason::RETAIN_NOT_SUPPORTED);
             return Input::End;
         }
         let topic = publish.topic.as_bytes();
@@ -79,7 +84,8 @@ impl MqttConn {
             request_id != 0,
             self.settings.namespace.as_bytes(),
             topic,
-            PayloadFormat::Plain.byte_with_qos(publish.qos.bits()),
+            PayloadFormat::Plain.byte_with_qos(publish.qos.bits())
+                | if publish.retain { FORMAT_RETAIN } else { 0 },
             &headers_of(&publish.properties, crate::auth::unix_now_ms),
             &publish.payload,
         );
@@ -100,6 +106,7 @@ impl MqttConn {
             codes: Vec::with_capacity(subscribe.filters.len()),
             outstanding: 0,
         };
+        let mut fetches = Vec::new();
         for (index, filter) in subscribe.filters.iter().enumerate() {
             let text = filter.filter.as_str();
             let natives = match native_filter(text) {
@@ -111,53 +118,119 @@ impl MqttConn {
             };
             let granted = filter.qos;
             wait.codes.push(granted.bits());
-            if let Some(ids) = self.filters.get(text) {
+            let wildcard_first = text.starts_with(['+', '#']);
+            let existing = self.filters.get(text);
+            let fetch = match filter.retain_handling {
+                RetainHandling::OnSubscribe => true,
+                RetainHandling::OnNewSubscribe => existing.is_none(),
+                RetainHandling::Never => false,
+            };
+            if let Some(ids) = existing {
                 // Subscribing again replaces the subscription: the same
-                // one, with the QoS asked for now.
+                // one, with the options asked for now.
                 for id in ids {
                     if let Some(sub) = self.subs.get_mut(id) {
                         sub.qos = granted;
                         sub.identifier = identifier;
+                        sub.retain_as_published = filter.retain_as_published;
                     }
                 }
-                continue;
+            } else {
+                let mut ids = Vec::with_capacity(natives.len());
+                for (n, native) in natives.iter().enumerate() {
+                    self.next_sub = self.next_sub.wrapping_add(1);
+                    let sub_id = self.next_sub;
+                    let request_id = self.request(Request::Subscribe {
+                        packet_id,
+                        index,
+                        sub_id,
+                        parent: n > 0,
+                    });
+                    encode_subscribe(
+                        frames,
+                        request_id,
+                        sub_id,
+                        None,
+                        self.settings.namespace.as_bytes(),
+                        native.as_bytes(),
+                    );
+                    let topic = (!is_pattern(native.as_bytes())).then(|| native.clone());
+                    self.subs.insert(
+                        sub_id,
+                        Sub {
+                            qos: granted,
+                            identifier,
+                            topic,
+                            wildcard_first,
+                            retain_as_published: filter.retain_as_published,
+                            fetch: None,
+                        },
+                    );
+                    ids.push(sub_id);
+                    wait.outstanding += 1;
+                }
+                self.filters.insert(text.to_owned(), ids);
             }
-            let wildcard_first = text.starts_with(['+', '#']);
-            let mut ids = Vec::with_capacity(natives.len());
-            for (n, native) in natives.into_iter().enumerate() {
-                self.next_sub = self.next_sub.wrapping_add(1);
-                let sub_id = self.next_sub;
-                let request_id = self.request(Request::Subscribe {
-                    packet_id,
-                    index,
-                    sub_id,
-                    parent: n > 0,
-                });
-                encode_subscribe(
-                    frames,
-                    request_id,
-                    sub_id,
-                    None,
-                    self.settings.namespace.as_bytes(),
-                    native.as_bytes(),
-                );
-                let topic = (!is_pattern(native.as_bytes())).then_some(native);
-                self.subs.insert(
-                    sub_id,
-                    Sub {
-                        qos: granted,
-                        identifier,
-                        topic,
-                        wildcard_first,
-                    },
-                );
-                ids.push(sub_id);
-                wait.outstanding += 1;
+            if fetch {
+                fetches.extend(natives.into_iter().map(|native| Fetch {
+                    native,
+                    granted,
+                    wildcard_first,
+                }));
             }
-            self.filters.insert(text.to_owned(), ids);
         }
         self.finish_or_wait(frames, packet_id, wait);
+        // After the SUBSCRIBE's requests (and the marker of a SUBACK that
+        // waits for nothing): what they fetch is held until the SUBACK is
+        // out, then follows it.
+        for fetch in fetches {
+            self.fetch_retained(frames, packet_id, fetch, identifier);
+        }
         Input::More
+    }
+
+    /// Asks the engine for the retained messages of one native topic or
+    /// pattern of a filter, under a subscription id of their own.
+    fn fetch_retained(
+        &mut self,
+        frames: &mut BytesMut,
+        packet_id: u16,
+        fetch: Fetch,
+        identifier: Option<u32>,
+    ) {
+        let Fetch {
+            native,
+            granted,
+            wildcard_first,
+        } = fetch;
+        self.next_sub = self.next_sub.wrapping_add(1);
+        let sub_id = self.next_sub;
+        let request_id = self.request(Request::Fetch { sub_id });
+        let Ok(topic) = TopicKey::new(self.settings.namespace.as_bytes(), native.as_bytes()) else {
+            return;
+        };
+        Frame::FetchRetained(NativeSubscribe {
+            request_id,
+            sub_id,
+            resume: None,
+            topic,
+        })
+        .encode(frames);
+        let topic = (!is_pattern(native.as_bytes())).then_some(native);
+        self.subs.insert(
+            sub_id,
+            Sub {
+                qos: granted,
+                identifier,
+                topic,
+                wildcard_first,
+                retain_as_published: true,
+                fetch: Some(Fetching {
+                    request_id,
+                    packet_id,
+                }),
+            },
+        );
     }
 
     pub(super) fn on_unsubscribe(&mut self, unsubscribe: mqtt::Unsubscribe, frames: &mut BytesMut) {

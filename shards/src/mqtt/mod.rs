@@ -35,11 +35,17 @@
 //!   at most the client's `receive_maximum` at a time; the others wait, in
 //!   order, up to the outbox bound, past which they are dropped and logged.
 //!
-//! No session outlives its connection and no message is retained yet; the 5.0
-//! `CONNACK` says so where 5.0 has a property for it (session expiry 0;
-//! retain, shared subscriptions, subscription identifiers: not available),
-//! and a 5.0 client that asks for them anyway is answered with the reason
-//! code the specification gives.
+//! - **Retained messages.** A retained `PUBLISH` (or will) sets its body's
+//!   retain bit; the topic's owner shard keeps it (`engine/retained.rs`). A
+//!   `SUBSCRIBE` asks for them, as its retain handling says, with a native
+//!   `FETCH_RETAINED` per native subscription, under a subscription id of
+//!   its own whose `TOPIC_MESSAGE`s go out with the retain flag set; its
+//!   `REPLAY_END` ends it.
+//!
+//! No session outlives its connection yet; the 5.0 `CONNACK` says so where
+//! 5.0 has a property for it (session expiry 0; shared subscriptions: not
+//! available), and a 5.0 client that asks for them anyway is answered with
+//! the reason code the specification gives.
 
 mod codes;
 mod inbound;
@@ -195,6 +201,9 @@ pub(crate) struct MqttConn {
     unanswered_at_least_once: usize,
     /// The will, as the publish it becomes, until a clean `DISCONNECT`.
     will: Option<Publish>,
+    /// Retained messages fetched for a `SUBSCRIBE` whose `SUBACK` has not
+    /// gone out yet, by its packet id: they follow it.
+    held: Vec<(u16, outbound::Matched)>,
     /// Deliveries at QoS 1 and 2 the client has not finished acknowledging,
     /// by packet id.
     outbound: FxHashMap<u16, Outbound>,
@@ -248,6 +257,10 @@ enum Request {
     Unsubscribe {
         packet_id: u16,
     },
+    /// A `FETCH_RETAINED` under the fetch's own subscription id.
+    Fetch {
+        sub_id: u32,
+    },
 }
 
 /// One native subscription of an MQTT filter.
@@ -262,6 +275,20 @@ struct Sub {
     topic: Option<String>,
     /// The filter starts with a wildcard: `$` topics are not its.
     wildcard_first: bool,
+    /// Live messages keep the retain flag they were published with (5.0
+    /// `retain_as_published`); otherwise it is cleared.
+    retain_as_published: bool,
+    /// Not a subscription: the fetch of a filter's retained messages,
+    /// whose deliveries carry the retain flag, until its `REPLAY_END`.
+    fetch: Option<Fetching>,
+}
+
+/// A retained fetch's native request, and the `SUBSCRIBE` it belongs to:
+/// its deliveries wait for that `SUBACK`.
+#[derive(Debug, Clone, Copy)]
+struct Fetching {
+    request_id: u32,
+    packet_id: u16,
 }
 
 #[derive(Debug)]
@@ -298,6 +325,7 @@ impl MqttConn {
             unreleased: FxHashSet::default(),
             unanswered_at_least_once: 0,
             will: None,
+            held: Vec::new(),
             outbound: FxHashMap::default(),
             next_packet_id: 0,
             client_receive_max: usize::from(u16::MAX),
@@ -462,7 +490,8 @@ impl MqttConn {
                     will.qos.bits(),
                     &props::headers_of(&will.properties, crate::auth::unix_now_ms),
                     &will.payload,
-                ),
+                )
+                .retained_if(will.retain),
             });
         }
         self.client_id = if connect.client_id.is_empty() {
@@ -508,13 +537,8 @@ impl MqttConn {
             // A 3.1.1 session without a client id (MQTT-3.1.3-8).
             return Some(v3::ID_REJECTED);
         }
-        if v5 {
-            if connect.properties.auth_method.is_some() {
-                return Some(reason::BAD_AUTH_METHOD);
-            }
-            if connect.will.as_ref().is_some_and(|will| will.retain) {
-                return Some(reason::RETAIN_NOT_SUPPORTED);
-            }
+        if v5 && connect.properties.auth_method.is_some() {
+            return Some(reason::BAD_AUTH_METHOD);
         }
         None
     }

@@ -35,6 +35,8 @@ pub(super) struct Delivery {
     topic: String,
     body: corebus_net::Body,
     qos: QoS,
+    /// The `PUBLISH`'s retain flag.
+    retain: bool,
     /// The subscription identifiers of the filters it matched (5.0).
     ids: Vec<u32>,
 }
@@ -42,7 +44,7 @@ pub(super) struct Delivery {
 /// A message as one or more of the connection's subscriptions got it: one
 /// copy per message, whatever the number of overlapping filters.
 #[derive(Debug)]
-struct Matched {
+pub(super) struct Matched {
     topic: String,
     epoch: Epoch,
     seq: Seq,
@@ -50,6 +52,11 @@ struct Matched {
     /// The highest QoS granted to the filters it matched.
     granted: QoS,
     ids: Vec<u32>,
+    /// Goes out with the retain flag: a retained message a subscription
+    /// fetched, or a live one to a `retain_as_published` filter.
+    retain: bool,
+    /// A fetched retained message: the packet id of its `SUBSCRIBE`.
+    hold_for: Option<u16>,
 }
 
 /// A topic alias for one `PUBLISH` to the client.
@@ -111,14 +118,28 @@ impl MqttConn {
                         wrapped.end = true;
                         break;
                     }
+                    if !self.held.is_empty() {
+                        // Those whose SUBACK went out now follow it.
+                        let acks = &self.acks;
+                        let (ready, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+                            .into_iter()
+                            .partition(|(packet_id, _)| !acks.contains_key(packet_id));
+                        self.held = held;
+                        matched.extend(ready.into_iter().map(|(_, one)| one));
+                    }
                     continue;
                 }
             };
             let Some(one) = one else { continue };
+            if let Some(packet_id) = one.hold_for.filter(|id| self.acks.contains_key(id)) {
+                // Fetched for a SUBSCRIBE whose SUBACK waits for more.
+                self.held.push((packet_id, one));
+                continue;
+            }
             let earlier = seen
                 .get(&(one.epoch, one.seq))
                 .map(|at| &mut matched[*at])
-                .filter(|earlier| earlier.topic == one.topic);
+                .filter(|earlier| earlier.topic == one.topic && earlier.retain == one.retain);
             match earlier {
                 Some(earlier) => {
                     earlier.granted = earlier.granted.max(one.granted);
@@ -145,7 +166,6 @@ impl MqttConn {
                 self.phase = Phase::Open;
                 let mut properties = Properties::default();
                 if v5 {
-                    properties.retain_available = Some(0);
                     properties.shared_available = Some(0);
                     properties.wildcard_available = Some(1);
                     properties.receive_maximum = Some(self.settings.receive_maximum.max(1));
@@ -175,6 +195,13 @@ impl MqttConn {
                 }
             }
             Frame::SubOk(ok) => self.answered(ok.request_id, None, out),
+            Frame::ReplayEnd(end) => {
+                // A retained fetch is over.
+                if let Some(fetch) = self.subs.get(&end.sub_id).and_then(|sub| sub.fetch) {
+                    self.subs.remove(&end.sub_id);
+                    self.requests.remove(&fetch.request_id);
+                }
+            }
             Frame::UnsubOk(ok) => self.answered(ok.request_id, None, out),
             Frame::Pong(nonce) => {
                 while self.deferred.front().is_some_and(|(at, _)| *at <= nonce) {
@@ -241,6 +268,11 @@ impl MqttConn {
                 self.answered(error.request_id, (!parent).then_some(code), out);
             }
             Some(Request::Unsubscribe { .. }) => self.answered(error.request_id, None, out),
+            Some(Request::Fetch { sub_id }) => {
+                // Refused as the subscription was: nothing to fetch.
+                self.requests.remove(&error.request_id);
+                self.subs.remove(&sub_id);
+            }
             None => debug!(message = %error.message, "engine error on an MQTT connection"),
         }
         if error.fatal {
@@ -324,6 +356,8 @@ impl MqttConn {
             topic,
             epoch,
             seq,
+            retain: sub.fetch.is_some() || (sub.retain_as_published && body.retain()),
+            hold_for: sub.fetch.map(|fetch| fetch.packet_id),
             body,
             granted: sub.qos,
             ids: sub.identifier.into_iter().collect(),
@@ -344,6 +378,7 @@ impl MqttConn {
                 topic: one.topic,
                 body: one.body,
                 qos,
+                retain: one.retain,
                 ids: one.ids,
             };
             self.deliver(delivery, out, segments);
@@ -498,7 +533,7 @@ impl MqttConn {
         let publish = mqtt::Publish {
             dup: false,
             qos,
-            retain: false,
+            retain: delivery.retain,
             topic,
             packet_id,
             properties,

@@ -221,22 +221,6 @@ async fn refused_filters_and_topics_get_their_reason_codes() {
         .await
         .codes;
     assert_eq!(codes, [0x80, 0]);
-    // A retained publish on 5.0, which the CONNACK said is not available.
-    v5.send(&Packet::Publish(mqtt::Publish {
-        dup: false,
-        qos: QoS::AtMostOnce,
-        retain: true,
-        topic: MqttStr::new("t").expect("a topic"),
-        packet_id: None,
-        properties: Properties::default(),
-        payload: Bytes::new(),
-    }))
-    .await;
-    match v5.next().await {
-        Some(Packet::Disconnect(disconnect)) => assert_eq!(disconnect.reason, 0x9A),
-        other => panic!("DISCONNECT 0x9A, not {other:?}"),
-    }
-    assert!(v5.next().await.is_none(), "then the connection closes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

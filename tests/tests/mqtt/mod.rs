@@ -9,6 +9,7 @@
 mod connections;
 mod delivery;
 mod properties;
+mod retained;
 mod websocket;
 
 use std::sync::Arc;
