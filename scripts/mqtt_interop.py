@@ -161,6 +161,32 @@ def auth():
     ok("paho 5.0: the key's permissions hold (0x87 outside them)")
 
 
+def anonymous():
+    """The broker's [anonymous] rule set: public/ allowed, public/secret
+    denied for subscribing, everything else refused."""
+    publisher = Client("anon-feed", mqtt.MQTTv5, FULL_KEY)
+    publisher.connect()
+    for version, label, refused in ((mqtt.MQTTv311, "3.1.1", 0x80), (mqtt.MQTTv5, "5.0", 0x87)):
+        client = Client(f"anon-{label}", version, None)
+        reason = client.connect()
+        if str(reason) != "Success":
+            fail(f"{label}: a client without credentials was refused: {reason}")
+        granted = client.subscribe([("public/#", 1), ("public/secret", 1), ("private/x", 1)])
+        codes = [int(getattr(g, "value", g)) for g in granted]
+        if codes != [1, refused, refused]:
+            fail(f"{label}: anonymous subscribe granted {codes}")
+        publisher.publish("public/secret", "hidden", 1)
+        publisher.publish("public/news", "shown", 1)
+        if client.wait_for(1) != [("public/news", "shown")]:
+            fail(f"{label}: anonymous got {client.messages}")
+        time.sleep(0.3)
+        if len(client.messages) != 1:
+            fail(f"{label}: a denied topic reached # : {client.messages}")
+        client.stop()
+        ok(f"paho {label}: the anonymous rule set grants public/#, refuses and hides public/secret")
+    publisher.stop()
+
+
 def malformed():
     watcher = Client("watcher", mqtt.MQTTv311, FULL_KEY)
     watcher.connect()
@@ -228,5 +254,6 @@ def native():
 
 both_versions()
 auth()
+anonymous()
 malformed()
 native()

@@ -13,13 +13,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
+use corebus_shards::auth::Rule;
 use corebus_shards::Permissions;
 
 use crate::auth::{self, ApiKey, BrokerAuth, Secret, TokenSecrets};
 
 /// The file keys this module reads (every other key is a flag's).
-pub const FILE_KEYS: [&str; 5] = [
+pub const FILE_KEYS: [&str; 6] = [
     "keys",
+    "anonymous",
     "token_secret",
     "token_secret_file",
     "token_secret_previous",
@@ -27,6 +29,7 @@ pub const FILE_KEYS: [&str; 5] = [
 ];
 
 const KEY_FIELDS: [&str; 4] = ["name", "sha256", "superuser", "permissions"];
+const ANONYMOUS_FIELDS: [&str; 2] = ["permissions", "deny"];
 const PERMISSION_FIELDS: [&str; 5] = ["ns", "topic", "prefix", "publish", "subscribe"];
 
 /// A secret and where it came from (for `--print-config`, never the value).
@@ -47,6 +50,9 @@ pub struct AuthSettings {
     pub token_secret: Option<SourcedSecret>,
     /// Verifies tokens only (rotation).
     pub token_secret_previous: Option<SourcedSecret>,
+    /// The `[anonymous]` rule set: what a client without credentials may
+    /// do; `None` when there is none.
+    pub anonymous: Option<Arc<Permissions>>,
 }
 
 impl AuthSettings {
@@ -116,10 +122,19 @@ impl AuthSettings {
                 (None, None) => Ok(None),
             }
         };
+        let anonymous = match table.get("anonymous") {
+            None => None,
+            Some(value) => {
+                Some(Arc::new(parse_anonymous(value).map_err(|reason| {
+                    anyhow!("{file}: key `anonymous`: {reason}")
+                })?))
+            }
+        };
         let settings = AuthSettings {
             keys,
             token_secret: secret("token_secret")?,
             token_secret_previous: secret("token_secret_previous")?,
+            anonymous,
         };
         settings
             .check()
@@ -188,9 +203,11 @@ impl AuthSettings {
         }
     }
 
-    /// True when nobody could authenticate: the broker runs open or not at all.
+    /// True when nobody could authenticate and no anonymous rule set says
+    /// what a client without credentials may do: the broker runs open or
+    /// not at all.
     pub fn is_open(&self) -> bool {
-        self.keys.is_empty() && self.token_secret.is_none()
+        self.keys.is_empty() && self.token_secret.is_none() && self.anonymous.is_none()
     }
 
     /// The authenticator these settings describe.
@@ -203,6 +220,7 @@ impl AuthSettings {
                 .map(|previous| previous.secret.clone()),
         });
         BrokerAuth::new(self.keys.clone(), secrets, token_max_lifetime)
+            .with_anonymous(self.anonymous.clone())
     }
 
     /// Comment lines for `serve --print-config`: names and origins only.
@@ -236,6 +254,70 @@ fn read_secret_file(path: &Path) -> Result<Secret, String> {
         .map_err(|reason| format!("{}: {reason}", path.display()))
 }
 
+/// The rules of the array `field` of `entry` (`permissions`, `deny`):
+/// none when it is absent.
+fn parse_rules(entry: &toml::Table, field: &str) -> Result<Vec<Rule>, String> {
+    let mut rules = Vec::new();
+    match entry.get(field) {
+        None => {}
+        Some(toml::Value::Array(permissions)) => {
+            for (index, permission) in permissions.iter().enumerate() {
+                let at = format!("{field}[{index}]");
+                let toml::Value::Table(permission) = permission else {
+                    return Err(format!("{at}: expected a table"));
+                };
+                refuse_unknown(permission, &PERMISSION_FIELDS, &at)?;
+                let text = |name: &str| match permission.get(name) {
+                    Some(toml::Value::String(text)) => Ok(text.clone()),
+                    _ => Err(format!("{at}.{name} must be a string")),
+                };
+                let rule = auth::make_rule(
+                    text("ns")?,
+                    text("topic")?,
+                    flag(permission, "prefix", &at)?,
+                    flag(permission, "publish", &at)?,
+                    flag(permission, "subscribe", &at)?,
+                )
+                .map_err(|reason| format!("{at}: {reason}"))?;
+                rules.push(rule);
+            }
+        }
+        Some(other) => {
+            return Err(format!(
+                "`{field}` must be an array of tables, found {}",
+                other.type_str()
+            ))
+        }
+    }
+    Ok(rules)
+}
+
+/// The `[anonymous]` table: `permissions` (what a client without
+/// credentials may do) and `deny` (what it may not, whatever
+/// `permissions` say).
+fn parse_anonymous(value: &toml::Value) -> Result<Permissions, String> {
+    let toml::Value::Table(table) = value else {
+        return Err(format!(
+            "expected an [anonymous] table, found {}",
+            value.type_str()
+        ));
+    };
+    refuse_unknown(table, &ANONYMOUS_FIELDS, "")?;
+    let rules = parse_rules(table, "permissions")?;
+    if rules.is_empty() {
+        return Err(
+            "the anonymous rule set grants nothing: give it `permissions` (or remove it to \
+             refuse clients without credentials)"
+                .into(),
+        );
+    }
+    Ok(Permissions {
+        superuser: false,
+        rules,
+        denied: parse_rules(table, "deny")?,
+    })
+}
+
 fn parse_key(entry: &toml::Value) -> Result<ApiKey, String> {
     let toml::Value::Table(entry) = entry else {
         return Err(format!("expected a table, found {}", entry.type_str()));
@@ -255,38 +337,7 @@ fn parse_key(entry: &toml::Value) -> Result<ApiKey, String> {
         }
     };
     let superuser = flag(entry, "superuser", "")?;
-    let mut rules = Vec::new();
-    match entry.get("permissions") {
-        None => {}
-        Some(toml::Value::Array(permissions)) => {
-            for (index, permission) in permissions.iter().enumerate() {
-                let at = format!("permissions[{index}]");
-                let toml::Value::Table(permission) = permission else {
-                    return Err(format!("{at}: expected a table"));
-                };
-                refuse_unknown(permission, &PERMISSION_FIELDS, &at)?;
-                let text = |field: &str| match permission.get(field) {
-                    Some(toml::Value::String(text)) => Ok(text.clone()),
-                    _ => Err(format!("{at}.{field} must be a string")),
-                };
-                let rule = auth::make_rule(
-                    text("ns")?,
-                    text("topic")?,
-                    flag(permission, "prefix", &at)?,
-                    flag(permission, "publish", &at)?,
-                    flag(permission, "subscribe", &at)?,
-                )
-                .map_err(|reason| format!("{at}: {reason}"))?;
-                rules.push(rule);
-            }
-        }
-        Some(other) => {
-            return Err(format!(
-                "`permissions` must be an array of tables, found {}",
-                other.type_str()
-            ))
-        }
-    }
+    let rules = parse_rules(entry, "permissions")?;
     if !superuser && rules.is_empty() {
         return Err(format!(
             "key {name:?} grants nothing: give it permissions, or superuser = true"
@@ -295,7 +346,11 @@ fn parse_key(entry: &toml::Value) -> Result<ApiKey, String> {
     Ok(ApiKey {
         name,
         sha256,
-        permissions: Arc::new(Permissions { superuser, rules }),
+        permissions: Arc::new(Permissions {
+            superuser,
+            rules,
+            denied: Vec::new(),
+        }),
     })
 }
 
@@ -471,5 +526,37 @@ mod tests {
         });
         assert!(format!("{:#}", both.expect_err("both")).contains("set one"));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_anonymous_rule_set_is_read_with_its_denials() {
+        let file = Path::new("corebus.toml");
+        let table: toml::Table = "[anonymous]\n\
+             permissions = [ { ns = \"mqtt\", topic = \"\", prefix = true, publish = true, \
+             subscribe = true } ]\n\
+             deny = [ { ns = \"mqtt\", topic = \"test/nosubscribe\", subscribe = true } ]\n"
+            .parse()
+            .expect("toml");
+        let settings = AuthSettings::from_table(file, &table).expect("valid");
+        let anonymous = settings.anonymous.as_ref().expect("a rule set");
+        assert_eq!((anonymous.rules.len(), anonymous.denied.len()), (1, 1));
+        assert!(
+            !settings.is_open(),
+            "anonymous clients get the rules, not everything"
+        );
+        for (text, want) in [
+            ("[anonymous]\n", "grants nothing"),
+            ("[anonymous]\nallow = []\n", "unknown field `allow`"),
+            ("anonymous = 1\n", "expected an [anonymous] table"),
+            (
+                "[anonymous]\npermissions = [ { ns = \"a\", topic = \"b\", publish = true } ]\n\
+                 deny = [ { ns = \"a\", topic = \"b\" } ]\n",
+                "deny[0]: the permission on a/b grants nothing",
+            ),
+        ] {
+            let table: toml::Table = text.parse().expect("toml");
+            let err = AuthSettings::from_table(file, &table).expect_err(text);
+            assert!(err.to_string().contains(want), "{text}: {err}");
+        }
     }
 }

@@ -90,6 +90,16 @@ const AUTH_SECTION: &str = "
 #   { ns = \"orders\", topic = \"eu/\", prefix = true, publish = true, subscribe = false },
 # ]
 #
+# Clients without credentials are refused, unless an [anonymous] table says
+# what they may do: permissions as a key's, and deny rules that take away
+# what they cover (docs/security.md). It must come after every other
+# setting.
+# [anonymous]
+# permissions = [
+#   { ns = \"mqtt\", topic = \"public/\", prefix = true, publish = true, subscribe = true },
+# ]
+# deny = [ { ns = \"mqtt\", topic = \"public/secret\", subscribe = true } ]
+#
 # Webhooks (see docs/webhooks.md): each message published to the namespace and
 # topic (exact, or a prefix with prefix = true) is POSTed as JSON to url,
 # signed with secret (or secret_file; at least 24 characters). During a

@@ -68,6 +68,7 @@ pub fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         mqtt: args.mqtt_listen.0.map(|listen| MqttConfig {
             listen,
             namespace: args.mqtt_namespace.clone(),
+            tenants: args.mqtt_tenants,
             max_keep_alive_secs: u16::try_from(args.mqtt_max_keep_alive.as_secs())
                 .unwrap_or(u16::MAX),
         }),

@@ -24,7 +24,11 @@ fn config() -> TempFile {
             "[[keys]]\nname = \"full\"\nsha256 = \"{}\"\nsuperuser = true\n\
              [[keys]]\nname = \"limited\"\nsha256 = \"{}\"\n\
              permissions = [ {{ ns = \"mqtt\", topic = \"interop/\", prefix = true, \
-             publish = true, subscribe = true }} ]\n",
+             publish = true, subscribe = true }} ]\n\
+             [anonymous]\n\
+             permissions = [ {{ ns = \"mqtt\", topic = \"public/\", prefix = true, \
+             publish = true, subscribe = true }} ]\n\
+             deny = [ {{ ns = \"mqtt\", topic = \"public/secret\", subscribe = true }} ]\n",
             key_hash_hex(FULL_KEY),
             key_hash_hex(LIMITED_KEY),
         ),
@@ -139,6 +143,8 @@ fn paho_passes_the_interoperability_script() {
         "ok paho 3.1.1: a wrong key is refused: Bad user name or password",
         "ok paho 5.0: a wrong key is refused: Bad user name or password",
         "ok paho 5.0: the key's permissions hold",
+        "ok paho 3.1.1: the anonymous rule set grants public/#",
+        "ok paho 5.0: the anonymous rule set grants public/#",
         "ok a malformed packet closes only its own connection",
         "ok paho 5.0 -> corebus sub",
         "ok corebus pub -> paho 5.0",

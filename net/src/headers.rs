@@ -22,6 +22,7 @@ const KIND_RESPONSE_TOPIC: u8 = 3;
 const KIND_CORRELATION_DATA: u8 = 4;
 const KIND_UTF8_PAYLOAD: u8 = 5;
 const KIND_EXPIRES_AT: u8 = 6;
+const KIND_ORIGIN: u8 = 7;
 
 /// A message's headers: the publisher's name-value pairs and a few that
 /// every client understands. MQTT 5.0 properties map onto them one for one
@@ -55,6 +56,11 @@ pub struct Headers {
     /// When the message expires (Unix milliseconds): a broker does not
     /// deliver it later from a queue or as a retained message.
     pub expires_at_ms: Option<u64>,
+    /// An opaque id of the connection that published the message, set by
+    /// the broker's MQTT front door for a client with a `no_local`
+    /// subscription (so that it does not get its own messages back);
+    /// other clients may ignore it.
+    pub origin: Option<u64>,
 }
 
 impl Headers {
@@ -76,6 +82,7 @@ impl Headers {
             + self.correlation_data.as_ref().map_or(0, |d| entry(d.len()))
             + if self.utf8_payload { entry(0) } else { 0 }
             + self.expires_at_ms.map_or(0, |_| entry(8))
+            + self.origin.map_or(0, |_| entry(8))
     }
 
     /// Writes the block: its `u16` length, then one entry per header (kind,
@@ -130,6 +137,9 @@ impl Headers {
         if let Some(at) = self.expires_at_ms {
             entry(dst, end, KIND_EXPIRES_AT, &[&at.to_be_bytes()]);
         }
+        if let Some(origin) = self.origin {
+            entry(dst, end, KIND_ORIGIN, &[&origin.to_be_bytes()]);
+        }
         let len = (dst.len() - start - 2) as u16;
         dst[start..start + 2].copy_from_slice(&len.to_be_bytes());
     }
@@ -177,6 +187,12 @@ impl Headers {
                         .try_into()
                         .map_err(|_| "the expiry header is not 8 bytes")?;
                     headers.expires_at_ms = Some(u64::from_be_bytes(bytes));
+                }
+                KIND_ORIGIN => {
+                    let bytes: [u8; 8] = value[..]
+                        .try_into()
+                        .map_err(|_| "the origin header is not 8 bytes")?;
+                    headers.origin = Some(u64::from_be_bytes(bytes));
                 }
                 _ => {}
             }
@@ -264,6 +280,7 @@ mod tests {
             correlation_data: Some(Bytes::from_static(&[0, 1, 2])),
             utf8_payload: true,
             expires_at_ms: Some(1_700_000_000_123),
+            origin: Some(42),
         }
     }
 

@@ -53,6 +53,28 @@ impl TopicPattern {
     }
 }
 
+impl Rule {
+    /// Whether the rule covers `action` on `topic`; for a `pattern`, on
+    /// every topic it can match: a prefix rule whose prefix the pattern's
+    /// literal part (what comes before its first wildcard) starts with.
+    fn applies(&self, action: Action, topic: &TopicKey, pattern: bool) -> bool {
+        let action_ok = match action {
+            Action::Publish => self.publish,
+            Action::Subscribe => self.subscribe,
+        };
+        // Byte comparisons: names are validated UTF-8 already.
+        action_ok
+            && self.namespace.as_bytes() == topic.namespace_bytes()
+            && match (&self.topic, pattern) {
+                (rule_topic, false) => rule_topic.matches_bytes(topic.topic_bytes()),
+                (TopicPattern::Prefix(prefix), true) => {
+                    corebus_net::literal_prefix(topic.topic_bytes()).starts_with(prefix.as_bytes())
+                }
+                (TopicPattern::Exact(_), true) => false,
+            }
+    }
+}
+
 /// One permission: actions on topics of one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -73,6 +95,10 @@ pub struct Permissions {
     pub superuser: bool,
     /// Fine-grained rules (ignored for a super-user).
     pub rules: Vec<Rule>,
+    /// Rules that take away what `rules` give (the anonymous rule set's
+    /// `deny`): a topic one of them covers is refused, whatever `rules`
+    /// say. Ignored for a super-user.
+    pub denied: Vec<Rule>,
 }
 
 impl Permissions {
@@ -81,6 +107,7 @@ impl Permissions {
         Permissions {
             superuser: true,
             rules: Vec::new(),
+            denied: Vec::new(),
         }
     }
 
@@ -90,28 +117,32 @@ impl Permissions {
     /// comes before its first wildcard) starts with. So a pattern never
     /// reaches beyond what the rules name: `*` and `>` match whole segments
     /// after that literal part, and an exact-topic rule covers no pattern.
+    ///
+    /// A denial refuses a topic it covers, and a pattern when it covers
+    /// every topic the pattern can match (the pattern's literal part starts
+    /// with a denied prefix); a pattern that matches denied topics and
+    /// others is allowed, and [`Permissions::may_receive`] then keeps the
+    /// denied ones from its subscriber.
     pub fn allows(&self, action: Action, topic: &TopicKey) -> bool {
         if self.superuser {
             return true;
         }
         let pattern = topic.is_pattern();
-        self.rules.iter().any(|rule| {
-            let action_ok = match action {
-                Action::Publish => rule.publish,
-                Action::Subscribe => rule.subscribe,
-            };
-            // Byte comparisons: names are validated UTF-8 already.
-            action_ok
-                && rule.namespace.as_bytes() == topic.namespace_bytes()
-                && match (&rule.topic, pattern) {
-                    (rule_topic, false) => rule_topic.matches_bytes(topic.topic_bytes()),
-                    (TopicPattern::Prefix(prefix), true) => {
-                        corebus_net::literal_prefix(topic.topic_bytes())
-                            .starts_with(prefix.as_bytes())
-                    }
-                    (TopicPattern::Exact(_), true) => false,
-                }
-        })
+        !self
+            .denied
+            .iter()
+            .any(|rule| rule.applies(action, topic, pattern))
+            && self
+                .rules
+                .iter()
+                .any(|rule| rule.applies(action, topic, pattern))
+    }
+
+    /// Whether a pattern subscription may be handed the message of
+    /// `topic`: false for a topic a denial covers (the pattern was
+    /// allowed for the others it matches). One comparison without denials.
+    pub fn may_receive(&self, topic: &TopicKey) -> bool {
+        self.denied.is_empty() || self.superuser || self.allows(Action::Subscribe, topic)
     }
 }
 
@@ -225,6 +256,7 @@ mod tests {
                     subscribe: false,
                 },
             ],
+            denied: Vec::new(),
         };
         let sub = Action::Subscribe;
         let publish = Action::Publish;
@@ -251,6 +283,7 @@ mod tests {
                 publish: false,
                 subscribe: true,
             }],
+            denied: Vec::new(),
         };
         let eu = rule(TopicPattern::Prefix("eu/".into()));
         let sub = Action::Subscribe;
@@ -294,5 +327,41 @@ mod tests {
             all.allows(sub, &key("orders", ">")),
             "the empty prefix covers everything"
         );
+    }
+
+    #[test]
+    fn a_denial_refuses_what_it_covers_and_hides_it_from_wider_patterns() {
+        let rule = |topic: TopicPattern, publish, subscribe| Rule {
+            namespace: "mqtt".into(),
+            topic,
+            publish,
+            subscribe,
+        };
+        let anonymous = Permissions {
+            superuser: false,
+            rules: vec![rule(TopicPattern::Prefix(String::new()), true, true)],
+            denied: vec![
+                rule(TopicPattern::Exact("test/nosubscribe".into()), false, true),
+                rule(TopicPattern::Prefix("admin/".into()), true, true),
+            ],
+        };
+        let (sub, publish) = (Action::Subscribe, Action::Publish);
+        assert!(!anonymous.allows(sub, &key("mqtt", "test/nosubscribe")));
+        assert!(
+            anonymous.allows(publish, &key("mqtt", "test/nosubscribe")),
+            "the denial is for subscribing only"
+        );
+        assert!(anonymous.allows(sub, &key("mqtt", "test/other")));
+        assert!(!anonymous.allows(publish, &key("mqtt", "admin/users")));
+        // A pattern all of whose topics are denied is refused; one that
+        // matches denied topics and others is allowed, and may not receive
+        // the denied ones.
+        assert!(!anonymous.allows(sub, &key("mqtt", "admin/*")));
+        assert!(anonymous.allows(sub, &key("mqtt", ">")));
+        assert!(anonymous.allows(sub, &key("mqtt", "test/*")));
+        assert!(!anonymous.may_receive(&key("mqtt", "test/nosubscribe")));
+        assert!(!anonymous.may_receive(&key("mqtt", "admin/users")));
+        assert!(anonymous.may_receive(&key("mqtt", "test/other")));
+        assert!(Permissions::all().may_receive(&key("mqtt", "admin/users")));
     }
 }

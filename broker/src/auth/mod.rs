@@ -93,6 +93,9 @@ pub struct BrokerAuth {
     keys: Vec<ApiKey>,
     secrets: Option<TokenSecrets>,
     max_lifetime_secs: u64,
+    /// What a client without credentials may do (the `[anonymous]` rule
+    /// set); `None`: it is refused.
+    anonymous: Option<Arc<Permissions>>,
 }
 
 impl BrokerAuth {
@@ -107,7 +110,14 @@ impl BrokerAuth {
             keys,
             secrets,
             max_lifetime_secs: max_lifetime.as_secs(),
+            anonymous: None,
         }
+    }
+
+    /// Lets clients without credentials do what `anonymous` allows.
+    pub fn with_anonymous(mut self, anonymous: Option<Arc<Permissions>>) -> BrokerAuth {
+        self.anonymous = anonymous;
+        self
     }
 
     /// True with neither keys nor a token secret: nobody could authenticate,
@@ -236,6 +246,7 @@ impl BrokerAuth {
             permissions: Arc::new(Permissions {
                 superuser: false,
                 rules,
+                denied: Vec::new(),
             }),
             expires_at_ms: Some(expires.saturating_mul(1000)),
             peer: None,
@@ -246,7 +257,15 @@ impl BrokerAuth {
 impl Authenticator for BrokerAuth {
     fn authenticate(&self, credentials: &[u8], now_ms: u64) -> Result<Grant, AuthError> {
         if credentials.is_empty() {
-            return Err(AuthError::Missing);
+            return match &self.anonymous {
+                Some(permissions) => Ok(Grant {
+                    identity: "anonymous".into(),
+                    permissions: permissions.clone(),
+                    expires_at_ms: None,
+                    peer: None,
+                }),
+                None => Err(AuthError::Missing),
+            };
         }
         if credentials.iter().filter(|byte| **byte == b'.').count() == 2 {
             self.authenticate_token(credentials, now_ms)

@@ -18,6 +18,7 @@ fn broker() -> BrokerAuth {
         permissions: Arc::new(Permissions {
             superuser: false,
             rules: vec![make_rule("orders".into(), "eu/".into(), true, true, false).expect("valid")],
+            denied: Vec::new(),
         }),
     };
     BrokerAuth::new(

@@ -178,6 +178,15 @@ pub struct ServeArgs {
     /// corebus topic of that name in it.
     #[arg(long, env = "COREBUS_MQTT_NAMESPACE", default_value = "mqtt", value_parser = parse_namespace)]
     pub mqtt_namespace: String,
+    /// Multi-tenant MQTT: the first level of an MQTT topic name is its
+    /// namespace and the rest its topic (`acme/sensors/t` is `acme` /
+    /// `sensors/t`), so keys and tokens scoped to a namespace separate the
+    /// tenants; a name or filter without a second level, or with a
+    /// wildcard in the first, is refused. `mqtt_namespace` is then unused.
+    #[arg(long, env = "COREBUS_MQTT_TENANTS", default_value = "false",
+          num_args = 0..=1, default_missing_value = "true", require_equals = true,
+          value_parser = BoolishValueParser::new())]
+    pub mqtt_tenants: bool,
     /// The longest keep-alive an MQTT 5.0 client may have (at most 65535s):
     /// one asking for more, or for none, is told this one in the CONNACK
     /// (server keep-alive) and closed after one and a half times it without

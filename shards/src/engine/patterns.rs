@@ -291,6 +291,11 @@ impl Shard {
             if from_node && state.is_peer() {
                 continue;
             }
+            if let Some(grant) = &state.grant {
+                if !grant.permissions.may_receive(&delivery.topic) {
+                    continue; // A topic its pattern matches but it may not read.
+                }
+            }
             // Encoded whole, with a copy of the body: the frame holds no
             // reference to the publisher's read buffer.
             let mut frame = BytesMut::new();

@@ -227,8 +227,12 @@ impl Shard {
         let Some(state) = self.conns.get_mut(&conn) else {
             return;
         };
-        let count = fetch.found.len() as u64;
-        for message in fetch.found {
+        let mut found = fetch.found;
+        if let Some(grant) = &state.grant {
+            found.retain(|message| grant.permissions.may_receive(&message.topic));
+        }
+        let count = found.len() as u64;
+        for message in found {
             let stripped = state.body_for_version(&message.body);
             let mut frame = BytesMut::new();
             encode_topic_message(

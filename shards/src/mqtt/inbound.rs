@@ -8,7 +8,7 @@ use corebus_mqtt::{
     Version,
 };
 use corebus_net::{
-    encode_publish_as, encode_subscribe, is_pattern, validate_topic, Frame, PayloadFormat,
+    encode_publish_as, encode_subscribe, is_pattern, validate_topic, Frame, Headers, PayloadFormat,
     Subscribe as NativeSubscribe, TopicKey, Unsubscribe, FORMAT_RETAIN,
 };
 use tracing::debug;
@@ -17,14 +17,17 @@ use super::codes::{ack_for, encode_ack, reason, v3};
 use super::props::headers_of;
 use super::{AckWait, Fetching, MqttConn, Request, Sub};
 
+use crate::framing::Input;
+
 /// A retained fetch a `SUBSCRIBE` asks for: one native topic or pattern of
 /// a filter, with the filter's options.
 struct Fetch {
+    namespace: String,
     native: String,
     granted: QoS,
     wildcard_first: bool,
+    prefix: Option<Box<str>>,
 }
-use crate::framing::Input;
 
 impl MqttConn {
     pub(super) fn on_publish(&mut self, publish: mqtt::Publish, frames: &mut BytesMut) -> Input {
@@ -34,10 +37,12 @@ impl MqttConn {
             self.disconnect(reason::TOPIC_ALIAS_INVALID);
             return Input::End;
         }
-        let topic = publish.topic.as_bytes();
-        let valid = valid_topic(&publish.topic);
+        let settings = self.settings.clone();
+        let split = valid_topic(&publish.topic)
+            .then(|| settings.split(publish.topic.as_str()))
+            .flatten();
         let packet_id = publish.packet_id.unwrap_or(0);
-        if !valid {
+        let Some((namespace, topic)) = split else {
             debug!(topic = ?publish.topic, "MQTT PUBLISH to a topic name refused");
             return match publish.qos {
                 QoS::AtLeastOnce | QoS::ExactlyOnce if v5 => {
@@ -50,7 +55,7 @@ impl MqttConn {
                     Input::End
                 }
             };
-        }
+        };
         let request_id = match publish.qos {
             QoS::AtMostOnce => 0,
             QoS::ExactlyOnce if self.unreleased.contains(&packet_id) => {
@@ -82,11 +87,14 @@ impl MqttConn {
             frames,
             request_id,
             request_id != 0,
-            self.settings.namespace.as_bytes(),
-            topic,
+            namespace.as_bytes(),
+            topic.as_bytes(),
             PayloadFormat::Plain.byte_with_qos(publish.qos.bits())
                 | if publish.retain { FORMAT_RETAIN } else { 0 },
-            &headers_of(&publish.properties, crate::auth::unix_now_ms),
+            &Headers {
+                origin: self.origin,
+                ..headers_of(&publish.properties, crate::auth::unix_now_ms)
+            },
             &publish.payload,
         );
         Input::More
@@ -107,9 +115,22 @@ impl MqttConn {
             outstanding: 0,
         };
         let mut fetches = Vec::new();
+        let settings = self.settings.clone();
         for (index, filter) in subscribe.filters.iter().enumerate() {
             let text = filter.filter.as_str();
-            let natives = match native_filter(text) {
+            let Some((namespace, rest)) = settings.split(text) else {
+                // Multi-tenant mode: no namespace level, or a wildcard in it.
+                wait.codes.push(if v5 {
+                    reason::FILTER_INVALID
+                } else {
+                    v3::SUB_FAILURE
+                });
+                continue;
+            };
+            let prefix = settings
+                .tenants
+                .then(|| format!("{namespace}/").into_boxed_str());
+            let natives = match native_filter(rest) {
                 Ok(natives) => natives,
                 Err(code) => {
                     wait.codes.push(if v5 { code } else { v3::SUB_FAILURE });
@@ -118,6 +139,9 @@ impl MqttConn {
             };
             let granted = filter.qos;
             wait.codes.push(granted.bits());
+            if filter.no_local && self.origin.is_none() {
+                self.origin = Some(super::random_u64());
+            }
             let wildcard_first = text.starts_with(['+', '#']);
             let existing = self.filters.get(text);
             let fetch = match filter.retain_handling {
@@ -133,6 +157,7 @@ impl MqttConn {
                         sub.qos = granted;
                         sub.identifier = identifier;
                         sub.retain_as_published = filter.retain_as_published;
+                        sub.no_local = filter.no_local;
                     }
                 }
             } else {
@@ -151,10 +176,11 @@ impl MqttConn {
                         request_id,
                         sub_id,
                         None,
-                        self.settings.namespace.as_bytes(),
+                        namespace.as_bytes(),
                         native.as_bytes(),
                     );
-                    let topic = (!is_pattern(native.as_bytes())).then(|| native.clone());
+                    let topic = (!is_pattern(native.as_bytes()))
+                        .then(|| format!("{}{native}", prefix.as_deref().unwrap_or_default()));
                     self.subs.insert(
                         sub_id,
                         Sub {
@@ -162,7 +188,9 @@ impl MqttConn {
                             identifier,
                             topic,
                             wildcard_first,
+                            prefix: prefix.clone(),
                             retain_as_published: filter.retain_as_published,
+                            no_local: filter.no_local,
                             fetch: None,
                         },
                     );
@@ -173,9 +201,11 @@ impl MqttConn {
             }
             if fetch {
                 fetches.extend(natives.into_iter().map(|native| Fetch {
+                    namespace: namespace.to_owned(),
                     native,
                     granted,
                     wildcard_first,
+                    prefix: prefix.clone(),
                 }));
             }
         }
@@ -199,14 +229,16 @@ impl MqttConn {
         identifier: Option<u32>,
     ) {
         let Fetch {
+            namespace,
             native,
             granted,
             wildcard_first,
+            prefix,
         } = fetch;
         self.next_sub = self.next_sub.wrapping_add(1);
         let sub_id = self.next_sub;
         let request_id = self.request(Request::Fetch { sub_id });
-        let Ok(topic) = TopicKey::new(self.settings.namespace.as_bytes(), native.as_bytes()) else {
+        let Ok(topic) = TopicKey::new(namespace.as_bytes(), native.as_bytes()) else {
             return;
         };
         Frame::FetchRetained(NativeSubscribe {
@@ -216,7 +248,8 @@ impl MqttConn {
             topic,
         })
         .encode(frames);
-        let topic = (!is_pattern(native.as_bytes())).then_some(native);
+        let topic = (!is_pattern(native.as_bytes()))
+            .then(|| format!("{}{native}", prefix.as_deref().unwrap_or_default()));
         self.subs.insert(
             sub_id,
             Sub {
@@ -224,7 +257,9 @@ impl MqttConn {
                 identifier,
                 topic,
                 wildcard_first,
+                prefix,
                 retain_as_published: true,
+                no_local: false,
                 fetch: Some(Fetching {
                     request_id,
                     packet_id,

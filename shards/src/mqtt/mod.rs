@@ -75,8 +75,11 @@ use outbound::{Delivery, Outbound};
 /// What every connection of one MQTT listener shares, on every shard.
 #[derive(Debug)]
 pub struct MqttSettings {
-    /// The namespace every MQTT topic lives in.
+    /// The namespace every MQTT topic lives in (unless `tenants`).
     namespace: String,
+    /// Multi-tenant mode: an MQTT topic name's first level is the
+    /// namespace, and the rest the topic.
+    tenants: bool,
     /// The `receive_maximum` a 5.0 `CONNACK` announces: QoS 1 and 2
     /// publishes a client may have unacknowledged (the engine's
     /// `max_in_flight_per_conn`, at most 65,535).
@@ -99,6 +102,7 @@ impl MqttSettings {
     pub fn new(namespace: String, receive_maximum: u16, waiting_limit: usize) -> MqttSettings {
         MqttSettings {
             namespace,
+            tenants: false,
             receive_maximum,
             waiting_limit,
             max_keep_alive: 0,
@@ -108,6 +112,30 @@ impl MqttSettings {
 }
 
 impl MqttSettings {
+    /// These settings in multi-tenant mode (`tenants`): an MQTT topic
+    /// name's first level is its namespace, and a name or filter without
+    /// a second level is refused.
+    pub fn with_tenants(mut self, tenants: bool) -> MqttSettings {
+        self.tenants = tenants;
+        self
+    }
+
+    /// The namespace and native topic of an MQTT topic name or filter:
+    /// the listener's namespace and the name, or, in multi-tenant mode,
+    /// its first level (no wildcard) and the rest (not empty). `None` when
+    /// it has no such parts.
+    pub(crate) fn split<'a>(&'a self, name: &'a str) -> Option<(&'a str, &'a str)> {
+        if !self.tenants {
+            return Some((&self.namespace, name));
+        }
+        let (namespace, rest) = name.split_once('/')?;
+        (!rest.is_empty()
+            && !namespace.is_empty()
+            && !namespace.contains(['+', '#'])
+            && corebus_net::validate_namespace(namespace.as_bytes()).is_ok())
+        .then_some((namespace, rest))
+    }
+
     /// These settings with 5.0 clients' keep-alive capped at `seconds` (0:
     /// no cap): a client asking for more, or for none, is told the cap in
     /// `server_keep_alive`.
@@ -204,6 +232,10 @@ pub(crate) struct MqttConn {
     /// Retained messages fetched for a `SUBSCRIBE` whose `SUBACK` has not
     /// gone out yet, by its packet id: they follow it.
     held: Vec<(u16, outbound::Matched)>,
+    /// Set once the client subscribes with `no_local`: its publishes then
+    /// carry this connection's id (a random number) in their origin header,
+    /// by which its `no_local` filters know them.
+    origin: Option<u64>,
     /// Deliveries at QoS 1 and 2 the client has not finished acknowledging,
     /// by packet id.
     outbound: FxHashMap<u16, Outbound>,
@@ -275,9 +307,15 @@ struct Sub {
     topic: Option<String>,
     /// The filter starts with a wildcard: `$` topics are not its.
     wildcard_first: bool,
+    /// Multi-tenant mode: the namespace and its `/`, which the MQTT name
+    /// of a pattern's message starts with.
+    prefix: Option<Box<str>>,
     /// Live messages keep the retain flag they were published with (5.0
     /// `retain_as_published`); otherwise it is cleared.
     retain_as_published: bool,
+    /// The connection's own publishes are not delivered to it (5.0
+    /// `no_local`).
+    no_local: bool,
     /// Not a subscription: the fetch of a filter's retained messages,
     /// whose deliveries carry the retain flag, until its `REPLAY_END`.
     fetch: Option<Fetching>,
@@ -326,6 +364,7 @@ impl MqttConn {
             unanswered_at_least_once: 0,
             will: None,
             held: Vec::new(),
+            origin: None,
             outbound: FxHashMap::default(),
             next_packet_id: 0,
             client_receive_max: usize::from(u16::MAX),
@@ -470,10 +509,12 @@ impl MqttConn {
             return Input::End;
         }
         if let Some(will) = &connect.will {
-            let topic = will.topic.as_bytes();
             let key = valid_topic(&will.topic)
-                .then(|| TopicKey::new(self.settings.namespace.as_bytes(), topic).ok())
-                .flatten();
+                .then(|| self.settings.split(will.topic.as_str()))
+                .flatten()
+                .and_then(|(namespace, topic)| {
+                    TopicKey::new(namespace.as_bytes(), topic.as_bytes()).ok()
+                });
             let Some(topic) = key else {
                 debug!(topic = ?will.topic, "MQTT will to a topic name refused");
                 if v5 {

@@ -347,9 +347,19 @@ impl MqttConn {
         body: corebus_net::Body,
     ) -> Option<Matched> {
         let sub = self.subs.get(&sub_id)?;
+        if sub.no_local
+            && body.has_headers()
+            && self.origin.is_some()
+            && body.headers().origin == self.origin
+        {
+            return None; // Its own publish (5.0 no_local).
+        }
         let topic = match topic {
             Some(topic) if sub.wildcard_first && topic.starts_with('$') => return None,
-            Some(topic) => topic,
+            Some(topic) => match &sub.prefix {
+                Some(prefix) => format!("{prefix}{topic}"),
+                None => topic,
+            },
             None => sub.topic.clone()?,
         };
         Some(Matched {

@@ -23,6 +23,7 @@ pub(super) fn headers_of(props: &Properties, now_unix_ms: impl FnOnce() -> u64) 
         expires_at_ms: props
             .message_expiry
             .map(|secs| now_unix_ms().saturating_add(u64::from(secs) * 1000)),
+        origin: None,
     }
 }
 

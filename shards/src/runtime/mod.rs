@@ -88,8 +88,11 @@ pub struct ServerConfig {
 pub struct MqttConfig {
     /// Address to listen on (port 0 picks a free port).
     pub listen: SocketAddr,
-    /// The namespace every MQTT topic lives in.
+    /// The namespace every MQTT topic lives in (unless `tenants`).
     pub namespace: String,
+    /// Multi-tenant mode: an MQTT topic name's first level is its
+    /// namespace (`namespace` is then unused).
+    pub tenants: bool,
     /// The longest keep-alive an MQTT 5.0 client may have, in seconds (0: no
     /// cap).
     pub max_keep_alive_secs: u16,
@@ -308,7 +311,8 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
                 u16::try_from(config.engine.max_in_flight_per_conn).unwrap_or(u16::MAX),
                 config.engine.outbox_limit_bytes,
             )
-            .with_max_keep_alive(mqtt.max_keep_alive_secs),
+            .with_max_keep_alive(mqtt.max_keep_alive_secs)
+            .with_tenants(mqtt.tenants),
         )
     });
     let pin = shard_count <= cpus.len();

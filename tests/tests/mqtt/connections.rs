@@ -21,6 +21,7 @@ impl Authenticator for OneKey {
                         publish: true,
                         subscribe: true,
                     }],
+                    denied: Vec::new(),
                 }),
                 expires_at_ms: None,
                 peer: None,
@@ -350,6 +351,7 @@ async fn a_capped_keep_alive_is_told_to_5_0_clients_and_held_to() {
         mqtt: Some(MqttConfig {
             listen: ([127, 0, 0, 1], 0).into(),
             namespace: "mqtt".into(),
+            tenants: false,
             max_keep_alive_secs: 1,
         }),
         ..ServerConfig::default()

@@ -10,6 +10,7 @@ mod connections;
 mod delivery;
 mod properties;
 mod retained;
+mod tenants;
 mod websocket;
 
 use std::sync::Arc;
@@ -40,6 +41,7 @@ fn mqtt_broker_with(shards: usize, config: ServerConfig) -> Broker {
         mqtt: Some(MqttConfig {
             listen: ([127, 0, 0, 1], 0).into(),
             namespace: "mqtt".into(),
+            tenants: false,
             max_keep_alive_secs: 0,
         }),
         ..config

@@ -77,6 +77,7 @@ async fn properties_reach_native_subscribers_as_headers_and_come_back_as_propert
             correlation_data: Some(Bytes::from_static(b"\x00req")),
             utf8_payload: true,
             expires_at_ms: Some(expires),
+            origin: None,
         }
     );
 
@@ -175,4 +176,35 @@ async fn a_version_1_client_gets_messages_without_their_headers() {
     // A version 2 client gets them.
     let mut new = RawConn::connect(broker.addr()).await;
     assert_eq!(new.hello().await.version, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_local_filter_does_not_get_its_own_connections_publishes() {
+    let broker = mqtt_broker(2);
+    let no_local = Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Properties::default(),
+        filters: vec![Subscription {
+            filter: MqttStr::new("n/t").expect("a filter"),
+            qos: QoS::AtLeastOnce,
+            no_local: true,
+            retain_as_published: false,
+            retain_handling: RetainHandling::OnSubscribe,
+        }],
+    });
+    let (mut a, _) = Mqtt::connect(&broker, Version::V5, "a").await;
+    let (mut b, _) = Mqtt::connect(&broker, Version::V5, "b").await;
+    for client in [&mut a, &mut b] {
+        client.send(&no_local).await;
+        assert!(matches!(client.next().await, Some(Packet::SubAck(_))));
+    }
+    a.publish_confirmed("n/t", "from a", QoS::AtLeastOnce, 5)
+        .await;
+    assert_eq!(b.message().await, ("n/t".to_owned(), "from a".to_owned()));
+    b.publish_confirmed("n/t", "from b", QoS::AtLeastOnce, 6)
+        .await;
+    assert_eq!(a.message().await, ("n/t".to_owned(), "from b".to_owned()));
+    // Nothing else: its own did not come back.
+    a.ping().await;
+    b.ping().await;
 }

@@ -27,6 +27,7 @@ impl Authenticator for TestAuth {
                 Permissions {
                     superuser: false,
                     rules: vec![exact(true, false)],
+                    denied: Vec::new(),
                 },
                 None,
             ),
@@ -34,6 +35,7 @@ impl Authenticator for TestAuth {
                 Permissions {
                     superuser: false,
                     rules: vec![exact(false, true)],
+                    denied: Vec::new(),
                 },
                 None,
             ),
@@ -41,6 +43,7 @@ impl Authenticator for TestAuth {
                 Permissions {
                     superuser: false,
                     rules: vec![rule(TopicPattern::Prefix("user-".into()), true, true)],
+                    denied: Vec::new(),
                 },
                 None,
             ),
