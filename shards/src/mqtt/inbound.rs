@@ -19,6 +19,10 @@ use super::{AckWait, Fetching, MqttConn, Request, Sub};
 
 use crate::framing::Input;
 
+/// Topic aliases a 5.0 client may use in its publishes (the `CONNACK`'s
+/// `topic_alias_maximum`; Mosquitto's default too).
+pub(super) const CLIENT_ALIASES: u16 = 10;
+
 /// A retained fetch a `SUBSCRIBE` asks for: one native topic or pattern of
 /// a filter, with the filter's options.
 struct Fetch {
@@ -30,12 +34,31 @@ struct Fetch {
 }
 
 impl MqttConn {
-    pub(super) fn on_publish(&mut self, publish: mqtt::Publish, frames: &mut BytesMut) -> Input {
+    pub(super) fn on_publish(
+        &mut self,
+        mut publish: mqtt::Publish,
+        frames: &mut BytesMut,
+    ) -> Input {
         let v5 = self.version == Version::V5;
-        if publish.properties.topic_alias.is_some() {
-            // The CONNACK allowed none (topic alias maximum 0).
-            self.disconnect(reason::TOPIC_ALIAS_INVALID);
-            return Input::End;
+        if let Some(alias) = publish.properties.topic_alias {
+            // 5.0 topic aliases, up to the maximum the CONNACK gave.
+            if alias == 0 || alias > CLIENT_ALIASES {
+                self.disconnect(reason::TOPIC_ALIAS_INVALID);
+                return Input::End;
+            }
+            if publish.topic.as_str().is_empty() {
+                match self.client_aliases.get(&alias) {
+                    Some(topic) => publish.topic = topic.clone(),
+                    None => {
+                        // An alias never set (MQTT-3.3.2-7 in spirit).
+                        self.disconnect(reason::PROTOCOL_ERROR);
+                        return Input::End;
+                    }
+                }
+            } else if let Some(copy) = MqttStr::new(publish.topic.as_str()) {
+                // A copy: the packet's bytes are a slice of the read buffer.
+                self.client_aliases.insert(alias, copy);
+            }
         }
         let settings = self.settings.clone();
         let split = valid_topic(&publish.topic)

@@ -57,8 +57,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Bytes, BytesMut};
 use corebus_mqtt::{
-    self as mqtt, AckKind, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, QoS,
-    Version,
+    self as mqtt, AckKind, ConnAck, Connect, DecodeError, Disconnect, MqttStr, Packet, Properties,
+    QoS, Version,
 };
 use corebus_net::{Body, Frame, Hello, PayloadFormat, Publish, TopicKey, PROTOCOL_VERSION};
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -248,6 +248,9 @@ pub(crate) struct MqttConn {
     waiting_bytes: usize,
     /// Deliveries dropped because `waiting` was full, since it last was not.
     dropped: u64,
+    /// Topic aliases the client set in its publishes, by number (at most
+    /// `inbound::CLIENT_ALIASES`).
+    client_aliases: FxHashMap<u16, MqttStr>,
     /// Topic aliases the client accepts from the server (5.0
     /// `topic_alias_maximum`), and the ones given, by topic.
     client_alias_max: u16,
@@ -364,6 +367,7 @@ impl MqttConn {
             unanswered_at_least_once: 0,
             will: None,
             held: Vec::new(),
+            client_aliases: FxHashMap::default(),
             origin: None,
             outbound: FxHashMap::default(),
             next_packet_id: 0,

@@ -167,6 +167,7 @@ impl MqttConn {
                 let mut properties = Properties::default();
                 if v5 {
                     properties.shared_available = Some(0);
+                    properties.topic_alias_maximum = Some(super::inbound::CLIENT_ALIASES);
                     properties.wildcard_available = Some(1);
                     properties.receive_maximum = Some(self.settings.receive_maximum.max(1));
                     properties.maximum_packet_size =

@@ -454,3 +454,51 @@ async fn a_client_that_takes_topic_aliases_gets_them_up_to_its_maximum() {
         "the alias set with its topic, then alone; none past the maximum"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_may_publish_with_topic_aliases_up_to_the_maximum_the_connack_gave() {
+    let broker = mqtt_broker(2);
+    let (mut sub, _) = Mqtt::connect(&broker, Version::V5, "sub").await;
+    sub.subscribe(1, &[("alias/#", QoS::AtMostOnce)]).await;
+    let (mut publisher, connack) = Mqtt::connect(&broker, Version::V5, "pub").await;
+    assert_eq!(connack.properties.topic_alias_maximum, Some(10));
+    let aliased = |topic: &str, alias: u16, payload: &'static str| {
+        Packet::Publish(mqtt::Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: MqttStr::new(topic).expect("a topic"),
+            packet_id: None,
+            properties: Properties {
+                topic_alias: Some(alias),
+                ..Properties::default()
+            },
+            payload: Bytes::from_static(payload.as_bytes()),
+        })
+    };
+    publisher.send(&aliased("alias/one", 3, "set")).await;
+    publisher.send(&aliased("", 3, "used")).await;
+    publisher.send(&aliased("alias/two", 3, "moved")).await;
+    publisher.send(&aliased("", 3, "used again")).await;
+    publisher.ping().await;
+    for want in [
+        ("alias/one", "set"),
+        ("alias/one", "used"),
+        ("alias/two", "moved"),
+        ("alias/two", "used again"),
+    ] {
+        assert_eq!(sub.message().await, (want.0.to_owned(), want.1.to_owned()));
+    }
+    // An alias never set, and one past the maximum, end the connection.
+    for (packet, code) in [
+        (aliased("", 4, "unknown"), 0x82),
+        (aliased("alias/x", 11, "over"), 0x94),
+    ] {
+        let (mut client, _) = Mqtt::connect(&broker, Version::V5, "bad").await;
+        client.send(&packet).await;
+        match client.next().await {
+            Some(Packet::Disconnect(disconnect)) => assert_eq!(disconnect.reason, code),
+            other => panic!("DISCONNECT {code:#x}, not {other:?}"),
+        }
+    }
+}
