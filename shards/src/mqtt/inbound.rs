@@ -2,6 +2,8 @@
 //! unsubscribes become native frames, and answers that need nothing from
 //! the engine wait behind a native `PING` (see the module above).
 
+use std::borrow::Cow;
+
 use bytes::BytesMut;
 use corebus_mqtt::{
     self as mqtt, AckKind, MqttStr, Packet, Properties, QoS, RetainHandling, SubAck, UnsubAck,
@@ -15,7 +17,7 @@ use tracing::debug;
 
 use super::codes::{ack_for, encode_ack, reason, v3};
 use super::props::headers_of;
-use super::{AckWait, Fetching, MqttConn, Request, Sub};
+use super::{names, AckWait, Fetching, MqttConn, MqttSettings, Request, Sub};
 
 use crate::framing::Input;
 
@@ -61,9 +63,7 @@ impl MqttConn {
             }
         }
         let settings = self.settings.clone();
-        let split = valid_topic(&publish.topic)
-            .then(|| settings.split(publish.topic.as_str()))
-            .flatten();
+        let split = native_topic(&settings, publish.topic.as_str());
         let packet_id = publish.packet_id.unwrap_or(0);
         let Some((namespace, topic)) = split else {
             debug!(topic = ?publish.topic, "MQTT PUBLISH to a topic name refused");
@@ -202,8 +202,10 @@ impl MqttConn {
                         namespace.as_bytes(),
                         native.as_bytes(),
                     );
-                    let topic = (!is_pattern(native.as_bytes()))
-                        .then(|| format!("{}{native}", prefix.as_deref().unwrap_or_default()));
+                    let topic = (!is_pattern(native.as_bytes())).then(|| {
+                        let name = names::unescape(native);
+                        format!("{}{name}", prefix.as_deref().unwrap_or_default())
+                    });
                     self.subs.insert(
                         sub_id,
                         Sub {
@@ -271,8 +273,10 @@ impl MqttConn {
             topic,
         })
         .encode(frames);
-        let topic = (!is_pattern(native.as_bytes()))
-            .then(|| format!("{}{native}", prefix.as_deref().unwrap_or_default()));
+        let topic = (!is_pattern(native.as_bytes())).then(|| {
+            let name = names::unescape(&native);
+            format!("{}{name}", prefix.as_deref().unwrap_or_default())
+        });
         self.subs.insert(
             sub_id,
             Sub {
@@ -358,15 +362,21 @@ impl MqttConn {
     }
 }
 
-/// Whether an MQTT topic name can be published to: a valid MQTT name that
-/// is also a native one (not too long, no control character, no level that
-/// is a native wildcard).
-pub(super) fn valid_topic(topic: &MqttStr) -> bool {
-    let bytes = topic.as_bytes();
-    !bytes.is_empty()
-        && mqtt::valid_topic_name(topic.as_str())
-        && validate_topic(bytes).is_ok()
-        && !is_pattern(bytes)
+/// The namespace and native topic of an MQTT topic name that can be
+/// published to: a valid MQTT name whose native form ([`names::escape`])
+/// is a native topic (not too long, no control character); `None`
+/// otherwise.
+pub(super) fn native_topic<'a>(
+    settings: &'a MqttSettings,
+    name: &'a str,
+) -> Option<(&'a str, Cow<'a, str>)> {
+    if !mqtt::valid_topic_name(name) {
+        return None;
+    }
+    let (namespace, topic) = settings.split(name)?;
+    let native = names::escape(topic);
+    (validate_topic(native.as_bytes()).is_ok() && !is_pattern(native.as_bytes()))
+        .then_some((namespace, native))
 }
 
 /// The native topics an MQTT filter stands for, or the reason code that
@@ -377,16 +387,13 @@ fn native_filter(filter: &str) -> Result<Vec<String>, u8> {
         return Err(reason::SHARED_NOT_SUPPORTED);
     }
     let levels: Vec<&str> = parsed.filter.split('/').collect();
-    if levels.iter().any(|level| *level == "*" || *level == ">") {
-        // A literal `*` or `>` level would be a native wildcard.
-        return Err(reason::FILTER_INVALID);
-    }
-    let native: Vec<&str> = levels
+    // Wildcards become native ones; a literal `*` or `>` level is escaped.
+    let native: Vec<Cow<str>> = levels
         .iter()
         .map(|level| match *level {
-            "+" => "*",
-            "#" => ">",
-            other => other,
+            "+" => Cow::Borrowed("*"),
+            "#" => Cow::Borrowed(">"),
+            other => names::escape_level(other),
         })
         .collect();
     let mut natives = vec![native.join("/")];

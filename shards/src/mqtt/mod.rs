@@ -50,6 +50,7 @@
 mod codes;
 mod inbound;
 mod outbound;
+mod names;
 mod props;
 
 use std::collections::VecDeque;
@@ -69,7 +70,7 @@ use crate::framing::Input;
 use crate::routing::ShardId;
 
 use codes::{reason, v3};
-use inbound::valid_topic;
+use inbound::native_topic;
 use outbound::{Delivery, Outbound};
 
 /// What every connection of one MQTT listener shares, on every shard.
@@ -513,12 +514,9 @@ impl MqttConn {
             return Input::End;
         }
         if let Some(will) = &connect.will {
-            let key = valid_topic(&will.topic)
-                .then(|| self.settings.split(will.topic.as_str()))
-                .flatten()
-                .and_then(|(namespace, topic)| {
-                    TopicKey::new(namespace.as_bytes(), topic.as_bytes()).ok()
-                });
+            let key = native_topic(&self.settings, will.topic.as_str()).and_then(
+                |(namespace, topic)| TopicKey::new(namespace.as_bytes(), topic.as_bytes()).ok(),
+            );
             let Some(topic) = key else {
                 debug!(topic = ?will.topic, "MQTT will to a topic name refused");
                 if v5 {

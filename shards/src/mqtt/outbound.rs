@@ -357,10 +357,14 @@ impl MqttConn {
         }
         let topic = match topic {
             Some(topic) if sub.wildcard_first && topic.starts_with('$') => return None,
-            Some(topic) => match &sub.prefix {
-                Some(prefix) => format!("{prefix}{topic}"),
-                None => topic,
-            },
+            Some(topic) => {
+                let name = super::names::unescape(&topic);
+                match (&sub.prefix, name) {
+                    (Some(prefix), name) => format!("{prefix}{name}"),
+                    (None, std::borrow::Cow::Owned(name)) => name,
+                    (None, std::borrow::Cow::Borrowed(_)) => topic,
+                }
+            }
             None => sub.topic.clone()?,
         };
         Some(Matched {
