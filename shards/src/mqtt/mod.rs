@@ -49,8 +49,8 @@
 
 mod codes;
 mod inbound;
-mod outbound;
 mod names;
+mod outbound;
 mod props;
 
 use std::collections::VecDeque;
@@ -514,9 +514,10 @@ impl MqttConn {
             return Input::End;
         }
         if let Some(will) = &connect.will {
-            let key = native_topic(&self.settings, will.topic.as_str()).and_then(
-                |(namespace, topic)| TopicKey::new(namespace.as_bytes(), topic.as_bytes()).ok(),
-            );
+            let key =
+                native_topic(&self.settings, will.topic.as_str()).and_then(|(namespace, topic)| {
+                    TopicKey::new(namespace.as_bytes(), topic.as_bytes()).ok()
+                });
             let Some(topic) = key else {
                 debug!(topic = ?will.topic, "MQTT will to a topic name refused");
                 if v5 {

@@ -207,12 +207,17 @@ async fn refused_filters_and_topics_get_their_reason_codes() {
         )
         .await
         .codes;
-    assert_eq!(codes, [0x8F, 0x9E, 0, 0], "a literal `*` level is escaped, not refused");
+    assert_eq!(
+        codes,
+        [0x8F, 0x9E, 0, 0],
+        "a literal `*` level is escaped, not refused"
+    );
     // A name the native side cannot hold (a control character, longer
     // than a native topic): PUBACK or PUBREC 0x90.
     v5.publish("bad/\u{1}", "x", QoS::AtLeastOnce, 9).await;
     v5.expect_ack(AckKind::PubAck, 9, 0x90).await;
-    v5.publish(&"long/".repeat(300), "x", QoS::ExactlyOnce, 10).await;
+    v5.publish(&"long/".repeat(300), "x", QoS::ExactlyOnce, 10)
+        .await;
     v5.expect_ack(AckKind::PubRec, 10, 0x90).await;
     // 3.1.1 has only one failure code.
     let (mut v3, _) = Mqtt::connect(&broker, Version::V311, "codes3").await;
@@ -518,7 +523,10 @@ async fn levels_that_are_native_wildcards_are_escaped_both_ways() {
         .expect("subscribes");
     let (mut sub, _) = Mqtt::connect(&broker, Version::V5, "sub").await;
     let codes = sub
-        .subscribe(1, &[("esc/+/x", QoS::AtMostOnce), ("lit/*", QoS::AtMostOnce)])
+        .subscribe(
+            1,
+            &[("esc/+/x", QoS::AtMostOnce), ("lit/*", QoS::AtMostOnce)],
+        )
         .await
         .codes;
     assert_eq!(codes, [0, 0]);
@@ -526,19 +534,30 @@ async fn levels_that_are_native_wildcards_are_escaped_both_ways() {
     publisher
         .publish_confirmed("esc/*/x", "star", QoS::AtLeastOnce, 1)
         .await;
-    publisher.publish_confirmed("lit/a", "not it", QoS::AtLeastOnce, 2).await;
-    publisher.publish_confirmed("lit/*", "it", QoS::AtLeastOnce, 3).await;
+    publisher
+        .publish_confirmed("lit/a", "not it", QoS::AtLeastOnce, 2)
+        .await;
+    publisher
+        .publish_confirmed("lit/*", "it", QoS::AtLeastOnce, 3)
+        .await;
     let message = timeout(WAIT, escaped.next_message())
         .await
         .expect("in time")
         .expect("open")
         .expect("a message");
-    assert_eq!((message.topic(), &message.payload[..]), ("esc/\\*/x", &b"star"[..]));
+    assert_eq!(
+        (message.topic(), &message.payload[..]),
+        ("esc/\\*/x", &b"star"[..])
+    );
     native
         .publish("mqtt", "esc/\\>/x", "from native")
         .await
         .expect("published");
-    let mut got = vec![sub.message().await, sub.message().await, sub.message().await];
+    let mut got = vec![
+        sub.message().await,
+        sub.message().await,
+        sub.message().await,
+    ];
     got.sort();
     assert_eq!(
         got,
