@@ -226,7 +226,7 @@ fn put_names(dst: &mut BytesMut, namespace: &[u8], topic: &[u8]) {
 }
 
 /// Truncates `text` to at most `max` bytes on a character boundary.
-fn clip(text: &str, max: usize) -> &str {
+pub(crate) fn clip(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
     }

@@ -6,6 +6,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::encode::clip;
 use crate::{FrameError, FORMAT_RETAIN};
 
 /// Bit 3 of a body's format byte: a headers block follows the format byte
@@ -109,14 +110,14 @@ impl Headers {
         dst.put_u16(0);
         let end = start + 2 + MAX_HEADERS_LEN;
         for (name, value) in &self.user {
-            let name = cut(name, MAX_VALUE - 2);
-            let value = cut(value, MAX_VALUE - 2 - name.len());
+            let name = clip(name, MAX_VALUE - 2);
+            let value = clip(value, MAX_VALUE - 2 - name.len());
             let name_len = (name.len() as u16).to_be_bytes();
             let parts: [&[u8]; 3] = [&name_len, name.as_bytes(), value.as_bytes()];
             entry(dst, end, KIND_USER, &parts);
         }
         if let Some(content_type) = &self.content_type {
-            let value = cut(content_type, MAX_VALUE).as_bytes();
+            let value = clip(content_type, MAX_VALUE).as_bytes();
             entry(dst, end, KIND_CONTENT_TYPE, &[value]);
         }
         if let Some(topic) = &self.response_topic {
@@ -124,7 +125,7 @@ impl Headers {
                 dst,
                 end,
                 KIND_RESPONSE_TOPIC,
-                &[cut(topic, MAX_VALUE).as_bytes()],
+                &[clip(topic, MAX_VALUE).as_bytes()],
             );
         }
         if let Some(data) = &self.correlation_data {
@@ -199,18 +200,6 @@ impl Headers {
         }
         Ok(headers)
     }
-}
-
-/// `text` cut to at most `max` bytes, at a character boundary.
-fn cut(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 /// `body` (a body as [`crate::Body`] holds it) without its headers block

@@ -202,10 +202,7 @@ impl MqttConn {
                         namespace.as_bytes(),
                         native.as_bytes(),
                     );
-                    let topic = (!is_pattern(native.as_bytes())).then(|| {
-                        let name = names::unescape(native);
-                        format!("{}{name}", prefix.as_deref().unwrap_or_default())
-                    });
+                    let topic = names::exact_name(native, prefix.as_deref());
                     self.subs.insert(
                         sub_id,
                         Sub {
@@ -273,10 +270,7 @@ impl MqttConn {
             topic,
         })
         .encode(frames);
-        let topic = (!is_pattern(native.as_bytes())).then(|| {
-            let name = names::unescape(&native);
-            format!("{}{name}", prefix.as_deref().unwrap_or_default())
-        });
+        let topic = names::exact_name(&native, prefix.as_deref());
         self.subs.insert(
             sub_id,
             Sub {

@@ -50,6 +50,14 @@ pub(super) fn unescape(native: &str) -> Cow<'_, str> {
     )
 }
 
+/// The MQTT name of a subscription's native topic, in multi-tenant mode
+/// after its namespace's `prefix`; `None` for a pattern (its messages name
+/// their topics).
+pub(super) fn exact_name(native: &str, prefix: Option<&str>) -> Option<String> {
+    (!corebus_net::is_pattern(native.as_bytes()))
+        .then(|| format!("{}{}", prefix.unwrap_or_default(), unescape(native)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

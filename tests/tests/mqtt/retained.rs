@@ -55,6 +55,20 @@ async fn publish_retained(client: &mut Mqtt, topic: &str, payload: &str, qos: Qo
     }
 }
 
+/// A `PUBLISH` acknowledged as its QoS asks, as (topic, payload, retain).
+async fn taken(client: &mut Mqtt, publish: mqtt::Publish) -> (String, String, bool) {
+    match (publish.qos, publish.packet_id) {
+        (QoS::AtLeastOnce, Some(id)) => client.send(&ack(AckKind::PubAck, id)).await,
+        (QoS::ExactlyOnce, Some(id)) => client.send(&ack(AckKind::PubRec, id)).await,
+        _ => {}
+    }
+    (
+        publish.topic.as_str().to_owned(),
+        String::from_utf8_lossy(&publish.payload).into_owned(),
+        publish.retain,
+    )
+}
+
 /// The `PUBLISH`es that come before a `PINGRESP`, as (topic, payload,
 /// retain), sorted; each acknowledged as its QoS asks.
 async fn publishes_until_ping(client: &mut Mqtt) -> Vec<(String, String, bool)> {
@@ -63,18 +77,7 @@ async fn publishes_until_ping(client: &mut Mqtt) -> Vec<(String, String, bool)> 
     loop {
         match client.next().await {
             Some(Packet::PingResp) => break,
-            Some(Packet::Publish(publish)) => {
-                match (publish.qos, publish.packet_id) {
-                    (QoS::AtLeastOnce, Some(id)) => client.send(&ack(AckKind::PubAck, id)).await,
-                    (QoS::ExactlyOnce, Some(id)) => client.send(&ack(AckKind::PubRec, id)).await,
-                    _ => {}
-                }
-                got.push((
-                    publish.topic.as_str().to_owned(),
-                    String::from_utf8_lossy(&publish.payload).into_owned(),
-                    publish.retain,
-                ));
-            }
+            Some(Packet::Publish(publish)) => got.push(taken(client, publish).await),
             other => panic!("a PUBLISH or PINGRESP, not {other:?}"),
         }
     }
@@ -88,18 +91,7 @@ async fn publishes(client: &mut Mqtt, count: usize) -> Vec<(String, String, bool
     let mut got = Vec::new();
     while got.len() < count {
         match client.next().await {
-            Some(Packet::Publish(publish)) => {
-                match (publish.qos, publish.packet_id) {
-                    (QoS::AtLeastOnce, Some(id)) => client.send(&ack(AckKind::PubAck, id)).await,
-                    (QoS::ExactlyOnce, Some(id)) => client.send(&ack(AckKind::PubRec, id)).await,
-                    _ => {}
-                }
-                got.push((
-                    publish.topic.as_str().to_owned(),
-                    String::from_utf8_lossy(&publish.payload).into_owned(),
-                    publish.retain,
-                ));
-            }
+            Some(Packet::Publish(publish)) => got.push(taken(client, publish).await),
             other => panic!("a PUBLISH, not {other:?}"),
         }
     }
