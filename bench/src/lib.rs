@@ -42,6 +42,7 @@ pub mod driver;
 pub mod flow;
 pub mod lean;
 pub mod load;
+pub mod mqtt;
 pub mod options;
 pub mod payload;
 pub mod progress;

@@ -44,6 +44,10 @@ enum Command {
         #[arg(long)]
         generated: Option<String>,
     },
+    /// The same MQTT 3.1.1 load against any MQTT broker (corebus's MQTT
+    /// listener, Mosquitto, nats-server's): one JSON line. Exit status 2
+    /// when messages were lost. See bench/compare_mqtt.sh.
+    Mqtt(corebus_bench::mqtt::MqttOptions),
     /// Memory bounds under hostile and slow peers (corebus only; see
     /// bench/bounds.sh). Exit status 2 when a bound is not met.
     Bounds {
@@ -109,6 +113,7 @@ fn main() -> ExitCode {
             broker_pid,
             scenario,
         }) => bounds(&server, broker_pid, scenario),
+        Some(Command::Mqtt(options)) => mqtt(options),
         None => run(&cli.run),
     };
     match result {
@@ -118,6 +123,21 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Runs one MQTT benchmark.
+fn mqtt(options: corebus_bench::mqtt::MqttOptions) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let complete = runtime.block_on(corebus_bench::mqtt::run(options))?;
+    runtime.shutdown_background();
+    Ok(if complete {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
 /// Runs one bounds scenario and prints its report as one JSON line.
