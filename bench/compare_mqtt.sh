@@ -72,7 +72,13 @@ EOF
     esac
     PID=$!
     for _ in $(seq 100); do
-        port_open "$MQTT_PORT" && return 0
+        # corebus is ready once it says so (every shard's listener is then
+        # in the port's group); the others once the port answers.
+        if [ "$1" = corebus ]; then
+            grep -q "corebus mqtt on" "$WORK/corebus.log" && return 0
+        elif port_open "$MQTT_PORT"; then
+            return 0
+        fi
         sleep 0.1
     done
     die "$1 did not open port $MQTT_PORT (see $WORK/$1.log)"
