@@ -145,13 +145,23 @@ pub async fn run(options: MqttOptions) -> anyhow::Result<bool> {
             window: options.window,
             readers_per_topic,
         };
-        writers.push(tokio::spawn(publish_loop(
-            conn,
-            plan,
-            sent.clone(),
-            seen.clone(),
-            stop.clone(),
-        )));
+        if plan.interval.is_some() {
+            // Open loop on a thread of its own, paced with precise sleeps
+            // (tokio's timer would make sends late by up to a millisecond).
+            let stream = conn.stream.into_std()?;
+            let (sent, stop) = (sent.clone(), stop.clone());
+            writers.push(tokio::task::spawn_blocking(move || {
+                paced_loop(stream, plan, sent, stop)
+            }));
+        } else {
+            writers.push(tokio::spawn(publish_loop(
+                conn,
+                plan,
+                sent.clone(),
+                seen.clone(),
+                stop.clone(),
+            )));
+        }
     }
     // One second of warm-up, then the measured part.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -208,7 +218,8 @@ struct Plan {
     qos: QoS,
     size: usize,
     epoch: Instant,
-    /// `latency`: one message per interval; else flat out.
+    /// `latency`: one message per interval (see [`paced_loop`]); else
+    /// flat out (see [`publish_loop`]).
     interval: Option<Duration>,
     window: u64,
     readers_per_topic: u64,
@@ -243,34 +254,23 @@ async fn publish_loop(
         })
     });
     let mut out = BytesMut::with_capacity(256 << 10);
-    let mut next_send = Instant::now();
     let mut own_sent: u64 = 0;
     let mut packet_id: u16 = 0;
     let mut turn = 0usize;
     while !stop.load(Ordering::Relaxed) {
-        if plan.interval.is_some() {
-            let now = Instant::now();
-            if next_send > now {
-                write.write_all(&out).await?;
-                out.clear();
-                tokio::time::sleep(next_send - now).await;
-            }
-        } else {
-            // Flat out, within the window of messages in flight, and at
-            // QoS 1 with at most MAX_UNACKED publishes unanswered.
-            let expected = sent.load(Ordering::Relaxed) * plan.readers_per_topic;
-            let in_flight = expected - seen.delivered.load(Ordering::Relaxed).min(expected);
-            let unacked = plan.qos == QoS::AtLeastOnce
-                && own_sent - acked.load(Ordering::Relaxed) >= MAX_UNACKED;
-            if unacked || in_flight > plan.window * plan.readers_per_topic {
-                write.write_all(&out).await?;
-                out.clear();
-                tokio::task::yield_now().await;
-                continue;
-            }
+        // Flat out, within the window of messages in flight, and at QoS 1
+        // with at most MAX_UNACKED publishes unanswered.
+        let expected = sent.load(Ordering::Relaxed) * plan.readers_per_topic;
+        let in_flight = expected - seen.delivered.load(Ordering::Relaxed).min(expected);
+        let unacked =
+            plan.qos == QoS::AtLeastOnce && own_sent - acked.load(Ordering::Relaxed) >= MAX_UNACKED;
+        if unacked || in_flight > plan.window * plan.readers_per_topic {
+            write.write_all(&out).await?;
+            out.clear();
+            tokio::task::yield_now().await;
+            continue;
         }
-        // The intended send time (latency runs) or now.
-        let at = plan.interval.map_or_else(Instant::now, |_| next_send);
+        let at = Instant::now();
         let mut payload = BytesMut::with_capacity(plan.size);
         payload.put_u64(own_sent);
         payload.put_u64(at.duration_since(plan.epoch).as_nanos() as u64);
@@ -292,10 +292,7 @@ async fn publish_loop(
         turn = (turn + 1) % topics.len();
         own_sent += 1;
         sent.fetch_add(1, Ordering::Relaxed);
-        if let Some(interval) = plan.interval {
-            next_send += interval;
-        }
-        if out.len() >= 64 << 10 || plan.interval.is_some() {
+        if out.len() >= 64 << 10 {
             write.write_all(&out).await?;
             out.clear();
         }
@@ -316,6 +313,68 @@ async fn publish_loop(
     })
     .encode(Version::V311, &mut disconnect);
     let _ = write.write_all(&disconnect).await;
+    Ok(())
+}
+
+/// The latency shape's publisher: message `n` is due at `start + n *
+/// interval` and carries that time however late it leaves (no coordinated
+/// omission); QoS 1 acknowledgements are read on another thread.
+fn paced_loop(
+    stream: std::net::TcpStream,
+    plan: Plan,
+    sent: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    crate::sys::precise_sleeps();
+    stream.set_nonblocking(false)?;
+    let interval = plan.interval.unwrap_or(Duration::from_millis(1));
+    let mut write = stream.try_clone()?;
+    let mut read = stream;
+    // Acknowledgements (and anything else) are read and dropped: the
+    // window is the rate, not the acks.
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        while matches!(read.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    let topics: Vec<MqttStr> = plan
+        .names
+        .iter()
+        .map(|name| MqttStr::new(name).expect("a topic"))
+        .collect();
+    let start = Instant::now();
+    let mut out = BytesMut::with_capacity(4096);
+    let mut packet_id: u16 = 0;
+    let mut n: u64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let due = start + interval.mul_f64(n as f64);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let mut payload = BytesMut::with_capacity(plan.size);
+        payload.put_u64(n);
+        payload.put_u64(due.duration_since(plan.epoch).as_nanos() as u64);
+        payload.resize(plan.size, b'x');
+        let id = (plan.qos == QoS::AtLeastOnce).then(|| {
+            packet_id = packet_id.wrapping_add(1).max(1);
+            packet_id
+        });
+        out.clear();
+        Packet::Publish(mqtt::Publish {
+            dup: false,
+            qos: plan.qos,
+            retain: false,
+            topic: topics[n as usize % topics.len()].clone(),
+            packet_id: id,
+            properties: Properties::default(),
+            payload: payload.freeze(),
+        })
+        .encode(Version::V311, &mut out);
+        write.write_all(&out)?;
+        n += 1;
+        sent.fetch_add(1, Ordering::Relaxed);
+    }
     Ok(())
 }
 
