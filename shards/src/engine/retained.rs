@@ -52,6 +52,19 @@ impl RetainedStore {
     }
 }
 
+/// Whether a kept message's expiry (its expires-at header) has passed.
+fn expired(message: &RetainedMessage, now_ms: u64) -> bool {
+    // Headers are read only for a body that has them (format bit 3).
+    message
+        .body
+        .first()
+        .is_some_and(|format| format & corebus_net::FORMAT_HEADERS != 0)
+        && Body::parse(message.body.clone(), "PUBLISH")
+            .ok()
+            .and_then(|body| body.headers().expires_at_ms)
+            .is_some_and(|at| at <= now_ms)
+}
+
 /// A `FETCH_RETAINED` waiting for its owners' answers.
 #[derive(Debug)]
 pub(super) struct Fetch {
@@ -179,23 +192,36 @@ impl Shard {
     }
 
     /// This shard's retained messages of `topic`, or of the topics a
-    /// pattern matches.
-    fn retained_matching(&self, topic: &TopicKey) -> Vec<RetainedMessage> {
-        let store = &self.retained_messages.by_topic;
-        if !topic.is_pattern() {
-            return store.get(topic).cloned().into_iter().collect();
+    /// pattern matches. Those whose expiry (an MQTT message expiry, the
+    /// expires-at header) has passed are dropped from the store instead.
+    fn retained_matching(&mut self, topic: &TopicKey) -> Vec<RetainedMessage> {
+        let store = &mut self.retained_messages;
+        let found: Vec<RetainedMessage> = if topic.is_pattern() {
+            store
+                .by_topic
+                .values()
+                .filter(|message| {
+                    message.topic.namespace_bytes() == topic.namespace_bytes()
+                        && corebus_net::pattern_matches(
+                            topic.topic_bytes(),
+                            message.topic.topic_bytes(),
+                        )
+                })
+                .cloned()
+                .collect()
+        } else {
+            store.by_topic.get(topic).cloned().into_iter().collect()
+        };
+        let now_ms = crate::auth::unix_now_ms();
+        let (live, expired): (Vec<_>, Vec<_>) = found
+            .into_iter()
+            .partition(|message| !expired(message, now_ms));
+        for message in expired {
+            if let Some(old) = store.by_topic.remove(&message.topic) {
+                store.bytes -= RetainedStore::cost(&old);
+            }
         }
-        store
-            .values()
-            .filter(|message| {
-                message.topic.namespace_bytes() == topic.namespace_bytes()
-                    && corebus_net::pattern_matches(
-                        topic.topic_bytes(),
-                        message.topic.topic_bytes(),
-                    )
-            })
-            .cloned()
-            .collect()
+        live
     }
 
     /// Subscriber side: one owner answered; with the last answer, the

@@ -283,3 +283,50 @@ async fn retained_messages_are_bounded_per_shard_and_a_refusal_is_counted() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_retained_message_is_not_sent_and_leaves_the_store() {
+    let broker = mqtt_broker(1);
+    let (mut publisher, _) = Mqtt::connect(&broker, Version::V5, "pub").await;
+    for (topic, expiry) in [("x/short", Some(1)), ("x/long", None)] {
+        publisher
+            .send(&Packet::Publish(mqtt::Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                topic: MqttStr::new(topic).expect("a topic"),
+                packet_id: Some(1),
+                properties: Properties {
+                    message_expiry: expiry,
+                    ..Properties::default()
+                },
+                payload: Bytes::from_static(b"v"),
+            }))
+            .await;
+        publisher.expect_ack(AckKind::PubAck, 1, 0).await;
+    }
+    assert_eq!(
+        retained_for(&broker, Version::V5, "x/+").await,
+        pairs(&[("x/long", "v"), ("x/short", "v")])
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        retained_for(&broker, Version::V5, "x/+").await,
+        pairs(&[("x/long", "v")]),
+        "past its expiry"
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while broker
+        .metrics()
+        .iter()
+        .map(|m| m.retained_messages)
+        .sum::<u64>()
+        != 1
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the expired one left the store"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
