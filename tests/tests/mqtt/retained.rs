@@ -330,3 +330,44 @@ async fn an_expired_retained_message_is_not_sent_and_leaves_the_store() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_may_have_at_most_64_retained_fetches_unanswered() {
+    use corebus_net::{ErrorCode, Frame, Subscribe as Fetch, TopicKey};
+    let broker = mqtt_broker(2);
+    let mut raw = corebus_tests::RawConn::connect(broker.addr()).await;
+    raw.hello().await;
+    // 70 pattern fetches in one write: every shard answers each, the other
+    // shard through the mesh, so none is answered while they are read.
+    let mut bytes = BytesMut::new();
+    for n in 1..=70u32 {
+        Frame::FetchRetained(Fetch {
+            request_id: n,
+            sub_id: n,
+            resume: None,
+            topic: TopicKey::new(b"mqtt", b"f/*").expect("valid"),
+        })
+        .encode(&mut bytes);
+    }
+    raw.send_bytes(&bytes).await;
+    let (mut refused, mut ended) = (Vec::new(), 0);
+    while ended + refused.len() < 70 {
+        match timeout(WAIT, raw.recv()).await.expect("in time") {
+            Some(Frame::Error(error)) => {
+                assert_eq!(error.code(), Some(ErrorCode::InvalidRequest));
+                assert!(!error.fatal);
+                refused.push(error.request_id);
+            }
+            Some(Frame::ReplayEnd(end)) => {
+                assert_eq!(end.last_seq, 0, "nothing retained");
+                ended += 1;
+            }
+            other => panic!("ERROR or REPLAY_END, not {other:?}"),
+        }
+    }
+    // The 65th and later, while 64 wait (70 frames are one read of the
+    // socket, so no answer frees a slot before they are all handled).
+    assert!(!refused.is_empty(), "past 64 unanswered fetches, refused");
+    assert!(refused.iter().all(|id| *id > 64), "{refused:?}");
+    assert_eq!(ended + refused.len(), 70);
+}
