@@ -136,7 +136,10 @@ pub async fn run(options: MqttOptions) -> anyhow::Result<bool> {
     for p in 0..publishers {
         let conn = Conn::connect(&options.url, &format!("bench-pub-{p}")).await?;
         let plan = Plan {
-            names: names.clone(),
+            topics: names
+                .iter()
+                .map(|name| MqttStr::new(name).expect("a topic"))
+                .collect(),
             qos,
             size: options.size,
             epoch,
@@ -214,7 +217,7 @@ pub async fn run(options: MqttOptions) -> anyhow::Result<bool> {
 
 /// What a publisher sends.
 struct Plan {
-    names: Vec<String>,
+    topics: Vec<MqttStr>,
     qos: QoS,
     size: usize,
     epoch: Instant,
@@ -225,6 +228,31 @@ struct Plan {
     readers_per_topic: u64,
 }
 
+impl Plan {
+    /// Appends message `n` to topic number `topic`, stamped with `at`
+    /// (the send time, or the intended one), taking a packet id at QoS 1.
+    fn encode(&self, out: &mut BytesMut, topic: usize, n: u64, at: Instant, packet_id: &mut u16) {
+        let mut payload = BytesMut::with_capacity(self.size);
+        payload.put_u64(n);
+        payload.put_u64(at.duration_since(self.epoch).as_nanos() as u64);
+        payload.resize(self.size, b'x');
+        let id = (self.qos == QoS::AtLeastOnce).then(|| {
+            *packet_id = packet_id.wrapping_add(1).max(1);
+            *packet_id
+        });
+        Packet::Publish(mqtt::Publish {
+            dup: false,
+            qos: self.qos,
+            retain: false,
+            topic: self.topics[topic].clone(),
+            packet_id: id,
+            properties: Properties::default(),
+            payload: payload.freeze(),
+        })
+        .encode(Version::V311, out);
+    }
+}
+
 async fn publish_loop(
     conn: Conn,
     plan: Plan,
@@ -233,11 +261,6 @@ async fn publish_loop(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let (mut read, mut write) = conn.stream.into_split();
-    let topics: Vec<MqttStr> = plan
-        .names
-        .iter()
-        .map(|name| MqttStr::new(name).expect("a topic"))
-        .collect();
     // QoS 1: PUBACKs are read (and counted) on their own task.
     let acked = Arc::new(AtomicU64::new(0));
     let ack_reader = (plan.qos == QoS::AtLeastOnce).then(|| {
@@ -270,26 +293,8 @@ async fn publish_loop(
             tokio::task::yield_now().await;
             continue;
         }
-        let at = Instant::now();
-        let mut payload = BytesMut::with_capacity(plan.size);
-        payload.put_u64(own_sent);
-        payload.put_u64(at.duration_since(plan.epoch).as_nanos() as u64);
-        payload.resize(plan.size, b'x');
-        let id = (plan.qos == QoS::AtLeastOnce).then(|| {
-            packet_id = packet_id.wrapping_add(1).max(1);
-            packet_id
-        });
-        Packet::Publish(mqtt::Publish {
-            dup: false,
-            qos: plan.qos,
-            retain: false,
-            topic: topics[turn].clone(),
-            packet_id: id,
-            properties: Properties::default(),
-            payload: payload.freeze(),
-        })
-        .encode(Version::V311, &mut out);
-        turn = (turn + 1) % topics.len();
+        plan.encode(&mut out, turn, own_sent, Instant::now(), &mut packet_id);
+        turn = (turn + 1) % plan.topics.len();
         own_sent += 1;
         sent.fetch_add(1, Ordering::Relaxed);
         if out.len() >= 64 << 10 {
@@ -337,11 +342,6 @@ fn paced_loop(
         let mut buf = vec![0u8; 64 << 10];
         while matches!(read.read(&mut buf), Ok(n) if n > 0) {}
     });
-    let topics: Vec<MqttStr> = plan
-        .names
-        .iter()
-        .map(|name| MqttStr::new(name).expect("a topic"))
-        .collect();
     let start = Instant::now();
     let mut out = BytesMut::with_capacity(4096);
     let mut packet_id: u16 = 0;
@@ -352,25 +352,14 @@ fn paced_loop(
         if due > now {
             std::thread::sleep(due - now);
         }
-        let mut payload = BytesMut::with_capacity(plan.size);
-        payload.put_u64(n);
-        payload.put_u64(due.duration_since(plan.epoch).as_nanos() as u64);
-        payload.resize(plan.size, b'x');
-        let id = (plan.qos == QoS::AtLeastOnce).then(|| {
-            packet_id = packet_id.wrapping_add(1).max(1);
-            packet_id
-        });
         out.clear();
-        Packet::Publish(mqtt::Publish {
-            dup: false,
-            qos: plan.qos,
-            retain: false,
-            topic: topics[n as usize % topics.len()].clone(),
-            packet_id: id,
-            properties: Properties::default(),
-            payload: payload.freeze(),
-        })
-        .encode(Version::V311, &mut out);
+        plan.encode(
+            &mut out,
+            n as usize % plan.topics.len(),
+            n,
+            due,
+            &mut packet_id,
+        );
         write.write_all(&out)?;
         n += 1;
         sent.fetch_add(1, Ordering::Relaxed);
