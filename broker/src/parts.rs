@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use corebus_shards::{
     Authenticator, EngineConfig, MqttConfig, OpenAccess, Origins, RingLimits, ServerConfig,
-    SlowConsumerPolicy, WebConfig,
+    SessionLimits, SlowConsumerPolicy, WebConfig,
 };
 use tracing::{info, warn};
 
@@ -71,6 +71,13 @@ pub fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
             tenants: args.mqtt_tenants,
             max_keep_alive_secs: u16::try_from(args.mqtt_max_keep_alive.as_secs())
                 .unwrap_or(u16::MAX),
+            sessions: SessionLimits {
+                expiry_max_secs: u32::try_from(args.mqtt_session_expiry_max.as_secs())
+                    .unwrap_or(u32::MAX - 1),
+                max_detached: args.mqtt_max_sessions,
+                queue_messages: args.mqtt_session_queue,
+                queue_bytes: args.mqtt_session_queue_bytes,
+            },
         }),
         ..ServerConfig::default()
     })

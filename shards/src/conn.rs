@@ -361,14 +361,64 @@ async fn serve_conn(
         }
         Err(err) => debug!(%err, "connection read failed"),
     }
-    if let Some(will) = edge.and_then(|edge| edge.borrow_mut().take_will()) {
-        shard.borrow_mut().publish_will(conn, will);
+    let mqtt = edge
+        .as_ref()
+        .filter(|edge| edge.borrow_mut().mqtt_mut().is_some());
+    let mut admitted = admitted;
+    if let Some(edge) = mqtt {
+        // A lost connection's will is due now, or after its delay if its
+        // session lives on.
+        let now = crate::auth::unix_now_ms();
+        let will = edge.borrow_mut().mqtt_mut().and_then(|mqtt| {
+            mqtt.lost(now);
+            let session_over = !mqtt.session_persists();
+            mqtt.take_due_will(now, session_over)
+        });
+        if let Some(will) = will {
+            shard.borrow_mut().publish_will(conn, will);
+        }
     }
-    shard.borrow_mut().finish_conn(conn);
-    // The writer flushes what is queued (a fatal error, say), but a peer that
-    // does not read could keep it waiting on a full socket for ever, and the
-    // connection with it. Past the deadline the writer is cancelled, which
-    // closes the socket.
+    let closing = shard
+        .borrow_mut()
+        .outbox_mut(conn)
+        .is_none_or(|outbox| outbox.is_closing());
+    let detached = !closing
+        && mqtt.is_some_and(|edge| {
+            edge.borrow_mut()
+                .mqtt_mut()
+                .is_some_and(|mqtt| mqtt.detach(crate::auth::unix_now_ms()))
+        });
+    if detached {
+        // The session lives on without its socket: the writer stops at
+        // its next batch, and the connection's place is given back.
+        kick(&shard, conn);
+        finish_writer(writer).await;
+        if admitted {
+            limits.total.release();
+            admitted = false;
+        }
+        if let Some(edge) = mqtt {
+            crate::sessions::hold(&shard, conn, edge).await;
+        }
+    } else {
+        shard.borrow_mut().finish_conn(conn);
+        finish_writer(writer).await;
+    }
+    if let Some(edge) = mqtt {
+        // To the connection that took the session over, or ended.
+        crate::sessions::end(&shard, conn, edge);
+    }
+    shard.borrow_mut().close_conn(conn);
+    if admitted {
+        limits.total.release();
+    }
+}
+
+/// Waits for a connection's writer to flush what is queued (a fatal error,
+/// say); but a peer that does not read could keep it waiting on a full
+/// socket for ever, and the connection with it. Past the deadline the
+/// writer is cancelled, which closes the socket.
+async fn finish_writer(writer: glommio::Task<()>) {
     let flushed = futures_lite::future::or(
         async {
             writer.await;
@@ -382,10 +432,6 @@ async fn serve_conn(
     .await;
     if !flushed {
         debug!("the peer read nothing for {CLOSE_FLUSH_TIMEOUT:?} after the close; dropped");
-    }
-    shard.borrow_mut().close_conn(conn);
-    if admitted {
-        limits.total.release();
     }
 }
 
@@ -462,7 +508,10 @@ async fn read_loop(
                                     let mut edge = edge.borrow_mut();
                                     edge.handshaken(limit);
                                     let holder = (shard.id(), conn);
-                                    if let Some(previous) = edge.claim_client_id(holder) {
+                                    let previous = edge
+                                        .mqtt_mut()
+                                        .and_then(|mqtt| mqtt.claim_client_id(holder, &mut buf));
+                                    if let Some(previous) = previous {
                                         shard.take_over(previous);
                                     }
                                 }
@@ -664,7 +713,7 @@ async fn read_into(
 }
 
 /// Wakes `conn`'s writer.
-fn kick(shard: &Rc<RefCell<Shard>>, conn: ConnId) {
+pub(crate) fn kick(shard: &Rc<RefCell<Shard>>, conn: ConnId) {
     if let Some(outbox) = shard.borrow_mut().outbox_mut(conn) {
         outbox.kick();
     }
@@ -777,26 +826,12 @@ async fn write_loop(
     // Grows with the batches it encodes; an idle connection holds almost nothing.
     let mut head = BytesMut::new();
     let mut segments: Vec<Bytes> = Vec::new();
+    // The MQTT session lives on without this socket: the writer stops.
+    let mut detached = false;
     loop {
-        let next = poll_fn(|cx| {
-            let mut shard = shard.borrow_mut();
-            let Some(outbox) = shard.outbox_mut(conn) else {
-                return Poll::Ready(None);
-            };
-            outbox.take_woken();
-            let kicked = outbox.take_kick();
-            if !outbox.is_empty() || kicked {
-                outbox.drain_some(&mut batch, WRITE_BATCH_BYTES);
-                Poll::Ready(Some(outbox.is_closing()))
-            } else if outbox.is_closing() {
-                Poll::Ready(None)
-            } else {
-                outbox.set_writer(cx.waker());
-                Poll::Pending
-            }
-        })
-        .await;
-        let Some(closing) = next else { break };
+        let Some(closing) = next_batch(&shard, conn, &mut batch).await else {
+            break;
+        };
         if closing {
             // The peer may not be reading at all; bound the final flush.
             let _ = stream.set_write_timeout(Some(CLOSE_FLUSH_TIMEOUT));
@@ -809,14 +844,32 @@ async fn write_loop(
         }
         let wrapped = match &edge {
             Some(edge) => {
+                if let Some(mqtt) = edge.borrow_mut().mqtt_mut() {
+                    if mqtt.is_detached() {
+                        detached = true;
+                    } else if let Some(session) = shard.borrow_mut().take_arrived_session(conn) {
+                        mqtt.resume(session);
+                    }
+                }
                 let wrapped = edge.borrow_mut().wrap(&mut segments);
                 if let Some(opened) = edge.borrow_mut().take_opened() {
                     shard.borrow_mut().note_web(opened);
+                }
+                let wanted = edge.borrow_mut().mqtt_mut().and_then(MqttConn::take_wanted);
+                if let Some(wanted) = wanted {
+                    let mut shard = shard.borrow_mut();
+                    let me = (shard.id(), conn);
+                    shard.want_session(wanted.from, me);
                 }
                 wrapped
             }
             None => Wrapped::default(),
         };
+        if detached {
+            // What the batch held is queued for the session (`wrap`).
+            shard.borrow_mut().conn_drained(conn, 0);
+            break;
+        }
         let written = match write_segments(&mut stream, tls.as_ref(), &sends, &mut segments).await {
             Ok(written) => written,
             Err(err) => {
@@ -835,7 +888,14 @@ async fn write_loop(
             break;
         }
     }
-    if let Some(edge) = &edge {
+    // An MQTT session that outlives the connection keeps its outbox.
+    let persists = detached
+        || edge.as_ref().is_some_and(|edge| {
+            edge.borrow_mut()
+                .mqtt_mut()
+                .is_some_and(|mqtt| mqtt.session_persists())
+        });
+    if let Some(edge) = edge.as_ref().filter(|_| !detached) {
         // A WebSocket close frame, bounded like the TLS close below.
         let _ = stream.set_write_timeout(Some(CLOSE_FLUSH_TIMEOUT));
         let last = edge.borrow_mut().close();
@@ -855,10 +915,38 @@ async fn write_loop(
     // SAFETY: shutdown(2) on a descriptor we own; it does not touch memory.
     unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_RDWR) };
     let mut shard = shard.borrow_mut();
-    if let Some(outbox) = shard.outbox_mut(conn) {
+    if let Some(outbox) = shard.outbox_mut(conn).filter(|_| !persists) {
         // The writer is gone: refuse further frames instead of queueing them.
         outbox.close_with(None);
     }
+}
+
+/// The next frames of `conn`'s outbox, moved to `batch`: `Some(closing)`
+/// once there are some (or the writer was kicked), `None` once the outbox
+/// is closing and empty, or gone.
+pub(crate) async fn next_batch(
+    shard: &Rc<RefCell<Shard>>,
+    conn: ConnId,
+    batch: &mut Vec<OutFrame>,
+) -> Option<bool> {
+    poll_fn(|cx| {
+        let mut shard = shard.borrow_mut();
+        let Some(outbox) = shard.outbox_mut(conn) else {
+            return Poll::Ready(None);
+        };
+        outbox.take_woken();
+        let kicked = outbox.take_kick();
+        if !outbox.is_empty() || kicked {
+            outbox.drain_some(batch, WRITE_BATCH_BYTES);
+            Poll::Ready(Some(outbox.is_closing()))
+        } else if outbox.is_closing() {
+            Poll::Ready(None)
+        } else {
+            outbox.set_writer(cx.waker());
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 /// Writes every segment, through TLS when the connection has it; returns
@@ -875,7 +963,7 @@ async fn write_segments(
     }
 }
 
-fn encode_out_frame(frame: OutFrame, head: &mut BytesMut, segments: &mut Vec<Bytes>) {
+pub(crate) fn encode_out_frame(frame: OutFrame, head: &mut BytesMut, segments: &mut Vec<Bytes>) {
     match frame {
         OutFrame::Message {
             sub_id,

@@ -51,25 +51,9 @@ impl EdgeConn {
         self.mqtt_mut().and_then(MqttConn::take_keep_alive)
     }
 
-    /// An MQTT client's will, when its connection ended without a clean
-    /// `DISCONNECT`.
-    pub(crate) fn take_will(&mut self) -> Option<corebus_net::Publish> {
-        self.mqtt_mut().and_then(MqttConn::take_will)
-    }
-
-    /// An MQTT connection's handshake succeeded: it takes its client id
-    /// from whichever connection held it, returned to be closed.
-    pub(crate) fn claim_client_id(
-        &mut self,
-        holder: crate::mqtt::Holder,
-    ) -> Option<crate::mqtt::Holder> {
-        self.mqtt_mut()
-            .and_then(|mqtt| mqtt.claim_client_id(holder))
-    }
-
     /// The MQTT connection: on the MQTT listener, or inside MQTT over
     /// WebSocket on the browser listener.
-    fn mqtt_mut(&mut self) -> Option<&mut MqttConn> {
+    pub(crate) fn mqtt_mut(&mut self) -> Option<&mut MqttConn> {
         match self {
             EdgeConn::Web(web) => web.mqtt_mut(),
             EdgeConn::Mqtt(mqtt) => Some(mqtt),

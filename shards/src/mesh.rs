@@ -16,6 +16,7 @@ use bytes::Bytes;
 use corebus_net::{Epoch, ResumePoint, Seq, TopicKey};
 
 use crate::local_ref::LocalRef;
+use crate::routing::ShardId;
 use crate::topic::ResumePlan;
 use crate::ConnId;
 
@@ -103,6 +104,23 @@ pub enum ShardMsg {
     TakeOverMsg {
         /// The connection.
         conn: ConnId,
+    },
+    /// To the shard of an MQTT connection (or detached session): the
+    /// connection `to` takes its session over; it closes with
+    /// `taken_over` and sends the session there as it ends.
+    SessionWantedMsg {
+        /// The connection holding the session.
+        conn: ConnId,
+        /// The connection taking it over.
+        to: (ShardId, ConnId),
+    },
+    /// To the connection that asked for a session: the session (boxed: it
+    /// is rare and large), or `None` when there was none.
+    SessionMsg {
+        /// The connection that asked.
+        conn: ConnId,
+        /// What it takes over.
+        session: Option<Box<crate::mqtt::Session>>,
     },
     /// To a topic's owner: sequence and fan out this payload.
     PublishMsg {

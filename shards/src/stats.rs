@@ -68,6 +68,12 @@ pub struct ShardStats {
     /// `DISCONNECT`, published (the publish may still be refused by the
     /// connection's permissions).
     pub wills_published: u64,
+    /// MQTT sessions that lived on after their connection ended.
+    pub sessions_detached: u64,
+    /// Messages for MQTT sessions without a connection dropped: the
+    /// session's queue (`mqtt_session_queue`) or all of them together
+    /// (`mqtt_session_queue_bytes`) was full.
+    pub session_messages_dropped: u64,
     /// Publishes sent on to the node that owns their topic.
     pub publishes_forwarded: u64,
     /// Forwarded publishes the owner node did not acknowledge (refused, or

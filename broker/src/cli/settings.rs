@@ -193,6 +193,26 @@ pub struct ServeArgs {
     /// a packet. 0s: no cap. MQTT 3.1.1 clients keep theirs.
     #[arg(long, env = "COREBUS_MQTT_MAX_KEEP_ALIVE", default_value = "0s", value_parser = parse_keep_alive)]
     pub mqtt_max_keep_alive: Duration,
+    /// The longest an MQTT session outlives its connection (whole seconds):
+    /// a 5.0 client asking for longer is told this in the CONNACK, and a
+    /// 3.1.1 persistent session (clean session 0) gets it. 0s: sessions end
+    /// with their connections. Sessions live in memory: a restart ends them.
+    #[arg(long, env = "COREBUS_MQTT_SESSION_EXPIRY_MAX", default_value = "2h", value_parser = parse_session_expiry)]
+    pub mqtt_session_expiry_max: Duration,
+    /// MQTT sessions without a connection kept at once, broker-wide; a
+    /// session past it ends with its connection (logged).
+    #[arg(long, env = "COREBUS_MQTT_MAX_SESSIONS", default_value_t = 10_000)]
+    pub mqtt_max_sessions: usize,
+    /// Messages one MQTT session queues while its client is away (QoS 0, 1
+    /// and 2); past it they are dropped, counted and logged.
+    #[arg(long, env = "COREBUS_MQTT_SESSION_QUEUE", default_value_t = 1_000)]
+    pub mqtt_session_queue: usize,
+    /// Bytes (topic names and payloads) all MQTT sessions without a
+    /// connection queue together; past it, messages for them are dropped,
+    /// counted and logged.
+    #[arg(long, env = "COREBUS_MQTT_SESSION_QUEUE_BYTES", default_value_t = 64 << 20,
+          value_parser = bytes_in::<usize>(0, u64::MAX))]
+    pub mqtt_session_queue_bytes: usize,
     /// Address this node gossips on with the other members of its cluster
     /// (UDP), which is also its node id; `off` runs it alone. See
     /// docs/cluster.md.
@@ -504,6 +524,17 @@ pub fn parse_namespace(text: &str) -> Result<String, String> {
 
 /// An MQTT keep-alive cap: a duration of whole seconds up to 65,535 (the
 /// largest keep-alive MQTT can say).
+pub fn parse_session_expiry(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.as_secs() >= u64::from(u32::MAX) || duration.subsec_nanos() != 0 {
+        return Err(format!(
+            "{text} is not a session expiry: whole seconds, under 4294967295s"
+        ));
+    }
+    Ok(duration)
+}
+
+/// Parses a keep-alive: a duration of whole seconds, at most 65535.
 pub fn parse_keep_alive(text: &str) -> Result<Duration, String> {
     let duration = parse_duration(text)?;
     if duration.as_secs() > u64::from(u16::MAX) || duration.subsec_nanos() != 0 {

@@ -372,6 +372,18 @@ const FAMILIES: &[Family] = &[
         value: |m| m.stats.wills_published,
     },
     Family {
+        name: "mqtt_sessions_detached",
+        help: "MQTT sessions that lived on after their connection ended.",
+        kind: MetricType::Counter,
+        value: |m| m.stats.sessions_detached,
+    },
+    Family {
+        name: "mqtt_session_messages_dropped",
+        help: "Messages for MQTT sessions without a connection dropped: mqtt_session_queue or mqtt_session_queue_bytes was reached.",
+        kind: MetricType::Counter,
+        value: |m| m.stats.session_messages_dropped,
+    },
+    Family {
         name: "subscriptions_refused",
         help: "SUBSCRIBE requests refused by a subscription limit.",
         kind: MetricType::Counter,

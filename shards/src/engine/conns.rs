@@ -53,11 +53,19 @@ impl Shard {
                 to_close.push((*conn, ErrorCode::TokenExpired, expiry_message(expired)));
             } else if let Liveness::KeepAlive(limit) = state.liveness {
                 if let Some(limit) = limit.filter(|limit| quiet >= *limit) {
-                    to_close.push((
-                        *conn,
+                    // Told, and its writer ends the connection; the engine
+                    // connection stays for the MQTT session, which may
+                    // outlive it.
+                    state.liveness = Liveness::KeepAlive(None);
+                    self.stats.timeouts_and_expiries += 1;
+                    let text =
+                        format!("nothing received for {limit} ms, past the keep-alive; closing");
+                    let _ = state.outbox.push(OutFrame::Error(ErrorFrame::new(
+                        0,
                         ErrorCode::IdleTimeout,
-                        format!("nothing received for {limit} ms, past the keep-alive; closing"),
-                    ));
+                        true,
+                        text,
+                    )));
                 }
             } else if quiet >= timeout {
                 to_close.push((
@@ -182,6 +190,8 @@ impl Shard {
                 last_input_ms: self.now_ms,
                 ping_outstanding: false,
                 liveness: Liveness::Heartbeat,
+                handover: None,
+                arrived: None,
             },
         );
         self.stats.connections_opened += 1;
@@ -320,7 +330,11 @@ impl Shard {
     pub fn close_conn(&mut self, conn: ConnId) {
         self.withdraw_subscriptions(conn);
         self.forget_fetches(conn);
-        self.conns.remove(&conn);
+        if let Some(to) = self.conns.remove(&conn).and_then(|state| state.handover) {
+            // Asked for its session after its task had sent it, or ended
+            // it: the asking connection gets none.
+            self.send_session(to, None);
+        }
     }
 
     pub(super) fn withdraw_subscriptions(&mut self, conn: ConnId) {

@@ -215,6 +215,12 @@ struct ConnState {
     ping_outstanding: bool,
     /// How the engine learns the peer is alive.
     liveness: Liveness,
+    /// An MQTT connection whose session another connection asked for: it
+    /// goes there when this one ends.
+    handover: Option<(ShardId, ConnId)>,
+    /// The session this MQTT connection asked for, arrived (`Some(None)`:
+    /// there was none).
+    arrived: Option<Option<Box<crate::mqtt::Session>>>,
 }
 
 /// How a connection shows it is alive.
@@ -495,6 +501,8 @@ impl Shard {
     pub fn handle_mesh(&mut self, from: ShardId, msg: ShardMsg) {
         match msg {
             ShardMsg::TakeOverMsg { conn } => self.close_taken_over(conn),
+            ShardMsg::SessionWantedMsg { conn, to } => self.give_session(conn, to),
+            ShardMsg::SessionMsg { conn, session } => self.receive_session(conn, session),
             ShardMsg::PublishMsg {
                 topic,
                 payload,
@@ -609,6 +617,7 @@ mod memory;
 mod nodes;
 mod patterns;
 mod retained;
+mod sessions;
 mod topics;
 
 use patterns::LocalPattern;

@@ -315,7 +315,11 @@ impl MqttConn {
     /// Sends a `SUBACK` or `UNSUBACK` now (after what came before it) when
     /// it waits for nothing, else when its last native answer comes.
     fn finish_or_wait(&mut self, frames: &mut BytesMut, packet_id: u16, wait: AckWait) {
-        if wait.outstanding == 0 {
+        self.save_filters();
+        if packet_id == 0 && wait.outstanding == 0 {
+            // A session's filters, none of them subscribed again.
+            self.restored();
+        } else if wait.outstanding == 0 {
             let mut out = BytesMut::new();
             self.encode_ack_wait(packet_id, wait, &mut out);
             self.defer(frames, out.freeze());

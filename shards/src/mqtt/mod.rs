@@ -42,19 +42,27 @@
 //!   its own whose `TOPIC_MESSAGE`s go out with the retain flag set; its
 //!   `REPLAY_END` ends it.
 //!
-//! No session outlives its connection yet; the 5.0 `CONNACK` says so where
-//! 5.0 has a property for it (session expiry 0; shared subscriptions: not
-//! available), and a 5.0 client that asks for them anyway is answered with
-//! the reason code the specification gives.
+//! - **Sessions.** A session that outlives its connection (3.1.1
+//!   `clean_session` 0, 5.0 session expiry) stays subscribed while its
+//!   client is away and queues what arrives; a new connection with its
+//!   client id takes it over, on any shard (`session.rs`).
+//!
+//! Shared subscriptions are not available yet; the 5.0 `CONNACK` says so,
+//! and a 5.0 client that asks for them anyway is answered with the reason
+//! code the specification gives.
 
 mod codes;
 mod inbound;
 mod names;
 mod outbound;
 mod props;
+mod session;
+
+pub(crate) use session::Wanted;
+pub use session::{Session, SessionLimits};
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use corebus_mqtt::{
@@ -63,6 +71,8 @@ use corebus_mqtt::{
 };
 use corebus_net::{Body, Frame, Hello, PayloadFormat, Publish, TopicKey, PROTOCOL_VERSION};
 use rustc_hash::{FxHashMap, FxHashSet};
+
+use session::ClientIds;
 use tracing::debug;
 
 use crate::engine::ConnId;
@@ -71,7 +81,7 @@ use crate::routing::ShardId;
 
 use codes::{reason, v3};
 use inbound::native_topic;
-use outbound::{Delivery, Outbound};
+use outbound::Delivery;
 
 /// What every connection of one MQTT listener shares, on every shard.
 #[derive(Debug)]
@@ -91,7 +101,9 @@ pub struct MqttSettings {
     /// The longest keep-alive a 5.0 client may have, in seconds (0: any,
     /// and none).
     max_keep_alive: u16,
-    /// Which connection holds each client id.
+    /// How long sessions outlive their connections, and what they hold.
+    sessions: SessionLimits,
+    /// Which connection holds each client id, and the sessions' filters.
     clients: ClientIds,
 }
 
@@ -107,6 +119,7 @@ impl MqttSettings {
             receive_maximum,
             waiting_limit,
             max_keep_alive: 0,
+            sessions: SessionLimits::default(),
             clients: ClientIds::default(),
         }
     }
@@ -137,6 +150,13 @@ impl MqttSettings {
         .then_some((namespace, rest))
     }
 
+    /// These settings with sessions outliving their connections within
+    /// `limits`.
+    pub fn with_sessions(mut self, limits: SessionLimits) -> MqttSettings {
+        self.sessions = limits;
+        self
+    }
+
     /// These settings with 5.0 clients' keep-alive capped at `seconds` (0:
     /// no cap): a client asking for more, or for none, is told the cap in
     /// `server_keep_alive`.
@@ -148,31 +168,6 @@ impl MqttSettings {
 
 /// A connection, broker-wide: its shard and its id there.
 pub(crate) type Holder = (ShardId, ConnId);
-
-/// Which connection holds each MQTT client id: one at a time, broker-wide
-/// (MQTT-3.1.4-2 in 3.1.1, MQTT-3.1.4-3 in 5.0). Touched once when a
-/// connection's handshake succeeds and once when it ends.
-#[derive(Debug, Default)]
-struct ClientIds {
-    held: Mutex<FxHashMap<String, Holder>>,
-}
-
-impl ClientIds {
-    /// `holder` takes `id`; the connection that held it, if another.
-    fn claim(&self, id: &str, holder: Holder) -> Option<Holder> {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        held.insert(id.to_owned(), holder)
-            .filter(|previous| *previous != holder)
-    }
-
-    /// `holder` ends: `id` is free, unless another connection took it.
-    fn release(&self, id: &str, holder: Holder) {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        if held.get(id) == Some(&holder) {
-            held.remove(id);
-        }
-    }
-}
 
 /// Bytes a native frame adds to an MQTT packet's (namespace, opcode, ids):
 /// an MQTT packet may be this much shorter than the engine's frame limit.
@@ -239,7 +234,9 @@ pub(crate) struct MqttConn {
     origin: Option<u64>,
     /// Deliveries at QoS 1 and 2 the client has not finished acknowledging,
     /// by packet id.
-    outbound: FxHashMap<u16, Outbound>,
+    outbound: FxHashMap<u16, outbound::InFlight>,
+    /// Counts deliveries sent, for their order.
+    sent: u64,
     next_packet_id: u16,
     /// How many of those the client takes at once (5.0 `receive_maximum`).
     client_receive_max: usize,
@@ -256,11 +253,35 @@ pub(crate) struct MqttConn {
     /// `topic_alias_maximum`), and the ones given, by topic.
     client_alias_max: u16,
     aliases: FxHashMap<String, u16>,
-    /// A 5.0 client asked for its session to outlive the connection, which
-    /// the `CONNACK` overrides with 0.
-    asked_session_expiry: bool,
     /// The keep-alive the server chose for a 5.0 client, for the `CONNACK`.
     server_keep_alive: Option<u16>,
+    /// The `CONNECT` asked for a new session.
+    clean_start: bool,
+    /// How long the session outlives the connection, in seconds (0: it
+    /// ends with it).
+    expiry_secs: u32,
+    /// The `CONNECT` was accepted (the session exists).
+    accepted: bool,
+    /// The session expiry a 5.0 `CONNACK` tells, when not the one asked.
+    told_expiry: Option<u32>,
+    /// How long after the connection is lost its will is published.
+    will_delay_secs: u32,
+    /// When the connection was lost without a clean `DISCONNECT` (Unix ms).
+    lost_at: Option<u64>,
+    /// When the connection was detached, its session living on (Unix ms).
+    detached_at: Option<u64>,
+    /// Bytes queued while detached, counted against the listener's limit.
+    charged: usize,
+    /// Messages dropped while detached, not yet counted by the engine.
+    session_drops: u64,
+    /// The session this connection takes over, until its subscriptions
+    /// are in place; then the request for it, until the writer sends it.
+    resume_from: Option<Holder>,
+    wanted: Option<Wanted>,
+    /// Answers rendered while the `CONNACK` waits for the session, and
+    /// the `CONNACK`'s properties.
+    held_output: BytesMut,
+    connack_properties: Properties,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,6 +290,9 @@ enum Phase {
     Connect,
     /// `HELLO` sent; the engine's answer becomes the `CONNACK`.
     Connecting,
+    /// Accepted; the `CONNACK` waits for the session this connection
+    /// takes over.
+    Resuming,
     /// `CONNACK` sent.
     Open,
     /// Closed or refused.
@@ -371,6 +395,7 @@ impl MqttConn {
             client_aliases: FxHashMap::default(),
             origin: None,
             outbound: FxHashMap::default(),
+            sent: 0,
             next_packet_id: 0,
             client_receive_max: usize::from(u16::MAX),
             waiting: VecDeque::new(),
@@ -378,29 +403,29 @@ impl MqttConn {
             dropped: 0,
             client_alias_max: 0,
             aliases: FxHashMap::default(),
-            asked_session_expiry: false,
             server_keep_alive: None,
+            clean_start: true,
+            expiry_secs: 0,
+            accepted: false,
+            told_expiry: None,
+            will_delay_secs: 0,
+            lost_at: None,
+            detached_at: None,
+            charged: 0,
+            session_drops: 0,
+            resume_from: None,
+            wanted: None,
+            held_output: BytesMut::new(),
+            connack_properties: Properties::default(),
         }
-    }
-
-    /// The handshake of `holder` succeeded: it takes its client id
-    /// over; returns the connection that held it, which is to be closed.
-    pub(crate) fn claim_client_id(&mut self, holder: Holder) -> Option<Holder> {
-        self.holder = Some(holder);
-        self.settings.clients.claim(&self.client_id, holder)
-    }
-
-    /// The will, when the connection ends without a clean `DISCONNECT`
-    /// (5.0: or with reason 0x04, "disconnect with will message"): the
-    /// engine publishes it under the connection's grant.
-    pub(crate) fn take_will(&mut self) -> Option<Publish> {
-        self.will.take()
     }
 
     /// Whether the writer has bytes of ours to send: answers, or waiting
     /// deliveries the client now has room for.
     pub(crate) fn has_pending(&self) -> bool {
-        !self.pending.is_empty() || (!self.waiting.is_empty() && self.has_room())
+        !self.pending.is_empty()
+            || self.wanted.is_some()
+            || (!self.waiting.is_empty() && self.has_room() && !self.holds_deliveries())
     }
 
     /// Whether the client takes another delivery at QoS 1 or 2.
@@ -553,8 +578,20 @@ impl MqttConn {
                 self.client_receive_max = usize::from(max);
             }
             self.client_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
-            self.asked_session_expiry = connect.properties.session_expiry.unwrap_or(0) > 0;
         }
+        self.clean_start = connect.clean_start;
+        let asked = match self.version {
+            Version::V5 => connect.properties.session_expiry.unwrap_or(0),
+            _ if connect.clean_start => 0,
+            _ => u32::MAX,
+        };
+        self.expiry_secs = asked.min(self.settings.sessions.expiry_max_secs);
+        self.told_expiry = (v5 && self.expiry_secs != asked).then_some(self.expiry_secs);
+        self.will_delay_secs = connect
+            .will
+            .as_ref()
+            .and_then(|will| will.properties.will_delay)
+            .unwrap_or(0);
         let mut keep_alive = connect.keep_alive;
         let cap = self.settings.max_keep_alive;
         if v5 && cap > 0 && (keep_alive == 0 || keep_alive > cap) {
@@ -632,6 +669,7 @@ impl MqttConn {
                 if disconnect.reason != DISCONNECT_WITH_WILL {
                     self.will = None;
                 }
+                self.expiry_on_disconnect(disconnect.properties.session_expiry);
                 return Input::End;
             }
             Packet::Connect(_) => {
@@ -673,16 +711,18 @@ impl MqttConn {
     }
 
     /// The last bytes of a closing connection.
+    /// (The client id stays held: a session may outlive the connection.)
     pub(crate) fn close(&mut self) -> Vec<u8> {
         self.phase = Phase::Done;
-        self.release_client_id();
         std::mem::take(&mut self.pending).to_vec()
     }
 }
 
 impl MqttConn {
-    /// Frees the client id this connection holds, if it still does.
+    /// Frees the client id this connection holds, if it still does, and
+    /// what its detached session counted.
     pub(crate) fn release_client_id(&mut self) {
+        self.uncharge();
         if let Some(holder) = self.holder.take() {
             self.settings.clients.release(&self.client_id, holder);
         }

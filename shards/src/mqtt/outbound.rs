@@ -19,7 +19,7 @@ use crate::framing::{frames_of, Wrapped};
 
 /// Where a delivery at QoS 1 or 2 is in its exchange with the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Outbound {
+pub enum Outbound {
     /// QoS 1: waiting for `PUBACK`.
     Ack,
     /// QoS 2: waiting for `PUBREC`.
@@ -30,8 +30,8 @@ pub(super) enum Outbound {
 
 /// A message for the client: rendered at once, or waiting for a free
 /// packet id slot.
-#[derive(Debug)]
-pub(super) struct Delivery {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
     topic: String,
     body: corebus_net::Body,
     qos: QoS,
@@ -39,6 +39,36 @@ pub(super) struct Delivery {
     retain: bool,
     /// The subscription identifiers of the filters it matched (5.0).
     ids: Vec<u32>,
+    /// Its place in its topic's stream.
+    epoch: Epoch,
+    seq: Seq,
+}
+
+impl Delivery {
+    /// Bytes it holds, as queues count them.
+    pub(super) fn len(&self) -> usize {
+        self.topic.len() + self.body.len()
+    }
+
+    /// Its MQTT topic name.
+    pub(super) fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Its topic's epoch and its sequence number there.
+    pub(super) fn position(&self) -> (Epoch, Seq) {
+        (self.epoch, self.seq)
+    }
+}
+
+/// A delivery at QoS 1 or 2 sent and not yet acknowledged: kept to be sent
+/// again on a new connection to its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InFlight {
+    pub(super) state: Outbound,
+    pub(super) delivery: Delivery,
+    /// Deliveries sent before it on the connection.
+    pub(super) order: u64,
 }
 
 /// A message as one or more of the connection's subscriptions got it: one
@@ -152,7 +182,10 @@ impl MqttConn {
             }
         }
         self.deliver_matched(&mut matched, &mut out, segments);
-        if !out.is_empty() {
+        if self.phase == Phase::Resuming {
+            // Nothing goes out before the CONNACK.
+            self.held_output.extend_from_slice(&out);
+        } else if !out.is_empty() {
             segments.push(out.freeze());
         }
         wrapped
@@ -163,7 +196,6 @@ impl MqttConn {
         let v5 = self.version == Version::V5;
         match frame {
             Frame::Welcome(welcome) if self.phase == Phase::Connecting => {
-                self.phase = Phase::Open;
                 let mut properties = Properties::default();
                 if v5 {
                     properties.shared_available = Some(0);
@@ -174,17 +206,18 @@ impl MqttConn {
                         Some(welcome.max_frame.saturating_sub(NATIVE_OVERHEAD));
                     properties.assigned_client_id =
                         self.assigned_id.as_deref().and_then(MqttStr::new);
-                    // No session outlives its connection (yet): say so, and
-                    // a will's delay ends with the session, at once.
-                    properties.session_expiry = self.asked_session_expiry.then_some(0);
+                    properties.session_expiry = self.told_expiry;
                     properties.server_keep_alive = self.server_keep_alive;
                 }
-                Packet::ConnAck(ConnAck {
-                    session_present: false,
-                    code: 0,
-                    properties,
-                })
-                .encode(self.version, out);
+                self.connack_properties = properties;
+                self.accepted = true;
+                if self.is_resuming() {
+                    // The CONNACK waits for the session (`resume`).
+                    self.phase = Phase::Resuming;
+                } else {
+                    self.phase = Phase::Open;
+                    self.encode_connack(false, out);
+                }
             }
             Frame::Error(error) => return self.render_error(error, out),
             Frame::PubAck(ack) => {
@@ -247,7 +280,7 @@ impl MqttConn {
                 .encode(self.version, out);
                 return false;
             }
-            Phase::Open => {}
+            Phase::Open | Phase::Resuming => {}
         }
         let failure = request_code(code, v5);
         match self.requests.get(&error.request_id).copied() {
@@ -322,7 +355,13 @@ impl MqttConn {
         wait.outstanding -= 1;
         if wait.outstanding == 0 {
             if let Some(wait) = self.acks.remove(&packet_id) {
-                self.encode_ack_wait(packet_id, wait, out);
+                if packet_id == 0 {
+                    // The subscriptions of a session taken over.
+                    self.restored();
+                } else {
+                    self.encode_ack_wait(packet_id, wait, out);
+                }
+                self.save_filters();
             }
         }
     }
@@ -395,6 +434,8 @@ impl MqttConn {
                 qos,
                 retain: one.retain,
                 ids: one.ids,
+                epoch: one.epoch,
+                seq: one.seq,
             };
             self.deliver(delivery, out, segments);
         }
@@ -403,11 +444,16 @@ impl MqttConn {
     /// Sends a delivery now, or once the client has room for it (after the
     /// ones that already wait).
     fn deliver(&mut self, delivery: Delivery, out: &mut BytesMut, segments: &mut Vec<Bytes>) {
-        if self.waiting.is_empty() && (delivery.qos == QoS::AtMostOnce || self.has_room()) {
-            return self.publish(&delivery, out, segments);
+        if self.is_detached() {
+            return self.queue_detached(delivery);
         }
-        let (topic, body) = (&delivery.topic, &delivery.body);
-        let len = topic.len() + body.len();
+        if self.waiting.is_empty()
+            && !self.holds_deliveries()
+            && (delivery.qos == QoS::AtMostOnce || self.has_room())
+        {
+            return self.publish_as(delivery, None, false, out, segments);
+        }
+        let len = delivery.len();
         if self.waiting_bytes + len > self.settings.waiting_limit {
             if self.dropped == 0 {
                 warn!(
@@ -424,7 +470,10 @@ impl MqttConn {
     }
 
     /// Sends the deliveries that waited, as far as the client has room.
-    fn send_waiting(&mut self, out: &mut BytesMut, segments: &mut Vec<Bytes>) {
+    pub(super) fn send_waiting(&mut self, out: &mut BytesMut, segments: &mut Vec<Bytes>) {
+        if self.holds_deliveries() {
+            return;
+        }
         while self
             .waiting
             .front()
@@ -433,8 +482,8 @@ impl MqttConn {
             let Some(next) = self.waiting.pop_front() else {
                 break;
             };
-            self.waiting_bytes -= next.topic.len() + next.body.len();
-            self.publish(&next, out, segments);
+            self.waiting_bytes -= next.len();
+            self.publish_as(next, None, false, out, segments);
         }
         if self.waiting.is_empty() && self.dropped > 0 {
             warn!(client = %self.client_id, dropped = self.dropped, "MQTT client caught up");
@@ -444,7 +493,7 @@ impl MqttConn {
 
     /// The client acknowledged (part of) a delivery at QoS 1 or 2.
     pub(super) fn on_delivery_ack(&mut self, ack: &Ack) {
-        let state = self.outbound.get(&ack.packet_id).copied();
+        let state = self.outbound.get(&ack.packet_id).map(|entry| entry.state);
         match (ack.kind, state) {
             (AckKind::PubAck, Some(Outbound::Ack))
             | (AckKind::PubComp, Some(Outbound::Complete)) => {
@@ -455,7 +504,9 @@ impl MqttConn {
                 self.outbound.remove(&ack.packet_id);
             }
             (AckKind::PubRec, Some(Outbound::Received | Outbound::Complete)) => {
-                self.outbound.insert(ack.packet_id, Outbound::Complete);
+                if let Some(entry) = self.outbound.get_mut(&ack.packet_id) {
+                    entry.state = Outbound::Complete;
+                }
                 encode_ack(
                     self.version,
                     AckKind::PubRel,
@@ -509,8 +560,16 @@ impl MqttConn {
         }
     }
 
-    /// A `PUBLISH` of a delivery (the client has room for it).
-    fn publish(&mut self, delivery: &Delivery, out: &mut BytesMut, segments: &mut Vec<Bytes>) {
+    /// A `PUBLISH` of a delivery (the client has room for it), under a new
+    /// packet id or, sent again (`dup`), its old one.
+    pub(super) fn publish_as(
+        &mut self,
+        delivery: Delivery,
+        packet_id: Option<u16>,
+        dup: bool,
+        out: &mut BytesMut,
+        segments: &mut Vec<Bytes>,
+    ) {
         let (body, qos) = (&delivery.body, delivery.qos);
         let payload = body.payload();
         let mut properties = Properties::default();
@@ -544,9 +603,12 @@ impl MqttConn {
         let Some(topic) = MqttStr::new(topic) else {
             return;
         };
-        let packet_id = (qos != QoS::AtMostOnce).then(|| self.free_packet_id());
+        let packet_id = match packet_id {
+            Some(id) => Some(id),
+            None => (qos != QoS::AtMostOnce).then(|| self.free_packet_id()),
+        };
         let publish = mqtt::Publish {
-            dup: false,
+            dup,
             qos,
             retain: delivery.retain,
             topic,
@@ -562,19 +624,25 @@ impl MqttConn {
             out.truncate(start);
             return;
         }
+        if publish.payload.len() >= SHARE_FROM {
+            segments.push(out.split().freeze());
+            segments.push(publish.payload);
+        } else {
+            out.extend_from_slice(&publish.payload);
+        }
         if let Some(id) = packet_id {
             let state = if qos == QoS::ExactlyOnce {
                 Outbound::Received
             } else {
                 Outbound::Ack
             };
-            self.outbound.insert(id, state);
-        }
-        if publish.payload.len() >= SHARE_FROM {
-            segments.push(out.split().freeze());
-            segments.push(publish.payload);
-        } else {
-            out.extend_from_slice(&publish.payload);
+            self.sent += 1;
+            let entry = InFlight {
+                state,
+                delivery,
+                order: self.sent,
+            };
+            self.outbound.insert(id, entry);
         }
     }
 }

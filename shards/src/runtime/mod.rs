@@ -96,6 +96,8 @@ pub struct MqttConfig {
     /// The longest keep-alive an MQTT 5.0 client may have, in seconds (0: no
     /// cap).
     pub max_keep_alive_secs: u16,
+    /// How long sessions outlive their connections, and what they hold.
+    pub sessions: crate::SessionLimits,
 }
 
 /// The listener for browsers: every shard binds it beside the native one,
@@ -312,6 +314,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
                 config.engine.outbox_limit_bytes,
             )
             .with_max_keep_alive(mqtt.max_keep_alive_secs)
+            .with_sessions(mqtt.sessions)
             .with_tenants(mqtt.tenants),
         )
     });

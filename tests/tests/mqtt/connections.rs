@@ -353,6 +353,7 @@ async fn a_capped_keep_alive_is_told_to_5_0_clients_and_held_to() {
             namespace: "mqtt".into(),
             tenants: false,
             max_keep_alive_secs: 1,
+            sessions: corebus_shards::SessionLimits::default(),
         }),
         ..ServerConfig::default()
     });

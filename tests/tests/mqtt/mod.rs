@@ -10,6 +10,7 @@ mod connections;
 mod delivery;
 mod properties;
 mod retained;
+mod sessions;
 mod tenants;
 mod websocket;
 
@@ -43,6 +44,7 @@ fn mqtt_broker_with(shards: usize, config: ServerConfig) -> Broker {
             namespace: "mqtt".into(),
             tenants: false,
             max_keep_alive_secs: 0,
+            sessions: corebus_shards::SessionLimits::default(),
         }),
         ..config
     })

@@ -11,6 +11,7 @@ fn tenants_broker() -> Broker {
             namespace: "unused".into(),
             tenants: true,
             max_keep_alive_secs: 0,
+            sessions: corebus_shards::SessionLimits::default(),
         }),
         ..ServerConfig::default()
     })

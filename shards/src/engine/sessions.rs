@@ -1,0 +1,103 @@
+//! MQTT sessions that outlive their connection, as the engine sees them
+//! (see `crate::mqtt::session`): a detached connection keeps its
+//! subscriptions and sends no heartbeat; a new connection asks the old one
+//! for its session, which the old one's task sends over when it ends.
+
+use corebus_net::ErrorCode;
+
+use super::{ConnId, Liveness, Shard};
+use crate::mesh::ShardMsg;
+use crate::mqtt::Session;
+use crate::routing::ShardId;
+
+/// A connection, broker-wide: its shard and its id there.
+type Holder = (ShardId, ConnId);
+
+impl Shard {
+    /// `conn`'s socket ended and its session lives on: no keep-alive or
+    /// heartbeat applies to it any more (its grant's expiry still does).
+    pub fn detach_conn(&mut self, conn: ConnId) {
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.liveness = Liveness::KeepAlive(None);
+            self.stats.sessions_detached += 1;
+        }
+    }
+
+    /// Counts messages a detached session had no room for.
+    pub fn note_session_drops(&mut self, dropped: u64) {
+        self.stats.session_messages_dropped += dropped;
+    }
+
+    /// Whether the broker is shutting down (detached sessions end).
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// `to` takes over the session of `from`: `from` is closed with
+    /// `taken_over`, and its task sends the session to `to` as it ends.
+    pub fn want_session(&mut self, from: Holder, to: Holder) {
+        let (shard, conn) = from;
+        if shard == self.id {
+            self.give_session(conn, to);
+        } else {
+            self.push_mesh(shard, ShardMsg::SessionWantedMsg { conn, to });
+        }
+    }
+
+    /// `conn`'s session is wanted by `to`.
+    pub(super) fn give_session(&mut self, conn: ConnId, to: Holder) {
+        let Some(state) = self.conns.get_mut(&conn) else {
+            // Gone (expired, or ended) meanwhile: no session.
+            return self.send_session(to, None);
+        };
+        let earlier = state.handover.replace(to);
+        let closing = state.outbox.is_closing();
+        if closing {
+            // Ending anyway: its task sends the session as it ends.
+            state.outbox.kick();
+        }
+        if let Some(earlier) = earlier {
+            // Asked twice (a third connection came): the earlier one gets
+            // nothing.
+            self.send_session(earlier, None);
+        }
+        if closing {
+            return;
+        }
+        self.close_with_error(
+            conn,
+            ErrorCode::TakenOver,
+            "another connection took over this client id".into(),
+        );
+    }
+
+    /// Where `conn`'s session goes as it ends, if another connection
+    /// asked for it.
+    pub fn take_handover(&mut self, conn: ConnId) -> Option<Holder> {
+        self.conns.get_mut(&conn)?.handover.take()
+    }
+
+    /// Sends a session (or `None`: there is none) to the connection `to`.
+    pub fn send_session(&mut self, to: Holder, session: Option<Box<Session>>) {
+        let (shard, conn) = to;
+        if shard == self.id {
+            self.receive_session(conn, session);
+        } else {
+            self.push_mesh(shard, ShardMsg::SessionMsg { conn, session });
+        }
+    }
+
+    /// The session `conn` asked for arrived: its writer picks it up.
+    pub(super) fn receive_session(&mut self, conn: ConnId, session: Option<Box<Session>>) {
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.arrived = Some(session);
+            state.outbox.kick();
+        }
+    }
+
+    /// The session `conn` asked for, once it arrived (`Some(None)`: there
+    /// was none).
+    pub fn take_arrived_session(&mut self, conn: ConnId) -> Option<Option<Box<Session>>> {
+        self.conns.get_mut(&conn)?.arrived.take()
+    }
+}
