@@ -235,6 +235,10 @@ pub(crate) struct MqttConn {
     /// Deliveries at QoS 1 and 2 the client has not finished acknowledging,
     /// by packet id.
     outbound: FxHashMap<u16, outbound::InFlight>,
+    /// Bytes those hold (they are kept to be sent again on a new
+    /// connection to the session): at most the settings' `waiting_limit`
+    /// is sent and unacknowledged at a time.
+    outbound_bytes: usize,
     /// Counts deliveries sent, for their order.
     sent: u64,
     next_packet_id: u16,
@@ -395,6 +399,7 @@ impl MqttConn {
             client_aliases: FxHashMap::default(),
             origin: None,
             outbound: FxHashMap::default(),
+            outbound_bytes: 0,
             sent: 0,
             next_packet_id: 0,
             client_receive_max: usize::from(u16::MAX),
@@ -431,6 +436,7 @@ impl MqttConn {
     /// Whether the client takes another delivery at QoS 1 or 2.
     fn has_room(&self) -> bool {
         self.outbound.len() < self.client_receive_max
+            && self.outbound_bytes < self.settings.waiting_limit
     }
 
     /// The keep-alive of the `CONNECT`, once: `Some(None)` when the client

@@ -497,11 +497,11 @@ impl MqttConn {
         match (ack.kind, state) {
             (AckKind::PubAck, Some(Outbound::Ack))
             | (AckKind::PubComp, Some(Outbound::Complete)) => {
-                self.outbound.remove(&ack.packet_id);
+                self.untrack(ack.packet_id);
             }
             (AckKind::PubRec, Some(Outbound::Received)) if ack.reason >= 0x80 => {
                 // Refused by the client: the exchange ends here.
-                self.outbound.remove(&ack.packet_id);
+                self.untrack(ack.packet_id);
             }
             (AckKind::PubRec, Some(Outbound::Received | Outbound::Complete)) => {
                 if let Some(entry) = self.outbound.get_mut(&ack.packet_id) {
@@ -548,6 +548,21 @@ impl MqttConn {
             number: next,
             known: false,
         })
+    }
+
+    /// Keeps a delivery sent at QoS 1 or 2 until its exchange completes.
+    pub(super) fn track(&mut self, packet_id: u16, entry: InFlight) {
+        self.outbound_bytes += entry.delivery.len();
+        if let Some(old) = self.outbound.insert(packet_id, entry) {
+            self.outbound_bytes -= old.delivery.len();
+        }
+    }
+
+    /// A delivery's exchange completed.
+    fn untrack(&mut self, packet_id: u16) {
+        if let Some(old) = self.outbound.remove(&packet_id) {
+            self.outbound_bytes -= old.delivery.len();
+        }
     }
 
     /// A packet id no delivery in progress holds.
@@ -642,7 +657,7 @@ impl MqttConn {
                 delivery,
                 order: self.sent,
             };
-            self.outbound.insert(id, entry);
+            self.track(id, entry);
         }
     }
 }

@@ -383,6 +383,7 @@ impl MqttConn {
         }
         self.uncharge();
         let mut in_flight: Vec<(u16, InFlight)> = self.outbound.drain().collect();
+        self.outbound_bytes = 0;
         in_flight.sort_by_key(|(_, entry)| entry.order);
         Some(Box::new(Session {
             in_flight,
@@ -508,7 +509,7 @@ impl MqttConn {
                 if live {
                     self.send_again(packet_id, entry, &mut out, &mut segments);
                 } else {
-                    self.outbound.insert(packet_id, entry);
+                    self.track(packet_id, entry);
                 }
             }
             self.waiting = waiting;
@@ -534,7 +535,7 @@ impl MqttConn {
     ) {
         if entry.state == Outbound::Complete {
             encode_ack(self.version, AckKind::PubRel, packet_id, 0, out);
-            self.outbound.insert(packet_id, entry);
+            self.track(packet_id, entry);
             return;
         }
         self.publish_as(entry.delivery, Some(packet_id), true, out, segments);

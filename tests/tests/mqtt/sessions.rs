@@ -269,37 +269,56 @@ async fn deliveries_not_acknowledged_are_sent_again_with_dup_on_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_connection_is_taken_over_with_its_session_and_nothing_is_lost() {
     let broker = mqtt_broker(2);
-    let (mut publisher, _) = Mqtt::connect(&broker, Version::V5, "pub").await;
     let connect = persistent(Version::V5, "live", true, 60);
     let (mut old, _) = Mqtt::connect_on(&broker, 0, 40_000, &connect).await;
     old.subscribe(1, &[("live/#", QoS::AtLeastOnce)]).await;
-    publisher
-        .publish_confirmed("live/a", "before", QoS::AtLeastOnce, 1)
-        .await;
-    // Received, not acknowledged, by the old connection.
-    let before = old.publish_packet().await;
+    // Messages keep coming while the session changes connection; the old
+    // client acknowledges none of them.
+    let (mut publisher, _) = Mqtt::connect(&broker, Version::V5, "pub").await;
+    let publishing = tokio::spawn(async move {
+        for n in 0..200u16 {
+            let payload = format!("m{n:03}");
+            publisher
+                .publish_confirmed("live/a", &payload, QoS::AtLeastOnce, n + 1)
+                .await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        publisher
+    });
+    let mut first = Vec::new();
+    while first.len() < 20 {
+        first.push(old.publish_packet().await);
+    }
     let connect = persistent(Version::V5, "live", false, 60);
     let (mut new, connack) = Mqtt::connect_on(&broker, 1, 42_000, &connect).await;
     assert!(connack.session_present);
-    match old.next().await {
-        Some(Packet::Disconnect(disconnect)) => assert_eq!(disconnect.reason, 0x8E),
-        other => panic!("DISCONNECT taken over, not {other:?}"),
+    loop {
+        match old.next_raw().await {
+            Some(Packet::Publish(_)) => {}
+            Some(Packet::Disconnect(disconnect)) => {
+                assert_eq!(disconnect.reason, 0x8E);
+                break;
+            }
+            other => panic!("DISCONNECT taken over, not {other:?}"),
+        }
     }
-    assert!(old.next().await.is_none());
-    let again = new.publish_packet().await;
-    assert!(again.dup);
-    assert_eq!(again.payload, before.payload);
-    new.send(&ack(AckKind::PubAck, again.packet_id.expect("QoS 1")))
-        .await;
-    for n in 0..20u16 {
-        let payload = format!("after{n}");
-        publisher
-            .publish_confirmed("live/b", &payload, QoS::AtLeastOnce, 10 + n)
+    assert!(old.next_raw().await.is_none());
+    let _publisher = publishing.await.expect("published");
+    // Every message once, in order: the old connection's again (DUP), then
+    // the rest, none twice though both connections got some.
+    let mut got = Vec::new();
+    while got.len() < 200 {
+        let publish = new.publish_packet().await;
+        let payload = String::from_utf8_lossy(&publish.payload).into_owned();
+        if got.len() < 20 {
+            assert!(publish.dup, "{payload} was sent to the old connection");
+        }
+        new.send(&ack(AckKind::PubAck, publish.packet_id.expect("QoS 1")))
             .await;
+        got.push(payload);
     }
-    for n in 0..20 {
-        assert_eq!(new.message().await, ("live/b".into(), format!("after{n}")));
-    }
+    let expect: Vec<String> = (0..200).map(|n| format!("m{n:03}")).collect();
+    assert_eq!(got, expect);
     new.ping().await;
 }
 
@@ -490,4 +509,52 @@ async fn what_sessions_without_a_connection_hold_is_bounded_and_drops_are_counte
         !connack.session_present,
         "only 2 sessions without a connection are kept"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_deliveries_kept_for_a_resume_are_bounded_in_bytes() {
+    // Kept to be sent again, deliveries a client does not acknowledge hold
+    // at most `outbox_limit` bytes however large its receive maximum; the
+    // next ones wait (as many bytes again) or are dropped.
+    let limit = 64 * 1024;
+    let broker = mqtt_broker_with(
+        1,
+        ServerConfig {
+            engine: EngineConfig {
+                outbox_limit_bytes: limit,
+                ..EngineConfig::default()
+            },
+            ..ServerConfig::default()
+        },
+    );
+    let (mut publisher, _) = Mqtt::connect(&broker, Version::V5, "pub").await;
+    let connect = persistent(Version::V311, "hoarder", false, 0);
+    let (mut client, _) = Mqtt::connect_as(&broker, Version::V311, &connect).await;
+    client.subscribe(1, &[("hoard", QoS::AtLeastOnce)]).await;
+    let payload = "x".repeat(4_000);
+    for n in 0..40u16 {
+        publisher
+            .publish_confirmed("hoard", &payload, QoS::AtLeastOnce, n + 1)
+            .await;
+    }
+    client.send(&Packet::PingReq).await;
+    let mut unacked = Vec::new();
+    loop {
+        match client.next().await {
+            Some(Packet::PingResp) => break,
+            Some(Packet::Publish(publish)) => unacked.push(publish.packet_id.expect("QoS 1")),
+            other => panic!("a PUBLISH or PINGRESP, not {other:?}"),
+        }
+    }
+    let most = limit / 4_000 + 1;
+    assert!(
+        (most - 2..=most).contains(&unacked.len()),
+        "{} deliveries unacknowledged: about {limit} bytes' worth",
+        unacked.len()
+    );
+    // Acknowledged, they make room for the ones that waited.
+    for packet_id in unacked {
+        client.send(&ack(AckKind::PubAck, packet_id)).await;
+    }
+    assert_eq!(client.message().await, ("hoard".into(), payload));
 }
