@@ -45,6 +45,26 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// A delivery of `body` to `topic` at `qos`, message `seq` of `epoch`.
+    #[cfg(test)]
+    pub(super) fn new_for_test(
+        topic: &str,
+        body: corebus_net::Body,
+        qos: QoS,
+        epoch: Epoch,
+        seq: Seq,
+    ) -> Delivery {
+        Delivery {
+            topic: topic.to_owned(),
+            body,
+            qos,
+            retain: false,
+            ids: Vec::new(),
+            epoch,
+            seq,
+        }
+    }
+
     /// Bytes it holds, as queues count them.
     pub(super) fn len(&self) -> usize {
         self.topic.len() + self.body.len()

@@ -558,3 +558,81 @@ impl MqttConn {
         self.is_detached() || self.is_resuming()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corebus_mqtt::{QoS, Version};
+    use corebus_net::Body;
+    use std::sync::Arc;
+
+    use crate::mqtt::MqttSettings;
+
+    fn delivery(seq: Seq) -> Delivery {
+        Delivery::new_for_test(
+            "t",
+            Body::plain(format!("m{seq}").as_bytes()),
+            QoS::AtLeastOnce,
+            7,
+            seq,
+        )
+    }
+
+    /// The payloads of the `PUBLISH`es in `bytes`, and whether each had DUP.
+    fn publishes(bytes: &[u8]) -> Vec<(String, bool)> {
+        let mut input = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Ok(mqtt::Check::Complete { len }) = mqtt::check(&input, usize::MAX) {
+            let packet = input.split_to(len).freeze();
+            if let Ok(Packet::Publish(publish)) = mqtt::decode(packet, Version::V311) {
+                out.push((
+                    String::from_utf8_lossy(&publish.payload).into_owned(),
+                    publish.dup,
+                ));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_resumed_session_sends_the_old_connections_messages_then_its_own_without_copies() {
+        let settings = Arc::new(MqttSettings::new("mqtt".into(), 100, 1 << 20));
+        let mut conn = MqttConn::new(settings);
+        conn.phase = Phase::Resuming;
+        conn.accepted = true;
+        // What this connection got while it waited: 3 and 4 came to the old
+        // one too.
+        for seq in [3, 4, 5, 6] {
+            conn.waiting.push_back(delivery(seq));
+        }
+        let in_flight = vec![(
+            9,
+            InFlight {
+                state: Outbound::Ack,
+                delivery: delivery(2),
+                order: 1,
+            },
+        )];
+        let session = Session {
+            in_flight,
+            waiting: [delivery(3), delivery(4)].into_iter().collect(),
+            unreleased: FxHashSet::default(),
+            origin: None,
+            next_packet_id: 9,
+        };
+        conn.resume(Some(Box::new(session)));
+        let sent = publishes(&conn.pending);
+        let expect: Vec<(String, bool)> = [
+            ("m2", true),
+            ("m3", false),
+            ("m4", false),
+            ("m5", false),
+            ("m6", false),
+        ]
+        .into_iter()
+        .map(|(payload, dup)| (payload.to_owned(), dup))
+        .collect();
+        assert_eq!(sent, expect);
+        assert_eq!(conn.phase, Phase::Open);
+    }
+}

@@ -268,6 +268,7 @@ async fn deliveries_not_acknowledged_are_sent_again_with_dup_on_resume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_connection_is_taken_over_with_its_session_and_nothing_is_lost() {
+    const COUNT: u16 = 1_000;
     let broker = mqtt_broker(2);
     let connect = persistent(Version::V5, "live", true, 60);
     let (mut old, _) = Mqtt::connect_on(&broker, 0, 40_000, &connect).await;
@@ -275,13 +276,19 @@ async fn a_live_connection_is_taken_over_with_its_session_and_nothing_is_lost() 
     // Messages keep coming while the session changes connection; the old
     // client acknowledges none of them.
     let (mut publisher, _) = Mqtt::connect(&broker, Version::V5, "pub").await;
+    // In bursts of 20 (each acknowledged before the next), so that some
+    // reach both connections while the new one subscribes.
     let publishing = tokio::spawn(async move {
-        for n in 0..200u16 {
-            let payload = format!("m{n:03}");
-            publisher
-                .publish_confirmed("live/a", &payload, QoS::AtLeastOnce, n + 1)
-                .await;
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        for burst in 0..(COUNT / 20) {
+            for n in burst * 20..(burst + 1) * 20 {
+                let payload = format!("m{n:04}");
+                publisher
+                    .publish("live/a", &payload, QoS::AtLeastOnce, n + 1)
+                    .await;
+            }
+            for n in burst * 20..(burst + 1) * 20 {
+                publisher.expect_ack(AckKind::PubAck, n + 1, 0).await;
+            }
         }
         publisher
     });
@@ -307,7 +314,7 @@ async fn a_live_connection_is_taken_over_with_its_session_and_nothing_is_lost() 
     // Every message once, in order: the old connection's again (DUP), then
     // the rest, none twice though both connections got some.
     let mut got = Vec::new();
-    while got.len() < 200 {
+    while got.len() < usize::from(COUNT) {
         let publish = new.publish_packet().await;
         let payload = String::from_utf8_lossy(&publish.payload).into_owned();
         if got.len() < 20 {
@@ -317,7 +324,7 @@ async fn a_live_connection_is_taken_over_with_its_session_and_nothing_is_lost() 
             .await;
         got.push(payload);
     }
-    let expect: Vec<String> = (0..200).map(|n| format!("m{n:03}")).collect();
+    let expect: Vec<String> = (0..COUNT).map(|n| format!("m{n:04}")).collect();
     assert_eq!(got, expect);
     new.ping().await;
 }
