@@ -152,3 +152,35 @@ fn paho_passes_the_interoperability_script() {
         assert!(out.contains(check), "{check:?} missing from:\n{out}");
     }
 }
+
+#[test]
+fn mosquitto_sub_resumes_its_persistent_session_and_gets_what_came_meanwhile() {
+    let (_serve, port, _config) = mqtt_broker();
+    let port = port.to_string();
+    for version in ["mqttv311", "mqttv5"] {
+        let id = format!("persistent-{version}");
+        let subscriber = |extra: &[&str]| {
+            let mut sub = tool("mosquitto_sub");
+            sub.args(["-h", "127.0.0.1", "-p", &port, "-V", version]);
+            sub.args(["-u", "any", "-P", FULL_KEY, "-i", &id, "-c", "-q", "1"]);
+            if version == "mqttv5" {
+                sub.args(["-x", "60"]);
+            }
+            sub.args(["-t", "away/#", "-v"]).args(extra);
+            sub
+        };
+        // Subscribes, then goes away (-E: exits once subscribed).
+        run(subscriber(&["-E"]));
+        for (topic, qos, message) in [("away/a", "1", "one"), ("away/b/c", "2", "two")] {
+            let mut publish = tool("mosquitto_pub");
+            publish.args(["-h", "127.0.0.1", "-p", &port, "-V", version]);
+            publish.args(["-u", "any", "-P", FULL_KEY]);
+            publish.args(["-t", topic, "-q", qos, "-m", message]);
+            run(publish);
+        }
+        // Back with the same id (mosquitto_sub subscribes again, to the
+        // filter the session has): what came meanwhile arrives first.
+        let got = run(subscriber(&["-C", "2", "-W", "15"]));
+        assert_eq!(got, "away/a one\naway/b/c two\n", "{version}");
+    }
+}
