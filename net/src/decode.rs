@@ -189,6 +189,19 @@ fn decode_frame(
                 _ => Frame::Subscribe(subscribe),
             }
         }
+        Opcode::SubscribeShared => {
+            let request_id = reader.u32("request_id")?;
+            let sub_id = reader.u32("sub_id")?;
+            let group = reader.text8("group")?;
+            let topic = reader.topic_key(request_id)?;
+            reader.finish()?;
+            Frame::SubscribeShared(SubscribeShared {
+                request_id,
+                sub_id,
+                group,
+                topic,
+            })
+        }
         Opcode::SubOk => {
             let ok = SubOk {
                 request_id: reader.u32("request_id")?,
@@ -361,6 +374,7 @@ fn frame_name(opcode: Opcode) -> &'static str {
         Opcode::ClusterRequest => "CLUSTER_REQUEST",
         Opcode::HandoffRequest => "HANDOFF_REQUEST",
         Opcode::FetchRetained => "FETCH_RETAINED",
+        Opcode::SubscribeShared => "SUBSCRIBE_SHARED",
         Opcode::ClusterReply => "CLUSTER_REPLY",
         Opcode::ReplayEnd => "REPLAY_END",
         Opcode::TopicMessage => "TOPIC_MESSAGE",

@@ -295,6 +295,20 @@ impl Frame {
                     sub.topic.topic_bytes(),
                 )
             }
+            Frame::SubscribeShared(sub) => {
+                let group = clip(&sub.group, u8::MAX as usize);
+                let (namespace, topic) = (sub.topic.namespace_bytes(), sub.topic.topic_bytes());
+                header(
+                    dst,
+                    Opcode::SubscribeShared,
+                    4 + 4 + 1 + group.len() + 1 + namespace.len() + 2 + topic.len(),
+                );
+                dst.put_u32(sub.request_id);
+                dst.put_u32(sub.sub_id);
+                dst.put_u8(group.len() as u8);
+                dst.put_slice(group.as_bytes());
+                put_names(dst, namespace, topic);
+            }
             Frame::SubOk(ok) => {
                 header(dst, Opcode::SubOk, 4 + 4 + 8 + 8);
                 dst.put_u32(ok.request_id);

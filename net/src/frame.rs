@@ -253,6 +253,9 @@ pub enum Opcode {
     /// Client → server: the retained messages of a topic or pattern
     /// (version 2), answered with `TOPIC_MESSAGE`s and a `REPLAY_END`.
     FetchRetained = 0x0b,
+    /// Client → server: join a shared subscription (version 2): each
+    /// message of the topic or pattern goes to one member of the group.
+    SubscribeShared = 0x0c,
     /// Server → client: the handshake succeeded.
     Welcome = 0x81,
     /// Server → client: a publish was sequenced.
@@ -298,6 +301,7 @@ impl Opcode {
             0x09 => Opcode::ClusterRequest,
             0x0a => Opcode::HandoffRequest,
             0x0b => Opcode::FetchRetained,
+            0x0c => Opcode::SubscribeShared,
             0x81 => Opcode::Welcome,
             0x82 => Opcode::PubAck,
             0x83 => Opcode::SubOk,
@@ -409,6 +413,24 @@ pub struct Subscribe {
     /// Replay from this point first; `None` for live messages only.
     pub resume: Option<ResumePoint>,
     /// Topic to receive.
+    pub topic: TopicKey,
+}
+
+/// `SUBSCRIBE_SHARED`: join a group's shared subscription to a topic or
+/// pattern (version 2). Each message goes to one member of the group (the
+/// connections of the broker that joined the same group, namespace and
+/// topic); messages come as `TOPIC_MESSAGE`s, with their topic's sequence
+/// numbers, of which a member sees only its share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeShared {
+    /// Client-chosen id echoed in `SUB_OK` or `ERROR`.
+    pub request_id: u32,
+    /// Client-chosen subscription id, unique among the connection's live ones.
+    pub sub_id: u32,
+    /// The group: 1 to 255 bytes of UTF-8, without `/`, `+`, `#`, `*`, `>`
+    /// or control characters.
+    pub group: String,
+    /// The topic or pattern.
     pub topic: TopicKey,
 }
 
@@ -659,6 +681,8 @@ pub enum Frame {
     /// `FETCH_RETAINED`: the layout of `SUBSCRIBE`, without a resume point
     /// (version 2).
     FetchRetained(Subscribe),
+    /// See [`SubscribeShared`].
+    SubscribeShared(SubscribeShared),
     /// `PING` with its nonce.
     Ping(u64),
     /// `PONG` echoing a `PING`'s nonce.
@@ -692,6 +716,7 @@ impl Frame {
             Frame::TopicMessage(_) => Opcode::TopicMessage,
             Frame::HandoffRequest(_) => Opcode::HandoffRequest,
             Frame::FetchRetained(_) => Opcode::FetchRetained,
+            Frame::SubscribeShared(_) => Opcode::SubscribeShared,
             Frame::Ping(_) => Opcode::Ping,
             Frame::Pong(_) => Opcode::Pong,
             Frame::Error(_) => Opcode::Error,
@@ -705,7 +730,7 @@ mod tests {
 
     #[test]
     fn only_server_opcodes_are_server_frames() {
-        for byte in 0x01..=0x0bu8 {
+        for byte in 0x01..=0x0cu8 {
             let opcode = Opcode::from_u8(byte).expect("a client or either-way opcode");
             assert!(!opcode.is_server_frame(), "{opcode:?}");
         }
@@ -713,7 +738,7 @@ mod tests {
             let opcode = Opcode::from_u8(byte).expect("a server opcode");
             assert!(opcode.is_server_frame(), "{opcode:?}");
         }
-        for byte in [0x00, 0x0c, 0x7f, 0x80, 0x8d, 0x8e, 0x90, 0xff] {
+        for byte in [0x00, 0x0d, 0x7f, 0x80, 0x8d, 0x8e, 0x90, 0xff] {
             assert_eq!(Opcode::from_u8(byte), None, "{byte:#04x} is not an opcode");
         }
     }

@@ -253,6 +253,15 @@ fn worked_examples_from_protocol_doc() {
     // here is a wire-format change and needs a protocol version bump.
     let cases: Vec<(Frame, &str)> = vec![
         (
+            Frame::SubscribeShared(corebus_net::SubscribeShared {
+                request_id: 5,
+                sub_id: 9,
+                group: "g".into(),
+                topic: TopicKey::new(b"a", b"*").expect("valid"),
+            }),
+            "00000010 0c 00000005 00000009 01 67 01 61 0001 2a",
+        ),
+        (
             Frame::FetchRetained(Subscribe {
                 request_id: 5,
                 sub_id: 9,

@@ -114,6 +114,14 @@ pub enum ShardMsg {
         /// The connection taking it over.
         to: (ShardId, ConnId),
     },
+    /// To every shard: a member joins a group's shared subscription (group,
+    /// topic or pattern, member; boxed: rare).
+    JoinGroupMsg(Box<(Box<str>, TopicKey, crate::engine::SharedMember)>),
+    /// To every shard: a member leaves its group.
+    LeaveGroupMsg(Box<(Box<str>, TopicKey, crate::engine::SharedMember)>),
+    /// From a topic's owner to a member's shard: a message for that one
+    /// member of a group.
+    SharedDeliverMsg(Box<crate::engine::SharedDelivery>),
     /// To the connection that asked for a session: the session (boxed: it
     /// is rare and large), or `None` when there was none.
     SessionMsg {

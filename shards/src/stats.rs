@@ -68,6 +68,9 @@ pub struct ShardStats {
     /// `DISCONNECT`, published (the publish may still be refused by the
     /// connection's permissions).
     pub wills_published: u64,
+    /// Messages for a shared subscription's member that had left after the
+    /// owner chose it (lost).
+    pub shared_messages_dropped: u64,
     /// MQTT sessions that lived on after their connection ended.
     pub sessions_detached: u64,
     /// Messages for MQTT sessions without a connection dropped: the

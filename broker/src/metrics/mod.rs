@@ -372,6 +372,12 @@ const FAMILIES: &[Family] = &[
         value: |m| m.stats.wills_published,
     },
     Family {
+        name: "shared_messages_dropped",
+        help: "Messages for a shared subscription's member that had left after the topic's shard chose it.",
+        kind: MetricType::Counter,
+        value: |m| m.stats.shared_messages_dropped,
+    },
+    Family {
         name: "mqtt_sessions_detached",
         help: "MQTT sessions that lived on after their connection ended.",
         kind: MetricType::Counter,

@@ -346,7 +346,10 @@ impl Shard {
         state.subscription_bytes = 0;
         self.release_subscriptions(subscriptions.len());
         for (sub_id, sub) in subscriptions {
-            self.remove_subscriber(&sub.topic, conn, sub_id);
+            match sub.group {
+                Some(group) => self.leave_shared(group, sub.topic, conn, sub_id),
+                None => self.remove_subscriber(&sub.topic, conn, sub_id),
+            }
         }
     }
 
@@ -450,6 +453,7 @@ impl Shard {
             Frame::ClusterRequest(request) => self.handle_cluster_request(conn, request),
             Frame::HandoffRequest(request) => self.handle_handoff_request(conn, request),
             Frame::FetchRetained(request) => self.handle_fetch_retained(conn, request),
+            Frame::SubscribeShared(request) => self.handle_subscribe_shared(conn, request),
             Frame::Pong(_) => {}
             Frame::Hello(_) => self.send_error(
                 conn,

@@ -189,6 +189,8 @@ struct SubState {
     /// The resume request this subscription waits for, if any.
     resume_request: Option<u32>,
     lost: Option<Lost>,
+    /// A shared subscription's group (`topic` is its topic or pattern).
+    group: Option<Box<str>>,
 }
 
 /// Per-connection state.
@@ -268,6 +270,8 @@ pub struct Shard {
     patterns: PatternTrie<(ShardId, LocalRef)>,
     /// Subscriber side: the patterns this shard's connections subscribe to.
     local_patterns: LocalTopics<LocalPattern>,
+    /// Every group's shared subscriptions, as this shard knows them.
+    shared: Vec<shared::SharedGroup>,
     conns: FxHashMap<ConnId, ConnState>,
     next_conn: u64,
     /// Per peer: messages collected during this turn, sent as one batch.
@@ -345,6 +349,7 @@ impl Shard {
             local: LocalTopics::default(),
             patterns: PatternTrie::default(),
             local_patterns: LocalTopics::default(),
+            shared: Vec::new(),
             conns: FxHashMap::default(),
             next_conn: 0,
             mesh_out: (0..shard_count).map(|_| Vec::new()).collect(),
@@ -503,6 +508,15 @@ impl Shard {
             ShardMsg::TakeOverMsg { conn } => self.close_taken_over(conn),
             ShardMsg::SessionWantedMsg { conn, to } => self.give_session(conn, to),
             ShardMsg::SessionMsg { conn, session } => self.receive_session(conn, session),
+            ShardMsg::JoinGroupMsg(join) => {
+                let (group, topic, member) = *join;
+                self.join_group(group, topic, member);
+            }
+            ShardMsg::LeaveGroupMsg(leave) => {
+                let (group, topic, member) = *leave;
+                self.leave_group(&group, &topic, member);
+            }
+            ShardMsg::SharedDeliverMsg(delivery) => self.deliver_shared(&delivery),
             ShardMsg::PublishMsg {
                 topic,
                 payload,
@@ -618,11 +632,13 @@ mod nodes;
 mod patterns;
 mod retained;
 mod sessions;
+mod shared;
 mod topics;
 
 use patterns::LocalPattern;
 
 pub use nodes::LINK_HIGH_WATER;
+pub use shared::{Member as SharedMember, SharedDelivery};
 
 #[cfg(test)]
 mod hostile;

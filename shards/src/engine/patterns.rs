@@ -95,6 +95,7 @@ impl Shard {
                     topic: key.clone(),
                     resume_request: None,
                     lost: None,
+                    group: None,
                 },
             );
         }

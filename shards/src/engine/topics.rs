@@ -197,6 +197,12 @@ impl Shard {
         if let Some((key, epoch)) = matching {
             self.fan_out_patterns(&key, epoch, seq, &payload);
         }
+        if !self.shared.is_empty() {
+            if let Some(owned) = self.owned.get(&topic) {
+                let (key, epoch) = (owned.key().clone(), owned.epoch());
+                self.fan_out_shared(&key, epoch, seq, &payload);
+            }
+        }
         if let Some(epoch) = retain {
             self.retain_message(&topic, epoch, seq, &payload);
         }
@@ -331,6 +337,7 @@ impl Shard {
                     topic: key,
                     resume_request: resume.map(|_| request_id),
                     lost: None,
+                    group: None,
                 },
             );
         }
@@ -560,7 +567,11 @@ impl Shard {
     /// Counts one more subscription of `conn` to `topic` if every bound
     /// allows it: the connection's count and name bytes, and the broker's
     /// count (shared by all shards). The reason names the bound otherwise.
-    fn admit_subscription(&mut self, conn: ConnId, topic: &TopicKey) -> Result<(), String> {
+    pub(super) fn admit_subscription(
+        &mut self,
+        conn: ConnId,
+        topic: &TopicKey,
+    ) -> Result<(), String> {
         let config = &self.config;
         let Some(state) = self.conns.get_mut(&conn) else {
             return Err("the connection is closing".into());
@@ -620,7 +631,10 @@ impl Shard {
             state.subscription_bytes -= sub.topic.wire_bytes().len();
         }
         self.release_subscriptions(1);
-        self.remove_subscriber(&sub.topic, conn, sub_id);
+        match sub.group {
+            Some(group) => self.leave_shared(group, sub.topic, conn, sub_id),
+            None => self.remove_subscriber(&sub.topic, conn, sub_id),
+        }
         // Queued after every MESSAGE already queued for this subscription, and
         // the table no longer lists it: nothing for it follows UNSUB_OK.
         self.send(conn, OutFrame::UnsubOk { request_id, sub_id });

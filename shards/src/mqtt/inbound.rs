@@ -11,7 +11,7 @@ use corebus_mqtt::{
 };
 use corebus_net::{
     encode_publish_as, encode_subscribe, is_pattern, validate_topic, Frame, Headers, PayloadFormat,
-    Subscribe as NativeSubscribe, TopicKey, Unsubscribe, FORMAT_RETAIN,
+    Subscribe as NativeSubscribe, SubscribeShared, TopicKey, Unsubscribe, FORMAT_RETAIN,
 };
 use tracing::debug;
 
@@ -141,7 +141,24 @@ impl MqttConn {
         let settings = self.settings.clone();
         for (index, filter) in subscribe.filters.iter().enumerate() {
             let text = filter.filter.as_str();
-            let Some((namespace, rest)) = settings.split(text) else {
+            // A shared subscription: `$share/{group}/{filter}`.
+            let (share, body) = match text.strip_prefix("$share/") {
+                None => (None, text),
+                Some(rest) => match rest.split_once('/') {
+                    Some((group, body)) if !group.is_empty() && !group.contains(['+', '#']) => {
+                        (Some(group), body)
+                    }
+                    _ => {
+                        wait.codes.push(if v5 {
+                            reason::FILTER_INVALID
+                        } else {
+                            v3::SUB_FAILURE
+                        });
+                        continue;
+                    }
+                },
+            };
+            let Some((namespace, rest)) = settings.split(body) else {
                 // Multi-tenant mode: no namespace level, or a wildcard in it.
                 wait.codes.push(if v5 {
                     reason::FILTER_INVALID
@@ -165,13 +182,16 @@ impl MqttConn {
             if filter.no_local && self.origin.is_none() {
                 self.origin = Some(super::random_u64());
             }
-            let wildcard_first = text.starts_with(['+', '#']);
+            let wildcard_first = body.starts_with(['+', '#']);
             let existing = self.filters.get(text);
-            let fetch = match filter.retain_handling {
-                RetainHandling::OnSubscribe => true,
-                RetainHandling::OnNewSubscribe => existing.is_none(),
-                RetainHandling::Never => false,
-            };
+            // A shared subscription gets no retained messages (MQTT 5.0,
+            // 4.8.2).
+            let fetch = share.is_none()
+                && match filter.retain_handling {
+                    RetainHandling::OnSubscribe => true,
+                    RetainHandling::OnNewSubscribe => existing.is_none(),
+                    RetainHandling::Never => false,
+                };
             if let Some(ids) = existing {
                 // Subscribing again replaces the subscription: the same
                 // one, with the options asked for now.
@@ -194,15 +214,34 @@ impl MqttConn {
                         sub_id,
                         parent: n > 0,
                     });
-                    encode_subscribe(
-                        frames,
-                        request_id,
-                        sub_id,
-                        None,
-                        namespace.as_bytes(),
-                        native.as_bytes(),
-                    );
-                    let topic = names::exact_name(native, prefix.as_deref());
+                    let topic = match share {
+                        None => {
+                            encode_subscribe(
+                                frames,
+                                request_id,
+                                sub_id,
+                                None,
+                                namespace.as_bytes(),
+                                native.as_bytes(),
+                            );
+                            names::exact_name(native, prefix.as_deref())
+                        }
+                        Some(group) => {
+                            // Its messages come with their topics.
+                            if let Ok(topic) =
+                                TopicKey::new(namespace.as_bytes(), native.as_bytes())
+                            {
+                                Frame::SubscribeShared(SubscribeShared {
+                                    request_id,
+                                    sub_id,
+                                    group: group.to_owned(),
+                                    topic,
+                                })
+                                .encode(frames);
+                            }
+                            None
+                        }
+                    };
                     self.subs.insert(
                         sub_id,
                         Sub {

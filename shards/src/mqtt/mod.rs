@@ -47,9 +47,9 @@
 //!   client is away and queues what arrives; a new connection with its
 //!   client id takes it over, on any shard (`session.rs`).
 //!
-//! Shared subscriptions are not available yet; the 5.0 `CONNACK` says so,
-//! and a 5.0 client that asks for them anyway is answered with the reason
-//! code the specification gives.
+//! - **Shared subscriptions.** `$share/{group}/{filter}` becomes a native
+//!   `SUBSCRIBE_SHARED` for each native topic of the filter
+//!   (`engine/shared.rs`): each message goes to one member of the group.
 
 mod codes;
 mod inbound;

@@ -218,7 +218,6 @@ impl MqttConn {
             Frame::Welcome(welcome) if self.phase == Phase::Connecting => {
                 let mut properties = Properties::default();
                 if v5 {
-                    properties.shared_available = Some(0);
                     properties.topic_alias_maximum = Some(super::inbound::CLIENT_ALIASES);
                     properties.wildcard_available = Some(1);
                     properties.receive_maximum = Some(self.settings.receive_maximum.max(1));

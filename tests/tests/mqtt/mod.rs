@@ -11,6 +11,7 @@ mod delivery;
 mod properties;
 mod retained;
 mod sessions;
+mod shared;
 mod tenants;
 mod websocket;
 
