@@ -330,6 +330,11 @@ async fn serve_conn(
     if let Some(reason) = refusal {
         shard.borrow_mut().refuse_conn(conn, reason);
     }
+    // The engine may end the connection's input (a takeover, a lapsed
+    // keep-alive) while the reader runs.
+    shard
+        .borrow_mut()
+        .set_socket(conn, Some(stream.as_raw_fd()));
     let writer = glommio::spawn_local(
         write_loop(
             shard.clone(),
@@ -361,6 +366,7 @@ async fn serve_conn(
         }
         Err(err) => debug!(%err, "connection read failed"),
     }
+    shard.borrow_mut().set_socket(conn, None);
     let mqtt = edge
         .as_ref()
         .filter(|edge| edge.borrow_mut().mqtt_mut().is_some());
@@ -382,13 +388,34 @@ async fn serve_conn(
         .borrow_mut()
         .outbox_mut(conn)
         .is_none_or(|outbox| outbox.is_closing());
+    // Another connection takes the session over: it gets what this one
+    // still holds, queued from now on; its client is told (5.0).
+    let taken = shard.borrow().has_handover(conn);
+    let handover = taken
+        && mqtt.is_some_and(|edge| {
+            edge.borrow_mut().mqtt_mut().is_some_and(|mqtt| {
+                let persists = mqtt.session_persists();
+                if persists {
+                    mqtt.begin_handover();
+                }
+                persists
+            })
+        });
+    if taken && !handover {
+        // Taken over, its session not living on: closed as any takeover.
+        shard.borrow_mut().close_taken_over(conn);
+    }
     let detached = !closing
+        && !taken
         && mqtt.is_some_and(|edge| {
             edge.borrow_mut()
                 .mqtt_mut()
                 .is_some_and(|mqtt| mqtt.detach(crate::auth::unix_now_ms()))
         });
-    if detached {
+    if handover {
+        kick(&shard, conn);
+        finish_writer(writer).await;
+    } else if detached {
         // The session lives on without its socket: the writer stops at
         // its next batch, and the connection's place is given back.
         kick(&shard, conn);
@@ -865,11 +892,8 @@ async fn write_loop(
             }
             None => Wrapped::default(),
         };
-        if detached {
-            // What the batch held is queued for the session (`wrap`).
-            shard.borrow_mut().conn_drained(conn, 0);
-            break;
-        }
+        // Detached: what the batch held is queued for the session (`wrap`),
+        // and only a handover's last words (5.0: `DISCONNECT` 0x8E) go out.
         let written = match write_segments(&mut stream, tls.as_ref(), &sends, &mut segments).await {
             Ok(written) => written,
             Err(err) => {
@@ -884,7 +908,7 @@ async fn write_loop(
             engine.note_input(conn, 0);
         }
         drop(engine);
-        if wrapped.end {
+        if wrapped.end || detached {
             break;
         }
     }
@@ -895,6 +919,25 @@ async fn write_loop(
                 .mqtt_mut()
                 .is_some_and(|mqtt| mqtt.session_persists())
         });
+    // Detached meanwhile (the reader ended while this writer was writing):
+    // only a handover's last words go out.
+    let detached = detached
+        || edge.as_ref().is_some_and(|edge| {
+            edge.borrow_mut()
+                .mqtt_mut()
+                .is_some_and(|mqtt| mqtt.is_detached())
+        });
+    if detached {
+        let last = edge
+            .as_ref()
+            .and_then(|edge| edge.borrow_mut().mqtt_mut().map(MqttConn::take_last_words))
+            .filter(|last| !last.is_empty());
+        if let Some(last) = last {
+            let _ = stream.set_write_timeout(Some(CLOSE_FLUSH_TIMEOUT));
+            let mut last = vec![last];
+            let _ = write_segments(&mut stream, tls.as_ref(), &sends, &mut last).await;
+        }
+    }
     if let Some(edge) = edge.as_ref().filter(|_| !detached) {
         // A WebSocket close frame, bounded like the TLS close below.
         let _ = stream.set_write_timeout(Some(CLOSE_FLUSH_TIMEOUT));

@@ -8,13 +8,15 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tracing::debug;
 
 use crate::auth::unix_now_ms;
 use crate::conn::{encode_out_frame, next_batch};
 use crate::edge::EdgeConn;
 use crate::engine::{ConnId, Shard};
+use crate::mqtt::MqttConn;
+use crate::outbox::OutFrame;
 
 /// What woke a detached session.
 enum Woke {
@@ -33,8 +35,6 @@ pub(crate) async fn hold(shard: &Rc<RefCell<Shard>>, conn: ConnId, edge: &Rc<Ref
     shard.borrow_mut().detach_conn(conn);
     debug!("MQTT connection ended; its session lives on");
     let mut batch = Vec::new();
-    let mut head = BytesMut::new();
-    let mut segments = Vec::new();
     loop {
         let (expires, will) = match edge.borrow_mut().mqtt_mut() {
             Some(mqtt) => (mqtt.expires_at_ms(), mqtt.will_due_ms()),
@@ -62,28 +62,8 @@ pub(crate) async fn hold(shard: &Rc<RefCell<Shard>>, conn: ConnId, edge: &Rc<Ref
         .await;
         match woke {
             Woke::Frames(closing) => {
-                for frame in batch.drain(..) {
-                    encode_out_frame(frame, &mut head, &mut segments);
-                }
-                if !head.is_empty() {
-                    segments.push(head.split().freeze());
-                }
-                // Deliveries are queued; answers to a client that is not
-                // there are dropped.
-                let arrived = shard.borrow_mut().take_arrived_session(conn);
-                let mut edge = edge.borrow_mut();
-                if let (Some(session), Some(mqtt)) = (arrived, edge.mqtt_mut()) {
-                    // Taken over from another connection just before this
-                    // one's client went: kept for the next.
-                    mqtt.resume(session);
-                }
-                let _ = edge.wrap(&mut segments);
-                let drops = edge.mqtt_mut().map_or(0, |mqtt| mqtt.take_drops());
-                drop(edge);
-                shard.borrow_mut().note_session_drops(drops);
-                segments.clear();
-                shard.borrow_mut().conn_drained(conn, 0);
-                if closing || shard.borrow().is_draining() {
+                take_in(shard, conn, edge, &mut batch);
+                if closing || shard.borrow().is_draining() || shard.borrow().has_handover(conn) {
                     return;
                 }
             }
@@ -101,25 +81,79 @@ pub(crate) async fn hold(shard: &Rc<RefCell<Shard>>, conn: ConnId, edge: &Rc<Ref
     }
 }
 
+/// Frames of `conn`'s outbox (in `batch`) taken into its session without a
+/// client: deliveries are queued, answers dropped; and a session this
+/// connection was taking over from another goes on arriving and being
+/// asked for.
+fn take_in(
+    shard: &Rc<RefCell<Shard>>,
+    conn: ConnId,
+    edge: &Rc<RefCell<EdgeConn>>,
+    batch: &mut Vec<OutFrame>,
+) {
+    let mut head = BytesMut::new();
+    let mut segments: Vec<Bytes> = Vec::new();
+    for frame in batch.drain(..) {
+        encode_out_frame(frame, &mut head, &mut segments);
+    }
+    if !head.is_empty() {
+        segments.push(head.split().freeze());
+    }
+    let arrived = shard.borrow_mut().take_arrived_session(conn);
+    let mut edge = edge.borrow_mut();
+    if let (Some(session), Some(mqtt)) = (arrived, edge.mqtt_mut()) {
+        // Taken over from another connection just before this one's client
+        // went: kept for the next.
+        mqtt.resume(session);
+    }
+    let _ = edge.wrap(&mut segments);
+    let (drops, wanted) = edge
+        .mqtt_mut()
+        .map_or((0, None), |mqtt| (mqtt.take_drops(), mqtt.take_wanted()));
+    drop(edge);
+    let mut shard = shard.borrow_mut();
+    shard.conn_drained(conn, 0);
+    shard.note_session_drops(drops);
+    if let Some(wanted) = wanted {
+        let me = (shard.id(), conn);
+        shard.want_session(wanted.from, me);
+    }
+}
+
 /// `conn` ends: its session goes to the connection that took it over, if
-/// one asked; otherwise the session ends with it, and its will is
-/// published if it was still waiting for its delay.
+/// one asked, with what its outbox still held; otherwise the session ends
+/// with it, and its will is published if it was still waiting for its
+/// delay.
 pub(crate) fn end(shard: &Rc<RefCell<Shard>>, conn: ConnId, edge: &Rc<RefCell<EdgeConn>>) {
     let handover = shard.borrow_mut().take_handover(conn);
+    if let Some(to) = handover {
+        // Nothing more arrives for it; what came is the session's.
+        shard.borrow_mut().finish_conn(conn);
+        let mut batch = Vec::new();
+        if let Some(outbox) = shard.borrow_mut().outbox_mut(conn) {
+            outbox.drain_some(&mut batch, usize::MAX);
+        }
+        if let Some(mqtt) = edge.borrow_mut().mqtt_mut() {
+            mqtt.begin_handover();
+        }
+        take_in(shard, conn, edge, &mut batch);
+        let session = edge
+            .borrow_mut()
+            .mqtt_mut()
+            .and_then(MqttConn::take_session);
+        shard.borrow_mut().send_session(to, session);
+    }
     let mut edge = edge.borrow_mut();
     let Some(mqtt) = edge.mqtt_mut() else {
         return;
     };
-    match handover {
-        Some(to) => {
-            let session = mqtt.take_session();
-            shard.borrow_mut().send_session(to, session);
-        }
-        None => {
-            if let Some(will) = mqtt.take_due_will(unix_now_ms(), true) {
-                shard.borrow_mut().publish_will(conn, will);
-            }
-        }
+    if let Some(will) = mqtt.take_due_will(unix_now_ms(), true) {
+        shard.borrow_mut().publish_will(conn, will);
+    }
+    if let Some(previous) = mqtt.abandon_resume() {
+        // It was taking a session over and ends first: the connection that
+        // held it is closed at least (one connection per client id).
+        shard.borrow_mut().take_over(previous);
     }
     mqtt.release_client_id();
 }

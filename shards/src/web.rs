@@ -284,7 +284,11 @@ impl WebConn {
             }
             out.extend_from_slice(&session.take_output());
         }
-        self.phase = Phase::Done;
+        let keep = matches!(&self.phase, Phase::MqttWebSocket(_, mqtt) if mqtt.session_persists());
+        if !keep {
+            // (An MQTT session that outlives the connection keeps its state.)
+            self.phase = Phase::Done;
+        }
         out
     }
 }

@@ -57,15 +57,20 @@ impl Shard {
                     // connection stays for the MQTT session, which may
                     // outlive it.
                     state.liveness = Liveness::KeepAlive(None);
-                    self.stats.timeouts_and_expiries += 1;
                     let text =
                         format!("nothing received for {limit} ms, past the keep-alive; closing");
-                    let _ = state.outbox.push(OutFrame::Error(ErrorFrame::new(
+                    let told = state.outbox.push(OutFrame::Error(ErrorFrame::new(
                         0,
                         ErrorCode::IdleTimeout,
                         true,
-                        text,
+                        text.clone(),
                     )));
+                    if told.is_ok() {
+                        self.stats.timeouts_and_expiries += 1;
+                        cut_input(state);
+                    } else {
+                        to_close.push((*conn, ErrorCode::IdleTimeout, text));
+                    }
                 }
             } else if quiet >= timeout {
                 to_close.push((
@@ -146,7 +151,7 @@ impl Shard {
     }
 
     /// Closes `conn`, whose client id another connection took over.
-    pub(super) fn close_taken_over(&mut self, conn: ConnId) {
+    pub fn close_taken_over(&mut self, conn: ConnId) {
         if self
             .conns
             .get(&conn)
@@ -190,6 +195,7 @@ impl Shard {
                 last_input_ms: self.now_ms,
                 ping_outstanding: false,
                 liveness: Liveness::Heartbeat,
+                socket: None,
                 handover: None,
                 arrived: None,
             },
@@ -721,4 +727,15 @@ fn expiry_message(expired_ms: u64) -> String {
         "the token expired at {} (Unix seconds); reconnect with a fresh one",
         expired_ms / 1000
     )
+}
+
+/// Ends a connection's input now: its reader sees the end of the stream
+/// (its writer still sends what is queued).
+pub(super) fn cut_input(state: &super::ConnState) {
+    if let Some(fd) = state.socket {
+        // SAFETY: shutdown(2) on the descriptor the connection's reader
+        // holds open (`socket` is cleared when the reader ends); it touches
+        // no memory.
+        unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+    }
 }

@@ -217,6 +217,9 @@ struct ConnState {
     ping_outstanding: bool,
     /// How the engine learns the peer is alive.
     liveness: Liveness,
+    /// The connection's socket while its reader runs: shut for reading to
+    /// end the connection now (a lapsed keep-alive, a session taken over).
+    socket: Option<std::os::fd::RawFd>,
     /// An MQTT connection whose session another connection asked for: it
     /// goes there when this one ends.
     handover: Option<(ShardId, ConnId)>,

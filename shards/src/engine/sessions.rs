@@ -3,8 +3,6 @@
 //! subscriptions and sends no heartbeat; a new connection asks the old one
 //! for its session, which the old one's task sends over when it ends.
 
-use corebus_net::ErrorCode;
-
 use super::{ConnId, Liveness, Shard};
 use crate::mesh::ShardMsg;
 use crate::mqtt::Session;
@@ -44,31 +42,36 @@ impl Shard {
         }
     }
 
-    /// `conn`'s session is wanted by `to`.
+    /// `conn`'s session is wanted by `to`: `conn`'s input ends now, and its
+    /// task (or, detached, its hold) sends the session as it ends, with
+    /// what its outbox still holds.
     pub(super) fn give_session(&mut self, conn: ConnId, to: Holder) {
         let Some(state) = self.conns.get_mut(&conn) else {
             // Gone (expired, or ended) meanwhile: no session.
             return self.send_session(to, None);
         };
         let earlier = state.handover.replace(to);
-        let closing = state.outbox.is_closing();
-        if closing {
-            // Ending anyway: its task sends the session as it ends.
-            state.outbox.kick();
-        }
+        state.outbox.kick();
+        super::conns::cut_input(state);
         if let Some(earlier) = earlier {
             // Asked twice (a third connection came): the earlier one gets
             // nothing.
             self.send_session(earlier, None);
         }
-        if closing {
-            return;
+    }
+
+    /// Whether another connection asked for `conn`'s session.
+    pub fn has_handover(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|state| state.handover.is_some())
+    }
+
+    /// The socket of `conn`'s reader, or `None` once the reader ended.
+    pub fn set_socket(&mut self, conn: ConnId, fd: Option<std::os::fd::RawFd>) {
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.socket = fd;
         }
-        self.close_with_error(
-            conn,
-            ErrorCode::TakenOver,
-            "another connection took over this client id".into(),
-        );
     }
 
     /// Where `conn`'s session goes as it ends, if another connection

@@ -278,6 +278,13 @@ pub(crate) struct MqttConn {
     charged: usize,
     /// Messages dropped while detached, not yet counted by the engine.
     session_drops: u64,
+    /// Another connection takes the session over: deliveries are queued
+    /// for it, as when detached.
+    handing_over: bool,
+    /// The topic (hashed), epoch and sequence number of the last messages
+    /// sent to the client, while the session outlives the connection: a
+    /// connection taking it over leaves out its own copies of them.
+    recent: VecDeque<(u64, corebus_net::Epoch, corebus_net::Seq)>,
     /// The session this connection takes over, until its subscriptions
     /// are in place; then the request for it, until the writer sends it.
     resume_from: Option<Holder>,
@@ -418,6 +425,8 @@ impl MqttConn {
             detached_at: None,
             charged: 0,
             session_drops: 0,
+            handing_over: false,
+            recent: VecDeque::new(),
             resume_from: None,
             wanted: None,
             held_output: BytesMut::new(),
@@ -434,7 +443,7 @@ impl MqttConn {
     }
 
     /// Whether the client takes another delivery at QoS 1 or 2.
-    fn has_room(&self) -> bool {
+    pub(super) fn has_room(&self) -> bool {
         self.outbound.len() < self.client_receive_max
             && self.outbound_bytes < self.settings.waiting_limit
     }
@@ -719,6 +728,10 @@ impl MqttConn {
     /// The last bytes of a closing connection.
     /// (The client id stays held: a session may outlive the connection.)
     pub(crate) fn close(&mut self) -> Vec<u8> {
+        if self.is_detached() {
+            // The session lives on without the connection.
+            return Vec::new();
+        }
         self.phase = Phase::Done;
         std::mem::take(&mut self.pending).to_vec()
     }

@@ -109,6 +109,18 @@ pub(super) struct Matched {
     hold_for: Option<u16>,
 }
 
+/// Messages sent whose positions a session keeps for the connection that
+/// takes it over: more than a takeover's overlap holds.
+const RECENT: usize = 256;
+
+/// A topic name, hashed.
+pub(super) fn topic_hash(topic: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = rustc_hash::FxHasher::default();
+    topic.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// A topic alias for one `PUBLISH` to the client.
 #[derive(Debug, Clone, Copy)]
 struct Alias {
@@ -280,6 +292,11 @@ impl MqttConn {
     /// An engine `ERROR`: a refused `CONNECT`, a refused request, or the end
     /// of the connection.
     fn render_error(&mut self, error: ErrorFrame, out: &mut BytesMut) -> bool {
+        if self.is_detached() && error.request_id == 0 {
+            // The connection's end (a keep-alive, a lost client): its
+            // session lives on.
+            return true;
+        }
         let v5 = self.version == Version::V5;
         let code = error.code();
         match self.phase {
@@ -578,7 +595,7 @@ impl MqttConn {
     }
 
     /// A delivery's exchange completed.
-    fn untrack(&mut self, packet_id: u16) {
+    pub(super) fn untrack(&mut self, packet_id: u16) {
         if let Some(old) = self.outbound.remove(&packet_id) {
             self.outbound_bytes -= old.delivery.len();
         }
@@ -663,6 +680,16 @@ impl MqttConn {
             segments.push(publish.payload);
         } else {
             out.extend_from_slice(&publish.payload);
+        }
+        if self.session_persists() {
+            // The last messages sent, for a connection that takes the
+            // session over (see `session.rs`).
+            if self.recent.len() == RECENT {
+                self.recent.pop_front();
+            }
+            let (epoch, seq) = delivery.position();
+            self.recent
+                .push_back((topic_hash(delivery.topic()), epoch, seq));
         }
         if let Some(id) = packet_id {
             let state = if qos == QoS::ExactlyOnce {

@@ -38,7 +38,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use tracing::{debug, warn};
 
 use super::codes::encode_ack;
-use super::outbound::{Delivery, InFlight, Outbound};
+use super::outbound::{topic_hash, Delivery, InFlight, Outbound};
 use super::{Holder, MqttConn, Phase};
 
 /// How long sessions outlive their connections and what they may hold
@@ -82,6 +82,8 @@ pub struct Session {
     /// The origin its `no_local` filters know its publishes by.
     origin: Option<u64>,
     next_packet_id: u16,
+    /// The last messages sent to the client (topic hash, epoch, seq).
+    recent: Vec<(u64, Epoch, Seq)>,
 }
 
 /// One filter of a session, as its client subscribed to it.
@@ -235,6 +237,13 @@ impl MqttConn {
         self.wanted.take()
     }
 
+    /// The connection whose session this one was still to ask for, as it
+    /// ends before it could.
+    pub(crate) fn abandon_resume(&mut self) -> Option<Holder> {
+        let wanted = self.wanted.take().map(|wanted| wanted.from);
+        wanted.or(self.resume_from.take())
+    }
+
     /// Whether the `CONNACK` waits for an old connection's session.
     pub(super) fn is_resuming(&self) -> bool {
         self.resume_from.is_some() || self.wanted.is_some() || self.phase == Phase::Resuming
@@ -324,7 +333,65 @@ impl MqttConn {
         self.phase = Phase::Open;
         self.pending.clear();
         self.held_output.clear();
+        self.charge_held();
         true
+    }
+
+    /// What the session holds from its connection's life (deliveries in
+    /// flight and waiting) counts against the listener's byte limit from
+    /// now on; past it, the newest are dropped (and counted).
+    fn charge_held(&mut self) {
+        let held = self.outbound_bytes + self.waiting_bytes;
+        let settings = self.settings.clone();
+        let budget = &settings.clients.queued;
+        let before = budget.fetch_add(held, Ordering::AcqRel);
+        self.charged += held;
+        let mut over = (before + held).saturating_sub(settings.sessions.queue_bytes);
+        while over > 0 {
+            let freed = match self.waiting.pop_back() {
+                Some(delivery) => {
+                    self.waiting_bytes -= delivery.len();
+                    delivery.len()
+                }
+                None => {
+                    let newest = self
+                        .outbound
+                        .iter()
+                        .max_by_key(|(_, entry)| entry.order)
+                        .map(|(id, _)| *id);
+                    let Some(id) = newest else { break };
+                    let len = self.outbound.get(&id).map_or(0, |e| e.delivery.len());
+                    self.untrack(id);
+                    len
+                }
+            };
+            self.session_drops += 1;
+            self.dropped += 1;
+            budget.fetch_sub(freed, Ordering::AcqRel);
+            self.charged -= freed;
+            over = over.saturating_sub(freed);
+        }
+    }
+
+    /// Another connection takes the session over while this one may still
+    /// have its client: from now on deliveries are queued for the session,
+    /// and a 5.0 client is told why it is closed (`DISCONNECT` 0x8E).
+    pub(crate) fn begin_handover(&mut self) {
+        if self.handing_over || self.is_detached() {
+            self.handing_over = true;
+            return;
+        }
+        self.handing_over = true;
+        self.phase = Phase::Open;
+        self.pending.clear();
+        self.held_output.clear();
+        self.disconnect(super::codes::reason::SESSION_TAKEN_OVER);
+    }
+
+    /// The bytes still to be written to the client before its socket
+    /// closes (a handover's `DISCONNECT`).
+    pub(crate) fn take_last_words(&mut self) -> Bytes {
+        std::mem::take(&mut self.pending).freeze()
     }
 
     /// Messages dropped while detached since last asked, to be counted.
@@ -334,7 +401,7 @@ impl MqttConn {
 
     /// Whether the connection is detached: deliveries are queued.
     pub(crate) fn is_detached(&self) -> bool {
-        self.detached_at.is_some()
+        self.detached_at.is_some() || self.handing_over
     }
 
     /// When the detached session expires (Unix ms).
@@ -391,6 +458,7 @@ impl MqttConn {
             unreleased: std::mem::take(&mut self.unreleased),
             origin: self.origin,
             next_packet_id: self.next_packet_id,
+            recent: std::mem::take(&mut self.recent).into(),
         }))
     }
 
@@ -466,6 +534,7 @@ impl MqttConn {
                 unreleased,
                 origin,
                 next_packet_id,
+                recent,
             } = *session;
             debug!(
                 client = %self.client_id,
@@ -475,14 +544,18 @@ impl MqttConn {
             );
             // The last message of each topic the old connection had: this
             // one's copies up to it are dropped.
-            let mut last: FxHashMap<&str, (Epoch, Seq)> = FxHashMap::default();
-            for delivery in in_flight
+            let mut last: FxHashMap<u64, (Epoch, Seq)> = FxHashMap::default();
+            let positions = in_flight
                 .iter()
                 .map(|(_, entry)| &entry.delivery)
                 .chain(waiting.iter())
-            {
-                let (epoch, seq) = delivery.position();
-                let entry = last.entry(delivery.topic()).or_insert((epoch, seq));
+                .map(|delivery| {
+                    let (epoch, seq) = delivery.position();
+                    (topic_hash(delivery.topic()), epoch, seq)
+                })
+                .chain(recent.iter().copied());
+            for (topic, epoch, seq) in positions {
+                let entry = last.entry(topic).or_insert((epoch, seq));
                 if (epoch, seq) > *entry {
                     *entry = (epoch, seq);
                 }
@@ -492,11 +565,9 @@ impl MqttConn {
                 .into_iter()
                 .filter(|delivery| {
                     let (epoch, seq) = delivery.position();
-                    !last
-                        .get(delivery.topic())
-                        .is_some_and(|(last_epoch, last_seq)| {
-                            *last_epoch == epoch && seq <= *last_seq
-                        })
+                    !last.get(&topic_hash(delivery.topic())).is_some_and(
+                        |(last_epoch, last_seq)| *last_epoch == epoch && seq <= *last_seq,
+                    )
                 })
                 .collect();
             self.unreleased.extend(unreleased);
@@ -505,14 +576,19 @@ impl MqttConn {
             }
             self.next_packet_id = next_packet_id;
             let mut segments = Vec::new();
+            // Past the new client's receive maximum, unfinished deliveries
+            // wait with the rest (and go out under new packet ids).
+            let mut again = Vec::new();
             for (packet_id, entry) in in_flight {
-                if live {
+                if !live {
+                    self.track(packet_id, entry);
+                } else if entry.state == Outbound::Complete || self.has_room() {
                     self.send_again(packet_id, entry, &mut out, &mut segments);
                 } else {
-                    self.track(packet_id, entry);
+                    again.push(entry.delivery);
                 }
             }
-            self.waiting = waiting;
+            self.waiting = again.into_iter().chain(waiting).collect();
             self.waiting.extend(own);
             self.waiting_bytes = self.waiting.iter().map(Delivery::len).sum();
             self.send_waiting(&mut out, &mut segments);
@@ -619,6 +695,7 @@ mod tests {
             unreleased: FxHashSet::default(),
             origin: None,
             next_packet_id: 9,
+            recent: Vec::new(),
         };
         conn.resume(Some(Box::new(session)));
         let sent = publishes(&conn.pending);

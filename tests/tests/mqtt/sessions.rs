@@ -565,3 +565,31 @@ async fn unacknowledged_deliveries_kept_for_a_resume_are_bounded_in_bytes() {
     }
     assert_eq!(client.message().await, ("hoard".into(), payload));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_outlives_a_connection_closed_for_its_keep_alive() {
+    let broker = mqtt_broker(2);
+    let connect = connect_packet(Version::V5, "silent", |connect| {
+        connect.keep_alive = 1;
+        connect.properties.session_expiry = Some(60);
+    });
+    let (mut client, _) = Mqtt::connect_as(&broker, Version::V5, &connect).await;
+    client.subscribe(1, &[("quiet/#", QoS::AtLeastOnce)]).await;
+    // Silent past 1.5 s: told (0x8D) and closed, its session kept.
+    match client.next_raw().await {
+        Some(Packet::Disconnect(disconnect)) => assert_eq!(disconnect.reason, 0x8D),
+        other => panic!("DISCONNECT keep-alive timeout, not {other:?}"),
+    }
+    assert!(client.next_raw().await.is_none());
+    let (mut publisher, _) = Mqtt::connect(&broker, Version::V5, "pub").await;
+    publisher
+        .publish_confirmed("quiet/a", "meanwhile", QoS::AtLeastOnce, 1)
+        .await;
+    let connect = persistent(Version::V5, "silent", false, 60);
+    let (mut client, connack) = Mqtt::connect_as(&broker, Version::V5, &connect).await;
+    assert!(connack.session_present);
+    assert_eq!(
+        client.message().await,
+        ("quiet/a".into(), "meanwhile".into())
+    );
+}
