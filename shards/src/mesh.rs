@@ -116,19 +116,19 @@ pub enum ShardMsg {
     },
     /// To every shard: a member joins a group's shared subscription (group,
     /// topic or pattern, member; boxed: rare).
-    JoinGroupMsg(Box<(Box<str>, TopicKey, crate::engine::SharedMember)>),
+    JoinGroupMsg(Box<(Box<str>, TopicKey, SharedMember)>),
     /// To every shard: a member leaves its group.
-    LeaveGroupMsg(Box<(Box<str>, TopicKey, crate::engine::SharedMember)>),
+    LeaveGroupMsg(Box<(Box<str>, TopicKey, SharedMember)>),
     /// From a topic's owner to a member's shard: a message for that one
     /// member of a group.
-    SharedDeliverMsg(Box<crate::engine::SharedDelivery>),
+    SharedDeliverMsg(Box<SharedDelivery>),
     /// To the connection that asked for a session: the session (boxed: it
     /// is rare and large), or `None` when there was none.
     SessionMsg {
         /// The connection that asked.
         conn: ConnId,
         /// What it takes over.
-        session: Option<Box<crate::mqtt::Session>>,
+        session: Option<Parcel>,
     },
     /// To a topic's owner: sequence and fan out this payload.
     PublishMsg {
@@ -257,6 +257,70 @@ pub struct PatternDelivery {
     /// The body, shared.
     pub payload: Bytes,
 }
+
+/// A member of a shared subscription's group: a subscription of a
+/// connection on a shard.
+pub type SharedMember = (ShardId, ConnId, u32);
+
+/// A message for one member of a group, from the shard that sequenced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedDelivery {
+    /// The member's connection and subscription on the receiving shard.
+    pub conn: ConnId,
+    /// See `conn`.
+    pub sub_id: u32,
+    /// The topic.
+    pub topic: TopicKey,
+    /// The topic's epoch and the message's sequence number.
+    pub epoch: Epoch,
+    /// See `epoch`.
+    pub seq: Seq,
+    /// The body, shared.
+    pub payload: Bytes,
+}
+
+/// Something one connection hands to another across shards that the
+/// engine only carries (an MQTT session): sent once, taken once.
+#[derive(Clone)]
+pub struct Parcel(std::sync::Arc<std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>>);
+
+impl Parcel {
+    /// Wraps `content`.
+    pub fn new<T: Send + 'static>(content: T) -> Parcel {
+        Parcel(std::sync::Arc::new(std::sync::Mutex::new(Some(Box::new(
+            content,
+        )))))
+    }
+
+    /// The content, if it is a `T` and was not taken yet.
+    pub fn take<T: 'static>(&self) -> Option<T> {
+        let mut slot = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match slot.take()?.downcast::<T>() {
+            Ok(content) => Some(*content),
+            Err(other) => {
+                *slot = Some(other);
+                None
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Parcel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Parcel")
+    }
+}
+
+impl PartialEq for Parcel {
+    fn eq(&self, other: &Parcel) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Parcel {}
 
 // Every message of a batch takes the size of the largest kind, and a busy
 // shard's batches hold tens of thousands of them: rare large fields are boxed

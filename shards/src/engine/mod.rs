@@ -225,7 +225,7 @@ struct ConnState {
     handover: Option<(ShardId, ConnId)>,
     /// The session this MQTT connection asked for, arrived (`Some(None)`:
     /// there was none).
-    arrived: Option<Option<Box<crate::mqtt::Session>>>,
+    arrived: Option<Option<crate::mesh::Parcel>>,
 }
 
 /// How a connection shows it is alive.
@@ -641,7 +641,6 @@ mod topics;
 use patterns::LocalPattern;
 
 pub use nodes::LINK_HIGH_WATER;
-pub use shared::{Member as SharedMember, SharedDelivery};
 
 #[cfg(test)]
 mod hostile;

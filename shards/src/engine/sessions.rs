@@ -4,8 +4,8 @@
 //! for its session, which the old one's task sends over when it ends.
 
 use super::{ConnId, Liveness, Shard};
+use crate::mesh::Parcel;
 use crate::mesh::ShardMsg;
-use crate::mqtt::Session;
 use crate::routing::ShardId;
 
 /// A connection, broker-wide: its shard and its id there.
@@ -81,7 +81,7 @@ impl Shard {
     }
 
     /// Sends a session (or `None`: there is none) to the connection `to`.
-    pub fn send_session(&mut self, to: Holder, session: Option<Box<Session>>) {
+    pub fn send_session(&mut self, to: Holder, session: Option<Parcel>) {
         let (shard, conn) = to;
         if shard == self.id {
             self.receive_session(conn, session);
@@ -91,7 +91,7 @@ impl Shard {
     }
 
     /// The session `conn` asked for arrived: its writer picks it up.
-    pub(super) fn receive_session(&mut self, conn: ConnId, session: Option<Box<Session>>) {
+    pub(super) fn receive_session(&mut self, conn: ConnId, session: Option<Parcel>) {
         if let Some(state) = self.conns.get_mut(&conn) {
             state.arrived = Some(session);
             state.outbox.kick();
@@ -100,7 +100,7 @@ impl Shard {
 
     /// The session `conn` asked for, once it arrived (`Some(None)`: there
     /// was none).
-    pub fn take_arrived_session(&mut self, conn: ConnId) -> Option<Option<Box<Session>>> {
+    pub fn take_arrived_session(&mut self, conn: ConnId) -> Option<Option<Parcel>> {
         self.conns.get_mut(&conn)?.arrived.take()
     }
 }

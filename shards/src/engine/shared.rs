@@ -16,12 +16,12 @@ use corebus_net::{
 
 use super::{ConnId, Shard, SubState};
 use crate::auth::Action;
-use crate::mesh::ShardMsg;
+use crate::mesh::{ShardMsg, SharedDelivery, SharedMember};
 use crate::outbox::{OutFrame, PushError};
 use crate::routing::ShardId;
 
 /// A member of a group: a subscription of a connection on a shard.
-pub type Member = (ShardId, ConnId, u32);
+pub type Member = SharedMember;
 
 /// One group's shared subscription to a topic or pattern, as one shard
 /// knows it.
@@ -32,23 +32,6 @@ pub(super) struct SharedGroup {
     members: Vec<Member>,
     /// The member whose turn is next.
     next: usize,
-}
-
-/// A message for one member of a group, from the shard that sequenced it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SharedDelivery {
-    /// The member's connection and subscription on the receiving shard.
-    pub conn: ConnId,
-    /// See `conn`.
-    pub sub_id: u32,
-    /// The topic.
-    pub topic: TopicKey,
-    /// The topic's epoch and the message's sequence number.
-    pub epoch: Epoch,
-    /// See `epoch`.
-    pub seq: Seq,
-    /// The body, shared.
-    pub payload: Bytes,
 }
 
 /// Whether `group` may name a group: 1 to 255 bytes, no level separator,

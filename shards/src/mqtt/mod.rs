@@ -58,8 +58,8 @@ mod outbound;
 mod props;
 mod session;
 
+pub use session::SessionLimits;
 pub(crate) use session::Wanted;
-pub use session::{Session, SessionLimits};
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -40,6 +40,7 @@ use tracing::{debug, warn};
 use super::codes::encode_ack;
 use super::outbound::{topic_hash, Delivery, InFlight, Outbound};
 use super::{Holder, MqttConn, Phase};
+use crate::mesh::Parcel;
 
 /// How long sessions outlive their connections and what they may hold
 /// meanwhile, for a whole MQTT listener.
@@ -71,8 +72,8 @@ impl Default for SessionLimits {
 }
 
 /// What a session's connection hands to the one that takes it over.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
+#[derive(Debug)]
+pub(crate) struct Session {
     /// Deliveries sent and not yet acknowledged, in the order sent.
     in_flight: Vec<(u16, InFlight)>,
     /// Deliveries queued for the client, in order.
@@ -443,7 +444,7 @@ impl MqttConn {
     /// The session is taken over: a will not yet due is not published
     /// (MQTT-3.1.3-9 in 5.0), and the session's state goes to the new
     /// connection; `None` when it does not outlive this connection.
-    pub(crate) fn take_session(&mut self) -> Option<Box<Session>> {
+    pub(crate) fn take_session(&mut self) -> Option<Parcel> {
         self.will = None;
         if !self.session_persists() {
             return None;
@@ -452,7 +453,7 @@ impl MqttConn {
         let mut in_flight: Vec<(u16, InFlight)> = self.outbound.drain().collect();
         self.outbound_bytes = 0;
         in_flight.sort_by_key(|(_, entry)| entry.order);
-        Some(Box::new(Session {
+        Some(Parcel::new(Session {
             in_flight,
             waiting: std::mem::take(&mut self.waiting),
             unreleased: std::mem::take(&mut self.unreleased),
@@ -516,7 +517,8 @@ impl MqttConn {
     ///
     /// A connection that lost its own client meanwhile (detached, or
     /// ending) keeps it all for the next one.
-    pub(crate) fn resume(&mut self, session: Option<Box<Session>>) {
+    pub(crate) fn resume(&mut self, session: Option<Parcel>) {
+        let session = session.and_then(|parcel| parcel.take::<Session>());
         let live = self.phase == Phase::Resuming && !self.is_detached();
         if self.phase == Phase::Resuming {
             self.phase = Phase::Open;
@@ -535,7 +537,7 @@ impl MqttConn {
                 origin,
                 next_packet_id,
                 recent,
-            } = *session;
+            } = session;
             debug!(
                 client = %self.client_id,
                 in_flight = in_flight.len(),
@@ -697,7 +699,7 @@ mod tests {
             next_packet_id: 9,
             recent: Vec::new(),
         };
-        conn.resume(Some(Box::new(session)));
+        conn.resume(Some(Parcel::new(session)));
         let sent = publishes(&conn.pending);
         let expect: Vec<(String, bool)> = [
             ("m2", true),

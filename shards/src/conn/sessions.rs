@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tracing::debug;
 
+use super::{encode_out_frame, next_batch};
 use crate::auth::unix_now_ms;
-use crate::conn::{encode_out_frame, next_batch};
 use crate::edge::EdgeConn;
 use crate::engine::{ConnId, Shard};
 use crate::mqtt::MqttConn;

@@ -45,6 +45,8 @@ use crate::sends::SendBatch;
 use crate::socket::SharedSocket;
 use crate::web::WebConn;
 
+mod sessions;
+
 /// Bytes asked of the kernel per read: start small, so an idle connection
 /// costs a few KiB, and double up to the maximum while reads fill the buffer.
 const READ_CHUNK_MIN: usize = 4 * 1024;
@@ -425,7 +427,7 @@ async fn serve_conn(
             admitted = false;
         }
         if let Some(edge) = mqtt {
-            crate::sessions::hold(&shard, conn, edge).await;
+            sessions::hold(&shard, conn, edge).await;
         }
     } else {
         shard.borrow_mut().finish_conn(conn);
@@ -433,7 +435,7 @@ async fn serve_conn(
     }
     if let Some(edge) = mqtt {
         // To the connection that took the session over, or ended.
-        crate::sessions::end(&shard, conn, edge);
+        sessions::end(&shard, conn, edge);
     }
     shard.borrow_mut().close_conn(conn);
     if admitted {
