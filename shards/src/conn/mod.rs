@@ -517,6 +517,8 @@ async fn read_loop(
     // The peer is done (closed its TLS session or its protocol ended it):
     // the frames its last bytes held are handled, then the reader ends.
     let mut ending = false;
+    // An MQTT client's input ended by the protocol: see `linger`.
+    let mut linger_after = false;
     loop {
         let need;
         {
@@ -563,11 +565,16 @@ async fn read_loop(
                     }
                 }
             }
-            if ending
+            let done = ending
                 || shard
                     .outbox_mut(conn)
-                    .is_none_or(|outbox| outbox.is_closing())
-            {
+                    .is_none_or(|outbox| outbox.is_closing());
+            if done && !linger_after {
+                return Ok(());
+            }
+            if done {
+                drop(shard);
+                linger(&mut stream).await;
                 return Ok(());
             }
         }
@@ -641,7 +648,10 @@ async fn read_loop(
                 }
                 match fed {
                     Ok(Input::More) => {}
-                    Ok(Input::End) => ending = true,
+                    Ok(Input::End) => {
+                        ending = true;
+                        linger_after = edge.borrow_mut().mqtt_mut().is_some_and(MqttConn::linger);
+                    }
                     Err(err) => {
                         debug!(%err, "WebSocket session failed");
                         return Ok(());
@@ -956,14 +966,48 @@ async fn write_loop(
         tls.borrow_mut().send_close_notify();
         let _ = flush_tls(&mut stream, tls).await;
     }
-    // Unblocks the reader if it is still waiting for input.
+    // Unblocks the reader if it is still waiting for input, unless it
+    // lingers (then it ends on the peer's close, or its deadline).
+    let lingering = edge.as_ref().is_some_and(|edge| {
+        edge.borrow_mut()
+            .mqtt_mut()
+            .is_some_and(|mqtt| mqtt.is_lingering())
+    });
+    let how = if lingering {
+        libc::SHUT_WR
+    } else {
+        libc::SHUT_RDWR
+    };
     // SAFETY: shutdown(2) on a descriptor we own; it does not touch memory.
-    unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_RDWR) };
+    unsafe { libc::shutdown(stream.as_raw_fd(), how) };
     let mut shard = shard.borrow_mut();
     if let Some(outbox) = shard.outbox_mut(conn).filter(|_| !persists) {
         // The writer is gone: refuse further frames instead of queueing them.
         outbox.close_with(None);
     }
+}
+
+/// How long a closing MQTT connection reads (and drops) what its client
+/// still sends, once its last words are out.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// The reader of an MQTT connection that its protocol ended reads (and
+/// drops) what the client still sends until it closes (or [`LINGER`]
+/// passes), while the writer sends the last words: closing a socket with
+/// unread input resets the connection, and the client could lose those
+/// words (a `DISCONNECT` with its reason) to the reset before reading them.
+async fn linger(stream: &mut SharedSocket) {
+    let drain = async {
+        let mut dropped = BytesMut::new();
+        loop {
+            dropped.clear();
+            match read_into(stream, &mut dropped, READ_CHUNK_MIN).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    futures_lite::future::or(drain, glommio::timer::sleep(LINGER)).await;
 }
 
 /// The next frames of `conn`'s outbox, moved to `batch`: `Some(closing)`

@@ -281,6 +281,9 @@ pub(crate) struct MqttConn {
     /// Another connection takes the session over: deliveries are queued
     /// for it, as when detached.
     handing_over: bool,
+    /// The reader reads what the client still sends after the protocol
+    /// ended it, while the writer sends the last words.
+    lingering: bool,
     /// The topic (hashed), epoch and sequence number of the last messages
     /// sent to the client, while the session outlives the connection: a
     /// connection taking it over leaves out its own copies of them.
@@ -426,6 +429,7 @@ impl MqttConn {
             charged: 0,
             session_drops: 0,
             handing_over: false,
+            lingering: false,
             recent: VecDeque::new(),
             resume_from: None,
             wanted: None,
@@ -723,6 +727,20 @@ impl MqttConn {
         self.next_request = self.next_request.wrapping_add(1).max(1);
         self.requests.insert(self.next_request, request);
         self.next_request
+    }
+
+    /// Whether the reader is to linger (see `conn::linger`): when the
+    /// server ended the connection with last words for the client (a
+    /// `DISCONNECT` or refusing `CONNACK`); the writer then closes only its
+    /// sending side.
+    pub(crate) fn linger(&mut self) -> bool {
+        self.lingering = !self.pending.is_empty();
+        self.lingering
+    }
+
+    /// Whether the reader lingers.
+    pub(crate) fn is_lingering(&self) -> bool {
+        self.lingering
     }
 
     /// The last bytes of a closing connection.

@@ -316,6 +316,53 @@ async fn a_client_past_the_receive_maximum_is_disconnected_and_holds_no_more() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_keeps_sending_after_its_disconnect_still_reads_the_reason() {
+    // The broker closes its side after the DISCONNECT and reads what still
+    // comes: closing with unread input would reset the connection, and the
+    // reset could reach the client before the DISCONNECT does.
+    let broker = small_receive_maximum_broker();
+    let (mut client, _) = Mqtt::connect(&broker, Version::V5, "eager").await;
+    let mut wire = BytesMut::new();
+    for id in 1..=4 {
+        Packet::Publish(mqtt::Publish {
+            dup: false,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: MqttStr::new("rm/y").expect("a topic"),
+            packet_id: Some(id),
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"m"),
+        })
+        .encode(Version::V5, &mut wire);
+    }
+    client.stream.write_all(&wire).await.expect("sent");
+    // More after the broker decided, before reading anything.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // (As Paho's test client does: it answers each PUBREC with a PUBREL
+    // before it reads on; a write refused by a reset ends it.)
+    for n in 0..20 {
+        let mut ping = BytesMut::new();
+        Packet::PingReq.encode(Version::V5, &mut ping);
+        let written = client.stream.write_all(&ping).await;
+        assert!(
+            written.is_ok(),
+            "write {n} after the broker's decision: {written:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    loop {
+        match client.next().await {
+            Some(Packet::Ack(_)) => {}
+            Some(Packet::Disconnect(disconnect)) => {
+                assert_eq!(disconnect.reason, 0x93, "receive maximum exceeded");
+                break;
+            }
+            other => panic!("the DISCONNECT, not {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_pings_without_reading_is_closed_before_its_answers_pile_up() {
     // Receive maximum 3: at most 3 + 1,024 answers wait for the client.
     let broker = small_receive_maximum_broker();
