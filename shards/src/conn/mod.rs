@@ -521,7 +521,7 @@ async fn read_loop(
     let mut linger_after = false;
     loop {
         let need;
-        {
+        let ended = {
             let mut shard = shard.borrow_mut();
             loop {
                 match check(&buf, limit) {
@@ -572,11 +572,11 @@ async fn read_loop(
             if done && !linger_after {
                 return Ok(());
             }
-            if done {
-                drop(shard);
-                linger(&mut stream).await;
-                return Ok(());
-            }
+            done
+        };
+        if ended {
+            linger(&mut stream).await;
+            return Ok(());
         }
         // A read that finds data completes at once without giving up the
         // shard, so a client that keeps its socket full would hold every
