@@ -74,7 +74,58 @@ impl Client {
     /// # }
     /// ```
     pub async fn subscribe(&self, namespace: &str, topic: &str) -> Result<Subscription, Error> {
-        self.start_subscription(namespace, topic, None).await
+        self.start_subscription(namespace, topic, None, None).await
+    }
+
+    /// Joins `group`'s shared subscription to `topic` (a topic or a
+    /// pattern): each message goes to one member of the group, whichever
+    /// connections of the broker joined it (MQTT clients with
+    /// `$share/{group}/{filter}` included), in turn (docs/protocol.md,
+    /// section 6.23). Each [`Message`](crate::Message) carries its topic;
+    /// a member sees only its share of each topic's sequence, so no gap is
+    /// reported. After a reconnection it joins again, live. Retained
+    /// messages are not sent to it. `group` is 1 to 255 bytes without `/`,
+    /// `+`, `#`, `*`, `>` or control characters (else the broker refuses
+    /// it with `invalid_request`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), corebus_client::Error> {
+    /// # let broker = corebus_shards::start(corebus_shards::ServerConfig {
+    /// #     listen: "127.0.0.1:0".parse().expect("an address"),
+    /// #     shards: Some(2),
+    /// #     ..Default::default()
+    /// # }).expect("the broker starts");
+    /// # let addr = broker.local_addr();
+    /// let one = corebus_client::Client::connect(addr).await?;
+    /// let two = corebus_client::Client::connect(addr).await?;
+    /// let mut first = one.subscribe_shared("shop", "workers", "jobs/*").await?;
+    /// let mut second = two.subscribe_shared("shop", "workers", "jobs/*").await?;
+    /// for n in 0..4 {
+    ///     one.publish("shop", "jobs/eu", format!("job {n}")).await?;
+    /// }
+    /// // Taking turns: two each, every job once.
+    /// let mut jobs = Vec::new();
+    /// for member in [&mut first, &mut second] {
+    ///     for _ in 0..2 {
+    ///         let message = member.next_message().await.expect("open")?;
+    ///         jobs.push(String::from_utf8_lossy(&message.payload).into_owned());
+    ///     }
+    /// }
+    /// jobs.sort();
+    /// assert_eq!(jobs, ["job 0", "job 1", "job 2", "job 3"]);
+    /// # broker.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn subscribe_shared(
+        &self,
+        namespace: &str,
+        group: &str,
+        topic: &str,
+    ) -> Result<Subscription, Error> {
+        self.start_subscription(namespace, topic, None, Some(group))
+            .await
     }
 
     /// Subscribes from a given point of the topic's history: the broker
@@ -111,7 +162,7 @@ impl Client {
         topic: &str,
         resume: ResumeFrom,
     ) -> Result<Subscription, Error> {
-        self.start_subscription(namespace, topic, Some(resume.point()))
+        self.start_subscription(namespace, topic, Some(resume.point()), None)
             .await
     }
 
@@ -120,20 +171,24 @@ impl Client {
         namespace: &str,
         topic: &str,
         resume: Option<ResumePoint>,
+        group: Option<&str>,
     ) -> Result<Subscription, Error> {
         check_names(namespace, topic)?;
         let shared = self.shared();
-        let (events, answer) = shared.enqueue_subscribe(namespace, topic, resume).await?;
+        let (events, answer) = shared
+            .enqueue_subscribe(namespace, topic, resume, group)
+            .await?;
         // If this future is dropped or times out, the SUB_OK that comes later
         // finds no one waiting, and the reader unsubscribes.
         let started = shared.await_answer(answer).await?;
-        Ok(Subscription::new(
-            started,
-            namespace,
-            topic,
-            events,
-            self.handle.clone(),
-        ))
+        let mut subscription =
+            Subscription::new(started, namespace, topic, events, self.handle.clone());
+        if group.is_some() {
+            // A member sees a share of each topic's sequence: its gaps are
+            // other members' messages.
+            subscription.topics = None;
+        }
+        Ok(subscription)
     }
 }
 

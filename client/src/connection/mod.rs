@@ -364,6 +364,7 @@ impl Shared {
         namespace: &str,
         topic: &str,
         resume: Option<ResumePoint>,
+        group: Option<&str>,
     ) -> Result<(crate::queue::Receiver, SubscribeAnswer), Error> {
         let (answer, answer_rx) = oneshot::channel();
         let (tx, events) = crate::queue::channel(self.config.subscription_buffer);
@@ -376,6 +377,7 @@ impl Shared {
                     topic: topic.into(),
                 }),
                 cursor: Cursor::Subscribing { resume },
+                group: group.map(std::sync::Arc::from),
             };
             st.subscribe(sub_id, route, resume, Pending::Subscribe { answer, sub_id });
         })

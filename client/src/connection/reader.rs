@@ -205,11 +205,12 @@ impl Shared {
                 ok.sub_id
             )));
         };
-        let cursor = if corebus_net::is_pattern(route.name.topic.as_bytes()) {
-            Cursor::Pattern
-        } else {
-            Cursor::after_sub_ok(resume, &ok)
-        };
+        let cursor =
+            if corebus_net::is_pattern(route.name.topic.as_bytes()) || route.group.is_some() {
+                Cursor::Pattern
+            } else {
+                Cursor::after_sub_ok(resume, &ok)
+            };
         if let (Pending::Resubscribe { .. }, Some(point), Cursor::Flowing { next_seq, .. }) =
             (&request, resume, cursor)
         {

@@ -256,6 +256,34 @@ pub(crate) struct Route {
     /// Advanced only once an item is in the subscription's channel, so that a
     /// resume point never skips an item the application has not got.
     pub(crate) cursor: Cursor,
+    /// A shared subscription's group (`SUBSCRIBE_SHARED`).
+    pub(crate) group: Option<std::sync::Arc<str>>,
+}
+
+/// Queues the `SUBSCRIBE` (or `SUBSCRIBE_SHARED`) of `route`.
+fn encode_route(
+    out: &mut BytesMut,
+    request_id: u32,
+    sub_id: u32,
+    resume: Option<ResumePoint>,
+    route: &Route,
+) {
+    let (namespace, topic) = (route.name.namespace.as_bytes(), route.name.topic.as_bytes());
+    match &route.group {
+        None => encode_subscribe(out, request_id, sub_id, resume, namespace, topic),
+        Some(group) => {
+            // The names were checked when the subscription was made.
+            if let Ok(topic) = corebus_net::TopicKey::new(namespace, topic) {
+                corebus_net::Frame::SubscribeShared(corebus_net::SubscribeShared {
+                    request_id,
+                    sub_id,
+                    group: group.to_string(),
+                    topic,
+                })
+                .encode(out);
+            }
+        }
+    }
 }
 
 /// Everything behind the state mutex.
@@ -457,14 +485,7 @@ impl State {
         request: Pending,
     ) {
         let request_id = self.alloc_request();
-        encode_subscribe(
-            &mut self.out,
-            request_id,
-            sub_id,
-            resume,
-            route.name.namespace.as_bytes(),
-            route.name.topic.as_bytes(),
-        );
+        encode_route(&mut self.out, request_id, sub_id, resume, &route);
         self.routes.insert(sub_id, route);
         self.pending.insert(request_id, request);
     }
@@ -555,14 +576,7 @@ impl State {
         for (sub_id, resume) in resubscribe {
             let request_id = self.alloc_request();
             if let Some(route) = self.routes.get(&sub_id) {
-                encode_subscribe(
-                    &mut self.out,
-                    request_id,
-                    sub_id,
-                    resume,
-                    route.name.namespace.as_bytes(),
-                    route.name.topic.as_bytes(),
-                );
+                encode_route(&mut self.out, request_id, sub_id, resume, route);
             }
             self.pending
                 .insert(request_id, Pending::Resubscribe { sub_id });
