@@ -295,7 +295,8 @@ pub(crate) struct MqttConn {
     /// Answers rendered while the `CONNACK` waits for the session, and
     /// the `CONNACK`'s properties.
     held_output: BytesMut,
-    connack_properties: Properties,
+    /// (Boxed: 400 bytes that every connection would carry for its life.)
+    connack_properties: Option<Box<Properties>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -434,7 +435,7 @@ impl MqttConn {
             resume_from: None,
             wanted: None,
             held_output: BytesMut::new(),
-            connack_properties: Properties::default(),
+            connack_properties: None,
         }
     }
 

@@ -240,7 +240,7 @@ impl MqttConn {
                     properties.session_expiry = self.told_expiry;
                     properties.server_keep_alive = self.server_keep_alive;
                 }
-                self.connack_properties = properties;
+                self.connack_properties = Some(Box::new(properties));
                 self.accepted = true;
                 if self.is_resuming() {
                     // The CONNACK waits for the session (`resume`).

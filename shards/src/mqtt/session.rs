@@ -511,7 +511,8 @@ impl MqttConn {
     }
 
     /// The session of the connection this one took over arrived (or
-    /// `None`: it had ended meanwhile): the held `CONNACK` goes out, then
+    /// `None`: it had ended meanwhile, and only its subscriptions, taken
+    /// over first, are left): the held `CONNACK` goes out, then
     /// the deliveries it had not finished, again, then the ones it queued,
     /// then this connection's own, less copies.
     ///
@@ -525,7 +526,9 @@ impl MqttConn {
         }
         let mut out = BytesMut::new();
         if live {
-            self.encode_connack(session.is_some(), &mut out);
+            // The session's subscriptions are this connection's now: even if
+            // the old connection ended meanwhile, the session is present.
+            self.encode_connack(true, &mut out);
             let held = std::mem::take(&mut self.held_output);
             out.extend_from_slice(&held);
         }
@@ -621,7 +624,11 @@ impl MqttConn {
 
     /// The `CONNACK` of an accepted `CONNECT`.
     pub(super) fn encode_connack(&mut self, session_present: bool, out: &mut BytesMut) {
-        let properties = std::mem::take(&mut self.connack_properties);
+        let properties = self
+            .connack_properties
+            .take()
+            .map(|properties| *properties)
+            .unwrap_or_default();
         Packet::ConnAck(ConnAck {
             session_present,
             code: 0,
