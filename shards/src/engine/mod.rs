@@ -241,6 +241,31 @@ enum Liveness {
 }
 
 impl ConnState {
+    /// Queues a `TOPIC_MESSAGE` for subscription `sub_id`: encoded whole,
+    /// with a copy of the body, so the frame holds no reference to the
+    /// publisher's read buffer.
+    fn push_topic_message(
+        &mut self,
+        sub_id: u32,
+        epoch: Epoch,
+        seq: Seq,
+        topic: &TopicKey,
+        payload: &bytes::Bytes,
+    ) -> Result<(), crate::outbox::PushError> {
+        let mut frame = bytes::BytesMut::new();
+        let stripped = self.body_for_version(payload);
+        corebus_net::encode_topic_message(
+            &mut frame,
+            sub_id,
+            epoch,
+            seq,
+            topic.topic_bytes(),
+            stripped.as_ref().unwrap_or(payload),
+        );
+        self.outbox
+            .push(crate::outbox::OutFrame::Encoded(frame.freeze()))
+    }
+
     /// `body` as this connection must get it, when that is not as it is
     /// (see [`delivery::body_for_version`]).
     fn body_for_version(&self, body: &[u8]) -> Option<bytes::Bytes> {

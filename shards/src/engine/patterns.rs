@@ -26,8 +26,8 @@
 
 use std::net::SocketAddr;
 
-use bytes::{Bytes, BytesMut};
-use corebus_net::{encode_topic_message, Epoch, Seq, TopicKey, TopicMessage};
+use bytes::Bytes;
+use corebus_net::{Epoch, Seq, TopicKey, TopicMessage};
 
 use super::{ConnId, Shard, SlowConsumerPolicy};
 use crate::local_ref::LocalRef;
@@ -297,19 +297,14 @@ impl Shard {
                     continue; // A topic its pattern matches but it may not read.
                 }
             }
-            // Encoded whole, with a copy of the body: the frame holds no
-            // reference to the publisher's read buffer.
-            let mut frame = BytesMut::new();
-            let stripped = state.body_for_version(&delivery.payload);
-            encode_topic_message(
-                &mut frame,
+            let pushed = state.push_topic_message(
                 *sub_id,
                 delivery.epoch,
                 delivery.seq,
-                delivery.topic.topic_bytes(),
-                stripped.as_ref().unwrap_or(&delivery.payload),
+                &delivery.topic,
+                &delivery.payload,
             );
-            match state.outbox.push(OutFrame::Encoded(frame.freeze())) {
+            match pushed {
                 Ok(()) => self.stats.messages_delivered += 1,
                 Err(PushError::Closing) => {}
                 Err(PushError::Full)

@@ -9,10 +9,8 @@
 //! (counted in `shared_messages_dropped`). Groups are per node: in a
 //! cluster, messages sequenced on another node do not reach them.
 
-use bytes::{Bytes, BytesMut};
-use corebus_net::{
-    encode_topic_message, pattern_matches, Epoch, ErrorCode, Seq, SubscribeShared, TopicKey,
-};
+use bytes::Bytes;
+use corebus_net::{pattern_matches, Epoch, ErrorCode, Seq, SubscribeShared, TopicKey};
 
 use super::{ConnId, Shard, SubState};
 use crate::auth::Action;
@@ -63,16 +61,8 @@ impl Shard {
         if !self.permitted(conn, request_id, Action::Subscribe, &topic) {
             return;
         }
-        let Some(state) = self.conns.get_mut(&conn) else {
+        if self.sub_id_taken(conn, request_id, sub_id) {
             return;
-        };
-        if state.subscriptions.contains_key(&sub_id) {
-            return self.send_error(
-                conn,
-                request_id,
-                ErrorCode::DuplicateSubscription,
-                format!("subscription id {sub_id} is already in use on this connection"),
-            );
         }
         if let Err(reason) = self.admit_subscription(conn, &topic) {
             self.stats.subscriptions_refused += 1;
@@ -227,17 +217,14 @@ impl Shard {
                 return;
             }
         }
-        let mut frame = BytesMut::new();
-        let stripped = state.body_for_version(&delivery.payload);
-        encode_topic_message(
-            &mut frame,
+        let pushed = state.push_topic_message(
             delivery.sub_id,
             delivery.epoch,
             delivery.seq,
-            delivery.topic.topic_bytes(),
-            stripped.as_ref().unwrap_or(&delivery.payload),
+            &delivery.topic,
+            &delivery.payload,
         );
-        match state.outbox.push(OutFrame::Encoded(frame.freeze())) {
+        match pushed {
             Ok(()) => self.stats.messages_delivered += 1,
             Err(PushError::Closing) => {}
             Err(PushError::Full) => {

@@ -278,6 +278,25 @@ impl Shard {
 
     // ----- subscribe ---------------------------------------------------
 
+    /// Whether `sub_id` cannot name a new subscription of `conn` (a live one
+    /// has it: answered `duplicate_subscription`; or the connection is
+    /// gone).
+    pub(super) fn sub_id_taken(&mut self, conn: ConnId, request_id: u32, sub_id: u32) -> bool {
+        let Some(state) = self.conns.get(&conn) else {
+            return true;
+        };
+        if !state.subscriptions.contains_key(&sub_id) {
+            return false;
+        }
+        self.send_error(
+            conn,
+            request_id,
+            ErrorCode::DuplicateSubscription,
+            format!("subscription id {sub_id} is already in use on this connection"),
+        );
+        true
+    }
+
     pub(super) fn handle_subscribe(&mut self, conn: ConnId, subscribe: Subscribe) {
         let Subscribe {
             request_id,
@@ -290,16 +309,8 @@ impl Shard {
         {
             return;
         }
-        let Some(state) = self.conns.get_mut(&conn) else {
+        if self.sub_id_taken(conn, request_id, sub_id) {
             return;
-        };
-        if state.subscriptions.contains_key(&sub_id) {
-            return self.send_error(
-                conn,
-                request_id,
-                ErrorCode::DuplicateSubscription,
-                format!("subscription id {sub_id} is already in use on this connection"),
-            );
         }
         let pattern = topic.is_pattern();
         if pattern {

@@ -396,11 +396,8 @@ async fn a_capped_keep_alive_is_told_to_5_0_clients_and_held_to() {
     let broker = Broker::start_config(ServerConfig {
         shards: Some(1),
         mqtt: Some(MqttConfig {
-            listen: ([127, 0, 0, 1], 0).into(),
-            namespace: "mqtt".into(),
-            tenants: false,
             max_keep_alive_secs: 1,
-            sessions: corebus_shards::SessionLimits::default(),
+            ..mqtt_config()
         }),
         ..ServerConfig::default()
     });

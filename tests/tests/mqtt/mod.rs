@@ -40,15 +40,21 @@ fn mqtt_broker(shards: usize) -> Broker {
 fn mqtt_broker_with(shards: usize, config: ServerConfig) -> Broker {
     Broker::start_config(ServerConfig {
         shards: Some(shards),
-        mqtt: Some(MqttConfig {
-            listen: ([127, 0, 0, 1], 0).into(),
-            namespace: "mqtt".into(),
-            tenants: false,
-            max_keep_alive_secs: 0,
-            sessions: corebus_shards::SessionLimits::default(),
-        }),
+        mqtt: Some(mqtt_config()),
         ..config
     })
+}
+
+/// The MQTT listener the tests use: any port on loopback, topics in
+/// `mqtt`, no keep-alive cap, sessions with their default limits.
+fn mqtt_config() -> MqttConfig {
+    MqttConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        namespace: "mqtt".into(),
+        tenants: false,
+        max_keep_alive_secs: 0,
+        sessions: corebus_shards::SessionLimits::default(),
+    }
 }
 
 /// A bare MQTT client: packets out, packets in, nothing hidden.
@@ -226,6 +232,25 @@ impl Mqtt {
                 )
             }
             other => panic!("a PUBLISH, not {other:?}"),
+        }
+    }
+
+    /// The payloads of the messages that come until a `PINGRESP`
+    /// (everything delivered before the ping was answered), acknowledged.
+    async fn messages_until_pong(&mut self) -> Vec<String> {
+        self.send(&Packet::PingReq).await;
+        let mut got = Vec::new();
+        loop {
+            match self.next().await {
+                Some(Packet::PingResp) => return got,
+                Some(Packet::Publish(publish)) => {
+                    if let Some(packet_id) = publish.packet_id {
+                        self.send(&ack(AckKind::PubAck, packet_id)).await;
+                    }
+                    got.push(String::from_utf8_lossy(&publish.payload).into_owned());
+                }
+                other => panic!("a PUBLISH or PINGRESP, not {other:?}"),
+            }
         }
     }
 

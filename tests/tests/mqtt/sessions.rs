@@ -425,16 +425,13 @@ async fn what_sessions_without_a_connection_hold_is_bounded_and_drops_are_counte
     let broker = Broker::start_config(ServerConfig {
         shards: Some(1),
         mqtt: Some(MqttConfig {
-            listen: ([127, 0, 0, 1], 0).into(),
-            namespace: "mqtt".into(),
-            tenants: false,
-            max_keep_alive_secs: 0,
             sessions: SessionLimits {
                 max_detached: 2,
                 queue_messages: 3,
                 queue_bytes: 80,
                 ..SessionLimits::default()
             },
+            ..mqtt_config()
         }),
         ..ServerConfig::default()
     });
@@ -469,21 +466,7 @@ async fn what_sessions_without_a_connection_hold_is_bounded_and_drops_are_counte
         let (mut client, connack) = Mqtt::connect_as(&broker, Version::V311, &connect).await;
         assert!(connack.session_present);
         // Queued messages come right after the CONNACK, before any answer.
-        client.send(&Packet::PingReq).await;
-        let mut got = Vec::new();
-        loop {
-            match client.next().await {
-                Some(Packet::PingResp) => break,
-                Some(Packet::Publish(publish)) => {
-                    if let Some(packet_id) = publish.packet_id {
-                        client.send(&ack(AckKind::PubAck, packet_id)).await;
-                    }
-                    got.push(String::from_utf8_lossy(&publish.payload).into_owned());
-                }
-                other => panic!("a PUBLISH or PINGRESP, not {other:?}"),
-            }
-        }
-        queued.push(got);
+        queued.push(client.messages_until_pong().await);
     }
     let expect = |id: &str, count: usize| -> Vec<String> {
         (0..count).map(|n| format!("{id}-{n:06}")).collect()

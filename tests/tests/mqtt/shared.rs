@@ -8,25 +8,6 @@ use super::*;
 use corebus_net::{Frame, SubscribeShared, TopicKey};
 use corebus_tests::RawConn;
 
-/// The payloads of the messages `client` receives until a `PINGRESP`
-/// (everything delivered before the ping was answered), acknowledged.
-async fn drain(client: &mut Mqtt) -> Vec<String> {
-    client.send(&Packet::PingReq).await;
-    let mut got = Vec::new();
-    loop {
-        match client.next().await {
-            Some(Packet::PingResp) => return got,
-            Some(Packet::Publish(publish)) => {
-                if let Some(packet_id) = publish.packet_id {
-                    client.send(&ack(AckKind::PubAck, packet_id)).await;
-                }
-                got.push(String::from_utf8_lossy(&publish.payload).into_owned());
-            }
-            other => panic!("a PUBLISH or PINGRESP, not {other:?}"),
-        }
-    }
-}
-
 /// The payloads of the `TOPIC_MESSAGE`s `raw` receives within 500 ms.
 async fn drain_raw(raw: &mut RawConn) -> Vec<String> {
     let mut got = Vec::new();
@@ -80,7 +61,7 @@ async fn each_message_reaches_one_member_of_a_shared_subscription() {
     }
     let mut shares = Vec::new();
     for member in &mut members {
-        shares.push(drain(member).await);
+        shares.push(member.messages_until_pong().await);
     }
     shares.push(drain_raw(&mut native).await);
     let mut all: Vec<String> = shares.iter().flatten().cloned().collect();
@@ -93,10 +74,10 @@ async fn each_message_reaches_one_member_of_a_shared_subscription() {
             shares.iter().map(Vec::len).collect::<Vec<_>>()
         );
     }
-    let mut h = drain(&mut other).await;
+    let mut h = other.messages_until_pong().await;
     h.sort();
     assert_eq!(h, sent, "the only member of h gets all");
-    let mut everything = drain(&mut plain).await;
+    let mut everything = plain.messages_until_pong().await;
     everything.sort();
     assert_eq!(everything, sent, "an ordinary subscriber gets all");
     // One leaves (unsubscribes), the native one closes: the last one gets
@@ -118,8 +99,8 @@ async fn each_message_reaches_one_member_of_a_shared_subscription() {
             .publish_confirmed(&topic, "late", QoS::AtLeastOnce, 1)
             .await;
     }
-    assert_eq!(drain(&mut members[0]).await.len(), 10);
-    assert!(drain(&mut members[1]).await.is_empty());
+    assert_eq!(members[0].messages_until_pong().await.len(), 10);
+    assert!(members[1].messages_until_pong().await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,5 +141,8 @@ async fn a_malformed_share_is_refused_and_a_shared_subscription_gets_no_retained
         .subscribe(3, &[("$share/g/kept", QoS::AtLeastOnce)])
         .await;
     assert_eq!(ack.codes, [1]);
-    assert!(drain(&mut client).await.is_empty(), "no retained message");
+    assert!(
+        client.messages_until_pong().await.is_empty(),
+        "no retained message"
+    );
 }

@@ -7,11 +7,9 @@ fn tenants_broker() -> Broker {
     Broker::start_config(ServerConfig {
         shards: Some(2),
         mqtt: Some(MqttConfig {
-            listen: ([127, 0, 0, 1], 0).into(),
             namespace: "unused".into(),
             tenants: true,
-            max_keep_alive_secs: 0,
-            sessions: corebus_shards::SessionLimits::default(),
+            ..mqtt_config()
         }),
         ..ServerConfig::default()
     })
