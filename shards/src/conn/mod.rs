@@ -989,7 +989,7 @@ async fn write_loop(
 
 /// How long a closing MQTT connection reads (and drops) what its client
 /// still sends, once its last words are out.
-const LINGER: Duration = Duration::from_secs(2);
+const LINGER: Duration = Duration::from_secs(5);
 
 /// The reader of an MQTT connection that its protocol ended reads (and
 /// drops) what the client still sends until it closes (or [`LINGER`]
