@@ -315,6 +315,64 @@ export function encodeSubscribe(fields: SubscribeFields, maxFrame: number = DEFA
     .finish();
 }
 
+/** Fields of {@link encodeSubscribeShared}. */
+export interface SubscribeSharedFields {
+  requestId: number;
+  subId: number;
+  /** The group: 1 to 255 UTF-8 bytes, no `/`, `+`, `#`, `*`, `>` or control character. */
+  group: string;
+  namespace: string;
+  /** A topic or a pattern. */
+  topic: string;
+}
+
+/**
+ * Whether `group` can name a shared subscription's group: 1 to 255 UTF-8
+ * bytes without `/`, `+`, `#`, `*`, `>` or a control character.
+ *
+ * @example
+ * ```ts
+ * isGroupName('workers'); // true
+ * isGroupName('a/b'); // false
+ * ```
+ */
+export function isGroupName(group: string): boolean {
+  const bytes = utf8Encoder.encode(group).length;
+  // eslint-disable-next-line no-control-regex
+  return bytes >= 1 && bytes <= 255 && !/[/+#*>\u0000-\u001f\u007f-\u009f]/u.test(group);
+}
+
+/**
+ * Encodes `SUBSCRIBE_SHARED` (section 6.23): joins `group`'s shared
+ * subscription to a topic or pattern, whose messages go to one member each.
+ *
+ * @example
+ * ```ts
+ * encodeSubscribeShared({ requestId: 5, subId: 9, group: 'g', namespace: 'a', topic: '*' });
+ * // 00000010 0c 00000005 00000009 01 67 01 61 0001 2a
+ * ```
+ */
+export function encodeSubscribeShared(fields: SubscribeSharedFields, maxFrame: number = DEFAULT_MAX_FRAME): Uint8Array {
+  checkU32(fields.requestId, 'request id');
+  checkU32(fields.subId, 'subscription id');
+  if (!isGroupName(fields.group)) {
+    throw new CodecError('invalid_name', `group ${JSON.stringify(fields.group)}: 1 to 255 bytes, no / + # * > or control characters`);
+  }
+  const group = utf8Encoder.encode(fields.group);
+  const names = validateName(fields.namespace, fields.topic);
+  const length = 13 + group.length + names.namespace.length + names.topic.length;
+  return new FrameWriter(Opcode.SUBSCRIBE_SHARED, length, maxFrame)
+    .u32(fields.requestId)
+    .u32(fields.subId)
+    .u8(group.length)
+    .raw(group)
+    .u8(names.namespace.length)
+    .raw(names.namespace)
+    .u16(names.topic.length)
+    .raw(names.topic)
+    .finish();
+}
+
 /**
  * Encodes `UNSUBSCRIBE` (section 6.7).
  *

@@ -39,4 +39,4 @@ export type { BackoffOptions, BackoffPolicy } from './backoff.js';
 export { jwtExpiry, tokenRefreshDelay } from './jwt.js';
 export { decompressPayload, zstdContentSize } from './zstd.js';
 export { DEFAULT_MAX_DECOMPRESSED } from './wire.js';
-export { isPattern } from './encode.js';
+export { isGroupName, isPattern } from './encode.js';

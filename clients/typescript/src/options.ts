@@ -8,6 +8,7 @@
 import type { Headers } from './headers.js';
 import { backoffPolicy, type BackoffOptions, type BackoffPolicy } from './backoff.js';
 import { CorebusError } from './errors.js';
+import { isGroupName } from './encode.js';
 import { DEFAULT_MAX_DECOMPRESSED } from './wire.js';
 import type { SubscribeOptions, SubscriptionHandlers } from './subscription.js';
 import type { Clock, WebSocketConstructor } from './transport.js';
@@ -159,6 +160,14 @@ export function checkSubscribeArguments(handlers: SubscriptionHandlers, options:
   }
   if (options.from !== undefined && options.after !== undefined) {
     throw new CorebusError('invalid_argument', 'pass either from or after, not both');
+  }
+  if (options.group !== undefined) {
+    if (typeof options.group !== 'string' || !isGroupName(options.group)) {
+      throw new CorebusError('invalid_argument', `group ${JSON.stringify(options.group)}: 1 to 255 bytes, no / + # * > or control characters`);
+    }
+    if (options.from !== undefined || options.after !== undefined) {
+      throw new CorebusError('invalid_argument', 'a shared subscription (group) is live only: no from or after');
+    }
   }
   if (options.from !== undefined && (typeof options.from !== 'bigint' || options.from < 1n || options.from >= 1n << 64n)) {
     throw new CorebusError('invalid_argument', `from must be a bigint sequence number >= 1n, got ${String(options.from)}`);

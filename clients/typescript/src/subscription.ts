@@ -15,6 +15,7 @@
 import type { Headers } from './headers.js';
 import {
   encodeSubscribe,
+  encodeSubscribeShared,
   encodeUnsubscribe,
   isPattern,
   type DiscontinuityFrame,
@@ -142,6 +143,16 @@ export interface SubscribeOptions {
   from?: bigint;
   /** Continue after this position, the last one received (e.g. saved by a page). */
   after?: StreamPosition;
+  /**
+   * Join this group's shared subscription (protocol section 6.23): each
+   * message goes to one member of the group, whichever connections joined
+   * it (MQTT clients with `$share/{group}/{filter}` too). Items carry their
+   * topic, as a pattern's do; a member gets only its share of each topic's
+   * sequence, so no gap is reported. Live only (not with `from` or
+   * `after`). 1 to 255 UTF-8 bytes, no `/`, `+`, `#`, `*`, `>` or control
+   * characters.
+   */
+  group?: string;
 }
 
 /**
@@ -244,8 +255,10 @@ export class SubscriptionImpl implements Subscription {
   private resolveReady!: (subscription: Subscription) => void;
   private rejectReady!: (error: CorebusError) => void;
   private state: 'pending' | 'active' | 'ended' = 'pending';
-  /** A pattern subscription (`orders/*`): live only, items of many topics. */
+  /** A pattern subscription (`orders/*`), or a shared one: live only, items of many topics. */
   readonly pattern: boolean;
+  /** A shared subscription's group. */
+  private readonly group: string | undefined;
   /**
    * A pattern's last delivered position per topic: a repeat (two
    * connections during a switch-over) is dropped, a jump is reported.
@@ -266,7 +279,8 @@ export class SubscriptionImpl implements Subscription {
     /** Most bytes a compressed payload may decompress to. */
     private readonly maxDecompressed: number,
   ) {
-    this.pattern = isPattern(topic);
+    this.group = options.group;
+    this.pattern = isPattern(topic) || this.group !== undefined;
     if (options.after !== undefined) this.resumePoint = { epoch: options.after.epoch, seq: options.after.seq };
     else if (options.from !== undefined) this.resumePoint = { epoch: 0n, seq: options.from - 1n };
     this.ready = new Promise((resolve, reject) => {
@@ -318,17 +332,23 @@ export class SubscriptionImpl implements Subscription {
     });
     let frame: Uint8Array;
     try {
-      frame = encodeSubscribe(
-        {
-          requestId,
-          subId,
-          resumeEpoch: resumeAfter === undefined ? 0n : resumeAfter.epoch,
-          resumeSeq: resumeAfter === undefined ? 0n : resumeAfter.seq + 1n,
-          namespace: this.namespace,
-          topic: this.topic,
-        },
-        connection.maxFrame,
-      );
+      frame =
+        this.group === undefined
+          ? encodeSubscribe(
+              {
+                requestId,
+                subId,
+                resumeEpoch: resumeAfter === undefined ? 0n : resumeAfter.epoch,
+                resumeSeq: resumeAfter === undefined ? 0n : resumeAfter.seq + 1n,
+                namespace: this.namespace,
+                topic: this.topic,
+              },
+              connection.maxFrame,
+            )
+          : encodeSubscribeShared(
+              { requestId, subId, group: this.group, namespace: this.namespace, topic: this.topic },
+              connection.maxFrame,
+            );
     } catch (error) {
       connection.unregisterRequest(requestId);
       throw error;
@@ -479,7 +499,9 @@ export class SubscriptionImpl implements Subscription {
       const oldest = this.topicPositions.keys().next().value;
       if (oldest !== undefined) this.topicPositions.delete(oldest);
     }
-    if (last !== undefined && (last.epoch !== frame.epoch || frame.seq > last.seq + 1n)) {
+    // A shared subscription's member gets a share of each topic: its gaps
+    // are other members' messages.
+    if (this.group === undefined && last !== undefined && (last.epoch !== frame.epoch || frame.seq > last.seq + 1n)) {
       const gap: Discontinuity = {
         namespace: this.namespace,
         topic: frame.topic,

@@ -134,6 +134,7 @@ export const Opcode = {
   PONG: 0x06,
   TOKEN_REQUEST: 0x07,
   WEBHOOK_REQUEST: 0x08,
+  SUBSCRIBE_SHARED: 0x0c,
   WELCOME: 0x81,
   PUB_ACK: 0x82,
   SUB_OK: 0x83,

@@ -16,7 +16,9 @@ import {
   encodeHeaders,
   decodeHeaders,
   encodeSubscribe,
+  encodeSubscribeShared,
   encodeUnsubscribe,
+  isGroupName,
   validateName,
 } from '../dist/codec.js';
 import { CorebusError } from '../dist/index.js';
@@ -53,6 +55,18 @@ describe('section 6 examples, client frames encoded byte for byte', () => {
     const bytes = encodePublish({ requestId: 1, ack: false, namespace: 'app', topic: 'news', payload: hi });
     assert.equal(toHex(bytes), toHex(hex('00000013 02 00000001 00 03 617070 0004 6e657773 00 6869')));
   });
+  test('SUBSCRIBE_SHARED (6.23): the example bytes; a group that breaks the rules is refused', () => {
+    const bytes = encodeSubscribeShared({ requestId: 5, subId: 9, group: 'g', namespace: 'a', topic: '*' });
+    assert.equal(toHex(bytes), toHex(hex('00000010 0c 00000005 00000009 01 67 01 61 0001 2a')));
+    for (const group of ['', 'a/b', 'a+', '#', 'x*', '>', 'tab\t', 'g'.repeat(256)]) {
+      assert.equal(isGroupName(group), false, JSON.stringify(group));
+      assertCodecError(() => encodeSubscribeShared({ requestId: 1, subId: 1, group, namespace: 'a', topic: 't' }), {
+        reason: 'invalid_name',
+      });
+    }
+    assert.equal(isGroupName('workers-é'), true);
+  });
+
   test('6.5 SUBSCRIBE live', () => {
     const bytes = encodeSubscribe({ requestId: 2, subId: 7, resumeEpoch: 0n, resumeSeq: 0n, namespace: 'app', topic: 'news' });
     assert.equal(

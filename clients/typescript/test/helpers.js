@@ -148,6 +148,17 @@ export function parseClientFrames(bytes) {
           topic: text(u16()),
         };
         break;
+      case 0x0c:
+        parsed = {
+          type: 'subscribe',
+          shared: true,
+          requestId: u32(),
+          subId: u32(),
+          group: text(u8()),
+          namespace: text(u8()),
+          topic: text(u16()),
+        };
+        break;
       case 0x04:
         parsed = { type: 'unsubscribe', requestId: u32(), subId: u32() };
         break;

@@ -107,4 +107,30 @@ describe('pattern subscriptions', () => {
     assert.equal(isPattern('orders/eu*'), false);
     await client.close();
   });
+
+  test('a shared subscription sends SUBSCRIBE_SHARED and reports no gaps in its share', async () => {
+    const setup = await openClient();
+    const { client, socket } = setup;
+    const log = recorder();
+    const { frame } = await subscribeWith(client, socket, log, {
+      topic: 'jobs/*',
+      epoch: 0n,
+      startAfter: 0n,
+      options: { group: 'workers' },
+    });
+    assert.deepEqual([frame.shared, frame.group, frame.namespace, frame.topic], [true, 'workers', 'app', 'jobs/*']);
+    socket.deliver(
+      server.topicMessage(frame.subId, E, 2n, 'jobs/eu', 'a'),
+      server.topicMessage(frame.subId, E, 5n, 'jobs/eu', 'b'),
+      server.topicMessage(frame.subId, E, 9n, 'jobs/eu', 'c'),
+    );
+    assert.deepEqual(
+      log.items.map((item) => item.text()),
+      ['a', 'b', 'c'],
+    );
+    assert.equal(log.gaps.length + log.errors.length, 0, 'other members took 3, 4, 6, 7 and 8');
+    await assert.rejects(client.subscribe('app', 'jobs/*', log.handlers, { group: 'a/b' }), (error) => error.code === 'invalid_argument');
+    await assert.rejects(client.subscribe('app', 'jobs/*', log.handlers, { group: 'g', from: 1n }), (error) => error.code === 'invalid_argument');
+    await client.close();
+  });
 });
