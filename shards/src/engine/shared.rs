@@ -227,12 +227,14 @@ impl Shard {
         match pushed {
             Ok(()) => self.stats.messages_delivered += 1,
             Err(PushError::Closing) => {}
-            Err(PushError::Full) => {
-                self.stats.messages_dropped += 1;
-                if self.config.slow_consumer == super::SlowConsumerPolicy::Disconnect {
-                    self.close_slow_consumer(delivery.conn);
-                }
+            // As for a pattern's messages: a slow consumer is closed (and
+            // counted as such), or the message dropped and counted.
+            Err(PushError::Full)
+                if self.config.slow_consumer == super::SlowConsumerPolicy::Disconnect =>
+            {
+                self.close_slow_consumer(delivery.conn)
             }
+            Err(PushError::Full) => self.stats.messages_dropped += 1,
         }
     }
 }

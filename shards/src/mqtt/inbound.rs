@@ -354,7 +354,7 @@ impl MqttConn {
     /// Sends a `SUBACK` or `UNSUBACK` now (after what came before it) when
     /// it waits for nothing, else when its last native answer comes.
     fn finish_or_wait(&mut self, frames: &mut BytesMut, packet_id: u16, wait: AckWait) {
-        self.save_filters();
+        self.filters_changed();
         if packet_id == 0 && wait.outstanding == 0 {
             // A session's filters, none of them subscribed again.
             self.restored();

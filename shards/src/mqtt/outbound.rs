@@ -19,7 +19,7 @@ use crate::framing::{frames_of, Wrapped};
 
 /// Where a delivery at QoS 1 or 2 is in its exchange with the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outbound {
+pub(super) enum Outbound {
     /// QoS 1: waiting for `PUBACK`.
     Ack,
     /// QoS 2: waiting for `PUBREC`.
@@ -30,8 +30,8 @@ pub enum Outbound {
 
 /// A message for the client: rendered at once, or waiting for a free
 /// packet id slot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
+#[derive(Debug)]
+pub(super) struct Delivery {
     topic: String,
     body: corebus_net::Body,
     qos: QoS,
@@ -83,8 +83,8 @@ impl Delivery {
 
 /// A delivery at QoS 1 or 2 sent and not yet acknowledged: kept to be sent
 /// again on a new connection to its session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InFlight {
+#[derive(Debug)]
+pub(super) struct InFlight {
     pub(super) state: Outbound,
     pub(super) delivery: Delivery,
     /// Deliveries sent before it on the connection.
@@ -397,7 +397,7 @@ impl MqttConn {
                 } else {
                     self.encode_ack_wait(packet_id, wait, out);
                 }
-                self.save_filters();
+                self.filters_changed();
             }
         }
     }

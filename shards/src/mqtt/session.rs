@@ -270,6 +270,15 @@ impl MqttConn {
             .collect()
     }
 
+    /// The client's filters changed: the registry's copy follows them if
+    /// the session outlives the connection (a connection whose session
+    /// does not takes no lock for it).
+    pub(super) fn filters_changed(&self) {
+        if self.session_persists() {
+            self.save_filters();
+        }
+    }
+
     /// Keeps the registry's copy of the session's filters current (a new
     /// connection subscribes to them before it takes the session over).
     pub(super) fn save_filters(&self) {
