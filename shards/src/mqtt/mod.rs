@@ -223,8 +223,9 @@ pub(crate) struct MqttConn {
     unreleased: FxHashSet<u16>,
     /// QoS 1 publishes received and not yet answered with `PUBACK`.
     unanswered_at_least_once: usize,
-    /// The will, as the publish it becomes, until a clean `DISCONNECT`.
-    will: Option<Publish>,
+    /// The will, as the publish it becomes, until a clean `DISCONNECT`
+    /// (boxed: most connections have none).
+    will: Option<Box<Publish>>,
     /// Retained messages fetched for a `SUBSCRIBE` whose `SUBACK` has not
     /// gone out yet, by its packet id: they follow it.
     held: Vec<(u16, outbound::Matched)>,
@@ -570,7 +571,7 @@ impl MqttConn {
                 }
                 return Input::End;
             };
-            self.will = Some(Publish {
+            self.will = Some(Box::new(Publish {
                 request_id: 0,
                 ack: false,
                 topic,
@@ -581,7 +582,7 @@ impl MqttConn {
                     &will.payload,
                 )
                 .retained_if(will.retain),
-            });
+            }));
         }
         self.client_id = if connect.client_id.is_empty() {
             let id = format!("corebus-{:016x}", random_u64());

@@ -444,7 +444,7 @@ impl MqttConn {
     ) -> Option<corebus_net::Publish> {
         let due = session_over || self.will_due_ms().is_some_and(|at| at <= now_ms);
         if due && self.lost_at.is_some() {
-            self.will.take()
+            self.will.take().map(|will| *will)
         } else {
             None
         }

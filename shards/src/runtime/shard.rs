@@ -242,14 +242,13 @@ pub(super) async fn run_shard(ctx: ShardContext, engine: EngineConfig, mesh: Sha
         let shard = shard.clone();
         let sends = sends.clone();
         move |stream, at_file_limit| {
-            glommio::spawn_local(crate::conn::serve(
+            crate::conn::serve(
                 shard.clone(),
                 stream,
                 limits.clone(),
                 sends.clone(),
                 at_file_limit,
-            ))
-            .detach();
+            );
         }
     };
     let stopped = || {
