@@ -6,7 +6,10 @@
 #   - pair (1 -> 1), fanout (1 -> 64), many (16 -> 64 over 1,024 topics):
 #     delivered msg/s flat out, within a window of messages in flight;
 #   - latency: 1 publisher at MQTT_RATE (2000) msg/s over 64 topics, each
-#     read by one of 64 subscribers; p50/p99 from the intended send time.
+#     read by one of 64 subscribers; p50/p99 from the intended send time;
+#   - memory per idle connection: a fresh broker's RSS growth over
+#     MQTT_IDLE (5000) connections that sent CONNECT and got their CONNACK,
+#     divided by their number (bench/mqtt_idle.py).
 # Writes
 #   bench/results/<kind>-mqtt.jsonl  every run's report
 #   bench/results/<kind>-mqtt.md     the table, ratios against both peers
@@ -15,13 +18,15 @@
 # Debian's packages when they are missing (needs root or sudo).
 #
 # Settings (environment): SHARDS (corebus shards and GOMAXPROCS, default
-# nproc), DURATION (seconds per run, 5), MQTT_RATE (2000), MQTT_PORT
+# nproc), DURATION (seconds per run, 5), MQTT_RATE (2000), MQTT_IDLE
+# (5000), MQTT_PORT
 # (18830), CARGO_TARGET_DIR (target), STAMP (<machine kind>-mqtt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-5}
 MQTT_RATE=${MQTT_RATE:-2000}
+MQTT_IDLE=${MQTT_IDLE:-5000}
 MQTT_PORT=${MQTT_PORT:-18830}
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
@@ -103,6 +108,14 @@ for broker in corebus mosquitto nats; do
     done
 done
 
+for broker in corebus mosquitto nats; do
+    log "$broker: $MQTT_IDLE idle connections"
+    start "$broker"
+    python3 bench/mqtt_idle.py "$PID" 127.0.0.1 "$MQTT_PORT" "$MQTT_IDLE" --json "$broker" \
+        >>"$OUT" || failed=1
+    stop
+done
+
 python3 - "$OUT" "bench/results/$STAMP.md" "$SHARDS" <<'EOF'
 import json, sys
 runs = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
@@ -120,6 +133,13 @@ for scenario in ["pair", "fanout", "many", "latency"]:
         lat = ", ".join(f'{r["latency_us"]["p50"]:.0f} / {r["latency_us"]["p99"]:.0f}' for r in row)
         lost = "/".join(str(r["lost"]) for r in row)
         lines.append(f"| {scenario} | {qos} | {rate[0]:,.0f} | {rate[1]:,.0f} | {rate[2]:,.0f} | {ratio(rate[0], rate[1])} | {ratio(rate[0], rate[2])} | {lat} | {lost} |")
+idle = [by.get((b, "idle", None)) for b in ["corebus", "mosquitto", "nats"]]
+if all(idle):
+    kib = [r["kib_per_connection"] for r in idle]
+    lines += ["", f"Memory per idle connection ({idle[0]['connections']:,} connections, RSS growth divided by their number):", ""]
+    lines.append("| corebus KiB | Mosquitto KiB | NATS KiB | vs Mosquitto | vs NATS |")
+    lines.append("|---:|---:|---:|---:|---:|")
+    lines.append(f"| {kib[0]:.2f} | {kib[1]:.2f} | {kib[2]:.2f} | {kib[0] / kib[1]:.2f}x | {kib[0] / kib[2]:.2f}x |")
 open(sys.argv[2], "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 EOF

@@ -1,18 +1,27 @@
 """Idle MQTT connections: a broker process's RSS growth per connection.
 
-    python3 bench/mqtt_idle.py PID HOST PORT COUNT
+    python3 bench/mqtt_idle.py PID HOST PORT COUNT [--json LABEL]
 
 Opens COUNT MQTT 3.1.1 connections to HOST:PORT (CONNECT without
 credentials, then waits for a successful CONNACK), 500 at a time, waits
 2 s, and prints the RSS of process PID (the broker) before and after and
-the growth per connection. Run it against each broker in turn on the same
-machine (docs/mqtt.md, Connections: corebus with --mqtt-listen, Mosquitto
-with `allow_anonymous true` and `max_connections -1`). Needs an open-file
-limit above COUNT (`ulimit -n`).
+the growth per connection; with --json, one JSON line for
+bench/compare_mqtt.sh instead (broker LABEL, scenario "idle"). Run it
+against each broker in turn on the same machine (bench/compare_mqtt.sh
+does: corebus with --mqtt-listen, Mosquitto with `allow_anonymous true`,
+nats-server's MQTT listener). Needs an open-file limit above COUNT
+(`ulimit -n`).
 """
-import asyncio, sys, time
+import argparse, asyncio, json, time
 
-pid, host, port, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+parser = argparse.ArgumentParser()
+parser.add_argument("pid", type=int)
+parser.add_argument("host")
+parser.add_argument("port", type=int)
+parser.add_argument("count", type=int)
+parser.add_argument("--json", metavar="LABEL")
+args = parser.parse_args()
+pid, host, port, count = args.pid, args.host, args.port, args.count
 
 def rss_kib():
     for line in open(f"/proc/{pid}/status"):
@@ -40,6 +49,12 @@ async def main():
         await asyncio.gather(*(one(i, keep) for i in range(start, min(count, start + 500))))
     await asyncio.sleep(2)
     after = rss_kib()
-    print(f"{len(keep)} connections: RSS {before} -> {after} KiB, {(after - before) / len(keep):.2f} KiB per connection")
+    per = (after - before) / len(keep)
+    if args.json:
+        print(json.dumps({"broker": args.json, "scenario": "idle", "qos": None,
+                          "connections": len(keep), "rss_before_kib": before,
+                          "rss_after_kib": after, "kib_per_connection": round(per, 2)}))
+    else:
+        print(f"{len(keep)} connections: RSS {before} -> {after} KiB, {per:.2f} KiB per connection")
 
 asyncio.run(main())
