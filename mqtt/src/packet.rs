@@ -55,7 +55,8 @@ impl QoS {
 
 /// An MQTT UTF-8 string: valid UTF-8 without U+0000 (MQTT-1.5.4-1 and -2),
 /// at most 65,535 bytes, kept as a slice of the bytes it was read from.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The default is the empty string.
+#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MqttStr(Bytes);
 
 impl MqttStr {

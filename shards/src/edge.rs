@@ -97,6 +97,15 @@ impl EdgeConn {
         }
     }
 
+    /// The MQTT connection, when this is one over plain TCP (or TLS): its
+    /// writer hands it frames, not encoded bytes (`wrap_frames`).
+    pub(crate) fn plain_mqtt(&mut self) -> Option<&mut MqttConn> {
+        match self {
+            EdgeConn::Mqtt(mqtt) => Some(mqtt),
+            EdgeConn::Web(_) => None,
+        }
+    }
+
     /// The last bytes of a closing connection.
     pub(crate) fn close(&mut self) -> Vec<u8> {
         match self {

@@ -6,6 +6,8 @@
 use bytes::{Bytes, BytesMut};
 use corebus_net::{check, decode, Check, Frame};
 
+use crate::outbox::OutFrame;
+
 /// What the reader does after feeding bytes.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Input {
@@ -37,6 +39,35 @@ pub(crate) fn frames_of(segments: &[Bytes]) -> Vec<Frame> {
         // not input, and is skipped rather than taking the connection down.
         if let Ok(frame) = decode(wire.split_to(len).freeze()) {
             frames.push(frame);
+        }
+    }
+    frames
+}
+
+/// The frames a writer took from its outbox, as its client would decode
+/// them, without encoding them first: an item queued as a frame is
+/// converted, and a run encoded when it was queued is decoded where it is
+/// (its frames are whole, so nothing is copied). What the MQTT edge reads.
+pub(crate) fn frames_of_batch(batch: &mut Vec<OutFrame>) -> Vec<Frame> {
+    // A run holds frames of at least a header each; most are small.
+    let guess = batch
+        .iter()
+        .map(|item| match item {
+            OutFrame::Encoded(run) => run.len() / 64 + 1,
+            _ => 1,
+        })
+        .sum();
+    let mut frames = Vec::with_capacity(guess);
+    for item in batch.drain(..) {
+        match item.into_frame() {
+            Ok(frame) => frames.push(frame),
+            Err(mut run) => {
+                while let Ok(Check::Complete { len }) = check(&run, u32::MAX) {
+                    if let Ok(frame) = decode(run.split_to(len)) {
+                        frames.push(frame);
+                    }
+                }
+            }
         }
     }
     frames

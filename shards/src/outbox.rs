@@ -18,7 +18,11 @@ use std::collections::VecDeque;
 use std::task::Waker;
 
 use bytes::{Bytes, BytesMut};
-use corebus_net::{encode_message_header, Epoch, ErrorFrame, Seq, MESSAGE_HEADER_LEN};
+use corebus_net::{
+    encode_message_header, Body, ClusterReply, Discontinuity, Epoch, ErrorFrame, Frame, GoAway,
+    Message, PubAck, ReplayEnd, Seq, SubOk, Token, UnsubOk, WebhookReply, Welcome,
+    MESSAGE_HEADER_LEN,
+};
 
 use crate::ring::COPY_MAX;
 
@@ -181,6 +185,82 @@ pub enum OutFrame {
 }
 
 impl OutFrame {
+    /// The native frame this item stands for, as its client decodes it;
+    /// `Err` with the bytes of a run encoded when it was queued
+    /// ([`OutFrame::Encoded`]). A `MESSAGE` whose body the broker cannot
+    /// read back (a bug, not input) is an empty run: it is skipped, as
+    /// [`crate::framing::frames_of`] skips it.
+    pub fn into_frame(self) -> Result<Frame, Bytes> {
+        Ok(match self {
+            OutFrame::Message {
+                sub_id,
+                epoch,
+                seq,
+                payload,
+            } => match Body::parse(payload, "MESSAGE") {
+                Ok(body) => Frame::Message(Message {
+                    sub_id,
+                    epoch,
+                    seq,
+                    body,
+                }),
+                Err(_) => return Err(Bytes::new()),
+            },
+            OutFrame::Encoded(run) => return Err(run),
+            OutFrame::PubAck { request_id, seq } => Frame::PubAck(PubAck { request_id, seq }),
+            OutFrame::SubOk {
+                request_id,
+                sub_id,
+                epoch,
+                start_after,
+            } => Frame::SubOk(SubOk {
+                request_id,
+                sub_id,
+                epoch,
+                start_after,
+            }),
+            OutFrame::Discontinuity {
+                sub_id,
+                epoch,
+                last_seq,
+                next_seq,
+            } => Frame::Discontinuity(Discontinuity {
+                sub_id,
+                epoch,
+                last_seq,
+                next_seq,
+            }),
+            OutFrame::ReplayEnd { sub_id, last_seq } => {
+                Frame::ReplayEnd(ReplayEnd { sub_id, last_seq })
+            }
+            OutFrame::UnsubOk { request_id, sub_id } => {
+                Frame::UnsubOk(UnsubOk { request_id, sub_id })
+            }
+            OutFrame::Welcome {
+                version,
+                max_frame,
+                shard,
+                shard_count,
+            } => Frame::Welcome(Welcome {
+                version,
+                max_frame,
+                shard,
+                shard_count,
+            }),
+            OutFrame::Ping(nonce) => Frame::Ping(nonce),
+            OutFrame::Pong(nonce) => Frame::Pong(nonce),
+            OutFrame::Error(error) => Frame::Error(error),
+            OutFrame::Token { request_id, token } => Frame::Token(Token { request_id, token }),
+            OutFrame::WebhookReply { request_id, result } => {
+                Frame::WebhookReply(WebhookReply { request_id, result })
+            }
+            OutFrame::ClusterReply { request_id, result } => {
+                Frame::ClusterReply(ClusterReply { request_id, result })
+            }
+            OutFrame::GoAway { drain_ms, message } => Frame::GoAway(GoAway { drain_ms, message }),
+        })
+    }
+
     /// Bytes this frame occupies on the wire (what the queue bound counts).
     pub fn wire_len(&self) -> usize {
         match self {

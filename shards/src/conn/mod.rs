@@ -27,10 +27,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use corebus_gateway::Origins;
-use corebus_net::{
-    check, decode_from_client, encode_message_header, Check, Discontinuity, Frame, GoAway,
-    KeyCache, PubAck, SubOk, UnsubOk, Welcome,
-};
+use corebus_net::{check, decode_from_client, encode_message_header, Check, KeyCache};
 use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 use rustc_hash::FxHashMap;
@@ -38,7 +35,7 @@ use tracing::{debug, error_span, Instrument, Span};
 
 use crate::edge::EdgeConn;
 use crate::engine::{ConnId, Flow, Shard};
-use crate::framing::{Input, Wrapped};
+use crate::framing::{frames_of_batch, Input, Wrapped};
 use crate::mqtt::{MqttConn, MqttSettings};
 use crate::outbox::{OutFrame, ENCODE_BELOW};
 use crate::sends::SendBatch;
@@ -932,6 +929,12 @@ async fn write_loop(
             // The peer may not be reading at all; bound the final flush.
             let _ = stream.set_write_timeout(Some(CLOSE_FLUSH_TIMEOUT));
         }
+        // A plain MQTT connection reads the batch's frames as they are:
+        // encoded for it, they would be decoded again (and copied twice).
+        let plain_mqtt = edge
+            .as_ref()
+            .is_some_and(|edge| edge.borrow_mut().plain_mqtt().is_some());
+        let frames = plain_mqtt.then(|| frames_of_batch(&mut batch));
         if segments.capacity() == 0 {
             segments = spares::take_segments();
         }
@@ -951,7 +954,14 @@ async fn write_loop(
                         mqtt.resume(session);
                     }
                 }
-                let wrapped = edge.borrow_mut().wrap(&mut segments);
+                let wrapped = match frames {
+                    Some(frames) => edge
+                        .borrow_mut()
+                        .plain_mqtt()
+                        .map(|mqtt| mqtt.wrap_frames(frames, &mut segments))
+                        .unwrap_or_default(),
+                    None => edge.borrow_mut().wrap(&mut segments),
+                };
                 if let Some(opened) = edge.borrow_mut().take_opened() {
                     shard.borrow_mut().note_web(opened);
                 }
@@ -1145,65 +1155,10 @@ pub(crate) fn encode_out_frame(frame: OutFrame, head: &mut BytesMut, segments: &
             }
             segments.push(frames);
         }
-        OutFrame::PubAck { request_id, seq } => {
-            Frame::PubAck(PubAck { request_id, seq }).encode(head)
-        }
-        OutFrame::SubOk {
-            request_id,
-            sub_id,
-            epoch,
-            start_after,
-        } => Frame::SubOk(SubOk {
-            request_id,
-            sub_id,
-            epoch,
-            start_after,
-        })
-        .encode(head),
-        OutFrame::Discontinuity {
-            sub_id,
-            epoch,
-            last_seq,
-            next_seq,
-        } => Frame::Discontinuity(Discontinuity {
-            sub_id,
-            epoch,
-            last_seq,
-            next_seq,
-        })
-        .encode(head),
-        OutFrame::ReplayEnd { sub_id, last_seq } => {
-            Frame::ReplayEnd(corebus_net::ReplayEnd { sub_id, last_seq }).encode(head)
-        }
-        OutFrame::UnsubOk { request_id, sub_id } => {
-            Frame::UnsubOk(UnsubOk { request_id, sub_id }).encode(head)
-        }
-        OutFrame::Welcome {
-            version,
-            max_frame,
-            shard,
-            shard_count,
-        } => Frame::Welcome(Welcome {
-            version,
-            max_frame,
-            shard,
-            shard_count,
-        })
-        .encode(head),
-        OutFrame::Ping(nonce) => Frame::Ping(nonce).encode(head),
-        OutFrame::Pong(nonce) => Frame::Pong(nonce).encode(head),
-        OutFrame::Error(error) => Frame::Error(error).encode(head),
-        OutFrame::Token { request_id, token } => {
-            Frame::Token(corebus_net::Token { request_id, token }).encode(head)
-        }
-        OutFrame::WebhookReply { request_id, result } => {
-            Frame::WebhookReply(corebus_net::WebhookReply { request_id, result }).encode(head)
-        }
-        OutFrame::ClusterReply { request_id, result } => {
-            Frame::ClusterReply(corebus_net::ClusterReply { request_id, result }).encode(head)
-        }
-        OutFrame::GoAway { drain_ms, message } => {
-            Frame::GoAway(GoAway { drain_ms, message }).encode(head)
+        other => {
+            if let Ok(frame) = other.into_frame() {
+                frame.encode(head);
+            }
         }
     }
 }
@@ -1315,18 +1270,79 @@ mod tests {
     /// puts on the wire for it.
     #[test]
     fn wire_len_is_the_encoded_length_of_every_frame() {
-        let frames = [
+        for frame in every_out_frame() {
+            let expected = frame.wire_len();
+            let mut head = BytesMut::new();
+            let mut segments = Vec::new();
+            encode_out_frame(frame.clone(), &mut head, &mut segments);
+            let encoded = head.len() + segments.iter().map(Bytes::len).sum::<usize>();
+            assert_eq!(encoded, expected, "{frame:?}");
+        }
+    }
+
+    /// A plain MQTT connection's writer reads its batch as frames without
+    /// encoding it: it must read exactly what its client would decode from
+    /// the batch encoded, runs of the outbox included.
+    #[test]
+    fn a_batch_read_as_frames_is_the_batch_encoded_and_decoded() {
+        let mut batch: Vec<OutFrame> = every_out_frame()
+            .into_iter()
+            .filter(|frame| !matches!(frame, OutFrame::Encoded(_)))
+            .collect();
+        let mut outbox = crate::outbox::Outbox::new(1 << 20);
+        for seq in 1..=3 {
+            let body = corebus_net::Body::plain(format!("small {seq}").as_bytes());
+            outbox
+                .push_message(4, 1, seq, body.as_bytes())
+                .expect("under the bound");
+        }
+        let large = corebus_net::Body::plain(&[7; ENCODE_BELOW + 1]);
+        outbox
+            .push_message(4, 1, 4, large.as_bytes())
+            .expect("under the bound");
+        outbox.drain_some(&mut batch, usize::MAX);
+        assert!(
+            batch
+                .iter()
+                .any(|frame| matches!(frame, OutFrame::Encoded(_))),
+            "the small messages came as a run"
+        );
+        let mut head = BytesMut::new();
+        let mut segments = Vec::new();
+        for frame in batch.clone() {
+            encode_out_frame(frame, &mut head, &mut segments);
+        }
+        segments.push(head.split().freeze());
+        let decoded = crate::framing::frames_of(&segments);
+        let read = frames_of_batch(&mut batch);
+        assert!(batch.is_empty(), "the batch is taken");
+        assert_eq!(read, decoded);
+        let messages = read
+            .iter()
+            .filter(|frame| matches!(frame, corebus_net::Frame::Message(_)))
+            .count();
+        assert_eq!(
+            messages, 6,
+            "two queued as frames, three in the run, one large"
+        );
+    }
+
+    /// One item of every kind a writer takes from an outbox (a `MESSAGE`
+    /// with a small and with a large body, then each other frame, then a
+    /// run of made-up bytes).
+    fn every_out_frame() -> Vec<OutFrame> {
+        vec![
             OutFrame::Message {
                 sub_id: 7,
                 epoch: 3,
                 seq: 9,
-                payload: Bytes::from(vec![1; 10]),
+                payload: Bytes::from(vec![0; 10]),
             },
             OutFrame::Message {
                 sub_id: 7,
                 epoch: 3,
                 seq: 9,
-                payload: Bytes::from(vec![1; ENCODE_BELOW + 100]),
+                payload: Bytes::from(vec![0; ENCODE_BELOW + 100]),
             },
             OutFrame::PubAck {
                 request_id: 1,
@@ -1383,15 +1399,7 @@ mod tests {
                 message: "bye".into(),
             },
             OutFrame::Encoded(Bytes::from(vec![0; 77])),
-        ];
-        for frame in frames {
-            let expected = frame.wire_len();
-            let mut head = BytesMut::new();
-            let mut segments = Vec::new();
-            encode_out_frame(frame.clone(), &mut head, &mut segments);
-            let encoded = head.len() + segments.iter().map(Bytes::len).sum::<usize>();
-            assert_eq!(encoded, expected, "{frame:?}");
-        }
+        ]
     }
 
     #[test]

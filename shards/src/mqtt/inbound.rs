@@ -247,7 +247,7 @@ impl MqttConn {
                         Sub {
                             qos: granted,
                             identifier,
-                            topic,
+                            topic: topic.and_then(names::owned_str),
                             wildcard_first,
                             prefix: prefix.clone(),
                             retain_as_published: filter.retain_as_published,
@@ -309,7 +309,7 @@ impl MqttConn {
             topic,
         })
         .encode(frames);
-        let topic = names::exact_name(&native, prefix.as_deref());
+        let topic = names::exact_name(&native, prefix.as_deref()).and_then(names::owned_str);
         self.subs.insert(
             sub_id,
             Sub {

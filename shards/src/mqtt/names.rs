@@ -58,6 +58,12 @@ pub(super) fn exact_name(native: &str, prefix: Option<&str>) -> Option<String> {
         .then(|| format!("{}{}", prefix.unwrap_or_default(), unescape(native)))
 }
 
+/// `text` as an MQTT string, without a copy; `None` if it is not one
+/// (U+0000, or longer than 65,535 bytes): such a name is not delivered.
+pub(super) fn owned_str(text: String) -> Option<corebus_mqtt::MqttStr> {
+    corebus_mqtt::MqttStr::from_bytes(bytes::Bytes::from(text))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,7 +32,7 @@ pub(super) enum Outbound {
 /// packet id slot.
 #[derive(Debug)]
 pub(super) struct Delivery {
-    topic: String,
+    topic: MqttStr,
     body: corebus_net::Body,
     qos: QoS,
     /// The `PUBLISH`'s retain flag.
@@ -55,7 +55,7 @@ impl Delivery {
         seq: Seq,
     ) -> Delivery {
         Delivery {
-            topic: topic.to_owned(),
+            topic: MqttStr::new(topic).expect("an MQTT string"),
             body,
             qos,
             retain: false,
@@ -72,7 +72,7 @@ impl Delivery {
 
     /// Its MQTT topic name.
     pub(super) fn topic(&self) -> &str {
-        &self.topic
+        self.topic.as_str()
     }
 
     /// Its topic's epoch and its sequence number there.
@@ -95,7 +95,7 @@ pub(super) struct InFlight {
 /// copy per message, whatever the number of overlapping filters.
 #[derive(Debug)]
 pub(super) struct Matched {
-    topic: String,
+    topic: MqttStr,
     epoch: Epoch,
     seq: Seq,
     body: corebus_net::Body,
@@ -133,11 +133,22 @@ impl MqttConn {
     /// Turns a batch of native frames into MQTT packets, with any pending
     /// bytes of ours first.
     pub(crate) fn wrap(&mut self, segments: &mut Vec<Bytes>) -> Wrapped {
+        let frames = if self.phase == Phase::Done {
+            Vec::new()
+        } else {
+            frames_of(segments)
+        };
+        segments.clear();
+        self.wrap_frames(frames, segments)
+    }
+
+    /// [`MqttConn::wrap`] for frames not encoded first (a connection's own
+    /// writer: `framing::frames_of_batch`); `segments` comes empty.
+    pub(crate) fn wrap_frames(&mut self, frames: Vec<Frame>, segments: &mut Vec<Bytes>) -> Wrapped {
         let mut out = std::mem::take(&mut self.pending);
         if self.phase == Phase::Done {
             // Ended (by either side): after its last words (a DISCONNECT, a
             // refusing CONNACK) the server sends nothing more.
-            segments.clear();
             if !out.is_empty() {
                 segments.push(out.freeze());
             }
@@ -146,17 +157,29 @@ impl MqttConn {
                 ..Wrapped::default()
             };
         }
-        let frames = frames_of(segments);
-        segments.clear();
         let mut wrapped = Wrapped::default();
+        // Room for the batch at once, not doubled a dozen times as it fills
+        // (a topic name is rarely longer than the guess; more grows it).
+        out.reserve(
+            frames
+                .iter()
+                .map(|frame| match frame {
+                    Frame::Message(message) => message.body.len() + 64,
+                    Frame::TopicMessage(message) => message.body.len() + message.topic.len() + 16,
+                    _ => 8,
+                })
+                .sum(),
+        );
         self.send_waiting(&mut out, segments);
         // The copies overlapping filters get of one message come one after
         // another: they go out as one PUBLISH, at the highest QoS granted,
         // with every filter's subscription identifier (MQTT-3.3.4-2/-4).
-        let mut matched: Vec<Matched> = Vec::new();
+        let mut matched: Vec<Matched> = Vec::with_capacity(frames.len());
         // Where each message of `matched` is, by (epoch, seq): one lookup per
         // message, not a scan of the batch.
         let mut seen: FxHashMap<(Epoch, Seq), usize> = FxHashMap::default();
+        // Copies of one message come only to more than one subscription.
+        let may_overlap = self.subs.len() > 1;
         for frame in frames {
             let one = match frame {
                 Frame::Message(message) => self.matched(
@@ -208,7 +231,9 @@ impl MqttConn {
                     earlier.ids.extend(one.ids);
                 }
                 None => {
-                    seen.insert((one.epoch, one.seq), matched.len());
+                    if may_overlap {
+                        seen.insert((one.epoch, one.seq), matched.len());
+                    }
                     matched.push(one);
                 }
             }
@@ -434,11 +459,11 @@ impl MqttConn {
             Some(topic) if sub.wildcard_first && topic.starts_with('$') => return None,
             Some(topic) => {
                 let name = super::names::unescape(&topic);
-                match (&sub.prefix, name) {
+                super::names::owned_str(match (&sub.prefix, name) {
                     (Some(prefix), name) => format!("{prefix}{name}"),
                     (None, std::borrow::Cow::Owned(name)) => name,
                     (None, std::borrow::Cow::Borrowed(_)) => topic,
-                }
+                })?
             }
             None => sub.topic.clone()?,
         };
@@ -624,7 +649,7 @@ impl MqttConn {
         let (body, qos) = (&delivery.body, delivery.qos);
         let payload = body.payload();
         let mut properties = Properties::default();
-        let mut topic = delivery.topic.as_str();
+        let mut topic = delivery.topic.clone();
         if body.has_headers() {
             // 3.1.1 has no properties, but an expired message is not
             // delivered to anyone (MQTT-3.3.2-5).
@@ -644,16 +669,13 @@ impl MqttConn {
                 properties.content_type = MqttStr::new("application/zstd");
             }
             properties.subscription_ids.clone_from(&delivery.ids);
-            if let Some(alias) = self.topic_alias(topic) {
+            if let Some(alias) = self.topic_alias(topic.as_str()) {
                 properties.topic_alias = Some(alias.number);
                 if alias.known {
-                    topic = "";
+                    topic = MqttStr::default();
                 }
             }
         }
-        let Some(topic) = MqttStr::new(topic) else {
-            return;
-        };
         let packet_id = match packet_id {
             Some(id) => Some(id),
             None => (qos != QoS::AtMostOnce).then(|| self.free_packet_id()),
