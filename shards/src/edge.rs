@@ -12,6 +12,7 @@
 
 use bytes::{Bytes, BytesMut};
 use corebus_gateway::WsError;
+use corebus_net::Frame;
 
 use crate::framing::{Input, Wrapped};
 use crate::mqtt::MqttConn;
@@ -97,12 +98,22 @@ impl EdgeConn {
         }
     }
 
-    /// The MQTT connection, when this is one over plain TCP (or TLS): its
-    /// writer hands it frames, not encoded bytes (`wrap_frames`).
-    pub(crate) fn plain_mqtt(&mut self) -> Option<&mut MqttConn> {
+    /// Whether its writer hands it frames, not encoded bytes
+    /// ([`EdgeConn::wrap_frames`]): MQTT, over TCP or WebSocket. Encoded
+    /// for it, they would only be decoded again.
+    pub(crate) fn reads_frames(&self) -> bool {
         match self {
-            EdgeConn::Mqtt(mqtt) => Some(mqtt),
-            EdgeConn::Web(_) => None,
+            EdgeConn::Web(web) => web.reads_frames(),
+            EdgeConn::Mqtt(_) => true,
+        }
+    }
+
+    /// [`EdgeConn::wrap`] for a batch read as frames
+    /// (`framing::frames_of_batch`); `segments` comes empty.
+    pub(crate) fn wrap_frames(&mut self, frames: Vec<Frame>, segments: &mut Vec<Bytes>) -> Wrapped {
+        match self {
+            EdgeConn::Web(web) => web.wrap_frames(frames, segments),
+            EdgeConn::Mqtt(mqtt) => mqtt.wrap_frames(frames, segments),
         }
     }
 

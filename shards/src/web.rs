@@ -238,14 +238,10 @@ impl WebConn {
                 }
                 frame_message(session, segments, data);
             }
-            Phase::MqttWebSocket(session, mqtt) => {
-                let control = session.take_output();
-                if !control.is_empty() {
-                    self.pending.extend_from_slice(&control);
-                }
-                wrapped = mqtt.wrap(segments);
-                let data = segments.iter().map(Bytes::len).sum();
-                frame_message(session, segments, data);
+            Phase::MqttWebSocket(..) => {
+                let frames = frames_of(segments);
+                segments.clear();
+                return self.wrap_frames(frames, segments);
             }
             Phase::EventStream => {
                 let mut events = Vec::new();
@@ -262,6 +258,37 @@ impl WebConn {
                 }
             }
         }
+        if !self.pending.is_empty() {
+            segments.insert(0, Bytes::from(std::mem::take(&mut self.pending)));
+        }
+        wrapped
+    }
+
+    /// Whether its writer hands it frames rather than encoded bytes
+    /// ([`WebConn::wrap_frames`]): MQTT over WebSocket.
+    pub(crate) fn reads_frames(&self) -> bool {
+        matches!(self.phase, Phase::MqttWebSocket(..))
+    }
+
+    /// [`WebConn::wrap`] for MQTT over WebSocket, from frames not encoded
+    /// first (`framing::frames_of_batch`); `segments` comes empty. In
+    /// another phase the frames are encoded for [`WebConn::wrap`].
+    pub(crate) fn wrap_frames(&mut self, frames: Vec<Frame>, segments: &mut Vec<Bytes>) -> Wrapped {
+        let Phase::MqttWebSocket(session, mqtt) = &mut self.phase else {
+            let mut bytes = BytesMut::new();
+            for frame in frames {
+                frame.encode(&mut bytes);
+            }
+            segments.push(bytes.freeze());
+            return self.wrap(segments);
+        };
+        let control = session.take_output();
+        if !control.is_empty() {
+            self.pending.extend_from_slice(&control);
+        }
+        let wrapped = mqtt.wrap_frames(frames, segments);
+        let data = segments.iter().map(Bytes::len).sum();
+        frame_message(session, segments, data);
         if !self.pending.is_empty() {
             segments.insert(0, Bytes::from(std::mem::take(&mut self.pending)));
         }

@@ -929,12 +929,12 @@ async fn write_loop(
             // The peer may not be reading at all; bound the final flush.
             let _ = stream.set_write_timeout(Some(CLOSE_FLUSH_TIMEOUT));
         }
-        // A plain MQTT connection reads the batch's frames as they are:
-        // encoded for it, they would be decoded again (and copied twice).
-        let plain_mqtt = edge
+        // An MQTT connection reads the batch's frames as they are: encoded
+        // for it, they would be decoded again (and copied twice).
+        let reads_frames = edge
             .as_ref()
-            .is_some_and(|edge| edge.borrow_mut().plain_mqtt().is_some());
-        let frames = plain_mqtt.then(|| frames_of_batch(&mut batch));
+            .is_some_and(|edge| edge.borrow().reads_frames());
+        let frames = reads_frames.then(|| frames_of_batch(&mut batch));
         if segments.capacity() == 0 {
             segments = spares::take_segments();
         }
@@ -955,11 +955,7 @@ async fn write_loop(
                     }
                 }
                 let wrapped = match frames {
-                    Some(frames) => edge
-                        .borrow_mut()
-                        .plain_mqtt()
-                        .map(|mqtt| mqtt.wrap_frames(frames, &mut segments))
-                        .unwrap_or_default(),
+                    Some(frames) => edge.borrow_mut().wrap_frames(frames, &mut segments),
                     None => edge.borrow_mut().wrap(&mut segments),
                 };
                 if let Some(opened) = edge.borrow_mut().take_opened() {
