@@ -49,11 +49,11 @@ pub(crate) fn frames_of(segments: &[Bytes]) -> Vec<Frame> {
 /// converted, and a run encoded when it was queued is decoded where it is
 /// (its frames are whole, so nothing is copied). What the MQTT edge reads.
 pub(crate) fn frames_of_batch(batch: &mut Vec<OutFrame>) -> Vec<Frame> {
-    // A run holds frames of at least a header each; most are small.
+    // A run holds messages under 512 bytes, most of them small.
     let guess = batch
         .iter()
         .map(|item| match item {
-            OutFrame::Encoded(run) => run.len() / 64 + 1,
+            OutFrame::Encoded(run) => run.len() / 128 + 1,
             _ => 1,
         })
         .sum();

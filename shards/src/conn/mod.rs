@@ -228,8 +228,8 @@ pub(crate) type Tls = Rc<RefCell<rustls::Connection>>;
 /// A web or MQTT connection's state, shared by its reader and writer.
 type Edge = Rc<RefCell<EdgeConn>>;
 
-/// Serves one accepted connection until it closes, in a task of its own
-/// and one for its writer.
+/// Starts serving one accepted connection: a task of its own serves it
+/// until it closes, and another writes for it.
 ///
 /// Everything logged while its tasks run, the engine's lines for its frames
 /// included, carries the span `conn{id=SHARD:N peer=ADDR}`.
@@ -402,10 +402,11 @@ async fn serve_conn(served: Served, stream: SharedSocket, handshake: HandshakeSl
         }
         Err(err) => debug!(%err, "connection read failed"),
     }
-    drop(handshake);
     // What follows runs once, at the end: boxed, it takes no room in the
-    // task while the connection is served.
+    // task while the connection is served. A connection that never
+    // finished its handshake holds its place in the gate until it is gone.
     Box::pin(end_conn(served)).await;
+    drop(handshake);
 }
 
 /// Ends a connection whose reader ended: its will, its session's handover

@@ -41,6 +41,13 @@ pub(super) mod v3 {
     pub const SUB_FAILURE: u8 = 0x80;
 }
 
+/// An engine error's text as a 5.0 reason string: cut, at a character's
+/// start, to the 65,535 bytes an MQTT string holds (the native `ERROR`
+/// clips it the same way).
+pub(super) fn reason_text(text: &str) -> Option<corebus_mqtt::MqttStr> {
+    corebus_mqtt::MqttStr::new(&text[..text.floor_char_boundary(usize::from(u16::MAX))])
+}
+
 pub(super) fn ack_for(qos: QoS) -> AckKind {
     if qos == QoS::ExactlyOnce {
         AckKind::PubRec

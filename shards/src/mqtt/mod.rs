@@ -347,8 +347,10 @@ struct Sub {
     /// The filter's subscription identifier (5.0), sent with its messages.
     identifier: Option<u32>,
     /// The topic, for a subscription to one topic (its `MESSAGE`s carry no
-    /// topic); `None` for a pattern. Checked once, and shared by every
-    /// delivery (a copy per message cost a tenth of a fan-out's time).
+    /// topic); `None` for a pattern, and for a topic whose name is no MQTT
+    /// string (U+0000, over 65,535 bytes), whose messages are not
+    /// delivered. Checked once, and shared by every delivery (a copy per
+    /// message cost a tenth of a fan-out's time).
     topic: Option<MqttStr>,
     /// The filter starts with a wildcard: `$` topics are not its.
     wildcard_first: bool,

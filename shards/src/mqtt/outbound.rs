@@ -11,7 +11,9 @@ use corebus_net::{Epoch, ErrorFrame, Frame, PayloadFormat, Seq};
 use rustc_hash::FxHashMap;
 use tracing::{debug, warn};
 
-use super::codes::{ack_for, connect_code, disconnect_code, encode_ack, reason, request_code, v3};
+use super::codes::{
+    ack_for, connect_code, disconnect_code, encode_ack, reason, reason_text, request_code, v3,
+};
 use super::props::set_properties;
 use super::{MqttConn, Phase, Request, NATIVE_OVERHEAD, SHARE_FROM};
 use crate::auth::unix_now_ms;
@@ -65,6 +67,18 @@ impl Delivery {
         }
     }
 
+    /// This delivery with a body of its own, for keeping: a body read from
+    /// a batch is a slice of a larger buffer (a run of the outbox, or a
+    /// publisher's read buffer), which a kept delivery would keep alive
+    /// whole while the bounds count only the body.
+    pub(super) fn owned(mut self) -> Delivery {
+        let copy = Bytes::copy_from_slice(self.body.as_bytes());
+        if let Ok(body) = corebus_net::Body::parse(copy, "MESSAGE") {
+            self.body = body;
+        }
+        self
+    }
+
     /// Bytes it holds, as queues count them.
     pub(super) fn len(&self) -> usize {
         self.topic.len() + self.body.len()
@@ -108,6 +122,9 @@ pub(super) struct Matched {
     /// A fetched retained message: the packet id of its `SUBSCRIBE`.
     hold_for: Option<u16>,
 }
+
+/// The most [`MqttConn::wrap_frames`] reserves for a batch's packets at once.
+const RESERVE_MAX: usize = 256 * 1024;
 
 /// Messages sent whose positions a session keeps for the connection that
 /// takes it over: more than a takeover's overlap holds.
@@ -159,16 +176,20 @@ impl MqttConn {
         }
         let mut wrapped = Wrapped::default();
         // Room for the batch at once, not doubled a dozen times as it fills
-        // (a topic name is rarely longer than the guess; more grows it).
+        // (a topic name is rarely longer than the guess; more grows it). A
+        // payload from SHARE_FROM on goes out as a segment of its own.
         out.reserve(
             frames
                 .iter()
                 .map(|frame| match frame {
-                    Frame::Message(message) => message.body.len() + 64,
-                    Frame::TopicMessage(message) => message.body.len() + message.topic.len() + 16,
+                    Frame::Message(message) => message.body.len().min(SHARE_FROM) + 64,
+                    Frame::TopicMessage(message) => {
+                        message.body.len().min(SHARE_FROM) + message.topic.len() + 16
+                    }
                     _ => 8,
                 })
-                .sum(),
+                .sum::<usize>()
+                .min(RESERVE_MAX),
         );
         self.send_waiting(&mut out, segments);
         // The copies overlapping filters get of one message come one after
@@ -331,7 +352,7 @@ impl MqttConn {
                 let code = connect_code(code, v5);
                 let mut properties = Properties::default();
                 if v5 {
-                    properties.reason_string = MqttStr::new(&error.message);
+                    properties.reason_string = reason_text(&error.message);
                 }
                 Packet::ConnAck(ConnAck {
                     session_present: false,
@@ -375,7 +396,7 @@ impl MqttConn {
                 Packet::Disconnect(Disconnect {
                     reason: disconnect_code(code),
                     properties: Properties {
-                        reason_string: MqttStr::new(&error.message),
+                        reason_string: reason_text(&error.message),
                         ..Properties::default()
                     },
                 })
@@ -527,7 +548,7 @@ impl MqttConn {
             return;
         }
         self.waiting_bytes += len;
-        self.waiting.push_back(delivery);
+        self.waiting.push_back(delivery.owned());
     }
 
     /// Sends the deliveries that waited, as far as the client has room.
@@ -722,10 +743,63 @@ impl MqttConn {
             self.sent += 1;
             let entry = InFlight {
                 state,
-                delivery,
+                delivery: delivery.owned(),
                 order: self.sent,
             };
             self.track(id, entry);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::mqtt::MqttSettings;
+
+    /// A kept delivery (in flight for a resend, waiting for the client's
+    /// room, queued for a detached session) has a body of its own: one
+    /// sliced from a large buffer (an outbox run, a publisher's read
+    /// buffer) would keep that buffer alive while the bounds count only
+    /// the body.
+    #[test]
+    fn kept_deliveries_do_not_keep_the_buffer_their_body_came_from() {
+        let buffer = Bytes::from(vec![0u8; 64 * 1024]);
+        let start = buffer.as_ptr() as usize;
+        let sliced = || {
+            let body = corebus_net::Body::parse(buffer.slice(1000..1200), "MESSAGE")
+                .expect("a plain body");
+            Delivery::new_for_test("t", body, QoS::AtLeastOnce, 7, 1)
+        };
+        let inside = |delivery: &Delivery| {
+            (start..start + buffer.len()).contains(&(delivery.body.as_bytes().as_ptr() as usize))
+        };
+        assert!(
+            inside(&sliced()),
+            "the test's body is a slice of the buffer"
+        );
+        let settings = Arc::new(MqttSettings::new("mqtt".into(), 100, 1 << 20));
+        let mut conn = MqttConn::new(settings);
+        conn.phase = Phase::Open;
+        conn.accepted = true;
+        conn.client_receive_max = 1;
+        let (mut out, mut segments) = (BytesMut::new(), Vec::new());
+        // In flight: the client's receive maximum (1) is then used up, so
+        // the next one waits.
+        conn.deliver(sliced(), &mut out, &mut segments);
+        conn.deliver(sliced(), &mut out, &mut segments);
+        conn.queue_detached(sliced());
+        let in_flight: Vec<&Delivery> = conn
+            .outbound
+            .values()
+            .map(|entry| &entry.delivery)
+            .collect();
+        assert_eq!(in_flight.len(), 1);
+        assert_eq!(conn.waiting.len(), 2, "one waiting for room, one queued");
+        for kept in in_flight.into_iter().chain(conn.waiting.iter()) {
+            assert!(!inside(kept), "a kept delivery holds a copy");
+            assert_eq!(kept.body.payload().len(), 199, "the same body");
         }
     }
 }

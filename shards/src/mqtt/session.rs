@@ -516,7 +516,7 @@ impl MqttConn {
         }
         self.charged += len;
         self.waiting_bytes += len;
-        self.waiting.push_back(delivery);
+        self.waiting.push_back(delivery.owned());
     }
 
     /// The session of the connection this one took over arrived (or
