@@ -258,10 +258,16 @@ impl WebConn {
                 }
             }
         }
+        self.put_pending_first(segments);
+        wrapped
+    }
+
+    /// Puts our own pending bytes (an HTTP answer, WebSocket control
+    /// frames) before the batch's.
+    fn put_pending_first(&mut self, segments: &mut Vec<Bytes>) {
         if !self.pending.is_empty() {
             segments.insert(0, Bytes::from(std::mem::take(&mut self.pending)));
         }
-        wrapped
     }
 
     /// Whether its writer hands it frames rather than encoded bytes
@@ -289,9 +295,7 @@ impl WebConn {
         let wrapped = mqtt.wrap_frames(frames, segments);
         let data = segments.iter().map(Bytes::len).sum();
         frame_message(session, segments, data);
-        if !self.pending.is_empty() {
-            segments.insert(0, Bytes::from(std::mem::take(&mut self.pending)));
-        }
+        self.put_pending_first(segments);
         wrapped
     }
 

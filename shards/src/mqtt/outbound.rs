@@ -524,7 +524,9 @@ impl MqttConn {
     }
 
     /// Sends a delivery now, or once the client has room for it (after the
-    /// ones that already wait).
+    /// ones that already wait). The one place a delivery fresh from a batch
+    /// comes in: what is kept (in flight at QoS 1 or 2, waiting, queued for
+    /// a detached session) gets a body of its own here, once.
     fn deliver(&mut self, delivery: Delivery, out: &mut BytesMut, segments: &mut Vec<Bytes>) {
         if self.is_detached() {
             return self.queue_detached(delivery);
@@ -533,6 +535,10 @@ impl MqttConn {
             && !self.holds_deliveries()
             && (delivery.qos == QoS::AtMostOnce || self.has_room())
         {
+            let delivery = match delivery.qos {
+                QoS::AtMostOnce => delivery,
+                _ => delivery.owned(),
+            };
             return self.publish_as(delivery, None, false, out, segments);
         }
         let len = delivery.len();
@@ -658,7 +664,8 @@ impl MqttConn {
     }
 
     /// A `PUBLISH` of a delivery (the client has room for it), under a new
-    /// packet id or, sent again (`dup`), its old one.
+    /// packet id or, sent again (`dup`), its old one. One at QoS 1 or 2 is
+    /// kept as it comes, so it must own its body ([`Delivery::owned`]).
     pub(super) fn publish_as(
         &mut self,
         delivery: Delivery,
@@ -743,7 +750,7 @@ impl MqttConn {
             self.sent += 1;
             let entry = InFlight {
                 state,
-                delivery: delivery.owned(),
+                delivery,
                 order: self.sent,
             };
             self.track(id, entry);
