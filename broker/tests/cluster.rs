@@ -16,18 +16,18 @@ use std::time::{Duration, Instant};
 
 use common::{free_port_on, read_address, sample, scrape, sigterm_and_wait, TempFile, BIN};
 
-const SECRET: &str = "cluster-test-secret-0123456789abcdef0123";
+pub(crate) const SECRET: &str = "cluster-test-secret-0123456789abcdef0123";
 
 /// A port free on 127.0.0.1-3, for UDP (gossip) and TCP (metrics) alike.
 fn free_port() -> u16 {
     free_port_on(3)
 }
 
-struct Node {
+pub(crate) struct Node {
     child: Child,
     metrics: String,
     /// Where its clients connect.
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl Drop for Node {
@@ -351,7 +351,7 @@ fn gossip_beyond_loopback_needs_a_secret() {
 // ----- the data path ---------------------------------------------------------
 
 /// Three nodes that all see each other alive; their cluster ids, in order.
-fn three_nodes(secret: &TempFile) -> (Vec<Node>, Vec<String>) {
+pub(crate) fn three_nodes(secret: &TempFile) -> (Vec<Node>, Vec<String>) {
     let (cluster_port, metrics_port) = (free_port(), free_port());
     let nodes: Vec<Node> = (1..=3)
         .map(|n| node(n, cluster_port, metrics_port, secret))
@@ -364,14 +364,14 @@ fn three_nodes(secret: &TempFile) -> (Vec<Node>, Vec<String>) {
 
 /// A topic name, with `prefix`, that the documented hash gives to node
 /// `owner` (an index into `ids`).
-fn topic_owned_by(owner: usize, ids: &[String], prefix: &str) -> String {
+pub(crate) fn topic_owned_by(owner: usize, ids: &[String], prefix: &str) -> String {
     (0..)
         .map(|i| format!("{prefix}-{i}"))
         .find(|topic| documented_owner("cl", topic, ids) == owner)
         .expect("some name lands on every node")
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -379,14 +379,14 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a runtime")
 }
 
-async fn connect(addr: &str) -> corebus_client::Client {
+pub(crate) async fn connect(addr: &str) -> corebus_client::Client {
     corebus_client::Client::connect(addr)
         .await
         .unwrap_or_else(|err| panic!("connects to {addr}: {err}"))
 }
 
 /// The next event of `sub`, within `wait`.
-async fn next(sub: &mut corebus_client::Subscription, wait: Duration) -> corebus_client::Event {
+pub(crate) async fn next(sub: &mut corebus_client::Subscription, wait: Duration) -> corebus_client::Event {
     tokio::time::timeout(wait, sub.next_event())
         .await
         .unwrap_or_else(|_| panic!("no event within {wait:?}"))

@@ -10,6 +10,7 @@ mod browser;
 mod cli;
 mod cli_pubsub;
 mod cluster;
+mod cluster_mqtt;
 mod logging;
 mod mqtt_interop;
 mod ops;

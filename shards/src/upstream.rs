@@ -18,7 +18,8 @@ use corebus_net::TopicKey;
 use rustc_hash::FxHashMap;
 
 use crate::local_ref::LocalRef;
-use crate::mesh::{AckTo, ResumeReq};
+use crate::mesh::{AckTo, ResumeReq, RetainedMessage};
+use crate::ConnId;
 use crate::routing::ShardId;
 
 /// A mirror's link to the topic's owner node, or, while `pulling`, to the
@@ -114,8 +115,27 @@ pub struct PeerLink {
     pub acks: FxHashMap<u32, Forwarded>,
     /// The mirrors' subscriptions on this link, by subscription id.
     pub subs: FxHashMap<u32, TopicKey>,
-    /// Subscribe requests not yet answered: request id to subscription id.
+    /// Subscribe and fetch requests not yet answered: request id to
+    /// subscription id.
     pub sub_requests: FxHashMap<u32, u32>,
+    /// Retained fetches asked on this link, by their subscription id on it.
+    pub fetches: FxHashMap<u32, LinkFetch>,
+}
+
+/// A client's `FETCH_RETAINED` asked of another node on a link: what the
+/// answer's `TOPIC_MESSAGE`s bring gathers here until its `REPLAY_END`.
+#[derive(Debug)]
+pub struct LinkFetch {
+    /// The asking connection, on this shard.
+    pub conn: ConnId,
+    /// The fetch's subscription id on that connection.
+    pub sub_id: u32,
+    /// The topic or pattern fetched (its namespace names what arrives).
+    pub topic: TopicKey,
+    /// The retained messages received so far.
+    pub found: Vec<RetainedMessage>,
+    /// The request went out (false while the link is not up yet).
+    pub asked: bool,
 }
 
 impl PeerLink {
@@ -133,10 +153,24 @@ impl PeerLink {
 
     /// A fresh subscription id for `topic` (never 0, never one in use).
     pub fn new_sub(&mut self, topic: TopicKey) -> u32 {
+        let sub_id = self.fresh_sub_id();
+        self.subs.insert(sub_id, topic);
+        sub_id
+    }
+
+    /// A fresh subscription id for a retained fetch (from the same ids as
+    /// [`Self::new_sub`]'s).
+    pub fn new_fetch(&mut self, fetch: LinkFetch) -> u32 {
+        let sub_id = self.fresh_sub_id();
+        self.fetches.insert(sub_id, fetch);
+        sub_id
+    }
+
+    fn fresh_sub_id(&mut self) -> u32 {
         loop {
             self.next_sub = self.next_sub.wrapping_add(1).max(1);
-            if !self.subs.contains_key(&self.next_sub) {
-                self.subs.insert(self.next_sub, topic);
+            if !self.subs.contains_key(&self.next_sub) && !self.fetches.contains_key(&self.next_sub)
+            {
                 return self.next_sub;
             }
         }

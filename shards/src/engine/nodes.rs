@@ -536,6 +536,9 @@ impl Shard {
 
     /// One frame from `node` on this shard's link to it.
     pub fn handle_link_frame(&mut self, node: SocketAddr, frame: Frame) {
+        let Some(frame) = self.fetch_answer(node, frame) else {
+            return;
+        };
         let Some(link) = self.link_mut(node) else {
             return;
         };
@@ -1069,7 +1072,7 @@ impl Shard {
     // ----- links -------------------------------------------------------
 
     /// The link to `node`, made (and its task asked for) on first use.
-    fn link(&mut self, node: SocketAddr) -> &mut PeerLink {
+    pub(super) fn link(&mut self, node: SocketAddr) -> &mut PeerLink {
         let nodes = self.nodes.as_mut().expect("links exist in a cluster only");
         if !nodes.links.contains_key(&node) {
             nodes.starts.push(node);
@@ -1081,7 +1084,7 @@ impl Shard {
     }
 
     /// The link to `node`, if there is one.
-    fn link_mut(&mut self, node: SocketAddr) -> Option<&mut PeerLink> {
+    pub(super) fn link_mut(&mut self, node: SocketAddr) -> Option<&mut PeerLink> {
         self.nodes.as_mut()?.links.get_mut(&node)
     }
 
@@ -1149,6 +1152,7 @@ impl Shard {
             self.subscribe_upstream(&topic);
         }
         self.resubscribe_patterns();
+        self.ask_waiting_fetches(node);
     }
 
     /// The link to `node` broke (or never came up): its unanswered
@@ -1161,6 +1165,7 @@ impl Shard {
         link.out.clear();
         link.subs.clear();
         link.sub_requests.clear();
+        let fetches = link.fetches.drain().map(|(_, fetch)| fetch).collect();
         // Failed in the order they were sent, as the answers would have come.
         let mut acks: Vec<(u32, Forwarded)> = link.acks.drain().collect();
         acks.sort_by_key(|(request_id, _)| link.age_order(*request_id));
@@ -1181,6 +1186,7 @@ impl Shard {
             }
         }
         self.forget_remote_patterns(node);
+        self.end_link_fetches(fetches);
     }
 
     /// The link to `node` ended for good (the node left).

@@ -2,17 +2,22 @@
 //! (format bit 4, MQTT's retained publish) to each topic, kept by the
 //! topic's owner shard apart from the topic's state, so that it outlives
 //! the topic's eviction; and `FETCH_RETAINED`, which asks the owners for
-//! the ones of a topic or pattern.
+//! the ones of a topic or pattern: in a cluster, the owner node (on the
+//! asking shard's link to it), or every node for a pattern.
 //!
 //! Bounded per shard in count and bytes (`EngineConfig::retained_messages`
 //! and `retained_bytes`, shared equally): a retained publish that would
 //! take the shard past either is published but not kept, counted and
 //! logged. An empty payload clears the topic's retained message.
 
+use std::net::SocketAddr;
+
 use bytes::{Bytes, BytesMut};
-use corebus_net::{encode_topic_message, Body, Epoch, ErrorCode, Seq, Subscribe, TopicKey};
+use corebus_net::{
+    encode_topic_message, Body, Epoch, ErrorCode, Frame, Seq, Subscribe, TopicKey,
+};
 use rustc_hash::FxHashMap;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{ConnId, Shard};
 use crate::auth::Action;
@@ -20,6 +25,7 @@ use crate::mesh::{RetainedMessage, RetainedQuery, RetainedReply, ShardMsg};
 use crate::outbox::OutFrame;
 use crate::ring::COPY_MAX;
 use crate::routing::{self, ShardId};
+use crate::upstream::{LinkFetch, PeerLink};
 
 /// What one kept message costs beyond its body: its key and table slot
 /// (an estimate, as `TOPIC_OVERHEAD` is).
@@ -140,8 +146,16 @@ impl Shard {
         if !self.permitted(conn, request_id, Action::Subscribe, &topic) {
             return;
         }
+        // A link carries the fetches of many clients of its node (each at
+        // most MAX_FETCHES_PER_CONN), and one refused would hide messages:
+        // it may have as many as the count holds.
+        let most = if self.is_peer(conn) {
+            u16::MAX
+        } else {
+            MAX_FETCHES_PER_CONN
+        };
         let pending = self.fetches_per_conn.entry(conn).or_default();
-        if *pending >= MAX_FETCHES_PER_CONN || self.fetches.contains_key(&(conn, sub_id)) {
+        if *pending >= most || self.fetches.contains_key(&(conn, sub_id)) {
             return self.send_error(
                 conn,
                 request_id,
@@ -153,18 +167,17 @@ impl Shard {
             );
         }
         *pending += 1;
-        let owners: Vec<ShardId> = if topic.is_pattern() {
-            (0..self.shard_count as ShardId).collect()
-        } else {
-            vec![routing::owner(&topic, self.shard_count)]
-        };
+        let (owners, nodes) = self.retained_sources(conn, &topic);
         self.fetches.insert(
             (conn, sub_id),
             Fetch {
-                remaining: owners.len(),
+                remaining: owners.len() + nodes.len(),
                 found: Vec::new(),
             },
         );
+        for node in nodes {
+            self.fetch_on_link(node, conn, sub_id, &topic);
+        }
         for owner in owners {
             if owner == self.id {
                 let found = self.retained_matching(&topic);
@@ -177,6 +190,120 @@ impl Shard {
                 };
                 self.push_mesh(owner, ShardMsg::RetainedQueryMsg(Box::new(query)));
             }
+        }
+    }
+
+    /// Where the retained messages of `topic` are kept: the shards of this
+    /// node that own it (every shard for a pattern) and, in a cluster, the
+    /// other nodes that do (the owner node; every member for a pattern). A
+    /// peer's fetch is answered from this node's shards only: a node never
+    /// passes on what another node asked of it.
+    fn retained_sources(&mut self, conn: ConnId, topic: &TopicKey) -> (Vec<ShardId>, Vec<SocketAddr>) {
+        let pattern = topic.is_pattern();
+        let shards = if pattern {
+            (0..self.shard_count as ShardId).collect()
+        } else {
+            vec![routing::owner(topic, self.shard_count)]
+        };
+        if self.nodes.is_none() || self.is_peer(conn) {
+            return (shards, Vec::new());
+        }
+        if pattern {
+            let others = self
+                .nodes
+                .as_ref()
+                .map(|nodes| nodes.placement.clients.iter().flatten().copied().collect())
+                .unwrap_or_default();
+            return (shards, others);
+        }
+        match self.node_route(topic) {
+            Some(node) => (Vec::new(), vec![node]),
+            None => (shards, Vec::new()),
+        }
+    }
+
+    /// Asks `node` on this shard's link to it for the retained messages of
+    /// `topic`, for fetch `sub_id` of `conn`: now if the link is up, else
+    /// once it is ([`Shard::ask_waiting_fetches`]); a link that fails first
+    /// answers it with nothing ([`Shard::end_link_fetches`]).
+    fn fetch_on_link(&mut self, node: SocketAddr, conn: ConnId, sub_id: u32, topic: &TopicKey) {
+        let link = self.link(node);
+        let link_sub = link.new_fetch(LinkFetch {
+            conn,
+            sub_id,
+            topic: topic.compact(),
+            found: Vec::new(),
+            asked: false,
+        });
+        if link.up {
+            ask_fetch(link, link_sub);
+        }
+    }
+
+    /// Cluster: the link to `node` came up; the fetches that waited for it
+    /// are asked.
+    pub(super) fn ask_waiting_fetches(&mut self, node: SocketAddr) {
+        let Some(link) = self.link_mut(node) else {
+            return;
+        };
+        let waiting: Vec<u32> = link
+            .fetches
+            .iter()
+            .filter(|(_, fetch)| !fetch.asked)
+            .map(|(sub_id, _)| *sub_id)
+            .collect();
+        for link_sub in waiting {
+            ask_fetch(link, link_sub);
+        }
+    }
+
+    /// Cluster: a frame from `node` on this shard's link to it that answers
+    /// a retained fetch is taken (`None`); any other is given back.
+    pub(super) fn fetch_answer(&mut self, node: SocketAddr, frame: Frame) -> Option<Frame> {
+        let link = self.link_mut(node)?;
+        let done = match &frame {
+            Frame::TopicMessage(message) => {
+                let Some(fetch) = link.fetches.get_mut(&message.sub_id) else {
+                    return Some(frame);
+                };
+                let Frame::TopicMessage(message) = frame else {
+                    return None;
+                };
+                match TopicKey::new(fetch.topic.namespace_bytes(), message.topic.as_bytes()) {
+                    Ok(topic) => fetch.found.push(RetainedMessage {
+                        topic,
+                        epoch: message.epoch,
+                        seq: message.seq,
+                        body: message.body.into_bytes(),
+                    }),
+                    Err(err) => debug!(%node, %err, "retained fetch: a topic name refused"),
+                }
+                return None;
+            }
+            Frame::ReplayEnd(end) if link.fetches.contains_key(&end.sub_id) => end.sub_id,
+            Frame::Error(error) => {
+                let sub_id = link.sub_requests.get(&error.request_id).copied();
+                match sub_id.filter(|sub_id| link.fetches.contains_key(sub_id)) {
+                    Some(sub_id) => {
+                        debug!(%node, reason = %error.message, "retained fetch refused");
+                        sub_id
+                    }
+                    None => return Some(frame),
+                }
+            }
+            _ => return Some(frame),
+        };
+        link.sub_requests.retain(|_, sub_id| *sub_id != done);
+        let fetch = link.fetches.remove(&done)?;
+        self.retained_found(fetch.conn, fetch.sub_id, fetch.found);
+        None
+    }
+
+    /// Cluster: the link these fetches were asked on is down; each is
+    /// answered with what had arrived.
+    pub(super) fn end_link_fetches(&mut self, fetches: Vec<LinkFetch>) {
+        for fetch in fetches {
+            self.retained_found(fetch.conn, fetch.sub_id, fetch.found);
         }
     }
 
@@ -294,4 +421,22 @@ impl Shard {
             self.fetches.retain(|(of, _), _| *of != conn);
         }
     }
+}
+
+/// Sends the `FETCH_RETAINED` of the link's fetch `link_sub`.
+fn ask_fetch(link: &mut PeerLink, link_sub: u32) {
+    let request_id = link.request_id();
+    let Some(fetch) = link.fetches.get_mut(&link_sub) else {
+        return;
+    };
+    fetch.asked = true;
+    Frame::FetchRetained(Subscribe {
+        request_id,
+        sub_id: link_sub,
+        resume: None,
+        topic: fetch.topic.clone(),
+    })
+    .encode(&mut link.out);
+    link.sub_requests.insert(request_id, link_sub);
+    link.kick();
 }
