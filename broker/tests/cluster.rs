@@ -386,7 +386,10 @@ pub(crate) async fn connect(addr: &str) -> corebus_client::Client {
 }
 
 /// The next event of `sub`, within `wait`.
-pub(crate) async fn next(sub: &mut corebus_client::Subscription, wait: Duration) -> corebus_client::Event {
+pub(crate) async fn next(
+    sub: &mut corebus_client::Subscription,
+    wait: Duration,
+) -> corebus_client::Event {
     tokio::time::timeout(wait, sub.next_event())
         .await
         .unwrap_or_else(|_| panic!("no event within {wait:?}"))

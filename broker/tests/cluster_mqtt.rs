@@ -9,7 +9,7 @@ use std::time::Duration;
 use corebus_net::{Body, Frame, Publish, Subscribe, TopicKey};
 use corebus_tests::{RawConn, Received};
 
-use crate::cluster::{runtime, three_nodes, topic_owned_by, SECRET};
+use crate::cluster::{connect, runtime, three_nodes, topic_owned_by, SECRET};
 use crate::common::TempFile;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -95,5 +95,129 @@ fn retained_messages_are_found_from_every_node_whichever_owns_them() {
             expected.sort();
             assert_eq!(all, expected, "from node {at}: the pattern finds each once");
         }
+    });
+}
+
+/// Publishes "probe" to each of `topics` until every one of `members` has
+/// had one (the groups' shares on the other nodes are joined a moment
+/// after `SUB_OK`); at most 20 s.
+async fn until_every_member_hears(
+    publisher: &corebus_client::Client,
+    topics: &[String],
+    members: &mut [corebus_client::Subscription],
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut heard = vec![false; members.len()];
+    while heard.contains(&false) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "members that never heard a probe: {heard:?}"
+        );
+        for topic in topics {
+            publisher
+                .publish("cl", topic, "probe")
+                .await
+                .expect("acknowledged");
+        }
+        for (member, heard) in members.iter_mut().zip(&mut heard) {
+            // Bounded: a broker passing messages round would loop here.
+            for _ in 0..100 {
+                match tokio::time::timeout(Duration::from_millis(200), member.next_event()).await {
+                    Ok(Some(Ok(corebus_client::Event::Message(_)))) => *heard = true,
+                    _ => break,
+                }
+            }
+        }
+    }
+}
+
+/// Publishes `count` numbered messages round the topics, then gathers
+/// what the members get (probes left aside) until nothing more comes:
+/// each number exactly once over the group, and every member some.
+async fn expect_each_once(
+    publisher: &corebus_client::Client,
+    topics: &[String],
+    members: &mut [corebus_client::Subscription],
+    count: usize,
+) {
+    for n in 0..count {
+        let topic = &topics[n % topics.len()];
+        publisher
+            .publish("cl", topic, format!("{n}"))
+            .await
+            .expect("acknowledged");
+    }
+    let mut got = Vec::new();
+    let mut per_member = vec![0; members.len()];
+    for (member, mine) in members.iter_mut().zip(&mut per_member) {
+        while let Ok(Some(Ok(event))) =
+            tokio::time::timeout(Duration::from_millis(1500), member.next_event()).await
+        {
+            match event {
+                corebus_client::Event::Message(message) if message.payload == "probe" => {}
+                corebus_client::Event::Message(message) => {
+                    got.push(
+                        String::from_utf8_lossy(&message.payload)
+                            .parse::<usize>()
+                            .expect("a number"),
+                    );
+                    *mine += 1;
+                }
+                other => panic!("a message, not {other:?}"),
+            }
+        }
+    }
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (0..count).collect::<Vec<_>>(),
+        "each once over the group"
+    );
+    assert!(
+        per_member.iter().all(|mine| *mine > 0),
+        "every member has its turns: {per_member:?}"
+    );
+}
+
+#[test]
+fn a_shared_subscription_gets_each_message_once_whichever_nodes_its_members_are_on() {
+    let secret = TempFile::new("cluster-secret-shared", SECRET);
+    let (nodes, ids) = three_nodes(&secret);
+    runtime().block_on(async {
+        let publisher = connect(&nodes[0].addr).await;
+        // A topic the first node owns, with members on the two others
+        // only: before, nobody got anything.
+        let topic = vec![topic_owned_by(0, &ids, "work/t")];
+        let (mut clients, mut members) = (Vec::new(), Vec::new());
+        for node in &nodes[1..] {
+            let client = connect(&node.addr).await;
+            members.push(
+                client
+                    .subscribe_shared("cl", "g", &topic[0])
+                    .await
+                    .expect("joins"),
+            );
+            clients.push(client);
+        }
+        until_every_member_hears(&publisher, &topic, &mut members).await;
+        expect_each_once(&publisher, &topic, &mut members, 40).await;
+
+        // A pattern over topics of every node, members on two nodes.
+        let topics: Vec<String> = (0..3)
+            .map(|owner| topic_owned_by(owner, &ids, "jobs/t"))
+            .collect();
+        let mut members = Vec::new();
+        for node in &nodes[..2] {
+            let client = connect(&node.addr).await;
+            members.push(
+                client
+                    .subscribe_shared("cl", "p", "jobs/*")
+                    .await
+                    .expect("joins"),
+            );
+            clients.push(client);
+        }
+        until_every_member_hears(&publisher, &topics, &mut members).await;
+        expect_each_once(&publisher, &topics, &mut members, 60).await;
     });
 }

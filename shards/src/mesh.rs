@@ -260,7 +260,19 @@ pub struct PatternDelivery {
 
 /// A member of a shared subscription's group: a subscription of a
 /// connection on a shard.
-pub type SharedMember = (ShardId, ConnId, u32);
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedMember {
+    /// The connection's shard.
+    pub shard: ShardId,
+    /// The connection.
+    pub conn: ConnId,
+    /// Its subscription.
+    pub sub_id: u32,
+    /// The connection is a link from another node, which joined for the
+    /// members it has: a message that came from another node is never
+    /// given to one (it would go round).
+    pub peer: bool,
+}
 
 /// A message for one member of a group, from the shard that sequenced it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,8 +19,8 @@ use rustc_hash::FxHashMap;
 
 use crate::local_ref::LocalRef;
 use crate::mesh::{AckTo, ResumeReq, RetainedMessage};
-use crate::ConnId;
 use crate::routing::ShardId;
+use crate::ConnId;
 
 /// A mirror's link to the topic's owner node, or, while `pulling`, to the
 /// node this one takes the topic over from.
@@ -120,6 +120,9 @@ pub struct PeerLink {
     pub sub_requests: FxHashMap<u32, u32>,
     /// Retained fetches asked on this link, by their subscription id on it.
     pub fetches: FxHashMap<u32, LinkFetch>,
+    /// This node's groups joined on the other node, by subscription id:
+    /// (group, topic or pattern).
+    pub shared: FxHashMap<u32, (Box<str>, TopicKey)>,
 }
 
 /// A client's `FETCH_RETAINED` asked of another node on a link: what the
@@ -166,12 +169,23 @@ impl PeerLink {
         sub_id
     }
 
+    /// A fresh subscription id for this node's share of `group` (from the
+    /// same ids as [`Self::new_sub`]'s).
+    pub fn new_shared(&mut self, group: Box<str>, topic: TopicKey) -> u32 {
+        let sub_id = self.fresh_sub_id();
+        self.shared.insert(sub_id, (group, topic));
+        sub_id
+    }
+
     fn fresh_sub_id(&mut self) -> u32 {
         loop {
             self.next_sub = self.next_sub.wrapping_add(1).max(1);
-            if !self.subs.contains_key(&self.next_sub) && !self.fetches.contains_key(&self.next_sub)
+            let id = self.next_sub;
+            if !self.subs.contains_key(&id)
+                && !self.fetches.contains_key(&id)
+                && !self.shared.contains_key(&id)
             {
-                return self.next_sub;
+                return id;
             }
         }
     }

@@ -511,6 +511,7 @@ impl Shard {
             return;
         };
         link.subs.remove(&sub_id);
+        link.shared.remove(&sub_id);
         link.sub_requests.retain(|_, sub| *sub != sub_id);
         if link.up {
             let request_id = link.request_id();
@@ -536,7 +537,10 @@ impl Shard {
 
     /// One frame from `node` on this shard's link to it.
     pub fn handle_link_frame(&mut self, node: SocketAddr, frame: Frame) {
-        let Some(frame) = self.fetch_answer(node, frame) else {
+        let Some(frame) = self
+            .fetch_answer(node, frame)
+            .and_then(|frame| self.shared_answer(node, frame))
+        else {
             return;
         };
         let Some(link) = self.link_mut(node) else {
@@ -911,8 +915,10 @@ impl Shard {
                 "members changed: topics placed again"
             );
         }
-        // A new member is asked for the patterns' matches too.
+        // A new member is asked for the patterns' matches too, and the
+        // groups' shares follow their topics' owners.
         self.resubscribe_patterns();
+        self.share_remotely();
     }
 
     // ----- handing a topic over ----------------------------------------
@@ -1153,6 +1159,7 @@ impl Shard {
         }
         self.resubscribe_patterns();
         self.ask_waiting_fetches(node);
+        self.share_remotely();
     }
 
     /// The link to `node` broke (or never came up): its unanswered
@@ -1164,6 +1171,7 @@ impl Shard {
         let was_up = std::mem::take(&mut link.up);
         link.out.clear();
         link.subs.clear();
+        link.shared.clear();
         link.sub_requests.clear();
         let fetches = link.fetches.drain().map(|(_, fetch)| fetch).collect();
         // Failed in the order they were sent, as the answers would have come.
@@ -1187,6 +1195,7 @@ impl Shard {
         }
         self.forget_remote_patterns(node);
         self.end_link_fetches(fetches);
+        self.forget_remote_shares(node);
     }
 
     /// The link to `node` ended for good (the node left).

@@ -13,9 +13,7 @@
 use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
-use corebus_net::{
-    encode_topic_message, Body, Epoch, ErrorCode, Frame, Seq, Subscribe, TopicKey,
-};
+use corebus_net::{encode_topic_message, Body, Epoch, ErrorCode, Frame, Seq, Subscribe, TopicKey};
 use rustc_hash::FxHashMap;
 use tracing::{debug, warn};
 
@@ -198,7 +196,11 @@ impl Shard {
     /// other nodes that do (the owner node; every member for a pattern). A
     /// peer's fetch is answered from this node's shards only: a node never
     /// passes on what another node asked of it.
-    fn retained_sources(&mut self, conn: ConnId, topic: &TopicKey) -> (Vec<ShardId>, Vec<SocketAddr>) {
+    fn retained_sources(
+        &mut self,
+        conn: ConnId,
+        topic: &TopicKey,
+    ) -> (Vec<ShardId>, Vec<SocketAddr>) {
         let pattern = topic.is_pattern();
         let shards = if pattern {
             (0..self.shard_count as ShardId).collect()
