@@ -19,7 +19,7 @@ use common::{free_port_on, read_address, sample, scrape, sigterm_and_wait, TempF
 pub(crate) const SECRET: &str = "cluster-test-secret-0123456789abcdef0123";
 
 /// A port free on 127.0.0.1-3, for UDP (gossip) and TCP (metrics) alike.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     free_port_on(3)
 }
 
@@ -60,7 +60,7 @@ fn node_with(
 
 /// Node `n` with `extra` arguments, which name its `--listen` if they
 /// want another than a free port of its address.
-fn node_with_args(
+pub(crate) fn node_with_args(
     n: u8,
     cluster_port: u16,
     metrics_port: u16,
@@ -161,7 +161,7 @@ fn alive(node: &Node) -> f64 {
 }
 
 /// Polls until `node` counts `expected` alive members; returns how long it took.
-fn await_alive(node: &Node, expected: f64, within: Duration) -> Duration {
+pub(crate) fn await_alive(node: &Node, expected: f64, within: Duration) -> Duration {
     let start = Instant::now();
     loop {
         let count = alive(node);
@@ -211,7 +211,7 @@ fn corebus(args: &[&str]) -> String {
 /// The owner among `ids` computed from docs/cluster.md's description alone
 /// (written out here rather than taken from the net crate): FNV-1a 64 key
 /// hashes, SplitMix64 scores, the highest wins.
-fn documented_owner(ns: &str, topic: &str, ids: &[String]) -> usize {
+pub(crate) fn documented_owner(ns: &str, topic: &str, ids: &[String]) -> usize {
     fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
         for byte in bytes {
             hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
@@ -1189,7 +1189,7 @@ async fn tls_clients(
 }
 
 /// The node ids of nodes 1 to 3 of a cluster on `cluster_port`.
-fn node_ids(cluster_port: u16) -> Vec<String> {
+pub(crate) fn node_ids(cluster_port: u16) -> Vec<String> {
     (1..=3)
         .map(|n| format!("127.0.0.{n}:{cluster_port}"))
         .collect()

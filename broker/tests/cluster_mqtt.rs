@@ -9,7 +9,10 @@ use std::time::Duration;
 use corebus_net::{Body, Frame, Publish, Subscribe, TopicKey};
 use corebus_tests::{RawConn, Received};
 
-use crate::cluster::{connect, runtime, three_nodes, topic_owned_by, SECRET};
+use crate::cluster::{
+    await_alive, connect, documented_owner, free_port, node_ids, node_with_args, runtime,
+    three_nodes, topic_owned_by, Node, SECRET,
+};
 use crate::common::TempFile;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -219,5 +222,72 @@ fn a_shared_subscription_gets_each_message_once_whichever_nodes_its_members_are_
         }
         until_every_member_hears(&publisher, &topics, &mut members).await;
         expect_each_once(&publisher, &topics, &mut members, 60).await;
+    });
+}
+
+#[test]
+fn a_groups_share_follows_its_topic_to_a_new_owner() {
+    let secret = TempFile::new("cluster-secret-shared-move", SECRET);
+    let (cluster_port, metrics_port) = (free_port(), free_port());
+    let ids = node_ids(cluster_port);
+    // Owned by the third node while it lives, then by the first; the
+    // group's members are on the second. One shard per node: the second
+    // node's link to the first is up before the move (a publish to a topic
+    // the first owns), so only the member list's change can move the share.
+    let topic = (0..)
+        .map(|i| format!("moving/t-{i}"))
+        .find(|topic| {
+            documented_owner("cl", topic, &ids) == 2
+                && documented_owner("cl", topic, &ids[..2]) == 0
+        })
+        .expect("some name moves from the third node to the first");
+    let firsts = topic_owned_by(0, &ids, "firsts/t");
+    let topics = [topic.clone()];
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|n| {
+            let listen = format!("127.0.0.{n}:0");
+            let extra = [
+                "--listen",
+                &listen,
+                "--cluster-advertise",
+                "off",
+                "--shards",
+                "1",
+            ];
+            node_with_args(n, cluster_port, metrics_port, &secret, &extra)
+        })
+        .collect();
+    for node in &nodes {
+        await_alive(node, 3.0, Duration::from_secs(10));
+    }
+    let runtime = runtime();
+    let (publisher, _clients, mut members) = runtime.block_on(async {
+        let publisher = connect(&nodes[1].addr).await;
+        let (mut clients, mut members) = (Vec::new(), Vec::new());
+        for _ in 0..2 {
+            let client = connect(&nodes[1].addr).await;
+            members.push(
+                client
+                    .subscribe_shared("cl", "m", &topic)
+                    .await
+                    .expect("joins"),
+            );
+            clients.push(client);
+        }
+        until_every_member_hears(&publisher, &topics, &mut members).await;
+        expect_each_once(&publisher, &topics, &mut members, 20).await;
+        publisher
+            .publish("cl", &firsts, "link up")
+            .await
+            .expect("acknowledged by the first node");
+        (publisher, clients, members)
+    });
+    drop(nodes.remove(2));
+    for node in &nodes {
+        await_alive(node, 2.0, Duration::from_secs(20));
+    }
+    runtime.block_on(async {
+        until_every_member_hears(&publisher, &topics, &mut members).await;
+        expect_each_once(&publisher, &topics, &mut members, 20).await;
     });
 }
