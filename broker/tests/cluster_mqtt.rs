@@ -1,7 +1,8 @@
-//! What MQTT's retained messages and shared subscriptions need from a
-//! cluster, spoken natively (`FETCH_RETAINED`, retained publishes,
-//! `SUBSCRIBE_SHARED`: what the MQTT front door turns its packets into):
-//! each works from any node, whichever node owns the topic.
+//! MQTT's retained messages and shared subscriptions in a cluster: spoken
+//! natively (`FETCH_RETAINED`, retained publishes, `SUBSCRIBE_SHARED`: what
+//! the MQTT front door turns its packets into), and through the front door
+//! with Mosquitto's tools; each works from any node, whichever node owns
+//! the topic.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,7 +14,8 @@ use crate::cluster::{
     await_alive, connect, documented_owner, free_port, node_ids, node_with_args, runtime,
     three_nodes, topic_owned_by, Node, SECRET,
 };
-use crate::common::TempFile;
+use crate::common::{free_port_on, TempFile};
+use crate::mqtt_interop::{run, tool};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -290,4 +292,176 @@ fn a_groups_share_follows_its_topic_to_a_new_owner() {
         until_every_member_hears(&publisher, &topics, &mut members).await;
         expect_each_once(&publisher, &topics, &mut members, 20).await;
     });
+}
+
+/// A `mosquitto_sub` that runs until killed, its lines gathered as they
+/// come.
+struct Listening {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Listening {
+    fn start(mut command: std::process::Command) -> Listening {
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub starts");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Listening { child, lines }
+    }
+
+    /// The lines that came within `wait` of each other.
+    fn lines_within(&self, wait: Duration) -> Vec<String> {
+        let mut got = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(wait) {
+            got.push(line);
+        }
+        got
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn mosquitto_tools_find_retained_messages_and_share_a_group_across_the_nodes() {
+    let secret = TempFile::new("cluster-secret-mosquitto", SECRET);
+    let (cluster_port, metrics_port) = (free_port(), free_port());
+    let mqtt_port = free_port_on(3).to_string();
+    let nodes: Vec<Node> = (1..=3)
+        .map(|n| {
+            let listen = format!("127.0.0.{n}:0");
+            let mqtt = format!("127.0.0.{n}:{mqtt_port}");
+            let extra = [
+                "--listen",
+                &listen,
+                "--cluster-advertise",
+                "off",
+                "--mqtt-listen",
+                &mqtt,
+            ];
+            node_with_args(n, cluster_port, metrics_port, &secret, &extra)
+        })
+        .collect();
+    for node in &nodes {
+        await_alive(node, 3.0, Duration::from_secs(10));
+    }
+    let ids = node_ids(cluster_port);
+    let owned = |owner: usize, prefix: &str| {
+        (0..)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|topic| documented_owner("mqtt", topic, &ids) == owner)
+            .expect("some name lands on every node")
+    };
+    let mqtt = |n: usize, name: &str| {
+        let mut command = tool(name);
+        command.args([
+            "-h",
+            &format!("127.0.0.{n}"),
+            "-p",
+            &mqtt_port,
+            "-V",
+            "mqttv5",
+        ]);
+        command
+    };
+    // Retained through the second node, on topics the first and the third
+    // own; found by a subscription on the third, by name and by wildcard.
+    let kept = [owned(0, "kept/a"), owned(2, "kept/b")];
+    for topic in &kept {
+        let mut publish = mqtt(2, "mosquitto_pub");
+        publish.args([
+            "-t",
+            topic,
+            "-q",
+            "1",
+            "-r",
+            "-m",
+            &format!("last on {topic}"),
+        ]);
+        run(publish);
+    }
+    let mut by_name = mqtt(3, "mosquitto_sub");
+    by_name.args(["-t", &kept[0], "-v", "-C", "1", "-W", "10"]);
+    assert_eq!(run(by_name), format!("{0} last on {0}\n", kept[0]));
+    let mut by_wildcard = mqtt(3, "mosquitto_sub");
+    by_wildcard.args(["-t", "kept/#", "-v", "-C", "2", "-W", "10"]);
+    let mut lines: Vec<String> = run(by_wildcard).lines().map(str::to_owned).collect();
+    lines.sort();
+    let expected: Vec<String> = kept.iter().map(|t| format!("{t} last on {t}")).collect();
+    assert_eq!(lines, expected);
+
+    // A group with a member on the first node and one on the second, over
+    // topics of all three; published natively through the third.
+    let members: Vec<Listening> = (1..=2)
+        .map(|n| {
+            let mut sub = mqtt(n, "mosquitto_sub");
+            sub.args(["-t", "$share/g/jobs/+", "-q", "1", "-v", "-W", "60"]);
+            Listening::start(sub)
+        })
+        .collect();
+    let topics: Vec<String> = (0..3).map(|owner| owned(owner, "jobs/")).collect();
+    runtime().block_on(async {
+        let publisher = connect(&nodes[2].addr).await;
+        // Probes until both members have had one (their nodes' shares are
+        // joined a moment after SUBACK).
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut heard = [false; 2];
+        while heard.contains(&false) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never heard: {heard:?}"
+            );
+            for topic in &topics {
+                publisher
+                    .publish("mqtt", topic, "probe")
+                    .await
+                    .expect("acknowledged");
+            }
+            for (member, heard) in members.iter().zip(&mut heard) {
+                *heard |= !member.lines_within(Duration::from_millis(300)).is_empty();
+            }
+        }
+        for n in 0..30 {
+            let topic = &topics[n % 3];
+            publisher
+                .publish("mqtt", topic, format!("job {n}"))
+                .await
+                .expect("acknowledged");
+        }
+    });
+    let mut jobs = Vec::new();
+    for (which, member) in members.iter().enumerate() {
+        let mine: Vec<usize> = member
+            .lines_within(Duration::from_millis(1500))
+            .iter()
+            .filter_map(|line| line.split_once(" job ")?.1.parse().ok())
+            .collect();
+        assert!(!mine.is_empty(), "member {which} had its turns");
+        jobs.extend(mine);
+    }
+    jobs.sort_unstable();
+    assert_eq!(
+        jobs,
+        (0..30).collect::<Vec<_>>(),
+        "each job once over the group"
+    );
 }

@@ -35,7 +35,7 @@ fn config() -> TempFile {
     )
 }
 
-fn tool(name: &str) -> Command {
+pub(crate) fn tool(name: &str) -> Command {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {name}")])
         .output()
@@ -45,7 +45,7 @@ fn tool(name: &str) -> Command {
 }
 
 /// Runs `command` to its end (at most 20 s) and returns its stdout.
-fn run(mut command: Command) -> String {
+pub(crate) fn run(mut command: Command) -> String {
     let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
