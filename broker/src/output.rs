@@ -39,8 +39,50 @@ pub fn base64(bytes: &[u8]) -> String {
     data_encoding::BASE64.encode(bytes)
 }
 
-/// One `sub --json` line (without the newline).
-pub fn json_message(namespace: &str, topic: &str, seq: u64, payload: &[u8]) -> String {
+/// A message's headers as a JSON object (`None` when it has none), as
+/// `sub --json` prints them and webhooks POST them: `user` (pairs, in the
+/// publisher's order), `content_type`, `response_topic`,
+/// `correlation_data_base64`, `utf8_payload` and `expires_at_ms` (a
+/// decimal string), each only when set. The origin a connection's
+/// `no_local` filters know its publishes by is the broker's, not shown.
+pub fn headers_json(headers: &corebus_net::Headers) -> Option<serde_json::Value> {
+    let mut object = serde_json::Map::new();
+    if !headers.user.is_empty() {
+        let pairs = headers
+            .user
+            .iter()
+            .map(|(name, value)| serde_json::json!([name, value]))
+            .collect();
+        object.insert("user".into(), serde_json::Value::Array(pairs));
+    }
+    let mut text = |name: &str, value: &Option<String>| {
+        if let Some(value) = value {
+            object.insert(name.into(), value.as_str().into());
+        }
+    };
+    text("content_type", &headers.content_type);
+    text("response_topic", &headers.response_topic);
+    if let Some(data) = &headers.correlation_data {
+        object.insert("correlation_data_base64".into(), base64(data).into());
+    }
+    if headers.utf8_payload {
+        object.insert("utf8_payload".into(), true.into());
+    }
+    if let Some(at) = headers.expires_at_ms {
+        object.insert("expires_at_ms".into(), at.to_string().into());
+    }
+    (!object.is_empty()).then_some(serde_json::Value::Object(object))
+}
+
+/// One `sub --json` line (without the newline), with the message's
+/// headers when it has some ([`headers_json`]).
+pub fn json_message(
+    namespace: &str,
+    topic: &str,
+    seq: u64,
+    payload: &[u8],
+    headers: Option<&corebus_net::Headers>,
+) -> String {
     let mut out = String::with_capacity(64 + payload.len());
     out.push_str("{\"ns\":");
     push_json_string(&mut out, namespace);
@@ -59,6 +101,10 @@ pub fn json_message(namespace: &str, topic: &str, seq: u64, payload: &[u8]) -> S
             out.push_str(&base64(payload));
             out.push('"');
         }
+    }
+    if let Some(headers) = headers.and_then(headers_json) {
+        out.push_str(",\"headers\":");
+        out.push_str(&headers.to_string());
     }
     out.push('}');
     out
@@ -130,7 +176,7 @@ mod tests {
                 .parse()
                 .expect("decimal digits")
         };
-        let message = json_message("ns", "t", seq, b"x");
+        let message = json_message("ns", "t", seq, b"x", None);
         assert_eq!(read(&message, "seq"), seq);
         let gap = json_discontinuity("ns", "t", epoch, seq, seq + 1);
         assert_eq!(read(&gap, "epoch"), epoch);
@@ -141,15 +187,15 @@ mod tests {
     #[test]
     fn json_lines_escape_and_choose_the_payload_field() {
         assert_eq!(
-            json_message("ns", "t\"1", 7, b"a\nb"),
+            json_message("ns", "t\"1", 7, b"a\nb", None),
             r#"{"ns":"ns","topic":"t\"1","seq":"7","payload":"a\nb"}"#
         );
         assert_eq!(
-            json_message("ns", "t", 1, &[0xff, 0x00]),
+            json_message("ns", "t", 1, &[0xff, 0x00], None),
             r#"{"ns":"ns","topic":"t","seq":"1","payload_base64":"/wA="}"#
         );
         assert_eq!(
-            json_message("n", "t", 2, b"\x01"),
+            json_message("n", "t", 2, b"\x01", None),
             r#"{"ns":"n","topic":"t","seq":"2","payload":"\u0001"}"#
         );
     }

@@ -169,6 +169,8 @@ impl Body {
 /// sequence number of a single message, or a summary.
 struct Published<'a> {
     args: &'a PubArgs,
+    /// The headers of every message (`--header`, `--content-type`), if any.
+    headers: Option<corebus_client::Headers>,
     /// Publishes sent and not yet acknowledged, oldest first.
     pending: VecDeque<corebus_client::PendingPublish>,
     count: u64,
@@ -181,8 +183,14 @@ const PIPELINED: usize = 1024;
 
 impl<'a> Published<'a> {
     fn new(args: &'a PubArgs) -> Published<'a> {
+        let headers = corebus_client::Headers {
+            user: args.headers.clone(),
+            content_type: args.content_type.clone(),
+            ..corebus_client::Headers::default()
+        };
         Published {
             args,
+            headers: (!headers.is_empty()).then_some(headers),
             pending: VecDeque::new(),
             count: 0,
             last_seq: None,
@@ -192,9 +200,15 @@ impl<'a> Published<'a> {
     /// Sends one message: frames go out in call order, acks are awaited
     /// later, in order.
     async fn publish(&mut self, client: &Client, payload: Vec<u8>) -> anyhow::Result<()> {
-        let ack = client
-            .start_publish(&self.args.namespace, &self.args.topic, payload)
-            .await?;
+        let (namespace, topic) = (&self.args.namespace, &self.args.topic);
+        let ack = match &self.headers {
+            Some(headers) => {
+                client
+                    .start_publish_with_headers(namespace, topic, headers, payload)
+                    .await?
+            }
+            None => client.start_publish(namespace, topic, payload).await?,
+        };
         self.pending.push_back(ack);
         while self.pending.len() > PIPELINED {
             if let Some(ack) = self.pending.pop_front() {
@@ -331,6 +345,7 @@ pub async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
                         message.topic(),
                         message.seq,
                         &message.payload,
+                        message.headers(),
                     );
                     writeln!(out, "{line}")
                 } else {

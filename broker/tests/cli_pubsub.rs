@@ -561,3 +561,69 @@ fn sub_with_no_retries_exits_at_the_first_loss() {
     assert_eq!(status.code(), Some(2));
     assert!(err.contains("not a number of attempts"), "{err}");
 }
+
+/// `pub --header` and `--content-type` set the messages' headers, and
+/// `sub --json` shows them (a message without any has no `headers`).
+#[test]
+fn pub_headers_reach_sub_json() {
+    let serve = Serve::start(&["--shards", "1"]);
+    let mut sub = corebus(&[
+        "sub",
+        "demo",
+        "tagged",
+        "--count",
+        "2",
+        "--json",
+        "--server",
+        &serve.addr,
+    ]);
+    wait_subscribed(&mut sub);
+    let with = corebus(&[
+        "pub",
+        "demo",
+        "tagged",
+        "{}",
+        "-H",
+        "trace=4bf9",
+        "--header",
+        "tenant=a=b",
+        "--content-type",
+        "application/json",
+        "--server",
+        &serve.addr,
+    ]);
+    let (status, _, err) = finish(with, Duration::from_secs(10));
+    assert!(status.success(), "{err}");
+    let plain = corebus(&["pub", "demo", "tagged", "x", "--server", &serve.addr]);
+    let (status, _, err) = finish(plain, Duration::from_secs(10));
+    assert!(status.success(), "{err}");
+    let (status, out, _) = finish(sub, Duration::from_secs(10));
+    assert!(status.success());
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON"))
+        .collect();
+    assert_eq!(
+        lines[0]["headers"],
+        serde_json::json!({
+            "user": [["trace", "4bf9"], ["tenant", "a=b"]],
+            "content_type": "application/json",
+        })
+    );
+    assert!(lines[1].get("headers").is_none(), "{}", lines[1]);
+    let (status, _, err) = finish(
+        corebus(&[
+            "pub",
+            "demo",
+            "t",
+            "x",
+            "-H",
+            "novalue",
+            "--server",
+            &serve.addr,
+        ]),
+        Duration::from_secs(10),
+    );
+    assert!(!status.success());
+    assert!(err.contains("expected NAME=VALUE"), "{err}");
+}

@@ -77,9 +77,24 @@ pub struct PubArgs {
     /// Subscribers read it as published: every corebus client decompresses.
     #[arg(long)]
     pub compress: bool,
+    /// A header of every message published, NAME=VALUE (repeatable, in
+    /// order; a name may repeat): what MQTT 5.0 calls a user property.
+    #[arg(long = "header", short = 'H', value_name = "NAME=VALUE", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+    /// The messages' content type header (a MIME type, by convention).
+    #[arg(long, value_name = "TYPE")]
+    pub content_type: Option<String>,
     /// Broker to connect to.
     #[command(flatten)]
     pub server: ServerArg,
+}
+
+/// `--header NAME=VALUE`: the name is what comes before the first `=`.
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("expected NAME=VALUE, got {text:?}")),
+    }
 }
 
 /// `corebus sub`.

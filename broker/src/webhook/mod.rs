@@ -476,7 +476,7 @@ pub fn body(webhook: &str, message: &WebhookMessage) -> Vec<u8> {
             Err(_) => ("zstd", crate::output::base64(&payload)),
         },
     };
-    serde_json::json!({
+    let mut json = serde_json::json!({
         "webhook": webhook,
         "namespace": message.topic.namespace(),
         "topic": message.topic.topic(),
@@ -485,9 +485,11 @@ pub fn body(webhook: &str, message: &WebhookMessage) -> Vec<u8> {
         "published_ms": message.published_ms,
         "encoding": encoding,
         "payload": payload,
-    })
-    .to_string()
-    .into_bytes()
+    });
+    if let Some(headers) = crate::output::headers_json(&message.body.headers()) {
+        json["headers"] = headers;
+    }
+    json.to_string().into_bytes()
 }
 
 /// The `Corebus-Signature` value: `t=<unix seconds>` and one
@@ -593,6 +595,51 @@ mod tests {
             (binary["encoding"].as_str(), binary["payload"].as_str()),
             (Some("base64"), Some("/wA="))
         );
+    }
+
+    #[test]
+    fn a_messages_headers_are_posted_with_it() {
+        let headers = corebus_net::Headers {
+            user: vec![
+                ("trace".into(), "4bf9".into()),
+                ("trace".into(), "2".into()),
+            ],
+            content_type: Some("text/plain".into()),
+            response_topic: Some("replies/1".into()),
+            correlation_data: Some(bytes::Bytes::from_static(&[0xff, 1])),
+            utf8_payload: true,
+            expires_at_ms: Some(1_700_000_060_000),
+            ..corebus_net::Headers::default()
+        };
+        let message = WebhookMessage {
+            topic: TopicKey::from_strs("app", "orders/1").expect("valid"),
+            epoch: 3,
+            seq: 1,
+            published_ms: 1_700_000_000_123,
+            body: Body::with_headers(corebus_net::PayloadFormat::Plain, 1, &headers, b"hi"),
+            moved_from: None,
+        };
+        let posted: serde_json::Value =
+            serde_json::from_slice(&body("wh-1", &message)).expect("JSON");
+        assert_eq!(posted["payload"], "hi");
+        assert_eq!(
+            posted["headers"],
+            serde_json::json!({
+                "user": [["trace", "4bf9"], ["trace", "2"]],
+                "content_type": "text/plain",
+                "response_topic": "replies/1",
+                "correlation_data_base64": "/wE=",
+                "utf8_payload": true,
+                "expires_at_ms": "1700000060000",
+            })
+        );
+        let plain = WebhookMessage {
+            body: Body::plain(b"hi"),
+            ..message
+        };
+        let posted: serde_json::Value =
+            serde_json::from_slice(&body("wh-1", &plain)).expect("JSON");
+        assert!(posted.get("headers").is_none(), "none without headers");
     }
 
     /// A compressed payload reaches the endpoint decompressed; one that
