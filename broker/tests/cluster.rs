@@ -351,6 +351,33 @@ fn gossip_beyond_loopback_needs_a_secret() {
 // ----- the data path ---------------------------------------------------------
 
 /// Three nodes that all see each other alive; their cluster ids, in order.
+/// Three nodes, each listening on a free port of its address, with
+/// `extra(n)` added to node `n`'s arguments, once each sees all three
+/// alive; and their ids.
+pub(crate) fn three_nodes_with(
+    secret: &TempFile,
+    extra: impl Fn(u8) -> Vec<String>,
+) -> (Vec<Node>, Vec<String>) {
+    let (cluster_port, metrics_port) = (free_port(), free_port());
+    let nodes: Vec<Node> = (1..=3)
+        .map(|n| {
+            let mut args = vec![
+                "--listen".to_string(),
+                format!("127.0.0.{n}:0"),
+                "--cluster-advertise".into(),
+                "off".into(),
+            ];
+            args.extend(extra(n));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            node_with_args(n, cluster_port, metrics_port, secret, &args)
+        })
+        .collect();
+    for node in &nodes {
+        await_alive(node, 3.0, Duration::from_secs(10));
+    }
+    (nodes, node_ids(cluster_port))
+}
+
 pub(crate) fn three_nodes(secret: &TempFile) -> (Vec<Node>, Vec<String>) {
     let (cluster_port, metrics_port) = (free_port(), free_port());
     let nodes: Vec<Node> = (1..=3)
@@ -553,25 +580,7 @@ fn a_pattern_on_one_node_gets_the_matching_topics_of_every_node_once() {
     // One shard per node: every subscription of a node shares its pattern
     // entry, links' and clients' alike, so a message passed on from one
     // member to another would be seen twice.
-    let (cluster_port, metrics_port) = (free_port(), free_port());
-    let nodes: Vec<Node> = (1..=3)
-        .map(|n| {
-            let listen = format!("127.0.0.{n}:0");
-            let extra = [
-                "--listen",
-                &listen,
-                "--cluster-advertise",
-                "off",
-                "--shards",
-                "1",
-            ];
-            node_with_args(n, cluster_port, metrics_port, &secret, &extra)
-        })
-        .collect();
-    for node in &nodes {
-        await_alive(node, 3.0, Duration::from_secs(10));
-    }
-    let ids = node_ids(cluster_port);
+    let (nodes, ids) = three_nodes_with(&secret, |_| vec!["--shards".into(), "1".into()]);
     runtime().block_on(async {
         let first = connect(&nodes[0].addr).await;
         let second = connect(&nodes[1].addr).await;

@@ -11,8 +11,8 @@ use corebus_net::{Body, Frame, Publish, Subscribe, TopicKey};
 use corebus_tests::{RawConn, Received};
 
 use crate::cluster::{
-    await_alive, connect, documented_owner, free_port, node_ids, node_with_args, runtime,
-    three_nodes, topic_owned_by, Node, SECRET,
+    await_alive, connect, documented_owner, runtime, three_nodes, three_nodes_with, topic_owned_by,
+    SECRET,
 };
 use crate::common::{free_port_on, TempFile};
 use crate::mqtt_interop::{run, tool};
@@ -230,8 +230,7 @@ fn a_shared_subscription_gets_each_message_once_whichever_nodes_its_members_are_
 #[test]
 fn a_groups_share_follows_its_topic_to_a_new_owner() {
     let secret = TempFile::new("cluster-secret-shared-move", SECRET);
-    let (cluster_port, metrics_port) = (free_port(), free_port());
-    let ids = node_ids(cluster_port);
+    let (mut nodes, ids) = three_nodes_with(&secret, |_| vec!["--shards".into(), "1".into()]);
     // Owned by the third node while it lives, then by the first; the
     // group's members are on the second. One shard per node: the second
     // node's link to the first is up before the move (a publish to a topic
@@ -245,23 +244,6 @@ fn a_groups_share_follows_its_topic_to_a_new_owner() {
         .expect("some name moves from the third node to the first");
     let firsts = topic_owned_by(0, &ids, "firsts/t");
     let topics = [topic.clone()];
-    let mut nodes: Vec<Node> = (1..=3)
-        .map(|n| {
-            let listen = format!("127.0.0.{n}:0");
-            let extra = [
-                "--listen",
-                &listen,
-                "--cluster-advertise",
-                "off",
-                "--shards",
-                "1",
-            ];
-            node_with_args(n, cluster_port, metrics_port, &secret, &extra)
-        })
-        .collect();
-    for node in &nodes {
-        await_alive(node, 3.0, Duration::from_secs(10));
-    }
     let runtime = runtime();
     let (publisher, _clients, mut members) = runtime.block_on(async {
         let publisher = connect(&nodes[1].addr).await;
@@ -344,27 +326,10 @@ impl Drop for Listening {
 #[test]
 fn mosquitto_tools_find_retained_messages_and_share_a_group_across_the_nodes() {
     let secret = TempFile::new("cluster-secret-mosquitto", SECRET);
-    let (cluster_port, metrics_port) = (free_port(), free_port());
     let mqtt_port = free_port_on(3).to_string();
-    let nodes: Vec<Node> = (1..=3)
-        .map(|n| {
-            let listen = format!("127.0.0.{n}:0");
-            let mqtt = format!("127.0.0.{n}:{mqtt_port}");
-            let extra = [
-                "--listen",
-                &listen,
-                "--cluster-advertise",
-                "off",
-                "--mqtt-listen",
-                &mqtt,
-            ];
-            node_with_args(n, cluster_port, metrics_port, &secret, &extra)
-        })
-        .collect();
-    for node in &nodes {
-        await_alive(node, 3.0, Duration::from_secs(10));
-    }
-    let ids = node_ids(cluster_port);
+    let (nodes, ids) = three_nodes_with(&secret, |n| {
+        vec!["--mqtt-listen".into(), format!("127.0.0.{n}:{mqtt_port}")]
+    });
     let owned = |owner: usize, prefix: &str| {
         (0..)
             .map(|i| format!("{prefix}{i}"))
