@@ -164,15 +164,15 @@ impl Shard {
         {
             Some(entry) => entry.members.push(member),
             None => self.shared.push(SharedGroup {
-                group,
-                topic,
+                group: group.clone(),
+                topic: topic.clone(),
                 members: vec![member],
                 next: 0,
                 remote: Vec::new(),
             }),
         }
         if !member.peer {
-            self.share_remotely();
+            self.share_remotely_of(Some((&group, &topic)));
         }
     }
 
@@ -187,7 +187,7 @@ impl Shard {
             }
         }
         // The shares of a group with no member of this node's left end.
-        self.share_remotely();
+        self.share_remotely_of(Some((group, topic)));
         self.shared.retain(|entry| !entry.members.is_empty());
     }
 
@@ -199,14 +199,21 @@ impl Shard {
     /// node (links aside) joins nowhere. Run when members, links or the
     /// member list change.
     pub(super) fn share_remotely(&mut self) {
+        self.share_remotely_of(None);
+    }
+
+    /// [`Shard::share_remotely`] for one group (`only`), or for all.
+    fn share_remotely_of(&mut self, only: Option<(&str, &TopicKey)>) {
         let Some(nodes) = self.nodes.as_ref() else {
             return;
         };
-        let placement = nodes.placement.clone();
+        let placement = &nodes.placement;
         let mut joins = Vec::new();
         let mut leaves = Vec::new();
         for (index, entry) in self.shared.iter_mut().enumerate() {
-            if routing::owner(&entry.topic, self.shard_count) != self.id {
+            let chosen =
+                only.is_none_or(|(group, topic)| &*entry.group == group && entry.topic == *topic);
+            if !chosen || routing::owner(&entry.topic, self.shard_count) != self.id {
                 continue;
             }
             let wanted: Vec<SocketAddr> = if !entry.members.iter().any(|m| !m.peer) {
