@@ -364,6 +364,9 @@ pub struct RetainedQuery {
     pub sub_id: u32,
     /// The topic or pattern.
     pub topic: TopicKey,
+    /// The asking connection is another node's link: answered from this
+    /// node's store only.
+    pub from_peer: bool,
 }
 
 /// The answer to a [`RetainedQuery`].

@@ -123,13 +123,18 @@ pub struct PeerLink {
     /// This node's groups joined on the other node, by subscription id:
     /// (group, topic or pattern).
     pub shared: FxHashMap<u32, (Box<str>, TopicKey)>,
+    /// Shares left and not yet answered `UNSUB_OK`: what still arrives for
+    /// them reaches no member, and is counted.
+    pub shares_ended: rustc_hash::FxHashSet<u32>,
 }
 
 /// A client's `FETCH_RETAINED` asked of another node on a link: what the
 /// answer's `TOPIC_MESSAGE`s bring gathers here until its `REPLAY_END`.
 #[derive(Debug)]
 pub struct LinkFetch {
-    /// The asking connection, on this shard.
+    /// The shard of the asking connection.
+    pub reply_to: crate::routing::ShardId,
+    /// The asking connection.
     pub conn: ConnId,
     /// The fetch's subscription id on that connection.
     pub sub_id: u32,
@@ -137,8 +142,9 @@ pub struct LinkFetch {
     pub topic: TopicKey,
     /// The retained messages received so far.
     pub found: Vec<RetainedMessage>,
-    /// The request went out (false while the link is not up yet).
-    pub asked: bool,
+    /// The request's id on the link, once it went out (`None` while the
+    /// link is not up yet).
+    pub request_id: Option<u32>,
 }
 
 impl PeerLink {
@@ -184,6 +190,7 @@ impl PeerLink {
             if !self.subs.contains_key(&id)
                 && !self.fetches.contains_key(&id)
                 && !self.shared.contains_key(&id)
+                && !self.shares_ended.contains(&id)
             {
                 return id;
             }

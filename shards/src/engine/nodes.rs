@@ -107,7 +107,7 @@ impl Shard {
     /// Places every topic again if the member list changed since they
     /// were last placed: from then on, a topic's entry agrees with the
     /// placement (a local one is this node's).
-    fn refresh_placement(&mut self) {
+    pub(super) fn refresh_placement(&mut self) {
         if self
             .nodes
             .as_ref()
@@ -511,7 +511,9 @@ impl Shard {
             return;
         };
         link.subs.remove(&sub_id);
-        link.shared.remove(&sub_id);
+        if link.shared.remove(&sub_id).is_some() && link.up {
+            link.shares_ended.insert(sub_id);
+        }
         link.sub_requests.retain(|_, sub| *sub != sub_id);
         if link.up {
             let request_id = link.request_id();
@@ -1089,6 +1091,14 @@ impl Shard {
         nodes.links.entry(node).or_default()
     }
 
+    /// This shard's links (none outside a cluster).
+    pub(super) fn links_mut(&mut self) -> impl Iterator<Item = &mut PeerLink> {
+        self.nodes
+            .as_mut()
+            .into_iter()
+            .flat_map(|nodes| nodes.links.values_mut())
+    }
+
     /// The link to `node`, if there is one.
     pub(super) fn link_mut(&mut self, node: SocketAddr) -> Option<&mut PeerLink> {
         self.nodes.as_mut()?.links.get_mut(&node)
@@ -1172,6 +1182,7 @@ impl Shard {
         link.out.clear();
         link.subs.clear();
         link.shared.clear();
+        link.shares_ended.clear();
         link.sub_requests.clear();
         let fetches = link.fetches.drain().map(|(_, fetch)| fetch).collect();
         // Failed in the order they were sent, as the answers would have come.

@@ -165,7 +165,8 @@ impl Shard {
             );
         }
         *pending += 1;
-        let (owners, nodes) = self.retained_sources(conn, &topic);
+        let from_peer = self.is_peer(conn);
+        let (owners, nodes) = self.retained_sources(from_peer, &topic);
         self.fetches.insert(
             (conn, sub_id),
             Fetch {
@@ -174,68 +175,68 @@ impl Shard {
             },
         );
         for node in nodes {
-            self.fetch_on_link(node, conn, sub_id, &topic);
+            self.fetch_on_link(node, self.id, conn, sub_id, &topic);
         }
         for owner in owners {
+            let query = RetainedQuery {
+                conn,
+                sub_id,
+                topic: topic.compact(),
+                from_peer,
+            };
             if owner == self.id {
-                let found = self.retained_matching(&topic);
-                self.retained_found(conn, sub_id, found);
+                self.answer_retained_query(self.id, query);
             } else {
-                let query = RetainedQuery {
-                    conn,
-                    sub_id,
-                    topic: topic.compact(),
-                };
                 self.push_mesh(owner, ShardMsg::RetainedQueryMsg(Box::new(query)));
             }
         }
     }
 
-    /// Where the retained messages of `topic` are kept: the shards of this
-    /// node that own it (every shard for a pattern) and, in a cluster, the
-    /// other nodes that do (the owner node; every member for a pattern). A
-    /// peer's fetch is answered from this node's shards only: a node never
-    /// passes on what another node asked of it.
+    /// Where to ask for the retained messages of `topic`: this node's shard
+    /// that owns it (which asks the owner node in turn, when another node
+    /// owns it: [`Shard::answer_retained_query`]), or, for a pattern, every
+    /// shard of this node and, in a cluster, every other node. A peer's
+    /// fetch is answered from this node's shards only: a node never passes
+    /// on what another node asked of it.
     fn retained_sources(
         &mut self,
-        conn: ConnId,
+        from_peer: bool,
         topic: &TopicKey,
     ) -> (Vec<ShardId>, Vec<SocketAddr>) {
-        let pattern = topic.is_pattern();
-        let shards = if pattern {
-            (0..self.shard_count as ShardId).collect()
-        } else {
-            vec![routing::owner(topic, self.shard_count)]
+        if !topic.is_pattern() {
+            return (vec![routing::owner(topic, self.shard_count)], Vec::new());
+        }
+        let shards = (0..self.shard_count as ShardId).collect();
+        self.refresh_placement();
+        let others = match self.nodes.as_ref() {
+            Some(nodes) if !from_peer => {
+                nodes.placement.clients.iter().flatten().copied().collect()
+            }
+            _ => Vec::new(),
         };
-        if self.nodes.is_none() || self.is_peer(conn) {
-            return (shards, Vec::new());
-        }
-        if pattern {
-            let others = self
-                .nodes
-                .as_ref()
-                .map(|nodes| nodes.placement.clients.iter().flatten().copied().collect())
-                .unwrap_or_default();
-            return (shards, others);
-        }
-        match self.node_route(topic) {
-            Some(node) => (Vec::new(), vec![node]),
-            None => (shards, Vec::new()),
-        }
+        (shards, others)
     }
 
     /// Asks `node` on this shard's link to it for the retained messages of
-    /// `topic`, for fetch `sub_id` of `conn`: now if the link is up, else
-    /// once it is ([`Shard::ask_waiting_fetches`]); a link that fails first
-    /// answers it with nothing ([`Shard::end_link_fetches`]).
-    fn fetch_on_link(&mut self, node: SocketAddr, conn: ConnId, sub_id: u32, topic: &TopicKey) {
+    /// `topic`, for fetch `sub_id` of `conn` on shard `reply_to`: now if the
+    /// link is up, else once it is ([`Shard::ask_waiting_fetches`]); a link
+    /// that fails first answers it with nothing ([`Shard::end_link_fetches`]).
+    fn fetch_on_link(
+        &mut self,
+        node: SocketAddr,
+        reply_to: ShardId,
+        conn: ConnId,
+        sub_id: u32,
+        topic: &TopicKey,
+    ) {
         let link = self.link(node);
         let link_sub = link.new_fetch(LinkFetch {
+            reply_to,
             conn,
             sub_id,
             topic: topic.compact(),
             found: Vec::new(),
-            asked: false,
+            request_id: None,
         });
         if link.up {
             ask_fetch(link, link_sub);
@@ -251,7 +252,7 @@ impl Shard {
         let waiting: Vec<u32> = link
             .fetches
             .iter()
-            .filter(|(_, fetch)| !fetch.asked)
+            .filter(|(_, fetch)| fetch.request_id.is_none())
             .map(|(sub_id, _)| *sub_id)
             .collect();
         for link_sub in waiting {
@@ -295,9 +296,11 @@ impl Shard {
             }
             _ => return Some(frame),
         };
-        link.sub_requests.retain(|_, sub_id| *sub_id != done);
         let fetch = link.fetches.remove(&done)?;
-        self.retained_found(fetch.conn, fetch.sub_id, fetch.found);
+        if let Some(request_id) = fetch.request_id {
+            link.sub_requests.remove(&request_id);
+        }
+        self.reply_retained(fetch.reply_to, fetch.conn, fetch.sub_id, fetch.found);
         None
     }
 
@@ -305,24 +308,49 @@ impl Shard {
     /// answered with what had arrived.
     pub(super) fn end_link_fetches(&mut self, fetches: Vec<LinkFetch>) {
         for fetch in fetches {
-            self.retained_found(fetch.conn, fetch.sub_id, fetch.found);
+            self.reply_retained(fetch.reply_to, fetch.conn, fetch.sub_id, fetch.found);
         }
     }
 
-    /// Owner side: answers another shard's query.
+    /// Owner side (the topic's shard, or every shard for a pattern): answers
+    /// shard `from`'s query from this shard's store; or, in a cluster, for a
+    /// topic another node owns, asks that node over this shard's link, the
+    /// way this shard's publishes of the topic go, so a publish the client
+    /// sent before its fetch is answered first.
     pub(super) fn answer_retained_query(&mut self, from: ShardId, query: RetainedQuery) {
+        if !query.from_peer && !query.topic.is_pattern() {
+            if let Some(node) = self.node_route(&query.topic) {
+                return self.fetch_on_link(node, from, query.conn, query.sub_id, &query.topic);
+            }
+        }
         let found = self.retained_matching(&query.topic);
-        let reply = RetainedReply {
-            conn: query.conn,
-            sub_id: query.sub_id,
-            found,
-        };
-        self.push_mesh(from, ShardMsg::RetainedMsg(Box::new(reply)));
+        self.reply_retained(from, query.conn, query.sub_id, found);
+    }
+
+    /// Sends what was found for fetch `sub_id` of `conn` to its shard.
+    fn reply_retained(
+        &mut self,
+        to: ShardId,
+        conn: ConnId,
+        sub_id: u32,
+        found: Vec<RetainedMessage>,
+    ) {
+        if to == self.id {
+            self.retained_found(conn, sub_id, found);
+        } else {
+            let reply = RetainedReply {
+                conn,
+                sub_id,
+                found,
+            };
+            self.push_mesh(to, ShardMsg::RetainedMsg(Box::new(reply)));
+        }
     }
 
     /// This shard's retained messages of `topic`, or of the topics a
-    /// pattern matches. Those whose expiry (an MQTT message expiry, the
-    /// expires-at header) has passed are dropped from the store instead.
+    /// pattern matches, of the topics this node owns. Those whose expiry
+    /// (an MQTT message expiry, the expires-at header) has passed are
+    /// dropped from the store instead.
     fn retained_matching(&mut self, topic: &TopicKey) -> Vec<RetainedMessage> {
         let store = &mut self.retained_messages;
         let found: Vec<RetainedMessage> = if topic.is_pattern() {
@@ -350,7 +378,15 @@ impl Shard {
                 store.bytes -= RetainedStore::cost(&old);
             }
         }
-        live
+        if self.nodes.is_none() {
+            return live;
+        }
+        // In a cluster, what this node owns now only: a topic that moved to
+        // another node left its retained message here, and the new owner's
+        // (a later one, or none since it was cleared) is the one that counts.
+        live.into_iter()
+            .filter(|message| self.node_route(&message.topic).is_none())
+            .collect()
     }
 
     /// Subscriber side: one owner answered; with the last answer, the
@@ -386,8 +422,20 @@ impl Shard {
         if let Some(grant) = &state.grant {
             found.retain(|message| grant.permissions.may_receive(&message.topic));
         }
-        let count = found.len() as u64;
+        // Another node's link also carries that node's live messages: an
+        // answer to it takes at most a quarter of its outbox, so that a large
+        // one never crowds them out (what is left out is counted, logged).
+        let room = if state.is_peer() {
+            state.outbox.limit_bytes() / 4
+        } else {
+            usize::MAX
+        };
+        let (mut sent, mut cut) = (0u64, 0u64);
         for message in found {
+            if state.outbox.queued_bytes() > room {
+                cut += 1;
+                continue;
+            }
             let stripped = state.body_for_version(&message.body);
             let mut frame = BytesMut::new();
             encode_topic_message(
@@ -407,11 +455,23 @@ impl Shard {
                 self.stats.messages_dropped += 1;
             } else {
                 self.stats.messages_delivered += 1;
+                sent += 1;
+            }
+        }
+        if cut > 0 {
+            self.stats.messages_dropped += cut;
+            if let Some(suppressed) = self.retained_log.admit(self.now_ms) {
+                warn!(
+                    left_out = cut,
+                    suppressed,
+                    "retained messages left out of an answer to another node: the link \
+                     already holds a quarter of its outbox"
+                );
             }
         }
         let end = OutFrame::ReplayEnd {
             sub_id,
-            last_seq: count,
+            last_seq: sent,
         };
         self.send(conn, end);
     }
@@ -419,8 +479,28 @@ impl Shard {
     /// A connection closed: its fetches are forgotten (answers still on
     /// their way find nothing).
     pub(super) fn forget_fetches(&mut self, conn: ConnId) {
-        if self.fetches_per_conn.remove(&conn).is_some() {
-            self.fetches.retain(|(of, _), _| *of != conn);
+        if self.fetches_per_conn.remove(&conn).is_none() {
+            return;
+        }
+        self.fetches.retain(|(of, _), _| *of != conn);
+        // Its fetches on this shard's links (a pattern's) are not asked, or
+        // answered, for nothing. (A topic's, asked by the topic's shard, is
+        // answered and then finds no fetch.)
+        let me = self.id;
+        for link in self.links_mut() {
+            let ended: Vec<(u32, Option<u32>)> = link
+                .fetches
+                .iter()
+                .filter(|(_, fetch)| fetch.conn == conn && fetch.reply_to == me)
+                .map(|(link_sub, fetch)| (*link_sub, fetch.request_id))
+                .collect();
+            for (link_sub, request_id) in ended {
+                link.fetches.remove(&link_sub);
+                if let Some(request_id) = request_id {
+                    // Its answer, still on its way, is then ignored.
+                    link.sub_requests.remove(&request_id);
+                }
+            }
         }
     }
 }
@@ -431,7 +511,7 @@ fn ask_fetch(link: &mut PeerLink, link_sub: u32) {
     let Some(fetch) = link.fetches.get_mut(&link_sub) else {
         return;
     };
-    fetch.asked = true;
+    fetch.request_id = Some(request_id);
     Frame::FetchRetained(Subscribe {
         request_id,
         sub_id: link_sub,

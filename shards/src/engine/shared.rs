@@ -15,14 +15,15 @@
 //! pattern hashes to). When that node picks the link, the message comes
 //! over it and this node gives it to one of its own members in turn, never
 //! to a link, so nothing goes round. Each message still reaches one member
-//! of the group; the turns are fair between the nodes, then between the
-//! members of each node.
+//! of the group. In the owner's turns another node's share counts as one
+//! member, whatever the number of members behind it, and those take turns
+//! among what it gets.
 
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 use corebus_net::{pattern_matches, Epoch, ErrorCode, Frame, Seq, SubscribeShared, TopicKey};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{ConnId, Shard, SubState};
 use crate::auth::Action;
@@ -204,6 +205,9 @@ impl Shard {
 
     /// [`Shard::share_remotely`] for one group (`only`), or for all.
     fn share_remotely_of(&mut self, only: Option<(&str, &TopicKey)>) {
+        // Placed on the current member list (placing it again runs this
+        // for every group first).
+        self.refresh_placement();
         let Some(nodes) = self.nodes.as_ref() else {
             return;
         };
@@ -290,12 +294,20 @@ impl Shard {
     pub(super) fn shared_answer(&mut self, node: SocketAddr, frame: Frame) -> Option<Frame> {
         let link = self.link_mut(node)?;
         match frame {
+            Frame::TopicMessage(message) if link.shares_ended.contains(&message.sub_id) => {
+                // Given to this node's share just before it ended.
+                self.stats.shared_messages_dropped += 1;
+                None
+            }
+            Frame::UnsubOk(ok) if link.shares_ended.remove(&ok.sub_id) => None,
             Frame::TopicMessage(message) => {
                 let Some((group, filter)) = link.shared.get(&message.sub_id).cloned() else {
                     return Some(Frame::TopicMessage(message));
                 };
                 let Ok(topic) = TopicKey::new(filter.namespace_bytes(), message.topic.as_bytes())
                 else {
+                    debug!(%node, "a group's message with a topic name refused");
+                    self.stats.shared_messages_dropped += 1;
                     return None;
                 };
                 self.give_to_local_member(
