@@ -37,7 +37,7 @@ impl Drop for Node {
     }
 }
 
-fn node(n: u8, cluster_port: u16, metrics_port: u16, secret: &TempFile) -> Node {
+pub(crate) fn node(n: u8, cluster_port: u16, metrics_port: u16, secret: &TempFile) -> Node {
     node_with(n, cluster_port, metrics_port, secret, None, None)
 }
 

@@ -11,8 +11,8 @@ use corebus_net::{Body, Frame, Publish, Subscribe, TopicKey};
 use corebus_tests::{RawConn, Received};
 
 use crate::cluster::{
-    await_alive, connect, documented_owner, runtime, three_nodes, three_nodes_with, topic_owned_by,
-    SECRET,
+    await_alive, connect, documented_owner, free_port, node, node_ids, runtime, three_nodes,
+    three_nodes_with, topic_owned_by, SECRET,
 };
 use crate::common::{free_port_on, TempFile};
 use crate::mqtt_interop::{run, tool};
@@ -67,18 +67,13 @@ fn retained_messages_are_found_from_every_node_whichever_owns_them() {
         // Retained on each owner, published through the first node.
         let mut publisher = raw(&nodes[0].addr).await;
         for (owner, topic) in topics.iter().enumerate() {
-            publisher
-                .send(&Frame::Publish(Publish {
-                    request_id: owner as u32 + 1,
-                    ack: true,
-                    topic: key(topic),
-                    body: Body::plain(format!("last of {owner}").as_bytes()).retained_if(true),
-                }))
-                .await;
-            match publisher.next_within(WAIT).await {
-                Received::Frame(Frame::PubAck(_)) => {}
-                other => panic!("a PUB_ACK for {topic}: {other:?}"),
-            }
+            retain(
+                &mut publisher,
+                owner as u32 + 1,
+                topic,
+                &format!("last of {owner}"),
+            )
+            .await;
         }
         for (at, node) in nodes.iter().enumerate() {
             let mut conn = raw(&node.addr).await;
@@ -182,6 +177,71 @@ async fn expect_each_once(
         per_member.iter().all(|mine| *mine > 0),
         "every member has its turns: {per_member:?}"
     );
+}
+
+/// Publishes `payload` to `topic` as its retained message, acknowledged.
+async fn retain(conn: &mut RawConn, request_id: u32, topic: &str, payload: &str) {
+    conn.send(&Frame::Publish(Publish {
+        request_id,
+        ack: true,
+        topic: key(topic),
+        body: Body::plain(payload.as_bytes()).retained_if(true),
+    }))
+    .await;
+    match conn.next_within(WAIT).await {
+        Received::Frame(Frame::PubAck(_)) => {}
+        other => panic!("a PUB_ACK for {topic}: {other:?}"),
+    }
+}
+
+#[test]
+fn a_topic_that_changed_owner_answers_no_stale_retained_message() {
+    let secret = TempFile::new("cluster-secret-retained-move", SECRET);
+    let (cluster_port, metrics_port) = (free_port(), free_port());
+    let ids = node_ids(cluster_port);
+    // The first node's while there are two, the third's once it joins.
+    let topic = (0..)
+        .map(|i| format!("moved/t-{i}"))
+        .find(|topic| {
+            documented_owner("cl", topic, &ids[..2]) == 0
+                && documented_owner("cl", topic, &ids) == 2
+        })
+        .expect("some name moves to the third node");
+    let first = node(1, cluster_port, metrics_port, &secret);
+    let second = node(2, cluster_port, metrics_port, &secret);
+    for node in [&first, &second] {
+        await_alive(node, 2.0, Duration::from_secs(10));
+    }
+    let runtime = runtime();
+    runtime.block_on(async {
+        let mut publisher = raw(&second.addr).await;
+        retain(&mut publisher, 1, &topic, "before the join").await;
+        let mut reader = raw(&second.addr).await;
+        assert_eq!(
+            fetch(&mut reader, 1, &topic).await,
+            vec![(topic.clone(), "before the join".to_owned())]
+        );
+    });
+    let third = node(3, cluster_port, metrics_port, &secret);
+    for node in [&first, &second, &third] {
+        await_alive(node, 3.0, Duration::from_secs(10));
+    }
+    runtime.block_on(async {
+        // The first node still holds the old message, for a topic it no
+        // longer owns: neither the name nor a pattern finds it.
+        let mut reader = raw(&second.addr).await;
+        assert_eq!(fetch(&mut reader, 1, &topic).await, vec![]);
+        assert_eq!(fetch(&mut reader, 2, "moved/*").await, vec![]);
+        let mut publisher = raw(&first.addr).await;
+        retain(&mut publisher, 1, &topic, "after the join").await;
+        let now = vec![(topic.clone(), "after the join".to_owned())];
+        assert_eq!(fetch(&mut reader, 3, &topic).await, now);
+        assert_eq!(
+            fetch(&mut reader, 4, "moved/*").await,
+            now,
+            "once, the new one"
+        );
+    });
 }
 
 #[test]

@@ -120,6 +120,9 @@ pub struct PeerLink {
     pub sub_requests: FxHashMap<u32, u32>,
     /// Retained fetches asked on this link, by their subscription id on it.
     pub fetches: FxHashMap<u32, LinkFetch>,
+    /// Bytes their answers hold so far (bounded by
+    /// `engine::retained::LINK_FETCH_BYTES`).
+    pub fetch_bytes: usize,
     /// This node's groups joined on the other node, by subscription id:
     /// (group, topic or pattern).
     pub shared: FxHashMap<u32, (Box<str>, TopicKey)>,
@@ -140,8 +143,12 @@ pub struct LinkFetch {
     pub sub_id: u32,
     /// The topic or pattern fetched (its namespace names what arrives).
     pub topic: TopicKey,
-    /// The retained messages received so far.
+    /// The retained messages received so far, and the bytes they count.
     pub found: Vec<RetainedMessage>,
+    /// See `found`.
+    pub bytes: usize,
+    /// Messages of the answer left out: the link's bound was reached.
+    pub left_out: u64,
     /// The request's id on the link, once it went out (`None` while the
     /// link is not up yet).
     pub request_id: Option<u32>,

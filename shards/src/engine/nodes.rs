@@ -1185,6 +1185,7 @@ impl Shard {
         link.shares_ended.clear();
         link.sub_requests.clear();
         let fetches = link.fetches.drain().map(|(_, fetch)| fetch).collect();
+        link.fetch_bytes = 0;
         // Failed in the order they were sent, as the answers would have come.
         let mut acks: Vec<(u32, Forwarded)> = link.acks.drain().collect();
         acks.sort_by_key(|(request_id, _)| link.age_order(*request_id));

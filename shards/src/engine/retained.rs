@@ -32,6 +32,11 @@ const ENTRY_OVERHEAD: usize = 128;
 /// Most `FETCH_RETAINED` requests one connection may have unanswered.
 pub(super) const MAX_FETCHES_PER_CONN: u16 = 64;
 
+/// Most bytes (as [`RetainedStore`] counts them) of retained messages that
+/// one shard gathers at once from one other node's answers; past it, the
+/// rest of an answer is left out, counted and logged.
+pub(crate) const LINK_FETCH_BYTES: usize = 16 << 20;
+
 /// One shard's retained messages.
 #[derive(Debug, Default)]
 pub(crate) struct RetainedStore {
@@ -236,6 +241,8 @@ impl Shard {
             sub_id,
             topic: topic.compact(),
             found: Vec::new(),
+            bytes: 0,
+            left_out: 0,
             request_id: None,
         });
         if link.up {
@@ -272,13 +279,31 @@ impl Shard {
                 let Frame::TopicMessage(message) = frame else {
                     return None;
                 };
+                let body = message.body.into_bytes();
+                let cost = ENTRY_OVERHEAD + message.topic.len() + body.len();
+                if link.fetch_bytes + cost > LINK_FETCH_BYTES {
+                    // Past the bound of what this shard's answers from the
+                    // node may hold at once: left out, counted at the end.
+                    fetch.left_out += 1;
+                    return None;
+                }
                 match TopicKey::new(fetch.topic.namespace_bytes(), message.topic.as_bytes()) {
-                    Ok(topic) => fetch.found.push(RetainedMessage {
-                        topic,
-                        epoch: message.epoch,
-                        seq: message.seq,
-                        body: message.body.into_bytes(),
-                    }),
+                    Ok(topic) => {
+                        link.fetch_bytes += cost;
+                        fetch.bytes += cost;
+                        fetch.found.push(RetainedMessage {
+                            topic,
+                            epoch: message.epoch,
+                            seq: message.seq,
+                            // Its own bytes, not a slice of the link's read
+                            // buffer, which it would keep alive.
+                            body: if body.len() > COPY_MAX {
+                                body
+                            } else {
+                                Bytes::copy_from_slice(&body)
+                            },
+                        });
+                    }
                     Err(err) => debug!(%node, %err, "retained fetch: a topic name refused"),
                 }
                 return None;
@@ -297,17 +322,30 @@ impl Shard {
             _ => return Some(frame),
         };
         let fetch = link.fetches.remove(&done)?;
+        link.fetch_bytes -= fetch.bytes;
         if let Some(request_id) = fetch.request_id {
             link.sub_requests.remove(&request_id);
         }
-        self.reply_retained(fetch.reply_to, fetch.conn, fetch.sub_id, fetch.found);
+        self.end_link_fetches(vec![fetch]);
         None
     }
 
-    /// Cluster: the link these fetches were asked on is down; each is
-    /// answered with what had arrived.
+    /// Cluster: these fetches asked on a link are over (answered, or the
+    /// link is down): each is answered with what had arrived, and what was
+    /// left out is counted.
     pub(super) fn end_link_fetches(&mut self, fetches: Vec<LinkFetch>) {
         for fetch in fetches {
+            if fetch.left_out > 0 {
+                self.stats.messages_dropped += fetch.left_out;
+                if let Some(suppressed) = self.retained_log.admit(self.now_ms) {
+                    warn!(
+                        left_out = fetch.left_out,
+                        suppressed,
+                        "retained messages from another node left out of a fetch: this shard \
+                         already holds its bound of answers from that node"
+                    );
+                }
+            }
             self.reply_retained(fetch.reply_to, fetch.conn, fetch.sub_id, fetch.found);
         }
     }
@@ -495,7 +533,9 @@ impl Shard {
                 .map(|(link_sub, fetch)| (*link_sub, fetch.request_id))
                 .collect();
             for (link_sub, request_id) in ended {
-                link.fetches.remove(&link_sub);
+                if let Some(fetch) = link.fetches.remove(&link_sub) {
+                    link.fetch_bytes -= fetch.bytes;
+                }
                 if let Some(request_id) = request_id {
                     // Its answer, still on its way, is then ignored.
                     link.sub_requests.remove(&request_id);

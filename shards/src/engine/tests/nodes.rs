@@ -36,6 +36,11 @@ fn other() -> SocketAddr {
 /// false: topics are placed on both) or leaving (every topic is this
 /// node's, and the other node is where their state would come from).
 fn member(leaving: bool) -> Cluster {
+    member_with(leaving, EngineConfig::default())
+}
+
+/// [`member`] with `config`.
+fn member_with(leaving: bool, config: EngineConfig) -> Cluster {
     let mut placement = Placement {
         version: 1,
         keys: vec![1],
@@ -49,11 +54,8 @@ fn member(leaving: bool) -> Cluster {
         placement.keys.push(2);
         placement.clients.push(Some(other()));
     }
-    let mut cluster = Cluster::new(1, EngineConfig::default());
-    let shard = std::mem::replace(
-        &mut cluster.shards[0],
-        Shard::new(0, 1, EngineConfig::default(), 7),
-    );
+    let mut cluster = Cluster::new(1, config.clone());
+    let shard = std::mem::replace(&mut cluster.shards[0], Shard::new(0, 1, config, 7));
     cluster.shards[0] = shard.with_nodes(Arc::new(FixedNodes(placement)));
     cluster
 }
@@ -148,4 +150,80 @@ fn a_topic_being_taken_over_parks_a_bounded_number_of_publishes() {
         .map(|id| (id, u64::from(id)))
         .collect();
     assert_eq!(acks, expected);
+}
+
+/// The other node's answer to a pattern fetch on the link: `count`
+/// retained messages of `size` bytes to `big/{n}`, then `REPLAY_END`.
+fn answer_fetch(cluster: &mut Cluster, link_sub: u32, count: u64, size: usize) {
+    for n in 0..count {
+        let message = Frame::TopicMessage(corebus_net::TopicMessage {
+            sub_id: link_sub,
+            epoch: 9,
+            seq: 1,
+            topic: format!("big/{n}"),
+            body: Body::plain(&vec![1u8; size]).retained_if(true),
+        });
+        cluster.shards[0].handle_link_frame(other(), message);
+    }
+    let end = Frame::ReplayEnd(corebus_net::ReplayEnd {
+        sub_id: link_sub,
+        last_seq: count,
+    });
+    cluster.shards[0].handle_link_frame(other(), end);
+}
+
+/// What a fetch's answer brought the client: the `TOPIC_MESSAGE`s and the
+/// `REPLAY_END`'s count.
+fn fetched(frames: &[OutFrame]) -> (usize, Option<u64>) {
+    let messages = frames
+        .iter()
+        .filter(|frame| matches!(frame, OutFrame::Encoded(_)))
+        .count();
+    let end = frames.iter().find_map(|frame| match frame {
+        OutFrame::ReplayEnd { last_seq, .. } => Some(*last_seq),
+        _ => None,
+    });
+    (messages, end)
+}
+
+#[test]
+fn what_a_shard_gathers_from_another_nodes_retained_answers_is_bounded() {
+    // A client with room for all of it: the bound is the link's.
+    let mut cluster = member_with(
+        false,
+        EngineConfig {
+            outbox_limit_bytes: 64 << 20,
+            ..EngineConfig::default()
+        },
+    );
+    let client = cluster.connect(0);
+    let fetch = |sub_id| {
+        Frame::FetchRetained(Subscribe {
+            request_id: sub_id,
+            sub_id,
+            resume: None,
+            topic: topic("big/*"),
+        })
+    };
+    // Asked once the link is up (its first subscription id on the link).
+    cluster.send(client, fetch(1));
+    cluster.shards[0].link_up(other());
+    const SIZE: usize = 1 << 20;
+    let count = (crate::engine::retained::LINK_FETCH_BYTES / SIZE + 4) as u64;
+    let dropped = cluster.shards[0].stats.messages_dropped;
+    answer_fetch(&mut cluster, 1, count, SIZE);
+    let (messages, end) = fetched(&cluster.take_conn(client));
+    // Within the bound, each message counted with its overhead: one fewer
+    // than the bound's megabytes.
+    let held = crate::engine::retained::LINK_FETCH_BYTES / SIZE - 1;
+    assert_eq!((messages, end), (held, Some(held as u64)));
+    assert_eq!(
+        cluster.shards[0].stats.messages_dropped - dropped,
+        count - held as u64,
+        "what was left out is counted"
+    );
+    // The answer is over: its bytes are free for the next one.
+    cluster.send(client, fetch(2));
+    answer_fetch(&mut cluster, 2, 3, SIZE);
+    assert_eq!(fetched(&cluster.take_conn(client)), (3, Some(3)));
 }
