@@ -326,6 +326,9 @@ impl Shard {
     /// link to every other member it is not subscribed on yet (a link that
     /// is down subscribes when it comes up, [`Shard::resubscribe_patterns`]).
     pub(super) fn subscribe_pattern_remotely(&mut self, handle: LocalRef) {
+        // The current member list (placing it again comes back here for
+        // every pattern first).
+        self.refresh_placement();
         let Some(nodes) = self.nodes.as_ref() else {
             return;
         };
