@@ -11,6 +11,7 @@ mod cli;
 mod cli_pubsub;
 mod cluster;
 mod cluster_mqtt;
+mod cluster_sessions;
 mod logging;
 mod mqtt_interop;
 mod ops;

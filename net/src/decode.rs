@@ -318,6 +318,17 @@ fn decode_frame(
                 command,
             })
         }
+        Opcode::SessionRequest | Opcode::SessionReply => {
+            let session = SessionFrame {
+                request_id: reader.u32("request_id")?,
+                kind: reader.u8("kind")?,
+                body: reader.rest(),
+            };
+            match opcode {
+                Opcode::SessionRequest => Frame::SessionRequest(session),
+                _ => Frame::SessionReply(session),
+            }
+        }
         Opcode::ClusterReply => {
             let request_id = reader.u32("request_id")?;
             let result = reader.text_rest("result")?;
@@ -375,6 +386,8 @@ fn frame_name(opcode: Opcode) -> &'static str {
         Opcode::HandoffRequest => "HANDOFF_REQUEST",
         Opcode::FetchRetained => "FETCH_RETAINED",
         Opcode::SubscribeShared => "SUBSCRIBE_SHARED",
+        Opcode::SessionRequest => "SESSION_REQUEST",
+        Opcode::SessionReply => "SESSION_REPLY",
         Opcode::ClusterReply => "CLUSTER_REPLY",
         Opcode::ReplayEnd => "REPLAY_END",
         Opcode::TopicMessage => "TOPIC_MESSAGE",

@@ -394,6 +394,12 @@ impl Frame {
                 dst.put_u32(request.request_id);
                 dst.put_slice(request.command.as_bytes());
             }
+            Frame::SessionRequest(session) | Frame::SessionReply(session) => {
+                header(dst, self.opcode(), 4 + 1 + session.body.len());
+                dst.put_u32(session.request_id);
+                dst.put_u8(session.kind);
+                dst.put_slice(&session.body);
+            }
             Frame::ClusterReply(reply) => {
                 header(dst, Opcode::ClusterReply, 4 + reply.result.len());
                 dst.put_u32(reply.request_id);

@@ -256,6 +256,9 @@ pub enum Opcode {
     /// Client → server: join a shared subscription (version 2): each
     /// message of the topic or pattern goes to one member of the group.
     SubscribeShared = 0x0c,
+    /// Node → node: a request about an MQTT session, whose home is a node
+    /// (links between the nodes of a cluster only).
+    SessionRequest = 0x0d,
     /// Server → client: the handshake succeeded.
     Welcome = 0x81,
     /// Server → client: a publish was sequenced.
@@ -282,6 +285,9 @@ pub enum Opcode {
     /// Server → client: a message for a pattern subscription, with its
     /// topic.
     TopicMessage = 0x8c,
+    /// Node → node: the answer to a `SESSION_REQUEST` (links between the
+    /// nodes of a cluster only).
+    SessionReply = 0x8d,
     /// Server → client: a request (or the connection) failed.
     Error = 0x8f,
 }
@@ -302,6 +308,7 @@ impl Opcode {
             0x0a => Opcode::HandoffRequest,
             0x0b => Opcode::FetchRetained,
             0x0c => Opcode::SubscribeShared,
+            0x0d => Opcode::SessionRequest,
             0x81 => Opcode::Welcome,
             0x82 => Opcode::PubAck,
             0x83 => Opcode::SubOk,
@@ -314,6 +321,7 @@ impl Opcode {
             0x8a => Opcode::ClusterReply,
             0x8b => Opcode::ReplayEnd,
             0x8c => Opcode::TopicMessage,
+            0x8d => Opcode::SessionReply,
             0x8f => Opcode::Error,
             _ => return None,
         })
@@ -588,6 +596,21 @@ pub struct ClusterReply {
     pub result: String,
 }
 
+/// `SESSION_REQUEST` and `SESSION_REPLY`: what the nodes of a cluster tell
+/// each other about MQTT sessions (which connection holds a client id, and
+/// a session that moves to a connection on another node). The body's
+/// layout is the broker's own, chosen by `kind`; nodes of one cluster run
+/// the same version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionFrame {
+    /// The request's id, echoed by its reply; 0 when none is wanted.
+    pub request_id: u32,
+    /// What the body says.
+    pub kind: u8,
+    /// The rest of the frame.
+    pub body: Bytes,
+}
+
 /// `GOAWAY`: the server is shutting down. It accepts no new requests on this
 /// connection, flushes what is queued, and closes within `drain_ms`; a client
 /// should reconnect (and resume) at once instead of waiting for a timeout.
@@ -683,6 +706,10 @@ pub enum Frame {
     FetchRetained(Subscribe),
     /// See [`SubscribeShared`].
     SubscribeShared(SubscribeShared),
+    /// `SESSION_REQUEST`: see [`SessionFrame`].
+    SessionRequest(SessionFrame),
+    /// `SESSION_REPLY`: see [`SessionFrame`].
+    SessionReply(SessionFrame),
     /// `PING` with its nonce.
     Ping(u64),
     /// `PONG` echoing a `PING`'s nonce.
@@ -717,6 +744,8 @@ impl Frame {
             Frame::HandoffRequest(_) => Opcode::HandoffRequest,
             Frame::FetchRetained(_) => Opcode::FetchRetained,
             Frame::SubscribeShared(_) => Opcode::SubscribeShared,
+            Frame::SessionRequest(_) => Opcode::SessionRequest,
+            Frame::SessionReply(_) => Opcode::SessionReply,
             Frame::Ping(_) => Opcode::Ping,
             Frame::Pong(_) => Opcode::Pong,
             Frame::Error(_) => Opcode::Error,
@@ -730,15 +759,15 @@ mod tests {
 
     #[test]
     fn only_server_opcodes_are_server_frames() {
-        for byte in 0x01..=0x0cu8 {
+        for byte in 0x01..=0x0du8 {
             let opcode = Opcode::from_u8(byte).expect("a client or either-way opcode");
             assert!(!opcode.is_server_frame(), "{opcode:?}");
         }
-        for byte in (0x81..=0x8cu8).chain([0x8f]) {
+        for byte in (0x81..=0x8du8).chain([0x8f]) {
             let opcode = Opcode::from_u8(byte).expect("a server opcode");
             assert!(opcode.is_server_frame(), "{opcode:?}");
         }
-        for byte in [0x00, 0x0d, 0x7f, 0x80, 0x8d, 0x8e, 0x90, 0xff] {
+        for byte in [0x00, 0x0e, 0x7f, 0x80, 0x8e, 0x90, 0xff] {
             assert_eq!(Opcode::from_u8(byte), None, "{byte:#04x} is not an opcode");
         }
     }

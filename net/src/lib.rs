@@ -27,9 +27,9 @@ pub use error::{ErrorCode, FrameError};
 pub use frame::{
     format_byte_is_valid, Body, ClusterReply, ClusterRequest, Discontinuity, Epoch, ErrorFrame,
     Frame, GoAway, Hello, Message, Opcode, PayloadFormat, PubAck, Publish, ReplayEnd, ResumePoint,
-    SubOk, Subscribe, SubscribeShared, Token, TokenRequest, TopicMessage, UnsubOk, Unsubscribe,
-    WebhookReply, WebhookRequest, Welcome, FORMAT_QOS_MASK, FORMAT_RETAIN, FORMAT_ZSTD,
-    PUBLISH_FLAG_ACK,
+    SessionFrame, SubOk, Subscribe, SubscribeShared, Token, TokenRequest, TopicMessage, UnsubOk,
+    Unsubscribe, WebhookReply, WebhookRequest, Welcome, FORMAT_QOS_MASK, FORMAT_RETAIN,
+    FORMAT_ZSTD, PUBLISH_FLAG_ACK,
 };
 pub use headers::{strip_headers, Headers, FORMAT_HEADERS, MAX_HEADERS_LEN};
 pub use name::{

@@ -46,6 +46,16 @@ fn sample_frames() -> Vec<Frame> {
             request_id: 8,
             result: "{}".into(),
         }),
+        Frame::SessionRequest(SessionFrame {
+            request_id: 0,
+            kind: 3,
+            body: Bytes::from_static(b"\x00\x01session"),
+        }),
+        Frame::SessionReply(SessionFrame {
+            request_id: 12,
+            kind: 2,
+            body: Bytes::new(),
+        }),
         Frame::HandoffRequest(Subscribe {
             request_id: 9,
             sub_id: 3,
@@ -345,6 +355,22 @@ fn worked_examples_from_protocol_doc() {
                 result: r#"{"members":[]}"#.into(),
             }),
             "00000013 8a 00000007 7b226d656d62657273223a5b5d7d",
+        ),
+        (
+            Frame::SessionRequest(SessionFrame {
+                request_id: 3,
+                kind: 1,
+                body: Bytes::from_static(b"id"),
+            }),
+            "00000008 0d 00000003 01 6964",
+        ),
+        (
+            Frame::SessionReply(SessionFrame {
+                request_id: 3,
+                kind: 2,
+                body: Bytes::new(),
+            }),
+            "00000006 8d 00000003 02",
         ),
         (
             Frame::HandoffRequest(Subscribe {

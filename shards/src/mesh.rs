@@ -111,8 +111,9 @@ pub enum ShardMsg {
     SessionWantedMsg {
         /// The connection holding the session.
         conn: ConnId,
-        /// The connection taking it over.
-        to: (ShardId, ConnId),
+        /// The connection taking it over (boxed: rare, and it may be on
+        /// another node).
+        to: Box<Holder>,
     },
     /// To every shard: a member joins a group's shared subscription (group,
     /// topic or pattern, member; boxed: rare).
@@ -289,6 +290,29 @@ pub struct SharedDelivery {
     pub seq: Seq,
     /// The body, shared.
     pub payload: Bytes,
+}
+
+/// A connection, cluster-wide: its node (`None`: this one), its shard and
+/// its id there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder {
+    /// The node's client address; `None` for this node.
+    pub node: Option<std::net::SocketAddr>,
+    /// The connection's shard on its node.
+    pub shard: ShardId,
+    /// The connection on that shard.
+    pub conn: ConnId,
+}
+
+impl Holder {
+    /// A connection of this node.
+    pub fn local(shard: ShardId, conn: ConnId) -> Holder {
+        Holder {
+            node: None,
+            shard,
+            conn,
+        }
+    }
 }
 
 /// Something one connection hands to another across shards that the

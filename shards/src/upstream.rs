@@ -129,6 +129,9 @@ pub struct PeerLink {
     /// Shares left and not yet answered `UNSUB_OK`: what still arrives for
     /// them reaches no member, and is counted.
     pub shares_ended: rustc_hash::FxHashSet<u32>,
+    /// MQTT client id claims sent to this node, their home, and not yet
+    /// answered: request id to the claiming connection.
+    pub claims: FxHashMap<u32, ConnId>,
 }
 
 /// A client's `FETCH_RETAINED` asked of another node on a link: what the

@@ -590,12 +590,8 @@ async fn read_loop(
                                 if let Some(edge) = &edge {
                                     let mut edge = edge.borrow_mut();
                                     edge.handshaken(limit);
-                                    let holder = (shard.id(), conn);
-                                    let previous = edge
-                                        .mqtt_mut()
-                                        .and_then(|mqtt| mqtt.claim_client_id(holder, &mut buf));
-                                    if let Some(previous) = previous {
-                                        shard.take_over(previous);
+                                    if let Some(mqtt) = edge.mqtt_mut() {
+                                        sessions::claim(&mut shard, conn, mqtt, &mut buf);
                                     }
                                 }
                                 _expiry = shard.expires_at_ms(conn).map(|at| {
@@ -695,6 +691,9 @@ async fn read_loop(
                 }
                 if let Some(keep_alive) = edge.borrow_mut().take_keep_alive() {
                     shard.borrow_mut().set_keep_alive(conn, keep_alive);
+                }
+                if let Some(mqtt) = edge.borrow_mut().mqtt_mut() {
+                    sessions::tell_home(&mut shard.borrow_mut(), mqtt);
                 }
                 if edge.borrow().has_pending() {
                     kick(shard, conn);
@@ -951,8 +950,8 @@ async fn write_loop(
                 if let Some(mqtt) = edge.borrow_mut().mqtt_mut() {
                     if mqtt.is_detached() {
                         detached = true;
-                    } else if let Some(session) = shard.borrow_mut().take_arrived_session(conn) {
-                        mqtt.resume(session);
+                    } else {
+                        sessions::take_arrival(&mut shard.borrow_mut(), conn, mqtt);
                     }
                 }
                 let wrapped = match frames {
@@ -962,11 +961,8 @@ async fn write_loop(
                 if let Some(opened) = edge.borrow_mut().take_opened() {
                     shard.borrow_mut().note_web(opened);
                 }
-                let wanted = edge.borrow_mut().mqtt_mut().and_then(MqttConn::take_wanted);
-                if let Some(wanted) = wanted {
-                    let mut shard = shard.borrow_mut();
-                    let me = (shard.id(), conn);
-                    shard.want_session(wanted.from, me);
+                if let Some(mqtt) = edge.borrow_mut().mqtt_mut() {
+                    sessions::ask_for_session(&mut shard.borrow_mut(), conn, mqtt);
                 }
                 wrapped
             }

@@ -14,9 +14,10 @@ use tracing::debug;
 use super::{encode_out_frame, next_batch};
 use crate::auth::unix_now_ms;
 use crate::edge::EdgeConn;
-use crate::engine::{ConnId, Shard};
-use crate::mqtt::MqttConn;
+use crate::engine::{Arrival, ConnId, Holder, Shard};
+use crate::mqtt::{homes, Claim, MqttConn};
 use crate::outbox::OutFrame;
+use corebus_net::{check, decode, Check};
 
 /// What woke a detached session.
 enum Woke {
@@ -99,24 +100,80 @@ fn take_in(
     if !head.is_empty() {
         segments.push(head.split().freeze());
     }
-    let arrived = shard.borrow_mut().take_arrived_session(conn);
     let mut edge = edge.borrow_mut();
-    if let (Some(session), Some(mqtt)) = (arrived, edge.mqtt_mut()) {
-        // Taken over from another connection just before this one's client
-        // went: kept for the next.
-        mqtt.resume(session);
+    if let Some(mqtt) = edge.mqtt_mut() {
+        // A session taken over from another connection just before this
+        // one's client went: kept for the next.
+        take_arrival(&mut shard.borrow_mut(), conn, mqtt);
     }
     let _ = edge.wrap(&mut segments);
-    let (drops, wanted) = edge
-        .mqtt_mut()
-        .map_or((0, None), |mqtt| (mqtt.take_drops(), mqtt.take_wanted()));
-    drop(edge);
     let mut shard = shard.borrow_mut();
     shard.conn_drained(conn, 0);
-    shard.note_session_drops(drops);
-    if let Some(wanted) = wanted {
-        let me = (shard.id(), conn);
+    if let Some(mqtt) = edge.mqtt_mut() {
+        shard.note_session_drops(mqtt.take_drops());
+        ask_for_session(&mut shard, conn, mqtt);
+    }
+}
+
+/// `conn`'s handshake succeeded: its MQTT state takes its client id, here
+/// or at the id's home node; the frames of a session to resume go to
+/// `frames`, for the engine.
+pub(crate) fn claim(shard: &mut Shard, conn: ConnId, mqtt: &mut MqttConn, frames: &mut BytesMut) {
+    let home = shard.client_home(mqtt.client_id());
+    match mqtt.claim_client_id(Holder::local(shard.id(), conn), home, frames) {
+        Claim::Here(Some(previous)) => shard.take_over(previous),
+        Claim::Here(None) => {}
+        Claim::AtHome(home, request) => {
+            let request = homes::encode(&request, mqtt.client_id());
+            shard.claim_at_home(home, conn, request);
+        }
+    }
+}
+
+/// Hands `conn`'s MQTT state what came for it from elsewhere (the session
+/// it asked for, its claim's answer), and the engine what that brings: a
+/// connection to close, a session's subscriptions.
+pub(crate) fn take_arrival(shard: &mut Shard, conn: ConnId, mqtt: &mut MqttConn) {
+    match shard.take_arrival(conn) {
+        Some(Arrival::Session(session)) => mqtt.resume(session),
+        Some(Arrival::Claimed(answer)) => {
+            let mut frames = BytesMut::new();
+            if let Ok(previous) = mqtt.claimed(answer, &mut frames) {
+                if let Some(previous) = previous {
+                    shard.take_over(previous);
+                }
+                while let Ok(Check::Complete { len }) = check(&frames, u32::MAX) {
+                    match decode(frames.split_to(len).freeze()) {
+                        Ok(frame) => {
+                            shard.handle_frame(conn, frame);
+                        }
+                        Err(err) => debug!(%err, "a session's subscription is not a frame"),
+                    }
+                }
+            }
+        }
+        None => {}
+    }
+    tell_home(shard, mqtt);
+}
+
+/// Asks for the session `mqtt` takes over, once its subscriptions are in
+/// place; and tells its client id's home what changed.
+pub(crate) fn ask_for_session(shard: &mut Shard, conn: ConnId, mqtt: &mut MqttConn) {
+    if let Some(wanted) = mqtt.take_wanted() {
+        let me = Holder::local(shard.id(), conn);
         shard.want_session(wanted.from, me);
+    }
+    tell_home(shard, mqtt);
+}
+
+/// Sends what `mqtt` has for its client id's home, when that is another
+/// node.
+pub(crate) fn tell_home(shard: &mut Shard, mqtt: &mut MqttConn) {
+    if let Some((home, requests)) = mqtt.take_home_requests() {
+        for request in requests {
+            shard.to_node(home, homes::encode(&request, mqtt.client_id()));
+        }
     }
 }
 
@@ -156,4 +213,5 @@ pub(crate) fn end(shard: &Rc<RefCell<Shard>>, conn: ConnId, edge: &Rc<RefCell<Ed
         shard.borrow_mut().take_over(previous);
     }
     mqtt.release_client_id();
+    tell_home(&mut shard.borrow_mut(), mqtt);
 }

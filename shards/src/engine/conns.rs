@@ -13,9 +13,7 @@ use std::task::Waker;
 
 use super::{CommandWait, ConnId, ConnState, Flow, Liveness, Shard};
 use crate::auth::{unix_now_ms, Action, AuthError, Grant};
-use crate::mesh::ShardMsg;
 use crate::outbox::{OutFrame, Outbox, PushError};
-use crate::routing::ShardId;
 use crate::webhooks::{CommandAnswer, CommandError, CommandResult};
 
 impl Shard {
@@ -135,18 +133,6 @@ impl Shard {
     pub fn set_keep_alive(&mut self, conn: ConnId, quiet_ms: Option<u64>) {
         if let Some(state) = self.conns.get_mut(&conn) {
             state.liveness = Liveness::KeepAlive(quiet_ms);
-        }
-    }
-
-    /// Another connection took the client id of `holder` (an MQTT
-    /// connection on this shard or another) over: it is closed with
-    /// `taken_over`.
-    pub fn take_over(&mut self, holder: (ShardId, ConnId)) {
-        let (shard, conn) = holder;
-        if shard == self.id {
-            self.close_taken_over(conn);
-        } else {
-            self.push_mesh(shard, ShardMsg::TakeOverMsg { conn });
         }
     }
 
@@ -336,10 +322,11 @@ impl Shard {
     pub fn close_conn(&mut self, conn: ConnId) {
         self.withdraw_subscriptions(conn);
         self.forget_fetches(conn);
+        self.forget_session_parts(conn);
         if let Some(to) = self.conns.remove(&conn).and_then(|state| state.handover) {
             // Asked for its session after its task had sent it, or ended
             // it: the asking connection gets none.
-            self.send_session(to, None);
+            self.send_session(*to, None);
         }
     }
 
@@ -460,6 +447,7 @@ impl Shard {
             Frame::HandoffRequest(request) => self.handle_handoff_request(conn, request),
             Frame::FetchRetained(request) => self.handle_fetch_retained(conn, request),
             Frame::SubscribeShared(request) => self.handle_subscribe_shared(conn, request),
+            Frame::SessionRequest(request) => self.handle_session_request(conn, request),
             Frame::Pong(_) => {}
             Frame::Hello(_) => self.send_error(
                 conn,

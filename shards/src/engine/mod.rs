@@ -222,10 +222,11 @@ struct ConnState {
     socket: Option<std::os::fd::RawFd>,
     /// An MQTT connection whose session another connection asked for: it
     /// goes there when this one ends.
-    handover: Option<(ShardId, ConnId)>,
-    /// The session this MQTT connection asked for, arrived (`Some(None)`:
-    /// there was none).
-    arrived: Option<Option<crate::mesh::Parcel>>,
+    /// (Boxed, as the next: rare, and every connection would carry them.)
+    handover: Option<Box<crate::mesh::Holder>>,
+    /// What came for this MQTT connection from elsewhere: the session it
+    /// asked for, or its claim's answer.
+    arrived: Option<Box<sessions::Arrival>>,
 }
 
 /// How a connection shows it is alive.
@@ -338,6 +339,11 @@ pub struct Shard {
     /// Webhook commands answered later (by a cluster's control plane),
     /// for the runtime to wait on.
     command_waits: CommandWaits,
+    /// The MQTT listener's settings and client id registry, which this
+    /// node keeps for the client ids whose home it is.
+    mqtt: Option<Arc<crate::mqtt::MqttSettings>>,
+    /// MQTT sessions arriving from other nodes in parts.
+    session_parts: sessions::Gathering,
 }
 
 /// Webhook commands whose answers come later, and the runtime's task to
@@ -399,7 +405,16 @@ impl Shard {
             nodes: None,
             draining: false,
             command_waits: CommandWaits::default(),
+            mqtt: None,
+            session_parts: sessions::Gathering::default(),
         }
+    }
+
+    /// The shard with the MQTT listener's settings, whose registry of
+    /// client ids it answers other nodes from.
+    pub fn with_mqtt(mut self, settings: Arc<crate::mqtt::MqttSettings>) -> Shard {
+        self.mqtt = Some(settings);
+        self
     }
 
     /// Uses `auth` to check credentials at the handshake (the default lets
@@ -534,7 +549,7 @@ impl Shard {
     pub fn handle_mesh(&mut self, from: ShardId, msg: ShardMsg) {
         match msg {
             ShardMsg::TakeOverMsg { conn } => self.close_taken_over(conn),
-            ShardMsg::SessionWantedMsg { conn, to } => self.give_session(conn, to),
+            ShardMsg::SessionWantedMsg { conn, to } => self.give_session(conn, *to),
             ShardMsg::SessionMsg { conn, session } => self.receive_session(conn, session),
             ShardMsg::JoinGroupMsg(join) => {
                 let (group, topic, member) = *join;
@@ -665,7 +680,9 @@ mod topics;
 
 use patterns::LocalPattern;
 
+pub use crate::mesh::Holder;
 pub use nodes::LINK_HIGH_WATER;
+pub use sessions::Arrival;
 
 #[cfg(test)]
 mod hostile;

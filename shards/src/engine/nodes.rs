@@ -615,6 +615,7 @@ impl Shard {
                 Frame::Pong(nonce).encode(&mut link.out);
                 link.kick();
             }
+            Frame::SessionReply(reply) => self.session_reply(node, reply),
             // UNSUB_OK (the subscription was forgotten when it was ended),
             // PONG, GOAWAY (the link closes next) and the rest need nothing.
             _ => {}
@@ -1185,6 +1186,7 @@ impl Shard {
         link.shares_ended.clear();
         link.sub_requests.clear();
         let fetches = link.fetches.drain().map(|(_, fetch)| fetch).collect();
+        let claims = link.claims.drain().map(|(_, conn)| conn).collect();
         link.fetch_bytes = 0;
         // Failed in the order they were sent, as the answers would have come.
         let mut acks: Vec<(u32, Forwarded)> = link.acks.drain().collect();
@@ -1208,6 +1210,7 @@ impl Shard {
         self.forget_remote_patterns(node);
         self.end_link_fetches(fetches);
         self.forget_remote_shares(node);
+        self.fail_claims(claims);
     }
 
     /// The link to `node` ended for good (the node left).

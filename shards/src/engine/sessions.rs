@@ -2,14 +2,38 @@
 //! (see `crate::mqtt::session`): a detached connection keeps its
 //! subscriptions and sends no heartbeat; a new connection asks the old one
 //! for its session, which the old one's task sends over when it ends.
+//!
+//! In a cluster the old connection may be on another node, and a client
+//! id's registry entry lives on its *home* node (`crate::mqtt::homes`):
+//! what crosses nodes goes as `SESSION_REQUEST`s on this shard's link to
+//! the node, and a claim's answer comes back as a `SESSION_REPLY`.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use corebus_net::{ErrorCode, Frame, SessionFrame};
+use rustc_hash::FxHashMap;
+use tracing::{debug, warn};
 
 use super::{ConnId, Liveness, Shard};
-use crate::mesh::Parcel;
-use crate::mesh::ShardMsg;
+use crate::mesh::{Holder, Parcel, ShardMsg};
+use crate::mqtt::homes::{self, Order};
 use crate::routing::ShardId;
 
-/// A connection, broker-wide: its shard and its id there.
-type Holder = (ShardId, ConnId);
+/// What came for an MQTT connection from elsewhere, for its writer.
+#[derive(Debug)]
+pub enum Arrival {
+    /// The session it asked for (`None`: there was none).
+    Session(Option<Parcel>),
+    /// The answer of its client id's home node to its claim (`None`: the
+    /// home could not be asked; the connection is refused).
+    Claimed(Option<Parcel>),
+}
+
+/// Sessions arriving in parts from other nodes, by (link connection, shard
+/// and connection they go to).
+/// `None`: dropped, the rest of it is ignored.
+pub(super) type Gathering = FxHashMap<(ConnId, ShardId, ConnId), Option<Vec<Bytes>>>;
 
 impl Shard {
     /// `conn`'s socket ended and its session lives on: no keep-alive or
@@ -31,14 +55,37 @@ impl Shard {
         self.draining
     }
 
+    /// The node whose registry holds `client_id` (its home), when that is
+    /// another node of the cluster; `None` for this node, or outside one.
+    pub fn client_home(&mut self, client_id: &str) -> Option<SocketAddr> {
+        self.refresh_placement();
+        let nodes = self.nodes.as_ref()?;
+        homes::home(&nodes.placement, client_id)
+    }
+
+    /// Another connection took the client id of `holder` over: it is closed
+    /// with `taken_over`, on whichever shard and node it is.
+    pub fn take_over(&mut self, holder: Holder) {
+        match holder.node {
+            Some(node) => self.to_node(node, homes::take_over(holder)),
+            None if holder.shard == self.id => self.close_taken_over(holder.conn),
+            None => self.push_mesh(holder.shard, ShardMsg::TakeOverMsg { conn: holder.conn }),
+        }
+    }
+
     /// `to` takes over the session of `from`: `from` is closed with
     /// `taken_over`, and its task sends the session to `to` as it ends.
     pub fn want_session(&mut self, from: Holder, to: Holder) {
-        let (shard, conn) = from;
-        if shard == self.id {
-            self.give_session(conn, to);
-        } else {
-            self.push_mesh(shard, ShardMsg::SessionWantedMsg { conn, to });
+        match from.node {
+            Some(node) => self.to_node(node, homes::want(from, to)),
+            None if from.shard == self.id => self.give_session(from.conn, to),
+            None => self.push_mesh(
+                from.shard,
+                ShardMsg::SessionWantedMsg {
+                    conn: from.conn,
+                    to: Box::new(to),
+                },
+            ),
         }
     }
 
@@ -50,13 +97,13 @@ impl Shard {
             // Gone (expired, or ended) meanwhile: no session.
             return self.send_session(to, None);
         };
-        let earlier = state.handover.replace(to);
+        let earlier = state.handover.replace(Box::new(to));
         state.outbox.kick();
         super::conns::cut_input(state);
         if let Some(earlier) = earlier {
             // Asked twice (a third connection came): the earlier one gets
             // nothing.
-            self.send_session(earlier, None);
+            self.send_session(*earlier, None);
         }
     }
 
@@ -77,30 +124,199 @@ impl Shard {
     /// Where `conn`'s session goes as it ends, if another connection
     /// asked for it.
     pub fn take_handover(&mut self, conn: ConnId) -> Option<Holder> {
-        self.conns.get_mut(&conn)?.handover.take()
+        self.conns
+            .get_mut(&conn)?
+            .handover
+            .take()
+            .map(|holder| *holder)
     }
 
-    /// Sends a session (or `None`: there is none) to the connection `to`.
+    /// Sends a session (or `None`: there is none) to the connection `to`;
+    /// to another node, encoded, in parts.
     pub fn send_session(&mut self, to: Holder, session: Option<Parcel>) {
-        let (shard, conn) = to;
-        if shard == self.id {
-            self.receive_session(conn, session);
-        } else {
-            self.push_mesh(shard, ShardMsg::SessionMsg { conn, session });
+        match to.node {
+            Some(node) => {
+                let encoded = session.map(|parcel| homes::encode_session(&parcel));
+                for part in homes::session_parts(to, encoded, homes::PART) {
+                    self.to_node(node, part);
+                }
+            }
+            None if to.shard == self.id => self.receive_session(to.conn, session),
+            None => self.push_mesh(
+                to.shard,
+                ShardMsg::SessionMsg {
+                    conn: to.conn,
+                    session,
+                },
+            ),
         }
     }
 
     /// The session `conn` asked for arrived: its writer picks it up.
     pub(super) fn receive_session(&mut self, conn: ConnId, session: Option<Parcel>) {
+        self.arrive(conn, Arrival::Session(session));
+    }
+
+    fn arrive(&mut self, conn: ConnId, arrival: Arrival) {
         if let Some(state) = self.conns.get_mut(&conn) {
-            state.arrived = Some(session);
+            state.arrived = Some(Box::new(arrival));
             state.outbox.kick();
         }
     }
 
-    /// The session `conn` asked for, once it arrived (`Some(None)`: there
-    /// was none).
-    pub fn take_arrived_session(&mut self, conn: ConnId) -> Option<Option<Parcel>> {
-        self.conns.get_mut(&conn)?.arrived.take()
+    /// What came for `conn` (a session, or its claim's answer), once.
+    pub fn take_arrival(&mut self, conn: ConnId) -> Option<Arrival> {
+        self.conns
+            .get_mut(&conn)?
+            .arrived
+            .take()
+            .map(|arrival| *arrival)
+    }
+
+    // ----- across nodes ------------------------------------------------
+
+    /// `conn` claims its client id at the id's home `node` (`claim`: the
+    /// encoded request); the answer arrives as [`Arrival::Claimed`].
+    pub fn claim_at_home(&mut self, node: SocketAddr, conn: ConnId, claim: (u8, Bytes)) {
+        if self.nodes.is_none() {
+            return self.arrive(conn, Arrival::Claimed(None));
+        }
+        let link = self.link(node);
+        let request_id = link.request_id();
+        link.claims.insert(request_id, conn);
+        let (kind, body) = claim;
+        Frame::SessionRequest(SessionFrame {
+            request_id,
+            kind,
+            body,
+        })
+        .encode(&mut link.out);
+        link.kick();
+    }
+
+    /// Tells `node` something about a session that needs no answer.
+    pub fn to_node(&mut self, node: SocketAddr, request: (u8, Bytes)) {
+        if self.nodes.is_none() {
+            return;
+        }
+        let link = self.link(node);
+        let (kind, body) = request;
+        Frame::SessionRequest(SessionFrame {
+            request_id: 0,
+            kind,
+            body,
+        })
+        .encode(&mut link.out);
+        link.kick();
+    }
+
+    /// A `SESSION_REPLY` on the link to `node`: a claim's answer.
+    pub(super) fn session_reply(&mut self, node: SocketAddr, reply: SessionFrame) {
+        let Some(conn) = self
+            .link_mut(node)
+            .and_then(|link| link.claims.remove(&reply.request_id))
+        else {
+            return;
+        };
+        match homes::decode_claimed(node, reply.kind, reply.body) {
+            Ok(claimed) => self.arrive(conn, Arrival::Claimed(Some(claimed))),
+            Err(err) => {
+                warn!(%node, %err, "a node's answer to a client id claim is not understood");
+                self.arrive(conn, Arrival::Claimed(None));
+            }
+        }
+    }
+
+    /// The link to `node` broke: the claims it carried get no answer.
+    pub(super) fn fail_claims(&mut self, claims: Vec<ConnId>) {
+        for conn in claims {
+            self.arrive(conn, Arrival::Claimed(None));
+        }
+    }
+
+    /// A `SESSION_REQUEST` from another node's link `conn`.
+    pub(super) fn handle_session_request(&mut self, conn: ConnId, request: SessionFrame) {
+        let Some(peer) = self.peer_of(conn) else {
+            self.stats.forbidden += 1;
+            return self.send_error(
+                conn,
+                request.request_id,
+                ErrorCode::Forbidden,
+                "only another node of the cluster may send SESSION_REQUEST".into(),
+            );
+        };
+        let request_id = request.request_id;
+        let order = match request.kind {
+            homes::SESSION => self.gather_session(conn, request.body),
+            _ => homes::on_request(self.mqtt.as_deref(), peer, request.kind, request.body),
+        };
+        match order {
+            Ok(Order::Nothing) => {}
+            Ok(Order::Reply(kind, body)) => {
+                let frame = Frame::SessionReply(SessionFrame {
+                    request_id,
+                    kind,
+                    body,
+                });
+                let mut encoded = bytes::BytesMut::new();
+                frame.encode(&mut encoded);
+                self.send(conn, crate::outbox::OutFrame::Encoded(encoded.freeze()));
+            }
+            Ok(Order::TakeOver(holder)) => self.take_over(holder),
+            Ok(Order::Want { from, to }) => self.want_session(from, to),
+            Ok(Order::Session { to, session }) => self.send_session(to, session),
+            Err(err) => {
+                warn!(%peer, %err, "a node's SESSION_REQUEST is not understood");
+                self.send_error(
+                    conn,
+                    request_id,
+                    ErrorCode::InvalidRequest,
+                    format!("SESSION_REQUEST: {err}"),
+                );
+            }
+        }
+    }
+
+    /// One part of a session another node sends: gathered until its last.
+    /// A session that does not arrive whole (too large, or not understood)
+    /// reaches its connection as none.
+    fn gather_session(&mut self, link: ConnId, part: Bytes) -> Result<Order, homes::PeerError> {
+        let (to, last, chunk) = homes::decode_part(part)?;
+        let key = (link, to.shard, to.conn);
+        let parts = self
+            .session_parts
+            .entry(key)
+            .or_insert_with(|| Some(Vec::new()));
+        if let Some(gathered) = parts {
+            gathered.push(chunk);
+            let held: usize = gathered.iter().map(Bytes::len).sum();
+            if held > homes::GATHER_MAX {
+                warn!(
+                    bytes = held,
+                    "a session from another node is larger than this node takes; it is dropped"
+                );
+                *parts = None;
+            }
+        }
+        if !last {
+            return Ok(Order::Nothing);
+        }
+        let session = match self.session_parts.remove(&key).flatten() {
+            Some(parts) => homes::decode_session(parts).unwrap_or_else(|err| {
+                warn!(%err, "a session from another node is not understood; it is dropped");
+                None
+            }),
+            None => None,
+        };
+        debug!(conn = to.conn.0, "a session arrived from another node");
+        Ok(Order::Session { to, session })
+    }
+
+    /// A link from another node closed: the sessions it was sending in
+    /// parts are dropped.
+    pub(super) fn forget_session_parts(&mut self, link: ConnId) {
+        if !self.session_parts.is_empty() {
+            self.session_parts.retain(|(from, ..), _| *from != link);
+        }
     }
 }

@@ -52,6 +52,7 @@
 //!   (`engine/shared.rs`): each message goes to one member of the group.
 
 mod codes;
+pub(crate) mod homes;
 mod inbound;
 mod names;
 mod outbound;
@@ -59,7 +60,7 @@ mod props;
 mod session;
 
 pub use session::SessionLimits;
-pub(crate) use session::Wanted;
+pub(crate) use session::{Claim, Wanted};
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -75,9 +76,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use session::ClientIds;
 use tracing::debug;
 
-use crate::engine::ConnId;
 use crate::framing::Input;
-use crate::routing::ShardId;
 
 use codes::{reason, v3};
 use inbound::native_topic;
@@ -166,8 +165,7 @@ impl MqttSettings {
     }
 }
 
-/// A connection, broker-wide: its shard and its id there.
-pub(crate) type Holder = (ShardId, ConnId);
+pub(crate) use crate::mesh::Holder;
 
 /// Bytes a native frame adds to an MQTT packet's (namespace, opcode, ids):
 /// an MQTT packet may be this much shorter than the engine's frame limit.
@@ -293,6 +291,8 @@ pub(crate) struct MqttConn {
     /// are in place; then the request for it, until the writer sends it.
     resume_from: Option<Holder>,
     wanted: Option<Wanted>,
+    /// When the client id's home is another node (boxed: most are not).
+    remote: Option<Box<session::Remote>>,
     /// Answers rendered while the `CONNACK` waits for the session, and
     /// the `CONNACK`'s properties.
     held_output: BytesMut,
@@ -437,6 +437,7 @@ impl MqttConn {
             lingering: false,
             recent: VecDeque::new(),
             resume_from: None,
+            remote: None,
             wanted: None,
             held_output: BytesMut::new(),
             connack_properties: None,
@@ -766,7 +767,10 @@ impl MqttConn {
     pub(crate) fn release_client_id(&mut self) {
         self.uncharge();
         if let Some(holder) = self.holder.take() {
-            self.settings.clients.release(&self.client_id, holder);
+            match self.remote.as_mut() {
+                Some(remote) => remote.to_home.push(session::ToHome::Release(holder)),
+                None => self.settings.clients.release(&self.client_id, holder),
+            }
         }
     }
 }

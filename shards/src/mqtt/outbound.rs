@@ -34,16 +34,16 @@ pub(super) enum Outbound {
 /// packet id slot.
 #[derive(Debug)]
 pub(super) struct Delivery {
-    topic: MqttStr,
-    body: corebus_net::Body,
-    qos: QoS,
+    pub(super) topic: MqttStr,
+    pub(super) body: corebus_net::Body,
+    pub(super) qos: QoS,
     /// The `PUBLISH`'s retain flag.
-    retain: bool,
+    pub(super) retain: bool,
     /// The subscription identifiers of the filters it matched (5.0).
-    ids: Vec<u32>,
+    pub(super) ids: Vec<u32>,
     /// Its place in its topic's stream.
-    epoch: Epoch,
-    seq: Seq,
+    pub(super) epoch: Epoch,
+    pub(super) seq: Seq,
 }
 
 impl Delivery {

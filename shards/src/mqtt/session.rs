@@ -28,6 +28,7 @@
 //! Sessions live in memory: a broker restart ends them.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
@@ -75,32 +76,32 @@ impl Default for SessionLimits {
 #[derive(Debug)]
 pub(crate) struct Session {
     /// Deliveries sent and not yet acknowledged, in the order sent.
-    in_flight: Vec<(u16, InFlight)>,
+    pub(super) in_flight: Vec<(u16, InFlight)>,
     /// Deliveries queued for the client, in order.
-    waiting: VecDeque<Delivery>,
+    pub(super) waiting: VecDeque<Delivery>,
     /// QoS 2 publishes of the client's received and not yet released.
-    unreleased: FxHashSet<u16>,
+    pub(super) unreleased: FxHashSet<u16>,
     /// The origin its `no_local` filters know its publishes by.
-    origin: Option<u64>,
-    next_packet_id: u16,
+    pub(super) origin: Option<u64>,
+    pub(super) next_packet_id: u16,
     /// The last messages sent to the client (topic hash, epoch, seq).
-    recent: Vec<(u64, Epoch, Seq)>,
+    pub(super) recent: Vec<(u64, Epoch, Seq)>,
 }
 
 /// One filter of a session, as its client subscribed to it.
 #[derive(Debug, Clone)]
 pub(super) struct Saved {
-    subscription: mqtt::Subscription,
-    identifier: Option<u32>,
+    pub(super) subscription: mqtt::Subscription,
+    pub(super) identifier: Option<u32>,
 }
 
 /// A client id's holder, and the session that outlives it, if any.
 #[derive(Debug)]
-struct Record {
-    holder: Holder,
+pub(crate) struct Record {
+    pub(super) holder: Holder,
     /// The session outlives its connection (it may be detached now).
-    persistent: bool,
-    filters: Vec<Saved>,
+    pub(super) persistent: bool,
+    pub(super) filters: Vec<Saved>,
 }
 
 /// What a connection finds when it takes a client id.
@@ -109,7 +110,7 @@ pub(crate) struct Claimed {
     /// The connection (or detached session) that held it.
     pub(crate) previous: Holder,
     /// That session's filters, when it outlives its connection.
-    filters: Option<Vec<Saved>>,
+    pub(super) filters: Option<Vec<Saved>>,
 }
 
 /// Which connection holds each MQTT client id, broker-wide (MQTT-3.1.4-2
@@ -130,7 +131,7 @@ impl ClientIds {
     }
 
     /// `holder` takes `id`; what held it, if another connection.
-    fn claim(&self, id: &str, record: Record) -> Option<Claimed> {
+    pub(super) fn claim(&self, id: &str, record: Record) -> Option<Claimed> {
         let holder = record.holder;
         let previous = self.lock().insert(id.to_owned(), record)?;
         (previous.holder != holder).then(|| Claimed {
@@ -141,7 +142,7 @@ impl ClientIds {
 
     /// Records `holder`'s filters and whether its session persists, if it
     /// still holds `id`.
-    fn save(&self, id: &str, holder: Holder, persistent: bool, filters: Vec<Saved>) {
+    pub(super) fn save(&self, id: &str, holder: Holder, persistent: bool, filters: Vec<Saved>) {
         if let Some(record) = self.lock().get_mut(id).filter(|r| r.holder == holder) {
             record.persistent = persistent;
             record.filters = filters;
@@ -165,24 +166,74 @@ pub(crate) struct Wanted {
     pub(crate) from: Holder,
 }
 
+/// A connection whose client id's home is another node (see `homes`).
+#[derive(Debug)]
+pub(super) struct Remote {
+    home: SocketAddr,
+    /// Waiting for the home's answer to the claim (the `CONNACK` waits).
+    claiming: bool,
+    /// What to tell the home next (updates of the entry, its release).
+    pub(super) to_home: Vec<ToHome>,
+}
+
+/// What a connection tells its client id's home, another node (encoded by
+/// `homes::encode`).
+#[derive(Debug)]
+pub(crate) enum ToHome {
+    /// It takes the id.
+    Claim(Record),
+    /// Its entry changed.
+    Save(Record),
+    /// It ended.
+    Release(Holder),
+}
+
+/// How a connection takes its client id.
+#[derive(Debug)]
+pub(crate) enum Claim {
+    /// In this node's registry: the connection that held it, to be closed,
+    /// if any (see [`MqttConn::claim_client_id`]).
+    Here(Option<Holder>),
+    /// At the id's home, another node: this request goes there, and its
+    /// answer to [`MqttConn::claimed`].
+    AtHome(SocketAddr, ToHome),
+}
+
 impl MqttConn {
-    /// The handshake of `holder` succeeded: it takes its client id over.
-    /// Returns the connection that held it, to be closed; or, when this
-    /// connection resumes that one's session, `None`: the native frames
-    /// of its subscriptions are appended to `frames`, and the session is
-    /// asked for once they are answered ([`MqttConn::take_wanted`]).
+    /// The handshake of `holder` succeeded: it takes its client id over,
+    /// here, or, when `home` is another node, there ([`Claim::AtHome`]).
+    /// Here, it returns the connection that held it, to be closed; or,
+    /// when this connection resumes that one's session, `None`: the native
+    /// frames of its subscriptions are appended to `frames`, and the
+    /// session is asked for once they are answered
+    /// ([`MqttConn::take_wanted`]).
     pub(crate) fn claim_client_id(
         &mut self,
         holder: Holder,
+        home: Option<SocketAddr>,
         frames: &mut BytesMut,
-    ) -> Option<Holder> {
+    ) -> Claim {
         self.holder = Some(holder);
+        let persistent = self.session_persists();
         let record = Record {
             holder,
-            persistent: self.session_persists(),
+            persistent,
             filters: self.saved_filters(),
         };
-        let claimed = self.settings.clients.claim(&self.client_id, record)?;
+        if let Some(home) = home {
+            self.remote = Some(Box::new(Remote {
+                home,
+                claiming: true,
+                to_home: Vec::new(),
+            }));
+            return Claim::AtHome(home, ToHome::Claim(record));
+        }
+        let claimed = self.settings.clients.claim(&self.client_id, record);
+        Claim::Here(self.take_claimed(claimed, frames))
+    }
+
+    fn take_claimed(&mut self, claimed: Option<Claimed>, frames: &mut BytesMut) -> Option<Holder> {
+        let claimed = claimed?;
         match claimed.filters {
             Some(filters) if !self.clean_start => {
                 self.resume_from = Some(claimed.previous);
@@ -191,6 +242,74 @@ impl MqttConn {
             }
             _ => Some(claimed.previous),
         }
+    }
+
+    /// The home's answer to this connection's claim (`None`: the home could
+    /// not be asked, and the connection is refused as unavailable). As
+    /// [`MqttConn::claim_client_id`]: `Ok` with the connection to close,
+    /// if any, and the frames of a session's subscriptions in `frames`.
+    pub(crate) fn claimed(
+        &mut self,
+        answer: Option<Parcel>,
+        frames: &mut BytesMut,
+    ) -> Result<Option<Holder>, ()> {
+        if let Some(remote) = self.remote.as_mut() {
+            remote.claiming = false;
+        }
+        let Some(parcel) = answer else {
+            self.refuse_unavailable();
+            return Err(());
+        };
+        let claimed = parcel.take::<Option<Claimed>>().flatten();
+        let previous = self.take_claimed(claimed, frames);
+        if self.phase == Phase::Resuming && self.resume_from.is_none() && self.wanted.is_none() {
+            // The CONNACK waited for the answer only.
+            self.phase = Phase::Open;
+            let mut out = BytesMut::new();
+            self.encode_connack(false, &mut out);
+            out.extend_from_slice(&std::mem::take(&mut self.held_output));
+            self.pending.extend_from_slice(&out);
+        }
+        Ok(previous)
+    }
+
+    /// The client id's home did not answer: the client is told the server
+    /// is unavailable (it may try again), and the connection ends.
+    fn refuse_unavailable(&mut self) {
+        warn!(
+            client = %self.client_id,
+            "MQTT connection refused: its client id's home node did not answer"
+        );
+        self.accepted = false;
+        if matches!(self.phase, Phase::Connecting | Phase::Resuming) {
+            let code = match self.version {
+                mqtt::Version::V5 => super::codes::reason::SERVER_UNAVAILABLE,
+                _ => super::codes::v3::UNAVAILABLE,
+            };
+            self.pending.clear();
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                code,
+                properties: Properties::default(),
+            })
+            .encode(self.version, &mut self.pending);
+        }
+        self.phase = Phase::Done;
+    }
+
+    /// The client id (once the `CONNECT` came).
+    pub(crate) fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// What this connection has to tell its client id's home node, when
+    /// that is another node.
+    pub(crate) fn take_home_requests(&mut self) -> Option<(SocketAddr, Vec<ToHome>)> {
+        let remote = self.remote.as_mut()?;
+        if remote.to_home.is_empty() {
+            return None;
+        }
+        Some((remote.home, std::mem::take(&mut remote.to_home)))
     }
 
     /// Subscribes to a session's filters again, without their retained
@@ -247,7 +366,10 @@ impl MqttConn {
 
     /// Whether the `CONNACK` waits for an old connection's session.
     pub(super) fn is_resuming(&self) -> bool {
-        self.resume_from.is_some() || self.wanted.is_some() || self.phase == Phase::Resuming
+        self.resume_from.is_some()
+            || self.wanted.is_some()
+            || self.phase == Phase::Resuming
+            || self.remote.as_ref().is_some_and(|remote| remote.claiming)
     }
 
     /// The filters the client holds, as it subscribed to them.
@@ -273,7 +395,7 @@ impl MqttConn {
     /// The client's filters changed: the registry's copy follows them if
     /// the session outlives the connection (a connection whose session
     /// does not takes no lock for it).
-    pub(super) fn filters_changed(&self) {
+    pub(super) fn filters_changed(&mut self) {
         if self.session_persists() {
             self.save_filters();
         }
@@ -281,7 +403,7 @@ impl MqttConn {
 
     /// Keeps the registry's copy of the session's filters current (a new
     /// connection subscribes to them before it takes the session over).
-    pub(super) fn save_filters(&self) {
+    pub(super) fn save_filters(&mut self) {
         if let Some(holder) = self.holder {
             let persistent = self.session_persists();
             let filters = if persistent {
@@ -289,9 +411,17 @@ impl MqttConn {
             } else {
                 Vec::new()
             };
-            self.settings
-                .clients
-                .save(&self.client_id, holder, persistent, filters);
+            match self.remote.as_mut() {
+                Some(remote) => remote.to_home.push(ToHome::Save(Record {
+                    holder,
+                    persistent,
+                    filters,
+                })),
+                None => self
+                    .settings
+                    .clients
+                    .save(&self.client_id, holder, persistent, filters),
+            }
         }
     }
 

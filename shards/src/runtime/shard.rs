@@ -128,6 +128,9 @@ pub(super) async fn run_shard(ctx: ShardContext, engine: EngineConfig, mesh: Sha
         .with_authenticator(auth)
         .with_webhooks(webhooks)
         .with_cluster(cluster);
+    if let Some((_, _, settings)) = &mqtt {
+        built = built.with_mqtt(settings.clone());
+    }
     if let Some(nodes) = nodes {
         built = built.with_nodes(nodes);
         // Mirrors an owner refused while the members were changing are
