@@ -15,7 +15,8 @@ use super::{encode_out_frame, next_batch};
 use crate::auth::unix_now_ms;
 use crate::edge::EdgeConn;
 use crate::engine::{Arrival, ConnId, Holder, Shard};
-use crate::mqtt::{homes, Claim, MqttConn};
+use crate::mqtt::homes::wire as homes;
+use crate::mqtt::{Claim, MqttConn};
 use crate::outbox::OutFrame;
 use corebus_net::{check, decode, Check};
 

@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 use super::{ConnId, Liveness, Shard};
 use crate::mesh::{Holder, Parcel, ShardMsg};
-use crate::mqtt::homes::{self, Order};
+use crate::mqtt::homes::wire::{self as homes, Order};
 use crate::routing::ShardId;
 
 /// What came for an MQTT connection from elsewhere, for its writer.
@@ -60,7 +60,7 @@ impl Shard {
     pub fn client_home(&mut self, client_id: &str) -> Option<SocketAddr> {
         self.refresh_placement();
         let nodes = self.nodes.as_ref()?;
-        homes::home(&nodes.placement, client_id)
+        crate::mqtt::homes::home(&nodes.placement, client_id)
     }
 
     /// Another connection took the client id of `holder` over: it is closed

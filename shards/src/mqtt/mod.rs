@@ -59,8 +59,9 @@ mod outbound;
 mod props;
 mod session;
 
+pub(crate) use homes::Claim;
 pub use session::SessionLimits;
-pub(crate) use session::{Claim, Wanted};
+pub(crate) use session::Wanted;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -292,7 +293,7 @@ pub(crate) struct MqttConn {
     resume_from: Option<Holder>,
     wanted: Option<Wanted>,
     /// When the client id's home is another node (boxed: most are not).
-    remote: Option<Box<session::Remote>>,
+    remote: Option<Box<homes::Remote>>,
     /// Answers rendered while the `CONNACK` waits for the session, and
     /// the `CONNACK`'s properties.
     held_output: BytesMut,
@@ -767,9 +768,8 @@ impl MqttConn {
     pub(crate) fn release_client_id(&mut self) {
         self.uncharge();
         if let Some(holder) = self.holder.take() {
-            match self.remote.as_mut() {
-                Some(remote) => remote.to_home.push(session::ToHome::Release(holder)),
-                None => self.settings.clients.release(&self.client_id, holder),
+            if let Some(holder) = self.release_at_home(holder) {
+                self.settings.clients.release(&self.client_id, holder);
             }
         }
     }

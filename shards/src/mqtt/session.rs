@@ -28,7 +28,6 @@
 //! Sessions live in memory: a broker restart ends them.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
@@ -166,157 +165,12 @@ pub(crate) struct Wanted {
     pub(crate) from: Holder,
 }
 
-/// A connection whose client id's home is another node (see `homes`).
-#[derive(Debug)]
-pub(super) struct Remote {
-    home: SocketAddr,
-    /// Waiting for the home's answer to the claim (the `CONNACK` waits).
-    claiming: bool,
-    /// What to tell the home next (updates of the entry, its release).
-    pub(super) to_home: Vec<ToHome>,
-}
-
-/// What a connection tells its client id's home, another node (encoded by
-/// `homes::encode`).
-#[derive(Debug)]
-pub(crate) enum ToHome {
-    /// It takes the id.
-    Claim(Record),
-    /// Its entry changed.
-    Save(Record),
-    /// It ended.
-    Release(Holder),
-}
-
-/// How a connection takes its client id.
-#[derive(Debug)]
-pub(crate) enum Claim {
-    /// In this node's registry: the connection that held it, to be closed,
-    /// if any (see [`MqttConn::claim_client_id`]).
-    Here(Option<Holder>),
-    /// At the id's home, another node: this request goes there, and its
-    /// answer to [`MqttConn::claimed`].
-    AtHome(SocketAddr, ToHome),
-}
-
 impl MqttConn {
-    /// The handshake of `holder` succeeded: it takes its client id over,
-    /// here, or, when `home` is another node, there ([`Claim::AtHome`]).
-    /// Here, it returns the connection that held it, to be closed; or,
-    /// when this connection resumes that one's session, `None`: the native
-    /// frames of its subscriptions are appended to `frames`, and the
-    /// session is asked for once they are answered
-    /// ([`MqttConn::take_wanted`]).
-    pub(crate) fn claim_client_id(
-        &mut self,
-        holder: Holder,
-        home: Option<SocketAddr>,
-        frames: &mut BytesMut,
-    ) -> Claim {
-        self.holder = Some(holder);
-        let persistent = self.session_persists();
-        let record = Record {
-            holder,
-            persistent,
-            filters: self.saved_filters(),
-        };
-        if let Some(home) = home {
-            self.remote = Some(Box::new(Remote {
-                home,
-                claiming: true,
-                to_home: Vec::new(),
-            }));
-            return Claim::AtHome(home, ToHome::Claim(record));
-        }
-        let claimed = self.settings.clients.claim(&self.client_id, record);
-        Claim::Here(self.take_claimed(claimed, frames))
-    }
-
-    fn take_claimed(&mut self, claimed: Option<Claimed>, frames: &mut BytesMut) -> Option<Holder> {
-        let claimed = claimed?;
-        match claimed.filters {
-            Some(filters) if !self.clean_start => {
-                self.resume_from = Some(claimed.previous);
-                self.restore(filters, frames);
-                None
-            }
-            _ => Some(claimed.previous),
-        }
-    }
-
-    /// The home's answer to this connection's claim (`None`: the home could
-    /// not be asked, and the connection is refused as unavailable). As
-    /// [`MqttConn::claim_client_id`]: `Ok` with the connection to close,
-    /// if any, and the frames of a session's subscriptions in `frames`.
-    pub(crate) fn claimed(
-        &mut self,
-        answer: Option<Parcel>,
-        frames: &mut BytesMut,
-    ) -> Result<Option<Holder>, ()> {
-        if let Some(remote) = self.remote.as_mut() {
-            remote.claiming = false;
-        }
-        let Some(parcel) = answer else {
-            self.refuse_unavailable();
-            return Err(());
-        };
-        let claimed = parcel.take::<Option<Claimed>>().flatten();
-        let previous = self.take_claimed(claimed, frames);
-        if self.phase == Phase::Resuming && self.resume_from.is_none() && self.wanted.is_none() {
-            // The CONNACK waited for the answer only.
-            self.phase = Phase::Open;
-            let mut out = BytesMut::new();
-            self.encode_connack(false, &mut out);
-            out.extend_from_slice(&std::mem::take(&mut self.held_output));
-            self.pending.extend_from_slice(&out);
-        }
-        Ok(previous)
-    }
-
-    /// The client id's home did not answer: the client is told the server
-    /// is unavailable (it may try again), and the connection ends.
-    fn refuse_unavailable(&mut self) {
-        warn!(
-            client = %self.client_id,
-            "MQTT connection refused: its client id's home node did not answer"
-        );
-        self.accepted = false;
-        if matches!(self.phase, Phase::Connecting | Phase::Resuming) {
-            let code = match self.version {
-                mqtt::Version::V5 => super::codes::reason::SERVER_UNAVAILABLE,
-                _ => super::codes::v3::UNAVAILABLE,
-            };
-            self.pending.clear();
-            Packet::ConnAck(ConnAck {
-                session_present: false,
-                code,
-                properties: Properties::default(),
-            })
-            .encode(self.version, &mut self.pending);
-        }
-        self.phase = Phase::Done;
-    }
-
-    /// The client id (once the `CONNECT` came).
-    pub(crate) fn client_id(&self) -> &str {
-        &self.client_id
-    }
-
-    /// What this connection has to tell its client id's home node, when
-    /// that is another node.
-    pub(crate) fn take_home_requests(&mut self) -> Option<(SocketAddr, Vec<ToHome>)> {
-        let remote = self.remote.as_mut()?;
-        if remote.to_home.is_empty() {
-            return None;
-        }
-        Some((remote.home, std::mem::take(&mut remote.to_home)))
-    }
-
     /// Subscribes to a session's filters again, without their retained
     /// messages; their native answers complete the `SUBSCRIBE` of packet
     /// id 0 (no client uses 0), which sends no `SUBACK` but asks for the
     /// session.
-    fn restore(&mut self, filters: Vec<Saved>, frames: &mut BytesMut) {
+    pub(super) fn restore(&mut self, filters: Vec<Saved>, frames: &mut BytesMut) {
         if filters.is_empty() {
             self.wanted = self.resume_from.take().map(|from| Wanted { from });
             return;
@@ -369,11 +223,11 @@ impl MqttConn {
         self.resume_from.is_some()
             || self.wanted.is_some()
             || self.phase == Phase::Resuming
-            || self.remote.as_ref().is_some_and(|remote| remote.claiming)
+            || self.is_claiming()
     }
 
     /// The filters the client holds, as it subscribed to them.
-    fn saved_filters(&self) -> Vec<Saved> {
+    pub(super) fn saved_filters(&self) -> Vec<Saved> {
         self.filters
             .iter()
             .filter_map(|(text, ids)| {
@@ -411,16 +265,18 @@ impl MqttConn {
             } else {
                 Vec::new()
             };
-            match self.remote.as_mut() {
-                Some(remote) => remote.to_home.push(ToHome::Save(Record {
-                    holder,
-                    persistent,
-                    filters,
-                })),
-                None => self
-                    .settings
-                    .clients
-                    .save(&self.client_id, holder, persistent, filters),
+            let record = Record {
+                holder,
+                persistent,
+                filters,
+            };
+            if let Some(record) = self.save_at_home(record) {
+                self.settings.clients.save(
+                    &self.client_id,
+                    record.holder,
+                    record.persistent,
+                    record.filters,
+                );
             }
         }
     }

@@ -227,3 +227,86 @@ fn what_a_shard_gathers_from_another_nodes_retained_answers_is_bounded() {
     answer_fetch(&mut cluster, 2, 3, SIZE);
     assert_eq!(fetched(&cluster.take_conn(client)), (3, Some(3)));
 }
+
+/// The `SESSION_REQUEST`s the shard wrote on its link to the other node.
+fn session_requests(cluster: &mut Cluster) -> Vec<corebus_net::SessionFrame> {
+    let Ok(Some(mut out)) = cluster.shards[0].take_link_out(other(), Waker::noop()) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    while let Ok(corebus_net::Check::Complete { len }) = corebus_net::check(&out, u32::MAX) {
+        if let Ok(Frame::SessionRequest(request)) = corebus_net::decode(out.split_to(len).freeze())
+        {
+            found.push(request);
+        }
+    }
+    found
+}
+
+#[test]
+fn a_client_id_claim_is_answered_by_its_home_or_fails_with_its_link() {
+    use crate::engine::Arrival;
+    let mut cluster = member(false);
+    let client = cluster.connect(0);
+    let claim = (7, bytes::Bytes::from_static(b"claim"));
+    // Asked while the link is not up; the link fails: no answer is coming.
+    cluster.shards[0].claim_at_home(other(), client.1, claim.clone());
+    assert!(cluster.shards[0].take_arrival(client.1).is_none());
+    cluster.shards[0].link_down(other(), "refused");
+    assert!(matches!(
+        cluster.shards[0].take_arrival(client.1),
+        Some(Arrival::Claimed(None))
+    ));
+    // Asked again, and answered: the answer reaches the connection, once.
+    cluster.shards[0].claim_at_home(other(), client.1, claim);
+    cluster.shards[0].link_up(other());
+    let sent = session_requests(&mut cluster);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!((sent[0].kind, &sent[0].body[..]), (7, &b"claim"[..]));
+    let reply = |request_id| {
+        Frame::SessionReply(corebus_net::SessionFrame {
+            request_id,
+            kind: crate::mqtt::homes::wire::CLAIMED,
+            body: bytes::Bytes::from_static(&[0]),
+        })
+    };
+    cluster.shards[0].handle_link_frame(other(), reply(sent[0].request_id + 1));
+    assert!(
+        cluster.shards[0].take_arrival(client.1).is_none(),
+        "not its id"
+    );
+    cluster.shards[0].handle_link_frame(other(), reply(sent[0].request_id));
+    match cluster.shards[0].take_arrival(client.1) {
+        Some(Arrival::Claimed(Some(_))) => {}
+        other => panic!("the home's answer, not {other:?}"),
+    }
+    cluster.shards[0].handle_link_frame(other(), reply(sent[0].request_id));
+    assert!(
+        cluster.shards[0].take_arrival(client.1).is_none(),
+        "answered once"
+    );
+    cluster.shards[0].link_down(other(), "gone");
+    assert!(cluster.shards[0].take_arrival(client.1).is_none());
+}
+
+#[test]
+fn only_another_node_may_send_session_requests() {
+    let mut cluster = member(false);
+    let client = cluster.connect(0);
+    let forbidden = cluster.shards[0].stats.forbidden;
+    cluster.send(
+        client,
+        Frame::SessionRequest(corebus_net::SessionFrame {
+            request_id: 3,
+            kind: crate::mqtt::homes::wire::TAKE_OVER,
+            body: bytes::Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+        }),
+    );
+    let frames = cluster.take_conn(client);
+    assert!(
+        frames.iter().any(|frame| matches!(frame,
+            OutFrame::Error(error) if error.code() == Some(ErrorCode::Forbidden) && error.request_id == 3)),
+        "{frames:?}"
+    );
+    assert_eq!(cluster.shards[0].stats.forbidden, forbidden + 1);
+}

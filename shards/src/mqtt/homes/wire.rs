@@ -1,29 +1,8 @@
-//! MQTT sessions in a cluster. A client id has a *home*: the node that
-//! rendezvous hashing gives it over the members (as a topic named by the
-//! client id in the empty namespace would be placed: see [`home`]). The
-//! home's registry (`session::ClientIds`) says which connection holds the
-//! id, on whichever node, and keeps a persistent session's filters, so
-//! that one connection holds a client id cluster-wide and a session can be
-//! taken over from any node.
-//!
-//! What the nodes tell each other goes in `SESSION_REQUEST` frames on the
-//! sender's link (their `kind` byte is one of the constants below; the
-//! layouts are this module's, for nodes of one version), and a claim's
-//! answer in a `SESSION_REPLY`:
-//!
-//! - [`CLAIM`]: a connection takes a client id (the connection, whether
-//!   its session persists, the id, its filters); answered [`CLAIMED`]: the
-//!   connection that held it, if another, and its filters if its session
-//!   persists. The answering node names that connection relative to the
-//!   asker: on the asking node, on the answering node, or on a third one
-//!   (with its client address).
-//! - [`SAVE`] and [`RELEASE`]: the holder's filters changed, or it ended.
-//! - [`TAKE_OVER`]: close this connection of yours (another took its id).
-//! - [`WANT`]: send this connection's session to mine.
-//! - [`SESSION`]: a session, in parts (each under every node's frame
-//!   limit), for a connection of the receiver.
-//!
-//! All integers are big-endian; a string is a u16 length and its bytes.
+//! The layouts of what the nodes tell each other about MQTT sessions
+//! (see `homes`): the bodies of `SESSION_REQUEST` and `SESSION_REPLY`
+//! frames, whose `kind` byte is one of the constants below, for nodes of
+//! one version. All integers are big-endian; a string is a u16 length and
+//! its bytes.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -32,11 +11,11 @@ use corebus_mqtt::{self as mqtt, MqttStr, QoS};
 use corebus_net::{Body, Epoch, Seq};
 use tracing::warn;
 
-use super::outbound::{Delivery, InFlight, Outbound};
-use super::session::{Claimed, Record, Saved, Session, ToHome};
-use super::MqttSettings;
-use crate::cluster::Placement;
+use super::ToHome;
 use crate::mesh::{Holder, Parcel};
+use crate::mqtt::outbound::{Delivery, InFlight, Outbound};
+use crate::mqtt::session::{Claimed, Record, Saved, Session};
+use crate::mqtt::MqttSettings;
 use crate::ConnId;
 
 /// `SESSION_REQUEST`: a connection claims a client id at its home.
@@ -65,14 +44,6 @@ pub(crate) const PART: usize = 128 * 1024;
 /// The most a session may hold to cross nodes: a node gathering one drops
 /// it past this (and a node sending one sends none instead).
 pub(crate) const GATHER_MAX: usize = 256 << 20;
-
-/// The home of `client_id` among `placement`'s members, when it is another
-/// node: the member that owns the key (empty namespace, client id).
-pub(crate) fn home(placement: &Placement, client_id: &str) -> Option<SocketAddr> {
-    let hash = corebus_net::key_hash(b"", client_id.as_bytes());
-    let index = corebus_net::routing::owner_node(hash, &placement.keys)?;
-    placement.clients[index]
-}
 
 /// A node's session request or answer that this node cannot read.
 #[derive(Debug, Clone, PartialEq, Eq)]
