@@ -23,8 +23,10 @@ fn addr(n: u8) -> SocketAddr {
 }
 
 fn delivery(topic: &str, seq: u64, qos: QoS) -> Delivery {
-    let mut headers = Headers::default();
-    headers.content_type = Some("text/plain".into());
+    let headers = Headers {
+        content_type: Some("text/plain".into()),
+        ..Headers::default()
+    };
     let mut delivery = Delivery::new_for_test(
         topic,
         Body::with_headers(PayloadFormat::Plain, qos.bits(), &headers, b"payload"),
@@ -32,7 +34,7 @@ fn delivery(topic: &str, seq: u64, qos: QoS) -> Delivery {
         9,
         seq,
     );
-    delivery.retain = seq % 2 == 0;
+    delivery.retain = seq.is_multiple_of(2);
     delivery.ids = vec![1, seq as u32];
     delivery
 }
