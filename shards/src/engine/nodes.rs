@@ -557,6 +557,10 @@ impl Shard {
             Frame::Error(error) => {
                 if let Some(origin) = link.acks.remove(&error.request_id) {
                     self.settle(origin, Err(error.message));
+                } else if let Some(conn) = link.claims.remove(&error.request_id) {
+                    // Refused by the home (another version?): no answer.
+                    info!(%node, reason = %error.message, "a client id claim was refused");
+                    self.fail_claims(vec![conn]);
                 } else if let Some(sub_id) = link.sub_requests.remove(&error.request_id) {
                     let Some(topic) = link.subs.remove(&sub_id) else {
                         return;

@@ -285,6 +285,16 @@ fn a_client_id_claim_is_answered_by_its_home_or_fails_with_its_link() {
         cluster.shards[0].take_arrival(client.1).is_none(),
         "answered once"
     );
+    // A home that does not understand the claim answers ERROR: refused.
+    cluster.shards[0].claim_at_home(other(), client.1, (7, bytes::Bytes::new()));
+    let sent = session_requests(&mut cluster);
+    let error =
+        corebus_net::ErrorFrame::new(sent[0].request_id, ErrorCode::UnknownOpcode, false, "no");
+    cluster.shards[0].handle_link_frame(other(), Frame::Error(error));
+    assert!(matches!(
+        cluster.shards[0].take_arrival(client.1),
+        Some(Arrival::Claimed(None))
+    ));
     cluster.shards[0].link_down(other(), "gone");
     assert!(cluster.shards[0].take_arrival(client.1).is_none());
 }
