@@ -80,6 +80,8 @@ pub struct HandoffReply {
     pub request: Handoff,
     /// What to answer.
     pub answer: HandoffAnswer,
+    /// The topic's retained message, which goes with its state.
+    pub retained: Option<RetainedMessage>,
 }
 
 /// What a node answers a `HANDOFF_REQUEST` with.

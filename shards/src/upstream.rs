@@ -18,7 +18,7 @@ use corebus_net::TopicKey;
 use rustc_hash::FxHashMap;
 
 use crate::local_ref::LocalRef;
-use crate::mesh::{AckTo, ResumeReq, RetainedMessage};
+use crate::mesh::{AckTo, ResumeReq, RetainedMessage, RetainedQuery};
 use crate::routing::ShardId;
 use crate::ConnId;
 
@@ -51,6 +51,9 @@ pub struct Upstream {
     pub waiting: Vec<(ShardId, LocalRef, Option<ResumeReq>)>,
     /// Publishes that came while pulling, in order, with their bytes.
     pub parked: Vec<(Bytes, Forwarded)>,
+    /// Retained fetches that came while pulling (the topic's retained
+    /// message comes with its state), with the shard that asked.
+    pub fetches: Vec<(ShardId, RetainedQuery)>,
     /// Payload bytes in `parked`.
     pub parked_bytes: usize,
     /// Engine time a pull gives up at.
@@ -72,6 +75,7 @@ impl Upstream {
             authoritative: false,
             waiting: Vec::new(),
             parked: Vec::new(),
+            fetches: Vec::new(),
             parked_bytes: 0,
             deadline_ms: 0,
             answered_by: None,
@@ -81,7 +85,7 @@ impl Upstream {
     /// Whether the entry is needed although no shard is interested: it is
     /// being pulled, has interests waiting, or is the topic's state.
     pub fn needed(&self) -> bool {
-        self.pulling || self.authoritative || !self.waiting.is_empty()
+        self.pulling || self.authoritative || !self.waiting.is_empty() || !self.fetches.is_empty()
     }
 }
 
@@ -132,6 +136,8 @@ pub struct PeerLink {
     /// MQTT client id claims sent to this node, their home, and not yet
     /// answered: request id to the claiming connection.
     pub claims: FxHashMap<u32, ConnId>,
+    /// This shard's connections waiting for a session from this node.
+    pub wants: Vec<ConnId>,
 }
 
 /// A client's `FETCH_RETAINED` asked of another node on a link: what the

@@ -65,7 +65,15 @@ pub(crate) async fn hold(shard: &Rc<RefCell<Shard>>, conn: ConnId, edge: &Rc<Ref
         match woke {
             Woke::Frames(closing) => {
                 take_in(shard, conn, edge, &mut batch);
-                if closing || shard.borrow().is_draining() || shard.borrow().has_handover(conn) {
+                let refused = edge
+                    .borrow_mut()
+                    .mqtt_mut()
+                    .is_some_and(|mqtt| mqtt.is_refused());
+                if closing
+                    || refused
+                    || shard.borrow().is_draining()
+                    || shard.borrow().has_handover(conn)
+                {
                     return;
                 }
             }
@@ -125,7 +133,7 @@ pub(crate) fn claim(shard: &mut Shard, conn: ConnId, mqtt: &mut MqttConn, frames
         Claim::Here(Some(previous)) => shard.take_over(previous),
         Claim::Here(None) => {}
         Claim::AtHome(home, request) => {
-            let request = homes::encode(&request, mqtt.client_id());
+            let request = homes::encode(&request, mqtt.client_id(), shard.session_body_max());
             shard.claim_at_home(home, conn, request);
         }
     }
@@ -173,7 +181,8 @@ pub(crate) fn ask_for_session(shard: &mut Shard, conn: ConnId, mqtt: &mut MqttCo
 pub(crate) fn tell_home(shard: &mut Shard, mqtt: &mut MqttConn) {
     if let Some((home, requests)) = mqtt.take_home_requests() {
         for request in requests {
-            shard.to_node(home, homes::encode(&request, mqtt.client_id()));
+            let request = homes::encode(&request, mqtt.client_id(), shard.session_body_max());
+            shard.to_node(home, request);
         }
     }
 }

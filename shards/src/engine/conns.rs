@@ -323,6 +323,7 @@ impl Shard {
         self.withdraw_subscriptions(conn);
         self.forget_fetches(conn);
         self.forget_session_parts(conn);
+        self.forget_wants(conn);
         if let Some(to) = self.conns.remove(&conn).and_then(|state| state.handover) {
             // Asked for its session after its task had sent it, or ended
             // it: the asking connection gets none.

@@ -42,7 +42,8 @@ use crate::webhooks::{NoWebhooks, WebhookSink};
 /// the next line of that kind, or by the maintenance tick once a flood stops.
 const WARNINGS_PER_SECOND: u32 = 10;
 
-/// A connection's id, unique within its shard for the life of the process.
+/// A connection's id, unique within its shard for the life of the process
+/// (and, counted from a random start, most likely across restarts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
 
@@ -385,7 +386,10 @@ impl Shard {
             local_patterns: LocalTopics::default(),
             shared: Vec::new(),
             conns: FxHashMap::default(),
-            next_conn: 0,
+            // From a random point: another node may name a connection of
+            // this process (an MQTT client id's holder), and must not find
+            // a new one after a restart under an old one's id.
+            next_conn: mix64(seed ^ 0xc0ff_ee00 ^ u64::from(id)) >> 16,
             mesh_out: (0..shard_count).map(|_| Vec::new()).collect(),
             mesh_senders: (0..shard_count).map(|_| None).collect(),
             now_ms: 0,

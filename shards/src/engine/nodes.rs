@@ -351,7 +351,7 @@ impl Shard {
     /// changed lately, the state may be on the node that owned it before,
     /// and is asked of it (requests wait meanwhile). False when there is no
     /// one to ask, and the topic starts here.
-    fn start_pull(&mut self, topic: &TopicKey) -> bool {
+    pub(super) fn start_pull(&mut self, topic: &TopicKey) -> bool {
         let Some(nodes) = self.nodes.as_ref() else {
             return false;
         };
@@ -403,6 +403,9 @@ impl Shard {
         }
         for (payload, origin) in up.parked {
             self.publish_on_topic_shard(origin.from, topic.clone(), payload, origin.ack_to);
+        }
+        for (from, query) in up.fetches {
+            self.answer_retained_query(from, query);
         }
     }
 
@@ -600,16 +603,13 @@ impl Shard {
                     self.mirror_gap(&topic, gap);
                 }
             }
-            Frame::TopicMessage(message) => {
-                let pattern = link
-                    .subs
-                    .get(&message.sub_id)
-                    .filter(|key| key.is_pattern())
-                    .cloned();
-                if let Some(pattern) = pattern {
+            Frame::TopicMessage(message) => match link.subs.get(&message.sub_id).cloned() {
+                Some(pattern) if pattern.is_pattern() => {
                     self.remote_pattern_message(&pattern, message);
                 }
-            }
+                Some(_) => self.handed_retained(node, message),
+                None => {}
+            },
             Frame::ReplayEnd(end) => {
                 if let Some(topic) = self.mirror_of(node, end.sub_id) {
                     self.mirror_replay_end(&topic);
@@ -623,6 +623,23 @@ impl Shard {
             // UNSUB_OK (the subscription was forgotten when it was ended),
             // PONG, GOAWAY (the link closes next) and the rest need nothing.
             _ => {}
+        }
+    }
+
+    /// A topic's retained message, sent with its state by the node this one
+    /// takes it over from: kept here, its owner now.
+    fn handed_retained(&mut self, node: SocketAddr, message: corebus_net::TopicMessage) {
+        let Some(topic) = self.mirror_of(node, message.sub_id) else {
+            return;
+        };
+        let pulling = self
+            .owned
+            .get(&topic)
+            .and_then(|owned| owned.upstream.as_ref())
+            .is_some_and(|up| up.pulling);
+        if pulling && message.body.retain() {
+            let body = message.body.into_bytes();
+            self.retain_message(&topic, message.epoch, message.seq, &body);
         }
     }
 
@@ -995,7 +1012,11 @@ impl Shard {
                 Some(_) => HandoffAnswer::State(owned.epoch(), owned.resume(request.point)),
             },
         };
+        let mut retained = None;
         if matches!(answer, HandoffAnswer::State(..)) {
+            // The retained message goes with the state; this node, which no
+            // longer owns the topic, keeps none.
+            retained = self.take_retained(&request.topic);
             if let Some(up) = self
                 .owned
                 .get_mut(&request.topic)
@@ -1010,7 +1031,11 @@ impl Shard {
             // Subscribers here follow the new owner.
             self.subscribe_upstream(&request.topic);
         }
-        let reply = HandoffReply { request, answer };
+        let reply = HandoffReply {
+            request,
+            answer,
+            retained,
+        };
         if from == self.id {
             self.handoff_reply(reply);
         } else {
@@ -1022,7 +1047,11 @@ impl Shard {
     /// resuming subscription gets it (`SUB_OK`, the replay, `REPLAY_END`),
     /// or an error when this node held none. No subscription is made.
     pub(super) fn handoff_reply(&mut self, reply: HandoffReply) {
-        let HandoffReply { request, answer } = reply;
+        let HandoffReply {
+            request,
+            answer,
+            retained,
+        } = reply;
         let (epoch, plan) = match answer {
             HandoffAnswer::State(epoch, plan) => (epoch, plan),
             // Epoch 0 is no topic's: "nothing here", definitively.
@@ -1072,6 +1101,20 @@ impl Shard {
                     payload,
                 },
             );
+        }
+        if let Some(message) = retained {
+            // Before the REPLAY_END, as a TOPIC_MESSAGE of the handoff: the
+            // new owner keeps it as the topic's retained message.
+            let mut frame = bytes::BytesMut::new();
+            corebus_net::encode_topic_message(
+                &mut frame,
+                request.sub_id,
+                message.epoch,
+                message.seq,
+                message.topic.topic_bytes(),
+                &message.body,
+            );
+            self.send(request.conn, OutFrame::Encoded(frame.freeze()));
         }
         self.send(
             request.conn,
@@ -1191,6 +1234,7 @@ impl Shard {
         link.sub_requests.clear();
         let fetches = link.fetches.drain().map(|(_, fetch)| fetch).collect();
         let claims = link.claims.drain().map(|(_, conn)| conn).collect();
+        let wants = std::mem::take(&mut link.wants);
         link.fetch_bytes = 0;
         // Failed in the order they were sent, as the answers would have come.
         let mut acks: Vec<(u32, Forwarded)> = link.acks.drain().collect();
@@ -1215,6 +1259,7 @@ impl Shard {
         self.end_link_fetches(fetches);
         self.forget_remote_shares(node);
         self.fail_claims(claims);
+        self.fail_wants(wants);
     }
 
     /// The link to `node` ended for good (the node left).

@@ -137,6 +137,15 @@ impl Shard {
         store.by_topic.insert(message.topic.clone(), message);
     }
 
+    /// Takes `topic`'s retained message out of the store (its state goes
+    /// to another node).
+    pub(super) fn take_retained(&mut self, topic: &TopicKey) -> Option<RetainedMessage> {
+        let store = &mut self.retained_messages;
+        let message = store.by_topic.remove(topic)?;
+        store.bytes -= RetainedStore::cost(&message);
+        Some(message)
+    }
+
     /// `FETCH_RETAINED`: asks the owner of the topic, or every shard for a
     /// pattern, for the retained messages that match.
     pub(super) fn handle_fetch_retained(&mut self, conn: ConnId, request: Subscribe) {
@@ -359,6 +368,23 @@ impl Shard {
         if !query.from_peer && !query.topic.is_pattern() {
             if let Some(node) = self.node_route(&query.topic) {
                 return self.fetch_on_link(node, from, query.conn, query.sub_id, &query.topic);
+            }
+        }
+        if !query.topic.is_pattern() && self.node_route(&query.topic).is_none() {
+            // This node owns the topic: if it took it over lately, its
+            // retained message may still be on the node it comes from, and
+            // comes with its state (`start_pull`); the fetch waits for it.
+            if !self.owned.contains_key(&query.topic) {
+                self.start_pull(&query.topic);
+            }
+            let pulling = self
+                .owned
+                .get_mut(&query.topic)
+                .and_then(|owned| owned.upstream.as_mut())
+                .filter(|up| up.pulling);
+            if let Some(up) = pulling {
+                up.fetches.push((from, query));
+                return;
             }
         }
         let found = self.retained_matching(&query.topic);

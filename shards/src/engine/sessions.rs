@@ -26,14 +26,16 @@ pub enum Arrival {
     /// The session it asked for (`None`: there was none).
     Session(Option<Parcel>),
     /// The answer of its client id's home node to its claim (`None`: the
-    /// home could not be asked; the connection is refused).
+    /// link to the home broke first, or the home refused the claim or
+    /// answered what this node cannot read; the connection is refused).
     Claimed(Option<Parcel>),
 }
 
 /// Sessions arriving in parts from other nodes, by (link connection, shard
 /// and connection they go to).
-/// `None`: dropped, the rest of it is ignored.
-pub(super) type Gathering = FxHashMap<(ConnId, ShardId, ConnId), Option<Vec<Bytes>>>;
+/// The bytes gathered, counted, and the parts (`None`: dropped, the rest
+/// of it is ignored).
+pub(super) type Gathering = FxHashMap<(ConnId, ShardId, ConnId), (usize, Option<Vec<Bytes>>)>;
 
 impl Shard {
     /// `conn`'s socket ended and its session lives on: no keep-alive or
@@ -77,7 +79,14 @@ impl Shard {
     /// `taken_over`, and its task sends the session to `to` as it ends.
     pub fn want_session(&mut self, from: Holder, to: Holder) {
         match from.node {
-            Some(node) => self.to_node(node, homes::want(from, to)),
+            Some(node) => {
+                self.to_node(node, homes::want(from, to));
+                if let Some(link) = self.link_mut(node) {
+                    // Until the session comes: if the link breaks first, the
+                    // connection gets none rather than waiting for ever.
+                    link.wants.push(to.conn);
+                }
+            }
             None if from.shard == self.id => self.give_session(from.conn, to),
             None => self.push_mesh(
                 from.shard,
@@ -137,7 +146,8 @@ impl Shard {
         match to.node {
             Some(node) => {
                 let encoded = session.map(|parcel| homes::encode_session(&parcel));
-                for part in homes::session_parts(to, encoded, homes::PART) {
+                let part = homes::PART.min(self.session_body_max());
+                for part in homes::session_parts(to, encoded, part) {
                     self.to_node(node, part);
                 }
             }
@@ -154,7 +164,23 @@ impl Shard {
 
     /// The session `conn` asked for arrived: its writer picks it up.
     pub(super) fn receive_session(&mut self, conn: ConnId, session: Option<Parcel>) {
+        self.forget_wants(conn);
         self.arrive(conn, Arrival::Session(session));
+    }
+
+    /// `conn` waits for no session from another node any more.
+    pub(super) fn forget_wants(&mut self, conn: ConnId) {
+        for link in self.links_mut() {
+            if !link.wants.is_empty() {
+                link.wants.retain(|waiting| *waiting != conn);
+            }
+        }
+    }
+
+    /// The longest body a `SESSION_REQUEST` of this node's may have: what
+    /// its own frame limit takes (the nodes of a cluster share it).
+    pub fn session_body_max(&self) -> usize {
+        (self.config.max_frame as usize).saturating_sub(64)
     }
 
     fn arrive(&mut self, conn: ConnId, arrival: Arrival) {
@@ -219,7 +245,15 @@ impl Shard {
             return;
         };
         match homes::decode_claimed(node, reply.kind, reply.body) {
-            Ok(claimed) => self.arrive(conn, Arrival::Claimed(Some(claimed))),
+            Ok((previous, claimed)) if !self.conns.contains_key(&conn) => {
+                // Gone before the answer: the connection it took the id from
+                // is closed all the same (it is no longer the holder).
+                if let Some(previous) = previous {
+                    self.take_over(previous);
+                }
+                drop(claimed);
+            }
+            Ok((_, claimed)) => self.arrive(conn, Arrival::Claimed(Some(claimed))),
             Err(err) => {
                 warn!(%node, %err, "a node's answer to a client id claim is not understood");
                 self.arrive(conn, Arrival::Claimed(None));
@@ -231,6 +265,14 @@ impl Shard {
     pub(super) fn fail_claims(&mut self, claims: Vec<ConnId>) {
         for conn in claims {
             self.arrive(conn, Arrival::Claimed(None));
+        }
+    }
+
+    /// The link to a node broke: the connections waiting for a session
+    /// from it get none (they keep the session's subscriptions).
+    pub(super) fn fail_wants(&mut self, wants: Vec<ConnId>) {
+        for conn in wants {
+            self.receive_session(conn, None);
         }
     }
 
@@ -283,25 +325,35 @@ impl Shard {
     fn gather_session(&mut self, link: ConnId, part: Bytes) -> Result<Order, homes::PeerError> {
         let (to, last, chunk) = homes::decode_part(part)?;
         let key = (link, to.shard, to.conn);
-        let parts = self
+        // What all the sessions this link is sending hold, each part
+        // counted with a header's worth more.
+        let on_link: usize = self
+            .session_parts
+            .iter()
+            .filter(|((from, ..), _)| *from == link)
+            .map(|(_, gathering)| gathering.0)
+            .sum();
+        let gathering = self
             .session_parts
             .entry(key)
-            .or_insert_with(|| Some(Vec::new()));
-        if let Some(gathered) = parts {
-            gathered.push(chunk);
-            let held: usize = gathered.iter().map(Bytes::len).sum();
-            if held > homes::GATHER_MAX {
+            .or_insert((0, Some(Vec::new())));
+        if let Some(gathered) = &mut gathering.1 {
+            let cost = chunk.len() + 64;
+            if on_link + cost > homes::GATHER_MAX {
                 warn!(
-                    bytes = held,
-                    "a session from another node is larger than this node takes; it is dropped"
+                    bytes = on_link + cost,
+                    "sessions from another node are larger than this node takes; one is dropped"
                 );
-                *parts = None;
+                gathering.1 = None;
+            } else {
+                gathering.0 += cost;
+                gathered.push(chunk);
             }
         }
         if !last {
             return Ok(Order::Nothing);
         }
-        let session = match self.session_parts.remove(&key).flatten() {
+        let session = match self.session_parts.remove(&key).and_then(|(_, parts)| parts) {
             Some(parts) => homes::decode_session(parts).unwrap_or_else(|err| {
                 warn!(%err, "a session from another node is not understood; it is dropped");
                 None
@@ -315,8 +367,19 @@ impl Shard {
     /// A link from another node closed: the sessions it was sending in
     /// parts are dropped.
     pub(super) fn forget_session_parts(&mut self, link: ConnId) {
-        if !self.session_parts.is_empty() {
-            self.session_parts.retain(|(from, ..), _| *from != link);
+        if self.session_parts.is_empty() {
+            return;
+        }
+        let cut: Vec<(ShardId, ConnId)> = self
+            .session_parts
+            .keys()
+            .filter(|(from, ..)| *from == link)
+            .map(|(_, shard, conn)| (*shard, *conn))
+            .collect();
+        self.session_parts.retain(|(from, ..), _| *from != link);
+        for (shard, conn) in cut {
+            // Its connection waits for it: it gets none.
+            self.send_session(Holder::local(shard, conn), None);
         }
     }
 }

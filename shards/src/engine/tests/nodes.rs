@@ -21,8 +21,11 @@ impl NodeMap for FixedNodes {
     fn peer_credentials(&self, _now_ms: u64) -> Vec<u8> {
         b"cbpeer1.test".to_vec()
     }
-    fn verify_peer(&self, _credentials: &[u8], _now_ms: u64) -> Result<String, String> {
-        Err("no peers in this test".into())
+    fn verify_peer(&self, credentials: &[u8], _now_ms: u64) -> Result<String, String> {
+        match credentials {
+            b"cbpeer1.test" => Ok(OTHER.into()),
+            _ => Err("not the test's peer".into()),
+        }
     }
 }
 
@@ -319,4 +322,185 @@ fn only_another_node_may_send_session_requests() {
         "{frames:?}"
     );
     assert_eq!(cluster.shards[0].stats.forbidden, forbidden + 1);
+}
+
+/// A connection from the other node's link (its `HELLO` carries the
+/// test's peer credentials).
+fn connect_peer(cluster: &mut Cluster) -> ConnId {
+    let conn = cluster.shards[0].open_conn();
+    let hello = Frame::Hello(Hello {
+        version: corebus_net::PROTOCOL_VERSION,
+        client_name: "node".into(),
+        credentials: bytes::Bytes::from_static(b"cbpeer1.test"),
+    });
+    assert_eq!(cluster.shards[0].handle_frame(conn, hello), Flow::Continue);
+    assert!(matches!(
+        cluster.take(0, conn)[..],
+        [OutFrame::Welcome { .. }]
+    ));
+    conn
+}
+
+/// Part of a session for `to`, from the other node's link.
+fn session_part(to: ConnId, last: bool, chunk: &[u8]) -> Frame {
+    let mut body = vec![0, 0];
+    body.extend_from_slice(&to.0.to_be_bytes());
+    body.push(u8::from(last));
+    body.extend_from_slice(chunk);
+    Frame::SessionRequest(corebus_net::SessionFrame {
+        request_id: 0,
+        kind: crate::mqtt::homes::wire::SESSION,
+        body: body.into(),
+    })
+}
+
+#[test]
+fn a_session_wanted_of_another_node_arrives_or_is_none_but_never_hangs() {
+    use crate::engine::Arrival;
+    use crate::mesh::Holder;
+    let mut cluster = member(false);
+    let taking = cluster.connect(0).1;
+    let elsewhere = Holder {
+        node: Some(other()),
+        ..Holder::local(0, ConnId(5))
+    };
+    // The link breaks before the session comes: none, at once.
+    cluster.shards[0].want_session(elsewhere, Holder::local(0, taking));
+    assert!(cluster.shards[0].take_arrival(taking).is_none());
+    cluster.shards[0].link_down(other(), "cut");
+    assert!(matches!(
+        cluster.shards[0].take_arrival(taking),
+        Some(Arrival::Session(None))
+    ));
+    // The other node's link sends a session in parts and closes midway:
+    // none, too.
+    let link = connect_peer(&mut cluster);
+    cluster.send((0, link), session_part(taking, false, b"\x01"));
+    assert!(cluster.shards[0].take_arrival(taking).is_none());
+    cluster.shards[0].close_conn(link);
+    assert!(matches!(
+        cluster.shards[0].take_arrival(taking),
+        Some(Arrival::Session(None))
+    ));
+    // Whole, it arrives (an empty session here: none to resume).
+    let link = connect_peer(&mut cluster);
+    cluster.send((0, link), session_part(taking, true, b""));
+    assert!(matches!(
+        cluster.shards[0].take_arrival(taking),
+        Some(Arrival::Session(None))
+    ));
+}
+
+#[test]
+fn what_another_node_sends_of_sessions_at_once_is_bounded() {
+    use crate::engine::Arrival;
+    let mut cluster = member(false);
+    let (first, second) = (cluster.connect(0).1, cluster.connect(0).1);
+    let link = connect_peer(&mut cluster);
+    let chunk = vec![0u8; 1 << 20];
+    let half = crate::mqtt::homes::wire::GATHER_MAX / chunk.len() / 2;
+    // Two sessions at once, each half the bound: the second goes past it
+    // and is dropped; the first, whole, still arrives (here, as bytes that
+    // do not decode: none).
+    for _ in 0..half {
+        cluster.send((0, link), session_part(first, false, &chunk));
+        cluster.send((0, link), session_part(second, false, &chunk));
+    }
+    let held: usize = cluster.shards[0]
+        .session_parts
+        .values()
+        .map(|gathering| gathering.0)
+        .sum();
+    assert!(held <= crate::mqtt::homes::wire::GATHER_MAX, "{held}");
+    let dropped = cluster.shards[0]
+        .session_parts
+        .get(&(link, 0, second))
+        .is_some_and(|gathering| gathering.1.is_none());
+    assert!(dropped, "the one past the bound is dropped");
+    cluster.send((0, link), session_part(second, true, b""));
+    cluster.send((0, link), session_part(first, true, b""));
+    for conn in [first, second] {
+        assert!(matches!(
+            cluster.shards[0].take_arrival(conn),
+            Some(Arrival::Session(None))
+        ));
+    }
+    assert!(cluster.shards[0].session_parts.is_empty());
+}
+
+#[test]
+fn a_claim_answered_after_its_connection_ended_still_closes_the_previous_holder() {
+    let mut cluster = member(false);
+    let client = cluster.connect(0).1;
+    cluster.shards[0].claim_at_home(other(), client, (1, bytes::Bytes::new()));
+    cluster.shards[0].link_up(other());
+    let sent = session_requests(&mut cluster);
+    cluster.shards[0].close_conn(client);
+    // The home says a connection of its own held the id (shard 0, conn 9).
+    let mut body = vec![2, 0, 0];
+    body.extend_from_slice(&9u64.to_be_bytes());
+    body.push(0);
+    let reply = Frame::SessionReply(corebus_net::SessionFrame {
+        request_id: sent[0].request_id,
+        kind: crate::mqtt::homes::wire::CLAIMED,
+        body: body.into(),
+    });
+    cluster.shards[0].handle_link_frame(other(), reply);
+    let told = session_requests(&mut cluster);
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0].kind, crate::mqtt::homes::wire::TAKE_OVER);
+    assert_eq!(&told[0].body[..], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 9][..]);
+}
+
+#[test]
+fn a_retained_fetch_waits_for_a_topic_being_taken_over_and_finds_its_message() {
+    let mut cluster = member(true);
+    let client = cluster.connect(0);
+    cluster.send(
+        client,
+        Frame::FetchRetained(Subscribe {
+            request_id: 1,
+            sub_id: 1,
+            resume: None,
+            topic: topic("kept"),
+        }),
+    );
+    // The topic's state is asked of the node it comes from; the fetch waits.
+    assert_eq!(fetched(&cluster.take_conn(client)), (0, None));
+    cluster.shards[0].link_up(other());
+    let Ok(Some(mut out)) = cluster.shards[0].take_link_out(other(), Waker::noop()) else {
+        panic!("the handoff request");
+    };
+    let Ok(corebus_net::Check::Complete { len }) = corebus_net::check(&out, u32::MAX) else {
+        panic!("a frame");
+    };
+    let Ok(Frame::HandoffRequest(request)) = corebus_net::decode(out.split_to(len).freeze()) else {
+        panic!("a HANDOFF_REQUEST");
+    };
+    // The state comes, with the topic's retained message before its end.
+    let sub_id = request.sub_id;
+    let frames = [
+        Frame::SubOk(corebus_net::SubOk {
+            request_id: request.request_id,
+            sub_id,
+            epoch: 5,
+            start_after: 3,
+        }),
+        Frame::TopicMessage(corebus_net::TopicMessage {
+            sub_id,
+            epoch: 5,
+            seq: 2,
+            topic: "kept".into(),
+            body: Body::plain(b"last").retained_if(true),
+        }),
+        Frame::ReplayEnd(corebus_net::ReplayEnd {
+            sub_id,
+            last_seq: 3,
+        }),
+    ];
+    for frame in frames {
+        cluster.shards[0].handle_link_frame(other(), frame);
+    }
+    assert_eq!(fetched(&cluster.take_conn(client)), (1, Some(1)));
+    assert_eq!(cluster.shards[0].retained_messages.len(), 1, "kept here");
 }

@@ -53,6 +53,8 @@ pub(super) struct Remote {
     home: SocketAddr,
     /// Waiting for the home's answer to the claim (the `CONNACK` waits).
     claiming: bool,
+    /// The home could not be asked: the connection was refused.
+    refused: bool,
     /// What to tell the home next (updates of the entry, its release).
     pub(super) to_home: Vec<ToHome>,
 }
@@ -105,6 +107,7 @@ impl MqttConn {
             self.remote = Some(Box::new(Remote {
                 home,
                 claiming: true,
+                refused: false,
                 to_home: Vec::new(),
             }));
             return Claim::AtHome(home, ToHome::Claim(record));
@@ -136,6 +139,7 @@ impl MqttConn {
     ) -> Result<Option<Holder>, ()> {
         if let Some(remote) = self.remote.as_mut() {
             remote.claiming = false;
+            remote.refused = answer.is_none();
         }
         let Some(parcel) = answer else {
             self.refuse_unavailable();
@@ -193,6 +197,12 @@ impl MqttConn {
         Some((remote.home, std::mem::take(&mut remote.to_home)))
     }
 
+    /// Whether the connection was refused because its client id's home
+    /// could not be asked (a session without its client ends then too).
+    pub(crate) fn is_refused(&self) -> bool {
+        self.remote.as_ref().is_some_and(|remote| remote.refused)
+    }
+
     /// Whether the `CONNACK` waits for the home's answer to the claim.
     pub(super) fn is_claiming(&self) -> bool {
         self.remote.as_ref().is_some_and(|remote| remote.claiming)
@@ -203,6 +213,10 @@ impl MqttConn {
     pub(super) fn save_at_home(&mut self, record: Record) -> Option<Record> {
         match self.remote.as_mut() {
             Some(remote) => {
+                // Each carries the whole entry: only the last counts.
+                remote
+                    .to_home
+                    .retain(|request| !matches!(request, ToHome::Save(_)));
                 remote.to_home.push(ToHome::Save(record));
                 None
             }

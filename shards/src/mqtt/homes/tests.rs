@@ -129,12 +129,14 @@ fn claim_from(
         persistent: true,
         filters,
     };
-    let (kind, body) = wire::encode(&ToHome::Claim(record), "the-id");
+    let (kind, body) = wire::encode(&ToHome::Claim(record), "the-id", usize::MAX);
     let Ok(Order::Reply(kind, answer)) = wire::on_request(Some(settings), peer, kind, body) else {
         panic!("a claim is answered");
     };
-    let parcel = wire::decode_claimed(home, kind, answer).expect("an answer");
-    parcel.take::<Option<Claimed>>().expect("a claim's answer")
+    let (previous, parcel) = wire::decode_claimed(home, kind, answer).expect("an answer");
+    let claimed = parcel.take::<Option<Claimed>>().expect("a claim's answer");
+    assert_eq!(previous, claimed.as_ref().map(|claimed| claimed.previous));
+    claimed
 }
 
 #[test]
@@ -179,13 +181,21 @@ fn a_claims_answer_names_the_holder_as_the_asking_node_sees_it() {
     // A release by a connection that no longer holds the id frees nothing;
     // by the holder, it does.
     let release = |conn: u64| {
-        let (kind, body) = wire::encode(&ToHome::Release(Holder::local(1, ConnId(conn))), "the-id");
+        let (kind, body) = wire::encode(
+            &ToHome::Release(Holder::local(1, ConnId(conn))),
+            "the-id",
+            usize::MAX,
+        );
         wire::on_request(Some(&settings), a, kind, body).expect("understood");
     };
     release(10);
     assert!(claim_from(&settings, home, b, 50, Vec::new()).is_some());
     release(50);
-    let (kind, body) = wire::encode(&ToHome::Release(Holder::local(1, ConnId(50))), "the-id");
+    let (kind, body) = wire::encode(
+        &ToHome::Release(Holder::local(1, ConnId(50))),
+        "the-id",
+        usize::MAX,
+    );
     wire::on_request(Some(&settings), b, kind, body).expect("understood");
     assert!(
         claim_from(&settings, home, a, 60, Vec::new()).is_none(),
@@ -201,7 +211,7 @@ fn malformed_requests_and_answers_are_errors_not_panics() {
         persistent: true,
         filters: vec![saved("a/+", None), saved("b", Some(2))],
     };
-    let (kind, claim) = wire::encode(&ToHome::Claim(record), "id");
+    let (kind, claim) = wire::encode(&ToHome::Claim(record), "id", usize::MAX);
     let session = wire::encode_session(&Parcel::new(session()));
     // Every cut of a valid body is refused.
     for len in 0..claim.len() {
@@ -294,4 +304,40 @@ fn a_clients_home_answer_lets_its_connack_go() {
         Ok(Packet::ConnAck(ack)) if ack.code == 0 && !ack.session_present
     ));
     assert_eq!(conn.phase, Phase::Open);
+}
+
+#[test]
+fn what_a_connection_tells_its_home_fits_a_frame_and_only_its_last_entry_goes() {
+    let settings = MqttSettings::new("mqtt".into(), 100, 1 << 20);
+    let filters: Vec<Saved> = (0..1000)
+        .map(|n| saved(&format!("{n:0>96}"), None))
+        .collect();
+    let record = Record {
+        holder: Holder::local(1, ConnId(1)),
+        persistent: true,
+        filters,
+    };
+    let (kind, body) = wire::encode(&ToHome::Claim(record), "the-id", 10_000);
+    assert!(body.len() <= 10_000, "{} bytes", body.len());
+    wire::on_request(Some(&settings), addr(1), kind, body).expect("understood");
+    let claimed = claim_from(&settings, addr(3), addr(2), 2, Vec::new()).expect("held");
+    let kept = claimed.filters.expect("persistent").len();
+    assert!(kept > 50 && kept < 1000, "{kept} kept");
+
+    // Filter changes queue one entry for the home: the last.
+    let mut conn = MqttConn::new(Arc::new(MqttSettings::new("mqtt".into(), 100, 1 << 20)));
+    conn.expiry_secs = 60;
+    let mut frames = BytesMut::new();
+    let _ = conn.claim_client_id(Holder::local(0, ConnId(1)), Some(addr(2)), &mut frames);
+    for _ in 0..3 {
+        conn.save_filters();
+    }
+    conn.release_client_id();
+    let (home, requests) = conn.take_home_requests().expect("requests");
+    assert_eq!(home, addr(2));
+    assert!(
+        matches!(requests[..], [ToHome::Save(_), ToHome::Release(_)]),
+        "{requests:?}"
+    );
+    assert!(conn.take_home_requests().is_none(), "taken once");
 }

@@ -38,8 +38,8 @@ pub(crate) const SESSION: u8 = 7;
 /// The layout version a session's encoding starts with.
 const SESSION_VERSION: u8 = 1;
 
-/// The bytes of one [`SESSION`] part, at most (besides its header): under
-/// any node's frame limit.
+/// The bytes of one [`SESSION`] part, at most (besides its header; less
+/// when the frame limit is smaller).
 pub(crate) const PART: usize = 128 * 1024;
 /// The most a session may hold to cross nodes: a node gathering one drops
 /// it past this (and a node sending one sends none instead).
@@ -77,15 +77,26 @@ pub(crate) enum Order {
 
 // ----- what this node sends --------------------------------------------
 
-/// The request for a connection's client id `id` to its home.
-pub(crate) fn encode(request: &ToHome, id: &str) -> (u8, Bytes) {
+/// The request for a connection's client id `id` to its home, in at most
+/// about `max_body` bytes: filters past it are left out of the home's copy
+/// (logged), so that the request fits the home's frame limit.
+pub(crate) fn encode(request: &ToHome, id: &str, max_body: usize) -> (u8, Bytes) {
     let mut out = BytesMut::new();
     let kind = match request {
         ToHome::Claim(record) | ToHome::Save(record) => {
             put_local(&mut out, record.holder);
             out.put_u8(u8::from(record.persistent));
             put_str(&mut out, id);
-            put_filters(&mut out, &record.filters);
+            let room = max_body.saturating_sub(out.len());
+            let kept = put_filters(&mut out, &record.filters, room);
+            if kept < record.filters.len() {
+                warn!(
+                    client = %id,
+                    filters = record.filters.len(),
+                    kept,
+                    "an MQTT session has more filters than its client id's home node takes                      in one request: the rest are not restored if the session moves"
+                );
+            }
             match request {
                 ToHome::Claim(_) => CLAIM,
                 _ => SAVE,
@@ -271,7 +282,8 @@ fn answer(claimed: Option<Claimed>, peer: SocketAddr) -> Bytes {
             match &claimed.filters {
                 Some(filters) => {
                     out.put_u8(1);
-                    put_filters(&mut out, filters);
+                    // What the home took: it fit one request.
+                    put_filters(&mut out, filters, usize::MAX);
                 }
                 None => out.put_u8(0),
             }
@@ -280,9 +292,14 @@ fn answer(claimed: Option<Claimed>, peer: SocketAddr) -> Bytes {
     out.freeze()
 }
 
-/// The home `node`'s answer to a claim: an `Option<Claimed>` in a parcel,
-/// its holder named as this node sees it.
-pub(crate) fn decode_claimed(node: SocketAddr, kind: u8, body: Bytes) -> Result<Parcel, PeerError> {
+/// The home `node`'s answer to a claim: the connection that held the id,
+/// named as this node sees it, and the whole answer (an `Option<Claimed>`)
+/// in a parcel.
+pub(crate) fn decode_claimed(
+    node: SocketAddr,
+    kind: u8,
+    body: Bytes,
+) -> Result<(Option<Holder>, Parcel), PeerError> {
     if kind != CLAIMED {
         return Err(PeerError("a SESSION_REPLY that is not CLAIMED"));
     }
@@ -290,7 +307,7 @@ pub(crate) fn decode_claimed(node: SocketAddr, kind: u8, body: Bytes) -> Result<
     let at = match body.u8()? {
         0 => {
             body.finish()?;
-            return Ok(Parcel::new(None::<Claimed>));
+            return Ok((None, Parcel::new(None::<Claimed>)));
         }
         1 => None,
         2 => Some(node),
@@ -303,7 +320,10 @@ pub(crate) fn decode_claimed(node: SocketAddr, kind: u8, body: Bytes) -> Result<
         _ => Some(body.filters()?),
     };
     body.finish()?;
-    Ok(Parcel::new(Some(Claimed { previous, filters })))
+    Ok((
+        Some(previous),
+        Parcel::new(Some(Claimed { previous, filters })),
+    ))
 }
 
 /// One part of a session: the connection it is for, whether it is the
@@ -408,15 +428,28 @@ fn put_addr(out: &mut BytesMut, addr: SocketAddr) {
     out.put_u16(addr.port());
 }
 
-fn put_filters(out: &mut BytesMut, filters: &[Saved]) {
-    out.put_u16(filters.len().min(usize::from(u16::MAX)) as u16);
+/// Puts as many of `filters` as fit in `room` bytes (and a count's u16);
+/// how many.
+fn put_filters(out: &mut BytesMut, filters: &[Saved], room: usize) -> usize {
+    let count_at = out.len();
+    out.put_u16(0);
+    let mut used = 2;
+    let mut kept = 0;
     for saved in filters.iter().take(usize::from(u16::MAX)) {
         let sub = &saved.subscription;
+        let len = 2 + sub.filter.as_str().len() + 6;
+        if used + len > room {
+            break;
+        }
+        used += len;
+        kept += 1;
         put_str(out, sub.filter.as_str());
         out.put_u8(sub.qos.bits());
         out.put_u8(u8::from(sub.no_local) | (u8::from(sub.retain_as_published) << 1));
         out.put_u32(saved.identifier.unwrap_or(0));
     }
+    out[count_at..count_at + 2].copy_from_slice(&(kept as u16).to_be_bytes());
+    kept
 }
 
 fn put_delivery(out: &mut BytesMut, delivery: &Delivery) {
