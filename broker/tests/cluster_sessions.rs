@@ -15,7 +15,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::cluster::{documented_owner, runtime, three_nodes_with, SECRET};
+use crate::cluster::{
+    await_alive, documented_owner, free_port, node_ids, node_with_args, runtime, three_nodes_with,
+    SECRET,
+};
 use crate::common::{free_port_on, TempFile};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -245,6 +248,62 @@ fn a_second_connection_with_the_same_id_on_another_node_closes_the_first() {
                 other => panic!("home {home}: the first is taken over, not {other:?}"),
             }
             assert!(first.next().await.is_none(), "and closed");
+        }
+    });
+}
+
+#[test]
+fn a_client_id_whose_home_moves_when_a_node_joins_is_still_held_once() {
+    let secret = TempFile::new("cluster-secret-home-moves", SECRET);
+    let (cluster_port, metrics_port) = (free_port(), free_port());
+    let ids = node_ids(cluster_port);
+    let port = free_port_on(3);
+    // Its home is the first node while there are two, the third's after.
+    let id = (0..)
+        .map(|i| format!("mover-{i}"))
+        .find(|id| documented_owner("", id, &ids[..2]) == 0 && documented_owner("", id, &ids) == 2)
+        .expect("some id moves to the third node");
+    let mqtt_node = |n: u8| {
+        let listen = format!("127.0.0.{n}:{port}");
+        node_with_args(
+            n,
+            cluster_port,
+            metrics_port,
+            &secret,
+            &[
+                "--listen",
+                &format!("127.0.0.{n}:0"),
+                "--cluster-advertise",
+                "off",
+                "--mqtt-listen",
+                &listen,
+            ],
+        )
+    };
+    let (first_node, second_node) = (mqtt_node(1), mqtt_node(2));
+    for node in [&first_node, &second_node] {
+        await_alive(node, 2.0, WAIT);
+    }
+    let runtime = runtime();
+    let mut first = runtime.block_on(async {
+        // On the second node; claimed at the first.
+        let (first, ack) = Mqtt::connect(2, port, &id, true).await;
+        assert_eq!(ack.code, 0);
+        first
+    });
+    let third_node = mqtt_node(3);
+    for node in [&first_node, &second_node, &third_node] {
+        await_alive(node, 3.0, WAIT);
+    }
+    // The nodes place the ids again on their next maintenance tick.
+    std::thread::sleep(Duration::from_millis(500));
+    runtime.block_on(async {
+        // Through the first node, claimed at the third: it knows the holder.
+        let (_second, ack) = Mqtt::connect(1, port, &id, true).await;
+        assert_eq!(ack.code, 0);
+        match first.next().await {
+            Some(Packet::Disconnect(disconnect)) => assert_eq!(disconnect.reason, 0x8e),
+            other => panic!("the first is taken over, not {other:?}"),
         }
     });
 }

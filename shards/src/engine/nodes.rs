@@ -943,6 +943,10 @@ impl Shard {
         // groups' shares follow their topics' owners.
         self.resubscribe_patterns();
         self.share_remotely();
+        if self.id == 0 {
+            // Once per node: the client ids whose home moved go there.
+            self.move_client_ids();
+        }
     }
 
     // ----- handing a topic over ----------------------------------------

@@ -364,6 +364,25 @@ impl Shard {
         Ok(Order::Session { to, session })
     }
 
+    /// The members changed: the entries of this node's registry of MQTT
+    /// client ids whose home is now another node go to that node (which
+    /// keeps an entry it has already), so that one connection still holds
+    /// each id.
+    pub(super) fn move_client_ids(&mut self) {
+        let (Some(settings), Some(nodes)) = (self.mqtt.clone(), self.nodes.as_ref()) else {
+            return;
+        };
+        let placement = nodes.placement.clone();
+        let moved = settings.moved_client_ids(|id| crate::mqtt::homes::home(&placement, id));
+        if moved.is_empty() {
+            return;
+        }
+        debug!(ids = moved.len(), "MQTT client ids sent to their new homes");
+        for (home, request) in moved {
+            self.to_node(home, request);
+        }
+    }
+
     /// A link from another node closed: the sessions it was sending in
     /// parts are dropped.
     pub(super) fn forget_session_parts(&mut self, link: ConnId) {

@@ -164,6 +164,19 @@ impl MqttSettings {
         self.max_keep_alive = seconds;
         self
     }
+
+    /// Takes the client ids whose home (`home_of`) is another node now out
+    /// of this node's registry, as the requests that give them to it.
+    pub(crate) fn moved_client_ids(
+        &self,
+        home_of: impl Fn(&str) -> Option<std::net::SocketAddr>,
+    ) -> Vec<(std::net::SocketAddr, (u8, Bytes))> {
+        self.clients
+            .moved_away(home_of)
+            .into_iter()
+            .map(|(home, id, record)| (home, homes::wire::adopt(&id, record, home)))
+            .collect()
+    }
 }
 
 pub(crate) use crate::mesh::Holder;

@@ -148,6 +148,31 @@ impl ClientIds {
         }
     }
 
+    /// `id`'s entry, sent by its former home: kept unless `id` has one here
+    /// already (a claim made here since is newer).
+    pub(super) fn adopt(&self, id: &str, record: Record) {
+        self.lock().entry(id.to_owned()).or_insert(record);
+    }
+
+    /// Takes out the entries whose home (`home_of`) is another node now:
+    /// (that node, the entry's id, the entry).
+    pub(super) fn moved_away(
+        &self,
+        home_of: impl Fn(&str) -> Option<std::net::SocketAddr>,
+    ) -> Vec<(std::net::SocketAddr, String, Record)> {
+        let mut held = self.lock();
+        let ids: Vec<(String, std::net::SocketAddr)> = held
+            .keys()
+            .filter_map(|id| home_of(id).map(|home| (id.clone(), home)))
+            .collect();
+        ids.into_iter()
+            .filter_map(|(id, home)| {
+                let record = held.remove(&id)?;
+                Some((home, id, record))
+            })
+            .collect()
+    }
+
     /// `holder` ends: `id` is free, unless another connection took it.
     pub(super) fn release(&self, id: &str, holder: Holder) {
         let mut held = self.lock();

@@ -341,3 +341,35 @@ fn what_a_connection_tells_its_home_fits_a_frame_and_only_its_last_entry_goes() 
     );
     assert!(conn.take_home_requests().is_none(), "taken once");
 }
+
+#[test]
+fn an_entry_moves_to_its_new_home_which_keeps_a_newer_one() {
+    let (old_home, new_home) = (addr(1), addr(3));
+    let record = |holder: Holder| Record {
+        holder,
+        persistent: true,
+        filters: vec![saved("f/#", None)],
+    };
+    let settings = MqttSettings::new("mqtt".into(), 100, 1 << 20);
+    // Held by a connection of the new home itself, named as such.
+    let on_new = Holder {
+        node: Some(new_home),
+        ..Holder::local(0, ConnId(3))
+    };
+    let (kind, body) = wire::adopt("moved", record(on_new), new_home);
+    wire::on_request(Some(&settings), old_home, kind, body).expect("understood");
+    let found = settings
+        .clients
+        .claim("moved", record(Holder::local(1, ConnId(9))));
+    assert_eq!(
+        found.expect("adopted").previous,
+        Holder::local(0, ConnId(3))
+    );
+    // An id claimed at the new home since keeps that entry.
+    let (kind, body) = wire::adopt("moved", record(Holder::local(2, ConnId(4))), new_home);
+    wire::on_request(Some(&settings), old_home, kind, body).expect("understood");
+    let found = settings
+        .clients
+        .claim("moved", record(Holder::local(1, ConnId(10))));
+    assert_eq!(found.expect("held").previous, Holder::local(1, ConnId(9)));
+}

@@ -34,6 +34,9 @@ pub(crate) const WANT: u8 = 6;
 /// `SESSION_REQUEST`: a part of a session for one of the receiver's
 /// connections.
 pub(crate) const SESSION: u8 = 7;
+/// `SESSION_REQUEST`: the receiver is the home of a client id now; the
+/// entry the sender kept (kept unless the receiver has one already).
+pub(crate) const ADOPT: u8 = 8;
 
 /// The layout version a session's encoding starts with.
 const SESSION_VERSION: u8 = 1;
@@ -109,6 +112,20 @@ pub(crate) fn encode(request: &ToHome, id: &str, max_body: usize) -> (u8, Bytes)
         }
     };
     (kind, out.freeze())
+}
+
+/// A registry entry of `id` for `to`, its new home.
+pub(crate) fn adopt(id: &str, record: Record, to: SocketAddr) -> (u8, Bytes) {
+    let mut out = BytesMut::new();
+    put_str(&mut out, id);
+    out.put_u8(u8::from(record.persistent));
+    let filters = record.persistent.then_some(record.filters);
+    let claimed = Claimed {
+        previous: record.holder,
+        filters,
+    };
+    out.extend_from_slice(&answer(Some(claimed), to));
+    (ADOPT, out.freeze())
 }
 
 /// Close `holder`, a connection of the node this goes to.
@@ -257,6 +274,22 @@ pub(crate) fn on_request(
             body.finish()?;
             Order::Want { from, to }
         }
+        ADOPT => {
+            let id = body.string()?;
+            let persistent = body.u8()? != 0;
+            let (holder, filters) = body.relative_holder(peer)?;
+            body.finish()?;
+            let (Some(holder), Some(settings)) = (holder, settings) else {
+                return Ok(Order::Nothing);
+            };
+            let record = Record {
+                holder,
+                persistent,
+                filters: filters.unwrap_or_default(),
+            };
+            settings.clients.adopt(&id, record);
+            Order::Nothing
+        }
         _ => return Err(PeerError("an unknown kind of SESSION_REQUEST")),
     };
     Ok(order)
@@ -304,26 +337,10 @@ pub(crate) fn decode_claimed(
         return Err(PeerError("a SESSION_REPLY that is not CLAIMED"));
     }
     let mut body = Reader(body);
-    let at = match body.u8()? {
-        0 => {
-            body.finish()?;
-            return Ok((None, Parcel::new(None::<Claimed>)));
-        }
-        1 => None,
-        2 => Some(node),
-        3 => Some(body.addr()?),
-        _ => return Err(PeerError("where the holder is")),
-    };
-    let previous = body.holder_at(at)?;
-    let filters = match body.u8()? {
-        0 => None,
-        _ => Some(body.filters()?),
-    };
+    let (previous, filters) = body.relative_holder(node)?;
     body.finish()?;
-    Ok((
-        Some(previous),
-        Parcel::new(Some(Claimed { previous, filters })),
-    ))
+    let claimed = previous.map(|previous| Claimed { previous, filters });
+    Ok((previous, Parcel::new(claimed)))
 }
 
 /// One part of a session: the connection it is for, whether it is the
@@ -536,6 +553,28 @@ impl Reader {
             _ => return Err(PeerError("an address family")),
         };
         Ok(SocketAddr::new(ip, self.u16()?))
+    }
+
+    /// A holder as [`answer`] names it to this node, sent by `sender`, and
+    /// the filters of its session if it persists; `None` when there is no
+    /// holder.
+    fn relative_holder(
+        &mut self,
+        sender: SocketAddr,
+    ) -> Result<(Option<Holder>, Option<Vec<Saved>>), PeerError> {
+        let at = match self.u8()? {
+            0 => return Ok((None, None)),
+            1 => None,
+            2 => Some(sender),
+            3 => Some(self.addr()?),
+            _ => return Err(PeerError("where the holder is")),
+        };
+        let holder = self.holder_at(at)?;
+        let filters = match self.u8()? {
+            0 => None,
+            _ => Some(self.filters()?),
+        };
+        Ok((Some(holder), filters))
     }
 
     /// A connection of node `node` (`None`: this one).
