@@ -14,9 +14,10 @@
 //! before it leaves, so these bytes only ever come from a holder of the
 //! cluster secret; decoding still checks every length and tag.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use bytes::{Buf, BufMut};
+use corebus_net::{get_socket_addr, put_socket_addr, socket_addr_len, AddrError};
 use foca::{Header, Member, Message, State};
 
 use crate::identity::{Generation, NodeIdentity};
@@ -56,36 +57,15 @@ pub struct GossipCodec;
 
 const LEAVING: u8 = 0x01;
 
-fn addr_len(addr: &SocketAddr) -> usize {
-    match addr {
-        SocketAddr::V4(_) => 1 + 4 + 2,
-        SocketAddr::V6(_) => 1 + 16 + 2,
-    }
-}
-
 fn identity_len(id: &NodeIdentity) -> usize {
-    addr_len(&id.addr) + 8 + 4 + addr_len(&id.client) + 1
-}
-
-fn put_addr(buf: &mut impl BufMut, addr: &SocketAddr) {
-    match addr.ip() {
-        IpAddr::V4(ip) => {
-            buf.put_u8(4);
-            buf.put_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            buf.put_u8(6);
-            buf.put_slice(&ip.octets());
-        }
-    }
-    buf.put_u16(addr.port());
+    socket_addr_len(&id.addr) + 8 + 4 + socket_addr_len(&id.client) + 1
 }
 
 fn put_identity(buf: &mut impl BufMut, id: &NodeIdentity) {
-    put_addr(buf, &id.addr);
+    put_socket_addr(buf, &id.addr);
     buf.put_u64(id.generation.started_ms);
     buf.put_u32(id.generation.bump);
-    put_addr(buf, &id.client);
+    put_socket_addr(buf, &id.client);
     buf.put_u8(if id.leaving { LEAVING } else { 0 });
 }
 
@@ -98,28 +78,13 @@ fn need(buf: &impl Buf, what: &'static str, need: usize) -> Result<(), CodecErro
 }
 
 fn get_addr(buf: &mut impl Buf) -> Result<SocketAddr, CodecError> {
-    need(buf, "address", 1)?;
-    let ip = match buf.get_u8() {
-        4 => {
-            need(buf, "IPv4 address", 6)?;
-            let mut octets = [0; 4];
-            buf.copy_to_slice(&mut octets);
-            IpAddr::V4(Ipv4Addr::from(octets))
-        }
-        6 => {
-            need(buf, "IPv6 address", 18)?;
-            let mut octets = [0; 16];
-            buf.copy_to_slice(&mut octets);
-            IpAddr::V6(Ipv6Addr::from(octets))
-        }
-        value => {
-            return Err(CodecError::Unknown {
-                what: "address family",
-                value,
-            })
-        }
-    };
-    Ok(SocketAddr::new(ip, buf.get_u16()))
+    get_socket_addr(buf).map_err(|err| match err {
+        AddrError::Short { what, need, have } => CodecError::Truncated { what, need, have },
+        AddrError::Family(value) => CodecError::Unknown {
+            what: "address family",
+            value,
+        },
+    })
 }
 
 fn get_identity(buf: &mut impl Buf) -> Result<NodeIdentity, CodecError> {

@@ -10,6 +10,7 @@
 //! Must not depend on: any async runtime, any socket or file I/O, or any other
 //! corebus crate. It is a pure function of its input.
 
+mod addr;
 mod decode;
 mod encode;
 mod error;
@@ -18,6 +19,7 @@ mod headers;
 mod name;
 pub mod routing;
 
+pub use addr::{get_socket_addr, put_socket_addr, socket_addr_len, AddrError};
 pub use decode::{check, decode, decode_from_client, Check, KeyCache};
 pub use encode::{
     encode_handoff_request, encode_message_header, encode_publish, encode_publish_as,

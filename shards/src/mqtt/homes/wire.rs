@@ -4,7 +4,7 @@
 //! one version. All integers are big-endian; a string is a u16 length and
 //! its bytes.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use corebus_mqtt::{self as mqtt, MqttStr, QoS};
@@ -308,7 +308,7 @@ fn answer(claimed: Option<Claimed>, peer: SocketAddr) -> Bytes {
                 None => out.put_u8(2),
                 Some(node) => {
                     out.put_u8(3);
-                    put_addr(&mut out, node);
+                    corebus_net::put_socket_addr(&mut out, &node);
                 }
             }
             put_local(&mut out, previous);
@@ -431,20 +431,6 @@ fn put_str(out: &mut BytesMut, text: &str) {
     out.put_slice(&text.as_bytes()[..len]);
 }
 
-fn put_addr(out: &mut BytesMut, addr: SocketAddr) {
-    match addr.ip() {
-        IpAddr::V4(ip) => {
-            out.put_u8(4);
-            out.put_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            out.put_u8(6);
-            out.put_slice(&ip.octets());
-        }
-    }
-    out.put_u16(addr.port());
-}
-
 /// Puts as many of `filters` as fit in `room` bytes (and a count's u16);
 /// how many.
 fn put_filters(out: &mut BytesMut, filters: &[Saved], room: usize) -> usize {
@@ -537,22 +523,7 @@ impl Reader {
     }
 
     fn addr(&mut self) -> Result<SocketAddr, PeerError> {
-        let ip: IpAddr = match self.u8()? {
-            4 => {
-                let mut octets = [0u8; 4];
-                self.need(4)?;
-                self.0.copy_to_slice(&mut octets);
-                octets.into()
-            }
-            6 => {
-                let mut octets = [0u8; 16];
-                self.need(16)?;
-                self.0.copy_to_slice(&mut octets);
-                octets.into()
-            }
-            _ => return Err(PeerError("an address family")),
-        };
-        Ok(SocketAddr::new(ip, self.u16()?))
+        corebus_net::get_socket_addr(&mut self.0).map_err(|_| PeerError("an address"))
     }
 
     /// A holder as [`answer`] names it to this node, sent by `sender`, and
