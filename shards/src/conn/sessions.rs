@@ -179,11 +179,19 @@ pub(crate) fn ask_for_session(shard: &mut Shard, conn: ConnId, mqtt: &mut MqttCo
 /// Sends what `mqtt` has for its client id's home, when that is another
 /// node.
 pub(crate) fn tell_home(shard: &mut Shard, mqtt: &mut MqttConn) {
-    if let Some((home, requests)) = mqtt.take_home_requests() {
-        for request in requests {
-            let request = homes::encode(&request, mqtt.client_id(), shard.session_body_max());
-            shard.to_node(home, request);
+    let Some((_, requests)) = mqtt.take_home_requests() else {
+        return;
+    };
+    // Where the id's home is now: the members may have changed since the
+    // connection claimed it (its entry went to the new home).
+    match shard.client_home(mqtt.client_id()) {
+        Some(home) => {
+            for request in requests {
+                let request = homes::encode(&request, mqtt.client_id(), shard.session_body_max());
+                shard.to_node(home, request);
+            }
         }
+        None => mqtt.apply_here(requests),
     }
 }
 

@@ -1315,6 +1315,7 @@ impl Shard {
     /// again for the mirrors' subscriptions an owner refused.
     pub(super) fn tick_nodes(&mut self) {
         self.refresh_placement();
+        self.forward_client_ids();
         let now_ms = self.now_ms;
         let Some(nodes) = self.nodes.as_ref() else {
             return;

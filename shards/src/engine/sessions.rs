@@ -383,6 +383,17 @@ impl Shard {
         }
     }
 
+    /// Sends what this node's connections told its registry for client ids
+    /// whose entries moved to another home (once per node: shard 0).
+    pub(super) fn forward_client_ids(&mut self) {
+        let Some(settings) = self.mqtt.clone().filter(|_| self.id == 0) else {
+            return;
+        };
+        for (home, request) in settings.client_id_forwards(self.session_body_max()) {
+            self.to_node(home, request);
+        }
+    }
+
     /// A link from another node closed: the sessions it was sending in
     /// parts are dropped.
     pub(super) fn forget_session_parts(&mut self, link: ConnId) {

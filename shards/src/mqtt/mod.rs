@@ -165,6 +165,19 @@ impl MqttSettings {
         self
     }
 
+    /// What connections here told this node's registry for client ids whose
+    /// entries moved to another home, as the requests for those homes.
+    pub(crate) fn client_id_forwards(
+        &self,
+        max_body: usize,
+    ) -> Vec<(std::net::SocketAddr, (u8, Bytes))> {
+        self.clients
+            .take_forwards()
+            .into_iter()
+            .map(|(home, id, request)| (home, homes::wire::encode(&request, &id, max_body)))
+            .collect()
+    }
+
     /// Takes the client ids whose home (`home_of`) is another node now out
     /// of this node's registry, as the requests that give them to it.
     pub(crate) fn moved_client_ids(

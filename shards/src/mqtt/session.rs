@@ -28,6 +28,7 @@
 //! Sessions live in memory: a broker restart ends them.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
@@ -112,12 +113,35 @@ pub(crate) struct Claimed {
     pub(super) filters: Option<Vec<Saved>>,
 }
 
+/// What a connection tells its client id's home, another node (encoded by
+/// `homes::wire::encode`).
+#[derive(Debug)]
+pub(crate) enum ToHome {
+    /// It takes the id.
+    Claim(Record),
+    /// Its entry changed.
+    Save(Record),
+    /// It ended.
+    Release(Holder),
+}
+
+/// The registry's entries, and where the ones that moved went.
+#[derive(Debug, Default)]
+struct Registry {
+    held: FxHashMap<String, Record>,
+    /// Ids whose entries went to another home at the last member change:
+    /// what their holders here still tell this node is passed on.
+    moved: FxHashMap<String, SocketAddr>,
+    /// Requests passed on, for the engine to send.
+    forwards: Vec<(SocketAddr, String, ToHome)>,
+}
+
 /// Which connection holds each MQTT client id, broker-wide (MQTT-3.1.4-2
 /// in 3.1.1, MQTT-3.1.4-3 in 5.0), with the filters of sessions that
 /// outlive their connection; and what detached sessions hold.
 #[derive(Debug, Default)]
 pub(super) struct ClientIds {
-    held: Mutex<FxHashMap<String, Record>>,
+    registry: Mutex<Registry>,
     /// Sessions without a connection.
     detached: AtomicUsize,
     /// Bytes they queue.
@@ -125,14 +149,16 @@ pub(super) struct ClientIds {
 }
 
 impl ClientIds {
-    fn lock(&self) -> std::sync::MutexGuard<'_, FxHashMap<String, Record>> {
-        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// `holder` takes `id`; what held it, if another connection.
     pub(super) fn claim(&self, id: &str, record: Record) -> Option<Claimed> {
         let holder = record.holder;
-        let previous = self.lock().insert(id.to_owned(), record)?;
+        let mut registry = self.lock();
+        registry.moved.remove(id);
+        let previous = registry.held.insert(id.to_owned(), record)?;
         (previous.holder != holder).then(|| Claimed {
             previous: previous.holder,
             filters: previous.persistent.then_some(previous.filters),
@@ -142,16 +168,36 @@ impl ClientIds {
     /// Records `holder`'s filters and whether its session persists, if it
     /// still holds `id`.
     pub(super) fn save(&self, id: &str, holder: Holder, persistent: bool, filters: Vec<Saved>) {
-        if let Some(record) = self.lock().get_mut(id).filter(|r| r.holder == holder) {
-            record.persistent = persistent;
-            record.filters = filters;
+        let mut registry = self.lock();
+        if let Some(record) = registry.held.get_mut(id) {
+            if record.holder == holder {
+                record.persistent = persistent;
+                record.filters = filters;
+            }
+        } else if let Some(home) = registry.moved.get(id).copied() {
+            let record = Record {
+                holder,
+                persistent,
+                filters,
+            };
+            registry
+                .forwards
+                .push((home, id.to_owned(), ToHome::Save(record)));
         }
     }
 
     /// `id`'s entry, sent by its former home: kept unless `id` has one here
     /// already (a claim made here since is newer).
     pub(super) fn adopt(&self, id: &str, record: Record) {
-        self.lock().entry(id.to_owned()).or_insert(record);
+        let mut registry = self.lock();
+        registry.moved.remove(id);
+        registry.held.entry(id.to_owned()).or_insert(record);
+    }
+
+    /// What holders here told this node for ids whose entries moved away,
+    /// to be sent to their homes.
+    pub(super) fn take_forwards(&self) -> Vec<(SocketAddr, String, ToHome)> {
+        std::mem::take(&mut self.lock().forwards)
     }
 
     /// Takes out the entries whose home (`home_of`) is another node now:
@@ -160,14 +206,18 @@ impl ClientIds {
         &self,
         home_of: impl Fn(&str) -> Option<std::net::SocketAddr>,
     ) -> Vec<(std::net::SocketAddr, String, Record)> {
-        let mut held = self.lock();
-        let ids: Vec<(String, std::net::SocketAddr)> = held
+        let mut registry = self.lock();
+        let ids: Vec<(String, std::net::SocketAddr)> = registry
+            .held
             .keys()
             .filter_map(|id| home_of(id).map(|home| (id.clone(), home)))
             .collect();
+        // Only the last change's: a holder from before two changes is rare.
+        registry.moved.clear();
         ids.into_iter()
             .filter_map(|(id, home)| {
-                let record = held.remove(&id)?;
+                let record = registry.held.remove(&id)?;
+                registry.moved.insert(id.clone(), home);
                 Some((home, id, record))
             })
             .collect()
@@ -175,9 +225,19 @@ impl ClientIds {
 
     /// `holder` ends: `id` is free, unless another connection took it.
     pub(super) fn release(&self, id: &str, holder: Holder) {
-        let mut held = self.lock();
-        if held.get(id).is_some_and(|record| record.holder == holder) {
-            held.remove(id);
+        let mut registry = self.lock();
+        match registry.held.get(id) {
+            Some(record) if record.holder == holder => {
+                registry.held.remove(id);
+            }
+            Some(_) => {}
+            None => {
+                if let Some(home) = registry.moved.get(id).copied() {
+                    registry
+                        .forwards
+                        .push((home, id.to_owned(), ToHome::Release(holder)));
+                }
+            }
         }
     }
 }

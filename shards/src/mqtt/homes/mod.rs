@@ -34,6 +34,7 @@ use bytes::BytesMut;
 use corebus_mqtt::{self as mqtt, ConnAck, Packet, Properties};
 use tracing::warn;
 
+pub(crate) use super::session::ToHome;
 use super::session::{Claimed, Record};
 use super::{Holder, MqttConn, Phase};
 use crate::cluster::Placement;
@@ -57,18 +58,6 @@ pub(super) struct Remote {
     refused: bool,
     /// What to tell the home next (updates of the entry, its release).
     pub(super) to_home: Vec<ToHome>,
-}
-
-/// What a connection tells its client id's home, another node (encoded by
-/// [`wire::encode`]).
-#[derive(Debug)]
-pub(crate) enum ToHome {
-    /// It takes the id.
-    Claim(Record),
-    /// Its entry changed.
-    Save(Record),
-    /// It ended.
-    Release(Holder),
 }
 
 /// How a connection takes its client id.
@@ -206,6 +195,24 @@ impl MqttConn {
     /// Whether the `CONNACK` waits for the home's answer to the claim.
     pub(super) fn is_claiming(&self) -> bool {
         self.remote.as_ref().is_some_and(|remote| remote.claiming)
+    }
+
+    /// Applies what was kept for the client id's home to this node's
+    /// registry: the home is here now.
+    pub(crate) fn apply_here(&mut self, requests: Vec<ToHome>) {
+        for request in requests {
+            match request {
+                ToHome::Save(record) => self.settings.clients.save(
+                    &self.client_id,
+                    record.holder,
+                    record.persistent,
+                    record.filters,
+                ),
+                ToHome::Release(holder) => self.settings.clients.release(&self.client_id, holder),
+                // A claim is not kept: it goes out at once.
+                ToHome::Claim(_) => {}
+            }
+        }
     }
 
     /// Keeps `record` for the client id's home when that is another node;

@@ -373,3 +373,62 @@ fn an_entry_moves_to_its_new_home_which_keeps_a_newer_one() {
         .claim("moved", record(Holder::local(1, ConnId(10))));
     assert_eq!(found.expect("held").previous, Holder::local(1, ConnId(9)));
 }
+
+#[test]
+fn what_a_holder_tells_a_node_its_entry_left_is_passed_on_to_the_new_home() {
+    let settings = MqttSettings::new("mqtt".into(), 100, 1 << 20);
+    let holder = Holder::local(0, ConnId(7));
+    let record = |filters| Record {
+        holder,
+        persistent: true,
+        filters,
+    };
+    assert!(settings.clients.claim("left", record(Vec::new())).is_none());
+    assert!(settings
+        .clients
+        .claim("stays", record(Vec::new()))
+        .is_none());
+    let moved = settings.moved_client_ids(|id| (id == "left").then(|| addr(3)));
+    assert_eq!(moved.len(), 1);
+    assert_eq!(moved[0].0, addr(3));
+    // The holder here goes on telling this node: passed on, in order; an id
+    // that stayed is kept here as before.
+    settings
+        .clients
+        .save("left", holder, true, vec![saved("new/#", Some(2))]);
+    settings.clients.release("left", holder);
+    settings.clients.release("stays", holder);
+    let forwards = settings.client_id_forwards(usize::MAX);
+    let kinds: Vec<(SocketAddr, u8)> = forwards
+        .iter()
+        .map(|(home, (kind, _))| (*home, *kind))
+        .collect();
+    assert_eq!(kinds, vec![(addr(3), wire::SAVE), (addr(3), wire::RELEASE)]);
+    assert!(
+        settings.client_id_forwards(usize::MAX).is_empty(),
+        "sent once"
+    );
+    // At the new home, the forwarded save updates the adopted entry.
+    let home = MqttSettings::new("mqtt".into(), 100, 1 << 20);
+    let here = SocketAddr::from(([127, 0, 0, 1], 7400));
+    let (kind, body) = moved[0].1.clone();
+    wire::on_request(Some(&home), here, kind, body).expect("adopted");
+    let (kind, body) = forwards[0].1.clone();
+    wire::on_request(Some(&home), here, kind, body).expect("saved");
+    let claimed = home
+        .clients
+        .claim("left", record(Vec::new()))
+        .expect("held by the connection on the first node");
+    assert_eq!(
+        claimed.previous,
+        Holder {
+            node: Some(here),
+            ..holder
+        }
+    );
+    let filters = claimed.filters.expect("persistent");
+    assert_eq!(
+        format!("{filters:?}"),
+        format!("{:?}", vec![saved("new/#", Some(2))])
+    );
+}
