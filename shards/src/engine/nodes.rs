@@ -130,6 +130,28 @@ impl Shard {
             .and_then(|grant| grant.peer)
     }
 
+    /// The node `conn` is a link from; for any other connection, `None`,
+    /// and its request is refused with `forbidden` (only another node of
+    /// the cluster may `what`).
+    pub(super) fn peer_only(
+        &mut self,
+        conn: ConnId,
+        request_id: u32,
+        what: &str,
+    ) -> Option<SocketAddr> {
+        let peer = self.peer_of(conn);
+        if peer.is_none() {
+            self.stats.forbidden += 1;
+            self.send_error(
+                conn,
+                request_id,
+                ErrorCode::Forbidden,
+                format!("only another node of the cluster may {what}"),
+            );
+        }
+        peer
+    }
+
     /// A peer's request for a topic this node does not own is refused (the
     /// peer retries once the members agree): a node never forwards what a
     /// node forwarded to it, so no request goes round in circles. True when
@@ -954,14 +976,8 @@ impl Shard {
     /// A `HANDOFF_REQUEST` from another node, on this shard's end of its
     /// link: the topic's shard answers it.
     pub(super) fn handle_handoff_request(&mut self, conn: ConnId, request: corebus_net::Subscribe) {
-        let Some(to) = self.peer_of(conn) else {
-            self.stats.forbidden += 1;
-            return self.send_error(
-                conn,
-                request.request_id,
-                ErrorCode::Forbidden,
-                "only another node of the cluster may ask for a topic's state".into(),
-            );
+        let Some(to) = self.peer_only(conn, request.request_id, "ask for a topic's state") else {
+            return;
         };
         let handoff = Handoff {
             to,

@@ -210,30 +210,14 @@ impl Shard {
         let link = self.link(node);
         let request_id = link.request_id();
         link.claims.insert(request_id, conn);
-        let (kind, body) = claim;
-        Frame::SessionRequest(SessionFrame {
-            request_id,
-            kind,
-            body,
-        })
-        .encode(&mut link.out);
-        link.kick();
+        send_request(link, request_id, claim);
     }
 
     /// Tells `node` something about a session that needs no answer.
     pub fn to_node(&mut self, node: SocketAddr, request: (u8, Bytes)) {
-        if self.nodes.is_none() {
-            return;
+        if self.nodes.is_some() {
+            send_request(self.link(node), 0, request);
         }
-        let link = self.link(node);
-        let (kind, body) = request;
-        Frame::SessionRequest(SessionFrame {
-            request_id: 0,
-            kind,
-            body,
-        })
-        .encode(&mut link.out);
-        link.kick();
     }
 
     /// A `SESSION_REPLY` on the link to `node`: a claim's answer.
@@ -278,14 +262,8 @@ impl Shard {
 
     /// A `SESSION_REQUEST` from another node's link `conn`.
     pub(super) fn handle_session_request(&mut self, conn: ConnId, request: SessionFrame) {
-        let Some(peer) = self.peer_of(conn) else {
-            self.stats.forbidden += 1;
-            return self.send_error(
-                conn,
-                request.request_id,
-                ErrorCode::Forbidden,
-                "only another node of the cluster may send SESSION_REQUEST".into(),
-            );
+        let Some(peer) = self.peer_only(conn, request.request_id, "send SESSION_REQUEST") else {
+            return;
         };
         let request_id = request.request_id;
         let order = match request.kind {
@@ -412,4 +390,16 @@ impl Shard {
             self.send_session(Holder::local(shard, conn), None);
         }
     }
+}
+
+/// Writes a `SESSION_REQUEST` (`kind`, body) on `link` for its writer.
+fn send_request(link: &mut crate::upstream::PeerLink, request_id: u32, request: (u8, Bytes)) {
+    let (kind, body) = request;
+    Frame::SessionRequest(SessionFrame {
+        request_id,
+        kind,
+        body,
+    })
+    .encode(&mut link.out);
+    link.kick();
 }
