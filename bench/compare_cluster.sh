@@ -21,13 +21,17 @@
 #
 # Settings (environment): ROUNDS (3), DURATION (seconds per throughput run,
 # 5), LATENCY_DURATION (5), CLUSTER_RATE (2000), CLUSTER_SUBSCRIBERS (300),
-# CLUSTER_TOPICS (30), CLUSTER_BASE_PORT (17500: node n uses BASE+n for
+# CLUSTER_TOPICS (30), PIN_SHARDS (false: corebus's --pin-shards), CLUSTER_BASE_PORT (17500: node n uses BASE+n for
 # clients and BASE+10+n for the cluster), CARGO_TARGET_DIR (target), STAMP
 # (<machine kind>-cluster, see bench/results/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
+# Three nodes share the same CPUs: pinned, each node's one shard would sit
+# on the first CPU of the list, all three on one core, while NATS's threads
+# move freely. Unpinned, as a host shared by several processes is run.
+PIN_SHARDS=${PIN_SHARDS:-false}
 DURATION=${DURATION:-5}
 LATENCY_DURATION=${LATENCY_DURATION:-5}
 CLUSTER_RATE=${CLUSTER_RATE:-2000}
@@ -76,7 +80,7 @@ start_nodes() { # target
         port_open_at "$host" $((BASE + n)) && die "port $host:$((BASE + n)) is taken; set CLUSTER_BASE_PORT"
         case $target in
             corebus)
-                taskset -c "$CPU_LIST" "$COREBUS" serve --shards 1 \
+                taskset -c "$CPU_LIST" "$COREBUS" serve --shards 1 --pin-shards="$PIN_SHARDS" \
                     --listen "$host:$((BASE + n))" \
                     --cluster-listen "$host:$((BASE + 10 + n))" \
                     --seed "127.0.0.1:$((BASE + 11))" >"$WORK/node$n.log" 2>&1 &

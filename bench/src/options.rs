@@ -382,9 +382,14 @@ impl RunOptions {
         if self.scenario == Scenario::Pair && (publishers, subscribers, topics) != (1, 1, 1) {
             return invalid("the pair scenario is one publisher, one subscriber, one topic; use `many` for more".into());
         }
-        if self.target == Target::Raw && self.scenario != Scenario::Pair {
+        let one_to_one = (publishers, subscribers, topics) == (1, 1, 1);
+        if self.target == Target::Raw
+            && !(self.scenario == Scenario::Pair
+                || self.scenario == Scenario::Latency && one_to_one)
+        {
             return invalid(
-                "the raw baseline relays one publisher to one subscriber: pair scenario only"
+                "the raw baseline relays one publisher to one subscriber: pair, or latency with \
+                 --publishers 1 --subscribers 1 --topics 1"
                     .into(),
             );
         }
@@ -651,11 +656,16 @@ mod tests {
     }
 
     #[test]
-    fn raw_is_pair_only() {
+    fn raw_is_one_publisher_to_one_subscriber() {
         let mut options = RunOptions::new(Target::Raw, Scenario::Fanout);
         assert!(options.plan().is_err());
         options.scenario = Scenario::Pair;
         assert_eq!(options.plan().expect("valid").url, "127.0.0.1:0");
+        options.scenario = Scenario::Latency;
+        options.rate = 1000;
+        assert!(options.plan().is_err(), "latency's default is 1 -> 16");
+        options.subscribers = Some(1);
+        assert!(options.plan().is_ok());
     }
 
     #[test]

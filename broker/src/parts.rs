@@ -31,6 +31,7 @@ pub fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     Ok(ServerConfig {
         listen: args.listen,
         shards: args.shards.count(),
+        pin_shards: args.pin_shards,
         engine: EngineConfig {
             max_frame: args.max_frame,
             max_hello_frame: args.max_hello_frame,

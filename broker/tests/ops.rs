@@ -639,3 +639,48 @@ fn the_default_data_dir_is_systemds_state_directory_or_the_users() {
     }
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// The CPUs a thread of `pid` named `name` may run on, as the kernel lists
+/// them (`Cpus_allowed_list`, such as `0` or `0-1`).
+fn cpus_of_thread(pid: u32, name: &str) -> Option<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+        return status
+            .lines()
+            .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+            .map(|list| list.trim().to_owned());
+    }
+    None
+}
+
+#[test]
+fn shards_are_pinned_to_one_cpu_each_unless_pin_shards_is_false() {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let own = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim()
+        .to_owned();
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("one CPU ({own}): pinned and unpinned shards look the same; not checked");
+        return;
+    }
+    let pinned = common::Serve::start(&["--shards", "1"]);
+    let pinned_cpus = cpus_of_thread(pinned.child.id(), "corebus-shard-0").expect("shard thread");
+    assert_ne!(pinned_cpus, own, "a pinned shard runs on one CPU of {own}");
+    assert!(!pinned_cpus.contains([',', '-']), "one CPU: {pinned_cpus}");
+    drop(pinned);
+    let unpinned = common::Serve::start(&["--shards", "1", "--pin-shards=false"]);
+    let unpinned_cpus =
+        cpus_of_thread(unpinned.child.id(), "corebus-shard-0").expect("shard thread");
+    assert_eq!(
+        unpinned_cpus, own,
+        "an unpinned shard may run on every CPU the process may"
+    );
+}

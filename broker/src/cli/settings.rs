@@ -71,6 +71,16 @@ pub struct ServeArgs {
     /// Number of shards, or `auto` for one per CPU the process may run on.
     #[arg(long, env = "COREBUS_SHARDS", default_value = "auto", value_parser = parse_shards)]
     pub shards: Shards,
+    /// Pin each shard's thread to one CPU of the process's affinity mask
+    /// (when it has at least as many CPUs as there are shards). Best on a
+    /// machine of the broker's own; set it to false where other busy
+    /// processes share the CPUs (several nodes on one host, a load
+    /// generator, applications), so that the kernel can move a shard off a
+    /// CPU they are using.
+    #[arg(long, env = "COREBUS_PIN_SHARDS", default_value = "true",
+          num_args = 0..=1, default_missing_value = "true", require_equals = true,
+          value_parser = BoolishValueParser::new())]
+    pub pin_shards: bool,
     /// Largest frame length accepted, in bytes.
     #[arg(long, env = "COREBUS_MAX_FRAME", default_value_t = corebus_net::DEFAULT_MAX_FRAME,
           value_parser = bytes_in::<u32>(64, 64 << 20))]

@@ -49,6 +49,12 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Number of shards; `None` means one per CPU in the affinity mask.
     pub shards: Option<usize>,
+    /// Whether each shard's thread is pinned to a CPU of the affinity mask
+    /// (when there are at least as many CPUs as shards). Pinned shards keep
+    /// their caches warm on a machine of their own; unpinned, the kernel may
+    /// move a shard off a CPU that another process (a second node, a load
+    /// generator, an application) is using.
+    pub pin_shards: bool,
     /// Engine limits.
     pub engine: EngineConfig,
     /// Checks credentials at the handshake; [`OpenAccess`] lets everyone in.
@@ -116,6 +122,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             shards: None,
+            pin_shards: true,
             engine: EngineConfig::default(),
             auth: Arc::new(OpenAccess),
             webhooks: Arc::new(NoWebhooks),
@@ -318,7 +325,7 @@ pub fn start(config: ServerConfig) -> Result<Server, StartError> {
             .with_tenants(mqtt.tenants),
         )
     });
-    let pin = shard_count <= cpus.len();
+    let pin = config.pin_shards && shard_count <= cpus.len();
     #[cfg(not(feature = "crossbeam-mesh"))]
     let mesh = MeshBuilder::<MeshBatch, _>::full(shard_count, MESH_QUEUE_BATCHES);
     #[cfg(feature = "crossbeam-mesh")]
