@@ -31,6 +31,7 @@ pub mod metrics;
 mod mqtt;
 pub mod outbox;
 pub mod patterns;
+pub mod readiness;
 pub mod ring;
 pub mod routing;
 pub mod runtime;

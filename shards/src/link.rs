@@ -181,7 +181,8 @@ async fn serve(
     }
     let kick = Rc::new(Kick::default());
     let mut reader = LinkReader {
-        stream: SharedSocket::new(stream),
+        // A link's reader is rarely idle: it waits through glommio.
+        stream: SharedSocket::glommio(stream),
         tls: session.clone(),
         buf: BytesMut::with_capacity(READ_CHUNK),
         cipher: Vec::new(),

@@ -1,14 +1,19 @@
 //! The shards' listening sockets and their accept loops.
 
+use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use glommio::net::TcpListener;
 use tracing::warn;
 
 use crate::log_limit::LogLimit;
+use crate::readiness::Readiness;
 use crate::routing::ShardId;
+use crate::socket::Stream;
 
 /// How long the accept loop waits after a failed accept.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -37,12 +42,18 @@ const ACCEPT_ERRORS_LOGGED_PER_SECOND: u32 = 1;
 /// polls, about eleven minutes without a new connection on a shard, the
 /// task's 16-bit reference count overflowed and glommio panicked, killing the
 /// shard.
+///
+/// With the shard's readiness ring the loop accepts by itself (non-blocking
+/// `accept4`, waiting on the ring) and hands on [`Stream::Own`]s; without
+/// it, glommio accepts.
 pub(crate) async fn accept_until<T>(
     id: ShardId,
-    listener: TcpListener,
-    mut accepted: impl FnMut(glommio::net::TcpStream, bool) + 'static,
+    listener: Listener,
+    readiness: Rc<Readiness>,
+    mut accepted: impl FnMut(Stream, bool) + 'static,
     stopped: impl std::future::Future<Output = T>,
 ) -> T {
+    let mut acceptor = Acceptor::new(listener, &readiness);
     let accept = glommio::spawn_local(async move {
         let clock = Instant::now();
         let mut log = LogLimit::new(ACCEPT_ERRORS_LOGGED_PER_SECOND, 1000);
@@ -53,7 +64,7 @@ pub(crate) async fn accept_until<T>(
             if reserve.is_none() && !refuse_next {
                 reserve = spare_descriptor();
             }
-            let result = listener.accept().await.map_err(std::io::Error::from);
+            let result = acceptor.accept().await;
             let now_ms = clock.elapsed().as_millis() as u64;
             match result {
                 Ok(stream) => {
@@ -92,6 +103,95 @@ pub(crate) async fn accept_until<T>(
     state
 }
 
+/// A shard's listener and how it waits for connections.
+struct Acceptor {
+    listener: Listener,
+    /// The readiness ring and the listener's token there; `None`: glommio
+    /// accepts.
+    ring: Option<(Rc<Readiness>, u64)>,
+}
+
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        // Armed, the listener would stay open (and in its port's group)
+        // after its descriptor closes.
+        if let Some((readiness, token)) = &self.ring {
+            readiness.forget(*token);
+        }
+    }
+}
+
+impl Acceptor {
+    fn new(listener: Listener, readiness: &Rc<Readiness>) -> Acceptor {
+        let fd = listener.fd;
+        // A blocking listener would block the shard in `accept4`.
+        // SAFETY: fcntl(2) on a descriptor the listener owns.
+        let non_blocking = unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+        };
+        let ring =
+            (non_blocking && readiness.uses_ring()).then(|| (readiness.clone(), readiness.token()));
+        Acceptor { listener, ring }
+    }
+
+    /// The next connection.
+    async fn accept(&mut self) -> std::io::Result<Stream> {
+        if let Some((readiness, token)) = &self.ring {
+            let fd = self.listener.fd;
+            let got = poll_fn(|cx| loop {
+                // SAFETY: accept4(2) on our listener, without the peer's
+                // address; the new descriptor is checked before use.
+                let conn = unsafe {
+                    libc::accept4(
+                        fd,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                    )
+                };
+                if conn >= 0 {
+                    // SAFETY: a fresh descriptor that nothing else owns.
+                    let stream = unsafe { std::net::TcpStream::from_raw_fd(conn) };
+                    return Poll::Ready(Some(Ok(Stream::Own(stream))));
+                }
+                let err = std::io::Error::last_os_error();
+                match err.kind() {
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::ConnectionAborted => {}
+                    std::io::ErrorKind::WouldBlock => {
+                        return if readiness.wait(*token, fd, cx.waker()) {
+                            Poll::Pending
+                        } else {
+                            Poll::Ready(None)
+                        };
+                    }
+                    _ => return Poll::Ready(Some(Err(err))),
+                }
+            })
+            .await;
+            match got {
+                Some(result) => return result,
+                None => {
+                    // The ring failed: glommio accepts from now on.
+                    readiness.forget(*token);
+                    self.ring = None;
+                    // SAFETY: fcntl(2) on the listener's descriptor.
+                    unsafe {
+                        let flags = libc::fcntl(fd, libc::F_GETFL);
+                        libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+                    }
+                }
+            }
+        }
+        self.listener
+            .glommio
+            .accept()
+            .await
+            .map(Stream::Glommio)
+            .map_err(std::io::Error::from)
+    }
+}
+
 /// The descriptor the accept loop keeps aside for the open-file limit.
 fn spare_descriptor() -> Option<OwnedFd> {
     // std opens files with O_CLOEXEC.
@@ -104,18 +204,29 @@ fn out_of_descriptors(err: &std::io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
+/// A shard's listening socket: glommio's listener, and its descriptor
+/// (which glommio's type does not give out) for accepting without it.
+pub(crate) struct Listener {
+    glommio: TcpListener,
+    fd: RawFd,
+}
+
+impl Listener {
+    /// The address it listens on.
+    pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.glommio.local_addr().map_err(std::io::Error::from)
+    }
+}
+
 /// A listening socket with SO_REUSEPORT (every shard binds the same address)
 /// and SO_REUSEADDR. glommio's own `bind` sets only the former, which makes a
 /// restarted broker fail with "address in use" while connections of the
 /// previous run linger in TIME_WAIT. With `steer: Some(shards)`, the group
 /// (complete by then) hands each new connection to the listener whose index
 /// is half the client's source port modulo `shards` (see `steer`).
-pub(crate) fn bind_listener(
-    addr: SocketAddr,
-    steer: Option<usize>,
-) -> std::io::Result<TcpListener> {
+pub(crate) fn bind_listener(addr: SocketAddr, steer: Option<usize>) -> std::io::Result<Listener> {
     use socket2::{Domain, Protocol, Socket, Type};
-    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+    use std::os::fd::{AsRawFd, IntoRawFd};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -128,9 +239,11 @@ pub(crate) fn bind_listener(
             warn!(%err, "cannot steer connections by source port; clients cannot choose their shard");
         }
     }
+    let fd = socket.into_raw_fd();
     // SAFETY: the descriptor is a bound, listening TCP socket that we own;
     // the listener takes it over and closes it when dropped.
-    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+    let glommio = unsafe { TcpListener::from_raw_fd(fd) };
+    Ok(Listener { glommio, fd })
 }
 
 /// Pending connections per shard listener (the kernel caps it at
@@ -150,14 +263,34 @@ mod tests {
     /// (before the fix, 32,767 wake-ups panicked inside glommio).
     #[test]
     fn a_listener_idle_through_many_stop_checks_still_accepts_then_closes() {
+        idle_listener_accepts_then_closes(true);
+    }
+
+    #[test]
+    fn without_the_readiness_ring_glommio_accepts_the_same() {
+        idle_listener_accepts_then_closes(false);
+    }
+
+    fn idle_listener_accepts_then_closes(ring: bool) {
         LocalExecutorBuilder::default()
-            .spawn(|| async {
-                let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            .spawn(move || async move {
+                let readiness = Rc::new(if ring {
+                    Readiness::new()
+                } else {
+                    Readiness::without_ring()
+                });
+                assert_eq!(readiness.uses_ring(), ring);
+                glommio::spawn_local(readiness.clone().run()).detach();
+                let listener =
+                    bind_listener("127.0.0.1:0".parse().expect("address"), None).expect("bind");
                 let addr = listener.local_addr().expect("address");
                 let accepted = Rc::new(Cell::new(0));
                 let on_accept = {
                     let accepted = accepted.clone();
-                    move |_stream, _at_limit| accepted.set(accepted.get() + 1)
+                    move |stream: Stream, _at_limit| {
+                        assert_eq!(matches!(stream, Stream::Own(_)), ring);
+                        accepted.set(accepted.get() + 1);
+                    }
                 };
                 let checks = Cell::new(0u32);
                 let stopped = async {
@@ -178,7 +311,11 @@ mod tests {
                         futures_lite::future::yield_now().await;
                     }
                 };
-                assert_eq!(accept_until(0, listener, on_accept, stopped).await, 40_000);
+                assert_eq!(
+                    accept_until(0, listener, readiness.clone(), on_accept, stopped).await,
+                    40_000
+                );
+                assert_eq!(readiness.armed(), 0, "the listener was disarmed");
                 assert_eq!(accepted.get(), 1);
                 assert!(
                     std::net::TcpStream::connect(addr).is_err(),

@@ -29,7 +29,6 @@ use bytes::{Bytes, BytesMut};
 use corebus_gateway::Origins;
 use corebus_net::{check, decode_from_client, encode_message_header, Check, KeyCache};
 use futures_lite::{AsyncRead, AsyncWriteExt};
-use glommio::net::TcpStream;
 use rustc_hash::FxHashMap;
 use tracing::{debug, error_span, Instrument, Span};
 
@@ -38,8 +37,9 @@ use crate::engine::{ConnId, Flow, Shard};
 use crate::framing::{frames_of_batch, Input, Wrapped};
 use crate::mqtt::{MqttConn, MqttSettings};
 use crate::outbox::{OutFrame, ENCODE_BELOW};
+use crate::readiness::Readiness;
 use crate::sends::SendBatch;
-use crate::socket::SharedSocket;
+use crate::socket::{SharedSocket, Stream};
 use crate::web::WebConn;
 
 mod sessions;
@@ -222,6 +222,15 @@ pub struct Limits {
     pub mqtt: Option<Arc<MqttSettings>>,
 }
 
+/// What a shard's connections share for their socket I/O.
+#[derive(Clone)]
+pub(crate) struct ShardIo {
+    /// Gathers the sends of writers woken together.
+    pub(crate) sends: Rc<SendBatch>,
+    /// Where readers wait for bytes.
+    pub(crate) readiness: Rc<Readiness>,
+}
+
 /// A connection's TLS state, shared by its reader and writer.
 /// A connection's TLS session (a client's, or a link's from this node).
 pub(crate) type Tls = Rc<RefCell<rustls::Connection>>;
@@ -239,11 +248,11 @@ type Edge = Rc<RefCell<EdgeConn>>;
 /// as one [`Served`] (`async fn` arguments are stored twice, and a future
 /// awaited inside another `async fn` is too: served the old way, an idle
 /// connection's task took 3.3 KiB, now 0.7 KiB).
-pub fn serve(
+pub(crate) fn serve(
     shard: Rc<RefCell<Shard>>,
-    stream: TcpStream,
+    stream: Stream,
     limits: Limits,
-    sends: Rc<SendBatch>,
+    io: ShardIo,
     at_file_limit: bool,
 ) {
     let peer = stream.peer_addr().ok();
@@ -269,7 +278,7 @@ pub fn serve(
         Some(peer) => error_span!("conn", %id, %peer),
         None => error_span!("conn", %id, peer = "unknown"),
     };
-    let served = span.in_scope(|| open(shard, conn, stream, limits, sends, at_file_limit));
+    let served = span.in_scope(|| open(shard, conn, stream, limits, io, at_file_limit));
     if let Some((served, stream)) = served {
         glommio::spawn_local(serve_conn(served, stream, handshake).instrument(span)).detach();
     }
@@ -292,16 +301,16 @@ struct Served {
 fn open(
     shard: Rc<RefCell<Shard>>,
     conn: ConnId,
-    stream: TcpStream,
+    stream: Stream,
     limits: Limits,
-    sends: Rc<SendBatch>,
+    io: ShardIo,
     at_file_limit: bool,
 ) -> Option<(Served, SharedSocket)> {
     debug!("connection accepted");
     if let Err(err) = stream.set_nodelay(true) {
         debug!(%err, "cannot set TCP_NODELAY");
     }
-    let stream = SharedSocket::new(stream);
+    let stream = SharedSocket::new(stream, &io.readiness);
     let tls: Option<Tls> = match &limits.tls {
         None => None,
         Some(config) => {
@@ -361,7 +370,7 @@ fn open(
             stream.clone(),
             tls.clone(),
             edge.clone(),
-            sends,
+            io.sends,
         )
         .instrument(Span::current()),
     );

@@ -28,6 +28,7 @@ use crate::listen::{accept_until, bind_listener};
 #[cfg(not(feature = "crossbeam-mesh"))]
 use crate::mesh::MeshBatch;
 use crate::metrics::MetricsHandle;
+use crate::readiness::Readiness;
 use crate::routing::ShardId;
 use crate::sends::SendBatch;
 use crate::webhooks::WebhookSink;
@@ -208,6 +209,8 @@ pub(super) async fn run_shard(ctx: ShardContext, engine: EngineConfig, mesh: Sha
     }
     let sends = Rc::new(SendBatch::new());
     glommio::spawn_local(sends.clone().run_flusher()).detach();
+    let readiness = Rc::new(Readiness::new());
+    glommio::spawn_local(readiness.clone().run()).detach();
     let clock = Instant::now();
     glommio::spawn_local({
         let shard = shard.clone();
@@ -244,12 +247,16 @@ pub(super) async fn run_shard(ctx: ShardContext, engine: EngineConfig, mesh: Sha
     let accepted = |limits: crate::conn::Limits| {
         let shard = shard.clone();
         let sends = sends.clone();
+        let readiness = readiness.clone();
         move |stream, at_file_limit| {
             crate::conn::serve(
                 shard.clone(),
                 stream,
                 limits.clone(),
-                sends.clone(),
+                crate::conn::ShardIo {
+                    sends: sends.clone(),
+                    readiness: readiness.clone(),
+                },
                 at_file_limit,
             );
         }
@@ -272,14 +279,26 @@ pub(super) async fn run_shard(ctx: ShardContext, engine: EngineConfig, mesh: Sha
             mqtt: mqtt_settings,
             ..limits.clone()
         };
-        glommio::spawn_local(accept_until(id, listener, accepted(limits), stopped()))
+        glommio::spawn_local(accept_until(
+            id,
+            listener,
+            readiness.clone(),
+            accepted(limits),
+            stopped(),
+        ))
     });
     let mqtt_accepts = mqtt.map(|(_, listener, settings)| {
         let limits = crate::conn::Limits {
             mqtt: Some(settings),
             ..limits.clone()
         };
-        glommio::spawn_local(accept_until(id, listener, accepted(limits), stopped()))
+        glommio::spawn_local(accept_until(
+            id,
+            listener,
+            readiness.clone(),
+            accepted(limits),
+            stopped(),
+        ))
     });
     // A cluster member's listener stays open while it drains: the other
     // nodes connect to take its topics over (the engine refuses clients
@@ -294,12 +313,17 @@ pub(super) async fn run_shard(ctx: ShardContext, engine: EngineConfig, mesh: Sha
                 }
             }
         };
-        let accepts =
-            glommio::spawn_local(accept_until(id, listener, accepted(limits), until_stopped));
+        let accepts = glommio::spawn_local(accept_until(
+            id,
+            listener,
+            readiness.clone(),
+            accepted(limits),
+            until_stopped,
+        ));
         (stopped().await, Some(accepts))
     } else {
         (
-            accept_until(id, listener, accepted(limits), stopped()).await,
+            accept_until(id, listener, readiness.clone(), accepted(limits), stopped()).await,
             None,
         )
     };
