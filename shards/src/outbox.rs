@@ -323,6 +323,10 @@ impl Queued {
     }
 }
 
+/// Room for queued frames an outbox keeps once it is empty: a queue that
+/// never grew past it is freed (see [`Outbox::drain_some`]).
+const IDLE_QUEUE_KEPT: usize = 8;
+
 /// The outbound queue of one connection. Owned by the shard's engine; only the
 /// shard's own tasks touch it.
 #[derive(Debug)]
@@ -585,6 +589,12 @@ impl Outbox {
         );
         self.queued_bytes = self.queued_bytes.saturating_sub(taken);
         self.in_writer = taken;
+        if self.frames.is_empty() && self.frames.capacity() <= IDLE_QUEUE_KEPT {
+            // An idle connection owns no queue: a few frames (the
+            // handshake's answer) would otherwise keep their room for the
+            // connection's life. A busy queue keeps its larger room.
+            self.frames = VecDeque::new();
+        }
         debug_assert!(
             !self.frames.is_empty() || (self.queued_bytes == 0 && self.shared == 0),
             "outbox accounting: an empty queue still counts {} bytes, {} shared",
@@ -862,6 +872,37 @@ mod tests {
         assert_eq!(batch, vec![message(5000)]);
         assert_eq!(outbox.queued_bytes(), 0);
         assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn an_emptied_small_queue_gives_its_room_back_and_a_large_one_keeps_it() {
+        let mut outbox = Outbox::new(1 << 20);
+        outbox.push(message(600)).expect("room");
+        assert!(outbox.frames.capacity() > 0);
+        let mut batch = Vec::new();
+        outbox.drain_some(&mut batch, usize::MAX);
+        assert_eq!(
+            outbox.frames.capacity(),
+            0,
+            "an idle connection owns no queue"
+        );
+        // A queue that grew past the idle room keeps it for the next burst
+        // (control frames: each is an entry of its own).
+        for nonce in 0..2 * IDLE_QUEUE_KEPT as u64 {
+            outbox.push(OutFrame::Pong(nonce)).expect("room");
+        }
+        batch.clear();
+        outbox.drain_some(&mut batch, usize::MAX);
+        assert_eq!(batch.len(), 2 * IDLE_QUEUE_KEPT);
+        assert!(outbox.frames.capacity() > IDLE_QUEUE_KEPT);
+        // And still works after giving its room back.
+        let mut small = Outbox::new(1 << 20);
+        small.push(message(600)).expect("room");
+        small.drain_some(&mut batch, usize::MAX);
+        small.push(message(700)).expect("room");
+        batch.clear();
+        small.drain_some(&mut batch, usize::MAX);
+        assert_eq!(batch, vec![message(700)]);
     }
 
     /// A 100-byte plain body whose payload bytes are all `seq`.

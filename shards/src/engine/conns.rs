@@ -168,7 +168,7 @@ impl Shard {
         let id = ConnId(self.next_conn);
         self.conns.insert(
             id,
-            ConnState {
+            Box::new(ConnState {
                 outbox: Outbox::new(self.config.outbox_limit_bytes),
                 handshaken: false,
                 version: PROTOCOL_VERSION,
@@ -184,7 +184,7 @@ impl Shard {
                 socket: None,
                 handover: None,
                 arrived: None,
-            },
+            }),
         );
         self.stats.connections_opened += 1;
         id

@@ -302,7 +302,10 @@ pub struct Shard {
     local_patterns: LocalTopics<LocalPattern>,
     /// Every group's shared subscriptions, as this shard knows them.
     shared: Vec<shared::SharedGroup>,
-    conns: FxHashMap<ConnId, ConnState>,
+    /// Boxed: a connection's state is a few hundred bytes, and a table
+    /// that doubles as it grows would hold up to twice that per connection
+    /// inline.
+    conns: FxHashMap<ConnId, Box<ConnState>>,
     next_conn: u64,
     /// Per peer: messages collected during this turn, sent as one batch.
     mesh_out: Vec<MeshBatch>,
