@@ -42,6 +42,8 @@ pub mod steer;
 pub mod tls;
 pub mod topic;
 pub mod upstream;
+#[cfg(test)]
+mod wakes;
 mod web;
 pub mod webhooks;
 

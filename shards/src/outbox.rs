@@ -1048,22 +1048,10 @@ mod tests {
         );
     }
 
-    /// A waker that counts its wakes.
-    struct Counter(std::sync::atomic::AtomicUsize);
+    use crate::wakes::{counting_waker, Wakes};
 
-    impl std::task::Wake for Counter {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
-    fn counting_waker() -> (std::sync::Arc<Counter>, Waker) {
-        let counter = std::sync::Arc::new(Counter(std::sync::atomic::AtomicUsize::new(0)));
-        (counter.clone(), Waker::from(counter))
-    }
-
-    fn wakes(counter: &Counter) -> usize {
-        counter.0.load(std::sync::atomic::Ordering::Relaxed)
+    fn wakes(counter: &Wakes) -> usize {
+        counter.count()
     }
 
     #[test]

@@ -318,33 +318,18 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::os::unix::net::UnixStream;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::task::Wake;
     use std::time::{Duration, Instant};
 
     use super::*;
-
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn counting_waker() -> (Arc<Count>, Waker) {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        (count.clone(), Waker::from(count))
-    }
+    use crate::wakes::{counting_waker, Wakes};
 
     /// Drains until `count` reaches `want` (the kernel posts completions
     /// asynchronously), for at most two seconds; the count reached.
-    fn drain_until(readiness: &Readiness, count: &Count, want: usize) -> usize {
+    fn drain_until(readiness: &Readiness, count: &Wakes, want: usize) -> usize {
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
             readiness.drain();
-            let now = count.0.load(Ordering::SeqCst);
+            let now = count.count();
             if now >= want || Instant::now() > deadline {
                 return now;
             }
@@ -366,7 +351,7 @@ mod tests {
         assert_eq!(readiness.armed(), 1);
         std::thread::sleep(Duration::from_millis(20));
         readiness.drain();
-        assert_eq!(count.0.load(Ordering::SeqCst), 0, "nothing arrived");
+        assert_eq!(count.count(), 0, "nothing arrived");
         theirs.write_all(b"one").expect("write");
         assert_eq!(drain_until(&readiness, &count, 1), 1, "woken once");
         // Bytes that arrive while nobody waits wake nobody: the reader
@@ -374,7 +359,7 @@ mod tests {
         theirs.write_all(b"two").expect("write");
         std::thread::sleep(Duration::from_millis(20));
         readiness.drain();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.count(), 1);
         // The socket stays armed: the next wait needs no new request.
         assert!(readiness.wait(token, ours.as_raw_fd(), &waker));
         assert_eq!(readiness.armed(), 1);
@@ -404,6 +389,6 @@ mod tests {
         theirs.write_all(b"late").ok();
         std::thread::sleep(Duration::from_millis(20));
         readiness.drain();
-        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(count.count(), 0);
     }
 }

@@ -415,24 +415,10 @@ impl Drop for Send<'_> {
 mod tests {
     use super::*;
     use crate::outbox::{OutFrame, Outbox};
+    use crate::wakes::counting_waker;
     use std::io::Read;
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::task::Wake;
-
-    struct Count(AtomicUsize);
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn counting_waker() -> (Arc<Count>, Waker) {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        (count.clone(), Waker::from(count))
-    }
 
     fn poll_once<F: Future + Unpin>(future: &mut F, waker: &Waker) -> Poll<F::Output> {
         Pin::new(future).poll(&mut Context::from_waker(waker))
@@ -521,7 +507,7 @@ mod tests {
         } else {
             assert_eq!(after.at_once - before.at_once, sockets.len() as u64);
         }
-        assert_eq!(woken.0.load(Ordering::SeqCst), sockets.len());
+        assert_eq!(woken.count(), sockets.len());
         for (i, send) in sends.iter_mut().enumerate() {
             let expected: usize = segments[i].iter().map(Bytes::len).sum();
             match poll_once(send, &waker) {

@@ -273,32 +273,29 @@ pub(super) async fn run_shard(ctx: ShardContext, engine: EngineConfig, mesh: Sha
         }
     };
     let mqtt_settings = mqtt.as_ref().map(|(_, _, settings)| settings.clone());
+    let spawn_accepts = |listener, limits| {
+        glommio::spawn_local(accept_until(
+            id,
+            listener,
+            readiness.clone(),
+            accepted(limits),
+            stopped(),
+        ))
+    };
     let web_accepts = web.map(|(_, listener, origins)| {
         let limits = crate::conn::Limits {
             web: Some(origins),
             mqtt: mqtt_settings,
             ..limits.clone()
         };
-        glommio::spawn_local(accept_until(
-            id,
-            listener,
-            readiness.clone(),
-            accepted(limits),
-            stopped(),
-        ))
+        spawn_accepts(listener, limits)
     });
     let mqtt_accepts = mqtt.map(|(_, listener, settings)| {
         let limits = crate::conn::Limits {
             mqtt: Some(settings),
             ..limits.clone()
         };
-        glommio::spawn_local(accept_until(
-            id,
-            listener,
-            readiness.clone(),
-            accepted(limits),
-            stopped(),
-        ))
+        spawn_accepts(listener, limits)
     });
     // A cluster member's listener stays open while it drains: the other
     // nodes connect to take its topics over (the engine refuses clients
