@@ -73,7 +73,8 @@ pub(crate) struct SharedSocket(Rc<RefCell<Socket>>);
 #[derive(Debug)]
 enum Socket {
     Own(Own),
-    Glommio(glommio::net::TcpStream),
+    /// Boxed: glommio's stream is several times the size of an `Own`.
+    Glommio(Box<glommio::net::TcpStream>),
 }
 
 #[derive(Debug)]
@@ -82,6 +83,12 @@ struct Own {
     readiness: Rc<Readiness>,
     /// The socket's name on the readiness ring.
     token: u64,
+    /// Timers, rarely needed (boxed: every connection would carry them).
+    timers: Option<Box<Timers>>,
+}
+
+#[derive(Debug, Default)]
+struct Timers {
     /// How long a write may wait for room (`None`: for ever), and the
     /// deadline of the write waiting now.
     write_timeout: Option<Duration>,
@@ -113,10 +120,11 @@ impl Own {
         if waits {
             return Poll::Pending;
         }
-        let retry = self.retry[direction].get_or_insert_with(|| Timer::new(RETRY_WITHOUT_RING));
+        let timers = self.timers.get_or_insert_with(Box::default);
+        let retry = timers.retry[direction].get_or_insert_with(|| Timer::new(RETRY_WITHOUT_RING));
         match Pin::new(retry).poll(cx) {
             Poll::Ready(_) => {
-                self.retry[direction] = None;
+                timers.retry[direction] = None;
                 Poll::Ready(())
             }
             Poll::Pending => Poll::Pending,
@@ -140,15 +148,13 @@ impl SharedSocket {
             stream,
             readiness: readiness.clone(),
             token: readiness.token(),
-            write_timeout: None,
-            write_deadline: None,
-            retry: [None, None],
+            timers: None,
         }))))
     }
 
     /// A glommio stream, which waits through glommio.
     pub(crate) fn glommio(stream: glommio::net::TcpStream) -> SharedSocket {
-        SharedSocket(Rc::new(RefCell::new(Socket::Glommio(stream))))
+        SharedSocket(Rc::new(RefCell::new(Socket::Glommio(Box::new(stream)))))
     }
 
     /// Bounds how long a write may wait for room (`None`: for ever).
@@ -158,8 +164,11 @@ impl SharedSocket {
         }
         match &mut *self.0.borrow_mut() {
             Socket::Own(own) => {
-                own.write_timeout = timeout;
-                own.write_deadline = None;
+                if timeout.is_some() || own.timers.is_some() {
+                    let timers = own.timers.get_or_insert_with(Box::default);
+                    timers.write_timeout = timeout;
+                    timers.write_deadline = None;
+                }
                 Ok(())
             }
             Socket::Glommio(stream) => stream.set_write_timeout(timeout).map_err(io::Error::from),
@@ -235,19 +244,25 @@ impl AsyncWrite for SharedSocket {
                 )
             };
             if let Ok(sent) = usize::try_from(sent) {
-                own.write_deadline = None;
+                if let Some(timers) = &mut own.timers {
+                    timers.write_deadline = None;
+                }
                 return Poll::Ready(Ok(sent));
             }
             let err = io::Error::last_os_error();
             match err.kind() {
                 io::ErrorKind::Interrupted => {}
                 io::ErrorKind::WouldBlock => {
-                    if let Some(timeout) = own.write_timeout {
-                        let deadline = own
+                    let timed = own.timers.as_mut().and_then(|timers| {
+                        let timeout = timers.write_timeout?;
+                        Some((timeout, timers))
+                    });
+                    if let Some((timeout, timers)) = timed {
+                        let deadline = timers
                             .write_deadline
                             .get_or_insert_with(|| Timer::new(timeout));
                         if Pin::new(deadline).poll(cx).is_ready() {
-                            own.write_deadline = None;
+                            timers.write_deadline = None;
                             return Poll::Ready(Err(io::Error::new(
                                 io::ErrorKind::TimedOut,
                                 "no room to write within the write timeout",
@@ -286,5 +301,88 @@ impl AsyncWrite for SharedSocket {
                     }),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::time::Instant;
+
+    use futures_lite::AsyncWriteExt;
+    use glommio::LocalExecutorBuilder;
+
+    use super::*;
+
+    /// A connected pair: ours a shard-accepted socket on `readiness`, the
+    /// peer a blocking std stream.
+    fn pair(readiness: &Rc<Readiness>) -> (SharedSocket, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let peer =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (ours, _) = listener.accept().expect("accept");
+        ours.set_nonblocking(true).expect("non-blocking");
+        (SharedSocket::own(ours, readiness), peer)
+    }
+
+    #[test]
+    fn a_write_to_a_peer_that_reads_nothing_times_out_and_one_that_reads_gets_through() {
+        LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let readiness = Rc::new(Readiness::new());
+                assert!(readiness.uses_ring());
+                glommio::spawn_local(readiness.clone().run()).detach();
+                let (mut ours, mut peer) = pair(&readiness);
+                ours.set_write_timeout(Some(Duration::from_millis(100)))
+                    .expect("timeout");
+                // More than the kernel buffers of both ends hold.
+                let chunk = vec![7u8; 1 << 20];
+                let started = Instant::now();
+                let outcome = futures_lite::future::or(
+                    async {
+                        loop {
+                            if let Err(err) = ours.write_all(&chunk).await {
+                                return Some(err.kind());
+                            }
+                        }
+                    },
+                    async {
+                        glommio::timer::sleep(Duration::from_secs(10)).await;
+                        None
+                    },
+                )
+                .await;
+                assert_eq!(outcome, Some(io::ErrorKind::TimedOut), "the write gave up");
+                assert!(started.elapsed() < Duration::from_secs(5));
+                // A reader makes room: the waiting write is woken and done.
+                ours.set_write_timeout(None).expect("no timeout");
+                let reader = std::thread::spawn(move || {
+                    let mut total = 0usize;
+                    let mut buf = vec![0u8; 1 << 16];
+                    while let Ok(read) = peer.read(&mut buf) {
+                        if read == 0 {
+                            break;
+                        }
+                        total += read;
+                    }
+                    total
+                });
+                ours.write_all(&chunk)
+                    .await
+                    .expect("written once the peer reads");
+                drop(ours);
+                // The peer sees the close (a socket left armed would stay
+                // open in the kernel).
+                let closing = Instant::now();
+                while !reader.is_finished() && closing.elapsed() < Duration::from_secs(10) {
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                }
+                assert!(reader.is_finished(), "the peer saw the close");
+                assert!(reader.join().expect("reader") >= chunk.len());
+                assert_eq!(readiness.armed(), 0, "a closed socket is disarmed");
+            })
+            .expect("executor")
+            .join()
+            .expect("the executor ran to its end");
     }
 }
