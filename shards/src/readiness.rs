@@ -124,6 +124,21 @@ impl Readiness {
     /// is not armed. `false` when there is no ring (or arming failed): the
     /// caller waits some other way.
     pub fn wait(&self, token: u64, fd: RawFd, waker: &Waker) -> bool {
+        self.wait_for(token, fd, libc::POLLIN, waker)
+    }
+
+    /// Makes `waker` the one woken when `fd` (named by `token`), whose
+    /// write just found its buffer full, has room again: a one-shot request,
+    /// since a socket with room would otherwise complete one at every
+    /// acknowledgement. `false` when there is no ring (or the request
+    /// failed).
+    pub fn wait_writable(&self, token: u64, fd: RawFd, waker: &Waker) -> bool {
+        self.wait_for(token | WRITABLE, fd, libc::POLLOUT, waker)
+    }
+
+    /// [`Readiness::wait`] (`POLLIN`, multishot, armed once) and
+    /// [`Readiness::wait_writable`] (`POLLOUT`, one-shot).
+    fn wait_for(&self, token: u64, fd: RawFd, event: libc::c_short, waker: &Waker) -> bool {
         let mut inner = self.inner.borrow_mut();
         let inner = &mut *inner;
         let Some(ring) = inner.ring.as_mut() else {
@@ -136,39 +151,12 @@ impl Readiness {
             }
             return true;
         }
-        let arm = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
-            .multi(true)
+        let arm = opcode::PollAdd::new(types::Fd(fd), event as u32)
+            .multi(event == libc::POLLIN)
             .build()
             .user_data(token);
         if let Err(err) = ring.submit_one(&arm) {
-            warn!(%err, "cannot arm a socket on the readiness ring; it waits through glommio");
-            return false;
-        }
-        inner.armed.insert(token, Some(waker.clone()));
-        true
-    }
-
-    /// Makes `waker` the one woken when `fd` (named by `token`), whose
-    /// write just found its buffer full, has room again: a one-shot request,
-    /// since a socket with room would otherwise complete one at every
-    /// acknowledgement. `false` when there is no ring (or the request
-    /// failed).
-    pub fn wait_writable(&self, token: u64, fd: RawFd, waker: &Waker) -> bool {
-        let mut inner = self.inner.borrow_mut();
-        let inner = &mut *inner;
-        let Some(ring) = inner.ring.as_mut() else {
-            return false;
-        };
-        let token = token | WRITABLE;
-        if let Some(waiting) = inner.armed.get_mut(&token) {
-            *waiting = Some(waker.clone());
-            return true;
-        }
-        let arm = opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32)
-            .build()
-            .user_data(token);
-        if let Err(err) = ring.submit_one(&arm) {
-            warn!(%err, "cannot wait for room on the readiness ring");
+            warn!(%err, "cannot arm a socket on the readiness ring; it waits some other way");
             return false;
         }
         inner.armed.insert(token, Some(waker.clone()));
