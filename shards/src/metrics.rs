@@ -84,6 +84,9 @@ pub struct ShardMetrics {
     pub patterns_matched: u64,
     /// Messages waiting to be handed to the cross-shard queues.
     pub mesh_backlog: u64,
+    /// Connections whose writer task runs: they have output to send. An
+    /// idle connection's writer is parked and holds no task.
+    pub writers_running: u64,
     /// Time from a message being sequenced by its owner to its being queued
     /// for this shard's subscribers, measured for one sequence number in 64.
     pub delivery_latency: LatencyHistogram,

@@ -621,6 +621,11 @@ impl Outbox {
         self.wake();
     }
 
+    /// Nothing for the writer to do: no frame, no kick, not closing.
+    pub fn is_idle(&self) -> bool {
+        self.is_empty() && !self.kicked && !self.is_closing()
+    }
+
     /// Whether the writer was kicked since it last looked; clears the flag.
     pub fn take_kick(&mut self) -> bool {
         std::mem::take(&mut self.kicked)

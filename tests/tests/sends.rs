@@ -1,6 +1,6 @@
 //! Gathered sends end to end: a message to many subscribers of one shard
 //! leaves in shared io_uring submissions, and every subscriber still gets
-//! every message, in order.
+//! every message, in order; an idle connection holds no writer task.
 
 use std::time::{Duration, Instant};
 
@@ -57,5 +57,76 @@ async fn a_message_to_many_subscribers_of_a_shard_leaves_in_gathered_sends() {
             "{deliveries} deliveries, but only these sends were gathered: {sends:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until no writer task runs on any shard, as a tick after this
+/// call reports it; the last figures seen otherwise.
+async fn writers_parked(broker: &Broker) -> Result<(), Vec<u64>> {
+    let ticks_now: Vec<u64> = broker.metrics().iter().map(|shard| shard.ticks).collect();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let metrics = broker.metrics();
+        let fresh = metrics.len() == ticks_now.len()
+            && metrics
+                .iter()
+                .zip(&ticks_now)
+                .all(|(shard, &then)| shard.ticks > then);
+        let running: Vec<u64> = metrics.iter().map(|shard| shard.writers_running).collect();
+        if fresh && running.iter().all(|&n| n == 0) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(running);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An idle connection holds no writer task: between bursts every writer
+/// parks, and the next message starts it again, for every subscriber,
+/// every time, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_hold_no_writer_and_the_next_message_starts_it() {
+    let (subscribers, bursts, per_burst) = (12usize, 3u64, 20u64);
+    let broker = Broker::start(2);
+    let mut subscriptions = Vec::with_capacity(subscribers);
+    for _ in 0..subscribers {
+        let client = Client::connect(broker.addr()).await.expect("connects");
+        let subscription = client
+            .subscribe("test", "bursts")
+            .await
+            .expect("subscribes");
+        subscriptions.push((client, subscription));
+    }
+    let publisher = Client::connect(broker.addr()).await.expect("connects");
+    for burst in 0..bursts {
+        // Every connection has been quiet since its last frame.
+        if let Err(running) = writers_parked(&broker).await {
+            panic!("before burst {burst}, writers still run per shard: {running:?}");
+        }
+        for n in 0..per_burst {
+            let seq = burst * per_burst + n + 1;
+            let acked = publisher
+                .publish("test", "bursts", seq.to_be_bytes().to_vec())
+                .await
+                .expect("acknowledged");
+            assert_eq!(acked, seq);
+        }
+        for (_, subscription) in &mut subscriptions {
+            for n in 0..per_burst {
+                let seq = burst * per_burst + n + 1;
+                match next_event(subscription).await {
+                    Event::Message(message) => {
+                        assert_eq!(message.seq, seq);
+                        assert_eq!(message.payload.as_ref(), seq.to_be_bytes());
+                    }
+                    other => panic!("burst {burst}: expected message {seq}, got {other:?}"),
+                }
+            }
+        }
+    }
+    if let Err(running) = writers_parked(&broker).await {
+        panic!("after the last burst, writers still run per shard: {running:?}");
     }
 }

@@ -198,6 +198,12 @@ const FAMILIES: &[Family] = &[
         value: |m| m.mesh_backlog,
     },
     Family {
+        name: "writers_running",
+        help: "Connections whose writer task runs (an idle connection's writer is parked).",
+        kind: MetricType::Gauge,
+        value: |m| m.writers_running,
+    },
+    Family {
         name: "connections_opened",
         help: "Connections accepted.",
         kind: MetricType::Counter,

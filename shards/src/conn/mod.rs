@@ -1,8 +1,9 @@
 //! One client connection on its shard: a reader that decodes frames into the
 //! engine, and a writer that drains the connection's outbox with vectored
-//! writes.
+//! writes ([`writer`]: a task only while there is output; an idle
+//! connection's writer is parked in its outbox).
 //!
-//! Both tasks hold the one socket ([`SharedSocket`]: one file descriptor per
+//! Both hold the one socket ([`SharedSocket`]: one file descriptor per
 //! connection). glommio's stream has no vectored write, so the writer sends
 //! with non-blocking `sendmsg`, queued in the shard's [`SendBatch`] so that
 //! every connection's send of one turn leaves in one submission; only when
@@ -27,16 +28,15 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use corebus_gateway::Origins;
-use corebus_net::{check, decode_from_client, encode_message_header, Check, KeyCache};
+use corebus_net::{check, decode_from_client, Check, KeyCache};
 use futures_lite::{AsyncRead, AsyncWriteExt};
 use rustc_hash::FxHashMap;
 use tracing::{debug, error_span, Instrument, Span};
 
 use crate::edge::EdgeConn;
 use crate::engine::{ConnId, Flow, Shard};
-use crate::framing::{frames_of_batch, Input, Wrapped};
+use crate::framing::Input;
 use crate::mqtt::{MqttConn, MqttSettings};
-use crate::outbox::{OutFrame, ENCODE_BELOW};
 use crate::readiness::Readiness;
 use crate::sends::SendBatch;
 use crate::socket::{SharedSocket, Stream};
@@ -44,6 +44,11 @@ use crate::web::WebConn;
 
 mod sessions;
 mod spares;
+mod writer;
+
+pub use writer::writers_running;
+pub(crate) use writer::{encode_out_frame, next_batch};
+use writer::{finish_writer, WriterParts, WriterSlot};
 
 /// Bytes asked of the kernel per read: start small, so an idle connection
 /// costs a few KiB, and double up to the maximum while reads fill the buffer.
@@ -238,7 +243,7 @@ pub(crate) type Tls = Rc<RefCell<rustls::Connection>>;
 type Edge = Rc<RefCell<EdgeConn>>;
 
 /// Starts serving one accepted connection: a task of its own serves it
-/// until it closes, and another writes for it.
+/// until it closes, and its writer runs whenever it has output.
 ///
 /// Everything logged while its tasks run, the engine's lines for its frames
 /// included, carries the span `conn{id=SHARD:N peer=ADDR}`.
@@ -292,7 +297,7 @@ struct Served {
     edge: Option<Edge>,
     /// The broker-wide count, when it holds a place for this connection.
     admitted: Option<Arc<ConnLimit>>,
-    writer: glommio::Task<()>,
+    writer: Rc<WriterSlot>,
 }
 
 /// Sets a connection up: its TLS session, its protocol's state, its
@@ -363,17 +368,18 @@ fn open(
     shard
         .borrow_mut()
         .set_socket(conn, Some(stream.as_raw_fd()));
-    let writer = glommio::spawn_local(
-        write_loop(
-            shard.clone(),
-            conn,
-            stream.clone(),
-            tls.clone(),
-            edge.clone(),
-            io.sends,
-        )
-        .instrument(Span::current()),
-    );
+    // Its writer starts with the first frame queued for it.
+    let writer = Rc::new(WriterSlot::default());
+    writer::park(WriterParts {
+        shard: shard.clone(),
+        conn,
+        stream: stream.clone(),
+        tls: tls.clone(),
+        edge: edge.clone(),
+        sends: io.sends,
+        span: Span::current(),
+        slot: writer.clone(),
+    });
     let served = Served {
         shard,
         conn,
@@ -478,12 +484,12 @@ async fn end_conn(served: Served) {
         });
     if handover {
         kick(shard, conn);
-        finish_writer(writer).await;
+        finish_writer(&writer).await;
     } else if detached {
         // The session lives on without its socket: the writer stops at
         // its next batch, and the connection's place is given back.
         kick(shard, conn);
-        finish_writer(writer).await;
+        finish_writer(&writer).await;
         if let Some(total) = admitted.take() {
             total.release();
         }
@@ -492,7 +498,7 @@ async fn end_conn(served: Served) {
         }
     } else {
         shard.borrow_mut().finish_conn(conn);
-        finish_writer(writer).await;
+        finish_writer(&writer).await;
     }
     if let Some(edge) = mqtt {
         // To the connection that took the session over, or ended.
@@ -501,27 +507,6 @@ async fn end_conn(served: Served) {
     shard.borrow_mut().close_conn(conn);
     if let Some(total) = admitted.take() {
         total.release();
-    }
-}
-
-/// Waits for a connection's writer to flush what is queued (a fatal error,
-/// say); but a peer that does not read could keep it waiting on a full
-/// socket for ever, and the connection with it. Past the deadline the
-/// writer is cancelled, which closes the socket.
-async fn finish_writer(writer: glommio::Task<()>) {
-    let flushed = futures_lite::future::or(
-        async {
-            writer.await;
-            true
-        },
-        async {
-            glommio::timer::sleep(CLOSE_FLUSH_TIMEOUT).await;
-            false
-        },
-    )
-    .await;
-    if !flushed {
-        debug!("the peer read nothing for {CLOSE_FLUSH_TIMEOUT:?} after the close; dropped");
     }
 }
 
@@ -914,155 +899,6 @@ pub(crate) async fn write_tls(
     Ok(total)
 }
 
-async fn write_loop(
-    shard: Rc<RefCell<Shard>>,
-    conn: ConnId,
-    mut stream: SharedSocket,
-    tls: Option<Tls>,
-    edge: Option<Edge>,
-    sends: Rc<SendBatch>,
-) {
-    // Lent while there is something to write (`spares`): an idle
-    // connection's writer holds neither.
-    let mut batch = Vec::new();
-    let mut segments: Vec<Bytes> = Vec::new();
-    // Grows with the batches it encodes; an idle connection holds almost nothing.
-    let mut head = BytesMut::new();
-    // The MQTT session lives on without this socket: the writer stops.
-    let mut detached = false;
-    loop {
-        let Some(closing) = next_batch(&shard, conn, &mut batch).await else {
-            break;
-        };
-        if closing {
-            // The peer may not be reading at all; bound the final flush.
-            let _ = stream.set_write_timeout(Some(CLOSE_FLUSH_TIMEOUT));
-        }
-        // An MQTT connection reads the batch's frames as they are: encoded
-        // for it, they would be decoded again (and copied twice).
-        let reads_frames = edge
-            .as_ref()
-            .is_some_and(|edge| edge.borrow().reads_frames());
-        let frames = reads_frames.then(|| frames_of_batch(&mut batch));
-        if segments.capacity() == 0 {
-            segments = spares::take_segments();
-        }
-        for frame in batch.drain(..) {
-            encode_out_frame(frame, &mut head, &mut segments);
-        }
-        spares::give_batch(std::mem::take(&mut batch));
-        if !head.is_empty() {
-            segments.push(head.split().freeze());
-        }
-        let wrapped = match &edge {
-            Some(edge) => {
-                if let Some(mqtt) = edge.borrow_mut().mqtt_mut() {
-                    if mqtt.is_detached() {
-                        detached = true;
-                    } else {
-                        sessions::take_arrival(&mut shard.borrow_mut(), conn, mqtt);
-                    }
-                }
-                let wrapped = match frames {
-                    Some(frames) => edge.borrow_mut().wrap_frames(frames, &mut segments),
-                    None => edge.borrow_mut().wrap(&mut segments),
-                };
-                if let Some(opened) = edge.borrow_mut().take_opened() {
-                    shard.borrow_mut().note_web(opened);
-                }
-                if let Some(mqtt) = edge.borrow_mut().mqtt_mut() {
-                    sessions::ask_for_session(&mut shard.borrow_mut(), conn, mqtt);
-                }
-                wrapped
-            }
-            None => Wrapped::default(),
-        };
-        // Detached: what the batch held is queued for the session (`wrap`),
-        // and only a handover's last words (5.0: `DISCONNECT` 0x8E) go out.
-        let written = match write_segments(&mut stream, tls.as_ref(), &sends, &mut segments).await {
-            Ok(written) => written,
-            Err(err) => {
-                debug!(%err, "connection write failed");
-                break;
-            }
-        };
-        if segments.is_empty() {
-            spares::give_segments(std::mem::take(&mut segments));
-        }
-        let mut engine = shard.borrow_mut();
-        engine.conn_drained(conn, written);
-        if wrapped.pinged {
-            // Written, not answered: see `watch_unacknowledged`.
-            engine.note_input(conn, 0);
-        }
-        drop(engine);
-        if wrapped.end || detached {
-            break;
-        }
-    }
-    // An MQTT session that outlives the connection keeps its outbox.
-    let persists = detached
-        || edge.as_ref().is_some_and(|edge| {
-            edge.borrow_mut()
-                .mqtt_mut()
-                .is_some_and(|mqtt| mqtt.session_persists())
-        });
-    // Detached meanwhile (the reader ended while this writer was writing):
-    // only a handover's last words go out.
-    let detached = detached
-        || edge.as_ref().is_some_and(|edge| {
-            edge.borrow_mut()
-                .mqtt_mut()
-                .is_some_and(|mqtt| mqtt.is_detached())
-        });
-    if detached {
-        let last = edge
-            .as_ref()
-            .and_then(|edge| edge.borrow_mut().mqtt_mut().map(MqttConn::take_last_words))
-            .filter(|last| !last.is_empty());
-        if let Some(last) = last {
-            let _ = stream.set_write_timeout(Some(CLOSE_FLUSH_TIMEOUT));
-            let mut last = vec![last];
-            let _ = write_segments(&mut stream, tls.as_ref(), &sends, &mut last).await;
-        }
-    }
-    if let Some(edge) = edge.as_ref().filter(|_| !detached) {
-        // A WebSocket close frame, bounded like the TLS close below.
-        let _ = stream.set_write_timeout(Some(CLOSE_FLUSH_TIMEOUT));
-        let last = edge.borrow_mut().close();
-        if !last.is_empty() {
-            let mut last = vec![Bytes::from(last)];
-            let _ = write_segments(&mut stream, tls.as_ref(), &sends, &mut last).await;
-        }
-    }
-    if let Some(tls) = &tls {
-        // A clean TLS close (or the alert for a failed handshake), bounded
-        // by the write timeout when the peer does not read.
-        let _ = stream.set_write_timeout(Some(CLOSE_FLUSH_TIMEOUT));
-        tls.borrow_mut().send_close_notify();
-        let _ = flush_tls(&mut stream, tls).await;
-    }
-    // Unblocks the reader if it is still waiting for input, unless it
-    // lingers (then it ends on the peer's close, or its deadline).
-    let lingering = edge.as_ref().is_some_and(|edge| {
-        edge.borrow_mut()
-            .mqtt_mut()
-            .is_some_and(|mqtt| mqtt.is_lingering())
-    });
-    let how = if lingering {
-        libc::SHUT_WR
-    } else {
-        libc::SHUT_RDWR
-    };
-    // SAFETY: shutdown(2) on a descriptor we own; it does not touch memory.
-    unsafe { libc::shutdown(stream.as_raw_fd(), how) };
-    let mut shard = shard.borrow_mut();
-    if let Some(outbox) = shard.outbox_mut(conn).filter(|_| !persists) {
-        // The writer is gone: refuse further frames instead of queueing them.
-        outbox.close_with(None);
-    }
-}
-
 /// How long a closing MQTT connection reads (and drops) what its client
 /// still sends, once its last words are out.
 const LINGER: Duration = Duration::from_secs(5);
@@ -1086,135 +922,11 @@ async fn linger(stream: &mut SharedSocket) {
     futures_lite::future::or(drain, glommio::timer::sleep(LINGER)).await;
 }
 
-/// The next frames of `conn`'s outbox, moved to `batch`: `Some(closing)`
-/// once there are some (or the writer was kicked), `None` once the outbox
-/// is closing and empty, or gone.
-pub(crate) async fn next_batch(
-    shard: &Rc<RefCell<Shard>>,
-    conn: ConnId,
-    batch: &mut Vec<OutFrame>,
-) -> Option<bool> {
-    poll_fn(|cx| {
-        let mut shard = shard.borrow_mut();
-        let Some(outbox) = shard.outbox_mut(conn) else {
-            return Poll::Ready(None);
-        };
-        outbox.take_woken();
-        let kicked = outbox.take_kick();
-        if !outbox.is_empty() || kicked {
-            if batch.capacity() == 0 {
-                *batch = spares::take_batch();
-            }
-            outbox.drain_some(batch, WRITE_BATCH_BYTES);
-            Poll::Ready(Some(outbox.is_closing()))
-        } else if outbox.is_closing() {
-            Poll::Ready(None)
-        } else {
-            outbox.set_writer(cx.waker());
-            Poll::Pending
-        }
-    })
-    .await
-}
-
-/// Writes every segment, through TLS when the connection has it; returns
-/// the (plaintext) bytes written.
-async fn write_segments(
-    stream: &mut SharedSocket,
-    tls: Option<&Tls>,
-    sends: &SendBatch,
-    segments: &mut Vec<Bytes>,
-) -> io::Result<usize> {
-    match tls {
-        Some(tls) => write_tls(stream, tls, segments).await,
-        None => write_all_vectored(stream, sends, segments).await,
-    }
-}
-
-pub(crate) fn encode_out_frame(frame: OutFrame, head: &mut BytesMut, segments: &mut Vec<Bytes>) {
-    match frame {
-        OutFrame::Message {
-            sub_id,
-            epoch,
-            seq,
-            payload,
-        } => {
-            // Large payloads (the outbox encodes small ones into runs) go out
-            // as their own iovec, shared with every other subscriber; a short
-            // one is copied next to its header, because an iovec entry costs
-            // more than copying a few hundred bytes.
-            encode_message_header(head, sub_id, epoch, seq, payload.len());
-            if payload.len() >= ENCODE_BELOW {
-                segments.push(head.split().freeze());
-                segments.push(payload);
-            } else {
-                head.extend_from_slice(&payload);
-            }
-        }
-        OutFrame::Encoded(frames) => {
-            if !head.is_empty() {
-                segments.push(head.split().freeze());
-            }
-            segments.push(frames);
-        }
-        other => {
-            if let Ok(frame) = other.into_frame() {
-                frame.encode(head);
-            }
-        }
-    }
-}
-
-/// Writes every segment, in order, then clears `segments`; returns the bytes
-/// written.
-async fn write_all_vectored(
-    stream: &mut SharedSocket,
-    sends: &SendBatch,
-    segments: &mut Vec<Bytes>,
-) -> io::Result<usize> {
-    let fd = stream.as_raw_fd();
-    // An empty segment would never be written past.
-    segments.retain(|segment| !segment.is_empty());
-    let total = segments.iter().map(Bytes::len).sum();
-    let mut first = 0;
-    while first < segments.len() {
-        match sends.send(fd, &segments[first..]).await {
-            Ok(mut written) => {
-                while written > 0 {
-                    let segment = &mut segments[first];
-                    if written >= segment.len() {
-                        written -= segment.len();
-                        first += 1;
-                    } else {
-                        let _ = segment.split_to(written);
-                        written = 0;
-                    }
-                }
-            }
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                // Kernel buffer full: let glommio park us until it drains.
-                let written = stream.write(&segments[first]).await?;
-                if written == 0 {
-                    return Err(io::ErrorKind::WriteZero.into());
-                }
-                let segment = &mut segments[first];
-                if written >= segment.len() {
-                    first += 1;
-                } else {
-                    let _ = segment.split_to(written);
-                }
-            }
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(err),
-        }
-    }
-    segments.clear();
-    Ok(total)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::framing::frames_of_batch;
+    use crate::outbox::{OutFrame, ENCODE_BELOW};
 
     #[test]
     fn the_handshake_gate_caps_all_and_each_source_and_gives_places_back() {

@@ -230,6 +230,7 @@ pub(super) async fn run_shard(ctx: ShardContext, engine: EngineConfig, mesh: Sha
                 shard.tick(clock.elapsed().as_millis() as u64);
                 let mut now = shard.metrics();
                 now.sends = sends.stats();
+                now.writers_running = crate::conn::writers_running();
                 ticks += 1;
                 now.ticks = ticks;
                 metrics.publish(now);
