@@ -87,6 +87,9 @@ pub struct ShardMetrics {
     /// Connections whose writer task runs: they have output to send. An
     /// idle connection's writer is parked and holds no task.
     pub writers_running: u64,
+    /// Connections whose reader task runs: mid-handshake, mid-frame or
+    /// just read. An idle connection's reader is parked and holds no task.
+    pub readers_running: u64,
     /// Time from a message being sequenced by its owner to its being queued
     /// for this shard's subscribers, measured for one sequence number in 64.
     pub delivery_latency: LatencyHistogram,

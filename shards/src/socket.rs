@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncWrite, Future};
@@ -155,6 +155,25 @@ impl SharedSocket {
     /// A glommio stream, which waits through glommio.
     pub(crate) fn glommio(stream: glommio::net::TcpStream) -> SharedSocket {
         SharedSocket(Rc::new(RefCell::new(Socket::Glommio(Box::new(stream)))))
+    }
+
+    /// Whether the socket waits on the shard's readiness ring (see
+    /// [`SharedSocket::wait_readable`]).
+    pub(crate) fn waits_on_ring(&self) -> bool {
+        match &*self.0.borrow() {
+            Socket::Own(own) => own.readiness.uses_ring(),
+            Socket::Glommio(_) => false,
+        }
+    }
+
+    /// Hands the wait for input to `waker`, after a read found the socket
+    /// empty; false where the socket does not wait on the readiness ring
+    /// (glommio's, or the ring failed), which wakes nobody else then.
+    pub(crate) fn wait_readable(&self, waker: &Waker) -> bool {
+        match &*self.0.borrow() {
+            Socket::Own(own) => own.readiness.wait(own.token, own.stream.as_raw_fd(), waker),
+            Socket::Glommio(_) => false,
+        }
     }
 
     /// Bounds how long a write may wait for room (`None`: for ever).

@@ -1,6 +1,6 @@
 //! Gathered sends end to end: a message to many subscribers of one shard
 //! leaves in shared io_uring submissions, and every subscriber still gets
-//! every message, in order; an idle connection holds no writer task.
+//! every message, in order; an idle connection holds no reader or writer task.
 
 use std::time::{Duration, Instant};
 
@@ -60,9 +60,10 @@ async fn a_message_to_many_subscribers_of_a_shard_leaves_in_gathered_sends() {
     }
 }
 
-/// Waits until no writer task runs on any shard, as a tick after this
-/// call reports it; the last figures seen otherwise.
-async fn writers_parked(broker: &Broker) -> Result<(), Vec<u64>> {
+/// Waits until no reader or writer task runs on any shard, as a tick after
+/// this call reports it; the last figures seen otherwise (readers and
+/// writers per shard).
+async fn connections_parked(broker: &Broker) -> Result<(), Vec<(u64, u64)>> {
     let ticks_now: Vec<u64> = broker.metrics().iter().map(|shard| shard.ticks).collect();
     let deadline = Instant::now() + WAIT;
     loop {
@@ -72,8 +73,11 @@ async fn writers_parked(broker: &Broker) -> Result<(), Vec<u64>> {
                 .iter()
                 .zip(&ticks_now)
                 .all(|(shard, &then)| shard.ticks > then);
-        let running: Vec<u64> = metrics.iter().map(|shard| shard.writers_running).collect();
-        if fresh && running.iter().all(|&n| n == 0) {
+        let running: Vec<(u64, u64)> = metrics
+            .iter()
+            .map(|shard| (shard.readers_running, shard.writers_running))
+            .collect();
+        if fresh && running.iter().all(|&tasks| tasks == (0, 0)) {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -83,11 +87,11 @@ async fn writers_parked(broker: &Broker) -> Result<(), Vec<u64>> {
     }
 }
 
-/// An idle connection holds no writer task: between bursts every writer
-/// parks, and the next message starts it again, for every subscriber,
-/// every time, in order.
+/// An idle connection holds no task: between bursts every reader and
+/// writer parks, and the next frame starts them again, for every
+/// connection, every time, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_connections_hold_no_writer_and_the_next_message_starts_it() {
+async fn idle_connections_hold_no_task_and_the_next_frame_starts_theirs() {
     let (subscribers, bursts, per_burst) = (12usize, 3u64, 20u64);
     let broker = Broker::start(2);
     let mut subscriptions = Vec::with_capacity(subscribers);
@@ -102,8 +106,8 @@ async fn idle_connections_hold_no_writer_and_the_next_message_starts_it() {
     let publisher = Client::connect(broker.addr()).await.expect("connects");
     for burst in 0..bursts {
         // Every connection has been quiet since its last frame.
-        if let Err(running) = writers_parked(&broker).await {
-            panic!("before burst {burst}, writers still run per shard: {running:?}");
+        if let Err(running) = connections_parked(&broker).await {
+            panic!("before burst {burst}, (readers, writers) still run per shard: {running:?}");
         }
         for n in 0..per_burst {
             let seq = burst * per_burst + n + 1;
@@ -126,7 +130,11 @@ async fn idle_connections_hold_no_writer_and_the_next_message_starts_it() {
             }
         }
     }
-    if let Err(running) = writers_parked(&broker).await {
-        panic!("after the last burst, writers still run per shard: {running:?}");
+    // Subscribing again and leaving: frames in, answers out, then quiet.
+    let (client, subscription) = subscriptions.pop().expect("a subscriber");
+    drop(subscription);
+    client.subscribe("test", "other").await.expect("subscribes");
+    if let Err(running) = connections_parked(&broker).await {
+        panic!("after the last burst, (readers, writers) still run per shard: {running:?}");
     }
 }

@@ -204,6 +204,12 @@ const FAMILIES: &[Family] = &[
         value: |m| m.writers_running,
     },
     Family {
+        name: "readers_running",
+        help: "Connections whose reader task runs (an idle connection's reader is parked).",
+        kind: MetricType::Gauge,
+        value: |m| m.readers_running,
+    },
+    Family {
         name: "connections_opened",
         help: "Connections accepted.",
         kind: MetricType::Counter,

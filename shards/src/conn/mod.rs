@@ -42,11 +42,12 @@ use crate::sends::SendBatch;
 use crate::socket::{SharedSocket, Stream};
 use crate::web::WebConn;
 
+mod parked;
 mod sessions;
 mod spares;
 mod writer;
 
-pub use writer::writers_running;
+pub use parked::{readers_running, writers_running};
 pub(crate) use writer::{encode_out_frame, next_batch};
 use writer::{finish_writer, WriterParts, WriterSlot};
 
@@ -285,7 +286,15 @@ pub(crate) fn serve(
     };
     let served = span.in_scope(|| open(shard, conn, stream, limits, io, at_file_limit));
     if let Some((served, stream)) = served {
-        glommio::spawn_local(serve_conn(served, stream, handshake).instrument(span)).detach();
+        let limit = served.shard.borrow().frame_limit(conn);
+        let reader = Reader {
+            served,
+            stream,
+            handshake: Some(handshake),
+            state: ReadState::new(limit),
+            span: span.clone(),
+        };
+        glommio::spawn_local(serve_conn(reader).instrument(span)).detach();
     }
 }
 
@@ -391,32 +400,139 @@ fn open(
     Some((served, stream))
 }
 
-async fn serve_conn(served: Served, stream: SharedSocket, handshake: HandshakeSlot) {
-    let shard = &served.shard;
-    let conn = served.conn;
-    let mut handshake = Some(handshake);
-    let edge = served.edge.as_ref();
-    match read_loop(
-        shard,
-        conn,
+/// A connection's reader: its parts, and what it keeps from one read to
+/// the next. Parked, it is all that an idle connection's reading holds.
+struct Reader {
+    served: Served,
+    stream: SharedSocket,
+    /// Its place in the handshake gate, until the handshake succeeds.
+    handshake: Option<HandshakeSlot>,
+    state: ReadState,
+    /// The connection's log span, for every task the reader runs in.
+    span: Span,
+}
+
+/// What a reader keeps between reads.
+struct ReadState {
+    /// The frame limit: the small pre-handshake one until a `HELLO`
+    /// succeeds; only then may a frame's announced length grow the buffer to
+    /// `max_frame`.
+    limit: u32,
+    handshaken: bool,
+    /// Closes the connection the instant its token expires (cancelled when
+    /// the reader ends, dropping it).
+    expiry: Option<glommio::Task<()>>,
+    buf: BytesMut,
+    chunk: usize,
+    cipher: BytesMut,
+    /// Plaintext of a TLS web or MQTT connection, before it goes through
+    /// its protocol layer.
+    edge_plain: BytesMut,
+    event_stream: bool,
+    keys: KeyCache,
+    turn: ReadTurn,
+    /// The peer is done (closed its TLS session or its protocol ended it):
+    /// the frames its last bytes held are handled, then the reader ends.
+    ending: bool,
+    /// An MQTT client's input ended by the protocol: see `linger`.
+    linger_after: bool,
+}
+
+impl ReadState {
+    fn new(limit: u32) -> ReadState {
+        ReadState {
+            limit,
+            handshaken: false,
+            expiry: None,
+            buf: BytesMut::new(),
+            chunk: READ_CHUNK_MIN,
+            cipher: BytesMut::new(),
+            edge_plain: BytesMut::new(),
+            event_stream: false,
+            keys: KeyCache::default(),
+            turn: ReadTurn::default(),
+            ending: false,
+            linger_after: false,
+        }
+    }
+
+    /// Whether a reader that finds its socket empty may park: its
+    /// handshake is done and it holds no partial input.
+    fn may_park(&self) -> bool {
+        self.handshaken
+            && !self.ending
+            && !self.linger_after
+            && self.buf.is_empty()
+            && self.edge_plain.is_empty()
+    }
+}
+
+/// How a reader's loop stopped.
+enum Read {
+    /// The connection's input is over.
+    Ended,
+    /// The socket is empty and the reader holds nothing partial: it may
+    /// park until the socket is readable.
+    Idle,
+}
+
+impl parked::Resume for Reader {
+    fn resume(self) {
+        let span = self.span.clone();
+        let reader = async move {
+            futures_lite::future::yield_now().await;
+            serve_conn(self).await;
+        };
+        glommio::spawn_local(reader.instrument(span)).detach();
+    }
+}
+
+/// Serves a connection's input until it ends, then ends the connection; or,
+/// between reads of an idle connection, parks the reader on the socket's
+/// readiness (no task) until input comes.
+async fn serve_conn(mut reader: Reader) {
+    let _running = parked::Running::new(&parked::READERS);
+    let read = read_loop(&mut reader).await;
+    let Reader {
+        served,
         stream,
-        served.tls.clone(),
-        edge.cloned(),
-        &mut handshake,
-    )
-    .await
-    {
-        Ok(()) => debug!("connection closed"),
+        handshake,
+        state,
+        ..
+    } = match read {
+        Ok(Read::Idle) => {
+            // The read found the socket empty just now, in this poll: no
+            // readiness was reported since, and none can be missed.
+            let stream = reader.stream.clone();
+            let waker = parked::waker(reader);
+            if !stream.wait_readable(&waker) {
+                // Not on the ring any more: the waker, dropped, would drop
+                // the reader; it goes on as a task instead.
+                waker.wake();
+            }
+            return;
+        }
+        Ok(Read::Ended) => {
+            debug!("connection closed");
+            reader
+        }
         Err(err)
-            if served
+            if reader
+                .served
                 .tls
                 .as_ref()
                 .is_some_and(|tls| tls.borrow().is_handshaking()) =>
         {
-            shard.borrow_mut().note_tls_failure(&err);
+            reader.served.shard.borrow_mut().note_tls_failure(&err);
+            reader
         }
-        Err(err) => debug!(%err, "connection read failed"),
-    }
+        Err(err) => {
+            debug!(%err, "connection read failed");
+            reader
+        }
+    };
+    // Its token's expiry and its buffers go with the reader.
+    drop((stream, state));
     // What follows runs once, at the end: boxed, it takes no room in the
     // task while the connection is served. A connection that never
     // finished its handshake holds its place in the gate until it is gone.
@@ -535,66 +651,47 @@ impl ReadTurn {
     }
 }
 
-async fn read_loop(
-    shard: &Rc<RefCell<Shard>>,
-    conn: ConnId,
-    mut stream: SharedSocket,
-    tls: Option<Tls>,
-    edge: Option<Edge>,
-    handshake: &mut Option<HandshakeSlot>,
-) -> io::Result<()> {
-    // The frame limit is the small pre-handshake one until a HELLO succeeds:
-    // only then may a frame's announced length grow the buffer to `max_frame`.
-    let mut limit = shard.borrow().frame_limit(conn);
-    let mut handshaken = false;
-    // Closes the connection the instant its token expires (cancelled when
-    // this reader ends, dropping it).
-    let mut _expiry: Option<glommio::Task<()>> = None;
+async fn read_loop(reader: &mut Reader) -> io::Result<Read> {
+    let Reader {
+        served,
+        stream,
+        handshake,
+        state: st,
+        ..
+    } = reader;
+    let (shard, conn, tls, edge) = (&served.shard, served.conn, &served.tls, &served.edge);
     let shard_rc = Rc::clone(shard);
-    let mut buf = BytesMut::new();
-    let mut chunk = READ_CHUNK_MIN;
-    let mut cipher = BytesMut::new();
-    // Plaintext of a TLS web or MQTT connection, before it goes through
-    // its protocol layer.
-    let mut edge_plain = BytesMut::new();
-    let mut event_stream = false;
-    let mut keys = KeyCache::default();
-    let mut turn = ReadTurn::default();
-    // The peer is done (closed its TLS session or its protocol ended it):
-    // the frames its last bytes held are handled, then the reader ends.
-    let mut ending = false;
-    // An MQTT client's input ended by the protocol: see `linger`.
-    let mut linger_after = false;
     loop {
         let need;
         let ended = {
             let mut shard = shard.borrow_mut();
             loop {
-                match check(&buf, limit) {
+                match check(&st.buf, st.limit) {
                     Ok(Check::Complete { len }) => {
-                        let flow = match decode_from_client(buf.split_to(len).freeze(), &mut keys) {
-                            Ok(frame) => shard.handle_frame(conn, frame),
-                            Err(err) => shard.handle_decode_error(conn, &err),
-                        };
-                        if !handshaken {
-                            handshaken = shard.is_handshaken(conn);
-                            limit = shard.frame_limit(conn);
-                            if handshaken {
+                        let flow =
+                            match decode_from_client(st.buf.split_to(len).freeze(), &mut st.keys) {
+                                Ok(frame) => shard.handle_frame(conn, frame),
+                                Err(err) => shard.handle_decode_error(conn, &err),
+                            };
+                        if !st.handshaken {
+                            st.handshaken = shard.is_handshaken(conn);
+                            st.limit = shard.frame_limit(conn);
+                            if st.handshaken {
                                 *handshake = None;
                                 if let Some(edge) = &edge {
                                     let mut edge = edge.borrow_mut();
-                                    edge.handshaken(limit);
+                                    edge.handshaken(st.limit);
                                     if let Some(mqtt) = edge.mqtt_mut() {
-                                        sessions::claim(&mut shard, conn, mqtt, &mut buf);
+                                        sessions::claim(&mut shard, conn, mqtt, &mut st.buf);
                                     }
                                 }
-                                _expiry = shard.expires_at_ms(conn).map(|at| {
+                                st.expiry = shard.expires_at_ms(conn).map(|at| {
                                     glommio::spawn_local(expire_at(shard_rc.clone(), conn, at))
                                 });
                             }
                         }
                         if flow == Flow::Close {
-                            return Ok(());
+                            return Ok(Read::Ended);
                         }
                     }
                     Ok(Check::Incomplete { need: total }) => {
@@ -603,23 +700,23 @@ async fn read_loop(
                     }
                     Err(err) => {
                         shard.handle_decode_error(conn, &err);
-                        return Ok(());
+                        return Ok(Read::Ended);
                     }
                 }
             }
-            let done = ending
+            let done = st.ending
                 || shard
                     .outbox_mut(conn)
                     .is_none_or(|outbox| outbox.is_closing());
-            if done && !linger_after {
-                return Ok(());
+            if done && !st.linger_after {
+                return Ok(Read::Ended);
             }
             done
         };
         if ended {
             // Once, at the end: boxed, it takes no room while reading.
-            Box::pin(linger(&mut stream)).await;
-            return Ok(());
+            Box::pin(linger(stream)).await;
+            return Ok(Read::Ended);
         }
         // A read that finds data completes at once without giving up the
         // shard, so a client that keeps its socket full would hold every
@@ -627,7 +724,7 @@ async fn read_loop(
         // senders, other connections' readers) until it pauses: deliveries
         // would leave in bursts a whole flow-control window long, and other
         // clients would wait as long. Give them a turn now and then.
-        if turn.is_over() {
+        if st.turn.is_over() {
             futures_lite::future::yield_now().await;
         }
         // Backpressure: a publisher faster than the mesh waits here rather than
@@ -639,32 +736,40 @@ async fn read_loop(
         {
             glommio::timer::sleep(Duration::from_micros(100)).await;
         }
-        let start = buf.len();
+        let start = st.buf.len();
         // Never sized by the announced length alone: a frame's bytes grow the
         // buffer as they arrive, a chunk at a time, so a peer that announces
         // a large frame and sends nothing more holds one chunk, not the frame.
         // Before the handshake the chunk grows only with bytes that came.
-        let ceiling = if handshaken { READ_CHUNK_MAX } else { chunk };
-        let want = need.saturating_sub(start).clamp(chunk, ceiling);
+        let ceiling = if st.handshaken {
+            READ_CHUNK_MAX
+        } else {
+            st.chunk
+        };
+        let want = need.saturating_sub(start).clamp(st.chunk, ceiling);
+        let may_park = st.may_park() && stream.waits_on_ring();
         if tls.is_some() || edge.is_some() {
-            cipher.clear();
-            let read = read_into(&mut stream, &mut cipher, chunk).await?;
+            st.cipher.clear();
+            let Some(read) = read_some(stream, &mut st.cipher, st.chunk, may_park).await else {
+                return Ok(Read::Idle);
+            };
+            let read = read?;
             if read == 0 {
-                return Ok(());
+                return Ok(Read::Ended);
             }
             shard.borrow_mut().note_input(conn, read);
-            turn.note_read(read, chunk);
-            if read == chunk {
-                chunk = (chunk * 2).min(READ_CHUNK_MAX);
+            st.turn.note_read(read, st.chunk);
+            if read == st.chunk {
+                st.chunk = (st.chunk * 2).min(READ_CHUNK_MAX);
             }
             let mut peer_closed = false;
             if let Some(tls) = &tls {
                 let plain = if edge.is_some() {
-                    &mut edge_plain
+                    &mut st.edge_plain
                 } else {
-                    &mut buf
+                    &mut st.buf
                 };
-                peer_closed = feed_tls(tls, &cipher[..read], plain).inspect_err(|_| {
+                peer_closed = feed_tls(tls, &st.cipher[..read], plain).inspect_err(|_| {
                     // rustls queued an alert: let the writer send it.
                     kick(shard, conn);
                 })?;
@@ -675,10 +780,12 @@ async fn read_loop(
             if let Some(edge) = &edge {
                 let fed = match &tls {
                     Some(_) => {
-                        let plain = edge_plain.split();
-                        edge.borrow_mut().feed(&plain, &mut buf, limit)
+                        let plain = st.edge_plain.split();
+                        edge.borrow_mut().feed(&plain, &mut st.buf, st.limit)
                     }
-                    None => edge.borrow_mut().feed(&cipher[..read], &mut buf, limit),
+                    None => edge
+                        .borrow_mut()
+                        .feed(&st.cipher[..read], &mut st.buf, st.limit),
                 };
                 if let Some(opened) = edge.borrow_mut().take_opened() {
                     shard.borrow_mut().note_web(opened);
@@ -695,34 +802,37 @@ async fn read_loop(
                 match fed {
                     Ok(Input::More) => {}
                     Ok(Input::End) => {
-                        ending = true;
-                        linger_after = edge.borrow_mut().mqtt_mut().is_some_and(MqttConn::linger);
+                        st.ending = true;
+                        st.linger_after =
+                            edge.borrow_mut().mqtt_mut().is_some_and(MqttConn::linger);
                     }
                     Err(err) => {
                         debug!(%err, "WebSocket session failed");
-                        return Ok(());
+                        return Ok(Read::Ended);
                     }
                 }
-                if !event_stream && edge.borrow().is_event_stream() {
-                    event_stream = true;
+                if !st.event_stream && edge.borrow().is_event_stream() {
+                    st.event_stream = true;
                     let timeout = shard.borrow().heartbeat_timeout_ms();
-                    watch_unacknowledged(&stream, timeout);
+                    watch_unacknowledged(&*stream, timeout);
                 }
             }
-            ending |= peer_closed;
+            st.ending |= peer_closed;
             continue;
         }
-        let read = read_into(&mut stream, &mut buf, want).await;
+        let Some(read) = read_some(stream, &mut st.buf, want, may_park).await else {
+            return Ok(Read::Idle);
+        };
         match read {
-            Ok(0) => return Ok(()),
+            Ok(0) => return Ok(Read::Ended),
             Ok(n) => {
-                turn.note_read(n, want);
-                chunk = if n == want {
-                    (chunk * 2).min(READ_CHUNK_MAX)
-                } else if n < chunk / 4 {
-                    (chunk / 2).max(READ_CHUNK_MIN)
+                st.turn.note_read(n, want);
+                st.chunk = if n == want {
+                    (st.chunk * 2).min(READ_CHUNK_MAX)
+                } else if n < st.chunk / 4 {
+                    (st.chunk / 2).max(READ_CHUNK_MIN)
                 } else {
-                    chunk
+                    st.chunk
                 };
                 shard.borrow_mut().note_input(conn, n);
             }
@@ -793,6 +903,26 @@ async fn read_into(
                 }
             }
         })
+    })
+    .await
+}
+
+/// [`read_into`], or `None` if `may_park` and the socket is empty: the
+/// reader may park, and the socket waits for input with this task's waker,
+/// for the reader to hand it over (see [`SharedSocket::wait_readable`]).
+async fn read_some(
+    stream: &mut SharedSocket,
+    into: &mut BytesMut,
+    want: usize,
+    may_park: bool,
+) -> Option<io::Result<usize>> {
+    let mut read = std::pin::pin!(read_into(stream, into, want));
+    if !may_park {
+        return Some(read.await);
+    }
+    poll_fn(|cx| match std::future::Future::poll(read.as_mut(), cx) {
+        Poll::Ready(read) => Poll::Ready(Some(read)),
+        Poll::Pending => Poll::Ready(None),
     })
     .await
 }

@@ -13,9 +13,7 @@ use std::future::poll_fn;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::task::{Poll, Wake, Waker};
-use std::thread::ThreadId;
+use std::task::{Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use corebus_net::encode_message_header;
@@ -23,6 +21,7 @@ use futures_lite::AsyncWriteExt;
 use glommio::task::JoinHandle;
 use tracing::{debug, Instrument, Span};
 
+use super::parked::{self, Resume, Running, WRITERS};
 use super::{
     flush_tls, sessions, spares, write_tls, Edge, Tls, CLOSE_FLUSH_TIMEOUT, WRITE_BATCH_BYTES,
 };
@@ -32,34 +31,6 @@ use crate::mqtt::MqttConn;
 use crate::outbox::{OutFrame, ENCODE_BELOW};
 use crate::sends::SendBatch;
 use crate::socket::SharedSocket;
-
-thread_local! {
-    /// Writer tasks of this thread's (this shard's) connections that run:
-    /// the connections that have something to write, not the idle ones.
-    static RUNNING: Cell<u64> = const { Cell::new(0) };
-}
-
-/// How many of this shard's connections have a writer task running (see
-/// the module's note: an idle connection's writer is parked).
-pub fn writers_running() -> u64 {
-    RUNNING.with(Cell::get)
-}
-
-/// Counts a writer task in [`RUNNING`] while it lives, however it ends.
-struct Running;
-
-impl Running {
-    fn new() -> Running {
-        RUNNING.with(|running| running.set(running.get() + 1));
-        Running
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        RUNNING.with(|running| running.set(running.get().saturating_sub(1)));
-    }
-}
 
 /// What a connection's writer works with, kept while it is parked.
 pub(super) struct WriterParts {
@@ -101,10 +72,7 @@ pub(super) fn park(parts: WriterParts) {
     let shard = parts.shard.clone();
     let mut engine = shard.borrow_mut();
     if let Some(outbox) = engine.outbox_mut(parts.conn) {
-        outbox.set_writer(&Waker::from(Arc::new(Parked {
-            owner: std::thread::current().id(),
-            parts: RefCell::new(Some(parts)),
-        })));
+        outbox.set_writer(&parked::waker(parts));
     }
 }
 
@@ -115,7 +83,7 @@ pub(super) fn park(parts: WriterParts) {
 fn start(parts: WriterParts) {
     let slot = parts.slot.clone();
     let span = parts.span.clone();
-    let running = Running::new();
+    let running = Running::new(&WRITERS);
     let writer = async move {
         let _running = running;
         futures_lite::future::yield_now().await;
@@ -125,46 +93,9 @@ fn start(parts: WriterParts) {
     slot.running.set(Some(handle));
 }
 
-/// A parked writer: its waker starts it again.
-///
-/// A `Waker` must be `Send` and `Sync`, and the parts are neither (they
-/// share the shard's `Rc`s). They are only touched on the thread that
-/// parked them: woken there, the writer starts; woken anywhere else (no
-/// code of the broker does that), nothing happens; dropped anywhere else,
-/// they are leaked rather than dropped on the wrong thread.
-struct Parked {
-    owner: ThreadId,
-    parts: RefCell<Option<WriterParts>>,
-}
-
-// SAFETY: `parts` is borrowed, taken or dropped only on the `owner` thread
-// (checked in `wake_by_ref` and `drop`), so none of its `Rc`s or its
-// `RefCell` is ever touched by two threads.
-unsafe impl Send for Parked {}
-// SAFETY: as above; a shared `&Parked` on another thread reads `owner` only.
-unsafe impl Sync for Parked {}
-
-impl Wake for Parked {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if std::thread::current().id() != self.owner {
-            return;
-        }
-        let parts = self.parts.borrow_mut().take();
-        if let Some(parts) = parts {
-            start(parts);
-        }
-    }
-}
-
-impl Drop for Parked {
-    fn drop(&mut self) {
-        if std::thread::current().id() != self.owner {
-            std::mem::forget(self.parts.get_mut().take());
-        }
+impl Resume for WriterParts {
+    fn resume(self) {
+        start(self);
     }
 }
 

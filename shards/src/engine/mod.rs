@@ -516,8 +516,9 @@ impl Shard {
             patterns_matched: self.patterns.len() as u64,
             mesh_backlog: self.mesh_out.iter().map(|batch| batch.len() as u64).sum(),
             delivery_latency: self.delivery_latency.clone(),
-            // Both filled in by the shard's tick (the connections' tasks).
+            // Filled in by the shard's tick (the connections' tasks).
             writers_running: 0,
+            readers_running: 0,
             sends: Default::default(),
             upstream: self.upstream_subscriptions(),
             ticks: 0,

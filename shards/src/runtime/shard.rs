@@ -231,6 +231,7 @@ pub(super) async fn run_shard(ctx: ShardContext, engine: EngineConfig, mesh: Sha
                 let mut now = shard.metrics();
                 now.sends = sends.stats();
                 now.writers_running = crate::conn::writers_running();
+                now.readers_running = crate::conn::readers_running();
                 ticks += 1;
                 now.ticks = ticks;
                 metrics.publish(now);
