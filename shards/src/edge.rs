@@ -22,9 +22,11 @@ use crate::web::{Opened, WebConn};
 #[derive(Debug)]
 pub(crate) enum EdgeConn {
     /// WebSocket or Server-Sent Events.
-    Web(WebConn),
+    Web(Box<WebConn>),
     /// MQTT 3.1.1 or 5.0.
     Mqtt(Box<MqttConn>),
+    // (Both boxed: the connection's `Rc` holds the smaller only, and an
+    // MQTT connection would otherwise carry a WebSocket's room.)
 }
 
 impl EdgeConn {

@@ -346,11 +346,11 @@ fn open(
         }
     };
     let edge = match (&limits.web, &limits.mqtt) {
-        (Some(origins), mqtt) => Some(EdgeConn::Web(WebConn::new(
+        (Some(origins), mqtt) => Some(EdgeConn::Web(Box::new(WebConn::new(
             origins.clone(),
             limits.tls.is_some(),
             mqtt.clone(),
-        ))),
+        )))),
         (None, Some(settings)) => Some(EdgeConn::Mqtt(Box::new(MqttConn::new(settings.clone())))),
         (None, None) => None,
     };
@@ -429,7 +429,6 @@ struct ReadState {
     /// its protocol layer.
     edge_plain: BytesMut,
     event_stream: bool,
-    keys: KeyCache,
     turn: ReadTurn,
     /// The peer is done (closed its TLS session or its protocol ended it):
     /// the frames its last bytes held are handled, then the reader ends.
@@ -449,7 +448,6 @@ impl ReadState {
             cipher: BytesMut::new(),
             edge_plain: BytesMut::new(),
             event_stream: false,
-            keys: KeyCache::default(),
             turn: ReadTurn::default(),
             ending: false,
             linger_after: false,
@@ -668,11 +666,13 @@ async fn read_loop(reader: &mut Reader) -> io::Result<Read> {
             loop {
                 match check(&st.buf, st.limit) {
                     Ok(Check::Complete { len }) => {
-                        let flow =
-                            match decode_from_client(st.buf.split_to(len).freeze(), &mut st.keys) {
-                                Ok(frame) => shard.handle_frame(conn, frame),
-                                Err(err) => shard.handle_decode_error(conn, &err),
-                            };
+                        let frame = st.buf.split_to(len).freeze();
+                        let decoded =
+                            KEYS.with(|keys| decode_from_client(frame, &mut keys.borrow_mut()));
+                        let flow = match decoded {
+                            Ok(frame) => shard.handle_frame(conn, frame),
+                            Err(err) => shard.handle_decode_error(conn, &err),
+                        };
                         if !st.handshaken {
                             st.handshaken = shard.is_handshaken(conn);
                             st.limit = shard.frame_limit(conn);
@@ -842,6 +842,11 @@ async fn read_loop(reader: &mut Reader) -> io::Result<Read> {
 }
 
 thread_local! {
+    /// The topic of the last publish the shard decoded, validated: a
+    /// publisher sending to one topic has it checked once (one cache for the
+    /// shard's connections, not one each: frames are decoded one
+    /// connection's batch at a time).
+    static KEYS: RefCell<KeyCache> = RefCell::new(KeyCache::default());
     /// The shard's read buffer: every read of the shard's connections lands
     /// here first (one read at a time: a shard is one thread, and the buffer
     /// is borrowed only inside a poll).
