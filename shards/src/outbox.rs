@@ -639,6 +639,11 @@ impl Outbox {
         }
     }
 
+    /// Takes the writer's waker, which is not woken (the shard stops).
+    pub fn take_writer(&mut self) -> Option<Waker> {
+        self.writer.take()
+    }
+
     /// The writer is running: it no longer counts as woken.
     pub fn take_woken(&mut self) {
         if std::mem::take(&mut self.woken) {

@@ -163,6 +163,20 @@ impl Readiness {
         true
     }
 
+    /// Lets go of every waker waiting (the shard stops). A parked reader
+    /// lives inside its waker and holds its socket open; dropped, it closes
+    /// the socket, whose request is then disarmed as any other.
+    pub fn release_waiting(&self) {
+        let waiting: Vec<Waker> = self
+            .inner
+            .borrow_mut()
+            .armed
+            .values_mut()
+            .filter_map(Option::take)
+            .collect();
+        drop(waiting);
+    }
+
     /// Disarms a socket that is about to close: its reader and writer wait
     /// no more.
     pub fn forget(&self, token: u64) {

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use corebus_client::{Client, Event};
-use corebus_tests::{next_event, Broker};
+use corebus_tests::{next_event, Broker, RawConn};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -136,5 +136,28 @@ async fn idle_connections_hold_no_task_and_the_next_frame_starts_theirs() {
     client.subscribe("test", "other").await.expect("subscribes");
     if let Err(running) = connections_parked(&broker).await {
         panic!("after the last burst, (readers, writers) still run per shard: {running:?}");
+    }
+}
+
+/// A broker that stops closes its idle connections too: their parked
+/// readers and writers hold the sockets (inside wakers), and stopping lets
+/// go of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_broker_closes_its_idle_connections() {
+    let broker = Broker::start(2);
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        let mut raw = RawConn::connect(broker.addr()).await;
+        raw.hello().await;
+        conns.push(raw);
+    }
+    if let Err(running) = connections_parked(&broker).await {
+        panic!("(readers, writers) still run per shard: {running:?}");
+    }
+    tokio::task::spawn_blocking(move || drop(broker))
+        .await
+        .expect("stopped");
+    for raw in &mut conns {
+        raw.drain_until_closed(Duration::from_secs(5)).await;
     }
 }

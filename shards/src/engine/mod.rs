@@ -487,6 +487,16 @@ impl Shard {
         self.memory_budget = new.topic_memory_bytes / self.shard_count.max(1);
     }
 
+    /// Takes every connection's writer waker, unwoken, for the shard to
+    /// drop once it stops and no longer holds the engine: a parked writer
+    /// lives inside its waker and holds its socket (and the shard).
+    pub fn take_writers(&mut self) -> Vec<std::task::Waker> {
+        self.conns
+            .values_mut()
+            .filter_map(|state| state.outbox.take_writer())
+            .collect()
+    }
+
     /// Number of connections open on this shard that are clients, not
     /// links from other nodes of the cluster (a drain waits for these).
     pub fn client_connection_count(&self) -> usize {

@@ -363,6 +363,12 @@ pub(super) async fn run_shard(ctx: ShardContext, engine: EngineConfig, mesh: Sha
         accepts.await;
     }
     senders.close();
+    // Connections still open hold parked readers and writers inside wakers
+    // (of the readiness ring, of their outboxes), which hold the sockets
+    // and the shard: let go of them, or the sockets would stay open.
+    let writers = shard.borrow_mut().take_writers();
+    drop(writers);
+    readiness.release_waiting();
     debug!(shard = id, "shard stopped");
 }
 
