@@ -477,11 +477,7 @@ enum Read {
 impl parked::Resume for Reader {
     fn resume(self) {
         let span = self.span.clone();
-        let reader = async move {
-            futures_lite::future::yield_now().await;
-            serve_conn(self).await;
-        };
-        glommio::spawn_local(reader.instrument(span)).detach();
+        parked::spawn_resumed(serve_conn(self), span);
     }
 }
 

@@ -3,9 +3,13 @@
 //! woken it, and that waker, woken, starts a new task with it.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::sync::Arc;
 use std::task::{Wake, Waker};
 use std::thread::{LocalKey, ThreadId};
+
+use glommio::task::JoinHandle;
+use tracing::{Instrument, Span};
 
 thread_local! {
     /// Reader tasks of this thread's (this shard's) connections that run:
@@ -48,10 +52,22 @@ impl Drop for Running {
 
 /// What a parked task keeps: woken, it starts the task again.
 pub(super) trait Resume: Sized + 'static {
-    /// Starts the task again, with what it kept. Called from a waker, maybe
-    /// while the engine holds the shard: the task must not run before its
-    /// caller is done (glommio polls a task as it spawns it).
+    /// Starts the task again, with what it kept ([`spawn_resumed`]).
     fn resume(self);
+}
+
+/// Spawns a task that resumes parked work. glommio polls a task as it
+/// spawns it, and a resume comes from a waker, which the engine may call
+/// while it holds the shard: the task first gives its caller the turn back.
+pub(super) fn spawn_resumed(
+    task: impl Future<Output = ()> + 'static,
+    span: Span,
+) -> JoinHandle<()> {
+    let resumed = async move {
+        futures_lite::future::yield_now().await;
+        task.await;
+    };
+    glommio::spawn_local(resumed.instrument(span)).detach()
 }
 
 /// A waker that holds `parts` and resumes them when woken (once; later

@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use corebus_net::encode_message_header;
 use futures_lite::AsyncWriteExt;
 use glommio::task::JoinHandle;
-use tracing::{debug, Instrument, Span};
+use tracing::{debug, Span};
 
 use super::parked::{self, Resume, Running, WRITERS};
 use super::{
@@ -76,21 +76,12 @@ pub(super) fn park(parts: WriterParts) {
     }
 }
 
-/// Starts the writer's task for `parts`, in its slot. glommio polls a task
-/// as it spawns it, and the wake that starts a writer usually comes from
-/// the engine, which holds the shard: the task first gives the waker's
-/// caller its turn back.
+/// Starts the writer's task for `parts`, in its slot.
 fn start(parts: WriterParts) {
     let slot = parts.slot.clone();
     let span = parts.span.clone();
-    let running = Running::new(&WRITERS);
-    let writer = async move {
-        let _running = running;
-        futures_lite::future::yield_now().await;
-        run_writer(parts).await;
-    };
-    let handle = glommio::spawn_local(writer.instrument(span)).detach();
-    slot.running.set(Some(handle));
+    slot.running
+        .set(Some(parked::spawn_resumed(run_writer(parts), span)));
 }
 
 impl Resume for WriterParts {
@@ -132,6 +123,7 @@ pub(super) async fn finish_writer(slot: &WriterSlot) {
 /// Runs a connection's writer until the connection ends, or until it
 /// finds nothing to write and parks.
 async fn run_writer(mut parts: WriterParts) {
+    let _running = Running::new(&WRITERS);
     let ended = write_loop(&mut parts).await;
     parts.slot.ended();
     if ended == Writer::Idle {
