@@ -49,7 +49,11 @@ impl MqttConn {
                 return Input::End;
             }
             if publish.topic.as_str().is_empty() {
-                match self.client_aliases.get(&alias) {
+                let known = self
+                    .rare
+                    .as_ref()
+                    .and_then(|rare| rare.client_aliases.get(&alias));
+                match known {
                     Some(topic) => publish.topic = topic.clone(),
                     None => {
                         // An alias never set (MQTT-3.3.2-7 in spirit).
@@ -59,7 +63,7 @@ impl MqttConn {
                 }
             } else if let Some(copy) = MqttStr::new(publish.topic.as_str()) {
                 // A copy: the packet's bytes are a slice of the read buffer.
-                self.client_aliases.insert(alias, copy);
+                self.rare().client_aliases.insert(alias, copy);
             }
         }
         let settings = self.settings.clone();
@@ -81,7 +85,12 @@ impl MqttConn {
         };
         let request_id = match publish.qos {
             QoS::AtMostOnce => 0,
-            QoS::ExactlyOnce if self.unreleased.contains(&packet_id) => {
+            QoS::ExactlyOnce
+                if self
+                    .rare
+                    .as_ref()
+                    .is_some_and(|rare| rare.unreleased.contains(&packet_id)) =>
+            {
                 // Sent again before its PUBREL: received already.
                 self.answer_ack(frames, AckKind::PubRec, packet_id, 0);
                 return Input::More;
@@ -89,7 +98,8 @@ impl MqttConn {
             qos => {
                 // QoS 1 and 2 publishes not yet answered with PUBACK or
                 // PUBCOMP: at most the receive maximum the CONNACK gave.
-                if self.unanswered_at_least_once + self.unreleased.len()
+                let unreleased = self.rare.as_ref().map_or(0, |rare| rare.unreleased.len());
+                if self.unanswered_at_least_once + unreleased
                     >= usize::from(self.settings.receive_maximum.max(1))
                 {
                     debug!("MQTT client exceeded its receive maximum; closing");
@@ -97,7 +107,7 @@ impl MqttConn {
                     return Input::End;
                 }
                 if qos == QoS::ExactlyOnce {
-                    self.unreleased.insert(packet_id);
+                    self.rare().unreleased.insert(packet_id);
                 } else {
                     self.unanswered_at_least_once += 1;
                 }

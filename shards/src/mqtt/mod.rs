@@ -244,16 +244,11 @@ pub(crate) struct MqttConn {
     /// Answers that wait for the engine's `PONG` of the same nonce.
     deferred: VecDeque<(u64, Bytes)>,
     next_marker: u64,
-    /// QoS 2 packet ids received and not yet released by `PUBREL`.
-    unreleased: FxHashSet<u16>,
     /// QoS 1 publishes received and not yet answered with `PUBACK`.
     unanswered_at_least_once: usize,
     /// The will, as the publish it becomes, until a clean `DISCONNECT`
     /// (boxed: most connections have none).
     will: Option<Box<Publish>>,
-    /// Retained messages fetched for a `SUBSCRIBE` whose `SUBACK` has not
-    /// gone out yet, by its packet id: they follow it.
-    held: Vec<(u16, outbound::Matched)>,
     /// Set once the client subscribes with `no_local`: its publishes then
     /// carry this connection's id (a random number) in their origin header,
     /// by which its `no_local` filters know them.
@@ -276,13 +271,9 @@ pub(crate) struct MqttConn {
     waiting_bytes: usize,
     /// Deliveries dropped because `waiting` was full, since it last was not.
     dropped: u64,
-    /// Topic aliases the client set in its publishes, by number (at most
-    /// `inbound::CLIENT_ALIASES`).
-    client_aliases: FxHashMap<u16, MqttStr>,
     /// Topic aliases the client accepts from the server (5.0
     /// `topic_alias_maximum`), and the ones given, by topic.
     client_alias_max: u16,
-    aliases: FxHashMap<String, u16>,
     /// The keep-alive the server chose for a 5.0 client, for the `CONNACK`.
     server_keep_alive: Option<u16>,
     /// The `CONNECT` asked for a new session.
@@ -310,21 +301,40 @@ pub(crate) struct MqttConn {
     /// The reader reads what the client still sends after the protocol
     /// ended it, while the writer sends the last words.
     lingering: bool,
-    /// The topic (hashed), epoch and sequence number of the last messages
-    /// sent to the client, while the session outlives the connection: a
-    /// connection taking it over leaves out its own copies of them.
-    recent: VecDeque<(u64, corebus_net::Epoch, corebus_net::Seq)>,
     /// The session this connection takes over, until its subscriptions
     /// are in place; then the request for it, until the writer sends it.
     resume_from: Option<Holder>,
     wanted: Option<Wanted>,
     /// When the client id's home is another node (boxed: most are not).
     remote: Option<Box<homes::Remote>>,
+    /// (Boxed: 400 bytes that every connection would carry for its life.)
+    connack_properties: Option<Box<Properties>>,
+    /// What most connections never use, made on first use ([`Rare`]).
+    rare: Option<Box<Rare>>,
+}
+
+/// The parts of an MQTT connection's state that most connections never use:
+/// kept apart and made on first use, so that an idle connection does not
+/// carry their room (about 180 bytes).
+#[derive(Debug, Default)]
+struct Rare {
+    /// QoS 2 packet ids received and not yet released by `PUBREL`.
+    unreleased: FxHashSet<u16>,
+    /// Retained messages fetched for a `SUBSCRIBE` whose `SUBACK` has not
+    /// gone out yet, by its packet id: they follow it.
+    held: Vec<(u16, outbound::Matched)>,
+    /// Topic aliases the client set in its publishes, by number (at most
+    /// `inbound::CLIENT_ALIASES`).
+    client_aliases: FxHashMap<u16, MqttStr>,
+    /// The topic aliases given to the client, by topic.
+    aliases: FxHashMap<String, u16>,
+    /// The topic (hashed), epoch and sequence number of the last messages
+    /// sent to the client, while the session outlives the connection: a
+    /// connection taking it over leaves out its own copies of them.
+    recent: VecDeque<(u64, corebus_net::Epoch, corebus_net::Seq)>,
     /// Answers rendered while the `CONNACK` waits for the session, and
     /// the `CONNACK`'s properties.
     held_output: BytesMut,
-    /// (Boxed: 400 bytes that every connection would carry for its life.)
-    connack_properties: Option<Box<Properties>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -411,6 +421,11 @@ struct AckWait {
 }
 
 impl MqttConn {
+    /// The rarely used parts, made now if they were not.
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
     /// A connection of a listener with these settings, before its
     /// `CONNECT`.
     pub(crate) fn new(settings: Arc<MqttSettings>) -> MqttConn {
@@ -434,11 +449,8 @@ impl MqttConn {
             acks: FxHashMap::default(),
             deferred: VecDeque::new(),
             next_marker: 0,
-            unreleased: FxHashSet::default(),
             unanswered_at_least_once: 0,
             will: None,
-            held: Vec::new(),
-            client_aliases: FxHashMap::default(),
             origin: None,
             outbound: FxHashMap::default(),
             outbound_bytes: 0,
@@ -449,7 +461,6 @@ impl MqttConn {
             waiting_bytes: 0,
             dropped: 0,
             client_alias_max: 0,
-            aliases: FxHashMap::default(),
             server_keep_alive: None,
             clean_start: true,
             expiry_secs: 0,
@@ -462,12 +473,11 @@ impl MqttConn {
             session_drops: 0,
             handing_over: false,
             lingering: false,
-            recent: VecDeque::new(),
             resume_from: None,
             remote: None,
             wanted: None,
-            held_output: BytesMut::new(),
             connack_properties: None,
+            rare: None,
         }
     }
 
@@ -701,7 +711,10 @@ impl MqttConn {
         match packet {
             Packet::Publish(publish) => return self.on_publish(publish, frames),
             Packet::Ack(ack) if ack.kind == AckKind::PubRel => {
-                let known = self.unreleased.remove(&ack.packet_id);
+                let known = self
+                    .rare
+                    .as_mut()
+                    .is_some_and(|rare| rare.unreleased.remove(&ack.packet_id));
                 let code = if known {
                     0
                 } else {

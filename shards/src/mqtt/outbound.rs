@@ -224,13 +224,13 @@ impl MqttConn {
                         wrapped.end = true;
                         break;
                     }
-                    if !self.held.is_empty() {
+                    if let Some(rare) = self.rare.as_mut().filter(|rare| !rare.held.is_empty()) {
                         // Those whose SUBACK went out now follow it.
                         let acks = &self.acks;
-                        let (ready, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+                        let (ready, held): (Vec<_>, Vec<_>) = std::mem::take(&mut rare.held)
                             .into_iter()
                             .partition(|(packet_id, _)| !acks.contains_key(packet_id));
-                        self.held = held;
+                        rare.held = held;
                         matched.extend(ready.into_iter().map(|(_, one)| one));
                     }
                     continue;
@@ -239,7 +239,7 @@ impl MqttConn {
             let Some(one) = one else { continue };
             if let Some(packet_id) = one.hold_for.filter(|id| self.acks.contains_key(id)) {
                 // Fetched for a SUBSCRIBE whose SUBACK waits for more.
-                self.held.push((packet_id, one));
+                self.rare().held.push((packet_id, one));
                 continue;
             }
             let earlier = seen
@@ -262,7 +262,7 @@ impl MqttConn {
         self.deliver_matched(&mut matched, &mut out, segments);
         if self.phase == Phase::Resuming {
             // Nothing goes out before the CONNACK.
-            self.held_output.extend_from_slice(&out);
+            self.rare().held_output.extend_from_slice(&out);
         } else if !out.is_empty() {
             segments.push(out.freeze());
         }
@@ -368,7 +368,9 @@ impl MqttConn {
         match self.requests.get(&error.request_id).copied() {
             Some(Request::Publish { packet_id, qos }) => {
                 self.requests.remove(&error.request_id);
-                self.unreleased.remove(&packet_id);
+                if let Some(rare) = self.rare.as_mut() {
+                    rare.unreleased.remove(&packet_id);
+                }
                 self.answered_publish(qos);
                 if !v5 {
                     // 3.1.1 has no negative acknowledgement (MQTT-3.3.5-2):
@@ -621,17 +623,21 @@ impl MqttConn {
     /// aliases: the one it was given (`known`: the topic can be left out),
     /// or a new one while fewer than its maximum are given.
     fn topic_alias(&mut self, topic: &str) -> Option<Alias> {
-        if let Some(&number) = self.aliases.get(topic) {
+        if self.client_alias_max == 0 {
+            return None;
+        }
+        let aliases = &mut self.rare.get_or_insert_with(Box::default).aliases;
+        if let Some(&number) = aliases.get(topic) {
             return Some(Alias {
                 number,
                 known: true,
             });
         }
-        let next = u16::try_from(self.aliases.len() + 1).ok()?;
+        let next = u16::try_from(aliases.len() + 1).ok()?;
         if next > self.client_alias_max {
             return None;
         }
-        self.aliases.insert(topic.to_owned(), next);
+        aliases.insert(topic.to_owned(), next);
         Some(Alias {
             number: next,
             known: false,
@@ -734,12 +740,12 @@ impl MqttConn {
         if self.session_persists() {
             // The last messages sent, for a connection that takes the
             // session over (see `session.rs`).
-            if self.recent.len() == RECENT {
-                self.recent.pop_front();
+            let recent = &mut self.rare().recent;
+            if recent.len() == RECENT {
+                recent.pop_front();
             }
             let (epoch, seq) = delivery.position();
-            self.recent
-                .push_back((topic_hash(delivery.topic()), epoch, seq));
+            recent.push_back((topic_hash(delivery.topic()), epoch, seq));
         }
         if let Some(id) = packet_id {
             let state = if qos == QoS::ExactlyOnce {

@@ -413,7 +413,9 @@ impl MqttConn {
         // taken in (and deliveries queued) again.
         self.phase = Phase::Open;
         self.pending.clear();
-        self.held_output.clear();
+        if let Some(rare) = self.rare.as_mut() {
+            rare.held_output.clear();
+        }
         self.charge_held();
         true
     }
@@ -465,7 +467,9 @@ impl MqttConn {
         self.handing_over = true;
         self.phase = Phase::Open;
         self.pending.clear();
-        self.held_output.clear();
+        if let Some(rare) = self.rare.as_mut() {
+            rare.held_output.clear();
+        }
         self.disconnect(super::codes::reason::SESSION_TAKEN_OVER);
     }
 
@@ -536,10 +540,18 @@ impl MqttConn {
         Some(Parcel::new(Session {
             in_flight,
             waiting: std::mem::take(&mut self.waiting),
-            unreleased: std::mem::take(&mut self.unreleased),
+            unreleased: self
+                .rare
+                .as_mut()
+                .map(|rare| std::mem::take(&mut rare.unreleased))
+                .unwrap_or_default(),
             origin: self.origin,
             next_packet_id: self.next_packet_id,
-            recent: std::mem::take(&mut self.recent).into(),
+            recent: self
+                .rare
+                .as_mut()
+                .map(|rare| std::mem::take(&mut rare.recent).into())
+                .unwrap_or_default(),
         }))
     }
 
@@ -609,8 +621,9 @@ impl MqttConn {
             // The session's subscriptions are this connection's now: even if
             // the old connection ended meanwhile, the session is present.
             self.encode_connack(true, &mut out);
-            let held = std::mem::take(&mut self.held_output);
-            out.extend_from_slice(&held);
+            if let Some(rare) = self.rare.as_mut() {
+                out.extend_from_slice(&std::mem::take(&mut rare.held_output));
+            }
         }
         if let Some(session) = session {
             let Session {
@@ -655,7 +668,9 @@ impl MqttConn {
                     )
                 })
                 .collect();
-            self.unreleased.extend(unreleased);
+            if !unreleased.is_empty() {
+                self.rare().unreleased.extend(unreleased);
+            }
             if origin.is_some() {
                 self.origin = origin;
             }

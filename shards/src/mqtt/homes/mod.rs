@@ -141,7 +141,9 @@ impl MqttConn {
             self.phase = Phase::Open;
             let mut out = BytesMut::new();
             self.encode_connack(false, &mut out);
-            out.extend_from_slice(&std::mem::take(&mut self.held_output));
+            if let Some(rare) = self.rare.as_mut() {
+                out.extend_from_slice(&std::mem::take(&mut rare.held_output));
+            }
             self.pending.extend_from_slice(&out);
         }
         Ok(previous)
